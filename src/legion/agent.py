@@ -1,0 +1,206 @@
+"""``@legion.agent``: an async function that becomes a durable, retryable unit of work.
+
+An agent is ``async def f(ctx, *params) -> output``. The decorator reads its signature
+once and builds what every task needs: how an input value maps to the parameters, a
+pydantic model that validates it, and the options (timeout, retry policy, concurrency).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from . import codec
+from .errors import ConfigError, InputError
+from .retry import RetryPolicy
+
+AgentFn = Callable[..., Awaitable[Any]]
+
+_EXECUTORS = ("async",)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    """Options of one agent; see :func:`agent` for their meaning."""
+
+    name: str
+    timeout: float | None
+    retry: RetryPolicy
+    concurrency: int | None
+    executor: str
+
+
+class Agent:
+    """A decorated agent function. Calling it calls the function itself."""
+
+    def __init__(
+        self,
+        fn: AgentFn,
+        options: AgentOptions,
+        *,
+        input_model: type[BaseModel] | None = None,
+        output_model: Any = None,
+    ) -> None:
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigError(f"agent {options.name!r} must be an `async def` function")
+        self.fn = fn
+        self.options = options
+        self.params, self._validator = _parameters(fn, options.name, input_model)
+        self._names = frozenset(self.params)
+        self._one = len(self.params) == 1
+        self._output = TypeAdapter(output_model) if output_model is not None else None
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<legion.Agent {self.name} ({', '.join(self.params)})>"
+
+    def arguments(self, value: Any) -> dict[str, Any]:
+        """Map a submitted input to validated keyword arguments, or raise :class:`InputError`.
+
+        A JSON object whose keys are all parameter names is taken as the arguments; an
+        agent with a single parameter also takes any other value as that parameter.
+        """
+        if isinstance(value, dict) and value.keys() <= self._names and (value or not self._one):
+            kwargs = value
+        elif self._one:
+            kwargs = {self.params[0]: value}
+        elif value is None and not self.params:
+            kwargs = {}
+        else:
+            expected = ", ".join(self.params) or "no parameters"
+            raise InputError(
+                f"agent {self.name!r} takes {expected}; got {type(value).__name__} "
+                f"{_preview(value)} (give a JSON object with those keys)"
+            )
+        try:
+            return self._validator.model_validate(kwargs).__dict__
+        except ValidationError as exc:
+            raise InputError(_validation_message(self.name, exc)) from None
+
+    def encode_output(self, value: Any) -> bytes:
+        if self._output is not None:
+            value = self._output.validate_python(value)
+        return codec.dumps(value)
+
+
+@overload
+def agent(fn: AgentFn, /) -> Agent: ...
+@overload
+def agent(
+    *,
+    name: str | None = None,
+    timeout: float | None = 300.0,
+    retries: int = 3,
+    backoff: float = 1.0,
+    max_backoff: float = 60.0,
+    retry: RetryPolicy | None = None,
+    concurrency: int | None = None,
+    executor: str = "async",
+    input: type[BaseModel] | None = None,
+    output: Any = None,
+) -> Callable[[AgentFn], Agent]: ...
+
+
+def agent(
+    fn: AgentFn | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float | None = 300.0,
+    retries: int = 3,
+    backoff: float = 1.0,
+    max_backoff: float = 60.0,
+    retry: RetryPolicy | None = None,
+    concurrency: int | None = None,
+    executor: str = "async",
+    input: type[BaseModel] | None = None,  # noqa: A002 - the natural name for users
+    output: Any = None,
+) -> Agent | Callable[[AgentFn], Agent]:
+    """Make ``async def f(ctx, ...)`` an agent.
+
+    - ``name``: how tasks refer to it (default: the function's name).
+    - ``timeout``: seconds one attempt may run (``None``: no limit).
+    - ``retries``, ``backoff``, ``max_backoff``: tries after the first and the
+      exponential backoff with full jitter between them (or pass a ``retry`` policy).
+    - ``concurrency``: most instances of this agent running at once in one worker.
+    - ``input``: a pydantic model for the single parameter (else its annotation is used).
+    - ``output``: a type the result is validated against before it is stored.
+    """
+    if timeout is not None and timeout <= 0:
+        raise ConfigError("timeout must be > 0 seconds, or None")
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError("concurrency must be >= 1")
+    if executor not in _EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(_EXECUTORS)}")
+    policy = retry or RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
+
+    def wrap(f: AgentFn) -> Agent:
+        options = AgentOptions(
+            name=name or f.__name__,
+            timeout=timeout,
+            retry=policy,
+            concurrency=concurrency,
+            executor=executor,
+        )
+        return Agent(f, options, input_model=input, output_model=output)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _parameters(
+    fn: AgentFn, name: str, input_model: type[BaseModel] | None
+) -> tuple[tuple[str, ...], type[BaseModel]]:
+    params = list(inspect.signature(fn).parameters.values())
+    if not params:
+        raise ConfigError(f"agent {name!r} must take the context as its first parameter")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolved forward references: validate those loosely
+        hints = {}
+    fields: dict[str, Any] = {}
+    for p in params[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+            raise ConfigError(
+                f"agent {name!r}: parameter {p.name!r} must be a plain or keyword-only "
+                "parameter (inputs are passed by name)"
+            )
+        annotation = hints.get(p.name, Any)
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (annotation, default)
+    if input_model is not None:
+        if len(fields) != 1:
+            raise ConfigError(f"agent {name!r}: input= needs exactly one parameter after ctx")
+        (only,) = fields
+        fields[only] = (input_model, fields[only][1])
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    try:
+        model = create_model(f"{name}_input", __config__=config, **fields)
+    except Exception as exc:
+        raise ConfigError(f"agent {name!r}: cannot build its input schema: {exc}") from exc
+    return tuple(fields), model
+
+
+def _validation_message(agent_name: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(x) for x in err["loc"]) or "input"
+        parts.append(f"{loc}: {err['msg']}")
+    return f"input does not fit agent {agent_name!r}: " + "; ".join(parts)
+
+
+def _preview(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

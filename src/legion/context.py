@@ -1,0 +1,182 @@
+"""``Context``: what an agent instance sees of legion.
+
+``ctx.step`` records a result once per task, ``ctx.gather`` runs steps concurrently,
+``ctx.memory`` keeps session state in the store. An instance holds nothing that the
+store does not also hold, so any worker can run the next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from . import codec
+from .clock import Clock
+from .errors import AgentCrash
+from .journal import Journal
+from .store.base import MemoryWrite, Store
+from .task import Lease, StepRecord
+
+T = TypeVar("T")
+
+
+class Memory:
+    """Session memory: JSON values keyed by name, shared by every task of one session."""
+
+    __slots__ = ("_journal", "_session", "_store")
+
+    def __init__(self, store: Store, journal: Journal, session: str) -> None:
+        self._store = store
+        self._journal = journal
+        self._session = session
+
+    @property
+    def session(self) -> str:
+        return self._session
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        raw = await self._store.memory_get(self._session, key)
+        return default if raw is None else codec.loads(raw)
+
+    async def set(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON) under ``key``; returns once it is durable."""
+        await self._journal.write_memory(MemoryWrite(self._session, key, codec.dumps(value)))
+
+    async def delete(self, key: str) -> None:
+        await self._journal.write_memory(MemoryWrite(self._session, key, None))
+
+    async def items(self) -> dict[str, Any]:
+        raw = await self._store.memory_items(self._session)
+        return {k: codec.loads(v) for k, v in raw.items()}
+
+
+class Context:
+    """Handed to every agent instance as its first argument."""
+
+    __slots__ = ("_clock", "_counts", "_journal", "_lease", "_log", "_memory", "_store", "agent")
+
+    def __init__(
+        self, agent: str, lease: Lease, *, store: Store, journal: Journal, clock: Clock
+    ) -> None:
+        self.agent = agent
+        self._lease = lease
+        self._store = store
+        self._journal = journal
+        self._clock = clock
+        self._counts: dict[str, int] = {}
+        self._memory: Memory | None = None
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def task_id(self) -> int:
+        return self._lease.id
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first try, 2 on the first retry, and so on."""
+        return self._lease.attempt
+
+    @property
+    def key(self) -> str | None:
+        """The task's idempotency key, if it has one."""
+        return self._lease.key
+
+    @property
+    def session(self) -> str:
+        return self._lease.session or f"task-{self._lease.id}"
+
+    @property
+    def memory(self) -> Memory:
+        if self._memory is None:
+            self._memory = Memory(self._store, self._journal, self.session)
+        return self._memory
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry the agent, task id and attempt."""
+        if self._log is None:
+            extra = {"agent": self.agent, "task_id": self.task_id, "attempt": self.attempt}
+            self._log = logging.LoggerAdapter(logging.getLogger(f"legion.agent.{self.agent}"), extra)
+        return self._log
+
+    async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once per task and record its result.
+
+        When the task runs again (a retry, or after a worker died) a step that completed
+        before returns its recorded result instead of running. The result is stored as
+        JSON and every run gets that JSON form back, so a first run and a replay see the
+        same value. A step called twice with one name is recorded as ``name#2``.
+
+        The result is recorded before this returns; if the process dies after ``fn``'s
+        side effect but before the record, the step runs again on the next attempt:
+        give such side effects an idempotency key (``ctx.task_id`` and the step name).
+        """
+        n = self._counts.get(name, 0) + 1
+        self._counts[name] = n
+        key = name if n == 1 else f"{name}#{n}"
+        recorded = self._lease.steps.get(key)
+        if recorded is not None:
+            return codec.loads(recorded)
+        started = self._clock()
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        data = codec.dumps(result)
+        record = StepRecord(self._lease.id, key, self._lease.attempt, data, started, self._clock())
+        await self._journal.record_step(record)
+        return codec.loads(data)
+
+    async def gather(
+        self, *aws: Awaitable[Any], return_exceptions: bool = False
+    ) -> list[Any]:
+        """Run awaitables concurrently, like ``asyncio.gather``, results in order.
+
+        Fail-fast by default: the first error cancels the others and is raised once they
+        have stopped. With ``return_exceptions=True`` every result or error is collected.
+        """
+        if not aws:
+            return []
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(_contained(aw)) for aw in aws]
+        if return_exceptions:
+            return list(await asyncio.gather(*tasks, return_exceptions=True))
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            await _cancel_all(tasks)
+            raise
+        if pending:
+            await _cancel_all(list(pending))
+        for t in _finished(tasks, done):
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+        return [t.result() for t in tasks]
+
+
+async def _contained(aw: Awaitable[T]) -> T:
+    """Await ``aw``; a BaseException that is not cancellation becomes :class:`AgentCrash`.
+
+    asyncio re-raises ``SystemExit`` and ``KeyboardInterrupt`` out of the event loop when
+    they escape a task, which would take every other instance down with this one.
+    """
+    try:
+        return await aw
+    except (Exception, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        raise AgentCrash(exc) from exc
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _finished(tasks: list[asyncio.Task[Any]], done: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """The tasks that finished by themselves (not cancelled by us), in argument order."""
+    return [t for t in tasks if t in done and not t.cancelled()]

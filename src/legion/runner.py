@@ -1,0 +1,130 @@
+"""Run one agent instance for one leased attempt, and decide what its end means.
+
+The runner is where isolation happens: whatever the agent does — raise, hang past its
+timeout, raise ``SystemExit`` — ends as a :class:`~legion.task.Completion` of that one
+task, never as an exception in the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+
+from . import codec
+from .agent import Agent
+from .clock import Clock
+from .context import Context
+from .errors import AgentCrash, TaskTimeout, is_retryable
+from .journal import Journal
+from .store.base import Store
+from .task import Completion, ErrorInfo, Lease, Outcome
+
+
+class StopReason(enum.Enum):
+    CANCELLED = "cancelled"  # a user cancelled the task: record it cancelled
+    RELEASED = "released"  # the worker is shutting down: give the task back untouched
+
+
+class Instance:
+    """One running attempt; the worker keeps these by task id."""
+
+    __slots__ = ("agent", "lease", "stop_reason", "task")
+
+    def __init__(self, lease: Lease, agent: Agent) -> None:
+        self.lease = lease
+        self.agent = agent
+        self.stop_reason: StopReason | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def stop(self, reason: StopReason) -> None:
+        if self.task is not None and not self.task.done():
+            self.stop_reason = reason
+            self.task.cancel()
+
+
+async def run_instance(
+    instance: Instance,
+    *,
+    owner: str,
+    store: Store,
+    journal: Journal,
+    clock: Clock,
+    rng: random.Random,
+) -> None:
+    lease, agent = instance.lease, instance.agent
+    ctx = Context(agent.name, lease, store=store, journal=journal, clock=clock)
+    started = clock()
+    output: bytes | None = None
+    error: BaseException | None = None
+    deadline = asyncio.timeout(agent.options.timeout)
+    try:
+        kwargs = agent.arguments(codec.loads(lease.input))
+        async with deadline:
+            result = await agent.fn(ctx, **kwargs)
+        output = agent.encode_output(result)
+    except asyncio.CancelledError:
+        reason = instance.stop_reason or StopReason.RELEASED
+        outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
+        journal.complete(lease, _completion(lease, owner, outcome, started, clock()))
+        return
+    except TimeoutError as exc:
+        error = (
+            TaskTimeout(f"agent {agent.name!r} ran past its timeout of {agent.options.timeout:g}s")
+            if deadline.expired()
+            else exc
+        )
+    except Exception as exc:
+        error = exc
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: this task's, not ours
+        error = AgentCrash(exc)
+    finished = clock()
+    if error is None:
+        done = _completion(lease, owner, Outcome.SUCCEEDED, started, finished, output=output)
+    else:
+        done = _failure(lease, owner, agent, error, started, finished, rng)
+    journal.complete(lease, done)
+
+
+def _failure(
+    lease: Lease,
+    owner: str,
+    agent: Agent,
+    error: BaseException,
+    started: float,
+    finished: float,
+    rng: random.Random,
+) -> Completion:
+    info = ErrorInfo.from_exception(error)
+    if not is_retryable(error):
+        return _completion(lease, owner, Outcome.FAILED, started, finished, error=info)
+    if lease.attempt >= lease.max_attempts:
+        return _completion(lease, owner, Outcome.DEAD, started, finished, error=info)
+    delay = agent.options.retry.delay(lease.attempt, rng)
+    return _completion(
+        lease, owner, Outcome.RETRY, started, finished, error=info, not_before=finished + delay
+    )
+
+
+def _completion(
+    lease: Lease,
+    owner: str,
+    outcome: Outcome,
+    started: float,
+    finished: float,
+    *,
+    output: bytes | None = None,
+    error: ErrorInfo | None = None,
+    not_before: float = 0.0,
+) -> Completion:
+    return Completion(
+        id=lease.id,
+        attempt=lease.attempt,
+        owner=owner,
+        outcome=outcome,
+        output=output,
+        error=error,
+        not_before=not_before,
+        started_at=started,
+        finished_at=finished,
+    )

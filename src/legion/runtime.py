@@ -1,0 +1,379 @@
+"""``Runtime``: submit tasks, run them, stream their results.
+
+It wires the parts together and holds little logic itself: a :class:`Store`, a
+:class:`Worker` (unless ``worker=False``: submit only, other processes run the tasks)
+and a follower of the store's event feed that delivers results of tasks finished
+anywhere.
+
+::
+
+    async with legion.Runtime("sqlite:///runs.db", concurrency=1000) as rt:
+        async for result in rt.map(research, questions):
+            print(result.id, result.status, result.output)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from . import codec
+from .agent import Agent
+from .clock import Clock, system_clock
+from .errors import ConfigError, TaskFailed
+from .journal import Committed
+from .stats import Statistics
+from .store import Store, store_from_url
+from .task import (
+    TERMINAL_STATUSES,
+    NewTask,
+    Outcome,
+    Submitted,
+    TaskInfo,
+    TaskResult,
+    TaskStatus,
+)
+from .worker import Worker, WorkerConfig
+
+log = logging.getLogger("legion.runtime")
+
+Deliver = Callable[[TaskResult], None]
+
+_OUTCOME_STATUS = {
+    Outcome.SUCCEEDED: TaskStatus.SUCCEEDED,
+    Outcome.FAILED: TaskStatus.FAILED,
+    Outcome.DEAD: TaskStatus.DEAD,
+    Outcome.CANCELLED: TaskStatus.CANCELLED,
+}
+_RECENT = 100_000  # finished task ids remembered for waiters that register late
+
+
+class Runtime:
+    """Runs agents durably. Use as ``async with Runtime(...) as rt``.
+
+    - ``store``: a URL (``sqlite:///path.db``, ``sqlite:///:memory:``) or a :class:`Store`.
+    - ``concurrency``: most agent instances running at once in this process.
+    - ``worker``: run tasks in this process (default); ``False`` only submits and watches.
+    - ``lease_seconds``: how long a lease lasts without a heartbeat; a worker that dies
+      holds its tasks at most this long (less on the same host, where its exit is seen).
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "sqlite:///:memory:",
+        *,
+        concurrency: int = 1000,
+        worker: bool = True,
+        agents: Sequence[Agent] = (),
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.5,
+        drain_timeout: float = 30.0,
+        clock: Clock = system_clock,
+        seed: int | None = None,
+    ) -> None:
+        self._owns_store = isinstance(store, str)
+        self.store: Store = store_from_url(store) if isinstance(store, str) else store
+        self._clock = clock
+        self._agents: dict[str, Agent] = {}
+        self._config = WorkerConfig(
+            concurrency=concurrency,
+            lease_seconds=lease_seconds,
+            poll_interval=poll_interval,
+            drain_timeout=drain_timeout,
+        )
+        self._want_worker = worker
+        self._seed = seed
+        self.worker: Worker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._waiters: dict[int, list[Deliver]] = {}
+        self._recent: OrderedDict[int, TaskResult | None] = OrderedDict()
+        self._has_waiters = asyncio.Event()
+        self._open = False
+        for a in agents:
+            self.register(a)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        if self._owns_store:
+            await self.store.open()
+        self._cursor = await self.store.last_event_id()
+        if self._want_worker:
+            self.worker = Worker(
+                self.store,
+                agents=list(self._agents.values()),
+                config=self._config,
+                clock=self._clock,
+                on_committed=self._committed,
+                seed=self._seed,
+            )
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="legion-worker"))
+        self._tasks.append(asyncio.create_task(self._follow_events(), name="legion-events"))
+        self._open = True
+
+    async def aclose(self) -> None:
+        """Drain the local worker (running tasks finish or are released), then close."""
+        if not self._open:
+            return
+        self._open = False
+        if self.worker is not None:
+            self.worker.stop()
+        worker_task, *others = self._tasks if self.worker is not None else (None, *self._tasks)
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        if worker_task is not None:
+            await worker_task
+        self._tasks.clear()
+        if self._owns_store:
+            await self.store.aclose()
+
+    def register(self, agent: Agent) -> None:
+        """Make ``agent`` runnable by this runtime's worker (map/submit do it for you)."""
+        if not isinstance(agent, Agent):
+            raise ConfigError(f"{agent!r} is not an agent: decorate it with @legion.agent")
+        existing = self._agents.get(agent.name)
+        if existing is agent:
+            return
+        if existing is not None:
+            raise ConfigError(f"two different agents are named {agent.name!r}")
+        self._agents[agent.name] = agent
+        if self.worker is not None:
+            self.worker.add_agent(agent)
+
+    def statistics(self) -> Statistics | None:
+        """The local worker's counters, or None without a local worker."""
+        return self.worker.statistics() if self.worker is not None else None
+
+    # -- submitting --------------------------------------------------------------------
+
+    async def submit(
+        self,
+        agent: Agent,
+        input: Any = None,  # noqa: A002
+        *,
+        key: str | None = None,
+        session: str | None = None,
+        priority: int = 0,
+    ) -> Submitted:
+        """Queue one task. The same ``key`` twice answers the first task."""
+        (done,) = await self.submit_many(agent, [input], keys=[key], session=session, priority=priority)
+        return done
+
+    async def submit_many(
+        self,
+        agent: Agent,
+        inputs: Iterable[Any],
+        *,
+        keys: Iterable[str | None] | None = None,
+        session: str | None = None,
+        sessions: Iterable[str | None] | None = None,
+        priority: int = 0,
+    ) -> list[Submitted]:
+        """Queue many tasks in one transaction."""
+        self.register(agent)
+        inputs = list(inputs)
+        key_list = list(keys) if keys is not None else [None] * len(inputs)
+        session_list = list(sessions) if sessions is not None else [session] * len(inputs)
+        if len(key_list) != len(inputs) or len(session_list) != len(inputs):
+            raise ConfigError("keys and sessions must have one entry per input")
+        attempts = agent.options.retry.max_attempts
+        tasks = [
+            NewTask(agent.name, codec.dumps(i), k, s, priority, attempts)
+            for i, k, s in zip(inputs, key_list, session_list, strict=True)
+        ]
+        submitted = await self.store.submit(tasks, self._clock())
+        if self.worker is not None:
+            self.worker.wake()
+        return submitted
+
+    # -- results -----------------------------------------------------------------------
+
+    async def map(
+        self,
+        agent: Agent,
+        inputs: Iterable[Any],
+        *,
+        keys: Iterable[str | None] | None = None,
+        session: str | None = None,
+        priority: int = 0,
+        chunk_size: int = 5000,
+    ) -> AsyncIterator[TaskResult]:
+        """Submit one task per input and yield each result as it finishes.
+
+        With ``keys`` the call is resumable: tasks that finished before are answered from
+        the store, unfinished ones are run.
+        """
+        inputs = list(inputs)
+        key_list = list(keys) if keys is not None else [None] * len(inputs)
+        queue: asyncio.Queue[TaskResult] = asyncio.Queue()
+        watched: list[int] = []
+        expected = 0
+        try:
+            for lo in range(0, len(inputs), chunk_size):
+                submitted = await self.submit_many(
+                    agent,
+                    inputs[lo : lo + chunk_size],
+                    keys=key_list[lo : lo + chunk_size],
+                    session=session,
+                    priority=priority,
+                )
+                expected += len(submitted)
+                await self._watch(submitted, queue.put_nowait, watched)
+                while not queue.empty():
+                    expected -= 1
+                    yield queue.get_nowait()
+            while expected:
+                expected -= 1
+                yield await queue.get()
+        finally:
+            for task_id in watched:
+                self._unwatch(task_id, queue.put_nowait)
+
+    async def results(self, ids: Sequence[int]) -> AsyncIterator[TaskResult]:
+        """Yield the results of these tasks as they finish."""
+        queue: asyncio.Queue[TaskResult] = asyncio.Queue()
+        watched: list[int] = []
+        infos = await self.store.get_many(list(ids))
+        submitted = [Submitted(i.id, i.key, i.status, False) for i in infos]
+        try:
+            await self._watch(submitted, queue.put_nowait, watched)
+            for _ in submitted:
+                yield await queue.get()
+        finally:
+            for task_id in watched:
+                self._unwatch(task_id, queue.put_nowait)
+
+    async def result(self, task_id: int, *, raise_on_failure: bool = False) -> TaskResult:
+        """Wait until the task finishes and answer how it ended."""
+        async for r in self.results([task_id]):
+            if raise_on_failure and not r.ok:
+                raise TaskFailed(r.id, r.status, r.error.brief() if r.error else None)
+            return r
+        raise TaskFailed(task_id, "unknown", {"type": "NotFound", "message": "no such task"})
+
+    async def get(self, task_id: int) -> TaskInfo | None:
+        return await self.store.get(task_id)
+
+    async def cancel(self, task_id: int) -> TaskStatus | None:
+        """Cancel a task: a queued one at once, a running one as soon as its worker sees it."""
+        status = await self.store.cancel(task_id, self._clock())
+        if self.worker is not None:
+            self.worker.cancel_local(task_id)
+        return status
+
+    async def retry(self, task_id: int) -> bool:
+        """Queue a dead, failed or cancelled task again with a fresh attempt budget."""
+        ok = await self.store.requeue_one(task_id)
+        if ok and self.worker is not None:
+            self.worker.wake()
+        return ok
+
+    # -- delivery ----------------------------------------------------------------------
+
+    async def _watch(self, submitted: Sequence[Submitted], deliver: Deliver, watched: list[int]) -> None:
+        fetch = []
+        for s in submitted:
+            if s.status in TERMINAL_STATUSES:
+                fetch.append(s.id)
+                continue
+            known = self._recent.get(s.id, False)
+            if known is not False:  # finished between submission and now
+                if known is None:
+                    fetch.append(s.id)
+                else:
+                    deliver(known)
+                continue
+            self._waiters.setdefault(s.id, []).append(deliver)
+            watched.append(s.id)
+        if watched:
+            self._has_waiters.set()
+        if fetch:
+            for info in await self.store.get_many(fetch):
+                if info.status in TERMINAL_STATUSES:
+                    deliver(TaskResult.from_info(info))
+                else:  # re-queued meanwhile
+                    self._waiters.setdefault(info.id, []).append(deliver)
+                    watched.append(info.id)
+
+    def _unwatch(self, task_id: int, deliver: Deliver) -> None:
+        waiting = self._waiters.get(task_id)
+        if waiting and deliver in waiting:
+            waiting.remove(deliver)
+            if not waiting:
+                del self._waiters[task_id]
+
+    def _remember(self, task_id: int, result: TaskResult | None) -> None:
+        self._recent[task_id] = result
+        if len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+
+    def _committed(self, batch: Sequence[Committed]) -> None:
+        for c in batch:
+            status = _OUTCOME_STATUS.get(c.completion.outcome)
+            if status is None or not c.applied:
+                continue
+            comp = c.completion
+            result = TaskResult(
+                id=comp.id,
+                key=c.lease.key,
+                status=status,
+                output=codec.loads(comp.output) if comp.output is not None else None,
+                error=comp.error,
+                attempt=comp.attempt,
+                started_at=comp.started_at,
+                finished_at=comp.finished_at,
+            )
+            self._remember(comp.id, result)
+            for deliver in self._waiters.pop(comp.id, ()):
+                deliver(result)
+
+    async def _follow_events(self) -> None:
+        """Deliver results of tasks that finished in other processes (or were reclaimed)."""
+        quiet = 0.05
+        while True:
+            if not self._waiters:
+                self._has_waiters.clear()
+                await self._has_waiters.wait()
+            try:
+                events = await self.store.events_after(self._cursor)
+            except Exception as exc:
+                log.error("reading the event feed failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            finished = []
+            for e in events:
+                self._cursor = e.id
+                if e.status.terminal:
+                    if e.task_id not in self._recent:
+                        self._remember(e.task_id, None)
+                    if e.task_id in self._waiters:
+                        finished.append(e.task_id)
+            if finished:
+                for info in await self.store.get_many(finished):
+                    result = TaskResult.from_info(info)
+                    for deliver in self._waiters.pop(info.id, ()):
+                        deliver(result)
+            if events:
+                quiet = 0.05
+            else:
+                # With a local worker most results arrive directly; the feed is a backstop.
+                ceiling = 1.0 if self.worker is not None else 0.25
+                quiet = min(quiet * 2, ceiling)
+            await asyncio.sleep(quiet if len(events) < 10_000 else 0)

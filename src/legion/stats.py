@@ -1,0 +1,93 @@
+"""Counters and latency percentiles of a worker, read as frozen snapshots."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .task import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """A worker's counts since it started. Latencies are seconds per attempt."""
+
+    in_flight: int
+    leased: int
+    succeeded: int
+    failed: int
+    dead: int
+    retried: int
+    cancelled: int
+    released: int
+    lost_leases: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.dead + self.cancelled
+
+
+class LatencySample:
+    """A uniform reservoir sample of latencies (exact up to ``size`` values).
+
+    Adding is O(1); the sample is sorted only when a quantile is asked for.
+    """
+
+    def __init__(self, size: int = 20_000, seed: int = 0) -> None:
+        self._size = size
+        self._values: list[float] = []
+        self._sorted = True
+        self._seen = 0
+        self._rng = random.Random(seed)
+
+    def add(self, value: float) -> None:
+        self._seen += 1
+        self._sorted = False
+        if len(self._values) < self._size:
+            self._values.append(value)
+            return
+        slot = self._rng.randrange(self._seen)
+        if slot < self._size:
+            self._values[slot] = value
+
+    def quantile(self, q: float) -> float | None:
+        if not self._values:
+            return None
+        if not self._sorted:
+            self._values.sort()
+            self._sorted = True
+        i = min(len(self._values) - 1, max(0, round(q * (len(self._values) - 1))))
+        return self._values[i]
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.leased = 0
+        self.outcomes = dict.fromkeys(Outcome, 0)
+        self.lost_leases = 0
+        self.latency = LatencySample()
+
+    def count(self, outcome: Outcome, latency: float) -> None:
+        self.outcomes[outcome] += 1
+        if outcome is not Outcome.RELEASED:
+            self.latency.add(latency)
+
+    def snapshot(self, in_flight: int) -> Statistics:
+        o = self.outcomes
+        return Statistics(
+            in_flight=in_flight,
+            leased=self.leased,
+            succeeded=o[Outcome.SUCCEEDED],
+            failed=o[Outcome.FAILED],
+            dead=o[Outcome.DEAD],
+            retried=o[Outcome.RETRY],
+            cancelled=o[Outcome.CANCELLED],
+            released=o[Outcome.RELEASED],
+            lost_leases=self.lost_leases,
+            p50=self.latency.quantile(0.50),
+            p95=self.latency.quantile(0.95),
+            p99=self.latency.quantile(0.99),
+        )

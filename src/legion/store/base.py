@@ -1,0 +1,153 @@
+"""The ``Store`` interface: everything legion keeps lives behind it.
+
+A store holds tasks, step results, session memory, the event feed and the worker
+registry. Every implementation passes the same contract test suite. The hot path is
+batched: :meth:`Store.submit` takes many tasks, :meth:`Store.lease` hands out many, and
+:meth:`Store.write` commits the steps, memory writes and completions of many instances
+in one transaction (group commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..task import Completion, Lease, NewTask, StepRecord, Submitted, TaskInfo, TaskStatus
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryWrite:
+    """Set (or, with ``value=None``, delete) one key of a session's memory."""
+
+    session: str
+    key: str
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """What one group commit writes, in this order: steps, memory, completions."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+    memory: list[MemoryWrite] = field(default_factory=list)
+    completions: list[Completion] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.steps) + len(self.memory) + len(self.completions)
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    key: str
+    attempt: int
+    output: Any
+    started_at: float
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One status change of one task; ``id`` orders the feed."""
+
+    id: int
+    task_id: int
+    at: float
+    status: TaskStatus
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    load: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    """Tasks whose lease expired or whose worker died, and where they went."""
+
+    requeued: int
+    dead: int
+    cancelled: int
+
+
+class Store(Protocol):
+    """Where legion keeps all state. All methods are safe to call concurrently."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    async def aclose(self) -> None:
+        """Release connections and threads; pending calls finish first."""
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
+        """Insert tasks; a task whose key exists already answers the existing one."""
+
+    async def lease(
+        self, owner: str, wants: Mapping[str, int], total: int, until: float, now: float
+    ) -> list[Lease]:
+        """Lease to ``owner`` up to ``wants[agent]`` ready tasks of each agent (in the
+        mapping's order) and at most ``total`` in all."""
+
+    async def write(self, batch: WriteBatch, now: float) -> list[bool]:
+        """Commit a batch in one transaction; per completion, whether its lease still held."""
+
+    async def extend_leases(self, owner: str, until: float) -> list[int]:
+        """Extend every lease ``owner`` holds; answer the ids whose cancellation was asked."""
+
+    async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
+        """Take back expired leases and those of ``dead_owners``."""
+
+    async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
+        """Cancel a queued task at once, or ask a running one's worker to stop it."""
+
+    async def requeue(
+        self, statuses: Sequence[TaskStatus], *, agent: str | None = None
+    ) -> int:
+        """Queue again every task in ``statuses`` with a fresh attempt budget."""
+
+    async def requeue_one(self, task_id: int) -> bool:
+        """Queue again one dead, failed or cancelled task."""
+
+    async def get(self, task_id: int) -> TaskInfo | None: ...
+
+    async def get_many(self, ids: Sequence[int]) -> list[TaskInfo]: ...
+
+    async def find_keys(self, keys: Sequence[str]) -> dict[str, TaskInfo]:
+        """The tasks with these idempotency keys, by key."""
+
+    async def counts(self) -> dict[TaskStatus, int]: ...
+
+    async def counts_by_agent(self) -> dict[str, dict[TaskStatus, int]]: ...
+
+    async def recent_errors(self, limit: int = 10) -> list[TaskInfo]: ...
+
+    async def steps(self, task_id: int) -> list[StepInfo]: ...
+
+    async def events_after(self, after: int, limit: int = 10_000) -> list[Event]: ...
+
+    async def last_event_id(self) -> int: ...
+
+    # -- session memory ----------------------------------------------------------------
+
+    async def memory_get(self, session: str, key: str) -> bytes | None: ...
+
+    async def memory_items(self, session: str) -> dict[str, bytes]: ...
+
+    # -- workers -----------------------------------------------------------------------
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        """Insert or refresh a worker's row (its heartbeat and load)."""
+
+    async def remove_worker(self, worker_id: str) -> None: ...
+
+    async def workers(self) -> list[WorkerInfo]: ...

@@ -1,0 +1,133 @@
+-- Named queries of the SQLite store. Each starts with a "-- name:" line.
+-- Parameters are named (:param) so the Python side reads like the SQL.
+
+-- name: insert_task
+INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, not_before, created_at)
+VALUES (:agent, :input, :key, :session, :priority, 'queued', :max_attempts, :not_before, :now)
+ON CONFLICT (key) DO NOTHING
+RETURNING id;
+
+-- name: task_by_key
+SELECT id, status FROM tasks WHERE key = :key;
+
+-- name: lease
+UPDATE tasks
+SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
+    lease_expires = :until, started_at = :now, finished_at = NULL
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE status = 'queued' AND agent = :agent AND not_before <= :now
+    ORDER BY priority DESC, id
+    LIMIT :limit
+)
+RETURNING id, agent, input, key, session, attempt, max_attempts;
+
+-- name: complete
+-- Fenced: applies only while :owner still holds lease number :attempt.
+UPDATE tasks
+SET status = CASE WHEN cancel_requested AND :status = 'queued' THEN 'cancelled' ELSE :status END,
+    output = :output,
+    error = coalesce(:error, error),
+    not_before = :not_before,
+    attempt = attempt - :uncount,
+    lease_owner = NULL, lease_expires = NULL,
+    finished_at = :finished_at
+WHERE id = :id AND attempt = :attempt AND lease_owner = :owner AND status = 'running';
+
+-- name: insert_step
+INSERT INTO steps (task_id, key, attempt, output, started_at, finished_at)
+VALUES (:task_id, :key, :attempt, :output, :started_at, :finished_at)
+ON CONFLICT (task_id, key) DO NOTHING;
+
+-- name: set_memory
+INSERT INTO memory (session, key, value, updated_at) VALUES (:session, :key, :value, :now)
+ON CONFLICT (session, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
+
+-- name: delete_memory
+DELETE FROM memory WHERE session = :session AND key = :key;
+
+-- name: get_memory
+SELECT value FROM memory WHERE session = :session AND key = :key;
+
+-- name: memory_items
+SELECT key, value FROM memory WHERE session = :session ORDER BY key;
+
+-- name: extend_leases
+UPDATE tasks SET lease_expires = :until
+WHERE lease_owner = :owner AND status = 'running'
+RETURNING id, cancel_requested;
+
+-- name: reclaim
+-- Leases that expired, or whose worker is known dead, go back to the queue; a task
+-- that already used its last attempt is dead (a task that kills its worker every time
+-- must not loop forever).
+UPDATE tasks
+SET status = CASE
+        WHEN cancel_requested THEN 'cancelled'
+        WHEN attempt >= max_attempts THEN 'dead'
+        ELSE 'queued' END,
+    error = CASE WHEN cancel_requested THEN error ELSE :error END,
+    lease_owner = NULL, lease_expires = NULL,
+    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN :now END
+WHERE status = 'running' AND (lease_expires < :now OR lease_owner IN (SELECT value FROM json_each(:dead_owners)))
+RETURNING id, status;
+
+-- name: cancel_queued
+UPDATE tasks SET status = 'cancelled', finished_at = :now, cancel_requested = 1
+WHERE id = :id AND status = 'queued';
+
+-- name: cancel_running
+UPDATE tasks SET cancel_requested = 1 WHERE id = :id AND status = 'running';
+
+-- name: requeue
+UPDATE tasks
+SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0,
+    finished_at = NULL, lease_owner = NULL, lease_expires = NULL
+WHERE status IN (SELECT value FROM json_each(:statuses)) AND (:agent IS NULL OR agent = :agent);
+
+-- name: requeue_one
+UPDATE tasks
+SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0,
+    finished_at = NULL, lease_owner = NULL, lease_expires = NULL
+WHERE id = :id AND status IN ('dead', 'failed', 'cancelled');
+
+-- name: status_of
+SELECT status FROM tasks WHERE id = :id;
+
+-- name: get_task
+SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
+       created_at, started_at, finished_at, lease_owner
+FROM tasks WHERE id = :id;
+
+-- name: counts
+SELECT status, count(*) FROM tasks GROUP BY status;
+
+-- name: counts_by_agent
+SELECT agent, status, count(*) FROM tasks GROUP BY agent, status;
+
+-- name: recent_errors
+SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
+       created_at, started_at, finished_at, lease_owner
+FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
+ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT :limit;
+
+-- name: steps_of
+SELECT key, attempt, output, started_at, finished_at FROM steps WHERE task_id = :task_id
+ORDER BY started_at, key;
+
+-- name: events_after
+SELECT id, task_id, at, status, attempt FROM events WHERE id > :after ORDER BY id LIMIT :limit;
+
+-- name: last_event
+SELECT coalesce(max(id), 0) FROM events;
+
+-- name: upsert_worker
+INSERT INTO workers (id, host, pid, started_at, heartbeat_at, info)
+VALUES (:id, :host, :pid, :now, :now, :info)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, info = excluded.info;
+
+-- name: delete_worker
+DELETE FROM workers WHERE id = :id;
+
+-- name: workers
+SELECT id, host, pid, started_at, heartbeat_at, info FROM workers ORDER BY started_at;

@@ -1,0 +1,457 @@
+"""``SQLiteStore``: the embedded store: one file (WAL), zero set-up.
+
+Every call runs on one dedicated thread that owns the connection, so the event loop
+never blocks on disk and SQLite sees a single writer per process. Write transactions
+start with ``BEGIN IMMEDIATE``: they take the write lock up front, so several processes
+sharing one file queue on ``busy_timeout`` instead of failing with ``SQLITE_BUSY_SNAPSHOT``
+(which a deferred read-then-write transaction can get and which no timeout retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .. import codec
+from ..errors import ConfigError, StoreError
+from ..task import (
+    Completion,
+    ErrorInfo,
+    Lease,
+    NewTask,
+    Outcome,
+    Submitted,
+    TaskInfo,
+    TaskStatus,
+)
+from .base import Event, Reclaimed, StepInfo, WorkerInfo, WriteBatch
+from .queries import migrations, queries
+
+T = TypeVar("T")
+Q = queries("sqlite")
+
+_OUTCOME_STATUS = {
+    Outcome.SUCCEEDED: "succeeded",
+    Outcome.RETRY: "queued",
+    Outcome.FAILED: "failed",
+    Outcome.DEAD: "dead",
+    Outcome.CANCELLED: "cancelled",
+    Outcome.RELEASED: "queued",
+}
+
+
+def _lease_lost_error() -> bytes:
+    return ErrorInfo(
+        type="LeaseExpired",
+        message="the worker running this task stopped (its lease expired or it exited)",
+    ).to_json()
+
+
+class SQLiteStore:
+    """A :class:`~legion.store.base.Store` in one SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self.url = f"sqlite:///{self.path}"
+        self._busy_ms = int(busy_timeout * 1000)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, fn, *args)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the store is not open (use `async with` or call open())")
+        return self._conn
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            parent = Path(self.path).parent
+            if not parent.is_dir():
+                raise ConfigError(f"cannot create the store {self.path}: {parent} is not a folder")
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the store {self.path}: {exc}") from exc
+        db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA temp_store = MEMORY")
+        db.execute("PRAGMA cache_size = -65536")
+        self._conn = db
+        try:
+            self._transaction(self._migrate)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            self._conn = None
+            raise StoreError(f"{self.path} is not a usable legion store: {exc}") from exc
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        (current,) = db.execute("PRAGMA user_version").fetchone()
+        known = migrations("sqlite")
+        if current > known[-1][0]:
+            raise StoreError(
+                f"the store's schema is version {current}, newer than this legion "
+                f"understands ({known[-1][0]}); upgrade legion"
+            )
+        for version, script in known:
+            if version <= current:
+                continue
+            for statement in _statements(script):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {version}")
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            await self._call(self._close)
+        self._thread.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def schema_version(self) -> int:
+        return await self._call(lambda: int(self._db.execute("PRAGMA user_version").fetchone()[0]))
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
+        return await self._call(self._transaction, lambda db: self._submit(db, tasks, now))
+
+    @staticmethod
+    def _submit(db: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
+        out = []
+        insert = Q["insert_task"]
+        for t in tasks:
+            row = db.execute(
+                insert,
+                {
+                    "agent": t.agent,
+                    "input": t.input,
+                    "key": t.key,
+                    "session": t.session,
+                    "priority": t.priority,
+                    "max_attempts": t.max_attempts,
+                    "not_before": t.not_before,
+                    "now": now,
+                },
+            ).fetchone()
+            if row is not None:
+                out.append(Submitted(row[0], t.key, TaskStatus.QUEUED, True))
+                continue
+            task_id, status = db.execute(Q["task_by_key"], {"key": t.key}).fetchone()
+            out.append(Submitted(task_id, t.key, TaskStatus(status), False))
+        return out
+
+    async def lease(
+        self, owner: str, wants: Mapping[str, int], total: int, until: float, now: float
+    ) -> list[Lease]:
+        if total <= 0 or not any(n > 0 for n in wants.values()):
+            return []
+        return await self._call(
+            self._transaction, lambda db: self._lease(db, owner, wants, total, until, now)
+        )
+
+    @staticmethod
+    def _lease(
+        db: sqlite3.Connection,
+        owner: str,
+        wants: Mapping[str, int],
+        total: int,
+        until: float,
+        now: float,
+    ) -> list[Lease]:
+        rows: list[Any] = []
+        sql = Q["lease"]
+        for agent, want in wants.items():
+            limit = min(want, total - len(rows))
+            if limit <= 0:
+                continue
+            params = {"owner": owner, "until": until, "now": now, "agent": agent, "limit": limit}
+            rows.extend(db.execute(sql, params).fetchall())
+        replays = [r[0] for r in rows if r[5] > 1]
+        steps: dict[int, dict[str, bytes]] = {}
+        if replays:
+            for task_id, key, output in db.execute(
+                "SELECT task_id, key, output FROM steps WHERE task_id IN "
+                "(SELECT value FROM json_each(?))",
+                (codec.dumps(replays).decode(),),
+            ):
+                steps.setdefault(task_id, {})[key] = output
+        return [
+            Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], steps.get(r[0], {})) for r in rows
+        ]
+
+    async def write(self, batch: WriteBatch, now: float) -> list[bool]:
+        return await self._call(self._transaction, lambda db: self._write(db, batch, now))
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, batch: WriteBatch, now: float) -> list[bool]:
+        if batch.steps:
+            db.executemany(
+                Q["insert_step"],
+                [
+                    {
+                        "task_id": s.task_id,
+                        "key": s.key,
+                        "attempt": s.attempt,
+                        "output": s.output,
+                        "started_at": s.started_at,
+                        "finished_at": s.finished_at,
+                    }
+                    for s in batch.steps
+                ],
+            )
+        for m in batch.memory:
+            if m.value is None:
+                db.execute(Q["delete_memory"], {"session": m.session, "key": m.key})
+            else:
+                params = {"session": m.session, "key": m.key, "value": m.value, "now": now}
+                db.execute(Q["set_memory"], params)
+        if not batch.completions:
+            return []
+        params = [_completion_params(c) for c in batch.completions]
+        db.execute("SAVEPOINT completions")
+        if db.executemany(Q["complete"], params).rowcount == len(params):
+            db.execute("RELEASE completions")
+            return [True] * len(params)
+        # Some lease was lost (rare): undo and apply row by row to learn which.
+        db.execute("ROLLBACK TO completions")
+        applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
+        db.execute("RELEASE completions")
+        return applied
+
+    async def extend_leases(self, owner: str, until: float) -> list[int]:
+        def run(db: sqlite3.Connection) -> list[int]:
+            rows = db.execute(Q["extend_leases"], {"owner": owner, "until": until}).fetchall()
+            return [r[0] for r in rows if r[1]]
+
+        return await self._call(self._transaction, run)
+
+    async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
+        def run(db: sqlite3.Connection) -> Reclaimed:
+            params = {
+                "now": now,
+                "error": _lease_lost_error(),
+                "dead_owners": codec.dumps(list(dead_owners)).decode(),
+            }
+            statuses = [r[1] for r in db.execute(Q["reclaim"], params).fetchall()]
+            return Reclaimed(
+                requeued=statuses.count("queued"),
+                dead=statuses.count("dead"),
+                cancelled=statuses.count("cancelled"),
+            )
+
+        return await self._call(self._transaction, run)
+
+    async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
+        def run(db: sqlite3.Connection) -> TaskStatus | None:
+            db.execute(Q["cancel_queued"], {"id": task_id, "now": now})
+            db.execute(Q["cancel_running"], {"id": task_id})
+            row = db.execute(Q["status_of"], {"id": task_id}).fetchone()
+            return TaskStatus(row[0]) if row else None
+
+        return await self._call(self._transaction, run)
+
+    async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
+        params = {"statuses": codec.dumps([str(s) for s in statuses]).decode(), "agent": agent}
+        return await self._call(
+            self._transaction, lambda db: db.execute(Q["requeue"], params).rowcount
+        )
+
+    async def requeue_one(self, task_id: int) -> bool:
+        return await self._call(
+            self._transaction, lambda db: db.execute(Q["requeue_one"], {"id": task_id}).rowcount == 1
+        )
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get(self, task_id: int) -> TaskInfo | None:
+        def run() -> TaskInfo | None:
+            row = self._db.execute(Q["get_task"], {"id": task_id}).fetchone()
+            return _task_info(row) if row else None
+
+        return await self._call(run)
+
+    async def get_many(self, ids: Sequence[int]) -> list[TaskInfo]:
+        sql = Q["get_task"].replace("id = :id", "id IN (SELECT value FROM json_each(:ids))")
+
+        def run() -> list[TaskInfo]:
+            out = []
+            for chunk in _chunks(list(ids), 5000):
+                rows = self._db.execute(sql, {"ids": codec.dumps(chunk).decode()})
+                out.extend(_task_info(r) for r in rows)
+            return out
+
+        return await self._call(run)
+
+    async def find_keys(self, keys: Sequence[str]) -> dict[str, TaskInfo]:
+        sql = Q["get_task"].replace("id = :id", "key IN (SELECT value FROM json_each(:keys))")
+
+        def run() -> dict[str, TaskInfo]:
+            found: dict[str, TaskInfo] = {}
+            for chunk in _chunks(list(keys), 5000):
+                for r in self._db.execute(sql, {"keys": codec.dumps(chunk).decode()}):
+                    info = _task_info(r)
+                    found[info.key or ""] = info
+            return found
+
+        return await self._call(run)
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        def run() -> dict[TaskStatus, int]:
+            return {TaskStatus(s): n for s, n in self._db.execute(Q["counts"])}
+
+        return await self._call(run)
+
+    async def counts_by_agent(self) -> dict[str, dict[TaskStatus, int]]:
+        def run() -> dict[str, dict[TaskStatus, int]]:
+            out: dict[str, dict[TaskStatus, int]] = {}
+            for agent, status, n in self._db.execute(Q["counts_by_agent"]):
+                out.setdefault(agent, {})[TaskStatus(status)] = n
+            return out
+
+        return await self._call(run)
+
+    async def recent_errors(self, limit: int = 10) -> list[TaskInfo]:
+        def run() -> list[TaskInfo]:
+            return [_task_info(r) for r in self._db.execute(Q["recent_errors"], {"limit": limit})]
+
+        return await self._call(run)
+
+    async def steps(self, task_id: int) -> list[StepInfo]:
+        def run() -> list[StepInfo]:
+            rows = self._db.execute(Q["steps_of"], {"task_id": task_id})
+            return [StepInfo(k, a, codec.loads(o), s, f) for k, a, o, s, f in rows]
+
+        return await self._call(run)
+
+    async def events_after(self, after: int, limit: int = 10_000) -> list[Event]:
+        def run() -> list[Event]:
+            rows = self._db.execute(Q["events_after"], {"after": after, "limit": limit})
+            return [Event(i, t, at, TaskStatus(s), a) for i, t, at, s, a in rows]
+
+        return await self._call(run)
+
+    async def last_event_id(self) -> int:
+        return await self._call(lambda: int(self._db.execute(Q["last_event"]).fetchone()[0]))
+
+    # -- memory ------------------------------------------------------------------------
+
+    async def memory_get(self, session: str, key: str) -> bytes | None:
+        def run() -> bytes | None:
+            row = self._db.execute(Q["get_memory"], {"session": session, "key": key}).fetchone()
+            return row[0] if row else None
+
+        return await self._call(run)
+
+    async def memory_items(self, session: str) -> dict[str, bytes]:
+        def run() -> dict[str, bytes]:
+            return dict(self._db.execute(Q["memory_items"], {"session": session}).fetchall())
+
+        return await self._call(run)
+
+    # -- workers -----------------------------------------------------------------------
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        params = {
+            "id": worker.id,
+            "host": worker.host,
+            "pid": worker.pid,
+            "now": worker.heartbeat_at,
+            "info": codec.dumps(dict(worker.load)),
+        }
+        await self._call(self._transaction, lambda db: db.execute(Q["upsert_worker"], params))
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._call(
+            self._transaction, lambda db: db.execute(Q["delete_worker"], {"id": worker_id})
+        )
+
+    async def workers(self) -> list[WorkerInfo]:
+        def run() -> list[WorkerInfo]:
+            return [
+                WorkerInfo(i, h, p, s, hb, codec.loads(info))
+                for i, h, p, s, hb, info in self._db.execute(Q["workers"])
+            ]
+
+        return await self._call(run)
+
+
+def _completion_params(c: Completion) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "attempt": c.attempt,
+        "owner": c.owner,
+        "status": _OUTCOME_STATUS[c.outcome],
+        "output": c.output,
+        "error": c.error.to_json() if c.error is not None else None,
+        "not_before": c.not_before,
+        "uncount": 1 if c.outcome is Outcome.RELEASED else 0,
+        "finished_at": None if c.outcome in (Outcome.RETRY, Outcome.RELEASED) else c.finished_at,
+    }
+
+
+def _task_info(row: Sequence[Any]) -> TaskInfo:
+    (tid, agent, key, session, status, attempt, max_attempts, inp, out, err, c, s, f, owner) = row
+    return TaskInfo(
+        id=tid,
+        agent=agent,
+        key=key,
+        session=session,
+        status=TaskStatus(status),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        input=codec.loads(inp),
+        output=codec.loads(out) if out is not None else None,
+        error=ErrorInfo.from_json(err),
+        created_at=c,
+        started_at=s,
+        finished_at=f,
+        lease_owner=owner,
+    )
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (trigger bodies stay whole)."""
+    out, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                out.append(current.strip())
+            current = ""
+    if current.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in current.splitlines()
+    ):
+        raise StoreError("a migration ends with an incomplete statement")
+    return out
+
+
+def _chunks(items: list[T], size: int) -> list[list[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,201 @@
+"""Task values shared by every layer: statuses, what is submitted, leased and completed.
+
+These are plain frozen dataclasses; JSON payloads (inputs, outputs, step results) travel
+between the store and the runner as encoded ``bytes`` so they are decoded once, where
+they are used.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec
+from .errors import AgentCrash
+
+
+class TaskStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for a worker (possibly until its not-before time)
+    RUNNING = "running"  # leased by a worker; the lease expires unless heartbeated
+    SUCCEEDED = "succeeded"  # finished with an output
+    FAILED = "failed"  # finished with an error that retrying cannot fix
+    DEAD = "dead"  # every attempt failed; kept with its last error, can be re-queued
+    CANCELLED = "cancelled"  # cancelled by a user before it finished
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED}
+)
+TERMINAL_STATUSES: frozenset[str] = frozenset(s.value for s in _TERMINAL)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why an attempt failed: exception type, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        shown = exc.original if isinstance(exc, AgentCrash) else exc
+        tb = "".join(traceback.format_exception(shown))
+        return cls(type=type(shown).__name__, message=str(shown), traceback=tb)
+
+    def to_json(self) -> bytes:
+        return codec.dumps({"type": self.type, "message": self.message, "traceback": self.traceback})
+
+    @classmethod
+    def from_json(cls, data: bytes | str | None) -> ErrorInfo | None:
+        if not data:
+            return None
+        d = codec.loads(data)
+        return cls(type=d.get("type", ""), message=d.get("message", ""), traceback=d.get("traceback", ""))
+
+    def brief(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to submit. ``input`` is the JSON object of the agent's keyword arguments."""
+
+    agent: str
+    input: bytes
+    key: str | None = None
+    session: str | None = None
+    priority: int = 0
+    max_attempts: int = 4
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The answer to a submission: the task's id and whether this call created it."""
+
+    id: int
+    key: str | None
+    status: TaskStatus
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A task leased to one worker for one attempt; ``attempt`` is the fencing token."""
+
+    id: int
+    agent: str
+    input: bytes
+    key: str | None
+    session: str | None
+    attempt: int
+    max_attempts: int
+    # Steps recorded by earlier attempts, by step key, as stored JSON. Empty on attempt 1.
+    steps: dict[str, bytes] = field(default_factory=dict)
+
+
+class Outcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"  # output recorded
+    RETRY = "retry"  # back to queued with a not-before time; error kept
+    FAILED = "failed"  # permanent failure
+    DEAD = "dead"  # retries exhausted
+    CANCELLED = "cancelled"  # cancelled by request
+    RELEASED = "released"  # given back unfinished (worker draining); attempt not counted
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The end of one attempt, written only while ``owner`` still holds lease ``attempt``."""
+
+    id: int
+    attempt: int
+    owner: str
+    outcome: Outcome
+    output: bytes | None = None
+    error: ErrorInfo | None = None
+    not_before: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A step's result, recorded once per task and step key."""
+
+    task_id: int
+    key: str
+    attempt: int
+    output: bytes
+    started_at: float
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A task as the store holds it."""
+
+    id: int
+    agent: str
+    key: str | None
+    session: str | None
+    status: TaskStatus
+    attempt: int
+    max_attempts: int
+    input: Any
+    output: Any
+    error: ErrorInfo | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    lease_owner: str | None = None
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds from the start of the last attempt to its end."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """How a task ended (or where it stands): what ``Runtime.map`` and ``result`` give."""
+
+    id: int
+    key: str | None
+    status: TaskStatus
+    output: Any = None
+    error: ErrorInfo | None = None
+    attempt: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is TaskStatus.SUCCEEDED
+
+    @property
+    def latency(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @classmethod
+    def from_info(cls, info: TaskInfo) -> TaskResult:
+        return cls(
+            id=info.id,
+            key=info.key,
+            status=info.status,
+            output=info.output,
+            error=info.error,
+            attempt=info.attempt,
+            started_at=info.started_at,
+            finished_at=info.finished_at,
+        )

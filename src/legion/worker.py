@@ -1,0 +1,336 @@
+"""``Worker``: leases tasks in batches, runs one instance per task, commits in batches.
+
+Background loops, all owned by :meth:`Worker.run`:
+
+- **lease**: takes as many ready tasks as there are free slots (global and per agent);
+- **journal**: group-commits step results, memory writes and completions;
+- **heartbeat**: extends the leases held and reports the worker's load; stops instances
+  whose cancellation was asked through the store;
+- **reaper**: takes back the leases of workers that died (their process is gone, their
+  heartbeat stopped, or their leases simply expired).
+
+Stopping (:meth:`stop`, SIGINT/SIGTERM in the CLI) drains: no new leases, running
+instances get ``drain_timeout`` seconds to finish, the rest are released back to the
+queue unfinished, and everything is committed before :meth:`run` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .agent import Agent
+from .clock import Clock, system_clock
+from .journal import Committed, Journal
+from .runner import Instance, StopReason, run_instance
+from .stats import Counters, Statistics
+from .store.base import Store, WorkerInfo
+from .task import Lease, Outcome
+
+log = logging.getLogger("legion.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    concurrency: int = 1000
+    lease_seconds: float = 30.0
+    # How long an idle worker waits before asking the store again (it is also woken at
+    # once by submissions made in the same process).
+    poll_interval: float = 0.5
+    drain_timeout: float = 30.0
+    # Lease when at least this share of the slots is free, so leases come in batches.
+    lease_batch_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if self.lease_seconds <= 0 or self.poll_interval <= 0:
+            raise ValueError("lease_seconds and poll_interval must be > 0")
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        agents: Sequence[Agent] = (),
+        config: WorkerConfig | None = None,
+        clock: Clock = system_clock,
+        on_committed: Callable[[Sequence[Committed]], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or WorkerConfig()
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._clock = clock
+        self._agents: dict[str, Agent] = {}
+        self._running: dict[str, int] = {}
+        self._instances: dict[int, Instance] = {}
+        self._journal = Journal(store, clock=clock, on_committed=self._committed)
+        self._listener = on_committed
+        self._counters = Counters()
+        self._rng = random.Random(seed)
+        self._turn = 0
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._batch_threshold = max(1, int(self.config.concurrency * self.config.lease_batch_fraction))
+        for a in agents:
+            self.add_agent(a)
+
+    # -- configuration -----------------------------------------------------------------
+
+    def add_agent(self, agent: Agent) -> None:
+        existing = self._agents.get(agent.name)
+        if existing is not None and existing is not agent:
+            raise ValueError(f"two different agents are named {agent.name!r}")
+        self._agents[agent.name] = agent
+        self._running.setdefault(agent.name, 0)
+        self.wake()
+
+    @property
+    def agents(self) -> Mapping[str, Agent]:
+        return self._agents
+
+    def wake(self) -> None:
+        """New work may be ready: look at the queue now instead of at the next poll."""
+        self._wake.set()
+
+    def statistics(self) -> Statistics:
+        return self._counters.snapshot(len(self._instances))
+
+    def holds(self, task_id: int) -> bool:
+        return task_id in self._instances
+
+    def cancel_local(self, task_id: int) -> bool:
+        """Stop a running instance held by this worker; it is recorded ``cancelled``."""
+        inst = self._instances.get(task_id)
+        if inst is None:
+            return False
+        inst.stop(StopReason.CANCELLED)
+        return True
+
+    def stop(self) -> None:
+        """Drain: lease nothing more, let running instances finish, then return from run()."""
+        self._stopping.set()
+        self._wake.set()
+        self._slots.set()
+
+    def release_now(self) -> None:
+        """Give every running instance back to the queue at once (a second Ctrl-C)."""
+        self.stop()
+        for inst in list(self._instances.values()):
+            inst.stop(StopReason.RELEASED)
+
+    # -- main loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; returns after draining and committing everything."""
+        await self._register()
+        journal = asyncio.create_task(self._journal.run(), name="legion-journal")
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="legion-heartbeat"),
+            asyncio.create_task(self._reaper_loop(), name="legion-reaper"),
+        ]
+        try:
+            await self._lease_loop()
+            await self._drain()
+        finally:
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if self._instances:  # run() itself was cancelled: give everything back
+                for inst in list(self._instances.values()):
+                    inst.stop(StopReason.RELEASED)
+                await asyncio.gather(
+                    *(i.task for i in self._instances.values() if i.task), return_exceptions=True
+                )
+            self._journal.close()
+            await journal
+            try:
+                await self.store.remove_worker(self.id)
+            except Exception as exc:  # the store is gone; its row will age out
+                log.warning("could not deregister worker %s: %s", self.id, exc)
+
+    async def _lease_loop(self) -> None:
+        cfg = self.config
+        idle_wait = 0.005
+        while not self._stopping.is_set():
+            free = cfg.concurrency - len(self._instances)
+            wants = self._wants(free)
+            if free <= 0 or not wants:
+                self._slots.clear()
+                await self._slots.wait()
+                continue
+            wanted = min(free, sum(wants.values()))
+            now = self._clock()
+            try:
+                leases = await self.store.lease(
+                    self.id, wants, wanted, now + cfg.lease_seconds, now
+                )
+            except Exception as exc:
+                log.error("leasing failed (%s); retrying in %.1fs", exc, cfg.poll_interval)
+                await self._sleep_or_wake(cfg.poll_interval)
+                continue
+            for lease in leases:
+                self._start(lease)
+            if leases:
+                idle_wait = 0.005
+                if len(leases) < wanted:
+                    # The queue is (nearly) empty: wait for more work or for the next poll.
+                    await self._sleep_or_wake(cfg.poll_interval)
+                elif len(self._instances) >= cfg.concurrency - self._batch_threshold:
+                    self._slots.clear()
+                    await self._slots.wait()
+            else:
+                await self._sleep_or_wake(idle_wait)
+                idle_wait = min(idle_wait * 2, cfg.poll_interval)
+
+    def _wants(self, free: int) -> dict[str, int]:
+        """Free slots per agent, starting with a different agent each time (fairness)."""
+        names = list(self._agents)
+        if not names:
+            return {}
+        self._turn = (self._turn + 1) % len(names)
+        wants = {}
+        for name in names[self._turn :] + names[: self._turn]:
+            cap = self._agents[name].options.concurrency
+            n = free if cap is None else min(free, cap - self._running[name])
+            if n > 0:
+                wants[name] = n
+        return wants
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    def _start(self, lease: Lease) -> None:
+        agent = self._agents[lease.agent]
+        inst = Instance(lease, agent)
+        self._instances[lease.id] = inst
+        self._running[agent.name] += 1
+        self._counters.leased += 1
+        inst.task = asyncio.get_running_loop().create_task(
+            run_instance(
+                inst,
+                owner=self.id,
+                store=self.store,
+                journal=self._journal,
+                clock=self._clock,
+                rng=self._rng,
+            ),
+            name=f"legion-task-{lease.id}",
+        )
+        inst.task.add_done_callback(lambda _t, i=inst: self._finished(i))
+
+    def _finished(self, inst: Instance) -> None:
+        self._instances.pop(inst.lease.id, None)
+        self._running[inst.agent.name] -= 1
+        free = self.config.concurrency - len(self._instances)
+        # Wake the lease loop for a batch worth leasing, or for a slot of a capped agent.
+        if free >= self._batch_threshold or inst.agent.options.concurrency is not None:
+            self._slots.set()
+
+    def _committed(self, batch: Sequence[Committed]) -> None:
+        retry_at = None
+        for c in batch:
+            comp = c.completion
+            if not c.applied:
+                self._counters.lost_leases += 1
+                continue
+            self._counters.count(comp.outcome, comp.finished_at - comp.started_at)
+            if comp.outcome is Outcome.RETRY:
+                retry_at = comp.not_before if retry_at is None else min(retry_at, comp.not_before)
+        if retry_at is not None:
+            delay = max(0.0, retry_at - self._clock())
+            asyncio.get_running_loop().call_later(delay, self.wake)
+        if self._listener is not None:
+            self._listener(batch)
+
+    async def _drain(self) -> None:
+        if self._instances:
+            log.info("draining %d running tasks (up to %.0fs)", len(self._instances), self.config.drain_timeout)
+            pending = [i.task for i in self._instances.values() if i.task is not None]
+            _, still = await asyncio.wait(pending, timeout=self.config.drain_timeout)
+            if still:
+                log.warning("releasing %d unfinished tasks back to the queue", len(still))
+                for inst in list(self._instances.values()):
+                    inst.stop(StopReason.RELEASED)
+                await asyncio.gather(*still, return_exceptions=True)
+
+    # -- heartbeat and reaping ---------------------------------------------------------
+
+    def _load(self) -> dict[str, object]:
+        s = self.statistics()
+        return {"in_flight": s.in_flight, "succeeded": s.succeeded, "agents": sorted(self._agents)}
+
+    async def _register(self) -> None:
+        now = self._clock()
+        info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), now, now, self._load())
+        await self.store.register_worker(info)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = self._clock()
+                cancel = await self.store.extend_leases(self.id, now + self.config.lease_seconds)
+                for task_id in cancel:
+                    self.cancel_local(task_id)
+                await self._register()
+            except Exception as exc:
+                log.error("heartbeat failed: %s", exc)
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            try:
+                await self.reap()
+            except Exception as exc:
+                log.error("reclaiming leases failed: %s", exc)
+            await asyncio.sleep(self.config.lease_seconds / 2)
+
+    async def reap(self) -> None:
+        """Take back leases of dead workers; a worker on this host whose process is gone
+        is dead at once, any other once its heartbeat is older than two lease periods."""
+        now = self._clock()
+        host = socket.gethostname()
+        dead = []
+        for w in await self.store.workers():
+            if w.id == self.id:
+                continue
+            if (w.host == host and not _pid_alive(w.pid)) or (
+                now - w.heartbeat_at > 2 * self.config.lease_seconds
+            ):
+                dead.append(w.id)
+        reclaimed = await self.store.reclaim(now, dead)
+        for wid in dead:
+            await self.store.remove_worker(wid)
+        if reclaimed.requeued or reclaimed.dead or reclaimed.cancelled:
+            log.warning(
+                "took back the leases of stopped workers: %d re-queued, %d dead, %d cancelled",
+                reclaimed.requeued,
+                reclaimed.dead,
+                reclaimed.cancelled,
+            )
+            self.wake()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
