@@ -1,0 +1,162 @@
+"""Command line of the provider simulator (``legion sim``,
+``python -m legion.sim``).
+
+Settings come from the defaults of `SimConfig`, then the ``[sim]`` table of
+``--config FILE`` (TOML, keys named like the flags, with dashes or
+underscores), then the flags. The simulator prints one line ending with its
+base URL once it accepts connections, and stops cleanly on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import signal
+import sys
+import tomllib
+from typing import Any
+
+from legion.sim.config import SimConfig
+from legion.sim.server import Simulator, serve_simulator
+
+_DEFAULT_HOST = "127.0.0.1"
+_DEFAULT_PORT = 8000
+# Settings that belong to the command, not to `SimConfig`.
+_SERVER_SETTINGS = ("host", "port", "allow_remote")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; only flags given on the command line end up in
+    the parsed namespace, so they can override the config file."""
+    parser = argparse.ArgumentParser(
+        prog="legion sim",
+        description="Run an OpenAI-compatible provider simulator on loopback.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add = parser.add_argument
+    add("--host", help=f"address to listen on (default {_DEFAULT_HOST})")
+    add("--port", type=int, help=f"port to listen on, 0 for any free one (default {_DEFAULT_PORT})")
+    add("--allow-remote", action="store_true", help="allow a host that is not loopback")
+    add("--config", metavar="FILE", help="TOML file with a [sim] table of these settings")
+    add(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="NAME",
+        help="model name served (repeatable; default sim-model)",
+    )
+    add("--rpm", type=int, help="requests per minute (default unlimited)")
+    add("--tpm", type=int, help="tokens per minute (default unlimited)")
+    add("--max-concurrency", type=int, help="requests served at once (default unlimited)")
+    add("--window", choices=("sliding", "fixed"), help="rate window kind (default sliding)")
+    add(
+        "--rejected-count-against-limit",
+        action=argparse.BooleanOptionalAction,
+        help="count 429-rejected requests in the request window",
+    )
+    add("--latency", type=float, metavar="SECONDS", help="base time to first token")
+    add("--latency-jitter", type=float, metavar="SECONDS", help="scale of the random extra latency")
+    add(
+        "--latency-distribution",
+        choices=("uniform", "lognormal"),
+        help="distribution of the extra latency (default uniform)",
+    )
+    add("--tokens-per-second", type=float, help="generation speed (default instant)")
+    add("--min-output-tokens", type=int, help="shortest completion (default 8)")
+    add("--max-output-tokens", type=int, help="longest completion (default 64)")
+    add("--error-rate", type=float, help="fraction of requests answered 500/503")
+    add("--hang-rate", type=float, help="fraction of requests never answered")
+    add("--hang-seconds", type=float, help="longest hang before a 504 (default 600)")
+    add("--malformed-rate", type=float, help="fraction of answers with an invalid JSON body")
+    add("--stall-rate", type=float, help="fraction of streams stopping mid-way")
+    add("--seed", type=int, help="seed of the fault and latency draws (default 0)")
+    add("--api-key", help="require this bearer key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator until SIGINT or SIGTERM; return the exit status."""
+    parser = build_parser()
+    flags = vars(parser.parse_args(argv))
+    try:
+        settings = _load_config(flags.pop("config")) if "config" in flags else {}
+        settings.update(flags)
+        host, port, allow_remote = _server_settings(settings)
+        if not allow_remote and not _is_loopback(host):
+            raise ValueError(
+                f"refusing to listen on non-loopback host {host!r} without --allow-remote"
+            )
+        config = SimConfig.from_mapping(settings)
+    except ValueError as exc:
+        print(f"legion sim: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(config, host, port))
+    except OSError as exc:
+        print(f"legion sim: error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    """The ``[sim]`` table of a TOML file, keys normalised to field names."""
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read config file {path}: {exc}") from exc
+    table = document.get("sim")
+    if not isinstance(table, dict):
+        raise ValueError(f"config file {path} has no [sim] table")
+    settings: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name == "model":
+            name, value = "models", [value] if isinstance(value, str) else value
+        settings[name] = value
+    return settings
+
+
+def _server_settings(settings: dict[str, Any]) -> tuple[str, int, bool]:
+    """Remove and check the host, port and allow_remote settings."""
+    host = settings.pop("host", _DEFAULT_HOST)
+    port = settings.pop("port", _DEFAULT_PORT)
+    allow_remote = settings.pop("allow_remote", False)
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host must be a non-empty string, got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
+    if not isinstance(allow_remote, bool):
+        raise ValueError(f"allow_remote must be true or false, got {allow_remote!r}")
+    return host, port, allow_remote
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _announce(simulator: Simulator) -> None:
+    print(f"legion sim ready at {simulator.base_url}", flush=True)
+
+
+async def _serve(config: SimConfig, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM cancels this task."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        await serve_simulator(config, host, port, on_ready=_announce)
+    except asyncio.CancelledError:
+        pass  # asked to stop; the simulator has shut down
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)

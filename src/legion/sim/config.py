@@ -1,0 +1,211 @@
+"""Configuration of the provider simulator.
+
+`SimConfig` gathers every knob of the simulator in one immutable value. All
+values are checked when the object is built, so an invalid configuration
+fails early with a `ValueError` naming the offending field, whether it comes
+from Python code, the command line or a TOML file (`SimConfig.from_mapping`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+WindowKind = Literal["sliding", "fixed"]
+LatencyDistribution = Literal["uniform", "lognormal"]
+
+_WINDOW_KINDS: tuple[str, ...] = ("sliding", "fixed")
+_LATENCY_DISTRIBUTIONS: tuple[str, ...] = ("uniform", "lognormal")
+_FAULT_RATES: tuple[str, ...] = ("error_rate", "hang_rate", "malformed_rate", "stall_rate")
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Every setting of the simulator, with defaults that behave like a fast,
+    unlimited, fault-free provider.
+
+    Models:
+        models: model names served; a request naming another model gets a 404
+            ``model_not_found`` error, as real providers answer.
+
+    Rate limits (``None`` disables a limit):
+        rpm: requests per 60 s window.
+        tpm: tokens per 60 s window. A request is charged its estimated prompt
+            tokens plus its ``max_tokens`` (or ``max_completion_tokens``); when
+            the request sets neither, the completion length the simulator will
+            produce is charged instead. The charge is made on admission and is
+            never refunded, as OpenAI does.
+        max_concurrency: requests being served at the same time.
+        window: ``"sliding"`` (capacity comes back 60 s after it was used) or
+            ``"fixed"`` (all capacity comes back at each 60 s boundary).
+        rejected_count_against_limit: when true, requests answered 429 also
+            consume the request window, as OpenAI documents for its API.
+        concurrency_retry_after: Retry-After, in seconds, sent when the
+            concurrency limit rejects a request (no window tells when a slot
+            frees up).
+
+    Latency:
+        latency: base delay in seconds before the first byte of an answer
+            (time to first token).
+        latency_jitter: scale of the random extra delay added to ``latency``.
+        latency_distribution: ``"uniform"`` draws the extra delay from
+            ``[0, latency_jitter)``; ``"lognormal"`` draws it from a lognormal
+            with median ``latency_jitter`` (sigma 1), giving a long tail.
+        tokens_per_second: generation speed of the completion; ``None`` means
+            the completion is produced instantly.
+
+    Completions:
+        min_output_tokens, max_output_tokens: bounds of the completion length
+            chosen from the prompt, before the request's ``max_tokens`` cap.
+
+    Faults (fractions of admitted requests, at most 1 in total):
+        error_rate: answer with one of ``error_statuses`` (500 or 503).
+        error_statuses: the server error statuses injected, used in turn
+            across the error band of the random draw.
+        hang_rate: never answer; the request waits until the client gives up,
+            the simulator stops, or ``hang_seconds`` pass (then 504).
+        hang_seconds: upper bound of a hang.
+        malformed_rate: answer 200 with a body that is not valid JSON (or, when
+            streaming, an event whose data is not valid JSON).
+        stall_rate: streaming only: stop sending mid-stream, like a hang
+            between two chunks, until the client gives up or the simulator
+            stops (the stream then ends without ``[DONE]``), or at most
+            ``hang_seconds``. Non-streaming requests drawing a stall are
+            served normally.
+        seed: seed of the random generator deciding faults and jitter.
+
+    Access:
+        api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <key>``.
+    """
+
+    models: tuple[str, ...] = ("sim-model",)
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    window: WindowKind = "sliding"
+    rejected_count_against_limit: bool = False
+    concurrency_retry_after: float = 1.0
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    latency_distribution: LatencyDistribution = "uniform"
+    tokens_per_second: float | None = None
+    min_output_tokens: int = 8
+    max_output_tokens: int = 64
+    error_rate: float = 0.0
+    error_statuses: tuple[int, ...] = (500, 503)
+    hang_rate: float = 0.0
+    hang_seconds: float = 600.0
+    malformed_rate: float = 0.0
+    stall_rate: float = 0.0
+    seed: int = 0
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_models(self.models)
+        for name in ("rpm", "tpm", "max_concurrency"):
+            _check_optional_positive_int(name, getattr(self, name))
+        _check_choice("window", self.window, _WINDOW_KINDS)
+        _check_bool("rejected_count_against_limit", self.rejected_count_against_limit)
+        _check_number("concurrency_retry_after", self.concurrency_retry_after, positive=True)
+        _check_number("latency", self.latency)
+        _check_number("latency_jitter", self.latency_jitter)
+        _check_choice("latency_distribution", self.latency_distribution, _LATENCY_DISTRIBUTIONS)
+        if self.tokens_per_second is not None:
+            _check_number("tokens_per_second", self.tokens_per_second, positive=True)
+        _check_positive_int("min_output_tokens", self.min_output_tokens)
+        _check_positive_int("max_output_tokens", self.max_output_tokens)
+        if self.max_output_tokens < self.min_output_tokens:
+            raise ValueError(
+                f"max_output_tokens ({self.max_output_tokens}) must be >= "
+                f"min_output_tokens ({self.min_output_tokens})"
+            )
+        _check_error_statuses(self.error_statuses)
+        _check_number("hang_seconds", self.hang_seconds, positive=True)
+        for name in _FAULT_RATES:
+            value = getattr(self, name)
+            _check_number(name, value)
+            if value > 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+        total = sum(getattr(self, name) for name in _FAULT_RATES)
+        if total > 1 + 1e-9:
+            raise ValueError(
+                f"error_rate + hang_rate + malformed_rate + stall_rate must be <= 1, got {total:g}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise ValueError("api_key must be a non-empty string or None")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> SimConfig:
+        """Build a configuration from plain data (a parsed TOML table, JSON...).
+
+        Keys are field names. Lists are accepted where a tuple is expected.
+        Unknown keys and invalid values raise `ValueError`.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown simulator setting(s): {', '.join(unknown)}; "
+                f"known settings: {', '.join(sorted(known))}"
+            )
+        kwargs: dict[str, Any] = dict(values)
+        for name in ("models", "error_statuses"):
+            if name in kwargs:
+                kwargs[name] = _as_tuple(name, kwargs[name])
+        return cls(**kwargs)
+
+
+def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise ValueError(f"{name} must be a list, got {type(value).__name__}")
+
+
+def _check_models(models: Any) -> None:
+    if not isinstance(models, tuple) or not models:
+        raise ValueError("models must be a non-empty tuple of model names")
+    for model in models:
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"models must contain non-empty strings, got {model!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_number(name: str, value: Any, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_optional_positive_int(name: str, value: Any) -> None:
+    if value is not None:
+        _check_positive_int(name, value)
+
+
+def _check_error_statuses(statuses: Any) -> None:
+    if not isinstance(statuses, tuple) or not statuses:
+        raise ValueError("error_statuses must be a non-empty tuple of HTTP statuses")
+    for status in statuses:
+        if isinstance(status, bool) or not isinstance(status, int) or not 500 <= status <= 599:
+            raise ValueError(f"error_statuses must contain 5xx statuses, got {status!r}")
