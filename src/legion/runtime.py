@@ -88,6 +88,7 @@ class Runtime:
         self._want_worker = worker
         self._seed = seed
         self.worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._waiters: dict[int, list[Deliver]] = {}
         self._recent: OrderedDict[int, TaskResult | None] = OrderedDict()
@@ -123,23 +124,26 @@ class Runtime:
                 on_committed=self._committed,
                 seed=self._seed,
             )
-            self._tasks.append(asyncio.create_task(self.worker.run(), name="legion-worker"))
+            self._worker_task = asyncio.create_task(self.worker.run(), name="legion-worker")
         self._tasks.append(asyncio.create_task(self._follow_events(), name="legion-events"))
         self._open = True
 
+    async def drain(self) -> None:
+        """Stop the local worker: running tasks finish (or are released after the drain
+        timeout) and everything is committed. The store stays open for reading."""
+        if self.worker is not None and self._worker_task is not None:
+            self.worker.stop()
+            await self._worker_task
+
     async def aclose(self) -> None:
-        """Drain the local worker (running tasks finish or are released), then close."""
+        """Drain the local worker, then close."""
         if not self._open:
             return
         self._open = False
-        if self.worker is not None:
-            self.worker.stop()
-        worker_task, *others = self._tasks if self.worker is not None else (None, *self._tasks)
-        for t in others:
+        await self.drain()
+        for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-        if worker_task is not None:
-            await worker_task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self._owns_store:
             await self.store.aclose()

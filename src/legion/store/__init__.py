@@ -23,13 +23,13 @@ __all__ = [
 ]
 
 
-def store_from_url(url: str) -> Store:
-    """A store for ``url`` (not yet opened)."""
+def store_from_url(url: str, *, create: bool = True) -> Store:
+    """A store for ``url`` (not yet opened); ``create=False`` refuses a missing database."""
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
             raise ConfigError(f"bad SQLite URL {url!r}: use sqlite:///path.db or sqlite:///:memory:")
-        return SQLiteStore(path[1:])
+        return SQLiteStore(path[1:], create=create)
     if url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("the PostgreSQL store is not available in this version of legion")
     raise ConfigError(f"unknown store URL {url!r}: expected sqlite:///path.db")

@@ -54,8 +54,9 @@ def _lease_lost_error() -> bytes:
 class SQLiteStore:
     """A :class:`~legion.store.base.Store` in one SQLite file (or ``:memory:``)."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0, create: bool = True) -> None:
         self.path = str(path)
+        self._create = create
         self.url = f"sqlite:///{self.path}"
         self._busy_ms = int(busy_timeout * 1000)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-sqlite")
@@ -92,6 +93,8 @@ class SQLiteStore:
             parent = Path(self.path).parent
             if not parent.is_dir():
                 raise ConfigError(f"cannot create the store {self.path}: {parent} is not a folder")
+            if not self._create and not Path(self.path).is_file():
+                raise ConfigError(f"no store at {self.path}")
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:

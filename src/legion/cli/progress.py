@@ -1,0 +1,128 @@
+"""The live display of ``legion run``: counts, throughput, latency, all on one panel.
+
+On a terminal it redraws in place (rich); elsewhere (CI logs, pipes) it prints one
+plain line every few seconds so long runs still show progress.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ..stats import LatencySample, Statistics
+from ..task import TaskResult, TaskStatus
+
+
+@dataclass
+class RunTally:
+    """What a run has seen so far, from its results as they arrive."""
+
+    total: int
+    started: float = field(default_factory=time.monotonic)
+    by_status: dict[TaskStatus, int] = field(default_factory=lambda: dict.fromkeys(TaskStatus, 0))
+    latency: LatencySample = field(default_factory=LatencySample)
+    resumed: int = 0
+    bad_lines: int = 0
+
+    def add(self, result: TaskResult, *, resumed: bool = False) -> None:
+        self.by_status[result.status] += 1
+        if resumed:
+            self.resumed += 1
+        elif result.latency is not None:
+            self.latency.add(result.latency)
+
+    @property
+    def done(self) -> int:
+        return sum(self.by_status.values()) + self.bad_lines
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def rate(self) -> float:
+        ran = self.done - self.resumed - self.bad_lines
+        return ran / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def not_succeeded(self) -> int:
+        return self.done - self.by_status[TaskStatus.SUCCEEDED]
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+class Progress:
+    def __init__(self, tally: RunTally, *, agent: str, console: Console, enabled: bool = True) -> None:
+        self.tally = tally
+        self.agent = agent
+        self.console = console
+        self.enabled = enabled
+        self._live: Live | None = None
+        self._last_line = time.monotonic()
+        self.worker_stats: Statistics | None = None
+
+    def __enter__(self) -> Progress:
+        if self.enabled and self.console.is_terminal:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.__exit__(None, None, None)
+
+    def update(self, worker_stats: Statistics | None) -> None:
+        self.worker_stats = worker_stats
+        if not self.enabled:
+            return
+        if self._live is not None:
+            self._live.update(self._render())
+        elif time.monotonic() - self._last_line >= 5.0:
+            self._last_line = time.monotonic()
+            self.console.print(self.line(), highlight=False)
+
+    def line(self) -> str:
+        t, w = self.tally, self.worker_stats
+        parts = [
+            f"{t.done}/{t.total} done",
+            f"{t.rate():.0f} tasks/s",
+            f"p50 {_ms(t.latency.quantile(0.5))}",
+            f"p95 {_ms(t.latency.quantile(0.95))}",
+            f"in flight {w.in_flight if w else 0}",
+            f"retries {w.retried if w else 0}",
+            f"failed {t.not_succeeded}",
+        ]
+        return "legion run: " + " | ".join(parts)
+
+    def _render(self) -> Table:
+        t, w = self.tally, self.worker_stats
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        pct = 100.0 * t.done / t.total if t.total else 100.0
+        grid.add_row("agent", self.agent)
+        grid.add_row("done", f"{t.done}/{t.total} ({pct:.1f} %)" + (f", {t.resumed} resumed" if t.resumed else ""))
+        grid.add_row("throughput", f"{t.rate():.1f} tasks/s over {t.elapsed:.1f} s")
+        grid.add_row("latency", f"p50 {_ms(t.latency.quantile(0.5))}  p95 {_ms(t.latency.quantile(0.95))}")
+        grid.add_row("in flight", str(w.in_flight if w else 0))
+        grid.add_row("retries", str(w.retried if w else 0))
+        failed = t.by_status[TaskStatus.FAILED] + t.bad_lines
+        grid.add_row(
+            "not succeeded",
+            f"{t.not_succeeded} (failed {failed}, dead {t.by_status[TaskStatus.DEAD]}, "
+            f"cancelled {t.by_status[TaskStatus.CANCELLED]})",
+        )
+        return grid
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, highlight=False)

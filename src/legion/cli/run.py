@@ -1,0 +1,219 @@
+"""``legion run``: a JSONL file of inputs through an agent, resumably, with live progress."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+
+from .. import codec
+from ..agent import Agent
+from ..inputs import InputLine, read_jsonl
+from ..runtime import Runtime
+from ..task import TaskResult, TaskStatus
+from .progress import Progress, RunTally
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    agent: Agent
+    input: Path
+    output: Path | None
+    store: str
+    concurrency: int
+    lease_seconds: float
+    progress: bool
+
+
+@dataclass(slots=True)
+class LineResult:
+    line: InputLine
+    result: TaskResult | None = None
+
+
+async def run_file(opts: RunOptions, console: Console) -> int:
+    """Run every line; write one output line per input line; answer the exit code."""
+    lines = list(read_jsonl(opts.input, opts.agent.name))
+    bad = [ln for ln in lines if ln.error is not None]
+    good = [ln for ln in lines if ln.error is None]
+    for ln in bad:
+        console.print(f"[yellow]skipped[/] {opts.input}:{ln.line}: {ln.error}", highlight=False)
+    tally = RunTally(total=len(lines), bad_lines=len(bad))
+    by_id: dict[int, LineResult] = {}
+    interrupted = False
+
+    async with Runtime(
+        opts.store, concurrency=opts.concurrency, lease_seconds=opts.lease_seconds
+    ) as rt:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        _install_signals(loop, rt, stop, console)
+        try:
+            submitted = await rt.submit_many(
+                opts.agent,
+                [ln.value for ln in good],
+                keys=[ln.key for ln in good],
+                sessions=[ln.session for ln in good],
+            )
+            for ln, s in zip(good, submitted, strict=True):
+                by_id[s.id] = LineResult(ln)
+            resumed = {s.id for s in submitted if not s.created and s.status.terminal}
+            with Progress(tally, agent=opts.agent.name, console=console, enabled=opts.progress) as progress:
+                interrupted = await _collect(rt, by_id, resumed, tally, progress, stop)
+            if interrupted:
+                await rt.drain()
+                await _settle_unfinished(rt, by_id)
+        finally:
+            _remove_signals(loop)
+
+    results = sorted([*by_id.values(), *(LineResult(b) for b in bad)], key=lambda r: r.line.line)
+    _write_output(results, opts.output)
+    _print_summary(console, tally, results, interrupted)
+    if interrupted:
+        return 130
+    return 0 if tally.not_succeeded == 0 else 1
+
+
+async def _collect(
+    rt: Runtime,
+    by_id: dict[int, LineResult],
+    resumed: set[int],
+    tally: RunTally,
+    progress: Progress,
+    stop: asyncio.Event,
+) -> bool:
+    """Gather results until every task finished or a signal asked to stop."""
+    results = rt.results(list(by_id))
+    next_result = asyncio.ensure_future(anext(results, None))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        remaining = len(by_id)
+        while remaining:
+            done, _ = await asyncio.wait({next_result, stopping}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                return True
+            if next_result in done:
+                r = next_result.result()
+                if r is None:
+                    break
+                by_id[r.id].result = r
+                tally.add(r, resumed=r.id in resumed)
+                remaining -= 1
+                next_result = asyncio.ensure_future(anext(results, None))
+            progress.update(rt.statistics())
+        progress.update(rt.statistics())
+        return False
+    finally:
+        for f in (next_result, stopping):
+            f.cancel()
+        await results.aclose()
+
+
+async def _settle_unfinished(rt: Runtime, by_id: dict[int, LineResult]) -> None:
+    """After an interrupted run, read where the unfinished tasks stand now."""
+    open_ids = [i for i, r in by_id.items() if r.result is None]
+    for info in await rt.store.get_many(open_ids):
+        by_id[info.id].result = TaskResult.from_info(info)
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, rt: Runtime, stop: asyncio.Event, console: Console) -> None:
+    presses = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal presses
+        presses += 1
+        worker = rt.worker
+        if presses == 1:
+            console.print(
+                f"[yellow]{signal.Signals(signum).name}: finishing running tasks; nothing is lost "
+                "(again to release them now; re-run the same command to resume)[/]"
+            )
+            stop.set()
+            if worker is not None:
+                worker.stop()
+        elif worker is not None:
+            worker.release_now()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+
+
+def output_record(r: LineResult) -> dict[str, Any]:
+    """One line of the output file (stable fields: line, key, status, output | error)."""
+    ln = r.line
+    record: dict[str, Any] = {"line": ln.line, "key": ln.key}
+    if ln.error is not None:
+        record["status"] = str(TaskStatus.FAILED)
+        record["error"] = {"type": "InputError", "message": ln.error}
+        return record
+    res = r.result
+    if res is None:
+        record["status"] = "unknown"
+        return record
+    record["id"] = res.id
+    record["status"] = str(res.status)
+    record["attempts"] = res.attempt
+    if res.status is TaskStatus.SUCCEEDED:
+        record["output"] = res.output
+    elif res.status.terminal or res.error is not None:
+        record["error"] = res.error.brief() if res.error else {"type": str(res.status), "message": ""}
+    return record
+
+
+def _write_output(results: Iterable[LineResult], path: Path | None) -> None:
+    if path is None:
+        _write_lines(results, sys.stdout)
+        sys.stdout.flush()
+        return
+    # Write beside the target and rename: a crash never leaves a half-written file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            _write_lines(results, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_lines(results: Iterable[LineResult], f: TextIO) -> None:
+    for r in results:
+        f.write(codec.dumps(output_record(r)).decode())
+        f.write("\n")
+
+
+def _print_summary(console: Console, tally: RunTally, results: list[LineResult], interrupted: bool) -> None:
+    counts = {s: n for s, n in tally.by_status.items() if n}
+    parts = [f"{n} {s}" for s, n in counts.items()]
+    if tally.bad_lines:
+        parts.append(f"{tally.bad_lines} bad input lines")
+    p50, p95 = tally.latency.quantile(0.5), tally.latency.quantile(0.95)
+    lat = f", p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms" if p50 is not None and p95 is not None else ""
+    head = "interrupted" if interrupted else "done"
+    console.print(
+        f"[bold]{head}[/]: {tally.done}/{tally.total} in {tally.elapsed:.1f} s "
+        f"({tally.rate():.0f} tasks/s{lat}) - " + (", ".join(parts) or "nothing to do"),
+        highlight=False,
+    )
+    if tally.resumed:
+        console.print(f"{tally.resumed} finished in an earlier run and were not run again", highlight=False)
+    failures = [r for r in results if (r.result and not r.result.ok and r.result.error)]
+    for r in failures[:5]:
+        err = r.result.error if r.result else None
+        if err is not None:
+            console.print(f"  line {r.line.line}: {r.result.status if r.result else ''} {err.type}: {err.message}", highlight=False)
+    if len(failures) > 5:
+        console.print(f"  ... and {len(failures) - 5} more (see the output file or `legion status`)", highlight=False)

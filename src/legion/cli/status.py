@@ -1,0 +1,102 @@
+"""``legion status``, ``retry`` and ``cancel``: read and steer a store from the shell."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .. import codec
+from ..store import Store, store_from_url
+from ..task import TaskStatus
+
+
+@asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Store]:
+    store = store_from_url(url, create=False)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def show_status(url: str, *, errors: int, as_json: bool) -> None:
+    async with opened(url) as store:
+        counts = await store.counts()
+        by_agent = await store.counts_by_agent()
+        recent = await store.recent_errors(errors)
+        workers = await store.workers()
+    now = time.time()
+    if as_json:
+        doc: dict[str, Any] = {
+            "store": url,
+            "counts": {str(s): counts.get(s, 0) for s in TaskStatus},
+            "agents": {a: {str(s): n for s, n in c.items()} for a, c in by_agent.items()},
+            "workers": [
+                {"id": w.id, "host": w.host, "pid": w.pid, "heartbeat_age": now - w.heartbeat_at, **w.load}
+                for w in workers
+            ],
+            "errors": [
+                {
+                    "id": t.id,
+                    "agent": t.agent,
+                    "key": t.key,
+                    "status": str(t.status),
+                    "attempt": t.attempt,
+                    "error": t.error.brief() if t.error else None,
+                }
+                for t in recent
+            ],
+        }
+        print(codec.dumps(doc).decode())
+        return
+
+    console = Console(highlight=False)
+    table = Table(title=f"tasks in {url}")
+    table.add_column("agent")
+    for s in TaskStatus:
+        table.add_column(str(s), justify="right")
+    for agent, c in sorted(by_agent.items()):
+        table.add_row(agent, *(str(c.get(s, 0)) for s in TaskStatus))
+    table.add_row("[bold]all[/]", *(f"[bold]{counts.get(s, 0)}[/]" for s in TaskStatus))
+    console.print(table)
+
+    if workers:
+        wt = Table(title="workers")
+        for col in ("id", "host", "pid", "in flight", "last heartbeat"):
+            wt.add_column(col)
+        for w in workers:
+            wt.add_row(w.id, w.host, str(w.pid), str(w.load.get("in_flight", "?")), f"{now - w.heartbeat_at:.0f} s ago")
+        console.print(wt)
+    else:
+        console.print("no live workers")
+
+    if recent:
+        et = Table(title="latest errors")
+        for col in ("task", "agent", "status", "attempt", "error"):
+            et.add_column(col)
+        for t in recent:
+            msg = f"{t.error.type}: {t.error.message}" if t.error else ""
+            et.add_row(str(t.id), t.agent, str(t.status), f"{t.attempt}/{t.max_attempts}", msg[:200])
+        console.print(et)
+
+
+async def requeue(
+    url: str, ids: Sequence[int], *, dead: bool, failed: bool, cancelled: bool, agent: str | None
+) -> int:
+    statuses = [s for s, on in ((TaskStatus.DEAD, dead), (TaskStatus.FAILED, failed), (TaskStatus.CANCELLED, cancelled)) if on]
+    async with opened(url) as store:
+        n = await store.requeue(statuses, agent=agent) if statuses else 0
+        for task_id in ids:
+            n += await store.requeue_one(task_id)
+    return n
+
+
+async def cancel_tasks(url: str, ids: Sequence[int]) -> list[tuple[int, TaskStatus | None]]:
+    async with opened(url) as store:
+        return [(i, await store.cancel(i, time.time())) for i in ids]

@@ -1,0 +1,63 @@
+"""Input files: one JSON value per line, each line one task.
+
+A line is an object whose keys are the agent's parameters (or, for an agent with one
+parameter, any JSON value). Two optional fields are read and removed: ``"_key"`` sets
+the task's idempotency key and ``"_session"`` its memory session. Without ``"_key"`` the
+key is derived from the agent's name, the line number and the line's content, so
+running the same file again resumes it instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import codec
+
+
+@dataclass(frozen=True, slots=True)
+class InputLine:
+    """One line of an input file: a value to submit, or why it cannot be."""
+
+    line: int
+    key: str | None
+    value: Any = None
+    session: str | None = None
+    error: str | None = None
+
+
+def read_jsonl(path: Path, agent: str) -> Iterator[InputLine]:
+    """Parse ``path`` line by line; blank lines are skipped, bad ones reported."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            text = raw.strip()
+            if not text:
+                continue
+            yield parse_line(text, number, agent)
+
+
+def parse_line(text: bytes, number: int, agent: str) -> InputLine:
+    try:
+        value = codec.loads(text)
+    except codec.JSONDecodeError as exc:
+        return InputLine(number, None, error=f"line {number} is not valid JSON: {exc}")
+    key = session = None
+    if isinstance(value, dict) and ("_key" in value or "_session" in value):
+        value = dict(value)
+        key = value.pop("_key", None)
+        session = value.pop("_session", None)
+        if key is not None and not isinstance(key, str):
+            return InputLine(number, None, error=f'line {number}: "_key" must be a string')
+        if session is not None and not isinstance(session, str):
+            return InputLine(number, key, error=f'line {number}: "_session" must be a string')
+    if key is None:
+        key = derived_key(agent, number, text)
+    return InputLine(number, key, value, session)
+
+
+def derived_key(agent: str, line: int, text: bytes) -> str:
+    digest = hashlib.blake2b(text, digest_size=12, person=b"legion-input").hexdigest()
+    return f"{agent}:{line}:{digest}"

@@ -1,0 +1,72 @@
+"""Find agents by name: ``path/to/file.py:function`` or ``package.module:function``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from .agent import Agent, agent
+from .errors import AgentLoadError
+
+
+def load_module(ref: str) -> ModuleType:
+    """Import a module given as a file path (``app.py``) or a dotted name (``pkg.mod``)."""
+    if ref.endswith(".py") or "/" in ref or "\\" in ref:
+        path = Path(ref).resolve()
+        if not path.is_file():
+            raise AgentLoadError(f"no such file: {ref}")
+        name = path.stem
+        folder = str(path.parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        loaded = sys.modules.get(name)
+        if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+            return loaded
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise AgentLoadError(f"cannot import {ref}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise AgentLoadError(f"cannot import {ref}: {_describe(exc)}") from exc
+        return module
+    try:
+        return importlib.import_module(ref)
+    except Exception as exc:
+        raise AgentLoadError(f"cannot import {ref}: {_describe(exc)}") from exc
+
+
+def load_agent(ref: str) -> Agent:
+    """The agent named by ``ref``; a plain ``async def`` is made an agent with defaults."""
+    module_ref, sep, attr = ref.rpartition(":")
+    if not sep or not module_ref or not attr:
+        raise AgentLoadError(
+            f"bad agent name {ref!r}: expected path/to/file.py:function or package.module:function"
+        )
+    module = load_module(module_ref)
+    found = getattr(module, attr, None)
+    if found is None:
+        raise AgentLoadError(f"{module_ref} has no attribute {attr!r}")
+    if isinstance(found, Agent):
+        return found
+    if inspect.iscoroutinefunction(found):
+        return agent(found)
+    raise AgentLoadError(f"{ref} is not an agent: decorate an `async def` with @legion.agent")
+
+
+def agents_in(module: ModuleType) -> list[Agent]:
+    """Every agent defined at the top level of ``module``."""
+    return [v for v in vars(module).values() if isinstance(v, Agent)]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"syntax error at line {exc.lineno}: {exc.msg}"
+    return f"{type(exc).__name__}: {exc}"

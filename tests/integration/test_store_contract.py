@@ -1,0 +1,248 @@
+"""The Store contract: every implementation must pass these, against a real database."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from legion import codec
+from legion.store import MemoryWrite, SQLiteStore, Store, WorkerInfo, WriteBatch
+from legion.store.queries import migrations
+from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus
+
+NOW = 1_000_000.0
+
+
+def new(agent: str = "a", key: str | None = None, value: object = None, **kw: object) -> NewTask:
+    return NewTask(agent, codec.dumps({"x": value}), key, max_attempts=kw.pop("max_attempts", 3), **kw)  # type: ignore[arg-type]
+
+
+def done(lease_id: int, attempt: int, owner: str, outcome: Outcome = Outcome.SUCCEEDED, **kw: object) -> Completion:
+    return Completion(lease_id, attempt, owner, outcome, started_at=NOW, finished_at=NOW + 1, **kw)  # type: ignore[arg-type]
+
+
+async def test_submit_assigns_ids_and_queues(store: Store) -> None:
+    out = await store.submit([new(value=1), new(value=2)], NOW)
+    assert [s.created for s in out] == [True, True]
+    assert out[0].id != out[1].id
+    assert (await store.counts()) == {TaskStatus.QUEUED: 2}
+
+
+async def test_same_key_twice_answers_the_first_task(store: Store) -> None:
+    (first,) = await store.submit([new(key="k", value=1)], NOW)
+    second, third = await store.submit([new(key="k", value=2), new(key="other")], NOW)
+    assert second.id == first.id and not second.created
+    assert third.created
+    info = await store.get(first.id)
+    assert info is not None and info.input == {"x": 1}
+
+
+async def test_lease_is_batched_per_agent_and_capped(store: Store) -> None:
+    await store.submit([new("a", value=i) for i in range(5)] + [new("b", value=i) for i in range(5)], NOW)
+    leases = await store.lease("w1", {"a": 3, "b": 10}, 6, NOW + 60, NOW)
+    assert len(leases) == 6
+    assert sum(1 for lease in leases if lease.agent == "a") == 3
+    assert all(lease.attempt == 1 for lease in leases)
+    again = await store.lease("w2", {"a": 10, "b": 10}, 10, NOW + 60, NOW)
+    assert len(again) == 4  # nothing is leased twice
+    assert not {lease.id for lease in leases} & {lease.id for lease in again}
+
+
+async def test_priority_then_age_orders_the_queue(store: Store) -> None:
+    low, high = await store.submit([new(value=1, priority=0), new(value=2, priority=5)], NOW)
+    (first,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
+    assert first.id == high.id
+
+
+async def test_not_before_delays_a_task(store: Store) -> None:
+    await store.submit([new(value=1, not_before=NOW + 10)], NOW)
+    assert await store.lease("w", {"a": 5}, 5, NOW + 60, NOW) == []
+    assert len(await store.lease("w", {"a": 5}, 5, NOW + 70, NOW + 11)) == 1
+
+
+async def test_completion_is_fenced_by_owner_and_attempt(store: Store) -> None:
+    (s,) = await store.submit([new(value=1)], NOW)
+    (lease,) = await store.lease("w1", {"a": 1}, 1, NOW + 1, NOW)
+    # w1's lease expires; the task goes back and w2 takes attempt 2.
+    await store.reclaim(NOW + 5)
+    (lease2,) = await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 5)
+    assert lease2.attempt == 2
+    applied = await store.write(
+        WriteBatch(completions=[done(s.id, 1, "w1", output=b'"stale"'), done(s.id, 2, "w2", output=b'"fresh"')]),
+        NOW + 6,
+    )
+    assert applied == [False, True]
+    info = await store.get(s.id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED and info.output == "fresh"
+
+
+async def test_retry_dead_failed_and_released_outcomes(store: Store) -> None:
+    ids = [s.id for s in await store.submit([new(value=i) for i in range(4)], NOW)]
+    leases = await store.lease("w", {"a": 4}, 4, NOW + 60, NOW)
+    by_id = {lease.id: lease for lease in leases}
+    err = ErrorInfo("ValueError", "bad", "Traceback...")
+    await store.write(
+        WriteBatch(
+            completions=[
+                done(ids[0], 1, "w", Outcome.RETRY, error=err, not_before=NOW + 30),
+                done(ids[1], 1, "w", Outcome.DEAD, error=err),
+                done(ids[2], 1, "w", Outcome.FAILED, error=err),
+                done(ids[3], by_id[ids[3]].attempt, "w", Outcome.RELEASED),
+            ]
+        ),
+        NOW,
+    )
+    infos = {i.id: i for i in await store.get_many(ids)}
+    assert infos[ids[0]].status is TaskStatus.QUEUED and infos[ids[0]].error == err
+    assert infos[ids[1]].status is TaskStatus.DEAD and infos[ids[1]].error == err
+    assert infos[ids[2]].status is TaskStatus.FAILED
+    assert infos[ids[3]].status is TaskStatus.QUEUED and infos[ids[3]].attempt == 0  # not counted
+    # The retried one waits for its not-before time; the released one is ready now.
+    ready = await store.lease("w", {"a": 4}, 4, NOW + 60, NOW + 1)
+    assert [lease.id for lease in ready] == [ids[3]]
+
+
+async def test_steps_are_recorded_once_and_replayed_on_the_next_attempt(store: Store) -> None:
+    (s,) = await store.submit([new(value=1)], NOW)
+    (lease,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
+    assert lease.steps == {}
+    step = StepRecord(s.id, "search", 1, b"[1,2]", NOW, NOW + 1)
+    dup = StepRecord(s.id, "search", 1, b"[9]", NOW, NOW + 1)
+    await store.write(WriteBatch(steps=[step, dup]), NOW)
+    await store.write(WriteBatch(completions=[done(s.id, 1, "w", Outcome.RETRY, error=ErrorInfo("E", "m"))]), NOW)
+    (again,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW + 1)
+    assert again.attempt == 2 and again.steps == {"search": b"[1,2]"}
+    (info,) = await store.steps(s.id)
+    assert info.key == "search" and info.output == [1, 2]
+
+
+async def test_reclaim_requeues_expired_and_buries_the_last_attempt(store: Store) -> None:
+    a, b = await store.submit([new(value=1, max_attempts=1), new(value=2, max_attempts=3)], NOW)
+    await store.lease("w", {"a": 2}, 2, NOW + 10, NOW)
+    assert (await store.reclaim(NOW + 5)).requeued == 0  # not expired yet
+    r = await store.reclaim(NOW + 11)
+    assert (r.requeued, r.dead) == (1, 1)
+    info = await store.get(a.id)
+    assert info is not None and info.status is TaskStatus.DEAD
+    assert info.error is not None and info.error.type == "LeaseExpired"
+
+
+async def test_reclaim_takes_leases_of_dead_owners_at_once(store: Store) -> None:
+    await store.submit([new(value=1), new(value=2)], NOW)
+    await store.lease("dead-worker", {"a": 1}, 1, NOW + 600, NOW)
+    await store.lease("live-worker", {"a": 1}, 1, NOW + 600, NOW)
+    r = await store.reclaim(NOW + 1, ["dead-worker"])
+    assert r.requeued == 1
+    assert (await store.counts())[TaskStatus.RUNNING] == 1
+
+
+async def test_extend_leases_keeps_tasks_and_reports_cancel_requests(store: Store) -> None:
+    a, b = await store.submit([new(value=1), new(value=2)], NOW)
+    await store.lease("w", {"a": 2}, 2, NOW + 10, NOW)
+    assert await store.cancel(b.id, NOW) is TaskStatus.RUNNING  # asked, not yet stopped
+    assert await store.extend_leases("w", NOW + 100) == [b.id]
+    assert (await store.reclaim(NOW + 50)).requeued == 0
+
+
+async def test_cancel_a_queued_task_at_once(store: Store) -> None:
+    (s,) = await store.submit([new(value=1)], NOW)
+    assert await store.cancel(s.id, NOW) is TaskStatus.CANCELLED
+    assert await store.lease("w", {"a": 1}, 1, NOW + 60, NOW) == []
+    assert await store.cancel(12345, NOW) is None
+
+
+async def test_requeue_dead_tasks_with_a_fresh_budget(store: Store) -> None:
+    ids = [s.id for s in await store.submit([new(value=i) for i in range(3)], NOW)]
+    await store.lease("w", {"a": 3}, 3, NOW + 60, NOW)
+    err = ErrorInfo("E", "m")
+    await store.write(
+        WriteBatch(
+            completions=[
+                done(ids[0], 1, "w", Outcome.DEAD, error=err),
+                done(ids[1], 1, "w", Outcome.FAILED, error=err),
+                done(ids[2], 1, "w"),
+            ]
+        ),
+        NOW,
+    )
+    assert await store.requeue([TaskStatus.DEAD]) == 1
+    assert await store.requeue_one(ids[1])
+    assert not await store.requeue_one(ids[2])  # succeeded tasks stay
+    leases = await store.lease("w", {"a": 3}, 3, NOW + 60, NOW)
+    assert sorted(lease.id for lease in leases) == ids[:2]
+    assert all(lease.attempt == 1 for lease in leases)
+
+
+async def test_memory_is_keyed_by_session(store: Store) -> None:
+    await store.write(
+        WriteBatch(memory=[MemoryWrite("s1", "k", b"1"), MemoryWrite("s2", "k", b"2"), MemoryWrite("s1", "j", b"3")]),
+        NOW,
+    )
+    assert await store.memory_get("s1", "k") == b"1"
+    assert await store.memory_items("s1") == {"j": b"3", "k": b"1"}
+    await store.write(WriteBatch(memory=[MemoryWrite("s1", "k", None)]), NOW)
+    assert await store.memory_get("s1", "k") is None
+
+
+async def test_event_feed_follows_every_status_change_in_order(store: Store) -> None:
+    start = await store.last_event_id()
+    (s,) = await store.submit([new(value=1)], NOW)
+    await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
+    await store.write(WriteBatch(completions=[done(s.id, 1, "w")]), NOW)
+    events = await store.events_after(start)
+    assert [(e.task_id, e.status) for e in events] == [(s.id, TaskStatus.RUNNING), (s.id, TaskStatus.SUCCEEDED)]
+    assert events[0].id < events[1].id
+    assert await store.events_after(events[-1].id) == []
+
+
+async def test_workers_register_and_leave(store: Store) -> None:
+    await store.register_worker(WorkerInfo("w1", "host", 42, NOW, NOW, {"in_flight": 3}))
+    await store.register_worker(WorkerInfo("w1", "host", 42, NOW, NOW + 5, {"in_flight": 4}))
+    (w,) = await store.workers()
+    assert (w.id, w.heartbeat_at, w.load["in_flight"]) == ("w1", NOW + 5, 4)
+    await store.remove_worker("w1")
+    assert await store.workers() == []
+
+
+async def test_reopening_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "again.db"
+    s1 = SQLiteStore(path)
+    await s1.open()
+    (t,) = await s1.submit([new(key="k", value=1)], NOW)
+    await s1.aclose()
+    s2 = SQLiteStore(path)
+    await s2.open()
+    try:
+        (t2,) = await s2.submit([new(key="k", value=1)], NOW)
+        assert t2.id == t.id and not t2.created
+    finally:
+        await s2.aclose()
+
+
+async def test_migrations_reproduce_the_schema(tmp_path: Path) -> None:
+    """Opening a store applies every migration; the result matches applying them by hand."""
+    s = SQLiteStore(tmp_path / "m.db")
+    await s.open()
+    assert await s.schema_version() == migrations("sqlite")[-1][0]
+    await s.aclose()
+    by_hand = sqlite3.connect(":memory:")
+    for _, script in migrations("sqlite"):
+        by_hand.executescript(script)
+    opened = sqlite3.connect(tmp_path / "m.db")
+    schema = "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+    assert opened.execute(schema).fetchall() == by_hand.execute(schema).fetchall()
+    opened.close()
+    by_hand.close()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 999")
+    db.close()
+    s = SQLiteStore(path)
+    with pytest.raises(Exception, match="newer than this legion"):
+        await s.open()
+    await s.aclose()
