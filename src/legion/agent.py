@@ -8,7 +8,6 @@ pydantic model that validates it, and the options (timeout, retry policy, concur
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, overload
@@ -166,10 +165,6 @@ def _parameters(
     params = list(inspect.signature(fn).parameters.values())
     if not params:
         raise ConfigError(f"agent {name!r} must take the context as its first parameter")
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # unresolved forward references: validate those loosely
-        hints = {}
     fields: dict[str, Any] = {}
     for p in params[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
@@ -177,7 +172,7 @@ def _parameters(
                 f"agent {name!r}: parameter {p.name!r} must be a plain or keyword-only "
                 "parameter (inputs are passed by name)"
             )
-        annotation = hints.get(p.name, Any)
+        annotation = _resolve(fn, name, p)
         default = ... if p.default is p.empty else p.default
         fields[p.name] = (annotation, default)
     if input_model is not None:
@@ -191,6 +186,21 @@ def _parameters(
     except Exception as exc:
         raise ConfigError(f"agent {name!r}: cannot build its input schema: {exc}") from exc
     return tuple(fields), model
+
+
+def _resolve(fn: AgentFn, agent_name: str, p: inspect.Parameter) -> Any:
+    """The parameter's annotation as a type (string annotations are evaluated)."""
+    if p.annotation is p.empty:
+        return Any
+    if not isinstance(p.annotation, str):
+        return p.annotation
+    try:
+        return eval(p.annotation, getattr(fn, "__globals__", {}))  # noqa: S307 - the user's own annotation
+    except Exception as exc:
+        raise ConfigError(
+            f"agent {agent_name!r}: cannot resolve the annotation {p.annotation!r} of parameter "
+            f"{p.name!r} ({exc}); define that type at module level"
+        ) from None
 
 
 def _validation_message(agent_name: str, exc: ValidationError) -> str:

@@ -114,6 +114,7 @@ async def _collect(
     finally:
         for f in (next_result, stopping):
             f.cancel()
+        await asyncio.gather(next_result, stopping, return_exceptions=True)
         await results.aclose()
 
 

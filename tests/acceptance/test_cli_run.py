@@ -1,0 +1,169 @@
+"""``legion run``, ``status`` and ``retry`` as subprocesses, against real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from .conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_writes_one_line_per_input_and_resumes(tmp_path: Path, agents_file: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(30)])
+    out = tmp_path / "out.jsonl"
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {"STEP_LOG": str(tmp_path / "steps.log")}
+    first = legion("run", f"{agents_file}:work", "-i", str(inp), "-o", str(out), "--store", store, env=env)
+    assert first.returncode == 0, first.stderr
+    rows = read_jsonl(out)
+    assert [r["line"] for r in rows] == list(range(1, 31))
+    assert all(r["status"] == "succeeded" for r in rows)
+    assert rows[4]["output"] == ["a", "b1", "b2", 4]
+    assert len({r["key"] for r in rows}) == 30
+    assert "30 succeeded" in first.stderr
+    executed = (tmp_path / "steps.log").read_text().splitlines()
+    assert len(executed) == 90
+
+    again = legion("run", f"{agents_file}:work", "-i", str(inp), "-o", str(out), "--store", store, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "30 finished in an earlier run" in again.stderr
+    assert read_jsonl(out) == rows
+    assert (tmp_path / "steps.log").read_text().splitlines() == executed  # nothing ran again
+
+
+def test_bad_lines_are_reported_and_the_rest_still_run(tmp_path: Path, agents_file: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"n": 1}\n{"n": 2\n\n5\n{"n": "three"}\n')
+    out = tmp_path / "out.jsonl"
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", str(out), "--store", f"sqlite:///{tmp_path / 'db'}")
+    assert r.returncode == 1
+    rows = {row["line"]: row for row in read_jsonl(out)}
+    assert sorted(rows) == [1, 2, 4, 5]  # the blank line 3 is no input
+    assert rows[1]["output"] == 2 and rows[4]["output"] == 6
+    assert rows[2]["status"] == "failed" and "line 2 is not valid JSON" in rows[2]["error"]["message"]
+    assert rows[5]["status"] == "failed" and rows[5]["error"]["type"] == "InputError"
+    assert "n: Input should be a valid integer" in rows[5]["error"]["message"]
+    assert f"{inp}:2" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("missing.py:work", "no such file: missing.py"),
+        ("{agents}:nothing", "has no attribute 'nothing'"),
+        ("{agents}", "bad agent name"),
+        ("no.such.module:work", "cannot import no.such.module: ModuleNotFoundError"),
+        ("{broken}:work", "cannot import"),
+    ],
+)
+def test_an_agent_that_does_not_load_gives_one_clear_line(tmp_path: Path, agents_file: Path, ref: str, message: str) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import legion\nthis is not python\n")
+    inp = write_jsonl(tmp_path / "in.jsonl", [1])
+    r = legion("run", ref.format(agents=agents_file, broken=broken), "-i", str(inp), "--store", f"sqlite:///{tmp_path / 'db'}")
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_status_shows_dead_tasks_and_retry_requeues_them(tmp_path: Path, agents_file: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(4)])
+    out = tmp_path / "out.jsonl"
+    r = legion("run", f"{agents_file}:doomed", "-i", str(inp), "-o", str(out), "--store", store)
+    assert r.returncode == 1
+    assert {row["status"] for row in read_jsonl(out)} == {"dead"}
+    assert read_jsonl(out)[0]["error"] == {"type": "RuntimeError", "message": "doomed 0"}
+
+    st = legion("status", "--store", store, "--json")
+    assert st.returncode == 0, st.stderr
+    doc = json.loads(st.stdout)
+    assert doc["counts"]["dead"] == 4
+    assert doc["errors"][0]["error"]["type"] == "RuntimeError"
+    human = legion("status", "--store", store)
+    assert "doomed" in human.stdout and "RuntimeError: doomed" in human.stdout
+
+    rq = legion("retry", "--dead", "--store", store)
+    assert rq.returncode == 0 and "queued again: 4" in rq.stderr
+    assert json.loads(legion("status", "--store", store, "--json").stdout)["counts"]["queued"] == 4
+
+
+def test_status_of_a_missing_store_is_an_error(tmp_path: Path) -> None:
+    r = legion("status", "--store", f"sqlite:///{tmp_path / 'nothing.db'}")
+    assert r.returncode == 2 and "no store at" in r.stderr
+    assert not (tmp_path / "nothing.db").exists()
+
+
+def test_sigkill_mid_run_then_rerun_finishes_without_rerunning_recorded_steps(tmp_path: Path, agents_file: Path) -> None:
+    n = 400
+    db = tmp_path / "runs.db"
+    store = f"sqlite:///{db}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
+    # Long leases: the second run must notice that the first worker's process is gone,
+    # not wait for its leases to expire.
+    args = ["run", f"{agents_file}:work", "-i", str(inp), "-o", str(out), "--store", store, "-c", "50", "--lease-seconds", "600"]
+
+    proc = start_legion(*args, env={"STEP_LOG": str(log1)})
+    wait_for(lambda: log1.exists() and len(log1.read_text().splitlines()) >= 300, what="progress of the first run")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert not out.exists()
+
+    db_now = sqlite3.connect(db)
+    recorded = {f"{t}:{k}" for t, k in db_now.execute("SELECT task_id, key FROM steps")}
+    running = db_now.execute("SELECT count(*) FROM tasks WHERE status = 'running'").fetchone()[0]
+    db_now.close()
+    assert running > 0, "the kill should catch tasks in flight"
+    assert recorded, "some steps should have been recorded"
+
+    second = legion(*args, env={"STEP_LOG": str(log2)})
+    assert second.returncode == 0, second.stderr
+    rows = read_jsonl(out)
+    assert len(rows) == n and all(r["status"] == "succeeded" for r in rows)
+    assert sorted(r["output"][3] for r in rows) == list(range(n))
+
+    rerun = log2.read_text().splitlines()
+    assert not recorded & set(rerun), "a step recorded before the kill ran again"
+    db_after = sqlite3.connect(db)
+    steps_per_task = Counter(t for (t,) in db_after.execute("SELECT task_id FROM steps"))
+    done = db_after.execute("SELECT count(*) FROM tasks WHERE status = 'succeeded'").fetchone()[0]
+    completions = db_after.execute("SELECT count(*) FROM events WHERE status = 'succeeded'").fetchone()[0]
+    db_after.close()
+    assert done == n and completions == n  # one completion record per task
+    assert set(steps_per_task.values()) == {3}
+
+
+def test_sigterm_drains_running_tasks_and_loses_nothing(tmp_path: Path, agents_file: Path) -> None:
+    n = 60
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    log = tmp_path / "runs.log"
+    args = ["run", f"{agents_file}:slow", "-i", str(inp), "-o", str(out), "--store", store, "-c", "10"]
+    proc = start_legion(*args, env={"STEP_LOG": str(log)})
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 15, what="tasks to start")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "SIGTERM" in err and "interrupted" in err
+    rows = read_jsonl(out)
+    assert len(rows) == n
+    statuses = Counter(r["status"] for r in rows)
+    assert set(statuses) <= {"succeeded", "queued"} and statuses["succeeded"] >= 15
+
+    second = legion(*args, env={"STEP_LOG": str(log)})
+    assert second.returncode == 0, second.stderr
+    assert all(r["status"] == "succeeded" for r in read_jsonl(out))
+    runs = Counter(log.read_text().splitlines())
+    assert len(runs) == n and set(runs.values()) == {1}  # drained tasks finished; none ran twice

@@ -1,0 +1,443 @@
+"""The runtime end to end on a real SQLite file: agents, steps, gather, memory, retries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pydantic
+import pytest
+
+import legion
+from legion import Runtime, TaskStatus
+
+
+async def collect(rt: Runtime, agent: legion.Agent, inputs: list[object]) -> list[legion.TaskResult]:
+    """Submit ``inputs`` and answer their results in input order."""
+    ids = [s.id for s in await rt.submit_many(agent, inputs)]
+    by_id = {r.id: r async for r in rt.results(ids)}
+    return [by_id[i] for i in ids]
+
+
+async def test_map_streams_every_result(db_url: str) -> None:
+    @legion.agent
+    async def double(ctx: legion.Context, x: int) -> int:
+        return 2 * x
+
+    async with Runtime(db_url, concurrency=50) as rt:
+        outputs = sorted([r.output async for r in rt.map(double, range(200))])
+    assert outputs == [2 * x for x in range(200)]
+
+
+async def test_inputs_as_objects_or_bare_values(db_url: str) -> None:
+    @legion.agent
+    async def greet(ctx: legion.Context, name: str, punctuation: str = "!") -> str:
+        return f"hi {name}{punctuation}"
+
+    @legion.agent
+    async def single(ctx: legion.Context, question: str) -> str:
+        return question.upper()
+
+    async with Runtime(db_url) as rt:
+        multi = await collect(rt, greet, [{"name": "a"}, {"name": "b", "punctuation": "?"}])
+        one = await collect(rt, single, ["x", {"question": "y"}])
+    assert [r.output for r in multi] == ["hi a!", "hi b?"]
+    assert [r.output for r in one] == ["X", "Y"]
+
+
+async def test_a_recorded_step_is_replayed_not_run_again(db_url: str) -> None:
+    runs: Counter[str] = Counter()
+
+    def search(q: str) -> list[str]:
+        runs["search"] += 1
+        return [q, q + "!"]
+
+    @legion.agent(retries=2, backoff=0)
+    async def flaky(ctx: legion.Context, q: str) -> dict[str, object]:
+        hits = await ctx.step("search", search, q)
+        if ctx.attempt == 1:
+            raise ConnectionError("the network blinked")
+        return {"hits": hits, "attempt": ctx.attempt}
+
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(flaky, "q")).id)
+        steps = await rt.store.steps(r.id)
+    assert r.status is TaskStatus.SUCCEEDED
+    assert r.output == {"hits": ["q", "q!"], "attempt": 2}
+    assert runs["search"] == 1
+    assert [(s.key, s.attempt, s.output) for s in steps] == [("search", 1, ["q", "q!"])]
+
+
+async def test_steps_with_the_same_name_are_numbered(db_url: str) -> None:
+    @legion.agent
+    async def loop(ctx: legion.Context, n: int) -> list[int]:
+        return [await ctx.step("inc", lambda i=i: i + 1) for i in range(n)]
+
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(loop, 3)).id)
+        keys = [s.key for s in await rt.store.steps(r.id)]
+    assert r.output == [1, 2, 3]
+    assert sorted(keys) == ["inc", "inc#2", "inc#3"]
+
+
+async def test_gather_runs_concurrently_and_keeps_order(db_url: str) -> None:
+    @legion.agent
+    async def fan(ctx: legion.Context, n: int) -> list[int]:
+        gate = asyncio.Barrier(n)  # only passes if all n steps run at the same time
+
+        async def part(i: int) -> int:
+            await gate.wait()
+            return i * i
+
+        return await ctx.gather(*(ctx.step(f"part-{i}", part, i) for i in range(n)))
+
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(fan, 5)).id)
+    assert r.output == [0, 1, 4, 9, 16]
+
+
+async def test_gather_fails_fast_and_cancels_siblings(db_url: str) -> None:
+    cancelled = asyncio.Event()
+
+    @legion.agent(retries=0)
+    async def fan(ctx: legion.Context, x: int) -> None:
+        async def forever() -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        async def boom() -> None:
+            raise KeyError("no such thing")
+
+        await ctx.gather(forever(), boom())
+
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(fan, 1)).id)
+    assert r.status is TaskStatus.DEAD
+    assert r.error is not None and r.error.type == "KeyError"
+    assert cancelled.is_set()
+
+
+async def test_gather_can_collect_exceptions(db_url: str) -> None:
+    @legion.agent
+    async def fan(ctx: legion.Context, x: int) -> list[str]:
+        async def ok() -> int:
+            return 1
+
+        async def bad() -> int:
+            raise ValueError("nope")
+
+        results = await ctx.gather(ok(), bad(), return_exceptions=True)
+        return [type(r).__name__ for r in results]
+
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(fan, 1)).id)
+    assert r.output == ["int", "ValueError"]
+
+
+async def test_memory_lives_in_the_store_per_session(db_url: str) -> None:
+    @legion.agent
+    async def remember(ctx: legion.Context, word: str) -> list[str]:
+        seen = await ctx.memory.get("seen", [])
+        await ctx.memory.set("seen", [*seen, word])
+        return [*seen, word]
+
+    async with Runtime(db_url) as rt:
+        for w in ["a", "b"]:
+            await rt.result((await rt.submit(remember, w, session="s1")).id)
+        other = await rt.result((await rt.submit(remember, "z", session="s2")).id)
+    # A fresh runtime (another process, in real life) sees the same memory.
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(remember, "c", session="s1")).id)
+        items = await rt.store.memory_items("s1")
+    assert r.output == ["a", "b", "c"]
+    assert other.output == ["z"]
+    assert list(items) == ["seen"]
+
+
+async def test_retries_then_dead_with_type_message_and_traceback(db_url: str) -> None:
+    attempts = Counter[int]()
+
+    @legion.agent(retries=2, backoff=0)
+    async def always_fails(ctx: legion.Context, x: int) -> None:
+        attempts[x] += 1
+        raise RuntimeError(f"broken {x}")
+
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(always_fails, 7)).id)
+    assert r.status is TaskStatus.DEAD
+    assert attempts[7] == 3 and r.attempt == 3
+    assert r.error is not None
+    assert (r.error.type, r.error.message) == ("RuntimeError", "broken 7")
+    assert "always_fails" in r.error.traceback and "raise RuntimeError" in r.error.traceback
+
+
+async def test_permanent_errors_are_not_retried(db_url: str) -> None:
+    calls = Counter[str]()
+
+    class Model(pydantic.BaseModel):
+        n: int
+
+    @legion.agent(retries=5, backoff=0)
+    async def strict(ctx: legion.Context, kind: str) -> object:
+        calls[kind] += 1
+        if kind == "permanent":
+            raise legion.Permanent("this document is unreadable")
+        if kind == "validation":
+            Model.model_validate({"n": "not a number"})
+        if kind == "unstorable":
+            return object()
+        return kind
+
+    async with Runtime(db_url) as rt:
+        results = await collect(rt, strict, ["permanent", "validation", "unstorable"])
+    assert [r.status for r in results] == [TaskStatus.FAILED] * 3
+    assert [r.error.type if r.error else None for r in results] == ["Permanent", "ValidationError", "OutputError"]
+    assert calls == {"permanent": 1, "validation": 1, "unstorable": 1}
+
+
+async def test_input_that_does_not_fit_the_schema_fails_with_the_reason(db_url: str) -> None:
+    @legion.agent
+    async def typed(ctx: legion.Context, n: int, name: str) -> int:
+        return n
+
+    async with Runtime(db_url) as rt:
+        results = await collect(rt, typed, [{"n": "x", "name": "a"}, {"n": 1}, {"n": 1, "name": "a", "extra": 2}, 5])
+    messages = [r.error.message if r.error else "" for r in results]
+    assert all(r.status is TaskStatus.FAILED for r in results)
+    assert all(r.error is not None and r.error.type == "InputError" for r in results)
+    assert "n: Input should be a valid integer" in messages[0]
+    assert "name: Field required" in messages[1]
+    assert "extra" in messages[2]
+    assert "takes n, name" in messages[3]
+
+
+class Doc(pydantic.BaseModel):
+    title: str
+    words: int
+
+
+class Summary(pydantic.BaseModel):
+    title: str
+    long: bool
+
+
+async def test_pydantic_models_as_input_and_output(db_url: str) -> None:
+    @legion.agent(output=Summary)
+    async def summarize(ctx: legion.Context, doc: Doc) -> Summary:
+        return Summary(title=doc.title.upper(), long=doc.words > 100)
+
+    async with Runtime(db_url) as rt:
+        results = await collect(rt, summarize, [{"title": "a", "words": 500}, {"title": "b"}])
+    good, bad = results
+    assert good.output == {"title": "A", "long": True}
+    assert bad.status is TaskStatus.FAILED and bad.error is not None and "words" in bad.error.message
+
+
+async def test_timeout_ends_a_hanging_instance(db_url: str) -> None:
+    @legion.agent(timeout=0.05, retries=1, backoff=0)
+    async def hang(ctx: legion.Context, x: int) -> None:
+        await asyncio.Event().wait()
+
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(hang, 1)).id)
+    assert r.status is TaskStatus.DEAD and r.attempt == 2
+    assert r.error is not None and r.error.type == "TaskTimeout" and "0.05s" in r.error.message
+
+
+async def test_cancel_a_queued_and_a_running_task(db_url: str) -> None:
+    started = asyncio.Event()
+
+    @legion.agent
+    async def wait_forever(ctx: legion.Context, x: int) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    @legion.agent
+    async def never_served(ctx: legion.Context, x: int) -> None:
+        raise AssertionError("a cancelled task ran")
+
+    async with Runtime(db_url) as rt:
+        running = await rt.submit(wait_forever, 1)
+        await started.wait()
+        assert await rt.cancel(running.id) in (TaskStatus.RUNNING, TaskStatus.CANCELLED)
+        r = await rt.result(running.id)
+        assert r.status is TaskStatus.CANCELLED
+    async with Runtime(db_url, worker=False) as rt:
+        queued = await rt.submit(never_served, 1)
+        assert await rt.cancel(queued.id) is TaskStatus.CANCELLED
+    async with Runtime(db_url, agents=[never_served]) as rt:
+        assert (await rt.result(queued.id)).status is TaskStatus.CANCELLED
+
+
+async def test_idempotency_key_returns_the_first_task(db_url: str) -> None:
+    runs = Counter[str]()
+
+    @legion.agent
+    async def once(ctx: legion.Context, x: str) -> str:
+        runs[x] += 1
+        return x
+
+    async with Runtime(db_url) as rt:
+        a = await rt.submit(once, "a", key="k1")
+        await rt.result(a.id)
+        b = await rt.submit(once, "a", key="k1")
+        assert (b.id, b.created, b.status) == (a.id, False, TaskStatus.SUCCEEDED)
+        results = [r async for r in rt.map(once, ["a", "b"], keys=["k1", "k2"])]
+    assert sorted(r.output for r in results) == ["a", "b"]
+    assert runs == {"a": 1, "b": 1}
+
+
+async def test_concurrency_is_bounded_globally_and_per_agent(db_url: str) -> None:
+    now = Counter[str]()
+    peak = Counter[str]()
+
+    def tracker(name: str, cap: int | None) -> legion.Agent:
+        @legion.agent(name=name, concurrency=cap)
+        async def work(ctx: legion.Context, x: int) -> None:
+            now[name] += 1
+            now["all"] += 1
+            peak[name] = max(peak[name], now[name])
+            peak["all"] = max(peak["all"], now["all"])
+            for _ in range(3):
+                await asyncio.sleep(0)
+            now[name] -= 1
+            now["all"] -= 1
+
+        return work
+
+    capped, free = tracker("capped", 2), tracker("free", None)
+    async with Runtime(db_url, concurrency=6) as rt:
+        ids = [s.id for s in await rt.submit_many(capped, range(30))]
+        ids += [s.id for s in await rt.submit_many(free, range(30))]
+        statuses = [r.status async for r in rt.results(ids)]
+    assert statuses.count(TaskStatus.SUCCEEDED) == 60
+    assert peak["capped"] == 2
+    assert peak["all"] <= 6
+
+
+class Meltdown(BaseException):
+    """Not an Exception, not cancellation: the kind of thing that escapes `except Exception`."""
+
+
+async def test_fault_isolation_2000_tasks(db_url: str) -> None:
+    """10 % raise, 5 % hang past their timeout, 1 % raise a BaseException: all others succeed,
+    every failure is recorded with its reason, and the process carries on."""
+
+    @legion.agent(timeout=0.2, retries=1, backoff=0)
+    async def chaos(ctx: legion.Context, i: int) -> int:
+        if i % 100 == 0:
+            raise Meltdown(f"meltdown {i}")
+        if i % 20 == 1:
+            await asyncio.Event().wait()  # hangs until the timeout
+        if i % 10 == 2:
+            raise ValueError(f"bad {i}")
+        await asyncio.sleep(0)
+        return i
+
+    n = 2000
+    async with Runtime(db_url, concurrency=1000) as rt:
+        results = [r async for r in rt.map(chaos, range(n))]
+        infos = await rt.store.get_many([r.id for r in results])
+    assert len(results) == len(infos) == n
+    by_input = {info.input: info for info in infos}  # bare values are stored as given
+    melt = [i for i in range(n) if i % 100 == 0]
+    hang = [i for i in range(n) if i % 20 == 1 and i % 100 != 0]
+    bad = [i for i in range(n) if i % 10 == 2 and i % 20 != 1 and i % 100 != 0]
+    fine = set(range(n)) - set(melt) - set(hang) - set(bad)
+    assert len(melt) == 20 and len(hang) == 100 and len(bad) == 200
+    assert all(by_input[i].status is TaskStatus.SUCCEEDED and by_input[i].output == i for i in fine)
+    for group, err_type, text in ((melt, "Meltdown", "meltdown"), (hang, "TaskTimeout", "timeout"), (bad, "ValueError", "bad")):
+        for i in group:
+            info = by_input[i]
+            assert info.status is TaskStatus.DEAD, (i, info.status)
+            assert info.error is not None and info.error.type == err_type and text in info.error.message
+            assert info.attempt == 2
+
+
+async def test_system_exit_in_an_agent_or_a_gathered_step_is_contained(db_url: str) -> None:
+    @legion.agent(retries=0)
+    async def exits(ctx: legion.Context, where: str) -> None:
+        async def child() -> None:
+            raise SystemExit(3)
+
+        if where == "body":
+            raise SystemExit(2)
+        await ctx.gather(child())
+
+    async with Runtime(db_url) as rt:
+        results = await collect(rt, exits, ["body", "gather"])
+        # the runtime is still alive and serving
+        ok = await collect(rt, legion.agent(name="after")(_identity), [1])
+    assert [r.error.type if r.error else None for r in results] == ["SystemExit", "SystemExit"]
+    assert ok[0].output == 1
+
+
+async def _identity(ctx: legion.Context, x: int) -> int:
+    return x
+
+
+async def test_closing_drains_running_tasks(db_url: str) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @legion.agent
+    async def slow(ctx: legion.Context, x: int) -> int:
+        started.set()
+        await release.wait()
+        return x
+
+    rt = Runtime(db_url)
+    await rt.open()
+    s = await rt.submit(slow, 1)
+    await started.wait()
+    asyncio.get_running_loop().call_soon(release.set)
+    await rt.aclose()  # waits for the running task to finish
+    async with Runtime(db_url, worker=False) as check:
+        info = await check.get(s.id)
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+
+
+async def test_drain_timeout_releases_unfinished_tasks_without_losing_them(db_url: str) -> None:
+    started = asyncio.Event()
+    gate = asyncio.Event()
+
+    @legion.agent
+    async def stuck(ctx: legion.Context, x: int) -> int:
+        started.set()
+        await gate.wait()
+        return ctx.attempt
+
+    rt = Runtime(db_url, drain_timeout=0.01)
+    await rt.open()
+    s = await rt.submit(stuck, 1)
+    await started.wait()
+    await rt.aclose()
+    async with Runtime(db_url, worker=False) as check:
+        info = await check.get(s.id)
+        assert info is not None and (info.status, info.attempt) == (TaskStatus.QUEUED, 0)
+    gate.set()
+    async with Runtime(db_url, agents=[stuck]) as rt2:
+        r = await rt2.result(s.id)
+    assert r.status is TaskStatus.SUCCEEDED and r.output == 1  # the release did not use up an attempt
+
+
+async def test_results_of_tasks_run_by_another_runtime_arrive_through_the_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+
+    @legion.agent
+    async def echo(ctx: legion.Context, x: int) -> int:
+        return x
+
+    async with Runtime(url, worker=False) as submitter, Runtime(url, agents=[echo]):
+        outputs = sorted([r.output async for r in submitter.map(echo, range(20))])
+    assert outputs == list(range(20))
+
+
+async def test_a_value_that_is_not_an_agent_is_refused(db_url: str) -> None:
+    async with Runtime(db_url) as rt:
+        with pytest.raises(legion.ConfigError, match="not an agent"):
+            await rt.submit(_identity, 1)  # type: ignore[arg-type]
