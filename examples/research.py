@@ -6,7 +6,10 @@ read    - the top hits are read concurrently (``ctx.gather``), each one a record
           that keeps the sentences that best match the question;
 memory  - the session remembers the questions it was asked.
 
-Run it:  legion run examples/research.py:research --input examples/questions.jsonl --output answers.jsonl
+Run it:
+
+    legion run examples/research.py:research \\
+        --input examples/questions.jsonl --output answers.jsonl
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ async def read(hit: dict[str, str], question: str) -> dict[str, str]:
 @legion.agent(timeout=30, retries=3)
 async def research(ctx: legion.Context, question: str) -> dict[str, object]:
     hits = await ctx.step("search", search, question)
-    notes = await ctx.gather(*(ctx.step(f"read-{i}", read, h, question) for i, h in enumerate(hits)))
+    notes = await ctx.gather(
+        *(ctx.step(f"read-{i}", read, h, question) for i, h in enumerate(hits))
+    )
     asked = await ctx.memory.get("questions", [])
     await ctx.memory.set("questions", [*asked, question][-20:])
     return {"question": question, "sources": [n["topic"] for n in notes], "notes": notes}

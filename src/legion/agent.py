@@ -125,7 +125,7 @@ def agent(
     retry: RetryPolicy | None = None,
     concurrency: int | None = None,
     executor: str = "async",
-    input: type[BaseModel] | None = None,  # noqa: A002 - the natural name for users
+    input: type[BaseModel] | None = None,
     output: Any = None,
 ) -> Agent | Callable[[AgentFn], Agent]:
     """Make ``async def f(ctx, ...)`` an agent.
@@ -195,7 +195,7 @@ def _resolve(fn: AgentFn, agent_name: str, p: inspect.Parameter) -> Any:
     if not isinstance(p.annotation, str):
         return p.annotation
     try:
-        return eval(p.annotation, getattr(fn, "__globals__", {}))  # noqa: S307 - the user's own annotation
+        return eval(p.annotation, getattr(fn, "__globals__", {}))
     except Exception as exc:
         raise ConfigError(
             f"agent {agent_name!r}: cannot resolve the annotation {p.annotation!r} of parameter "

@@ -99,7 +99,9 @@ class Context:
         """A logger whose records carry the agent, task id and attempt."""
         if self._log is None:
             extra = {"agent": self.agent, "task_id": self.task_id, "attempt": self.attempt}
-            self._log = logging.LoggerAdapter(logging.getLogger(f"legion.agent.{self.agent}"), extra)
+            self._log = logging.LoggerAdapter(
+                logging.getLogger(f"legion.agent.{self.agent}"), extra
+            )
         return self._log
 
     async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -129,9 +131,7 @@ class Context:
         await self._journal.record_step(record)
         return codec.loads(data)
 
-    async def gather(
-        self, *aws: Awaitable[Any], return_exceptions: bool = False
-    ) -> list[Any]:
+    async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
         """Run awaitables concurrently, like ``asyncio.gather``, results in order.
 
         Fail-fast by default: the first error cancels the others and is raised once they
@@ -177,6 +177,8 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _finished(tasks: list[asyncio.Task[Any]], done: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+def _finished(
+    tasks: list[asyncio.Task[Any]], done: set[asyncio.Task[Any]]
+) -> list[asyncio.Task[Any]]:
     """The tasks that finished by themselves (not cancelled by us), in argument order."""
     return [t for t in tasks if t in done and not t.cancelled()]

@@ -116,7 +116,10 @@ class Journal:
                     fut.set_result(None)
             if batch.completions:
                 self._on_committed(
-                    [Committed(lease, c, ok) for lease, c, ok in zip(leases, batch.completions, applied, strict=True)]
+                    [
+                        Committed(lease, c, ok)
+                        for lease, c, ok in zip(leases, batch.completions, applied, strict=True)
+                    ]
                 )
         if not len(self._batch):
             self._idle.set()
@@ -129,6 +132,8 @@ class Journal:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down or locked: keep the batch, try again
-                log.error("store write of %d rows failed (%s); retrying in %.2fs", len(batch), exc, delay)
+                log.error(
+                    "store write of %d rows failed (%s); retrying in %.2fs", len(batch), exc, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)

@@ -24,6 +24,7 @@ from .task import Completion, ErrorInfo, Lease, Outcome
 class StopReason(enum.Enum):
     CANCELLED = "cancelled"  # a user cancelled the task: record it cancelled
     RELEASED = "released"  # the worker is shutting down: give the task back untouched
+    TIMEOUT = "timeout"  # the attempt ran past its agent's timeout: a retryable failure
 
 
 class Instance:
@@ -57,23 +58,21 @@ async def run_instance(
     started = clock()
     output: bytes | None = None
     error: BaseException | None = None
-    deadline = asyncio.timeout(agent.options.timeout)
     try:
         kwargs = agent.arguments(codec.loads(lease.input))
-        async with deadline:
-            result = await agent.fn(ctx, **kwargs)
-        output = agent.encode_output(result)
+        output = agent.encode_output(await agent.fn(ctx, **kwargs))
     except asyncio.CancelledError:
+        # The worker cancelled this instance (timeouts are timers the worker owns, one per
+        # lease batch rather than one per task); the reason says what it means.
         reason = instance.stop_reason or StopReason.RELEASED
-        outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
-        journal.complete(lease, _completion(lease, owner, outcome, started, clock()))
-        return
-    except TimeoutError as exc:
-        error = (
-            TaskTimeout(f"agent {agent.name!r} ran past its timeout of {agent.options.timeout:g}s")
-            if deadline.expired()
-            else exc
-        )
+        if reason is StopReason.TIMEOUT:
+            error = TaskTimeout(
+                f"agent {agent.name!r} ran past its timeout of {agent.options.timeout:g}s"
+            )
+        else:
+            outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
+            journal.complete(lease, _completion(lease, owner, outcome, started, clock()))
+            return
     except Exception as exc:
         error = exc
     except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: this task's, not ours

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -170,14 +170,16 @@ class Runtime:
     async def submit(
         self,
         agent: Agent,
-        input: Any = None,  # noqa: A002
+        input: Any = None,
         *,
         key: str | None = None,
         session: str | None = None,
         priority: int = 0,
     ) -> Submitted:
         """Queue one task. The same ``key`` twice answers the first task."""
-        (done,) = await self.submit_many(agent, [input], keys=[key], session=session, priority=priority)
+        (done,) = await self.submit_many(
+            agent, [input], keys=[key], session=session, priority=priority
+        )
         return done
 
     async def submit_many(
@@ -250,7 +252,7 @@ class Runtime:
             for task_id in watched:
                 self._unwatch(task_id, queue.put_nowait)
 
-    async def results(self, ids: Sequence[int]) -> AsyncIterator[TaskResult]:
+    async def results(self, ids: Sequence[int]) -> AsyncGenerator[TaskResult, None]:
         """Yield the results of these tasks as they finish."""
         queue: asyncio.Queue[TaskResult] = asyncio.Queue()
         watched: list[int] = []
@@ -291,14 +293,16 @@ class Runtime:
 
     # -- delivery ----------------------------------------------------------------------
 
-    async def _watch(self, submitted: Sequence[Submitted], deliver: Deliver, watched: list[int]) -> None:
+    async def _watch(
+        self, submitted: Sequence[Submitted], deliver: Deliver, watched: list[int]
+    ) -> None:
         fetch = []
         for s in submitted:
             if s.status in TERMINAL_STATUSES:
                 fetch.append(s.id)
                 continue
-            known = self._recent.get(s.id, False)
-            if known is not False:  # finished between submission and now
+            if s.id in self._recent:  # finished between submission and now
+                known = self._recent[s.id]
                 if known is None:
                     fetch.append(s.id)
                 else:
@@ -355,15 +359,20 @@ class Runtime:
             if not self._waiters:
                 self._has_waiters.clear()
                 await self._has_waiters.wait()
+            mine = self.worker.id if self.worker is not None else None
+            limit = 10_000
             try:
-                events = await self.store.events_after(self._cursor)
+                newest = await self.store.last_event_id()
+                events = await self.store.events_after(self._cursor, limit, skip_worker=mine)
             except Exception as exc:
                 log.error("reading the event feed failed: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
             finished = []
+            if len(events) < limit:  # all we did not skip is here: the feed is read up to newest
+                self._cursor = max(self._cursor, newest)
             for e in events:
-                self._cursor = e.id
+                self._cursor = max(self._cursor, e.id)
                 if e.status.terminal:
                     if e.task_id not in self._recent:
                         self._remember(e.task_id, None)
@@ -380,4 +389,4 @@ class Runtime:
                 # With a local worker most results arrive directly; the feed is a backstop.
                 ceiling = 1.0 if self.worker is not None else 0.25
                 quiet = min(quiet * 2, ceiling)
-            await asyncio.sleep(quiet if len(events) < 10_000 else 0)
+            await asyncio.sleep(quiet if len(events) < limit else 0)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from . import codec
@@ -50,17 +52,24 @@ class ErrorInfo:
         return cls(type=type(shown).__name__, message=str(shown), traceback=tb)
 
     def to_json(self) -> bytes:
-        return codec.dumps({"type": self.type, "message": self.message, "traceback": self.traceback})
+        return codec.dumps(
+            {"type": self.type, "message": self.message, "traceback": self.traceback}
+        )
 
     @classmethod
     def from_json(cls, data: bytes | str | None) -> ErrorInfo | None:
         if not data:
             return None
         d = codec.loads(data)
-        return cls(type=d.get("type", ""), message=d.get("message", ""), traceback=d.get("traceback", ""))
+        return cls(
+            type=d.get("type", ""), message=d.get("message", ""), traceback=d.get("traceback", "")
+        )
 
     def brief(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message}
+
+
+NO_STEPS: Mapping[str, bytes] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +107,7 @@ class Lease:
     attempt: int
     max_attempts: int
     # Steps recorded by earlier attempts, by step key, as stored JSON. Empty on attempt 1.
-    steps: dict[str, bytes] = field(default_factory=dict)
+    steps: Mapping[str, bytes]
 
 
 class Outcome(enum.StrEnum):

@@ -17,6 +17,7 @@ queue unfinished, and everything is committed before :meth:`run` returns.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -80,7 +81,9 @@ class Worker:
         self._wake = asyncio.Event()
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._batch_threshold = max(1, int(self.config.concurrency * self.config.lease_batch_fraction))
+        self._batch_threshold = max(
+            1, int(self.config.concurrency * self.config.lease_batch_fraction)
+        )
         for a in agents:
             self.add_agent(a)
 
@@ -178,8 +181,7 @@ class Worker:
                 log.error("leasing failed (%s); retrying in %.1fs", exc, cfg.poll_interval)
                 await self._sleep_or_wake(cfg.poll_interval)
                 continue
-            for lease in leases:
-                self._start(lease)
+            self._start_batch(leases)
             if leases:
                 idle_wait = 0.005
                 if len(leases) < wanted:
@@ -214,7 +216,19 @@ class Worker:
         except TimeoutError:
             pass
 
-    def _start(self, lease: Lease) -> None:
+    def _start_batch(self, leases: Sequence[Lease]) -> None:
+        """Start one instance per lease; one timer per timeout value ends the late ones."""
+        by_timeout: dict[float, list[Instance]] = {}
+        for lease in leases:
+            inst = self._start(lease)
+            timeout = inst.agent.options.timeout
+            if timeout is not None:
+                by_timeout.setdefault(timeout, []).append(inst)
+        loop = asyncio.get_running_loop()
+        for timeout, group in by_timeout.items():
+            loop.call_later(timeout, _expire, group)
+
+    def _start(self, lease: Lease) -> Instance:
         agent = self._agents[lease.agent]
         inst = Instance(lease, agent)
         self._instances[lease.id] = inst
@@ -231,9 +245,10 @@ class Worker:
             ),
             name=f"legion-task-{lease.id}",
         )
-        inst.task.add_done_callback(lambda _t, i=inst: self._finished(i))
+        inst.task.add_done_callback(functools.partial(self._finished, inst))
+        return inst
 
-    def _finished(self, inst: Instance) -> None:
+    def _finished(self, inst: Instance, _task: object = None) -> None:
         self._instances.pop(inst.lease.id, None)
         self._running[inst.agent.name] -= 1
         free = self.config.concurrency - len(self._instances)
@@ -259,7 +274,11 @@ class Worker:
 
     async def _drain(self) -> None:
         if self._instances:
-            log.info("draining %d running tasks (up to %.0fs)", len(self._instances), self.config.drain_timeout)
+            log.info(
+                "draining %d running tasks (up to %.0fs)",
+                len(self._instances),
+                self.config.drain_timeout,
+            )
             pending = [i.task for i in self._instances.values() if i.task is not None]
             _, still = await asyncio.wait(pending, timeout=self.config.drain_timeout)
             if still:
@@ -324,6 +343,11 @@ class Worker:
                 reclaimed.cancelled,
             )
             self.wake()
+
+
+def _expire(instances: list[Instance]) -> None:
+    for inst in instances:
+        inst.stop(StopReason.TIMEOUT)
 
 
 def _pid_alive(pid: int) -> bool:

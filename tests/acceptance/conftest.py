@@ -16,7 +16,9 @@ import pytest
 LEGION = [sys.executable, "-m", "legion"]
 
 
-def legion(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def legion(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*LEGION, *args],
         capture_output=True,
@@ -36,7 +38,9 @@ def start_legion(*args: str, env: dict[str, str] | None = None) -> subprocess.Po
     )
 
 
-def wait_for(condition: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition") -> None:
+def wait_for(
+    condition: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition"
+) -> None:
     """Poll a condition (a file growing, a row appearing) until it holds."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -59,7 +63,7 @@ def agents_file(tmp_path: Path) -> Path:
     """A module of test agents; each step appends "task:step" to $STEP_LOG when it runs."""
     path = tmp_path / "agents.py"
     path.write_text(
-        '''
+        """
 import asyncio
 import os
 
@@ -98,6 +102,6 @@ async def doomed(ctx, i: int):
 @legion.agent
 async def typed(ctx, n: int):
     return n + 1
-'''
+"""
     )
     return path

@@ -20,7 +20,9 @@ def test_run_writes_one_line_per_input_and_resumes(tmp_path: Path, agents_file: 
     out = tmp_path / "out.jsonl"
     store = f"sqlite:///{tmp_path / 'runs.db'}"
     env = {"STEP_LOG": str(tmp_path / "steps.log")}
-    first = legion("run", f"{agents_file}:work", "-i", str(inp), "-o", str(out), "--store", store, env=env)
+    first = legion(
+        "run", f"{agents_file}:work", "-i", str(inp), "-o", str(out), "--store", store, env=env
+    )
     assert first.returncode == 0, first.stderr
     rows = read_jsonl(out)
     assert [r["line"] for r in rows] == list(range(1, 31))
@@ -31,7 +33,9 @@ def test_run_writes_one_line_per_input_and_resumes(tmp_path: Path, agents_file: 
     executed = (tmp_path / "steps.log").read_text().splitlines()
     assert len(executed) == 90
 
-    again = legion("run", f"{agents_file}:work", "-i", str(inp), "-o", str(out), "--store", store, env=env)
+    again = legion(
+        "run", f"{agents_file}:work", "-i", str(inp), "-o", str(out), "--store", store, env=env
+    )
     assert again.returncode == 0, again.stderr
     assert "30 finished in an earlier run" in again.stderr
     assert read_jsonl(out) == rows
@@ -42,12 +46,23 @@ def test_bad_lines_are_reported_and_the_rest_still_run(tmp_path: Path, agents_fi
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"n": 1}\n{"n": 2\n\n5\n{"n": "three"}\n')
     out = tmp_path / "out.jsonl"
-    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", str(out), "--store", f"sqlite:///{tmp_path / 'db'}")
+    r = legion(
+        "run",
+        f"{agents_file}:typed",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        f"sqlite:///{tmp_path / 'db'}",
+    )
     assert r.returncode == 1
     rows = {row["line"]: row for row in read_jsonl(out)}
     assert sorted(rows) == [1, 2, 4, 5]  # the blank line 3 is no input
     assert rows[1]["output"] == 2 and rows[4]["output"] == 6
-    assert rows[2]["status"] == "failed" and "line 2 is not valid JSON" in rows[2]["error"]["message"]
+    assert (
+        rows[2]["status"] == "failed" and "line 2 is not valid JSON" in rows[2]["error"]["message"]
+    )
     assert rows[5]["status"] == "failed" and rows[5]["error"]["type"] == "InputError"
     assert "n: Input should be a valid integer" in rows[5]["error"]["message"]
     assert f"{inp}:2" in r.stderr
@@ -63,11 +78,20 @@ def test_bad_lines_are_reported_and_the_rest_still_run(tmp_path: Path, agents_fi
         ("{broken}:work", "cannot import"),
     ],
 )
-def test_an_agent_that_does_not_load_gives_one_clear_line(tmp_path: Path, agents_file: Path, ref: str, message: str) -> None:
+def test_an_agent_that_does_not_load_gives_one_clear_line(
+    tmp_path: Path, agents_file: Path, ref: str, message: str
+) -> None:
     broken = tmp_path / "broken.py"
     broken.write_text("import legion\nthis is not python\n")
     inp = write_jsonl(tmp_path / "in.jsonl", [1])
-    r = legion("run", ref.format(agents=agents_file, broken=broken), "-i", str(inp), "--store", f"sqlite:///{tmp_path / 'db'}")
+    r = legion(
+        "run",
+        ref.format(agents=agents_file, broken=broken),
+        "-i",
+        str(inp),
+        "--store",
+        f"sqlite:///{tmp_path / 'db'}",
+    )
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
@@ -103,7 +127,9 @@ def test_status_of_a_missing_store_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing.db").exists()
 
 
-def test_sigkill_mid_run_then_rerun_finishes_without_rerunning_recorded_steps(tmp_path: Path, agents_file: Path) -> None:
+def test_sigkill_mid_run_then_rerun_finishes_without_rerunning_recorded_steps(
+    tmp_path: Path, agents_file: Path
+) -> None:
     n = 400
     db = tmp_path / "runs.db"
     store = f"sqlite:///{db}"
@@ -112,10 +138,26 @@ def test_sigkill_mid_run_then_rerun_finishes_without_rerunning_recorded_steps(tm
     log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
     # Long leases: the second run must notice that the first worker's process is gone,
     # not wait for its leases to expire.
-    args = ["run", f"{agents_file}:work", "-i", str(inp), "-o", str(out), "--store", store, "-c", "50", "--lease-seconds", "600"]
+    args = [
+        "run",
+        f"{agents_file}:work",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        store,
+        "-c",
+        "50",
+        "--lease-seconds",
+        "600",
+    ]
 
     proc = start_legion(*args, env={"STEP_LOG": str(log1)})
-    wait_for(lambda: log1.exists() and len(log1.read_text().splitlines()) >= 300, what="progress of the first run")
+    wait_for(
+        lambda: log1.exists() and len(log1.read_text().splitlines()) >= 300,
+        what="progress of the first run",
+    )
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     assert not out.exists()
@@ -138,7 +180,9 @@ def test_sigkill_mid_run_then_rerun_finishes_without_rerunning_recorded_steps(tm
     db_after = sqlite3.connect(db)
     steps_per_task = Counter(t for (t,) in db_after.execute("SELECT task_id FROM steps"))
     done = db_after.execute("SELECT count(*) FROM tasks WHERE status = 'succeeded'").fetchone()[0]
-    completions = db_after.execute("SELECT count(*) FROM events WHERE status = 'succeeded'").fetchone()[0]
+    completions = db_after.execute(
+        "SELECT count(*) FROM events WHERE status = 'succeeded'"
+    ).fetchone()[0]
     db_after.close()
     assert done == n and completions == n  # one completion record per task
     assert set(steps_per_task.values()) == {3}
@@ -150,9 +194,22 @@ def test_sigterm_drains_running_tasks_and_loses_nothing(tmp_path: Path, agents_f
     inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(n)])
     out = tmp_path / "out.jsonl"
     log = tmp_path / "runs.log"
-    args = ["run", f"{agents_file}:slow", "-i", str(inp), "-o", str(out), "--store", store, "-c", "10"]
+    args = [
+        "run",
+        f"{agents_file}:slow",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        store,
+        "-c",
+        "10",
+    ]
     proc = start_legion(*args, env={"STEP_LOG": str(log)})
-    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 15, what="tasks to start")
+    wait_for(
+        lambda: log.exists() and len(log.read_text().splitlines()) >= 15, what="tasks to start"
+    )
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -13,7 +13,9 @@ import legion
 from legion import Runtime, TaskStatus
 
 
-async def collect(rt: Runtime, agent: legion.Agent, inputs: list[object]) -> list[legion.TaskResult]:
+async def collect(
+    rt: Runtime, agent: legion.Agent, inputs: list[object]
+) -> list[legion.TaskResult]:
     """Submit ``inputs`` and answer their results in input order."""
     ids = [s.id for s in await rt.submit_many(agent, inputs)]
     by_id = {r.id: r async for r in rt.results(ids)}
@@ -195,7 +197,11 @@ async def test_permanent_errors_are_not_retried(db_url: str) -> None:
     async with Runtime(db_url) as rt:
         results = await collect(rt, strict, ["permanent", "validation", "unstorable"])
     assert [r.status for r in results] == [TaskStatus.FAILED] * 3
-    assert [r.error.type if r.error else None for r in results] == ["Permanent", "ValidationError", "OutputError"]
+    assert [r.error.type if r.error else None for r in results] == [
+        "Permanent",
+        "ValidationError",
+        "OutputError",
+    ]
     assert calls == {"permanent": 1, "validation": 1, "unstorable": 1}
 
 
@@ -205,7 +211,9 @@ async def test_input_that_does_not_fit_the_schema_fails_with_the_reason(db_url: 
         return n
 
     async with Runtime(db_url) as rt:
-        results = await collect(rt, typed, [{"n": "x", "name": "a"}, {"n": 1}, {"n": 1, "name": "a", "extra": 2}, 5])
+        results = await collect(
+            rt, typed, [{"n": "x", "name": "a"}, {"n": 1}, {"n": 1, "name": "a", "extra": 2}, 5]
+        )
     messages = [r.error.message if r.error else "" for r in results]
     assert all(r.status is TaskStatus.FAILED for r in results)
     assert all(r.error is not None and r.error.type == "InputError" for r in results)
@@ -234,7 +242,9 @@ async def test_pydantic_models_as_input_and_output(db_url: str) -> None:
         results = await collect(rt, summarize, [{"title": "a", "words": 500}, {"title": "b"}])
     good, bad = results
     assert good.output == {"title": "A", "long": True}
-    assert bad.status is TaskStatus.FAILED and bad.error is not None and "words" in bad.error.message
+    assert (
+        bad.status is TaskStatus.FAILED and bad.error is not None and "words" in bad.error.message
+    )
 
 
 async def test_timeout_ends_a_hanging_instance(db_url: str) -> None:
@@ -350,11 +360,19 @@ async def test_fault_isolation_2000_tasks(db_url: str) -> None:
     fine = set(range(n)) - set(melt) - set(hang) - set(bad)
     assert len(melt) == 20 and len(hang) == 100 and len(bad) == 200
     assert all(by_input[i].status is TaskStatus.SUCCEEDED and by_input[i].output == i for i in fine)
-    for group, err_type, text in ((melt, "Meltdown", "meltdown"), (hang, "TaskTimeout", "timeout"), (bad, "ValueError", "bad")):
+    for group, err_type, text in (
+        (melt, "Meltdown", "meltdown"),
+        (hang, "TaskTimeout", "timeout"),
+        (bad, "ValueError", "bad"),
+    ):
         for i in group:
             info = by_input[i]
             assert info.status is TaskStatus.DEAD, (i, info.status)
-            assert info.error is not None and info.error.type == err_type and text in info.error.message
+            assert (
+                info.error is not None
+                and info.error.type == err_type
+                and text in info.error.message
+            )
             assert info.attempt == 2
 
 
@@ -422,10 +440,14 @@ async def test_drain_timeout_releases_unfinished_tasks_without_losing_them(db_ur
     gate.set()
     async with Runtime(db_url, agents=[stuck]) as rt2:
         r = await rt2.result(s.id)
-    assert r.status is TaskStatus.SUCCEEDED and r.output == 1  # the release did not use up an attempt
+    assert (
+        r.status is TaskStatus.SUCCEEDED and r.output == 1
+    )  # the release did not use up an attempt
 
 
-async def test_results_of_tasks_run_by_another_runtime_arrive_through_the_store(tmp_path: Path) -> None:
+async def test_results_of_tasks_run_by_another_runtime_arrive_through_the_store(
+    tmp_path: Path,
+) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
 
     @legion.agent

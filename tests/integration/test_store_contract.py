@@ -16,10 +16,14 @@ NOW = 1_000_000.0
 
 
 def new(agent: str = "a", key: str | None = None, value: object = None, **kw: object) -> NewTask:
-    return NewTask(agent, codec.dumps({"x": value}), key, max_attempts=kw.pop("max_attempts", 3), **kw)  # type: ignore[arg-type]
+    return NewTask(
+        agent, codec.dumps({"x": value}), key, max_attempts=kw.pop("max_attempts", 3), **kw
+    )  # type: ignore[arg-type]
 
 
-def done(lease_id: int, attempt: int, owner: str, outcome: Outcome = Outcome.SUCCEEDED, **kw: object) -> Completion:
+def done(
+    lease_id: int, attempt: int, owner: str, outcome: Outcome = Outcome.SUCCEEDED, **kw: object
+) -> Completion:
     return Completion(lease_id, attempt, owner, outcome, started_at=NOW, finished_at=NOW + 1, **kw)  # type: ignore[arg-type]
 
 
@@ -27,6 +31,13 @@ async def test_submit_assigns_ids_and_queues(store: Store) -> None:
     out = await store.submit([new(value=1), new(value=2)], NOW)
     assert [s.created for s in out] == [True, True]
     assert out[0].id != out[1].id
+    assert (await store.counts()) == {TaskStatus.QUEUED: 2}
+
+
+async def test_a_key_repeated_within_one_submission_makes_one_task(store: Store) -> None:
+    a, b, c = await store.submit([new(key="k", value=1), new(value=2), new(key="k", value=3)], NOW)
+    assert a.created and b.created and not c.created
+    assert c.id == a.id and b.id not in (a.id,)
     assert (await store.counts()) == {TaskStatus.QUEUED: 2}
 
 
@@ -40,7 +51,9 @@ async def test_same_key_twice_answers_the_first_task(store: Store) -> None:
 
 
 async def test_lease_is_batched_per_agent_and_capped(store: Store) -> None:
-    await store.submit([new("a", value=i) for i in range(5)] + [new("b", value=i) for i in range(5)], NOW)
+    await store.submit(
+        [new("a", value=i) for i in range(5)] + [new("b", value=i) for i in range(5)], NOW
+    )
     leases = await store.lease("w1", {"a": 3, "b": 10}, 6, NOW + 60, NOW)
     assert len(leases) == 6
     assert sum(1 for lease in leases if lease.agent == "a") == 3
@@ -51,7 +64,7 @@ async def test_lease_is_batched_per_agent_and_capped(store: Store) -> None:
 
 
 async def test_priority_then_age_orders_the_queue(store: Store) -> None:
-    low, high = await store.submit([new(value=1, priority=0), new(value=2, priority=5)], NOW)
+    _, high = await store.submit([new(value=1, priority=0), new(value=2, priority=5)], NOW)
     (first,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
     assert first.id == high.id
 
@@ -64,13 +77,18 @@ async def test_not_before_delays_a_task(store: Store) -> None:
 
 async def test_completion_is_fenced_by_owner_and_attempt(store: Store) -> None:
     (s,) = await store.submit([new(value=1)], NOW)
-    (lease,) = await store.lease("w1", {"a": 1}, 1, NOW + 1, NOW)
+    await store.lease("w1", {"a": 1}, 1, NOW + 1, NOW)
     # w1's lease expires; the task goes back and w2 takes attempt 2.
     await store.reclaim(NOW + 5)
     (lease2,) = await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 5)
     assert lease2.attempt == 2
     applied = await store.write(
-        WriteBatch(completions=[done(s.id, 1, "w1", output=b'"stale"'), done(s.id, 2, "w2", output=b'"fresh"')]),
+        WriteBatch(
+            completions=[
+                done(s.id, 1, "w1", output=b'"stale"'),
+                done(s.id, 2, "w2", output=b'"fresh"'),
+            ]
+        ),
         NOW + 6,
     )
     assert applied == [False, True]
@@ -111,7 +129,9 @@ async def test_steps_are_recorded_once_and_replayed_on_the_next_attempt(store: S
     step = StepRecord(s.id, "search", 1, b"[1,2]", NOW, NOW + 1)
     dup = StepRecord(s.id, "search", 1, b"[9]", NOW, NOW + 1)
     await store.write(WriteBatch(steps=[step, dup]), NOW)
-    await store.write(WriteBatch(completions=[done(s.id, 1, "w", Outcome.RETRY, error=ErrorInfo("E", "m"))]), NOW)
+    await store.write(
+        WriteBatch(completions=[done(s.id, 1, "w", Outcome.RETRY, error=ErrorInfo("E", "m"))]), NOW
+    )
     (again,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW + 1)
     assert again.attempt == 2 and again.steps == {"search": b"[1,2]"}
     (info,) = await store.steps(s.id)
@@ -119,7 +139,7 @@ async def test_steps_are_recorded_once_and_replayed_on_the_next_attempt(store: S
 
 
 async def test_reclaim_requeues_expired_and_buries_the_last_attempt(store: Store) -> None:
-    a, b = await store.submit([new(value=1, max_attempts=1), new(value=2, max_attempts=3)], NOW)
+    a, _ = await store.submit([new(value=1, max_attempts=1), new(value=2, max_attempts=3)], NOW)
     await store.lease("w", {"a": 2}, 2, NOW + 10, NOW)
     assert (await store.reclaim(NOW + 5)).requeued == 0  # not expired yet
     r = await store.reclaim(NOW + 11)
@@ -139,7 +159,7 @@ async def test_reclaim_takes_leases_of_dead_owners_at_once(store: Store) -> None
 
 
 async def test_extend_leases_keeps_tasks_and_reports_cancel_requests(store: Store) -> None:
-    a, b = await store.submit([new(value=1), new(value=2)], NOW)
+    _, b = await store.submit([new(value=1), new(value=2)], NOW)
     await store.lease("w", {"a": 2}, 2, NOW + 10, NOW)
     assert await store.cancel(b.id, NOW) is TaskStatus.RUNNING  # asked, not yet stopped
     assert await store.extend_leases("w", NOW + 100) == [b.id]
@@ -177,7 +197,13 @@ async def test_requeue_dead_tasks_with_a_fresh_budget(store: Store) -> None:
 
 async def test_memory_is_keyed_by_session(store: Store) -> None:
     await store.write(
-        WriteBatch(memory=[MemoryWrite("s1", "k", b"1"), MemoryWrite("s2", "k", b"2"), MemoryWrite("s1", "j", b"3")]),
+        WriteBatch(
+            memory=[
+                MemoryWrite("s1", "k", b"1"),
+                MemoryWrite("s2", "k", b"2"),
+                MemoryWrite("s1", "j", b"3"),
+            ]
+        ),
         NOW,
     )
     assert await store.memory_get("s1", "k") == b"1"
@@ -186,15 +212,19 @@ async def test_memory_is_keyed_by_session(store: Store) -> None:
     assert await store.memory_get("s1", "k") is None
 
 
-async def test_event_feed_follows_every_status_change_in_order(store: Store) -> None:
+async def test_event_feed_follows_status_changes_in_order(store: Store) -> None:
     start = await store.last_event_id()
     (s,) = await store.submit([new(value=1)], NOW)
     await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
     await store.write(WriteBatch(completions=[done(s.id, 1, "w")]), NOW)
     events = await store.events_after(start)
-    assert [(e.task_id, e.status) for e in events] == [(s.id, TaskStatus.RUNNING), (s.id, TaskStatus.SUCCEEDED)]
-    assert events[0].id < events[1].id
-    assert await store.events_after(events[-1].id) == []
+    assert [(e.task_id, e.status) for e in events] == [(s.id, TaskStatus.SUCCEEDED)]
+    (t,) = await store.submit([new(value=2)], NOW)
+    await store.cancel(t.id, NOW)
+    more = await store.events_after(events[-1].id)
+    assert [(e.task_id, e.status) for e in more] == [(t.id, TaskStatus.CANCELLED)]
+    assert events[0].id < more[0].id
+    assert await store.events_after(more[-1].id) == []
 
 
 async def test_workers_register_and_leave(store: Store) -> None:
@@ -231,7 +261,9 @@ async def test_migrations_reproduce_the_schema(tmp_path: Path) -> None:
     for _, script in migrations("sqlite"):
         by_hand.executescript(script)
     opened = sqlite3.connect(tmp_path / "m.db")
-    schema = "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+    schema = (
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+    )
     assert opened.execute(schema).fetchall() == by_hand.execute(schema).fetchall()
     opened.close()
     by_hand.close()

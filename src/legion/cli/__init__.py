@@ -59,19 +59,32 @@ def _setup_logging(verbose: bool) -> None:
 
 @app.command()
 def run(
-    agent: Annotated[str, typer.Argument(help="The agent: path/to/file.py:function or package.module:function.")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL file: one input per line.")],  # noqa: A002
+    agent: Annotated[
+        str, typer.Argument(help="The agent: path/to/file.py:function or package.module:function.")
+    ],
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL file: one input per line.")],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Where to write one JSON result per input line (default: stdout)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write one JSON result per input line (default: stdout).",
+        ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")] = 1000,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
+    ] = 1000,
     lease_seconds: Annotated[
-        float, typer.Option(min=0.1, help="Lease length; a vanished worker's tasks return to the queue after it.")
+        float,
+        typer.Option(
+            min=0.1, help="Lease length; a vanished worker's tasks return to the queue after it."
+        ),
     ] = 30.0,
     progress: Annotated[bool, typer.Option(help="Show live progress on stderr.")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the worker does.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what the worker does.")
+    ] = False,
 ) -> None:
     """Run every line of a JSONL file through an agent, resumably.
 
@@ -108,7 +121,9 @@ def run(
 def status(
     store: StoreOpt = DEFAULT_STORE,
     errors: Annotated[int, typer.Option(help="How many of the latest errors to show.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
 ) -> None:
     """Show tasks per status and agent, live workers and the latest errors."""
     from .status import show_status
@@ -120,8 +135,12 @@ def status(
 def retry(
     task_ids: Annotated[list[int] | None, typer.Argument(help="Task ids to queue again.")] = None,
     dead: Annotated[bool, typer.Option("--dead", help="Queue every dead task again.")] = False,
-    failed: Annotated[bool, typer.Option("--failed", help="Queue every failed task again.")] = False,
-    cancelled: Annotated[bool, typer.Option("--cancelled", help="Queue every cancelled task again.")] = False,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Queue every failed task again.")
+    ] = False,
+    cancelled: Annotated[
+        bool, typer.Option("--cancelled", help="Queue every cancelled task again.")
+    ] = False,
     agent: Annotated[str | None, typer.Option(help="Only tasks of this agent.")] = None,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
@@ -130,8 +149,12 @@ def retry(
 
     if not (task_ids or dead or failed or cancelled):
         raise _fail("name task ids, or --dead, --failed or --cancelled")
-    n = _run(requeue(store, task_ids or [], dead=dead, failed=failed, cancelled=cancelled, agent=agent))
-    stderr_console().print(f"queued again: {n} task(s); run a worker (or the same `legion run`) to process them")
+    n = _run(
+        requeue(store, task_ids or [], dead=dead, failed=failed, cancelled=cancelled, agent=agent)
+    )
+    stderr_console().print(
+        f"queued again: {n} task(s); run a worker (or the same `legion run`) to process them"
+    )
 
 
 @app.command()

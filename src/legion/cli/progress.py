@@ -60,7 +60,9 @@ def _ms(seconds: float | None) -> str:
 
 
 class Progress:
-    def __init__(self, tally: RunTally, *, agent: str, console: Console, enabled: bool = True) -> None:
+    def __init__(
+        self, tally: RunTally, *, agent: str, console: Console, enabled: bool = True
+    ) -> None:
         self.tally = tally
         self.agent = agent
         self.console = console
@@ -71,7 +73,9 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.enabled and self.console.is_terminal:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+            self._live = Live(
+                self._render(), console=self.console, refresh_per_second=4, transient=False
+            )
             self._live.__enter__()
         return self
 
@@ -110,9 +114,14 @@ class Progress:
         grid.add_column()
         pct = 100.0 * t.done / t.total if t.total else 100.0
         grid.add_row("agent", self.agent)
-        grid.add_row("done", f"{t.done}/{t.total} ({pct:.1f} %)" + (f", {t.resumed} resumed" if t.resumed else ""))
+        grid.add_row(
+            "done",
+            f"{t.done}/{t.total} ({pct:.1f} %)" + (f", {t.resumed} resumed" if t.resumed else ""),
+        )
         grid.add_row("throughput", f"{t.rate():.1f} tasks/s over {t.elapsed:.1f} s")
-        grid.add_row("latency", f"p50 {_ms(t.latency.quantile(0.5))}  p95 {_ms(t.latency.quantile(0.95))}")
+        grid.add_row(
+            "latency", f"p50 {_ms(t.latency.quantile(0.5))}  p95 {_ms(t.latency.quantile(0.95))}"
+        )
         grid.add_row("in flight", str(w.in_flight if w else 0))
         grid.add_row("retries", str(w.retried if w else 0))
         failed = t.by_status[TaskStatus.FAILED] + t.bad_lines

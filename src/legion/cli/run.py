@@ -66,7 +66,9 @@ async def run_file(opts: RunOptions, console: Console) -> int:
             for ln, s in zip(good, submitted, strict=True):
                 by_id[s.id] = LineResult(ln)
             resumed = {s.id for s in submitted if not s.created and s.status.terminal}
-            with Progress(tally, agent=opts.agent.name, console=console, enabled=opts.progress) as progress:
+            with Progress(
+                tally, agent=opts.agent.name, console=console, enabled=opts.progress
+            ) as progress:
                 interrupted = await _collect(rt, by_id, resumed, tally, progress, stop)
             if interrupted:
                 await rt.drain()
@@ -97,7 +99,9 @@ async def _collect(
     try:
         remaining = len(by_id)
         while remaining:
-            done, _ = await asyncio.wait({next_result, stopping}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {next_result, stopping}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED
+            )
             if stopping in done:
                 return True
             if next_result in done:
@@ -125,7 +129,9 @@ async def _settle_unfinished(rt: Runtime, by_id: dict[int, LineResult]) -> None:
         by_id[info.id].result = TaskResult.from_info(info)
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, rt: Runtime, stop: asyncio.Event, console: Console) -> None:
+def _install_signals(
+    loop: asyncio.AbstractEventLoop, rt: Runtime, stop: asyncio.Event, console: Console
+) -> None:
     presses = 0
 
     def on_signal(signum: int) -> None:
@@ -170,7 +176,9 @@ def output_record(r: LineResult) -> dict[str, Any]:
     if res.status is TaskStatus.SUCCEEDED:
         record["output"] = res.output
     elif res.status.terminal or res.error is not None:
-        record["error"] = res.error.brief() if res.error else {"type": str(res.status), "message": ""}
+        record["error"] = (
+            res.error.brief() if res.error else {"type": str(res.status), "message": ""}
+        )
     return record
 
 
@@ -196,13 +204,19 @@ def _write_lines(results: Iterable[LineResult], f: TextIO) -> None:
         f.write("\n")
 
 
-def _print_summary(console: Console, tally: RunTally, results: list[LineResult], interrupted: bool) -> None:
+def _print_summary(
+    console: Console, tally: RunTally, results: list[LineResult], interrupted: bool
+) -> None:
     counts = {s: n for s, n in tally.by_status.items() if n}
     parts = [f"{n} {s}" for s, n in counts.items()]
     if tally.bad_lines:
         parts.append(f"{tally.bad_lines} bad input lines")
     p50, p95 = tally.latency.quantile(0.5), tally.latency.quantile(0.95)
-    lat = f", p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms" if p50 is not None and p95 is not None else ""
+    lat = (
+        f", p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
+        if p50 is not None and p95 is not None
+        else ""
+    )
     head = "interrupted" if interrupted else "done"
     console.print(
         f"[bold]{head}[/]: {tally.done}/{tally.total} in {tally.elapsed:.1f} s "
@@ -210,11 +224,20 @@ def _print_summary(console: Console, tally: RunTally, results: list[LineResult],
         highlight=False,
     )
     if tally.resumed:
-        console.print(f"{tally.resumed} finished in an earlier run and were not run again", highlight=False)
+        console.print(
+            f"{tally.resumed} finished in an earlier run and were not run again", highlight=False
+        )
     failures = [r for r in results if (r.result and not r.result.ok and r.result.error)]
     for r in failures[:5]:
         err = r.result.error if r.result else None
         if err is not None:
-            console.print(f"  line {r.line.line}: {r.result.status if r.result else ''} {err.type}: {err.message}", highlight=False)
+            console.print(
+                f"  line {r.line.line}: {r.result.status if r.result else ''} "
+                f"{err.type}: {err.message}",
+                highlight=False,
+            )
     if len(failures) > 5:
-        console.print(f"  ... and {len(failures) - 5} more (see the output file or `legion status`)", highlight=False)
+        console.print(
+            f"  ... and {len(failures) - 5} more (see the output file or `legion status`)",
+            highlight=False,
+        )

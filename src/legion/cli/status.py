@@ -38,7 +38,13 @@ async def show_status(url: str, *, errors: int, as_json: bool) -> None:
             "counts": {str(s): counts.get(s, 0) for s in TaskStatus},
             "agents": {a: {str(s): n for s, n in c.items()} for a, c in by_agent.items()},
             "workers": [
-                {"id": w.id, "host": w.host, "pid": w.pid, "heartbeat_age": now - w.heartbeat_at, **w.load}
+                {
+                    "id": w.id,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "heartbeat_age": now - w.heartbeat_at,
+                    **w.load,
+                }
                 for w in workers
             ],
             "errors": [
@@ -71,7 +77,13 @@ async def show_status(url: str, *, errors: int, as_json: bool) -> None:
         for col in ("id", "host", "pid", "in flight", "last heartbeat"):
             wt.add_column(col)
         for w in workers:
-            wt.add_row(w.id, w.host, str(w.pid), str(w.load.get("in_flight", "?")), f"{now - w.heartbeat_at:.0f} s ago")
+            wt.add_row(
+                w.id,
+                w.host,
+                str(w.pid),
+                str(w.load.get("in_flight", "?")),
+                f"{now - w.heartbeat_at:.0f} s ago",
+            )
         console.print(wt)
     else:
         console.print("no live workers")
@@ -82,14 +94,24 @@ async def show_status(url: str, *, errors: int, as_json: bool) -> None:
             et.add_column(col)
         for t in recent:
             msg = f"{t.error.type}: {t.error.message}" if t.error else ""
-            et.add_row(str(t.id), t.agent, str(t.status), f"{t.attempt}/{t.max_attempts}", msg[:200])
+            et.add_row(
+                str(t.id), t.agent, str(t.status), f"{t.attempt}/{t.max_attempts}", msg[:200]
+            )
         console.print(et)
 
 
 async def requeue(
     url: str, ids: Sequence[int], *, dead: bool, failed: bool, cancelled: bool, agent: str | None
 ) -> int:
-    statuses = [s for s, on in ((TaskStatus.DEAD, dead), (TaskStatus.FAILED, failed), (TaskStatus.CANCELLED, cancelled)) if on]
+    statuses = [
+        s
+        for s, on in (
+            (TaskStatus.DEAD, dead),
+            (TaskStatus.FAILED, failed),
+            (TaskStatus.CANCELLED, cancelled),
+        )
+        if on
+    ]
     async with opened(url) as store:
         n = await store.requeue(statuses, agent=agent) if statuses else 0
         for task_id in ids:

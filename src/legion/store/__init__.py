@@ -28,7 +28,9 @@ def store_from_url(url: str, *, create: bool = True) -> Store:
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
-            raise ConfigError(f"bad SQLite URL {url!r}: use sqlite:///path.db or sqlite:///:memory:")
+            raise ConfigError(
+                f"bad SQLite URL {url!r}: use sqlite:///path.db or sqlite:///:memory:"
+            )
         return SQLiteStore(path[1:], create=create)
     if url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("the PostgreSQL store is not available in this version of legion")

@@ -55,6 +55,7 @@ class Event:
     at: float
     status: TaskStatus
     attempt: int
+    worker: str | None = None  # whose lease the change ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +111,7 @@ class Store(Protocol):
     async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
         """Cancel a queued task at once, or ask a running one's worker to stop it."""
 
-    async def requeue(
-        self, statuses: Sequence[TaskStatus], *, agent: str | None = None
-    ) -> int:
+    async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
         """Queue again every task in ``statuses`` with a fresh attempt budget."""
 
     async def requeue_one(self, task_id: int) -> bool:
@@ -133,7 +132,11 @@ class Store(Protocol):
 
     async def steps(self, task_id: int) -> list[StepInfo]: ...
 
-    async def events_after(self, after: int, limit: int = 10_000) -> list[Event]: ...
+    async def events_after(
+        self, after: int, limit: int = 10_000, *, skip_worker: str | None = None
+    ) -> list[Event]:
+        """Events with ids above ``after``, oldest first; ``skip_worker`` leaves out the
+        changes that worker made itself."""
 
     async def last_event_id(self) -> int: ...
 

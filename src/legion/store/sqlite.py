@@ -54,7 +54,9 @@ def _lease_lost_error() -> bytes:
 class SQLiteStore:
     """A :class:`~legion.store.base.Store` in one SQLite file (or ``:memory:``)."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0, create: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 30.0, create: bool = True
+    ) -> None:
         self.path = str(path)
         self._create = create
         self.url = f"sqlite:///{self.path}"
@@ -148,27 +150,57 @@ class SQLiteStore:
 
     @staticmethod
     def _submit(db: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
-        out = []
-        insert = Q["insert_task"]
+        # Keys that exist answer their task; the rest are inserted in one executemany.
+        # This runs under BEGIN IMMEDIATE, so no other writer can slip in between, and
+        # rows inserted together get consecutive ids.
+        keys = [t.key for t in tasks if t.key is not None]
+        existing: dict[str, tuple[int, str]] = {}
+        if keys:
+            for chunk in _chunks(keys, 5000):
+                rows = db.execute(Q["tasks_by_keys"], {"keys": codec.dumps(chunk).decode()})
+                existing.update((k, (i, st)) for k, i, st in rows)
+        fresh: list[NewTask] = []
+        seen: set[str] = set()
         for t in tasks:
-            row = db.execute(
-                insert,
-                {
-                    "agent": t.agent,
-                    "input": t.input,
-                    "key": t.key,
-                    "session": t.session,
-                    "priority": t.priority,
-                    "max_attempts": t.max_attempts,
-                    "not_before": t.not_before,
-                    "now": now,
-                },
-            ).fetchone()
-            if row is not None:
-                out.append(Submitted(row[0], t.key, TaskStatus.QUEUED, True))
-                continue
-            task_id, status = db.execute(Q["task_by_key"], {"key": t.key}).fetchone()
-            out.append(Submitted(task_id, t.key, TaskStatus(status), False))
+            if t.key is None or (t.key not in existing and t.key not in seen):
+                fresh.append(t)
+                if t.key is not None:
+                    seen.add(t.key)
+        first_id = 0
+        if fresh:
+            db.executemany(
+                Q["insert_task"],
+                [
+                    (
+                        t.agent,
+                        t.input,
+                        t.key,
+                        t.session,
+                        t.priority,
+                        t.max_attempts,
+                        t.not_before,
+                        now,
+                    )
+                    for t in fresh
+                ],
+            )
+            (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
+            first_id = last_id - len(fresh) + 1
+        out: list[Submitted] = []
+        new_ids: dict[str, int] = {}
+        n = 0
+        for t in tasks:
+            if t.key is not None and t.key in existing:
+                task_id, status = existing[t.key]
+                out.append(Submitted(task_id, t.key, TaskStatus(status), False))
+            elif t.key is not None and t.key in new_ids:  # the same key twice in one call
+                out.append(Submitted(new_ids[t.key], t.key, TaskStatus.QUEUED, False))
+            else:
+                task_id = first_id + n
+                n += 1
+                if t.key is not None:
+                    new_ids[t.key] = task_id
+                out.append(Submitted(task_id, t.key, TaskStatus.QUEUED, True))
         return out
 
     async def lease(
@@ -206,9 +238,7 @@ class SQLiteStore:
                 (codec.dumps(replays).decode(),),
             ):
                 steps.setdefault(task_id, {})[key] = output
-        return [
-            Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], steps.get(r[0], {})) for r in rows
-        ]
+        return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], steps.get(r[0], {})) for r in rows]
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
         return await self._call(self._transaction, lambda db: self._write(db, batch, now))
@@ -234,8 +264,8 @@ class SQLiteStore:
             if m.value is None:
                 db.execute(Q["delete_memory"], {"session": m.session, "key": m.key})
             else:
-                params = {"session": m.session, "key": m.key, "value": m.value, "now": now}
-                db.execute(Q["set_memory"], params)
+                row = {"session": m.session, "key": m.key, "value": m.value, "now": now}
+                db.execute(Q["set_memory"], row)
         if not batch.completions:
             return []
         params = [_completion_params(c) for c in batch.completions]
@@ -289,7 +319,8 @@ class SQLiteStore:
 
     async def requeue_one(self, task_id: int) -> bool:
         return await self._call(
-            self._transaction, lambda db: db.execute(Q["requeue_one"], {"id": task_id}).rowcount == 1
+            self._transaction,
+            lambda db: db.execute(Q["requeue_one"], {"id": task_id}).rowcount == 1,
         )
 
     # -- reads -------------------------------------------------------------------------
@@ -305,7 +336,7 @@ class SQLiteStore:
         sql = Q["get_task"].replace("id = :id", "id IN (SELECT value FROM json_each(:ids))")
 
         def run() -> list[TaskInfo]:
-            out = []
+            out: list[TaskInfo] = []
             for chunk in _chunks(list(ids), 5000):
                 rows = self._db.execute(sql, {"ids": codec.dumps(chunk).decode()})
                 out.extend(_task_info(r) for r in rows)
@@ -354,10 +385,13 @@ class SQLiteStore:
 
         return await self._call(run)
 
-    async def events_after(self, after: int, limit: int = 10_000) -> list[Event]:
+    async def events_after(
+        self, after: int, limit: int = 10_000, *, skip_worker: str | None = None
+    ) -> list[Event]:
         def run() -> list[Event]:
-            rows = self._db.execute(Q["events_after"], {"after": after, "limit": limit})
-            return [Event(i, t, at, TaskStatus(s), a) for i, t, at, s, a in rows]
+            params = {"after": after, "limit": limit, "skip_worker": skip_worker}
+            rows = self._db.execute(Q["events_after"], params)
+            return [Event(i, t, at, TaskStatus(s), a, w) for i, t, at, s, a, w in rows]
 
         return await self._call(run)
 
@@ -406,18 +440,18 @@ class SQLiteStore:
         return await self._call(run)
 
 
-def _completion_params(c: Completion) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "attempt": c.attempt,
-        "owner": c.owner,
-        "status": _OUTCOME_STATUS[c.outcome],
-        "output": c.output,
-        "error": c.error.to_json() if c.error is not None else None,
-        "not_before": c.not_before,
-        "uncount": 1 if c.outcome is Outcome.RELEASED else 0,
-        "finished_at": None if c.outcome in (Outcome.RETRY, Outcome.RELEASED) else c.finished_at,
-    }
+def _completion_params(c: Completion) -> tuple[Any, ...]:
+    return (
+        _OUTCOME_STATUS[c.outcome],
+        c.output,
+        c.error.to_json() if c.error is not None else None,
+        c.not_before,
+        1 if c.outcome is Outcome.RELEASED else 0,
+        None if c.outcome in (Outcome.RETRY, Outcome.RELEASED) else c.finished_at,
+        c.id,
+        c.attempt,
+        c.owner,
+    )
 
 
 def _task_info(row: Sequence[Any]) -> TaskInfo:

@@ -48,22 +48,23 @@ CREATE TABLE memory (
     PRIMARY KEY (session, key)
 ) WITHOUT ROWID;
 
--- Every status change of every task, in commit order: the change feed that result
--- waiters, progress displays and event streams follow.
+-- Status changes of tasks, in commit order: the change feed that result waiters and
+-- progress displays follow. A task entering `running` is not logged (its started_at
+-- says when): it would double the feed's write cost on the hot path for no reader.
 CREATE TABLE events (
     id      INTEGER PRIMARY KEY,
     task_id INTEGER NOT NULL,
     at      REAL    NOT NULL,
     status  TEXT    NOT NULL,
-    attempt INTEGER NOT NULL
+    attempt INTEGER NOT NULL,
+    worker  TEXT                -- the worker whose lease this change ended, if any
 );
-CREATE INDEX events_task ON events (task_id);
 
 CREATE TRIGGER tasks_status_event AFTER UPDATE OF status ON tasks
-WHEN NEW.status IS NOT OLD.status
+WHEN NEW.status IS NOT OLD.status AND NEW.status != 'running'
 BEGIN
-    INSERT INTO events (task_id, at, status, attempt)
-    VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0, NEW.status, NEW.attempt);
+    INSERT INTO events (task_id, at, status, attempt, worker)
+    VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0, NEW.status, NEW.attempt, OLD.lease_owner);
 END;
 
 -- Live workers, for load reports and for telling a dead worker's leases from a live one's.

@@ -2,13 +2,13 @@
 -- Parameters are named (:param) so the Python side reads like the SQL.
 
 -- name: insert_task
+-- Positional for speed (executemany on the hot path): agent, input, key, session,
+-- priority, max_attempts, not_before, created_at. Keys were checked just before.
 INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, not_before, created_at)
-VALUES (:agent, :input, :key, :session, :priority, 'queued', :max_attempts, :not_before, :now)
-ON CONFLICT (key) DO NOTHING
-RETURNING id;
+VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?);
 
--- name: task_by_key
-SELECT id, status FROM tasks WHERE key = :key;
+-- name: tasks_by_keys
+SELECT key, id, status FROM tasks WHERE key IN (SELECT value FROM json_each(:keys));
 
 -- name: lease
 UPDATE tasks
@@ -23,16 +23,18 @@ WHERE id IN (
 RETURNING id, agent, input, key, session, attempt, max_attempts;
 
 -- name: complete
--- Fenced: applies only while :owner still holds lease number :attempt.
+-- Fenced: applies only while the worker still holds lease number `attempt`.
+-- Positional for speed (executemany on the hot path):
+-- 1 status, 2 output, 3 error, 4 not_before, 5 uncount, 6 finished_at, 7 id, 8 attempt, 9 owner.
 UPDATE tasks
-SET status = CASE WHEN cancel_requested AND :status = 'queued' THEN 'cancelled' ELSE :status END,
-    output = :output,
-    error = coalesce(:error, error),
-    not_before = :not_before,
-    attempt = attempt - :uncount,
+SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE ?1 END,
+    output = ?2,
+    error = coalesce(?3, error),
+    not_before = ?4,
+    attempt = attempt - ?5,
     lease_owner = NULL, lease_expires = NULL,
-    finished_at = :finished_at
-WHERE id = :id AND attempt = :attempt AND lease_owner = :owner AND status = 'running';
+    finished_at = ?6
+WHERE id = ?7 AND attempt = ?8 AND lease_owner = ?9 AND status = 'running';
 
 -- name: insert_step
 INSERT INTO steps (task_id, key, attempt, output, started_at, finished_at)
@@ -116,7 +118,10 @@ SELECT key, attempt, output, started_at, finished_at FROM steps WHERE task_id = 
 ORDER BY started_at, key;
 
 -- name: events_after
-SELECT id, task_id, at, status, attempt FROM events WHERE id > :after ORDER BY id LIMIT :limit;
+-- :skip_worker leaves out the changes one worker made itself (it reported them already).
+SELECT id, task_id, at, status, attempt, worker FROM events
+WHERE id > :after AND (worker IS NULL OR :skip_worker IS NULL OR worker != :skip_worker)
+ORDER BY id LIMIT :limit;
 
 -- name: last_event
 SELECT coalesce(max(id), 0) FROM events;

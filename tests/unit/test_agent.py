@@ -1,0 +1,86 @@
+"""Agent definitions: signature reading, input mapping, options. No I/O."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import legion
+from legion import ConfigError, InputError, RetryPolicy
+
+
+@legion.agent
+async def one(ctx: legion.Context, question: str) -> str:
+    return question
+
+
+@legion.agent(name="two-params", timeout=5, retries=1, concurrency=3)
+async def two(ctx: legion.Context, a: int, b: int = 2) -> int:
+    return a + b
+
+
+def test_options_and_defaults() -> None:
+    assert one.name == "one" and one.params == ("question",)
+    assert one.options.retry.max_attempts == 4 and one.options.timeout == 300
+    assert two.name == "two-params" and two.options.concurrency == 3
+    assert two.options.retry.max_attempts == 2
+
+
+def test_arguments_from_objects_and_bare_values() -> None:
+    assert one.arguments("q") == {"question": "q"}
+    assert one.arguments({"question": "q"}) == {"question": "q"}
+    assert two.arguments({"a": 1}) == {"a": 1, "b": 2}
+    assert two.arguments({"a": "3", "b": 4}) == {"a": 3, "b": 4}  # lax coercion, like pydantic
+
+
+def test_arguments_that_do_not_fit_raise_input_error() -> None:
+    with pytest.raises(InputError, match="takes a, b"):
+        two.arguments(5)
+    with pytest.raises(InputError, match="a: Field required"):
+        two.arguments({"b": 1})
+    with pytest.raises(InputError, match="question: Input should be a valid string"):
+        one.arguments(5)
+
+
+def test_a_single_dict_parameter_takes_any_object() -> None:
+    @legion.agent
+    async def raw(ctx: legion.Context, doc: dict[str, int]) -> int:
+        return len(doc)
+
+    assert raw.arguments({"x": 1}) == {"doc": {"x": 1}}
+    assert raw.arguments({"doc": {"x": 1}}) == {"doc": {"x": 1}}
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def f(ctx): pass", "must be an `async def`"),
+        ("async def f(): pass", "context as its first parameter"),
+        ("async def f(ctx, *args): pass", "plain or keyword-only"),
+        ("async def f(ctx, x: 'Missing'): pass", "cannot resolve the annotation"),
+    ],
+)
+def test_bad_definitions_are_refused_at_decoration(source: str, message: str) -> None:
+    scope: dict[str, object] = {}
+    exec(compile(source, "<agent>", "exec", dont_inherit=True), scope)
+    with pytest.raises(ConfigError, match=message):
+        legion.agent(scope["f"])  # type: ignore[arg-type]
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ConfigError):
+        legion.agent(timeout=0)
+    with pytest.raises(ConfigError):
+        legion.agent(concurrency=0)
+    with pytest.raises(ValueError):
+        RetryPolicy(retries=-1)
+
+
+def test_backoff_is_exponential_with_full_jitter() -> None:
+    policy = RetryPolicy(retries=5, backoff=1.0, max_backoff=10.0)
+    rng = random.Random(7)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (9, 10.0)]:
+        draws = [policy.delay(attempt, rng) for _ in range(200)]
+        assert all(0.0 <= d <= ceiling for d in draws)
+        assert max(draws) > 0.8 * ceiling  # the whole range is used, not a fixed delay

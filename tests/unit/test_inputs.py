@@ -1,0 +1,37 @@
+"""Input lines: parsing, reserved fields, derived keys. No I/O beyond a temp file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from legion.inputs import derived_key, parse_line, read_jsonl
+
+
+def test_objects_bare_values_and_reserved_fields() -> None:
+    a = parse_line(b'{"q": 1}', 1, "agent")
+    assert (a.value, a.error, a.session) == ({"q": 1}, None, None)
+    b = parse_line(b'"just a string"', 2, "agent")
+    assert b.value == "just a string"
+    c = parse_line(b'{"q": 1, "_key": "mine", "_session": "s"}', 3, "agent")
+    assert (c.value, c.key, c.session) == ({"q": 1}, "mine", "s")
+
+
+def test_bad_lines_say_which_line_and_why() -> None:
+    assert parse_line(b"{nope", 7, "a").error is not None
+    assert "line 7 is not valid JSON" in (parse_line(b"{nope", 7, "a").error or "")
+    assert '"_key" must be a string' in (parse_line(b'{"_key": 3}', 1, "a").error or "")
+
+
+def test_keys_are_stable_and_distinguish_agent_line_and_content() -> None:
+    k = derived_key("a", 1, b"{}")
+    assert k == derived_key("a", 1, b"{}")
+    assert (
+        len({k, derived_key("b", 1, b"{}"), derived_key("a", 2, b"{}"), derived_key("a", 1, b"[]")})
+        == 4
+    )
+
+
+def test_read_jsonl_skips_blank_lines_and_keeps_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('1\n\n  \n{"x": 2}\n')
+    assert [(ln.line, ln.value) for ln in read_jsonl(path, "a")] == [(1, 1), (4, {"x": 2})]
