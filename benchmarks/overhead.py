@@ -104,7 +104,8 @@ async def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        f"# overhead: {args.tasks} no-op tasks, concurrency {args.concurrency}, best of {args.repeat}",
+        f"# overhead: {args.tasks} no-op tasks, concurrency {args.concurrency}, "
+        f"best of {args.repeat}",
         "",
         "| path | tasks/s | vs bare gather |",
         "|---|---:|---:|",
@@ -113,7 +114,8 @@ async def main() -> None:
         lines.append(f"| {name} | {value:,.0f} | {value / baseline:.3f} |")
     lines += [
         "",
-        f"legion CPU per task: {result['legion_cpu_us_per_task']:.1f} µs (event loop + store thread)",
+        f"legion CPU per task: {result['legion_cpu_us_per_task']:.1f} µs "
+        "(event loop + store thread)",
         "",
     ]
     (args.out / "overhead.md").write_text("\n".join(lines))
