@@ -10,7 +10,14 @@
     └── AgentError             raised *inside* an agent instance; decides retryability
         ├── Permanent          raise it to fail the task at once, without retrying
         │   ├── InputError     the task's input does not fit the agent's parameters or schema
-        │   └── OutputError    the agent returned something that cannot be stored as JSON
+        │   ├── OutputError    the agent returned something that cannot be stored as JSON
+        │   └── ProviderRejected    an LLM provider refused the request (400, 404, 422...)
+        │       └── ProviderAuthError   ... because of the credentials (401, 403);
+        │                               ``fatal``: the runtime stops the whole run
+        ├── ProviderError      an LLM provider call failed in a way that may pass (retried)
+        │   ├── RateLimited         429: over the provider's rate limit
+        │   ├── ProviderUnavailable 5xx, timeout, connection reset, stream gone idle
+        │   └── MalformedResponse   an answer whose body cannot be understood
         ├── TaskTimeout        the instance ran past its agent's timeout (retried)
         └── AgentCrash         the agent raised a BaseException that is not an Exception
                                (e.g. SystemExit); caught so it cannot take the worker down
@@ -19,11 +26,16 @@ Retryability is decided by the class (``retryable``), never by matching messages
 every exception that is not a :class:`Permanent` (or a pydantic validation error, which
 means bad data, not bad luck) is retried until the agent's retry policy gives up.
 Cancellation (:class:`asyncio.CancelledError`) is never caught by a generic handler.
+
+Provider errors are raised by ``legion.llm``, which translates HTTP statuses and transport
+failures into them exactly once, at the provider boundary (``raise ... from exc``). A
+:class:`ProviderAuthError` is ``fatal``: every other task would fail the same way, so the
+runtime stops the whole run instead of failing tasks one by one.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -75,6 +87,66 @@ class OutputError(Permanent):
     """Raised when an agent's result (or a step's) cannot be stored as JSON."""
 
 
+class ProviderRejected(Permanent):
+    """Raised when an LLM provider refuses a request (400, 404, 422...): retrying the same
+    request cannot help. The message says what the provider said."""
+
+    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (type(self), str(self), {"provider": self.provider, "status": self.status}),
+        )
+
+
+class ProviderAuthError(ProviderRejected):
+    """Raised when an LLM provider rejects the credentials (401, 403)."""
+
+    fatal: ClassVar[bool] = True
+    """Stop the whole run: every other task would fail the same way."""
+
+
+class ProviderError(AgentError):
+    """Base of the LLM provider failures that may pass on their own; retried.
+
+    ``status`` is the HTTP status when the provider answered (``None`` for a timeout or a
+    broken connection); ``retry_after`` is the wait in seconds the provider asked for, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"provider": self.provider, "status": self.status, "retry_after": self.retry_after}
+        return (_rebuild, (type(self), str(self), fields))
+
+
+class RateLimited(ProviderError):
+    """Raised when a provider answers 429: over its rate limit."""
+
+
+class ProviderUnavailable(ProviderError):
+    """Raised on a 5xx answer, a timeout, a broken connection or a stream gone idle."""
+
+
+class MalformedResponse(ProviderError):
+    """Raised when a provider's answer cannot be parsed (invalid JSON, missing fields)."""
+
+
 class TaskTimeout(AgentError):
     """Raised when an agent instance runs past its timeout."""
 
@@ -85,6 +157,11 @@ class AgentCrash(AgentError):
     def __init__(self, original: BaseException) -> None:
         self.original = original
         super().__init__(f"{type(original).__name__}: {original}")
+
+
+def _rebuild(cls: type[Exception], message: str, fields: dict[str, Any]) -> Exception:
+    """Unpickle an error whose constructor takes keyword-only fields."""
+    return cls(message, **fields)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -1,9 +1,12 @@
 """Helpers for testing code built on legion, including your own agents.
 
-`FakeClock` is virtual monotonic time: it satisfies `legion.llm.timer.Timer`,
-so a `legion.llm.Capacity` or `legion.llm.LLMClient` built on it paces,
-pauses and backs off without real sleeping, and a test of a minute of
-traffic runs in milliseconds, deterministically.
+* `FakeClock`: virtual monotonic time. It satisfies `legion.llm.timer.Timer`,
+  so a `legion.llm.Capacity` or `legion.llm.LLMClient` built on it paces,
+  pauses and backs off without real sleeping, and a test of a minute of
+  traffic runs in milliseconds, deterministically.
+* `ScaledClock`: real time sped up, shared by a simulator and a client to
+  rehearse minutes of rate-limited traffic in seconds.
+* `ScriptedProvider`: a provider that answers from a script.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Iterable
 from typing import TypeVar
+
+from legion.llm.provider import ChatResult
+from legion.llm.types import ChatRequest, ChatResponse, RateLimitInfo, Usage
 
 T = TypeVar("T")
 
@@ -108,3 +115,67 @@ class FakeClock:
             if not future.done():
                 future.set_result(None)
         return True
+
+
+class ScaledClock:
+    """Real time sped up ``speed`` times, for time-compressed rehearsals.
+
+    Give ``now`` to a `legion.sim.Simulator` as its ``clock`` and the clock
+    itself as the ``timer`` of a `legion.llm.Capacity` or
+    `legion.llm.LLMClient`: both sides then agree that a minute passes in
+    ``60 / speed`` real seconds, so per-minute rate limits, Retry-After
+    pauses and backoffs play out at scale without the wait.
+    """
+
+    def __init__(self, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self._speed = speed
+        self._origin = time.monotonic()
+
+    def now(self) -> float:
+        return (time.monotonic() - self._origin) * self._speed
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / self._speed)
+
+
+class ScriptedProvider:
+    """A provider that plays a script, for testing code that calls LLMs.
+
+    Each call takes the next item of ``script``: a `ChatResponse` (or plain
+    text, answered with usage of 1 prompt and 1 completion token) to return,
+    or an exception to raise. Every request is kept in ``requests``. A call
+    past the end of the script raises `AssertionError`.
+    """
+
+    def __init__(
+        self,
+        script: Iterable[ChatResponse | str | BaseException],
+        *,
+        name: str = "scripted",
+        rate_limits: RateLimitInfo | None = None,
+    ) -> None:
+        self._script = iter(script)
+        self._name = name
+        self._rate_limits = rate_limits or RateLimitInfo()
+        self.requests: list[ChatRequest] = []
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def chat(self, request: ChatRequest, *, timeout: float) -> ChatResult:  # noqa: ASYNC109
+        self.requests.append(request)
+        item = next(self._script, None)
+        if item is None:
+            raise AssertionError(f"{self._name}: call {len(self.requests)} is past the script")
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, str):
+            item = ChatResponse(item, (), "stop", Usage(1, 1), request.model, self._name)
+        return ChatResult(item, self._rate_limits)
+
+    async def aclose(self) -> None:
+        self.closed = True

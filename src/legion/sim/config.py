@@ -78,7 +78,8 @@ class SimConfig:
         seed: seed of the random generator deciding faults and jitter.
 
     Access:
-        api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <key>``.
+        api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <key>``
+            (``/v1/messages`` also takes it as ``x-api-key``, as Anthropic does).
     """
 
     models: tuple[str, ...] = ("sim-model",)

@@ -1,0 +1,68 @@
+"""legion's LLM layer: providers, shared adaptive capacity, retries, usage and cost.
+
+::
+
+    LLMClient.chat(messages, route)          client.py: routes, retries, usage, cost
+        └── Capacity.reserve(tokens)         capacity.py: RPM / TPM / in-flight, AIMD
+            └── Provider.chat(request)       provider.py: the interface
+                ├── OpenAIProvider           openai.py: any OpenAI-compatible server
+                ├── AnthropicProvider        anthropic.py: the Messages API
+                └── SimulatedProvider        simulated.py: the in-process simulator
+                    └── HttpTransport        transport.py: aiohttp, timeouts, errors
+
+Configuration (provider specs, ``legion.toml``) is in `legion.llm.config`.
+"""
+
+from legion.llm.anthropic import AnthropicProvider
+from legion.llm.capacity import Capacity, CapacityStatistics, Slot
+from legion.llm.client import LLMClient, LLMStatistics, Route, RouteStatistics, estimate_tokens
+from legion.llm.config import (
+    LLMConfig,
+    RouteConfig,
+    build_client,
+    load_config,
+    parse_config,
+    parse_provider_spec,
+)
+from legion.llm.headers import parse_rate_limit_headers
+from legion.llm.openai import OpenAIProvider
+from legion.llm.pricing import DEFAULT_PRICES, Price, PriceTable, cost
+from legion.llm.provider import ChatResult, Provider
+from legion.llm.simulated import SimulatedProvider
+from legion.llm.timer import AsyncioTimer, Timer
+from legion.llm.types import ChatRequest, ChatResponse, Message, RateLimitInfo, ToolCall, Usage
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "AnthropicProvider",
+    "AsyncioTimer",
+    "Capacity",
+    "CapacityStatistics",
+    "ChatRequest",
+    "ChatResponse",
+    "ChatResult",
+    "LLMClient",
+    "LLMConfig",
+    "LLMStatistics",
+    "Message",
+    "OpenAIProvider",
+    "Price",
+    "PriceTable",
+    "Provider",
+    "RateLimitInfo",
+    "Route",
+    "RouteConfig",
+    "RouteStatistics",
+    "SimulatedProvider",
+    "Slot",
+    "Timer",
+    "ToolCall",
+    "Usage",
+    "build_client",
+    "cost",
+    "estimate_tokens",
+    "load_config",
+    "parse_config",
+    "parse_provider_spec",
+    "parse_rate_limit_headers",
+]

@@ -1,0 +1,327 @@
+"""`AnthropicProvider`: Anthropic's Messages API (``POST /v1/messages``).
+
+Agents write messages and parameters in OpenAI's format whatever the
+provider; this module translates them (a thin aiohttp client, for the reasons
+measured in `legion.llm.openai`):
+
+* ``system`` and ``developer`` messages become the ``system`` field;
+* an assistant message's ``tool_calls`` become ``tool_use`` blocks, and
+  ``tool`` messages become ``tool_result`` blocks of a user turn;
+* ``max_tokens`` (or ``max_completion_tokens``) is required by Anthropic and
+  defaults to ``default_max_tokens``; ``stop`` becomes ``stop_sequences``;
+  function ``tools`` and ``tool_choice`` are translated; other parameters go
+  through unchanged.
+
+Answers come back normalised: text blocks joined, ``tool_use`` blocks as
+`ToolCall` (arguments as JSON text), stop reasons in OpenAI's words
+(``end_turn`` → ``stop``, ``max_tokens`` → ``length``, ``tool_use`` →
+``tool_calls``), cached input tokens counted as prompt tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from legion.errors import MalformedResponse, ProviderRejected, ProviderUnavailable, RateLimited
+from legion.llm.provider import ChatResult
+from legion.llm.sse import ServerSentEvent
+from legion.llm.transport import HttpTransport, decode_json
+from legion.llm.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+_STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_INPUT_USAGE_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+class AnthropicProvider:
+    """The Messages API at ``base_url`` (without ``/v1``), authenticated by
+    ``x-api-key``; other arguments as for `legion.llm.openai.OpenAIProvider`."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str = DEFAULT_BASE_URL,
+        name: str = "anthropic",
+        default_max_tokens: int = 1024,
+        max_connections: int = 0,
+        stream_idle_timeout: float = 30.0,
+        key_env: str = "ANTHROPIC_API_KEY",
+    ) -> None:
+        headers = {"anthropic-version": API_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key
+        self._name = name
+        self._url = f"{base_url.rstrip('/')}/v1/messages"
+        self._default_max_tokens = default_max_tokens
+        self._transport = HttpTransport(
+            provider=name,
+            headers=headers,
+            max_connections=max_connections,
+            stream_idle_timeout=stream_idle_timeout,
+            auth_hint=f"Set {key_env}.",
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def chat(self, request: ChatRequest, *, timeout: float) -> ChatResult:  # noqa: ASYNC109
+        """One message; see `legion.llm.provider.Provider.chat`."""
+        payload = build_payload(request, self._name, self._default_max_tokens)
+        if request.stream:
+            assembler = MessageAssembler(self._name, request.model)
+            return await self._transport.stream(
+                self._url, payload, total=timeout, assembler=assembler
+            )
+        name = self._name
+        return await self._transport.complete(
+            self._url, payload, total=timeout, parse=lambda body: parse_message(body, name)
+        )
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+def build_payload(request: ChatRequest, provider: str, default_max_tokens: int) -> dict[str, Any]:
+    """The Messages API body of ``request``; `ProviderRejected` if a message
+    cannot be translated."""
+    params = dict(request.params)
+    max_tokens = params.pop("max_tokens", None) or params.pop("max_completion_tokens", None)
+    try:
+        system, messages = _messages(request.messages)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ProviderRejected(
+            f"{provider}: cannot translate the messages to Anthropic's format: {exc!r}",
+            provider=provider,
+        ) from exc
+    payload: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": max_tokens or default_max_tokens,
+    }
+    if system:
+        payload["system"] = system
+    stop = params.pop("stop", None)
+    if stop:
+        payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if "tools" in params:
+        payload["tools"] = [_tool(tool) for tool in params.pop("tools")]
+    if "tool_choice" in params:
+        payload["tool_choice"] = _tool_choice(params.pop("tool_choice"))
+    params.pop("stream_options", None)
+    payload.update(params)
+    payload["stream"] = request.stream
+    return payload
+
+
+def _messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        role = message["role"]
+        content = message.get("content")
+        if role in ("system", "developer"):
+            system.append(_text(content))
+        elif role == "tool":
+            result = {
+                "type": "tool_result",
+                "tool_use_id": message["tool_call_id"],
+                "content": content or "",
+            }
+            last = turns[-1] if turns else None
+            if last is not None and last["role"] == "user" and _is_tool_results(last["content"]):
+                last["content"].append(result)
+            else:
+                turns.append({"role": "user", "content": [result]})
+        elif role == "assistant" and message.get("tool_calls"):
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
+            for call in message["tool_calls"]:
+                function = call["function"]
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call["id"],
+                        "name": function["name"],
+                        "input": orjson.loads(function.get("arguments") or "{}"),
+                    }
+                )
+            turns.append({"role": "assistant", "content": blocks})
+        else:
+            turns.append({"role": role, "content": content})
+    return "\n\n".join(part for part in system if part), turns
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    return "".join(part["text"] for part in content if part.get("type") == "text")
+
+
+def _is_tool_results(content: Any) -> bool:
+    return isinstance(content, list) and all(
+        block.get("type") == "tool_result" for block in content
+    )
+
+
+def _tool(tool: Mapping[str, Any]) -> Mapping[str, Any]:
+    if tool.get("type") != "function" or "function" not in tool:
+        return tool  # already in Anthropic's format (or one of its server tools)
+    function = tool["function"]
+    translated = {
+        "name": function["name"],
+        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if function.get("description"):
+        translated["description"] = function["description"]
+    return translated
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    if isinstance(choice, Mapping) and choice.get("type") == "function":
+        return {"type": "tool", "name": choice["function"]["name"]}
+    return choice
+
+
+def parse_message(body: bytes, provider: str) -> ChatResponse:
+    """The `ChatResponse` in a ``message`` body; `MalformedResponse` if the
+    body is not one."""
+    data = decode_json(body, provider)
+    try:
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        for block in data["content"]:
+            if block["type"] == "text":
+                text.append(block["text"])
+            elif block["type"] == "tool_use":
+                arguments = orjson.dumps(block.get("input") or {}).decode()
+                calls.append(ToolCall(block["id"], block["name"], arguments))
+        usage = data.get("usage") or {}
+        return ChatResponse(
+            text="".join(text),
+            tool_calls=tuple(calls),
+            finish_reason=_finish_reason(data.get("stop_reason")),
+            usage=Usage(_input_tokens(usage), int(usage.get("output_tokens") or 0)),
+            model=str(data.get("model") or ""),
+            provider=provider,
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise MalformedResponse(
+            f"{provider} answered with an unexpected message: {exc!r}", provider=provider
+        ) from exc
+
+
+def _finish_reason(stop_reason: Any) -> str | None:
+    if stop_reason is None:
+        return None
+    return _STOP_REASONS.get(stop_reason, str(stop_reason))
+
+
+def _input_tokens(usage: Mapping[str, Any]) -> int:
+    return sum(int(usage.get(key) or 0) for key in _INPUT_USAGE_KEYS)
+
+
+class _Block:
+    __slots__ = ("id", "kind", "name", "parts")
+
+    def __init__(self, kind: str, id: str = "", name: str = "") -> None:
+        self.kind = kind
+        self.id = id
+        self.name = name
+        self.parts: list[str] = []
+
+
+class MessageAssembler:
+    """Assembles the events of a streamed message into a `ChatResponse`."""
+
+    __slots__ = ("_blocks", "_finish", "_model", "_output", "_prompt", "_provider", "done")
+
+    def __init__(self, provider: str, model: str) -> None:
+        self._provider = provider
+        self._model = model
+        self._blocks: dict[int, _Block] = {}
+        self._finish: str | None = None
+        self._prompt = 0
+        self._output = 0
+        self.done = False
+
+    def add(self, event: ServerSentEvent) -> None:
+        provider = self._provider
+        data = decode_json(event.data, provider)
+        try:
+            kind = data["type"]
+            if kind == "content_block_delta":
+                delta = data["delta"]
+                block = self._blocks[data["index"]]
+                if delta["type"] == "text_delta":
+                    block.parts.append(delta["text"])
+                elif delta["type"] == "input_json_delta":
+                    block.parts.append(delta["partial_json"])
+            elif kind == "content_block_start":
+                start = data["content_block"]
+                block = _Block(start["type"], start.get("id", ""), start.get("name", ""))
+                if start["type"] == "text" and start.get("text"):
+                    block.parts.append(start["text"])
+                self._blocks[data["index"]] = block
+            elif kind == "message_start":
+                message = data["message"]
+                self._model = message.get("model") or self._model
+                usage = message.get("usage") or {}
+                self._prompt = _input_tokens(usage)
+                self._output = int(usage.get("output_tokens") or 0)
+            elif kind == "message_delta":
+                self._finish = _finish_reason(data["delta"].get("stop_reason"))
+                usage = data.get("usage") or {}
+                self._output = int(usage.get("output_tokens") or self._output)
+                if any(usage.get(key) for key in _INPUT_USAGE_KEYS):
+                    self._prompt = _input_tokens(usage)
+            elif kind == "message_stop":
+                self.done = True
+            elif kind == "error":
+                self._raise_error(data.get("error") or {})
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise MalformedResponse(
+                f"{provider} sent an unexpected stream event: {exc!r}", provider=provider
+            ) from exc
+
+    def _raise_error(self, error: Mapping[str, Any]) -> None:
+        provider = self._provider
+        message = f"{provider} reported an error mid-stream: {error.get('message')}"
+        if error.get("type") == "rate_limit_error":
+            raise RateLimited(message, provider=provider)
+        raise ProviderUnavailable(message, provider=provider)
+
+    def response(self) -> ChatResponse:
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        for _, block in sorted(self._blocks.items()):
+            if block.kind == "text":
+                text.extend(block.parts)
+            elif block.kind == "tool_use":
+                calls.append(ToolCall(block.id, block.name, "".join(block.parts) or "{}"))
+        return ChatResponse(
+            text="".join(text),
+            tool_calls=tuple(calls),
+            finish_reason=self._finish,
+            usage=Usage(self._prompt, self._output),
+            model=self._model,
+            provider=self._provider,
+        )

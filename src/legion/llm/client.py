@@ -1,0 +1,291 @@
+"""`LLMClient`: what ``ctx.llm`` delegates to.
+
+It holds named routes (route name → provider, model, shared `Capacity`), and
+for each call: estimates its tokens, waits for a turn at the route's
+capacity, asks the provider, settles the real usage, feeds the rate-limit
+headers back to the capacity, and retries what may pass:
+
+* `RateLimited`: the capacity pauses every caller until the provider's
+  Retry-After and slows down; the retry then waits for its turn like any call.
+* `ProviderUnavailable`, `MalformedResponse`: exponential backoff with full
+  jitter (`legion.retry.RetryPolicy`), at least the provider's Retry-After
+  when it sent one, at most the policy's ``max_backoff``.
+
+After the last attempt the last error is raised. Permanent errors
+(`ProviderRejected`) are raised at once; a `ProviderAuthError` is also kept
+in `LLMClient.fatal_error` so the runtime can stop the whole run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from legion.errors import Permanent, ProviderAuthError, ProviderError, RateLimited
+from legion.llm.capacity import Capacity, CapacityStatistics
+from legion.llm.pricing import PriceTable
+from legion.llm.provider import Provider
+from legion.llm.timer import AsyncioTimer, Timer
+from legion.llm.types import ChatRequest, ChatResponse, Message, Usage
+from legion.retry import RetryPolicy
+
+DEFAULT_RETRY = RetryPolicy(retries=4, backoff=0.5, max_backoff=30.0)
+_CHARS_PER_TOKEN = 4
+_TOKENS_PER_MESSAGE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where calls to one route name go, and their defaults."""
+
+    name: str
+    provider: Provider
+    model: str
+    capacity: Capacity
+    timeout: float = 60.0
+    """Seconds allowed per attempt, unless the call says otherwise."""
+    stream: bool = False
+    """Whether calls stream, unless the call says otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStatistics:
+    """A snapshot of one route's calls."""
+
+    name: str
+    provider: str
+    model: str
+    calls: int
+    """`LLMClient.chat` calls made."""
+    succeeded: int
+    failed: int
+    attempts: int
+    """Provider calls, retries included."""
+    retries: int
+    errors: Mapping[str, int]
+    """Failed attempts by error class name."""
+    usage: Usage
+    cost_usd: float
+    capacity: CapacityStatistics
+
+
+@dataclass(frozen=True, slots=True)
+class LLMStatistics:
+    """A snapshot of every route, with totals."""
+
+    routes: Mapping[str, RouteStatistics]
+    usage: Usage
+    cost_usd: float
+
+
+class _Counters:
+    __slots__ = ("attempts", "calls", "cost", "errors", "failed", "retries", "succeeded", "usage")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.attempts = 0
+        self.retries = 0
+        self.errors: dict[str, int] = {}
+        self.usage = Usage()
+        self.cost = 0.0
+
+
+def estimate_tokens(
+    messages: Sequence[Message], params: Mapping[str, Any], default_completion: int
+) -> int:
+    """A call's tokens before it is made: the text of the messages at 4
+    characters a token, a few tokens per message, and its ``max_tokens`` (or
+    ``max_completion_tokens``, else ``default_completion``)."""
+    chars = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, Mapping) else None
+                if isinstance(text, str):
+                    chars += len(text)
+    completion = params.get("max_tokens") or params.get("max_completion_tokens")
+    if not isinstance(completion, int):
+        completion = default_completion
+    return -(-chars // _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(messages) + completion
+
+
+class LLMClient:
+    """Chat completions over named routes, with shared capacity and retries.
+
+    ``default`` names the route used when a call names none (the first
+    route by default). ``completion_estimate`` is the completion length
+    assumed for a call without ``max_tokens``. The client owns the routes'
+    providers: `aclose` closes them.
+    """
+
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        *,
+        default: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        prices: PriceTable | None = None,
+        completion_estimate: int = 256,
+        timer: Timer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not routes:
+            raise ValueError("an LLMClient needs at least one route")
+        self._routes = {route.name: route for route in routes}
+        if len(self._routes) != len(routes):
+            raise ValueError("route names must be unique")
+        self._default = default if default is not None else routes[0].name
+        if self._default not in self._routes:
+            raise ValueError(f"default route {self._default!r} is not one of {self._names()}")
+        self._retry = retry
+        self._prices = prices or PriceTable()
+        self._completion_estimate = completion_estimate
+        self._timer: Timer = timer or AsyncioTimer()
+        self._rng = rng or random.Random()
+        self._counters = {name: _Counters() for name in self._routes}
+        self.fatal_error: ProviderAuthError | None = None
+        """The first credentials error seen: the runtime stops the run when set."""
+
+    @property
+    def routes(self) -> Mapping[str, Route]:
+        return dict(self._routes)
+
+    @property
+    def default(self) -> str:
+        return self._default
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        model: str | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - per attempt, becomes a retryable error
+        stream: bool | None = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """One chat completion on route ``model`` (the default route if ``None``).
+
+        ``timeout`` bounds each attempt (the route's timeout by default);
+        ``stream`` picks the transport (the route's choice by default);
+        ``params`` are the request's parameters in OpenAI's names
+        (``max_tokens``, ``temperature``, ``tools``...).
+        """
+        route = self._route(model)
+        request = ChatRequest(
+            route.model,
+            tuple(messages),
+            params,
+            route.stream if stream is None else stream,
+        )
+        limit = route.timeout if timeout is None else timeout
+        estimate = estimate_tokens(request.messages, params, self._completion_estimate)
+        counters = self._counters[route.name]
+        counters.calls += 1
+        attempt = 0
+        while True:
+            attempt += 1
+            counters.attempts += 1
+            try:
+                return await self._attempt(route, request, limit, estimate, counters)
+            except ProviderError as exc:
+                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                if attempt >= self._retry.max_attempts:
+                    counters.failed += 1
+                    raise
+                counters.retries += 1
+                if not isinstance(exc, RateLimited):
+                    await self._timer.sleep(self._backoff(attempt, exc.retry_after))
+            except Permanent as exc:
+                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                counters.failed += 1
+                if isinstance(exc, ProviderAuthError) and self.fatal_error is None:
+                    self.fatal_error = exc
+                raise
+
+    def statistics(self) -> LLMStatistics:
+        """A snapshot of every route's calls, usage and cost."""
+        routes = {}
+        for name, route in self._routes.items():
+            counters = self._counters[name]
+            routes[name] = RouteStatistics(
+                name=name,
+                provider=route.provider.name,
+                model=route.model,
+                calls=counters.calls,
+                succeeded=counters.succeeded,
+                failed=counters.failed,
+                attempts=counters.attempts,
+                retries=counters.retries,
+                errors=dict(counters.errors),
+                usage=counters.usage,
+                cost_usd=counters.cost,
+                capacity=route.capacity.statistics(),
+            )
+        usage = Usage()
+        for stats in routes.values():
+            usage += stats.usage
+        return LLMStatistics(routes, usage, sum(stats.cost_usd for stats in routes.values()))
+
+    async def aclose(self) -> None:
+        """Close every provider (once, even when routes share one)."""
+        providers = {id(route.provider): route.provider for route in self._routes.values()}
+        for provider in providers.values():
+            await provider.aclose()
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _route(self, name: str | None) -> Route:
+        route = self._routes.get(self._default if name is None else name)
+        if route is None:
+            raise Permanent(f"no LLM route named {name!r}; routes: {self._names()}")
+        return route
+
+    def _names(self) -> str:
+        return ", ".join(self._routes)
+
+    async def _attempt(
+        self,
+        route: Route,
+        request: ChatRequest,
+        timeout: float,  # noqa: ASYNC109 - handed to the provider
+        estimate: int,
+        counters: _Counters,
+    ) -> ChatResponse:
+        capacity = route.capacity
+        async with capacity.reserve(estimate) as slot:
+            try:
+                result = await route.provider.chat(request, timeout=timeout)
+            except RateLimited as exc:
+                capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
+                raise
+            usage = result.response.usage
+            # A provider that reports no usage is charged the estimate.
+            slot.settle(usage.total or estimate)
+        capacity.observe(result.rate_limits)
+        counters.succeeded += 1
+        counters.usage += usage
+        counters.cost += self._prices.cost(route.model, usage)
+        return result.response
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        delay = self._retry.delay(attempt, self._rng)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, self._retry.max_backoff)

@@ -1,0 +1,417 @@
+"""LLM configuration: provider specs from the command line, ``[llm]`` tables
+from ``legion.toml``, and building an `LLMClient` from them.
+
+Provider specs (``--provider``):
+
+* ``sim`` or ``sim:MODEL``: an in-process provider simulator
+  (`SimulatedProvider`), free and unlimited unless configured.
+* ``openai:MODEL``: OpenAI, key from ``OPENAI_API_KEY``, base URL from
+  ``OPENAI_BASE_URL`` or OpenAI's.
+* ``openai:MODEL@URL``: any OpenAI-compatible server (vLLM, llama.cpp,
+  Ollama...); ``OPENAI_API_KEY`` is sent if set, and not required.
+* ``anthropic:MODEL`` (``anthropic:MODEL@URL``): Anthropic's Messages API,
+  key from ``ANTHROPIC_API_KEY``, base URL from ``ANTHROPIC_BASE_URL`` or
+  Anthropic's.
+
+A key is required only by the providers' own endpoints. Options, as keyword
+arguments or keys of a route table: ``rpm``, ``tpm``, ``max_in_flight``
+(also the size of the connection pool), ``timeout`` (seconds per attempt),
+``stream``, ``stream_idle_timeout``, ``input_price`` and ``output_price``
+(USD per million tokens), ``base_url``, ``api_key_env`` (the variable holding
+the key), and for ``sim`` routes a ``simulator`` table of
+`legion.sim.SimConfig` settings.
+
+``legion.toml``::
+
+    [llm]
+    default = "cheap"          # the route used when a call names none
+    retries = 4                # retry policy of transient errors
+    backoff = 0.5
+    max_backoff = 30
+
+    [llm.cheap]
+    provider = "openai"
+    model = "gpt-4o-mini"
+    rpm = 500
+    tpm = 200000
+
+    [llm.strong]
+    provider = "anthropic"
+    model = "claude-3-5-haiku-latest"
+
+Configuration is read once, here, into frozen values: environment variables
+are not read anywhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from legion.errors import ConfigError
+from legion.llm import anthropic, openai
+from legion.llm.anthropic import AnthropicProvider
+from legion.llm.capacity import Capacity
+from legion.llm.client import DEFAULT_RETRY, LLMClient, Route
+from legion.llm.openai import OpenAIProvider
+from legion.llm.pricing import Price, PriceTable
+from legion.llm.provider import Provider
+from legion.llm.simulated import SimulatedProvider
+from legion.llm.timer import Timer
+from legion.retry import RetryPolicy
+from legion.sim import SimConfig
+
+ProviderKind = Literal["sim", "openai", "anthropic"]
+_KINDS: tuple[ProviderKind, ...] = ("sim", "openai", "anthropic")
+_KEY_ENV: dict[str, str] = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_URL_ENV: dict[str, str] = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+_DEFAULT_URL: dict[str, str] = {
+    "openai": openai.DEFAULT_BASE_URL,
+    "anthropic": anthropic.DEFAULT_BASE_URL,
+}
+_SIM_MODEL = "sim-model"
+_ROUTE_OPTIONS = frozenset(
+    {
+        "base_url",
+        "api_key_env",
+        "rpm",
+        "tpm",
+        "max_in_flight",
+        "timeout",
+        "stream",
+        "stream_idle_timeout",
+        "input_price",
+        "output_price",
+        "simulator",
+    }
+)
+_RETRY_OPTIONS = ("retries", "backoff", "max_backoff")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One route: which provider and model, with which limits."""
+
+    name: str
+    provider: ProviderKind
+    model: str
+    base_url: str | None = None
+    """``None`` for the simulator, which picks its own port."""
+    api_key: str | None = field(default=None, repr=False)
+    key_env: str | None = None
+    """The environment variable the key came from (named in error messages)."""
+    rpm: int | None = None
+    tpm: int | None = None
+    max_in_flight: int | None = None
+    timeout: float = 60.0
+    stream: bool = False
+    stream_idle_timeout: float = 30.0
+    price: Price | None = None
+    """Overrides the price table for this route's model."""
+    simulator: SimConfig | None = None
+    """Settings of a ``sim`` route's simulator."""
+
+
+@dataclass(frozen=True, slots=True)
+class LLMConfig:
+    """Every route, the default one, and the retry policy of transient errors."""
+
+    routes: tuple[RouteConfig, ...]
+    default: str
+    retry: RetryPolicy = DEFAULT_RETRY
+
+
+def parse_provider_spec(
+    spec: str,
+    *,
+    name: str = "default",
+    options: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RouteConfig:
+    """The route described by a provider spec (``sim``, ``openai:MODEL``,
+    ``openai:MODEL@URL``, ``anthropic:MODEL``) and ``options``, reading keys
+    and base URLs from ``env`` (the process environment by default)."""
+    kind, _, rest = spec.partition(":")
+    model, _, url = rest.partition("@")
+    settings = dict(options or {})
+    if url:
+        settings["base_url"] = url
+    return _route(name, kind, model, settings, os.environ if env is None else env, spec)
+
+
+def parse_config(table: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> LLMConfig:
+    """The configuration in an ``[llm]`` table (see the module's documentation)."""
+    environ = os.environ if env is None else env
+    routes = []
+    for name, value in table.items():
+        if isinstance(value, Mapping):
+            settings = dict(value)
+            kind = settings.pop("provider", None)
+            model = settings.pop("model", "")
+            if not isinstance(kind, str) or not isinstance(model, str):
+                raise ConfigError(f"[llm.{name}] needs provider = one of {', '.join(_KINDS)}")
+            routes.append(_route(name, kind, model, settings, environ, f"[llm.{name}]"))
+        elif name not in ("default", *_RETRY_OPTIONS):
+            raise ConfigError(f"[llm] has an unknown setting {name!r}")
+    if not routes:
+        raise ConfigError("[llm] defines no route: add a table such as [llm.default]")
+    default = table.get("default", routes[0].name)
+    if default not in {route.name for route in routes}:
+        raise ConfigError(f"[llm] default = {default!r} names no [llm.*] route")
+    retry = {key: table[key] for key in _RETRY_OPTIONS if key in table}
+    try:
+        policy = RetryPolicy(**{**_retry_fields(DEFAULT_RETRY), **retry})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[llm] retry settings: {exc}") from exc
+    return LLMConfig(tuple(routes), default, policy)
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> LLMConfig:
+    """The ``[llm]`` table of the TOML file at ``path``."""
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    table = document.get("llm")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path} has no [llm] table")
+    return parse_config(table, env=env)
+
+
+async def build_client(
+    config: LLMConfig, *, timer: Timer | None = None, rng: random.Random | None = None
+) -> LLMClient:
+    """An `LLMClient` for ``config``, with its simulators started; close it
+    with ``aclose()`` (or ``async with``).
+
+    Routes on the same provider endpoint and key share one provider (one
+    connection pool); routes on the same endpoint and model share one
+    `Capacity`, and must then agree on its limits.
+    """
+    providers: dict[tuple[Any, ...], Provider] = {}
+    capacities: dict[tuple[Any, ...], tuple[Capacity, RouteConfig]] = {}
+    routes = []
+    try:
+        for route in config.routes:
+            endpoint = _endpoint(route)
+            provider = providers.get(endpoint)
+            if provider is None:
+                provider = providers[endpoint] = await _start_provider(route, config.routes)
+            capacity = _capacity(route, capacities, timer, rng)
+            routes.append(
+                Route(route.name, provider, route.model, capacity, route.timeout, route.stream)
+            )
+    except BaseException:
+        for provider in providers.values():
+            await provider.aclose()
+        raise
+    prices = PriceTable().with_prices(
+        {route.model: route.price for route in config.routes if route.price is not None}
+    )
+    return LLMClient(
+        routes, default=config.default, retry=config.retry, prices=prices, timer=timer, rng=rng
+    )
+
+
+# -- routes ---------------------------------------------------------------------
+
+
+def _route(
+    name: str,
+    kind: str,
+    model: str,
+    settings: dict[str, Any],
+    env: Mapping[str, str],
+    source: str,
+) -> RouteConfig:
+    provider = _kind(kind, source)
+    unknown = sorted(set(settings) - _ROUTE_OPTIONS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
+    if provider == "sim":
+        return _sim_route(name, model or _SIM_MODEL, settings, source)
+    if not model:
+        raise ConfigError(f"{source}: name a model, e.g. {kind}:MODEL")
+    key_env = _string(settings, "api_key_env", source) or _KEY_ENV[kind]
+    explicit_url = _string(settings, "base_url", source)
+    base_url = explicit_url or env.get(_URL_ENV[kind]) or _DEFAULT_URL[kind]
+    api_key = env.get(key_env) or None
+    if api_key is None and base_url.rstrip("/") == _DEFAULT_URL[kind]:
+        raise ConfigError(
+            f"{key_env} is not set: {source} needs it (or use {kind}:{model}@URL for a "
+            "server that needs no key)"
+        )
+    if "simulator" in settings:
+        raise ConfigError(f"{source}: only sim routes take a simulator table")
+    return RouteConfig(
+        name=name,
+        provider=provider,
+        model=model,
+        base_url=base_url,
+        api_key=api_key,
+        key_env=key_env,
+        **_common(settings, source),
+    )
+
+
+def _kind(kind: str, source: str) -> ProviderKind:
+    for known in _KINDS:
+        if kind == known:
+            return known
+    raise ConfigError(f"{source}: unknown provider {kind!r}; use one of {', '.join(_KINDS)}")
+
+
+def _sim_route(name: str, model: str, settings: dict[str, Any], source: str) -> RouteConfig:
+    for option in ("base_url", "api_key_env"):
+        if option in settings:
+            raise ConfigError(f"{source}: a sim route takes no {option}")
+    simulator = settings.get("simulator", {})
+    if not isinstance(simulator, Mapping):
+        raise ConfigError(f"{source}: simulator must be a table of simulator settings")
+    try:
+        sim = SimConfig.from_mapping({"models": [model], **simulator})
+    except ValueError as exc:
+        raise ConfigError(f"{source}: simulator: {exc}") from exc
+    if model not in sim.models:
+        raise ConfigError(f"{source}: the simulator does not serve model {model!r}")
+    return RouteConfig(
+        name=name,
+        provider="sim",
+        model=model,
+        api_key=sim.api_key,
+        simulator=sim,
+        **_common(settings, source),
+    )
+
+
+def _common(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The options every provider takes, checked."""
+    values: dict[str, Any] = {}
+    for option in ("rpm", "tpm", "max_in_flight"):
+        if option in settings:
+            value = settings[option]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{source}: {option} must be a positive integer, got {value!r}")
+            values[option] = value
+    for option in ("timeout", "stream_idle_timeout"):
+        if option in settings:
+            values[option] = _number(settings, option, source, positive=True)
+    if "stream" in settings:
+        if not isinstance(settings["stream"], bool):
+            raise ConfigError(f"{source}: stream must be true or false")
+        values["stream"] = settings["stream"]
+    if "input_price" in settings or "output_price" in settings:
+        values["price"] = Price(
+            _number(settings, "input_price", source), _number(settings, "output_price", source)
+        )
+    return values
+
+
+def _number(
+    settings: Mapping[str, Any], option: str, source: str, *, positive: bool = False
+) -> float:
+    value = settings.get(option, 0.0)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
+    ):
+        kind = "positive" if positive else "non-negative"
+        raise ConfigError(f"{source}: {option} must be a {kind} number, got {value!r}")
+    return float(value)
+
+
+def _string(settings: Mapping[str, Any], option: str, source: str) -> str | None:
+    value = settings.get(option)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{source}: {option} must be a non-empty string")
+    return value
+
+
+def _retry_fields(policy: RetryPolicy) -> dict[str, Any]:
+    return {"retries": policy.retries, "backoff": policy.backoff, "max_backoff": policy.max_backoff}
+
+
+# -- building -------------------------------------------------------------------
+
+
+async def _start_provider(route: RouteConfig, every: tuple[RouteConfig, ...]) -> Provider:
+    """The provider of ``route``, its pool sized for every route sharing it."""
+    pool = _pool_size(route, every)
+    if route.provider == "sim":
+        simulated = SimulatedProvider(
+            route.simulator,
+            max_connections=pool,
+            stream_idle_timeout=route.stream_idle_timeout,
+        )
+        await simulated.start()
+        return simulated
+    assert route.base_url is not None and route.key_env is not None
+    if route.provider == "anthropic":
+        return AnthropicProvider(
+            api_key=route.api_key,
+            base_url=route.base_url,
+            max_connections=pool,
+            stream_idle_timeout=route.stream_idle_timeout,
+            key_env=route.key_env,
+        )
+    return OpenAIProvider(
+        base_url=route.base_url,
+        api_key=route.api_key,
+        max_connections=pool,
+        stream_idle_timeout=route.stream_idle_timeout,
+        key_env=route.key_env,
+    )
+
+
+def _endpoint(route: RouteConfig) -> tuple[Any, ...]:
+    """What routes sharing a provider have in common (each sim route has its own)."""
+    if route.provider == "sim":
+        return ("sim", route.name)
+    return (route.provider, route.base_url, route.api_key)
+
+
+def _pool_size(route: RouteConfig, every: tuple[RouteConfig, ...]) -> int:
+    """The sum of ``max_in_flight`` of the routes sharing ``route``'s provider,
+    or 0 (unbounded) if one of them sets none."""
+    endpoint = _endpoint(route)
+    sizes = [other.max_in_flight for other in every if _endpoint(other) == endpoint]
+    return 0 if None in sizes else sum(size for size in sizes if size is not None)
+
+
+def _capacity(
+    route: RouteConfig,
+    capacities: dict[tuple[Any, ...], tuple[Capacity, RouteConfig]],
+    timer: Timer | None,
+    rng: random.Random | None,
+) -> Capacity:
+    key = (*_endpoint(route)[:2], route.model)
+    shared = capacities.get(key)
+    if shared is not None:
+        capacity, first = shared
+        limits = (route.rpm, route.tpm, route.max_in_flight)
+        if limits != (first.rpm, first.tpm, first.max_in_flight):
+            raise ConfigError(
+                f"routes {first.name!r} and {route.name!r} share {route.provider}:{route.model} "
+                "but set different rpm, tpm or max_in_flight"
+            )
+        return capacity
+    capacity = Capacity(
+        f"{route.provider}:{route.model}",
+        rpm=route.rpm,
+        tpm=route.tpm,
+        max_in_flight=route.max_in_flight,
+        timer=timer,
+        rng=rng,
+    )
+    capacities[key] = (capacity, route)
+    return capacity

@@ -1,0 +1,140 @@
+"""The values that flow through the LLM layer: requests, responses, usage and
+the rate-limit state a provider reports.
+
+All are frozen. Messages and parameters stay plain JSON (``dict``) because
+they are the JSON edge: they go to the provider as they are, in OpenAI's chat
+format (providers with another format translate them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = Mapping[str, Any]
+"""One chat message in OpenAI's format, e.g. ``{"role": "user", "content": "Hi"}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens billed for one completion."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model asks for; ``arguments`` is the JSON text it wrote
+    (not parsed: models can write invalid JSON, and the agent decides what to do)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(value, str) for value in (self.id, self.name, self.arguments)):
+            raise TypeError(f"tool call fields must be strings: {self!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat completion to ask a provider for.
+
+    ``params`` holds the optional parameters, named as in OpenAI's API
+    (``max_tokens``, ``temperature``, ``stop``, ``tools``, ``tool_choice``...).
+    ``stream`` chooses the transport only: the answer is assembled either way,
+    but a stream lets a provider that stops sending be detected early.
+    """
+
+    model: str
+    messages: Sequence[Message]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResponse:
+    """A completion, normalised across providers.
+
+    ``finish_reason`` uses OpenAI's words (``"stop"``, ``"length"``,
+    ``"tool_calls"``, ``"content_filter"``); ``model`` is the model that
+    answered, as the provider names it; ``provider`` is the provider's name.
+    """
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
+    usage: Usage = Usage()
+    model: str = ""
+    provider: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The response as plain JSON data; `from_json` rebuilds an equal response."""
+        return {
+            "text": self.text,
+            "tool_calls": [
+                {"id": call.id, "name": call.name, "arguments": call.arguments}
+                for call in self.tool_calls
+            ],
+            "finish_reason": self.finish_reason,
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+            },
+            "model": self.model,
+            "provider": self.provider,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ChatResponse:
+        """Rebuild a response recorded with `to_json`; ``ValueError`` if ``data``
+        is not such a record."""
+        try:
+            usage = data["usage"]
+            response = cls(
+                text=data["text"],
+                tool_calls=tuple(
+                    ToolCall(call["id"], call["name"], call["arguments"])
+                    for call in data["tool_calls"]
+                ),
+                finish_reason=data["finish_reason"],
+                usage=Usage(usage["prompt_tokens"], usage["completion_tokens"]),
+                model=data["model"],
+                provider=data["provider"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a recorded chat response: {exc!r}") from exc
+        if not isinstance(response.text, str):
+            raise ValueError("not a recorded chat response: text must be a string")
+        return response
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What a provider's headers said about its rate limits (``None``: not said).
+
+    Limits are per minute. Resets are seconds from when the answer was
+    received until that budget is full again (OpenAI's meaning; Anthropic's
+    instants are converted). ``retry_after`` is the wait the provider asked
+    for, in seconds.
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+    retry_after: float | None = None

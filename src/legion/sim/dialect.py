@@ -1,0 +1,129 @@
+"""What a wire format (a *dialect*) of the simulator must provide.
+
+The simulator serves the same behaviour (rate limits, faults, deterministic
+completions, counters) under several provider APIs: OpenAI's chat
+completions and Anthropic's messages. Everything that differs between them —
+authentication, request validation, error bodies, rate-limit headers, the
+completion object and the streamed events — sits behind `Dialect`; the
+serving pipeline in `legion.sim.server` knows nothing of either format.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+from aiohttp import web
+
+from legion.sim.behaviour import Completion, FinishReason
+from legion.sim.limits import Admission, format_reset
+
+
+class BadRequest(Exception):
+    """A request body the dialect rejects with a 400."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ParsedChat(NamedTuple):
+    """A valid chat request, in the terms the simulator reasons in."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    """The conversation, system prompt included, as OpenAI-style messages:
+    what prompt tokens are estimated from and the completion is derived from."""
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    """Whether a stream ends with the usage (always, for some dialects)."""
+
+
+class StreamFrames(Protocol):
+    """The server-sent events of one streamed completion, pre-serialised."""
+
+    def start(self) -> bytes:
+        """The events sent before the first token."""
+        ...
+
+    def content(self, token: str) -> bytes:
+        """The event carrying one token."""
+        ...
+
+    def end(self, reason: FinishReason, completion_tokens: int, include_usage: bool) -> bytes:
+        """The events closing a stream that delivered everything."""
+        ...
+
+    def malformed_end(self) -> bytes:
+        """An event whose data is not valid JSON, then whatever ends the stream."""
+        ...
+
+
+class Dialect(Protocol):
+    """One provider API served by the simulator."""
+
+    path: str
+    """The route of chat requests, e.g. ``/v1/chat/completions``."""
+
+    def authorize(self, request: web.Request) -> web.Response | None:
+        """``None`` if the request may proceed, else the 401 to answer."""
+        ...
+
+    def parse(self, raw: bytes) -> ParsedChat:
+        """Validate a request body; raise `BadRequest` if it is invalid."""
+        ...
+
+    def error(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        """An error answer with this API's error body."""
+        ...
+
+    def rate_limited(
+        self, admission: Admission, charge: int, max_concurrency: int | None
+    ) -> web.Response:
+        """The 429 answer to a request the limiter rejected."""
+        ...
+
+    def headers(self, admission: Admission) -> dict[str, str]:
+        """The rate-limit headers describing ``admission``."""
+        ...
+
+    def completion(self, model: str, completion: Completion, prompt_tokens: int) -> bytes:
+        """The JSON body of a complete, non-streamed answer."""
+        ...
+
+    def frames(self, model: str, prompt_tokens: int) -> StreamFrames:
+        """The events of a new stream."""
+        ...
+
+
+def rate_limit_message(admission: Admission, charge: int, max_concurrency: int | None) -> str:
+    """Why the limiter rejected a request, worded as OpenAI words it."""
+    retry = format_reset(admission.retry_after or 0.0)
+    reason = admission.reason
+    if reason == "requests":
+        return (
+            f"Rate limit reached for requests per min (RPM): Limit {admission.limit_requests}, "
+            f"Requested 1. Please try again in {retry}."
+        )
+    if reason == "tokens":
+        return (
+            f"Rate limit reached for tokens per min (TPM): Limit {admission.limit_tokens}, "
+            f"Requested {charge}. Please try again in {retry}."
+        )
+    if reason == "too_large":
+        return (
+            f"Request too large for tokens per min (TPM): Limit {admission.limit_tokens}, "
+            f"Requested {charge}. The input or output tokens must be reduced in order to run "
+            "successfully."
+        )
+    return f"Too many concurrent requests: Limit {max_concurrency}. Please try again in {retry}."

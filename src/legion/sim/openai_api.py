@@ -1,0 +1,277 @@
+"""OpenAI's chat completions API as a dialect of the simulator.
+
+Errors use OpenAI's body, ``{"error": {"message", "type", "param",
+"code"}}``, and rate limits are described by the ``x-ratelimit-*`` headers
+(see `legion.sim.limits`), so clients and SDKs react as they would in
+production.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import secrets
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from legion.sim.behaviour import Completion, FinishReason
+from legion.sim.dialect import BadRequest, ParsedChat, rate_limit_message
+from legion.sim.limits import Admission
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_MAX_STOP_SEQUENCES = 4
+DONE = b"data: [DONE]\n\n"
+
+
+def parse_chat_request(raw: bytes) -> ParsedChat:
+    """Validate a chat completions body; raise `BadRequest` if invalid.
+
+    Parameters the simulator has no use for (temperature, tools, top_p...)
+    are accepted and ignored, as long as they are well-formed where checked.
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON."
+        ) from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("You must provide a model parameter.", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array.", "messages")
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in _ROLES:
+            raise BadRequest(
+                f"'messages[{index}]' must be an object with a valid 'role'.",
+                f"messages[{index}].role",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise BadRequest(
+                f"'messages[{index}].content' must be a string or an array of parts.",
+                f"messages[{index}].content",
+            )
+    max_tokens = optional_positive_int(body, "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = optional_positive_int(body, "max_tokens")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean.", "stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict) or not isinstance(
+            options.get("include_usage", False), bool
+        ):
+            raise BadRequest(
+                "'stream_options' must be an object with a boolean 'include_usage'.",
+                "stream_options",
+            )
+        include_usage = options.get("include_usage", False)
+    check_temperature(body, 2)
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequest("The simulator only supports n=1.", "n")
+    return ParsedChat(
+        model, messages, max_tokens, _parse_stop(body.get("stop")), bool(stream), include_usage
+    )
+
+
+def optional_positive_int(body: dict[str, Any], name: str) -> int | None:
+    """``body[name]`` if it is a positive integer, ``None`` if absent."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"'{name}' must be a positive integer.", name)
+    return value
+
+
+def check_temperature(body: dict[str, Any], highest: float) -> None:
+    """Reject a ``temperature`` that is not a number from 0 to ``highest``."""
+    temperature = body.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature <= highest
+    ):
+        raise BadRequest(
+            f"'temperature' must be a number between 0 and {highest:g}.", "temperature"
+        )
+
+
+def _parse_stop(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    if (
+        isinstance(stop, list)
+        and len(stop) <= _MAX_STOP_SEQUENCES
+        and all(isinstance(item, str) for item in stop)
+    ):
+        return tuple(stop)
+    raise BadRequest(
+        f"'stop' must be a string or an array of at most {_MAX_STOP_SEQUENCES} strings.", "stop"
+    )
+
+
+def error_response(
+    status: int,
+    message: str,
+    error_type: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An answer with OpenAI's error body."""
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+class OpenAIDialect:
+    """``POST /v1/chat/completions``, authenticated by ``Authorization: Bearer``."""
+
+    path = "/v1/chat/completions"
+
+    def __init__(self, api_key: str | None) -> None:
+        self._expected_auth = f"Bearer {api_key}".encode() if api_key is not None else None
+        self._id_prefix = f"chatcmpl-sim{secrets.token_hex(4)}"
+        self._ids = itertools.count(1)
+
+    def authorize(self, request: web.Request) -> web.Response | None:
+        expected = self._expected_auth
+        if expected is None:
+            return None
+        header = request.headers.get("Authorization")
+        if header is None:
+            return error_response(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                "invalid_request_error",
+            )
+        if hmac.compare_digest(header.encode("utf-8", "surrogateescape"), expected):
+            return None
+        return error_response(
+            401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key"
+        )
+
+    def parse(self, raw: bytes) -> ParsedChat:
+        return parse_chat_request(raw)
+
+    def error(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        error_type = "server_error" if status >= 500 else "invalid_request_error"
+        return error_response(status, message, error_type, code=code, param=param, headers=headers)
+
+    def rate_limited(
+        self, admission: Admission, charge: int, max_concurrency: int | None
+    ) -> web.Response:
+        error_type = "tokens" if admission.reason in ("tokens", "too_large") else "requests"
+        return error_response(
+            429,
+            rate_limit_message(admission, charge, max_concurrency),
+            error_type,
+            code="rate_limit_exceeded",
+            headers=admission.headers(),
+        )
+
+    def headers(self, admission: Admission) -> dict[str, str]:
+        return admission.headers()
+
+    def completion(self, model: str, completion: Completion, prompt_tokens: int) -> bytes:
+        completion_tokens = len(completion.tokens)
+        return orjson.dumps(
+            {
+                "id": self._new_id(),
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": completion.text,
+                            "refusal": None,
+                        },
+                        "logprobs": None,
+                        "finish_reason": completion.finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    def frames(self, model: str, prompt_tokens: int) -> ChunkFrames:
+        return ChunkFrames(self._new_id(), int(time.time()), model, prompt_tokens)
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+
+class ChunkFrames:
+    """Pre-serialised pieces of the ``chat.completion.chunk`` events of one
+    stream, so each token costs one small JSON string encoding."""
+
+    __slots__ = ("_head", "_prefix", "_prompt_tokens")
+
+    _SUFFIX = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int) -> None:
+        self._head = (
+            b'data: {"id":'
+            + orjson.dumps(completion_id)
+            + b',"object":"chat.completion.chunk","created":'
+            + str(created).encode()
+            + b',"model":'
+            + orjson.dumps(model)
+        )
+        self._prefix = self._head + b',"choices":[{"index":0,"delta":'
+        self._prompt_tokens = prompt_tokens
+
+    def start(self) -> bytes:
+        return self._prefix + b'{"role":"assistant","content":""' + self._SUFFIX
+
+    def content(self, token: str) -> bytes:
+        return self._prefix + b'{"content":' + orjson.dumps(token) + self._SUFFIX
+
+    def end(self, reason: FinishReason, completion_tokens: int, include_usage: bool) -> bytes:
+        tail = (
+            self._prefix + b'{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}\n\n'
+        )
+        if include_usage:
+            usage = {
+                "prompt_tokens": self._prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": self._prompt_tokens + completion_tokens,
+            }
+            tail += self._head + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n"
+        return tail + DONE
+
+    def malformed_end(self) -> bytes:
+        """An event whose data stops in the middle of the JSON object, then ``[DONE]``."""
+        return self._prefix + b'{"content":\n\n' + DONE

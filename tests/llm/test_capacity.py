@@ -1,0 +1,268 @@
+"""Capacity arithmetic on a fake clock: pacing, token reservations, AIMD,
+learning from headers, FIFO waiting. No sockets, no real sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from legion.llm import Capacity, RateLimitInfo
+from legion.testing import FakeClock
+
+
+def make(clock: FakeClock, **limits: int) -> Capacity:
+    return Capacity("test", timer=clock, rng=random.Random(1), **limits)
+
+
+async def start_times(clock: FakeClock, capacity: Capacity, tokens: Sequence[int]) -> list[float]:
+    """When each of ``tokens`` reservations, made at once and in order, started."""
+    starts: list[tuple[int, float]] = []
+
+    async def one(index: int, estimate: int) -> None:
+        async with capacity.reserve(estimate):
+            starts.append((index, clock.now()))
+
+    await clock.run(asyncio.gather(*(one(i, t) for i, t in enumerate(tokens))))
+    assert [index for index, _ in starts] == list(range(len(tokens)))  # FIFO
+    return [time for _, time in starts]
+
+
+def interval(rpm: float, burst: float = 0.01) -> float:
+    return 60.0 / (rpm * (1 - burst))
+
+
+async def test_requests_are_spread_evenly() -> None:
+    clock = FakeClock()
+    capacity = make(clock, rpm=60)  # 1 % of 60 is under one request: no burst
+    starts = await start_times(clock, capacity, [1] * 10)
+    assert starts == pytest.approx([i * interval(60) for i in range(10)])
+    assert capacity.statistics().requests == 10
+
+
+async def test_small_burst_then_pace_and_no_window_over_the_limit() -> None:
+    clock = FakeClock()
+    starts = await start_times(clock, make(clock, rpm=600), [1] * 700)
+    assert starts[:6] == [0.0] * 6  # 1 % of the minute's budget at once
+    assert starts[6] == pytest.approx(interval(600))
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts[6:])]
+    assert gaps == pytest.approx([interval(600)] * len(gaps))
+    for index, start in enumerate(starts):  # every 60 s window holds at most 600 starts
+        assert sum(1 for other in starts[index:] if other < start + 60) <= 600
+
+
+async def test_unlimited_capacity_never_waits() -> None:
+    clock = FakeClock()
+    capacity = make(clock)
+    assert await start_times(clock, capacity, [10**9] * 50) == [0.0] * 50
+    assert clock.sleepers == 0
+
+
+# -- tokens ----------------------------------------------------------------------
+
+TPM = 6000  # a bucket of 60 tokens, refilled at 99 tokens/s
+REFILL = TPM * 0.99 / 60
+
+
+async def second_start_after(settle_with: int | None) -> float:
+    """When a 50-token call starts after a 100-token call settled with ``settle_with``."""
+    clock = FakeClock()
+    capacity = make(clock, tpm=TPM)
+    async with capacity.reserve(100) as slot:  # a full bucket may be overdrawn: level -40
+        if settle_with is not None:
+            slot.settle(settle_with)
+    return (await start_times(clock, capacity, [50]))[0]
+
+
+async def test_tokens_are_reserved_then_settled_with_real_usage() -> None:
+    assert await second_start_after(None) == pytest.approx((50 + 40) / REFILL)  # estimate kept
+    assert await second_start_after(100) == pytest.approx((50 + 40) / REFILL)
+    assert await second_start_after(10) == 0.0  # refund of 90: level 50
+    assert await second_start_after(300) == pytest.approx((50 + 240) / REFILL)  # charged 200 more
+
+
+async def test_a_refund_wakes_a_caller_waiting_for_tokens() -> None:
+    clock = FakeClock()
+    capacity = make(clock, tpm=TPM)
+    release = asyncio.Event()
+    started: list[float] = []
+
+    async def big() -> None:
+        async with capacity.reserve(100) as slot:
+            await release.wait()
+            slot.settle(10)
+
+    async def small() -> None:
+        async with capacity.reserve(50):
+            started.append(clock.now())
+
+    first = asyncio.create_task(big())
+    await clock.settle()
+    second = asyncio.create_task(small())
+    await clock.advance(0.1)
+    assert started == [] and capacity.statistics().waiting == 1
+    release.set()
+    await clock.settle()
+    assert started == [pytest.approx(0.1)]  # not at 0.909 s: woken by the refund
+    await asyncio.gather(first, second)
+    assert capacity.statistics().tokens_used == 10
+
+
+# -- in flight -------------------------------------------------------------------
+
+
+async def test_max_in_flight_queues_the_rest_fifo() -> None:
+    clock = FakeClock()
+    capacity = make(clock, max_in_flight=2)
+    gates = [asyncio.Event() for _ in range(5)]
+    order: list[int] = []
+
+    async def call(index: int) -> None:
+        async with capacity.reserve(1):
+            order.append(index)
+            await gates[index].wait()
+
+    tasks = [asyncio.create_task(call(i)) for i in range(5)]
+    await clock.settle()
+    stats = capacity.statistics()
+    assert (order, stats.in_flight, stats.waiting) == ([0, 1], 2, 3)
+    gates[1].set()
+    await clock.settle()
+    assert order == [0, 1, 2]
+    for gate in gates:
+        gate.set()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3, 4] and capacity.statistics().in_flight == 0
+    assert clock.now() == 0.0  # nobody slept
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    clock = FakeClock()
+    capacity = make(clock, rpm=60)
+    starts: list[int] = []
+
+    async def call(index: int) -> None:
+        async with capacity.reserve(1):
+            starts.append(index)
+
+    tasks = [asyncio.create_task(call(i)) for i in range(4)]
+    await clock.settle()
+    assert starts == [0] and capacity.statistics().waiting == 3
+    tasks[1].cancel()  # the head, asleep until its turn
+    tasks[2].cancel()  # one behind it
+    await clock.run(asyncio.gather(*tasks, return_exceptions=True))
+    assert starts == [0, 3]
+    assert clock.now() == pytest.approx(interval(60))
+    assert capacity.statistics().waiting == 0
+
+
+# -- AIMD --------------------------------------------------------------------------
+
+
+async def test_429_pauses_everyone_and_decreases_once_per_episode() -> None:
+    clock = FakeClock()
+    capacity = make(clock, rpm=600)
+    async with capacity.reserve(1) as early:
+        pass
+    await clock.advance(1)
+    capacity.rate_limited(10.0, sent_at=early.started_at)
+    stats = capacity.statistics()
+    assert stats.effective_rpm == pytest.approx(420)
+    assert 10.0 <= stats.paused_for <= 11.0  # Retry-After plus up to 10 % jitter
+    capacity.rate_limited(10.0, sent_at=early.started_at)  # same episode: no new decrease
+    stats = capacity.statistics()
+    assert stats.effective_rpm == pytest.approx(420) and stats.rate_limited == 2
+    assert 10.0 <= stats.paused_for <= 11.0  # the pause ends at the latest of the two
+
+    starts = await start_times(clock, capacity, [1, 1])
+    resume = 1 + stats.paused_for
+    assert starts == pytest.approx([resume, resume + interval(420)])  # paced: no burst
+
+    capacity.rate_limited(None)  # a call sent after the decrease: a new episode
+    assert capacity.statistics().effective_rpm == pytest.approx(420 * 0.7)
+    assert capacity.statistics().paused_for <= 1.1  # the default pause
+
+
+async def test_successes_after_the_decrease_add_one_request_per_minute() -> None:
+    clock = FakeClock()
+    capacity = make(clock, rpm=100)
+    async with capacity.reserve(1) as before:
+        pass
+    await clock.advance(1)
+    capacity.rate_limited(1.0)
+    before.settle(1)  # sent before the 429: says nothing about the new rate
+    assert capacity.statistics().effective_rpm == pytest.approx(70)
+    await clock.advance(2)
+    for _ in range(5):
+        async with capacity.reserve(1) as slot:
+            slot.settle(1)
+        await clock.advance(1)
+    assert capacity.statistics().effective_rpm == pytest.approx(75)
+    for _ in range(40):
+        async with capacity.reserve(1) as slot:
+            slot.settle(1)
+        await clock.advance(1)
+    assert capacity.statistics().effective_rpm == pytest.approx(100)  # never above the limit
+
+
+async def test_token_only_limit_recovers_by_the_tokens_of_each_success() -> None:
+    clock = FakeClock()
+    capacity = make(clock, tpm=10_000)
+    capacity.rate_limited(0.5)
+    await clock.advance(1)
+    async with capacity.reserve(10) as slot:
+        slot.settle(500)
+    assert capacity.statistics().effective_tpm == pytest.approx(7_000 + 500)
+
+
+# -- learning from headers --------------------------------------------------------
+
+
+def test_headers_lower_a_limit_or_supply_a_missing_one() -> None:
+    clock = FakeClock()
+    configured = make(clock, rpm=1000, tpm=100_000)
+    configured.observe(RateLimitInfo(limit_requests=500, limit_tokens=200_000))
+    stats = configured.statistics()
+    assert (stats.learned_rpm, stats.effective_rpm) == (500, 500)
+    assert (stats.learned_tpm, stats.effective_tpm) == (None, 100_000)  # higher: ignored
+    configured.observe(RateLimitInfo(limit_requests=2000))
+    assert configured.statistics().effective_rpm == 1000  # no longer undercut
+
+    unconfigured = make(clock)
+    unconfigured.observe(RateLimitInfo(limit_requests=60, limit_tokens=1000))
+    stats = unconfigured.statistics()
+    assert (stats.limit_rpm, stats.effective_rpm, stats.effective_tpm) == (None, 60, 1000)
+
+
+async def test_remaining_headers_cut_the_burst_to_what_is_left() -> None:
+    clock = FakeClock()
+    capacity = make(clock, rpm=600)
+    capacity.observe(RateLimitInfo(limit_requests=600, remaining_requests=2))
+    starts = await start_times(clock, capacity, [1] * 3)
+    assert starts == pytest.approx([0.0, 0.0, interval(600)])
+
+    tokens = make(clock, tpm=60_000)  # a bucket of 600 tokens, refilled at 990 tokens/s
+    tokens.observe(RateLimitInfo(limit_tokens=60_000, remaining_tokens=0))
+    now = clock.now()
+    start = (await start_times(clock, tokens, [99]))[0]
+    assert start - now == pytest.approx(99 / 990)
+
+
+def test_invalid_settings_and_double_settle_are_refused() -> None:
+    with pytest.raises(ValueError, match="rpm"):
+        Capacity(rpm=0)
+    with pytest.raises(ValueError, match="decrease"):
+        Capacity(decrease=1.5)
+    with pytest.raises(ValueError, match="estimated_tokens"):
+        Capacity().reserve(-1)
+
+
+async def test_a_slot_settles_once() -> None:
+    capacity = Capacity(timer=FakeClock())
+    async with capacity.reserve(1) as slot:
+        slot.settle(1)
+        with pytest.raises(RuntimeError, match="already settled"):
+            slot.settle(1)

@@ -1,0 +1,181 @@
+"""Provider specs and legion.toml: parsing and validation. No sockets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from legion.errors import ConfigError
+from legion.llm import Price, load_config, parse_config, parse_provider_spec
+from legion.retry import RetryPolicy
+from legion.sim import SimConfig
+
+KEYS = {"OPENAI_API_KEY": "sk-test-123", "ANTHROPIC_API_KEY": "sk-ant-456"}
+
+
+def test_sim_specs() -> None:
+    route = parse_provider_spec("sim", env={})
+    assert (route.name, route.provider, route.model, route.base_url) == (
+        "default",
+        "sim",
+        "sim-model",
+        None,
+    )
+    assert route.simulator == SimConfig()
+    named = parse_provider_spec("sim:fast-model", name="fast", env={}, options={"rpm": 600})
+    assert (named.name, named.model, named.rpm) == ("fast", "fast-model", 600)
+    assert named.simulator is not None and named.simulator.models == ("fast-model",)
+
+
+def test_openai_spec_takes_key_and_url_from_the_environment() -> None:
+    route = parse_provider_spec("openai:gpt-4o-mini", env=KEYS)
+    assert (route.provider, route.model, route.base_url) == (
+        "openai",
+        "gpt-4o-mini",
+        "https://api.openai.com/v1",
+    )
+    assert (route.api_key, route.key_env) == ("sk-test-123", "OPENAI_API_KEY")
+    assert "sk-test-123" not in repr(route)  # the key never reaches a log
+    env = {**KEYS, "OPENAI_BASE_URL": "https://proxy.example/v1"}
+    assert parse_provider_spec("openai:m", env=env).base_url == "https://proxy.example/v1"
+
+
+def test_compatible_servers_need_no_key() -> None:
+    route = parse_provider_spec("openai:llama3@http://127.0.0.1:8000/v1", env={})
+    assert (route.model, route.base_url, route.api_key) == (
+        "llama3",
+        "http://127.0.0.1:8000/v1",
+        None,
+    )
+    local = parse_provider_spec("openai:qwen", env={"OPENAI_BASE_URL": "http://localhost:11434/v1"})
+    assert local.api_key is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "variable"),
+    [("openai:gpt-4o-mini", "OPENAI_API_KEY"), ("anthropic:claude-3-5-haiku", "ANTHROPIC_API_KEY")],
+)
+def test_a_missing_key_is_one_clear_line(spec: str, variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable} is not set") as caught:
+        parse_provider_spec(spec, env={})
+    assert "\n" not in str(caught.value)
+
+
+def test_anthropic_spec_and_options() -> None:
+    route = parse_provider_spec(
+        "anthropic:claude-3-5-haiku-latest",
+        env=KEYS,
+        options={
+            "rpm": 50,
+            "tpm": 40_000,
+            "max_in_flight": 8,
+            "timeout": 20,
+            "stream": True,
+            "stream_idle_timeout": 5.5,
+            "input_price": 1,
+            "output_price": 5,
+        },
+    )
+    assert (route.base_url, route.api_key) == ("https://api.anthropic.com", "sk-ant-456")
+    assert (route.rpm, route.tpm, route.max_in_flight) == (50, 40_000, 8)
+    assert (route.timeout, route.stream, route.stream_idle_timeout) == (20.0, True, 5.5)
+    assert route.price == Price(1, 5)
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        ("gemini:pro", {}, "unknown provider 'gemini'"),
+        ("openai", {}, "name a model"),
+        ("sim", {"rpm": 0}, "rpm must be a positive integer"),
+        ("sim", {"rpm": True}, "rpm must be a positive integer"),
+        ("sim", {"timeout": 0}, "timeout must be a positive number"),
+        ("sim", {"stream": "yes"}, "stream must be true or false"),
+        ("sim", {"input_price": -1}, "input_price must be a non-negative number"),
+        ("sim", {"colour": "red"}, "unknown option"),
+        ("sim", {"base_url": "http://x"}, "a sim route takes no base_url"),
+        ("sim", {"simulator": {"rpm": -5}}, "simulator: rpm must be a positive integer"),
+        ("openai:m", {"simulator": {}}, "only sim routes take a simulator"),
+        ("openai:m", {"api_key_env": ""}, "api_key_env must be a non-empty string"),
+    ],
+)
+def test_invalid_specs_are_config_errors(
+    spec: str, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_provider_spec(spec, env=KEYS, options=options)
+
+
+def test_a_custom_key_variable() -> None:
+    route = parse_provider_spec("openai:m", env={"MY_KEY": "k"}, options={"api_key_env": "MY_KEY"})
+    assert (route.api_key, route.key_env) == ("k", "MY_KEY")
+
+
+def test_legion_toml(tmp_path: Path) -> None:
+    path = tmp_path / "legion.toml"
+    path.write_text(
+        """
+[llm]
+default = "strong"
+retries = 2
+backoff = 0.25
+
+[llm.cheap]
+provider = "openai"
+model = "gpt-4o-mini"
+rpm = 500
+tpm = 200000
+
+[llm.strong]
+provider = "anthropic"
+model = "claude-3-5-haiku-latest"
+max_in_flight = 16
+
+[llm.rehearsal]
+provider = "sim"
+simulator = { rpm = 60, latency = 0.01 }
+"""
+    )
+    config = load_config(path, env=KEYS)
+    assert [route.name for route in config.routes] == ["cheap", "strong", "rehearsal"]
+    assert config.default == "strong"
+    assert config.retry == RetryPolicy(retries=2, backoff=0.25, max_backoff=30.0)
+    cheap, strong, rehearsal = config.routes
+    assert (cheap.provider, cheap.model, cheap.rpm, cheap.tpm) == (
+        "openai",
+        "gpt-4o-mini",
+        500,
+        200_000,
+    )
+    assert (strong.provider, strong.max_in_flight) == ("anthropic", 16)
+    assert rehearsal.simulator == SimConfig(rpm=60, latency=0.01)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({}, "defines no route"),
+        ({"a": {"provider": "sim"}, "default": "b"}, "default = 'b' names no"),
+        ({"a": {"provider": "sim"}, "colour": 1}, "unknown setting 'colour'"),
+        ({"a": {"model": "x"}}, r"\[llm.a\] needs provider"),
+        ({"a": {"provider": "sim"}, "retries": -1}, "retry settings"),
+        ({"a": {"provider": "openai", "model": "m"}}, "OPENAI_API_KEY is not set"),
+    ],
+)
+def test_invalid_tables_are_config_errors(table: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(table, env={})
+
+
+def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[llm\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(bad)
+    other = tmp_path / "other.toml"
+    other.write_text("[sim]\nrpm = 1\n")
+    with pytest.raises(ConfigError, match="no \\[llm\\] table"):
+        load_config(other)

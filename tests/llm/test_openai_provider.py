@@ -1,0 +1,232 @@
+"""OpenAIProvider over real HTTP on loopback against the simulator, and its
+parsing of bodies the simulator does not produce (tool calls)."""
+
+from __future__ import annotations
+
+import socket
+
+import orjson
+import pytest
+
+from legion.errors import (
+    MalformedResponse,
+    ProviderAuthError,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+)
+from legion.llm import ChatRequest, OpenAIProvider, ToolCall, Usage
+from legion.llm.openai import ChunkAssembler, build_payload, parse_completion
+from legion.llm.sse import ServerSentEvent
+from legion.sim.behaviour import estimate_prompt_tokens, generate_completion
+
+from .conftest import Closing, StartSimulator
+
+MODEL = "sim-model"
+MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"})
+
+
+def request(stream: bool = False, model: str = MODEL, **params: object) -> ChatRequest:
+    return ChatRequest(model, MESSAGES, params, stream)
+
+
+async def test_json_and_stream_give_the_same_completion_and_usage(
+    start_simulator: StartSimulator, closing: Closing
+) -> None:
+    sim = await start_simulator(tokens_per_second=5000.0, rpm=1000, tpm=1_000_000)
+    provider = closing(OpenAIProvider(base_url=sim.base_url, api_key="x", name="sim"))
+    expected = generate_completion(MODEL, MESSAGES, min_tokens=8, max_tokens=64)
+    usage = Usage(estimate_prompt_tokens(MESSAGES), len(expected.tokens))
+
+    plain = await provider.chat(request(), timeout=10)
+    streamed = await provider.chat(request(stream=True), timeout=10)
+    for result in (plain, streamed):
+        response = result.response
+        assert (response.text, response.finish_reason, response.usage) == (
+            expected.text,
+            "stop",
+            usage,
+        )
+        assert (response.model, response.provider, response.tool_calls) == (MODEL, "sim", ())
+    assert (plain.rate_limits.limit_requests, plain.rate_limits.remaining_requests) == (1000, 999)
+    assert streamed.rate_limits.remaining_requests == 998
+    assert plain.rate_limits.limit_tokens == 1_000_000
+
+    capped = await provider.chat(request(stream=True, max_tokens=3), timeout=10)
+    assert capped.response.finish_reason == "length"
+    assert capped.response.usage.completion_tokens == 3
+    stats = sim.stats()
+    assert (stats.succeeded, stats.completion_tokens) == (3, 2 * usage.completion_tokens + 3)
+
+
+async def test_statuses_become_legion_errors(
+    start_simulator: StartSimulator, closing: Closing
+) -> None:
+    sim = await start_simulator(api_key="right", rpm=1, tpm=100)
+    wrong = closing(OpenAIProvider(base_url=sim.base_url, api_key="wrong"))
+    with pytest.raises(ProviderAuthError) as auth:
+        await wrong.chat(request(), timeout=10)
+    assert str(auth.value) == (
+        "openai rejected the API key (401): Incorrect API key provided. Set OPENAI_API_KEY."
+    )
+    assert (auth.value.status, auth.value.provider, auth.value.fatal) == (401, "openai", True)
+
+    provider = closing(OpenAIProvider(base_url=sim.base_url, api_key="right"))
+    with pytest.raises(ProviderRejected, match=r"\(404\): The model `nope` does not exist"):
+        await provider.chat(request(model="nope"), timeout=10)
+    with pytest.raises(ProviderRejected, match=r"\(400\): 'temperature' must be"):
+        await provider.chat(request(temperature=5), timeout=10)
+    with pytest.raises(ProviderRejected, match="retrying cannot help"):  # over the TPM limit
+        await provider.chat(request(max_tokens=500), timeout=10)
+    await provider.chat(request(max_tokens=5), timeout=10)
+    with pytest.raises(RateLimited) as limited:
+        await provider.chat(request(max_tokens=5), timeout=10)
+    assert limited.value.status == 429
+    assert limited.value.retry_after is not None and 0 < limited.value.retry_after <= 60
+
+
+async def test_server_errors_are_unavailable(
+    start_simulator: StartSimulator, closing: Closing
+) -> None:
+    sim = await start_simulator(error_rate=1.0, error_statuses=(503,))
+    provider = closing(OpenAIProvider(base_url=sim.base_url))
+    with pytest.raises(
+        ProviderUnavailable, match=r"openai failed \(503\): The server had an error"
+    ):
+        await provider.chat(request(), timeout=10)
+
+
+async def test_malformed_bodies_and_streams(
+    start_simulator: StartSimulator, closing: Closing
+) -> None:
+    sim = await start_simulator(malformed_rate=1.0)
+    provider = closing(OpenAIProvider(base_url=sim.base_url))
+    for stream in (False, True):
+        with pytest.raises(MalformedResponse, match="openai sent invalid JSON"):
+            await provider.chat(request(stream=stream), timeout=10)
+    assert sim.stats().malformed == 2
+
+
+async def test_a_hung_call_times_out(start_simulator: StartSimulator, closing: Closing) -> None:
+    sim = await start_simulator(hang_rate=1.0)
+    provider = closing(OpenAIProvider(base_url=sim.base_url))
+    with pytest.raises(ProviderUnavailable, match=r"did not answer within 0\.2 s"):
+        await provider.chat(request(), timeout=0.2)
+    assert sim.stats().hangs == 1
+
+
+async def test_a_stalled_stream_hits_the_idle_timeout(
+    start_simulator: StartSimulator, closing: Closing
+) -> None:
+    sim = await start_simulator(stall_rate=1.0)
+    provider = closing(OpenAIProvider(base_url=sim.base_url, stream_idle_timeout=0.2))
+    with pytest.raises(ProviderUnavailable, match=r"sent nothing for 0\.2 s"):
+        await provider.chat(request(stream=True), timeout=30)
+    assert sim.stats().stalls == 1
+
+
+async def test_a_refused_connection_is_unavailable(closing: Closing) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    provider = closing(OpenAIProvider(base_url=f"http://127.0.0.1:{port}/v1"))
+    with pytest.raises(ProviderUnavailable, match="connection failed"):
+        await provider.chat(request(), timeout=5)
+
+
+# -- bodies the simulator does not produce -------------------------------------------
+
+
+def test_payload_sets_streaming_options() -> None:
+    payload = build_payload(ChatRequest("m", MESSAGES, {"max_tokens": 5, "stream": True}))
+    assert "stream" not in payload and payload["max_tokens"] == 5
+    streamed = build_payload(ChatRequest("m", MESSAGES, {}, stream=True))
+    assert streamed["stream"] is True
+    assert streamed["stream_options"] == {"include_usage": True}
+
+
+def test_tool_calls_in_a_completion() -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": '{"q":"x"}'},
+                        }
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+    response = parse_completion(orjson.dumps(body), "openai")
+    assert response.text == "" and response.finish_reason == "tool_calls"
+    assert response.tool_calls == (ToolCall("call_1", "lookup", '{"q":"x"}'),)
+    assert response.usage == Usage(10, 5)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b'{"choices": []}', b'{"choices": [{"message": {"content": 3}}]}'],
+)
+def test_unexpected_completions_are_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedResponse):
+        parse_completion(body, "openai")
+
+
+def test_stream_assembles_tool_call_deltas() -> None:
+    chunks = [
+        {"model": "gpt-4o", "choices": [{"delta": {"role": "assistant", "content": None}}]},
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [
+                            {"index": 0, "id": "a", "function": {"name": "f", "arguments": ""}},
+                        ]
+                    }
+                }
+            ]
+        },
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"x"'}}]}}]},
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [
+                            {"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}},
+                            {"index": 0, "function": {"arguments": ": 1}"}},
+                        ]
+                    }
+                }
+            ]
+        },
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+        {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 9}},
+    ]
+    assembler = ChunkAssembler("openai", "requested-model")
+    for chunk in chunks:
+        assembler.add(ServerSentEvent("", orjson.dumps(chunk).decode()))
+    assert not assembler.done
+    assembler.add(ServerSentEvent("", "[DONE]"))
+    assert assembler.done
+    response = assembler.response()
+    assert response.tool_calls == (ToolCall("a", "f", '{"x": 1}'), ToolCall("b", "g", "{}"))
+    assert (response.finish_reason, response.usage, response.model) == (
+        "tool_calls",
+        Usage(7, 9),
+        "gpt-4o",
+    )
+
+
+def test_an_error_event_mid_stream_is_unavailable() -> None:
+    assembler = ChunkAssembler("openai", "m")
+    with pytest.raises(ProviderUnavailable, match="mid-stream: overloaded"):
+        assembler.add(ServerSentEvent("", '{"error": {"message": "overloaded"}}'))
