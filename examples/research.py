@@ -1,12 +1,14 @@
 """Example agent: answer a question about Python from a local corpus, offline.
 
-search  - full-text search (SQLite FTS5) over the Python documentation topics that ship
-          with the standard library (``pydoc_data``), so nothing is downloaded;
-read    - the top hits are read concurrently (``ctx.gather``), each one a recorded step
-          that keeps the sentences that best match the question;
-memory  - the session remembers the questions it was asked.
+search    - full-text search (SQLite FTS5) over the Python documentation topics that
+            ship with the standard library (``pydoc_data``), so nothing is downloaded;
+read      - the top hits are read concurrently (``ctx.gather``), each one a recorded step
+            that keeps the sentences that best match the question;
+summarize - one LLM call per passage, concurrently (``ctx.llm``), then one that combines
+            them: against the built-in simulator unless ``--llm`` names a real provider;
+memory    - the session remembers the questions it was asked.
 
-Run it:
+Run it (add ``--llm openai:gpt-4o-mini`` and set OPENAI_API_KEY for a real model):
 
     legion run examples/research.py:research \\
         --input examples/questions.jsonl --output answers.jsonl
@@ -62,12 +64,37 @@ async def read(hit: dict[str, str], question: str) -> dict[str, str]:
     return {"topic": hit["topic"], "summary": " ".join(ranked[:2])[:400]}
 
 
-@legion.agent(timeout=30, retries=3)
+def _prompt(question: str, note: dict[str, str]) -> list[dict[str, str]]:
+    excerpt = f"Excerpt ({note['topic']}): {note['summary']}"
+    return [
+        {"role": "system", "content": "Answer from the excerpt only, in one or two sentences."},
+        {"role": "user", "content": f"Question: {question}\n\n{excerpt}"},
+    ]
+
+
+@legion.agent(timeout=60, retries=3)
 async def research(ctx: legion.Context, question: str) -> dict[str, object]:
     hits = await ctx.step("search", search, question)
     notes = await ctx.gather(
         *(ctx.step(f"read-{i}", read, h, question) for i, h in enumerate(hits))
     )
+    # One LLM call per passage, all at once; then one that combines them.
+    partial = await ctx.gather(*(ctx.llm.chat(_prompt(question, n), max_tokens=120) for n in notes))
+    combined = "\n".join(f"- {p.text}" for p in partial)
+    answer = await ctx.llm.chat(
+        [
+            {
+                "role": "user",
+                "content": f"Question: {question}\nCombine into one answer:\n{combined}",
+            }
+        ],
+        max_tokens=200,
+    )
     asked = await ctx.memory.get("questions", [])
     await ctx.memory.set("questions", [*asked, question][-20:])
-    return {"question": question, "sources": [n["topic"] for n in notes], "notes": notes}
+    return {
+        "question": question,
+        "answer": answer.text,
+        "sources": [n["topic"] for n in notes],
+        "notes": notes,
+    }

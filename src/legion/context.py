@@ -11,14 +11,18 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
 from .clock import Clock
-from .errors import AgentCrash
+from .errors import AgentCrash, Permanent
 from .journal import Journal
 from .store.base import MemoryWrite, Store
-from .task import Lease, StepRecord
+from .task import Lease, StepRecord, TaskUsage
+
+if TYPE_CHECKING:
+    from .llm.calls import LLMCalls
+    from .llm.client import LLMClient
 
 T = TypeVar("T")
 
@@ -56,12 +60,34 @@ class Memory:
 class Context:
     """Handed to every agent instance as its first argument."""
 
-    __slots__ = ("_clock", "_counts", "_journal", "_lease", "_log", "_memory", "_store", "agent")
+    __slots__ = (
+        "_clock",
+        "_counts",
+        "_journal",
+        "_lease",
+        "_llm",
+        "_llm_client",
+        "_log",
+        "_memory",
+        "_store",
+        "agent",
+        "usage",
+    )
 
     def __init__(
-        self, agent: str, lease: Lease, *, store: Store, journal: Journal, clock: Clock
+        self,
+        agent: str,
+        lease: Lease,
+        *,
+        store: Store,
+        journal: Journal,
+        clock: Clock,
+        llm: LLMClient | None = None,
     ) -> None:
         self.agent = agent
+        self.usage = TaskUsage()
+        self._llm_client = llm
+        self._llm: LLMCalls | None = None
         self._lease = lease
         self._store = store
         self._journal = journal
@@ -93,6 +119,19 @@ class Context:
         if self._memory is None:
             self._memory = Memory(self._store, self._journal, self.session)
         return self._memory
+
+    @property
+    def llm(self) -> LLMCalls:
+        """The run's LLM routes; every call is a recorded step (``await ctx.llm.chat(...)``)."""
+        if self._llm is None:
+            if self._llm_client is None:
+                raise Permanent(
+                    "no LLM is configured: pass llm= to legion.Runtime, or --llm to legion run"
+                )
+            from .llm.calls import LLMCalls
+
+            self._llm = LLMCalls(self, self._llm_client)
+        return self._llm
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -150,10 +189,10 @@ class Context:
             raise
         if pending:
             await _cancel_all(list(pending))
-        for t in _finished(tasks, done):
-            exc = t.exception()
-            if exc is not None:
-                raise exc
+        # Read every error (so none is reported as "never retrieved"); raise the first.
+        errors = [e for t in _finished(tasks, done) if (e := t.exception()) is not None]
+        if errors:
+            raise errors[0]
         return [t.result() for t in tasks]
 
 

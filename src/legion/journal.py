@@ -92,9 +92,14 @@ class Journal:
     async def run(self) -> None:
         """Commit batches until :meth:`close`; a batch being written is never abandoned."""
         while True:
-            await self._pending.wait()
-            if self._closing and not len(self._batch):
-                return
+            if not len(self._batch):
+                if self._closing:
+                    return
+                # Nothing queued: sleep until a write or close() comes. (Checked and
+                # cleared in one step of the loop, so no wake-up can slip in between.)
+                self._pending.clear()
+                await self._pending.wait()
+                continue
             await asyncio.shield(self._flush_task())
 
     def _flush_task(self) -> asyncio.Task[None]:
@@ -103,7 +108,6 @@ class Journal:
         return asyncio.get_running_loop().create_task(self._flush(), name="legion-journal-flush")
 
     async def _flush(self) -> None:
-        self._pending.clear()
         batch, self._batch = self._batch, WriteBatch()
         waiters, self._waiters = self._waiters, []
         leases, self._leases = self._leases, []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+from typing import TYPE_CHECKING
 
 from . import codec
 from .agent import Agent
@@ -19,6 +20,9 @@ from .errors import AgentCrash, TaskTimeout, is_retryable
 from .journal import Journal
 from .store.base import Store
 from .task import Completion, ErrorInfo, Lease, Outcome
+
+if TYPE_CHECKING:
+    from .llm.client import LLMClient
 
 
 class StopReason(enum.Enum):
@@ -30,13 +34,16 @@ class StopReason(enum.Enum):
 class Instance:
     """One running attempt; the worker keeps these by task id."""
 
-    __slots__ = ("agent", "lease", "stop_reason", "task")
+    __slots__ = ("agent", "fatal", "lease", "stop_reason", "task")
 
     def __init__(self, lease: Lease, agent: Agent) -> None:
         self.lease = lease
         self.agent = agent
         self.stop_reason: StopReason | None = None
         self.task: asyncio.Task[None] | None = None
+        # An error that every other task would meet too (a rejected API key): the
+        # worker stops leasing when an instance ends with one.
+        self.fatal: BaseException | None = None
 
     def stop(self, reason: StopReason) -> None:
         if self.task is not None and not self.task.done():
@@ -52,9 +59,10 @@ async def run_instance(
     journal: Journal,
     clock: Clock,
     rng: random.Random,
+    llm: LLMClient | None = None,
 ) -> None:
     lease, agent = instance.lease, instance.agent
-    ctx = Context(agent.name, lease, store=store, journal=journal, clock=clock)
+    ctx = Context(agent.name, lease, store=store, journal=journal, clock=clock, llm=llm)
     started = clock()
     output: bytes | None = None
     error: BaseException | None = None
@@ -78,10 +86,15 @@ async def run_instance(
     except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: this task's, not ours
         error = AgentCrash(exc)
     finished = clock()
+    usage = ctx.usage.to_json()
     if error is None:
-        done = _completion(lease, owner, Outcome.SUCCEEDED, started, finished, output=output)
+        done = _completion(
+            lease, owner, Outcome.SUCCEEDED, started, finished, output=output, usage=usage
+        )
     else:
-        done = _failure(lease, owner, agent, error, started, finished, rng)
+        if getattr(error, "fatal", False):
+            instance.fatal = error
+        done = _failure(lease, owner, agent, error, started, finished, rng, usage)
     journal.complete(lease, done)
 
 
@@ -93,15 +106,23 @@ def _failure(
     started: float,
     finished: float,
     rng: random.Random,
+    usage: bytes | None,
 ) -> Completion:
     info = ErrorInfo.from_exception(error)
     if not is_retryable(error):
-        return _completion(lease, owner, Outcome.FAILED, started, finished, error=info)
+        return _completion(lease, owner, Outcome.FAILED, started, finished, error=info, usage=usage)
     if lease.attempt >= lease.max_attempts:
-        return _completion(lease, owner, Outcome.DEAD, started, finished, error=info)
+        return _completion(lease, owner, Outcome.DEAD, started, finished, error=info, usage=usage)
     delay = agent.options.retry.delay(lease.attempt, rng)
     return _completion(
-        lease, owner, Outcome.RETRY, started, finished, error=info, not_before=finished + delay
+        lease,
+        owner,
+        Outcome.RETRY,
+        started,
+        finished,
+        error=info,
+        not_before=finished + delay,
+        usage=usage,
     )
 
 
@@ -115,6 +136,7 @@ def _completion(
     output: bytes | None = None,
     error: ErrorInfo | None = None,
     not_before: float = 0.0,
+    usage: bytes | None = None,
 ) -> Completion:
     return Completion(
         id=lease.id,
@@ -126,4 +148,5 @@ def _completion(
         not_before=not_before,
         started_at=started,
         finished_at=finished,
+        usage=usage,
     )

@@ -19,7 +19,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .agent import Agent
@@ -38,6 +38,9 @@ from .task import (
     TaskStatus,
 )
 from .worker import Worker, WorkerConfig
+
+if TYPE_CHECKING:
+    from .llm.client import LLMClient
 
 log = logging.getLogger("legion.runtime")
 
@@ -60,6 +63,8 @@ class Runtime:
     - ``worker``: run tasks in this process (default); ``False`` only submits and watches.
     - ``lease_seconds``: how long a lease lasts without a heartbeat; a worker that dies
       holds its tasks at most this long (less on the same host, where its exit is seen).
+    - ``llm``: the :class:`~legion.llm.LLMClient` behind ``ctx.llm`` (the runtime does
+      not close it: it may serve several runtimes).
     """
 
     def __init__(
@@ -74,7 +79,9 @@ class Runtime:
         drain_timeout: float = 30.0,
         clock: Clock = system_clock,
         seed: int | None = None,
+        llm: LLMClient | None = None,
     ) -> None:
+        self.llm = llm
         self._owns_store = isinstance(store, str)
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self._clock = clock
@@ -123,6 +130,7 @@ class Runtime:
                 clock=self._clock,
                 on_committed=self._committed,
                 seed=self._seed,
+                llm=self.llm,
             )
             self._worker_task = asyncio.create_task(self.worker.run(), name="legion-worker")
         self._tasks.append(asyncio.create_task(self._follow_events(), name="legion-events"))
@@ -160,6 +168,11 @@ class Runtime:
         self._agents[agent.name] = agent
         if self.worker is not None:
             self.worker.add_agent(agent)
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        """An error that stopped the local worker (e.g. a rejected API key), if any."""
+        return self.worker.fatal_error if self.worker is not None else None
 
     def statistics(self) -> Statistics | None:
         """The local worker's counters, or None without a local worker."""
@@ -347,6 +360,7 @@ class Runtime:
                 attempt=comp.attempt,
                 started_at=comp.started_at,
                 finished_at=comp.finished_at,
+                usage=codec.loads(comp.usage) if comp.usage is not None else None,
             )
             self._remember(comp.id, result)
             for deliver in self._waiters.pop(comp.id, ()):

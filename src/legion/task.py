@@ -119,6 +119,38 @@ class Outcome(enum.StrEnum):
     RELEASED = "released"  # given back unfinished (worker draining); attempt not counted
 
 
+class TaskUsage:
+    """What a task's LLM calls used, replayed calls included (they were paid for once)."""
+
+    __slots__ = ("completion_tokens", "cost_usd", "llm_calls", "prompt_tokens")
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_usd = 0.0
+        self.llm_calls = 0
+
+    def add(self, call: Mapping[str, Any]) -> None:
+        """Count one recorded LLM call (a ``ChatResponse.to_json()`` with ``cost_usd``)."""
+        usage = call.get("usage") or {}
+        self.prompt_tokens += int(usage.get("prompt_tokens", 0))
+        self.completion_tokens += int(usage.get("completion_tokens", 0))
+        self.cost_usd += float(call.get("cost_usd", 0.0))
+        self.llm_calls += 1
+
+    def to_json(self) -> bytes | None:
+        if not self.llm_calls:
+            return None
+        return codec.dumps(
+            {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "cost_usd": self.cost_usd,
+                "llm_calls": self.llm_calls,
+            }
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """The end of one attempt, written only while ``owner`` still holds lease ``attempt``."""
@@ -132,6 +164,7 @@ class Completion:
     not_before: float = 0.0
     started_at: float = 0.0
     finished_at: float = 0.0
+    usage: bytes | None = None  # TaskUsage JSON, when the attempt made LLM calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +197,7 @@ class TaskInfo:
     started_at: float | None
     finished_at: float | None
     lease_owner: str | None = None
+    usage: dict[str, Any] | None = None
 
     @property
     def latency(self) -> float | None:
@@ -185,6 +219,7 @@ class TaskResult:
     attempt: int = 0
     started_at: float | None = None
     finished_at: float | None = None
+    usage: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -207,4 +242,5 @@ class TaskResult:
             attempt=info.attempt,
             started_at=info.started_at,
             finished_at=info.finished_at,
+            usage=info.usage,
         )

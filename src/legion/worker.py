@@ -25,6 +25,7 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .agent import Agent
 from .clock import Clock, system_clock
@@ -33,6 +34,9 @@ from .runner import Instance, StopReason, run_instance
 from .stats import Counters, Statistics
 from .store.base import Store, WorkerInfo
 from .task import Lease, Outcome
+
+if TYPE_CHECKING:
+    from .llm.client import LLMClient
 
 log = logging.getLogger("legion.worker")
 
@@ -65,8 +69,11 @@ class Worker:
         clock: Clock = system_clock,
         on_committed: Callable[[Sequence[Committed]], None] | None = None,
         seed: int | None = None,
+        llm: LLMClient | None = None,
     ) -> None:
         self.store = store
+        self.llm = llm
+        self.fatal_error: BaseException | None = None
         self.config = config or WorkerConfig()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._clock = clock
@@ -124,6 +131,13 @@ class Worker:
         self._stopping.set()
         self._wake.set()
         self._slots.set()
+
+    def abort(self, error: BaseException) -> None:
+        """Stop the run because of ``error``, which every other task would meet too:
+        lease nothing more and give the running tasks back unfinished."""
+        self.fatal_error = error
+        log.info("stopping the worker: %s", error)
+        self.release_now()
 
     def release_now(self) -> None:
         """Give every running instance back to the queue at once (a second Ctrl-C)."""
@@ -242,6 +256,7 @@ class Worker:
                 journal=self._journal,
                 clock=self._clock,
                 rng=self._rng,
+                llm=self.llm,
             ),
             name=f"legion-task-{lease.id}",
         )
@@ -250,6 +265,8 @@ class Worker:
 
     def _finished(self, inst: Instance, _task: object = None) -> None:
         self._instances.pop(inst.lease.id, None)
+        if inst.fatal is not None and self.fatal_error is None:
+            self.abort(inst.fatal)
         self._running[inst.agent.name] -= 1
         free = self.config.concurrency - len(self._instances)
         # Wake the lease loop for a batch worth leasing, or for a slot of a capped agent.

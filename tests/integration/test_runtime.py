@@ -463,3 +463,43 @@ async def test_a_value_that_is_not_an_agent_is_refused(db_url: str) -> None:
     async with Runtime(db_url) as rt:
         with pytest.raises(legion.ConfigError, match="not an agent"):
             await rt.submit(_identity, 1)  # type: ignore[arg-type]
+
+
+async def test_gather_with_several_failures_raises_the_first_and_leaves_no_unretrieved_error(
+    db_url: str,
+) -> None:
+    @legion.agent(retries=0)
+    async def fan(ctx: legion.Context, x: int) -> None:
+        async def bad(i: int) -> None:
+            raise ValueError(f"bad {i}")
+
+        await ctx.gather(bad(1), bad(2), bad(3))
+
+    reported: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _loop, context: reported.append(context)
+    )
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(fan, 1)).id)
+    import gc
+
+    gc.collect()
+    assert r.error is not None and r.error.message == "bad 1"
+    assert reported == []
+
+
+async def test_closing_the_journal_while_a_commit_is_in_flight_returns(tmp_path: Path) -> None:
+    from legion.journal import Journal
+    from legion.store import MemoryWrite, SQLiteStore
+
+    store = SQLiteStore(tmp_path / "j.db")
+    await store.open()
+    journal = Journal(store, clock=lambda: 0.0, on_committed=lambda batch: None)
+    runner = asyncio.create_task(journal.run())
+    durable = journal.write_memory(MemoryWrite("s", "k", b"1"))
+    await asyncio.sleep(0)  # the flush starts
+    journal.close()  # ...and close() lands while it is in flight
+    await asyncio.wait_for(runner, timeout=30)
+    await durable
+    assert await store.memory_get("s", "k") == b"1"
+    await store.aclose()

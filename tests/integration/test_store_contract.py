@@ -1,4 +1,8 @@
-"""The Store contract: every implementation must pass these, against a real database."""
+"""The Store contract: every implementation must pass these, against a real database.
+
+The ``store`` and ``store_url`` fixtures run each test on SQLite and on PostgreSQL; the
+schema tests at the end are SQLite's own.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from legion import codec
-from legion.store import MemoryWrite, SQLiteStore, Store, WorkerInfo, WriteBatch
+from legion.store import MemoryWrite, SQLiteStore, Store, WorkerInfo, WriteBatch, store_from_url
 from legion.store.queries import migrations
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus
 
@@ -120,6 +124,18 @@ async def test_retry_dead_failed_and_released_outcomes(store: Store) -> None:
     # The retried one waits for its not-before time; the released one is ready now.
     ready = await store.lease("w", {"a": 4}, 4, NOW + 60, NOW + 1)
     assert [lease.id for lease in ready] == [ids[3]]
+
+
+async def test_a_completion_records_its_usage(store: Store) -> None:
+    a, b = await store.submit([new(value=1), new(value=2)], NOW)
+    await store.lease("w", {"a": 2}, 2, NOW + 60, NOW)
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "cost_usd": 0.5, "llm_calls": 1}
+    await store.write(
+        WriteBatch(completions=[done(a.id, 1, "w", usage=codec.dumps(usage)), done(b.id, 1, "w")]),
+        NOW,
+    )
+    infos = {i.id: i for i in await store.get_many([a.id, b.id])}
+    assert infos[a.id].usage == usage and infos[b.id].usage is None
 
 
 async def test_steps_are_recorded_once_and_replayed_on_the_next_attempt(store: Store) -> None:
@@ -236,13 +252,16 @@ async def test_workers_register_and_leave(store: Store) -> None:
     assert await store.workers() == []
 
 
-async def test_reopening_keeps_everything(tmp_path: Path) -> None:
-    path = tmp_path / "again.db"
-    s1 = SQLiteStore(path)
+async def test_wait_for_work_answers_false_when_nothing_comes(store: Store) -> None:
+    assert await store.wait_for_work(0.05) is False
+
+
+async def test_reopening_keeps_everything(store_url: str) -> None:
+    s1 = store_from_url(store_url)
     await s1.open()
     (t,) = await s1.submit([new(key="k", value=1)], NOW)
     await s1.aclose()
-    s2 = SQLiteStore(path)
+    s2 = store_from_url(store_url)
     await s2.open()
     try:
         (t2,) = await s2.submit([new(key="k", value=1)], NOW)

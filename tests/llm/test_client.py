@@ -177,7 +177,9 @@ async def test_routes_defaults_and_per_call_overrides() -> None:
     await client.chat(HELLO, "cheap", stream=True)
     assert [r.stream for r in cheap.requests] == [False, True]
     assert client.statistics().cost_usd == pytest.approx(1.0)  # 1 prompt token on "large"
-    with pytest.raises(Permanent, match="no LLM route named 'missing'; routes: cheap, strong"):
+    with pytest.raises(
+        Permanent, match="no LLM route or model named 'missing'; routes: cheap, strong"
+    ):
         await client.chat(HELLO, "missing")
     await client.aclose()
     assert cheap.closed and strong.closed

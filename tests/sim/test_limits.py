@@ -248,3 +248,15 @@ def test_fixed_window_grid_is_anchored_at_its_origin() -> None:
     window.consume(4, 170.0)
     assert window.reset_time(170.0) == pytest.approx(50.0)
     assert window.wait_time(6, 170.0) == 0.0
+
+
+def test_a_per_minute_limit_can_be_enforced_per_second() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock, rpm=120, window_seconds=1.0)  # 2 a second
+    assert [limiter.admit(1).allowed for _ in range(3)] == [True, True, False]
+    rejected = limiter.admit(1)
+    assert rejected.retry_after == pytest.approx(1.0)
+    assert rejected.limit_requests == 120  # headers still speak per minute
+    assert rejected.remaining_requests == 0
+    clock.advance(1.0)
+    assert limiter.admit(1).allowed

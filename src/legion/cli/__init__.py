@@ -37,6 +37,33 @@ StoreOpt = Annotated[
 ]
 
 
+LLMOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--llm",
+        help="An LLM route for ctx.llm: sim, openai:MODEL, openai:MODEL@URL (any "
+        "OpenAI-compatible server), anthropic:MODEL; NAME=SPEC to name it. Repeat for "
+        "several. Default: the built-in simulator.",
+    ),
+]
+RpmOpt = Annotated[
+    int | None, typer.Option("--rpm", min=1, help="Requests per minute allowed per --llm route.")
+]
+TpmOpt = Annotated[
+    int | None, typer.Option("--tpm", min=1, help="Tokens per minute allowed per --llm route.")
+]
+MaxInFlightOpt = Annotated[
+    int | None,
+    typer.Option("--max-in-flight", min=1, help="Most concurrent calls per --llm route."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="A TOML file with an [llm] table (default: ./legion.toml if present)."
+    ),
+]
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     stderr_console().print(f"[red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
@@ -85,6 +112,11 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log what the worker does.")
     ] = False,
+    llm: LLMOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_in_flight: MaxInFlightOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Run every line of a JSONL file through an agent, resumably.
 
@@ -93,6 +125,7 @@ def run(
     skips what finished and runs the rest. Exits 1 if any task did not succeed.
     """
     from ..loader import load_agent
+    from .llm_options import LLMOptions
     from .run import RunOptions, run_file
 
     _setup_logging(verbose)
@@ -112,6 +145,7 @@ def run(
         concurrency=concurrency,
         lease_seconds=lease_seconds,
         progress=progress,
+        llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
     )
     code = _run(run_file(opts, stderr_console()))
     raise typer.Exit(code)

@@ -9,12 +9,16 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from ..stats import LatencySample, Statistics
+
+if TYPE_CHECKING:
+    from ..llm.client import LLMClient
 from ..task import TaskResult, TaskStatus
 
 
@@ -61,9 +65,16 @@ def _ms(seconds: float | None) -> str:
 
 class Progress:
     def __init__(
-        self, tally: RunTally, *, agent: str, console: Console, enabled: bool = True
+        self,
+        tally: RunTally,
+        *,
+        agent: str,
+        console: Console,
+        enabled: bool = True,
+        llm: LLMClient | None = None,
     ) -> None:
         self.tally = tally
+        self.llm = llm
         self.agent = agent
         self.console = console
         self.enabled = enabled
@@ -105,7 +116,37 @@ class Progress:
             f"retries {w.retried if w else 0}",
             f"failed {t.not_succeeded}",
         ]
-        return "legion run: " + " | ".join(parts)
+        llm = self._llm_brief()
+        return "legion run: " + " | ".join(parts) + (f" | {llm}" if llm else "")
+
+    def _llm_brief(self) -> str:
+        if self.llm is None:
+            return ""
+        s = self.llm.statistics()
+        if not any(r.calls for r in s.routes.values()):
+            return ""
+        limited = sum(r.capacity.rate_limited for r in s.routes.values())
+        return (
+            f"LLM {sum(r.attempts for r in s.routes.values())} requests, {limited} 429s, "
+            f"{s.usage.total:,} tokens, ${s.cost_usd:.4f}"
+        )
+
+    def llm_line(self) -> str:
+        """The LLM part of the final summary, per route."""
+        if self.llm is None:
+            return ""
+        lines = []
+        for r in self.llm.statistics().routes.values():
+            if not r.calls:
+                continue
+            errors = ", ".join(f"{n} {e}" for e, n in sorted(r.errors.items()))
+            lines.append(
+                f"llm {r.name} ({r.provider}:{r.model}): {r.calls} calls, {r.attempts} requests, "
+                f"{r.capacity.rate_limited} 429s, {r.usage.prompt_tokens:,} prompt + "
+                f"{r.usage.completion_tokens:,} completion tokens, ${r.cost_usd:.4f}"
+                + (f"; errors: {errors}" if errors else "")
+            )
+        return "\n".join(lines)
 
     def _render(self) -> Table:
         t, w = self.tally, self.worker_stats
@@ -125,6 +166,9 @@ class Progress:
         grid.add_row("in flight", str(w.in_flight if w else 0))
         grid.add_row("retries", str(w.retried if w else 0))
         failed = t.by_status[TaskStatus.FAILED] + t.bad_lines
+        llm = self._llm_brief()
+        if llm:
+            grid.add_row("llm", llm)
         grid.add_row(
             "not succeeded",
             f"{t.not_succeeded} (failed {failed}, dead {t.by_status[TaskStatus.DEAD]}, "

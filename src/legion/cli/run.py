@@ -19,6 +19,7 @@ from ..agent import Agent
 from ..inputs import InputLine, read_jsonl
 from ..runtime import Runtime
 from ..task import TaskResult, TaskStatus
+from .llm_options import LLMOptions, llm_config
 from .progress import Progress, RunTally
 
 
@@ -31,6 +32,7 @@ class RunOptions:
     concurrency: int
     lease_seconds: float
     progress: bool
+    llm: LLMOptions
 
 
 @dataclass(slots=True)
@@ -49,10 +51,17 @@ async def run_file(opts: RunOptions, console: Console) -> int:
     tally = RunTally(total=len(lines), bad_lines=len(bad))
     by_id: dict[int, LineResult] = {}
     interrupted = False
+    config, llm_note = llm_config(opts.llm)
+    console.print(llm_note, highlight=False)
 
-    async with Runtime(
-        opts.store, concurrency=opts.concurrency, lease_seconds=opts.lease_seconds
-    ) as rt:
+    from ..llm.config import build_client
+
+    async with (
+        await build_client(config) as llm,
+        Runtime(
+            opts.store, concurrency=opts.concurrency, lease_seconds=opts.lease_seconds, llm=llm
+        ) as rt,
+    ):
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         _install_signals(loop, rt, stop, console)
@@ -67,7 +76,7 @@ async def run_file(opts: RunOptions, console: Console) -> int:
                 by_id[s.id] = LineResult(ln)
             resumed = {s.id for s in submitted if not s.created and s.status.terminal}
             with Progress(
-                tally, agent=opts.agent.name, console=console, enabled=opts.progress
+                tally, agent=opts.agent.name, console=console, enabled=opts.progress, llm=llm
             ) as progress:
                 interrupted = await _collect(rt, by_id, resumed, tally, progress, stop)
             if interrupted:
@@ -75,10 +84,17 @@ async def run_file(opts: RunOptions, console: Console) -> int:
                 await _settle_unfinished(rt, by_id)
         finally:
             _remove_signals(loop)
+        fatal = rt.fatal_error
+        llm_line = progress.llm_line()
 
     results = sorted([*by_id.values(), *(LineResult(b) for b in bad)], key=lambda r: r.line.line)
     _write_output(results, opts.output)
-    _print_summary(console, tally, results, interrupted)
+    _print_summary(console, tally, results, interrupted and fatal is None)
+    if llm_line:
+        console.print(llm_line, highlight=False)
+    if fatal is not None:
+        console.print(f"[red]error:[/] stopped the run: {fatal}", highlight=False)
+        return 2
     if interrupted:
         return 130
     return 0 if tally.not_succeeded == 0 else 1
@@ -102,7 +118,7 @@ async def _collect(
             done, _ = await asyncio.wait(
                 {next_result, stopping}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED
             )
-            if stopping in done:
+            if stopping in done or rt.fatal_error is not None:
                 return True
             if next_result in done:
                 r = next_result.result()
@@ -151,10 +167,19 @@ def _install_signals(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: print where every asyncio task of this process is waiting (for debugging)."""
+    tasks = asyncio.all_tasks()
+    print(f"--- {len(tasks)} asyncio tasks ---", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(limit=8, file=sys.stderr)
 
 
 def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         loop.remove_signal_handler(sig)
 
 
@@ -173,6 +198,8 @@ def output_record(r: LineResult) -> dict[str, Any]:
     record["id"] = res.id
     record["status"] = str(res.status)
     record["attempts"] = res.attempt
+    if res.usage:
+        record["usage"] = res.usage
     if res.status is TaskStatus.SUCCEEDED:
         record["output"] = res.output
     elif res.status.terminal or res.error is not None:

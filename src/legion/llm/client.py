@@ -251,10 +251,20 @@ class LLMClient:
     ) -> None:
         await self.aclose()
 
+    def cost(self, response: ChatResponse) -> float:
+        """USD for one response at this client's prices."""
+        return self._prices.cost(response.model, response.usage)
+
+    def route_for(self, name: str | None) -> Route:
+        """The route a call names: by route name, else by model (the default if ``None``)."""
+        return self._route(name)
+
     def _route(self, name: str | None) -> Route:
         route = self._routes.get(self._default if name is None else name)
         if route is None:
-            raise Permanent(f"no LLM route named {name!r}; routes: {self._names()}")
+            route = next((r for r in self._routes.values() if r.model == name), None)
+        if route is None:
+            raise Permanent(f"no LLM route or model named {name!r}; routes: {self._names()}")
         return route
 
     def _names(self) -> str:

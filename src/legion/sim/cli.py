@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-concurrency", type=int, help="requests served at once (default unlimited)")
     add("--window", choices=("sliding", "fixed"), help="rate window kind (default sliding)")
     add(
+        "--window-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="enforce the per-minute limits over windows this long (default 60; 1 = per second)",
+    )
+    add(
         "--rejected-count-against-limit",
         action=argparse.BooleanOptionalAction,
         help="count 429-rejected requests in the request window",

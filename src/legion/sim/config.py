@@ -41,6 +41,10 @@ class SimConfig:
         max_concurrency: requests being served at the same time.
         window: ``"sliding"`` (capacity comes back 60 s after it was used) or
             ``"fixed"`` (all capacity comes back at each 60 s boundary).
+        window_seconds: the length of the windows that enforce the per-minute
+            limits (default 60). Shorter windows enforce the same rate in
+            proportion, as providers that quantize their limits do: 6,000 rpm
+            over 1 s windows admits 100 requests a second, not a 6,000 burst.
         rejected_count_against_limit: when true, requests answered 429 also
             consume the request window, as OpenAI documents for its API.
         concurrency_retry_after: Retry-After, in seconds, sent when the
@@ -87,6 +91,7 @@ class SimConfig:
     tpm: int | None = None
     max_concurrency: int | None = None
     window: WindowKind = "sliding"
+    window_seconds: float = 60.0
     rejected_count_against_limit: bool = False
     concurrency_retry_after: float = 1.0
     latency: float = 0.0
@@ -109,6 +114,9 @@ class SimConfig:
         for name in ("rpm", "tpm", "max_concurrency"):
             _check_optional_positive_int(name, getattr(self, name))
         _check_choice("window", self.window, _WINDOW_KINDS)
+        _check_number("window_seconds", self.window_seconds, positive=True)
+        if self.window_seconds > 60.0:
+            raise ValueError("window_seconds must be at most 60")
         _check_bool("rejected_count_against_limit", self.rejected_count_against_limit)
         _check_number("concurrency_retry_after", self.concurrency_retry_after, positive=True)
         _check_number("latency", self.latency)

@@ -220,6 +220,7 @@ class RateLimiter:
         "_in_flight",
         "_max_concurrency",
         "_requests",
+        "_scale",
         "_tokens",
     )
 
@@ -231,18 +232,24 @@ class RateLimiter:
         tpm: int | None = None,
         max_concurrency: int | None = None,
         window: Literal["sliding", "fixed"] = "sliding",
+        window_seconds: float = WINDOW_SECONDS,
         rejected_count_against_limit: bool = False,
         concurrency_retry_after: float = 1.0,
     ) -> None:
         self._clock = clock
         origin = clock()
+        # A per-minute limit may be enforced over shorter windows ("quantized", as
+        # providers do): 6,000 rpm over 1 s windows admits 100 requests a second.
+        # Headers still speak per minute.
+        self._scale = WINDOW_SECONDS / window_seconds
 
         def make(limit: int | None) -> Window | None:
             if limit is None:
                 return None
+            per_window = max(1, math.ceil(limit / self._scale))
             if window == "fixed":
-                return FixedWindow(limit, origin)
-            return SlidingWindow(limit)
+                return FixedWindow(per_window, origin, window_seconds)
+            return SlidingWindow(per_window, window_seconds)
 
         self._requests = make(rpm)
         self._tokens = make(tpm)
@@ -260,6 +267,7 @@ class RateLimiter:
             tpm=config.tpm,
             max_concurrency=config.max_concurrency,
             window=config.window,
+            window_seconds=config.window_seconds,
             rejected_count_against_limit=config.rejected_count_against_limit,
             concurrency_retry_after=config.concurrency_retry_after,
         )
@@ -311,15 +319,17 @@ class RateLimiter:
     def _state(
         self, allowed: bool, reason: RejectReason | None, retry_after: float | None, now: float
     ) -> Admission:
-        requests, tokens = self._requests, self._tokens
+        requests, tokens, scale = self._requests, self._tokens, self._scale
         return Admission(
             allowed,
             reason,
-            requests.limit if requests is not None else None,
-            max(0, requests.limit - requests.used(now)) if requests is not None else None,
+            round(requests.limit * scale) if requests is not None else None,
+            round(max(0, requests.limit - requests.used(now)) * scale)
+            if requests is not None
+            else None,
             requests.reset_time(now) if requests is not None else 0.0,
-            tokens.limit if tokens is not None else None,
-            max(0, tokens.limit - tokens.used(now)) if tokens is not None else None,
+            round(tokens.limit * scale) if tokens is not None else None,
+            round(max(0, tokens.limit - tokens.used(now)) * scale) if tokens is not None else None,
             tokens.reset_time(now) if tokens is not None else 0.0,
             retry_after,
         )

@@ -1,18 +1,27 @@
 """Stores: where tasks, steps, memory, events and workers live.
 
-:func:`open_store` picks the implementation from a URL:
-``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``.
+:func:`store_from_url` picks the implementation from a URL:
+``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``
+for the embedded store; ``postgresql://user@host:port/database`` (or ``postgres://``) for
+the shared one. The PostgreSQL driver is imported only when a PostgreSQL store is made (or
+``PostgresStore`` is first named), so a SQLite-only install never needs it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Event, MemoryWrite, Reclaimed, StepInfo, Store, WorkerInfo, WriteBatch
 from .sqlite import SQLiteStore
 
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
+
 __all__ = [
     "Event",
     "MemoryWrite",
+    "PostgresStore",
     "Reclaimed",
     "SQLiteStore",
     "StepInfo",
@@ -23,8 +32,28 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":
+        return _postgres_store()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _postgres_store() -> type[PostgresStore]:
+    try:
+        from .postgres import PostgresStore
+    except ImportError as exc:
+        raise ConfigError(
+            f"the PostgreSQL store needs psycopg ({exc}): pip install 'legion[postgres]'"
+        ) from exc
+    return PostgresStore
+
+
 def store_from_url(url: str, *, create: bool = True) -> Store:
-    """A store for ``url`` (not yet opened); ``create=False`` refuses a missing database."""
+    """A store for ``url`` (not yet opened); ``create=False`` refuses a missing database.
+
+    A PostgreSQL database is never created (``create`` is ignored): opening a store on a
+    missing one raises :class:`~legion.errors.ConfigError`.
+    """
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
@@ -33,5 +62,7 @@ def store_from_url(url: str, *, create: bool = True) -> Store:
             )
         return SQLiteStore(path[1:], create=create)
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("the PostgreSQL store is not available in this version of legion")
-    raise ConfigError(f"unknown store URL {url!r}: expected sqlite:///path.db")
+        return _postgres_store()(url)
+    raise ConfigError(
+        f"unknown store URL {url!r}: expected sqlite:///path.db or postgresql://host/database"
+    )

@@ -140,6 +140,12 @@ class Store(Protocol):
 
     async def last_event_id(self) -> int: ...
 
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 - bounds the wait
+        """Return when new work may be ready, or after ``timeout`` seconds; True if woken
+        by a notification (a submit, requeue, retry or reclaim, from any process), False on
+        timeout. Optional to use: a worker that polls instead misses nothing. Stores that
+        cannot notify just sleep and answer False."""
+
     # -- session memory ----------------------------------------------------------------
 
     async def memory_get(self, session: str, key: str) -> bytes | None: ...

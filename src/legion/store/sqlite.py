@@ -398,6 +398,11 @@ class SQLiteStore:
     async def last_event_id(self) -> int:
         return await self._call(lambda: int(self._db.execute(Q["last_event"]).fetchone()[0]))
 
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 - bounds the wait
+        """SQLite cannot notify: sleep ``timeout`` seconds and answer False."""
+        await asyncio.sleep(timeout)
+        return False
+
     # -- memory ------------------------------------------------------------------------
 
     async def memory_get(self, session: str, key: str) -> bytes | None:
@@ -451,11 +456,28 @@ def _completion_params(c: Completion) -> tuple[Any, ...]:
         c.id,
         c.attempt,
         c.owner,
+        c.usage,
     )
 
 
 def _task_info(row: Sequence[Any]) -> TaskInfo:
-    (tid, agent, key, session, status, attempt, max_attempts, inp, out, err, c, s, f, owner) = row
+    (
+        tid,
+        agent,
+        key,
+        session,
+        status,
+        attempt,
+        max_attempts,
+        inp,
+        out,
+        err,
+        c,
+        s,
+        f,
+        owner,
+        use,
+    ) = row
     return TaskInfo(
         id=tid,
         agent=agent,
@@ -471,6 +493,7 @@ def _task_info(row: Sequence[Any]) -> TaskInfo:
         started_at=s,
         finished_at=f,
         lease_owner=owner,
+        usage=codec.loads(use) if use is not None else None,
     )
 
 

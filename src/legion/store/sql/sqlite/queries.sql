@@ -25,7 +25,8 @@ RETURNING id, agent, input, key, session, attempt, max_attempts;
 -- name: complete
 -- Fenced: applies only while the worker still holds lease number `attempt`.
 -- Positional for speed (executemany on the hot path):
--- 1 status, 2 output, 3 error, 4 not_before, 5 uncount, 6 finished_at, 7 id, 8 attempt, 9 owner.
+-- 1 status, 2 output, 3 error, 4 not_before, 5 uncount, 6 finished_at, 7 id, 8 attempt, 9 owner,
+-- 10 usage.
 UPDATE tasks
 SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE ?1 END,
     output = ?2,
@@ -33,7 +34,8 @@ SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE 
     not_before = ?4,
     attempt = attempt - ?5,
     lease_owner = NULL, lease_expires = NULL,
-    finished_at = ?6
+    finished_at = ?6,
+    usage = coalesce(?10, usage)
 WHERE id = ?7 AND attempt = ?8 AND lease_owner = ?9 AND status = 'running';
 
 -- name: insert_step
@@ -98,7 +100,7 @@ SELECT status FROM tasks WHERE id = :id;
 
 -- name: get_task
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner
+       created_at, started_at, finished_at, lease_owner, usage
 FROM tasks WHERE id = :id;
 
 -- name: counts
@@ -109,7 +111,7 @@ SELECT agent, status, count(*) FROM tasks GROUP BY agent, status;
 
 -- name: recent_errors
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner
+       created_at, started_at, finished_at, lease_owner, usage
 FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
 ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT :limit;
 

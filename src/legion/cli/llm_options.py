@@ -1,0 +1,84 @@
+"""The LLM options shared by ``legion run`` (and the commands that run agents).
+
+``--llm SPEC`` or ``--llm NAME=SPEC`` (repeatable) adds a route; ``--rpm``, ``--tpm``
+and ``--max-in-flight`` apply to every route given with ``--llm``; ``--config FILE``
+reads the ``[llm]`` table of a TOML file (``legion.toml`` in the current folder is read
+when it exists and nothing else is given). With none of them, agents get the built-in
+simulator with realistic latency and limits, so examples run without keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..llm.config import LLMConfig, RouteConfig, load_config, parse_provider_spec
+
+DEFAULT_CONFIG = Path("legion.toml")
+
+# The simulator behind the default route: latency and limits of a typical hosted model.
+DEFAULT_SIM: dict[str, Any] = {
+    "latency": 0.25,
+    "latency_jitter": 0.15,
+    "tokens_per_second": 250.0,
+    "rpm": 3000,
+    "tpm": 2_000_000,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LLMOptions:
+    specs: tuple[str, ...] = ()
+    rpm: int | None = None
+    tpm: int | None = None
+    max_in_flight: int | None = None
+    config: Path | None = None
+
+
+def llm_config(opts: LLMOptions) -> tuple[LLMConfig, str]:
+    """The routes to build, and one line that says where they came from."""
+    if opts.specs:
+        routes = tuple(_route(spec, opts, i) for i, spec in enumerate(opts.specs))
+        names = [r.name for r in routes]
+        if len(set(names)) != len(names):
+            raise ConfigError("two --llm routes have the same name; name them NAME=SPEC")
+        return LLMConfig(routes, routes[0].name), "llm: " + ", ".join(_describe(r) for r in routes)
+    path = opts.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    if path is not None:
+        if opts.rpm or opts.tpm or opts.max_in_flight:
+            raise ConfigError(
+                "--rpm/--tpm/--max-in-flight go with --llm; set limits in the config file"
+            )
+        config = load_config(path)
+        return config, f"llm: {path} ({', '.join(_describe(r) for r in config.routes)})"
+    route = _route("sim", opts, 0)
+    note = (
+        f"llm: {_describe(route)} (the built-in simulator; --llm openai:MODEL for a real provider)"
+    )
+    return LLMConfig((route,), route.name), note
+
+
+def _route(spec: str, opts: LLMOptions, index: int) -> RouteConfig:
+    name, sep, rest = spec.partition("=")
+    if not sep:
+        name, rest = ("default" if index == 0 else f"llm{index + 1}"), spec
+    options: dict[str, Any] = {}
+    for key in ("rpm", "tpm", "max_in_flight"):
+        value = getattr(opts, key)
+        if value is not None:
+            options[key] = value
+    if rest == "sim" or rest.startswith("sim:"):
+        sim = dict(DEFAULT_SIM)
+        # On the simulator, the limits given are the provider's real limits too.
+        sim.update({k: v for k, v in options.items() if k in ("rpm", "tpm")})
+        options = {"rpm": sim["rpm"], "tpm": sim["tpm"], **options, "simulator": sim}
+    return parse_provider_spec(rest, name=name, options=options)
+
+
+def _describe(route: RouteConfig) -> str:
+    limits = [f"{v} {k}" for k, v in (("rpm", route.rpm), ("tpm", route.tpm)) if v]
+    return f"{route.name}={route.provider}:{route.model}" + (
+        f" ({', '.join(limits)})" if limits else ""
+    )

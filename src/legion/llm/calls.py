@@ -1,0 +1,66 @@
+"""``ctx.llm``: LLM calls as recorded steps of the task.
+
+Every call is a step keyed by its route and request, so a task that runs again (a
+retry, or another worker after a crash) gets the completions it already paid for from
+the store instead of buying them again. The same request made twice in one task is
+recorded twice (``#2``), in the order the calls were made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from legion import codec
+from legion.llm.types import ChatResponse, Message
+
+if TYPE_CHECKING:
+    from legion.context import Context
+    from legion.llm.client import LLMClient
+
+
+class LLMCalls:
+    """What ``ctx.llm`` is: the run's LLM client, with every call recorded."""
+
+    __slots__ = ("_client", "_ctx")
+
+    def __init__(self, ctx: Context, client: LLMClient) -> None:
+        self._ctx = ctx
+        self._client = client
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        model: str | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - per provider attempt
+        stream: bool | None = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """One chat completion, recorded once per task.
+
+        ``model`` names a configured route (or a route's model); ``None`` takes the
+        default route. ``params`` pass through to the provider in OpenAI's names
+        (``max_tokens``, ``temperature``, ``stop``, ``tools``...). Transient provider
+        errors are retried with the client's policy; what still fails raises, and the
+        task's own retry policy decides what follows.
+        """
+        client = self._client
+        route = client.route_for(model)
+        key = f"llm.{route.name}.{_digest(route.model, messages, params)}"
+
+        async def call() -> dict[str, Any]:
+            response = await client.chat(
+                messages, route.name, timeout=timeout, stream=stream, **params
+            )
+            return {**response.to_json(), "cost_usd": client.cost(response)}
+
+        data = await self._ctx.step(key, call)
+        self._ctx.usage.add(data)
+        return ChatResponse.from_json(data)
+
+
+def _digest(model: str, messages: Sequence[Message], params: dict[str, Any]) -> str:
+    raw = codec.dumps([model, list(messages), params])
+    return hashlib.blake2b(raw, digest_size=6).hexdigest()

@@ -1,0 +1,687 @@
+"""``PostgresStore``: the shared store for many workers on many machines.
+
+Calls borrow connections from a ``psycopg_pool.AsyncConnectionPool``; batches travel as one
+array per column (``unnest``), so a lease, a submit or a group commit of N tasks is one
+statement. Concurrent workers lease with ``FOR UPDATE SKIP LOCKED`` and never wait on each
+other's rows; a heartbeat or a reclaim skips rows that are locked right now, so neither can
+deadlock with a write batch.
+
+The event feed is commit-ordered although transactions commit in any order: an event's id
+is its writing transaction's id shifted left 20 bits plus its number within that
+transaction, and the feed hands out only events of transactions older than every one still
+running (``legion_feed_horizon()``, see ``0001_initial.sql``). A long-open write transaction
+anywhere on the server holds the feed back until it ends.
+
+Idle workers can :meth:`~PostgresStore.wait_for_work`: triggers ``NOTIFY`` a per-schema
+channel whenever a task is inserted or becomes queued again, and the store ``LISTEN``\\s on
+one dedicated connection, opened by the first wait and closed by :meth:`~PostgresStore.aclose`.
+
+psycopg errors are translated into :class:`~legion.errors.StoreError` here, once. When the
+server restarts, the calls in flight fail; the pool then drops its broken connections and
+later calls succeed on new ones (a call waits up to the pool timeout for a connection, so a
+short outage is often not seen at all).
+
+The URL is a libpq URL (``postgresql://user:password@host:port/database?options=...``);
+``pool_min_size``, ``pool_max_size`` and ``pool_timeout`` in its query size the pool.
+Tables live in the connection's current schema, so ``options=-csearch_path%3Dname`` keeps
+several legion stores in one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from .. import codec
+from ..errors import ConfigError, StoreError
+from ..task import Completion, ErrorInfo, Lease, NewTask, Outcome, Submitted, TaskInfo, TaskStatus
+from .base import Event, MemoryWrite, Reclaimed, StepInfo, WorkerInfo, WriteBatch
+from .queries import migrations, queries
+
+log = logging.getLogger("legion.store.postgres")
+Q = queries("postgres")
+
+Connection = psycopg.AsyncConnection[TupleRow]
+Cursor = psycopg.AsyncCursor[TupleRow]
+
+# How long events_after waits for events that committed behind a still-open older
+# transaction before it answers without them (they come with a later call).
+FEED_SETTLE = 0.5
+# Rows requeued per transaction (a transaction records at most 2**20 status changes).
+REQUEUE_CHUNK = 50_000
+
+_OUTCOME_STATUS = {
+    Outcome.SUCCEEDED: "succeeded",
+    Outcome.RETRY: "queued",
+    Outcome.FAILED: "failed",
+    Outcome.DEAD: "dead",
+    Outcome.CANCELLED: "cancelled",
+    Outcome.RELEASED: "queued",
+}
+_POOL_PARAMS = ("pool_min_size", "pool_max_size", "pool_timeout")
+
+
+class PostgresStore:
+    """A :class:`~legion.store.base.Store` in a PostgreSQL database, shared by many workers."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """``min_size``/``max_size`` bound the pool (default 1 and 10) and ``timeout`` is
+        how long a call waits for a connection (default 30 s); each overrides the URL's
+        ``pool_*`` query parameter of the same meaning."""
+        self.url = url
+        self._conninfo, options = _split_url(url)
+        self._where = _redact(url)
+        try:
+            self._min_size = int(options.get("pool_min_size", 1)) if min_size is None else min_size
+            self._max_size = int(options.get("pool_max_size", 10)) if max_size is None else max_size
+            self._timeout = float(options.get("pool_timeout", 30.0)) if timeout is None else timeout
+        except ValueError as exc:
+            raise ConfigError(f"bad pool option in {self._where}: {exc}") from exc
+        if not 1 <= self._min_size <= self._max_size or self._timeout <= 0:
+            raise ConfigError(
+                f"bad pool size in {self._where}: need 1 <= min_size <= max_size and timeout > 0"
+            )
+        self._pool: AsyncConnectionPool[Connection] | None = None
+        self._channel = ""
+        self._listener: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            conn = await Connection.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise await self._connect_error(exc) from exc
+        try:
+            async with conn:
+                self._channel = await self._migrate(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self._where} is not a usable legion store: {exc}") from exc
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            self._conninfo,
+            kwargs={"autocommit": True},
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self._timeout,
+            open=False,
+            name="legion",
+        )
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+        except psycopg.Error as exc:
+            await pool.close()
+            raise StoreError(f"cannot connect to {self._where}: {exc}") from exc
+        self._pool = pool
+
+    async def _connect_error(self, exc: psycopg.Error) -> ConfigError | StoreError:
+        """A ConfigError if the server is up but the database is missing, else a StoreError."""
+        dbname = conninfo_to_dict(self._conninfo).get("dbname")
+        if dbname:
+            try:
+                maintenance = make_conninfo(self._conninfo, dbname="postgres", options="")
+                async with await Connection.connect(maintenance, autocommit=True) as conn:
+                    cur = await conn.execute(Q["database_exists"], {"name": dbname})
+                    if not _one(await cur.fetchone()):
+                        return ConfigError(
+                            f"no PostgreSQL database {dbname!r} at {self._where}: create it "
+                            f"first (createdb {dbname})"
+                        )
+            except psycopg.Error:
+                pass  # no way to tell: report the first error
+        return StoreError(f"cannot connect to {self._where}: {exc}")
+
+    async def _migrate(self, conn: Connection) -> str:
+        """Bring the schema up to date; answer the work channel. Workers starting together
+        take turns on an advisory lock, so each migration runs once."""
+        cur = await conn.execute(Q["current_schema"])
+        if _one(await cur.fetchone()) is None:
+            raise ConfigError(f"the search_path of {self._where} names no existing schema")
+        known = migrations("postgres")
+        async with conn.transaction():
+            await conn.execute(Q["lock_migrations"])
+            await conn.execute(Q["create_version_table"])
+            cur = await conn.execute(Q["schema_version"])
+            current = int(_one(await cur.fetchone()))
+            if current > known[-1][0]:
+                raise StoreError(
+                    f"the store's schema is version {current}, newer than this legion "
+                    f"understands ({known[-1][0]}); upgrade legion"
+                )
+            for version, script in known:
+                if version > current:
+                    await conn.execute(script)
+                    await conn.execute(Q["record_version"], {"version": version})
+        cur = await conn.execute(Q["work_channel"])
+        return str(_one(await cur.fetchone()))
+
+    async def aclose(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.wait([listener])
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def schema_version(self) -> int:
+        async with self._cursor() as cur:
+            await cur.execute(Q["schema_version"])
+            return int(_one(await cur.fetchone()))
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection; psycopg errors leave as StoreError."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError("the store is not open (use `async with` or call open())")
+        lost = False
+        try:
+            async with pool.connection() as conn:
+                try:
+                    yield conn
+                finally:
+                    lost = conn.broken
+        except psycopg.Error as exc:
+            if lost:  # the server went away: drop the other idle connections too
+                await pool.check()
+            raise StoreError(f"the store at {self._where} failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def _cursor(self, *, transaction: bool = False) -> AsyncIterator[Cursor]:
+        """A binary cursor (bytea travels unescaped), in a transaction if asked."""
+        async with self._connection() as conn:
+            if transaction:
+                async with conn.transaction():
+                    yield conn.cursor(binary=True)
+            else:
+                yield conn.cursor(binary=True)
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
+        """Insert tasks in one statement; a key that exists (or that a concurrent submit
+        inserts first) answers the existing task, and the same key twice makes one task."""
+        fresh: list[NewTask] = []
+        seen: set[str] = set()
+        for t in tasks:
+            if t.key is None or t.key not in seen:
+                fresh.append(t)
+                if t.key is not None:
+                    seen.add(t.key)
+        if not fresh:
+            return []
+        async with self._cursor() as cur:
+            await cur.execute(Q["insert_tasks"], _submit_params(fresh, now))
+            created = _match_inserted(fresh, await cur.fetchall())
+            keyed = [(t.key, i) for t, i in zip(fresh, created, strict=True) if t.key is not None]
+            new_ids = {k: i for k, i in keyed if i is not None}
+            skipped = [k for k, i in keyed if i is None]
+            existing: dict[str, tuple[int, str]] = {}
+            if skipped:
+                await cur.execute(Q["tasks_by_keys"], {"keys": skipped})
+                existing = {k: (i, st) for k, i, st in await cur.fetchall()}
+        unkeyed = iter(i for t, i in zip(fresh, created, strict=True) if t.key is None)
+        out: list[Submitted] = []
+        answered: set[str] = set()
+        for t in tasks:
+            if t.key is None:
+                out.append(Submitted(_known(next(unkeyed, None)), None, TaskStatus.QUEUED, True))
+            elif t.key in new_ids:
+                first = t.key not in answered
+                answered.add(t.key)
+                out.append(Submitted(new_ids[t.key], t.key, TaskStatus.QUEUED, first))
+            elif t.key in existing:
+                task_id, status = existing[t.key]
+                out.append(Submitted(task_id, t.key, TaskStatus(status), False))
+            else:
+                raise StoreError(f"task key {t.key!r} was neither inserted nor found")
+        return out
+
+    async def lease(
+        self, owner: str, wants: Mapping[str, int], total: int, until: float, now: float
+    ) -> list[Lease]:
+        """Lease per agent, in the mapping's order, with ``FOR UPDATE SKIP LOCKED``: several
+        workers leasing at once take disjoint tasks without waiting for each other."""
+        asks = [(agent, want) for agent, want in wants.items() if want > 0]
+        if total <= 0 or not asks:
+            return []
+        rows: list[TupleRow] = []
+        async with self._cursor(transaction=len(asks) > 1) as cur:
+            for agent, want in asks:
+                limit = min(want, total - len(rows))
+                if limit <= 0:
+                    break
+                params = {
+                    "owner": owner,
+                    "until": float(until),
+                    "now": float(now),
+                    "agent": agent,
+                    "limit": limit,
+                }
+                await cur.execute(Q["lease"], params)
+                rows.extend(await cur.fetchall())
+            steps: dict[int, dict[str, bytes]] = {}
+            replays = [r[0] for r in rows if r[5] > 1]
+            if replays:
+                await cur.execute(Q["replayed_steps"], {"ids": replays})
+                for task_id, key, output in await cur.fetchall():
+                    steps.setdefault(task_id, {})[key] = output
+        return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], steps.get(r[0], {})) for r in rows]
+
+    async def write(self, batch: WriteBatch, now: float) -> list[bool]:
+        """One transaction, pipelined: one statement each for steps, memory sets, memory
+        deletes and the fenced completions (``UPDATE ... FROM unnest``, see
+        benchmarks/store_batch.py for why)."""
+        if not len(batch):
+            return []
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+            cur = conn.cursor(binary=True)
+            if batch.steps:
+                steps = sorted(batch.steps, key=lambda s: (s.task_id, s.key))
+                await cur.execute(
+                    Q["insert_steps"],
+                    {
+                        "task_id": [s.task_id for s in steps],
+                        "key": [s.key for s in steps],
+                        "attempt": [s.attempt for s in steps],
+                        "output": [s.output for s in steps],
+                        "started_at": [float(s.started_at) for s in steps],
+                        "finished_at": [float(s.finished_at) for s in steps],
+                    },
+                )
+            sets, deletes = _memory_changes(batch.memory)
+            if sets:
+                await cur.execute(
+                    Q["set_memory"],
+                    {
+                        "session": [m.session for m in sets],
+                        "key": [m.key for m in sets],
+                        "value": [m.value for m in sets],
+                        "now": float(now),
+                    },
+                )
+            if deletes:
+                await cur.execute(
+                    Q["delete_memory"],
+                    {"session": [m.session for m in deletes], "key": [m.key for m in deletes]},
+                )
+            if not batch.completions:
+                return []
+            await cur.execute(Q["complete"], _completion_params(batch.completions))
+            applied = {r[0] for r in await cur.fetchall()}
+        return [i in applied for i in range(1, len(batch.completions) + 1)]
+
+    async def extend_leases(self, owner: str, until: float) -> list[int]:
+        """Extend ``owner``'s leases, skipping rows locked right now (being completed,
+        reclaimed or cancelled: the next heartbeat sees them if they are still leased)."""
+        async with self._cursor() as cur:
+            await cur.execute(Q["extend_leases"], {"owner": owner, "until": float(until)})
+            return [task_id for task_id, cancel in await cur.fetchall() if cancel]
+
+    async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
+        """Take back expired and dead owners' leases, skipping rows locked right now (a
+        completion in flight decides those)."""
+        params = {
+            "now": float(now),
+            "error": ErrorInfo(
+                type="LeaseExpired",
+                message="the worker running this task stopped (its lease expired or it exited)",
+            ).to_json(),
+            "dead_owners": list(dead_owners),
+        }
+        async with self._cursor() as cur:
+            await cur.execute(Q["reclaim"], params)
+            statuses = [r[0] for r in await cur.fetchall()]
+        return Reclaimed(
+            requeued=statuses.count("queued"),
+            dead=statuses.count("dead"),
+            cancelled=statuses.count("cancelled"),
+        )
+
+    async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["cancel"], {"id": task_id, "now": float(now)})
+            row = await cur.fetchone()
+            if row is None:  # finished already, or no such task
+                await cur.execute(Q["status_of"], {"id": task_id})
+                row = await cur.fetchone()
+        return TaskStatus(row[0]) if row is not None else None
+
+    async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
+        """Requeue in chunks of REQUEUE_CHUNK tasks, one transaction each, going up the ids:
+        a transaction records at most 2**20 status changes."""
+        if not statuses:
+            return 0
+        params: dict[str, Any] = {
+            "statuses": [str(s) for s in statuses],
+            "agent": agent,
+            "after": 0,
+            "limit": REQUEUE_CHUNK,
+        }
+        done = 0
+        async with self._cursor() as cur:
+            while True:
+                await cur.execute(Q["requeue"], params)
+                ids = [r[0] for r in await cur.fetchall()]
+                done += len(ids)
+                if len(ids) < REQUEUE_CHUNK:
+                    break
+                params["after"] = max(ids)
+        return done
+
+    async def requeue_one(self, task_id: int) -> bool:
+        async with self._cursor() as cur:
+            await cur.execute(Q["requeue_one"], {"id": task_id})
+            return cur.rowcount == 1
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get(self, task_id: int) -> TaskInfo | None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["get_task"], {"id": task_id})
+            row = await cur.fetchone()
+        return _task_info(row) if row is not None else None
+
+    async def get_many(self, ids: Sequence[int]) -> list[TaskInfo]:
+        if not ids:
+            return []
+        async with self._cursor() as cur:
+            await cur.execute(Q["get_tasks"], {"ids": list(ids)})
+            return [_task_info(r) for r in await cur.fetchall()]
+
+    async def find_keys(self, keys: Sequence[str]) -> dict[str, TaskInfo]:
+        if not keys:
+            return {}
+        async with self._cursor() as cur:
+            await cur.execute(Q["find_keys"], {"keys": list(keys)})
+            return {info.key or "": info for info in map(_task_info, await cur.fetchall())}
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["counts"])
+            return {TaskStatus(s): n for s, n in await cur.fetchall()}
+
+    async def counts_by_agent(self) -> dict[str, dict[TaskStatus, int]]:
+        out: dict[str, dict[TaskStatus, int]] = {}
+        async with self._cursor() as cur:
+            await cur.execute(Q["counts_by_agent"])
+            for agent, status, n in await cur.fetchall():
+                out.setdefault(agent, {})[TaskStatus(status)] = n
+        return out
+
+    async def recent_errors(self, limit: int = 10) -> list[TaskInfo]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["recent_errors"], {"limit": limit})
+            return [_task_info(r) for r in await cur.fetchall()]
+
+    async def steps(self, task_id: int) -> list[StepInfo]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["steps_of"], {"task_id": task_id})
+            return [StepInfo(k, a, codec.loads(o), s, f) for k, a, o, s, f in await cur.fetchall()]
+
+    async def events_after(
+        self, after: int, limit: int = 10_000, *, skip_worker: str | None = None
+    ) -> list[Event]:
+        """Events with ids above ``after``, oldest first, once they are final. Events that
+        committed behind an older transaction still open wait for it (up to FEED_SETTLE
+        seconds, or for a later call)."""
+        async with self._cursor() as cur:
+            horizon, newest = await _feed_state(cur)
+            if newest >= horizon:
+                horizon = await _settle(cur, horizon, newest)
+            params = {
+                "after": after,
+                "horizon": horizon,
+                "limit": limit,
+                "skip_worker": skip_worker,
+            }
+            await cur.execute(Q["events_after"], params)
+            rows = await cur.fetchall()
+        return [Event(i, t, at, TaskStatus(s), a, w) for i, t, at, s, a, w in rows]
+
+    async def last_event_id(self) -> int:
+        async with self._cursor() as cur:
+            await cur.execute(Q["last_event"])
+            return int(_one(await cur.fetchone()))
+
+    # -- memory ------------------------------------------------------------------------
+
+    async def memory_get(self, session: str, key: str) -> bytes | None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["get_memory"], {"session": session, "key": key})
+            row = await cur.fetchone()
+        return row[0] if row is not None else None
+
+    async def memory_items(self, session: str) -> dict[str, bytes]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["memory_items"], {"session": session})
+            return dict(await cur.fetchall())
+
+    # -- workers -----------------------------------------------------------------------
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        params = {
+            "id": worker.id,
+            "host": worker.host,
+            "pid": worker.pid,
+            "now": float(worker.heartbeat_at),
+            "info": codec.dumps(dict(worker.load)),
+        }
+        async with self._cursor() as cur:
+            await cur.execute(Q["upsert_worker"], params)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["delete_worker"], {"id": worker_id})
+
+    async def workers(self) -> list[WorkerInfo]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["workers"])
+            rows = await cur.fetchall()
+        return [WorkerInfo(i, h, p, s, hb, codec.loads(info)) for i, h, p, s, hb, info in rows]
+
+    # -- waiting for work --------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 - bounds the wait
+        """Return when a task may have become ready (a NOTIFY from any store on this
+        schema, or the listening connection coming back after an outage in which
+        notifications may have been missed): True; or after ``timeout`` seconds: False."""
+        if self._pool is None:
+            raise StoreError("the store is not open (use `async with` or call open())")
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="legion-store-listen")
+        wake = self._wake
+        try:
+            async with asyncio.timeout(timeout):
+                await wake.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _listen(self) -> None:
+        """Keep one connection LISTENing on the work channel; wake waiters on each NOTIFY."""
+        delay = 0.1
+        missed = False  # notifications may have been lost since the last connection
+        while True:
+            try:
+                async with await Connection.connect(self._conninfo, autocommit=True) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    delay = 0.1
+                    if missed:
+                        self._wake_waiters()
+                    async for _ in conn.notifies():
+                        self._wake_waiters()
+            except psycopg.Error as exc:
+                log.warning("listening for new work on %s failed: %s", self._where, exc)
+            missed = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _wake_waiters(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The libpq URL without legion's pool options, and those options."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _POOL_PARAMS}
+    rest = urlencode([(k, v) for k, v in query if k not in _POOL_PARAMS], quote_via=quote)
+    return urlunsplit(parts._replace(query=rest)), ours
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _one(row: TupleRow | None) -> Any:
+    if row is None:
+        raise StoreError("the store answered no row where one was expected")
+    return row[0]
+
+
+def _known(task_id: int | None) -> int:
+    if task_id is None:
+        raise StoreError("an inserted task came back without an id")
+    return task_id
+
+
+def _submit_params(tasks: Sequence[NewTask], now: float) -> dict[str, Any]:
+    return {
+        "agent": [t.agent for t in tasks],
+        "input": [t.input for t in tasks],
+        "key": [t.key for t in tasks],
+        "session": [t.session for t in tasks],
+        "priority": [t.priority for t in tasks],
+        "max_attempts": [t.max_attempts for t in tasks],
+        "not_before": [float(t.not_before) for t in tasks],
+        "now": float(now),
+    }
+
+
+def _match_inserted(fresh: Sequence[NewTask], rows: Iterable[TupleRow]) -> list[int | None]:
+    """Per task, its new id, or None where its key existed. RETURNING answers the inserted
+    rows in input order, so the answer is walked alongside the input."""
+    answer = iter(rows)
+    row = next(answer, None)
+    out: list[int | None] = []
+    for t in fresh:
+        if row is not None and row[1] == t.key:
+            out.append(row[0])
+            row = next(answer, None)
+        elif t.key is None:
+            raise StoreError("inserted tasks came back out of order")
+        else:
+            out.append(None)
+    if row is not None:
+        raise StoreError("inserted tasks came back out of order")
+    return out
+
+
+def _memory_changes(writes: Sequence[MemoryWrite]) -> tuple[list[MemoryWrite], list[MemoryWrite]]:
+    """The last write of each (session, key), split into sets and deletes, sorted so that
+    concurrent batches lock rows in one order."""
+    last = {(m.session, m.key): m for m in writes}
+    ordered = [last[k] for k in sorted(last)]
+    return [m for m in ordered if m.value is not None], [m for m in ordered if m.value is None]
+
+
+def _completion_params(completions: Sequence[Completion]) -> dict[str, Any]:
+    return {
+        "status": [_OUTCOME_STATUS[c.outcome] for c in completions],
+        "output": [c.output for c in completions],
+        "error": [c.error.to_json() if c.error is not None else None for c in completions],
+        "not_before": [float(c.not_before) for c in completions],
+        "uncount": [1 if c.outcome is Outcome.RELEASED else 0 for c in completions],
+        "finished_at": [
+            None if c.outcome in (Outcome.RETRY, Outcome.RELEASED) else float(c.finished_at)
+            for c in completions
+        ],
+        "id": [c.id for c in completions],
+        "attempt": [c.attempt for c in completions],
+        "owner": [c.owner for c in completions],
+        "usage": [c.usage for c in completions],
+    }
+
+
+async def _feed_state(cur: Cursor) -> tuple[int, int]:
+    await cur.execute(Q["feed_state"])
+    row = await cur.fetchone()
+    if row is None:
+        raise StoreError("the store answered no feed state")
+    return int(row[0]), int(row[1])
+
+
+async def _settle(cur: Cursor, horizon: int, newest: int) -> int:
+    """Wait (briefly) until every event up to ``newest`` is final; answer the horizon."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FEED_SETTLE
+    delay = 0.001
+    while horizon <= newest and loop.time() < deadline:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+        horizon, _ = await _feed_state(cur)
+    return horizon
+
+
+def _task_info(row: Sequence[Any]) -> TaskInfo:
+    (
+        tid,
+        agent,
+        key,
+        session,
+        status,
+        attempt,
+        max_attempts,
+        inp,
+        out,
+        err,
+        c,
+        s,
+        f,
+        owner,
+        use,
+    ) = row
+    return TaskInfo(
+        id=tid,
+        agent=agent,
+        key=key,
+        session=session,
+        status=TaskStatus(status),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        input=codec.loads(inp),
+        output=codec.loads(out) if out is not None else None,
+        error=ErrorInfo.from_json(err),
+        created_at=c,
+        started_at=s,
+        finished_at=f,
+        lease_owner=owner,
+        usage=codec.loads(use) if use is not None else None,
+    )

@@ -1,0 +1,229 @@
+-- Named queries of the PostgreSQL store. Each starts with a "-- name:" line.
+-- Parameters are named (%(param)s; %(param)b sends bytea arrays in binary, without escaping).
+-- Batches travel as one array per column and are unpacked with unnest(): one statement and
+-- one round trip for a whole batch.
+
+-- name: create_version_table
+CREATE TABLE IF NOT EXISTS legion_schema (
+    version    integer     PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: lock_migrations
+-- Held until the migrating transaction ends: workers starting together migrate one by one.
+SELECT pg_advisory_xact_lock(hashtext('legion.migrate'), hashtext(current_schema()));
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM legion_schema;
+
+-- name: record_version
+INSERT INTO legion_schema (version) VALUES (%(version)s);
+
+-- name: current_schema
+-- Where the tables go: the first schema of the search_path that exists (NULL if none).
+SELECT current_schema();
+
+-- name: work_channel
+SELECT legion_work_channel(current_schema());
+
+-- name: database_exists
+SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s);
+
+-- name: insert_tasks
+-- Rows are inserted, and answered by RETURNING, in input order. A key that exists already
+-- (or is being inserted by a concurrent submit that then commits) is skipped.
+INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, not_before, created_at)
+SELECT agent, input, key, session, priority, 'queued', max_attempts, not_before, %(now)s
+FROM unnest(%(agent)s::text[], %(input)b::bytea[], %(key)s::text[], %(session)s::text[],
+            %(priority)s::integer[], %(max_attempts)s::integer[], %(not_before)s::float8[])
+     WITH ORDINALITY AS t(agent, input, key, session, priority, max_attempts, not_before, ord)
+ORDER BY ord
+ON CONFLICT (key) DO NOTHING
+RETURNING id, key;
+
+-- name: tasks_by_keys
+SELECT key, id, status FROM tasks WHERE key = ANY(%(keys)s::text[]);
+
+-- name: lease
+-- SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
+UPDATE tasks AS t
+SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
+    lease_expires = %(until)s, started_at = %(now)s, finished_at = NULL
+FROM (
+    SELECT id FROM tasks
+    WHERE status = 'queued' AND agent = %(agent)s AND not_before <= %(now)s
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS picked
+WHERE t.id = picked.id
+RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts;
+
+-- name: replayed_steps
+SELECT task_id, key, output FROM steps WHERE task_id = ANY(%(ids)s::bigint[]);
+
+-- name: complete
+-- Fenced: a completion applies only while its worker still holds lease number `attempt`.
+-- Answers the 1-based positions of the completions that applied.
+UPDATE tasks AS t
+SET status = CASE WHEN t.cancel_requested AND c.status = 'queued' THEN 'cancelled' ELSE c.status END,
+    output = c.output,
+    error = coalesce(c.error, t.error),
+    not_before = c.not_before,
+    attempt = t.attempt - c.uncount,
+    lease_owner = NULL, lease_expires = NULL,
+    finished_at = c.finished_at,
+    usage = coalesce(c.usage, t.usage)
+FROM unnest(%(status)s::text[], %(output)b::bytea[], %(error)b::bytea[], %(not_before)s::float8[],
+            %(uncount)s::integer[], %(finished_at)s::float8[], %(id)s::bigint[],
+            %(attempt)s::integer[], %(owner)s::text[], %(usage)b::bytea[])
+     WITH ORDINALITY
+     AS c(status, output, error, not_before, uncount, finished_at, id, attempt, owner, usage, ord)
+WHERE t.id = c.id AND t.attempt = c.attempt AND t.lease_owner = c.owner AND t.status = 'running'
+RETURNING c.ord;
+
+-- name: insert_steps
+-- Sorted by (task_id, key) by the caller so concurrent batches lock in one order; within a
+-- batch the first record of a key wins, as a recorded step never changes.
+INSERT INTO steps (task_id, key, attempt, output, started_at, finished_at)
+SELECT * FROM unnest(%(task_id)s::bigint[], %(key)s::text[], %(attempt)s::integer[],
+                     %(output)b::bytea[], %(started_at)s::float8[], %(finished_at)s::float8[])
+ON CONFLICT (task_id, key) DO NOTHING;
+
+-- name: set_memory
+INSERT INTO memory (session, key, value, updated_at)
+SELECT session, key, value, %(now)s
+FROM unnest(%(session)s::text[], %(key)s::text[], %(value)b::bytea[]) AS m(session, key, value)
+ON CONFLICT (session, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
+
+-- name: delete_memory
+DELETE FROM memory AS m
+USING unnest(%(session)s::text[], %(key)s::text[]) AS d(session, key)
+WHERE m.session = d.session AND m.key = d.key;
+
+-- name: get_memory
+SELECT value FROM memory WHERE session = %(session)s AND key = %(key)s;
+
+-- name: memory_items
+SELECT key, value FROM memory WHERE session = %(session)s ORDER BY key;
+
+-- name: extend_leases
+-- SKIP LOCKED: a row locked right now is being completed, reclaimed or cancelled; it is
+-- extended (or its cancel request reported) at the next heartbeat if it is still leased.
+-- Never waiting on a row lock also means a heartbeat cannot deadlock with a write batch.
+UPDATE tasks SET lease_expires = %(until)s
+WHERE id IN (
+    SELECT id FROM tasks WHERE lease_owner = %(owner)s AND status = 'running'
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, cancel_requested;
+
+-- name: reclaim
+-- Leases that expired, or whose worker is known dead, go back to the queue; a task
+-- that already used its last attempt is dead (a task that kills its worker every time
+-- must not loop forever). SKIP LOCKED: a locked row is being completed right now.
+UPDATE tasks
+SET status = CASE
+        WHEN cancel_requested THEN 'cancelled'
+        WHEN attempt >= max_attempts THEN 'dead'
+        ELSE 'queued' END,
+    error = CASE WHEN cancel_requested THEN error ELSE %(error)b END,
+    lease_owner = NULL, lease_expires = NULL,
+    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN %(now)s END
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE status = 'running'
+      AND (lease_expires < %(now)s OR lease_owner = ANY(%(dead_owners)s::text[]))
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING status;
+
+-- name: cancel
+-- A queued task is cancelled at once; a running one is asked to stop (its worker sees the
+-- request at its next heartbeat).
+UPDATE tasks
+SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status = 'queued' THEN %(now)s ELSE finished_at END,
+    cancel_requested = true
+WHERE id = %(id)s AND status IN ('queued', 'running')
+RETURNING status;
+
+-- name: requeue
+-- One chunk of a requeue, in id order; the caller goes on after the last id it got.
+UPDATE tasks
+SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = false,
+    finished_at = NULL, lease_owner = NULL, lease_expires = NULL
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE status = ANY(%(statuses)s::text[]) AND (%(agent)s::text IS NULL OR agent = %(agent)s)
+      AND id > %(after)s
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE
+)
+RETURNING id;
+
+-- name: requeue_one
+UPDATE tasks
+SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = false,
+    finished_at = NULL, lease_owner = NULL, lease_expires = NULL
+WHERE id = %(id)s AND status IN ('dead', 'failed', 'cancelled');
+
+-- name: status_of
+SELECT status FROM tasks WHERE id = %(id)s;
+
+-- name: get_task
+SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
+       created_at, started_at, finished_at, lease_owner, usage
+FROM tasks WHERE id = %(id)s;
+
+-- name: get_tasks
+SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
+       created_at, started_at, finished_at, lease_owner, usage
+FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: find_keys
+SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
+       created_at, started_at, finished_at, lease_owner, usage
+FROM tasks WHERE key = ANY(%(keys)s::text[]);
+
+-- name: counts
+SELECT status, count(*) FROM tasks GROUP BY status;
+
+-- name: counts_by_agent
+SELECT agent, status, count(*) FROM tasks GROUP BY agent, status;
+
+-- name: recent_errors
+SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
+       created_at, started_at, finished_at, lease_owner, usage
+FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
+ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %(limit)s;
+
+-- name: steps_of
+SELECT key, attempt, output, started_at, finished_at FROM steps WHERE task_id = %(task_id)s
+ORDER BY started_at, key;
+
+-- name: feed_state
+-- The feed's horizon (ids below it are final) and the newest event this snapshot sees.
+SELECT legion_feed_horizon(), coalesce((SELECT max(id) FROM events), 0);
+
+-- name: events_after
+-- :skip_worker leaves out the changes one worker made itself (it reported them already).
+SELECT id, task_id, at, status, attempt, worker FROM events
+WHERE id > %(after)s AND id < %(horizon)s
+  AND (worker IS NULL OR %(skip_worker)s::text IS NULL OR worker <> %(skip_worker)s)
+ORDER BY id LIMIT %(limit)s;
+
+-- name: last_event
+SELECT coalesce(max(id), 0) FROM events WHERE id < legion_feed_horizon();
+
+-- name: upsert_worker
+INSERT INTO workers (id, host, pid, started_at, heartbeat_at, info)
+VALUES (%(id)s, %(host)s, %(pid)s, %(now)s, %(now)s, %(info)b)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, info = excluded.info;
+
+-- name: delete_worker
+DELETE FROM workers WHERE id = %(id)s;
+
+-- name: workers
+SELECT id, host, pid, started_at, heartbeat_at, info FROM workers ORDER BY started_at;

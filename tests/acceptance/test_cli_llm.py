@@ -1,0 +1,157 @@
+"""``legion run`` with LLM calls against a simulator running in its own process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import LEGION, legion, read_jsonl, start_legion, wait_for, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+AGENT = """
+import legion
+
+
+@legion.agent(timeout=60, retries=2, backoff=0)
+async def ask(ctx, topic: str):
+    ask = lambda text: ctx.llm.chat([{"role": "user", "content": text}], max_tokens=8)
+    parts = await ctx.gather(*(ask(f"{topic} part {i}") for i in range(3)))
+    final = await ask(" ".join(p.text for p in parts))
+    return final.text
+"""
+
+
+def start_sim(*args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [*LEGION, "sim", "--port", "0", *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "ready at" in line, line
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def sim_stats(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def simulator(request: pytest.FixtureRequest) -> Iterator[str]:
+    args = getattr(request, "param", ())
+    proc, url = start_sim("--latency", "0.02", *args)
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+
+
+def test_a_run_reports_llm_usage_per_line_and_in_the_summary(
+    tmp_path: Path, simulator: str
+) -> None:
+    (tmp_path / "app.py").write_text(AGENT)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"topic": f"t{i}"} for i in range(10)])
+    out = tmp_path / "out.jsonl"
+    r = legion(
+        "run",
+        f"{tmp_path / 'app.py'}:ask",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        f"sqlite:///{tmp_path / 'db'}",
+        "--llm",
+        f"openai:sim-model@{simulator}",
+        "--rpm",
+        "6000",
+    )
+    assert r.returncode == 0, r.stderr
+    rows = read_jsonl(out)
+    assert all(row["usage"]["llm_calls"] == 4 for row in rows)
+    assert "40 calls, 40 requests, 0 429s" in r.stderr
+    assert sim_stats(simulator)["requests_total"] == 40
+
+
+def test_sigkill_mid_run_does_not_pay_twice_for_recorded_completions(
+    tmp_path: Path, simulator: str
+) -> None:
+    n, calls = 300, 4
+    (tmp_path / "app.py").write_text(AGENT)
+    db = tmp_path / "runs.db"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"topic": f"t{i}"} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    args = [
+        "run",
+        f"{tmp_path / 'app.py'}:ask",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        f"sqlite:///{db}",
+        "-c",
+        "40",
+        "--lease-seconds",
+        "600",
+        "--llm",
+        f"openai:sim-model@{simulator}",
+    ]
+    proc = start_legion(*args)
+    wait_for(
+        lambda: int(sim_stats(simulator)["requests_total"]) >= 300,
+        what="LLM calls of the first run",
+    )  # type: ignore[call-overload]
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+    con = sqlite3.connect(db)
+    recorded = con.execute("SELECT count(*) FROM steps WHERE key LIKE 'llm.%'").fetchone()[0]
+    con.close()
+    paid_before = int(sim_stats(simulator)["requests_total"])  # type: ignore[call-overload]
+    assert 0 < recorded <= paid_before < n * calls
+
+    second = legion(*args)
+    assert second.returncode == 0, second.stderr
+    assert all(row["status"] == "succeeded" for row in read_jsonl(out))
+    paid_after = int(sim_stats(simulator)["requests_total"])  # type: ignore[call-overload]
+    # Exactly the completions that were not recorded are bought again; no recorded one is.
+    assert paid_after - paid_before == n * calls - recorded
+
+
+@pytest.mark.parametrize("simulator", [("--api-key", "the-right-key")], indirect=True)
+def test_a_rejected_api_key_stops_the_run_with_one_clear_line(
+    tmp_path: Path, simulator: str
+) -> None:
+    (tmp_path / "app.py").write_text(AGENT)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"topic": f"t{i}"} for i in range(500)])
+    r = legion(
+        "run",
+        f"{tmp_path / 'app.py'}:ask",
+        "-i",
+        str(inp),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--store",
+        f"sqlite:///{tmp_path / 'db'}",
+        "-c",
+        "20",
+        "--llm",
+        f"openai:sim-model@{simulator}",
+        env={"OPENAI_API_KEY": "a-wrong-key"},
+    )
+    assert r.returncode == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "401" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    stats = sim_stats(simulator)
+    assert int(stats["requests_total"]) <= 20 * 3  # type: ignore[call-overload]
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sum(row["status"] == "queued" for row in rows) >= 500 - 20  # left for the next run

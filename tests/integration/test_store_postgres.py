@@ -1,0 +1,479 @@
+"""What only the PostgreSQL store has to get right: many stores at once on one database.
+
+Concurrent leasing, a commit-ordered event feed under concurrent transactions,
+LISTEN/NOTIFY, migrations raced by several stores, errors at open, and a real server
+restart. The shared contract lives in test_store_contract.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from legion import codec
+from legion.errors import ConfigError, StoreError
+from legion.store import PostgresStore, WriteBatch, store_from_url
+from legion.store import postgres as postgres_store
+from legion.store.queries import migrations
+from legion.task import Completion, ErrorInfo, NewTask, Outcome, TaskStatus
+
+from ..conftest import with_params
+
+NOW = 1_000_000.0
+
+
+def new(value: object, key: str | None = None, agent: str = "a") -> NewTask:
+    return NewTask(agent, codec.dumps({"x": value}), key, max_attempts=3)
+
+
+def done(
+    task_id: int, attempt: int, owner: str, outcome: Outcome = Outcome.SUCCEEDED
+) -> Completion:
+    error = ErrorInfo("E", "m") if outcome is not Outcome.SUCCEEDED else None
+    output = codec.dumps(task_id) if outcome is Outcome.SUCCEEDED else None
+    return Completion(task_id, attempt, owner, outcome, output, error, 0.0, NOW, NOW + 1)
+
+
+def libpq_url(url: str) -> str:
+    """``url`` without legion's pool options, for a plain psycopg connection."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if not k.startswith("pool_")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@asynccontextmanager
+async def opened(url: str, n: int = 1) -> AsyncIterator[list[PostgresStore]]:
+    """``n`` independent stores (pools) on one database, as ``n`` workers would have."""
+    stores = [PostgresStore(url) for _ in range(n)]
+    try:
+        for s in stores:
+            await s.open()
+        yield stores
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+# -- urls and opening ------------------------------------------------------------------
+
+
+def test_postgres_urls_make_a_postgres_store() -> None:
+    for url in ("postgresql://u@h:5432/db", "postgres://u@h/db?pool_max_size=3"):
+        assert isinstance(store_from_url(url), PostgresStore)
+    with pytest.raises(ConfigError, match="pool"):
+        PostgresStore("postgresql://u@h/db?pool_min_size=5&pool_max_size=2")
+    with pytest.raises(ConfigError, match="pool"):
+        PostgresStore("postgresql://u@h/db?pool_max_size=many")
+
+
+def test_a_sqlite_store_never_imports_the_postgres_driver() -> None:
+    code = (
+        "import sys, asyncio, legion\n"
+        "s = legion.store_from_url('sqlite:///:memory:')\n"
+        "asyncio.run(s.open()); asyncio.run(s.aclose())\n"
+        "heavy = ('psycopg', 'legion.store.postgres')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+async def test_a_missing_database_is_a_config_error(postgres_server: str) -> None:
+    url = urlunsplit(urlsplit(postgres_server)._replace(path="/legion_no_such_database"))
+    store = store_from_url(url, create=False)
+    with pytest.raises(ConfigError, match="no PostgreSQL database 'legion_no_such_database'"):
+        await store.open()
+    await store.aclose()
+
+
+async def test_an_unreachable_server_is_a_store_error() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
+    with pytest.raises(StoreError, match="cannot connect"):
+        await store.open()
+    await store.aclose()
+
+
+async def test_a_search_path_without_a_schema_is_a_config_error(postgres_server: str) -> None:
+    store = PostgresStore(with_params(postgres_server, options="-csearch_path=legion_absent"))
+    with pytest.raises(ConfigError, match="search_path"):
+        await store.open()
+    await store.aclose()
+
+
+async def test_calls_on_a_closed_store_are_store_errors(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    with pytest.raises(StoreError, match="not open"):
+        await store.counts()
+
+
+# -- migrations ------------------------------------------------------------------------
+
+
+async def schema_versions(url: str) -> list[int]:
+    async with await psycopg.AsyncConnection.connect(libpq_url(url)) as conn:
+        cur = await conn.execute("SELECT version FROM legion_schema ORDER BY version")
+        return [v for (v,) in await cur.fetchall()]
+
+
+async def test_stores_opening_together_migrate_once(postgres_url: str) -> None:
+    latest = [v for v, _ in migrations("postgres")]
+    stores = [PostgresStore(postgres_url) for _ in range(6)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        assert [await s.schema_version() for s in stores] == [latest[-1]] * 6
+    finally:
+        for s in stores:
+            await s.aclose()
+    assert await schema_versions(postgres_url) == latest
+    async with opened(postgres_url) as (again,):  # and opening once more changes nothing
+        assert await again.schema_version() == latest[-1]
+    assert await schema_versions(postgres_url) == latest
+
+
+async def test_migrations_reproduce_the_schema(postgres_url: str, postgres_server: str) -> None:
+    """Opening a store gives the schema that running the migration files by hand gives."""
+    async with opened(postgres_url):
+        pass
+    schema = f"legion_by_hand_{uuid.uuid4().hex[:12]}"
+    by_hand = with_params(postgres_server, options=f"-csearch_path={schema}")
+    describe = """
+        SELECT 'column', table_name || '.' || column_name || ' ' || data_type || ' '
+               || is_nullable || ' ' || coalesce(column_default, '')
+        FROM information_schema.columns WHERE table_schema = current_schema()
+        UNION ALL SELECT 'index', replace(indexdef, current_schema() || '.', '')
+        FROM pg_indexes WHERE schemaname = current_schema()
+        UNION ALL SELECT 'trigger', trigger_name || ' ' || action_timing || ' '
+               || event_manipulation || ' ' || action_statement
+        FROM information_schema.triggers WHERE trigger_schema = current_schema()
+        UNION ALL SELECT 'function', p.proname || ' ' || md5(p.prosrc)
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = current_schema()
+        ORDER BY 1, 2
+    """
+    async with await psycopg.AsyncConnection.connect(
+        libpq_url(postgres_server), autocommit=True
+    ) as admin:
+        await admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        try:
+            async with await psycopg.AsyncConnection.connect(by_hand, autocommit=True) as conn:
+                for _, script in migrations("postgres"):
+                    await conn.execute(script)
+                expected = await (await conn.execute(describe)).fetchall()
+            async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as conn:
+                got = await (await conn.execute(describe)).fetchall()
+        finally:
+            await admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    assert [r for r in got if "legion_schema" not in r[1]] == expected
+
+
+async def test_a_newer_schema_is_refused(postgres_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as conn:
+        await conn.execute("CREATE TABLE legion_schema (version integer PRIMARY KEY)")
+        await conn.execute("INSERT INTO legion_schema VALUES (999)")
+        await conn.commit()
+    store = PostgresStore(postgres_url)
+    with pytest.raises(StoreError, match="newer than this legion"):
+        await store.open()
+    await store.aclose()
+
+
+# -- leasing ---------------------------------------------------------------------------
+
+
+async def test_concurrent_leases_never_hand_out_a_task_twice(postgres_url: str) -> None:
+    async with opened(postgres_url, 4) as stores:
+        await stores[0].submit(
+            [new(i, agent="a") for i in range(1500)] + [new(i, agent="b") for i in range(500)],
+            NOW,
+        )
+
+        async def drain(store: PostgresStore, owner: str) -> list[int]:
+            got: list[int] = []
+            while True:
+                leases = await store.lease(owner, {"b": 3, "a": 7}, 8, NOW + 60, NOW)
+                got.extend(lease.id for lease in leases)
+                if not leases and TaskStatus.QUEUED not in await store.counts():
+                    return got
+
+        leased = await asyncio.gather(
+            *(drain(s, f"w{i}.{j}") for i, s in enumerate(stores) for j in range(3))
+        )
+        ids = [task_id for batch in leased for task_id in batch]
+        assert len(ids) == 2000 and len(set(ids)) == 2000
+        assert await stores[0].counts() == {TaskStatus.RUNNING: 2000}
+        infos = await stores[0].get_many(ids)
+        assert {info.attempt for info in infos} == {1}  # leased once each
+
+
+async def test_a_write_and_a_heartbeat_of_one_worker_do_not_deadlock(postgres_url: str) -> None:
+    async with opened(postgres_url, 2) as (writer, heart):
+        await writer.submit([new(i) for i in range(400)], NOW)
+        leases = await writer.lease("w", {"a": 400}, 400, NOW + 60, NOW)
+
+        async def beat() -> None:
+            for _ in range(20):
+                await heart.extend_leases("w", NOW + 120)
+
+        async def complete() -> None:
+            for chunk in range(0, 400, 20):
+                batch = [done(lease.id, 1, "w") for lease in leases[chunk : chunk + 20]]
+                assert await writer.write(WriteBatch(completions=batch[::-1]), NOW) == [True] * 20
+
+        await asyncio.gather(beat(), complete(), beat())
+        assert await writer.counts() == {TaskStatus.SUCCEEDED: 400}
+
+
+async def test_requeue_goes_through_every_chunk(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_store, "REQUEUE_CHUNK", 7)
+    async with opened(postgres_url) as (store,):
+        await store.submit([new(i, agent="a") for i in range(20)] + [new(0, agent="b")], NOW)
+        leases = await store.lease("w", {"a": 20, "b": 1}, 21, NOW + 60, NOW)
+        dead = WriteBatch(completions=[done(x.id, 1, "w", Outcome.DEAD) for x in leases])
+        assert all(await store.write(dead, NOW))
+        assert await store.requeue([TaskStatus.DEAD], agent="a") == 20
+        assert await store.counts() == {TaskStatus.QUEUED: 20, TaskStatus.DEAD: 1}
+        assert await store.requeue([TaskStatus.QUEUED, TaskStatus.DEAD]) == 21
+
+
+def test_pool_options_are_taken_out_of_the_url_and_the_rest_kept() -> None:
+    conninfo, options = postgres_store._split_url(
+        "postgresql://u:p%40ss@h/db?application_name=a%20b&pool_max_size=3&options=-cx%3Dy"
+    )
+    assert options == {"pool_max_size": "3"}
+    assert conninfo_to_dict(conninfo) == {
+        "user": "u",
+        "password": "p@ss",
+        "host": "h",
+        "dbname": "db",
+        "application_name": "a b",
+        "options": "-cx=y",
+    }
+
+
+# -- the event feed --------------------------------------------------------------------
+
+
+async def test_the_feed_holds_back_what_commits_behind_an_open_older_transaction(
+    postgres_url: str,
+) -> None:
+    async with opened(postgres_url) as (store,):
+        a, b = await store.submit([new(1), new(2)], NOW)
+        start = await store.last_event_id()
+        async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as older:
+            await older.execute("UPDATE tasks SET status = 'cancelled' WHERE id = %s", (a.id,))
+            assert await store.cancel(b.id, NOW) is TaskStatus.CANCELLED  # commits first
+            # Handing out b's event now would move a follower past a's, still to commit.
+            assert await store.events_after(start) == []
+            assert await store.last_event_id() == start
+            await older.commit()
+        events = await store.events_after(start)
+    assert [(e.task_id, e.status) for e in events] == [
+        (a.id, TaskStatus.CANCELLED),
+        (b.id, TaskStatus.CANCELLED),
+    ]
+    assert events[0].id < events[1].id
+
+
+async def test_the_feed_never_skips_an_event_that_commits_late(postgres_url: str) -> None:
+    """A sequence would number x's event below z's, hand z's out first and then skip x's."""
+    async with opened(postgres_url) as (store,):
+        a, b = await store.submit([new(1), new(2)], NOW)
+        start = await store.last_event_id()
+        raw = libpq_url(postgres_url)
+        async with (
+            await psycopg.AsyncConnection.connect(raw) as z,
+            await psycopg.AsyncConnection.connect(raw) as x,
+        ):
+            await z.execute("SELECT pg_current_xact_id()")  # z's transaction is the older
+            await x.execute("UPDATE tasks SET status = 'cancelled' WHERE id = %s", (a.id,))
+            await z.execute("UPDATE tasks SET status = 'cancelled' WHERE id = %s", (b.id,))
+            await z.commit()
+            first = await store.events_after(start)  # while x is still open
+            cursor = max([start, *(e.id for e in first)])
+            await x.commit()
+        rest = await store.events_after(cursor)
+    assert sorted(e.task_id for e in first + rest) == [a.id, b.id]
+
+
+async def test_a_follower_sees_every_event_once_under_concurrent_writers(
+    postgres_url: str,
+) -> None:
+    n = 600
+    async with opened(postgres_url, 3) as (one, two, follower):
+        ids = [s.id for s in await one.submit([new(i) for i in range(n)], NOW)]
+        start = await follower.last_event_id()
+
+        async def work(store: PostgresStore, owner: str) -> None:
+            while leases := await store.lease(owner, {"a": 5}, 5, NOW + 60, NOW):
+                await store.write(
+                    WriteBatch(completions=[done(lease.id, 1, owner) for lease in leases]), NOW
+                )
+
+        async def follow() -> list[int]:
+            seen: list[int] = []
+            cursor = start
+            while len(seen) < n:
+                for e in await follower.events_after(cursor, 37):
+                    assert e.id > cursor
+                    cursor = e.id
+                    seen.append(e.task_id)
+                await asyncio.sleep(0)
+            assert await follower.events_after(cursor) == []
+            return seen
+
+        following = asyncio.create_task(follow())
+        await asyncio.gather(
+            *(work(s, f"{s_i}.{k}") for s_i, s in enumerate((one, two)) for k in range(3))
+        )
+        async with asyncio.timeout(60):
+            seen = await following
+    assert sorted(seen) == sorted(ids)
+
+
+async def test_skip_worker_leaves_out_a_workers_own_changes(postgres_url: str) -> None:
+    async with opened(postgres_url) as (store,):
+        a, b = await store.submit([new(1), new(2)], NOW)
+        start = await store.last_event_id()
+        await store.lease("w1", {"a": 1}, 1, NOW + 60, NOW)
+        await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW)
+        await store.write(WriteBatch(completions=[done(a.id, 1, "w1"), done(b.id, 1, "w2")]), NOW)
+        events = await store.events_after(start, skip_worker="w1")
+    assert [(e.task_id, e.worker) for e in events] == [(b.id, "w2")]
+
+
+# -- LISTEN/NOTIFY ---------------------------------------------------------------------
+
+
+async def wake_on_submits(waiter: PostgresStore, submitter: PostgresStore) -> bool:
+    """Wait for work on ``waiter`` while ``submitter`` submits a task every 0.2 s: the
+    waiter's LISTEN connection opens in the background on its first wait."""
+    waiting = asyncio.create_task(waiter.wait_for_work(30))
+    while not waiting.done():
+        await submitter.submit([new(0)], NOW)
+        await asyncio.wait([waiting], timeout=0.2)
+    return waiting.result()
+
+
+async def test_a_waiter_wakes_on_a_submit_from_another_store(postgres_url: str) -> None:
+    async with opened(postgres_url, 2) as (waiter, submitter):
+        assert await wake_on_submits(waiter, submitter) is True
+
+
+async def test_retries_requeues_and_reclaims_wake_waiters(postgres_url: str) -> None:
+    async with opened(postgres_url, 2) as (waiter, other):
+        assert await wake_on_submits(waiter, other)
+        await other.lease("w", {"a": 100}, 100, NOW + 10, NOW)
+        a, b, c = [s.id for s in await other.submit([new(1), new(2), new(3)], NOW)]
+        await other.lease("w", {"a": 3}, 3, NOW + 10, NOW)
+        await other.write(WriteBatch(completions=[done(c, 1, "w", Outcome.DEAD)]), NOW)
+
+        async def wakes(change: Awaitable[object]) -> bool:
+            waiting = asyncio.create_task(waiter.wait_for_work(30))
+            await asyncio.sleep(0)  # it is waiting now
+            await change
+            return await waiting
+
+        retry = WriteBatch(completions=[done(a, 1, "w", Outcome.RETRY)])
+        assert await wakes(other.write(retry, NOW))
+        assert await wakes(other.requeue_one(c))
+        assert await wakes(other.reclaim(NOW + 11))  # b's lease expired
+        info = await other.get(b)
+        assert info is not None and info.status is TaskStatus.QUEUED
+        # Leasing and finishing put nothing back on the queue: no wake.
+        (lease,) = await other.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 12)
+        await other.write(WriteBatch(completions=[done(lease.id, lease.attempt, "w2")]), NOW)
+        assert await waiter.wait_for_work(0.3) is False
+
+
+# -- server restarts -------------------------------------------------------------------
+
+
+def postgres_cluster() -> str:
+    """The local cluster's version, for pg_ctlcluster."""
+    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        pytest.skip("restarting the server needs a local cluster run by pg_ctlcluster")
+    (version,) = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1:]
+    return version
+
+
+def wait_until_accepting(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(libpq_url(url), connect_timeout=2):
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_the_store_carries_on_after_the_server_restarts(postgres_url: str) -> None:
+    version = postgres_cluster()
+    async with opened(postgres_url) as (store,):
+        first = await store.submit([new(i, key=f"before-{i}") for i in range(100)], NOW)
+        leases = await store.lease("w", {"a": 40}, 40, NOW + 600, NOW)
+        await store.write(WriteBatch(completions=[done(x.id, 1, "w") for x in leases]), NOW)
+        waiting = asyncio.create_task(store.wait_for_work(60))
+
+        acknowledged: list[str] = []
+        restarted = asyncio.Event()
+
+        async def keep_submitting() -> None:
+            n = after_restart = 0
+            while after_restart < 5:
+                keys = [f"during-{n}-{i}" for i in range(10)]
+                n += 1
+                try:
+                    await store.submit([new(k, key=k) for k in keys], NOW)
+                except StoreError:  # the only kind of error a caller sees
+                    await asyncio.sleep(0.05)
+                else:
+                    acknowledged.extend(keys)
+                    after_restart += restarted.is_set()
+                    await asyncio.sleep(0.01)
+
+        submitting = asyncio.create_task(keep_submitting())
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(
+            subprocess.run,
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+            check=True,
+            capture_output=True,
+        )
+        await asyncio.to_thread(wait_until_accepting, postgres_url)
+        restarted.set()
+        async with asyncio.timeout(60):
+            await submitting  # its submits go through again
+
+        # The next calls work, and nothing acknowledged was lost.
+        found = await store.find_keys([s.key or "" for s in first] + acknowledged)
+        assert len(found) == 100 + len(acknowledged)
+        infos = await store.get_many([x.id for x in leases])
+        assert all(i.status is TaskStatus.SUCCEEDED and i.output == i.id for i in infos)
+        queued = (await store.counts())[TaskStatus.QUEUED]
+        assert queued >= 60 + len(acknowledged)  # a failed submit may have committed too
+        rest = await store.lease("w2", {"a": queued}, queued, NOW + 600, NOW)
+        assert len(rest) == queued
+        done_rest = WriteBatch(completions=[done(x.id, x.attempt, "w2") for x in rest])
+        assert all(await store.write(done_rest, NOW))
+        assert await store.counts() == {TaskStatus.SUCCEEDED: 40 + queued}
+        # A waiter from before the restart was woken: its connection came back.
+        async with asyncio.timeout(30):
+            assert await waiting is True
