@@ -20,7 +20,9 @@ from .retry import RetryPolicy
 
 AgentFn = Callable[..., Awaitable[Any]]
 
-_EXECUTORS = ("async",)
+# "async": an asyncio task in the worker; "process": a subprocess (hard isolation);
+# "ray": a Ray cluster. The worker must be given the executors its agents ask for.
+EXECUTORS = ("async", "process", "ray")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +144,8 @@ def agent(
         raise ConfigError("timeout must be > 0 seconds, or None")
     if concurrency is not None and concurrency < 1:
         raise ConfigError("concurrency must be >= 1")
-    if executor not in _EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(_EXECUTORS)}")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     policy = retry or RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
 
     def wrap(f: AgentFn) -> Agent:

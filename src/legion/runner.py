@@ -22,6 +22,7 @@ from .store.base import Store
 from .task import Completion, ErrorInfo, Lease, Outcome
 
 if TYPE_CHECKING:
+    from .executors import Executor
     from .llm.client import LLMClient
 
 
@@ -60,7 +61,13 @@ async def run_instance(
     clock: Clock,
     rng: random.Random,
     llm: LLMClient | None = None,
+    executor: Executor | None = None,
 ) -> None:
+    """Run one attempt to its end and hand the outcome to the journal; never raises.
+
+    ``executor`` runs the agent's code elsewhere (a subprocess, a Ray cluster); by
+    default it runs right here, in this task.
+    """
     lease, agent = instance.lease, instance.agent
     ctx = Context(agent.name, lease, store=store, journal=journal, clock=clock, llm=llm)
     started = clock()
@@ -68,7 +75,11 @@ async def run_instance(
     error: BaseException | None = None
     try:
         kwargs = agent.arguments(codec.loads(lease.input))
-        output = agent.encode_output(await agent.fn(ctx, **kwargs))
+        if executor is None:
+            result = await agent.fn(ctx, **kwargs)
+        else:
+            result = await executor.run(agent, ctx, kwargs)
+        output = agent.encode_output(result)
     except asyncio.CancelledError:
         # The worker cancelled this instance (timeouts are timers the worker owns, one per
         # lease batch rather than one per task); the reason says what it means.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from .task import (
 from .worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
+    from .executors import Executor
     from .llm.client import LLMClient
 
 log = logging.getLogger("legion.runtime")
@@ -65,6 +66,8 @@ class Runtime:
       holds its tasks at most this long (less on the same host, where its exit is seen).
     - ``llm``: the :class:`~legion.llm.LLMClient` behind ``ctx.llm`` (the runtime does
       not close it: it may serve several runtimes).
+    - ``executors``: where agents that ask for ``executor="process"`` or ``"ray"`` run
+      (the worker starts and closes them); ``executor`` runs every agent on that one.
     """
 
     def __init__(
@@ -80,8 +83,12 @@ class Runtime:
         clock: Clock = system_clock,
         seed: int | None = None,
         llm: LLMClient | None = None,
+        executors: Mapping[str, Executor] | None = None,
+        executor: str | None = None,
     ) -> None:
         self.llm = llm
+        self._executors = dict(executors or {})
+        self._executor = executor
         self._owns_store = isinstance(store, str)
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self._clock = clock
@@ -131,6 +138,8 @@ class Runtime:
                 on_committed=self._committed,
                 seed=self._seed,
                 llm=self.llm,
+                executors=self._executors,
+                executor=self._executor,
             )
             self._worker_task = asyncio.create_task(self.worker.run(), name="legion-worker")
         self._tasks.append(asyncio.create_task(self._follow_events(), name="legion-events"))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from .agent import Agent
 from .clock import Clock, system_clock
+from .errors import ConfigError
 from .journal import Committed, Journal
 from .runner import Instance, StopReason, run_instance
 from .stats import Counters, Statistics
@@ -36,6 +37,7 @@ from .store.base import Store, WorkerInfo
 from .task import Lease, Outcome
 
 if TYPE_CHECKING:
+    from .executors import Executor
     from .llm.client import LLMClient
 
 log = logging.getLogger("legion.worker")
@@ -70,9 +72,14 @@ class Worker:
         on_committed: Callable[[Sequence[Committed]], None] | None = None,
         seed: int | None = None,
         llm: LLMClient | None = None,
+        executors: Mapping[str, Executor] | None = None,
+        executor: str | None = None,
     ) -> None:
         self.store = store
         self.llm = llm
+        # Executors by name; ``executor`` (if given) overrides every agent's choice.
+        self.executors = dict(executors or {})
+        self._executor_override = executor
         self.fatal_error: BaseException | None = None
         self.config = config or WorkerConfig()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -100,6 +107,7 @@ class Worker:
         existing = self._agents.get(agent.name)
         if existing is not None and existing is not agent:
             raise ValueError(f"two different agents are named {agent.name!r}")
+        self._executor_for(agent)  # refuse an agent this worker could not run
         self._agents[agent.name] = agent
         self._running.setdefault(agent.name, 0)
         self.wake()
@@ -150,6 +158,8 @@ class Worker:
     async def run(self) -> None:
         """Serve until :meth:`stop`; returns after draining and committing everything."""
         await self._register()
+        for executor in self.executors.values():
+            await executor.start()
         journal = asyncio.create_task(self._journal.run(), name="legion-journal")
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="legion-heartbeat"),
@@ -170,6 +180,8 @@ class Worker:
                 )
             self._journal.close()
             await journal
+            for executor in self.executors.values():
+                await executor.aclose()
             try:
                 await self.store.remove_worker(self.id)
             except Exception as exc:  # the store is gone; its row will age out
@@ -257,11 +269,24 @@ class Worker:
                 clock=self._clock,
                 rng=self._rng,
                 llm=self.llm,
+                executor=self._executor_for(agent),
             ),
             name=f"legion-task-{lease.id}",
         )
         inst.task.add_done_callback(functools.partial(self._finished, inst))
         return inst
+
+    def _executor_for(self, agent: Agent) -> Executor | None:
+        name = self._executor_override or agent.options.executor
+        if name == "async":
+            return None
+        found = self.executors.get(name)
+        if found is None:
+            raise ConfigError(
+                f"agent {agent.name!r} runs on the {name!r} executor, which this worker does "
+                f"not have (give it with --executor {name})"
+            )
+        return found
 
     def _finished(self, inst: Instance, _task: object = None) -> None:
         self._instances.pop(inst.lease.id, None)
