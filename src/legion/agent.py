@@ -7,7 +7,10 @@ pydantic model that validates it, and the options (timeout, retry policy, concur
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, overload
@@ -61,6 +64,43 @@ class Agent:
     @property
     def name(self) -> str:
         return self.options.name
+
+    @functools.cached_property
+    def ref(self) -> str:
+        """How another process imports this agent's function, in the form the loader reads:
+        ``package.module:function``, or ``/path/to/script.py:function`` for a script run as
+        ``__main__``. Executors that run agents in other processes send this.
+
+        Raises :class:`ConfigError` for a function that cannot be imported by name: one
+        defined inside another function, a lambda, or one whose name now means something
+        else in its module.
+        """
+        fn, name = self.fn, self.options.name
+        where = f"{fn.__module__}.{fn.__qualname__}"
+        if "<" in fn.__qualname__:  # <locals>, <lambda>
+            raise ConfigError(
+                f"agent {name!r} ({where}) cannot run in another process: it is not defined at "
+                "the top level of a module, so it cannot be imported there; define it at "
+                "module level"
+            )
+        module = sys.modules.get(fn.__module__)
+        found: Any = module
+        for part in fn.__qualname__.split("."):
+            found = getattr(found, part, None)
+        if not (found is self or found is fn or (isinstance(found, Agent) and found.fn is fn)):
+            raise ConfigError(
+                f"agent {name!r} cannot run in another process: importing {where} there would "
+                "not find this agent's function"
+            )
+        if fn.__module__ != "__main__":
+            return f"{fn.__module__}:{fn.__qualname__}"
+        path = getattr(module, "__file__", None)
+        if not path:
+            raise ConfigError(
+                f"agent {name!r} cannot run in another process: it was defined interactively; "
+                "define it in a file"
+            )
+        return f"{os.path.abspath(path)}:{fn.__qualname__}"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return self.fn(*args, **kwargs)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import codec
+from . import codec, telemetry
 from .clock import Clock
+from .diagnostics.advisor import StepTrace, fingerprints
+from .diagnostics.report import Diagnostic
+from .diagnostics.unawaited import Pending, SiteRef
 from .errors import AgentCrash, Permanent
 from .journal import Journal
 from .store.base import MemoryWrite, Store
@@ -30,27 +33,48 @@ T = TypeVar("T")
 class Memory:
     """Session memory: JSON values keyed by name, shared by every task of one session."""
 
-    __slots__ = ("_journal", "_session", "_store")
+    __slots__ = ("_journal", "_made", "_session", "_store")
 
-    def __init__(self, store: Store, journal: Journal, session: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        journal: Journal,
+        session: str,
+        made: Callable[[Pending[Any]], None],
+    ) -> None:
         self._store = store
         self._journal = journal
         self._session = session
+        self._made = made
 
     @property
     def session(self) -> str:
         return self._session
 
-    async def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Any = None) -> Pending[Any]:
+        """The value under ``key`` (``default`` if none); ``await`` it."""
+        return self._pending(f"ctx.memory.get({key!r})", lambda: self._get(key, default))
+
+    def set(self, key: str, value: Any) -> Pending[None]:
+        """Store ``value`` (JSON) under ``key``; ``await`` it: it returns once durable."""
+        data = codec.dumps(value)
+        write = MemoryWrite(self._session, key, data)
+        return self._pending(f"ctx.memory.set({key!r})", lambda: self._journal.write_memory(write))
+
+    def delete(self, key: str) -> Pending[None]:
+        write = MemoryWrite(self._session, key, None)
+        return self._pending(
+            f"ctx.memory.delete({key!r})", lambda: self._journal.write_memory(write)
+        )
+
+    def _pending(self, what: str, factory: Callable[[], Awaitable[T]]) -> Pending[T]:
+        pending = Pending(what, factory, depth=3)
+        self._made(pending)
+        return pending
+
+    async def _get(self, key: str, default: Any) -> Any:
         raw = await self._store.memory_get(self._session, key)
         return default if raw is None else codec.loads(raw)
-
-    async def set(self, key: str, value: Any) -> None:
-        """Store ``value`` (JSON) under ``key``; returns once it is durable."""
-        await self._journal.write_memory(MemoryWrite(self._session, key, codec.dumps(value)))
-
-    async def delete(self, key: str) -> None:
-        await self._journal.write_memory(MemoryWrite(self._session, key, None))
 
     async def items(self) -> dict[str, Any]:
         raw = await self._store.memory_items(self._session)
@@ -68,9 +92,12 @@ class Context:
         "_llm",
         "_llm_client",
         "_log",
+        "_made",
         "_memory",
         "_store",
         "agent",
+        "diagnostics",
+        "traces",
         "usage",
     )
 
@@ -86,6 +113,9 @@ class Context:
     ) -> None:
         self.agent = agent
         self.usage = TaskUsage()
+        self.traces: list[StepTrace] = []  # the steps this attempt ran, for the advisor
+        self.diagnostics: list[Diagnostic] = []
+        self._made: list[Pending[Any]] = []
         self._llm_client = llm
         self._llm: LLMCalls | None = None
         self._lease = lease
@@ -115,9 +145,15 @@ class Context:
         return self._lease.session or f"task-{self._lease.id}"
 
     @property
+    def recorded_steps(self) -> Mapping[str, bytes]:
+        """Steps recorded by earlier attempts, by step key, as stored JSON (empty on the
+        first attempt); an executor that runs the agent elsewhere replays from these."""
+        return self._lease.steps
+
+    @property
     def memory(self) -> Memory:
         if self._memory is None:
-            self._memory = Memory(self._store, self._journal, self.session)
+            self._memory = Memory(self._store, self._journal, self.session, self.made)
         return self._memory
 
     @property
@@ -143,8 +179,8 @@ class Context:
             )
         return self._log
 
-    async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` once per task and record its result.
+    def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Pending[Any]:
+        """Run ``fn(*args, **kwargs)`` once per task and record its result (``await`` it).
 
         When the task runs again (a retry, or after a worker died) a step that completed
         before returns its recorded result instead of running. The result is stored as
@@ -154,7 +190,33 @@ class Context:
         The result is recorded before this returns; if the process dies after ``fn``'s
         side effect but before the record, the step runs again on the next attempt:
         give such side effects an idempotency key (``ctx.task_id`` and the step name).
+
+        Nothing runs until the step is awaited (or given to :meth:`gather`); a step that is
+        never awaited is reported on the task, with the line that made it.
         """
+        pending: Pending[Any] = Pending(
+            f"step `{name}`", lambda: self.record(name, fn, args, kwargs, pending.site_ref)
+        )
+        self._made.append(pending)
+        return pending
+
+    def made(self, pending: Pending[Any]) -> None:
+        """Keep track of a pending call made for the agent (see :meth:`unawaited`)."""
+        self._made.append(pending)
+
+    def unawaited(self) -> list[Pending[Any]]:
+        """The steps and calls this instance made and never awaited."""
+        return [p for p in self._made if not p.awaited]
+
+    async def record(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        site: SiteRef | None,
+    ) -> Any:
+        """The body of :meth:`step`: replay or run, record, trace (``site``: the caller)."""
         n = self._counts.get(name, 0) + 1
         self._counts[name] = n
         key = name if n == 1 else f"{name}#{n}"
@@ -162,13 +224,28 @@ class Context:
         if recorded is not None:
             return codec.loads(recorded)
         started = self._clock()
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
+        if telemetry.tracing:
+            result = await telemetry.traced_step(self._lease, key, fn, *args, **kwargs)
+        else:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
         data = codec.dumps(result)
-        record = StepRecord(self._lease.id, key, self._lease.attempt, data, started, self._clock())
+        finished = self._clock()
+        record = StepRecord(self._lease.id, key, self._lease.attempt, data, started, finished)
         await self._journal.record_step(record)
-        return codec.loads(data)
+        value = codec.loads(data)
+        self.traces.append(
+            StepTrace(
+                key,
+                site,
+                started,
+                finished,
+                fingerprints((*args, *kwargs.values())),
+                fingerprints((value,)),
+            )
+        )
+        return value
 
     async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
         """Run awaitables concurrently, like ``asyncio.gather``, results in order.
@@ -176,24 +253,30 @@ class Context:
         Fail-fast by default: the first error cancels the others and is raised once they
         have stopped. With ``return_exceptions=True`` every result or error is collected.
         """
-        if not aws:
-            return []
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(_contained(aw)) for aw in aws]
-        if return_exceptions:
-            return list(await asyncio.gather(*tasks, return_exceptions=True))
-        try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        except asyncio.CancelledError:
-            await _cancel_all(tasks)
-            raise
-        if pending:
-            await _cancel_all(list(pending))
-        # Read every error (so none is reported as "never retrieved"); raise the first.
-        errors = [e for t in _finished(tasks, done) if (e := t.exception()) is not None]
-        if errors:
-            raise errors[0]
-        return [t.result() for t in tasks]
+        return await gather(*aws, return_exceptions=return_exceptions)
+
+
+async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
+    """What :meth:`Context.gather` does, for contexts that live elsewhere (an executor's
+    stand-in for the context in another process)."""
+    if not aws:
+        return []
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(_contained(aw)) for aw in aws]
+    if return_exceptions:
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        await _cancel_all(tasks)
+        raise
+    if pending:
+        await _cancel_all(list(pending))
+    # Read every error (so none is reported as "never retrieved"); raise the first.
+    errors = [e for t in _finished(tasks, done) if (e := t.exception()) is not None]
+    if errors:
+        raise errors[0]
+    return [t.result() for t in tasks]
 
 
 async def _contained(aw: Awaitable[T]) -> T:

@@ -11,6 +11,7 @@
         ├── Permanent          raise it to fail the task at once, without retrying
         │   ├── InputError     the task's input does not fit the agent's parameters or schema
         │   ├── OutputError    the agent returned something that cannot be stored as JSON
+        │   ├── UnawaitedWork  (--strict) the agent made a step or call it never awaited
         │   └── ProviderRejected    an LLM provider refused the request (400, 404, 422...)
         │       └── ProviderAuthError   ... because of the credentials (401, 403);
         │                               ``fatal``: the runtime stops the whole run
@@ -85,6 +86,10 @@ class InputError(Permanent):
 
 class OutputError(Permanent):
     """Raised when an agent's result (or a step's) cannot be stored as JSON."""
+
+
+class UnawaitedWork(Permanent):
+    """Raised (in strict mode) when an agent made a step or call and never awaited it."""
 
 
 class ProviderRejected(Permanent):

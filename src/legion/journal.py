@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import codec
 from .clock import Clock
-from .store.base import MemoryWrite, Store, WriteBatch
+from .store.base import DiagnosticRecord, MemoryWrite, Store, WriteBatch
 from .task import Completion, Lease, StepRecord
 
 log = logging.getLogger("legion.journal")
@@ -68,6 +69,16 @@ class Journal:
         """Queue the end of an attempt; ``on_committed`` reports it after the commit."""
         self._batch.completions.append(completion)
         self._leases.append(lease)
+        for d in completion.diagnostics:
+            self._batch.diagnostics.append(
+                DiagnosticRecord(
+                    completion.id,
+                    completion.attempt,
+                    lease.agent,
+                    str(d.kind),
+                    codec.dumps(d.to_json()),
+                )
+            )
         self._kick()
 
     def _wait(self) -> asyncio.Future[None]:

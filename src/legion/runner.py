@@ -8,15 +8,24 @@ task, never as an exception in the worker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
+import logging
 import random
-from typing import TYPE_CHECKING
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
 
-from . import codec
+from . import codec, telemetry
 from .agent import Agent
 from .clock import Clock
 from .context import Context
-from .errors import AgentCrash, TaskTimeout, is_retryable
+from .diagnostics import tracking
+from .diagnostics.advisor import advise
+from .diagnostics.report import Diagnostic, Kind, Site, blocked_loop, user_site
+from .diagnostics.tracking import unretrieved_exception
+from .diagnostics.watchdog import Block, Capture
+from .errors import AgentCrash, TaskTimeout, UnawaitedWork, is_retryable
 from .journal import Journal
 from .store.base import Store
 from .task import Completion, ErrorInfo, Lease, Outcome
@@ -24,6 +33,9 @@ from .task import Completion, ErrorInfo, Lease, Outcome
 if TYPE_CHECKING:
     from .executors import Executor
     from .llm.client import LLMClient
+
+
+log = logging.getLogger("legion.runner")
 
 
 class StopReason(enum.Enum):
@@ -35,7 +47,16 @@ class StopReason(enum.Enum):
 class Instance:
     """One running attempt; the worker keeps these by task id."""
 
-    __slots__ = ("agent", "fatal", "lease", "stop_reason", "task")
+    __slots__ = (
+        "agent",
+        "children",
+        "diagnostics",
+        "fatal",
+        "lease",
+        "pending_block",
+        "stop_reason",
+        "task",
+    )
 
     def __init__(self, lease: Lease, agent: Agent) -> None:
         self.lease = lease
@@ -45,6 +66,23 @@ class Instance:
         # An error that every other task would meet too (a rejected API key): the
         # worker stops leasing when an instance ends with one.
         self.fatal: BaseException | None = None
+        self.children: list[asyncio.Task[Any]] = []  # tasks the agent's code created
+        self.diagnostics: list[Diagnostic] = []
+        # A block of the event loop by this instance that is going on, seen by the watchdog.
+        self.pending_block: Capture | None = None
+
+    # -- what the diagnostics learn about this instance (see legion.diagnostics) --------
+
+    def spawned(self, task: asyncio.Task[Any]) -> None:
+        self.children.append(task)
+
+    def escaped(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        """An exception in a task the agent spawned that nobody retrieved."""
+        found = escaped_exception(self.agent.name, task, exc)
+        if self.task is not None and not self.task.done():
+            self.diagnostics.append(found)
+        else:  # too late to go with the attempt's record: say it in the log
+            log.warning("task %s: %s", self.lease.id, found.message)
 
     def stop(self, reason: StopReason) -> None:
         if self.task is not None and not self.task.done():
@@ -62,23 +100,28 @@ async def run_instance(
     rng: random.Random,
     llm: LLMClient | None = None,
     executor: Executor | None = None,
+    strict: bool = False,
 ) -> None:
     """Run one attempt to its end and hand the outcome to the journal; never raises.
+
+    ``strict``: a step or call the agent never awaited fails the task (by default it is
+    reported on the task and the task goes on).
 
     ``executor`` runs the agent's code elsewhere (a subprocess, a Ray cluster); by
     default it runs right here, in this task.
     """
     lease, agent = instance.lease, instance.agent
     ctx = Context(agent.name, lease, store=store, journal=journal, clock=clock, llm=llm)
+    tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
     started = clock()
     output: bytes | None = None
     error: BaseException | None = None
     try:
         kwargs = agent.arguments(codec.loads(lease.input))
-        if executor is None:
-            result = await agent.fn(ctx, **kwargs)
-        else:
-            result = await executor.run(agent, ctx, kwargs)
+        call = agent.fn(ctx, **kwargs) if executor is None else executor.run(agent, ctx, kwargs)
+        result = await (
+            telemetry.traced_task(lease, agent.name, call) if telemetry.tracing else call
+        )
         output = agent.encode_output(result)
     except asyncio.CancelledError:
         # The worker cancelled this instance (timeouts are timers the worker owns, one per
@@ -98,6 +141,11 @@ async def run_instance(
         error = AgentCrash(exc)
     finished = clock()
     usage = ctx.usage.to_json()
+    found = _look_back(instance, ctx)
+    if strict and error is None and any(d.kind is Kind.UNAWAITED for d in found):
+        error = UnawaitedWork(
+            "; ".join(d.message for d in found if d.kind is Kind.UNAWAITED) + " (--strict)"
+        )
     if error is None:
         done = _completion(
             lease, owner, Outcome.SUCCEEDED, started, finished, output=output, usage=usage
@@ -106,7 +154,69 @@ async def run_instance(
         if getattr(error, "fatal", False):
             instance.fatal = error
         done = _failure(lease, owner, agent, error, started, finished, rng, usage)
+    if found:
+        done = dataclasses.replace(done, diagnostics=tuple(found))
     journal.complete(lease, done)
+
+
+def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:
+    """What the attempt left behind: the watchdog's blocks, steps never awaited, tasks
+    it spawned that failed unheard or still run, steps that could have run together."""
+    name = instance.agent.name
+    found = instance.diagnostics
+    capture, instance.pending_block = instance.pending_block, None
+    if capture is not None:  # the agent blocked the loop and ended before the report
+        block = Block(
+            time.monotonic() - capture.since, None, user_site(capture.stack), capture.stack
+        )
+        found.append(blocked_loop(name, block))
+    for pending in ctx.unawaited():
+        site = pending.site
+        found.append(
+            Diagnostic(
+                Kind.UNAWAITED,
+                f"agent `{name}`: {pending.what} made at {site} was never awaited, so it never "
+                "ran: `await` it, or pass it to `ctx.gather`",
+                site,
+            )
+        )
+    for child in instance.children:
+        if not child.done():
+            found.append(
+                Diagnostic(
+                    Kind.ESCAPED_EXCEPTION,
+                    f"agent `{name}`: task {child.get_name()!r} that it created is still running "
+                    "after the agent returned; await the tasks you create (or use ctx.gather)",
+                    _origin(child),
+                )
+            )
+        elif (exc := unretrieved_exception(child)) is not None:
+            found.append(escaped_exception(name, child, exc))
+    instance.children.clear()
+    if len(ctx.traces) > 1:
+        found.extend(advise(name, ctx.traces))
+    return found
+
+
+def escaped_exception(agent: str, task: asyncio.Task[Any], exc: BaseException) -> Diagnostic:
+    frames = traceback.extract_tb(exc.__traceback__)
+    stack = tuple(Site(f.filename, f.lineno or 0, f.name, f.line or "") for f in reversed(frames))
+    return Diagnostic(
+        Kind.ESCAPED_EXCEPTION,
+        f"agent `{agent}`: task {task.get_name()!r} that it created raised "
+        f"{type(exc).__name__}: {exc}, and nobody awaited it",
+        user_site(stack) or _origin(task),
+        None,
+        stack,
+    )
+
+
+def _origin(task: asyncio.Task[Any]) -> Site | None:
+    """Where a task's coroutine is defined."""
+    code = getattr(task.get_coro(), "cr_code", None)
+    if code is None:
+        return None
+    return Site(code.co_filename, code.co_firstlineno, code.co_name)
 
 
 def _failure(

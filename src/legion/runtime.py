@@ -68,6 +68,12 @@ class Runtime:
       not close it: it may serve several runtimes).
     - ``executors``: where agents that ask for ``executor="process"`` or ``"ray"`` run
       (the worker starts and closes them); ``executor`` runs every agent on that one.
+    - ``max_loop_lag``, ``max_memory_mb``: the worker stops leasing while its event loop
+      lags more than this many seconds or its memory passes this many MB.
+    - ``strict``: a step or call that an agent made and never awaited fails its task
+      (otherwise it is reported on the task).
+    - ``watchdog``: watch the event loop for agents that block it (and track which
+      instance created which task); on by default, cheap.
     """
 
     def __init__(
@@ -85,6 +91,10 @@ class Runtime:
         llm: LLMClient | None = None,
         executors: Mapping[str, Executor] | None = None,
         executor: str | None = None,
+        max_loop_lag: float = 0.5,
+        max_memory_mb: float | None = None,
+        strict: bool = False,
+        watchdog: bool = True,
     ) -> None:
         self.llm = llm
         self._executors = dict(executors or {})
@@ -98,6 +108,10 @@ class Runtime:
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
             drain_timeout=drain_timeout,
+            max_loop_lag=max_loop_lag,
+            max_memory_mb=max_memory_mb,
+            strict=strict,
+            watchdog=watchdog,
         )
         self._want_worker = worker
         self._seed = seed
@@ -370,6 +384,7 @@ class Runtime:
                 started_at=comp.started_at,
                 finished_at=comp.finished_at,
                 usage=codec.loads(comp.usage) if comp.usage is not None else None,
+                diagnostics=comp.diagnostics,
             )
             self._remember(comp.id, result)
             for deliver in self._waiters.pop(comp.id, ()):

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import codec
+from .diagnostics.report import Diagnostic
 from .errors import AgentCrash
 
 
@@ -165,6 +166,7 @@ class Completion:
     started_at: float = 0.0
     finished_at: float = 0.0
     usage: bytes | None = None  # TaskUsage JSON, when the attempt made LLM calls
+    diagnostics: tuple[Diagnostic, ...] = ()  # what legion noticed about the attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +222,7 @@ class TaskResult:
     started_at: float | None = None
     finished_at: float | None = None
     usage: dict[str, Any] | None = None
+    diagnostics: tuple[Diagnostic, ...] = ()
 
     @property
     def ok(self) -> bool:

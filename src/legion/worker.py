@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import random
+import resource
 import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,9 @@ from typing import TYPE_CHECKING
 
 from .agent import Agent
 from .clock import Clock, system_clock
+from .diagnostics import tracking
+from .diagnostics.report import blocked_loop
+from .diagnostics.watchdog import Block, Capture, LoopWatchdog
 from .errors import ConfigError
 from .journal import Committed, Journal
 from .runner import Instance, StopReason, run_instance
@@ -53,6 +57,17 @@ class WorkerConfig:
     drain_timeout: float = 30.0
     # Lease when at least this share of the slots is free, so leases come in batches.
     lease_batch_fraction: float = 0.1
+    # Stop leasing while the event loop lags more than this (seconds, averaged over
+    # about half a second) or the process's memory passes ``max_memory_mb``; resume
+    # when it recovers. Running tasks go on either way.
+    max_loop_lag: float = 0.5
+    max_memory_mb: float | None = None
+    # The event-loop watchdog reports a block longer than this (seconds).
+    block_threshold: float = 0.1
+    # Fail a task whose agent made a step or call it never awaited (else: report it).
+    strict: bool = False
+    # The event-loop watchdog and task-ownership tracking (see legion.diagnostics).
+    watchdog: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -95,9 +110,14 @@ class Worker:
         self._wake = asyncio.Event()
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._fatal = asyncio.Event()
         self._batch_threshold = max(
             1, int(self.config.concurrency * self.config.lease_batch_fraction)
         )
+        self._watchdog = LoopWatchdog(
+            self._blocked, threshold=self.config.block_threshold, on_capture=self._captured
+        )
+        self._overloaded: str | None = None
         for a in agents:
             self.add_agent(a)
 
@@ -107,9 +127,12 @@ class Worker:
         existing = self._agents.get(agent.name)
         if existing is not None and existing is not agent:
             raise ValueError(f"two different agents are named {agent.name!r}")
-        self._executor_for(agent)  # refuse an agent this worker could not run
+        executor = self._executor_for(agent)  # refuse an agent this worker could not run
+        if executor is not None:
+            executor.check(agent)
         self._agents[agent.name] = agent
         self._running.setdefault(agent.name, 0)
+        self._slots.set()  # a lease loop parked for want of agents has one now
         self.wake()
 
     @property
@@ -144,8 +167,15 @@ class Worker:
         """Stop the run because of ``error``, which every other task would meet too:
         lease nothing more and give the running tasks back unfinished."""
         self.fatal_error = error
+        self._fatal.set()
         log.info("stopping the worker: %s", error)
         self.release_now()
+
+    async def wait_fatal(self) -> BaseException:
+        """Wait until an error stops the worker (see :meth:`abort`) and answer it."""
+        await self._fatal.wait()
+        assert self.fatal_error is not None
+        return self.fatal_error
 
     def release_now(self) -> None:
         """Give every running instance back to the queue at once (a second Ctrl-C)."""
@@ -157,6 +187,9 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; returns after draining and committing everything."""
+        if self.config.watchdog:
+            tracking.install(asyncio.get_running_loop())
+            self._watchdog.start()
         await self._register()
         for executor in self.executors.values():
             await executor.start()
@@ -165,6 +198,11 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="legion-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="legion-reaper"),
         ]
+        if self.llm is not None:
+            from .llm.shared import SharedCapacity  # the LLM layer loads only when used
+
+            shares = SharedCapacity(self.llm, self.store, self.id, clock=self._clock)
+            background.append(asyncio.create_task(shares.run(), name="legion-capacity"))
         try:
             await self._lease_loop()
             await self._drain()
@@ -182,6 +220,8 @@ class Worker:
             await journal
             for executor in self.executors.values():
                 await executor.aclose()
+            if self.config.watchdog:
+                self._watchdog.stop()
             try:
                 await self.store.remove_worker(self.id)
             except Exception as exc:  # the store is gone; its row will age out
@@ -191,6 +231,9 @@ class Worker:
         cfg = self.config
         idle_wait = 0.005
         while not self._stopping.is_set():
+            if self._check_overload():
+                await self._sleep_or_wake(0.1)
+                continue
             free = cfg.concurrency - len(self._instances)
             wants = self._wants(free)
             if free <= 0 or not wants:
@@ -235,12 +278,55 @@ class Worker:
         return wants
 
     async def _sleep_or_wake(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if woken: by this process (a submission), or by the
+        store (another process queued work; PostgreSQL notifies, SQLite cannot)."""
         self._wake.clear()
+        woken = asyncio.ensure_future(self._wake.wait())
+        notified = asyncio.ensure_future(self.store.wait_for_work(seconds))
         try:
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+            await asyncio.wait((woken, notified), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (woken, notified):
+                f.cancel()
+            await asyncio.gather(woken, notified, return_exceptions=True)
+
+    def _check_overload(self) -> bool:
+        """Whether to hold off leasing: the loop lags, or memory is past its mark."""
+        cfg = self.config
+        reason = None
+        lag = self._watchdog.health().recent_lag
+        if lag > cfg.max_loop_lag:
+            reason = f"event loop lag {lag * 1000:.0f} ms > {cfg.max_loop_lag * 1000:.0f} ms"
+        elif cfg.max_memory_mb is not None and (rss := rss_mb()) > cfg.max_memory_mb:
+            reason = f"memory {rss:.0f} MB > {cfg.max_memory_mb:.0f} MB"
+        if reason != self._overloaded:
+            if reason is not None:
+                log.warning("not leasing: %s", reason)
+            else:
+                log.info("leasing again: the worker recovered")
+            self._overloaded = reason
+        return reason is not None
+
+    @staticmethod
+    def _captured(capture: Capture) -> None:
+        """(The watchdog's thread.) A block is going on: tell the instance behind it now,
+        as it may end right after the block, before the block's end is reported."""
+        owner = tracking.owner_of(capture.task)
+        if isinstance(owner, Instance):
+            owner.pending_block = capture
+
+    def _blocked(self, block: Block) -> None:
+        """The watchdog saw the loop blocked: say who did it, on their task and in the log."""
+        owner = tracking.owner_of(block.task)
+        if not isinstance(owner, Instance):  # legion's own work under load: a metric only
+            log.debug("the event loop was blocked for %.0f ms", block.seconds * 1000)
+            return
+        if owner.pending_block is None:
+            return  # the instance ended and reported it already
+        owner.pending_block = None
+        found = blocked_loop(owner.agent.name, block)
+        owner.diagnostics.append(found)
+        log.warning("task %s: %s", owner.lease.id, found.message)
 
     def _start_batch(self, leases: Sequence[Lease]) -> None:
         """Start one instance per lease; one timer per timeout value ends the late ones."""
@@ -270,9 +356,11 @@ class Worker:
                 rng=self._rng,
                 llm=self.llm,
                 executor=self._executor_for(agent),
+                strict=self.config.strict,
             ),
             name=f"legion-task-{lease.id}",
         )
+        tracking.claim(inst.task, inst)
         inst.task.add_done_callback(functools.partial(self._finished, inst))
         return inst
 
@@ -331,17 +419,30 @@ class Worker:
 
     # -- heartbeat and reaping ---------------------------------------------------------
 
-    def _load(self) -> dict[str, object]:
+    def health(self) -> dict[str, object]:
+        """What the worker reports in its heartbeat: load, loop lag, memory."""
         s = self.statistics()
-        return {"in_flight": s.in_flight, "succeeded": s.succeeded, "agents": sorted(self._agents)}
+        h = self._watchdog.health()
+        return {
+            "in_flight": s.in_flight,
+            "succeeded": s.succeeded,
+            "failed": s.failed + s.dead,
+            "loop_lag_ms": round(h.recent_lag * 1000, 1),
+            "max_loop_lag_ms": round(h.max_lag * 1000, 1),
+            "blocked": h.blocks,
+            "blocked_ms": round(h.blocked_seconds * 1000),
+            "rss_mb": round(rss_mb(), 1),
+            "overloaded": self._overloaded,
+            "agents": sorted(self._agents),
+        }
 
     async def _register(self) -> None:
         now = self._clock()
-        info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), now, now, self._load())
+        info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), now, now, self.health())
         await self.store.register_worker(info)
 
     async def _heartbeat_loop(self) -> None:
-        interval = self.config.lease_seconds / 3
+        interval = min(self.config.lease_seconds / 3, 5.0)
         while True:
             await asyncio.sleep(interval)
             try:
@@ -359,7 +460,8 @@ class Worker:
                 await self.reap()
             except Exception as exc:
                 log.error("reclaiming leases failed: %s", exc)
-            await asyncio.sleep(self.config.lease_seconds / 2)
+            # Often enough that a dead worker on this host is noticed within seconds.
+            await asyncio.sleep(min(self.config.lease_seconds / 2, 2.0))
 
     async def reap(self) -> None:
         """Take back leases of dead workers; a worker on this host whose process is gone
@@ -385,6 +487,18 @@ class Worker:
                 reclaimed.cancelled,
             )
             self.wake()
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (peak memory where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE / 1e6
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _expire(instances: list[Instance]) -> None:

@@ -224,3 +224,38 @@ def test_sigterm_drains_running_tasks_and_loses_nothing(tmp_path: Path, agents_f
     assert all(r["status"] == "succeeded" for r in read_jsonl(out))
     runs = Counter(log.read_text().splitlines())
     assert len(runs) == n and set(runs.values()) == {1}  # drained tasks finished; none ran twice
+
+
+def test_the_process_executor_isolates_a_segfault_from_the_command_line(tmp_path: Path) -> None:
+    app = tmp_path / "crashy.py"
+    app.write_text(
+        "import ctypes\n\nimport legion\n\n\n"
+        "@legion.agent(retries=0)\n"
+        "async def crashy(ctx, i: int):\n"
+        "    if i == 3:\n"
+        "        ctypes.string_at(0)  # a segfault in the agent's own process\n"
+        "    return i\n"
+    )
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(8)])
+    out = tmp_path / "out.jsonl"
+    r = legion(
+        "run",
+        f"{app}:crashy",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        f"sqlite:///{tmp_path / 'db'}",
+        "--executor",
+        "process",
+        "--pool-size",
+        "2",
+        "-c",
+        "2",
+    )
+    assert r.returncode == 1, r.stderr
+    rows = read_jsonl(out)
+    assert [row["output"] for row in rows if row["status"] == "succeeded"] == [0, 1, 2, 4, 5, 6, 7]
+    (crashed,) = [row for row in rows if row["status"] != "succeeded"]
+    assert crashed["line"] == 4 and "SIGSEGV" in crashed["error"]["message"]

@@ -64,6 +64,43 @@ ConfigOpt = Annotated[
 ]
 
 
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="Where agent instances run, for every agent: async (tasks in this process), "
+        "process (a pool of child processes: a crash, memory bomb or endless loop fails only "
+        "its own task) or ray (Ray tasks; see --ray-address). Default: where each agent asks.",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="The Ray cluster for --executor ray: host:port, ray://host:10001 or auto. "
+        "Default: start a private local Ray instance.",
+    ),
+]
+PoolSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--pool-size",
+        min=1,
+        help="Child processes of the process executor (default: one per CPU); keep "
+        "--concurrency close to it, as waiting for a free process counts against the timeout.",
+    ),
+]
+MemoryLimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--memory-limit",
+        min=16,
+        help="Most memory one agent process may use, in MB (process executor): a task that "
+        "goes over fails with a clear error and its process is replaced.",
+    ),
+]
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     stderr_console().print(f"[red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
@@ -109,9 +146,28 @@ def run(
         ),
     ] = 30.0,
     progress: Annotated[bool, typer.Option(help="Show live progress on stderr.")] = True,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail a task whose agent made a step or LLM call it never awaited "
+            "(by default it is reported).",
+        ),
+    ] = False,
+    local_worker: Annotated[
+        bool,
+        typer.Option(
+            help="Run the tasks in this process too. --no-local-worker only submits and "
+            "watches: `legion worker` processes sharing the store run them."
+        ),
+    ] = True,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log what the worker does.")
     ] = False,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    pool_size: PoolSizeOpt = None,
+    memory_limit: MemoryLimitOpt = None,
     llm: LLMOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
@@ -125,7 +181,7 @@ def run(
     skips what finished and runs the rest. Exits 1 if any task did not succeed.
     """
     from ..loader import load_agent
-    from .llm_options import LLMOptions
+    from .llm_options import ExecutorOptions, LLMOptions
     from .run import RunOptions, run_file
 
     _setup_logging(verbose)
@@ -146,9 +202,96 @@ def run(
         lease_seconds=lease_seconds,
         progress=progress,
         llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
+        local_worker=local_worker,
+        strict=strict,
+        executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
     )
     code = _run(run_file(opts, stderr_console()))
     raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    app_ref: Annotated[
+        list[str],
+        typer.Option(
+            "--app",
+            "-a",
+            help="The agents to serve: a file (myagents.py) or module (pkg.agents); repeatable.",
+        ),
+    ],
+    store: StoreOpt = DEFAULT_STORE,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
+    ] = 1000,
+    processes: Annotated[
+        str,
+        typer.Option(help="Worker processes to run here: a number, or 'auto' for one per core."),
+    ] = "1",
+    lease_seconds: Annotated[
+        float, typer.Option(min=0.1, help="Lease length; a dead worker's tasks return after it.")
+    ] = 30.0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(min=0, help="On SIGTERM, seconds running tasks get to finish before release."),
+    ] = 30.0,
+    max_loop_lag: Annotated[
+        float, typer.Option(min=0.01, help="Stop leasing while the event loop lags more (s).")
+    ] = 0.5,
+    max_memory: Annotated[
+        float | None, typer.Option(min=1, help="Stop leasing while memory is above this (MB).")
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Fail a task whose agent left a step or call unawaited."),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what the worker does.")
+    ] = False,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    pool_size: PoolSizeOpt = None,
+    memory_limit: MemoryLimitOpt = None,
+    llm: LLMOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_in_flight: MaxInFlightOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the agents of an app from a shared store until SIGINT/SIGTERM.
+
+    Start as many as you like, on as many machines as you like, against one PostgreSQL
+    database: each leases tasks, runs them, and drains on SIGTERM (running tasks finish
+    or go back to the queue). LLM limits (--rpm/--tpm) are shared by all the workers
+    that use the same provider and model: together they stay under them.
+    """
+    from .llm_options import ExecutorOptions, LLMOptions
+    from .worker import WorkerOptions, child_argv, load_agents, processes_from, serve, supervise
+
+    _setup_logging(verbose)
+    try:
+        n = processes_from(processes)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        agents = load_agents(tuple(app_ref))
+    except LegionError as exc:
+        raise _fail(str(exc)) from None
+    if n > 1:
+        raise typer.Exit(supervise(child_argv(sys.argv[2:]), n, stderr_console()))
+    opts = WorkerOptions(
+        apps=tuple(app_ref),
+        store=store,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        drain_timeout=drain_timeout,
+        max_loop_lag=max_loop_lag,
+        max_memory_mb=max_memory,
+        llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
+        strict=strict,
+        executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
+    )
+    raise typer.Exit(_run(serve(opts, agents, stderr_console())))
 
 
 @app.command()
@@ -158,11 +301,19 @@ def status(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
+    advice: Annotated[
+        bool,
+        typer.Option(
+            "--advice",
+            help="Also show the async pitfalls found in the latest tasks: event-loop blocks, "
+            "un-awaited steps, escaped exceptions, steps that ctx.gather would speed up.",
+        ),
+    ] = False,
 ) -> None:
     """Show tasks per status and agent, live workers and the latest errors."""
     from .status import show_status
 
-    _run(show_status(store, errors=errors, as_json=as_json))
+    _run(show_status(store, errors=errors, as_json=as_json, advice=advice))
 
 
 @app.command()
@@ -213,6 +364,14 @@ def sim(ctx: typer.Context) -> None:
     from ..sim.cli import main as sim_main
 
     raise typer.Exit(sim_main(list(ctx.args)))
+
+
+from .serve import register as _register_serve  # noqa: E402
+
+_register_serve(app)
+from .bench import register as _register_bench  # noqa: E402
+
+_register_bench(app)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The LLM options shared by ``legion run`` (and the commands that run agents).
+"""The options shared by ``legion run`` and ``legion worker``: LLM routes and executors.
 
 ``--llm SPEC`` or ``--llm NAME=SPEC`` (repeatable) adds a route; ``--rpm``, ``--tpm``
 and ``--max-in-flight`` apply to every route given with ``--llm``; ``--config FILE``
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..executors import Executor
 from ..llm.config import LLMConfig, RouteConfig, load_config, parse_provider_spec
 
 DEFAULT_CONFIG = Path("legion.toml")
@@ -35,6 +36,23 @@ class LLMOptions:
     tpm: int | None = None
     max_in_flight: int | None = None
     config: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorOptions:
+    """``--executor``, ``--ray-address``, ``--pool-size``, ``--memory-limit``."""
+
+    executor: str | None = None
+    ray_address: str | None = None
+    pool_size: int | None = None
+    memory_limit_mb: int | None = None
+
+    def build(self) -> dict[str, Executor]:
+        from ..executors import executors_from_options
+
+        return executors_from_options(
+            self.executor, self.ray_address, self.pool_size, self.memory_limit_mb
+        )
 
 
 def llm_config(opts: LLMOptions) -> tuple[LLMConfig, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -81,6 +82,8 @@ class Progress:
         self._live: Live | None = None
         self._last_line = time.monotonic()
         self.worker_stats: Statistics | None = None
+        self.running = 0  # in flight on other workers, when there is no local one
+        self._last_poll = 0.0
 
     def __enter__(self) -> Progress:
         if self.enabled and self.console.is_terminal:
@@ -95,8 +98,18 @@ class Progress:
             self._live.update(self._render())
             self._live.__exit__(None, None, None)
 
-    def update(self, worker_stats: Statistics | None) -> None:
+    def due(self, every: float = 1.0) -> bool:
+        """Whether ``every`` seconds passed since the last call that answered True."""
+        now = time.monotonic()
+        if now - self._last_poll < every:
+            return False
+        self._last_poll = now
+        return True
+
+    def update(self, worker_stats: Statistics | None, *, running: int | None = None) -> None:
         self.worker_stats = worker_stats
+        if running is not None:
+            self.running = running
         if not self.enabled:
             return
         if self._live is not None:
@@ -112,7 +125,7 @@ class Progress:
             f"{t.rate():.0f} tasks/s",
             f"p50 {_ms(t.latency.quantile(0.5))}",
             f"p95 {_ms(t.latency.quantile(0.95))}",
-            f"in flight {w.in_flight if w else 0}",
+            f"in flight {w.in_flight if w else self.running}",
             f"retries {w.retried if w else 0}",
             f"failed {t.not_succeeded}",
         ]
@@ -129,6 +142,7 @@ class Progress:
         return (
             f"LLM {sum(r.attempts for r in s.routes.values())} requests, {limited} 429s, "
             f"{s.usage.total:,} tokens, ${s.cost_usd:.4f}"
+            + _local_speed({id(r.provider): r.provider for r in self.llm.routes.values()}.values())
         )
 
     def llm_line(self) -> str:
@@ -144,6 +158,7 @@ class Progress:
                 f"llm {r.name} ({r.provider}:{r.model}): {r.calls} calls, {r.attempts} requests, "
                 f"{r.capacity.rate_limited} 429s, {r.usage.prompt_tokens:,} prompt + "
                 f"{r.usage.completion_tokens:,} completion tokens, ${r.cost_usd:.4f}"
+                + _local_speed([self.llm.routes[r.name].provider])
                 + (f"; errors: {errors}" if errors else "")
             )
         return "\n".join(lines)
@@ -163,7 +178,7 @@ class Progress:
         grid.add_row(
             "latency", f"p50 {_ms(t.latency.quantile(0.5))}  p95 {_ms(t.latency.quantile(0.95))}"
         )
-        grid.add_row("in flight", str(w.in_flight if w else 0))
+        grid.add_row("in flight", str(w.in_flight if w else self.running))
         grid.add_row("retries", str(w.retried if w else 0))
         failed = t.by_status[TaskStatus.FAILED] + t.bad_lines
         llm = self._llm_brief()
@@ -175,6 +190,14 @@ class Progress:
             f"cancelled {t.by_status[TaskStatus.CANCELLED]})",
         )
         return grid
+
+
+def _local_speed(providers: Iterable[object]) -> str:
+    """The tokens/s of the local models among ``providers`` (the machine is their limit)."""
+    from ..llm.local import LocalProvider
+
+    speeds = [p.statistics() for p in providers if isinstance(p, LocalProvider)]
+    return "".join(f", {s.tokens_per_second:.1f} tok/s" for s in speeds if s.completion_tokens)
 
 
 def stderr_console() -> Console:

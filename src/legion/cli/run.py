@@ -8,7 +8,8 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,10 +17,11 @@ from rich.console import Console
 
 from .. import codec
 from ..agent import Agent
+from ..diagnostics.summary import summarize
 from ..inputs import InputLine, read_jsonl
 from ..runtime import Runtime
 from ..task import TaskResult, TaskStatus
-from .llm_options import LLMOptions, llm_config
+from .llm_options import ExecutorOptions, LLMOptions, llm_config
 from .progress import Progress, RunTally
 
 
@@ -33,6 +35,9 @@ class RunOptions:
     lease_seconds: float
     progress: bool
     llm: LLMOptions
+    local_worker: bool = True
+    strict: bool = False
+    executors: ExecutorOptions = field(default_factory=ExecutorOptions)
 
 
 @dataclass(slots=True)
@@ -51,17 +56,30 @@ async def run_file(opts: RunOptions, console: Console) -> int:
     tally = RunTally(total=len(lines), bad_lines=len(bad))
     by_id: dict[int, LineResult] = {}
     interrupted = False
-    config, llm_note = llm_config(opts.llm)
-    console.print(llm_note, highlight=False)
+    async with AsyncExitStack() as stack:
+        llm = None
+        if opts.local_worker:
+            from ..llm.config import build_client
 
-    from ..llm.config import build_client
-
-    async with (
-        await build_client(config) as llm,
-        Runtime(
-            opts.store, concurrency=opts.concurrency, lease_seconds=opts.lease_seconds, llm=llm
-        ) as rt,
-    ):
+            config, llm_note = llm_config(opts.llm)
+            console.print(llm_note, highlight=False)
+            llm = await stack.enter_async_context(await build_client(config))
+        else:
+            console.print(
+                "no local worker: tasks run on `legion worker` processes", highlight=False
+            )
+        rt = await stack.enter_async_context(
+            Runtime(
+                opts.store,
+                concurrency=opts.concurrency,
+                lease_seconds=opts.lease_seconds,
+                llm=llm,
+                worker=opts.local_worker,
+                strict=opts.strict,
+                executors=opts.executors.build() if opts.local_worker else None,
+                executor=opts.executors.executor,
+            )
+        )
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         _install_signals(loop, rt, stop, console)
@@ -108,34 +126,39 @@ async def _collect(
     progress: Progress,
     stop: asyncio.Event,
 ) -> bool:
-    """Gather results until every task finished or a signal asked to stop."""
-    results = rt.results(list(by_id))
-    next_result = asyncio.ensure_future(anext(results, None))
+    """Gather results until every task finished or a signal asked to stop; answer
+    whether the run was interrupted."""
+
+    async def consume() -> None:
+        async for r in rt.results(list(by_id)):
+            by_id[r.id].result = r
+            tally.add(r, resumed=r.id in resumed)
+
+    consumer = asyncio.ensure_future(consume())
     stopping = asyncio.ensure_future(stop.wait())
     try:
-        remaining = len(by_id)
-        while remaining:
+        while not consumer.done():
             done, _ = await asyncio.wait(
-                {next_result, stopping}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED
+                {consumer, stopping}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED
             )
             if stopping in done or rt.fatal_error is not None:
                 return True
-            if next_result in done:
-                r = next_result.result()
-                if r is None:
-                    break
-                by_id[r.id].result = r
-                tally.add(r, resumed=r.id in resumed)
-                remaining -= 1
-                next_result = asyncio.ensure_future(anext(results, None))
-            progress.update(rt.statistics())
-        progress.update(rt.statistics())
+            await _refresh(rt, progress)
+        consumer.result()  # an error while collecting is an error of the run
+        await _refresh(rt, progress)
         return False
     finally:
-        for f in (next_result, stopping):
+        for f in (consumer, stopping):
             f.cancel()
-        await asyncio.gather(next_result, stopping, return_exceptions=True)
-        await results.aclose()
+        await asyncio.gather(consumer, stopping, return_exceptions=True)
+
+
+async def _refresh(rt: Runtime, progress: Progress) -> None:
+    if rt.worker is not None:
+        progress.update(rt.statistics())
+    elif progress.due():  # no local worker: the store says how many run elsewhere
+        counts = await rt.store.counts()
+        progress.update(None, running=counts.get(TaskStatus.RUNNING, 0))
 
 
 async def _settle_unfinished(rt: Runtime, by_id: dict[int, LineResult]) -> None:
@@ -250,6 +273,7 @@ def _print_summary(
         f"({tally.rate():.0f} tasks/s{lat}) - " + (", ".join(parts) or "nothing to do"),
         highlight=False,
     )
+    _print_diagnostics(console, results)
     if tally.resumed:
         console.print(
             f"{tally.resumed} finished in an earlier run and were not run again", highlight=False
@@ -268,3 +292,17 @@ def _print_summary(
             f"  ... and {len(failures) - 5} more (see the output file or `legion status`)",
             highlight=False,
         )
+
+
+def _print_diagnostics(console: Console, results: list[LineResult]) -> None:
+    found = [d for r in results if r.result is not None for d in r.result.diagnostics]
+    if not found:
+        return
+    groups = summarize(found)
+    console.print(
+        f"[yellow]async pitfalls[/] ({len(found)} findings; see `legion status --advice`):"
+    )
+    for group in groups[:8]:
+        console.print(f"  {group.line()}", highlight=False, markup=False)
+    if len(groups) > 8:
+        console.print(f"  ... and {len(groups) - 8} more", highlight=False)

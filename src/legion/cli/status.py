@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import codec
+from ..diagnostics.report import Diagnostic
+from ..diagnostics.summary import summarize
 from ..store import Store, store_from_url
 from ..task import TaskStatus
 
@@ -25,12 +27,14 @@ async def opened(url: str) -> AsyncIterator[Store]:
         await store.aclose()
 
 
-async def show_status(url: str, *, errors: int, as_json: bool) -> None:
+async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = False) -> None:
     async with opened(url) as store:
         counts = await store.counts()
         by_agent = await store.counts_by_agent()
         recent = await store.recent_errors(errors)
         workers = await store.workers()
+        found = await store.diagnostics(limit=5000) if advice else []
+    groups = summarize(Diagnostic.from_json(codec.loads(d.data)) for d in found)
     now = time.time()
     if as_json:
         doc: dict[str, Any] = {
@@ -59,6 +63,19 @@ async def show_status(url: str, *, errors: int, as_json: bool) -> None:
                 for t in recent
             ],
         }
+        if advice:
+            doc["advice"] = [
+                {
+                    "kind": str(g.example.kind),
+                    "message": g.example.message,
+                    "count": g.count,
+                    "seconds": g.total_seconds,
+                    "site": f"{g.example.site.file}:{g.example.site.line}"
+                    if g.example.site
+                    else None,
+                }
+                for g in groups
+            ]
         print(codec.dumps(doc).decode())
         return
 
@@ -74,15 +91,19 @@ async def show_status(url: str, *, errors: int, as_json: bool) -> None:
 
     if workers:
         wt = Table(title="workers")
-        for col in ("id", "host", "pid", "in flight", "last heartbeat"):
+        for col in ("id", "host", "pid", "in flight", "loop lag", "memory", "heartbeat", "state"):
             wt.add_column(col)
         for w in workers:
+            load = w.load
             wt.add_row(
                 w.id,
                 w.host,
                 str(w.pid),
-                str(w.load.get("in_flight", "?")),
+                str(load.get("in_flight", "?")),
+                f"{load.get('loop_lag_ms', '?')} ms",
+                f"{load.get('rss_mb', '?')} MB",
                 f"{now - w.heartbeat_at:.0f} s ago",
+                str(load.get("overloaded") or "ok"),
             )
         console.print(wt)
     else:
@@ -98,6 +119,12 @@ async def show_status(url: str, *, errors: int, as_json: bool) -> None:
                 str(t.id), t.agent, str(t.status), f"{t.attempt}/{t.max_attempts}", msg[:200]
             )
         console.print(et)
+
+    if advice:
+        if not groups:
+            console.print("no async pitfalls found in the latest tasks")
+        for g in groups:
+            console.print(f"- {g.line()}", markup=False)
 
 
 async def requeue(

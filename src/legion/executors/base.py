@@ -16,10 +16,15 @@ class Executor(Protocol):
     Errors the agent raised are raised again here (a crash of the place it ran in
     becomes an :class:`~legion.errors.AgentError` saying what happened). Cancelling
     :meth:`run` must stop the remote call. The worker owns the executor: it calls
-    :meth:`start` before the first call and :meth:`aclose` after the last.
+    :meth:`check` for every agent it is given, :meth:`start` before the first call
+    and :meth:`aclose` after the last.
     """
 
     name: str
+
+    def check(self, agent: Agent) -> None:
+        """Raise :class:`~legion.errors.ConfigError` if this executor cannot run ``agent``."""
+        ...
 
     async def start(self) -> None: ...
 

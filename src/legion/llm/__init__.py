@@ -7,6 +7,7 @@
             └── Provider.chat(request)       provider.py: the interface
                 ├── OpenAIProvider           openai.py: any OpenAI-compatible server
                 ├── AnthropicProvider        anthropic.py: the Messages API
+                ├── LocalProvider            local.py: a GGUF model in process (llama.cpp)
                 └── SimulatedProvider        simulated.py: the in-process simulator
                     └── HttpTransport        transport.py: aiohttp, timeouts, errors
 
@@ -25,6 +26,7 @@ from legion.llm.config import (
     parse_provider_spec,
 )
 from legion.llm.headers import parse_rate_limit_headers
+from legion.llm.local import LocalProvider, LocalStatistics
 from legion.llm.openai import OpenAIProvider
 from legion.llm.pricing import DEFAULT_PRICES, Price, PriceTable, cost
 from legion.llm.provider import ChatResult, Provider
@@ -44,6 +46,8 @@ __all__ = [
     "LLMClient",
     "LLMConfig",
     "LLMStatistics",
+    "LocalProvider",
+    "LocalStatistics",
     "Message",
     "OpenAIProvider",
     "Price",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from legion import codec
+from legion.diagnostics.unawaited import Pending, SiteRef
 from legion.llm.types import ChatResponse, Message
 
 if TYPE_CHECKING:
@@ -29,16 +30,16 @@ class LLMCalls:
         self._ctx = ctx
         self._client = client
 
-    async def chat(
+    def chat(
         self,
         messages: Sequence[Message],
         model: str | None = None,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - per provider attempt
+        timeout: float | None = None,
         stream: bool | None = None,
         **params: Any,
-    ) -> ChatResponse:
-        """One chat completion, recorded once per task.
+    ) -> Pending[ChatResponse]:
+        """One chat completion, recorded once per task (``await`` it).
 
         ``model`` names a configured route (or a route's model); ``None`` takes the
         default route. ``params`` pass through to the provider in OpenAI's names
@@ -46,6 +47,22 @@ class LLMCalls:
         errors are retried with the client's policy; what still fails raises, and the
         task's own retry policy decides what follows.
         """
+        pending: Pending[ChatResponse] = Pending(
+            "ctx.llm.chat(...)",
+            lambda: self._chat(messages, model, timeout, stream, params, pending.site_ref),
+        )
+        self._ctx.made(pending)
+        return pending
+
+    async def _chat(
+        self,
+        messages: Sequence[Message],
+        model: str | None,
+        timeout: float | None,  # noqa: ASYNC109 - per provider attempt
+        stream: bool | None,
+        params: dict[str, Any],
+        site: SiteRef,
+    ) -> ChatResponse:
         client = self._client
         route = client.route_for(model)
         key = f"llm.{route.name}.{_digest(route.model, messages, params)}"
@@ -56,7 +73,7 @@ class LLMCalls:
             )
             return {**response.to_json(), "cost_usd": client.cost(response)}
 
-        data = await self._ctx.step(key, call)
+        data = await self._ctx.record(key, call, (), {}, site)
         self._ctx.usage.add(data)
         return ChatResponse.from_json(data)
 

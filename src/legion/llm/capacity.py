@@ -5,13 +5,20 @@ the same `Capacity`, which keeps the route under three limits: requests per
 minute (RPM), tokens per minute (TPM) and calls in flight.
 
 Pacing. Request starts are spread evenly: a virtual schedule (GCRA) lets one
-request start every ``60 / rpm`` seconds, with a burst allowance of
-``burst`` (1 %) of a minute's budget; the pace is lowered by the same
-fraction, so no 60 s window ever sees more than the limit. Tokens use a
-bucket holding ``burst`` of a minute's tokens, refilled continuously: a call
-reserves its estimated tokens before it starts (it may overdraw a full
-bucket, so a large call is never starved) and `Slot.settle` refunds or
-charges the difference with the real usage afterwards.
+request start every ``60 / rpm`` seconds at ``1 - burst`` (98 %) of the
+limit, and a start may run ahead of the schedule by half of the ``burst``
+share of ``window`` seconds (10 ms): enough for a start that woke late to
+catch up, while no window of that length (or longer) ever sees more than the
+limit, with the other half as a margin for jitter. ``window`` is 1 s by
+default because providers quantize their per-minute limits over short
+windows (6,000 rpm may be enforced as 100 requests in any second): a burst
+of 1 % of a minute's budget would be rejected there. Tokens use a bucket
+holding ``burst`` of one window's tokens, refilled continuously (a call
+starts once the bucket holds its tokens and half of the rest, for the same
+margin as requests): a call reserves its estimated tokens before it starts
+(it may overdraw a full bucket, so a large call is never starved) and
+`Slot.settle` refunds or charges the difference with the real usage
+afterwards.
 
 Adapting (AIMD). The effective rate is the limit times ``factor``, for RPM and
 TPM alike. A 429 (`rate_limited`) multiplies ``factor`` by ``decrease``
@@ -19,17 +26,23 @@ TPM alike. A 429 (`rate_limited`) multiplies ``factor`` by ``decrease``
 decrease does not count again. It also pauses every caller until the
 provider's Retry-After (plus up to 10 % jitter, so processes sharing a key do
 not resume together), after which starts resume at the pace, without a
-burst. Each settled call started after the last decrease adds one request
-per minute back (or, with only a TPM limit, its own tokens per minute),
-until ``factor`` is 1 again: calls that were already under way when the
-provider pushed back say nothing about the new rate.
+burst. Each settled call started after the last decrease adds its share of
+the rate back (additive increase), so that calls made at the full rate
+would restore it within ``recovery`` seconds (3 s): with only a TPM limit,
+a call's share is in proportion to its tokens. Calls that were already under
+way when the provider pushed back say nothing about the new rate. A quick
+recovery matters at high rates: a stray 429 (the provider's window and ours
+out of step by a few milliseconds) would otherwise cost a minute of reduced
+throughput; against a limit truly lower than the configured one, the rate
+saw-tooths under it with one 429 every few seconds.
 
 Learning (`observe`). ``x-ratelimit-limit-*`` headers lower a configured
 limit they undercut (until they stop undercutting it), and supply one where
 none was configured.
 ``remaining`` headers lower what may start at once to what the provider
-says is left, which is how callers sharing one API key (other workers) are
-felt before they cause 429s.
+said was left when it admitted the call (counting from when the call was
+sent: the headers are a call's latency old), which is how callers sharing
+one API key (other workers) are felt before they cause 429s.
 
 Waiting is FIFO-fair and spins nowhere: callers queue; only the head of the
 queue waits on the clock, sleeping exactly until its turn (woken early only
@@ -49,6 +62,8 @@ from types import TracebackType
 
 from legion.llm.timer import AsyncioTimer, Timer
 from legion.llm.types import RateLimitInfo
+
+_EPSILON = 1e-9  # seconds: a wait shorter than this is no wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +185,10 @@ class Capacity:
         max_in_flight: int | None = None,
         timer: Timer | None = None,
         rng: random.Random | None = None,
-        burst: float = 0.01,
+        burst: float = 0.02,
+        window: float = 1.0,
         decrease: float = 0.7,
+        recovery: float = 3.0,
         min_factor: float = 0.01,
         default_pause: float = 1.0,
         pause_jitter: float = 0.1,
@@ -181,6 +198,10 @@ class Capacity:
                 raise ValueError(f"{label} must be >= 1 or None, got {limit}")
         if not 0 < burst < 1 or not 0 < decrease < 1 or not 0 < min_factor <= 1:
             raise ValueError("burst and decrease must be in (0, 1), min_factor in (0, 1]")
+        if recovery <= 0:
+            raise ValueError(f"recovery must be > 0 seconds, got {recovery}")
+        if not 0 < window <= 60:
+            raise ValueError(f"window must be in (0, 60] seconds, got {window}")
         self.name = name
         self._rpm = rpm
         self._tpm = tpm
@@ -188,13 +209,16 @@ class Capacity:
         self._timer: Timer = timer or AsyncioTimer()
         self._rng = rng or random.Random()
         self._burst = burst
+        self._window = window
         self._decrease = decrease
+        self._recovery = recovery
         self._min_factor = min_factor
         self._default_pause = default_pause
         self._pause_jitter = pause_jitter
 
         self._learned_rpm: int | None = None
         self._learned_tpm: int | None = None
+        self._share = 1.0  # this process's part of limits shared with other workers
         self._factor = 1.0
         self._decreased_at = -math.inf
         self._paused_until = -math.inf
@@ -218,30 +242,58 @@ class Capacity:
             raise ValueError("estimated_tokens must be >= 0")
         return _Reservation(self, estimated_tokens)
 
-    def observe(self, info: RateLimitInfo) -> None:
-        """Learn from the rate-limit headers of an answer."""
+    def observe(self, info: RateLimitInfo, *, sent_at: float | None = None) -> None:
+        """Learn from the rate-limit headers of an answer to a call started at
+        ``sent_at`` on the timer (``None``: now).
+
+        ``remaining`` counts describe the provider's window when it admitted the call,
+        a whole call's latency ago: they allow at most that many starts from then on
+        (the starts made since are already on the schedule) and that many tokens plus
+        what has been refilled since. Read as if they described the window now, a
+        full window seen half a second ago would hold back starts that fit today.
+        """
         if info.limit_requests:
             self._learned_rpm = _undercut(info.limit_requests, self._rpm)
         if info.limit_tokens:
             self._learned_tpm = _undercut(info.limit_tokens, self._tpm)
         now = self._timer.now()
+        since = now if sent_at is None else min(now, sent_at)
         interval = self._interval()
         if info.remaining_requests is not None and interval is not None:
-            # Leave at most `remaining` starts allowed right now.
-            floor = now + self._tolerance(interval) - (info.remaining_requests - 1) * interval
+            # Leave at most `remaining` starts allowed from `since` on.
+            floor = since + self._tolerance() - (info.remaining_requests - 1) * interval
             self._tat = max(self._tat, floor)
-        if info.remaining_tokens is not None and self._token_rate() is not None:
+        rate = self._token_rate()
+        if info.remaining_tokens is not None and rate is not None:
             self._refill(now)
             level = self._level if self._level is not None else self._bucket_size()
-            self._level = min(level, float(info.remaining_tokens))
+            self._level = min(level, info.remaining_tokens + (now - since) * rate)
 
-    def rate_limited(self, retry_after: float | None, *, sent_at: float | None = None) -> None:
+    def set_share(self, share: float) -> None:
+        """Pace at ``share`` (a fraction in (0, 1]) of the limits: this process's part of
+        a budget that other workers using the same API key spend too."""
+        self._share = min(1.0, max(0.001, share))
+
+    @property
+    def share(self) -> float:
+        return self._share
+
+    def demand(self) -> tuple[int, int]:
+        """Calls started so far and calls in flight or waiting now: what a process
+        claims when it shares the limits with other workers."""
+        return self._requests, self._in_flight + len(self._waiters)
+
+    def rate_limited(
+        self, retry_after: float | None, *, sent_at: float | None = None, relayed: bool = False
+    ) -> None:
         """The provider answered 429: pause every caller for ``retry_after``
         seconds (``default_pause`` when unknown), with jitter, and lower the
         rate, unless the rejected call (started at ``sent_at`` on the timer,
-        if known) predates the last decrease."""
+        if known) predates the last decrease. ``relayed``: the 429 came to
+        another worker sharing the limit; react alike, but do not count it here."""
         now = self._timer.now()
-        self._rate_limited += 1
+        if not relayed:
+            self._rate_limited += 1
         fresh = sent_at > self._decreased_at if sent_at is not None else now >= self._paused_until
         if fresh:
             self._factor = max(self._min_factor, self._factor * self._decrease)
@@ -252,7 +304,7 @@ class Capacity:
             self._paused_until = until
         interval = self._interval()
         if interval is not None:  # resume at the pace, without a burst
-            self._tat = max(self._tat, self._paused_until + self._tolerance(interval))
+            self._tat = max(self._tat, self._paused_until + self._tolerance())
 
     def statistics(self) -> CapacityStatistics:
         """A snapshot of the limits, the adaptation and the counters."""
@@ -276,15 +328,13 @@ class Capacity:
 
     # -- limits -----------------------------------------------------------------
 
-    def _base_rpm(self) -> int | None:
-        if self._learned_rpm is not None:
-            return self._learned_rpm
-        return self._rpm
+    def _base_rpm(self) -> float | None:
+        rpm = self._learned_rpm if self._learned_rpm is not None else self._rpm
+        return None if rpm is None else rpm * self._share
 
-    def _base_tpm(self) -> int | None:
-        if self._learned_tpm is not None:
-            return self._learned_tpm
-        return self._tpm
+    def _base_tpm(self) -> float | None:
+        tpm = self._learned_tpm if self._learned_tpm is not None else self._tpm
+        return None if tpm is None else tpm * self._share
 
     def _interval(self) -> float | None:
         """Seconds between two paced request starts (``None``: no request limit)."""
@@ -293,11 +343,16 @@ class Capacity:
             return None
         return 60.0 / (rpm * self._factor * (1.0 - self._burst))
 
-    def _tolerance(self, interval: float) -> float:
-        """How far ahead of the schedule a start may be: the burst allowance."""
-        rpm = self._base_rpm()
-        assert rpm is not None
-        return (max(1.0, rpm * self._factor * self._burst) - 1.0) * interval
+    def _tolerance(self) -> float:
+        """How far ahead of the schedule a start may be, in seconds: the burst allowance.
+
+        Pacing at ``1 - burst`` of the limit leaves ``burst`` of every window unused.
+        Half of it (``burst * window / 2`` seconds) lets a start that woke late catch up
+        with the schedule; the other half absorbs the jitter between a start here and its
+        admission by the provider. Either way no window of ``window`` seconds holds more
+        starts than the limit allows, at any rate.
+        """
+        return self._burst * self._window / 2.0
 
     def _token_rate(self) -> float | None:
         """Tokens refilled per second (``None``: no token limit)."""
@@ -309,7 +364,7 @@ class Capacity:
     def _bucket_size(self) -> float:
         tpm = self._base_tpm()
         assert tpm is not None
-        return max(1.0, tpm * self._factor * self._burst)
+        return max(1.0, tpm * self._factor * self._burst * self._window / 60.0)
 
     def _refill(self, now: float) -> None:
         rate = self._token_rate()
@@ -329,19 +384,21 @@ class Capacity:
         wait = self._paused_until - now
         interval = self._interval()
         if interval is not None:
-            wait = max(wait, self._tat - self._tolerance(interval) - now)
+            wait = max(wait, self._tat - self._tolerance() - now)
         rate = self._token_rate()
         if rate is not None:
             self._refill(now)
             size = self._bucket_size()
             level = self._level if self._level is not None else size
-            short = min(float(tokens), size) - level
+            # Like the request schedule: a call waits for its tokens plus half of what is
+            # left of the allowance, the other half being the margin for jitter.
+            short = (size + min(float(tokens), size)) / 2.0 - level
             if short > 0 and short / rate > wait:
                 return short / rate, _Blocker.TOKENS
         return max(0.0, wait), _Blocker.TIME
 
     async def _acquire(self, tokens: int) -> Slot:
-        if not self._waiters and self._delay(tokens)[0] <= 0:
+        if not self._waiters and self._delay(tokens)[0] <= _EPSILON:
             return self._take(tokens)
         waiter = _Waiter(tokens, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
@@ -351,7 +408,7 @@ class Capacity:
             await waiter.turn
             while True:
                 delay, blocker = self._delay(tokens)
-                if delay <= 0:
+                if delay <= _EPSILON:  # rounding must not leave a sleep of 1e-17 s
                     return self._take(tokens)
                 await self._doze(delay, blocker)
         finally:
@@ -417,13 +474,15 @@ class Capacity:
         if slot.started_at <= self._decreased_at:
             return  # news from before the last decrease
         rpm, tpm = self._base_rpm(), self._base_tpm()
+        # The calls (tokens) of `recovery` seconds at the full rate restore what one
+        # decrease took.
         if rpm is not None:
-            step = 1.0 / rpm
+            share = 60.0 / (rpm * self._recovery)
         elif tpm is not None:
-            step = actual_tokens / tpm
+            share = 60.0 * actual_tokens / (tpm * self._recovery)
         else:
             return
-        self._factor = min(1.0, self._factor + step)
+        self._factor = min(1.0, self._factor + (1.0 - self._decrease) * share)
 
     def _release(self) -> None:
         self._in_flight -= 1

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from legion import telemetry
 from legion.errors import Permanent, ProviderAuthError, ProviderError, RateLimited
 from legion.llm.capacity import Capacity, CapacityStatistics
 from legion.llm.pricing import PriceTable
@@ -117,6 +118,10 @@ def estimate_tokens(
     return -(-chars // _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(messages) + completion
 
 
+def _sets_max_tokens(params: Mapping[str, Any]) -> bool:
+    return isinstance(params.get("max_tokens") or params.get("max_completion_tokens"), int)
+
+
 class LLMClient:
     """Chat completions over named routes, with shared capacity and retries.
 
@@ -162,6 +167,7 @@ class LLMClient:
     def default(self) -> str:
         return self._default
 
+    @telemetry.traced_chat
     async def chat(
         self,
         messages: Sequence[Message],
@@ -286,9 +292,15 @@ class LLMClient:
                 capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
                 raise
             usage = result.response.usage
-            # A provider that reports no usage is charged the estimate.
-            slot.settle(usage.total or estimate)
-        capacity.observe(result.rate_limits)
+            # A provider that reports no usage is charged the estimate. A call that set
+            # max_tokens is charged at least its estimate: providers count max_tokens
+            # against the token limit on admission and refund nothing (OpenAI does), so
+            # refunding the unused completion would overshoot their limit.
+            charged = usage.total or estimate
+            if _sets_max_tokens(request.params):
+                charged = max(charged, estimate)
+            slot.settle(charged)
+        capacity.observe(result.rate_limits, sent_at=slot.started_at)
         counters.succeeded += 1
         counters.usage += usage
         counters.cost += self._prices.cost(route.model, usage)

@@ -12,6 +12,10 @@ Provider specs (``--provider``):
 * ``anthropic:MODEL`` (``anthropic:MODEL@URL``): Anthropic's Messages API,
   key from ``ANTHROPIC_API_KEY``, base URL from ``ANTHROPIC_BASE_URL`` or
   Anthropic's.
+* ``local``: the Gemma 3 270M model that the ``local`` extra ships, run in
+  this process (`legion.llm.local.LocalProvider`); ``local:/path/model.gguf``:
+  any GGUF file. In a route table, ``provider = "local"`` and, for a file,
+  ``model = "/path/model.gguf"``.
 
 A key is required only by the providers' own endpoints. Options, as keyword
 arguments or keys of a route table: ``rpm``, ``tpm``, ``max_in_flight``
@@ -20,6 +24,15 @@ arguments or keys of a route table: ``rpm``, ``tpm``, ``max_in_flight``
 (USD per million tokens), ``base_url``, ``api_key_env`` (the variable holding
 the key), and for ``sim`` routes a ``simulator`` table of
 `legion.sim.SimConfig` settings.
+
+A ``local`` route's capacity is the machine, not a rate limit: it takes no
+``rpm``, ``tpm`` or ``max_in_flight``. It takes ``instances`` (copies of the
+model serving calls side by side; 2 on a machine with 2 cores or more),
+``threads`` (CPU threads per instance; by default the cores shared out, less
+one for the rest of the process, at least one) and ``context`` (context
+length in tokens; 2048). Its `Capacity` admits one call per instance; the
+others queue there, with no timeout running, until a model is free. Routes
+on the same model file share one provider, configured by the first of them.
 
 ``legion.toml``::
 
@@ -59,6 +72,13 @@ from legion.llm import anthropic, openai
 from legion.llm.anthropic import AnthropicProvider
 from legion.llm.capacity import Capacity
 from legion.llm.client import DEFAULT_RETRY, LLMClient, Route
+from legion.llm.local import (
+    DEFAULT_CONTEXT,
+    PACKAGED_MODEL,
+    LocalProvider,
+    default_instances,
+    require_extra,
+)
 from legion.llm.openai import OpenAIProvider
 from legion.llm.pricing import Price, PriceTable
 from legion.llm.provider import Provider
@@ -67,8 +87,8 @@ from legion.llm.timer import Timer
 from legion.retry import RetryPolicy
 from legion.sim import SimConfig
 
-ProviderKind = Literal["sim", "openai", "anthropic"]
-_KINDS: tuple[ProviderKind, ...] = ("sim", "openai", "anthropic")
+ProviderKind = Literal["sim", "openai", "anthropic", "local"]
+_KINDS: tuple[ProviderKind, ...] = ("sim", "openai", "anthropic", "local")
 _KEY_ENV: dict[str, str] = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _URL_ENV: dict[str, str] = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
 _DEFAULT_URL: dict[str, str] = {
@@ -89,8 +109,13 @@ _ROUTE_OPTIONS = frozenset(
         "input_price",
         "output_price",
         "simulator",
+        "instances",
+        "threads",
+        "context",
     }
 )
+_LOCAL_OPTIONS = (("instances", 1), ("threads", 1), ("context", 16))
+"""A local route's own options, with their least values."""
 _RETRY_OPTIONS = ("retries", "backoff", "max_backoff")
 
 
@@ -116,6 +141,14 @@ class RouteConfig:
     """Overrides the price table for this route's model."""
     simulator: SimConfig | None = None
     """Settings of a ``sim`` route's simulator."""
+    model_path: str | None = None
+    """A ``local`` route's GGUF file (``None``: the packaged model)."""
+    instances: int | None = None
+    """A ``local`` route's model instances (also its ``max_in_flight``)."""
+    threads: int | None = None
+    """A ``local`` route's CPU threads per generation (``None``: llama.cpp's choice)."""
+    context: int | None = None
+    """A ``local`` route's context length in tokens (``None``: the provider's default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +168,13 @@ def parse_provider_spec(
     env: Mapping[str, str] | None = None,
 ) -> RouteConfig:
     """The route described by a provider spec (``sim``, ``openai:MODEL``,
-    ``openai:MODEL@URL``, ``anthropic:MODEL``) and ``options``, reading keys
-    and base URLs from ``env`` (the process environment by default)."""
+    ``openai:MODEL@URL``, ``anthropic:MODEL``, ``local``, ``local:PATH``) and
+    ``options``, reading keys and base URLs from ``env`` (the process
+    environment by default)."""
     kind, _, rest = spec.partition(":")
-    model, _, url = rest.partition("@")
+    model, url = rest, ""
+    if kind != "local":  # a path may hold an "@"
+        model, _, url = rest.partition("@")
     settings = dict(options or {})
     if url:
         settings["base_url"] = url
@@ -162,7 +198,9 @@ def parse_config(table: Mapping[str, Any], *, env: Mapping[str, str] | None = No
     if not routes:
         raise ConfigError("[llm] defines no route: add a table such as [llm.default]")
     default = table.get("default", routes[0].name)
-    if default not in {route.name for route in routes}:
+    if isinstance(default, Mapping):  # a route table named [llm.default]
+        default = "default"
+    if not isinstance(default, str) or default not in {route.name for route in routes}:
         raise ConfigError(f"[llm] default = {default!r} names no [llm.*] route")
     retry = {key: table[key] for key in _RETRY_OPTIONS if key in table}
     try:
@@ -237,6 +275,11 @@ def _route(
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
     if provider == "sim":
         return _sim_route(name, model or _SIM_MODEL, settings, source)
+    if provider == "local":
+        return _local_route(name, model, settings, source)
+    for option, _ in _LOCAL_OPTIONS:
+        if option in settings:
+            raise ConfigError(f"{source}: only local routes take {option}")
     if not model:
         raise ConfigError(f"{source}: name a model, e.g. {kind}:MODEL")
     key_env = _string(settings, "api_key_env", source) or _KEY_ENV[kind]
@@ -288,6 +331,43 @@ def _sim_route(name: str, model: str, settings: dict[str, Any], source: str) -> 
         api_key=sim.api_key,
         simulator=sim,
         **_common(settings, source),
+    )
+
+
+def _local_route(name: str, path: str, settings: dict[str, Any], source: str) -> RouteConfig:
+    for option in ("base_url", "api_key_env", "simulator"):
+        if option in settings:
+            raise ConfigError(f"{source}: a local route takes no {option}")
+    limits = [option for option in ("rpm", "tpm", "max_in_flight") if option in settings]
+    if limits:
+        raise ConfigError(
+            f"{source}: a local route takes no {', '.join(limits)}: its capacity is the "
+            "machine (one call per model instance; the others queue for a model)"
+        )
+    require_extra(packaged=not path)
+    model_path = None
+    if path:
+        file = Path(path).expanduser().resolve()
+        if not file.is_file():
+            raise ConfigError(f"{source}: no such model file: {file}")
+        model_path = str(file)
+    sizes: dict[str, Any] = {}
+    for option, least in _LOCAL_OPTIONS:
+        if option in settings:
+            value = settings[option]
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(
+                    f"{source}: {option} must be an integer >= {least}, got {value!r}"
+                )
+            sizes[option] = value
+    instances = sizes.setdefault("instances", default_instances())
+    return RouteConfig(
+        name=name,
+        provider="local",
+        model=Path(model_path).name.removesuffix(".gguf") if model_path else PACKAGED_MODEL,
+        model_path=model_path,
+        **sizes,
+        **{**_common(settings, source), "max_in_flight": instances},
     )
 
 
@@ -355,6 +435,15 @@ async def _start_provider(route: RouteConfig, every: tuple[RouteConfig, ...]) ->
         )
         await simulated.start()
         return simulated
+    if route.provider == "local":
+        return LocalProvider(
+            route.model_path,
+            model=route.model,
+            instances=route.instances,
+            threads=route.threads,
+            stream_idle_timeout=route.stream_idle_timeout,
+            context=route.context or DEFAULT_CONTEXT,
+        )
     assert route.base_url is not None and route.key_env is not None
     if route.provider == "anthropic":
         return AnthropicProvider(
@@ -377,6 +466,8 @@ def _endpoint(route: RouteConfig) -> tuple[Any, ...]:
     """What routes sharing a provider have in common (each sim route has its own)."""
     if route.provider == "sim":
         return ("sim", route.name)
+    if route.provider == "local":
+        return ("local", route.model_path)
     return (route.provider, route.base_url, route.api_key)
 
 

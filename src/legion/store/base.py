@@ -25,16 +25,29 @@ class MemoryWrite:
     value: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class DiagnosticRecord:
+    """One finding about one attempt (``data``: the diagnostic as JSON)."""
+
+    task_id: int
+    attempt: int
+    agent: str
+    kind: str
+    data: bytes
+
+
 @dataclass(slots=True)
 class WriteBatch:
-    """What one group commit writes, in this order: steps, memory, completions."""
+    """What one group commit writes, in this order: steps, memory, diagnostics,
+    completions."""
 
     steps: list[StepRecord] = field(default_factory=list)
     memory: list[MemoryWrite] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
+    diagnostics: list[DiagnosticRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.steps) + len(self.memory) + len(self.completions)
+        return len(self.steps) + len(self.memory) + len(self.completions) + len(self.diagnostics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +82,58 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class CapacityClaims:
+    """The live claims on one route's capacity, with this worker's own included."""
+
+    claimants: int
+    total_demand: float
+    backoff_until: float  # a 429 somewhere asked every worker to pause until then
+
+
+@dataclass(frozen=True, slots=True)
 class Reclaimed:
     """Tasks whose lease expired or whose worker died, and where they went."""
 
     requeued: int
     dead: int
     cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """A page of :meth:`Store.list_tasks`: filters (``None`` or empty: any) and a cursor."""
+
+    statuses: tuple[TaskStatus, ...] = ()
+    agent: str | None = None
+    created_from: float | None = None  # created at or after
+    created_to: float | None = None  # created before
+    before: int | None = None  # only ids below this one (the previous page's last id)
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    """An :class:`Event` with its task's agent, latest attempt's times and usage (``agent``
+    is ``None`` if the task is gone)."""
+
+    event: Event
+    agent: str | None
+    started_at: float | None
+    finished_at: float | None
+    usage: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key of the HTTP API as stored: its public id and a salted digest of its
+    secret, never the secret itself (see :mod:`legion.server.keys`)."""
+
+    id: str
+    name: str
+    salt: bytes
+    digest: bytes
+    created_at: float
+    revoked_at: float | None = None
 
 
 class Store(Protocol):
@@ -152,6 +211,27 @@ class Store(Protocol):
 
     async def memory_items(self, session: str) -> dict[str, bytes]: ...
 
+    async def diagnostics(
+        self,
+        *,
+        task_id: int | None = None,
+        agent: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[DiagnosticRecord]:
+        """The latest findings, newest first, of one task, agent or kind (or all)."""
+
+    # -- shared LLM capacity -------------------------------------------------------------
+
+    async def claim_capacity(
+        self, route: str, worker: str, demand: float, now: float, *, horizon: float
+    ) -> CapacityClaims:
+        """Record ``worker``'s demand on ``route`` and answer all claims made since
+        ``now - horizon`` (older ones belong to workers that stopped claiming)."""
+
+    async def signal_backoff(self, route: str, until: float) -> None:
+        """Ask every worker sharing ``route`` to pause until ``until`` (after a 429)."""
+
     # -- workers -----------------------------------------------------------------------
 
     async def register_worker(self, worker: WorkerInfo) -> None:
@@ -160,3 +240,22 @@ class Store(Protocol):
     async def remove_worker(self, worker_id: str) -> None: ...
 
     async def workers(self) -> list[WorkerInfo]: ...
+
+    # -- HTTP API (legion serve) -------------------------------------------------------
+
+    async def list_tasks(self, query: TaskQuery) -> list[TaskInfo]:
+        """Tasks matching ``query``, newest (highest id) first, at most ``query.limit``."""
+
+    async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
+        """Like :meth:`events_after` (every worker's changes), each with its task's details."""
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        """Store a new API key; its id must be new."""
+
+    async def api_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def api_keys(self) -> list[ApiKey]:
+        """Every API key, revoked ones included, oldest first."""
+
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        """Revoke a key (a revoked one keeps its first revocation time); False if unknown."""

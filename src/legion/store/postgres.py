@@ -45,7 +45,19 @@ from psycopg_pool import AsyncConnectionPool
 from .. import codec
 from ..errors import ConfigError, StoreError
 from ..task import Completion, ErrorInfo, Lease, NewTask, Outcome, Submitted, TaskInfo, TaskStatus
-from .base import Event, MemoryWrite, Reclaimed, StepInfo, WorkerInfo, WriteBatch
+from .base import (
+    ApiKey,
+    CapacityClaims,
+    DiagnosticRecord,
+    Event,
+    EventDetail,
+    MemoryWrite,
+    Reclaimed,
+    StepInfo,
+    TaskQuery,
+    WorkerInfo,
+    WriteBatch,
+)
 from .queries import migrations, queries
 
 log = logging.getLogger("legion.store.postgres")
@@ -323,6 +335,18 @@ class PostgresStore:
                     Q["delete_memory"],
                     {"session": [m.session for m in deletes], "key": [m.key for m in deletes]},
                 )
+            if batch.diagnostics:
+                found = batch.diagnostics
+                await cur.execute(
+                    Q["insert_diagnostics"],
+                    {
+                        "task_id": [d.task_id for d in found],
+                        "attempt": [d.attempt for d in found],
+                        "agent": [d.agent for d in found],
+                        "kind": [d.kind for d in found],
+                        "data": [d.data for d in found],
+                    },
+                )
             if not batch.completions:
                 return []
             await cur.execute(Q["complete"], _completion_params(batch.completions))
@@ -477,6 +501,40 @@ class PostgresStore:
 
     # -- workers -----------------------------------------------------------------------
 
+    async def diagnostics(
+        self,
+        *,
+        task_id: int | None = None,
+        agent: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[DiagnosticRecord]:
+        params = {"task_id": task_id, "agent": agent, "kind": kind, "limit": limit}
+        async with self._cursor() as cur:
+            await cur.execute(Q["diagnostics"], params)
+            rows = await cur.fetchall()
+        return [DiagnosticRecord(t, a, ag, codec.loads(d)["kind"], d) for t, a, ag, d in rows]
+
+    # -- shared LLM capacity -------------------------------------------------------------
+
+    async def claim_capacity(
+        self, route: str, worker: str, demand: float, now: float, *, horizon: float
+    ) -> CapacityClaims:
+        params = {"route": route, "worker": worker, "demand": float(demand), "now": float(now)}
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(Q["claim_capacity"], params)
+            await cur.execute(Q["forget_capacity_claims"], {"before": float(now - 10 * horizon)})
+            await cur.execute(Q["capacity_claims"], {"route": route, "since": float(now - horizon)})
+            row = await cur.fetchone()
+        assert row is not None
+        return CapacityClaims(int(row[0]), float(row[1]), float(row[2]))
+
+    async def signal_backoff(self, route: str, until: float) -> None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["signal_backoff"], {"route": route, "until": float(until)})
+
+    # -- workers -----------------------------------------------------------------------
+
     async def register_worker(self, worker: WorkerInfo) -> None:
         params = {
             "id": worker.id,
@@ -538,6 +596,58 @@ class PostgresStore:
     def _wake_waiters(self) -> None:
         self._wake.set()
         self._wake = asyncio.Event()
+
+    # -- HTTP API (legion serve) -------------------------------------------------------
+
+    async def list_tasks(self, query: TaskQuery) -> list[TaskInfo]:
+        params = {
+            "statuses": [str(st) for st in query.statuses] or None,
+            "agent": query.agent,
+            "created_from": query.created_from,
+            "created_to": query.created_to,
+            "before": query.before,
+            "limit": query.limit,
+        }
+        async with self._cursor() as cur:
+            await cur.execute(Q["list_tasks"], params)
+            return [_task_info(r) for r in await cur.fetchall()]
+
+    async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
+        """Final events only (below the feed's horizon): events of transactions still open
+        come with a later call."""
+        async with self._cursor() as cur:
+            await cur.execute(Q["event_details_after"], {"after": after, "limit": limit})
+            return [_event_detail(r) for r in await cur.fetchall()]
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        params = {
+            "id": key.id,
+            "name": key.name,
+            "salt": key.salt,
+            "digest": key.digest,
+            "created_at": float(key.created_at),
+        }
+        async with self._cursor() as cur:
+            try:
+                await cur.execute(Q["insert_api_key"], params)
+            except psycopg.errors.UniqueViolation as exc:
+                raise StoreError(f"an API key with id {key.id!r} exists already") from exc
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["get_api_key"], {"id": key_id})
+            row = await cur.fetchone()
+        return _api_key(row) if row is not None else None
+
+    async def api_keys(self) -> list[ApiKey]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["api_keys"])
+            return [_api_key(r) for r in await cur.fetchall()]
+
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        async with self._cursor() as cur:
+            await cur.execute(Q["revoke_api_key"], {"id": key_id, "now": float(now)})
+            return cur.rowcount == 1
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -648,6 +758,22 @@ async def _settle(cur: Cursor, horizon: int, newest: int) -> int:
         delay = min(delay * 2, 0.05)
         horizon, _ = await _feed_state(cur)
     return horizon
+
+
+def _event_detail(row: Sequence[Any]) -> EventDetail:
+    event_id, task_id, at, status, attempt, worker, agent, started, finished, usage = row
+    return EventDetail(
+        event=Event(event_id, task_id, at, TaskStatus(status), attempt, worker),
+        agent=agent,
+        started_at=started,
+        finished_at=finished,
+        usage=codec.loads(usage) if usage is not None else None,
+    )
+
+
+def _api_key(row: Sequence[Any]) -> ApiKey:
+    key_id, name, salt, digest, created_at, revoked_at = row
+    return ApiKey(key_id, name, bytes(salt), bytes(digest), created_at, revoked_at)
 
 
 def _task_info(row: Sequence[Any]) -> TaskInfo:

@@ -28,7 +28,18 @@ from ..task import (
     TaskInfo,
     TaskStatus,
 )
-from .base import Event, Reclaimed, StepInfo, WorkerInfo, WriteBatch
+from .base import (
+    ApiKey,
+    CapacityClaims,
+    DiagnosticRecord,
+    Event,
+    EventDetail,
+    Reclaimed,
+    StepInfo,
+    TaskQuery,
+    WorkerInfo,
+    WriteBatch,
+)
 from .queries import migrations, queries
 
 T = TypeVar("T")
@@ -266,6 +277,20 @@ class SQLiteStore:
             else:
                 row = {"session": m.session, "key": m.key, "value": m.value, "now": now}
                 db.execute(Q["set_memory"], row)
+        if batch.diagnostics:
+            db.executemany(
+                Q["insert_diagnostic"],
+                [
+                    {
+                        "task_id": d.task_id,
+                        "attempt": d.attempt,
+                        "agent": d.agent,
+                        "kind": d.kind,
+                        "data": d.data,
+                    }
+                    for d in batch.diagnostics
+                ],
+            )
         if not batch.completions:
             return []
         params = [_completion_params(c) for c in batch.completions]
@@ -418,6 +443,42 @@ class SQLiteStore:
 
         return await self._call(run)
 
+    async def diagnostics(
+        self,
+        *,
+        task_id: int | None = None,
+        agent: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[DiagnosticRecord]:
+        params = {"task_id": task_id, "agent": agent, "kind": kind, "limit": limit}
+
+        def run() -> list[DiagnosticRecord]:
+            rows = self._db.execute(Q["diagnostics"], params).fetchall()
+            return [DiagnosticRecord(t, a, ag, codec.loads(d)["kind"], d) for t, a, ag, d in rows]
+
+        return await self._call(run)
+
+    # -- shared LLM capacity -------------------------------------------------------------
+
+    async def claim_capacity(
+        self, route: str, worker: str, demand: float, now: float, *, horizon: float
+    ) -> CapacityClaims:
+        def run(db: sqlite3.Connection) -> CapacityClaims:
+            params = {"route": route, "worker": worker, "demand": demand, "now": now}
+            db.execute(Q["claim_capacity"], params)
+            db.execute(Q["forget_capacity_claims"], {"before": now - 10 * horizon})
+            n, total, until = db.execute(
+                Q["capacity_claims"], {"route": route, "since": now - horizon}
+            ).fetchone()
+            return CapacityClaims(int(n), float(total), float(until))
+
+        return await self._call(self._transaction, run)
+
+    async def signal_backoff(self, route: str, until: float) -> None:
+        params = {"route": route, "until": until}
+        await self._call(self._transaction, lambda db: db.execute(Q["signal_backoff"], params))
+
     # -- workers -----------------------------------------------------------------------
 
     async def register_worker(self, worker: WorkerInfo) -> None:
@@ -443,6 +504,65 @@ class SQLiteStore:
             ]
 
         return await self._call(run)
+
+    # -- HTTP API (legion serve) -------------------------------------------------------
+
+    async def list_tasks(self, query: TaskQuery) -> list[TaskInfo]:
+        statuses = [str(st) for st in query.statuses]
+        params = {
+            "statuses": codec.dumps(statuses).decode() if statuses else None,
+            "agent": query.agent,
+            "created_from": query.created_from,
+            "created_to": query.created_to,
+            "before": query.before,
+            "limit": query.limit,
+        }
+
+        def run() -> list[TaskInfo]:
+            return [_task_info(r) for r in self._db.execute(Q["list_tasks"], params)]
+
+        return await self._call(run)
+
+    async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
+        def run() -> list[EventDetail]:
+            rows = self._db.execute(Q["event_details_after"], {"after": after, "limit": limit})
+            return [_event_detail(r) for r in rows]
+
+        return await self._call(run)
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        params = {
+            "id": key.id,
+            "name": key.name,
+            "salt": key.salt,
+            "digest": key.digest,
+            "created_at": key.created_at,
+        }
+
+        def run(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(Q["insert_api_key"], params)
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"an API key with id {key.id!r} exists already") from exc
+
+        await self._call(self._transaction, run)
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        def run() -> ApiKey | None:
+            row = self._db.execute(Q["get_api_key"], {"id": key_id}).fetchone()
+            return ApiKey(*row) if row else None
+
+        return await self._call(run)
+
+    async def api_keys(self) -> list[ApiKey]:
+        return await self._call(lambda: [ApiKey(*row) for row in self._db.execute(Q["api_keys"])])
+
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        params = {"id": key_id, "now": now}
+        return await self._call(
+            self._transaction,
+            lambda db: db.execute(Q["revoke_api_key"], params).rowcount == 1,
+        )
 
 
 def _completion_params(c: Completion) -> tuple[Any, ...]:
@@ -494,6 +614,17 @@ def _task_info(row: Sequence[Any]) -> TaskInfo:
         finished_at=f,
         lease_owner=owner,
         usage=codec.loads(use) if use is not None else None,
+    )
+
+
+def _event_detail(row: Sequence[Any]) -> EventDetail:
+    event_id, task_id, at, status, attempt, worker, agent, started, finished, usage = row
+    return EventDetail(
+        event=Event(event_id, task_id, at, TaskStatus(status), attempt, worker),
+        agent=agent,
+        started_at=started,
+        finished_at=finished,
+        usage=codec.loads(usage) if usage is not None else None,
     )
 
 

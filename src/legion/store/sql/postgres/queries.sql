@@ -227,3 +227,68 @@ DELETE FROM workers WHERE id = %(id)s;
 
 -- name: workers
 SELECT id, host, pid, started_at, heartbeat_at, info FROM workers ORDER BY started_at;
+
+-- name: claim_capacity
+INSERT INTO capacity_claims (route, worker, demand, at)
+VALUES (%(route)s, %(worker)s, %(demand)s, %(now)s)
+ON CONFLICT (route, worker) DO UPDATE SET demand = excluded.demand, at = excluded.at;
+
+-- name: capacity_claims
+SELECT count(*), coalesce(sum(demand), 0),
+       (SELECT coalesce(max(until), 0) FROM capacity_backoff WHERE route = %(route)s)
+FROM capacity_claims WHERE route = %(route)s AND at >= %(since)s;
+
+-- name: forget_capacity_claims
+DELETE FROM capacity_claims WHERE at < %(before)s;
+
+-- name: signal_backoff
+INSERT INTO capacity_backoff (route, until) VALUES (%(route)s, %(until)s)
+ON CONFLICT (route) DO UPDATE SET until = greatest(capacity_backoff.until, excluded.until);
+
+-- name: list_tasks
+-- The HTTP API's task list, newest first. A NULL filter matches everything; %(before)s is
+-- the page cursor (only ids below it).
+SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
+       created_at, started_at, finished_at, lease_owner, usage
+FROM tasks
+WHERE id < coalesce(%(before)s::bigint, 9223372036854775807)
+  AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
+  AND (%(agent)s::text IS NULL OR agent = %(agent)s::text)
+  AND (%(created_from)s::float8 IS NULL OR created_at >= %(created_from)s::float8)
+  AND (%(created_to)s::float8 IS NULL OR created_at < %(created_to)s::float8)
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: event_details_after
+-- The event feed with what the dashboard and metrics need of each task; like events_after,
+-- only events below the feed's horizon, which are final (see 0001_initial.sql).
+SELECT e.id, e.task_id, e.at, e.status, e.attempt, e.worker,
+       t.agent, t.started_at, t.finished_at, t.usage
+FROM events AS e LEFT JOIN tasks AS t ON t.id = e.task_id
+WHERE e.id > %(after)s AND e.id < legion_feed_horizon()
+ORDER BY e.id LIMIT %(limit)s;
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, name, salt, digest, created_at)
+VALUES (%(id)s, %(name)s, %(salt)b, %(digest)b, %(created_at)s);
+
+-- name: get_api_key
+SELECT id, name, salt, digest, created_at, revoked_at FROM api_keys WHERE id = %(id)s;
+
+-- name: api_keys
+SELECT id, name, salt, digest, created_at, revoked_at FROM api_keys ORDER BY created_at, id;
+
+-- name: revoke_api_key
+-- Idempotent: a key revoked twice keeps its first revocation time.
+UPDATE api_keys SET revoked_at = coalesce(revoked_at, %(now)s) WHERE id = %(id)s;
+
+-- name: insert_diagnostics
+INSERT INTO diagnostics (task_id, attempt, agent, kind, data)
+SELECT * FROM unnest(%(task_id)s::bigint[], %(attempt)s::integer[], %(agent)s::text[],
+                     %(kind)s::text[], %(data)b::bytea[]);
+
+-- name: diagnostics
+SELECT task_id, attempt, agent, data FROM diagnostics
+WHERE (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)
+  AND (%(agent)s::text IS NULL OR agent = %(agent)s)
+  AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+ORDER BY id DESC LIMIT %(limit)s;

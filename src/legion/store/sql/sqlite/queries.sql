@@ -138,3 +138,65 @@ DELETE FROM workers WHERE id = :id;
 
 -- name: workers
 SELECT id, host, pid, started_at, heartbeat_at, info FROM workers ORDER BY started_at;
+
+-- name: claim_capacity
+INSERT INTO capacity_claims (route, worker, demand, at) VALUES (:route, :worker, :demand, :now)
+ON CONFLICT (route, worker) DO UPDATE SET demand = excluded.demand, at = excluded.at;
+
+-- name: capacity_claims
+SELECT count(*), coalesce(sum(demand), 0),
+       (SELECT coalesce(max(until), 0) FROM capacity_backoff WHERE route = :route)
+FROM capacity_claims WHERE route = :route AND at >= :since;
+
+-- name: forget_capacity_claims
+DELETE FROM capacity_claims WHERE at < :before;
+
+-- name: signal_backoff
+INSERT INTO capacity_backoff (route, until) VALUES (:route, :until)
+ON CONFLICT (route) DO UPDATE SET until = max(until, excluded.until);
+
+-- name: list_tasks
+-- The HTTP API's task list, newest first. A NULL filter matches everything; :before is the
+-- page cursor (only ids below it). The id range keeps a page a short walk down the rowids.
+SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
+       created_at, started_at, finished_at, lease_owner, usage
+FROM tasks
+WHERE id < coalesce(:before, 9223372036854775807)
+  AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
+  AND (:agent IS NULL OR agent = :agent)
+  AND (:created_from IS NULL OR created_at >= :created_from)
+  AND (:created_to IS NULL OR created_at < :created_to)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: event_details_after
+-- The event feed with what the dashboard and metrics need of each task. LEFT JOIN keeps
+-- the events table the outer loop: it is read by id range, tasks by primary key.
+SELECT e.id, e.task_id, e.at, e.status, e.attempt, e.worker,
+       t.agent, t.started_at, t.finished_at, t.usage
+FROM events AS e LEFT JOIN tasks AS t ON t.id = e.task_id
+WHERE e.id > :after
+ORDER BY e.id LIMIT :limit;
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, name, salt, digest, created_at)
+VALUES (:id, :name, :salt, :digest, :created_at);
+
+-- name: get_api_key
+SELECT id, name, salt, digest, created_at, revoked_at FROM api_keys WHERE id = :id;
+
+-- name: api_keys
+SELECT id, name, salt, digest, created_at, revoked_at FROM api_keys ORDER BY created_at, id;
+
+-- name: revoke_api_key
+-- Idempotent: a key revoked twice keeps its first revocation time.
+UPDATE api_keys SET revoked_at = coalesce(revoked_at, :now) WHERE id = :id;
+
+-- name: insert_diagnostic
+INSERT INTO diagnostics (task_id, attempt, agent, kind, data)
+VALUES (:task_id, :attempt, :agent, :kind, :data);
+
+-- name: diagnostics
+SELECT task_id, attempt, agent, data FROM diagnostics
+WHERE (:task_id IS NULL OR task_id = :task_id) AND (:agent IS NULL OR agent = :agent)
+  AND (:kind IS NULL OR kind = :kind)
+ORDER BY id DESC LIMIT :limit;

@@ -1,0 +1,11 @@
+"""Benchmark scenarios behind ``legion bench``: each measures legion next to a baseline
+in the same run and returns a :class:`~legion.bench.results.BenchResult` (JSON data,
+markdown tables, plots) that :func:`~legion.bench.results.write_result` writes out.
+
+- :mod:`~legion.bench.overhead`: no-op agents through the durable path vs bare gather;
+- :mod:`~legion.bench.capacity`: achieved share of an RPM / TPM limit vs a fixed-
+  concurrency client;
+- :mod:`~legion.bench.concurrency`: 10,000 instances in flight in one process;
+- :mod:`~legion.bench.sequential`: the demo's sequential vs scaled comparison over N;
+- :mod:`~legion.bench.scale_out`: 1 vs 2 worker processes on PostgreSQL.
+"""

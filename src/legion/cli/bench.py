@@ -1,0 +1,377 @@
+"""``legion bench`` (named benchmark scenarios) and ``legion demo`` (sequential vs
+scaled on the example agent). Both only parse options and call :mod:`legion.bench` and
+:mod:`legion.demo`; they print progress on stderr and results on stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import LegionError
+from .progress import stderr_console
+
+if TYPE_CHECKING:
+    from ..bench.results import BenchResult
+    from ..demo.compare import Comparison
+
+DEFAULT_OUT = Path("benchmarks/results")
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1/test"
+
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out", "-o", help="Folder for NAME.json, NAME.md and NAME-*.png (created if missing)."
+    ),
+]
+PlotsOpt = Annotated[
+    bool, typer.Option(help="Draw PNG plots (needs matplotlib: pip install 'legion[bench]').")
+]
+PostgresOpt = Annotated[
+    str,
+    typer.Option(
+        "--postgres",
+        envvar="LEGION_BENCH_POSTGRES",
+        help="PostgreSQL server for the PostgreSQL runs: a libpq URL whose database exists. "
+        "Each run makes a schema of its own there and drops it afterwards.",
+    ),
+]
+
+
+def _progress(console: Console) -> Callable[[str], None]:
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - start:7.1f}s[/] {message}", highlight=False)
+
+    return say
+
+
+def _command() -> str:
+    return "legion " + shlex.join(sys.argv[1:])
+
+
+def _finish(result: BenchResult, out: Path, plots: bool) -> None:
+    from ..bench.results import write_result
+
+    result.command = _command()
+    paths = write_result(result, out, plots=plots)
+    print(result.markdown())
+    stderr_console().print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
+
+
+def _run_scenario(
+    make: Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]],
+) -> BenchResult:
+    console = stderr_console()
+    try:
+        return asyncio.run(make(_progress(console)))
+    except (LegionError, RuntimeError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bench`` (a group of scenario commands) and ``demo`` to ``app``."""
+    bench = typer.Typer(
+        name="bench",
+        help="Measured benchmarks, each next to a baseline in the same run. Results go to "
+        "--out as JSON, a markdown table and PNG plots; the table is also printed.",
+        no_args_is_help=True,
+    )
+
+    @bench.command("overhead")
+    def overhead_cmd(
+        tasks: Annotated[int, typer.Option(min=1, help="No-op tasks per run.")] = 50_000,
+        concurrency: Annotated[int, typer.Option(min=1, help="Instances at once.")] = 1000,
+        repeat: Annotated[int, typer.Option(min=1, help="Runs of each path; the best counts.")] = 3,
+        postgres: PostgresOpt = DEFAULT_POSTGRES,
+        sqlite_only: Annotated[
+            bool, typer.Option("--sqlite-only", help="Skip the PostgreSQL runs.")
+        ] = False,
+        out: OutOpt = DEFAULT_OUT,
+        plots: PlotsOpt = True,
+    ) -> None:
+        """No-op agents through the durable path (SQLite, PostgreSQL) vs bare asyncio.gather."""
+        from ..bench import overhead
+
+        opts = overhead.OverheadOptions(
+            tasks=tasks,
+            concurrency=concurrency,
+            repeat=repeat,
+            postgres=None if sqlite_only else postgres,
+        )
+        _finish(_run_scenario(lambda say: overhead.run(opts, progress=say)), out, plots)
+
+    @bench.command("capacity")
+    def capacity_cmd(
+        tasks: Annotated[int, typer.Option(min=1, help="Tasks per run.")] = 2000,
+        calls: Annotated[int, typer.Option(min=1, help="LLM calls per task, in sequence.")] = 2,
+        rpm: Annotated[int, typer.Option(min=1, help="The request limit (per minute).")] = 6000,
+        tpm: Annotated[int, typer.Option(min=1, help="The token limit (per minute).")] = 1_200_000,
+        limit: Annotated[
+            list[str] | None,
+            typer.Option(help="Which limit to run against: rpm, tpm (repeat; default both)."),
+        ] = None,
+        window: Annotated[
+            float,
+            typer.Option(min=0.01, max=60, help="Seconds of the windows enforcing the limits."),
+        ] = 1.0,
+        error_rate: Annotated[
+            float, typer.Option(min=0, max=1, help="Share of requests answered 500/503.")
+        ] = 0.05,
+        latency: Annotated[float, typer.Option(min=0, help="Simulator latency (s).")] = 0.4,
+        jitter: Annotated[
+            float, typer.Option(min=0, help="Uniform extra latency, up to this (s).")
+        ] = 0.4,
+        baseline_concurrency: Annotated[
+            int, typer.Option(min=1, help="The fixed-concurrency client's semaphore.")
+        ] = 100,
+        baseline_retries: Annotated[
+            int, typer.Option(min=0, help="The fixed-concurrency client's retries per call.")
+        ] = 3,
+        out: OutOpt = DEFAULT_OUT,
+        plots: PlotsOpt = True,
+    ) -> None:
+        """Achieved % of an RPM and of a TPM limit, 429s and failures: legion vs a
+        fixed-concurrency asyncio.gather + semaphore client with naive retries."""
+        from ..bench import capacity
+
+        kinds = tuple(limit or ("rpm", "tpm"))
+        if any(k not in ("rpm", "tpm") for k in kinds):
+            raise _bad("--limit takes rpm or tpm")
+        opts = capacity.CapacityOptions(
+            tasks=tasks,
+            calls=calls,
+            rpm=rpm,
+            tpm=tpm,
+            limits=kinds,  # type: ignore[arg-type]
+            window_seconds=window,
+            error_rate=error_rate,
+            latency=latency,
+            latency_jitter=jitter,
+            baseline_concurrency=baseline_concurrency,
+            baseline_retries=baseline_retries,
+        )
+        _finish(_run_scenario(lambda say: capacity.run(opts, progress=say)), out, plots)
+
+    @bench.command("concurrency")
+    def concurrency_cmd(
+        instances: Annotated[
+            int, typer.Option(min=1, help="Instances in flight at once.")
+        ] = 10_000,
+        delay: Annotated[float, typer.Option(min=0.001, help="Seconds each call takes.")] = 2.0,
+        out: OutOpt = DEFAULT_OUT,
+        plots: PlotsOpt = True,
+    ) -> None:
+        """Many instances in flight in one process, each waiting on a slow call: makespan vs
+        ideal, peak memory, memory per in-flight instance."""
+        from ..bench import concurrency
+
+        opts = concurrency.ConcurrencyOptions(instances=instances, delay=delay)
+        _finish(_run_scenario(lambda say: concurrency.run(opts, progress=say)), out, plots)
+
+    @bench.command("sequential-vs-scaled")
+    def sequential_cmd(
+        sizes: Annotated[
+            str, typer.Option(help="Comma-separated task counts to compare at.")
+        ] = "10,100,1000",
+        sequential_limit: Annotated[
+            int,
+            typer.Option(
+                min=1, help="Run at most this many tasks sequentially; extrapolate beyond."
+            ),
+        ] = 100,
+        rpm: Annotated[int, typer.Option(min=1, help="Provider request limit.")] = 3000,
+        tpm: Annotated[int, typer.Option(min=1, help="Provider token limit.")] = 2_000_000,
+        out: OutOpt = DEFAULT_OUT,
+        plots: PlotsOpt = True,
+    ) -> None:
+        """The demo's comparison (sequential vs scaled) over N tasks: speed-up vs ideal."""
+        from ..bench import sequential
+        from ..demo.compare import DemoConfig
+
+        try:
+            counts = tuple(int(s) for s in sizes.split(",") if s.strip())
+        except ValueError:
+            raise _bad(f"--sizes takes comma-separated integers, got {sizes!r}") from None
+        opts = sequential.SequentialOptions(
+            sizes=counts, sequential_limit=sequential_limit, demo=DemoConfig(rpm=rpm, tpm=tpm)
+        )
+        _finish(_run_scenario(lambda say: sequential.run(opts, progress=say)), out, plots)
+
+    @bench.command("scale-out")
+    def scale_out_cmd(
+        tasks: Annotated[int, typer.Option(min=1, help="Tasks per run.")] = 1000,
+        work: Annotated[
+            int, typer.Option(min=1, help="Iterations of CPU work per step (3 steps a task).")
+        ] = 100_000,
+        processes: Annotated[
+            str, typer.Option(help="Comma-separated worker process counts to compare.")
+        ] = "1,2",
+        concurrency: Annotated[int, typer.Option(min=1, help="Instances per worker process.")] = 16,
+        postgres: PostgresOpt = DEFAULT_POSTGRES,
+        out: OutOpt = DEFAULT_OUT,
+        plots: PlotsOpt = True,
+    ) -> None:
+        """1 vs 2 `legion worker` processes on PostgreSQL (CPU-bound steps), next to SQLite in
+        one process."""
+        from ..bench import scale_out
+
+        try:
+            counts = tuple(int(s) for s in processes.split(",") if s.strip())
+        except ValueError:
+            raise _bad(f"--processes takes comma-separated integers, got {processes!r}") from None
+        opts = scale_out.ScaleOutOptions(
+            tasks=tasks, work=work, processes=counts, concurrency=concurrency, postgres=postgres
+        )
+        _finish(_run_scenario(lambda say: scale_out.run(opts, progress=say)), out, plots)
+
+    @bench.command("all")
+    def all_cmd(
+        postgres: PostgresOpt = DEFAULT_POSTGRES,
+        out: OutOpt = DEFAULT_OUT,
+        plots: PlotsOpt = True,
+    ) -> None:
+        """Every scenario at its default size, one after the other (about 15 minutes)."""
+        from ..bench import capacity, concurrency, overhead, scale_out, sequential
+
+        makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
+            lambda say: overhead.run(overhead.OverheadOptions(postgres=postgres), progress=say),
+            lambda say: capacity.run(progress=say),
+            lambda say: concurrency.run(progress=say),
+            lambda say: sequential.run(progress=say),
+            lambda say: scale_out.run(scale_out.ScaleOutOptions(postgres=postgres), progress=say),
+        ]
+        for make in makers:
+            _finish(_run_scenario(make), out, plots)
+
+    app.add_typer(bench, name="bench")
+    app.command("demo")(demo)
+
+
+def _bad(message: str) -> typer.Exit:
+    stderr_console().print(f"[red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def demo(
+    tasks: Annotated[
+        int, typer.Option(min=1, help="Questions to answer (the 40 shipped ones, repeated).")
+    ] = 40,
+    faults: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Share of LLM requests that fail: three in four with a server error, one "
+            "in four hangs until the call timeout. Shows isolation: a hang stalls the "
+            "sequential run, the scaled one finishes the rest.",
+        ),
+    ] = 0.0,
+    rpm: Annotated[int, typer.Option(min=1, help="The provider's requests per minute.")] = 3000,
+    tpm: Annotated[int, typer.Option(min=1, help="The provider's tokens per minute.")] = 2_000_000,
+    latency: Annotated[
+        float, typer.Option(min=0, help="Seconds before a simulated answer starts.")
+    ] = 0.25,
+    jitter: Annotated[
+        float, typer.Option(min=0, help="Uniform extra latency, up to this many seconds.")
+    ] = 0.15,
+    tokens_per_second: Annotated[
+        float, typer.Option(min=1, help="Simulated generation speed.")
+    ] = 250.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds allowed per LLM call attempt.")
+    ] = 10.0,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Most instances at once in the scaled run.")
+    ] = 1000,
+    sequential_limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Run at most this many tasks sequentially and extrapolate (the sequential "
+            "run takes about 2 s a task).",
+        ),
+    ] = None,
+    scaled_only: Annotated[
+        bool, typer.Option("--scaled-only", help="Skip the sequential run.")
+    ] = False,
+    report: Annotated[
+        Path, typer.Option(help="Where to write the self-contained HTML report.")
+    ] = Path("legion-demo.html"),
+    no_report: Annotated[bool, typer.Option("--no-report", help="Write no HTML report.")] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures as JSON here.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the simulator's faults and jitter.")] = 1,
+) -> None:
+    """Sequential vs throughput scaling, side by side, on the example agent.
+
+    The agent searches a local SQLite FTS5 index of Python's own documentation, summarizes
+    the top three hits with parallel LLM calls, combines them and saves the answer. It
+    runs against the in-process provider simulator (realistic latency, rate limits over
+    1 s windows): first the legacy way (one task at a time, each step awaited in turn),
+    then scaled (every task at once, steps gathered, calls paced by legion's capacity).
+    Prints makespan, throughput, latency percentiles, CPU, memory, requests, 429s and
+    failures, with the ideal speed-up for the limits; writes an HTML report.
+    """
+    from ..demo.compare import DemoConfig, compare
+
+    console = stderr_console()
+    if not no_report and not report.parent.exists():
+        raise _bad(f"cannot write {report}: {report.parent} does not exist")
+    try:
+        cfg = DemoConfig(
+            tasks=tasks,
+            rpm=rpm,
+            tpm=tpm,
+            latency=latency,
+            latency_jitter=jitter,
+            tokens_per_second=tokens_per_second,
+            faults=faults,
+            call_timeout=timeout,
+            concurrency=concurrency,
+            seed=seed,
+            sequential_limit=sequential_limit,
+        )
+        comparison = asyncio.run(
+            compare(cfg, sequential=not scaled_only, progress=_progress(console))
+        )
+    except (LegionError, ValueError) as exc:
+        raise _bad(str(exc)) from None
+    _print_comparison(comparison)
+    if json_out is not None:
+        import orjson
+
+        from ..demo.compare import as_dict
+
+        json_out.write_bytes(orjson.dumps(as_dict(comparison), option=orjson.OPT_INDENT_2))
+    if not no_report:
+        from ..demo.report import write_report
+
+        write_report(comparison, report)
+        console.print(f"report: {report.resolve()}", highlight=False)
+
+
+def _print_comparison(c: Comparison) -> None:
+    from ..demo.compare import ideal_lines, rows
+
+    out = Console(highlight=False)
+    table = Table(title="legion demo: sequential vs scaled", title_justify="left")
+    table.add_column("")
+    table.add_column("sequential (legacy)", justify="right")
+    table.add_column("scaled (legion)", justify="right")
+    for label, a, b in rows(c):
+        table.add_row(label, a, b)
+    out.print(table)
+    for line in ideal_lines(c):
+        out.print(f"  {line}")

@@ -1,0 +1,387 @@
+"""``legion serve`` (the HTTP API, dashboard and metrics) and ``legion keys`` (its API keys).
+
+The server's packages (FastAPI, uvicorn, prometheus-client: the ``server`` extra) are
+imported only when one of these commands runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import importlib.util
+import json
+import logging
+import signal
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ..errors import AgentLoadError, ConfigError, LegionError
+from ..loader import agents_in, load_module
+from ..runtime import Runtime
+from ..store import store_from_url
+from . import (
+    DEFAULT_STORE,
+    ConfigOpt,
+    LLMOpt,
+    MaxInFlightOpt,
+    RpmOpt,
+    StoreOpt,
+    TpmOpt,
+    _fail,
+    _run,
+)
+from .llm_options import LLMOptions, llm_config
+from .progress import stderr_console
+from .status import opened
+
+if TYPE_CHECKING:
+    from ..agent import Agent
+    from ..server import ServerSettings
+    from ..server.keys import NewKey
+    from ..store.base import ApiKey
+
+
+_SERVER_MODULES = ("fastapi", "uvicorn", "prometheus_client")
+
+
+class TraceExporter(enum.StrEnum):
+    otlp = "otlp"
+    console = "console"
+
+
+class LogFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    store: str
+    worker: bool
+    concurrency: int
+    lease_seconds: float
+    llm: LLMOptions
+    settings: ServerSettings
+
+
+def _paragraphs(*parts: str) -> str:
+    """Help text: each part one paragraph (the terminal wraps it)."""
+    return "\n\n".join(parts)
+
+
+SERVE_HELP = _paragraphs(
+    "Serve the HTTP API, the live dashboard and Prometheus metrics for the agents of an app, "
+    "and (unless --no-worker) run them in this process too.",
+    "\b\n"
+    "  legion keys create --store sqlite:///app.db     # prints a new API key\n"
+    "  legion serve --store sqlite:///app.db --app agents.py\n"
+    '  curl -H "Authorization: Bearer $KEY" http://127.0.0.1:8000/v1/tasks \\\n'
+    '       -d \'{"agent": "research", "input": {"question": "..."}}\'',
+    "Every route but /healthz needs an API key (Authorization: Bearer KEY). A browser opening "
+    "the dashboard at / asks for it: any user name, the key as the password. The OpenAPI "
+    "document is at /openapi.json, metrics at /metrics.",
+    "The server listens on 127.0.0.1 unless told otherwise; any other address also needs "
+    "--allow-remote. With --no-worker it only submits and watches: run workers with "
+    "`legion worker` on the same store.",
+    "SIGINT/SIGTERM stop serving, then drain the worker: running tasks finish (a second "
+    "signal gives them back to the queue at once).",
+)
+
+KEYS_HELP = _paragraphs(
+    "Create, list and revoke the API keys of `legion serve`.",
+    "\b\n"
+    "  legion keys create --name ci --store sqlite:///app.db   # the key is the last line\n"
+    "  legion keys list --store sqlite:///app.db\n"
+    "  legion keys revoke 3f2a9c1b0d4e --store sqlite:///app.db",
+    "Keys live in the store, so every server on that store accepts them. The store keeps "
+    "only a salted SHA-256 digest: a key is shown once, when it is made. A revoked key is "
+    "refused (403); a server that checked it in the last 5 seconds may take that long to "
+    "notice.",
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` and the ``keys`` commands to the ``legion`` command."""
+    app.command("serve", help=SERVE_HELP)(serve)
+    keys = typer.Typer(name="keys", help=KEYS_HELP, no_args_is_help=True)
+    keys.command("create")(create_key)
+    keys.command("list")(list_keys)
+    keys.command("revoke")(revoke_key)
+    app.add_typer(keys, name="keys")
+
+
+def serve(
+    app_ref: Annotated[
+        str,
+        typer.Option(
+            "--app",
+            "-a",
+            help="The module whose agents to serve: path/to/agents.py or package.module.",
+        ),
+    ],
+    store: StoreOpt = DEFAULT_STORE,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (not loopback: needs --allow-remote).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote",
+            help="Allow listening on an address other machines can reach.",
+        ),
+    ] = False,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Also run the agents in this process (default), or only serve the API.",
+        ),
+    ] = True,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
+    ] = 1000,
+    lease_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Lease length; a vanished worker's tasks return to the queue after it."
+        ),
+    ] = 30.0,
+    llm: LLMOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_in_flight: MaxInFlightOpt = None,
+    config: ConfigOpt = None,
+    max_body: Annotated[
+        int, typer.Option(min=1024, help="Largest request body in bytes; larger ones get 413.")
+    ] = 4 * 1024 * 1024,
+    trace: Annotated[
+        TraceExporter | None,
+        typer.Option(
+            envvar="LEGION_TRACE",
+            help="Export OpenTelemetry spans of tasks, steps and LLM calls: otlp (configured "
+            "by the OTEL_EXPORTER_OTLP_* variables) or console. Off by default.",
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            envvar="LEGION_LOG_FORMAT",
+            help="Logs on stderr as text, or as JSON lines that carry task ids.",
+        ),
+    ] = LogFormat.text,
+    access_log: Annotated[bool, typer.Option(help="Log every HTTP request.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    """``legion serve`` (its help is SERVE_HELP)."""
+    from ..telemetry import configure_logging, configure_tracing
+
+    configure_logging(
+        level=logging.INFO if verbose else logging.WARNING, as_json=log_format is LogFormat.json
+    )
+    _require_server_extra()
+    from ..server import ServerSettings
+
+    try:
+        settings = ServerSettings(
+            host=host,
+            port=port,
+            allow_remote=allow_remote,
+            max_body_bytes=max_body,
+            stale_after=2 * lease_seconds,
+            access_log=access_log,
+        )
+        agents = _load_agents(app_ref)
+        stop_tracing = configure_tracing(trace.value) if trace is not None else None
+    except LegionError as exc:
+        raise _fail(str(exc)) from None
+    opts = ServeOptions(
+        store=store,
+        worker=worker,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
+        settings=settings,
+    )
+    try:
+        code = _run(_serve(opts, agents, stderr_console()))
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()
+    raise typer.Exit(code)
+
+
+def _require_server_extra() -> None:
+    missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _fail(
+            f"this command needs {', '.join(missing)}: pip install 'legion[server]'", code=2
+        )
+
+
+def _load_agents(app_ref: str) -> list[Agent]:
+    agents = agents_in(load_module(app_ref))
+    if not agents:
+        raise AgentLoadError(
+            f"{app_ref} defines no agent (decorate async functions with @legion.agent)"
+        )
+    return agents
+
+
+async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> int:
+    """Serve until SIGINT/SIGTERM; then stop serving and drain the worker."""
+    from ..llm.config import build_client
+    from ..server import running_server
+
+    client = None
+    if opts.worker:
+        llm_settings, note = llm_config(opts.llm)
+        client = await build_client(llm_settings)
+        console.print(note, highlight=False)
+    try:
+        async with (
+            Runtime(
+                opts.store,
+                concurrency=opts.concurrency,
+                worker=opts.worker,
+                agents=agents,
+                lease_seconds=opts.lease_seconds,
+                llm=client,
+            ) as rt,
+            running_server(rt, agents, opts.settings) as server,
+        ):
+            names = ", ".join(a.name for a in agents)
+            print(f"legion serve: listening on {server.url} ({names})", flush=True)
+            console.print(
+                f"dashboard {server.url}/ · API {server.url}/v1 · OpenAPI "
+                f"{server.url}/openapi.json · metrics {server.url}/metrics",
+                highlight=False,
+            )
+            await _until_signal(rt, server.wait_stopped(), console)
+        if rt.fatal_error is not None:
+            console.print(f"[red]error:[/] the worker stopped: {rt.fatal_error}", highlight=False)
+            return 2
+        return 0
+    finally:
+        if client is not None:
+            await client.aclose()
+
+
+async def _until_signal(rt: Runtime, stopped: Coroutine[Any, Any, None], console: Console) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    presses = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            console.print(
+                f"{signal.Signals(signum).name}: stopping the server, then draining the worker",
+                highlight=False,
+            )
+            stop.set()
+        elif rt.worker is not None:
+            rt.worker.release_now()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    waiting = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(stopped)]
+    try:
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for f in waiting:
+            f.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+
+# -- keys ------------------------------------------------------------------------------
+
+
+def create_key(
+    name: Annotated[
+        str, typer.Option("--name", "-n", help="What or who the key is for.")
+    ] = "default",
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Create an API key and print it, alone, on the last line (it is not shown again)."""
+    _require_server_extra()
+    key = _run(_create_key(store, name))
+    console = stderr_console()
+    console.print(
+        f"created API key {key.record.id} ({name}); keep it secret: only its hash is stored",
+        highlight=False,
+    )
+    print(key.token, flush=True)
+
+
+def list_keys(
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key.")] = False,
+) -> None:
+    """List the API keys (ids and names, never secrets), revoked ones included."""
+    found: list[ApiKey] = _run(_list_keys(store))
+    for k in found:
+        if as_json:
+            doc = {
+                "id": k.id,
+                "name": k.name,
+                "created_at": k.created_at,
+                "revoked_at": k.revoked_at,
+            }
+            print(json.dumps(doc))
+        else:
+            state = "active" if k.revoked_at is None else f"revoked {_when(k.revoked_at)}"
+            print(f"{k.id}\t{k.name}\tcreated {_when(k.created_at)}\t{state}")
+    if not found and not as_json:
+        stderr_console().print("no API key yet: create one with `legion keys create`")
+
+
+def revoke_key(
+    key: Annotated[str, typer.Argument(help="The key's id (as `legion keys list` shows it).")],
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Revoke an API key: requests with it are refused (403) from now on."""
+    _require_server_extra()
+    from ..server.keys import key_id
+
+    found = key_id(key)
+    if found is None:
+        raise _fail(f"{key!r} is not an API key id (12 hex digits) or an API key")
+    if not _run(_revoke_key(store, found)):
+        raise _fail(f"no API key {found} in {store}", code=1)
+    stderr_console().print(f"revoked API key {found}", highlight=False)
+
+
+async def _create_key(url: str, name: str) -> NewKey:
+    from ..server.keys import new_key
+
+    if not name.strip():
+        raise ConfigError("a key needs a name")
+    key = new_key(name, time.time())
+    store = store_from_url(url)
+    await store.open()
+    try:
+        await store.add_api_key(key.record)
+    finally:
+        await store.aclose()
+    return key
+
+
+async def _list_keys(url: str) -> list[ApiKey]:
+    async with opened(url) as store:
+        return await store.api_keys()
+
+
+async def _revoke_key(url: str, key_id: str) -> bool:
+    async with opened(url) as store:
+        return await store.revoke_api_key(key_id, time.time())
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))

@@ -1,0 +1,191 @@
+"""``legion worker``: serve the agents of an app from a shared store until told to stop.
+
+One process runs one worker (an event loop with up to ``--concurrency`` agent
+instances). ``--processes N`` (or ``auto``: one per core) makes this process a small
+supervisor of N worker processes: it forwards SIGINT/SIGTERM to them, and starts a
+worker again when one dies unexpectedly, so a crash costs only the leases that worker
+held (they return to the queue; see ``--lease-seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+
+from ..agent import Agent
+from ..errors import AgentLoadError
+from ..loader import agents_in, load_module
+from ..runtime import Runtime
+from .llm_options import ExecutorOptions, LLMOptions, llm_config
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    apps: tuple[str, ...]
+    store: str
+    concurrency: int
+    lease_seconds: float
+    drain_timeout: float
+    max_loop_lag: float
+    max_memory_mb: float | None
+    llm: LLMOptions
+    strict: bool = False
+    executors: ExecutorOptions = field(default_factory=ExecutorOptions)
+
+
+def load_agents(apps: tuple[str, ...]) -> list[Agent]:
+    """Every agent defined at the top level of the given modules."""
+    found: list[Agent] = []
+    for app in apps:
+        agents = agents_in(load_module(app))
+        if not agents:
+            raise AgentLoadError(
+                f"{app} defines no agent (decorate async functions with @legion.agent)"
+            )
+        found.extend(agents)
+    return found
+
+
+async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> int:
+    """Run one worker until SIGINT/SIGTERM; answer the exit code."""
+    from ..llm.config import build_client
+
+    config, note = llm_config(opts.llm)
+    async with (
+        await build_client(config) as llm,
+        Runtime(
+            opts.store,
+            concurrency=opts.concurrency,
+            agents=agents,
+            lease_seconds=opts.lease_seconds,
+            drain_timeout=opts.drain_timeout,
+            llm=llm,
+            max_loop_lag=opts.max_loop_lag,
+            max_memory_mb=opts.max_memory_mb,
+            strict=opts.strict,
+            executors=opts.executors.build(),
+            executor=opts.executors.executor,
+        ) as rt,
+    ):
+        assert rt.worker is not None
+        console.print(
+            f"legion worker {rt.worker.id} pid {os.getpid()}: serving "
+            f"{', '.join(a.name for a in agents)} from {opts.store} "
+            f"(concurrency {opts.concurrency}); {note}",
+            highlight=False,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        presses = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal presses
+            presses += 1
+            assert rt.worker is not None
+            if presses == 1:
+                console.print(f"{signal.Signals(signum).name}: draining", highlight=False)
+                stop.set()
+            else:
+                rt.worker.release_now()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        fatal = asyncio.ensure_future(rt.worker.wait_fatal())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((fatal, stopped), return_when=asyncio.FIRST_COMPLETED)
+        for f in (fatal, stopped):
+            f.cancel()
+        await rt.drain()
+        s = rt.worker.statistics()
+        console.print(
+            f"legion worker {rt.worker.id}: stopped after {s.succeeded} succeeded, "
+            f"{s.failed + s.dead} failed, {s.retried} retried, {s.released} released",
+            highlight=False,
+        )
+        if rt.fatal_error is not None:
+            console.print(f"[red]error:[/] stopped: {rt.fatal_error}", highlight=False)
+            return 2
+    return 0
+
+
+def supervise(argv: list[str], processes: int, console: Console) -> int:
+    """Run ``processes`` worker processes with ``argv``; restart those that crash."""
+    command = [sys.executable, "-m", "legion", "worker", *argv, "--processes", "1"]
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def start(slot: int) -> None:
+        children[slot] = subprocess.Popen(command)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for slot in range(processes):
+        start(slot)
+    console.print(f"legion worker: supervising {processes} worker processes", highlight=False)
+    restarts: dict[int, float] = {}
+    code = 0
+    while children:
+        for slot, child in list(children.items()):
+            rc = child.poll()
+            if rc is None:
+                continue
+            del children[slot]
+            if stopping or rc in (0, 2):  # drained, or stopped for a reason a restart won't fix
+                code = max(code, rc)
+                continue
+            # It crashed: start another (after a pause if this one keeps crashing).
+            pause = 1.0 if time.monotonic() - restarts.get(slot, -60.0) < 60 else 0.0
+            console.print(
+                f"[yellow]worker process {child.pid} exited with {rc}; starting another[/]",
+                highlight=False,
+            )
+            time.sleep(pause)
+            restarts[slot] = time.monotonic()
+            if not stopping:
+                start(slot)
+        time.sleep(0.2)
+    return code
+
+
+def processes_from(value: str) -> int:
+    """``--processes``: a count, or ``auto`` for one per core this process may use."""
+    if value == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"--processes takes a number or 'auto', not {value!r}") from None
+    if n < 1:
+        raise ValueError("--processes must be at least 1")
+    return n
+
+
+def child_argv(argv: list[str]) -> list[str]:
+    """The command line of this ``legion worker`` without its ``--processes`` option."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            out.append(arg)
+    return out

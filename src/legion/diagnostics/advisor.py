@@ -1,0 +1,100 @@
+"""The sequential-await advisor: steps that waited for each other for no reason.
+
+The context keeps, for every step it ran, when it ran, where it was called, and
+fingerprints of its inputs and of its result (the whole value and its top-level items).
+Two steps that ran back to back — the second started after the first ended — where no
+input of the second matches the first's result could have run together: ``ctx.gather``
+would have saved the shorter one's duration. (A dependency that transforms the value
+before passing it on is not seen; the report says the steps *appear* independent.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import codec
+from .report import Diagnostic, Kind, Site
+from .unawaited import SiteRef
+
+# Steps shorter than this are not worth a gather.
+MIN_SAVING = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class StepTrace:
+    key: str
+    site_ref: SiteRef | None
+    started: float
+    finished: float
+    inputs: frozenset[str]
+    outputs: frozenset[str]
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+    @property
+    def site(self) -> Site | None:
+        return self.site_ref.site() if self.site_ref is not None else None
+
+
+def fingerprints(values: Iterable[Any]) -> frozenset[str]:
+    """Fingerprints of each value and of its top-level items (JSON values only)."""
+    found: set[str] = set()
+    for value in values:
+        _add(found, value)
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                _add(found, item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                _add(found, item)
+    return frozenset(found)
+
+
+def _add(found: set[str], value: Any) -> None:
+    if value is None or isinstance(value, bool):
+        return  # too common to mean a dependency
+    try:
+        raw = codec.dumps(value)
+    except Exception:  # not JSON: it cannot be compared, so it does not count
+        return
+    found.add(hashlib.blake2b(raw, digest_size=8).hexdigest())
+
+
+def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
+    """One report per pair of consecutive, independent, sequential steps."""
+    ordered = sorted(steps, key=lambda s: s.started)
+    reports = []
+    for first, second in itertools.pairwise(ordered):
+        if second.started < first.finished:
+            continue  # they overlapped: already concurrent
+        if second.inputs & first.outputs:
+            continue  # the second used the first's result
+        saving = min(first.seconds, second.seconds)
+        if saving < MIN_SAVING:
+            continue
+        a, b = first.site, second.site
+        where = f" ({_short(a)} and {_short(b)})" if a and b else ""
+        reports.append(
+            Diagnostic(
+                Kind.SEQUENTIAL_AWAIT,
+                f"agent `{agent}`: steps `{first.key}` and `{second.key}`{where} ran one after "
+                f"the other but appear independent (no result of the first went into the "
+                f"second): `await ctx.gather(...)` them to save ~{saving * 1000:.0f} ms",
+                b,
+                saving,
+                tuple(s for s in (a, b) if s is not None),
+            )
+        )
+    return reports
+
+
+def _short(site: Site) -> str:
+    from .report import short_path
+
+    return f"{short_path(site.file)}:{site.line}"

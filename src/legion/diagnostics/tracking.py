@@ -1,0 +1,102 @@
+"""Which agent instance owns which asyncio task, and what escaped from the tasks it spawned.
+
+The runner sets :data:`CURRENT` in each instance's task; asyncio copies the context into
+every task created from there, so a task factory installed on the loop learns, for each
+new task, which instance spawned it (``ctx.gather`` children, or the agent's own
+``asyncio.create_task``). With that:
+
+- the loop watchdog can say which agent blocked the loop even when the blocking code
+  runs in a child task;
+- an exception from a task the agent spawned and never awaited is attached to the
+  owning task (when the instance ends, or when asyncio reports it as "never retrieved")
+  instead of being lost in a log line or crashing the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import weakref
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Protocol
+
+log = logging.getLogger("legion.diagnostics")
+
+
+class Owner(Protocol):
+    """What an agent instance offers to the tracking (the runner's ``Instance``)."""
+
+    def spawned(self, task: asyncio.Task[Any]) -> None: ...
+
+    def escaped(self, task: asyncio.Task[Any], exc: BaseException) -> None: ...
+
+
+CURRENT: contextvars.ContextVar[Owner | None] = contextvars.ContextVar(
+    "legion_instance", default=None
+)
+_OWNERS: weakref.WeakKeyDictionary[asyncio.Future[Any], Owner] = weakref.WeakKeyDictionary()
+_INSTALLED: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+TaskFactory = Callable[..., "asyncio.Task[Any]"]
+
+
+def owner_of(task: asyncio.Future[Any] | None) -> Owner | None:
+    return _OWNERS.get(task) if task is not None else None
+
+
+def claim(task: asyncio.Task[Any], owner: Owner) -> None:
+    """Record ``owner`` as the instance that ``task`` runs for."""
+    _OWNERS[task] = owner
+
+
+def install(loop: asyncio.AbstractEventLoop) -> None:
+    """Track task ownership and escaped exceptions on ``loop`` (once; chains what the
+    loop already had)."""
+    if loop in _INSTALLED:
+        return
+    _INSTALLED.add(loop)
+    previous_factory = loop.get_task_factory()
+
+    def factory(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
+        **kwargs: Any,
+    ) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any]
+        if previous_factory is not None:
+            task = previous_factory(loop, coro, **kwargs)  # type: ignore[assignment]
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        owner = CURRENT.get()
+        if owner is not None:
+            _OWNERS[task] = owner
+            owner.spawned(task)
+        return task
+
+    loop.set_task_factory(factory)
+    previous_handler = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        future = context.get("future")
+        exc = context.get("exception")
+        owner = owner_of(future)
+        if owner is not None and exc is not None and isinstance(future, asyncio.Task):
+            owner.escaped(future, exc)
+            return
+        if previous_handler is not None:
+            previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def unretrieved_exception(task: asyncio.Task[Any]) -> BaseException | None:
+    """The exception of a finished task that nobody has retrieved yet (and retrieve it,
+    so asyncio does not report it again)."""
+    if not task.done() or task.cancelled():
+        return None
+    if not getattr(task, "_log_traceback", False):
+        return None
+    return task.exception()

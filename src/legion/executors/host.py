@@ -1,0 +1,172 @@
+"""The worker side: serve a remote instance's context calls with the real context.
+
+A :class:`ContextHost` answers the calls of one instance (see
+:mod:`legion.executors.protocol`) against the worker's :class:`~legion.context.Context`,
+so the worker stays the one writer of the store: a remote step is recorded through
+``ctx.step`` (which also times it), memory goes through the journal, LLM calls through
+the worker's shared capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import codec
+from . import protocol as p
+from .errors import InstanceLost, ProtocolError
+
+if TYPE_CHECKING:
+    from ..agent import Agent
+    from ..context import Context
+
+Reply = Callable[[bool, Any], None]
+"""Answers one call: ``(True, value)`` or ``(False, ErrorEnvelope)``."""
+
+_MISSING = object()
+
+
+def invocation(agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> p.Invocation:
+    """What the remote side needs to run this attempt of ``agent``."""
+    return p.Invocation(
+        ref=agent.ref,
+        kwargs=p.dumps(dict(kwargs)),
+        agent=ctx.agent,
+        task_id=ctx.task_id,
+        attempt=ctx.attempt,
+        key=ctx.key,
+        session=ctx.session,
+        steps=dict(ctx.recorded_steps),
+        log_level=ctx.log.getEffectiveLevel(),
+        sys_path=tuple(sys.path),
+    )
+
+
+class ContextHost:
+    """Answers the context calls of one remote instance until :meth:`aclose`."""
+
+    __slots__ = ("_calls", "_ctx", "_steps", "_tasks")
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Steps running remotely: the future gets the result's JSON, the task records it.
+        self._steps: dict[str, tuple[asyncio.Future[bytes], asyncio.Task[Any]]] = {}
+        self._calls: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
+            p.STEP_END: self._step_end,
+            p.MEMORY_GET: self._memory_get,
+            p.MEMORY_SET: self._memory_set,
+            p.MEMORY_DELETE: self._memory_delete,
+            p.MEMORY_ITEMS: self._memory_items,
+            p.LLM_CHAT: self._llm_chat,
+        }
+
+    def handle(self, op: str, args: Sequence[Any], reply: Reply | None) -> None:
+        """Serve one message: a call (answered through ``reply``) or a notification."""
+        if reply is None:
+            if op == p.STEP_START:
+                self._step(args[0])
+            elif op == p.STEP_ABORT:
+                self._step_abort(args[0])
+            elif op == p.LOG:
+                level, message = args
+                self._ctx.log.log(level, "%s", message)
+            else:
+                raise ProtocolError(f"unknown notification {op!r}")
+            return
+        handler = self._calls.get(op)
+        if handler is None:
+            reply(False, p.pack_error(ProtocolError(f"unknown call {op!r}")))
+            return
+        self._spawn(self._answer(handler(*args), reply), f"legion-remote-{op}")
+
+    async def aclose(self) -> None:
+        """Stop serving: cancel what is still running (the instance has ended)."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    async def _answer(call: Coroutine[Any, Any, Any], reply: Reply) -> None:
+        """Answer a call exactly once, also when the instance ends while it is served
+        (whatever holds the call for the remote side can then let go of it)."""
+        try:
+            value = await call
+        except asyncio.CancelledError:
+            reply(False, p.pack_error(InstanceLost("the instance has ended")))
+            raise
+        except BaseException as exc:
+            reply(False, p.pack_error(exc))
+        else:
+            reply(True, value)
+
+    # -- steps: started, ended (recorded) or aborted by the remote side -----------------
+
+    def _step(self, key: str) -> tuple[asyncio.Future[bytes], asyncio.Task[Any]]:
+        entry = self._steps.get(key)
+        if entry is None:
+            result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            recording = self._spawn(_record(self._ctx, key, result), f"legion-step-{key}")
+            entry = self._steps[key] = (result, recording)
+        return entry
+
+    async def _step_end(self, key: str, data: bytes) -> None:
+        result, recording = self._step(key)
+        if not result.done():
+            result.set_result(data)
+        try:
+            await recording
+        finally:
+            self._steps.pop(key, None)
+
+    def _step_abort(self, key: str) -> None:
+        entry = self._steps.pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    # -- memory and LLM --------------------------------------------------------------
+
+    async def _memory_get(self, key: str) -> tuple[bool, Any]:
+        value = await self._ctx.memory.get(key, _MISSING)
+        return (False, None) if value is _MISSING else (True, value)
+
+    async def _memory_set(self, key: str, data: bytes) -> None:
+        await self._ctx.memory.set(key, codec.loads(data))
+
+    async def _memory_delete(self, key: str) -> None:
+        await self._ctx.memory.delete(key)
+
+    async def _memory_items(self) -> dict[str, Any]:
+        return await self._ctx.memory.items()
+
+    async def _llm_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        model: str | None,
+        timeout: float | None,  # noqa: ASYNC109 - passed on to ctx.llm.chat
+        stream: bool | None,
+        params: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        response = await self._ctx.llm.chat(
+            messages, model, timeout=timeout, stream=stream, **params
+        )
+        return response.to_json()
+
+
+async def _record(ctx: Context, key: str, result: asyncio.Future[bytes]) -> None:
+    """Record a remote step with ``ctx.step``, which times it and writes it to the journal."""
+    await ctx.step(key, _decoded, result)
+
+
+async def _decoded(result: asyncio.Future[bytes]) -> Any:
+    """The remote step's result, once it arrives (``ctx.step`` stores it again as JSON)."""
+    return codec.loads(await result)

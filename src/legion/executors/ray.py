@@ -1,0 +1,293 @@
+"""``RayExecutor``: agent instances as Ray tasks, placed by Ray's scheduler.
+
+Needs the ``ray`` extra (``pip install 'legion[ray]'``); Ray is imported only here, when
+the executor starts. The store stays the source of truth: the worker keeps the lease,
+the journal and the context, and a Ray task only runs the agent's code. A task whose
+Ray worker or node is lost fails with :class:`InstanceLost`, and the agent's retry
+policy runs it again (Ray's own retries are off, so that policy is the only one); steps
+it recorded before are replayed, not run again.
+
+The remote instance reaches its worker through a *bridge*: a small async Ray actor on
+the worker's node. A remote context call goes to the bridge, which holds it until the
+worker takes it (the worker long-polls the bridge in batches), and answers it when the
+worker does. Only Ray's own connections are used, so it works wherever Ray does (a
+cluster address, ``ray://`` clients, a local instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import itertools
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from . import protocol as p
+from .errors import InstanceLost, ProtocolError
+from .host import ContextHost, invocation
+from .remote import execute
+
+if TYPE_CHECKING:
+    from ..agent import Agent
+    from ..context import Context
+
+log = logging.getLogger("legion.executors.ray")
+
+# Most context calls the bridge holds at once (each waiting call is a running actor call).
+_MAX_PENDING_CALLS = 100_000
+_POLL_BACKOFF_MAX = 2.0  # seconds between tries to reach a bridge that is restarting
+
+Request = tuple[int, int | None, str, tuple[Any, ...]]
+"""A message for the worker: (instance's call id, token to answer with or None, op, args)."""
+
+
+class RayExecutor:
+    """Runs agent instances as Ray tasks on the cluster at ``address`` (``None``: start a
+    private local Ray instance; ``"auto"``: the cluster this machine belongs to;
+    ``"ray://host:10001"``: through Ray Client).
+
+    - ``num_cpus`` and ``resources``: what each instance asks Ray's scheduler for.
+    - ``init_options``: more keyword arguments for ``ray.init``.
+
+    When Ray is already initialized in this process, that connection is used as it is
+    (and left open at the end).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: float = 1.0,
+        resources: Mapping[str, float] | None = None,
+        init_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("the ray executor needs Ray: pip install 'legion[ray]'")
+        if num_cpus < 0:
+            raise ConfigError("num_cpus must be >= 0")
+        self.address = address
+        self.num_cpus = num_cpus
+        self.resources = dict(resources or {})
+        self._init_options = dict(init_options or {})
+        self._owns_ray = False
+        self._remote: Any = None
+        self._bridge: Any = None
+        self._bridge_name = f"legion-bridge-{uuid.uuid4().hex}"
+        self._pump: asyncio.Task[None] | None = None
+        self._hosts: dict[int, ContextHost] = {}
+        self._ids = itertools.count()
+        self._answers: list[tuple[int, bool, Any]] = []
+
+    def check(self, agent: Agent) -> None:
+        """Refuse (:class:`ConfigError`) an agent that Ray workers could not import."""
+        _ = agent.ref
+
+    async def start(self) -> None:
+        """Connect to Ray (or start it), place the bridge on this node, serve it."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if not ray.is_initialized():
+            # ray.init blocks for seconds; the event loop serves other things meanwhile.
+            address = "local" if self.address is None else self.address
+            await asyncio.to_thread(ray.init, address=address, **self._init_options)
+            self._owns_ray = True
+        self._remote = ray.remote(_run_instance).options(
+            max_retries=0,  # a lost instance is retried by legion's policy, not Ray's
+            retry_exceptions=False,
+            num_cpus=self.num_cpus,
+            resources=self.resources,
+        )
+        here = ray.get_runtime_context().get_node_id()
+        self._bridge = (
+            ray.remote(Bridge)
+            .options(
+                name=self._bridge_name,  # remote instances find it by name: cheaper than a handle
+                num_cpus=0,
+                max_concurrency=_MAX_PENDING_CALLS,
+                max_restarts=-1,  # a bridge that crashed comes back; its calls fail once
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+            )
+            .remote()
+        )
+        self._pump = asyncio.get_running_loop().create_task(
+            self._pump_calls(), name="legion-ray-bridge"
+        )
+
+    async def run(self, agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> Any:
+        """Run one instance as a Ray task; raises what the agent raised, or
+        :class:`InstanceLost` when Ray lost the task (its worker or node died)."""
+        import ray
+
+        request = invocation(agent, ctx, kwargs)
+        call_id = next(self._ids)
+        host = self._hosts[call_id] = ContextHost(ctx)
+        ref = self._remote.remote(self._bridge_name, call_id, request)
+        try:
+            outcome: p.Outcome = await ref
+        except ray.exceptions.RayTaskError as exc:  # legion's side of the task failed there
+            cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+            raise InstanceLost(
+                f"the instance failed on its Ray worker: {type(cause).__name__}: "
+                f"{_first_line(cause)}"
+            ) from exc
+        except ray.exceptions.RayError as exc:  # its worker or node died, or its result is gone
+            raise InstanceLost(
+                f"Ray lost the instance ({type(exc).__name__}): {_first_line(exc)}"
+            ) from exc
+        except asyncio.CancelledError:
+            ray.cancel(ref, force=True)  # kills its Ray worker: a busy loop cannot hold on
+            raise
+        finally:
+            del self._hosts[call_id]
+            await host.aclose()  # answers what it was still serving: the bridge holds nothing
+        return p.outcome_value(outcome)
+
+    async def aclose(self) -> None:
+        """Stop serving the bridge and remove it; shut Ray down if this executor started it."""
+        import ray
+
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            self._pump = None
+        if self._bridge is not None:
+            ray.kill(self._bridge)
+            self._bridge = None
+        if self._owns_ray:
+            await asyncio.to_thread(ray.shutdown)
+            self._owns_ray = False
+
+    async def _pump_calls(self) -> None:
+        """Take the remote instances' calls from the bridge and serve each with its host."""
+        import ray
+
+        backoff = 0.05
+        while True:
+            try:
+                batch: list[Request] = await self._bridge.take.remote()
+            except ray.exceptions.RayError as exc:
+                log.warning("the Ray bridge is unavailable (%s); retrying", _first_line(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _POLL_BACKOFF_MAX)
+                continue
+            backoff = 0.05
+            for call_id, token, op, args in batch:
+                self._serve(call_id, token, op, args)
+
+    def _serve(self, call_id: int, token: int | None, op: str, args: Any) -> None:
+        reply = None if token is None else functools.partial(self._answer, token)
+        host = self._hosts.get(call_id)
+        if host is None:  # the instance has ended; whoever asked is gone or going
+            if reply is not None:
+                reply(False, p.pack_error(InstanceLost("the instance has ended")))
+            return
+        try:
+            host.handle(op, args, reply)
+        except ProtocolError as exc:
+            log.error("instance %d: %s", call_id, exc)
+
+    def _answer(self, token: int, ok: bool, value: Any) -> None:
+        """Queue an answer; answers made in one turn of the event loop go in one call."""
+        self._answers.append((token, ok, value))
+        if len(self._answers) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_answers)
+
+    def _flush_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        if self._bridge is not None:
+            self._bridge.answer.remote(answers)
+
+
+def _run_instance(bridge_name: str, call_id: int, request: p.Invocation) -> p.Outcome:
+    """The Ray task: run one instance in this Ray worker."""
+    return asyncio.run(execute(request, _RayLink(_bridge(bridge_name), call_id)))
+
+
+_bridges: dict[str, Any] = {}
+
+
+def _bridge(name: str) -> Any:
+    """The bridge named ``name`` (looked up once per Ray worker process)."""
+    found = _bridges.get(name)
+    if found is None:
+        import ray
+
+        found = _bridges[name] = ray.get_actor(name)
+    return found
+
+
+class _RayLink:
+    """The remote side's :class:`~legion.executors.remote.Link` through the bridge."""
+
+    __slots__ = ("_bridge", "_call_id")
+
+    def __init__(self, bridge: Any, call_id: int) -> None:
+        self._bridge = bridge
+        self._call_id = call_id
+
+    async def call(self, op: str, *args: Any) -> Any:
+        ok, value = await self._bridge.call.remote(self._call_id, op, args)
+        if ok:
+            return value
+        raise p.unpack_error(value)
+
+    def notify(self, op: str, *args: Any) -> None:
+        self._bridge.notify.remote(self._call_id, op, args)
+
+
+class Bridge:
+    """The mailbox between remote instances and their worker; runs as an async Ray actor
+    on the worker's node. A call waits here until the worker answers it (it always does:
+    with the answer, an error, or "the instance has ended")."""
+
+    def __init__(self) -> None:
+        self._inbox: list[Request] = []
+        self._arrived = asyncio.Event()
+        self._tokens = itertools.count()
+        self._waiting: dict[int, asyncio.Future[tuple[bool, Any]]] = {}
+
+    async def call(self, call_id: int, op: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
+        """From a remote instance: ask its worker, return the answer."""
+        token = next(self._tokens)
+        answer: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = answer
+        self._post((call_id, token, op, args))
+        try:
+            return await answer
+        finally:
+            del self._waiting[token]
+
+    async def notify(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
+        """From a remote instance: tell its worker something."""
+        self._post((call_id, None, op, args))
+
+    async def take(self) -> list[Request]:
+        """From the worker: wait for messages, take all that arrived."""
+        while not self._inbox:
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch, self._inbox = self._inbox, []
+        return batch
+
+    async def answer(self, answers: list[tuple[int, bool, Any]]) -> None:
+        """From the worker: answer waiting calls."""
+        for token, ok, value in answers:
+            waiting = self._waiting.get(token)
+            if waiting is not None and not waiting.done():
+                waiting.set_result((ok, value))
+
+    def _post(self, request: Request) -> None:
+        self._inbox.append(request)
+        self._arrived.set()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

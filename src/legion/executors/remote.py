@@ -1,0 +1,273 @@
+"""The remote side: run one agent instance away from its worker.
+
+:func:`execute` imports the agent's function, hands it a :class:`RemoteContext` and
+answers an :data:`~legion.executors.protocol.Outcome`. The context has the API of
+:class:`~legion.context.Context`; what needs the store goes to the worker through a
+:class:`Link`:
+
+- ``ctx.step(name, fn, ...)`` runs ``fn`` here (that is the agent's own code) and replays
+  the steps of earlier attempts here too; a new result is recorded by the worker, and
+  ``step`` returns once it is;
+- ``ctx.memory`` and ``ctx.llm`` are calls to the worker: LLM calls share the worker's
+  capacity and are recorded as steps there;
+- ``ctx.log`` sends its records to the worker's logger of the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import logging
+import pickle
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .. import codec
+from ..agent import Agent
+from ..context import gather
+from ..errors import AgentLoadError
+from ..loader import load_module
+from . import protocol as p
+
+if TYPE_CHECKING:
+    from ..llm.types import ChatResponse, Message
+
+
+class Link(Protocol):
+    """How the remote side reaches its worker."""
+
+    async def call(self, op: str, *args: Any) -> Any:
+        """Ask the worker and wait for its answer (its error is raised here)."""
+        ...
+
+    def notify(self, op: str, *args: Any) -> None:
+        """Tell the worker something; no answer."""
+        ...
+
+
+async def execute(invocation: p.Invocation, link: Link) -> p.Outcome:
+    """Run one attempt of the agent to its end; never raises (but for cancellation)."""
+    try:
+        module, fn = resolve(invocation.ref, invocation.sys_path)
+        kwargs = _load_arguments(invocation.kwargs, module)
+        result = await fn(RemoteContext(invocation, link), **kwargs)
+        return True, codec.dumps(result)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # this instance is being stopped
+            raise
+        return False, p.pack_error(exc)  # the agent's code raised it itself
+    except BaseException as exc:  # SystemExit too: it ends this instance, not this process
+        return False, p.pack_error(exc)
+
+
+_resolved: dict[str, tuple[ModuleType, Callable[..., Awaitable[Any]]]] = {}
+
+
+def resolve(ref: str, sys_path: Sequence[str] = ()) -> tuple[ModuleType, Callable[..., Any]]:
+    """Import the agent's function named by ``ref`` (``module:qualname`` or
+    ``path.py:qualname``), after putting the worker's import path in front of ours."""
+    found = _resolved.get(ref)
+    if found is not None:
+        return found
+    missing = [entry for entry in sys_path if entry not in sys.path]
+    sys.path[:0] = missing
+    module_ref, _, qualname = ref.rpartition(":")
+    module = load_module(module_ref)
+    target: Any = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if isinstance(target, Agent):
+        target = target.fn
+    if not inspect.iscoroutinefunction(target):
+        raise AgentLoadError(f"{ref} does not name an agent's `async def` function here")
+    _resolved[ref] = module, target
+    return module, target
+
+
+def _load_arguments(data: bytes, module: ModuleType) -> dict[str, Any]:
+    loaded: dict[str, Any] = _ArgumentUnpickler(data, module).load()
+    return loaded
+
+
+class _ArgumentUnpickler(pickle.Unpickler):
+    """Finds the classes of a script the worker ran as ``__main__`` in the agent's module:
+    an agent defined in a script is that script, imported here under its own name."""
+
+    def __init__(self, data: bytes, module: ModuleType) -> None:
+        super().__init__(io.BytesIO(data))
+        self._module = module
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__main__":
+            return getattr(self._module, name)
+        return super().find_class(module, name)
+
+
+class RemoteContext:
+    """The context an agent instance sees when it runs away from its worker; the same API
+    as :class:`~legion.context.Context`."""
+
+    __slots__ = ("_counts", "_invocation", "_link", "_llm", "_log", "_memory")
+
+    def __init__(self, invocation: p.Invocation, link: Link) -> None:
+        self._invocation = invocation
+        self._link = link
+        self._counts: dict[str, int] = {}
+        self._memory: RemoteMemory | None = None
+        self._llm: RemoteLLM | None = None
+        self._log: ForwardingLog | None = None
+
+    @property
+    def agent(self) -> str:
+        return self._invocation.agent
+
+    @property
+    def task_id(self) -> int:
+        return self._invocation.task_id
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first try, 2 on the first retry, and so on."""
+        return self._invocation.attempt
+
+    @property
+    def key(self) -> str | None:
+        return self._invocation.key
+
+    @property
+    def session(self) -> str:
+        return self._invocation.session
+
+    @property
+    def memory(self) -> RemoteMemory:
+        if self._memory is None:
+            self._memory = RemoteMemory(self._link, self.session)
+        return self._memory
+
+    @property
+    def llm(self) -> RemoteLLM:
+        """LLM calls, made (and recorded as steps) by the worker."""
+        if self._llm is None:
+            self._llm = RemoteLLM(self._link)
+        return self._llm
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records go to the worker's logger of this agent."""
+        if self._log is None:
+            inv = self._invocation
+            extra = {"agent": inv.agent, "task_id": inv.task_id, "attempt": inv.attempt}
+            self._log = ForwardingLog(self._link, inv.agent, inv.log_level, extra)
+        return self._log
+
+    async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` here, once per task; the worker records the result.
+
+        Same contract as :meth:`legion.context.Context.step`: a step recorded by an earlier
+        attempt returns its recorded JSON instead of running, and a new result is durable
+        before this returns.
+        """
+        n = self._counts.get(name, 0) + 1
+        self._counts[name] = n
+        key = name if n == 1 else f"{name}#{n}"
+        recorded = self._invocation.steps.get(key)
+        if recorded is not None:
+            return codec.loads(recorded)
+        self._link.notify(p.STEP_START, key)
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            data = codec.dumps(result)
+            await self._link.call(p.STEP_END, key, data)
+        except BaseException:
+            self._link.notify(p.STEP_ABORT, key)
+            raise
+        return codec.loads(data)
+
+    async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
+        """Run awaitables concurrently, results in order; as :meth:`Context.gather`."""
+        return await gather(*aws, return_exceptions=return_exceptions)
+
+
+class RemoteMemory:
+    """Session memory, read and written through the worker."""
+
+    __slots__ = ("_link", "_session")
+
+    def __init__(self, link: Link, session: str) -> None:
+        self._link = link
+        self._session = session
+
+    @property
+    def session(self) -> str:
+        return self._session
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        found, value = await self._link.call(p.MEMORY_GET, key)
+        return value if found else default
+
+    async def set(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON) under ``key``; returns once it is durable."""
+        await self._link.call(p.MEMORY_SET, key, codec.dumps(value))
+
+    async def delete(self, key: str) -> None:
+        await self._link.call(p.MEMORY_DELETE, key)
+
+    async def items(self) -> dict[str, Any]:
+        items: dict[str, Any] = await self._link.call(p.MEMORY_ITEMS)
+        return items
+
+
+class RemoteLLM:
+    """``ctx.llm`` away from the worker: each call is made and recorded by the worker."""
+
+    __slots__ = ("_link",)
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        model: str | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - per provider attempt, as ctx.llm.chat
+        stream: bool | None = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """One chat completion, as :meth:`legion.llm.calls.LLMCalls.chat`."""
+        from ..llm.types import ChatResponse
+
+        sent = [dict(m) for m in messages]
+        data = await self._link.call(p.LLM_CHAT, sent, model, timeout, stream, params)
+        return ChatResponse.from_json(data)
+
+
+class ForwardingLog(logging.LoggerAdapter[logging.Logger]):
+    """Sends records at or above the worker's level to the worker, formatted here."""
+
+    def __init__(self, link: Link, agent: str, level: int, extra: Mapping[str, object]) -> None:
+        super().__init__(logging.getLogger(f"legion.agent.{agent}"), extra)
+        self._link = link
+        self._level = level
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= self._level
+
+    def log(self, level: int, msg: object, *args: object, exc_info: Any = None, **_: Any) -> None:
+        if level < self._level:
+            return
+        text = str(msg) % args if args else str(msg)
+        if exc_info:
+            if isinstance(exc_info, BaseException):
+                exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+            elif not isinstance(exc_info, tuple):
+                exc_info = sys.exc_info()
+            if exc_info[0] is not None:
+                text += "\n" + logging.Formatter().formatException(exc_info)
+        self._link.notify(p.LOG, level, text)

@@ -1,0 +1,120 @@
+"""``create_app``: the FastAPI application of ``legion serve``.
+
+Routes (every one but ``/healthz`` needs an API key, see :mod:`legion.server.auth`):
+
+==========================================  ===============================================
+``POST /v1/tasks``                          submit one task (idempotency key honoured)
+``POST /v1/tasks:batch``                    submit many
+``GET  /v1/tasks``                          list, filtered by status, agent and time; paged
+``GET  /v1/tasks/{id}``                     a task with its steps
+``POST /v1/tasks/{id}:cancel``              cancel
+``POST /v1/tasks/{id}:retry``               queue a dead (failed, cancelled) task again
+``GET  /v1/tasks/{id}/events``              the task's changes as server-sent events
+``GET  /v1/progress``                       the run's progress as server-sent events
+``GET  /v1/statistics``                     the run now
+``GET  /v1/workers``                        workers and their health
+``GET  /metrics``                           Prometheus metrics
+``GET  /healthz``                           health (no key needed)
+``GET  /openapi.json``                      this API's OpenAPI document
+``GET  /``, ``/tasks/{id}``                 the dashboard
+==========================================  ===============================================
+
+Errors answer JSON ``{"detail": ...}`` and never a stack trace: 401/403 (key), 404, 409,
+413 (body larger than the limit), 422 (``detail`` lists the fields at fault, with
+``loc``, ``msg`` and ``type``), 503 (the store is unreachable), 500 (anything else,
+logged with its traceback on the server).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .. import __version__
+from ..errors import StoreError
+from . import dashboard, ops_api, streams, tasks_api
+from .auth import CHALLENGES, AuthError
+from .body_limit import BodyLimit
+from .deps import ServerState
+
+log = logging.getLogger("legion.server")
+
+
+class _App(FastAPI):
+    """FastAPI, with the served agents' names in the OpenAPI document."""
+
+    def __init__(self, *, agents: Sequence[str], **options: Any) -> None:
+        super().__init__(**options)
+        self._agent_names = sorted(agents)
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None and self._agent_names:
+            schema = super().openapi()
+            agent = schema["components"]["schemas"]["TaskIn"]["properties"]["agent"]
+            agent["enum"] = self._agent_names
+        return super().openapi()
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The application serving ``state``'s runtime."""
+    app = _App(
+        agents=list(state.agents),
+        title="legion",
+        version=__version__,
+        summary="Run AI agents at throughput scale: submit tasks, follow them, watch the run.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served by ops_api, behind the API key
+    )
+    app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
+    app.state.legion = state
+    app.include_router(tasks_api.router)
+    app.include_router(streams.router)
+    app.include_router(ops_api.public)
+    app.include_router(ops_api.router)
+    app.include_router(dashboard.router)
+    app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(Exception, _internal_error)
+    return app
+
+
+async def _auth_error(request: Request, exc: Exception) -> JSONResponse:
+    refused = cast(AuthError, exc)
+    response = JSONResponse({"detail": refused.message}, status_code=refused.status)
+    if refused.status == 401:
+        for challenge in CHALLENGES:
+            response.headers.append("WWW-Authenticate", challenge)
+    return response
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    detail = [_field_error(e) for e in cast(RequestValidationError, exc).errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _field_error(error: Any) -> dict[str, Any]:
+    """Where and what, without echoing the input back."""
+    if not isinstance(error, dict):
+        return {"type": "invalid", "loc": [], "msg": str(error)}
+    return {
+        "type": str(error.get("type", "invalid")),
+        "loc": [p if isinstance(p, int) else str(p) for p in error.get("loc", ())],
+        "msg": str(error.get("msg", "")),
+    }
+
+
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": "the store is unavailable; try again later"}, status_code=503)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)

@@ -1,0 +1,111 @@
+"""Every route but ``/healthz`` needs an API key.
+
+Clients send ``Authorization: Bearer KEY``. Browsers may send the key as the password of
+HTTP Basic authentication (any user name): that is how the dashboard is opened, and the
+browser then sends it with every request of the page, event streams included. No key (or
+one that is unknown or wrong) answers 401; a revoked key answers 403.
+
+A request that changes something (any method but GET and HEAD) coming from a web page of
+another origin is refused (403), so a page elsewhere cannot use credentials the browser
+keeps for the dashboard.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from fastapi import Request
+
+from ..store.base import ApiKey, Store
+from . import keys
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_CACHE_LIMIT = 10_000
+CHALLENGES = ('Bearer realm="legion"', 'Basic realm="legion", charset="UTF-8"')
+
+
+class AuthError(Exception):
+    """A request is refused: ``status`` is 401 (who are you?) or 403 (not allowed)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Authenticator:
+    """Checks API keys against the store, trusting a checked key for ``cache_seconds``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cache_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[str, tuple[ApiKey, float]] = {}
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        """The key an ``Authorization`` header carries, or :class:`AuthError`."""
+        token = credentials(authorization)
+        if token is None:
+            raise AuthError(401, "an API key is required: send Authorization: Bearer KEY")
+        parsed = keys.parse(token)
+        if parsed is None:
+            raise AuthError(401, "that is not a legion API key (they look like lgn_..._...)")
+        key_id, secret = parsed
+        record = await self._record(key_id)
+        if record is None or not keys.matches(record, secret):
+            raise AuthError(401, "unknown API key")
+        if record.revoked_at is not None:
+            raise AuthError(403, "this API key was revoked")
+        return record
+
+    async def _record(self, key_id: str) -> ApiKey | None:
+        now = self._clock()
+        cached = self._cache.get(key_id)
+        if cached is not None and now - cached[1] < self._cache_seconds:
+            return cached[0]
+        record = await self._store.api_key(key_id)
+        if record is not None and self._cache_seconds > 0:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key_id] = (record, now)
+        return record
+
+
+def credentials(authorization: str | None) -> str | None:
+    """The key in a ``Bearer`` header, or the password of a ``Basic`` one."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, sep, password = decoded.partition(":")
+        return password if sep and password else None
+    return None
+
+
+def check_origin(request: Request) -> None:
+    """Refuse a state-changing request sent by a page of another origin."""
+    if request.method in _SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    host = request.headers.get("host", "")
+    if origin == "null" or urlsplit(origin).netloc != host:
+        raise AuthError(403, "cross-origin requests may not change anything")

@@ -1,0 +1,55 @@
+"""What every route needs: the server's state, and the API key check."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..agent import Agent
+from ..runtime import Runtime
+from ..store.base import ApiKey
+from .auth import Authenticator, check_origin
+from .metrics import Metrics
+from .monitor import Monitor
+from .settings import ServerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """The parts one server wires together; routes reach it through :data:`StateDep`."""
+
+    runtime: Runtime
+    agents: Mapping[str, Agent]
+    settings: ServerSettings
+    monitor: Monitor
+    metrics: Metrics
+    auth: Authenticator
+    closing: asyncio.Event  # set when the server stops: event streams end
+
+
+def get_state(request: Request) -> ServerState:
+    return cast(ServerState, request.app.state.legion)
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+# Declares the scheme in the OpenAPI document; the check itself is require_key's.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `legion keys create`.")
+
+
+async def require_key(
+    request: Request,
+    state: StateDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    """The request's API key; 401 without a valid one, 403 for a revoked one."""
+    check_origin(request)
+    return await state.auth.authenticate(request.headers.get("authorization"))
+
+
+KeyDep = Annotated[ApiKey, Depends(require_key)]

@@ -1,0 +1,357 @@
+"""``Monitor``: one sampler behind the dashboard, the progress stream and ``/metrics``.
+
+Every ``interval`` seconds it reads, once for every client:
+
+- the store's event feed since the last sample, with each task's agent, times and usage:
+  throughput, latency percentiles, failures, retries, tokens and cost of the whole run;
+- task counts by status (queue depth, tasks in flight) and the worker registry;
+- the local LLM client's statistics per route (capacity, 429s, usage);
+- the latest failures, when new ones came in.
+
+Clients read :attr:`Monitor.snapshot` or wait for :meth:`Monitor.next_snapshot`, so a
+hundred open dashboards cost the store what one does. A sample that takes more than 5 %
+of the interval stretches the interval: watching never takes the store over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..store.base import EventDetail, WorkerInfo
+from ..task import TaskInfo, TaskStatus
+from .snapshot import Failure, Health, Point, RouteLoad, Snapshot, Totals, WorkerState
+
+if TYPE_CHECKING:
+    from ..llm.client import RouteStatistics
+    from ..runtime import Runtime
+
+log = logging.getLogger("legion.server.monitor")
+
+FEED_BATCH = 10_000
+FEED_BATCHES = 5  # most feed reads per sample (a sample falling behind catches up later)
+FAILURES_SHOWN = 10
+ROUTE_WINDOW = 10.0  # seconds over which route rates are measured
+_BUDGET = 20  # the interval is at least this many times what a sample costs
+
+
+class FeedSink(Protocol):
+    """Told of every task that finished or went back to the queue (``/metrics``)."""
+
+    def finished(self, agent: str, status: TaskStatus, latency: float | None) -> None: ...
+
+    def retried(self, agent: str) -> None: ...
+
+
+@dataclass(slots=True)
+class _Tick:
+    """What one sample read from the feed."""
+
+    finished: int = 0
+    failures: int = 0
+    retries: int = 0
+    tokens: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class Monitor:
+    """Samples the run every ``interval`` seconds; see the module's docstring."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        interval: float = 1.0,
+        history: int = 600,
+        stale_after: float = 60.0,
+        sink: FeedSink | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._rt = runtime
+        self._interval = interval
+        self._stale_after = stale_after
+        self._sink = sink
+        self._clock = clock
+        self._cursor: int | None = None
+        self._series: deque[Point] = deque(maxlen=history)
+        self._routes: dict[str, deque[tuple[float, int, int]]] = {}
+        self._totals = Totals()
+        self._failures: list[Failure] = []
+        self._failures_read_at: float | None = None
+        self._new_failures = True
+        self._last_at = clock()
+        self._lag = 0.0
+        self._tick = asyncio.Event()
+        self.closed = False
+        self._snapshot = Snapshot(
+            at=self._last_at,
+            started_at=self._last_at,
+            statuses={},
+            point=None,
+            totals=self._totals,
+            workers=[],
+            routes=[],
+            failures=[],
+            health=Health(store_ok=True, worker_error=None, loop_lag=0.0, sample_seconds=0.0),
+        )
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest snapshot."""
+        return self._snapshot
+
+    def history(self) -> list[Point]:
+        """The kept samples, oldest first."""
+        return list(self._series)
+
+    async def next_snapshot(self) -> Snapshot:
+        """Wait for the next sample (or :meth:`close`) and answer the latest snapshot."""
+        await self._tick.wait()
+        return self._snapshot
+
+    def close(self) -> None:
+        """Wake every waiter; they see :attr:`closed` and stop."""
+        self.closed = True
+        self._tick.set()
+
+    async def run(self) -> None:
+        """Sample until cancelled; a failing store is reported, not fatal."""
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            await self.sample()
+            cost = loop.time() - began
+            pause = max(self._interval - cost, _BUDGET * cost - cost, 0.0)
+            wake = loop.time() + pause
+            await asyncio.sleep(pause)
+            self._lag = max(0.0, loop.time() - wake)
+
+    async def sample(self) -> Snapshot:
+        """Take one sample now and publish it."""
+        began = time.perf_counter()
+        try:
+            snapshot = await self._read()
+        except Exception as exc:  # reported on the dashboard and /healthz; retried next time
+            log.warning("sampling the store failed: %s", exc)
+            snapshot = replace(self._snapshot, health=self._health(False, 0.0))
+        else:
+            snapshot = replace(snapshot, health=self._health(True, time.perf_counter() - began))
+        self._publish(snapshot)
+        return snapshot
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    def _health(self, store_ok: bool, seconds: float) -> Health:
+        fatal = self._rt.fatal_error
+        return Health(
+            store_ok=store_ok,
+            worker_error=str(fatal) if fatal is not None else None,
+            loop_lag=self._lag,
+            sample_seconds=seconds,
+        )
+
+    async def _read(self) -> Snapshot:
+        store = self._rt.store
+        if self._cursor is None:
+            self._cursor = await store.last_event_id()
+        tick = self._count(await self._read_feed())
+        counts = await store.counts()
+        workers = await store.workers()
+        now = self._clock()
+        if self._new_failures and (
+            self._failures_read_at is None or now - self._failures_read_at >= 2 * self._interval
+        ):
+            self._failures = [_failure(t) for t in await store.recent_errors(FAILURES_SHOWN)]
+            self._failures_read_at = now
+            self._new_failures = False
+        point = self._point(now, tick, counts)
+        self._series.append(point)
+        self._last_at = now
+        return Snapshot(
+            at=now,
+            started_at=self._snapshot.started_at,
+            statuses={str(s): counts.get(s, 0) for s in TaskStatus},
+            point=point,
+            totals=self._totals,
+            workers=[self._worker(w, now) for w in workers],
+            routes=self._route_loads(now),
+            failures=self._failures,
+            health=self._snapshot.health,
+        )
+
+    async def _read_feed(self) -> list[EventDetail]:
+        out: list[EventDetail] = []
+        for _ in range(FEED_BATCHES):
+            batch = await self._rt.store.event_details_after(self._cursor or 0, FEED_BATCH)
+            out.extend(batch)
+            if batch:
+                self._cursor = batch[-1].event.id
+            if len(batch) < FEED_BATCH:
+                break
+        return out
+
+    def _count(self, details: Sequence[EventDetail]) -> _Tick:
+        tick = _Tick()
+        t = self._totals
+        by_status = {s: 0 for s in TaskStatus}
+        input_tokens = output_tokens = 0
+        cost = 0.0
+        for d in details:
+            status, agent = d.event.status, d.agent or "?"
+            if status is TaskStatus.QUEUED:
+                if d.event.attempt > 0:  # back in the queue after an attempt: a retry
+                    tick.retries += 1
+                    self._new_failures = True
+                    if self._sink is not None:
+                        self._sink.retried(agent)
+                continue
+            if not status.terminal:
+                continue
+            by_status[status] += 1
+            latency = None
+            if d.started_at is not None and d.finished_at is not None:
+                latency = max(0.0, d.finished_at - d.started_at)
+                if status is not TaskStatus.CANCELLED:
+                    tick.latencies.append(latency)
+            if d.usage:
+                input_tokens += int(d.usage.get("prompt_tokens", 0))
+                output_tokens += int(d.usage.get("completion_tokens", 0))
+                cost += float(d.usage.get("cost_usd", 0.0))
+            if self._sink is not None:
+                self._sink.finished(agent, status, latency)
+        failures = by_status[TaskStatus.FAILED] + by_status[TaskStatus.DEAD]
+        tick.finished = sum(by_status.values())
+        tick.failures = failures
+        tick.tokens = input_tokens + output_tokens
+        if failures:
+            self._new_failures = True
+        self._totals = Totals(
+            finished=t.finished + tick.finished,
+            succeeded=t.succeeded + by_status[TaskStatus.SUCCEEDED],
+            failed=t.failed + by_status[TaskStatus.FAILED],
+            dead=t.dead + by_status[TaskStatus.DEAD],
+            cancelled=t.cancelled + by_status[TaskStatus.CANCELLED],
+            retries=t.retries + tick.retries,
+            input_tokens=t.input_tokens + input_tokens,
+            output_tokens=t.output_tokens + output_tokens,
+            cost_usd=t.cost_usd + cost,
+        )
+        return tick
+
+    def _point(self, now: float, tick: _Tick, counts: Mapping[TaskStatus, int]) -> Point:
+        elapsed = max(now - self._last_at, 1e-6)
+        p50, p95, p99 = quantiles(tick.latencies, (0.50, 0.95, 0.99))
+        return Point(
+            at=now,
+            throughput=tick.finished / elapsed,
+            failures=tick.failures / elapsed,
+            retries=tick.retries / elapsed,
+            p50=p50,
+            p95=p95,
+            p99=p99,
+            in_flight=counts.get(TaskStatus.RUNNING, 0),
+            queued=counts.get(TaskStatus.QUEUED, 0),
+            tokens=tick.tokens / elapsed,
+        )
+
+    def _worker(self, w: WorkerInfo, now: float) -> WorkerState:
+        worker = self._rt.worker
+        local = worker is not None and w.id == worker.id
+        stats = self._rt.statistics() if local else None
+        in_flight = stats.in_flight if stats is not None else _int(w.load.get("in_flight"))
+        agents = sorted(worker.agents) if worker is not None and local else w.load.get("agents")
+        age = max(0.0, now - w.heartbeat_at)
+        return WorkerState(
+            id=w.id,
+            host=w.host,
+            pid=w.pid,
+            started_at=w.started_at,
+            heartbeat_age=age,
+            healthy=age <= self._stale_after,
+            local=local,
+            in_flight=in_flight,
+            succeeded=stats.succeeded if stats is not None else _int(w.load.get("succeeded")),
+            agents=[str(a) for a in agents] if isinstance(agents, list) else [],
+        )
+
+    def _route_loads(self, now: float) -> list[RouteLoad]:
+        llm = self._rt.llm
+        if llm is None:
+            return []
+        return [self._route_load(r, now) for r in llm.statistics().routes.values()]
+
+    def _route_load(self, r: RouteStatistics, now: float) -> RouteLoad:
+        c = r.capacity
+        window = self._routes.setdefault(r.name, deque())
+        window.append((now, c.requests, c.tokens_used))
+        while len(window) > 2 and now - window[1][0] >= ROUTE_WINDOW:
+            window.popleft()
+        rpm = tpm = 0.0
+        (t0, req0, tok0), (t1, req1, tok1) = window[0], window[-1]
+        if t1 > t0:
+            rpm = (req1 - req0) * 60 / (t1 - t0)
+            tpm = (tok1 - tok0) * 60 / (t1 - t0)
+        rpm_limit = _limit(c.learned_rpm, c.limit_rpm)
+        tpm_limit = _limit(c.learned_tpm, c.limit_tpm)
+        shares = [used / limit for used, limit in ((rpm, rpm_limit), (tpm, tpm_limit)) if limit]
+        return RouteLoad(
+            route=r.name,
+            provider=r.provider,
+            model=r.model,
+            requests=c.requests,
+            failed=r.failed,
+            rate_limited=c.rate_limited,
+            in_flight=c.in_flight,
+            max_in_flight=c.max_in_flight,
+            waiting=c.waiting,
+            rpm=rpm,
+            rpm_limit=rpm_limit,
+            rpm_allowed=c.effective_rpm,
+            tpm=tpm,
+            tpm_limit=tpm_limit,
+            tpm_allowed=c.effective_tpm,
+            utilization=max(shares) if shares else None,
+            input_tokens=r.usage.prompt_tokens,
+            output_tokens=r.usage.completion_tokens,
+            cost_usd=r.cost_usd,
+            paused_for=c.paused_for,
+        )
+
+
+def quantiles(values: Sequence[float], qs: Sequence[float]) -> list[float | None]:
+    """Nearest-rank quantiles of ``values`` (``None`` for each when there are none)."""
+    if not values:
+        return [None] * len(qs)
+    ordered = sorted(values)
+    top = len(ordered) - 1
+    return [ordered[min(top, max(0, round(q * top)))] for q in qs]
+
+
+def _failure(t: TaskInfo) -> Failure:
+    error = t.error
+    return Failure(
+        id=t.id,
+        agent=t.agent,
+        status=str(t.status),
+        attempts=t.attempt,
+        type=error.type if error else "",
+        message=(error.message if error else "")[:500],
+        at=t.finished_at or t.started_at or t.created_at,
+    )
+
+
+def _limit(learned: int | None, configured: int | None) -> float | None:
+    value = learned if learned is not None else configured
+    return float(value) if value else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) else None

@@ -1,0 +1,68 @@
+"""Operational routes: health, statistics, workers, Prometheus metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from .deps import StateDep, require_key
+from .metrics import CONTENT_TYPE
+from .schemas import HealthOut
+from .snapshot import Snapshot, WorkerState
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No API key, or an unknown one."},
+    403: {"description": "A revoked API key."},
+}
+
+public = APIRouter()
+router = APIRouter(dependencies=[Depends(require_key)], responses=_ERRORS)
+
+
+@public.get(
+    "/healthz",
+    operation_id="healthz",
+    tags=["ops"],
+    responses={503: {"model": HealthOut, "description": "The store or the worker is down."}},
+)
+async def healthz(state: StateDep, response: Response) -> HealthOut:
+    """Liveness and readiness; the only route that needs no API key."""
+    health = state.monitor.snapshot.health
+    if not health.store_ok or state.runtime.fatal_error is not None:
+        response.status_code = 503
+        return HealthOut(status="unavailable")
+    return HealthOut(status="ok")
+
+
+@router.get("/v1/statistics", operation_id="statistics", tags=["run"])
+async def statistics(state: StateDep) -> Snapshot:
+    """The run now: tasks by status, rates and latency, workers, LLM capacity, failures."""
+    return state.monitor.snapshot
+
+
+@router.get("/v1/workers", operation_id="workers", tags=["run"])
+async def workers(state: StateDep) -> list[WorkerState]:
+    """The workers registered in the store, with their health."""
+    return state.monitor.snapshot.workers
+
+
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    tags=["ops"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus metrics (see :mod:`legion.server.metrics` for the list)."""
+    body = state.metrics.render(state.monitor.snapshot)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> JSONResponse:
+    """The OpenAPI document of this API (made once, off the event loop: it takes a while)."""
+    return JSONResponse(await asyncio.to_thread(request.app.openapi))

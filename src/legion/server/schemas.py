@@ -1,0 +1,160 @@
+"""The JSON of the HTTP API: what requests carry and responses answer.
+
+These models are the JSON edge (and the OpenAPI document); inside, legion's own frozen
+values travel (:class:`~legion.task.TaskInfo` and friends), converted here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..store.base import StepInfo
+from ..task import TaskInfo, TaskStatus
+
+# Text the stores can hold in every dialect (PostgreSQL text cannot hold NUL).
+TEXT = r"^[^\x00]*$"
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
+Key = Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT)]
+Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+
+
+class TaskIn(BaseModel):
+    """A task to submit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: Name = Field(description="The agent's name.")
+    input: Any = Field(
+        None,
+        description="The agent's input: a JSON object of its parameters (any JSON value "
+        "for an agent with one parameter). Checked against the agent's schema (422).",
+    )
+    key: Key | None = Field(
+        None, description="Idempotency key: submitting it again answers the first task."
+    )
+    session: Key | None = Field(None, description="The session of the agent's ctx.memory.")
+    priority: Priority = Field(0, description="Higher runs first.")
+
+
+class BatchIn(BaseModel):
+    """Tasks to submit together (each agent's tasks in one transaction)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskIn] = Field(min_length=1)
+
+
+class SubmittedOut(BaseModel):
+    id: int
+    status: TaskStatus
+    key: str | None = None
+    created: bool = Field(description="False when the key named an existing task.")
+
+
+class BatchOut(BaseModel):
+    tasks: list[SubmittedOut] = Field(description="One per submitted task, in order.")
+
+
+class ErrorOut(BaseModel):
+    """Why a task's last attempt failed (the traceback stays in the store)."""
+
+    type: str
+    message: str
+
+
+class UsageOut(BaseModel):
+    """What a task's LLM calls used."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    llm_calls: int = 0
+
+
+class StepOut(BaseModel):
+    key: str
+    attempt: int = Field(description="The attempt that recorded it.")
+    output: Any
+    started_at: float
+    finished_at: float
+
+
+class TaskOut(BaseModel):
+    """A task as the list shows it."""
+
+    id: int
+    agent: str
+    key: str | None
+    session: str | None
+    status: TaskStatus
+    attempts: int = Field(description="Attempts started.")
+    max_attempts: int
+    created_at: float
+    started_at: float | None = Field(description="Start of the latest attempt.")
+    finished_at: float | None
+    error: ErrorOut | None
+    usage: UsageOut | None
+
+    @classmethod
+    def of(cls, t: TaskInfo) -> TaskOut:
+        return cls(**_task_fields(t))
+
+
+class TaskDetail(TaskOut):
+    """A task with its input, output and recorded steps."""
+
+    input: Any
+    output: Any
+    steps: list[StepOut]
+
+    @classmethod
+    def with_steps(cls, t: TaskInfo, steps: list[StepInfo]) -> TaskDetail:
+        return cls(
+            **_task_fields(t),
+            input=t.input,
+            output=t.output,
+            steps=[step_out(s) for s in steps],
+        )
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskOut] = Field(description="Newest first.")
+    next: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class StatusOut(BaseModel):
+    id: int
+    status: TaskStatus
+
+
+class HealthOut(BaseModel):
+    status: str = Field(description="ok, or unavailable (store unreachable, worker stopped).")
+
+
+def step_out(s: StepInfo) -> StepOut:
+    return StepOut(
+        key=s.key,
+        attempt=s.attempt,
+        output=s.output,
+        started_at=s.started_at,
+        finished_at=s.finished_at,
+    )
+
+
+def _task_fields(t: TaskInfo) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "agent": t.agent,
+        "key": t.key,
+        "session": t.session,
+        "status": t.status,
+        "attempts": t.attempt,
+        "max_attempts": t.max_attempts,
+        "created_at": t.created_at,
+        "started_at": t.started_at,
+        "finished_at": t.finished_at,
+        "error": ErrorOut(type=t.error.type, message=t.error.message) if t.error else None,
+        "usage": UsageOut.model_validate(t.usage) if t.usage else None,
+    }

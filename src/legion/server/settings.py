@@ -1,0 +1,66 @@
+"""``ServerSettings``: how ``legion serve`` listens and what it allows, read once."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Options of the HTTP server.
+
+    - ``host``, ``port``: where to listen (port 0: any free port). Anything but a loopback
+      address needs ``allow_remote``: the API runs agents, so exposing it is a decision.
+    - ``max_body_bytes``: larger request bodies are refused (413).
+    - ``max_batch``: most tasks in one ``POST /v1/tasks:batch``.
+    - ``key_cache_seconds``: how long a checked API key is trusted without asking the
+      store again; a key revoked from another process is refused after at most this long.
+    - ``sample_interval``: seconds between the samples behind the dashboard and metrics
+      (stretched when sampling itself gets slow, so it never takes over the store).
+    - ``history``: samples kept for the dashboard's charts.
+    - ``task_poll_interval``: how often a task's event stream looks for changes.
+    - ``stale_after``: a worker whose heartbeat is older than this is shown unhealthy.
+    - ``shutdown_timeout``: how long open requests get to finish when the server stops.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allow_remote: bool = False
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 10_000
+    key_cache_seconds: float = 5.0
+    sample_interval: float = 1.0
+    history: int = 600
+    task_poll_interval: float = 0.5
+    stale_after: float = 60.0
+    shutdown_timeout: float = 5.0
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.allow_remote and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to listen on {self.host}: it is not a loopback address, and the API "
+                "can run agents for whoever reaches it. Pass --allow-remote to do it anyway "
+                "(and keep the API keys secret)."
+            )
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is not between 0 and 65535")
+        if self.max_body_bytes < 1024 or self.max_batch < 1:
+            raise ConfigError("max_body_bytes must be >= 1024 and max_batch >= 1")
+        if min(self.sample_interval, self.task_poll_interval, self.stale_after) <= 0:
+            raise ConfigError("intervals must be > 0")
+        if self.key_cache_seconds < 0 or self.history < 1:
+            raise ConfigError("key_cache_seconds must be >= 0 and history >= 1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

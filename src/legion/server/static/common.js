@@ -1,0 +1,69 @@
+// Helpers shared by the dashboard pages. Data is only ever inserted as text (never as HTML).
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "class") node.className = value;
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+export function setText(id, text) {
+  const node = document.getElementById(id);
+  if (node && node.textContent !== text) node.textContent = text;
+}
+
+export function replaceRows(tbody, rows, columns, emptyText) {
+  if (rows.length === 0) {
+    tbody.replaceChildren(el("tr", {}, el("td", { class: "empty", colspan: String(columns) }, emptyText)));
+  } else {
+    tbody.replaceChildren(...rows);
+  }
+}
+
+const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+
+export function fmtInt(n) {
+  return n === null || n === undefined ? "–" : integer.format(n);
+}
+
+export function fmtRate(n) {
+  if (n === null || n === undefined) return "–";
+  return n >= 100 ? integer.format(n) : n.toFixed(1);
+}
+
+export function fmtSeconds(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 1) return `${(s * 1000).toFixed(s < 0.01 ? 1 : 0)} ms`;
+  if (s < 120) return `${s.toFixed(2)} s`;
+  if (s < 7200) return `${(s / 60).toFixed(1)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+export function fmtUsd(n) {
+  if (n === null || n === undefined) return "–";
+  return n < 1 ? `$${n.toFixed(4)}` : `$${n.toFixed(2)}`;
+}
+
+export function fmtTime(epoch) {
+  return epoch === null || epoch === undefined ? "–" : new Date(epoch * 1000).toLocaleString();
+}
+
+// An EventSource whose state is shown in the badge with id "connection".
+export function subscribe(url, handlers) {
+  const source = new EventSource(url);
+  const badge = document.getElementById("connection");
+  const show = (text, cls) => {
+    if (badge) { badge.textContent = text; badge.className = `badge ${cls}`; }
+  };
+  source.onopen = () => show("live", "live");
+  source.onerror = () => show(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting", "down");
+  for (const [event, handle] of Object.entries(handlers)) {
+    source.addEventListener(event, (e) => handle(JSON.parse(e.data), source, show));
+  }
+  return source;
+}

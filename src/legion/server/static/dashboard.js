@@ -1,0 +1,159 @@
+// The live dashboard: one event stream (/v1/progress) feeds every number and chart.
+import { el, fmtInt, fmtRate, fmtSeconds, fmtUsd, replaceRows, setText, subscribe } from "/static/common.js";
+
+const STATUSES = ["queued", "running", "succeeded", "failed", "dead", "cancelled"];
+const MAX_POINTS = 600;
+let points = [];
+const charts = {};
+
+function chart(id, series) {
+  const target = document.getElementById(id);
+  const opts = {
+    width: Math.max(target.clientWidth, 200),
+    height: 150,
+    legend: { live: false },
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true } },
+    axes: [
+      { stroke: "#8795a5", grid: { stroke: "#2a3440" }, ticks: { stroke: "#2a3440" } },
+      { stroke: "#8795a5", grid: { stroke: "#2a3440" }, ticks: { stroke: "#2a3440" }, size: 50 },
+    ],
+    series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: false }))],
+  };
+  const empty = [[], ...series.map(() => [])];
+  const plot = new uPlot(opts, empty, target);
+  new ResizeObserver(() => plot.setSize({ width: Math.max(target.clientWidth, 200), height: 150 }))
+    .observe(target);
+  return plot;
+}
+
+function redraw() {
+  const xs = points.map((p) => p.at);
+  const col = (name) => points.map((p) => p[name]);
+  charts.throughput.setData([xs, col("throughput"), col("failures"), col("retries")]);
+  charts.latency.setData([xs, col("p50"), col("p95"), col("p99")]);
+  charts.load.setData([xs, col("in_flight"), col("queued")]);
+}
+
+function lastLatency(name) {
+  for (let i = points.length - 1; i >= 0; i--) {
+    if (points[i][name] !== null) return points[i][name];
+  }
+  return null;
+}
+
+function renderTiles(s) {
+  const p = s.point;
+  const t = s.totals;
+  setText("throughput", p ? fmtRate(p.throughput) : "–");
+  setText("p50", fmtSeconds(lastLatency("p50")));
+  setText("p95", fmtSeconds(lastLatency("p95")));
+  setText("in-flight", fmtInt(s.statuses.running ?? 0));
+  setText("queued", fmtInt(s.statuses.queued ?? 0));
+  setText("finished", fmtInt(t.finished));
+  setText("failures", `${fmtInt(t.failed)} · ${fmtInt(t.dead)}`);
+  setText("retries", fmtInt(t.retries));
+  setText("tokens", fmtInt(t.input_tokens + t.output_tokens));
+  setText("cost", fmtUsd(t.cost_usd));
+  setText("rate-limited", fmtInt(s.routes.reduce((sum, r) => sum + r.rate_limited, 0)));
+  setText("uptime", fmtSeconds(s.at - s.started_at));
+  const h = s.health;
+  const problems = [];
+  if (!h.store_ok) problems.push("store unreachable");
+  if (h.worker_error) problems.push(`worker stopped: ${h.worker_error}`);
+  problems.push(`loop lag ${fmtSeconds(h.loop_lag)}`);
+  setText("health", problems.join(" · "));
+}
+
+function renderStatuses(statuses) {
+  const total = STATUSES.reduce((sum, name) => sum + (statuses[name] ?? 0), 0);
+  const bar = document.getElementById("status-bar");
+  bar.replaceChildren(...STATUSES.filter((name) => statuses[name]).map((name) => {
+    const part = el("span", { class: `s-${name}`, title: `${name}: ${statuses[name]}` });
+    part.style.width = `${(100 * statuses[name]) / total}%`;
+    return part;
+  }));
+  const list = document.getElementById("statuses");
+  list.replaceChildren(...STATUSES.map((name) => el("li", {},
+    el("span", { class: `swatch s-${name}` }), `${name} `,
+    el("strong", { id: `status-${name}` }, fmtInt(statuses[name] ?? 0)))));
+}
+
+function renderWorkers(workers) {
+  const rows = workers.map((w) => el("tr", {},
+    el("td", { title: w.id }, w.id.split(":").pop() + (w.local ? " (this server)" : "")),
+    el("td", {}, `${w.host} · ${w.pid}`),
+    el("td", {}, fmtInt(w.in_flight)),
+    el("td", {}, fmtInt(w.succeeded)),
+    el("td", {}, `${fmtSeconds(w.heartbeat_age)} ago`),
+    el("td", {}, el("span", { class: `badge ${w.healthy ? "ok" : "bad"}` }, w.healthy ? "ok" : "stale"))));
+  replaceRows(document.getElementById("workers"), rows, 6, "no worker registered");
+}
+
+function meter(share) {
+  const bar = el("span");
+  bar.style.width = `${Math.min(100, Math.round(share * 100))}%`;
+  if (share > 0.98) bar.className = "bad";
+  else if (share > 0.85) bar.className = "warn";
+  return el("span", { class: "meter" }, bar);
+}
+
+function renderRoutes(routes) {
+  const rows = routes.map((r) => el("tr", {},
+    el("td", {}, r.route),
+    el("td", {}, `${r.provider} · ${r.model}`),
+    el("td", {}, r.utilization === null ? "" : meter(r.utilization),
+      `${fmtRate(r.rpm)} / ${r.rpm_limit === null ? "no limit" : fmtInt(r.rpm_limit)}`),
+    el("td", {}, r.rpm_allowed === null ? "–" : fmtInt(r.rpm_allowed)),
+    el("td", {}, `${fmtInt(r.in_flight)}${r.max_in_flight ? ` / ${fmtInt(r.max_in_flight)}` : ""}`),
+    el("td", {}, fmtInt(r.waiting)),
+    el("td", {}, fmtInt(r.rate_limited)),
+    el("td", {}, `${fmtInt(r.input_tokens)} · ${fmtInt(r.output_tokens)}`),
+    el("td", {}, fmtUsd(r.cost_usd))));
+  replaceRows(document.getElementById("routes"), rows, 9, "no LLM route in this server");
+}
+
+function renderFailures(failures, now) {
+  const rows = failures.map((f) => el("tr", {},
+    el("td", {}, el("a", { href: `/tasks/${f.id}` }, `#${f.id}`)),
+    el("td", {}, f.agent),
+    el("td", {}, el("span", { class: `badge ${f.status}` }, f.status)),
+    el("td", {}, fmtInt(f.attempts)),
+    el("td", { title: f.message }, `${f.type}: ${f.message}`),
+    el("td", {}, `${fmtSeconds(Math.max(0, now - f.at))} ago`)));
+  replaceRows(document.getElementById("failures-table"), rows, 6, "no failure");
+}
+
+function render(s) {
+  renderTiles(s);
+  renderStatuses(s.statuses);
+  renderWorkers(s.workers);
+  renderRoutes(s.routes);
+  renderFailures(s.failures, s.at);
+}
+
+function start() {
+  charts.throughput = chart("chart-throughput", [["finished/s", "#3fb950"], ["failed/s", "#f85149"], ["retries/s", "#d29922"]]);
+  charts.latency = chart("chart-latency", [["p50", "#58a6ff"], ["p95", "#d29922"], ["p99", "#f85149"]]);
+  charts.load = chart("chart-load", [["in flight", "#58a6ff"], ["queued", "#8b949e"]]);
+  document.getElementById("goto").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const id = document.getElementById("goto-id").value;
+    if (id) window.location.href = `/tasks/${encodeURIComponent(id)}`;
+  });
+  subscribe("/v1/progress", {
+    history: (history) => { points = history.slice(-MAX_POINTS); redraw(); },
+    progress: (snapshot) => {
+      const p = snapshot.point;
+      if (p && (points.length === 0 || p.at > points[points.length - 1].at)) {
+        points.push(p);
+        if (points.length > MAX_POINTS) points.shift();
+        redraw();
+      }
+      render(snapshot);
+      document.body.dataset.updated = String(snapshot.at);
+    },
+  });
+}
+
+start();

@@ -1,0 +1,116 @@
+// One task: its facts, input, output or error, and a timeline of its steps, live.
+import { fmtInt, fmtSeconds, fmtTime, fmtUsd, setText, subscribe } from "/static/common.js";
+
+const SVG = "http://www.w3.org/2000/svg";
+const LANE = 24;
+const AXIS = 22;
+const taskId = Number(window.location.pathname.split("/").pop());
+const steps = new Map();
+let task = null;
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// Steps that overlap in time go to different lanes: parallel steps sit side by side.
+function lanes(sorted) {
+  const ends = [];
+  return sorted.map((s) => {
+    let lane = ends.findIndex((end) => end <= s.started_at);
+    if (lane === -1) { lane = ends.length; ends.push(0); }
+    ends[lane] = s.finished_at;
+    return lane;
+  });
+}
+
+function renderTimeline() {
+  const box = document.getElementById("timeline");
+  const sorted = [...steps.values()].sort((a, b) => a.started_at - b.started_at || (a.key < b.key ? -1 : 1));
+  setText("step-count", sorted.length ? `(${sorted.length})` : "");
+  if (sorted.length === 0) {
+    box.replaceChildren(document.createTextNode("no step recorded yet"));
+    return;
+  }
+  const laneOf = lanes(sorted);
+  const starts = sorted.map((s) => s.started_at);
+  if (task && task.started_at) starts.push(task.started_at);
+  const t0 = Math.min(...starts);
+  const end = task && task.finished_at ? task.finished_at : Math.max(...sorted.map((s) => s.finished_at));
+  const span = Math.max(end - t0, 1e-3);
+  const width = Math.max(box.clientWidth - 20, 600);
+  const height = AXIS + LANE * (Math.max(...laneOf) + 1);
+  const x = (t) => ((t - t0) / span) * (width - 2);
+  const root = svg("svg", { width, height, role: "img", "aria-label": "step timeline" });
+  for (let i = 0; i <= 4; i++) {
+    const at = (span * i) / 4;
+    const px = Math.min(x(t0 + at), width - 40);
+    root.append(svg("line", { class: "axis", x1: px, x2: px, y1: 0, y2: height }));
+    root.append(svg("text", { class: "tick", x: px + 3, y: 12 }, `+${fmtSeconds(at)}`));
+  }
+  const attempt = task ? task.attempts : 0;
+  sorted.forEach((s, i) => {
+    const y = AXIS + laneOf[i] * LANE;
+    const left = x(s.started_at);
+    const barWidth = Math.max(x(s.finished_at) - left, 2);
+    const earlier = s.attempt < attempt;
+    const group = svg("g", { class: "step", "data-key": s.key, "data-lane": laneOf[i] });
+    group.append(svg("title", {}, `${s.key}: ${fmtSeconds(s.finished_at - s.started_at)} (attempt ${s.attempt})`));
+    group.append(svg("rect", { class: earlier ? "bar replayed" : "bar", x: left, y: y + 2, width: barWidth, height: LANE - 6, rx: 3 }));
+    group.append(svg("text", { x: Math.min(left + 4, width - 120), y: y + LANE / 2 + 2 }, `${s.key} · ${fmtSeconds(s.finished_at - s.started_at)}`));
+    root.append(group);
+  });
+  box.replaceChildren(root);
+}
+
+function renderTask(t) {
+  task = t;
+  setText("task-id", `#${t.id}`);
+  const badge = document.getElementById("status");
+  badge.textContent = t.status;
+  badge.className = `badge ${t.status}`;
+  setText("agent", t.agent);
+  setText("key", t.key ?? "–");
+  setText("attempts", `${t.attempts} of ${t.max_attempts}`);
+  setText("created", fmtTime(t.created_at));
+  setText("started", fmtTime(t.started_at));
+  setText("finished", fmtTime(t.finished_at));
+  setText("latency", t.started_at && t.finished_at ? fmtSeconds(t.finished_at - t.started_at) : "–");
+  const u = t.usage;
+  setText("usage", u ? `${fmtInt(u.llm_calls)} LLM calls · ${fmtInt(u.prompt_tokens)} in · ${fmtInt(u.completion_tokens)} out · ${fmtUsd(u.cost_usd)}` : "–");
+  document.getElementById("error-section").hidden = !t.error;
+  if (t.error) setText("error", `${t.error.type}: ${t.error.message}`);
+  document.title = `legion · task ${t.id} · ${t.status}`;
+}
+
+function renderDetail(d) {
+  renderTask(d);
+  setText("input", JSON.stringify(d.input, null, 2));
+  setText("output", d.output === null ? "–" : JSON.stringify(d.output, null, 2));
+  for (const s of d.steps) steps.set(s.key, s);
+  renderTimeline();
+}
+
+async function start() {
+  if (!Number.isInteger(taskId) || taskId < 1) {
+    setText("status", "no such task");
+    return;
+  }
+  const response = await fetch(`/v1/tasks/${taskId}`);
+  if (!response.ok) {
+    setText("status", response.status === 404 ? "no such task" : `error ${response.status}`);
+    setText("connection", "");
+    return;
+  }
+  renderDetail(await response.json());
+  subscribe(`/v1/tasks/${taskId}/events`, {
+    task: (t) => { renderTask(t); renderTimeline(); },
+    step: (s) => { steps.set(s.key, s); renderTimeline(); },
+    end: (d, source, show) => { renderDetail(d); source.close(); show("finished", "ok"); },
+  });
+  new ResizeObserver(renderTimeline).observe(document.getElementById("timeline"));
+}
+
+start();

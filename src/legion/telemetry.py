@@ -1,0 +1,263 @@
+"""Tracing (OpenTelemetry) and structured logs.
+
+Tracing is off by default and then costs nothing: the runner, ``ctx.step`` and the LLM
+client check the module flag :data:`tracing` and create no span. Turn it on with
+:func:`enable_tracing` (spans go to the tracer provider you configured, or the global
+one), or let :func:`configure_tracing` build a provider that exports them
+(``legion serve --trace otlp``, or ``LEGION_TRACE=otlp``; ``console`` prints them).
+
+Spans, nested as the work is:
+
+- ``legion.task {agent}``, one per attempt: ``legion.task.id``, ``legion.task.attempt``,
+  ``legion.agent``; an error ends it with an error status and the exception recorded.
+- ``legion.step``, one per step that runs (replayed steps run nothing, so make none):
+  ``legion.step.key``, ``legion.task.id``; steps run by ``ctx.gather`` overlap in time.
+- ``chat {model}``, one per LLM call, after the OpenTelemetry GenAI semantic conventions:
+  ``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
+  ``gen_ai.response.model``, ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
+  ``gen_ai.response.finish_reasons`` and, on failure, ``error.type``.
+
+Structured logs: :func:`configure_logging` with ``as_json=True`` writes one JSON object per
+record, with the ``task_id``, ``agent`` and ``attempt`` that ``ctx.log`` (and the HTTP API)
+attach, and the trace and span ids while tracing.
+
+The OpenTelemetry packages are imported only when tracing is turned on (the ``otel`` extra
+has the SDK and the OTLP exporter).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import inspect
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+from .errors import ConfigError, LegionError
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer, TracerProvider
+
+    from .llm.client import Route
+    from .llm.types import ChatResponse
+    from .task import Lease
+
+T = TypeVar("T")
+ChatFn = TypeVar("ChatFn", bound=Callable[..., Awaitable["ChatResponse"]])
+
+EXPORTERS = ("otlp", "console")
+
+tracing = False
+"""Whether spans are made; read by the core before it makes any."""
+
+_tracer: Tracer | None = None
+
+# Attributes of a log record that every record has; the rest were attached by the caller
+# (uvicorn's color_message repeats the message with terminal colours: left out).
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+
+
+def enable_tracing(provider: TracerProvider | None = None) -> None:
+    """Make spans from now on, with ``provider`` (default: OpenTelemetry's global one)."""
+    global tracing, _tracer
+    try:
+        from opentelemetry import trace
+    except ImportError as exc:
+        raise ConfigError(
+            f"tracing needs OpenTelemetry ({exc}): pip install 'legion[otel]'"
+        ) from exc
+    _tracer = trace.get_tracer("legion", tracer_provider=provider)
+    tracing = True
+
+
+def disable_tracing() -> None:
+    """Make no more spans."""
+    global tracing, _tracer
+    tracing = False
+    _tracer = None
+
+
+def configure_tracing(exporter: str, *, service_name: str = "legion") -> Callable[[], None]:
+    """Export spans with ``exporter`` and turn tracing on; answer the function that flushes
+    and stops the export (call it at exit).
+
+    ``otlp`` sends OTLP over HTTP, configured by the standard ``OTEL_EXPORTER_OTLP_*``
+    variables (default ``http://localhost:4318``); ``console`` prints spans to stderr.
+    The provider also becomes OpenTelemetry's global one, so spans of agent code nest in
+    legion's.
+    """
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"unknown trace exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SpanExporter,
+        )
+
+        span_exporter: SpanExporter
+        if exporter == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            span_exporter = OTLPSpanExporter()
+        else:
+            span_exporter = ConsoleSpanExporter(out=sys.stderr)
+    except ImportError as exc:
+        raise ConfigError(
+            f"exporting traces needs the OpenTelemetry SDK ({exc}): pip install 'legion[otel]'"
+        ) from exc
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    trace.set_tracer_provider(provider)
+    enable_tracing(provider)
+
+    def shutdown() -> None:
+        disable_tracing()
+        provider.shutdown()
+
+    return shutdown
+
+
+def _active_tracer() -> Tracer:
+    if _tracer is None:
+        raise ConfigError("tracing is off: call legion.telemetry.enable_tracing() first")
+    return _tracer
+
+
+async def traced_task(lease: Lease, agent: str, call: Awaitable[T]) -> T:
+    """Await one attempt's agent call inside its task span."""
+    attributes: dict[str, str | int] = {
+        "legion.agent": agent,
+        "legion.task.id": lease.id,
+        "legion.task.attempt": lease.attempt,
+    }
+    with _active_tracer().start_as_current_span(f"legion.task {agent}", attributes=attributes):
+        return await call
+
+
+async def traced_step(
+    lease: Lease, key: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> Any:
+    """Run one step's function (awaiting what it returns, if awaitable) inside its span."""
+    attributes: dict[str, str | int] = {"legion.step.key": key, "legion.task.id": lease.id}
+    with _active_tracer().start_as_current_span("legion.step", attributes=attributes):
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+class _Routed(Protocol):
+    def route_for(self, name: str | None) -> Route: ...
+
+
+def traced_chat(chat: ChatFn) -> ChatFn:
+    """Decorate ``LLMClient.chat(messages, model=None, **options)``: while tracing, each call
+    gets a GenAI client span; otherwise the call goes straight through."""
+
+    @functools.wraps(chat)
+    async def traced(client: _Routed, *args: Any, **kwargs: Any) -> ChatResponse:
+        if not tracing:
+            return await chat(client, *args, **kwargs)
+        try:
+            route = client.route_for(kwargs.get("model", args[1] if len(args) > 1 else None))
+        except LegionError:  # an unknown route: the call itself raises the same error
+            return await chat(client, *args, **kwargs)
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        attributes: dict[str, str | int | float] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": route.provider.name,
+            "gen_ai.request.model": route.model,
+            "legion.llm.route": route.name,
+            **_request_attributes(kwargs),
+        }
+        with _active_tracer().start_as_current_span(
+            f"chat {route.model}",
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                response = await chat(client, *args, **kwargs)
+            except BaseException as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise
+            _response_attributes(span, response)
+            return response
+
+    return cast(ChatFn, traced)
+
+
+def _request_attributes(options: Mapping[str, Any]) -> dict[str, int | float]:
+    out: dict[str, int | float] = {}
+    for name in ("max_tokens", "temperature", "top_p"):
+        value = options.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"gen_ai.request.{name}"] = value
+    return out
+
+
+def _response_attributes(span: Span, response: ChatResponse) -> None:
+    span.set_attribute("gen_ai.usage.input_tokens", response.usage.prompt_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", response.usage.completion_tokens)
+    if response.model:
+        span.set_attribute("gen_ai.response.model", response.model)
+    if response.finish_reason:
+        span.set_attribute("gen_ai.response.finish_reasons", [response.finish_reason])
+
+
+# -- structured logs -------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, the fields the caller
+    attached (``task_id``, ``agent``, ``attempt``...), trace ids while tracing, and the
+    formatted exception if there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_"):
+                entry[name] = value
+        if tracing:
+            entry.update(_trace_ids())
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _trace_ids() -> dict[str, str]:
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+
+
+def configure_logging(*, level: int = logging.INFO, as_json: bool = False) -> None:
+    """Log to stderr at ``level``: one JSON object per line with ``as_json``, else text."""
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,268 @@
+"""``legion worker`` processes sharing one store: crashes, restarts, drains, shared limits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from .conftest import LEGION, read_jsonl, start_legion, wait_for, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+class Workers:
+    """Worker processes started by a test; all stopped at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = start_legion("worker", *args, env=env)
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the worker says it is serving once it is ready
+        assert "serving" in line, line
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            p.communicate(timeout=60)
+
+
+@pytest.fixture
+def workers() -> Iterator[Workers]:
+    w = Workers()
+    yield w
+    w.stop_all()
+
+
+def libpq(url: str) -> str:
+    """A store URL without legion's own pool options, for connecting with psycopg."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if not k.startswith("pool_")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_sigkill_one_of_two_workers_on_postgres_loses_nothing_and_reruns_no_recorded_step(
+    tmp_path: Path, agents_file: Path, postgres_url: str, workers: Workers
+) -> None:
+    n = 1000
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    log1, log2 = tmp_path / "w1.log", tmp_path / "w2.log"
+    common = [
+        "--app",
+        str(agents_file),
+        "--store",
+        postgres_url,
+        "-c",
+        "40",
+        "--lease-seconds",
+        "600",
+    ]
+    doomed = workers.start(*common, env={"STEP_LOG": str(log1)})
+    workers.start(*common, env={"STEP_LOG": str(log2)})
+    run = start_legion(
+        "run",
+        f"{agents_file}:work",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        postgres_url,
+        "--no-local-worker",
+    )
+    wait_for(lambda: len(lines(log1)) >= 300, what="the first worker to make progress")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=30)
+    seen_by_survivor = len(lines(log2))
+    with psycopg.connect(libpq(postgres_url)) as conn:
+        recorded = {f"{t}:{k}" for t, k in conn.execute("SELECT task_id, key FROM steps")}
+        held = conn.execute("SELECT count(*) FROM tasks WHERE status = 'running'").fetchone()
+    assert held is not None and held[0] > 0, "the kill should catch tasks in flight"
+
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    rows = read_jsonl(out)
+    assert len(rows) == n and {r["status"] for r in rows} == {"succeeded"}
+    rerun = set(lines(log2)[seen_by_survivor:])
+    assert not recorded & rerun, "a step recorded before the kill ran again"
+    with psycopg.connect(libpq(postgres_url)) as conn:
+        completions = conn.execute(
+            "SELECT count(*) FROM events WHERE status = 'succeeded'"
+        ).fetchone()
+        steps = conn.execute("SELECT count(*) FROM steps").fetchone()
+    assert completions == (n,)  # exactly one completion record per task
+    assert steps == (3 * n,)
+
+
+def test_sigterm_drains_a_worker_and_status_lists_live_workers(
+    tmp_path: Path, agents_file: Path, workers: Workers
+) -> None:
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    log = tmp_path / "slow.log"
+    worker = workers.start(
+        "--app", str(agents_file), "--store", store, "-c", "10", env={"STEP_LOG": str(log)}
+    )
+    status = json.loads(
+        subprocess.run(
+            [*LEGION, "status", "--store", store, "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    (entry,) = status["workers"]
+    assert entry["pid"] == worker.pid
+    assert {"host", "in_flight", "loop_lag_ms", "rss_mb", "overloaded"} <= set(entry)
+
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(40)])
+    run = start_legion(
+        "run",
+        f"{agents_file}:slow",
+        "-i",
+        str(inp),
+        "-o",
+        str(tmp_path / "o.jsonl"),
+        "--store",
+        store,
+        "--no-local-worker",
+    )
+    wait_for(lambda: len(lines(log)) >= 10, what="tasks to start")
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "draining" in err and "stopped after" in err
+    run.send_signal(signal.SIGTERM)
+    run.communicate(timeout=60)
+    with_started = len(lines(log))
+    # Nothing the worker started was left half-done: every started task finished.
+    out = subprocess.run(
+        [*LEGION, "status", "--store", store, "--json"], capture_output=True, text=True, check=True
+    )
+    counts = json.loads(out.stdout)["counts"]
+    assert counts["running"] == 0
+    assert counts["succeeded"] == with_started
+    assert counts["queued"] == 40 - with_started
+    assert json.loads(out.stdout)["workers"] == []  # it deregistered
+
+
+def start_sim(*args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [*LEGION, "sim", "--port", "0", *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "ready at" in line, line
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def test_four_workers_sharing_one_api_key_stay_within_its_limit(
+    tmp_path: Path, workers: Workers
+) -> None:
+    # 6,000 requests a minute, enforced over 5 s windows (500 per window). Alone, each
+    # worker would pace itself at the full limit: four of them would send four times it.
+    sim, url = start_sim("--rpm", "6000", "--window-seconds", "5", "--latency", "0.01")
+    try:
+        app = tmp_path / "app.py"
+        app.write_text(
+            "import legion\n\n"
+            "@legion.agent(retries=5, backoff=0)\n"
+            "async def ask(ctx, i: int):\n"
+            "    reply = await ctx.llm.chat([{'role': 'user', 'content': f'q{i}'}], max_tokens=4)\n"
+            "    return reply.text\n"
+        )
+        store = f"sqlite:///{tmp_path / 'runs.db'}"
+        for _ in range(4):
+            workers.start(
+                "--app",
+                str(app),
+                "--store",
+                store,
+                "-c",
+                "50",
+                "--llm",
+                f"openai:sim-model@{url}",
+                "--rpm",
+                "6000",
+            )
+        inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(1500)])
+        run = subprocess.run(
+            [
+                *LEGION,
+                "run",
+                f"{app}:ask",
+                "-i",
+                str(inp),
+                "-o",
+                str(tmp_path / "o.jsonl"),
+                "--store",
+                store,
+                "--no-local-worker",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as r:
+            stats = json.loads(r.read())
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.communicate(timeout=30)
+    assert stats["succeeded"] == 1500
+    # Together the four stayed under the limit: the provider refused (almost) nothing.
+    assert stats["rate_limited"] <= 15, stats  # under 1 % of the requests
+
+
+def test_a_run_finishes_when_postgresql_restarts_in_the_middle(
+    tmp_path: Path, agents_file: Path, postgres_url: str, workers: Workers
+) -> None:
+    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        pytest.fail("this test restarts the local PostgreSQL cluster: it needs pg_ctlcluster")
+    (version,) = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1:]
+    n = 400
+    log = tmp_path / "w.log"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    workers.start(
+        "--app", str(agents_file), "--store", postgres_url, "-c", "20", env={"STEP_LOG": str(log)}
+    )
+    run = start_legion(
+        "run",
+        f"{agents_file}:work",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        postgres_url,
+        "--no-local-worker",
+    )
+    wait_for(lambda: len(lines(log)) >= 150, what="the run to get going")
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+    )
+    _, err = run.communicate(timeout=180)
+    assert run.returncode == 0, err
+    rows = read_jsonl(out)
+    assert len(rows) == n and {r["status"] for r in rows} == {"succeeded"}

@@ -1,0 +1,111 @@
+"""``legion serve`` and ``legion keys`` as a user runs them: real processes, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..server.process import create_key, legion, serve, write_agents
+
+pytestmark = pytest.mark.slow
+
+
+def call(url: str, key: str | None, body: Any = None) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {key}"} if key else {}),
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def events(url: str, key: str) -> list[tuple[str, Any]]:
+    """Read an event stream to its end."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    out, name = [], "message"
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        for raw in resp:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                out.append((name, json.loads(line.removeprefix("data: "))))
+    return out
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'keys.db'}"
+    made = legion("keys", "create", "--name", "ci", "--store", store)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.splitlines()[-1]
+    assert key.startswith("lgn_") and len(key) == 60
+    key_id = key.split("_")[1]
+    assert f"created API key {key_id} (ci)" in made.stderr
+    listed = legion("keys", "list", "--store", store)
+    assert listed.stdout.startswith(f"{key_id}\tci\tcreated ") and "active" in listed.stdout
+    assert key.split("_", 2)[2] not in listed.stdout  # never the secret
+    assert legion("keys", "revoke", key_id, "--store", store).returncode == 0
+    as_json = json.loads(legion("keys", "list", "--json", "--store", store).stdout)
+    assert as_json["id"] == key_id and as_json["revoked_at"] is not None
+    missing = legion("keys", "revoke", "0123456789ab", "--store", store)
+    assert missing.returncode == 1 and "no API key 0123456789ab" in missing.stderr
+
+
+def test_serve_runs_submitted_tasks_and_stops_on_sigterm(tmp_path: Path) -> None:
+    with serve(tmp_path, "--log-format", "json", "-v") as server:
+        assert call(f"{server.url}/v1/tasks", None)[0] == 401
+        status, sub = call(
+            f"{server.url}/v1/tasks", server.key, {"agent": "work", "input": {"n": 3}}
+        )
+        assert status == 201
+        stream = events(f"{server.url}/v1/tasks/{sub['id']}/events", server.key)
+        assert stream[-1][0] == "end" and stream[-1][1]["output"]["n"] == 3
+        status, task = call(f"{server.url}/v1/tasks/{sub['id']}", server.key)
+        assert status == 200 and task["status"] == "succeeded" and len(task["steps"]) == 3
+        # A second key made while the server runs works at once.
+        other = create_key(server.store, "late")
+        assert call(f"{server.url}/v1/workers", other)[0] == 200
+    logged = [json.loads(line) for line in server.stderr.splitlines() if line.startswith("{")]
+    assert any(r.get("task_id") == sub["id"] and "submitted" in r["message"] for r in logged)
+
+
+def test_serve_exports_spans_when_asked(tmp_path: Path) -> None:
+    with serve(tmp_path, "--trace", "console") as server:
+        _, sub = call(f"{server.url}/v1/tasks", server.key, {"agent": "work", "input": {"n": 1}})
+        events(f"{server.url}/v1/tasks/{sub['id']}/events", server.key)
+    assert '"name": "legion.task work"' in server.stderr
+    assert '"name": "legion.step"' in server.stderr
+
+
+def test_serve_refuses_a_public_address_without_the_flag(tmp_path: Path) -> None:
+    app = write_agents(tmp_path)
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    refused = legion("serve", "--app", str(app), "--store", store, "--host", "0.0.0.0")
+    assert refused.returncode == 2
+    assert "not a loopback address" in refused.stderr and "--allow-remote" in refused.stderr
+
+
+def test_serve_needs_an_app_with_agents(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    out = legion("serve", "--app", str(empty), "--store", f"sqlite:///{tmp_path / 'e.db'}")
+    assert out.returncode == 2 and "defines no agent" in out.stderr
+
+
+def test_help_explains_serve_and_keys() -> None:
+    serve_help = legion("serve", "--help")
+    assert serve_help.returncode == 0
+    assert "dashboard" in serve_help.stdout and "--allow-remote" in serve_help.stdout
+    keys_help = legion("keys", "--help")
+    assert keys_help.returncode == 0
+    assert "create" in keys_help.stdout and "revoke" in keys_help.stdout

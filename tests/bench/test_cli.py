@@ -1,0 +1,48 @@
+"""``legion demo`` and ``legion bench`` as a user runs them: real subprocesses, tiny sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..acceptance.conftest import legion
+
+FAST_SIM = ["--latency", "0.01", "--jitter", "0", "--tokens-per-second", "100000"]
+
+
+def test_demo_prints_the_comparison_and_writes_the_report(tmp_path: Path) -> None:
+    report, figures = tmp_path / "demo.html", tmp_path / "demo.json"
+    done = legion(
+        "demo", "--tasks", "2", "--rpm", "60000", *FAST_SIM,
+        "--report", str(report), "--json", str(figures),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "sequential (legacy)" in done.stdout and "speed-up" in done.stdout
+    assert "sequential: 2 tasks one at a time" in done.stderr  # progress
+    assert report.read_text().count("<svg") == 3
+    data = json.loads(figures.read_text())
+    assert data["scaled"]["succeeded"] == 2 and data["ideal"]["speedup"] > 0
+
+
+def test_demo_refuses_a_report_in_a_missing_folder(tmp_path: Path) -> None:
+    done = legion("demo", "--report", str(tmp_path / "nowhere" / "r.html"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_bench_overhead_writes_its_results(tmp_path: Path) -> None:
+    done = legion(
+        "bench", "overhead", "--tasks", "100", "--repeat", "1", "--sqlite-only",
+        "--out", str(tmp_path), "--no-plots",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "overhead.json").read_text())
+    assert data["command"].startswith("legion bench overhead --tasks 100")
+    assert "| legion, SQLite file |" in (tmp_path / "overhead.md").read_text()
+    assert "| legion, SQLite file |" in done.stdout
+
+
+def test_bench_lists_every_scenario() -> None:
+    done = legion("bench", "--help")
+    assert done.returncode == 0
+    for name in ("overhead", "capacity", "concurrency", "sequential-vs-scaled", "scale-out"):
+        assert name in done.stdout

@@ -1,0 +1,111 @@
+"""Every benchmark scenario at a tiny size: the results files are written and well formed.
+
+No timing is asserted here: numbers on a shared, busy machine say nothing; the
+benchmarks themselves (``legion bench ...``) report them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from legion.bench import capacity, concurrency, overhead, scale_out, sequential
+from legion.bench.results import BenchResult, write_result
+from legion.demo.compare import DemoConfig
+
+from ..conftest import POSTGRES_URL
+
+FAST_DEMO = DemoConfig(
+    rpm=60_000, tpm=10_000_000, latency=0.01, latency_jitter=0.0, tokens_per_second=100_000
+)
+
+
+def check_written(result: BenchResult, folder: Path) -> dict[str, object]:
+    """Write the result; check the JSON, the markdown table and the plots; answer the JSON."""
+    paths = write_result(result, folder)
+    data = json.loads((folder / f"{result.name}.json").read_text())
+    assert data["benchmark"] == result.name
+    assert data["machine"]["cpus"] >= 1
+    markdown = (folder / f"{result.name}.md").read_text()
+    assert markdown.startswith(f"# {result.name}: ")
+    assert "|---|" in markdown
+    for table in result.tables:
+        assert len(table.rows) >= 1 and all(len(r) == len(table.columns) for r in table.rows)
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert len(pngs) == len(result.plots)
+    for png in pngs:
+        assert png.read_bytes().startswith(b"\x89PNG")
+        assert f"]({png.name})" in markdown
+    return data  # type: ignore[no-any-return]
+
+
+async def test_overhead(tmp_path: Path, postgres_server: str) -> None:
+    opts = overhead.OverheadOptions(tasks=200, concurrency=50, repeat=1, postgres=postgres_server)
+    data = check_written(await overhead.run(opts, workdir=tmp_path), tmp_path)
+    rates = data["tasks_per_second"]
+    assert isinstance(rates, dict)
+    assert set(rates) == {overhead.BARE, overhead.SQLITE, overhead.POSTGRES}
+
+
+async def test_capacity(tmp_path: Path) -> None:
+    opts = capacity.CapacityOptions(
+        tasks=15, rpm=60_000, tpm=6_000_000, latency=0.01, latency_jitter=0.0
+    )
+    result = await capacity.run(opts, workdir=tmp_path)
+    data = check_written(result, tmp_path)
+    runs = data["runs"]
+    assert isinstance(runs, list)
+    assert [(r["limit"], r["client"]) for r in runs] == [
+        ("rpm", "legion"),
+        ("rpm", "fixed concurrency"),
+        ("tpm", "legion"),
+        ("tpm", "fixed concurrency"),
+    ]
+    for r in runs:
+        assert r["tasks"] == 15 and r["attempts"] >= 30
+        assert {"steady_pct_of_limit", "goodput_pct_of_limit", "rate_limited"} <= set(r)
+
+
+@pytest.mark.slow
+async def test_concurrency(tmp_path: Path) -> None:
+    opts = concurrency.ConcurrencyOptions(instances=100, delay=0.2)
+    data = check_written(await concurrency.run(opts, workdir=tmp_path), tmp_path)
+    results = data["results"]
+    assert isinstance(results, dict)
+    assert set(results) == set(concurrency.VARIANTS)
+    for r in results.values():
+        assert r["max_in_flight"] == 100 and r["failed"] == 0 and r["bytes_per_instance"] >= 0
+
+
+async def test_sequential_vs_scaled(tmp_path: Path) -> None:
+    opts = sequential.SequentialOptions(sizes=(2, 3), sequential_limit=2, demo=FAST_DEMO)
+    data = check_written(await sequential.run(opts, workdir=tmp_path), tmp_path)
+    comparisons = data["comparisons"]
+    assert isinstance(comparisons, list) and len(comparisons) == 2
+    first, second = comparisons
+    assert first["sequential"]["extrapolated"] is False
+    assert second["sequential"]["extrapolated"] is True  # 3 tasks from the 2 run
+    for c in comparisons:
+        assert c["scaled"]["failed"] == 0 and c["ideal"]["speedup"] > 0
+
+
+@pytest.mark.slow
+async def test_scale_out(tmp_path: Path, postgres_server: str) -> None:
+    opts = scale_out.ScaleOutOptions(
+        tasks=12, work=1000, postgres=postgres_server, processes=(1, 2)
+    )
+    data = check_written(await scale_out.run(opts, workdir=tmp_path), tmp_path)
+    makespans = data["makespan_s"]
+    assert isinstance(makespans, dict)
+    assert list(makespans) == [
+        "SQLite, 1 process",
+        "PostgreSQL, 1 worker process",
+        "PostgreSQL, 2 worker processes",
+    ]
+    assert data["speedup_2_vs_1"] is not None
+
+
+def test_postgres_url_is_the_test_server() -> None:
+    assert POSTGRES_URL.startswith("postgresql://")

@@ -1,0 +1,162 @@
+"""Agents for the executor tests, at module level so that child processes and Ray
+workers can import them. They run on whatever executor the runtime is given."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import sys
+import uuid
+from typing import Any
+
+from pydantic import BaseModel
+
+import legion
+
+
+class Question(BaseModel):
+    text: str
+
+
+class Unpicklable(legion.Permanent):
+    """Pickles, but cannot be unpickled (a required keyword-only argument)."""
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _node() -> str:
+    """The Ray node this runs on ("" outside Ray)."""
+    if "ray" not in sys.modules:
+        return ""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def tell(fifo: str, line: str) -> None:
+    """Write one line to the test waiting on ``fifo``."""
+    with open(fifo, "w") as f:
+        f.write(line + "\n")
+
+
+@legion.agent(retries=0)
+async def echo(ctx: legion.Context, text: str) -> dict[str, Any]:
+    """Uses every part of the context once."""
+    twice = await ctx.gather(
+        ctx.step("double", lambda: text * 2), ctx.step("double", str.upper, text)
+    )
+    await ctx.memory.set("text", {"value": text})
+    remembered = await ctx.memory.get("text")
+    missing = await ctx.memory.get("nothing", "default")
+    await ctx.memory.delete("gone")
+    ctx.log.warning("echoing %s", text)
+    return {
+        "pid": os.getpid(),
+        "node": _node(),
+        "twice": twice,
+        "remembered": remembered,
+        "missing": missing,
+        "items": await ctx.memory.items(),
+        "ids": [ctx.task_id, ctx.attempt, ctx.key, ctx.session, ctx.agent],
+    }
+
+
+@legion.agent(retries=1, backoff=0.01)
+async def replaying(ctx: legion.Context, n: int) -> dict[str, Any]:
+    """Records a step, fails once, and sees the step replayed on its retry."""
+    token = await ctx.step("token", lambda: uuid.uuid4().hex)
+    if ctx.attempt == 1:
+        await ctx.memory.set("token", token)
+        raise ConnectionError("lost the connection after the step")
+    return {"token": token, "first": await ctx.memory.get("token"), "attempt": ctx.attempt}
+
+
+@legion.agent(retries=2)
+async def permanent(ctx: legion.Context, n: int) -> None:
+    raise legion.Permanent(f"input {n} can never work")
+
+
+@legion.agent(retries=0)
+async def value_error(ctx: legion.Context, n: int) -> None:
+    await ctx.step("fails", int, "not a number")
+
+
+@legion.agent(retries=2)
+async def unpicklable(ctx: legion.Context, n: int) -> None:
+    raise Unpicklable("custom failure", code=n)
+
+
+@legion.agent(retries=0)
+async def exits(ctx: legion.Context, code: int) -> None:
+    sys.exit(code)
+
+
+@legion.agent(retries=0)
+async def hard_exit(ctx: legion.Context, code: int) -> None:
+    os._exit(code)
+
+
+@legion.agent(retries=0)
+async def segfault(ctx: legion.Context, n: int) -> None:
+    ctypes.string_at(0)
+
+
+@legion.agent(retries=0)
+async def memory_bomb(ctx: legion.Context, chunk_mb: int) -> None:
+    chunks = []
+    while True:
+        chunks.append(bytearray(chunk_mb * 2**20))
+
+
+@legion.agent(retries=0, timeout=1)
+async def spin_past_timeout(ctx: legion.Context, n: int) -> None:
+    """Tells its pid, then loops without ever yielding, past its 1 s timeout."""
+    await ctx.memory.set("pid", os.getpid())
+    while True:
+        pass
+
+
+@legion.agent(retries=0, timeout=None)
+async def spin(ctx: legion.Context, fifo: str) -> None:
+    """Tells its pid on ``fifo``, then loops without ever yielding."""
+    tell(fifo, str(os.getpid()))
+    while True:
+        pass
+
+
+@legion.agent(retries=0)
+async def takes_model(ctx: legion.Context, q: Question) -> str:
+    return f"{type(q).__name__}: {q.text}"
+
+
+@legion.agent(retries=0)
+async def chat(ctx: legion.Context, question: str) -> list[str]:
+    first = await ctx.llm.chat([{"role": "user", "content": question}])
+    again = await ctx.llm.chat([{"role": "user", "content": question}], max_tokens=5)
+    return [first.text, again.text, first.model]
+
+
+@legion.agent(retries=1, backoff=0.01)
+async def outlives_its_node(ctx: legion.Context, fifo: str) -> dict[str, Any]:
+    """Attempt 1 records a step, says where it runs, and waits to be lost with its node;
+    attempt 2 returns where it ran and the step it got back."""
+    token = await ctx.step("token", lambda: uuid.uuid4().hex)
+    if ctx.attempt == 1:
+        await ctx.memory.set("token", token)
+        tell(fifo, _node())
+        await asyncio.Event().wait()
+    return {
+        "node": _node(),
+        "token": token,
+        "first": await ctx.memory.get("token"),
+        "attempt": ctx.attempt,
+    }
+
+
+@legion.agent(executor="process", retries=0)
+async def declared(ctx: legion.Context, n: int) -> int:
+    """Asks for the process executor itself."""
+    return os.getpid()

@@ -1,0 +1,247 @@
+"""The process executor: real child processes, real signals, a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import legion
+from legion import Runtime, TaskStatus, codec
+from legion.executors import ProcessExecutor
+from legion.llm import Capacity, LLMClient, Route
+from legion.loader import load_agent
+from legion.testing import ScriptedProvider
+
+from . import agents
+from .conftest import alive, exited, fifo, next_line
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaked_processes")]
+
+
+@pytest.fixture
+async def rt(db_url: str) -> AsyncIterator[Runtime]:
+    executor = ProcessExecutor(processes=2, memory_limit_mb=300)
+    async with Runtime(db_url, executors={"process": executor}, executor="process") as runtime:
+        yield runtime
+
+
+async def run(rt: Runtime, agent: legion.Agent, *inputs: object) -> list[legion.TaskResult]:
+    return sorted([r async for r in rt.map(agent, inputs)], key=lambda r: r.id)
+
+
+async def test_instances_run_in_children_with_the_whole_context(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="legion.agent.echo"):
+        results = await run(rt, agents.echo, "a", "b", "c")
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 3
+    pids = {r.output["pid"] for r in results}
+    assert os.getpid() not in pids and len(pids) <= 2  # a pool of two, reused
+    first = results[0]
+    assert first.output["twice"] == ["aa", "A"]
+    assert first.output["remembered"] == {"value": "a"}
+    assert first.output["missing"] == "default"
+    assert first.output["items"] == {"text": {"value": "a"}}
+    assert first.output["ids"] == [first.id, 1, None, f"task-{first.id}", "echo"]
+    steps = await rt.store.steps(first.id)
+    assert sorted(s.key for s in steps) == ["double", "double#2"]
+    assert all(s.finished_at >= s.started_at for s in steps)
+    assert {m for m in caplog.messages if m.startswith("echoing")} == {
+        "echoing a",
+        "echoing b",
+        "echoing c",
+    }
+
+
+async def test_a_retry_replays_the_steps_recorded_before(rt: Runtime) -> None:
+    (r,) = await run(rt, agents.replaying, 1)
+    assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2
+    assert r.output["token"] == r.output["first"]  # the step did not run again
+
+
+async def test_arguments_arrive_as_the_agent_declared_them(rt: Runtime) -> None:
+    (r,) = await run(rt, agents.takes_model, {"text": "why?"})
+    assert r.output == "Question: why?"
+
+
+async def test_agent_errors_keep_type_message_traceback_and_retryability(rt: Runtime) -> None:
+    perm, value, odd, exits = [
+        (await run(rt, agent, 7))[0]
+        for agent in (agents.permanent, agents.value_error, agents.unpicklable, agents.exits)
+    ]
+    assert perm.status is TaskStatus.FAILED and perm.attempt == 1
+    assert perm.error is not None and perm.error.type == "Permanent"
+    assert perm.error.message == "input 7 can never work"
+    assert "agents.py" in perm.error.traceback and "in permanent" in perm.error.traceback
+    assert value.status is TaskStatus.DEAD and value.error is not None
+    assert value.error.type == "ValueError" and "invalid literal" in value.error.message
+    # Its class cannot be rebuilt here: it stands in under its own name, still permanent.
+    assert odd.status is TaskStatus.FAILED and odd.attempt == 1 and odd.error is not None
+    assert (odd.error.type, odd.error.message) == ("Unpicklable", "custom failure")
+    assert exits.status is TaskStatus.DEAD and exits.error is not None
+    assert (exits.error.type, exits.error.message) == ("SystemExit", "7")
+
+
+async def test_a_segfault_fails_its_task_only(rt: Runtime) -> None:
+    crashed, *fine = await run(rt, agents.segfault, 1) + await run(rt, agents.echo, "x", "y")
+    assert crashed.status is TaskStatus.DEAD and crashed.error is not None
+    assert crashed.error.type == "InstanceLost"
+    assert crashed.error.message == "the agent's process was killed by SIGSEGV"
+    assert "Segmentation fault" in crashed.error.traceback
+    assert "in segfault" in crashed.error.traceback  # where it happened, from faulthandler
+    assert [r.status for r in fine] == [TaskStatus.SUCCEEDED] * 2
+
+
+async def test_an_exit_of_the_process_fails_its_task(rt: Runtime) -> None:
+    (r,) = await run(rt, agents.hard_exit, 3)
+    assert r.status is TaskStatus.DEAD and r.error is not None
+    assert (r.error.type, r.error.message) == (
+        "InstanceLost",
+        "the agent's process exited with code 3",
+    )
+
+
+async def test_a_memory_bomb_hits_the_limit_and_the_child_is_replaced(rt: Runtime) -> None:
+    (bomb,) = await run(rt, agents.memory_bomb, 16)
+    assert bomb.status is TaskStatus.DEAD and bomb.error is not None
+    assert bomb.error.type == "MemoryLimitExceeded"
+    assert bomb.error.message == "the agent's process exceeded its memory limit of 300 MB"
+    assert "in memory_bomb" in bomb.error.traceback
+    assert [r.status for r in await run(rt, agents.echo, "after")] == [TaskStatus.SUCCEEDED]
+
+
+async def test_a_cpu_bound_loop_past_its_timeout_is_killed(rt: Runtime) -> None:
+    (r,) = await run(rt, agents.spin_past_timeout, 1)
+    assert r.status is TaskStatus.DEAD and r.error is not None
+    assert r.error.type == "TaskTimeout"
+    pid = codec.loads(await rt.store.memory_get(f"task-{r.id}", "pid") or b"null")
+    assert isinstance(pid, int) and not alive(pid)
+
+
+async def test_the_worker_stays_responsive_while_a_child_spins(rt: Runtime, tmp_path: Path) -> None:
+    async with fifo(tmp_path / "spinning") as spinning:
+        stuck = await rt.submit(agents.spin, str(tmp_path / "spinning"))
+        pid = int(await next_line(spinning))
+    # One child spins without end; the other child and the event loop serve the rest.
+    others = await run(rt, agents.echo, *"abcdefgh")
+    assert [r.status for r in others] == [TaskStatus.SUCCEEDED] * 8
+    assert {r.output["pid"] for r in others}.isdisjoint({pid})
+    info = await rt.get(stuck.id)
+    assert info is not None and info.status is TaskStatus.RUNNING and alive(pid)
+    await rt.cancel(stuck.id)
+    assert (await rt.result(stuck.id)).status is TaskStatus.CANCELLED
+    assert not alive(pid)
+
+
+async def test_llm_calls_are_made_and_recorded_by_the_worker(db_url: str) -> None:
+    provider = ScriptedProvider(["first answer", "second answer"])
+    llm = LLMClient([Route("default", provider, "scripted-model", Capacity("default"))])
+    executors = {"process": ProcessExecutor(processes=1)}
+    async with Runtime(db_url, executors=executors, executor="process", llm=llm) as rt:
+        (r,) = await run(rt, agents.chat, "hello?")
+        keys = [s.key for s in await rt.store.steps(r.id)]
+    assert r.output == ["first answer", "second answer", "scripted-model"]
+    assert len(provider.requests) == 2 and all(k.startswith("llm.default.") for k in keys)
+    assert r.usage is not None and r.usage["llm_calls"] == 2
+
+
+async def test_an_agent_can_ask_for_the_process_executor_itself(db_url: str) -> None:
+    async with Runtime(db_url, executors={"process": ProcessExecutor(processes=1)}) as rt:
+        (r,) = await run(rt, agents.declared, 1)
+    assert r.status is TaskStatus.SUCCEEDED and r.output != os.getpid()
+
+
+async def test_an_agent_that_cannot_be_imported_elsewhere_is_refused(db_url: str) -> None:
+    @legion.agent
+    async def local(ctx: legion.Context, n: int) -> int:
+        return n
+
+    async with Runtime(db_url, executors={"process": ProcessExecutor()}, executor="process") as rt:
+        with pytest.raises(legion.ConfigError, match="define it at module level"):
+            await rt.submit(local, 1)
+
+
+async def test_an_agent_loaded_from_a_file_runs_in_a_child(db_url: str, tmp_path: Path) -> None:
+    """What ``legion run path/to/file.py:fn --executor process`` does."""
+    (tmp_path / "from_file.py").write_text(
+        "import os\n\nasync def where(ctx, n: int) -> list[int]:\n    return [n, os.getpid()]\n"
+    )
+    agent = load_agent(f"{tmp_path / 'from_file.py'}:where")
+    executors = {"process": ProcessExecutor(processes=1)}
+    async with Runtime(db_url, executors=executors, executor="process") as rt:
+        (r,) = await run(rt, agent, 5)
+    assert r.status is TaskStatus.SUCCEEDED and r.output[0] == 5 and r.output[1] != os.getpid()
+
+
+def test_an_agent_of_a_script_run_as_main_runs_in_a_child(tmp_path: Path) -> None:
+    """A script that defines its agent (and the model it takes) and runs it itself."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, os
+            from pydantic import BaseModel
+            import legion
+            from legion.executors import ProcessExecutor
+
+            class Point(BaseModel):
+                x: int
+
+            @legion.agent(executor="process")
+            async def double(ctx, p: Point) -> list:
+                return [type(p).__name__, p.x * 2, os.getpid() != {os.getpid()}]
+
+            async def main():
+                async with legion.Runtime({f"sqlite:///{tmp_path / 's.db'}"!r},
+                                          executors={{"process": ProcessExecutor()}}) as rt:
+                    r = await rt.result((await rt.submit(double, {{"x": 21}})).id)
+                print(r.status, r.output, r.error)
+
+            if __name__ == "__main__":
+                asyncio.run(main())
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "succeeded ['Point', 42, True] None"
+
+
+async def test_a_child_does_not_outlive_a_killed_worker(tmp_path: Path) -> None:
+    """SIGKILL a worker whose child spins: the kernel ends the child too (Linux)."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        import legion
+        from legion.executors import ProcessExecutor
+        from tests.executors import agents
+
+        async def main():
+            async with legion.Runtime({f"sqlite:///{tmp_path / 'k.db'}"!r},
+                                      executors={{"process": ProcessExecutor()}},
+                                      executor="process") as rt:
+                await rt.result((await rt.submit(agents.spin, {str(tmp_path / "pid")!r})).id)
+
+        asyncio.run(main())
+        """
+    )
+    async with fifo(tmp_path / "pid") as spinning:
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, cwd=Path(__file__).parents[2]
+        )
+        try:
+            pid = int(await next_line(spinning))
+        finally:
+            worker.kill()
+            await worker.wait()
+    await exited(pid)

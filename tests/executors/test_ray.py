@@ -1,0 +1,157 @@
+"""The Ray executor on a real local cluster: a head node (no CPUs for tasks: it holds the
+driver and the bridge) and two worker nodes, all on 127.0.0.1.
+
+Starting the cluster takes ~10 s, once for the module.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import legion
+from legion import Runtime, TaskStatus, codec
+from legion.executors.ray import RayExecutor
+
+from . import agents
+from .conftest import exited, fifo, next_line
+
+# Ray reads this when it is imported: keep every node of the test cluster on 127.0.0.1.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+try:
+    import ray
+    from ray.cluster_utils import Cluster
+except ImportError as exc:
+    pytest.fail(f"the Ray executor tests need Ray: pip install -e '.[dev]' ({exc})", pytrace=False)
+
+pytestmark = pytest.mark.slow
+
+NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    head = {"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        for _ in range(2):
+            cluster.add_node(**NODE)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+async def rt(cluster: Cluster, db_url: str) -> AsyncIterator[Runtime]:
+    async with Runtime(db_url, executors={"ray": RayExecutor()}, executor="ray") as runtime:
+        yield runtime
+
+
+async def run(rt: Runtime, agent: legion.Agent, *inputs: object) -> list[legion.TaskResult]:
+    return sorted([r async for r in rt.map(agent, inputs)], key=lambda r: r.id)
+
+
+def worker_nodes(cluster: Cluster) -> dict[str, Any]:
+    return {node.node_id: node for node in cluster.worker_nodes}
+
+
+async def test_instances_run_as_ray_tasks_with_the_whole_context(
+    rt: Runtime, cluster: Cluster
+) -> None:
+    results = await run(rt, agents.echo, "a", "b", "c", "d")
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 4
+    assert {r.output["node"] for r in results} <= set(worker_nodes(cluster))
+    assert os.getpid() not in {r.output["pid"] for r in results}
+    first = results[0]
+    assert first.output["twice"] == ["aa", "A"]
+    assert first.output["remembered"] == {"value": "a"}
+    assert first.output["missing"] == "default"
+    assert first.output["items"] == {"text": {"value": "a"}}
+    assert sorted(s.key for s in await rt.store.steps(first.id)) == ["double", "double#2"]
+
+
+async def test_errors_keep_their_type_and_retryability(rt: Runtime) -> None:
+    (perm,) = await run(rt, agents.permanent, 3)
+    (odd,) = await run(rt, agents.unpicklable, 3)
+    assert perm.status is TaskStatus.FAILED and perm.attempt == 1 and perm.error is not None
+    assert (perm.error.type, perm.error.message) == ("Permanent", "input 3 can never work")
+    assert "in permanent" in perm.error.traceback
+    assert odd.status is TaskStatus.FAILED and odd.error is not None
+    assert odd.error.type == "Unpicklable"
+
+
+async def test_a_retry_replays_the_steps_recorded_before(rt: Runtime) -> None:
+    (r,) = await run(rt, agents.replaying, 1)
+    assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2
+    assert r.output["token"] == r.output["first"]
+
+
+async def test_a_cpu_bound_loop_past_its_timeout_is_cancelled_on_ray(rt: Runtime) -> None:
+    (r,) = await run(rt, agents.spin_past_timeout, 1)
+    assert r.status is TaskStatus.DEAD and r.error is not None
+    assert r.error.type == "TaskTimeout"
+    pid = codec.loads(await rt.store.memory_get(f"task-{r.id}", "pid") or b"null")
+    await exited(pid)  # ray.cancel(force=True) killed the Ray worker that was spinning
+
+
+async def test_a_lost_node_means_a_retried_task_not_a_lost_one(
+    rt: Runtime, cluster: Cluster, tmp_path: Path
+) -> None:
+    async with fifo(tmp_path / "where") as where:
+        task = await rt.submit(agents.outlives_its_node, str(tmp_path / "where"))
+        doomed = await next_line(where)
+    cluster.remove_node(worker_nodes(cluster)[doomed])
+    try:
+        r = await rt.result(task.id)
+    finally:
+        cluster.add_node(**NODE)  # back to two worker nodes for the next test
+    assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2
+    assert r.output["node"] != doomed
+    assert r.output["token"] == r.output["first"]  # its step was replayed, not run again
+    info = await rt.get(task.id)
+    assert info is not None and info.error is not None  # the first attempt's error, kept
+    assert info.error.type == "InstanceLost" and "NodeDiedError" in info.error.message
+
+
+def test_without_an_address_a_local_ray_instance_is_started(tmp_path: Path) -> None:
+    """What ``legion run --executor ray`` does on a laptop (a process of its own: Ray is
+    initialized once per process)."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        import legion
+        from legion.executors import executors_from_options
+        from tests.executors import agents
+
+        async def main():
+            executors = executors_from_options("ray", None, None, None)
+            async with legion.Runtime({f"sqlite:///{tmp_path / 'local.db'}"!r},
+                                      executors=executors, executor="ray") as rt:
+                r = await rt.result((await rt.submit(agents.echo, "local")).id)
+            print(r.status, r.output["twice"])
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[2],
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "succeeded ['locallocal', 'LOCAL']"

@@ -1,0 +1,79 @@
+"""One agent per async pitfall (and clean ones), for tests/integration/test_pitfalls.py.
+
+The tests look up line numbers by the marker comments, so lines may move freely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import legion
+
+
+def fetch_sync() -> str:
+    time.sleep(0.3)  # MARK: blocking-call
+    return "page"
+
+
+@legion.agent(retries=0)
+async def sleepy(ctx: legion.Context, x: int) -> str:
+    return fetch_sync()
+
+
+@legion.agent(retries=0)
+async def sleepy_child(ctx: legion.Context, x: int) -> list[str]:
+    async def crawl() -> str:
+        return fetch_sync()
+
+    return await ctx.gather(crawl(), ctx.step("other", lambda: "ok"))
+
+
+@legion.agent(retries=0)
+async def forgetful(ctx: legion.Context, x: int) -> str:
+    ctx.step("save", lambda: "saved")  # MARK: unawaited-step
+    return "done"
+
+
+@legion.agent(retries=0)
+async def forgetful_memory(ctx: legion.Context, x: int) -> str:
+    ctx.memory.set("seen", x)  # MARK: unawaited-memory
+    return "done"
+
+
+async def _boom() -> None:
+    raise ValueError("lost in the background")  # MARK: escaped-raise
+
+
+@legion.agent(retries=0)
+async def spawner(ctx: legion.Context, x: int) -> str:
+    task = asyncio.create_task(_boom(), name="background-work")
+    await asyncio.sleep(0)  # let it run (and fail) while nobody awaits it
+    await asyncio.sleep(0)
+    del task
+    return "done"
+
+
+async def _wait(seconds: float, tag: str) -> str:
+    await asyncio.sleep(seconds)
+    return tag
+
+
+@legion.agent(retries=0)
+async def serial(ctx: legion.Context, q: str) -> list[str]:
+    a = await ctx.step("search", _wait, 0.05, "a")  # MARK: serial-first
+    b = await ctx.step("lookup", _wait, 0.05, "b")  # MARK: serial-second
+    return [a, b]
+
+
+@legion.agent(retries=0)
+async def chained(ctx: legion.Context, q: str) -> str:
+    a = await ctx.step("search", _wait, 0.05, "hit")
+    return str(await ctx.step("read", _wait, 0.05, a))  # uses the first step's result
+
+
+@legion.agent(retries=0)
+async def clean(ctx: legion.Context, q: str) -> list[str]:
+    parts = await ctx.gather(*(ctx.step(f"part-{i}", _wait, 0.02, str(i)) for i in range(3)))
+    await ctx.memory.set("last", parts)
+    return list(parts)

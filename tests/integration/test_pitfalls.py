@@ -1,0 +1,100 @@
+"""The async pitfalls, caught and reported on the task with the line to fix."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import legion
+from legion import Runtime, TaskStatus
+from legion.diagnostics.report import Kind
+
+from . import pitfall_agents as agents
+
+SOURCE = Path(agents.__file__)
+
+
+def line_of(mark: str) -> int:
+    for number, text in enumerate(SOURCE.read_text().splitlines(), start=1):
+        if f"MARK: {mark}" in text:
+            return number
+    raise AssertionError(mark)
+
+
+async def run(
+    db_url: str, agent: legion.Agent, value: object, **options: object
+) -> legion.TaskResult:
+    async with Runtime(db_url, **options) as rt:  # type: ignore[arg-type]
+        result = await rt.result((await rt.submit(agent, value)).id)
+        stored = await rt.store.diagnostics(task_id=result.id)
+    assert len(stored) == len(result.diagnostics)  # what the run saw is what the store keeps
+    return result
+
+
+async def test_a_blocking_call_is_reported_with_agent_line_and_duration(db_url: str) -> None:
+    r = await run(db_url, agents.sleepy, 1)
+    (found,) = r.diagnostics
+    assert found.kind is Kind.BLOCKED_LOOP
+    assert found.site is not None
+    assert (Path(found.site.file).name, found.site.line) == (SOURCE.name, line_of("blocking-call"))
+    assert found.seconds is not None and 0.2 <= found.seconds < 10
+    assert found.message.startswith("agent `sleepy` blocked the event loop for ")
+    assert "in `fetch_sync` (time.sleep)" in found.message
+    assert r.status is TaskStatus.SUCCEEDED  # reported, not failed
+
+
+async def test_blocking_in_a_gathered_child_is_the_agents_too(db_url: str) -> None:
+    r = await run(db_url, agents.sleepy_child, 1)
+    (found,) = [d for d in r.diagnostics if d.kind is Kind.BLOCKED_LOOP]
+    assert "agent `sleepy_child`" in found.message
+    assert found.site is not None and found.site.line == line_of("blocking-call")
+
+
+async def test_an_unawaited_step_is_reported_and_fails_in_strict_mode(db_url: str) -> None:
+    r = await run(db_url, agents.forgetful, 1)
+    (found,) = r.diagnostics
+    assert found.kind is Kind.UNAWAITED
+    assert found.site is not None and found.site.line == line_of("unawaited-step")
+    assert "step `save`" in found.message and "never awaited" in found.message
+    assert r.status is TaskStatus.SUCCEEDED
+
+    strict = await run(db_url, agents.forgetful, 2, strict=True)
+    assert strict.status is TaskStatus.FAILED
+    assert strict.error is not None and strict.error.type == "UnawaitedWork"
+    assert f"pitfall_agents.py:{line_of('unawaited-step')}" in strict.error.message
+
+
+async def test_an_unawaited_memory_write_is_reported(db_url: str) -> None:
+    r = await run(db_url, agents.forgetful_memory, 1)
+    (found,) = r.diagnostics
+    assert found.kind is Kind.UNAWAITED and "ctx.memory.set('seen')" in found.message
+    assert found.site is not None and found.site.line == line_of("unawaited-memory")
+
+
+async def test_an_exception_escaping_a_spawned_task_is_attached_not_lost(db_url: str) -> None:
+    r = await run(db_url, agents.spawner, 1)
+    gc.collect()
+    (found,) = r.diagnostics
+    assert found.kind is Kind.ESCAPED_EXCEPTION
+    assert (
+        "'background-work'" in found.message
+        and "ValueError: lost in the background" in found.message
+    )
+    assert found.site is not None and found.site.line == line_of("escaped-raise")
+    assert r.status is TaskStatus.SUCCEEDED  # the worker and the task carried on
+
+
+async def test_independent_steps_awaited_in_turn_get_advice(db_url: str) -> None:
+    r = await run(db_url, agents.serial, "q")
+    (found,) = r.diagnostics
+    assert found.kind is Kind.SEQUENTIAL_AWAIT
+    first, second = line_of("serial-first"), line_of("serial-second")
+    assert f"pitfall_agents.py:{first} and " in found.message
+    assert f"pitfall_agents.py:{second})" in found.message
+    assert "ctx.gather" in found.message
+    assert found.seconds is not None and 0.04 <= found.seconds < 10
+
+
+async def test_clean_and_dependent_agents_get_no_report(db_url: str) -> None:
+    assert (await run(db_url, agents.chained, "q")).diagnostics == ()
+    assert (await run(db_url, agents.clean, "q")).diagnostics == ()

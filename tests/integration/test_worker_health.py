@@ -1,0 +1,60 @@
+"""A worker watches its own health: it stops leasing while overloaded, and says so."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+
+import legion
+from legion import Runtime, TaskStatus
+
+
+async def test_a_lagging_worker_stops_leasing_until_it_recovers(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @legion.agent
+    async def hog(ctx: legion.Context, x: int) -> int:
+        time.sleep(0.15)  # noqa: ASYNC251 - the pitfall under test: the worker's loop lags
+        return x
+
+    caplog.set_level(logging.INFO, logger="legion.worker")
+    async with Runtime(db_url, concurrency=2, max_loop_lag=0.04) as rt:
+        results = [r async for r in rt.map(hog, range(8))]
+        assert rt.worker is not None
+        health = rt.worker.health()
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 8
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("not leasing: event loop lag") for m in messages), messages
+    assert any(m.startswith("leasing again") for m in messages), messages
+    assert isinstance(health["blocked"], int) and health["blocked"] >= 1
+    assert isinstance(health["max_loop_lag_ms"], float) and health["max_loop_lag_ms"] >= 100
+
+
+async def test_a_worker_over_its_memory_mark_does_not_lease(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @legion.agent
+    async def noop(ctx: legion.Context, x: int) -> int:
+        return x
+
+    caplog.set_level(logging.INFO, logger="legion.worker")
+    async with Runtime(db_url, max_memory_mb=1) as rt:  # any process is over 1 MB
+        submitted = await rt.submit(noop, 1)
+        assert rt.worker is not None
+        await wait_until(lambda: rt.worker is not None and bool(rt.worker.health()["overloaded"]))
+        info = await rt.get(submitted.id)
+        health = rt.worker.health()
+    assert info is not None and info.status is TaskStatus.QUEUED  # held off, not lost
+    assert str(health["overloaded"]).startswith("memory ")
+    assert any(r.getMessage().startswith("not leasing: memory") for r in caplog.records)
+
+
+async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
+    """Poll a condition of the worker (it changes in its own loop) until it holds."""
+    async with asyncio.timeout(limit):
+        while not condition():  # noqa: ASYNC110 - a state of the worker, no event to wait on
+            await asyncio.sleep(0.01)

@@ -1,0 +1,65 @@
+"""Agents the server tests serve."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel, Field
+
+import legion
+
+# Set by the `gate` fixture for each test: `held` tasks wait on it.
+GATE: dict[str, asyncio.Event] = {}
+
+
+class Order(BaseModel):
+    sku: str = Field(min_length=1)
+    quantity: int = Field(ge=1)
+
+
+@legion.agent(timeout=30, retries=1, backoff=0)
+async def work(ctx: legion.Context, n: int, delay: float = 0.0) -> dict[str, object]:
+    """One step, then two steps in parallel."""
+
+    async def step(name: str) -> str:
+        await asyncio.sleep(delay)
+        return name
+
+    first = await ctx.step("a", step, "a")
+    both = await ctx.gather(ctx.step("b1", step, "b1"), ctx.step("b2", step, "b2"))
+    return {"n": n, "steps": [first, *both]}
+
+
+@legion.agent(retries=1, backoff=0)
+async def flaky(ctx: legion.Context, n: int) -> int:
+    """Fails its first attempt."""
+    if ctx.attempt == 1:
+        raise ConnectionError("flaky")
+    return n
+
+
+@legion.agent(retries=0)
+async def doomed(ctx: legion.Context, n: int) -> None:
+    raise RuntimeError(f"doomed {n}")
+
+
+@legion.agent(timeout=30)
+async def held(ctx: legion.Context, n: int) -> int:
+    """Records a step, then waits until the test opens the gate."""
+    await ctx.step("started", lambda: n)
+    await GATE["open"].wait()
+    return n
+
+
+@legion.agent
+async def order(ctx: legion.Context, item: Order, note: str = "") -> str:
+    return f"{item.quantity} x {item.sku}{note}"
+
+
+@legion.agent
+async def ask(ctx: legion.Context, question: str) -> str:
+    reply = await ctx.llm.chat([{"role": "user", "content": question}], max_tokens=8)
+    return reply.text
+
+
+AGENTS = [work, flaky, doomed, held, order, ask]

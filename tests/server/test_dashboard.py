@@ -1,0 +1,130 @@
+"""The dashboard in headless Chromium (Debian's, driven by Playwright): live numbers while
+10,000 tasks run, a task's timeline with parallel steps side by side, no console errors.
+Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+
+from .conftest import Api, StartApi
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TASKS = 10_000
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM.is_file():  # noqa: ASYNC240 - one stat before the browser starts
+        pytest.fail(f"the dashboard tests need Chromium at {CHROMIUM}: apt-get install chromium")
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield launched
+        await launched.close()
+
+
+async def open_page(browser: Browser, api: Api, problems: list[str]) -> Page:
+    context = await browser.new_context(
+        http_credentials={"username": "operator", "password": api.key},
+        viewport={"width": 1400, "height": 1100},
+    )
+    page = await context.new_page()
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(f"console: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    return page
+
+
+async def text_of(page: Page, selector: str) -> str:
+    return (await page.text_content(selector) or "").strip()
+
+
+async def test_the_dashboard_follows_a_run_of_ten_thousand_tasks(
+    browser: Browser, start_api: StartApi, tmp_path: Path
+) -> None:
+    api = await start_api(f"sqlite:///{tmp_path / 'dash.db'}", sample_interval=0.25)
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    await page.goto(api.url + "/")
+    await page.wait_for_function(
+        "() => document.getElementById('connection').textContent === 'live'"
+    )
+    assert await text_of(page, "#finished") == "0"
+
+    tasks = [{"agent": "work", "input": {"n": 0, "delay": 0.02}}]  # shown on its task page
+    tasks += [{"agent": "work", "input": {"n": i}} for i in range(1, TASKS - 1)]
+    tasks.append({"agent": "doomed", "input": {"n": 1}})
+    status, body = await api.call("POST", "/v1/tasks:batch", body={"tasks": tasks})
+    assert status == 200, body
+    first_update = await page.get_attribute("body", "data-updated")
+    # While the run goes on, the page keeps updating and the API keeps answering.
+    await page.wait_for_function(
+        "(before) => document.body.dataset.updated !== before", arg=first_update
+    )
+    assert (await api.call("GET", "/healthz", headers={}))[0] == 200
+    await page.wait_for_function(
+        f"() => document.getElementById('finished').textContent === '{TASKS:,}'", timeout=90_000
+    )
+    await page.wait_for_function("() => document.querySelector('#failures-table a') !== null")
+    assert await text_of(page, "#status-succeeded") == f"{TASKS - 1:,}"
+    assert await text_of(page, "#status-dead") == "1"
+    assert await text_of(page, "#failures") == "0 · 1"
+    assert "doomed 1" in await text_of(page, "#failures-table")
+    assert "this server" in await text_of(page, "#workers")
+    assert await page.locator("#chart-throughput canvas").count() == 1
+    assert await text_of(page, "#p50") not in ("", "\u2013")  # a latency, not a dash
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+    work_id = body["tasks"][0]["id"]
+    await page.goto(f"{api.url}/tasks/{work_id}")
+    await page.wait_for_function(
+        "() => document.getElementById('status').textContent === 'succeeded'"
+    )
+    await page.wait_for_function("() => document.querySelectorAll('#timeline g.step').length === 3")
+    lanes = {
+        await step.get_attribute("data-key"): await step.get_attribute("data-lane")
+        for step in await page.locator("#timeline g.step").all()
+    }
+    assert lanes["a"] == lanes["b1"] or lanes["a"] == lanes["b2"]
+    assert lanes["b1"] != lanes["b2"]  # parallel steps side by side
+    assert '"steps"' in await text_of(page, "#output")
+    await page.screenshot(path=str(ARTIFACTS / "task.png"), full_page=True)
+    assert problems == []
+
+
+async def test_a_task_page_follows_a_running_task(
+    browser: Browser, api: Api, gate: asyncio.Event
+) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "held", "input": {"n": 5}})
+    await page.goto(f"{api.url}/tasks/{sub['id']}")
+    await page.wait_for_function("() => document.querySelectorAll('#timeline g.step').length === 1")
+    assert await text_of(page, "#status") in ("queued", "running")
+    gate.set()
+    await page.wait_for_function(
+        "() => document.getElementById('status').textContent === 'succeeded'"
+    )
+    assert await text_of(page, "#output") == "5"
+    assert problems == []

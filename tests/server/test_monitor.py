@@ -1,0 +1,49 @@
+"""The monitor: what one sample reads from the store and how the numbers add up."""
+
+from __future__ import annotations
+
+import asyncio
+
+from legion.server.monitor import quantiles
+
+from .conftest import Api
+
+
+def test_quantiles_are_nearest_rank() -> None:
+    assert quantiles([], (0.5, 0.95)) == [None, None]
+    assert quantiles([3.0], (0.5, 0.99)) == [3.0, 3.0]
+    values = [float(i) for i in range(101)]
+    assert quantiles(values, (0.0, 0.5, 0.95, 1.0)) == [0.0, 50.0, 95.0, 100.0]
+
+
+async def test_a_sample_counts_retries_outcomes_and_latency(api: Api) -> None:
+    monitor = api.server.state.monitor
+    before = monitor.snapshot.totals
+    _, sub = await api.call(
+        "POST",
+        "/v1/tasks:batch",
+        body={
+            "tasks": [{"agent": "flaky", "input": {"n": 1}}, {"agent": "work", "input": {"n": 2}}]
+        },
+    )
+    for t in sub["tasks"]:
+        await api.runtime.result(t["id"])
+    snapshot = await monitor.sample()
+    totals = snapshot.totals
+    assert totals.finished - before.finished == 2
+    assert totals.succeeded - before.succeeded == 2
+    assert totals.retries - before.retries == 1
+    history = monitor.history()
+    assert history[-1] == snapshot.point
+    assert any(p.p50 is not None for p in history)
+    assert snapshot.statuses["succeeded"] == 2 and snapshot.statuses["queued"] == 0
+
+
+async def test_waiters_wake_on_the_next_sample_and_on_close(api: Api) -> None:
+    monitor = api.server.state.monitor
+    before = monitor.snapshot.at
+    assert (await monitor.next_snapshot()).at > before
+    waiting = asyncio.ensure_future(monitor.next_snapshot())
+    monitor.close()
+    await waiting
+    assert monitor.closed

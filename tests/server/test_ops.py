@@ -1,0 +1,122 @@
+"""Operational routes over real HTTP: metrics, statistics, workers, health, OpenAPI."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from legion.errors import StoreError
+from legion.llm.capacity import Capacity
+from legion.llm.client import LLMClient, Route
+from legion.llm.types import ChatResponse, Usage
+from legion.testing import ScriptedProvider
+
+from .conftest import Api, StartApi
+
+
+def scripted_llm(answers: int) -> LLMClient:
+    reply = ChatResponse("ok", (), "stop", Usage(10, 5), "m-1", "scripted")
+    provider = ScriptedProvider([reply] * answers)
+    capacity = Capacity("main", rpm=600, tpm=100_000)
+    return LLMClient([Route("main", provider, "m-1", capacity)])
+
+
+class Samples:
+    """The samples of an exposition, looked up by name and labels (in any order)."""
+
+    def __init__(self, text: str) -> None:
+        self._values: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                name, _, labels = series.partition("{")
+                pairs = re.findall(r'(\w+)="([^"]*)"', labels)
+                self._values[(name, frozenset(pairs))] = float(value)
+
+    def __call__(self, name: str, **labels: str) -> float:
+        return self._values[(name, frozenset(labels.items()))]
+
+
+async def test_metrics_in_prometheus_format(start_api: StartApi, tmp_path: Path) -> None:
+    async with scripted_llm(3) as llm:
+        api = await start_api(f"sqlite:///{tmp_path / 'm.db'}", llm=llm)
+        tasks = [{"agent": "ask", "input": f"q{i}"} for i in range(3)]
+        tasks += [{"agent": "doomed", "input": {"n": 1}}, {"agent": "work", "input": {"n": 1}}]
+        _, sub = await api.call("POST", "/v1/tasks:batch", body={"tasks": tasks})
+        for t in sub["tasks"]:
+            await api.runtime.result(t["id"])
+        await api.server.state.monitor.sample()
+        async with api.http.get(api.url + "/metrics", headers=api.auth()) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            m = Samples(await resp.text())
+    assert m("legion_tasks", status="succeeded") == 4
+    assert m("legion_tasks", status="dead") == 1
+    assert m("legion_queue_depth") == 0 and m("legion_tasks_in_flight") == 0
+    assert m("legion_tasks_finished_total", agent="ask", status="succeeded") == 3
+    assert m("legion_tasks_finished_total", agent="doomed", status="dead") == 1
+    assert m("legion_task_duration_seconds_count", agent="work", status="succeeded") == 1
+    assert m("legion_tokens_total", type="input") == 30
+    assert m("legion_tokens_total", type="output") == 15
+    route = {"route": "main", "provider": "scripted", "model": "m-1"}
+    assert m("legion_llm_requests_total", **route) == 3
+    assert m("legion_llm_rate_limited_total", **route) == 0
+    assert m("legion_llm_tokens_total", **route, type="input") == 30
+    assert m("legion_llm_limit_requests_per_minute", **route) == 600
+    assert m("legion_llm_utilization", **route) > 0
+    assert m("legion_workers", health="healthy") == 1
+    assert m("legion_store_up") == 1
+
+
+async def test_statistics_show_llm_capacity(start_api: StartApi, tmp_path: Path) -> None:
+    async with scripted_llm(2) as llm:
+        api = await start_api(f"sqlite:///{tmp_path / 's.db'}", llm=llm)
+        for q in ("a", "b"):
+            _, sub = await api.call("POST", "/v1/tasks", body={"agent": "ask", "input": q})
+            assert (await api.finished(sub["id"]))["usage"]["llm_calls"] == 1
+        await api.server.state.monitor.sample()
+        status, stats = await api.call("GET", "/v1/statistics")
+    assert status == 200
+    (route,) = stats["routes"]
+    assert route["route"] == "main" and route["requests"] == 2 and route["rate_limited"] == 0
+    assert route["rpm_limit"] == 600 and route["input_tokens"] == 20
+    assert stats["totals"]["input_tokens"] == 20 and stats["totals"]["output_tokens"] == 10
+
+
+async def test_workers_lists_the_local_worker(api: Api) -> None:
+    status, workers = await api.call("GET", "/v1/workers")
+    assert status == 200
+    (worker,) = workers
+    assert worker["local"] is True and worker["healthy"] is True
+    assert api.runtime.worker is not None and worker["id"] == api.runtime.worker.id
+
+
+async def test_openapi_documents_the_public_routes(api: Api) -> None:
+    status, doc = await api.call("GET", "/openapi.json")
+    assert status == 200
+    assert {"/v1/tasks", "/v1/tasks:batch", "/v1/tasks/{task_id}", "/v1/progress"} <= set(
+        doc["paths"]
+    )
+    assert "HTTPBearer" in doc["components"]["securitySchemes"]
+    assert "/" not in doc["paths"] and "/openapi.json" not in doc["paths"]
+
+
+async def test_a_failing_store_answers_503_and_turns_health_red(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (await api.call("GET", "/healthz", headers={}))[0] == 200
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise StoreError("connection refused")
+
+    monkeypatch.setattr(api.runtime.store, "list_tasks", down)
+    monkeypatch.setattr(api.runtime.store, "counts", down)
+    status, body = await api.call("GET", "/v1/tasks")
+    assert (status, body) == (503, {"detail": "the store is unavailable; try again later"})
+    await api.server.state.monitor.sample()
+    assert await api.call("GET", "/healthz", headers={}) == (503, {"status": "unavailable"})
+    monkeypatch.undo()
+    await api.server.state.monitor.sample()
+    assert (await api.call("GET", "/healthz", headers={}))[0] == 200
