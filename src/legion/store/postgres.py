@@ -59,6 +59,7 @@ from .base import (
     WriteBatch,
 )
 from .queries import migrations, queries
+from .rows import event_detail, task_info
 
 log = logging.getLogger("legion.store.postgres")
 Q = queries("postgres")
@@ -422,21 +423,21 @@ class PostgresStore:
         async with self._cursor() as cur:
             await cur.execute(Q["get_task"], {"id": task_id})
             row = await cur.fetchone()
-        return _task_info(row) if row is not None else None
+        return task_info(row) if row is not None else None
 
     async def get_many(self, ids: Sequence[int]) -> list[TaskInfo]:
         if not ids:
             return []
         async with self._cursor() as cur:
             await cur.execute(Q["get_tasks"], {"ids": list(ids)})
-            return [_task_info(r) for r in await cur.fetchall()]
+            return [task_info(r) for r in await cur.fetchall()]
 
     async def find_keys(self, keys: Sequence[str]) -> dict[str, TaskInfo]:
         if not keys:
             return {}
         async with self._cursor() as cur:
             await cur.execute(Q["find_keys"], {"keys": list(keys)})
-            return {info.key or "": info for info in map(_task_info, await cur.fetchall())}
+            return {info.key or "": info for info in map(task_info, await cur.fetchall())}
 
     async def counts(self) -> dict[TaskStatus, int]:
         async with self._cursor() as cur:
@@ -454,7 +455,7 @@ class PostgresStore:
     async def recent_errors(self, limit: int = 10) -> list[TaskInfo]:
         async with self._cursor() as cur:
             await cur.execute(Q["recent_errors"], {"limit": limit})
-            return [_task_info(r) for r in await cur.fetchall()]
+            return [task_info(r) for r in await cur.fetchall()]
 
     async def steps(self, task_id: int) -> list[StepInfo]:
         async with self._cursor() as cur:
@@ -610,14 +611,14 @@ class PostgresStore:
         }
         async with self._cursor() as cur:
             await cur.execute(Q["list_tasks"], params)
-            return [_task_info(r) for r in await cur.fetchall()]
+            return [task_info(r) for r in await cur.fetchall()]
 
     async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
         """Final events only (below the feed's horizon): events of transactions still open
         come with a later call."""
         async with self._cursor() as cur:
             await cur.execute(Q["event_details_after"], {"after": after, "limit": limit})
-            return [_event_detail(r) for r in await cur.fetchall()]
+            return [event_detail(r) for r in await cur.fetchall()]
 
     async def add_api_key(self, key: ApiKey) -> None:
         params = {
@@ -760,54 +761,6 @@ async def _settle(cur: Cursor, horizon: int, newest: int) -> int:
     return horizon
 
 
-def _event_detail(row: Sequence[Any]) -> EventDetail:
-    event_id, task_id, at, status, attempt, worker, agent, started, finished, usage = row
-    return EventDetail(
-        event=Event(event_id, task_id, at, TaskStatus(status), attempt, worker),
-        agent=agent,
-        started_at=started,
-        finished_at=finished,
-        usage=codec.loads(usage) if usage is not None else None,
-    )
-
-
 def _api_key(row: Sequence[Any]) -> ApiKey:
     key_id, name, salt, digest, created_at, revoked_at = row
     return ApiKey(key_id, name, bytes(salt), bytes(digest), created_at, revoked_at)
-
-
-def _task_info(row: Sequence[Any]) -> TaskInfo:
-    (
-        tid,
-        agent,
-        key,
-        session,
-        status,
-        attempt,
-        max_attempts,
-        inp,
-        out,
-        err,
-        c,
-        s,
-        f,
-        owner,
-        use,
-    ) = row
-    return TaskInfo(
-        id=tid,
-        agent=agent,
-        key=key,
-        session=session,
-        status=TaskStatus(status),
-        attempt=attempt,
-        max_attempts=max_attempts,
-        input=codec.loads(inp),
-        output=codec.loads(out) if out is not None else None,
-        error=ErrorInfo.from_json(err),
-        created_at=c,
-        started_at=s,
-        finished_at=f,
-        lease_owner=owner,
-        usage=codec.loads(use) if use is not None else None,
-    )

@@ -41,6 +41,7 @@ from .base import (
     WriteBatch,
 )
 from .queries import migrations, queries
+from .rows import event_detail, task_info
 
 T = TypeVar("T")
 Q = queries("sqlite")
@@ -353,7 +354,7 @@ class SQLiteStore:
     async def get(self, task_id: int) -> TaskInfo | None:
         def run() -> TaskInfo | None:
             row = self._db.execute(Q["get_task"], {"id": task_id}).fetchone()
-            return _task_info(row) if row else None
+            return task_info(row) if row else None
 
         return await self._call(run)
 
@@ -364,7 +365,7 @@ class SQLiteStore:
             out: list[TaskInfo] = []
             for chunk in _chunks(list(ids), 5000):
                 rows = self._db.execute(sql, {"ids": codec.dumps(chunk).decode()})
-                out.extend(_task_info(r) for r in rows)
+                out.extend(task_info(r) for r in rows)
             return out
 
         return await self._call(run)
@@ -376,7 +377,7 @@ class SQLiteStore:
             found: dict[str, TaskInfo] = {}
             for chunk in _chunks(list(keys), 5000):
                 for r in self._db.execute(sql, {"keys": codec.dumps(chunk).decode()}):
-                    info = _task_info(r)
+                    info = task_info(r)
                     found[info.key or ""] = info
             return found
 
@@ -399,7 +400,7 @@ class SQLiteStore:
 
     async def recent_errors(self, limit: int = 10) -> list[TaskInfo]:
         def run() -> list[TaskInfo]:
-            return [_task_info(r) for r in self._db.execute(Q["recent_errors"], {"limit": limit})]
+            return [task_info(r) for r in self._db.execute(Q["recent_errors"], {"limit": limit})]
 
         return await self._call(run)
 
@@ -519,14 +520,14 @@ class SQLiteStore:
         }
 
         def run() -> list[TaskInfo]:
-            return [_task_info(r) for r in self._db.execute(Q["list_tasks"], params)]
+            return [task_info(r) for r in self._db.execute(Q["list_tasks"], params)]
 
         return await self._call(run)
 
     async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
         def run() -> list[EventDetail]:
             rows = self._db.execute(Q["event_details_after"], {"after": after, "limit": limit})
-            return [_event_detail(r) for r in rows]
+            return [event_detail(r) for r in rows]
 
         return await self._call(run)
 
@@ -577,54 +578,6 @@ def _completion_params(c: Completion) -> tuple[Any, ...]:
         c.attempt,
         c.owner,
         c.usage,
-    )
-
-
-def _task_info(row: Sequence[Any]) -> TaskInfo:
-    (
-        tid,
-        agent,
-        key,
-        session,
-        status,
-        attempt,
-        max_attempts,
-        inp,
-        out,
-        err,
-        c,
-        s,
-        f,
-        owner,
-        use,
-    ) = row
-    return TaskInfo(
-        id=tid,
-        agent=agent,
-        key=key,
-        session=session,
-        status=TaskStatus(status),
-        attempt=attempt,
-        max_attempts=max_attempts,
-        input=codec.loads(inp),
-        output=codec.loads(out) if out is not None else None,
-        error=ErrorInfo.from_json(err),
-        created_at=c,
-        started_at=s,
-        finished_at=f,
-        lease_owner=owner,
-        usage=codec.loads(use) if use is not None else None,
-    )
-
-
-def _event_detail(row: Sequence[Any]) -> EventDetail:
-    event_id, task_id, at, status, attempt, worker, agent, started, finished, usage = row
-    return EventDetail(
-        event=Event(event_id, task_id, at, TaskStatus(status), attempt, worker),
-        agent=agent,
-        started_at=started,
-        finished_at=finished,
-        usage=codec.loads(usage) if usage is not None else None,
     )
 
 

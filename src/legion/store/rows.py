@@ -1,0 +1,47 @@
+"""Rows to values: both stores select tasks and events in the same column order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .. import codec
+from ..task import ErrorInfo, TaskInfo, TaskStatus
+from .base import Event, EventDetail
+
+
+def task_info(row: Sequence[Any]) -> TaskInfo:
+    """A task from ``id, agent, key, session, status, attempt, max_attempts, input, output,
+    error, created_at, started_at, finished_at, lease_owner, usage``."""
+    (tid, agent, key, session, status, attempt, max_attempts, inp, out, err) = row[:10]
+    created, started, finished, owner, usage = row[10:15]
+    return TaskInfo(
+        id=tid,
+        agent=agent,
+        key=key,
+        session=session,
+        status=TaskStatus(status),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        input=codec.loads(inp),
+        output=codec.loads(out) if out is not None else None,
+        error=ErrorInfo.from_json(err),
+        created_at=created,
+        started_at=started,
+        finished_at=finished,
+        lease_owner=owner,
+        usage=codec.loads(usage) if usage is not None else None,
+    )
+
+
+def event_detail(row: Sequence[Any]) -> EventDetail:
+    """An event with its task's timings from ``id, task_id, at, status, attempt, worker,
+    agent, started_at, finished_at, usage``."""
+    event_id, task_id, at, status, attempt, worker, agent, started, finished, usage = row
+    return EventDetail(
+        event=Event(event_id, task_id, at, TaskStatus(status), attempt, worker),
+        agent=agent,
+        started_at=started,
+        finished_at=finished,
+        usage=codec.loads(usage) if usage is not None else None,
+    )
