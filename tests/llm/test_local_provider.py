@@ -53,9 +53,8 @@ class FakeModel:
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
 
-    def create_completion(
-        self, prompt: str, *, stopping_criteria: Any, max_tokens: int, **_: Any
-    ) -> dict[str, Any]:
+    def create_completion(self, prompt: str, **options: Any) -> dict[str, Any]:
+        stopping_criteria, max_tokens = options["stopping_criteria"], options["max_tokens"]
         tracker = self.tracker
         with tracker.lock:
             tracker.running += 1

@@ -37,15 +37,15 @@ thread-safe. The provider keeps ``instances`` copies of the model, each
 owned by one dedicated thread that runs one generation at a time, so the
 event loop never blocks and no model is touched by two threads. Two
 instances of one thread each are the default on this 2-core machine, where
-they measurably beat one: 1.3x to 1.8x the tokens per second of a single
-instance on 128-token generations, and the example agent's 80 calls in 43 s
-instead of 61 s. One instance with two threads is the slowest (19-34 tokens/s
-against 57-64 with one thread): llama.cpp's threads spin-wait on each other,
-and lose whenever a core is busy with anything else. A model is loaded on
-its thread at its first call.
-Configured through `legion.llm.config`, the route's `Capacity` admits
-``instances`` calls at a time: further calls queue there, where no timeout
-runs, instead of timing out while they wait for a model.
+they measurably beat one: 1.2x to 1.8x the tokens per second of a single
+instance on 128-token generations, and the example agent's 80 calls in 33 s
+instead of 55 s (43 s instead of 61 s with other work on the machine). One
+instance with two threads is the slowest (19-34 tokens/s against 57-64 with
+one thread): llama.cpp's threads spin-wait on each other, and lose whenever a
+core is busy with anything else. A model is loaded on its thread at its
+first call. Configured through `legion.llm.config`, the route's `Capacity`
+admits ``instances`` calls at a time: further calls queue there, where no
+timeout runs, instead of timing out while they wait for a model.
 
 Timeouts. ``timeout`` bounds a call from when it reaches the provider. A call
 that runs past it (or is cancelled) raises `ProviderUnavailable` at once and
