@@ -204,9 +204,13 @@ class Context:
         """Keep track of a pending call made for the agent (see :meth:`unawaited`)."""
         self._made.append(pending)
 
+    def made_any(self) -> bool:
+        """Whether the agent made any step or call (awaited or not)."""
+        return bool(self._made)
+
     def unawaited(self) -> list[Pending[Any]]:
         """The steps and calls this instance made and never awaited."""
-        return [p for p in self._made if not p.awaited]
+        return [p for p in self._made if not p.awaited] if self._made else []
 
     async def record(
         self,

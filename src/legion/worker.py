@@ -26,7 +26,7 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .agent import Agent
 from .clock import Clock, system_clock
@@ -102,6 +102,8 @@ class Worker:
         self._agents: dict[str, Agent] = {}
         self._running: dict[str, int] = {}
         self._instances: dict[int, Instance] = {}
+        self._by_task: dict[asyncio.Task[Any], Instance] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._journal = Journal(store, clock=clock, on_committed=self._committed)
         self._listener = on_committed
         self._counters = Counters()
@@ -187,8 +189,9 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; returns after draining and committing everything."""
+        self._loop = asyncio.get_running_loop()
         if self.config.watchdog:
-            tracking.install(asyncio.get_running_loop())
+            tracking.install(self._loop)
             self._watchdog.start()
         await self._register()
         for executor in self.executors.values():
@@ -307,18 +310,27 @@ class Worker:
             self._overloaded = reason
         return reason is not None
 
-    @staticmethod
-    def _captured(capture: Capture) -> None:
+    def _owner(self, task: asyncio.Task[Any] | None) -> Instance | None:
+        """The instance a task runs for: its own task, or one its agent created."""
+        if task is None:
+            return None
+        found = self._by_task.get(task)
+        if found is None:
+            owner = tracking.owner_of(task)
+            found = owner if isinstance(owner, Instance) else None
+        return found
+
+    def _captured(self, capture: Capture) -> None:
         """(The watchdog's thread.) A block is going on: tell the instance behind it now,
         as it may end right after the block, before the block's end is reported."""
-        owner = tracking.owner_of(capture.task)
-        if isinstance(owner, Instance):
+        owner = self._owner(capture.task)
+        if owner is not None:
             owner.pending_block = capture
 
     def _blocked(self, block: Block) -> None:
         """The watchdog saw the loop blocked: say who did it, on their task and in the log."""
-        owner = tracking.owner_of(block.task)
-        if not isinstance(owner, Instance):  # legion's own work under load: a metric only
+        owner = self._owner(block.task)
+        if owner is None:  # legion's own work under load: a metric only
             log.debug("the event loop was blocked for %.0f ms", block.seconds * 1000)
             return
         if owner.pending_block is None:
@@ -346,7 +358,9 @@ class Worker:
         self._instances[lease.id] = inst
         self._running[agent.name] += 1
         self._counters.leased += 1
-        inst.task = asyncio.get_running_loop().create_task(
+        # asyncio.Task, not loop.create_task: the loop's task factory (task ownership for
+        # the diagnostics) is for tasks the agents create, and costs on every call.
+        inst.task = asyncio.Task(
             run_instance(
                 inst,
                 owner=self.id,
@@ -358,9 +372,10 @@ class Worker:
                 executor=self._executor_for(agent),
                 strict=self.config.strict,
             ),
+            loop=self._loop,
             name=f"legion-task-{lease.id}",
         )
-        tracking.claim(inst.task, inst)
+        self._by_task[inst.task] = inst
         inst.task.add_done_callback(functools.partial(self._finished, inst))
         return inst
 
@@ -376,8 +391,10 @@ class Worker:
             )
         return found
 
-    def _finished(self, inst: Instance, _task: object = None) -> None:
+    def _finished(self, inst: Instance, task: asyncio.Task[None] | None = None) -> None:
         self._instances.pop(inst.lease.id, None)
+        if task is not None:
+            self._by_task.pop(task, None)
         if inst.fatal is not None and self.fatal_error is None:
             self.abort(inst.fatal)
         self._running[inst.agent.name] -= 1
