@@ -163,9 +163,9 @@ def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:
     """What the attempt left behind: the watchdog's blocks, steps never awaited, tasks
     it spawned that failed unheard or still run, steps that could have run together."""
     found = instance.diagnostics
-    if not (found or instance.children or instance.pending_block or ctx.made_any()):
-        if len(ctx.traces) < 2:
-            return found  # the common case: nothing to look at
+    quiet = not (found or instance.children or instance.pending_block or ctx.made_any())
+    if quiet and len(ctx.traces) < 2:
+        return found  # the common case: nothing to look at
     name = instance.agent.name
     capture, instance.pending_block = instance.pending_block, None
     if capture is not None:  # the agent blocked the loop and ended before the report
