@@ -15,9 +15,10 @@ from legion.testing import FakeClock
 
 
 def make(clock: FakeClock, *, window: float = 60.0, **limits: int) -> Capacity:
-    """A capacity whose burst is 1 % of a minute's budget (``window=60``) and whose
-    successes add one request per minute back after a decrease (``recovery=18``), which
-    keeps the arithmetic below readable; the defaults are tested at the end."""
+    """A capacity whose burst is 1 % of a minute's budget (``window=60``), whose every
+    429 decreases the rate by 30 % (``first_decrease=0.7``) and whose successes add one
+    request per minute back after a decrease (``recovery=18``), which keeps the
+    arithmetic below readable; the defaults are tested at the end."""
     return Capacity(
         "test",
         timer=clock,
@@ -25,6 +26,7 @@ def make(clock: FakeClock, *, window: float = 60.0, **limits: int) -> Capacity:
         window=window,
         burst=0.01,
         recovery=18.0,
+        first_decrease=0.7,
         **limits,
     )
 
@@ -97,6 +99,15 @@ async def test_tokens_are_reserved_then_settled_with_real_usage() -> None:
     assert await second_start_after(100) == pytest.approx((55 + 40) / REFILL)
     assert await second_start_after(10) == pytest.approx(5 / REFILL)  # refund of 90: level 50
     assert await second_start_after(300) == pytest.approx((55 + 240) / REFILL)  # 200 more
+
+
+async def test_no_refund_for_a_provider_that_counts_the_whole_reservation() -> None:
+    clock = FakeClock()
+    capacity = make(clock, tpm=TPM)
+    async with capacity.reserve(100) as slot:
+        slot.settle(10, refund=False)  # charged 100 (max_tokens counted), 10 used
+    assert capacity.statistics().tokens_used == 10
+    assert (await start_times(clock, capacity, [50]))[0] == pytest.approx((55 + 40) / REFILL)
 
 
 async def test_a_refund_wakes_a_caller_waiting_for_tokens() -> None:
@@ -310,22 +321,30 @@ async def test_by_default_no_one_second_window_sees_more_than_the_limit() -> Non
         assert sum(1 for other in starts[index : index + 1100] if other < start + 1) <= 990
 
 
-async def test_by_default_successes_restore_the_rate_within_three_seconds() -> None:
+async def test_by_default_a_stray_429_costs_little_and_a_second_one_more() -> None:
     clock = FakeClock()
     capacity = Capacity(rpm=6000, timer=clock)
-    capacity.rate_limited(0.0)
-    assert capacity.statistics().effective_rpm == pytest.approx(4200)
-    await clock.advance(0.1)
 
     async def calls(n: int) -> None:
         for _ in range(n):
             async with capacity.reserve(1) as slot:
                 slot.settle(1)
 
-    await clock.run(calls(150))
-    assert capacity.statistics().effective_rpm == pytest.approx(5100)
-    await clock.run(calls(150))  # in all, the calls of 3 s at the full rate of 100 a second
+    capacity.rate_limited(0.0)  # the first in a while: -10 %
+    assert capacity.statistics().effective_rpm == pytest.approx(5400)
+    await clock.advance(0.1)
+    capacity.rate_limited(0.0)  # another one soon after: -30 %
+    assert capacity.statistics().effective_rpm == pytest.approx(5400 * 0.7)
+    await clock.advance(0.1)
+    await clock.run(calls(150))  # the calls of 1.5 s at the full rate of 100 a second
+    assert capacity.statistics().effective_rpm == pytest.approx(3780 + 900)
+    await clock.run(calls(150))  # 3 s of them add back 30 % of the limit
+    assert capacity.statistics().effective_rpm == pytest.approx(3780 + 1800)
+    await clock.run(calls(100))  # and the rest: never above the limit
     assert capacity.statistics().effective_rpm == pytest.approx(6000)
+    await clock.advance(10.0)  # a quiet spell: the next 429 is stray again
+    capacity.rate_limited(0.0)
+    assert capacity.statistics().effective_rpm == pytest.approx(5400)
 
 
 def test_the_window_and_recovery_are_checked() -> None:
@@ -333,3 +352,5 @@ def test_the_window_and_recovery_are_checked() -> None:
         Capacity(window=0)
     with pytest.raises(ValueError, match="recovery"):
         Capacity(recovery=0)
+    with pytest.raises(ValueError, match="first_decrease"):
+        Capacity(first_decrease=1.0)

@@ -115,8 +115,9 @@ async def test_a_429_pauses_the_route_and_the_retry_waits_its_turn() -> None:
     capacity = client.statistics().routes["main"].capacity
     assert 20.0 <= clock.now() <= 22.0  # the pause, with jitter; no backoff on top
     assert (capacity.rate_limited, capacity.requests) == (1, 2)
-    # Decreased, then one success: 1/30 of the 180 rpm taken (3 s of calls at 10 a second).
-    assert capacity.effective_rpm == pytest.approx(600 * 0.7 + 6)
+    # Decreased by 10 % (a first 429), then one success gives back 1/30 of the 60 rpm
+    # taken (the calls of 3 s at 10 a second give it all back).
+    assert capacity.effective_rpm == pytest.approx(600 * 0.9 + 2)
 
 
 async def test_the_last_error_is_raised_when_attempts_run_out() -> None:

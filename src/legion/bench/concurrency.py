@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import multiprocessing
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import legion
+from legion.bench.child import in_child
 from legion.bench.results import (
     BenchResult,
     Meter,
@@ -150,37 +149,14 @@ async def _bare(opts: ConcurrencyOptions) -> dict[str, Any]:
     }
 
 
-def _child(kind: str, opts: ConcurrencyOptions, folder: str, conn: Connection) -> None:
-    """Entry point of a child process: measure one variant, send the figures back."""
-    try:
-        if kind == "legion-gc":
-            # Python's cyclic garbage collector runs a full collection every time enough
-            # objects survive; with 10,000 live instances each one scans them all.
-            gc.freeze()
-            gc.set_threshold(GC_THRESHOLD, 50, 100)
-        coro = _bare(opts) if kind == "bare" else _legion(opts, folder)
-        conn.send(asyncio.run(coro))
-    except BaseException as exc:
-        conn.send({"error": f"{type(exc).__name__}: {exc}"})
-        raise
-    finally:
-        conn.close()
-
-
-def _measure(kind: str, opts: ConcurrencyOptions, folder: str) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(kind, opts, folder, send), name=f"bench-{kind}")
-    process.start()
-    send.close()
-    try:
-        figures: dict[str, Any] = receive.recv()
-    except EOFError:
-        figures = {"error": f"the {kind} child process died (exit code {process.exitcode})"}
-    process.join()
-    if "error" in figures:
-        raise RuntimeError(f"concurrency ({kind}): {figures['error']}")
-    return figures
+def measure(kind: str, opts: ConcurrencyOptions, folder: str) -> dict[str, Any]:
+    """Measure one variant; run in a fresh child process by :func:`run`."""
+    if kind == "legion-gc":
+        # Python's cyclic garbage collector runs a full collection every time enough
+        # objects survive; with 10,000 live instances each one scans them all.
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 50, 100)
+    return asyncio.run(_bare(opts) if kind == "bare" else _legion(opts, folder))
 
 
 async def run(
@@ -194,7 +170,7 @@ async def run(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for kind in VARIANTS:
             progress(f"concurrency: {kind}, {opts.instances:,} instances x {opts.delay:g} s call")
-            results[kind] = await asyncio.to_thread(_measure, kind, opts, tmp)
+            results[kind] = await in_child(measure, kind, opts, tmp)
             progress(f"  makespan {results[kind]['makespan_s']:.2f} s")
     rows = []
     for kind, r in results.items():

@@ -80,12 +80,14 @@ class BenchResult:
     plots: list[Plot] = field(default_factory=list)
     command: str = ""
     """The command line that produced it (recorded in the markdown)."""
+    load_before: float | None = None
+    """The machine's 1-minute load average before the run (how busy others kept it)."""
 
     def markdown(self) -> str:
         parts = [f"# {self.name}: {self.title}", ""]
         if self.command:
             parts += [f"`{self.command}`", ""]
-        parts.append(f"Machine: {describe_machine()}")
+        parts.append(f"Machine: {describe_machine(self.load_before)}")
         parts.append("")
         for table in self.tables:
             parts += [table.markdown(), ""]
@@ -111,7 +113,7 @@ def write_result(result: BenchResult, folder: Path, *, plots: bool = True) -> li
         "benchmark": result.name,
         "title": result.title,
         "command": result.command,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "load_average_1m_before": result.load_before},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **result.data,
         "notes": result.notes,
@@ -178,10 +180,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def describe_machine() -> str:
-    load = load_average()
+def describe_machine(load_before: float | None = None) -> str:
+    """CPUs, Python, system, and the 1-minute load average (before the run when known,
+    which tells how busy other work kept the machine; at the end it counts the run)."""
     text = f"{cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()}"
-    return text + (f", load {load:.2f} at the end" if load is not None else "")
+    if load_before is not None:
+        return text + f", load {load_before:.2f} before the run (1-minute average)"
+    load = load_average()
+    return text + (f", load {load:.2f} at the end (this run included)" if load is not None else "")
 
 
 # -- measuring ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..bench.results import cpu_count
 from ..errors import LegionError
 from .progress import stderr_console
 
@@ -71,12 +72,23 @@ def _finish(result: BenchResult, out: Path, plots: bool) -> None:
 def _run_scenario(
     make: Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]],
 ) -> BenchResult:
+    from ..bench.results import load_average
+
     console = stderr_console()
+    load = load_average()
+    if load is not None and load > cpu_count() / 2:
+        console.print(
+            f"[yellow]note:[/] the machine is busy (load {load:.1f} on {cpu_count()} CPUs): "
+            "absolute numbers will be low; the ratios measured in one run hold better",
+            highlight=False,
+        )
     try:
-        return asyncio.run(make(_progress(console)))
+        result = asyncio.run(make(_progress(console)))
     except (LegionError, RuntimeError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    result.load_before = load
+    return result
 
 
 def register(app: typer.Typer) -> None:

@@ -20,19 +20,23 @@ margin as requests): a call reserves its estimated tokens before it starts
 `Slot.settle` refunds or charges the difference with the real usage
 afterwards.
 
-Adapting (AIMD). The effective rate is the limit times ``factor``, for RPM and
-TPM alike. A 429 (`rate_limited`) multiplies ``factor`` by ``decrease``
+Adapting (AIMD). The effective rate is the limit times ``factor``, for RPM
+and TPM alike. A 429 (`rate_limited`) multiplies ``factor`` by ``decrease``
 (0.7), once per episode: a 429 answering a request sent before the last
-decrease does not count again. It also pauses every caller until the
-provider's Retry-After (plus up to 10 % jitter, so processes sharing a key do
-not resume together), after which starts resume at the pace, without a
-burst. Each settled call started after the last decrease adds its share of
-the rate back (additive increase), so that calls made at the full rate
-would restore it within ``recovery`` seconds (3 s): with only a TPM limit,
-a call's share is in proportion to its tokens. Calls that were already under
-way when the provider pushed back say nothing about the new rate. A quick
-recovery matters at high rates: a stray 429 (the provider's window and ours
-out of step by a few milliseconds) would otherwise cost a minute of reduced
+decrease does not count again. The first 429 after a quiet spell (no
+decrease for three ``recovery`` periods) multiplies it by ``first_decrease``
+(0.9) only: a stray 429 costs little, and one more soon after brings the
+full decrease. It also pauses every caller until the provider's Retry-After
+(plus up to 10 % jitter, so processes sharing a key do not resume together),
+after which starts resume at the pace, without a burst. Each settled call
+started after the last decrease adds its share of the rate back (additive
+increase), so that calls made at the full rate would add back the share of
+the limit that the last decrease took (30 %, or 10 % after a first 429)
+within ``recovery`` seconds (3 s): with only a TPM limit, a call's share is
+in proportion to its tokens. Calls that were already under way when the
+provider pushed back say nothing about the new rate. A quick recovery
+matters at high rates: a stray 429 (the provider's window and ours out of
+step by a few milliseconds) would otherwise cost a minute of reduced
 throughput; against a limit truly lower than the configured one, the rate
 saw-tooths under it with one 429 every few seconds.
 
@@ -116,16 +120,19 @@ class Slot:
         """When the call started, on the capacity's timer."""
         self.settled = False
 
-    def settle(self, actual_tokens: int) -> None:
+    def settle(self, actual_tokens: int, *, refund: bool = True) -> None:
         """Record the call's real token usage: a success.
 
         The difference with the estimate is refunded (or charged) to the
         token budget, and the effective rate grows (additive increase).
+        ``refund=False``: charge more when the call used more, but refund
+        nothing when it used less, for a provider that counts the whole
+        reservation (prompt and ``max_tokens``) against its limit.
         """
         if self.settled:
             raise RuntimeError("this slot is already settled")
         self.settled = True
-        self._capacity._settle(self, actual_tokens)
+        self._capacity._settle(self, actual_tokens, refund)
 
 
 class _Reservation:
@@ -188,6 +195,7 @@ class Capacity:
         burst: float = 0.02,
         window: float = 1.0,
         decrease: float = 0.7,
+        first_decrease: float = 0.9,
         recovery: float = 3.0,
         min_factor: float = 0.01,
         default_pause: float = 1.0,
@@ -198,6 +206,8 @@ class Capacity:
                 raise ValueError(f"{label} must be >= 1 or None, got {limit}")
         if not 0 < burst < 1 or not 0 < decrease < 1 or not 0 < min_factor <= 1:
             raise ValueError("burst and decrease must be in (0, 1), min_factor in (0, 1]")
+        if not 0 < first_decrease < 1:
+            raise ValueError(f"first_decrease must be in (0, 1), got {first_decrease}")
         if recovery <= 0:
             raise ValueError(f"recovery must be > 0 seconds, got {recovery}")
         if not 0 < window <= 60:
@@ -211,6 +221,8 @@ class Capacity:
         self._burst = burst
         self._window = window
         self._decrease = decrease
+        self._first_decrease = first_decrease
+        self._drop = 1.0 - decrease  # what the last decrease took, as a share of the rate
         self._recovery = recovery
         self._min_factor = min_factor
         self._default_pause = default_pause
@@ -296,7 +308,13 @@ class Capacity:
             self._rate_limited += 1
         fresh = sent_at > self._decreased_at if sent_at is not None else now >= self._paused_until
         if fresh:
-            self._factor = max(self._min_factor, self._factor * self._decrease)
+            # A first 429 after a quiet spell is most likely stray (the provider's window
+            # and ours a few milliseconds out of step); another one soon after means the
+            # limit really is lower than the rate.
+            isolated = now - self._decreased_at > 3.0 * self._recovery
+            decrease = self._first_decrease if isolated else self._decrease
+            self._factor = max(self._min_factor, self._factor * decrease)
+            self._drop = 1.0 - decrease
             self._decreased_at = now
         pause = self._default_pause if retry_after is None else max(0.0, retry_after)
         until = now + pause * (1.0 + self._pause_jitter * self._rng.random())
@@ -462,14 +480,13 @@ class Capacity:
             self._level = level - tokens
         return Slot(self, tokens, now)
 
-    def _settle(self, slot: Slot, actual_tokens: int) -> None:
+    def _settle(self, slot: Slot, actual_tokens: int, refund: bool) -> None:
         self._tokens_used += actual_tokens
+        charged = actual_tokens if refund else max(actual_tokens, slot.estimated_tokens)
         if self._token_rate() is not None and self._level is not None:
             self._refill(self._timer.now())
-            self._level = min(
-                self._bucket_size(), self._level + slot.estimated_tokens - actual_tokens
-            )
-            if actual_tokens < slot.estimated_tokens:
+            self._level = min(self._bucket_size(), self._level + slot.estimated_tokens - charged)
+            if charged < slot.estimated_tokens:
                 self._wake(_Blocker.TOKENS)
         if slot.started_at <= self._decreased_at:
             return  # news from before the last decrease
@@ -482,7 +499,7 @@ class Capacity:
             share = 60.0 * actual_tokens / (tpm * self._recovery)
         else:
             return
-        self._factor = min(1.0, self._factor + (1.0 - self._decrease) * share)
+        self._factor = min(1.0, self._factor + self._drop * share)
 
     def _release(self) -> None:
         self._in_flight -= 1

@@ -293,13 +293,10 @@ class LLMClient:
                 raise
             usage = result.response.usage
             # A provider that reports no usage is charged the estimate. A call that set
-            # max_tokens is charged at least its estimate: providers count max_tokens
-            # against the token limit on admission and refund nothing (OpenAI does), so
-            # refunding the unused completion would overshoot their limit.
-            charged = usage.total or estimate
-            if _sets_max_tokens(request.params):
-                charged = max(charged, estimate)
-            slot.settle(charged)
+            # max_tokens gets no refund of its unused completion: providers count
+            # max_tokens against the token limit on admission and refund nothing (OpenAI
+            # does), so refunding it would overshoot their limit.
+            slot.settle(usage.total or estimate, refund=not _sets_max_tokens(request.params))
         capacity.observe(result.rate_limits, sent_at=slot.started_at)
         counters.succeeded += 1
         counters.usage += usage
