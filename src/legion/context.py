@@ -219,8 +219,11 @@ class Context:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         site: SiteRef | None,
+        *,
+        inputs: tuple[Any, ...] | None = None,
     ) -> Any:
-        """The body of :meth:`step`: replay or run, record, trace (``site``: the caller)."""
+        """The body of :meth:`step`: replay or run, record, trace (``site``: the caller;
+        ``inputs``: what the step depends on, when not its arguments)."""
         n = self._counts.get(name, 0) + 1
         self._counts[name] = n
         key = name if n == 1 else f"{name}#{n}"
@@ -245,7 +248,7 @@ class Context:
                 site,
                 started,
                 finished,
-                fingerprints((*args, *kwargs.values())),
+                fingerprints(inputs if inputs is not None else (*args, *kwargs.values())),
                 fingerprints((value,)),
             )
         )

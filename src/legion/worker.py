@@ -225,6 +225,7 @@ class Worker:
                 await executor.aclose()
             if self.config.watchdog:
                 self._watchdog.stop()
+                tracking.uninstall(self._loop)
             try:
                 await self.store.remove_worker(self.id)
             except Exception as exc:  # the store is gone; its row will age out

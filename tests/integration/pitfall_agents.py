@@ -77,3 +77,9 @@ async def clean(ctx: legion.Context, q: str) -> list[str]:
     parts = await ctx.gather(*(ctx.step(f"part-{i}", _wait, 0.02, str(i)) for i in range(3)))
     await ctx.memory.set("last", parts)
     return list(parts)
+
+
+@legion.agent(retries=0)
+async def prompt_chain(ctx: legion.Context, q: str) -> str:
+    part = await ctx.step("summarize", _wait, 0.05, "a summary of the first passage")
+    return str(await ctx.step("combine", _wait, 0.05, f"Combine these notes: {part}"))

@@ -97,4 +97,5 @@ async def test_independent_steps_awaited_in_turn_get_advice(db_url: str) -> None
 
 async def test_clean_and_dependent_agents_get_no_report(db_url: str) -> None:
     assert (await run(db_url, agents.chained, "q")).diagnostics == ()
+    assert (await run(db_url, agents.prompt_chain, "q")).diagnostics == ()  # text pasted on
     assert (await run(db_url, agents.clean, "q")).diagnostics == ()

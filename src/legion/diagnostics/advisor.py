@@ -42,8 +42,14 @@ class StepTrace:
         return self.site_ref.site() if self.site_ref is not None else None
 
 
+# Strings at least this long count as evidence when one step's result turns up inside
+# another's input text (a prompt built from an earlier answer).
+MIN_TEXT = 12
+
+
 def fingerprints(values: Iterable[Any]) -> frozenset[str]:
-    """Fingerprints of each value and of its top-level items (JSON values only)."""
+    """Fingerprints of each value and of its top-level items (JSON values only), plus the
+    texts found in it (``"t:"``-prefixed), so that a result pasted into a prompt is seen."""
     found: set[str] = set()
     for value in values:
         _add(found, value)
@@ -53,7 +59,34 @@ def fingerprints(values: Iterable[Any]) -> frozenset[str]:
         elif isinstance(value, dict):
             for item in value.values():
                 _add(found, item)
+        _texts(found, value, 0)
     return frozenset(found)
+
+
+def _texts(found: set[str], value: Any, depth: int) -> None:
+    if depth > 4 or len(found) > 200:
+        return
+    if isinstance(value, str):
+        if len(value) >= MIN_TEXT:
+            found.add("t:" + value[:2000])
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _texts(found, item, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _texts(found, item, depth + 1)
+
+
+def _uses(second: StepTrace, first: StepTrace) -> bool:
+    """Whether ``second``'s inputs contain ``first``'s result: a whole value or item, or
+    a text of it inside one of its own texts."""
+    if second.inputs & first.outputs:
+        return True
+    texts_in = [t for t in second.inputs if t.startswith("t:")]
+    for out in first.outputs:
+        if out.startswith("t:") and any(out[2:] in t for t in texts_in):
+            return True
+    return False
 
 
 def _add(found: set[str], value: Any) -> None:
@@ -73,7 +106,7 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
     for first, second in itertools.pairwise(ordered):
         if second.started < first.finished:
             continue  # they overlapped: already concurrent
-        if second.inputs & first.outputs:
+        if _uses(second, first):
             continue  # the second used the first's result
         saving = min(first.seconds, second.seconds)
         if saving < MIN_SAVING:

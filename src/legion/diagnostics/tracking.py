@@ -37,6 +37,10 @@ CURRENT: contextvars.ContextVar[Owner | None] = contextvars.ContextVar(
 )
 _OWNERS: weakref.WeakKeyDictionary[asyncio.Future[Any], Owner] = weakref.WeakKeyDictionary()
 _INSTALLED: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_SAVED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+_USERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
 
 TaskFactory = Callable[..., "asyncio.Task[Any]"]
 
@@ -53,10 +57,12 @@ def claim(task: asyncio.Task[Any], owner: Owner) -> None:
 def install(loop: asyncio.AbstractEventLoop) -> None:
     """Track task ownership and escaped exceptions on ``loop`` (once; chains what the
     loop already had)."""
+    _USERS[loop] = _USERS.get(loop, 0) + 1
     if loop in _INSTALLED:
         return
     _INSTALLED.add(loop)
     previous_factory = loop.get_task_factory()
+    _SAVED[loop] = (previous_factory, loop.get_exception_handler())
 
     def factory(
         loop: asyncio.AbstractEventLoop,
@@ -90,6 +96,21 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+def uninstall(loop: asyncio.AbstractEventLoop) -> None:
+    """Give ``loop`` back the task factory and exception handler it had before
+    :func:`install` (a factory in Python costs every later ``create_task``), once every
+    worker that installed them on this loop has stopped."""
+    _USERS[loop] = _USERS.get(loop, 1) - 1
+    if _USERS[loop] > 0:
+        return
+    saved = _SAVED.pop(loop, None)
+    if saved is None:
+        return
+    _INSTALLED.discard(loop)
+    loop.set_task_factory(saved[0])
+    loop.set_exception_handler(saved[1])
 
 
 def unretrieved_exception(task: asyncio.Task[Any]) -> BaseException | None:

@@ -73,7 +73,7 @@ class LLMCalls:
             )
             return {**response.to_json(), "cost_usd": client.cost(response)}
 
-        data = await self._ctx.record(key, call, (), {}, site)
+        data = await self._ctx.record(key, call, (), {}, site, inputs=(list(messages), params))
         self._ctx.usage.add(data)
         return ChatResponse.from_json(data)
 
