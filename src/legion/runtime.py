@@ -295,7 +295,7 @@ class Runtime:
         infos = await self.store.get_many(list(ids))
         submitted = [Submitted(i.id, i.key, i.status, False) for i in infos]
         try:
-            await self._watch(submitted, queue.put_nowait, watched)
+            await self._watch(submitted, queue.put_nowait, watched, fresh=False)
             for _ in submitted:
                 yield await queue.get()
         finally:
@@ -330,14 +330,23 @@ class Runtime:
     # -- delivery ----------------------------------------------------------------------
 
     async def _watch(
-        self, submitted: Sequence[Submitted], deliver: Deliver, watched: list[int]
+        self,
+        submitted: Sequence[Submitted],
+        deliver: Deliver,
+        watched: list[int],
+        *,
+        fresh: bool = True,
     ) -> None:
+        """Deliver each task's result once it is final. ``fresh``: the statuses come from a
+        submission just made, so a result remembered since then is this task's (a status
+        read back from the store needs no such help, and a remembered result could be of
+        an earlier run of a task queued again since)."""
         fetch = []
         for s in submitted:
             if s.status in TERMINAL_STATUSES:
                 fetch.append(s.id)
                 continue
-            if s.id in self._recent:  # finished between submission and now
+            if fresh and s.id in self._recent:  # finished between submission and now
                 known = self._recent[s.id]
                 if known is None:
                     fetch.append(s.id)

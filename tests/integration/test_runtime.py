@@ -503,3 +503,21 @@ async def test_closing_the_journal_while_a_commit_is_in_flight_returns(tmp_path:
     await durable
     assert await store.memory_get("s", "k") == b"1"
     await store.aclose()
+
+
+async def test_the_result_of_a_task_queued_again_is_its_new_run(db_url: str) -> None:
+    runs = Counter[int]()
+
+    @legion.agent(retries=0)
+    async def flaky_once(ctx: legion.Context, x: int) -> int:
+        runs[x] += 1
+        if runs[x] == 1:
+            raise RuntimeError("first run fails")
+        return x
+
+    async with Runtime(db_url) as rt:
+        first = await rt.result((await rt.submit(flaky_once, 5)).id)
+        assert first.status is TaskStatus.DEAD
+        assert await rt.retry(first.id)
+        second = await rt.result(first.id)
+    assert second.status is TaskStatus.SUCCEEDED and second.output == 5
