@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from ..errors import AgentLoadError, ConfigError, LegionError
-from ..loader import agents_in, load_module
+from ..errors import ConfigError, LegionError
 from ..runtime import Runtime
 from ..store import store_from_url
 from . import (
@@ -38,6 +37,7 @@ from . import (
 from .llm_options import LLMOptions, llm_config
 from .progress import stderr_console
 from .status import opened
+from .worker import load_agents
 
 if TYPE_CHECKING:
     from ..agent import Agent
@@ -196,7 +196,7 @@ def serve(
             stale_after=2 * lease_seconds,
             access_log=access_log,
         )
-        agents = _load_agents(app_ref)
+        agents = load_agents((app_ref,))
         stop_tracing = configure_tracing(trace.value) if trace is not None else None
     except LegionError as exc:
         raise _fail(str(exc)) from None
@@ -222,15 +222,6 @@ def _require_server_extra() -> None:
         raise _fail(
             f"this command needs {', '.join(missing)}: pip install 'legion[server]'", code=2
         )
-
-
-def _load_agents(app_ref: str) -> list[Agent]:
-    agents = agents_in(load_module(app_ref))
-    if not agents:
-        raise AgentLoadError(
-            f"{app_ref} defines no agent (decorate async functions with @legion.agent)"
-        )
-    return agents
 
 
 async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> int:
