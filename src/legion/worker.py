@@ -97,7 +97,8 @@ class Worker:
         self._executor_override = executor
         self.fatal_error: BaseException | None = None
         self.config = config or WorkerConfig()
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.host = socket.gethostname()  # asked once: it can take milliseconds
+        self.id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._clock = clock
         self._agents: dict[str, Agent] = {}
         self._running: dict[str, int] = {}
@@ -456,7 +457,7 @@ class Worker:
 
     async def _register(self) -> None:
         now = self._clock()
-        info = WorkerInfo(self.id, socket.gethostname(), os.getpid(), now, now, self.health())
+        info = WorkerInfo(self.id, self.host, os.getpid(), now, now, self.health())
         await self.store.register_worker(info)
 
     async def _heartbeat_loop(self) -> None:
@@ -485,7 +486,7 @@ class Worker:
         """Take back leases of dead workers; a worker on this host whose process is gone
         is dead at once, any other once its heartbeat is older than two lease periods."""
         now = self._clock()
-        host = socket.gethostname()
+        host = self.host
         dead = []
         for w in await self.store.workers():
             if w.id == self.id:
