@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,23 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def start_sim(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """A `legion sim` process on a free port, and its base URL once it is ready."""
+    proc = subprocess.Popen(
+        [*LEGION, "sim", "--port", "0", *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "ready at" in line, line
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def sim_stats(url: str) -> dict[str, Any]:
+    """The simulator's counters (its /stats route)."""
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
-import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import LEGION, legion, read_jsonl, start_legion, wait_for, write_jsonl
+from .conftest import (
+    legion,
+    read_jsonl,
+    sim_stats,
+    start_legion,
+    start_sim,
+    wait_for,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,21 +32,6 @@ async def ask(ctx, topic: str):
     final = await ask(" ".join(p.text for p in parts))
     return final.text
 """
-
-
-def start_sim(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [*LEGION, "sim", "--port", "0", *args], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "ready at" in line, line
-    return proc, line.rsplit(" ", 1)[1].strip()
-
-
-def sim_stats(url: str) -> dict[str, object]:
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
 
 
 @pytest.fixture

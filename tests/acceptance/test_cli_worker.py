@@ -6,7 +6,6 @@ import json
 import shutil
 import signal
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -14,7 +13,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from .conftest import LEGION, read_jsonl, start_legion, wait_for, write_jsonl
+from .conftest import (
+    LEGION,
+    read_jsonl,
+    sim_stats,
+    start_legion,
+    start_sim,
+    wait_for,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -164,16 +171,6 @@ def test_sigterm_drains_a_worker_and_status_lists_live_workers(
     assert json.loads(out.stdout)["workers"] == []  # it deregistered
 
 
-def start_sim(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [*LEGION, "sim", "--port", "0", *args], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "ready at" in line, line
-    return proc, line.rsplit(" ", 1)[1].strip()
-
-
 def test_four_workers_sharing_one_api_key_stay_within_its_limit(
     tmp_path: Path, workers: Workers
 ) -> None:
@@ -222,8 +219,7 @@ def test_four_workers_sharing_one_api_key_stay_within_its_limit(
             timeout=120,
         )
         assert run.returncode == 0, run.stderr
-        with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as r:
-            stats = json.loads(r.read())
+        stats = sim_stats(url)
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.communicate(timeout=30)
