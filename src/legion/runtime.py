@@ -64,8 +64,12 @@ class Runtime:
     - ``worker``: run tasks in this process (default); ``False`` only submits and watches.
     - ``lease_seconds``: how long a lease lasts without a heartbeat; a worker that dies
       holds its tasks at most this long (less on the same host, where its exit is seen).
-    - ``llm``: the :class:`~legion.llm.LLMClient` behind ``ctx.llm`` (the runtime does
-      not close it: it may serve several runtimes).
+    - ``llm``: what ``ctx.llm`` calls. A provider spec (``"sim"``: the built-in
+      simulator, started and stopped by the runtime; ``"openai:gpt-4o-mini"``,
+      ``"anthropic:MODEL"``, ``"local"``, as ``legion run --llm`` takes) or a list of
+      them (one route each, ``"NAME=SPEC"`` to name one): the runtime builds the client
+      when it opens and closes it when it closes. An :class:`~legion.llm.LLMClient` is
+      used as given and not closed (it may serve several runtimes).
     - ``executors``: where agents that ask for ``executor="process"`` or ``"ray"`` run
       (the worker starts and closes them); ``executor`` runs every agent on that one.
     - ``max_loop_lag``, ``max_memory_mb``: the worker stops leasing while its event loop
@@ -88,7 +92,7 @@ class Runtime:
         drain_timeout: float = 30.0,
         clock: Clock = system_clock,
         seed: int | None = None,
-        llm: LLMClient | None = None,
+        llm: LLMClient | str | Sequence[str] | None = None,
         executors: Mapping[str, Executor] | None = None,
         executor: str | None = None,
         max_loop_lag: float = 0.5,
@@ -96,7 +100,16 @@ class Runtime:
         strict: bool = False,
         watchdog: bool = True,
     ) -> None:
-        self.llm = llm
+        from .llm.client import LLMClient
+        from .llm.specs import config_from_specs
+
+        self._llm_specs: str | Sequence[str] | None = None
+        self.llm: LLMClient | None = None
+        if llm is None or isinstance(llm, LLMClient):
+            self.llm = llm
+        else:
+            config_from_specs(llm)  # a bad spec fails here, before anything opens
+            self._llm_specs = llm
         self._executors = dict(executors or {})
         self._executor = executor
         self._owns_store = isinstance(store, str)
@@ -140,8 +153,16 @@ class Runtime:
         await self.aclose()
 
     async def open(self) -> None:
-        if self._owns_store:
-            await self.store.open()
+        if self._llm_specs is not None and self.llm is None:
+            from .llm.specs import open_client
+
+            self.llm = await open_client(self._llm_specs)
+        try:
+            if self._owns_store:
+                await self.store.open()
+        except BaseException:
+            await self._close_llm()
+            raise
         self._cursor = await self.store.last_event_id()
         if self._want_worker:
             self.worker = Worker(
@@ -176,8 +197,17 @@ class Runtime:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._owns_store:
-            await self.store.aclose()
+        try:
+            if self._owns_store:
+                await self.store.aclose()
+        finally:
+            await self._close_llm()
+
+    async def _close_llm(self) -> None:
+        """Close the client this runtime built from specs (one given is the caller's)."""
+        if self._llm_specs is not None and self.llm is not None:
+            llm, self.llm = self.llm, None
+            await llm.aclose()
 
     def register(self, agent: Agent) -> None:
         """Make ``agent`` runnable by this runtime's worker (map/submit do it for you)."""

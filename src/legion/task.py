@@ -69,6 +69,9 @@ class ErrorInfo:
     def brief(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message}
 
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
 
 NO_STEPS: Mapping[str, bytes] = MappingProxyType({})
 

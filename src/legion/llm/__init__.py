@@ -11,7 +11,8 @@
                 └── SimulatedProvider        simulated.py: the in-process simulator
                     └── HttpTransport        transport.py: aiohttp, timeouts, errors
 
-Configuration (provider specs, ``legion.toml``) is in `legion.llm.config`.
+Configuration (provider specs, ``legion.toml``) is in `legion.llm.config`; a client
+from specs in one call (``await open_client("sim")``) in `legion.llm.specs`.
 """
 
 from legion.llm.anthropic import AnthropicProvider
@@ -31,6 +32,7 @@ from legion.llm.openai import OpenAIProvider
 from legion.llm.pricing import DEFAULT_PRICES, Price, PriceTable, cost
 from legion.llm.provider import ChatResult, Provider
 from legion.llm.simulated import SimulatedProvider
+from legion.llm.specs import config_from_specs, open_client
 from legion.llm.timer import AsyncioTimer, Timer
 from legion.llm.types import ChatRequest, ChatResponse, Message, RateLimitInfo, ToolCall, Usage
 
@@ -63,9 +65,11 @@ __all__ = [
     "ToolCall",
     "Usage",
     "build_client",
+    "config_from_specs",
     "cost",
     "estimate_tokens",
     "load_config",
+    "open_client",
     "parse_config",
     "parse_provider_spec",
     "parse_rate_limit_headers",

@@ -1,0 +1,90 @@
+"""``Runtime(llm=...)``: a client built from provider specs is the runtime's to open and
+close; a client given is the caller's."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+import legion
+from legion import Runtime
+from legion.errors import ConfigError
+from legion.llm import SimulatedProvider, open_client
+
+
+@legion.agent
+async def ask(ctx: legion.Context, question: str) -> str:
+    response = await ctx.llm.chat([{"role": "user", "content": question}])
+    return response.text
+
+
+def accepts_connections(url: str) -> bool:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=5):
+            return True
+    except ConnectionRefusedError:
+        return False
+
+
+def simulator_url(client: legion.llm.LLMClient) -> str:
+    provider = client.routes["default"].provider
+    assert isinstance(provider, SimulatedProvider)
+    return provider.simulator.base_url
+
+
+async def test_a_spec_gives_a_client_that_the_runtime_starts_and_closes(db_url: str) -> None:
+    rt = Runtime(db_url, llm="sim")
+    assert rt.llm is None  # nothing runs before the runtime opens
+    async with rt:
+        assert rt.llm is not None
+        url = simulator_url(rt.llm)
+        results = [r async for r in rt.map(ask, ["one?", "two?"])]
+        assert accepts_connections(url)
+    assert [r.status for r in results] == ["succeeded", "succeeded"]
+    assert all(r.usage is not None and r.usage["llm_calls"] == 1 for r in results)
+    assert rt.llm is None
+    assert not accepts_connections(url)
+
+
+async def test_a_list_of_specs_makes_named_routes(db_url: str) -> None:
+    @legion.agent
+    async def strong(ctx: legion.Context, question: str) -> str:
+        response = await ctx.llm.chat([{"role": "user", "content": question}], model="strong")
+        return response.text
+
+    async with Runtime(db_url, llm=["sim", "strong=sim"]) as rt:
+        assert rt.llm is not None and set(rt.llm.routes) == {"default", "strong"}
+        (result,) = [r async for r in rt.map(strong, ["why?"])]
+    assert result.ok, result.error
+
+
+async def test_a_client_given_is_left_open_for_its_owner(db_url: str) -> None:
+    client = await open_client("sim")
+    try:
+        async with Runtime(db_url, llm=client) as rt:
+            (result,) = [r async for r in rt.map(ask, ["one?"])]
+        assert result.ok
+        assert accepts_connections(simulator_url(client))
+        assert (await client.chat([{"role": "user", "content": "still there?"}])).text
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("spec", ["nonsense:model", "", [], ["a=sim", "a=sim"], "openai:"])
+def test_a_bad_spec_is_refused_before_anything_opens(spec: object, db_url: str) -> None:
+    with pytest.raises(ConfigError):
+        Runtime(db_url, llm=spec)  # type: ignore[arg-type]
+
+
+async def test_a_failed_task_says_why(db_url: str) -> None:
+    @legion.agent(retries=0)
+    async def broken(ctx: legion.Context, question: str) -> str:
+        raise ValueError(f"no answer to {question}")
+
+    async with Runtime(db_url, llm="sim") as rt:
+        (result,) = [r async for r in rt.map(broken, ["why?"])]
+    assert str(result.error) == "ValueError: no answer to why?"
