@@ -115,6 +115,12 @@ class ProviderAuthError(ProviderRejected):
     """Stop the whole run: every other task would fail the same way."""
 
 
+class EmptyCompletion(ProviderRejected):
+    """Raised when a model ends its turn without writing any text (no tool call either):
+    an empty string is not an answer. Not retried: a greedy model answers the same prompt
+    the same way; change the prompt, or sample (``temperature``)."""
+
+
 class ProviderError(AgentError):
     """Base of the LLM provider failures that may pass on their own; retried.
 

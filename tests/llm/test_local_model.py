@@ -12,6 +12,7 @@ they fail instead, so a broken install cannot pass unnoticed.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cache
 from pathlib import Path
@@ -20,8 +21,8 @@ import pytest
 
 import legion
 from legion import Runtime, TaskStatus
-from legion.errors import ProviderUnavailable
-from legion.llm import ChatRequest, LocalProvider, build_client, parse_provider_spec
+from legion.errors import EmptyCompletion, ProviderUnavailable
+from legion.llm import ChatRequest, ChatResponse, LocalProvider, build_client, parse_provider_spec
 from legion.llm.config import LLMConfig
 from legion.llm.local import PACKAGED_MODEL, packaged_model_path
 
@@ -126,3 +127,33 @@ async def test_an_agent_runs_on_the_local_route_through_its_capacity(
     assert stats.capacity.max_in_flight == 2 and stats.capacity.requests == 4
     assert stats.usage.prompt_tokens > 0 and stats.usage.completion_tokens > 0
     assert stats.errors == {}
+
+
+def example_questions(count: int) -> list[str]:
+    lines = (Path(__file__).resolve().parents[2] / "examples" / "questions.jsonl").read_text()
+    values = [json.loads(line) for line in lines.splitlines() if line.strip()][:count]
+    return [value["question"] if isinstance(value, dict) else value for value in values]
+
+
+async def test_an_answer_after_a_blank_line_is_kept_and_none_is_empty(gguf: Path) -> None:
+    # The model starts its turn with a newline for the haiku. For the song it writes
+    # "\nAssistant:\nAssistant:\n\n...": it ends its turn without an answer, which was
+    # once returned as "" (3 tokens) and is now an EmptyCompletion error.
+    prompts = [*example_questions(3), "Write a haiku about the sea:"]
+    async with LocalProvider(gguf, instances=1) as provider:
+
+        async def answer(prompt: str) -> ChatResponse | EmptyCompletion:
+            request = ask(({"role": "user", "content": prompt},), max_tokens=32)
+            try:
+                return (await provider.chat(request, timeout=60)).response
+            except EmptyCompletion as exc:
+                return exc
+
+        answers = [await answer(prompt) for prompt in prompts]
+        song = await answer("Compose a song about rain:")
+    for response in answers:
+        assert isinstance(response, ChatResponse), response
+        assert response.text and response.text == response.text.strip(), response
+        assert response.usage.completion_tokens > 3
+        assert not response.text.startswith(("User:", "Assistant:"))
+    assert isinstance(song, EmptyCompletion) or (song.text and song.text == song.text.strip())

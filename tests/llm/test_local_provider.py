@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from legion.errors import ConfigError, ProviderRejected, ProviderUnavailable
+from legion.errors import ConfigError, EmptyCompletion, ProviderRejected, ProviderUnavailable
 from legion.llm import ChatRequest, LocalProvider, LocalStatistics, parse_config
 from legion.llm import local as local_module
 from legion.llm.config import build_client, parse_provider_spec
@@ -23,6 +23,7 @@ from legion.llm.local import (
     DEFAULT_STOP,
     PACKAGED_MODEL,
     Model,
+    answer_text,
     build_prompt,
     completion_options,
 )
@@ -79,8 +80,53 @@ class FakeModel:
     def reset(self) -> None:
         pass
 
+    def detokenize(self, tokens: list[int]) -> bytes:
+        return b" tok" * len(tokens)
+
     def close(self) -> None:
         self.tracker.closed += 1
+
+
+class ScriptedModel:
+    """Writes ``pieces`` one token each, in llama-cpp-python's order: a token is sampled,
+    the stopping criteria see the prompt and the tokens kept before it, and a token they
+    stop at is not kept; then end of text. ``sampled`` counts the tokens sampled."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.sampled = 0
+
+    def create_completion(self, prompt: str, **options: Any) -> dict[str, Any]:
+        assert "stop" not in options  # the provider matches stop sequences itself
+        prompt_ids = [-1] * len(prompt.split())
+        kept: list[int] = []
+        finish = "stop"
+        for index in range(len(self.pieces)):
+            if len(kept) >= options["max_tokens"]:
+                finish = "length"
+                break
+            self.sampled += 1
+            if options["stopping_criteria"](prompt_ids + kept, None):
+                break
+            kept.append(index)
+        text = self.detokenize(kept).decode()
+        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(kept)}
+        return {"choices": [{"text": text, "finish_reason": finish}], "usage": usage}
+
+    def reset(self) -> None:
+        pass
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        return "".join(self.pieces[token] for token in tokens).encode()
+
+    def close(self) -> None:
+        pass
+
+
+def scripted_provider(model: ScriptedModel, tmp_path: Path) -> LocalProvider:
+    model_file = tmp_path / "scripted.gguf"
+    model_file.write_bytes(b"GGUF")
+    return LocalProvider(model_file, loader=lambda path, context, threads: model)
 
 
 def _completion(tokens: int, prompt: int, finish: str) -> dict[str, Any]:
@@ -153,6 +199,45 @@ def test_parameters_map_to_llama_options_with_greedy_defaults() -> None:
     assert (options["max_tokens"], options["temperature"], options["seed"]) == (9, 0.7, 3)
     assert options["stop"] == [*DEFAULT_STOP, "END"]
     assert "user" not in options
+
+
+@pytest.mark.parametrize(
+    ("generated", "answer"),
+    [
+        ("Paris.", ("Paris.", False)),
+        ("\n\nParis.\n\nUser: and", ("Paris.", True)),
+        (" \n \nParis is\nthe capital.\nUser:", ("Paris is\nthe capital.", True)),
+        ("\nParis.\nAssistant: more", ("Paris.", True)),
+        ("\n\n", ("", False)),
+        ("\n\nUser: What else?", ("", True)),
+        ("END of it. END", ("END of it.", True)),
+    ],
+)
+def test_stop_sequences_apply_after_the_first_visible_character(
+    generated: str, answer: tuple[str, bool]
+) -> None:
+    assert answer_text(generated, [*DEFAULT_STOP, "END"]) == answer
+
+
+async def test_a_blank_line_before_the_answer_does_not_end_it(tmp_path: Path) -> None:
+    pieces = ["\n", "\n", "Paris", " is", " nice", ".", "\n", "\n", "User", ":", " next"]
+    model = ScriptedModel(pieces)
+    async with scripted_provider(model, tmp_path) as provider:
+        result = await provider.chat(ask(max_tokens=50), timeout=30)
+    assert result.response.text == "Paris is nice."
+    assert result.response.finish_reason == "stop"
+    assert model.sampled < len(pieces)  # generation stopped at the blank line after the answer
+
+
+@pytest.mark.parametrize(
+    "pieces", [["\n", "\n"], [" ", "\n\n", "User", ":", " hi", "\n"], ["\n", "Assistant:"]]
+)
+async def test_a_turn_with_no_text_is_an_error_not_an_empty_answer(
+    pieces: list[str], tmp_path: Path
+) -> None:
+    async with scripted_provider(ScriptedModel(pieces), tmp_path) as provider:
+        with pytest.raises(EmptyCompletion, match="without writing any text"):
+            await provider.chat(ask(max_tokens=50), timeout=30)
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,14 @@ next assistant turn::
 Generation ends at the model's end-of-text token, at ``max_tokens`` (256 when
 not given), or at a stop sequence: the request's ``stop`` strings plus
 ``"\\nUser:"``, ``"\\nAssistant:"``, ``"\\nSystem:"`` and ``"\\n\\n"`` (a base model
-that has answered goes on to write the next turn, or a new paragraph).
+that has answered goes on to write the next turn, or a new paragraph). Stop
+sequences apply from the answer's first visible character on: whitespace the
+model writes before it (a blank line after ``Assistant:`` is common) is dropped,
+not taken for the end of the turn. The provider matches them itself, on the
+text generated so far (`answer_text`), rather than through llama.cpp's own stop
+list, which matches from the first token. A turn that ends with no text at all
+(or that starts with another turn's label) raises `EmptyCompletion`: an empty
+string is never passed off as an answer.
 ``temperature`` defaults to 0 (greedy: the same prompt gives the same text,
 whichever calls came before it: every prompt is read in full, since reusing
 the cached prefix of the previous prompt changed 10 of 60 greedy answers here)
@@ -87,7 +94,13 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Protocol
 
-from legion.errors import ConfigError, MalformedResponse, ProviderRejected, ProviderUnavailable
+from legion.errors import (
+    ConfigError,
+    EmptyCompletion,
+    MalformedResponse,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from legion.llm.provider import ChatResult
 from legion.llm.types import ChatRequest, ChatResponse, Message, RateLimitInfo, Usage
 
@@ -98,6 +111,8 @@ EXTRA_HINT = "pip install 'legion[local]'"
 
 DEFAULT_STOP: tuple[str, ...] = ("\nUser:", "\nAssistant:", "\nSystem:", "\n\n")
 """Stop sequences added to every request (see the module's documentation)."""
+_TURN_LABELS = ("User:", "Assistant:", "System:", "Tool:")
+"""An answer that starts with one of these is the model ending its turn at once."""
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_CONTEXT = 2048
@@ -142,6 +157,10 @@ class Model(Protocol):
 
     def reset(self) -> None:
         """Forget the tokens evaluated so far (the next prompt is read in full)."""
+        ...
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        """The text of ``tokens``, as UTF-8 bytes."""
         ...
 
     def close(self) -> None:
@@ -365,6 +384,21 @@ def _stop(value: Any, provider: str) -> Iterable[str]:
     )
 
 
+def answer_text(generated: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """The answer in the text a model ``generated`` so far, and whether a stop sequence
+    (or the start of another turn) has ended it. Leading whitespace is dropped, and stop
+    sequences match only after the answer's first visible character."""
+    text = generated.lstrip()
+    if not text:
+        return "", False
+    if text.startswith(_TURN_LABELS):
+        return "", True
+    ends = [at for sequence in stop if sequence and (at := text.find(sequence, 1)) > 0]
+    if ends:
+        return text[: min(ends)].rstrip(), True
+    return text.rstrip(), False
+
+
 class _Job:
     """One generation: what to run, and the flag that stops it."""
 
@@ -586,18 +620,23 @@ class LocalProvider:
         if job.stop.is_set():  # the call ended while the model loaded
             raise abandoned
         prompt_tokens = completion_tokens = 0
+        options = dict(job.options)
+        stop: list[str] = options.pop("stop", [])
+        ended = False  # a stop sequence ended the answer
 
         def after_token(input_ids: Sequence[int], _logits: object) -> bool:
-            nonlocal prompt_tokens, completion_tokens
+            nonlocal prompt_tokens, completion_tokens, ended
             with self._lock:
-                if not prompt_tokens:
+                if not prompt_tokens:  # input_ids: the prompt, and the tokens kept so far
                     prompt_tokens = len(input_ids)
                     self._prompt_tokens += prompt_tokens
                 completion_tokens += 1
                 self._completion_tokens += 1
             if job.on_token is not None:
                 job.on_token()
-            return job.stop.is_set()
+            generated = model.detokenize(list(input_ids[prompt_tokens:]))
+            ended = answer_text(generated.decode("utf-8", "ignore"), stop)[1]
+            return ended or job.stop.is_set()
 
         self._begin()
         stopped = False
@@ -605,9 +644,7 @@ class LocalProvider:
             # Read every prompt in full: reusing the cached prefix of the previous one
             # changes the logits slightly, and with them some greedy answers.
             model.reset()
-            result = model.create_completion(
-                job.prompt, stopping_criteria=after_token, **job.options
-            )
+            result = model.create_completion(job.prompt, stopping_criteria=after_token, **options)
             stopped = job.stop.is_set()
         except ValueError as exc:  # e.g. a prompt longer than the context
             raise ProviderRejected(f"{self._name}: {exc}", provider=self._name) from exc
@@ -619,7 +656,7 @@ class LocalProvider:
             self._end(stopped)
         if stopped:
             raise ProviderUnavailable(f"{self._name}: generation stopped", provider=self._name)
-        response = self._response(result, prompt_tokens)
+        response = self._response(result, prompt_tokens, stop)
         with self._lock:  # the live counts, made exact
             self._prompt_tokens += response.usage.prompt_tokens - prompt_tokens
             self._completion_tokens += response.usage.completion_tokens - completion_tokens
@@ -661,13 +698,17 @@ class LocalProvider:
             self._calls += 1
             self._stopped += stopped
 
-    def _response(self, result: Mapping[str, Any], counted_prompt: int) -> ChatResponse:
+    def _response(
+        self, result: Mapping[str, Any], counted_prompt: int, stop: Sequence[str]
+    ) -> ChatResponse:
         try:
             choice = result["choices"][0]
             usage = result.get("usage") or {}
-            return ChatResponse(
-                text=str(choice.get("text") or "").strip(),
-                finish_reason=choice.get("finish_reason"),
+            text, ended = answer_text(str(choice.get("text") or ""), stop)
+            finish_reason = "stop" if ended else choice.get("finish_reason")
+            response = ChatResponse(
+                text=text,
+                finish_reason=finish_reason,
                 usage=Usage(
                     int(usage.get("prompt_tokens") or counted_prompt),
                     int(usage.get("completion_tokens") or 0),
@@ -680,6 +721,14 @@ class LocalProvider:
                 f"{self._name}: unexpected completion from llama-cpp-python: {exc!r}",
                 provider=self._name,
             ) from exc
+        if not response.text:
+            raise EmptyCompletion(
+                f"{self._name}: the model ended its turn without writing any text "
+                f"({response.usage.completion_tokens} tokens, finish reason "
+                f"{response.finish_reason}); change the prompt, or sample with a temperature",
+                provider=self._name,
+            )
+        return response
 
     def _unload(self, instance: _Instance) -> None:
         model, instance.model = instance.model, None
