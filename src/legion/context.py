@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec, telemetry
 from .clock import Clock
-from .diagnostics.advisor import StepTrace, fingerprints
+from .diagnostics.advisor import GATHERED, StepTrace, fingerprints
 from .diagnostics.report import Diagnostic
 from .diagnostics.unawaited import Pending, SiteRef
 from .errors import AgentCrash, Permanent
@@ -250,6 +250,7 @@ class Context:
                 finished,
                 fingerprints(inputs if inputs is not None else (*args, *kwargs.values())),
                 fingerprints((value,)),
+                GATHERED.get(),
             )
         )
         return value
@@ -292,6 +293,7 @@ async def _contained(aw: Awaitable[T]) -> T:
     asyncio re-raises ``SystemExit`` and ``KeyboardInterrupt`` out of the event loop when
     they escape a task, which would take every other instance down with this one.
     """
+    GATHERED.set(True)  # this task's own context: the steps it runs are gathered
     try:
         return await aw
     except (Exception, asyncio.CancelledError):

@@ -22,7 +22,7 @@ from .clock import Clock
 from .context import Context
 from .diagnostics import tracking
 from .diagnostics.advisor import advise
-from .diagnostics.report import Diagnostic, Kind, Site, blocked_loop, user_site
+from .diagnostics.report import Diagnostic, Kind, Site, agent_files, blocked_loop, user_site
 from .diagnostics.tracking import unretrieved_exception
 from .diagnostics.watchdog import Block, Capture
 from .errors import AgentCrash, TaskTimeout, UnawaitedWork, is_retryable
@@ -172,7 +172,9 @@ def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:
         block = Block(
             time.monotonic() - capture.since, None, user_site(capture.stack), capture.stack
         )
-        found.append(blocked_loop(name, block))
+        blocked = blocked_loop(name, block, agent_files(instance.agent.fn))
+        if blocked is not None:  # else no frame of the agent's code ran: the worker's lag
+            found.append(blocked)
     for pending in ctx.unawaited():
         site = pending.site
         found.append(

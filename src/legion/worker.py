@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .agent import Agent
 from .clock import Clock, system_clock
 from .diagnostics import tracking
-from .diagnostics.report import blocked_loop
+from .diagnostics.report import agent_files, blocked_loop
 from .diagnostics.watchdog import Block, Capture, LoopWatchdog
 from .errors import ConfigError
 from .journal import Committed, Journal
@@ -332,13 +332,15 @@ class Worker:
     def _blocked(self, block: Block) -> None:
         """The watchdog saw the loop blocked: say who did it, on their task and in the log."""
         owner = self._owner(block.task)
-        if owner is None:  # legion's own work under load: a metric only
-            log.debug("the event loop was blocked for %.0f ms", block.seconds * 1000)
-            return
-        if owner.pending_block is None:
-            return  # the instance ended and reported it already
+        if owner is None or owner.pending_block is None:
+            if owner is None:  # legion's own work under load: a metric only
+                _worker_lag(block)
+            return  # (or the instance ended and reported it already)
         owner.pending_block = None
-        found = blocked_loop(owner.agent.name, block)
+        found = blocked_loop(owner.agent.name, block, agent_files(owner.agent.fn))
+        if found is None:  # no frame of the agent's code ran: the worker's own lag
+            _worker_lag(block)
+            return
         owner.diagnostics.append(found)
         log.warning("task %s: %s", owner.lease.id, found.message)
 
@@ -533,3 +535,9 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _worker_lag(block: Block) -> None:
+    """A block of the loop by legion's own work (a metric in the loop's health; no agent
+    is told of it)."""
+    log.debug("worker lag: the event loop was blocked for %.0f ms", block.seconds * 1000)

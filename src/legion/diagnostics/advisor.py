@@ -4,12 +4,21 @@ The context keeps, for every step it ran, when it ran, where it was called, and
 fingerprints of its inputs and of its result (the whole value and its top-level items).
 Two steps that ran back to back — the second started after the first ended — where no
 input of the second matches the first's result could have run together: ``ctx.gather``
-would have saved the shorter one's duration. (A dependency that transforms the value
-before passing it on is not seen; the report says the steps *appear* independent.)
+would have saved the shorter one's duration.
+
+When in doubt, no report: a false "could be gathered" costs a user more than a missed
+one. So only steps awaited one after the other in the agent's own flow count (a step
+that ran inside ``ctx.gather`` is already part of concurrent work, and the order around
+it is the gather's), and any text of the first's result (however short, numbers
+included) found inside a text of the second's inputs counts as a dependency: a result
+passed on in a transformed form (a field of it, pasted into a prompt) is seen. A
+dependency through a value computed from the result (its length, a parsed number) is
+still not seen; the report says the steps *appear* independent.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import itertools
 from collections.abc import Iterable, Sequence
@@ -19,6 +28,9 @@ from typing import Any
 from .. import codec
 from .report import Diagnostic, Kind, Site
 from .unawaited import SiteRef
+
+GATHERED: contextvars.ContextVar[bool] = contextvars.ContextVar("legion_gathered", default=False)
+"""Set in the tasks ``ctx.gather`` runs: the steps they run are gathered."""
 
 # Steps shorter than this are not worth a gather.
 MIN_SAVING = 0.005
@@ -32,6 +44,8 @@ class StepTrace:
     finished: float
     inputs: frozenset[str]
     outputs: frozenset[str]
+    gathered: bool = False
+    """The step ran inside ``ctx.gather`` (one of several concurrent awaitables)."""
 
     @property
     def seconds(self) -> float:
@@ -42,14 +56,14 @@ class StepTrace:
         return self.site_ref.site() if self.site_ref is not None else None
 
 
-# Strings at least this long count as evidence when one step's result turns up inside
-# another's input text (a prompt built from an earlier answer).
-MIN_TEXT = 12
+MAX_TEXTS = 200
+"""Texts kept per step (the rest are not compared)."""
 
 
 def fingerprints(values: Iterable[Any]) -> frozenset[str]:
     """Fingerprints of each value and of its top-level items (JSON values only), plus the
-    texts found in it (``"t:"``-prefixed), so that a result pasted into a prompt is seen."""
+    texts found in it (``"t:"``-prefixed; numbers as their text), so that a result pasted
+    into a prompt is seen."""
     found: set[str] = set()
     for value in values:
         _add(found, value)
@@ -64,11 +78,13 @@ def fingerprints(values: Iterable[Any]) -> frozenset[str]:
 
 
 def _texts(found: set[str], value: Any, depth: int) -> None:
-    if depth > 4 or len(found) > 200:
+    if depth > 4 or len(found) > MAX_TEXTS:
         return
     if isinstance(value, str):
-        if len(value) >= MIN_TEXT:
+        if value.strip():
             found.add("t:" + value[:2000])
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        found.add("t:" + str(value))
     elif isinstance(value, (list, tuple)):
         for item in value:
             _texts(found, item, depth + 1)
@@ -79,10 +95,10 @@ def _texts(found: set[str], value: Any, depth: int) -> None:
 
 def _uses(second: StepTrace, first: StepTrace) -> bool:
     """Whether ``second``'s inputs contain ``first``'s result: a whole value or item, or
-    a text of it inside one of its own texts."""
+    a text of it (however short) inside one of its own texts."""
     if second.inputs & first.outputs:
         return True
-    texts_in = [t for t in second.inputs if t.startswith("t:")]
+    texts_in = [t[2:] for t in second.inputs if t.startswith("t:")]
     for out in first.outputs:
         if out.startswith("t:") and any(out[2:] in t for t in texts_in):
             return True
@@ -106,6 +122,8 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
     for first, second in itertools.pairwise(ordered):
         if second.started < first.finished:
             continue  # they overlapped: already concurrent
+        if first.gathered or second.gathered:
+            continue  # part of a ctx.gather: already concurrent work, ordered by it
         if _uses(second, first):
             continue  # the second used the first's result
         saving = min(first.seconds, second.seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import os
 import re
 import sysconfig
@@ -64,39 +65,72 @@ class Diagnostic:
 
 _STDLIB = os.path.realpath(sysconfig.get_paths()["stdlib"])
 _LEGION = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_ASYNCIO = os.path.join(_STDLIB, "asyncio") + os.sep
 
 
-def user_site(stack: Sequence[Site]) -> Site | None:
-    """The innermost site of the user's code in ``stack`` (innermost first): not the
-    standard library, not legion, not a third-party package when there is a better one."""
-    fallback = None
-    for site in stack:
+def is_library_file(file: str) -> bool:
+    """Whether ``file`` is legion's, the standard library's or an installed package's:
+    code that no agent owns (``<frozen ...>`` and other unreal files included)."""
+    if file.startswith("<"):
+        return True
+    path = os.path.realpath(file)
+    return (
+        path.startswith(_LEGION + os.sep)
+        or path.startswith(_STDLIB + os.sep)
+        or "-packages" + os.sep in path
+    )
+
+
+def in_callback(stack: Sequence[Site]) -> Sequence[Site]:
+    """The frames of ``stack`` (innermost first) that run inside the event loop's current
+    callback: up to asyncio's ``Handle._run``. The frames beyond it (the loop, and the
+    program that started it: ``bin/legion``, the command line) block nothing themselves."""
+    for index, site in enumerate(stack):
+        if site.function == "_run" and os.path.realpath(site.file).startswith(_ASYNCIO):
+            return stack[:index]
+    return stack
+
+
+def user_site(stack: Sequence[Site], own_files: Sequence[str] = ()) -> Site | None:
+    """The innermost site of the user's code in ``stack`` (innermost first), within the
+    loop's current callback: a file of ``own_files`` (the agent's module), or any file
+    that is not legion's, the standard library's or an installed package's. ``None``
+    when there is none: the code running was not the user's."""
+    own = {os.path.realpath(file) for file in own_files}
+    for site in in_callback(stack):
         if site.file.startswith("<"):
             continue
-        path = os.path.realpath(site.file)
-        if path.startswith(_LEGION) or (path.startswith(_STDLIB) and "-packages" not in path):
-            continue
-        if "-packages" in path:
-            fallback = fallback or site
-            continue
-        return site
-    return fallback or (stack[0] if stack else None)
+        if os.path.realpath(site.file) in own or not is_library_file(site.file):
+            return site
+    return None
 
 
-def blocked_loop(agent: str, block: Any) -> Diagnostic:
-    """The report of one block of the event loop (``block``: a watchdog ``Block``)."""
+def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagnostic | None:
+    """The report of one block of the event loop (``block``: a watchdog ``Block``), or
+    ``None`` when no frame of the agent's own code (``own_files``, or any file outside
+    legion, the standard library and installed packages) was running: then the block is
+    the worker's own lag (legion's bookkeeping, the HTTP client, the garbage collector),
+    not the agent's doing, and it counts in the worker's loop health only."""
+    site = user_site(block.stack, own_files)
+    if site is None:
+        return None
     who = f"agent `{agent}`"
-    where = f" at {block.site}" if block.site else ""
-    call = _call_in(block.site.code) if block.site else None
+    call = _call_in(site.code)
     return Diagnostic(
         Kind.BLOCKED_LOOP,
-        f"{who} blocked the event loop for {block.seconds * 1000:.0f} ms{where}"
+        f"{who} blocked the event loop for {block.seconds * 1000:.0f} ms at {site}"
         + (f" ({call})" if call else "")
         + ": every other instance waited; use an async call or `await asyncio.to_thread(...)`",
-        block.site,
+        site,
         block.seconds,
         tuple(block.stack[:8]),
     )
+
+
+def agent_files(fn: Any) -> tuple[str, ...]:
+    """The file of an agent's function: its own code, wherever it is installed."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    return (code.co_filename,) if code is not None else ()
 
 
 def _call_in(code: str) -> str | None:

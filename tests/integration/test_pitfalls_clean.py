@@ -1,0 +1,153 @@
+"""Pitfall reports only for code the agent owns: the shipped example and the demo run
+clean, legion's own work is never pinned on an agent, and a dependent pair of steps is
+never called independent."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+import legion
+from legion import Runtime
+from legion.demo import questions_for
+from legion.demo.agent import _index
+from legion.demo.compare import DemoConfig, run_scaled
+from legion.diagnostics.advisor import StepTrace, advise, fingerprints
+from legion.diagnostics.report import Site, agent_files, blocked_loop, in_callback, user_site
+from legion.diagnostics.watchdog import Block
+from legion.loader import load_module
+from legion.store import store_from_url
+
+ROOT = Path(__file__).resolve().parents[2]
+LEGION = Path(legion.__file__).parent
+STDLIB = Path(json.__file__).parent.parent
+PACKAGES = Path(pytest.__file__).parent.parent
+USER = Path(__file__)
+
+LOOP_CALLBACK = Site(str(STDLIB / "asyncio" / "events.py"), 84, "_run")
+LOOP = [
+    LOOP_CALLBACK,
+    Site(str(STDLIB / "asyncio" / "base_events.py"), 1922, "_run_once"),
+    Site(str(STDLIB / "asyncio" / "runners.py"), 118, "run"),
+]
+ENTRY = [
+    Site(str(PACKAGES / "typer" / "main.py"), 1445, "wrapper", "return callback(**use_params)"),
+    Site("/venv/bin/legion", 8, "<module>", "sys.exit(main())"),
+]
+
+
+def block(*inner: Site) -> Block:
+    stack = (*inner, *LOOP, *ENTRY)
+    return Block(0.3, None, user_site(stack), stack)
+
+
+def test_a_block_with_no_frame_of_the_agents_code_is_worker_lag() -> None:
+    legion_only = block(
+        Site(str(LEGION / "journal.py"), 120, "flush"),
+        Site(str(LEGION / "runner.py"), 90, "run_instance"),
+    )
+    libraries = block(
+        Site(str(PACKAGES / "aiohttp" / "client.py"), 700, "_request"),
+        Site(str(PACKAGES / "pydantic" / "main.py"), 200, "model_validate"),
+        Site(str(STDLIB / "json" / "decoder.py"), 337, "decode"),
+        Site(str(LEGION / "llm" / "openai.py"), 150, "chat"),
+    )
+    for lag in (legion_only, libraries):
+        assert user_site(lag.stack) is None
+        assert blocked_loop("research", lag) is None
+    # Beyond the loop's callback lie the loop and the program that runs it: never blamed.
+    assert in_callback(libraries.stack)[-1].function == "chat"
+
+
+def test_a_block_in_the_agents_code_names_its_line() -> None:
+    mine = Site(str(USER), 10, "fetch_sync", "time.sleep(0.3)")
+    found = blocked_loop(
+        "research",
+        block(
+            Site(str(PACKAGES / "requests" / "api.py"), 73, "get"),
+            mine,
+            Site(str(LEGION / "context.py"), 230, "record"),
+        ),
+    )
+    assert found is not None and found.site == mine
+    assert "blocked the event loop for 300 ms" in found.message and "(time.sleep)" in found.message
+
+
+def test_an_agent_installed_as_a_package_owns_its_own_file() -> None:
+    from legion.demo.agent import research
+
+    (own,) = agent_files(research.fn)
+    inside = Site(own, 50, "_index", "db.executemany(...)")
+    lag = block(inside, Site(str(LEGION / "context.py"), 230, "record"))
+    assert blocked_loop("research", lag) is None  # a file of legion's, as far as anyone knows
+    found = blocked_loop("research", lag, agent_files(research.fn))
+    assert found is not None and found.site == inside
+
+
+def trace(key: str, start: float, end: float, inputs: tuple[object, ...], output: object, *,
+          gathered: bool = False) -> StepTrace:  # fmt: skip
+    return StepTrace(key, None, start, end, fingerprints(inputs), fingerprints((output,)), gathered)
+
+
+def test_a_result_passed_on_in_another_form_is_a_dependency() -> None:
+    short = {"text": "Yes.", "finish_reason": "stop", "usage": {"completion_tokens": 2}}
+    prompt = [{"role": "user", "content": "Combine into one answer:\n- Yes.\n- No."}]
+    assert (
+        advise("a", [trace("llm-1", 0, 1, ([],), short), trace("llm-2", 1, 2, (prompt,), "")]) == []
+    )
+    count = trace("count", 0, 1, ("q",), 3)
+    uses = trace("show", 1, 2, ("found 3 hits",), "ok")
+    assert advise("a", [count, uses]) == []
+
+
+def test_steps_inside_a_gather_are_never_advised() -> None:
+    read = trace("read-2", 0, 1, ("hit",), {"summary": "a passage"}, gathered=True)
+    call = trace("llm", 1, 2, ("an unrelated prompt",), {"text": "an answer"}, gathered=True)
+    assert advise("a", [read, call]) == []
+    first = trace("search", 0, 1, ("q",), "a")
+    second = trace("lookup", 1, 2, ("b",), "b")
+    (found,) = advise("a", [first, second])
+    assert "`search` and `lookup`" in found.message
+
+
+async def test_the_shipped_example_runs_clean(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    module = load_module(str(ROOT / "examples" / "research.py"))
+    agent = module.research
+    # The example's search builds its index on its first call (a few tens of ms): done
+    # here first, as `legion demo` does, so that this test is about legion's reports.
+    module.search("with statement")
+    lines = (ROOT / "examples" / "questions.jsonl").read_text().splitlines()
+    inputs = [json.loads(line) for line in lines if line.strip()]
+    caplog.set_level(logging.WARNING, logger="legion")
+    async with Runtime(f"sqlite:///{tmp_path / 'example.db'}", llm="sim") as rt:
+        results = [r async for r in rt.map(agent, inputs)]
+        stored = await rt.store.diagnostics(limit=1000)
+    assert [r.status for r in results] == ["succeeded"] * len(inputs)
+    assert [d for r in results for d in r.diagnostics] == []
+    assert stored == []
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def only_database(folder: Path) -> Path:
+    (db,) = folder.glob("scaled-*.db")
+    return db
+
+
+async def test_the_demo_runs_clean(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = DemoConfig(tasks=40)
+    _index()  # as `legion demo` does before its runs
+    caplog.set_level(logging.WARNING, logger="legion")
+    report = await run_scaled(cfg, questions_for(cfg.tasks), tmp_path)
+    assert report.succeeded == 40
+    store = store_from_url(f"sqlite:///{only_database(tmp_path)}")
+    await store.open()
+    try:
+        assert await store.diagnostics(limit=1000) == []
+    finally:
+        await store.aclose()
+    assert [r.getMessage() for r in caplog.records] == []
