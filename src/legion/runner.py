@@ -170,7 +170,11 @@ def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:
     capture, instance.pending_block = instance.pending_block, None
     if capture is not None:  # the agent blocked the loop and ended before the report
         block = Block(
-            time.monotonic() - capture.since, None, user_site(capture.stack), capture.stack
+            time.monotonic() - capture.since,
+            None,
+            user_site(capture.stack),
+            capture.stack,
+            capture.held,
         )
         blocked = blocked_loop(name, block, agent_files(instance.agent.fn))
         if blocked is not None:  # else no frame of the agent's code ran: the worker's lag

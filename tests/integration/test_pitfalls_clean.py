@@ -62,6 +62,13 @@ def test_a_block_with_no_frame_of_the_agents_code_is_worker_lag() -> None:
     assert in_callback(libraries.stack)[-1].function == "chat"
 
 
+def test_a_loop_late_with_no_one_call_holding_it_is_not_blocked_by_the_agent() -> None:
+    mine = Site(str(USER), 10, "search", "rows = index.execute(query)")
+    stack = (mine, *LOOP)
+    assert blocked_loop("research", Block(0.19, None, mine, stack, held=False)) is None
+    assert blocked_loop("research", Block(0.19, None, mine, stack)) is not None
+
+
 def test_a_block_in_the_agents_code_names_its_line() -> None:
     mine = Site(str(USER), 10, "fetch_sync", "time.sleep(0.3)")
     found = blocked_loop(

@@ -110,10 +110,12 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
     ``None`` when no frame of the agent's own code (``own_files``, or any file outside
     legion, the standard library and installed packages) was running: then the block is
     the worker's own lag (legion's bookkeeping, the HTTP client, the garbage collector),
-    not the agent's doing, and it counts in the worker's loop health only."""
+    not the agent's doing, and it counts in the worker's loop health only. So is a block
+    that no one call held (``block.held`` false: many short callbacks under load, or a
+    loop thread that waited for a core)."""
     site = user_site(block.stack, own_files)
-    if site is None:
-        return None
+    if site is None or not getattr(block, "held", True):
+        return None  # legion's own work, or no one call's (a busy or starved loop)
     who = f"agent `{agent}`"
     call = _call_in(site.code)
     return Diagnostic(

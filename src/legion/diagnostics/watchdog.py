@@ -6,6 +6,17 @@ loop thread's stack (``sys._current_frames``) and the running task while the blo
 still going on. When the loop beats again, the block's length is known and it is
 reported, in the loop thread, to ``on_block``.
 
+A late loop is not always a blocked one, and the stack taken is the code running at
+that moment, which need not be what made the loop late: under load, many short
+callbacks in one turn of the loop (HTTP, JSON, the store) add up, and on a machine whose
+cores are busy with other work the loop thread may simply wait for a core. So a block
+is ``held`` (one call's doing) only when two looks at least a beat apart, from half the
+threshold on, find the loop inside the same callback run (asyncio's ``Handle._run``
+frame, a new one per run), and the loop thread was not starved meanwhile: runnable but
+on a core for less than a fifth of the time (read where the system lets it, on Linux,
+from the thread's CPU clock and scheduler state). A thread asleep in a call
+(``time.sleep``, a synchronous socket) or busy on the CPU is holding the loop.
+
 Cost: one timer callback per ``interval`` on the loop and one thread wake-up per
 ``interval``: nothing per task.
 """
@@ -14,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import linecache
+import os
 import sys
 import threading
 import time
@@ -22,6 +34,10 @@ from dataclasses import dataclass
 from types import FrameType
 
 from .report import Site, user_site
+
+_EVENTS = os.path.join("asyncio", "events.py")
+_STARVED_CPU = 0.2
+"""A runnable loop thread on a core for less than this share of a block was starved."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +48,9 @@ class Block:
     task: asyncio.Task[object] | None
     site: Site | None
     stack: tuple[Site, ...]
+    held: bool = True
+    """One call held the loop all along (see the module's notes); ``False``: the loop
+    was late for other reasons (many short callbacks, or waiting for a core)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +60,7 @@ class Capture:
     since: float  # the loop's last beat before the block (monotonic seconds)
     task: asyncio.Task[object] | None
     stack: tuple[Site, ...]
+    held: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +91,9 @@ class LoopWatchdog:
         self._interval = interval if interval is not None else min(0.025, threshold / 4)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = 0
+        self._cpu_clock: int | None = None
+        self._status_file = ""
+        self._last_cpu = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,7 +109,9 @@ class LoopWatchdog:
         """Start watching the running loop (call from the loop's thread)."""
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
+        self._cpu_clock, self._status_file = _thread_clock()
         self._last_beat = time.monotonic()
+        self._last_cpu = time.thread_time()
         self._handle = self._loop.call_later(self._interval, self._beat)
         self._thread = threading.Thread(target=self._watch, name="legion-watchdog", daemon=True)
         self._thread.start()
@@ -107,6 +132,8 @@ class LoopWatchdog:
         now = time.monotonic()
         previous = self._last_beat
         self._last_beat = now
+        if self._cpu_clock is not None:
+            self._last_cpu = time.thread_time()
         self._lag = max(0.0, now - previous - self._interval)
         # Averaged over about half a second of time (a long block weighs by its length).
         self._recent += (self._lag - self._recent) * min(1.0, (now - previous) / 0.5)
@@ -115,30 +142,86 @@ class LoopWatchdog:
         if self._lag >= self.threshold:
             self._blocks += 1
             self._blocked += self._lag
-            task, stack = (
-                (capture.task, capture.stack)
+            task, stack, held = (
+                (capture.task, capture.stack, capture.held)
                 if capture and capture.since == previous
-                else (None, ())
+                else (None, (), False)
             )
-            self._on_block(Block(self._lag, task, user_site(stack), stack))
+            self._on_block(Block(self._lag, task, user_site(stack), stack, held))
         assert self._loop is not None
         self._handle = self._loop.call_later(self._interval, self._beat)
 
     # -- in the watchdog's thread ------------------------------------------------------
 
     def _watch(self) -> None:
+        probe: tuple[float, FrameType | None] = (0.0, None)  # (block since, its callback)
         while not self._stopped.wait(self._interval):
             last = self._last_beat
-            if time.monotonic() - last < self.threshold or (
-                self._capture and self._capture.since == last
+            late = time.monotonic() - last
+            capture = self._capture
+            if late < self.threshold / 2 or (
+                capture is not None and capture.since == last and capture.held
             ):
                 continue
             # Read the stack now: the frames move on as soon as the block ends.
+            cpu = self._loop_cpu()
             frame = sys._current_frames().get(self._thread_id)
+            callback = _callback_frame(frame)
+            held = probe[0] == last and callback is not None and callback is probe[1]
+            if not held:
+                probe = (last, callback)
+            if late < self.threshold or (
+                capture is not None and capture.since == last and not held
+            ):
+                continue
+            held = held and not self._starved(last, cpu)
             task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
-            self._capture = capture = Capture(last, task, tuple(_stack(frame)))
+            self._capture = capture = Capture(last, task, tuple(_stack(frame)), held)
             if self._on_capture is not None:
                 self._on_capture(capture)
+
+    def _loop_cpu(self) -> float | None:
+        if self._cpu_clock is None:
+            return None
+        try:
+            return time.clock_gettime(self._cpu_clock)
+        except OSError:
+            return None
+
+    def _starved(self, since: float, cpu: float | None) -> bool:
+        """Whether the loop thread, late since ``since``, is waiting for a core: runnable,
+        and on one for less than a fifth of the time (``False`` when unknown)."""
+        if cpu is None:
+            return False
+        try:
+            with open(self._status_file, "rb") as file:
+                state = file.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        late = time.monotonic() - since
+        return state == b"R" and cpu - self._last_cpu < _STARVED_CPU * late
+
+
+def _thread_clock() -> tuple[int | None, str]:
+    """The calling thread's CPU clock, and the file of its scheduler state (Linux)."""
+    status = f"/proc/self/task/{threading.get_native_id()}/stat"
+    try:
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):
+        return None, ""
+    return (clock, status) if os.path.exists(status) else (None, "")
+
+
+def _callback_frame(frame: FrameType | None) -> FrameType | None:
+    """The frame of the loop callback that ``frame`` runs in (asyncio's ``Handle._run``):
+    a new one for every callback run, so the same one seen twice is one callback that
+    ran all along."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_run" and code.co_filename.endswith(_EVENTS):
+            return frame
+        frame = frame.f_back
+    return None
 
 
 def _stack(frame: FrameType | None, limit: int = 30) -> list[Site]:
