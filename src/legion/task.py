@@ -124,35 +124,68 @@ class Outcome(enum.StrEnum):
 
 
 class TaskUsage:
-    """What a task's LLM calls used, replayed calls included (they were paid for once)."""
+    """What a task's LLM calls used, replayed calls included (they were paid for once).
 
-    __slots__ = ("completion_tokens", "cost_usd", "llm_calls", "prompt_tokens")
+    ``cost_usd`` is the cost of the calls on a priced model; calls on a model without a
+    price are counted in ``unpriced_calls``, and the JSON then says ``"cost_known":
+    false``. The cached, cache-write and reasoning token counts are parts of the prompt
+    and completion counts, written when not zero."""
+
+    __slots__ = (
+        "cache_write_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "llm_calls",
+        "prompt_tokens",
+        "reasoning_tokens",
+        "unpriced_calls",
+    )
+
+    _DETAILS = ("cached_tokens", "cache_write_tokens", "reasoning_tokens")
 
     def __init__(self) -> None:
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0
+        self.cache_write_tokens = 0
+        self.reasoning_tokens = 0
         self.cost_usd = 0.0
+        self.unpriced_calls = 0
         self.llm_calls = 0
 
     def add(self, call: Mapping[str, Any]) -> None:
-        """Count one recorded LLM call (a ``ChatResponse.to_json()`` with ``cost_usd``)."""
+        """Count one recorded LLM call (a ``ChatResponse.to_json()`` with ``cost_usd``,
+        ``None`` when the model has no price)."""
         usage = call.get("usage") or {}
         self.prompt_tokens += int(usage.get("prompt_tokens", 0))
         self.completion_tokens += int(usage.get("completion_tokens", 0))
-        self.cost_usd += float(call.get("cost_usd", 0.0))
+        self.cached_tokens += int(usage.get("cached_tokens") or 0)
+        self.cache_write_tokens += int(usage.get("cache_write_tokens") or 0)
+        self.reasoning_tokens += int(usage.get("reasoning_tokens") or 0)
+        cost = call.get("cost_usd", 0.0)
+        if cost is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost_usd += float(cost)
         self.llm_calls += 1
 
     def to_json(self) -> bytes | None:
         if not self.llm_calls:
             return None
-        return codec.dumps(
-            {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "cost_usd": self.cost_usd,
-                "llm_calls": self.llm_calls,
-            }
-        )
+        data: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+            "llm_calls": self.llm_calls,
+        }
+        for name in self._DETAILS:
+            if getattr(self, name):
+                data[name] = getattr(self, name)
+        if self.unpriced_calls:
+            data["cost_known"] = False
+            data["unpriced_calls"] = self.unpriced_calls
+        return codec.dumps(data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,7 +211,7 @@ def test_tool_use_answers_and_cached_tokens() -> None:
     response = parse_message(orjson.dumps(body), "anthropic")
     assert response.text == "Let me check." and response.finish_reason == "tool_calls"
     assert response.tool_calls == (ToolCall("toolu_1", "weather", '{"city":"Paris"}'),)
-    assert response.usage == Usage(100, 20)
+    assert response.usage == Usage(100, 20, cached_tokens=90)  # 90 of the 100 from the cache
     with pytest.raises(MalformedResponse):
         parse_message(b'{"content": [{"text": "no type"}]}', "anthropic")
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ..llm.pricing import format_cost
 from ..stats import LatencySample, Statistics
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class Progress:
         limited = sum(r.capacity.rate_limited for r in s.routes.values())
         return (
             f"LLM {sum(r.attempts for r in s.routes.values())} requests, {limited} 429s, "
-            f"{s.usage.total:,} tokens, ${s.cost_usd:.4f}"
+            f"{s.usage.total:,} tokens, {format_cost(s.cost_usd, s.unpriced_calls, hint=False)}"
             + _local_speed({id(r.provider): r.provider for r in self.llm.routes.values()}.values())
         )
 
@@ -156,8 +157,11 @@ class Progress:
             errors = ", ".join(f"{n} {e}" for e, n in sorted(r.errors.items()))
             lines.append(
                 f"llm {r.name} ({r.provider}:{r.model}): {r.calls} calls, {r.attempts} requests, "
-                f"{r.capacity.rate_limited} 429s, {r.usage.prompt_tokens:,} prompt + "
-                f"{r.usage.completion_tokens:,} completion tokens, ${r.cost_usd:.4f}"
+                f"{r.capacity.rate_limited} 429s, {r.usage.prompt_tokens:,} prompt"
+                + (f" ({r.usage.cached_tokens:,} cached)" if r.usage.cached_tokens else "")
+                + f" + {r.usage.completion_tokens:,} completion"
+                + (f" ({r.usage.reasoning_tokens:,} reasoning)" if r.usage.reasoning_tokens else "")
+                + f" tokens, {format_cost(r.cost_usd, r.unpriced_calls)}"
                 + _local_speed([self.llm.routes[r.name].provider])
                 + (f"; errors: {errors}" if errors else "")
             )

@@ -219,7 +219,7 @@ def parse_message(body: bytes, provider: str) -> ChatResponse:
             text="".join(text),
             tool_calls=tuple(calls),
             finish_reason=_finish_reason(data.get("stop_reason")),
-            usage=Usage(_input_tokens(usage), int(usage.get("output_tokens") or 0)),
+            usage=_usage(usage, int(usage.get("output_tokens") or 0)),
             model=str(data.get("model") or ""),
             provider=provider,
         )
@@ -239,6 +239,17 @@ def _input_tokens(usage: Mapping[str, Any]) -> int:
     return sum(int(usage.get(key) or 0) for key in _INPUT_USAGE_KEYS)
 
 
+def _usage(usage: Mapping[str, Any], output: int) -> Usage:
+    """Anthropic's usage: its ``input_tokens`` leave out the tokens read from and written
+    to the prompt cache, which `Usage.prompt_tokens` counts (and prices apart)."""
+    return Usage(
+        _input_tokens(usage),
+        output,
+        cached_tokens=int(usage.get("cache_read_input_tokens") or 0),
+        cache_write_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+    )
+
+
 class _Block:
     __slots__ = ("id", "kind", "name", "parts")
 
@@ -252,14 +263,14 @@ class _Block:
 class MessageAssembler:
     """Assembles the events of a streamed message into a `ChatResponse`."""
 
-    __slots__ = ("_blocks", "_finish", "_model", "_output", "_prompt", "_provider", "done")
+    __slots__ = ("_blocks", "_finish", "_input_usage", "_model", "_output", "_provider", "done")
 
     def __init__(self, provider: str, model: str) -> None:
         self._provider = provider
         self._model = model
         self._blocks: dict[int, _Block] = {}
         self._finish: str | None = None
-        self._prompt = 0
+        self._input_usage: Mapping[str, Any] = {}
         self._output = 0
         self.done = False
 
@@ -285,14 +296,14 @@ class MessageAssembler:
                 message = data["message"]
                 self._model = message.get("model") or self._model
                 usage = message.get("usage") or {}
-                self._prompt = _input_tokens(usage)
+                self._input_usage = usage
                 self._output = int(usage.get("output_tokens") or 0)
             elif kind == "message_delta":
                 self._finish = _finish_reason(data["delta"].get("stop_reason"))
                 usage = data.get("usage") or {}
                 self._output = int(usage.get("output_tokens") or self._output)
                 if any(usage.get(key) for key in _INPUT_USAGE_KEYS):
-                    self._prompt = _input_tokens(usage)
+                    self._input_usage = usage
             elif kind == "message_stop":
                 self.done = True
             elif kind == "error":
@@ -321,7 +332,7 @@ class MessageAssembler:
             text="".join(text),
             tool_calls=tuple(calls),
             finish_reason=self._finish,
-            usage=Usage(self._prompt, self._output),
+            usage=_usage(self._input_usage, self._output),
             model=self._model,
             provider=self._provider,
         )

@@ -71,7 +71,7 @@ class LLMCalls:
             response = await client.chat(
                 messages, route.name, timeout=timeout, stream=stream, **params
             )
-            return {**response.to_json(), "cost_usd": client.cost(response)}
+            return {**response.to_json(), "cost_usd": client.cost(response, route.name)}
 
         data = await self._ctx.record(key, call, (), {}, site, inputs=(list(messages), params))
         self._ctx.usage.add(data)

@@ -70,7 +70,14 @@ class RouteStatistics:
     """Failed attempts by error class name."""
     usage: Usage
     cost_usd: float
+    """The cost of the calls on a priced model (see ``unpriced_calls``)."""
     capacity: CapacityStatistics
+    unpriced_calls: int = 0
+    """Calls on a model without a price: their cost is unknown, and not in ``cost_usd``."""
+
+    @property
+    def cost_known(self) -> bool:
+        return not self.unpriced_calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +87,25 @@ class LLMStatistics:
     routes: Mapping[str, RouteStatistics]
     usage: Usage
     cost_usd: float
+    unpriced_calls: int = 0
+
+    @property
+    def cost_known(self) -> bool:
+        return not self.unpriced_calls
 
 
 class _Counters:
-    __slots__ = ("attempts", "calls", "cost", "errors", "failed", "retries", "succeeded", "usage")
+    __slots__ = (
+        "attempts",
+        "calls",
+        "cost",
+        "errors",
+        "failed",
+        "retries",
+        "succeeded",
+        "unpriced",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.calls = 0
@@ -94,6 +116,7 @@ class _Counters:
         self.errors: dict[str, int] = {}
         self.usage = Usage()
         self.cost = 0.0
+        self.unpriced = 0
 
 
 def estimate_tokens(
@@ -234,11 +257,17 @@ class LLMClient:
                 usage=counters.usage,
                 cost_usd=counters.cost,
                 capacity=route.capacity.statistics(),
+                unpriced_calls=counters.unpriced,
             )
         usage = Usage()
         for stats in routes.values():
             usage += stats.usage
-        return LLMStatistics(routes, usage, sum(stats.cost_usd for stats in routes.values()))
+        return LLMStatistics(
+            routes,
+            usage,
+            sum(stats.cost_usd for stats in routes.values()),
+            sum(stats.unpriced_calls for stats in routes.values()),
+        )
 
     async def aclose(self) -> None:
         """Close every provider (once, even when routes share one)."""
@@ -257,9 +286,14 @@ class LLMClient:
     ) -> None:
         await self.aclose()
 
-    def cost(self, response: ChatResponse) -> float:
-        """USD for one response at this client's prices."""
-        return self._prices.cost(response.model, response.usage)
+    def cost(self, response: ChatResponse, route: str | None = None) -> float | None:
+        """USD for one response at this client's prices (``None``: the model has no
+        price). ``route``: the route it came from, whose model is priced when the
+        model that answered has no price of its own."""
+        found = self._prices.cost(response.model, response.usage)
+        if found is None and route is not None:
+            found = self._prices.cost(self._route(route).model, response.usage)
+        return found
 
     def route_for(self, name: str | None) -> Route:
         """The route a call names: by route name, else by model (the default if ``None``)."""
@@ -300,7 +334,11 @@ class LLMClient:
         capacity.observe(result.rate_limits, sent_at=slot.started_at)
         counters.succeeded += 1
         counters.usage += usage
-        counters.cost += self._prices.cost(route.model, usage)
+        cost = self._prices.cost(route.model, usage)
+        if cost is None:
+            counters.unpriced += 1
+        else:
+            counters.cost += cost
         return result.response
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:

@@ -21,8 +21,10 @@ A key is required only by the providers' own endpoints. Options, as keyword
 arguments or keys of a route table: ``rpm``, ``tpm``, ``max_in_flight``
 (also the size of the connection pool), ``timeout`` (seconds per attempt),
 ``stream``, ``stream_idle_timeout``, ``input_price`` and ``output_price``
-(USD per million tokens), ``base_url``, ``api_key_env`` (the variable holding
-the key), and for ``sim`` routes a ``simulator`` table of
+(USD per million tokens; they override every other price source, see
+`legion.llm.pricing`), with ``cache_read_price`` and ``cache_write_price`` for
+prompt tokens read from or written to the provider's cache, ``base_url``,
+``api_key_env`` (the variable holding the key), and for ``sim`` routes a ``simulator`` table of
 `legion.sim.SimConfig` settings.
 
 A ``local`` route's capacity is the machine, not a rate limit: it takes no
@@ -80,7 +82,7 @@ from legion.llm.local import (
     require_extra,
 )
 from legion.llm.openai import OpenAIProvider
-from legion.llm.pricing import Price, PriceTable
+from legion.llm.pricing import FREE, Price, PriceTable
 from legion.llm.provider import Provider
 from legion.llm.simulated import SimulatedProvider
 from legion.llm.timer import Timer
@@ -108,6 +110,8 @@ _ROUTE_OPTIONS = frozenset(
         "stream_idle_timeout",
         "input_price",
         "output_price",
+        "cache_read_price",
+        "cache_write_price",
         "simulator",
         "instances",
         "threads",
@@ -251,11 +255,18 @@ async def build_client(
             await provider.aclose()
         raise
     prices = PriceTable().with_prices(
-        {route.model: route.price for route in config.routes if route.price is not None}
+        {route.model: price for route in config.routes if (price := _price(route)) is not None}
     )
     return LLMClient(
         routes, default=config.default, retry=config.retry, prices=prices, timer=timer, rng=rng
     )
+
+
+def _price(route: RouteConfig) -> Price | None:
+    """A route's own price: the configured one; free on the simulator and a local model."""
+    if route.price is not None:
+        return route.price
+    return FREE if route.provider in ("sim", "local") else None
 
 
 # -- routes ---------------------------------------------------------------------
@@ -388,9 +399,18 @@ def _common(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: stream must be true or false")
         values["stream"] = settings["stream"]
     if "input_price" in settings or "output_price" in settings:
+        cache = {
+            key: _number(settings, f"{key}_price", source)
+            for key in ("cache_read", "cache_write")
+            if f"{key}_price" in settings
+        }
         values["price"] = Price(
-            _number(settings, "input_price", source), _number(settings, "output_price", source)
+            _number(settings, "input_price", source),
+            _number(settings, "output_price", source),
+            **cache,
         )
+    elif "cache_read_price" in settings or "cache_write_price" in settings:
+        raise ConfigError(f"{source}: cache prices go with input_price and output_price")
     return values
 
 

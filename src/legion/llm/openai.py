@@ -142,9 +142,21 @@ def parse_completion(body: bytes, provider: str) -> ChatResponse:
 
 
 def _usage(data: Any) -> Usage:
+    """OpenAI's usage, with the cached prompt tokens and the reasoning tokens it details."""
     if not isinstance(data, Mapping):
         return Usage()
-    return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+    prompt = data.get("prompt_tokens_details")
+    completion = data.get("completion_tokens_details")
+    return Usage(
+        int(data.get("prompt_tokens") or 0),
+        int(data.get("completion_tokens") or 0),
+        cached_tokens=_detail(prompt, "cached_tokens"),
+        reasoning_tokens=_detail(completion, "reasoning_tokens"),
+    )
+
+
+def _detail(details: Any, key: str) -> int:
+    return int(details.get(key) or 0) if isinstance(details, Mapping) else 0
 
 
 class _PartialCall:

@@ -1,66 +1,146 @@
-"""What completions cost: a price table in USD per million tokens.
+"""What completions cost, in USD per million tokens.
 
-The defaults are list prices of a few common models (standard tier, no
-caching or batch discounts; check your provider's page, prices change), and
-zero for the simulator's model. A model not in the table costs nothing, so
-local models are free; a dated or suffixed model name (``gpt-4o-mini-2024-07-18``,
-``claude-3-5-haiku-latest``) takes the price of the longest entry it extends.
-Override or extend the table from configuration (`PriceTable.with_prices`).
+Where a price comes from, first found first:
+
+1. the route's own ``input_price`` / ``output_price`` (``legion.toml``, or
+   `PriceTable.with_prices`), plus ``cache_read_price`` / ``cache_write_price``;
+2. the ``genai-prices`` package when it is installed (``pip install 'legion[prices]'``):
+   prices of several hundred models of every major provider, bundled with the package
+   and read offline (no network at run time), cache reads and writes included;
+3. a built-in table of common models (standard tier, no batch discount; prices change,
+   check your provider's page), and zero for the simulator's and local models;
+
+and a model found in none has **no price**: its cost is unknown (`PriceTable.cost`
+answers ``None``), never silently $0. A dated or suffixed model name
+(``gpt-4o-mini-2024-07-18``, ``claude-3-5-haiku-latest``) takes the price of the
+longest built-in entry it extends.
+
+Cached prompt tokens (``Usage.cached_tokens``) are priced at the cache-read price and
+tokens written to a cache (``Usage.cache_write_tokens``) at the cache-write price, where
+the price says them (else at the input price); both are part of ``prompt_tokens``.
+Reasoning tokens are part of ``completion_tokens`` and priced as output, as providers
+bill them.
+
+A lookup in ``genai-prices`` costs about 0.1-0.3 ms (20 ms the first, and 0.2 s to
+import the package); legion looks each model up once per process and keeps the price,
+so a call's cost is a few multiplications.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from legion.llm.types import Usage
 
+_PROBE = 1000
+"""Tokens per probe of genai-prices: few enough to stay below every tier threshold."""
+
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million input (prompt) and output (completion) tokens."""
+    """USD per million input (prompt) and output (completion) tokens, and per million
+    prompt tokens read from or written to the provider's cache (``None``: as input)."""
 
     input: float
     output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
 
     def __post_init__(self) -> None:
-        if self.input < 0 or self.output < 0:
+        values = (self.input, self.output, self.cache_read, self.cache_write)
+        if any(value is not None and value < 0 for value in values):
             raise ValueError(f"prices must be >= 0, got {self}")
+
+    def cost(self, usage: Usage) -> float:
+        """USD for ``usage`` at this price."""
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+        plain = usage.prompt_tokens - cached - written
+        read_price = self.input if self.cache_read is None else self.cache_read
+        write_price = self.input if self.cache_write is None else self.cache_write
+        return (
+            plain * self.input
+            + cached * read_price
+            + written * write_price
+            + usage.completion_tokens * self.output
+        ) / 1e6
 
 
 DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType(
     {
-        "gpt-4o-mini": Price(0.15, 0.60),
-        "gpt-4o": Price(2.50, 10.00),
-        "gpt-4.1": Price(2.00, 8.00),
-        "gpt-4.1-mini": Price(0.40, 1.60),
-        "gpt-4.1-nano": Price(0.10, 0.40),
-        "claude-3-haiku": Price(0.25, 1.25),
-        "claude-3-5-haiku": Price(0.80, 4.00),
-        "claude-3-5-sonnet": Price(3.00, 15.00),
-        "claude-3-7-sonnet": Price(3.00, 15.00),
-        "claude-sonnet-4": Price(3.00, 15.00),
+        "gpt-4o-mini": Price(0.15, 0.60, 0.075),
+        "gpt-4o": Price(2.50, 10.00, 1.25),
+        "gpt-4.1": Price(2.00, 8.00, 0.50),
+        "gpt-4.1-mini": Price(0.40, 1.60, 0.10),
+        "gpt-4.1-nano": Price(0.10, 0.40, 0.025),
+        "gpt-5": Price(1.25, 10.00, 0.125),
+        "gpt-5-mini": Price(0.25, 2.00, 0.025),
+        "gpt-5-nano": Price(0.05, 0.40, 0.005),
+        "o3": Price(2.00, 8.00, 0.50),
+        "o3-mini": Price(1.10, 4.40, 0.55),
+        "o4-mini": Price(1.10, 4.40, 0.275),
+        "claude-3-haiku": Price(0.25, 1.25, 0.03, 0.30),
+        "claude-3-5-haiku": Price(0.80, 4.00, 0.08, 1.00),
+        "claude-3-5-sonnet": Price(3.00, 15.00, 0.30, 3.75),
+        "claude-3-7-sonnet": Price(3.00, 15.00, 0.30, 3.75),
+        "claude-sonnet-4": Price(3.00, 15.00, 0.30, 3.75),
+        "claude-opus-4": Price(15.00, 75.00, 1.50, 18.75),
+        "claude-opus-4-1": Price(15.00, 75.00, 1.50, 18.75),
+        "gemini-2.5-flash": Price(0.30, 2.50, 0.03),
+        "gemini-2.5-pro": Price(1.25, 10.00, 0.31),
         "sim-model": Price(0.0, 0.0),
     }
 )
+"""The built-in table, used where ``genai-prices`` is not installed or has no entry."""
+
+FREE = Price(0.0, 0.0)
+"""The price of the simulator and of local models."""
 
 
 class PriceTable:
-    """Prices by model name."""
+    """Prices by model name: overrides, then ``genai-prices``, then the built-in table."""
 
-    __slots__ = ("_prices",)
+    __slots__ = ("_overrides", "_prices", "_use_package")
 
-    def __init__(self, prices: Mapping[str, Price] = DEFAULT_PRICES) -> None:
+    def __init__(
+        self,
+        prices: Mapping[str, Price] = DEFAULT_PRICES,
+        *,
+        overrides: Mapping[str, Price] | None = None,
+        use_package: bool = True,
+    ) -> None:
         self._prices = dict(prices)
+        self._overrides = dict(overrides or {})
+        self._use_package = use_package
 
     def with_prices(self, prices: Mapping[str, Price]) -> PriceTable:
-        """This table with ``prices`` added or replacing existing entries."""
-        return PriceTable({**self._prices, **prices})
+        """This table with ``prices`` taking precedence over every other source."""
+        return PriceTable(
+            self._prices,
+            overrides={**self._overrides, **prices},
+            use_package=self._use_package,
+        )
 
     def price(self, model: str) -> Price | None:
-        """The price of ``model``: its own entry, else the longest entry it
-        extends (followed by ``-``), else ``None``."""
+        """The price of ``model``, or ``None`` when no source has one."""
+        override = self._overrides.get(model)
+        if override is not None:
+            return override
+        if self._use_package:
+            found = package_price(model)
+            if found is not None:
+                return found
+        return self._table_price(model)
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        """USD for ``usage`` on ``model``; ``None`` when its price is unknown."""
+        price = self.price(model)
+        return None if price is None else price.cost(usage)
+
+    def _table_price(self, model: str) -> Price | None:
         exact = self._prices.get(model)
         if exact is not None:
             return exact
@@ -70,14 +150,46 @@ class PriceTable:
                 best = name
         return self._prices[best] if best else None
 
-    def cost(self, model: str, usage: Usage) -> float:
-        """USD for ``usage`` on ``model`` (0 for a model without a price)."""
-        price = self.price(model)
-        if price is None:
-            return 0.0
-        return (usage.prompt_tokens * price.input + usage.completion_tokens * price.output) / 1e6
 
-
-def cost(model: str, usage: Usage) -> float:
-    """USD for ``usage`` on ``model`` at the default prices."""
+def cost(model: str, usage: Usage) -> float | None:
+    """USD for ``usage`` on ``model`` at the default prices (``None``: unknown)."""
     return PriceTable().cost(model, usage)
+
+
+def format_cost(cost_usd: float, unpriced_calls: int = 0, *, hint: bool = True) -> str:
+    """How a cost is shown: ``$0.0123``, or with ``cost unknown`` when some calls were
+    on a model without a price (their cost is not in ``cost_usd``); ``hint`` adds how
+    to give it one (for a summary, not a line redrawn many times)."""
+    if not unpriced_calls:
+        return f"${cost_usd:.4f}"
+    if cost_usd:
+        return f"${cost_usd:.4f} + cost unknown for {unpriced_calls:,} calls"
+    if not hint:
+        return "cost unknown"
+    return "cost unknown (no price for the model: set input_price and output_price)"
+
+
+@functools.cache
+def package_price(model: str) -> Price | None:
+    """``model``'s price in ``genai-prices`` (``None``: not installed, or not there)."""
+    try:
+        import genai_prices
+    except ImportError:
+        return None
+
+    def per_million(**tokens: int) -> float | None:
+        try:
+            calculation = genai_prices.calc_price(genai_prices.Usage(**tokens), model)
+        except LookupError:
+            return None
+        except Exception:  # a price it cannot compute (odd units, a bad entry)
+            return None
+        return float(calculation.total_price) * 1e6 / _PROBE
+
+    input_price = per_million(input_tokens=_PROBE)
+    output_price = per_million(output_tokens=_PROBE)
+    if input_price is None or output_price is None:
+        return None
+    cache_read = per_million(input_tokens=_PROBE, cache_read_tokens=_PROBE)
+    cache_write = per_million(input_tokens=_PROBE, cache_write_tokens=_PROBE)
+    return Price(input_price, output_price, cache_read, cache_write)

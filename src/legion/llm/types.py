@@ -18,10 +18,19 @@ Message = Mapping[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens billed for one completion."""
+    """Tokens billed for one completion.
+
+    ``cached_tokens`` (prompt tokens read from the provider's prompt cache) and
+    ``cache_write_tokens`` (prompt tokens written to it) are parts of ``prompt_tokens``;
+    ``reasoning_tokens`` (a reasoning model's hidden thinking) are part of
+    ``completion_tokens``. They change the price, not the totals.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total(self) -> int:
@@ -31,7 +40,31 @@ class Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
+
+    def to_json(self) -> dict[str, int]:
+        """The counts as JSON; the detail counts only when not zero."""
+        data = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        for name in _USAGE_DETAILS:
+            value = getattr(self, name)
+            if value:
+                data[name] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Usage:
+        """Counts written by `to_json` (a missing detail count is 0)."""
+        return cls(
+            data["prompt_tokens"],
+            data["completion_tokens"],
+            **{name: int(data.get(name) or 0) for name in _USAGE_DETAILS},
+        )
+
+
+_USAGE_DETAILS = ("cached_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +122,7 @@ class ChatResponse:
                 for call in self.tool_calls
             ],
             "finish_reason": self.finish_reason,
-            "usage": {
-                "prompt_tokens": self.usage.prompt_tokens,
-                "completion_tokens": self.usage.completion_tokens,
-            },
+            "usage": self.usage.to_json(),
             "model": self.model,
             "provider": self.provider,
         }
@@ -110,7 +140,7 @@ class ChatResponse:
                     for call in data["tool_calls"]
                 ),
                 finish_reason=data["finish_reason"],
-                usage=Usage(usage["prompt_tokens"], usage["completion_tokens"]),
+                usage=Usage.from_json(usage),
                 model=data["model"],
                 provider=data["provider"],
             )

@@ -198,7 +198,15 @@ class AnthropicDialect:
     def headers(self, admission: Admission) -> dict[str, str]:
         return ratelimit_headers(admission)
 
-    def completion(self, model: str, completion: Completion, prompt_tokens: int) -> bytes:
+    def completion(
+        self, model: str, completion: Completion, prompt_tokens: int, cached_tokens: int = 0
+    ) -> bytes:
+        usage = {
+            "input_tokens": prompt_tokens - cached_tokens,
+            "output_tokens": len(completion.tokens),
+        }
+        if cached_tokens:
+            usage["cache_read_input_tokens"] = cached_tokens
         return orjson.dumps(
             {
                 "id": self._new_id(),
@@ -208,7 +216,7 @@ class AnthropicDialect:
                 "content": [{"type": "text", "text": completion.text}],
                 "stop_reason": _STOP_REASONS[completion.finish_reason],
                 "stop_sequence": None,
-                "usage": {"input_tokens": prompt_tokens, "output_tokens": len(completion.tokens)},
+                "usage": usage,
             }
         )
 

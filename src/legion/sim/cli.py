@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tokens-per-second", type=float, help="generation speed (default instant)")
     add("--min-output-tokens", type=int, help="shortest completion (default 8)")
     add("--max-output-tokens", type=int, help="longest completion (default 64)")
+    add(
+        "--cached-prompt-share",
+        type=float,
+        help="share of prompt tokens reported as read from a prompt cache (default 0)",
+    )
     add("--error-rate", type=float, help="fraction of requests answered 500/503")
     add("--hang-rate", type=float, help="fraction of requests never answered")
     add("--hang-seconds", type=float, help="longest hang before a 504 (default 600)")

@@ -64,6 +64,11 @@ class SimConfig:
     Completions:
         min_output_tokens, max_output_tokens: bounds of the completion length
             chosen from the prompt, before the request's ``max_tokens`` cap.
+        cached_prompt_share: the share of each prompt's tokens that a
+            non-streamed answer reports as read from a prompt cache (OpenAI:
+            ``prompt_tokens_details.cached_tokens``; Anthropic:
+            ``cache_read_input_tokens``, the rest as ``input_tokens``); 0 by
+            default.
 
     Faults (fractions of admitted requests, at most 1 in total):
         error_rate: answer with one of ``error_statuses`` (500 or 503).
@@ -100,6 +105,7 @@ class SimConfig:
     tokens_per_second: float | None = None
     min_output_tokens: int = 8
     max_output_tokens: int = 64
+    cached_prompt_share: float = 0.0
     error_rate: float = 0.0
     error_statuses: tuple[int, ...] = (500, 503)
     hang_rate: float = 0.0
@@ -130,6 +136,11 @@ class SimConfig:
             raise ValueError(
                 f"max_output_tokens ({self.max_output_tokens}) must be >= "
                 f"min_output_tokens ({self.min_output_tokens})"
+            )
+        _check_number("cached_prompt_share", self.cached_prompt_share)
+        if self.cached_prompt_share > 1:
+            raise ValueError(
+                f"cached_prompt_share must be between 0 and 1, got {self.cached_prompt_share!r}"
             )
         _check_error_statuses(self.error_statuses)
         _check_number("hang_seconds", self.hang_seconds, positive=True)

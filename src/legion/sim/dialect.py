@@ -97,8 +97,11 @@ class Dialect(Protocol):
         """The rate-limit headers describing ``admission``."""
         ...
 
-    def completion(self, model: str, completion: Completion, prompt_tokens: int) -> bytes:
-        """The JSON body of a complete, non-streamed answer."""
+    def completion(
+        self, model: str, completion: Completion, prompt_tokens: int, cached_tokens: int = 0
+    ) -> bytes:
+        """The JSON body of a complete, non-streamed answer; ``cached_tokens`` of the
+        prompt's tokens are reported as read from a prompt cache."""
         ...
 
     def frames(self, model: str, prompt_tokens: int) -> StreamFrames:

@@ -198,8 +198,17 @@ class OpenAIDialect:
     def headers(self, admission: Admission) -> dict[str, str]:
         return admission.headers()
 
-    def completion(self, model: str, completion: Completion, prompt_tokens: int) -> bytes:
+    def completion(
+        self, model: str, completion: Completion, prompt_tokens: int, cached_tokens: int = 0
+    ) -> bytes:
         completion_tokens = len(completion.tokens)
+        usage: dict[str, object] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
         return orjson.dumps(
             {
                 "id": self._new_id(),
@@ -218,11 +227,7 @@ class OpenAIDialect:
                         "finish_reason": completion.finish_reason,
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
+                "usage": usage,
             }
         )
 

@@ -298,7 +298,8 @@ class _Service:
         delay = plan.latency + self._faults.generation_time(len(completion.tokens))
         if delay > 0:
             await asyncio.sleep(delay)
-        body = dialect.completion(chat.model, completion, prompt_tokens)
+        cached = int(prompt_tokens * self.config.cached_prompt_share)
+        body = dialect.completion(chat.model, completion, prompt_tokens, cached)
         if plan.fault is Fault.MALFORMED:
             counters.malformed += 1
             body = body[: len(body) // 2]
