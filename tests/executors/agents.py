@@ -111,9 +111,9 @@ async def memory_bomb(ctx: legion.Context, chunk_mb: int) -> None:
         chunks.append(bytearray(chunk_mb * 2**20))
 
 
-@legion.agent(retries=0, timeout=1)
+@legion.agent(retries=0, timeout=3)
 async def spin_past_timeout(ctx: legion.Context, n: int) -> None:
-    """Tells its pid, then loops without ever yielding, past its 1 s timeout."""
+    """Tells its pid, then loops without ever yielding, past its 3 s timeout."""
     await ctx.memory.set("pid", os.getpid())
     while True:
         pass

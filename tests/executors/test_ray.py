@@ -97,6 +97,11 @@ async def test_a_retry_replays_the_steps_recorded_before(rt: Runtime) -> None:
 
 
 async def test_a_cpu_bound_loop_past_its_timeout_is_cancelled_on_ray(rt: Runtime) -> None:
+    # The timeout runs from when the task is handed to Ray: on a cold cluster (this test
+    # run alone) starting a Ray worker and importing legion there took longer than it,
+    # so the agent never ran. Warm both nodes' workers first, as the tests before it do.
+    warm = await run(rt, agents.echo, "warm-a", "warm-b", "warm-c", "warm-d")
+    assert [w.status for w in warm] == [TaskStatus.SUCCEEDED] * 4
     (r,) = await run(rt, agents.spin_past_timeout, 1)
     assert r.status is TaskStatus.DEAD and r.error is not None
     assert r.error.type == "TaskTimeout"
