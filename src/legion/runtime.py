@@ -321,16 +321,34 @@ class Runtime:
     async def results(self, ids: Sequence[int]) -> AsyncGenerator[TaskResult, None]:
         """Yield the results of these tasks as they finish."""
         queue: asyncio.Queue[TaskResult] = asyncio.Queue()
-        watched: list[int] = []
-        infos = await self.store.get_many(list(ids))
-        submitted = [Submitted(i.id, i.key, i.status, False) for i in infos]
+        asked = set(ids)
+        wanted = set(asked)
+
+        def deliver(result: TaskResult) -> None:  # once per task, from either source
+            if result.id in wanted:
+                wanted.discard(result.id)
+                queue.put_nowait(result)
+
+        # Wait for every task before reading where they stand: a task that finishes while
+        # the read is on its way is then delivered by its completion, not missed (a local
+        # worker's completions are not read back from the event feed).
+        for task_id in asked:
+            self._waiters.setdefault(task_id, []).append(deliver)
+        self._has_waiters.set()
         try:
-            await self._watch(submitted, queue.put_nowait, watched, fresh=False)
-            for _ in submitted:
+            infos = await self.store.get_many(list(asked))
+            found = {info.id for info in infos}
+            for task_id in asked - found:  # no such task: nothing to wait for
+                self._unwatch(task_id, deliver)
+                wanted.discard(task_id)
+            for info in infos:
+                if info.status in TERMINAL_STATUSES:
+                    deliver(TaskResult.from_info(info))
+            for _ in found:
                 yield await queue.get()
         finally:
-            for task_id in watched:
-                self._unwatch(task_id, queue.put_nowait)
+            for task_id in asked:
+                self._unwatch(task_id, deliver)
 
     async def result(self, task_id: int, *, raise_on_failure: bool = False) -> TaskResult:
         """Wait until the task finishes and answer how it ended."""

@@ -1,0 +1,64 @@
+"""``Runtime.result`` never misses a task that finishes while its status is being read
+(what made a server test wait for its 120 s timeout when PostgreSQL answered slowly)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import legion
+from legion import Runtime, TaskStatus
+from legion.store.sqlite import SQLiteStore
+from legion.task import TaskInfo
+
+
+class SlowRead(SQLiteStore):
+    """A real SQLite store whose ``get_many`` made by task ``slow`` runs ``meanwhile``
+    after reading and before answering: the read is stale by the time it arrives, as a
+    slow server's is."""
+
+    slow: asyncio.Task[object] | None = None
+    meanwhile: Callable[[], Awaitable[None]] | None = None
+    slowed = 0
+
+    async def get_many(self, ids: Sequence[int]) -> list[TaskInfo]:
+        infos = await super().get_many(ids)
+        if self.meanwhile is not None and asyncio.current_task() is self.slow:
+            self.slowed += 1
+            await self.meanwhile()
+        return infos
+
+
+async def test_a_task_that_finishes_during_the_status_read_is_delivered(tmp_path: Path) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @legion.agent(retries=0)
+    async def held(ctx: legion.Context, x: int) -> int:
+        started.set()
+        await release.wait()
+        return x * 2
+
+    store = SlowRead(str(tmp_path / "slow.db"))
+    await store.open()
+    try:
+        async with Runtime(store) as rt:
+            task = await rt.submit(held, 21)
+            await started.wait()
+            first = asyncio.create_task(rt.result(task.id))
+
+            async def finish_meanwhile() -> None:
+                release.set()  # the task finishes while the second read is on its way
+                await first
+
+            store.meanwhile = finish_meanwhile
+            store.slow = slow = asyncio.create_task(rt.result(task.id))
+            async with asyncio.timeout(30):  # a bound on the bug, not a synchronisation
+                second = await slow
+            assert store.slowed == 1
+            assert first.result().output == 42
+            assert (second.status, second.output) == (TaskStatus.SUCCEEDED, 42)
+            many = [r async for r in rt.results([task.id, task.id, 999_999])]
+            assert [r.output for r in many] == [42]  # once each; an unknown id is skipped
+    finally:
+        await store.aclose()
