@@ -160,10 +160,10 @@ class Runtime:
         try:
             if self._owns_store:
                 await self.store.open()
+            self._cursor = await self.store.last_event_id()
         except BaseException:
             await self._close_llm()
             raise
-        self._cursor = await self.store.last_event_id()
         if self._want_worker:
             self.worker = Worker(
                 self.store,
