@@ -257,6 +257,8 @@ async def build_client(
     prices = PriceTable().with_prices(
         {route.model: price for route in config.routes if (price := _price(route)) is not None}
     )
+    for route in config.routes:  # look prices up now, not on the event loop's first call
+        prices.price(route.model)
     return LLMClient(
         routes, default=config.default, retry=config.retry, prices=prices, timer=timer, rng=rng
     )
