@@ -230,3 +230,20 @@ def test_an_error_event_mid_stream_is_unavailable() -> None:
     assembler = ChunkAssembler("openai", "m")
     with pytest.raises(ProviderUnavailable, match="mid-stream: overloaded"):
         assembler.add(ServerSentEvent("", '{"error": {"message": "overloaded"}}'))
+
+
+def test_cached_and_reasoning_tokens_are_kept() -> None:
+    body = {
+        "model": "o3-mini",
+        "choices": [{"message": {"content": "42"}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": 1200,
+            "completion_tokens": 300,
+            "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 256},
+        },
+    }
+    usage = parse_completion(orjson.dumps(body), "openai").usage
+    assert usage == Usage(1200, 300, cached_tokens=1024, reasoning_tokens=256)
+    body["usage"] = {"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": None}
+    assert parse_completion(orjson.dumps(body), "openai").usage == Usage(5, 1)
