@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ..errors import LegionError
-from .progress import stderr_console
+from .progress import error_text, stderr_console
 
 T = TypeVar("T")
 
@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help and errors verbatim: "legion[server]" keeps its brackets
 )
 
 DEFAULT_STORE = "sqlite:///legion.db"
@@ -103,7 +104,7 @@ MemoryLimitOpt = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    stderr_console().print(f"[red]error:[/] {message}", highlight=False)
+    stderr_console().print(error_text(message))
     return typer.Exit(code)
 
 

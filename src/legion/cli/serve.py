@@ -35,7 +35,7 @@ from . import (
     _run,
 )
 from .llm_options import LLMOptions, llm_config
-from .progress import stderr_console
+from .progress import error_text, stderr_console
 from .status import opened
 from .worker import load_agents
 
@@ -108,7 +108,7 @@ KEYS_HELP = _paragraphs(
 def register(app: typer.Typer) -> None:
     """Add ``serve`` and the ``keys`` commands to the ``legion`` command."""
     app.command("serve", help=SERVE_HELP)(serve)
-    keys = typer.Typer(name="keys", help=KEYS_HELP, no_args_is_help=True)
+    keys = typer.Typer(name="keys", help=KEYS_HELP, no_args_is_help=True, rich_markup_mode=None)
     keys.command("create")(create_key)
     keys.command("list")(list_keys)
     keys.command("revoke")(revoke_key)
@@ -255,7 +255,7 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
             )
             await _until_signal(rt, server.wait_stopped(), console)
         if rt.fatal_error is not None:
-            console.print(f"[red]error:[/] the worker stopped: {rt.fatal_error}", highlight=False)
+            console.print(error_text(f"the worker stopped: {rt.fatal_error}"))
             return 2
         return 0
     finally:

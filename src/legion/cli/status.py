@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .. import codec
 from ..diagnostics.report import Diagnostic
@@ -79,14 +80,16 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
         print(codec.dumps(doc).decode())
         return
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False)
     table = Table(title=f"tasks in {url}")
     table.add_column("agent")
     for s in TaskStatus:
         table.add_column(str(s), justify="right")
     for agent, c in sorted(by_agent.items()):
         table.add_row(agent, *(str(c.get(s, 0)) for s in TaskStatus))
-    table.add_row("[bold]all[/]", *(f"[bold]{counts.get(s, 0)}[/]" for s in TaskStatus))
+    table.add_row(
+        Text("all", style="bold"), *(Text(str(counts.get(s, 0)), style="bold") for s in TaskStatus)
+    )
     console.print(table)
 
     if workers:
