@@ -11,7 +11,7 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -112,24 +112,40 @@ class Agent:
         """Map a submitted input to validated keyword arguments, or raise :class:`InputError`.
 
         A JSON object whose keys are all parameter names is taken as the arguments; an
-        agent with a single parameter also takes any other value as that parameter.
+        agent with a single parameter also takes any other value as that parameter. An
+        object that fits neither way is read as arguments, so the error names the fields
+        that are unknown and those that are missing.
         """
         if isinstance(value, dict) and value.keys() <= self._names and (value or not self._one):
-            kwargs = value
-        elif self._one:
-            kwargs = {self.params[0]: value}
-        elif value is None and not self.params:
-            kwargs = {}
-        else:
-            expected = ", ".join(self.params) or "no parameters"
-            raise InputError(
-                f"agent {self.name!r} takes {expected}; got {type(value).__name__} "
-                f"{_preview(value)} (give a JSON object with those keys)"
-            )
+            return self._validate(value)
+        if self._one:
+            try:
+                return self._validator.model_validate({self.params[0]: value}).__dict__
+            except ValidationError as exc:
+                if not isinstance(value, dict) or not self._as_arguments(value, exc):
+                    raise InputError(_validation_message(self.name, exc, self.params)) from None
+            return self._validate(value)
+        if isinstance(value, dict):
+            return self._validate(value)
+        if value is None and not self.params:
+            return {}
+        expected = ", ".join(self.params) or "no parameters"
+        raise InputError(
+            f"agent {self.name!r} takes {expected}; got {type(value).__name__} "
+            f"{_preview(value)} (give a JSON object with those keys)"
+        )
+
+    def _as_arguments(self, value: dict[str, Any], exc: ValidationError) -> bool:
+        """Whether an object refused as the single parameter's value was meant as its
+        arguments: it names the parameter, or the parameter takes no object at all."""
+        (param,) = self.params
+        return param in value or any(tuple(e["loc"]) == (param,) for e in exc.errors())
+
+    def _validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
             return self._validator.model_validate(kwargs).__dict__
         except ValidationError as exc:
-            raise InputError(_validation_message(self.name, exc)) from None
+            raise InputError(_validation_message(self.name, exc, self.params)) from None
 
     def encode_output(self, value: Any) -> bytes:
         if self._output is not None:
@@ -245,11 +261,17 @@ def _resolve(fn: AgentFn, agent_name: str, p: inspect.Parameter) -> Any:
         ) from None
 
 
-def _validation_message(agent_name: str, exc: ValidationError) -> str:
+def _validation_message(agent_name: str, exc: ValidationError, params: Sequence[str]) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(x) for x in err["loc"]) or "input"
-        parts.append(f"{loc}: {err['msg']}")
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            takes = ", ".join(params) or "no parameters"
+            parts.append(f"{loc}: unknown field (the agent takes {takes})")
+        elif err["type"] == "missing" and len(err["loc"]) == 1:
+            parts.append(f"{loc}: Field required (missing from the input)")
+        else:
+            parts.append(f"{loc}: {err['msg']}")
     return f"input does not fit agent {agent_name!r}: " + "; ".join(parts)
 
 

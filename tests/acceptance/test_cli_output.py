@@ -22,7 +22,7 @@ from .conftest import LEGION, legion, read_jsonl, start_legion, wait_for, write_
 
 pytestmark = pytest.mark.slow
 
-GATED = '''
+GATED = """
 import asyncio
 import os
 
@@ -36,7 +36,7 @@ async def gated(ctx, i: int):
     while i > 1 and not os.path.exists(gate):
         await asyncio.sleep(0.01)
     return i * 10
-'''
+"""
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_a_new_file_gets_the_umask_mode(
         capture_output=True,
         text=True,
         timeout=120,
-        preexec_fn=lambda: os.umask(umask),  # noqa: PLW1509
+        preexec_fn=lambda: os.umask(umask),
     )
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(os.stat(out).st_mode) == mode

@@ -259,3 +259,38 @@ def test_the_process_executor_isolates_a_segfault_from_the_command_line(tmp_path
     assert [row["output"] for row in rows if row["status"] == "succeeded"] == [0, 1, 2, 4, 5, 6, 7]
     (crashed,) = [row for row in rows if row["status"] != "succeeded"]
     assert crashed["line"] == 4 and "SIGSEGV" in crashed["error"]["message"]
+
+
+def test_extra_and_missing_fields_are_named(tmp_path: Path) -> None:
+    agents = tmp_path / "mapping.py"
+    agents.write_text(
+        "import legion\n\n"
+        "@legion.agent\nasync def ask(ctx, question: str):\n    return question.upper()\n\n"
+        "@legion.agent\nasync def add(ctx, a: int, b: int):\n    return a + b\n"
+    )
+    store = f"sqlite:///{tmp_path / 'db'}"
+    inp = write_jsonl(
+        tmp_path / "one.jsonl",
+        [{"question": "why?", "id": 1}, {"question": "ok"}, "bare", {"q": "x"}],
+    )
+    out = tmp_path / "one.out.jsonl"
+    r = legion("run", f"{agents}:ask", "-i", str(inp), "-o", str(out), "--store", store)
+    assert r.returncode == 1, r.stderr
+    rows = read_jsonl(out)
+    assert rows[0]["error"]["message"] == (
+        "input does not fit agent 'ask': id: unknown field (the agent takes question)"
+    )
+    assert [rows[1]["output"], rows[2]["output"]] == ["OK", "BARE"]
+    assert "question: Field required (missing from the input)" in rows[3]["error"]["message"]
+
+    inp = write_jsonl(tmp_path / "two.jsonl", [{"a": 1, "b": 2, "id": 7}, {"a": 1}])
+    out = tmp_path / "two.out.jsonl"
+    r = legion("run", f"{agents}:add", "-i", str(inp), "-o", str(out), "--store", store)
+    assert r.returncode == 1, r.stderr
+    rows = read_jsonl(out)
+    assert rows[0]["error"]["message"] == (
+        "input does not fit agent 'add': id: unknown field (the agent takes a, b)"
+    )
+    assert rows[1]["error"]["message"] == (
+        "input does not fit agent 'add': b: Field required (missing from the input)"
+    )

@@ -44,7 +44,7 @@ LLMOpt = Annotated[
         "--llm",
         help="An LLM route for ctx.llm: sim, openai:MODEL, openai:MODEL@URL (any "
         "OpenAI-compatible server), anthropic:MODEL, local (Gemma 3 270M in process; extra "
-        "legion[local]) or local:/path/model.gguf; NAME=SPEC to name it. Repeat for "
+        "legion-runtime[local]) or local:/path/model.gguf; NAME=SPEC to name it. Repeat for "
         "several. Default: the built-in simulator.",
     ),
 ]

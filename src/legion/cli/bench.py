@@ -35,7 +35,7 @@ OutOpt = Annotated[
     ),
 ]
 PlotsOpt = Annotated[
-    bool, typer.Option(help="Draw PNG plots (needs matplotlib: pip install 'legion[bench]').")
+    bool, typer.Option(help="Draw PNG plots (needs matplotlib: extra legion-runtime[bench]).")
 ]
 PostgresOpt = Annotated[
     str,

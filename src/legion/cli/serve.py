@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError, LegionError
+from ..extras import install_hint
 from ..runtime import Runtime
 from ..store import store_from_url
 from . import (
@@ -219,9 +220,7 @@ def serve(
 def _require_server_extra() -> None:
     missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        raise _fail(
-            f"this command needs {', '.join(missing)}: pip install 'legion[server]'", code=2
-        )
+        raise _fail(f"this command needs {', '.join(missing)}: {install_hint('server')}", code=2)
 
 
 async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> int:
