@@ -59,8 +59,7 @@ def load_agent(ref: str) -> Agent:
     if inspect.iscoroutinefunction(found):
         return agent(found)
     raise AgentLoadError(
-        f"{ref} is not an agent: decorate an `async def` with @legion.agent; "
-        + _found_here(module)
+        f"{ref} is not an agent: decorate an `async def` with @legion.agent; " + _found_here(module)
     )
 
 
