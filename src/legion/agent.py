@@ -11,7 +11,7 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -113,8 +113,8 @@ class Agent:
 
         A JSON object whose keys are all parameter names is taken as the arguments; an
         agent with a single parameter also takes any other value as that parameter. An
-        object that fits neither way is read as arguments, so the error names the fields
-        that are unknown and those that are missing.
+        object that fits neither way is an error that names its unknown fields and the
+        parameters it lacks.
         """
         if isinstance(value, dict) and value.keys() <= self._names and (value or not self._one):
             return self._validate(value)
@@ -122,11 +122,10 @@ class Agent:
             try:
                 return self._validator.model_validate({self.params[0]: value}).__dict__
             except ValidationError as exc:
-                if not isinstance(value, dict) or not self._as_arguments(value, exc):
-                    raise InputError(_validation_message(self.name, exc, self.params)) from None
-            return self._validate(value)
+                if not (isinstance(value, dict) and self._as_arguments(value, exc)):
+                    raise InputError(_validation_message(self.name, exc)) from None
         if isinstance(value, dict):
-            return self._validate(value)
+            raise InputError(self._unfit_fields(value))
         if value is None and not self.params:
             return {}
         expected = ", ".join(self.params) or "no parameters"
@@ -141,11 +140,23 @@ class Agent:
         (param,) = self.params
         return param in value or any(tuple(e["loc"]) == (param,) for e in exc.errors())
 
+    def _unfit_fields(self, value: dict[str, Any]) -> str:
+        fields = self._validator.model_fields
+        unknown = [str(k) for k in value if k not in self._names]
+        missing = [p for p in self.params if p not in value and fields[p].is_required()]
+        parts = []
+        if unknown:
+            takes = ", ".join(self.params) or "no parameters"
+            parts.append(f"unknown field(s) {', '.join(unknown)} (it takes {takes})")
+        if missing:
+            parts.append(f"missing field(s) {', '.join(missing)}")
+        return f"input does not fit agent {self.name!r}: " + "; ".join(parts)
+
     def _validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
             return self._validator.model_validate(kwargs).__dict__
         except ValidationError as exc:
-            raise InputError(_validation_message(self.name, exc, self.params)) from None
+            raise InputError(_validation_message(self.name, exc)) from None
 
     def encode_output(self, value: Any) -> bytes:
         if self._output is not None:
@@ -261,17 +272,12 @@ def _resolve(fn: AgentFn, agent_name: str, p: inspect.Parameter) -> Any:
         ) from None
 
 
-def _validation_message(agent_name: str, exc: ValidationError, params: Sequence[str]) -> str:
+def _validation_message(agent_name: str, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(x) for x in err["loc"]) or "input"
-        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
-            takes = ", ".join(params) or "no parameters"
-            parts.append(f"{loc}: unknown field (the agent takes {takes})")
-        elif err["type"] == "missing" and len(err["loc"]) == 1:
-            parts.append(f"{loc}: Field required (missing from the input)")
-        else:
-            parts.append(f"{loc}: {err['msg']}")
+        missing = err["type"] == "missing" and len(err["loc"]) == 1
+        parts.append(f"{loc}: {err['msg']}" + (" (missing from the input)" if missing else ""))
     return f"input does not fit agent {agent_name!r}: " + "; ".join(parts)
 
 

@@ -278,10 +278,13 @@ def test_extra_and_missing_fields_are_named(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     rows = read_jsonl(out)
     assert rows[0]["error"]["message"] == (
-        "input does not fit agent 'ask': id: unknown field (the agent takes question)"
+        "input does not fit agent 'ask': unknown field(s) id (it takes question)"
     )
     assert [rows[1]["output"], rows[2]["output"]] == ["OK", "BARE"]
-    assert "question: Field required (missing from the input)" in rows[3]["error"]["message"]
+    assert rows[3]["error"]["message"] == (
+        "input does not fit agent 'ask': unknown field(s) q (it takes question); "
+        "missing field(s) question"
+    )
 
     inp = write_jsonl(tmp_path / "two.jsonl", [{"a": 1, "b": 2, "id": 7}, {"a": 1}])
     out = tmp_path / "two.out.jsonl"
@@ -289,7 +292,7 @@ def test_extra_and_missing_fields_are_named(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     rows = read_jsonl(out)
     assert rows[0]["error"]["message"] == (
-        "input does not fit agent 'add': id: unknown field (the agent takes a, b)"
+        "input does not fit agent 'add': unknown field(s) id (it takes a, b)"
     )
     assert rows[1]["error"]["message"] == (
         "input does not fit agent 'add': b: Field required (missing from the input)"
