@@ -356,24 +356,15 @@ def cancel(
         print(f"{task_id}\t{st or 'not found'}")
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def sim(ctx: typer.Context) -> None:
-    """Start the provider simulator: an OpenAI-compatible server with rate limits and faults
-    (`legion sim --help` lists its options)."""
-    from ..sim.cli import main as sim_main
-
-    raise typer.Exit(sim_main(list(ctx.args)))
-
-
 from .serve import register as _register_serve  # noqa: E402
 
 _register_serve(app)
 from .bench import register as _register_bench  # noqa: E402
 
 _register_bench(app)
+from .sim import register as _register_sim  # noqa: E402
+
+_register_sim(app)
 
 
 def main() -> None:
