@@ -336,12 +336,17 @@ def retry(
 
     if not (task_ids or dead or failed or cancelled):
         raise _fail("name task ids, or --dead, --failed or --cancelled")
-    n = _run(
+    n, refused = _run(
         requeue(store, task_ids or [], dead=dead, failed=failed, cancelled=cancelled, agent=agent)
     )
-    stderr_console().print(
+    console = stderr_console()
+    for reason in refused:
+        console.print(error_text(reason))
+    console.print(
         f"queued again: {n} task(s); run a worker (or the same `legion run`) to process them"
     )
+    if refused:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -349,11 +354,20 @@ def cancel(
     task_ids: Annotated[list[int], typer.Argument(help="Task ids to cancel.")],
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
-    """Cancel tasks: queued ones at once, running ones when their worker next checks in."""
+    """Cancel tasks: queued ones at once, running ones when their worker next checks in.
+
+    Prints each task's status after the request; exits 1 if a task was not found.
+    """
     from .status import cancel_tasks
 
+    missing = []
     for task_id, st in _run(cancel_tasks(store, task_ids)):
         print(f"{task_id}\t{st or 'not found'}")
+        if st is None:
+            missing.append(task_id)
+    if missing:
+        ids = ", ".join(str(i) for i in missing)
+        raise _fail(f"not found: task {ids}", code=1)
 
 
 from .serve import register as _register_serve  # noqa: E402
