@@ -25,13 +25,19 @@ if TYPE_CHECKING:
     from ..bench.results import BenchResult
     from ..demo.compare import Comparison
 
-DEFAULT_OUT = Path("benchmarks/results")
+DEFAULT_OUT = Path("legion-bench")
+"""Under the current folder: a run never overwrites the tables committed in a clone
+(``benchmarks/results``) unless ``--out`` names them."""
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1/test"
 
 OutOpt = Annotated[
     Path,
     typer.Option(
-        "--out", "-o", help="Folder for NAME.json, NAME.md and NAME-*.png (created if missing)."
+        "--out",
+        "-o",
+        help="Folder for NAME.json, NAME.md and NAME-*.png (created if missing). Default: "
+        "legion-bench/ in the current folder; the tables committed in a clone are "
+        "benchmarks/results/ (write there with --out benchmarks/results).",
     ),
 ]
 PlotsOpt = Annotated[
