@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 
-class Window(str, Enum):
+class Window(StrEnum):
     sliding = "sliding"
     fixed = "fixed"
 
 
-class Distribution(str, Enum):
+class Distribution(StrEnum):
     uniform = "uniform"
     lognormal = "lognormal"
 
@@ -40,7 +40,9 @@ def sim(
         list[str] | None,
         typer.Option(metavar="NAME", help="A model name served (repeatable; default sim-model)."),
     ] = None,
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute (default unlimited).")] = None,
+    rpm: Annotated[
+        int | None, typer.Option(help="Requests per minute (default unlimited).")
+    ] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute (default unlimited).")] = None,
     max_concurrency: Annotated[
         int | None, typer.Option(help="Requests served at once (default unlimited).")
@@ -82,9 +84,9 @@ def sim(
     error_rate: Annotated[
         float | None, typer.Option(help="Fraction of requests answered 500/503.")
     ] = None,
-    hang_rate: Annotated[float | None, typer.Option(help="Fraction of requests never answered.")] = (
-        None
-    ),
+    hang_rate: Annotated[
+        float | None, typer.Option(help="Fraction of requests never answered.")
+    ] = None,
     hang_seconds: Annotated[
         float | None, typer.Option(help="Longest hang before a 504 (default 600).")
     ] = None,
