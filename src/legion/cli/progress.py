@@ -232,7 +232,8 @@ class LogsAboveLive:
         root = logging.getLogger()
         for handler in list(root.handlers):
             stream = getattr(handler, "stream", None)
-            if type(handler) is logging.StreamHandler and stream in (sys.stderr, sys.__stderr__):
+            ours = stream is not None and stream in (self.console.file, sys.stderr, sys.__stderr__)
+            if type(handler) is logging.StreamHandler and ours:
                 live = _ConsoleHandler(self.console)
                 live.setLevel(handler.level)
                 live.setFormatter(handler.formatter)
