@@ -126,7 +126,10 @@ def _open_replacing(path: Path) -> OutputFile:
         partial.unlink(missing_ok=True)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+        raise OutputError(
+            f"cannot write {path}: cannot create {partial.name} beside it to replace it "
+            f"whole ({exc.strerror})"
+        ) from None
     return OutputFile(fd, path=path, partial=partial, owned=True)
 
 
