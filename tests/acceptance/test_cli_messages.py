@@ -111,6 +111,10 @@ def test_bad_lines_and_task_errors_with_brackets(tmp_path: Path, bracketed: Path
     rows = read_jsonl(out)
     assert rows[0]["output"] == "fine"
     assert rows[2]["error"]["message"] == "[bold]boom[/] in [red]x"
+    st = legion("status", "--store", f"sqlite:///{tmp_path / 'db'}", env={"COLUMNS": "200"})
+    _clean(st)
+    assert st.returncode == 0
+    assert "RuntimeError: [bold]boom[/] in [red]x" in st.stdout
 
 
 def _unwrapped(help_text: str) -> str:
