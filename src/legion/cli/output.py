@@ -44,6 +44,15 @@ class OutputFile:
         self.partial = partial  # the file renamed over ``path`` at the end, if any
         self._owned = owned  # close the descriptor at the end
         self._closed = False
+        self._held: list[bytes] | None = None
+
+    def is_terminal(self) -> bool:
+        return os.isatty(self._fd)
+
+    def hold(self) -> None:
+        """Keep the lines until :meth:`commit`: for a terminal that a live display is
+        redrawing, where lines written meanwhile would tear it."""
+        self._held = []
 
     @property
     def replaces(self) -> bool:
@@ -51,6 +60,12 @@ class OutputFile:
         return self.partial is not None
 
     def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+            return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:
@@ -65,6 +80,9 @@ class OutputFile:
         """Make the written lines the output (rename over the target where it is replaced)."""
         if self._closed:
             return
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._write(b"".join(held))
         if self.partial is not None:
             os.fsync(self._fd)
         self._close()

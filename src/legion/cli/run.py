@@ -82,6 +82,8 @@ async def run_file(opts: RunOptions, console: Console) -> int:
     """Run every line; write one output line per input line; answer the exit code."""
     lines = list(read_jsonl(opts.input, opts.agent.name))
     out = open_output(opts.output)
+    if opts.progress and console.is_terminal and out.is_terminal():
+        out.hold()  # the live display redraws this terminal: the lines come after it
     try:
         code = await _run_lines(opts, console, lines, out)
     except BaseException:
@@ -151,6 +153,7 @@ async def _run_lines(
 
     for ln in list(sink.open.values()):  # not found in the store: say so, in its place
         sink.put(ln, None)
+    out.commit()  # every line is written: the output is complete before the summary
     _print_summary(console, tally, sink.report, interrupted and fatal is None)
     if llm_line:
         console.print(llm_line)
