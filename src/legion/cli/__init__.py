@@ -134,7 +134,10 @@ def run(
         typer.Option(
             "--output",
             "-o",
-            help="Where to write one JSON result per input line (default: stdout).",
+            help="Where to write one JSON result per input line, in input order, each as "
+            "soon as the lines before it are done (default: stdout). A file is written as "
+            "FILE.partial and renamed over FILE at the end, with your umask's mode; a device, "
+            "FIFO, /dev/stdout or symlink (its target) is written through, never replaced.",
         ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
@@ -189,8 +192,6 @@ def run(
     _setup_logging(verbose)
     if not input.is_file():
         raise _fail(f"no such input file: {input}")
-    if output is not None and not output.parent.exists():
-        raise _fail(f"cannot write {output}: {output.parent} does not exist")
     try:
         loaded = load_agent(agent)
     except LegionError as exc:
