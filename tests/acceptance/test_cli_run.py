@@ -349,3 +349,19 @@ def test_sim_help_is_the_commands_help() -> None:
         assert f"{flag} " in r.stdout, flag
     bad = legion("sim", "--window", "weekly")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_two_lines_with_one_key_each_get_their_line(tmp_path: Path, agents_file: Path) -> None:
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"n": 1, "_key": "same"}, {"n": 2}, {"n": 1, "_key": "same"}, {"n": 3}],
+    )
+    out = tmp_path / "out.jsonl"
+    store = f"sqlite:///{tmp_path / 'db'}"
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", str(out), "--store", store)
+    assert r.returncode == 0, r.stderr
+    rows = read_jsonl(out)
+    assert [row["line"] for row in rows] == [1, 2, 3, 4]
+    assert [row["output"] for row in rows] == [2, 3, 2, 4]
+    assert rows[0]["id"] == rows[2]["id"]
+    assert "done: 4/4" in r.stderr

@@ -76,3 +76,13 @@ def test_a_dangling_symlink_creates_its_target(tmp_path: Path) -> None:
     out.commit()
     assert stat.S_ISLNK(os.lstat(link).st_mode)
     assert (tmp_path / "real.jsonl").read_text() == "x\n"
+
+
+def test_closing_writes_what_waits_behind_a_line_that_never_came(tmp_path: Path) -> None:
+    out = open_output(tmp_path / "out.jsonl")
+    lines = OrderedLines(out, [1, 2, 3])
+    lines.put(3, b"three\n")
+    lines.put(2, b"two\n")
+    lines.close()
+    out.commit()
+    assert (tmp_path / "out.jsonl").read_bytes() == b"two\nthree\n"

@@ -199,3 +199,10 @@ class OrderedLines:
             self._next += 1
         if chunk:
             self._out.write(b"".join(chunk))
+
+    def close(self) -> None:
+        """Write what is still held back behind a line that never came, in order."""
+        rest = [self._ready.pop(n) for n in self._order[self._next :] if n in self._ready]
+        self._next = len(self._order)
+        if rest:
+            self._out.write(b"".join(rest))

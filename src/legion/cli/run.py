@@ -69,7 +69,15 @@ class Results:
     def __init__(self, lines: list[InputLine], out: OutputFile) -> None:
         self.writer = OrderedLines(out, [ln.line for ln in lines])
         self.report = RunReport()
-        self.open: dict[int, InputLine] = {}  # task id -> its line, until its result came
+        # task id -> its lines (two lines with one "_key" are one task), until it ends
+        self.open: dict[int, list[InputLine]] = {}
+
+    def expect(self, task_id: int, line: InputLine) -> None:
+        self.open.setdefault(task_id, []).append(line)
+
+    def finish(self, task_id: int, result: TaskResult | None) -> None:
+        for line in self.open.pop(task_id, []):
+            self.put(line, result)
 
     def put(self, line: InputLine, result: TaskResult | None) -> None:
         if result is not None:
@@ -137,7 +145,7 @@ async def _run_lines(
                 sessions=[ln.session for ln in good],
             )
             for ln, s in zip(good, submitted, strict=True):
-                sink.open[s.id] = ln
+                sink.expect(s.id, ln)
             resumed = {s.id for s in submitted if not s.created and s.status.terminal}
             with Progress(
                 tally, agent=opts.agent.name, console=console, enabled=opts.progress, llm=llm
@@ -151,8 +159,9 @@ async def _run_lines(
         fatal = rt.fatal_error
         llm_line = progress.llm_line()
 
-    for ln in list(sink.open.values()):  # not found in the store: say so, in its place
-        sink.put(ln, None)
+    for task_id in list(sink.open):  # not found in the store: say so, in its place
+        sink.finish(task_id, None)
+    sink.writer.close()
     out.commit()  # every line is written: the output is complete before the summary
     _print_summary(console, tally, sink.report, interrupted and fatal is None)
     if llm_line:
@@ -178,8 +187,9 @@ async def _collect(
 
     async def consume() -> None:
         async for r in rt.results(list(sink.open)):
-            tally.add(r, resumed=r.id in resumed)
-            sink.put(sink.open.pop(r.id), r)
+            for _ in sink.open.get(r.id, ()):
+                tally.add(r, resumed=r.id in resumed)
+            sink.finish(r.id, r)
 
     consumer = asyncio.ensure_future(consume())
     stopping = asyncio.ensure_future(stop.wait())
@@ -211,7 +221,7 @@ async def _refresh(rt: Runtime, progress: Progress) -> None:
 async def _settle_unfinished(rt: Runtime, sink: Results) -> None:
     """After an interrupted run, write where the unfinished tasks stand now."""
     for info in await rt.store.get_many(list(sink.open)):
-        sink.put(sink.open.pop(info.id), TaskResult.from_info(info))
+        sink.finish(info.id, TaskResult.from_info(info))
 
 
 def _install_signals(
