@@ -112,20 +112,47 @@ class Agent:
         """Map a submitted input to validated keyword arguments, or raise :class:`InputError`.
 
         A JSON object whose keys are all parameter names is taken as the arguments; an
-        agent with a single parameter also takes any other value as that parameter.
+        agent with a single parameter also takes any other value as that parameter. An
+        object that fits neither way is an error that names its unknown fields and the
+        parameters it lacks.
         """
         if isinstance(value, dict) and value.keys() <= self._names and (value or not self._one):
-            kwargs = value
-        elif self._one:
-            kwargs = {self.params[0]: value}
-        elif value is None and not self.params:
-            kwargs = {}
-        else:
-            expected = ", ".join(self.params) or "no parameters"
-            raise InputError(
-                f"agent {self.name!r} takes {expected}; got {type(value).__name__} "
-                f"{_preview(value)} (give a JSON object with those keys)"
-            )
+            return self._validate(value)
+        if self._one:
+            try:
+                return self._validator.model_validate({self.params[0]: value}).__dict__
+            except ValidationError as exc:
+                if not (isinstance(value, dict) and self._as_arguments(value, exc)):
+                    raise InputError(_validation_message(self.name, exc)) from None
+        if isinstance(value, dict):
+            raise InputError(self._unfit_fields(value))
+        if value is None and not self.params:
+            return {}
+        expected = ", ".join(self.params) or "no parameters"
+        raise InputError(
+            f"agent {self.name!r} takes {expected}; got {type(value).__name__} "
+            f"{_preview(value)} (give a JSON object with those keys)"
+        )
+
+    def _as_arguments(self, value: dict[str, Any], exc: ValidationError) -> bool:
+        """Whether an object refused as the single parameter's value was meant as its
+        arguments: it names the parameter, or the parameter takes no object at all."""
+        (param,) = self.params
+        return param in value or any(tuple(e["loc"]) == (param,) for e in exc.errors())
+
+    def _unfit_fields(self, value: dict[str, Any]) -> str:
+        fields = self._validator.model_fields
+        unknown = [str(k) for k in value if k not in self._names]
+        missing = [p for p in self.params if p not in value and fields[p].is_required()]
+        parts = []
+        if unknown:
+            takes = ", ".join(self.params) or "no parameters"
+            parts.append(f"unknown field(s) {', '.join(unknown)} (it takes {takes})")
+        if missing:
+            parts.append(f"missing field(s) {', '.join(missing)}")
+        return f"input does not fit agent {self.name!r}: " + "; ".join(parts)
+
+    def _validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         try:
             return self._validator.model_validate(kwargs).__dict__
         except ValidationError as exc:
@@ -249,7 +276,8 @@ def _validation_message(agent_name: str, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(x) for x in err["loc"]) or "input"
-        parts.append(f"{loc}: {err['msg']}")
+        missing = err["type"] == "missing" and len(err["loc"]) == 1
+        parts.append(f"{loc}: {err['msg']}" + (" (missing from the input)" if missing else ""))
     return f"input does not fit agent {agent_name!r}: " + "; ".join(parts)
 
 

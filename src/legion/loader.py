@@ -53,12 +53,26 @@ def load_agent(ref: str) -> Agent:
     module = load_module(module_ref)
     found = getattr(module, attr, None)
     if found is None:
-        raise AgentLoadError(f"{module_ref} has no attribute {attr!r}")
+        raise AgentLoadError(f"{module_ref} has no attribute {attr!r}; {_found_here(module)}")
     if isinstance(found, Agent):
         return found
     if inspect.iscoroutinefunction(found):
         return agent(found)
-    raise AgentLoadError(f"{ref} is not an agent: decorate an `async def` with @legion.agent")
+    raise AgentLoadError(
+        f"{ref} is not an agent: decorate an `async def` with @legion.agent; " + _found_here(module)
+    )
+
+
+def _found_here(module: ModuleType) -> str:
+    """What a wrong name could have been: the agents of ``module``, by the name to give."""
+    names = sorted(
+        name
+        for name, value in vars(module).items()
+        if isinstance(value, Agent) and not name.startswith("_")
+    )
+    if not names:
+        return "it defines no agent (an `async def` decorated with @legion.agent)"
+    return "its agents: " + ", ".join(names)
 
 
 def agents_in(module: ModuleType) -> list[Agent]:

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .errors import ConfigError, LegionError
+from .extras import install_hint
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
@@ -66,9 +67,7 @@ def enable_tracing(provider: TracerProvider | None = None) -> None:
     try:
         from opentelemetry import trace
     except ImportError as exc:
-        raise ConfigError(
-            f"tracing needs OpenTelemetry ({exc}): pip install 'legion[otel]'"
-        ) from exc
+        raise ConfigError(f"tracing needs OpenTelemetry ({exc}): {install_hint('otel')}") from exc
     _tracer = trace.get_tracer("legion", tracer_provider=provider)
     tracing = True
 
@@ -110,7 +109,7 @@ def configure_tracing(exporter: str, *, service_name: str = "legion") -> Callabl
             span_exporter = ConsoleSpanExporter(out=sys.stderr)
     except ImportError as exc:
         raise ConfigError(
-            f"exporting traces needs the OpenTelemetry SDK ({exc}): pip install 'legion[otel]'"
+            f"exporting traces needs the OpenTelemetry SDK ({exc}): {install_hint('otel')}"
         ) from exc
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))

@@ -18,7 +18,7 @@ LEGION = [sys.executable, "-m", "legion"]
 
 
 def legion(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*LEGION, *args],
@@ -26,6 +26,7 @@ def legion(
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 

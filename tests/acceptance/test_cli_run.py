@@ -259,3 +259,109 @@ def test_the_process_executor_isolates_a_segfault_from_the_command_line(tmp_path
     assert [row["output"] for row in rows if row["status"] == "succeeded"] == [0, 1, 2, 4, 5, 6, 7]
     (crashed,) = [row for row in rows if row["status"] != "succeeded"]
     assert crashed["line"] == 4 and "SIGSEGV" in crashed["error"]["message"]
+
+
+def test_extra_and_missing_fields_are_named(tmp_path: Path) -> None:
+    agents = tmp_path / "mapping.py"
+    agents.write_text(
+        "import legion\n\n"
+        "@legion.agent\nasync def ask(ctx, question: str):\n    return question.upper()\n\n"
+        "@legion.agent\nasync def add(ctx, a: int, b: int):\n    return a + b\n"
+    )
+    store = f"sqlite:///{tmp_path / 'db'}"
+    inp = write_jsonl(
+        tmp_path / "one.jsonl",
+        [{"question": "why?", "id": 1}, {"question": "ok"}, "bare", {"q": "x"}],
+    )
+    out = tmp_path / "one.out.jsonl"
+    r = legion("run", f"{agents}:ask", "-i", str(inp), "-o", str(out), "--store", store)
+    assert r.returncode == 1, r.stderr
+    rows = read_jsonl(out)
+    assert rows[0]["error"]["message"] == (
+        "input does not fit agent 'ask': unknown field(s) id (it takes question)"
+    )
+    assert [rows[1]["output"], rows[2]["output"]] == ["OK", "BARE"]
+    assert rows[3]["error"]["message"] == (
+        "input does not fit agent 'ask': unknown field(s) q (it takes question); "
+        "missing field(s) question"
+    )
+
+    inp = write_jsonl(tmp_path / "two.jsonl", [{"a": 1, "b": 2, "id": 7}, {"a": 1}])
+    out = tmp_path / "two.out.jsonl"
+    r = legion("run", f"{agents}:add", "-i", str(inp), "-o", str(out), "--store", store)
+    assert r.returncode == 1, r.stderr
+    rows = read_jsonl(out)
+    assert rows[0]["error"]["message"] == (
+        "input does not fit agent 'add': unknown field(s) id (it takes a, b)"
+    )
+    assert rows[1]["error"]["message"] == (
+        "input does not fit agent 'add': b: Field required (missing from the input)"
+    )
+
+
+def test_cancel_and_retry_say_why_they_did_nothing(tmp_path: Path, agents_file: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}, {"n": "x"}])
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", "/dev/null", "--store", store)
+    assert r.returncode == 1  # task 1 succeeded, task 2 failed (its input)
+
+    c = legion("cancel", "1", "999", "--store", store)
+    assert c.returncode == 1
+    assert c.stdout.splitlines() == ["1\tsucceeded", "999\tnot found"]
+    assert c.stderr.strip() == "error: not found: task 999"
+
+    rq = legion("retry", "1", "2", "999", "--store", store)
+    assert rq.returncode == 1
+    assert rq.stderr.splitlines() == [
+        "error: task 1 succeeded; only dead, failed or cancelled tasks can be retried",
+        "error: task 999 not found",
+        "queued again: 1 task(s); run a worker (or the same `legion run`) to process them",
+    ]
+    ok = legion("retry", "2", "--store", store)  # queued now: nothing to do, and it says so
+    assert ok.returncode == 1 and "task 2 queued; only dead" in ok.stderr
+
+
+def test_a_wrong_agent_name_lists_the_agents_found(tmp_path: Path, agents_file: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [1])
+    r = legion("run", f"{agents_file}:nope", "-i", str(inp), "--store", "sqlite:///:memory:")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f"error: {agents_file} has no attribute 'nope'; its agents: doomed, slow, typed, work"
+    )
+    empty = tmp_path / "plain.py"
+    empty.write_text("async def helper(ctx):\n    return 1\nVALUE = 2\n")
+    r = legion("run", f"{empty}:VALUE", "-i", str(inp), "--store", "sqlite:///:memory:")
+    assert r.returncode == 2
+    assert "is not an agent" in r.stderr and "it defines no agent" in r.stderr
+
+
+def test_sim_help_is_the_commands_help() -> None:
+    r = legion("sim", "--help")
+    assert r.returncode == 0
+    assert r.stdout.startswith("Usage: ") and " sim [OPTIONS]" in r.stdout.splitlines()[0]
+    for flag in (
+        "--host", "--port", "--allow-remote", "--config", "--model", "--rpm", "--tpm",
+        "--max-concurrency", "--window", "--window-seconds", "--rejected-count-against-limit",
+        "--latency", "--latency-jitter", "--latency-distribution", "--tokens-per-second",
+        "--min-output-tokens", "--max-output-tokens", "--error-rate", "--hang-rate",
+        "--hang-seconds", "--malformed-rate", "--stall-rate", "--seed", "--api-key",
+    ):  # fmt: skip
+        assert f"{flag} " in r.stdout, flag
+    bad = legion("sim", "--window", "weekly")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_two_lines_with_one_key_each_get_their_line(tmp_path: Path, agents_file: Path) -> None:
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"n": 1, "_key": "same"}, {"n": 2}, {"n": 1, "_key": "same"}, {"n": 3}],
+    )
+    out = tmp_path / "out.jsonl"
+    store = f"sqlite:///{tmp_path / 'db'}"
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", str(out), "--store", store)
+    assert r.returncode == 0, r.stderr
+    rows = read_jsonl(out)
+    assert [row["line"] for row in rows] == [1, 2, 3, 4]
+    assert [row["output"] for row in rows] == [2, 3, 2, 4]
+    assert rows[0]["id"] == rows[2]["id"]
+    assert "done: 4/4" in r.stderr

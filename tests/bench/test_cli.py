@@ -46,3 +46,18 @@ def test_bench_lists_every_scenario() -> None:
     assert done.returncode == 0
     for name in ("overhead", "capacity", "concurrency", "sequential-vs-scaled", "scale-out"):
         assert name in done.stdout
+
+
+def test_bench_writes_under_the_current_folder_by_default(tmp_path: Path) -> None:
+    # Run where a clone keeps its committed tables: they are left alone.
+    committed = tmp_path / "benchmarks" / "results" / "overhead.md"
+    committed.parent.mkdir(parents=True)
+    committed.write_text("the committed table\n")
+    done = legion(
+        "bench", "overhead", "--tasks", "100", "--repeat", "1", "--sqlite-only", "--no-plots",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert committed.read_text() == "the committed table\n"
+    assert (tmp_path / "legion-bench" / "overhead.json").is_file()
+    assert "wrote legion-bench/overhead.json" in done.stderr

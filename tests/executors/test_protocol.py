@@ -152,7 +152,9 @@ def test_without_the_ray_extra_the_ray_executor_says_how_to_get_it() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 1
-    assert "ConfigError: the ray executor needs Ray: pip install 'legion[ray]'" in done.stderr
+    assert (
+        "ConfigError: the ray executor needs Ray: pip install 'legion-runtime[ray]'" in done.stderr
+    )
 
 
 def test_the_executors_import_no_ray_until_asked() -> None:

@@ -43,6 +43,48 @@ def test_arguments_that_do_not_fit_raise_input_error() -> None:
         one.arguments(5)
 
 
+def test_an_extra_field_is_named_as_unknown() -> None:
+    with pytest.raises(InputError) as one_extra:
+        one.arguments({"question": "q", "id": 1})
+    assert str(one_extra.value) == (
+        "input does not fit agent 'one': unknown field(s) id (it takes question)"
+    )
+    with pytest.raises(InputError) as two_extra:
+        two.arguments({"a": 1, "id": 1, "tag": "x"})
+    assert str(two_extra.value) == (
+        "input does not fit agent 'two-params': unknown field(s) id, tag (it takes a, b)"
+    )
+
+
+def test_a_missing_field_is_named_as_missing() -> None:
+    with pytest.raises(InputError) as wrong_name:
+        one.arguments({"q": "what?"})
+    assert str(wrong_name.value) == (
+        "input does not fit agent 'one': unknown field(s) q (it takes question); "
+        "missing field(s) question"
+    )
+    with pytest.raises(InputError) as empty:
+        one.arguments({})
+    assert str(empty.value) == "input does not fit agent 'one': missing field(s) question"
+    with pytest.raises(InputError) as two_missing:
+        two.arguments({"b": 1})
+    assert str(two_missing.value) == (
+        "input does not fit agent 'two-params': a: Field required (missing from the input)"
+    )
+
+
+def test_a_single_object_parameter_still_takes_objects_with_other_fields() -> None:
+    @legion.agent
+    async def raw(ctx: legion.Context, doc: dict[str, int]) -> int:
+        return len(doc)
+
+    assert raw.arguments({"x": 1, "y": 2}) == {"doc": {"x": 1, "y": 2}}
+    with pytest.raises(InputError, match=r"doc\.x: Input should be a valid integer"):
+        raw.arguments({"x": "a"})
+    with pytest.raises(InputError, match=r"unknown field\(s\) id \(it takes doc\)"):
+        raw.arguments({"doc": {"x": 1}, "id": 2})
+
+
 def test_a_single_dict_parameter_takes_any_object() -> None:
     @legion.agent
     async def raw(ctx: legion.Context, doc: dict[str, int]) -> int:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from legion.errors import ConfigError
+from legion.extras import install_hint
 
 
 def with_params(url: str, **params: str) -> str:
@@ -27,7 +28,7 @@ async def fresh_schema(url: str, *, pool_max_size: int = 10) -> AsyncIterator[st
         from psycopg import sql
     except ImportError as exc:  # pragma: no cover - the postgres extra is missing
         raise ConfigError(
-            f"PostgreSQL benchmarks need psycopg: pip install 'legion[postgres]' ({exc})"
+            f"PostgreSQL benchmarks need psycopg ({exc}): {install_hint('postgres')}"
         ) from exc
     schema = f"legion_bench_{uuid.uuid4().hex[:12]}"
     try:

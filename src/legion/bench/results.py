@@ -100,7 +100,7 @@ class BenchResult:
 
 def write_result(result: BenchResult, folder: Path, *, plots: bool = True) -> list[Path]:
     """Write ``NAME.json``, ``NAME.md`` and (with ``plots``) ``NAME-*.png`` into ``folder``;
-    answer the paths written. Plotting needs matplotlib (``pip install 'legion[bench]'``);
+    answer the paths written. Plotting needs matplotlib (``pip install 'legion-runtime[bench]'``);
     without it the plots are skipped with a note in the markdown."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -108,7 +108,9 @@ def write_result(result: BenchResult, folder: Path, *, plots: bool = True) -> li
         try:
             written += _draw_all(result, folder)
         except ImportError:
-            result.notes.append("plots skipped: matplotlib is not installed (legion[bench])")
+            result.notes.append(
+                "plots skipped: matplotlib is not installed (extra legion-runtime[bench])"
+            )
     payload = {
         "benchmark": result.name,
         "title": result.title,

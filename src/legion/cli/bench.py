@@ -15,26 +15,33 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..bench.results import cpu_count
 from ..errors import LegionError
-from .progress import stderr_console
+from .progress import error_text, stderr_console
 
 if TYPE_CHECKING:
     from ..bench.results import BenchResult
     from ..demo.compare import Comparison
 
-DEFAULT_OUT = Path("benchmarks/results")
+DEFAULT_OUT = Path("legion-bench")
+"""Under the current folder: a run never overwrites the tables committed in a clone
+(``benchmarks/results``) unless ``--out`` names them."""
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1/test"
 
 OutOpt = Annotated[
     Path,
     typer.Option(
-        "--out", "-o", help="Folder for NAME.json, NAME.md and NAME-*.png (created if missing)."
+        "--out",
+        "-o",
+        help="Folder for NAME.json, NAME.md and NAME-*.png (created if missing). Default: "
+        "legion-bench/ in the current folder; the tables committed in a clone are "
+        "benchmarks/results/ (write there with --out benchmarks/results).",
     ),
 ]
 PlotsOpt = Annotated[
-    bool, typer.Option(help="Draw PNG plots (needs matplotlib: pip install 'legion[bench]').")
+    bool, typer.Option(help="Draw PNG plots (needs matplotlib: extra legion-runtime[bench]).")
 ]
 PostgresOpt = Annotated[
     str,
@@ -51,7 +58,7 @@ def _progress(console: Console) -> Callable[[str], None]:
     start = time.monotonic()
 
     def say(message: str) -> None:
-        console.print(f"[dim]{time.monotonic() - start:7.1f}s[/] {message}", highlight=False)
+        console.print(Text.assemble((f"{time.monotonic() - start:7.1f}s", "dim"), " ", message))
 
     return say
 
@@ -78,14 +85,16 @@ def _run_scenario(
     load = load_average()
     if load is not None and load > cpu_count() / 2:
         console.print(
-            f"[yellow]note:[/] the machine is busy (load {load:.1f} on {cpu_count()} CPUs): "
-            "absolute numbers will be low; the ratios measured in one run hold better",
-            highlight=False,
+            Text.assemble(
+                ("note:", "yellow"),
+                f" the machine is busy (load {load:.1f} on {cpu_count()} CPUs): "
+                "absolute numbers will be low; the ratios measured in one run hold better",
+            )
         )
     try:
         result = asyncio.run(make(_progress(console)))
     except (LegionError, RuntimeError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(error_text(str(exc)))
         raise typer.Exit(2) from None
     result.load_before = load
     return result
@@ -98,6 +107,7 @@ def register(app: typer.Typer) -> None:
         help="Measured benchmarks, each next to a baseline in the same run. Results go to "
         "--out as JSON, a markdown table and PNG plots; the table is also printed.",
         no_args_is_help=True,
+        rich_markup_mode=None,
     )
 
     @bench.command("overhead")
@@ -271,7 +281,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _bad(message: str) -> typer.Exit:
-    stderr_console().print(f"[red]error:[/] {message}", highlight=False)
+    stderr_console().print(error_text(message))
     return typer.Exit(2)
 
 
@@ -377,7 +387,7 @@ def demo(
 def _print_comparison(c: Comparison) -> None:
     from ..demo.compare import ideal_lines, rows
 
-    out = Console(highlight=False)
+    out = Console(highlight=False, markup=False)
     table = Table(title="legion demo: sequential vs scaled", title_justify="left")
     table.add_column("")
     table.add_column("sequential (legacy)", justify="right")

@@ -6,6 +6,7 @@ plain line every few seconds so long runs still show progress.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterable
@@ -15,12 +16,13 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ..llm.pricing import format_cost
 from ..stats import LatencySample, Statistics
 
 if TYPE_CHECKING:
-    from ..llm.client import LLMClient
+    from ..llm.client import LLMClient, LLMStatistics
 from ..task import TaskResult, TaskStatus
 
 
@@ -85,6 +87,7 @@ class Progress:
         self.worker_stats: Statistics | None = None
         self.running = 0  # in flight on other workers, when there is no local one
         self._last_poll = 0.0
+        self._logs = LogsAboveLive(console)
 
     def __enter__(self) -> Progress:
         if self.enabled and self.console.is_terminal:
@@ -92,11 +95,14 @@ class Progress:
                 self._render(), console=self.console, refresh_per_second=4, transient=False
             )
             self._live.__enter__()
+            self._logs = LogsAboveLive(self.console)
+            self._logs.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.update(self._render())
+            self._logs.__exit__()
             self._live.__exit__(None, None, None)
 
     def due(self, every: float = 1.0) -> bool:
@@ -123,7 +129,7 @@ class Progress:
         t, w = self.tally, self.worker_stats
         parts = [
             f"{t.done}/{t.total} done",
-            f"{t.rate():.0f} tasks/s",
+            f"{rate_text(t.rate())} tasks/s",
             f"p50 {_ms(t.latency.quantile(0.5))}",
             f"p95 {_ms(t.latency.quantile(0.95))}",
             f"in flight {w.in_flight if w else self.running}",
@@ -139,10 +145,9 @@ class Progress:
         s = self.llm.statistics()
         if not any(r.calls for r in s.routes.values()):
             return ""
-        limited = sum(r.capacity.rate_limited for r in s.routes.values())
         return (
-            f"LLM {sum(r.attempts for r in s.routes.values())} requests, {limited} 429s, "
-            f"{s.usage.total:,} tokens, {format_cost(s.cost_usd, s.unpriced_calls, hint=False)}"
+            llm_counts(s)
+            + f", {s.usage.total:,} tokens, {format_cost(s.cost_usd, s.unpriced_calls, hint=False)}"
             + _local_speed({id(r.provider): r.provider for r in self.llm.routes.values()}.values())
         )
 
@@ -178,7 +183,7 @@ class Progress:
             "done",
             f"{t.done}/{t.total} ({pct:.1f} %)" + (f", {t.resumed} resumed" if t.resumed else ""),
         )
-        grid.add_row("throughput", f"{t.rate():.1f} tasks/s over {t.elapsed:.1f} s")
+        grid.add_row("throughput", f"{rate_text(t.rate())} tasks/s over {t.elapsed:.1f} s")
         grid.add_row(
             "latency", f"p50 {_ms(t.latency.quantile(0.5))}  p95 {_ms(t.latency.quantile(0.95))}"
         )
@@ -196,6 +201,73 @@ class Progress:
         return grid
 
 
+def rate_text(per_second: float) -> str:
+    """A rate with the precision it deserves: 0.04, 0.4, 9.5, 12, 1,234."""
+    if per_second <= 0:
+        return "0"
+    if per_second < 0.1:
+        return f"{per_second:.2f}"
+    if per_second < 10:
+        return f"{per_second:.1f}"
+    return f"{per_second:,.0f}"
+
+
+def llm_counts(s: LLMStatistics) -> str:
+    """Requests sent to the providers, calls waiting for their turn, and 429s.
+
+    Routes that share a provider and model share one capacity: count it once."""
+    capacities = {r.capacity.name: r.capacity for r in s.routes.values()}
+    sent = sum(c.requests for c in capacities.values())
+    waiting = sum(c.waiting for c in capacities.values())
+    limited = sum(c.rate_limited for c in capacities.values())
+    return f"LLM {sent:,} sent, {waiting:,} waiting, {limited:,} 429s"
+
+
+class LogsAboveLive:
+    """While a live display runs, log records print above it through its console
+    (a handler writing straight to stderr would leave a stale copy of the display
+    behind each record); the root logger's stderr handlers are restored afterwards."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._swapped: list[tuple[logging.Handler, logging.Handler]] = []
+
+    def __enter__(self) -> LogsAboveLive:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            stream = getattr(handler, "stream", None)
+            ours = stream is not None and stream in (self.console.file, sys.stderr, sys.__stderr__)
+            if type(handler) is logging.StreamHandler and ours:
+                live = _ConsoleHandler(self.console)
+                live.setLevel(handler.level)
+                live.setFormatter(handler.formatter)
+                for f in handler.filters:
+                    live.addFilter(f)
+                root.removeHandler(handler)
+                root.addHandler(live)
+                self._swapped.append((handler, live))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        root = logging.getLogger()
+        for handler, live in self._swapped:
+            root.removeHandler(live)
+            root.addHandler(handler)
+        self._swapped.clear()
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), markup=False, highlight=False)
+        except Exception:
+            self.handleError(record)
+
+
 def _local_speed(providers: Iterable[object]) -> str:
     """The tokens/s of the local models among ``providers`` (the machine is their limit)."""
     from ..llm.local import LocalProvider
@@ -204,5 +276,14 @@ def _local_speed(providers: Iterable[object]) -> str:
     return "".join(f", {s.tokens_per_second:.1f} tok/s" for s in speeds if s.completion_tokens)
 
 
+def error_text(message: str) -> Text:
+    """``error: MESSAGE``, the message verbatim."""
+    return Text.assemble(("error:", "red"), " ", message)
+
+
 def stderr_console() -> Console:
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    """The console of every message on stderr. Markup is off: a message is printed as
+    written, so square brackets in a path, an error or an install hint
+    (``'.[server]'``) reach the user intact; styles are given with ``style=`` or
+    :class:`rich.text.Text`."""
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True, markup=False)

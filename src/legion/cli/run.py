@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
-import tempfile
-from collections.abc import Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from .. import codec
 from ..agent import Agent
+from ..diagnostics.report import Diagnostic
 from ..diagnostics.summary import summarize
 from ..inputs import InputLine, read_jsonl
 from ..runtime import Runtime
 from ..task import TaskResult, TaskStatus
 from .llm_options import ExecutorOptions, LLMOptions, llm_config
-from .progress import Progress, RunTally
+from .output import OrderedLines, OutputFile, open_output
+from .progress import Progress, RunTally, rate_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +46,71 @@ class LineResult:
     result: TaskResult | None = None
 
 
+@dataclass
+class RunReport:
+    """What the summary needs once the lines are written: the first failures and every
+    async-pitfall finding (the outputs themselves are not kept)."""
+
+    failures: list[tuple[int, TaskResult]] = field(default_factory=list)
+    failed: int = 0
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def add(self, line: int, result: TaskResult) -> None:
+        self.diagnostics.extend(result.diagnostics)
+        if not result.ok and result.error is not None:
+            self.failed += 1
+            if len(self.failures) < 5:
+                self.failures.append((line, replace(result, output=None, diagnostics=())))
+
+
+class Results:
+    """Each line's record goes to the output, in input order, as soon as it can."""
+
+    def __init__(self, lines: list[InputLine], out: OutputFile) -> None:
+        self.writer = OrderedLines(out, [ln.line for ln in lines])
+        self.report = RunReport()
+        # task id -> its lines (two lines with one "_key" are one task), until it ends
+        self.open: dict[int, list[InputLine]] = {}
+
+    def expect(self, task_id: int, line: InputLine) -> None:
+        self.open.setdefault(task_id, []).append(line)
+
+    def finish(self, task_id: int, result: TaskResult | None) -> None:
+        for line in self.open.pop(task_id, []):
+            self.put(line, result)
+
+    def put(self, line: InputLine, result: TaskResult | None) -> None:
+        if result is not None:
+            self.report.add(line.line, result)
+        record = output_record(LineResult(line, result))
+        self.writer.put(line.line, codec.dumps(record) + b"\n")
+
+
 async def run_file(opts: RunOptions, console: Console) -> int:
     """Run every line; write one output line per input line; answer the exit code."""
     lines = list(read_jsonl(opts.input, opts.agent.name))
+    out = open_output(opts.output)
+    if opts.progress and console.is_terminal and out.is_terminal():
+        out.hold()  # the live display redraws this terminal: the lines come after it
+    try:
+        code = await _run_lines(opts, console, lines, out)
+    except BaseException:
+        out.abort()
+        raise
+    out.commit()
+    return code
+
+
+async def _run_lines(
+    opts: RunOptions, console: Console, lines: list[InputLine], out: OutputFile
+) -> int:
     bad = [ln for ln in lines if ln.error is not None]
     good = [ln for ln in lines if ln.error is None]
+    sink = Results(lines, out)
     for ln in bad:
-        console.print(f"[yellow]skipped[/] {opts.input}:{ln.line}: {ln.error}", highlight=False)
+        console.print(f"skipped {opts.input}:{ln.line}: {ln.error}", style="yellow")
+        sink.put(ln, None)
     tally = RunTally(total=len(lines), bad_lines=len(bad))
-    by_id: dict[int, LineResult] = {}
     interrupted = False
     async with AsyncExitStack() as stack:
         llm = None
@@ -62,12 +118,10 @@ async def run_file(opts: RunOptions, console: Console) -> int:
             from ..llm.config import build_client
 
             config, llm_note = llm_config(opts.llm)
-            console.print(llm_note, highlight=False)
+            console.print(llm_note)
             llm = await stack.enter_async_context(await build_client(config))
         else:
-            console.print(
-                "no local worker: tasks run on `legion worker` processes", highlight=False
-            )
+            console.print("no local worker: tasks run on `legion worker` processes")
         rt = await stack.enter_async_context(
             Runtime(
                 opts.store,
@@ -91,27 +145,29 @@ async def run_file(opts: RunOptions, console: Console) -> int:
                 sessions=[ln.session for ln in good],
             )
             for ln, s in zip(good, submitted, strict=True):
-                by_id[s.id] = LineResult(ln)
+                sink.expect(s.id, ln)
             resumed = {s.id for s in submitted if not s.created and s.status.terminal}
             with Progress(
                 tally, agent=opts.agent.name, console=console, enabled=opts.progress, llm=llm
             ) as progress:
-                interrupted = await _collect(rt, by_id, resumed, tally, progress, stop)
+                interrupted = await _collect(rt, sink, resumed, tally, progress, stop)
             if interrupted:
                 await rt.drain()
-                await _settle_unfinished(rt, by_id)
+                await _settle_unfinished(rt, sink)
         finally:
             _remove_signals(loop)
         fatal = rt.fatal_error
         llm_line = progress.llm_line()
 
-    results = sorted([*by_id.values(), *(LineResult(b) for b in bad)], key=lambda r: r.line.line)
-    _write_output(results, opts.output)
-    _print_summary(console, tally, results, interrupted and fatal is None)
+    for task_id in list(sink.open):  # not found in the store: say so, in its place
+        sink.finish(task_id, None)
+    sink.writer.close()
+    out.commit()  # every line is written: the output is complete before the summary
+    _print_summary(console, tally, sink.report, interrupted and fatal is None)
     if llm_line:
-        console.print(llm_line, highlight=False)
+        console.print(llm_line)
     if fatal is not None:
-        console.print(f"[red]error:[/] stopped the run: {fatal}", highlight=False)
+        console.print(Text.assemble(("error:", "red"), f" stopped the run: {fatal}"))
         return 2
     if interrupted:
         return 130
@@ -120,7 +176,7 @@ async def run_file(opts: RunOptions, console: Console) -> int:
 
 async def _collect(
     rt: Runtime,
-    by_id: dict[int, LineResult],
+    sink: Results,
     resumed: set[int],
     tally: RunTally,
     progress: Progress,
@@ -130,9 +186,10 @@ async def _collect(
     whether the run was interrupted."""
 
     async def consume() -> None:
-        async for r in rt.results(list(by_id)):
-            by_id[r.id].result = r
-            tally.add(r, resumed=r.id in resumed)
+        async for r in rt.results(list(sink.open)):
+            for _ in sink.open.get(r.id, ()):
+                tally.add(r, resumed=r.id in resumed)
+            sink.finish(r.id, r)
 
     consumer = asyncio.ensure_future(consume())
     stopping = asyncio.ensure_future(stop.wait())
@@ -161,11 +218,10 @@ async def _refresh(rt: Runtime, progress: Progress) -> None:
         progress.update(None, running=counts.get(TaskStatus.RUNNING, 0))
 
 
-async def _settle_unfinished(rt: Runtime, by_id: dict[int, LineResult]) -> None:
-    """After an interrupted run, read where the unfinished tasks stand now."""
-    open_ids = [i for i, r in by_id.items() if r.result is None]
-    for info in await rt.store.get_many(open_ids):
-        by_id[info.id].result = TaskResult.from_info(info)
+async def _settle_unfinished(rt: Runtime, sink: Results) -> None:
+    """After an interrupted run, write where the unfinished tasks stand now."""
+    for info in await rt.store.get_many(list(sink.open)):
+        sink.finish(info.id, TaskResult.from_info(info))
 
 
 def _install_signals(
@@ -179,8 +235,9 @@ def _install_signals(
         worker = rt.worker
         if presses == 1:
             console.print(
-                f"[yellow]{signal.Signals(signum).name}: finishing running tasks; nothing is lost "
-                "(again to release them now; re-run the same command to resume)[/]"
+                f"{signal.Signals(signum).name}: finishing running tasks; nothing is lost "
+                "(again to release them now; re-run the same command to resume)",
+                style="yellow",
             )
             stop.set()
             if worker is not None:
@@ -232,31 +289,7 @@ def output_record(r: LineResult) -> dict[str, Any]:
     return record
 
 
-def _write_output(results: Iterable[LineResult], path: Path | None) -> None:
-    if path is None:
-        _write_lines(results, sys.stdout)
-        sys.stdout.flush()
-        return
-    # Write beside the target and rename: a crash never leaves a half-written file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            _write_lines(results, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_lines(results: Iterable[LineResult], f: TextIO) -> None:
-    for r in results:
-        f.write(codec.dumps(output_record(r)).decode())
-        f.write("\n")
-
-
-def _print_summary(
-    console: Console, tally: RunTally, results: list[LineResult], interrupted: bool
-) -> None:
+def _print_summary(console: Console, tally: RunTally, report: RunReport, interrupted: bool) -> None:
     counts = {s: n for s, n in tally.by_status.items() if n}
     parts = [f"{n} {s}" for s, n in counts.items()]
     if tally.bad_lines:
@@ -269,40 +302,37 @@ def _print_summary(
     )
     head = "interrupted" if interrupted else "done"
     console.print(
-        f"[bold]{head}[/]: {tally.done}/{tally.total} in {tally.elapsed:.1f} s "
-        f"({tally.rate():.0f} tasks/s{lat}) - " + (", ".join(parts) or "nothing to do"),
-        highlight=False,
+        Text.assemble(
+            (head, "bold"),
+            f": {tally.done}/{tally.total} in {tally.elapsed:.1f} s "
+            f"({rate_text(tally.rate())} tasks/s{lat}) - " + (", ".join(parts) or "nothing to do"),
+        )
     )
-    _print_diagnostics(console, results)
+    _print_diagnostics(console, report.diagnostics)
     if tally.resumed:
-        console.print(
-            f"{tally.resumed} finished in an earlier run and were not run again", highlight=False
-        )
-    failures = [r for r in results if (r.result and not r.result.ok and r.result.error)]
-    for r in failures[:5]:
-        err = r.result.error if r.result else None
-        if err is not None:
+        console.print(f"{tally.resumed} finished in an earlier run and were not run again")
+    for line, result in sorted(report.failures, key=lambda f: f[0]):
+        if result.error is not None:
             console.print(
-                f"  line {r.line.line}: {r.result.status if r.result else ''} "
-                f"{err.type}: {err.message}",
-                highlight=False,
+                f"  line {line}: {result.status} {result.error.type}: {result.error.message}"
             )
-    if len(failures) > 5:
+    if report.failed > len(report.failures):
         console.print(
-            f"  ... and {len(failures) - 5} more (see the output file or `legion status`)",
-            highlight=False,
+            f"  ... and {report.failed - len(report.failures)} more "
+            "(see the output file or `legion status`)"
         )
 
 
-def _print_diagnostics(console: Console, results: list[LineResult]) -> None:
-    found = [d for r in results if r.result is not None for d in r.result.diagnostics]
+def _print_diagnostics(console: Console, found: list[Diagnostic]) -> None:
     if not found:
         return
     groups = summarize(found)
     console.print(
-        f"[yellow]async pitfalls[/] ({len(found)} findings; see `legion status --advice`):"
+        Text.assemble(
+            ("async pitfalls", "yellow"), f" ({len(found)} findings; see `legion status --advice`):"
+        )
     )
     for group in groups[:8]:
-        console.print(f"  {group.line()}", highlight=False, markup=False)
+        console.print(f"  {group.line()}")
     if len(groups) > 8:
-        console.print(f"  ... and {len(groups) - 8} more", highlight=False)
+        console.print(f"  ... and {len(groups) - 8} more")

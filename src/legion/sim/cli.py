@@ -89,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator until SIGINT or SIGTERM; return the exit status."""
     parser = build_parser()
-    flags = vars(parser.parse_args(argv))
+    return run(vars(parser.parse_args(argv)))
+
+
+def run(flags: dict[str, Any]) -> int:
+    """Run the simulator with the settings given as flags (by field name; those absent
+    come from ``flags["config"]``, then the defaults)."""
+    flags = dict(flags)
     try:
         settings = _load_config(flags.pop("config")) if "config" in flags else {}
         settings.update(flags)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..extras import install_hint
 from .base import Event, MemoryWrite, Reclaimed, StepInfo, Store, WorkerInfo, WriteBatch
 from .sqlite import SQLiteStore
 
@@ -43,7 +44,7 @@ def _postgres_store() -> type[PostgresStore]:
         from .postgres import PostgresStore
     except ImportError as exc:
         raise ConfigError(
-            f"the PostgreSQL store needs psycopg ({exc}): pip install 'legion[postgres]'"
+            f"the PostgreSQL store needs psycopg ({exc}): {install_hint('postgres')}"
         ) from exc
     return PostgresStore
 

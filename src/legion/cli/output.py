@@ -1,0 +1,208 @@
+"""Where ``legion run --output`` writes: to what the user named, as results arrive.
+
+- A regular file, or a path that does not exist yet: the lines go to ``NAME.partial``
+  beside it as they are ready, and that file is renamed over ``NAME`` when the run ends,
+  so ``NAME`` is always either its old content or the complete new one. The new file
+  gets the mode the umask gives (as any file a shell redirect creates). A run that dies
+  leaves ``NAME`` untouched and ``NAME.partial`` holding whole lines; running the same
+  command again resumes the tasks from the store and writes the file anew.
+- Anything else is written through, never replaced: a character device (``/dev/null``,
+  a terminal), a FIFO, a socket, a symlink (its target is written, the link stays), and
+  ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N``, which write to this process's own
+  open descriptor (so ``>>`` in the shell still appends).
+
+:class:`OrderedLines` keeps the file in input order while results come in any order:
+a line is written as soon as every line before it is, so the file grows as the run
+goes and holds in memory only the results that finished ahead of an earlier line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import LegionError
+
+_FD_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd)/(\d+)$")
+_STD_PATHS = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+class OutputError(LegionError):
+    """The output cannot be opened or written."""
+
+
+class OutputFile:
+    """An open output: :meth:`write` whole lines, then :meth:`commit` (or :meth:`abort`)."""
+
+    def __init__(self, fd: int, *, path: Path | None, partial: Path | None, owned: bool) -> None:
+        self._fd = fd
+        self.path = path  # None: this process's stdout
+        self.partial = partial  # the file renamed over ``path`` at the end, if any
+        self._owned = owned  # close the descriptor at the end
+        self._closed = False
+        self._held: list[bytes] | None = None
+
+    def is_terminal(self) -> bool:
+        return os.isatty(self._fd)
+
+    def hold(self) -> None:
+        """Keep the lines until :meth:`commit`: for a terminal that a live display is
+        redrawing, where lines written meanwhile would tear it."""
+        self._held = []
+
+    @property
+    def replaces(self) -> bool:
+        """Whether the target is replaced at the end (a regular file or a new path)."""
+        return self.partial is not None
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+            return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except BrokenPipeError:
+                raise OutputError(f"cannot write {self._name()}: its reader went away") from None
+            except OSError as exc:
+                raise OutputError(f"cannot write {self._name()}: {exc.strerror}") from None
+            view = view[n:]
+
+    def commit(self) -> None:
+        """Make the written lines the output (rename over the target where it is replaced)."""
+        if self._closed:
+            return
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._write(b"".join(held))
+        if self.partial is not None:
+            os.fsync(self._fd)
+        self._close()
+        if self.partial is not None and self.path is not None:
+            os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        """Leave the target as it was; a partial file keeps the whole lines written."""
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._owned:
+                os.close(self._fd)
+
+    def _name(self) -> str:
+        return str(self.path) if self.path is not None else "stdout"
+
+
+def open_output(path: Path | None) -> OutputFile:
+    """Open where the results go (``None``: stdout); a clear error if it cannot be."""
+    if path is None:
+        return OutputFile(sys.stdout.fileno(), path=None, partial=None, owned=False)
+    text = os.fspath(path)
+    fd_number = _STD_PATHS.get(text)
+    match = _FD_PATH.match(text)
+    if match is not None:
+        fd_number = int(match.group(1))
+    if fd_number is not None:
+        if fd_number == 1:
+            sys.stdout.flush()
+        try:
+            return OutputFile(os.dup(fd_number), path=path, partial=None, owned=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    if info is None or stat.S_ISREG(info.st_mode):
+        return _open_replacing(path)
+    if stat.S_ISDIR(info.st_mode):
+        raise OutputError(f"cannot write {path}: it is a folder")
+    return _open_through(path)
+
+
+def _open_replacing(path: Path) -> OutputFile:
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: {path.parent} does not exist")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        # A leftover of a run that died is ours to replace; never write through a link
+        # or a special file that took its name.
+        if os.path.lexists(partial) and not stat.S_ISREG(os.lstat(partial).st_mode):
+            raise OutputError(f"cannot write {path}: {partial} exists and is not a file")
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path}: cannot create {partial.name} beside it to replace it "
+            f"whole ({exc.strerror})"
+        ) from None
+    return OutputFile(fd, path=path, partial=partial, owned=True)
+
+
+def _open_through(path: Path) -> OutputFile:
+    """A symlink, device, FIFO or socket: open what the name points at and write into it."""
+    try:
+        target = os.stat(path)
+    except FileNotFoundError:
+        target = None  # a dangling symlink: create what it names
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    if target is None:
+        flags |= os.O_CREAT
+    elif stat.S_ISREG(target.st_mode):
+        flags |= os.O_TRUNC
+    elif stat.S_ISDIR(target.st_mode):
+        raise OutputError(f"cannot write {path}: it is a folder")
+    try:
+        fd = os.open(path, flags, 0o666)  # a FIFO's open waits for its reader, as a shell's does
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    return OutputFile(fd, path=path, partial=None, owned=True)
+
+
+class OrderedLines:
+    """Write line ``n`` as soon as every line before it in ``order`` is written."""
+
+    def __init__(self, out: OutputFile, order: Sequence[int]) -> None:
+        self._out = out
+        self._order = list(order)
+        self._next = 0
+        self._ready: dict[int, bytes] = {}
+
+    @property
+    def waiting(self) -> int:
+        """Lines finished but held back behind an earlier one."""
+        return len(self._ready)
+
+    @property
+    def written(self) -> int:
+        return self._next
+
+    def put(self, line: int, data: bytes) -> None:
+        self._ready[line] = data
+        chunk: list[bytes] = []
+        while self._next < len(self._order) and self._order[self._next] in self._ready:
+            chunk.append(self._ready.pop(self._order[self._next]))
+            self._next += 1
+        if chunk:
+            self._out.write(b"".join(chunk))
+
+    def close(self) -> None:
+        """Write what is still held back behind a line that never came, in order."""
+        rest = [self._ready.pop(n) for n in self._order[self._next :] if n in self._ready]
+        self._next = len(self._order)
+        if rest:
+            self._out.write(b"".join(rest))

@@ -1,0 +1,151 @@
+"""``legion sim``: the provider simulator, with the flags of ``python -m legion.sim``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+class Window(StrEnum):
+    sliding = "sliding"
+    fixed = "fixed"
+
+
+class Distribution(StrEnum):
+    uniform = "uniform"
+    lognormal = "lognormal"
+
+
+def sim(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port to listen on, 0 for any free one (default 8000)."),
+    ] = None,
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="Allow a host that is not loopback.")
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="A TOML file with a [sim] table of these settings (flags win)."
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(metavar="NAME", help="A model name served (repeatable; default sim-model)."),
+    ] = None,
+    rpm: Annotated[
+        int | None, typer.Option(help="Requests per minute (default unlimited).")
+    ] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute (default unlimited).")] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option(help="Requests served at once (default unlimited).")
+    ] = None,
+    window: Annotated[
+        Window | None, typer.Option(help="Rate window kind (default sliding).")
+    ] = None,
+    window_seconds: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Enforce the per-minute limits over windows this long (default 60; 1 = per "
+            "second, as providers quantize).",
+        ),
+    ] = None,
+    rejected_count_against_limit: Annotated[
+        bool | None,
+        typer.Option(help="Count 429-rejected requests in the request window."),
+    ] = None,
+    latency: Annotated[
+        float | None, typer.Option(metavar="SECONDS", help="Base time to first token.")
+    ] = None,
+    latency_jitter: Annotated[
+        float | None, typer.Option(metavar="SECONDS", help="Scale of the random extra latency.")
+    ] = None,
+    latency_distribution: Annotated[
+        Distribution | None,
+        typer.Option(help="Distribution of the extra latency (default uniform)."),
+    ] = None,
+    tokens_per_second: Annotated[
+        float | None, typer.Option(help="Generation speed (default instant).")
+    ] = None,
+    min_output_tokens: Annotated[
+        int | None, typer.Option(help="Shortest completion (default 8).")
+    ] = None,
+    max_output_tokens: Annotated[
+        int | None, typer.Option(help="Longest completion (default 64).")
+    ] = None,
+    error_rate: Annotated[
+        float | None, typer.Option(help="Fraction of requests answered 500/503.")
+    ] = None,
+    hang_rate: Annotated[
+        float | None, typer.Option(help="Fraction of requests never answered.")
+    ] = None,
+    hang_seconds: Annotated[
+        float | None, typer.Option(help="Longest hang before a 504 (default 600).")
+    ] = None,
+    malformed_rate: Annotated[
+        float | None, typer.Option(help="Fraction of answers with an invalid JSON body.")
+    ] = None,
+    stall_rate: Annotated[
+        float | None, typer.Option(help="Fraction of streams stopping mid-way.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the fault and latency draws (default 0).")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
+) -> None:
+    """Start the provider simulator: an OpenAI- and Anthropic-compatible server on loopback
+    with rate limits, latency and faults.
+
+    It prints one line ending with its base URL once it accepts connections (point
+    `--llm openai:MODEL@URL` at it) and stops on SIGINT or SIGTERM. Settings come from the
+    defaults, then the [sim] table of --config, then these flags.
+    """
+    from ..sim.cli import run
+
+    given: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("host", host),
+            ("port", port),
+            ("config", str(config) if config is not None else None),
+            ("models", model or None),
+            ("rpm", rpm),
+            ("tpm", tpm),
+            ("max_concurrency", max_concurrency),
+            ("window", window.value if window is not None else None),
+            ("window_seconds", window_seconds),
+            ("rejected_count_against_limit", rejected_count_against_limit),
+            ("latency", latency),
+            ("latency_jitter", latency_jitter),
+            (
+                "latency_distribution",
+                latency_distribution.value if latency_distribution is not None else None,
+            ),
+            ("tokens_per_second", tokens_per_second),
+            ("min_output_tokens", min_output_tokens),
+            ("max_output_tokens", max_output_tokens),
+            ("error_rate", error_rate),
+            ("hang_rate", hang_rate),
+            ("hang_seconds", hang_seconds),
+            ("malformed_rate", malformed_rate),
+            ("stall_rate", stall_rate),
+            ("seed", seed),
+            ("api_key", api_key),
+        )
+        if value is not None
+    }
+    if allow_remote:
+        given["allow_remote"] = True
+    raise typer.Exit(run(given))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sim")(sim)

@@ -1,0 +1,131 @@
+"""Every message of the ``legion`` command is printed as written: square brackets in a
+path, an input file's name, a config table, an install hint or an agent's own error
+reach the user intact, and nothing ends in a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import legion, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+AGENT = """
+import legion
+
+
+@legion.agent(retries=0)
+async def echo(ctx, question: str):
+    if question == "fail":
+        raise RuntimeError("[bold]boom[/] in [red]x")
+    return question
+"""
+
+
+@pytest.fixture
+def bracketed(tmp_path: Path) -> Path:
+    """An agent file at ``data[/v2].py`` (a folder named ``data[``): rich markup would
+    read ``[/v2]`` as a closing tag and fail."""
+    folder = tmp_path / "data["
+    folder.mkdir()
+    path = folder / "v2].py"
+    path.write_text(AGENT)
+    return path
+
+
+def _clean(r: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "MarkupError" not in r.stderr, r.stderr
+
+
+def test_a_wrong_agent_name_in_a_bracketed_path(tmp_path: Path, bracketed: Path) -> None:
+    inp = tmp_path / "in[1].jsonl"
+    inp.write_text('"q"\n')
+    r = legion("run", f"{bracketed}:nope", "-i", str(inp), cwd=tmp_path)
+    _clean(r)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {bracketed} has no attribute 'nope'; its agents: echo"
+
+
+def test_a_missing_file_with_brackets(tmp_path: Path, bracketed: Path) -> None:
+    r = legion("run", f"{bracketed}:echo", "-i", "nope[1].jsonl", cwd=tmp_path)
+    _clean(r)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: no such input file: nope[1].jsonl"
+    r = legion("run", "gone[/v2].py:echo", "-i", "nope[1].jsonl", cwd=tmp_path)
+    _clean(r)
+    assert "error: no such input file: nope[1].jsonl" in r.stderr
+
+
+def test_a_config_error_keeps_its_table_name(tmp_path: Path, bracketed: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('"q"\n')
+    (tmp_path / "legion.toml").write_text('[llm.cheap]\nprovider = "sim"\nrmp = 5\n')
+    r = legion("run", f"{bracketed}:echo", "-i", str(inp), cwd=tmp_path)
+    _clean(r)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: [llm.cheap]: unknown option(s) rmp"
+
+
+def test_an_install_hint_keeps_its_extra(tmp_path: Path) -> None:
+    # The server's modules made unimportable in a real `legion serve` process.
+    code = (
+        "import sys; sys.modules['uvicorn'] = None; "
+        "sys.argv = ['legion', 'serve', '--app', 'x.py']; "
+        "from legion.cli import main; main()"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    _clean(r)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "error: this command needs uvicorn: pip install 'legion-runtime[server]' "
+        "(in a clone: pip install -e '.[server]')"
+    )
+
+
+def test_bad_lines_and_task_errors_with_brackets(tmp_path: Path, bracketed: Path) -> None:
+    inp = tmp_path / "in[1].jsonl"
+    inp.write_text('"fine"\n{"q"\n"fail"\n')
+    out = tmp_path / "out[x].jsonl"
+    r = legion(
+        "run",
+        f"{bracketed}:echo",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        f"sqlite:///{tmp_path / 'db'}",
+        cwd=tmp_path,
+    )
+    _clean(r)
+    assert r.returncode == 1
+    assert f"skipped {inp}:2: line 2 is not valid JSON" in r.stderr
+    assert "line 3: dead RuntimeError: [bold]boom[/] in [red]x" in r.stderr
+    rows = read_jsonl(out)
+    assert rows[0]["output"] == "fine"
+    assert rows[2]["error"]["message"] == "[bold]boom[/] in [red]x"
+    st = legion("status", "--store", f"sqlite:///{tmp_path / 'db'}", env={"COLUMNS": "200"})
+    _clean(st)
+    assert st.returncode == 0
+    assert "RuntimeError: [bold]boom[/] in [red]x" in st.stdout
+
+
+def _unwrapped(help_text: str) -> str:
+    """Help text with its wrapping undone (the wrapper breaks lines after a hyphen too)."""
+    return "".join(line.strip() if line.strip() else "\n" for line in help_text.splitlines())
+
+
+def test_help_keeps_its_brackets() -> None:
+    r = legion("run", "--help")
+    assert r.returncode == 0
+    assert "legion-runtime[local]" in _unwrapped(r.stdout)
+    r = legion("bench", "overhead", "--help")
+    assert r.returncode == 0
+    assert "legion-runtime[bench]" in _unwrapped(r.stdout)

@@ -1,0 +1,212 @@
+"""``legion run --output``: written to what it names, as results arrive, never destroyed.
+
+A regular file (or a new path) is replaced atomically, with the umask's mode; a device,
+a FIFO, a symlink and ``/dev/stdout`` are written through. Lines reach the file in input
+order as soon as every earlier line is done: a gated agent proves it, since the run
+cannot finish until the test has read the first line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from .conftest import LEGION, legion, read_jsonl, start_legion, wait_for, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+GATED = """
+import asyncio
+import os
+
+import legion
+
+
+@legion.agent(timeout=120, retries=2)
+async def gated(ctx, i: int):
+    # Line 1 answers at once; the others wait until the test opens the gate.
+    gate = os.environ["GATE"]
+    while i > 1 and not os.path.exists(gate):
+        await asyncio.sleep(0.01)
+    return i * 10
+"""
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Path:
+    path = tmp_path / "gated.py"
+    path.write_text(GATED)
+    return path
+
+
+def _run(agent: str, inp: Path, out: str, tmp_path: Path) -> list[str]:
+    return [
+        "run",
+        agent,
+        "-i",
+        str(inp),
+        "-o",
+        out,
+        "--store",
+        f"sqlite:///{tmp_path / 'runs.db'}",
+        "--no-progress",
+    ]
+
+
+def _null_device(tmp_path: Path) -> Path:
+    """A character device that is safe to write: a private node of the null device where
+    this process may make one (so a regression destroys only that node), else /dev/null."""
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        return Path("/dev/null")
+    return node
+
+
+def test_a_character_device_stays_a_character_device(tmp_path: Path, agents_file: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(5)])
+    for device in (_null_device(tmp_path), Path("/dev/null")):
+        r = legion(*_run(f"{agents_file}:typed", inp, str(device), tmp_path))
+        assert r.returncode == 0, r.stderr
+        assert stat.S_ISCHR(os.stat(device).st_mode)
+        assert os.stat(device).st_rdev == os.makedev(1, 3)
+        assert not Path(f"{device}.partial").exists()
+
+
+def test_a_fifo_is_written_through_as_lines_finish(tmp_path: Path, gated: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in (1, 2, 3)])
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    gate = tmp_path / "gate"
+    lines: list[str] = []
+    first = threading.Event()
+
+    def read() -> None:
+        with open(fifo) as f:
+            for line in f:
+                lines.append(line)
+                first.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    proc = start_legion(*_run(f"{gated}:gated", inp, str(fifo), tmp_path), env={"GATE": str(gate)})
+    try:
+        # Line 1 arrives while lines 2 and 3 still wait for the gate: the file streams.
+        assert first.wait(timeout=60), "no line arrived before the run ended"
+        assert [json.loads(line)["output"] for line in lines] == [10]
+        gate.touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        gate.touch()
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=60)
+    assert proc.returncode == 0, err
+    assert [json.loads(line)["output"] for line in lines] == [10, 20, 30]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_symlink_stays_and_its_target_is_written(tmp_path: Path, agents_file: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(3)])
+    target = tmp_path / "data" / "answers.jsonl"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "answers.jsonl"
+    link.symlink_to(target)
+    r = legion(*_run(f"{agents_file}:typed", inp, str(link), tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert [row["output"] for row in read_jsonl(target)] == [1, 2, 3]
+
+
+def test_dev_stdout_writes_to_the_open_stdout(tmp_path: Path, agents_file: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    out.write_text("kept\n")
+    with out.open("a") as f:  # as `>> out.jsonl` in a shell: appended, never truncated
+        r = subprocess.run(
+            [*LEGION, *_run(f"{agents_file}:typed", inp, "/dev/stdout", tmp_path)],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 0, r.stderr
+    text = out.read_text().splitlines()
+    assert text[0] == "kept"
+    assert [json.loads(line)["output"] for line in text[1:]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_new_file_gets_the_umask_mode(
+    tmp_path: Path, agents_file: Path, umask: int, mode: int
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    out = tmp_path / "out.jsonl"
+    r = subprocess.run(
+        [*LEGION, *_run(f"{agents_file}:typed", inp, str(out), tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.umask(umask),
+    )
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(out).st_mode) == mode
+    assert read_jsonl(out)[0]["output"] == 2
+
+
+def test_an_existing_file_is_replaced_atomically(tmp_path: Path, agents_file: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(20)])
+    out = tmp_path / "out.jsonl"
+    out.write_text("the previous results\n")
+    with out.open() as held:  # a reader of the old file keeps seeing all of it
+        before = os.fstat(held.fileno()).st_ino
+        r = legion(*_run(f"{agents_file}:typed", inp, str(out), tmp_path))
+        assert r.returncode == 0, r.stderr
+        assert held.read() == "the previous results\n"
+    assert os.stat(out).st_ino != before
+    assert [row["output"] for row in read_jsonl(out)] == list(range(1, 21))
+    assert not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_a_killed_run_leaves_the_file_whole_and_resumes(tmp_path: Path, gated: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in (1, 2, 3)])
+    out = tmp_path / "out.jsonl"
+    out.write_text("the previous results\n")
+    partial = tmp_path / "out.jsonl.partial"
+    gate = tmp_path / "gate"
+    args = _run(f"{gated}:gated", inp, str(out), tmp_path)
+    proc = start_legion(*args, env={"GATE": str(gate)})
+    try:
+        wait_for(lambda: partial.exists() and partial.read_text().endswith("\n"), what="line 1")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out.read_text() == "the previous results\n"  # untouched
+    assert [row["output"] for row in read_jsonl(partial)] == [10]  # whole lines only
+
+    gate.touch()
+    again = legion(*args, env={"GATE": str(gate)})
+    assert again.returncode == 0, again.stderr
+    assert [row["output"] for row in read_jsonl(out)] == [10, 20, 30]
+    assert not partial.exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path: Path, agents_file: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    for target, why in ((tmp_path / "nope" / "out.jsonl", "does not exist"), (tmp_path, "folder")):
+        r = legion(*_run(f"{agents_file}:typed", inp, str(target), tmp_path))
+        assert r.returncode == 2
+        assert r.stderr.startswith("error: cannot write"), r.stderr
+        assert why in r.stderr
+        assert "Traceback" not in r.stderr

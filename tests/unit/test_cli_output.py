@@ -1,0 +1,88 @@
+"""The writer of ``legion run --output``: input order, as soon as it can, on real files."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from legion.cli.output import OrderedLines, OutputError, open_output
+
+
+def test_lines_are_written_in_input_order_as_the_prefix_completes(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    out = open_output(path)
+    assert out.replaces and out.partial == tmp_path / "out.jsonl.partial"
+    lines = OrderedLines(out, [1, 2, 4, 5])
+    lines.put(2, b"two\n")
+    assert out.partial.read_bytes() == b"" and lines.waiting == 1  # line 1 not done yet
+    lines.put(1, b"one\n")
+    assert out.partial.read_bytes() == b"one\ntwo\n" and lines.waiting == 0
+    lines.put(5, b"five\n")
+    lines.put(4, b"four\n")
+    assert not path.exists()  # the target appears whole, at the end
+    out.commit()
+    assert path.read_bytes() == b"one\ntwo\nfour\nfive\n"
+    assert not out.partial.exists()
+
+
+def test_an_aborted_run_leaves_the_target_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_text("old\n")
+    out = open_output(path)
+    OrderedLines(out, [1, 2]).put(1, b"one\n")
+    out.abort()
+    assert path.read_text() == "old\n"
+    assert (tmp_path / "out.jsonl.partial").read_text() == "one\n"
+    again = open_output(path)  # the leftover is replaced by the next run
+    again.write(b"new\n")
+    again.commit()
+    assert path.read_text() == "new\n" and not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_held_lines_wait_for_the_commit(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        out = open_output(Path(f"/dev/fd/{write_end}"))
+        assert not out.replaces
+        out.hold()
+        out.write(b"one\n")
+        os.set_blocking(read_end, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 100)
+        out.commit()
+        assert os.read(read_end, 100) == b"one\n"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_leftover_partial_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    (tmp_path / "out.jsonl.partial").symlink_to(victim)
+    with pytest.raises(OutputError, match="is not a file"):
+        open_output(tmp_path / "out.jsonl")
+    assert victim.read_text() == "keep\n"
+
+
+def test_a_dangling_symlink_creates_its_target(tmp_path: Path) -> None:
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(tmp_path / "real.jsonl")
+    out = open_output(link)
+    out.write(b"x\n")
+    out.commit()
+    assert stat.S_ISLNK(os.lstat(link).st_mode)
+    assert (tmp_path / "real.jsonl").read_text() == "x\n"
+
+
+def test_closing_writes_what_waits_behind_a_line_that_never_came(tmp_path: Path) -> None:
+    out = open_output(tmp_path / "out.jsonl")
+    lines = OrderedLines(out, [1, 2, 3])
+    lines.put(3, b"three\n")
+    lines.put(2, b"two\n")
+    lines.close()
+    out.commit()
+    assert (tmp_path / "out.jsonl").read_bytes() == b"two\nthree\n"
