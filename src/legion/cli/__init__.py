@@ -258,6 +258,15 @@ def worker(
             "trying again with a growing pause; then exit with code 3.",
         ),
     ] = 300.0,
+    max_freezes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="A task that blocks the event loop past its timeout is recorded and the "
+            "worker process exits (the --processes supervisor starts another); a task that "
+            "does it this many times is dead.",
+        ),
+    ] = 3,
     worker_process: Annotated[bool, typer.Option("--worker-process", hidden=True)] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log what the worker does.")
@@ -305,6 +314,7 @@ def worker(
         strict=strict,
         executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
         store_wait=store_wait,
+        max_freezes=max_freezes,
     )
     raise typer.Exit(_run(serve(opts, agents, stderr_console())))
 

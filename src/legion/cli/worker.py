@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from ..agent import Agent
+from ..diagnostics.freeze import FROZE_EXIT_CODE
 from ..errors import AgentLoadError, StoreError
 from ..loader import agents_in, load_module
 from ..runtime import Runtime
@@ -40,7 +41,7 @@ from .llm_options import ExecutorOptions, LLMOptions, llm_config
 
 EXIT_FINAL = 2
 EXIT_STORE = 3
-EXIT_FROZE = 4
+EXIT_FROZE = FROZE_EXIT_CODE
 _FINAL = (0, EXIT_FINAL)  # exit codes after which the supervisor starts no other worker
 
 
@@ -57,6 +58,7 @@ class WorkerOptions:
     strict: bool = False
     executors: ExecutorOptions = field(default_factory=ExecutorOptions)
     store_wait: float = 300.0  # seconds to wait for an unavailable store at start
+    max_freezes: int = 3  # a task that freezes the event loop this often is dead
 
 
 def load_agents(apps: tuple[str, ...]) -> list[Agent]:
@@ -168,8 +170,13 @@ async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console
             else:
                 rt.worker.release_now()
 
+        # An agent that freezes the loop past its timeout is recorded and the process
+        # exits; so does a stop signal the frozen loop cannot handle. The loop's handlers
+        # run in the loop; the guard hears of the signal in the signal handler itself.
+        guard = rt.worker.exit_when_frozen(max_freezes=opts.max_freezes)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+            signal.signal(sig, lambda signum, _frame: guard.signalled(signum))
         fatal = asyncio.ensure_future(rt.worker.wait_fatal())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait((fatal, stopped), return_when=asyncio.FIRST_COMPLETED)

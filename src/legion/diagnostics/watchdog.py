@@ -4,7 +4,10 @@ The loop beats every ``interval`` (one timer callback). A daemon thread checks t
 when it is late by more than ``threshold`` the loop is blocked, and the thread takes the
 loop thread's stack (``sys._current_frames``) and the running task while the block is
 still going on. When the loop beats again, the block's length is known and it is
-reported, in the loop thread, to ``on_block``.
+reported, in the loop thread, to ``on_block``. While a block goes on, ``on_stuck`` (if
+given) hears of it at every check, with its length so far, in the watchdog's thread: the
+only place where something can still be done about a loop that never beats again (see
+:mod:`legion.diagnostics.freeze`).
 
 Cost: one timer callback per ``interval`` on the loop and one thread wake-up per
 ``interval``: nothing per task.
@@ -60,13 +63,16 @@ class LoopWatchdog:
         threshold: float = 0.1,
         interval: float | None = None,
         on_capture: Callable[[Capture], None] | None = None,
+        on_stuck: Callable[[Capture, float], None] | None = None,
     ) -> None:
         """``on_block`` hears of each block when it ends, in the loop's thread;
         ``on_capture`` (optional) hears of it while it goes on, in the watchdog's thread:
         the only chance to tell the blocked task before it ends, when it ends right after
-        the block."""
+        the block; ``on_stuck`` (optional) hears of it at every check while it goes on,
+        with its length so far, in the watchdog's thread."""
         self._on_block = on_block
         self._on_capture = on_capture
+        self._on_stuck = on_stuck
         self.threshold = threshold
         self._interval = interval if interval is not None else min(0.025, threshold / 4)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,16 +135,19 @@ class LoopWatchdog:
     def _watch(self) -> None:
         while not self._stopped.wait(self._interval):
             last = self._last_beat
-            if time.monotonic() - last < self.threshold or (
-                self._capture and self._capture.since == last
-            ):
+            blocked = time.monotonic() - last
+            if blocked < self.threshold:
                 continue
-            # Read the stack now: the frames move on as soon as the block ends.
-            frame = sys._current_frames().get(self._thread_id)
-            task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
-            self._capture = capture = Capture(last, task, tuple(_stack(frame)))
-            if self._on_capture is not None:
-                self._on_capture(capture)
+            capture = self._capture
+            if capture is None or capture.since != last:
+                # Read the stack now: the frames move on as soon as the block ends.
+                frame = sys._current_frames().get(self._thread_id)
+                task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
+                self._capture = capture = Capture(last, task, tuple(_stack(frame)))
+                if self._on_capture is not None:
+                    self._on_capture(capture)
+            if self._on_stuck is not None:
+                self._on_stuck(capture, blocked)
 
 
 def _stack(frame: FrameType | None, limit: int = 30) -> list[Site]:

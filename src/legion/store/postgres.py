@@ -45,6 +45,7 @@ import asyncio
 import logging
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -101,6 +102,10 @@ _POOL_PARAMS = ("pool_min_size", "pool_max_size", "pool_timeout", "call_timeout"
 # After a call's deadline has cut its socket, how long before the call is abandoned
 # outright (a backstop: the cut makes psycopg fail at once).
 _CUT_GRACE = 2.0
+PROCESS_TAG = f"legion-{uuid.uuid4().hex[:16]}"
+"""The ``application_name`` of this process's store sessions (unless the URL names one):
+a worker that must exit while its event loop is frozen ends them by it, so that their
+open transactions release their locks at once (see :mod:`legion.store.freeze`)."""
 # Connection failures in which the server answered but cannot serve yet.
 _NOT_YET = ("starting up", "shutting down", "in recovery", "too many", "not yet accepting")
 
@@ -726,6 +731,8 @@ def _with_bounds(conninfo: str, bounds: StoreTimeouts, *, server: bool) -> str:
     extra: dict[str, Any] = {k: v for k, v in bounds.libpq().items() if k not in given}
     if server:
         extra["options"] = f"{bounds.server_options()} {given.get('options') or ''}".strip()
+        if "application_name" not in given:
+            extra["application_name"] = PROCESS_TAG
     return make_conninfo(conninfo, **extra)
 
 
