@@ -124,3 +124,5 @@ def test_a_worker_refused_by_the_database_stops_at_once(
     assert out.returncode == 2, out.stderr
     assert "refused the connection" in out.stderr and "nobody" in out.stderr
     assert "unavailable" not in out.stderr
+    bad = legion("worker", "--app", str(agents_file), "--store", "mysql://db/x")
+    assert bad.returncode == 2 and "unknown store URL" in bad.stderr

@@ -16,6 +16,13 @@ TCP keepalives (idle, interval, n)     L / 6, L / 30, 3         5 s, 1 s, 3
 ``tcp_user_timeout``                   the call, in ms          10,000 ms
 =====================================  =======================  ===========================
 
+The TCP bounds are set on both ends of the connection (libpq's, and the session's
+``tcp_keepalives_*`` and ``tcp_user_timeout``). One case no bound covers: a client that
+stops in the middle of a pipelined transaction (before its Sync) behind something that
+keeps the TCP connection alive (a proxy that stops forwarding) leaves its session
+"active", holding its locks, until the connection breaks; PostgreSQL's timeouts do not
+apply while the server waits for the rest of a pipeline.
+
 A heartbeat that hangs for a whole call and is then retried still lands before its lease
 ends (heartbeats go every L / 3 or 5 s, whichever is shorter). A store URL can set any of
 the libpq settings itself (``?connect_timeout=...``, ``options=-cstatement_timeout%3D...``),
@@ -75,6 +82,13 @@ class StoreTimeouts:
         }
 
     def server_options(self) -> str:
-        """Session settings sent at connect (a URL's own ``options`` come after, and win)."""
+        """Session settings sent at connect (a URL's own ``options`` come after, and win):
+        the statement bounds, and the same TCP bounds on the server's end of the socket,
+        so that the server also notices a client the network cut off."""
         ms = max(1, round(self.call * 1000))
-        return f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
+        return (
+            f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms} "
+            f"-c tcp_keepalives_idle={self.keepalives_idle} "
+            f"-c tcp_keepalives_interval={self.keepalives_interval} "
+            f"-c tcp_keepalives_count={self.keepalives_count} -c tcp_user_timeout={ms}"
+        )
