@@ -463,14 +463,14 @@ class PostgresStore:
             "limit": REQUEUE_CHUNK,
         }
         done = 0
-        async with self._cursor() as cur:
-            while True:
+        while True:
+            async with self._cursor() as cur:  # a call (and a deadline) per chunk
                 await cur.execute(Q["requeue"], params)
                 ids = [r[0] for r in await cur.fetchall()]
-                done += len(ids)
-                if len(ids) < REQUEUE_CHUNK:
-                    break
-                params["after"] = max(ids)
+            done += len(ids)
+            if len(ids) < REQUEUE_CHUNK:
+                break
+            params["after"] = max(ids)
         return done
 
     async def requeue_one(self, task_id: int) -> bool:
