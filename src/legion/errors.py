@@ -6,6 +6,8 @@
     ├── ConfigError            bad store URL, bad option, bad agent path
     │   └── AgentLoadError     an agent path that does not import or name an agent
     ├── StoreError             the store failed or holds something unexpected
+    │   ├── StoreUnavailable   unreachable, busy, locked or too slow to answer (retried)
+    │   └── StorageFull        the store's disk (or its size limit) is full (retried)
     ├── TaskFailed             rt.result(..., raise_on_failure=True) of a task that did not succeed
     └── AgentError             raised *inside* an agent instance; decides retryability
         ├── Permanent          raise it to fail the task at once, without retrying
@@ -54,7 +56,28 @@ class AgentLoadError(ConfigError):
 
 
 class StoreError(LegionError):
-    """Raised when the store fails or returns something it should not."""
+    """Raised when the store fails or returns something it should not.
+
+    ``retryable`` says whether the same call may succeed later unchanged (the store
+    comes back, frees space): workers keep their work and try again; the HTTP API
+    answers 503 (or 507) instead of 500.
+    """
+
+    retryable: ClassVar[bool] = False
+
+
+class StoreUnavailable(StoreError):
+    """Raised when the store cannot be reached, is busy or locked, or does not answer
+    within its timeout. Retry later; the HTTP API answers 503 with ``Retry-After``."""
+
+    retryable = True
+
+
+class StorageFull(StoreError):
+    """Raised when the store has no room left (disk full, size limit reached). Retry once
+    space is freed; the HTTP API answers 507."""
+
+    retryable = True
 
 
 class TaskFailed(LegionError):

@@ -113,7 +113,9 @@ class Runtime:
         self._executors = dict(executors or {})
         self._executor = executor
         self._owns_store = isinstance(store, str)
-        self.store: Store = store_from_url(store) if isinstance(store, str) else store
+        self.store: Store = (
+            store_from_url(store, lease_seconds=lease_seconds) if isinstance(store, str) else store
+        )
         self._clock = clock
         self._agents: dict[str, Agent] = {}
         self._config = WorkerConfig(

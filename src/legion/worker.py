@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .agent import Agent
 from .clock import Clock, system_clock
 from .diagnostics import tracking
+from .diagnostics.freeze import FreezeGuard
 from .diagnostics.report import agent_files, blocked_loop
 from .diagnostics.watchdog import Block, Capture, LoopWatchdog
 from .errors import ConfigError
@@ -118,8 +119,12 @@ class Worker:
             1, int(self.config.concurrency * self.config.lease_batch_fraction)
         )
         self._watchdog = LoopWatchdog(
-            self._blocked, threshold=self.config.block_threshold, on_capture=self._captured
+            self._blocked,
+            threshold=self.config.block_threshold,
+            on_capture=self._captured,
+            on_stuck=self._stuck,
         )
+        self._freeze_guard: FreezeGuard | None = None
         self._overloaded: str | None = None
         for a in agents:
             self.add_agent(a)
@@ -328,6 +333,25 @@ class Worker:
         owner = self._owner(capture.task)
         if owner is not None:
             owner.pending_block = capture
+
+    def exit_when_frozen(self, *, max_freezes: int = 3) -> FreezeGuard:
+        """From now on, an agent that blocks the event loop past its timeout is recorded
+        (dead after ``max_freezes`` such freezes) and the process exits (see
+        :mod:`legion.diagnostics.freeze`): for worker processes under a supervisor."""
+        url = getattr(self.store, "url", None)
+        self._freeze_guard = FreezeGuard(
+            url=url if isinstance(url, str) else None,
+            owner=self.id,
+            find=self._owner,
+            max_freezes=max_freezes,
+        )
+        return self._freeze_guard
+
+    def _stuck(self, capture: Capture, blocked: float) -> None:
+        """(The watchdog's thread.) The loop is blocked and has been for ``blocked`` s."""
+        guard = self._freeze_guard
+        if guard is not None:
+            guard.stuck(capture, blocked)
 
     def _blocked(self, block: Block) -> None:
         """The watchdog saw the loop blocked: say who did it, on their task and in the log."""

@@ -228,9 +228,13 @@ def worker(
         int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
     ] = 1000,
     processes: Annotated[
-        str,
-        typer.Option(help="Worker processes to run here: a number, or 'auto' for one per core."),
-    ] = "1",
+        str | None,
+        typer.Option(
+            help="Worker processes to run here, supervised (each restarted when it crashes, "
+            "gives up on the store or is frozen by an agent): a number, or 'auto' for one "
+            "per core. Default: this process is the one worker.",
+        ),
+    ] = None,
     lease_seconds: Annotated[
         float, typer.Option(min=0.1, help="Lease length; a dead worker's tasks return after it.")
     ] = 30.0,
@@ -248,6 +252,24 @@ def worker(
         bool,
         typer.Option("--strict", help="Fail a task whose agent left a step or call unawaited."),
     ] = False,
+    store_wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="At start, wait this long (seconds) for a store that cannot be reached, "
+            "trying again with a growing pause; then exit with code 3.",
+        ),
+    ] = 300.0,
+    max_freezes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="A task that blocks the event loop past its timeout is recorded and the "
+            "worker process exits (the --processes supervisor starts another); a task that "
+            "does it this many times is dead.",
+        ),
+    ] = 3,
+    worker_process: Annotated[bool, typer.Option("--worker-process", hidden=True)] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log what the worker does.")
     ] = False,
@@ -273,14 +295,14 @@ def worker(
 
     _setup_logging(verbose)
     try:
-        n = processes_from(processes)
+        n = None if processes is None or worker_process else processes_from(processes)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     try:
         agents = load_agents(tuple(app_ref))
     except LegionError as exc:
         raise _fail(str(exc)) from None
-    if n > 1:
+    if n is not None:
         raise typer.Exit(supervise(child_argv(sys.argv[2:]), n, stderr_console()))
     opts = WorkerOptions(
         apps=tuple(app_ref),
@@ -293,6 +315,8 @@ def worker(
         llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
         strict=strict,
         executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
+        store_wait=store_wait,
+        max_freezes=max_freezes,
     )
     raise typer.Exit(_run(serve(opts, agents, stderr_console())))
 

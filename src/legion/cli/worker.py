@@ -5,6 +5,18 @@ instances). ``--processes N`` (or ``auto``: one per core) makes this process a s
 supervisor of N worker processes: it forwards SIGINT/SIGTERM to them, and starts a
 worker again when one dies unexpectedly, so a crash costs only the leases that worker
 held (they return to the queue; see ``--lease-seconds``).
+
+A worker whose store cannot be reached at start waits for it, trying again with a
+growing pause (logged each time) for up to ``--store-wait`` seconds; a store that
+refuses it (a bad URL, rejected credentials) stops it at once. Exit codes:
+
+- 0: drained after SIGINT/SIGTERM;
+- 2: stopped for a reason a restart will not fix (bad options, an error every task
+  would meet);
+- 3: the store stayed unavailable (the supervisor starts the worker again);
+- 4: an agent froze the event loop past its timeout (see :mod:`legion.worker`; the
+  supervisor starts the worker again);
+- anything else: a crash (the supervisor starts the worker again).
 """
 
 from __future__ import annotations
@@ -20,11 +32,18 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from ..agent import Agent
-from ..errors import AgentLoadError
+from ..diagnostics.freeze import FROZE_EXIT_CODE
+from ..errors import AgentLoadError, StoreError
 from ..loader import agents_in, load_module
 from ..runtime import Runtime
+from ..store import Store, store_from_url
 from .llm_options import ExecutorOptions, LLMOptions, llm_config
 from .progress import error_text
+
+EXIT_FINAL = 2
+EXIT_STORE = 3
+EXIT_FROZE = FROZE_EXIT_CODE
+_FINAL = (0, EXIT_FINAL)  # exit codes after which the supervisor starts no other worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +58,8 @@ class WorkerOptions:
     llm: LLMOptions
     strict: bool = False
     executors: ExecutorOptions = field(default_factory=ExecutorOptions)
+    store_wait: float = 300.0  # seconds to wait for an unavailable store at start
+    max_freezes: int = 3  # a task that freezes the event loop this often is dead
 
 
 def load_agents(apps: tuple[str, ...]) -> list[Agent]:
@@ -54,15 +75,71 @@ def load_agents(apps: tuple[str, ...]) -> list[Agent]:
     return found
 
 
+async def open_store(opts: WorkerOptions, console: Console) -> Store | None:
+    """The worker's store, opened; waits for an unavailable one up to ``store_wait``
+    seconds (None if it never came). A store that refuses the worker raises at once."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + opts.store_wait
+    pause = 0.5
+    tries = 0
+    while True:
+        store = store_from_url(opts.store, lease_seconds=opts.lease_seconds)
+        tries += 1
+        try:
+            await store.open()
+        except StoreError as exc:
+            await store.aclose()
+            if not exc.retryable:
+                raise
+            why = " ".join(str(exc).split())  # one line per try
+            left = give_up - loop.time()
+            if left <= 0:
+                console.print(
+                    error_text(
+                        f"the store is still unavailable after {tries} tries "
+                        f"({opts.store_wait:g}s): {why}"
+                    )
+                )
+                return None
+            pause = min(pause, left)
+            console.print(
+                f"the store is unavailable (try {tries}): {why}; trying again in "
+                f"{pause:.1f}s (giving up in {left:.0f}s)",
+                style="yellow",
+                highlight=False,
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+            continue
+        if tries > 1:
+            console.print(f"the store answered after {tries} tries", highlight=False)
+        return store
+
+
 async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> int:
     """Run one worker until SIGINT/SIGTERM; answer the exit code."""
+    store = await open_store(opts, console)
+    if store is None:
+        return EXIT_STORE
+    try:
+        return await _serve(store, opts, agents, console)
+    except StoreError as exc:
+        if not exc.retryable:
+            raise
+        console.print(error_text(f"the store failed: {exc}"))
+        return EXIT_STORE
+    finally:
+        await store.aclose()
+
+
+async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console: Console) -> int:
     from ..llm.config import build_client
 
     config, note = llm_config(opts.llm)
     async with (
         await build_client(config) as llm,
         Runtime(
-            opts.store,
+            store,
             concurrency=opts.concurrency,
             agents=agents,
             lease_seconds=opts.lease_seconds,
@@ -96,8 +173,13 @@ async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> i
             else:
                 rt.worker.release_now()
 
+        # An agent that freezes the loop past its timeout is recorded and the process
+        # exits; so does a stop signal the frozen loop cannot handle. The loop's handlers
+        # run in the loop; the guard hears of the signal in the signal handler itself.
+        guard = rt.worker.exit_when_frozen(max_freezes=opts.max_freezes)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+            signal.signal(sig, lambda signum, _frame: guard.signalled(signum))
         fatal = asyncio.ensure_future(rt.worker.wait_fatal())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait((fatal, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -112,13 +194,14 @@ async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> i
         )
         if rt.fatal_error is not None:
             console.print(error_text(f"stopped: {rt.fatal_error}"))
-            return 2
+            return EXIT_FINAL
     return 0
 
 
 def supervise(argv: list[str], processes: int, console: Console) -> int:
-    """Run ``processes`` worker processes with ``argv``; restart those that crash."""
-    command = [sys.executable, "-m", "legion", "worker", *argv, "--processes", "1"]
+    """Run ``processes`` worker processes with ``argv``; restart those that crash, that
+    gave up on the store, or that an agent froze."""
+    command = [sys.executable, "-m", "legion", "worker", *argv, "--worker-process"]
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -145,14 +228,15 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
             if rc is None:
                 continue
             del children[slot]
-            if stopping or rc in (0, 2):  # drained, or stopped for a reason a restart won't fix
+            if stopping or rc in _FINAL:  # drained, or stopped for a reason a restart won't fix
                 code = max(code, rc)
                 continue
             # It crashed: start another (after a pause if this one keeps crashing).
             pause = 1.0 if time.monotonic() - restarts.get(slot, -60.0) < 60 else 0.0
             console.print(
-                f"worker process {child.pid} exited with {rc}; starting another",
+                f"worker process {child.pid} exited with {rc}{_WHY.get(rc, '')}; starting another",
                 style="yellow",
+                highlight=False,
             )
             time.sleep(pause)
             restarts[slot] = time.monotonic()
@@ -160,6 +244,12 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
                 start(slot)
         time.sleep(0.2)
     return code
+
+
+_WHY = {
+    EXIT_STORE: " (the store stayed unavailable)",
+    EXIT_FROZE: " (an agent froze its event loop)",
+}
 
 
 def processes_from(value: str) -> int:
@@ -187,6 +277,6 @@ def child_argv(argv: list[str]) -> list[str]:
             skip = False
         elif arg == "--processes":
             skip = True
-        elif not arg.startswith("--processes="):
+        elif not arg.startswith("--processes=") and arg != "--worker-process":
             out.append(arg)
     return out

@@ -4,7 +4,10 @@ The loop beats every ``interval`` (one timer callback). A daemon thread checks t
 when it is late by more than ``threshold`` the loop is blocked, and the thread takes the
 loop thread's stack (``sys._current_frames``) and the running task while the block is
 still going on. When the loop beats again, the block's length is known and it is
-reported, in the loop thread, to ``on_block``.
+reported, in the loop thread, to ``on_block``. While a block goes on, ``on_stuck`` (if
+given) hears of it at every check, with its length so far, in the watchdog's thread: the
+only place where something can still be done about a loop that never beats again (see
+:mod:`legion.diagnostics.freeze`).
 
 A late loop is not always a blocked one, and the stack taken is the code running at
 that moment, which need not be what made the loop late: under load, many short
@@ -80,13 +83,16 @@ class LoopWatchdog:
         threshold: float = 0.1,
         interval: float | None = None,
         on_capture: Callable[[Capture], None] | None = None,
+        on_stuck: Callable[[Capture, float], None] | None = None,
     ) -> None:
         """``on_block`` hears of each block when it ends, in the loop's thread;
         ``on_capture`` (optional) hears of it while it goes on, in the watchdog's thread:
         the only chance to tell the blocked task before it ends, when it ends right after
-        the block."""
+        the block; ``on_stuck`` (optional) hears of it at every check while it goes on,
+        with its length so far, in the watchdog's thread."""
         self._on_block = on_block
         self._on_capture = on_capture
+        self._on_stuck = on_stuck
         self.threshold = threshold
         self._interval = interval if interval is not None else min(0.025, threshold / 4)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -158,27 +164,40 @@ class LoopWatchdog:
         while not self._stopped.wait(self._interval):
             last = self._last_beat
             late = time.monotonic() - last
+            probe = self._look(last, late, probe)
             capture = self._capture
-            if late < self.threshold / 2 or (
-                capture is not None and capture.since == last and capture.held
+            if (
+                self._on_stuck is not None
+                and late >= self.threshold
+                and capture is not None
+                and capture.since == last
             ):
-                continue
-            # Read the stack now: the frames move on as soon as the block ends.
-            cpu = self._loop_cpu()
-            frame = sys._current_frames().get(self._thread_id)
-            callback = _callback_frame(frame)
-            held = probe[0] == last and callback is not None and callback is probe[1]
-            if not held:
-                probe = (last, callback)
-            if late < self.threshold or (
-                capture is not None and capture.since == last and not held
-            ):
-                continue
-            held = held and not self._starved(last, cpu)
-            task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
-            self._capture = capture = Capture(last, task, tuple(_stack(frame)), held)
-            if self._on_capture is not None:
-                self._on_capture(capture)
+                self._on_stuck(capture, late)
+
+    def _look(
+        self, last: float, late: float, probe: tuple[float, FrameType | None]
+    ) -> tuple[float, FrameType | None]:
+        """Take the loop thread's stack while a block goes on; answer the new probe."""
+        capture = self._capture
+        if late < self.threshold / 2 or (
+            capture is not None and capture.since == last and capture.held
+        ):
+            return probe
+        # Read the stack now: the frames move on as soon as the block ends.
+        cpu = self._loop_cpu()
+        frame = sys._current_frames().get(self._thread_id)
+        callback = _callback_frame(frame)
+        held = probe[0] == last and callback is not None and callback is probe[1]
+        if not held:
+            probe = (last, callback)
+        if late < self.threshold or (capture is not None and capture.since == last and not held):
+            return probe
+        held = held and not self._starved(last, cpu)
+        task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
+        self._capture = capture = Capture(last, task, tuple(_stack(frame)), held)
+        if self._on_capture is not None:
+            self._on_capture(capture)
+        return probe
 
     def _loop_cpu(self) -> float | None:
         if self._cpu_clock is None:

@@ -21,8 +21,9 @@ Routes (every one but ``/healthz`` needs an API key, see :mod:`legion.server.aut
 
 Errors answer JSON ``{"detail": ...}`` and never a stack trace: 401/403 (key), 404, 409,
 413 (body larger than the limit), 422 (``detail`` lists the fields at fault, with
-``loc``, ``msg`` and ``type``), 503 (the store is unreachable), 500 (anything else,
-logged with its traceback on the server).
+``loc``, ``msg`` and ``type``), 503 with ``Retry-After`` (the store is unreachable,
+busy or too slow; every 503 carries ``Retry-After``), 507 (the store's disk is full:
+nothing was written), 500 (anything else, logged with its traceback on the server).
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from .. import __version__
-from ..errors import StoreError
+from ..errors import StorageFull, StoreError
 from . import dashboard, ops_api, streams, tasks_api
 from .auth import CHALLENGES, AuthError
 from .body_limit import BodyLimit
 from .deps import ServerState
+from .retry_after import RETRY_AFTER_SECONDS, RetryAfter
 
 log = logging.getLogger("legion.server")
 
@@ -72,6 +74,7 @@ def create_app(state: ServerState) -> FastAPI:
         openapi_url=None,  # served by ops_api, behind the API key
     )
     app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
+    app.add_middleware(RetryAfter)
     app.state.legion = state
     app.include_router(tasks_api.router)
     app.include_router(streams.router)
@@ -112,7 +115,16 @@ def _field_error(error: Any) -> dict[str, Any]:
 
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     log.warning("%s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse({"detail": "the store is unavailable; try again later"}, status_code=503)
+    if isinstance(exc, StorageFull):
+        detail = (
+            "the store is full: nothing was written. Free space on the store's disk, then try again"
+        )
+        return JSONResponse({"detail": detail}, status_code=507)
+    return JSONResponse(
+        {"detail": "the store is unavailable; try again later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -49,11 +49,12 @@ def _postgres_store() -> type[PostgresStore]:
     return PostgresStore
 
 
-def store_from_url(url: str, *, create: bool = True) -> Store:
+def store_from_url(url: str, *, create: bool = True, lease_seconds: float | None = None) -> Store:
     """A store for ``url`` (not yet opened); ``create=False`` refuses a missing database.
 
     A PostgreSQL database is never created (``create`` is ignored): opening a store on a
-    missing one raises :class:`~legion.errors.ConfigError`.
+    missing one raises :class:`~legion.errors.ConfigError`. ``lease_seconds`` (the
+    workers' lease, 30 s if not given) sets a PostgreSQL store's timeouts below it.
     """
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
@@ -63,7 +64,9 @@ def store_from_url(url: str, *, create: bool = True) -> Store:
             )
         return SQLiteStore(path[1:], create=create)
     if url.startswith(("postgresql://", "postgres://")):
-        return _postgres_store()(url)
+        if lease_seconds is None:
+            return _postgres_store()(url)
+        return _postgres_store()(url, lease_seconds=lease_seconds)
     raise ConfigError(
         f"unknown store URL {url!r}: expected sqlite:///path.db or postgresql://host/database"
     )

@@ -16,13 +16,25 @@ Idle workers can :meth:`~PostgresStore.wait_for_work`: triggers ``NOTIFY`` a per
 channel whenever a task is inserted or becomes queued again, and the store ``LISTEN``\\s on
 one dedicated connection, opened by the first wait and closed by :meth:`~PostgresStore.aclose`.
 
-psycopg errors are translated into :class:`~legion.errors.StoreError` here, once. When the
-server restarts, the calls in flight fail; the pool then drops its broken connections and
-later calls succeed on new ones (a call waits up to the pool timeout for a connection, so a
-short outage is often not seen at all).
+psycopg errors are translated into store errors here, once: a server that cannot be
+reached, goes away or does not answer in time raises
+:class:`~legion.errors.StoreUnavailable` (retryable: workers keep their work and try
+again), anything else :class:`~legion.errors.StoreError`. When the server restarts, the
+calls in flight fail; the pool then drops its broken connections and later calls succeed
+on new ones (a call waits for a connection up to the pool timeout or its own deadline,
+so a short outage is often not seen at all).
+
+Every call is bounded (see :mod:`legion.store.timeouts`; the bounds derive from the lease
+duration): libpq's connect timeout, TCP keepalives and ``tcp_user_timeout``, the server's
+``statement_timeout`` and ``idle_in_transaction_session_timeout``, and a deadline for the
+whole call. At the deadline the call's socket is shut down, so that psycopg fails at once
+instead of waiting on a server that does not answer, the connection is dropped, and the
+call raises :class:`~legion.errors.StoreUnavailable`. The server ends a cut off client's
+open transaction on its own (idle in transaction), releasing its row locks.
 
 The URL is a libpq URL (``postgresql://user:password@host:port/database?options=...``);
-``pool_min_size``, ``pool_max_size`` and ``pool_timeout`` in its query size the pool.
+``pool_min_size``, ``pool_max_size`` and ``pool_timeout`` in its query size the pool;
+``call_timeout`` bounds each call (seconds; default: a third of the lease).
 Tables live in the connection's current schema, so ``options=-csearch_path%3Dname`` keeps
 several legion stores in one database.
 """
@@ -31,19 +43,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import psycopg_pool
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from .. import codec
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..task import Completion, ErrorInfo, Lease, NewTask, Outcome, Submitted, TaskInfo, TaskStatus
 from .base import (
     ApiKey,
@@ -60,6 +76,7 @@ from .base import (
 )
 from .queries import migrations, queries
 from .rows import event_detail, task_info
+from .timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
 
 log = logging.getLogger("legion.store.postgres")
 Q = queries("postgres")
@@ -81,7 +98,16 @@ _OUTCOME_STATUS = {
     Outcome.CANCELLED: "cancelled",
     Outcome.RELEASED: "queued",
 }
-_POOL_PARAMS = ("pool_min_size", "pool_max_size", "pool_timeout")
+_POOL_PARAMS = ("pool_min_size", "pool_max_size", "pool_timeout", "call_timeout")
+# After a call's deadline has cut its socket, how long before the call is abandoned
+# outright (a backstop: the cut makes psycopg fail at once).
+_CUT_GRACE = 2.0
+PROCESS_TAG = f"legion-{uuid.uuid4().hex[:16]}"
+"""The ``application_name`` of this process's store sessions (unless the URL names one):
+a worker that must exit while its event loop is frozen ends them by it, so that their
+open transactions release their locks at once (see :mod:`legion.store.freeze`)."""
+# Connection failures in which the server answered but cannot serve yet.
+_NOT_YET = ("starting up", "shutting down", "in recovery", "too many", "not yet accepting")
 
 
 class PostgresStore:
@@ -94,19 +120,30 @@ class PostgresStore:
         min_size: int | None = None,
         max_size: int | None = None,
         timeout: float | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         """``min_size``/``max_size`` bound the pool (default 1 and 10) and ``timeout`` is
-        how long a call waits for a connection (default 30 s); each overrides the URL's
-        ``pool_*`` query parameter of the same meaning."""
+        how long a call waits for a connection (default 30 s, and never past the call's
+        deadline); each overrides the URL's ``pool_*`` query parameter of the same
+        meaning. ``lease_seconds`` (the workers' lease) sets every timeout below it (see
+        :mod:`legion.store.timeouts`); a ``call_timeout`` in the URL overrides it."""
         self.url = url
-        self._conninfo, options = _split_url(url)
+        conninfo, options = _split_url(url)
         self._where = _redact(url)
         try:
             self._min_size = int(options.get("pool_min_size", 1)) if min_size is None else min_size
             self._max_size = int(options.get("pool_max_size", 10)) if max_size is None else max_size
             self._timeout = float(options.get("pool_timeout", 30.0)) if timeout is None else timeout
+            bounds = StoreTimeouts.for_lease(lease_seconds)
+            if "call_timeout" in options:
+                bounds = bounds.with_call(float(options["call_timeout"]))
         except ValueError as exc:
             raise ConfigError(f"bad pool option in {self._where}: {exc}") from exc
+        self.timeouts = bounds
+        # Migrations run without the statement bounds (they may take long on big tables);
+        # every other connection has them.
+        self._migration_conninfo = _with_bounds(conninfo, bounds, server=False)
+        self._conninfo = _with_bounds(conninfo, bounds, server=True)
         if not 1 <= self._min_size <= self._max_size or self._timeout <= 0:
             raise ConfigError(
                 f"bad pool size in {self._where}: need 1 <= min_size <= max_size and timeout > 0"
@@ -120,7 +157,7 @@ class PostgresStore:
 
     async def open(self) -> None:
         try:
-            conn = await Connection.connect(self._conninfo, autocommit=True)
+            conn = await Connection.connect(self._migration_conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise await self._connect_error(exc) from exc
         try:
@@ -133,7 +170,7 @@ class PostgresStore:
             kwargs={"autocommit": True},
             min_size=self._min_size,
             max_size=self._max_size,
-            timeout=self._timeout,
+            timeout=min(self._timeout, self.timeouts.call),
             open=False,
             name="legion",
         )
@@ -141,11 +178,13 @@ class PostgresStore:
             await pool.open(wait=True, timeout=self._timeout)
         except psycopg.Error as exc:
             await pool.close()
-            raise StoreError(f"cannot connect to {self._where}: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to {self._where}: {exc}") from exc
         self._pool = pool
 
     async def _connect_error(self, exc: psycopg.Error) -> ConfigError | StoreError:
-        """A ConfigError if the server is up but the database is missing, else a StoreError."""
+        """A ConfigError if the server is up but the database is missing; a
+        StoreUnavailable if the server cannot be reached or cannot serve yet (starting up,
+        shutting down, too many clients); else (refused credentials...) a StoreError."""
         dbname = conninfo_to_dict(self._conninfo).get("dbname")
         if dbname:
             try:
@@ -159,7 +198,9 @@ class PostgresStore:
                         )
             except psycopg.Error:
                 pass  # no way to tell: report the first error
-        return StoreError(f"cannot connect to {self._where}: {exc}")
+        if _transient(exc):
+            return StoreUnavailable(f"cannot connect to {self._where}: {exc}")
+        return StoreError(f"{self._where} refused the connection: {exc}")
 
     async def _migrate(self, conn: Connection) -> str:
         """Bring the schema up to date; answer the work channel. Workers starting together
@@ -201,20 +242,40 @@ class PostgresStore:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection; psycopg errors leave as StoreError."""
+        """A pooled connection for one call, bounded by the call's deadline; psycopg
+        errors leave as store errors."""
         pool = self._pool
         if pool is None:
             raise StoreError("the store is not open (use `async with` or call open())")
+        loop = asyncio.get_running_loop()
+        limit = self.timeouts.call
+        deadline = loop.time() + limit
         lost = False
+        cut: list[bool] = []
         try:
-            async with pool.connection() as conn:
-                try:
-                    yield conn
-                finally:
-                    lost = conn.broken
-        except psycopg.Error as exc:
+            async with asyncio.timeout_at(deadline + _CUT_GRACE):
+                async with pool.connection(timeout=limit) as conn:
+                    timer = loop.call_at(deadline, _cut, conn, cut)
+                    try:
+                        yield conn
+                    finally:
+                        timer.cancel()
+                        lost = conn.broken and not cut
+        except psycopg.errors.QueryCanceled as exc:  # statement_timeout
+            raise StoreUnavailable(
+                f"the store at {self._where} did not answer within {limit:g}s: {exc}"
+            ) from exc
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout, TimeoutError) as exc:
             if lost:  # the server went away: drop the other idle connections too
-                await pool.check()
+                await _check(pool, limit)
+            if cut or isinstance(exc, TimeoutError):
+                raise StoreUnavailable(
+                    f"the store at {self._where} did not answer within {limit:g}s"
+                ) from exc
+            raise StoreUnavailable(f"the store at {self._where} is unavailable: {exc}") from exc
+        except psycopg.Error as exc:
+            if lost:
+                await _check(pool, limit)
             raise StoreError(f"the store at {self._where} failed: {exc}") from exc
 
     @asynccontextmanager
@@ -402,14 +463,14 @@ class PostgresStore:
             "limit": REQUEUE_CHUNK,
         }
         done = 0
-        async with self._cursor() as cur:
-            while True:
+        while True:
+            async with self._cursor() as cur:  # a call (and a deadline) per chunk
                 await cur.execute(Q["requeue"], params)
                 ids = [r[0] for r in await cur.fetchall()]
-                done += len(ids)
-                if len(ids) < REQUEUE_CHUNK:
-                    break
-                params["after"] = max(ids)
+            done += len(ids)
+            if len(ids) < REQUEUE_CHUNK:
+                break
+            params["after"] = max(ids)
         return done
 
     async def requeue_one(self, task_id: int) -> bool:
@@ -661,6 +722,50 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     ours = {k: v for k, v in query if k in _POOL_PARAMS}
     rest = urlencode([(k, v) for k, v in query if k not in _POOL_PARAMS], quote_via=quote)
     return urlunsplit(parts._replace(query=rest)), ours
+
+
+def _with_bounds(conninfo: str, bounds: StoreTimeouts, *, server: bool) -> str:
+    """``conninfo`` with the timeouts' libpq settings it does not set itself; with
+    ``server``, the session's statement bounds too, ahead of its own ``options``."""
+    given = conninfo_to_dict(conninfo)
+    extra: dict[str, Any] = {k: v for k, v in bounds.libpq().items() if k not in given}
+    if server:
+        extra["options"] = f"{bounds.server_options()} {given.get('options') or ''}".strip()
+        if "application_name" not in given:
+            extra["application_name"] = PROCESS_TAG
+    return make_conninfo(conninfo, **extra)
+
+
+def _transient(exc: psycopg.Error) -> bool:
+    """Whether a failure to connect may pass on its own. libpq gives no SQLSTATE for
+    these: a failure without a server's FATAL answer is the network's (refused, timed
+    out); a FATAL answer is permanent (credentials, permissions) unless the server says
+    it cannot serve yet."""
+    message = str(exc)
+    if "password" in message or "authentication" in message:
+        return False
+    return "FATAL:" not in message or any(m in message for m in _NOT_YET)
+
+
+def _cut(conn: Connection, cut: list[bool]) -> None:
+    """A call's deadline passed: shut its socket down, so that whatever psycopg waits for
+    fails at once (the connection is then broken and leaves the pool)."""
+    cut.append(True)
+    try:
+        fd = conn.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.Error) as exc:
+        log.debug("could not cut a late store call's connection: %s", exc)
+
+
+async def _check(pool: AsyncConnectionPool[Connection], limit: float) -> None:
+    """Drop the pool's broken idle connections, within ``limit`` seconds."""
+    try:
+        async with asyncio.timeout(limit):
+            await pool.check()
+    except (TimeoutError, psycopg.Error) as exc:
+        log.warning("checking the store's idle connections failed: %s", exc)
 
 
 def _redact(url: str) -> str:

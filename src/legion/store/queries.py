@@ -1,7 +1,8 @@
 """SQL lives in ``.sql`` files beside this module, called by name.
 
-``sql/<dialect>/queries.sql`` holds the named queries (a ``-- name: x`` line starts
-each); ``sql/<dialect>/NNNN_*.sql`` are the numbered migrations, applied in order.
+``sql/<dialect>/queries.sql`` (and any other non-migration ``.sql`` file there) holds
+the named queries (a ``-- name: x`` line starts each); ``sql/<dialect>/NNNN_*.sql`` are
+the numbered migrations, applied in order.
 """
 
 from __future__ import annotations
@@ -20,13 +21,22 @@ def _folder(dialect: str) -> resources.abc.Traversable:
 
 @cache
 def queries(dialect: str) -> dict[str, str]:
-    """The named queries of one dialect, comments stripped."""
-    text = _folder(dialect).joinpath("queries.sql").read_text("utf-8")
-    parts = _NAME.split(text)
+    """The named queries of one dialect, comments stripped: those of ``queries.sql`` and
+    of every other ``.sql`` file that is not a migration (one file per concern)."""
+    files = sorted(
+        (e for e in _folder(dialect).iterdir() if e.name.endswith(".sql")),
+        key=lambda e: (e.name != "queries.sql", e.name),
+    )
     named: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
-        named[name] = "\n".join(lines).strip().rstrip(";")
+    for entry in files:
+        if _MIGRATION.match(entry.name):
+            continue
+        parts = _NAME.split(entry.read_text("utf-8"))
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in named:
+                raise ValueError(f"two {dialect} queries are named {name!r}")
+            lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
+            named[name] = "\n".join(lines).strip().rstrip(";")
     return named
 
 

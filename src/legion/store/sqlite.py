@@ -5,6 +5,12 @@ never blocks on disk and SQLite sees a single writer per process. Write transact
 start with ``BEGIN IMMEDIATE``: they take the write lock up front, so several processes
 sharing one file queue on ``busy_timeout`` instead of failing with ``SQLITE_BUSY_SNAPSHOT``
 (which a deferred read-then-write transaction can get and which no timeout retries).
+
+``sqlite3`` errors leave the store translated, once, in :meth:`SQLiteStore._call`: a full
+disk (``SQLITE_FULL``) as :class:`~legion.errors.StorageFull`; a file that is busy,
+locked, cannot be opened or fails to read or write as
+:class:`~legion.errors.StoreUnavailable`; anything else as
+:class:`~legion.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import codec
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, StorageFull, StoreError, StoreUnavailable
 from ..task import (
     Completion,
     ErrorInfo,
@@ -80,7 +86,10 @@ class SQLiteStore:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, fn, *args)
+        try:
+            return await loop.run_in_executor(self._thread, fn, *args)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -94,7 +103,9 @@ class SQLiteStore:
         try:
             result = fn(db)
         except BaseException:
-            db.execute("ROLLBACK")
+            # Some errors (SQLITE_FULL, SQLITE_IOERR...) roll the transaction back already.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         return result
@@ -113,17 +124,20 @@ class SQLiteStore:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open the store {self.path}: {exc}") from exc
-        db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA temp_store = MEMORY")
-        db.execute("PRAGMA cache_size = -65536")
         self._conn = db
         try:
+            db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA temp_store = MEMORY")
+            db.execute("PRAGMA cache_size = -65536")
             self._transaction(self._migrate)
         except sqlite3.DatabaseError as exc:
             db.close()
             self._conn = None
+            found = _translate(exc, self.path)
+            if found.retryable:  # full, busy or locked: not the file's fault
+                raise found from exc
             raise StoreError(f"{self.path} is not a usable legion store: {exc}") from exc
 
     @staticmethod
@@ -564,6 +578,30 @@ class SQLiteStore:
             self._transaction,
             lambda db: db.execute(Q["revoke_api_key"], params).rowcount == 1,
         )
+
+
+_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def _translate(exc: sqlite3.Error, path: str) -> StoreError:
+    """The store error for an ``sqlite3`` error, by its (primary) result code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == sqlite3.SQLITE_FULL:
+        return StorageFull(
+            f"the store {path} is full ({exc}): free space on its disk, then try again"
+        )
+    if primary in _UNAVAILABLE:
+        return StoreUnavailable(f"the store {path} is unavailable ({exc}); try again later")
+    return StoreError(f"the store {path} failed: {exc}")
 
 
 def _completion_params(c: Completion) -> tuple[Any, ...]:

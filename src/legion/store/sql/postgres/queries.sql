@@ -284,7 +284,8 @@ UPDATE api_keys SET revoked_at = coalesce(revoked_at, %(now)s) WHERE id = %(id)s
 -- name: insert_diagnostics
 INSERT INTO diagnostics (task_id, attempt, agent, kind, data)
 SELECT * FROM unnest(%(task_id)s::bigint[], %(attempt)s::integer[], %(agent)s::text[],
-                     %(kind)s::text[], %(data)b::bytea[]);
+                     %(kind)s::text[], %(data)b::bytea[])
+ON CONFLICT DO NOTHING;
 
 -- name: diagnostics
 SELECT task_id, attempt, agent, data FROM diagnostics

@@ -193,7 +193,8 @@ UPDATE api_keys SET revoked_at = coalesce(revoked_at, :now) WHERE id = :id;
 
 -- name: insert_diagnostic
 INSERT INTO diagnostics (task_id, attempt, agent, kind, data)
-VALUES (:task_id, :attempt, :agent, :kind, :data);
+VALUES (:task_id, :attempt, :agent, :kind, :data)
+ON CONFLICT DO NOTHING;
 
 -- name: diagnostics
 SELECT task_id, attempt, agent, data FROM diagnostics

@@ -1,0 +1,128 @@
+"""``legion worker`` started while its database is down: it waits, saying so, and serves
+once the database starts; it gives up after ``--store-wait`` (exit 3, which the
+supervisor answers by starting it again); refused credentials stop it at once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..pg_cluster import PrivateCluster
+from .conftest import legion, read_jsonl, start_legion, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster() -> Iterator[PrivateCluster]:
+    """A private PostgreSQL cluster, initialised but not started."""
+    c = PrivateCluster()
+    c.init()
+    yield c
+    c.remove()
+
+
+def read_until(proc: subprocess.Popen[str], text: str) -> list[str]:
+    """Lines of the process's stderr up to the first one containing ``text``."""
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"the process ended before saying {text!r}: {''.join(seen)}")
+
+
+def test_a_worker_started_before_its_database_waits_then_runs_tasks(
+    tmp_path: Path, agents_file: Path, cluster: PrivateCluster
+) -> None:
+    log = tmp_path / "steps.log"
+    worker = start_legion(
+        "worker",
+        "--app",
+        str(agents_file),
+        "--store",
+        cluster.url,
+        "--store-wait",
+        "300",
+        "-c",
+        "20",
+        env={"STEP_LOG": str(log)},
+    )
+    try:
+        waiting = read_until(worker, "the store is unavailable (try 1)")
+        assert "trying again in" in waiting[-1]
+        cluster.start()
+        read_until(worker, "serving")
+        n = 50
+        inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(n)])
+        out = tmp_path / "out.jsonl"
+        run = legion(
+            "run",
+            f"{agents_file}:work",
+            "-i",
+            str(inp),
+            "-o",
+            str(out),
+            "--store",
+            cluster.url,
+            "--no-local-worker",
+        )
+        assert run.returncode == 0, run.stderr
+        rows = read_jsonl(out)
+        assert len(rows) == n and {r["status"] for r in rows} == {"succeeded"}
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        assert "stopped after 50 succeeded" in err
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+
+
+def test_the_supervisor_restarts_a_worker_that_gave_up_on_the_store(
+    tmp_path: Path, agents_file: Path, cluster: PrivateCluster
+) -> None:
+    supervisor = start_legion(
+        "worker",
+        "--app",
+        str(agents_file),
+        "--store",
+        cluster.url,
+        "--store-wait",
+        "0.5",
+        "--processes",
+        "1",
+        env={"STEP_LOG": str(tmp_path / "steps.log")},
+    )
+    try:
+        gave_up = read_until(supervisor, "exited with 3")
+        assert any("still unavailable" in line for line in gave_up), gave_up
+        assert "(the store stayed unavailable); starting another" in gave_up[-1]
+        cluster.start()
+        read_until(supervisor, "serving")
+        supervisor.send_signal(signal.SIGTERM)
+        _, err = supervisor.communicate(timeout=60)
+        assert supervisor.returncode == 0, err
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.communicate()
+
+
+def test_a_worker_refused_by_the_database_stops_at_once(
+    agents_file: Path, cluster: PrivateCluster
+) -> None:
+    cluster.start()
+    url = cluster.url.replace("postgres@", "nobody@")
+    out = legion("worker", "--app", str(agents_file), "--store", url, "--store-wait", "300")
+    assert out.returncode == 2, out.stderr
+    assert "refused the connection" in out.stderr and "nobody" in out.stderr
+    assert "unavailable" not in out.stderr
+    bad = legion("worker", "--app", str(agents_file), "--store", "mysql://db/x")
+    assert bad.returncode == 2 and "unknown store URL" in bad.stderr

@@ -1,0 +1,121 @@
+"""A worker cut off from PostgreSQL by a blackhole (a proxy that stops forwarding) fails
+its store calls after its timeout instead of hanging, the healthy worker's commits go on
+meanwhile, and once the blackhole ends every task completes exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+import legion
+from legion import codec
+from legion.errors import StoreUnavailable
+from legion.store import PostgresStore
+from legion.task import NewTask, TaskStatus
+from legion.worker import Worker, WorkerConfig
+
+from .tcp_proxy import proxy_to
+
+pytestmark = pytest.mark.slow
+
+LEASE = 6.0  # store calls are bounded by a third of it: 2 s
+TASKS = 300
+
+
+@legion.agent(name="effect", timeout=60, retries=5, backoff=0)
+async def effect(ctx: legion.Context, n: int, ledger: str) -> int:
+    def touch() -> int:
+        with open(ledger, "a") as f:
+            f.write(json.dumps({"task": ctx.task_id, "n": n}) + "\n")
+        return n
+
+    done = await ctx.step("touch", touch)
+    await asyncio.sleep(0.05)
+    return int(done)
+
+
+def through(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+
+
+async def until(what: str, check: Callable[[], Awaitable[bool]], within: float = 120.0) -> None:
+    """Poll ``check`` until it holds; fail after ``within`` seconds (a generous bound)."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within:.0f}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_blackholed_worker_times_out_and_the_healthy_one_goes_on(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    direct = PostgresStore(postgres_url, lease_seconds=LEASE)
+    await direct.open()
+    async with proxy_to("127.0.0.1", urlsplit(postgres_url).port or 5432) as proxy:
+        cut = PostgresStore(through(postgres_url, proxy.port), lease_seconds=LEASE)
+        await cut.open()
+        try:
+            await direct.submit(
+                [
+                    NewTask("effect", codec.dumps({"n": i, "ledger": str(ledger)}), f"t{i}")
+                    for i in range(TASKS)
+                ],
+                time.time(),
+            )
+            config = WorkerConfig(
+                concurrency=10, lease_seconds=LEASE, poll_interval=0.2, watchdog=False
+            )
+            healthy = Worker(direct, agents=[effect], config=config)
+            cutoff = Worker(cut, agents=[effect], config=config)
+            runs = [
+                asyncio.create_task(w.run(), name=f"worker-{i}")
+                for i, w in enumerate((healthy, cutoff))
+            ]
+
+            async def both_working() -> bool:
+                return min(healthy.statistics().succeeded, cutoff.statistics().succeeded) > 0
+
+            await until("both workers complete tasks", both_working)
+            proxy.blackhole()
+            before = healthy.statistics().succeeded
+
+            # The cut off worker's calls fail with a store error (bounded: no hang).
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await cut.counts()
+            assert time.monotonic() - started < cut.timeouts.call + 10  # a generous bound
+
+            async def healthy_goes_on() -> bool:
+                return healthy.statistics().succeeded >= before + 30
+
+            await until("the healthy worker completes tasks during the blackhole", healthy_goes_on)
+            proxy.blackhole(False)
+
+            async def all_done() -> bool:
+                return (await direct.counts()).get(TaskStatus.SUCCEEDED, 0) == TASKS
+
+            await until("every task succeeds", all_done)
+            for w in (healthy, cutoff):
+                w.stop()
+            await asyncio.gather(*runs)
+
+            # Nothing lost, each completion recorded once, every side effect made.
+            assert await direct.counts() == {TaskStatus.SUCCEEDED: TASKS}
+            events = await direct.events_after(0)
+            done = Counter(e.task_id for e in events if e.status is TaskStatus.SUCCEEDED)
+            assert len(done) == TASKS and set(done.values()) == {1}
+            effects = [json.loads(line) for line in ledger.read_text().splitlines()]
+            assert {e["n"] for e in effects} == set(range(TASKS))
+        finally:
+            await cut.aclose()
+            await direct.aclose()
