@@ -12,14 +12,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .base import Event, MemoryWrite, Reclaimed, StepInfo, Store, WorkerInfo, WriteBatch
+from .base import DiagnosticRecord, Event, Extended, MemoryWrite, Reclaimed, StepInfo, Store, WorkerInfo, WriteBatch
 from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
 
 __all__ = [
+    "DiagnosticRecord",
     "Event",
+    "Extended",
     "MemoryWrite",
     "PostgresStore",
     "Reclaimed",
