@@ -6,6 +6,9 @@
     ├── ConfigError            bad store URL, bad option, bad agent path
     │   └── AgentLoadError     an agent path that does not import or name an agent
     ├── StoreError             the store failed or holds something unexpected
+    ├── LeaseLost              raised inside an instance whose lease another worker (or a
+    │                          reclaim, or a cancel) took: its writes are refused, and the
+    │                          worker stops it
     ├── TaskFailed             rt.result(..., raise_on_failure=True) of a task that did not succeed
     └── AgentError             raised *inside* an agent instance; decides retryability
         ├── Permanent          raise it to fail the task at once, without retrying
@@ -55,6 +58,18 @@ class AgentLoadError(ConfigError):
 
 class StoreError(LegionError):
     """Raised when the store fails or returns something it should not."""
+
+
+class LeaseLost(LegionError):
+    """Raised inside an agent instance whose lease no longer holds: the store refused its
+    writes (a step, a memory write) because the task was taken back, leased to another
+    worker or finished meanwhile. The worker stops the instance; nothing it writes after
+    that is accepted."""
+
+    def __init__(self, task_id: int, attempt: int) -> None:
+        self.task_id = task_id
+        self.attempt = attempt
+        super().__init__(f"the lease on task {task_id} (attempt {attempt}) was lost")
 
 
 class TaskFailed(LegionError):

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from legion import codec
-from legion.store import DiagnosticRecord, MemoryWrite, SQLiteStore, Store, WorkerInfo, WriteBatch, store_from_url
+from legion.store import (
+    DiagnosticRecord,
+    MemoryWrite,
+    SQLiteStore,
+    Store,
+    WorkerInfo,
+    WriteBatch,
+    store_from_url,
+)
 from legion.store.queries import migrations
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus
 
@@ -243,9 +251,7 @@ async def test_writes_are_fenced_by_the_lease(store: Store) -> None:
     assert [s.output for s in await store.steps(a.id)] == ["fresh"]
     assert await store.memory_get("m", "k") == b'"fresh"'
     # A released task keeps its steps: the next lease, attempt 1 again, replays them.
-    await store.write(
-        WriteBatch(completions=[done(a.id, 1, "w2", Outcome.RELEASED)]), NOW
-    )
+    await store.write(WriteBatch(completions=[done(a.id, 1, "w2", Outcome.RELEASED)]), NOW)
     (again,) = await store.lease("w3", {"a": 1}, 1, NOW + 600, NOW)
     assert again.attempt == 1 and again.steps == {"s": b'"fresh"'}
 

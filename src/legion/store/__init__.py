@@ -12,7 +12,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .base import DiagnosticRecord, Event, Extended, MemoryWrite, Reclaimed, StepInfo, Store, WorkerInfo, WriteBatch
+from .base import (
+    DiagnosticRecord,
+    Event,
+    Extended,
+    MemoryWrite,
+    Reclaimed,
+    StepInfo,
+    Store,
+    WorkerInfo,
+    WriteBatch,
+)
 from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:

@@ -625,7 +625,9 @@ def _fence(db: sqlite3.Connection, batch: WriteBatch) -> set[tuple[int, int, str
     """The leases behind the batch's steps, memory writes and diagnostics that still hold,
     as ``(task_id, attempt, owner)``; the others' task ids go into ``batch.lost``. (One
     query for the whole batch; the write lock is held from here to the commit.)"""
-    wanted: set[tuple[int, int, str | None]] = {(s.task_id, s.attempt, s.owner) for s in batch.steps}
+    wanted: set[tuple[int, int, str | None]] = {
+        (s.task_id, s.attempt, s.owner) for s in batch.steps
+    }
     wanted.update((m.task_id, m.attempt, m.owner) for m in batch.memory if m.task_id is not None)
     wanted.update((d.task_id, d.attempt, d.owner) for d in batch.diagnostics)
     if not wanted:
