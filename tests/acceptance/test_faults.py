@@ -37,7 +37,7 @@ from .conftest import LEGION, wait_for
 
 pytestmark = pytest.mark.slow
 
-AGENTS = '''
+AGENTS = """
 import asyncio
 import os
 import signal
@@ -84,7 +84,7 @@ async def neighbour(ctx, i: int, culprit: bool = False):
     if first:
         await asyncio.sleep(1.0)  # the first time, be running when a culprit strikes
     return i
-'''
+"""
 
 
 class Fleet:
@@ -165,7 +165,9 @@ def text(value: Any) -> str:
     return bytes(value).decode() if isinstance(value, (bytes, memoryview)) else str(value)
 
 
-def check(store_url: str, env: dict[str, str], *, n: int, dead: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+def check(
+    store_url: str, env: dict[str, str], *, n: int, dead: frozenset[int] = frozenset()
+) -> None:
     """The ledger's checks (see the module's docstring)."""
     tasks = {
         tid: (status, codec.loads(text(out)) if out is not None else None)
@@ -178,7 +180,8 @@ def check(store_url: str, env: dict[str, str], *, n: int, dead: set[int] = froze
         t
         for (t,) in query(
             store_url,
-            "SELECT task_id FROM events WHERE status IN ('succeeded', 'failed', 'dead', 'cancelled')",
+            "SELECT task_id FROM events "
+            "WHERE status IN ('succeeded', 'failed', 'dead', 'cancelled')",
         )
     )
     assert all(finals[t] == 1 for t in tasks), "a task has more than one final event"
@@ -294,14 +297,13 @@ def test_tasks_that_kill_their_worker_die_alone(
             what="every task to end",
         )
         dead = {t for (t,) in query(store, "SELECT id FROM tasks WHERE status = 'dead'")}
-        culprits = {
-            t for t, inp in query(store, "SELECT id, input FROM tasks") if codec.loads(inp)["culprit"]
-        }
+        everything = query(store, "SELECT id, input FROM tasks")
+        culprits = {t for t, inp in everything if codec.loads(inp)["culprit"]}
         assert dead == culprits, "an innocent neighbour died, or a culprit did not"
         reasons = query(store, "SELECT error, crashes FROM tasks WHERE status = 'dead'")
         for error, crashes in reasons:
             assert "alone" in codec.loads(text(error))["message"] and crashes == 1
-        check(store, env, n=203, dead=culprits)
+        check(store, env, n=203, dead=frozenset(culprits))
     finally:
         fleet.stop_all()
 
@@ -356,4 +358,3 @@ def test_a_worker_killed_at_each_commit_point_loses_nothing(
         check(store, env, n=n)
     finally:
         fleet.stop_all()
-
