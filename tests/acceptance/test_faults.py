@@ -318,16 +318,16 @@ def test_workers_with_skewed_clocks_steal_no_live_lease_on_postgres(
     app, env = setup
     fleet = Fleet(tmp_path, app, postgres_url, env)
     try:
-        n = 300
-        submit(postgres_url, "chain", chains(n, 0.05), 4)
-        for skew in ("+20s", "-20s"):
+        n = 400
+        for skew in ("-20s", "+20s"):  # the slow one first: the fast one would steal from it
             fleet.start(
                 "-c",
-                "100",
+                "50",
                 "--lease-seconds",
                 "3",
                 env={"LD_PRELOAD": FAKETIME, "FAKETIME": skew, "FAKETIME_DONT_RESET": "1"},
             )
+        submit(postgres_url, "chain", chains(n, 0.2), 4)
         wait_for(lambda: count(postgres_url, "status = 'succeeded'") == n, what="all done")
         assert count(postgres_url, "attempt <> 1") == 0, "a live lease was taken back"
         runs = Counter((f[1], f[2]) for f in ledger(env) if f[0] == "begin")
