@@ -222,6 +222,7 @@ class Worker:
             tracking.install(self._loop)
             self._watchdog.start()
         await self._register()
+        self._confirmed_at = time.monotonic()  # no lease is held yet
         for executor in self.executors.values():
             await executor.start()
         journal = asyncio.create_task(self._journal.run(), name="legion-journal")
@@ -238,9 +239,9 @@ class Worker:
             await self._lease_loop()
             await self._drain()
         finally:
-            for t in background:
+            for t in (*background, *self._reports):
                 t.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*background, *self._reports, return_exceptions=True)
             if self._instances:  # run() itself was cancelled: give everything back
                 for inst in list(self._instances.values()):
                     inst.stop(StopReason.RELEASED)
@@ -592,6 +593,9 @@ class Worker:
                         len(self._instances),
                     )
                     self._lost(set(self._instances))
+                    # Rows still leased to it go back to the queue (not charged) as soon as
+                    # the store answers again.
+                    self._ambiguous_lease = True
 
     async def heartbeat(self) -> None:
         """Extend the leases of the instances this worker runs; stop those whose lease is
