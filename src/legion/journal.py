@@ -7,9 +7,11 @@ flight the next batch fills up, so batches grow exactly when load does.
 
 Every write carries its lease and the store refuses those of a lease that no longer
 holds: the writer's wait then raises :class:`~legion.errors.LeaseLost`, and ``on_lost``
-hears the tasks (the worker stops their instances). A commit whose answer was lost is
-written again; a completion the store then calls "not applied" is looked up, and counts
-as applied when the task holds exactly what it wrote.
+hears the tasks (the worker stops their instances). The same statements tell which
+tasks' cancellation was asked (``on_cancel``), so a cancel is seen at every step.
+
+A commit whose answer was lost is written again; a completion the store then calls "not
+applied" is looked up, and counts as applied when the task holds exactly what it wrote.
 """
 
 from __future__ import annotations
@@ -48,12 +50,14 @@ class Journal:
         clock: Clock,
         on_committed: CompletionCallback,
         on_lost: LostCallback | None = None,
+        on_cancel: LostCallback | None = None,
         max_retry_delay: float = 5.0,
     ) -> None:
         self._store = store
         self._clock = clock
         self._on_committed = on_committed
         self._on_lost = on_lost
+        self._on_cancel = on_cancel
         self._max_retry_delay = max_retry_delay
         self._batch = WriteBatch()
         # Who waits for the batch, with the task whose lease the write came from (None:
@@ -150,6 +154,8 @@ class Journal:
                     fut.set_result(None)
             if lost and self._on_lost is not None:
                 self._on_lost(lost)
+            if batch.cancelled and self._on_cancel is not None:
+                self._on_cancel(batch.cancelled)
             if batch.completions and faults.ARMED:
                 faults.hit("completed")
             if batch.completions:
@@ -177,6 +183,7 @@ class Journal:
                 )
                 retried = True
                 batch.lost.clear()
+                batch.cancelled.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
         if retried and not all(applied):

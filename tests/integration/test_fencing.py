@@ -86,6 +86,30 @@ async def test_the_heartbeat_stops_an_instance_whose_lease_it_cannot_extend(
     assert any("lease on task" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_cancel_asked_through_the_store_is_seen_at_the_next_step(store_url: str) -> None:
+    go = asyncio.Event()
+    ran: list[str] = []
+
+    @legion.agent
+    async def steps(ctx: legion.Context, x: int) -> int:
+        await ctx.step("one", ran.append, "one")
+        await go.wait()
+        await ctx.step("two", ran.append, "two")  # its record tells of the cancel
+        await ctx.step("three", ran.append, "three")  # never runs
+        return x
+
+    # The next heartbeat is seconds away: step two's record is what tells of the cancel.
+    async with Runtime(store_url, lease_seconds=600) as rt:
+        submitted = await rt.submit(steps, 1)
+        await wait_until(lambda: ran == ["one"])
+        assert await rt.store.cancel(submitted.id, time.time()) is TaskStatus.RUNNING
+        go.set()
+        async with asyncio.timeout(30):
+            result = await rt.result(submitted.id)
+    assert result.status is TaskStatus.CANCELLED
+    assert ran == ["one", "two"]
+
+
 class AnswerLost(SQLiteStore):
     """A real SQLite store whose first write (or lease) commits and then fails, as when the
     connection drops before the acknowledgement arrives."""

@@ -50,13 +50,15 @@ class WriteBatch:
 
     Steps, fenced memory writes and diagnostics are accepted only from the current lease
     of their task (its attempt number, its owner, the task running), like completions;
-    :meth:`Store.write` puts the ids of the tasks whose writes it refused in ``lost``."""
+    :meth:`Store.write` puts the ids of the tasks whose writes it refused in ``lost``, and
+    of those whose writes it accepted but whose cancellation was asked in ``cancelled``."""
 
     steps: list[StepRecord] = field(default_factory=list)
     memory: list[MemoryWrite] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
     diagnostics: list[DiagnosticRecord] = field(default_factory=list)
     lost: set[int] = field(default_factory=set)
+    cancelled: set[int] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.steps) + len(self.memory) + len(self.completions) + len(self.diagnostics)

@@ -375,7 +375,8 @@ class PostgresStore:
                 await cur.execute(Q["complete"], _completion_params(batch.completions))
                 applied = {r[0] for r in await cur.fetchall()}
             for cur in fenced:
-                batch.lost.update(r[0] for r in await cur.fetchall())
+                for task_id, cancel in await cur.fetchall():
+                    (batch.cancelled if cancel else batch.lost).add(task_id)
         return [i in applied for i in range(1, len(batch.completions) + 1)]
 
     async def extend_leases(

@@ -623,7 +623,8 @@ def _with_steps(db: sqlite3.Connection, rows: Sequence[Any]) -> list[Lease]:
 
 def _fence(db: sqlite3.Connection, batch: WriteBatch) -> set[tuple[int, int, str | None]]:
     """The leases behind the batch's steps, memory writes and diagnostics that still hold,
-    as ``(task_id, attempt, owner)``; the others' task ids go into ``batch.lost``. (One
+    as ``(task_id, attempt, owner)``; the others' task ids go into ``batch.lost``, and those
+    whose cancellation was asked into ``batch.cancelled``. (One
     query for the whole batch; the write lock is held from here to the commit.)"""
     wanted: set[tuple[int, int, str | None]] = {
         (s.task_id, s.attempt, s.owner) for s in batch.steps
@@ -633,7 +634,11 @@ def _fence(db: sqlite3.Connection, batch: WriteBatch) -> set[tuple[int, int, str
     if not wanted:
         return wanted
     ids = codec.dumps(sorted({w[0] for w in wanted})).decode()
-    live: set[tuple[int, int, str | None]] = set(db.execute(Q["live_leases"], {"ids": ids}))
+    live: set[tuple[int, int, str | None]] = set()
+    for task_id, attempt, owner, cancel in db.execute(Q["live_leases"], {"ids": ids}):
+        live.add((task_id, attempt, owner))
+        if cancel:
+            batch.cancelled.add(task_id)
     held = wanted & live
     batch.lost.update(w[0] for w in wanted - held)
     return held

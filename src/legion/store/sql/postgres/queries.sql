@@ -101,8 +101,10 @@ RETURNING c.ord;
 -- name: insert_steps
 -- Fenced like a completion: a step is recorded only while its lease holds. Sorted by
 -- (task_id, key) by the caller so concurrent batches lock in one order; within a batch the
--- first record of a key wins, as a recorded step never changes. Answers the tasks whose
--- lease was lost (their steps were not recorded).
+-- first record of a key wins, as a recorded step never changes. Answers (task_id, false)
+-- for the tasks whose lease was lost (their steps were not recorded) and (task_id, true)
+-- for those whose cancellation was asked (so it is seen at every step, not only at the
+-- heartbeat); the other fenced writes answer the same.
 WITH w AS (
     SELECT * FROM unnest(%(task_id)s::bigint[], %(key)s::text[], %(attempt)s::integer[],
                          %(owner)s::text[], %(output)b::bytea[], %(started_at)s::float8[],
@@ -112,7 +114,7 @@ WITH w AS (
 live AS (
     -- The leases these writes come from that still hold, locked (shared) until the
     -- commit: a reclaim or a lease cannot take them in between.
-    SELECT t.id FROM tasks AS t
+    SELECT t.id, t.cancel_requested FROM tasks AS t
     WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
       AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
     ORDER BY t.id
@@ -124,7 +126,8 @@ written AS (
     WHERE task_id IN (SELECT id FROM live)
     ON CONFLICT (task_id, key) DO NOTHING
 )
-SELECT DISTINCT task_id FROM w WHERE task_id NOT IN (SELECT id FROM live);
+SELECT DISTINCT task_id, false FROM w WHERE task_id NOT IN (SELECT id FROM live)
+UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: set_memory
 -- A write made by a task (task_id not NULL) is fenced by its lease, like a step; answers
 -- the tasks whose lease was lost.
@@ -136,7 +139,7 @@ WITH w AS (
 live AS (
     -- The leases these writes come from that still hold, locked (shared) until the
     -- commit: a reclaim or a lease cannot take them in between.
-    SELECT t.id FROM tasks AS t
+    SELECT t.id, t.cancel_requested FROM tasks AS t
     WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
       AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
     ORDER BY t.id
@@ -148,8 +151,9 @@ written AS (
     WHERE task_id IS NULL OR task_id IN (SELECT id FROM live)
     ON CONFLICT (session, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
 )
-SELECT DISTINCT task_id FROM w
-WHERE task_id IS NOT NULL AND task_id NOT IN (SELECT id FROM live);
+SELECT DISTINCT task_id, false FROM w
+WHERE task_id IS NOT NULL AND task_id NOT IN (SELECT id FROM live)
+UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: delete_memory
 WITH w AS (
     SELECT * FROM unnest(%(session)s::text[], %(key)s::text[], %(task_id)s::bigint[],
@@ -159,7 +163,7 @@ WITH w AS (
 live AS (
     -- The leases these writes come from that still hold, locked (shared) until the
     -- commit: a reclaim or a lease cannot take them in between.
-    SELECT t.id FROM tasks AS t
+    SELECT t.id, t.cancel_requested FROM tasks AS t
     WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
       AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
     ORDER BY t.id
@@ -170,8 +174,9 @@ deleted AS (
     WHERE m.session = w.session AND m.key = w.key
       AND (w.task_id IS NULL OR w.task_id IN (SELECT id FROM live))
 )
-SELECT DISTINCT task_id FROM w
-WHERE task_id IS NOT NULL AND task_id NOT IN (SELECT id FROM live);
+SELECT DISTINCT task_id, false FROM w
+WHERE task_id IS NOT NULL AND task_id NOT IN (SELECT id FROM live)
+UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: get_memory
 SELECT value FROM memory WHERE session = %(session)s AND key = %(key)s;
 
@@ -393,7 +398,7 @@ WITH w AS (
 live AS (
     -- The leases these writes come from that still hold, locked (shared) until the
     -- commit: a reclaim or a lease cannot take them in between.
-    SELECT t.id FROM tasks AS t
+    SELECT t.id, t.cancel_requested FROM tasks AS t
     WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
       AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
     ORDER BY t.id
@@ -403,7 +408,8 @@ written AS (
     INSERT INTO diagnostics (task_id, attempt, agent, kind, data)
     SELECT task_id, attempt, agent, kind, data FROM w WHERE task_id IN (SELECT id FROM live)
 )
-SELECT DISTINCT task_id FROM w WHERE task_id NOT IN (SELECT id FROM live);
+SELECT DISTINCT task_id, false FROM w WHERE task_id NOT IN (SELECT id FROM live)
+UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: diagnostics
 SELECT task_id, attempt, agent, data FROM diagnostics
 WHERE (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)

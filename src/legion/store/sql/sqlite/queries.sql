@@ -41,8 +41,9 @@ RETURNING id, agent, input, key, session, attempt, max_attempts;
 SELECT task_id, key, output FROM steps WHERE task_id IN (SELECT value FROM json_each(:ids));
 
 -- name: live_leases
--- The fence of a write batch: which of these tasks are running, under which lease.
-SELECT id, attempt, lease_owner FROM tasks
+-- The fence of a write batch: which of these tasks are running, under which lease, and
+-- whether their cancellation was asked.
+SELECT id, attempt, lease_owner, cancel_requested FROM tasks
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running';
 -- name: complete
 -- Fenced: applies only while the worker still holds lease number `attempt`.
