@@ -101,7 +101,9 @@ async def test_a_cancel_asked_through_the_store_is_seen_at_the_next_step(store_u
     # The next heartbeat is seconds away: step two's record is what tells of the cancel.
     async with Runtime(store_url, lease_seconds=600) as rt:
         submitted = await rt.submit(steps, 1)
-        await wait_until(lambda: ran == ["one"])
+        async with asyncio.timeout(30):
+            while not await rt.store.steps(submitted.id):  # noqa: ASYNC110 - step one recorded
+                await asyncio.sleep(0.01)
         assert await rt.store.cancel(submitted.id, time.time()) is TaskStatus.RUNNING
         go.set()
         async with asyncio.timeout(30):
