@@ -287,7 +287,9 @@ class PostgresStore:
             return []
         seconds = float(until - now)
         rows: list[TupleRow] = []
-        async with self._cursor(transaction=True) as cur:
+        # One transaction only for several agents' statements (the steps are read after
+        # the lease committed: no step of these leases can be recorded before they are).
+        async with self._cursor(transaction=len(asks) > 1 and not isolated) as cur:
             if isolated:
                 params: dict[str, Any] = {
                     "owner": owner,
