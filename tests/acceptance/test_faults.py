@@ -337,6 +337,46 @@ def test_workers_with_skewed_clocks_steal_no_live_lease_on_postgres(
         fleet.stop_all()
 
 
+def test_a_live_worker_in_another_pid_namespace_keeps_its_leases(
+    tmp_path: Path, setup: tuple[Path, dict[str, str]]
+) -> None:
+    """Same host name, another PID namespace (a container with host networking): the
+    other worker's PID means nothing here (here it is free), so only its heartbeat counts."""
+    app, env = setup
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    fleet = Fleet(tmp_path, app, store, env)
+    # Inside the namespace the worker gets a PID above 400: one no process has out here.
+    boxed = (
+        "unshare",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "sh",
+        "-c",
+        'i=0; while [ $i -lt 400 ]; do /bin/true; i=$((i+1)); done; "$@"',
+        "sh",
+    )
+    try:
+        n = 20
+        submit(store, "chain", chains(n, 1.0), 4)
+        fleet.start("-c", "20", "--lease-seconds", "2", prefix=boxed)
+        wait_for(
+            lambda: sum(1 for f in ledger(env) if f[0] == "begin") >= n,
+            what="the boxed worker to take every task",
+        )
+        pids = {f[4] for f in ledger(env)}
+        assert len(pids) == 1 and not Path(f"/proc/{pids.pop()}").exists()
+        fleet.start("-c", "20", "--lease-seconds", "2")
+        wait_for(lambda: count(store, "status = 'succeeded'") == n, what="all done")
+        assert count(store, "attempt <> 1") == 0, "a live worker's lease was taken"
+        runs = Counter((f[1], f[2]) for f in ledger(env) if f[0] == "begin")
+        assert set(runs.values()) == {1}, "a step ran twice"
+        check(store, env, n=n)
+    finally:
+        fleet.stop_all()
+
+
 @pytest.mark.parametrize("point", ["step-ran", "step-recorded", "completed"])
 def test_a_worker_killed_at_each_commit_point_loses_nothing(
     tmp_path: Path, setup: tuple[Path, dict[str, str]], point: str
