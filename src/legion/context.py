@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import codec, telemetry
+from . import codec, faults, telemetry
 from .clock import Clock
 from .diagnostics.advisor import GATHERED, StepTrace, fingerprints
 from .diagnostics.report import Diagnostic
@@ -29,11 +29,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# Called before a step runs (not before a replay) with the task's id; answers None to go
+# on at once, or something to await first (the worker confirming its leases).
+BeforeStep = Callable[[int], Awaitable[None] | None]
+
 
 class Memory:
     """Session memory: JSON values keyed by name, shared by every task of one session."""
 
-    __slots__ = ("_journal", "_made", "_session", "_store")
+    __slots__ = ("_fence", "_journal", "_made", "_session", "_store")
 
     def __init__(
         self,
@@ -41,11 +45,15 @@ class Memory:
         journal: Journal,
         session: str,
         made: Callable[[Pending[Any]], None],
+        fence: tuple[int, int, str | None] | None = None,
     ) -> None:
+        """``fence``: the lease (task id, attempt, owner) that writes come from; the
+        store refuses them once it no longer holds."""
         self._store = store
         self._journal = journal
         self._session = session
         self._made = made
+        self._fence = fence
 
     @property
     def session(self) -> str:
@@ -58,14 +66,20 @@ class Memory:
     def set(self, key: str, value: Any) -> Pending[None]:
         """Store ``value`` (JSON) under ``key``; ``await`` it: it returns once durable."""
         data = codec.dumps(value)
-        write = MemoryWrite(self._session, key, data)
+        write = self._write(key, data)
         return self._pending(f"ctx.memory.set({key!r})", lambda: self._journal.write_memory(write))
 
     def delete(self, key: str) -> Pending[None]:
-        write = MemoryWrite(self._session, key, None)
+        write = self._write(key, None)
         return self._pending(
             f"ctx.memory.delete({key!r})", lambda: self._journal.write_memory(write)
         )
+
+    def _write(self, key: str, value: bytes | None) -> MemoryWrite:
+        if self._fence is None:
+            return MemoryWrite(self._session, key, value)
+        task_id, attempt, owner = self._fence
+        return MemoryWrite(self._session, key, value, task_id, attempt, owner)
 
     def _pending(self, what: str, factory: Callable[[], Awaitable[T]]) -> Pending[T]:
         pending = Pending(what, factory, depth=3)
@@ -85,6 +99,7 @@ class Context:
     """Handed to every agent instance as its first argument."""
 
     __slots__ = (
+        "_before_step",
         "_clock",
         "_counts",
         "_journal",
@@ -94,6 +109,7 @@ class Context:
         "_log",
         "_made",
         "_memory",
+        "_owner",
         "_store",
         "agent",
         "diagnostics",
@@ -110,7 +126,12 @@ class Context:
         journal: Journal,
         clock: Clock,
         llm: LLMClient | None = None,
+        owner: str | None = None,
+        before_step: BeforeStep | None = None,
     ) -> None:
+        """``owner``: the worker holding ``lease``; every step and memory write names it,
+        and the store accepts them only while that lease holds. ``before_step``: asked
+        before each step runs (see :data:`BeforeStep`)."""
         self.agent = agent
         self.usage = TaskUsage()
         self.traces: list[StepTrace] = []  # the steps this attempt ran, for the advisor
@@ -122,6 +143,8 @@ class Context:
         self._store = store
         self._journal = journal
         self._clock = clock
+        self._owner = owner
+        self._before_step = before_step
         self._counts: dict[str, int] = {}
         self._memory: Memory | None = None
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
@@ -146,14 +169,16 @@ class Context:
 
     @property
     def recorded_steps(self) -> Mapping[str, bytes]:
-        """Steps recorded by earlier attempts, by step key, as stored JSON (empty on the
-        first attempt); an executor that runs the agent elsewhere replays from these."""
+        """Steps recorded by earlier leases of this task (a retry, a recovery, a release),
+        by step key, as stored JSON; an executor that runs the agent elsewhere replays
+        from these."""
         return self._lease.steps
 
     @property
     def memory(self) -> Memory:
         if self._memory is None:
-            self._memory = Memory(self._store, self._journal, self.session, self.made)
+            fence = (self._lease.id, self._lease.attempt, self._owner)
+            self._memory = Memory(self._store, self._journal, self.session, self.made, fence)
         return self._memory
 
     @property
@@ -230,6 +255,10 @@ class Context:
         recorded = self._lease.steps.get(key)
         if recorded is not None:
             return codec.loads(recorded)
+        if self._before_step is not None:
+            confirming = self._before_step(self._lease.id)
+            if confirming is not None:
+                await confirming
         started = self._clock()
         if telemetry.tracing:
             result = await telemetry.traced_step(self._lease, key, fn, *args, **kwargs)
@@ -237,10 +266,15 @@ class Context:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
+        if faults.ARMED:
+            faults.hit("step-ran")
         data = codec.dumps(result)
         finished = self._clock()
-        record = StepRecord(self._lease.id, key, self._lease.attempt, data, started, finished)
+        lease = self._lease
+        record = StepRecord(lease.id, key, lease.attempt, data, started, finished, self._owner)
         await self._journal.record_step(record)
+        if faults.ARMED:
+            faults.hit("step-recorded")
         value = codec.loads(data)
         self.traces.append(
             StepTrace(

@@ -8,6 +8,9 @@
     ├── StoreError             the store failed or holds something unexpected
     │   ├── StoreUnavailable   unreachable, busy, locked or too slow to answer (retried)
     │   └── StorageFull        the store's disk (or its size limit) is full (retried)
+    ├── LeaseLost              raised inside an instance whose lease another worker (or a
+    │                          reclaim, or a cancel) took: its writes are refused, and the
+    │                          worker stops it
     ├── TaskFailed             rt.result(..., raise_on_failure=True) of a task that did not succeed
     └── AgentError             raised *inside* an agent instance; decides retryability
         ├── Permanent          raise it to fail the task at once, without retrying
@@ -78,6 +81,18 @@ class StorageFull(StoreError):
     space is freed; the HTTP API answers 507."""
 
     retryable = True
+
+
+class LeaseLost(LegionError):
+    """Raised inside an agent instance whose lease no longer holds: the store refused its
+    writes (a step, a memory write) because the task was taken back, leased to another
+    worker or finished meanwhile. The worker stops the instance; nothing it writes after
+    that is accepted."""
+
+    def __init__(self, task_id: int, attempt: int) -> None:
+        self.task_id = task_id
+        self.attempt = attempt
+        super().__init__(f"the lease on task {task_id} (attempt {attempt}) was lost")
 
 
 class TaskFailed(LegionError):

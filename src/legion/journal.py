@@ -4,6 +4,14 @@ Instances hand their step results, memory writes and completions to the
 :class:`Journal`; one flusher commits whatever has accumulated in one store
 transaction, then wakes the instances that wait for durability. While a commit is in
 flight the next batch fills up, so batches grow exactly when load does.
+
+Every write carries its lease and the store refuses those of a lease that no longer
+holds: the writer's wait then raises :class:`~legion.errors.LeaseLost`, and ``on_lost``
+hears the tasks (the worker stops their instances). The same statements tell which
+tasks' cancellation was asked (``on_cancel``), so a cancel is seen at every step.
+
+A commit whose answer was lost is written again; a completion the store then calls "not
+applied" is looked up, and counts as applied when the task holds exactly what it wrote.
 """
 
 from __future__ import annotations
@@ -13,14 +21,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import codec
+from . import codec, faults
 from .clock import Clock
+from .errors import LeaseLost
 from .store.base import DiagnosticRecord, MemoryWrite, Store, WriteBatch
-from .task import Completion, Lease, StepRecord
+from .task import Completion, Lease, Outcome, StepRecord, TaskInfo, TaskStatus
 
 log = logging.getLogger("legion.journal")
 
 CompletionCallback = Callable[[Sequence["Committed"]], None]
+LostCallback = Callable[[set[int]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +49,20 @@ class Journal:
         *,
         clock: Clock,
         on_committed: CompletionCallback,
+        on_lost: LostCallback | None = None,
+        on_cancel: LostCallback | None = None,
         max_retry_delay: float = 5.0,
     ) -> None:
         self._store = store
         self._clock = clock
         self._on_committed = on_committed
+        self._on_lost = on_lost
+        self._on_cancel = on_cancel
         self._max_retry_delay = max_retry_delay
         self._batch = WriteBatch()
-        self._waiters: list[asyncio.Future[None]] = []
+        # Who waits for the batch, with the task whose lease the write came from (None:
+        # a write not fenced by any lease).
+        self._waiters: list[tuple[int | None, int, asyncio.Future[None]]] = []
         self._leases: list[Lease] = []
         self._pending = asyncio.Event()
         self._idle = asyncio.Event()
@@ -58,12 +74,13 @@ class Journal:
     def record_step(self, step: StepRecord) -> asyncio.Future[None]:
         """Queue a step result; the future resolves once it is durable."""
         self._batch.steps.append(step)
-        return self._wait()
+        return self._wait(step.task_id, step.attempt)
 
     def write_memory(self, write: MemoryWrite) -> asyncio.Future[None]:
-        """Queue a memory write; the future resolves once it is durable."""
+        """Queue a memory write; the future resolves once it is durable (or raises
+        :class:`LeaseLost` if the store refused it)."""
         self._batch.memory.append(write)
-        return self._wait()
+        return self._wait(write.task_id, write.attempt)
 
     def complete(self, lease: Lease, completion: Completion) -> None:
         """Queue the end of an attempt; ``on_committed`` reports it after the commit."""
@@ -77,13 +94,14 @@ class Journal:
                     lease.agent,
                     str(d.kind),
                     codec.dumps(d.to_json()),
+                    completion.owner,
                 )
             )
         self._kick()
 
-    def _wait(self) -> asyncio.Future[None]:
+    def _wait(self, task_id: int | None, attempt: int) -> asyncio.Future[None]:
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self._waiters.append((task_id, attempt, fut))
         self._kick()
         return fut
 
@@ -126,9 +144,20 @@ class Journal:
             applied = await self._commit(batch)
             self.commits += 1
             self.rows += len(batch)
-            for fut in waiters:
-                if not fut.done():
+            lost = batch.lost
+            for task_id, attempt, fut in waiters:
+                if fut.done():
+                    continue
+                if task_id is not None and task_id in lost:
+                    fut.set_exception(LeaseLost(task_id, attempt))
+                else:
                     fut.set_result(None)
+            if lost and self._on_lost is not None:
+                self._on_lost(lost)
+            if batch.cancelled and self._on_cancel is not None:
+                self._on_cancel(batch.cancelled)
+            if batch.completions and faults.ARMED:
+                faults.hit("completed")
             if batch.completions:
                 self._on_committed(
                     [
@@ -141,14 +170,68 @@ class Journal:
 
     async def _commit(self, batch: WriteBatch) -> list[bool]:
         delay = 0.05
+        retried = False
         while True:
             try:
-                return await self._store.write(batch, self._clock())
+                applied = await self._store.write(batch, self._clock())
+                break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down or locked: keep the batch, try again
                 log.error(
                     "store write of %d rows failed (%s); retrying in %.2fs", len(batch), exc, delay
                 )
+                retried = True
+                batch.lost.clear()
+                batch.cancelled.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
+        if retried and not all(applied):
+            applied = await self._recognise(batch.completions, applied)
+        return applied
+
+    async def _recognise(
+        self, completions: Sequence[Completion], applied: list[bool]
+    ) -> list[bool]:
+        """After a write that failed and was written again, a completion "not applied" may
+        be one the failed write applied (its answer was lost): it is, if the task holds
+        exactly what the completion wrote."""
+        ids = [c.id for c, ok in zip(completions, applied, strict=True) if not ok]
+        delay = 0.05
+        while True:
+            try:
+                infos = {i.id: i for i in await self._store.get_many(ids)}
+                break
+            except Exception as exc:
+                log.error("reading back %d completions failed (%s)", len(ids), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_retry_delay)
+        return [
+            ok or _holds(infos.get(c.id), c) for c, ok in zip(completions, applied, strict=True)
+        ]
+
+
+_TARGET = {
+    Outcome.SUCCEEDED: TaskStatus.SUCCEEDED,
+    Outcome.RETRY: TaskStatus.QUEUED,
+    Outcome.FAILED: TaskStatus.FAILED,
+    Outcome.DEAD: TaskStatus.DEAD,
+    Outcome.CANCELLED: TaskStatus.CANCELLED,
+    Outcome.RELEASED: TaskStatus.QUEUED,
+}
+
+
+def _holds(info: TaskInfo | None, c: Completion) -> bool:
+    """Whether a task is in the state that applying completion ``c`` left it in."""
+    if info is None or info.lease_owner is not None:
+        return False
+    attempt = c.attempt - 1 if c.outcome is Outcome.RELEASED else c.attempt
+    if info.attempt != attempt:
+        return False
+    if info.status is TaskStatus.CANCELLED and c.outcome in (Outcome.RETRY, Outcome.RELEASED):
+        return True  # a cancel request turned the retry into a cancel
+    if info.status is not _TARGET[c.outcome]:
+        return False
+    if c.outcome in (Outcome.RETRY, Outcome.RELEASED):
+        return True
+    return info.finished_at == c.finished_at

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from . import codec, telemetry
 from .agent import Agent
 from .clock import Clock
-from .context import Context
+from .context import BeforeStep, Context
 from .diagnostics import tracking
 from .diagnostics.advisor import advise
 from .diagnostics.report import Diagnostic, Kind, Site, agent_files, blocked_loop, user_site
 from .diagnostics.tracking import unretrieved_exception
 from .diagnostics.watchdog import Block, Capture
-from .errors import AgentCrash, TaskTimeout, UnawaitedWork, is_retryable
+from .errors import AgentCrash, LeaseLost, TaskTimeout, UnawaitedWork, is_retryable
 from .journal import Journal
 from .store.base import Store
 from .task import Completion, ErrorInfo, Lease, Outcome
@@ -42,6 +42,7 @@ class StopReason(enum.Enum):
     CANCELLED = "cancelled"  # a user cancelled the task: record it cancelled
     RELEASED = "released"  # the worker is shutting down: give the task back untouched
     TIMEOUT = "timeout"  # the attempt ran past its agent's timeout: a retryable failure
+    LOST = "lost"  # the lease is gone (taken back, leased again): stop, write nothing
 
 
 class Instance:
@@ -56,6 +57,7 @@ class Instance:
         "pending_block",
         "stop_reason",
         "task",
+        "timer",
     )
 
     def __init__(self, lease: Lease, agent: Agent) -> None:
@@ -70,6 +72,8 @@ class Instance:
         self.diagnostics: list[Diagnostic] = []
         # A block of the event loop by this instance that is going on, seen by the watchdog.
         self.pending_block: Capture | None = None
+        # The worker's timeout timer that covers this instance (forgotten when it ends).
+        self.timer: Any = None
 
     # -- what the diagnostics learn about this instance (see legion.diagnostics) --------
 
@@ -101,6 +105,7 @@ async def run_instance(
     llm: LLMClient | None = None,
     executor: Executor | None = None,
     strict: bool = False,
+    before_step: BeforeStep | None = None,
 ) -> None:
     """Run one attempt to its end and hand the outcome to the journal; never raises.
 
@@ -109,9 +114,21 @@ async def run_instance(
 
     ``executor`` runs the agent's code elsewhere (a subprocess, a Ray cluster); by
     default it runs right here, in this task.
+
+    An instance whose lease is lost (its writes refused with :class:`LeaseLost`, or
+    stopped for it) ends without a completion: the lease is someone else's now.
     """
     lease, agent = instance.lease, instance.agent
-    ctx = Context(agent.name, lease, store=store, journal=journal, clock=clock, llm=llm)
+    ctx = Context(
+        agent.name,
+        lease,
+        store=store,
+        journal=journal,
+        clock=clock,
+        llm=llm,
+        owner=owner,
+        before_step=before_step,
+    )
     tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
     started = clock()
     output: bytes | None = None
@@ -127,6 +144,8 @@ async def run_instance(
         # The worker cancelled this instance (timeouts are timers the worker owns, one per
         # lease batch rather than one per task); the reason says what it means.
         reason = instance.stop_reason or StopReason.RELEASED
+        if reason is StopReason.LOST:
+            return
         if reason is StopReason.TIMEOUT:
             error = TaskTimeout(
                 f"agent {agent.name!r} ran past its timeout of {agent.options.timeout:g}s"
@@ -135,10 +154,15 @@ async def run_instance(
             outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
             journal.complete(lease, _completion(lease, owner, outcome, started, clock()))
             return
+    except LeaseLost:
+        instance.stop_reason = StopReason.LOST
+        return
     except Exception as exc:
         error = exc
     except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: this task's, not ours
         error = AgentCrash(exc)
+    if instance.stop_reason is StopReason.LOST:  # the agent swallowed the stop
+        return
     finished = clock()
     usage = ctx.usage.to_json()
     found = _look_back(instance, ctx)

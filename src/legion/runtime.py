@@ -53,7 +53,9 @@ _OUTCOME_STATUS = {
     Outcome.DEAD: TaskStatus.DEAD,
     Outcome.CANCELLED: TaskStatus.CANCELLED,
 }
-_RECENT = 100_000  # finished task ids remembered for waiters that register late
+# Finished task ids (not their results: outputs are read back from the store when asked)
+# remembered for waiters that register late.
+_RECENT = 100_000
 
 
 class Runtime:
@@ -134,7 +136,10 @@ class Runtime:
         self._worker_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._waiters: dict[int, list[Deliver]] = {}
-        self._recent: OrderedDict[int, TaskResult | None] = OrderedDict()
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        # Waited-for tasks whose completion here was refused (the lease was lost): their
+        # outcome is read from the store until it is final.
+        self._recheck: set[int] = set()
         self._has_waiters = asyncio.Event()
         self._open = False
         for a in agents:
@@ -397,11 +402,7 @@ class Runtime:
                 fetch.append(s.id)
                 continue
             if fresh and s.id in self._recent:  # finished between submission and now
-                known = self._recent[s.id]
-                if known is None:
-                    fetch.append(s.id)
-                else:
-                    deliver(known)
+                fetch.append(s.id)
                 continue
             self._waiters.setdefault(s.id, []).append(deliver)
             watched.append(s.id)
@@ -422,15 +423,20 @@ class Runtime:
             if not waiting:
                 del self._waiters[task_id]
 
-    def _remember(self, task_id: int, result: TaskResult | None) -> None:
-        self._recent[task_id] = result
+    def _remember(self, task_id: int) -> None:
+        self._recent[task_id] = None
         if len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
 
     def _committed(self, batch: Sequence[Committed]) -> None:
         for c in batch:
             status = _OUTCOME_STATUS.get(c.completion.outcome)
-            if status is None or not c.applied:
+            if not c.applied:
+                if c.completion.id in self._waiters:
+                    self._recheck.add(c.completion.id)
+                    self._has_waiters.set()
+                continue
+            if status is None:
                 continue
             comp = c.completion
             result = TaskResult(
@@ -445,7 +451,7 @@ class Runtime:
                 usage=codec.loads(comp.usage) if comp.usage is not None else None,
                 diagnostics=comp.diagnostics,
             )
-            self._remember(comp.id, result)
+            self._remember(comp.id)
             for deliver in self._waiters.pop(comp.id, ()):
                 deliver(result)
 
@@ -471,12 +477,19 @@ class Runtime:
             for e in events:
                 self._cursor = max(self._cursor, e.id)
                 if e.status.terminal:
-                    if e.task_id not in self._recent:
-                        self._remember(e.task_id, None)
+                    self._remember(e.task_id)
                     if e.task_id in self._waiters:
                         finished.append(e.task_id)
+            # Tasks whose lease this process lost: the change that ended them may be one
+            # the feed skips (this worker's reaper took them back), so ask the store.
+            self._recheck &= self._waiters.keys()
+            if self._recheck:
+                finished.extend(self._recheck - set(finished))
             if finished:
                 for info in await self.store.get_many(finished):
+                    if not info.status.terminal:
+                        continue
+                    self._recheck.discard(info.id)
                     result = TaskResult.from_info(info)
                     for deliver in self._waiters.pop(info.id, ()):
                         deliver(result)

@@ -110,7 +110,8 @@ class Lease:
     session: str | None
     attempt: int
     max_attempts: int
-    # Steps recorded by earlier attempts, by step key, as stored JSON. Empty on attempt 1.
+    # Steps recorded by earlier leases of the task (any attempt number: a released task
+    # keeps its steps), by step key, as stored JSON.
     steps: Mapping[str, bytes]
 
 
@@ -215,6 +216,9 @@ class StepRecord:
     output: bytes
     started_at: float
     finished_at: float
+    # The lease it comes from: a step is recorded only while ``owner`` holds lease
+    # number ``attempt`` of the task (see Store.write).
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,22 @@ Background loops, all owned by :meth:`Worker.run`:
 
 - **lease**: takes as many ready tasks as there are free slots (global and per agent);
 - **journal**: group-commits step results, memory writes and completions;
-- **heartbeat**: extends the leases held and reports the worker's load; stops instances
-  whose cancellation was asked through the store;
-- **reaper**: takes back the leases of workers that died (their process is gone, their
-  heartbeat stopped, or their leases simply expired).
+- **heartbeat**: extends the leases of the instances it runs (only those) and reports
+  the worker's load; stops instances whose cancellation was asked through the store and
+  those whose lease it could not extend (lost to another worker). A worker that could not
+  heartbeat for a whole lease stops all its instances: their leases may be gone;
+- **reaper**: takes back the leases of workers that died (their process is certainly
+  gone, their heartbeat stopped, or their leases simply expired).
+
+Every write an instance makes is fenced by its lease (see :class:`~legion.journal.Journal`):
+an instance whose lease was lost is stopped at its next write or heartbeat, and logged
+once. A step starts only under leases the store confirmed within two heartbeat periods;
+after a pause (SIGSTOP, a frozen loop) steps wait for the next heartbeat, which stops
+what was lost or cancelled meanwhile.
+
+A task taken back from a worker that stopped while running it among others runs alone
+(nothing else on the worker) until it ends: a task that crashes its worker is then
+charged for it, its neighbours are not.
 
 Stopping (:meth:`stop`, SIGINT/SIGTERM in the CLI) drains: no new leases, running
 instances get ``drain_timeout`` seconds to finish, the rest are released back to the
@@ -23,11 +35,13 @@ import os
 import random
 import resource
 import socket
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import identity
 from .agent import Agent
 from .clock import Clock, system_clock
 from .diagnostics import tracking
@@ -39,7 +53,7 @@ from .journal import Committed, Journal
 from .runner import Instance, StopReason, run_instance
 from .stats import Counters, Statistics
 from .store.base import Store, WorkerInfo
-from .task import Lease, Outcome
+from .task import Lease, Outcome, TaskInfo
 
 if TYPE_CHECKING:
     from .executors import Executor
@@ -106,7 +120,24 @@ class Worker:
         self._instances: dict[int, Instance] = {}
         self._by_task: dict[asyncio.Task[Any], Instance] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._journal = Journal(store, clock=clock, on_committed=self._committed)
+        self._journal = Journal(
+            store,
+            clock=clock,
+            on_committed=self._committed,
+            on_lost=self._lost,
+            on_cancel=self._cancel_asked,
+        )
+        self._identity = identity.current()
+        # Leases: the last time (monotonic, when the call was sent) the store confirmed
+        # them; a step waits for a fresh confirmation when it is older than _step_grace.
+        self._heartbeat_every = min(self.config.lease_seconds / 3, 5.0)
+        self._step_grace = 2 * self._heartbeat_every
+        self._confirmed_at = time.monotonic()
+        self._confirmation: asyncio.Future[None] | None = None
+        self._beat = asyncio.Event()
+        self._ambiguous_lease = False  # a lease call failed: the store may have leased rows
+        self._solo: Instance | None = None  # a task that must run alone is running
+        self._reports: set[asyncio.Task[None]] = set()
         self._listener = on_committed
         self._counters = Counters()
         self._rng = random.Random(seed)
@@ -200,6 +231,7 @@ class Worker:
             tracking.install(self._loop)
             self._watchdog.start()
         await self._register()
+        self._confirmed_at = time.monotonic()  # no lease is held yet
         for executor in self.executors.values():
             await executor.start()
         journal = asyncio.create_task(self._journal.run(), name="legion-journal")
@@ -216,9 +248,9 @@ class Worker:
             await self._lease_loop()
             await self._drain()
         finally:
-            for t in background:
+            for t in (*background, *self._reports):
                 t.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*background, *self._reports, return_exceptions=True)
             if self._instances:  # run() itself was cancelled: give everything back
                 for inst in list(self._instances.values()):
                     inst.stop(StopReason.RELEASED)
@@ -246,21 +278,38 @@ class Worker:
                 continue
             free = cfg.concurrency - len(self._instances)
             wants = self._wants(free)
-            if free <= 0 or not wants:
+            if free <= 0 or not wants or self._solo is not None:
                 self._slots.clear()
                 await self._slots.wait()
                 continue
             wanted = min(free, sum(wants.values()))
             now = self._clock()
             try:
-                leases = await self.store.lease(
-                    self.id, wants, wanted, now + cfg.lease_seconds, now
-                )
+                if self._ambiguous_lease:
+                    await self._release_unheld()
+                leases: list[Lease] = []
+                if not self._instances:  # idle: first a task that must run alone, if any
+                    leases = await self.store.lease(
+                        self.id, wants, 1, now + cfg.lease_seconds, now, isolated=True
+                    )
+                if not leases:
+                    leases = await self.store.lease(
+                        self.id, wants, wanted, now + cfg.lease_seconds, now
+                    )
+                    isolated = False
+                else:
+                    isolated = True
             except Exception as exc:
+                # The store may have leased rows and lost the answer: give back whatever
+                # is leased to this worker and not run, before leasing again.
+                self._ambiguous_lease = True
                 log.error("leasing failed (%s); retrying in %.1fs", exc, cfg.poll_interval)
                 await self._sleep_or_wake(cfg.poll_interval)
                 continue
             self._start_batch(leases)
+            if isolated:
+                self._solo = self._instances.get(leases[0].id)
+                continue
             if leases:
                 idle_wait = 0.005
                 if len(leases) < wanted:
@@ -368,17 +417,30 @@ class Worker:
         owner.diagnostics.append(found)
         log.warning("task %s: %s", owner.lease.id, found.message)
 
+    async def _release_unheld(self) -> None:
+        released = await self.store.release_unheld(self.id, list(self._instances))
+        self._ambiguous_lease = False
+        if released:
+            log.warning(
+                "gave back %d leases that a failed lease call had taken and no instance runs",
+                released,
+            )
+
     def _start_batch(self, leases: Sequence[Lease]) -> None:
         """Start one instance per lease; one timer per timeout value ends the late ones."""
-        by_timeout: dict[float, list[Instance]] = {}
+        by_timeout: dict[float, _Timer] = {}
         for lease in leases:
             inst = self._start(lease)
             timeout = inst.agent.options.timeout
             if timeout is not None:
-                by_timeout.setdefault(timeout, []).append(inst)
+                timer = by_timeout.get(timeout)
+                if timer is None:
+                    timer = by_timeout[timeout] = _Timer()
+                timer.instances.add(inst)
+                inst.timer = timer
         loop = asyncio.get_running_loop()
-        for timeout, group in by_timeout.items():
-            loop.call_later(timeout, _expire, group)
+        for timeout, timer in by_timeout.items():
+            timer.handle = loop.call_later(timeout, timer.expire)
 
     def _start(self, lease: Lease) -> Instance:
         agent = self._agents[lease.agent]
@@ -399,6 +461,7 @@ class Worker:
                 llm=self.llm,
                 executor=self._executor_for(agent),
                 strict=self.config.strict,
+                before_step=self._before_step,
             ),
             loop=self._loop,
             name=f"legion-task-{lease.id}",
@@ -423,6 +486,12 @@ class Worker:
         self._instances.pop(inst.lease.id, None)
         if task is not None:
             self._by_task.pop(task, None)
+        if inst.timer is not None:
+            inst.timer.forget(inst)
+            inst.timer = None
+        if inst is self._solo:
+            self._solo = None
+            self._slots.set()
         if inst.fatal is not None and self.fatal_error is None:
             self.abort(inst.fatal)
         self._running[inst.agent.name] -= 1
@@ -430,6 +499,57 @@ class Worker:
         # Wake the lease loop for a batch worth leasing, or for a slot of a capped agent.
         if free >= self._batch_threshold or inst.agent.options.concurrency is not None:
             self._slots.set()
+
+    # -- lost leases -------------------------------------------------------------------
+
+    def _lost(self, task_ids: set[int]) -> None:
+        """The store refused these tasks' writes, or would not extend their leases: stop
+        their instances (they write nothing more) and say so once each."""
+        stopped: list[int] = []
+        for task_id in task_ids:
+            inst = self._instances.get(task_id)
+            if inst is None or _ended(inst) or inst.stop_reason is StopReason.LOST:
+                continue
+            inst.stop(StopReason.LOST)
+            stopped.append(task_id)
+            self._counters.lost_leases += 1
+        if stopped:
+            report = asyncio.get_running_loop().create_task(self._report_lost(stopped))
+            self._reports.add(report)
+            report.add_done_callback(self._reports.discard)
+
+    def _cancel_asked(self, task_ids: set[int]) -> None:
+        """A write of these tasks found their cancellation asked: stop them now, before
+        their next step, rather than at the next heartbeat."""
+        for task_id in task_ids:
+            inst = self._instances.get(task_id)
+            if inst is not None and inst.stop_reason is None:
+                inst.stop(StopReason.CANCELLED)
+
+    async def _report_lost(self, task_ids: list[int]) -> None:
+        try:
+            infos: dict[int, TaskInfo] = {i.id: i for i in await self.store.get_many(task_ids)}
+        except Exception:
+            infos = {}
+        for task_id in sorted(task_ids):
+            info = infos.get(task_id)
+            if info is not None and info.lease_owner is not None:
+                holder = f"worker {info.lease_owner}"
+            elif info is not None:
+                holder = f"the store (the task is {info.status} now)"
+            else:
+                holder = "the store"
+            log.warning("lease on task %d lost to %s; stopped", task_id, holder)
+
+    def _before_step(self, task_id: int) -> asyncio.Future[None] | None:
+        """Before a step runs: go on if the store confirmed this worker's leases lately;
+        else wait for the next heartbeat (which stops lost and cancelled instances)."""
+        if time.monotonic() - self._confirmed_at < self._step_grace:
+            return None
+        if self._confirmation is None or self._confirmation.done():
+            self._confirmation = asyncio.get_running_loop().create_future()
+        self._beat.set()
+        return asyncio.shield(self._confirmation)
 
     def _committed(self, batch: Sequence[Committed]) -> None:
         retry_at = None
@@ -483,21 +603,64 @@ class Worker:
 
     async def _register(self) -> None:
         now = self._clock()
-        info = WorkerInfo(self.id, self.host, os.getpid(), now, now, self.health())
+        me = self._identity
+        info = WorkerInfo(
+            self.id, self.host, me.pid, now, now, self.health(), me.boot_id, me.pid_ns, me.start
+        )
         await self.store.register_worker(info)
 
     async def _heartbeat_loop(self) -> None:
-        interval = min(self.config.lease_seconds / 3, 5.0)
+        interval = self._heartbeat_every
+        lease = self.config.lease_seconds
         while True:
-            await asyncio.sleep(interval)
+            self._beat.clear()
             try:
-                now = self._clock()
-                cancel = await self.store.extend_leases(self.id, now + self.config.lease_seconds)
-                for task_id in cancel:
-                    self.cancel_local(task_id)
-                await self._register()
+                async with asyncio.timeout(interval):
+                    await self._beat.wait()  # a step asks for a confirmation now
+            except TimeoutError:
+                pass
+            try:
+                await self.heartbeat()
             except Exception as exc:
                 log.error("heartbeat failed: %s", exc)
+                if time.monotonic() - self._confirmed_at > lease and self._instances:
+                    log.error(
+                        "no heartbeat for a whole lease (%.0fs): stopping all %d instances, "
+                        "whose leases may be taken",
+                        lease,
+                        len(self._instances),
+                    )
+                    self._lost(set(self._instances))
+                    # Rows still leased to it go back to the queue (not charged) as soon as
+                    # the store answers again.
+                    self._ambiguous_lease = True
+
+    async def heartbeat(self) -> None:
+        """Extend the leases of the instances this worker runs; stop those whose lease is
+        gone or whose cancellation was asked; report the load (registering anew if the
+        worker's row was taken for dead)."""
+        sent = time.monotonic()
+        running = [i for i, inst in self._instances.items() if not _ended(inst)]
+        now = self._clock()
+        extended = await self.store.extend_leases(
+            self.id, running, now + self.config.lease_seconds, now
+        )
+        self._confirmed_at = sent
+        lost = {
+            i
+            for i in running
+            if i not in extended.held
+            and (inst := self._instances.get(i)) is not None
+            and not _ended(inst)
+            and inst.stop_reason is None
+        }
+        if lost:
+            self._lost(lost)
+        for task_id in extended.cancel:
+            self.cancel_local(task_id)
+        if self._confirmation is not None and not self._confirmation.done():
+            self._confirmation.set_result(None)
+        await self._register()
 
     async def _reaper_loop(self) -> None:
         while True:
@@ -509,19 +672,26 @@ class Worker:
             await asyncio.sleep(min(self.config.lease_seconds / 2, 2.0))
 
     async def reap(self) -> None:
-        """Take back leases of dead workers; a worker on this host whose process is gone
-        is dead at once, any other once its heartbeat is older than two lease periods."""
-        now = self._clock()
-        host = self.host
+        """Take back leases of dead workers and expired leases.
+
+        A worker is dead once its heartbeat is older than two lease periods (by the
+        store's clock: the database's on PostgreSQL), or early — once its heartbeat is
+        no longer fresh (older than a heartbeat period) — when its process is certainly
+        gone: same kernel boot, same PID namespace, and the PID free or another
+        process's (see :mod:`legion.identity`). A host name alone proves nothing."""
+        store_now = await self.store.now()
+        me = self._identity
         dead = []
         for w in await self.store.workers():
             if w.id == self.id:
                 continue
-            if (w.host == host and not _pid_alive(w.pid)) or (
-                now - w.heartbeat_at > 2 * self.config.lease_seconds
+            age = store_now - w.heartbeat_at
+            theirs = identity.ProcessIdentity(w.boot_id, w.pid_ns, w.pid, w.proc_start)
+            if age > 2 * self.config.lease_seconds or (
+                age > self._heartbeat_every and identity.is_gone(theirs, me)
             ):
                 dead.append(w.id)
-        reclaimed = await self.store.reclaim(now, dead)
+        reclaimed = await self.store.reclaim(self._clock(), dead)
         for wid in dead:
             await self.store.remove_worker(wid)
         if reclaimed.requeued or reclaimed.dead or reclaimed.cancelled:
@@ -546,22 +716,34 @@ def rss_mb() -> float:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _expire(instances: list[Instance]) -> None:
-    for inst in instances:
-        inst.stop(StopReason.TIMEOUT)
+class _Timer:
+    """One timeout timer for the instances of one lease batch that share a timeout. An
+    instance that ends leaves it, and the last one cancels it, so a finished task (and
+    its input) is not held until the timeout."""
 
+    __slots__ = ("handle", "instances")
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def __init__(self) -> None:
+        self.instances: set[Instance] = set()
+        self.handle: asyncio.TimerHandle | None = None
+
+    def forget(self, inst: Instance) -> None:
+        self.instances.discard(inst)
+        if not self.instances and self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def expire(self) -> None:
+        self.handle = None
+        for inst in list(self.instances):
+            inst.stop(StopReason.TIMEOUT)
 
 
 def _worker_lag(block: Block) -> None:
     """A block of the loop by legion's own work (a metric in the loop's health; no agent
     is told of it)."""
     log.debug("worker lag: the event loop was blocked for %.0f ms", block.seconds * 1000)
+
+
+def _ended(inst: Instance) -> bool:
+    return inst.task is None or inst.task.done()

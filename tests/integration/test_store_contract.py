@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from legion import codec
-from legion.store import MemoryWrite, SQLiteStore, Store, WorkerInfo, WriteBatch, store_from_url
+from legion.store import (
+    DiagnosticRecord,
+    MemoryWrite,
+    SQLiteStore,
+    Store,
+    WorkerInfo,
+    WriteBatch,
+    store_from_url,
+)
 from legion.store.queries import migrations
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus
 
@@ -81,10 +89,10 @@ async def test_not_before_delays_a_task(store: Store) -> None:
 
 async def test_completion_is_fenced_by_owner_and_attempt(store: Store) -> None:
     (s,) = await store.submit([new(value=1)], NOW)
-    await store.lease("w1", {"a": 1}, 1, NOW + 1, NOW)
-    # w1's lease expires; the task goes back and w2 takes attempt 2.
+    await store.lease("w1", {"a": 1}, 1, NOW - 1, NOW)  # expired at once
+    # w1's lease expires; the task goes back (to run alone) and w2 takes attempt 2.
     await store.reclaim(NOW + 5)
-    (lease2,) = await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 5)
+    (lease2,) = await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 5, isolated=True)
     assert lease2.attempt == 2
     applied = await store.write(
         WriteBatch(
@@ -142,8 +150,8 @@ async def test_steps_are_recorded_once_and_replayed_on_the_next_attempt(store: S
     (s,) = await store.submit([new(value=1)], NOW)
     (lease,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
     assert lease.steps == {}
-    step = StepRecord(s.id, "search", 1, b"[1,2]", NOW, NOW + 1)
-    dup = StepRecord(s.id, "search", 1, b"[9]", NOW, NOW + 1)
+    step = StepRecord(s.id, "search", 1, b"[1,2]", NOW, NOW + 1, "w")
+    dup = StepRecord(s.id, "search", 1, b"[9]", NOW, NOW + 1, "w")
     await store.write(WriteBatch(steps=[step, dup]), NOW)
     await store.write(
         WriteBatch(completions=[done(s.id, 1, "w", Outcome.RETRY, error=ErrorInfo("E", "m"))]), NOW
@@ -155,14 +163,37 @@ async def test_steps_are_recorded_once_and_replayed_on_the_next_attempt(store: S
 
 
 async def test_reclaim_requeues_expired_and_buries_the_last_attempt(store: Store) -> None:
-    a, _ = await store.submit([new(value=1, max_attempts=1), new(value=2, max_attempts=3)], NOW)
-    await store.lease("w", {"a": 2}, 2, NOW + 10, NOW)
+    a, b = await store.submit([new(value=1, max_attempts=1), new(value=2, max_attempts=3)], NOW)
+    await store.lease("w1", {"a": 1}, 1, NOW + 600, NOW)
     assert (await store.reclaim(NOW + 5)).requeued == 0  # not expired yet
+    await store.lease("w2", {"a": 1}, 1, NOW - 1, NOW)  # expired at once
     r = await store.reclaim(NOW + 11)
-    assert (r.requeued, r.dead) == (1, 1)
+    assert (r.requeued, r.dead) == (1, 0)  # w2 ran b alone: charged, and b has attempts left
+    assert (await store.reclaim(NOW + 11, ["w1"])).dead == 1  # w1 ran a alone, its last try
     info = await store.get(a.id)
     assert info is not None and info.status is TaskStatus.DEAD
     assert info.error is not None and info.error.type == "LeaseExpired"
+    assert "alone" in info.error.message
+    again = await store.get(b.id)
+    assert again is not None and again.status is TaskStatus.QUEUED and again.attempt == 1
+
+
+async def test_a_crash_is_charged_only_to_a_task_that_ran_alone(store: Store) -> None:
+    # Three tasks on one worker that stops: none is charged (attempt not counted), each
+    # runs alone next; the one that stops its worker again, alone, is charged and dies.
+    ids = [s.id for s in await store.submit([new(value=i, max_attempts=1) for i in range(3)], NOW)]
+    await store.lease("w1", {"a": 3}, 3, NOW + 600, NOW)
+    r = await store.reclaim(NOW + 1, ["w1"])
+    assert (r.requeued, r.dead) == (3, 0)
+    assert await store.lease("w2", {"a": 3}, 3, NOW + 600, NOW) == []  # only alone now
+    infos = await store.get_many(ids)
+    assert {i.attempt for i in infos} == {0} and {i.status for i in infos} == {TaskStatus.QUEUED}
+    (culprit,) = await store.lease("w2", {"a": 3}, 3, NOW + 600, NOW, isolated=True)
+    assert (await store.reclaim(NOW + 2, ["w2"])).dead == 1
+    (innocent,) = await store.lease("w3", {"a": 3}, 3, NOW + 600, NOW, isolated=True)
+    assert await store.write(WriteBatch(completions=[done(innocent.id, 1, "w3")]), NOW) == [True]
+    info = await store.get(culprit.id)
+    assert info is not None and info.status is TaskStatus.DEAD
 
 
 async def test_reclaim_takes_leases_of_dead_owners_at_once(store: Store) -> None:
@@ -175,11 +206,54 @@ async def test_reclaim_takes_leases_of_dead_owners_at_once(store: Store) -> None
 
 
 async def test_extend_leases_keeps_tasks_and_reports_cancel_requests(store: Store) -> None:
-    _, b = await store.submit([new(value=1), new(value=2)], NOW)
-    await store.lease("w", {"a": 2}, 2, NOW + 10, NOW)
+    a, b, c = await store.submit([new(value=1), new(value=2), new(value=3)], NOW)
+    await store.lease("w", {"a": 3}, 3, NOW - 1, NOW)  # expired at once unless extended
     assert await store.cancel(b.id, NOW) is TaskStatus.RUNNING  # asked, not yet stopped
-    assert await store.extend_leases("w", NOW + 100) == [b.id]
-    assert (await store.reclaim(NOW + 50)).requeued == 0
+    # Only the leases the worker runs are extended: c's expires.
+    extended = await store.extend_leases("w", [a.id, b.id, 12345], NOW + 100, NOW)
+    assert extended.held == {a.id, b.id} and extended.cancel == {b.id}
+    assert (await store.reclaim(NOW + 50)).requeued == 1
+    assert (await store.get(c.id)).status is TaskStatus.QUEUED  # type: ignore[union-attr]
+    assert (await store.extend_leases("other", [a.id], NOW + 100, NOW)).held == set()
+
+
+async def test_release_unheld_gives_back_only_what_the_worker_does_not_run(store: Store) -> None:
+    a, b = await store.submit([new(value=1), new(value=2)], NOW)
+    await store.lease("w", {"a": 2}, 2, NOW + 600, NOW)
+    assert await store.release_unheld("w", [a.id]) == 1
+    info = await store.get(b.id)
+    assert info is not None and info.status is TaskStatus.QUEUED and info.attempt == 0
+    assert (await store.get(a.id)).status is TaskStatus.RUNNING  # type: ignore[union-attr]
+
+
+async def test_writes_are_fenced_by_the_lease(store: Store) -> None:
+    a, b = await store.submit([new(value=1, key="a"), new(value=2, key="b")], NOW)
+    await store.lease("w1", {"a": 2}, 2, NOW + 600, NOW)
+    await store.reclaim(NOW, ["w1"])  # w1 is taken for dead; w2 takes the tasks
+    la = await store.lease("w2", {"a": 2}, 2, NOW + 600, NOW, isolated=True)
+    lb = await store.lease("w2", {"a": 2}, 2, NOW + 600, NOW, isolated=True)
+    assert {la[0].id, lb[0].id} == {a.id, b.id} and la[0].attempt == 1
+    stale = WriteBatch(
+        steps=[StepRecord(a.id, "s", 1, b'"stale"', NOW, NOW, "w1")],
+        memory=[MemoryWrite("m", "k", b'"stale"', b.id, 1, "w1")],
+        diagnostics=[DiagnosticRecord(a.id, 1, "a", "blocked", b'{"kind":"blocked"}', "w1")],
+    )
+    await store.write(stale, NOW)
+    assert stale.lost == {a.id, b.id}
+    assert await store.steps(a.id) == [] and await store.memory_get("m", "k") is None
+    assert await store.diagnostics(task_id=a.id) == []
+    fresh = WriteBatch(
+        steps=[StepRecord(a.id, "s", 1, b'"fresh"', NOW, NOW, "w2")],
+        memory=[MemoryWrite("m", "k", b'"fresh"', b.id, 1, "w2")],
+    )
+    await store.write(fresh, NOW)
+    assert fresh.lost == set()
+    assert [s.output for s in await store.steps(a.id)] == ["fresh"]
+    assert await store.memory_get("m", "k") == b'"fresh"'
+    # A released task keeps its steps: the next lease, attempt 1 again, replays them.
+    await store.write(WriteBatch(completions=[done(a.id, 1, "w2", Outcome.RELEASED)]), NOW)
+    (again,) = await store.lease("w3", {"a": 1}, 1, NOW + 600, NOW)
+    assert again.attempt == 1 and again.steps == {"s": b'"fresh"'}
 
 
 async def test_cancel_a_queued_task_at_once(store: Store) -> None:
@@ -244,10 +318,16 @@ async def test_event_feed_follows_status_changes_in_order(store: Store) -> None:
 
 
 async def test_workers_register_and_leave(store: Store) -> None:
-    await store.register_worker(WorkerInfo("w1", "host", 42, NOW, NOW, {"in_flight": 3}))
-    await store.register_worker(WorkerInfo("w1", "host", 42, NOW, NOW + 5, {"in_flight": 4}))
+    now = await store.now()
+    await store.register_worker(WorkerInfo("w1", "host", 42, now, now, {"in_flight": 3}))
+    (first,) = await store.workers()
+    await store.register_worker(
+        WorkerInfo("w1", "host", 42, now, now + 5, {"in_flight": 4}, "boot", "pid:[1]", 77)
+    )
     (w,) = await store.workers()
-    assert (w.id, w.heartbeat_at, w.load["in_flight"]) == ("w1", NOW + 5, 4)
+    assert (w.id, w.load["in_flight"]) == ("w1", 4)
+    assert w.heartbeat_at >= first.heartbeat_at >= now - 1  # (PostgreSQL: its own clock)
+    assert (first.boot_id, first.pid_ns, first.proc_start) == ("", "", 0)
     await store.remove_worker("w1")
     assert await store.workers() == []
 

@@ -225,7 +225,7 @@ async def test_a_write_and_a_heartbeat_of_one_worker_do_not_deadlock(postgres_ur
 
         async def beat() -> None:
             for _ in range(20):
-                await heart.extend_leases("w", NOW + 120)
+                await heart.extend_leases("w", [x.id for x in leases], NOW + 120, NOW)
 
         async def complete() -> None:
             for chunk in range(0, 400, 20):
@@ -379,7 +379,7 @@ async def test_retries_requeues_and_reclaims_wake_waiters(postgres_url: str) -> 
         assert await wake_on_submits(waiter, other)
         await other.lease("w", {"a": 100}, 100, NOW + 10, NOW)
         a, b, c = [s.id for s in await other.submit([new(1), new(2), new(3)], NOW)]
-        await other.lease("w", {"a": 3}, 3, NOW + 10, NOW)
+        await other.lease("w", {"a": 3}, 3, NOW - 1, NOW)  # expired at once
         await other.write(WriteBatch(completions=[done(c, 1, "w", Outcome.DEAD)]), NOW)
 
         async def wakes(change: Awaitable[object]) -> bool:
@@ -395,7 +395,7 @@ async def test_retries_requeues_and_reclaims_wake_waiters(postgres_url: str) -> 
         info = await other.get(b)
         assert info is not None and info.status is TaskStatus.QUEUED
         # Leasing and finishing put nothing back on the queue: no wake.
-        (lease,) = await other.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 12)
+        (lease,) = await other.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 12, isolated=True)
         await other.write(WriteBatch(completions=[done(lease.id, lease.attempt, "w2")]), NOW)
         assert await waiter.wait_for_work(0.3) is False
 

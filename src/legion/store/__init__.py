@@ -13,14 +13,26 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..extras import install_hint
-from .base import Event, MemoryWrite, Reclaimed, StepInfo, Store, WorkerInfo, WriteBatch
+from .base import (
+    DiagnosticRecord,
+    Event,
+    Extended,
+    MemoryWrite,
+    Reclaimed,
+    StepInfo,
+    Store,
+    WorkerInfo,
+    WriteBatch,
+)
 from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
 
 __all__ = [
+    "DiagnosticRecord",
     "Event",
+    "Extended",
     "MemoryWrite",
     "PostgresStore",
     "Reclaimed",

@@ -18,11 +18,17 @@ from ..task import Completion, Lease, NewTask, StepRecord, Submitted, TaskInfo, 
 
 @dataclass(frozen=True, slots=True)
 class MemoryWrite:
-    """Set (or, with ``value=None``, delete) one key of a session's memory."""
+    """Set (or, with ``value=None``, delete) one key of a session's memory.
+
+    A write made by a task names its lease (``task_id``, ``attempt``, ``owner``) and is
+    accepted only while that lease holds; one without ``task_id`` is not fenced."""
 
     session: str
     key: str
     value: bytes | None
+    task_id: int | None = None
+    attempt: int = 0
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +40,25 @@ class DiagnosticRecord:
     agent: str
     kind: str
     data: bytes
+    owner: str | None = None  # whose lease wrote it (fenced like a step when given)
 
 
 @dataclass(slots=True)
 class WriteBatch:
     """What one group commit writes, in this order: steps, memory, diagnostics,
-    completions."""
+    completions.
+
+    Steps, fenced memory writes and diagnostics are accepted only from the current lease
+    of their task (its attempt number, its owner, the task running), like completions;
+    :meth:`Store.write` puts the ids of the tasks whose writes it refused in ``lost``, and
+    of those whose writes it accepted but whose cancellation was asked in ``cancelled``."""
 
     steps: list[StepRecord] = field(default_factory=list)
     memory: list[MemoryWrite] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
     diagnostics: list[DiagnosticRecord] = field(default_factory=list)
+    lost: set[int] = field(default_factory=set)
+    cancelled: set[int] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.steps) + len(self.memory) + len(self.completions) + len(self.diagnostics)
@@ -79,6 +93,20 @@ class WorkerInfo:
     started_at: float
     heartbeat_at: float
     load: Mapping[str, Any]
+    # Who the process is beyond its host name (see legion.identity): the kernel's boot
+    # id, the PID namespace and the process's start time in clock ticks after boot.
+    boot_id: str = ""
+    pid_ns: str = ""
+    proc_start: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Extended:
+    """A heartbeat's answer: of the leases a worker runs, those it still holds (now
+    extended, or locked by a write in flight) and those whose cancellation was asked."""
+
+    held: frozenset[int]
+    cancel: frozenset[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,19 +181,45 @@ class Store(Protocol):
         """Insert tasks; a task whose key exists already answers the existing one."""
 
     async def lease(
-        self, owner: str, wants: Mapping[str, int], total: int, until: float, now: float
+        self,
+        owner: str,
+        wants: Mapping[str, int],
+        total: int,
+        until: float,
+        now: float,
+        *,
+        isolated: bool = False,
     ) -> list[Lease]:
         """Lease to ``owner`` up to ``wants[agent]`` ready tasks of each agent (in the
-        mapping's order) and at most ``total`` in all."""
+        mapping's order) and at most ``total`` in all, each with every step recorded for
+        it so far. The lease lasts ``until - now`` seconds (on PostgreSQL, counted on the
+        database's clock). ``isolated``: one task of those agents that must run alone
+        (taken back from a worker that stopped while running it among others); the
+        ordinary call never leases those."""
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
-        """Commit a batch in one transaction; per completion, whether its lease still held."""
+        """Commit a batch in one transaction; per completion, whether its lease still held.
+        Steps, fenced memory writes and diagnostics of a lease that no longer holds are
+        not written: their tasks' ids go into ``batch.lost``."""
 
-    async def extend_leases(self, owner: str, until: float) -> list[int]:
-        """Extend every lease ``owner`` holds; answer the ids whose cancellation was asked."""
+    async def extend_leases(
+        self, owner: str, task_ids: Sequence[int], until: float, now: float
+    ) -> Extended:
+        """Extend the leases on ``task_ids`` that ``owner`` still holds, for ``until - now``
+        seconds (on PostgreSQL, on the database's clock)."""
+
+    async def release_unheld(self, owner: str, keep: Sequence[int]) -> int:
+        """Give back every lease ``owner`` holds on a task not in ``keep`` (after a lease
+        call whose answer was lost), attempt not counted; answer how many."""
 
     async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
-        """Take back expired leases and those of ``dead_owners``."""
+        """Take back expired leases (on PostgreSQL: expired by the database's clock; ``now``
+        is the SQLite store's) and those of ``dead_owners``. A task is charged the stop
+        only if its worker ran it alone; the others run alone next."""
+
+    async def now(self) -> float:
+        """The store's time, in seconds since the epoch: the database's clock on PostgreSQL
+        (workers' clocks may disagree), the wall clock on SQLite (one host)."""
 
     async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
         """Cancel a queued task at once, or ask a running one's worker to stop it."""

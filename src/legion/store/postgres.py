@@ -67,6 +67,7 @@ from .base import (
     DiagnosticRecord,
     Event,
     EventDetail,
+    Extended,
     MemoryWrite,
     Reclaimed,
     StepInfo,
@@ -330,22 +331,42 @@ class PostgresStore:
         return out
 
     async def lease(
-        self, owner: str, wants: Mapping[str, int], total: int, until: float, now: float
+        self,
+        owner: str,
+        wants: Mapping[str, int],
+        total: int,
+        until: float,
+        now: float,
+        *,
+        isolated: bool = False,
     ) -> list[Lease]:
         """Lease per agent, in the mapping's order, with ``FOR UPDATE SKIP LOCKED``: several
-        workers leasing at once take disjoint tasks without waiting for each other."""
+        workers leasing at once take disjoint tasks without waiting for each other. The
+        lease runs ``until - now`` seconds on the database's clock."""
         asks = [(agent, want) for agent, want in wants.items() if want > 0]
         if total <= 0 or not asks:
             return []
+        seconds = float(until - now)
         rows: list[TupleRow] = []
-        async with self._cursor(transaction=len(asks) > 1) as cur:
-            for agent, want in asks:
+        # One transaction only for several agents' statements (the steps are read after
+        # the lease committed: no step of these leases can be recorded before they are).
+        async with self._cursor(transaction=len(asks) > 1 and not isolated) as cur:
+            if isolated:
+                params: dict[str, Any] = {
+                    "owner": owner,
+                    "seconds": seconds,
+                    "now": float(now),
+                    "agents": [agent for agent, _ in asks],
+                }
+                await cur.execute(Q["lease_isolated"], params)
+                rows.extend(await cur.fetchall())
+            for agent, want in asks if not isolated else ():
                 limit = min(want, total - len(rows))
                 if limit <= 0:
                     break
                 params = {
                     "owner": owner,
-                    "until": float(until),
+                    "seconds": seconds,
                     "now": float(now),
                     "agent": agent,
                     "limit": limit,
@@ -353,74 +374,102 @@ class PostgresStore:
                 await cur.execute(Q["lease"], params)
                 rows.extend(await cur.fetchall())
             steps: dict[int, dict[str, bytes]] = {}
-            replays = [r[0] for r in rows if r[5] > 1]
-            if replays:
-                await cur.execute(Q["replayed_steps"], {"ids": replays})
+            if rows:
+                await cur.execute(Q["replayed_steps"], {"ids": [r[0] for r in rows]})
                 for task_id, key, output in await cur.fetchall():
                     steps.setdefault(task_id, {})[key] = output
         return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], steps.get(r[0], {})) for r in rows]
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
         """One transaction, pipelined: one statement each for steps, memory sets, memory
-        deletes and the fenced completions (``UPDATE ... FROM unnest``, see
-        benchmarks/store_batch.py for why)."""
+        deletes, diagnostics and the fenced completions (``UPDATE ... FROM unnest``, see
+        benchmarks/store_batch.py for why). Each write statement carries its own fence (the
+        leases it comes from, share-locked until the commit) and answers the tasks it
+        refused."""
         if not len(batch):
             return []
+        fenced: list[Cursor] = []
         async with self._connection() as conn, conn.pipeline(), conn.transaction():
-            cur = conn.cursor(binary=True)
             if batch.steps:
                 steps = sorted(batch.steps, key=lambda s: (s.task_id, s.key))
+                cur = conn.cursor(binary=True)
                 await cur.execute(
                     Q["insert_steps"],
                     {
                         "task_id": [s.task_id for s in steps],
                         "key": [s.key for s in steps],
                         "attempt": [s.attempt for s in steps],
+                        "owner": [s.owner for s in steps],
                         "output": [s.output for s in steps],
                         "started_at": [float(s.started_at) for s in steps],
                         "finished_at": [float(s.finished_at) for s in steps],
                     },
                 )
+                fenced.append(cur)
             sets, deletes = _memory_changes(batch.memory)
             if sets:
-                await cur.execute(
-                    Q["set_memory"],
-                    {
-                        "session": [m.session for m in sets],
-                        "key": [m.key for m in sets],
-                        "value": [m.value for m in sets],
-                        "now": float(now),
-                    },
-                )
+                cur = conn.cursor(binary=True)
+                await cur.execute(Q["set_memory"], {**_memory_params(sets), "now": float(now)})
+                fenced.append(cur)
             if deletes:
-                await cur.execute(
-                    Q["delete_memory"],
-                    {"session": [m.session for m in deletes], "key": [m.key for m in deletes]},
-                )
+                params = _memory_params(deletes)
+                del params["value"]
+                cur = conn.cursor(binary=True)
+                await cur.execute(Q["delete_memory"], params)
+                fenced.append(cur)
             if batch.diagnostics:
                 found = batch.diagnostics
+                cur = conn.cursor(binary=True)
                 await cur.execute(
                     Q["insert_diagnostics"],
                     {
                         "task_id": [d.task_id for d in found],
                         "attempt": [d.attempt for d in found],
+                        "owner": [d.owner for d in found],
                         "agent": [d.agent for d in found],
                         "kind": [d.kind for d in found],
                         "data": [d.data for d in found],
                     },
                 )
-            if not batch.completions:
-                return []
-            await cur.execute(Q["complete"], _completion_params(batch.completions))
-            applied = {r[0] for r in await cur.fetchall()}
+                fenced.append(cur)
+            applied: set[int] = set()
+            if batch.completions:
+                cur = conn.cursor(binary=True)
+                await cur.execute(Q["complete"], _completion_params(batch.completions))
+                applied = {r[0] for r in await cur.fetchall()}
+            for cur in fenced:
+                for task_id, cancel in await cur.fetchall():
+                    (batch.cancelled if cancel else batch.lost).add(task_id)
         return [i in applied for i in range(1, len(batch.completions) + 1)]
 
-    async def extend_leases(self, owner: str, until: float) -> list[int]:
-        """Extend ``owner``'s leases, skipping rows locked right now (being completed,
-        reclaimed or cancelled: the next heartbeat sees them if they are still leased)."""
+    async def extend_leases(
+        self, owner: str, task_ids: Sequence[int], until: float, now: float
+    ) -> Extended:
+        """Extend ``owner``'s leases on ``task_ids``, skipping rows locked right now (being
+        written, completed, reclaimed or cancelled); a skipped row still leased to ``owner``
+        counts as held, and is extended at the next heartbeat."""
+        ids = list(task_ids)
+        if not ids:
+            return Extended(frozenset(), frozenset())
+        params = {"owner": owner, "ids": ids, "seconds": float(until - now)}
         async with self._cursor() as cur:
-            await cur.execute(Q["extend_leases"], {"owner": owner, "until": float(until)})
-            return [task_id for task_id, cancel in await cur.fetchall() if cancel]
+            await cur.execute(Q["extend_leases"], params)
+            rows = list(await cur.fetchall())
+            skipped = set(ids) - {r[0] for r in rows}
+            if skipped:
+                await cur.execute(Q["held_leases"], {"owner": owner, "ids": list(skipped)})
+                rows.extend(await cur.fetchall())
+        return Extended(frozenset(r[0] for r in rows), frozenset(r[0] for r in rows if r[1]))
+
+    async def release_unheld(self, owner: str, keep: Sequence[int]) -> int:
+        async with self._cursor() as cur:
+            await cur.execute(Q["release_unheld"], {"owner": owner, "keep": list(keep)})
+            return len(await cur.fetchall())
+
+    async def now(self) -> float:
+        async with self._cursor() as cur:
+            await cur.execute(Q["now"])
+            return float(_one(await cur.fetchone()))
 
     async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
         """Take back expired and dead owners' leases, skipping rows locked right now (a
@@ -430,6 +479,13 @@ class PostgresStore:
             "error": ErrorInfo(
                 type="LeaseExpired",
                 message="the worker running this task stopped (its lease expired or it exited)",
+            ).to_json(),
+            "crash_error": ErrorInfo(
+                type="LeaseExpired",
+                message=(
+                    "the worker running this task alone stopped (it crashed, was killed, or "
+                    "its lease expired): the task itself stops its worker"
+                ),
             ).to_json(),
             "dead_owners": list(dead_owners),
         }
@@ -602,8 +658,10 @@ class PostgresStore:
             "id": worker.id,
             "host": worker.host,
             "pid": worker.pid,
-            "now": float(worker.heartbeat_at),
             "info": codec.dumps(dict(worker.load)),
+            "boot_id": worker.boot_id,
+            "pid_ns": worker.pid_ns,
+            "proc_start": worker.proc_start,
         }
         async with self._cursor() as cur:
             await cur.execute(Q["upsert_worker"], params)
@@ -616,7 +674,10 @@ class PostgresStore:
         async with self._cursor() as cur:
             await cur.execute(Q["workers"])
             rows = await cur.fetchall()
-        return [WorkerInfo(i, h, p, s, hb, codec.loads(info)) for i, h, p, s, hb, info in rows]
+        return [
+            WorkerInfo(i, h, p, s, hb, codec.loads(info), boot, ns, start)
+            for i, h, p, s, hb, info, boot, ns, start in rows
+        ]
 
     # -- waiting for work --------------------------------------------------------------
 
@@ -826,6 +887,17 @@ def _memory_changes(writes: Sequence[MemoryWrite]) -> tuple[list[MemoryWrite], l
     last = {(m.session, m.key): m for m in writes}
     ordered = [last[k] for k in sorted(last)]
     return [m for m in ordered if m.value is not None], [m for m in ordered if m.value is None]
+
+
+def _memory_params(writes: Sequence[MemoryWrite]) -> dict[str, Any]:
+    return {
+        "session": [m.session for m in writes],
+        "key": [m.key for m in writes],
+        "value": [m.value for m in writes],
+        "task_id": [m.task_id for m in writes],
+        "attempt": [m.attempt for m in writes],
+        "owner": [m.owner for m in writes],
+    }
 
 
 def _completion_params(completions: Sequence[Completion]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +41,7 @@ from .base import (
     DiagnosticRecord,
     Event,
     EventDetail,
+    Extended,
     Reclaimed,
     StepInfo,
     TaskQuery,
@@ -66,6 +68,16 @@ def _lease_lost_error() -> bytes:
     return ErrorInfo(
         type="LeaseExpired",
         message="the worker running this task stopped (its lease expired or it exited)",
+    ).to_json()
+
+
+def _crash_error() -> bytes:
+    return ErrorInfo(
+        type="LeaseExpired",
+        message=(
+            "the worker running this task alone stopped (it crashed, was killed, or its "
+            "lease expired): the task itself stops its worker"
+        ),
     ).to_json()
 
 
@@ -230,13 +242,32 @@ class SQLiteStore:
         return out
 
     async def lease(
-        self, owner: str, wants: Mapping[str, int], total: int, until: float, now: float
+        self,
+        owner: str,
+        wants: Mapping[str, int],
+        total: int,
+        until: float,
+        now: float,
+        *,
+        isolated: bool = False,
     ) -> list[Lease]:
         if total <= 0 or not any(n > 0 for n in wants.values()):
             return []
+        if isolated:
+            return await self._call(
+                self._transaction, lambda db: self._lease_isolated(db, owner, wants, until, now)
+            )
         return await self._call(
             self._transaction, lambda db: self._lease(db, owner, wants, total, until, now)
         )
+
+    @staticmethod
+    def _lease_isolated(
+        db: sqlite3.Connection, owner: str, wants: Mapping[str, int], until: float, now: float
+    ) -> list[Lease]:
+        agents = codec.dumps([a for a, n in wants.items() if n > 0]).decode()
+        params = {"owner": owner, "until": until, "now": now, "agents": agents}
+        return _with_steps(db, db.execute(Q["lease_isolated"], params).fetchall())
 
     @staticmethod
     def _lease(
@@ -255,22 +286,14 @@ class SQLiteStore:
                 continue
             params = {"owner": owner, "until": until, "now": now, "agent": agent, "limit": limit}
             rows.extend(db.execute(sql, params).fetchall())
-        replays = [r[0] for r in rows if r[5] > 1]
-        steps: dict[int, dict[str, bytes]] = {}
-        if replays:
-            for task_id, key, output in db.execute(
-                "SELECT task_id, key, output FROM steps WHERE task_id IN "
-                "(SELECT value FROM json_each(?))",
-                (codec.dumps(replays).decode(),),
-            ):
-                steps.setdefault(task_id, {})[key] = output
-        return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], steps.get(r[0], {})) for r in rows]
+        return _with_steps(db, rows)
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
         return await self._call(self._transaction, lambda db: self._write(db, batch, now))
 
     @staticmethod
     def _write(db: sqlite3.Connection, batch: WriteBatch, now: float) -> list[bool]:
+        live = _fence(db, batch)
         if batch.steps:
             db.executemany(
                 Q["insert_step"],
@@ -284,9 +307,12 @@ class SQLiteStore:
                         "finished_at": s.finished_at,
                     }
                     for s in batch.steps
+                    if (s.task_id, s.attempt, s.owner) in live
                 ],
             )
         for m in batch.memory:
+            if m.task_id is not None and (m.task_id, m.attempt, m.owner) not in live:
+                continue
             if m.value is None:
                 db.execute(Q["delete_memory"], {"session": m.session, "key": m.key})
             else:
@@ -304,6 +330,7 @@ class SQLiteStore:
                         "data": d.data,
                     }
                     for d in batch.diagnostics
+                    if (d.task_id, d.attempt, d.owner) in live
                 ],
             )
         if not batch.completions:
@@ -319,18 +346,33 @@ class SQLiteStore:
         db.execute("RELEASE completions")
         return applied
 
-    async def extend_leases(self, owner: str, until: float) -> list[int]:
-        def run(db: sqlite3.Connection) -> list[int]:
-            rows = db.execute(Q["extend_leases"], {"owner": owner, "until": until}).fetchall()
-            return [r[0] for r in rows if r[1]]
+    async def extend_leases(
+        self, owner: str, task_ids: Sequence[int], until: float, now: float
+    ) -> Extended:
+        params = {"owner": owner, "until": until, "ids": codec.dumps(list(task_ids)).decode()}
+
+        def run(db: sqlite3.Connection) -> Extended:
+            rows = db.execute(Q["extend_leases"], params).fetchall()
+            return Extended(frozenset(r[0] for r in rows), frozenset(r[0] for r in rows if r[1]))
 
         return await self._call(self._transaction, run)
+
+    async def release_unheld(self, owner: str, keep: Sequence[int]) -> int:
+        params = {"owner": owner, "keep": codec.dumps(list(keep)).decode()}
+        return await self._call(
+            self._transaction, lambda db: len(db.execute(Q["release_unheld"], params).fetchall())
+        )
+
+    async def now(self) -> float:
+        """The wall clock: a SQLite store lives on one host, and its workers share it."""
+        return time.time()
 
     async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
         def run(db: sqlite3.Connection) -> Reclaimed:
             params = {
                 "now": now,
                 "error": _lease_lost_error(),
+                "crash_error": _crash_error(),
                 "dead_owners": codec.dumps(list(dead_owners)).decode(),
             }
             statuses = [r[1] for r in db.execute(Q["reclaim"], params).fetchall()]
@@ -503,6 +545,9 @@ class SQLiteStore:
             "pid": worker.pid,
             "now": worker.heartbeat_at,
             "info": codec.dumps(dict(worker.load)),
+            "boot_id": worker.boot_id,
+            "pid_ns": worker.pid_ns,
+            "proc_start": worker.proc_start,
         }
         await self._call(self._transaction, lambda db: db.execute(Q["upsert_worker"], params))
 
@@ -514,8 +559,8 @@ class SQLiteStore:
     async def workers(self) -> list[WorkerInfo]:
         def run() -> list[WorkerInfo]:
             return [
-                WorkerInfo(i, h, p, s, hb, codec.loads(info))
-                for i, h, p, s, hb, info in self._db.execute(Q["workers"])
+                WorkerInfo(i, h, p, s, hb, codec.loads(info), boot, ns, start)
+                for i, h, p, s, hb, info, boot, ns, start in self._db.execute(Q["workers"])
             ]
 
         return await self._call(run)
@@ -602,6 +647,39 @@ def _translate(exc: sqlite3.Error, path: str) -> StoreError:
     if primary in _UNAVAILABLE:
         return StoreUnavailable(f"the store {path} is unavailable ({exc}); try again later")
     return StoreError(f"the store {path} failed: {exc}")
+
+
+def _with_steps(db: sqlite3.Connection, rows: Sequence[Any]) -> list[Lease]:
+    """Leases for leased rows, each with every step recorded for its task so far."""
+    steps: dict[int, dict[str, bytes]] = {}
+    if rows:
+        ids = codec.dumps([r[0] for r in rows]).decode()
+        for task_id, key, output in db.execute(Q["replayed_steps"], {"ids": ids}):
+            steps.setdefault(task_id, {})[key] = output
+    return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], steps.get(r[0], {})) for r in rows]
+
+
+def _fence(db: sqlite3.Connection, batch: WriteBatch) -> set[tuple[int, int, str | None]]:
+    """The leases behind the batch's steps, memory writes and diagnostics that still hold,
+    as ``(task_id, attempt, owner)``; the others' task ids go into ``batch.lost``, and those
+    whose cancellation was asked into ``batch.cancelled``. (One
+    query for the whole batch; the write lock is held from here to the commit.)"""
+    wanted: set[tuple[int, int, str | None]] = {
+        (s.task_id, s.attempt, s.owner) for s in batch.steps
+    }
+    wanted.update((m.task_id, m.attempt, m.owner) for m in batch.memory if m.task_id is not None)
+    wanted.update((d.task_id, d.attempt, d.owner) for d in batch.diagnostics)
+    if not wanted:
+        return wanted
+    ids = codec.dumps(sorted({w[0] for w in wanted})).decode()
+    live: set[tuple[int, int, str | None]] = set()
+    for task_id, attempt, owner, cancel in db.execute(Q["live_leases"], {"ids": ids}):
+        live.add((task_id, attempt, owner))
+        if cancel:
+            batch.cancelled.add(task_id)
+    held = wanted & live
+    batch.lost.update(w[0] for w in wanted - held)
+    return held
 
 
 def _completion_params(c: Completion) -> tuple[Any, ...]:

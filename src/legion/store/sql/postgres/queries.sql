@@ -46,12 +46,14 @@ SELECT key, id, status FROM tasks WHERE key = ANY(%(keys)s::text[]);
 
 -- name: lease
 -- SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
+-- The lease runs %(seconds)s on the database's clock. Tasks to run alone (`isolate`) are
+-- leased by lease_isolated only.
 UPDATE tasks AS t
 SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
-    lease_expires = %(until)s, started_at = %(now)s, finished_at = NULL
+    lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
 FROM (
     SELECT id FROM tasks
-    WHERE status = 'queued' AND agent = %(agent)s AND not_before <= %(now)s
+    WHERE status = 'queued' AND agent = %(agent)s AND not_before <= %(now)s AND NOT isolate
     ORDER BY priority DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -59,9 +61,23 @@ FROM (
 WHERE t.id = picked.id
 RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts;
 
+-- name: lease_isolated
+-- One task to run alone (taken back from a worker that stopped while running it with others).
+UPDATE tasks AS t
+SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
+    lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
+FROM (
+    SELECT id FROM tasks
+    WHERE status = 'queued' AND isolate AND agent = ANY(%(agents)s::text[])
+      AND not_before <= %(now)s
+    ORDER BY priority DESC, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+) AS picked
+WHERE t.id = picked.id
+RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts;
 -- name: replayed_steps
 SELECT task_id, key, output FROM steps WHERE task_id = ANY(%(ids)s::bigint[]);
-
 -- name: complete
 -- Fenced: a completion applies only while its worker still holds lease number `attempt`.
 -- Answers the 1-based positions of the completions that applied.
@@ -73,7 +89,8 @@ SET status = CASE WHEN t.cancel_requested AND c.status = 'queued' THEN 'cancelle
     attempt = t.attempt - c.uncount,
     lease_owner = NULL, lease_expires = NULL,
     finished_at = c.finished_at,
-    usage = coalesce(c.usage, t.usage)
+    usage = coalesce(c.usage, t.usage),
+    isolate = false
 FROM unnest(%(status)s::text[], %(output)b::bytea[], %(error)b::bytea[], %(not_before)s::float8[],
             %(uncount)s::integer[], %(finished_at)s::float8[], %(id)s::bigint[],
             %(attempt)s::integer[], %(owner)s::text[], %(usage)b::bytea[])
@@ -81,26 +98,85 @@ FROM unnest(%(status)s::text[], %(output)b::bytea[], %(error)b::bytea[], %(not_b
      AS c(status, output, error, not_before, uncount, finished_at, id, attempt, owner, usage, ord)
 WHERE t.id = c.id AND t.attempt = c.attempt AND t.lease_owner = c.owner AND t.status = 'running'
 RETURNING c.ord;
-
 -- name: insert_steps
--- Sorted by (task_id, key) by the caller so concurrent batches lock in one order; within a
--- batch the first record of a key wins, as a recorded step never changes.
-INSERT INTO steps (task_id, key, attempt, output, started_at, finished_at)
-SELECT * FROM unnest(%(task_id)s::bigint[], %(key)s::text[], %(attempt)s::integer[],
-                     %(output)b::bytea[], %(started_at)s::float8[], %(finished_at)s::float8[])
-ON CONFLICT (task_id, key) DO NOTHING;
-
+-- Fenced like a completion: a step is recorded only while its lease holds. Sorted by
+-- (task_id, key) by the caller so concurrent batches lock in one order; within a batch the
+-- first record of a key wins, as a recorded step never changes. Answers (task_id, false)
+-- for the tasks whose lease was lost (their steps were not recorded) and (task_id, true)
+-- for those whose cancellation was asked (so it is seen at every step, not only at the
+-- heartbeat); the other fenced writes answer the same.
+WITH w AS (
+    SELECT * FROM unnest(%(task_id)s::bigint[], %(key)s::text[], %(attempt)s::integer[],
+                         %(owner)s::text[], %(output)b::bytea[], %(started_at)s::float8[],
+                         %(finished_at)s::float8[])
+                  AS w(task_id, key, attempt, owner, output, started_at, finished_at)
+),
+live AS (
+    -- The leases these writes come from that still hold, locked (shared) until the
+    -- commit: a reclaim or a lease cannot take them in between.
+    SELECT t.id, t.cancel_requested FROM tasks AS t
+    WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
+      AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
+    ORDER BY t.id
+    FOR SHARE
+),
+written AS (
+    INSERT INTO steps (task_id, key, attempt, output, started_at, finished_at)
+    SELECT task_id, key, attempt, output, started_at, finished_at FROM w
+    WHERE task_id IN (SELECT id FROM live)
+    ON CONFLICT (task_id, key) DO NOTHING
+)
+SELECT DISTINCT task_id, false FROM w WHERE task_id NOT IN (SELECT id FROM live)
+UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: set_memory
-INSERT INTO memory (session, key, value, updated_at)
-SELECT session, key, value, %(now)s
-FROM unnest(%(session)s::text[], %(key)s::text[], %(value)b::bytea[]) AS m(session, key, value)
-ON CONFLICT (session, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
-
+-- A write made by a task (task_id not NULL) is fenced by its lease, like a step; answers
+-- the tasks whose lease was lost.
+WITH w AS (
+    SELECT * FROM unnest(%(session)s::text[], %(key)s::text[], %(value)b::bytea[],
+                         %(task_id)s::bigint[], %(attempt)s::integer[], %(owner)s::text[])
+                  AS w(session, key, value, task_id, attempt, owner)
+),
+live AS (
+    -- The leases these writes come from that still hold, locked (shared) until the
+    -- commit: a reclaim or a lease cannot take them in between.
+    SELECT t.id, t.cancel_requested FROM tasks AS t
+    WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
+      AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
+    ORDER BY t.id
+    FOR SHARE
+),
+written AS (
+    INSERT INTO memory (session, key, value, updated_at)
+    SELECT session, key, value, %(now)s FROM w
+    WHERE task_id IS NULL OR task_id IN (SELECT id FROM live)
+    ON CONFLICT (session, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+)
+SELECT DISTINCT task_id, false FROM w
+WHERE task_id IS NOT NULL AND task_id NOT IN (SELECT id FROM live)
+UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: delete_memory
-DELETE FROM memory AS m
-USING unnest(%(session)s::text[], %(key)s::text[]) AS d(session, key)
-WHERE m.session = d.session AND m.key = d.key;
-
+WITH w AS (
+    SELECT * FROM unnest(%(session)s::text[], %(key)s::text[], %(task_id)s::bigint[],
+                         %(attempt)s::integer[], %(owner)s::text[])
+                  AS w(session, key, task_id, attempt, owner)
+),
+live AS (
+    -- The leases these writes come from that still hold, locked (shared) until the
+    -- commit: a reclaim or a lease cannot take them in between.
+    SELECT t.id, t.cancel_requested FROM tasks AS t
+    WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
+      AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
+    ORDER BY t.id
+    FOR SHARE
+),
+deleted AS (
+    DELETE FROM memory AS m USING w
+    WHERE m.session = w.session AND m.key = w.key
+      AND (w.task_id IS NULL OR w.task_id IN (SELECT id FROM live))
+)
+SELECT DISTINCT task_id, false FROM w
+WHERE task_id IS NOT NULL AND task_id NOT IN (SELECT id FROM live)
+UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: get_memory
 SELECT value FROM memory WHERE session = %(session)s AND key = %(key)s;
 
@@ -108,36 +184,66 @@ SELECT value FROM memory WHERE session = %(session)s AND key = %(key)s;
 SELECT key, value FROM memory WHERE session = %(session)s ORDER BY key;
 
 -- name: extend_leases
--- SKIP LOCKED: a row locked right now is being completed, reclaimed or cancelled; it is
--- extended (or its cancel request reported) at the next heartbeat if it is still leased.
--- Never waiting on a row lock also means a heartbeat cannot deadlock with a write batch.
-UPDATE tasks SET lease_expires = %(until)s
+-- Extends only the leases the worker runs (on the database's clock). SKIP LOCKED: a row
+-- locked right now is being written, completed, reclaimed or cancelled; held_leases tells
+-- whether it is still this worker's. Never waiting on a row lock also means a heartbeat
+-- cannot deadlock with a write batch.
+UPDATE tasks SET lease_expires = legion_now() + %(seconds)s
 WHERE id IN (
-    SELECT id FROM tasks WHERE lease_owner = %(owner)s AND status = 'running'
+    SELECT id FROM tasks
+    WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND status = 'running'
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id, cancel_requested;
 
--- name: reclaim
--- Leases that expired, or whose worker is known dead, go back to the queue; a task
--- that already used its last attempt is dead (a task that kills its worker every time
--- must not loop forever). SKIP LOCKED: a locked row is being completed right now.
+-- name: held_leases
+-- Which of these tasks are still leased to the worker (read without waiting on locks).
+SELECT id, cancel_requested FROM tasks
+WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND status = 'running';
+
+-- name: release_unheld
+-- After a lease call whose answer was lost: rows leased to the worker that it does not run
+-- go back to the queue, their attempt not counted.
 UPDATE tasks
-SET status = CASE
-        WHEN cancel_requested THEN 'cancelled'
-        WHEN attempt >= max_attempts THEN 'dead'
-        ELSE 'queued' END,
-    error = CASE WHEN cancel_requested THEN error ELSE %(error)b END,
-    lease_owner = NULL, lease_expires = NULL,
-    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN %(now)s END
+SET status = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_expires = NULL
 WHERE id IN (
     SELECT id FROM tasks
-    WHERE status = 'running'
-      AND (lease_expires < %(now)s OR lease_owner = ANY(%(dead_owners)s::text[]))
+    WHERE lease_owner = %(owner)s AND status = 'running' AND NOT id = ANY(%(keep)s::bigint[])
     FOR UPDATE SKIP LOCKED
 )
-RETURNING status;
+RETURNING id;
 
+-- name: now
+SELECT legion_now();
+-- name: reclaim
+-- Leases that expired (on the database's clock), or whose worker is known dead, go back
+-- to the queue. The stop is charged to the task only if its worker ran it alone (its own
+-- crash count); a task that shared the worker runs alone next (`isolate`), its attempt
+-- not counted, until it ends. A task whose worker stopped while running it alone on its
+-- last attempt is dead. SKIP LOCKED: a locked row is being completed right now.
+UPDATE tasks AS t
+SET status = CASE
+        WHEN t.cancel_requested THEN 'cancelled'
+        WHEN r.alone AND t.attempt >= t.max_attempts THEN 'dead'
+        ELSE 'queued' END,
+    error = CASE WHEN t.cancel_requested THEN t.error
+                 WHEN r.alone THEN %(crash_error)b ELSE %(error)b END,
+    attempt = CASE WHEN t.cancel_requested OR r.alone THEN t.attempt ELSE t.attempt - 1 END,
+    crashes = t.crashes + CASE WHEN r.alone THEN 1 ELSE 0 END,
+    isolate = NOT t.cancel_requested,
+    lease_owner = NULL, lease_expires = NULL,
+    finished_at = CASE WHEN t.cancel_requested OR (r.alone AND t.attempt >= t.max_attempts)
+                       THEN %(now)s END
+FROM (
+    SELECT id, (SELECT count(*) FROM tasks AS o
+                WHERE o.lease_owner = x.lease_owner AND o.status = 'running') = 1 AS alone
+    FROM tasks AS x
+    WHERE status = 'running'
+      AND (lease_expires < legion_now() OR lease_owner = ANY(%(dead_owners)s::text[]))
+    FOR UPDATE SKIP LOCKED
+) AS r
+WHERE t.id = r.id
+RETURNING t.status;
 -- name: cancel
 -- A queued task is cancelled at once; a running one is asked to stop (its worker sees the
 -- request at its next heartbeat).
@@ -151,7 +257,7 @@ RETURNING status;
 -- name: requeue
 -- One chunk of a requeue, in id order; the caller goes on after the last id it got.
 UPDATE tasks
-SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = false,
+SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = false, crashes = 0, isolate = false,
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
 WHERE id IN (
     SELECT id FROM tasks
@@ -165,7 +271,7 @@ RETURNING id;
 
 -- name: requeue_one
 UPDATE tasks
-SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = false,
+SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = false, crashes = 0, isolate = false,
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
 WHERE id = %(id)s AND status IN ('dead', 'failed', 'cancelled');
 
@@ -218,16 +324,17 @@ ORDER BY id LIMIT %(limit)s;
 SELECT coalesce(max(id), 0) FROM events WHERE id < legion_feed_horizon();
 
 -- name: upsert_worker
-INSERT INTO workers (id, host, pid, started_at, heartbeat_at, info)
-VALUES (%(id)s, %(host)s, %(pid)s, %(now)s, %(now)s, %(info)b)
+-- The heartbeat is the database's time.
+INSERT INTO workers (id, host, pid, started_at, heartbeat_at, info, boot_id, pid_ns, proc_start)
+VALUES (%(id)s, %(host)s, %(pid)s, legion_now(), legion_now(), %(info)b, %(boot_id)s,
+        %(pid_ns)s, %(proc_start)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, info = excluded.info;
-
 -- name: delete_worker
 DELETE FROM workers WHERE id = %(id)s;
 
 -- name: workers
-SELECT id, host, pid, started_at, heartbeat_at, info FROM workers ORDER BY started_at;
-
+SELECT id, host, pid, started_at, heartbeat_at, info, boot_id, pid_ns, proc_start
+FROM workers ORDER BY started_at;
 -- name: claim_capacity
 INSERT INTO capacity_claims (route, worker, demand, at)
 VALUES (%(route)s, %(worker)s, %(demand)s, %(now)s)
@@ -282,11 +389,28 @@ SELECT id, name, salt, digest, created_at, revoked_at FROM api_keys ORDER BY cre
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, %(now)s) WHERE id = %(id)s;
 
 -- name: insert_diagnostics
-INSERT INTO diagnostics (task_id, attempt, agent, kind, data)
-SELECT * FROM unnest(%(task_id)s::bigint[], %(attempt)s::integer[], %(agent)s::text[],
-                     %(kind)s::text[], %(data)b::bytea[])
-ON CONFLICT DO NOTHING;
-
+-- Fenced by the attempt's lease, like a step.
+WITH w AS (
+    SELECT * FROM unnest(%(task_id)s::bigint[], %(attempt)s::integer[], %(owner)s::text[],
+                         %(agent)s::text[], %(kind)s::text[], %(data)b::bytea[])
+                  AS w(task_id, attempt, owner, agent, kind, data)
+),
+live AS (
+    -- The leases these writes come from that still hold, locked (shared) until the
+    -- commit: a reclaim or a lease cannot take them in between.
+    SELECT t.id, t.cancel_requested FROM tasks AS t
+    WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
+      AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
+    ORDER BY t.id
+    FOR SHARE
+),
+written AS (
+    INSERT INTO diagnostics (task_id, attempt, agent, kind, data)
+    SELECT task_id, attempt, agent, kind, data FROM w WHERE task_id IN (SELECT id FROM live)
+    ON CONFLICT DO NOTHING
+)
+SELECT DISTINCT task_id, false FROM w WHERE task_id NOT IN (SELECT id FROM live)
+UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: diagnostics
 SELECT task_id, attempt, agent, data FROM diagnostics
 WHERE (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)

@@ -11,17 +11,40 @@ VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?);
 SELECT key, id, status FROM tasks WHERE key IN (SELECT value FROM json_each(:keys));
 
 -- name: lease
+-- Tasks to run alone (`isolate`) are leased by lease_isolated only.
 UPDATE tasks
 SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
     lease_expires = :until, started_at = :now, finished_at = NULL
 WHERE id IN (
     SELECT id FROM tasks
-    WHERE status = 'queued' AND agent = :agent AND not_before <= :now
+    WHERE status = 'queued' AND agent = :agent AND not_before <= :now AND NOT isolate
     ORDER BY priority DESC, id
     LIMIT :limit
 )
 RETURNING id, agent, input, key, session, attempt, max_attempts;
 
+-- name: lease_isolated
+-- One task to run alone (taken back from a worker that stopped while running it with others).
+UPDATE tasks
+SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
+    lease_expires = :until, started_at = :now, finished_at = NULL
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE status = 'queued' AND isolate AND agent IN (SELECT value FROM json_each(:agents))
+      AND not_before <= :now
+    ORDER BY priority DESC, id
+    LIMIT 1
+)
+RETURNING id, agent, input, key, session, attempt, max_attempts;
+
+-- name: replayed_steps
+SELECT task_id, key, output FROM steps WHERE task_id IN (SELECT value FROM json_each(:ids));
+
+-- name: live_leases
+-- The fence of a write batch: which of these tasks are running, under which lease, and
+-- whether their cancellation was asked.
+SELECT id, attempt, lease_owner, cancel_requested FROM tasks
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running';
 -- name: complete
 -- Fenced: applies only while the worker still holds lease number `attempt`.
 -- Positional for speed (executemany on the hot path):
@@ -35,7 +58,8 @@ SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE 
     attempt = attempt - ?5,
     lease_owner = NULL, lease_expires = NULL,
     finished_at = ?6,
-    usage = coalesce(?10, usage)
+    usage = coalesce(?10, usage),
+    isolate = 0
 WHERE id = ?7 AND attempt = ?8 AND lease_owner = ?9 AND status = 'running';
 
 -- name: insert_step
@@ -57,25 +81,45 @@ SELECT value FROM memory WHERE session = :session AND key = :key;
 SELECT key, value FROM memory WHERE session = :session ORDER BY key;
 
 -- name: extend_leases
+-- Extends only the leases the worker runs.
 UPDATE tasks SET lease_expires = :until
-WHERE lease_owner = :owner AND status = 'running'
+WHERE id IN (SELECT value FROM json_each(:ids)) AND lease_owner = :owner AND status = 'running'
 RETURNING id, cancel_requested;
 
+-- name: release_unheld
+-- After a lease call whose answer was lost: rows leased to the worker that it does not run
+-- go back to the queue, their attempt not counted.
+UPDATE tasks
+SET status = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_expires = NULL
+WHERE lease_owner = :owner AND status = 'running'
+  AND id NOT IN (SELECT value FROM json_each(:keep))
+RETURNING id;
 -- name: reclaim
--- Leases that expired, or whose worker is known dead, go back to the queue; a task
--- that already used its last attempt is dead (a task that kills its worker every time
--- must not loop forever).
+-- Leases that expired, or whose worker is known dead, go back to the queue. The stop is
+-- charged to the task only if its worker ran it alone (its own crash count); a task that
+-- shared the worker runs alone next (`isolate`), its attempt not counted, until it ends.
+-- A task whose worker stopped while running it alone on its last attempt is dead.
+WITH r AS (
+    SELECT id, (SELECT count(*) FROM tasks AS o
+                WHERE o.lease_owner = x.lease_owner AND o.status = 'running') = 1 AS alone
+    FROM tasks AS x
+    WHERE status = 'running'
+      AND (lease_expires < :now OR lease_owner IN (SELECT value FROM json_each(:dead_owners)))
+)
 UPDATE tasks
 SET status = CASE
         WHEN cancel_requested THEN 'cancelled'
-        WHEN attempt >= max_attempts THEN 'dead'
+        WHEN r.alone AND attempt >= max_attempts THEN 'dead'
         ELSE 'queued' END,
-    error = CASE WHEN cancel_requested THEN error ELSE :error END,
+    error = CASE WHEN cancel_requested THEN error WHEN r.alone THEN :crash_error ELSE :error END,
+    attempt = CASE WHEN cancel_requested OR r.alone THEN attempt ELSE attempt - 1 END,
+    crashes = crashes + r.alone,
+    isolate = NOT cancel_requested,
     lease_owner = NULL, lease_expires = NULL,
-    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN :now END
-WHERE status = 'running' AND (lease_expires < :now OR lease_owner IN (SELECT value FROM json_each(:dead_owners)))
-RETURNING id, status;
-
+    finished_at = CASE WHEN cancel_requested OR (r.alone AND attempt >= max_attempts) THEN :now END
+FROM r
+WHERE tasks.id = r.id
+RETURNING tasks.id, tasks.status;
 -- name: cancel_queued
 UPDATE tasks SET status = 'cancelled', finished_at = :now, cancel_requested = 1
 WHERE id = :id AND status = 'queued';
@@ -85,13 +129,13 @@ UPDATE tasks SET cancel_requested = 1 WHERE id = :id AND status = 'running';
 
 -- name: requeue
 UPDATE tasks
-SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0,
+SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0, crashes = 0, isolate = 0,
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
 WHERE status IN (SELECT value FROM json_each(:statuses)) AND (:agent IS NULL OR agent = :agent);
 
 -- name: requeue_one
 UPDATE tasks
-SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0,
+SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0, crashes = 0, isolate = 0,
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
 WHERE id = :id AND status IN ('dead', 'failed', 'cancelled');
 
@@ -129,16 +173,15 @@ ORDER BY id LIMIT :limit;
 SELECT coalesce(max(id), 0) FROM events;
 
 -- name: upsert_worker
-INSERT INTO workers (id, host, pid, started_at, heartbeat_at, info)
-VALUES (:id, :host, :pid, :now, :now, :info)
+INSERT INTO workers (id, host, pid, started_at, heartbeat_at, info, boot_id, pid_ns, proc_start)
+VALUES (:id, :host, :pid, :now, :now, :info, :boot_id, :pid_ns, :proc_start)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, info = excluded.info;
-
 -- name: delete_worker
 DELETE FROM workers WHERE id = :id;
 
 -- name: workers
-SELECT id, host, pid, started_at, heartbeat_at, info FROM workers ORDER BY started_at;
-
+SELECT id, host, pid, started_at, heartbeat_at, info, boot_id, pid_ns, proc_start
+FROM workers ORDER BY started_at;
 -- name: claim_capacity
 INSERT INTO capacity_claims (route, worker, demand, at) VALUES (:route, :worker, :demand, :now)
 ON CONFLICT (route, worker) DO UPDATE SET demand = excluded.demand, at = excluded.at;

@@ -1,0 +1,229 @@
+"""Fencing in one process, against real stores: lost leases are noticed, ambiguous store
+answers are resolved, and a worker's identity decides when its leases are taken early."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+import legion
+from legion import Runtime, TaskStatus, codec, identity
+from legion.errors import StoreError
+from legion.store import SQLiteStore, WorkerInfo, WriteBatch, store_from_url
+from legion.task import Lease, NewTask
+from legion.worker import Worker, WorkerConfig
+
+
+async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
+    async with asyncio.timeout(limit):
+        while not condition():  # noqa: ASYNC110 - a state of the worker, no event to wait on
+            await asyncio.sleep(0.01)
+
+
+async def test_a_stolen_lease_stops_the_instance_at_its_next_write(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    go = asyncio.Event()
+    ran: list[str] = []
+
+    @legion.agent
+    async def victim(ctx: legion.Context, x: int) -> int:
+        await ctx.step("first", ran.append, "first")
+        await go.wait()
+        await ctx.step("second", ran.append, "second")  # its record is refused
+        ran.append("after")  # never reached
+        return x
+
+    caplog.set_level(logging.WARNING, logger="legion.worker")
+    async with Runtime(store_url, lease_seconds=600) as rt:
+        submitted = await rt.submit(victim, 1)
+        assert rt.worker is not None
+        async with asyncio.timeout(30):
+            while not await rt.store.steps(submitted.id):  # noqa: ASYNC110 - a row to appear
+                await asyncio.sleep(0.01)
+        # The store takes the task back (as if the worker were dead) and leases it again.
+        assert (await rt.store.reclaim(time.time(), [rt.worker.id])).requeued == 1
+        (stolen,) = await rt.store.lease(
+            "thief", {"victim": 1}, 1, time.time() + 600, time.time(), isolated=True
+        )
+        go.set()
+        await wait_until(lambda: not rt.worker.holds(submitted.id))  # type: ignore[union-attr]
+        info = await rt.store.get(submitted.id)
+        steps = await rt.store.steps(submitted.id)
+    assert ran == ["first", "second"]
+    assert info is not None and info.status is TaskStatus.RUNNING and info.lease_owner == "thief"
+    assert [s.key for s in steps] == ["first"]  # the late record was refused
+    assert stolen.steps.keys() == {"first"}
+    lost = [r.getMessage() for r in caplog.records if "lost to" in r.getMessage()]
+    assert lost == [f"lease on task {submitted.id} lost to worker thief; stopped"]
+
+
+async def test_the_heartbeat_stops_an_instance_whose_lease_it_cannot_extend(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @legion.agent
+    async def waits(ctx: legion.Context, x: int) -> int:
+        await asyncio.Event().wait()  # no write that would notice
+        return x
+
+    caplog.set_level(logging.WARNING, logger="legion.worker")
+    async with Runtime(db_url, lease_seconds=600) as rt:
+        submitted = await rt.submit(waits, 1)
+        worker = rt.worker
+        assert worker is not None
+        await wait_until(lambda: worker.holds(submitted.id))
+        assert (await rt.store.reclaim(time.time(), [worker.id])).requeued == 1
+        await worker.heartbeat()
+        await wait_until(lambda: not worker.holds(submitted.id))
+        info = await rt.store.get(submitted.id)
+    assert info is not None and info.status is TaskStatus.QUEUED  # nothing written over it
+    assert any("lease on task" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_cancel_asked_through_the_store_is_seen_at_the_next_step(store_url: str) -> None:
+    go = asyncio.Event()
+    ran: list[str] = []
+
+    @legion.agent
+    async def steps(ctx: legion.Context, x: int) -> int:
+        await ctx.step("one", ran.append, "one")
+        await go.wait()
+        await ctx.step("two", ran.append, "two")  # its record tells of the cancel
+        await ctx.step("three", ran.append, "three")  # never runs
+        return x
+
+    # The next heartbeat is seconds away: step two's record is what tells of the cancel.
+    async with Runtime(store_url, lease_seconds=600) as rt:
+        submitted = await rt.submit(steps, 1)
+        async with asyncio.timeout(30):
+            while not await rt.store.steps(submitted.id):  # noqa: ASYNC110 - step one recorded
+                await asyncio.sleep(0.01)
+        assert await rt.store.cancel(submitted.id, time.time()) is TaskStatus.RUNNING
+        go.set()
+        async with asyncio.timeout(30):
+            result = await rt.result(submitted.id)
+    assert result.status is TaskStatus.CANCELLED
+    assert ran == ["one", "two"]
+
+
+class AnswerLost(SQLiteStore):
+    """A real SQLite store whose first write (or lease) commits and then fails, as when the
+    connection drops before the acknowledgement arrives."""
+
+    def __init__(self, path: Path, *, lose: str) -> None:
+        super().__init__(path)
+        self.lose = lose
+
+    async def write(self, batch: WriteBatch, now: float) -> list[bool]:
+        applied = await super().write(batch, now)
+        if self.lose == "write" and batch.completions:
+            self.lose = ""
+            raise StoreError("the connection was lost before the answer came")
+        return applied
+
+    async def lease(
+        self,
+        owner: str,
+        wants: Mapping[str, int],
+        total: int,
+        until: float,
+        now: float,
+        *,
+        isolated: bool = False,
+    ) -> list[Lease]:
+        leases = await super().lease(owner, wants, total, until, now, isolated=isolated)
+        if self.lose == "lease" and leases:
+            self.lose = ""
+            raise StoreError("the connection was lost before the answer came")
+        return leases
+
+
+@pytest.mark.parametrize("lose", ["write", "lease"])
+async def test_an_answer_lost_after_the_commit_leaves_nobody_waiting(
+    tmp_path: Path, lose: str
+) -> None:
+    @legion.agent
+    async def double(ctx: legion.Context, x: int) -> int:
+        return 2 * x
+
+    store = AnswerLost(tmp_path / "s.db", lose=lose)
+    await store.open()
+    try:
+        # Leases far longer than the test: only the worker's own recovery can finish it.
+        async with Runtime(store, lease_seconds=600) as rt:
+            async with asyncio.timeout(30):
+                results = [r async for r in rt.map(double, range(5))]
+    finally:
+        await store.aclose()
+    assert sorted(r.output for r in results) == [0, 2, 4, 6, 8]
+    assert {r.status for r in results} == {TaskStatus.SUCCEEDED}
+    assert store.lose == ""  # the fault did happen
+
+
+def _gone_pid() -> int:
+    """A PID that no process has (one that just exited)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize(
+    ("name", "same_ns", "pid", "age", "taken"),
+    [
+        ("gone, same kernel and namespace", True, "gone", 10.0, True),
+        ("its PID reused by another process", True, "mine", 10.0, True),
+        ("another PID namespace (a container)", False, "gone", 10.0, False),
+        ("alive: this very process", True, "me", 10.0, False),
+        ("gone, but its heartbeat is fresh", True, "gone", 0.0, False),
+    ],
+)
+async def test_early_reclaim_needs_the_whole_identity(
+    tmp_path: Path, name: str, same_ns: bool, pid: str, age: float, taken: bool
+) -> None:
+    store = store_from_url(f"sqlite:///{tmp_path / 's.db'}")
+    await store.open()
+    try:
+        me = identity.current()
+        await store.submit([NewTask("a", codec.dumps({}))], 0.0)
+        await store.lease("other", {"a": 1}, 1, time.time() + 600, time.time())
+        start = me.start if pid == "me" else (me.start + 1 if pid == "mine" else 12345)
+        other_pid = me.pid if pid in ("me", "mine") else _gone_pid()
+        ns = me.pid_ns if same_ns else "pid:[4026531999]"
+        beat = time.time() - age
+        worker = Worker(store, config=WorkerConfig(lease_seconds=30))
+        await store.register_worker(
+            WorkerInfo("other", worker.host, other_pid, beat, beat, {}, me.boot_id, ns, start)
+        )
+        await worker.reap()
+        counts = await store.counts()
+    finally:
+        await store.aclose()
+    assert counts == ({TaskStatus.QUEUED: 1} if taken else {TaskStatus.RUNNING: 1}), name
+
+
+def test_identity_reads_this_process() -> None:
+    me = identity.current()
+    assert me.boot_id and me.pid_ns.startswith("pid:[") and me.start > 0
+    assert identity.start_time(me.pid) == me.start
+    assert not identity.is_gone(me, me)
+
+
+async def test_a_finished_task_is_not_held_by_its_timeout_timer(db_url: str) -> None:
+    @legion.agent(timeout=300)
+    async def big(ctx: legion.Context, blob: str) -> int:
+        return len(blob)
+
+    async with Runtime(db_url) as rt:
+        results = [r async for r in rt.map(big, ["x" * 1000] * 3)]
+        assert rt.worker is not None
+        loop = asyncio.get_running_loop()
+        timers: Sequence[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
+        live = [t for t in timers if not t.cancelled() and "expire" in repr(t)]
+    assert [r.output for r in results] == [1000] * 3
+    assert live == []  # the batch's timer was cancelled when its last task ended
