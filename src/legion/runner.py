@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from . import codec, telemetry
+from . import codec, deadline, telemetry
 from .agent import Agent
 from .clock import Clock
 from .context import Context
@@ -25,7 +25,7 @@ from .diagnostics.advisor import advise
 from .diagnostics.report import Diagnostic, Kind, Site, blocked_loop, user_site
 from .diagnostics.tracking import unretrieved_exception
 from .diagnostics.watchdog import Block, Capture
-from .errors import AgentCrash, TaskTimeout, UnawaitedWork, is_retryable
+from .errors import AgentCrash, RetryAfterTooLong, TaskTimeout, UnawaitedWork, is_retryable
 from .journal import Journal
 from .store.base import Store
 from .task import Completion, ErrorInfo, Lease, Outcome
@@ -50,6 +50,7 @@ class Instance:
     __slots__ = (
         "agent",
         "children",
+        "deadline",
         "diagnostics",
         "fatal",
         "lease",
@@ -70,6 +71,14 @@ class Instance:
         self.diagnostics: list[Diagnostic] = []
         # A block of the event loop by this instance that is going on, seen by the watchdog.
         self.pending_block: Capture | None = None
+        # When the worker's timer ends this attempt, on the event loop's clock (None: never).
+        self.deadline: float | None = None
+
+    def remaining(self) -> float | None:
+        """Seconds until the worker's timer ends this attempt (``None``: no timeout)."""
+        if self.deadline is None:
+            return None
+        return self.deadline - asyncio.get_running_loop().time()
 
     # -- what the diagnostics learn about this instance (see legion.diagnostics) --------
 
@@ -113,6 +122,7 @@ async def run_instance(
     lease, agent = instance.lease, instance.agent
     ctx = Context(agent.name, lease, store=store, journal=journal, clock=clock, llm=llm)
     tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
+    deadline.bind(instance.remaining)  # LLM calls know what their attempt has left
     started = clock()
     output: bytes | None = None
     error: BaseException | None = None
@@ -233,6 +243,19 @@ def _failure(
     usage: bytes | None,
 ) -> Completion:
     info = ErrorInfo.from_exception(error)
+    if isinstance(error, RetryAfterTooLong) and error.retry_after is not None:
+        # The provider said when to come back: back to the queue until then, the error kept
+        # on the task to say why, and no attempt spent on waiting that was not allowed.
+        return _completion(
+            lease,
+            owner,
+            Outcome.RELEASED,
+            started,
+            finished,
+            error=info,
+            not_before=finished + error.retry_after,
+            usage=usage,
+        )
     if not is_retryable(error):
         return _completion(lease, owner, Outcome.FAILED, started, finished, error=info, usage=usage)
     if lease.attempt >= lease.max_attempts:

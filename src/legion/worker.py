@@ -353,6 +353,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         for timeout, group in by_timeout.items():
             loop.call_later(timeout, _expire, group)
+            for inst in group:
+                inst.deadline = loop.time() + timeout
 
     def _start(self, lease: Lease) -> Instance:
         agent = self._agents[lease.agent]

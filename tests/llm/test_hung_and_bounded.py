@@ -83,8 +83,6 @@ async def test_one_event_over_the_event_limit_is_refused(
     start_simulator: StartSimulator, closing: Closing
 ) -> None:
     sim = await start_simulator(padding_bytes=300_000)
-    provider = closing(
-        AnthropicProvider(api_key=None, base_url=sim.url, max_event_bytes=100_000)
-    )
+    provider = closing(AnthropicProvider(api_key=None, base_url=sim.url, max_event_bytes=100_000))
     with pytest.raises(ResponseTooLarge, match=r"an event of at least .* over the limit"):
         await provider.chat(request(stream=True), timeout=60)

@@ -31,7 +31,6 @@ from legion.llm.sse import ServerSentEvent
 from legion.llm.transport import (
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_TTFB_TIMEOUT,
     HttpTransport,
     decode_json,
 )
@@ -62,7 +61,7 @@ class AnthropicProvider:
         default_max_tokens: int = 1024,
         max_connections: int = 0,
         stream_idle_timeout: float = 30.0,
-        ttfb_timeout: float = DEFAULT_TTFB_TIMEOUT,
+        ttfb_timeout: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         key_env: str = "ANTHROPIC_API_KEY",

@@ -38,7 +38,6 @@ from legion.llm.sse import ServerSentEvent
 from legion.llm.transport import (
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_TTFB_TIMEOUT,
     HttpTransport,
     decode_json,
 )
@@ -58,8 +57,8 @@ class OpenAIProvider:
     timeout. ``stream_idle_timeout`` is the longest silence allowed on a
     stream (keep-alive comments are silence), ``ttfb_timeout`` the longest
     wait for the answer's headers; ``max_response_bytes`` and
-    ``max_event_bytes`` bound what is read (see `legion.llm.transport`). ``key_env`` names the variable to set, in the message of a
-    rejected key.
+    ``max_event_bytes`` bound what is read (see `legion.llm.transport`).
+    ``key_env`` names the variable to set, in the message of a rejected key.
     """
 
     def __init__(
@@ -70,7 +69,7 @@ class OpenAIProvider:
         name: str = "openai",
         max_connections: int = 0,
         stream_idle_timeout: float = 30.0,
-        ttfb_timeout: float = DEFAULT_TTFB_TIMEOUT,
+        ttfb_timeout: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         key_env: str = "OPENAI_API_KEY",

@@ -7,7 +7,11 @@ Timeouts (each past its bound: `ProviderUnavailable`, which the client retries):
   whole answer or stream.
 * ``ttfb_timeout`` bounds the wait for the answer's headers (time to first
   byte), shorter than the whole: a call that hangs before answering frees
-  its slot after that long, not after the call's whole timeout.
+  its slot after that long, not after the call's whole timeout. Unset, it
+  is 30 s for streamed calls (a stream's headers come before the first
+  token) and none for plain ones, whose headers come only with the whole
+  completion: there a hang looks like a long answer, and only a route that
+  knows its answers are quick should set it.
 * ``stream_idle_timeout`` bounds each silence on a stream, counted from the
   headers and from each line that carries data. Keep-alive comments
   (``: ping``) do not count: a stream that only pings fails after that long.
@@ -88,13 +92,13 @@ class HttpTransport:
         max_connections: int,
         stream_idle_timeout: float,
         auth_hint: str,
-        ttfb_timeout: float = DEFAULT_TTFB_TIMEOUT,
+        ttfb_timeout: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         if max_connections < 0:
             raise ValueError("max_connections must be >= 0 (0: unlimited)")
-        if stream_idle_timeout <= 0 or ttfb_timeout <= 0:
+        if stream_idle_timeout <= 0 or (ttfb_timeout is not None and ttfb_timeout <= 0):
             raise ValueError("stream_idle_timeout and ttfb_timeout must be > 0")
         if max_response_bytes < 1 or max_event_bytes < 1:
             raise ValueError("max_response_bytes and max_event_bytes must be >= 1")
@@ -102,7 +106,8 @@ class HttpTransport:
         self._headers = {"Content-Type": "application/json", **headers}
         self._max_connections = max_connections
         self._idle_timeout = stream_idle_timeout
-        self._ttfb_timeout = ttfb_timeout
+        self._stream_ttfb = DEFAULT_TTFB_TIMEOUT if ttfb_timeout is None else ttfb_timeout
+        self._plain_ttfb = ttfb_timeout
         self._max_response = max_response_bytes
         self._max_event = max_event_bytes
         self._plain_timeout = aiohttp.ClientTimeout()
@@ -122,7 +127,7 @@ class HttpTransport:
         async def read(response: aiohttp.ClientResponse) -> ChatResponse:
             return parse(await self._read_body(response, self._max_response, error=False))
 
-        return await self._post(url, payload, total, read)
+        return await self._post(url, payload, total, self._plain_ttfb, read)
 
     async def stream(
         self,
@@ -176,7 +181,7 @@ class HttpTransport:
                 )
             return assembler.response()
 
-        return await self._post(url, payload, total, read)
+        return await self._post(url, payload, total, self._stream_ttfb, read)
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
@@ -198,6 +203,7 @@ class HttpTransport:
         url: str,
         payload: Mapping[str, Any],
         total: float,
+        ttfb: float | None,
         read: Callable[[aiohttp.ClientResponse], Awaitable[ChatResponse]],
     ) -> ChatResult:
         session = self._session or self._open()
@@ -206,7 +212,7 @@ class HttpTransport:
         waiting_headers = True
         try:
             async with asyncio.timeout(total):
-                async with asyncio.timeout(self._ttfb_timeout):
+                async with asyncio.timeout(ttfb):
                     response = await session.post(url, data=body, allow_redirects=False)
                 waiting_headers = False
                 async with response:
@@ -222,10 +228,9 @@ class HttpTransport:
                         )
                     return ChatResult(await read(response), rate_limits)
         except TimeoutError as exc:
-            if waiting_headers and self._ttfb_timeout < total:
+            if waiting_headers and ttfb is not None and ttfb < total:
                 raise ProviderUnavailable(
-                    f"{provider} sent no answer within {self._ttfb_timeout:g} s "
-                    "(time-to-first-byte timeout)",
+                    f"{provider} sent no answer within {ttfb:g} s (time-to-first-byte timeout)",
                     provider=provider,
                 ) from exc
             raise ProviderUnavailable(
