@@ -188,6 +188,8 @@ class FaultInjector:
         "_jitter",
         "_latency",
         "_lognormal",
+        "_outage",
+        "_planned",
         "_rng",
         "token_interval",
     )
@@ -207,6 +209,8 @@ class FaultInjector:
             (ping_end, Fault.PING),
         )
         self._error_rate = config.error_rate
+        self._outage = (config.outage_after, config.outage_after + config.outage_requests)
+        self._planned = 0
         self._error_statuses = config.error_statuses
         self._latency = config.latency
         self._jitter = config.latency_jitter
@@ -231,6 +235,9 @@ class FaultInjector:
         if fault is Fault.ERROR:
             statuses = self._error_statuses
             status = statuses[min(int(draw / self._error_rate * len(statuses)), len(statuses) - 1)]
+        self._planned += 1
+        if self._outage[0] < self._planned <= self._outage[1]:
+            fault, status = Fault.ERROR, 503
         latency = self._latency
         if self._jitter:
             if self._lognormal:

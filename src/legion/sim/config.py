@@ -91,6 +91,10 @@ class SimConfig:
             ``hang_seconds``). Non-streaming requests drawing it are served
             normally.
         ping_interval: seconds between two keep-alive comments.
+        outage_after, outage_requests: an outage: the admitted requests
+            numbered ``outage_after + 1`` to ``outage_after +
+            outage_requests`` (in arrival order, from 1) are answered 503,
+            whatever the fault draws say; 0 requests: no outage.
         padding_bytes: bytes of padding in every successful answer: a
             ``padding`` string field of the completion body, or, when
             streaming, one event before the first token whose JSON carries
@@ -126,6 +130,8 @@ class SimConfig:
     ping_rate: float = 0.0
     ping_interval: float = 1.0
     padding_bytes: int = 0
+    outage_after: int = 0
+    outage_requests: int = 0
     seed: int = 0
     api_key: str | None = None
 
@@ -166,6 +172,10 @@ class SimConfig:
             raise ValueError(f"padding_bytes must be an integer, got {self.padding_bytes!r}")
         if self.padding_bytes < 0:
             raise ValueError(f"padding_bytes must be >= 0, got {self.padding_bytes!r}")
+        for name in ("outage_after", "outage_requests"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
