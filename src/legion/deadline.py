@@ -26,3 +26,8 @@ def remaining() -> float | None:
     """Seconds the current attempt has left (``None``: no deadline, or none known)."""
     source = _REMAINING.get()
     return None if source is None else source()
+
+
+def reset(token: Token[Callable[[], float | None] | None]) -> None:
+    """Undo the `bind` that returned ``token``."""
+    _REMAINING.reset(token)

@@ -247,6 +247,12 @@ class LLMClient:
         counters.calls += 1
         attempt = 0
         while True:
+            try:
+                _check_pause(route)  # before anything waits: the pause would outlast it
+            except RetryAfterTooLong as exc:
+                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                counters.failed += 1
+                raise
             ticket = await route.breaker.wait_turn() if route.breaker is not None else None
             attempt += 1
             counters.attempts += 1
@@ -379,7 +385,6 @@ class LLMClient:
         """One attempt (hedged if the route says so), its outcome told to the breaker."""
         breaker = route.breaker
         try:
-            _check_pause(route)
             if counters.latencies is None:
                 response = await self._attempt(route, request, timeout, estimate, counters)
             else:
