@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -60,7 +61,7 @@ async def test_failed_probes_reopen_it_for_longer_up_to_the_cap() -> None:
         assert ticket.probe
         probe_times.append(clock.now())
         breaker.failed(ticket)
-    gaps = [b - a for a, b in zip(probe_times, probe_times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(probe_times)]
     assert probe_times[0] == 1.0
     assert gaps == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert breaker.statistics().opened == 9 and breaker.statistics().probes == 8
@@ -79,7 +80,7 @@ async def test_probes_are_one_at_a_time_and_at_most_one_a_second() -> None:
         ticket = await clock.run(breaker.wait_turn())
         probe_times.append(clock.now())
         breaker.failed(ticket)
-    assert all(b - a >= 1.0 - 1e-9 for a, b in zip(probe_times, probe_times[1:], strict=False))
+    assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(probe_times))
 
 
 async def test_a_cancelled_probe_passes_the_turn_no_sooner_than_the_interval() -> None:
