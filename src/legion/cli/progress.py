@@ -139,10 +139,12 @@ class Progress:
         if not any(r.calls for r in s.routes.values()):
             return ""
         limited = sum(r.capacity.rate_limited for r in s.routes.values())
+        broken = [r.name for r in s.routes.values() if r.breaker and r.breaker.state]
         return (
             f"LLM {sum(r.attempts for r in s.routes.values())} requests, {limited} 429s, "
             f"{s.usage.total:,} tokens, ${s.cost_usd:.4f}"
             + _local_speed({id(r.provider): r.provider for r in self.llm.routes.values()}.values())
+            + "".join(f" | breaker open on route {name}" for name in broken)
         )
 
     def llm_line(self) -> str:
