@@ -455,7 +455,14 @@ class Worker:
             "rss_mb": round(rss_mb(), 1),
             "overloaded": self._overloaded,
             "agents": sorted(self._agents),
+            "breakers_open": self._open_breakers(),
         }
+
+    def _open_breakers(self) -> list[str]:
+        """The LLM routes whose circuit breaker is not closed (calls wait for a probe)."""
+        if self.llm is None:
+            return []
+        return [r.name for r in self.llm.routes.values() if r.breaker and r.breaker.state]
 
     async def _register(self) -> None:
         now = self._clock()

@@ -142,6 +142,9 @@ async def test_an_open_breaker_shows_in_metrics_and_statistics(
         async with api.http.get(api.url + "/metrics", headers=api.auth()) as resp:
             m = Samples(await resp.text())
         _, stats = await api.call("GET", "/v1/statistics")
+        assert api.runtime.worker is not None
+        heartbeat = api.runtime.worker.health()  # what `legion status` shows of a worker
+    assert heartbeat["breakers_open"] == ["main"]
     route = {"route": "main", "provider": "scripted", "model": "m-1"}
     assert m("legion_llm_breaker_open", **route) == 1
     assert m("legion_llm_breaker_state", **route) == 1
