@@ -5,6 +5,7 @@ the route's size limits."""
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 
 from legion.errors import ProviderUnavailable, ResponseTooLarge
 from legion.llm import AnthropicProvider, OpenAIProvider
@@ -86,3 +87,38 @@ async def test_one_event_over_the_event_limit_is_refused(
     provider = closing(AnthropicProvider(api_key=None, base_url=sim.url, max_event_bytes=100_000))
     with pytest.raises(ResponseTooLarge, match=r"an event of at least .* over the limit"):
         await provider.chat(request(stream=True), timeout=60)
+
+
+async def test_a_chunked_answer_with_no_length_is_cut_at_the_limit(closing: Closing) -> None:
+    # A server that does not say how long its answer is: the read stops at the limit.
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"padding": "')
+        try:
+            for _ in range(1000):  # up to 64 MB
+                await response.write(b"x" * 65536)
+                sent += 65536
+        except ConnectionResetError:
+            pass
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        provider = closing(
+            OpenAIProvider(base_url=f"http://127.0.0.1:{port}/v1", max_response_bytes=1 << 20)
+        )
+        with pytest.raises(ResponseTooLarge, match=r"an answer of over 1,048,576 bytes"):
+            await provider.chat(request(), timeout=60)
+    finally:
+        await runner.cleanup()
+    assert sent < 64 << 20  # the client hung up long before the end

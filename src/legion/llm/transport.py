@@ -251,7 +251,9 @@ class HttpTransport:
         """The body of ``response``, read as it comes and refused past ``limit``
         bytes (an error answer is cut at ``limit`` instead: its start says enough)."""
         length = response.content_length
-        if length is not None and length > limit and not error:
+        if length is not None and length <= limit:
+            return await response.read()  # the common case: its length said up front
+        if length is not None and not error:
             raise self._too_large(f"an answer of {length:,} bytes")
         parts: list[bytes] = []
         size = 0
