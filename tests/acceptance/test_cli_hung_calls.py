@@ -101,3 +101,56 @@ base_url = "{url}"
     assert row["status"] == status, row
     assert row["error"]["type"] == error and message in row["error"]["message"], row
     assert {key: stats[key] for key in expected} == expected
+
+
+def test_an_outage_is_waited_out_behind_the_breaker(tmp_path: Path) -> None:
+    # Request 1 is served, requests 2-7 are answered 503, then the provider is back.
+    proc, url = start_sim("--outage-after", "1", "--outage-requests", "6")
+    try:
+        (tmp_path / "app.py").write_text(AGENT)
+        (tmp_path / "legion.toml").write_text(
+            f"""
+[llm]
+retries = 4
+backoff = 0.01
+max_backoff = 0.05
+
+[llm.default]
+provider = "openai"
+model = "sim-model"
+base_url = "{url}"
+breaker_failures = 3
+breaker_open = 0.2
+breaker_max_open = 1
+"""
+        )
+        inp = write_jsonl(tmp_path / "in.jsonl", [{"q": f"q{i}"} for i in range(5)])
+        out = tmp_path / "out.jsonl"
+        r = legion(
+            "run",
+            f"{tmp_path / 'app.py'}:ask",
+            "-i",
+            str(inp),
+            "-o",
+            str(out),
+            "--store",
+            f"sqlite:///{tmp_path / 'db'}",
+            "--config",
+            str(tmp_path / "legion.toml"),
+            "-c",
+            "1",  # one task at a time: the order of requests is known
+        )
+        stats = sim_stats(url)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert r.returncode == 0, r.stderr
+    rows = read_jsonl(out)
+    # Every task succeeded on its first attempt, though its agent allows no retry.
+    assert [(row["status"], row["attempts"]) for row in rows] == [("succeeded", 1)] * 5
+    # The second task's call: three failures opened the breaker; then probes only, each
+    # alone, until the fourth found the provider back. Counted as the call's attempts, the
+    # first two failed probes would have spent its last two retries and failed the task;
+    # a failed probe is sent for every waiting caller, and is not the prober's attempt.
+    assert (stats["requests_total"], stats["errors_injected"]) == (11, 6)
+    assert "5 calls, 11 requests" in r.stderr, r.stderr
