@@ -18,10 +18,13 @@
         │   ├── OutputError    the agent returned something that cannot be stored as JSON
         │   ├── UnawaitedWork  (--strict) the agent made a step or call it never awaited
         │   └── ProviderRejected    an LLM provider refused the request (400, 404, 422...)
-        │       └── ProviderAuthError   ... because of the credentials (401, 403);
-        │                               ``fatal``: the runtime stops the whole run
+        │       ├── ProviderAuthError   ... because of the credentials (401, 403);
+        │       │                       ``fatal``: the runtime stops the whole run
+        │       └── ResponseTooLarge    an answer or stream event over the route's size limit
         ├── ProviderError      an LLM provider call failed in a way that may pass (retried)
         │   ├── RateLimited         429: over the provider's rate limit
+        │   │   └── RetryAfterTooLong   ... and its Retry-After outlasts the attempt: the task
+        │   │                           goes back to the queue until then, no attempt spent
         │   ├── ProviderUnavailable 5xx, timeout, connection reset, stream gone idle
         │   └── MalformedResponse   an answer whose body cannot be understood
         ├── TaskTimeout        the instance ran past its agent's timeout (retried)
@@ -159,6 +162,11 @@ class EmptyCompletion(ProviderRejected):
     the same way; change the prompt, or sample (``temperature``)."""
 
 
+class ResponseTooLarge(ProviderRejected):
+    """Raised when a provider's answer (or one event of its stream) passes the route's size
+    limit. Permanent: the same request would bring the same answer back, paid again."""
+
+
 class ProviderError(AgentError):
     """Base of the LLM provider failures that may pass on their own; retried.
 
@@ -186,6 +194,13 @@ class ProviderError(AgentError):
 
 class RateLimited(ProviderError):
     """Raised when a provider answers 429: over its rate limit."""
+
+
+class RetryAfterTooLong(RateLimited):
+    """Raised when a provider answers 429 (or the route is paused by an earlier 429) with a
+    Retry-After longer than the attempt has left. Waiting would only end in a `TaskTimeout`
+    that says nothing of the 429, so the attempt ends now and the task goes back to the queue
+    until ``retry_after`` seconds have passed, without spending one of its attempts."""
 
 
 class ProviderUnavailable(ProviderError):

@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from . import codec, telemetry
+from . import codec, deadline, telemetry
 from .agent import Agent
 from .clock import Clock
 from .context import BeforeStep, Context
@@ -25,7 +25,14 @@ from .diagnostics.advisor import advise
 from .diagnostics.report import Diagnostic, Kind, Site, agent_files, blocked_loop, user_site
 from .diagnostics.tracking import unretrieved_exception
 from .diagnostics.watchdog import Block, Capture
-from .errors import AgentCrash, LeaseLost, TaskTimeout, UnawaitedWork, is_retryable
+from .errors import (
+    AgentCrash,
+    LeaseLost,
+    RetryAfterTooLong,
+    TaskTimeout,
+    UnawaitedWork,
+    is_retryable,
+)
 from .journal import Journal
 from .store.base import Store
 from .task import Completion, ErrorInfo, Lease, Outcome
@@ -51,6 +58,7 @@ class Instance:
     __slots__ = (
         "agent",
         "children",
+        "deadline",
         "diagnostics",
         "fatal",
         "lease",
@@ -74,6 +82,14 @@ class Instance:
         self.pending_block: Capture | None = None
         # The worker's timeout timer that covers this instance (forgotten when it ends).
         self.timer: Any = None
+        # When the worker's timer ends this attempt, on the event loop's clock (None: never).
+        self.deadline: float | None = None
+
+    def remaining(self) -> float | None:
+        """Seconds until the worker's timer ends this attempt (``None``: no timeout)."""
+        if self.deadline is None:
+            return None
+        return self.deadline - asyncio.get_running_loop().time()
 
     # -- what the diagnostics learn about this instance (see legion.diagnostics) --------
 
@@ -130,6 +146,7 @@ async def run_instance(
         before_step=before_step,
     )
     tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
+    deadline.bind(instance.remaining)  # LLM calls know what their attempt has left
     started = clock()
     output: bytes | None = None
     error: BaseException | None = None
@@ -263,6 +280,19 @@ def _failure(
     usage: bytes | None,
 ) -> Completion:
     info = ErrorInfo.from_exception(error)
+    if isinstance(error, RetryAfterTooLong) and error.retry_after is not None:
+        # The provider said when to come back: back to the queue until then, the error kept
+        # on the task to say why, and no attempt spent on waiting that was not allowed.
+        return _completion(
+            lease,
+            owner,
+            Outcome.RELEASED,
+            started,
+            finished,
+            error=info,
+            not_before=finished + error.retry_after,
+            usage=usage,
+        )
     if not is_retryable(error):
         return _completion(lease, owner, Outcome.FAILED, started, finished, error=info, usage=usage)
     if lease.attempt >= lease.max_attempts:

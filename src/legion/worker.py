@@ -441,6 +441,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         for timeout, timer in by_timeout.items():
             timer.handle = loop.call_later(timeout, timer.expire)
+            for inst in timer.instances:
+                inst.deadline = loop.time() + timeout
 
     def _start(self, lease: Lease) -> Instance:
         agent = self._agents[lease.agent]
@@ -599,7 +601,14 @@ class Worker:
             "rss_mb": round(rss_mb(), 1),
             "overloaded": self._overloaded,
             "agents": sorted(self._agents),
+            "breakers_open": self._open_breakers(),
         }
+
+    def _open_breakers(self) -> list[str]:
+        """The LLM routes whose circuit breaker is not closed (calls wait for a probe)."""
+        if self.llm is None:
+            return []
+        return [r.name for r in self.llm.routes.values() if r.breaker and r.breaker.state]
 
     async def _register(self) -> None:
         now = self._clock()

@@ -1,4 +1,5 @@
-"""Provider specs and legion.toml: parsing and validation. No sockets."""
+"""Provider specs and legion.toml: parsing and validation. No sockets (but for one
+client built on a loopback simulator)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from legion.errors import ConfigError
-from legion.llm import Price, load_config, parse_config, parse_provider_spec
+from legion.llm import Price, build_client, load_config, parse_config, parse_provider_spec
+from legion.llm.breaker import BreakerSettings
+from legion.llm.hedge import HedgeSettings
 from legion.retry import RetryPolicy
 from legion.sim import SimConfig
 
@@ -179,3 +182,71 @@ def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
     other.write_text("[sim]\nrpm = 1\n")
     with pytest.raises(ConfigError, match="no \\[llm\\] table"):
         load_config(other)
+
+
+def test_hung_call_size_breaker_and_hedge_keys() -> None:
+    config = parse_config(
+        {
+            "fast": {
+                "provider": "openai",
+                "model": "m",
+                "ttfb_timeout": 5,
+                "max_response_bytes": 1_048_576,
+                "max_event_bytes": 65_536,
+                "breaker_failures": 3,
+                "breaker_open": 2,
+                "breaker_max_open": 10,
+                "hedge_percentile": 90,
+                "hedge_min_delay": 0.5,
+            },
+            "plain": {"provider": "sim", "breaker_failures": 0},
+        },
+        env=KEYS,
+    )
+    fast, plain = config.routes
+    assert (fast.ttfb_timeout, fast.max_response_bytes, fast.max_event_bytes) == (
+        5.0,
+        1_048_576,
+        65_536,
+    )
+    assert fast.breaker == BreakerSettings(failures=3, open_for=2.0, max_open_for=10.0)
+    assert fast.hedge == HedgeSettings(percentile=90.0, min_delay=0.5)
+    # Defaults: 30 s to first byte on streams (None here), 32 MiB / 8 MiB, a breaker at 5
+    # failures in a row, no hedging.
+    assert plain.ttfb_timeout is None and plain.hedge is None
+    assert (plain.max_response_bytes, plain.max_event_bytes) == (32 << 20, 8 << 20)
+    assert plain.breaker == BreakerSettings(failures=0)
+    assert parse_config({"d": {"provider": "sim"}}).routes[0].breaker == BreakerSettings()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ttfb_timeout": 0}, "ttfb_timeout must be a positive number"),
+        ({"max_event_bytes": 10}, "max_event_bytes must be an integer >= 1024"),
+        ({"breaker_failures": -1}, "breaker_failures must be an integer >= 0"),
+        ({"breaker_open": 60}, "open_for must be > 0 and <= max_open_for"),
+        ({"hedge_percentile": 100}, "hedge_percentile must be between 0 and 100"),
+        ({"hedge_min_delay": 1}, "hedge_min_delay needs hedge_percentile"),
+    ],
+)
+def test_invalid_resilience_keys_are_config_errors(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"a": {"provider": "sim", **options}})
+
+
+async def test_a_built_client_has_the_routes_breaker_and_hedging() -> None:
+    config = parse_config(
+        {
+            "a": {"provider": "sim", "hedge_percentile": 99},
+            "b": {"provider": "sim", "breaker_failures": 0},
+        }
+    )
+    async with await build_client(config) as client:
+        a, b = client.routes["a"], client.routes["b"]
+        assert a.breaker is not None and a.breaker.settings == BreakerSettings()
+        assert a.hedge == HedgeSettings(percentile=99.0)
+        assert b.breaker is None and b.hedge is None
+        assert client.statistics().routes["b"].breaker is None

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from legion.errors import StoreError
+from legion.errors import ProviderUnavailable, StoreError
+from legion.llm.breaker import Breaker, BreakerSettings, BreakerState
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.llm.types import ChatResponse, Usage
+from legion.retry import RetryPolicy
 from legion.testing import ScriptedProvider
 
 from .conftest import Api, StartApi
@@ -120,3 +122,31 @@ async def test_a_failing_store_answers_503_and_turns_health_red(
     monkeypatch.undo()
     await api.server.state.monitor.sample()
     assert (await api.call("GET", "/healthz", headers={}))[0] == 200
+
+
+async def test_an_open_breaker_shows_in_metrics_and_statistics(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    # The provider fails twice in a row: the route's breaker (2 failures) opens.
+    down = ProviderUnavailable("scripted failed (503)", provider="scripted", status=503)
+    breaker = Breaker(BreakerSettings(failures=2, open_for=30, max_open_for=30))
+    llm = LLMClient(
+        [Route("main", ScriptedProvider([down, down]), "m-1", Capacity("main"), breaker=breaker)],
+        retry=RetryPolicy(retries=1, backoff=0),
+    )
+    async with llm:
+        api = await start_api(f"sqlite:///{tmp_path / 'b.db'}", llm=llm)
+        with pytest.raises(ProviderUnavailable):
+            await llm.chat([{"role": "user", "content": "hi"}])
+        await api.server.state.monitor.sample()
+        async with api.http.get(api.url + "/metrics", headers=api.auth()) as resp:
+            m = Samples(await resp.text())
+        _, stats = await api.call("GET", "/v1/statistics")
+        assert api.runtime.worker is not None
+        heartbeat = api.runtime.worker.health()  # what `legion status` shows of a worker
+    assert heartbeat["breakers_open"] == ["main"]
+    route = {"route": "main", "provider": "scripted", "model": "m-1"}
+    assert m("legion_llm_breaker_open", **route) == 1
+    assert m("legion_llm_breaker_state", **route) == 1
+    assert stats["routes"][0]["breaker"] == "open"
+    assert llm.statistics().routes["main"].breaker.state is BreakerState.OPEN  # type: ignore[union-attr]

@@ -117,6 +117,15 @@ def test_fault_bands_match_rates() -> None:
     assert counts[Fault.STALL] / 20_000 == pytest.approx(0.2, abs=0.01)
 
 
+def test_ping_only_streams_and_a_scripted_outage() -> None:
+    injector = FaultInjector(SimConfig(ping_rate=1.0, outage_after=2, outage_requests=3))
+    plans = [injector.plan(stream=True) for _ in range(7)]
+    assert [p.fault for p in plans] == [Fault.PING] * 2 + [Fault.ERROR] * 3 + [Fault.PING] * 2
+    assert {p.error_status for p in plans[2:5]} == {503}
+    # Pings apply to streams only, like stalls.
+    assert FaultInjector(SimConfig(ping_rate=1.0)).plan(stream=False).fault is Fault.NONE
+
+
 # -- completions -------------------------------------------------------------
 
 
@@ -367,6 +376,35 @@ async def test_stall_stops_the_stream_midway(
     assert full.choices[0].message.content
     assert full.choices[0].message.content.startswith("".join(received))
     assert sim.stats().stalls == 1
+
+
+async def test_a_ping_only_stream_sends_comments_and_nothing_else(
+    start_simulator: StartSimulator,
+) -> None:
+    sim = await start_simulator(ping_rate=1.0, ping_interval=0.01)
+    body = {"model": MODEL, "messages": user("x"), "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(sim.base_url + "/chat/completions", json=body) as resp,
+    ):
+        assert resp.status == 200
+        received = b""
+        while received.count(b": ping\n\n") < 3:
+            received += await resp.content.readany()
+    assert received.replace(b": ping\n\n", b"") == b""  # no event, no data
+    assert sim.stats().pings_only == 1
+
+
+async def test_padding_makes_answers_larger_and_still_valid(
+    start_simulator: StartSimulator, connect: Connect
+) -> None:
+    sim = await start_simulator(padding_bytes=100_000)
+    client = connect(sim)
+    full = await client.chat.completions.with_raw_response.create(model=MODEL, messages=user("x"))
+    assert len(full.content) > 100_000 and full.parse().choices[0].message.content
+    stream = await client.chat.completions.create(model=MODEL, messages=user("x"), stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == full.parse().choices[0].message.content
 
 
 # -- access and validation -------------------------------------------------------

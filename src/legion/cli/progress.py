@@ -145,10 +145,12 @@ class Progress:
         s = self.llm.statistics()
         if not any(r.calls for r in s.routes.values()):
             return ""
+        broken = [r.name for r in s.routes.values() if r.breaker and r.breaker.state]
         return (
             llm_counts(s)
             + f", {s.usage.total:,} tokens, {format_cost(s.cost_usd, s.unpriced_calls, hint=False)}"
             + _local_speed({id(r.provider): r.provider for r in self.llm.routes.values()}.values())
+            + "".join(f" | breaker open on route {name}" for name in broken)
         )
 
     def llm_line(self) -> str:

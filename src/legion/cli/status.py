@@ -106,7 +106,7 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
                 f"{load.get('loop_lag_ms', '?')} ms",
                 f"{load.get('rss_mb', '?')} MB",
                 f"{now - w.heartbeat_at:.0f} s ago",
-                str(load.get("overloaded") or "ok"),
+                str(load.get("overloaded") or _breakers(load.get("breakers_open")) or "ok"),
             )
         console.print(wt)
     else:
@@ -164,3 +164,10 @@ async def requeue(
 async def cancel_tasks(url: str, ids: Sequence[int]) -> list[tuple[int, TaskStatus | None]]:
     async with opened(url) as store:
         return [(i, await store.cancel(i, time.time())) for i in ids]
+
+
+def _breakers(routes: object) -> str:
+    """``breaker open on route X`` for the routes a worker reports, else ``""``."""
+    if not isinstance(routes, list) or not routes:
+        return ""
+    return "breaker open on route " + ", ".join(str(r) for r in routes)

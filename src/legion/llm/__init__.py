@@ -3,6 +3,8 @@
 ::
 
     LLMClient.chat(messages, route)          client.py: routes, retries, usage, cost
+        ├── Breaker.wait_turn()              breaker.py: waits out an outage, probes it
+        ├── a hedged copy of a slow call     hedge.py: off unless a route sets it
         └── Capacity.reserve(tokens)         capacity.py: RPM / TPM / in-flight, AIMD
             └── Provider.chat(request)       provider.py: the interface
                 ├── OpenAIProvider           openai.py: any OpenAI-compatible server
@@ -16,6 +18,7 @@ from specs in one call (``await open_client("sim")``) in `legion.llm.specs`.
 """
 
 from legion.llm.anthropic import AnthropicProvider
+from legion.llm.breaker import Breaker, BreakerSettings, BreakerState, BreakerStatistics
 from legion.llm.capacity import Capacity, CapacityStatistics, Slot
 from legion.llm.client import LLMClient, LLMStatistics, Route, RouteStatistics, estimate_tokens
 from legion.llm.config import (
@@ -27,6 +30,7 @@ from legion.llm.config import (
     parse_provider_spec,
 )
 from legion.llm.headers import parse_rate_limit_headers
+from legion.llm.hedge import HedgeSettings
 from legion.llm.local import LocalProvider, LocalStatistics
 from legion.llm.openai import OpenAIProvider
 from legion.llm.pricing import DEFAULT_PRICES, Price, PriceTable, cost
@@ -40,11 +44,16 @@ __all__ = [
     "DEFAULT_PRICES",
     "AnthropicProvider",
     "AsyncioTimer",
+    "Breaker",
+    "BreakerSettings",
+    "BreakerState",
+    "BreakerStatistics",
     "Capacity",
     "CapacityStatistics",
     "ChatRequest",
     "ChatResponse",
     "ChatResult",
+    "HedgeSettings",
     "LLMClient",
     "LLMConfig",
     "LLMStatistics",

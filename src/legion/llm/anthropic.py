@@ -28,7 +28,12 @@ import orjson
 from legion.errors import MalformedResponse, ProviderRejected, ProviderUnavailable, RateLimited
 from legion.llm.provider import ChatResult
 from legion.llm.sse import ServerSentEvent
-from legion.llm.transport import HttpTransport, decode_json
+from legion.llm.transport import (
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    HttpTransport,
+    decode_json,
+)
 from legion.llm.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -56,6 +61,9 @@ class AnthropicProvider:
         default_max_tokens: int = 1024,
         max_connections: int = 0,
         stream_idle_timeout: float = 30.0,
+        ttfb_timeout: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         key_env: str = "ANTHROPIC_API_KEY",
     ) -> None:
         headers = {"anthropic-version": API_VERSION}
@@ -70,6 +78,9 @@ class AnthropicProvider:
             max_connections=max_connections,
             stream_idle_timeout=stream_idle_timeout,
             auth_hint=f"Set {key_env}.",
+            ttfb_timeout=ttfb_timeout,
+            max_response_bytes=max_response_bytes,
+            max_event_bytes=max_event_bytes,
         )
 
     @property

@@ -14,19 +14,44 @@ headers back to the capacity, and retries what may pass:
 After the last attempt the last error is raised. Permanent errors
 (`ProviderRejected`) are raised at once; a `ProviderAuthError` is also kept
 in `LLMClient.fatal_error` so the runtime can stop the whole run.
+
+Around each send (`_send`, apart from the pacing above):
+
+* The route's `Breaker` (`legion.llm.breaker`): while it is open the call
+  waits before it is sent, spending no attempt. A failed probe is not
+  counted against the probing call's attempts either (it was sent for every
+  waiting caller), once the route has worked: a route that never answered
+  (a wrong URL, a server not started) fails its calls as usual.
+* A Retry-After that outlasts the calling attempt (`legion.deadline`):
+  a 429 asking for a longer wait, or a route still paused by one for
+  longer than the attempt has left, raises `RetryAfterTooLong` at once
+  instead of waiting into a timeout that would not say why.
+* Hedging (`legion.llm.hedge`, off by default): a call slower than the
+  route's latency percentile gets a second copy; the first answer wins and
+  the loser is cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from legion import telemetry
-from legion.errors import Permanent, ProviderAuthError, ProviderError, RateLimited
+from legion import deadline, telemetry
+from legion.errors import (
+    Permanent,
+    ProviderAuthError,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    RetryAfterTooLong,
+)
+from legion.llm.breaker import Breaker, BreakerStatistics, Ticket
 from legion.llm.capacity import Capacity, CapacityStatistics
+from legion.llm.hedge import HedgeSettings, Latencies
 from legion.llm.pricing import PriceTable
 from legion.llm.provider import Provider
 from legion.llm.timer import AsyncioTimer, Timer
@@ -50,6 +75,10 @@ class Route:
     """Seconds allowed per attempt, unless the call says otherwise."""
     stream: bool = False
     """Whether calls stream, unless the call says otherwise."""
+    breaker: Breaker | None = None
+    """The route's circuit breaker (``None``: none)."""
+    hedge: HedgeSettings | None = None
+    """When slow calls get a hedged copy (``None``: never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +103,13 @@ class RouteStatistics:
     capacity: CapacityStatistics
     unpriced_calls: int = 0
     """Calls on a model without a price: their cost is unknown, and not in ``cost_usd``."""
+
+    breaker: BreakerStatistics | None = None
+    """The route's circuit breaker (``None``: the route has none)."""
+    hedged: int = 0
+    """Calls that got a hedged copy."""
+    hedges_won: int = 0
+    """Hedged calls answered by the copy."""
 
     @property
     def cost_known(self) -> bool:
@@ -101,13 +137,16 @@ class _Counters:
         "cost",
         "errors",
         "failed",
+        "hedged",
+        "hedges_won",
+        "latencies",
         "retries",
         "succeeded",
         "unpriced",
         "usage",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, hedge: HedgeSettings | None) -> None:
         self.calls = 0
         self.succeeded = 0
         self.failed = 0
@@ -117,6 +156,9 @@ class _Counters:
         self.usage = Usage()
         self.cost = 0.0
         self.unpriced = 0
+        self.hedged = 0
+        self.hedges_won = 0
+        self.latencies = Latencies(hedge) if hedge is not None else None
 
 
 def estimate_tokens(
@@ -178,7 +220,7 @@ class LLMClient:
         self._completion_estimate = completion_estimate
         self._timer: Timer = timer or AsyncioTimer()
         self._rng = rng or random.Random()
-        self._counters = {name: _Counters() for name in self._routes}
+        self._counters = {name: _Counters(route.hedge) for name, route in self._routes.items()}
         self.fatal_error: ProviderAuthError | None = None
         """The first credentials error seen: the runtime stops the run when set."""
 
@@ -220,12 +262,27 @@ class LLMClient:
         counters.calls += 1
         attempt = 0
         while True:
+            try:
+                _check_pause(route)  # before anything waits: the pause would outlast it
+            except RetryAfterTooLong as exc:
+                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                counters.failed += 1
+                raise
+            ticket = await route.breaker.wait_turn() if route.breaker is not None else None
             attempt += 1
             counters.attempts += 1
             try:
-                return await self._attempt(route, request, limit, estimate, counters)
+                response = await self._send(route, request, limit, estimate, counters, ticket)
+                counters.succeeded += 1
+                return response
+            except RetryAfterTooLong as exc:
+                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                counters.failed += 1
+                raise
             except ProviderError as exc:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                if _probe_failed(route, ticket, exc):
+                    attempt -= 1  # sent for every waiting caller: not this call's attempt
                 if attempt >= self._retry.max_attempts:
                     counters.failed += 1
                     raise
@@ -258,6 +315,9 @@ class LLMClient:
                 cost_usd=counters.cost,
                 capacity=route.capacity.statistics(),
                 unpriced_calls=counters.unpriced,
+                breaker=route.breaker.statistics() if route.breaker is not None else None,
+                hedged=counters.hedged,
+                hedges_won=counters.hedges_won,
             )
         usage = Usage()
         for stats in routes.values():
@@ -324,6 +384,7 @@ class LLMClient:
                 result = await route.provider.chat(request, timeout=timeout)
             except RateLimited as exc:
                 capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
+                _check_retry_after(exc)
                 raise
             usage = result.response.usage
             # A provider that reports no usage is charged the estimate. A call that set
@@ -332,7 +393,8 @@ class LLMClient:
             # does), so refunding it would overshoot their limit.
             slot.settle(usage.total or estimate, refund=not _sets_max_tokens(request.params))
         capacity.observe(result.rate_limits, sent_at=slot.started_at)
-        counters.succeeded += 1
+        if counters.latencies is not None:
+            counters.latencies.add(self._timer.now() - slot.started_at)
         counters.usage += usage
         cost = self._prices.cost(route.model, usage)
         if cost is None:
@@ -341,8 +403,136 @@ class LLMClient:
             counters.cost += cost
         return result.response
 
+    async def _send(
+        self,
+        route: Route,
+        request: ChatRequest,
+        timeout: float,  # noqa: ASYNC109 - handed to the provider
+        estimate: int,
+        counters: _Counters,
+        ticket: Ticket | None,
+    ) -> ChatResponse:
+        """One attempt (hedged if the route says so), its outcome told to the breaker."""
+        breaker = route.breaker
+        try:
+            if counters.latencies is None:
+                response = await self._attempt(route, request, timeout, estimate, counters)
+            else:
+                response = await self._hedged(route, request, timeout, estimate, counters)
+        except ProviderUnavailable:
+            if breaker is not None and ticket is not None:
+                breaker.failed(ticket)
+            raise
+        except (ProviderError, Permanent):
+            if breaker is not None and ticket is not None:
+                breaker.succeeded(ticket)  # the provider answered: it is up
+            raise
+        except BaseException:
+            if breaker is not None and ticket is not None:
+                breaker.abandoned(ticket)
+            raise
+        if breaker is not None and ticket is not None:
+            breaker.succeeded(ticket)
+        return response
+
+    async def _hedged(
+        self,
+        route: Route,
+        request: ChatRequest,
+        timeout: float,  # noqa: ASYNC109 - handed to the provider
+        estimate: int,
+        counters: _Counters,
+    ) -> ChatResponse:
+        """The first answer of the call and, if it is slow, of a second copy."""
+        assert counters.latencies is not None
+        delay = counters.latencies.hedge_delay()
+        if delay is None:
+            return await self._attempt(route, request, timeout, estimate, counters)
+        # asyncio.Task, not create_task: these belong to the client, not to the agent
+        # whose call this is (the loop's task factory would count them as its own).
+        first = asyncio.Task(
+            self._attempt(route, request, timeout, estimate, counters), name="llm-call"
+        )
+        sleeper = asyncio.Task(self._timer.sleep(delay), name="llm-hedge-delay")
+        racing = [first]
+        try:
+            await asyncio.wait((first, sleeper), return_when=asyncio.FIRST_COMPLETED)
+            if first.done():
+                return first.result()
+            counters.hedged += 1
+            second = asyncio.Task(
+                self._attempt(route, request, timeout, estimate, counters), name="llm-hedge"
+            )
+            racing.append(second)
+            pending: set[asyncio.Task[ChatResponse]] = {first, second}
+            error: BaseException | None = None
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in (first, second):  # the first sent wins a tie
+                    if task in done and task.exception() is None:
+                        if task is second:
+                            counters.hedges_won += 1
+                        return task.result()
+                for task in done:
+                    error = error or task.exception()
+            assert error is not None
+            raise error
+        finally:
+            sleeper.cancel()
+            losers = [task for task in racing if not task.done()]
+            for task in losers:
+                task.cancel()  # the loser: never returned, so never recorded
+            if losers:
+                await asyncio.wait(losers)
+            for task in racing:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a loser's error is not news
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         delay = self._retry.delay(attempt, self._rng)
         if retry_after is not None:
             delay = max(delay, retry_after)
         return min(delay, self._retry.max_backoff)
+
+
+def _check_pause(route: Route) -> None:
+    """`RetryAfterTooLong` if the route is paused by a 429 for longer than the
+    calling attempt has left."""
+    left = deadline.remaining()
+    if left is None:
+        return
+    paused = route.capacity.statistics().paused_for
+    if paused > left:
+        raise RetryAfterTooLong(
+            f"{route.provider.name} answered 429 with Retry-After {paused:.0f} s (route "
+            f"{route.name!r} is paused that long), beyond this attempt's remaining {left:.0f} s; "
+            "the task goes back to the queue until then",
+            provider=route.provider.name,
+            status=429,
+            retry_after=paused,
+        )
+
+
+def _check_retry_after(exc: RateLimited) -> None:
+    """`RetryAfterTooLong` if the 429's Retry-After outlasts the calling attempt."""
+    left = deadline.remaining()
+    if left is None or exc.retry_after is None or exc.retry_after <= left:
+        return
+    raise RetryAfterTooLong(
+        f"{exc.provider} answered 429 with Retry-After {exc.retry_after:.0f} s, beyond this "
+        f"attempt's remaining {left:.0f} s; the task goes back to the queue until then",
+        provider=exc.provider,
+        status=429,
+        retry_after=exc.retry_after,
+    ) from exc
+
+
+def _probe_failed(route: Route, ticket: Ticket | None, exc: ProviderError) -> bool:
+    """Whether ``exc`` ended a probe of a route that has worked before."""
+    return (
+        ticket is not None
+        and ticket.probe
+        and isinstance(exc, ProviderUnavailable)
+        and route.breaker is not None
+        and route.breaker.answered
+    )

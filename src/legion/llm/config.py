@@ -27,6 +27,16 @@ prompt tokens read from or written to the provider's cache, ``base_url``,
 ``api_key_env`` (the variable holding the key), and for ``sim`` routes a ``simulator`` table of
 `legion.sim.SimConfig` settings.
 
+Hung calls and large answers (see `legion.llm.transport`): ``ttfb_timeout``
+(seconds until the answer's headers; 30 on streams and none on plain calls
+unless set, then both), ``max_response_bytes`` (32 MiB) and
+``max_event_bytes`` (8 MiB). The circuit breaker (`legion.llm.breaker`):
+``breaker_failures`` (transient failures in a row that open it; 5, 0 turns
+it off), ``breaker_open`` (first open period, 1 s) and ``breaker_max_open``
+(longest, 30 s). Hedging (`legion.llm.hedge`, off unless set):
+``hedge_percentile`` (e.g. 95: a call slower than that percentile of the
+route's recent calls gets a second copy) and ``hedge_min_delay`` (1 s).
+
 A ``local`` route's capacity is the machine, not a rate limit: it takes no
 ``rpm``, ``tpm`` or ``max_in_flight``. It takes ``instances`` (copies of the
 model serving calls side by side; 2 on a machine with 2 cores or more),
@@ -72,8 +82,10 @@ from typing import Any, Literal
 from legion.errors import ConfigError
 from legion.llm import anthropic, openai
 from legion.llm.anthropic import AnthropicProvider
+from legion.llm.breaker import Breaker, BreakerSettings
 from legion.llm.capacity import Capacity
 from legion.llm.client import DEFAULT_RETRY, LLMClient, Route
+from legion.llm.hedge import HedgeSettings
 from legion.llm.local import (
     DEFAULT_CONTEXT,
     PACKAGED_MODEL,
@@ -86,6 +98,7 @@ from legion.llm.pricing import FREE, Price, PriceTable
 from legion.llm.provider import Provider
 from legion.llm.simulated import SimulatedProvider
 from legion.llm.timer import Timer
+from legion.llm.transport import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES
 from legion.retry import RetryPolicy
 from legion.sim import SimConfig
 
@@ -116,6 +129,14 @@ _ROUTE_OPTIONS = frozenset(
         "instances",
         "threads",
         "context",
+        "ttfb_timeout",
+        "max_response_bytes",
+        "max_event_bytes",
+        "breaker_failures",
+        "breaker_open",
+        "breaker_max_open",
+        "hedge_percentile",
+        "hedge_min_delay",
     }
 )
 _LOCAL_OPTIONS = (("instances", 1), ("threads", 1), ("context", 16))
@@ -153,6 +174,14 @@ class RouteConfig:
     """A ``local`` route's CPU threads per generation (``None``: llama.cpp's choice)."""
     context: int | None = None
     """A ``local`` route's context length in tokens (``None``: the provider's default)."""
+    ttfb_timeout: float | None = None
+    """Seconds until the answer's headers (``None``: 30 on streams, none on plain calls)."""
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    """The route's circuit breaker (``failures = 0``: none)."""
+    hedge: HedgeSettings | None = None
+    """When slow calls get a hedged copy (``None``: never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +276,18 @@ async def build_client(
             if provider is None:
                 provider = providers[endpoint] = await _start_provider(route, config.routes)
             capacity = _capacity(route, capacities, timer, rng)
+            breaker = Breaker(route.breaker, timer=timer) if route.breaker.enabled else None
             routes.append(
-                Route(route.name, provider, route.model, capacity, route.timeout, route.stream)
+                Route(
+                    route.name,
+                    provider,
+                    route.model,
+                    capacity,
+                    route.timeout,
+                    route.stream,
+                    breaker=breaker,
+                    hedge=route.hedge,
+                )
             )
     except BaseException:
         for provider in providers.values():
@@ -413,6 +452,47 @@ def _common(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
         )
     elif "cache_read_price" in settings or "cache_write_price" in settings:
         raise ConfigError(f"{source}: cache prices go with input_price and output_price")
+    if "ttfb_timeout" in settings:
+        values["ttfb_timeout"] = _number(settings, "ttfb_timeout", source, positive=True)
+    for option in ("max_response_bytes", "max_event_bytes"):
+        if option in settings:
+            value = settings[option]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+                raise ConfigError(f"{source}: {option} must be an integer >= 1024, got {value!r}")
+            values[option] = value
+    values.update(_resilience(settings, source))
+    return values
+
+
+def _resilience(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The breaker and hedging options, checked."""
+    values: dict[str, Any] = {}
+    breaker: dict[str, Any] = {}
+    if "breaker_failures" in settings:
+        value = settings["breaker_failures"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(
+                f"{source}: breaker_failures must be an integer >= 0 (0: no breaker), got {value!r}"
+            )
+        breaker["failures"] = value
+    for option, name in (("breaker_open", "open_for"), ("breaker_max_open", "max_open_for")):
+        if option in settings:
+            breaker[name] = _number(settings, option, source, positive=True)
+    if breaker:
+        try:
+            values["breaker"] = BreakerSettings(**breaker)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+    if "hedge_min_delay" in settings and "hedge_percentile" not in settings:
+        raise ConfigError(f"{source}: hedge_min_delay needs hedge_percentile (hedging is off)")
+    if "hedge_percentile" in settings:
+        hedge: dict[str, Any] = {"percentile": _number(settings, "hedge_percentile", source)}
+        if "hedge_min_delay" in settings:
+            hedge["min_delay"] = _number(settings, "hedge_min_delay", source)
+        try:
+            values["hedge"] = HedgeSettings(**hedge)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
     return values
 
 
@@ -454,6 +534,7 @@ async def _start_provider(route: RouteConfig, every: tuple[RouteConfig, ...]) ->
             route.simulator,
             max_connections=pool,
             stream_idle_timeout=route.stream_idle_timeout,
+            **_http_options(route),
         )
         await simulated.start()
         return simulated
@@ -474,6 +555,7 @@ async def _start_provider(route: RouteConfig, every: tuple[RouteConfig, ...]) ->
             max_connections=pool,
             stream_idle_timeout=route.stream_idle_timeout,
             key_env=route.key_env,
+            **_http_options(route),
         )
     return OpenAIProvider(
         base_url=route.base_url,
@@ -481,7 +563,16 @@ async def _start_provider(route: RouteConfig, every: tuple[RouteConfig, ...]) ->
         max_connections=pool,
         stream_idle_timeout=route.stream_idle_timeout,
         key_env=route.key_env,
+        **_http_options(route),
     )
+
+
+def _http_options(route: RouteConfig) -> dict[str, Any]:
+    return {
+        "ttfb_timeout": route.ttfb_timeout,
+        "max_response_bytes": route.max_response_bytes,
+        "max_event_bytes": route.max_event_bytes,
+    }
 
 
 def _endpoint(route: RouteConfig) -> tuple[Any, ...]:

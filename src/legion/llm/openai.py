@@ -35,7 +35,12 @@ from typing import Any
 from legion.errors import MalformedResponse, ProviderUnavailable
 from legion.llm.provider import ChatResult
 from legion.llm.sse import ServerSentEvent
-from legion.llm.transport import HttpTransport, decode_json
+from legion.llm.transport import (
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    HttpTransport,
+    decode_json,
+)
 from legion.llm.types import ChatRequest, ChatResponse, ToolCall, Usage
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -50,8 +55,10 @@ class OpenAIProvider:
     so that calls wait their turn at the `Capacity`, without a timeout running,
     rather than inside the pool, where the wait counts against the call's
     timeout. ``stream_idle_timeout`` is the longest silence allowed on a
-    stream. ``key_env`` names the variable to set, in the message of a
-    rejected key.
+    stream (keep-alive comments are silence), ``ttfb_timeout`` the longest
+    wait for the answer's headers; ``max_response_bytes`` and
+    ``max_event_bytes`` bound what is read (see `legion.llm.transport`).
+    ``key_env`` names the variable to set, in the message of a rejected key.
     """
 
     def __init__(
@@ -62,6 +69,9 @@ class OpenAIProvider:
         name: str = "openai",
         max_connections: int = 0,
         stream_idle_timeout: float = 30.0,
+        ttfb_timeout: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         key_env: str = "OPENAI_API_KEY",
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -73,6 +83,9 @@ class OpenAIProvider:
             max_connections=max_connections,
             stream_idle_timeout=stream_idle_timeout,
             auth_hint=f"Set {key_env}.",
+            ttfb_timeout=ttfb_timeout,
+            max_response_bytes=max_response_bytes,
+            max_event_bytes=max_event_bytes,
         )
 
     @property

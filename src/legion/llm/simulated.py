@@ -8,6 +8,7 @@ client code, connection pool and error paths as production.
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any
 
 from legion.llm.openai import OpenAIProvider
 from legion.llm.provider import ChatResult
@@ -17,7 +18,8 @@ from legion.sim import SimConfig, Simulator
 
 class SimulatedProvider:
     """A simulator configured by ``config``, started by `start` (or ``async
-    with``) and stopped by `aclose`."""
+    with``) and stopped by `aclose`; ``http`` passes the other options of
+    `OpenAIProvider` (``ttfb_timeout``, ``max_response_bytes``...)."""
 
     def __init__(
         self,
@@ -26,11 +28,13 @@ class SimulatedProvider:
         name: str = "sim",
         max_connections: int = 0,
         stream_idle_timeout: float = 30.0,
+        **http: Any,
     ) -> None:
         self._name = name
         self._simulator = Simulator(config)
         self._max_connections = max_connections
         self._stream_idle_timeout = stream_idle_timeout
+        self._http = http
         self._client: OpenAIProvider | None = None
 
     @property
@@ -52,6 +56,7 @@ class SimulatedProvider:
             max_connections=self._max_connections,
             stream_idle_timeout=self._stream_idle_timeout,
             key_env="the simulator's api_key",
+            **self._http,
         )
 
     async def chat(self, request: ChatRequest, *, timeout: float) -> ChatResult:  # noqa: ASYNC109

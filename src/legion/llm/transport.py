@@ -1,13 +1,25 @@
 """HTTP for the providers: one aiohttp session per provider, timeouts, and the
 one place where HTTP statuses and transport failures become legion errors.
 
-Timeouts:
+Timeouts (each past its bound: `ProviderUnavailable`, which the client retries):
 
 * ``timeout`` (per call) bounds everything: connecting, waiting, reading the
-  whole answer or stream. Past it, `ProviderUnavailable`.
-* ``stream_idle_timeout`` bounds each silence on a stream: before its first
-  byte and between two chunks. A provider that stops sending mid-stream
-  fails after that long, not after the whole call's timeout.
+  whole answer or stream.
+* ``ttfb_timeout`` bounds the wait for the answer's headers (time to first
+  byte), shorter than the whole: a call that hangs before answering frees
+  its slot after that long, not after the call's whole timeout. Unset, it
+  is 30 s for streamed calls (a stream's headers come before the first
+  token) and none for plain ones, whose headers come only with the whole
+  completion: there a hang looks like a long answer, and only a route that
+  knows its answers are quick should set it.
+* ``stream_idle_timeout`` bounds each silence on a stream, counted from the
+  headers and from each line that carries data. Keep-alive comments
+  (``: ping``) do not count: a stream that only pings fails after that long.
+
+Sizes: ``max_response_bytes`` bounds an answer's body (a stream's too) and
+``max_event_bytes`` one event of a stream, both checked while reading: the
+read stops at the limit with `ResponseTooLarge`, a permanent error (the same
+request would bring the same answer back; retrying would pay for it again).
 
 Statuses: 429 is `RateLimited` (unless the provider says a retry cannot help,
 ``x-should-retry: false``, or the account is out of quota); 408, 409 and 5xx
@@ -32,13 +44,18 @@ from legion.errors import (
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
+    ResponseTooLarge,
 )
 from legion.llm.headers import parse_rate_limit_headers
 from legion.llm.provider import ChatResult
-from legion.llm.sse import ServerSentEvent, SSEDecoder
+from legion.llm.sse import EventTooLarge, ServerSentEvent, SSEDecoder
 from legion.llm.types import ChatResponse, RateLimitInfo
 
 _MAX_DETAIL_CHARS = 500
+_MAX_ERROR_BODY = 64 * 1024  # what is read of an error answer: enough for its message
+DEFAULT_TTFB_TIMEOUT = 30.0
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 409})
 
 
@@ -75,16 +92,24 @@ class HttpTransport:
         max_connections: int,
         stream_idle_timeout: float,
         auth_hint: str,
+        ttfb_timeout: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         if max_connections < 0:
             raise ValueError("max_connections must be >= 0 (0: unlimited)")
-        if stream_idle_timeout <= 0:
-            raise ValueError("stream_idle_timeout must be > 0")
+        if stream_idle_timeout <= 0 or (ttfb_timeout is not None and ttfb_timeout <= 0):
+            raise ValueError("stream_idle_timeout and ttfb_timeout must be > 0")
+        if max_response_bytes < 1 or max_event_bytes < 1:
+            raise ValueError("max_response_bytes and max_event_bytes must be >= 1")
         self.provider = provider
         self._headers = {"Content-Type": "application/json", **headers}
         self._max_connections = max_connections
         self._idle_timeout = stream_idle_timeout
-        self._stream_timeout = aiohttp.ClientTimeout(sock_read=stream_idle_timeout)
+        self._stream_ttfb = DEFAULT_TTFB_TIMEOUT if ttfb_timeout is None else ttfb_timeout
+        self._plain_ttfb = ttfb_timeout
+        self._max_response = max_response_bytes
+        self._max_event = max_event_bytes
         self._plain_timeout = aiohttp.ClientTimeout()
         self._auth_hint = auth_hint
         self._session: aiohttp.ClientSession | None = None
@@ -100,9 +125,9 @@ class HttpTransport:
         """POST ``payload`` and ``parse`` the JSON answer, in at most ``total`` seconds."""
 
         async def read(response: aiohttp.ClientResponse) -> ChatResponse:
-            return parse(await response.read())
+            return parse(await self._read_body(response, self._max_response, error=False))
 
-        return await self._post(url, payload, total, self._plain_timeout, read)
+        return await self._post(url, payload, total, self._plain_ttfb, read)
 
     async def stream(
         self,
@@ -120,12 +145,32 @@ class HttpTransport:
         """
 
         async def read(response: aiohttp.ClientResponse) -> ChatResponse:
-            decoder = SSEDecoder()
+            decoder = SSEDecoder(max_event_bytes=self._max_event)
+            loop = asyncio.get_running_loop()
+            idle = self._idle_timeout
+            received = seen = 0
             try:
-                async for chunk in response.content.iter_any():
-                    for event in decoder.feed(chunk):
-                        if not assembler.done:
-                            assembler.add(event)
+                async with asyncio.timeout(idle) as silence:
+                    async for chunk in response.content.iter_any():
+                        received += len(chunk)
+                        if received > self._max_response:
+                            raise self._too_large(f"a stream of over {self._max_response:,} bytes")
+                        for event in decoder.feed(chunk):
+                            if not assembler.done:
+                                assembler.add(event)
+                        if decoder.data_bytes != seen:  # data, not only keep-alive comments
+                            seen = decoder.data_bytes
+                            silence.reschedule(loop.time() + idle)
+            except EventTooLarge as exc:
+                raise self._too_large(str(exc)) from exc
+            except TimeoutError as exc:
+                if assembler.done:
+                    return assembler.response()
+                raise ProviderUnavailable(
+                    f"{self.provider} sent nothing for {idle:g} s (stream idle timeout; "
+                    "keep-alive comments do not count)",
+                    provider=self.provider,
+                ) from exc
             except (aiohttp.ClientError, OSError):
                 if not assembler.done:
                     raise
@@ -136,7 +181,7 @@ class HttpTransport:
                 )
             return assembler.response()
 
-        return await self._post(url, payload, total, self._stream_timeout, read)
+        return await self._post(url, payload, total, self._stream_ttfb, read)
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
@@ -158,34 +203,36 @@ class HttpTransport:
         url: str,
         payload: Mapping[str, Any],
         total: float,
-        read_timeout: aiohttp.ClientTimeout,
+        ttfb: float | None,
         read: Callable[[aiohttp.ClientResponse], Awaitable[ChatResponse]],
     ) -> ChatResult:
         session = self._session or self._open()
         body = orjson.dumps(payload)
         provider = self.provider
+        waiting_headers = True
         try:
             async with asyncio.timeout(total):
-                async with session.post(
-                    url, data=body, timeout=read_timeout, allow_redirects=False
-                ) as response:
+                async with asyncio.timeout(ttfb):
+                    response = await session.post(url, data=body, allow_redirects=False)
+                waiting_headers = False
+                async with response:
                     rate_limits = parse_rate_limit_headers(response.headers)
                     if response.status >= 300:
                         raise error_for_status(
                             provider,
                             response.status,
-                            await response.read(),
+                            await self._read_body(response, _MAX_ERROR_BODY, error=True),
                             response.headers,
                             rate_limits,
                             auth_hint=self._auth_hint,
                         )
                     return ChatResult(await read(response), rate_limits)
-        except aiohttp.ServerTimeoutError as exc:
-            raise ProviderUnavailable(
-                f"{provider} sent nothing for {self._idle_timeout:g} s (stream idle timeout)",
-                provider=provider,
-            ) from exc
         except TimeoutError as exc:
+            if waiting_headers and ttfb is not None and ttfb < total:
+                raise ProviderUnavailable(
+                    f"{provider} sent no answer within {ttfb:g} s (time-to-first-byte timeout)",
+                    provider=provider,
+                ) from exc
             raise ProviderUnavailable(
                 f"{provider} did not answer within {total:g} s", provider=provider
             ) from exc
@@ -197,6 +244,38 @@ class HttpTransport:
             raise ProviderUnavailable(
                 f"{provider} connection failed: {type(exc).__name__}: {exc}", provider=provider
             ) from exc
+
+    async def _read_body(
+        self, response: aiohttp.ClientResponse, limit: int, *, error: bool
+    ) -> bytes:
+        """The body of ``response``, read as it comes and refused past ``limit``
+        bytes (an error answer is cut at ``limit`` instead: its start says enough)."""
+        length = response.content_length
+        if length is not None and length <= limit:
+            return await response.read()  # the common case: its length said up front
+        if length is not None and not error:
+            raise self._too_large(f"an answer of {length:,} bytes")
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                if error:
+                    parts.append(chunk[: len(chunk) - (size - limit)])
+                    break
+                raise self._too_large(f"an answer of over {limit:,} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _too_large(self, what: str) -> ResponseTooLarge:
+        return ResponseTooLarge(
+            f"{self.provider} sent {what}, over the route's limit "
+            f"(max_response_bytes {self._max_response:,}, max_event_bytes "
+            f"{self._max_event:,}); reading stopped there. Raise the limit on the route if "
+            "such answers are expected",
+            provider=self.provider,
+            status=200,
+        )
 
 
 def error_for_status(

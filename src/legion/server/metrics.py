@@ -25,6 +25,8 @@ legion_llm_in_flight                 gauge      calls in flight, per route
 legion_llm_requests_per_minute       gauge      request rate, per route
 legion_llm_limit_requests_per_minute gauge      the provider's request limit, per route
 legion_llm_utilization               gauge      use of the tightest limit (0-1), per route
+legion_llm_breaker_open              gauge      1 while the route's breaker is open or half-open
+legion_llm_breaker_state             gauge      the breaker: 0 closed, 1 open, 2 half-open
 legion_store_up                      gauge      1 if the last sample could read the store
 legion_event_loop_lag_seconds        gauge      how late the server's last sample woke up
 ===================================  =========  =============================================
@@ -148,6 +150,12 @@ class _SnapshotCollector(Collector):
             "The provider's request limit (learned, else configured).",
         )
         utilization = _gauge("legion_llm_utilization", "Use of the tightest limit (0-1).")
+        breaker_open = _gauge(
+            "legion_llm_breaker_open", "1 while the route's circuit breaker is open or half-open."
+        )
+        breaker = _gauge(
+            "legion_llm_breaker_state", "The circuit breaker: 0 closed, 1 open, 2 half-open."
+        )
         for r in routes:
             labels = [r.route, r.provider, r.model]
             requests.add_metric(labels, r.requests)
@@ -161,7 +169,10 @@ class _SnapshotCollector(Collector):
                 limit.add_metric(labels, r.rpm_limit)
             if r.utilization is not None:
                 utilization.add_metric(labels, r.utilization)
+            breaker_open.add_metric(labels, 1 if r.breaker_state else 0)
+            breaker.add_metric(labels, r.breaker_state)
         yield from (requests, limited, tokens, cost, in_flight, rpm, limit, utilization)
+        yield from (breaker_open, breaker)
 
     @staticmethod
     def _server(s: Snapshot) -> Iterator[Metric]:

@@ -323,6 +323,8 @@ class Monitor:
             output_tokens=r.usage.completion_tokens,
             cost_usd=r.cost_usd,
             paused_for=c.paused_for,
+            breaker=r.breaker.state.name.lower() if r.breaker else "closed",
+            breaker_state=int(r.breaker.state) if r.breaker else 0,
         )
 
 

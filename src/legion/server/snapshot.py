@@ -67,6 +67,8 @@ class RouteLoad:
     output_tokens: int
     cost_usd: float
     paused_for: float  # seconds until a 429 pause ends
+    breaker: str = "closed"  # the route's circuit breaker: closed, open or half_open
+    breaker_state: int = 0  # the same as a number: 0 closed, 1 open, 2 half-open
 
 
 @dataclass(frozen=True, slots=True)

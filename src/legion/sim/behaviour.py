@@ -156,6 +156,7 @@ class Fault(enum.Enum):
     HANG = "hang"  # no answer at all
     MALFORMED = "malformed"  # a 200 whose body is not valid JSON
     STALL = "stall"  # a stream that stops sending mid-way
+    PING = "ping"  # a stream that sends only keep-alive comments
 
 
 class Plan(NamedTuple):
@@ -174,7 +175,7 @@ class FaultInjector:
 
     Each request consumes one draw for its fault, then one for its latency
     when jitter is enabled. The fault draw ``u`` in [0, 1) falls in bands laid
-    end to end: ``[0, error_rate)`` error, then hang, malformed and stall,
+    end to end: ``[0, error_rate)`` error, then hang, malformed, stall and ping,
     each as wide as its rate, so rates are exact fractions over many
     requests. Within the error band the position picks the status among
     `SimConfig.error_statuses` evenly.
@@ -187,6 +188,8 @@ class FaultInjector:
         "_jitter",
         "_latency",
         "_lognormal",
+        "_outage",
+        "_planned",
         "_rng",
         "token_interval",
     )
@@ -197,13 +200,17 @@ class FaultInjector:
         hang_end = error_end + config.hang_rate
         malformed_end = hang_end + config.malformed_rate
         stall_end = malformed_end + config.stall_rate
+        ping_end = stall_end + config.ping_rate
         self._bands = (
             (error_end, Fault.ERROR),
             (hang_end, Fault.HANG),
             (malformed_end, Fault.MALFORMED),
             (stall_end, Fault.STALL),
+            (ping_end, Fault.PING),
         )
         self._error_rate = config.error_rate
+        self._outage = (config.outage_after, config.outage_after + config.outage_requests)
+        self._planned = 0
         self._error_statuses = config.error_statuses
         self._latency = config.latency
         self._jitter = config.latency_jitter
@@ -222,12 +229,15 @@ class FaultInjector:
             if draw < end:
                 fault = band_fault
                 break
-        if fault is Fault.STALL and not stream:
+        if fault in (Fault.STALL, Fault.PING) and not stream:
             fault = Fault.NONE
         status = 0
         if fault is Fault.ERROR:
             statuses = self._error_statuses
             status = statuses[min(int(draw / self._error_rate * len(statuses)), len(statuses) - 1)]
+        self._planned += 1
+        if self._outage[0] < self._planned <= self._outage[1]:
+            fault, status = Fault.ERROR, 503
         latency = self._latency
         if self._jitter:
             if self._lognormal:

@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--hang-seconds", type=float, help="longest hang before a 504 (default 600)")
     add("--malformed-rate", type=float, help="fraction of answers with an invalid JSON body")
     add("--stall-rate", type=float, help="fraction of streams stopping mid-way")
+    add("--ping-rate", type=float, help="fraction of streams sending only ': ping' comments")
+    add("--ping-interval", type=float, metavar="SECONDS", help="between two pings (default 1)")
+    add("--padding-bytes", type=int, help="padding added to every answer (default 0)")
+    add("--outage-after", type=int, metavar="N", help="requests served before the outage")
+    add("--outage-requests", type=int, metavar="N", help="requests answered 503 in the outage")
     add("--seed", type=int, help="seed of the fault and latency draws (default 0)")
     add("--api-key", help="require this bearer key")
     return parser

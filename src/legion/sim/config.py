@@ -19,7 +19,13 @@ LatencyDistribution = Literal["uniform", "lognormal"]
 
 _WINDOW_KINDS: tuple[str, ...] = ("sliding", "fixed")
 _LATENCY_DISTRIBUTIONS: tuple[str, ...] = ("uniform", "lognormal")
-_FAULT_RATES: tuple[str, ...] = ("error_rate", "hang_rate", "malformed_rate", "stall_rate")
+_FAULT_RATES: tuple[str, ...] = (
+    "error_rate",
+    "hang_rate",
+    "malformed_rate",
+    "stall_rate",
+    "ping_rate",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,21 @@ class SimConfig:
             stops (the stream then ends without ``[DONE]``), or at most
             ``hang_seconds``. Non-streaming requests drawing a stall are
             served normally.
+        ping_rate: streaming only: send the headers, then only keep-alive
+            comments (``: ping``) every ``ping_interval`` seconds, no event,
+            until the client gives up or the simulator stops (or at most
+            ``hang_seconds``). Non-streaming requests drawing it are served
+            normally.
+        ping_interval: seconds between two keep-alive comments.
+        outage_after, outage_requests: an outage: the admitted requests
+            numbered ``outage_after + 1`` to ``outage_after +
+            outage_requests`` (in arrival order, from 1) are answered 503,
+            whatever the fault draws say; 0 requests: no outage.
+        padding_bytes: bytes of padding in every successful answer: a
+            ``padding`` string field of the completion body, or, when
+            streaming, one event before the first token whose JSON carries
+            it (``{"type": "ping", "padding": ...}``), to try clients' size
+            limits.
         seed: seed of the random generator deciding faults and jitter.
 
     Access:
@@ -112,6 +133,11 @@ class SimConfig:
     hang_seconds: float = 600.0
     malformed_rate: float = 0.0
     stall_rate: float = 0.0
+    ping_rate: float = 0.0
+    ping_interval: float = 1.0
+    padding_bytes: int = 0
+    outage_after: int = 0
+    outage_requests: int = 0
     seed: int = 0
     api_key: str | None = None
 
@@ -151,9 +177,16 @@ class SimConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
         total = sum(getattr(self, name) for name in _FAULT_RATES)
         if total > 1 + 1e-9:
-            raise ValueError(
-                f"error_rate + hang_rate + malformed_rate + stall_rate must be <= 1, got {total:g}"
-            )
+            raise ValueError(f"{' + '.join(_FAULT_RATES)} must be <= 1, got {total:g}")
+        _check_number("ping_interval", self.ping_interval, positive=True)
+        if isinstance(self.padding_bytes, bool) or not isinstance(self.padding_bytes, int):
+            raise ValueError(f"padding_bytes must be an integer, got {self.padding_bytes!r}")
+        if self.padding_bytes < 0:
+            raise ValueError(f"padding_bytes must be >= 0, got {self.padding_bytes!r}")
+        for name in ("outage_after", "outage_requests"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):

@@ -69,6 +69,8 @@ class SimStats:
     hangs: int
     malformed: int
     stalls: int
+    pings_only: int
+    """Streams that sent only keep-alive comments."""
     in_flight: int
     """Admitted requests being served now."""
     max_in_flight: int
@@ -99,6 +101,7 @@ class _Counters:
         "in_flight",
         "malformed",
         "max_in_flight",
+        "pings_only",
         "prompt_tokens",
         "rate_limited",
         "requests_total",
@@ -122,6 +125,7 @@ class _Counters:
         self.hangs = 0
         self.malformed = 0
         self.stalls = 0
+        self.pings_only = 0
         self.max_in_flight = self.in_flight
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -138,6 +142,7 @@ class _Counters:
             hangs=self.hangs,
             malformed=self.malformed,
             stalls=self.stalls,
+            pings_only=self.pings_only,
             in_flight=self.in_flight,
             max_in_flight=self.max_in_flight,
             prompt_tokens=self.prompt_tokens,
@@ -300,6 +305,9 @@ class _Service:
             await asyncio.sleep(delay)
         cached = int(prompt_tokens * self.config.cached_prompt_share)
         body = dialect.completion(chat.model, completion, prompt_tokens, cached)
+        padding = self.config.padding_bytes
+        if padding:
+            body = b'{"padding":"' + b"x" * padding + b'",' + body[1:]
         if plan.fault is Fault.MALFORMED:
             counters.malformed += 1
             body = body[: len(body) // 2]
@@ -324,6 +332,7 @@ class _Service:
 
         A stall sends the first half of the tokens and then nothing until the
         client leaves or the simulator stops (at most ``hang_seconds``); a
+        ping-only stream sends keep-alive comments and nothing else as long; a
         malformed stream sends half of the tokens, then an event whose data
         is not valid JSON and whatever ends a stream in the dialect.
         """
@@ -337,6 +346,15 @@ class _Service:
         tokens = completion.tokens
         counters = self.counters
         try:
+            if fault is Fault.PING:
+                counters.pings_only += 1
+                await self._ping(response)
+                return response
+            padding = self.config.padding_bytes
+            if padding:
+                await response.write(
+                    b'data: {"type":"ping","padding":"' + b"x" * padding + b'"}\n\n'
+                )
             await response.write(frames.start())
             if fault is Fault.STALL:
                 counters.stalls += 1
@@ -384,6 +402,16 @@ class _Service:
                 sent = due
             if sent < total:
                 await asyncio.sleep(max((sent + 1) * interval - elapsed, _MIN_PAUSE))
+
+    async def _ping(self, response: web.StreamResponse) -> None:
+        """Send only keep-alive comments until the client leaves or the simulator
+        stops (at most ``hang_seconds``)."""
+        config = self.config
+        deadline = asyncio.get_running_loop().time() + config.hang_seconds
+        while not await self._closing_within(config.ping_interval):
+            await response.write(b": ping\n\n")
+            if asyncio.get_running_loop().time() >= deadline:
+                return
 
     # -- helpers ----------------------------------------------------------------
 

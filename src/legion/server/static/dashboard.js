@@ -100,7 +100,9 @@ function meter(share) {
 
 function renderRoutes(routes) {
   const rows = routes.map((r) => el("tr", {},
-    el("td", {}, r.route),
+    el("td", {}, r.route, ...(r.breaker === "closed" ? [] : [" ",
+      el("span", { class: "badge failed", title: "circuit breaker: calls wait for a probe" },
+        `breaker ${r.breaker.replace("_", "-")}`)])),
     el("td", {}, `${r.provider} · ${r.model}`),
     el("td", {}, r.utilization === null ? "" : meter(r.utilization),
       `${fmtRate(r.rpm)} / ${r.rpm_limit === null ? "no limit" : fmtInt(r.rpm_limit)}`),

@@ -1,0 +1,33 @@
+"""How long the calling attempt has left, for the LLM client to decide whether a wait
+can end in time.
+
+Whoever runs an attempt under a timeout binds a function answering "seconds left"
+(`bind`); the client asks `remaining` before it waits on a provider's Retry-After. Code
+that runs outside any attempt (a script calling the client directly) has no deadline:
+`remaining` is ``None`` there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+
+_REMAINING: ContextVar[Callable[[], float | None] | None] = ContextVar(
+    "legion_attempt_remaining", default=None
+)
+
+
+def bind(remaining: Callable[[], float | None]) -> Token[Callable[[], float | None] | None]:
+    """Make ``remaining`` the answer of `remaining` in this context (and the tasks it starts)."""
+    return _REMAINING.set(remaining)
+
+
+def remaining() -> float | None:
+    """Seconds the current attempt has left (``None``: no deadline, or none known)."""
+    source = _REMAINING.get()
+    return None if source is None else source()
+
+
+def reset(token: Token[Callable[[], float | None] | None]) -> None:
+    """Undo the `bind` that returned ``token``."""
+    _REMAINING.reset(token)
