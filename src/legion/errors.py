@@ -6,6 +6,7 @@
     ├── ConfigError            bad store URL, bad option, bad agent path
     │   └── AgentLoadError     an agent path that does not import or name an agent
     ├── StoreError             the store failed or holds something unexpected
+    ├── IdempotencyConflict    a submission reused an idempotency key for another input
     ├── TaskFailed             rt.result(..., raise_on_failure=True) of a task that did not succeed
     └── AgentError             raised *inside* an agent instance; decides retryability
         ├── Permanent          raise it to fail the task at once, without retrying
@@ -55,6 +56,20 @@ class AgentLoadError(ConfigError):
 
 class StoreError(LegionError):
     """Raised when the store fails or returns something it should not."""
+
+
+class IdempotencyConflict(LegionError):
+    """Raised when a submission sends an idempotency key again with another agent or input:
+    answering it with the first task would lose the new submission. Nothing of that
+    submission is stored. ``keys``: the conflicting keys, as sent."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        shown = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+        super().__init__(
+            f"idempotency key {shown} was used before with another agent or input: "
+            "use a new key for a new task"
+        )
 
 
 class TaskFailed(LegionError):
