@@ -19,10 +19,16 @@ Routes (every one but ``/healthz`` needs an API key, see :mod:`legion.server.aut
 ``GET  /``, ``/tasks/{id}``                 the dashboard
 ==========================================  ===============================================
 
-Errors answer JSON ``{"detail": ...}`` and never a stack trace: 401/403 (key), 404, 409,
-413 (body larger than the limit), 422 (``detail`` lists the fields at fault, with
-``loc``, ``msg`` and ``type``), 503 (the store is unreachable), 500 (anything else,
-logged with its traceback on the server).
+Errors answer JSON ``{"detail": ...}`` and never a stack trace: 401/403 (key), 404 (no
+such task, or another tenant's), 409, 413 (body larger than the limit), 422 (``detail``
+lists the fields at fault, with ``loc``, ``msg`` and ``type``: a body that is not JSON,
+``json_invalid``, or not UTF-8, ``utf8``; an idempotency key used before with another agent
+or input, ``idempotency_conflict``), 429 (the tenant is over its submit rate or queued
+tasks; ``Retry-After``), 503 (the server is saturated, ``Retry-After``, or the store is
+unreachable), 500 (anything else, logged with its traceback on the server).
+
+Tenants: every API key belongs to one (see :mod:`legion.server.auth`); a key sees and
+changes its tenant's tasks only, an admin key every tenant's.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ from fastapi.responses import JSONResponse
 from .. import __version__
 from ..errors import StoreError
 from . import dashboard, ops_api, streams, tasks_api
+from .admission import InProgressLimit, Shed
 from .auth import CHALLENGES, AuthError
 from .body_limit import BodyLimit
 from .deps import ServerState
+from .schemas import BatchIn
 
 log = logging.getLogger("legion.server")
 
@@ -53,10 +61,16 @@ class _App(FastAPI):
         self._agent_names = sorted(agents)
 
     def openapi(self) -> dict[str, Any]:
-        if self.openapi_schema is None and self._agent_names:
+        if self.openapi_schema is None:
             schema = super().openapi()
-            agent = schema["components"]["schemas"]["TaskIn"]["properties"]["agent"]
-            agent["enum"] = self._agent_names
+            # The submit routes read their bodies themselves (strict JSON, any content
+            # type); their schemas are declared here.
+            body = BatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema["components"]["schemas"]
+            components.update(body.pop("$defs", {}))
+            components["BatchIn"] = body
+            if self._agent_names:
+                components["TaskIn"]["properties"]["agent"]["enum"] = self._agent_names
         return super().openapi()
 
 
@@ -72,6 +86,7 @@ def create_app(state: ServerState) -> FastAPI:
         openapi_url=None,  # served by ops_api, behind the API key
     )
     app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
+    app.add_middleware(InProgressLimit, limit=state.settings.max_in_progress)
     app.state.legion = state
     app.include_router(tasks_api.router)
     app.include_router(streams.router)
@@ -79,9 +94,19 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(ops_api.router)
     app.include_router(dashboard.router)
     app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(Shed, _shed)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(Exception, _internal_error)
+    return app
+
+
+def create_metrics_app(state: ServerState) -> FastAPI:
+    """``/metrics`` alone, without a key: for a port Prometheus scrapes (loopback unless
+    the server is told otherwise)."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.legion = state
+    app.include_router(ops_api.metrics_only)
     return app
 
 
@@ -92,6 +117,10 @@ async def _auth_error(request: Request, exc: Exception) -> JSONResponse:
         for challenge in CHALLENGES:
             response.headers.append("WWW-Authenticate", challenge)
     return response
+
+
+async def _shed(request: Request, exc: Exception) -> JSONResponse:
+    return cast(Shed, exc).response()
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:

@@ -20,6 +20,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 public = APIRouter()
 router = APIRouter(dependencies=[Depends(require_key)], responses=_ERRORS)
+metrics_only = APIRouter()  # the metrics port's, without a key
 
 
 @public.get(
@@ -57,9 +58,13 @@ async def workers(state: StateDep) -> list[WorkerState]:
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
 async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics (see :mod:`legion.server.metrics` for the list)."""
+    """Prometheus metrics (see :mod:`legion.server.metrics` for the list); also served
+    without a key on ``--metrics-port``."""
     body = state.metrics.render(state.monitor.snapshot)
     return Response(body, media_type=CONTENT_TYPE)
+
+
+metrics_only.add_api_route("/metrics", metrics, methods=["GET"], response_class=Response)
 
 
 @router.get("/openapi.json", include_in_schema=False)

@@ -15,8 +15,11 @@ from ..task import TaskInfo, TaskStatus
 
 # Text the stores can hold in every dialect (PostgreSQL text cannot hold NUL).
 TEXT = r"^[^\x00]*$"
+# An idempotency key: text, not starting with U+001F (the store's mark for tenants' keys).
+KEY = r"^[^\x00\x1f][^\x00]*$"
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
-Key = Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT)]
+Key = Annotated[str, Field(min_length=1, max_length=500, pattern=KEY)]
+Session = Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT)]
 Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 
 
@@ -32,9 +35,11 @@ class TaskIn(BaseModel):
         "for an agent with one parameter). Checked against the agent's schema (422).",
     )
     key: Key | None = Field(
-        None, description="Idempotency key: submitting it again answers the first task."
+        None,
+        description="Idempotency key, unique per tenant: submitting it again with the same "
+        "agent and input answers the first task; with another, 422 (idempotency_conflict).",
     )
-    session: Key | None = Field(None, description="The session of the agent's ctx.memory.")
+    session: Session | None = Field(None, description="The session of the agent's ctx.memory.")
     priority: Priority = Field(0, description="Higher runs first.")
 
 
@@ -88,6 +93,7 @@ class TaskOut(BaseModel):
     agent: str
     key: str | None
     session: str | None
+    tenant: str = Field(description="Whose task it is (the submitting key's tenant).")
     status: TaskStatus
     attempts: int = Field(description="Attempts started.")
     max_attempts: int
@@ -149,6 +155,7 @@ def _task_fields(t: TaskInfo) -> dict[str, Any]:
         "agent": t.agent,
         "key": t.key,
         "session": t.session,
+        "tenant": t.tenant,
         "status": t.status,
         "attempts": t.attempt,
         "max_attempts": t.max_attempts,
