@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from legion import codec
-from legion.store import MemoryWrite, SQLiteStore, Store, WorkerInfo, WriteBatch, store_from_url
 from legion.errors import IdempotencyConflict
+from legion.store import MemoryWrite, SQLiteStore, Store, WorkerInfo, WriteBatch, store_from_url
 from legion.store.base import ApiKey, TaskQuery
 from legion.store.queries import migrations
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus

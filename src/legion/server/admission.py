@@ -147,8 +147,7 @@ class TenantLimits:
             if queued + tasks > self.max_queued:
                 raise Shed(
                     429,
-                    f"tenant {tenant!r} has {queued} queued tasks; its limit is "
-                    f"{self.max_queued}",
+                    f"tenant {tenant!r} has {queued} queued tasks; its limit is {self.max_queued}",
                     1.0,
                 )
         if self.rate is not None:

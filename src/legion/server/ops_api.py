@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from .deps import StateDep, require_key
+from .deps import KeyDep, StateDep, require_key
 from .metrics import CONTENT_TYPE
 from .schemas import HealthOut
 from .snapshot import Snapshot, WorkerState
@@ -39,9 +39,11 @@ async def healthz(state: StateDep, response: Response) -> HealthOut:
 
 
 @router.get("/v1/statistics", operation_id="statistics", tags=["run"])
-async def statistics(state: StateDep) -> Snapshot:
-    """The run now: tasks by status, rates and latency, workers, LLM capacity, failures."""
-    return state.monitor.snapshot
+async def statistics(state: StateDep, key: KeyDep) -> Snapshot:
+    """The run now: tasks by status, rates and latency, workers, LLM capacity, failures.
+    Tasks by status and failures are the key's tenant's (an admin key's: everyone's)."""
+    snapshot = state.monitor.snapshot
+    return snapshot if key.admin else state.monitor.for_tenant(snapshot, key.tenant)
 
 
 @router.get("/v1/workers", operation_id="workers", tags=["run"])

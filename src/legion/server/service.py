@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Generator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import uvicorn
@@ -54,9 +55,14 @@ class _Server(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def running_server(
-    runtime: Runtime, agents: Sequence[Agent], settings: ServerSettings
+    runtime: Runtime,
+    agents: Sequence[Agent],
+    settings: ServerSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[RunningServer]:
-    """Serve ``runtime`` (opened by the caller) with ``agents`` submittable, until exit."""
+    """Serve ``runtime`` (opened by the caller) with ``agents`` submittable, until exit.
+    ``clock`` (monotonic seconds) paces the tenants' submit rates."""
     by_name: dict[str, Agent] = {}
     for agent in agents:
         if by_name.setdefault(agent.name, agent) is not agent:
@@ -83,6 +89,7 @@ async def running_server(
             burst=settings.tenant_burst,
             max_queued=settings.tenant_max_queued,
             count_queued=runtime.store.count_queued,
+            clock=clock,
         ),
         closing=asyncio.Event(),
     )

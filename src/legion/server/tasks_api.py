@@ -134,7 +134,7 @@ async def submit_task(
     it was sent with another agent or input (422, ``idempotency_conflict``)."""
     state.limits.check_rate(key.tenant)
     body = _model(TaskIn, await json_body(request))
-    loc: tuple[str | int, ...] = ("body",)
+    loc: tuple[str | int, ...] = ("body", "key")
     if idempotency_key is not None:
         if body.key is not None and body.key != idempotency_key:
             raise RequestValidationError(

@@ -194,6 +194,9 @@ class Store(Protocol):
 
     async def counts(self) -> dict[TaskStatus, int]: ...
 
+    async def counts_by_tenant(self) -> dict[str, dict[TaskStatus, int]]:
+        """Tasks per tenant and status (tenants without tasks are absent)."""
+
     async def count_queued(self, tenant: str) -> int:
         """How many of ``tenant``'s tasks are queued."""
 

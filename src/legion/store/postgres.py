@@ -453,6 +453,14 @@ class PostgresStore:
             await cur.execute(Q["counts"])
             return {TaskStatus(s): n for s, n in await cur.fetchall()}
 
+    async def counts_by_tenant(self) -> dict[str, dict[TaskStatus, int]]:
+        out: dict[str, dict[TaskStatus, int]] = {}
+        async with self._cursor() as cur:
+            await cur.execute(Q["counts_by_tenant"])
+            for tenant, status, n in await cur.fetchall():
+                out.setdefault(tenant, {})[TaskStatus(status)] = n
+        return out
+
     async def count_queued(self, tenant: str) -> int:
         async with self._cursor() as cur:
             await cur.execute(Q["count_queued"], {"tenant": tenant})
@@ -784,6 +792,4 @@ async def _settle(cur: Cursor, horizon: int, newest: int) -> int:
 
 def _api_key(row: Sequence[Any]) -> ApiKey:
     key_id, name, salt, digest, created_at, revoked_at, tenant, scope = row
-    return ApiKey(
-        key_id, name, bytes(salt), bytes(digest), created_at, revoked_at, tenant, scope
-    )
+    return ApiKey(key_id, name, bytes(salt), bytes(digest), created_at, revoked_at, tenant, scope)

@@ -401,6 +401,15 @@ class SQLiteStore:
 
         return await self._call(run)
 
+    async def counts_by_tenant(self) -> dict[str, dict[TaskStatus, int]]:
+        def run() -> dict[str, dict[TaskStatus, int]]:
+            out: dict[str, dict[TaskStatus, int]] = {}
+            for tenant, status, n in self._db.execute(Q["counts_by_tenant"]):
+                out.setdefault(tenant, {})[TaskStatus(status)] = n
+            return out
+
+        return await self._call(run)
+
     async def count_queued(self, tenant: str) -> int:
         def run() -> int:
             (n,) = self._db.execute(Q["count_queued"], {"tenant": tenant}).fetchone()

@@ -198,6 +198,9 @@ SELECT status, count(*) FROM tasks GROUP BY status;
 -- A tenant's backlog, for its limit on queued tasks (served by tasks_tenant_status).
 SELECT count(*) FROM tasks WHERE tenant = %(tenant)s AND status = 'queued';
 
+-- name: counts_by_tenant
+SELECT tenant, status, count(*) FROM tasks GROUP BY tenant, status;
+
 -- name: counts_by_agent
 SELECT agent, status, count(*) FROM tasks GROUP BY agent, status;
 
