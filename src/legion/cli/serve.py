@@ -185,7 +185,7 @@ def serve(
             help="Most requests handled at once; more are answered 503 with Retry-After "
             "(event streams and /healthz are not counted).",
         ),
-    ] = 256,
+    ] = 128,
     tenant_max_queued: Annotated[
         int | None,
         typer.Option(min=1, help="Most queued tasks per tenant; a submission past it gets 429."),

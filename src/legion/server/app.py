@@ -33,51 +33,48 @@ changes its tenant's tasks only, an admin key every tenant's.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping
 from typing import Any, cast
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..agent import Agent
 from ..errors import StoreError
-from . import dashboard, ops_api, streams, tasks_api
+from . import dashboard, openapi, ops_api, streams, tasks_api
 from .admission import InProgressLimit, Shed
 from .auth import CHALLENGES, AuthError
 from .body_limit import BodyLimit
 from .deps import ServerState
-from .schemas import BatchIn
 
 log = logging.getLogger("legion.server")
 
 
 class _App(FastAPI):
-    """FastAPI, with the served agents' names in the OpenAPI document."""
+    """FastAPI, with the submit routes' bodies and the served agents' inputs in the OpenAPI
+    document (see :mod:`legion.server.openapi`)."""
 
-    def __init__(self, *, agents: Sequence[str], **options: Any) -> None:
+    def __init__(self, *, agents: Mapping[str, Agent], **options: Any) -> None:
         super().__init__(**options)
-        self._agent_names = sorted(agents)
+        self._agents = agents
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            schema = super().openapi()
-            # The submit routes read their bodies themselves (strict JSON, any content
-            # type); their schemas are declared here.
-            body = BatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema["components"]["schemas"]
-            components.update(body.pop("$defs", {}))
-            components["BatchIn"] = body
-            if self._agent_names:
-                components["TaskIn"]["properties"]["agent"]["enum"] = self._agent_names
-        return super().openapi()
+            self.openapi_schema = openapi.complete(super().openapi(), self._agents)
+        return self.openapi_schema
 
 
 def create_app(state: ServerState) -> FastAPI:
     """The application serving ``state``'s runtime."""
     app = _App(
-        agents=list(state.agents),
+        agents=state.agents,
         title="legion",
         version=__version__,
         summary="Run AI agents at throughput scale: submit tasks, follow them, watch the run.",
@@ -95,6 +92,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(dashboard.router)
     app.add_exception_handler(AuthError, _auth_error)
     app.add_exception_handler(Shed, _shed)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -117,6 +115,45 @@ async def _auth_error(request: Request, exc: Exception) -> JSONResponse:
         for challenge in CHALLENGES:
             response.headers.append("WWW-Authenticate", challenge)
     return response
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, except that a 405 lists every method of the path in ``Allow``
+    (Starlette names only those of the first route whose path matched)."""
+    refused = cast(StarletteHTTPException, exc)
+    if refused.status_code == 405:
+        allowed = _allowed(request)
+        if allowed:
+            refused = StarletteHTTPException(405, refused.detail, {"Allow": allowed})
+    return await http_exception_handler(request, refused)
+
+
+_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def _allowed(request: Request) -> str:
+    """The methods the OpenAPI document gives the request's path: of the most specific
+    documented path that matches (``/v1/tasks/5:cancel`` matches ``/v1/tasks/{task_id}``
+    too, but ``/v1/tasks/{task_id}:cancel`` names more of it)."""
+    paths: dict[str, Any] = request.app.openapi().get("paths", {})
+    found = [
+        (len(_PARAM.sub("", template)), template)
+        for template in paths
+        if _template(template).fullmatch(request.url.path)
+    ]
+    if not found:
+        return ""
+    _, best = max(found)
+    return ", ".join(sorted(m.upper() for m in paths[best] if m in _METHODS))
+
+
+_PARAM = re.compile(r"\{[^}]*\}")
+
+
+@functools.cache
+def _template(path: str) -> re.Pattern[str]:
+    parts = _PARAM.split(path)
+    return re.compile("[^/]+".join(re.escape(p) for p in parts))
 
 
 async def _shed(request: Request, exc: Exception) -> JSONResponse:

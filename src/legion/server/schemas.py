@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..store.base import StepInfo
 from ..task import TaskInfo, TaskStatus
@@ -20,7 +20,16 @@ KEY = r"^[^\x00\x1f][^\x00]*$"
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
 Key = Annotated[str, Field(min_length=1, max_length=500, pattern=KEY)]
 Session = Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT)]
-Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+
+
+def _number(value: Any) -> Any:
+    """JSON numbers only: ``true`` and ``"5"`` are not priorities (``5.0`` is)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+Priority = Annotated[int, BeforeValidator(_number), Field(ge=-(2**31), le=2**31 - 1)]
 
 
 class TaskIn(BaseModel):
@@ -44,7 +53,7 @@ class TaskIn(BaseModel):
 
 
 class BatchIn(BaseModel):
-    """Tasks to submit together (each agent's tasks in one transaction)."""
+    """Tasks to submit together, in one transaction."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -46,7 +46,7 @@ class ServerSettings:
     stale_after: float = 60.0
     shutdown_timeout: float = 5.0
     access_log: bool = False
-    max_in_progress: int = 256
+    max_in_progress: int = 128
     tenant_max_queued: int | None = None
     tenant_rate: float | None = None
     tenant_burst: float | None = None

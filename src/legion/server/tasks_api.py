@@ -6,8 +6,6 @@ could never run is refused with 422 and the fields at fault, not queued to fail 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
@@ -76,7 +74,6 @@ _LINKS = {
     name: {"operationId": name, "parameters": _FOLLOW}
     for name in ("get_task", "cancel_task", "retry_task", "task_events")
 }
-_CURSOR_PREFIX = "before:"
 
 router = APIRouter(prefix="/v1", tags=["tasks"], dependencies=[Depends(require_key)])
 
@@ -126,7 +123,8 @@ async def submit_task(
             min_length=1,
             max_length=500,
             pattern=KEY,
-            description="The idempotency key (as the body's `key`; both must then agree).",
+            description="The idempotency key, as the body's `key` (the header wins when both "
+            "are sent).",
         ),
     ] = None,
 ) -> SubmittedOut:
@@ -136,16 +134,6 @@ async def submit_task(
     body = _model(TaskIn, await json_body(request))
     loc: tuple[str | int, ...] = ("body", "key")
     if idempotency_key is not None:
-        if body.key is not None and body.key != idempotency_key:
-            raise RequestValidationError(
-                [
-                    _error(
-                        "idempotency_conflict",
-                        ("header", "Idempotency-Key"),
-                        "the Idempotency-Key header and the body's key differ",
-                    )
-                ]
-            )
         body = body.model_copy(update={"key": idempotency_key})
         loc = ("header", "Idempotency-Key")
     (done,) = await _submit(state, key, [body], [("body",)], key_locs=[loc])
@@ -186,7 +174,11 @@ async def list_tasks(
         float | None, Query(allow_inf_nan=False, description="Created before (epoch s).")
     ] = None,
     cursor: Annotated[
-        str | None, Query(max_length=100, description="`next` of the previous page.")
+        str | None,
+        Query(
+            pattern=r"^[1-9][0-9]{0,17}$",
+            description="`next` of the previous page (tasks below that id).",
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     tenant: Annotated[
@@ -205,7 +197,7 @@ async def list_tasks(
         agent=agent,
         created_from=since,
         created_to=until,
-        before=_decode_cursor(cursor) if cursor is not None else None,
+        before=int(cursor) if cursor is not None else None,
         limit=limit,
         tenant=tenant,
     )
@@ -249,6 +241,17 @@ async def retry_task(task: TaskDep, state: StateDep) -> StatusOut:
         )
     log.info("task %d: queued again", task.id, extra={"task_id": task.id})
     return StatusOut(id=task.id, status=TaskStatus.QUEUED)
+
+
+@router.api_route(
+    "/tasks/{task_id}:{action}",
+    methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def only_post(task_id: str, action: str) -> None:
+    """``:cancel`` and ``:retry`` take POST alone: any other method is 405 (without this, a
+    GET would reach the task route below, whose path matches too)."""
+    raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
 
 
 # Declared after the :cancel and :retry routes, which its path would match too: an OPTIONS
@@ -344,7 +347,7 @@ def _check(
         return None, [_error("unknown_agent", (*loc, "agent"), message)]
     try:
         encoded = codec.dumps(task.input)
-        agent.arguments(task.input)
+        agent.check_json(task.input, encoded)
     except OutputError as exc:
         return None, [_error("json", (*loc, "input"), str(exc))]
     except InputError as exc:
@@ -369,19 +372,4 @@ def _error(kind: str, loc: Sequence[str | int], message: str) -> dict[str, Any]:
 
 
 def _encode_cursor(task_id: int) -> str:
-    raw = f"{_CURSOR_PREFIX}{task_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if raw.startswith(_CURSOR_PREFIX):
-            value = int(raw.removeprefix(_CURSOR_PREFIX))
-            if 1 <= value < 2**63:
-                return value
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise RequestValidationError(
-        [_error("cursor", ("query", "cursor"), "not a cursor from this API (use `next`)")]
-    )
+    return str(task_id)
