@@ -14,8 +14,9 @@ SQLite store, as a subprocess, and drives it over real HTTP from this process:
    of the accepted ones; then reads the store: every acknowledged task must be there
    (``lost``) and nothing else (``extra``).
 3. **Memory**: the server's RSS (``/proc/PID/status``) at rest, after ``--big`` tasks of
-   ``--big-mb`` MB submitted one after the other, and after a burst of ``--burst``
-   concurrent ``--burst-mb`` MB bodies; per accepted task, and once the burst is over.
+   ``--big-mb`` MB submitted one after the other (and, per request, how far its peak RSS
+   rose above the RSS before it, in multiples of the body: the copies it made), and after
+   two bursts of ``--burst`` concurrent ``--burst-mb`` MB bodies; per accepted task.
 
 ``--src PATH`` runs another checkout's ``legion`` (its ``src`` folder) for a before/after
 comparison; flags that checkout does not know are left out.
@@ -99,11 +100,15 @@ class Server:
         line = self.process.stdout.readline()
         self.url = line.split("listening on ", 1)[1].split()[0]
 
-    def rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmRSS") -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def reset_peak(self) -> None:
+        """Start the peak RSS (VmHWM) over from the RSS now."""
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
 
     def stored_ids(self) -> set[int]:
         db = sqlite3.connect(str(self.folder / "api.db"))
@@ -230,10 +235,17 @@ async def memory(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
         accepted = 0
         peak = out["rest_mb"]
+        rises = []
         for i in range(big):
-            status, _, _, _ = await submit(http, server, payload(big_mb, i))
+            data = payload(big_mb, i)
+            before = server.rss_mb()
+            server.reset_peak()
+            status, _, _, _ = await submit(http, server, data)
+            rises.append((server.rss_mb("VmHWM") - before) / (len(data) / 2**20))
             accepted += status == 201
             peak = max(peak, server.rss_mb())
+        # What one request holds at its peak, in multiples of its body: the copies made.
+        out["peak_rise_per_body"] = round(sorted(rises)[len(rises) // 2], 2)
         out["after_sequential_mb"] = server.rss_mb()
         out["sequential_accepted"] = accepted
         out["sequential_peak_mb"] = peak
@@ -265,7 +277,9 @@ async def main() -> None:
     parser.add_argument("--burst", type=int, default=8)
     parser.add_argument("--burst-mb", type=float, default=10.0)
     parser.add_argument(
-        "--phases", default="overload,memory", help="overload, memory or both (default)"
+        "--phases",
+        default="overload,memory",
+        help="overload, memory, or both (default)",
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
