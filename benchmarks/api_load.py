@@ -283,7 +283,8 @@ async def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    results: dict[str, Any] = {"command": " ".join(sys.argv), "load": os.getloadavg()}
+    shown = ["OTHER_CHECKOUT/src" if a == str(args.src) else a for a in sys.argv]
+    results: dict[str, Any] = {"command": " ".join(shown), "load": os.getloadavg()}
     body_flags = ["--max-body", str(int(max(args.big_mb, args.burst_mb) * 1.2 * 2**20))]
     with tempfile.TemporaryDirectory() as tmp:
         bounds = (("shedding", args.max_in_progress), ("unbounded", 1_000_000))
@@ -312,7 +313,7 @@ async def main() -> None:
                 server.stop()
             print("memory", json.dumps(results["memory"], indent=1), flush=True)
     args.out.mkdir(exist_ok=True)
-    name = "api-load" + ("-" + args.src.resolve().parent.name if args.src else "")
+    name = "api-load" + ("-other" if args.src else "")
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out / f'{name}.json'}")
 
