@@ -220,8 +220,11 @@ class Monitor:
         by_status = {s: 0 for s in TaskStatus}
         input_tokens = output_tokens = 0
         cost = 0.0
+        shown = {f.id for f in self._failures}
         for d in details:
             status, agent = d.event.status, d.agent or "?"
+            if d.event.task_id in shown:  # a failure shown has moved on (e.g. succeeded)
+                self._new_failures = True
             if status is TaskStatus.QUEUED:
                 if d.event.attempt > 0:  # back in the queue after an attempt: a retry
                     tick.retries += 1
