@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from .deps import KeyDep, StateDep, require_key
 from .metrics import CONTENT_TYPE
-from .schemas import HealthOut
+from .schemas import HealthOut, KeyOut
 from .snapshot import Snapshot, WorkerState
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -44,6 +44,12 @@ async def statistics(state: StateDep, key: KeyDep) -> Snapshot:
     Tasks by status and failures are the key's tenant's (an admin key's: everyone's)."""
     snapshot = state.monitor.snapshot
     return snapshot if key.admin else state.monitor.for_tenant(snapshot, key.tenant)
+
+
+@router.get("/v1/key", operation_id="key", tags=["ops"])
+async def whoami(key: KeyDep) -> KeyOut:
+    """The API key of this request: its tenant, and whether it is an admin key."""
+    return KeyOut(id=key.id, name=key.name, tenant=key.tenant, admin=key.admin)
 
 
 @router.get("/v1/workers", operation_id="workers", tags=["run"])

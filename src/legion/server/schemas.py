@@ -144,6 +144,15 @@ class StatusOut(BaseModel):
     status: TaskStatus
 
 
+class KeyOut(BaseModel):
+    """The API key a request was made with (never its secret)."""
+
+    id: str
+    name: str
+    tenant: str = Field(description="Whose tasks the key submits and sees.")
+    admin: bool = Field(description="Whether the key sees (and changes) every tenant's tasks.")
+
+
 class HealthOut(BaseModel):
     status: str = Field(description="ok, or unavailable (store unreachable, worker stopped).")
 
