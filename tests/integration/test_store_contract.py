@@ -356,3 +356,37 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="newer than this legion"):
         await s.open()
     await s.aclose()
+
+
+async def test_a_store_made_before_tenants_moves_to_the_default_tenant(tmp_path: Path) -> None:
+    """Keys and tasks of a store made before tenants belong to the default tenant; its
+    idempotency keys still answer their tasks (they have no fingerprint to differ from)."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for version, script in migrations("sqlite"):
+        if version < 8:
+            db.executescript(script)
+            db.execute(f"PRAGMA user_version = {version}")
+    db.execute(
+        "INSERT INTO api_keys (id, name, salt, digest, created_at) "
+        "VALUES ('0123456789ab', 'old', x'00', x'00', 1.0)"
+    )
+    db.execute(
+        "INSERT INTO tasks (agent, input, key, status, max_attempts, created_at) "
+        "VALUES ('a', '{\"x\": 1}', 'k', 'queued', 3, 1.0)"
+    )
+    db.commit()
+    db.close()
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        key = await s.api_key("0123456789ab")
+        assert key is not None and (key.tenant, key.admin) == ("default", False)
+        (again,) = await s.submit([new(key="k", value=2)], NOW)
+        assert not again.created  # no fingerprint kept: it answers the first task
+        info = await s.get(again.id)
+        assert info is not None and info.tenant == "default" and info.input == {"x": 1}
+        (other,) = await s.submit([new(key="k", value=2, tenant="acme")], NOW)
+        assert other.created and other.id != again.id
+    finally:
+        await s.aclose()
