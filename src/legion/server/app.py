@@ -13,6 +13,7 @@ Routes (every one but ``/healthz`` needs an API key, see :mod:`legion.server.aut
 ``GET  /v1/progress``                       the run's progress as server-sent events
 ``GET  /v1/statistics``                     the run now
 ``GET  /v1/workers``                        workers and their health
+``GET  /v1/key``                            the request's key: its tenant, admin or not
 ``GET  /metrics``                           Prometheus metrics
 ``GET  /healthz``                           health (no key needed)
 ``GET  /openapi.json``                      this API's OpenAPI document
