@@ -158,6 +158,35 @@ class Agent:
         except ValidationError as exc:
             raise InputError(_validation_message(self.name, exc)) from None
 
+    def check_json(self, value: Any, encoded: bytes) -> None:
+        """Check a submitted input as JSON, strictly (``true`` is not a number, ``"5"`` not
+        an integer), or raise :class:`InputError`. ``encoded`` is ``value`` as JSON: the
+        check reads it rather than copying the input again."""
+        if isinstance(value, dict) and value.keys() <= self._names and (value or not self._one):
+            kwargs = encoded
+        elif self._one:
+            kwargs = b"{" + codec.dumps(self.params[0]) + b":" + encoded + b"}"
+        elif value is None and not self.params:
+            kwargs = b"{}"
+        else:
+            self.arguments(value)  # raises, saying what the agent takes
+            return
+        try:
+            self._validator.model_validate_json(kwargs, strict=True)
+        except ValidationError as exc:
+            raise InputError(_validation_message(self.name, exc)) from None
+
+    def input_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+        """The JSON schema of what :meth:`arguments` accepts (``$defs`` under ``$defs``)."""
+        model = self._validator.model_json_schema(ref_template=ref_template)
+        defs = model.pop("$defs", {})
+        if self._one:
+            (param,) = self.params
+            shape: dict[str, Any] = {"anyOf": [model["properties"][param], model]}
+        else:
+            shape = model
+        return {**shape, "$defs": defs} if defs else shape
+
     def encode_output(self, value: Any) -> bytes:
         if self._output is not None:
             value = self._output.validate_python(value)

@@ -11,6 +11,7 @@
     ├── LeaseLost              raised inside an instance whose lease another worker (or a
     │                          reclaim, or a cancel) took: its writes are refused, and the
     │                          worker stops it
+    ├── IdempotencyConflict    a submission reused an idempotency key for another input
     ├── TaskFailed             rt.result(..., raise_on_failure=True) of a task that did not succeed
     └── AgentError             raised *inside* an agent instance; decides retryability
         ├── Permanent          raise it to fail the task at once, without retrying
@@ -96,6 +97,20 @@ class LeaseLost(LegionError):
         self.task_id = task_id
         self.attempt = attempt
         super().__init__(f"the lease on task {task_id} (attempt {attempt}) was lost")
+
+
+class IdempotencyConflict(LegionError):
+    """Raised when a submission sends an idempotency key again with another agent or input:
+    answering it with the first task would lose the new submission. Nothing of that
+    submission is stored. ``keys``: the conflicting keys, as sent."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        shown = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+        super().__init__(
+            f"idempotency key {shown} was used before with another agent or input: "
+            "use a new key for a new task"
+        )
 
 
 class TaskFailed(LegionError):

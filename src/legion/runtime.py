@@ -28,6 +28,7 @@ from .errors import ConfigError, TaskFailed
 from .journal import Committed
 from .stats import Statistics
 from .store import Store, store_from_url
+from .store.tenancy import DEFAULT_TENANT
 from .task import (
     TERMINAL_STATUSES,
     NewTask,
@@ -264,8 +265,9 @@ class Runtime:
         session: str | None = None,
         sessions: Iterable[str | None] | None = None,
         priority: int = 0,
+        tenant: str = DEFAULT_TENANT,
     ) -> list[Submitted]:
-        """Queue many tasks in one transaction."""
+        """Queue many tasks of ``tenant`` in one transaction."""
         self.register(agent)
         inputs = list(inputs)
         key_list = list(keys) if keys is not None else [None] * len(inputs)
@@ -274,9 +276,15 @@ class Runtime:
             raise ConfigError("keys and sessions must have one entry per input")
         attempts = agent.options.retry.max_attempts
         tasks = [
-            NewTask(agent.name, codec.dumps(i), k, s, priority, attempts)
+            NewTask(agent.name, codec.dumps(i), k, s, priority, attempts, tenant=tenant)
             for i, k, s in zip(inputs, key_list, session_list, strict=True)
         ]
+        return await self.submit_tasks(tasks)
+
+    async def submit_tasks(self, tasks: Sequence[NewTask]) -> list[Submitted]:
+        """Queue tasks whose inputs are encoded already, in one transaction (their agents
+        must be registered). A key sent again with another input raises
+        :class:`~legion.errors.IdempotencyConflict` and queues nothing."""
         submitted = await self.store.submit(tasks, self._clock())
         if self.worker is not None:
             self.worker.wake()

@@ -87,6 +87,7 @@ class NewTask:
     priority: int = 0
     max_attempts: int = 4
     not_before: float = 0.0
+    tenant: str = "default"  # whose task it is; idempotency keys are unique per tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,7 @@ class TaskInfo:
     finished_at: float | None
     lease_owner: str | None = None
     usage: dict[str, Any] | None = None
+    tenant: str = "default"  # whose task it is (see legion.store.tenancy)
 
     @property
     def latency(self) -> float | None:

@@ -57,6 +57,15 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert legion("keys", "revoke", key_id, "--store", store).returncode == 0
     as_json = json.loads(legion("keys", "list", "--json", "--store", store).stdout)
     assert as_json["id"] == key_id and as_json["revoked_at"] is not None
+    assert (as_json["tenant"], as_json["scope"]) == ("default", "tenant")
+    admin = legion(
+        "keys", "create", "--name", "ops", "--admin", "--tenant", "acme", "--store", store
+    )
+    assert admin.returncode == 0 and "admin key" in admin.stderr
+    bad = legion("keys", "create", "--tenant", "no spaces", "--store", store)
+    assert bad.returncode != 0 and "bad tenant name" in bad.stderr
+    listed = legion("keys", "list", "--store", store)
+    assert "\ttenant acme (admin)" in listed.stdout and "\ttenant default" in listed.stdout
     missing = legion("keys", "revoke", "0123456789ab", "--store", store)
     assert missing.returncode == 1 and "no API key 0123456789ab" in missing.stderr
 
@@ -77,6 +86,31 @@ def test_serve_runs_submitted_tasks_and_stops_on_sigterm(tmp_path: Path) -> None
         assert call(f"{server.url}/v1/workers", other)[0] == 200
     logged = [json.loads(line) for line in server.stderr.splitlines() if line.startswith("{")]
     assert any(r.get("task_id") == sub["id"] and "submitted" in r["message"] for r in logged)
+
+
+def test_the_readme_example_and_the_serve_flags_work_as_printed(tmp_path: Path) -> None:
+    args = ("--metrics-port", "0", "--tenant-rate", "120/m", "--tenant-max-queued", "100")
+    with serve(tmp_path, *args) as server:
+        assert server.process.stdout is not None
+        line = server.process.stdout.readline()
+        assert line.startswith("legion serve: metrics on http://127.0.0.1:"), line
+        metrics_url = line.split("metrics on ", 1)[1].strip()
+        with urllib.request.urlopen(metrics_url, timeout=30) as resp:  # no key
+            assert resp.status == 200 and b"legion_tasks" in resp.read()
+        # What `curl -H "Authorization: Bearer $KEY" URL -d '{...}'` sends: a form
+        # content type (urllib's default for a body, as curl's).
+        request = urllib.request.Request(
+            f"{server.url}/v1/tasks",
+            data=b'{"agent": "work", "input": {"n": 4}, "key": "optional-idempotency-key"}',
+            headers={"Authorization": f"Bearer {server.key}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert resp.status == 201
+            sub = json.loads(resp.read())
+        stream = events(f"{server.url}/v1/tasks/{sub['id']}/events", server.key)
+        assert stream[-1][1]["output"]["n"] == 4
+    bad = legion("serve", "--app", "x.py", "--tenant-rate", "fast")
+    assert bad.returncode == 2 and "bad rate 'fast'" in bad.stderr
 
 
 def test_serve_exports_spans_when_asked(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from legion import codec
+from legion.errors import IdempotencyConflict
 from legion.store import (
     DiagnosticRecord,
     MemoryWrite,
@@ -21,6 +22,7 @@ from legion.store import (
     WriteBatch,
     store_from_url,
 )
+from legion.store.base import ApiKey, TaskQuery
 from legion.store.queries import migrations
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus
 
@@ -47,15 +49,72 @@ async def test_submit_assigns_ids_and_queues(store: Store) -> None:
 
 
 async def test_a_key_repeated_within_one_submission_makes_one_task(store: Store) -> None:
-    a, b, c = await store.submit([new(key="k", value=1), new(value=2), new(key="k", value=3)], NOW)
+    a, b, c = await store.submit([new(key="k", value=1), new(value=2), new(key="k", value=1)], NOW)
     assert a.created and b.created and not c.created
     assert c.id == a.id and b.id not in (a.id,)
     assert (await store.counts()) == {TaskStatus.QUEUED: 2}
 
 
+async def test_a_key_sent_with_another_input_or_agent_is_refused_and_stores_nothing(
+    store: Store,
+) -> None:
+    (first,) = await store.submit([new(key="k", value=1)], NOW)
+    with pytest.raises(IdempotencyConflict) as refused:
+        await store.submit([new(key="fresh", value=5), new(key="k", value=2)], NOW)
+    assert refused.value.keys == ("k",)
+    with pytest.raises(IdempotencyConflict):
+        await store.submit([new(agent="b", key="k", value=1)], NOW)
+    with pytest.raises(IdempotencyConflict):  # within one submission, before the store
+        await store.submit([new(key="j", value=1), new(key="j", value=2)], NOW)
+    assert (await store.counts()) == {TaskStatus.QUEUED: 1}  # "fresh" and "j" rolled back
+    assert await store.find_keys(["fresh", "j"]) == {}
+    (again,) = await store.submit([new(key="k", value=1)], NOW)
+    assert again.id == first.id and not again.created
+
+
+async def test_keys_and_reads_are_per_tenant(store: Store) -> None:
+    a, b = await store.submit(
+        [new(key="k", value=1, tenant="acme"), new(key="k", value=2, tenant="globex")], NOW
+    )
+    assert a.created and b.created and a.id != b.id
+    assert a.key == b.key == "k"
+    (plain,) = await store.submit([new(key="k", value=3)], NOW)  # the default tenant's own
+    assert plain.created and plain.id not in (a.id, b.id)
+    (again,) = await store.submit([new(key="k", value=1, tenant="acme")], NOW)
+    assert again.id == a.id and not again.created
+    with pytest.raises(IdempotencyConflict):
+        await store.submit([new(key="k", value=2, tenant="acme")], NOW)
+    info = await store.get(a.id)
+    assert info is not None and info.tenant == "acme" and info.key == "k"
+    listed = await store.list_tasks(TaskQuery(tenant="globex"))
+    assert [(t.id, t.tenant, t.key) for t in listed] == [(b.id, "globex", "k")]
+    assert {t.id for t in await store.list_tasks(TaskQuery())} == {a.id, b.id, plain.id}
+    assert await store.count_queued("acme") == 1
+    assert await store.count_queued("nobody") == 0
+    (lease,) = await store.lease("w", {"a": 1}, 1, NOW + 30, NOW)
+    assert lease.id == a.id and lease.key == "k"  # the agent sees the key as sent
+    assert await store.count_queued("acme") == 0
+
+
+async def test_api_keys_keep_their_tenant_and_scope(store: Store) -> None:
+    await store.add_api_key(ApiKey("0123456789ab", "ops", b"s" * 16, b"d" * 32, 5.0))
+    await store.add_api_key(
+        ApiKey("ba9876543210", "acme", b"t" * 16, b"e" * 32, 6.0, tenant="acme", scope="admin")
+    )
+    plain = await store.api_key("0123456789ab")
+    assert plain is not None and (plain.tenant, plain.scope, plain.admin) == (
+        "default",
+        "tenant",
+        False,
+    )
+    admin = await store.api_key("ba9876543210")
+    assert admin is not None and (admin.tenant, admin.admin) == ("acme", True)
+    assert [k.tenant for k in await store.api_keys()] == ["default", "acme"]
+
+
 async def test_same_key_twice_answers_the_first_task(store: Store) -> None:
     (first,) = await store.submit([new(key="k", value=1)], NOW)
-    second, third = await store.submit([new(key="k", value=2), new(key="other")], NOW)
+    second, third = await store.submit([new(key="k", value=1), new(key="other")], NOW)
     assert second.id == first.id and not second.created
     assert third.created
     info = await store.get(first.id)
@@ -377,3 +436,37 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="newer than this legion"):
         await s.open()
     await s.aclose()
+
+
+async def test_a_store_made_before_tenants_moves_to_the_default_tenant(tmp_path: Path) -> None:
+    """Keys and tasks of a store made before tenants belong to the default tenant; its
+    idempotency keys still answer their tasks (they have no fingerprint to differ from)."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for version, script in migrations("sqlite"):
+        if version < 8:
+            db.executescript(script)
+            db.execute(f"PRAGMA user_version = {version}")
+    db.execute(
+        "INSERT INTO api_keys (id, name, salt, digest, created_at) "
+        "VALUES ('0123456789ab', 'old', x'00', x'00', 1.0)"
+    )
+    db.execute(
+        "INSERT INTO tasks (agent, input, key, status, max_attempts, created_at) "
+        "VALUES ('a', '{\"x\": 1}', 'k', 'queued', 3, 1.0)"
+    )
+    db.commit()
+    db.close()
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        key = await s.api_key("0123456789ab")
+        assert key is not None and (key.tenant, key.admin) == ("default", False)
+        (again,) = await s.submit([new(key="k", value=2)], NOW)
+        assert not again.created  # no fingerprint kept: it answers the first task
+        info = await s.get(again.id)
+        assert info is not None and info.tenant == "default" and info.input == {"x": 1}
+        (other,) = await s.submit([new(key="k", value=2, tenant="acme")], NOW)
+        assert other.created and other.id != again.id
+    finally:
+        await s.aclose()

@@ -123,10 +123,17 @@ StartApi = Callable[..., Awaitable[Api]]
 
 @pytest.fixture
 async def start_api() -> AsyncIterator[StartApi]:
-    """Start servers (``start_api(store_url, llm=None, **settings)``); all stop at teardown."""
+    """Start servers (``start_api(store_url, llm=None, clock=None, **settings)``; ``clock``
+    paces the tenants' submit rates); all stop at teardown."""
     stack: list[Callable[[], Awaitable[None]]] = []
 
-    async def start(store_url: str, *, llm: LLMClient | None = None, **settings: Any) -> Api:
+    async def start(
+        store_url: str,
+        *,
+        llm: LLMClient | None = None,
+        clock: Callable[[], float] | None = None,
+        **settings: Any,
+    ) -> Api:
         exits = AsyncExitStack()
         rt = await exits.enter_async_context(
             Runtime(store_url, concurrency=200, lease_seconds=5, llm=llm)
@@ -135,7 +142,9 @@ async def start_api() -> AsyncIterator[StartApi]:
         await rt.store.add_api_key(key.record)
         opts = {**{f: getattr(FAST, f) for f in FAST.__dataclass_fields__}, **settings}
         server = await exits.enter_async_context(
-            running_server(rt, apps.AGENTS, ServerSettings(**opts))
+            running_server(
+                rt, apps.AGENTS, ServerSettings(**opts), **({"clock": clock} if clock else {})
+            )
         )
         http = await exits.enter_async_context(aiohttp.ClientSession())
         api = Api(server.url, key.token, rt, server, http)

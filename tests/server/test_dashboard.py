@@ -5,11 +5,14 @@ Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+
+from legion.server.keys import new_key
 
 from .conftest import Api, StartApi
 
@@ -127,4 +130,42 @@ async def test_a_task_page_follows_a_running_task(
         "() => document.getElementById('status').textContent === 'succeeded'"
     )
     assert await text_of(page, "#output") == "5"
+    assert problems == []
+
+
+async def test_the_task_list_filters_and_an_admin_cancels_and_retries(
+    browser: Browser, api: Api, gate: asyncio.Event
+) -> None:
+    admin = new_key("ops", time.time(), admin=True)
+    await api.runtime.store.add_api_key(admin.record)
+    _, held = await api.call("POST", "/v1/tasks", body={"agent": "held", "input": {"n": 1}})
+    _, doomed = await api.call("POST", "/v1/tasks", body={"agent": "doomed", "input": {"n": 2}})
+    assert (await api.runtime.result(doomed["id"])).status.value == "dead"
+
+    # A tenant's key sees the list and filters it, without buttons.
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    await page.goto(f"{api.url}/")
+    await page.wait_for_selector(f"#tasks-table tr[data-id='{held['id']}']")
+    assert await page.locator("#tasks-table button").count() == 0
+    await page.select_option("#filter-status", "dead")
+    await page.wait_for_function(
+        "() => document.getElementById('tasks-table').dataset.query === 'limit=25&status=dead'"
+    )
+    ids = await page.locator("#tasks-table tr").evaluate_all("rows => rows.map(r => r.dataset.id)")
+    assert ids == [str(doomed["id"])]
+
+    # An admin key gets cancel and retry buttons that do what they say.
+    page = await open_page(
+        browser, Api(api.url, admin.token, api.runtime, api.server, api.http), problems
+    )
+    await page.goto(f"{api.url}/")
+    assert "admin key" in await text_of(page, "#key-scope")
+    for task, action in ((held, "cancel"), (doomed, "retry")):
+        button = f"#tasks-table button[data-action='{action}'][data-id='{task['id']}']"
+        async with page.expect_response(lambda r, a=action: f":{a}" in r.url) as answer:
+            await page.click(button)
+        assert (await answer.value).status == 200
+    assert (await api.runtime.result(held["id"])).status.value == "cancelled"
+    await page.screenshot(path=str(ARTIFACTS / "tasks.png"), full_page=True)
     assert problems == []

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from legion.server.monitor import quantiles
+from legion.store.base import WriteBatch
+from legion.task import Completion, ErrorInfo, NewTask, Outcome
 
 from .conftest import Api
 
@@ -47,3 +50,29 @@ async def test_waiters_wake_on_the_next_sample_and_on_close(api: Api) -> None:
     monitor.close()
     await waiting
     assert monitor.closed
+
+
+async def test_a_failure_shown_goes_away_when_its_task_later_succeeds(api: Api) -> None:
+    store, monitor = api.runtime.store, api.server.state.monitor
+    # A task of an agent no worker here runs: this test moves it by hand.
+    (sub,) = await store.submit([NewTask("elsewhere", b"{}")], time.time())
+
+    async def attempt(outcome: Outcome, **fields: object) -> None:
+        (lease,) = await store.lease("w", {"elsewhere": 1}, 1, time.time() + 30, time.time())
+        done = Completion(sub.id, lease.attempt, "w", outcome, finished_at=time.time(), **fields)  # type: ignore[arg-type]
+        assert await store.write(WriteBatch(completions=[done]), time.time()) == [True]
+
+    async def shown() -> set[int]:
+        # Failures are read again at most every two intervals, and only when something
+        # changed: sample until they were (a monitor that never reads them again fails).
+        read_at = monitor._failures_read_at
+        async with asyncio.timeout(10):
+            while True:
+                snapshot = await monitor.sample()
+                if monitor._failures_read_at != read_at:
+                    return {f.id for f in snapshot.failures}
+
+    await attempt(Outcome.RETRY, error=ErrorInfo("ConnectionError", "flaky"))
+    assert sub.id in await shown()
+    await attempt(Outcome.SUCCEEDED, output=b"1")
+    assert sub.id not in await shown()

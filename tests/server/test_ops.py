@@ -115,6 +115,7 @@ async def test_a_failing_store_answers_503_and_turns_health_red(
 
     monkeypatch.setattr(api.runtime.store, "list_tasks", down)
     monkeypatch.setattr(api.runtime.store, "counts", down)
+    monkeypatch.setattr(api.runtime.store, "counts_by_tenant", down)
     status, body = await api.call("GET", "/v1/tasks")
     assert (status, body) == (503, {"detail": "the store is unavailable; try again later"})
     await api.server.state.monitor.sample()

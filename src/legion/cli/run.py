@@ -20,6 +20,7 @@ from ..diagnostics.summary import summarize
 from ..inputs import InputLine, read_jsonl
 from ..runtime import Runtime
 from ..task import TaskResult, TaskStatus
+from .keyed_lines import submit_lines
 from .llm_options import ExecutorOptions, LLMOptions, llm_config
 from .output import OrderedLines, OutputFile, open_output
 from .progress import Progress, RunTally, rate_text
@@ -138,12 +139,11 @@ async def _run_lines(
         stop = asyncio.Event()
         _install_signals(loop, rt, stop, console)
         try:
-            submitted = await rt.submit_many(
-                opts.agent,
-                [ln.value for ln in good],
-                keys=[ln.key for ln in good],
-                sessions=[ln.session for ln in good],
-            )
+            good, submitted, refused = await submit_lines(rt, opts.agent, good)
+            for ln in refused:
+                console.print(f"[red]refused[/] {opts.input}:{ln.line}: {ln.error}")
+            bad.extend(refused)
+            tally.bad_lines += len(refused)
             for ln, s in zip(good, submitted, strict=True):
                 sink.expect(s.id, ln)
             resumed = {s.id for s in submitted if not s.created and s.status.terminal}

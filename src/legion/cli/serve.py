@@ -97,6 +97,8 @@ KEYS_HELP = _paragraphs(
     "Create, list and revoke the API keys of `legion serve`.",
     "\b\n"
     "  legion keys create --name ci --store sqlite:///app.db   # the key is the last line\n"
+    "  legion keys create --name acme --tenant acme --store sqlite:///app.db\n"
+    "  legion keys create --name ops --admin --store sqlite:///app.db  # sees every tenant\n"
     "  legion keys list --store sqlite:///app.db\n"
     "  legion keys revoke 3f2a9c1b0d4e --store sqlite:///app.db",
     "Keys live in the store, so every server on that store accepts them. The store keeps "
@@ -177,6 +179,38 @@ def serve(
         ),
     ] = LogFormat.text,
     access_log: Annotated[bool, typer.Option(help="Log every HTTP request.")] = False,
+    max_in_progress: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Most requests handled at once; more are answered 503 with Retry-After "
+            "(event streams and /healthz are not counted).",
+        ),
+    ] = 128,
+    tenant_max_queued: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most queued tasks per tenant; a submission past it gets 429."),
+    ] = None,
+    tenant_rate: Annotated[
+        str | None,
+        typer.Option(
+            help="Tasks each tenant may submit per second (R, R/s or R/m); past it, 429 "
+            "with Retry-After.",
+        ),
+    ] = None,
+    tenant_burst: Annotated[
+        float | None,
+        typer.Option(min=1, help="Burst of --tenant-rate, in tasks (default: one second's)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Also serve /metrics without an API key on this port (of 127.0.0.1; of "
+            "--host with --allow-remote), for Prometheus.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
     """``legion serve`` (its help is SERVE_HELP)."""
@@ -196,6 +230,12 @@ def serve(
             max_body_bytes=max_body,
             stale_after=2 * lease_seconds,
             access_log=access_log,
+            max_in_progress=max_in_progress,
+            tenant_max_queued=tenant_max_queued,
+            tenant_rate=parse_rate(tenant_rate) if tenant_rate is not None else None,
+            tenant_burst=tenant_burst,
+            metrics_port=metrics_port,
+            metrics_host=host if allow_remote else "127.0.0.1",
         )
         agents = load_agents((app_ref,))
         stop_tracing = configure_tracing(trace.value) if trace is not None else None
@@ -215,6 +255,19 @@ def serve(
         if stop_tracing is not None:
             stop_tracing()
     raise typer.Exit(code)
+
+
+def parse_rate(text: str) -> float:
+    """Tasks per second from ``R``, ``R/s`` or ``R/m``."""
+    number, _, unit = text.strip().partition("/")
+    per = {"": 1.0, "s": 1.0, "m": 60.0}.get(unit.strip())
+    try:
+        rate = float(number) / per if per is not None else -1.0
+    except ValueError:
+        rate = -1.0
+    if not rate > 0 or rate == float("inf"):
+        raise ConfigError(f"bad rate {text!r}: use a positive number of tasks, R, R/s or R/m")
+    return rate
 
 
 def _require_server_extra() -> None:
@@ -247,9 +300,12 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
         ):
             names = ", ".join(a.name for a in agents)
             print(f"legion serve: listening on {server.url} ({names})", flush=True)
+            if server.metrics_url is not None:
+                print(f"legion serve: metrics on {server.metrics_url}/metrics", flush=True)
+            metrics = server.metrics_url or server.url
             console.print(
                 f"dashboard {server.url}/ · API {server.url}/v1 · OpenAPI "
-                f"{server.url}/openapi.json · metrics {server.url}/metrics",
+                f"{server.url}/openapi.json · metrics {metrics}/metrics",
                 highlight=False,
             )
             await _until_signal(rt, server.wait_stopped(), console)
@@ -298,13 +354,28 @@ def create_key(
         str, typer.Option("--name", "-n", help="What or who the key is for.")
     ] = "default",
     store: StoreOpt = DEFAULT_STORE,
+    tenant: Annotated[
+        str,
+        typer.Option(
+            "--tenant",
+            "-t",
+            help="The tenant whose tasks the key submits and sees (one tenant, 'default', "
+            "serves a single user).",
+        ),
+    ] = "default",
+    admin: Annotated[
+        bool,
+        typer.Option("--admin", help="The key sees every tenant's tasks (the dashboard's)."),
+    ] = False,
 ) -> None:
     """Create an API key and print it, alone, on the last line (it is not shown again)."""
     _require_server_extra()
-    key = _run(_create_key(store, name))
+    key = _run(_create_key(store, name, tenant, admin))
     console = stderr_console()
+    scope = "an admin key: it sees every tenant" if admin else f"tenant {tenant}"
     console.print(
-        f"created API key {key.record.id} ({name}); keep it secret: only its hash is stored",
+        f"created API key {key.record.id} ({name}) for {scope}; keep it secret: only its "
+        "hash is stored",
         highlight=False,
     )
     print(key.token, flush=True)
@@ -321,13 +392,18 @@ def list_keys(
             doc = {
                 "id": k.id,
                 "name": k.name,
+                "tenant": k.tenant,
+                "scope": k.scope,
                 "created_at": k.created_at,
                 "revoked_at": k.revoked_at,
             }
             print(json.dumps(doc))
         else:
             state = "active" if k.revoked_at is None else f"revoked {_when(k.revoked_at)}"
-            print(f"{k.id}\t{k.name}\tcreated {_when(k.created_at)}\t{state}")
+            print(
+                f"{k.id}\t{k.name}\tcreated {_when(k.created_at)}\t{state}"
+                f"\ttenant {k.tenant}{' (admin)' if k.admin else ''}"
+            )
     if not found and not as_json:
         stderr_console().print("no API key yet: create one with `legion keys create`")
 
@@ -348,12 +424,12 @@ def revoke_key(
     stderr_console().print(f"revoked API key {found}", highlight=False)
 
 
-async def _create_key(url: str, name: str) -> NewKey:
+async def _create_key(url: str, name: str, tenant: str, admin: bool) -> NewKey:
     from ..server.keys import new_key
 
     if not name.strip():
         raise ConfigError("a key needs a name")
-    key = new_key(name, time.time())
+    key = new_key(name, time.time(), tenant=tenant, admin=admin)
     store = store_from_url(url)
     await store.open()
     try:

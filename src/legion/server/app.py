@@ -13,32 +13,45 @@ Routes (every one but ``/healthz`` needs an API key, see :mod:`legion.server.aut
 ``GET  /v1/progress``                       the run's progress as server-sent events
 ``GET  /v1/statistics``                     the run now
 ``GET  /v1/workers``                        workers and their health
+``GET  /v1/key``                            the request's key: its tenant, admin or not
 ``GET  /metrics``                           Prometheus metrics
 ``GET  /healthz``                           health (no key needed)
 ``GET  /openapi.json``                      this API's OpenAPI document
 ``GET  /``, ``/tasks/{id}``                 the dashboard
 ==========================================  ===============================================
 
-Errors answer JSON ``{"detail": ...}`` and never a stack trace: 401/403 (key), 404, 409,
-413 (body larger than the limit), 422 (``detail`` lists the fields at fault, with
-``loc``, ``msg`` and ``type``), 503 with ``Retry-After`` (the store is unreachable,
-busy or too slow; every 503 carries ``Retry-After``), 507 (the store's disk is full:
-nothing was written), 500 (anything else, logged with its traceback on the server).
+Errors answer JSON ``{"detail": ...}`` and never a stack trace: 401/403 (key), 404 (no
+such task, or another tenant's), 409, 413 (body larger than the limit), 422 (``detail``
+lists the fields at fault, with ``loc``, ``msg`` and ``type``: a body that is not JSON,
+``json_invalid``, or not UTF-8, ``utf8``; an idempotency key used before with another agent
+or input, ``idempotency_conflict``), 429 (the tenant is over its submit rate or queued
+tasks; ``Retry-After``), 503 (the server is saturated, or the store is
+unreachable, busy or too slow; every 503 carries ``Retry-After``), 507 (the store's
+disk is full: nothing was written), 500 (anything else, logged with its traceback on the server).
+
+Tenants: every API key belongs to one (see :mod:`legion.server.auth`); a key sees and
+changes its tenant's tasks only, an admin key every tenant's.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping
 from typing import Any, cast
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..agent import Agent
 from ..errors import StorageFull, StoreError
-from . import dashboard, ops_api, streams, tasks_api
+from . import dashboard, openapi, ops_api, streams, tasks_api
+from .admission import InProgressLimit, Shed
 from .auth import CHALLENGES, AuthError
 from .body_limit import BodyLimit
 from .deps import ServerState
@@ -48,24 +61,23 @@ log = logging.getLogger("legion.server")
 
 
 class _App(FastAPI):
-    """FastAPI, with the served agents' names in the OpenAPI document."""
+    """FastAPI, with the submit routes' bodies and the served agents' inputs in the OpenAPI
+    document (see :mod:`legion.server.openapi`)."""
 
-    def __init__(self, *, agents: Sequence[str], **options: Any) -> None:
+    def __init__(self, *, agents: Mapping[str, Agent], **options: Any) -> None:
         super().__init__(**options)
-        self._agent_names = sorted(agents)
+        self._agents = agents
 
     def openapi(self) -> dict[str, Any]:
-        if self.openapi_schema is None and self._agent_names:
-            schema = super().openapi()
-            agent = schema["components"]["schemas"]["TaskIn"]["properties"]["agent"]
-            agent["enum"] = self._agent_names
-        return super().openapi()
+        if self.openapi_schema is None:
+            self.openapi_schema = openapi.complete(super().openapi(), self._agents)
+        return self.openapi_schema
 
 
 def create_app(state: ServerState) -> FastAPI:
     """The application serving ``state``'s runtime."""
     app = _App(
-        agents=list(state.agents),
+        agents=state.agents,
         title="legion",
         version=__version__,
         summary="Run AI agents at throughput scale: submit tasks, follow them, watch the run.",
@@ -75,6 +87,7 @@ def create_app(state: ServerState) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
     app.add_middleware(RetryAfter)
+    app.add_middleware(InProgressLimit, limit=state.settings.max_in_progress)
     app.state.legion = state
     app.include_router(tasks_api.router)
     app.include_router(streams.router)
@@ -82,9 +95,20 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(ops_api.router)
     app.include_router(dashboard.router)
     app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(Shed, _shed)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(Exception, _internal_error)
+    return app
+
+
+def create_metrics_app(state: ServerState) -> FastAPI:
+    """``/metrics`` alone, without a key: for a port Prometheus scrapes (loopback unless
+    the server is told otherwise)."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.legion = state
+    app.include_router(ops_api.metrics_only)
     return app
 
 
@@ -95,6 +119,49 @@ async def _auth_error(request: Request, exc: Exception) -> JSONResponse:
         for challenge in CHALLENGES:
             response.headers.append("WWW-Authenticate", challenge)
     return response
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, except that a 405 lists every method of the path in ``Allow``
+    (Starlette names only those of the first route whose path matched)."""
+    refused = cast(StarletteHTTPException, exc)
+    if refused.status_code == 405:
+        allowed = _allowed(request)
+        if allowed:
+            refused = StarletteHTTPException(405, refused.detail, {"Allow": allowed})
+    return await http_exception_handler(request, refused)
+
+
+_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def _allowed(request: Request) -> str:
+    """The methods the OpenAPI document gives the request's path: of the most specific
+    documented path that matches (``/v1/tasks/5:cancel`` matches ``/v1/tasks/{task_id}``
+    too, but ``/v1/tasks/{task_id}:cancel`` names more of it)."""
+    paths: dict[str, Any] = request.app.openapi().get("paths", {})
+    found = [
+        (len(_PARAM.sub("", template)), template)
+        for template in paths
+        if _template(template).fullmatch(request.url.path)
+    ]
+    if not found:
+        return ""
+    _, best = max(found)
+    return ", ".join(sorted(m.upper() for m in paths[best] if m in _METHODS))
+
+
+_PARAM = re.compile(r"\{[^}]*\}")
+
+
+@functools.cache
+def _template(path: str) -> re.Pattern[str]:
+    parts = _PARAM.split(path)
+    return re.compile("[^/]+".join(re.escape(p) for p in parts))
+
+
+async def _shed(request: Request, exc: Exception) -> JSONResponse:
+    return cast(Shed, exc).response()
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..agent import Agent
 from ..runtime import Runtime
 from ..store.base import ApiKey
+from .admission import TenantLimits
 from .auth import Authenticator, check_origin
 from .metrics import Metrics
 from .monitor import Monitor
@@ -29,6 +30,7 @@ class ServerState:
     monitor: Monitor
     metrics: Metrics
     auth: Authenticator
+    limits: TenantLimits
     closing: asyncio.Event  # set when the server stops: event streams end
 
 

@@ -22,6 +22,7 @@ import secrets
 from dataclasses import dataclass
 
 from ..store.base import ApiKey
+from ..store.tenancy import DEFAULT_TENANT, check_tenant
 
 PREFIX = "lgn"
 _KEY = re.compile(rf"^{PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})$")
@@ -36,12 +37,21 @@ class NewKey:
     record: ApiKey
 
 
-def new_key(name: str, now: float) -> NewKey:
-    """Make a key named ``name`` (what or who it is for)."""
+def new_key(name: str, now: float, *, tenant: str = DEFAULT_TENANT, admin: bool = False) -> NewKey:
+    """Make a key named ``name`` (what or who it is for) of ``tenant``; an ``admin`` key
+    sees every tenant's tasks."""
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_bytes(16)
-    record = ApiKey(id=key_id, name=name, salt=salt, digest=digest(salt, secret), created_at=now)
+    record = ApiKey(
+        id=key_id,
+        name=name,
+        salt=salt,
+        digest=digest(salt, secret),
+        created_at=now,
+        tenant=check_tenant(tenant),
+        scope="admin" if admin else "tenant",
+    )
     return NewKey(f"{PREFIX}_{key_id}_{secret}", record)
 
 

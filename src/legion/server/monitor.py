@@ -82,6 +82,7 @@ class Monitor:
         self._routes: dict[str, deque[tuple[float, int, int]]] = {}
         self._totals = Totals()
         self._failures: list[Failure] = []
+        self._tenant_statuses: dict[str, dict[str, int]] = {}
         self._failures_read_at: float | None = None
         self._new_failures = True
         self._last_at = clock()
@@ -104,6 +105,14 @@ class Monitor:
     def snapshot(self) -> Snapshot:
         """The latest snapshot."""
         return self._snapshot
+
+    def for_tenant(self, snapshot: Snapshot, tenant: str) -> Snapshot:
+        """``snapshot`` as one tenant sees it: its own tasks by status and its own
+        failures; rates, latencies, workers and LLM capacity stay the server's (every
+        tenant shares them)."""
+        statuses = self._tenant_statuses.get(tenant) or {str(s): 0 for s in TaskStatus}
+        failures = [f for f in snapshot.failures if f.tenant == tenant]
+        return replace(snapshot, statuses=statuses, failures=failures)
 
     def history(self) -> list[Point]:
         """The kept samples, oldest first."""
@@ -163,7 +172,14 @@ class Monitor:
         if self._cursor is None:
             self._cursor = await store.last_event_id()
         tick = self._count(await self._read_feed())
-        counts = await store.counts()
+        by_tenant = await store.counts_by_tenant()
+        counts: dict[TaskStatus, int] = {}
+        for tenant_counts in by_tenant.values():
+            for status, n in tenant_counts.items():
+                counts[status] = counts.get(status, 0) + n
+        self._tenant_statuses = {
+            tenant: {str(s): c.get(s, 0) for s in TaskStatus} for tenant, c in by_tenant.items()
+        }
         workers = await store.workers()
         now = self._clock()
         if self._new_failures and (
@@ -204,8 +220,11 @@ class Monitor:
         by_status = {s: 0 for s in TaskStatus}
         input_tokens = output_tokens = 0
         cost = 0.0
+        shown = {f.id for f in self._failures}
         for d in details:
             status, agent = d.event.status, d.agent or "?"
+            if d.event.task_id in shown:  # a failure shown has moved on (e.g. succeeded)
+                self._new_failures = True
             if status is TaskStatus.QUEUED:
                 if d.event.attempt > 0:  # back in the queue after an attempt: a retry
                     tick.retries += 1
@@ -347,6 +366,7 @@ def _failure(t: TaskInfo) -> Failure:
         type=error.type if error else "",
         message=(error.message if error else "")[:500],
         at=t.finished_at or t.started_at or t.created_at,
+        tenant=t.tenant,
     )
 
 

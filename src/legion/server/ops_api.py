@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from .deps import StateDep, require_key
+from .deps import KeyDep, StateDep, require_key
 from .metrics import CONTENT_TYPE
-from .schemas import HealthOut
+from .schemas import HealthOut, KeyOut
 from .snapshot import Snapshot, WorkerState
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -20,6 +20,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 public = APIRouter()
 router = APIRouter(dependencies=[Depends(require_key)], responses=_ERRORS)
+metrics_only = APIRouter()  # the metrics port's, without a key
 
 
 @public.get(
@@ -38,9 +39,17 @@ async def healthz(state: StateDep, response: Response) -> HealthOut:
 
 
 @router.get("/v1/statistics", operation_id="statistics", tags=["run"])
-async def statistics(state: StateDep) -> Snapshot:
-    """The run now: tasks by status, rates and latency, workers, LLM capacity, failures."""
-    return state.monitor.snapshot
+async def statistics(state: StateDep, key: KeyDep) -> Snapshot:
+    """The run now: tasks by status, rates and latency, workers, LLM capacity, failures.
+    Tasks by status and failures are the key's tenant's (an admin key's: everyone's)."""
+    snapshot = state.monitor.snapshot
+    return snapshot if key.admin else state.monitor.for_tenant(snapshot, key.tenant)
+
+
+@router.get("/v1/key", operation_id="key", tags=["ops"])
+async def whoami(key: KeyDep) -> KeyOut:
+    """The API key of this request: its tenant, and whether it is an admin key."""
+    return KeyOut(id=key.id, name=key.name, tenant=key.tenant, admin=key.admin)
 
 
 @router.get("/v1/workers", operation_id="workers", tags=["run"])
@@ -57,9 +66,13 @@ async def workers(state: StateDep) -> list[WorkerState]:
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
 async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics (see :mod:`legion.server.metrics` for the list)."""
+    """Prometheus metrics (see :mod:`legion.server.metrics` for the list); also served
+    without a key on ``--metrics-port``."""
     body = state.metrics.render(state.monitor.snapshot)
     return Response(body, media_type=CONTENT_TYPE)
+
+
+metrics_only.add_api_route("/metrics", metrics, methods=["GET"], response_class=Response)
 
 
 @router.get("/openapi.json", include_in_schema=False)

@@ -8,16 +8,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..store.base import StepInfo
 from ..task import TaskInfo, TaskStatus
 
 # Text the stores can hold in every dialect (PostgreSQL text cannot hold NUL).
 TEXT = r"^[^\x00]*$"
+# An idempotency key: text, not starting with U+001F (the store's mark for tenants' keys).
+KEY = r"^[^\x00\x1f][^\x00]*$"
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
-Key = Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT)]
-Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Key = Annotated[str, Field(min_length=1, max_length=500, pattern=KEY)]
+Session = Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT)]
+
+
+def _number(value: Any) -> Any:
+    """JSON numbers only: ``true`` and ``"5"`` are not priorities (``5.0`` is)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+Priority = Annotated[int, BeforeValidator(_number), Field(ge=-(2**31), le=2**31 - 1)]
 
 
 class TaskIn(BaseModel):
@@ -32,14 +44,16 @@ class TaskIn(BaseModel):
         "for an agent with one parameter). Checked against the agent's schema (422).",
     )
     key: Key | None = Field(
-        None, description="Idempotency key: submitting it again answers the first task."
+        None,
+        description="Idempotency key, unique per tenant: submitting it again with the same "
+        "agent and input answers the first task; with another, 422 (idempotency_conflict).",
     )
-    session: Key | None = Field(None, description="The session of the agent's ctx.memory.")
+    session: Session | None = Field(None, description="The session of the agent's ctx.memory.")
     priority: Priority = Field(0, description="Higher runs first.")
 
 
 class BatchIn(BaseModel):
-    """Tasks to submit together (each agent's tasks in one transaction)."""
+    """Tasks to submit together, in one transaction."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +102,7 @@ class TaskOut(BaseModel):
     agent: str
     key: str | None
     session: str | None
+    tenant: str = Field(description="Whose task it is (the submitting key's tenant).")
     status: TaskStatus
     attempts: int = Field(description="Attempts started.")
     max_attempts: int
@@ -129,6 +144,15 @@ class StatusOut(BaseModel):
     status: TaskStatus
 
 
+class KeyOut(BaseModel):
+    """The API key a request was made with (never its secret)."""
+
+    id: str
+    name: str
+    tenant: str = Field(description="Whose tasks the key submits and sees.")
+    admin: bool = Field(description="Whether the key sees (and changes) every tenant's tasks.")
+
+
 class HealthOut(BaseModel):
     status: str = Field(description="ok, or unavailable (store unreachable, worker stopped).")
 
@@ -149,6 +173,7 @@ def _task_fields(t: TaskInfo) -> dict[str, Any]:
         "agent": t.agent,
         "key": t.key,
         "session": t.session,
+        "tenant": t.tenant,
         "status": t.status,
         "attempts": t.attempt,
         "max_attempts": t.max_attempts,

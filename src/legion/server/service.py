@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Generator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import uvicorn
@@ -23,7 +24,8 @@ import uvicorn
 from ..agent import Agent
 from ..errors import ConfigError
 from ..runtime import Runtime
-from .app import create_app
+from .admission import TenantLimits
+from .app import create_app, create_metrics_app
 from .auth import Authenticator
 from .deps import ServerState
 from .metrics import Metrics
@@ -38,6 +40,7 @@ class RunningServer:
     url: str
     state: ServerState
     _serving: asyncio.Task[None]
+    metrics_url: str | None = None  # where /metrics is served without a key, if it is
 
     async def wait_stopped(self) -> None:
         """Return if the server stops by itself (it should not); raise what stopped it."""
@@ -52,9 +55,14 @@ class _Server(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def running_server(
-    runtime: Runtime, agents: Sequence[Agent], settings: ServerSettings
+    runtime: Runtime,
+    agents: Sequence[Agent],
+    settings: ServerSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[RunningServer]:
-    """Serve ``runtime`` (opened by the caller) with ``agents`` submittable, until exit."""
+    """Serve ``runtime`` (opened by the caller) with ``agents`` submittable, until exit.
+    ``clock`` (monotonic seconds) paces the tenants' submit rates."""
     by_name: dict[str, Agent] = {}
     for agent in agents:
         if by_name.setdefault(agent.name, agent) is not agent:
@@ -76,10 +84,57 @@ async def running_server(
         monitor=monitor,
         metrics=metrics,
         auth=Authenticator(runtime.store, cache_seconds=settings.key_cache_seconds),
+        limits=TenantLimits(
+            rate=settings.tenant_rate,
+            burst=settings.tenant_burst,
+            max_queued=settings.tenant_max_queued,
+            count_queued=runtime.store.count_queued,
+            clock=clock,
+        ),
         closing=asyncio.Event(),
     )
-    config = uvicorn.Config(
-        create_app(state),
+    metrics_sock = None
+    if settings.metrics_port is not None:
+        try:
+            metrics_sock = _listen(settings.metrics_host, settings.metrics_port)
+        except BaseException:
+            sock.close()
+            raise
+    server = _Server(_config(create_app(state), settings))
+    await monitor.sample()  # the first snapshot is ready before the first request
+    sampling = asyncio.create_task(monitor.run(), name="legion-server-monitor")
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="legion-server-http")
+    servers = [(server, serving)]
+    if metrics_sock is not None:
+        metrics_server = _Server(_config(create_metrics_app(state), settings))
+        servers.append(
+            (
+                metrics_server,
+                asyncio.create_task(
+                    metrics_server.serve(sockets=[metrics_sock]), name="legion-server-metrics"
+                ),
+            )
+        )
+    try:
+        yield RunningServer(
+            _url(sock), state, serving, _url(metrics_sock) if metrics_sock else None
+        )
+    finally:
+        state.closing.set()
+        monitor.close()
+        for s, _ in servers:
+            s.should_exit = True
+        await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
+        sampling.cancel()
+        await asyncio.gather(sampling, return_exceptions=True)
+        sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
+
+
+def _config(app: object, settings: ServerSettings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
         lifespan="off",
         log_config=None,
         access_log=settings.access_log,
@@ -87,20 +142,6 @@ async def running_server(
         ws="none",
         timeout_graceful_shutdown=int(settings.shutdown_timeout) or 1,
     )
-    server = _Server(config)
-    await monitor.sample()  # the first snapshot is ready before the first request
-    sampling = asyncio.create_task(monitor.run(), name="legion-server-monitor")
-    serving = asyncio.create_task(server.serve(sockets=[sock]), name="legion-server-http")
-    try:
-        yield RunningServer(_url(sock), state, serving)
-    finally:
-        state.closing.set()
-        monitor.close()
-        server.should_exit = True
-        await asyncio.gather(serving, return_exceptions=True)
-        sampling.cancel()
-        await asyncio.gather(sampling, return_exceptions=True)
-        sock.close()
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -24,6 +24,14 @@ class ServerSettings:
     - ``task_poll_interval``: how often a task's event stream looks for changes.
     - ``stale_after``: a worker whose heartbeat is older than this is shown unhealthy.
     - ``shutdown_timeout``: how long open requests get to finish when the server stops.
+    - ``max_in_progress``: most requests handled at once; more are answered 503 with
+      ``Retry-After`` at once (event streams and ``/healthz`` are not counted).
+    - ``tenant_max_queued``: most queued tasks per tenant (``None``: no limit); a submission
+      past it is answered 429 with ``Retry-After``.
+    - ``tenant_rate``, ``tenant_burst``: tasks per second each tenant may submit, in bursts
+      of up to ``tenant_burst`` (default: one second's worth); past it, 429.
+    - ``metrics_port``: also serve ``/metrics`` without an API key on this port (0: any
+      free one) of ``metrics_host`` (loopback unless ``allow_remote``); ``None``: not.
     """
 
     host: str = "127.0.0.1"
@@ -38,6 +46,12 @@ class ServerSettings:
     stale_after: float = 60.0
     shutdown_timeout: float = 5.0
     access_log: bool = False
+    max_in_progress: int = 128
+    tenant_max_queued: int | None = None
+    tenant_rate: float | None = None
+    tenant_burst: float | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not self.allow_remote and not is_loopback(self.host):
@@ -46,8 +60,22 @@ class ServerSettings:
                 "can run agents for whoever reaches it. Pass --allow-remote to do it anyway "
                 "(and keep the API keys secret)."
             )
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port {self.port} is not between 0 and 65535")
+        if not self.allow_remote and not is_loopback(self.metrics_host):
+            raise ConfigError(
+                f"refusing to serve metrics on {self.metrics_host}: it is not a loopback "
+                "address. Pass --allow-remote to do it anyway."
+            )
+        for port in (self.port, self.metrics_port):
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigError(f"port {port} is not between 0 and 65535")
+        if self.max_in_progress < 1:
+            raise ConfigError("max_in_progress must be >= 1")
+        if self.tenant_max_queued is not None and self.tenant_max_queued < 1:
+            raise ConfigError("tenant_max_queued must be >= 1")
+        if self.tenant_rate is not None and self.tenant_rate <= 0:
+            raise ConfigError("tenant_rate must be > 0 tasks per second")
+        if self.tenant_burst is not None and self.tenant_burst < 1:
+            raise ConfigError("tenant_burst must be >= 1")
         if self.max_body_bytes < 1024 or self.max_batch < 1:
             raise ConfigError("max_body_bytes must be >= 1024 and max_batch >= 1")
         if min(self.sample_interval, self.task_poll_interval, self.stale_after) <= 0:

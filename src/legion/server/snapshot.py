@@ -98,6 +98,7 @@ class Failure:
     type: str
     message: str
     at: float
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)

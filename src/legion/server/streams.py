@@ -23,8 +23,9 @@ from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from ..task import TaskInfo
-from .deps import ServerState, StateDep, require_key
+from .deps import KeyDep, ServerState, StateDep, require_key
 from .schemas import TaskDetail, TaskOut, step_out
+from .snapshot import Snapshot
 from .tasks_api import existing_task
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
@@ -75,16 +76,21 @@ async def task_events(
     tags=["run"],
     responses=_ERRORS,
 )
-async def progress(state: StateDep) -> AsyncIterable[ServerSentEvent]:
-    """The run's progress: the history so far, then a snapshot after every sample."""
+async def progress(state: StateDep, key: KeyDep) -> AsyncIterable[ServerSentEvent]:
+    """The run's progress: the history so far, then a snapshot after every sample (tasks
+    by status and failures: the key's tenant's, or everyone's for an admin key)."""
     monitor = state.monitor
+
+    def seen(snapshot: Snapshot) -> Snapshot:
+        return snapshot if key.admin else monitor.for_tenant(snapshot, key.tenant)
+
     yield ServerSentEvent(event="history", data=monitor.history())
-    yield ServerSentEvent(event="progress", data=monitor.snapshot)
+    yield ServerSentEvent(event="progress", data=seen(monitor.snapshot))
     while not monitor.closed:
         snapshot = await monitor.next_snapshot()
         if monitor.closed:
             return
-        yield ServerSentEvent(event="progress", data=snapshot)
+        yield ServerSentEvent(event="progress", data=seen(snapshot))
 
 
 async def _closing(state: ServerState, seconds: float) -> bool:

@@ -6,23 +6,22 @@ could never run is refused with 422 and the fields at fault, not queued to fail 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.exceptions import HTTPException, RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .. import codec
-from ..agent import Agent
-from ..errors import InputError, OutputError
-from ..store.base import TaskQuery
-from ..task import Submitted, TaskInfo, TaskStatus
-from .deps import ServerState, StateDep, require_key
+from ..errors import IdempotencyConflict, InputError, OutputError
+from ..store.base import ApiKey, TaskQuery
+from ..task import NewTask, TaskInfo, TaskStatus
+from .body import json_body
+from .deps import KeyDep, ServerState, StateDep, require_key
 from .schemas import (
+    KEY,
     TEXT,
     BatchIn,
     BatchOut,
@@ -35,30 +34,61 @@ from .schemas import (
 )
 
 log = logging.getLogger("legion.server")
+M = TypeVar("M", bound=BaseModel)
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The task's id.")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No API key, or an unknown one."},
     403: {"description": "A revoked API key, or a cross-origin change."},
 }
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such task."}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such task (or another tenant's)."}
+}
+_INVALID = {
+    "model": None,
+    "description": "The body is not JSON (``json_invalid``), not UTF-8 (``utf8``), or does not "
+    "fit the schema or the agent's input; or an idempotency key was used before with another "
+    "agent or input (``idempotency_conflict``). ``detail`` lists the fields at fault.",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+    },
+}
+_SHED: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The body is too large."},
+    422: _INVALID,
+    429: {"description": "The tenant is over its submit rate or queued tasks (Retry-After)."},
+    503: {"description": "The server is saturated, or the store unavailable (Retry-After)."},
+}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    """The request body of a submit route, for the OpenAPI document: the route reads and
+    checks the body itself (see :mod:`legion.server.body`)."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
 _FOLLOW = {"task_id": "$response.body#/id"}
 # OpenAPI links: where a submitted task's id leads (clients and API fuzzers follow them).
 _LINKS = {
     name: {"operationId": name, "parameters": _FOLLOW}
     for name in ("get_task", "cancel_task", "retry_task", "task_events")
 }
-_CURSOR_PREFIX = "before:"
 
 router = APIRouter(prefix="/v1", tags=["tasks"], dependencies=[Depends(require_key)])
 
 
-async def existing_task(task_id: TaskId, state: StateDep) -> TaskInfo:
-    """The task named in the path, or 404."""
+async def existing_task(task_id: TaskId, state: StateDep, key: KeyDep) -> TaskInfo:
+    """The task named in the path, or 404: another tenant's task is answered exactly like
+    a missing one (an admin key sees every tenant's)."""
     info = await state.runtime.get(task_id)
-    if info is None:
+    if info is None or not _visible(key, info):
         raise HTTPException(404, f"no task {task_id}")
     return info
+
+
+def _visible(key: ApiKey, info: TaskInfo) -> bool:
+    return key.admin or info.tenant == key.tenant
 
 
 TaskDep = Annotated[TaskInfo, Depends(existing_task)]
@@ -72,16 +102,41 @@ TaskDep = Annotated[TaskInfo, Depends(existing_task)]
         **_ERRORS,
         200: {
             "model": SubmittedOut,
-            "description": "The key named an existing task.",
+            "description": "The key named an existing task of this tenant, submitted with "
+            "the same agent and input.",
             "links": _LINKS,
         },
         201: {"description": "Queued.", "links": _LINKS},
-        413: {"description": "The body is too large."},
+        **_SHED,
     },
+    openapi_extra=_body("TaskIn"),
 )
-async def submit_task(body: TaskIn, response: Response, state: StateDep) -> SubmittedOut:
-    """Queue one task (201); a known idempotency key answers its first task (200)."""
-    (done,) = await _submit(state, [body], [("body",)])
+async def submit_task(
+    request: Request,
+    response: Response,
+    state: StateDep,
+    key: KeyDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=500,
+            pattern=KEY,
+            description="The idempotency key, as the body's `key` (the header wins when both "
+            "are sent).",
+        ),
+    ] = None,
+) -> SubmittedOut:
+    """Queue one task (201); a known idempotency key answers its first task (200), unless
+    it was sent with another agent or input (422, ``idempotency_conflict``)."""
+    state.limits.check_rate(key.tenant)
+    body = _model(TaskIn, await json_body(request))
+    loc: tuple[str | int, ...] = ("body", "key")
+    if idempotency_key is not None:
+        body = body.model_copy(update={"key": idempotency_key})
+        loc = ("header", "Idempotency-Key")
+    (done,) = await _submit(state, key, [body], [("body",)], key_locs=[loc])
     if not done.created:
         response.status_code = 200
     return done
@@ -91,21 +146,25 @@ async def submit_task(body: TaskIn, response: Response, state: StateDep) -> Subm
     "/tasks:batch",
     status_code=200,
     operation_id="submit_batch",
-    responses={**_ERRORS, 413: {"description": "The body is too large."}},
+    responses={**_ERRORS, **_SHED},
+    openapi_extra=_body("BatchIn"),
 )
-async def submit_batch(body: BatchIn, state: StateDep) -> BatchOut:
+async def submit_batch(request: Request, state: StateDep, key: KeyDep) -> BatchOut:
     """Queue many tasks; nothing is queued if any of them is invalid (422)."""
+    state.limits.check_rate(key.tenant)
+    body = _model(BatchIn, await json_body(request))
     if len(body.tasks) > state.settings.max_batch:
         raise RequestValidationError(
             [_error("too_long", ("body", "tasks"), f"at most {state.settings.max_batch} tasks")]
         )
     locs = [("body", "tasks", i) for i in range(len(body.tasks))]
-    return BatchOut(tasks=await _submit(state, body.tasks, locs))
+    return BatchOut(tasks=await _submit(state, key, body.tasks, locs))
 
 
 @router.get("/tasks", operation_id="list_tasks", responses=_ERRORS)
 async def list_tasks(
     state: StateDep,
+    key: KeyDep,
     status: Annotated[list[TaskStatus] | None, Query(description="Any of these.")] = None,
     agent: Annotated[str | None, Query(max_length=200, pattern=TEXT)] = None,
     since: Annotated[
@@ -115,18 +174,32 @@ async def list_tasks(
         float | None, Query(allow_inf_nan=False, description="Created before (epoch s).")
     ] = None,
     cursor: Annotated[
-        str | None, Query(max_length=100, description="`next` of the previous page.")
+        str | None,
+        Query(
+            pattern=r"^[1-9][0-9]{0,17}$",
+            description="`next` of the previous page (tasks below that id).",
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    tenant: Annotated[
+        str | None,
+        Query(max_length=64, pattern=TEXT, description="Only this tenant's (admin keys)."),
+    ] = None,
 ) -> TaskPage:
-    """Tasks, newest first, a page at a time."""
+    """This tenant's tasks (an admin key's: every tenant's), newest first, a page at a
+    time."""
+    if not key.admin:
+        if tenant is not None and tenant != key.tenant:
+            return TaskPage(tasks=[], next=None)
+        tenant = key.tenant
     query = TaskQuery(
         statuses=tuple(status or ()),
         agent=agent,
         created_from=since,
         created_to=until,
-        before=_decode_cursor(cursor) if cursor is not None else None,
+        before=int(cursor) if cursor is not None else None,
         limit=limit,
+        tenant=tenant,
     )
     found = await state.runtime.store.list_tasks(query)
     more = len(found) == limit
@@ -136,17 +209,12 @@ async def list_tasks(
     )
 
 
-@router.get("/tasks/{task_id}", operation_id="get_task", responses={**_ERRORS, **_NOT_FOUND})
-async def get_task(task: TaskDep, state: StateDep) -> TaskDetail:
-    """A task: status, output or error, attempts, usage and its recorded steps."""
-    return TaskDetail.with_steps(task, await state.runtime.store.steps(task.id))
-
-
 @router.post(
     "/tasks/{task_id}:cancel", operation_id="cancel_task", responses={**_ERRORS, **_NOT_FOUND}
 )
-async def cancel_task(task_id: TaskId, state: StateDep) -> StatusOut:
+async def cancel_task(task: TaskDep, state: StateDep) -> StatusOut:
     """Cancel a task: a queued one at once, a running one when its worker next checks."""
+    task_id = task.id
     status = await state.runtime.cancel(task_id)
     if status is None:
         raise HTTPException(404, f"no task {task_id}")
@@ -175,67 +243,116 @@ async def retry_task(task: TaskDep, state: StateDep) -> StatusOut:
     return StatusOut(id=task.id, status=TaskStatus.QUEUED)
 
 
+@router.api_route(
+    "/tasks/{task_id}:{action}",
+    methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def only_post(task_id: str, action: str) -> None:
+    """``:cancel`` and ``:retry`` take POST alone: any other method is 405 (without this, a
+    GET would reach the task route below, whose path matches too)."""
+    raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
+
+
+# Declared after the :cancel and :retry routes, which its path would match too: an OPTIONS
+# (or GET) on those then answers their own Allow.
+@router.get("/tasks/{task_id}", operation_id="get_task", responses={**_ERRORS, **_NOT_FOUND})
+async def get_task(task: TaskDep, state: StateDep) -> TaskDetail:
+    """A task: status, output or error, attempts, usage and its recorded steps."""
+    return TaskDetail.with_steps(task, await state.runtime.store.steps(task.id))
+
+
 # -- helpers ---------------------------------------------------------------------------
 
 
 async def _submit(
-    state: ServerState, tasks: Sequence[TaskIn], locs: Sequence[tuple[str | int, ...]]
+    state: ServerState,
+    caller: ApiKey,
+    tasks: Sequence[TaskIn],
+    locs: Sequence[tuple[str | int, ...]],
+    *,
+    key_locs: Sequence[tuple[str | int, ...]] | None = None,
 ) -> list[SubmittedOut]:
-    """Check every task (``locs``: where each is in the body), then queue them: one
-    transaction per agent and priority."""
-    agents: list[Agent] = []
+    """Check every task (``locs``: where each is in the body), then queue them in one
+    transaction, for the caller's tenant. Each input is encoded once, here, and that
+    encoding is what the store keeps."""
+    new: list[NewTask] = []
     errors: list[dict[str, Any]] = []
     for task, loc in zip(tasks, locs, strict=True):
-        agent, problems = _check(state, task, loc)
+        encoded, problems = _check(state, task, loc)
         errors.extend(problems)
-        if agent is not None:
-            agents.append(agent)
+        if encoded is not None:
+            agent = state.agents[task.agent]
+            new.append(
+                NewTask(
+                    agent.name,
+                    encoded,
+                    task.key,
+                    task.session,
+                    task.priority,
+                    agent.options.retry.max_attempts,
+                    tenant=caller.tenant,
+                )
+            )
     if errors:
         raise RequestValidationError(errors)
-    groups: dict[tuple[str, int], list[int]] = {}
-    for i, task in enumerate(tasks):
-        groups.setdefault((task.agent, task.priority), []).append(i)
-    done: dict[int, Submitted] = {}
-    for (_, priority), members in groups.items():
-        submitted = await state.runtime.submit_many(
-            agents[members[0]],
-            [tasks[i].input for i in members],
-            keys=[tasks[i].key for i in members],
-            sessions=[tasks[i].session for i in members],
-            priority=priority,
-        )
-        done.update(zip(members, submitted, strict=True))
+    await state.limits.admit(caller.tenant, len(new))
+    try:
+        submitted = await state.runtime.submit_tasks(new)
+    except IdempotencyConflict as exc:
+        where = key_locs or [(*loc, "key") for loc in locs]
+        conflicts = set(exc.keys)
+        raise RequestValidationError(
+            [
+                _error("idempotency_conflict", loc, str(IdempotencyConflict((t.key,))))
+                for t, loc in zip(tasks, where, strict=True)
+                if t.key in conflicts
+            ]
+        ) from None
+    state.limits.queued(caller.tenant, sum(s.created for s in submitted))
     out = []
-    for i in range(len(tasks)):
-        s = done[i]
+    for task, s in zip(tasks, submitted, strict=True):
         if s.created:
-            agent_name = tasks[i].agent
             log.info(
                 "task %d: submitted (%s)",
                 s.id,
-                agent_name,
-                extra={"task_id": s.id, "agent": agent_name},
+                task.agent,
+                extra={"task_id": s.id, "agent": task.agent, "tenant": caller.tenant},
             )
         out.append(SubmittedOut(id=s.id, status=s.status, key=s.key, created=s.created))
     return out
 
 
+def _model(model: type[M], data: Any) -> M:
+    """``data`` as ``model``, or 422 with the fields at fault (under ``body``)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [
+                _error(e["type"], ("body", *e["loc"]), e["msg"])
+                for e in exc.errors(include_url=False)
+            ]
+        ) from None
+
+
 def _check(
     state: ServerState, task: TaskIn, loc: tuple[str | int, ...]
-) -> tuple[Agent | None, list[dict[str, Any]]]:
+) -> tuple[bytes | None, list[dict[str, Any]]]:
+    """The task's input as stored JSON, or what is wrong with the task."""
     agent = state.agents.get(task.agent)
     if agent is None:
         served = ", ".join(sorted(state.agents)) or "none"
         message = f"no agent named {task.agent!r} here (this server runs: {served})"
         return None, [_error("unknown_agent", (*loc, "agent"), message)]
     try:
-        codec.dumps(task.input)
-        agent.arguments(task.input)
+        encoded = codec.dumps(task.input)
+        agent.check_json(task.input, encoded)
     except OutputError as exc:
-        return agent, [_error("json", (*loc, "input"), str(exc))]
+        return None, [_error("json", (*loc, "input"), str(exc))]
     except InputError as exc:
-        return agent, _input_errors(exc, (*loc, "input"))
-    return agent, []
+        return None, _input_errors(exc, (*loc, "input"))
+    return encoded, []
 
 
 def _input_errors(exc: InputError, loc: tuple[str | int, ...]) -> list[dict[str, Any]]:
@@ -255,19 +372,4 @@ def _error(kind: str, loc: Sequence[str | int], message: str) -> dict[str, Any]:
 
 
 def _encode_cursor(task_id: int) -> str:
-    raw = f"{_CURSOR_PREFIX}{task_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if raw.startswith(_CURSOR_PREFIX):
-            value = int(raw.removeprefix(_CURSOR_PREFIX))
-            if 1 <= value < 2**63:
-                return value
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise RequestValidationError(
-        [_error("cursor", ("query", "cursor"), "not a cursor from this API (use `next`)")]
-    )
+    return str(task_id)

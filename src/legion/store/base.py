@@ -137,6 +137,7 @@ class TaskQuery:
     created_to: float | None = None  # created before
     before: int | None = None  # only ids below this one (the previous page's last id)
     limit: int = 100
+    tenant: str | None = None  # only this tenant's tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,12 @@ class ApiKey:
     digest: bytes
     created_at: float
     revoked_at: float | None = None
+    tenant: str = "default"  # whose tasks the key submits and sees
+    scope: str = "tenant"  # "tenant": its tenant's tasks; "admin": every tenant's
+
+    @property
+    def admin(self) -> bool:
+        return self.scope == "admin"
 
 
 class Store(Protocol):
@@ -178,7 +185,9 @@ class Store(Protocol):
     # -- tasks -------------------------------------------------------------------------
 
     async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
-        """Insert tasks; a task whose key exists already answers the existing one."""
+        """Insert tasks; a task whose key exists already (in its tenant) answers the
+        existing one. A key submitted before with another agent or input raises
+        :class:`~legion.errors.IdempotencyConflict` and nothing is inserted."""
 
     async def lease(
         self,
@@ -239,6 +248,12 @@ class Store(Protocol):
 
     async def counts(self) -> dict[TaskStatus, int]: ...
 
+    async def counts_by_tenant(self) -> dict[str, dict[TaskStatus, int]]:
+        """Tasks per tenant and status (tenants without tasks are absent)."""
+
+    async def count_queued(self, tenant: str) -> int:
+        """How many of ``tenant``'s tasks are queued."""
+
     async def counts_by_agent(self) -> dict[str, dict[TaskStatus, int]]: ...
 
     async def recent_errors(self, limit: int = 10) -> list[TaskInfo]: ...
@@ -298,7 +313,8 @@ class Store(Protocol):
     # -- HTTP API (legion serve) -------------------------------------------------------
 
     async def list_tasks(self, query: TaskQuery) -> list[TaskInfo]:
-        """Tasks matching ``query``, newest (highest id) first, at most ``query.limit``."""
+        """Tasks matching ``query``, newest (highest id) first, at most ``query.limit``;
+        without their inputs and outputs (``None``: a page shows neither)."""
 
     async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
         """Like :meth:`events_after` (every worker's changes), each with its task's details."""

@@ -77,6 +77,7 @@ from .base import (
 )
 from .queries import migrations, queries
 from .rows import event_detail, task_info
+from .tenancy import KeyedTasks, unscoped_key
 from .timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
 
 log = logging.getLogger("legion.store.postgres")
@@ -293,38 +294,43 @@ class PostgresStore:
 
     async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
         """Insert tasks in one statement; a key that exists (or that a concurrent submit
-        inserts first) answers the existing task, and the same key twice makes one task."""
-        fresh: list[NewTask] = []
+        inserts first) answers the existing task, and the same key twice makes one task. A
+        key stored with another agent or input refuses the whole submission (the
+        transaction is rolled back)."""
+        keyed = KeyedTasks(tasks)
+        fresh: list[tuple[NewTask, str | None, bytes | None]] = []
         seen: set[str] = set()
-        for t in tasks:
-            if t.key is None or t.key not in seen:
-                fresh.append(t)
-                if t.key is not None:
-                    seen.add(t.key)
+        for t, k, h in zip(tasks, keyed.keys, keyed.hashes, strict=True):
+            if k is None or k not in seen:
+                fresh.append((t, k, h))
+                if k is not None:
+                    seen.add(k)
         if not fresh:
             return []
-        async with self._cursor() as cur:
+        async with self._cursor(transaction=bool(seen)) as cur:
             await cur.execute(Q["insert_tasks"], _submit_params(fresh, now))
-            created = _match_inserted(fresh, await cur.fetchall())
-            keyed = [(t.key, i) for t, i in zip(fresh, created, strict=True) if t.key is not None]
-            new_ids = {k: i for k, i in keyed if i is not None}
-            skipped = [k for k, i in keyed if i is None]
+            created = _match_inserted([k for _, k, _ in fresh], await cur.fetchall())
+            pairs = [(k, i) for (_, k, _), i in zip(fresh, created, strict=True) if k is not None]
+            new_ids = {k: i for k, i in pairs if i is not None}
+            skipped = [k for k, i in pairs if i is None]
             existing: dict[str, tuple[int, str]] = {}
             if skipped:
                 await cur.execute(Q["tasks_by_keys"], {"keys": skipped})
-                existing = {k: (i, st) for k, i, st in await cur.fetchall()}
-        unkeyed = iter(i for t, i in zip(fresh, created, strict=True) if t.key is None)
+                rows = await cur.fetchall()
+                existing = {k: (i, st) for k, i, st, _ in rows}
+                keyed.check({k: bytes(h) if h is not None else None for k, _, _, h in rows})
+        unkeyed = iter(i for (_, k, _), i in zip(fresh, created, strict=True) if k is None)
         out: list[Submitted] = []
         answered: set[str] = set()
-        for t in tasks:
-            if t.key is None:
+        for t, k in zip(tasks, keyed.keys, strict=True):
+            if k is None:
                 out.append(Submitted(_known(next(unkeyed, None)), None, TaskStatus.QUEUED, True))
-            elif t.key in new_ids:
-                first = t.key not in answered
-                answered.add(t.key)
-                out.append(Submitted(new_ids[t.key], t.key, TaskStatus.QUEUED, first))
-            elif t.key in existing:
-                task_id, status = existing[t.key]
+            elif k in new_ids:
+                first = k not in answered
+                answered.add(k)
+                out.append(Submitted(new_ids[k], t.key, TaskStatus.QUEUED, first))
+            elif k in existing:
+                task_id, status = existing[k]
                 out.append(Submitted(task_id, t.key, TaskStatus(status), False))
             else:
                 raise StoreError(f"task key {t.key!r} was neither inserted nor found")
@@ -378,7 +384,10 @@ class PostgresStore:
                 await cur.execute(Q["replayed_steps"], {"ids": [r[0] for r in rows]})
                 for task_id, key, output in await cur.fetchall():
                     steps.setdefault(task_id, {})[key] = output
-        return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], steps.get(r[0], {})) for r in rows]
+        return [
+            Lease(r[0], r[1], r[2], unscoped_key(r[3]), r[4], r[5], r[6], steps.get(r[0], {}))
+            for r in rows
+        ]
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
         """One transaction, pipelined: one statement each for steps, memory sets, memory
@@ -561,6 +570,19 @@ class PostgresStore:
             await cur.execute(Q["counts"])
             return {TaskStatus(s): n for s, n in await cur.fetchall()}
 
+    async def counts_by_tenant(self) -> dict[str, dict[TaskStatus, int]]:
+        out: dict[str, dict[TaskStatus, int]] = {}
+        async with self._cursor() as cur:
+            await cur.execute(Q["counts_by_tenant"])
+            for tenant, status, n in await cur.fetchall():
+                out.setdefault(tenant, {})[TaskStatus(status)] = n
+        return out
+
+    async def count_queued(self, tenant: str) -> int:
+        async with self._cursor() as cur:
+            await cur.execute(Q["count_queued"], {"tenant": tenant})
+            return int(_one(await cur.fetchone()))
+
     async def counts_by_agent(self) -> dict[str, dict[TaskStatus, int]]:
         out: dict[str, dict[TaskStatus, int]] = {}
         async with self._cursor() as cur:
@@ -730,6 +752,7 @@ class PostgresStore:
             "created_to": query.created_to,
             "before": query.before,
             "limit": query.limit,
+            "tenant": query.tenant,
         }
         async with self._cursor() as cur:
             await cur.execute(Q["list_tasks"], params)
@@ -749,6 +772,8 @@ class PostgresStore:
             "salt": key.salt,
             "digest": key.digest,
             "created_at": float(key.created_at),
+            "tenant": key.tenant,
+            "scope": key.scope,
         }
         async with self._cursor() as cur:
             try:
@@ -849,30 +874,34 @@ def _known(task_id: int | None) -> int:
     return task_id
 
 
-def _submit_params(tasks: Sequence[NewTask], now: float) -> dict[str, Any]:
+def _submit_params(
+    tasks: Sequence[tuple[NewTask, str | None, bytes | None]], now: float
+) -> dict[str, Any]:
     return {
-        "agent": [t.agent for t in tasks],
-        "input": [t.input for t in tasks],
-        "key": [t.key for t in tasks],
-        "session": [t.session for t in tasks],
-        "priority": [t.priority for t in tasks],
-        "max_attempts": [t.max_attempts for t in tasks],
-        "not_before": [float(t.not_before) for t in tasks],
+        "agent": [t.agent for t, _, _ in tasks],
+        "input": [t.input for t, _, _ in tasks],
+        "key": [k for _, k, _ in tasks],
+        "session": [t.session for t, _, _ in tasks],
+        "priority": [t.priority for t, _, _ in tasks],
+        "max_attempts": [t.max_attempts for t, _, _ in tasks],
+        "not_before": [float(t.not_before) for t, _, _ in tasks],
+        "tenant": [t.tenant for t, _, _ in tasks],
+        "input_hash": [h for _, _, h in tasks],
         "now": float(now),
     }
 
 
-def _match_inserted(fresh: Sequence[NewTask], rows: Iterable[TupleRow]) -> list[int | None]:
-    """Per task, its new id, or None where its key existed. RETURNING answers the inserted
-    rows in input order, so the answer is walked alongside the input."""
+def _match_inserted(keys: Sequence[str | None], rows: Iterable[TupleRow]) -> list[int | None]:
+    """Per task (by stored key), its new id, or None where its key existed. RETURNING
+    answers the inserted rows in input order, so the answer is walked alongside the input."""
     answer = iter(rows)
     row = next(answer, None)
     out: list[int | None] = []
-    for t in fresh:
-        if row is not None and row[1] == t.key:
+    for key in keys:
+        if row is not None and row[1] == key:
             out.append(row[0])
             row = next(answer, None)
-        elif t.key is None:
+        elif key is None:
             raise StoreError("inserted tasks came back out of order")
         else:
             out.append(None)
@@ -939,5 +968,5 @@ async def _settle(cur: Cursor, horizon: int, newest: int) -> int:
 
 
 def _api_key(row: Sequence[Any]) -> ApiKey:
-    key_id, name, salt, digest, created_at, revoked_at = row
-    return ApiKey(key_id, name, bytes(salt), bytes(digest), created_at, revoked_at)
+    key_id, name, salt, digest, created_at, revoked_at, tenant, scope = row
+    return ApiKey(key_id, name, bytes(salt), bytes(digest), created_at, revoked_at, tenant, scope)

@@ -8,22 +8,25 @@ from typing import Any
 from .. import codec
 from ..task import ErrorInfo, TaskInfo, TaskStatus
 from .base import Event, EventDetail
+from .tenancy import DEFAULT_TENANT, unscoped_key
 
 
 def task_info(row: Sequence[Any]) -> TaskInfo:
     """A task from ``id, agent, key, session, status, attempt, max_attempts, input, output,
-    error, created_at, started_at, finished_at, lease_owner, usage``."""
+    error, created_at, started_at, finished_at, lease_owner, usage[, tenant]``. A query
+    that leaves the input out selects NULL for it (the task's ``input`` is then None)."""
     (tid, agent, key, session, status, attempt, max_attempts, inp, out, err) = row[:10]
     created, started, finished, owner, usage = row[10:15]
+    tenant = row[15] if len(row) > 15 else DEFAULT_TENANT
     return TaskInfo(
         id=tid,
         agent=agent,
-        key=key,
+        key=unscoped_key(key),
         session=session,
         status=TaskStatus(status),
         attempt=attempt,
         max_attempts=max_attempts,
-        input=codec.loads(inp),
+        input=codec.loads(inp) if inp is not None else None,
         output=codec.loads(out) if out is not None else None,
         error=ErrorInfo.from_json(err),
         created_at=created,
@@ -31,6 +34,7 @@ def task_info(row: Sequence[Any]) -> TaskInfo:
         finished_at=finished,
         lease_owner=owner,
         usage=codec.loads(usage) if usage is not None else None,
+        tenant=tenant,
     )
 
 

@@ -50,6 +50,7 @@ from .base import (
 )
 from .queries import migrations, queries
 from .rows import event_detail, task_info
+from .tenancy import KeyedTasks, unscoped_key
 
 T = TypeVar("T")
 Q = queries("sqlite")
@@ -188,22 +189,28 @@ class SQLiteStore:
 
     @staticmethod
     def _submit(db: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
-        # Keys that exist answer their task; the rest are inserted in one executemany.
-        # This runs under BEGIN IMMEDIATE, so no other writer can slip in between, and
-        # rows inserted together get consecutive ids.
-        keys = [t.key for t in tasks if t.key is not None]
+        # Keys that exist answer their task (or, sent with another input, refuse the whole
+        # submission); the rest are inserted in one executemany. This runs under BEGIN
+        # IMMEDIATE, so no other writer can slip in between, and rows inserted together get
+        # consecutive ids.
+        keyed = KeyedTasks(tasks)
+        keys = [k for k in keyed.keys if k is not None]
         existing: dict[str, tuple[int, str]] = {}
+        hashes: dict[str, bytes | None] = {}
         if keys:
             for chunk in _chunks(keys, 5000):
                 rows = db.execute(Q["tasks_by_keys"], {"keys": codec.dumps(chunk).decode()})
-                existing.update((k, (i, st)) for k, i, st in rows)
-        fresh: list[NewTask] = []
+                for k, i, st, h in rows:
+                    existing[k] = (i, st)
+                    hashes[k] = h
+            keyed.check(hashes)
+        fresh: list[tuple[NewTask, str | None, bytes | None]] = []
         seen: set[str] = set()
-        for t in tasks:
-            if t.key is None or (t.key not in existing and t.key not in seen):
-                fresh.append(t)
-                if t.key is not None:
-                    seen.add(t.key)
+        for t, k, h in zip(tasks, keyed.keys, keyed.hashes, strict=True):
+            if k is None or (k not in existing and k not in seen):
+                fresh.append((t, k, h))
+                if k is not None:
+                    seen.add(k)
         first_id = 0
         if fresh:
             db.executemany(
@@ -212,14 +219,16 @@ class SQLiteStore:
                     (
                         t.agent,
                         t.input,
-                        t.key,
+                        k,
                         t.session,
                         t.priority,
                         t.max_attempts,
                         t.not_before,
                         now,
+                        t.tenant,
+                        h,
                     )
-                    for t in fresh
+                    for t, k, h in fresh
                 ],
             )
             (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
@@ -227,17 +236,17 @@ class SQLiteStore:
         out: list[Submitted] = []
         new_ids: dict[str, int] = {}
         n = 0
-        for t in tasks:
-            if t.key is not None and t.key in existing:
-                task_id, status = existing[t.key]
+        for t, k in zip(tasks, keyed.keys, strict=True):
+            if k is not None and k in existing:
+                task_id, status = existing[k]
                 out.append(Submitted(task_id, t.key, TaskStatus(status), False))
-            elif t.key is not None and t.key in new_ids:  # the same key twice in one call
-                out.append(Submitted(new_ids[t.key], t.key, TaskStatus.QUEUED, False))
+            elif k is not None and k in new_ids:  # the same key twice in one call
+                out.append(Submitted(new_ids[k], t.key, TaskStatus.QUEUED, False))
             else:
                 task_id = first_id + n
                 n += 1
-                if t.key is not None:
-                    new_ids[t.key] = task_id
+                if k is not None:
+                    new_ids[k] = task_id
                 out.append(Submitted(task_id, t.key, TaskStatus.QUEUED, True))
         return out
 
@@ -445,6 +454,22 @@ class SQLiteStore:
 
         return await self._call(run)
 
+    async def counts_by_tenant(self) -> dict[str, dict[TaskStatus, int]]:
+        def run() -> dict[str, dict[TaskStatus, int]]:
+            out: dict[str, dict[TaskStatus, int]] = {}
+            for tenant, status, n in self._db.execute(Q["counts_by_tenant"]):
+                out.setdefault(tenant, {})[TaskStatus(status)] = n
+            return out
+
+        return await self._call(run)
+
+    async def count_queued(self, tenant: str) -> int:
+        def run() -> int:
+            (n,) = self._db.execute(Q["count_queued"], {"tenant": tenant}).fetchone()
+            return int(n)
+
+        return await self._call(run)
+
     async def counts_by_agent(self) -> dict[str, dict[TaskStatus, int]]:
         def run() -> dict[str, dict[TaskStatus, int]]:
             out: dict[str, dict[TaskStatus, int]] = {}
@@ -576,6 +601,7 @@ class SQLiteStore:
             "created_to": query.created_to,
             "before": query.before,
             "limit": query.limit,
+            "tenant": query.tenant,
         }
 
         def run() -> list[TaskInfo]:
@@ -597,6 +623,8 @@ class SQLiteStore:
             "salt": key.salt,
             "digest": key.digest,
             "created_at": key.created_at,
+            "tenant": key.tenant,
+            "scope": key.scope,
         }
 
         def run(db: sqlite3.Connection) -> None:
@@ -656,7 +684,10 @@ def _with_steps(db: sqlite3.Connection, rows: Sequence[Any]) -> list[Lease]:
         ids = codec.dumps([r[0] for r in rows]).decode()
         for task_id, key, output in db.execute(Q["replayed_steps"], {"ids": ids}):
             steps.setdefault(task_id, {})[key] = output
-    return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], steps.get(r[0], {})) for r in rows]
+    return [
+        Lease(r[0], r[1], r[2], unscoped_key(r[3]), r[4], r[5], r[6], steps.get(r[0], {}))
+        for r in rows
+    ]
 
 
 def _fence(db: sqlite3.Connection, batch: WriteBatch) -> set[tuple[int, int, str | None]]:

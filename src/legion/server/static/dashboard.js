@@ -1,5 +1,6 @@
-// The live dashboard: one event stream (/v1/progress) feeds every number and chart.
-import { el, fmtInt, fmtRate, fmtSeconds, fmtUsd, replaceRows, setText, subscribe } from "/static/common.js";
+// The live dashboard: one event stream (/v1/progress) feeds every number and chart; the task
+// list is read from /v1/tasks (again every 2 s while the run moves, and when a filter changes).
+import { el, fmtInt, fmtRate, fmtSeconds, fmtTime, fmtUsd, replaceRows, setText, subscribe } from "/static/common.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "dead", "cancelled"];
 const MAX_POINTS = 600;
@@ -126,6 +127,68 @@ function renderFailures(failures, now) {
   replaceRows(document.getElementById("failures-table"), rows, 6, "no failure");
 }
 
+// The task list: the newest tasks matching the filters, with retry and cancel buttons for
+// an admin key (the API refuses them to other keys' tasks anyway).
+let key = { admin: false, tenant: "" };
+let listing = null;
+let listedAt = 0;
+
+const RETRYABLE = new Set(["dead", "failed", "cancelled"]);
+const CANCELLABLE = new Set(["queued", "running"]);
+
+async function act(id, action) {
+  const resp = await fetch(`/v1/tasks/${id}:${action}`, { method: "POST" });
+  if (!resp.ok) console.warn(`${action} of task ${id}: ${resp.status}`);
+  await loadTasks();
+}
+
+function actions(t) {
+  if (!key.admin) return "";
+  const buttons = [];
+  if (RETRYABLE.has(t.status)) buttons.push(["retry", "retry"]);
+  if (CANCELLABLE.has(t.status)) buttons.push(["cancel", "cancel"]);
+  return el("span", {}, ...buttons.map(([action, label]) => {
+    const button = el("button", { type: "button", class: "action", "data-action": action, "data-id": String(t.id) }, label);
+    button.addEventListener("click", () => act(t.id, action));
+    return button;
+  }));
+}
+
+async function loadTasks() {
+  const params = new URLSearchParams({ limit: "25" });
+  const status = document.getElementById("filter-status").value;
+  const agent = document.getElementById("filter-agent").value.trim();
+  if (status) params.set("status", status);
+  if (agent) params.set("agent", agent);
+  const query = params.toString();
+  listing = query;
+  listedAt = Date.now();
+  const resp = await fetch(`/v1/tasks?${query}`);
+  if (!resp.ok || listing !== query) return;  // a newer filter won
+  const page = await resp.json();
+  const rows = page.tasks.map((t) => el("tr", { "data-id": String(t.id) },
+    el("td", {}, el("a", { href: `/tasks/${t.id}` }, `#${t.id}`)),
+    el("td", {}, t.agent),
+    el("td", {}, t.tenant),
+    el("td", {}, el("span", { class: `badge ${t.status}` }, t.status)),
+    el("td", {}, fmtInt(t.attempts)),
+    el("td", {}, fmtTime(t.created_at)),
+    el("td", {}, actions(t))));
+  replaceRows(document.getElementById("tasks-table"), rows, 7, "no task");
+  document.getElementById("tasks-table").dataset.query = query;
+}
+
+async function startTasks() {
+  const resp = await fetch("/v1/key");
+  if (resp.ok) key = await resp.json();
+  setText("key-scope", key.admin ? "admin key: every tenant" : `tenant ${key.tenant}`);
+  for (const id of ["filter-status", "filter-agent"]) {
+    document.getElementById(id).addEventListener("change", loadTasks);
+  }
+  document.getElementById("task-filters").addEventListener("submit", (e) => { e.preventDefault(); loadTasks(); });
+  await loadTasks();
+}
+
 function render(s) {
   renderTiles(s);
   renderStatuses(s.statuses);
@@ -153,9 +216,11 @@ function start() {
         redraw();
       }
       render(snapshot);
+      if (Date.now() - listedAt > 2000) loadTasks();
       document.body.dataset.updated = String(snapshot.at);
     },
   });
 }
 
 start();
+startTasks();

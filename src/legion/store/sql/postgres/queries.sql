@@ -32,17 +32,21 @@ SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s);
 -- name: insert_tasks
 -- Rows are inserted, and answered by RETURNING, in input order. A key that exists already
 -- (or is being inserted by a concurrent submit that then commits) is skipped.
-INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, not_before, created_at)
-SELECT agent, input, key, session, priority, 'queued', max_attempts, not_before, %(now)s
+INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, not_before, created_at,
+                   tenant, input_hash)
+SELECT agent, input, key, session, priority, 'queued', max_attempts, not_before, %(now)s,
+       tenant, input_hash
 FROM unnest(%(agent)s::text[], %(input)b::bytea[], %(key)s::text[], %(session)s::text[],
-            %(priority)s::integer[], %(max_attempts)s::integer[], %(not_before)s::float8[])
-     WITH ORDINALITY AS t(agent, input, key, session, priority, max_attempts, not_before, ord)
+            %(priority)s::integer[], %(max_attempts)s::integer[], %(not_before)s::float8[],
+            %(tenant)s::text[], %(input_hash)b::bytea[])
+     WITH ORDINALITY AS t(agent, input, key, session, priority, max_attempts, not_before,
+                          tenant, input_hash, ord)
 ORDER BY ord
 ON CONFLICT (key) DO NOTHING
 RETURNING id, key;
 
 -- name: tasks_by_keys
-SELECT key, id, status FROM tasks WHERE key = ANY(%(keys)s::text[]);
+SELECT key, id, status, input_hash FROM tasks WHERE key = ANY(%(keys)s::text[]);
 
 -- name: lease
 -- SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
@@ -280,28 +284,35 @@ SELECT status FROM tasks WHERE id = %(id)s;
 
 -- name: get_task
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage
+       created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks WHERE id = %(id)s;
 
 -- name: get_tasks
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage
+       created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: find_keys
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage
+       created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks WHERE key = ANY(%(keys)s::text[]);
 
 -- name: counts
 SELECT status, count(*) FROM tasks GROUP BY status;
+
+-- name: count_queued
+-- A tenant's backlog, for its limit on queued tasks (served by tasks_tenant_status).
+SELECT count(*) FROM tasks WHERE tenant = %(tenant)s AND status = 'queued';
+
+-- name: counts_by_tenant
+SELECT tenant, status, count(*) FROM tasks GROUP BY tenant, status;
 
 -- name: counts_by_agent
 SELECT agent, status, count(*) FROM tasks GROUP BY agent, status;
 
 -- name: recent_errors
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage
+       created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
 ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %(limit)s;
 
@@ -354,11 +365,13 @@ ON CONFLICT (route) DO UPDATE SET until = greatest(capacity_backoff.until, exclu
 
 -- name: list_tasks
 -- The HTTP API's task list, newest first. A NULL filter matches everything; %(before)s is
--- the page cursor (only ids below it).
-SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage
+-- the page cursor (only ids below it). Inputs and outputs are left out (NULL): a page shows
+-- neither, and they can be large.
+SELECT id, agent, key, session, status, attempt, max_attempts, NULL::bytea, NULL::bytea, error,
+       created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks
 WHERE id < coalesce(%(before)s::bigint, 9223372036854775807)
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s::text)
   AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
   AND (%(agent)s::text IS NULL OR agent = %(agent)s::text)
   AND (%(created_from)s::float8 IS NULL OR created_at >= %(created_from)s::float8)
@@ -375,14 +388,14 @@ WHERE e.id > %(after)s AND e.id < legion_feed_horizon()
 ORDER BY e.id LIMIT %(limit)s;
 
 -- name: insert_api_key
-INSERT INTO api_keys (id, name, salt, digest, created_at)
-VALUES (%(id)s, %(name)s, %(salt)b, %(digest)b, %(created_at)s);
+INSERT INTO api_keys (id, name, salt, digest, created_at, tenant, scope)
+VALUES (%(id)s, %(name)s, %(salt)b, %(digest)b, %(created_at)s, %(tenant)s, %(scope)s);
 
 -- name: get_api_key
-SELECT id, name, salt, digest, created_at, revoked_at FROM api_keys WHERE id = %(id)s;
+SELECT id, name, salt, digest, created_at, revoked_at, tenant, scope FROM api_keys WHERE id = %(id)s;
 
 -- name: api_keys
-SELECT id, name, salt, digest, created_at, revoked_at FROM api_keys ORDER BY created_at, id;
+SELECT id, name, salt, digest, created_at, revoked_at, tenant, scope FROM api_keys ORDER BY created_at, id;
 
 -- name: revoke_api_key
 -- Idempotent: a key revoked twice keeps its first revocation time.

@@ -3,12 +3,14 @@
 
 -- name: insert_task
 -- Positional for speed (executemany on the hot path): agent, input, key, session,
--- priority, max_attempts, not_before, created_at. Keys were checked just before.
-INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, not_before, created_at)
-VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?);
+-- priority, max_attempts, not_before, created_at, tenant, input_hash. Keys were checked
+-- just before.
+INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, not_before, created_at,
+                   tenant, input_hash)
+VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?);
 
 -- name: tasks_by_keys
-SELECT key, id, status FROM tasks WHERE key IN (SELECT value FROM json_each(:keys));
+SELECT key, id, status, input_hash FROM tasks WHERE key IN (SELECT value FROM json_each(:keys));
 
 -- name: lease
 -- Tasks to run alone (`isolate`) are leased by lease_isolated only.
@@ -144,18 +146,25 @@ SELECT status FROM tasks WHERE id = :id;
 
 -- name: get_task
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage
+       created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks WHERE id = :id;
 
 -- name: counts
 SELECT status, count(*) FROM tasks GROUP BY status;
+
+-- name: count_queued
+-- A tenant's backlog, for its limit on queued tasks (served by tasks_tenant_status).
+SELECT count(*) FROM tasks WHERE tenant = :tenant AND status = 'queued';
+
+-- name: counts_by_tenant
+SELECT tenant, status, count(*) FROM tasks GROUP BY tenant, status;
 
 -- name: counts_by_agent
 SELECT agent, status, count(*) FROM tasks GROUP BY agent, status;
 
 -- name: recent_errors
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage
+       created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
 ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT :limit;
 
@@ -201,10 +210,12 @@ ON CONFLICT (route) DO UPDATE SET until = max(until, excluded.until);
 -- name: list_tasks
 -- The HTTP API's task list, newest first. A NULL filter matches everything; :before is the
 -- page cursor (only ids below it). The id range keeps a page a short walk down the rowids.
-SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage
+-- Inputs and outputs are left out (NULL): a page shows neither, and they can be large.
+SELECT id, agent, key, session, status, attempt, max_attempts, NULL, NULL, error,
+       created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks
 WHERE id < coalesce(:before, 9223372036854775807)
+  AND (:tenant IS NULL OR tenant = :tenant)
   AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
   AND (:agent IS NULL OR agent = :agent)
   AND (:created_from IS NULL OR created_at >= :created_from)
@@ -221,14 +232,14 @@ WHERE e.id > :after
 ORDER BY e.id LIMIT :limit;
 
 -- name: insert_api_key
-INSERT INTO api_keys (id, name, salt, digest, created_at)
-VALUES (:id, :name, :salt, :digest, :created_at);
+INSERT INTO api_keys (id, name, salt, digest, created_at, tenant, scope)
+VALUES (:id, :name, :salt, :digest, :created_at, :tenant, :scope);
 
 -- name: get_api_key
-SELECT id, name, salt, digest, created_at, revoked_at FROM api_keys WHERE id = :id;
+SELECT id, name, salt, digest, created_at, revoked_at, tenant, scope FROM api_keys WHERE id = :id;
 
 -- name: api_keys
-SELECT id, name, salt, digest, created_at, revoked_at FROM api_keys ORDER BY created_at, id;
+SELECT id, name, salt, digest, created_at, revoked_at, tenant, scope FROM api_keys ORDER BY created_at, id;
 
 -- name: revoke_api_key
 -- Idempotent: a key revoked twice keeps its first revocation time.

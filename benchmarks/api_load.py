@@ -1,0 +1,322 @@
+"""``legion serve`` under overload and under large bodies: what it accepts, sheds and holds.
+
+Starts ``legion serve --no-worker`` (the API alone: submitted tasks stay queued) on a fresh
+SQLite store, as a subprocess, and drives it over real HTTP from this process:
+
+1. **Sustainable rate**: a closed loop of ``--clients`` submitters for ``--seconds``; its
+   throughput is the rate the server sustains, with its p50/p99 latency.
+2. **10x overload**: an open-loop generator offering ``--overload`` times that rate for
+   ``--seconds``, with at most ``--outstanding`` requests in flight (the generator is
+   bounded too: a request it cannot send is counted as not offered). Run twice in the
+   same process: with the default bound on requests in progress (``--max-in-progress``)
+   and with the bound out of reach, which is how the server behaved before it shed load.
+   Counts 201s, 429s and 503s (with or without ``Retry-After``), errors, and the p50/p99
+   of the accepted ones; then reads the store: every acknowledged task must be there
+   (``lost``) and nothing else (``extra``).
+3. **Memory**: the server's RSS (``/proc/PID/status``) at rest, after ``--big`` tasks of
+   ``--big-mb`` MB submitted one after the other (and, per request, how far its peak RSS
+   rose above the RSS before it, in multiples of the body: the copies it made), and after
+   two bursts of ``--burst`` concurrent ``--burst-mb`` MB bodies; per accepted task.
+
+``--src PATH`` runs another checkout's ``legion`` (its ``src`` folder) for a before/after
+comparison; flags that checkout does not know are left out.
+
+    python benchmarks/api_load.py                      # ~1 min
+    python benchmarks/api_load.py --src ../other/src   # the same against another checkout
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+AGENT = """
+import legion
+
+@legion.agent
+async def echo(ctx, text: str = "", n: int = 0):
+    return n
+"""
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Server:
+    def __init__(self, folder: Path, src: Path | None, flags: list[str]) -> None:
+        self.folder = folder
+        self.env = dict(os.environ)
+        if src:
+            self.env["PYTHONPATH"] = str(src)
+        self.store = f"sqlite:///{folder / 'api.db'}"
+        (folder / "agents.py").write_text(AGENT)
+        made = subprocess.run(
+            [sys.executable, "-m", "legion", "keys", "create", "--store", self.store],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=True,
+        )
+        self.key = made.stdout.splitlines()[-1]
+        help_text = subprocess.run(
+            [sys.executable, "-m", "legion", "serve", "--help"],
+            capture_output=True,
+            text=True,
+            env={**self.env, "COLUMNS": "300"},
+        ).stdout
+        known = [f for f in flags[::2] if f in help_text]
+        args = [
+            a for f, v in zip(flags[::2], flags[1::2], strict=True) if f in known for a in (f, v)
+        ]
+        self.flags = args
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "legion", "serve", "--no-worker", "--port", "0"),
+                *("--store", self.store, "--app", str(folder / "agents.py"), *args),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
+            cwd=folder,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        self.url = line.split("listening on ", 1)[1].split()[0]
+
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def reset_peak(self) -> None:
+        """Start the peak RSS (VmHWM) over from the RSS now."""
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
+    def stored_ids(self) -> set[int]:
+        db = sqlite3.connect(str(self.folder / "api.db"))
+        try:
+            return {row[0] for row in db.execute("SELECT id FROM tasks")}
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+async def submit(
+    http: aiohttp.ClientSession, server: Server, body: bytes
+) -> tuple[int, float, bool, int | None]:
+    began = time.perf_counter()
+    try:
+        async with http.post(
+            server.url + "/v1/tasks",
+            data=body,
+            headers={"Authorization": f"Bearer {server.key}", "Content-Type": "application/json"},
+        ) as resp:
+            data = await resp.read()
+            task_id = json.loads(data)["id"] if resp.status == 201 else None
+            return resp.status, time.perf_counter() - began, "Retry-After" in resp.headers, task_id
+    except (TimeoutError, aiohttp.ClientError):
+        return 0, time.perf_counter() - began, False, None
+
+
+def body(i: int) -> bytes:
+    return json.dumps({"agent": "echo", "input": {"n": i}}).encode()
+
+
+async def sustainable(server: Server, clients: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    deadline = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+
+        async def loop(c: int) -> None:
+            i = 0
+            while time.perf_counter() < deadline:
+                status, took, _, _ = await submit(http, server, body(c * 1_000_000 + i))
+                statuses[status] += 1
+                if status == 201:
+                    latencies.append(took)
+                i += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(loop(c) for c in range(clients)))
+        elapsed = time.perf_counter() - began
+    return {
+        "rate": len(latencies) / elapsed,
+        "statuses": dict(statuses),
+        "p50_ms": 1000 * (percentile(latencies, 0.5) or 0),
+        "p99_ms": 1000 * (percentile(latencies, 0.99) or 0),
+    }
+
+
+async def overload(server: Server, rate: float, seconds: float, outstanding: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    retry_after: Counter[int] = Counter()
+    acked: list[int] = []
+    not_offered = 0
+    in_flight = 0
+    tasks: set[asyncio.Task[None]] = set()
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=120),
+        connector=aiohttp.TCPConnector(limit=outstanding),
+    ) as http:
+
+        async def one(i: int) -> None:
+            nonlocal in_flight
+            try:
+                status, took, has_retry, task_id = await submit(http, server, body(10**9 + i))
+            finally:
+                in_flight -= 1
+            statuses[status] += 1
+            if has_retry:
+                retry_after[status] += 1
+            if status == 201 and task_id is not None:
+                latencies.append(took)
+                acked.append(task_id)
+
+        began = time.perf_counter()
+        sent = 0
+        while (now := time.perf_counter()) - began < seconds:
+            due = int((now - began) * rate) - sent
+            for _ in range(due):
+                if in_flight >= outstanding:
+                    not_offered += 1
+                else:
+                    in_flight += 1
+                    t = asyncio.create_task(one(sent))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                sent += 1
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+    stored = server.stored_ids()
+    return {
+        "offered_rate": rate,
+        "offered": sent - not_offered,
+        "not_offered": not_offered,
+        "statuses": dict(statuses),
+        "with_retry_after": dict(retry_after),
+        "accepted_p50_ms": 1000 * (percentile(latencies, 0.5) or 0),
+        "accepted_p99_ms": 1000 * (percentile(latencies, 0.99) or 0),
+        "lost": len(set(acked) - stored),
+        "acked": len(acked),
+    }
+
+
+async def memory(
+    server: Server, big: int, big_mb: float, burst: int, burst_mb: float
+) -> dict[str, Any]:
+    def payload(mb: float, i: int) -> bytes:
+        text = ("x" * 1023 + "\n") * int(mb * 1024)
+        return json.dumps({"agent": "echo", "input": {"text": text, "n": i}}).encode()
+
+    out: dict[str, Any] = {"rest_mb": server.rss_mb()}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
+        accepted = 0
+        peak = out["rest_mb"]
+        rises = []
+        for i in range(big):
+            data = payload(big_mb, i)
+            before = server.rss_mb()
+            server.reset_peak()
+            status, _, _, _ = await submit(http, server, data)
+            rises.append((server.rss_mb("VmHWM") - before) / (len(data) / 2**20))
+            accepted += status == 201
+            peak = max(peak, server.rss_mb())
+        # What one request holds at its peak, in multiples of its body: the copies made.
+        out["peak_rise_per_body"] = round(sorted(rises)[len(rises) // 2], 2)
+        out["after_sequential_mb"] = server.rss_mb()
+        out["sequential_accepted"] = accepted
+        out["sequential_peak_mb"] = peak
+        burst_ok = 0
+        for round_ in (1, 2):  # a second burst: does the server keep growing?
+            bodies = [payload(burst_mb, 1000 * round_ + i) for i in range(burst)]
+            answers = await asyncio.gather(*(submit(http, server, b) for b in bodies))
+            del bodies
+            out[f"burst{round_}_statuses"] = dict(Counter(a[0] for a in answers))
+            out[f"after_burst{round_}_mb"] = server.rss_mb()
+            burst_ok += sum(a[0] == 201 for a in answers)
+    await asyncio.sleep(2)
+    out["settled_mb"] = server.rss_mb()
+    total = accepted + burst_ok
+    out["per_accepted_task_mb"] = (out["settled_mb"] - out["rest_mb"]) / max(1, total)
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, help="run the legion of this src folder")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--overload", type=float, default=10.0)
+    parser.add_argument("--outstanding", type=int, default=512)
+    parser.add_argument("--max-in-progress", type=int, default=32)
+    parser.add_argument("--big", type=int, default=12)
+    parser.add_argument("--big-mb", type=float, default=3.6)
+    parser.add_argument("--burst", type=int, default=8)
+    parser.add_argument("--burst-mb", type=float, default=10.0)
+    parser.add_argument(
+        "--phases",
+        default="overload,memory",
+        help="overload, memory, or both (default)",
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    shown = ["OTHER_CHECKOUT/src" if a == str(args.src) else a for a in sys.argv]
+    results: dict[str, Any] = {"command": " ".join(shown), "load": os.getloadavg()}
+    body_flags = ["--max-body", str(int(max(args.big_mb, args.burst_mb) * 1.2 * 2**20))]
+    with tempfile.TemporaryDirectory() as tmp:
+        bounds = (("shedding", args.max_in_progress), ("unbounded", 1_000_000))
+        for name, bound in bounds if "overload" in args.phases else ():
+            folder = Path(tmp) / name
+            folder.mkdir()
+            server = Server(folder, args.src, ["--max-in-progress", str(bound)])
+            try:
+                base = await sustainable(server, args.clients, args.seconds)
+                over = await overload(
+                    server, args.overload * base["rate"], args.seconds, args.outstanding
+                )
+                results[name] = {"flags": server.flags, "sustainable": base, "overload": over}
+            finally:
+                server.stop()
+            print(name, json.dumps(results[name], indent=1), flush=True)
+        if "memory" in args.phases:
+            folder = Path(tmp) / "memory"
+            folder.mkdir()
+            server = Server(folder, args.src, body_flags)
+            try:
+                results["memory"] = await memory(
+                    server, args.big, args.big_mb, args.burst, args.burst_mb
+                )
+            finally:
+                server.stop()
+            print("memory", json.dumps(results["memory"], indent=1), flush=True)
+    args.out.mkdir(exist_ok=True)
+    name = "api-load" + ("-other" if args.src else "")
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out / f'{name}.json'}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,72 @@
+"""Submitting input lines whose ``"_key"`` may name a task of another input.
+
+The same key on two lines with the same input is one task (the file resumes); with another
+input, the later line is an error on that line. A key that names a task submitted before
+with another input (a store answers :class:`~legion.errors.IdempotencyConflict`) makes
+every line with that key an error: never a silent answer with the other task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from .. import codec
+from ..agent import Agent
+from ..errors import IdempotencyConflict
+from ..inputs import InputLine
+from ..runtime import Runtime
+from ..task import Submitted
+
+
+async def submit_lines(
+    rt: Runtime, agent: Agent, lines: Sequence[InputLine]
+) -> tuple[list[InputLine], list[Submitted], list[InputLine]]:
+    """Submit ``lines``: answer the lines submitted, their tasks (in order), and the lines
+    refused for a conflicting key (each with its ``error``)."""
+    good, refused = _first_of_each_key(lines)
+    while True:
+        try:
+            submitted = await rt.submit_many(
+                agent,
+                [ln.value for ln in good],
+                keys=[ln.key for ln in good],
+                sessions=[ln.session for ln in good],
+            )
+        except IdempotencyConflict as exc:
+            keys = set(exc.keys)
+            clash = [ln for ln in good if ln.key in keys]
+            if not clash:
+                raise
+            refused.extend(
+                dataclasses.replace(
+                    ln,
+                    error=f'line {ln.line}: "_key" {ln.key!r} names a task submitted before '
+                    "with another input; use a new key for a new task",
+                )
+                for ln in clash
+            )
+            good = [ln for ln in good if ln.key not in keys]
+        else:
+            return good, submitted, refused
+
+
+def _first_of_each_key(lines: Sequence[InputLine]) -> tuple[list[InputLine], list[InputLine]]:
+    first: dict[str, tuple[InputLine, bytes]] = {}
+    good: list[InputLine] = []
+    refused: list[InputLine] = []
+    for ln in lines:
+        if ln.key is None:
+            good.append(ln)
+            continue
+        encoded = codec.dumps(ln.value)
+        seen = first.setdefault(ln.key, (ln, encoded))
+        if seen[1] != encoded:
+            message = (
+                f'line {ln.line}: "_key" {ln.key!r} was used on line {seen[0].line} with '
+                "another input; use a new key for a new task"
+            )
+            refused.append(dataclasses.replace(ln, error=message))
+        else:
+            good.append(ln)
+    return good, refused

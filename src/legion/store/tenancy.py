@@ -1,0 +1,97 @@
+"""Tenants in the store: whose a task is, and idempotency keys scoped to their tenant.
+
+A key of the :data:`DEFAULT_TENANT` is stored as given (stores made before tenants keep
+their keys); another tenant's is stored as ``\\x1f<tenant>\\x1f<key>``, so the same key in
+two tenants names two tasks. A key may not itself start with ``\\x1f``.
+
+A keyed task also keeps the fingerprint of what was submitted (its agent and input): the
+same key sent again with something else is an :class:`~legion.errors.IdempotencyConflict`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+
+from ..errors import ConfigError, IdempotencyConflict
+from ..task import NewTask
+
+DEFAULT_TENANT = "default"
+_MARK = "\x1f"
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TENANT_PATTERN = _TENANT.pattern
+
+
+def check_tenant(name: str) -> str:
+    """``name`` if it can name a tenant, else :class:`ConfigError`."""
+    if not _TENANT.match(name):
+        raise ConfigError(
+            f"bad tenant name {name!r}: 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def scoped_key(tenant: str, key: str | None) -> str | None:
+    """The stored form of ``tenant``'s idempotency key ``key``."""
+    if key is None:
+        return None
+    if key.startswith(_MARK):
+        raise ConfigError("an idempotency key may not start with the character U+001F")
+    if tenant == DEFAULT_TENANT:
+        return key
+    return f"{_MARK}{tenant}{_MARK}{key}"
+
+
+def unscoped_key(stored: str | None) -> str | None:
+    """The key as its tenant sent it, from its stored form."""
+    if stored is None or not stored.startswith(_MARK):
+        return stored
+    return stored.split(_MARK, 2)[2]
+
+
+def fingerprint(agent: str, input: bytes) -> bytes:
+    """What a keyed submission is compared by: SHA-256 of the agent and the input's JSON."""
+    h = hashlib.sha256(agent.encode("utf-8"))
+    h.update(b"\x00")
+    h.update(input)
+    return h.digest()
+
+
+class KeyedTasks:
+    """The stored keys and fingerprints of tasks about to be submitted together.
+
+    Made before the store is touched: the same key twice in one submission with different
+    agents or inputs is refused at once (:class:`IdempotencyConflict`).
+    """
+
+    __slots__ = ("hashes", "keys", "sent")
+
+    def __init__(self, tasks: Sequence[NewTask]) -> None:
+        self.sent = [t.key for t in tasks]
+        self.keys = [scoped_key(t.tenant, t.key) for t in tasks]
+        self.hashes = [
+            fingerprint(t.agent, t.input) if k is not None else None
+            for t, k in zip(tasks, self.keys, strict=True)
+        ]
+        first: dict[str, bytes | None] = {}
+        clash = [
+            sent
+            for sent, k, h in zip(self.sent, self.keys, self.hashes, strict=True)
+            if k is not None and first.setdefault(k, h) != h
+        ]
+        if clash:
+            raise IdempotencyConflict(tuple(dict.fromkeys(s for s in clash if s is not None)))
+
+    def check(self, stored: Mapping[str, bytes | None]) -> None:
+        """Refuse the submission if a key in ``stored`` (stored key → fingerprint) was
+        submitted with something else. A task stored before fingerprints were kept has
+        none and matches anything."""
+        clash = [
+            sent
+            for sent, k, h in zip(self.sent, self.keys, self.hashes, strict=True)
+            if k is not None and stored.get(k) is not None and stored[k] != h
+        ]
+        if clash:
+            raise IdempotencyConflict(tuple(dict.fromkeys(s for s in clash if s is not None)))

@@ -1,0 +1,321 @@
+"""Many people on one server, over real HTTP: tenants, idempotency conflicts, load shedding,
+strict JSON, bodies without a content type, and the metrics port."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from legion.server.keys import new_key
+from legion.store.base import TaskQuery
+from legion.task import NewTask, TaskStatus
+from legion.testing import FakeClock
+
+from .conftest import Api, StartApi, next_event
+
+
+async def tenant_key(api: Api, tenant: str, *, admin: bool = False) -> str:
+    key = new_key(f"{tenant}-key", time.time(), tenant=tenant, admin=admin)
+    await api.runtime.store.add_api_key(key.record)
+    return key.token
+
+
+async def call(
+    api: Api, key: str, method: str, path: str, body: Any = None, **headers: str
+) -> tuple[int, Any]:
+    return await api.call(method, path, body=body, headers={**api.auth(key), **headers})
+
+
+async def test_a_tenant_sees_and_changes_only_its_own_tasks(
+    any_api: Api, gate: asyncio.Event
+) -> None:
+    acme, globex = await tenant_key(any_api, "acme"), await tenant_key(any_api, "globex")
+    admin = await tenant_key(any_api, "ops", admin=True)
+    status, mine = await call(any_api, acme, "POST", "/v1/tasks", {"agent": "held", "input": 1})
+    assert status == 201
+    _, theirs = await call(
+        any_api, globex, "POST", "/v1/tasks", {"agent": "work", "input": {"n": 2}}
+    )
+    missing = 10**9
+
+    # Reads: the other tenant's task answers exactly like a missing one.
+    for path in ("/v1/tasks/{}", "/v1/tasks/{}/events"):
+        other = await call(any_api, globex, "GET", path.format(mine["id"]))
+        absent = await call(any_api, globex, "GET", path.format(missing))
+        assert other[0] == absent[0] == 404
+        assert other[1]["detail"] == absent[1]["detail"].replace(str(missing), str(mine["id"]))
+    status, got = await call(any_api, acme, "GET", f"/v1/tasks/{mine['id']}")
+    assert status == 200 and got["tenant"] == "acme"
+
+    # Changes: cancel and retry of the other's task are 404, and change nothing.
+    for action in (":cancel", ":retry"):
+        assert (await call(any_api, globex, "POST", f"/v1/tasks/{mine['id']}{action}"))[0] == 404
+    info = await any_api.runtime.get(mine["id"])
+    assert info is not None and info.status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+
+    # Lists: each tenant its own; asking for another's tenant lists nothing; admin all.
+    _, page = await call(any_api, acme, "GET", "/v1/tasks")
+    assert [t["id"] for t in page["tasks"]] == [mine["id"]]
+    _, page = await call(any_api, acme, "GET", "/v1/tasks?tenant=globex")
+    assert page["tasks"] == []
+    _, page = await call(any_api, admin, "GET", "/v1/tasks")
+    assert {t["id"] for t in page["tasks"]} == {mine["id"], theirs["id"]}
+    _, page = await call(any_api, admin, "GET", "/v1/tasks?tenant=globex")
+    assert [t["id"] for t in page["tasks"]] == [theirs["id"]]
+
+    # Events: the owner follows its task; an admin may too; then the owner cancels it.
+    resp = await any_api.http.get(
+        any_api.url + f"/v1/tasks/{mine['id']}/events", headers=any_api.auth(acme)
+    )
+    any_api.opened.append(resp)
+    assert resp.status == 200
+    _, first = await next_event(resp, lambda name, _: name == "task")
+    assert first["id"] == mine["id"] and first["tenant"] == "acme"
+    assert (await call(any_api, admin, "GET", f"/v1/tasks/{mine['id']}"))[0] == 200
+    status, cancelled = await call(any_api, acme, "POST", f"/v1/tasks/{mine['id']}:cancel")
+    assert status == 200 and cancelled["id"] == mine["id"]
+
+
+async def test_statistics_count_the_tenants_own_tasks(api: Api) -> None:
+    acme = await tenant_key(api, "acme")
+    for tenant, n in (("acme", 2), ("globex", 3)):
+        tasks = [NewTask("work", b'{"n": 1}', tenant=tenant, not_before=9e18) for _ in range(n)]
+        await api.runtime.store.submit(tasks, time.time())
+    await api.server.state.monitor.sample()
+    _, mine = await call(api, acme, "GET", "/v1/statistics")
+    assert mine["statuses"]["queued"] == 2
+    _, everyone = await api.call("GET", "/v1/statistics")  # the default tenant's key
+    assert everyone["statuses"]["queued"] == 0
+    admin = await tenant_key(api, "ops", admin=True)
+    _, everything = await call(api, admin, "GET", "/v1/statistics")
+    assert everything["statuses"]["queued"] == 5
+
+
+async def test_an_idempotency_key_sent_with_another_body_is_422(any_api: Api) -> None:
+    first = {"agent": "work", "input": {"n": 1}, "key": "order-17"}
+    status, created = await any_api.call("POST", "/v1/tasks", body=first)
+    assert status == 201
+    status, again = await any_api.call("POST", "/v1/tasks", body=first)
+    assert (status, again["id"], again["created"]) == (200, created["id"], False)
+    for changed in ({**first, "input": {"n": 2}}, {**first, "agent": "doomed"}):
+        status, refused = await any_api.call("POST", "/v1/tasks", body=changed)
+        assert status == 422
+        (error,) = refused["detail"]
+        assert error["type"] == "idempotency_conflict" and error["loc"] == ["body", "key"]
+        assert "order-17" in error["msg"] and "another agent or input" in error["msg"]
+    # Nothing else was stored: the one task, with its first input.
+    (only,) = await any_api.runtime.store.list_tasks(TaskQuery())
+    assert only.id == created["id"]
+    assert (await any_api.finished(created["id"]))["input"] == {"n": 1}
+
+
+async def test_the_idempotency_key_header_works_as_the_body_field(any_api: Api) -> None:
+    body = {"agent": "work", "input": {"n": 1}}
+    header = {**any_api.auth(), "Idempotency-Key": "pay-9"}
+    status, created = await any_api.call("POST", "/v1/tasks", body=body, headers=header)
+    assert status == 201 and created["key"] == "pay-9"
+    status, again = await any_api.call("POST", "/v1/tasks", body=body, headers=header)
+    assert (status, again["id"]) == (200, created["id"])
+    same_in_body = {**body, "key": "pay-9"}
+    assert (await any_api.call("POST", "/v1/tasks", body=same_in_body))[1]["id"] == created["id"]
+    status, refused = await any_api.call(
+        "POST", "/v1/tasks", body={**body, "input": {"n": 5}}, headers=header
+    )
+    assert status == 422 and refused["detail"][0]["type"] == "idempotency_conflict"
+    assert refused["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    status, same = await any_api.call(  # the header wins over the body's key
+        "POST", "/v1/tasks", body={**body, "key": "other"}, headers=header
+    )
+    assert (status, same["id"], same["key"]) == (200, created["id"], "pay-9")
+
+
+async def test_idempotency_keys_are_per_tenant(any_api: Api) -> None:
+    acme, globex = await tenant_key(any_api, "acme"), await tenant_key(any_api, "globex")
+    a = await call(
+        any_api, acme, "POST", "/v1/tasks", {"agent": "work", "input": {"n": 1}, "key": "k"}
+    )
+    b = await call(
+        any_api, globex, "POST", "/v1/tasks", {"agent": "work", "input": {"n": 2}, "key": "k"}
+    )
+    assert a[0] == b[0] == 201 and a[1]["id"] != b[1]["id"]
+    assert a[1]["key"] == b[1]["key"] == "k"
+
+
+async def test_a_batch_with_a_conflicting_key_queues_nothing(api: Api) -> None:
+    await api.call("POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}, "key": "x"})
+    batch = [
+        {"agent": "work", "input": {"n": 7}, "key": "new"},
+        {"agent": "work", "input": {"n": 8}, "key": "x"},
+    ]
+    status, refused = await api.call("POST", "/v1/tasks:batch", body={"tasks": batch})
+    assert status == 422
+    assert [e["loc"] for e in refused["detail"]] == [["body", "tasks", 1, "key"]]
+    assert len(await api.runtime.store.list_tasks(TaskQuery())) == 1
+    twice = [{"agent": "work", "input": {"n": 1}, "key": "y"}, {"agent": "work", "key": "y"}]
+    assert (await api.call("POST", "/v1/tasks:batch", body={"tasks": twice}))[0] == 422
+
+
+async def load(
+    api: Api, key: str, n: int, *, concurrency: int
+) -> AsyncIterator[tuple[int, Any, str | None]]:
+    """A bounded load generator: ``n`` submissions, at most ``concurrency`` at once;
+    yields each answer's status, body and Retry-After."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> tuple[int, Any, str | None]:
+        async with (
+            slots,
+            api.http.post(
+                api.url + "/v1/tasks",
+                json={"agent": "work", "input": {"n": i}, "key": f"load-{i}"},
+                headers=api.auth(key),
+            ) as resp,
+        ):
+            return resp.status, await resp.json(), resp.headers.get("Retry-After")
+
+    for answer in asyncio.as_completed([one(i) for i in range(n)]):
+        yield await answer
+
+
+async def test_a_tenant_over_its_submit_rate_is_shed_with_429_and_nothing_acked_is_lost(
+    store_url: str, start_api: StartApi
+) -> None:
+    clock = FakeClock()
+    api = await start_api(store_url, clock=clock.now, tenant_rate=2.0, tenant_burst=20)
+    acme, globex = await tenant_key(api, "acme"), await tenant_key(api, "globex")
+    answers = [a async for a in load(api, acme, 60, concurrency=16)]
+    accepted = [body["id"] for status, body, _ in answers if status == 201]
+    shed = [(body, retry) for status, body, retry in answers if status == 429]
+    assert len(accepted) == 20 and len(shed) == 40 and len(answers) == 60
+    assert all(retry is not None and int(retry) >= 1 for _, retry in shed)
+    assert all("submit rate" in body["detail"] for body, _ in shed)
+    # Every acknowledged task is in the store, once; nothing shed was stored.
+    stored = await api.runtime.store.list_tasks(TaskQuery(tenant="acme", limit=500))
+    assert sorted(t.id for t in stored) == sorted(accepted)
+    # The other tenant is not slowed by acme's overload.
+    status, _ = await call(api, globex, "POST", "/v1/tasks", {"agent": "work", "input": {"n": 1}})
+    assert status == 201
+    # Time passes: acme gets tokens again, and a shed submission retried is accepted.
+    await clock.advance(1.5)  # three tasks' worth
+    answers = [a async for a in load(api, acme, 3, concurrency=1)]
+    assert {status for status, _, _ in answers} <= {200, 201}
+    assert all(body["id"] in accepted for status, body, _ in answers if status == 200)
+    assert all(body["id"] not in accepted for status, body, _ in answers if status == 201)
+
+
+async def test_a_tenant_over_its_queued_tasks_is_shed_with_429(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    api = await start_api(f"sqlite:///{tmp_path / 'q.db'}", tenant_max_queued=3)
+    acme, globex = await tenant_key(api, "acme"), await tenant_key(api, "globex")
+    later = [NewTask("work", b'{"n": 1}', tenant="acme", not_before=9e18) for _ in range(2)]
+    await api.runtime.store.submit(later, time.time())
+    one = {"agent": "work", "input": {"n": 1}}
+    batch = {"tasks": [one, one]}
+    status, refused = await call(api, acme, "POST", "/v1/tasks:batch", batch)
+    assert status == 429 and "limit is 3" in refused["detail"]
+    assert (await call(api, globex, "POST", "/v1/tasks:batch", batch))[0] == 200
+    assert await api.runtime.store.count_queued("acme") == 2
+
+
+async def test_requests_past_the_bound_in_progress_get_503_with_retry_after(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    api = await start_api(f"sqlite:///{tmp_path / 'b.db'}", max_in_progress=1)
+    release = asyncio.Event()
+    sent = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"agent": "work", '
+        sent.set()
+        await release.wait()
+        yield b'"input": {"n": 1}}'
+
+    holding = asyncio.create_task(
+        api.http.post(api.url + "/v1/tasks", data=slow_body(), headers=api.auth())
+    )
+    await sent.wait()
+    # The held request is in progress once its first bytes are read: wait for the server
+    # to answer the next one with 503 (each try is a real request, not a sleep).
+    while True:
+        async with api.http.get(api.url + "/v1/tasks", headers=api.auth()) as resp:
+            if resp.status == 503:
+                assert resp.headers["Retry-After"] == "1"
+                assert "saturated" in (await resp.json())["detail"]
+                break
+            assert resp.status == 200
+    async with api.http.get(api.url + "/healthz") as resp:  # never shed
+        assert resp.status == 200
+    release.set()
+    resp = await holding
+    assert resp.status == 201
+    resp.release()
+    assert (await api.call("GET", "/v1/tasks"))[0] == 200
+
+
+async def test_strict_json_refuses_nan_infinity_and_out_of_range_numbers(api: Api) -> None:
+    bodies = [
+        b'{"agent": "work", "input": {"n": NaN}}',
+        b'{"agent": "work", "input": {"n": Infinity}}',
+        b'{"agent": "work", "input": {"n": 1e400}}',
+        b'{"agent": "work", "input": {"n": -1e400}}',
+    ]
+    for raw in bodies:
+        status, body = await post_raw(api, raw, "application/json")
+        assert status == 422, raw
+        assert body["detail"][0]["type"] == "json_invalid" and body["detail"][0]["loc"] == ["body"]
+    status, body = await post_raw(api, b'{"agent": "work", "input": "\xff\xfe"}', None)
+    assert status == 422 and body["detail"][0]["type"] == "utf8"
+    assert "UTF-8" in body["detail"][0]["msg"]
+    assert await api.runtime.store.list_tasks(TaskQuery()) == []
+
+
+async def post_raw(api: Api, raw: bytes, content_type: str | None) -> tuple[int, Any]:
+    headers = {**api.auth()}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    async with api.http.post(
+        api.url + "/v1/tasks", data=raw, headers=headers, skip_auto_headers=["Content-Type"]
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_json_body_needs_no_content_type(api: Api) -> None:
+    raw = b'{"agent": "work", "input": {"n": 3}}'
+    for content_type in (None, "application/x-www-form-urlencoded", "text/plain"):
+        status, body = await post_raw(api, raw, content_type)
+        assert status == 201, (content_type, body)
+        assert (await api.finished(body["id"]))["output"]["n"] == 3
+
+
+async def test_options_on_cancel_and_retry_allow_post(api: Api) -> None:
+    for action in (":cancel", ":retry"):
+        async with api.http.options(api.url + f"/v1/tasks/5{action}", headers=api.auth()) as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST"
+    async with api.http.options(api.url + "/v1/tasks/5", headers=api.auth()) as r:
+        assert r.headers["Allow"] == "GET"
+    async with api.http.options(api.url + "/v1/tasks", headers=api.auth()) as r:
+        assert r.status == 405 and r.headers["Allow"] == "GET, POST"
+    for action in (":cancel", ":retry"):  # not the task route, whose path matches too
+        async with api.http.get(api.url + f"/v1/tasks/5{action}", headers=api.auth()) as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST"
+
+
+async def test_metrics_are_served_without_a_key_on_their_own_port(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    api = await start_api(f"sqlite:///{tmp_path / 'm.db'}", metrics_port=0)
+    url = api.server.metrics_url
+    assert url is not None and url.startswith("http://127.0.0.1:") and url != api.url
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        assert resp.status == 200
+        assert "legion_tasks" in await resp.text()
+        async with http.get(url + "/v1/tasks") as other:
+            assert other.status == 404  # that port serves metrics alone
+    async with aiohttp.ClientSession() as http, http.get(api.url + "/metrics") as resp:
+        assert resp.status == 401  # the API's own port still needs a key
