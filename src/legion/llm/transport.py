@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -37,6 +37,8 @@ from legion.llm.headers import parse_rate_limit_headers
 from legion.llm.provider import ChatResult
 from legion.llm.sse import ServerSentEvent, SSEDecoder
 from legion.llm.types import ChatResponse, RateLimitInfo
+
+R = TypeVar("R")
 
 _MAX_DETAIL_CHARS = 500
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 409})
@@ -102,6 +104,21 @@ class HttpTransport:
         async def read(response: aiohttp.ClientResponse) -> ChatResponse:
             return parse(await response.read())
 
+        return ChatResult(*await self._post(url, payload, total, self._plain_timeout, read))
+
+    async def post_json(
+        self,
+        url: str,
+        payload: Mapping[str, Any],
+        *,
+        total: float,
+        parse: Callable[[bytes], R],
+    ) -> tuple[R, RateLimitInfo]:
+        """POST ``payload`` and ``parse`` the answer (any endpoint, e.g. embeddings)."""
+
+        async def read(response: aiohttp.ClientResponse) -> R:
+            return parse(await response.read())
+
         return await self._post(url, payload, total, self._plain_timeout, read)
 
     async def stream(
@@ -136,7 +153,7 @@ class HttpTransport:
                 )
             return assembler.response()
 
-        return await self._post(url, payload, total, self._stream_timeout, read)
+        return ChatResult(*await self._post(url, payload, total, self._stream_timeout, read))
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
@@ -159,8 +176,8 @@ class HttpTransport:
         payload: Mapping[str, Any],
         total: float,
         read_timeout: aiohttp.ClientTimeout,
-        read: Callable[[aiohttp.ClientResponse], Awaitable[ChatResponse]],
-    ) -> ChatResult:
+        read: Callable[[aiohttp.ClientResponse], Awaitable[R]],
+    ) -> tuple[R, RateLimitInfo]:
         session = self._session or self._open()
         body = orjson.dumps(payload)
         provider = self.provider
@@ -179,7 +196,7 @@ class HttpTransport:
                             rate_limits,
                             auth_hint=self._auth_hint,
                         )
-                    return ChatResult(await read(response), rate_limits)
+                    return await read(response), rate_limits
         except aiohttp.ServerTimeoutError as exc:
             raise ProviderUnavailable(
                 f"{provider} sent nothing for {self._idle_timeout:g} s (stream idle timeout)",

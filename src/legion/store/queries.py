@@ -19,9 +19,9 @@ def _folder(dialect: str) -> resources.abc.Traversable:
 
 
 @cache
-def queries(dialect: str) -> dict[str, str]:
-    """The named queries of one dialect, comments stripped."""
-    text = _folder(dialect).joinpath("queries.sql").read_text("utf-8")
+def queries(dialect: str, file: str = "queries") -> dict[str, str]:
+    """The named queries of one dialect (in ``<file>.sql``), comments stripped."""
+    text = _folder(dialect).joinpath(f"{file}.sql").read_text("utf-8")
     parts = _NAME.split(text)
     named: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
