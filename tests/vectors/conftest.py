@@ -75,9 +75,7 @@ def pgvector_url(pgvector_server: str) -> Iterator[str]:
     schema = f"legion_test_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(pgvector_server, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    yield with_params(
-        pgvector_server, options=f"-csearch_path={schema},public", pool_max_size="4"
-    )
+    yield with_params(pgvector_server, options=f"-csearch_path={schema},public", pool_max_size="4")
     with psycopg.connect(pgvector_server, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 

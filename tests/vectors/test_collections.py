@@ -7,8 +7,6 @@ import math
 import random
 from typing import Any
 
-import pytest
-
 import legion
 from legion import Runtime, TaskStatus
 from legion.errors import VectorError
@@ -109,7 +107,10 @@ async def test_sessions_are_isolated_and_shared_is_shared(
         return {"own": [h.text for h in own], "common": sorted(h.text for h in common)}
 
     async with Runtime(vec_url, llm=sim_client(sim)) as rt:
-        for session, text in (("alice", "alice likes green tea"), ("bob", "bob likes black coffee")):
+        for session, text in (
+            ("alice", "alice likes green tea"),
+            ("bob", "bob likes black coffee"),
+        ):
             t = await rt.submit(remember, text, session=session)
             assert (await rt.result(t.id)).status is TaskStatus.SUCCEEDED
         results = {}
@@ -207,21 +208,34 @@ async def test_bad_input_is_a_clear_error_and_writes_nothing(
     assert sim.simulator.stats().requests_total == 2  # the two adds that got to embedding
 
 
-async def test_recall_at_10_against_exact_search_on_10000_vectors(vec_store: Store) -> None:
+async def _has_hnsw_index(url: str) -> bool:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url.replace("&pool_max_size=4", "")) as c:
+        cur = await c.execute(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema()"
+            " AND indexdef LIKE '%USING hnsw%'"
+        )
+        row = await cur.fetchone()
+    return row is not None and row[0] == 1
+
+
+async def test_recall_at_10_against_exact_search_on_10000_vectors(
+    vec_url: str, vec_store: Store
+) -> None:
     import numpy as np
+
     rng = random.Random(7)
     dims, n, queries, k = 32, 10_000, 40, 10
     data = np.array([[rng.gauss(0, 1) for _ in range(dims)] for _ in range(n)], dtype=np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     backend = vectors_for(vec_store)
     info = CollectionInfo("random", "shared", "none", dims)
-    for start in range(0, n, 2000):
-        batch = [
-            Item(str(i), f"v{i}", {}, tuple(float(x) for x in data[i]))
-            for i in range(start, min(n, start + 2000))
-        ]
-        await backend.write(info, "", batch)
+    items = [Item(str(i), f"v{i}", {}, tuple(float(x) for x in data[i])) for i in range(n)]
+    await backend.write(info, "", items)
     assert await backend.count(info, "") == n
+    if vec_url.startswith("postgresql"):  # the searches below walk the HNSW index
+        assert await _has_hnsw_index(vec_url)
     recalls = []
     for _ in range(queries):
         q = np.array([rng.gauss(0, 1) for _ in range(dims)], dtype=np.float32)

@@ -24,9 +24,16 @@ class VectorBackend(Protocol):
         """Every collection, with its item count."""
         ...
 
-    async def write(self, info: CollectionInfo, session: str, items: Sequence[Item]) -> None:
+    async def write(
+        self, info: CollectionInfo, session: str, items: Sequence[Item], *, index: bool = True
+    ) -> None:
         """Create the collection if it does not exist (it must then match ``info``) and
-        upsert ``items`` by id, in one transaction: all or nothing."""
+        upsert ``items`` by id, in one transaction: all or nothing. ``index=False`` leaves
+        building an approximate index to `build_index` (bulk loads)."""
+        ...
+
+    async def build_index(self, info: CollectionInfo) -> None:
+        """Build the collection's approximate index now, where the store has one."""
         ...
 
     async def search(

@@ -128,7 +128,11 @@ class SQLiteVectors:
 
         return await self._call(lambda: self._guard(run))
 
-    async def write(self, info: CollectionInfo, session: str, items: Sequence[Item]) -> None:
+    async def write(
+        self, info: CollectionInfo, session: str, items: Sequence[Item], *, index: bool = True
+    ) -> None:
+        """Create the collection if need be and upsert ``items`` (``index``: unused here,
+        search is exact)."""
         import time
 
         rows = [
@@ -210,6 +214,9 @@ class SQLiteVectors:
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+    async def build_index(self, info: CollectionInfo) -> None:
+        """Nothing to build: SQLite's search is exact."""
 
     def close_now(self) -> None:
         """Close from outside the event loop (when the store object goes away)."""

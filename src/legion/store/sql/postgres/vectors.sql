@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS {table} (
 -- name: create_index
 CREATE INDEX IF NOT EXISTS {index} ON {table} USING hnsw (embedding vector_cosine_ops);
 
+-- name: index_exists
+SELECT to_regclass(%(index)s) IS NOT NULL;
+
 -- name: upsert
 INSERT INTO {table} (session, id, text, metadata, embedding)
 VALUES (%s, %s, %s, %s::jsonb, %s::vector)
