@@ -373,6 +373,9 @@ _register_serve(app)
 from .bench import register as _register_bench  # noqa: E402
 
 _register_bench(app)
+from .vectors import register as _register_vectors  # noqa: E402
+
+_register_vectors(app)
 
 
 def main() -> None:
