@@ -42,6 +42,9 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType(
         "claude-3-7-sonnet": Price(3.00, 15.00),
         "claude-sonnet-4": Price(3.00, 15.00),
         "sim-model": Price(0.0, 0.0),
+        # Embedding models: input tokens only.
+        "text-embedding-3-small": Price(0.02, 0.0),
+        "text-embedding-3-large": Price(0.13, 0.0),
     }
 )
 
