@@ -98,15 +98,22 @@ class LLMCalls:
         key = f"llm.{route.name}.embed.{_digest(route.model, texts, params)}"
 
         async def call() -> dict[str, Any]:
-            embeddings = await client.embed(texts, route.name, **params)
-            return {
-                **embeddings.to_json(),
-                "cost_usd": client.cost_of(route.model, embeddings.usage),
-            }
+            return await self.embed_unrecorded(texts, route.name, **params)
 
         data = await self._ctx.record(key, call, (), {}, site, inputs=(texts, params))
         self._ctx.usage.add(data)
         return Embeddings.from_json(data)
+
+    async def embed_unrecorded(
+        self, texts: Sequence[str], model: str | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Embeddings as recorded JSON (``Embeddings.to_json()`` with ``cost_usd``), not
+        recorded: for a step that records them with its own result (``ctx.vectors``), which
+        counts them in the task's usage with ``ctx.usage.add``."""
+        client = self._client
+        route = client.embed_route(model)
+        embeddings = await client.embed(texts, route.name, **params)
+        return {**embeddings.to_json(), "cost_usd": client.cost_of(route.model, embeddings.usage)}
 
 
 def _digest(model: str, messages: Sequence[Any], params: dict[str, Any]) -> str:

