@@ -15,6 +15,7 @@ that filters after the fact does not.
 
 from __future__ import annotations
 
+import struct
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types import TypeInfo
 
 from .. import codec
 from ..errors import StoreError, VectorError
@@ -39,9 +43,26 @@ _FIX = (
 )
 
 
-def literal(vector: Sequence[float]) -> str:
-    """pgvector's text form of a vector."""
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+class Vector:
+    """A vector sent to PostgreSQL in pgvector's binary form (dimensions, then float32s,
+    big-endian): about 3x faster to send than its text form, which Python must format."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Sequence[float]) -> None:
+        self.values = values
+
+
+def _dumper(oid: int) -> type[Dumper]:
+    class VectorDumper(Dumper):
+        format = Format.BINARY
+
+        def dump(self, obj: Any) -> bytes:
+            values = obj.values
+            return struct.pack(f">HH{len(values)}f", len(values), 0, *values)
+
+    VectorDumper.oid = oid
+    return VectorDumper
 
 
 class PostgresVectors:
@@ -50,6 +71,7 @@ class PostgresVectors:
     def __init__(self, store: PostgresStore) -> None:
         self._store = weakref.ref(store)
         self._ready = False
+        self._dumper: type[Dumper] | None = None
         self._tables: dict[str, sql.Identifier] = {}
         self._indexed: set[str] = set()
 
@@ -84,7 +106,16 @@ class PostgresVectors:
                     "the pgvector extension is installed in a schema that is not on the "
                     "store's search_path: add that schema (often public) to search_path"
                 )
+        info = await TypeInfo.fetch(conn, "vector")
+        if info is None:  # pragma: no cover - checked just above
+            raise VectorError("the pgvector type is not visible on the store's search_path")
+        self._dumper = _dumper(info.oid)
         self._ready = True
+
+    def _adapt(self, conn: Any) -> None:
+        if self._dumper is None:
+            raise StoreError("the vector store is not ready (no pgvector type found)")
+        conn.adapters.register_dumper(Vector, self._dumper)
 
     async def _info(self, conn: Any, name: str) -> tuple[CollectionInfo, int] | None:
         cur = await conn.execute(Q["collection_get"], {"name": name})
@@ -129,12 +160,13 @@ class PostgresVectors:
                 it.id,
                 it.text,
                 codec.dumps(dict(it.metadata)).decode(),
-                literal(it.embedding),
+                Vector(it.embedding),
             )
             for it in items
         ]
         async with self._pg()._connection() as conn:
             await self._ensure(conn)
+            self._adapt(conn)
             async with conn.transaction():
                 table = await self._create(conn, info)
                 async with conn.cursor() as cur:
@@ -200,7 +232,7 @@ class PostgresVectors:
     ) -> list[Hit]:
         check_dims(info, len(vector))
         params = {
-            "q": literal(vector),
+            "q": Vector(vector),
             "session": session,
             "where": codec.dumps(dict(where)).decode(),
             "k": k,
@@ -210,6 +242,8 @@ class PostgresVectors:
             table = await self._table(conn, info.name)
             if table is None:
                 return []
+            await self._ensure(conn)
+            self._adapt(conn)
             async with conn.transaction():
                 if exact:
                     await conn.execute(Q["exact_search"])

@@ -1,5 +1,6 @@
 -- Named queries of vector collections (PostgreSQL with pgvector). "-- name:" starts each.
--- {table}, {index} and {dims} are filled in (as identifiers and a literal) per collection.
+-- {table}, {index} and {dims} are filled in (as identifiers and a literal) per collection;
+-- vectors travel in pgvector's binary form (%b).
 
 -- name: vector_available
 SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector');
@@ -42,7 +43,7 @@ SELECT to_regclass(%(index)s) IS NOT NULL;
 
 -- name: upsert
 INSERT INTO {table} (session, id, text, metadata, embedding)
-VALUES (%s, %s, %s, %s::jsonb, %s::vector)
+VALUES (%s, %s, %s, %s::jsonb, %b)
 ON CONFLICT (session, id)
 DO UPDATE SET text = EXCLUDED.text, metadata = EXCLUDED.metadata, embedding = EXCLUDED.embedding;
 
@@ -55,10 +56,10 @@ SET LOCAL enable_indexscan = off;
 SELECT set_config('hnsw.ef_search', %(ef)s, true);
 
 -- name: search
-SELECT id, text, metadata, embedding <=> %(q)s::vector AS distance
+SELECT id, text, metadata, embedding <=> %(q)b AS distance
 FROM {table}
 WHERE session = %(session)s AND metadata @> %(where)s::jsonb
-ORDER BY embedding <=> %(q)s::vector
+ORDER BY embedding <=> %(q)b
 LIMIT %(k)s;
 
 -- name: delete
