@@ -18,6 +18,7 @@ import asyncio
 import importlib
 import json
 import sqlite3
+import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -133,8 +134,6 @@ class SQLiteVectors:
     ) -> None:
         """Create the collection if need be and upsert ``items`` (``index``: unused here,
         search is exact)."""
-        import time
-
         rows = [
             (
                 info.name,
