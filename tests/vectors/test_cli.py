@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -162,3 +164,43 @@ def test_sigkill_mid_run_then_rerun_stores_every_vector_once(
     assert not recorded & rerun, "a step recorded before the kill ran again"
     ledger = Counter([*log1.read_text().splitlines(), *rerun])
     assert len(ledger) == n  # every task got past its add
+
+
+def test_the_example_agent_retrieves_by_vectors_and_remembers_its_session(
+    tmp_path: Path,
+) -> None:
+    example = Path(__file__).parents[2] / "examples" / "research_vectors.py"
+    store = f"sqlite:///{tmp_path / 'research.db'}"
+    corpus = tmp_path / "pydoc.jsonl"
+    made = subprocess.run(
+        [sys.executable, str(example), str(corpus)], capture_output=True, text=True, check=False
+    )
+    assert made.returncode == 0, made.stderr
+    lines = corpus.read_text().splitlines()
+    small = tmp_path / "small.jsonl"
+    small.write_text(
+        "".join(f"{line}\n" for line in lines if '"with"' in line or '"yield"' in line)
+    )
+    loaded = legion("vectors", "load", "pydoc", "--input", str(small), "--store", store)
+    assert loaded.returncode == 0, loaded.stderr
+    questions = [
+        {"question": "How does the with statement call __exit__?", "_session": "ann"},
+        {"question": "What does yield do in a generator?", "_session": "bob"},
+        {
+            "question": "Does the with statement call __exit__ after an exception?",
+            "_session": "ann",
+        },
+    ]
+    inp = write_jsonl(tmp_path / "q.jsonl", questions)
+    out = tmp_path / "answers.jsonl"
+    run = legion(
+        "run", f"{example}:research", "-i", str(inp), "-o", str(out), "--store", store, "-c", "1"
+    )
+    assert run.returncode == 0, run.stderr
+    rows = read_jsonl(out)
+    assert [r["status"] for r in rows] == ["succeeded"] * 3
+    assert rows[0]["output"]["sources"][0] == "with"
+    assert rows[1]["output"]["sources"][0] == "yield"
+    assert rows[0]["output"]["related_earlier"] == []
+    assert rows[1]["output"]["related_earlier"] == []  # another session's questions stay there
+    assert rows[2]["output"]["related_earlier"] == [questions[0]["question"]]
