@@ -26,6 +26,7 @@ from .task import Lease, StepRecord, TaskUsage
 if TYPE_CHECKING:
     from .llm.calls import LLMCalls
     from .llm.client import LLMClient
+    from .vectors.collection import Collection
 
 T = TypeVar("T")
 
@@ -193,6 +194,16 @@ class Context:
 
             self._llm = LLMCalls(self, self._llm_client)
         return self._llm
+
+    def vectors(
+        self, collection: str, scope: str = "session", *, model: str | None = None
+    ) -> Collection:
+        """A vector collection: ``scope="session"`` (keyed like :attr:`memory`) or
+        ``"shared"`` (one corpus for every task); ``model`` names the embedding route (by
+        default the ``embed`` route, else the default one). See `legion.vectors`."""
+        from .vectors.collection import Collection
+
+        return Collection(self, self._store, collection, scope, model)
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:

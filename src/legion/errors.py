@@ -148,6 +148,11 @@ class UnawaitedWork(Permanent):
     """Raised (in strict mode) when an agent made a step or call and never awaited it."""
 
 
+class VectorError(Permanent):
+    """Raised on a vector collection misuse (wrong dimension, empty text, no such
+    collection) or a store that cannot hold vectors; nothing was written."""
+
+
 class ProviderRejected(Permanent):
     """Raised when an LLM provider refuses a request (400, 404, 422...): retrying the same
     request cannot help. The message says what the provider said."""

@@ -404,6 +404,9 @@ _register_bench(app)
 from .sim import register as _register_sim  # noqa: E402
 
 _register_sim(app)
+from .vectors import register as _register_vectors  # noqa: E402
+
+_register_vectors(app)
 
 
 def main() -> None:

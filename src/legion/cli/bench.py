@@ -257,6 +257,25 @@ def register(app: typer.Typer) -> None:
         )
         _finish(_run_scenario(lambda say: scale_out.run(opts, progress=say)), out, plots)
 
+    @bench.command("vectors")
+    def vectors_cmd(
+        vectors: Annotated[int, typer.Option(min=100, help="Vectors to insert.")] = 10_000,
+        dims: Annotated[int, typer.Option(min=2, max=2000, help="Dimensions.")] = 384,
+        queries: Annotated[int, typer.Option(min=1, help="Searches to time.")] = 200,
+        k: Annotated[int, typer.Option("-k", min=1, max=100, help="Neighbours per search.")] = 10,
+        postgres: PostgresOpt = DEFAULT_POSTGRES,
+        out: OutOpt = DEFAULT_OUT,
+        plots: PlotsOpt = True,
+    ) -> None:
+        """Vector collections: insert and query throughput, p95, recall and size on SQLite
+        (sqlite-vec) and PostgreSQL (pgvector HNSW), next to brute-force numpy."""
+        from ..bench import vectors as vector_bench
+
+        opts = vector_bench.VectorBenchOptions(
+            vectors=vectors, dims=dims, queries=queries, k=k, postgres=postgres
+        )
+        _finish(_run_scenario(lambda say: vector_bench.run(opts, progress=say)), out, plots)
+
     @bench.command("all")
     def all_cmd(
         postgres: PostgresOpt = DEFAULT_POSTGRES,

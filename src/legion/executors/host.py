@@ -61,6 +61,8 @@ class ContextHost:
             p.MEMORY_DELETE: self._memory_delete,
             p.MEMORY_ITEMS: self._memory_items,
             p.LLM_CHAT: self._llm_chat,
+            p.LLM_EMBED: self._llm_embed,
+            p.VECTORS: self._vectors,
         }
 
     def handle(self, op: str, args: Sequence[Any], reply: Reply | None) -> None:
@@ -160,6 +162,23 @@ class ContextHost:
             messages, model, timeout=timeout, stream=stream, **params
         )
         return response.to_json()
+
+    async def _llm_embed(
+        self, texts: Sequence[str], model: str | None, params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return (await self._ctx.llm.embed(texts, model, **params)).to_json()
+
+    async def _vectors(
+        self, name: str, scope: str, model: str | None, op: str, args: Sequence[Any]
+    ) -> Any:
+        collection = self._ctx.vectors(name, scope, model=model)
+        if op == "add":
+            return await collection.add(*args)
+        if op == "search":
+            return [hit.to_json() for hit in await collection.search(*args)]
+        if op == "delete":
+            return await collection.delete(*args)
+        raise ProtocolError(f"unknown vector operation {op!r}")
 
 
 async def _record(ctx: Context, key: str, result: asyncio.Future[bytes]) -> None:

@@ -21,6 +21,10 @@ the messages are the same:
   ``llm_chat``      messages, model,       the recorded response
                     timeout, stream,       (``ChatResponse.to_json()``)
                     params
+  ``llm_embed``     texts, model, params   the recorded embeddings
+                                           (``Embeddings.to_json()``)
+  ``vectors``       collection, scope,     the result of ``ctx.vectors(...).<op>``:
+                    model, op, args        ids, hits as JSON, a count
   ``log``           level, message         (notification)
   ================  =====================  =====================================
 
@@ -51,6 +55,8 @@ MEMORY_SET: Final = "memory_set"
 MEMORY_DELETE: Final = "memory_delete"
 MEMORY_ITEMS: Final = "memory_items"
 LLM_CHAT: Final = "llm_chat"
+LLM_EMBED: Final = "llm_embed"
+VECTORS: Final = "vectors"
 LOG: Final = "log"
 
 

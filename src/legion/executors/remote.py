@@ -8,8 +8,8 @@ answers an :data:`~legion.executors.protocol.Outcome`. The context has the API o
 - ``ctx.step(name, fn, ...)`` runs ``fn`` here (that is the agent's own code) and replays
   the steps of earlier attempts here too; a new result is recorded by the worker, and
   ``step`` returns once it is;
-- ``ctx.memory`` and ``ctx.llm`` are calls to the worker: LLM calls share the worker's
-  capacity and are recorded as steps there;
+- ``ctx.memory``, ``ctx.llm`` and ``ctx.vectors`` are calls to the worker: LLM calls
+  share the worker's capacity and are recorded as steps there, as are vector writes;
 - ``ctx.log`` sends its records to the worker's logger of the agent.
 """
 
@@ -155,6 +155,12 @@ class RemoteContext:
             self._llm = RemoteLLM(self._link)
         return self._llm
 
+    def vectors(
+        self, collection: str, scope: str = "session", *, model: str | None = None
+    ) -> RemoteCollection:
+        """A vector collection, as :meth:`legion.context.Context.vectors`."""
+        return RemoteCollection(self._link, collection, scope, model)
+
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
         """A logger whose records go to the worker's logger of this agent."""
@@ -246,6 +252,48 @@ class RemoteLLM:
         sent = [dict(m) for m in messages]
         data = await self._link.call(p.LLM_CHAT, sent, model, timeout, stream, params)
         return ChatResponse.from_json(data)
+
+    async def embed(self, texts: Sequence[str], model: str | None = None, **params: Any) -> Any:
+        """Embeddings, as :meth:`legion.llm.calls.LLMCalls.embed`."""
+        from ..llm.embeddings import Embeddings
+
+        return Embeddings.from_json(await self._link.call(p.LLM_EMBED, list(texts), model, params))
+
+
+class RemoteCollection:
+    """``ctx.vectors(...)`` away from the worker: the worker embeds, writes and records."""
+
+    __slots__ = ("_link", "_model", "name", "scope")
+
+    def __init__(self, link: Link, name: str, scope: str, model: str | None) -> None:
+        from ..vectors.types import check_name, check_scope
+
+        self._link = link
+        self.name = check_name(name)
+        self.scope = check_scope(scope)
+        self._model = model
+
+    async def _call(self, op: str, *args: Any) -> Any:
+        return await self._link.call(p.VECTORS, self.name, self.scope, self._model, op, args)
+
+    async def add(
+        self, texts: Sequence[str], metadata: Any = None, ids: Sequence[str] | None = None
+    ) -> list[str]:
+        from ..vectors.collection import check_add
+
+        texts, metas, given = check_add(texts, metadata, ids)
+        added: list[str] = await self._call("add", texts, metas, given)
+        return added
+
+    async def search(self, query: str, k: int = 5, where: Mapping[str, Any] | None = None) -> Any:
+        from ..vectors.types import Hit
+
+        hits = await self._call("search", query, k, dict(where) if where else None)
+        return [Hit.from_json(h) for h in hits]
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        deleted: int = await self._call("delete", list(ids))
+        return deleted
 
 
 class ForwardingLog(logging.LoggerAdapter[logging.Logger]):

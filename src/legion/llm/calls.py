@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from legion import codec
 from legion.diagnostics.unawaited import Pending, SiteRef
+from legion.llm.embeddings import Embeddings
 from legion.llm.types import ChatResponse, Message
 
 if TYPE_CHECKING:
@@ -77,7 +78,44 @@ class LLMCalls:
         self._ctx.usage.add(data)
         return ChatResponse.from_json(data)
 
+    def embed(
+        self, texts: Sequence[str], model: str | None = None, **params: Any
+    ) -> Pending[Embeddings]:
+        """Embeddings of ``texts`` (one vector each, in order), recorded once per task like
+        `chat` (``await`` it). ``model`` names a route (or a route's model); ``None`` takes
+        the route named ``embed`` if configured, else the default route."""
+        pending: Pending[Embeddings] = Pending(
+            "ctx.llm.embed(...)", lambda: self._embed(list(texts), model, params, pending.site_ref)
+        )
+        self._ctx.made(pending)
+        return pending
 
-def _digest(model: str, messages: Sequence[Message], params: dict[str, Any]) -> str:
+    async def _embed(
+        self, texts: list[str], model: str | None, params: dict[str, Any], site: SiteRef
+    ) -> Embeddings:
+        client = self._client
+        route = client.embed_route(model)
+        key = f"llm.{route.name}.embed.{_digest(route.model, texts, params)}"
+
+        async def call() -> dict[str, Any]:
+            return await self.embed_unrecorded(texts, route.name, **params)
+
+        data = await self._ctx.record(key, call, (), {}, site, inputs=(texts, params))
+        self._ctx.usage.add(data)
+        return Embeddings.from_json(data)
+
+    async def embed_unrecorded(
+        self, texts: Sequence[str], model: str | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Embeddings as recorded JSON (``Embeddings.to_json()`` with ``cost_usd``), not
+        recorded: for a step that records them with its own result (``ctx.vectors``), which
+        counts them in the task's usage with ``ctx.usage.add``."""
+        client = self._client
+        route = client.embed_route(model)
+        embeddings = await client.embed(texts, route.name, **params)
+        return {**embeddings.to_json(), "cost_usd": client.cost_of(route.model, embeddings.usage)}
+
+
+def _digest(model: str, messages: Sequence[Any], params: dict[str, Any]) -> str:
     raw = codec.dumps([model, list(messages), params])
     return hashlib.blake2b(raw, digest_size=6).hexdigest()

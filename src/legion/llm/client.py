@@ -34,6 +34,7 @@ Around each send (`_send`, apart from the pacing above):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from legion.errors import (
 )
 from legion.llm.breaker import Breaker, BreakerStatistics, Ticket
 from legion.llm.capacity import Capacity, CapacityStatistics
+from legion.llm.embeddings import Embeddings, EmbedRequest, EmbedResult, estimate_embed_tokens
 from legion.llm.hedge import HedgeSettings, Latencies
 from legion.llm.pricing import PriceTable
 from legion.llm.provider import Provider
@@ -58,6 +60,8 @@ from legion.llm.timer import AsyncioTimer, Timer
 from legion.llm.types import ChatRequest, ChatResponse, Message, Usage
 from legion.retry import RetryPolicy
 
+EMBED_ROUTE = "embed"
+"""The route ``ctx.llm.embed`` takes when the call names none, if configured."""
 DEFAULT_RETRY = RetryPolicy(retries=4, backoff=0.5, max_backoff=30.0)
 _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
@@ -295,6 +299,78 @@ class LLMClient:
                 if isinstance(exc, ProviderAuthError) and self.fatal_error is None:
                     self.fatal_error = exc
                 raise
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        model: str | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - per attempt, becomes a retryable error
+        **params: Any,
+    ) -> Embeddings:
+        """Embeddings of ``texts`` on route ``model`` (the ``embed`` route if there is one,
+        else the default route): the same capacity, retries and counters as `chat`."""
+        route = self.embed_route(model)
+        embed = getattr(route.provider, "embed", None)
+        if embed is None:
+            raise Permanent(
+                f"the LLM route {route.name!r} ({route.provider.name}) serves no embeddings: "
+                "add an embedding route, e.g. --llm embed=openai:text-embedding-3-small"
+            )
+        request = EmbedRequest(route.model, tuple(texts), params)
+        limit = route.timeout if timeout is None else timeout
+        estimate = estimate_embed_tokens(request.texts)
+        counters = self._counters[route.name]
+        counters.calls += 1
+        attempt = 0
+        while True:
+            attempt += 1
+            counters.attempts += 1
+            try:
+                async with route.capacity.reserve(estimate) as slot:
+                    try:
+                        result: EmbedResult = await embed(request, timeout=limit)
+                    except RateLimited as exc:
+                        route.capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
+                        raise
+                    usage = result.embeddings.usage
+                    slot.settle(usage.total or estimate, refund=True)
+                route.capacity.observe(result.rate_limits, sent_at=slot.started_at)
+                counters.succeeded += 1
+                counters.usage += usage
+                cost = self._prices.cost(route.model, usage)
+                if cost is None:
+                    counters.unpriced += 1
+                else:
+                    counters.cost += cost
+                # The route's model names the vectors (what a collection records), not the
+                # provider's answer (which may add a version).
+                return dataclasses.replace(result.embeddings, model=route.model)
+            except ProviderError as exc:
+                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                if attempt >= self._retry.max_attempts:
+                    counters.failed += 1
+                    raise
+                counters.retries += 1
+                if not isinstance(exc, RateLimited):
+                    await self._timer.sleep(self._backoff(attempt, exc.retry_after))
+            except Permanent as exc:
+                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                counters.failed += 1
+                if isinstance(exc, ProviderAuthError) and self.fatal_error is None:
+                    self.fatal_error = exc
+                raise
+
+    def embed_route(self, name: str | None) -> Route:
+        """The route an embedding call names: ``None`` takes the route named ``embed`` when
+        there is one, else the default route."""
+        if name is None and EMBED_ROUTE in self._routes:
+            return self._routes[EMBED_ROUTE]
+        return self._route(name)
+
+    def cost_of(self, model: str, usage: Usage) -> float | None:
+        """USD for ``usage`` on ``model`` at this client's prices (``None``: unknown)."""
+        return self._prices.cost(model, usage)
 
     def statistics(self) -> LLMStatistics:
         """A snapshot of every route's calls, usage and cost."""

@@ -102,6 +102,7 @@ from legion.errors import (
     ProviderUnavailable,
 )
 from legion.extras import install_hint
+from legion.llm.embeddings import EmbedRequest, EmbedResult
 from legion.llm.provider import ChatResult
 from legion.llm.types import ChatRequest, ChatResponse, Message, RateLimitInfo, Usage
 
@@ -501,6 +502,13 @@ class LocalProvider:
     def instances(self) -> int:
         """Copies of the model serving calls side by side."""
         return len(self._instances)
+
+    async def embed(self, request: EmbedRequest, *, timeout: float) -> EmbedResult:  # noqa: ASYNC109
+        """Embeddings from the packaged all-MiniLM-L6-v2 (`legion.llm.minilm`), whatever
+        model this route chats with: 384 dimensions, offline."""
+        from legion.llm.minilm import embed_request
+
+        return await embed_request(request, self._name, timeout)
 
     async def chat(self, request: ChatRequest, *, timeout: float) -> ChatResult:  # noqa: ASYNC109
         """One completion; see `legion.llm.provider.Provider.chat`."""

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from legion.errors import MalformedResponse, ProviderUnavailable
+from legion.llm.embeddings import EmbedRequest, EmbedResult, embed_payload, parse_embeddings
 from legion.llm.provider import ChatResult
 from legion.llm.sse import ServerSentEvent
 from legion.llm.transport import (
@@ -77,6 +78,7 @@ class OpenAIProvider:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._name = name
         self._url = f"{base_url.rstrip('/')}/chat/completions"
+        self._embed_url = f"{base_url.rstrip('/')}/embeddings"
         self._transport = HttpTransport(
             provider=name,
             headers=headers,
@@ -106,6 +108,17 @@ class OpenAIProvider:
         return await self._transport.complete(
             self._url, payload, total=timeout, parse=lambda body: parse_completion(body, name)
         )
+
+    async def embed(self, request: EmbedRequest, *, timeout: float) -> EmbedResult:  # noqa: ASYNC109
+        """Embeddings from ``/v1/embeddings``; one attempt, like `chat`."""
+        name, count = self._name, len(request.texts)
+        embeddings, limits = await self._transport.post_json(
+            self._embed_url,
+            embed_payload(request),
+            total=timeout,
+            parse=lambda body: parse_embeddings(body, name, count),
+        )
+        return EmbedResult(embeddings, limits)
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -92,6 +92,9 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType(
         "gemini-2.5-flash": Price(0.30, 2.50, 0.03),
         "gemini-2.5-pro": Price(1.25, 10.00, 0.31),
         "sim-model": Price(0.0, 0.0),
+        # Embedding models: input tokens only.
+        "text-embedding-3-small": Price(0.02, 0.0),
+        "text-embedding-3-large": Price(0.13, 0.0),
     }
 )
 """The built-in table, used where ``genai-prices`` is not installed or has no entry."""

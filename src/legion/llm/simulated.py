@@ -10,6 +10,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
+from legion.llm.embeddings import EmbedRequest, EmbedResult
 from legion.llm.openai import OpenAIProvider
 from legion.llm.provider import ChatResult
 from legion.llm.types import ChatRequest
@@ -64,6 +65,12 @@ class SimulatedProvider:
         if self._client is None:
             raise RuntimeError("the SimulatedProvider is not started")
         return await self._client.chat(request, timeout=timeout)
+
+    async def embed(self, request: EmbedRequest, *, timeout: float) -> EmbedResult:  # noqa: ASYNC109
+        """Deterministic embeddings from the simulator's ``/v1/embeddings``."""
+        if self._client is None:
+            raise RuntimeError("the SimulatedProvider is not started")
+        return await self._client.embed(request, timeout=timeout)
 
     async def aclose(self) -> None:
         """Close the connections and stop the simulator."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -50,6 +50,8 @@ from legion.llm.headers import parse_rate_limit_headers
 from legion.llm.provider import ChatResult
 from legion.llm.sse import EventTooLarge, ServerSentEvent, SSEDecoder
 from legion.llm.types import ChatResponse, RateLimitInfo
+
+R = TypeVar("R")
 
 _MAX_DETAIL_CHARS = 500
 _MAX_ERROR_BODY = 64 * 1024  # what is read of an error answer: enough for its message
@@ -127,6 +129,21 @@ class HttpTransport:
         async def read(response: aiohttp.ClientResponse) -> ChatResponse:
             return parse(await self._read_body(response, self._max_response, error=False))
 
+        return ChatResult(*await self._post(url, payload, total, self._plain_ttfb, read))
+
+    async def post_json(
+        self,
+        url: str,
+        payload: Mapping[str, Any],
+        *,
+        total: float,
+        parse: Callable[[bytes], R],
+    ) -> tuple[R, RateLimitInfo]:
+        """POST ``payload`` and ``parse`` the answer (any endpoint, e.g. embeddings)."""
+
+        async def read(response: aiohttp.ClientResponse) -> R:
+            return parse(await self._read_body(response, self._max_response, error=False))
+
         return await self._post(url, payload, total, self._plain_ttfb, read)
 
     async def stream(
@@ -181,7 +198,7 @@ class HttpTransport:
                 )
             return assembler.response()
 
-        return await self._post(url, payload, total, self._stream_ttfb, read)
+        return ChatResult(*await self._post(url, payload, total, self._stream_ttfb, read))
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
@@ -204,8 +221,8 @@ class HttpTransport:
         payload: Mapping[str, Any],
         total: float,
         ttfb: float | None,
-        read: Callable[[aiohttp.ClientResponse], Awaitable[ChatResponse]],
-    ) -> ChatResult:
+        read: Callable[[aiohttp.ClientResponse], Awaitable[R]],
+    ) -> tuple[R, RateLimitInfo]:
         session = self._session or self._open()
         body = orjson.dumps(payload)
         provider = self.provider
@@ -226,7 +243,7 @@ class HttpTransport:
                             rate_limits,
                             auth_hint=self._auth_hint,
                         )
-                    return ChatResult(await read(response), rate_limits)
+                    return await read(response), rate_limits
         except TimeoutError as exc:
             if waiting_headers and ttfb is not None and ttfb < total:
                 raise ProviderUnavailable(

@@ -39,6 +39,12 @@ from legion.sim.behaviour import (
 )
 from legion.sim.config import SimConfig
 from legion.sim.dialect import BadRequest, Dialect, ParsedChat, StreamFrames
+from legion.sim.embeddings import (
+    EmbedBadRequest,
+    embed_tokens,
+    embeddings_body,
+    parse_embed_request,
+)
 from legion.sim.limits import Admission, Clock, RateLimiter
 from legion.sim.openai_api import OpenAIDialect
 
@@ -180,6 +186,7 @@ class _Service:
         app = web.Application(client_max_size=_MAX_BODY_BYTES)
         for dialect in self._dialects:
             app.router.add_post(dialect.path, self._chat_handler(dialect))
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/stats", self._get_stats)
         app.router.add_post("/stats/reset", self._reset_stats)
@@ -192,6 +199,47 @@ class _Service:
         if denied is not None:
             return denied
         return web.Response(body=self._models_body, content_type="application/json")
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """Deterministic embeddings (`legion.sim.embeddings`), admitted by the same limits."""
+        counters = self.counters
+        counters.requests_total += 1
+        dialect = self._openai
+        denied = dialect.authorize(request)
+        if denied is not None:
+            return self._counted(denied)
+        try:
+            model, texts, dimensions = parse_embed_request(await request.read())
+        except EmbedBadRequest as exc:
+            return self._counted(dialect.error(400, exc.message, param=exc.param))
+        except web.HTTPRequestEntityTooLarge:
+            return self._counted(dialect.error(413, "The request body is too large."))
+        if model not in self._models:
+            return self._counted(
+                dialect.error(
+                    404,
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    code="model_not_found",
+                )
+            )
+        counters.by_model[model] = counters.by_model.get(model, 0) + 1
+        charge = embed_tokens(texts)
+        admission = self._limiter.admit(charge)
+        if not admission.allowed:
+            counters.rate_limited += 1
+            return self._counted(
+                dialect.rate_limited(admission, charge, self.config.max_concurrency)
+            )
+        try:
+            body = embeddings_body(model, texts, dimensions)
+        finally:
+            self._limiter.release()
+        self._delivered(charge, 0)
+        return self._counted(
+            web.Response(
+                body=body, content_type="application/json", headers=dialect.headers(admission)
+            )
+        )
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         stats = self.counters.snapshot(self.clock())

@@ -20,11 +20,16 @@ def _folder(dialect: str) -> resources.abc.Traversable:
 
 
 @cache
-def queries(dialect: str) -> dict[str, str]:
-    """The named queries of one dialect, comments stripped: those of ``queries.sql`` and
-    of every other ``.sql`` file that is not a migration (one file per concern)."""
+def queries(dialect: str, file: str | None = None) -> dict[str, str]:
+    """The named queries of one dialect, comments stripped: those of ``<file>.sql`` alone
+    when ``file`` is given, else of ``queries.sql`` and every other ``.sql`` file that is
+    not a migration (one file per concern)."""
     files = sorted(
-        (e for e in _folder(dialect).iterdir() if e.name.endswith(".sql")),
+        (
+            e
+            for e in _folder(dialect).iterdir()
+            if e.name.endswith(".sql") and (file is None or e.name == f"{file}.sql")
+        ),
         key=lambda e: (e.name != "queries.sql", e.name),
     )
     named: dict[str, str] = {}

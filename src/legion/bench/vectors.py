@@ -1,0 +1,270 @@
+"""``legion bench vectors``: vector collections on SQLite (sqlite-vec, exact) and
+PostgreSQL (pgvector, HNSW) next to a brute-force numpy baseline, in one run.
+
+Random unit vectors (a seed, ``dims`` dimensions) are inserted in batches through the
+collection backends (the path ``ctx.vectors`` and ``legion vectors load`` take), then
+``queries`` single searches for the ``k`` nearest are timed one after the other. Reported
+per store: insert throughput (PostgreSQL: rows, then the HNSW index build, both counted),
+queries per second, p50/p95 latency, recall@k against numpy's exact answer, and the space
+the vectors take (numpy: the array; SQLite: the file; PostgreSQL: table and index).
+
+PostgreSQL runs on ``postgres`` when that server has pgvector, else on a private server
+from the ``pgserver`` wheels when installed, else it is left out with a note.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .results import BenchResult, Table, quiet
+
+
+@dataclass(frozen=True, slots=True)
+class VectorBenchOptions:
+    vectors: int = 10_000
+    dims: int = 384
+    queries: int = 200
+    k: int = 10
+    batch: int = 1000
+    postgres: str = ""
+    seed: int = 7
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet) -> BenchResult:
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise ConfigError("legion bench vectors needs numpy: pip install numpy") from exc
+    rng = np.random.default_rng(opts.seed)
+    data = rng.standard_normal((opts.vectors, opts.dims), dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    queries = rng.standard_normal((opts.queries, opts.dims), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+    rows: list[dict[str, Any]] = []
+    progress(f"numpy: {opts.vectors:,} x {opts.dims} brute force")
+    rows_in = [tuple(v) for v in data.tolist()]  # what the stores are given: Python floats
+    started = time.perf_counter()
+    matrix = np.array(rows_in, dtype=np.float32)
+    insert_s = time.perf_counter() - started
+    exact: list[set[int]] = []
+    latencies = []
+    for q in queries:
+        t = time.perf_counter()
+        scores = matrix @ q
+        top = np.argpartition(-scores, opts.k)[: opts.k]
+        latencies.append(time.perf_counter() - t)
+        exact.append({int(i) for i in top})
+    rows.append(_row("numpy (brute force)", opts, insert_s, latencies, 1.0, matrix.nbytes))
+
+    with tempfile.TemporaryDirectory(prefix="legion-bench-vectors-") as folder:
+        url = f"sqlite:///{Path(folder) / 'bench.db'}"
+        progress("SQLite + sqlite-vec (exact search)")
+        rows.append(await _store_run("SQLite (sqlite-vec)", url, data, queries, exact, opts))
+        db = Path(folder) / "bench.db"
+        rows[-1]["size_mb"] = (
+            sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()) / 1e6
+        )
+
+    notes: list[str] = []
+    async with _pgvector(opts.postgres, notes) as pg:
+        if pg is not None:
+            progress("PostgreSQL + pgvector (HNSW)")
+            rows.append(
+                await _store_run("PostgreSQL (pgvector HNSW)", pg, data, queries, exact, opts)
+            )
+
+    table = Table(
+        f"{opts.vectors:,} vectors x {opts.dims} dims, {opts.queries} queries, k={opts.k}",
+        ("store", "insert vec/s", "query/s", "p50 ms", "p95 ms", f"recall@{opts.k}", "size MB"),
+        tuple(
+            (
+                r["store"],
+                f"{r['insert_per_s']:,.0f}",
+                f"{r['query_per_s']:,.1f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p95_ms']:.2f}",
+                f"{r['recall']:.3f}",
+                f"{r['size_mb']:.1f}",
+            )
+            for r in rows
+        ),
+    )
+    notes.append(
+        "numpy holds the matrix in memory and answers from it; the stores write every vector "
+        "durably (one transaction per batch of "
+        f"{opts.batch:,}) and search through SQL"
+    )
+    return BenchResult(
+        "vectors",
+        "vector collections: SQLite and PostgreSQL next to brute-force numpy",
+        {"options": _opts(opts), "rows": rows},
+        [table],
+        notes,
+    )
+
+
+def _opts(opts: VectorBenchOptions) -> dict[str, Any]:
+    return {name: getattr(opts, name) for name in opts.__slots__}
+
+
+def _row(
+    store: str,
+    opts: VectorBenchOptions,
+    insert_s: float,
+    latencies: list[float],
+    recall: float,
+    size_bytes: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    total = sum(latencies)
+    return {
+        "store": store,
+        "insert_seconds": insert_s,
+        "insert_per_s": opts.vectors / max(insert_s, 1e-9),
+        "query_per_s": len(latencies) / max(total, 1e-9),
+        "p50_ms": _percentile(latencies, 50) * 1000,
+        "p95_ms": _percentile(latencies, 95) * 1000,
+        "recall": recall,
+        "size_mb": size_bytes / 1e6,
+        **extra,
+    }
+
+
+async def _store_run(
+    name: str, url: str, data: Any, queries: Any, exact: list[set[int]], opts: VectorBenchOptions
+) -> dict[str, Any]:
+    from ..store import store_from_url
+    from ..vectors.backend import vectors_for
+    from ..vectors.types import CollectionInfo, Item
+
+    store = store_from_url(url)
+    await store.open()
+    try:
+        backend = vectors_for(store)
+        info = CollectionInfo("bench", "shared", "random", opts.dims)
+        started = time.perf_counter()
+        for start in range(0, opts.vectors, opts.batch):
+            items = [
+                Item(str(i), f"v{i}", {}, tuple(data[i].tolist()))
+                for i in range(start, min(opts.vectors, start + opts.batch))
+            ]
+            await backend.write(info, "", items, index=False)
+        rows_s = time.perf_counter() - started
+        await backend.build_index(info)
+        insert_s = time.perf_counter() - started
+        latencies, found = [], 0
+        for q, truth in zip(queries, exact, strict=True):
+            vector = tuple(q.tolist())
+            t = time.perf_counter()
+            hits = await backend.search(info, "", vector, opts.k, {})
+            latencies.append(time.perf_counter() - t)
+            found += len(truth & {int(h.id) for h in hits})
+        size = await _size(store, backend)
+        await backend.aclose()
+    finally:
+        await store.aclose()
+    recall = found / (opts.k * len(exact))
+    return _row(
+        name,
+        opts,
+        insert_s,
+        latencies,
+        recall,
+        size,
+        rows_seconds=rows_s,
+        index_seconds=insert_s - rows_s,
+    )
+
+
+async def _size(store: Any, backend: Any) -> float:
+    pg = getattr(backend, "_pg", None)
+    if pg is None:
+        return 0.0
+    async with pg()._connection() as conn:
+        cur = await conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relname LIKE 'vector_items_%' "
+            "AND c.relkind = 'r'"
+        )
+        row = await cur.fetchone()
+    return float(row[0]) if row else 0.0
+
+
+@asynccontextmanager
+async def _pgvector(url: str, notes: list[str]) -> AsyncIterator[str | None]:
+    """A store URL on a fresh schema of a server with pgvector, or ``None`` with a note."""
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:
+        notes.append("PostgreSQL left out: psycopg is not installed (legion[postgres])")
+        yield None
+        return
+    server: Any = None
+    base = url if url and _has_pgvector(psycopg, url) else ""
+    if not base:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pgserver = importlib.import_module("pgserver")
+        except ImportError:
+            notes.append(
+                f"PostgreSQL left out: {url or 'no server'} has no pgvector and pgserver is "
+                "not installed"
+            )
+            yield None
+            return
+        folder = Path(tempfile.gettempdir()) / f"legion-bench-pg-{uuid.uuid4().hex[:8]}"
+        server = pgserver.get_server(str(folder), cleanup_mode="delete")
+        base = str(server.get_uri())
+        if not _has_pgvector(psycopg, base):
+            server.cleanup()
+            notes.append("PostgreSQL left out: the pgserver server has no pgvector")
+            yield None
+            return
+        notes.append("PostgreSQL: a private server from the pgserver wheels (PostgreSQL 16)")
+    schema = f"legion_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema},public"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        if server is not None:
+            server.cleanup()
+
+
+def _has_pgvector(psycopg: Any, url: str) -> bool:
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')"
+            ).fetchone()
+            if not (row and row[0]):
+                return False
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+            return True
+    except psycopg.Error:
+        return False
+
+
+__all__ = ["VectorBenchOptions", "run"]

@@ -1,0 +1,237 @@
+"""``legion vectors load|search|list``: vector collections in the store, from the shell."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError
+
+# Registered at the end of the package's __init__, once these exist.
+from . import ConfigOpt, LLMOpt, MaxInFlightOpt, RpmOpt, StoreOpt, TpmOpt, _run
+from .progress import stderr_console
+
+if TYPE_CHECKING:
+    from ..llm.client import LLMClient
+    from ..store import Store
+    from ..vectors.loader import LoadReport
+
+
+@asynccontextmanager
+async def _opened(store_url: str, *, create: bool) -> AsyncIterator[Store]:
+    from ..store import store_from_url
+
+    store = store_from_url(store_url, create=create)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@asynccontextmanager
+async def _client(specs: tuple[str, ...], **limits: Any) -> AsyncIterator[LLMClient]:
+    from ..llm.config import build_client
+    from .llm_options import LLMOptions, llm_config
+
+    config, note = llm_config(LLMOptions(specs, **limits))
+    stderr_console().print(note, highlight=False)
+    async with await build_client(config) as client:
+        yield client
+
+
+def _where(pairs: list[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; a value that reads as JSON (a number, true, "text") is that."""
+    where: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"bad --where {pair!r}: use key=value")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        where[key] = value
+    return where
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``vectors`` group to ``app``."""
+
+    vectors = typer.Typer(
+        name="vectors",
+        help="Vector collections in the store: bulk-load a corpus, search it, list them.",
+        no_args_is_help=True,
+    )
+    default_store = "sqlite:///legion.db"
+
+    @vectors.command("load")
+    def load_cmd(
+        collection: Annotated[str, typer.Argument(help="The shared collection to load into.")],
+        input: Annotated[
+            Path,
+            typer.Option(
+                "--input",
+                "-i",
+                help='JSONL: {"text": ..., "id": optional, other keys: metadata} per line.',
+            ),
+        ],
+        store: StoreOpt = default_store,
+        llm: LLMOpt = None,
+        rpm: RpmOpt = None,
+        tpm: TpmOpt = None,
+        max_in_flight: MaxInFlightOpt = None,
+        config: ConfigOpt = None,
+        model: Annotated[
+            str | None,
+            typer.Option(help="The embedding route (default: the 'embed' route, else the first)."),
+        ] = None,
+        chunk_chars: Annotated[
+            int, typer.Option(min=50, help="Most characters per chunk (paragraphs packed).")
+        ] = 1000,
+        batch: Annotated[
+            int, typer.Option(min=1, max=2048, help="Chunks per embedding call.")
+        ] = 64,
+        concurrency: Annotated[int, typer.Option(min=1, help="Embedding calls at once.")] = 4,
+    ) -> None:
+        """Chunk, embed (through the route's capacity) and store a JSONL corpus; re-running
+        skips the chunks already stored."""
+        from ..vectors.backend import vectors_for
+        from ..vectors.loader import load
+
+        console = stderr_console()
+        started = time.monotonic()
+        last = [0.0]
+
+        def progress(report: LoadReport) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 1.0:
+                last[0] = now
+                rate = report.embedded / max(now - started, 1e-9)
+                console.print(
+                    f"  {report.chunks:,} chunks: {report.embedded:,} embedded, "
+                    f"{report.skipped:,} already loaded ({rate:,.0f}/s)",
+                    highlight=False,
+                )
+
+        async def main() -> LoadReport:
+            async with (
+                _opened(store, create=True) as opened,
+                _client(
+                    tuple(llm or ()), rpm=rpm, tpm=tpm, max_in_flight=max_in_flight, config=config
+                ) as client,
+            ):
+                return await load(
+                    vectors_for(opened),
+                    client,
+                    collection,
+                    input,
+                    model=model,
+                    chunk_chars=chunk_chars,
+                    batch=batch,
+                    concurrency=concurrency,
+                    progress=progress,
+                )
+
+        report = _run(main())
+        for error in report.errors[:10]:
+            console.print(f"[yellow]skipped[/] {error}", highlight=False)
+        seconds = time.monotonic() - started
+        Console().print(
+            f"{collection}: {report.documents:,} documents, {report.chunks:,} chunks "
+            f"({report.embedded:,} embedded, {report.skipped:,} already loaded) in {seconds:.1f} s",
+            highlight=False,
+        )
+        if report.bad_lines:
+            raise typer.Exit(1)
+
+    @vectors.command("search")
+    def search_cmd(
+        collection: Annotated[str, typer.Argument(help="The collection to search.")],
+        query: Annotated[str, typer.Argument(help="The text to find neighbours of.")],
+        k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Hits to show.")] = 5,
+        where: Annotated[
+            list[str] | None,
+            typer.Option("--where", help="key=value: only items whose metadata has it."),
+        ] = None,
+        session: Annotated[
+            str | None, typer.Option(help="For a session-scoped collection: whose items.")
+        ] = None,
+        store: StoreOpt = default_store,
+        llm: LLMOpt = None,
+        config: ConfigOpt = None,
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per hit.")] = False,
+    ) -> None:
+        """The items nearest to QUERY, best first, with their scores."""
+        from ..vectors.backend import vectors_for
+        from ..vectors.types import SHARED, check_name, check_where
+
+        async def main() -> list[Any]:
+            check_name(collection)
+            filters = check_where(_where(where))
+            async with _opened(store, create=False) as opened:
+                backend = vectors_for(opened)
+                info = await backend.collection(collection)
+                if info is None:
+                    raise ConfigError(f"no vector collection {collection!r} in {store}")
+                if info.scope == "session" and session is None:
+                    raise ConfigError(f"{collection!r} is session-scoped: give --session")
+                async with _client(tuple(llm or ()), config=config) as client:
+                    names = {r.model: r.name for r in client.routes.values()}
+                    if info.model not in names:
+                        raise ConfigError(
+                            f"{collection!r} was embedded with {info.model!r}: give --llm a "
+                            "route of that model"
+                        )
+                    embeddings = await client.embed([query], names[info.model])
+                part = SHARED if info.scope == "shared" else str(session)
+                return await backend.search(info, part, embeddings.vectors[0], k, filters)
+
+        hits = _run(main())
+        if as_json:
+            for hit in hits:
+                sys.stdout.write(json.dumps(hit.to_json()) + "\n")
+            return
+        console = Console()
+        if not hits:
+            console.print("no hits")
+        for n, hit in enumerate(hits, 1):
+            text = hit.text if len(hit.text) <= 200 else hit.text[:197] + "..."
+            console.print(f"{n}. [{hit.score:.3f}] {hit.id}  {text}", highlight=False)
+
+    @vectors.command("list")
+    def list_cmd(
+        store: StoreOpt = default_store,
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    ) -> None:
+        """The collections in the store: scope, model, dimension, items."""
+        from ..vectors.backend import vectors_for
+
+        async def main() -> list[Any]:
+            async with _opened(store, create=False) as opened:
+                return await vectors_for(opened).collections()
+
+        found = _run(main())
+        if as_json:
+            for c in found:
+                row = {"name": c.name, "scope": c.scope, "model": c.model, "dims": c.dims}
+                sys.stdout.write(json.dumps({**row, "items": c.items}) + "\n")
+            return
+        console = Console()
+        if not found:
+            console.print("no vector collections")
+        for c in found:
+            console.print(
+                f"{c.name}  {c.scope}  {c.model}  {c.dims} dims  {c.items:,} items",
+                highlight=False,
+            )
+
+    app.add_typer(vectors)

@@ -1,0 +1,41 @@
+-- Named queries of vector collections (SQLite with sqlite-vec). "-- name:" starts each.
+
+-- name: collection_get
+SELECT name, scope, model, dims FROM vector_collections WHERE name = :name;
+
+-- name: collection_insert
+INSERT INTO vector_collections (name, scope, model, dims, created_at)
+VALUES (:name, :scope, :model, :dims, :now);
+
+-- name: collections
+SELECT c.name, c.scope, c.model, c.dims,
+       (SELECT count(*) FROM vector_items i WHERE i.collection = c.name) AS items
+FROM vector_collections c ORDER BY c.name;
+
+-- name: upsert
+-- Positional (executemany): collection, session, id, text, metadata, embedding.
+INSERT INTO vector_items (collection, session, id, text, metadata, embedding)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (collection, session, id)
+DO UPDATE SET text = excluded.text, metadata = excluded.metadata, embedding = excluded.embedding;
+
+-- name: search
+-- Exact cosine search; /*where*/ becomes one "AND json_extract(metadata, ?) = ?" per filter.
+SELECT id, text, metadata, vec_distance_cosine(embedding, ?) AS distance
+FROM vector_items
+WHERE collection = ? AND session = ? /*where*/
+ORDER BY distance
+LIMIT ?;
+
+-- name: delete
+DELETE FROM vector_items
+WHERE collection = :collection AND session = :session
+  AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: existing_ids
+SELECT id FROM vector_items
+WHERE collection = :collection AND session = :session
+  AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: count
+SELECT count(*) FROM vector_items WHERE collection = :collection AND session = :session;

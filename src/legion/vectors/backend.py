@@ -1,0 +1,101 @@
+"""``VectorBackend``: where a store keeps its vector collections, and how to find it.
+
+Each store kind has one: SQLite keeps vectors in the same file (sqlite-vec), PostgreSQL
+in pgvector tables of the same database. :func:`vectors_for` answers the backend of an
+open store (one per store object).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from ..errors import ConfigError
+from .types import CollectionInfo, Hit, Item, Scalar
+
+
+class VectorBackend(Protocol):
+    async def collection(self, name: str) -> CollectionInfo | None:
+        """The collection called ``name``, or ``None``."""
+        ...
+
+    async def collections(self) -> list[CollectionInfo]:
+        """Every collection, with its item count."""
+        ...
+
+    async def write(
+        self, info: CollectionInfo, session: str, items: Sequence[Item], *, index: bool = True
+    ) -> None:
+        """Create the collection if it does not exist (it must then match ``info``) and
+        upsert ``items`` by id, in one transaction: all or nothing. ``index=False`` leaves
+        building an approximate index to `build_index` (bulk loads)."""
+        ...
+
+    async def build_index(self, info: CollectionInfo) -> None:
+        """Build the collection's approximate index now, where the store has one."""
+        ...
+
+    async def search(
+        self,
+        info: CollectionInfo,
+        session: str,
+        vector: Sequence[float],
+        k: int,
+        where: Mapping[str, Scalar],
+    ) -> list[Hit]:
+        """The ``k`` items nearest to ``vector`` (cosine) that match ``where``."""
+        ...
+
+    async def delete(self, info: CollectionInfo, session: str, ids: Sequence[str]) -> int:
+        """Delete items by id; answers how many there were."""
+        ...
+
+    async def existing_ids(
+        self, info: CollectionInfo, session: str, ids: Sequence[str]
+    ) -> set[str]:
+        """Which of ``ids`` the collection holds."""
+        ...
+
+    async def count(self, info: CollectionInfo, session: str) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+_backends: weakref.WeakKeyDictionary[Any, VectorBackend] = weakref.WeakKeyDictionary()
+
+
+def vectors_for(store: Any) -> VectorBackend:
+    """The vector backend of ``store`` (made on first use, kept as long as the store)."""
+    backend = _backends.get(store)
+    if backend is not None:
+        return backend
+    from ..store.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        from .sqlite import SQLiteVectors
+
+        backend = SQLiteVectors(store.path)
+    else:
+        try:
+            from ..store.postgres import PostgresStore
+        except ImportError as exc:  # pragma: no cover - psycopg missing
+            raise ConfigError(
+                f"vector collections need a SQLite or PostgreSQL store: {exc}"
+            ) from exc
+        if not isinstance(store, PostgresStore):
+            raise ConfigError(
+                f"vector collections need a SQLite or PostgreSQL store, not {type(store).__name__}"
+            )
+        from .postgres import PostgresVectors
+
+        backend = PostgresVectors(store)
+    _backends[store] = backend
+    weakref.finalize(store, _close_quietly, backend)
+    return backend
+
+
+def _close_quietly(backend: VectorBackend) -> None:
+    close = getattr(backend, "close_now", None)
+    if close is not None:
+        close()

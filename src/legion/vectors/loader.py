@@ -1,0 +1,161 @@
+"""``legion vectors load``: a JSONL file into a shared collection, resumably.
+
+Each input line is a JSON object with ``text`` (required), ``id`` (optional: by default a
+digest of the text) and any other keys, kept as the chunks' metadata (with ``doc``, the
+document's id, and ``chunk``, the chunk's number); a bare JSON string is a text alone.
+Documents are cut by `legion.vectors.chunking`; batches of chunks are embedded through the
+LLM client (its capacity paces them, its retries cover provider errors) and written, each
+batch in one transaction. A batch whose chunks are all stored already is skipped without
+embedding, so a load that was stopped resumes where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, VectorError
+from ..llm.client import LLMClient
+from .backend import VectorBackend
+from .chunking import DEFAULT_CHUNK_CHARS, chunk
+from .types import SHARED, CollectionInfo, Item, check_name, check_same
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass(slots=True)
+class LoadReport:
+    documents: int = 0
+    chunks: int = 0
+    embedded: int = 0
+    skipped: int = 0
+    bad_lines: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def read_chunks(path: Path, max_chars: int, report: LoadReport) -> Iterator[Chunk]:
+    """The chunks of every document in ``path``; a bad line is reported and skipped."""
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                if isinstance(doc, str):
+                    doc = {"text": doc}
+                if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+                    raise ValueError('expected {"text": "...", ...} or a JSON string')
+            except ValueError as exc:
+                report.bad_lines += 1
+                report.errors.append(f"{path}:{number}: {exc}")
+                continue
+            text = doc.pop("text")
+            doc_id = str(doc.pop("id", "") or _digest(text))
+            report.documents += 1
+            for n, piece in enumerate(chunk(text, max_chars)):
+                yield Chunk(f"{doc_id}#{n}", piece, {**doc, "doc": doc_id, "chunk": n})
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _batches(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
+    batch: list[Chunk] = []
+    for c in chunks:
+        batch.append(c)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def load(
+    backend: VectorBackend,
+    client: LLMClient,
+    collection: str,
+    path: Path,
+    *,
+    model: str | None = None,
+    chunk_chars: int = DEFAULT_CHUNK_CHARS,
+    batch: int = 64,
+    concurrency: int = 4,
+    progress: Callable[[LoadReport], None] | None = None,
+) -> LoadReport:
+    """Load ``path`` into the shared collection ``collection``; see the module."""
+    check_name(collection)
+    route = client.embed_route(model)
+    found = await backend.collection(collection)
+    if found is not None:
+        if found.scope != "shared":
+            raise VectorError(f"collection {collection!r} is session-scoped: load into another")
+        if found.model != route.model:
+            raise VectorError(
+                f"collection {collection!r} was embedded with {found.model!r}, not "
+                f"{route.model!r}: load it with --llm for that model, or into another collection"
+            )
+    report = LoadReport()
+    gate = asyncio.Semaphore(concurrency)
+    info_box: list[CollectionInfo] = [found] if found is not None else []
+
+    async def one(chunks: list[Chunk]) -> None:
+        async with gate:
+            if info_box:
+                have = await backend.existing_ids(info_box[0], SHARED, [c.id for c in chunks])
+                todo = [c for c in chunks if c.id not in have]
+            else:
+                todo = chunks
+            report.skipped += len(chunks) - len(todo)
+            if todo:
+                embeddings = await client.embed([c.text for c in todo], route.name)
+                info = CollectionInfo(collection, "shared", route.model, embeddings.dims)
+                if info_box:
+                    check_same(info_box[0], info)
+                items = [
+                    Item(c.id, c.text, c.metadata, v)
+                    for c, v in zip(todo, embeddings.vectors, strict=True)
+                ]
+                await backend.write(info, SHARED, items, index=False)
+                if not info_box:
+                    info_box.append(info)
+                report.embedded += len(todo)
+            report.chunks += len(chunks)
+            if progress is not None:
+                progress(report)
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for n, chunks in enumerate(_batches(read_chunks(path, chunk_chars, report), batch)):
+            if n == 0:
+                await one(chunks)  # the first batch makes the collection
+                continue
+            tasks.append(asyncio.create_task(one(chunks)))
+            running = [t for t in tasks[-concurrency * 4 :] if not t.done()]
+            if len(running) >= concurrency * 2:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks[-concurrency * 4 :]:
+                if t.done():
+                    t.result()  # a failed batch stops the load (what was written stays)
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if info_box:
+        await backend.build_index(info_box[0])
+    return report

@@ -1,0 +1,232 @@
+"""Vector collections in the SQLite store's own file, searched with sqlite-vec.
+
+Python's ``sqlite3`` often cannot load extensions (``enable_load_extension`` is compiled
+out, as in the interpreters pyenv and many distributions build); then the vectors use
+``pysqlite3`` (the ``pysqlite3-binary`` wheel: SQLite built with extension loading) on the
+same file. Either way the vectors have a connection of their own, on a thread of their
+own, beside the store's: SQLite's locks keep the two consistent (WAL, ``BEGIN IMMEDIATE``,
+a busy timeout). A ``:memory:`` store cannot share its database, so its vectors live in a
+private in-memory database of their own, for as long as the store object.
+
+Search is exact (``vec_distance_cosine`` over the collection's rows, in SQL): every
+row is compared, so recall is 1.0 and time grows with the collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sqlite3
+import time
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .. import codec
+from ..errors import VectorError
+from ..store.queries import migrations, queries
+from .types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
+
+T = TypeVar("T")
+Q = queries("sqlite", "vectors")
+_FIX = (
+    "pip install 'legion[vectors]' (sqlite-vec, and pysqlite3-binary where Python's sqlite3 "
+    "cannot load extensions)"
+)
+
+
+def connect(path: str, busy_ms: int = 30_000) -> Any:
+    """A connection to ``path`` with sqlite-vec loaded; `VectorError` naming the fix if
+    that cannot be had."""
+    try:
+        sqlite_vec = importlib.import_module("sqlite_vec")
+    except ImportError as exc:
+        raise VectorError(f"vector collections on SQLite need sqlite-vec: {_FIX}") from exc
+    module: Any = sqlite3
+    if not hasattr(sqlite3.Connection, "enable_load_extension"):
+        try:
+            module = importlib.import_module("pysqlite3.dbapi2")
+        except ImportError as exc:
+            raise VectorError(
+                "this Python's sqlite3 cannot load extensions, and pysqlite3 is not "
+                f"installed: {_FIX}"
+            ) from exc
+    db = module.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.enable_load_extension(True)
+        sqlite_vec.load(db)
+        db.enable_load_extension(False)
+    except Exception as exc:
+        db.close()
+        raise VectorError(f"cannot load sqlite-vec into SQLite: {exc}; {_FIX}") from exc
+    db.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    if path != ":memory:":
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
+def pack(vector: Sequence[float]) -> bytes:
+    return array("f", vector).tobytes()
+
+
+class SQLiteVectors:
+    """A `~legion.vectors.backend.VectorBackend` in one SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-vectors")
+        self._db: Any = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _conn(self) -> Any:
+        if self._db is None:
+            db = connect(self.path)
+            if self.path == ":memory:":
+                _, script = next(m for m in migrations("sqlite") if m[0] == 9)
+                db.executescript(script)
+            self._db = db
+        return self._db
+
+    def _transaction(self, fn: Callable[[Any], T]) -> T:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except sqlite3.Error as exc:  # pragma: no cover - pysqlite3 errors below
+            raise _store_error(exc) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("pysqlite3") or isinstance(exc, sqlite3.Error):
+                raise _store_error(exc) from exc
+            raise
+
+    # -- the backend -----------------------------------------------------------------
+
+    async def collection(self, name: str) -> CollectionInfo | None:
+        return await self._call(lambda: self._guard(lambda: self._collection(self._conn(), name)))
+
+    def _collection(self, db: Any, name: str) -> CollectionInfo | None:
+        row = db.execute(Q["collection_get"], {"name": name}).fetchone()
+        return None if row is None else CollectionInfo(row[0], row[1], row[2], int(row[3]))
+
+    async def collections(self) -> list[CollectionInfo]:
+        def run() -> list[CollectionInfo]:
+            rows = self._conn().execute(Q["collections"]).fetchall()
+            return [CollectionInfo(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
+
+        return await self._call(lambda: self._guard(run))
+
+    async def write(
+        self, info: CollectionInfo, session: str, items: Sequence[Item], *, index: bool = True
+    ) -> None:
+        """Create the collection if need be and upsert ``items`` (``index``: unused here,
+        search is exact)."""
+        rows = [
+            (
+                info.name,
+                session,
+                it.id,
+                it.text,
+                codec.dumps(dict(it.metadata)).decode(),
+                pack(it.embedding),
+            )
+            for it in items
+        ]
+
+        def run(db: Any) -> None:
+            found = self._collection(db, info.name)
+            if found is None:
+                params = {"name": info.name, "scope": info.scope, "model": info.model}
+                db.execute(
+                    Q["collection_insert"], {**params, "dims": info.dims, "now": time.time()}
+                )
+            else:
+                check_same(found, info)
+            db.executemany(Q["upsert"], rows)
+
+        await self._call(lambda: self._guard(lambda: self._transaction(run)))
+
+    async def search(
+        self,
+        info: CollectionInfo,
+        session: str,
+        vector: Sequence[float],
+        k: int,
+        where: Mapping[str, Scalar],
+    ) -> list[Hit]:
+        check_dims(info, len(vector))
+        clauses = " ".join("AND json_extract(metadata, ?) = ?" for _ in where)
+        sql = Q["search"].replace("/*where*/", clauses)
+        params: list[Any] = [pack(vector), info.name, session]
+        for key, value in where.items():
+            params += [f'$."{key}"', int(value) if isinstance(value, bool) else value]
+        params.append(k)
+
+        def run() -> list[Hit]:
+            rows = self._conn().execute(sql, params).fetchall()
+            return [Hit(r[0], r[1], json.loads(r[2]), 1.0 - float(r[3])) for r in rows]
+
+        return await self._call(lambda: self._guard(run))
+
+    async def delete(self, info: CollectionInfo, session: str, ids: Sequence[str]) -> int:
+        params = {"collection": info.name, "session": session, "ids": json.dumps(list(ids))}
+        return await self._call(
+            lambda: self._guard(
+                lambda: self._transaction(lambda db: int(db.execute(Q["delete"], params).rowcount))
+            )
+        )
+
+    async def existing_ids(
+        self, info: CollectionInfo, session: str, ids: Sequence[str]
+    ) -> set[str]:
+        params = {"collection": info.name, "session": session, "ids": json.dumps(list(ids))}
+        return await self._call(
+            lambda: self._guard(
+                lambda: {r[0] for r in self._conn().execute(Q["existing_ids"], params)}
+            )
+        )
+
+    async def count(self, info: CollectionInfo, session: str) -> int:
+        params = {"collection": info.name, "session": session}
+        return await self._call(
+            lambda: self._guard(lambda: int(self._conn().execute(Q["count"], params).fetchone()[0]))
+        )
+
+    async def aclose(self) -> None:
+        await self._call(self._close)
+        self._thread.shutdown(wait=False)
+
+    def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    async def build_index(self, info: CollectionInfo) -> None:
+        """Nothing to build: SQLite's search is exact."""
+
+    def close_now(self) -> None:
+        """Close from outside the event loop (when the store object goes away)."""
+        try:
+            self._thread.submit(self._close)
+        except RuntimeError:  # already shut down by aclose
+            return
+        self._thread.shutdown(wait=False)
+
+
+def _store_error(exc: Exception) -> Exception:
+    from ..errors import StoreError
+
+    return StoreError(f"the vector store failed: {exc}")

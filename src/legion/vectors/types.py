@@ -1,0 +1,114 @@
+"""The values of vector collections: a collection's description, an item, a search hit."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import VectorError
+
+Scope = Literal["session", "shared"]
+SCOPES: tuple[Scope, ...] = ("session", "shared")
+SHARED = ""
+"""The session key of every item of a shared collection."""
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    """A collection: its name, scope, the model that embeds it and the vectors' dimension."""
+
+    name: str
+    scope: Scope
+    model: str
+    dims: int
+    items: int | None = None  # filled in by listings
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One vector to write: its id, text, metadata (a JSON object) and embedding."""
+
+    id: str
+    text: str
+    metadata: Mapping[str, Any]
+    embedding: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A search result: ``score`` is the cosine similarity (1: same direction)."""
+
+    id: str
+    text: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    score: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "text": self.text,
+            "metadata": dict(self.metadata),
+            "score": self.score,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Hit:
+        return cls(str(data["id"]), str(data["text"]), dict(data["metadata"]), float(data["score"]))
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise VectorError(
+            f"bad collection name {name!r}: use 1-100 letters, digits, '_', '.', ':' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_scope(scope: object) -> Scope:
+    if scope == "session" or scope == "shared":
+        return scope
+    raise VectorError(f"bad scope {scope!r}: use 'session' or 'shared'")
+
+
+def check_where(where: Mapping[str, Any] | None) -> dict[str, Scalar]:
+    """Metadata filters: top-level keys that must equal a string, number or boolean."""
+    if where is None:
+        return {}
+    if not isinstance(where, Mapping):
+        raise VectorError(f"where= must be a dict of metadata key -> value, not {where!r}")
+    for key, value in where.items():
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise VectorError(f"bad metadata key {key!r} in where=: use letters, digits and '_'")
+        if not isinstance(value, str | int | float | bool):
+            raise VectorError(
+                f"where={{{key!r}: ...}} must be a string, number or boolean, not {value!r}"
+            )
+    return dict(where)
+
+
+def check_dims(info: CollectionInfo, dims: int) -> None:
+    if dims != info.dims:
+        raise VectorError(
+            f"wrong dimension: collection {info.name!r} holds {info.dims}-dimensional vectors "
+            f"(model {info.model!r}); got {dims}"
+        )
+
+
+def check_same(found: CollectionInfo, wanted: CollectionInfo) -> None:
+    if found.scope != wanted.scope:
+        raise VectorError(
+            f"collection {found.name!r} is {found.scope}-scoped, not {wanted.scope}-scoped"
+        )
+    if found.model != wanted.model:
+        raise VectorError(
+            f"collection {found.name!r} holds embeddings of model {found.model!r}, not "
+            f"{wanted.model!r}: use the same embedding model (model=) or another collection"
+        )
+    check_dims(found, wanted.dims)

@@ -1,0 +1,32 @@
+"""``legion bench vectors`` at a tiny size: every store row is there and exact search
+finds the exact neighbours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.acceptance.conftest import legion
+
+
+def test_bench_vectors_writes_a_row_per_store(tmp_path: Path) -> None:
+    r = legion(
+        "bench",
+        "vectors",
+        "--vectors",
+        "300",
+        "--dims",
+        "16",
+        "--queries",
+        "5",
+        "--out",
+        str(tmp_path),
+        "--no-plots",
+    )
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "vectors.json").read_text())
+    stores = {row["store"]: row for row in data["rows"]}
+    assert set(stores) >= {"numpy (brute force)", "SQLite (sqlite-vec)"}
+    assert stores["SQLite (sqlite-vec)"]["recall"] == 1.0
+    assert all(row["p95_ms"] >= row["p50_ms"] > 0 for row in data["rows"])
+    assert "PostgreSQL (pgvector HNSW)" in stores, data["notes"]

