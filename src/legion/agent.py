@@ -37,6 +37,7 @@ class AgentOptions:
     retry: RetryPolicy
     concurrency: int | None
     executor: str
+    deadline: float | None = None
 
 
 class Agent:
@@ -152,6 +153,7 @@ def agent(
     executor: str = "async",
     input: type[BaseModel] | None = None,
     output: Any = None,
+    deadline: float | None = None,
 ) -> Callable[[AgentFn], Agent]: ...
 
 
@@ -169,11 +171,15 @@ def agent(
     executor: str = "async",
     input: type[BaseModel] | None = None,
     output: Any = None,
+    deadline: float | None = None,
 ) -> Agent | Callable[[AgentFn], Agent]:
     """Make ``async def f(ctx, ...)`` an agent.
 
     - ``name``: how tasks refer to it (default: the function's name).
-    - ``timeout``: seconds one attempt may run (``None``: no limit).
+    - ``timeout``: seconds one attempt may run (``None``: no limit). Time spent waiting
+      for capacity (a route's pace, a 429 pause, a free child process) does not count.
+    - ``deadline``: seconds one attempt may last in all, waits included (``None``: no
+      bound); a task that reaches it fails saying what it waited for.
     - ``retries``, ``backoff``, ``max_backoff``: tries after the first and the
       exponential backoff with full jitter between them (or pass a ``retry`` policy).
     - ``concurrency``: most instances of this agent running at once in one worker.
@@ -182,6 +188,8 @@ def agent(
     """
     if timeout is not None and timeout <= 0:
         raise ConfigError("timeout must be > 0 seconds, or None")
+    if deadline is not None and deadline <= 0:
+        raise ConfigError("deadline must be > 0 seconds, or None")
     if concurrency is not None and concurrency < 1:
         raise ConfigError("concurrency must be >= 1")
     if executor not in EXECUTORS:
@@ -195,6 +203,7 @@ def agent(
             retry=policy,
             concurrency=concurrency,
             executor=executor,
+            deadline=deadline,
         )
         return Agent(f, options, input_model=input, output_model=output)
 

@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from . import codec, telemetry
+from . import attempt, codec, telemetry
 from .agent import Agent
 from .clock import Clock
 from .context import Context
@@ -25,7 +25,7 @@ from .diagnostics.advisor import advise
 from .diagnostics.report import Diagnostic, Kind, Site, blocked_loop, user_site
 from .diagnostics.tracking import unretrieved_exception
 from .diagnostics.watchdog import Block, Capture
-from .errors import AgentCrash, TaskTimeout, UnawaitedWork, is_retryable
+from .errors import AgentCrash, DeadlineExceeded, TaskTimeout, UnawaitedWork, is_retryable
 from .journal import Journal
 from .store.base import Store
 from .task import Completion, ErrorInfo, Lease, Outcome
@@ -51,11 +51,13 @@ class Instance:
         "agent",
         "children",
         "diagnostics",
+        "expiry",
         "fatal",
         "lease",
         "pending_block",
         "stop_reason",
         "task",
+        "time",
     )
 
     def __init__(self, lease: Lease, agent: Agent) -> None:
@@ -70,6 +72,10 @@ class Instance:
         self.diagnostics: list[Diagnostic] = []
         # A block of the event loop by this instance that is going on, seen by the watchdog.
         self.pending_block: Capture | None = None
+        # Running and waiting time of this attempt: waits for capacity pause its timeout.
+        self.time = attempt.AttemptTime(agent.options.timeout, agent.options.deadline)
+        # The worker's timer bucket that holds this instance until its time is up.
+        self.expiry: dict[int, Instance] | None = None
 
     # -- what the diagnostics learn about this instance (see legion.diagnostics) --------
 
@@ -113,6 +119,7 @@ async def run_instance(
     lease, agent = instance.lease, instance.agent
     ctx = Context(agent.name, lease, store=store, journal=journal, clock=clock, llm=llm)
     tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
+    attempt.CURRENT.set(instance.time)  # waits for capacity report to this attempt's time
     started = clock()
     output: bytes | None = None
     error: BaseException | None = None
@@ -128,9 +135,7 @@ async def run_instance(
         # lease batch rather than one per task); the reason says what it means.
         reason = instance.stop_reason or StopReason.RELEASED
         if reason is StopReason.TIMEOUT:
-            error = TaskTimeout(
-                f"agent {agent.name!r} ran past its timeout of {agent.options.timeout:g}s"
-            )
+            error = _timed_out(agent, instance.time)
         else:
             outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
             journal.complete(lease, _completion(lease, owner, outcome, started, clock()))
@@ -157,6 +162,20 @@ async def run_instance(
     if found:
         done = dataclasses.replace(done, diagnostics=tuple(found))
     journal.complete(lease, done)
+
+
+def _timed_out(agent: Agent, time_: attempt.AttemptTime) -> TaskTimeout:
+    """The error of an attempt whose time is up: its deadline or its timeout, with what
+    it did with its time."""
+    if time_.past_deadline():
+        assert time_.deadline is not None
+        return DeadlineExceeded(
+            f"agent {agent.name!r} reached its deadline of {time_.deadline:g}s: {time_.explain()}"
+        )
+    return TaskTimeout(
+        f"agent {agent.name!r} ran past its timeout of {agent.options.timeout:g}s "
+        f"({time_.explain()})"
+    )
 
 
 def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import random
 import resource
@@ -121,6 +122,7 @@ class Worker:
             self._blocked, threshold=self.config.block_threshold, on_capture=self._captured
         )
         self._overloaded: str | None = None
+        self._expiry = _Expiry()
         for a in agents:
             self.add_agent(a)
 
@@ -343,16 +345,9 @@ class Worker:
         log.warning("task %s: %s", owner.lease.id, found.message)
 
     def _start_batch(self, leases: Sequence[Lease]) -> None:
-        """Start one instance per lease; one timer per timeout value ends the late ones."""
-        by_timeout: dict[float, list[Instance]] = {}
+        """Start one instance per lease; the expiry timers end the ones whose time is up."""
         for lease in leases:
-            inst = self._start(lease)
-            timeout = inst.agent.options.timeout
-            if timeout is not None:
-                by_timeout.setdefault(timeout, []).append(inst)
-        loop = asyncio.get_running_loop()
-        for timeout, group in by_timeout.items():
-            loop.call_later(timeout, _expire, group)
+            self._expiry.add(self._start(lease))
 
     def _start(self, lease: Lease) -> Instance:
         agent = self._agents[lease.agent]
@@ -395,6 +390,7 @@ class Worker:
 
     def _finished(self, inst: Instance, task: asyncio.Task[None] | None = None) -> None:
         self._instances.pop(inst.lease.id, None)
+        self._expiry.discard(inst)
         if task is not None:
             self._by_task.pop(task, None)
         if inst.fatal is not None and self.fatal_error is None:
@@ -520,9 +516,59 @@ def rss_mb() -> float:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _expire(instances: list[Instance]) -> None:
-    for inst in instances:
-        inst.stop(StopReason.TIMEOUT)
+_EXPIRY_GRAIN = 0.05  # seconds: instances due within one grain share a timer
+
+
+class _Expiry:
+    """Ends instances whose time is up: their timeout (running time only: waits for
+    capacity do not count) or their deadline (waits included).
+
+    Instances due within the same ``_EXPIRY_GRAIN`` share one timer (a bucket). When it
+    fires, an instance that waited meanwhile is not due yet: it moves to the bucket of
+    the soonest time it could be. A finished instance leaves its bucket at once, so no
+    timer keeps a finished task.
+    """
+
+    __slots__ = ("_buckets",)
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, dict[int, Instance]] = {}
+
+    def add(self, inst: Instance) -> None:
+        left = inst.time.remaining()
+        if left is not None:
+            loop = asyncio.get_running_loop()
+            self._put(loop, inst, loop.time() + left)
+
+    def discard(self, inst: Instance) -> None:
+        if inst.expiry is not None:
+            inst.expiry.pop(inst.lease.id, None)
+            inst.expiry = None
+
+    def _put(self, loop: asyncio.AbstractEventLoop, inst: Instance, at: float) -> None:
+        key = math.ceil(at / _EXPIRY_GRAIN)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = {}
+            loop.call_at(key * _EXPIRY_GRAIN, self._fire, key)
+        bucket[inst.lease.id] = inst
+        inst.expiry = bucket
+
+    def _fire(self, key: int) -> None:
+        bucket = self._buckets.pop(key, None)
+        if not bucket:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for inst in bucket.values():
+            inst.expiry = None
+            left = inst.time.remaining()
+            if left is None:
+                continue
+            if left <= 1e-3:
+                inst.stop(StopReason.TIMEOUT)
+            else:
+                self._put(loop, inst, now + left)
 
 
 def _pid_alive(pid: int) -> bool:

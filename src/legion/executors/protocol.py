@@ -52,6 +52,7 @@ MEMORY_DELETE: Final = "memory_delete"
 MEMORY_ITEMS: Final = "memory_items"
 LLM_CHAT: Final = "llm_chat"
 LOG: Final = "log"
+STARTED: Final = "started"  # the instance began to run remotely (its scheduling is over)
 
 
 @dataclass(frozen=True, slots=True)

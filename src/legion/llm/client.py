@@ -3,27 +3,43 @@
 It holds named routes (route name → provider, model, shared `Capacity`), and
 for each call: estimates its tokens, waits for a turn at the route's
 capacity, asks the provider, settles the real usage, feeds the rate-limit
-headers back to the capacity, and retries what may pass:
+headers back to the capacity, and retries what may pass.
+
+One retry budget. A provider failure is retried in one place: here, inside the
+task's attempt. The task's own retries are for what the agent does; they never
+multiply these.
 
 * `RateLimited`: the capacity pauses every caller until the provider's
   Retry-After and slows down; the retry then waits for its turn like any call.
-* `ProviderUnavailable`, `MalformedResponse`: exponential backoff with full
-  jitter (`legion.retry.RetryPolicy`), at least the provider's Retry-After
-  when it sent one, at most the policy's ``max_backoff``.
+  A 429 spends none of the call's budget: it is the route's capacity speaking,
+  and waiting for capacity is not attempt time.
+* `ProviderUnavailable`, `MalformedResponse` while the route fails as a whole
+  (no call on it succeeded since this one was sent: an outage): the retry
+  waits for the route, which starts one probe per second while it fails
+  (`Capacity.failing`); no budget is spent and the wait is not attempt time,
+  for up to ``max_outage`` seconds of failing (then the failures count again,
+  so a route that never comes back, such as a wrong address, fails its tasks).
+* The same errors while other calls get through (this call's own bad luck):
+  exponential backoff with full jitter (`legion.retry.RetryPolicy`), at least
+  the provider's Retry-After, at most the policy's ``max_backoff`` and never
+  past the attempt's remaining time; each spends one of the policy's
+  ``retries``.
 
-After the last attempt the last error is raised. Permanent errors
+After the budget is spent the last error is raised. Permanent errors
 (`ProviderRejected`) are raised at once; a `ProviderAuthError` is also kept
 in `LLMClient.fatal_error` so the runtime can stop the whole run.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from legion import attempt as attempts
 from legion import telemetry
 from legion.errors import Permanent, ProviderAuthError, ProviderError, RateLimited
 from legion.llm.capacity import Capacity, CapacityStatistics
@@ -96,6 +112,15 @@ class _Counters:
         self.cost = 0.0
 
 
+class _Sent:
+    """When the try under way started, on the capacity's timer."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = math.inf
+
+
 def estimate_tokens(
     messages: Sequence[Message], params: Mapping[str, Any], default_completion: int
 ) -> int:
@@ -141,6 +166,7 @@ class LLMClient:
         completion_estimate: int = 256,
         timer: Timer | None = None,
         rng: random.Random | None = None,
+        max_outage: float = 120.0,
     ) -> None:
         if not routes:
             raise ValueError("an LLMClient needs at least one route")
@@ -151,6 +177,7 @@ class LLMClient:
         if self._default not in self._routes:
             raise ValueError(f"default route {self._default!r} is not one of {self._names()}")
         self._retry = retry
+        self._max_outage = max_outage
         self._prices = prices or PriceTable()
         self._completion_estimate = completion_estimate
         self._timer: Timer = timer or AsyncioTimer()
@@ -195,20 +222,36 @@ class LLMClient:
         estimate = estimate_tokens(request.messages, params, self._completion_estimate)
         counters = self._counters[route.name]
         counters.calls += 1
-        attempt = 0
+        current = attempts.current()
+        if current is not None:
+            current.calls += 1
+        spent = 0  # failures of this call's own, each one of the budget's retries
         while True:
-            attempt += 1
             counters.attempts += 1
+            sent = _Sent()
             try:
-                return await self._attempt(route, request, limit, estimate, counters)
+                return await self._attempt(route, request, limit, estimate, counters, sent)
             except ProviderError as exc:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
-                if attempt >= self._retry.max_attempts:
+                if isinstance(exc, RateLimited):
+                    counters.retries += 1  # the capacity paused and slowed down: wait again
+                    continue
+                capacity = route.capacity
+                if (
+                    sent.at < math.inf
+                    and capacity.failed(sent_at=sent.at)
+                    and capacity.failing_for() < self._max_outage
+                ):
+                    counters.retries += 1  # the route fails as a whole: wait for it
+                    continue
+                spent += 1
+                delay = self._backoff(spent, exc.retry_after)
+                left = current.remaining() if current is not None else None
+                if spent >= self._retry.max_attempts or (left is not None and delay >= left):
                     counters.failed += 1
                     raise
                 counters.retries += 1
-                if not isinstance(exc, RateLimited):
-                    await self._timer.sleep(self._backoff(attempt, exc.retry_after))
+                await self._timer.sleep(delay)
             except Permanent as exc:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
                 counters.failed += 1
@@ -283,9 +326,11 @@ class LLMClient:
         timeout: float,  # noqa: ASYNC109 - handed to the provider
         estimate: int,
         counters: _Counters,
+        sent: _Sent,
     ) -> ChatResponse:
         capacity = route.capacity
         async with capacity.reserve(estimate) as slot:
+            sent.at = slot.started_at
             try:
                 result = await route.provider.chat(request, timeout=timeout)
             except RateLimited as exc:
