@@ -69,6 +69,10 @@ class WorkerConfig:
     strict: bool = False
     # The event-loop watchdog and task-ownership tracking (see legion.diagnostics).
     watchdog: bool = True
+    # Admission follows capacity: start new instances only while every LLM route's queue
+    # of waiting calls would drain within this many seconds at the route's rate (Little's
+    # law); ``concurrency`` stays the upper bound. ``None``: lease up to ``concurrency``.
+    admission_horizon: float | None = 3.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -241,7 +245,11 @@ class Worker:
             if self._check_overload():
                 await self._sleep_or_wake(0.1)
                 continue
-            free = cfg.concurrency - len(self._instances)
+            free = min(cfg.concurrency - len(self._instances), self._admissible())
+            if free <= 0 and len(self._instances) < cfg.concurrency:
+                # The routes are busy: instances started now would only queue for them.
+                await self._sleep_or_wake(_ADMISSION_RECHECK)
+                continue
             wants = self._wants(free)
             if free <= 0 or not wants:
                 self._slots.clear()
@@ -269,6 +277,21 @@ class Worker:
             else:
                 await self._sleep_or_wake(idle_wait)
                 idle_wait = min(idle_wait * 2, cfg.poll_interval)
+
+    def _admissible(self) -> int:
+        """How many more instances the LLM routes can serve soon: the least headroom of
+        any route (calls that may still queue and start within the admission horizon),
+        at least one instance while none runs."""
+        horizon = self.config.admission_horizon
+        if self.llm is None or horizon is None:
+            return self.config.concurrency
+        room = min(
+            (route.capacity.headroom(horizon) for route in self.llm.routes.values()),
+            default=math.inf,
+        )
+        if room == math.inf:
+            return self.config.concurrency
+        return max(int(room), 0 if self._instances else 1)
 
     def _wants(self, free: int) -> dict[str, int]:
         """Free slots per agent, starting with a different agent each time (fairness)."""
@@ -516,6 +539,7 @@ def rss_mb() -> float:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+_ADMISSION_RECHECK = 0.05  # seconds between two looks at busy routes
 _EXPIRY_GRAIN = 0.05  # seconds: instances due within one grain share a timer
 
 

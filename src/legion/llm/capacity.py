@@ -234,8 +234,8 @@ class Capacity:
         discover: bool = False,
         start_rate: float = 8.0,
         growth_period: float = 0.5,
-        discover_decrease: float = 0.85,
-        discover_growth: float = 0.05,
+        discover_decrease: float = 0.9,
+        discover_growth: float = 0.1,
         probe_interval: float = 1.0,
         failing_after: int = 3,
     ) -> None:
@@ -425,7 +425,10 @@ class Capacity:
             self._factor = max(self._min_factor, self._factor * decrease)
             self._drop = 1.0 - decrease
             self._decreased_at = now
-        pause = self._default_pause if retry_after is None else max(0.0, retry_after)
+        default = self._default_pause
+        if self._found_rpm is not None and self._learned_rpm is None and not self.failing:
+            default = min(default, 0.1)  # finding the limit: the lower rate is the answer
+        pause = default if retry_after is None else max(0.0, retry_after)
         until = now + pause * (1.0 + self._pause_jitter * self._rng.random())
         if until > self._paused_until:
             self._paused_until = until
