@@ -222,9 +222,10 @@ def _figures(run: _Run, rpm: int, calls_per_task: int) -> dict[str, Any]:
 
 
 def _probes(run: _Run, start: float, end: float) -> dict[str, Any]:
-    """Requests sent per whole second inside the fault span (its first second left out:
-    the calls already under way when it began)."""
-    lo, hi = run.origin + start + 1.0, run.origin + end
+    """Requests sent per whole second inside the fault span (its first two seconds left
+    out: the calls already under way when it began, and their first retries, sent before
+    the route was seen failing)."""
+    lo, hi = run.origin + start + 2.0, run.origin + end
     buckets = [0] * max(1, math.floor(hi - lo))
     for a in run.attempts:
         if lo <= a.start < hi:
