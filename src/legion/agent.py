@@ -7,6 +7,8 @@ pydantic model that validates it, and the options (timeout, retry policy, concur
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import inspect
 import os
@@ -61,6 +63,14 @@ class Agent:
         self._output = TypeAdapter(output_model) if output_model is not None else None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+
+    def with_deadline(self, deadline: float | None) -> Agent:
+        """This agent with another ``deadline`` (seconds per attempt, waits included)."""
+        if deadline is not None and deadline <= 0:
+            raise ConfigError("deadline must be > 0 seconds, or None")
+        other = copy.copy(self)
+        other.options = dataclasses.replace(self.options, deadline=deadline)
+        return other
 
     @property
     def name(self) -> str:

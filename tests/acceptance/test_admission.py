@@ -84,10 +84,19 @@ def test_waiting_for_capacity_is_not_attempt_time(tmp_path: Path, sim_at) -> Non
     assert stats["by_status"]["200"] == 40  # each call paid once (a stray 429 may come)
 
 
-def test_a_deadline_says_what_the_task_waited_for(tmp_path: Path, sim_at) -> None:  # type: ignore[no-untyped-def]
-    # One call a second: tasks further back wait past their 1.5 s deadline.
+@pytest.mark.parametrize(
+    ("agent", "flags"), [("hurried", ()), ("quick", ("--deadline", "1.5"))], ids=["agent", "cli"]
+)
+def test_a_deadline_says_what_the_task_waited_for(
+    tmp_path: Path,
+    sim_at,  # type: ignore[no-untyped-def]
+    agent: str,
+    flags: tuple[str, ...],
+) -> None:
+    # One call a second: tasks further back wait past their 1.5 s deadline (the agent's
+    # option, or --deadline).
     url = sim_at("--rpm", "60", "--window-seconds", "1")
-    rows = _run(tmp_path, "hurried", url, 8, "--rpm", "60")
+    rows = _run(tmp_path, agent, url, 8, "--rpm", "60", *flags)
     late = [row for row in rows if row["status"] != "succeeded"]
     assert late, rows
     for row in late:
