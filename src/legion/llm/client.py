@@ -13,13 +13,14 @@ multiply these.
   Retry-After and slows down; the retry then waits for its turn like any call.
   A 429 spends none of the call's budget: it is the route's capacity speaking,
   and waiting for capacity is not attempt time.
-* `ProviderUnavailable`, `MalformedResponse` while the route fails as a whole
-  (no call on it succeeded since this one was sent: an outage): the retry
-  waits for the route, which starts one probe per second while it fails
+* `ProviderUnavailable` (a 5xx, a timeout, a broken connection) while the route
+  fails as a whole (failures in a row, no call on it answered since: an
+  outage): the retry waits for the route, which starts one probe per second while it fails
   (`Capacity.failing`); no budget is spent and the wait is not attempt time,
   for up to ``max_outage`` seconds of failing (then the failures count again,
   so a route that never comes back, such as a wrong address, fails its tasks).
-* The same errors while other calls get through (this call's own bad luck):
+* The same errors while other calls get through (this call's own bad luck), and
+  `MalformedResponse` (an answer, if a wrong one: the route is not down):
   exponential backoff with full jitter (`legion.retry.RetryPolicy`), at least
   the provider's Retry-After, at most the policy's ``max_backoff`` and never
   past the attempt's remaining time; each spends one of the policy's
@@ -41,7 +42,13 @@ from typing import Any
 
 from legion import attempt as attempts
 from legion import telemetry
-from legion.errors import Permanent, ProviderAuthError, ProviderError, RateLimited
+from legion.errors import (
+    MalformedResponse,
+    Permanent,
+    ProviderAuthError,
+    ProviderError,
+    RateLimited,
+)
 from legion.llm.capacity import Capacity, CapacityStatistics
 from legion.llm.pricing import PriceTable
 from legion.llm.provider import Provider
@@ -238,7 +245,8 @@ class LLMClient:
                     continue
                 capacity = route.capacity
                 if (
-                    sent.at < math.inf
+                    not isinstance(exc, MalformedResponse)  # an answer, wrong: not an outage
+                    and sent.at < math.inf
                     and capacity.failed(sent_at=sent.at)
                     and capacity.failing_for() < self._max_outage
                 ):
