@@ -281,17 +281,22 @@ class Worker:
     def _admissible(self) -> int:
         """How many more instances the LLM routes can serve soon: the least headroom of
         any route (calls that may still queue and start within the admission horizon),
-        at least one instance while none runs."""
+        at least one instance while none runs, none while a route's queue would take more
+        than half the horizon to drain."""
         horizon = self.config.admission_horizon
         if self.llm is None or horizon is None:
             return self.config.concurrency
-        room = min(
-            (route.capacity.headroom(horizon) for route in self.llm.routes.values()),
-            default=math.inf,
-        )
+        capacities = [route.capacity for route in self.llm.routes.values()]
+        room = min((c.headroom(horizon) for c in capacities), default=math.inf)
         if room == math.inf:
             return self.config.concurrency
-        return max(int(room), 0 if self._instances else 1)
+        if not self._instances:
+            return max(int(room), 1)
+        # In batches: once the queues are down to half the horizon, fill them up again
+        # (a lease per call that frees up would cost a store round trip each).
+        if min(c.headroom(horizon / 2) for c in capacities) <= 0:
+            return 0
+        return max(int(room), 0)
 
     def _wants(self, free: int) -> dict[str, int]:
         """Free slots per agent, starting with a different agent each time (fairness)."""
