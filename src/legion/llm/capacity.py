@@ -279,7 +279,8 @@ class Capacity:
         self._failing_since = -math.inf
         self._probe_at = -math.inf  # while failing: when the next probe may start
         self._succeeded_at = -math.inf  # when the last success was answered
-        self._healthy = (1.0, self._found_rpm)  # factor and rate found at the last success
+        self._run_sent = -math.inf  # when the first failure of the current run was sent
+        self._before_run = (1.0, self._found_rpm)  # factor and rate found before that run
         self._learned_rpm: int | None = None
         self._learned_tpm: int | None = None
         self._share = 1.0  # this process's part of limits shared with other workers
@@ -384,6 +385,9 @@ class Capacity:
         if self._succeeded_at > sent_at:
             return False  # others got through meanwhile: this call's own failure
         was_failing = self.failing
+        if self._failures == 0:  # the first of a run: the rate to come back to after it
+            self._run_sent = sent_at
+            self._before_run = (self._factor, self._found_rpm)
         self._failures += 1
         if self.failing and not was_failing:
             self._failing_since = self._timer.now()
@@ -565,9 +569,11 @@ class Capacity:
 
     async def _doze(self, delay: float, blocker: _Blocker) -> None:
         """Sleep ``delay`` seconds, or until kicked when ``blocker`` can end sooner."""
-        if blocker is _Blocker.TIME:
+        if blocker is _Blocker.TIME and not self.failing:
             await self._timer.sleep(delay)
             return
+        # (While the route fails, the head waits for the next probe: a probe that gets
+        # through wakes it at once.)
         kick: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._kick, self._blocker = kick, blocker
         try:
@@ -627,12 +633,16 @@ class Capacity:
     def _settle(self, slot: Slot, actual_tokens: int, refund: bool) -> None:
         self._tokens_used += actual_tokens
         self._succeeded_at = self._timer.now()
-        if self._failures:
+        if self._failures and slot.started_at > self._run_sent:
+            # A call sent after the run of failures began got through: the run is over.
             if self.failing:  # the probe got through: back to the rate before the storm
-                self._factor, found = self._healthy
+                self._factor, found = self._before_run
                 if self._found_rpm is not None and found is not None:
                     self._found_rpm = max(self._found_rpm, found)
                 self._tat = min(self._tat, self._succeeded_at + self._tolerance())
+                self._paused_until = min(self._paused_until, self._succeeded_at)
+                self._failures = 0
+                self._wake(_Blocker.TIME)
             self._failures = 0
         charged = actual_tokens if refund else max(actual_tokens, slot.estimated_tokens)
         if self._token_rate() is not None and self._level is not None:
@@ -641,12 +651,10 @@ class Capacity:
             if charged < slot.estimated_tokens:
                 self._wake(_Blocker.TOKENS)
         if slot.started_at <= self._decreased_at:
-            self._healthy = (self._factor, self._found_rpm)
             return  # news from before the last decrease
         if self._found_rpm is not None and self._learned_rpm is None and not self._slow_start:
             # Additive increase of the rate found: `discover_growth` of it per second.
             self._found_rpm += 60.0 * self._discover_growth
-        self._healthy = (self._factor, self._found_rpm)
         rpm, tpm = self._base_rpm(), self._base_tpm()
         # The calls (tokens) of `recovery` seconds at the full rate restore what one
         # decrease took.
