@@ -63,7 +63,8 @@ A failing route (``failing``: three answers in a row that were 429s or server
 errors, with no success since they were sent: a 429 storm or an outage) starts
 at most one call per ``probe_interval`` (1 s): the others wait in the queue,
 which is not attempt time. Failures while failing do not lower the rate again;
-the first success ends it and restores the rate that held before.
+the first success ends it, ends the pause and restores the rate that held
+before the storm's first 429s at once.
 
 Waiting spins nowhere: callers queue, earliest attempt first (the attempt's
 start order, so calls of tasks further along go before the first calls of new
@@ -279,8 +280,9 @@ class Capacity:
         self._failing_since = -math.inf
         self._probe_at = -math.inf  # while failing: when the next probe may start
         self._succeeded_at = -math.inf  # when the last success was answered
-        self._run_sent = -math.inf  # when the first failure of the current run was sent
-        self._before_run = (1.0, self._found_rpm)  # factor and rate found before that run
+        # The factor at the last success of a call sent after the last decrease: what a
+        # route comes back to after a storm (whose first 429s lowered it).
+        self._healthy = 1.0
         self._learned_rpm: int | None = None
         self._learned_tpm: int | None = None
         self._share = 1.0  # this process's part of limits shared with other workers
@@ -385,9 +387,6 @@ class Capacity:
         if self._succeeded_at > sent_at:
             return False  # others got through meanwhile: this call's own failure
         was_failing = self.failing
-        if self._failures == 0:  # the first of a run: the rate to come back to after it
-            self._run_sent = sent_at
-            self._before_run = (self._factor, self._found_rpm)
         self._failures += 1
         if self.failing and not was_failing:
             self._failing_since = self._timer.now()
@@ -633,12 +632,11 @@ class Capacity:
     def _settle(self, slot: Slot, actual_tokens: int, refund: bool) -> None:
         self._tokens_used += actual_tokens
         self._succeeded_at = self._timer.now()
-        if self._failures and slot.started_at > self._run_sent:
-            # A call sent after the run of failures began got through: the run is over.
+        if self._failures:
             if self.failing:  # the probe got through: back to the rate before the storm
-                self._factor, found = self._before_run
-                if self._found_rpm is not None and found is not None:
-                    self._found_rpm = max(self._found_rpm, found)
+                # (A rate found by probing keeps its last step down: the storm may have
+                # begun as that rate's overshoot.)
+                self._factor = self._healthy
                 self._tat = min(self._tat, self._succeeded_at + self._tolerance())
                 self._paused_until = min(self._paused_until, self._succeeded_at)
                 self._failures = 0
@@ -652,6 +650,7 @@ class Capacity:
                 self._wake(_Blocker.TOKENS)
         if slot.started_at <= self._decreased_at:
             return  # news from before the last decrease
+        self._healthy = self._factor
         if self._found_rpm is not None and self._learned_rpm is None and not self._slow_start:
             # Additive increase of the rate found: `discover_growth` of it per second.
             self._found_rpm += 60.0 * self._discover_growth
