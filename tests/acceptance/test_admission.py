@@ -13,7 +13,15 @@ import pytest
 from .conftest import legion, read_jsonl, sim_stats, start_sim, write_jsonl
 
 AGENTS = """
+import asyncio
+
 import legion
+
+
+@legion.agent(timeout=1, retries=0)
+async def nap(ctx, i: int):
+    await asyncio.sleep(0.3)
+    return i
 
 
 @legion.agent(timeout=1, retries=3)
@@ -82,6 +90,17 @@ def test_waiting_for_capacity_is_not_attempt_time(tmp_path: Path, sim_at) -> Non
     assert all(row["attempts"] == 1 for row in rows)
     stats = sim_stats(url)
     assert stats["by_status"]["200"] == 40  # each call paid once (a stray 429 may come)
+
+
+def test_waiting_for_a_free_child_process_is_not_attempt_time(
+    tmp_path: Path,
+    sim_at,  # type: ignore[no-untyped-def]
+) -> None:
+    # One child process, eight tasks of 0.3 s each under a 1 s timeout and no retries:
+    # the last ones wait far longer than 1 s for the child, and none is charged for it.
+    url = sim_at()
+    rows = _run(tmp_path, "nap", url, 8, "--executor", "process", "--pool-size", "1")
+    assert [row["status"] for row in rows] == ["succeeded"] * 8
 
 
 @pytest.mark.parametrize(
