@@ -24,6 +24,7 @@ import os
 import random
 import resource
 import socket
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -281,8 +282,9 @@ class Worker:
     def _admissible(self) -> int:
         """How many more instances the LLM routes can serve soon: the least headroom of
         any route (calls that may still queue and start within the admission horizon),
-        at least one instance while none runs, none while a route's queue would take more
-        than half the horizon to drain."""
+        at least one instance while none runs, none while a route's queue (with a call
+        for each instance yet to make its first) would take more than half the horizon to
+        drain."""
         horizon = self.config.admission_horizon
         if self.llm is None or horizon is None:
             return self.config.concurrency
@@ -292,11 +294,21 @@ class Worker:
             return self.config.concurrency
         if not self._instances:
             return max(int(room), 1)
+        # Instances started within the horizon that have made no call yet (a search step
+        # first, a child process to start) are about to queue one: count them as queued
+        # already. (One that made none for longer may never call: an agent without LLM
+        # calls is not held back.)
+        since = time.monotonic() - horizon
+        coming = sum(
+            1
+            for inst in self._instances.values()
+            if inst.time.calls == 0 and inst.time.started > since
+        )
         # In batches: once the queues are down to half the horizon, fill them up again
         # (a lease per call that frees up would cost a store round trip each).
-        if min(c.headroom(horizon / 2) for c in capacities) <= 0:
+        if min(c.headroom(horizon / 2) for c in capacities) - coming <= 0:
             return 0
-        return max(int(room), 0)
+        return max(int(room - coming), 0)
 
     def _wants(self, free: int) -> dict[str, int]:
         """Free slots per agent, starting with a different agent each time (fairness)."""
