@@ -54,13 +54,17 @@ it starts at ``start_rate`` requests per second and doubles the rate every
 ``growth_period`` seconds while callers queue for it and no 429 comes (slow
 start), so the first second sees a small burst, not every caller at once. The
 first 429 halves the rate found and ends slow start; from then on each 429
-episode multiplies it by ``discover_decrease`` (0.85) and every success adds
-``discover_growth`` (5 %) of the rate per second of calls (AIMD). Pauses after a
-429 last its ``retry-after-ms`` or ``Retry-After`` (``default_pause`` when none).
-A limit told or learned from headers takes over at once.
+episode multiplies it by ``discover_decrease`` (0.9) and every success adds
+``discover_growth`` (10 %) of the rate per second of calls (AIMD). Pauses after
+a 429 last its ``retry-after-ms`` or ``Retry-After`` (``default_pause`` when
+none, at most 0.1 s while finding the limit: the lower rate is the answer). A
+limit told or learned from headers takes over at once. Only routes built with
+``discover=True`` do this (`legion.llm.config` does for OpenAI-compatible and
+Anthropic hosts); others without a request limit are not paced.
 
-A failing route (``failing``: three answers in a row that were 429s or server
-errors, with no success since they were sent: a 429 storm or an outage) starts
+A failing route (``failing``: ``failing_after`` answers in a row that were 429s
+or server errors reported with `failed`, with no success answered since they
+were sent: a 429 storm or an outage) starts
 at most one call per ``probe_interval`` (1 s): the others wait in the queue,
 which is not attempt time. Failures while failing do not lower the rate again;
 the first success ends it, ends the pause and restores the rate that held
