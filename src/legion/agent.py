@@ -7,6 +7,8 @@ pydantic model that validates it, and the options (timeout, retry policy, concur
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import inspect
 import os
@@ -37,6 +39,7 @@ class AgentOptions:
     retry: RetryPolicy
     concurrency: int | None
     executor: str
+    deadline: float | None = None
 
 
 class Agent:
@@ -60,6 +63,14 @@ class Agent:
         self._output = TypeAdapter(output_model) if output_model is not None else None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+
+    def with_deadline(self, deadline: float | None) -> Agent:
+        """This agent with another ``deadline`` (seconds per attempt, waits included)."""
+        if deadline is not None and deadline <= 0:
+            raise ConfigError("deadline must be > 0 seconds, or None")
+        other = copy.copy(self)
+        other.options = dataclasses.replace(self.options, deadline=deadline)
+        return other
 
     @property
     def name(self) -> str:
@@ -208,6 +219,7 @@ def agent(
     executor: str = "async",
     input: type[BaseModel] | None = None,
     output: Any = None,
+    deadline: float | None = None,
 ) -> Callable[[AgentFn], Agent]: ...
 
 
@@ -225,11 +237,15 @@ def agent(
     executor: str = "async",
     input: type[BaseModel] | None = None,
     output: Any = None,
+    deadline: float | None = None,
 ) -> Agent | Callable[[AgentFn], Agent]:
     """Make ``async def f(ctx, ...)`` an agent.
 
     - ``name``: how tasks refer to it (default: the function's name).
-    - ``timeout``: seconds one attempt may run (``None``: no limit).
+    - ``timeout``: seconds one attempt may run (``None``: no limit). Time spent waiting
+      for capacity (a route's pace, a 429 pause, a free child process) does not count.
+    - ``deadline``: seconds one attempt may last in all, waits included (``None``: no
+      bound); a task that reaches it fails saying what it waited for.
     - ``retries``, ``backoff``, ``max_backoff``: tries after the first and the
       exponential backoff with full jitter between them (or pass a ``retry`` policy).
     - ``concurrency``: most instances of this agent running at once in one worker.
@@ -238,6 +254,8 @@ def agent(
     """
     if timeout is not None and timeout <= 0:
         raise ConfigError("timeout must be > 0 seconds, or None")
+    if deadline is not None and deadline <= 0:
+        raise ConfigError("deadline must be > 0 seconds, or None")
     if concurrency is not None and concurrency < 1:
         raise ConfigError("concurrency must be >= 1")
     if executor not in EXECUTORS:
@@ -251,6 +269,7 @@ def agent(
             retry=policy,
             concurrency=concurrency,
             executor=executor,
+            deadline=deadline,
         )
         return Agent(f, options, input_model=input, output_model=output)
 

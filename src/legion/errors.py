@@ -29,6 +29,7 @@
         │   ├── ProviderUnavailable 5xx, timeout, connection reset, stream gone idle
         │   └── MalformedResponse   an answer whose body cannot be understood
         ├── TaskTimeout        the instance ran past its agent's timeout (retried)
+        │   └── DeadlineExceeded    ... past its ``deadline``, waits included (not retried)
         └── AgentCrash         the agent raised a BaseException that is not an Exception
                                (e.g. SystemExit); caught so it cannot take the worker down
 
@@ -233,6 +234,13 @@ class MalformedResponse(ProviderError):
 
 class TaskTimeout(AgentError):
     """Raised when an agent instance runs past its timeout."""
+
+
+class DeadlineExceeded(TaskTimeout):
+    """Raised when an attempt reaches its agent's ``deadline`` (waits included); the
+    message says what it waited for. Not retried: the deadline bounds the whole."""
+
+    retryable = False
 
 
 class AgentCrash(AgentError):

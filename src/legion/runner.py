@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from . import codec, deadline, telemetry
+from . import attempt, codec, deadline, telemetry
 from .agent import Agent
 from .clock import Clock
 from .context import BeforeStep, Context
@@ -27,6 +27,7 @@ from .diagnostics.tracking import unretrieved_exception
 from .diagnostics.watchdog import Block, Capture
 from .errors import (
     AgentCrash,
+    DeadlineExceeded,
     LeaseLost,
     RetryAfterTooLong,
     TaskTimeout,
@@ -58,14 +59,14 @@ class Instance:
     __slots__ = (
         "agent",
         "children",
-        "deadline",
         "diagnostics",
+        "expiry",
         "fatal",
         "lease",
         "pending_block",
         "stop_reason",
         "task",
-        "timer",
+        "time",
     )
 
     def __init__(self, lease: Lease, agent: Agent) -> None:
@@ -80,16 +81,10 @@ class Instance:
         self.diagnostics: list[Diagnostic] = []
         # A block of the event loop by this instance that is going on, seen by the watchdog.
         self.pending_block: Capture | None = None
-        # The worker's timeout timer that covers this instance (forgotten when it ends).
-        self.timer: Any = None
-        # When the worker's timer ends this attempt, on the event loop's clock (None: never).
-        self.deadline: float | None = None
-
-    def remaining(self) -> float | None:
-        """Seconds until the worker's timer ends this attempt (``None``: no timeout)."""
-        if self.deadline is None:
-            return None
-        return self.deadline - asyncio.get_running_loop().time()
+        # Running and waiting time of this attempt: waits for capacity pause its timeout.
+        self.time = attempt.AttemptTime(agent.options.timeout, agent.options.deadline)
+        # The worker's timer bucket that holds this instance until its time is up.
+        self.expiry: dict[int, Instance] | None = None
 
     # -- what the diagnostics learn about this instance (see legion.diagnostics) --------
 
@@ -146,7 +141,8 @@ async def run_instance(
         before_step=before_step,
     )
     tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
-    deadline.bind(instance.remaining)  # LLM calls know what their attempt has left
+    attempt.CURRENT.set(instance.time)  # waits for capacity report to this attempt's time
+    deadline.bind(instance.time.wait_budget)  # how long an LLM call may wait
     started = clock()
     output: bytes | None = None
     error: BaseException | None = None
@@ -164,9 +160,7 @@ async def run_instance(
         if reason is StopReason.LOST:
             return
         if reason is StopReason.TIMEOUT:
-            error = TaskTimeout(
-                f"agent {agent.name!r} ran past its timeout of {agent.options.timeout:g}s"
-            )
+            error = _timed_out(agent, instance.time)
         else:
             outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
             journal.complete(lease, _completion(lease, owner, outcome, started, clock()))
@@ -198,6 +192,20 @@ async def run_instance(
     if found:
         done = dataclasses.replace(done, diagnostics=tuple(found))
     journal.complete(lease, done)
+
+
+def _timed_out(agent: Agent, time_: attempt.AttemptTime) -> TaskTimeout:
+    """The error of an attempt whose time is up: its deadline or its timeout, with what
+    it did with its time."""
+    if time_.past_deadline():
+        assert time_.deadline is not None
+        return DeadlineExceeded(
+            f"agent {agent.name!r} reached its deadline of {time_.deadline:g}s: {time_.explain()}"
+        )
+    return TaskTimeout(
+        f"agent {agent.name!r} ran past its timeout of {agent.options.timeout:g}s "
+        f"({time_.explain()})"
+    )
 
 
 def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import random
 import resource
@@ -83,6 +84,10 @@ class WorkerConfig:
     strict: bool = False
     # The event-loop watchdog and task-ownership tracking (see legion.diagnostics).
     watchdog: bool = True
+    # Admission follows capacity: start new instances only while every LLM route's queue
+    # of waiting calls would drain within this many seconds at the route's rate (Little's
+    # law); ``concurrency`` stays the upper bound. ``None``: lease up to ``concurrency``.
+    admission_horizon: float | None = 3.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -157,6 +162,7 @@ class Worker:
         )
         self._freeze_guard: FreezeGuard | None = None
         self._overloaded: str | None = None
+        self._expiry = _Expiry()
         for a in agents:
             self.add_agent(a)
 
@@ -276,7 +282,11 @@ class Worker:
             if self._check_overload():
                 await self._sleep_or_wake(0.1)
                 continue
-            free = cfg.concurrency - len(self._instances)
+            free = min(cfg.concurrency - len(self._instances), self._admissible())
+            if free <= 0 and len(self._instances) < cfg.concurrency:
+                # The routes are busy: instances started now would only queue for them.
+                await self._sleep_or_wake(_ADMISSION_RECHECK)
+                continue
             wants = self._wants(free)
             if free <= 0 or not wants or self._solo is not None:
                 self._slots.clear()
@@ -321,6 +331,37 @@ class Worker:
             else:
                 await self._sleep_or_wake(idle_wait)
                 idle_wait = min(idle_wait * 2, cfg.poll_interval)
+
+    def _admissible(self) -> int:
+        """How many more instances the LLM routes can serve soon: the least headroom of
+        any route (calls that may still queue and start within the admission horizon),
+        at least one instance while none runs, none while a route's queue (with a call
+        for each instance yet to make its first) would take more than half the horizon to
+        drain."""
+        horizon = self.config.admission_horizon
+        if self.llm is None or horizon is None:
+            return self.config.concurrency
+        capacities = [route.capacity for route in self.llm.routes.values()]
+        room = min((c.headroom(horizon) for c in capacities), default=math.inf)
+        if room == math.inf:
+            return self.config.concurrency
+        if not self._instances:
+            return max(int(room), 1)
+        # Instances started within the horizon that have made no call yet (a search step
+        # first, a child process to start) are about to queue one: count them as queued
+        # already. (One that made none for longer may never call: an agent without LLM
+        # calls is not held back.)
+        since = time.monotonic() - horizon
+        coming = sum(
+            1
+            for inst in self._instances.values()
+            if inst.time.calls == 0 and inst.time.started > since
+        )
+        # In batches: once the queues are down to half the horizon, fill them up again
+        # (a lease per call that frees up would cost a store round trip each).
+        if min(c.headroom(horizon / 2) for c in capacities) - coming <= 0:
+            return 0
+        return max(int(room - coming), 0)
 
     def _wants(self, free: int) -> dict[str, int]:
         """Free slots per agent, starting with a different agent each time (fairness)."""
@@ -427,22 +468,9 @@ class Worker:
             )
 
     def _start_batch(self, leases: Sequence[Lease]) -> None:
-        """Start one instance per lease; one timer per timeout value ends the late ones."""
-        by_timeout: dict[float, _Timer] = {}
+        """Start one instance per lease; the expiry timers end the ones whose time is up."""
         for lease in leases:
-            inst = self._start(lease)
-            timeout = inst.agent.options.timeout
-            if timeout is not None:
-                timer = by_timeout.get(timeout)
-                if timer is None:
-                    timer = by_timeout[timeout] = _Timer()
-                timer.instances.add(inst)
-                inst.timer = timer
-        loop = asyncio.get_running_loop()
-        for timeout, timer in by_timeout.items():
-            timer.handle = loop.call_later(timeout, timer.expire)
-            for inst in timer.instances:
-                inst.deadline = loop.time() + timeout
+            self._expiry.add(self._start(lease))
 
     def _start(self, lease: Lease) -> Instance:
         agent = self._agents[lease.agent]
@@ -486,11 +514,9 @@ class Worker:
 
     def _finished(self, inst: Instance, task: asyncio.Task[None] | None = None) -> None:
         self._instances.pop(inst.lease.id, None)
+        self._expiry.discard(inst)
         if task is not None:
             self._by_task.pop(task, None)
-        if inst.timer is not None:
-            inst.timer.forget(inst)
-            inst.timer = None
         if inst is self._solo:
             self._solo = None
             self._slots.set()
@@ -725,27 +751,60 @@ def rss_mb() -> float:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-class _Timer:
-    """One timeout timer for the instances of one lease batch that share a timeout. An
-    instance that ends leaves it, and the last one cancels it, so a finished task (and
-    its input) is not held until the timeout."""
+_ADMISSION_RECHECK = 0.05  # seconds between two looks at busy routes
+_EXPIRY_GRAIN = 0.05  # seconds: instances due within one grain share a timer
 
-    __slots__ = ("handle", "instances")
+
+class _Expiry:
+    """Ends instances whose time is up: their timeout (running time only: waits for
+    capacity do not count) or their deadline (waits included).
+
+    Instances due within the same ``_EXPIRY_GRAIN`` share one timer (a bucket). When it
+    fires, an instance that waited meanwhile is not due yet: it moves to the bucket of
+    the soonest time it could be. A finished instance leaves its bucket at once, so no
+    timer keeps a finished task.
+    """
+
+    __slots__ = ("_buckets",)
 
     def __init__(self) -> None:
-        self.instances: set[Instance] = set()
-        self.handle: asyncio.TimerHandle | None = None
+        self._buckets: dict[int, dict[int, Instance]] = {}
 
-    def forget(self, inst: Instance) -> None:
-        self.instances.discard(inst)
-        if not self.instances and self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
+    def add(self, inst: Instance) -> None:
+        left = inst.time.remaining()
+        if left is not None:
+            loop = asyncio.get_running_loop()
+            self._put(loop, inst, loop.time() + left)
 
-    def expire(self) -> None:
-        self.handle = None
-        for inst in list(self.instances):
-            inst.stop(StopReason.TIMEOUT)
+    def discard(self, inst: Instance) -> None:
+        if inst.expiry is not None:
+            inst.expiry.pop(inst.lease.id, None)
+            inst.expiry = None
+
+    def _put(self, loop: asyncio.AbstractEventLoop, inst: Instance, at: float) -> None:
+        key = math.ceil(at / _EXPIRY_GRAIN)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = {}
+            loop.call_at(key * _EXPIRY_GRAIN, self._fire, key)
+        bucket[inst.lease.id] = inst
+        inst.expiry = bucket
+
+    def _fire(self, key: int) -> None:
+        bucket = self._buckets.pop(key, None)
+        if not bucket:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for inst in bucket.values():
+            inst.expiry = None
+            left = inst.time.remaining()
+            if left is None:
+                continue
+            if left <= 1e-3:
+                inst.stop(StopReason.TIMEOUT)
+            else:
+                self._put(loop, inst, now + left)
 
 
 def _worker_lag(block: Block) -> None:

@@ -496,10 +496,12 @@ async def test_stats_endpoint_matches_what_happened(
         )
         assert (stats["in_flight"], stats["max_in_flight"]) == (0, 1)
         assert stats["requests_per_second"] > 0
+        assert sum(stats["requests_by_second"].values()) == 4
         # Over HTTP as in-process, save JSON's string keys and the moving clock.
         assert stats == {
             **sim.stats().to_dict(),
             "by_status": stats["by_status"],
+            "requests_by_second": stats["requests_by_second"],
             "elapsed_seconds": stats["elapsed_seconds"],
             "requests_per_second": stats["requests_per_second"],
         }

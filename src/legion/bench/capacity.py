@@ -23,6 +23,10 @@ is recorded on the client side (:mod:`legion.bench.recording`). Reported per cli
 - **goodput % of limit**: successful requests (tokens) over the whole makespan, divided by
   the limit; with 5 % injected errors that also use the limit, 95 % is its ceiling;
 - 429s received, attempts, tasks failed.
+
+``scenarios`` adds the hard cases of :mod:`legion.bench.capacity_scenarios` (a limit
+legion is not told, with and without rate-limit headers, a 429 storm, an outage, a low
+limit under the default concurrency), legion alone, each with its own table.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import legion
+from legion.bench.capacity_scenarios import SCENARIOS, ScenarioOptions, run_scenarios
 from legion.bench.recording import Attempt, RecordingProvider
 from legion.bench.results import (
     BenchResult,
@@ -85,12 +90,21 @@ class CapacityOptions:
     baseline_concurrency: int = 100
     baseline_retries: int = 3
     seed: int = 7
+    scenarios: tuple[str, ...] = ()
+    """Hard cases to run too (`legion.bench.capacity_scenarios.SCENARIOS`)."""
+    quick: bool = False
+    """Scale the scenarios down (a shorter storm and outage, fewer tasks)."""
 
     def __post_init__(self) -> None:
         if self.tasks < 1 or self.calls < 1:
             raise ValueError("tasks and calls must be >= 1")
-        if not self.limits or any(k not in ("rpm", "tpm") for k in self.limits):
+        if any(k not in ("rpm", "tpm") for k in self.limits):
             raise ValueError("limits must name rpm and/or tpm")
+        if not self.limits and not self.scenarios:
+            raise ValueError("name at least one limit or scenario")
+        unknown = set(self.scenarios) - set(SCENARIOS)
+        if unknown:
+            raise ValueError(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +297,95 @@ async def run(
             rows.append(summarize(await run_legion(opts, kind, Path(tmp), progress), opts))
             progress(f"capacity: fixed concurrency vs the {kind.upper()} limit")
             rows.append(summarize(await run_fixed_concurrency(opts, kind, progress), opts))
-    return _result(opts, rows)
+        scenarios: list[dict[str, Any]] = []
+        if opts.scenarios:
+            base = ScenarioOptions.scaled_down() if opts.quick else ScenarioOptions()
+            scenarios = await run_scenarios(base, opts.scenarios, Path(tmp), progress)
+    result = _result(opts, rows)
+    if scenarios:
+        _add_scenarios(result, scenarios)
+    return result
+
+
+def _add_scenarios(result: BenchResult, rows: list[dict[str, Any]]) -> None:
+    """The scenarios' table, notes and data, after the main runs'."""
+    result.data["scenarios"] = rows
+    lines = []
+    for r in rows:
+        runs = [("default", r["default"]), ("tuned", r["tuned"])] if "default" in r else [("", r)]
+        for label, x in runs:
+            lines.append(
+                (
+                    r["scenario"] + (f" ({label} concurrency {x['concurrency']})" if label else ""),
+                    f"{x['limit_rpm']:,} rpm",
+                    fmt_pct(x["steady_pct_of_limit"]),
+                    f"{x['rate_limited']:,} ({x['rate_limited_share']:.1%})",
+                    fmt_num(x["makespan_s"], 1, " s"),
+                    fmt_num(x["p50_latency_s"], 1, " s"),
+                    f"{x['calls_per_task_mean']:.2f} / {x['calls_per_task_max']}",
+                    str(x.get("probes_per_second_max", "")),
+                    f"{x['dead_or_failed']} / {x['lost']}",
+                )
+            )
+    scaled = any(r["scaled_down"] for r in rows)
+    result.tables.append(
+        Table(
+            "hard cases, legion alone" + (" (scaled down)" if scaled else ""),
+            (
+                "scenario",
+                "limit",
+                "steady % of limit",
+                "429s",
+                "makespan",
+                "p50 task latency",
+                "calls per task (mean / max)",
+                "probes/s in the fault (max)",
+                "dead or failed / lost",
+            ),
+            tuple(lines),
+        )
+    )
+    result.notes.extend(_scenario_notes(rows))
+
+
+def _scenario_notes(rows: list[dict[str, Any]]) -> list[str]:
+    notes = [
+        "hard cases: 1 s windows, 5 % server errors, rejected requests count against the "
+        "window. untold: legion is told no limit (with and without x-ratelimit-* headers); "
+        "storm/outage: every request answered 429/503 for the fault's length, from 3 s in; "
+        "low-rpm: one-call tasks, agent timeout 20 s, default concurrency (1000) vs one "
+        "tuned by hand.",
+    ]
+    for r in rows:
+        name = r["scenario"]
+        if name == "low-rpm":
+            d = r["default"]
+            ok = d["dead_or_failed"] == 0 and d["lost"] == 0
+            ratio = r["p50_ratio_default_over_tuned"]
+            ok = ok and ratio <= 1.5
+            notes.append(
+                f"low-rpm: p50 with the default concurrency {ratio:.2f}x "
+                f"the tuned run's, makespan {r['makespan_ratio_default_over_tuned']:.2f}x; "
+                f"{d['dead_or_failed']} dead or failed: target " + ("met." if ok else "NOT met.")
+            )
+            continue
+        steady = r["steady_pct_of_limit"] or 0.0
+        ok = r["dead_or_failed"] == 0 and r["lost"] == 0 and r["paid_twice"] == 0
+        if name == "untold-headers":
+            ok = ok and steady >= 0.95
+        elif name == "untold-no-headers":
+            ok = ok and steady >= 0.85 and r["rate_limited_share"] <= 0.03
+        else:
+            ok = ok and r["probes_per_second_max"] <= 1
+            notes.append(
+                f"{name}: {r['fault_seconds']:g} s of faults; at most "
+                f"{r['probes_per_second_max']} request(s) a second during it (mean "
+                f"{r['probes_per_second_mean']:.2f}); the backlog drained "
+                f"{r['drain_after_fault_s']:.1f} s after it; makespan "
+                f"{r['makespan_over_ideal']:.2f}x the ideal (work at the limit plus the fault)."
+            )
+        notes.append(f"{name}: target " + ("met." if ok else "NOT met."))
+    return notes
 
 
 def _result(opts: CapacityOptions, rows: list[dict[str, Any]]) -> BenchResult:

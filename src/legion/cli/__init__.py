@@ -64,6 +64,15 @@ ConfigOpt = Annotated[
         "--config", help="A TOML file with an [llm] table (default: ./legion.toml if present)."
     ),
 ]
+DeadlineOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--deadline",
+        min=0.001,
+        help="Seconds one attempt of a task may last in all, waits for capacity included "
+        "(its agent's timeout counts running time only). Default: the agent's own, or none.",
+    ),
+]
 
 
 ExecutorOpt = Annotated[
@@ -178,6 +187,7 @@ def run(
     tpm: TpmOpt = None,
     max_in_flight: MaxInFlightOpt = None,
     config: ConfigOpt = None,
+    deadline: DeadlineOpt = None,
 ) -> None:
     """Run every line of a JSONL file through an agent, resumably.
 
@@ -194,6 +204,8 @@ def run(
         raise _fail(f"no such input file: {input}")
     try:
         loaded = load_agent(agent)
+        if deadline is not None:
+            loaded = loaded.with_deadline(deadline)
     except LegionError as exc:
         raise _fail(str(exc)) from None
     opts = RunOptions(
@@ -282,6 +294,7 @@ def worker(
     tpm: TpmOpt = None,
     max_in_flight: MaxInFlightOpt = None,
     config: ConfigOpt = None,
+    deadline: DeadlineOpt = None,
 ) -> None:
     """Serve the agents of an app from a shared store until SIGINT/SIGTERM.
 
@@ -300,6 +313,8 @@ def worker(
         raise _fail(str(exc)) from None
     try:
         agents = load_agents(tuple(app_ref))
+        if deadline is not None:
+            agents = [a.with_deadline(deadline) for a in agents]
     except LegionError as exc:
         raise _fail(str(exc)) from None
     if n is not None:

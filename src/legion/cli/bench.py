@@ -160,16 +160,34 @@ def register(app: typer.Typer) -> None:
         baseline_retries: Annotated[
             int, typer.Option(min=0, help="The fixed-concurrency client's retries per call.")
         ] = 3,
+        scenario: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="Hard cases to run too: untold-headers, untold-no-headers, storm, outage, "
+                "low-rpm, or none (repeat; default all)."
+            ),
+        ] = None,
+        quick: Annotated[
+            bool,
+            typer.Option(help="Scale the hard cases down (a 10 s storm and outage, fewer tasks)."),
+        ] = False,
         out: OutOpt = DEFAULT_OUT,
         plots: PlotsOpt = True,
     ) -> None:
         """Achieved % of an RPM and of a TPM limit, 429s and failures: legion vs a
-        fixed-concurrency asyncio.gather + semaphore client with naive retries."""
+        fixed-concurrency asyncio.gather + semaphore client with naive retries; then the
+        hard cases (an untold limit, a 429 storm, an outage, a low limit)."""
         from ..bench import capacity
+        from ..bench.capacity_scenarios import SCENARIOS
 
         kinds = tuple(limit or ("rpm", "tpm"))
         if any(k not in ("rpm", "tpm") for k in kinds):
             raise _bad("--limit takes rpm or tpm")
+        names = tuple(scenario or SCENARIOS)
+        if names == ("none",):
+            names = ()
+        if any(n not in SCENARIOS for n in names):
+            raise _bad(f"--scenario takes {', '.join(SCENARIOS)} or none")
         opts = capacity.CapacityOptions(
             tasks=tasks,
             calls=calls,
@@ -182,6 +200,8 @@ def register(app: typer.Typer) -> None:
             latency_jitter=jitter,
             baseline_concurrency=baseline_concurrency,
             baseline_retries=baseline_retries,
+            scenarios=names,
+            quick=quick,
         )
         _finish(_run_scenario(lambda say: capacity.run(opts, progress=say)), out, plots)
 

@@ -10,6 +10,7 @@ the worker's shared capacity.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,10 +48,15 @@ def invocation(agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> p.Invoc
 class ContextHost:
     """Answers the context calls of one remote instance until :meth:`aclose`."""
 
-    __slots__ = ("_calls", "_ctx", "_steps", "_tasks")
+    __slots__ = ("_calls", "_context", "_ctx", "_steps", "_tasks", "on_started")
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        # The attempt's context: calls are served as the instance's own (its waits for
+        # capacity count as its waits, its calls queue at its place).
+        self._context = contextvars.copy_context()
+        self.on_started: Callable[[], None] | None = None
+        """Called when the remote side says the instance began to run."""
         self._tasks: set[asyncio.Task[Any]] = set()
         # Steps running remotely: the future gets the result's JSON, the task records it.
         self._steps: dict[str, tuple[asyncio.Future[bytes], asyncio.Task[Any]]] = {}
@@ -72,6 +78,9 @@ class ContextHost:
                 self._step(args[0])
             elif op == p.STEP_ABORT:
                 self._step_abort(args[0])
+            elif op == p.STARTED:
+                if self.on_started is not None:
+                    self.on_started()
             elif op == p.LOG:
                 level, message = args
                 self._ctx.log.log(level, "%s", message)
@@ -92,7 +101,7 @@ class ContextHost:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task = asyncio.get_running_loop().create_task(coro, name=name, context=self._context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
+from .. import attempt
 from ..errors import ConfigError
 from . import _pipe
 from . import protocol as p
@@ -72,8 +73,11 @@ class ProcessExecutor:
         """Run one instance in a child; raises what the agent raised, or
         :class:`InstanceLost` when its child died."""
         request = invocation(agent, ctx, kwargs)
-        async with self._slots:
-            child = self._idle_child() or await self._spawn()
+        async with contextlib.AsyncExitStack() as stack:
+            # Waiting for a free child (or for a new one to start) is not attempt time.
+            with attempt.waiting("a free child process"):
+                await stack.enter_async_context(self._slots)
+                child = self._idle_child() or await self._spawn()
             outcome: p.Outcome | None = None
             try:
                 outcome = await child.invoke(request, ctx)

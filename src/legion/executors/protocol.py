@@ -58,6 +58,7 @@ LLM_CHAT: Final = "llm_chat"
 LLM_EMBED: Final = "llm_embed"
 VECTORS: Final = "vectors"
 LOG: Final = "log"
+STARTED: Final = "started"  # the instance began to run remotely (its scheduling is over)
 
 
 @dataclass(frozen=True, slots=True)

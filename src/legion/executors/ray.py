@@ -17,6 +17,7 @@ cluster address, ``ray://`` clients, a local instance).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib.util
 import itertools
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import attempt
 from ..errors import ConfigError
 from ..extras import install_hint
 from . import protocol as p
@@ -129,6 +131,11 @@ class RayExecutor:
         request = invocation(agent, ctx, kwargs)
         call_id = next(self._ids)
         host = self._hosts[call_id] = ContextHost(ctx)
+        # Until the instance runs on a Ray worker, it waits for Ray to schedule it: that
+        # is not attempt time.
+        scheduling = contextlib.ExitStack()
+        scheduling.enter_context(attempt.waiting("Ray to schedule the instance"))
+        host.on_started = scheduling.close
         ref = self._remote.remote(self._bridge_name, call_id, request)
         try:
             outcome: p.Outcome = await ref
@@ -146,6 +153,7 @@ class RayExecutor:
             ray.cancel(ref, force=True)  # kills its Ray worker: a busy loop cannot hold on
             raise
         finally:
+            scheduling.close()
             del self._hosts[call_id]
             await host.aclose()  # answers what it was still serving: the bridge holds nothing
         return p.outcome_value(outcome)

@@ -50,6 +50,7 @@ class Link(Protocol):
 
 async def execute(invocation: p.Invocation, link: Link) -> p.Outcome:
     """Run one attempt of the agent to its end; never raises (but for cancellation)."""
+    link.notify(p.STARTED)
     try:
         module, fn = resolve(invocation.ref, invocation.sys_path)
         kwargs = _load_arguments(invocation.kwargs, module)

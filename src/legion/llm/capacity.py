@@ -48,22 +48,49 @@ said was left when it admitted the call (counting from when the call was
 sent: the headers are a call's latency old), which is how callers sharing
 one API key (other workers) are felt before they cause 429s.
 
-Waiting is FIFO-fair and spins nowhere: callers queue; only the head of the
-queue waits on the clock, sleeping exactly until its turn (woken early only
-when a freed slot or a token refund lets it start sooner), then hands the
-head position to the next caller.
+Finding the limit (``discover``). A route told no request limit, and whose
+provider sends no ``x-ratelimit-*`` headers (vLLM, most gateways), finds one:
+it starts at ``start_rate`` requests per second and doubles the rate every
+``growth_period`` seconds while callers queue for it and no 429 comes (slow
+start), so the first second sees a small burst, not every caller at once. The
+first 429 halves the rate found and ends slow start; from then on each 429
+episode multiplies it by ``discover_decrease`` (0.9) and every success adds
+``discover_growth`` (10 %) of the rate per second of calls (AIMD). Pauses after
+a 429 last its ``retry-after-ms`` or ``Retry-After`` (``default_pause`` when
+none, at most 0.1 s while finding the limit: the lower rate is the answer). A
+limit told or learned from headers takes over at once. Only routes built with
+``discover=True`` do this (`legion.llm.config` does for OpenAI-compatible and
+Anthropic hosts); others without a request limit are not paced.
+
+A failing route (``failing``: ``failing_after`` answers in a row that were 429s
+or server errors reported with `failed`, with no success answered since they
+were sent: a 429 storm or an outage) starts
+at most one call per ``probe_interval`` (1 s): the others wait in the queue,
+which is not attempt time. Failures while failing do not lower the rate again;
+the first success ends it, ends the pause and restores the rate that held
+before the storm's first 429s at once.
+
+Waiting spins nowhere: callers queue, earliest attempt first (the attempt's
+start order, so calls of tasks further along go before the first calls of new
+ones; FIFO among calls outside an attempt); only the head of the queue waits
+on the clock, sleeping exactly until its turn (woken early only when a freed
+slot or a token refund lets it start sooner), then hands the head position to
+the next caller. Time in the queue is reported to the attempt as waiting
+(`legion.attempt.waiting`), so it does not count against the task's timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
+import itertools
 import math
 import random
-from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 
+from legion import attempt
 from legion.llm.timer import AsyncioTimer, Timer
 from legion.llm.types import RateLimitInfo
 
@@ -98,6 +125,10 @@ class CapacityStatistics:
     """Real tokens of settled calls."""
     paused_for: float
     """Seconds until a 429 pause ends (0: not paused)."""
+    found_rpm: float | None = None
+    """The request rate found without being told (``discover``), if any."""
+    failing: bool = False
+    """Whether the route is failing (a 429 storm, an outage): one probe per second."""
 
 
 class _Blocker(enum.Enum):
@@ -157,12 +188,17 @@ class _Reservation:
 
 
 class _Waiter:
-    __slots__ = ("tokens", "turn")
+    __slots__ = ("key", "tokens", "turn")
 
-    def __init__(self, tokens: int, turn: asyncio.Future[None]) -> None:
+    def __init__(self, tokens: int, turn: asyncio.Future[None], key: tuple[float, int]) -> None:
         self.tokens = tokens
         self.turn = turn
         """Resolved when this waiter becomes the head of the queue."""
+        self.key = key
+        """Its place in the queue: the attempt's start order, then arrival."""
+
+    def __lt__(self, other: _Waiter) -> bool:
+        return self.key < other.key
 
 
 class Capacity:
@@ -198,8 +234,15 @@ class Capacity:
         first_decrease: float = 0.9,
         recovery: float = 3.0,
         min_factor: float = 0.01,
-        default_pause: float = 1.0,
+        default_pause: float = 0.5,
         pause_jitter: float = 0.1,
+        discover: bool = False,
+        start_rate: float = 8.0,
+        growth_period: float = 0.5,
+        discover_decrease: float = 0.9,
+        discover_growth: float = 0.1,
+        probe_interval: float = 1.0,
+        failing_after: int = 3,
     ) -> None:
         for label, limit in (("rpm", rpm), ("tpm", tpm), ("max_in_flight", max_in_flight)):
             if limit is not None and limit < 1:
@@ -228,6 +271,22 @@ class Capacity:
         self._default_pause = default_pause
         self._pause_jitter = pause_jitter
 
+        self._discover = discover and rpm is None and tpm is None
+        self._found_rpm: float | None = start_rate * 60.0 if self._discover else None
+        self._slow_start = self._discover
+        self._grown_at = -math.inf
+        self._growth_period = growth_period
+        self._discover_decrease = discover_decrease
+        self._discover_growth = discover_growth
+        self._probe_interval = probe_interval
+        self._failing_after = failing_after
+        self._failures = 0  # answers in a row that failed with no success since they were sent
+        self._failing_since = -math.inf
+        self._probe_at = -math.inf  # while failing: when the next probe may start
+        self._succeeded_at = -math.inf  # when the last success was answered
+        # The factor at the last success of a call sent after the last decrease: what a
+        # route comes back to after a storm (whose first 429s lowered it).
+        self._healthy = 1.0
         self._learned_rpm: int | None = None
         self._learned_tpm: int | None = None
         self._share = 1.0  # this process's part of limits shared with other workers
@@ -238,7 +297,9 @@ class Capacity:
         self._level: float | None = None  # token bucket level; None: full
         self._refilled_at = 0.0
         self._in_flight = 0
-        self._waiters: deque[_Waiter] = deque()
+        self._head: _Waiter | None = None  # the caller whose turn it is
+        self._waiters: list[_Waiter] = []  # the others: a heap, earliest attempt first
+        self._arrivals = itertools.count()
         self._kick: asyncio.Future[None] | None = None
         self._blocker = _Blocker.TIME
         self._requests = 0
@@ -293,7 +354,52 @@ class Capacity:
     def demand(self) -> tuple[int, int]:
         """Calls started so far and calls in flight or waiting now: what a process
         claims when it shares the limits with other workers."""
-        return self._requests, self._in_flight + len(self._waiters)
+        return self._requests, self._in_flight + self._queued()
+
+    def _queued(self) -> int:
+        return len(self._waiters) + (self._head is not None)
+
+    @property
+    def failing(self) -> bool:
+        """Whether the route is failing: calls start one per ``probe_interval``."""
+        return self._failures >= self._failing_after
+
+    def request_rate(self) -> float | None:
+        """Requests per second allowed now (``None``: no request limit, none found)."""
+        interval = self._interval()
+        if self.failing:
+            return 1.0 / self._probe_interval
+        return None if interval is None else 1.0 / interval
+
+    def headroom(self, horizon: float) -> float:
+        """How many more calls may queue here and still start within ``horizon``
+        seconds at the rate allowed now (``inf`` without a request limit): what a
+        worker may admit, by Little's law, before its instances only wait."""
+        rate = self.request_rate()
+        if rate is None:
+            return math.inf
+        return rate * horizon - self._queued()
+
+    def failed(self, *, sent_at: float) -> bool:
+        """A call started at ``sent_at`` failed in a way that may pass (a server error, a
+        timeout); answer whether the route was already failing as a whole (``failing``:
+        failures in a row, none of them followed by a success), so that retrying this
+        call must not count against its budget."""
+        return self._note_failure(sent_at)
+
+    def _note_failure(self, sent_at: float) -> bool:
+        if self._succeeded_at > sent_at:
+            return False  # others got through meanwhile: this call's own failure
+        was_failing = self.failing
+        self._failures += 1
+        if self.failing and not was_failing:
+            self._failing_since = self._timer.now()
+            self._probe_at = self._failing_since + self._probe_interval
+        return was_failing
+
+    def failing_for(self) -> float:
+        """Seconds the route has been failing (0: it is not)."""
+        return self._timer.now() - self._failing_since if self.failing else 0.0
 
     def rate_limited(
         self, retry_after: float | None, *, sent_at: float | None = None, relayed: bool = False
@@ -307,7 +413,17 @@ class Capacity:
         if not relayed:
             self._rate_limited += 1
         fresh = sent_at > self._decreased_at if sent_at is not None else now >= self._paused_until
-        if fresh:
+        if sent_at is not None and not relayed:
+            self._note_failure(sent_at)
+        if self.failing:
+            fresh = False  # a storm says nothing about the rate: keep it for afterwards
+        if fresh and self._found_rpm is not None and self._learned_rpm is None:
+            # The rate found so far overshot: halve it in slow start, else step down.
+            cut = 0.5 if self._slow_start else self._discover_decrease
+            self._slow_start = False
+            self._found_rpm = max(6.0, self._found_rpm * cut)
+            self._decreased_at = now
+        elif fresh:
             # A first 429 after a quiet spell is most likely stray (the provider's window
             # and ours a few milliseconds out of step); another one soon after means the
             # limit really is lower than the rate.
@@ -316,7 +432,10 @@ class Capacity:
             self._factor = max(self._min_factor, self._factor * decrease)
             self._drop = 1.0 - decrease
             self._decreased_at = now
-        pause = self._default_pause if retry_after is None else max(0.0, retry_after)
+        default = self._default_pause
+        if self._found_rpm is not None and self._learned_rpm is None and not self.failing:
+            default = min(default, 0.1)  # finding the limit: the lower rate is the answer
+        pause = default if retry_after is None else max(0.0, retry_after)
         until = now + pause * (1.0 + self._pause_jitter * self._rng.random())
         if until > self._paused_until:
             self._paused_until = until
@@ -337,17 +456,21 @@ class Capacity:
             effective_tpm=tpm * self._factor if tpm is not None else None,
             max_in_flight=self._max_in_flight,
             in_flight=self._in_flight,
-            waiting=len(self._waiters),
+            waiting=self._queued(),
             requests=self._requests,
             rate_limited=self._rate_limited,
             tokens_used=self._tokens_used,
             paused_for=max(0.0, self._paused_until - self._timer.now()),
+            found_rpm=self._found_rpm if self._learned_rpm is None else None,
+            failing=self.failing,
         )
 
     # -- limits -----------------------------------------------------------------
 
     def _base_rpm(self) -> float | None:
-        rpm = self._learned_rpm if self._learned_rpm is not None else self._rpm
+        rpm: float | None = self._learned_rpm if self._learned_rpm is not None else self._rpm
+        if rpm is None:
+            rpm = self._found_rpm
         return None if rpm is None else rpm * self._share
 
     def _base_tpm(self) -> float | None:
@@ -400,6 +523,8 @@ class Capacity:
             return math.inf, _Blocker.SLOTS
         now = self._timer.now()
         wait = self._paused_until - now
+        if self.failing:
+            wait = max(wait, self._probe_at - now)
         interval = self._interval()
         if interval is not None:
             wait = max(wait, self._tat - self._tolerance() - now)
@@ -416,27 +541,42 @@ class Capacity:
         return max(0.0, wait), _Blocker.TIME
 
     async def _acquire(self, tokens: int) -> Slot:
-        if not self._waiters and self._delay(tokens)[0] <= _EPSILON:
+        if self._head is None and not self._waiters and self._delay(tokens)[0] <= _EPSILON:
             return self._take(tokens)
-        waiter = _Waiter(tokens, asyncio.get_running_loop().create_future())
-        self._waiters.append(waiter)
-        if len(self._waiters) == 1:
+        current = attempt.current()
+        order = float(current.order) if current is not None else math.inf
+        waiter = _Waiter(
+            tokens, asyncio.get_running_loop().create_future(), (order, next(self._arrivals))
+        )
+        if self._head is None:
+            self._head = waiter
             waiter.turn.set_result(None)
+        else:
+            heapq.heappush(self._waiters, waiter)
         try:
-            await waiter.turn
-            while True:
-                delay, blocker = self._delay(tokens)
-                if delay <= _EPSILON:  # rounding must not leave a sleep of 1e-17 s
-                    return self._take(tokens)
-                await self._doze(delay, blocker)
+            with attempt.waiting(self._wait_reason()):
+                await waiter.turn
+                while True:
+                    delay, blocker = self._delay(tokens)
+                    if delay <= _EPSILON:  # rounding must not leave a sleep of 1e-17 s
+                        return self._take(tokens)
+                    await self._doze(delay, blocker)
         finally:
             self._leave(waiter)
 
+    def _wait_reason(self) -> str:
+        rpm = self._base_rpm()
+        limit = f" ({rpm * self._factor:.0f} rpm)" if rpm is not None else ""
+        state = ", failing" if self.failing else ""
+        return f"capacity on route {self.name or '?'}{limit}{state}"
+
     async def _doze(self, delay: float, blocker: _Blocker) -> None:
         """Sleep ``delay`` seconds, or until kicked when ``blocker`` can end sooner."""
-        if blocker is _Blocker.TIME:
+        if blocker is _Blocker.TIME and not self.failing:
             await self._timer.sleep(delay)
             return
+        # (While the route fails, the head waits for the next probe: a probe that gets
+        # through wakes it at once.)
         kick: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._kick, self._blocker = kick, blocker
         try:
@@ -459,12 +599,13 @@ class Capacity:
 
     def _leave(self, waiter: _Waiter) -> None:
         waiters = self._waiters
-        if waiters and waiters[0] is waiter:
-            waiters.popleft()
-            if waiters and not waiters[0].turn.done():
-                waiters[0].turn.set_result(None)
+        if self._head is waiter:
+            self._head = heapq.heappop(waiters) if waiters else None
+            if self._head is not None and not self._head.turn.done():
+                self._head.turn.set_result(None)
         else:
             waiters.remove(waiter)
+            heapq.heapify(waiters)
 
     # -- starting, settling and ending calls --------------------------------------
 
@@ -472,6 +613,18 @@ class Capacity:
         now = self._timer.now()
         self._in_flight += 1
         self._requests += 1
+        if self.failing:
+            self._probe_at = now + self._probe_interval
+        elif (
+            self._slow_start
+            and self._found_rpm is not None
+            and self._waiters
+            and now - self._grown_at >= self._growth_period
+        ):
+            # Callers queue at the rate found so far: double it once per growth period.
+            if self._grown_at > -math.inf:
+                self._found_rpm *= 2.0
+            self._grown_at = now
         interval = self._interval()
         if interval is not None:
             self._tat = max(self._tat, now) + interval
@@ -482,6 +635,17 @@ class Capacity:
 
     def _settle(self, slot: Slot, actual_tokens: int, refund: bool) -> None:
         self._tokens_used += actual_tokens
+        self._succeeded_at = self._timer.now()
+        if self._failures:
+            if self.failing:  # the probe got through: back to the rate before the storm
+                # (A rate found by probing keeps its last step down: the storm may have
+                # begun as that rate's overshoot.)
+                self._factor = self._healthy
+                self._tat = min(self._tat, self._succeeded_at + self._tolerance())
+                self._paused_until = min(self._paused_until, self._succeeded_at)
+                self._failures = 0
+                self._wake(_Blocker.TIME)
+            self._failures = 0
         charged = actual_tokens if refund else max(actual_tokens, slot.estimated_tokens)
         if self._token_rate() is not None and self._level is not None:
             self._refill(self._timer.now())
@@ -490,6 +654,10 @@ class Capacity:
                 self._wake(_Blocker.TOKENS)
         if slot.started_at <= self._decreased_at:
             return  # news from before the last decrease
+        self._healthy = self._factor
+        if self._found_rpm is not None and self._learned_rpm is None and not self._slow_start:
+            # Additive increase of the rate found: `discover_growth` of it per second.
+            self._found_rpm += 60.0 * self._discover_growth
         rpm, tpm = self._base_rpm(), self._base_tpm()
         # The calls (tokens) of `recovery` seconds at the full rate restore what one
         # decrease took.

@@ -3,15 +3,30 @@
 It holds named routes (route name → provider, model, shared `Capacity`), and
 for each call: estimates its tokens, waits for a turn at the route's
 capacity, asks the provider, settles the real usage, feeds the rate-limit
-headers back to the capacity, and retries what may pass:
+headers back to the capacity, and retries what may pass.
+
+One retry budget. A provider failure is retried in one place: here, inside the
+task's attempt. The task's own retries are for what the agent does; they never
+multiply these.
 
 * `RateLimited`: the capacity pauses every caller until the provider's
   Retry-After and slows down; the retry then waits for its turn like any call.
-* `ProviderUnavailable`, `MalformedResponse`: exponential backoff with full
-  jitter (`legion.retry.RetryPolicy`), at least the provider's Retry-After
-  when it sent one, at most the policy's ``max_backoff``.
+  A 429 spends none of the call's budget: it is the route's capacity speaking,
+  and waiting for capacity is not attempt time.
+* `ProviderUnavailable` (a 5xx, a timeout, a broken connection) while the route
+  fails as a whole (failures in a row, no call on it answered since: an
+  outage): the retry waits for the route, which starts one probe per second while it fails
+  (`Capacity.failing`); no budget is spent and the wait is not attempt time,
+  for up to ``max_outage`` seconds of failing (then the failures count again,
+  so a route that never comes back, such as a wrong address, fails its tasks).
+* The same errors while other calls get through (this call's own bad luck), and
+  `MalformedResponse` (an answer, if a wrong one: the route is not down):
+  exponential backoff with full jitter (`legion.retry.RetryPolicy`), at least
+  the provider's Retry-After, at most the policy's ``max_backoff`` and never
+  past the attempt's remaining time; each spends one of the policy's
+  ``retries``.
 
-After the last attempt the last error is raised. Permanent errors
+After the budget is spent the last error is raised. Permanent errors
 (`ProviderRejected`) are raised at once; a `ProviderAuthError` is also kept
 in `LLMClient.fatal_error` so the runtime can stop the whole run.
 
@@ -35,14 +50,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from legion import attempt as attempts
 from legion import deadline, telemetry
 from legion.errors import (
+    MalformedResponse,
     Permanent,
     ProviderAuthError,
     ProviderError,
@@ -165,6 +183,15 @@ class _Counters:
         self.latencies = Latencies(hedge) if hedge is not None else None
 
 
+class _Sent:
+    """When the try under way started, on the capacity's timer."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = math.inf
+
+
 def estimate_tokens(
     messages: Sequence[Message], params: Mapping[str, Any], default_completion: int
 ) -> int:
@@ -210,6 +237,7 @@ class LLMClient:
         completion_estimate: int = 256,
         timer: Timer | None = None,
         rng: random.Random | None = None,
+        max_outage: float = 120.0,
     ) -> None:
         if not routes:
             raise ValueError("an LLMClient needs at least one route")
@@ -220,6 +248,7 @@ class LLMClient:
         if self._default not in self._routes:
             raise ValueError(f"default route {self._default!r} is not one of {self._names()}")
         self._retry = retry
+        self._max_outage = max_outage
         self._prices = prices or PriceTable()
         self._completion_estimate = completion_estimate
         self._timer: Timer = timer or AsyncioTimer()
@@ -264,7 +293,10 @@ class LLMClient:
         estimate = estimate_tokens(request.messages, params, self._completion_estimate)
         counters = self._counters[route.name]
         counters.calls += 1
-        attempt = 0
+        current = attempts.current()
+        if current is not None:
+            current.calls += 1
+        spent = 0  # failures of this call's own, each one of the budget's retries
         while True:
             try:
                 _check_pause(route)  # before anything waits: the pause would outlast it
@@ -272,11 +304,14 @@ class LLMClient:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
                 counters.failed += 1
                 raise
-            ticket = await route.breaker.wait_turn() if route.breaker is not None else None
-            attempt += 1
+            ticket = None
+            if route.breaker is not None:
+                with attempts.waiting(f"the breaker of route {route.name}"):
+                    ticket = await route.breaker.wait_turn()
             counters.attempts += 1
+            sent = _Sent()
             try:
-                response = await self._send(route, request, limit, estimate, counters, ticket)
+                response = await self._send(route, request, limit, estimate, counters, ticket, sent)
                 counters.succeeded += 1
                 return response
             except RetryAfterTooLong as exc:
@@ -285,14 +320,29 @@ class LLMClient:
                 raise
             except ProviderError as exc:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
-                if _probe_failed(route, ticket, exc):
-                    attempt -= 1  # sent for every waiting caller: not this call's attempt
-                if attempt >= self._retry.max_attempts:
+                if isinstance(exc, RateLimited):
+                    counters.retries += 1  # the capacity paused and slowed down: wait again
+                    continue
+                capacity = route.capacity
+                route_failing = (
+                    not isinstance(exc, MalformedResponse)  # an answer, wrong: not an outage
+                    and sent.at < math.inf
+                    and capacity.failed(sent_at=sent.at)
+                    and capacity.failing_for() < self._max_outage
+                )
+                if route_failing or _probe_failed(route, ticket, exc):
+                    # The route fails as a whole, or this was the breaker's probe, sent for
+                    # every waiting caller: wait for the route, spending no retry.
+                    counters.retries += 1
+                    continue
+                spent += 1
+                delay = self._backoff(spent, exc.retry_after)
+                left = current.remaining() if current is not None else None
+                if spent >= self._retry.max_attempts or (left is not None and delay >= left):
                     counters.failed += 1
                     raise
                 counters.retries += 1
-                if not isinstance(exc, RateLimited):
-                    await self._timer.sleep(self._backoff(attempt, exc.retry_after))
+                await self._timer.sleep(delay)
             except Permanent as exc:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
                 counters.failed += 1
@@ -322,12 +372,14 @@ class LLMClient:
         estimate = estimate_embed_tokens(request.texts)
         counters = self._counters[route.name]
         counters.calls += 1
-        attempt = 0
+        current = attempts.current()
+        spent = 0  # failures of this call's own (the rules of `chat`)
         while True:
-            attempt += 1
             counters.attempts += 1
+            sent = _Sent()
             try:
                 async with route.capacity.reserve(estimate) as slot:
+                    sent.at = slot.started_at
                     try:
                         result: EmbedResult = await embed(request, timeout=limit)
                     except RateLimited as exc:
@@ -348,12 +400,26 @@ class LLMClient:
                 return dataclasses.replace(result.embeddings, model=route.model)
             except ProviderError as exc:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
-                if attempt >= self._retry.max_attempts:
+                if isinstance(exc, RateLimited):
+                    counters.retries += 1  # the capacity paused and slowed down: wait again
+                    continue
+                capacity = route.capacity
+                if (
+                    not isinstance(exc, MalformedResponse)  # an answer, wrong: not an outage
+                    and sent.at < math.inf
+                    and capacity.failed(sent_at=sent.at)
+                    and capacity.failing_for() < self._max_outage
+                ):
+                    counters.retries += 1  # the route fails as a whole: wait for it
+                    continue
+                spent += 1
+                delay = self._backoff(spent, exc.retry_after)
+                left = current.remaining() if current is not None else None
+                if spent >= self._retry.max_attempts or (left is not None and delay >= left):
                     counters.failed += 1
                     raise
                 counters.retries += 1
-                if not isinstance(exc, RateLimited):
-                    await self._timer.sleep(self._backoff(attempt, exc.retry_after))
+                await self._timer.sleep(delay)
             except Permanent as exc:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
                 counters.failed += 1
@@ -453,9 +519,11 @@ class LLMClient:
         timeout: float,  # noqa: ASYNC109 - handed to the provider
         estimate: int,
         counters: _Counters,
+        sent: _Sent,
     ) -> ChatResponse:
         capacity = route.capacity
         async with capacity.reserve(estimate) as slot:
+            sent.at = slot.started_at
             try:
                 result = await route.provider.chat(request, timeout=timeout)
             except RateLimited as exc:
@@ -487,14 +555,15 @@ class LLMClient:
         estimate: int,
         counters: _Counters,
         ticket: Ticket | None,
+        sent: _Sent,
     ) -> ChatResponse:
         """One attempt (hedged if the route says so), its outcome told to the breaker."""
         breaker = route.breaker
         try:
             if counters.latencies is None:
-                response = await self._attempt(route, request, timeout, estimate, counters)
+                response = await self._attempt(route, request, timeout, estimate, counters, sent)
             else:
-                response = await self._hedged(route, request, timeout, estimate, counters)
+                response = await self._hedged(route, request, timeout, estimate, counters, sent)
         except ProviderUnavailable:
             if breaker is not None and ticket is not None:
                 breaker.failed(ticket)
@@ -518,16 +587,17 @@ class LLMClient:
         timeout: float,  # noqa: ASYNC109 - handed to the provider
         estimate: int,
         counters: _Counters,
+        sent: _Sent,
     ) -> ChatResponse:
         """The first answer of the call and, if it is slow, of a second copy."""
         assert counters.latencies is not None
         delay = counters.latencies.hedge_delay()
         if delay is None:
-            return await self._attempt(route, request, timeout, estimate, counters)
+            return await self._attempt(route, request, timeout, estimate, counters, sent)
         # asyncio.Task, not create_task: these belong to the client, not to the agent
         # whose call this is (the loop's task factory would count them as its own).
         first = asyncio.Task(
-            self._attempt(route, request, timeout, estimate, counters), name="llm-call"
+            self._attempt(route, request, timeout, estimate, counters, sent), name="llm-call"
         )
         sleeper = asyncio.Task(self._timer.sleep(delay), name="llm-hedge-delay")
         racing = [first]
@@ -537,7 +607,7 @@ class LLMClient:
                 return first.result()
             counters.hedged += 1
             second = asyncio.Task(
-                self._attempt(route, request, timeout, estimate, counters), name="llm-hedge"
+                self._attempt(route, request, timeout, estimate, counters, sent), name="llm-hedge"
             )
             racing.append(second)
             pending: set[asyncio.Task[ChatResponse]] = {first, second}

@@ -616,6 +616,9 @@ def _capacity(
         max_in_flight=route.max_in_flight,
         timer=timer,
         rng=rng,
+        # A real host told no limit: find it (slow start, then AIMD) instead of sending
+        # every caller at once. The built-in simulator and a local model need not.
+        discover=route.provider in ("openai", "anthropic"),
     )
     capacities[key] = (capacity, route)
     return capacity

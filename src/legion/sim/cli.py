@@ -87,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--outage-after", type=int, metavar="N", help="requests served before the outage")
     add("--outage-requests", type=int, metavar="N", help="requests answered 503 in the outage")
     add("--seed", type=int, help="seed of the fault and latency draws (default 0)")
+    add(
+        "--fault",
+        dest="fault_schedule",
+        action="append",
+        type=_fault_span,
+        metavar="START:END:STATUS",
+        help="answer every request STATUS (429 or 5xx) from START to END seconds after the "
+        "start (repeatable): a 429 storm, an outage",
+    )
+    add(
+        "--rate-limit-headers",
+        action=argparse.BooleanOptionalAction,
+        help="send x-ratelimit-* and Retry-After headers (default yes; --no-rate-limit-headers "
+        "answers as vLLM and most gateways do)",
+    )
     add("--api-key", help="require this bearer key")
     return parser
 
@@ -119,6 +134,19 @@ def run(flags: dict[str, Any]) -> int:
         print(f"legion sim: error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _fault_span(text: str) -> tuple[float, float, int]:
+    """``START:END:STATUS`` as a span of the fault schedule."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        return float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected START:END:STATUS (seconds, seconds, an HTTP status), got {text!r}"
+        ) from None
 
 
 def _load_config(path: str) -> dict[str, Any]:

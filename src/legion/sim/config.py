@@ -107,6 +107,16 @@ class SimConfig:
             limits.
         seed: seed of the random generator deciding faults and jitter.
 
+    Scheduled faults (a provider's bad minute, rehearsed):
+        fault_schedule: ``(start, end, status)`` spans, in seconds since the
+            simulator started: every chat request that arrives in
+            ``[start, end)`` is answered ``status`` (429 or a 5xx) at once,
+            without being admitted (a 429 says ``Retry-After: 1`` unless
+            ``rate_limit_headers`` is false). Spans may not overlap.
+        rate_limit_headers: when false, answers carry no ``x-ratelimit-*``,
+            ``Retry-After`` or ``retry-after-ms`` headers, as vLLM and most
+            gateways answer: a client must find the limit on its own.
+
     Access:
         api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <key>``
             (``/v1/messages`` also takes it as ``x-api-key``, as Anthropic does).
@@ -139,6 +149,8 @@ class SimConfig:
     outage_after: int = 0
     outage_requests: int = 0
     seed: int = 0
+    fault_schedule: tuple[tuple[float, float, int], ...] = ()
+    rate_limit_headers: bool = True
     api_key: str | None = None
 
     def __post_init__(self) -> None:
@@ -189,6 +201,8 @@ class SimConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        _check_fault_schedule(self.fault_schedule)
+        _check_bool("rate_limit_headers", self.rate_limit_headers)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError("api_key must be a non-empty string or None")
 
@@ -210,6 +224,9 @@ class SimConfig:
         for name in ("models", "error_statuses"):
             if name in kwargs:
                 kwargs[name] = _as_tuple(name, kwargs[name])
+        if "fault_schedule" in kwargs:
+            spans = _as_tuple("fault_schedule", kwargs["fault_schedule"])
+            kwargs["fault_schedule"] = tuple(_as_tuple("fault_schedule span", s) for s in spans)
         return cls(**kwargs)
 
 
@@ -262,3 +279,35 @@ def _check_error_statuses(statuses: Any) -> None:
     for status in statuses:
         if isinstance(status, bool) or not isinstance(status, int) or not 500 <= status <= 599:
             raise ValueError(f"error_statuses must contain 5xx statuses, got {status!r}")
+
+
+def _check_fault_schedule(schedule: Any) -> None:
+    if not isinstance(schedule, tuple):
+        raise ValueError("fault_schedule must be a tuple of (start, end, status) spans")
+    last_end = -math.inf
+    for span in sorted(schedule, key=lambda s: s[0] if isinstance(s, tuple) and s else 0):
+        if not isinstance(span, tuple) or len(span) != 3:
+            raise ValueError(f"fault_schedule spans must be (start, end, status), got {span!r}")
+        start, end, status = span
+        _check_number("fault_schedule start", start)
+        _check_number("fault_schedule end", end)
+        if end <= start:
+            raise ValueError(f"fault_schedule span {span!r} must end after it starts")
+        if start < last_end:
+            raise ValueError("fault_schedule spans must not overlap")
+        last_end = end
+        if (
+            isinstance(status, bool)
+            or not isinstance(status, int)
+            or not (status == 429 or 500 <= status <= 599)
+        ):
+            raise ValueError(f"fault_schedule statuses must be 429 or 5xx, got {status!r}")
+
+
+def scheduled_fault(schedule: tuple[tuple[float, float, int], ...], elapsed: float) -> int | None:
+    """The status a request arriving ``elapsed`` seconds after the start gets from the
+    schedule, or ``None``."""
+    for start, end, status in schedule:
+        if start <= elapsed < end:
+            return status
+    return None

@@ -37,7 +37,7 @@ from legion.sim.behaviour import (
     estimate_prompt_tokens,
     generate_completion,
 )
-from legion.sim.config import SimConfig
+from legion.sim.config import SimConfig, scheduled_fault
 from legion.sim.dialect import BadRequest, Dialect, ParsedChat, StreamFrames
 from legion.sim.embeddings import (
     EmbedBadRequest,
@@ -89,6 +89,8 @@ class SimStats:
     elapsed_seconds: float
     requests_per_second: float
     """``requests_total`` over ``elapsed_seconds``."""
+    requests_by_second: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Chat requests received in each whole second since the start or the last reset."""
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as plain data (the ``GET /stats`` body)."""
@@ -100,6 +102,7 @@ class _Counters:
 
     __slots__ = (
         "by_model",
+        "by_second",
         "by_status",
         "completion_tokens",
         "errors_injected",
@@ -136,6 +139,7 @@ class _Counters:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.by_model: dict[str, int] = {}
+        self.by_second: dict[int, int] = {}
 
     def snapshot(self, now: float) -> SimStats:
         elapsed = max(0.0, now - self.started)
@@ -156,6 +160,7 @@ class _Counters:
             by_model=dict(self.by_model),
             elapsed_seconds=elapsed,
             requests_per_second=self.requests_total / elapsed if elapsed > 0 else 0.0,
+            requests_by_second=dict(self.by_second),
         )
 
 
@@ -166,6 +171,7 @@ class _Service:
         self.config = config
         self.clock = clock
         self.counters = _Counters(clock())
+        self._origin = clock()
         self.closing = asyncio.Event()
         self._limiter = RateLimiter.from_config(config, clock)
         self._faults = FaultInjector(config)
@@ -261,6 +267,8 @@ class _Service:
     async def _chat(self, dialect: Dialect, request: web.Request) -> web.StreamResponse:
         counters = self.counters
         counters.requests_total += 1
+        second = int(self.clock() - counters.started)
+        counters.by_second[second] = counters.by_second.get(second, 0) + 1
         denied = dialect.authorize(request)
         if denied is not None:
             return self._counted(denied)
@@ -293,7 +301,12 @@ class _Service:
         charge = prompt_tokens + (
             chat.max_tokens if chat.max_tokens is not None else len(completion.tokens)
         )
+        scheduled = scheduled_fault(config.fault_schedule, self.clock() - self._origin)
+        if scheduled is not None:
+            return self._counted(self._scheduled(dialect, scheduled, charge))
         admission = self._limiter.admit(charge)
+        if not config.rate_limit_headers:
+            admission = _without_headers(admission)
         if not admission.allowed:
             counters.rate_limited += 1
             return self._counted(dialect.rate_limited(admission, charge, config.max_concurrency))
@@ -306,6 +319,18 @@ class _Service:
         finally:
             self._limiter.release()
             counters.in_flight -= 1
+
+    def _scheduled(self, dialect: Dialect, status: int, charge: int) -> web.Response:
+        """The answer of the fault schedule: a 429 or a server error, not admitted."""
+        counters = self.counters
+        if status == 429:
+            counters.rate_limited += 1
+            admission = Admission(False, "requests", None, None, 0.0, None, None, 0.0, 1.0)
+            if not self.config.rate_limit_headers:
+                admission = _without_headers(admission)
+            return dialect.rate_limited(admission, charge, self.config.max_concurrency)
+        counters.errors_injected += 1
+        return dialect.error(status, "The server is unavailable (scheduled by the simulator).")
 
     # -- serving an admitted request ------------------------------------------
 
@@ -482,6 +507,11 @@ class _Service:
         counters.succeeded += 1
         counters.prompt_tokens += prompt_tokens
         counters.completion_tokens += completion_tokens
+
+
+def _without_headers(admission: Admission) -> Admission:
+    """``admission`` as a provider that sends no rate-limit headers reports it."""
+    return admission._replace(limit_requests=None, limit_tokens=None, retry_after=None)
 
 
 def _url_host(host: str) -> str:
