@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from ..pg_cluster import PrivateCluster
 from .conftest import (
     LEGION,
     read_jsonl,
@@ -229,11 +229,23 @@ def test_four_workers_sharing_one_api_key_stay_within_its_limit(
 
 
 def test_a_run_finishes_when_postgresql_restarts_in_the_middle(
-    tmp_path: Path, agents_file: Path, postgres_url: str, workers: Workers
+    tmp_path: Path, agents_file: Path, workers: Workers
 ) -> None:
-    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
-        pytest.fail("this test restarts the local PostgreSQL cluster: it needs pg_ctlcluster")
-    (version,) = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1:]
+    # A private cluster: restarting the shared server would break every other test using it.
+    cluster = PrivateCluster()
+    cluster.init()
+    cluster.start()
+    try:
+        _run_through_a_restart(tmp_path, agents_file, workers, cluster)
+    finally:
+        workers.stop_all()
+        cluster.remove()
+
+
+def _run_through_a_restart(
+    tmp_path: Path, agents_file: Path, workers: Workers, cluster: PrivateCluster
+) -> None:
+    postgres_url = cluster.url
     n = 400
     log = tmp_path / "w.log"
     inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(n)])
@@ -253,11 +265,8 @@ def test_a_run_finishes_when_postgresql_restarts_in_the_middle(
         "--no-local-worker",
     )
     wait_for(lambda: len(lines(log)) >= 150, what="the run to get going")
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
-        capture_output=True,
-    )
+    cluster.stop()
+    cluster.start()
     _, err = run.communicate(timeout=180)
     assert run.returncode == 0, err
     rows = read_jsonl(out)
