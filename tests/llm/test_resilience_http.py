@@ -76,6 +76,9 @@ async def test_an_outage_opens_the_breaker_callers_wait_and_a_probe_closes_it(
 async def test_a_route_that_never_answered_fails_its_calls_instead_of_waiting(
     start_simulator: StartSimulator,
 ) -> None:
+    # The route's failures are not waited out as an outage (``max_outage=0``: a client
+    # gives up on a failing route at once), so only the breaker decides: its failed probes
+    # count against the call, since the route never worked.
     sim = await start_simulator(error_rate=1.0, error_statuses=(503,))
     clock = ScaledClock(10.0)
     breaker = Breaker(BreakerSettings(failures=2), timer=clock)
@@ -91,6 +94,7 @@ async def test_a_route_that_never_answered_fails_its_calls_instead_of_waiting(
         ],
         retry=RetryPolicy(retries=3, backoff=0.01, max_backoff=0.01),
         timer=clock,
+        max_outage=0.0,
     )
     async with client:
         try:

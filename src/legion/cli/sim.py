@@ -81,6 +81,12 @@ def sim(
     max_output_tokens: Annotated[
         int | None, typer.Option(help="Longest completion (default 64).")
     ] = None,
+    cached_prompt_share: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of prompt tokens reported as read from a prompt cache (default 0)."
+        ),
+    ] = None,
     error_rate: Annotated[
         float | None, typer.Option(help="Fraction of requests answered 500/503.")
     ] = None,
@@ -96,8 +102,38 @@ def sim(
     stall_rate: Annotated[
         float | None, typer.Option(help="Fraction of streams stopping mid-way.")
     ] = None,
+    ping_rate: Annotated[
+        float | None, typer.Option(help="Fraction of streams sending only ': ping' comments.")
+    ] = None,
+    ping_interval: Annotated[
+        float | None, typer.Option(metavar="SECONDS", help="Between two pings (default 1).")
+    ] = None,
+    padding_bytes: Annotated[
+        int | None, typer.Option(help="Padding added to every answer (default 0).")
+    ] = None,
+    outage_after: Annotated[
+        int | None, typer.Option(metavar="N", help="Requests served before the outage.")
+    ] = None,
+    outage_requests: Annotated[
+        int | None, typer.Option(metavar="N", help="Requests answered 503 in the outage.")
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the fault and latency draws (default 0).")
+    ] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="START:END:STATUS",
+            help="Answer every request STATUS (429 or 5xx) from START to END seconds after the "
+            "start (repeatable): a 429 storm, an outage.",
+        ),
+    ] = None,
+    rate_limit_headers: Annotated[
+        bool | None,
+        typer.Option(
+            help="Send x-ratelimit-* and Retry-After headers (default yes; "
+            "--no-rate-limit-headers answers as vLLM and most gateways do)."
+        ),
     ] = None,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
 ) -> None:
@@ -108,7 +144,12 @@ def sim(
     `--llm openai:MODEL@URL` at it) and stops on SIGINT or SIGTERM. Settings come from the
     defaults, then the [sim] table of --config, then these flags.
     """
-    from ..sim.cli import run
+    from ..sim.cli import fault_span, run
+
+    try:
+        faults = [fault_span(text) for text in fault or ()]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fault") from None
 
     given: dict[str, Any] = {
         name: value
@@ -132,12 +173,20 @@ def sim(
             ("tokens_per_second", tokens_per_second),
             ("min_output_tokens", min_output_tokens),
             ("max_output_tokens", max_output_tokens),
+            ("cached_prompt_share", cached_prompt_share),
             ("error_rate", error_rate),
             ("hang_rate", hang_rate),
             ("hang_seconds", hang_seconds),
             ("malformed_rate", malformed_rate),
             ("stall_rate", stall_rate),
+            ("ping_rate", ping_rate),
+            ("ping_interval", ping_interval),
+            ("padding_bytes", padding_bytes),
+            ("outage_after", outage_after),
+            ("outage_requests", outage_requests),
             ("seed", seed),
+            ("fault_schedule", faults or None),
+            ("rate_limit_headers", rate_limit_headers),
             ("api_key", api_key),
         )
         if value is not None

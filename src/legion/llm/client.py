@@ -319,35 +319,9 @@ class LLMClient:
                 counters.failed += 1
                 raise
             except ProviderError as exc:
-                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
-                if isinstance(exc, RateLimited):
-                    counters.retries += 1  # the capacity paused and slowed down: wait again
-                    continue
-                capacity = route.capacity
-                route_failing = (
-                    not isinstance(exc, MalformedResponse)  # an answer, wrong: not an outage
-                    and sent.at < math.inf
-                    and capacity.failed(sent_at=sent.at)
-                    and capacity.failing_for() < self._max_outage
-                )
-                if route_failing or _probe_failed(route, ticket, exc):
-                    # The route fails as a whole, or this was the breaker's probe, sent for
-                    # every waiting caller: wait for the route, spending no retry.
-                    counters.retries += 1
-                    continue
-                spent += 1
-                delay = self._backoff(spent, exc.retry_after)
-                left = current.remaining() if current is not None else None
-                if spent >= self._retry.max_attempts or (left is not None and delay >= left):
-                    counters.failed += 1
-                    raise
-                counters.retries += 1
-                await self._timer.sleep(delay)
+                spent = await self._after_failure(route, exc, counters, spent, sent, ticket)
             except Permanent as exc:
-                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
-                counters.failed += 1
-                if isinstance(exc, ProviderAuthError) and self.fatal_error is None:
-                    self.fatal_error = exc
+                self._refused(exc, counters)
                 raise
 
     async def embed(
@@ -372,7 +346,6 @@ class LLMClient:
         estimate = estimate_embed_tokens(request.texts)
         counters = self._counters[route.name]
         counters.calls += 1
-        current = attempts.current()
         spent = 0  # failures of this call's own (the rules of `chat`)
         while True:
             counters.attempts += 1
@@ -399,33 +372,56 @@ class LLMClient:
                 # provider's answer (which may add a version).
                 return dataclasses.replace(result.embeddings, model=route.model)
             except ProviderError as exc:
-                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
-                if isinstance(exc, RateLimited):
-                    counters.retries += 1  # the capacity paused and slowed down: wait again
-                    continue
-                capacity = route.capacity
-                if (
-                    not isinstance(exc, MalformedResponse)  # an answer, wrong: not an outage
-                    and sent.at < math.inf
-                    and capacity.failed(sent_at=sent.at)
-                    and capacity.failing_for() < self._max_outage
-                ):
-                    counters.retries += 1  # the route fails as a whole: wait for it
-                    continue
-                spent += 1
-                delay = self._backoff(spent, exc.retry_after)
-                left = current.remaining() if current is not None else None
-                if spent >= self._retry.max_attempts or (left is not None and delay >= left):
-                    counters.failed += 1
-                    raise
-                counters.retries += 1
-                await self._timer.sleep(delay)
+                spent = await self._after_failure(route, exc, counters, spent, sent, None)
             except Permanent as exc:
-                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
-                counters.failed += 1
-                if isinstance(exc, ProviderAuthError) and self.fatal_error is None:
-                    self.fatal_error = exc
+                self._refused(exc, counters)
                 raise
+
+    async def _after_failure(
+        self,
+        route: Route,
+        exc: ProviderError,
+        counters: _Counters,
+        spent: int,
+        sent: _Sent,
+        ticket: Ticket | None,
+    ) -> int:
+        """What a failed try costs under the one retry budget (see the module's text):
+        answer the call's own failures so far, after the backoff when one is due; raise
+        ``exc`` once the budget, or the attempt's time, is spent."""
+        counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+        if isinstance(exc, RateLimited):
+            counters.retries += 1  # the capacity paused and slowed down: wait again
+            return spent
+        capacity = route.capacity
+        route_failing = (
+            not isinstance(exc, MalformedResponse)  # an answer, wrong: not an outage
+            and sent.at < math.inf
+            and capacity.failed(sent_at=sent.at)
+            and capacity.failing_for() < self._max_outage
+        )
+        if route_failing or _probe_failed(route, ticket, exc):
+            # The route fails as a whole, or this was the breaker's probe, sent for every
+            # waiting caller: wait for the route, spending no retry.
+            counters.retries += 1
+            return spent
+        spent += 1
+        delay = self._backoff(spent, exc.retry_after)
+        current = attempts.current()
+        left = current.remaining() if current is not None else None
+        if spent >= self._retry.max_attempts or (left is not None and delay >= left):
+            counters.failed += 1
+            raise exc
+        counters.retries += 1
+        await self._timer.sleep(delay)
+        return spent
+
+    def _refused(self, exc: Permanent, counters: _Counters) -> None:
+        """Count a refusal; a rejected key is kept to stop the whole run."""
+        counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+        counters.failed += 1
+        if isinstance(exc, ProviderAuthError) and self.fatal_error is None:
+            self.fatal_error = exc
 
     def embed_route(self, name: str | None) -> Route:
         """The route an embedding call names: ``None`` takes the route named ``embed`` when

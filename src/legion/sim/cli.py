@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fault",
         dest="fault_schedule",
         action="append",
-        type=_fault_span,
+        type=_fault_arg,
         metavar="START:END:STATUS",
         help="answer every request STATUS (429 or 5xx) from START to END seconds after the "
         "start (repeatable): a 429 storm, an outage",
@@ -136,17 +136,24 @@ def run(flags: dict[str, Any]) -> int:
     return 0
 
 
-def _fault_span(text: str) -> tuple[float, float, int]:
-    """``START:END:STATUS`` as a span of the fault schedule."""
+def fault_span(text: str) -> tuple[float, float, int]:
+    """``START:END:STATUS`` as a span of the fault schedule (`ValueError` if it is not)."""
     parts = text.split(":")
     try:
         if len(parts) != 3:
             raise ValueError
         return float(parts[0]), float(parts[1]), int(parts[2])
     except ValueError:
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"expected START:END:STATUS (seconds, seconds, an HTTP status), got {text!r}"
         ) from None
+
+
+def _fault_arg(text: str) -> tuple[float, float, int]:
+    try:
+        return fault_span(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load_config(path: str) -> dict[str, Any]:
