@@ -304,9 +304,19 @@ def worker(
     that use the same provider and model: together they stay under them.
     """
     from .llm_options import ExecutorOptions, LLMOptions
-    from .worker import WorkerOptions, child_argv, load_agents, processes_from, serve, supervise
+    from .worker import (
+        WorkerOptions,
+        child_argv,
+        follow_supervisor,
+        load_agents,
+        processes_from,
+        serve,
+        supervise,
+    )
 
     _setup_logging(verbose)
+    if worker_process:
+        follow_supervisor()
     try:
         n = None if processes is None or worker_process else processes_from(processes)
     except ValueError as exc:

@@ -141,8 +141,8 @@ async def _run_lines(
         try:
             good, submitted, refused = await submit_lines(rt, opts.agent, good)
             for ln in refused:
-                console.print(f"[red]refused[/] {opts.input}:{ln.line}: {ln.error}")
-            bad.extend(refused)
+                console.print(f"refused {opts.input}:{ln.line}: {ln.error}", style="red")
+                sink.put(ln, None)
             tally.bad_lines += len(refused)
             for ln, s in zip(good, submitted, strict=True):
                 sink.expect(s.id, ln)

@@ -70,6 +70,7 @@ def register(app: typer.Typer) -> None:
         name="vectors",
         help="Vector collections in the store: bulk-load a corpus, search it, list them.",
         no_args_is_help=True,
+        rich_markup_mode=None,  # help verbatim, as for every other command
     )
     default_store = "sqlite:///legion.db"
 
@@ -143,7 +144,7 @@ def register(app: typer.Typer) -> None:
 
         report = _run(main())
         for error in report.errors[:10]:
-            console.print(f"[yellow]skipped[/] {error}", highlight=False)
+            console.print(f"skipped {error}", style="yellow", highlight=False)
         seconds = time.monotonic() - started
         Console().print(
             f"{collection}: {report.documents:,} documents, {report.chunks:,} chunks "

@@ -22,6 +22,7 @@ refuses it (a bad URL, rejected credentials) stops it at once. Exit codes:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -196,6 +197,17 @@ async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console
             console.print(error_text(f"stopped: {rt.fatal_error}"))
             return EXIT_FINAL
     return 0
+
+
+def follow_supervisor() -> None:
+    """Have the kernel send this supervised worker process SIGTERM (it drains: running
+    tasks finish or go back to the queue) when its supervisor dies, even by SIGKILL, so no
+    worker outlives the fleet it belongs to (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def supervise(argv: list[str], processes: int, console: Console) -> int:

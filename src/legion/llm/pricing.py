@@ -172,6 +172,10 @@ def format_cost(cost_usd: float, unpriced_calls: int = 0, *, hint: bool = True) 
     return "cost unknown (no price for the model: set input_price and output_price)"
 
 
+# Providers to ask genai-prices for when a model's name alone finds nothing.
+_PROVIDER_HINTS = (("text-embedding-", "openai"),)
+
+
 @functools.cache
 def package_price(model: str) -> Price | None:
     """``model``'s price in ``genai-prices`` (``None``: not installed, or not there)."""
@@ -180,14 +184,23 @@ def package_price(model: str) -> Price | None:
     except ImportError:
         return None
 
+    hinted = [provider for prefix, provider in _PROVIDER_HINTS if model.startswith(prefix)]
+    providers: tuple[str | None, ...] = (None, *hinted)
+
     def per_million(**tokens: int) -> float | None:
-        try:
-            calculation = genai_prices.calc_price(genai_prices.Usage(**tokens), model)
-        except LookupError:
-            return None
-        except Exception:  # a price it cannot compute (odd units, a bad entry)
-            return None
-        return float(calculation.total_price) * 1e6 / _PROBE
+        # By the model's name alone first; some names (embedding models) are found only
+        # with their provider, guessed from the name's prefix.
+        for provider in providers:
+            try:
+                calculation = genai_prices.calc_price(
+                    genai_prices.Usage(**tokens), model, provider_id=provider
+                )
+            except LookupError:
+                continue
+            except Exception:  # a price it cannot compute (odd units, a bad entry)
+                return None
+            return float(calculation.total_price) * 1e6 / _PROBE
+        return None
 
     input_price = per_million(input_tokens=_PROBE)
     output_price = per_million(output_tokens=_PROBE)
