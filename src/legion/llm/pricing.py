@@ -4,7 +4,7 @@ Where a price comes from, first found first:
 
 1. the route's own ``input_price`` / ``output_price`` (``legion.toml``, or
    `PriceTable.with_prices`), plus ``cache_read_price`` / ``cache_write_price``;
-2. the ``genai-prices`` package when it is installed (``pip install 'legion[prices]'``):
+2. the ``genai-prices`` package when it is installed (``pip install 'legion-runtime[prices]'``):
    prices of several hundred models of every major provider, bundled with the package
    and read offline (no network at run time), cache reads and writes included;
 3. a built-in table of common models (standard tier, no batch discount; prices change,

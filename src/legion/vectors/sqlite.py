@@ -1,12 +1,14 @@
-"""Vector collections in the SQLite store's own file, searched with sqlite-vec.
+"""Vector collections of a SQLite store, in a file beside the store's, searched with
+sqlite-vec.
 
 Python's ``sqlite3`` often cannot load extensions (``enable_load_extension`` is compiled
 out, as in the interpreters pyenv and many distributions build); then the vectors use
-``pysqlite3`` (the ``pysqlite3-binary`` wheel: SQLite built with extension loading) on the
-same file. Either way the vectors have a connection of their own, on a thread of their
-own, beside the store's: SQLite's locks keep the two consistent (WAL, ``BEGIN IMMEDIATE``,
-a busy timeout). A ``:memory:`` store cannot share its database, so its vectors live in a
-private in-memory database of their own, for as long as the store object.
+``pysqlite3`` (the ``pysqlite3-binary`` wheel: SQLite built with extension loading). Two
+copies of SQLite in one process must never open the same database file (each keeps its
+own POSIX locks and its own map of the WAL index: together they corrupt it or crash the
+process), so the vectors live in a file of their own (`vectors_path`: ``runs.db`` ->
+``runs.vectors.db``), with a connection and a thread of their own. A ``:memory:`` store
+gets a private in-memory database of vectors, for as long as the store object.
 
 Search is exact (``vec_distance_cosine`` over the collection's rows, in SQL): every
 row is compared, so recall is 1.0 and time grows with the collection.
@@ -22,6 +24,7 @@ import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import codec
@@ -32,8 +35,8 @@ from .types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
 T = TypeVar("T")
 Q = queries("sqlite", "vectors")
 _FIX = (
-    "pip install 'legion[vectors]' (sqlite-vec, and pysqlite3-binary where Python's sqlite3 "
-    "cannot load extensions)"
+    "pip install 'legion-runtime[vectors]' (sqlite-vec, and pysqlite3-binary where "
+    "Python's sqlite3 cannot load extensions)"
 )
 
 
@@ -68,15 +71,31 @@ def connect(path: str, busy_ms: int = 30_000) -> Any:
     return db
 
 
+def vectors_path(store_path: str) -> str:
+    """The file of a SQLite store's vectors: ``runs.db`` -> ``runs.vectors.db``
+    (``:memory:`` stays private to the process)."""
+    if store_path == ":memory:":
+        return store_path
+    path = Path(store_path)
+    suffix = path.suffix or ".db"
+    return str(path.with_name(f"{path.stem if path.suffix else path.name}.vectors{suffix}"))
+
+
 def pack(vector: Sequence[float]) -> bytes:
     return array("f", vector).tobytes()
 
 
 class SQLiteVectors:
-    """A `~legion.vectors.backend.VectorBackend` in one SQLite file."""
+    """A `~legion.vectors.backend.VectorBackend` in one SQLite file beside the store's.
+
+    The vectors live in a file of their own (`vectors_path`), not in the store's: they are
+    written through another SQLite library (one that can load sqlite-vec), and two copies
+    of SQLite in one process must never open the same database file (each has its own
+    POSIX locks and its own map of the WAL index; together they can crash the process).
+    """
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.path = vectors_path(path)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-vectors")
         self._db: Any = None
 
@@ -86,9 +105,8 @@ class SQLiteVectors:
     def _conn(self) -> Any:
         if self._db is None:
             db = connect(self.path)
-            if self.path == ":memory:":
-                _, script = next(m for m in migrations("sqlite") if m[0] == 9)
-                db.executescript(script)
+            _, script = next(m for m in migrations("sqlite") if m[0] == 9)
+            db.executescript(script)  # idempotent: CREATE TABLE IF NOT EXISTS
             self._db = db
         return self._db
 
