@@ -37,11 +37,11 @@ from .errors import (
     TaskTimeout,
 )
 from .retry import RetryPolicy
-from .runtime import Runtime
+from .run.runtime import Runtime
+from .run.worker import Worker, WorkerConfig
 from .stats import Statistics
 from .store import SQLiteStore, Store, store_from_url
 from .task import ErrorInfo, Submitted, TaskInfo, TaskResult, TaskStatus
-from .worker import Worker, WorkerConfig
 
 __version__ = "0.1.0"
 

@@ -16,10 +16,10 @@ import pytest
 import legion
 from legion import Runtime, TaskStatus, codec, identity
 from legion.errors import StoreError
-from legion.runner import Instance
+from legion.run.runner import Instance
+from legion.run.worker import Worker, WorkerConfig
 from legion.store import SQLiteStore, WorkerInfo, WriteBatch, store_from_url
 from legion.task import Lease, NewTask
-from legion.worker import Worker, WorkerConfig
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:

@@ -47,7 +47,7 @@ def block(*inner: Site) -> Block:
 def test_a_block_with_no_frame_of_the_agents_code_is_worker_lag() -> None:
     legion_only = block(
         Site(str(LEGION / "journal.py"), 120, "flush"),
-        Site(str(LEGION / "runner.py"), 90, "run_instance"),
+        Site(str(LEGION / "run" / "runner.py"), 90, "run_instance"),
     )
     libraries = block(
         Site(str(PACKAGES / "aiohttp" / "client.py"), 700, "_request"),

@@ -17,9 +17,9 @@ import pytest
 import legion
 from legion import codec
 from legion.errors import StoreUnavailable
+from legion.run.worker import Worker, WorkerConfig
 from legion.store import PostgresStore
 from legion.task import NewTask, TaskStatus
-from legion.worker import Worker, WorkerConfig
 
 from .tcp_proxy import proxy_to
 

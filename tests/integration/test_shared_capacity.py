@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from legion.llm import Capacity, LLMClient, Route
-from legion.llm.shared import SharedCapacity
+from legion.run.shares import SharedCapacity
 from legion.store import Store
 from legion.testing import ScriptedProvider
 

@@ -15,7 +15,7 @@ from .. import codec
 from ..agent import Agent
 from ..errors import IdempotencyConflict
 from ..inputs import InputLine
-from ..runtime import Runtime
+from ..run.runtime import Runtime
 from ..task import Submitted
 
 

@@ -18,7 +18,7 @@ from ..agent import Agent
 from ..diagnostics.report import Diagnostic
 from ..diagnostics.summary import summarize
 from ..inputs import InputLine, read_jsonl
-from ..runtime import Runtime
+from ..run.runtime import Runtime
 from ..task import TaskResult, TaskStatus
 from .keyed_lines import submit_lines
 from .llm_options import ExecutorOptions, LLMOptions, llm_config

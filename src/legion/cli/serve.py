@@ -22,7 +22,7 @@ from rich.console import Console
 
 from ..errors import ConfigError, LegionError
 from ..extras import install_hint
-from ..runtime import Runtime
+from ..run.runtime import Runtime
 from ..store import store_from_url
 from . import (
     DEFAULT_STORE,

@@ -14,7 +14,7 @@ refuses it (a bad URL, rejected credentials) stops it at once. Exit codes:
 - 2: stopped for a reason a restart will not fix (bad options, an error every task
   would meet);
 - 3: the store stayed unavailable (the supervisor starts the worker again);
-- 4: an agent froze the event loop past its timeout (see :mod:`legion.worker`; the
+- 4: an agent froze the event loop past its timeout (see :mod:`legion.run.worker`; the
   supervisor starts the worker again);
 - anything else: a crash (the supervisor starts the worker again).
 """
@@ -36,7 +36,7 @@ from ..agent import Agent
 from ..diagnostics.freeze import FROZE_EXIT_CODE
 from ..errors import AgentLoadError, StoreError
 from ..loader import agents_in, load_module
-from ..runtime import Runtime
+from ..run.runtime import Runtime
 from ..store import Store, store_from_url
 from .llm_options import ExecutorOptions, LLMOptions, llm_config
 from .progress import error_text

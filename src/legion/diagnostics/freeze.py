@@ -32,7 +32,7 @@ from ..store.freeze import Freeze, record_freeze, release_worker
 from .watchdog import Capture
 
 if TYPE_CHECKING:
-    from ..runner import Instance
+    from ..run.runner import Instance
 
 log = logging.getLogger("legion.worker")
 

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..agent import Agent
-from ..runtime import Runtime
+from ..run.runtime import Runtime
 from ..store.base import ApiKey
 from .admission import TenantLimits
 from .auth import Authenticator, check_origin

@@ -29,7 +29,7 @@ from .snapshot import Failure, Health, Point, RouteLoad, Snapshot, Totals, Worke
 
 if TYPE_CHECKING:
     from ..llm.client import RouteStatistics
-    from ..runtime import Runtime
+    from ..run.runtime import Runtime
 
 log = logging.getLogger("legion.server.monitor")
 

@@ -23,7 +23,7 @@ import uvicorn
 
 from ..agent import Agent
 from ..errors import ConfigError
-from ..runtime import Runtime
+from ..run.runtime import Runtime
 from .admission import TenantLimits
 from .app import create_app, create_metrics_app
 from .auth import Authenticator

@@ -21,15 +21,15 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, M
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import codec
-from .agent import Agent
-from .clock import Clock, system_clock
-from .errors import ConfigError, TaskFailed
-from .journal import Committed
-from .stats import Statistics
-from .store import Store, store_from_url
-from .store.tenancy import DEFAULT_TENANT
-from .task import (
+from .. import codec
+from ..agent import Agent
+from ..clock import Clock, system_clock
+from ..errors import ConfigError, TaskFailed
+from ..journal import Committed
+from ..stats import Statistics
+from ..store import Store, store_from_url
+from ..store.tenancy import DEFAULT_TENANT
+from ..task import (
     TERMINAL_STATUSES,
     NewTask,
     Outcome,
@@ -41,8 +41,8 @@ from .task import (
 from .worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
-    from .executors import Executor
-    from .llm.client import LLMClient
+    from ..executors import Executor
+    from ..llm.client import LLMClient
 
 log = logging.getLogger("legion.runtime")
 
@@ -103,8 +103,8 @@ class Runtime:
         strict: bool = False,
         watchdog: bool = True,
     ) -> None:
-        from .llm.client import LLMClient
-        from .llm.specs import config_from_specs
+        from ..llm.client import LLMClient
+        from ..llm.specs import config_from_specs
 
         self._llm_specs: str | Sequence[str] | None = None
         self.llm: LLMClient | None = None
@@ -162,7 +162,7 @@ class Runtime:
 
     async def open(self) -> None:
         if self._llm_specs is not None and self.llm is None:
-            from .llm.specs import open_client
+            from ..llm.specs import open_client
 
             self.llm = await open_client(self._llm_specs)
         try:

@@ -16,16 +16,16 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from . import attempt, codec, deadline, telemetry
-from .agent import Agent
-from .clock import Clock
-from .context import BeforeStep, Context
-from .diagnostics import tracking
-from .diagnostics.advisor import advise
-from .diagnostics.report import Diagnostic, Kind, Site, agent_files, blocked_loop, user_site
-from .diagnostics.tracking import unretrieved_exception
-from .diagnostics.watchdog import Block, Capture
-from .errors import (
+from .. import attempt, codec, deadline, telemetry
+from ..agent import Agent
+from ..clock import Clock
+from ..context import BeforeStep, Context
+from ..diagnostics import tracking
+from ..diagnostics.advisor import advise
+from ..diagnostics.report import Diagnostic, Kind, Site, agent_files, blocked_loop, user_site
+from ..diagnostics.tracking import unretrieved_exception
+from ..diagnostics.watchdog import Block, Capture
+from ..errors import (
     AgentCrash,
     DeadlineExceeded,
     LeaseLost,
@@ -34,13 +34,13 @@ from .errors import (
     UnawaitedWork,
     is_retryable,
 )
-from .journal import Journal
-from .store.base import Store
-from .task import Completion, ErrorInfo, Lease, Outcome
+from ..journal import Journal
+from ..store.base import Store
+from ..task import Completion, ErrorInfo, Lease, Outcome
 
 if TYPE_CHECKING:
-    from .executors import Executor
-    from .llm.client import LLMClient
+    from ..executors import Executor
+    from ..llm.client import LLMClient
 
 
 log = logging.getLogger("legion.runner")

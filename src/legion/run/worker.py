@@ -42,23 +42,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import identity
-from .agent import Agent
-from .clock import Clock, system_clock
-from .diagnostics import tracking
-from .diagnostics.freeze import FreezeGuard
-from .diagnostics.report import agent_files, blocked_loop
-from .diagnostics.watchdog import Block, Capture, LoopWatchdog
-from .errors import ConfigError
-from .journal import Committed, Journal
+from .. import identity
+from ..agent import Agent
+from ..clock import Clock, system_clock
+from ..diagnostics import tracking
+from ..diagnostics.freeze import FreezeGuard
+from ..diagnostics.report import agent_files, blocked_loop
+from ..diagnostics.watchdog import Block, Capture, LoopWatchdog
+from ..errors import ConfigError
+from ..journal import Committed, Journal
+from ..stats import Counters, Statistics
+from ..store.base import Store, WorkerInfo
+from ..task import Lease, Outcome, TaskInfo
 from .runner import Instance, StopReason, run_instance
-from .stats import Counters, Statistics
-from .store.base import Store, WorkerInfo
-from .task import Lease, Outcome, TaskInfo
 
 if TYPE_CHECKING:
-    from .executors import Executor
-    from .llm.client import LLMClient
+    from ..executors import Executor
+    from ..llm.client import LLMClient
 
 log = logging.getLogger("legion.worker")
 
@@ -246,7 +246,7 @@ class Worker:
             asyncio.create_task(self._reaper_loop(), name="legion-reaper"),
         ]
         if self.llm is not None:
-            from .llm.shared import SharedCapacity  # the LLM layer loads only when used
+            from .shares import SharedCapacity  # the LLM layer loads only when used
 
             shares = SharedCapacity(self.llm, self.store, self.id, clock=self._clock)
             background.append(asyncio.create_task(shares.run(), name="legion-capacity"))
