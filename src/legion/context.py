@@ -20,6 +20,7 @@ from .diagnostics.report import Diagnostic
 from .diagnostics.unawaited import Pending, SiteRef
 from .errors import AgentCrash, Permanent
 from .journal import Journal
+from .steps import step_key
 from .store.base import MemoryWrite, Store
 from .task import Lease, StepRecord, TaskUsage
 
@@ -260,9 +261,7 @@ class Context:
     ) -> Any:
         """The body of :meth:`step`: replay or run, record, trace (``site``: the caller;
         ``inputs``: what the step depends on, when not its arguments)."""
-        n = self._counts.get(name, 0) + 1
-        self._counts[name] = n
-        key = name if n == 1 else f"{name}#{n}"
+        key = step_key(self._counts, name)
         recorded = self._lease.steps.get(key)
         if recorded is not None:
             return codec.loads(recorded)

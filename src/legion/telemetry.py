@@ -12,7 +12,8 @@ Spans, nested as the work is:
   ``legion.agent``; an error ends it with an error status and the exception recorded.
 - ``legion.step``, one per step that runs (replayed steps run nothing, so make none):
   ``legion.step.key``, ``legion.task.id``; steps run by ``ctx.gather`` overlap in time.
-- ``chat {model}``, one per LLM call, after the OpenTelemetry GenAI semantic conventions:
+- ``chat {model}``, one per LLM call (made in :mod:`legion.llm.tracing`), after the
+  OpenTelemetry GenAI semantic conventions:
   ``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
   ``gen_ai.response.model``, ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
   ``gen_ai.response.finish_reasons`` and, on failure, ``error.type``.
@@ -28,26 +29,22 @@ has the SDK and the OTLP exporter).
 from __future__ import annotations
 
 import datetime
-import functools
 import inspect
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import ConfigError, LegionError
+from .errors import ConfigError
 from .extras import install_hint
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, Tracer, TracerProvider
+    from opentelemetry.trace import Tracer, TracerProvider
 
-    from .llm.client import Route
-    from .llm.types import ChatResponse
     from .task import Lease
 
 T = TypeVar("T")
-ChatFn = TypeVar("ChatFn", bound=Callable[..., Awaitable["ChatResponse"]])
 
 EXPORTERS = ("otlp", "console")
 
@@ -123,7 +120,7 @@ def configure_tracing(exporter: str, *, service_name: str = "legion") -> Callabl
     return shutdown
 
 
-def _active_tracer() -> Tracer:
+def active_tracer() -> Tracer:
     if _tracer is None:
         raise ConfigError("tracing is off: call legion.telemetry.enable_tracing() first")
     return _tracer
@@ -136,7 +133,7 @@ async def traced_task(lease: Lease, agent: str, call: Awaitable[T]) -> T:
         "legion.task.id": lease.id,
         "legion.task.attempt": lease.attempt,
     }
-    with _active_tracer().start_as_current_span(f"legion.task {agent}", attributes=attributes):
+    with active_tracer().start_as_current_span(f"legion.task {agent}", attributes=attributes):
         return await call
 
 
@@ -145,73 +142,11 @@ async def traced_step(
 ) -> Any:
     """Run one step's function (awaiting what it returns, if awaitable) inside its span."""
     attributes: dict[str, str | int] = {"legion.step.key": key, "legion.task.id": lease.id}
-    with _active_tracer().start_as_current_span("legion.step", attributes=attributes):
+    with active_tracer().start_as_current_span("legion.step", attributes=attributes):
         result = fn(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
         return result
-
-
-class _Routed(Protocol):
-    def route_for(self, name: str | None) -> Route: ...
-
-
-def traced_chat(chat: ChatFn) -> ChatFn:
-    """Decorate ``LLMClient.chat(messages, model=None, **options)``: while tracing, each call
-    gets a GenAI client span; otherwise the call goes straight through."""
-
-    @functools.wraps(chat)
-    async def traced(client: _Routed, *args: Any, **kwargs: Any) -> ChatResponse:
-        if not tracing:
-            return await chat(client, *args, **kwargs)
-        try:
-            route = client.route_for(kwargs.get("model", args[1] if len(args) > 1 else None))
-        except LegionError:  # an unknown route: the call itself raises the same error
-            return await chat(client, *args, **kwargs)
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
-        attributes: dict[str, str | int | float] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": route.provider.name,
-            "gen_ai.request.model": route.model,
-            "legion.llm.route": route.name,
-            **_request_attributes(kwargs),
-        }
-        with _active_tracer().start_as_current_span(
-            f"chat {route.model}",
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                response = await chat(client, *args, **kwargs)
-            except BaseException as exc:
-                span.set_attribute("error.type", type(exc).__name__)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                raise
-            _response_attributes(span, response)
-            return response
-
-    return cast(ChatFn, traced)
-
-
-def _request_attributes(options: Mapping[str, Any]) -> dict[str, int | float]:
-    out: dict[str, int | float] = {}
-    for name in ("max_tokens", "temperature", "top_p"):
-        value = options.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[f"gen_ai.request.{name}"] = value
-    return out
-
-
-def _response_attributes(span: Span, response: ChatResponse) -> None:
-    span.set_attribute("gen_ai.usage.input_tokens", response.usage.prompt_tokens)
-    span.set_attribute("gen_ai.usage.output_tokens", response.usage.completion_tokens)
-    if response.model:
-        span.set_attribute("gen_ai.response.model", response.model)
-    if response.finish_reason:
-        span.set_attribute("gen_ai.response.finish_reasons", [response.finish_reason])
 
 
 # -- structured logs -------------------------------------------------------------------

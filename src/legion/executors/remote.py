@@ -30,6 +30,7 @@ from ..agent import Agent
 from ..context import gather
 from ..errors import AgentLoadError
 from ..loader import load_module
+from ..steps import step_key
 from . import protocol as p
 
 if TYPE_CHECKING:
@@ -178,9 +179,7 @@ class RemoteContext:
         attempt returns its recorded JSON instead of running, and a new result is durable
         before this returns.
         """
-        n = self._counts.get(name, 0) + 1
-        self._counts[name] = n
-        key = name if n == 1 else f"{name}#{n}"
+        key = step_key(self._counts, name)
         recorded = self._invocation.steps.get(key)
         if recorded is not None:
             return codec.loads(recorded)

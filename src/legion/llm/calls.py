@@ -16,9 +16,9 @@ from legion import codec
 from legion.diagnostics.unawaited import Pending, SiteRef
 from legion.llm.embeddings import Embeddings
 from legion.llm.types import ChatResponse, Message
+from legion.steps import StepRecorder
 
 if TYPE_CHECKING:
-    from legion.context import Context
     from legion.llm.client import LLMClient
 
 
@@ -27,7 +27,7 @@ class LLMCalls:
 
     __slots__ = ("_client", "_ctx")
 
-    def __init__(self, ctx: Context, client: LLMClient) -> None:
+    def __init__(self, ctx: StepRecorder, client: LLMClient) -> None:
         self._ctx = ctx
         self._client = client
 

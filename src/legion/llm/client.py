@@ -58,7 +58,7 @@ from types import TracebackType
 from typing import Any
 
 from legion import attempt as attempts
-from legion import deadline, telemetry
+from legion import deadline
 from legion.errors import (
     MalformedResponse,
     Permanent,
@@ -75,6 +75,7 @@ from legion.llm.hedge import HedgeSettings, Latencies
 from legion.llm.pricing import PriceTable
 from legion.llm.provider import Provider
 from legion.llm.timer import AsyncioTimer, Timer
+from legion.llm.tracing import traced_chat
 from legion.llm.types import ChatRequest, ChatResponse, Message, Usage
 from legion.retry import RetryPolicy
 
@@ -265,7 +266,7 @@ class LLMClient:
     def default(self) -> str:
         return self._default
 
-    @telemetry.traced_chat
+    @traced_chat
     async def chat(
         self,
         messages: Sequence[Message],

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .. import codec
 from ..diagnostics.unawaited import Pending, SiteRef
 from ..errors import OutputError, VectorError
 from ..llm.embeddings import Embeddings
+from ..steps import StepRecorder
 from .backend import VectorBackend, vectors_for
 from .types import (
     SHARED,
@@ -36,10 +37,24 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from ..context import Context
+    from ..llm.calls import LLMCalls
 
 T = TypeVar("T")
 MAX_K = 1000
+
+
+class VectorsHost(StepRecorder, Protocol):
+    """What a collection needs of the context it serves: the steps it records, the
+    session and task it keys by, and the LLM routes that embed."""
+
+    @property
+    def session(self) -> str: ...
+
+    @property
+    def task_id(self) -> int: ...
+
+    @property
+    def llm(self) -> LLMCalls: ...
 
 
 class Collection:
@@ -49,7 +64,7 @@ class Collection:
     __slots__ = ("_ctx", "_model", "_scope", "_store", "name")
 
     def __init__(
-        self, ctx: Context, store: Any, name: str, scope: str, model: str | None = None
+        self, ctx: VectorsHost, store: Any, name: str, scope: str, model: str | None = None
     ) -> None:
         self._ctx = ctx
         self._store = store

@@ -1,0 +1,49 @@
+"""Steps as the layers below the context see them.
+
+``ctx.llm`` and ``ctx.vectors`` record their calls as steps of the task; they do so
+through a :class:`StepRecorder`, the part of a context they need, so that they never
+import the context itself. :func:`step_key` is the one rule every context uses to name a
+step: the first ``name`` is ``name``, the second ``name#2``, and so on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .diagnostics.unawaited import Pending, SiteRef
+from .task import TaskUsage
+
+
+class StepRecorder(Protocol):
+    """What records the steps and calls of one attempt (a :class:`~legion.context.Context`)."""
+
+    @property
+    def usage(self) -> TaskUsage:
+        """What the attempt's LLM calls used."""
+        ...
+
+    def made(self, pending: Pending[Any]) -> None:
+        """Keep track of a pending call made for the agent (reported if never awaited)."""
+        ...
+
+    async def record(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        site: SiteRef | None,
+        *,
+        inputs: tuple[Any, ...] | None = None,
+    ) -> Any:
+        """Replay the step named ``name`` or run ``fn(*args, **kwargs)`` and record it."""
+        ...
+
+
+def step_key(counts: dict[str, int], name: str) -> str:
+    """The key of the next step called ``name``, counted in ``counts``: ``name`` the first
+    time, ``name#2`` the second, and so on."""
+    n = counts.get(name, 0) + 1
+    counts[name] = n
+    return name if n == 1 else f"{name}#{n}"
