@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from ..agent import Agent
-from ..diagnostics.freeze import FROZE_EXIT_CODE
 from ..errors import AgentLoadError, StoreError
 from ..loader import agents_in, load_module
+from ..run.freeze import FROZE_EXIT_CODE
 from ..run.runtime import Runtime
 from ..store import Store, store_from_url
 from .llm_options import ExecutorOptions, LLMOptions, llm_config

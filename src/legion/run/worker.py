@@ -46,7 +46,6 @@ from .. import identity
 from ..agent import Agent
 from ..clock import Clock, system_clock
 from ..diagnostics import tracking
-from ..diagnostics.freeze import FreezeGuard
 from ..diagnostics.report import agent_files, blocked_loop
 from ..diagnostics.watchdog import Block, Capture, LoopWatchdog
 from ..errors import ConfigError
@@ -54,6 +53,7 @@ from ..journal import Committed, Journal
 from ..stats import Counters, Statistics
 from ..store.base import Store, WorkerInfo
 from ..task import Lease, Outcome, TaskInfo
+from .freeze import FreezeGuard
 from .runner import Instance, StopReason, run_instance
 
 if TYPE_CHECKING:
@@ -427,7 +427,7 @@ class Worker:
     def exit_when_frozen(self, *, max_freezes: int = 3) -> FreezeGuard:
         """From now on, an agent that blocks the event loop past its timeout is recorded
         (dead after ``max_freezes`` such freezes) and the process exits (see
-        :mod:`legion.diagnostics.freeze`): for worker processes under a supervisor."""
+        :mod:`legion.run.freeze`): for worker processes under a supervisor."""
         url = getattr(self.store, "url", None)
         self._freeze_guard = FreezeGuard(
             url=url if isinstance(url, str) else None,

@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
+from ..diagnostics.watchdog import Capture
 from ..store.freeze import Freeze, record_freeze, release_worker
-from .watchdog import Capture
 
 if TYPE_CHECKING:
-    from ..run.runner import Instance
+    from .runner import Instance
 
 log = logging.getLogger("legion.worker")
 
