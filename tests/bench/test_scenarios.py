@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from legion.bench import capacity, concurrency, overhead, scale_out, sequential
+from legion.bench import capacity, concurrency, overhead, scale_out
 from legion.bench.results import BenchResult, write_result
+from legion.demo import sequential
 from legion.demo.compare import DemoConfig
 
 from ..conftest import POSTGRES_URL

@@ -6,6 +6,10 @@ markdown tables, plots) that :func:`~legion.bench.results.write_result` writes o
 - :mod:`~legion.bench.capacity`: achieved share of an RPM / TPM limit vs a fixed-
   concurrency client;
 - :mod:`~legion.bench.concurrency`: 10,000 instances in flight in one process;
-- :mod:`~legion.bench.sequential`: the demo's sequential vs scaled comparison over N;
-- :mod:`~legion.bench.scale_out`: 1 vs 2 worker processes on PostgreSQL.
+- :mod:`~legion.bench.scale_out`: 1 vs 2 worker processes on PostgreSQL;
+- :mod:`~legion.demo.sequential` (with the demo it measures): the demo's sequential vs
+  scaled comparison over N.
+
+:mod:`~legion.bench.results` is the one measurement module (meters, progress, number
+formats, quantiles, the machine's description) that :mod:`legion.demo` uses too.
 """

@@ -238,7 +238,7 @@ def register(app: typer.Typer) -> None:
         plots: PlotsOpt = True,
     ) -> None:
         """The demo's comparison (sequential vs scaled) over N tasks: speed-up vs ideal."""
-        from ..bench import sequential
+        from ..demo import sequential
         from ..demo.compare import DemoConfig
 
         try:
@@ -303,7 +303,8 @@ def register(app: typer.Typer) -> None:
         plots: PlotsOpt = True,
     ) -> None:
         """Every scenario at its default size, one after the other (about 15 minutes)."""
-        from ..bench import capacity, concurrency, overhead, scale_out, sequential
+        from ..bench import capacity, concurrency, overhead, scale_out
+        from ..demo import sequential
 
         makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
             lambda say: overhead.run(overhead.OverheadOptions(postgres=postgres), progress=say),
