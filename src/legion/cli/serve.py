@@ -24,7 +24,8 @@ from ..errors import ConfigError, LegionError
 from ..extras import install_hint
 from ..run.runtime import Runtime
 from ..store import store_from_url
-from . import (
+from .llm_options import LLMOptions, llm_config
+from .options import (
     DEFAULT_STORE,
     ConfigOpt,
     LLMOpt,
@@ -35,7 +36,6 @@ from . import (
     _fail,
     _run,
 )
-from .llm_options import LLMOptions, llm_config
 from .progress import error_text, stderr_console
 from .status import opened
 from .worker import load_agents

@@ -16,7 +16,7 @@ from rich.console import Console
 from ..errors import ConfigError
 
 # Registered at the end of the package's __init__, once these exist.
-from . import ConfigOpt, LLMOpt, MaxInFlightOpt, RpmOpt, StoreOpt, TpmOpt, _run
+from .options import ConfigOpt, LLMOpt, MaxInFlightOpt, RpmOpt, StoreOpt, TpmOpt, _run
 from .progress import stderr_console
 
 if TYPE_CHECKING:

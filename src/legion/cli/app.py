@@ -1,0 +1,342 @@
+"""The ``legion`` command: the Typer application, its core commands (run, worker, status,
+retry, cancel) and the groups registered from their own modules (serve, bench, demo,
+sim, vectors). Every command parses its options and calls the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import LegionError
+from .bench import register as _register_bench
+from .options import (
+    DEFAULT_STORE,
+    ConfigOpt,
+    DeadlineOpt,
+    ExecutorOpt,
+    LLMOpt,
+    MaxInFlightOpt,
+    MemoryLimitOpt,
+    PoolSizeOpt,
+    RayAddressOpt,
+    RpmOpt,
+    StoreOpt,
+    TpmOpt,
+    _fail,
+    _run,
+    _setup_logging,
+)
+from .progress import error_text, stderr_console
+from .serve import register as _register_serve
+from .sim import register as _register_sim
+from .vectors import register as _register_vectors
+
+app = typer.Typer(
+    name="legion",
+    help="Run AI agents at throughput scale: thousands of durable, isolated instances at once.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help and errors verbatim: "legion[server]" keeps its brackets
+)
+
+
+@app.command()
+def run(
+    agent: Annotated[
+        str, typer.Argument(help="The agent: path/to/file.py:function or package.module:function.")
+    ],
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL file: one input per line.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write one JSON result per input line, in input order, each as "
+            "soon as the lines before it are done (default: stdout). A file is written as "
+            "FILE.partial and renamed over FILE at the end, with your umask's mode; a device, "
+            "FIFO, /dev/stdout or symlink (its target) is written through, never replaced.",
+        ),
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
+    ] = 1000,
+    lease_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Lease length; a vanished worker's tasks return to the queue after it."
+        ),
+    ] = 30.0,
+    progress: Annotated[bool, typer.Option(help="Show live progress on stderr.")] = True,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail a task whose agent made a step or LLM call it never awaited "
+            "(by default it is reported).",
+        ),
+    ] = False,
+    local_worker: Annotated[
+        bool,
+        typer.Option(
+            help="Run the tasks in this process too. --no-local-worker only submits and "
+            "watches: `legion worker` processes sharing the store run them."
+        ),
+    ] = True,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what the worker does.")
+    ] = False,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    pool_size: PoolSizeOpt = None,
+    memory_limit: MemoryLimitOpt = None,
+    llm: LLMOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_in_flight: MaxInFlightOpt = None,
+    config: ConfigOpt = None,
+    deadline: DeadlineOpt = None,
+) -> None:
+    """Run every line of a JSONL file through an agent, resumably.
+
+    Each line becomes a task whose idempotency key comes from the agent, the line number
+    and the line's content (or its "_key" field), so running the same command again
+    skips what finished and runs the rest. Exits 1 if any task did not succeed.
+    """
+    from ..loader import load_agent
+    from .llm_options import ExecutorOptions, LLMOptions
+    from .run import RunOptions, run_file
+
+    _setup_logging(verbose)
+    if not input.is_file():
+        raise _fail(f"no such input file: {input}")
+    try:
+        loaded = load_agent(agent)
+        if deadline is not None:
+            loaded = loaded.with_deadline(deadline)
+    except LegionError as exc:
+        raise _fail(str(exc)) from None
+    opts = RunOptions(
+        agent=loaded,
+        input=input,
+        output=output,
+        store=store,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        progress=progress,
+        llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
+        local_worker=local_worker,
+        strict=strict,
+        executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
+    )
+    code = _run(run_file(opts, stderr_console()))
+    raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    app_ref: Annotated[
+        list[str],
+        typer.Option(
+            "--app",
+            "-a",
+            help="The agents to serve: a file (myagents.py) or module (pkg.agents); repeatable.",
+        ),
+    ],
+    store: StoreOpt = DEFAULT_STORE,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
+    ] = 1000,
+    processes: Annotated[
+        str | None,
+        typer.Option(
+            help="Worker processes to run here, supervised (each restarted when it crashes, "
+            "gives up on the store or is frozen by an agent): a number, or 'auto' for one "
+            "per core. Default: this process is the one worker.",
+        ),
+    ] = None,
+    lease_seconds: Annotated[
+        float, typer.Option(min=0.1, help="Lease length; a dead worker's tasks return after it.")
+    ] = 30.0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(min=0, help="On SIGTERM, seconds running tasks get to finish before release."),
+    ] = 30.0,
+    max_loop_lag: Annotated[
+        float, typer.Option(min=0.01, help="Stop leasing while the event loop lags more (s).")
+    ] = 0.5,
+    max_memory: Annotated[
+        float | None, typer.Option(min=1, help="Stop leasing while memory is above this (MB).")
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Fail a task whose agent left a step or call unawaited."),
+    ] = False,
+    store_wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="At start, wait this long (seconds) for a store that cannot be reached, "
+            "trying again with a growing pause; then exit with code 3.",
+        ),
+    ] = 300.0,
+    max_freezes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="A task that blocks the event loop past its timeout is recorded and the "
+            "worker process exits (the --processes supervisor starts another); a task that "
+            "does it this many times is dead.",
+        ),
+    ] = 3,
+    worker_process: Annotated[bool, typer.Option("--worker-process", hidden=True)] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what the worker does.")
+    ] = False,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    pool_size: PoolSizeOpt = None,
+    memory_limit: MemoryLimitOpt = None,
+    llm: LLMOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_in_flight: MaxInFlightOpt = None,
+    config: ConfigOpt = None,
+    deadline: DeadlineOpt = None,
+) -> None:
+    """Serve the agents of an app from a shared store until SIGINT/SIGTERM.
+
+    Start as many as you like, on as many machines as you like, against one PostgreSQL
+    database: each leases tasks, runs them, and drains on SIGTERM (running tasks finish
+    or go back to the queue). LLM limits (--rpm/--tpm) are shared by all the workers
+    that use the same provider and model: together they stay under them.
+    """
+    from .llm_options import ExecutorOptions, LLMOptions
+    from .worker import (
+        WorkerOptions,
+        child_argv,
+        follow_supervisor,
+        load_agents,
+        processes_from,
+        serve,
+        supervise,
+    )
+
+    _setup_logging(verbose)
+    if worker_process:
+        follow_supervisor()
+    try:
+        n = None if processes is None or worker_process else processes_from(processes)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        agents = load_agents(tuple(app_ref))
+        if deadline is not None:
+            agents = [a.with_deadline(deadline) for a in agents]
+    except LegionError as exc:
+        raise _fail(str(exc)) from None
+    if n is not None:
+        raise typer.Exit(supervise(child_argv(sys.argv[2:]), n, stderr_console()))
+    opts = WorkerOptions(
+        apps=tuple(app_ref),
+        store=store,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        drain_timeout=drain_timeout,
+        max_loop_lag=max_loop_lag,
+        max_memory_mb=max_memory,
+        llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
+        strict=strict,
+        executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
+        store_wait=store_wait,
+        max_freezes=max_freezes,
+    )
+    raise typer.Exit(_run(serve(opts, agents, stderr_console())))
+
+
+@app.command()
+def status(
+    store: StoreOpt = DEFAULT_STORE,
+    errors: Annotated[int, typer.Option(help="How many of the latest errors to show.")] = 10,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+    advice: Annotated[
+        bool,
+        typer.Option(
+            "--advice",
+            help="Also show the async pitfalls found in the latest tasks: event-loop blocks, "
+            "un-awaited steps, escaped exceptions, steps that ctx.gather would speed up.",
+        ),
+    ] = False,
+) -> None:
+    """Show tasks per status and agent, live workers and the latest errors."""
+    from .status import show_status
+
+    _run(show_status(store, errors=errors, as_json=as_json, advice=advice))
+
+
+@app.command()
+def retry(
+    task_ids: Annotated[list[int] | None, typer.Argument(help="Task ids to queue again.")] = None,
+    dead: Annotated[bool, typer.Option("--dead", help="Queue every dead task again.")] = False,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Queue every failed task again.")
+    ] = False,
+    cancelled: Annotated[
+        bool, typer.Option("--cancelled", help="Queue every cancelled task again.")
+    ] = False,
+    agent: Annotated[str | None, typer.Option(help="Only tasks of this agent.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Queue dead, failed or cancelled tasks again, with a fresh attempt budget."""
+    from .status import requeue
+
+    if not (task_ids or dead or failed or cancelled):
+        raise _fail("name task ids, or --dead, --failed or --cancelled")
+    n, refused = _run(
+        requeue(store, task_ids or [], dead=dead, failed=failed, cancelled=cancelled, agent=agent)
+    )
+    console = stderr_console()
+    for reason in refused:
+        console.print(error_text(reason))
+    console.print(
+        f"queued again: {n} task(s); run a worker (or the same `legion run`) to process them"
+    )
+    if refused:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    task_ids: Annotated[list[int], typer.Argument(help="Task ids to cancel.")],
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Cancel tasks: queued ones at once, running ones when their worker next checks in.
+
+    Prints each task's status after the request; exits 1 if a task was not found.
+    """
+    from .status import cancel_tasks
+
+    missing = []
+    for task_id, st in _run(cancel_tasks(store, task_ids)):
+        print(f"{task_id}\t{st or 'not found'}")
+        if st is None:
+            missing.append(task_id)
+    if missing:
+        ids = ", ".join(str(i) for i in missing)
+        raise _fail(f"not found: task {ids}", code=1)
+
+
+_register_serve(app)
+_register_bench(app)
+_register_sim(app)
+_register_vectors(app)
+
+
+def main() -> None:
+    app()

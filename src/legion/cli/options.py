@@ -1,0 +1,124 @@
+"""The options that several ``legion`` commands share, and how a command fails: a clear
+message on stderr and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ..errors import LegionError
+from .progress import error_text, stderr_console
+
+T = TypeVar("T")
+
+DEFAULT_STORE = "sqlite:///legion.db"
+
+StoreOpt = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        "-s",
+        envvar="LEGION_STORE",
+        help="Where state lives: sqlite:///path.db (relative), sqlite:////abs/path.db, sqlite:///:memory:.",
+    ),
+]
+
+
+LLMOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--llm",
+        help="An LLM route for ctx.llm: sim, openai:MODEL, openai:MODEL@URL (any "
+        "OpenAI-compatible server), anthropic:MODEL, local (Gemma 3 270M in process; extra "
+        "legion-runtime[local]) or local:/path/model.gguf; NAME=SPEC to name it. Repeat for "
+        "several. Default: the built-in simulator.",
+    ),
+]
+RpmOpt = Annotated[
+    int | None, typer.Option("--rpm", min=1, help="Requests per minute allowed per --llm route.")
+]
+TpmOpt = Annotated[
+    int | None, typer.Option("--tpm", min=1, help="Tokens per minute allowed per --llm route.")
+]
+MaxInFlightOpt = Annotated[
+    int | None,
+    typer.Option("--max-in-flight", min=1, help="Most concurrent calls per --llm route."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="A TOML file with an [llm] table (default: ./legion.toml if present)."
+    ),
+]
+DeadlineOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--deadline",
+        min=0.001,
+        help="Seconds one attempt of a task may last in all, waits for capacity included "
+        "(its agent's timeout counts running time only). Default: the agent's own, or none.",
+    ),
+]
+
+
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="Where agent instances run, for every agent: async (tasks in this process), "
+        "process (a pool of child processes: a crash, memory bomb or endless loop fails only "
+        "its own task) or ray (Ray tasks; see --ray-address). Default: where each agent asks.",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="The Ray cluster for --executor ray: host:port, ray://host:10001 or auto. "
+        "Default: start a private local Ray instance.",
+    ),
+]
+PoolSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--pool-size",
+        min=1,
+        help="Child processes of the process executor (default: one per CPU); keep "
+        "--concurrency close to it, as waiting for a free process counts against the timeout.",
+    ),
+]
+MemoryLimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--memory-limit",
+        min=16,
+        help="Most memory one agent process may use, in MB (process executor): a task that "
+        "goes over fails with a clear error and its process is replaced.",
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    stderr_console().print(error_text(message))
+    return typer.Exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except LegionError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
