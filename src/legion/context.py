@@ -21,7 +21,8 @@ from .diagnostics.unawaited import Pending, SiteRef
 from .errors import AgentCrash, Permanent
 from .journal import Journal
 from .steps import step_key
-from .store.base import MemoryWrite, Store
+from .store.base import SessionMemory
+from .store.types import MemoryWrite
 from .task import Lease, StepRecord, TaskUsage
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class Memory:
 
     def __init__(
         self,
-        store: Store,
+        store: SessionMemory,
         journal: Journal,
         session: str,
         made: Callable[[Pending[Any]], None],
@@ -124,7 +125,7 @@ class Context:
         agent: str,
         lease: Lease,
         *,
-        store: Store,
+        store: SessionMemory,
         journal: Journal,
         clock: Clock,
         llm: LLMClient | None = None,

@@ -20,11 +20,13 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import codec, faults
 from .clock import Clock
 from .errors import LeaseLost
-from .store.base import DiagnosticRecord, MemoryWrite, Store, WriteBatch
+from .store.base import TaskQueue, TaskReader
+from .store.types import DiagnosticRecord, MemoryWrite, WriteBatch
 from .task import Completion, Lease, Outcome, StepRecord, TaskInfo, TaskStatus
 
 log = logging.getLogger("legion.journal")
@@ -42,10 +44,15 @@ class Committed:
     applied: bool
 
 
+class CommitStore(TaskQueue, TaskReader, Protocol):
+    """The roles the journal plays: it commits batches, and reads back the tasks of a
+    commit whose answer was lost."""
+
+
 class Journal:
     def __init__(
         self,
-        store: Store,
+        store: CommitStore,
         *,
         clock: Clock,
         on_committed: CompletionCallback,
@@ -211,16 +218,6 @@ class Journal:
         ]
 
 
-_TARGET = {
-    Outcome.SUCCEEDED: TaskStatus.SUCCEEDED,
-    Outcome.RETRY: TaskStatus.QUEUED,
-    Outcome.FAILED: TaskStatus.FAILED,
-    Outcome.DEAD: TaskStatus.DEAD,
-    Outcome.CANCELLED: TaskStatus.CANCELLED,
-    Outcome.RELEASED: TaskStatus.QUEUED,
-}
-
-
 def _holds(info: TaskInfo | None, c: Completion) -> bool:
     """Whether a task is in the state that applying completion ``c`` left it in."""
     if info is None or info.lease_owner is not None:
@@ -230,7 +227,7 @@ def _holds(info: TaskInfo | None, c: Completion) -> bool:
         return False
     if info.status is TaskStatus.CANCELLED and c.outcome in (Outcome.RETRY, Outcome.RELEASED):
         return True  # a cancel request turned the retry into a cancel
-    if info.status is not _TARGET[c.outcome]:
+    if info.status is not c.outcome.status:
         return False
     if c.outcome in (Outcome.RETRY, Outcome.RELEASED):
         return True

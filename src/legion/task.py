@@ -124,6 +124,21 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"  # cancelled by request
     RELEASED = "released"  # given back unfinished (worker draining); attempt not counted
 
+    @property
+    def status(self) -> TaskStatus:
+        """The status a completion with this outcome leaves its task in."""
+        return _OUTCOME_STATUS[self]
+
+
+_OUTCOME_STATUS = {
+    Outcome.SUCCEEDED: TaskStatus.SUCCEEDED,
+    Outcome.RETRY: TaskStatus.QUEUED,
+    Outcome.FAILED: TaskStatus.FAILED,
+    Outcome.DEAD: TaskStatus.DEAD,
+    Outcome.CANCELLED: TaskStatus.CANCELLED,
+    Outcome.RELEASED: TaskStatus.QUEUED,
+}
+
 
 class TaskUsage:
     """What a task's LLM calls used, replayed calls included (they were paid for once).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from legion import codec
 from legion.store import Store, WriteBatch
-from legion.store.base import DiagnosticRecord
+from legion.store.types import DiagnosticRecord
 from legion.task import NewTask
 
 NOW = 1_000_000.0

@@ -22,8 +22,8 @@ from legion.store import (
     WriteBatch,
     store_from_url,
 )
-from legion.store.base import ApiKey, TaskQuery
 from legion.store.queries import migrations
+from legion.store.types import ApiKey, TaskQuery
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus
 
 NOW = 1_000_000.0

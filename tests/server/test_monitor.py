@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from legion.server.monitor import quantiles
-from legion.store.base import WriteBatch
+from legion.store.types import WriteBatch
 from legion.task import Completion, ErrorInfo, NewTask, Outcome
 
 from .conftest import Api

@@ -6,7 +6,7 @@ import pytest
 
 from legion.errors import StoreError
 from legion.store import Store
-from legion.store.base import ApiKey, TaskQuery, WriteBatch
+from legion.store.types import ApiKey, TaskQuery, WriteBatch
 from legion.task import Completion, NewTask, Outcome, TaskStatus
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from legion.server.keys import new_key
-from legion.store.base import TaskQuery
+from legion.store.types import TaskQuery
 from legion.task import NewTask, TaskStatus
 from legion.testing import FakeClock
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ..agent import Agent
     from ..server import ServerSettings
     from ..server.keys import NewKey
-    from ..store.base import ApiKey
+    from ..store.types import ApiKey
 
 
 _SERVER_MODULES = ("fastapi", "uvicorn", "prometheus_client")

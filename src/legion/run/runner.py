@@ -35,7 +35,7 @@ from ..errors import (
     is_retryable,
 )
 from ..journal import Journal
-from ..store.base import Store
+from ..store.base import SessionMemory
 from ..task import Completion, ErrorInfo, Lease, Outcome
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ async def run_instance(
     instance: Instance,
     *,
     owner: str,
-    store: Store,
+    store: SessionMemory,
     journal: Journal,
     clock: Clock,
     rng: random.Random,

@@ -32,7 +32,6 @@ from ..store.tenancy import DEFAULT_TENANT
 from ..task import (
     TERMINAL_STATUSES,
     NewTask,
-    Outcome,
     Submitted,
     TaskInfo,
     TaskResult,
@@ -48,12 +47,6 @@ log = logging.getLogger("legion.runtime")
 
 Deliver = Callable[[TaskResult], None]
 
-_OUTCOME_STATUS = {
-    Outcome.SUCCEEDED: TaskStatus.SUCCEEDED,
-    Outcome.FAILED: TaskStatus.FAILED,
-    Outcome.DEAD: TaskStatus.DEAD,
-    Outcome.CANCELLED: TaskStatus.CANCELLED,
-}
 # Finished task ids (not their results: outputs are read back from the store when asked)
 # remembered for waiters that register late.
 _RECENT = 100_000
@@ -438,13 +431,13 @@ class Runtime:
 
     def _committed(self, batch: Sequence[Committed]) -> None:
         for c in batch:
-            status = _OUTCOME_STATUS.get(c.completion.outcome)
+            status = c.completion.outcome.status
             if not c.applied:
                 if c.completion.id in self._waiters:
                     self._recheck.add(c.completion.id)
                     self._has_waiters.set()
                 continue
-            if status is None:
+            if not status.terminal:  # back to the queue: not a result yet
                 continue
             comp = c.completion
             result = TaskResult(

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from legion.clock import Clock
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
-from legion.store.base import Store
+from legion.store.base import CapacityBoard
 
 log = logging.getLogger("legion.llm.shared")
 
@@ -48,7 +48,7 @@ class SharedCapacity:
     def __init__(
         self,
         client: LLMClient,
-        store: Store,
+        store: CapacityBoard,
         worker_id: str,
         *,
         clock: Clock,

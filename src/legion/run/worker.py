@@ -51,7 +51,8 @@ from ..diagnostics.watchdog import Block, Capture, LoopWatchdog
 from ..errors import ConfigError
 from ..journal import Committed, Journal
 from ..stats import Counters, Statistics
-from ..store.base import Store, WorkerInfo
+from ..store.base import Store
+from ..store.types import WorkerInfo
 from ..task import Lease, Outcome, TaskInfo
 from .freeze import FreezeGuard
 from .runner import Instance, StopReason, run_instance

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from ..store.base import ApiKey, Store
+from ..store.base import KeyStore
+from ..store.types import ApiKey
 from . import keys
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -42,7 +43,7 @@ class Authenticator:
 
     def __init__(
         self,
-        store: Store,
+        store: KeyStore,
         *,
         cache_seconds: float,
         clock: Callable[[], float] = time.monotonic,

@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..agent import Agent
 from ..run.runtime import Runtime
-from ..store.base import ApiKey
+from ..store.types import ApiKey
 from .admission import TenantLimits
 from .auth import Authenticator, check_origin
 from .metrics import Metrics

@@ -21,8 +21,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from ..store.base import ApiKey
 from ..store.tenancy import DEFAULT_TENANT, check_tenant
+from ..store.types import ApiKey
 
 PREFIX = "lgn"
 _KEY = re.compile(rf"^{PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})$")

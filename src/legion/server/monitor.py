@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..store.base import EventDetail, WorkerInfo
+from ..store.types import EventDetail, WorkerInfo
 from ..task import TaskInfo, TaskStatus
 from .snapshot import Failure, Health, Point, RouteLoad, Snapshot, Totals, WorkerState
 

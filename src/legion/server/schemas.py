@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..store.base import StepInfo
+from ..store.types import StepInfo
 from ..task import TaskInfo, TaskStatus
 
 # Text the stores can hold in every dialect (PostgreSQL text cannot hold NUL).

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import codec
 from ..errors import IdempotencyConflict, InputError, OutputError
-from ..store.base import ApiKey, TaskQuery
+from ..store.types import ApiKey, TaskQuery
 from ..task import NewTask, TaskInfo, TaskStatus
 from .body import json_body
 from .deps import KeyDep, ServerState, StateDep, require_key

@@ -14,32 +14,46 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..extras import install_hint
 from .base import (
+    CapacityBoard,
+    KeyStore,
+    SessionMemory,
+    Store,
+    TaskQueue,
+    TaskReader,
+    WorkerRegistry,
+)
+from .sqlite import SQLiteStore
+from .types import (
     DiagnosticRecord,
     Event,
     Extended,
     MemoryWrite,
     Reclaimed,
     StepInfo,
-    Store,
     WorkerInfo,
     WriteBatch,
 )
-from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
 
 __all__ = [
+    "CapacityBoard",
     "DiagnosticRecord",
     "Event",
     "Extended",
+    "KeyStore",
     "MemoryWrite",
     "PostgresStore",
     "Reclaimed",
     "SQLiteStore",
+    "SessionMemory",
     "StepInfo",
     "Store",
+    "TaskQueue",
+    "TaskReader",
     "WorkerInfo",
+    "WorkerRegistry",
     "WriteBatch",
     "store_from_url",
 ]

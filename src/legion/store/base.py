@@ -1,188 +1,47 @@
-"""The ``Store`` interface: everything legion keeps lives behind it.
+"""The ``Store`` interface, as the roles its callers play: everything legion keeps lives
+behind it.
 
-A store holds tasks, step results, session memory, the event feed and the worker
-registry. Every implementation passes the same contract test suite. The hot path is
-batched: :meth:`Store.submit` takes many tasks, :meth:`Store.lease` hands out many, and
-:meth:`Store.write` commits the steps, memory writes and completions of many instances
-in one transaction (group commit).
+A store holds tasks, step results, session memory, the event feed, the worker registry,
+shared LLM capacity and API keys. Each caller depends on the role it uses:
+
+- :class:`TaskQueue`: submit, lease, commit (the journal), extend and reclaim leases;
+- :class:`TaskReader`: tasks, counts, steps, events and findings, read back;
+- :class:`SessionMemory`: ``ctx.memory`` reads (writes go through the journal);
+- :class:`WorkerRegistry`: the live workers and their heartbeats;
+- :class:`CapacityBoard`: LLM capacity shared by the workers of one API key;
+- :class:`KeyStore`: the API keys of ``legion serve``.
+
+:class:`Store` is their union, with the connection's lifecycle; every implementation
+passes the same contract test suite. The hot path is batched: :meth:`TaskQueue.submit`
+takes many tasks, :meth:`TaskQueue.lease` hands out many, and :meth:`TaskQueue.write`
+commits the steps, memory writes and completions of many instances in one transaction
+(group commit). The values they exchange are in :mod:`legion.store.types`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from ..task import Completion, Lease, NewTask, StepRecord, Submitted, TaskInfo, TaskStatus
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryWrite:
-    """Set (or, with ``value=None``, delete) one key of a session's memory.
-
-    A write made by a task names its lease (``task_id``, ``attempt``, ``owner``) and is
-    accepted only while that lease holds; one without ``task_id`` is not fenced."""
-
-    session: str
-    key: str
-    value: bytes | None
-    task_id: int | None = None
-    attempt: int = 0
-    owner: str | None = None
+from ..task import Lease, NewTask, Submitted, TaskInfo, TaskStatus
+from .types import (
+    ApiKey,
+    CapacityClaims,
+    DiagnosticRecord,
+    Event,
+    EventDetail,
+    Extended,
+    Reclaimed,
+    StepInfo,
+    TaskQuery,
+    WorkerInfo,
+    WriteBatch,
+)
 
 
-@dataclass(frozen=True, slots=True)
-class DiagnosticRecord:
-    """One finding about one attempt (``data``: the diagnostic as JSON)."""
-
-    task_id: int
-    attempt: int
-    agent: str
-    kind: str
-    data: bytes
-    owner: str | None = None  # whose lease wrote it (fenced like a step when given)
-
-
-@dataclass(slots=True)
-class WriteBatch:
-    """What one group commit writes, in this order: steps, memory, diagnostics,
-    completions.
-
-    Steps, fenced memory writes and diagnostics are accepted only from the current lease
-    of their task (its attempt number, its owner, the task running), like completions;
-    :meth:`Store.write` puts the ids of the tasks whose writes it refused in ``lost``, and
-    of those whose writes it accepted but whose cancellation was asked in ``cancelled``."""
-
-    steps: list[StepRecord] = field(default_factory=list)
-    memory: list[MemoryWrite] = field(default_factory=list)
-    completions: list[Completion] = field(default_factory=list)
-    diagnostics: list[DiagnosticRecord] = field(default_factory=list)
-    lost: set[int] = field(default_factory=set)
-    cancelled: set[int] = field(default_factory=set)
-
-    def __len__(self) -> int:
-        return len(self.steps) + len(self.memory) + len(self.completions) + len(self.diagnostics)
-
-
-@dataclass(frozen=True, slots=True)
-class StepInfo:
-    key: str
-    attempt: int
-    output: Any
-    started_at: float
-    finished_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One status change of one task; ``id`` orders the feed."""
-
-    id: int
-    task_id: int
-    at: float
-    status: TaskStatus
-    attempt: int
-    worker: str | None = None  # whose lease the change ended
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    id: str
-    host: str
-    pid: int
-    started_at: float
-    heartbeat_at: float
-    load: Mapping[str, Any]
-    # Who the process is beyond its host name (see legion.identity): the kernel's boot
-    # id, the PID namespace and the process's start time in clock ticks after boot.
-    boot_id: str = ""
-    pid_ns: str = ""
-    proc_start: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Extended:
-    """A heartbeat's answer: of the leases a worker runs, those it still holds (now
-    extended, or locked by a write in flight) and those whose cancellation was asked."""
-
-    held: frozenset[int]
-    cancel: frozenset[int]
-
-
-@dataclass(frozen=True, slots=True)
-class CapacityClaims:
-    """The live claims on one route's capacity, with this worker's own included."""
-
-    claimants: int
-    total_demand: float
-    backoff_until: float  # a 429 somewhere asked every worker to pause until then
-
-
-@dataclass(frozen=True, slots=True)
-class Reclaimed:
-    """Tasks whose lease expired or whose worker died, and where they went."""
-
-    requeued: int
-    dead: int
-    cancelled: int
-
-
-@dataclass(frozen=True, slots=True)
-class TaskQuery:
-    """A page of :meth:`Store.list_tasks`: filters (``None`` or empty: any) and a cursor."""
-
-    statuses: tuple[TaskStatus, ...] = ()
-    agent: str | None = None
-    created_from: float | None = None  # created at or after
-    created_to: float | None = None  # created before
-    before: int | None = None  # only ids below this one (the previous page's last id)
-    limit: int = 100
-    tenant: str | None = None  # only this tenant's tasks
-
-
-@dataclass(frozen=True, slots=True)
-class EventDetail:
-    """An :class:`Event` with its task's agent, latest attempt's times and usage (``agent``
-    is ``None`` if the task is gone)."""
-
-    event: Event
-    agent: str | None
-    started_at: float | None
-    finished_at: float | None
-    usage: Mapping[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """An API key of the HTTP API as stored: its public id and a salted digest of its
-    secret, never the secret itself (see :mod:`legion.server.keys`)."""
-
-    id: str
-    name: str
-    salt: bytes
-    digest: bytes
-    created_at: float
-    revoked_at: float | None = None
-    tenant: str = "default"  # whose tasks the key submits and sees
-    scope: str = "tenant"  # "tenant": its tenant's tasks; "admin": every tenant's
-
-    @property
-    def admin(self) -> bool:
-        return self.scope == "admin"
-
-
-class Store(Protocol):
-    """Where legion keeps all state. All methods are safe to call concurrently."""
-
-    url: str
-
-    async def open(self) -> None:
-        """Connect and bring the schema up to date."""
-
-    async def aclose(self) -> None:
-        """Release connections and threads; pending calls finish first."""
-
-    # -- tasks -------------------------------------------------------------------------
+class TaskQueue(Protocol):
+    """The queue of tasks: what submitters and workers change. All methods are safe to call
+    concurrently."""
 
     async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
         """Insert tasks; a task whose key exists already (in its tenant) answers the
@@ -239,6 +98,16 @@ class Store(Protocol):
     async def requeue_one(self, task_id: int) -> bool:
         """Queue again one dead, failed or cancelled task."""
 
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 - bounds the wait
+        """Return when new work may be ready, or after ``timeout`` seconds; True if woken
+        by a notification (a submit, requeue, retry or reclaim, from any process), False on
+        timeout. Optional to use: a worker that polls instead misses nothing. Stores that
+        cannot notify just sleep and answer False."""
+
+
+class TaskReader(Protocol):
+    """Tasks and their history, read back: results, counts, steps, the event feed, findings."""
+
     async def get(self, task_id: int) -> TaskInfo | None: ...
 
     async def get_many(self, ids: Sequence[int]) -> list[TaskInfo]: ...
@@ -268,18 +137,6 @@ class Store(Protocol):
 
     async def last_event_id(self) -> int: ...
 
-    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 - bounds the wait
-        """Return when new work may be ready, or after ``timeout`` seconds; True if woken
-        by a notification (a submit, requeue, retry or reclaim, from any process), False on
-        timeout. Optional to use: a worker that polls instead misses nothing. Stores that
-        cannot notify just sleep and answer False."""
-
-    # -- session memory ----------------------------------------------------------------
-
-    async def memory_get(self, session: str, key: str) -> bytes | None: ...
-
-    async def memory_items(self, session: str) -> dict[str, bytes]: ...
-
     async def diagnostics(
         self,
         *,
@@ -290,7 +147,35 @@ class Store(Protocol):
     ) -> list[DiagnosticRecord]:
         """The latest findings, newest first, of one task, agent or kind (or all)."""
 
-    # -- shared LLM capacity -------------------------------------------------------------
+    async def list_tasks(self, query: TaskQuery) -> list[TaskInfo]:
+        """Tasks matching ``query``, newest (highest id) first, at most ``query.limit``;
+        without their inputs and outputs (``None``: a page shows neither)."""
+
+    async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
+        """Like :meth:`events_after` (every worker's changes), each with its task's details."""
+
+
+class SessionMemory(Protocol):
+    """Session memory as ``ctx.memory`` reads it (its writes go through the journal)."""
+
+    async def memory_get(self, session: str, key: str) -> bytes | None: ...
+
+    async def memory_items(self, session: str) -> dict[str, bytes]: ...
+
+
+class WorkerRegistry(Protocol):
+    """The live workers: each refreshes its row (its heartbeat and load)."""
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        """Insert or refresh a worker's row (its heartbeat and load)."""
+
+    async def remove_worker(self, worker_id: str) -> None: ...
+
+    async def workers(self) -> list[WorkerInfo]: ...
+
+
+class CapacityBoard(Protocol):
+    """LLM capacity shared through the store by the workers that use one API key."""
 
     async def claim_capacity(
         self, route: str, worker: str, demand: float, now: float, *, horizon: float
@@ -301,23 +186,9 @@ class Store(Protocol):
     async def signal_backoff(self, route: str, until: float) -> None:
         """Ask every worker sharing ``route`` to pause until ``until`` (after a 429)."""
 
-    # -- workers -----------------------------------------------------------------------
 
-    async def register_worker(self, worker: WorkerInfo) -> None:
-        """Insert or refresh a worker's row (its heartbeat and load)."""
-
-    async def remove_worker(self, worker_id: str) -> None: ...
-
-    async def workers(self) -> list[WorkerInfo]: ...
-
-    # -- HTTP API (legion serve) -------------------------------------------------------
-
-    async def list_tasks(self, query: TaskQuery) -> list[TaskInfo]:
-        """Tasks matching ``query``, newest (highest id) first, at most ``query.limit``;
-        without their inputs and outputs (``None``: a page shows neither)."""
-
-    async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
-        """Like :meth:`events_after` (every worker's changes), each with its task's details."""
+class KeyStore(Protocol):
+    """The API keys of ``legion serve``."""
 
     async def add_api_key(self, key: ApiKey) -> None:
         """Store a new API key; its id must be new."""
@@ -329,3 +200,18 @@ class Store(Protocol):
 
     async def revoke_api_key(self, key_id: str, now: float) -> bool:
         """Revoke a key (a revoked one keeps its first revocation time); False if unknown."""
+
+
+class Store(
+    TaskQueue, TaskReader, SessionMemory, WorkerRegistry, CapacityBoard, KeyStore, Protocol
+):
+    """Where legion keeps all state: every role, and the connection's lifecycle. All
+    methods are safe to call concurrently."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    async def aclose(self) -> None:
+        """Release connections and threads; pending calls finish first."""

@@ -61,7 +61,11 @@ from psycopg_pool import AsyncConnectionPool
 from .. import codec
 from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..task import Completion, ErrorInfo, Lease, NewTask, Outcome, Submitted, TaskInfo, TaskStatus
-from .base import (
+from .queries import migrations, queries
+from .rows import event_detail, task_info
+from .tenancy import KeyedTasks, unscoped_key
+from .timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
+from .types import (
     ApiKey,
     CapacityClaims,
     DiagnosticRecord,
@@ -75,10 +79,6 @@ from .base import (
     WorkerInfo,
     WriteBatch,
 )
-from .queries import migrations, queries
-from .rows import event_detail, task_info
-from .tenancy import KeyedTasks, unscoped_key
-from .timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
 
 log = logging.getLogger("legion.store.postgres")
 Q = queries("postgres")
@@ -92,14 +92,6 @@ FEED_SETTLE = 0.5
 # Rows requeued per transaction (a transaction records at most 2**20 status changes).
 REQUEUE_CHUNK = 50_000
 
-_OUTCOME_STATUS = {
-    Outcome.SUCCEEDED: "succeeded",
-    Outcome.RETRY: "queued",
-    Outcome.FAILED: "failed",
-    Outcome.DEAD: "dead",
-    Outcome.CANCELLED: "cancelled",
-    Outcome.RELEASED: "queued",
-}
 _POOL_PARAMS = ("pool_min_size", "pool_max_size", "pool_timeout", "call_timeout")
 # After a call's deadline has cut its socket, how long before the call is abandoned
 # outright (a backstop: the cut makes psycopg fail at once).
@@ -931,7 +923,7 @@ def _memory_params(writes: Sequence[MemoryWrite]) -> dict[str, Any]:
 
 def _completion_params(completions: Sequence[Completion]) -> dict[str, Any]:
     return {
-        "status": [_OUTCOME_STATUS[c.outcome] for c in completions],
+        "status": [c.outcome.status.value for c in completions],
         "output": [c.output for c in completions],
         "error": [c.error.to_json() if c.error is not None else None for c in completions],
         "not_before": [float(c.not_before) for c in completions],

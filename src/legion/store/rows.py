@@ -7,8 +7,8 @@ from typing import Any
 
 from .. import codec
 from ..task import ErrorInfo, TaskInfo, TaskStatus
-from .base import Event, EventDetail
 from .tenancy import DEFAULT_TENANT, unscoped_key
+from .types import Event, EventDetail
 
 
 def task_info(row: Sequence[Any]) -> TaskInfo:

@@ -35,7 +35,10 @@ from ..task import (
     TaskInfo,
     TaskStatus,
 )
-from .base import (
+from .queries import migrations, queries
+from .rows import event_detail, task_info
+from .tenancy import KeyedTasks, unscoped_key
+from .types import (
     ApiKey,
     CapacityClaims,
     DiagnosticRecord,
@@ -48,21 +51,9 @@ from .base import (
     WorkerInfo,
     WriteBatch,
 )
-from .queries import migrations, queries
-from .rows import event_detail, task_info
-from .tenancy import KeyedTasks, unscoped_key
 
 T = TypeVar("T")
 Q = queries("sqlite")
-
-_OUTCOME_STATUS = {
-    Outcome.SUCCEEDED: "succeeded",
-    Outcome.RETRY: "queued",
-    Outcome.FAILED: "failed",
-    Outcome.DEAD: "dead",
-    Outcome.CANCELLED: "cancelled",
-    Outcome.RELEASED: "queued",
-}
 
 
 def _lease_lost_error() -> bytes:
@@ -715,7 +706,7 @@ def _fence(db: sqlite3.Connection, batch: WriteBatch) -> set[tuple[int, int, str
 
 def _completion_params(c: Completion) -> tuple[Any, ...]:
     return (
-        _OUTCOME_STATUS[c.outcome],
+        c.outcome.status.value,
         c.output,
         c.error.to_json() if c.error is not None else None,
         c.not_before,

@@ -1,0 +1,165 @@
+"""The values that go in and out of a store: frozen dataclasses (a write batch is built up
+and then handed over whole)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..task import Completion, StepRecord, TaskStatus
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryWrite:
+    """Set (or, with ``value=None``, delete) one key of a session's memory.
+
+    A write made by a task names its lease (``task_id``, ``attempt``, ``owner``) and is
+    accepted only while that lease holds; one without ``task_id`` is not fenced."""
+
+    session: str
+    key: str
+    value: bytes | None
+    task_id: int | None = None
+    attempt: int = 0
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticRecord:
+    """One finding about one attempt (``data``: the diagnostic as JSON)."""
+
+    task_id: int
+    attempt: int
+    agent: str
+    kind: str
+    data: bytes
+    owner: str | None = None  # whose lease wrote it (fenced like a step when given)
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """What one group commit writes, in this order: steps, memory, diagnostics,
+    completions.
+
+    Steps, fenced memory writes and diagnostics are accepted only from the current lease
+    of their task (its attempt number, its owner, the task running), like completions;
+    :meth:`Store.write` puts the ids of the tasks whose writes it refused in ``lost``, and
+    of those whose writes it accepted but whose cancellation was asked in ``cancelled``."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+    memory: list[MemoryWrite] = field(default_factory=list)
+    completions: list[Completion] = field(default_factory=list)
+    diagnostics: list[DiagnosticRecord] = field(default_factory=list)
+    lost: set[int] = field(default_factory=set)
+    cancelled: set[int] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.steps) + len(self.memory) + len(self.completions) + len(self.diagnostics)
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    key: str
+    attempt: int
+    output: Any
+    started_at: float
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One status change of one task; ``id`` orders the feed."""
+
+    id: int
+    task_id: int
+    at: float
+    status: TaskStatus
+    attempt: int
+    worker: str | None = None  # whose lease the change ended
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    load: Mapping[str, Any]
+    # Who the process is beyond its host name (see legion.identity): the kernel's boot
+    # id, the PID namespace and the process's start time in clock ticks after boot.
+    boot_id: str = ""
+    pid_ns: str = ""
+    proc_start: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Extended:
+    """A heartbeat's answer: of the leases a worker runs, those it still holds (now
+    extended, or locked by a write in flight) and those whose cancellation was asked."""
+
+    held: frozenset[int]
+    cancel: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityClaims:
+    """The live claims on one route's capacity, with this worker's own included."""
+
+    claimants: int
+    total_demand: float
+    backoff_until: float  # a 429 somewhere asked every worker to pause until then
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    """Tasks whose lease expired or whose worker died, and where they went."""
+
+    requeued: int
+    dead: int
+    cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """A page of :meth:`Store.list_tasks`: filters (``None`` or empty: any) and a cursor."""
+
+    statuses: tuple[TaskStatus, ...] = ()
+    agent: str | None = None
+    created_from: float | None = None  # created at or after
+    created_to: float | None = None  # created before
+    before: int | None = None  # only ids below this one (the previous page's last id)
+    limit: int = 100
+    tenant: str | None = None  # only this tenant's tasks
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    """An :class:`Event` with its task's agent, latest attempt's times and usage (``agent``
+    is ``None`` if the task is gone)."""
+
+    event: Event
+    agent: str | None
+    started_at: float | None
+    finished_at: float | None
+    usage: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key of the HTTP API as stored: its public id and a salted digest of its
+    secret, never the secret itself (see :mod:`legion.server.keys`)."""
+
+    id: str
+    name: str
+    salt: bytes
+    digest: bytes
+    created_at: float
+    revoked_at: float | None = None
+    tenant: str = "default"  # whose tasks the key submits and sees
+    scope: str = "tenant"  # "tenant": its tenant's tasks; "admin": every tenant's
+
+    @property
+    def admin(self) -> bool:
+        return self.scope == "admin"
