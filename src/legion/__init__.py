@@ -19,7 +19,7 @@ thousands at once, with every piece of state in a store::
 from __future__ import annotations
 
 from .agent import Agent, agent
-from .context import Context, Memory
+from .context import AgentContext, Context, Memory
 from .errors import (
     AgentCrash,
     AgentError,
@@ -47,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "AgentContext",
     "AgentCrash",
     "AgentError",
     "AgentLoadError",

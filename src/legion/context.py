@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from . import codec, faults, telemetry
 from .clock import Clock
@@ -28,13 +28,124 @@ from .task import Lease, StepRecord, TaskUsage
 if TYPE_CHECKING:
     from .llm.calls import LLMCalls
     from .llm.client import LLMClient
+    from .llm.embeddings import Embeddings
+    from .llm.types import ChatResponse, Message
     from .vectors.collection import Collection
+    from .vectors.types import Hit
 
 T = TypeVar("T")
 
 # Called before a step runs (not before a replay) with the task's id; answers None to go
 # on at once, or something to await first (the worker confirming its leases).
 BeforeStep = Callable[[int], Awaitable[None] | None]
+
+
+class SessionMemoryAPI(Protocol):
+    """``ctx.memory``: session memory, JSON values keyed by name (await every call)."""
+
+    @property
+    def session(self) -> str: ...
+
+    def get(self, key: str, default: Any = None) -> Awaitable[Any]: ...
+
+    def set(self, key: str, value: Any) -> Awaitable[None]: ...
+
+    def delete(self, key: str) -> Awaitable[None]: ...
+
+    def items(self) -> Awaitable[dict[str, Any]]: ...
+
+
+class LLMAPI(Protocol):
+    """``ctx.llm``: LLM calls, each recorded as a step of the task (await every call)."""
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        model: str | None = None,
+        *,
+        timeout: float | None = None,
+        stream: bool | None = None,
+        **params: Any,
+    ) -> Awaitable[ChatResponse]: ...
+
+    def embed(
+        self, texts: Sequence[str], model: str | None = None, **params: Any
+    ) -> Awaitable[Embeddings]: ...
+
+
+class CollectionAPI(Protocol):
+    """``ctx.vectors(name)``: a vector collection (await every call)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def add(
+        self,
+        texts: Sequence[str],
+        metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Awaitable[list[str]]: ...
+
+    def search(
+        self, query: str, k: int = 5, where: Mapping[str, Any] | None = None
+    ) -> Awaitable[list[Hit]]: ...
+
+    def delete(self, ids: Sequence[str]) -> Awaitable[int]: ...
+
+
+@runtime_checkable
+class AgentContext(Protocol):
+    """What an agent instance is handed as its first argument, wherever it runs: the
+    :class:`Context` of an instance that runs in its worker, or the stand-in of an
+    executor that runs it in another process or on a Ray cluster
+    (:class:`~legion.executors.remote.RemoteContext`). Both behave alike: one contract
+    test suite runs on both."""
+
+    @property
+    def agent(self) -> str:
+        """The agent's name."""
+        ...
+
+    @property
+    def task_id(self) -> int: ...
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first try, 2 on the first retry, and so on."""
+        ...
+
+    @property
+    def key(self) -> str | None:
+        """The task's idempotency key, if it has one."""
+        ...
+
+    @property
+    def session(self) -> str: ...
+
+    @property
+    def memory(self) -> SessionMemoryAPI: ...
+
+    @property
+    def llm(self) -> LLMAPI: ...
+
+    def vectors(
+        self, collection: str, scope: str = "session", *, model: str | None = None
+    ) -> CollectionAPI: ...
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]: ...
+
+    def step(
+        self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Awaitable[Any]:
+        """Run ``fn(*args, **kwargs)`` once per task and record its result (await it);
+        a step recorded by an earlier attempt answers its recorded JSON instead of
+        running. The second step of one name is keyed ``name#2`` (:func:`step_key`)."""
+        ...
+
+    def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> Awaitable[list[Any]]:
+        """Run awaitables concurrently, like ``asyncio.gather``, results in order."""
+        ...
 
 
 class Memory:

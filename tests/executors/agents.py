@@ -160,3 +160,46 @@ async def outlives_its_node(ctx: legion.Context, fifo: str) -> dict[str, Any]:
 async def declared(ctx: legion.Context, n: int) -> int:
     """Asks for the process executor itself."""
     return os.getpid()
+
+
+@legion.agent(retries=1, backoff=0.01)
+async def contract_replay(ctx: legion.Context, ledger: str) -> dict[str, Any]:
+    """A step with a side effect (a line in ``ledger``), then a failure on the first
+    attempt: the retry must replay the step, not run it again."""
+
+    def side_effect() -> tuple[int, int]:
+        with open(ledger, "a") as f:
+            f.write("ran\n")
+        return (1, 2)
+
+    value = await ctx.step("effect", side_effect)
+    if ctx.attempt == 1:
+        await ctx.memory.set("first", value)
+        raise ConnectionError("lost the connection after the step")
+    return {"first": await ctx.memory.get("first"), "again": value}
+
+
+@legion.agent(retries=0)
+async def contract_json(ctx: legion.Context, n: int) -> dict[str, Any]:
+    value = await ctx.step("pair", lambda: (1, 2))
+    return {"value": value, "kind": type(value).__name__}
+
+
+@legion.agent(retries=0)
+async def contract_gather(ctx: legion.Context, n: int) -> dict[str, Any]:
+    async def ok() -> int:
+        return 1
+
+    async def second() -> int:
+        raise ValueError("second failed")
+
+    async def boom() -> str:
+        return "boom"
+
+    try:
+        await ctx.gather(ok(), second())
+        error = None
+    except ValueError as exc:
+        error = str(exc)
+    collected = await ctx.gather(ok(), boom(), return_exceptions=True)
+    return {"error": error, "collected": collected}

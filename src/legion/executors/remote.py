@@ -34,7 +34,9 @@ from ..steps import step_key
 from . import protocol as p
 
 if TYPE_CHECKING:
+    from ..llm.embeddings import Embeddings
     from ..llm.types import ChatResponse, Message
+    from ..vectors.types import Hit
 
 
 class Link(Protocol):
@@ -253,7 +255,9 @@ class RemoteLLM:
         data = await self._link.call(p.LLM_CHAT, sent, model, timeout, stream, params)
         return ChatResponse.from_json(data)
 
-    async def embed(self, texts: Sequence[str], model: str | None = None, **params: Any) -> Any:
+    async def embed(
+        self, texts: Sequence[str], model: str | None = None, **params: Any
+    ) -> Embeddings:
         """Embeddings, as :meth:`legion.llm.calls.LLMCalls.embed`."""
         from ..llm.embeddings import Embeddings
 
@@ -277,7 +281,10 @@ class RemoteCollection:
         return await self._link.call(p.VECTORS, self.name, self.scope, self._model, op, args)
 
     async def add(
-        self, texts: Sequence[str], metadata: Any = None, ids: Sequence[str] | None = None
+        self,
+        texts: Sequence[str],
+        metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> list[str]:
         from ..vectors.collection import check_add
 
@@ -285,7 +292,9 @@ class RemoteCollection:
         added: list[str] = await self._call("add", texts, metas, given)
         return added
 
-    async def search(self, query: str, k: int = 5, where: Mapping[str, Any] | None = None) -> Any:
+    async def search(
+        self, query: str, k: int = 5, where: Mapping[str, Any] | None = None
+    ) -> list[Hit]:
         from ..vectors.types import Hit
 
         hits = await self._call("search", query, k, dict(where) if where else None)

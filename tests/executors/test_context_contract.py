@@ -1,0 +1,84 @@
+"""One behavioural contract for the agent's context, run on both implementations: the
+local Context (the agent runs in its worker) and the RemoteContext (the process executor
+runs it in a child process). A real SQLite file and real child processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import legion
+from legion import Runtime, TaskStatus
+from legion.executors import ProcessExecutor
+
+from . import agents
+
+pytestmark = pytest.mark.usefixtures("no_leaked_processes")
+
+
+@pytest.fixture(params=["local", "remote"])
+async def rt(request: pytest.FixtureRequest, db_url: str) -> AsyncIterator[Runtime]:
+    if request.param == "local":
+        async with Runtime(db_url) as runtime:
+            yield runtime
+    else:
+        executor = ProcessExecutor(processes=1, memory_limit_mb=300)
+        async with Runtime(db_url, executors={"process": executor}, executor="process") as rt:
+            yield rt
+
+
+async def run_one(rt: Runtime, agent: legion.Agent, value: Any) -> legion.TaskResult:
+    sub = await rt.submit(agent, value)
+    return await rt.result(sub.id)
+
+
+async def test_steps_are_keyed_by_one_rule_and_recorded(rt: Runtime) -> None:
+    r = await run_one(rt, agents.echo, "a")
+    assert r.status is TaskStatus.SUCCEEDED
+    assert r.output["twice"] == ["aa", "A"]  # gathered, in argument order
+    steps = await rt.store.steps(r.id)
+    assert sorted(s.key for s in steps) == ["double", "double#2"]
+
+
+async def test_memory_reads_what_it_wrote_and_answers_the_default(rt: Runtime) -> None:
+    r = await run_one(rt, agents.echo, "b")
+    assert r.output["remembered"] == {"value": "b"}
+    assert r.output["missing"] == "default"
+    assert r.output["items"] == {"text": {"value": "b"}}
+
+
+async def test_the_context_says_which_task_attempt_session_and_agent(rt: Runtime) -> None:
+    r = await run_one(rt, agents.echo, "c")
+    assert r.output["ids"] == [r.id, 1, None, f"task-{r.id}", "echo"]
+
+
+async def test_a_retry_replays_a_recorded_step_instead_of_running_it(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger"
+    r = await run_one(rt, agents.contract_replay, str(ledger))
+    assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2
+    # the step's side effect happened once (no duplicate), and both attempts saw its value
+    assert ledger.read_text().splitlines() == ["ran"]
+    assert r.output == {"first": [1, 2], "again": [1, 2]}
+
+
+async def test_a_step_result_comes_back_as_its_json_form(rt: Runtime) -> None:
+    r = await run_one(rt, agents.contract_json, 0)
+    assert r.output == {"value": [1, 2], "kind": "list"}
+
+
+async def test_a_failing_step_fails_the_attempt_and_records_nothing(rt: Runtime) -> None:
+    r = await run_one(rt, agents.value_error, 0)
+    assert r.status is TaskStatus.DEAD  # retryable, and no retry left (retries=0)
+    assert r.error is not None and r.error.type == "ValueError"
+    assert await rt.store.steps(r.id) == []
+
+
+async def test_gather_fails_fast_with_the_first_error(rt: Runtime) -> None:
+    r = await run_one(rt, agents.contract_gather, 0)
+    assert r.status is TaskStatus.SUCCEEDED
+    assert r.output == {"error": "second failed", "collected": [1, "boom"]}
