@@ -18,6 +18,8 @@ thousands at once, with every piece of state in a store::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .agent import Agent, agent
 from .context import AgentContext, Context, Memory
 from .errors import (
@@ -26,10 +28,19 @@ from .errors import (
     AgentLoadError,
     ConfigError,
     DeadlineExceeded,
+    EmptyCompletion,
     InputError,
     LegionError,
+    MalformedResponse,
     OutputError,
     Permanent,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+    ResponseTooLarge,
+    RetryAfterTooLong,
     StorageFull,
     StoreError,
     StoreUnavailable,
@@ -43,6 +54,9 @@ from .stats import Statistics
 from .store import SQLiteStore, Store, store_from_url
 from .task import ErrorInfo, Submitted, TaskInfo, TaskResult, TaskStatus
 
+if TYPE_CHECKING:
+    from .llm.client import LLMClient
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -54,12 +68,22 @@ __all__ = [
     "ConfigError",
     "Context",
     "DeadlineExceeded",
+    "EmptyCompletion",
     "ErrorInfo",
     "InputError",
+    "LLMClient",
     "LegionError",
+    "MalformedResponse",
     "Memory",
     "OutputError",
     "Permanent",
+    "ProviderAuthError",
+    "ProviderError",
+    "ProviderRejected",
+    "ProviderUnavailable",
+    "RateLimited",
+    "ResponseTooLarge",
+    "RetryAfterTooLong",
     "RetryPolicy",
     "Runtime",
     "SQLiteStore",
@@ -80,3 +104,12 @@ __all__ = [
     "agent",
     "store_from_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The LLM client loads its HTTP stack (aiohttp) when first named, not with legion.
+    if name == "LLMClient":
+        from .llm.client import LLMClient
+
+        return LLMClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

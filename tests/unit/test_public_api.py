@@ -19,3 +19,31 @@ def test_importing_legion_pulls_in_no_cli_or_server_code() -> None:
     code = f"import sys, legion; print([m for m in sys.modules if m.split('.')[0] in {heavy}])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_all_names_the_llm_client_and_every_provider_error() -> None:
+    from legion import errors
+    from legion.llm.client import LLMClient
+
+    assert legion.LLMClient is LLMClient
+    provider_errors = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type)
+        and issubclass(value, errors.LegionError)
+        and issubclass(value, errors.ProviderError | errors.ProviderRejected)
+    }
+    assert provider_errors >= {
+        "ProviderError",
+        "RateLimited",
+        "ProviderRejected",
+        "EmptyCompletion",
+    }
+    assert provider_errors <= set(legion.__all__)
+    assert "LLMClient" in legion.__all__
+
+
+def test_the_package_says_it_is_typed() -> None:
+    from pathlib import Path
+
+    assert (Path(legion.__file__).parent / "py.typed").is_file()
