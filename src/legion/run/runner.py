@@ -12,8 +12,6 @@ import dataclasses
 import enum
 import logging
 import random
-import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from .. import attempt, codec, deadline, telemetry
@@ -21,10 +19,9 @@ from ..agent import Agent
 from ..clock import Clock
 from ..context import BeforeStep, Context
 from ..diagnostics import tracking
-from ..diagnostics.advisor import advise
-from ..diagnostics.report import Diagnostic, Kind, Site, agent_files, blocked_loop, user_site
-from ..diagnostics.tracking import unretrieved_exception
-from ..diagnostics.watchdog import Block, Capture
+from ..diagnostics.lookback import escaped_exception, look_back
+from ..diagnostics.report import Diagnostic, Kind
+from ..diagnostics.watchdog import Capture
 from ..errors import (
     AgentCrash,
     DeadlineExceeded,
@@ -209,72 +206,12 @@ def _timed_out(agent: Agent, time_: attempt.AttemptTime) -> TaskTimeout:
 
 
 def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:
-    """What the attempt left behind: the watchdog's blocks, steps never awaited, tasks
-    it spawned that failed unheard or still run, steps that could have run together."""
-    found = instance.diagnostics
-    quiet = not (found or instance.children or instance.pending_block or ctx.made_any())
-    if quiet and len(ctx.traces) < 2:
-        return found  # the common case: nothing to look at
-    name = instance.agent.name
+    """What the attempt left behind (see :func:`legion.diagnostics.lookback.look_back`)."""
     capture, instance.pending_block = instance.pending_block, None
-    if capture is not None:  # the agent blocked the loop and ended before the report
-        block = Block(
-            time.monotonic() - capture.since,
-            None,
-            user_site(capture.stack),
-            capture.stack,
-            capture.held,
-        )
-        blocked = blocked_loop(name, block, agent_files(instance.agent.fn))
-        if blocked is not None:  # else no frame of the agent's code ran: the worker's lag
-            found.append(blocked)
-    for pending in ctx.unawaited():
-        site = pending.site
-        found.append(
-            Diagnostic(
-                Kind.UNAWAITED,
-                f"agent `{name}`: {pending.what} made at {site} was never awaited, so it never "
-                "ran: `await` it, or pass it to `ctx.gather`",
-                site,
-            )
-        )
-    for child in instance.children:
-        if not child.done():
-            found.append(
-                Diagnostic(
-                    Kind.ESCAPED_EXCEPTION,
-                    f"agent `{name}`: task {child.get_name()!r} that it created is still running "
-                    "after the agent returned; await the tasks you create (or use ctx.gather)",
-                    _origin(child),
-                )
-            )
-        elif (exc := unretrieved_exception(child)) is not None:
-            found.append(escaped_exception(name, child, exc))
+    agent = instance.agent
+    found = look_back(agent.name, agent.fn, instance.diagnostics, instance.children, capture, ctx)
     instance.children.clear()
-    if len(ctx.traces) > 1:
-        found.extend(advise(name, ctx.traces))
     return found
-
-
-def escaped_exception(agent: str, task: asyncio.Task[Any], exc: BaseException) -> Diagnostic:
-    frames = traceback.extract_tb(exc.__traceback__)
-    stack = tuple(Site(f.filename, f.lineno or 0, f.name, f.line or "") for f in reversed(frames))
-    return Diagnostic(
-        Kind.ESCAPED_EXCEPTION,
-        f"agent `{agent}`: task {task.get_name()!r} that it created raised "
-        f"{type(exc).__name__}: {exc}, and nobody awaited it",
-        user_site(stack) or _origin(task),
-        None,
-        stack,
-    )
-
-
-def _origin(task: asyncio.Task[Any]) -> Site | None:
-    """Where a task's coroutine is defined."""
-    code = getattr(task.get_coro(), "cr_code", None)
-    if code is None:
-        return None
-    return Site(code.co_filename, code.co_firstlineno, code.co_name)
 
 
 def _failure(

@@ -1,0 +1,107 @@
+"""The look back at an attempt that ended: what it left behind.
+
+The runner asks once per attempt, after the agent's function returned or raised: the
+watchdog's block still going on, steps and calls never awaited, tasks the agent created
+that failed unheard or still run, and steps that could have run together (the advisor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .advisor import StepTrace, advise
+from .report import Diagnostic, Kind, Site, agent_files, blocked_loop, user_site
+from .tracking import unretrieved_exception
+from .unawaited import Pending
+from .watchdog import Block, Capture
+
+
+class Trail(Protocol):
+    """What an attempt's context kept of it (a :class:`~legion.context.Context`)."""
+
+    @property
+    def traces(self) -> Sequence[StepTrace]: ...
+
+    def made_any(self) -> bool: ...
+
+    def unawaited(self) -> list[Pending[Any]]: ...
+
+
+def look_back(
+    name: str,
+    fn: Callable[..., Any],
+    found: list[Diagnostic],
+    children: list[asyncio.Task[Any]],
+    capture: Capture | None,
+    trail: Trail,
+) -> list[Diagnostic]:
+    """What the attempt left behind: the watchdog's blocks, steps never awaited, tasks
+    it spawned that failed unheard or still run, steps that could have run together.
+
+    ``found``: what was seen while it ran (extended and answered); ``children``: the
+    tasks the agent's code created; ``capture``: a block of the loop still going on when
+    it ended; ``fn``: the agent's function (its files are the agent's code)."""
+    quiet = not (found or children or capture or trail.made_any())
+    if quiet and len(trail.traces) < 2:
+        return found  # the common case: nothing to look at
+    if capture is not None:  # the agent blocked the loop and ended before the report
+        block = Block(
+            time.monotonic() - capture.since,
+            None,
+            user_site(capture.stack),
+            capture.stack,
+            capture.held,
+        )
+        blocked = blocked_loop(name, block, agent_files(fn))
+        if blocked is not None:  # else no frame of the agent's code ran: the worker's lag
+            found.append(blocked)
+    for pending in trail.unawaited():
+        site = pending.site
+        found.append(
+            Diagnostic(
+                Kind.UNAWAITED,
+                f"agent `{name}`: {pending.what} made at {site} was never awaited, so it never "
+                "ran: `await` it, or pass it to `ctx.gather`",
+                site,
+            )
+        )
+    for child in children:
+        if not child.done():
+            found.append(
+                Diagnostic(
+                    Kind.ESCAPED_EXCEPTION,
+                    f"agent `{name}`: task {child.get_name()!r} that it created is still running "
+                    "after the agent returned; await the tasks you create (or use ctx.gather)",
+                    _origin(child),
+                )
+            )
+        elif (exc := unretrieved_exception(child)) is not None:
+            found.append(escaped_exception(name, child, exc))
+    if len(trail.traces) > 1:
+        found.extend(advise(name, trail.traces))
+    return found
+
+
+def escaped_exception(agent: str, task: asyncio.Task[Any], exc: BaseException) -> Diagnostic:
+    frames = traceback.extract_tb(exc.__traceback__)
+    stack = tuple(Site(f.filename, f.lineno or 0, f.name, f.line or "") for f in reversed(frames))
+    return Diagnostic(
+        Kind.ESCAPED_EXCEPTION,
+        f"agent `{agent}`: task {task.get_name()!r} that it created raised "
+        f"{type(exc).__name__}: {exc}, and nobody awaited it",
+        user_site(stack) or _origin(task),
+        None,
+        stack,
+    )
+
+
+def _origin(task: asyncio.Task[Any]) -> Site | None:
+    """Where a task's coroutine is defined."""
+    code = getattr(task.get_coro(), "cr_code", None)
+    if code is None:
+        return None
+    return Site(code.co_filename, code.co_firstlineno, code.co_name)
