@@ -5,7 +5,8 @@ multiplies retries nor gets more than a probe a second."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,8 @@ async def hurried(ctx, i: int):
 
 
 @pytest.fixture
-def sim_at(tmp_path: Path) -> Iterator[object]:
-    procs = []
+def sim_at(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    procs: list[subprocess.Popen[str]] = []
 
     def start(*args: str, config: str | None = None) -> str:
         extra: list[str] = []
@@ -94,7 +95,7 @@ def test_waiting_for_capacity_is_not_attempt_time(tmp_path: Path, sim_at) -> Non
 
 def test_waiting_for_a_free_child_process_is_not_attempt_time(
     tmp_path: Path,
-    sim_at,  # type: ignore[no-untyped-def]
+    sim_at: Callable[..., str],
 ) -> None:
     # One child process, eight tasks of 0.3 s each under a 1 s timeout and no retries:
     # the last ones wait far longer than 1 s for the child, and none is charged for it.
@@ -108,7 +109,7 @@ def test_waiting_for_a_free_child_process_is_not_attempt_time(
 )
 def test_a_deadline_says_what_the_task_waited_for(
     tmp_path: Path,
-    sim_at,  # type: ignore[no-untyped-def]
+    sim_at: Callable[..., str],
     agent: str,
     flags: tuple[str, ...],
 ) -> None:
@@ -132,7 +133,7 @@ def test_a_deadline_says_what_the_task_waited_for(
 @pytest.mark.parametrize("status", [503, 429])
 def test_a_failing_route_costs_no_attempts_and_gets_a_probe_a_second(
     tmp_path: Path,
-    sim_at,  # type: ignore[no-untyped-def]
+    sim_at: Callable[..., str],
     status: int,
 ) -> None:
     # Every request is answered `status` for the simulator's first 10 s, then the route is

@@ -98,20 +98,20 @@ def test_sigkill_mid_run_does_not_pay_twice_for_recorded_completions(
     wait_for(
         lambda: int(sim_stats(simulator)["requests_total"]) >= 300,
         what="LLM calls of the first run",
-    )  # type: ignore[call-overload]
+    )
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
 
     con = sqlite3.connect(db)
     recorded = con.execute("SELECT count(*) FROM steps WHERE key LIKE 'llm.%'").fetchone()[0]
     con.close()
-    paid_before = int(sim_stats(simulator)["requests_total"])  # type: ignore[call-overload]
+    paid_before = int(sim_stats(simulator)["requests_total"])
     assert 0 < recorded <= paid_before < n * calls
 
     second = legion(*args)
     assert second.returncode == 0, second.stderr
     assert all(row["status"] == "succeeded" for row in read_jsonl(out))
-    paid_after = int(sim_stats(simulator)["requests_total"])  # type: ignore[call-overload]
+    paid_after = int(sim_stats(simulator)["requests_total"])
     # Exactly the completions that were not recorded are bought again; no recorded one is.
     assert paid_after - paid_before == n * calls - recorded
 
@@ -142,6 +142,6 @@ def test_a_rejected_api_key_stops_the_run_with_one_clear_line(
     assert len(errors) == 1 and "401" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
     stats = sim_stats(simulator)
-    assert int(stats["requests_total"]) <= 20 * 3  # type: ignore[call-overload]
+    assert int(stats["requests_total"]) <= 20 * 3
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert sum(row["status"] == "queued" for row in rows) >= 500 - 20  # left for the next run

@@ -149,7 +149,7 @@ def query(store_url: str, sql: str) -> list[tuple[Any, ...]]:
     parts = urlsplit(store_url)
     keep = [(k, v) for k, v in parse_qsl(parts.query) if not k.startswith("pool_")]
     with psycopg.connect(urlunsplit(parts._replace(query=urlencode(keep)))) as conn:
-        return [tuple(r) for r in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
+        return [tuple(r) for r in conn.execute(sql).fetchall()]
 
 
 def count(store_url: str, where: str) -> int:

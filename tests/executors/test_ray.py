@@ -33,7 +33,7 @@ except ImportError as exc:
 
 pytestmark = pytest.mark.slow
 
-NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+NODE: dict[str, Any] = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def cluster() -> Iterator[Cluster]:
         yield cluster
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture

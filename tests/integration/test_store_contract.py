@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,10 +30,10 @@ from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, Tas
 NOW = 1_000_000.0
 
 
-def new(agent: str = "a", key: str | None = None, value: object = None, **kw: object) -> NewTask:
+def new(agent: str = "a", key: str | None = None, value: object = None, **kw: Any) -> NewTask:
     return NewTask(
         agent, codec.dumps({"x": value}), key, max_attempts=kw.pop("max_attempts", 3), **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def done(

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from legion.llm import Capacity, RateLimitInfo
 from legion.testing import FakeClock
 
 
-def make(clock: FakeClock, *, window: float = 60.0, **limits: int) -> Capacity:
+def make(clock: FakeClock, *, window: float = 60.0, **limits: Any) -> Capacity:
     """A capacity whose burst is 1 % of a minute's budget (``window=60``), whose every
     429 decreases the rate by 30 % (``first_decrease=0.7``) and whose successes add one
     request per minute back after a decrease (``recovery=18``), which keeps the

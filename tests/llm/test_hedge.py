@@ -31,4 +31,4 @@ def test_only_the_recent_window_counts() -> None:
 def test_settings_are_checked() -> None:
     for bad in ({"percentile": 0}, {"percentile": 100}, {"min_delay": -1}, {"min_samples": 0}):
         with pytest.raises(ValueError):
-            HedgeSettings(**bad)  # type: ignore[arg-type]
+            HedgeSettings(**bad)

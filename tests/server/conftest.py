@@ -83,13 +83,13 @@ class Api:
 
 async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]]:
     """Parse a server-sent event stream: ``(event, data)`` pairs, data JSON-decoded."""
-    name, data = "message", []
+    name, data = "message", list[str]()
     async for raw in resp.content:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:
             if data:
                 yield name, json.loads("\n".join(data))
-            name, data = "message", []
+            name, data = "message", list[str]()
         elif not line.startswith(":"):
             key, _, value = line.partition(":")
             value = value.removeprefix(" ")

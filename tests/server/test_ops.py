@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,7 @@ class Samples:
 async def test_metrics_in_prometheus_format(start_api: StartApi, tmp_path: Path) -> None:
     async with scripted_llm(3) as llm:
         api = await start_api(f"sqlite:///{tmp_path / 'm.db'}", llm=llm)
-        tasks = [{"agent": "ask", "input": f"q{i}"} for i in range(3)]
+        tasks: list[dict[str, Any]] = [{"agent": "ask", "input": f"q{i}"} for i in range(3)]
         tasks += [{"agent": "doomed", "input": {"n": 1}}, {"agent": "work", "input": {"n": 1}}]
         _, sub = await api.call("POST", "/v1/tasks:batch", body={"tasks": tasks})
         for t in sub["tasks"]:

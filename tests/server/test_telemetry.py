@@ -106,7 +106,8 @@ async def test_tracing_is_off_by_default(tmp_path: Path) -> None:
 
     @legion.agent
     async def plain(ctx: legion.Context, x: int) -> int:
-        return await ctx.step("double", lambda: 2 * x)
+        doubled: int = await ctx.step("double", lambda: 2 * x)
+        return doubled
 
     async with legion.Runtime(f"sqlite:///{tmp_path / 'o.db'}") as rt:
         assert (await rt.result((await rt.submit(plain, 2)).id)).output == 4

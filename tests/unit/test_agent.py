@@ -107,7 +107,7 @@ def test_bad_definitions_are_refused_at_decoration(source: str, message: str) ->
     scope: dict[str, object] = {}
     exec(compile(source, "<agent>", "exec", dont_inherit=True), scope)
     with pytest.raises(ConfigError, match=message):
-        legion.agent(scope["f"])  # type: ignore[arg-type]
+        legion.agent(scope["f"])  # type: ignore[call-overload]
 
 
 def test_bad_options_are_refused() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+from typing import Any
 
 from rich.console import Console
 
@@ -26,7 +27,7 @@ def test_rates_keep_the_precision_they_deserve() -> None:
     ]
 
 
-def _route(name: str, capacity: Capacity, **counts: int) -> RouteStatistics:
+def _route(name: str, capacity: Capacity, **counts: Any) -> RouteStatistics:
     return RouteStatistics(
         name=name,
         provider="sim",

@@ -57,7 +57,9 @@ def pgvector_server() -> Iterator[str]:
     # A folder of its own under /tmp: run as root, pgserver runs PostgreSQL as another
     # user, who cannot enter pytest's (private) temporary folders.
     folder = Path(tempfile.gettempdir()) / f"legion-pgvector-{uuid.uuid4().hex[:12]}"
-    server: Any = pgserver.get_server(str(folder), cleanup_mode="delete")
+    server: Any = pgserver.get_server(  # type: ignore[attr-defined]  # re-exported, untyped
+        str(folder), cleanup_mode="delete"
+    )
     url = str(server.get_uri())
     if not _has_pgvector(url):
         server.cleanup()

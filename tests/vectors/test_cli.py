@@ -111,7 +111,9 @@ def _recorded(store: str) -> tuple[set[str], int]:
         row = conn.execute("SELECT id FROM vector_collections WHERE name = 'notes'").fetchone()
         count = 0
         if row is not None:
-            count = conn.execute(f"SELECT count(*) FROM vector_items_{row[0]}").fetchone()[0]
+            found = conn.execute(f"SELECT count(*) FROM vector_items_{row[0]}").fetchone()
+            assert found is not None
+            count = found[0]
         return steps, count
 
 

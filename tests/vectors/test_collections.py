@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import legion
@@ -75,7 +76,7 @@ async def test_metadata_filters(vec_url: str, sim: SimulatedProvider) -> None:
                 {"lang": "de", "animal": True, "year": 2024},
             ],
         )
-        queries = [
+        queries: list[dict[str, Any]] = [
             {"lang": "de"},
             {"animal": True, "year": 2024},
             {"animal": False},
@@ -253,6 +254,7 @@ async def test_a_collection_name_and_scope_are_checked_before_anything(
     @legion.agent
     async def agent(ctx: legion.Context) -> list[str]:
         errors = []
+        bad: Callable[[], object]
         for bad in (lambda: ctx.vectors("no spaces"), lambda: ctx.vectors("ok", scope="team")):
             try:
                 bad()
