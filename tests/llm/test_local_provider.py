@@ -16,7 +16,6 @@ import pytest
 
 from legion.errors import ConfigError, EmptyCompletion, ProviderRejected, ProviderUnavailable
 from legion.llm import ChatRequest, LocalProvider, LocalStatistics, parse_config
-from legion.llm import local as local_module
 from legion.llm.config import build_client, parse_provider_spec
 from legion.llm.local import (
     DEFAULT_MAX_TOKENS,
@@ -27,6 +26,7 @@ from legion.llm.local import (
     build_prompt,
     completion_options,
 )
+from legion.llm.local import provider as local_module
 
 USER = ({"role": "user", "content": "Hi"},)
 

@@ -143,7 +143,7 @@ _KNOWN = frozenset(
 _LOAD_LOCK = threading.Lock()
 """One model load at a time in the process (see the module's documentation)."""
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("legion.llm.local")
 _LLAMA_LOG_LEVELS = {3: logging.INFO, 4: logging.WARNING}
 """ggml's log levels (1 debug, 2 info, 3 warn, 4 error, 5 continued) as Python's."""
 _llama_log_handler: Any = None
