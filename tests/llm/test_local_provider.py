@@ -26,7 +26,7 @@ from legion.llm.local import (
     build_prompt,
     completion_options,
 )
-from legion.llm.local import provider as local_module
+from legion.llm.local import model as local_module
 
 USER = ({"role": "user", "content": "Hi"},)
 

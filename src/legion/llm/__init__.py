@@ -9,7 +9,7 @@
             └── Provider.chat(request)       provider.py: the interface
                 ├── OpenAIProvider           openai.py: any OpenAI-compatible server
                 ├── AnthropicProvider        anthropic.py: the Messages API
-                ├── LocalProvider            local.py: a GGUF model in process (llama.cpp)
+                ├── LocalProvider            local/: a GGUF model in process (llama.cpp)
                 └── SimulatedProvider        simulated.py: the in-process simulator
                     └── HttpTransport        transport.py: aiohttp, timeouts, errors
 

