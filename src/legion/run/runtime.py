@@ -15,9 +15,7 @@ anywhere.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -25,31 +23,22 @@ from .. import codec
 from ..agent import Agent
 from ..clock import Clock, system_clock
 from ..errors import ConfigError, TaskFailed
-from ..journal import Committed
 from ..stats import Statistics
 from ..store import Store, store_from_url
 from ..store.tenancy import DEFAULT_TENANT
 from ..task import (
-    TERMINAL_STATUSES,
     NewTask,
     Submitted,
     TaskInfo,
     TaskResult,
     TaskStatus,
 )
+from .delivery import Delivery
 from .worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
     from ..executors import Executor
     from ..llm.client import LLMClient
-
-log = logging.getLogger("legion.runtime")
-
-Deliver = Callable[[TaskResult], None]
-
-# Finished task ids (not their results: outputs are read back from the store when asked)
-# remembered for waiters that register late.
-_RECENT = 100_000
 
 
 class Runtime:
@@ -129,12 +118,7 @@ class Runtime:
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._waiters: dict[int, list[Deliver]] = {}
-        self._recent: OrderedDict[int, None] = OrderedDict()
-        # Waited-for tasks whose completion here was refused (the lease was lost): their
-        # outcome is read from the store until it is final.
-        self._recheck: set[int] = set()
-        self._has_waiters = asyncio.Event()
+        self._delivery = Delivery(self.store, local_worker=self._local_worker_id)
         self._open = False
         for a in agents:
             self.register(a)
@@ -161,7 +145,7 @@ class Runtime:
         try:
             if self._owns_store:
                 await self.store.open()
-            self._cursor = await self.store.last_event_id()
+            await self._delivery.start()
         except BaseException:
             await self._close_llm()
             raise
@@ -171,14 +155,14 @@ class Runtime:
                 agents=list(self._agents.values()),
                 config=self._config,
                 clock=self._clock,
-                on_committed=self._committed,
+                on_committed=self._delivery.committed,
                 seed=self._seed,
                 llm=self.llm,
                 executors=self._executors,
                 executor=self._executor,
             )
             self._worker_task = asyncio.create_task(self.worker.run(), name="legion-worker")
-        self._tasks.append(asyncio.create_task(self._follow_events(), name="legion-events"))
+        self._tasks.append(asyncio.create_task(self._delivery.follow(), name="legion-events"))
         self._open = True
 
     async def drain(self) -> None:
@@ -231,6 +215,9 @@ class Runtime:
     def statistics(self) -> Statistics | None:
         """The local worker's counters, or None without a local worker."""
         return self.worker.statistics() if self.worker is not None else None
+
+    def _local_worker_id(self) -> str | None:
+        return self.worker.id if self.worker is not None else None
 
     # -- submitting --------------------------------------------------------------------
 
@@ -315,7 +302,7 @@ class Runtime:
                     priority=priority,
                 )
                 expected += len(submitted)
-                await self._watch(submitted, queue.put_nowait, watched)
+                await self._delivery.watch(submitted, queue.put_nowait, watched)
                 while not queue.empty():
                     expected -= 1
                     yield queue.get_nowait()
@@ -324,39 +311,11 @@ class Runtime:
                 yield await queue.get()
         finally:
             for task_id in watched:
-                self._unwatch(task_id, queue.put_nowait)
+                self._delivery.unwatch(task_id, queue.put_nowait)
 
-    async def results(self, ids: Sequence[int]) -> AsyncGenerator[TaskResult, None]:
+    def results(self, ids: Sequence[int]) -> AsyncGenerator[TaskResult, None]:
         """Yield the results of these tasks as they finish."""
-        queue: asyncio.Queue[TaskResult] = asyncio.Queue()
-        asked = set(ids)
-        wanted = set(asked)
-
-        def deliver(result: TaskResult) -> None:  # once per task, from either source
-            if result.id in wanted:
-                wanted.discard(result.id)
-                queue.put_nowait(result)
-
-        # Wait for every task before reading where they stand: a task that finishes while
-        # the read is on its way is then delivered by its completion, not missed (a local
-        # worker's completions are not read back from the event feed).
-        for task_id in asked:
-            self._waiters.setdefault(task_id, []).append(deliver)
-        self._has_waiters.set()
-        try:
-            infos = await self.store.get_many(list(asked))
-            found = {info.id for info in infos}
-            for task_id in asked - found:  # no such task: nothing to wait for
-                self._unwatch(task_id, deliver)
-                wanted.discard(task_id)
-            for info in infos:
-                if info.status in TERMINAL_STATUSES:
-                    deliver(TaskResult.from_info(info))
-            for _ in found:
-                yield await queue.get()
-        finally:
-            for task_id in asked:
-                self._unwatch(task_id, deliver)
+        return self._delivery.results(ids)
 
     async def result(self, task_id: int, *, raise_on_failure: bool = False) -> TaskResult:
         """Wait until the task finishes and answer how it ended."""
@@ -382,122 +341,3 @@ class Runtime:
         if ok and self.worker is not None:
             self.worker.wake()
         return ok
-
-    # -- delivery ----------------------------------------------------------------------
-
-    async def _watch(
-        self,
-        submitted: Sequence[Submitted],
-        deliver: Deliver,
-        watched: list[int],
-        *,
-        fresh: bool = True,
-    ) -> None:
-        """Deliver each task's result once it is final. ``fresh``: the statuses come from a
-        submission just made, so a result remembered since then is this task's (a status
-        read back from the store needs no such help, and a remembered result could be of
-        an earlier run of a task queued again since)."""
-        fetch = []
-        for s in submitted:
-            if s.status in TERMINAL_STATUSES:
-                fetch.append(s.id)
-                continue
-            if fresh and s.id in self._recent:  # finished between submission and now
-                fetch.append(s.id)
-                continue
-            self._waiters.setdefault(s.id, []).append(deliver)
-            watched.append(s.id)
-        if watched:
-            self._has_waiters.set()
-        if fetch:
-            for info in await self.store.get_many(fetch):
-                if info.status in TERMINAL_STATUSES:
-                    deliver(TaskResult.from_info(info))
-                else:  # re-queued meanwhile
-                    self._waiters.setdefault(info.id, []).append(deliver)
-                    watched.append(info.id)
-
-    def _unwatch(self, task_id: int, deliver: Deliver) -> None:
-        waiting = self._waiters.get(task_id)
-        if waiting and deliver in waiting:
-            waiting.remove(deliver)
-            if not waiting:
-                del self._waiters[task_id]
-
-    def _remember(self, task_id: int) -> None:
-        self._recent[task_id] = None
-        if len(self._recent) > _RECENT:
-            self._recent.popitem(last=False)
-
-    def _committed(self, batch: Sequence[Committed]) -> None:
-        for c in batch:
-            status = c.completion.outcome.status
-            if not c.applied:
-                if c.completion.id in self._waiters:
-                    self._recheck.add(c.completion.id)
-                    self._has_waiters.set()
-                continue
-            if not status.terminal:  # back to the queue: not a result yet
-                continue
-            comp = c.completion
-            result = TaskResult(
-                id=comp.id,
-                key=c.lease.key,
-                status=status,
-                output=codec.loads(comp.output) if comp.output is not None else None,
-                error=comp.error,
-                attempt=comp.attempt,
-                started_at=comp.started_at,
-                finished_at=comp.finished_at,
-                usage=codec.loads(comp.usage) if comp.usage is not None else None,
-                diagnostics=comp.diagnostics,
-            )
-            self._remember(comp.id)
-            for deliver in self._waiters.pop(comp.id, ()):
-                deliver(result)
-
-    async def _follow_events(self) -> None:
-        """Deliver results of tasks that finished in other processes (or were reclaimed)."""
-        quiet = 0.05
-        while True:
-            if not self._waiters:
-                self._has_waiters.clear()
-                await self._has_waiters.wait()
-            mine = self.worker.id if self.worker is not None else None
-            limit = 10_000
-            try:
-                newest = await self.store.last_event_id()
-                events = await self.store.events_after(self._cursor, limit, skip_worker=mine)
-            except Exception as exc:
-                log.error("reading the event feed failed: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            finished = []
-            if len(events) < limit:  # all we did not skip is here: the feed is read up to newest
-                self._cursor = max(self._cursor, newest)
-            for e in events:
-                self._cursor = max(self._cursor, e.id)
-                if e.status.terminal:
-                    self._remember(e.task_id)
-                    if e.task_id in self._waiters:
-                        finished.append(e.task_id)
-            # Tasks whose lease this process lost: the change that ended them may be one
-            # the feed skips (this worker's reaper took them back), so ask the store.
-            self._recheck &= self._waiters.keys()
-            if self._recheck:
-                finished.extend(self._recheck - set(finished))
-            if finished:
-                for info in await self.store.get_many(finished):
-                    if not info.status.terminal:
-                        continue
-                    self._recheck.discard(info.id)
-                    result = TaskResult.from_info(info)
-                    for deliver in self._waiters.pop(info.id, ()):
-                        deliver(result)
-            if events:
-                quiet = 0.05
-            else:
-                # With a local worker most results arrive directly; the feed is a backstop.
-                ceiling = 1.0 if self.worker is not None else 0.25
-                quiet = min(quiet * 2, ceiling)
-            await asyncio.sleep(quiet if len(events) < limit else 0)

@@ -1,0 +1,196 @@
+"""The result feed: each finished task's result, delivered once to whoever waits for it.
+
+A result comes from one of two sources: a completion the local worker committed (handed
+over at once, :meth:`Delivery.committed`), or a change in the store's event feed made by
+another process or the reaper (:meth:`Delivery.follow` reads the feed while anyone waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Sequence
+
+from .. import codec
+from ..journal import Committed
+from ..store.base import TaskReader
+from ..task import TERMINAL_STATUSES, Submitted, TaskResult
+
+log = logging.getLogger("legion.runtime")
+
+Deliver = Callable[[TaskResult], None]
+
+# Finished task ids (not their results: outputs are read back from the store when asked)
+# remembered for waiters that register late.
+_RECENT = 100_000
+
+
+class Delivery:
+    """Who waits for which task, and the two sources that tell them it finished."""
+
+    def __init__(self, store: TaskReader, *, local_worker: Callable[[], str | None]) -> None:
+        """``local_worker``: the id of this process's worker, if it has one now (its own
+        changes are handed over as it commits them, so the feed skips them)."""
+        self._store = store
+        self._local_worker = local_worker
+        self._waiters: dict[int, list[Deliver]] = {}
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        # Waited-for tasks whose completion here was refused (the lease was lost): their
+        # outcome is read from the store until it is final.
+        self._recheck: set[int] = set()
+        self._has_waiters = asyncio.Event()
+        self._cursor = 0
+
+    async def start(self) -> None:
+        """Follow the feed from now on."""
+        self._cursor = await self._store.last_event_id()
+
+    async def results(self, ids: Sequence[int]) -> AsyncGenerator[TaskResult, None]:
+        """Yield the results of these tasks as they finish."""
+        queue: asyncio.Queue[TaskResult] = asyncio.Queue()
+        asked = set(ids)
+        wanted = set(asked)
+
+        def deliver(result: TaskResult) -> None:  # once per task, from either source
+            if result.id in wanted:
+                wanted.discard(result.id)
+                queue.put_nowait(result)
+
+        # Wait for every task before reading where they stand: a task that finishes while
+        # the read is on its way is then delivered by its completion, not missed (a local
+        # worker's completions are not read back from the event feed).
+        for task_id in asked:
+            self._waiters.setdefault(task_id, []).append(deliver)
+        self._has_waiters.set()
+        try:
+            infos = await self._store.get_many(list(asked))
+            found = {info.id for info in infos}
+            for task_id in asked - found:  # no such task: nothing to wait for
+                self.unwatch(task_id, deliver)
+                wanted.discard(task_id)
+            for info in infos:
+                if info.status in TERMINAL_STATUSES:
+                    deliver(TaskResult.from_info(info))
+            for _ in found:
+                yield await queue.get()
+        finally:
+            for task_id in asked:
+                self.unwatch(task_id, deliver)
+
+    async def watch(
+        self,
+        submitted: Sequence[Submitted],
+        deliver: Deliver,
+        watched: list[int],
+        *,
+        fresh: bool = True,
+    ) -> None:
+        """Deliver each task's result once it is final. ``fresh``: the statuses come from a
+        submission just made, so a result remembered since then is this task's (a status
+        read back from the store needs no such help, and a remembered result could be of
+        an earlier run of a task queued again since)."""
+        fetch = []
+        for s in submitted:
+            if s.status in TERMINAL_STATUSES:
+                fetch.append(s.id)
+                continue
+            if fresh and s.id in self._recent:  # finished between submission and now
+                fetch.append(s.id)
+                continue
+            self._waiters.setdefault(s.id, []).append(deliver)
+            watched.append(s.id)
+        if watched:
+            self._has_waiters.set()
+        if fetch:
+            for info in await self._store.get_many(fetch):
+                if info.status in TERMINAL_STATUSES:
+                    deliver(TaskResult.from_info(info))
+                else:  # re-queued meanwhile
+                    self._waiters.setdefault(info.id, []).append(deliver)
+                    watched.append(info.id)
+
+    def unwatch(self, task_id: int, deliver: Deliver) -> None:
+        waiting = self._waiters.get(task_id)
+        if waiting and deliver in waiting:
+            waiting.remove(deliver)
+            if not waiting:
+                del self._waiters[task_id]
+
+    def _remember(self, task_id: int) -> None:
+        self._recent[task_id] = None
+        if len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+
+    def committed(self, batch: Sequence[Committed]) -> None:
+        for c in batch:
+            status = c.completion.outcome.status
+            if not c.applied:
+                if c.completion.id in self._waiters:
+                    self._recheck.add(c.completion.id)
+                    self._has_waiters.set()
+                continue
+            if not status.terminal:  # back to the queue: not a result yet
+                continue
+            comp = c.completion
+            result = TaskResult(
+                id=comp.id,
+                key=c.lease.key,
+                status=status,
+                output=codec.loads(comp.output) if comp.output is not None else None,
+                error=comp.error,
+                attempt=comp.attempt,
+                started_at=comp.started_at,
+                finished_at=comp.finished_at,
+                usage=codec.loads(comp.usage) if comp.usage is not None else None,
+                diagnostics=comp.diagnostics,
+            )
+            self._remember(comp.id)
+            for deliver in self._waiters.pop(comp.id, ()):
+                deliver(result)
+
+    async def follow(self) -> None:
+        """Deliver results of tasks that finished in other processes (or were reclaimed)."""
+        quiet = 0.05
+        while True:
+            if not self._waiters:
+                self._has_waiters.clear()
+                await self._has_waiters.wait()
+            mine = self._local_worker()
+            limit = 10_000
+            try:
+                newest = await self._store.last_event_id()
+                events = await self._store.events_after(self._cursor, limit, skip_worker=mine)
+            except Exception as exc:
+                log.error("reading the event feed failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            finished = []
+            if len(events) < limit:  # all we did not skip is here: the feed is read up to newest
+                self._cursor = max(self._cursor, newest)
+            for e in events:
+                self._cursor = max(self._cursor, e.id)
+                if e.status.terminal:
+                    self._remember(e.task_id)
+                    if e.task_id in self._waiters:
+                        finished.append(e.task_id)
+            # Tasks whose lease this process lost: the change that ended them may be one
+            # the feed skips (this worker's reaper took them back), so ask the store.
+            self._recheck &= self._waiters.keys()
+            if self._recheck:
+                finished.extend(self._recheck - set(finished))
+            if finished:
+                for info in await self._store.get_many(finished):
+                    if not info.status.terminal:
+                        continue
+                    self._recheck.discard(info.id)
+                    result = TaskResult.from_info(info)
+                    for deliver in self._waiters.pop(info.id, ()):
+                        deliver(result)
+            if events:
+                quiet = 0.05
+            else:
+                # With a local worker most results arrive directly; the feed is a backstop.
+                ceiling = 1.0 if mine is not None else 0.25
+                quiet = min(quiet * 2, ceiling)
+            await asyncio.sleep(quiet if len(events) < limit else 0)
