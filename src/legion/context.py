@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec, faults, telemetry
@@ -22,8 +22,11 @@ from .errors import AgentCrash, Permanent
 from .journal import Journal
 from .store.base import MemoryWrite, Store
 from .task import Lease, StepRecord, TaskUsage
+from .waiting import calls as waiting
+from .waiting.suspend import Suspended
 
 if TYPE_CHECKING:
+    from .agent import Agent
     from .llm.calls import LLMCalls
     from .llm.client import LLMClient
     from .vectors.collection import Collection
@@ -300,6 +303,45 @@ class Context:
         )
         return value
 
+    def step_count(self, name: str) -> int:
+        """How many steps named ``name`` this attempt has run or replayed so far."""
+        return self._counts.get(name, 0)
+
+    # -- durable waiting (see legion.waiting) ------------------------------------------
+
+    async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:
+        """Wait for the signal ``event`` sent to this task (``legion signal``, the HTTP API,
+        ``Runtime.signal``) and answer its data; the n-th wait for an event gets the n-th
+        signal of that name, sent before or after. While it waits the task is ``waiting``
+        and holds no slot. ``timeout`` (seconds): raise :class:`~legion.errors.WaitTimeout`
+        if no signal came by then."""
+        return await waiting.wait_for(self, self._store, self._clock, event, timeout=timeout)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep durably: the task waits (no slot, no lease) and survives restarts; the
+        wake-up time is fixed on the first run."""
+        await waiting.sleep(self, self._clock, seconds)
+
+    async def approval(self, prompt: str, *, timeout: float | None = None) -> waiting.Approval:
+        """Wait for a person to approve: the dashboard shows ``prompt`` with buttons; the
+        answer is the signal ``approval`` (data ``{"approved": true|false, ...}``)."""
+        return await waiting.approval(self, self._store, self._clock, prompt, timeout=timeout)
+
+    async def spawn(self, agent: Agent | str, input: Any = None) -> Any:
+        """Run ``agent`` on ``input`` as a child task and answer its output; this task
+        waits suspended meanwhile. Raises :class:`~legion.errors.ChildFailed` if the child
+        does not succeed."""
+        return await waiting.spawn(self, self._store, self._clock, agent, input)
+
+    async def map(
+        self, agent: Agent | str, inputs: Iterable[Any], *, concurrency: int | None = None
+    ) -> list[Any]:
+        """Run ``agent`` on each input as child tasks, at most ``concurrency`` unfinished
+        at once, and answer their outputs in order; this task waits suspended meanwhile."""
+        return await waiting.map_children(
+            self, self._store, self._clock, agent, inputs, concurrency=concurrency
+        )
+
     async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
         """Run awaitables concurrently, like ``asyncio.gather``, results in order.
 
@@ -341,7 +383,7 @@ async def _contained(aw: Awaitable[T]) -> T:
     GATHERED.set(True)  # this task's own context: the steps it runs are gathered
     try:
         return await aw
-    except (Exception, asyncio.CancelledError):
+    except (Exception, asyncio.CancelledError, Suspended):
         raise
     except BaseException as exc:
         raise AgentCrash(exc) from exc

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import codec
 from ..agent import Agent
 from ..context import gather
-from ..errors import AgentLoadError
+from ..errors import AgentLoadError, Permanent
 from ..loader import load_module
 from . import protocol as p
 
@@ -196,6 +196,21 @@ class RemoteContext:
             raise
         return codec.loads(data)
 
+    async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:
+        raise _no_waiting("wait_for")
+
+    async def sleep(self, seconds: float) -> None:
+        raise _no_waiting("sleep")
+
+    async def approval(self, prompt: str, *, timeout: float | None = None) -> Any:
+        raise _no_waiting("approval")
+
+    async def spawn(self, agent: Any, input: Any = None) -> Any:
+        raise _no_waiting("spawn")
+
+    async def map(self, agent: Any, inputs: Any, *, concurrency: int | None = None) -> Any:
+        raise _no_waiting("map")
+
     async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
         """Run awaitables concurrently, results in order; as :meth:`Context.gather`."""
         return await gather(*aws, return_exceptions=return_exceptions)
@@ -320,3 +335,11 @@ class ForwardingLog(logging.LoggerAdapter[logging.Logger]):
             if exc_info[0] is not None:
                 text += "\n" + logging.Formatter().formatException(exc_info)
         self._link.notify(p.LOG, level, text)
+
+
+def _no_waiting(call: str) -> Permanent:
+    """Durable waiting is not there on this executor: the task fails, saying so."""
+    return Permanent(
+        f"ctx.{call} is not supported on the process and Ray executors yet: run an agent that "
+        "waits on the async executor (the default)"
+    )

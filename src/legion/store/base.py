@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..task import Completion, Lease, NewTask, StepRecord, Submitted, TaskInfo, TaskStatus
+from .waiting import WaitingStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +172,7 @@ class ApiKey:
         return self.scope == "admin"
 
 
-class Store(Protocol):
+class Store(WaitingStore, Protocol):
     """Where legion keeps all state. All methods are safe to call concurrently."""
 
     url: str

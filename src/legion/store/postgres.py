@@ -75,6 +75,7 @@ from .base import (
     WorkerInfo,
     WriteBatch,
 )
+from .postgres_waiting import PostgresWaiting, after_completions
 from .queries import migrations, queries
 from .rows import event_detail, task_info
 from .tenancy import KeyedTasks, unscoped_key
@@ -99,7 +100,10 @@ _OUTCOME_STATUS = {
     Outcome.DEAD: "dead",
     Outcome.CANCELLED: "cancelled",
     Outcome.RELEASED: "queued",
+    Outcome.WAITING: "waiting",
 }
+# Ends of an attempt that do not count it: given back, or suspended at a wait.
+_UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 _POOL_PARAMS = ("pool_min_size", "pool_max_size", "pool_timeout", "call_timeout")
 # After a call's deadline has cut its socket, how long before the call is abandoned
 # outright (a backstop: the cut makes psycopg fail at once).
@@ -112,7 +116,7 @@ open transactions release their locks at once (see :mod:`legion.store.freeze`)."
 _NOT_YET = ("starting up", "shutting down", "in recovery", "too many", "not yet accepting")
 
 
-class PostgresStore:
+class PostgresStore(PostgresWaiting):
     """A :class:`~legion.store.base.Store` in a PostgreSQL database, shared by many workers."""
 
     def __init__(
@@ -445,6 +449,7 @@ class PostgresStore:
             if batch.completions:
                 cur = conn.cursor(binary=True)
                 await cur.execute(Q["complete"], _completion_params(batch.completions))
+                await after_completions(conn, batch, now)
                 applied = {r[0] for r in await cur.fetchall()}
             for cur in fenced:
                 for task_id, cancel in await cur.fetchall():
@@ -935,9 +940,9 @@ def _completion_params(completions: Sequence[Completion]) -> dict[str, Any]:
         "output": [c.output for c in completions],
         "error": [c.error.to_json() if c.error is not None else None for c in completions],
         "not_before": [float(c.not_before) for c in completions],
-        "uncount": [1 if c.outcome is Outcome.RELEASED else 0 for c in completions],
+        "uncount": [1 if c.outcome in _UNCOUNTED else 0 for c in completions],
         "finished_at": [
-            None if c.outcome in (Outcome.RETRY, Outcome.RELEASED) else float(c.finished_at)
+            None if c.outcome in (Outcome.RETRY, *_UNCOUNTED) else float(c.finished_at)
             for c in completions
         ],
         "id": [c.id for c in completions],

@@ -49,6 +49,7 @@ from .base import (
     WriteBatch,
 )
 from .queries import migrations, queries
+from .sqlite_waiting import SQLiteWaiting, after_completions
 from .rows import event_detail, task_info
 from .tenancy import KeyedTasks, unscoped_key
 
@@ -62,7 +63,10 @@ _OUTCOME_STATUS = {
     Outcome.DEAD: "dead",
     Outcome.CANCELLED: "cancelled",
     Outcome.RELEASED: "queued",
+    Outcome.WAITING: "waiting",
 }
+# Ends of an attempt that do not count it: given back, or suspended at a wait.
+_UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 
 
 def _lease_lost_error() -> bytes:
@@ -82,7 +86,7 @@ def _crash_error() -> bytes:
     ).to_json()
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteWaiting):
     """A :class:`~legion.store.base.Store` in one SQLite file (or ``:memory:``)."""
 
     def __init__(
@@ -348,11 +352,13 @@ class SQLiteStore:
         db.execute("SAVEPOINT completions")
         if db.executemany(Q["complete"], params).rowcount == len(params):
             db.execute("RELEASE completions")
-            return [True] * len(params)
-        # Some lease was lost (rare): undo and apply row by row to learn which.
-        db.execute("ROLLBACK TO completions")
-        applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
-        db.execute("RELEASE completions")
+            applied = [True] * len(params)
+        else:
+            # Some lease was lost (rare): undo and apply row by row to learn which.
+            db.execute("ROLLBACK TO completions")
+            applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
+            db.execute("RELEASE completions")
+        after_completions(db, batch, applied, now)
         return applied
 
     async def extend_leases(
@@ -719,8 +725,8 @@ def _completion_params(c: Completion) -> tuple[Any, ...]:
         c.output,
         c.error.to_json() if c.error is not None else None,
         c.not_before,
-        1 if c.outcome is Outcome.RELEASED else 0,
-        None if c.outcome in (Outcome.RETRY, Outcome.RELEASED) else c.finished_at,
+        1 if c.outcome in _UNCOUNTED else 0,
+        None if c.outcome in (Outcome.RETRY, *_UNCOUNTED) else c.finished_at,
         c.id,
         c.attempt,
         c.owner,
