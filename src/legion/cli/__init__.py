@@ -432,6 +432,12 @@ _register_sim(app)
 from .vectors import register as _register_vectors  # noqa: E402
 
 _register_vectors(app)
+from .signal import register as _register_signal  # noqa: E402
+
+_register_signal(app)
+from .schedule import register as _register_schedule  # noqa: E402
+
+_register_schedule(app)
 
 
 def main() -> None:
