@@ -71,7 +71,8 @@ SELECT name, cron, agent, input, max_attempts, next_tick, created_at FROM schedu
 DELETE FROM schedules WHERE name = :name;
 
 -- name: due_schedules
-SELECT name, cron, agent, input, max_attempts, next_tick FROM schedules WHERE next_tick <= :now;
+SELECT name, cron, agent, input, max_attempts, next_tick, created_at FROM schedules
+WHERE next_tick <= :now;
 
 -- name: claim_tick
 -- Compare and set: of all the workers that saw tick :tick due, one moves it on.
