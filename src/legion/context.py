@@ -309,7 +309,7 @@ class Context:
 
     # -- durable waiting (see legion.waiting) ------------------------------------------
 
-    async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:
+    async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - a durable wait
         """Wait for the signal ``event`` sent to this task (``legion signal``, the HTTP API,
         ``Runtime.signal``) and answer its data; the n-th wait for an event gets the n-th
         signal of that name, sent before or after. While it waits the task is ``waiting``
@@ -322,7 +322,7 @@ class Context:
         wake-up time is fixed on the first run."""
         await waiting.sleep(self, self._clock, seconds)
 
-    async def approval(self, prompt: str, *, timeout: float | None = None) -> waiting.Approval:
+    async def approval(self, prompt: str, *, timeout: float | None = None) -> waiting.Approval:  # noqa: ASYNC109
         """Wait for a person to approve: the dashboard shows ``prompt`` with buttons; the
         answer is the signal ``approval`` (data ``{"approved": true|false, ...}``)."""
         return await waiting.approval(self, self._store, self._clock, prompt, timeout=timeout)

@@ -170,7 +170,9 @@ async def run_instance(
         instance.stop_reason = StopReason.LOST
         return
     except Suspended as suspended:  # a wait: the task waits without a slot or a lease
-        done = _completion(lease, owner, Outcome.WAITING, started, clock(), usage=ctx.usage.to_json())
+        done = _completion(
+            lease, owner, Outcome.WAITING, started, clock(), usage=ctx.usage.to_json()
+        )
         journal.complete(lease, dataclasses.replace(done, wait=suspended.wait))
         return
     except Exception as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -16,7 +17,7 @@ from legion import codec
 
 from .conftest import legion as run_legion
 from .conftest import wait_for
-from .test_cli_worker import Workers, libpq, lines, workers  # noqa: F401 - the fixture
+from .test_cli_worker import Workers, libpq, lines
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +45,13 @@ async def ticker(ctx, n: int):
     await ctx.step("tick", lambda: _record(f"{ctx.task_id}:{ctx.key}"))
     return n
 """
+
+
+@pytest.fixture
+def workers() -> Iterator[Workers]:
+    w = Workers()
+    yield w
+    w.stop_all()
 
 
 @pytest.fixture
@@ -85,7 +93,9 @@ def test_a_waiting_task_survives_a_sigkill_and_resumes_on_a_signal_to_another_wo
     first.wait(timeout=30)
     workers.start(*common, env=env)
     for n, task_id in enumerate(ids):
-        done = run_legion("signal", str(task_id), "go", "--data", f'{{"v": {n}}}', "--store", postgres_url)
+        done = run_legion(
+            "signal", str(task_id), "go", "--data", f'{{"v": {n}}}', "--store", postgres_url
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == [str(task_id), "queued"]
     wait_for(
@@ -94,7 +104,9 @@ def test_a_waiting_task_survives_a_sigkill_and_resumes_on_a_signal_to_another_wo
     )
     with psycopg.connect(libpq(postgres_url)) as conn:
         outputs = dict(conn.execute("SELECT id, output FROM tasks ORDER BY id").fetchall())
-    assert {i: codec.loads(outputs[i])["got"] for i in ids} == {i: {"v": n} for n, i in enumerate(ids)}
+    assert {i: codec.loads(outputs[i])["got"] for i in ids} == {
+        i: {"v": n} for n, i in enumerate(ids)
+    }
     recorded = lines(ledger)
     assert sorted(recorded) == sorted(
         [f"{i}:before" for i in ids] + [f"{i}:after:{n}" for n, i in enumerate(ids)]
@@ -111,8 +123,16 @@ def test_a_schedule_watched_by_three_workers_runs_each_tick_once(
     # Lease of 2 s: each worker's timer pass (its reaper) comes every second.
     common = ["--app", str(app), "--store", postgres_url, "-c", "10", "--lease-seconds", "2"]
     added = run_legion(
-        "schedule", "add", "yearly", "ticker", "--cron", "0 0 1 1 *", "--input", '{"n": 1}',
-        "--store", postgres_url,
+        "schedule",
+        "add",
+        "yearly",
+        "ticker",
+        "--cron",
+        "0 0 1 1 *",
+        "--input",
+        '{"n": 1}',
+        "--store",
+        postgres_url,
     )
     assert added.returncode == 0, added.stderr
     for _ in range(3):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest
-
 import legion
 from legion import codec
 from legion.errors import ChildFailed, WaitTimeout
@@ -114,7 +112,7 @@ async def test_a_waiting_task_holds_no_slot_and_a_signal_resumes_it_where_it_was
         result = await rt.result(w.id)
     assert result.ok, result.error
     assert result.output == {"before": 7, "got": {"n": 1}, "second": {"n": 2}}
-    assert LEDGER == [f"{w.id}:before", f"{w.id}:after"]  # recorded steps never ran twice
+    assert [f"{w.id}:before", f"{w.id}:after"] == LEDGER  # recorded steps never ran twice
 
 
 async def test_a_signal_sent_before_the_wait_is_kept(store_url: str) -> None:
@@ -160,7 +158,7 @@ async def test_durable_sleep_survives_a_restart(store_url: str) -> None:
     async with legion.Runtime(store_url, clock=clock, agents=[sleeper]) as rt:
         result = await rt.result(t.id)
     assert result.output == "rested"
-    assert LEDGER == [f"{t.id}:before", f"{t.id}:after"]
+    assert [f"{t.id}:before", f"{t.id}:after"] == LEDGER
 
 
 async def test_an_early_restart_does_not_end_a_durable_sleep(store_url: str) -> None:
@@ -235,5 +233,3 @@ async def test_a_schedule_tick_is_claimed_once(store_url: str) -> None:
         assert await store.remove_schedule("hourly") and not await store.remove_schedule("hourly")
     finally:
         await store.aclose()
-
-

@@ -25,13 +25,15 @@ def register(app: typer.Typer) -> None:
 
     @group.command("add")
     def add_cmd(
-        name: Annotated[str, typer.Argument(help="The schedule's name (adding it again replaces it).")],
+        name: Annotated[
+            str, typer.Argument(help="The schedule's name (adding it again replaces it).")
+        ],
         agent: Annotated[str, typer.Argument(help="The agent's name, as its workers know it.")],
         cron: Annotated[
             str,
             typer.Option(
                 "--cron",
-                help='Five fields, in UTC: minute hour day-of-month month day-of-week, e.g. '
+                help="Five fields, in UTC: minute hour day-of-month month day-of-week, e.g. "
                 '"*/15 * * * *" or "0 9 * * 1-5".',
             ),
         ],
@@ -54,7 +56,9 @@ def register(app: typer.Typer) -> None:
         if not isinstance(value, dict):
             raise _fail("--input must be a JSON object (the agent's keyword arguments)")
         try:
-            made = schedule(name, cron, agent, codec.dumps(value), time.time(), max_attempts=attempts)
+            made = schedule(
+                name, cron, agent, codec.dumps(value), time.time(), max_attempts=attempts
+            )
         except (CronError, ValueError) as exc:
             raise _fail(str(exc)) from None
 

@@ -9,12 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from .. import codec
-from . import DEFAULT_STORE, StoreOpt, _fail, _run
 from ..task import TaskStatus
+from . import DEFAULT_STORE, StoreOpt, _fail, _run
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``signal`` command to ``app``."""
+
     @app.command("signal")
     def signal_cmd(
         task_id: Annotated[int, typer.Argument(help="The task to signal.")],
@@ -26,8 +27,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--data",
                 "-d",
-                help='The signal\'s data, as JSON (ctx.wait_for answers it). For an approval: '
-                '\'{"approved": true}\'.',
+                help="The signal's data, as JSON (ctx.wait_for answers it). For an approval: "
+                "'{\"approved\": true}'.",
             ),
         ] = "null",
         store: StoreOpt = DEFAULT_STORE,

@@ -196,13 +196,13 @@ class RemoteContext:
             raise
         return codec.loads(data)
 
-    async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:
+    async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
         raise _no_waiting("wait_for")
 
     async def sleep(self, seconds: float) -> None:
         raise _no_waiting("sleep")
 
-    async def approval(self, prompt: str, *, timeout: float | None = None) -> Any:
+    async def approval(self, prompt: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
         raise _no_waiting("approval")
 
     async def spawn(self, agent: Any, input: Any = None) -> Any:

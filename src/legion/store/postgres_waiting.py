@@ -10,6 +10,7 @@ holds its own row (its completion updated it) while it checks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -21,16 +22,10 @@ from .queries import queries
 from .rows import child_info, waiting_info
 from .waiting import ChildInfo, Schedule, WaitingInfo
 
-if TYPE_CHECKING:
-    from .postgres import PostgresStore
-
-    _Base = PostgresStore
-else:
-    _Base = object
-
 W = queries("postgres", "waiting")
 _ENDED = frozenset({Outcome.SUCCEEDED, Outcome.FAILED, Outcome.DEAD, Outcome.CANCELLED})
 Connection = psycopg.AsyncConnection[TupleRow]
+Cursor = psycopg.AsyncCursor[TupleRow]
 
 
 async def after_completions(conn: Connection, batch: WriteBatch, now: float) -> None:
@@ -61,12 +56,16 @@ async def after_completions(conn: Connection, batch: WriteBatch, now: float) -> 
         await conn.cursor(binary=True).execute(W["wake_ready"], params)
 
 
-class PostgresWaiting(_Base):
+class PostgresWaiting:
     """The :class:`~legion.store.waiting.WaitingStore` methods of ``PostgresStore``."""
 
-    async def signal(
-        self, task_id: int, event: str, data: bytes, now: float
-    ) -> TaskStatus | None:
+    if TYPE_CHECKING:  # what they use of PostgresStore
+
+        def _cursor(self, *, transaction: bool = False) -> AbstractAsyncContextManager[Cursor]: ...
+
+        async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]: ...
+
+    async def signal(self, task_id: int, event: str, data: bytes, now: float) -> TaskStatus | None:
         async with self._cursor(transaction=True) as cur:
             await cur.execute(W["task_status_locked"], {"task_id": task_id})
             row = await cur.fetchone()
@@ -127,7 +126,7 @@ class PostgresWaiting(_Base):
     async def remove_schedule(self, name: str) -> bool:
         async with self._cursor() as cur:
             await cur.execute(W["delete_schedule"], {"name": name})
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
 
     async def due_schedules(self, now: float) -> list[Schedule]:
         async with self._cursor() as cur:

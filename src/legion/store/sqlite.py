@@ -49,8 +49,8 @@ from .base import (
     WriteBatch,
 )
 from .queries import migrations, queries
-from .sqlite_waiting import SQLiteWaiting, after_completions
 from .rows import event_detail, task_info
+from .sqlite_waiting import SQLiteWaiting, after_completions
 from .tenancy import KeyedTasks, unscoped_key
 
 T = TypeVar("T")

@@ -8,8 +8,8 @@ other, and no wake-up is lost.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import codec
 from ..task import NewTask, Outcome, Submitted, TaskStatus
@@ -18,13 +18,7 @@ from .queries import queries
 from .rows import child_info, waiting_info
 from .waiting import ChildInfo, Schedule, WaitingInfo
 
-if TYPE_CHECKING:
-    from .sqlite import SQLiteStore
-
-    _Base = SQLiteStore
-else:
-    _Base = object
-
+T = TypeVar("T")
 W = queries("sqlite", "waiting")
 _ENDED = frozenset({Outcome.SUCCEEDED, Outcome.FAILED, Outcome.DEAD, Outcome.CANCELLED})
 
@@ -65,12 +59,24 @@ def _wake_ready(db: sqlite3.Connection, ids: Sequence[int], now: float) -> list[
     return [r[0] for r in db.execute(W["wake_ready"], params).fetchall()]
 
 
-class SQLiteWaiting(_Base):
+class SQLiteWaiting:
     """The :class:`~legion.store.waiting.WaitingStore` methods of ``SQLiteStore``."""
 
-    async def signal(
-        self, task_id: int, event: str, data: bytes, now: float
-    ) -> TaskStatus | None:
+    if TYPE_CHECKING:  # what they use of SQLiteStore
+
+        async def _call(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+        def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+        @property
+        def _db(self) -> sqlite3.Connection: ...
+
+        @staticmethod
+        def _submit(
+            db: sqlite3.Connection, tasks: Sequence[NewTask], now: float
+        ) -> list[Submitted]: ...
+
+    async def signal(self, task_id: int, event: str, data: bytes, now: float) -> TaskStatus | None:
         def run(db: sqlite3.Connection) -> TaskStatus | None:
             row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:

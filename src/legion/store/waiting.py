@@ -58,9 +58,7 @@ class Schedule:
 class WaitingStore(Protocol):
     """The waiting part of :class:`~legion.store.base.Store`."""
 
-    async def signal(
-        self, task_id: int, event: str, data: bytes, now: float
-    ) -> TaskStatus | None:
+    async def signal(self, task_id: int, event: str, data: bytes, now: float) -> TaskStatus | None:
         """Keep a signal for a task and queue the task again if it waits for it; answer
         the task's status after (``None``: no such task). A finished task gets no signal."""
 
@@ -95,6 +93,8 @@ class WaitingStore(Protocol):
     async def due_schedules(self, now: float) -> list[Schedule]:
         """The schedules whose next tick is at or before ``now``."""
 
-    async def claim_tick(self, schedule: Schedule, next_tick: float, task: NewTask, now: float) -> bool:
+    async def claim_tick(
+        self, schedule: Schedule, next_tick: float, task: NewTask, now: float
+    ) -> bool:
         """Move ``schedule`` from its tick to ``next_tick`` and submit ``task`` for the tick,
         in one transaction, unless another worker did so first (then answer False)."""

@@ -61,7 +61,7 @@ async def wait_for(
     clock: Clock,
     event: str,
     *,
-    timeout: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - a durable wait
     info: Any = None,
 ) -> Any:
     if not event or not isinstance(event, str):
@@ -107,7 +107,12 @@ async def sleep(ctx: Context, clock: Clock, seconds: float) -> None:
 
 
 async def approval(
-    ctx: Context, store: Store, clock: Clock, prompt: str, *, timeout: float | None = None
+    ctx: Context,
+    store: Store,
+    clock: Clock,
+    prompt: str,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109
 ) -> Approval:
     info = {"kind": "approval", "prompt": prompt}
     data = await wait_for(ctx, store, clock, APPROVAL_EVENT, timeout=timeout, info=info)
@@ -134,7 +139,9 @@ async def map_children(
         return list(await _recorded(ctx, name, _never))
     group = ctx.step_count(name) + 1
     prefix = f"legion.child:{ctx.task_id}:{group}:"
-    mine = {c.key: c for c in await store.children(ctx.task_id) if c.key and c.key.startswith(prefix)}
+    mine = {
+        c.key: c for c in await store.children(ctx.task_id) if c.key and c.key.startswith(prefix)
+    }
     unfinished = sum(1 for c in mine.values() if not c.status.terminal)
     fresh = [i for i in range(len(items)) if f"{prefix}{i}" not in mine]
     room = max(0, limit - unfinished)
@@ -143,7 +150,9 @@ async def map_children(
         tenant = await _tenant(ctx, store)
         batch = fresh[:room]
         tasks = [
-            NewTask(agent_name, codec.dumps(items[i]), f"{prefix}{i}", None, 0, attempts, 0.0, tenant)
+            NewTask(
+                agent_name, codec.dumps(items[i]), f"{prefix}{i}", None, 0, attempts, 0.0, tenant
+            )
             for i in batch
         ]
         await store.submit_children(ctx.task_id, tasks, clock())
@@ -186,4 +195,3 @@ async def spawn(
 ) -> Any:
     (out,) = await map_children(ctx, store, clock, agent, [input], concurrency=1, **kw)
     return out
-

@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from ..task import NewTask
 from ..store.base import Store
 from ..store.waiting import Schedule
+from ..task import NewTask
 from .cron import Cron
 
 log = logging.getLogger("legion.schedules")
 
 
-def schedule(name: str, cron: str, agent: str, input: bytes, now: float, *, max_attempts: int = 4) -> Schedule:
+def schedule(
+    name: str, cron: str, agent: str, input: bytes, now: float, *, max_attempts: int = 4
+) -> Schedule:
     """A new schedule whose first tick is the first after ``now`` (the cron is checked)."""
     if not name:
         raise ValueError("a schedule needs a name")

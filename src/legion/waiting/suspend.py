@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..task import Wait
 
 
-class Suspended(BaseException):  # noqa: N818 - not an error: the instance suspends
+class Suspended(BaseException):
     """The instance waits for ``wait``; nothing after the wait has run."""
 
     def __init__(self, wait: Wait) -> None:
