@@ -160,3 +160,8 @@ async def outlives_its_node(ctx: legion.Context, fifo: str) -> dict[str, Any]:
 async def declared(ctx: legion.Context, n: int) -> int:
     """Asks for the process executor itself."""
     return os.getpid()
+
+
+@legion.agent(retries=0)
+async def waits(ctx: legion.Context, n: int) -> Any:
+    return await ctx.wait_for("go")
