@@ -164,4 +164,11 @@ async def declared(ctx: legion.Context, n: int) -> int:
 
 @legion.agent(retries=0)
 async def waits(ctx: legion.Context, n: int) -> Any:
-    return await ctx.wait_for("go")
+    got = await ctx.wait_for("go")
+    child = await ctx.spawn(doubled, {"i": n})
+    return {"n": n, "got": got, "child": child}
+
+
+@legion.agent(retries=0)
+async def doubled(ctx: legion.Context, i: int) -> dict[str, int]:
+    return {"i": 2 * i}

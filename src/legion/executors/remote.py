@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import codec
 from ..agent import Agent
 from ..context import gather
-from ..errors import AgentLoadError, Permanent
+from ..errors import AgentLoadError
 from ..loader import load_module
 from . import protocol as p
 
@@ -196,20 +196,24 @@ class RemoteContext:
             raise
         return codec.loads(data)
 
+    # Durable waits are made by the worker's context (see legion.waiting); when one
+    # suspends the task, the call raises Suspended here and the instance ends with it.
+
     async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
-        raise _no_waiting("wait_for")
+        return await self._link.call(p.WAIT, "wait_for", (event,), {"timeout": timeout})
 
     async def sleep(self, seconds: float) -> None:
-        raise _no_waiting("sleep")
+        await self._link.call(p.WAIT, "sleep", (seconds,), {})
 
     async def approval(self, prompt: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
-        raise _no_waiting("approval")
+        return await self._link.call(p.WAIT, "approval", (prompt,), {"timeout": timeout})
 
     async def spawn(self, agent: Any, input: Any = None) -> Any:
-        raise _no_waiting("spawn")
+        return await self._link.call(p.WAIT, "spawn", (_agent_name(agent), input), {})
 
     async def map(self, agent: Any, inputs: Any, *, concurrency: int | None = None) -> Any:
-        raise _no_waiting("map")
+        args = (_agent_name(agent), list(inputs))
+        return await self._link.call(p.WAIT, "map", args, {"concurrency": concurrency})
 
     async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
         """Run awaitables concurrently, results in order; as :meth:`Context.gather`."""
@@ -337,9 +341,6 @@ class ForwardingLog(logging.LoggerAdapter[logging.Logger]):
         self._link.notify(p.LOG, level, text)
 
 
-def _no_waiting(call: str) -> Permanent:
-    """Durable waiting is not there on this executor: the task fails, saying so."""
-    return Permanent(
-        f"ctx.{call} is not supported on the process and Ray executors yet: run an agent that "
-        "waits on the async executor (the default)"
-    )
+def _agent_name(agent: Any) -> str:
+    """An agent travels to the worker by name (the worker knows its agents)."""
+    return agent if isinstance(agent, str) else str(agent.name)
