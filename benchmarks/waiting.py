@@ -49,8 +49,40 @@ async def _park(rt: legion.Runtime, n: int) -> float:
     return time.perf_counter() - t0
 
 
-async def one_run(folder: Path, tasks: int, waiting: int, concurrency: int) -> dict[str, Any]:
-    url = f"sqlite:///{folder / f'waiting-{time.monotonic_ns()}.db'}"
+def _fresh_store(folder: Path, postgres: str | None) -> str:
+    """A new, empty store: a SQLite file, or a schema of its own in ``postgres``."""
+    if postgres is None:
+        return f"sqlite:///{folder / f'waiting-{time.monotonic_ns()}.db'}"
+    import psycopg
+
+    schema = f"legion_bench_waiting_{time.monotonic_ns()}"
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')  # type: ignore[arg-type]
+    sep = "&" if "?" in postgres else "?"
+    return f"{postgres}{sep}options=-csearch_path%3D{schema}"
+
+
+def _drop_store(url: str, postgres: str | None) -> None:
+    if postgres is None:
+        return
+    import psycopg
+
+    schema = url.rsplit("%3D", 1)[1]
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')  # type: ignore[arg-type]
+
+
+async def one_run(
+    folder: Path, tasks: int, waiting: int, concurrency: int, postgres: str | None = None
+) -> dict[str, Any]:
+    url = _fresh_store(folder, postgres)
+    try:
+        return await _measure(url, tasks, waiting, concurrency)
+    finally:
+        _drop_store(url, postgres)
+
+
+async def _measure(url: str, tasks: int, waiting: int, concurrency: int) -> dict[str, Any]:
     async with legion.Runtime(url, concurrency=concurrency, agents=[noop, parked]) as rt:
         park_s = await _park(rt, waiting) if waiting else 0.0
         stats = rt.statistics()
@@ -77,16 +109,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for _ in range(args.repeat):
-            runs["baseline"].append(await one_run(folder, args.tasks, 0, args.concurrency))
+            runs["baseline"].append(
+                await one_run(folder, args.tasks, 0, args.concurrency, args.postgres)
+            )
             runs["with_waiting"].append(
-                await one_run(folder, args.tasks, args.waiting, args.concurrency)
+                await one_run(folder, args.tasks, args.waiting, args.concurrency, args.postgres)
             )
     base = statistics.median(r["tasks_per_s"] for r in runs["baseline"])
     with_waiting = statistics.median(r["tasks_per_s"] for r in runs["with_waiting"])
     return {
         "benchmark": "waiting",
         "command": f"python benchmarks/waiting.py --tasks {args.tasks} --waiting {args.waiting} "
-        f"--repeat {args.repeat} --concurrency {args.concurrency}",
+        f"--repeat {args.repeat} --concurrency {args.concurrency}"
+        + (" --postgres URL" if args.postgres else ""),
+        "store": "PostgreSQL" if args.postgres else "SQLite file",
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
@@ -103,12 +139,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     w = result["runs"]["with_waiting"][0]
     n = result["tasks"]
+    store = result.get("store", "SQLite file")
     rows = [
         "| store | other work | waiting tasks | in flight while waiting | tasks/s (median) "
         "| ratio |",
         "|---|---|---|---|---|---|",
-        f"| SQLite file | {n:,} no-op | 0 | 0 | {result['baseline_tasks_per_s']:,.0f} | 1.00 |",
-        f"| SQLite file | {n:,} no-op | {w['waiting']:,} | {w['in_flight_while_waiting']} | "
+        f"| {store} | {n:,} no-op | 0 | 0 | {result['baseline_tasks_per_s']:,.0f} | 1.00 |",
+        f"| {store} | {n:,} no-op | {w['waiting']:,} | {w['in_flight_while_waiting']} | "
         f"{result['with_waiting_tasks_per_s']:,.0f} | {result['ratio']:.2f} |",
     ]
     return (
@@ -127,9 +164,13 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--postgres", default=None, help="a PostgreSQL URL: run there (a schema per run)"
+    )
     ns = parser.parse_args()
     found = asyncio.run(main(ns))
     ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "waiting.json").write_text(json.dumps(found, indent=2) + "\n")
-    (ns.out / "waiting.md").write_text(table(found))
+    name = "waiting-postgres" if ns.postgres else "waiting"
+    (ns.out / f"{name}.json").write_text(json.dumps(found, indent=2) + "\n")
+    (ns.out / f"{name}.md").write_text(table(found))
     print(table(found))
