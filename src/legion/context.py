@@ -117,6 +117,7 @@ class Context:
         "_store",
         "agent",
         "diagnostics",
+        "signals_taken",
         "traces",
         "usage",
     )
@@ -150,6 +151,8 @@ class Context:
         self._owner = owner
         self._before_step = before_step
         self._counts: dict[str, int] = {}
+        # Signals received so far by this attempt's waits, by event (see legion.waiting).
+        self.signals_taken: dict[str, int] = {}
         self._memory: Memory | None = None
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
 

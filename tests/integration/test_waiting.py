@@ -233,3 +233,28 @@ async def test_a_schedule_tick_is_claimed_once(store_url: str) -> None:
         assert await store.remove_schedule("hourly") and not await store.remove_schedule("hourly")
     finally:
         await store.aclose()
+
+
+@legion.agent(retries=0)
+async def patient(ctx: Any) -> Any:
+    try:
+        await ctx.wait_for("late", timeout=5)
+    except WaitTimeout:
+        pass
+    return await ctx.wait_for("late")  # the signal that came after the timeout
+
+
+async def test_a_wait_that_timed_out_takes_no_signal_from_the_next(store_url: str) -> None:
+    clock = Clock()
+    async with legion.Runtime(store_url, clock=clock, agents=[patient]) as rt:
+        t = await rt.submit(patient, {})
+        await _until(rt, t.id, TaskStatus.WAITING)
+        clock.offset += 5
+        assert rt.worker is not None
+        await rt.worker.reap()
+        await _until(rt, t.id, TaskStatus.WAITING)  # the second wait
+        (info,) = await rt.store.waiting_tasks()
+        assert (info.event, info.count, info.wake_at) == ("late", 1, None)
+        await rt.signal(t.id, "late", "here")
+        result = await rt.result(t.id)
+    assert result.output == "here"

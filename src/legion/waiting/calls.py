@@ -5,8 +5,9 @@ returns the same value), and where it must wait it raises
 :class:`~legion.waiting.suspend.Suspended` with what it waits for; the task is queued again
 once that holds, and its next attempt replays to the same call, which then finds it.
 
-- ``wait_for(event)``: the n-th wait for ``event`` receives the n-th signal of that name
-  sent to the task, whenever it was sent (a signal sent before the wait is kept).
+- ``wait_for(event)``: the n-th wait for ``event`` that receives a signal receives the
+  n-th signal of that name sent to the task, whenever it was sent (a signal sent before
+  the wait is kept; a wait that timed out took none).
 - ``sleep(seconds)``: the wake-up time is recorded on the first run, so the sleep ends at
   the same time however often the task is replayed or moved.
 - ``spawn`` / ``map``: child tasks get idempotency keys derived from the parent's id and
@@ -67,10 +68,12 @@ async def wait_for(
     if not event or not isinstance(event, str):
         raise ValueError("an event name is a non-empty string")
     name = f"legion.wait:{event}"
-    index = ctx.step_count(name)  # how many waits for this event came before this one
+    # The signals of this event that earlier waits received (a wait that timed out took
+    # none): this wait receives the next one.
+    index = ctx.signals_taken.get(event, 0)
     if _step_key(ctx, name) in ctx.recorded_steps:
         got = await _recorded(ctx, name, _never)
-        return _received(event, got)
+        return _received(ctx, event, got)
     wake_at = None
     if timeout is not None:
         until = clock() + timeout
@@ -78,16 +81,17 @@ async def wait_for(
     data = await store.signal_data(ctx.task_id, event, index)
     if data is not None:
         got = await _recorded(ctx, name, lambda: {"signal": codec.loads(data)})
-        return _received(event, got)
+        return _received(ctx, event, got)
     if wake_at is not None and clock() >= wake_at:
         got = await _recorded(ctx, name, lambda: {"timeout": timeout})
-        return _received(event, got)
+        return _received(ctx, event, got)
     shown = codec.dumps(info) if info is not None else None
     raise Suspended(Wait(event=event, count=index + 1, wake_at=wake_at, info=shown))
 
 
-def _received(event: str, got: Any) -> Any:
+def _received(ctx: Context, event: str, got: Any) -> Any:
     if "signal" in got:
+        ctx.signals_taken[event] = ctx.signals_taken.get(event, 0) + 1
         return got["signal"]
     raise WaitTimeout(f"no signal {event!r} came within {got['timeout']:g}s")
 
