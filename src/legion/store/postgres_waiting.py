@@ -47,13 +47,12 @@ async def after_completions(conn: Connection, batch: WriteBatch, now: float) -> 
                 "info": [c.wait.info for c in waits if c.wait],
             },
         )
-        params = {"ids": [c.id for c in waits], "parents": False, "now": float(now)}
+        params = {"ids": [c.id for c in waits], "now": float(now)}
         await conn.cursor(binary=True).execute(W["wake_ready"], params)
     ended = [c.id for c in batch.completions if c.outcome in _ENDED]
     if ended:
         await conn.cursor(binary=True).execute(W["lock_parents"], {"ids": ended})
-        params = {"ids": ended, "parents": True, "now": float(now)}
-        await conn.cursor(binary=True).execute(W["wake_ready"], params)
+        await conn.cursor(binary=True).execute(W["wake_parents"], {"ids": ended})
 
 
 class PostgresWaiting:
@@ -76,7 +75,7 @@ class PostgresWaiting:
                 return status
             params = {"task_id": task_id, "event": event, "data": data, "now": float(now)}
             await cur.execute(W["insert_signal"], params)
-            wake = {"ids": [task_id], "parents": False, "now": float(now)}
+            wake = {"ids": [task_id], "now": float(now)}
             await cur.execute(W["wake_ready"], wake)
             return TaskStatus.QUEUED if await cur.fetchall() else status
 

@@ -16,26 +16,19 @@ FROM unnest(%(id)s::bigint[], %(event)s::text[], %(count)s::integer[], %(childre
      AS w(id, event, count, children, wake_at, info)
 WHERE t.id = w.id AND t.status = 'waiting';
 
--- name: lock_tasks
--- Lock rows in id order (one order for every writer: no deadlock between two of these).
-SELECT id FROM tasks WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE;
-
 -- name: lock_parents
+-- Parents are locked in id order (one order for every writer).
 SELECT id FROM tasks
 WHERE id IN (SELECT parent_id FROM tasks WHERE id = ANY(%(ids)s::bigint[]) AND parent_id IS NOT NULL)
 ORDER BY id FOR UPDATE;
 
 -- name: wake_ready
--- Queue again those of the tasks :ids (or their parents, with :parents) that wait and
--- whose wait is over.
+-- Queue again those of the tasks :ids that wait and whose wait is over (looked up by id:
+-- the waiting tasks may be many).
 UPDATE tasks AS t
 SET status = 'queued', not_before = 0, wait_event = NULL, wait_count = 0, wait_children = NULL,
     wake_at = NULL, wait_info = NULL
-WHERE t.status = 'waiting'
-  AND t.id IN (SELECT x.id FROM tasks AS x WHERE x.id = ANY(%(ids)s::bigint[]) AND NOT %(parents)s
-               UNION
-               SELECT x.parent_id FROM tasks AS x
-               WHERE x.id = ANY(%(ids)s::bigint[]) AND %(parents)s AND x.parent_id IS NOT NULL)
+WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'waiting'
   AND ((t.wake_at IS NOT NULL AND t.wake_at <= %(now)s)
        OR (t.wait_event IS NOT NULL
            AND (SELECT count(*) FROM signals AS s
@@ -45,6 +38,19 @@ WHERE t.status = 'waiting'
                 WHERE c.parent_id = t.id
                   AND c.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled'))
                <= t.wait_children))
+RETURNING t.id;
+
+-- name: wake_parents
+-- The same for the parents of the tasks :ids (which just ended).
+UPDATE tasks AS t
+SET status = 'queued', not_before = 0, wait_event = NULL, wait_count = 0, wait_children = NULL,
+    wake_at = NULL, wait_info = NULL
+FROM (SELECT DISTINCT parent_id FROM tasks
+      WHERE id = ANY(%(ids)s::bigint[]) AND parent_id IS NOT NULL) AS p
+WHERE t.id = p.parent_id AND t.status = 'waiting' AND t.wait_children IS NOT NULL
+  AND (SELECT count(*) FROM tasks AS c
+       WHERE c.parent_id = t.id
+         AND c.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled')) <= t.wait_children
 RETURNING t.id;
 
 -- name: wake_due
