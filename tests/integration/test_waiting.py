@@ -3,6 +3,7 @@ approval, durable sleep, child tasks, schedules' tick claims."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -237,10 +238,8 @@ async def test_a_schedule_tick_is_claimed_once(store_url: str) -> None:
 
 @legion.agent(retries=0)
 async def patient(ctx: Any) -> Any:
-    try:
+    with contextlib.suppress(WaitTimeout):
         await ctx.wait_for("late", timeout=5)
-    except WaitTimeout:
-        pass
     return await ctx.wait_for("late")  # the signal that came after the timeout
 
 
