@@ -24,6 +24,7 @@ from .errors import (
     AgentCrash,
     AgentError,
     AgentLoadError,
+    ChildFailed,
     ConfigError,
     DeadlineExceeded,
     InputError,
@@ -35,12 +36,14 @@ from .errors import (
     StoreUnavailable,
     TaskFailed,
     TaskTimeout,
+    WaitTimeout,
 )
 from .retry import RetryPolicy
 from .runtime import Runtime
 from .stats import Statistics
 from .store import SQLiteStore, Store, store_from_url
 from .task import ErrorInfo, Submitted, TaskInfo, TaskResult, TaskStatus
+from .waiting import Approval
 from .worker import Worker, WorkerConfig
 
 __version__ = "0.1.0"
@@ -50,6 +53,8 @@ __all__ = [
     "AgentCrash",
     "AgentError",
     "AgentLoadError",
+    "Approval",
+    "ChildFailed",
     "ConfigError",
     "Context",
     "DeadlineExceeded",
@@ -73,6 +78,7 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskTimeout",
+    "WaitTimeout",
     "Worker",
     "WorkerConfig",
     "__version__",
