@@ -362,7 +362,11 @@ async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_contained(aw)) for aw in aws]
     if return_exceptions:
-        return list(await asyncio.gather(*tasks, return_exceptions=True))
+        results = list(await asyncio.gather(*tasks, return_exceptions=True))
+        for r in results:
+            if isinstance(r, Suspended):  # a wait is not a result: the task suspends
+                raise r
+        return results
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except asyncio.CancelledError:

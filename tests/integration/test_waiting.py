@@ -257,3 +257,18 @@ async def test_a_wait_that_timed_out_takes_no_signal_from_the_next(store_url: st
         await rt.signal(t.id, "late", "here")
         result = await rt.result(t.id)
     assert result.output == "here"
+
+
+@legion.agent(retries=0)
+async def gathers(ctx: Any) -> Any:
+    a, b = await ctx.gather(ctx.step("a", lambda: 1), ctx.wait_for("b"), return_exceptions=True)
+    return [a, b]
+
+
+async def test_a_wait_inside_gather_suspends_the_task(store_url: str) -> None:
+    async with legion.Runtime(store_url, agents=[gathers]) as rt:
+        t = await rt.submit(gathers, {})
+        await _until(rt, t.id, TaskStatus.WAITING)
+        await rt.signal(t.id, "b", 2)
+        result = await rt.result(t.id)
+    assert result.output == [1, 2]
