@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from .deps import KeyDep, StateDep, require_key
 from .schemas import StatusOut
-from .tasks_api import TaskDep
+from .tasks_api import _ERRORS, _NOT_FOUND, TaskDep
 
 log = logging.getLogger("legion.server")
 
@@ -50,7 +50,8 @@ class WaitingPage(BaseModel):
     "/tasks/{task_id}:signal",
     operation_id="signal_task",
     responses={
-        404: {"description": "No such task (or another tenant's)."},
+        **_ERRORS,
+        **_NOT_FOUND,
         409: {"description": "The task has finished: it takes no more signals."},
     },
 )
@@ -65,7 +66,7 @@ async def signal_task(task: TaskDep, body: SignalIn, state: StateDep) -> StatusO
     return StatusOut(id=task.id, status=status)
 
 
-@router.get("/waiting", operation_id="list_waiting")
+@router.get("/waiting", operation_id="list_waiting", responses=_ERRORS)
 async def list_waiting(
     state: StateDep, key: KeyDep, limit: int = Query(100, ge=1, le=1000)
 ) -> WaitingPage:
