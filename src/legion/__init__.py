@@ -26,6 +26,7 @@ from .errors import (
     AgentCrash,
     AgentError,
     AgentLoadError,
+    ChildFailed,
     ConfigError,
     DeadlineExceeded,
     EmptyCompletion,
@@ -46,6 +47,7 @@ from .errors import (
     StoreUnavailable,
     TaskFailed,
     TaskTimeout,
+    WaitTimeout,
 )
 from .retry import RetryPolicy
 from .run.runtime import Runtime
@@ -56,6 +58,7 @@ from .task import ErrorInfo, Submitted, TaskInfo, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     from .llm.client import LLMClient
+from .waiting import Approval
 
 __version__ = "0.1.0"
 
@@ -65,6 +68,8 @@ __all__ = [
     "AgentCrash",
     "AgentError",
     "AgentLoadError",
+    "Approval",
+    "ChildFailed",
     "ConfigError",
     "Context",
     "DeadlineExceeded",
@@ -98,6 +103,7 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskTimeout",
+    "WaitTimeout",
     "Worker",
     "WorkerConfig",
     "__version__",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from . import codec, faults, telemetry
@@ -24,8 +24,11 @@ from .steps import step_key
 from .store.base import SessionMemory
 from .store.types import MemoryWrite
 from .task import Lease, StepRecord, TaskUsage
+from .waiting import calls as waiting
+from .waiting.suspend import Suspended
 
 if TYPE_CHECKING:
+    from .agent import Agent
     from .llm.calls import LLMCalls
     from .llm.client import LLMClient
     from .llm.embeddings import Embeddings
@@ -227,6 +230,7 @@ class Context:
         "_store",
         "agent",
         "diagnostics",
+        "signals_taken",
         "traces",
         "usage",
     )
@@ -260,6 +264,8 @@ class Context:
         self._owner = owner
         self._before_step = before_step
         self._counts: dict[str, int] = {}
+        # Signals received so far by this attempt's waits, by event (see legion.waiting).
+        self.signals_taken: dict[str, int] = {}
         self._memory: Memory | None = None
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
 
@@ -411,6 +417,45 @@ class Context:
         )
         return value
 
+    def step_count(self, name: str) -> int:
+        """How many steps named ``name`` this attempt has run or replayed so far."""
+        return self._counts.get(name, 0)
+
+    # -- durable waiting (see legion.waiting) ------------------------------------------
+
+    async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - a durable wait
+        """Wait for the signal ``event`` sent to this task (``legion signal``, the HTTP API,
+        ``Runtime.signal``) and answer its data; the n-th wait for an event gets the n-th
+        signal of that name, sent before or after. While it waits the task is ``waiting``
+        and holds no slot. ``timeout`` (seconds): raise :class:`~legion.errors.WaitTimeout`
+        if no signal came by then."""
+        return await waiting.wait_for(self, self._store, self._clock, event, timeout=timeout)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep durably: the task waits (no slot, no lease) and survives restarts; the
+        wake-up time is fixed on the first run."""
+        await waiting.sleep(self, self._clock, seconds)
+
+    async def approval(self, prompt: str, *, timeout: float | None = None) -> waiting.Approval:  # noqa: ASYNC109
+        """Wait for a person to approve: the dashboard shows ``prompt`` with buttons; the
+        answer is the signal ``approval`` (data ``{"approved": true|false, ...}``)."""
+        return await waiting.approval(self, self._store, self._clock, prompt, timeout=timeout)
+
+    async def spawn(self, agent: Agent | str, input: Any = None) -> Any:
+        """Run ``agent`` on ``input`` as a child task and answer its output; this task
+        waits suspended meanwhile. Raises :class:`~legion.errors.ChildFailed` if the child
+        does not succeed."""
+        return await waiting.spawn(self, self._store, self._clock, agent, input)
+
+    async def map(
+        self, agent: Agent | str, inputs: Iterable[Any], *, concurrency: int | None = None
+    ) -> list[Any]:
+        """Run ``agent`` on each input as child tasks, at most ``concurrency`` unfinished
+        at once, and answer their outputs in order; this task waits suspended meanwhile."""
+        return await waiting.map_children(
+            self, self._store, self._clock, agent, inputs, concurrency=concurrency
+        )
+
     async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
         """Run awaitables concurrently, like ``asyncio.gather``, results in order.
 
@@ -428,7 +473,11 @@ async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_contained(aw)) for aw in aws]
     if return_exceptions:
-        return list(await asyncio.gather(*tasks, return_exceptions=True))
+        results = list(await asyncio.gather(*tasks, return_exceptions=True))
+        for r in results:
+            if isinstance(r, Suspended):  # a wait is not a result: the task suspends
+                raise r
+        return results
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except asyncio.CancelledError:
@@ -452,7 +501,7 @@ async def _contained(aw: Awaitable[T]) -> T:
     GATHERED.set(True)  # this task's own context: the steps it runs are gathered
     try:
         return await aw
-    except (Exception, asyncio.CancelledError):
+    except (Exception, asyncio.CancelledError, Suspended):
         raise
     except BaseException as exc:
         raise AgentCrash(exc) from exc

@@ -18,6 +18,8 @@
         │   ├── InputError     the task's input does not fit the agent's parameters or schema
         │   ├── OutputError    the agent returned something that cannot be stored as JSON
         │   ├── UnawaitedWork  (--strict) the agent made a step or call it never awaited
+        │   ├── WaitTimeout    ctx.wait_for / ctx.approval: no signal came within its timeout
+        │   ├── ChildFailed    ctx.spawn / ctx.map: a child task did not succeed
         │   └── ProviderRejected    an LLM provider refused the request (400, 404, 422...)
         │       ├── ProviderAuthError   ... because of the credentials (401, 403);
         │       │                       ``fatal``: the runtime stops the whole run
@@ -135,6 +137,20 @@ class Permanent(AgentError):
     """Raise inside an agent to fail its task at once: no retry will help."""
 
     retryable = False
+
+
+class WaitTimeout(Permanent, TimeoutError):
+    """Raised inside an agent when ``ctx.wait_for`` (or ``ctx.approval``) got no signal
+    within its timeout; catch it to go on without one."""
+
+
+class ChildFailed(Permanent):
+    """Raised inside an agent when a child task of ``ctx.spawn`` or ``ctx.map`` did not
+    succeed (``failed`` lists the child task ids with their status)."""
+
+    def __init__(self, message: str, failed: dict[int, str]) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 class InputError(Permanent):

@@ -222,11 +222,13 @@ def _holds(info: TaskInfo | None, c: Completion) -> bool:
     """Whether a task is in the state that applying completion ``c`` left it in."""
     if info is None or info.lease_owner is not None:
         return False
-    attempt = c.attempt - 1 if c.outcome is Outcome.RELEASED else c.attempt
+    attempt = c.attempt - 1 if c.outcome in (Outcome.RELEASED, Outcome.WAITING) else c.attempt
     if info.attempt != attempt:
         return False
     if info.status is TaskStatus.CANCELLED and c.outcome in (Outcome.RETRY, Outcome.RELEASED):
         return True  # a cancel request turned the retry into a cancel
+    if c.outcome is Outcome.WAITING:  # woken since, perhaps: queued again
+        return info.status in (TaskStatus.WAITING, TaskStatus.QUEUED)
     if info.status is not c.outcome.status:
         return False
     if c.outcome in (Outcome.RETRY, Outcome.RELEASED):

@@ -72,7 +72,7 @@ class Counters:
 
     def count(self, outcome: Outcome, latency: float) -> None:
         self.outcomes[outcome] += 1
-        if outcome is not Outcome.RELEASED:
+        if outcome not in (Outcome.RELEASED, Outcome.WAITING):
             self.latency.add(latency)
 
     def snapshot(self, in_flight: int) -> Statistics:

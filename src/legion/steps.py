@@ -8,7 +8,7 @@ step: the first ``name`` is ``name``, the second ``name#2``, and so on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .diagnostics.unawaited import Pending, SiteRef
@@ -38,6 +38,23 @@ class StepRecorder(Protocol):
         inputs: tuple[Any, ...] | None = None,
     ) -> Any:
         """Replay the step named ``name`` or run ``fn(*args, **kwargs)`` and record it."""
+        ...
+
+
+class Waiter(StepRecorder, Protocol):
+    """What the durable waits (``legion.waiting``) need of a context: its task, its steps
+    so far and the signals it has taken."""
+
+    @property
+    def task_id(self) -> int: ...
+
+    @property
+    def recorded_steps(self) -> Mapping[str, bytes]: ...
+
+    signals_taken: dict[str, int]
+
+    def step_count(self, name: str) -> int:
+        """How many steps named ``name`` this attempt has made so far."""
         ...
 
 

@@ -26,6 +26,7 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"  # finished with an error that retrying cannot fix
     DEAD = "dead"  # every attempt failed; kept with its last error, can be re-queued
     CANCELLED = "cancelled"  # cancelled by a user before it finished
+    WAITING = "waiting"  # suspended: holds no lease nor slot until a signal, timer or children
 
     @property
     def terminal(self) -> bool:
@@ -123,11 +124,25 @@ class Outcome(enum.StrEnum):
     DEAD = "dead"  # retries exhausted
     CANCELLED = "cancelled"  # cancelled by request
     RELEASED = "released"  # given back unfinished (worker draining); attempt not counted
+    WAITING = "waiting"  # suspended at a wait (see legion.waiting); attempt not counted
 
     @property
     def status(self) -> TaskStatus:
         """The status a completion with this outcome leaves its task in."""
         return _OUTCOME_STATUS[self]
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """What a suspended task waits for; it is queued again as soon as one holds: the
+    ``count``-th signal named ``event`` arrived, at most ``children`` of its child tasks are
+    unfinished, or ``wake_at`` passed (``None``: not that)."""
+
+    event: str | None = None
+    count: int = 0
+    children: int | None = None
+    wake_at: float | None = None
+    info: bytes | None = None  # JSON shown while it waits (an approval's prompt)
 
 
 _OUTCOME_STATUS = {
@@ -137,6 +152,7 @@ _OUTCOME_STATUS = {
     Outcome.DEAD: TaskStatus.DEAD,
     Outcome.CANCELLED: TaskStatus.CANCELLED,
     Outcome.RELEASED: TaskStatus.QUEUED,
+    Outcome.WAITING: TaskStatus.WAITING,
 }
 
 
@@ -220,6 +236,7 @@ class Completion:
     finished_at: float = 0.0
     usage: bytes | None = None  # TaskUsage JSON, when the attempt made LLM calls
     diagnostics: tuple[Diagnostic, ...] = ()  # what legion noticed about the attempt
+    wait: Wait | None = None  # with Outcome.WAITING: what the task waits for
 
 
 @dataclass(frozen=True, slots=True)

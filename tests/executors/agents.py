@@ -203,3 +203,15 @@ async def contract_gather(ctx: legion.Context, n: int) -> dict[str, Any]:
         error = str(exc)
     collected = await ctx.gather(ok(), boom(), return_exceptions=True)
     return {"error": error, "collected": collected}
+
+
+@legion.agent(retries=0)
+async def waits(ctx: legion.Context, n: int) -> Any:
+    got = await ctx.wait_for("go")
+    child = await ctx.spawn(doubled, {"i": n})
+    return {"n": n, "got": got, "child": child}
+
+
+@legion.agent(retries=0)
+async def doubled(ctx: legion.Context, i: int) -> dict[str, int]:
+    return {"i": 2 * i}

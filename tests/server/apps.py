@@ -62,4 +62,10 @@ async def ask(ctx: legion.Context, question: str) -> str:
     return reply.text
 
 
-AGENTS = [work, flaky, doomed, held, order, ask]
+@legion.agent(retries=0)
+async def approve(ctx: legion.Context, amount: int) -> dict[str, object]:
+    answer = await ctx.approval(f"pay {amount}?")
+    return {"approved": answer.approved}
+
+
+AGENTS = [work, flaky, doomed, held, order, ask, approve]

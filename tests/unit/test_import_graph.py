@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("steps", "stats", "telemetry", "store"),
     # the edges: LLM providers and capacity, the journal, loading agents
     ("journal", "llm", "loader"),
-    ("vectors",),
+    ("vectors", "waiting"),
     ("context",),
     ("executors",),
     ("run",),

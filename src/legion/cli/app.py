@@ -30,7 +30,9 @@ from .options import (
     _setup_logging,
 )
 from .progress import error_text, stderr_console
+from .schedule import register as _register_schedule
 from .serve import register as _register_serve
+from .signal import register as _register_signal
 from .sim import register as _register_sim
 from .vectors import register as _register_vectors
 
@@ -336,6 +338,8 @@ _register_serve(app)
 _register_bench(app)
 _register_sim(app)
 _register_vectors(app)
+_register_signal(app)
+_register_schedule(app)
 
 
 def main() -> None:

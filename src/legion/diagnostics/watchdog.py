@@ -248,7 +248,7 @@ def _stack(frame: FrameType | None, limit: int = 30) -> list[Site]:
     sites: list[Site] = []
     while frame is not None and len(sites) < limit:
         code = frame.f_code
-        line = frame.f_lineno
+        line = frame.f_lineno or 0  # None while the frame is being torn down
         sites.append(
             Site(
                 code.co_filename,

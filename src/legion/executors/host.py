@@ -27,6 +27,7 @@ Reply = Callable[[bool, Any], None]
 """Answers one call: ``(True, value)`` or ``(False, ErrorEnvelope)``."""
 
 _MISSING = object()
+_WAITS = frozenset({"wait_for", "sleep", "approval", "spawn", "map"})
 
 
 def invocation(agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> p.Invocation:
@@ -69,6 +70,7 @@ class ContextHost:
             p.LLM_CHAT: self._llm_chat,
             p.LLM_EMBED: self._llm_embed,
             p.VECTORS: self._vectors,
+            p.WAIT: self._wait,
         }
 
     def handle(self, op: str, args: Sequence[Any], reply: Reply | None) -> None:
@@ -176,6 +178,13 @@ class ContextHost:
         self, texts: Sequence[str], model: str | None, params: Mapping[str, Any]
     ) -> dict[str, Any]:
         return (await self._ctx.llm.embed(texts, model, **params)).to_json()
+
+    async def _wait(self, call: str, args: Sequence[Any], options: Mapping[str, Any]) -> Any:
+        """A durable wait, made by the real context: its ``Suspended`` goes back to the
+        remote side, which ends the instance with it (see :mod:`legion.waiting`)."""
+        if call not in _WAITS:
+            raise ProtocolError(f"unknown wait {call!r}")
+        return await getattr(self._ctx, call)(*args, **options)
 
     async def _vectors(
         self, name: str, scope: str, model: str | None, op: str, args: Sequence[Any]

@@ -45,6 +45,7 @@ from typing import Any, Final
 
 from .. import codec
 from ..errors import AgentCrash, is_retryable
+from ..waiting.suspend import Suspended
 from .errors import MemoryLimitExceeded, remote_error
 
 STEP_START: Final = "step_start"
@@ -57,6 +58,7 @@ MEMORY_ITEMS: Final = "memory_items"
 LLM_CHAT: Final = "llm_chat"
 LLM_EMBED: Final = "llm_embed"
 VECTORS: Final = "vectors"
+WAIT: Final = "wait"  # a durable wait (ctx.wait_for, sleep, approval, spawn, map)
 LOG: Final = "log"
 STARTED: Final = "started"  # the instance began to run remotely (its scheduling is over)
 
@@ -169,6 +171,8 @@ def outcome_value(outcome: Outcome, *, memory_limit_mb: int | None = None) -> An
             payload.traceback
         )
     error = unpack_error(payload)
+    if isinstance(error, Suspended):  # the instance suspended at a wait: not a crash
+        raise error
     if not isinstance(error, Exception):
         raise AgentCrash(error) from error.__cause__
     raise error

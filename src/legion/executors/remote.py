@@ -197,6 +197,25 @@ class RemoteContext:
             raise
         return codec.loads(data)
 
+    # Durable waits are made by the worker's context (see legion.waiting); when one
+    # suspends the task, the call raises Suspended here and the instance ends with it.
+
+    async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        return await self._link.call(p.WAIT, "wait_for", (event,), {"timeout": timeout})
+
+    async def sleep(self, seconds: float) -> None:
+        await self._link.call(p.WAIT, "sleep", (seconds,), {})
+
+    async def approval(self, prompt: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        return await self._link.call(p.WAIT, "approval", (prompt,), {"timeout": timeout})
+
+    async def spawn(self, agent: Any, input: Any = None) -> Any:
+        return await self._link.call(p.WAIT, "spawn", (_agent_name(agent), input), {})
+
+    async def map(self, agent: Any, inputs: Any, *, concurrency: int | None = None) -> Any:
+        args = (_agent_name(agent), list(inputs))
+        return await self._link.call(p.WAIT, "map", args, {"concurrency": concurrency})
+
     async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
         """Run awaitables concurrently, results in order; as :meth:`Context.gather`."""
         return await gather(*aws, return_exceptions=return_exceptions)
@@ -328,3 +347,8 @@ class ForwardingLog(logging.LoggerAdapter[logging.Logger]):
             if exc_info[0] is not None:
                 text += "\n" + logging.Formatter().formatException(exc_info)
         self._link.notify(p.LOG, level, text)
+
+
+def _agent_name(agent: Any) -> str:
+    """An agent travels to the worker by name (the worker knows its agents)."""
+    return agent if isinstance(agent, str) else str(agent.name)

@@ -34,6 +34,7 @@ from ..errors import (
 from ..journal import Journal
 from ..store.base import SessionMemory
 from ..task import Completion, ErrorInfo, Lease, Outcome
+from ..waiting.suspend import Suspended
 
 if TYPE_CHECKING:
     from ..executors import Executor
@@ -164,6 +165,12 @@ async def run_instance(
             return
     except LeaseLost:
         instance.stop_reason = StopReason.LOST
+        return
+    except Suspended as suspended:  # a wait: the task waits without a slot or a lease
+        done = _completion(
+            lease, owner, Outcome.WAITING, started, clock(), usage=ctx.usage.to_json()
+        )
+        journal.complete(lease, dataclasses.replace(done, wait=suspended.wait))
         return
     except Exception as exc:
         error = exc

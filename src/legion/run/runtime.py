@@ -335,6 +335,16 @@ class Runtime:
             self.worker.cancel_local(task_id)
         return status
 
+    async def signal(self, task_id: int, event: str, data: Any = None) -> TaskStatus | None:
+        """Send the signal ``event`` with JSON ``data`` to a task: a task waiting for it
+        (``ctx.wait_for``) is queued again; one that waits for it later receives it then.
+        Answers the task's status after (``None``: no such task); a finished task gets
+        none."""
+        status = await self.store.signal(task_id, event, codec.dumps(data), self._clock())
+        if status is TaskStatus.QUEUED and self.worker is not None:
+            self.worker.wake()
+        return status
+
     async def retry(self, task_id: int) -> bool:
         """Queue a dead, failed or cancelled task again with a fresh attempt budget."""
         ok = await self.store.requeue_one(task_id)

@@ -54,6 +54,7 @@ from ..stats import Counters, Statistics
 from ..store.base import Store
 from ..store.types import WorkerInfo
 from ..task import Lease, Outcome, TaskInfo
+from ..waiting import schedules
 from .freeze import FreezeGuard
 from .runner import Instance, StopReason, run_instance
 
@@ -590,6 +591,8 @@ class Worker:
             self._counters.count(comp.outcome, comp.finished_at - comp.started_at)
             if comp.outcome is Outcome.RETRY:
                 retry_at = comp.not_before if retry_at is None else min(retry_at, comp.not_before)
+        if any(c.applied for c in batch):
+            self.wake()  # an end may have woken a waiting parent, a suspension itself
         if retry_at is not None:
             delay = max(0.0, retry_at - self._clock())
             asyncio.get_running_loop().call_later(delay, self.wake)
@@ -730,6 +733,8 @@ class Worker:
         reclaimed = await self.store.reclaim(self._clock(), dead)
         for wid in dead:
             await self.store.remove_worker(wid)
+        if await schedules.tick(self.store, self._clock()):  # timers and cron ticks
+            self.wake()
         if reclaimed.requeued or reclaimed.dead or reclaimed.cancelled:
             log.warning(
                 "took back the leases of stopped workers: %d re-queued, %d dead, %d cancelled",

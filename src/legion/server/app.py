@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..agent import Agent
 from ..errors import StorageFull, StoreError
-from . import dashboard, openapi, ops_api, streams, tasks_api
+from . import dashboard, openapi, ops_api, signals_api, streams, tasks_api
 from .admission import InProgressLimit, Shed
 from .auth import CHALLENGES, AuthError
 from .body_limit import BodyLimit
@@ -90,6 +90,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_middleware(InProgressLimit, limit=state.settings.max_in_progress)
     app.state.legion = state
     app.include_router(tasks_api.router)
+    app.include_router(signals_api.router)
     app.include_router(streams.router)
     app.include_router(ops_api.public)
     app.include_router(ops_api.router)

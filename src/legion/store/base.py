@@ -37,6 +37,7 @@ from .types import (
     WorkerInfo,
     WriteBatch,
 )
+from .waiting import WaitingStore
 
 
 class TaskQueue(Protocol):
@@ -203,7 +204,14 @@ class KeyStore(Protocol):
 
 
 class Store(
-    TaskQueue, TaskReader, SessionMemory, WorkerRegistry, CapacityBoard, KeyStore, Protocol
+    TaskQueue,
+    TaskReader,
+    SessionMemory,
+    WorkerRegistry,
+    CapacityBoard,
+    KeyStore,
+    WaitingStore,
+    Protocol,
 ):
     """Where legion keeps all state: every role, and the connection's lifecycle. All
     methods are safe to call concurrently."""

@@ -61,6 +61,8 @@ from psycopg_pool import AsyncConnectionPool
 from .. import codec
 from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..task import Completion, ErrorInfo, Lease, NewTask, Outcome, Submitted, TaskInfo, TaskStatus
+from .postgres_params import submit_params
+from .postgres_waiting import PostgresWaiting, after_completions
 from .queries import migrations, queries
 from .rows import event_detail, task_info
 from .tenancy import KeyedTasks, unscoped_key
@@ -92,6 +94,9 @@ FEED_SETTLE = 0.5
 # Rows requeued per transaction (a transaction records at most 2**20 status changes).
 REQUEUE_CHUNK = 50_000
 
+# Ends of an attempt that do not count it: given back, or suspended at a wait.
+_UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
+
 _POOL_PARAMS = ("pool_min_size", "pool_max_size", "pool_timeout", "call_timeout")
 # After a call's deadline has cut its socket, how long before the call is abandoned
 # outright (a backstop: the cut makes psycopg fail at once).
@@ -104,7 +109,7 @@ open transactions release their locks at once (see :mod:`legion.store.freeze`)."
 _NOT_YET = ("starting up", "shutting down", "in recovery", "too many", "not yet accepting")
 
 
-class PostgresStore:
+class PostgresStore(PostgresWaiting):
     """A :class:`~legion.store.base.Store` in a PostgreSQL database, shared by many workers."""
 
     def __init__(
@@ -300,7 +305,7 @@ class PostgresStore:
         if not fresh:
             return []
         async with self._cursor(transaction=bool(seen)) as cur:
-            await cur.execute(Q["insert_tasks"], _submit_params(fresh, now))
+            await cur.execute(Q["insert_tasks"], submit_params(fresh, now))
             created = _match_inserted([k for _, k, _ in fresh], await cur.fetchall())
             pairs = [(k, i) for (_, k, _), i in zip(fresh, created, strict=True) if k is not None]
             new_ids = {k: i for k, i in pairs if i is not None}
@@ -437,6 +442,7 @@ class PostgresStore:
             if batch.completions:
                 cur = conn.cursor(binary=True)
                 await cur.execute(Q["complete"], _completion_params(batch.completions))
+                await after_completions(conn, batch, now)
                 applied = {r[0] for r in await cur.fetchall()}
             for cur in fenced:
                 for task_id, cancel in await cur.fetchall():
@@ -866,23 +872,6 @@ def _known(task_id: int | None) -> int:
     return task_id
 
 
-def _submit_params(
-    tasks: Sequence[tuple[NewTask, str | None, bytes | None]], now: float
-) -> dict[str, Any]:
-    return {
-        "agent": [t.agent for t, _, _ in tasks],
-        "input": [t.input for t, _, _ in tasks],
-        "key": [k for _, k, _ in tasks],
-        "session": [t.session for t, _, _ in tasks],
-        "priority": [t.priority for t, _, _ in tasks],
-        "max_attempts": [t.max_attempts for t, _, _ in tasks],
-        "not_before": [float(t.not_before) for t, _, _ in tasks],
-        "tenant": [t.tenant for t, _, _ in tasks],
-        "input_hash": [h for _, _, h in tasks],
-        "now": float(now),
-    }
-
-
 def _match_inserted(keys: Sequence[str | None], rows: Iterable[TupleRow]) -> list[int | None]:
     """Per task (by stored key), its new id, or None where its key existed. RETURNING
     answers the inserted rows in input order, so the answer is walked alongside the input."""
@@ -927,9 +916,9 @@ def _completion_params(completions: Sequence[Completion]) -> dict[str, Any]:
         "output": [c.output for c in completions],
         "error": [c.error.to_json() if c.error is not None else None for c in completions],
         "not_before": [float(c.not_before) for c in completions],
-        "uncount": [1 if c.outcome is Outcome.RELEASED else 0 for c in completions],
+        "uncount": [1 if c.outcome in _UNCOUNTED else 0 for c in completions],
         "finished_at": [
-            None if c.outcome in (Outcome.RETRY, Outcome.RELEASED) else float(c.finished_at)
+            None if c.outcome in (Outcome.RETRY, *_UNCOUNTED) else float(c.finished_at)
             for c in completions
         ],
         "id": [c.id for c in completions],

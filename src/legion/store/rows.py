@@ -9,6 +9,7 @@ from .. import codec
 from ..task import ErrorInfo, TaskInfo, TaskStatus
 from .tenancy import DEFAULT_TENANT, unscoped_key
 from .types import Event, EventDetail
+from .waiting import ChildInfo, WaitingInfo
 
 
 def task_info(row: Sequence[Any]) -> TaskInfo:
@@ -48,4 +49,33 @@ def event_detail(row: Sequence[Any]) -> EventDetail:
         started_at=started,
         finished_at=finished,
         usage=codec.loads(usage) if usage is not None else None,
+    )
+
+
+def waiting_info(row: Sequence[Any]) -> WaitingInfo:
+    """A waiting task from ``id, agent, tenant, wait_event, wait_count, wait_children,
+    wake_at, wait_info, started_at``."""
+    tid, agent, tenant, event, count, children, wake_at, info, since = row
+    return WaitingInfo(
+        tid,
+        agent,
+        tenant,
+        event,
+        count,
+        children,
+        wake_at,
+        codec.loads(info) if info is not None else None,
+        since,
+    )
+
+
+def child_info(row: Sequence[Any]) -> ChildInfo:
+    """A child task from ``id, key, status, output, error``."""
+    tid, key, status, output, error = row
+    return ChildInfo(
+        tid,
+        unscoped_key(key),
+        TaskStatus(status),
+        codec.loads(output) if output is not None else None,
+        ErrorInfo.from_json(error),
     )

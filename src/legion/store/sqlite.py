@@ -37,6 +37,7 @@ from ..task import (
 )
 from .queries import migrations, queries
 from .rows import event_detail, task_info
+from .sqlite_waiting import SQLiteWaiting, after_completions
 from .tenancy import KeyedTasks, unscoped_key
 from .types import (
     ApiKey,
@@ -54,6 +55,9 @@ from .types import (
 
 T = TypeVar("T")
 Q = queries("sqlite")
+
+# Ends of an attempt that do not count it: given back, or suspended at a wait.
+_UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 
 
 def _lease_lost_error() -> bytes:
@@ -73,7 +77,7 @@ def _crash_error() -> bytes:
     ).to_json()
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteWaiting):
     """A :class:`~legion.store.base.Store` in one SQLite file (or ``:memory:``)."""
 
     def __init__(
@@ -339,11 +343,13 @@ class SQLiteStore:
         db.execute("SAVEPOINT completions")
         if db.executemany(Q["complete"], params).rowcount == len(params):
             db.execute("RELEASE completions")
-            return [True] * len(params)
-        # Some lease was lost (rare): undo and apply row by row to learn which.
-        db.execute("ROLLBACK TO completions")
-        applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
-        db.execute("RELEASE completions")
+            applied = [True] * len(params)
+        else:
+            # Some lease was lost (rare): undo and apply row by row to learn which.
+            db.execute("ROLLBACK TO completions")
+            applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
+            db.execute("RELEASE completions")
+        after_completions(db, batch, applied, now)
         return applied
 
     async def extend_leases(
@@ -710,8 +716,8 @@ def _completion_params(c: Completion) -> tuple[Any, ...]:
         c.output,
         c.error.to_json() if c.error is not None else None,
         c.not_before,
-        1 if c.outcome is Outcome.RELEASED else 0,
-        None if c.outcome in (Outcome.RETRY, Outcome.RELEASED) else c.finished_at,
+        1 if c.outcome in _UNCOUNTED else 0,
+        None if c.outcome in (Outcome.RETRY, *_UNCOUNTED) else c.finished_at,
         c.id,
         c.attempt,
         c.owner,

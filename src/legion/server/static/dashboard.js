@@ -134,7 +134,7 @@ let listing = null;
 let listedAt = 0;
 
 const RETRYABLE = new Set(["dead", "failed", "cancelled"]);
-const CANCELLABLE = new Set(["queued", "running"]);
+const CANCELLABLE = new Set(["queued", "running", "waiting"]);
 
 async function act(id, action) {
   const resp = await fetch(`/v1/tasks/${id}:${action}`, { method: "POST" });
@@ -178,6 +178,47 @@ async function loadTasks() {
   document.getElementById("tasks-table").dataset.query = query;
 }
 
+// Waiting tasks: what each waits for; an approval gets approve and reject buttons, which
+// send it the "approval" signal.
+async function answer(id, approved) {
+  const resp = await fetch(`/v1/tasks/${id}:signal`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ event: "approval", data: { approved } }),
+  });
+  if (!resp.ok) console.warn(`approval of task ${id}: ${resp.status}`);
+  await loadWaiting();
+}
+
+function waitsFor(w) {
+  if (w.prompt !== null) return `approval: ${w.prompt}`;
+  if (w.event !== null) return `signal ${w.event}`;
+  if (w.children !== null) return "child tasks";
+  return "timer";
+}
+
+function approvalButtons(w) {
+  if (w.prompt === null) return "";
+  return el("span", {}, ...[["approve", true], ["reject", false]].map(([label, approved]) => {
+    const button = el("button", { type: "button", class: "action", "data-action": label, "data-id": String(w.id) }, label);
+    button.addEventListener("click", () => answer(w.id, approved));
+    return button;
+  }));
+}
+
+async function loadWaiting() {
+  const resp = await fetch("/v1/waiting?limit=25");
+  if (!resp.ok) return;
+  const page = await resp.json();
+  const rows = page.tasks.map((w) => el("tr", { "data-id": String(w.id) },
+    el("td", {}, el("a", { href: `/tasks/${w.id}` }, `#${w.id}`)),
+    el("td", {}, w.agent),
+    el("td", { title: waitsFor(w) }, waitsFor(w)),
+    el("td", {}, w.wake_at === null ? "–" : fmtTime(w.wake_at)),
+    el("td", {}, approvalButtons(w))));
+  replaceRows(document.getElementById("waiting-table"), rows, 5, "no waiting task");
+}
+
 async function startTasks() {
   const resp = await fetch("/v1/key");
   if (resp.ok) key = await resp.json();
@@ -187,6 +228,7 @@ async function startTasks() {
   }
   document.getElementById("task-filters").addEventListener("submit", (e) => { e.preventDefault(); loadTasks(); });
   await loadTasks();
+  await loadWaiting();
 }
 
 function render(s) {
@@ -216,7 +258,7 @@ function start() {
         redraw();
       }
       render(snapshot);
-      if (Date.now() - listedAt > 2000) loadTasks();
+      if (Date.now() - listedAt > 2000) { loadTasks(); loadWaiting(); }
       document.body.dataset.updated = String(snapshot.at);
     },
   });

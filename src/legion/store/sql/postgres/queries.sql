@@ -252,10 +252,10 @@ RETURNING t.status;
 -- A queued task is cancelled at once; a running one is asked to stop (its worker sees the
 -- request at its next heartbeat).
 UPDATE tasks
-SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
-    finished_at = CASE WHEN status = 'queued' THEN %(now)s ELSE finished_at END,
+SET status = CASE WHEN status IN ('queued', 'waiting') THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status IN ('queued', 'waiting') THEN %(now)s ELSE finished_at END,
     cancel_requested = true
-WHERE id = %(id)s AND status IN ('queued', 'running')
+WHERE id = %(id)s AND status IN ('queued', 'running', 'waiting')
 RETURNING status;
 
 -- name: requeue

@@ -124,7 +124,7 @@ WHERE tasks.id = r.id
 RETURNING tasks.id, tasks.status;
 -- name: cancel_queued
 UPDATE tasks SET status = 'cancelled', finished_at = :now, cancel_requested = 1
-WHERE id = :id AND status = 'queued';
+WHERE id = :id AND status IN ('queued', 'waiting');
 
 -- name: cancel_running
 UPDATE tasks SET cancel_requested = 1 WHERE id = :id AND status = 'running';

@@ -1,0 +1,59 @@
+"""``legion signal TASK EVENT --data JSON``: wake a task that waits for an event."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from .. import codec
+from ..task import TaskStatus
+from .options import DEFAULT_STORE, StoreOpt, _fail, _run
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``signal`` command to ``app``."""
+
+    @app.command("signal")
+    def signal_cmd(
+        task_id: Annotated[int, typer.Argument(help="The task to signal.")],
+        event: Annotated[
+            str, typer.Argument(help="The event name the task waits for (ctx.wait_for).")
+        ],
+        data: Annotated[
+            str,
+            typer.Option(
+                "--data",
+                "-d",
+                help="The signal's data, as JSON (ctx.wait_for answers it). For an approval: "
+                "'{\"approved\": true}'.",
+            ),
+        ] = "null",
+        store: StoreOpt = DEFAULT_STORE,
+    ) -> None:
+        """Send a signal to a task: if it waits for EVENT it is queued again and receives
+        the data; if it waits for it later, it receives it then (signals are kept).
+
+        Prints the task's status after; exits 1 if there is no such task or it has finished.
+        """
+        try:
+            value: Any = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise _fail(f"--data is not JSON: {exc}") from None
+        if not event:
+            raise _fail("the event name is empty")
+
+        async def main() -> TaskStatus | None:
+            from .status import opened
+
+            async with opened(store) as s:
+                return await s.signal(task_id, event, codec.dumps(value), time.time())
+
+        status = _run(main())
+        if status is None:
+            raise _fail(f"not found: task {task_id}", code=1)
+        if status.terminal:
+            raise _fail(f"task {task_id} is {status}: it takes no more signals", code=1)
+        print(f"{task_id}\t{status}")

@@ -1,0 +1,93 @@
+"""Waiting routes: signal a task (``POST /v1/tasks/{id}:signal``), list waiting tasks.
+
+A signal queues a task that waits for it (``ctx.wait_for``, ``ctx.approval``) again, or is
+kept for its next wait. The dashboard lists waiting tasks with their prompts, and answers
+an approval with the ``approval`` signal.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from .deps import KeyDep, StateDep, require_key
+from .schemas import StatusOut
+from .tasks_api import _ERRORS, _NOT_FOUND, TaskDep
+
+log = logging.getLogger("legion.server")
+
+router = APIRouter(prefix="/v1", tags=["waiting"], dependencies=[Depends(require_key)])
+
+
+class SignalIn(BaseModel):
+    """A signal: its event name and any JSON data (``ctx.wait_for`` answers the data)."""
+
+    event: str = Field(min_length=1, max_length=200)
+    data: Any = None
+
+
+class WaitingOut(BaseModel):
+    """A waiting task and what it waits for."""
+
+    id: int
+    agent: str
+    tenant: str
+    event: str | None = None  # the signal it waits for
+    children: int | None = None  # waits until at most this many children are unfinished
+    wake_at: float | None = None  # its timer (or its wait's timeout)
+    prompt: str | None = None  # an approval's question
+    since: float | None = None
+
+
+class WaitingPage(BaseModel):
+    tasks: list[WaitingOut]
+
+
+@router.post(
+    "/tasks/{task_id}:signal",
+    operation_id="signal_task",
+    responses={
+        **_ERRORS,
+        **_NOT_FOUND,
+        409: {"description": "The task has finished: it takes no more signals."},
+    },
+)
+async def signal_task(task: TaskDep, body: SignalIn, state: StateDep) -> StatusOut:
+    """Send a signal to a task; a task waiting for it is queued again."""
+    status = await state.runtime.signal(task.id, body.event, body.data)
+    if status is None:
+        raise HTTPException(404, f"no task {task.id}")
+    if status.terminal:
+        raise HTTPException(409, f"task {task.id} is {status}: it takes no more signals")
+    log.info("task %d: signal %r", task.id, body.event, extra={"task_id": task.id})
+    return StatusOut(id=task.id, status=status)
+
+
+@router.get("/waiting", operation_id="list_waiting", responses=_ERRORS)
+async def list_waiting(
+    state: StateDep, key: KeyDep, limit: int = Query(100, ge=1, le=1000)
+) -> WaitingPage:
+    """The waiting tasks (of the key's tenant; every tenant's for an admin key), newest first."""
+    tenant = None if key.admin else key.tenant
+    found = await state.runtime.store.waiting_tasks(tenant=tenant, limit=limit)
+    return WaitingPage(
+        tasks=[
+            WaitingOut(
+                id=w.id,
+                agent=w.agent,
+                tenant=w.tenant,
+                event=w.event,
+                children=w.children,
+                wake_at=w.wake_at,
+                prompt=w.info.get("prompt") if isinstance(w.info, dict) else None,
+                since=w.since,
+            )
+            for w in found
+        ]
+    )
+
+
+__all__ = ["router"]

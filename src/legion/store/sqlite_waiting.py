@@ -1,0 +1,175 @@
+"""Durable waiting on SQLite (see :mod:`legion.store.waiting`): mixed into ``SQLiteStore``.
+
+Every write transaction starts with ``BEGIN IMMEDIATE``, so a suspension and whatever ends
+its wait (a signal, a child's end) are serialised: whichever commits second sees the
+other, and no wake-up is lost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .. import codec
+from ..task import NewTask, Outcome, Submitted, TaskStatus
+from .queries import queries
+from .rows import child_info, waiting_info
+from .types import WriteBatch
+from .waiting import ChildInfo, Schedule, WaitingInfo
+
+T = TypeVar("T")
+W = queries("sqlite", "waiting")
+_ENDED = frozenset({Outcome.SUCCEEDED, Outcome.FAILED, Outcome.DEAD, Outcome.CANCELLED})
+
+
+def after_completions(
+    db: sqlite3.Connection, batch: WriteBatch, applied: Sequence[bool], now: float
+) -> None:
+    """In the write transaction, after its completions: suspended tasks record what they
+    wait for (and go back to the queue at once if it holds already); the parents of tasks
+    that ended are queued again if they waited for them."""
+    waits = [c for c, ok in zip(batch.completions, applied, strict=True) if ok and c.wait]
+    for c in waits:
+        assert c.wait is not None
+        w = c.wait
+        params = {
+            "id": c.id,
+            "event": w.event,
+            "count": w.count,
+            "children": w.children,
+            "wake_at": w.wake_at,
+            "info": w.info,
+        }
+        db.execute(W["suspend"], params)
+    if waits:
+        _wake_ready(db, [c.id for c in waits], now)
+    ended = [
+        c.id for c, ok in zip(batch.completions, applied, strict=True) if ok and c.outcome in _ENDED
+    ]
+    if ended:
+        ids = codec.dumps(ended).decode()
+        parents = [r[0] for r in db.execute(W["parents_of"], {"ids": ids})]
+        if parents:
+            _wake_ready(db, parents, now)
+
+
+def _wake_ready(db: sqlite3.Connection, ids: Sequence[int], now: float) -> list[int]:
+    params = {"ids": codec.dumps(list(ids)).decode(), "now": now}
+    return [r[0] for r in db.execute(W["wake_ready"], params).fetchall()]
+
+
+class SQLiteWaiting:
+    """The :class:`~legion.store.waiting.WaitingStore` methods of ``SQLiteStore``."""
+
+    if TYPE_CHECKING:  # what they use of SQLiteStore
+
+        async def _call(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+        def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+        @property
+        def _db(self) -> sqlite3.Connection: ...
+
+        @staticmethod
+        def _submit(
+            db: sqlite3.Connection, tasks: Sequence[NewTask], now: float
+        ) -> list[Submitted]: ...
+
+    async def signal(self, task_id: int, event: str, data: bytes, now: float) -> TaskStatus | None:
+        def run(db: sqlite3.Connection) -> TaskStatus | None:
+            row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            if TaskStatus(row[0]).terminal:
+                return TaskStatus(row[0])
+            params = {"task_id": task_id, "event": event, "data": data, "now": now}
+            db.execute(W["insert_signal"], params)
+            woken = _wake_ready(db, [task_id], now)
+            return TaskStatus.QUEUED if woken else TaskStatus(row[0])
+
+        return await self._call(self._transaction, run)
+
+    async def signal_data(self, task_id: int, event: str, index: int) -> bytes | None:
+        def run() -> bytes | None:
+            params = {"task_id": task_id, "event": event, "skip": index}
+            row = self._db.execute(W["signal_data"], params).fetchone()
+            return bytes(row[0]) if row else None
+
+        return await self._call(run)
+
+    async def wake_due(self, now: float) -> int:
+        return await self._call(
+            self._transaction, lambda db: len(db.execute(W["wake_due"], {"now": now}).fetchall())
+        )
+
+    async def submit_children(
+        self, parent: int, tasks: Sequence[NewTask], now: float
+    ) -> list[Submitted]:
+        def run(db: sqlite3.Connection) -> list[Submitted]:
+            out = self._submit(db, tasks, now)
+            ids = codec.dumps([s.id for s in out]).decode()
+            db.execute(W["set_parent"], {"parent": parent, "ids": ids})
+            return out
+
+        return await self._call(self._transaction, run)
+
+    async def children(self, parent: int) -> list[ChildInfo]:
+        def run() -> list[ChildInfo]:
+            return [child_info(r) for r in self._db.execute(W["children_of"], {"parent": parent})]
+
+        return await self._call(run)
+
+    async def waiting_tasks(
+        self, *, tenant: str | None = None, limit: int = 100
+    ) -> list[WaitingInfo]:
+        def run() -> list[WaitingInfo]:
+            rows = self._db.execute(W["waiting_tasks"], {"tenant": tenant, "limit": limit})
+            return [waiting_info(r) for r in rows]
+
+        return await self._call(run)
+
+    async def add_schedule(self, schedule: Schedule, now: float) -> None:
+        params = _schedule_params(schedule, now)
+        await self._call(self._transaction, lambda db: db.execute(W["upsert_schedule"], params))
+
+    async def schedules(self) -> list[Schedule]:
+        return await self._call(
+            lambda: [Schedule(*r) for r in self._db.execute(W["schedules"]).fetchall()]
+        )
+
+    async def remove_schedule(self, name: str) -> bool:
+        return await self._call(
+            self._transaction,
+            lambda db: db.execute(W["delete_schedule"], {"name": name}).rowcount == 1,
+        )
+
+    async def due_schedules(self, now: float) -> list[Schedule]:
+        return await self._call(
+            lambda: [Schedule(*r) for r in self._db.execute(W["due_schedules"], {"now": now})]
+        )
+
+    async def claim_tick(
+        self, schedule: Schedule, next_tick: float, task: NewTask, now: float
+    ) -> bool:
+        params = {"name": schedule.name, "tick": schedule.next_tick, "next": next_tick}
+
+        def run(db: sqlite3.Connection) -> bool:
+            if db.execute(W["claim_tick"], params).rowcount != 1:
+                return False
+            self._submit(db, [task], now)
+            return True
+
+        return await self._call(self._transaction, run)
+
+
+def _schedule_params(s: Schedule, now: float) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "cron": s.cron,
+        "agent": s.agent,
+        "input": s.input,
+        "max_attempts": s.max_attempts,
+        "next_tick": s.next_tick,
+        "now": now,
+    }

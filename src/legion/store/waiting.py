@@ -1,0 +1,100 @@
+"""The store's part of durable waiting: signals, wake-ups, child tasks and schedules.
+
+A task suspended at a wait is ``waiting`` (see :class:`~legion.task.Wait`): it holds no
+lease. What ends a wait queues the task again in the same transaction that makes the
+wait hold — a signal, the end of a child task, a suspension that finds its wait already
+over (no lost wake-up) — except timers, which :meth:`WaitingStore.wake_due` serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..task import ErrorInfo, NewTask, Submitted, TaskStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    """A child task as its parent sees it (``output`` decoded JSON, once it succeeded)."""
+
+    id: int
+    key: str | None
+    status: TaskStatus
+    output: Any
+    error: ErrorInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingInfo:
+    """A waiting task and what it waits for (``info``: decoded JSON, e.g. an approval's
+    prompt)."""
+
+    id: int
+    agent: str
+    tenant: str
+    event: str | None
+    count: int
+    children: int | None
+    wake_at: float | None
+    info: Any
+    since: float | None  # when its last attempt started
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A cron schedule (UTC, five fields) that submits one task of ``agent`` per tick."""
+
+    name: str
+    cron: str
+    agent: str
+    input: bytes
+    max_attempts: int
+    next_tick: float
+    created_at: float = 0.0
+
+
+class WaitingStore(Protocol):
+    """The waiting part of :class:`~legion.store.base.Store`."""
+
+    async def signal(self, task_id: int, event: str, data: bytes, now: float) -> TaskStatus | None:
+        """Keep a signal for a task and queue the task again if it waits for it; answer
+        the task's status after (``None``: no such task). A finished task gets no signal."""
+
+    async def signal_data(self, task_id: int, event: str, index: int) -> bytes | None:
+        """The ``index``-th (0-based) signal named ``event`` sent to a task, if it came."""
+
+    async def wake_due(self, now: float) -> int:
+        """Queue again the waiting tasks whose wake-up time is at or before ``now``."""
+
+    async def submit_children(
+        self, parent: int, tasks: Sequence[NewTask], now: float
+    ) -> list[Submitted]:
+        """Submit tasks as children of ``parent`` (keyed: a second call answers the same
+        tasks), in one transaction."""
+
+    async def children(self, parent: int) -> list[ChildInfo]:
+        """Every child task of ``parent``, oldest first."""
+
+    async def waiting_tasks(
+        self, *, tenant: str | None = None, limit: int = 100
+    ) -> list[WaitingInfo]:
+        """Waiting tasks, newest first."""
+
+    async def add_schedule(self, schedule: Schedule, now: float) -> None:
+        """Add a schedule, or replace the one of that name."""
+
+    async def schedules(self) -> list[Schedule]: ...
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Remove a schedule; False if there is none of that name."""
+
+    async def due_schedules(self, now: float) -> list[Schedule]:
+        """The schedules whose next tick is at or before ``now``."""
+
+    async def claim_tick(
+        self, schedule: Schedule, next_tick: float, task: NewTask, now: float
+    ) -> bool:
+        """Move ``schedule`` from its tick to ``next_tick`` and submit ``task`` for the tick,
+        in one transaction, unless another worker did so first (then answer False)."""

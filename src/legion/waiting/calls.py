@@ -1,0 +1,201 @@
+"""The waiting calls of the context: ``wait_for``, ``sleep``, ``approval``, ``spawn``, ``map``.
+
+Each is deterministic on replay. What it received is recorded as a step (so a replay
+returns the same value), and where it must wait it raises
+:class:`~legion.waiting.suspend.Suspended` with what it waits for; the task is queued again
+once that holds, and its next attempt replays to the same call, which then finds it.
+
+- ``wait_for(event)``: the n-th wait for ``event`` that receives a signal receives the
+  n-th signal of that name sent to the task, whenever it was sent (a signal sent before
+  the wait is kept; a wait that timed out took none).
+- ``sleep(seconds)``: the wake-up time is recorded on the first run, so the sleep ends at
+  the same time however often the task is replayed or moved.
+- ``spawn`` / ``map``: child tasks get idempotency keys derived from the parent's id and
+  the call's position, so a replay finds the children it submitted before. ``map`` keeps
+  at most ``concurrency`` children unfinished, submitting more each time the parent wakes
+  (when half of them ended); the parent waits suspended, holding no slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import codec
+from ..errors import ChildFailed, WaitTimeout
+from ..task import NewTask, TaskStatus, Wait
+from .suspend import Suspended
+
+if TYPE_CHECKING:
+    from ..agent import Agent
+    from ..clock import Clock
+    from ..steps import Waiter
+    from ..store.base import Store
+
+
+APPROVAL_EVENT = "approval"
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """The answer to ``ctx.approval``: ``approved``, and the whole signal's data."""
+
+    approved: bool
+    data: Any = field(default=None)
+
+
+def _step_key(ctx: Waiter, name: str) -> str:
+    """The key :meth:`Context.record` will give the next step named ``name``."""
+    n = ctx.step_count(name) + 1
+    return name if n == 1 else f"{name}#{n}"
+
+
+async def _recorded(ctx: Waiter, name: str, value: Callable[[], Any]) -> Any:
+    """Record ``value()`` as the next step named ``name`` (or replay it)."""
+    return await ctx.record(name, value, (), {}, None)
+
+
+async def wait_for(
+    ctx: Waiter,
+    store: Store,
+    clock: Clock,
+    event: str,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 - a durable wait
+    info: Any = None,
+) -> Any:
+    if not event or not isinstance(event, str):
+        raise ValueError("an event name is a non-empty string")
+    name = f"legion.wait:{event}"
+    # The signals of this event that earlier waits received (a wait that timed out took
+    # none): this wait receives the next one.
+    index = ctx.signals_taken.get(event, 0)
+    if _step_key(ctx, name) in ctx.recorded_steps:
+        got = await _recorded(ctx, name, _never)
+        return _received(ctx, event, got)
+    wake_at = None
+    if timeout is not None:
+        until = clock() + timeout
+        wake_at = await _recorded(ctx, f"legion.wait-until:{event}", lambda: until)
+    data = await store.signal_data(ctx.task_id, event, index)
+    if data is not None:
+        got = await _recorded(ctx, name, lambda: {"signal": codec.loads(data)})
+        return _received(ctx, event, got)
+    if wake_at is not None and clock() >= wake_at:
+        got = await _recorded(ctx, name, lambda: {"timeout": timeout})
+        return _received(ctx, event, got)
+    shown = codec.dumps(info) if info is not None else None
+    raise Suspended(Wait(event=event, count=index + 1, wake_at=wake_at, info=shown))
+
+
+def _received(ctx: Waiter, event: str, got: Any) -> Any:
+    if "signal" in got:
+        ctx.signals_taken[event] = ctx.signals_taken.get(event, 0) + 1
+        return got["signal"]
+    raise WaitTimeout(f"no signal {event!r} came within {got['timeout']:g}s")
+
+
+def _never() -> Any:
+    raise AssertionError("a recorded step was asked to run")
+
+
+async def sleep(ctx: Waiter, clock: Clock, seconds: float) -> None:
+    if seconds < 0:
+        raise ValueError("seconds must be >= 0")
+    until = clock() + seconds
+    wake_at = await _recorded(ctx, "legion.sleep", lambda: until)
+    if clock() >= wake_at:
+        return
+    raise Suspended(Wait(wake_at=wake_at))
+
+
+async def approval(
+    ctx: Waiter,
+    store: Store,
+    clock: Clock,
+    prompt: str,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109
+) -> Approval:
+    info = {"kind": "approval", "prompt": prompt}
+    data = await wait_for(ctx, store, clock, APPROVAL_EVENT, timeout=timeout, info=info)
+    approved = bool(data.get("approved")) if isinstance(data, dict) else bool(data)
+    return Approval(approved, data)
+
+
+async def map_children(
+    ctx: Waiter,
+    store: Store,
+    clock: Clock,
+    agent: Agent | str,
+    inputs: Iterable[Any],
+    *,
+    concurrency: int | None = None,
+    max_attempts: int | None = None,
+) -> list[Any]:
+    items = list(inputs)
+    limit = concurrency if concurrency is not None else max(1, len(items))
+    if limit < 1:
+        raise ValueError("concurrency must be >= 1")
+    name = "legion.children"
+    if _step_key(ctx, name) in ctx.recorded_steps:
+        return list(await _recorded(ctx, name, _never))
+    group = ctx.step_count(name) + 1
+    prefix = f"legion.child:{ctx.task_id}:{group}:"
+    mine = {
+        c.key: c for c in await store.children(ctx.task_id) if c.key and c.key.startswith(prefix)
+    }
+    unfinished = sum(1 for c in mine.values() if not c.status.terminal)
+    fresh = [i for i in range(len(items)) if f"{prefix}{i}" not in mine]
+    room = max(0, limit - unfinished)
+    if fresh and room:
+        agent_name, attempts = _agent(agent, max_attempts)
+        tenant = await _tenant(ctx, store)
+        batch = fresh[:room]
+        tasks = [
+            NewTask(
+                agent_name, codec.dumps(items[i]), f"{prefix}{i}", None, 0, attempts, 0.0, tenant
+            )
+            for i in batch
+        ]
+        await store.submit_children(ctx.task_id, tasks, clock())
+        unfinished += len(batch)
+        fresh = fresh[room:]
+    if not fresh and unfinished == 0:
+        return list(await _recorded(ctx, name, lambda: _outputs(prefix, len(items), mine)))
+    # Wake when half the window is free (or, with nothing left to submit, when all ended).
+    threshold = (limit - max(1, limit // 2)) if fresh else 0
+    raise Suspended(Wait(children=threshold))
+
+
+def _outputs(prefix: str, n: int, children: dict[str, Any]) -> list[Any]:
+    failed = {}
+    out = []
+    for i in range(n):
+        c = children[f"{prefix}{i}"]
+        if c.status is not TaskStatus.SUCCEEDED:
+            failed[c.id] = str(c.status)
+        out.append(c.output)
+    if failed:
+        shown = ", ".join(f"{i} ({s})" for i, s in list(failed.items())[:10])
+        raise ChildFailed(f"{len(failed)} of {n} child tasks did not succeed: {shown}", failed)
+    return out
+
+
+def _agent(agent: Agent | str, max_attempts: int | None) -> tuple[str, int]:
+    if isinstance(agent, str):
+        return agent, max_attempts or 4
+    return agent.name, max_attempts or agent.options.retry.max_attempts
+
+
+async def _tenant(ctx: Waiter, store: Store) -> str:
+    info = await store.get(ctx.task_id)
+    return info.tenant if info is not None else "default"
+
+
+async def spawn(
+    ctx: Waiter, store: Store, clock: Clock, agent: Agent | str, input: Any, **kw: Any
+) -> Any:
+    (out,) = await map_children(ctx, store, clock, agent, [input], concurrency=1, **kw)
+    return out

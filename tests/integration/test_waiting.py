@@ -1,0 +1,274 @@
+"""Durable waiting through the runtime, on SQLite and on PostgreSQL: wait_for, signals,
+approval, durable sleep, child tasks, schedules' tick claims."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import legion
+from legion import codec
+from legion.errors import ChildFailed, WaitTimeout
+from legion.store import store_from_url
+from legion.task import NewTask, TaskStatus
+from legion.waiting.schedules import run_due, schedule
+
+LEDGER: list[str] = []
+
+
+class Clock:
+    """Wall time that a test moves forward by hand (the runtime reads it through us)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@legion.agent(retries=0)
+async def waiter(ctx: Any, x: int) -> Any:
+    before = await ctx.step("before", lambda: LEDGER.append(f"{ctx.task_id}:before") or x)
+    got = await ctx.wait_for("go")
+    second = await ctx.wait_for("go")
+    await ctx.step("after", lambda: LEDGER.append(f"{ctx.task_id}:after"))
+    return {"before": before, "got": got, "second": second}
+
+
+@legion.agent(retries=0)
+async def quick(ctx: Any, i: int) -> int:
+    return i
+
+
+@legion.agent(retries=0)
+async def impatient(ctx: Any) -> str:
+    try:
+        await ctx.wait_for("never", timeout=10)
+    except WaitTimeout:
+        return "timed out"
+    return "signalled"
+
+
+@legion.agent(retries=0)
+async def sleeper(ctx: Any) -> str:
+    await ctx.step("before", lambda: LEDGER.append(f"{ctx.task_id}:before"))
+    await ctx.sleep(3600)
+    await ctx.step("after", lambda: LEDGER.append(f"{ctx.task_id}:after"))
+    return "rested"
+
+
+@legion.agent(retries=0)
+async def gate(ctx: Any, amount: int) -> Any:
+    answer = await ctx.approval(f"pay {amount} EUR?")
+    return {"approved": answer.approved, "by": answer.data.get("by")}
+
+
+@legion.agent(retries=0)
+async def double(ctx: Any, i: int) -> int:
+    if i < 0:
+        raise legion.Permanent(f"negative {i}")
+    return 2 * i
+
+
+@legion.agent(retries=0)
+async def fan_out(ctx: Any, n: int, limit: int) -> Any:
+    outs = await ctx.map(double, list(range(n)), concurrency=limit)
+    one = await ctx.spawn(double, {"i": 100})
+    return {"sum": sum(outs), "first": outs[:3], "one": one}
+
+
+@legion.agent(retries=0)
+async def fan_out_failing(ctx: Any) -> Any:
+    return await ctx.map(double, [{"i": 1}, {"i": -1}, {"i": 2}], concurrency=2)
+
+
+async def _until(rt: legion.Runtime, task_id: int, status: TaskStatus) -> None:
+    async def reached() -> bool:
+        info = await rt.get(task_id)
+        return info is not None and info.status is status
+
+    import asyncio
+
+    for _ in range(2000):
+        if await reached():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"task {task_id} never became {status}")
+
+
+async def test_a_waiting_task_holds_no_slot_and_a_signal_resumes_it_where_it_was(
+    store_url: str,
+) -> None:
+    LEDGER.clear()
+    async with legion.Runtime(store_url, concurrency=1, agents=[waiter, quick]) as rt:
+        (w,) = [await rt.submit(waiter, {"x": 7})]
+        await _until(rt, w.id, TaskStatus.WAITING)
+        # One slot, taken by nothing: another task runs while the first one waits.
+        other = await rt.result((await rt.submit(quick, {"i": 3})).id)
+        assert other.output == 3
+        assert await rt.signal(w.id, "go", {"n": 1}) is TaskStatus.QUEUED
+        await _until(rt, w.id, TaskStatus.WAITING)  # the second wait for "go"
+        await rt.signal(w.id, "go", {"n": 2})
+        result = await rt.result(w.id)
+    assert result.ok, result.error
+    assert result.output == {"before": 7, "got": {"n": 1}, "second": {"n": 2}}
+    assert [f"{w.id}:before", f"{w.id}:after"] == LEDGER  # recorded steps never ran twice
+
+
+async def test_a_signal_sent_before_the_wait_is_kept(store_url: str) -> None:
+    async with legion.Runtime(store_url, worker=False) as rt:
+        w = await rt.submit(waiter, {"x": 1})
+        assert await rt.signal(w.id, "go", "early") is TaskStatus.QUEUED
+        assert await rt.signal(w.id, "go", "early too") is TaskStatus.QUEUED
+    async with legion.Runtime(store_url, agents=[waiter]) as rt:
+        result = await rt.result(w.id)
+    assert result.output["got"] == "early" and result.output["second"] == "early too"
+
+
+async def test_a_finished_or_unknown_task_takes_no_signal(store_url: str) -> None:
+    async with legion.Runtime(store_url, agents=[quick]) as rt:
+        done = await rt.result((await rt.submit(quick, {"i": 1})).id)
+        assert await rt.signal(done.id, "go") is TaskStatus.SUCCEEDED
+        assert await rt.signal(10_000, "go") is None
+        assert await rt.store.signal_data(done.id, "go", 0) is None
+
+
+async def test_wait_for_times_out_on_the_clock(store_url: str) -> None:
+    clock = Clock()
+    async with legion.Runtime(store_url, clock=clock, agents=[impatient]) as rt:
+        t = await rt.submit(impatient, {})
+        await _until(rt, t.id, TaskStatus.WAITING)
+        (info,) = await rt.store.waiting_tasks()
+        assert info.event == "never" and info.wake_at is not None
+        clock.offset += 10
+        assert rt.worker is not None
+        await rt.worker.reap()  # the timers' pass, as the reaper loop makes it
+        result = await rt.result(t.id)
+    assert result.output == "timed out"
+
+
+async def test_durable_sleep_survives_a_restart(store_url: str) -> None:
+    LEDGER.clear()
+    clock = Clock()
+    async with legion.Runtime(store_url, clock=clock, agents=[sleeper]) as rt:
+        t = await rt.submit(sleeper, {})
+        await _until(rt, t.id, TaskStatus.WAITING)
+    # A new process an hour later (the runtime above is gone: nothing held the task).
+    clock.offset += 3600
+    async with legion.Runtime(store_url, clock=clock, agents=[sleeper]) as rt:
+        result = await rt.result(t.id)
+    assert result.output == "rested"
+    assert [f"{t.id}:before", f"{t.id}:after"] == LEDGER
+
+
+async def test_an_early_restart_does_not_end_a_durable_sleep(store_url: str) -> None:
+    clock = Clock()
+    async with legion.Runtime(store_url, clock=clock, agents=[sleeper]) as rt:
+        t = await rt.submit(sleeper, {})
+        await _until(rt, t.id, TaskStatus.WAITING)
+    clock.offset += 1800  # half the sleep
+    async with legion.Runtime(store_url, clock=clock, agents=[sleeper]) as rt:
+        assert rt.worker is not None
+        await rt.worker.reap()
+        info = await rt.get(t.id)
+    assert info is not None and info.status is TaskStatus.WAITING
+
+
+async def test_an_approval_shows_its_prompt_and_ends_with_the_answer(store_url: str) -> None:
+    async with legion.Runtime(store_url, agents=[gate]) as rt:
+        t = await rt.submit(gate, {"amount": 40})
+        await _until(rt, t.id, TaskStatus.WAITING)
+        (info,) = await rt.store.waiting_tasks()
+        assert info.id == t.id and info.info == {"kind": "approval", "prompt": "pay 40 EUR?"}
+        await rt.signal(t.id, "approval", {"approved": True, "by": "ana"})
+        result = await rt.result(t.id)
+    assert result.output == {"approved": True, "by": "ana"}
+
+
+async def test_a_waiting_task_can_be_cancelled(store_url: str) -> None:
+    async with legion.Runtime(store_url, agents=[gate]) as rt:
+        t = await rt.submit(gate, {"amount": 1})
+        await _until(rt, t.id, TaskStatus.WAITING)
+        assert await rt.cancel(t.id) is TaskStatus.CANCELLED
+        assert await rt.store.waiting_tasks() == []
+
+
+async def test_children_fan_out_within_their_limit_and_answer_in_order(store_url: str) -> None:
+    async with legion.Runtime(store_url, agents=[fan_out, double]) as rt:
+        t = await rt.submit(fan_out, {"n": 60, "limit": 8})
+        result = await rt.result(t.id)
+        children = await rt.store.children(t.id)
+    assert result.ok, result.error
+    assert result.output == {"sum": 2 * sum(range(60)), "first": [0, 2, 4], "one": 200}
+    assert len(children) == 61 and {c.status for c in children} == {TaskStatus.SUCCEEDED}
+
+
+async def test_a_failed_child_fails_its_parent(store_url: str) -> None:
+    async with legion.Runtime(store_url, agents=[fan_out_failing, double]) as rt:
+        result = await rt.result((await rt.submit(fan_out_failing, {})).id)
+    assert result.status is TaskStatus.FAILED
+    assert result.error is not None and result.error.type == ChildFailed.__name__
+    assert "1 of 3 child tasks did not succeed" in result.error.message
+
+
+async def test_a_schedule_tick_is_claimed_once(store_url: str) -> None:
+    store = store_from_url(store_url)
+    await store.open()
+    try:
+        now = 1_800_000_000.0
+        s = schedule("hourly", "0 * * * *", "quick", codec.dumps({"i": 1}), now - 7200)
+        await store.add_schedule(s, now)
+        # Two workers saw the same due tick; one claim wins.
+        (due,) = await store.due_schedules(now)
+        task = NewTask("quick", codec.dumps({"i": 1}), "schedule:hourly:t")
+        assert await store.claim_tick(due, now + 60, task, now)
+        assert not await store.claim_tick(due, now + 60, task, now)
+        # Missed ticks run once: the next pass finds nothing due until the next tick.
+        assert await run_due(store, now) == 0
+        later = await run_due(store, now + 3600)
+        assert later == 1
+        counts = await store.counts()
+        assert counts == {TaskStatus.QUEUED: 2}
+        assert [x.name for x in await store.schedules()] == ["hourly"]
+        assert await store.remove_schedule("hourly") and not await store.remove_schedule("hourly")
+    finally:
+        await store.aclose()
+
+
+@legion.agent(retries=0)
+async def patient(ctx: Any) -> Any:
+    with contextlib.suppress(WaitTimeout):
+        await ctx.wait_for("late", timeout=5)
+    return await ctx.wait_for("late")  # the signal that came after the timeout
+
+
+async def test_a_wait_that_timed_out_takes_no_signal_from_the_next(store_url: str) -> None:
+    clock = Clock()
+    async with legion.Runtime(store_url, clock=clock, agents=[patient]) as rt:
+        t = await rt.submit(patient, {})
+        await _until(rt, t.id, TaskStatus.WAITING)
+        clock.offset += 5
+        assert rt.worker is not None
+        await rt.worker.reap()
+        await _until(rt, t.id, TaskStatus.WAITING)  # the second wait
+        (info,) = await rt.store.waiting_tasks()
+        assert (info.event, info.count, info.wake_at) == ("late", 1, None)
+        await rt.signal(t.id, "late", "here")
+        result = await rt.result(t.id)
+    assert result.output == "here"
+
+
+@legion.agent(retries=0)
+async def gathers(ctx: Any) -> Any:
+    a, b = await ctx.gather(ctx.step("a", lambda: 1), ctx.wait_for("b"), return_exceptions=True)
+    return [a, b]
+
+
+async def test_a_wait_inside_gather_suspends_the_task(store_url: str) -> None:
+    async with legion.Runtime(store_url, agents=[gathers]) as rt:
+        t = await rt.submit(gathers, {})
+        await _until(rt, t.id, TaskStatus.WAITING)
+        await rt.signal(t.id, "b", 2)
+        result = await rt.result(t.id)
+    assert result.output == [1, 2]

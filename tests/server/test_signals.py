@@ -1,0 +1,41 @@
+"""Waiting routes over real HTTP: list waiting tasks with their prompts, signal one."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .conftest import Api
+
+
+async def _waiting(api: Api, task_id: int) -> dict[str, object]:
+    for _ in range(2000):
+        status, body = await api.call("GET", "/v1/waiting")
+        assert status == 200
+        found = [t for t in body["tasks"] if t["id"] == task_id]
+        if found:
+            return found[0]  # type: ignore[no-any-return]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"task {task_id} never waited")
+
+
+async def test_an_approval_is_listed_and_a_signal_ends_it(any_api: Api) -> None:
+    status, sub = await any_api.call(
+        "POST", "/v1/tasks", body={"agent": "approve", "input": {"amount": 5}}
+    )
+    assert status == 201
+    shown = await _waiting(any_api, sub["id"])
+    assert shown["prompt"] == "pay 5?" and shown["agent"] == "approve"
+    status, body = await any_api.call(
+        "POST",
+        f"/v1/tasks/{sub['id']}:signal",
+        body={"event": "approval", "data": {"approved": True}},
+    )
+    assert (status, body) == (200, {"id": sub["id"], "status": "queued"})
+    task = await any_api.finished(sub["id"])
+    assert task["status"] == "succeeded" and task["output"] == {"approved": True}
+    again = await any_api.call("POST", f"/v1/tasks/{sub['id']}:signal", body={"event": "approval"})
+    assert again[0] == 409
+    assert (await any_api.call("POST", "/v1/tasks/999999:signal", body={"event": "x"}))[0] == 404
+    assert (await any_api.call("POST", f"/v1/tasks/{sub['id']}:signal", body={"event": ""}))[
+        0
+    ] == 422
