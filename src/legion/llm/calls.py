@@ -78,6 +78,23 @@ class LLMCalls:
         self._ctx.usage.add(data)
         return ChatResponse.from_json(data)
 
+    def openai(self, model: str | None = None) -> Any:
+        """An ``openai.AsyncOpenAI`` whose chat completions and embeddings are calls of
+        this task, like `chat` and `embed`: paced, retried by legion's policy (the SDK's
+        own retries are off), recorded once per task, streamed too, counted in the
+        task's usage and cost. ``model`` sends every request to that route (or route's
+        model); ``None``: the route the request's model names, else the default route."""
+        from legion.llm.sdk import openai_client
+
+        return openai_client(self, self._client, model)
+
+    def anthropic(self, model: str | None = None) -> Any:
+        """An ``anthropic.AsyncAnthropic`` whose messages are calls of this task, like
+        `openai` (on any route: the request is translated to legion's chat call)."""
+        from legion.llm.sdk import anthropic_client
+
+        return anthropic_client(self, self._client, model)
+
     def embed(
         self, texts: Sequence[str], model: str | None = None, **params: Any
     ) -> Pending[Embeddings]:
