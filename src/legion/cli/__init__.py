@@ -432,6 +432,9 @@ _register_sim(app)
 from .vectors import register as _register_vectors  # noqa: E402
 
 _register_vectors(app)
+from .gateway import register as _register_gateway  # noqa: E402
+
+_register_gateway(app)
 
 
 def main() -> None:

@@ -28,6 +28,23 @@ _JSON = {"content-type": "application/json"}
 _EVENTS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
 
+def error_status(exc: WireError | LegionError) -> int:
+    """The HTTP status that says what ``exc`` says: 400 for a request legion cannot take
+    or a permanent refusal, 429 for a rate limit legion's retries did not outlast, 502 or
+    the provider's 5xx for a provider that failed, 500 for anything else."""
+    if isinstance(exc, WireError):
+        return 400
+    if isinstance(exc, RateLimited):
+        return 429
+    if isinstance(exc, ProviderError):
+        return exc.status if exc.status and exc.status >= 500 else 502
+    if isinstance(exc, ProviderRejected):
+        return exc.status or 400
+    if isinstance(exc, Permanent):
+        return 400
+    return 500
+
+
 class _Events(httpx2.AsyncByteStream):
     """The events of a rendered stream, handed to the SDK one by one."""
 
@@ -72,18 +89,8 @@ class LegionTransport(httpx2.AsyncBaseTransport):
             elif path.endswith("/messages"):
                 return await self._anthropic_messages(anthropic_wire.parse_messages(body))
             return self._error(404, f"legion serves no POST {path} for the {self._dialect} SDK")
-        except WireError as exc:
-            return self._error(400, str(exc))
-        except RateLimited as exc:
-            return self._error(429, str(exc))
-        except ProviderError as exc:
-            return self._error(exc.status if exc.status and exc.status >= 500 else 502, str(exc))
-        except ProviderRejected as exc:
-            return self._error(exc.status or 400, str(exc))
-        except Permanent as exc:
-            return self._error(400, str(exc))
-        except LegionError as exc:
-            return self._error(500, str(exc))
+        except (WireError, LegionError) as exc:
+            return self._error(error_status(exc), str(exc))
 
     def route_for(self, model: str) -> str:
         """The route a request for ``model`` takes."""
