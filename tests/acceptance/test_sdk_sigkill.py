@@ -1,5 +1,6 @@
 """``ctx.llm.openai()`` under ``legion run``: a run SIGKILLed mid-way and run again buys
-no completion twice, plain or streamed."""
+no completion twice, plain or streamed, whether the agent calls the SDK itself or a
+Pydantic AI agent does."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_sigkill_then_rerun_buys_only_what_was_not_recorded(tmp_path: Path, simu
     ]
     proc = start_legion(*args)
     wait_for(
-        lambda: int(sim_stats(simulator)["requests_total"]) >= 200,
+        lambda: int(sim_stats(simulator)["requests_total"]) >= n,
         what="LLM calls of the first run",
     )
     proc.send_signal(signal.SIGKILL)
@@ -88,7 +89,9 @@ def test_sigkill_then_rerun_buys_only_what_was_not_recorded(tmp_path: Path, simu
     second = legion(*args)
     assert second.returncode == 0, second.stderr
     rows = read_jsonl(out)
+    # Ledger: every line answered exactly once (none lost, none twice).
     assert len(rows) == n and all(row["status"] == "succeeded" for row in rows)
+    assert sorted(row["line"] for row in rows) == list(range(1, n + 1))
     assert all(row["usage"]["llm_calls"] == calls for row in rows)
     paid_after = int(sim_stats(simulator)["requests_total"])
     # Exactly the completions that were not recorded are bought again; no recorded one is.

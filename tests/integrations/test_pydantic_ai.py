@@ -69,3 +69,51 @@ async def test_a_rerun_replays_the_recorded_requests_and_buys_none(
     # The tool itself is the agent's code: it ran in both attempts (not a recorded step).
     attempts = [line.split()[0] for line in (tmp_path / "ledger").read_text().splitlines()]
     assert [a.split("/")[1] for a in attempts] == ["1", "2"]
+
+
+@legion.agent
+async def anthropic_tools(ctx: legion.Context, question: str) -> dict[str, object]:
+    """The anthropic SDK's tool use round trip, translated to and from legion's call."""
+    client = ctx.llm.anthropic()
+    tools = [
+        {
+            "name": "temperature",
+            "description": "The temperature in a city.",
+            "input_schema": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        }
+    ]
+    messages: list[dict[str, object]] = [{"role": "user", "content": question}]
+    first = await client.messages.create(
+        model="sim-model", max_tokens=64, tools=tools, messages=messages
+    )
+    (use,) = [block for block in first.content if block.type == "tool_use"]
+    messages.append({"role": "assistant", "content": [b.model_dump() for b in first.content]})
+    messages.append(
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                      "content": "21.5"}]}
+    )  # fmt: skip
+    async with client.messages.stream(
+        model="sim-model", max_tokens=64, tools=tools, messages=messages
+    ) as stream:
+        final = await stream.get_final_message()
+    return {
+        "stop": first.stop_reason,
+        "input": use.input,
+        "final_stop": final.stop_reason,
+        "text": final.content[0].text if final.content[0].type == "text" else "",
+    }
+
+
+async def test_the_anthropic_sdk_uses_tools_through_legion(
+    db_url: str, sim_route: SimRoute
+) -> None:
+    async with Runtime(db_url, llm=sim_route.client) as rt:
+        (result,) = [r async for r in rt.map(anthropic_tools, ["Warm in Oslo?"])]
+    assert result.ok, result.error
+    assert result.output["stop"] == "tool_use" and set(result.output["input"]) == {"city"}
+    assert result.output["final_stop"] == "end_turn" and result.output["text"]
+    assert sim_route.requests == 2
