@@ -62,11 +62,13 @@ def sim() -> Iterator[str]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> str:
+def store_file(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'gateway.db'}"
 
 
-def test_two_gateways_share_one_limit_under_load(sim: str, store: str) -> None:
+def test_two_gateways_share_one_limit_under_load(sim: str, store_url: str) -> None:
+    # On a SQLite file (one machine) and on PostgreSQL (gateways on several machines).
+    store = store_url
     key = new_key(store, "load")
     gateways = [start_gateway("--llm", f"openai:sim-model@{sim}", "--rpm", "6000",
                               "--store", store) for _ in range(2)]  # fmt: skip
@@ -113,8 +115,9 @@ async def load(urls: list[str], key: str, n: int, *, concurrency: int) -> dict[i
 
 
 def test_the_openai_sdk_works_through_the_gateway_and_keys_are_checked(
-    sim: str, store: str
+    sim: str, store_file: str
 ) -> None:
+    store = store_file
     key = new_key(store, "sdk")
     other = new_key(store, "other")
     proc, url = start_gateway("--llm", f"openai:sim-model@{sim}", "--store", store)
@@ -174,7 +177,7 @@ async def sdk_calls(url: str, key: str, other: str) -> None:
     assert usage[other]["calls"] == 0
 
 
-def test_a_non_loopback_host_is_refused_without_allow_remote(store: str) -> None:
-    r = legion("gateway", "--store", store, "--host", "0.0.0.0")
+def test_a_non_loopback_host_is_refused_without_allow_remote(store_file: str) -> None:
+    r = legion("gateway", "--store", store_file, "--host", "0.0.0.0")
     assert r.returncode == 2
     assert "--allow-remote" in r.stderr and "Traceback" not in r.stderr
