@@ -18,7 +18,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 @pytest.fixture
 def simulator() -> Iterator[str]:
-    proc, url = start_sim("--tool-calls")
+    # 1,200 requests a minute, enforced over each second (20 a second).
+    proc, url = start_sim("--tool-calls", "--rpm", "1200", "--window-seconds", "1")
     yield url
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
@@ -35,7 +36,8 @@ def simulator() -> Iterator[str]:
 def test_the_example_runs_with_every_call_through_legion(
     tmp_path: Path, simulator: str, target: str, calls: int
 ) -> None:
-    inp = write_jsonl(tmp_path / "q.jsonl", [{"question": "What now?"}, {"question": "Why?"}])
+    n = 30  # all at once (unpaced, a third of their first calls would get a 429)
+    inp = write_jsonl(tmp_path / "q.jsonl", [{"question": f"Question {i}?"} for i in range(n)])
     out = tmp_path / "out.jsonl"
     r = legion(
         "run",
@@ -48,9 +50,13 @@ def test_the_example_runs_with_every_call_through_legion(
         f"sqlite:///{tmp_path / 'db'}",
         "--llm",
         f"openai:sim-model@{simulator}",
+        "--rpm",
+        "1140",  # 5 % under the provider's limit, as one configures it
     )
     assert r.returncode == 0, r.stderr
     rows = read_jsonl(out)
-    assert [row["status"] for row in rows] == ["succeeded", "succeeded"], rows
+    assert [row["status"] for row in rows] == ["succeeded"] * n, rows
     assert all(row["usage"]["llm_calls"] == calls for row in rows)
-    assert sim_stats(simulator)["requests_total"] == 2 * calls
+    stats = sim_stats(simulator)
+    assert stats["requests_total"] == n * calls  # no 429, nothing retried
+    assert stats["rate_limited"] == 0
