@@ -15,7 +15,7 @@ from legion.errors import LegionError, Permanent
 from legion.llm.client import LLMClient
 from legion.llm.sdk import openai_wire
 from legion.llm.sdk.openai_wire import WireError
-from legion.llm.sdk.transport import error_status
+from legion.llm.sdk.statuses import error_status
 from legion.llm.shared import SharedCapacity
 from legion.server.auth import Authenticator, AuthError
 from legion.store.base import ApiKey, Store

@@ -85,14 +85,14 @@ class LLMCalls:
         own retries are off), recorded once per task, streamed too, counted in the
         task's usage and cost. ``model`` sends every request to that route (or route's
         model); ``None``: the route the request's model names, else the default route."""
-        from legion.llm.sdk import openai_client
+        from legion.llm.sdk.clients import openai_client
 
         return self._sdk("openai", model, openai_client)
 
     def anthropic(self, model: str | None = None) -> Any:
         """An ``anthropic.AsyncAnthropic`` whose messages are calls of this task, like
         `openai` (on any route: the request is translated to legion's chat call)."""
-        from legion.llm.sdk import anthropic_client
+        from legion.llm.sdk.clients import anthropic_client
 
         return self._sdk("anthropic", model, anthropic_client)
 

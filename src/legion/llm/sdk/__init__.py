@@ -15,9 +15,8 @@ A task that runs again gets its recorded completions back as the same bytes: the
 answer is rendered from the recorded completion alone, so nothing in it (ids
 included) depends on when it was rendered. The SDK's own retries are off
 (``max_retries=0``): legion's policy is the only one.
+
+The wire modules (`openai_wire`, `anthropic_wire`) need no SDK: ``legion gateway``
+speaks OpenAI's format with them. `transport` and `clients` need ``httpx2`` (which the
+SDKs bring) and are imported only when a client is asked for.
 """
-
-from legion.llm.sdk.clients import anthropic_client, openai_client
-from legion.llm.sdk.transport import LegionTransport
-
-__all__ = ["LegionTransport", "anthropic_client", "openai_client"]

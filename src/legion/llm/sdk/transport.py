@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Literal
 
 import httpx2
 
-from legion.errors import LegionError, Permanent, ProviderError, ProviderRejected, RateLimited
+from legion.errors import LegionError, Permanent
 from legion.llm.sdk import anthropic_wire, openai_wire
 from legion.llm.sdk.openai_wire import WireChat, WireError
+from legion.llm.sdk.statuses import error_status
 from legion.llm.types import ChatResponse
 
 if TYPE_CHECKING:
@@ -26,23 +27,6 @@ if TYPE_CHECKING:
 Dialect = Literal["openai", "anthropic"]
 _JSON = {"content-type": "application/json"}
 _EVENTS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
-
-
-def error_status(exc: WireError | LegionError) -> int:
-    """The HTTP status that says what ``exc`` says: 400 for a request legion cannot take
-    or a permanent refusal, 429 for a rate limit legion's retries did not outlast, 502 or
-    the provider's 5xx for a provider that failed, 500 for anything else."""
-    if isinstance(exc, WireError):
-        return 400
-    if isinstance(exc, RateLimited):
-        return 429
-    if isinstance(exc, ProviderError):
-        return exc.status if exc.status and exc.status >= 500 else 502
-    if isinstance(exc, ProviderRejected):
-        return exc.status or 400
-    if isinstance(exc, Permanent):
-        return 400
-    return 500
 
 
 class _Events(httpx2.AsyncByteStream):
