@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the public face, and what is built on it
     ("__init__", "testing"),
     ("server", "bench"),
+    ("gateway", "integrations"),
     ("demo",),
     ("cli",),
     ("__main__",),

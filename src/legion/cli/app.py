@@ -12,6 +12,7 @@ import typer
 
 from ..errors import LegionError
 from .bench import register as _register_bench
+from .gateway import register as _register_gateway
 from .options import (
     DEFAULT_STORE,
     ConfigOpt,
@@ -340,6 +341,7 @@ _register_sim(app)
 _register_vectors(app)
 _register_signal(app)
 _register_schedule(app)
+_register_gateway(app)
 
 
 def main() -> None:

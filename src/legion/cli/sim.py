@@ -87,6 +87,14 @@ def sim(
             help="Share of prompt tokens reported as read from a prompt cache (default 0)."
         ),
     ] = None,
+    tool_calls: Annotated[
+        bool,
+        typer.Option(
+            "--tool-calls",
+            help="Call the tools a request offers, one after another, then answer text; "
+            "answer a json_schema response format with JSON of that schema.",
+        ),
+    ] = False,
     error_rate: Annotated[
         float | None, typer.Option(help="Fraction of requests answered 500/503.")
     ] = None,
@@ -174,6 +182,7 @@ def sim(
             ("min_output_tokens", min_output_tokens),
             ("max_output_tokens", max_output_tokens),
             ("cached_prompt_share", cached_prompt_share),
+            ("tool_calls", tool_calls or None),
             ("error_rate", error_rate),
             ("hang_rate", hang_rate),
             ("hang_seconds", hang_seconds),

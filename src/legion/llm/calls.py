@@ -25,11 +25,12 @@ if TYPE_CHECKING:
 class LLMCalls:
     """What ``ctx.llm`` is: the run's LLM client, with every call recorded."""
 
-    __slots__ = ("_client", "_ctx")
+    __slots__ = ("_client", "_ctx", "_sdks")
 
     def __init__(self, ctx: StepRecorder, client: LLMClient) -> None:
         self._ctx = ctx
         self._client = client
+        self._sdks: dict[tuple[str, str | None], Any] | None = None  # SDK clients made
 
     def chat(
         self,
@@ -77,6 +78,32 @@ class LLMCalls:
         data = await self._ctx.record(key, call, (), {}, site, inputs=(list(messages), params))
         self._ctx.usage.add(data)
         return ChatResponse.from_json(data)
+
+    def openai(self, model: str | None = None) -> Any:
+        """An ``openai.AsyncOpenAI`` whose chat completions and embeddings are calls of
+        this task, like `chat` and `embed`: paced, retried by legion's policy (the SDK's
+        own retries are off), recorded once per task, streamed too, counted in the
+        task's usage and cost. ``model`` sends every request to that route (or route's
+        model); ``None``: the route the request's model names, else the default route."""
+        from legion.llm.sdk.clients import openai_client
+
+        return self._sdk("openai", model, openai_client)
+
+    def anthropic(self, model: str | None = None) -> Any:
+        """An ``anthropic.AsyncAnthropic`` whose messages are calls of this task, like
+        `openai` (on any route: the request is translated to legion's chat call)."""
+        from legion.llm.sdk.clients import anthropic_client
+
+        return self._sdk("anthropic", model, anthropic_client)
+
+    def _sdk(self, kind: str, model: str | None, make: Any) -> Any:
+        """One client per kind and route for the task (making one costs ~0.5 ms)."""
+        if self._sdks is None:
+            self._sdks = {}
+        client = self._sdks.get((kind, model))
+        if client is None:
+            client = self._sdks[kind, model] = make(self, self._client, model)
+        return client
 
     def embed(
         self, texts: Sequence[str], model: str | None = None, **params: Any

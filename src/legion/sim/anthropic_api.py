@@ -220,7 +220,9 @@ class AnthropicDialect:
             }
         )
 
-    def frames(self, model: str, prompt_tokens: int) -> MessageFrames:
+    def frames(
+        self, model: str, prompt_tokens: int, tool_call: tuple[str, str] | None = None
+    ) -> MessageFrames:
         return MessageFrames(self._new_id(), model, prompt_tokens)
 
     def _new_id(self) -> str:

@@ -20,7 +20,7 @@ import orjson
 
 from legion.sim.config import SimConfig
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 # Token estimate of OpenAI's chat format: each message costs a few tokens of
 # framing, and the reply is primed with a few more.
@@ -56,6 +56,9 @@ class Completion(NamedTuple):
 
     tokens: tuple[str, ...]
     finish_reason: FinishReason
+    tool_call: tuple[str, str] | None = None
+    """The id and function name of the tool call it makes (its text: the arguments);
+    see `legion.sim.tools`."""
 
     @property
     def text(self) -> str:

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="share of prompt tokens reported as read from a prompt cache (default 0)",
     )
+    add(
+        "--tool-calls",
+        action="store_const",
+        const=True,
+        help="call the tools a request offers, in turn, and answer JSON to a json_schema",
+    )
     add("--error-rate", type=float, help="fraction of requests answered 500/503")
     add("--hang-rate", type=float, help="fraction of requests never answered")
     add("--hang-seconds", type=float, help="longest hang before a 504 (default 600)")

@@ -75,6 +75,10 @@ class SimConfig:
             ``prompt_tokens_details.cached_tokens``; Anthropic:
             ``cache_read_input_tokens``, the rest as ``input_tokens``); 0 by
             default.
+        tool_calls: answer requests that offer ``tools`` with a call to the next tool
+            not yet called, and those asking for a ``json_schema`` response format with
+            JSON of that schema (`legion.sim.tools`), so agent frameworks run their loops
+            to the end; off by default (tools are accepted and ignored).
 
     Faults (fractions of admitted requests, at most 1 in total):
         error_rate: answer with one of ``error_statuses`` (500 or 503).
@@ -137,6 +141,7 @@ class SimConfig:
     min_output_tokens: int = 8
     max_output_tokens: int = 64
     cached_prompt_share: float = 0.0
+    tool_calls: bool = False
     error_rate: float = 0.0
     error_statuses: tuple[int, ...] = (500, 503)
     hang_rate: float = 0.0

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from legion.sim.behaviour import Completion, FinishReason
 from legion.sim.limits import Admission, format_reset
+from legion.sim.tools import Script
 
 
 class BadRequest(Exception):
@@ -39,6 +40,8 @@ class ParsedChat(NamedTuple):
     stream: bool
     include_usage: bool
     """Whether a stream ends with the usage (always, for some dialects)."""
+    script: Script | None = None
+    """A tool call or JSON answer to give instead of generated text (`legion.sim.tools`)."""
 
 
 class StreamFrames(Protocol):
@@ -104,7 +107,9 @@ class Dialect(Protocol):
         prompt's tokens are reported as read from a prompt cache."""
         ...
 
-    def frames(self, model: str, prompt_tokens: int) -> StreamFrames:
+    def frames(
+        self, model: str, prompt_tokens: int, tool_call: tuple[str, str] | None = None
+    ) -> StreamFrames:
         """The events of a new stream."""
         ...
 

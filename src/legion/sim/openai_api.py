@@ -20,6 +20,7 @@ from aiohttp import web
 from legion.sim.behaviour import Completion, FinishReason
 from legion.sim.dialect import BadRequest, ParsedChat, rate_limit_message
 from legion.sim.limits import Admission
+from legion.sim.tools import script_for
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _MAX_STOP_SEQUENCES = 4
@@ -81,7 +82,13 @@ def parse_chat_request(raw: bytes) -> ParsedChat:
     if n is not None and n != 1:
         raise BadRequest("The simulator only supports n=1.", "n")
     return ParsedChat(
-        model, messages, max_tokens, _parse_stop(body.get("stop")), bool(stream), include_usage
+        model,
+        messages,
+        max_tokens,
+        _parse_stop(body.get("stop")),
+        bool(stream),
+        include_usage,
+        script_for(body, messages) if "tools" in body or "response_format" in body else None,
     )
 
 
@@ -218,11 +225,7 @@ class OpenAIDialect:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": completion.text,
-                            "refusal": None,
-                        },
+                        "message": _message(completion),
                         "logprobs": None,
                         "finish_reason": completion.finish_reason,
                     }
@@ -231,22 +234,41 @@ class OpenAIDialect:
             }
         )
 
-    def frames(self, model: str, prompt_tokens: int) -> ChunkFrames:
-        return ChunkFrames(self._new_id(), int(time.time()), model, prompt_tokens)
+    def frames(
+        self, model: str, prompt_tokens: int, tool_call: tuple[str, str] | None = None
+    ) -> ChunkFrames:
+        return ChunkFrames(self._new_id(), int(time.time()), model, prompt_tokens, tool_call)
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
+
+
+def _message(completion: Completion) -> dict[str, Any]:
+    if completion.tool_call is None:
+        return {"role": "assistant", "content": completion.text, "refusal": None}
+    call_id, name = completion.tool_call
+    function = {"name": name, "arguments": completion.text}
+    call = {"id": call_id, "type": "function", "function": function}
+    return {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
 
 
 class ChunkFrames:
     """Pre-serialised pieces of the ``chat.completion.chunk`` events of one
     stream, so each token costs one small JSON string encoding."""
 
-    __slots__ = ("_head", "_prefix", "_prompt_tokens")
+    __slots__ = ("_head", "_prefix", "_prompt_tokens", "_tool_call")
 
     _SUFFIX = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 
-    def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int) -> None:
+    def __init__(
+        self,
+        completion_id: str,
+        created: int,
+        model: str,
+        prompt_tokens: int,
+        tool_call: tuple[str, str] | None = None,
+    ) -> None:
+        self._tool_call = tool_call
         self._head = (
             b'data: {"id":'
             + orjson.dumps(completion_id)
@@ -259,9 +281,18 @@ class ChunkFrames:
         self._prompt_tokens = prompt_tokens
 
     def start(self) -> bytes:
+        if self._tool_call is not None:
+            call_id, name = self._tool_call
+            call = {"index": 0, "id": call_id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}  # fmt: skip
+            delta = orjson.dumps({"role": "assistant", "content": None, "tool_calls": [call]})
+            return self._prefix + delta[:-1] + self._SUFFIX
         return self._prefix + b'{"role":"assistant","content":""' + self._SUFFIX
 
     def content(self, token: str) -> bytes:
+        if self._tool_call is not None:
+            call = {"index": 0, "function": {"arguments": token}}
+            return self._prefix + orjson.dumps({"tool_calls": [call]})[:-1] + self._SUFFIX
         return self._prefix + b'{"content":' + orjson.dumps(token) + self._SUFFIX
 
     def end(self, reason: FinishReason, completion_tokens: int, include_usage: bool) -> bytes:

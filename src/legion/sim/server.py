@@ -47,6 +47,7 @@ from legion.sim.embeddings import (
 )
 from legion.sim.limits import Admission, Clock, RateLimiter
 from legion.sim.openai_api import OpenAIDialect
+from legion.sim.tools import completion_of
 
 _MAX_BODY_BYTES = 32 * 1024 * 1024
 # Streamed tokens falling due less than this apart are written together, so
@@ -297,6 +298,8 @@ class _Service:
             limit=chat.max_tokens,
             stop=chat.stop,
         )
+        if chat.script is not None and config.tool_calls:
+            completion = completion_of(chat.script)
         prompt_tokens = estimate_prompt_tokens(chat.messages)
         charge = prompt_tokens + (
             chat.max_tokens if chat.max_tokens is not None else len(completion.tokens)
@@ -368,7 +371,7 @@ class _Service:
                 )
             )
         if chat.stream:
-            frames = dialect.frames(chat.model, prompt_tokens)
+            frames = dialect.frames(chat.model, prompt_tokens, completion.tool_call)
             return await self._stream(
                 request, chat, completion, prompt_tokens, frames, plan.fault, plan.latency, headers
             )

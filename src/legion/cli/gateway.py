@@ -1,0 +1,92 @@
+"""``legion gateway``: an OpenAI-compatible endpoint over legion's LLM routes, with
+limits shared through the store (see `legion.gateway`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from typing import Annotated
+
+import typer
+
+from ..extras import install_hint
+from ..sim.cli import _is_loopback
+from ..store import store_from_url
+from .llm_options import LLMOptions, llm_config
+from .options import ConfigOpt, LLMOpt, MaxInFlightOpt, RpmOpt, StoreOpt, TpmOpt, _fail, _run
+from .progress import stderr_console
+
+GATEWAY_HELP = (
+    "Serve POST /v1/chat/completions and /v1/embeddings (OpenAI's API) for agents legion "
+    "does not host: another language, another process. Each call goes through the --llm "
+    "routes (pacing, retries, usage and cost per API key), and every gateway on the same "
+    "--store shares each provider's limits (--rpm/--tpm) with the others and with "
+    "legion's workers. Callers send an API key of `legion keys create` (Authorization: "
+    "Bearer KEY); an optional X-Legion-Task header counts their calls per task in "
+    "GET /v1/usage. Listens on loopback unless --allow-remote.\n\n"
+    "legion keys create --store postgresql://db/legion --name billing-bot\n\n"
+    "legion gateway --llm openai:gpt-4o-mini --rpm 500 --store postgresql://db/legion "
+    "--port 8090\n\n"
+    "OPENAI_BASE_URL=http://127.0.0.1:8090/v1 OPENAI_API_KEY=lgn_... python bot.py"
+)
+
+
+def gateway(
+    store: StoreOpt,
+    llm: LLMOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_in_flight: MaxInFlightOpt = None,
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8090,
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="Allow a --host that is not loopback.")
+    ] = False,
+) -> None:
+    if not allow_remote and not _is_loopback(host):
+        raise _fail(f"refusing to listen on non-loopback host {host!r} without --allow-remote")
+    try:
+        import fastapi  # noqa: F401  (the API keys' checks live with the server)
+    except ImportError:
+        raise _fail(f"legion gateway needs the server extra: {install_hint('server')}") from None
+    opts = LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config)
+    llm_settings, note = llm_config(opts)
+    stderr_console().print(note, highlight=False)
+    _run(_serve(store, llm_settings, host, port))
+
+
+async def _serve(url: str, llm_settings: object, host: str, port: int) -> None:
+    from ..gateway.app import Gateway, serve
+    from ..llm.config import LLMConfig, build_client
+
+    assert isinstance(llm_settings, LLMConfig)
+    store = store_from_url(url)
+    await store.open()
+    try:
+        async with await build_client(llm_settings) as client:
+            gateway = Gateway(
+                client, store, gateway_id=f"gateway-{socket.gethostname()}-{os.getpid()}"
+            )
+            ready = asyncio.Event()
+            server = asyncio.create_task(serve(gateway, host, port, ready))
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, server.cancel)
+            waiting = asyncio.create_task(ready.wait())
+            await asyncio.wait({server, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if ready.is_set():
+                bound_host, bound_port = gateway.address[:2]
+                print(f"legion gateway ready at http://{bound_host}:{bound_port}/v1", flush=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await server
+            waiting.cancel()
+    finally:
+        await store.aclose()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("gateway", help=GATEWAY_HELP)(gateway)

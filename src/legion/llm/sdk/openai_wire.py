@@ -1,0 +1,207 @@
+"""OpenAI's chat completions and embeddings on the wire, for ``ctx.llm.openai()``.
+
+A request body becomes the messages and parameters of a ``ctx.llm.chat`` call (the
+parameters pass through to the provider in OpenAI's names, as for any call); a
+completion becomes a ``chat.completion`` body, or the ``chat.completion.chunk``
+events of a stream, that the ``openai`` SDK parses. Rendering depends on the
+completion alone, so a recorded completion is rendered to the same bytes again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from legion.llm.embeddings import Embeddings
+from legion.llm.types import ChatResponse, Message, Usage
+
+_NOT_PARAMS = frozenset({"model", "messages", "stream", "stream_options"})
+_DONE = b"data: [DONE]\n\n"
+
+
+class WireError(ValueError):
+    """A request body legion cannot take (answered with a 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireChat:
+    """A chat completions request, in the terms of ``ctx.llm.chat``."""
+
+    model: str
+    messages: list[Message]
+    params: dict[str, Any]
+    stream: bool
+    include_usage: bool
+
+
+def parse_chat(body: bytes) -> WireChat:
+    """The chat call a ``/chat/completions`` body asks for; `WireError` if it is not one."""
+    data = _object(body)
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise WireError("'messages' must be a non-empty array")
+    options = data.get("stream_options")
+    include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
+    params = {name: value for name, value in data.items() if name not in _NOT_PARAMS}
+    if params.get("n", 1) != 1:
+        raise WireError("legion answers one choice per request (n=1)")
+    return WireChat(
+        str(data.get("model") or ""), messages, params, bool(data.get("stream")), include_usage
+    )
+
+
+def parse_embed(body: bytes) -> tuple[str, list[str], dict[str, Any], str]:
+    """The model, texts, parameters and encoding (``float``, ``base64``) of an
+    ``/embeddings`` body."""
+    data = _object(body)
+    texts = data.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        raise WireError("'input' must be a string or an array of strings")
+    encoding = data.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise WireError("encoding_format must be 'float' or 'base64'")
+    params = {k: v for k, v in data.items() if k not in ("model", "input", "encoding_format")}
+    return str(data.get("model") or ""), texts, params, encoding
+
+
+def completion_id(response: ChatResponse) -> str:
+    """An id that depends on the completion alone (the same again on a replay)."""
+    digest = hashlib.blake2b(orjson.dumps(response.to_json()), digest_size=12).hexdigest()
+    return f"chatcmpl-{digest}"
+
+
+def render_completion(response: ChatResponse, model: str) -> bytes:
+    """``response`` as a ``chat.completion`` body."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": response.text if response.text or not response.tool_calls else None,
+        "refusal": None,
+    }
+    if response.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in response.tool_calls
+        ]
+    return orjson.dumps(
+        {
+            "id": completion_id(response),
+            "object": "chat.completion",
+            "created": 0,
+            "model": response.model or model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": _finish(response),
+                }
+            ],
+            "usage": usage_json(response.usage),
+        }
+    )
+
+
+def render_stream(response: ChatResponse, model: str, include_usage: bool) -> list[bytes]:
+    """``response`` as the events of a stream: the role, the text, each tool call, the
+    finish reason, the usage when asked for, then ``[DONE]``."""
+    head = {
+        "id": completion_id(response),
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": response.model or model,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    if response.text:
+        events.append(chunk({"content": response.text}))
+    for index, call in enumerate(response.tool_calls):
+        function = {"name": call.name, "arguments": call.arguments}
+        events.append(
+            chunk({"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                                   "function": function}]})
+        )  # fmt: skip
+    events.append(chunk({}, _finish(response)))
+    if include_usage:
+        tail = {**head, "choices": [], "usage": usage_json(response.usage)}
+        events.append(b"data: " + orjson.dumps(tail) + b"\n\n")
+    events.append(_DONE)
+    return events
+
+
+def render_embeddings(embeddings: Embeddings, model: str, encoding: str = "float") -> bytes:
+    """``embeddings`` as an ``/embeddings`` answer (``base64``: little-endian float32s,
+    as OpenAI sends them)."""
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": _encoded(vector, encoding)}
+                for index, vector in enumerate(embeddings.vectors)
+            ],
+            "model": embeddings.model or model,
+            "usage": {
+                "prompt_tokens": embeddings.usage.prompt_tokens,
+                "total_tokens": embeddings.usage.prompt_tokens,
+            },
+        }
+    )
+
+
+def _encoded(vector: Sequence[float], encoding: str) -> Any:
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return list(vector)
+
+
+def render_error(status: int, message: str, code: str | None = None) -> bytes:
+    """An error body as OpenAI writes it."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    if status == 429:
+        kind = "rate_limit_error"
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+def usage_json(usage: Usage) -> dict[str, Any]:
+    """OpenAI's usage object for ``usage``, with the details it has."""
+    data: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total,
+    }
+    if usage.cached_tokens:
+        data["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    if usage.reasoning_tokens:
+        data["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return data
+
+
+def _finish(response: ChatResponse) -> str:
+    if response.finish_reason:
+        return response.finish_reason
+    return "tool_calls" if response.tool_calls else "stop"
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WireError("the body must be a JSON object")
+    return data

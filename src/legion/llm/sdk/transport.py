@@ -1,0 +1,141 @@
+"""`LegionTransport`: the HTTP transport of the SDK clients ``ctx.llm`` hands out.
+
+Nothing goes on the network from here: each request the SDK writes becomes a
+``ctx.llm.chat`` (or ``ctx.llm.embed``) call, recorded as a step of the task, and its
+completion comes back in the SDK's wire format. Failures that legion's retry policy
+did not overcome come back as the HTTP error the SDK expects (a 429, a 5xx, a 400...),
+so the SDK raises its own error type with legion's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import httpx2
+
+from legion.errors import LegionError, Permanent
+from legion.llm.sdk import anthropic_wire, openai_wire
+from legion.llm.sdk.openai_wire import WireChat, WireError
+from legion.llm.sdk.statuses import error_status
+from legion.llm.types import ChatResponse
+
+if TYPE_CHECKING:
+    from legion.llm.client import LLMClient
+    from legion.llm.embeddings import Embeddings
+
+Dialect = Literal["openai", "anthropic"]
+
+
+class LLMCalls(Protocol):
+    """The part of `ctx.llm` (`legion.llm.calls.LLMCalls`) the SDK clients call: recorded
+    chat and embedding calls."""
+
+    def chat(
+        self, messages: Sequence[Any], model: str | None = None, **kw: Any
+    ) -> Awaitable[ChatResponse]: ...
+
+    def embed(
+        self, texts: Sequence[str], model: str | None = None, **params: Any
+    ) -> Awaitable[Embeddings]: ...
+
+
+_JSON = {"content-type": "application/json"}
+_EVENTS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+
+
+class _Events(httpx2.AsyncByteStream):
+    """The events of a rendered stream, handed to the SDK one by one."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self._events = events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for event in self._events:
+            yield event
+
+    async def aclose(self) -> None:
+        return None
+
+
+class LegionTransport(httpx2.AsyncBaseTransport):
+    """Answers an SDK's requests with ``ctx.llm`` calls.
+
+    ``dialect`` is the SDK's wire format. ``route`` sends every request to that route
+    (or route's model); ``None`` takes the route the request's model names (by route
+    name or model), else the default route.
+    """
+
+    def __init__(
+        self, calls: LLMCalls, client: LLMClient, dialect: Dialect, route: str | None = None
+    ) -> None:
+        self._calls = calls
+        self._client = client
+        self._dialect = dialect
+        self._route = route
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = await request.aread()
+        path = request.url.path.rstrip("/")
+        try:
+            if request.method != "POST":
+                return self._error(404, f"legion serves no {request.method} {path}")
+            if self._dialect == "openai":
+                if path.endswith("/chat/completions"):
+                    return await self._openai_chat(openai_wire.parse_chat(body))
+                if path.endswith("/embeddings"):
+                    return await self._openai_embed(body)
+            elif path.endswith("/messages"):
+                return await self._anthropic_messages(anthropic_wire.parse_messages(body))
+            return self._error(404, f"legion serves no POST {path} for the {self._dialect} SDK")
+        except (WireError, LegionError) as exc:
+            return self._error(error_status(exc), str(exc))
+
+    def route_for(self, model: str) -> str:
+        """The route a request for ``model`` takes."""
+        if self._route is not None:
+            return self._client.route_for(self._route).name
+        try:
+            return self._client.route_for(model or None).name
+        except Permanent:
+            return self._client.route_for(None).name
+
+    async def _chat(self, chat: WireChat) -> ChatResponse:
+        route = self.route_for(chat.model)
+        return await self._calls.chat(chat.messages, route, stream=chat.stream, **chat.params)
+
+    async def _openai_chat(self, chat: WireChat) -> httpx2.Response:
+        response = await self._chat(chat)
+        if chat.stream:
+            events = openai_wire.render_stream(response, chat.model, chat.include_usage)
+            return httpx2.Response(200, headers=_EVENTS, stream=_Events(events))
+        content = openai_wire.render_completion(response, chat.model)
+        return httpx2.Response(200, headers=_JSON, content=content)
+
+    async def _openai_embed(self, body: bytes) -> httpx2.Response:
+        model, texts, params, encoding = openai_wire.parse_embed(body)
+        route = self._route if self._route is not None else self._embed_route(model)
+        embeddings = await self._calls.embed(texts, route, **params)
+        content = openai_wire.render_embeddings(embeddings, model, encoding)
+        return httpx2.Response(200, headers=_JSON, content=content)
+
+    def _embed_route(self, model: str) -> str | None:
+        try:
+            return self._client.route_for(model).name if model else None
+        except Permanent:
+            return None
+
+    async def _anthropic_messages(self, chat: WireChat) -> httpx2.Response:
+        response = await self._chat(chat)
+        if chat.stream:
+            events = anthropic_wire.render_stream(response, chat.model)
+            return httpx2.Response(200, headers=_EVENTS, stream=_Events(events))
+        content = anthropic_wire.render_message(response, chat.model)
+        return httpx2.Response(200, headers=_JSON, content=content)
+
+    def _error(self, status: int, message: str) -> httpx2.Response:
+        render: Callable[[int, str], bytes] = (
+            openai_wire.render_error if self._dialect == "openai" else anthropic_wire.render_error
+        )
+        headers = {**_JSON, "x-should-retry": "false"}
+        return httpx2.Response(status, headers=headers, content=render(status, message))

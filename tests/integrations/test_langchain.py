@@ -1,0 +1,107 @@
+"""LangChain's ``ChatOpenAI`` on ``ctx.llm``, and a small LangGraph graph (model, tool,
+model) run as one legion agent, every model call counted at the simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.messages import AnyMessage, HumanMessage
+from langchain_core.tools import tool
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.prebuilt import ToolNode, tools_condition
+from pydantic import BaseModel
+
+import legion
+from legion import Runtime
+from legion.integrations.langchain import chat_model
+
+from .conftest import SimRoute
+
+LEDGER: list[Path] = []
+
+
+@tool
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    with LEDGER[0].open("a") as ledger:
+        ledger.write(f"{a}*{b}\n")
+    return a * b
+
+
+class State(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def build_graph(ctx: legion.Context) -> Any:
+    llm = chat_model(ctx).bind_tools([multiply])
+
+    async def think(state: State) -> dict[str, list[AnyMessage]]:
+        return {"messages": [await llm.ainvoke(state["messages"])]}
+
+    graph = StateGraph(State)
+    graph.add_node("think", think)
+    graph.add_node("tools", ToolNode([multiply]))
+    graph.add_edge(START, "think")
+    graph.add_conditional_edges("think", tools_condition)
+    graph.add_edge("tools", "think")
+    graph.add_edge("think", END)
+    return graph.compile()
+
+
+@legion.agent(retries=1, backoff=0)
+async def calculate(ctx: legion.Context, question: str) -> dict[str, Any]:
+    state = await build_graph(ctx).ainvoke({"messages": [HumanMessage(question)]})
+    if ctx.attempt == 1 and question.startswith("crash"):
+        raise RuntimeError("the attempt dies after the graph")
+    messages = state["messages"]
+    return {"kinds": [m.type for m in messages], "answer": messages[-1].content}
+
+
+class Verdict(BaseModel):
+    label: str
+    score: int
+
+
+@legion.agent
+async def classify(ctx: legion.Context, text: str) -> dict[str, Any]:
+    verdict = await chat_model(ctx).with_structured_output(Verdict).ainvoke(text)
+    assert isinstance(verdict, Verdict)
+    streamed = [chunk.content async for chunk in chat_model(ctx).astream(text)]
+    return {**verdict.model_dump(), "streamed": "".join(str(c) for c in streamed)}
+
+
+async def test_a_langgraph_graph_runs_as_one_legion_agent(
+    db_url: str, sim_route: SimRoute, tmp_path: Path
+) -> None:
+    LEDGER[:] = [tmp_path / "ledger"]
+    async with Runtime(db_url, llm=sim_route.client) as rt:
+        (result,) = [r async for r in rt.map(calculate, ["What is 3 times 4?"])]
+    assert result.ok, result.error
+    assert result.output["kinds"] == ["human", "ai", "tool", "ai"]
+    assert result.output["answer"]
+    assert result.usage is not None and result.usage["llm_calls"] == 2
+    assert sim_route.requests == 2
+    assert (tmp_path / "ledger").read_text() == "3*3\n"  # the simulator's arguments
+
+
+async def test_a_rerun_of_the_graph_buys_no_recorded_call(
+    db_url: str, sim_route: SimRoute, tmp_path: Path
+) -> None:
+    LEDGER[:] = [tmp_path / "ledger"]
+    async with Runtime(db_url, llm=sim_route.client) as rt:
+        (result,) = [r async for r in rt.map(calculate, ["crash: 3 times 4?"])]
+    assert result.ok, result.error
+    assert sim_route.requests == 2
+
+
+async def test_structured_output_and_streaming_with_chat_openai(
+    db_url: str, sim_route: SimRoute
+) -> None:
+    async with Runtime(db_url, llm=sim_route.client) as rt:
+        (result,) = [r async for r in rt.map(classify, ["I loved it"])]
+    assert result.ok, result.error
+    assert result.output["label"] and result.output["score"] == 3
+    assert result.output["streamed"]
+    assert sim_route.requests == 2

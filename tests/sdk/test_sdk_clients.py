@@ -1,0 +1,174 @@
+"""``ctx.llm.openai()`` and ``ctx.llm.anthropic()``: the official SDKs, their requests
+made as recorded ``ctx.llm`` calls against the simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import openai
+
+import legion
+from legion import Runtime
+from legion.llm import SimulatedProvider, open_client
+from legion.llm.client import LLMClient
+from legion.store import store_from_url
+
+
+def simulated(client: LLMClient) -> SimulatedProvider:
+    provider = client.routes["default"].provider
+    assert isinstance(provider, SimulatedProvider)
+    return provider
+
+
+@legion.agent
+async def ask_openai(ctx: legion.Context, question: str) -> dict[str, Any]:
+    client = ctx.llm.openai()
+    assert client.max_retries == 0
+    plain = await client.chat.completions.create(
+        model="sim-model", messages=[{"role": "user", "content": question}], max_tokens=12
+    )
+    stream = await client.chat.completions.create(
+        model="sim-model",
+        messages=[{"role": "user", "content": question + " again"}],
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts: list[str] = []
+    usage = None
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+        usage = chunk.usage or usage
+    assert usage is not None
+    vectors = await client.embeddings.create(model="sim-model", input=[question, "b"])
+    raw = await client.chat.completions.with_raw_response.create(
+        model="sim-model", messages=[{"role": "user", "content": question}], max_tokens=12
+    )
+    return {
+        "plain": plain.choices[0].message.content,
+        "plain_tokens": plain.usage.completion_tokens if plain.usage else None,
+        "stream": "".join(parts),
+        "stream_tokens": usage.completion_tokens,
+        "dims": len(vectors.data[0].embedding),
+        "raw": raw.http_response.content.decode(),
+    }
+
+
+@legion.agent
+async def ask_anthropic(ctx: legion.Context, question: str) -> dict[str, Any]:
+    client = ctx.llm.anthropic()
+    message = await client.messages.create(
+        model="sim-model",
+        max_tokens=12,
+        system="Be brief.",
+        messages=[{"role": "user", "content": question}],
+    )
+    text: list[str] = []
+    async with client.messages.stream(
+        model="sim-model", max_tokens=12, messages=[{"role": "user", "content": question}]
+    ) as stream:
+        async for piece in stream.text_stream:
+            text.append(piece)
+        final = await stream.get_final_message()
+    assert message.content[0].type == "text"
+    return {
+        "plain": message.content[0].text,
+        "out": message.usage.output_tokens,
+        "stream": "".join(text),
+        "final": final.content[0].text if final.content[0].type == "text" else "",
+    }
+
+
+async def direct(client: LLMClient, question: str) -> str:
+    return (await client.chat([{"role": "user", "content": question}], max_tokens=12)).text
+
+
+async def test_the_openai_sdk_calls_are_recorded_steps_with_usage_and_cost(db_url: str) -> None:
+    llm = await open_client("sim")
+    try:
+        sim = simulated(llm).simulator
+        async with Runtime(db_url, llm=llm) as rt:
+            (result,) = [r async for r in rt.map(ask_openai, ["why?"])]
+        assert result.ok, result.error
+        assert sim.stats().requests_total == 4  # chat, stream, embeddings, chat again
+        value = result.output
+        # The SDK parsed the simulator's completions as they were.
+        assert value["plain"] == await direct(llm, "why?")
+        assert value["stream"] == await direct(llm, "why? again")
+        assert value["plain_tokens"] and value["stream_tokens"]
+        assert value["dims"] > 0
+        assert result.usage is not None and result.usage["llm_calls"] == 4
+        assert result.usage["completion_tokens"] > 0
+        store = store_from_url(db_url)
+        await store.open()
+        try:
+            steps = await store.steps(result.id)
+        finally:
+            await store.aclose()
+        assert sum(step.key.startswith("llm.default.") for step in steps) == 4
+    finally:
+        await llm.aclose()
+
+
+SEEN: dict[int, dict[str, Any]] = {}
+
+
+@legion.agent(retries=1, backoff=0)
+async def ask_then_fail_once(ctx: legion.Context, question: str) -> str:
+    SEEN[ctx.attempt] = await ask_openai.fn(ctx, question)
+    if ctx.attempt == 1:
+        raise RuntimeError("the first attempt fails after its calls")
+    return "done"
+
+
+async def test_a_retried_task_gets_the_recorded_bytes_back_and_buys_nothing(
+    db_url: str,
+) -> None:
+    SEEN.clear()
+    llm = await open_client("sim")
+    try:
+        sim = simulated(llm).simulator
+        async with Runtime(db_url, llm=llm) as rt:
+            (result,) = [r async for r in rt.map(ask_then_fail_once, ["same?"])]
+        assert result.ok, result.error
+        assert sorted(SEEN) == [1, 2]
+        assert sim.stats().requests_total == 4  # the second attempt replayed all four
+        assert SEEN[2] == SEEN[1]  # the raw body included, byte for byte
+        assert SEEN[1]["raw"].startswith('{"id":"chatcmpl-')
+    finally:
+        await llm.aclose()
+
+
+async def test_the_anthropic_sdk_speaks_to_any_route(db_url: str) -> None:
+    llm = await open_client("sim")
+    try:
+        sim = simulated(llm).simulator
+        async with Runtime(db_url, llm=llm) as rt:
+            (result,) = [r async for r in rt.map(ask_anthropic, ["how?"])]
+        assert result.ok, result.error
+        assert sim.stats().requests_total == 2
+        value = result.output
+        assert value["plain"] and value["stream"] == value["final"]
+        assert value["out"] > 0
+        assert result.usage is not None and result.usage["llm_calls"] == 2
+    finally:
+        await llm.aclose()
+
+
+async def test_a_failure_legion_could_not_retry_is_the_sdk_s_own_error(db_url: str) -> None:
+    @legion.agent(retries=0)
+    async def bad(ctx: legion.Context, question: str) -> str:
+        try:
+            await ctx.llm.openai().chat.completions.create(
+                model="sim-model", messages=[{"role": "user", "content": question}], n=3
+            )
+        except openai.BadRequestError as exc:
+            return f"{exc.status_code}: {exc.message}"
+        return "no error"
+
+    async with Runtime(db_url, llm="sim") as rt:
+        (result,) = [r async for r in rt.map(bad, ["x"])]
+    assert result.output.startswith("400") and "n=1" in result.output
+    assert anthropic.BadRequestError  # the SDK maps statuses the same way
