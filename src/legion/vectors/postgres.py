@@ -28,7 +28,7 @@ from psycopg.pq import Format
 from psycopg.types import TypeInfo
 
 from .. import codec
-from ..errors import StoreError, VectorError
+from ..errors import StoreError, StoreUnavailable, VectorError
 from ..store.postgres import PostgresStore
 from ..store.queries import queries
 from .types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
@@ -36,6 +36,8 @@ from .types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
 Q = queries("postgres", "vectors")
 INDEX_AT = 1000
 """Rows a collection holds before its HNSW index is built (below that, search is exact)."""
+INDEX_BUILD_MEMORY = "512MB"
+"""``maintenance_work_mem`` of a bulk load's index build (see `PostgresVectors.build_index`)."""
 _FIX = (
     "install pgvector on the server (Debian/Ubuntu with the PGDG repository: apt-get install "
     "postgresql-<version>-pgvector; or see https://github.com/pgvector/pgvector#installation) "
@@ -216,11 +218,37 @@ class PostgresVectors:
         self._indexed.add(name)
 
     async def build_index(self, info: CollectionInfo) -> None:
-        """Build the collection's HNSW index now, however few rows it holds."""
+        """Build the collection's HNSW index now, however few rows it holds.
+
+        After a bulk load the build takes long (100,000 vectors of 384 dimensions: minutes),
+        so it runs like a migration: on a connection of its own, without the per-call
+        deadline and ``statement_timeout`` of the store's other calls, and with
+        ``maintenance_work_mem`` raised to ``INDEX_BUILD_MEMORY`` for its session, so that
+        pgvector keeps the graph in memory while it builds it (64 MB, PostgreSQL's default,
+        holds about 30,000 such vectors' graph; past that the build slows down severalfold).
+        """
         async with self._pg()._connection() as conn:
             table = await self._table(conn, info.name)
-            if table is not None:
-                await self._index(conn, table, force=True)
+        if table is None:
+            return
+        name = table.as_string().strip('"')
+        if name in self._indexed:
+            return
+        index = sql.Identifier(f"{name}_hnsw")
+        store = self._pg()
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                store._migration_conninfo, autocommit=True
+            ) as conn:
+                await conn.execute(
+                    sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY))
+                )
+                await conn.execute(sql.SQL(Q["create_index"]).format(table=table, index=index))
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"building the index of {info.name!r} failed: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"building the index of {info.name!r} failed: {exc}") from exc
+        self._indexed.add(name)
 
     async def search(
         self,
