@@ -165,7 +165,7 @@ def _server_pss_mb(data_dir: str | None) -> float | None:
     if not data_dir:
         return None
     try:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
     except ImportError:
         return None
     total = 0
