@@ -275,9 +275,11 @@ class PostgresVectors:
             async with conn.transaction():
                 if exact:
                     await conn.execute(Q["exact_search"])
+                    query = Q["search"]
                 else:
                     await conn.execute(Q["ef_search"], {"ef": str(max(100, min(k, 1000)))})
-                cur = await conn.execute(sql.SQL(Q["search"]).format(table=table), params)
+                    query = Q["search_index"]
+                cur = await conn.execute(sql.SQL(query).format(table=table), params)
                 rows = await cur.fetchall()
         return [Hit(r[0], r[1], dict(r[2]), 1.0 - float(r[3])) for r in rows]
 
