@@ -53,6 +53,10 @@ async def echo(ctx, text: str = "", n: int = 0):
 """
 
 
+ERRORS: Counter[str] = Counter()
+"""The client's errors (status 0 in the counts), by exception."""
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -137,7 +141,8 @@ async def submit(
             data = await resp.read()
             task_id = json.loads(data)["id"] if resp.status == 201 else None
             return resp.status, time.perf_counter() - began, "Retry-After" in resp.headers, task_id
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        ERRORS[type(exc).__name__] += 1
         return 0, time.perf_counter() - began, False, None
 
 
@@ -235,7 +240,12 @@ async def memory(
         return json.dumps({"agent": "echo", "input": {"text": text, "n": i}}).encode()
 
     out: dict[str, Any] = {"rest_mb": server.rss_mb()}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
+    # A connection per request: building the next burst's bodies can take longer than the
+    # server keeps an idle connection, and a POST on a connection it closed fails.
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=300),
+        connector=aiohttp.TCPConnector(force_close=True),
+    ) as http:
         accepted = 0
         peak = out["rest_mb"]
         rises = []
@@ -247,6 +257,7 @@ async def memory(
             rises.append((server.rss_mb("VmHWM") - before) / (len(data) / 2**20))
             accepted += status == 201
             peak = max(peak, server.rss_mb())
+            out.setdefault("rss_after_each_mb", []).append(round(server.rss_mb(), 1))
         # What one request holds at its peak, in multiples of its body: the copies made.
         out["peak_rise_per_body"] = round(sorted(rises)[len(rises) // 2], 2)
         out["after_sequential_mb"] = server.rss_mb()
@@ -262,6 +273,7 @@ async def memory(
             burst_ok += sum(a[0] == 201 for a in answers)
     await asyncio.sleep(2)
     out["settled_mb"] = server.rss_mb()
+    out["client_errors"] = dict(ERRORS)
     total = accepted + burst_ok
     out["per_accepted_task_mb"] = (out["settled_mb"] - out["rest_mb"]) / max(1, total)
     return out
