@@ -1,7 +1,8 @@
 """``legion bench vectors``: vector collections on SQLite (sqlite-vec, exact) and
 PostgreSQL (pgvector, HNSW) next to a brute-force numpy baseline, in one run.
 
-Random unit vectors (a seed, ``dims`` dimensions) are inserted in batches through the
+Unit vectors (a seed, ``dims`` dimensions; clustered like embeddings of text by default,
+or uniformly random: see `_points`) are inserted in batches through the
 collection backends (the path ``ctx.vectors`` and ``legion vectors load`` take), then
 ``queries`` single searches for the ``k`` nearest are timed one after the other. Reported
 per store: insert throughput (PostgreSQL: rows, then the HNSW index build, both counted),
@@ -41,6 +42,8 @@ class VectorBenchOptions:
     batch: int = 1000
     postgres: str = ""
     seed: int = 7
+    data: str = "clustered"
+    """``clustered`` (like text embeddings, which group by topic) or ``random``."""
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -54,10 +57,8 @@ async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet)
     except ImportError as exc:
         raise ConfigError("legion bench vectors needs numpy: pip install numpy") from exc
     rng = np.random.default_rng(opts.seed)
-    data = rng.standard_normal((opts.vectors, opts.dims), dtype=np.float32)
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
-    queries = rng.standard_normal((opts.queries, opts.dims), dtype=np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    data = _points(np, rng, opts, opts.vectors)
+    queries = _points(np, rng, opts, opts.queries)
 
     rows: list[dict[str, Any]] = []
     progress(f"numpy: {opts.vectors:,} x {opts.dims} brute force")
@@ -105,7 +106,8 @@ async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet)
                 rows[-1]["server_pss_mb"] = server_mb
 
     table = Table(
-        f"{opts.vectors:,} vectors x {opts.dims} dims, {opts.queries} queries, k={opts.k}",
+        f"{opts.vectors:,} {opts.data} vectors x {opts.dims} dims, {opts.queries} queries, "
+        f"k={opts.k}",
         (
             "store",
             "insert vec/s",
@@ -152,6 +154,29 @@ async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet)
         [table],
         notes,
     )
+
+
+CENTRES = 1000
+"""Clusters of the ``clustered`` data: 100 vectors each at 100,000."""
+
+
+def _points(np: Any, rng: Any, opts: VectorBenchOptions, count: int) -> Any:
+    """``count`` unit vectors. ``random``: uniform on the sphere, where in 384 dimensions
+    every vector is almost equally far from every other, the worst case of an approximate
+    index (and unlike embeddings of text). ``clustered``: around ``CENTRES`` random centres
+    (drawn once from the seed), each vector its centre plus noise of about half its length,
+    so that near neighbours exist as they do among texts on one topic."""
+    if opts.data == "random":
+        points = rng.standard_normal((count, opts.dims), dtype=np.float32)
+    else:
+        centres = np.random.default_rng(opts.seed + 1).standard_normal(
+            (CENTRES, opts.dims), dtype=np.float32
+        )
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        noise = rng.standard_normal((count, opts.dims), dtype=np.float32)
+        points = centres[rng.integers(0, CENTRES, count)] + noise * (0.5 / opts.dims**0.5)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return points
 
 
 def _memory(row: dict[str, Any], meter: Meter) -> None:
