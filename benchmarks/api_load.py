@@ -8,8 +8,10 @@ SQLite store, as a subprocess, and drives it over real HTTP from this process:
 2. **10x overload**: an open-loop generator offering ``--overload`` times that rate for
    ``--seconds``, with at most ``--outstanding`` requests in flight (the generator is
    bounded too: a request it cannot send is counted as not offered). Run twice in the
-   same process: with the default bound on requests in progress (``--max-in-progress``)
-   and with the bound out of reach, which is how the server behaved before it shed load.
+   same process three times: with the bound on requests in progress adapted to
+   ``--target-latency`` under the ceiling ``--max-in-progress`` (``shedding``, the
+   default), with that ceiling as a fixed bound (``fixed``: how it shed before), and with
+   the bound out of reach (``unbounded``: how the server behaved before it shed load).
    Counts 201s, 429s and 503s (with or without ``Retry-After``), errors, and the p50/p99
    of the accepted ones; then reads the store: every acknowledged task must be there
    (``lost``) and nothing else (``extra``).
@@ -49,6 +51,10 @@ import legion
 async def echo(ctx, text: str = "", n: int = 0):
     return n
 """
+
+
+ERRORS: Counter[str] = Counter()
+"""The client's errors (status 0 in the counts), by exception."""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -135,7 +141,8 @@ async def submit(
             data = await resp.read()
             task_id = json.loads(data)["id"] if resp.status == 201 else None
             return resp.status, time.perf_counter() - began, "Retry-After" in resp.headers, task_id
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        ERRORS[type(exc).__name__] += 1
         return 0, time.perf_counter() - began, False, None
 
 
@@ -213,6 +220,7 @@ async def overload(server: Server, rate: float, seconds: float, outstanding: int
     stored = server.stored_ids()
     return {
         "offered_rate": rate,
+        "seconds": seconds,
         "offered": sent - not_offered,
         "not_offered": not_offered,
         "statuses": dict(statuses),
@@ -232,7 +240,12 @@ async def memory(
         return json.dumps({"agent": "echo", "input": {"text": text, "n": i}}).encode()
 
     out: dict[str, Any] = {"rest_mb": server.rss_mb()}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
+    # A connection per request: building the next burst's bodies can take longer than the
+    # server keeps an idle connection, and a POST on a connection it closed fails.
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=300),
+        connector=aiohttp.TCPConnector(force_close=True),
+    ) as http:
         accepted = 0
         peak = out["rest_mb"]
         rises = []
@@ -244,6 +257,7 @@ async def memory(
             rises.append((server.rss_mb("VmHWM") - before) / (len(data) / 2**20))
             accepted += status == 201
             peak = max(peak, server.rss_mb())
+            out.setdefault("rss_after_each_mb", []).append(round(server.rss_mb(), 1))
         # What one request holds at its peak, in multiples of its body: the copies made.
         out["peak_rise_per_body"] = round(sorted(rises)[len(rises) // 2], 2)
         out["after_sequential_mb"] = server.rss_mb()
@@ -259,9 +273,59 @@ async def memory(
             burst_ok += sum(a[0] == 201 for a in answers)
     await asyncio.sleep(2)
     out["settled_mb"] = server.rss_mb()
+    out["client_errors"] = dict(ERRORS)
     total = accepted + burst_ok
     out["per_accepted_task_mb"] = (out["settled_mb"] - out["rest_mb"]) / max(1, total)
     return out
+
+
+def summary(results: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Per configuration, over the rounds: medians of the baseline and overload figures."""
+
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        return ordered[len(ordered) // 2] if ordered else float("nan")
+
+    out: dict[str, Any] = {}
+    for name in names:
+        runs = results.get(name, [])
+        overs = [r["overload"] for r in runs]
+        statuses: Counter[str] = Counter()
+        retry: Counter[str] = Counter()
+        for o in overs:
+            statuses.update({str(k): v for k, v in o["statuses"].items()})
+            retry.update({str(k): v for k, v in o["with_retry_after"].items()})
+        out[name] = {
+            "rounds": len(runs),
+            "baseline_rate": median([r["sustainable"]["rate"] for r in runs]),
+            "baseline_p99_ms": median([r["sustainable"]["p99_ms"] for r in runs]),
+            "accepted_per_s": median([o["acked"] / o["seconds"] for o in overs]),
+            "accepted_p50_ms": median([o["accepted_p50_ms"] for o in overs]),
+            "accepted_p99_ms": median([o["accepted_p99_ms"] for o in overs]),
+            "p99_ratio_to_baseline": median([o["p99_ratio_to_baseline"] for o in overs]),
+            "statuses": dict(statuses),
+            "with_retry_after": dict(retry),
+            "lost": sum(o["lost"] for o in overs),
+        }
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        "| bound | baseline/s | baseline p99 ms | accepted/s at 10x | accepted p50 ms "
+        "| accepted p99 ms | p99 / baseline p99 | 201 | 429 | 503 | with Retry-After | lost |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in summary.items():
+        st = s["statuses"]
+        lines.append(
+            f"| {name} | {s['baseline_rate']:.0f} | {s['baseline_p99_ms']:.0f} "
+            f"| {s['accepted_per_s']:.0f} | {s['accepted_p50_ms']:.0f} "
+            f"| {s['accepted_p99_ms']:.0f} | {s['p99_ratio_to_baseline']:.1f} "
+            f"| {st.get('201', 0)} | {st.get('429', 0)} | {st.get('503', 0)} "
+            f"| {sum(s['with_retry_after'].values())} | {s['lost']} |"
+        )
+    return "\n".join(lines)
 
 
 async def main() -> None:
@@ -271,7 +335,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--overload", type=float, default=10.0)
     parser.add_argument("--outstanding", type=int, default=512)
-    parser.add_argument("--max-in-progress", type=int, default=32)
+    parser.add_argument("--max-in-progress", type=int, default=128)
+    parser.add_argument("--target-latency", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--big", type=int, default=12)
     parser.add_argument("--big-mb", type=float, default=3.6)
     parser.add_argument("--burst", type=int, default=8)
@@ -287,20 +353,34 @@ async def main() -> None:
     results: dict[str, Any] = {"command": " ".join(shown), "load": os.getloadavg()}
     body_flags = ["--max-body", str(int(max(args.big_mb, args.burst_mb) * 1.2 * 2**20))]
     with tempfile.TemporaryDirectory() as tmp:
-        bounds = (("shedding", args.max_in_progress), ("unbounded", 1_000_000))
-        for name, bound in bounds if "overload" in args.phases else ():
-            folder = Path(tmp) / name
-            folder.mkdir()
-            server = Server(folder, args.src, ["--max-in-progress", str(bound)])
-            try:
-                base = await sustainable(server, args.clients, args.seconds)
-                over = await overload(
-                    server, args.overload * base["rate"], args.seconds, args.outstanding
-                )
-                results[name] = {"flags": server.flags, "sustainable": base, "overload": over}
-            finally:
-                server.stop()
-            print(name, json.dumps(results[name], indent=1), flush=True)
+        bounds = (
+            ("shedding", args.max_in_progress, args.target_latency),
+            ("fixed", args.max_in_progress, 0.0),
+            ("unbounded", 1_000_000, 0.0),
+        )
+        # The configurations take turns, round after round, so that they share whatever
+        # else the machine is doing; each overload is compared with the baseline measured
+        # on the same server just before it.
+        for round_ in range(args.rounds if "overload" in args.phases else 0):
+            for name, bound, target in bounds:
+                folder = Path(tmp) / f"{name}-{round_}"
+                folder.mkdir()
+                flags = ["--max-in-progress", str(bound), "--target-latency", str(target)]
+                server = Server(folder, args.src, flags)
+                try:
+                    base = await sustainable(server, args.clients, args.seconds)
+                    over = await overload(
+                        server, args.overload * base["rate"], args.seconds, args.outstanding
+                    )
+                finally:
+                    server.stop()
+                over["p99_ratio_to_baseline"] = over["accepted_p99_ms"] / max(base["p99_ms"], 1e-9)
+                run = {"flags": server.flags, "sustainable": base, "overload": over}
+                results.setdefault(name, []).append(run)
+                print(name, round_, json.dumps(run), flush=True)
+        if "overload" in args.phases:
+            results["summary"] = summary(results, [b[0] for b in bounds])
+            print(markdown(results["summary"]), flush=True)
         if "memory" in args.phases:
             folder = Path(tmp) / "memory"
             folder.mkdir()
@@ -315,6 +395,10 @@ async def main() -> None:
     args.out.mkdir(exist_ok=True)
     name = "api-load" + ("-other" if args.src else "")
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    if "summary" in results:
+        (args.out / f"{name}.md").write_text(
+            f"# api-load\n\n`{results['command']}`\n\n{markdown(results['summary'])}\n"
+        )
     print(f"wrote {args.out / f'{name}.json'}")
 
 

@@ -29,4 +29,7 @@ def test_bench_vectors_writes_a_row_per_store(tmp_path: Path) -> None:
     assert set(stores) >= {"numpy (brute force)", "SQLite (sqlite-vec)"}
     assert stores["SQLite (sqlite-vec)"]["recall"] == 1.0
     assert all(row["p95_ms"] >= row["p50_ms"] > 0 for row in data["rows"])
+    # Process memory is reported per store: the peak is at least what the process started at.
+    assert all(row["rss_peak_mb"] >= row["rss_growth_mb"] >= 0 for row in data["rows"])
+    assert stores["SQLite (sqlite-vec)"]["size_mb"] > 0
     assert "PostgreSQL (pgvector HNSW)" in stores, data["notes"]

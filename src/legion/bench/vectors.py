@@ -1,12 +1,16 @@
 """``legion bench vectors``: vector collections on SQLite (sqlite-vec, exact) and
 PostgreSQL (pgvector, HNSW) next to a brute-force numpy baseline, in one run.
 
-Random unit vectors (a seed, ``dims`` dimensions) are inserted in batches through the
+Unit vectors (a seed, ``dims`` dimensions; clustered like embeddings of text by default,
+or uniformly random: see `_points`) are inserted in batches through the
 collection backends (the path ``ctx.vectors`` and ``legion vectors load`` take), then
 ``queries`` single searches for the ``k`` nearest are timed one after the other. Reported
 per store: insert throughput (PostgreSQL: rows, then the HNSW index build, both counted),
-queries per second, p50/p95 latency, recall@k against numpy's exact answer, and the space
-the vectors take (numpy: the array; SQLite: the file; PostgreSQL: table and index).
+queries per second, p50/p95 latency, recall@k against numpy's exact answer, the space
+the vectors take (numpy: the array; SQLite: the file; PostgreSQL: table and index), and
+process memory: the benchmark process's resident memory at its peak during each store's
+run and its growth over that run (sampled every 20 ms), and for a private PostgreSQL server
+the proportional memory (PSS) of its processes after the queries.
 
 PostgreSQL runs on ``postgres`` when that server has pgvector, else on a private server
 from the ``pgserver`` wheels when installed, else it is left out with a note.
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .results import BenchResult, Table, quiet
+from .results import BenchResult, Meter, Table, quiet
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,8 @@ class VectorBenchOptions:
     batch: int = 1000
     postgres: str = ""
     seed: int = 7
+    data: str = "clustered"
+    """``clustered`` (like text embeddings, which group by topic) or ``random``."""
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -51,47 +57,69 @@ async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet)
     except ImportError as exc:
         raise ConfigError("legion bench vectors needs numpy: pip install numpy") from exc
     rng = np.random.default_rng(opts.seed)
-    data = rng.standard_normal((opts.vectors, opts.dims), dtype=np.float32)
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
-    queries = rng.standard_normal((opts.queries, opts.dims), dtype=np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    data = _points(np, rng, opts, opts.vectors)
+    queries = _points(np, rng, opts, opts.queries)
 
     rows: list[dict[str, Any]] = []
     progress(f"numpy: {opts.vectors:,} x {opts.dims} brute force")
     rows_in = [tuple(v) for v in data.tolist()]  # what the stores are given: Python floats
-    started = time.perf_counter()
-    matrix = np.array(rows_in, dtype=np.float32)
-    insert_s = time.perf_counter() - started
-    exact: list[set[int]] = []
-    latencies = []
-    for q in queries:
-        t = time.perf_counter()
-        scores = matrix @ q
-        top = np.argpartition(-scores, opts.k)[: opts.k]
-        latencies.append(time.perf_counter() - t)
-        exact.append({int(i) for i in top})
+    with Meter() as meter:
+        started = time.perf_counter()
+        matrix = np.array(rows_in, dtype=np.float32)
+        insert_s = time.perf_counter() - started
+        exact: list[set[int]] = []
+        latencies = []
+        for q in queries:
+            t = time.perf_counter()
+            scores = matrix @ q
+            top = np.argpartition(-scores, opts.k)[: opts.k]
+            latencies.append(time.perf_counter() - t)
+            exact.append({int(i) for i in top})
     rows.append(_row("numpy (brute force)", opts, insert_s, latencies, 1.0, matrix.nbytes))
+    _memory(rows[-1], meter)
+    del rows_in
 
     with tempfile.TemporaryDirectory(prefix="legion-bench-vectors-") as folder:
         url = f"sqlite:///{Path(folder) / 'bench.db'}"
         progress("SQLite + sqlite-vec (exact search)")
-        rows.append(await _store_run("SQLite (sqlite-vec)", url, data, queries, exact, opts))
-        db = Path(folder) / "bench.db"
+        with Meter() as meter:
+            rows.append(await _store_run("SQLite (sqlite-vec)", url, data, queries, exact, opts))
+        _memory(rows[-1], meter)
+        files = [Path(folder) / "bench.db", Path(folder) / "bench.vectors.db"]
         rows[-1]["size_mb"] = (
-            sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()) / 1e6
+            sum(p.stat().st_size for db in files for p in (db, Path(f"{db}-wal")) if p.exists())
+            / 1e6
         )
 
     notes: list[str] = []
-    async with _pgvector(opts.postgres, notes) as pg:
+    pg_server_dir: dict[str, str] = {}
+    async with _pgvector(opts.postgres, notes, pg_server_dir) as pg:
         if pg is not None:
             progress("PostgreSQL + pgvector (HNSW)")
-            rows.append(
-                await _store_run("PostgreSQL (pgvector HNSW)", pg, data, queries, exact, opts)
-            )
+            with Meter() as meter:
+                rows.append(
+                    await _store_run("PostgreSQL (pgvector HNSW)", pg, data, queries, exact, opts)
+                )
+            _memory(rows[-1], meter)
+            server_mb = _server_pss_mb(pg_server_dir.get("dir"))
+            if server_mb is not None:
+                rows[-1]["server_pss_mb"] = server_mb
 
     table = Table(
-        f"{opts.vectors:,} vectors x {opts.dims} dims, {opts.queries} queries, k={opts.k}",
-        ("store", "insert vec/s", "query/s", "p50 ms", "p95 ms", f"recall@{opts.k}", "size MB"),
+        f"{opts.vectors:,} {opts.data} vectors x {opts.dims} dims, {opts.queries} queries, "
+        f"k={opts.k}",
+        (
+            "store",
+            "insert vec/s",
+            "query/s",
+            "p50 ms",
+            "p95 ms",
+            f"recall@{opts.k}",
+            "size MB",
+            "process peak MB",
+            "process growth MB",
+            "server MB",
+        ),
         tuple(
             (
                 r["store"],
@@ -101,6 +129,9 @@ async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet)
                 f"{r['p95_ms']:.2f}",
                 f"{r['recall']:.3f}",
                 f"{r['size_mb']:.1f}",
+                f"{r['rss_peak_mb']:.0f}",
+                f"{r['rss_growth_mb']:.0f}",
+                f"{r['server_pss_mb']:.0f}" if "server_pss_mb" in r else "",
             )
             for r in rows
         ),
@@ -110,6 +141,12 @@ async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet)
         "durably (one transaction per batch of "
         f"{opts.batch:,}) and search through SQL"
     )
+    notes.append(
+        "process peak/growth: this benchmark's own resident memory (the test data, "
+        f"{data.nbytes / 2**20:.0f} MB of float32, is held throughout); server MB: the "
+        "private PostgreSQL server's processes (PSS, shared pages split among them), left "
+        "empty for a server this process did not start"
+    )
     return BenchResult(
         "vectors",
         "vector collections: SQLite and PostgreSQL next to brute-force numpy",
@@ -117,6 +154,57 @@ async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet)
         [table],
         notes,
     )
+
+
+CENTRES = 1000
+"""Clusters of the ``clustered`` data: 100 vectors each at 100,000."""
+
+
+def _points(np: Any, rng: Any, opts: VectorBenchOptions, count: int) -> Any:
+    """``count`` unit vectors. ``random``: uniform on the sphere, where in 384 dimensions
+    every vector is almost equally far from every other, the worst case of an approximate
+    index (and unlike embeddings of text). ``clustered``: around ``CENTRES`` random centres
+    (drawn once from the seed), each vector its centre plus noise of about half its length,
+    so that near neighbours exist as they do among texts on one topic."""
+    if opts.data == "random":
+        points = rng.standard_normal((count, opts.dims), dtype=np.float32)
+    else:
+        centres = np.random.default_rng(opts.seed + 1).standard_normal(
+            (CENTRES, opts.dims), dtype=np.float32
+        )
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        noise = rng.standard_normal((count, opts.dims), dtype=np.float32)
+        points = centres[rng.integers(0, CENTRES, count)] + noise * (0.5 / opts.dims**0.5)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return points
+
+
+def _memory(row: dict[str, Any], meter: Meter) -> None:
+    if meter.result is not None:
+        row["rss_peak_mb"] = meter.result.rss_peak / 2**20
+        row["rss_growth_mb"] = meter.result.rss_growth / 2**20
+
+
+def _server_pss_mb(data_dir: str | None) -> float | None:
+    """The PSS of a private PostgreSQL server's processes (postmaster and children)."""
+    if not data_dir:
+        return None
+    try:
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    total = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        if data_dir not in " ".join(proc.info.get("cmdline") or ()):
+            continue
+        try:
+            family = [proc, *proc.children(recursive=True)]
+            for member in family:
+                total += member.memory_full_info().pss
+        except (psutil.Error, AttributeError):
+            return None
+        return total / 2**20
+    return None
 
 
 def _opts(opts: VectorBenchOptions) -> dict[str, Any]:
@@ -208,7 +296,9 @@ async def _size(store: Any, backend: Any) -> float:
 
 
 @asynccontextmanager
-async def _pgvector(url: str, notes: list[str]) -> AsyncIterator[str | None]:
+async def _pgvector(
+    url: str, notes: list[str], server_dir: dict[str, str]
+) -> AsyncIterator[str | None]:
     """A store URL on a fresh schema of a server with pgvector, or ``None`` with a note."""
     try:
         import psycopg
@@ -234,6 +324,7 @@ async def _pgvector(url: str, notes: list[str]) -> AsyncIterator[str | None]:
         folder = Path(tempfile.gettempdir()) / f"legion-bench-pg-{uuid.uuid4().hex[:8]}"
         server = pgserver.get_server(str(folder), cleanup_mode="delete")
         base = str(server.get_uri())
+        server_dir["dir"] = str(folder)
         if not _has_pgvector(psycopg, base):
             server.cleanup()
             notes.append("PostgreSQL left out: the pgserver server has no pgvector")

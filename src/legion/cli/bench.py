@@ -9,6 +9,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,6 +27,13 @@ if TYPE_CHECKING:
     from ..demo.compare import Comparison
 
 DEFAULT_OUT = Path("legion-bench")
+
+
+class VectorData(StrEnum):
+    clustered = "clustered"
+    random = "random"
+
+
 """Under the current folder: a run never overwrites the tables committed in a clone
 (``benchmarks/results``) unless ``--out`` names them."""
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1/test"
@@ -283,6 +291,13 @@ def register(app: typer.Typer) -> None:
         dims: Annotated[int, typer.Option(min=2, max=2000, help="Dimensions.")] = 384,
         queries: Annotated[int, typer.Option(min=1, help="Searches to time.")] = 200,
         k: Annotated[int, typer.Option("-k", min=1, max=100, help="Neighbours per search.")] = 10,
+        data: Annotated[
+            VectorData,
+            typer.Option(
+                help="clustered: around 1,000 centres, like embeddings of texts on topics; "
+                "random: uniform on the sphere, the worst case of an approximate index."
+            ),
+        ] = VectorData.clustered,
         postgres: PostgresOpt = DEFAULT_POSTGRES,
         out: OutOpt = DEFAULT_OUT,
         plots: PlotsOpt = True,
@@ -292,7 +307,7 @@ def register(app: typer.Typer) -> None:
         from ..bench import vectors as vector_bench
 
         opts = vector_bench.VectorBenchOptions(
-            vectors=vectors, dims=dims, queries=queries, k=k, postgres=postgres
+            vectors=vectors, dims=dims, queries=queries, k=k, postgres=postgres, data=data.value
         )
         _finish(_run_scenario(lambda say: vector_bench.run(opts, progress=say)), out, plots)
 

@@ -187,6 +187,15 @@ def serve(
             "(event streams and /healthz are not counted).",
         ),
     ] = 128,
+    target_latency: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Mean seconds an admitted request should take: while requests take longer, "
+            "fewer than --max-in-progress are taken on and the rest get 503 at once "
+            "(0: a fixed bound of --max-in-progress).",
+        ),
+    ] = 0.1,
     tenant_max_queued: Annotated[
         int | None,
         typer.Option(min=1, help="Most queued tasks per tenant; a submission past it gets 429."),
@@ -231,6 +240,7 @@ def serve(
             stale_after=2 * lease_seconds,
             access_log=access_log,
             max_in_progress=max_in_progress,
+            target_latency=target_latency or None,
             tenant_max_queued=tenant_max_queued,
             tenant_rate=parse_rate(tenant_rate) if tenant_rate is not None else None,
             tenant_burst=tenant_burst,

@@ -1,10 +1,17 @@
 """Load shedding: what the server takes on, and what it answers 429 or 503 at once.
 
 - **Requests in progress** (:class:`InProgressLimit`, ASGI middleware): at most
-  ``max_in_progress`` requests are handled at once; one more is answered ``503`` with
-  ``Retry-After`` before its body is read. Event streams (long-lived by design) and
-  ``/healthz`` are not counted. A server that sheds early keeps the latency of what it
-  accepts bounded, instead of queueing every request behind all the others.
+  :class:`AdaptiveLimit`'s ``limit`` requests are handled at once; one more is answered
+  ``503`` with ``Retry-After`` before its body is read. Event streams (long-lived by
+  design) and ``/healthz`` are not counted. A server that sheds early keeps the latency of
+  what it accepts bounded, instead of queueing every request behind all the others.
+
+  A fixed bound does not do that by itself: what the requests in progress wait for is the
+  store's writer, so by Little's law each one takes about ``in progress / throughput``.
+  128 requests in progress on a store that writes 300 submissions a second is 0.4 s each,
+  and far more once the server's CPU also answers the shed ones. So the bound adapts to
+  the throughput the server gives (:class:`AdaptiveLimit`): about as many requests as
+  finish in ``target_latency`` seconds are taken on, never more than ``max_in_progress``.
 - **Per tenant** (:class:`TenantLimits`): a submit rate (a token bucket of ``rate`` tasks
   per second, ``burst`` deep) and a most of queued tasks. Over either, ``429`` with
   ``Retry-After``. A refused submission stored nothing; an acknowledged one is in the
@@ -47,34 +54,117 @@ def _unbounded(path: str) -> bool:
     return path == "/healthz" or path == "/v1/progress" or path.endswith("/events")
 
 
-class InProgressLimit:
-    """ASGI middleware: at most ``limit`` requests in progress; one more gets 503."""
+class AdaptiveLimit:
+    """The bound on requests in progress, from the rate at which they finish.
 
-    def __init__(self, app: ASGIApp, *, limit: int, retry_after: float = 1.0) -> None:
+    By Little's law a request waits about ``in progress / throughput``; to keep that near
+    ``target`` seconds the bound is ``throughput * target``, where the throughput is the
+    rate at which admitted requests finished over the last ``window`` seconds (smoothed
+    over windows), kept between ``floor`` and ``ceiling``. It is measured only while the
+    bound was reached (a request was refused, or took the last place): below it the rate
+    is only what clients asked for, and a burst on an idle server must not be refused for
+    that. A window that never reached the bound doubles it back towards the ceiling, where
+    it starts. ``target=None``: the bound stays at the ceiling.
+
+    The bound follows what the server completes, not how slow each request was: when the
+    whole process is slow (its CPU shared), cutting the bound further would not make the
+    admitted requests faster, only fewer, and the throughput measured next would fall
+    with it. A bound from the throughput finds its level instead of collapsing.
+    """
+
+    def __init__(
+        self,
+        *,
+        ceiling: int,
+        target: float | None,
+        floor: int = 8,
+        window: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ceiling = ceiling
+        self.floor = max(1, min(floor, ceiling))
+        self.target = target
+        self.window = window
+        self._clock = clock
+        self._bound = float(ceiling)
+        self._rate: float | None = None
+        self._started = clock()
+        self._count = 0
+        self._reached = False
+
+    @property
+    def limit(self) -> int:
+        return max(self.floor, min(self.ceiling, int(self._bound)))
+
+    def reached(self) -> None:
+        """A request found the bound reached: it was refused, or took the last place."""
+        self._reached = True
+
+    def finished(self) -> None:
+        """An admitted request finished."""
+        if self.target is None:
+            return
+        self._count += 1
+        now = self._clock()
+        elapsed = now - self._started
+        if elapsed < self.window:
+            return
+        if self._reached:
+            rate = self._count / elapsed
+            self._rate = rate if self._rate is None else (self._rate + rate) / 2
+            self._bound = self._rate * self.target
+        else:
+            self._rate = None
+            self._bound = min(float(self.ceiling), 2 * max(self._bound, float(self.floor)))
+        self._started, self._count, self._reached = now, 0, False
+
+
+class InProgressLimit:
+    """ASGI middleware: at most ``limit`` requests in progress (adapted to
+    ``target_latency``, see :class:`AdaptiveLimit`); one more gets 503."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        target_latency: float | None = None,
+        retry_after: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
-        self.limit = limit
+        self.bound = AdaptiveLimit(ceiling=limit, target=target_latency, clock=clock)
         self.retry_after = retry_after
         self.in_progress = 0
         self.shed = 0
+
+    @property
+    def limit(self) -> int:
+        return self.bound.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _unbounded(scope["path"]):
             await self.app(scope, receive, send)
             return
-        if self.in_progress >= self.limit:
+        limit = self.bound.limit
+        if self.in_progress >= limit:
             self.shed += 1
+            self.bound.reached()
             refused = Shed(
                 503,
-                f"the server is saturated ({self.limit} requests in progress); try again later",
+                f"the server is saturated ({limit} requests in progress); try again later",
                 self.retry_after,
             )
             await refused.response()(scope, receive, send)
             return
         self.in_progress += 1
+        if self.in_progress >= limit:
+            self.bound.reached()
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_progress -= 1
+            self.bound.finished()
 
 
 @dataclass(slots=True)

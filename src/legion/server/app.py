@@ -87,7 +87,11 @@ def create_app(state: ServerState) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
     app.add_middleware(RetryAfter)
-    app.add_middleware(InProgressLimit, limit=state.settings.max_in_progress)
+    app.add_middleware(
+        InProgressLimit,
+        limit=state.settings.max_in_progress,
+        target_latency=state.settings.target_latency,
+    )
     app.state.legion = state
     app.include_router(tasks_api.router)
     app.include_router(signals_api.router)

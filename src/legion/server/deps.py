@@ -34,7 +34,9 @@ class ServerState:
     closing: asyncio.Event  # set when the server stops: event streams end
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a thread
+    # hand-off on every request that costs more than the route under load.
     return cast(ServerState, request.app.state.legion)
 
 

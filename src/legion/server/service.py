@@ -28,6 +28,7 @@ from .admission import TenantLimits
 from .app import create_app, create_metrics_app
 from .auth import Authenticator
 from .deps import ServerState
+from .malloc import return_large_buffers
 from .metrics import Metrics
 from .monitor import Monitor
 from .settings import ServerSettings
@@ -69,6 +70,7 @@ async def running_server(
             raise ConfigError(f"two different agents are named {agent.name!r}")
         runtime.register(agent)
     sock = _listen(settings.host, settings.port)
+    return_large_buffers()  # request bodies do not stay in the process once answered
     metrics = Metrics()
     monitor = Monitor(
         runtime,

@@ -26,6 +26,9 @@ class ServerSettings:
     - ``shutdown_timeout``: how long open requests get to finish when the server stops.
     - ``max_in_progress``: most requests handled at once; more are answered 503 with
       ``Retry-After`` at once (event streams and ``/healthz`` are not counted).
+    - ``target_latency``: seconds an admitted request should take on average; the bound on
+      requests in progress is lowered below ``max_in_progress`` while they take longer
+      (see :class:`~legion.server.admission.AdaptiveLimit`). ``None``: a fixed bound.
     - ``tenant_max_queued``: most queued tasks per tenant (``None``: no limit); a submission
       past it is answered 429 with ``Retry-After``.
     - ``tenant_rate``, ``tenant_burst``: tasks per second each tenant may submit, in bursts
@@ -47,6 +50,7 @@ class ServerSettings:
     shutdown_timeout: float = 5.0
     access_log: bool = False
     max_in_progress: int = 128
+    target_latency: float | None = 0.1
     tenant_max_queued: int | None = None
     tenant_rate: float | None = None
     tenant_burst: float | None = None
@@ -70,6 +74,8 @@ class ServerSettings:
                 raise ConfigError(f"port {port} is not between 0 and 65535")
         if self.max_in_progress < 1:
             raise ConfigError("max_in_progress must be >= 1")
+        if self.target_latency is not None and not self.target_latency > 0:
+            raise ConfigError("target_latency must be > 0 seconds (or None: a fixed bound)")
         if self.tenant_max_queued is not None and self.tenant_max_queued < 1:
             raise ConfigError("tenant_max_queued must be >= 1")
         if self.tenant_rate is not None and self.tenant_rate <= 0:

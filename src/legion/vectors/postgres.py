@@ -28,7 +28,7 @@ from psycopg.pq import Format
 from psycopg.types import TypeInfo
 
 from .. import codec
-from ..errors import StoreError, VectorError
+from ..errors import StoreError, StoreUnavailable, VectorError
 from ..store.postgres import PostgresStore
 from ..store.queries import queries
 from .types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
@@ -36,6 +36,8 @@ from .types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
 Q = queries("postgres", "vectors")
 INDEX_AT = 1000
 """Rows a collection holds before its HNSW index is built (below that, search is exact)."""
+INDEX_BUILD_MEMORY = "512MB"
+"""``maintenance_work_mem`` of a bulk load's index build (see `PostgresVectors.build_index`)."""
 _FIX = (
     "install pgvector on the server (Debian/Ubuntu with the PGDG repository: apt-get install "
     "postgresql-<version>-pgvector; or see https://github.com/pgvector/pgvector#installation) "
@@ -171,8 +173,9 @@ class PostgresVectors:
                 table = await self._create(conn, info)
                 async with conn.cursor() as cur:
                     await cur.executemany(sql.SQL(Q["upsert"]).format(table=table), rows)
-                if index:
-                    await self._index(conn, table)
+                due = index and await self._index_due(conn, table)
+        if due:  # after the commit, on a connection of its own (see build_index)
+            await self.build_index(info)
 
     async def _create(self, conn: Any, info: CollectionInfo) -> sql.Identifier:
         """The collection's table, made (with the catalog row) if it does not exist."""
@@ -195,8 +198,9 @@ class PostgresVectors:
             )
         return table
 
-    async def _index(self, conn: Any, table: sql.Identifier, *, force: bool = False) -> None:
-        """Build the HNSW index once the table holds `INDEX_AT` rows (or now, ``force``).
+    async def _index_due(self, conn: Any, table: sql.Identifier) -> bool:
+        """Whether the HNSW index should be built now: the table holds `INDEX_AT` rows and
+        has none yet.
 
         Built after the rows rather than kept up row by row: pgvector builds an index over
         10,000 rows in a fraction of the time 10,000 indexed inserts take (measured here:
@@ -204,23 +208,46 @@ class PostgresVectors:
         """
         name = table.as_string().strip('"')
         if name in self._indexed:
-            return
-        index = sql.Identifier(f"{name}_hnsw")
+            return False
         cur = await conn.execute(Q["index_exists"], {"index": f"{name}_hnsw"})
-        if not _first(await cur.fetchone()):
-            if not force:
-                cur = await conn.execute(sql.SQL(Q["count_all"]).format(table=table))
-                if int(_first(await cur.fetchone())) < INDEX_AT:
-                    return
-            await conn.execute(sql.SQL(Q["create_index"]).format(table=table, index=index))
-        self._indexed.add(name)
+        if _first(await cur.fetchone()):
+            self._indexed.add(name)
+            return False
+        cur = await conn.execute(sql.SQL(Q["count_all"]).format(table=table))
+        return int(_first(await cur.fetchone())) >= INDEX_AT
 
     async def build_index(self, info: CollectionInfo) -> None:
-        """Build the collection's HNSW index now, however few rows it holds."""
+        """Build the collection's HNSW index now, however few rows it holds.
+
+        After a bulk load the build takes long (100,000 vectors of 384 dimensions: minutes),
+        so it runs like a migration: on a connection of its own, without the per-call
+        deadline and ``statement_timeout`` of the store's other calls, and with
+        ``maintenance_work_mem`` raised to ``INDEX_BUILD_MEMORY`` for its session, so that
+        pgvector keeps the graph in memory while it builds it (64 MB, PostgreSQL's default,
+        holds about 30,000 such vectors' graph; past that the build slows down severalfold).
+        """
         async with self._pg()._connection() as conn:
             table = await self._table(conn, info.name)
-            if table is not None:
-                await self._index(conn, table, force=True)
+        if table is None:
+            return
+        name = table.as_string().strip('"')
+        if name in self._indexed:
+            return
+        index = sql.Identifier(f"{name}_hnsw")
+        store = self._pg()
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                store._migration_conninfo, autocommit=True
+            ) as conn:
+                await conn.execute(
+                    sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY))
+                )
+                await conn.execute(sql.SQL(Q["create_index"]).format(table=table, index=index))
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"building the index of {info.name!r} failed: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"building the index of {info.name!r} failed: {exc}") from exc
+        self._indexed.add(name)
 
     async def search(
         self,
@@ -247,9 +274,11 @@ class PostgresVectors:
             async with conn.transaction():
                 if exact:
                     await conn.execute(Q["exact_search"])
+                    query = Q["search"]
                 else:
                     await conn.execute(Q["ef_search"], {"ef": str(max(100, min(k, 1000)))})
-                cur = await conn.execute(sql.SQL(Q["search"]).format(table=table), params)
+                    query = Q["search_index"]
+                cur = await conn.execute(sql.SQL(query).format(table=table), params)
                 rows = await cur.fetchall()
         return [Hit(r[0], r[1], dict(r[2]), 1.0 - float(r[3])) for r in rows]
 

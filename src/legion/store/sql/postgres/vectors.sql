@@ -62,6 +62,15 @@ WHERE session = %(session)s AND metadata @> %(where)s::jsonb
 ORDER BY embedding <=> %(q)b
 LIMIT %(k)s;
 
+-- name: search_index
+-- An unfiltered search of a shared collection (whose rows are all of session ''): no WHERE,
+-- so that the planner walks the HNSW index. With the filters of `search`, even ones every
+-- row passes, it estimates them selective and scans the whole table instead.
+SELECT id, text, metadata, embedding <=> %(q)b AS distance
+FROM {table}
+ORDER BY embedding <=> %(q)b
+LIMIT %(k)s;
+
 -- name: delete
 DELETE FROM {table} WHERE session = %(session)s AND id = ANY(%(ids)s);
 

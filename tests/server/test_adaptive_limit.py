@@ -1,0 +1,78 @@
+"""The bound on requests in progress follows the rate at which they finish (Little's law),
+on a fake clock: no timing in the assertions."""
+
+from __future__ import annotations
+
+import pytest
+
+from legion.errors import ConfigError
+from legion.server.admission import AdaptiveLimit
+from legion.server.settings import ServerSettings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def finish(
+    bound: AdaptiveLimit, clock: Clock, count: int, seconds: float, *, reached: bool = True
+) -> None:
+    """``count`` requests finish evenly over ``seconds`` (the bound ``reached`` or not)."""
+    start = clock.now
+    for i in range(1, count + 1):
+        if reached:
+            bound.reached()
+        clock.now = start + seconds * i / count
+        bound.finished()
+
+
+def test_the_bound_is_what_finishes_in_the_target_time() -> None:
+    clock = Clock()
+    bound = AdaptiveLimit(ceiling=128, target=0.1, floor=8, window=0.5, clock=clock)
+    assert bound.limit == 128  # until something has been measured
+    finish(bound, clock, 150, 0.5)  # 300 requests/s
+    assert bound.limit == 30  # 300/s * 0.1 s
+    finish(bound, clock, 100, 0.5)  # 200/s: smoothed with the window before
+    assert bound.limit == 25
+    finish(bound, clock, 5000, 0.5)  # far more than the ceiling allows
+    assert bound.limit == 128
+
+
+def test_below_the_bound_the_rate_is_demand_and_the_bound_grows_back() -> None:
+    clock = Clock()
+    bound = AdaptiveLimit(ceiling=128, target=0.1, floor=8, window=0.5, clock=clock)
+    finish(bound, clock, 5, 0.5, reached=False)  # a quiet server: 10 requests/s asked
+    assert bound.limit == 128  # a burst of 100 at once is still taken on
+    finish(bound, clock, 50, 0.5)  # saturated at 100/s
+    assert bound.limit == 10
+    finish(bound, clock, 10, 0.5, reached=False)  # the overload is over
+    assert bound.limit == 20
+    finish(bound, clock, 10, 0.5, reached=False)
+    finish(bound, clock, 10, 0.5, reached=False)
+    finish(bound, clock, 10, 0.5, reached=False)
+    assert bound.limit == 128
+
+
+def test_a_slow_server_keeps_the_floor_and_does_not_collapse() -> None:
+    clock = Clock()
+    bound = AdaptiveLimit(ceiling=128, target=0.1, floor=8, window=0.5, clock=clock)
+    for _ in range(10):
+        finish(bound, clock, 5, 0.5)  # 10/s: 1 in progress would do; the floor holds
+        assert bound.limit == 8
+
+
+def test_without_a_target_the_bound_is_fixed() -> None:
+    clock = Clock()
+    bound = AdaptiveLimit(ceiling=32, target=None, clock=clock)
+    finish(bound, clock, 10, 5.0)
+    assert bound.limit == 32
+
+
+def test_a_target_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="target_latency"):
+        ServerSettings(target_latency=0)
+    assert ServerSettings(target_latency=None).target_latency is None
