@@ -27,6 +27,7 @@ from .diagnostics.tracking import unretrieved_exception
 from .diagnostics.watchdog import Block, Capture
 from .errors import (
     AgentCrash,
+    BudgetExceeded,
     DeadlineExceeded,
     LeaseLost,
     RetryAfterTooLong,
@@ -288,6 +289,11 @@ def _failure(
     usage: bytes | None,
 ) -> Completion:
     info = ErrorInfo.from_exception(error)
+    if isinstance(error, BudgetExceeded):
+        # Parked: back to the queue with its recorded calls, for a run with more budget.
+        return _completion(
+            lease, owner, Outcome.RELEASED, started, finished, error=info, usage=usage
+        )
     if isinstance(error, RetryAfterTooLong) and error.retry_after is not None:
         # The provider said when to come back: back to the queue until then, the error kept
         # on the task to say why, and no attempt spent on waiting that was not allowed.

@@ -69,6 +69,7 @@ from legion.errors import (
     RetryAfterTooLong,
 )
 from legion.llm.breaker import Breaker, BreakerStatistics, Ticket
+from legion.llm.budget import Budget, Hold
 from legion.llm.capacity import Capacity, CapacityStatistics
 from legion.llm.embeddings import Embeddings, EmbedRequest, EmbedResult, estimate_embed_tokens
 from legion.llm.hedge import HedgeSettings, Latencies
@@ -214,6 +215,18 @@ def estimate_tokens(
     return -(-chars // _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(messages) + completion
 
 
+def _completion_tokens(params: Mapping[str, Any], default_completion: int) -> int:
+    """The completion part of a call's estimate (see `estimate_tokens`)."""
+    completion = params.get("max_tokens") or params.get("max_completion_tokens")
+    return completion if isinstance(completion, int) else default_completion
+
+
+def _estimated(total: int, prompt: int) -> Usage:
+    """An estimate of ``total`` tokens, ``prompt`` of them input, as a `Usage`."""
+    prompt = max(0, min(prompt, total))
+    return Usage(prompt_tokens=prompt, completion_tokens=total - prompt)
+
+
 def _sets_max_tokens(params: Mapping[str, Any]) -> bool:
     return isinstance(params.get("max_tokens") or params.get("max_completion_tokens"), int)
 
@@ -238,6 +251,7 @@ class LLMClient:
         timer: Timer | None = None,
         rng: random.Random | None = None,
         max_outage: float = 120.0,
+        budget: Budget | None = None,
     ) -> None:
         if not routes:
             raise ValueError("an LLMClient needs at least one route")
@@ -256,6 +270,8 @@ class LLMClient:
         self._counters = {name: _Counters(route.hedge) for name, route in self._routes.items()}
         self.fatal_error: ProviderAuthError | None = None
         """The first credentials error seen: the runtime stops the run when set."""
+        self.budget = budget
+        """The run's spending limits (``None``: none); every call reserves its share."""
 
     @property
     def routes(self) -> Mapping[str, Route]:
@@ -351,19 +367,25 @@ class LLMClient:
             counters.attempts += 1
             sent = _Sent()
             try:
-                async with route.capacity.reserve(estimate) as slot:
-                    sent.at = slot.started_at
-                    try:
-                        result: EmbedResult = await embed(request, timeout=limit)
-                    except RateLimited as exc:
-                        route.capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
-                        raise
-                    usage = result.embeddings.usage
-                    slot.settle(usage.total or estimate, refund=True)
+                hold = await self._hold(route, estimate, estimate)
+                try:
+                    async with route.capacity.reserve(estimate) as slot:
+                        sent.at = slot.started_at
+                        try:
+                            result: EmbedResult = await embed(request, timeout=limit)
+                        except RateLimited as exc:
+                            route.capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
+                            raise
+                        usage = result.embeddings.usage
+                        slot.settle(usage.total or estimate, refund=True)
+                except BaseException:
+                    self._unhold(hold)
+                    raise
                 route.capacity.observe(result.rate_limits, sent_at=slot.started_at)
                 counters.succeeded += 1
                 counters.usage += usage
                 cost = self._prices.cost(route.model, usage)
+                self._settle_hold(hold, usage, cost)
                 if cost is None:
                     counters.unpriced += 1
                 else:
@@ -518,30 +540,56 @@ class LLMClient:
         sent: _Sent,
     ) -> ChatResponse:
         capacity = route.capacity
-        async with capacity.reserve(estimate) as slot:
-            sent.at = slot.started_at
-            try:
-                result = await route.provider.chat(request, timeout=timeout)
-            except RateLimited as exc:
-                capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
-                _check_retry_after(exc)
-                raise
-            usage = result.response.usage
-            # A provider that reports no usage is charged the estimate. A call that set
-            # max_tokens gets no refund of its unused completion: providers count
-            # max_tokens against the token limit on admission and refund nothing (OpenAI
-            # does), so refunding it would overshoot their limit.
-            slot.settle(usage.total or estimate, refund=not _sets_max_tokens(request.params))
+        hold = await self._hold(
+            route,
+            estimate,
+            estimate - _completion_tokens(request.params, self._completion_estimate),
+        )
+        try:
+            async with capacity.reserve(estimate) as slot:
+                sent.at = slot.started_at
+                try:
+                    result = await route.provider.chat(request, timeout=timeout)
+                except RateLimited as exc:
+                    capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
+                    _check_retry_after(exc)
+                    raise
+                usage = result.response.usage
+                # A provider that reports no usage is charged the estimate. A call that set
+                # max_tokens gets no refund of its unused completion: providers count
+                # max_tokens against the token limit on admission and refund nothing (OpenAI
+                # does), so refunding it would overshoot their limit.
+                slot.settle(usage.total or estimate, refund=not _sets_max_tokens(request.params))
+        except BaseException:
+            self._unhold(hold)
+            raise
         capacity.observe(result.rate_limits, sent_at=slot.started_at)
         if counters.latencies is not None:
             counters.latencies.add(self._timer.now() - slot.started_at)
         counters.usage += usage
         cost = self._prices.cost(route.model, usage)
+        self._settle_hold(hold, usage if usage.total else _estimated(estimate, estimate), cost)
         if cost is None:
             counters.unpriced += 1
         else:
             counters.cost += cost
         return result.response
+
+    async def _hold(self, route: Route, estimate: int, prompt: int) -> Hold | None:
+        """Reserve one call of ``estimate`` tokens (``prompt`` of them input) against the
+        budget, if there is one; `BudgetExceeded` when it cannot hold it."""
+        if self.budget is None:
+            return None
+        usage = _estimated(estimate, prompt)
+        return await self.budget.reserve(estimate, self._prices.cost(route.model, usage))
+
+    def _unhold(self, hold: Hold | None) -> None:
+        if hold is not None and self.budget is not None:
+            self.budget.release(hold)
+
+    def _settle_hold(self, hold: Hold | None, usage: Usage, cost: float | None) -> None:
+        if hold is not None and self.budget is not None:
+            self.budget.settle(hold, usage.total, cost)
 
     async def _send(
         self,

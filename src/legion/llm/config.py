@@ -83,6 +83,7 @@ from legion.errors import ConfigError
 from legion.llm import anthropic, openai
 from legion.llm.anthropic import AnthropicProvider
 from legion.llm.breaker import Breaker, BreakerSettings
+from legion.llm.budget import Budget
 from legion.llm.capacity import Capacity
 from legion.llm.client import DEFAULT_RETRY, LLMClient, Route
 from legion.llm.hedge import HedgeSettings
@@ -257,10 +258,15 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> LL
 
 
 async def build_client(
-    config: LLMConfig, *, timer: Timer | None = None, rng: random.Random | None = None
+    config: LLMConfig,
+    *,
+    timer: Timer | None = None,
+    rng: random.Random | None = None,
+    budget: Budget | None = None,
 ) -> LLMClient:
     """An `LLMClient` for ``config``, with its simulators started; close it
-    with ``aclose()`` (or ``async with``).
+    with ``aclose()`` (or ``async with``). ``budget``: the run's spending limits; a cost
+    limit needs a price for every route's model.
 
     Routes on the same provider endpoint and key share one provider (one
     connection pool); routes on the same endpoint and model share one
@@ -297,9 +303,26 @@ async def build_client(
         {route.model: price for route in config.routes if (price := _price(route)) is not None}
     )
     for route in config.routes:  # look prices up now, not on the event loop's first call
-        prices.price(route.model)
+        if (
+            prices.price(route.model) is None
+            and budget is not None
+            and budget.limits.max_cost is not None
+        ):
+            for provider in providers.values():
+                await provider.aclose()
+            raise ConfigError(
+                f"--max-cost needs a price for every route, and model {route.model!r} (route "
+                f"{route.name!r}) has none: set input_price and output_price (USD per million "
+                "tokens) in its [llm.*] table, or install legion-runtime[prices]"
+            )
     return LLMClient(
-        routes, default=config.default, retry=config.retry, prices=prices, timer=timer, rng=rng
+        routes,
+        default=config.default,
+        retry=config.retry,
+        prices=prices,
+        timer=timer,
+        rng=rng,
+        budget=budget,
     )
 
 
