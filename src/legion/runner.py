@@ -83,7 +83,12 @@ class Instance:
         # A block of the event loop by this instance that is going on, seen by the watchdog.
         self.pending_block: Capture | None = None
         # Running and waiting time of this attempt: waits for capacity pause its timeout.
-        self.time = attempt.AttemptTime(agent.options.timeout, agent.options.deadline)
+        self.time = attempt.AttemptTime(
+            agent.options.timeout,
+            agent.options.deadline,
+            priority=lease.priority,
+            tenant=lease.tenant,
+        )
         # The worker's timer bucket that holds this instance until its time is up.
         self.expiry: dict[int, Instance] | None = None
 

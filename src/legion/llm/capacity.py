@@ -70,9 +70,12 @@ which is not attempt time. Failures while failing do not lower the rate again;
 the first success ends it, ends the pause and restores the rate that held
 before the storm's first 429s at once.
 
-Waiting spins nowhere: callers queue, earliest attempt first (the attempt's
-start order, so calls of tasks further along go before the first calls of new
-ones; FIFO among calls outside an attempt); only the head of the queue waits
+Waiting spins nowhere: callers queue in lanes (`legion.llm.lanes`): by their
+task's priority, higher first with a guaranteed share (``lower_share``, 10 %) of
+the starts for a lower lane that waits; within a lane, tenants take turns; within
+a tenant, earliest attempt first (the attempt's start order, so calls of tasks
+further along go before the first calls of new ones; FIFO among calls outside an
+attempt). Only the head of the queue waits
 on the clock, sleeping exactly until its turn (woken early only when a freed
 slot or a token refund lets it start sooner), then hands the head position to
 the next caller. Time in the queue is reported to the attempt as waiting
@@ -83,7 +86,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import heapq
 import itertools
 import math
 import random
@@ -91,6 +93,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from legion import attempt
+from legion.llm.lanes import Lanes
 from legion.llm.timer import AsyncioTimer, Timer
 from legion.llm.types import RateLimitInfo
 
@@ -188,14 +191,24 @@ class _Reservation:
 
 
 class _Waiter:
-    __slots__ = ("key", "tokens", "turn")
+    __slots__ = ("key", "priority", "tenant", "tokens", "turn")
 
-    def __init__(self, tokens: int, turn: asyncio.Future[None], key: tuple[float, int]) -> None:
+    def __init__(
+        self,
+        tokens: int,
+        turn: asyncio.Future[None],
+        key: tuple[float, int],
+        priority: int = 0,
+        tenant: str = "default",
+    ) -> None:
         self.tokens = tokens
         self.turn = turn
         """Resolved when this waiter becomes the head of the queue."""
         self.key = key
-        """Its place in the queue: the attempt's start order, then arrival."""
+        """Its place in its tenant's queue: the attempt's start order, then arrival."""
+        self.priority = priority
+        """Its lane: the task's priority."""
+        self.tenant = tenant
 
     def __lt__(self, other: _Waiter) -> bool:
         return self.key < other.key
@@ -243,6 +256,7 @@ class Capacity:
         discover_growth: float = 0.1,
         probe_interval: float = 1.0,
         failing_after: int = 3,
+        lower_share: float = 0.1,
     ) -> None:
         for label, limit in (("rpm", rpm), ("tpm", tpm), ("max_in_flight", max_in_flight)):
             if limit is not None and limit < 1:
@@ -298,7 +312,7 @@ class Capacity:
         self._refilled_at = 0.0
         self._in_flight = 0
         self._head: _Waiter | None = None  # the caller whose turn it is
-        self._waiters: list[_Waiter] = []  # the others: a heap, earliest attempt first
+        self._waiters = Lanes(lower_share)  # the others, by priority lane and tenant
         self._arrivals = itertools.count()
         self._kick: asyncio.Future[None] | None = None
         self._blocker = _Blocker.TIME
@@ -544,15 +558,18 @@ class Capacity:
         if self._head is None and not self._waiters and self._delay(tokens)[0] <= _EPSILON:
             return self._take(tokens)
         current = attempt.current()
-        order = float(current.order) if current is not None else math.inf
         waiter = _Waiter(
-            tokens, asyncio.get_running_loop().create_future(), (order, next(self._arrivals))
+            tokens,
+            asyncio.get_running_loop().create_future(),
+            (float(current.order) if current is not None else math.inf, next(self._arrivals)),
+            current.priority if current is not None else 0,
+            current.tenant if current is not None else "default",
         )
         if self._head is None:
             self._head = waiter
             waiter.turn.set_result(None)
         else:
-            heapq.heappush(self._waiters, waiter)
+            self._waiters.push(waiter)
         try:
             with attempt.waiting(self._wait_reason()):
                 await waiter.turn
@@ -598,14 +615,14 @@ class Capacity:
             kick.set_result(None)
 
     def _leave(self, waiter: _Waiter) -> None:
-        waiters = self._waiters
         if self._head is waiter:
-            self._head = heapq.heappop(waiters) if waiters else None
-            if self._head is not None and not self._head.turn.done():
-                self._head.turn.set_result(None)
+            head = self._waiters.pop()
+            assert head is None or isinstance(head, _Waiter)
+            self._head = head
+            if head is not None and not head.turn.done():
+                head.turn.set_result(None)
         else:
-            waiters.remove(waiter)
-            heapq.heapify(waiters)
+            self._waiters.remove(waiter)
 
     # -- starting, settling and ending calls --------------------------------------
 
