@@ -341,8 +341,7 @@ class Worker:
         horizon = self.config.admission_horizon
         if self.llm is None or horizon is None:
             return self.config.concurrency
-        capacities = [route.capacity for route in self.llm.routes.values()]
-        room = min((c.headroom(horizon) for c in capacities), default=math.inf)
+        room = self.llm.headroom(horizon)  # a pool's deployments add up
         if room == math.inf:
             return self.config.concurrency
         if not self._instances:
@@ -359,7 +358,7 @@ class Worker:
         )
         # In batches: once the queues are down to half the horizon, fill them up again
         # (a lease per call that frees up would cost a store round trip each).
-        if min(c.headroom(horizon / 2) for c in capacities) - coming <= 0:
+        if self.llm.headroom(horizon / 2) - coming <= 0:
             return 0
         return max(int(room - coming), 0)
 

@@ -136,6 +136,13 @@ def sim(
         ),
     ] = None,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
+    limits_per_key: Annotated[
+        bool | None,
+        typer.Option(
+            help="Give each API key its own rate limits, as providers limit each organisation "
+            "(a pool of keys gets the sum of their limits); /stats counts them by key."
+        ),
+    ] = None,
 ) -> None:
     """Start the provider simulator: an OpenAI- and Anthropic-compatible server on loopback
     with rate limits, latency and faults.
@@ -188,6 +195,7 @@ def sim(
             ("fault_schedule", faults or None),
             ("rate_limit_headers", rate_limit_headers),
             ("api_key", api_key),
+            ("limits_per_key", limits_per_key),
         )
         if value is not None
     }

@@ -394,6 +394,32 @@ class Capacity:
             return math.inf
         return rate * horizon - self._queued()
 
+    def paused_for(self) -> float:
+        """Seconds until a 429 pause ends (0: not paused)."""
+        return max(0.0, self._paused_until - self._timer.now())
+
+    def expected_wait(self, tokens: int) -> float:
+        """About how many seconds a call of ``tokens`` queued now would wait to start:
+        behind the callers already queued, at the pace allowed now (what a pool compares
+        to send a call where it starts soonest). Ties (routes without limits) are broken
+        by the calls queued and in flight."""
+        now = self._timer.now()
+        queued = self._queued()
+        wait = max(0.0, self._paused_until - now)
+        interval = self._interval()
+        if self.failing:
+            interval = self._probe_interval
+        if interval is not None:
+            wait = max(wait, self._tat - self._tolerance() - now) + queued * interval
+        rate = self._token_rate()
+        if rate is not None:
+            self._refill(now)
+            level = self._level if self._level is not None else self._bucket_size()
+            wait = max(wait, ((queued + 1) * tokens - level) / rate)
+        if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
+            wait += 1e-3 * (1 + queued)
+        return wait + 1e-9 * (queued + self._in_flight)
+
     def failed(self, *, sent_at: float) -> bool:
         """A call started at ``sent_at`` failed in a way that may pass (a server error, a
         timeout); answer whether the route was already failing as a whole (``failing``:

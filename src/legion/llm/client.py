@@ -68,7 +68,7 @@ from legion.errors import (
     RateLimited,
     RetryAfterTooLong,
 )
-from legion.llm.breaker import Breaker, BreakerStatistics, Ticket
+from legion.llm.breaker import Breaker, BreakerState, BreakerStatistics, Ticket
 from legion.llm.budget import Budget, Hold
 from legion.llm.capacity import Capacity, CapacityStatistics
 from legion.llm.embeddings import Embeddings, EmbedRequest, EmbedResult, estimate_embed_tokens
@@ -102,6 +102,18 @@ class Route:
     """The route's circuit breaker (``None``: none)."""
     hedge: HedgeSettings | None = None
     """When slow calls get a hedged copy (``None``: never)."""
+    deployment: str = ""
+    """This deployment's name within a pool (``main#2``); ``""`` when the route has one."""
+    fallback: tuple[str, ...] = ()
+    """Routes to use, in order, while every deployment of this one is out (its breaker
+    open, failing, or paused by a 429)."""
+    key_id: str = ""
+    """A digest of the deployment's API key when a pool holds several keys: workers
+    sharing capacity through the store keep one budget per key."""
+
+    @property
+    def label(self) -> str:
+        return self.deployment or self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +145,8 @@ class RouteStatistics:
     """Calls that got a hedged copy."""
     hedges_won: int = 0
     """Hedged calls answered by the copy."""
+    served_by: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Answered calls by deployment, for a pooled route (or served by a fallback)."""
 
     @property
     def cost_known(self) -> bool:
@@ -164,6 +178,7 @@ class _Counters:
         "hedges_won",
         "latencies",
         "retries",
+        "served_by",
         "succeeded",
         "unpriced",
         "usage",
@@ -182,6 +197,7 @@ class _Counters:
         self.hedged = 0
         self.hedges_won = 0
         self.latencies = Latencies(hedge) if hedge is not None else None
+        self.served_by: dict[str, int] = {}
 
 
 class _Sent:
@@ -255,9 +271,19 @@ class LLMClient:
     ) -> None:
         if not routes:
             raise ValueError("an LLMClient needs at least one route")
-        self._routes = {route.name: route for route in routes}
-        if len(self._routes) != len(routes):
-            raise ValueError("route names must be unique")
+        # A name given to several routes is a pool of deployments (the first one stands
+        # for the pool where one route is asked for).
+        self._pools: dict[str, tuple[Route, ...]] = {}
+        for route in routes:
+            self._pools[route.name] = (*self._pools.get(route.name, ()), route)
+        self._routes = {name: pool[0] for name, pool in self._pools.items()}
+        for name, pool in self._pools.items():
+            labels = {route.label for route in pool}
+            if len(pool) > 1 and len(labels) != len(pool):
+                raise ValueError(f"the deployments of route {name!r} need distinct names")
+            for fallback in pool[0].fallback:
+                if fallback not in self._pools or fallback == name:
+                    raise ValueError(f"route {name!r} falls back to {fallback!r}, no other route")
         self._default = default if default is not None else routes[0].name
         if self._default not in self._routes:
             raise ValueError(f"default route {self._default!r} is not one of {self._names()}")
@@ -281,6 +307,31 @@ class LLMClient:
     def default(self) -> str:
         return self._default
 
+    @property
+    def deployments(self) -> tuple[Route, ...]:
+        """Every deployment of every route (a route with one deployment is itself)."""
+        return tuple(route for pool in self._pools.values() for route in pool)
+
+    def headroom(self, horizon: float) -> float:
+        """How many more calls may queue and still start within ``horizon`` seconds on
+        the most constrained route (a pool's deployments add up)."""
+        return min(
+            (sum(r.capacity.headroom(horizon) for r in pool) for pool in self._pools.values()),
+            default=math.inf,
+        )
+
+    def pick(self, name: str, tokens: int) -> Route:
+        """The deployment a call on route ``name`` goes to now: of those not out (breaker
+        open, failing, paused by a 429), the one where it would start soonest (the most
+        headroom), before any 429 says so; while every one is out, the first of the
+        route's fallbacks with one that is not; while those are out too, the soonest."""
+        pool = self._pools[name]
+        for candidates in (pool, *(self._pools[f] for f in pool[0].fallback)):
+            usable = [route for route in candidates if not _out(route)]
+            if usable:
+                return usable[0] if len(usable) == 1 else _soonest(usable, tokens)
+        return pool[0] if len(pool) == 1 else _soonest(pool, tokens)
+
     @telemetry.traced_chat
     async def chat(
         self,
@@ -298,22 +349,23 @@ class LLMClient:
         ``params`` are the request's parameters in OpenAI's names
         (``max_tokens``, ``temperature``, ``tools``...).
         """
-        route = self._route(model)
-        request = ChatRequest(
-            route.model,
-            tuple(messages),
-            params,
-            route.stream if stream is None else stream,
-        )
-        limit = route.timeout if timeout is None else timeout
-        estimate = estimate_tokens(request.messages, params, self._completion_estimate)
-        counters = self._counters[route.name]
+        named = self._route(model)
+        estimate = estimate_tokens(messages, params, self._completion_estimate)
+        counters = self._counters[named.name]
         counters.calls += 1
         current = attempts.current()
         if current is not None:
             current.calls += 1
         spent = 0  # failures of this call's own, each one of the budget's retries
         while True:
+            route = self.pick(named.name, estimate)
+            request = ChatRequest(
+                route.model,
+                tuple(messages),
+                params,
+                named.stream if stream is None else stream,
+            )
+            limit = route.timeout if timeout is None else timeout
             try:
                 _check_pause(route)  # before anything waits: the pause would outlast it
             except RetryAfterTooLong as exc:
@@ -329,6 +381,9 @@ class LLMClient:
             try:
                 response = await self._send(route, request, limit, estimate, counters, ticket, sent)
                 counters.succeeded += 1
+                if route is not named or len(self._pools[named.name]) > 1:
+                    counters.served_by[route.label] = counters.served_by.get(route.label, 0) + 1
+                    return dataclasses.replace(response, deployment=route.label)
                 return response
             except RetryAfterTooLong as exc:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
@@ -351,6 +406,7 @@ class LLMClient:
         """Embeddings of ``texts`` on route ``model`` (the ``embed`` route if there is one,
         else the default route): the same capacity, retries and counters as `chat`."""
         route = self.embed_route(model)
+        route = self.pick(route.name, estimate_embed_tokens(texts))
         embed = getattr(route.provider, "embed", None)
         if embed is None:
             raise Permanent(
@@ -478,6 +534,7 @@ class LLMClient:
                 breaker=route.breaker.statistics() if route.breaker is not None else None,
                 hedged=counters.hedged,
                 hedges_won=counters.hedges_won,
+                served_by=dict(counters.served_by),
             )
         usage = Usage()
         for stats in routes.values():
@@ -491,7 +548,7 @@ class LLMClient:
 
     async def aclose(self) -> None:
         """Close every provider (once, even when routes share one)."""
-        providers = {id(route.provider): route.provider for route in self._routes.values()}
+        providers = {id(route.provider): route.provider for route in self.deployments}
         for provider in providers.values():
             await provider.aclose()
 
@@ -683,6 +740,19 @@ class LLMClient:
         if retry_after is not None:
             delay = max(delay, retry_after)
         return min(delay, self._retry.max_backoff)
+
+
+def _out(route: Route) -> bool:
+    """Whether a deployment is out for now: its breaker open, failing, or paused by a 429."""
+    if route.breaker is not None and route.breaker.state is not BreakerState.CLOSED:
+        return True
+    capacity = route.capacity
+    return capacity.failing or capacity.paused_for() > 0
+
+
+def _soonest(routes: Sequence[Route], tokens: int) -> Route:
+    """The deployment where a call of ``tokens`` would start soonest (the first on a tie)."""
+    return min(routes, key=lambda route: route.capacity.expected_wait(tokens))
 
 
 def _check_pause(route: Route) -> None:

@@ -70,11 +70,12 @@ are not read anywhere else.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -138,6 +139,7 @@ _ROUTE_OPTIONS = frozenset(
         "breaker_max_open",
         "hedge_percentile",
         "hedge_min_delay",
+        "fallback",
     }
 )
 _LOCAL_OPTIONS = (("instances", 1), ("threads", 1), ("context", 16))
@@ -183,6 +185,8 @@ class RouteConfig:
     """The route's circuit breaker (``failures = 0``: none)."""
     hedge: HedgeSettings | None = None
     """When slow calls get a hedged copy (``None``: never)."""
+    fallback: tuple[str, ...] = ()
+    """Routes to use, in order, while every deployment of this one is out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +226,19 @@ def parse_config(table: Mapping[str, Any], *, env: Mapping[str, str] | None = No
     for name, value in table.items():
         if isinstance(value, Mapping):
             settings = dict(value)
-            kind = settings.pop("provider", None)
-            model = settings.pop("model", "")
-            if not isinstance(kind, str) or not isinstance(model, str):
-                raise ConfigError(f"[llm.{name}] needs provider = one of {', '.join(_KINDS)}")
-            routes.append(_route(name, kind, model, settings, environ, f"[llm.{name}]"))
+            deployments = settings.pop("deployments", None)
+            if deployments is None:
+                routes.append(_table_route(name, settings, environ, f"[llm.{name}]"))
+                continue
+            # A pool: [[llm.NAME.deployments]] tables, each a route of its own, with the
+            # pool's own settings (fallback, limits...) as their defaults.
+            if not isinstance(deployments, list) or not all(
+                isinstance(d, Mapping) for d in deployments
+            ):
+                raise ConfigError(f"[llm.{name}] deployments must be a list of tables")
+            for i, deployment in enumerate(deployments, start=1):
+                source = f"[llm.{name}] deployment {i}"
+                routes.append(_table_route(name, {**settings, **deployment}, environ, source))
         elif name not in ("default", *_RETRY_OPTIONS):
             raise ConfigError(f"[llm] has an unknown setting {name!r}")
     if not routes:
@@ -236,12 +248,35 @@ def parse_config(table: Mapping[str, Any], *, env: Mapping[str, str] | None = No
         default = "default"
     if not isinstance(default, str) or default not in {route.name for route in routes}:
         raise ConfigError(f"[llm] default = {default!r} names no [llm.*] route")
+    check_fallbacks(routes)
     retry = {key: table[key] for key in _RETRY_OPTIONS if key in table}
     try:
         policy = RetryPolicy(**{**_retry_fields(DEFAULT_RETRY), **retry})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[llm] retry settings: {exc}") from exc
     return LLMConfig(tuple(routes), default, policy)
+
+
+def _table_route(
+    name: str, settings: dict[str, Any], env: Mapping[str, str], source: str
+) -> RouteConfig:
+    kind = settings.pop("provider", None)
+    model = settings.pop("model", "")
+    if not isinstance(kind, str) or not isinstance(model, str):
+        raise ConfigError(f"{source} needs provider = one of {', '.join(_KINDS)}")
+    return _route(name, kind, model, settings, env, source)
+
+
+def check_fallbacks(routes: Sequence[RouteConfig]) -> None:
+    """`ConfigError` unless every fallback names another route."""
+    names = {route.name for route in routes}
+    for route in routes:
+        for fallback in route.fallback:
+            if fallback not in names or fallback == route.name:
+                raise ConfigError(
+                    f"route {route.name!r} falls back to {fallback!r}, which is not another "
+                    f"route (routes: {', '.join(sorted(names))})"
+                )
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> LLMConfig:
@@ -275,13 +310,20 @@ async def build_client(
     providers: dict[tuple[Any, ...], Provider] = {}
     capacities: dict[tuple[Any, ...], tuple[Capacity, RouteConfig]] = {}
     routes = []
+    sizes: dict[str, int] = {}
+    for route in config.routes:
+        sizes[route.name] = sizes.get(route.name, 0) + 1
+    seen: dict[str, int] = {}
     try:
         for route in config.routes:
-            endpoint = _endpoint(route)
+            index = seen[route.name] = seen.get(route.name, 0) + 1
+            pooled = sizes[route.name] > 1
+            endpoint = _endpoint(route, index)
             provider = providers.get(endpoint)
             if provider is None:
                 provider = providers[endpoint] = await _start_provider(route, config.routes)
-            capacity = _capacity(route, capacities, timer, rng)
+            key_id = _key_id(route) if pooled else ""
+            capacity = _capacity(route, capacities, timer, rng, index, key_id)
             breaker = Breaker(route.breaker, timer=timer) if route.breaker.enabled else None
             routes.append(
                 Route(
@@ -293,6 +335,9 @@ async def build_client(
                     route.stream,
                     breaker=breaker,
                     hedge=route.hedge,
+                    deployment=f"{route.name}#{index}" if pooled else "",
+                    fallback=route.fallback,
+                    key_id=key_id,
                 )
             )
     except BaseException:
@@ -484,6 +529,13 @@ def _common(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
                 raise ConfigError(f"{source}: {option} must be an integer >= 1024, got {value!r}")
             values[option] = value
     values.update(_resilience(settings, source))
+    if "fallback" in settings:
+        fallback = settings["fallback"]
+        if isinstance(fallback, str):
+            fallback = [fallback]
+        if not isinstance(fallback, list) or not all(isinstance(f, str) and f for f in fallback):
+            raise ConfigError(f"{source}: fallback must be a list of route names")
+        values["fallback"] = tuple(fallback)
     return values
 
 
@@ -598,13 +650,21 @@ def _http_options(route: RouteConfig) -> dict[str, Any]:
     }
 
 
-def _endpoint(route: RouteConfig) -> tuple[Any, ...]:
-    """What routes sharing a provider have in common (each sim route has its own)."""
+def _endpoint(route: RouteConfig, index: int = 1) -> tuple[Any, ...]:
+    """What routes sharing a provider have in common (each sim route, and each sim
+    deployment of a pool, has its own)."""
     if route.provider == "sim":
-        return ("sim", route.name)
+        return ("sim", route.name, index)
     if route.provider == "local":
         return ("local", route.model_path)
     return (route.provider, route.base_url, route.api_key)
+
+
+def _key_id(route: RouteConfig) -> str:
+    """A short digest of a deployment's key (never the key itself)."""
+    if not route.api_key:
+        return ""
+    return hashlib.sha256(route.api_key.encode()).hexdigest()[:12]
 
 
 def _pool_size(route: RouteConfig, every: tuple[RouteConfig, ...]) -> int:
@@ -620,8 +680,16 @@ def _capacity(
     capacities: dict[tuple[Any, ...], tuple[Capacity, RouteConfig]],
     timer: Timer | None,
     rng: random.Random | None,
+    index: int = 1,
+    key_id: str = "",
 ) -> Capacity:
-    key = (*_endpoint(route)[:2], route.model)
+    # One capacity per endpoint, model and key: a pool's deployments each have their own.
+    key = (
+        *_endpoint(route, index)[:2],
+        route.model,
+        key_id,
+        index if route.provider == "sim" else 0,
+    )
     shared = capacities.get(key)
     if shared is not None:
         capacity, first = shared
@@ -633,7 +701,7 @@ def _capacity(
             )
         return capacity
     capacity = Capacity(
-        f"{route.provider}:{route.model}",
+        f"{route.provider}:{route.model}" + (f"#{index}" if key_id or index > 1 else ""),
         rpm=route.rpm,
         tpm=route.tpm,
         max_in_flight=route.max_in_flight,

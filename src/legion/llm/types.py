@@ -112,10 +112,12 @@ class ChatResponse:
     usage: Usage = Usage()
     model: str = ""
     provider: str = ""
+    deployment: str = ""
+    """Which deployment of a pooled route served it (``""``: the route has one)."""
 
     def to_json(self) -> dict[str, Any]:
         """The response as plain JSON data; `from_json` rebuilds an equal response."""
-        return {
+        data = {
             "text": self.text,
             "tool_calls": [
                 {"id": call.id, "name": call.name, "arguments": call.arguments}
@@ -126,6 +128,9 @@ class ChatResponse:
             "model": self.model,
             "provider": self.provider,
         }
+        if self.deployment:
+            data["deployment"] = self.deployment
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ChatResponse:
@@ -143,6 +148,7 @@ class ChatResponse:
                 usage=Usage.from_json(usage),
                 model=data["model"],
                 provider=data["provider"],
+                deployment=data.get("deployment", ""),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a recorded chat response: {exc!r}") from exc

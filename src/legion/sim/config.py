@@ -120,6 +120,10 @@ class SimConfig:
     Access:
         api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <key>``
             (``/v1/messages`` also takes it as ``x-api-key``, as Anthropic does).
+        limits_per_key: when true, each API key presented gets its own rate
+            limits (every limit above, per key), as providers limit each
+            organisation or project: a pool of keys has the sum of their limits.
+            ``GET /stats`` then counts admissions and 429s by key.
     """
 
     models: tuple[str, ...] = ("sim-model",)
@@ -152,6 +156,7 @@ class SimConfig:
     fault_schedule: tuple[tuple[float, float, int], ...] = ()
     rate_limit_headers: bool = True
     api_key: str | None = None
+    limits_per_key: bool = False
 
     def __post_init__(self) -> None:
         _check_models(self.models)
@@ -203,6 +208,7 @@ class SimConfig:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         _check_fault_schedule(self.fault_schedule)
         _check_bool("rate_limit_headers", self.rate_limit_headers)
+        _check_bool("limits_per_key", self.limits_per_key)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError("api_key must be a non-empty string or None")
 
