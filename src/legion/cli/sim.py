@@ -44,6 +44,13 @@ def sim(
         int | None, typer.Option(help="Requests per minute (default unlimited).")
     ] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute (default unlimited).")] = None,
+    itpm: Annotated[
+        int | None,
+        typer.Option(help="Input tokens per minute, counted apart (cache reads exempt)."),
+    ] = None,
+    otpm: Annotated[
+        int | None, typer.Option(help="Output tokens per minute, counted apart.")
+    ] = None,
     max_concurrency: Annotated[
         int | None, typer.Option(help="Requests served at once (default unlimited).")
     ] = None,
@@ -167,6 +174,8 @@ def sim(
             ("models", model or None),
             ("rpm", rpm),
             ("tpm", tpm),
+            ("itpm", itpm),
+            ("otpm", otpm),
             ("max_concurrency", max_concurrency),
             ("window", window.value if window is not None else None),
             ("window_seconds", window_seconds),

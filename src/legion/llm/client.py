@@ -597,13 +597,12 @@ class LLMClient:
         sent: _Sent,
     ) -> ChatResponse:
         capacity = route.capacity
-        hold = await self._hold(
-            route,
-            estimate,
-            estimate - _completion_tokens(request.params, self._completion_estimate),
-        )
+        completion = _completion_tokens(request.params, self._completion_estimate)
+        hold = await self._hold(route, estimate, estimate - completion)
         try:
-            async with capacity.reserve(estimate) as slot:
+            async with capacity.reserve(
+                estimate, input_tokens=estimate - completion, output_tokens=completion
+            ) as slot:
                 sent.at = slot.started_at
                 try:
                     result = await route.provider.chat(request, timeout=timeout)
@@ -616,7 +615,18 @@ class LLMClient:
                 # max_tokens gets no refund of its unused completion: providers count
                 # max_tokens against the token limit on admission and refund nothing (OpenAI
                 # does), so refunding it would overshoot their limit.
-                slot.settle(usage.total or estimate, refund=not _sets_max_tokens(request.params))
+                counted = usage.total > 0
+                slot.settle(
+                    usage.total or estimate,
+                    refund=not _sets_max_tokens(request.params),
+                    # As providers with separate input and output limits count them:
+                    # cache reads left out where they are exempt, the real output.
+                    input_tokens=usage.prompt_tokens
+                    - (usage.cached_tokens if capacity.cache_exempt else 0)
+                    if counted
+                    else None,
+                    output_tokens=usage.completion_tokens if counted else None,
+                )
         except BaseException:
             self._unhold(hold)
             raise

@@ -18,14 +18,24 @@ Provider specs (``--provider``):
   ``model = "/path/model.gguf"``.
 
 A key is required only by the providers' own endpoints. Options, as keyword
-arguments or keys of a route table: ``rpm``, ``tpm``, ``max_in_flight``
+arguments or keys of a route table: ``rpm``, ``tpm``, ``itpm`` and ``otpm`` (input and
+output tokens per minute, for providers that limit them apart: Anthropic, Groq; on an
+Anthropic route prompt tokens read from its cache do not count), ``max_in_flight``
 (also the size of the connection pool), ``timeout`` (seconds per attempt),
 ``stream``, ``stream_idle_timeout``, ``input_price`` and ``output_price``
 (USD per million tokens; they override every other price source, see
 `legion.llm.pricing`), with ``cache_read_price`` and ``cache_write_price`` for
 prompt tokens read from or written to the provider's cache, ``base_url``,
-``api_key_env`` (the variable holding the key), and for ``sim`` routes a ``simulator`` table of
-`legion.sim.SimConfig` settings.
+``api_key_env`` (the variable holding the key), ``fallback`` (route names to use, in
+order, while every deployment of this one is out: breaker open, failing, or paused by a
+429), and for ``sim`` routes a ``simulator`` table of `legion.sim.SimConfig` settings.
+
+A pool: the same route name given several times on the command line
+(``--llm main=openai:gpt-4o-mini --llm main=openai:gpt-4o-mini@https://eu.example/v1``),
+or ``deployments`` in its table (each a table of the settings that differ: another key,
+region or provider), is one route whose calls go to the deployment where they start
+soonest (the most headroom), before a 429; each call records the deployment that served
+it (``main#2``).
 
 Hung calls and large answers (see `legion.llm.transport`): ``ttfb_timeout``
 (seconds until the answer's headers; 30 on streams and none on plain calls
@@ -63,6 +73,18 @@ on the same model file share one provider, configured by the first of them.
     [llm.strong]
     provider = "anthropic"
     model = "claude-3-5-haiku-latest"
+    itpm = 50000               # input and output tokens per minute, counted apart
+    otpm = 10000
+    fallback = ["cheap"]       # while every deployment of "strong" is out
+
+    [llm.pooled]               # one route, two keys: the sum of their limits
+    provider = "openai"
+    model = "gpt-4o-mini"
+    rpm = 500
+    [[llm.pooled.deployments]]
+    api_key_env = "OPENAI_KEY_A"
+    [[llm.pooled.deployments]]
+    api_key_env = "OPENAI_KEY_B"
 
 Configuration is read once, here, into frozen values: environment variables
 are not read anywhere else.
@@ -119,6 +141,8 @@ _ROUTE_OPTIONS = frozenset(
         "api_key_env",
         "rpm",
         "tpm",
+        "itpm",
+        "otpm",
         "max_in_flight",
         "timeout",
         "stream",
@@ -161,6 +185,10 @@ class RouteConfig:
     """The environment variable the key came from (named in error messages)."""
     rpm: int | None = None
     tpm: int | None = None
+    itpm: int | None = None
+    """Input tokens per minute, for a provider that limits them apart (Anthropic, Groq)."""
+    otpm: int | None = None
+    """Output tokens per minute, likewise."""
     max_in_flight: int | None = None
     timeout: float = 60.0
     stream: bool = False
@@ -458,7 +486,9 @@ def _local_route(name: str, path: str, settings: dict[str, Any], source: str) ->
     for option in ("base_url", "api_key_env", "simulator"):
         if option in settings:
             raise ConfigError(f"{source}: a local route takes no {option}")
-    limits = [option for option in ("rpm", "tpm", "max_in_flight") if option in settings]
+    limits = [
+        option for option in ("rpm", "tpm", "itpm", "otpm", "max_in_flight") if option in settings
+    ]
     if limits:
         raise ConfigError(
             f"{source}: a local route takes no {', '.join(limits)}: its capacity is the "
@@ -494,7 +524,7 @@ def _local_route(name: str, path: str, settings: dict[str, Any], source: str) ->
 def _common(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The options every provider takes, checked."""
     values: dict[str, Any] = {}
-    for option in ("rpm", "tpm", "max_in_flight"):
+    for option in ("rpm", "tpm", "itpm", "otpm", "max_in_flight"):
         if option in settings:
             value = settings[option]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -693,20 +723,25 @@ def _capacity(
     shared = capacities.get(key)
     if shared is not None:
         capacity, first = shared
-        limits = (route.rpm, route.tpm, route.max_in_flight)
-        if limits != (first.rpm, first.tpm, first.max_in_flight):
+        limits = (route.rpm, route.tpm, route.itpm, route.otpm, route.max_in_flight)
+        if limits != (first.rpm, first.tpm, first.itpm, first.otpm, first.max_in_flight):
             raise ConfigError(
                 f"routes {first.name!r} and {route.name!r} share {route.provider}:{route.model} "
-                "but set different rpm, tpm or max_in_flight"
+                "but set different rpm, tpm, itpm, otpm or max_in_flight"
             )
         return capacity
     capacity = Capacity(
         f"{route.provider}:{route.model}" + (f"#{index}" if key_id or index > 1 else ""),
         rpm=route.rpm,
         tpm=route.tpm,
+        itpm=route.itpm,
+        otpm=route.otpm,
         max_in_flight=route.max_in_flight,
         timer=timer,
         rng=rng,
+        # Anthropic does not count prompt tokens read from its cache against the input
+        # limit (on most models); OpenAI counts every prompt token.
+        cache_exempt=route.provider == "anthropic",
         # A real host told no limit: find it (slow start, then AIMD) instead of sending
         # every caller at once. The built-in simulator and a local model need not.
         discover=route.provider in ("openai", "anthropic"),

@@ -174,3 +174,9 @@ class RateLimitInfo:
     remaining_tokens: int | None = None
     reset_tokens: float | None = None
     retry_after: float | None = None
+    limit_input_tokens: int | None = None
+    """Input tokens per minute, where the provider limits them apart (Anthropic)."""
+    remaining_input_tokens: int | None = None
+    limit_output_tokens: int | None = None
+    """Output tokens per minute, where the provider limits them apart."""
+    remaining_output_tokens: int | None = None

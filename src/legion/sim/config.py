@@ -44,6 +44,12 @@ class SimConfig:
             the request sets neither, the completion length the simulator will
             produce is charged instead. The charge is made on admission and is
             never refunded, as OpenAI does.
+        itpm, otpm: input and output tokens per 60 s window, counted apart as
+            Anthropic does: input is the prompt less the tokens read from the
+            prompt cache (``cached_prompt_share``), which Anthropic does not
+            count; output is the completion produced (Anthropic reserves
+            ``max_tokens`` and adjusts to the real count at the end). Answers
+            carry ``anthropic-ratelimit-{input,output}-tokens-*`` headers.
         max_concurrency: requests being served at the same time.
         window: ``"sliding"`` (capacity comes back 60 s after it was used) or
             ``"fixed"`` (all capacity comes back at each 60 s boundary).
@@ -129,6 +135,8 @@ class SimConfig:
     models: tuple[str, ...] = ("sim-model",)
     rpm: int | None = None
     tpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
     max_concurrency: int | None = None
     window: WindowKind = "sliding"
     window_seconds: float = 60.0
@@ -160,7 +168,7 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         _check_models(self.models)
-        for name in ("rpm", "tpm", "max_concurrency"):
+        for name in ("rpm", "tpm", "itpm", "otpm", "max_concurrency"):
             _check_optional_positive_int(name, getattr(self, name))
         _check_choice("window", self.window, _WINDOW_KINDS)
         _check_number("window_seconds", self.window_seconds, positive=True)

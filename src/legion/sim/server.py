@@ -313,7 +313,8 @@ class _Service:
         if scheduled is not None:
             return self._counted(self._scheduled(dialect, scheduled, charge))
         limiter = self._limiter_for(request)
-        admission = limiter.admit(charge)
+        cached = 0 if chat.stream else int(prompt_tokens * config.cached_prompt_share)
+        admission = limiter.admit(charge, prompt_tokens - cached, len(completion.tokens))
         if not config.rate_limit_headers:
             admission = _without_headers(admission)
         if not admission.allowed:
