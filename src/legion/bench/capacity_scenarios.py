@@ -13,6 +13,8 @@ windows, 5 % server errors and rejected requests counting against the window:
 - **outage**: told the limit; every request is answered 503 for ``outage_seconds``.
 - **low rpm, default concurrency**: ``--rpm 120``-like: one-call tasks whose agent has
   a 20 s timeout, at the default concurrency (1000) and at a concurrency tuned by hand.
+- **two keys** and **priority**: a pooled route and priority lanes
+  (:mod:`legion.bench.capacity_lanes`).
 
 ``quick`` scales the storm, the outage and the low-rpm run down (and says so in the
 results).
@@ -42,7 +44,15 @@ from legion.sim import SimConfig
 
 MODEL = "sim-model"
 MAX_TOKENS = 100
-SCENARIOS = ("untold-headers", "untold-no-headers", "storm", "outage", "low-rpm")
+SCENARIOS = (
+    "untold-headers",
+    "untold-no-headers",
+    "storm",
+    "outage",
+    "low-rpm",
+    "two-keys",
+    "priority",
+)
 _TASK = re.compile(r"task (\d{6})")
 
 
@@ -64,6 +74,13 @@ class ScenarioOptions:
     low_rpm_timeout: float = 20.0
     tuned_concurrency: int = 4
     seed: int = 7
+    interactive_tasks: int = 40
+    """priority: interactive tasks, one every ``interactive_every`` seconds."""
+    interactive_every: float = 0.5
+    batch_factor: int = 5
+    """priority: batch tasks per task of ``tasks`` (10,000 in the full run)."""
+    fill_seconds: float = 2.0
+    """priority: how long the batch runs alone before the interactive tasks come."""
 
     @classmethod
     def scaled_down(cls) -> ScenarioOptions:
@@ -287,6 +304,14 @@ async def run_scenarios(
             default, tuned = row["default"], row["tuned"]
             row["p50_ratio_default_over_tuned"] = default["p50_latency_s"] / tuned["p50_latency_s"]
             row["makespan_ratio_default_over_tuned"] = default["makespan_s"] / tuned["makespan_s"]
+        elif name == "two-keys":
+            from legion.bench.capacity_lanes import two_keys
+
+            row |= await two_keys(opts, folder)
+        elif name == "priority":
+            from legion.bench.capacity_lanes import priority
+
+            row |= await priority(opts, folder)
         else:
             raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
         progress(f"  {name}: {_brief(row)}")
@@ -295,6 +320,11 @@ async def run_scenarios(
 
 
 def _brief(row: dict[str, Any]) -> str:
+    if "lanes" in row:
+        return (
+            f"interactive p95 alone {row['alone']['p95_s']:.2f} s, beside the batch "
+            f"{row['lanes']['p95_s']:.2f} s with lanes, {row['no_lanes']['p95_s']:.2f} s without"
+        )
     if "default" in row:
         d, t = row["default"], row["tuned"]
         return (
