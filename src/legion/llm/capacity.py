@@ -380,7 +380,8 @@ class Capacity:
         self._refilled_at = 0.0
         self._in_flight = 0
         self._head: _Waiter | None = None  # the caller whose turn it is
-        self._waiters = Lanes(lower_share)  # the others, by priority lane and tenant
+        # The others, by priority lane and tenant.
+        self._waiters: Lanes[_Waiter] = Lanes(lower_share)
         self._arrivals = itertools.count()
         self._kick: asyncio.Future[None] | None = None
         self._blocker = _Blocker.TIME
@@ -778,7 +779,6 @@ class Capacity:
     def _leave(self, waiter: _Waiter) -> None:
         if self._head is waiter:
             head = self._waiters.pop()
-            assert head is None or isinstance(head, _Waiter)
             self._head = head
             if head is not None and not head.turn.done():
                 head.turn.set_result(None)

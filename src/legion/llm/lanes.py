@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class Queued(Protocol):
@@ -33,27 +33,30 @@ class Queued(Protocol):
     @property
     def tenant(self) -> str: ...
 
-    def __lt__(self, other: Queued, /) -> bool: ...
+    def __lt__(self, other: Any, /) -> bool: ...
 
 
-class _Lane:
+Q = TypeVar("Q", bound=Queued)
+
+
+class _Lane(Generic[Q]):
     __slots__ = ("count", "passed_over_since", "tenants", "turns")
 
     def __init__(self, since: int) -> None:
-        self.tenants: dict[str, list[Queued]] = {}  # a heap per tenant
+        self.tenants: dict[str, list[Q]] = {}  # a heap per tenant
         self.turns: deque[str] = deque()  # tenants with callers, next first
         self.count = 0
         self.passed_over_since = since  # the turn this lane last got (or began waiting)
 
 
-class Lanes:
+class Lanes(Generic[Q]):
     """Queued callers by priority lane and tenant (see the module's documentation)."""
 
     def __init__(self, min_share: float = 0.1) -> None:
         if not 0 < min_share <= 0.5:
             raise ValueError(f"min_share must be in (0, 0.5], got {min_share}")
         self._period = max(2, round(1.0 / min_share))
-        self._lanes: dict[int, _Lane] = {}
+        self._lanes: dict[int, _Lane[Q]] = {}
         self._turn = 0
         self._count = 0
 
@@ -63,10 +66,10 @@ class Lanes:
     def __bool__(self) -> bool:
         return self._count > 0
 
-    def push(self, caller: Queued) -> None:
+    def push(self, caller: Q) -> None:
         lane = self._lanes.get(caller.priority)
         if lane is None:
-            lane = self._lanes[caller.priority] = _Lane(self._turn)
+            lane = self._lanes[caller.priority] = _Lane[Q](self._turn)
         heap = lane.tenants.get(caller.tenant)
         if heap is None:
             heap = lane.tenants[caller.tenant] = []
@@ -75,7 +78,7 @@ class Lanes:
         lane.count += 1
         self._count += 1
 
-    def pop(self) -> Queued | None:
+    def pop(self) -> Q | None:
         """The caller whose turn is next (``None``: nobody waits)."""
         if not self._count:
             return None
@@ -93,7 +96,7 @@ class Lanes:
         self._taken(priority, lane)
         return caller
 
-    def remove(self, caller: Queued) -> None:
+    def remove(self, caller: Q) -> None:
         """Take a caller that gave up (cancelled) out of its queue."""
         lane = self._lanes[caller.priority]
         heap = lane.tenants[caller.tenant]
@@ -104,7 +107,7 @@ class Lanes:
             lane.turns.remove(caller.tenant)
         self._taken(caller.priority, lane)
 
-    def _taken(self, priority: int, lane: _Lane) -> None:
+    def _taken(self, priority: int, lane: _Lane[Q]) -> None:
         lane.count -= 1
         self._count -= 1
         if not lane.count:

@@ -298,14 +298,11 @@ class RateLimiter:
         ``output_tokens`` of them against the input and output limits), or reject it."""
         now = self._clock()
         requests, token_window = self._requests, self._tokens
-        apart = [
-            (window, amount, reason)
-            for window, amount, reason in (
-                (self._input, input_tokens, "input_tokens"),
-                (self._output, output_tokens, "output_tokens"),
-            )
-            if window is not None
-        ]
+        named: tuple[tuple[Window | None, int, RejectReason], ...] = (
+            (self._input, input_tokens, "input_tokens"),
+            (self._output, output_tokens, "output_tokens"),
+        )
+        apart = [(window, amount, why) for window, amount, why in named if window is not None]
         reason: RejectReason
         if self._max_concurrency is not None and self._in_flight >= self._max_concurrency:
             reason = "concurrency"
@@ -320,7 +317,7 @@ class RateLimiter:
         elif any(window.wait_time(amount, now) > 0.0 for window, amount, _ in apart):
             reason = next(
                 why for window, amount, why in apart if window.wait_time(amount, now) > 0.0
-            )  # type: ignore[assignment]
+            )
         else:
             if requests is not None:
                 requests.consume(1, now)
