@@ -290,7 +290,7 @@ class Runtime:
         :class:`~legion.errors.IdempotencyConflict` and queues nothing."""
         submitted = await self.store.submit(tasks, self._clock())
         if self.worker is not None:
-            self.worker.wake()
+            self.worker.wake(urgent=sum(1 for t in tasks if t.priority > 0))
         return submitted
 
     # -- results -----------------------------------------------------------------------

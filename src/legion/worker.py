@@ -148,6 +148,7 @@ class Worker:
         self._rng = random.Random(seed)
         self._turn = 0
         self._wake = asyncio.Event()
+        self._urgent = 0  # raised-priority tasks queued here, leased past admission
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
         self._fatal = asyncio.Event()
@@ -184,8 +185,11 @@ class Worker:
     def agents(self) -> Mapping[str, Agent]:
         return self._agents
 
-    def wake(self) -> None:
-        """New work may be ready: look at the queue now instead of at the next poll."""
+    def wake(self, urgent: int = 0) -> None:
+        """New work may be ready: look at the queue now instead of at the next poll.
+        ``urgent``: that many tasks of a raised priority were just queued; the next lease
+        takes them even while the LLM routes are busy (their calls go first there)."""
+        self._urgent += urgent
         self._wake.set()
 
     def statistics(self) -> Statistics:
@@ -282,7 +286,9 @@ class Worker:
             if self._check_overload():
                 await self._sleep_or_wake(0.1)
                 continue
-            free = min(cfg.concurrency - len(self._instances), self._admissible())
+            free = min(
+                cfg.concurrency - len(self._instances), max(self._admissible(), self._urgent)
+            )
             if free <= 0 and len(self._instances) < cfg.concurrency:
                 # The routes are busy: instances started now would only queue for them.
                 await self._sleep_or_wake(_ADMISSION_RECHECK)
@@ -316,6 +322,7 @@ class Worker:
                 log.error("leasing failed (%s); retrying in %.1fs", exc, cfg.poll_interval)
                 await self._sleep_or_wake(cfg.poll_interval)
                 continue
+            self._urgent = max(0, self._urgent - len(leases))
             self._start_batch(leases)
             if isolated:
                 self._solo = self._instances.get(leases[0].id)
