@@ -42,7 +42,9 @@ class AttemptTime:
         "calls",
         "deadline",
         "order",
+        "priority",
         "started",
+        "tenant",
         "timeout",
     )
 
@@ -52,6 +54,8 @@ class AttemptTime:
         deadline: float | None = None,
         *,
         now: Callable[[], float] = time.monotonic,
+        priority: int = 0,
+        tenant: str = "default",
     ) -> None:
         self._now = now
         self.started = now()
@@ -63,6 +67,10 @@ class AttemptTime:
         """Start order in this process: calls of earlier attempts go first in a route's queue."""
         self.calls = 0
         """LLM calls made so far by this attempt."""
+        self.priority = priority
+        """The task's priority: a route serves the calls of higher priorities first."""
+        self.tenant = tenant
+        """Whose task it is: a route shares its capacity fairly between tenants."""
         self._waited = 0.0
         self._waits = 0
         self._since = 0.0

@@ -30,6 +30,8 @@
         │   │                           goes back to the queue until then, no attempt spent
         │   ├── ProviderUnavailable 5xx, timeout, connection reset, stream gone idle
         │   └── MalformedResponse   an answer whose body cannot be understood
+        ├── BudgetExceeded     the run's LLM budget (--max-cost/--max-tokens/--max-calls) is
+        │                      spent: no call was sent; the task goes back to the queue
         ├── TaskTimeout        the instance ran past its agent's timeout (retried)
         │   └── DeadlineExceeded    ... past its ``deadline``, waits included (not retried)
         └── AgentCrash         the agent raised a BaseException that is not an Exception
@@ -246,6 +248,12 @@ class ProviderUnavailable(ProviderError):
 
 class MalformedResponse(ProviderError):
     """Raised when a provider's answer cannot be parsed (invalid JSON, missing fields)."""
+
+
+class BudgetExceeded(AgentError):
+    """Raised by an LLM call that the run's budget (``--max-cost``, ``--max-tokens``,
+    ``--max-calls``) cannot hold: nothing was sent. The task goes back to the queue with
+    what it recorded, without spending an attempt; a run with a higher budget resumes it."""
 
 
 class TaskTimeout(AgentError):

@@ -1,8 +1,10 @@
 """Input files: one JSON value per line, each line one task.
 
 A line is an object whose keys are the agent's parameters (or, for an agent with one
-parameter, any JSON value). Two optional fields are read and removed: ``"_key"`` sets
-the task's idempotency key and ``"_session"`` its memory session. Without ``"_key"`` the
+parameter, any JSON value). Three optional fields are read and removed: ``"_key"`` sets
+the task's idempotency key, ``"_session"`` its memory session and ``"_priority"`` its
+priority (an integer, 0 by default; higher runs first, and its LLM calls are served
+first at a shared route, see `legion.llm.lanes`). Without ``"_key"`` the
 key is derived from the agent's name, the line number and the line's content, so
 running the same file again resumes it instead of starting over.
 """
@@ -27,6 +29,7 @@ class InputLine:
     value: Any = None
     session: str | None = None
     error: str | None = None
+    priority: int = 0
 
 
 def read_jsonl(path: Path, agent: str) -> Iterator[InputLine]:
@@ -45,17 +48,21 @@ def parse_line(text: bytes, number: int, agent: str) -> InputLine:
     except codec.JSONDecodeError as exc:
         return InputLine(number, None, error=f"line {number} is not valid JSON: {exc}")
     key = session = None
-    if isinstance(value, dict) and ("_key" in value or "_session" in value):
+    priority = 0
+    if isinstance(value, dict) and ("_key" in value or "_session" in value or "_priority" in value):
         value = dict(value)
         key = value.pop("_key", None)
         session = value.pop("_session", None)
+        priority = value.pop("_priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            return InputLine(number, None, error=f'line {number}: "_priority" must be an integer')
         if key is not None and not isinstance(key, str):
             return InputLine(number, None, error=f'line {number}: "_key" must be a string')
         if session is not None and not isinstance(session, str):
             return InputLine(number, key, error=f'line {number}: "_session" must be a string')
     if key is None:
         key = derived_key(agent, number, text)
-    return InputLine(number, key, value, session)
+    return InputLine(number, key, value, session, priority=priority)
 
 
 def derived_key(agent: str, line: int, text: bytes) -> str:

@@ -115,6 +115,8 @@ class Lease:
     # Steps recorded by earlier leases of the task (any attempt number: a released task
     # keeps its steps), by step key, as stored JSON.
     steps: Mapping[str, bytes]
+    priority: int = 0  # higher first: also orders the task's LLM calls at a route
+    tenant: str = "default"  # whose task it is: a route shares its capacity fairly by tenant
 
 
 class Outcome(enum.StrEnum):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from legion.bench import capacity, concurrency, overhead, scale_out
+from legion.bench.capacity_scenarios import ScenarioOptions, run_scenarios
 from legion.bench.results import BenchResult, write_result
 from legion.demo import sequential
 from legion.demo.compare import DemoConfig
@@ -110,3 +111,26 @@ async def test_scale_out(tmp_path: Path, postgres_server: str) -> None:
 
 def test_postgres_url_is_the_test_server() -> None:
     assert POSTGRES_URL.startswith("postgresql://")
+
+
+async def test_capacity_two_keys_and_priority_scenarios(tmp_path: Path) -> None:
+    opts = ScenarioOptions(
+        tasks=10,
+        rpm=60_000,
+        error_rate=0.0,
+        latency=0.01,
+        latency_jitter=0.0,
+        interactive_tasks=3,
+        interactive_every=0.01,
+        fill_seconds=0.1,
+    )
+    rows = await run_scenarios(opts, ("two-keys", "priority"), tmp_path, lambda _: None)
+    two, lanes = rows
+    assert two["statuses"] == {"succeeded": 10} and two["per_key_rpm"] == 30_000
+    assert set(two["served_by"]) == {"default#1", "default#2"}
+    assert "one_key_of_the_sum" in two
+    assert {"alone", "lanes", "no_lanes"} <= set(lanes)
+    assert lanes["batch_tasks"] == 50 and lanes["lanes"]["priority"] == 10
+    notes = capacity._scenario_notes(rows)
+    assert any(n.startswith("two-keys:") for n in notes)
+    assert any(n.startswith("priority:") for n in notes)

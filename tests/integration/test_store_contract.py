@@ -141,6 +141,13 @@ async def test_priority_then_age_orders_the_queue(store: Store) -> None:
     assert first.id == high.id
 
 
+async def test_a_lease_carries_the_tasks_priority_and_tenant(store: Store) -> None:
+    """A route orders the task's LLM calls by them (`legion.llm.lanes`)."""
+    await store.submit([new(value=1, priority=7, tenant="acme")], NOW)
+    (lease,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
+    assert (lease.priority, lease.tenant) == (7, "acme")
+
+
 async def test_not_before_delays_a_task(store: Store) -> None:
     await store.submit([new(value=1, not_before=NOW + 10)], NOW)
     assert await store.lease("w", {"a": 5}, 5, NOW + 60, NOW) == []

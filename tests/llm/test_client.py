@@ -192,7 +192,7 @@ def test_invalid_routes_are_refused() -> None:
     route = Route("a", provider, "m", Capacity())
     with pytest.raises(ValueError, match="at least one route"):
         LLMClient([])
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(ValueError, match="distinct names"):
         LLMClient([route, route])
     with pytest.raises(ValueError, match="default route 'b'"):
         LLMClient([route], default="b")

@@ -14,6 +14,12 @@ def test_objects_bare_values_and_reserved_fields() -> None:
     assert b.value == "just a string"
     c = parse_line(b'{"q": 1, "_key": "mine", "_session": "s"}', 3, "agent")
     assert (c.value, c.key, c.session) == ({"q": 1}, "mine", "s")
+    d = parse_line(b'{"q": 1, "_priority": 10}', 4, "agent")
+    assert (d.value, d.priority) == ({"q": 1}, 10)
+    assert a.priority == 0
+    assert '"_priority" must be an integer' in (
+        parse_line(b'{"_priority": "high"}', 1, "a").error or ""
+    )
 
 
 def test_bad_lines_say_which_line_and_why() -> None:

@@ -312,6 +312,8 @@ def _add_scenarios(result: BenchResult, rows: list[dict[str, Any]]) -> None:
     result.data["scenarios"] = rows
     lines = []
     for r in rows:
+        if "lanes" in r:
+            continue  # its own table below
         runs = [("default", r["default"]), ("tuned", r["tuned"])] if "default" in r else [("", r)]
         for label, x in runs:
             lines.append(
@@ -345,6 +347,31 @@ def _add_scenarios(result: BenchResult, rows: list[dict[str, Any]]) -> None:
             tuple(lines),
         )
     )
+    for r in rows:
+        if "lanes" in r:
+            result.tables.append(
+                Table(
+                    f"priority lanes: {r['interactive_tasks']} interactive one-call tasks, one "
+                    f"every {r['interactive_every_s']:g} s, beside a batch of {r['batch_tasks']:,} "
+                    "on one "
+                    f"{r['limit_rpm']:,} rpm route",
+                    ("interactive tasks", "p50", "p95", "max", "429s"),
+                    tuple(
+                        (
+                            label,
+                            fmt_num(x["p50_s"], 2, " s"),
+                            fmt_num(x["p95_s"], 2, " s"),
+                            fmt_num(x["max_s"], 2, " s"),
+                            str(x["rate_limited"]),
+                        )
+                        for label, x in (
+                            ("alone (idle route)", r["alone"]),
+                            ("beside the batch, priority 10 (lanes)", r["lanes"]),
+                            ("beside the batch, priority 0 (one queue)", r["no_lanes"]),
+                        )
+                    ),
+                )
+            )
     result.notes.extend(_scenario_notes(rows))
 
 
@@ -358,6 +385,29 @@ def _scenario_notes(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for r in rows:
         name = r["scenario"]
+        if name == "priority":
+            ratio = r["p95_ratio_lanes_over_alone"]
+            notes.append(
+                f"priority: interactive p95 beside a {r['batch_tasks']:,}-task batch is "
+                f"{ratio:.2f}x its p95 on the idle route with lanes, "
+                f"{r['p95_ratio_no_lanes_over_alone']:.1f}x in one queue: target (<= 1.5x) "
+                + ("met." if ratio <= 1.5 else "NOT met.")
+            )
+            continue
+        if name == "two-keys":
+            steady = r["steady_pct_of_limit"] or 0.0
+            ok = r["dead_or_failed"] == 0 and r["lost"] == 0
+            ok = ok and r["steady_ratio_two_keys_over_one"] >= 0.95
+            ok = ok and r["rate_limited_share"] <= 0.01
+            notes.append(
+                f"two-keys: two keys of {r['per_key_rpm']:,} rpm each (limited per key by the "
+                f"simulator), one pooled route: {steady:.1%} of their sum, "
+                f"{r['rate_limited_share']:.2%} 429s, calls by key {r['served_by']} (one key of "
+                f"the whole limit, same run: {r['one_key_of_the_sum']['steady_pct_of_limit']:.1%}"
+                f", {r['one_key_of_the_sum']['rate_limited_share']:.2%} 429s): target "
+                "(>= 95 % of one key's figure, <= 1 % 429s) " + ("met." if ok else "NOT met.")
+            )
+            continue
         if name == "low-rpm":
             d = r["default"]
             ok = d["dead_or_failed"] == 0 and d["lost"] == 0

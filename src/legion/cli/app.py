@@ -19,13 +19,17 @@ from .options import (
     DeadlineOpt,
     ExecutorOpt,
     LLMOpt,
+    MaxCallsOpt,
+    MaxCostOpt,
     MaxInFlightOpt,
+    MaxTokensOpt,
     MemoryLimitOpt,
     PoolSizeOpt,
     RayAddressOpt,
     RpmOpt,
     StoreOpt,
     TpmOpt,
+    _budget,
     _fail,
     _run,
     _setup_logging,
@@ -103,6 +107,9 @@ def run(
     max_in_flight: MaxInFlightOpt = None,
     config: ConfigOpt = None,
     deadline: DeadlineOpt = None,
+    max_cost: MaxCostOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    max_calls: MaxCallsOpt = None,
 ) -> None:
     """Run every line of a JSONL file through an agent, resumably.
 
@@ -135,6 +142,7 @@ def run(
         local_worker=local_worker,
         strict=strict,
         executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
+        budget=_budget(max_cost, max_tokens, max_calls),
     )
     code = _run(run_file(opts, stderr_console()))
     raise typer.Exit(code)
@@ -210,6 +218,9 @@ def worker(
     max_in_flight: MaxInFlightOpt = None,
     config: ConfigOpt = None,
     deadline: DeadlineOpt = None,
+    max_cost: MaxCostOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    max_calls: MaxCallsOpt = None,
 ) -> None:
     """Serve the agents of an app from a shared store until SIGINT/SIGTERM.
 
@@ -257,6 +268,7 @@ def worker(
         executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
         store_wait=store_wait,
         max_freezes=max_freezes,
+        budget=_budget(max_cost, max_tokens, max_calls),
     )
     raise typer.Exit(_run(serve(opts, agents, stderr_console())))
 

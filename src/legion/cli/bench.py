@@ -172,7 +172,7 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 help="Hard cases to run too: untold-headers, untold-no-headers, storm, outage, "
-                "low-rpm, or none (repeat; default all)."
+                "low-rpm, two-keys, priority, or none (repeat; default all)."
             ),
         ] = None,
         quick: Annotated[

@@ -32,6 +32,7 @@ async def submit_lines(
                 [ln.value for ln in good],
                 keys=[ln.key for ln in good],
                 sessions=[ln.session for ln in good],
+                priorities=[ln.priority for ln in good],
             )
         except IdempotencyConflict as exc:
             keys = set(exc.keys)

@@ -1,6 +1,7 @@
 """The options shared by ``legion run`` and ``legion worker``: LLM routes and executors.
 
-``--llm SPEC`` or ``--llm NAME=SPEC`` (repeatable) adds a route; ``--rpm``, ``--tpm``
+``--llm SPEC`` or ``--llm NAME=SPEC`` (repeatable) adds a route, and the same NAME
+given again adds a deployment to that route's pool; ``--rpm``, ``--tpm``
 and ``--max-in-flight`` apply to every route given with ``--llm``; ``--config FILE``
 reads the ``[llm]`` table of a TOML file (``legion.toml`` in the current folder is read
 when it exists and nothing else is given). With none of them, agents get the built-in
@@ -58,10 +59,9 @@ class ExecutorOptions:
 def llm_config(opts: LLMOptions) -> tuple[LLMConfig, str]:
     """The routes to build, and one line that says where they came from."""
     if opts.specs:
+        # The same NAME given several times is a pool of deployments (keys, regions,
+        # providers): each call goes to the one where it starts soonest.
         routes = tuple(_route(spec, opts, i) for i, spec in enumerate(opts.specs))
-        names = [r.name for r in routes]
-        if len(set(names)) != len(names):
-            raise ConfigError("two --llm routes have the same name; name them NAME=SPEC")
         return LLMConfig(routes, routes[0].name), "llm: " + ", ".join(_describe(r) for r in routes)
     path = opts.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     if path is not None:

@@ -56,6 +56,27 @@ ConfigOpt = Annotated[
         "--config", help="A TOML file with an [llm] table (default: ./legion.toml if present)."
     ),
 ]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-cost",
+        min=0.000001,
+        help="Most USD the LLM calls may cost, counted over every run of the same input "
+        "(and, for a worker, by this process). Each call reserves its estimate before it is "
+        "sent; once the budget cannot hold a call nothing more is sent, and the run ends "
+        "with status budget_exceeded: run again with a higher limit to continue.",
+    ),
+]
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tokens", min=1, help="Most LLM tokens (prompt + completion); as --max-cost."
+    ),
+]
+MaxCallsOpt = Annotated[
+    int | None,
+    typer.Option("--max-calls", min=1, help="Most answered LLM calls; as --max-cost."),
+]
 DeadlineOpt = Annotated[
     float | None,
     typer.Option(
@@ -112,6 +133,15 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
+    except LegionError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _budget(max_cost: float | None, max_tokens: int | None, max_calls: int | None) -> Any:
+    from ..llm.budget import BudgetLimits
+
+    try:
+        return BudgetLimits(max_cost, max_tokens, max_calls)
     except LegionError as exc:
         raise _fail(str(exc)) from None
 

@@ -17,7 +17,9 @@ from .. import codec
 from ..agent import Agent
 from ..diagnostics.report import Diagnostic
 from ..diagnostics.summary import summarize
+from ..errors import ConfigError
 from ..inputs import InputLine, read_jsonl
+from ..llm.budget import Budget, BudgetLimits, Spend
 from ..run.runtime import Runtime
 from ..task import TaskResult, TaskStatus
 from .keyed_lines import submit_lines
@@ -39,12 +41,19 @@ class RunOptions:
     local_worker: bool = True
     strict: bool = False
     executors: ExecutorOptions = field(default_factory=ExecutorOptions)
+    budget: BudgetLimits = field(default_factory=BudgetLimits)
+
+
+BUDGET_EXCEEDED = "budget_exceeded"
+"""The status, in the output, of a task left unfinished because the run's budget is spent."""
+EXIT_BUDGET = 3
 
 
 @dataclass(slots=True)
 class LineResult:
     line: InputLine
     result: TaskResult | None = None
+    budget_exceeded: bool = False
 
 
 @dataclass
@@ -70,6 +79,7 @@ class Results:
     def __init__(self, lines: list[InputLine], out: OutputFile) -> None:
         self.writer = OrderedLines(out, [ln.line for ln in lines])
         self.report = RunReport()
+        self.budget_exceeded = False  # the run stopped because its budget is spent
         # task id -> its lines (two lines with one "_key" are one task), until it ends
         self.open: dict[int, list[InputLine]] = {}
 
@@ -83,7 +93,7 @@ class Results:
     def put(self, line: InputLine, result: TaskResult | None) -> None:
         if result is not None:
             self.report.add(line.line, result)
-        record = output_record(LineResult(line, result))
+        record = output_record(LineResult(line, result, self.budget_exceeded))
         self.writer.put(line.line, codec.dumps(record) + b"\n")
 
 
@@ -113,6 +123,7 @@ async def _run_lines(
         sink.put(ln, None)
     tally = RunTally(total=len(lines), bad_lines=len(bad))
     interrupted = False
+    budget = Budget(opts.budget) if opts.budget.any else None
     async with AsyncExitStack() as stack:
         llm = None
         if opts.local_worker:
@@ -120,7 +131,12 @@ async def _run_lines(
 
             config, llm_note = llm_config(opts.llm)
             console.print(llm_note)
-            llm = await stack.enter_async_context(await build_client(config))
+            llm = await stack.enter_async_context(await build_client(config, budget=budget))
+        elif budget is not None:
+            raise ConfigError(
+                "--max-cost/--max-tokens/--max-calls limit the calls of a local worker: "
+                "give them to each `legion worker` with --no-local-worker"
+            )
         else:
             console.print("no local worker: tasks run on `legion worker` processes")
         rt = await stack.enter_async_context(
@@ -147,10 +163,16 @@ async def _run_lines(
             for ln, s in zip(good, submitted, strict=True):
                 sink.expect(s.id, ln)
             resumed = {s.id for s in submitted if not s.created and s.status.terminal}
+            if budget is not None:
+                earlier = [s.id for s in submitted if not s.created]
+                budget.spent_before(await _spent_before(rt, earlier))
+                console.print(f"budget: {_budget_line(budget)}")
             with Progress(
                 tally, agent=opts.agent.name, console=console, enabled=opts.progress, llm=llm
             ) as progress:
-                interrupted = await _collect(rt, sink, resumed, tally, progress, stop)
+                interrupted = await _collect(rt, sink, resumed, tally, progress, stop, budget)
+            if budget is not None and budget.exhausted is not None and not stop.is_set():
+                sink.budget_exceeded = True
             if interrupted:
                 await rt.drain()
                 await _settle_unfinished(rt, sink)
@@ -163,12 +185,24 @@ async def _run_lines(
         sink.finish(task_id, None)
     sink.writer.close()
     out.commit()  # every line is written: the output is complete before the summary
-    _print_summary(console, tally, sink.report, interrupted and fatal is None)
+    _print_summary(
+        console, tally, sink.report, interrupted and fatal is None and not sink.budget_exceeded
+    )
     if llm_line:
         console.print(llm_line)
     if fatal is not None:
         console.print(Text.assemble(("error:", "red"), f" stopped the run: {fatal}"))
         return 2
+    if sink.budget_exceeded and budget is not None:
+        console.print(
+            Text.assemble(
+                ("budget exceeded:", "yellow"),
+                f" {budget.exhausted}; spent {_budget_line(budget)}. Unfinished tasks are "
+                "kept with what they recorded: run the same command with a higher limit "
+                "to continue.",
+            )
+        )
+        return EXIT_BUDGET
     if interrupted:
         return 130
     return 0 if tally.not_succeeded == 0 else 1
@@ -181,9 +215,10 @@ async def _collect(
     tally: RunTally,
     progress: Progress,
     stop: asyncio.Event,
+    budget: Budget | None = None,
 ) -> bool:
-    """Gather results until every task finished or a signal asked to stop; answer
-    whether the run was interrupted."""
+    """Gather results until every task finished, a signal asked to stop or the budget is
+    spent; answer whether the run was interrupted."""
 
     async def consume() -> None:
         async for r in rt.results(list(sink.open)):
@@ -193,21 +228,24 @@ async def _collect(
 
     consumer = asyncio.ensure_future(consume())
     stopping = asyncio.ensure_future(stop.wait())
+    spent = asyncio.ensure_future(
+        budget.wait_exhausted() if budget is not None else asyncio.Event().wait()
+    )
     try:
         while not consumer.done():
             done, _ = await asyncio.wait(
-                {consumer, stopping}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED
+                {consumer, stopping, spent}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED
             )
-            if stopping in done or rt.fatal_error is not None:
+            if stopping in done or spent in done or rt.fatal_error is not None:
                 return True
             await _refresh(rt, progress)
         consumer.result()  # an error while collecting is an error of the run
         await _refresh(rt, progress)
         return False
     finally:
-        for f in (consumer, stopping):
+        for f in (consumer, stopping, spent):
             f.cancel()
-        await asyncio.gather(consumer, stopping, return_exceptions=True)
+        await asyncio.gather(consumer, stopping, spent, return_exceptions=True)
 
 
 async def _refresh(rt: Runtime, progress: Progress) -> None:
@@ -222,6 +260,33 @@ async def _settle_unfinished(rt: Runtime, sink: Results) -> None:
     """After an interrupted run, write where the unfinished tasks stand now."""
     for info in await rt.store.get_many(list(sink.open)):
         sink.finish(info.id, TaskResult.from_info(info))
+
+
+async def _spent_before(rt: Runtime, task_ids: list[int]) -> Spend:
+    """What earlier runs of these tasks spent: the usage recorded on them (a parked task
+    keeps the usage of the calls it recorded)."""
+    total = Spend()
+    for start in range(0, len(task_ids), 1000):
+        for info in await rt.store.get_many(task_ids[start : start + 1000]):
+            usage = info.usage or {}
+            total = total + Spend(
+                int(usage.get("llm_calls", 0)),
+                int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0)),
+                float(usage.get("cost_usd", 0.0)),
+            )
+    return total
+
+
+def _budget_line(budget: Budget) -> str:
+    spent, limits = budget.spent, budget.limits
+    parts = []
+    if limits.max_cost is not None:
+        parts.append(f"${spent.cost:.4f} of ${limits.max_cost:g}")
+    if limits.max_tokens is not None:
+        parts.append(f"{spent.tokens:,} of {limits.max_tokens:,} tokens")
+    if limits.max_calls is not None:
+        parts.append(f"{spent.calls:,} of {limits.max_calls:,} calls")
+    return ", ".join(parts)
 
 
 def _install_signals(
@@ -276,7 +341,9 @@ def output_record(r: LineResult) -> dict[str, Any]:
         record["status"] = "unknown"
         return record
     record["id"] = res.id
-    record["status"] = str(res.status)
+    record["status"] = (
+        BUDGET_EXCEEDED if r.budget_exceeded and not res.status.terminal else str(res.status)
+    )
     record["attempts"] = res.attempt
     if res.usage:
         record["usage"] = res.usage

@@ -44,6 +44,13 @@ def sim(
         int | None, typer.Option(help="Requests per minute (default unlimited).")
     ] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute (default unlimited).")] = None,
+    itpm: Annotated[
+        int | None,
+        typer.Option(help="Input tokens per minute, counted apart (cache reads exempt)."),
+    ] = None,
+    otpm: Annotated[
+        int | None, typer.Option(help="Output tokens per minute, counted apart.")
+    ] = None,
     max_concurrency: Annotated[
         int | None, typer.Option(help="Requests served at once (default unlimited).")
     ] = None,
@@ -144,6 +151,13 @@ def sim(
         ),
     ] = None,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
+    limits_per_key: Annotated[
+        bool | None,
+        typer.Option(
+            help="Give each API key its own rate limits, as providers limit each organisation "
+            "(a pool of keys gets the sum of their limits); /stats counts them by key."
+        ),
+    ] = None,
 ) -> None:
     """Start the provider simulator: an OpenAI- and Anthropic-compatible server on loopback
     with rate limits, latency and faults.
@@ -168,6 +182,8 @@ def sim(
             ("models", model or None),
             ("rpm", rpm),
             ("tpm", tpm),
+            ("itpm", itpm),
+            ("otpm", otpm),
             ("max_concurrency", max_concurrency),
             ("window", window.value if window is not None else None),
             ("window_seconds", window_seconds),
@@ -197,6 +213,7 @@ def sim(
             ("fault_schedule", faults or None),
             ("rate_limit_headers", rate_limit_headers),
             ("api_key", api_key),
+            ("limits_per_key", limits_per_key),
         )
         if value is not None
     }

@@ -16,6 +16,9 @@ refuses it (a bad URL, rejected credentials) stops it at once. Exit codes:
 - 3: the store stayed unavailable (the supervisor starts the worker again);
 - 4: an agent froze the event loop past its timeout (see :mod:`legion.run.worker`; the
   supervisor starts the worker again);
+- 5: the worker's LLM budget (``--max-cost``, ``--max-tokens``, ``--max-calls``) is
+  spent: it drained (tasks that needed another call went back to the queue, with what
+  they recorded) and is not started again;
 - anything else: a crash (the supervisor starts the worker again).
 """
 
@@ -34,6 +37,7 @@ from rich.console import Console
 
 from ..agent import Agent
 from ..errors import AgentLoadError, StoreError
+from ..llm.budget import Budget, BudgetLimits
 from ..loader import agents_in, load_module
 from ..run.freeze import FROZE_EXIT_CODE
 from ..run.runtime import Runtime
@@ -44,7 +48,12 @@ from .progress import error_text
 EXIT_FINAL = 2
 EXIT_STORE = 3
 EXIT_FROZE = FROZE_EXIT_CODE
-_FINAL = (0, EXIT_FINAL)  # exit codes after which the supervisor starts no other worker
+EXIT_BUDGET = 5
+_FINAL = (
+    0,
+    EXIT_FINAL,
+    EXIT_BUDGET,
+)  # exit codes after which the supervisor starts no other worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,7 @@ class WorkerOptions:
     executors: ExecutorOptions = field(default_factory=ExecutorOptions)
     store_wait: float = 300.0  # seconds to wait for an unavailable store at start
     max_freezes: int = 3  # a task that freezes the event loop this often is dead
+    budget: BudgetLimits = field(default_factory=BudgetLimits)  # this process's LLM spend
 
 
 def load_agents(apps: tuple[str, ...]) -> list[Agent]:
@@ -137,8 +147,9 @@ async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console
     from ..llm.config import build_client
 
     config, note = llm_config(opts.llm)
+    budget = Budget(opts.budget) if opts.budget.any else None
     async with (
-        await build_client(config) as llm,
+        await build_client(config, budget=budget) as llm,
         Runtime(
             store,
             concurrency=opts.concurrency,
@@ -183,8 +194,11 @@ async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console
             signal.signal(sig, lambda signum, _frame: guard.signalled(signum))
         fatal = asyncio.ensure_future(rt.worker.wait_fatal())
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait((fatal, stopped), return_when=asyncio.FIRST_COMPLETED)
-        for f in (fatal, stopped):
+        spent = asyncio.ensure_future(
+            budget.wait_exhausted() if budget is not None else asyncio.Event().wait()
+        )
+        await asyncio.wait((fatal, stopped, spent), return_when=asyncio.FIRST_COMPLETED)
+        for f in (fatal, stopped, spent):
             f.cancel()
         await rt.drain()
         s = rt.worker.statistics()
@@ -196,6 +210,14 @@ async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console
         if rt.fatal_error is not None:
             console.print(error_text(f"stopped: {rt.fatal_error}"))
             return EXIT_FINAL
+        if budget is not None and budget.exhausted is not None and not stop.is_set():
+            console.print(
+                error_text(
+                    f"stopped: LLM budget exceeded ({budget.exhausted}); the unfinished tasks "
+                    "are queued with what they recorded, for a worker with more budget"
+                )
+            )
+            return EXIT_BUDGET
     return 0
 
 

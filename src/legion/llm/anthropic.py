@@ -4,7 +4,11 @@ Agents write messages and parameters in OpenAI's format whatever the
 provider; this module translates them (a thin aiohttp client, for the reasons
 measured in `legion.llm.openai`):
 
-* ``system`` and ``developer`` messages become the ``system`` field;
+* ``system`` and ``developer`` messages become the ``system`` field (a list of
+  text blocks when one of them carries a ``cache_control`` hint, which is kept);
+  content blocks of other messages go through as given, ``cache_control`` included
+  (prompt caching: the answer's cache reads and writes are counted in usage and
+  priced apart);
 * an assistant message's ``tool_calls`` become ``tool_use`` blocks, and
   ``tool`` messages become ``tool_result`` blocks of a user turn;
 * ``max_tokens`` (or ``max_completion_tokens``) is required by Anthropic and
@@ -136,14 +140,25 @@ def build_payload(request: ChatRequest, provider: str, default_max_tokens: int) 
     return payload
 
 
-def _messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
+def _messages(
+    messages: Sequence[Message],
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[str] = []
+    blocks_of_system: list[dict[str, Any]] = []
+    hinted = False  # a system block asks for prompt caching: keep the blocks
     turns: list[dict[str, Any]] = []
     for message in messages:
         role = message["role"]
         content = message.get("content")
         if role in ("system", "developer"):
             system.append(_text(content))
+            if isinstance(content, list):
+                for part in content:
+                    if part.get("type") == "text":
+                        blocks_of_system.append(dict(part))
+                        hinted = hinted or "cache_control" in part
+            elif content:
+                blocks_of_system.append({"type": "text", "text": content})
         elif role == "tool":
             result = {
                 "type": "tool_result",
@@ -170,6 +185,8 @@ def _messages(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
             turns.append({"role": "assistant", "content": blocks})
         else:
             turns.append({"role": role, "content": content})
+    if hinted:
+        return blocks_of_system, turns
     return "\n\n".join(part for part in system if part), turns
 
 

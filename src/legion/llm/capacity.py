@@ -48,6 +48,15 @@ said was left when it admitted the call (counting from when the call was
 sent: the headers are a call's latency old), which is how callers sharing
 one API key (other workers) are felt before they cause 429s.
 
+Input and output tokens (``itpm``, ``otpm``). Providers that count input and
+output tokens per minute apart (Anthropic, Groq) get one bucket each, like the
+TPM bucket: a call reserves its estimated prompt tokens and its ``max_tokens``
+(the provider's own estimate of output) and settles its real counts, so unused
+output comes back at once, as those providers adjust it at the end of a call.
+With ``cache_exempt`` (Anthropic routes), prompt tokens read from the provider's
+cache are not counted against ``itpm``, as Anthropic does not count them.
+``anthropic-ratelimit-{input,output}-tokens-*`` headers are learned like the others.
+
 Finding the limit (``discover``). A route told no request limit, and whose
 provider sends no ``x-ratelimit-*`` headers (vLLM, most gateways), finds one:
 it starts at ``start_rate`` requests per second and doubles the rate every
@@ -70,9 +79,12 @@ which is not attempt time. Failures while failing do not lower the rate again;
 the first success ends it, ends the pause and restores the rate that held
 before the storm's first 429s at once.
 
-Waiting spins nowhere: callers queue, earliest attempt first (the attempt's
-start order, so calls of tasks further along go before the first calls of new
-ones; FIFO among calls outside an attempt); only the head of the queue waits
+Waiting spins nowhere: callers queue in lanes (`legion.llm.lanes`): by their
+task's priority, higher first with a guaranteed share (``lower_share``, 10 %) of
+the starts for a lower lane that waits; within a lane, tenants take turns; within
+a tenant, earliest attempt first (the attempt's start order, so calls of tasks
+further along go before the first calls of new ones; FIFO among calls outside an
+attempt). Only the head of the queue waits
 on the clock, sleeping exactly until its turn (woken early only when a freed
 slot or a token refund lets it start sooner), then hands the head position to
 the next caller. Time in the queue is reported to the attempt as waiting
@@ -83,7 +95,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import heapq
 import itertools
 import math
 import random
@@ -91,6 +102,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from legion import attempt
+from legion.llm.lanes import Lanes
 from legion.llm.timer import AsyncioTimer, Timer
 from legion.llm.types import RateLimitInfo
 
@@ -129,6 +141,15 @@ class CapacityStatistics:
     """The request rate found without being told (``discover``), if any."""
     failing: bool = False
     """Whether the route is failing (a 429 storm, an outage): one probe per second."""
+    limit_itpm: int | None = None
+    """Configured input tokens per minute (``None``: none)."""
+    limit_otpm: int | None = None
+    """Configured output tokens per minute."""
+    learned_itpm: int | None = None
+    learned_otpm: int | None = None
+    input_tokens_used: int = 0
+    """Input tokens of settled calls as the limit counts them (cache reads exempt)."""
+    output_tokens_used: int = 0
 
 
 class _Blocker(enum.Enum):
@@ -142,16 +163,31 @@ class _Blocker(enum.Enum):
 class Slot:
     """A reserved call: settle it with the real token usage once known."""
 
-    __slots__ = ("_capacity", "estimated_tokens", "settled", "started_at")
+    __slots__ = ("_capacity", "estimated_split", "estimated_tokens", "settled", "started_at")
 
-    def __init__(self, capacity: Capacity, estimated_tokens: int, started_at: float) -> None:
+    def __init__(
+        self,
+        capacity: Capacity,
+        estimated_tokens: int,
+        started_at: float,
+        split: tuple[int, int] = (0, 0),
+    ) -> None:
         self._capacity = capacity
         self.estimated_tokens = estimated_tokens
+        self.estimated_split = split
+        """The estimate's input and output tokens, reserved against ``itpm``/``otpm``."""
         self.started_at = started_at
         """When the call started, on the capacity's timer."""
         self.settled = False
 
-    def settle(self, actual_tokens: int, *, refund: bool = True) -> None:
+    def settle(
+        self,
+        actual_tokens: int,
+        *,
+        refund: bool = True,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
         """Record the call's real token usage: a success.
 
         The difference with the estimate is refunded (or charged) to the
@@ -159,23 +195,28 @@ class Slot:
         ``refund=False``: charge more when the call used more, but refund
         nothing when it used less, for a provider that counts the whole
         reservation (prompt and ``max_tokens``) against its limit.
+
+        ``input_tokens`` (as the ``itpm`` limit counts them: cache reads left out where
+        the provider exempts them) and ``output_tokens`` settle those buckets; ``None``
+        keeps the estimate charged.
         """
         if self.settled:
             raise RuntimeError("this slot is already settled")
         self.settled = True
-        self._capacity._settle(self, actual_tokens, refund)
+        self._capacity._settle(self, actual_tokens, refund, input_tokens, output_tokens)
 
 
 class _Reservation:
-    __slots__ = ("_capacity", "_slot", "_tokens")
+    __slots__ = ("_capacity", "_slot", "_split", "_tokens")
 
-    def __init__(self, capacity: Capacity, tokens: int) -> None:
+    def __init__(self, capacity: Capacity, tokens: int, split: tuple[int, int]) -> None:
         self._capacity = capacity
         self._tokens = tokens
+        self._split = split
         self._slot: Slot | None = None
 
     async def __aenter__(self) -> Slot:
-        self._slot = await self._capacity._acquire(self._tokens)
+        self._slot = await self._capacity._acquire(self._tokens, self._split)
         return self._slot
 
     async def __aexit__(
@@ -187,15 +228,41 @@ class _Reservation:
         self._capacity._release()
 
 
-class _Waiter:
-    __slots__ = ("key", "tokens", "turn")
+class _Bucket:
+    """One more token limit (input or output tokens per minute) and its bucket."""
 
-    def __init__(self, tokens: int, turn: asyncio.Future[None], key: tuple[float, int]) -> None:
+    __slots__ = ("learned", "level", "limit", "refilled_at")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.learned: int | None = None
+        self.level: float | None = None  # None: full
+        self.refilled_at = 0.0
+
+    def base(self, share: float) -> float | None:
+        limit = self.learned if self.learned is not None else self.limit
+        return None if limit is None else limit * share
+
+
+class _Waiter:
+    __slots__ = ("key", "priority", "tenant", "tokens", "turn")
+
+    def __init__(
+        self,
+        tokens: int,
+        turn: asyncio.Future[None],
+        key: tuple[float, int],
+        priority: int = 0,
+        tenant: str = "default",
+    ) -> None:
         self.tokens = tokens
         self.turn = turn
         """Resolved when this waiter becomes the head of the queue."""
         self.key = key
-        """Its place in the queue: the attempt's start order, then arrival."""
+        """Its place in its tenant's queue: the attempt's start order, then arrival."""
+        self.priority = priority
+        """Its lane: the task's priority."""
+        self.tenant = tenant
 
     def __lt__(self, other: _Waiter) -> bool:
         return self.key < other.key
@@ -243,8 +310,18 @@ class Capacity:
         discover_growth: float = 0.1,
         probe_interval: float = 1.0,
         failing_after: int = 3,
+        lower_share: float = 0.1,
+        itpm: int | None = None,
+        otpm: int | None = None,
+        cache_exempt: bool = False,
     ) -> None:
-        for label, limit in (("rpm", rpm), ("tpm", tpm), ("max_in_flight", max_in_flight)):
+        for label, limit in (
+            ("rpm", rpm),
+            ("tpm", tpm),
+            ("itpm", itpm),
+            ("otpm", otpm),
+            ("max_in_flight", max_in_flight),
+        ):
             if limit is not None and limit < 1:
                 raise ValueError(f"{label} must be >= 1 or None, got {limit}")
         if not 0 < burst < 1 or not 0 < decrease < 1 or not 0 < min_factor <= 1:
@@ -271,7 +348,12 @@ class Capacity:
         self._default_pause = default_pause
         self._pause_jitter = pause_jitter
 
-        self._discover = discover and rpm is None and tpm is None
+        self._discover = discover and rpm is None and tpm is None and itpm is None and otpm is None
+        self._input = _Bucket(itpm)
+        self._output = _Bucket(otpm)
+        self._cache_exempt = cache_exempt
+        self._input_used = 0
+        self._output_used = 0
         self._found_rpm: float | None = start_rate * 60.0 if self._discover else None
         self._slow_start = self._discover
         self._grown_at = -math.inf
@@ -298,7 +380,8 @@ class Capacity:
         self._refilled_at = 0.0
         self._in_flight = 0
         self._head: _Waiter | None = None  # the caller whose turn it is
-        self._waiters: list[_Waiter] = []  # the others: a heap, earliest attempt first
+        # The others, by priority lane and tenant.
+        self._waiters: Lanes[_Waiter] = Lanes(lower_share)
         self._arrivals = itertools.count()
         self._kick: asyncio.Future[None] | None = None
         self._blocker = _Blocker.TIME
@@ -308,12 +391,29 @@ class Capacity:
 
     # -- the public interface ---------------------------------------------------
 
-    def reserve(self, estimated_tokens: int) -> _Reservation:
+    def reserve(
+        self,
+        estimated_tokens: int,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> _Reservation:
         """Wait for a turn to start a call estimated at ``estimated_tokens``
-        tokens (``async with``); the call is in flight until the block ends."""
+        tokens (``async with``); the call is in flight until the block ends.
+        ``input_tokens`` and ``output_tokens`` split the estimate for the ``itpm`` and
+        ``otpm`` limits (by default: all of it input, no output)."""
         if estimated_tokens < 0:
             raise ValueError("estimated_tokens must be >= 0")
-        return _Reservation(self, estimated_tokens)
+        split = (
+            estimated_tokens if input_tokens is None else max(0, input_tokens),
+            0 if output_tokens is None else max(0, output_tokens),
+        )
+        return _Reservation(self, estimated_tokens, split)
+
+    @property
+    def cache_exempt(self) -> bool:
+        """Whether prompt tokens read from the provider's cache are left out of ``itpm``."""
+        return self._cache_exempt
 
     def observe(self, info: RateLimitInfo, *, sent_at: float | None = None) -> None:
         """Learn from the rate-limit headers of an answer to a call started at
@@ -329,6 +429,12 @@ class Capacity:
             self._learned_rpm = _undercut(info.limit_requests, self._rpm)
         if info.limit_tokens:
             self._learned_tpm = _undercut(info.limit_tokens, self._tpm)
+        for bucket, limit in (
+            (self._input, info.limit_input_tokens),
+            (self._output, info.limit_output_tokens),
+        ):
+            if limit:
+                bucket.learned = _undercut(limit, bucket.limit)
         now = self._timer.now()
         since = now if sent_at is None else min(now, sent_at)
         interval = self._interval()
@@ -341,6 +447,15 @@ class Capacity:
             self._refill(now)
             level = self._level if self._level is not None else self._bucket_size()
             self._level = min(level, info.remaining_tokens + (now - since) * rate)
+        for bucket, remaining in (
+            (self._input, info.remaining_input_tokens),
+            (self._output, info.remaining_output_tokens),
+        ):
+            bucket_rate = self._bucket_rate(bucket)
+            if remaining is not None and bucket_rate is not None:
+                self._bucket_refill(bucket, now)
+                level = bucket.level if bucket.level is not None else self._bucket_cap(bucket)
+                bucket.level = min(level, remaining + (now - since) * bucket_rate)
 
     def set_share(self, share: float) -> None:
         """Pace at ``share`` (a fraction in (0, 1]) of the limits: this process's part of
@@ -379,6 +494,32 @@ class Capacity:
         if rate is None:
             return math.inf
         return rate * horizon - self._queued()
+
+    def paused_for(self) -> float:
+        """Seconds until a 429 pause ends (0: not paused)."""
+        return max(0.0, self._paused_until - self._timer.now())
+
+    def expected_wait(self, tokens: int) -> float:
+        """About how many seconds a call of ``tokens`` queued now would wait to start:
+        behind the callers already queued, at the pace allowed now (what a pool compares
+        to send a call where it starts soonest). Ties (routes without limits) are broken
+        by the calls queued and in flight."""
+        now = self._timer.now()
+        queued = self._queued()
+        wait = max(0.0, self._paused_until - now)
+        interval = self._interval()
+        if self.failing:
+            interval = self._probe_interval
+        if interval is not None:
+            wait = max(wait, self._tat - self._tolerance() - now) + queued * interval
+        rate = self._token_rate()
+        if rate is not None:
+            self._refill(now)
+            level = self._level if self._level is not None else self._bucket_size()
+            wait = max(wait, ((queued + 1) * tokens - level) / rate)
+        if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
+            wait += 1e-3 * (1 + queued)
+        return wait + 1e-9 * (queued + self._in_flight)
 
     def failed(self, *, sent_at: float) -> bool:
         """A call started at ``sent_at`` failed in a way that may pass (a server error, a
@@ -463,6 +604,12 @@ class Capacity:
             paused_for=max(0.0, self._paused_until - self._timer.now()),
             found_rpm=self._found_rpm if self._learned_rpm is None else None,
             failing=self.failing,
+            limit_itpm=self._input.limit,
+            limit_otpm=self._output.limit,
+            learned_itpm=self._input.learned,
+            learned_otpm=self._output.learned,
+            input_tokens_used=self._input_used,
+            output_tokens_used=self._output_used,
         )
 
     # -- limits -----------------------------------------------------------------
@@ -507,6 +654,24 @@ class Capacity:
         assert tpm is not None
         return max(1.0, tpm * self._factor * self._burst * self._window / 60.0)
 
+    def _bucket_rate(self, bucket: _Bucket) -> float | None:
+        """Tokens per second refilled into an input or output bucket."""
+        base = bucket.base(self._share)
+        return None if base is None else base * self._factor * (1.0 - self._burst) / 60.0
+
+    def _bucket_cap(self, bucket: _Bucket) -> float:
+        base = bucket.base(self._share)
+        assert base is not None
+        return max(1.0, base * self._factor * self._burst * self._window / 60.0)
+
+    def _bucket_refill(self, bucket: _Bucket, now: float) -> None:
+        rate = self._bucket_rate(bucket)
+        if rate is not None and bucket.level is not None:
+            # Refills stop at the cap; refunds may leave the level above it (see _settle).
+            cap = max(self._bucket_cap(bucket), bucket.level)
+            bucket.level = min(cap, bucket.level + max(0.0, now - bucket.refilled_at) * rate)
+        bucket.refilled_at = now
+
     def _refill(self, now: float) -> None:
         rate = self._token_rate()
         if rate is not None and self._level is not None:
@@ -517,8 +682,9 @@ class Capacity:
 
     # -- waiting for a turn -----------------------------------------------------
 
-    def _delay(self, tokens: int) -> tuple[float, _Blocker]:
-        """How long the head must still wait to start a call of ``tokens``."""
+    def _delay(self, tokens: int, split: tuple[int, int] = (0, 0)) -> tuple[float, _Blocker]:
+        """How long the head must still wait to start a call of ``tokens`` (``split``:
+        its input and output tokens)."""
         if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
             return math.inf, _Blocker.SLOTS
         now = self._timer.now()
@@ -538,28 +704,41 @@ class Capacity:
             short = (size + min(float(tokens), size)) / 2.0 - level
             if short > 0 and short / rate > wait:
                 return short / rate, _Blocker.TOKENS
+        for bucket, amount in ((self._input, split[0]), (self._output, split[1])):
+            bucket_rate = self._bucket_rate(bucket)
+            if bucket_rate is None:
+                continue
+            self._bucket_refill(bucket, now)
+            cap = self._bucket_cap(bucket)
+            level = bucket.level if bucket.level is not None else cap
+            short = (cap + min(float(amount), cap)) / 2.0 - level
+            if short > 0 and short / bucket_rate > wait:
+                return short / bucket_rate, _Blocker.TOKENS
         return max(0.0, wait), _Blocker.TIME
 
-    async def _acquire(self, tokens: int) -> Slot:
-        if self._head is None and not self._waiters and self._delay(tokens)[0] <= _EPSILON:
-            return self._take(tokens)
+    async def _acquire(self, tokens: int, split: tuple[int, int] = (0, 0)) -> Slot:
+        if self._head is None and not self._waiters and self._delay(tokens, split)[0] <= _EPSILON:
+            return self._take(tokens, split)
         current = attempt.current()
-        order = float(current.order) if current is not None else math.inf
         waiter = _Waiter(
-            tokens, asyncio.get_running_loop().create_future(), (order, next(self._arrivals))
+            tokens,
+            asyncio.get_running_loop().create_future(),
+            (float(current.order) if current is not None else math.inf, next(self._arrivals)),
+            current.priority if current is not None else 0,
+            current.tenant if current is not None else "default",
         )
         if self._head is None:
             self._head = waiter
             waiter.turn.set_result(None)
         else:
-            heapq.heappush(self._waiters, waiter)
+            self._waiters.push(waiter)
         try:
             with attempt.waiting(self._wait_reason()):
                 await waiter.turn
                 while True:
-                    delay, blocker = self._delay(tokens)
+                    delay, blocker = self._delay(tokens, split)
                     if delay <= _EPSILON:  # rounding must not leave a sleep of 1e-17 s
-                        return self._take(tokens)
+                        return self._take(tokens, split)
                     await self._doze(delay, blocker)
         finally:
             self._leave(waiter)
@@ -598,18 +777,17 @@ class Capacity:
             kick.set_result(None)
 
     def _leave(self, waiter: _Waiter) -> None:
-        waiters = self._waiters
         if self._head is waiter:
-            self._head = heapq.heappop(waiters) if waiters else None
-            if self._head is not None and not self._head.turn.done():
-                self._head.turn.set_result(None)
+            head = self._waiters.pop()
+            self._head = head
+            if head is not None and not head.turn.done():
+                head.turn.set_result(None)
         else:
-            waiters.remove(waiter)
-            heapq.heapify(waiters)
+            self._waiters.remove(waiter)
 
     # -- starting, settling and ending calls --------------------------------------
 
-    def _take(self, tokens: int) -> Slot:
+    def _take(self, tokens: int, split: tuple[int, int] = (0, 0)) -> Slot:
         now = self._timer.now()
         self._in_flight += 1
         self._requests += 1
@@ -631,10 +809,44 @@ class Capacity:
         if self._token_rate() is not None:
             level = self._level if self._level is not None else self._bucket_size()
             self._level = level - tokens
-        return Slot(self, tokens, now)
+        for bucket, amount in ((self._input, split[0]), (self._output, split[1])):
+            if self._bucket_rate(bucket) is not None:
+                self._bucket_refill(bucket, now)
+                level = bucket.level if bucket.level is not None else self._bucket_cap(bucket)
+                bucket.level = level - amount
+        return Slot(self, tokens, now, split)
 
-    def _settle(self, slot: Slot, actual_tokens: int, refund: bool) -> None:
+    def _settle(
+        self,
+        slot: Slot,
+        actual_tokens: int,
+        refund: bool,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
         self._tokens_used += actual_tokens
+        refunded = False
+        for bucket, reserved, actual in (
+            (self._input, slot.estimated_split[0], input_tokens),
+            (self._output, slot.estimated_split[1], output_tokens),
+        ):
+            if actual is None:
+                continue
+            if bucket is self._input:
+                self._input_used += actual
+            else:
+                self._output_used += actual
+            if self._bucket_rate(bucket) is not None and bucket.level is not None:
+                self._bucket_refill(bucket, self._timer.now())
+                # A refund is not clipped at the cap: the tokens were reserved within the
+                # rate and not used (a call's output below its max_tokens), as if the call
+                # had reserved only what it used. A charge beyond the estimate is taken.
+                # (At most one call's refund above the cap: no burst of saved-up refunds.)
+                ceiling = max(self._bucket_cap(bucket) + reserved - actual, bucket.level)
+                bucket.level = min(ceiling, bucket.level + reserved - actual)
+                refunded = refunded or actual < reserved
+        if refunded:
+            self._wake(_Blocker.TOKENS)
         self._succeeded_at = self._timer.now()
         if self._failures:
             if self.failing:  # the probe got through: back to the rate before the storm
@@ -661,10 +873,15 @@ class Capacity:
         rpm, tpm = self._base_rpm(), self._base_tpm()
         # The calls (tokens) of `recovery` seconds at the full rate restore what one
         # decrease took.
+        itpm, otpm = self._input.base(self._share), self._output.base(self._share)
         if rpm is not None:
             share = 60.0 / (rpm * self._recovery)
         elif tpm is not None:
             share = 60.0 * actual_tokens / (tpm * self._recovery)
+        elif otpm is not None:
+            share = 60.0 * (output_tokens or 0) / (otpm * self._recovery)
+        elif itpm is not None:
+            share = 60.0 * (input_tokens or 0) / (itpm * self._recovery)
         else:
             return
         self._factor = min(1.0, self._factor + self._drop * share)

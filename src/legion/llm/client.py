@@ -68,7 +68,8 @@ from legion.errors import (
     RateLimited,
     RetryAfterTooLong,
 )
-from legion.llm.breaker import Breaker, BreakerStatistics, Ticket
+from legion.llm.breaker import Breaker, BreakerState, BreakerStatistics, Ticket
+from legion.llm.budget import Budget, Hold
 from legion.llm.capacity import Capacity, CapacityStatistics
 from legion.llm.embeddings import Embeddings, EmbedRequest, EmbedResult, estimate_embed_tokens
 from legion.llm.hedge import HedgeSettings, Latencies
@@ -102,6 +103,18 @@ class Route:
     """The route's circuit breaker (``None``: none)."""
     hedge: HedgeSettings | None = None
     """When slow calls get a hedged copy (``None``: never)."""
+    deployment: str = ""
+    """This deployment's name within a pool (``main#2``); ``""`` when the route has one."""
+    fallback: tuple[str, ...] = ()
+    """Routes to use, in order, while every deployment of this one is out (its breaker
+    open, failing, or paused by a 429)."""
+    key_id: str = ""
+    """A digest of the deployment's API key when a pool holds several keys: workers
+    sharing capacity through the store keep one budget per key."""
+
+    @property
+    def label(self) -> str:
+        return self.deployment or self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +146,8 @@ class RouteStatistics:
     """Calls that got a hedged copy."""
     hedges_won: int = 0
     """Hedged calls answered by the copy."""
+    served_by: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Answered calls by deployment, for a pooled route (or served by a fallback)."""
 
     @property
     def cost_known(self) -> bool:
@@ -164,6 +179,7 @@ class _Counters:
         "hedges_won",
         "latencies",
         "retries",
+        "served_by",
         "succeeded",
         "unpriced",
         "usage",
@@ -182,6 +198,7 @@ class _Counters:
         self.hedged = 0
         self.hedges_won = 0
         self.latencies = Latencies(hedge) if hedge is not None else None
+        self.served_by: dict[str, int] = {}
 
 
 class _Sent:
@@ -215,6 +232,18 @@ def estimate_tokens(
     return -(-chars // _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(messages) + completion
 
 
+def _completion_tokens(params: Mapping[str, Any], default_completion: int) -> int:
+    """The completion part of a call's estimate (see `estimate_tokens`)."""
+    completion = params.get("max_tokens") or params.get("max_completion_tokens")
+    return completion if isinstance(completion, int) else default_completion
+
+
+def _estimated(total: int, prompt: int) -> Usage:
+    """An estimate of ``total`` tokens, ``prompt`` of them input, as a `Usage`."""
+    prompt = max(0, min(prompt, total))
+    return Usage(prompt_tokens=prompt, completion_tokens=total - prompt)
+
+
 def _sets_max_tokens(params: Mapping[str, Any]) -> bool:
     return isinstance(params.get("max_tokens") or params.get("max_completion_tokens"), int)
 
@@ -239,12 +268,23 @@ class LLMClient:
         timer: Timer | None = None,
         rng: random.Random | None = None,
         max_outage: float = 120.0,
+        budget: Budget | None = None,
     ) -> None:
         if not routes:
             raise ValueError("an LLMClient needs at least one route")
-        self._routes = {route.name: route for route in routes}
-        if len(self._routes) != len(routes):
-            raise ValueError("route names must be unique")
+        # A name given to several routes is a pool of deployments (the first one stands
+        # for the pool where one route is asked for).
+        self._pools: dict[str, tuple[Route, ...]] = {}
+        for route in routes:
+            self._pools[route.name] = (*self._pools.get(route.name, ()), route)
+        self._routes = {name: pool[0] for name, pool in self._pools.items()}
+        for name, pool in self._pools.items():
+            labels = {route.label for route in pool}
+            if len(pool) > 1 and len(labels) != len(pool):
+                raise ValueError(f"the deployments of route {name!r} need distinct names")
+            for fallback in pool[0].fallback:
+                if fallback not in self._pools or fallback == name:
+                    raise ValueError(f"route {name!r} falls back to {fallback!r}, no other route")
         self._default = default if default is not None else routes[0].name
         if self._default not in self._routes:
             raise ValueError(f"default route {self._default!r} is not one of {self._names()}")
@@ -257,6 +297,8 @@ class LLMClient:
         self._counters = {name: _Counters(route.hedge) for name, route in self._routes.items()}
         self.fatal_error: ProviderAuthError | None = None
         """The first credentials error seen: the runtime stops the run when set."""
+        self.budget = budget
+        """The run's spending limits (``None``: none); every call reserves its share."""
 
     @property
     def routes(self) -> Mapping[str, Route]:
@@ -265,6 +307,31 @@ class LLMClient:
     @property
     def default(self) -> str:
         return self._default
+
+    @property
+    def deployments(self) -> tuple[Route, ...]:
+        """Every deployment of every route (a route with one deployment is itself)."""
+        return tuple(route for pool in self._pools.values() for route in pool)
+
+    def headroom(self, horizon: float) -> float:
+        """How many more calls may queue and still start within ``horizon`` seconds on
+        the most constrained route (a pool's deployments add up)."""
+        return min(
+            (sum(r.capacity.headroom(horizon) for r in pool) for pool in self._pools.values()),
+            default=math.inf,
+        )
+
+    def pick(self, name: str, tokens: int) -> Route:
+        """The deployment a call on route ``name`` goes to now: of those not out (breaker
+        open, failing, paused by a 429), the one where it would start soonest (the most
+        headroom), before any 429 says so; while every one is out, the first of the
+        route's fallbacks with one that is not; while those are out too, the soonest."""
+        pool = self._pools[name]
+        for candidates in (pool, *(self._pools[f] for f in pool[0].fallback)):
+            usable = [route for route in candidates if not _out(route)]
+            if usable:
+                return usable[0] if len(usable) == 1 else _soonest(usable, tokens)
+        return pool[0] if len(pool) == 1 else _soonest(pool, tokens)
 
     @traced_chat
     async def chat(
@@ -283,22 +350,23 @@ class LLMClient:
         ``params`` are the request's parameters in OpenAI's names
         (``max_tokens``, ``temperature``, ``tools``...).
         """
-        route = self._route(model)
-        request = ChatRequest(
-            route.model,
-            tuple(messages),
-            params,
-            route.stream if stream is None else stream,
-        )
-        limit = route.timeout if timeout is None else timeout
-        estimate = estimate_tokens(request.messages, params, self._completion_estimate)
-        counters = self._counters[route.name]
+        named = self._route(model)
+        estimate = estimate_tokens(messages, params, self._completion_estimate)
+        counters = self._counters[named.name]
         counters.calls += 1
         current = attempts.current()
         if current is not None:
             current.calls += 1
         spent = 0  # failures of this call's own, each one of the budget's retries
         while True:
+            route = self.pick(named.name, estimate)
+            request = ChatRequest(
+                route.model,
+                tuple(messages),
+                params,
+                named.stream if stream is None else stream,
+            )
+            limit = route.timeout if timeout is None else timeout
             try:
                 _check_pause(route)  # before anything waits: the pause would outlast it
             except RetryAfterTooLong as exc:
@@ -314,6 +382,9 @@ class LLMClient:
             try:
                 response = await self._send(route, request, limit, estimate, counters, ticket, sent)
                 counters.succeeded += 1
+                if route is not named or len(self._pools[named.name]) > 1:
+                    counters.served_by[route.label] = counters.served_by.get(route.label, 0) + 1
+                    return dataclasses.replace(response, deployment=route.label)
                 return response
             except RetryAfterTooLong as exc:
                 counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
@@ -336,6 +407,7 @@ class LLMClient:
         """Embeddings of ``texts`` on route ``model`` (the ``embed`` route if there is one,
         else the default route): the same capacity, retries and counters as `chat`."""
         route = self.embed_route(model)
+        route = self.pick(route.name, estimate_embed_tokens(texts))
         embed = getattr(route.provider, "embed", None)
         if embed is None:
             raise Permanent(
@@ -352,19 +424,25 @@ class LLMClient:
             counters.attempts += 1
             sent = _Sent()
             try:
-                async with route.capacity.reserve(estimate) as slot:
-                    sent.at = slot.started_at
-                    try:
-                        result: EmbedResult = await embed(request, timeout=limit)
-                    except RateLimited as exc:
-                        route.capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
-                        raise
-                    usage = result.embeddings.usage
-                    slot.settle(usage.total or estimate, refund=True)
+                hold = await self._hold(route, estimate, estimate)
+                try:
+                    async with route.capacity.reserve(estimate) as slot:
+                        sent.at = slot.started_at
+                        try:
+                            result: EmbedResult = await embed(request, timeout=limit)
+                        except RateLimited as exc:
+                            route.capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
+                            raise
+                        usage = result.embeddings.usage
+                        slot.settle(usage.total or estimate, refund=True)
+                except BaseException:
+                    self._unhold(hold)
+                    raise
                 route.capacity.observe(result.rate_limits, sent_at=slot.started_at)
                 counters.succeeded += 1
                 counters.usage += usage
                 cost = self._prices.cost(route.model, usage)
+                self._settle_hold(hold, usage, cost)
                 if cost is None:
                     counters.unpriced += 1
                 else:
@@ -457,6 +535,7 @@ class LLMClient:
                 breaker=route.breaker.statistics() if route.breaker is not None else None,
                 hedged=counters.hedged,
                 hedges_won=counters.hedges_won,
+                served_by=dict(counters.served_by),
             )
         usage = Usage()
         for stats in routes.values():
@@ -470,7 +549,7 @@ class LLMClient:
 
     async def aclose(self) -> None:
         """Close every provider (once, even when routes share one)."""
-        providers = {id(route.provider): route.provider for route in self._routes.values()}
+        providers = {id(route.provider): route.provider for route in self.deployments}
         for provider in providers.values():
             await provider.aclose()
 
@@ -519,30 +598,66 @@ class LLMClient:
         sent: _Sent,
     ) -> ChatResponse:
         capacity = route.capacity
-        async with capacity.reserve(estimate) as slot:
-            sent.at = slot.started_at
-            try:
-                result = await route.provider.chat(request, timeout=timeout)
-            except RateLimited as exc:
-                capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
-                _check_retry_after(exc)
-                raise
-            usage = result.response.usage
-            # A provider that reports no usage is charged the estimate. A call that set
-            # max_tokens gets no refund of its unused completion: providers count
-            # max_tokens against the token limit on admission and refund nothing (OpenAI
-            # does), so refunding it would overshoot their limit.
-            slot.settle(usage.total or estimate, refund=not _sets_max_tokens(request.params))
+        completion = _completion_tokens(request.params, self._completion_estimate)
+        hold = await self._hold(route, estimate, estimate - completion)
+        try:
+            async with capacity.reserve(
+                estimate, input_tokens=estimate - completion, output_tokens=completion
+            ) as slot:
+                sent.at = slot.started_at
+                try:
+                    result = await route.provider.chat(request, timeout=timeout)
+                except RateLimited as exc:
+                    capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
+                    _check_retry_after(exc)
+                    raise
+                usage = result.response.usage
+                # A provider that reports no usage is charged the estimate. A call that set
+                # max_tokens gets no refund of its unused completion: providers count
+                # max_tokens against the token limit on admission and refund nothing (OpenAI
+                # does), so refunding it would overshoot their limit.
+                counted = usage.total > 0
+                slot.settle(
+                    usage.total or estimate,
+                    refund=not _sets_max_tokens(request.params),
+                    # As providers with separate input and output limits count them:
+                    # cache reads left out where they are exempt, the real output.
+                    input_tokens=usage.prompt_tokens
+                    - (usage.cached_tokens if capacity.cache_exempt else 0)
+                    if counted
+                    else None,
+                    output_tokens=usage.completion_tokens if counted else None,
+                )
+        except BaseException:
+            self._unhold(hold)
+            raise
         capacity.observe(result.rate_limits, sent_at=slot.started_at)
         if counters.latencies is not None:
             counters.latencies.add(self._timer.now() - slot.started_at)
         counters.usage += usage
         cost = self._prices.cost(route.model, usage)
+        self._settle_hold(hold, usage if usage.total else _estimated(estimate, estimate), cost)
         if cost is None:
             counters.unpriced += 1
         else:
             counters.cost += cost
         return result.response
+
+    async def _hold(self, route: Route, estimate: int, prompt: int) -> Hold | None:
+        """Reserve one call of ``estimate`` tokens (``prompt`` of them input) against the
+        budget, if there is one; `BudgetExceeded` when it cannot hold it."""
+        if self.budget is None:
+            return None
+        usage = _estimated(estimate, prompt)
+        return await self.budget.reserve(estimate, self._prices.cost(route.model, usage))
+
+    def _unhold(self, hold: Hold | None) -> None:
+        if hold is not None and self.budget is not None:
+            self.budget.release(hold)
+
+    def _settle_hold(self, hold: Hold | None, usage: Usage, cost: float | None) -> None:
+        if hold is not None and self.budget is not None:
+            self.budget.settle(hold, usage.total, cost)
 
     async def _send(
         self,
@@ -636,6 +751,19 @@ class LLMClient:
         if retry_after is not None:
             delay = max(delay, retry_after)
         return min(delay, self._retry.max_backoff)
+
+
+def _out(route: Route) -> bool:
+    """Whether a deployment is out for now: its breaker open, failing, or paused by a 429."""
+    if route.breaker is not None and route.breaker.state is not BreakerState.CLOSED:
+        return True
+    capacity = route.capacity
+    return capacity.failing or capacity.paused_for() > 0
+
+
+def _soonest(routes: Sequence[Route], tokens: int) -> Route:
+    """The deployment where a call of ``tokens`` would start soonest (the first on a tie)."""
+    return min(routes, key=lambda route: route.capacity.expected_wait(tokens))
 
 
 def _check_pause(route: Route) -> None:

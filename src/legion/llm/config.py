@@ -18,14 +18,24 @@ Provider specs (``--provider``):
   ``model = "/path/model.gguf"``.
 
 A key is required only by the providers' own endpoints. Options, as keyword
-arguments or keys of a route table: ``rpm``, ``tpm``, ``max_in_flight``
+arguments or keys of a route table: ``rpm``, ``tpm``, ``itpm`` and ``otpm`` (input and
+output tokens per minute, for providers that limit them apart: Anthropic, Groq; on an
+Anthropic route prompt tokens read from its cache do not count), ``max_in_flight``
 (also the size of the connection pool), ``timeout`` (seconds per attempt),
 ``stream``, ``stream_idle_timeout``, ``input_price`` and ``output_price``
 (USD per million tokens; they override every other price source, see
 `legion.llm.pricing`), with ``cache_read_price`` and ``cache_write_price`` for
 prompt tokens read from or written to the provider's cache, ``base_url``,
-``api_key_env`` (the variable holding the key), and for ``sim`` routes a ``simulator`` table of
-`legion.sim.SimConfig` settings.
+``api_key_env`` (the variable holding the key), ``fallback`` (route names to use, in
+order, while every deployment of this one is out: breaker open, failing, or paused by a
+429), and for ``sim`` routes a ``simulator`` table of `legion.sim.SimConfig` settings.
+
+A pool: the same route name given several times on the command line
+(``--llm main=openai:gpt-4o-mini --llm main=openai:gpt-4o-mini@https://eu.example/v1``),
+or ``deployments`` in its table (each a table of the settings that differ: another key,
+region or provider), is one route whose calls go to the deployment where they start
+soonest (the most headroom), before a 429; each call records the deployment that served
+it (``main#2``).
 
 Hung calls and large answers (see `legion.llm.transport`): ``ttfb_timeout``
 (seconds until the answer's headers; 30 on streams and none on plain calls
@@ -63,6 +73,18 @@ on the same model file share one provider, configured by the first of them.
     [llm.strong]
     provider = "anthropic"
     model = "claude-3-5-haiku-latest"
+    itpm = 50000               # input and output tokens per minute, counted apart
+    otpm = 10000
+    fallback = ["cheap"]       # while every deployment of "strong" is out
+
+    [llm.pooled]               # one route, two keys: the sum of their limits
+    provider = "openai"
+    model = "gpt-4o-mini"
+    rpm = 500
+    [[llm.pooled.deployments]]
+    api_key_env = "OPENAI_KEY_A"
+    [[llm.pooled.deployments]]
+    api_key_env = "OPENAI_KEY_B"
 
 Configuration is read once, here, into frozen values: environment variables
 are not read anywhere else.
@@ -70,11 +92,12 @@ are not read anywhere else.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +106,7 @@ from legion.errors import ConfigError
 from legion.llm import anthropic, openai
 from legion.llm.anthropic import AnthropicProvider
 from legion.llm.breaker import Breaker, BreakerSettings
+from legion.llm.budget import Budget
 from legion.llm.capacity import Capacity
 from legion.llm.client import DEFAULT_RETRY, LLMClient, Route
 from legion.llm.hedge import HedgeSettings
@@ -117,6 +141,8 @@ _ROUTE_OPTIONS = frozenset(
         "api_key_env",
         "rpm",
         "tpm",
+        "itpm",
+        "otpm",
         "max_in_flight",
         "timeout",
         "stream",
@@ -137,6 +163,7 @@ _ROUTE_OPTIONS = frozenset(
         "breaker_max_open",
         "hedge_percentile",
         "hedge_min_delay",
+        "fallback",
     }
 )
 _LOCAL_OPTIONS = (("instances", 1), ("threads", 1), ("context", 16))
@@ -158,6 +185,10 @@ class RouteConfig:
     """The environment variable the key came from (named in error messages)."""
     rpm: int | None = None
     tpm: int | None = None
+    itpm: int | None = None
+    """Input tokens per minute, for a provider that limits them apart (Anthropic, Groq)."""
+    otpm: int | None = None
+    """Output tokens per minute, likewise."""
     max_in_flight: int | None = None
     timeout: float = 60.0
     stream: bool = False
@@ -182,6 +213,8 @@ class RouteConfig:
     """The route's circuit breaker (``failures = 0``: none)."""
     hedge: HedgeSettings | None = None
     """When slow calls get a hedged copy (``None``: never)."""
+    fallback: tuple[str, ...] = ()
+    """Routes to use, in order, while every deployment of this one is out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,11 +254,19 @@ def parse_config(table: Mapping[str, Any], *, env: Mapping[str, str] | None = No
     for name, value in table.items():
         if isinstance(value, Mapping):
             settings = dict(value)
-            kind = settings.pop("provider", None)
-            model = settings.pop("model", "")
-            if not isinstance(kind, str) or not isinstance(model, str):
-                raise ConfigError(f"[llm.{name}] needs provider = one of {', '.join(_KINDS)}")
-            routes.append(_route(name, kind, model, settings, environ, f"[llm.{name}]"))
+            deployments = settings.pop("deployments", None)
+            if deployments is None:
+                routes.append(_table_route(name, settings, environ, f"[llm.{name}]"))
+                continue
+            # A pool: [[llm.NAME.deployments]] tables, each a route of its own, with the
+            # pool's own settings (fallback, limits...) as their defaults.
+            if not isinstance(deployments, list) or not all(
+                isinstance(d, Mapping) for d in deployments
+            ):
+                raise ConfigError(f"[llm.{name}] deployments must be a list of tables")
+            for i, deployment in enumerate(deployments, start=1):
+                source = f"[llm.{name}] deployment {i}"
+                routes.append(_table_route(name, {**settings, **deployment}, environ, source))
         elif name not in ("default", *_RETRY_OPTIONS):
             raise ConfigError(f"[llm] has an unknown setting {name!r}")
     if not routes:
@@ -235,12 +276,35 @@ def parse_config(table: Mapping[str, Any], *, env: Mapping[str, str] | None = No
         default = "default"
     if not isinstance(default, str) or default not in {route.name for route in routes}:
         raise ConfigError(f"[llm] default = {default!r} names no [llm.*] route")
+    check_fallbacks(routes)
     retry = {key: table[key] for key in _RETRY_OPTIONS if key in table}
     try:
         policy = RetryPolicy(**{**_retry_fields(DEFAULT_RETRY), **retry})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[llm] retry settings: {exc}") from exc
     return LLMConfig(tuple(routes), default, policy)
+
+
+def _table_route(
+    name: str, settings: dict[str, Any], env: Mapping[str, str], source: str
+) -> RouteConfig:
+    kind = settings.pop("provider", None)
+    model = settings.pop("model", "")
+    if not isinstance(kind, str) or not isinstance(model, str):
+        raise ConfigError(f"{source} needs provider = one of {', '.join(_KINDS)}")
+    return _route(name, kind, model, settings, env, source)
+
+
+def check_fallbacks(routes: Sequence[RouteConfig]) -> None:
+    """`ConfigError` unless every fallback names another route."""
+    names = {route.name for route in routes}
+    for route in routes:
+        for fallback in route.fallback:
+            if fallback not in names or fallback == route.name:
+                raise ConfigError(
+                    f"route {route.name!r} falls back to {fallback!r}, which is not another "
+                    f"route (routes: {', '.join(sorted(names))})"
+                )
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> LLMConfig:
@@ -257,10 +321,15 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> LL
 
 
 async def build_client(
-    config: LLMConfig, *, timer: Timer | None = None, rng: random.Random | None = None
+    config: LLMConfig,
+    *,
+    timer: Timer | None = None,
+    rng: random.Random | None = None,
+    budget: Budget | None = None,
 ) -> LLMClient:
     """An `LLMClient` for ``config``, with its simulators started; close it
-    with ``aclose()`` (or ``async with``).
+    with ``aclose()`` (or ``async with``). ``budget``: the run's spending limits; a cost
+    limit needs a price for every route's model.
 
     Routes on the same provider endpoint and key share one provider (one
     connection pool); routes on the same endpoint and model share one
@@ -269,13 +338,20 @@ async def build_client(
     providers: dict[tuple[Any, ...], Provider] = {}
     capacities: dict[tuple[Any, ...], tuple[Capacity, RouteConfig]] = {}
     routes = []
+    sizes: dict[str, int] = {}
+    for route in config.routes:
+        sizes[route.name] = sizes.get(route.name, 0) + 1
+    seen: dict[str, int] = {}
     try:
         for route in config.routes:
-            endpoint = _endpoint(route)
+            index = seen[route.name] = seen.get(route.name, 0) + 1
+            pooled = sizes[route.name] > 1
+            endpoint = _endpoint(route, index)
             provider = providers.get(endpoint)
             if provider is None:
                 provider = providers[endpoint] = await _start_provider(route, config.routes)
-            capacity = _capacity(route, capacities, timer, rng)
+            key_id = _key_id(route) if pooled else ""
+            capacity = _capacity(route, capacities, timer, rng, index, key_id)
             breaker = Breaker(route.breaker, timer=timer) if route.breaker.enabled else None
             routes.append(
                 Route(
@@ -287,6 +363,9 @@ async def build_client(
                     route.stream,
                     breaker=breaker,
                     hedge=route.hedge,
+                    deployment=f"{route.name}#{index}" if pooled else "",
+                    fallback=route.fallback,
+                    key_id=key_id,
                 )
             )
     except BaseException:
@@ -297,9 +376,26 @@ async def build_client(
         {route.model: price for route in config.routes if (price := _price(route)) is not None}
     )
     for route in config.routes:  # look prices up now, not on the event loop's first call
-        prices.price(route.model)
+        if (
+            prices.price(route.model) is None
+            and budget is not None
+            and budget.limits.max_cost is not None
+        ):
+            for provider in providers.values():
+                await provider.aclose()
+            raise ConfigError(
+                f"--max-cost needs a price for every route, and model {route.model!r} (route "
+                f"{route.name!r}) has none: set input_price and output_price (USD per million "
+                "tokens) in its [llm.*] table, or install legion-runtime[prices]"
+            )
     return LLMClient(
-        routes, default=config.default, retry=config.retry, prices=prices, timer=timer, rng=rng
+        routes,
+        default=config.default,
+        retry=config.retry,
+        prices=prices,
+        timer=timer,
+        rng=rng,
+        budget=budget,
     )
 
 
@@ -390,7 +486,9 @@ def _local_route(name: str, path: str, settings: dict[str, Any], source: str) ->
     for option in ("base_url", "api_key_env", "simulator"):
         if option in settings:
             raise ConfigError(f"{source}: a local route takes no {option}")
-    limits = [option for option in ("rpm", "tpm", "max_in_flight") if option in settings]
+    limits = [
+        option for option in ("rpm", "tpm", "itpm", "otpm", "max_in_flight") if option in settings
+    ]
     if limits:
         raise ConfigError(
             f"{source}: a local route takes no {', '.join(limits)}: its capacity is the "
@@ -426,7 +524,7 @@ def _local_route(name: str, path: str, settings: dict[str, Any], source: str) ->
 def _common(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The options every provider takes, checked."""
     values: dict[str, Any] = {}
-    for option in ("rpm", "tpm", "max_in_flight"):
+    for option in ("rpm", "tpm", "itpm", "otpm", "max_in_flight"):
         if option in settings:
             value = settings[option]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -461,6 +559,13 @@ def _common(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
                 raise ConfigError(f"{source}: {option} must be an integer >= 1024, got {value!r}")
             values[option] = value
     values.update(_resilience(settings, source))
+    if "fallback" in settings:
+        fallback = settings["fallback"]
+        if isinstance(fallback, str):
+            fallback = [fallback]
+        if not isinstance(fallback, list) or not all(isinstance(f, str) and f for f in fallback):
+            raise ConfigError(f"{source}: fallback must be a list of route names")
+        values["fallback"] = tuple(fallback)
     return values
 
 
@@ -575,13 +680,21 @@ def _http_options(route: RouteConfig) -> dict[str, Any]:
     }
 
 
-def _endpoint(route: RouteConfig) -> tuple[Any, ...]:
-    """What routes sharing a provider have in common (each sim route has its own)."""
+def _endpoint(route: RouteConfig, index: int = 1) -> tuple[Any, ...]:
+    """What routes sharing a provider have in common (each sim route, and each sim
+    deployment of a pool, has its own)."""
     if route.provider == "sim":
-        return ("sim", route.name)
+        return ("sim", route.name, index)
     if route.provider == "local":
         return ("local", route.model_path)
     return (route.provider, route.base_url, route.api_key)
+
+
+def _key_id(route: RouteConfig) -> str:
+    """A short digest of a deployment's key (never the key itself)."""
+    if not route.api_key:
+        return ""
+    return hashlib.sha256(route.api_key.encode()).hexdigest()[:12]
 
 
 def _pool_size(route: RouteConfig, every: tuple[RouteConfig, ...]) -> int:
@@ -597,25 +710,38 @@ def _capacity(
     capacities: dict[tuple[Any, ...], tuple[Capacity, RouteConfig]],
     timer: Timer | None,
     rng: random.Random | None,
+    index: int = 1,
+    key_id: str = "",
 ) -> Capacity:
-    key = (*_endpoint(route)[:2], route.model)
+    # One capacity per endpoint, model and key: a pool's deployments each have their own.
+    key = (
+        *_endpoint(route, index)[:2],
+        route.model,
+        key_id,
+        index if route.provider == "sim" else 0,
+    )
     shared = capacities.get(key)
     if shared is not None:
         capacity, first = shared
-        limits = (route.rpm, route.tpm, route.max_in_flight)
-        if limits != (first.rpm, first.tpm, first.max_in_flight):
+        limits = (route.rpm, route.tpm, route.itpm, route.otpm, route.max_in_flight)
+        if limits != (first.rpm, first.tpm, first.itpm, first.otpm, first.max_in_flight):
             raise ConfigError(
                 f"routes {first.name!r} and {route.name!r} share {route.provider}:{route.model} "
-                "but set different rpm, tpm or max_in_flight"
+                "but set different rpm, tpm, itpm, otpm or max_in_flight"
             )
         return capacity
     capacity = Capacity(
-        f"{route.provider}:{route.model}",
+        f"{route.provider}:{route.model}" + (f"#{index}" if key_id or index > 1 else ""),
         rpm=route.rpm,
         tpm=route.tpm,
+        itpm=route.itpm,
+        otpm=route.otpm,
         max_in_flight=route.max_in_flight,
         timer=timer,
         rng=rng,
+        # Anthropic does not count prompt tokens read from its cache against the input
+        # limit (on most models); OpenAI counts every prompt token.
+        cache_exempt=route.provider == "anthropic",
         # A real host told no limit: find it (slow start, then AIMD) instead of sending
         # every caller at once. The built-in simulator and a local model need not.
         discover=route.provider in ("openai", "anthropic"),

@@ -7,7 +7,9 @@ Understood:
   duration syntax (``"1s"``, ``"6m0s"``, ``"120ms"``, ``"1.5s"``).
 * Anthropic: ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``,
   resets as RFC 3339 instants (``"2025-01-01T12:00:30Z"``); when the combined
-  ``tokens`` headers are absent, the ``input-tokens`` ones are used.
+  ``tokens`` headers are absent, the ``input-tokens`` ones are used. The
+  ``anthropic-ratelimit-{input,output}-tokens-{limit,remaining}`` headers are also
+  read into their own fields (separate input and output limits).
 * ``retry-after-ms`` (milliseconds, preferred when present) and
   ``Retry-After`` (seconds, or an HTTP date).
 
@@ -63,6 +65,10 @@ def parse_rate_limit_headers(
         remaining_tokens=_int(headers.get(f"{tokens}-remaining")),
         reset_tokens=_until(headers.get(f"{tokens}-reset"), wall),
         retry_after=retry_after,
+        limit_input_tokens=_int(headers.get("anthropic-ratelimit-input-tokens-limit")),
+        remaining_input_tokens=_int(headers.get("anthropic-ratelimit-input-tokens-remaining")),
+        limit_output_tokens=_int(headers.get("anthropic-ratelimit-output-tokens-limit")),
+        remaining_output_tokens=_int(headers.get("anthropic-ratelimit-output-tokens-remaining")),
     )
 
 

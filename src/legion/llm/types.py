@@ -112,10 +112,12 @@ class ChatResponse:
     usage: Usage = Usage()
     model: str = ""
     provider: str = ""
+    deployment: str = ""
+    """Which deployment of a pooled route served it (``""``: the route has one)."""
 
     def to_json(self) -> dict[str, Any]:
         """The response as plain JSON data; `from_json` rebuilds an equal response."""
-        return {
+        data = {
             "text": self.text,
             "tool_calls": [
                 {"id": call.id, "name": call.name, "arguments": call.arguments}
@@ -126,6 +128,9 @@ class ChatResponse:
             "model": self.model,
             "provider": self.provider,
         }
+        if self.deployment:
+            data["deployment"] = self.deployment
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ChatResponse:
@@ -143,6 +148,7 @@ class ChatResponse:
                 usage=Usage.from_json(usage),
                 model=data["model"],
                 provider=data["provider"],
+                deployment=data.get("deployment", ""),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a recorded chat response: {exc!r}") from exc
@@ -168,3 +174,9 @@ class RateLimitInfo:
     remaining_tokens: int | None = None
     reset_tokens: float | None = None
     retry_after: float | None = None
+    limit_input_tokens: int | None = None
+    """Input tokens per minute, where the provider limits them apart (Anthropic)."""
+    remaining_input_tokens: int | None = None
+    limit_output_tokens: int | None = None
+    """Output tokens per minute, where the provider limits them apart."""
+    remaining_output_tokens: int | None = None

@@ -24,6 +24,7 @@ from ..diagnostics.report import Diagnostic, Kind
 from ..diagnostics.watchdog import Capture
 from ..errors import (
     AgentCrash,
+    BudgetExceeded,
     DeadlineExceeded,
     LeaseLost,
     RetryAfterTooLong,
@@ -80,7 +81,12 @@ class Instance:
         # A block of the event loop by this instance that is going on, seen by the watchdog.
         self.pending_block: Capture | None = None
         # Running and waiting time of this attempt: waits for capacity pause its timeout.
-        self.time = attempt.AttemptTime(agent.options.timeout, agent.options.deadline)
+        self.time = attempt.AttemptTime(
+            agent.options.timeout,
+            agent.options.deadline,
+            priority=lease.priority,
+            tenant=lease.tenant,
+        )
         # The worker's timer bucket that holds this instance until its time is up.
         self.expiry: dict[int, Instance] | None = None
 
@@ -232,6 +238,11 @@ def _failure(
     usage: bytes | None,
 ) -> Completion:
     info = ErrorInfo.from_exception(error)
+    if isinstance(error, BudgetExceeded):
+        # Parked: back to the queue with its recorded calls, for a run with more budget.
+        return _completion(
+            lease, owner, Outcome.RELEASED, started, finished, error=info, usage=usage
+        )
     if isinstance(error, RetryAfterTooLong) and error.retry_after is not None:
         # The provider said when to come back: back to the queue until then, the error kept
         # on the task to say why, and no attempt spent on waiting that was not allowed.

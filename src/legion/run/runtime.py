@@ -246,18 +246,21 @@ class Runtime:
         sessions: Iterable[str | None] | None = None,
         priority: int = 0,
         tenant: str = DEFAULT_TENANT,
+        priorities: Iterable[int] | None = None,
     ) -> list[Submitted]:
-        """Queue many tasks of ``tenant`` in one transaction."""
+        """Queue many tasks of ``tenant`` in one transaction (``priorities``: one per
+        input, instead of ``priority`` for all)."""
         self.register(agent)
         inputs = list(inputs)
         key_list = list(keys) if keys is not None else [None] * len(inputs)
         session_list = list(sessions) if sessions is not None else [session] * len(inputs)
-        if len(key_list) != len(inputs) or len(session_list) != len(inputs):
-            raise ConfigError("keys and sessions must have one entry per input")
+        priority_list = list(priorities) if priorities is not None else [priority] * len(inputs)
+        if len({len(inputs), len(key_list), len(session_list), len(priority_list)}) != 1:
+            raise ConfigError("keys, sessions and priorities must have one entry per input")
         attempts = agent.options.retry.max_attempts
         tasks = [
-            NewTask(agent.name, codec.dumps(i), k, s, priority, attempts, tenant=tenant)
-            for i, k, s in zip(inputs, key_list, session_list, strict=True)
+            NewTask(agent.name, codec.dumps(i), k, s, p, attempts, tenant=tenant)
+            for i, k, s, p in zip(inputs, key_list, session_list, priority_list, strict=True)
         ]
         return await self.submit_tasks(tasks)
 
@@ -267,7 +270,7 @@ class Runtime:
         :class:`~legion.errors.IdempotencyConflict` and queues nothing."""
         submitted = await self.store.submit(tasks, self._clock())
         if self.worker is not None:
-            self.worker.wake()
+            self.worker.wake(urgent=sum(1 for t in tasks if t.priority > 0))
         return submitted
 
     # -- results -----------------------------------------------------------------------

@@ -101,7 +101,7 @@ class SharedCapacity:
 
     def _limited(self) -> list[tuple[str, Capacity]]:
         found: dict[int, tuple[str, Capacity]] = {}
-        for route in self._client.routes.values():
+        for route in self._client.deployments:
             stats = route.capacity.statistics()
             limited = stats.limit_rpm or stats.limit_tpm or stats.learned_rpm or stats.learned_tpm
             if limited and id(route.capacity) not in found:
@@ -110,6 +110,8 @@ class SharedCapacity:
 
 
 def _key(route: Route) -> str:
-    """Routes of one provider endpoint and model share one budget."""
+    """Routes of one provider endpoint and model share one budget (one per API key for
+    the deployments of a pool)."""
     where = getattr(route.provider, "base_url", "")
-    return f"{route.provider.name}|{where}|{route.model}"
+    key = f"{route.provider.name}|{where}|{route.model}"
+    return f"{key}|{route.key_id}" if route.key_id else key  # a pool: one budget per key

@@ -150,6 +150,7 @@ class Worker:
         self._rng = random.Random(seed)
         self._turn = 0
         self._wake = asyncio.Event()
+        self._urgent = 0  # raised-priority tasks queued here, leased past admission
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
         self._fatal = asyncio.Event()
@@ -186,8 +187,11 @@ class Worker:
     def agents(self) -> Mapping[str, Agent]:
         return self._agents
 
-    def wake(self) -> None:
-        """New work may be ready: look at the queue now instead of at the next poll."""
+    def wake(self, urgent: int = 0) -> None:
+        """New work may be ready: look at the queue now instead of at the next poll.
+        ``urgent``: that many tasks of a raised priority were just queued; the next lease
+        takes them even while the LLM routes are busy (their calls go first there)."""
+        self._urgent += urgent
         self._wake.set()
 
     def statistics(self) -> Statistics:
@@ -284,7 +288,9 @@ class Worker:
             if self._check_overload():
                 await self._sleep_or_wake(0.1)
                 continue
-            free = min(cfg.concurrency - len(self._instances), self._admissible())
+            free = min(
+                cfg.concurrency - len(self._instances), max(self._admissible(), self._urgent)
+            )
             if free <= 0 and len(self._instances) < cfg.concurrency:
                 # The routes are busy: instances started now would only queue for them.
                 await self._sleep_or_wake(_ADMISSION_RECHECK)
@@ -318,6 +324,7 @@ class Worker:
                 log.error("leasing failed (%s); retrying in %.1fs", exc, cfg.poll_interval)
                 await self._sleep_or_wake(cfg.poll_interval)
                 continue
+            self._urgent = max(0, self._urgent - len(leases))
             self._start_batch(leases)
             if isolated:
                 self._solo = self._instances.get(leases[0].id)
@@ -343,8 +350,7 @@ class Worker:
         horizon = self.config.admission_horizon
         if self.llm is None or horizon is None:
             return self.config.concurrency
-        capacities = [route.capacity for route in self.llm.routes.values()]
-        room = min((c.headroom(horizon) for c in capacities), default=math.inf)
+        room = self.llm.headroom(horizon)  # a pool's deployments add up
         if room == math.inf:
             return self.config.concurrency
         if not self._instances:
@@ -361,7 +367,7 @@ class Worker:
         )
         # In batches: once the queues are down to half the horizon, fill them up again
         # (a lease per call that frees up would cost a store round trip each).
-        if min(c.headroom(horizon / 2) for c in capacities) - coming <= 0:
+        if self.llm.headroom(horizon / 2) - coming <= 0:
             return 0
         return max(int(room - coming), 0)
 

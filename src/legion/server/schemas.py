@@ -49,7 +49,11 @@ class TaskIn(BaseModel):
         "agent and input answers the first task; with another, 422 (idempotency_conflict).",
     )
     session: Session | None = Field(None, description="The session of the agent's ctx.memory.")
-    priority: Priority = Field(0, description="Higher runs first.")
+    priority: Priority = Field(
+        0,
+        description="Higher runs first, and its LLM calls are served first at a shared "
+        "route (a lower priority keeps a guaranteed share of the calls).",
+    )
 
 
 class BatchIn(BaseModel):

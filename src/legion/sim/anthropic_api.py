@@ -144,6 +144,14 @@ def ratelimit_headers(admission: Admission) -> dict[str, str]:
         headers["anthropic-ratelimit-tokens-limit"] = str(admission.limit_tokens)
         headers["anthropic-ratelimit-tokens-remaining"] = str(admission.remaining_tokens)
         headers["anthropic-ratelimit-tokens-reset"] = _instant(admission.reset_tokens)
+    for kind in ("input", "output"):
+        limit = getattr(admission, f"limit_{kind}_tokens")
+        if limit is not None:
+            remaining = getattr(admission, f"remaining_{kind}_tokens")
+            reset = getattr(admission, f"reset_{kind}_tokens")
+            headers[f"anthropic-ratelimit-{kind}-tokens-limit"] = str(limit)
+            headers[f"anthropic-ratelimit-{kind}-tokens-remaining"] = str(remaining)
+            headers[f"anthropic-ratelimit-{kind}-tokens-reset"] = _instant(reset)
     if admission.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(round(admission.retry_after, 6))))
     elif admission.reason == "too_large":

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--rpm", type=int, help="requests per minute (default unlimited)")
     add("--tpm", type=int, help="tokens per minute (default unlimited)")
+    add("--itpm", type=int, help="input tokens per minute, counted apart (cache reads exempt)")
+    add("--otpm", type=int, help="output tokens per minute, counted apart")
     add("--max-concurrency", type=int, help="requests served at once (default unlimited)")
     add("--window", choices=("sliding", "fixed"), help="rate window kind (default sliding)")
     add(
@@ -109,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "answers as vLLM and most gateways do)",
     )
     add("--api-key", help="require this bearer key")
+    add(
+        "--limits-per-key",
+        action=argparse.BooleanOptionalAction,
+        help="give each API key its own rate limits (a pool of keys gets their sum); "
+        "/stats counts them by key",
+    )
     return parser
 
 

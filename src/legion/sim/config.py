@@ -44,6 +44,12 @@ class SimConfig:
             the request sets neither, the completion length the simulator will
             produce is charged instead. The charge is made on admission and is
             never refunded, as OpenAI does.
+        itpm, otpm: input and output tokens per 60 s window, counted apart as
+            Anthropic does: input is the prompt less the tokens read from the
+            prompt cache (``cached_prompt_share``), which Anthropic does not
+            count; output is the completion produced (Anthropic reserves
+            ``max_tokens`` and adjusts to the real count at the end). Answers
+            carry ``anthropic-ratelimit-{input,output}-tokens-*`` headers.
         max_concurrency: requests being served at the same time.
         window: ``"sliding"`` (capacity comes back 60 s after it was used) or
             ``"fixed"`` (all capacity comes back at each 60 s boundary).
@@ -124,11 +130,17 @@ class SimConfig:
     Access:
         api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <key>``
             (``/v1/messages`` also takes it as ``x-api-key``, as Anthropic does).
+        limits_per_key: when true, each API key presented gets its own rate
+            limits (every limit above, per key), as providers limit each
+            organisation or project: a pool of keys has the sum of their limits.
+            ``GET /stats`` then counts admissions and 429s by key.
     """
 
     models: tuple[str, ...] = ("sim-model",)
     rpm: int | None = None
     tpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
     max_concurrency: int | None = None
     window: WindowKind = "sliding"
     window_seconds: float = 60.0
@@ -157,10 +169,11 @@ class SimConfig:
     fault_schedule: tuple[tuple[float, float, int], ...] = ()
     rate_limit_headers: bool = True
     api_key: str | None = None
+    limits_per_key: bool = False
 
     def __post_init__(self) -> None:
         _check_models(self.models)
-        for name in ("rpm", "tpm", "max_concurrency"):
+        for name in ("rpm", "tpm", "itpm", "otpm", "max_concurrency"):
             _check_optional_positive_int(name, getattr(self, name))
         _check_choice("window", self.window, _WINDOW_KINDS)
         _check_number("window_seconds", self.window_seconds, positive=True)
@@ -208,6 +221,7 @@ class SimConfig:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         _check_fault_schedule(self.fault_schedule)
         _check_bool("rate_limit_headers", self.rate_limit_headers)
+        _check_bool("limits_per_key", self.limits_per_key)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError("api_key must be a non-empty string or None")
 

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 Clock = Callable[[], float]
 """Returns monotonic time in seconds."""
 
-RejectReason = Literal["requests", "tokens", "concurrency", "too_large"]
+RejectReason = Literal[
+    "requests", "tokens", "input_tokens", "output_tokens", "concurrency", "too_large"
+]
 
 WINDOW_SECONDS = 60.0
 
@@ -181,6 +183,12 @@ class Admission(NamedTuple):
     retry_after: float | None
     """Seconds to wait before retrying; ``None`` when admitted, and for a
     request larger than the token limit, which no wait can admit."""
+    limit_input_tokens: int | None = None
+    remaining_input_tokens: int | None = None
+    reset_input_tokens: float = 0.0
+    limit_output_tokens: int | None = None
+    remaining_output_tokens: int | None = None
+    reset_output_tokens: float = 0.0
 
     def headers(self) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers, plus ``Retry-After`` (whole seconds,
@@ -218,7 +226,9 @@ class RateLimiter:
         "_concurrency_retry_after",
         "_count_rejected",
         "_in_flight",
+        "_input",
         "_max_concurrency",
+        "_output",
         "_requests",
         "_scale",
         "_tokens",
@@ -235,6 +245,8 @@ class RateLimiter:
         window_seconds: float = WINDOW_SECONDS,
         rejected_count_against_limit: bool = False,
         concurrency_retry_after: float = 1.0,
+        itpm: int | None = None,
+        otpm: int | None = None,
     ) -> None:
         self._clock = clock
         origin = clock()
@@ -253,6 +265,8 @@ class RateLimiter:
 
         self._requests = make(rpm)
         self._tokens = make(tpm)
+        self._input = make(itpm)
+        self._output = make(otpm)
         self._max_concurrency = max_concurrency
         self._count_rejected = rejected_count_against_limit
         self._concurrency_retry_after = concurrency_retry_after
@@ -270,6 +284,8 @@ class RateLimiter:
             window_seconds=config.window_seconds,
             rejected_count_against_limit=config.rejected_count_against_limit,
             concurrency_retry_after=config.concurrency_retry_after,
+            itpm=config.itpm,
+            otpm=config.otpm,
         )
 
     @property
@@ -277,24 +293,38 @@ class RateLimiter:
         """Admitted requests not yet released."""
         return self._in_flight
 
-    def admit(self, tokens: int) -> Admission:
-        """Admit a request charged ``tokens`` tokens, or reject it."""
+    def admit(self, tokens: int, input_tokens: int = 0, output_tokens: int = 0) -> Admission:
+        """Admit a request charged ``tokens`` tokens (``input_tokens`` and
+        ``output_tokens`` of them against the input and output limits), or reject it."""
         now = self._clock()
         requests, token_window = self._requests, self._tokens
+        named: tuple[tuple[Window | None, int, RejectReason], ...] = (
+            (self._input, input_tokens, "input_tokens"),
+            (self._output, output_tokens, "output_tokens"),
+        )
+        apart = [(window, amount, why) for window, amount, why in named if window is not None]
         reason: RejectReason
         if self._max_concurrency is not None and self._in_flight >= self._max_concurrency:
             reason = "concurrency"
-        elif token_window is not None and tokens > token_window.limit:
+        elif (token_window is not None and tokens > token_window.limit) or any(
+            amount > window.limit for window, amount, _ in apart
+        ):
             reason = "too_large"
         elif requests is not None and requests.wait_time(1, now) > 0.0:
             reason = "requests"
         elif token_window is not None and token_window.wait_time(tokens, now) > 0.0:
             reason = "tokens"
+        elif any(window.wait_time(amount, now) > 0.0 for window, amount, _ in apart):
+            reason = next(
+                why for window, amount, why in apart if window.wait_time(amount, now) > 0.0
+            )
         else:
             if requests is not None:
                 requests.consume(1, now)
             if token_window is not None:
                 token_window.consume(tokens, now)
+            for window, amount, _ in apart:
+                window.consume(amount, now)
             self._in_flight += 1
             return self._state(True, None, None, now)
 
@@ -309,6 +339,7 @@ class RateLimiter:
             retry_after = max(
                 requests.wait_time(1, now) if requests is not None else 0.0,
                 token_window.wait_time(tokens, now) if token_window is not None else 0.0,
+                *(window.wait_time(amount, now) for window, amount, _ in apart),
             )
         return self._state(False, reason, retry_after, now)
 
@@ -332,6 +363,20 @@ class RateLimiter:
             round(max(0, tokens.limit - tokens.used(now)) * scale) if tokens is not None else None,
             tokens.reset_time(now) if tokens is not None else 0.0,
             retry_after,
+            *self._apart_state(self._input, now),
+            *self._apart_state(self._output, now),
+        )
+
+    def _apart_state(
+        self, window: Window | None, now: float
+    ) -> tuple[int | None, int | None, float]:
+        if window is None:
+            return None, None, 0.0
+        scale = self._scale
+        return (
+            round(window.limit * scale),
+            round(max(0, window.limit - window.used(now)) * scale),
+            window.reset_time(now),
         )
 
 

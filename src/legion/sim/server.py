@@ -92,6 +92,9 @@ class SimStats:
     """``requests_total`` over ``elapsed_seconds``."""
     requests_by_second: dict[int, int] = dataclasses.field(default_factory=dict)
     """Chat requests received in each whole second since the start or the last reset."""
+    by_key: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    """With ``limits_per_key``: chat requests ``admitted`` and ``rate_limited`` by API key
+    (named by the key's last four characters)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as plain data (the ``GET /stats`` body)."""
@@ -102,6 +105,7 @@ class _Counters:
     """The live, mutable counters behind `SimStats`."""
 
     __slots__ = (
+        "by_key",
         "by_model",
         "by_second",
         "by_status",
@@ -141,6 +145,7 @@ class _Counters:
         self.completion_tokens = 0
         self.by_model: dict[str, int] = {}
         self.by_second: dict[int, int] = {}
+        self.by_key: dict[str, dict[str, int]] = {}
 
     def snapshot(self, now: float) -> SimStats:
         elapsed = max(0.0, now - self.started)
@@ -162,6 +167,7 @@ class _Counters:
             elapsed_seconds=elapsed,
             requests_per_second=self.requests_total / elapsed if elapsed > 0 else 0.0,
             requests_by_second=dict(self.by_second),
+            by_key={key: dict(counts) for key, counts in self.by_key.items()},
         )
 
 
@@ -175,6 +181,7 @@ class _Service:
         self._origin = clock()
         self.closing = asyncio.Event()
         self._limiter = RateLimiter.from_config(config, clock)
+        self._limiters: dict[str, RateLimiter] = {}  # by API key, with limits_per_key
         self._faults = FaultInjector(config)
         self._models = frozenset(config.models)
         self._openai = OpenAIDialect(config.api_key)
@@ -231,7 +238,8 @@ class _Service:
             )
         counters.by_model[model] = counters.by_model.get(model, 0) + 1
         charge = embed_tokens(texts)
-        admission = self._limiter.admit(charge)
+        limiter = self._limiter_for(request)
+        admission = limiter.admit(charge)
         if not admission.allowed:
             counters.rate_limited += 1
             return self._counted(
@@ -240,7 +248,7 @@ class _Service:
         try:
             body = embeddings_body(model, texts, dimensions)
         finally:
-            self._limiter.release()
+            limiter.release()
         self._delivered(charge, 0)
         return self._counted(
             web.Response(
@@ -307,12 +315,16 @@ class _Service:
         scheduled = scheduled_fault(config.fault_schedule, self.clock() - self._origin)
         if scheduled is not None:
             return self._counted(self._scheduled(dialect, scheduled, charge))
-        admission = self._limiter.admit(charge)
+        limiter = self._limiter_for(request)
+        cached = 0 if chat.stream else int(prompt_tokens * config.cached_prompt_share)
+        admission = limiter.admit(charge, prompt_tokens - cached, len(completion.tokens))
         if not config.rate_limit_headers:
             admission = _without_headers(admission)
         if not admission.allowed:
             counters.rate_limited += 1
+            self._by_key(request, "rate_limited")
             return self._counted(dialect.rate_limited(admission, charge, config.max_concurrency))
+        self._by_key(request, "admitted")
 
         counters.in_flight += 1
         if counters.in_flight > counters.max_in_flight:
@@ -320,8 +332,24 @@ class _Service:
         try:
             return await self._serve(dialect, request, chat, completion, prompt_tokens, admission)
         finally:
-            self._limiter.release()
+            limiter.release()
             counters.in_flight -= 1
+
+    def _limiter_for(self, request: web.Request) -> RateLimiter:
+        """The limits this request counts against: its API key's own with
+        ``limits_per_key``, else the one shared by every caller."""
+        if not self.config.limits_per_key:
+            return self._limiter
+        key = _api_key(request)
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = RateLimiter.from_config(self.config, self.clock)
+        return limiter
+
+    def _by_key(self, request: web.Request, what: str) -> None:
+        if self.config.limits_per_key:
+            counts = self.counters.by_key.setdefault(_key_label(_api_key(request)), {})
+            counts[what] = counts.get(what, 0) + 1
 
     def _scheduled(self, dialect: Dialect, status: int, charge: int) -> web.Response:
         """The answer of the fault schedule: a 429 or a server error, not admitted."""
@@ -627,3 +655,15 @@ async def serve_simulator(
         if on_ready is not None:
             on_ready(simulator)
         await asyncio.get_running_loop().create_future()
+
+
+def _api_key(request: web.Request) -> str:
+    """The key a request presents (OpenAI's bearer token or Anthropic's x-api-key)."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:]
+    return request.headers.get("x-api-key", "")
+
+
+def _key_label(key: str) -> str:
+    return f"...{key[-4:]}" if key else "(none)"

@@ -382,7 +382,18 @@ class PostgresStore(PostgresWaiting):
                 for task_id, key, output in await cur.fetchall():
                     steps.setdefault(task_id, {})[key] = output
         return [
-            Lease(r[0], r[1], r[2], unscoped_key(r[3]), r[4], r[5], r[6], steps.get(r[0], {}))
+            Lease(
+                r[0],
+                r[1],
+                r[2],
+                unscoped_key(r[3]),
+                r[4],
+                r[5],
+                r[6],
+                steps.get(r[0], {}),
+                r[7],
+                r[8],
+            )
             for r in rows
         ]
 

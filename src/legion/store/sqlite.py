@@ -682,7 +682,9 @@ def _with_steps(db: sqlite3.Connection, rows: Sequence[Any]) -> list[Lease]:
         for task_id, key, output in db.execute(Q["replayed_steps"], {"ids": ids}):
             steps.setdefault(task_id, {})[key] = output
     return [
-        Lease(r[0], r[1], r[2], unscoped_key(r[3]), r[4], r[5], r[6], steps.get(r[0], {}))
+        Lease(
+            r[0], r[1], r[2], unscoped_key(r[3]), r[4], r[5], r[6], steps.get(r[0], {}), r[7], r[8]
+        )
         for r in rows
     ]
 

@@ -63,7 +63,8 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS picked
 WHERE t.id = picked.id
-RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts;
+RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t.priority,
+    t.tenant;
 
 -- name: lease_isolated
 -- One task to run alone (taken back from a worker that stopped while running it with others).
@@ -79,7 +80,8 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS picked
 WHERE t.id = picked.id
-RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts;
+RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t.priority,
+    t.tenant;
 -- name: replayed_steps
 SELECT task_id, key, output FROM steps WHERE task_id = ANY(%(ids)s::bigint[]);
 -- name: complete

@@ -23,7 +23,7 @@ WHERE id IN (
     ORDER BY priority DESC, id
     LIMIT :limit
 )
-RETURNING id, agent, input, key, session, attempt, max_attempts;
+RETURNING id, agent, input, key, session, attempt, max_attempts, priority, tenant;
 
 -- name: lease_isolated
 -- One task to run alone (taken back from a worker that stopped while running it with others).
@@ -37,7 +37,7 @@ WHERE id IN (
     ORDER BY priority DESC, id
     LIMIT 1
 )
-RETURNING id, agent, input, key, session, attempt, max_attempts;
+RETURNING id, agent, input, key, session, attempt, max_attempts, priority, tenant;
 
 -- name: replayed_steps
 SELECT task_id, key, output FROM steps WHERE task_id IN (SELECT value FROM json_each(:ids));

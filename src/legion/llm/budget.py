@@ -1,0 +1,190 @@
+"""`Budget`: the most a run may spend on LLM calls, in dollars, tokens and calls.
+
+Every call reserves its share before it is sent (one call, its estimated tokens, and
+their estimated cost at the route's prices) and settles the real figures once answered;
+a call that fails gets its reservation back (a 429 or a 5xx is not billed). A call whose
+reservation does not fit waits while calls in flight may still give some of theirs back;
+when even a settled budget would not hold it, the budget is *exhausted*: that call and
+every later one raise `legion.errors.BudgetExceeded` before anything is sent. The
+instance that made it goes back to the queue with what it recorded (see
+`legion.runner`), and `legion run` ends its run resumably with status
+``budget_exceeded``; run it again with a higher limit and the recorded calls are
+replayed, not bought again.
+
+What earlier runs spent is added with `Budget.spent_before` (``legion run`` reads it
+from the usage recorded on its tasks), so a limit is a limit on the whole job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+from legion import attempt
+from legion.errors import BudgetExceeded, ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimits:
+    """``None``: no limit on that measure."""
+
+    max_cost: float | None = None
+    """USD."""
+    max_tokens: int | None = None
+    """Prompt plus completion tokens."""
+    max_calls: int | None = None
+    """Answered LLM calls (chat completions and embedding calls)."""
+
+    def __post_init__(self) -> None:
+        if self.max_cost is not None and not (math.isfinite(self.max_cost) and self.max_cost > 0):
+            raise ConfigError(f"--max-cost must be a positive number of USD, got {self.max_cost}")
+        for label, value in (("--max-tokens", self.max_tokens), ("--max-calls", self.max_calls)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{label} must be >= 1, got {value}")
+
+    @property
+    def any(self) -> bool:
+        return not (self.max_cost is None and self.max_tokens is None and self.max_calls is None)
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_cost is not None:
+            parts.append(f"${self.max_cost:g}")
+        if self.max_tokens is not None:
+            parts.append(f"{self.max_tokens:,} tokens")
+        if self.max_calls is not None:
+            parts.append(f"{self.max_calls:,} calls")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    calls: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(self.calls + other.calls, self.tokens + other.tokens, self.cost + other.cost)
+
+    def __sub__(self, other: Spend) -> Spend:
+        return Spend(self.calls - other.calls, self.tokens - other.tokens, self.cost - other.cost)
+
+
+class Hold:
+    """A call's reservation: settle it with the real figures, or release it."""
+
+    __slots__ = ("done", "reserved")
+
+    def __init__(self, reserved: Spend) -> None:
+        self.reserved = reserved
+        self.done = False
+
+
+class Budget:
+    """Limits on what the calls of one run spend (see the module's documentation)."""
+
+    def __init__(self, limits: BudgetLimits) -> None:
+        self.limits = limits
+        self._spent = Spend()
+        self._before = Spend()
+        self._reserved = Spend()
+        self._holds = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self.exhausted: str | None = None
+        """Why the budget stopped sending calls (``None``: it has not)."""
+        self._exhausted_event: asyncio.Event | None = None
+
+    # -- what the run reads ---------------------------------------------------------------
+
+    @property
+    def spent(self) -> Spend:
+        """Settled calls of this process, plus what earlier runs spent."""
+        return self._before + self._spent
+
+    def spent_before(self, spend: Spend) -> None:
+        """Count what earlier runs of the job spent (their recorded usage)."""
+        self._before = self._before + spend
+
+    async def wait_exhausted(self) -> str:
+        """Wait until the budget refuses a call; answer why."""
+        if self.exhausted is not None:
+            return self.exhausted
+        if self._exhausted_event is None:
+            self._exhausted_event = asyncio.Event()
+        await self._exhausted_event.wait()
+        assert self.exhausted is not None
+        return self.exhausted
+
+    # -- what each call does ----------------------------------------------------------------
+
+    async def reserve(self, tokens: int, cost: float | None) -> Hold:
+        """Reserve one call of ``tokens`` estimated tokens costing ``cost`` USD (``None``:
+        unknown, refused when there is a cost limit), waiting while calls in flight may
+        give some back; raise `BudgetExceeded` when it cannot fit."""
+        want = Spend(1, tokens, cost or 0.0)
+        if cost is None and self.limits.max_cost is not None:
+            self._exhaust("a call on a model without a price cannot be counted against --max-cost")
+        while True:
+            if self.exhausted is not None:
+                raise BudgetExceeded(f"LLM budget exhausted: {self.exhausted}")
+            over = self._over(self.spent + self._reserved + want)
+            if over is None:
+                self._reserved = self._reserved + want
+                self._holds += 1
+                return Hold(want)
+            if self._holds == 0 or self._over(self.spent + want) is not None:
+                self._exhaust(over)
+                continue
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                with attempt.waiting("the LLM budget (calls in flight may give some back)"):
+                    await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def settle(self, hold: Hold, tokens: int, cost: float | None) -> None:
+        """The call was answered: count its real figures instead of the reservation."""
+        if self._end(hold):
+            self._spent = self._spent + Spend(1, tokens, cost or 0.0)
+        self._wake()
+
+    def release(self, hold: Hold) -> None:
+        """The call failed (not billed): give its reservation back."""
+        self._end(hold)
+        self._wake()
+
+    # -- inside -----------------------------------------------------------------------------
+
+    def _end(self, hold: Hold) -> bool:
+        if hold.done:
+            return False
+        hold.done = True
+        self._reserved = self._reserved - hold.reserved
+        self._holds -= 1
+        return True
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _over(self, total: Spend) -> str | None:
+        limits = self.limits
+        if limits.max_calls is not None and total.calls > limits.max_calls:
+            return f"--max-calls {limits.max_calls:,} reached"
+        if limits.max_tokens is not None and total.tokens > limits.max_tokens:
+            return f"--max-tokens {limits.max_tokens:,} reached ({self.spent.tokens:,} spent)"
+        if limits.max_cost is not None and total.cost > limits.max_cost + 1e-12:
+            return f"--max-cost ${limits.max_cost:g} reached (${self.spent.cost:.4f} spent)"
+        return None
+
+    def _exhaust(self, why: str) -> None:
+        if self.exhausted is None:
+            self.exhausted = why
+            if self._exhausted_event is not None:
+                self._exhausted_event.set()
+        self._wake()

@@ -1,0 +1,119 @@
+"""`legion run --max-calls/--max-cost`: the run stops resumably when its budget is spent,
+no call beyond the budget reaches the provider (counted at the simulator), and a run
+with a raised budget continues where it stopped without buying a recorded call again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .conftest import legion, read_jsonl, sim_stats, start_sim, write_jsonl
+
+# Three calls per task, one after the other: a task stopped by the budget has recorded
+# some of them.
+AGENT = """\
+import legion
+
+@legion.agent(retries=0)
+async def chain(ctx: legion.Context, question: str) -> str:
+    text = question
+    for i in range(3):
+        reply = await ctx.llm.chat([{"role": "user", "content": f"{i}: {text}"}], max_tokens=16)
+        text = reply.text[:40]
+    return text
+"""
+TASKS = 10
+CALLS = 3 * TASKS
+
+
+def _run(
+    tmp_path: Path, url: str, *budget: str, config: Path | None = None, model: str = "sim-model"
+) -> tuple[int, str]:
+    route = ["--config", str(config)] if config else ["--llm", f"openai:{model}@{url}"]
+    done = legion(
+        "run",
+        f"{tmp_path / 'app.py'}:chain",
+        "--input",
+        str(tmp_path / "in.jsonl"),
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        "--store",
+        f"sqlite:///{tmp_path / 'legion.db'}",
+        "--concurrency",
+        "4",
+        "--no-progress",
+        *route,
+        *budget,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def _statuses(tmp_path: Path) -> list[str]:
+    return [row["status"] for row in read_jsonl(tmp_path / "out.jsonl")]
+
+
+def test_a_call_budget_stops_the_run_and_a_raised_one_resumes_it(tmp_path: Path) -> None:
+    proc, url = start_sim("--model", "sim-model", "--latency", "0.01")
+    try:
+        (tmp_path / "app.py").write_text(AGENT)
+        write_jsonl(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(TASKS)])
+
+        code, output = _run(tmp_path, url, "--max-calls", "13")
+        assert code == 3, output
+        assert "budget exceeded" in output and "--max-calls 13" in output, output
+        served = sim_stats(url)["succeeded"]
+        assert served <= 13, served  # not one call past the budget reached the provider
+        statuses = _statuses(tmp_path)
+        assert len(statuses) == TASKS
+        assert "budget_exceeded" in statuses and "succeeded" in statuses, statuses
+        assert set(statuses) <= {"budget_exceeded", "succeeded"}, statuses
+
+        code, output = _run(tmp_path, url, "--max-calls", "20")  # still short of 30
+        assert code == 3, output
+        assert sim_stats(url)["succeeded"] <= 20
+
+        code, output = _run(tmp_path, url, "--max-calls", str(CALLS))
+        assert code == 0, output
+        assert _statuses(tmp_path) == ["succeeded"] * TASKS
+        # Every call was bought exactly once over the three runs: the recorded ones of
+        # parked tasks were replayed, not sent again.
+        assert sim_stats(url)["succeeded"] == CALLS
+        assert sim_stats(url)["requests_total"] == CALLS
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_a_cost_budget_counts_the_configured_prices(tmp_path: Path) -> None:
+    proc, url = start_sim("--model", "sim-model", "--latency", "0.01")
+    try:
+        (tmp_path / "app.py").write_text(AGENT)
+        write_jsonl(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(TASKS)])
+        # $1,000 per million tokens either way: a call of ~30 tokens costs ~$0.03.
+        config = tmp_path / "legion.toml"
+        config.write_text(
+            f'[llm.default]\nprovider = "openai"\nmodel = "sim-model"\nbase_url = "{url}"\n'
+            "input_price = 1000\noutput_price = 1000\n"
+        )
+        code, output = _run(tmp_path, url, "--max-cost", "0.2", config=config)
+        assert code == 3, output
+        assert "--max-cost $0.2" in output, output
+        stats = sim_stats(url)
+        spent = (stats["prompt_tokens"] + stats["completion_tokens"]) * 1000 / 1e6
+        assert spent <= 0.2, stats
+        assert "budget_exceeded" in _statuses(tmp_path)
+
+        code, output = _run(tmp_path, url, "--max-cost", "100", config=config)
+        assert code == 0, output
+        assert _statuses(tmp_path) == ["succeeded"] * TASKS
+        assert sim_stats(url)["succeeded"] == CALLS
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_a_cost_budget_on_a_model_without_a_price_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(AGENT)
+    write_jsonl(tmp_path / "in.jsonl", [{"question": "q"}])
+    code, output = _run(tmp_path, "http://127.0.0.1:9/v1", "--max-cost", "1", model="mystery")
+    assert code == 2, output
+    assert "needs a price" in output and "Traceback" not in output, output

@@ -1,0 +1,104 @@
+"""Pooled routes (`--llm NAME=SPEC` given several times): each call goes to the
+deployment where it starts soonest, before any 429; deployments that are out are
+skipped; a fallback route takes over while all are; each call says who served it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from legion.errors import ConfigError
+from legion.llm.config import LLMConfig, build_client, parse_config, parse_provider_spec
+from legion.retry import RetryPolicy
+from legion.sim import SimConfig, Simulator
+
+USER = [{"role": "user", "content": "Hello"}]
+KEYS = {"KEY_A": "sk-test-aaaa", "KEY_B": "sk-test-bbbb"}
+
+
+def _deployment(url: str, key_env: str, rpm: int) -> object:
+    return parse_provider_spec(
+        f"openai:sim-model@{url}",
+        name="main",
+        options={"api_key_env": key_env, "rpm": rpm},
+        env=KEYS,
+    )
+
+
+async def test_two_keys_serve_at_the_sum_of_their_limits_with_almost_no_429s() -> None:
+    """Each key may start 1,200 calls a minute, enforced over 1 s windows (20 a second);
+    400 calls at once need both: they are spread over the keys by headroom, and the
+    simulator, counting per key, rejects at most 1 % of them."""
+    config = SimConfig(rpm=1200, window_seconds=1.0, limits_per_key=True, latency=0.01)
+    async with Simulator(config) as sim:
+        routes = (
+            _deployment(sim.base_url, "KEY_A", 1200),
+            _deployment(sim.base_url, "KEY_B", 1200),
+        )
+        llm = await build_client(LLMConfig(routes, "main"))  # type: ignore[arg-type]
+        async with llm:
+            answers = await asyncio.gather(*(llm.chat(USER) for _ in range(400)))
+        stats = sim.stats()
+    served = {answer.deployment for answer in answers}
+    assert served == {"main#1", "main#2"}
+    by_key = stats.by_key
+    admitted = {key: counts.get("admitted", 0) for key, counts in by_key.items()}
+    rejected = sum(counts.get("rate_limited", 0) for counts in by_key.values())
+    assert set(admitted) == {"...aaaa", "...bbbb"}
+    # Spread by headroom: each key takes its half, within a few calls.
+    assert all(180 <= n <= 220 for n in admitted.values()), admitted
+    assert rejected <= 4, by_key  # <= 1 % of 400
+    route = llm.statistics().routes["main"]
+    assert route.succeeded == 400 and sum(route.served_by.values()) == 400
+
+
+async def test_a_deployment_that_is_down_is_skipped_for_the_fallback() -> None:
+    async with Simulator(SimConfig(latency=0.0)) as sim:
+        table = {
+            "main": {
+                "provider": "openai",
+                "model": "sim-model",
+                "base_url": "http://127.0.0.1:9/v1",  # nothing listens: connection refused
+                "fallback": ["backup"],
+                "breaker_failures": 0,
+            },
+            "backup": {"provider": "openai", "model": "sim-model", "base_url": sim.base_url},
+            "retries": 6,
+            "backoff": 0.01,
+            "max_backoff": 0.05,
+        }
+        config = parse_config(table, env={})
+        assert config.retry == RetryPolicy(retries=6, backoff=0.01, max_backoff=0.05)
+        llm = await build_client(config)
+        async with llm:
+            answers = [await llm.chat(USER, model="main") for _ in range(5)]
+        route = llm.statistics().routes["main"]
+    # The first call failed on main until main counted as failing, then went to backup;
+    # the later ones went straight to backup.
+    assert [a.deployment for a in answers] == ["backup"] * 5
+    assert route.served_by == {"backup": 5}
+    assert route.errors == {"ProviderUnavailable": 3}
+    assert sim.stats().succeeded == 5
+
+
+def test_a_fallback_must_name_another_route() -> None:
+    table = {"main": {"provider": "sim", "fallback": ["nowhere"]}}
+    with pytest.raises(ConfigError, match="falls back to 'nowhere'"):
+        parse_config(table, env={})
+
+
+def test_a_pool_in_legion_toml_is_a_list_of_deployments() -> None:
+    table = {
+        "main": {
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "rpm": 500,
+            "deployments": [{"api_key_env": "KEY_A"}, {"api_key_env": "KEY_B", "rpm": 900}],
+        }
+    }
+    config = parse_config(table, env=KEYS)
+    assert [(r.name, r.api_key, r.rpm) for r in config.routes] == [
+        ("main", "sk-test-aaaa", 500),
+        ("main", "sk-test-bbbb", 900),
+    ]
