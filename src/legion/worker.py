@@ -51,6 +51,7 @@ from .diagnostics.report import agent_files, blocked_loop
 from .diagnostics.watchdog import Block, Capture, LoopWatchdog
 from .errors import ConfigError
 from .journal import Committed, Journal
+from .provision.route_meter import RouteMeter
 from .runner import Instance, StopReason, run_instance
 from .stats import Counters, Statistics
 from .store.base import Store, WorkerInfo
@@ -133,6 +134,7 @@ class Worker:
             on_cancel=self._cancel_asked,
         )
         self._identity = identity.current()
+        self._meter = RouteMeter(llm) if llm is not None else None  # routes, per heartbeat
         # Leases: the last time (monotonic, when the call was sent) the store confirmed
         # them; a step waits for a fresh confirmation when it is older than _step_grace.
         self._heartbeat_every = min(self.config.lease_seconds / 3, 5.0)
@@ -628,6 +630,9 @@ class Worker:
             "overloaded": self._overloaded,
             "agents": sorted(self._agents),
             "breakers_open": self._open_breakers(),
+            "concurrency": self.config.concurrency,
+            "routes": self._meter.report() if self._meter is not None else {},
+            "metered": self._meter is None or self._meter.measured,
         }
 
     def _open_breakers(self) -> list[str]:

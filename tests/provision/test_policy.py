@@ -31,11 +31,11 @@ CONFIG = ScalingConfig(minimum=1, maximum=8, cooldown=60.0)
 
 
 def test_backlog_asks_for_slots_up_to_the_maximum() -> None:
-    d, s = decide(demand(queued=10, running=2, workers=workers(1)), CONFIG, PolicyState(1))
+    d, s = decide(demand(queued=10, running=2, workers=workers(2)), CONFIG, PolicyState(2))
     assert (d.desired, d.wanted) == (3, 3)  # ceil(12 / 4)
     assert d.reason.startswith("scaling up to 3")
     assert s == PolicyState(3, None)
-    d, _ = decide(demand(queued=100, workers=workers(3)), CONFIG, s)
+    d, _ = decide(demand(queued=100, workers=workers(4)), CONFIG, PolicyState(4))
     assert (d.desired, d.wanted) == (8, 25)
     assert d.reason.startswith("at the maximum of 8: the work asks for 25")
 
@@ -47,7 +47,7 @@ def test_throughput_term_clears_the_backlog_within_the_target() -> None:
         CONFIG,
         PolicyState(2),
     )
-    assert d.desired == 6
+    assert (d.wanted, d.desired) == (6, 4)  # at most doubled in one step
     assert "1.0 tasks/s per worker" in d.reason
 
 
@@ -86,7 +86,7 @@ def test_a_route_below_saturation_does_not_hold() -> None:
     d, _ = decide(
         demand(queued=50, running=8, workers=workers(2), routes=routes), CONFIG, PolicyState(2)
     )
-    assert d.desired == 8
+    assert d.desired == 4
 
 
 def test_a_saturated_route_still_lets_it_scale_down_after_the_cool_down() -> None:
@@ -94,7 +94,9 @@ def test_a_saturated_route_still_lets_it_scale_down_after_the_cool_down() -> Non
     state = PolicyState(4)
     d, state = decide(demand(running=1, workers=workers(4), routes=routes), CONFIG, state)
     assert d.desired == 4
-    d, state = decide(demand(at=1061.0, running=1, workers=workers(4), routes=routes), CONFIG, state)
+    d, state = decide(
+        demand(at=1061.0, running=1, workers=workers(4), routes=routes), CONFIG, state
+    )
     assert d.desired == 1
 
 
@@ -141,9 +143,7 @@ def test_steady() -> None:
     assert d.reason.startswith("steady at 2")
 
 
-@pytest.mark.parametrize(
-    ("text", "bounds"), [("1:8", (1, 8)), ("0:1", (0, 1)), ("3:3", (3, 3))]
-)
+@pytest.mark.parametrize(("text", "bounds"), [("1:8", (1, 8)), ("0:1", (0, 1)), ("3:3", (3, 3))])
 def test_parse_bounds(text: str, bounds: tuple[int, int]) -> None:
     assert parse_bounds(text) == bounds
 
@@ -157,3 +157,31 @@ def test_parse_bounds_refuses(text: str) -> None:
 def test_config_refuses_bad_bounds() -> None:
     with pytest.raises(ValueError):
         ScalingConfig(minimum=3, maximum=2)
+
+
+def test_scale_up_at_most_doubles_and_waits_for_workers_to_start_and_report() -> None:
+    d, s = decide(demand(queued=100), CONFIG, PolicyState(0))
+    assert d.desired == 1  # from none: one
+    d, s = decide(demand(queued=100), CONFIG, s)
+    assert d.desired == 1
+    assert d.reason.startswith("held at 1: waiting for 1 worker(s) to start and report")
+    quiet = (WorkerLoad("w0", 0, True, reported=False),)
+    d, s = decide(demand(queued=100, workers=quiet), CONFIG, s)
+    assert d.desired == 1
+    d, s = decide(demand(queued=100, workers=workers(1)), CONFIG, s)
+    assert d.desired == 2
+    d, s = decide(demand(queued=100, workers=workers(2)), CONFIG, s)
+    assert d.desired == 4
+
+
+def test_calls_queued_at_a_slowed_limiter_hold_scale_up() -> None:
+    routes = (RouteHeadroom("default", 0.7, waiting=12),)
+    d, _ = decide(
+        demand(queued=50, running=8, workers=workers(2), routes=routes), CONFIG, PolicyState(2)
+    )
+    assert d.reason == "held at 2: route default is at 70 % of its limit, 12 calls waiting"
+    idle = (RouteHeadroom("default", 0.3, waiting=1),)
+    d, _ = decide(
+        demand(queued=50, running=8, workers=workers(2), routes=idle), CONFIG, PolicyState(2)
+    )
+    assert d.desired == 4

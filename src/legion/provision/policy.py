@@ -24,13 +24,17 @@ Then, in this order:
 
 1. **Saturated routes hold it.** If a route's utilization (the larger of requests and
    tokens per minute over its limit, summed over every worker sharing it) is at or
-   above ``saturation`` (90 %), or a 429 pause is in force on it, more workers would only
-   add 429s: ``desired`` goes no higher than it is (or than the workers running, if
+   above ``saturation`` (90 %), or at half of that with calls queued at its limiter (a
+   limiter slowed below the limit by 429s), or a 429 pause is in force on it, more
+   workers would only add 429s: ``desired`` goes no higher than it is (or than the workers running, if
    more); it may still go down.
-2. **Scale-down waits for a cool-down.** A ``wanted`` below the current ``desired``
+2. **Scale-up is stepwise.** It waits until every worker asked for runs and has reported
+   its routes once (their headroom is unknown before), and at most doubles the workers
+   running (from none: one) per decision.
+3. **Scale-down waits for a cool-down.** A ``wanted`` below the current ``desired``
    takes effect only after it has stayed below for ``cooldown`` seconds; scale-up is
    immediate.
-3. **Bounds.** ``desired = min(max(wanted, minimum), maximum)``.
+4. **Bounds.** ``desired = min(max(wanted, minimum), maximum)``.
 
 The answer is a :class:`Decision`: ``desired``, ``running`` and one line that says why
 ("held at 2: route default is at 99 % of its limit").
@@ -49,6 +53,7 @@ class RouteHeadroom:
     route: str
     utilization: float | None  # used / limit, the larger of requests and tokens (None: no limit)
     paused: bool = False  # a 429 pause is in force on it
+    waiting: int = 0  # calls queued for their turn at the limiter, in every worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,7 @@ class WorkerLoad:
     id: str
     in_flight: int
     healthy: bool  # heartbeat fresh and not overloaded: it leases
+    reported: bool = True  # it has reported its routes' rates at least once
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +120,9 @@ def parse_bounds(value: str) -> tuple[int, int]:
             raise ValueError
         low, high = int(lo), int(hi)
     except ValueError:
-        raise ValueError(f"--autoscale takes MIN:MAX (two numbers, as 1:8), not {value!r}") from None
+        raise ValueError(
+            f"--autoscale takes MIN:MAX (two numbers, as 1:8), not {value!r}"
+        ) from None
     if low < 0:
         raise ValueError("--autoscale: MIN cannot be negative")
     if high < max(low, 1):
@@ -141,6 +149,19 @@ def decide(
     if saturated is not None and target > max(running, current):
         target = max(running, current)
         reason = f"held at {target}: {saturated}"
+
+    if target > current:
+        starting = current - running
+        quiet = sum(1 for w in demand.workers if not w.reported)
+        if starting > 0 or quiet > 0:
+            # The routes' headroom is known only once every worker asked for reports it.
+            target = current
+            reason = (
+                f"held at {current}: waiting for {max(starting, quiet)} worker(s) to start "
+                f"and report (the work asks for {wanted})"
+            )
+        elif target > max(1, 2 * running):
+            target = max(1, 2 * running)  # at most double per round
 
     low_since = state.low_since
     if target < current:
@@ -191,12 +212,19 @@ def _saturated(routes: tuple[RouteHeadroom, ...], saturation: float) -> str | No
     for route in routes:
         if route.paused:
             return f"route {route.route} is pausing after a 429"
-        if route.utilization is not None and route.utilization >= saturation:
-            if worst is None or (worst.utilization or 0) < route.utilization:
-                worst = route
+        if route.utilization is None:
+            continue
+        # Calls queue for their turn while the route runs near its limit: it is the
+        # bottleneck even where the limiter has slowed below the limit after 429s.
+        full = route.utilization >= saturation or (
+            route.waiting > 0 and route.utilization >= saturation / 2
+        )
+        if full and (worst is None or (worst.utilization or 0) < route.utilization):
+            worst = route
     if worst is None:
         return None
-    return f"route {worst.route} is at {100 * (worst.utilization or 0):.0f} % of its limit"
+    why = f"route {worst.route} is at {100 * (worst.utilization or 0):.0f} % of its limit"
+    return why + (f", {worst.waiting} calls waiting" if worst.waiting else "")
 
 
 def _plain(desired: int, current: int, wanted: int, why: str, config: ScalingConfig) -> str:

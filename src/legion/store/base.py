@@ -101,6 +101,29 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """The tasks ready to run now, and when the oldest of them was submitted."""
+
+    ready: int
+    oldest_created_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalerInfo:
+    """An autoscaling supervisor's latest decision (see :mod:`legion.provision`)."""
+
+    id: str
+    host: str
+    pid: int
+    at: float
+    desired: int
+    running: int
+    minimum: int
+    maximum: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Extended:
     """A heartbeat's answer: of the leases a worker runs, those it still holds (now
     extended, or locked by a write in flight) and those whose cancellation was asked."""
@@ -309,6 +332,20 @@ class Store(Protocol):
     async def remove_worker(self, worker_id: str) -> None: ...
 
     async def workers(self) -> list[WorkerInfo]: ...
+
+    # -- provisioning ------------------------------------------------------------------
+
+    async def backlog(self, now: float) -> Backlog:
+        """The queued tasks ready at ``now`` (not waiting out a backoff) and the oldest
+        one's submission time."""
+
+    async def publish_autoscaler(self, info: AutoscalerInfo) -> None:
+        """Insert or refresh an autoscaling supervisor's decision."""
+
+    async def remove_autoscaler(self, autoscaler_id: str) -> None: ...
+
+    async def autoscalers(self, since: float) -> list[AutoscalerInfo]:
+        """The supervisors that published at or after ``since``."""
 
     # -- HTTP API (legion serve) -------------------------------------------------------
 

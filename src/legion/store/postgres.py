@@ -42,6 +42,7 @@ several legion stores in one database.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -63,6 +64,8 @@ from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..task import Completion, ErrorInfo, Lease, NewTask, Outcome, Submitted, TaskInfo, TaskStatus
 from .base import (
     ApiKey,
+    AutoscalerInfo,
+    Backlog,
     CapacityClaims,
     DiagnosticRecord,
     Event,
@@ -700,6 +703,29 @@ class PostgresStore:
             WorkerInfo(i, h, p, s, hb, codec.loads(info), boot, ns, start)
             for i, h, p, s, hb, info, boot, ns, start in rows
         ]
+
+    # -- provisioning ------------------------------------------------------------------
+
+    async def backlog(self, now: float) -> Backlog:
+        async with self._cursor() as cur:
+            await cur.execute(Q["backlog"], {"now": now})
+            row = await cur.fetchone()
+        assert row is not None
+        return Backlog(int(row[0]), row[1])
+
+    async def publish_autoscaler(self, info: AutoscalerInfo) -> None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["upsert_autoscaler"], dataclasses.asdict(info))
+
+    async def remove_autoscaler(self, autoscaler_id: str) -> None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["delete_autoscaler"], {"id": autoscaler_id})
+
+    async def autoscalers(self, since: float) -> list[AutoscalerInfo]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["autoscalers"], {"since": since})
+            rows = await cur.fetchall()
+        return [AutoscalerInfo(*row) for row in rows]
 
     # -- waiting for work --------------------------------------------------------------
 

@@ -16,6 +16,7 @@ locked, cannot be opened or fails to read or write as
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ from ..task import (
 )
 from .base import (
     ApiKey,
+    AutoscalerInfo,
+    Backlog,
     CapacityClaims,
     DiagnosticRecord,
     Event,
@@ -587,6 +590,30 @@ class SQLiteStore:
                 WorkerInfo(i, h, p, s, hb, codec.loads(info), boot, ns, start)
                 for i, h, p, s, hb, info, boot, ns, start in self._db.execute(Q["workers"])
             ]
+
+        return await self._call(run)
+
+    # -- provisioning ------------------------------------------------------------------
+
+    async def backlog(self, now: float) -> Backlog:
+        def run() -> Backlog:
+            n, oldest = self._db.execute(Q["backlog"], {"now": now}).fetchone()
+            return Backlog(int(n), oldest)
+
+        return await self._call(run)
+
+    async def publish_autoscaler(self, info: AutoscalerInfo) -> None:
+        params = dataclasses.asdict(info)
+        await self._call(self._transaction, lambda db: db.execute(Q["upsert_autoscaler"], params))
+
+    async def remove_autoscaler(self, autoscaler_id: str) -> None:
+        params = {"id": autoscaler_id}
+        await self._call(self._transaction, lambda db: db.execute(Q["delete_autoscaler"], params))
+
+    async def autoscalers(self, since: float) -> list[AutoscalerInfo]:
+        def run() -> list[AutoscalerInfo]:
+            rows = self._db.execute(Q["autoscalers"], {"since": since})
+            return [AutoscalerInfo(*row) for row in rows]
 
         return await self._call(run)
 

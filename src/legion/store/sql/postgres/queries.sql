@@ -430,3 +430,22 @@ WHERE (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)
   AND (%(agent)s::text IS NULL OR agent = %(agent)s)
   AND (%(kind)s::text IS NULL OR kind = %(kind)s)
 ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: backlog
+-- Tasks ready to run now and when the oldest of them was submitted (the scaling policy).
+SELECT count(*), min(created_at) FROM tasks WHERE status = 'queued' AND not_before <= %(now)s;
+
+-- name: upsert_autoscaler
+INSERT INTO autoscalers (id, host, pid, at, desired, running, minimum, maximum, reason)
+VALUES (%(id)s, %(host)s, %(pid)s, %(at)s, %(desired)s, %(running)s, %(minimum)s,
+        %(maximum)s, %(reason)s)
+ON CONFLICT (id) DO UPDATE SET at = excluded.at, desired = excluded.desired,
+    running = excluded.running, minimum = excluded.minimum, maximum = excluded.maximum,
+    reason = excluded.reason;
+
+-- name: delete_autoscaler
+DELETE FROM autoscalers WHERE id = %(id)s;
+
+-- name: autoscalers
+SELECT id, host, pid, at, desired, running, minimum, maximum, reason FROM autoscalers
+WHERE at >= %(since)s ORDER BY id;

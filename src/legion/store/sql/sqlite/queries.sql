@@ -255,3 +255,21 @@ SELECT task_id, attempt, agent, data FROM diagnostics
 WHERE (:task_id IS NULL OR task_id = :task_id) AND (:agent IS NULL OR agent = :agent)
   AND (:kind IS NULL OR kind = :kind)
 ORDER BY id DESC LIMIT :limit;
+
+-- name: backlog
+-- Tasks ready to run now and when the oldest of them was submitted (the scaling policy).
+SELECT count(*), min(created_at) FROM tasks WHERE status = 'queued' AND not_before <= :now;
+
+-- name: upsert_autoscaler
+INSERT INTO autoscalers (id, host, pid, at, desired, running, minimum, maximum, reason)
+VALUES (:id, :host, :pid, :at, :desired, :running, :minimum, :maximum, :reason)
+ON CONFLICT (id) DO UPDATE SET at = excluded.at, desired = excluded.desired,
+    running = excluded.running, minimum = excluded.minimum, maximum = excluded.maximum,
+    reason = excluded.reason;
+
+-- name: delete_autoscaler
+DELETE FROM autoscalers WHERE id = :id;
+
+-- name: autoscalers
+SELECT id, host, pid, at, desired, running, minimum, maximum, reason FROM autoscalers
+WHERE at >= :since ORDER BY id;
