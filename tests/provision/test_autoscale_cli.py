@@ -86,7 +86,7 @@ def test_backlog_scales_up_to_max_and_drained_work_scales_down_without_loss(
         assert sorted(len(v) for v in by_owner.values()) == [2, 2, 2]
         # Keep one task gated on each of two workers, let the rest finish: the work now
         # asks for one worker, so after the cool-down two stop, one of them holding a task.
-        a, b, c = by_owner.values()
+        a, b, _c = by_owner.values()
         keep = {a[0], b[0]}
         inputs = {tid: json.loads(inp) for tid, inp in rows(db, "SELECT id, input FROM tasks")}
         for tid, inp in inputs.items():

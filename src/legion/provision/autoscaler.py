@@ -19,6 +19,7 @@ kernel if the supervisor dies (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -94,10 +95,8 @@ class Autoscaler:
         finally:
             await self._drain_all()
             if store is not None:
-                try:
+                with contextlib.suppress(StoreError):
                     await store.remove_autoscaler(self.id)
-                except StoreError:
-                    pass
                 await store.aclose()
         return self._code
 
@@ -176,7 +175,8 @@ class Autoscaler:
         for proc in everyone.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        while any(proc.poll() is None for proc in everyone.values()):
+        # Popen has nothing to await: look every 50 ms (drains take seconds).
+        while any(proc.poll() is None for proc in everyone.values()):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for proc in everyone.values():
             if proc.returncode not in (0, None):
@@ -199,10 +199,8 @@ class Autoscaler:
         )
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            pass
 
 
 def demand_in_flight(demand: object) -> dict[int, int]:

@@ -26,8 +26,8 @@ Then, in this order:
    tokens per minute over its limit, summed over every worker sharing it) is at or
    above ``saturation`` (90 %), or at half of that with calls queued at its limiter (a
    limiter slowed below the limit by 429s), or a 429 pause is in force on it, more
-   workers would only add 429s: ``desired`` goes no higher than it is (or than the workers running, if
-   more); it may still go down.
+   workers would only add 429s: ``desired`` goes no higher than it is (or than the
+   workers running, if more); it may still go down.
 2. **Scale-up is stepwise.** It waits until every worker asked for runs and has reported
    its routes once (their headroom is unknown before), and at most doubles the workers
    running (from none: one) per decision.
