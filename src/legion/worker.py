@@ -39,7 +39,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import identity
@@ -89,6 +89,8 @@ class WorkerConfig:
     # of waiting calls would drain within this many seconds at the route's rate (Little's
     # law); ``concurrency`` stays the upper bound. ``None``: lease up to ``concurrency``.
     admission_horizon: float | None = 3.0
+    # The resources this worker offers: it leases only tasks whose needs they cover.
+    offer: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -302,11 +304,17 @@ class Worker:
                 leases: list[Lease] = []
                 if not self._instances:  # idle: first a task that must run alone, if any
                     leases = await self.store.lease(
-                        self.id, wants, 1, now + cfg.lease_seconds, now, isolated=True
+                        self.id,
+                        wants,
+                        1,
+                        now + cfg.lease_seconds,
+                        now,
+                        isolated=True,
+                        offer=cfg.offer,
                     )
                 if not leases:
                     leases = await self.store.lease(
-                        self.id, wants, wanted, now + cfg.lease_seconds, now
+                        self.id, wants, wanted, now + cfg.lease_seconds, now, offer=cfg.offer
                     )
                     isolated = False
                 else:
@@ -633,6 +641,7 @@ class Worker:
             "concurrency": self.config.concurrency,
             "routes": self._meter.report() if self._meter is not None else {},
             "metered": self._meter is None or self._meter.measured,
+            "offer": dict(self.config.offer),
         }
 
     def _open_breakers(self) -> list[str]:

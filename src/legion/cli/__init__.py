@@ -257,6 +257,15 @@ def worker(
             "no lease lost, no attempt charged). See docs/provisioning.md.",
         ),
     ] = None,
+    offer: Annotated[
+        str | None,
+        typer.Option(
+            metavar="RESOURCES",
+            help="Resources this worker offers, as name=amount pairs and tags "
+            "(memory_mb=4096,gpu): it leases only tasks of agents whose resources= it "
+            "covers. Default: none (only tasks that need nothing).",
+        ),
+    ] = None,
     cooldown: Annotated[
         float,
         typer.Option(
@@ -343,6 +352,12 @@ def worker(
             agents = [a.with_deadline(deadline) for a in agents]
     except LegionError as exc:
         raise _fail(str(exc)) from None
+    from ..provision.resources import parse_offer
+
+    try:
+        offered = parse_offer(offer) if offer is not None else {}
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     if autoscale is not None and not worker_process:
         if n is not None:
             raise _fail("--autoscale and --processes cannot be used together")
@@ -368,6 +383,7 @@ def worker(
         executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
         store_wait=store_wait,
         max_freezes=max_freezes,
+        offer=offered,
     )
     raise typer.Exit(_run(serve(opts, agents, stderr_console())))
 

@@ -221,13 +221,15 @@ class Store(Protocol):
         now: float,
         *,
         isolated: bool = False,
+        offer: Mapping[str, float] | None = None,
     ) -> list[Lease]:
         """Lease to ``owner`` up to ``wants[agent]`` ready tasks of each agent (in the
         mapping's order) and at most ``total`` in all, each with every step recorded for
         it so far. The lease lasts ``until - now`` seconds (on PostgreSQL, counted on the
         database's clock). ``isolated``: one task of those agents that must run alone
         (taken back from a worker that stopped while running it among others); the
-        ordinary call never leases those."""
+        ordinary call never leases those. ``offer``: the resources the worker offers; a
+        task whose ``needs`` it does not cover (every amount) is not leased to it."""
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
         """Commit a batch in one transaction; per completion, whether its lease still held.

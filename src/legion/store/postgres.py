@@ -348,6 +348,7 @@ class PostgresStore:
         now: float,
         *,
         isolated: bool = False,
+        offer: Mapping[str, float] | None = None,
     ) -> list[Lease]:
         """Lease per agent, in the mapping's order, with ``FOR UPDATE SKIP LOCKED``: several
         workers leasing at once take disjoint tasks without waiting for each other. The
@@ -356,6 +357,7 @@ class PostgresStore:
         if total <= 0 or not asks:
             return []
         seconds = float(until - now)
+        offered = codec.dumps(dict(offer or {})).decode()
         rows: list[TupleRow] = []
         # One transaction only for several agents' statements (the steps are read after
         # the lease committed: no step of these leases can be recorded before they are).
@@ -366,6 +368,7 @@ class PostgresStore:
                     "seconds": seconds,
                     "now": float(now),
                     "agents": [agent for agent, _ in asks],
+                    "offer": offered,
                 }
                 await cur.execute(Q["lease_isolated"], params)
                 rows.extend(await cur.fetchall())
@@ -379,6 +382,7 @@ class PostgresStore:
                     "now": float(now),
                     "agent": agent,
                     "limit": limit,
+                    "offer": offered,
                 }
                 await cur.execute(Q["lease"], params)
                 rows.extend(await cur.fetchall())
@@ -913,6 +917,7 @@ def _submit_params(
         "not_before": [float(t.not_before) for t, _, _ in tasks],
         "tenant": [t.tenant for t, _, _ in tasks],
         "input_hash": [h for _, _, h in tasks],
+        "needs": [t.needs for t, _, _ in tasks],
         "now": float(now),
     }
 

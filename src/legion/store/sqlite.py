@@ -230,6 +230,7 @@ class SQLiteStore:
                         now,
                         t.tenant,
                         h,
+                        t.needs,
                     )
                     for t, k, h in fresh
                 ],
@@ -262,23 +263,31 @@ class SQLiteStore:
         now: float,
         *,
         isolated: bool = False,
+        offer: Mapping[str, float] | None = None,
     ) -> list[Lease]:
         if total <= 0 or not any(n > 0 for n in wants.values()):
             return []
+        offered = codec.dumps(dict(offer or {})).decode()
         if isolated:
             return await self._call(
-                self._transaction, lambda db: self._lease_isolated(db, owner, wants, until, now)
+                self._transaction,
+                lambda db: self._lease_isolated(db, owner, wants, until, now, offered),
             )
         return await self._call(
-            self._transaction, lambda db: self._lease(db, owner, wants, total, until, now)
+            self._transaction, lambda db: self._lease(db, owner, wants, total, until, now, offered)
         )
 
     @staticmethod
     def _lease_isolated(
-        db: sqlite3.Connection, owner: str, wants: Mapping[str, int], until: float, now: float
+        db: sqlite3.Connection,
+        owner: str,
+        wants: Mapping[str, int],
+        until: float,
+        now: float,
+        offer: str,
     ) -> list[Lease]:
         agents = codec.dumps([a for a, n in wants.items() if n > 0]).decode()
-        params = {"owner": owner, "until": until, "now": now, "agents": agents}
+        params = {"owner": owner, "until": until, "now": now, "agents": agents, "offer": offer}
         return _with_steps(db, db.execute(Q["lease_isolated"], params).fetchall())
 
     @staticmethod
@@ -289,6 +298,7 @@ class SQLiteStore:
         total: int,
         until: float,
         now: float,
+        offer: str,
     ) -> list[Lease]:
         rows: list[Any] = []
         sql = Q["lease"]
@@ -296,7 +306,14 @@ class SQLiteStore:
             limit = min(want, total - len(rows))
             if limit <= 0:
                 continue
-            params = {"owner": owner, "until": until, "now": now, "agent": agent, "limit": limit}
+            params = {
+                "owner": owner,
+                "until": until,
+                "now": now,
+                "agent": agent,
+                "limit": limit,
+                "offer": offer,
+            }
             rows.extend(db.execute(sql, params).fetchall())
         return _with_steps(db, rows)
 

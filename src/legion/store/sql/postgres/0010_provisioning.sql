@@ -12,3 +12,8 @@ CREATE TABLE autoscalers (
     maximum  integer NOT NULL,
     reason   text NOT NULL
 );
+
+-- `tasks.needs`: what an instance of the task needs, as a JSON object of resource name to
+-- amount (a tag such as "gpu" is 1); NULL: nothing. A worker leases the task only if it
+-- offers at least every amount (see legion.provision.resources).
+ALTER TABLE tasks ADD COLUMN needs jsonb;

@@ -12,3 +12,8 @@ CREATE TABLE autoscalers (
     maximum  INTEGER NOT NULL,
     reason   TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- `tasks.needs`: what an instance of the task needs, as a JSON object of resource name to
+-- amount (a tag such as "gpu" is 1); NULL: nothing. A worker leases the task only if it
+-- offers at least every amount (see legion.provision.resources).
+ALTER TABLE tasks ADD COLUMN needs TEXT;
