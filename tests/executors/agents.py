@@ -160,3 +160,9 @@ async def outlives_its_node(ctx: legion.Context, fifo: str) -> dict[str, Any]:
 async def declared(ctx: legion.Context, n: int) -> int:
     """Asks for the process executor itself."""
     return os.getpid()
+
+
+@legion.agent(resources={"widget": 1}, retries=0)
+async def needs_a_widget(ctx: legion.Context, n: int) -> str:
+    """Runs only where a widget is: says which node that was."""
+    return _node()

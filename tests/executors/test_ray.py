@@ -41,8 +41,8 @@ def cluster() -> Iterator[Cluster]:
     head = {"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
-        cluster.add_node(**NODE)
-        cluster.add_node(**NODE, resources={"widget": 1})  # placement by resources
+        for _ in range(2):
+            cluster.add_node(**NODE)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         yield cluster
@@ -162,19 +162,19 @@ def test_without_an_address_a_local_ray_instance_is_started(tmp_path: Path) -> N
     assert done.stdout.strip().splitlines()[-1] == "succeeded ['locallocal', 'LOCAL']"
 
 
-@legion.agent(resources={"widget": 1})
-async def needs_a_widget(ctx: legion.Context, x: int) -> str:
-    return str(ray.get_runtime_context().get_node_id())
-
-
 async def test_an_agents_resources_place_its_instances_on_a_node_that_has_them(
     cluster: Cluster, db_url: str
 ) -> None:
-    widget = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("widget")]
+    node = cluster.add_node(**NODE, resources={"widget": 1})
+    cluster.wait_for_nodes()
+    widget = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("widget")}
+    try:
+        async with Runtime(
+            db_url, executors={"ray": RayExecutor()}, executor="ray", offer={"widget": 1}
+        ) as rt:
+            results = await run(rt, agents.needs_a_widget, *range(6))
+    finally:
+        cluster.remove_node(node)
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 6, [r.error for r in results]
     assert len(widget) == 1
-    async with Runtime(
-        db_url, executors={"ray": RayExecutor()}, executor="ray", offer={"widget": 1}
-    ) as rt:
-        results = await run(rt, needs_a_widget, 1, 2, 3)
-    assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 3
-    assert {r.output for r in results} == set(widget)
+    assert {r.output for r in results} == widget

@@ -84,6 +84,7 @@ class RayExecutor:
         self._by_agent: dict[str, Any] = {}  # Ray tasks asking for an agent's resources
         self._owns_ray = False
         self._remote: Any = None
+        self._function: Any = None
         self._bridge: Any = None
         self._bridge_name = f"legion-bridge-{uuid.uuid4().hex}"
         self._pump: asyncio.Task[None] | None = None
@@ -105,7 +106,8 @@ class RayExecutor:
             address = "local" if self.address is None else self.address
             await asyncio.to_thread(ray.init, address=address, **self._init_options)
             self._owns_ray = True
-        self._remote = ray.remote(_run_instance).options(
+        self._function = ray.remote(_run_instance)
+        self._remote = self._function.options(
             max_retries=0,  # a lost instance is retried by legion's policy, not Ray's
             retry_exceptions=False,
             num_cpus=self.num_cpus,
@@ -170,7 +172,9 @@ class RayExecutor:
         if remote is None:
             needs = dict(agent.options.resources)
             options = ray_options(needs, num_cpus=self.num_cpus, resources=self.resources)
-            remote = self._by_agent[agent.name] = self._remote.options(**options)
+            remote = self._by_agent[agent.name] = self._function.options(
+                max_retries=0, retry_exceptions=False, **options
+            )
         return remote
 
     async def aclose(self) -> None:
