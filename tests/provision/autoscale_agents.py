@@ -27,3 +27,14 @@ async def chatty(ctx: legion.Context, input: dict[str, Any]) -> int:
     for n in range(int(input.get("calls", 50))):
         await ctx.llm.chat([{"role": "user", "content": f"{input['i']} {n}"}], max_tokens=4)
     return int(input["i"])
+
+
+@legion.agent(resources=["gpu"])
+async def on_gpu(ctx: legion.Context, input: dict[str, Any]) -> int:
+    """Needs a worker that offers a gpu; says which process ran it."""
+    return os.getpid()
+
+
+@legion.agent
+async def anywhere(ctx: legion.Context, input: dict[str, Any]) -> int:
+    return os.getpid()

@@ -156,3 +156,20 @@ def test_a_route_at_its_limit_gets_no_more_workers(tmp_path: Path) -> None:
         sim.communicate(timeout=30)
     assert "desired 2" not in err, err
     assert "held at 1: route" in err
+
+
+def test_bad_options_are_refused_clearly(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    base = ("worker", "--app", str(AGENTS), "--store", url)
+    bad = legion(*base, "--autoscale", "4:2")
+    assert bad.returncode == 2 and "MAX must be at least 1 and at least MIN" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    bad = legion(*base, "--autoscale", "three")
+    assert bad.returncode == 2 and "--autoscale takes MIN:MAX" in bad.stderr
+    bad = legion(*base, "--autoscale", "1:2", "--processes", "2")
+    assert bad.returncode == 2 and "cannot be used together" in bad.stderr
+    bad = legion(*base, "--offer", "memory_mb=lots")
+    assert bad.returncode == 2 and "--offer" in bad.stderr
+    bad = legion("worker", "--app", str(AGENTS), "--store", "mysql://x/y", "--autoscale", "1:2")
+    assert bad.returncode == 2 and "unknown store URL" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -365,7 +365,7 @@ def worker(
 
         try:
             code = run_autoscaler(sys.argv[2:], autoscale, cooldown, store, concurrency)
-        except ValueError as exc:
+        except (ValueError, LegionError) as exc:
             raise _fail(str(exc)) from None
         raise typer.Exit(code)
     if n is not None:

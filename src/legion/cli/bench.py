@@ -342,8 +342,8 @@ def register(app: typer.Typer) -> None:
         out: OutOpt = DEFAULT_OUT,
         plots: PlotsOpt = True,
     ) -> None:
-        """Every scenario at its default size, one after the other (about 15 minutes)."""
-        from ..bench import capacity, concurrency, overhead, scale_out, sequential
+        """Every scenario at its default size, one after the other (about 17 minutes)."""
+        from ..bench import autoscale, capacity, concurrency, overhead, scale_out, sequential
 
         makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
             lambda say: overhead.run(overhead.OverheadOptions(postgres=postgres), progress=say),
@@ -351,6 +351,7 @@ def register(app: typer.Typer) -> None:
             lambda say: concurrency.run(progress=say),
             lambda say: sequential.run(progress=say),
             lambda say: scale_out.run(scale_out.ScaleOutOptions(postgres=postgres), progress=say),
+            lambda say: autoscale.run(progress=say),
         ]
         for make in makers:
             _finish(_run_scenario(make), out, plots)

@@ -35,7 +35,7 @@ from ..errors import StoreError
 from ..store import Store, store_from_url
 from ..store.base import AutoscalerInfo
 from .board import Board
-from .policy import Decision, PolicyState, ScalingConfig, decide, parse_bounds
+from .policy import Decision, Demand, PolicyState, ScalingConfig, decide, parse_bounds
 
 STRIPPED = ("--autoscale", "--cooldown", "--processes")  # supervisor-only options
 
@@ -203,10 +203,10 @@ class Autoscaler:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
 
-def demand_in_flight(demand: object) -> dict[int, int]:
+def demand_in_flight(demand: Demand) -> dict[int, int]:
     """In-flight tasks per worker pid (``host:pid:nonce`` ids), for choosing whom to stop."""
     out: dict[int, int] = {}
-    for w in getattr(demand, "workers", ()):
+    for w in demand.workers:
         parts = w.id.split(":")
         if len(parts) >= 3 and parts[-2].isdigit():
             out[int(parts[-2])] = w.in_flight

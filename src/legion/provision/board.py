@@ -10,6 +10,7 @@ the route's limit.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -117,6 +118,7 @@ def route_headroom(loads: Iterable[Any]) -> list[RouteHeadroom]:
 
 
 def _local(worker: WorkerInfo) -> bool:
-    import socket
+    return worker.host == _HOST
 
-    return worker.host == socket.gethostname()
+
+_HOST = socket.gethostname()
