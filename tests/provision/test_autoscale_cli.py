@@ -24,12 +24,14 @@ from tests.acceptance.conftest import legion, start_legion, start_sim, wait_for
 AGENTS = Path(__file__).with_name("autoscale_agents.py")
 
 
-def submit(url: str, agent: str, inputs: list[dict[str, Any]]) -> None:
+def submit(url: str, agent: str, inputs: list[dict[str, Any]], needs: str | None = None) -> None:
     async def go() -> None:
         store = store_from_url(url)
         await store.open()
         try:
-            tasks = [NewTask(agent, codec.dumps(i), None, max_attempts=3) for i in inputs]
+            tasks = [
+                NewTask(agent, codec.dumps(i), None, max_attempts=3, needs=needs) for i in inputs
+            ]
             await store.submit(tasks, time.time())
         finally:
             await store.aclose()

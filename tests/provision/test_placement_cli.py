@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tests.acceptance.conftest import start_legion, wait_for
 
+from .autoscale_agents import on_gpu
 from .test_autoscale_cli import AGENTS, submit
 
 
@@ -17,6 +18,7 @@ def test_only_a_worker_offering_what_a_task_needs_leases_it(tmp_path: Path) -> N
     db = tmp_path / "store.db"
     url = f"sqlite:///{db}"
     base = ("worker", "--app", str(AGENTS), "--store", url, "--concurrency", "2")
+    submit(url, "anywhere", [])  # creates the store
     plain = start_legion(*base)
     gpu = start_legion(*base, "--offer", "gpu,memory_mb=1024")
     try:
@@ -25,7 +27,7 @@ def test_only_a_worker_offering_what_a_task_needs_leases_it(tmp_path: Path) -> N
             timeout=120,
             what="both workers registered",
         )
-        submit(url, "on_gpu", [{"i": i} for i in range(20)])
+        submit(url, "on_gpu", [{"i": i} for i in range(20)], needs=on_gpu.needs)
         submit(url, "anywhere", [{"i": i} for i in range(20)])
         wait_for(
             lambda: _one(db, "SELECT count(*) FROM tasks WHERE status = 'succeeded'") == 40,
