@@ -13,7 +13,7 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 
 from . import codec
 from .errors import ConfigError, InputError
+from .resources import encode, normalize
 from .retry import RetryPolicy
 
 AgentFn = Callable[..., Awaitable[Any]]
@@ -40,6 +41,7 @@ class AgentOptions:
     concurrency: int | None
     executor: str
     deadline: float | None = None
+    resources: tuple[tuple[str, float], ...] = ()  # what one instance needs (placement)
 
 
 class Agent:
@@ -75,6 +77,11 @@ class Agent:
     @property
     def name(self) -> str:
         return self.options.name
+
+    @functools.cached_property
+    def needs(self) -> str | None:
+        """What one instance needs, as the store keeps it (None: nothing)."""
+        return encode(dict(self.options.resources))
 
     @functools.cached_property
     def ref(self) -> str:
@@ -220,6 +227,7 @@ def agent(
     input: type[BaseModel] | None = None,
     output: Any = None,
     deadline: float | None = None,
+    resources: Mapping[str, float] | Iterable[str] | None = None,
 ) -> Callable[[AgentFn], Agent]: ...
 
 
@@ -238,6 +246,7 @@ def agent(
     input: type[BaseModel] | None = None,
     output: Any = None,
     deadline: float | None = None,
+    resources: Mapping[str, float] | Iterable[str] | None = None,
 ) -> Agent | Callable[[AgentFn], Agent]:
     """Make ``async def f(ctx, ...)`` an agent.
 
@@ -251,6 +260,9 @@ def agent(
     - ``concurrency``: most instances of this agent running at once in one worker.
     - ``input``: a pydantic model for the single parameter (else its annotation is used).
     - ``output``: a type the result is validated against before it is stored.
+    - ``resources``: what one instance needs, as ``{"memory_mb": 512}`` or tags
+      (``["gpu"]``); only workers that offer it (``legion worker --offer``) lease its
+      tasks, and the Ray executor asks Ray for it (see :mod:`legion.resources`).
     """
     if timeout is not None and timeout <= 0:
         raise ConfigError("timeout must be > 0 seconds, or None")
@@ -261,6 +273,10 @@ def agent(
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     policy = retry or RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
+    try:
+        needs = tuple(normalize(resources).items())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
     def wrap(f: AgentFn) -> Agent:
         options = AgentOptions(
@@ -270,6 +286,7 @@ def agent(
             concurrency=concurrency,
             executor=executor,
             deadline=deadline,
+            resources=needs,
         )
         return Agent(f, options, input_model=input, output_model=output)
 

@@ -89,6 +89,7 @@ class NewTask:
     max_attempts: int = 4
     not_before: float = 0.0
     tenant: str = "default"  # whose task it is; idempotency keys are unique per tenant
+    needs: str | None = None  # what an instance needs, as JSON (legion.resources)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,15 @@ def test_bench_overhead_writes_its_results(tmp_path: Path) -> None:
 def test_bench_lists_every_scenario() -> None:
     done = legion("bench", "--help")
     assert done.returncode == 0
-    for name in ("overhead", "capacity", "concurrency", "sequential-vs-scaled", "scale-out"):
+    names = (
+        "overhead",
+        "capacity",
+        "concurrency",
+        "sequential-vs-scaled",
+        "scale-out",
+        "autoscale",
+    )
+    for name in names:
         assert name in done.stdout
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from legion.bench import capacity, concurrency, overhead, scale_out
+from legion.bench import autoscale, capacity, concurrency, overhead, scale_out
 from legion.bench.capacity_scenarios import ScenarioOptions, run_scenarios
 from legion.bench.results import BenchResult, write_result
 from legion.demo import sequential
@@ -107,6 +107,20 @@ async def test_scale_out(tmp_path: Path, postgres_server: str) -> None:
         "PostgreSQL, 2 worker processes",
     ]
     assert data["speedup_2_vs_1"] is not None
+
+
+async def test_autoscale(tmp_path: Path) -> None:
+    opts = autoscale.AutoscaleOptions(tasks=20, calls=1, rpm=6000, latency=0.05, maximum=2)
+    data = check_written(await autoscale.run(opts, workdir=tmp_path), tmp_path)
+    runs = data["runs"]
+    assert isinstance(runs, dict)
+    assert list(runs) == ["fixed pool of 2", "autoscaled 1:2"]
+    for run in runs.values():
+        assert run["makespan"] > 0 and run["worker_seconds"] > 0 and run["series"]
+        assert run["requests"] >= 20
+    assert runs["fixed pool of 2"]["peak_workers"] == 2
+    assert 1 <= runs["autoscaled 1:2"]["peak_workers"] <= 2
+    assert data["makespan_ratio"] is not None
 
 
 def test_postgres_url_is_the_test_server() -> None:

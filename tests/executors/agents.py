@@ -215,3 +215,9 @@ async def waits(ctx: legion.Context, n: int) -> Any:
 @legion.agent(retries=0)
 async def doubled(ctx: legion.Context, i: int) -> dict[str, int]:
     return {"i": 2 * i}
+
+
+@legion.agent(resources={"widget": 1}, retries=0)
+async def needs_a_widget(ctx: legion.Context, n: int) -> str:
+    """Runs only where a widget is: says which node that was."""
+    return _node()

@@ -160,3 +160,21 @@ def test_without_an_address_a_local_ray_instance_is_started(tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "succeeded ['locallocal', 'LOCAL']"
+
+
+async def test_an_agents_resources_place_its_instances_on_a_node_that_has_them(
+    cluster: Cluster, db_url: str
+) -> None:
+    node = cluster.add_node(**NODE, resources={"widget": 1})
+    cluster.wait_for_nodes()
+    widget = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("widget")}
+    try:
+        async with Runtime(
+            db_url, executors={"ray": RayExecutor()}, executor="ray", offer={"widget": 1}
+        ) as rt:
+            results = await run(rt, agents.needs_a_widget, *range(6))
+    finally:
+        cluster.remove_node(node)
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 6, [r.error for r in results]
+    assert len(widget) == 1
+    assert {r.output for r in results} == widget

@@ -138,8 +138,11 @@ class AnswerLost(SQLiteStore):
         now: float,
         *,
         isolated: bool = False,
+        offer: Mapping[str, float] | None = None,
     ) -> list[Lease]:
-        leases = await super().lease(owner, wants, total, until, now, isolated=isolated)
+        leases = await super().lease(
+            owner, wants, total, until, now, isolated=isolated, offer=offer
+        )
         if self.lose == "lease" and leases:
             self.lose = ""
             raise StoreError("the connection was lost before the answer came")

@@ -152,3 +152,24 @@ async def test_an_open_breaker_shows_in_metrics_and_statistics(
     assert m("legion_llm_breaker_state", **route) == 1
     assert stats["routes"][0]["breaker"] == "open"
     assert llm.statistics().routes["main"].breaker.state is BreakerState.OPEN  # type: ignore[union-attr]
+
+
+async def test_workers_desired_follows_the_backlog(
+    start_api: StartApi, tmp_path: Path, gate: object
+) -> None:
+    api = await start_api(f"sqlite:///{tmp_path / 'd.db'}")
+    await api.server.state.monitor.sample()
+    async with api.http.get(api.url + "/metrics", headers=api.auth()) as resp:
+        assert Samples(await resp.text())("legion_workers_desired") == 1  # the one running
+    tasks = [{"agent": "held", "input": i} for i in range(500)]
+    status, _ = await api.call("POST", "/v1/tasks:batch", body={"tasks": tasks})
+    assert status in (200, 201)
+    await api.server.state.monitor.sample()
+    async with api.http.get(api.url + "/metrics", headers=api.auth()) as resp:
+        m = Samples(await resp.text())
+    # 500 tasks, 200 slots a worker: 3 wanted, at most doubled in one step from 1.
+    assert m("legion_workers_desired") == 2
+    status, stats = await api.call("GET", "/v1/statistics")
+    assert status == 200
+    assert stats["scaling"]["desired"] == 2 and stats["scaling"]["running"] == 1
+    assert stats["scaling"]["reason"].startswith("scaling up to 2 (")

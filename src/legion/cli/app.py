@@ -170,6 +170,31 @@ def worker(
             "per core. Default: this process is the one worker.",
         ),
     ] = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MIN:MAX",
+            help="Run between MIN and MAX worker processes here, as many as the work asks "
+            "for: more while a backlog builds, none added while an LLM route is at its "
+            "limit, fewer after --cooldown seconds of less work (a stopped worker drains: "
+            "no lease lost, no attempt charged). See docs/provisioning.md.",
+        ),
+    ] = None,
+    offer: Annotated[
+        str | None,
+        typer.Option(
+            metavar="RESOURCES",
+            help="Resources this worker offers, as name=amount pairs and tags "
+            "(memory_mb=4096,gpu): it leases only tasks of agents whose resources= it "
+            "covers. Default: none (only tasks that need nothing).",
+        ),
+    ] = None,
+    cooldown: Annotated[
+        float,
+        typer.Option(
+            min=0, help="With --autoscale: seconds of less work before workers are stopped."
+        ),
+    ] = 60.0,
     lease_seconds: Annotated[
         float, typer.Option(min=0.1, help="Lease length; a dead worker's tasks return after it.")
     ] = 30.0,
@@ -253,6 +278,22 @@ def worker(
             agents = [a.with_deadline(deadline) for a in agents]
     except LegionError as exc:
         raise _fail(str(exc)) from None
+    from ..resources import parse_offer
+
+    try:
+        offered = parse_offer(offer) if offer is not None else {}
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if autoscale is not None and not worker_process:
+        if n is not None:
+            raise _fail("--autoscale and --processes cannot be used together")
+        from ..provision.autoscaler import run_autoscaler
+
+        try:
+            code = run_autoscaler(sys.argv[2:], autoscale, cooldown, store, concurrency)
+        except (ValueError, LegionError) as exc:
+            raise _fail(str(exc)) from None
+        raise typer.Exit(code)
     if n is not None:
         raise typer.Exit(supervise(child_argv(sys.argv[2:]), n, stderr_console()))
     opts = WorkerOptions(
@@ -269,6 +310,7 @@ def worker(
         store_wait=store_wait,
         max_freezes=max_freezes,
         budget=_budget(max_cost, max_tokens, max_calls),
+        offer=offered,
     )
     raise typer.Exit(_run(serve(opts, agents, stderr_console())))
 

@@ -285,6 +285,46 @@ def register(app: typer.Typer) -> None:
         )
         _finish(_run_scenario(lambda say: scale_out.run(opts, progress=say)), out, plots)
 
+    @bench.command("autoscale")
+    def autoscale_cmd(
+        tasks: Annotated[int, typer.Option(min=1, help="Tasks in the burst.")] = 300,
+        calls: Annotated[int, typer.Option(min=1, help="Chat calls per task, in a row.")] = 3,
+        rpm: Annotated[int, typer.Option(min=1, help="The simulator's request limit.")] = 1200,
+        latency: Annotated[
+            float, typer.Option(min=0, help="Seconds per simulated completion.")
+        ] = 0.3,
+        autoscale: Annotated[
+            str, typer.Option(metavar="MIN:MAX", help="Bounds; the fixed pool runs MAX.")
+        ] = "1:4",
+        concurrency: Annotated[int, typer.Option(min=1, help="Instances per worker.")] = 4,
+        cooldown: Annotated[
+            float, typer.Option(min=0, help="The autoscaler's --cooldown (seconds).")
+        ] = 5.0,
+        out: OutOpt = DEFAULT_OUT,
+        plots: PlotsOpt = True,
+    ) -> None:
+        """A burst against a rate-limited simulator: `legion worker --autoscale MIN:MAX`
+        next to a fixed pool of MAX workers (makespan, worker-seconds, 429s, workers and
+        throughput over time)."""
+        from ..bench import autoscale as scenario
+        from ..provision.policy import parse_bounds
+
+        try:
+            low, high = parse_bounds(autoscale)
+            opts = scenario.AutoscaleOptions(
+                tasks=tasks,
+                calls=calls,
+                rpm=rpm,
+                latency=latency,
+                minimum=low,
+                maximum=high,
+                concurrency=concurrency,
+                cooldown=cooldown,
+            )
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+        _finish(_run_scenario(lambda say: scenario.run(opts, progress=say)), out, plots)
+
     @bench.command("vectors")
     def vectors_cmd(
         vectors: Annotated[int, typer.Option(min=100, help="Vectors to insert.")] = 10_000,
@@ -317,8 +357,8 @@ def register(app: typer.Typer) -> None:
         out: OutOpt = DEFAULT_OUT,
         plots: PlotsOpt = True,
     ) -> None:
-        """Every scenario at its default size, one after the other (about 15 minutes)."""
-        from ..bench import capacity, concurrency, overhead, scale_out
+        """Every scenario at its default size, one after the other (about 17 minutes)."""
+        from ..bench import autoscale, capacity, concurrency, overhead, scale_out
         from ..demo import sequential
 
         makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
@@ -327,6 +367,7 @@ def register(app: typer.Typer) -> None:
             lambda say: concurrency.run(progress=say),
             lambda say: sequential.run(progress=say),
             lambda say: scale_out.run(scale_out.ScaleOutOptions(postgres=postgres), progress=say),
+            lambda say: autoscale.run(progress=say),
         ]
         for make in makers:
             _finish(_run_scenario(make), out, plots)

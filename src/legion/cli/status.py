@@ -17,6 +17,8 @@ from ..diagnostics.summary import summarize
 from ..store import Store, store_from_url
 from ..task import TaskStatus
 
+AUTOSCALER_FRESH = 30.0  # seconds: an autoscaler that published longer ago has stopped
+
 
 @asynccontextmanager
 async def opened(url: str) -> AsyncIterator[Store]:
@@ -34,6 +36,7 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
         by_agent = await store.counts_by_agent()
         recent = await store.recent_errors(errors)
         workers = await store.workers()
+        scalers = await store.autoscalers(await store.now() - AUTOSCALER_FRESH)
         found = await store.diagnostics(limit=5000) if advice else []
     groups = summarize(Diagnostic.from_json(codec.loads(d.data)) for d in found)
     now = time.time()
@@ -51,6 +54,19 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
                     **w.load,
                 }
                 for w in workers
+            ],
+            "autoscalers": [
+                {
+                    "id": a.id,
+                    "host": a.host,
+                    "pid": a.pid,
+                    "desired": a.desired,
+                    "running": a.running,
+                    "minimum": a.minimum,
+                    "maximum": a.maximum,
+                    "reason": a.reason,
+                }
+                for a in scalers
             ],
             "errors": [
                 {
@@ -111,6 +127,12 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
         console.print(wt)
     else:
         console.print("no live workers")
+
+    for a in scalers:
+        console.print(
+            f"autoscaler {a.host} pid {a.pid} ({a.minimum}:{a.maximum}): desired {a.desired}, "
+            f"running {a.running}; {a.reason}"
+        )
 
     if recent:
         et = Table(title="latest errors")

@@ -71,6 +71,7 @@ class WorkerOptions:
     store_wait: float = 300.0  # seconds to wait for an unavailable store at start
     max_freezes: int = 3  # a task that freezes the event loop this often is dead
     budget: BudgetLimits = field(default_factory=BudgetLimits)  # this process's LLM spend
+    offer: dict[str, float] = field(default_factory=dict)  # resources offered (placement)
 
 
 def load_agents(apps: tuple[str, ...]) -> list[Agent]:
@@ -159,6 +160,7 @@ async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console
             llm=llm,
             max_loop_lag=opts.max_loop_lag,
             max_memory_mb=opts.max_memory_mb,
+            offer=opts.offer,
             strict=opts.strict,
             executors=opts.executors.build(),
             executor=opts.executors.executor,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .. import attempt
 from ..errors import ConfigError
 from ..extras import install_hint
+from ..resources import ray_options
 from . import protocol as p
 from .errors import InstanceLost, ProtocolError
 from .host import ContextHost, invocation
@@ -53,7 +54,9 @@ class RayExecutor:
     private local Ray instance; ``"auto"``: the cluster this machine belongs to;
     ``"ray://host:10001"``: through Ray Client).
 
-    - ``num_cpus`` and ``resources``: what each instance asks Ray's scheduler for.
+    - ``num_cpus`` and ``resources``: what each instance asks Ray's scheduler for; an
+      agent's own ``resources=`` add to them (``gpu``: GPUs, ``memory_mb``: memory,
+      ``cpu``: CPUs in place of ``num_cpus``), so Ray's autoscaler sees the demand.
     - ``init_options``: more keyword arguments for ``ray.init``.
 
     When Ray is already initialized in this process, that connection is used as it is
@@ -78,8 +81,10 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.resources = dict(resources or {})
         self._init_options = dict(init_options or {})
+        self._by_agent: dict[str, Any] = {}  # Ray tasks asking for an agent's resources
         self._owns_ray = False
         self._remote: Any = None
+        self._function: Any = None
         self._bridge: Any = None
         self._bridge_name = f"legion-bridge-{uuid.uuid4().hex}"
         self._pump: asyncio.Task[None] | None = None
@@ -101,7 +106,8 @@ class RayExecutor:
             address = "local" if self.address is None else self.address
             await asyncio.to_thread(ray.init, address=address, **self._init_options)
             self._owns_ray = True
-        self._remote = ray.remote(_run_instance).options(
+        self._function = ray.remote(_run_instance)
+        self._remote = self._function.options(
             max_retries=0,  # a lost instance is retried by legion's policy, not Ray's
             retry_exceptions=False,
             num_cpus=self.num_cpus,
@@ -136,7 +142,7 @@ class RayExecutor:
         scheduling = contextlib.ExitStack()
         scheduling.enter_context(attempt.waiting("Ray to schedule the instance"))
         host.on_started = scheduling.close
-        ref = self._remote.remote(self._bridge_name, call_id, request)
+        ref = self._for(agent).remote(self._bridge_name, call_id, request)
         try:
             outcome: p.Outcome = await ref
         except ray.exceptions.RayTaskError as exc:  # legion's side of the task failed there
@@ -157,6 +163,19 @@ class RayExecutor:
             del self._hosts[call_id]
             await host.aclose()  # answers what it was still serving: the bridge holds nothing
         return p.outcome_value(outcome)
+
+    def _for(self, agent: Agent) -> Any:
+        """The Ray task of ``agent``'s instances: asking for the agent's resources."""
+        if not agent.options.resources:
+            return self._remote
+        remote = self._by_agent.get(agent.name)
+        if remote is None:
+            needs = dict(agent.options.resources)
+            options = ray_options(needs, num_cpus=self.num_cpus, resources=self.resources)
+            remote = self._by_agent[agent.name] = self._function.options(
+                max_retries=0, retry_exceptions=False, **options
+            )
+        return remote
 
     async def aclose(self) -> None:
         """Stop serving the bridge and remove it; shut Ray down if this executor started it."""

@@ -84,6 +84,7 @@ class Runtime:
         max_memory_mb: float | None = None,
         strict: bool = False,
         watchdog: bool = True,
+        offer: Mapping[str, float] | None = None,
     ) -> None:
         from ..llm.client import LLMClient
         from ..llm.specs import config_from_specs
@@ -112,6 +113,7 @@ class Runtime:
             max_memory_mb=max_memory_mb,
             strict=strict,
             watchdog=watchdog,
+            offer=dict(offer or {}),
         )
         self._want_worker = worker
         self._seed = seed
@@ -259,7 +261,16 @@ class Runtime:
             raise ConfigError("keys, sessions and priorities must have one entry per input")
         attempts = agent.options.retry.max_attempts
         tasks = [
-            NewTask(agent.name, codec.dumps(i), k, s, p, attempts, tenant=tenant)
+            NewTask(
+                agent.name,
+                codec.dumps(i),
+                k,
+                s,
+                p,
+                attempts,
+                tenant=tenant,
+                needs=agent.needs,
+            )
             for i, k, s, p in zip(inputs, key_list, session_list, priority_list, strict=True)
         ]
         return await self.submit_tasks(tasks)

@@ -39,7 +39,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import identity
@@ -56,6 +56,7 @@ from ..store.types import WorkerInfo
 from ..task import Lease, Outcome, TaskInfo
 from ..waiting import schedules
 from .freeze import FreezeGuard
+from .route_meter import RouteMeter
 from .runner import Instance, StopReason, run_instance
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class WorkerConfig:
     # of waiting calls would drain within this many seconds at the route's rate (Little's
     # law); ``concurrency`` stays the upper bound. ``None``: lease up to ``concurrency``.
     admission_horizon: float | None = 3.0
+    # The resources this worker offers: it leases only tasks whose needs they cover.
+    offer: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -135,6 +138,7 @@ class Worker:
             on_cancel=self._cancel_asked,
         )
         self._identity = identity.current()
+        self._meter = RouteMeter(llm) if llm is not None else None  # routes, per heartbeat
         # Leases: the last time (monotonic, when the call was sent) the store confirmed
         # them; a step waits for a fresh confirmation when it is older than _step_grace.
         self._heartbeat_every = min(self.config.lease_seconds / 3, 5.0)
@@ -308,11 +312,17 @@ class Worker:
                 leases: list[Lease] = []
                 if not self._instances:  # idle: first a task that must run alone, if any
                     leases = await self.store.lease(
-                        self.id, wants, 1, now + cfg.lease_seconds, now, isolated=True
+                        self.id,
+                        wants,
+                        1,
+                        now + cfg.lease_seconds,
+                        now,
+                        isolated=True,
+                        offer=cfg.offer,
                     )
                 if not leases:
                     leases = await self.store.lease(
-                        self.id, wants, wanted, now + cfg.lease_seconds, now
+                        self.id, wants, wanted, now + cfg.lease_seconds, now, offer=cfg.offer
                     )
                     isolated = False
                 else:
@@ -638,6 +648,10 @@ class Worker:
             "overloaded": self._overloaded,
             "agents": sorted(self._agents),
             "breakers_open": self._open_breakers(),
+            "concurrency": self.config.concurrency,
+            "routes": self._meter.report() if self._meter is not None else {},
+            "metered": self._meter is None or self._meter.measured,
+            "offer": dict(self.config.offer),
         }
 
     def _open_breakers(self) -> list[str]:

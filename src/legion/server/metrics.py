@@ -17,6 +17,7 @@ legion_task_retries_total            counter    attempts sent back to the queue,
 legion_tokens_total{type}            counter    LLM tokens of finished tasks (input, output)
 legion_cost_usd_total                counter    LLM cost of finished tasks
 legion_workers{health}               gauge      registered workers, healthy or stale
+legion_workers_desired               gauge      workers the work asks for (scaling policy)
 legion_llm_requests_total            counter    LLM calls started, per route
 legion_llm_rate_limited_total        counter    429 answers, per route
 legion_llm_tokens_total{type}        counter    tokens used, per route
@@ -132,6 +133,13 @@ class _SnapshotCollector(Collector):
         workers = GaugeMetricFamily(
             "legion_workers", "Registered workers, by heartbeat health.", labels=["health"]
         )
+        if s.scaling is not None:
+            desired = GaugeMetricFamily(
+                "legion_workers_desired",
+                "Workers the work asks for (the scaling policy; see docs/provisioning.md).",
+            )
+            desired.add_metric([], s.scaling.desired)
+            yield desired
         healthy = sum(1 for w in s.workers if w.healthy)
         workers.add_metric(["healthy"], healthy)
         workers.add_metric(["stale"], len(s.workers) - healthy)

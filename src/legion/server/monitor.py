@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..store.types import EventDetail, WorkerInfo
 from ..task import TaskInfo, TaskStatus
+from .scaling import ScalingGauge
 from .snapshot import Failure, Health, Point, RouteLoad, Snapshot, Totals, WorkerState
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class Monitor:
         self._last_at = clock()
         self._lag = 0.0
         self._tick = asyncio.Event()
+        self._scaling = ScalingGauge()
         self.closed = False
         self._snapshot = Snapshot(
             at=self._last_at,
@@ -188,6 +190,7 @@ class Monitor:
             self._failures = [_failure(t) for t in await store.recent_errors(FAILURES_SHOWN)]
             self._failures_read_at = now
             self._new_failures = False
+        scaling = await self._scaling.read(store, counts, workers)
         point = self._point(now, tick, counts)
         self._series.append(point)
         self._last_at = now
@@ -201,6 +204,7 @@ class Monitor:
             routes=self._route_loads(now),
             failures=self._failures,
             health=self._snapshot.health,
+            scaling=scaling,
         )
 
     async def _read_feed(self) -> list[EventDetail]:

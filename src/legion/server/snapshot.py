@@ -9,7 +9,7 @@ client (present when it runs a worker).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +112,18 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class Scaling:
+    """How many workers the work asks for (the scaling policy, see
+    :mod:`legion.provision.policy`), how many run, and why; with each ``legion worker
+    --autoscale`` supervisor's own decision."""
+
+    desired: int
+    running: int
+    reason: str
+    autoscalers: list[dict[str, object]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the dashboard shows, as of ``at``."""
 
@@ -124,3 +136,4 @@ class Snapshot:
     routes: list[RouteLoad]
     failures: list[Failure]
     health: Health
+    scaling: Scaling | None = None  # None before the first sample

@@ -292,6 +292,7 @@ async def _submit(
                     task.priority,
                     agent.options.retry.max_attempts,
                     tenant=caller.tenant,
+                    needs=agent.needs,
                 )
             )
     if errors:

@@ -26,6 +26,8 @@ from typing import Protocol
 from ..task import Lease, NewTask, Submitted, TaskInfo, TaskStatus
 from .types import (
     ApiKey,
+    AutoscalerInfo,
+    Backlog,
     CapacityClaims,
     DiagnosticRecord,
     Event,
@@ -58,13 +60,15 @@ class TaskQueue(Protocol):
         now: float,
         *,
         isolated: bool = False,
+        offer: Mapping[str, float] | None = None,
     ) -> list[Lease]:
         """Lease to ``owner`` up to ``wants[agent]`` ready tasks of each agent (in the
         mapping's order) and at most ``total`` in all, each with every step recorded for
         it so far. The lease lasts ``until - now`` seconds (on PostgreSQL, counted on the
         database's clock). ``isolated``: one task of those agents that must run alone
         (taken back from a worker that stopped while running it among others); the
-        ordinary call never leases those."""
+        ordinary call never leases those. ``offer``: the resources the worker offers; a
+        task whose ``needs`` it does not cover (every amount) is not leased to it."""
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
         """Commit a batch in one transaction; per completion, whether its lease still held.
@@ -173,6 +177,20 @@ class WorkerRegistry(Protocol):
     async def remove_worker(self, worker_id: str) -> None: ...
 
     async def workers(self) -> list[WorkerInfo]: ...
+
+    # -- provisioning ------------------------------------------------------------------
+
+    async def backlog(self, now: float) -> Backlog:
+        """The queued tasks ready at ``now`` (not waiting out a backoff) and the oldest
+        one's submission time."""
+
+    async def publish_autoscaler(self, info: AutoscalerInfo) -> None:
+        """Insert or refresh an autoscaling supervisor's decision."""
+
+    async def remove_autoscaler(self, autoscaler_id: str) -> None: ...
+
+    async def autoscalers(self, since: float) -> list[AutoscalerInfo]:
+        """The supervisors that published at or after ``since``."""
 
 
 class CapacityBoard(Protocol):

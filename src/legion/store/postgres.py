@@ -42,6 +42,7 @@ several legion stores in one database.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -69,6 +70,8 @@ from .tenancy import KeyedTasks, unscoped_key
 from .timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
 from .types import (
     ApiKey,
+    AutoscalerInfo,
+    Backlog,
     CapacityClaims,
     DiagnosticRecord,
     Event,
@@ -342,6 +345,7 @@ class PostgresStore(PostgresWaiting):
         now: float,
         *,
         isolated: bool = False,
+        offer: Mapping[str, float] | None = None,
     ) -> list[Lease]:
         """Lease per agent, in the mapping's order, with ``FOR UPDATE SKIP LOCKED``: several
         workers leasing at once take disjoint tasks without waiting for each other. The
@@ -350,6 +354,7 @@ class PostgresStore(PostgresWaiting):
         if total <= 0 or not asks:
             return []
         seconds = float(until - now)
+        offered = codec.dumps(dict(offer or {})).decode()
         rows: list[TupleRow] = []
         # One transaction only for several agents' statements (the steps are read after
         # the lease committed: no step of these leases can be recorded before they are).
@@ -360,6 +365,7 @@ class PostgresStore(PostgresWaiting):
                     "seconds": seconds,
                     "now": float(now),
                     "agents": [agent for agent, _ in asks],
+                    "offer": offered,
                 }
                 await cur.execute(Q["lease_isolated"], params)
                 rows.extend(await cur.fetchall())
@@ -373,6 +379,7 @@ class PostgresStore(PostgresWaiting):
                     "now": float(now),
                     "agent": agent,
                     "limit": limit,
+                    "offer": offered,
                 }
                 await cur.execute(Q["lease"], params)
                 rows.extend(await cur.fetchall())
@@ -709,6 +716,29 @@ class PostgresStore(PostgresWaiting):
             WorkerInfo(i, h, p, s, hb, codec.loads(info), boot, ns, start)
             for i, h, p, s, hb, info, boot, ns, start in rows
         ]
+
+    # -- provisioning ------------------------------------------------------------------
+
+    async def backlog(self, now: float) -> Backlog:
+        async with self._cursor() as cur:
+            await cur.execute(Q["backlog"], {"now": now})
+            row = await cur.fetchone()
+        assert row is not None
+        return Backlog(int(row[0]), row[1])
+
+    async def publish_autoscaler(self, info: AutoscalerInfo) -> None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["upsert_autoscaler"], dataclasses.asdict(info))
+
+    async def remove_autoscaler(self, autoscaler_id: str) -> None:
+        async with self._cursor() as cur:
+            await cur.execute(Q["delete_autoscaler"], {"id": autoscaler_id})
+
+    async def autoscalers(self, since: float) -> list[AutoscalerInfo]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["autoscalers"], {"since": since})
+            rows = await cur.fetchall()
+        return [AutoscalerInfo(*row) for row in rows]
 
     # -- waiting for work --------------------------------------------------------------
 

@@ -22,5 +22,6 @@ def submit_params(
         "not_before": [float(t.not_before) for t, _, _ in tasks],
         "tenant": [t.tenant for t, _, _ in tasks],
         "input_hash": [h for _, _, h in tasks],
+        "needs": [t.needs for t, _, _ in tasks],
         "now": float(now),
     }

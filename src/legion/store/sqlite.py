@@ -16,6 +16,7 @@ locked, cannot be opened or fails to read or write as
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,8 @@ from .sqlite_waiting import SQLiteWaiting, after_completions
 from .tenancy import KeyedTasks, unscoped_key
 from .types import (
     ApiKey,
+    AutoscalerInfo,
+    Backlog,
     CapacityClaims,
     DiagnosticRecord,
     Event,
@@ -222,6 +225,7 @@ class SQLiteStore(SQLiteWaiting):
                         now,
                         t.tenant,
                         h,
+                        t.needs,
                     )
                     for t, k, h in fresh
                 ],
@@ -254,23 +258,31 @@ class SQLiteStore(SQLiteWaiting):
         now: float,
         *,
         isolated: bool = False,
+        offer: Mapping[str, float] | None = None,
     ) -> list[Lease]:
         if total <= 0 or not any(n > 0 for n in wants.values()):
             return []
+        offered = codec.dumps(dict(offer or {})).decode()
         if isolated:
             return await self._call(
-                self._transaction, lambda db: self._lease_isolated(db, owner, wants, until, now)
+                self._transaction,
+                lambda db: self._lease_isolated(db, owner, wants, until, now, offered),
             )
         return await self._call(
-            self._transaction, lambda db: self._lease(db, owner, wants, total, until, now)
+            self._transaction, lambda db: self._lease(db, owner, wants, total, until, now, offered)
         )
 
     @staticmethod
     def _lease_isolated(
-        db: sqlite3.Connection, owner: str, wants: Mapping[str, int], until: float, now: float
+        db: sqlite3.Connection,
+        owner: str,
+        wants: Mapping[str, int],
+        until: float,
+        now: float,
+        offer: str,
     ) -> list[Lease]:
         agents = codec.dumps([a for a, n in wants.items() if n > 0]).decode()
-        params = {"owner": owner, "until": until, "now": now, "agents": agents}
+        params = {"owner": owner, "until": until, "now": now, "agents": agents, "offer": offer}
         return _with_steps(db, db.execute(Q["lease_isolated"], params).fetchall())
 
     @staticmethod
@@ -281,6 +293,7 @@ class SQLiteStore(SQLiteWaiting):
         total: int,
         until: float,
         now: float,
+        offer: str,
     ) -> list[Lease]:
         rows: list[Any] = []
         sql = Q["lease"]
@@ -288,7 +301,14 @@ class SQLiteStore(SQLiteWaiting):
             limit = min(want, total - len(rows))
             if limit <= 0:
                 continue
-            params = {"owner": owner, "until": until, "now": now, "agent": agent, "limit": limit}
+            params = {
+                "owner": owner,
+                "until": until,
+                "now": now,
+                "agent": agent,
+                "limit": limit,
+                "offer": offer,
+            }
             rows.extend(db.execute(sql, params).fetchall())
         return _with_steps(db, rows)
 
@@ -584,6 +604,30 @@ class SQLiteStore(SQLiteWaiting):
                 WorkerInfo(i, h, p, s, hb, codec.loads(info), boot, ns, start)
                 for i, h, p, s, hb, info, boot, ns, start in self._db.execute(Q["workers"])
             ]
+
+        return await self._call(run)
+
+    # -- provisioning ------------------------------------------------------------------
+
+    async def backlog(self, now: float) -> Backlog:
+        def run() -> Backlog:
+            n, oldest = self._db.execute(Q["backlog"], {"now": now}).fetchone()
+            return Backlog(int(n), oldest)
+
+        return await self._call(run)
+
+    async def publish_autoscaler(self, info: AutoscalerInfo) -> None:
+        params = dataclasses.asdict(info)
+        await self._call(self._transaction, lambda db: db.execute(Q["upsert_autoscaler"], params))
+
+    async def remove_autoscaler(self, autoscaler_id: str) -> None:
+        params = {"id": autoscaler_id}
+        await self._call(self._transaction, lambda db: db.execute(Q["delete_autoscaler"], params))
+
+    async def autoscalers(self, since: float) -> list[AutoscalerInfo]:
+        def run() -> list[AutoscalerInfo]:
+            rows = self._db.execute(Q["autoscalers"], {"since": since})
+            return [AutoscalerInfo(*row) for row in rows]
 
         return await self._call(run)
 

@@ -95,6 +95,29 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """The tasks ready to run now, and when the oldest of them was submitted."""
+
+    ready: int
+    oldest_created_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalerInfo:
+    """An autoscaling supervisor's latest decision (see `legion.provision`)."""
+
+    id: str
+    host: str
+    pid: int
+    at: float
+    desired: int
+    running: int
+    minimum: int
+    maximum: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Extended:
     """A heartbeat's answer: of the leases a worker runs, those it still holds (now
     extended, or locked by a write in flight) and those whose cancellation was asked."""

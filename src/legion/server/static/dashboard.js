@@ -91,6 +91,19 @@ function renderWorkers(workers) {
   replaceRows(document.getElementById("workers"), rows, 6, "no worker registered");
 }
 
+function renderScaling(scaling) {
+  // Desired vs running workers and why (the scaling policy), then each autoscaler's own.
+  const lines = [];
+  if (scaling) {
+    lines.push(el("span", {}, `desired ${scaling.desired}, running ${scaling.running}: ${scaling.reason}`));
+    for (const a of scaling.autoscalers) {
+      lines.push(el("br"), el("span", {},
+        `autoscaler ${a.host} · ${a.pid} (${a.minimum}:${a.maximum}): desired ${a.desired}, running ${a.running}: ${a.reason}`));
+    }
+  }
+  document.getElementById("scaling").replaceChildren(...lines);
+}
+
 function meter(share) {
   const bar = el("span");
   bar.style.width = `${Math.min(100, Math.round(share * 100))}%`;
@@ -235,6 +248,7 @@ function render(s) {
   renderTiles(s);
   renderStatuses(s.statuses);
   renderWorkers(s.workers);
+  renderScaling(s.scaling);
   renderRoutes(s.routes);
   renderFailures(s.failures, s.at);
 }

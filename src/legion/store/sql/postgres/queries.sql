@@ -33,14 +33,14 @@ SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s);
 -- Rows are inserted, and answered by RETURNING, in input order. A key that exists already
 -- (or is being inserted by a concurrent submit that then commits) is skipped.
 INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, not_before, created_at,
-                   tenant, input_hash)
+                   tenant, input_hash, needs)
 SELECT agent, input, key, session, priority, 'queued', max_attempts, not_before, %(now)s,
-       tenant, input_hash
+       tenant, input_hash, needs::jsonb
 FROM unnest(%(agent)s::text[], %(input)b::bytea[], %(key)s::text[], %(session)s::text[],
             %(priority)s::integer[], %(max_attempts)s::integer[], %(not_before)s::float8[],
-            %(tenant)s::text[], %(input_hash)b::bytea[])
+            %(tenant)s::text[], %(input_hash)b::bytea[], %(needs)s::text[])
      WITH ORDINALITY AS t(agent, input, key, session, priority, max_attempts, not_before,
-                          tenant, input_hash, ord)
+                          tenant, input_hash, needs, ord)
 ORDER BY ord
 ON CONFLICT (key) DO NOTHING
 RETURNING id, key;
@@ -51,13 +51,17 @@ SELECT key, id, status, input_hash FROM tasks WHERE key = ANY(%(keys)s::text[]);
 -- name: lease
 -- SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
 -- The lease runs %(seconds)s on the database's clock. Tasks to run alone (`isolate`) are
--- leased by lease_isolated only.
+-- leased by lease_isolated only. A task that needs resources (`needs`) goes only to a worker
+-- whose %(offer)s covers every amount.
 UPDATE tasks AS t
 SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
     lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
 FROM (
     SELECT id FROM tasks
     WHERE status = 'queued' AND agent = %(agent)s AND not_before <= %(now)s AND NOT isolate
+      AND (needs IS NULL OR NOT EXISTS (
+          SELECT 1 FROM jsonb_each_text(needs) AS n
+          WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
     ORDER BY priority DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -75,6 +79,9 @@ FROM (
     SELECT id FROM tasks
     WHERE status = 'queued' AND isolate AND agent = ANY(%(agents)s::text[])
       AND not_before <= %(now)s
+      AND (needs IS NULL OR NOT EXISTS (
+          SELECT 1 FROM jsonb_each_text(needs) AS n
+          WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
     ORDER BY priority DESC, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -432,3 +439,22 @@ WHERE (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)
   AND (%(agent)s::text IS NULL OR agent = %(agent)s)
   AND (%(kind)s::text IS NULL OR kind = %(kind)s)
 ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: backlog
+-- Tasks ready to run now and when the oldest of them was submitted (the scaling policy).
+SELECT count(*), min(created_at) FROM tasks WHERE status = 'queued' AND not_before <= %(now)s;
+
+-- name: upsert_autoscaler
+INSERT INTO autoscalers (id, host, pid, at, desired, running, minimum, maximum, reason)
+VALUES (%(id)s, %(host)s, %(pid)s, %(at)s, %(desired)s, %(running)s, %(minimum)s,
+        %(maximum)s, %(reason)s)
+ON CONFLICT (id) DO UPDATE SET at = excluded.at, desired = excluded.desired,
+    running = excluded.running, minimum = excluded.minimum, maximum = excluded.maximum,
+    reason = excluded.reason;
+
+-- name: delete_autoscaler
+DELETE FROM autoscalers WHERE id = %(id)s;
+
+-- name: autoscalers
+SELECT id, host, pid, at, desired, running, minimum, maximum, reason FROM autoscalers
+WHERE at >= %(since)s ORDER BY id;

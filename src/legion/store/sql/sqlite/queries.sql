@@ -3,23 +3,28 @@
 
 -- name: insert_task
 -- Positional for speed (executemany on the hot path): agent, input, key, session,
--- priority, max_attempts, not_before, created_at, tenant, input_hash. Keys were checked
--- just before.
+-- priority, max_attempts, not_before, created_at, tenant, input_hash, needs. Keys were
+-- checked just before.
 INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, not_before, created_at,
-                   tenant, input_hash)
-VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?);
+                   tenant, input_hash, needs)
+VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?);
 
 -- name: tasks_by_keys
 SELECT key, id, status, input_hash FROM tasks WHERE key IN (SELECT value FROM json_each(:keys));
 
 -- name: lease
--- Tasks to run alone (`isolate`) are leased by lease_isolated only.
+-- Tasks to run alone (`isolate`) are leased by lease_isolated only. A task that needs
+-- resources (`needs`) goes only to a worker whose :offer covers every amount.
 UPDATE tasks
 SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
     lease_expires = :until, started_at = :now, finished_at = NULL
 WHERE id IN (
     SELECT id FROM tasks
     WHERE status = 'queued' AND agent = :agent AND not_before <= :now AND NOT isolate
+      AND (needs IS NULL OR NOT EXISTS (
+          SELECT 1 FROM json_each(needs) AS n
+          WHERE n.value > coalesce((SELECT o.value FROM json_each(:offer) AS o
+                                    WHERE o.key = n.key), 0)))
     ORDER BY priority DESC, id
     LIMIT :limit
 )
@@ -34,6 +39,10 @@ WHERE id IN (
     SELECT id FROM tasks
     WHERE status = 'queued' AND isolate AND agent IN (SELECT value FROM json_each(:agents))
       AND not_before <= :now
+      AND (needs IS NULL OR NOT EXISTS (
+          SELECT 1 FROM json_each(needs) AS n
+          WHERE n.value > coalesce((SELECT o.value FROM json_each(:offer) AS o
+                                    WHERE o.key = n.key), 0)))
     ORDER BY priority DESC, id
     LIMIT 1
 )
@@ -255,3 +264,21 @@ SELECT task_id, attempt, agent, data FROM diagnostics
 WHERE (:task_id IS NULL OR task_id = :task_id) AND (:agent IS NULL OR agent = :agent)
   AND (:kind IS NULL OR kind = :kind)
 ORDER BY id DESC LIMIT :limit;
+
+-- name: backlog
+-- Tasks ready to run now and when the oldest of them was submitted (the scaling policy).
+SELECT count(*), min(created_at) FROM tasks WHERE status = 'queued' AND not_before <= :now;
+
+-- name: upsert_autoscaler
+INSERT INTO autoscalers (id, host, pid, at, desired, running, minimum, maximum, reason)
+VALUES (:id, :host, :pid, :at, :desired, :running, :minimum, :maximum, :reason)
+ON CONFLICT (id) DO UPDATE SET at = excluded.at, desired = excluded.desired,
+    running = excluded.running, minimum = excluded.minimum, maximum = excluded.maximum,
+    reason = excluded.reason;
+
+-- name: delete_autoscaler
+DELETE FROM autoscalers WHERE id = :id;
+
+-- name: autoscalers
+SELECT id, host, pid, at, desired, running, minimum, maximum, reason FROM autoscalers
+WHERE at >= :since ORDER BY id;

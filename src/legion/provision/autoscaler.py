@@ -1,0 +1,225 @@
+"""``legion worker --autoscale MIN:MAX``: a supervisor that runs as many worker processes
+as the scaling policy asks for.
+
+Every ``interval`` seconds it reads a :class:`~legion.provision.policy.Demand` from the
+store, asks :func:`~legion.provision.policy.decide` for the workers wanted, starts the
+missing worker processes and stops the surplus. A stopped worker *drains*: it gets
+SIGTERM, leases nothing more, lets its running tasks finish (up to ``--drain-timeout``,
+after which they go back to the queue, no attempt charged) and exits, so scaling down
+never loses a lease nor charges an attempt. The workers with the fewest tasks in flight
+go first. Each decision (desired, running, why) is published in the store for
+``legion status`` and the dashboard.
+
+Like ``--processes``, the supervisor forwards SIGINT/SIGTERM to its workers and waits for
+them to drain; a worker that crashes is simply not counted any more, and the next round
+starts another if the work still asks for it. Worker processes get SIGTERM from the
+kernel if the supervisor dies (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+
+from ..errors import StoreError
+from ..store import Store, store_from_url
+from ..store.types import AutoscalerInfo
+from .board import Board
+from .policy import Decision, Demand, PolicyState, ScalingConfig, decide, parse_bounds
+
+STRIPPED = ("--autoscale", "--cooldown", "--processes")  # supervisor-only options
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscaleOptions:
+    store: str
+    config: ScalingConfig
+    concurrency: int
+    interval: float = 1.0  # seconds between two decisions
+
+
+def worker_argv(argv: Sequence[str]) -> list[str]:
+    """The command line of one worker process: ``argv`` without the supervisor's options."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in STRIPPED:
+            skip = True
+        elif not any(arg.startswith(f"{name}=") for name in STRIPPED):
+            out.append(arg)
+    return out
+
+
+class Autoscaler:
+    """Starts and stops worker processes by the scaling policy; see the module's docstring."""
+
+    def __init__(self, argv: Sequence[str], opts: AutoscaleOptions, console: Console) -> None:
+        self._command = [sys.executable, "-m", "legion", "worker", *argv, "--worker-process"]
+        self._opts = opts
+        self._console = console
+        self._workers: dict[int, subprocess.Popen[bytes]] = {}  # counted: pid -> process
+        self._draining: dict[int, subprocess.Popen[bytes]] = {}
+        self._board = Board(concurrency=opts.concurrency)
+        self._state = PolicyState(desired=0)
+        self._stop = asyncio.Event()
+        self._code = 0
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    async def run(self) -> int:
+        """Scale until SIGINT/SIGTERM; then drain every worker and answer the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        store = await self._open()
+        cfg = self._opts.config
+        self._console.print(
+            f"legion worker: autoscaling {cfg.minimum} to {cfg.maximum} worker processes "
+            f"(cool-down {cfg.cooldown:g} s)",
+            highlight=False,
+        )
+        try:
+            if store is not None:
+                await self._scale(store)
+        finally:
+            await self._drain_all()
+            if store is not None:
+                with contextlib.suppress(StoreError):
+                    await store.remove_autoscaler(self.id)
+                await store.aclose()
+        return self._code
+
+    async def _open(self) -> Store | None:
+        pause = 0.5
+        while not self._stop.is_set():
+            store = store_from_url(self._opts.store)
+            try:
+                await store.open()
+                return store
+            except StoreError as exc:
+                await store.aclose()
+                if not exc.retryable:
+                    raise
+                self._console.print(f"the store is unavailable: {exc}", style="yellow")
+                await self._sleep(pause)
+                pause = min(pause * 2, 10.0)
+        return None
+
+    async def _scale(self, store: Store) -> None:
+        last_reason = ""
+        while not self._stop.is_set():
+            self._reap()
+            try:
+                demand = await self._board.read(store, ignore=self._draining)
+                decision, self._state = decide(demand, self._opts.config, self._state)
+                self._apply(decision, demand_in_flight(demand))
+                await store.publish_autoscaler(self._info(decision, await store.now()))
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                self._console.print(f"the store failed: {exc}", style="yellow")
+            else:
+                if decision.reason != last_reason:
+                    self._console.print(
+                        f"autoscale: desired {decision.desired}, running "
+                        f"{len(self._workers)}: {decision.reason}",
+                        highlight=False,
+                    )
+                    last_reason = decision.reason
+            await self._sleep(self._opts.interval)
+
+    def _apply(self, decision: Decision, in_flight: dict[int, int]) -> None:
+        while len(self._workers) < decision.desired:
+            proc = subprocess.Popen(self._command)
+            self._workers[proc.pid] = proc
+        surplus = len(self._workers) - decision.desired
+        if surplus > 0:
+            # The idlest first; a process not registered yet holds nothing.
+            order = sorted(self._workers, key=lambda pid: (in_flight.get(pid, 0), -pid))
+            for pid in order[:surplus]:
+                proc = self._workers.pop(pid)
+                proc.send_signal(signal.SIGTERM)
+                self._draining[pid] = proc
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._workers.items()):
+            rc = proc.poll()
+            if rc is not None:
+                del self._workers[pid]
+                self._console.print(
+                    f"worker process {pid} exited with {rc}; the policy decides whether "
+                    "another starts",
+                    style="yellow",
+                    highlight=False,
+                )
+        for pid, proc in list(self._draining.items()):
+            rc = proc.poll()
+            if rc is not None:
+                del self._draining[pid]
+                if rc != 0:
+                    self._code = max(self._code, rc)
+
+    async def _drain_all(self) -> None:
+        everyone = {**self._workers, **self._draining}
+        for proc in everyone.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        # Popen has nothing to await: look every 50 ms (drains take seconds).
+        while any(proc.poll() is None for proc in everyone.values()):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for proc in everyone.values():
+            if proc.returncode not in (0, None):
+                self._code = max(self._code, proc.returncode)
+        self._workers.clear()
+        self._draining.clear()
+
+    def _info(self, decision: Decision, now: float) -> AutoscalerInfo:
+        cfg = self._opts.config
+        return AutoscalerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            at=now,
+            desired=decision.desired,
+            running=len(self._workers),
+            minimum=cfg.minimum,
+            maximum=cfg.maximum if cfg.maximum is not None else -1,
+            reason=decision.reason,
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+def demand_in_flight(demand: Demand) -> dict[int, int]:
+    """In-flight tasks per worker pid (``host:pid:nonce`` ids), for choosing whom to stop."""
+    out: dict[int, int] = {}
+    for w in demand.workers:
+        parts = w.id.split(":")
+        if len(parts) >= 3 and parts[-2].isdigit():
+            out[int(parts[-2])] = w.in_flight
+    return out
+
+
+def run_autoscaler(
+    argv: Sequence[str], bounds: str, cooldown: float, store: str, concurrency: int
+) -> int:
+    """Run the autoscaling supervisor (``--autoscale MIN:MAX``) until SIGINT/SIGTERM; answer
+    the exit code. Bad bounds raise ValueError."""
+    low, high = parse_bounds(bounds)
+    config = ScalingConfig(minimum=low, maximum=high, cooldown=cooldown)
+    opts = AutoscaleOptions(store=store, config=config, concurrency=concurrency)
+    console = Console(stderr=True)
+    return asyncio.run(Autoscaler(worker_argv(argv), opts, console).run())

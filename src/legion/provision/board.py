@@ -1,0 +1,125 @@
+"""The scaling policy's input, read from the store: :class:`~legion.provision.policy.Demand`.
+
+One reading costs three queries (the backlog, the task counts, the worker registry). The
+tasks finished per worker per second come from the workers' own counters (reported in
+each heartbeat) between two readings, so a :class:`Board` is kept between them. A route's
+headroom sums, over the workers sharing it (one provider endpoint and model: the key of
+the shared capacity board), the requests and tokens per minute each reported, against
+the route's limit.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from ..store.base import Store
+from ..store.types import WorkerInfo
+from ..task import TaskStatus
+from .policy import Demand, RouteHeadroom, WorkerLoad
+
+
+class Board:
+    """Reads :class:`Demand` snapshots; keeps what the throughput estimate needs."""
+
+    def __init__(self, *, concurrency: int | None = None, stale_after: float = 60.0) -> None:
+        self._concurrency = concurrency  # slots per worker; None: as the workers report
+        self._stale_after = stale_after
+        self._last: tuple[float, int] | None = None  # (at, tasks finished by all workers)
+        self._finished: dict[str, int] = {}
+        self._throughput: float | None = None
+
+    async def read(self, store: Store, *, ignore: Collection[int] = ()) -> Demand:
+        """A snapshot of the store now; workers whose pid is in ``ignore`` (draining ones)
+        are left out."""
+        now = await store.now()
+        backlog = await store.backlog(now)
+        counts = await store.counts()
+        live = [w for w in await store.workers() if w.pid not in ignore or not _local(w)]
+        return self.demand(now, backlog.ready, backlog.oldest_created_at, counts, live)
+
+    def demand(
+        self,
+        now: float,
+        ready: int,
+        oldest: float | None,
+        counts: dict[TaskStatus, int],
+        workers: list[WorkerInfo],
+    ) -> Demand:
+        loads = tuple(
+            WorkerLoad(
+                w.id,
+                int(w.load.get("in_flight", 0) or 0),
+                now - w.heartbeat_at <= self._stale_after and not w.load.get("overloaded"),
+                bool(w.load.get("metered", True)),
+            )
+            for w in workers
+        )
+        return Demand(
+            at=now,
+            queued=ready,
+            oldest_wait=max(0.0, now - oldest) if oldest is not None else 0.0,
+            running=counts.get(TaskStatus.RUNNING, 0),
+            workers=loads,
+            concurrency=self._slots(workers),
+            throughput=self._measure(now, workers),
+            routes=tuple(route_headroom(w.load for w in workers)),
+        )
+
+    def _slots(self, workers: list[WorkerInfo]) -> int:
+        if self._concurrency is not None:
+            return self._concurrency
+        reported = [int(w.load.get("concurrency", 0) or 0) for w in workers]
+        return max([n for n in reported if n > 0], default=1000)
+
+    def _measure(self, now: float, workers: list[WorkerInfo]) -> float | None:
+        """Tasks finished per second per busy worker since the last reading (smoothed)."""
+        done = 0
+        for w in workers:
+            finished = int(w.load.get("succeeded", 0) or 0) + int(w.load.get("failed", 0) or 0)
+            done += max(0, finished - self._finished.get(w.id, finished))
+            self._finished[w.id] = finished
+        self._finished = {w.id: self._finished[w.id] for w in workers}
+        last, self._last = self._last, (now, done)
+        busy = sum(1 for w in workers if int(w.load.get("in_flight", 0) or 0) > 0)
+        if last is None or now <= last[0] or busy == 0:
+            return self._throughput
+        rate = done / (now - last[0]) / busy
+        if rate > 0:
+            prev = self._throughput
+            self._throughput = rate if prev is None else prev + 0.5 * (rate - prev)
+        return self._throughput
+
+
+def route_headroom(loads: Iterable[Any]) -> list[RouteHeadroom]:
+    """Each route's use of its limit, summed over the workers' heartbeat reports."""
+    rpm: dict[str, float] = {}
+    tpm: dict[str, float] = {}
+    limits: dict[str, tuple[float | None, float | None]] = {}
+    names: dict[str, str] = {}
+    paused: dict[str, bool] = {}
+    waiting: dict[str, int] = {}
+    for load in loads:
+        for key, r in (load.get("routes") or {}).items():
+            rpm[key] = rpm.get(key, 0.0) + float(r.get("rpm") or 0.0)
+            tpm[key] = tpm.get(key, 0.0) + float(r.get("tpm") or 0.0)
+            limits.setdefault(key, (r.get("rpm_limit"), r.get("tpm_limit")))
+            names.setdefault(key, str(r.get("name") or key))
+            paused[key] = paused.get(key, False) or bool(r.get("paused"))
+            waiting[key] = waiting.get(key, 0) + int(r.get("waiting") or 0)
+    out = []
+    for key, (rpm_limit, tpm_limit) in sorted(limits.items()):
+        parts = [
+            used / limit for used, limit in ((rpm[key], rpm_limit), (tpm[key], tpm_limit)) if limit
+        ]
+        utilization = max(parts) if parts else None
+        out.append(RouteHeadroom(names[key], utilization, paused[key], waiting[key]))
+    return out
+
+
+def _local(worker: WorkerInfo) -> bool:
+    return worker.host == _HOST
+
+
+_HOST = socket.gethostname()

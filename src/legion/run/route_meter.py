@@ -1,0 +1,71 @@
+"""What a worker reports of its LLM routes in its heartbeat, for the scaling policy.
+
+Per route budget (one provider endpoint and model, keyed as on the shared capacity
+board): the requests and tokens per minute this worker spent over the last ``window``
+seconds (5), the route's limit (learned from the provider's headers, else configured),
+the calls queued for their turn and whether a 429 pause is in force. Summed over the
+workers, these say how close each route is to its limit (see
+:func:`legion.provision.board.route_headroom`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..llm.client import LLMClient
+
+MIN_SPAN = 0.3  # seconds: rates over a shorter span are noise
+
+
+class RouteMeter:
+    """Turns a client's counters into per-minute rates over a sliding window."""
+
+    def __init__(
+        self,
+        client: LLMClient,
+        *,
+        window: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._window = window
+        self._clock = clock
+        self._samples: dict[str, deque[tuple[float, int, int]]] = {}  # (at, requests, tokens)
+        self.measured = False  # a report's rates covered at least MIN_SPAN seconds
+        self.report()  # the baseline: rates are counted from here
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        from .shares import _key
+
+        now = self._clock()
+        out: dict[str, dict[str, Any]] = {}
+        seen: set[int] = set()
+        for route in self._client.routes.values():
+            if id(route.capacity) in seen:
+                continue
+            seen.add(id(route.capacity))
+            key = _key(route)
+            s = route.capacity.statistics()
+            samples = self._samples.setdefault(key, deque())
+            samples.append((now, s.requests, s.tokens_used))
+            while len(samples) > 2 and samples[1][0] <= now - self._window:
+                samples.popleft()
+            at, requests, tokens = samples[0]
+            span = now - at
+            self.measured = self.measured or span >= MIN_SPAN
+            rpm = (s.requests - requests) * 60.0 / span if span > 0 else 0.0
+            tpm = (s.tokens_used - tokens) * 60.0 / span if span > 0 else 0.0
+            out[key] = {
+                "name": route.name,
+                "rpm": round(rpm, 1),
+                "tpm": round(tpm, 1),
+                "rpm_limit": s.learned_rpm or s.limit_rpm,
+                "tpm_limit": s.learned_tpm or s.limit_tpm,
+                "waiting": s.waiting,
+                "paused": s.paused_for > 0,
+            }
+        return out

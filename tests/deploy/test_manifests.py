@@ -1,0 +1,100 @@
+"""The container deployment, checked offline: the Kubernetes manifests against the
+Kubernetes schemas (kubernetes-validate), the compose file parsed and checked for what it
+must hold, the Dockerfile's contract (non-root, ``legion`` as entrypoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+KUBE = ROOT / "deploy" / "kubernetes"
+VERSION = "1.30.0"
+
+
+def documents() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(KUBE.glob("*.yaml")):
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def by_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in documents() if d["kind"] == kind]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [d for d in documents() if d["apiVersion"] != "keda.sh/v1alpha1"],
+    ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
+)
+def test_manifests_validate_against_the_kubernetes_schemas(doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, VERSION, strict=True)
+
+
+def test_a_schema_violation_is_caught() -> None:
+    (workers,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "legion-worker"]
+    bad = {**workers, "spec": {**workers["spec"], "replicas": "three"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, VERSION, strict=True)
+
+
+def test_workers_drain_within_their_grace_period() -> None:
+    (workers,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "legion-worker"]
+    pod = workers["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    drain = float(args[args.index("--drain-timeout") + 1])
+    assert pod["terminationGracePeriodSeconds"] > drain
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_serve_is_probed_on_healthz_and_exposed() -> None:
+    (serve,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "legion-serve"]
+    (container,) = serve["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    (service,) = by_kind("Service")
+    assert service["spec"]["selector"] == serve["spec"]["selector"]["matchLabels"]
+
+
+def test_keda_scales_the_workers_on_workers_desired() -> None:
+    (scaled,) = by_kind("ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "legion-worker"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert "legion_workers_desired" in trigger["metadata"]["query"]
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+    assert by_kind("PodDisruptionBudget") and by_kind("Secret")
+
+
+def test_compose_runs_postgres_serve_autoscaled_workers_and_the_simulator() -> None:
+    doc = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = doc["services"]
+    assert set(services) == {"postgres", "sim", "serve", "worker"}
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+        assert isinstance(service.get("command", []), list), name
+    worker = services["worker"]["command"]
+    assert worker[0] == "worker" and "--autoscale" in worker
+    assert services["worker"]["stop_signal"] == "SIGTERM"
+    assert services["serve"]["command"][0] == "serve"
+    assert services["sim"]["command"][0] == "sim"
+    for svc in ("serve", "worker"):
+        assert services[svc]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_image_runs_legion_as_a_non_root_user() -> None:
+    lines = [
+        line.split(None, 1)
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    final = lines[max(i for i, (op, _) in enumerate(lines) if op == "FROM") :]
+    ops = {op: arg for op, arg in final}
+    assert ops["ENTRYPOINT"] == '["legion"]'
+    assert ops["USER"] not in ("root", "0")
+    assert "slim" in ops["FROM"]

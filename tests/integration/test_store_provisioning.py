@@ -1,0 +1,78 @@
+"""The Store's provisioning part, on SQLite and PostgreSQL: the backlog the scaling policy
+reads and the autoscalers' published decisions."""
+
+from __future__ import annotations
+
+from legion import codec
+from legion.store import Store
+from legion.store.types import AutoscalerInfo
+from legion.task import NewTask
+
+NOW = 1_000_000.0
+
+
+async def test_backlog_counts_ready_tasks_and_the_oldest(store: Store) -> None:
+    assert (await store.backlog(NOW)).ready == 0
+    assert (await store.backlog(NOW)).oldest_created_at is None
+    await store.submit([NewTask("a", codec.dumps(i), None, max_attempts=3) for i in range(3)], NOW)
+    await store.submit([NewTask("a", codec.dumps(9), None, max_attempts=3)], NOW + 5)
+    b = await store.backlog(NOW + 10)
+    assert b.ready == 4
+    assert b.oldest_created_at == NOW
+    leases = await store.lease("w", {"a": 2}, 2, NOW + 40, NOW + 10)
+    assert len(leases) == 2
+    assert (await store.backlog(NOW + 10)).ready == 2
+
+
+async def test_autoscalers_publish_refresh_and_remove(store: Store) -> None:
+    first = AutoscalerInfo("h:1", "h", 1, NOW, 2, 1, 1, 4, "scaling up to 2")
+    await store.publish_autoscaler(first)
+    await store.publish_autoscaler(AutoscalerInfo("old:2", "old", 2, NOW - 100, 1, 1, 0, 1, "x"))
+    assert await store.autoscalers(NOW - 10) == [first]
+    later = AutoscalerInfo("h:1", "h", 1, NOW + 1, 2, 2, 1, 4, "held at 2: route r is at 99 %")
+    await store.publish_autoscaler(later)
+    assert await store.autoscalers(NOW - 10) == [later]
+    await store.remove_autoscaler("h:1")
+    assert await store.autoscalers(NOW - 10) == []
+
+
+def needing(agent: str, needs: str | None, n: int = 1) -> list[NewTask]:
+    return [NewTask(agent, codec.dumps(i), None, max_attempts=3, needs=needs) for i in range(n)]
+
+
+async def test_a_task_goes_only_to_a_worker_offering_what_it_needs(store: Store) -> None:
+    await store.submit(needing("a", '{"gpu":1.0,"memory_mb":512.0}', 2), NOW)
+    await store.submit(needing("a", None, 1), NOW)
+    # No offer: only the task that needs nothing.
+    plain = await store.lease("plain", {"a": 10}, 10, NOW + 30, NOW)
+    assert len(plain) == 1
+    # Not enough memory, or no gpu: nothing.
+    assert await store.lease("small", {"a": 10}, 10, NOW + 30, NOW, offer={"gpu": 1.0}) == []
+    assert (
+        await store.lease(
+            "cpu", {"a": 10}, 10, NOW + 30, NOW, offer={"memory_mb": 4096.0, "cpu": 8.0}
+        )
+        == []
+    )
+    assert (
+        await store.lease("low", {"a": 10}, 10, NOW + 30, NOW, offer={"gpu": 1, "memory_mb": 256})
+        == []
+    )
+    # Enough of everything (and more): both.
+    big = await store.lease(
+        "big", {"a": 10}, 10, NOW + 30, NOW, offer={"gpu": 2.0, "memory_mb": 4096.0, "x": 1.0}
+    )
+    assert len(big) == 2
+    assert {t.id for t in big}.isdisjoint({t.id for t in plain})
+
+
+async def test_a_task_to_run_alone_keeps_its_needs(store: Store) -> None:
+    await store.submit(needing("a", '{"gpu":1.0}', 2), NOW)
+    leases = await store.lease("w1", {"a": 10}, 10, NOW + 30, NOW, offer={"gpu": 1.0})
+    assert len(leases) == 2
+    await store.reclaim(NOW + 1, ["w1"])  # it ran both: each runs alone next
+    assert await store.lease("w2", {"a": 1}, 1, NOW + 40, NOW + 2, isolated=True) == []
+    alone = await store.lease(
+        "w3", {"a": 1}, 1, NOW + 40, NOW + 2, isolated=True, offer={"gpu": 1.0}
+    )
+    assert len(alone) == 1

@@ -1,0 +1,177 @@
+"""``legion worker --autoscale``: real supervisor and worker processes on a real store.
+
+A backlog makes it add workers up to MAX; once the work shrinks it stops the surplus
+after the cool-down, and the stopped workers drain (the ledger shows every task once, on
+its first attempt); an LLM route at its limit keeps it from adding any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from legion import codec
+from legion.store import store_from_url
+from legion.task import NewTask
+from tests.acceptance.conftest import legion, start_legion, start_sim, wait_for
+
+AGENTS = Path(__file__).with_name("autoscale_agents.py")
+
+
+def submit(url: str, agent: str, inputs: list[dict[str, Any]], needs: str | None = None) -> None:
+    async def go() -> None:
+        store = store_from_url(url)
+        await store.open()
+        try:
+            tasks = [
+                NewTask(agent, codec.dumps(i), None, max_attempts=3, needs=needs) for i in inputs
+            ]
+            await store.submit(tasks, time.time())
+        finally:
+            await store.aclose()
+
+    asyncio.run(go())
+
+
+def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db, timeout=30) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def autoscaler(db: Path) -> tuple[int, int, str] | None:
+    found = rows(db, "SELECT desired, running, reason FROM autoscalers")
+    return found[0] if found else None  # type: ignore[return-value]
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_backlog_scales_up_to_max_and_drained_work_scales_down_without_loss(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "store.db"
+    url = f"sqlite:///{db}"
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    n = 6
+    submit(url, "gated", [{"i": i, "gates": str(gates)} for i in range(n)])
+    sup = start_legion(
+        "worker", "--app", str(AGENTS), "--store", url, "--autoscale", "1:3",
+        "--concurrency", "2", "--cooldown", "2", "--lease-seconds", "3",
+        env={"LEDGER": str(ledger)},
+    )  # fmt: skip
+    try:
+        # 6 tasks, 2 slots a worker: the backlog asks for 3 workers, the maximum.
+        wait_for(
+            lambda: len(rows(db, "SELECT id FROM tasks WHERE status = 'running'")) == n,
+            timeout=120,
+            what="every task leased",
+        )
+        state = autoscaler(db)
+        assert state is not None and state[0] == 3, state
+        owners = rows(db, "SELECT lease_owner, id FROM tasks ORDER BY id")
+        by_owner: dict[str, list[int]] = {}
+        for owner, task_id in owners:
+            by_owner.setdefault(owner, []).append(task_id)
+        assert sorted(len(v) for v in by_owner.values()) == [2, 2, 2]
+        # Keep one task gated on each of two workers, let the rest finish: the work now
+        # asks for one worker, so after the cool-down two stop, one of them holding a task.
+        a, b, _c = by_owner.values()
+        keep = {a[0], b[0]}
+        inputs = {tid: json.loads(inp) for tid, inp in rows(db, "SELECT id, input FROM tasks")}
+        for tid, inp in inputs.items():
+            if tid not in keep:
+                (gates / str(inp["i"])).touch()
+        wait_for(
+            lambda: (s := autoscaler(db)) is not None and s[0] == 1,
+            timeout=120,
+            what="the scale-down",
+        )
+        state = autoscaler(db)
+        assert (state is not None and "cool-down" in state[2]) or state[0] == 1
+        for tid in keep:
+            (gates / str(inputs[tid]["i"])).touch()
+        wait_for(
+            lambda: rows(db, "SELECT count(*) FROM tasks WHERE status = 'succeeded'")[0][0] == n,
+            timeout=120,
+            what="every task done",
+        )
+        wait_for(
+            lambda: rows(db, "SELECT count(*) FROM workers")[0][0] == 1,
+            timeout=120,
+            what="the surplus workers gone",
+        )
+        status = legion("status", "--store", url, "--json")
+        assert status.returncode == 0, status.stderr
+        doc = json.loads(status.stdout)
+        assert len(doc["workers"]) == 1
+        assert [s["desired"] for s in doc["autoscalers"]] == [1]
+        assert doc["autoscalers"][0]["running"] == 1
+    finally:
+        err = stop(sup)
+    # Every task ran once, on its first attempt: no lease lost, no attempt charged.
+    lines = ledger.read_text().split()
+    assert sorted(int(x) for x in lines[::2]) == list(range(n))
+    assert set(lines[1::2]) == {"1"}
+    assert {a for (a,) in rows(db, "SELECT attempt FROM tasks")} == {1}
+    assert "desired 3" in err and "desired 1" in err
+    assert rows(db, "SELECT count(*) FROM autoscalers")[0][0] == 0
+
+
+def test_a_route_at_its_limit_gets_no_more_workers(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    url = f"sqlite:///{db}"
+    sim, sim_url = start_sim("--rpm", "600", "--window-seconds", "1", "--latency", "0.02")
+    submit(url, "chatty", [{"i": i, "calls": 100} for i in range(40)])
+    sup = start_legion(
+        "worker", "--app", str(AGENTS), "--store", url, "--autoscale", "1:4",
+        "--concurrency", "4", "--lease-seconds", "1.5",
+        "--llm", f"openai:sim-model@{sim_url}", "--rpm", "600",
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: (s := autoscaler(db)) is not None and "of its limit" in s[2],
+            timeout=120,
+            what="the route to hold the scale-up",
+        )
+        state = autoscaler(db)
+        assert state is not None and state[0] == 1, state
+        assert "route" in state[2] and "% of its limit" in state[2]
+        status = legion("status", "--store", url)
+        assert status.returncode == 0, status.stderr
+        assert "of its limit" in status.stdout
+    finally:
+        err = stop(sup)
+        sim.send_signal(signal.SIGTERM)
+        sim.communicate(timeout=30)
+    assert "desired 2" not in err, err
+    assert "held at 1: route" in err
+
+
+def test_bad_options_are_refused_clearly(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    base = ("worker", "--app", str(AGENTS), "--store", url)
+    bad = legion(*base, "--autoscale", "4:2")
+    assert bad.returncode == 2 and "MAX must be at least 1 and at least MIN" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    bad = legion(*base, "--autoscale", "three")
+    assert bad.returncode == 2 and "--autoscale takes MIN:MAX" in bad.stderr
+    bad = legion(*base, "--autoscale", "1:2", "--processes", "2")
+    assert bad.returncode == 2 and "cannot be used together" in bad.stderr
+    bad = legion(*base, "--offer", "memory_mb=lots")
+    assert bad.returncode == 2 and "--offer" in bad.stderr
+    bad = legion("worker", "--app", str(AGENTS), "--store", "mysql://x/y", "--autoscale", "1:2")
+    assert bad.returncode == 2 and "unknown store URL" in bad.stderr
+    assert "Traceback" not in bad.stderr

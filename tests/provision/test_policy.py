@@ -1,0 +1,187 @@
+"""The scaling policy on made-up snapshots and a made-up time (no store, no clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from legion.provision.policy import (
+    Demand,
+    PolicyState,
+    RouteHeadroom,
+    ScalingConfig,
+    WorkerLoad,
+    decide,
+    parse_bounds,
+)
+
+
+def workers(n: int, *, in_flight: int = 1, healthy: bool = True) -> tuple[WorkerLoad, ...]:
+    return tuple(WorkerLoad(f"w{i}", in_flight, healthy) for i in range(n))
+
+
+def demand(**kw: object) -> Demand:
+    base: dict[str, object] = dict(
+        at=1000.0, queued=0, oldest_wait=0.0, running=0, workers=(), concurrency=4
+    )
+    base.update(kw)
+    return Demand(**base)  # type: ignore[arg-type]
+
+
+CONFIG = ScalingConfig(minimum=1, maximum=8, cooldown=60.0)
+
+
+def test_backlog_asks_for_slots_up_to_the_maximum() -> None:
+    d, s = decide(demand(queued=10, running=2, workers=workers(2)), CONFIG, PolicyState(2))
+    assert (d.desired, d.wanted) == (3, 3)  # ceil(12 / 4)
+    assert d.reason.startswith("scaling up to 3")
+    assert s == PolicyState(3, None)
+    d, _ = decide(demand(queued=100, workers=workers(4)), CONFIG, PolicyState(4))
+    assert (d.desired, d.wanted) == (8, 25)
+    assert d.reason.startswith("at the maximum of 8: the work asks for 25")
+
+
+def test_throughput_term_clears_the_backlog_within_the_target() -> None:
+    # 2 busy workers finishing 1 task/s each; 120 queued should clear in 30 s: 2 + 4.
+    d, _ = decide(
+        demand(queued=120, running=8, workers=workers(2), concurrency=1000, throughput=1.0),
+        CONFIG,
+        PolicyState(2),
+    )
+    assert (d.wanted, d.desired) == (6, 4)  # at most doubled in one step
+    assert "1.0 tasks/s per worker" in d.reason
+
+
+def test_an_old_backlog_asks_for_one_more_worker() -> None:
+    d, _ = decide(
+        demand(queued=1, oldest_wait=30.0, running=4, workers=workers(2), concurrency=1000),
+        CONFIG,
+        PolicyState(2),
+    )
+    assert d.desired == 3
+    assert "waited 30 s" in d.reason
+
+
+def test_a_saturated_route_holds_scale_up() -> None:
+    routes = (RouteHeadroom("default", 0.99), RouteHeadroom("other", 0.2))
+    d, s = decide(
+        demand(queued=50, running=8, workers=workers(2), routes=routes), CONFIG, PolicyState(2)
+    )
+    assert d.wanted == 15
+    assert d.desired == 2
+    assert d.reason == "held at 2: route default is at 99 % of its limit"
+    assert s.desired == 2
+
+
+def test_a_429_pause_holds_scale_up() -> None:
+    routes = (RouteHeadroom("default", 0.5, paused=True),)
+    d, _ = decide(
+        demand(queued=50, running=8, workers=workers(2), routes=routes), CONFIG, PolicyState(2)
+    )
+    assert d.desired == 2
+    assert "pausing after a 429" in d.reason
+
+
+def test_a_route_below_saturation_does_not_hold() -> None:
+    routes = (RouteHeadroom("default", 0.5), RouteHeadroom("unlimited", None))
+    d, _ = decide(
+        demand(queued=50, running=8, workers=workers(2), routes=routes), CONFIG, PolicyState(2)
+    )
+    assert d.desired == 4
+
+
+def test_a_saturated_route_still_lets_it_scale_down_after_the_cool_down() -> None:
+    routes = (RouteHeadroom("default", 1.0),)
+    state = PolicyState(4)
+    d, state = decide(demand(running=1, workers=workers(4), routes=routes), CONFIG, state)
+    assert d.desired == 4
+    d, state = decide(
+        demand(at=1061.0, running=1, workers=workers(4), routes=routes), CONFIG, state
+    )
+    assert d.desired == 1
+
+
+def test_scale_down_waits_for_the_cool_down() -> None:
+    state = PolicyState(4)
+    d, state = decide(demand(at=1000.0, workers=workers(4, in_flight=0)), CONFIG, state)
+    assert d.desired == 4
+    assert d.reason.startswith("held at 4 for the cool-down (0 of 60 s)")
+    d, state = decide(demand(at=1059.0, workers=workers(4, in_flight=0)), CONFIG, state)
+    assert d.desired == 4
+    d, state = decide(demand(at=1060.0, workers=workers(4, in_flight=0)), CONFIG, state)
+    assert d.desired == 1  # the minimum
+    assert d.reason.startswith("at the minimum of 1")
+    assert state == PolicyState(1, None)
+
+
+def test_work_coming_back_restarts_the_cool_down() -> None:
+    state = PolicyState(4)
+    _, state = decide(demand(at=1000.0, workers=workers(4)), CONFIG, state)
+    assert state.low_since == 1000.0
+    _, state = decide(demand(at=1030.0, queued=16, workers=workers(4)), CONFIG, state)
+    assert state == PolicyState(4, None)
+    d, state = decide(demand(at=1070.0, workers=workers(4)), CONFIG, state)
+    assert d.desired == 4  # the cool-down began again at 1070
+
+
+def test_never_below_the_minimum_and_zero_allowed() -> None:
+    d, _ = decide(demand(), ScalingConfig(minimum=0, maximum=3, cooldown=0), PolicyState(0))
+    assert d.desired == 0
+    d, _ = decide(demand(), ScalingConfig(minimum=2, maximum=3, cooldown=0), PolicyState(0))
+    assert d.desired == 2
+
+
+def test_unhealthy_workers_do_not_count_as_capacity() -> None:
+    ws = workers(2) + workers(1, healthy=False)
+    d, _ = decide(demand(queued=4, running=4, workers=ws), CONFIG, PolicyState(3))
+    assert d.wanted == 3  # 2 for the work + 1 that leases nothing
+    assert "1 unhealthy" in d.reason
+
+
+def test_steady() -> None:
+    d, _ = decide(demand(queued=0, running=8, workers=workers(2)), CONFIG, PolicyState(2))
+    assert d.desired == 2
+    assert d.reason.startswith("steady at 2")
+
+
+@pytest.mark.parametrize(("text", "bounds"), [("1:8", (1, 8)), ("0:1", (0, 1)), ("3:3", (3, 3))])
+def test_parse_bounds(text: str, bounds: tuple[int, int]) -> None:
+    assert parse_bounds(text) == bounds
+
+
+@pytest.mark.parametrize("text", ["8", "a:b", "4:2", "-1:3", "0:0", ""])
+def test_parse_bounds_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="--autoscale"):
+        parse_bounds(text)
+
+
+def test_config_refuses_bad_bounds() -> None:
+    with pytest.raises(ValueError):
+        ScalingConfig(minimum=3, maximum=2)
+
+
+def test_scale_up_at_most_doubles_and_waits_for_workers_to_start_and_report() -> None:
+    d, s = decide(demand(queued=100), CONFIG, PolicyState(0))
+    assert d.desired == 1  # from none: one
+    d, s = decide(demand(queued=100), CONFIG, s)
+    assert d.desired == 1
+    assert d.reason.startswith("held at 1: waiting for 1 worker(s) to start and report")
+    quiet = (WorkerLoad("w0", 0, True, reported=False),)
+    d, s = decide(demand(queued=100, workers=quiet), CONFIG, s)
+    assert d.desired == 1
+    d, s = decide(demand(queued=100, workers=workers(1)), CONFIG, s)
+    assert d.desired == 2
+    d, s = decide(demand(queued=100, workers=workers(2)), CONFIG, s)
+    assert d.desired == 4
+
+
+def test_calls_queued_at_a_slowed_limiter_hold_scale_up() -> None:
+    routes = (RouteHeadroom("default", 0.7, waiting=12),)
+    d, _ = decide(
+        demand(queued=50, running=8, workers=workers(2), routes=routes), CONFIG, PolicyState(2)
+    )
+    assert d.reason == "held at 2: route default is at 70 % of its limit, 12 calls waiting"
+    idle = (RouteHeadroom("default", 0.3, waiting=1),)
+    d, _ = decide(
+        demand(queued=50, running=8, workers=workers(2), routes=idle), CONFIG, PolicyState(2)
+    )
+    assert d.desired == 4
