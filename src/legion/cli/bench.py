@@ -122,7 +122,8 @@ def register(app: typer.Typer) -> None:
         out: OutOpt = DEFAULT_OUT,
         plots: PlotsOpt = True,
     ) -> None:
-        """No-op agents through the durable path (SQLite, PostgreSQL) vs bare asyncio.gather."""
+        """No-op agents through the durable path (SQLite, PostgreSQL) vs the reference batched
+        queue on the same store and bare asyncio.gather."""
         from ..bench import overhead
 
         opts = overhead.OverheadOptions(
