@@ -514,6 +514,9 @@ class Worker:
 
     def _finished(self, inst: Instance, task: asyncio.Task[None] | None = None) -> None:
         self._instances.pop(inst.lease.id, None)
+        # The task's context holds the instance (tracking.CURRENT): without this the two
+        # would be a cycle, each finished attempt left for the cyclic GC to find.
+        inst.task = None
         self._expiry.discard(inst)
         if task is not None:
             self._by_task.pop(task, None)
