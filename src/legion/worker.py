@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import identity
+from . import heap, identity
 from .agent import Agent
 from .clock import Clock, system_clock
 from .diagnostics import tracking
@@ -240,6 +240,7 @@ class Worker:
         self._confirmed_at = time.monotonic()  # no lease is held yet
         for executor in self.executors.values():
             await executor.start()
+        heap.settle()  # full collections skip what start-up made (see legion.heap)
         journal = asyncio.create_task(self._journal.run(), name="legion-journal")
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="legion-heartbeat"),
@@ -265,6 +266,7 @@ class Worker:
                 )
             self._journal.close()
             await journal
+            heap.unsettle()
             for executor in self.executors.values():
                 await executor.aclose()
             if self.config.watchdog:
