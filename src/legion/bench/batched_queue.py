@@ -20,9 +20,11 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+
+T = TypeVar("T")
 
 Job = Callable[[Any], Awaitable[Any]]
 OWNER = "reference-queue"
@@ -159,7 +161,7 @@ async def run_sqlite(path: str, job: Job, inputs: Sequence[Any], concurrency: in
         db.execute("PRAGMA synchronous = NORMAL")
         db.executescript(_SQLITE_SCHEMA)
 
-    def in_tx(fn: Callable[[], Any]) -> Any:
+    def in_tx(fn: Callable[[], T]) -> T:
         db.execute("BEGIN IMMEDIATE")
         try:
             out = fn()
