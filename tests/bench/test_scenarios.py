@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from legion.bench import autoscale, capacity, concurrency, overhead, scale_out
+from legion.bench import autoscale, capacity, concurrency, overhead, scale_out, steps
 from legion.bench.capacity_scenarios import ScenarioOptions, run_scenarios
 from legion.bench.results import BenchResult, write_result
 from legion.demo import sequential
@@ -48,7 +48,25 @@ async def test_overhead(tmp_path: Path, postgres_server: str) -> None:
     data = check_written(await overhead.run(opts, workdir=tmp_path), tmp_path)
     rates = data["tasks_per_second"]
     assert isinstance(rates, dict)
-    assert set(rates) == {overhead.BARE, overhead.SQLITE, overhead.POSTGRES}
+    assert set(rates) == {
+        overhead.BARE,
+        overhead.QUEUE_SQLITE,
+        overhead.SQLITE,
+        overhead.QUEUE_POSTGRES,
+        overhead.POSTGRES,
+    }
+    ratios = data["legion_vs_queue"]
+    assert isinstance(ratios, dict)
+    assert set(ratios) == {overhead.SQLITE, overhead.POSTGRES}
+    assert all(set(r) == {"tasks_per_second", "cpu_per_task"} for r in ratios.values())
+
+
+async def test_steps(tmp_path: Path, postgres_server: str) -> None:
+    opts = steps.StepsOptions(tasks=50, concurrency=20, repeat=1, postgres=postgres_server)
+    data = check_written(await steps.run(opts, workdir=tmp_path), tmp_path)
+    rates = data["steps_per_second"]
+    assert isinstance(rates, dict)
+    assert set(rates) == {steps.SQLITE, steps.POSTGRES}
 
 
 async def test_capacity(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "retry",
         "sim",
         "resources",
+        "heap",
     ),
     ("codec",),
     ("diagnostics", "inputs", "agent"),

@@ -130,7 +130,8 @@ def register(app: typer.Typer) -> None:
         out: OutOpt = DEFAULT_OUT,
         plots: PlotsOpt = True,
     ) -> None:
-        """No-op agents through the durable path (SQLite, PostgreSQL) vs bare asyncio.gather."""
+        """No-op agents through the durable path (SQLite, PostgreSQL) vs the reference batched
+        queue on the same store and bare asyncio.gather."""
         from ..bench import overhead
 
         opts = overhead.OverheadOptions(
@@ -140,6 +141,30 @@ def register(app: typer.Typer) -> None:
             postgres=None if sqlite_only else postgres,
         )
         _finish(_run_scenario(lambda say: overhead.run(opts, progress=say)), out, plots)
+
+    @bench.command("steps")
+    def steps_cmd(
+        tasks: Annotated[int, typer.Option(min=1, help="Five-step tasks per run.")] = 10_000,
+        concurrency: Annotated[int, typer.Option(min=1, help="Instances at once.")] = 1000,
+        repeat: Annotated[int, typer.Option(min=1, help="Runs of each path; the best counts.")] = 3,
+        postgres: PostgresOpt = DEFAULT_POSTGRES,
+        sqlite_only: Annotated[
+            bool, typer.Option("--sqlite-only", help="Skip the PostgreSQL runs.")
+        ] = False,
+        out: OutOpt = DEFAULT_OUT,
+        plots: PlotsOpt = True,
+    ) -> None:
+        """Agents of five recorded steps through the durable path (SQLite, PostgreSQL):
+        steps per second and CPU per step."""
+        from ..bench import steps
+
+        opts = steps.StepsOptions(
+            tasks=tasks,
+            concurrency=concurrency,
+            repeat=repeat,
+            postgres=None if sqlite_only else postgres,
+        )
+        _finish(_run_scenario(lambda say: steps.run(opts, progress=say)), out, plots)
 
     @bench.command("capacity")
     def capacity_cmd(
@@ -357,12 +382,13 @@ def register(app: typer.Typer) -> None:
         out: OutOpt = DEFAULT_OUT,
         plots: PlotsOpt = True,
     ) -> None:
-        """Every scenario at its default size, one after the other (about 17 minutes)."""
-        from ..bench import autoscale, capacity, concurrency, overhead, scale_out
+        """Every scenario at its default size, one after the other (about 18 minutes)."""
+        from ..bench import autoscale, capacity, concurrency, overhead, scale_out, steps
         from ..demo import sequential
 
         makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
             lambda say: overhead.run(overhead.OverheadOptions(postgres=postgres), progress=say),
+            lambda say: steps.run(steps.StepsOptions(postgres=postgres), progress=say),
             lambda say: capacity.run(progress=say),
             lambda say: concurrency.run(progress=say),
             lambda say: sequential.run(progress=say),

@@ -30,6 +30,10 @@ class SiteRef(NamedTuple):
         return Site(file, self.line, self.code.co_name, linecache.getline(file, self.line).strip())
 
 
+def _used() -> Any:
+    raise RuntimeError("a step or call was awaited twice")
+
+
 class Pending(Awaitable[T], Generic[T]):
     """A step or call that runs when awaited. ``what`` names it in reports."""
 
@@ -46,7 +50,10 @@ class Pending(Awaitable[T], Generic[T]):
         if self.awaited:
             raise RuntimeError(f"{self.what} was awaited twice")
         self.awaited = True
-        return self._factory().__await__()
+        # Dropped once used: a factory is often a closure over this very object, a cycle
+        # that would otherwise keep every step of a finished task for the cyclic GC.
+        factory, self._factory = self._factory, _used
+        return factory().__await__()
 
     @property
     def site(self) -> Site:

@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import identity
+from .. import heap, identity
 from ..agent import Agent
 from ..clock import Clock, system_clock
 from ..diagnostics import tracking
@@ -250,6 +250,7 @@ class Worker:
         self._confirmed_at = time.monotonic()  # no lease is held yet
         for executor in self.executors.values():
             await executor.start()
+        heap.settle()  # full collections skip what start-up made (see legion.heap)
         journal = asyncio.create_task(self._journal.run(), name="legion-journal")
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="legion-heartbeat"),
@@ -275,6 +276,7 @@ class Worker:
                 )
             self._journal.close()
             await journal
+            heap.unsettle()
             for executor in self.executors.values():
                 await executor.aclose()
             if self.config.watchdog:
@@ -532,6 +534,9 @@ class Worker:
 
     def _finished(self, inst: Instance, task: asyncio.Task[None] | None = None) -> None:
         self._instances.pop(inst.lease.id, None)
+        # The task's context holds the instance (tracking.CURRENT): without this the two
+        # would be a cycle, each finished attempt left for the cyclic GC to find.
+        inst.task = None
         self._expiry.discard(inst)
         if task is not None:
             self._by_task.pop(task, None)
