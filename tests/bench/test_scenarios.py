@@ -15,8 +15,7 @@ from legion.bench import capacity, concurrency, overhead, scale_out
 from legion.bench.results import BenchResult, write_result
 from legion.demo import sequential
 from legion.demo.compare import DemoConfig
-
-from ..conftest import POSTGRES_URL
+from tests.conftest import POSTGRES_URL
 
 FAST_DEMO = DemoConfig(
     rpm=60_000, tpm=10_000_000, latency=0.01, latency_jitter=0.0, tokens_per_second=100_000

@@ -1,7 +1,7 @@
 """The hard cases of ``capacity``: a limit nobody told legion, a 429 storm, an outage,
 and a low limit under the default concurrency.
 
-Each scenario runs legion (a durable :class:`~legion.Runtime` on a SQLite file, every
+Each scenario runs legion (a durable `legion.Runtime` on a SQLite file, every
 call through ``ctx.llm``) against a fresh simulator with the limit enforced over 1 s
 windows, 5 % server errors and rejected requests counting against the window:
 

@@ -84,7 +84,7 @@ async def through_legion(url: str, n: int, concurrency: int) -> tuple[float, flo
 
 def measure(kind: str, n: int, concurrency: int, url: str) -> tuple[float, float]:
     """Seconds and CPU seconds of one path (``bare`` or legion on ``url``); run in a
-    child process by :func:`run`."""
+    child process by `run`."""
     if kind == "bare":
         return asyncio.run(bare_gather(n, concurrency))
     return asyncio.run(through_legion(url, n, concurrency))

@@ -10,9 +10,8 @@ from typing import Annotated
 
 import typer
 
-from ..errors import LegionError
-from .bench import register as _register_bench
-from .options import (
+from legion.cli.bench import register as _register_bench
+from legion.cli.options import (
     DEFAULT_STORE,
     ConfigOpt,
     DeadlineOpt,
@@ -29,10 +28,11 @@ from .options import (
     _run,
     _setup_logging,
 )
-from .progress import error_text, stderr_console
-from .serve import register as _register_serve
-from .sim import register as _register_sim
-from .vectors import register as _register_vectors
+from legion.cli.progress import error_text, stderr_console
+from legion.cli.serve import register as _register_serve
+from legion.cli.sim import register as _register_sim
+from legion.cli.vectors import register as _register_vectors
+from legion.errors import LegionError
 
 app = typer.Typer(
     name="legion",
@@ -107,9 +107,9 @@ def run(
     and the line's content (or its "_key" field), so running the same command again
     skips what finished and runs the rest. Exits 1 if any task did not succeed.
     """
-    from ..loader import load_agent
-    from .llm_options import ExecutorOptions, LLMOptions
-    from .run import RunOptions, run_file
+    from legion.cli.llm_options import ExecutorOptions, LLMOptions
+    from legion.cli.run import RunOptions, run_file
+    from legion.loader import load_agent
 
     _setup_logging(verbose)
     if not input.is_file():
@@ -215,8 +215,8 @@ def worker(
     or go back to the queue). LLM limits (--rpm/--tpm) are shared by all the workers
     that use the same provider and model: together they stay under them.
     """
-    from .llm_options import ExecutorOptions, LLMOptions
-    from .worker import (
+    from legion.cli.llm_options import ExecutorOptions, LLMOptions
+    from legion.cli.worker import (
         WorkerOptions,
         child_argv,
         follow_supervisor,
@@ -275,7 +275,7 @@ def status(
     ] = False,
 ) -> None:
     """Show tasks per status and agent, live workers and the latest errors."""
-    from .status import show_status
+    from legion.cli.status import show_status
 
     _run(show_status(store, errors=errors, as_json=as_json, advice=advice))
 
@@ -294,7 +294,7 @@ def retry(
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Queue dead, failed or cancelled tasks again, with a fresh attempt budget."""
-    from .status import requeue
+    from legion.cli.status import requeue
 
     if not (task_ids or dead or failed or cancelled):
         raise _fail("name task ids, or --dead, --failed or --cancelled")
@@ -320,7 +320,7 @@ def cancel(
 
     Prints each task's status after the request; exits 1 if a task was not found.
     """
-    from .status import cancel_tasks
+    from legion.cli.status import cancel_tasks
 
     missing = []
     for task_id, st in _run(cancel_tasks(store, task_ids)):

@@ -12,8 +12,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..errors import LegionError
-from .progress import error_text, stderr_console
+from legion.cli.progress import error_text, stderr_console
+from legion.errors import LegionError
 
 T = TypeVar("T")
 

@@ -1,11 +1,11 @@
 """Load shedding: what the server takes on, and what it answers 429 or 503 at once.
 
-- **Requests in progress** (:class:`InProgressLimit`, ASGI middleware): at most
+- **Requests in progress** (`InProgressLimit`, ASGI middleware): at most
   ``max_in_progress`` requests are handled at once; one more is answered ``503`` with
   ``Retry-After`` before its body is read. Event streams (long-lived by design) and
   ``/healthz`` are not counted. A server that sheds early keeps the latency of what it
   accepts bounded, instead of queueing every request behind all the others.
-- **Per tenant** (:class:`TenantLimits`): a submit rate (a token bucket of ``rate`` tasks
+- **Per tenant** (`TenantLimits`): a submit rate (a token bucket of ``rate`` tasks
   per second, ``burst`` deep) and a most of queued tasks. Over either, ``429`` with
   ``Retry-After``. A refused submission stored nothing; an acknowledged one is in the
   store (durable) before it is answered.

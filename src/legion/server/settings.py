@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from legion.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
