@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .agent import Agent, agent
-from .context import AgentContext, Context, Memory
-from .errors import (
+from legion.agent import Agent, agent
+from legion.context import AgentContext, Context, Memory
+from legion.errors import (
     AgentCrash,
     AgentError,
     AgentLoadError,
@@ -49,16 +49,16 @@ from .errors import (
     TaskTimeout,
     WaitTimeout,
 )
-from .retry import RetryPolicy
-from .run.runtime import Runtime
-from .run.worker import Worker, WorkerConfig
-from .stats import Statistics
-from .store import SQLiteStore, Store, store_from_url
-from .task import ErrorInfo, Submitted, TaskInfo, TaskResult, TaskStatus
+from legion.retry import RetryPolicy
+from legion.run.runtime import Runtime
+from legion.run.worker import Worker, WorkerConfig
+from legion.stats import Statistics
+from legion.store import SQLiteStore, Store, store_from_url
+from legion.task import ErrorInfo, Submitted, TaskInfo, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
-    from .llm.client import LLMClient
-from .waiting import Approval
+    from legion.llm.client import LLMClient
+from legion.waiting import Approval
 
 __version__ = "0.1.0"
 
@@ -115,7 +115,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The LLM client loads its HTTP stack (aiohttp) when first named, not with legion.
     if name == "LLMClient":
-        from .llm.client import LLMClient
+        from legion.llm.client import LLMClient
 
         return LLMClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,10 +19,10 @@ from typing import Any, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
-from . import codec
-from .errors import ConfigError, InputError
-from .resources import encode, normalize
-from .retry import RetryPolicy
+from legion import codec
+from legion.errors import ConfigError, InputError
+from legion.resources import encode, normalize
+from legion.retry import RetryPolicy
 
 AgentFn = Callable[..., Awaitable[Any]]
 
@@ -33,7 +33,7 @@ EXECUTORS = ("async", "process", "ray")
 
 @dataclass(frozen=True, slots=True)
 class AgentOptions:
-    """Options of one agent; see :func:`agent` for their meaning."""
+    """Options of one agent; see `agent` for their meaning."""
 
     name: str
     timeout: float | None
@@ -89,7 +89,7 @@ class Agent:
         ``package.module:function``, or ``/path/to/script.py:function`` for a script run as
         ``__main__``. Executors that run agents in other processes send this.
 
-        Raises :class:`ConfigError` for a function that cannot be imported by name: one
+        Raises `ConfigError` for a function that cannot be imported by name: one
         defined inside another function, a lambda, or one whose name now means something
         else in its module.
         """
@@ -127,7 +127,7 @@ class Agent:
         return f"<legion.Agent {self.name} ({', '.join(self.params)})>"
 
     def arguments(self, value: Any) -> dict[str, Any]:
-        """Map a submitted input to validated keyword arguments, or raise :class:`InputError`.
+        """Map a submitted input to validated keyword arguments, or raise `InputError`.
 
         A JSON object whose keys are all parameter names is taken as the arguments; an
         agent with a single parameter also takes any other value as that parameter. An
@@ -178,7 +178,7 @@ class Agent:
 
     def check_json(self, value: Any, encoded: bytes) -> None:
         """Check a submitted input as JSON, strictly (``true`` is not a number, ``"5"`` not
-        an integer), or raise :class:`InputError`. ``encoded`` is ``value`` as JSON: the
+        an integer), or raise `InputError`. ``encoded`` is ``value`` as JSON: the
         check reads it rather than copying the input again."""
         if isinstance(value, dict) and value.keys() <= self._names and (value or not self._one):
             kwargs = encoded
@@ -195,7 +195,7 @@ class Agent:
             raise InputError(_validation_message(self.name, exc)) from None
 
     def input_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
-        """The JSON schema of what :meth:`arguments` accepts (``$defs`` under ``$defs``)."""
+        """The JSON schema of what `arguments` accepts (``$defs`` under ``$defs``)."""
         model = self._validator.model_json_schema(ref_template=ref_template)
         defs = model.pop("$defs", {})
         if self._one:
@@ -262,7 +262,7 @@ def agent(
     - ``output``: a type the result is validated against before it is stored.
     - ``resources``: what one instance needs, as ``{"memory_mb": 512}`` or tags
       (``["gpu"]``); only workers that offer it (``legion worker --offer``) lease its
-      tasks, and the Ray executor asks Ray for it (see :mod:`legion.resources`).
+      tasks, and the Ray executor asks Ray for it (see `legion.resources`).
     """
     if timeout is not None and timeout <= 0:
         raise ConfigError("timeout must be > 0 seconds, or None")

@@ -7,9 +7,9 @@ Temporal's words) pauses while it waits (schedule-to-start). Only an agent's
 ``deadline`` bounds the whole, waits included, and a task that reaches it says what it
 waited for.
 
-The runner gives every attempt an :class:`AttemptTime` and makes it :func:`current` for
+The runner gives every attempt an `AttemptTime` and makes it `current` for
 the code the attempt runs (a context variable, so the tasks the agent creates share it);
-whatever makes an instance wait reports the wait with :func:`waiting`::
+whatever makes an instance wait reports the wait with `waiting`::
 
     with attempt.waiting("capacity on route default (120 rpm)"):
         await turn

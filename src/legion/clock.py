@@ -1,4 +1,4 @@
-"""Time, injected: the runtime reads wall-clock seconds through a :class:`Clock`.
+"""Time, injected: the runtime reads wall-clock seconds through a `Clock`.
 
 Stores keep wall-clock timestamps (they are shared between processes and machines);
 the in-process schedulers take the same clock so tests can move time instead of

@@ -2,7 +2,7 @@
 
 Values are stored as JSON so the store stays readable by people, dashboards and other
 languages. pydantic models and dataclasses are encoded as objects; anything else that
-JSON cannot represent raises :class:`~legion.errors.OutputError` with the reason.
+JSON cannot represent raises `legion.errors.OutputError` with the reason.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from .errors import OutputError
+from legion.errors import OutputError
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -26,7 +26,7 @@ def _default(value: Any) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Encode ``value`` as JSON bytes, or raise :class:`OutputError` saying why not."""
+    """Encode ``value`` as JSON bytes, or raise `OutputError` saying why not."""
     try:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:

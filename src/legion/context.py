@@ -13,28 +13,28 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from . import codec, faults, telemetry
-from .clock import Clock
-from .diagnostics.advisor import GATHERED, StepTrace, fingerprints
-from .diagnostics.report import Diagnostic
-from .diagnostics.unawaited import Pending, SiteRef
-from .errors import AgentCrash, Permanent
-from .journal import Journal
-from .steps import step_key
-from .store.base import SessionMemory
-from .store.types import MemoryWrite
-from .task import Lease, StepRecord, TaskUsage
-from .waiting import calls as waiting
-from .waiting.suspend import Suspended
+from legion import codec, faults, telemetry
+from legion.clock import Clock
+from legion.diagnostics.advisor import GATHERED, StepTrace, fingerprints
+from legion.diagnostics.report import Diagnostic
+from legion.diagnostics.unawaited import Pending, SiteRef
+from legion.errors import AgentCrash, Permanent
+from legion.journal import Journal
+from legion.steps import step_key
+from legion.store.base import SessionMemory
+from legion.store.types import MemoryWrite
+from legion.task import Lease, StepRecord, TaskUsage
+from legion.waiting import calls as waiting
+from legion.waiting.suspend import Suspended
 
 if TYPE_CHECKING:
-    from .agent import Agent
-    from .llm.calls import LLMCalls
-    from .llm.client import LLMClient
-    from .llm.embeddings import Embeddings
-    from .llm.types import ChatResponse, Message
-    from .vectors.collection import Collection
-    from .vectors.types import Hit
+    from legion.agent import Agent
+    from legion.llm.calls import LLMCalls
+    from legion.llm.client import LLMClient
+    from legion.llm.embeddings import Embeddings
+    from legion.llm.types import ChatResponse, Message
+    from legion.vectors.collection import Collection
+    from legion.vectors.types import Hit
 
 T = TypeVar("T")
 
@@ -99,9 +99,9 @@ class CollectionAPI(Protocol):
 @runtime_checkable
 class AgentContext(Protocol):
     """What an agent instance is handed as its first argument, wherever it runs: the
-    :class:`Context` of an instance that runs in its worker, or the stand-in of an
+    `Context` of an instance that runs in its worker, or the stand-in of an
     executor that runs it in another process or on a Ray cluster
-    (:class:`~legion.executors.remote.RemoteContext`). Both behave alike: one contract
+    (`legion.executors.remote.RemoteContext`). Both behave alike: one contract
     test suite runs on both."""
 
     @property
@@ -143,7 +143,7 @@ class AgentContext(Protocol):
     ) -> Awaitable[Any]:
         """Run ``fn(*args, **kwargs)`` once per task and record its result (await it);
         a step recorded by an earlier attempt answers its recorded JSON instead of
-        running. The second step of one name is keyed ``name#2`` (:func:`step_key`)."""
+        running. The second step of one name is keyed ``name#2`` (`step_key`)."""
         ...
 
     def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> Awaitable[list[Any]]:
@@ -249,7 +249,7 @@ class Context:
     ) -> None:
         """``owner``: the worker holding ``lease``; every step and memory write names it,
         and the store accepts them only while that lease holds. ``before_step``: asked
-        before each step runs (see :data:`BeforeStep`)."""
+        before each step runs (see `BeforeStep`)."""
         self.agent = agent
         self.usage = TaskUsage()
         self.traces: list[StepTrace] = []  # the steps this attempt ran, for the advisor
@@ -309,7 +309,7 @@ class Context:
                 raise Permanent(
                     "no LLM is configured: pass llm= to legion.Runtime, or --llm to legion run"
                 )
-            from .llm.calls import LLMCalls
+            from legion.llm.calls import LLMCalls
 
             self._llm = LLMCalls(self, self._llm_client)
         return self._llm
@@ -317,10 +317,10 @@ class Context:
     def vectors(
         self, collection: str, scope: str = "session", *, model: str | None = None
     ) -> Collection:
-        """A vector collection: ``scope="session"`` (keyed like :attr:`memory`) or
+        """A vector collection: ``scope="session"`` (keyed like `memory`) or
         ``"shared"`` (one corpus for every task); ``model`` names the embedding route (by
         default the ``embed`` route, else the default one). See `legion.vectors`."""
-        from .vectors.collection import Collection
+        from legion.vectors.collection import Collection
 
         return Collection(self, self._store, collection, scope, model)
 
@@ -346,7 +346,7 @@ class Context:
         side effect but before the record, the step runs again on the next attempt:
         give such side effects an idempotency key (``ctx.task_id`` and the step name).
 
-        Nothing runs until the step is awaited (or given to :meth:`gather`); a step that is
+        Nothing runs until the step is awaited (or given to `gather`); a step that is
         never awaited is reported on the task, with the line that made it.
         """
         pending: Pending[Any] = Pending(
@@ -356,7 +356,7 @@ class Context:
         return pending
 
     def made(self, pending: Pending[Any]) -> None:
-        """Keep track of a pending call made for the agent (see :meth:`unawaited`)."""
+        """Keep track of a pending call made for the agent (see `unawaited`)."""
         self._made.append(pending)
 
     def made_any(self) -> bool:
@@ -377,7 +377,7 @@ class Context:
         *,
         inputs: tuple[Any, ...] | None = None,
     ) -> Any:
-        """The body of :meth:`step`: replay or run, record, trace (``site``: the caller;
+        """The body of `step`: replay or run, record, trace (``site``: the caller;
         ``inputs``: what the step depends on, when not its arguments)."""
         key = step_key(self._counts, name)
         recorded = self._lease.steps.get(key)
@@ -427,7 +427,7 @@ class Context:
         """Wait for the signal ``event`` sent to this task (``legion signal``, the HTTP API,
         ``Runtime.signal``) and answer its data; the n-th wait for an event gets the n-th
         signal of that name, sent before or after. While it waits the task is ``waiting``
-        and holds no slot. ``timeout`` (seconds): raise :class:`~legion.errors.WaitTimeout`
+        and holds no slot. ``timeout`` (seconds): raise `legion.errors.WaitTimeout`
         if no signal came by then."""
         return await waiting.wait_for(self, self._store, self._clock, event, timeout=timeout)
 
@@ -443,7 +443,7 @@ class Context:
 
     async def spawn(self, agent: Agent | str, input: Any = None) -> Any:
         """Run ``agent`` on ``input`` as a child task and answer its output; this task
-        waits suspended meanwhile. Raises :class:`~legion.errors.ChildFailed` if the child
+        waits suspended meanwhile. Raises `legion.errors.ChildFailed` if the child
         does not succeed."""
         return await waiting.spawn(self, self._store, self._clock, agent, input)
 
@@ -466,7 +466,7 @@ class Context:
 
 
 async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
-    """What :meth:`Context.gather` does, for contexts that live elsewhere (an executor's
+    """What `Context.gather` does, for contexts that live elsewhere (an executor's
     stand-in for the context in another process)."""
     if not aws:
         return []
@@ -493,7 +493,7 @@ async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[
 
 
 async def _contained(aw: Awaitable[T]) -> T:
-    """Await ``aw``; a BaseException that is not cancellation becomes :class:`AgentCrash`.
+    """Await ``aw``; a BaseException that is not cancellation becomes `AgentCrash`.
 
     asyncio re-raises ``SystemExit`` and ``KeyboardInterrupt`` out of the event loop when
     they escape a task, which would take every other instance down with this one.

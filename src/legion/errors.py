@@ -38,13 +38,13 @@
                                (e.g. SystemExit); caught so it cannot take the worker down
 
 Retryability is decided by the class (``retryable``), never by matching messages:
-every exception that is not a :class:`Permanent` (or a pydantic validation error, which
+every exception that is not a `Permanent` (or a pydantic validation error, which
 means bad data, not bad luck) is retried until the agent's retry policy gives up.
-Cancellation (:class:`asyncio.CancelledError`) is never caught by a generic handler.
+Cancellation (`asyncio.CancelledError`) is never caught by a generic handler.
 
 Provider errors are raised by ``legion.llm``, which translates HTTP statuses and transport
 failures into them exactly once, at the provider boundary (``raise ... from exc``). A
-:class:`ProviderAuthError` is ``fatal``: every other task would fail the same way, so the
+`ProviderAuthError` is ``fatal``: every other task would fail the same way, so the
 runtime stops the whole run instead of failing tasks one by one.
 """
 

@@ -3,9 +3,9 @@
 A worker's process holds tens of thousands of long-lived objects by the time it starts
 leasing (modules, classes, functions, the store, the LLM client): every full collection
 would scan all of them again, while the objects that come and go are the instances'.
-:func:`settle` collects once and moves everything alive into the permanent generation
+`settle` collects once and moves everything alive into the permanent generation
 (``gc.freeze()``), so that later collections scan only what was made since; when the
-last worker of the process stops, :func:`unsettle` gives them back to the collector.
+last worker of the process stops, `unsettle` gives them back to the collector.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def settle() -> None:
 
 
 def unsettle() -> None:
-    """The worker that called :func:`settle` stops: the last one unfreezes."""
+    """The worker that called `settle` stops: the last one unfreezes."""
     global _users
     _users = max(0, _users - 1)
     if _users == 0:

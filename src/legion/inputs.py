@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import codec
+from legion import codec
 
 
 @dataclass(frozen=True, slots=True)

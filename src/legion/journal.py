@@ -1,12 +1,12 @@
 """Group commit: the writes of many agent instances, committed together.
 
 Instances hand their step results, memory writes and completions to the
-:class:`Journal`; one flusher commits whatever has accumulated in one store
+`Journal`; one flusher commits whatever has accumulated in one store
 transaction, then wakes the instances that wait for durability. While a commit is in
 flight the next batch fills up, so batches grow exactly when load does.
 
 Every write carries its lease and the store refuses those of a lease that no longer
-holds: the writer's wait then raises :class:`~legion.errors.LeaseLost`, and ``on_lost``
+holds: the writer's wait then raises `legion.errors.LeaseLost`, and ``on_lost``
 hears the tasks (the worker stops their instances). The same statements tell which
 tasks' cancellation was asked (``on_cancel``), so a cancel is seen at every step.
 
@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from . import codec, faults
-from .clock import Clock
-from .errors import LeaseLost
-from .store.base import TaskQueue, TaskReader
-from .store.types import DiagnosticRecord, MemoryWrite, WriteBatch
-from .task import Completion, Lease, Outcome, StepRecord, TaskInfo, TaskStatus
+from legion import codec, faults
+from legion.clock import Clock
+from legion.errors import LeaseLost
+from legion.store.base import TaskQueue, TaskReader
+from legion.store.types import DiagnosticRecord, MemoryWrite, WriteBatch
+from legion.task import Completion, Lease, Outcome, StepRecord, TaskInfo, TaskStatus
 
 log = logging.getLogger("legion.journal")
 
@@ -85,7 +85,7 @@ class Journal:
 
     def write_memory(self, write: MemoryWrite) -> asyncio.Future[None]:
         """Queue a memory write; the future resolves once it is durable (or raises
-        :class:`LeaseLost` if the store refused it)."""
+        `LeaseLost` if the store refused it)."""
         self._batch.memory.append(write)
         return self._wait(write.task_id, write.attempt)
 
@@ -121,12 +121,12 @@ class Journal:
         await self._idle.wait()
 
     def close(self) -> None:
-        """Ask :meth:`run` to return once everything queued is committed."""
+        """Ask `run` to return once everything queued is committed."""
         self._closing = True
         self._pending.set()
 
     async def run(self) -> None:
-        """Commit batches until :meth:`close`; a batch being written is never abandoned."""
+        """Commit batches until `close`; a batch being written is never abandoned."""
         while True:
             if not len(self._batch):
                 if self._closing:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from .agent import Agent, agent
-from .errors import AgentLoadError
+from legion.agent import Agent, agent
+from legion.errors import AgentLoadError
 
 
 def load_module(ref: str) -> ModuleType:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .task import Outcome
+from legion.task import Outcome
 
 
 @dataclass(frozen=True, slots=True)

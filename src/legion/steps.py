@@ -1,8 +1,8 @@
 """Steps as the layers below the context see them.
 
 ``ctx.llm`` and ``ctx.vectors`` record their calls as steps of the task; they do so
-through a :class:`StepRecorder`, the part of a context they need, so that they never
-import the context itself. :func:`step_key` is the one rule every context uses to name a
+through a `StepRecorder`, the part of a context they need, so that they never
+import the context itself. `step_key` is the one rule every context uses to name a
 step: the first ``name`` is ``name``, the second ``name#2``, and so on.
 """
 
@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from .diagnostics.unawaited import Pending, SiteRef
-from .task import TaskUsage
+from legion.diagnostics.unawaited import Pending, SiteRef
+from legion.task import TaskUsage
 
 
 class StepRecorder(Protocol):
-    """What records the steps and calls of one attempt (a :class:`~legion.context.Context`)."""
+    """What records the steps and calls of one attempt (a `legion.context.Context`)."""
 
     @property
     def usage(self) -> TaskUsage:

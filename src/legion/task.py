@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from . import codec
-from .diagnostics.report import Diagnostic
-from .errors import AgentCrash
+from legion import codec
+from legion.diagnostics.report import Diagnostic
+from legion.errors import AgentCrash
 
 
 class TaskStatus(enum.StrEnum):

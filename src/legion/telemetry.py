@@ -1,9 +1,9 @@
 """Tracing (OpenTelemetry) and structured logs.
 
 Tracing is off by default and then costs nothing: the runner, ``ctx.step`` and the LLM
-client check the module flag :data:`tracing` and create no span. Turn it on with
-:func:`enable_tracing` (spans go to the tracer provider you configured, or the global
-one), or let :func:`configure_tracing` build a provider that exports them
+client check the module flag `tracing` and create no span. Turn it on with
+`enable_tracing` (spans go to the tracer provider you configured, or the global
+one), or let `configure_tracing` build a provider that exports them
 (``legion serve --trace otlp``, or ``LEGION_TRACE=otlp``; ``console`` prints them).
 
 Spans, nested as the work is:
@@ -12,13 +12,13 @@ Spans, nested as the work is:
   ``legion.agent``; an error ends it with an error status and the exception recorded.
 - ``legion.step``, one per step that runs (replayed steps run nothing, so make none):
   ``legion.step.key``, ``legion.task.id``; steps run by ``ctx.gather`` overlap in time.
-- ``chat {model}``, one per LLM call (made in :mod:`legion.llm.tracing`), after the
+- ``chat {model}``, one per LLM call (made in `legion.llm.tracing`), after the
   OpenTelemetry GenAI semantic conventions:
   ``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
   ``gen_ai.response.model``, ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
   ``gen_ai.response.finish_reasons`` and, on failure, ``error.type``.
 
-Structured logs: :func:`configure_logging` with ``as_json=True`` writes one JSON object per
+Structured logs: `configure_logging` with ``as_json=True`` writes one JSON object per
 record, with the ``task_id``, ``agent`` and ``attempt`` that ``ctx.log`` (and the HTTP API)
 attach, and the trace and span ids while tracing.
 
@@ -36,13 +36,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import ConfigError
-from .extras import install_hint
+from legion.errors import ConfigError
+from legion.extras import install_hint
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer, TracerProvider
 
-    from .task import Lease
+    from legion.task import Lease
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import legion, read_jsonl, sim_stats, start_sim, write_jsonl
+from tests.acceptance.conftest import legion, read_jsonl, sim_stats, start_sim, write_jsonl
 
 # Three calls per task, one after the other: a task stopped by the budget has recorded
 # some of them.

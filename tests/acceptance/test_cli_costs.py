@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import legion, read_jsonl, start_sim, write_jsonl
+from tests.acceptance.conftest import legion, read_jsonl, start_sim, write_jsonl
 
 AGENT = """\
 import legion

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import legion, read_jsonl, sim_stats, start_sim, write_jsonl
+from tests.acceptance.conftest import legion, read_jsonl, sim_stats, start_sim, write_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LEGION, legion, read_jsonl, start_legion, wait_for, write_jsonl
+from tests.acceptance.conftest import (
+    LEGION,
+    legion,
+    read_jsonl,
+    start_legion,
+    wait_for,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 

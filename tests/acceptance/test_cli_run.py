@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
+from tests.acceptance.conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import legion, read_jsonl
+from tests.acceptance.conftest import legion, read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from ..pg_cluster import PrivateCluster
-from .conftest import (
+from tests.acceptance.conftest import (
     LEGION,
     read_jsonl,
     sim_stats,
@@ -22,6 +21,7 @@ from .conftest import (
     wait_for,
     write_jsonl,
 )
+from tests.pg_cluster import PrivateCluster
 
 pytestmark = pytest.mark.slow
 

@@ -32,8 +32,7 @@ import pytest
 from legion import codec
 from legion.store import store_from_url
 from legion.task import NewTask
-
-from .conftest import LEGION, wait_for
+from tests.acceptance.conftest import LEGION, wait_for
 
 pytestmark = pytest.mark.slow
 

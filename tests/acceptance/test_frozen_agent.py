@@ -17,8 +17,7 @@ import pytest
 from legion import codec
 from legion.store import store_from_url
 from legion.task import NewTask, TaskInfo, TaskStatus
-
-from .conftest import start_legion, wait_for
+from tests.acceptance.conftest import start_legion, wait_for
 
 pytestmark = pytest.mark.slow
 

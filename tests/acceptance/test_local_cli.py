@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ..llm.test_local_model import packaged_gguf
-from .conftest import legion, read_jsonl, write_jsonl
+from tests.acceptance.conftest import legion, read_jsonl, write_jsonl
+from tests.llm.test_local_model import packaged_gguf
 
 pytestmark = pytest.mark.slow
 

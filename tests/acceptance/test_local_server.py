@@ -28,9 +28,8 @@ import legion
 from legion import Runtime, TaskStatus
 from legion.errors import ProviderUnavailable
 from legion.llm import Capacity, ChatRequest, LLMClient, OpenAIProvider, Route
-
-from ..llm.test_local_model import packaged_gguf
-from .conftest import wait_for
+from tests.acceptance.conftest import wait_for
+from tests.llm.test_local_model import packaged_gguf
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import legion, read_jsonl, sim_stats, start_legion, start_sim, wait_for, write_jsonl
+from tests.acceptance.conftest import (
+    legion,
+    read_jsonl,
+    sim_stats,
+    start_legion,
+    start_sim,
+    wait_for,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ..server.process import create_key, legion, serve, write_agents
+from tests.server.process import create_key, legion, serve, write_agents
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ..server.process import serve
+from tests.server.process import serve
 
 pytestmark = pytest.mark.slow
 

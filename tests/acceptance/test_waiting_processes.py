@@ -14,10 +14,9 @@ import pytest
 
 import legion
 from legion import codec
-
-from .conftest import legion as run_legion
-from .conftest import wait_for
-from .test_cli_worker import Workers, libpq, lines
+from tests.acceptance.conftest import legion as run_legion
+from tests.acceptance.conftest import wait_for
+from tests.acceptance.test_cli_worker import Workers, libpq, lines
 
 pytestmark = pytest.mark.slow
 

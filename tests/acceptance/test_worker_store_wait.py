@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ..pg_cluster import PrivateCluster
-from .conftest import legion, read_jsonl, start_legion, write_jsonl
+from tests.acceptance.conftest import legion, read_jsonl, start_legion, write_jsonl
+from tests.pg_cluster import PrivateCluster
 
 pytestmark = pytest.mark.slow
 

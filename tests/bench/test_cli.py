@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..acceptance.conftest import legion
+from tests.acceptance.conftest import legion
 
 FAST_SIM = ["--latency", "0.01", "--jitter", "0", "--tokens-per-second", "100000"]
 

@@ -16,8 +16,7 @@ from legion.bench.capacity_scenarios import ScenarioOptions, run_scenarios
 from legion.bench.results import BenchResult, write_result
 from legion.demo import sequential
 from legion.demo.compare import DemoConfig
-
-from ..conftest import POSTGRES_URL
+from tests.conftest import POSTGRES_URL
 
 FAST_DEMO = DemoConfig(
     rpm=60_000, tpm=10_000_000, latency=0.01, latency_jitter=0.0, tokens_per_second=100_000

@@ -13,8 +13,7 @@ import pytest
 import legion
 from legion import Runtime, TaskStatus
 from legion.executors import ProcessExecutor
-
-from . import agents
+from tests.executors import agents
 
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")
 

@@ -19,9 +19,8 @@ from legion.executors import ProcessExecutor
 from legion.llm import Capacity, LLMClient, Route
 from legion.loader import load_agent
 from legion.testing import ScriptedProvider
-
-from . import agents
-from .conftest import alive, exited, fifo, next_line
+from tests.executors import agents
+from tests.executors.conftest import alive, exited, fifo, next_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaked_processes")]
 

@@ -9,8 +9,7 @@ import pytest
 
 from legion import Runtime, TaskStatus
 from legion.executors import ProcessExecutor
-
-from . import agents
+from tests.executors import agents
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaked_processes")]
 

@@ -23,8 +23,7 @@ from legion.executors import (
     executors_from_options,
 )
 from legion.executors import protocol as p
-
-from . import agents
+from tests.executors import agents
 
 
 def raised(fn: Callable[[], Any]) -> BaseException:

@@ -19,9 +19,8 @@ import pytest
 import legion
 from legion import Runtime, TaskStatus, codec
 from legion.executors.ray import RayExecutor
-
-from . import agents
-from .conftest import exited, fifo, next_line
+from tests.executors import agents
+from tests.executors.conftest import exited, fifo, next_line
 
 # Ray reads this when it is imported: keep every node of the test cluster on 127.0.0.1.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

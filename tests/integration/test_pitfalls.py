@@ -8,8 +8,7 @@ from pathlib import Path
 import legion
 from legion import Runtime, TaskStatus
 from legion.diagnostics.report import Kind
-
-from . import pitfall_agents as agents
+from tests.integration import pitfall_agents as agents
 
 SOURCE = Path(agents.__file__)
 

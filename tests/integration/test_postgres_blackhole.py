@@ -20,8 +20,7 @@ from legion.errors import StoreUnavailable
 from legion.run.worker import Worker, WorkerConfig
 from legion.store import PostgresStore
 from legion.task import NewTask, TaskStatus
-
-from .tcp_proxy import proxy_to
+from tests.integration.tcp_proxy import proxy_to
 
 pytestmark = pytest.mark.slow
 

@@ -29,8 +29,7 @@ from legion.store import PostgresStore, WriteBatch, store_from_url
 from legion.store import postgres as postgres_store
 from legion.store.queries import migrations
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, TaskStatus
-
-from ..conftest import with_params
+from tests.conftest import with_params
 
 NOW = 1_000_000.0
 

@@ -16,8 +16,7 @@ from pydantic import BaseModel
 import legion
 from legion import Runtime
 from legion.integrations.langchain import chat_model
-
-from .conftest import SimRoute
+from tests.integrations.conftest import SimRoute
 
 LEDGER: list[Path] = []
 

@@ -10,8 +10,7 @@ from agents import Agent, Runner, function_tool
 import legion
 from legion import Runtime
 from legion.integrations.openai_agents import run_config
-
-from .conftest import SimRoute
+from tests.integrations.conftest import SimRoute
 
 LEDGER: list[Path] = []
 

@@ -11,8 +11,7 @@ from pydantic_ai import Agent, RunContext
 import legion
 from legion import Runtime
 from legion.integrations.pydantic_ai import model
-
-from .conftest import SimRoute
+from tests.integrations.conftest import SimRoute
 
 
 class Forecast(BaseModel):

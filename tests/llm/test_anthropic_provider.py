@@ -18,8 +18,7 @@ from legion.errors import (
 from legion.llm import AnthropicProvider, ChatRequest, OpenAIProvider, ToolCall, Usage
 from legion.llm.anthropic import MessageAssembler, build_payload, parse_message
 from legion.llm.sse import ServerSentEvent
-
-from .conftest import Closing, StartSimulator
+from tests.llm.conftest import Closing, StartSimulator
 
 MODEL = "sim-model"
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"})

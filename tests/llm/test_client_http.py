@@ -30,8 +30,7 @@ from legion.llm.simulated import SimulatedProvider
 from legion.retry import RetryPolicy
 from legion.sim import Simulator
 from legion.testing import ScaledClock
-
-from .conftest import StartSimulator
+from tests.llm.conftest import StartSimulator
 
 USER = [{"role": "user", "content": "Hello"}]
 QUICK_RETRY = RetryPolicy(retries=3, backoff=0.001, max_backoff=0.01)

@@ -10,8 +10,7 @@ from aiohttp import web
 from legion.errors import ProviderUnavailable, ResponseTooLarge
 from legion.llm import AnthropicProvider, OpenAIProvider
 from legion.llm.types import ChatRequest
-
-from .conftest import Closing, StartSimulator
+from tests.llm.conftest import Closing, StartSimulator
 
 USER = ({"role": "user", "content": "Hello"},)
 

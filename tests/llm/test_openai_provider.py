@@ -19,8 +19,7 @@ from legion.llm import ChatRequest, OpenAIProvider, ToolCall, Usage
 from legion.llm.openai import ChunkAssembler, build_payload, parse_completion
 from legion.llm.sse import ServerSentEvent
 from legion.sim.behaviour import estimate_prompt_tokens, generate_completion
-
-from .conftest import Closing, StartSimulator
+from tests.llm.conftest import Closing, StartSimulator
 
 MODEL = "sim-model"
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"})

@@ -17,8 +17,7 @@ from legion.retry import RetryPolicy
 from legion.sim import SimConfig
 from legion.sim.behaviour import Fault, FaultInjector
 from legion.testing import ScaledClock
-
-from .conftest import StartSimulator
+from tests.llm.conftest import StartSimulator
 
 NO_RETRY = RetryPolicy(retries=0)
 

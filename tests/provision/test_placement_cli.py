@@ -9,9 +9,8 @@ import sqlite3
 from pathlib import Path
 
 from tests.acceptance.conftest import start_legion, wait_for
-
-from .autoscale_agents import on_gpu
-from .test_autoscale_cli import AGENTS, submit
+from tests.provision.autoscale_agents import on_gpu
+from tests.provision.test_autoscale_cli import AGENTS, submit
 
 
 def test_only_a_worker_offering_what_a_task_needs_leases_it(tmp_path: Path) -> None:

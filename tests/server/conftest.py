@@ -18,8 +18,7 @@ import pytest
 from legion import Runtime
 from legion.server import RunningServer, ServerSettings, running_server
 from legion.server.keys import new_key
-
-from . import apps
+from tests.server import apps
 
 if TYPE_CHECKING:
     from legion.llm.client import LLMClient

@@ -6,8 +6,7 @@ import base64
 import time
 
 from legion.server.keys import new_key
-
-from .conftest import Api
+from tests.server.conftest import Api
 
 GUARDED = [
     ("GET", "/v1/tasks"),

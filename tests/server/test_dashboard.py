@@ -14,8 +14,7 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from legion.server.keys import new_key
-
-from .conftest import Api, StartApi
+from tests.server.conftest import Api, StartApi
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .process import LEGION, create_key
+from tests.server.process import LEGION, create_key
 
 AGENT = """
 import legion

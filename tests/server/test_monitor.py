@@ -8,8 +8,7 @@ import time
 from legion.server.monitor import quantiles
 from legion.store.types import WriteBatch
 from legion.task import Completion, ErrorInfo, NewTask, Outcome
-
-from .conftest import Api
+from tests.server.conftest import Api
 
 
 def test_quantiles_are_nearest_rank() -> None:

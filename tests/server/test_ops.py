@@ -15,8 +15,7 @@ from legion.llm.client import LLMClient, Route
 from legion.llm.types import ChatResponse, Usage
 from legion.retry import RetryPolicy
 from legion.testing import ScriptedProvider
-
-from .conftest import Api, StartApi
+from tests.server.conftest import Api, StartApi
 
 
 def scripted_llm(answers: int) -> LLMClient:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .process import serve
+from tests.server.process import serve
 
 pytestmark = pytest.mark.slow
 

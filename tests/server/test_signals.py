@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .conftest import Api
+from tests.server.conftest import Api
 
 
 async def _waiting(api: Api, task_id: int) -> dict[str, object]:

@@ -12,8 +12,7 @@ from legion import Runtime
 from legion.server import ServerSettings, running_server
 from legion.server.keys import new_key
 from legion.store import SQLiteStore
-
-from . import apps
+from tests.server import apps
 
 
 async def test_a_locked_store_answers_503_with_retry_after(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .conftest import Api, events, next_event
+from tests.server.conftest import Api, events, next_event
 
 
 async def test_a_task_stream_sends_changes_steps_and_the_end(api: Api, gate: asyncio.Event) -> None:

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .conftest import Api, StartApi, next_event
+from tests.server.conftest import Api, StartApi, next_event
 
 
 async def test_submit_then_get_the_task_with_its_steps(any_api: Api) -> None:

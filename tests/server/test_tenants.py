@@ -15,8 +15,7 @@ from legion.server.keys import new_key
 from legion.store.types import TaskQuery
 from legion.task import NewTask, TaskStatus
 from legion.testing import FakeClock
-
-from .conftest import Api, StartApi, next_event
+from tests.server.conftest import Api, StartApi, next_event
 
 
 async def tenant_key(api: Api, tenant: str, *, admin: bool = False) -> str:

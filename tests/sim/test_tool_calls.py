@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .conftest import Connect, StartSimulator
+from tests.sim.conftest import Connect, StartSimulator
 
 MODEL = "sim-model"
 TOOLS: list[Any] = [

@@ -15,8 +15,7 @@ from legion.llm import SimulatedProvider
 from legion.store import Store
 from legion.vectors import CollectionInfo, Item
 from legion.vectors.backend import vectors_for
-
-from .conftest import sim_client
+from tests.vectors.conftest import sim_client
 
 DOCS = [
     "the cat sat on the warm mat",

@@ -5,9 +5,8 @@ from __future__ import annotations
 from legion import Runtime, TaskStatus
 from legion.executors import ProcessExecutor
 from legion.llm import SimulatedProvider
-
-from .agents import empty_text, remember_and_recall
-from .conftest import sim_client
+from tests.vectors.agents import empty_text, remember_and_recall
+from tests.vectors.conftest import sim_client
 
 
 async def test_vectors_and_embeddings_work_from_a_child_process(

@@ -5,15 +5,15 @@ token limit) enforced over short windows, as providers quantize their per-minute
 with a share of server errors injected: ``tasks`` tasks of ``calls`` LLM calls each (one
 after the other), run by
 
-- **legion**: a durable :class:`~legion.Runtime` on a SQLite file, every call through
-  ``ctx.llm`` (the shared, adaptive :class:`~legion.llm.Capacity`, told the limit);
+- **legion**: a durable `legion.Runtime` on a SQLite file, every call through
+  ``ctx.llm`` (the shared, adaptive `legion.llm.Capacity`, told the limit);
 - **fixed concurrency**: ``asyncio.gather`` over the tasks, each call inside an
   ``asyncio.Semaphore`` with naive retries (up to ``retries``, waiting the Retry-After on
   a 429 and ``0.5 s * 2**n`` after a server error, inside the semaphore as an SDK's own
   retries are), the way most scripts are written.
 
 Both clients talk to a fresh simulator through the same HTTP provider, and every attempt
-is recorded on the client side (:mod:`legion.bench.recording`). Reported per client:
+is recorded on the client side (`legion.bench.recording`). Reported per client:
 
 - **steady % of limit**: requests the provider admitted (everything but 429s; a server
   error uses up the limit too) per second over the middle 90 % of them (from the 5th to
@@ -24,7 +24,7 @@ is recorded on the client side (:mod:`legion.bench.recording`). Reported per cli
   the limit; with 5 % injected errors that also use the limit, 95 % is its ceiling;
 - 429s received, attempts, tasks failed.
 
-``scenarios`` adds the hard cases of :mod:`legion.bench.capacity_scenarios` (a limit
+``scenarios`` adds the hard cases of `legion.bench.capacity_scenarios` (a limit
 legion is not told, with and without rate-limit headers, a 429 storm, an outage, a low
 limit under the default concurrency), legion alone, each with its own table.
 """

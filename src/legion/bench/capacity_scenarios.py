@@ -1,7 +1,7 @@
 """The hard cases of ``capacity``: a limit nobody told legion, a 429 storm, an outage,
 and a low limit under the default concurrency.
 
-Each scenario runs legion (a durable :class:`~legion.Runtime` on a SQLite file, every
+Each scenario runs legion (a durable `legion.Runtime` on a SQLite file, every
 call through ``ctx.llm``) against a fresh simulator with the limit enforced over 1 s
 windows, 5 % server errors and rejected requests counting against the window:
 
@@ -14,7 +14,7 @@ windows, 5 % server errors and rejected requests counting against the window:
 - **low rpm, default concurrency**: ``--rpm 120``-like: one-call tasks whose agent has
   a 20 s timeout, at the default concurrency (1000) and at a concurrency tuned by hand.
 - **two keys** and **priority**: a pooled route and priority lanes
-  (:mod:`legion.bench.capacity_lanes`).
+  (`legion.bench.capacity_lanes`).
 
 ``quick`` scales the storm, the outage and the low-rpm run down (and says so in the
 results).

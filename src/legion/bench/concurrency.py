@@ -150,7 +150,7 @@ async def _bare(opts: ConcurrencyOptions) -> dict[str, Any]:
 
 
 def measure(kind: str, opts: ConcurrencyOptions, folder: str) -> dict[str, Any]:
-    """Measure one variant; run in a fresh child process by :func:`run`."""
+    """Measure one variant; run in a fresh child process by `run`."""
     if kind == "legion-gc":
         # Python's cyclic garbage collector runs a full collection every time enough
         # objects survive; with 10,000 live instances each one scans them all.

@@ -3,7 +3,7 @@
 A no-op agent through legion's full durable path - batched submit, batched leases, one
 asyncio task per instance, group-committed completions, results streamed back - on a
 SQLite file and on PostgreSQL, next to the reference batched queue
-(:mod:`legion.bench.batched_queue`) on the same store and to ``asyncio.gather`` + a
+(`legion.bench.batched_queue`) on the same store and to ``asyncio.gather`` + a
 semaphore over the same no-op coroutine, in the same run. Best of ``repeat`` runs each.
 
 Every measurement runs in a fresh child process: in one process, each run inherits what
@@ -91,7 +91,7 @@ async def through_legion(url: str, n: int, concurrency: int) -> tuple[float, flo
 
 async def through_queue(url: str, n: int, concurrency: int) -> tuple[float, float]:
     """Seconds and CPU seconds for ``n`` no-op jobs through the reference batched queue
-    (:mod:`legion.bench.batched_queue`) on the same kind of store."""
+    (`legion.bench.batched_queue`) on the same kind of store."""
     cpu0, t0 = time.process_time(), time.perf_counter()
     if url.startswith("sqlite:///"):
         done = await batched_queue.run_sqlite(
@@ -115,7 +115,7 @@ def _libpq_url(url: str) -> str:
 
 def measure(kind: str, n: int, concurrency: int, url: str) -> tuple[float, float]:
     """Seconds and CPU seconds of one path (``bare``, ``queue`` or ``legion`` on ``url``);
-    run in a child process by :func:`run`."""
+    run in a child process by `run`."""
     if kind == "bare":
         return asyncio.run(bare_gather(n, concurrency))
     if kind == "queue":

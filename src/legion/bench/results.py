@@ -1,10 +1,10 @@
 """What every benchmark scenario writes, and how it measures the machine it runs on.
 
-A scenario returns a :class:`BenchResult`: plain JSON data, one or more markdown tables,
+A scenario returns a `BenchResult`: plain JSON data, one or more markdown tables,
 notes, and plots (callables drawing on a matplotlib figure, imported only when drawn).
-:func:`write_result` writes ``NAME.json``, ``NAME.md`` and ``NAME-*.png`` to a folder.
+`write_result` writes ``NAME.json``, ``NAME.md`` and ``NAME-*.png`` to a folder.
 
-:class:`Meter` measures one run in this process: wall time, CPU time (this process, all
+`Meter` measures one run in this process: wall time, CPU time (this process, all
 threads) and peak resident memory, sampled from ``/proc/self/statm`` in a background
 thread so a run's own peak can be told from the process's lifetime peak.
 """
@@ -35,7 +35,7 @@ Draw = Callable[["Figure"], None]
 
 
 def quiet(message: str) -> None:
-    """A :data:`Progress` that prints nothing."""
+    """A `Progress` that prints nothing."""
 
 
 @dataclass(frozen=True, slots=True)

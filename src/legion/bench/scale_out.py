@@ -4,10 +4,10 @@ Each task runs three recorded steps of pure-Python CPU work (``work`` iterations
 a few milliseconds), so one process is bound by its one core and a second process can
 use the second core. Measured in the same run:
 
-- **SQLite, one process**: a :class:`legion.Runtime` with its worker, in this process;
+- **SQLite, one process**: a `legion.Runtime` with its worker, in this process;
 - **PostgreSQL, 1 worker process** and **2 worker processes**: ``legion worker --store
   URL --app legion.bench.scale_out`` subprocesses serve a fresh schema; this process
-  only submits (a :class:`legion.Runtime` with ``worker=False``) and follows the results.
+  only submits (a `legion.Runtime` with ``worker=False``) and follows the results.
   Timing starts once every worker has registered in the store, so process start-up is
   not counted.
 

@@ -67,7 +67,7 @@ async def through_legion(url: str, n: int, concurrency: int) -> tuple[float, flo
 
 
 def measure(n: int, concurrency: int, url: str) -> tuple[float, float]:
-    """Run in a child process by :func:`run`."""
+    """Run in a child process by `run`."""
     return asyncio.run(through_legion(url, n, concurrency))
 
 

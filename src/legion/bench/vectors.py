@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .results import BenchResult, Meter, Table, quiet
+from legion.bench.results import BenchResult, Meter, Table, quiet
+from legion.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,9 +237,9 @@ def _row(
 async def _store_run(
     name: str, url: str, data: Any, queries: Any, exact: list[set[int]], opts: VectorBenchOptions
 ) -> dict[str, Any]:
-    from ..store import store_from_url
-    from ..vectors.backend import vectors_for
-    from ..vectors.types import CollectionInfo, Item
+    from legion.store import store_from_url
+    from legion.vectors.backend import vectors_for
+    from legion.vectors.types import CollectionInfo, Item
 
     store = store_from_url(url)
     await store.open()

@@ -10,10 +10,9 @@ from typing import Annotated
 
 import typer
 
-from ..errors import LegionError
-from .bench import register as _register_bench
-from .gateway import register as _register_gateway
-from .options import (
+from legion.cli.bench import register as _register_bench
+from legion.cli.gateway import register as _register_gateway
+from legion.cli.options import (
     DEFAULT_STORE,
     ConfigOpt,
     DeadlineOpt,
@@ -34,12 +33,13 @@ from .options import (
     _run,
     _setup_logging,
 )
-from .progress import error_text, stderr_console
-from .schedule import register as _register_schedule
-from .serve import register as _register_serve
-from .signal import register as _register_signal
-from .sim import register as _register_sim
-from .vectors import register as _register_vectors
+from legion.cli.progress import error_text, stderr_console
+from legion.cli.schedule import register as _register_schedule
+from legion.cli.serve import register as _register_serve
+from legion.cli.signal import register as _register_signal
+from legion.cli.sim import register as _register_sim
+from legion.cli.vectors import register as _register_vectors
+from legion.errors import LegionError
 
 app = typer.Typer(
     name="legion",
@@ -117,9 +117,9 @@ def run(
     and the line's content (or its "_key" field), so running the same command again
     skips what finished and runs the rest. Exits 1 if any task did not succeed.
     """
-    from ..loader import load_agent
-    from .llm_options import ExecutorOptions, LLMOptions
-    from .run import RunOptions, run_file
+    from legion.cli.llm_options import ExecutorOptions, LLMOptions
+    from legion.cli.run import RunOptions, run_file
+    from legion.loader import load_agent
 
     _setup_logging(verbose)
     if not input.is_file():
@@ -254,8 +254,8 @@ def worker(
     or go back to the queue). LLM limits (--rpm/--tpm) are shared by all the workers
     that use the same provider and model: together they stay under them.
     """
-    from .llm_options import ExecutorOptions, LLMOptions
-    from .worker import (
+    from legion.cli.llm_options import ExecutorOptions, LLMOptions
+    from legion.cli.worker import (
         WorkerOptions,
         child_argv,
         follow_supervisor,
@@ -278,7 +278,7 @@ def worker(
             agents = [a.with_deadline(deadline) for a in agents]
     except LegionError as exc:
         raise _fail(str(exc)) from None
-    from ..resources import parse_offer
+    from legion.resources import parse_offer
 
     try:
         offered = parse_offer(offer) if offer is not None else {}
@@ -287,7 +287,7 @@ def worker(
     if autoscale is not None and not worker_process:
         if n is not None:
             raise _fail("--autoscale and --processes cannot be used together")
-        from ..provision.autoscaler import run_autoscaler
+        from legion.provision.autoscaler import run_autoscaler
 
         try:
             code = run_autoscaler(sys.argv[2:], autoscale, cooldown, store, concurrency)
@@ -332,7 +332,7 @@ def status(
     ] = False,
 ) -> None:
     """Show tasks per status and agent, live workers and the latest errors."""
-    from .status import show_status
+    from legion.cli.status import show_status
 
     _run(show_status(store, errors=errors, as_json=as_json, advice=advice))
 
@@ -351,7 +351,7 @@ def retry(
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Queue dead, failed or cancelled tasks again, with a fresh attempt budget."""
-    from .status import requeue
+    from legion.cli.status import requeue
 
     if not (task_ids or dead or failed or cancelled):
         raise _fail("name task ids, or --dead, --failed or --cancelled")
@@ -377,7 +377,7 @@ def cancel(
 
     Prints each task's status after the request; exits 1 if a task was not found.
     """
-    from .status import cancel_tasks
+    from legion.cli.status import cancel_tasks
 
     missing = []
     for task_id, st in _run(cancel_tasks(store, task_ids)):

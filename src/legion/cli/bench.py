@@ -1,6 +1,6 @@
 """``legion bench`` (named benchmark scenarios) and ``legion demo`` (sequential vs
-scaled on the example agent). Both only parse options and call :mod:`legion.bench` and
-:mod:`legion.demo`; they print progress on stderr and results on stdout."""
+scaled on the example agent). Both only parse options and call `legion.bench` and
+`legion.demo`; they print progress on stderr and results on stdout."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..bench.results import cpu_count
-from ..errors import LegionError
-from .progress import error_text, stderr_console
+from legion.bench.results import cpu_count
+from legion.cli.progress import error_text, stderr_console
+from legion.errors import LegionError
 
 if TYPE_CHECKING:
-    from ..bench.results import BenchResult
-    from ..demo.compare import Comparison
+    from legion.bench.results import BenchResult
+    from legion.demo.compare import Comparison
 
 DEFAULT_OUT = Path("legion-bench")
 
@@ -76,7 +76,7 @@ def _command() -> str:
 
 
 def _finish(result: BenchResult, out: Path, plots: bool) -> None:
-    from ..bench.results import write_result
+    from legion.bench.results import write_result
 
     result.command = _command()
     paths = write_result(result, out, plots=plots)
@@ -87,7 +87,7 @@ def _finish(result: BenchResult, out: Path, plots: bool) -> None:
 def _run_scenario(
     make: Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]],
 ) -> BenchResult:
-    from ..bench.results import load_average
+    from legion.bench.results import load_average
 
     console = stderr_console()
     load = load_average()
@@ -132,7 +132,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """No-op agents through the durable path (SQLite, PostgreSQL) vs the reference batched
         queue on the same store and bare asyncio.gather."""
-        from ..bench import overhead
+        from legion.bench import overhead
 
         opts = overhead.OverheadOptions(
             tasks=tasks,
@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Agents of five recorded steps through the durable path (SQLite, PostgreSQL):
         steps per second and CPU per step."""
-        from ..bench import steps
+        from legion.bench import steps
 
         opts = steps.StepsOptions(
             tasks=tasks,
@@ -210,8 +210,8 @@ def register(app: typer.Typer) -> None:
         """Achieved % of an RPM and of a TPM limit, 429s and failures: legion vs a
         fixed-concurrency asyncio.gather + semaphore client with naive retries; then the
         hard cases (an untold limit, a 429 storm, an outage, a low limit)."""
-        from ..bench import capacity
-        from ..bench.capacity_scenarios import SCENARIOS
+        from legion.bench import capacity
+        from legion.bench.capacity_scenarios import SCENARIOS
 
         kinds = tuple(limit or ("rpm", "tpm"))
         if any(k not in ("rpm", "tpm") for k in kinds):
@@ -249,7 +249,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Many instances in flight in one process, each waiting on a slow call: makespan vs
         ideal, peak memory, memory per in-flight instance."""
-        from ..bench import concurrency
+        from legion.bench import concurrency
 
         opts = concurrency.ConcurrencyOptions(instances=instances, delay=delay)
         _finish(_run_scenario(lambda say: concurrency.run(opts, progress=say)), out, plots)
@@ -271,8 +271,8 @@ def register(app: typer.Typer) -> None:
         plots: PlotsOpt = True,
     ) -> None:
         """The demo's comparison (sequential vs scaled) over N tasks: speed-up vs ideal."""
-        from ..demo import sequential
-        from ..demo.compare import DemoConfig
+        from legion.demo import sequential
+        from legion.demo.compare import DemoConfig
 
         try:
             counts = tuple(int(s) for s in sizes.split(",") if s.strip())
@@ -299,7 +299,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """1 vs 2 `legion worker` processes on PostgreSQL (CPU-bound steps), next to SQLite in
         one process."""
-        from ..bench import scale_out
+        from legion.bench import scale_out
 
         try:
             counts = tuple(int(s) for s in processes.split(",") if s.strip())
@@ -331,8 +331,8 @@ def register(app: typer.Typer) -> None:
         """A burst against a rate-limited simulator: `legion worker --autoscale MIN:MAX`
         next to a fixed pool of MAX workers (makespan, worker-seconds, 429s, workers and
         throughput over time)."""
-        from ..bench import autoscale as scenario
-        from ..provision.policy import parse_bounds
+        from legion.bench import autoscale as scenario
+        from legion.provision.policy import parse_bounds
 
         try:
             low, high = parse_bounds(autoscale)
@@ -369,7 +369,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Vector collections: insert and query throughput, p95, recall and size on SQLite
         (sqlite-vec) and PostgreSQL (pgvector HNSW), next to brute-force numpy."""
-        from ..bench import vectors as vector_bench
+        from legion.bench import vectors as vector_bench
 
         opts = vector_bench.VectorBenchOptions(
             vectors=vectors, dims=dims, queries=queries, k=k, postgres=postgres, data=data.value
@@ -383,8 +383,8 @@ def register(app: typer.Typer) -> None:
         plots: PlotsOpt = True,
     ) -> None:
         """Every scenario at its default size, one after the other (about 18 minutes)."""
-        from ..bench import autoscale, capacity, concurrency, overhead, scale_out, steps
-        from ..demo import sequential
+        from legion.bench import autoscale, capacity, concurrency, overhead, scale_out, steps
+        from legion.demo import sequential
 
         makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
             lambda say: overhead.run(overhead.OverheadOptions(postgres=postgres), progress=say),
@@ -468,7 +468,7 @@ def demo(
     Prints makespan, throughput, latency percentiles, CPU, memory, requests, 429s and
     failures, with the ideal speed-up for the limits; writes an HTML report.
     """
-    from ..demo.compare import DemoConfig, compare
+    from legion.demo.compare import DemoConfig, compare
 
     console = stderr_console()
     if not no_report and not report.parent.exists():
@@ -496,18 +496,18 @@ def demo(
     if json_out is not None:
         import orjson
 
-        from ..demo.compare import as_dict
+        from legion.demo.compare import as_dict
 
         json_out.write_bytes(orjson.dumps(as_dict(comparison), option=orjson.OPT_INDENT_2))
     if not no_report:
-        from ..demo.report import write_report
+        from legion.demo.report import write_report
 
         write_report(comparison, report)
         console.print(f"report: {report.resolve()}", highlight=False)
 
 
 def _print_comparison(c: Comparison) -> None:
-    from ..demo.compare import ideal_lines, rows
+    from legion.demo.compare import ideal_lines, rows
 
     out = Console(highlight=False, markup=False)
     table = Table(title="legion demo: sequential vs scaled", title_justify="left")

@@ -12,12 +12,21 @@ from typing import Annotated
 
 import typer
 
-from ..extras import install_hint
-from ..sim.cli import _is_loopback
-from ..store import store_from_url
-from .llm_options import LLMOptions, llm_config
-from .options import ConfigOpt, LLMOpt, MaxInFlightOpt, RpmOpt, StoreOpt, TpmOpt, _fail, _run
-from .progress import stderr_console
+from legion.cli.llm_options import LLMOptions, llm_config
+from legion.cli.options import (
+    ConfigOpt,
+    LLMOpt,
+    MaxInFlightOpt,
+    RpmOpt,
+    StoreOpt,
+    TpmOpt,
+    _fail,
+    _run,
+)
+from legion.cli.progress import stderr_console
+from legion.extras import install_hint
+from legion.sim.cli import _is_loopback
+from legion.store import store_from_url
 
 GATEWAY_HELP = (
     "Serve POST /v1/chat/completions and /v1/embeddings (OpenAI's API) for agents legion "
@@ -60,8 +69,8 @@ def gateway(
 
 
 async def _serve(url: str, llm_settings: object, host: str, port: int) -> None:
-    from ..gateway.app import Gateway, serve
-    from ..llm.config import LLMConfig, build_client
+    from legion.gateway.app import Gateway, serve
+    from legion.llm.config import LLMConfig, build_client
 
     assert isinstance(llm_settings, LLMConfig)
     store = store_from_url(url)

@@ -2,7 +2,7 @@
 
 The same key on two lines with the same input is one task (the file resumes); with another
 input, the later line is an error on that line. A key that names a task submitted before
-with another input (a store answers :class:`~legion.errors.IdempotencyConflict`) makes
+with another input (a store answers `legion.errors.IdempotencyConflict`) makes
 every line with that key an error: never a silent answer with the other task.
 """
 
@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from .. import codec
-from ..agent import Agent
-from ..errors import IdempotencyConflict
-from ..inputs import InputLine
-from ..run.runtime import Runtime
-from ..task import Submitted
+from legion import codec
+from legion.agent import Agent
+from legion.errors import IdempotencyConflict
+from legion.inputs import InputLine
+from legion.run.runtime import Runtime
+from legion.task import Submitted
 
 
 async def submit_lines(

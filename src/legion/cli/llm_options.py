@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..executors import Executor
-from ..llm.config import LLMConfig, RouteConfig, load_config, parse_provider_spec
+from legion.errors import ConfigError
+from legion.executors import Executor
+from legion.llm.config import LLMConfig, RouteConfig, load_config, parse_provider_spec
 
 DEFAULT_CONFIG = Path("legion.toml")
 
@@ -49,7 +49,7 @@ class ExecutorOptions:
     memory_limit_mb: int | None = None
 
     def build(self) -> dict[str, Executor]:
-        from ..executors import executors_from_options
+        from legion.executors import executors_from_options
 
         return executors_from_options(
             self.executor, self.ray_address, self.pool_size, self.memory_limit_mb

@@ -12,8 +12,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..errors import LegionError
-from .progress import error_text, stderr_console
+from legion.cli.progress import error_text, stderr_console
+from legion.errors import LegionError
 
 T = TypeVar("T")
 
@@ -138,7 +138,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _budget(max_cost: float | None, max_tokens: int | None, max_calls: int | None) -> Any:
-    from ..llm.budget import BudgetLimits
+    from legion.llm.budget import BudgetLimits
 
     try:
         return BudgetLimits(max_cost, max_tokens, max_calls)

@@ -11,7 +11,7 @@
   ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N``, which write to this process's own
   open descriptor (so ``>>`` in the shell still appends).
 
-:class:`OrderedLines` keeps the file in input order while results come in any order:
+`OrderedLines` keeps the file in input order while results come in any order:
 a line is written as soon as every line before it is, so the file grows as the run
 goes and holds in memory only the results that finished ahead of an earlier line.
 """
@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import LegionError
+from legion.errors import LegionError
 
 _FD_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd)/(\d+)$")
 _STD_PATHS = {"/dev/stdout": 1, "/dev/stderr": 2}
@@ -36,7 +36,7 @@ class OutputError(LegionError):
 
 
 class OutputFile:
-    """An open output: :meth:`write` whole lines, then :meth:`commit` (or :meth:`abort`)."""
+    """An open output: `write` whole lines, then `commit` (or `abort`)."""
 
     def __init__(self, fd: int, *, path: Path | None, partial: Path | None, owned: bool) -> None:
         self._fd = fd
@@ -50,7 +50,7 @@ class OutputFile:
         return os.isatty(self._fd)
 
     def hold(self) -> None:
-        """Keep the lines until :meth:`commit`: for a terminal that a live display is
+        """Keep the lines until `commit`: for a terminal that a live display is
         redrawing, where lines written meanwhile would tear it."""
         self._held = []
 

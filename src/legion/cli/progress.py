@@ -18,12 +18,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..llm.pricing import format_cost
-from ..stats import LatencySample, Statistics
+from legion.llm.pricing import format_cost
+from legion.stats import LatencySample, Statistics
 
 if TYPE_CHECKING:
-    from ..llm.client import LLMClient, LLMStatistics
-from ..task import TaskResult, TaskStatus
+    from legion.llm.client import LLMClient, LLMStatistics
+from legion.task import TaskResult, TaskStatus
 
 
 @dataclass
@@ -272,7 +272,7 @@ class _ConsoleHandler(logging.Handler):
 
 def _local_speed(providers: Iterable[object]) -> str:
     """The tokens/s of the local models among ``providers`` (the machine is their limit)."""
-    from ..llm.local import LocalProvider
+    from legion.llm.local import LocalProvider
 
     speeds = [p.statistics() for p in providers if isinstance(p, LocalProvider)]
     return "".join(f", {s.tokens_per_second:.1f} tok/s" for s in speeds if s.completion_tokens)
@@ -287,5 +287,5 @@ def stderr_console() -> Console:
     """The console of every message on stderr. Markup is off: a message is printed as
     written, so square brackets in a path, an error or an install hint
     (``'.[server]'``) reach the user intact; styles are given with ``style=`` or
-    :class:`rich.text.Text`."""
+    `rich.text.Text`."""
     return Console(file=sys.stderr, highlight=False, soft_wrap=True, markup=False)

@@ -13,19 +13,19 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from .. import codec
-from ..agent import Agent
-from ..diagnostics.report import Diagnostic
-from ..diagnostics.summary import summarize
-from ..errors import ConfigError
-from ..inputs import InputLine, read_jsonl
-from ..llm.budget import Budget, BudgetLimits, Spend
-from ..run.runtime import Runtime
-from ..task import TaskResult, TaskStatus
-from .keyed_lines import submit_lines
-from .llm_options import ExecutorOptions, LLMOptions, llm_config
-from .output import OrderedLines, OutputFile, open_output
-from .progress import Progress, RunTally, rate_text
+from legion import codec
+from legion.agent import Agent
+from legion.cli.keyed_lines import submit_lines
+from legion.cli.llm_options import ExecutorOptions, LLMOptions, llm_config
+from legion.cli.output import OrderedLines, OutputFile, open_output
+from legion.cli.progress import Progress, RunTally, rate_text
+from legion.diagnostics.report import Diagnostic
+from legion.diagnostics.summary import summarize
+from legion.errors import ConfigError
+from legion.inputs import InputLine, read_jsonl
+from legion.llm.budget import Budget, BudgetLimits, Spend
+from legion.run.runtime import Runtime
+from legion.task import TaskResult, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ async def _run_lines(
     async with AsyncExitStack() as stack:
         llm = None
         if opts.local_worker:
-            from ..llm.config import build_client
+            from legion.llm.config import build_client
 
             config, llm_note = llm_config(opts.llm)
             console.print(llm_note)

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import codec
-from .options import DEFAULT_STORE, StoreOpt, _fail, _run
+from legion import codec
+from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
 
 
 def register(app: typer.Typer) -> None:
@@ -46,8 +46,8 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = DEFAULT_STORE,
     ) -> None:
         """Add (or replace) a schedule; prints its next tick."""
-        from ..waiting.cron import CronError
-        from ..waiting.schedules import schedule
+        from legion.waiting.cron import CronError
+        from legion.waiting.schedules import schedule
 
         try:
             value: Any = json.loads(input)
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(exc)) from None
 
         async def main() -> None:
-            from ..store import store_from_url
+            from legion.store import store_from_url
 
             s = store_from_url(store)  # a new store is made: a schedule may come first
             await s.open()
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         """List the schedules with their next tick."""
 
         async def main() -> list[Any]:
-            from .status import opened
+            from legion.cli.status import opened
 
             async with opened(store) as s:
                 return await s.schedules()
@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         """Remove a schedule (its tasks already submitted stay); exits 1 if unknown."""
 
         async def main() -> bool:
-            from .status import opened
+            from legion.cli.status import opened
 
             async with opened(store) as s:
                 return await s.remove_schedule(name)

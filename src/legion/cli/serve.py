@@ -20,12 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from ..errors import ConfigError, LegionError
-from ..extras import install_hint
-from ..run.runtime import Runtime
-from ..store import store_from_url
-from .llm_options import LLMOptions, llm_config
-from .options import (
+from legion.cli.llm_options import LLMOptions, llm_config
+from legion.cli.options import (
     DEFAULT_STORE,
     ConfigOpt,
     LLMOpt,
@@ -36,15 +32,19 @@ from .options import (
     _fail,
     _run,
 )
-from .progress import error_text, stderr_console
-from .status import opened
-from .worker import load_agents
+from legion.cli.progress import error_text, stderr_console
+from legion.cli.status import opened
+from legion.cli.worker import load_agents
+from legion.errors import ConfigError, LegionError
+from legion.extras import install_hint
+from legion.run.runtime import Runtime
+from legion.store import store_from_url
 
 if TYPE_CHECKING:
-    from ..agent import Agent
-    from ..server import ServerSettings
-    from ..server.keys import NewKey
-    from ..store.types import ApiKey
+    from legion.agent import Agent
+    from legion.server import ServerSettings
+    from legion.server.keys import NewKey
+    from legion.store.types import ApiKey
 
 
 _SERVER_MODULES = ("fastapi", "uvicorn", "prometheus_client")
@@ -223,13 +223,13 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
     """``legion serve`` (its help is SERVE_HELP)."""
-    from ..telemetry import configure_logging, configure_tracing
+    from legion.telemetry import configure_logging, configure_tracing
 
     configure_logging(
         level=logging.INFO if verbose else logging.WARNING, as_json=log_format is LogFormat.json
     )
     _require_server_extra()
-    from ..server import ServerSettings
+    from legion.server import ServerSettings
 
     try:
         settings = ServerSettings(
@@ -288,8 +288,8 @@ def _require_server_extra() -> None:
 
 async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> int:
     """Serve until SIGINT/SIGTERM; then stop serving and drain the worker."""
-    from ..llm.config import build_client
-    from ..server import running_server
+    from legion.llm.config import build_client
+    from legion.server import running_server
 
     client = None
     if opts.worker:
@@ -424,7 +424,7 @@ def revoke_key(
 ) -> None:
     """Revoke an API key: requests with it are refused (403) from now on."""
     _require_server_extra()
-    from ..server.keys import key_id
+    from legion.server.keys import key_id
 
     found = key_id(key)
     if found is None:
@@ -435,7 +435,7 @@ def revoke_key(
 
 
 async def _create_key(url: str, name: str, tenant: str, admin: bool) -> NewKey:
-    from ..server.keys import new_key
+    from legion.server.keys import new_key
 
     if not name.strip():
         raise ConfigError("a key needs a name")

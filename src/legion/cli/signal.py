@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import codec
-from ..task import TaskStatus
-from .options import DEFAULT_STORE, StoreOpt, _fail, _run
+from legion import codec
+from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
+from legion.task import TaskStatus
 
 
 def register(app: typer.Typer) -> None:
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             raise _fail("the event name is empty")
 
         async def main() -> TaskStatus | None:
-            from .status import opened
+            from legion.cli.status import opened
 
             async with opened(store) as s:
                 return await s.signal(task_id, event, codec.dumps(value), time.time())

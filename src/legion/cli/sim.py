@@ -166,7 +166,7 @@ def sim(
     `--llm openai:MODEL@URL` at it) and stops on SIGINT or SIGTERM. Settings come from the
     defaults, then the [sim] table of --config, then these flags.
     """
-    from ..sim.cli import fault_span, run
+    from legion.sim.cli import fault_span, run
 
     try:
         faults = [fault_span(text) for text in fault or ()]

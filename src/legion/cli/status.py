@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import codec
-from ..diagnostics.report import Diagnostic
-from ..diagnostics.summary import summarize
-from ..store import Store, store_from_url
-from ..task import TaskStatus
+from legion import codec
+from legion.diagnostics.report import Diagnostic
+from legion.diagnostics.summary import summarize
+from legion.store import Store, store_from_url
+from legion.task import TaskStatus
 
 AUTOSCALER_FRESH = 30.0  # seconds: an autoscaler that published longer ago has stopped
 

@@ -13,21 +13,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from ..errors import ConfigError
-
 # Registered at the end of the package's __init__, once these exist.
-from .options import ConfigOpt, LLMOpt, MaxInFlightOpt, RpmOpt, StoreOpt, TpmOpt, _run
-from .progress import stderr_console
+from legion.cli.options import ConfigOpt, LLMOpt, MaxInFlightOpt, RpmOpt, StoreOpt, TpmOpt, _run
+from legion.cli.progress import stderr_console
+from legion.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..llm.client import LLMClient
-    from ..store import Store
-    from ..vectors.loader import LoadReport
+    from legion.llm.client import LLMClient
+    from legion.store import Store
+    from legion.vectors.loader import LoadReport
 
 
 @asynccontextmanager
 async def _opened(store_url: str, *, create: bool) -> AsyncIterator[Store]:
-    from ..store import store_from_url
+    from legion.store import store_from_url
 
     store = store_from_url(store_url, create=create)
     await store.open()
@@ -39,8 +38,8 @@ async def _opened(store_url: str, *, create: bool) -> AsyncIterator[Store]:
 
 @asynccontextmanager
 async def _client(specs: tuple[str, ...], **limits: Any) -> AsyncIterator[LLMClient]:
-    from ..llm.config import build_client
-    from .llm_options import LLMOptions, llm_config
+    from legion.cli.llm_options import LLMOptions, llm_config
+    from legion.llm.config import build_client
 
     config, note = llm_config(LLMOptions(specs, **limits))
     stderr_console().print(note, highlight=False)
@@ -105,8 +104,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Chunk, embed (through the route's capacity) and store a JSONL corpus; re-running
         skips the chunks already stored."""
-        from ..vectors.backend import vectors_for
-        from ..vectors.loader import load
+        from legion.vectors.backend import vectors_for
+        from legion.vectors.loader import load
 
         console = stderr_console()
         started = time.monotonic()
@@ -172,8 +171,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per hit.")] = False,
     ) -> None:
         """The items nearest to QUERY, best first, with their scores."""
-        from ..vectors.backend import vectors_for
-        from ..vectors.types import SHARED, check_name, check_where
+        from legion.vectors.backend import vectors_for
+        from legion.vectors.types import SHARED, check_name, check_where
 
         async def main() -> list[Any]:
             check_name(collection)
@@ -214,7 +213,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     ) -> None:
         """The collections in the store: scope, model, dimension, items."""
-        from ..vectors.backend import vectors_for
+        from legion.vectors.backend import vectors_for
 
         async def main() -> list[Any]:
             async with _opened(store, create=False) as opened:

@@ -14,7 +14,7 @@ refuses it (a bad URL, rejected credentials) stops it at once. Exit codes:
 - 2: stopped for a reason a restart will not fix (bad options, an error every task
   would meet);
 - 3: the store stayed unavailable (the supervisor starts the worker again);
-- 4: an agent froze the event loop past its timeout (see :mod:`legion.run.worker`; the
+- 4: an agent froze the event loop past its timeout (see `legion.run.worker`; the
   supervisor starts the worker again);
 - 5: the worker's LLM budget (``--max-cost``, ``--max-tokens``, ``--max-calls``) is
   spent: it drained (tasks that needed another call went back to the queue, with what
@@ -35,15 +35,15 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
-from ..agent import Agent
-from ..errors import AgentLoadError, StoreError
-from ..llm.budget import Budget, BudgetLimits
-from ..loader import agents_in, load_module
-from ..run.freeze import FROZE_EXIT_CODE
-from ..run.runtime import Runtime
-from ..store import Store, store_from_url
-from .llm_options import ExecutorOptions, LLMOptions, llm_config
-from .progress import error_text
+from legion.agent import Agent
+from legion.cli.llm_options import ExecutorOptions, LLMOptions, llm_config
+from legion.cli.progress import error_text
+from legion.errors import AgentLoadError, StoreError
+from legion.llm.budget import Budget, BudgetLimits
+from legion.loader import agents_in, load_module
+from legion.run.freeze import FROZE_EXIT_CODE
+from legion.run.runtime import Runtime
+from legion.store import Store, store_from_url
 
 EXIT_FINAL = 2
 EXIT_STORE = 3
@@ -145,7 +145,7 @@ async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> i
 
 
 async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console: Console) -> int:
-    from ..llm.config import build_client
+    from legion.llm.config import build_client
 
     config, note = llm_config(opts.llm)
     budget = Budget(opts.budget) if opts.budget.any else None

@@ -8,10 +8,10 @@
 
 Two ways to run the same work:
 
-- :data:`research`, a legion agent: the reads and the per-passage calls are gathered
+- `research`, a legion agent: the reads and the per-passage calls are gathered
   (``ctx.gather``), every call goes through ``ctx.llm`` (shared, rate-aware capacity), and
   every step is recorded in the store, so a retried task never pays twice;
-- :func:`answer_sequentially`, the legacy way: each step awaited in turn, one task after
+- `answer_sequentially`, the legacy way: each step awaited in turn, one task after
   the other, the answer saved with a plain SQLite insert and commit.
 
 ``examples/research.py`` is the same agent written out for reading (this copy ships

@@ -2,9 +2,9 @@
 and measure both.
 
 - **sequential** (legacy): one task at a time, each step awaited in turn
-  (:func:`legion.demo.agent.answer_sequentially`), LLM calls through the same client,
+  (`legion.demo.agent.answer_sequentially`), LLM calls through the same client,
   limits and retry policy as the scaled run;
-- **scaled**: every task submitted at once to a durable :class:`legion.Runtime` (SQLite
+- **scaled**: every task submitted at once to a durable `legion.Runtime` (SQLite
   file), independent steps gathered, calls paced by the shared capacity.
 
 Each run gets a fresh in-process simulator with the same settings and seed. The *ideal*

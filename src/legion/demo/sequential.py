@@ -3,7 +3,7 @@
 For each N, the demo agent (search -> three parallel LLM calls -> combine -> save) runs
 the legacy way and scaled against the same simulated provider (realistic latency, rate
 limits enforced over 1 s windows), as in ``legion demo`` (see
-:mod:`legion.demo.compare`, which also defines the ideal speed-up). The sequential run
+`legion.demo.compare`, which also defines the ideal speed-up). The sequential run
 takes about two seconds a task, so it is measured up to ``sequential_limit`` tasks and
 extrapolated beyond (one task at a time: its makespan grows linearly); the table says
 which figures are extrapolated.

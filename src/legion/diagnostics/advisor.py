@@ -25,9 +25,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import codec
-from .report import Diagnostic, Kind, Site
-from .unawaited import SiteRef
+from legion import codec
+from legion.diagnostics.report import Diagnostic, Kind, Site
+from legion.diagnostics.unawaited import SiteRef
 
 GATHERED: contextvars.ContextVar[bool] = contextvars.ContextVar("legion_gathered", default=False)
 """Set in the tasks ``ctx.gather`` runs: the steps they run are gathered."""
@@ -146,6 +146,6 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
 
 
 def _short(site: Site) -> str:
-    from .report import short_path
+    from legion.diagnostics.report import short_path
 
     return f"{short_path(site.file)}:{site.line}"

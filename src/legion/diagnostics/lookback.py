@@ -13,15 +13,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from .advisor import StepTrace, advise
-from .report import Diagnostic, Kind, Site, agent_files, blocked_loop, user_site
-from .tracking import unretrieved_exception
-from .unawaited import Pending
-from .watchdog import Block, Capture
+from legion.diagnostics.advisor import StepTrace, advise
+from legion.diagnostics.report import Diagnostic, Kind, Site, agent_files, blocked_loop, user_site
+from legion.diagnostics.tracking import unretrieved_exception
+from legion.diagnostics.unawaited import Pending
+from legion.diagnostics.watchdog import Block, Capture
 
 
 class Trail(Protocol):
-    """What an attempt's context kept of it (a :class:`~legion.context.Context`)."""
+    """What an attempt's context kept of it (a `legion.context.Context`)."""
 
     @property
     def traces(self) -> Sequence[StepTrace]: ...

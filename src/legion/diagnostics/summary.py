@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .report import Diagnostic, Kind
+from legion.diagnostics.report import Diagnostic, Kind
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Which agent instance owns which asyncio task, and what escaped from the tasks it spawned.
 
-The runner sets :data:`CURRENT` in each instance's task; asyncio copies the context into
+The runner sets `CURRENT` in each instance's task; asyncio copies the context into
 every task created from there, so a task factory installed on the loop learns, for each
 new task, which instance spawned it (``ctx.gather`` children, or the agent's own
 ``asyncio.create_task``). With that:
@@ -100,7 +100,7 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
 
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:
     """Give ``loop`` back the task factory and exception handler it had before
-    :func:`install` (a factory in Python costs every later ``create_task``), once every
+    `install` (a factory in Python costs every later ``create_task``), once every
     worker that installed them on this loop has stopped."""
     _USERS[loop] = _USERS.get(loop, 1) - 1
     if _USERS[loop] > 0:

@@ -1,7 +1,7 @@
 """Steps and calls that an agent created but never awaited.
 
 ``ctx.step(...)``, ``ctx.llm.chat(...)`` and ``ctx.memory.set(...)`` answer a
-:class:`Pending`: nothing runs until it is awaited (or handed to ``ctx.gather``). The
+`Pending`: nothing runs until it is awaited (or handed to ``ctx.gather``). The
 context keeps the ones it made; those still pending when the instance ends are reported
 with the line that made them — the work silently never happened.
 """
@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable, Generator
 from types import CodeType
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from .report import Site
+from legion.diagnostics.report import Site
 
 T = TypeVar("T")
 
 
 class SiteRef(NamedTuple):
-    """A line of code, cheap to take; :meth:`site` reads its text when reported."""
+    """A line of code, cheap to take; `site` reads its text when reported."""
 
     code: CodeType
     line: int

@@ -7,7 +7,7 @@ still going on. When the loop beats again, the block's length is known and it is
 reported, in the loop thread, to ``on_block``. While a block goes on, ``on_stuck`` (if
 given) hears of it at every check, with its length so far, in the watchdog's thread: the
 only place where something can still be done about a loop that never beats again (see
-:mod:`legion.run.freeze`).
+`legion.run.freeze`).
 
 A late loop is not always a blocked one, and the stack taken is the code running at
 that moment, which need not be what made the loop late: under load, many short
@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from .report import Site, user_site
+from legion.diagnostics.report import Site, user_site
 
 _EVENTS = os.path.join("asyncio", "events.py")
 _STARVED_CPU = 0.2

@@ -1,19 +1,19 @@
 """Executors: where an agent instance's code runs.
 
 The default runs it as an asyncio task in the worker's event loop. Others run it
-elsewhere — a subprocess (:class:`ProcessExecutor`), a Ray cluster
-(:class:`~legion.executors.ray.RayExecutor`, with the ``ray`` extra) — while the worker
+elsewhere — a subprocess (`ProcessExecutor`), a Ray cluster
+(`legion.executors.ray.RayExecutor`, with the ``ray`` extra) — while the worker
 keeps the lease, the journal and the context: the store stays the source of truth
 wherever code runs.
 """
 
 from __future__ import annotations
 
-from ..agent import EXECUTORS
-from ..errors import ConfigError
-from .base import Executor
-from .errors import InstanceLost, MemoryLimitExceeded, ProtocolError, RemoteError
-from .process import ProcessExecutor
+from legion.agent import EXECUTORS
+from legion.errors import ConfigError
+from legion.executors.base import Executor
+from legion.executors.errors import InstanceLost, MemoryLimitExceeded, ProtocolError, RemoteError
+from legion.executors.process import ProcessExecutor
 
 __all__ = [
     "Executor",
@@ -46,7 +46,7 @@ def executors_from_options(
         "process": ProcessExecutor(processes=processes, memory_limit_mb=memory_limit_mb)
     }
     if executor == "ray" or ray_address is not None:
-        from .ray import RayExecutor
+        from legion.executors.ray import RayExecutor
 
         found["ray"] = RayExecutor(ray_address)
     return found

@@ -1,8 +1,8 @@
 """A child process of the process executor: runs agent instances one at a time.
 
-Started by :class:`~legion.executors.process.ProcessExecutor` as
+Started by `legion.executors.process.ProcessExecutor` as
 ``python -c "from legion.executors._child import main; main()" CRASH_FD LIMIT_MB PARENT``.
-Frames (:mod:`legion.executors._pipe`) come on stdin and go out on stdout; the agent's
+Frames (`legion.executors._pipe`) come on stdin and go out on stdout; the agent's
 own ``print`` goes to stderr, so it cannot corrupt them. The child
 
 - caps its address space at ``LIMIT_MB`` (``RLIMIT_AS``; 0: no cap), so a memory bomb
@@ -10,7 +10,7 @@ own ``print`` goes to stderr, so it cannot corrupt them. The child
 - writes Python's traceback of a fatal signal (a segfault in native code) to
   ``CRASH_FD``, which the worker reads when it finds the child dead;
 - dies with its parent (Linux), so a spinning child never outlives a killed worker;
-- exits with :data:`MEMORY_EXIT` when it runs out of memory outside the agent's code.
+- exits with `MEMORY_EXIT` when it runs out of memory outside the agent's code.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import sys
 import traceback
 from typing import Any
 
-from . import _pipe
-from . import protocol as p
-from .remote import execute
+from legion.executors import _pipe
+from legion.executors import protocol as p
+from legion.executors.remote import execute
 
 MEMORY_EXIT = 86
 """Exit status of a child that ran out of memory where it could not report it."""
@@ -67,7 +67,7 @@ def _die_with(parent: int) -> None:
 
 
 class _PipeLink:
-    """The remote side's :class:`~legion.executors.remote.Link` over the child's pipes."""
+    """The remote side's `legion.executors.remote.Link` over the child's pipes."""
 
     def __init__(self, transport: asyncio.WriteTransport) -> None:
         self._transport = transport

@@ -20,7 +20,7 @@ import asyncio
 import struct
 from typing import Any, Final
 
-from . import protocol as p
+from legion.executors import protocol as p
 
 READY: Final = "ready"
 RUN: Final = "run"

@@ -1,6 +1,6 @@
 """Errors of the executors that run agent instances elsewhere.
 
-They sit in legion's one tree, under :class:`~legion.errors.AgentError`::
+They sit in legion's one tree, under `legion.errors.AgentError`::
 
     AgentError
     ├── InstanceLost           the process, Ray worker or node running an instance died
@@ -9,14 +9,14 @@ They sit in legion's one tree, under :class:`~legion.errors.AgentError`::
     └── RemoteError            an agent's error whose class cannot be rebuilt here
 
 All are retried by the agent's policy: a lost instance is the place's failure, not the
-task's, and a :class:`RemoteError` keeps the retryability of the error it stands for.
+task's, and a `RemoteError` keeps the retryability of the error it stands for.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..errors import AgentError
+from legion.errors import AgentError
 
 
 class InstanceLost(AgentError):
@@ -65,7 +65,7 @@ _STAND_INS: dict[tuple[str, str], type[RemoteError]] = {}
 def remote_error(
     module: str, qualname: str, message: str, *, retryable: bool, fatal: bool
 ) -> RemoteError:
-    """A :class:`RemoteError` whose class is named ``qualname`` (one class per name)."""
+    """A `RemoteError` whose class is named ``qualname`` (one class per name)."""
     cls = _STAND_INS.get((module, qualname))
     if cls is None:
         name = qualname.rpartition(".")[2]

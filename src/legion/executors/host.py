@@ -1,7 +1,7 @@
 """The worker side: serve a remote instance's context calls with the real context.
 
-A :class:`ContextHost` answers the calls of one instance (see
-:mod:`legion.executors.protocol`) against the worker's :class:`~legion.context.Context`,
+A `ContextHost` answers the calls of one instance (see
+`legion.executors.protocol`) against the worker's `legion.context.Context`,
 so the worker stays the one writer of the store: a remote step is recorded through
 ``ctx.step`` (which also times it), memory goes through the journal, LLM calls through
 the worker's shared capacity.
@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import codec
-from . import protocol as p
-from .errors import InstanceLost, ProtocolError
+from legion import codec
+from legion.executors import protocol as p
+from legion.executors.errors import InstanceLost, ProtocolError
 
 if TYPE_CHECKING:
-    from ..agent import Agent
-    from ..context import Context
+    from legion.agent import Agent
+    from legion.context import Context
 
 Reply = Callable[[bool, Any], None]
 """Answers one call: ``(True, value)`` or ``(False, ErrorEnvelope)``."""
@@ -47,7 +47,7 @@ def invocation(agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> p.Invoc
 
 
 class ContextHost:
-    """Answers the context calls of one remote instance until :meth:`aclose`."""
+    """Answers the context calls of one remote instance until `aclose`."""
 
     __slots__ = ("_calls", "_context", "_ctx", "_steps", "_tasks", "on_started")
 
@@ -181,7 +181,7 @@ class ContextHost:
 
     async def _wait(self, call: str, args: Sequence[Any], options: Mapping[str, Any]) -> Any:
         """A durable wait, made by the real context: its ``Suspended`` goes back to the
-        remote side, which ends the instance with it (see :mod:`legion.waiting`)."""
+        remote side, which ends the instance with it (see `legion.waiting`)."""
         if call not in _WAITS:
             raise ProtocolError(f"unknown wait {call!r}")
         return await getattr(self._ctx, call)(*args, **options)

@@ -4,7 +4,7 @@ Hard isolation: a segfault, a memory bomb or a CPU-bound loop in one agent ends 
 task only, with a clear reason, while the worker's event loop and the other instances
 go on. The worker keeps the lease, the journal and the context; the child runs the
 agent's code (steps included) and reaches the worker over its pipes
-(:mod:`legion.executors._pipe`, :mod:`legion.executors.protocol`).
+(`legion.executors._pipe`, `legion.executors.protocol`).
 
 - A child runs one instance at a time and is reused by the next one. A child that dies
   (or is killed, or hit its memory limit) is not reused; a new one starts on demand.
@@ -28,17 +28,17 @@ import tempfile
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
-from .. import attempt
-from ..errors import ConfigError
-from . import _pipe
-from . import protocol as p
-from ._child import BROKEN_EXIT, MEMORY_EXIT
-from .errors import InstanceLost, MemoryLimitExceeded, ProtocolError
-from .host import ContextHost, invocation
+from legion import attempt
+from legion.errors import ConfigError
+from legion.executors import _pipe
+from legion.executors import protocol as p
+from legion.executors._child import BROKEN_EXIT, MEMORY_EXIT
+from legion.executors.errors import InstanceLost, MemoryLimitExceeded, ProtocolError
+from legion.executors.host import ContextHost, invocation
 
 if TYPE_CHECKING:
-    from ..agent import Agent
-    from ..context import Context
+    from legion.agent import Agent
+    from legion.context import Context
 
 _BOOT = "from legion.executors._child import main; main()"
 _CLOSE_GRACE = 5.0  # seconds an idle child gets to exit by itself at shutdown
@@ -63,7 +63,7 @@ class ProcessExecutor:
         self._env = _child_env(memory_limit_mb)
 
     def check(self, agent: Agent) -> None:
-        """Refuse (:class:`ConfigError`) an agent that a child process could not import."""
+        """Refuse (`ConfigError`) an agent that a child process could not import."""
         _ = agent.ref
 
     async def start(self) -> None:
@@ -71,7 +71,7 @@ class ProcessExecutor:
 
     async def run(self, agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> Any:
         """Run one instance in a child; raises what the agent raised, or
-        :class:`InstanceLost` when its child died."""
+        `InstanceLost` when its child died."""
         request = invocation(agent, ctx, kwargs)
         async with contextlib.AsyncExitStack() as stack:
             # Waiting for a free child (or for a new one to start) is not attempt time.

@@ -1,11 +1,11 @@
 """What a worker and an agent instance running elsewhere say to each other.
 
-The worker keeps the lease, the journal and the real :class:`~legion.context.Context`;
+The worker keeps the lease, the journal and the real `legion.context.Context`;
 the remote side runs the agent's code with a stand-in context that sends what it cannot
 do itself to the worker. Whatever carries them (a pipe to a child process, a Ray actor),
 the messages are the same:
 
-- an :class:`Invocation` starts an instance; an :data:`Outcome` ends it;
+- an `Invocation` starts an instance; an `Outcome` ends it;
 - the remote side *calls* the worker (and waits for the answer) or *notifies* it:
 
   ================  =====================  =====================================
@@ -28,7 +28,7 @@ the messages are the same:
   ``log``           level, message         (notification)
   ================  =====================  =====================================
 
-A failed call answers an :class:`ErrorEnvelope`. Errors travel as envelopes because an
+A failed call answers an `ErrorEnvelope`. Errors travel as envelopes because an
 exception pickled in one process does not always unpickle in another: the envelope
 keeps the type, message, traceback and retryability either way.
 """
@@ -43,10 +43,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .. import codec
-from ..errors import AgentCrash, is_retryable
-from ..waiting.suspend import Suspended
-from .errors import MemoryLimitExceeded, remote_error
+from legion import codec
+from legion.errors import AgentCrash, is_retryable
+from legion.executors.errors import MemoryLimitExceeded, remote_error
+from legion.waiting.suspend import Suspended
 
 STEP_START: Final = "step_start"
 STEP_END: Final = "step_end"
@@ -131,7 +131,7 @@ def pack_error(exc: BaseException) -> ErrorEnvelope:
 
 def unpack_error(envelope: ErrorEnvelope) -> BaseException:
     """The error an envelope carries: the original class when it can be rebuilt here,
-    else a :class:`~legion.executors.errors.RemoteError` named after it. Either way its
+    else a `legion.executors.errors.RemoteError` named after it. Either way its
     ``__cause__`` is the original traceback."""
     exc: BaseException | None = None
     if envelope.pickled is not None:
@@ -157,7 +157,7 @@ def outcome_value(outcome: Outcome, *, memory_limit_mb: int | None = None) -> An
     """The result an outcome carries, or raise the error it carries.
 
     A ``BaseException`` that is not an ``Exception`` (``SystemExit``) is raised as
-    :class:`~legion.errors.AgentCrash`, as the runner does for local agents. With a
+    `legion.errors.AgentCrash`, as the runner does for local agents. With a
     memory limit, a ``MemoryError`` means the instance hit it.
     """
     ok, payload = outcome
@@ -195,7 +195,7 @@ class _LoadedOnly(pickle.Unpickler):
 
 
 def loads(data: bytes) -> Any:
-    """Unpickle a message from the other side (see :class:`_LoadedOnly`)."""
+    """Unpickle a message from the other side (see `_LoadedOnly`)."""
     return _LoadedOnly(io.BytesIO(data)).load()
 
 

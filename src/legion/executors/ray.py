@@ -3,7 +3,7 @@
 Needs the ``ray`` extra (``pip install 'legion-runtime[ray]'``); Ray is imported only here, when
 the executor starts. The store stays the source of truth: the worker keeps the lease,
 the journal and the context, and a Ray task only runs the agent's code. A task whose
-Ray worker or node is lost fails with :class:`InstanceLost`, and the agent's retry
+Ray worker or node is lost fails with `InstanceLost`, and the agent's retry
 policy runs it again (Ray's own retries are off, so that policy is the only one); steps
 it recorded before are replayed, not run again.
 
@@ -26,18 +26,18 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .. import attempt
-from ..errors import ConfigError
-from ..extras import install_hint
-from ..resources import ray_options
-from . import protocol as p
-from .errors import InstanceLost, ProtocolError
-from .host import ContextHost, invocation
-from .remote import execute
+from legion import attempt
+from legion.errors import ConfigError
+from legion.executors import protocol as p
+from legion.executors.errors import InstanceLost, ProtocolError
+from legion.executors.host import ContextHost, invocation
+from legion.executors.remote import execute
+from legion.extras import install_hint
+from legion.resources import ray_options
 
 if TYPE_CHECKING:
-    from ..agent import Agent
-    from ..context import Context
+    from legion.agent import Agent
+    from legion.context import Context
 
 log = logging.getLogger("legion.executors.ray")
 
@@ -93,7 +93,7 @@ class RayExecutor:
         self._answers: list[tuple[int, bool, Any]] = []
 
     def check(self, agent: Agent) -> None:
-        """Refuse (:class:`ConfigError`) an agent that Ray workers could not import."""
+        """Refuse (`ConfigError`) an agent that Ray workers could not import."""
         _ = agent.ref
 
     async def start(self) -> None:
@@ -131,7 +131,7 @@ class RayExecutor:
 
     async def run(self, agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> Any:
         """Run one instance as a Ray task; raises what the agent raised, or
-        :class:`InstanceLost` when Ray lost the task (its worker or node died)."""
+        `InstanceLost` when Ray lost the task (its worker or node died)."""
         import ray
 
         request = invocation(agent, ctx, kwargs)
@@ -252,7 +252,7 @@ def _bridge(name: str) -> Any:
 
 
 class _RayLink:
-    """The remote side's :class:`~legion.executors.remote.Link` through the bridge."""
+    """The remote side's `legion.executors.remote.Link` through the bridge."""
 
     __slots__ = ("_bridge", "_call_id")
 

@@ -1,9 +1,9 @@
 """The remote side: run one agent instance away from its worker.
 
-:func:`execute` imports the agent's function, hands it a :class:`RemoteContext` and
-answers an :data:`~legion.executors.protocol.Outcome`. The context has the API of
-:class:`~legion.context.Context`; what needs the store goes to the worker through a
-:class:`Link`:
+`execute` imports the agent's function, hands it a `RemoteContext` and
+answers an `legion.executors.protocol.Outcome`. The context has the API of
+`legion.context.Context`; what needs the store goes to the worker through a
+`Link`:
 
 - ``ctx.step(name, fn, ...)`` runs ``fn`` here (that is the agent's own code) and replays
   the steps of earlier attempts here too; a new result is recorded by the worker, and
@@ -25,18 +25,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import codec
-from ..agent import Agent
-from ..context import gather
-from ..errors import AgentLoadError
-from ..loader import load_module
-from ..steps import step_key
-from . import protocol as p
+from legion import codec
+from legion.agent import Agent
+from legion.context import gather
+from legion.errors import AgentLoadError
+from legion.executors import protocol as p
+from legion.loader import load_module
+from legion.steps import step_key
 
 if TYPE_CHECKING:
-    from ..llm.embeddings import Embeddings
-    from ..llm.types import ChatResponse, Message
-    from ..vectors.types import Hit
+    from legion.llm.embeddings import Embeddings
+    from legion.llm.types import ChatResponse, Message
+    from legion.vectors.types import Hit
 
 
 class Link(Protocol):
@@ -113,7 +113,7 @@ class _ArgumentUnpickler(pickle.Unpickler):
 
 class RemoteContext:
     """The context an agent instance sees when it runs away from its worker; the same API
-    as :class:`~legion.context.Context`."""
+    as `legion.context.Context`."""
 
     __slots__ = ("_counts", "_invocation", "_link", "_llm", "_log", "_memory")
 
@@ -162,7 +162,7 @@ class RemoteContext:
     def vectors(
         self, collection: str, scope: str = "session", *, model: str | None = None
     ) -> RemoteCollection:
-        """A vector collection, as :meth:`legion.context.Context.vectors`."""
+        """A vector collection, as `legion.context.Context.vectors`."""
         return RemoteCollection(self._link, collection, scope, model)
 
     @property
@@ -177,7 +177,7 @@ class RemoteContext:
     async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` here, once per task; the worker records the result.
 
-        Same contract as :meth:`legion.context.Context.step`: a step recorded by an earlier
+        Same contract as `legion.context.Context.step`: a step recorded by an earlier
         attempt returns its recorded JSON instead of running, and a new result is durable
         before this returns.
         """
@@ -217,7 +217,7 @@ class RemoteContext:
         return await self._link.call(p.WAIT, "map", args, {"concurrency": concurrency})
 
     async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
-        """Run awaitables concurrently, results in order; as :meth:`Context.gather`."""
+        """Run awaitables concurrently, results in order; as `Context.gather`."""
         return await gather(*aws, return_exceptions=return_exceptions)
 
 
@@ -267,8 +267,8 @@ class RemoteLLM:
         stream: bool | None = None,
         **params: Any,
     ) -> ChatResponse:
-        """One chat completion, as :meth:`legion.llm.calls.LLMCalls.chat`."""
-        from ..llm.types import ChatResponse
+        """One chat completion, as `legion.llm.calls.LLMCalls.chat`."""
+        from legion.llm.types import ChatResponse
 
         sent = [dict(m) for m in messages]
         data = await self._link.call(p.LLM_CHAT, sent, model, timeout, stream, params)
@@ -277,8 +277,8 @@ class RemoteLLM:
     async def embed(
         self, texts: Sequence[str], model: str | None = None, **params: Any
     ) -> Embeddings:
-        """Embeddings, as :meth:`legion.llm.calls.LLMCalls.embed`."""
-        from ..llm.embeddings import Embeddings
+        """Embeddings, as `legion.llm.calls.LLMCalls.embed`."""
+        from legion.llm.embeddings import Embeddings
 
         return Embeddings.from_json(await self._link.call(p.LLM_EMBED, list(texts), model, params))
 
@@ -289,7 +289,7 @@ class RemoteCollection:
     __slots__ = ("_link", "_model", "name", "scope")
 
     def __init__(self, link: Link, name: str, scope: str, model: str | None) -> None:
-        from ..vectors.types import check_name, check_scope
+        from legion.vectors.types import check_name, check_scope
 
         self._link = link
         self.name = check_name(name)
@@ -305,7 +305,7 @@ class RemoteCollection:
         metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         ids: Sequence[str] | None = None,
     ) -> list[str]:
-        from ..vectors.collection import check_add
+        from legion.vectors.collection import check_add
 
         texts, metas, given = check_add(texts, metadata, ids)
         added: list[str] = await self._call("add", texts, metas, given)
@@ -314,7 +314,7 @@ class RemoteCollection:
     async def search(
         self, query: str, k: int = 5, where: Mapping[str, Any] | None = None
     ) -> list[Hit]:
-        from ..vectors.types import Hit
+        from legion.vectors.types import Hit
 
         hits = await self._call("search", query, k, dict(where) if where else None)
         return [Hit.from_json(h) for h in hits]

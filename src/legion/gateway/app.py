@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from legion.errors import LegionError, Permanent
+from legion.gateway.usage import KeyUsage
 from legion.llm.client import LLMClient
 from legion.llm.sdk import openai_wire
 from legion.llm.sdk.openai_wire import WireError
@@ -20,8 +21,6 @@ from legion.run.shares import SharedCapacity
 from legion.server.auth import Authenticator, AuthError
 from legion.store.base import Store
 from legion.store.types import ApiKey
-
-from .usage import KeyUsage
 
 TASK_HEADER = "X-Legion-Task"
 _TASK = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

@@ -1,7 +1,7 @@
 """GenAI client spans for LLM calls, after the OpenTelemetry GenAI semantic conventions.
 
-:func:`traced_chat` wraps ``LLMClient.chat``: while :data:`legion.telemetry.tracing` is on,
-each call gets a ``chat {model}`` span (see :mod:`legion.telemetry` for its attributes);
+`traced_chat` wraps ``LLMClient.chat``: while `legion.telemetry.tracing` is on,
+each call gets a ``chat {model}`` span (see `legion.telemetry` for its attributes);
 otherwise the call goes straight through.
 """
 
@@ -28,7 +28,7 @@ class _Named(Protocol):
 
 
 class _Route(Protocol):
-    """What a span says of a route (a :class:`legion.llm.client.Route`)."""
+    """What a span says of a route (a `legion.llm.client.Route`)."""
 
     @property
     def name(self) -> str: ...

@@ -1,8 +1,8 @@
 """``legion worker --autoscale MIN:MAX``: a supervisor that runs as many worker processes
 as the scaling policy asks for.
 
-Every ``interval`` seconds it reads a :class:`~legion.provision.policy.Demand` from the
-store, asks :func:`~legion.provision.policy.decide` for the workers wanted, starts the
+Every ``interval`` seconds it reads a `legion.provision.policy.Demand` from the
+store, asks `legion.provision.policy.decide` for the workers wanted, starts the
 missing worker processes and stops the surplus. A stopped worker *drains*: it gets
 SIGTERM, leases nothing more, lets its running tasks finish (up to ``--drain-timeout``,
 after which they go back to the queue, no attempt charged) and exits, so scaling down
@@ -31,11 +31,18 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from ..errors import StoreError
-from ..store import Store, store_from_url
-from ..store.types import AutoscalerInfo
-from .board import Board
-from .policy import Decision, Demand, PolicyState, ScalingConfig, decide, parse_bounds
+from legion.errors import StoreError
+from legion.provision.board import Board
+from legion.provision.policy import (
+    Decision,
+    Demand,
+    PolicyState,
+    ScalingConfig,
+    decide,
+    parse_bounds,
+)
+from legion.store import Store, store_from_url
+from legion.store.types import AutoscalerInfo
 
 STRIPPED = ("--autoscale", "--cooldown", "--processes")  # supervisor-only options
 

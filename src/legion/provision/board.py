@@ -1,8 +1,8 @@
-"""The scaling policy's input, read from the store: :class:`~legion.provision.policy.Demand`.
+"""The scaling policy's input, read from the store: `legion.provision.policy.Demand`.
 
 One reading costs three queries (the backlog, the task counts, the worker registry). The
 tasks finished per worker per second come from the workers' own counters (reported in
-each heartbeat) between two readings, so a :class:`Board` is kept between them. A route's
+each heartbeat) between two readings, so a `Board` is kept between them. A route's
 headroom sums, over the workers sharing it (one provider endpoint and model: the key of
 the shared capacity board), the requests and tokens per minute each reported, against
 the route's limit.
@@ -14,14 +14,14 @@ import socket
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from ..store.base import Store
-from ..store.types import WorkerInfo
-from ..task import TaskStatus
-from .policy import Demand, RouteHeadroom, WorkerLoad
+from legion.provision.policy import Demand, RouteHeadroom, WorkerLoad
+from legion.store.base import Store
+from legion.store.types import WorkerInfo
+from legion.task import TaskStatus
 
 
 class Board:
-    """Reads :class:`Demand` snapshots; keeps what the throughput estimate needs."""
+    """Reads `Demand` snapshots; keeps what the throughput estimate needs."""
 
     def __init__(self, *, concurrency: int | None = None, stale_after: float = 60.0) -> None:
         self._concurrency = concurrency  # slots per worker; None: as the workers report

@@ -1,9 +1,9 @@
 """The scaling policy: how many workers the work asks for, and why.
 
-A pure function of a :class:`Demand` (a snapshot of the store: the backlog and its age,
+A pure function of a `Demand` (a snapshot of the store: the backlog and its age,
 the tasks running, the live workers and their health, the measured throughput, and the
-headroom of every LLM route on the shared capacity board), the :class:`ScalingConfig`
-and the previous :class:`PolicyState`; no I/O and no clock of its own, so it is tested
+headroom of every LLM route on the shared capacity board), the `ScalingConfig`
+and the previous `PolicyState`; no I/O and no clock of its own, so it is tested
 on made-up snapshots and a made-up time. The ``legion worker --autoscale`` supervisor and
 the ``legion_workers_desired`` gauge both call it.
 
@@ -36,7 +36,7 @@ Then, in this order:
    immediate.
 4. **Bounds.** ``desired = min(max(wanted, minimum), maximum)``.
 
-The answer is a :class:`Decision`: ``desired``, ``running`` and one line that says why
+The answer is a `Decision`: ``desired``, ``running`` and one line that says why
 ("held at 2: route default is at 99 % of its limit").
 """
 

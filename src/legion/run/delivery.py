@@ -1,8 +1,8 @@
 """The result feed: each finished task's result, delivered once to whoever waits for it.
 
 A result comes from one of two sources: a completion the local worker committed (handed
-over at once, :meth:`Delivery.committed`), or a change in the store's event feed made by
-another process or the reaper (:meth:`Delivery.follow` reads the feed while anyone waits).
+over at once, `Delivery.committed`), or a change in the store's event feed made by
+another process or the reaper (`Delivery.follow` reads the feed while anyone waits).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Sequence
 
-from .. import codec
-from ..journal import Committed
-from ..store.base import TaskReader
-from ..task import TERMINAL_STATUSES, Submitted, TaskResult
+from legion import codec
+from legion.journal import Committed
+from legion.store.base import TaskReader
+from legion.task import TERMINAL_STATUSES, Submitted, TaskResult
 
 log = logging.getLogger("legion.runtime")
 

@@ -3,14 +3,14 @@
 An agent that runs CPU-bound code on the default executor (``while True: pass``) blocks
 the event loop: every other instance, the heartbeat and the signal handlers stop with
 it, and nothing inside the loop can end it. The guard acts from the watchdog's thread
-(see :mod:`legion.diagnostics.watchdog`), which keeps running:
+(see `legion.diagnostics.watchdog`), which keeps running:
 
 - when the loop has been blocked by one instance for longer than that instance's
   timeout, it records the freeze in the store through a connection of its own
-  (:mod:`legion.store.freeze`: the task is counted a freeze, dead at ``max_freezes``
+  (`legion.store.freeze`: the task is counted a freeze, dead at ``max_freezes``
   with the reason "blocked the event loop for 60 s, 3 times: use executor='process'";
   the worker's other tasks go back to the queue without spending an attempt), logs it
-  and exits the process with :data:`FROZE_EXIT_CODE` (the ``--processes`` supervisor
+  and exits the process with `FROZE_EXIT_CODE` (the ``--processes`` supervisor
   starts another worker);
 - when SIGINT/SIGTERM arrived and the loop stays blocked (it cannot drain), it gives
   every task back to the queue unfinished and exits with 128 + the signal's number.
@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
-from ..diagnostics.watchdog import Capture
-from ..store.freeze import Freeze, record_freeze, release_worker
+from legion.diagnostics.watchdog import Capture
+from legion.store.freeze import Freeze, record_freeze, release_worker
 
 if TYPE_CHECKING:
-    from .runner import Instance
+    from legion.run.runner import Instance
 
 log = logging.getLogger("legion.worker")
 

@@ -5,7 +5,7 @@ board): the requests and tokens per minute this worker spent over the last ``win
 seconds (5), the route's limit (learned from the provider's headers, else configured),
 the calls queued for their turn and whether a 429 pause is in force. Summed over the
 workers, these say how close each route is to its limit (see
-:func:`legion.provision.board.route_headroom`).
+`legion.provision.board.route_headroom`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..llm.client import LLMClient
+    from legion.llm.client import LLMClient
 
 MIN_SPAN = 0.3  # seconds: rates over a shorter span are noise
 
@@ -39,7 +39,7 @@ class RouteMeter:
         self.report()  # the baseline: rates are counted from here
 
     def report(self) -> dict[str, dict[str, Any]]:
-        from .shares import _key
+        from legion.run.shares import _key
 
         now = self._clock()
         out: dict[str, dict[str, Any]] = {}

@@ -1,7 +1,7 @@
 """Run one agent instance for one leased attempt, and decide what its end means.
 
 The runner is where isolation happens: whatever the agent does — raise, hang past its
-timeout, raise ``SystemExit`` — ends as a :class:`~legion.task.Completion` of that one
+timeout, raise ``SystemExit`` — ends as a `legion.task.Completion` of that one
 task, never as an exception in the worker.
 """
 
@@ -14,15 +14,15 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any
 
-from .. import attempt, codec, deadline, telemetry
-from ..agent import Agent
-from ..clock import Clock
-from ..context import BeforeStep, Context
-from ..diagnostics import tracking
-from ..diagnostics.lookback import escaped_exception, look_back
-from ..diagnostics.report import Diagnostic, Kind
-from ..diagnostics.watchdog import Capture
-from ..errors import (
+from legion import attempt, codec, deadline, telemetry
+from legion.agent import Agent
+from legion.clock import Clock
+from legion.context import BeforeStep, Context
+from legion.diagnostics import tracking
+from legion.diagnostics.lookback import escaped_exception, look_back
+from legion.diagnostics.report import Diagnostic, Kind
+from legion.diagnostics.watchdog import Capture
+from legion.errors import (
     AgentCrash,
     BudgetExceeded,
     DeadlineExceeded,
@@ -32,14 +32,14 @@ from ..errors import (
     UnawaitedWork,
     is_retryable,
 )
-from ..journal import Journal
-from ..store.base import SessionMemory
-from ..task import Completion, ErrorInfo, Lease, Outcome
-from ..waiting.suspend import Suspended
+from legion.journal import Journal
+from legion.store.base import SessionMemory
+from legion.task import Completion, ErrorInfo, Lease, Outcome
+from legion.waiting.suspend import Suspended
 
 if TYPE_CHECKING:
-    from ..executors import Executor
-    from ..llm.client import LLMClient
+    from legion.executors import Executor
+    from legion.llm.client import LLMClient
 
 
 log = logging.getLogger("legion.runner")
@@ -130,7 +130,7 @@ async def run_instance(
     ``executor`` runs the agent's code elsewhere (a subprocess, a Ray cluster); by
     default it runs right here, in this task.
 
-    An instance whose lease is lost (its writes refused with :class:`LeaseLost`, or
+    An instance whose lease is lost (its writes refused with `LeaseLost`, or
     stopped for it) ends without a completion: the lease is someone else's now.
     """
     lease, agent = instance.lease, instance.agent
@@ -219,7 +219,7 @@ def _timed_out(agent: Agent, time_: attempt.AttemptTime) -> TaskTimeout:
 
 
 def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:
-    """What the attempt left behind (see :func:`legion.diagnostics.lookback.look_back`)."""
+    """What the attempt left behind (see `legion.diagnostics.lookback.look_back`)."""
     capture, instance.pending_block = instance.pending_block, None
     agent = instance.agent
     found = look_back(agent.name, agent.fn, instance.diagnostics, instance.children, capture, ctx)

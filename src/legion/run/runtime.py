@@ -1,7 +1,7 @@
 """``Runtime``: submit tasks, run them, stream their results.
 
-It wires the parts together and holds little logic itself: a :class:`Store`, a
-:class:`Worker` (unless ``worker=False``: submit only, other processes run the tasks)
+It wires the parts together and holds little logic itself: a `Store`, a
+`Worker` (unless ``worker=False``: submit only, other processes run the tasks)
 and a follower of the store's event feed that delivers results of tasks finished
 anywhere.
 
@@ -19,32 +19,26 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Se
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .. import codec
-from ..agent import Agent
-from ..clock import Clock, system_clock
-from ..errors import ConfigError, TaskFailed
-from ..stats import Statistics
-from ..store import Store, store_from_url
-from ..store.tenancy import DEFAULT_TENANT
-from ..task import (
-    NewTask,
-    Submitted,
-    TaskInfo,
-    TaskResult,
-    TaskStatus,
-)
-from .delivery import Delivery
-from .worker import Worker, WorkerConfig
+from legion import codec
+from legion.agent import Agent
+from legion.clock import Clock, system_clock
+from legion.errors import ConfigError, TaskFailed
+from legion.run.delivery import Delivery
+from legion.run.worker import Worker, WorkerConfig
+from legion.stats import Statistics
+from legion.store import Store, store_from_url
+from legion.store.tenancy import DEFAULT_TENANT
+from legion.task import NewTask, Submitted, TaskInfo, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
-    from ..executors import Executor
-    from ..llm.client import LLMClient
+    from legion.executors import Executor
+    from legion.llm.client import LLMClient
 
 
 class Runtime:
     """Runs agents durably. Use as ``async with Runtime(...) as rt``.
 
-    - ``store``: a URL (``sqlite:///path.db``, ``sqlite:///:memory:``) or a :class:`Store`.
+    - ``store``: a URL (``sqlite:///path.db``, ``sqlite:///:memory:``) or a `Store`.
     - ``concurrency``: most agent instances running at once in this process.
     - ``worker``: run tasks in this process (default); ``False`` only submits and watches.
     - ``lease_seconds``: how long a lease lasts without a heartbeat; a worker that dies
@@ -53,7 +47,7 @@ class Runtime:
       simulator, started and stopped by the runtime; ``"openai:gpt-4o-mini"``,
       ``"anthropic:MODEL"``, ``"local"``, as ``legion run --llm`` takes) or a list of
       them (one route each, ``"NAME=SPEC"`` to name one): the runtime builds the client
-      when it opens and closes it when it closes. An :class:`~legion.llm.LLMClient` is
+      when it opens and closes it when it closes. An `legion.llm.LLMClient` is
       used as given and not closed (it may serve several runtimes).
     - ``executors``: where agents that ask for ``executor="process"`` or ``"ray"`` run
       (the worker starts and closes them); ``executor`` runs every agent on that one.
@@ -86,8 +80,8 @@ class Runtime:
         watchdog: bool = True,
         offer: Mapping[str, float] | None = None,
     ) -> None:
-        from ..llm.client import LLMClient
-        from ..llm.specs import config_from_specs
+        from legion.llm.client import LLMClient
+        from legion.llm.specs import config_from_specs
 
         self._llm_specs: str | Sequence[str] | None = None
         self.llm: LLMClient | None = None
@@ -141,7 +135,7 @@ class Runtime:
 
     async def open(self) -> None:
         if self._llm_specs is not None and self.llm is None:
-            from ..llm.specs import open_client
+            from legion.llm.specs import open_client
 
             self.llm = await open_client(self._llm_specs)
         try:
@@ -278,7 +272,7 @@ class Runtime:
     async def submit_tasks(self, tasks: Sequence[NewTask]) -> list[Submitted]:
         """Queue tasks whose inputs are encoded already, in one transaction (their agents
         must be registered). A key sent again with another input raises
-        :class:`~legion.errors.IdempotencyConflict` and queues nothing."""
+        `legion.errors.IdempotencyConflict` and queues nothing."""
         submitted = await self.store.submit(tasks, self._clock())
         if self.worker is not None:
             self.worker.wake(urgent=sum(1 for t in tasks if t.priority > 0))

@@ -1,6 +1,6 @@
 """LLM capacity shared by every worker that uses the same API key, through the store.
 
-Each worker's :class:`~legion.llm.capacity.Capacity` paces calls on its own; when N
+Each worker's `legion.llm.capacity.Capacity` paces calls on its own; when N
 workers share one key, N such limiters would together send N times the limit. So once
 a second each worker *claims* its demand on every limited route in the store (one
 round trip per route per second, not per call) and reads all live claims back; it then

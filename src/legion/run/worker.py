@@ -1,6 +1,6 @@
 """``Worker``: leases tasks in batches, runs one instance per task, commits in batches.
 
-Background loops, all owned by :meth:`Worker.run`:
+Background loops, all owned by `Worker.run`:
 
 - **lease**: takes as many ready tasks as there are free slots (global and per agent);
 - **journal**: group-commits step results, memory writes and completions;
@@ -11,7 +11,7 @@ Background loops, all owned by :meth:`Worker.run`:
 - **reaper**: takes back the leases of workers that died (their process is certainly
   gone, their heartbeat stopped, or their leases simply expired).
 
-Every write an instance makes is fenced by its lease (see :class:`~legion.journal.Journal`):
+Every write an instance makes is fenced by its lease (see `legion.journal.Journal`):
 an instance whose lease was lost is stopped at its next write or heartbeat, and logged
 once. A step starts only under leases the store confirmed within two heartbeat periods;
 after a pause (SIGSTOP, a frozen loop) steps wait for the next heartbeat, which stops
@@ -21,9 +21,9 @@ A task taken back from a worker that stopped while running it among others runs 
 (nothing else on the worker) until it ends: a task that crashes its worker is then
 charged for it, its neighbours are not.
 
-Stopping (:meth:`stop`, SIGINT/SIGTERM in the CLI) drains: no new leases, running
+Stopping (`stop`, SIGINT/SIGTERM in the CLI) drains: no new leases, running
 instances get ``drain_timeout`` seconds to finish, the rest are released back to the
-queue unfinished, and everything is committed before :meth:`run` returns.
+queue unfinished, and everything is committed before `run` returns.
 """
 
 from __future__ import annotations
@@ -42,26 +42,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import heap, identity
-from ..agent import Agent
-from ..clock import Clock, system_clock
-from ..diagnostics import tracking
-from ..diagnostics.report import agent_files, blocked_loop
-from ..diagnostics.watchdog import Block, Capture, LoopWatchdog
-from ..errors import ConfigError
-from ..journal import Committed, Journal
-from ..stats import Counters, Statistics
-from ..store.base import Store
-from ..store.types import WorkerInfo
-from ..task import Lease, Outcome, TaskInfo
-from ..waiting import schedules
-from .freeze import FreezeGuard
-from .route_meter import RouteMeter
-from .runner import Instance, StopReason, run_instance
+from legion import heap, identity
+from legion.agent import Agent
+from legion.clock import Clock, system_clock
+from legion.diagnostics import tracking
+from legion.diagnostics.report import agent_files, blocked_loop
+from legion.diagnostics.watchdog import Block, Capture, LoopWatchdog
+from legion.errors import ConfigError
+from legion.journal import Committed, Journal
+from legion.run.freeze import FreezeGuard
+from legion.run.route_meter import RouteMeter
+from legion.run.runner import Instance, StopReason, run_instance
+from legion.stats import Counters, Statistics
+from legion.store.base import Store
+from legion.store.types import WorkerInfo
+from legion.task import Lease, Outcome, TaskInfo
+from legion.waiting import schedules
 
 if TYPE_CHECKING:
-    from ..executors import Executor
-    from ..llm.client import LLMClient
+    from legion.executors import Executor
+    from legion.llm.client import LLMClient
 
 log = logging.getLogger("legion.worker")
 
@@ -227,7 +227,7 @@ class Worker:
         self.release_now()
 
     async def wait_fatal(self) -> BaseException:
-        """Wait until an error stops the worker (see :meth:`abort`) and answer it."""
+        """Wait until an error stops the worker (see `abort`) and answer it."""
         await self._fatal.wait()
         assert self.fatal_error is not None
         return self.fatal_error
@@ -241,7 +241,7 @@ class Worker:
     # -- main loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve until :meth:`stop`; returns after draining and committing everything."""
+        """Serve until `stop`; returns after draining and committing everything."""
         self._loop = asyncio.get_running_loop()
         if self.config.watchdog:
             tracking.install(self._loop)
@@ -257,7 +257,7 @@ class Worker:
             asyncio.create_task(self._reaper_loop(), name="legion-reaper"),
         ]
         if self.llm is not None:
-            from .shares import SharedCapacity  # the LLM layer loads only when used
+            from legion.run.shares import SharedCapacity  # the LLM layer loads only when used
 
             shares = SharedCapacity(self.llm, self.store, self.id, clock=self._clock)
             background.append(asyncio.create_task(shares.run(), name="legion-capacity"))
@@ -447,7 +447,7 @@ class Worker:
     def exit_when_frozen(self, *, max_freezes: int = 3) -> FreezeGuard:
         """From now on, an agent that blocks the event loop past its timeout is recorded
         (dead after ``max_freezes`` such freezes) and the process exits (see
-        :mod:`legion.run.freeze`): for worker processes under a supervisor."""
+        `legion.run.freeze`): for worker processes under a supervisor."""
         url = getattr(self.store, "url", None)
         self._freeze_guard = FreezeGuard(
             url=url if isinstance(url, str) else None,
@@ -742,7 +742,7 @@ class Worker:
         store's clock: the database's on PostgreSQL), or early — once its heartbeat is
         no longer fresh (older than a heartbeat period) — when its process is certainly
         gone: same kernel boot, same PID namespace, and the PID free or another
-        process's (see :mod:`legion.identity`). A host name alone proves nothing."""
+        process's (see `legion.identity`). A host name alone proves nothing."""
         store_now = await self.store.now()
         me = self._identity
         dead = []

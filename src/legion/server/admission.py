@@ -1,7 +1,7 @@
 """Load shedding: what the server takes on, and what it answers 429 or 503 at once.
 
-- **Requests in progress** (:class:`InProgressLimit`, ASGI middleware): at most
-  :class:`AdaptiveLimit`'s ``limit`` requests are handled at once; one more is answered
+- **Requests in progress** (`InProgressLimit`, ASGI middleware): at most
+  `AdaptiveLimit`'s ``limit`` requests are handled at once; one more is answered
   ``503`` with ``Retry-After`` before its body is read. Event streams (long-lived by
   design) and ``/healthz`` are not counted. A server that sheds early keeps the latency of
   what it accepts bounded, instead of queueing every request behind all the others.
@@ -10,9 +10,9 @@
   store's writer, so by Little's law each one takes about ``in progress / throughput``.
   128 requests in progress on a store that writes 300 submissions a second is 0.4 s each,
   and far more once the server's CPU also answers the shed ones. So the bound adapts to
-  the throughput the server gives (:class:`AdaptiveLimit`): about as many requests as
+  the throughput the server gives (`AdaptiveLimit`): about as many requests as
   finish in ``target_latency`` seconds are taken on, never more than ``max_in_progress``.
-- **Per tenant** (:class:`TenantLimits`): a submit rate (a token bucket of ``rate`` tasks
+- **Per tenant** (`TenantLimits`): a submit rate (a token bucket of ``rate`` tasks
   per second, ``burst`` deep) and a most of queued tasks. Over either, ``429`` with
   ``Retry-After``. A refused submission stored nothing; an acknowledged one is in the
   store (durable) before it is answered.
@@ -121,7 +121,7 @@ class AdaptiveLimit:
 
 class InProgressLimit:
     """ASGI middleware: at most ``limit`` requests in progress (adapted to
-    ``target_latency``, see :class:`AdaptiveLimit`); one more gets 503."""
+    ``target_latency``, see `AdaptiveLimit`); one more gets 503."""
 
     def __init__(
         self,

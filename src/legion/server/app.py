@@ -1,6 +1,6 @@
 """``create_app``: the FastAPI application of ``legion serve``.
 
-Routes (every one but ``/healthz`` needs an API key, see :mod:`legion.server.auth`):
+Routes (every one but ``/healthz`` needs an API key, see `legion.server.auth`):
 
 ==========================================  ===============================================
 ``POST /v1/tasks``                          submit one task (idempotency key honoured)
@@ -29,7 +29,7 @@ tasks; ``Retry-After``), 503 (the server is saturated, or the store is
 unreachable, busy or too slow; every 503 carries ``Retry-After``), 507 (the store's
 disk is full: nothing was written), 500 (anything else, logged with its traceback on the server).
 
-Tenants: every API key belongs to one (see :mod:`legion.server.auth`); a key sees and
+Tenants: every API key belongs to one (see `legion.server.auth`); a key sees and
 changes its tenant's tasks only, an admin key every tenant's.
 """
 
@@ -47,22 +47,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..agent import Agent
-from ..errors import StorageFull, StoreError
-from . import dashboard, openapi, ops_api, signals_api, streams, tasks_api
-from .admission import InProgressLimit, Shed
-from .auth import CHALLENGES, AuthError
-from .body_limit import BodyLimit
-from .deps import ServerState
-from .retry_after import RETRY_AFTER_SECONDS, RetryAfter
+from legion import __version__
+from legion.agent import Agent
+from legion.errors import StorageFull, StoreError
+from legion.server import dashboard, openapi, ops_api, signals_api, streams, tasks_api
+from legion.server.admission import InProgressLimit, Shed
+from legion.server.auth import CHALLENGES, AuthError
+from legion.server.body_limit import BodyLimit
+from legion.server.deps import ServerState
+from legion.server.retry_after import RETRY_AFTER_SECONDS, RetryAfter
 
 log = logging.getLogger("legion.server")
 
 
 class _App(FastAPI):
     """FastAPI, with the submit routes' bodies and the served agents' inputs in the OpenAPI
-    document (see :mod:`legion.server.openapi`)."""
+    document (see `legion.server.openapi`)."""
 
     def __init__(self, *, agents: Mapping[str, Agent], **options: Any) -> None:
         super().__init__(**options)

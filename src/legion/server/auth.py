@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from ..store.base import KeyStore
-from ..store.types import ApiKey
-from . import keys
+from legion.server import keys
+from legion.store.base import KeyStore
+from legion.store.types import ApiKey
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CACHE_LIMIT = 10_000
@@ -54,7 +54,7 @@ class Authenticator:
         self._cache: dict[str, tuple[ApiKey, float]] = {}
 
     async def authenticate(self, authorization: str | None) -> ApiKey:
-        """The key an ``Authorization`` header carries, or :class:`AuthError`."""
+        """The key an ``Authorization`` header carries, or `AuthError`."""
         token = credentials(authorization)
         if token is None:
             raise AuthError(401, "an API key is required: send Authorization: Bearer KEY")

@@ -1,6 +1,6 @@
 """Request bodies of the submit routes: read once, parsed once, strictly.
 
-The body is read into one buffer (the size limit of :mod:`legion.server.body_limit`
+The body is read into one buffer (the size limit of `legion.server.body_limit`
 applies as it arrives) and parsed by orjson, which follows RFC 8259: ``NaN``,
 ``Infinity`` and numbers out of a double's range (``1e400``) are refused, as is text that
 is not UTF-8. Any content type is read as JSON, so ``curl -d '{...}'`` (which sends

@@ -1,7 +1,7 @@
 """The dashboard: two static pages and their scripts, no build step.
 
 ``/`` shows the run live, ``/tasks/{id}`` one task with a timeline of its steps. Both are
-fed by the API's event streams (see :mod:`legion.server.streams`). The chart library is
+fed by the API's event streams (see `legion.server.streams`). The chart library is
 uPlot (MIT, vendored in ``static/`` with its licence). Like every route but ``/healthz``
 they need an API key: a browser asks for it (HTTP Basic: any user name, the key as the
 password) and then sends it with each request of the page.
@@ -14,8 +14,8 @@ from importlib import resources
 
 from fastapi import APIRouter, Depends, HTTPException, Response
 
-from .deps import require_key
-from .tasks_api import TaskId
+from legion.server.deps import require_key
+from legion.server.tasks_api import TaskId
 
 _TYPES = {
     "common.js": "text/javascript",

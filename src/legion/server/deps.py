@@ -10,19 +10,19 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..agent import Agent
-from ..run.runtime import Runtime
-from ..store.types import ApiKey
-from .admission import TenantLimits
-from .auth import Authenticator, check_origin
-from .metrics import Metrics
-from .monitor import Monitor
-from .settings import ServerSettings
+from legion.agent import Agent
+from legion.run.runtime import Runtime
+from legion.server.admission import TenantLimits
+from legion.server.auth import Authenticator, check_origin
+from legion.server.metrics import Metrics
+from legion.server.monitor import Monitor
+from legion.server.settings import ServerSettings
+from legion.store.types import ApiKey
 
 
 @dataclass(frozen=True, slots=True)
 class ServerState:
-    """The parts one server wires together; routes reach it through :data:`StateDep`."""
+    """The parts one server wires together; routes reach it through `StateDep`."""
 
     runtime: Runtime
     agents: Mapping[str, Agent]

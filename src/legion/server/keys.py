@@ -2,7 +2,7 @@
 
 A key reads ``lgn_<id>_<secret>``: ``id`` is 12 hex digits, public (``legion keys list``
 shows it and the store looks the key up by it); ``secret`` is 32 random bytes from
-:mod:`secrets`, base64url-encoded. The store keeps only a random 16-byte salt and
+`secrets`, base64url-encoded. The store keeps only a random 16-byte salt and
 ``sha256(salt || secret)``; checking a key compares digests in constant time.
 
 Why SHA-256 and not a slow password hash (bcrypt, scrypt, argon2): a slow hash protects
@@ -21,8 +21,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from ..store.tenancy import DEFAULT_TENANT, check_tenant
-from ..store.types import ApiKey
+from legion.store.tenancy import DEFAULT_TENANT, check_tenant
+from legion.store.types import ApiKey
 
 PREFIX = "lgn"
 _KEY = re.compile(rf"^{PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})$")

@@ -1,6 +1,6 @@
 """``/metrics``: the run in Prometheus' text format.
 
-Counters and the latency histogram are fed by the :class:`~legion.server.monitor.Monitor`
+Counters and the latency histogram are fed by the `legion.server.monitor.Monitor`
 as it reads the event feed (every worker's tasks, since this server started); gauges come
 from its latest snapshot, so a scrape reads nothing from the store. Every metric lives in
 this server's own registry, never in prometheus_client's global one.
@@ -41,8 +41,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..task import TaskStatus
-from .snapshot import RouteLoad, Snapshot
+from legion.server.snapshot import RouteLoad, Snapshot
+from legion.task import TaskStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -50,7 +50,7 @@ _ROUTE_LABELS = ("route", "provider", "model")
 
 
 class Metrics:
-    """The server's metrics; a :class:`~legion.server.monitor.FeedSink`."""
+    """The server's metrics; a `legion.server.monitor.FeedSink`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)

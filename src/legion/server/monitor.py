@@ -8,7 +8,7 @@ Every ``interval`` seconds it reads, once for every client:
 - the local LLM client's statistics per route (capacity, 429s, usage);
 - the latest failures, when new ones came in.
 
-Clients read :attr:`Monitor.snapshot` or wait for :meth:`Monitor.next_snapshot`, so a
+Clients read `Monitor.snapshot` or wait for `Monitor.next_snapshot`, so a
 hundred open dashboards cost the store what one does. A sample that takes more than 5 %
 of the interval stretches the interval: watching never takes the store over.
 """
@@ -23,14 +23,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..store.types import EventDetail, WorkerInfo
-from ..task import TaskInfo, TaskStatus
-from .scaling import ScalingGauge
-from .snapshot import Failure, Health, Point, RouteLoad, Snapshot, Totals, WorkerState
+from legion.server.scaling import ScalingGauge
+from legion.server.snapshot import Failure, Health, Point, RouteLoad, Snapshot, Totals, WorkerState
+from legion.store.types import EventDetail, WorkerInfo
+from legion.task import TaskInfo, TaskStatus
 
 if TYPE_CHECKING:
-    from ..llm.client import RouteStatistics
-    from ..run.runtime import Runtime
+    from legion.llm.client import RouteStatistics
+    from legion.run.runtime import Runtime
 
 log = logging.getLogger("legion.server.monitor")
 
@@ -121,12 +121,12 @@ class Monitor:
         return list(self._series)
 
     async def next_snapshot(self) -> Snapshot:
-        """Wait for the next sample (or :meth:`close`) and answer the latest snapshot."""
+        """Wait for the next sample (or `close`) and answer the latest snapshot."""
         await self._tick.wait()
         return self._snapshot
 
     def close(self) -> None:
-        """Wake every waiter; they see :attr:`closed` and stop."""
+        """Wake every waiter; they see `closed` and stop."""
         self.closed = True
         self._tick.set()
 

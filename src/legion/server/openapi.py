@@ -5,7 +5,7 @@ FastAPI writes the routes; this adds what it cannot know:
 - the submit routes read their bodies themselves (strict JSON, any content type), so their
   schemas (``TaskIn``, ``BatchIn``) are declared here;
 - ``TaskIn`` is one of the served agents' own shapes: ``agent`` names the agent and
-  ``input`` follows that agent's parameters (what :meth:`legion.Agent.arguments` accepts),
+  ``input`` follows that agent's parameters (what `legion.Agent.arguments` accepts),
   so a body the document allows is a body the server takes.
 """
 
@@ -15,8 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..agent import Agent
-from .schemas import BatchIn
+from legion.agent import Agent
+from legion.server.schemas import BatchIn
 
 _REF = "#/components/schemas/{model}"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

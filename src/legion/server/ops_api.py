@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from .deps import KeyDep, StateDep, require_key
-from .metrics import CONTENT_TYPE
-from .schemas import HealthOut, KeyOut
-from .snapshot import Snapshot, WorkerState
+from legion.server.deps import KeyDep, StateDep, require_key
+from legion.server.metrics import CONTENT_TYPE
+from legion.server.schemas import HealthOut, KeyOut
+from legion.server.snapshot import Snapshot, WorkerState
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No API key, or an unknown one."},
@@ -66,7 +66,7 @@ async def workers(state: StateDep) -> list[WorkerState]:
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
 async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics (see :mod:`legion.server.metrics` for the list); also served
+    """Prometheus metrics (see `legion.server.metrics` for the list); also served
     without a key on ``--metrics-port``."""
     body = state.metrics.render(state.monitor.snapshot)
     return Response(body, media_type=CONTENT_TYPE)

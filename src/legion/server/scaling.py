@@ -5,12 +5,12 @@ metrics), which applies its own bounds; so no minimum or maximum here.
 
 from __future__ import annotations
 
-from ..provision.board import Board
-from ..provision.policy import PolicyState, ScalingConfig, decide
-from ..store.base import Store
-from ..store.types import WorkerInfo
-from ..task import TaskStatus
-from .snapshot import Scaling
+from legion.provision.board import Board
+from legion.provision.policy import PolicyState, ScalingConfig, decide
+from legion.server.snapshot import Scaling
+from legion.store.base import Store
+from legion.store.types import WorkerInfo
+from legion.task import TaskStatus
 
 AUTOSCALER_FRESH = 30.0  # seconds: an autoscaler that published longer ago has stopped
 

@@ -1,7 +1,7 @@
 """The JSON of the HTTP API: what requests carry and responses answer.
 
 These models are the JSON edge (and the OpenAPI document); inside, legion's own frozen
-values travel (:class:`~legion.task.TaskInfo` and friends), converted here.
+values travel (`legion.task.TaskInfo` and friends), converted here.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..store.types import StepInfo
-from ..task import TaskInfo, TaskStatus
+from legion.store.types import StepInfo
+from legion.task import TaskInfo, TaskStatus
 
 # Text the stores can hold in every dialect (PostgreSQL text cannot hold NUL).
 TEXT = r"^[^\x00]*$"

@@ -1,7 +1,7 @@
 """``running_server``: the API, the dashboard's sampler and uvicorn, started and stopped together.
 
 The listening socket is bound here, before uvicorn starts: a port in use is a clear
-:class:`~legion.errors.ConfigError`, port 0 picks a free port, and connections made
+`legion.errors.ConfigError`, port 0 picks a free port, and connections made
 before uvicorn is ready wait in the backlog instead of failing. Stopping ends the event
 streams first (they would hold their connections open), then lets uvicorn finish the
 requests in flight for up to ``shutdown_timeout`` seconds.
@@ -21,17 +21,17 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from ..agent import Agent
-from ..errors import ConfigError
-from ..run.runtime import Runtime
-from .admission import TenantLimits
-from .app import create_app, create_metrics_app
-from .auth import Authenticator
-from .deps import ServerState
-from .malloc import return_large_buffers
-from .metrics import Metrics
-from .monitor import Monitor
-from .settings import ServerSettings
+from legion.agent import Agent
+from legion.errors import ConfigError
+from legion.run.runtime import Runtime
+from legion.server.admission import TenantLimits
+from legion.server.app import create_app, create_metrics_app
+from legion.server.auth import Authenticator
+from legion.server.deps import ServerState
+from legion.server.malloc import return_large_buffers
+from legion.server.metrics import Metrics
+from legion.server.monitor import Monitor
+from legion.server.settings import ServerSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from legion.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class ServerSettings:
       ``Retry-After`` at once (event streams and ``/healthz`` are not counted).
     - ``target_latency``: seconds an admitted request should take on average; the bound on
       requests in progress is lowered below ``max_in_progress`` while they take longer
-      (see :class:`~legion.server.admission.AdaptiveLimit`). ``None``: a fixed bound.
+      (see `legion.server.admission.AdaptiveLimit`). ``None``: a fixed bound.
     - ``tenant_max_queued``: most queued tasks per tenant (``None``: no limit); a submission
       past it is answered 429 with ``Retry-After``.
     - ``tenant_rate``, ``tenant_burst``: tasks per second each tenant may submit, in bursts

@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from .deps import KeyDep, StateDep, require_key
-from .schemas import StatusOut
-from .tasks_api import _ERRORS, _NOT_FOUND, TaskDep
+from legion.server.deps import KeyDep, StateDep, require_key
+from legion.server.schemas import StatusOut
+from legion.server.tasks_api import _ERRORS, _NOT_FOUND, TaskDep
 
 log = logging.getLogger("legion.server")
 

@@ -1,7 +1,7 @@
 """What the dashboard, the progress stream and ``/metrics`` show: frozen snapshots.
 
-:class:`~legion.server.monitor.Monitor` makes one :class:`Snapshot` per sample and keeps
-the latest :class:`Point`\\ s as the charts' history. Rates and latencies cover the run as
+`legion.server.monitor.Monitor` makes one `Snapshot` per sample and keeps
+the latest `Point`\\ s as the charts' history. Rates and latencies cover the run as
 a whole (every worker's tasks, read from the store's event feed) since the server
 started; ``statuses`` counts every task in the store; ``routes`` is this process's LLM
 client (present when it runs a worker).
@@ -114,7 +114,7 @@ class Health:
 @dataclass(frozen=True, slots=True)
 class Scaling:
     """How many workers the work asks for (the scaling policy, see
-    :mod:`legion.provision.policy`), how many run, and why; with each ``legion worker
+    `legion.provision.policy`), how many run, and why; with each ``legion worker
     --autoscale`` supervisor's own decision."""
 
     desired: int

@@ -7,7 +7,7 @@ its output and steps) and the stream closes. The task is read every
 tables without extra indexes).
 
 ``GET /v1/progress``: ``history`` (the samples kept so far, for charts), then
-``progress`` (a :class:`~legion.server.snapshot.Snapshot`) after every sample. Every
+``progress`` (a `legion.server.snapshot.Snapshot`) after every sample. Every
 client reads the monitor's latest sample: clients cost the store nothing.
 
 Both end when the server stops. FastAPI sends keep-alive comments while they are quiet.
@@ -22,11 +22,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from ..task import TaskInfo
-from .deps import KeyDep, ServerState, StateDep, require_key
-from .schemas import TaskDetail, TaskOut, step_out
-from .snapshot import Snapshot
-from .tasks_api import existing_task
+from legion.server.deps import KeyDep, ServerState, StateDep, require_key
+from legion.server.schemas import TaskDetail, TaskOut, step_out
+from legion.server.snapshot import Snapshot
+from legion.server.tasks_api import existing_task
+from legion.task import TaskInfo
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 

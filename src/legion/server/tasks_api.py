@@ -14,13 +14,11 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.exceptions import HTTPException, RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from .. import codec
-from ..errors import IdempotencyConflict, InputError, OutputError
-from ..store.types import ApiKey, TaskQuery
-from ..task import NewTask, TaskInfo, TaskStatus
-from .body import json_body
-from .deps import KeyDep, ServerState, StateDep, require_key
-from .schemas import (
+from legion import codec
+from legion.errors import IdempotencyConflict, InputError, OutputError
+from legion.server.body import json_body
+from legion.server.deps import KeyDep, ServerState, StateDep, require_key
+from legion.server.schemas import (
     KEY,
     TEXT,
     BatchIn,
@@ -32,6 +30,8 @@ from .schemas import (
     TaskOut,
     TaskPage,
 )
+from legion.store.types import ApiKey, TaskQuery
+from legion.task import NewTask, TaskInfo, TaskStatus
 
 log = logging.getLogger("legion.server")
 M = TypeVar("M", bound=BaseModel)
@@ -63,7 +63,7 @@ _SHED: dict[int | str, dict[str, Any]] = {
 
 def _body(schema: str) -> dict[str, Any]:
     """The request body of a submit route, for the OpenAPI document: the route reads and
-    checks the body itself (see :mod:`legion.server.body`)."""
+    checks the body itself (see `legion.server.body`)."""
     ref = {"$ref": f"#/components/schemas/{schema}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 

@@ -1,6 +1,6 @@
 """Stores: where tasks, steps, memory, events and workers live.
 
-:func:`store_from_url` picks the implementation from a URL:
+`store_from_url` picks the implementation from a URL:
 ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``
 for the embedded store; ``postgresql://user@host:port/database`` (or ``postgres://``) for
 the shared one. The PostgreSQL driver is imported only when a PostgreSQL store is made (or
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
-from ..extras import install_hint
-from .base import (
+from legion.errors import ConfigError
+from legion.extras import install_hint
+from legion.store.base import (
     CapacityBoard,
     KeyStore,
     SessionMemory,
@@ -22,8 +22,8 @@ from .base import (
     TaskReader,
     WorkerRegistry,
 )
-from .sqlite import SQLiteStore
-from .types import (
+from legion.store.sqlite import SQLiteStore
+from legion.store.types import (
     DiagnosticRecord,
     Event,
     Extended,
@@ -35,7 +35,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from .postgres import PostgresStore
+    from legion.store.postgres import PostgresStore
 
 __all__ = [
     "CapacityBoard",
@@ -67,7 +67,7 @@ def __getattr__(name: str) -> Any:
 
 def _postgres_store() -> type[PostgresStore]:
     try:
-        from .postgres import PostgresStore
+        from legion.store.postgres import PostgresStore
     except ImportError as exc:
         raise ConfigError(
             f"the PostgreSQL store needs psycopg ({exc}): {install_hint('postgres')}"
@@ -79,7 +79,7 @@ def store_from_url(url: str, *, create: bool = True, lease_seconds: float | None
     """A store for ``url`` (not yet opened); ``create=False`` refuses a missing database.
 
     A PostgreSQL database is never created (``create`` is ignored): opening a store on a
-    missing one raises :class:`~legion.errors.ConfigError`. ``lease_seconds`` (the
+    missing one raises `legion.errors.ConfigError`. ``lease_seconds`` (the
     workers' lease, 30 s if not given) sets a PostgreSQL store's timeouts below it.
     """
     if url.startswith("sqlite://"):

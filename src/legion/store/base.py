@@ -4,18 +4,18 @@ behind it.
 A store holds tasks, step results, session memory, the event feed, the worker registry,
 shared LLM capacity and API keys. Each caller depends on the role it uses:
 
-- :class:`TaskQueue`: submit, lease, commit (the journal), extend and reclaim leases;
-- :class:`TaskReader`: tasks, counts, steps, events and findings, read back;
-- :class:`SessionMemory`: ``ctx.memory`` reads (writes go through the journal);
-- :class:`WorkerRegistry`: the live workers and their heartbeats;
-- :class:`CapacityBoard`: LLM capacity shared by the workers of one API key;
-- :class:`KeyStore`: the API keys of ``legion serve``.
+- `TaskQueue`: submit, lease, commit (the journal), extend and reclaim leases;
+- `TaskReader`: tasks, counts, steps, events and findings, read back;
+- `SessionMemory`: ``ctx.memory`` reads (writes go through the journal);
+- `WorkerRegistry`: the live workers and their heartbeats;
+- `CapacityBoard`: LLM capacity shared by the workers of one API key;
+- `KeyStore`: the API keys of ``legion serve``.
 
-:class:`Store` is their union, with the connection's lifecycle; every implementation
-passes the same contract test suite. The hot path is batched: :meth:`TaskQueue.submit`
-takes many tasks, :meth:`TaskQueue.lease` hands out many, and :meth:`TaskQueue.write`
+`Store` is their union, with the connection's lifecycle; every implementation
+passes the same contract test suite. The hot path is batched: `TaskQueue.submit`
+takes many tasks, `TaskQueue.lease` hands out many, and `TaskQueue.write`
 commits the steps, memory writes and completions of many instances in one transaction
-(group commit). The values they exchange are in :mod:`legion.store.types`.
+(group commit). The values they exchange are in `legion.store.types`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from ..task import Lease, NewTask, Submitted, TaskInfo, TaskStatus
-from .types import (
+from legion.store.types import (
     ApiKey,
     AutoscalerInfo,
     Backlog,
@@ -39,7 +38,8 @@ from .types import (
     WorkerInfo,
     WriteBatch,
 )
-from .waiting import WaitingStore
+from legion.store.waiting import WaitingStore
+from legion.task import Lease, NewTask, Submitted, TaskInfo, TaskStatus
 
 
 class TaskQueue(Protocol):
@@ -49,7 +49,7 @@ class TaskQueue(Protocol):
     async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
         """Insert tasks; a task whose key exists already (in its tenant) answers the
         existing one. A key submitted before with another agent or input raises
-        :class:`~legion.errors.IdempotencyConflict` and nothing is inserted."""
+        `legion.errors.IdempotencyConflict` and nothing is inserted."""
 
     async def lease(
         self,
@@ -157,7 +157,7 @@ class TaskReader(Protocol):
         without their inputs and outputs (``None``: a page shows neither)."""
 
     async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
-        """Like :meth:`events_after` (every worker's changes), each with its task's details."""
+        """Like `events_after` (every worker's changes), each with its task's details."""
 
 
 class SessionMemory(Protocol):

@@ -2,7 +2,7 @@
 
 When an agent blocks the event loop past its timeout (CPU-bound code on the default
 executor), the worker's own store cannot be used: it runs on that loop. The watchdog's
-thread calls :func:`record_freeze` instead, which opens a connection of its own (sqlite3,
+thread calls `record_freeze` instead, which opens a connection of its own (sqlite3,
 or psycopg's blocking one), bounded by ``timeout``, and in one transaction:
 
 - counts the freeze on the task (``tasks.freezes``), fenced by its lease: at
@@ -24,9 +24,9 @@ import contextlib
 import sqlite3
 from dataclasses import dataclass
 
-from ..errors import StoreError
-from ..task import ErrorInfo, TaskStatus
-from .queries import queries
+from legion.errors import StoreError
+from legion.store.queries import queries
+from legion.task import ErrorInfo, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +118,8 @@ def _postgres(
     import psycopg
     from psycopg.conninfo import make_conninfo
 
-    from .postgres import PROCESS_TAG, _split_url, _with_bounds
-    from .timeouts import StoreTimeouts
+    from legion.store.postgres import PROCESS_TAG, _split_url, _with_bounds
+    from legion.store.timeouts import StoreTimeouts
 
     q = queries("postgres")
     conninfo, _ = _split_url(url)

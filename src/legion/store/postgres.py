@@ -12,24 +12,24 @@ transaction, and the feed hands out only events of transactions older than every
 running (``legion_feed_horizon()``, see ``0001_initial.sql``). A long-open write transaction
 anywhere on the server holds the feed back until it ends.
 
-Idle workers can :meth:`~PostgresStore.wait_for_work`: triggers ``NOTIFY`` a per-schema
+Idle workers can `PostgresStore.wait_for_work`: triggers ``NOTIFY`` a per-schema
 channel whenever a task is inserted or becomes queued again, and the store ``LISTEN``\\s on
-one dedicated connection, opened by the first wait and closed by :meth:`~PostgresStore.aclose`.
+one dedicated connection, opened by the first wait and closed by `PostgresStore.aclose`.
 
 psycopg errors are translated into store errors here, once: a server that cannot be
 reached, goes away or does not answer in time raises
-:class:`~legion.errors.StoreUnavailable` (retryable: workers keep their work and try
-again), anything else :class:`~legion.errors.StoreError`. When the server restarts, the
+`legion.errors.StoreUnavailable` (retryable: workers keep their work and try
+again), anything else `legion.errors.StoreError`. When the server restarts, the
 calls in flight fail; the pool then drops its broken connections and later calls succeed
 on new ones (a call waits for a connection up to the pool timeout or its own deadline,
 so a short outage is often not seen at all).
 
-Every call is bounded (see :mod:`legion.store.timeouts`; the bounds derive from the lease
+Every call is bounded (see `legion.store.timeouts`; the bounds derive from the lease
 duration): libpq's connect timeout, TCP keepalives and ``tcp_user_timeout``, the server's
 ``statement_timeout`` and ``idle_in_transaction_session_timeout``, and a deadline for the
 whole call. At the deadline the call's socket is shut down, so that psycopg fails at once
 instead of waiting on a server that does not answer, the connection is dropped, and the
-call raises :class:`~legion.errors.StoreUnavailable`. The server ends a cut off client's
+call raises `legion.errors.StoreUnavailable`. The server ends a cut off client's
 open transaction on its own (idle in transaction), releasing its row locks.
 
 The URL is a libpq URL (``postgresql://user:password@host:port/database?options=...``);
@@ -59,16 +59,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from .. import codec
-from ..errors import ConfigError, StoreError, StoreUnavailable
-from ..task import Completion, ErrorInfo, Lease, NewTask, Outcome, Submitted, TaskInfo, TaskStatus
-from .postgres_params import submit_params
-from .postgres_waiting import PostgresWaiting, after_completions
-from .queries import migrations, queries
-from .rows import event_detail, task_info
-from .tenancy import KeyedTasks, unscoped_key
-from .timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
-from .types import (
+from legion import codec
+from legion.errors import ConfigError, StoreError, StoreUnavailable
+from legion.store.postgres_params import submit_params
+from legion.store.postgres_waiting import PostgresWaiting, after_completions
+from legion.store.queries import migrations, queries
+from legion.store.rows import event_detail, task_info
+from legion.store.tenancy import KeyedTasks, unscoped_key
+from legion.store.timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
+from legion.store.types import (
     ApiKey,
     AutoscalerInfo,
     Backlog,
@@ -83,6 +82,16 @@ from .types import (
     TaskQuery,
     WorkerInfo,
     WriteBatch,
+)
+from legion.task import (
+    Completion,
+    ErrorInfo,
+    Lease,
+    NewTask,
+    Outcome,
+    Submitted,
+    TaskInfo,
+    TaskStatus,
 )
 
 log = logging.getLogger("legion.store.postgres")
@@ -107,13 +116,13 @@ _CUT_GRACE = 2.0
 PROCESS_TAG = f"legion-{uuid.uuid4().hex[:16]}"
 """The ``application_name`` of this process's store sessions (unless the URL names one):
 a worker that must exit while its event loop is frozen ends them by it, so that their
-open transactions release their locks at once (see :mod:`legion.store.freeze`)."""
+open transactions release their locks at once (see `legion.store.freeze`)."""
 # Connection failures in which the server answered but cannot serve yet.
 _NOT_YET = ("starting up", "shutting down", "in recovery", "too many", "not yet accepting")
 
 
 class PostgresStore(PostgresWaiting):
-    """A :class:`~legion.store.base.Store` in a PostgreSQL database, shared by many workers."""
+    """A `legion.store.base.Store` in a PostgreSQL database, shared by many workers."""
 
     def __init__(
         self,
@@ -128,7 +137,7 @@ class PostgresStore(PostgresWaiting):
         how long a call waits for a connection (default 30 s, and never past the call's
         deadline); each overrides the URL's ``pool_*`` query parameter of the same
         meaning. ``lease_seconds`` (the workers' lease) sets every timeout below it (see
-        :mod:`legion.store.timeouts`); a ``call_timeout`` in the URL overrides it."""
+        `legion.store.timeouts`); a ``call_timeout`` in the URL overrides it."""
         self.url = url
         conninfo, options = _split_url(url)
         self._where = _redact(url)

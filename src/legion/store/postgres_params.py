@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..task import NewTask
+from legion.task import NewTask
 
 
 def submit_params(

@@ -1,4 +1,4 @@
-"""Durable waiting on PostgreSQL (see :mod:`legion.store.waiting`): mixed into
+"""Durable waiting on PostgreSQL (see `legion.store.waiting`): mixed into
 ``PostgresStore``.
 
 No wake-up is lost under READ COMMITTED (see ``sql/postgres/waiting.sql``): a signal or a
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from ..task import NewTask, Outcome, Submitted, TaskStatus
-from .postgres_params import submit_params
-from .queries import queries
-from .rows import child_info, waiting_info
-from .types import WriteBatch
-from .waiting import ChildInfo, Schedule, WaitingInfo
+from legion.store.postgres_params import submit_params
+from legion.store.queries import queries
+from legion.store.rows import child_info, waiting_info
+from legion.store.types import WriteBatch
+from legion.store.waiting import ChildInfo, Schedule, WaitingInfo
+from legion.task import NewTask, Outcome, Submitted, TaskStatus
 
 W = queries("postgres", "waiting")
 TASKS = queries("postgres")
@@ -58,7 +58,7 @@ async def after_completions(conn: Connection, batch: WriteBatch, now: float) -> 
 
 
 class PostgresWaiting:
-    """The :class:`~legion.store.waiting.WaitingStore` methods of ``PostgresStore``."""
+    """The `legion.store.waiting.WaitingStore` methods of ``PostgresStore``."""
 
     if TYPE_CHECKING:  # what they use of PostgresStore
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .. import codec
-from ..task import ErrorInfo, TaskInfo, TaskStatus
-from .tenancy import DEFAULT_TENANT, unscoped_key
-from .types import Event, EventDetail
-from .waiting import ChildInfo, WaitingInfo
+from legion import codec
+from legion.store.tenancy import DEFAULT_TENANT, unscoped_key
+from legion.store.types import Event, EventDetail
+from legion.store.waiting import ChildInfo, WaitingInfo
+from legion.task import ErrorInfo, TaskInfo, TaskStatus
 
 
 def task_info(row: Sequence[Any]) -> TaskInfo:

@@ -6,11 +6,11 @@ start with ``BEGIN IMMEDIATE``: they take the write lock up front, so several pr
 sharing one file queue on ``busy_timeout`` instead of failing with ``SQLITE_BUSY_SNAPSHOT``
 (which a deferred read-then-write transaction can get and which no timeout retries).
 
-``sqlite3`` errors leave the store translated, once, in :meth:`SQLiteStore._call`: a full
-disk (``SQLITE_FULL``) as :class:`~legion.errors.StorageFull`; a file that is busy,
+``sqlite3`` errors leave the store translated, once, in `SQLiteStore._call`: a full
+disk (``SQLITE_FULL``) as `legion.errors.StorageFull`; a file that is busy,
 locked, cannot be opened or fails to read or write as
-:class:`~legion.errors.StoreUnavailable`; anything else as
-:class:`~legion.errors.StoreError`.
+`legion.errors.StoreUnavailable`; anything else as
+`legion.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -24,23 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import codec
-from ..errors import ConfigError, StorageFull, StoreError, StoreUnavailable
-from ..task import (
-    Completion,
-    ErrorInfo,
-    Lease,
-    NewTask,
-    Outcome,
-    Submitted,
-    TaskInfo,
-    TaskStatus,
-)
-from .queries import migrations, queries
-from .rows import event_detail, task_info
-from .sqlite_waiting import SQLiteWaiting, after_completions
-from .tenancy import KeyedTasks, unscoped_key
-from .types import (
+from legion import codec
+from legion.errors import ConfigError, StorageFull, StoreError, StoreUnavailable
+from legion.store.queries import migrations, queries
+from legion.store.rows import event_detail, task_info
+from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
+from legion.store.tenancy import KeyedTasks, unscoped_key
+from legion.store.types import (
     ApiKey,
     AutoscalerInfo,
     Backlog,
@@ -54,6 +44,16 @@ from .types import (
     TaskQuery,
     WorkerInfo,
     WriteBatch,
+)
+from legion.task import (
+    Completion,
+    ErrorInfo,
+    Lease,
+    NewTask,
+    Outcome,
+    Submitted,
+    TaskInfo,
+    TaskStatus,
 )
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ def _crash_error() -> bytes:
 
 
 class SQLiteStore(SQLiteWaiting):
-    """A :class:`~legion.store.base.Store` in one SQLite file (or ``:memory:``)."""
+    """A `legion.store.base.Store` in one SQLite file (or ``:memory:``)."""
 
     def __init__(
         self, path: str | Path, *, busy_timeout: float = 30.0, create: bool = True

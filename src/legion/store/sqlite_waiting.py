@@ -1,4 +1,4 @@
-"""Durable waiting on SQLite (see :mod:`legion.store.waiting`): mixed into ``SQLiteStore``.
+"""Durable waiting on SQLite (see `legion.store.waiting`): mixed into ``SQLiteStore``.
 
 Every write transaction starts with ``BEGIN IMMEDIATE``, so a suspension and whatever ends
 its wait (a signal, a child's end) are serialised: whichever commits second sees the
@@ -11,12 +11,12 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .. import codec
-from ..task import NewTask, Outcome, Submitted, TaskStatus
-from .queries import queries
-from .rows import child_info, waiting_info
-from .types import WriteBatch
-from .waiting import ChildInfo, Schedule, WaitingInfo
+from legion import codec
+from legion.store.queries import queries
+from legion.store.rows import child_info, waiting_info
+from legion.store.types import WriteBatch
+from legion.store.waiting import ChildInfo, Schedule, WaitingInfo
+from legion.task import NewTask, Outcome, Submitted, TaskStatus
 
 T = TypeVar("T")
 W = queries("sqlite", "waiting")
@@ -60,7 +60,7 @@ def _wake_ready(db: sqlite3.Connection, ids: Sequence[int], now: float) -> list[
 
 
 class SQLiteWaiting:
-    """The :class:`~legion.store.waiting.WaitingStore` methods of ``SQLiteStore``."""
+    """The `legion.store.waiting.WaitingStore` methods of ``SQLiteStore``."""
 
     if TYPE_CHECKING:  # what they use of SQLiteStore
 

@@ -1,11 +1,11 @@
 """Tenants in the store: whose a task is, and idempotency keys scoped to their tenant.
 
-A key of the :data:`DEFAULT_TENANT` is stored as given (stores made before tenants keep
+A key of the `DEFAULT_TENANT` is stored as given (stores made before tenants keep
 their keys); another tenant's is stored as ``\\x1f<tenant>\\x1f<key>``, so the same key in
 two tenants names two tasks. A key may not itself start with ``\\x1f``.
 
 A keyed task also keeps the fingerprint of what was submitted (its agent and input): the
-same key sent again with something else is an :class:`~legion.errors.IdempotencyConflict`.
+same key sent again with something else is an `legion.errors.IdempotencyConflict`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 
-from ..errors import ConfigError, IdempotencyConflict
-from ..task import NewTask
+from legion.errors import ConfigError, IdempotencyConflict
+from legion.task import NewTask
 
 DEFAULT_TENANT = "default"
 _MARK = "\x1f"
@@ -24,7 +24,7 @@ TENANT_PATTERN = _TENANT.pattern
 
 
 def check_tenant(name: str) -> str:
-    """``name`` if it can name a tenant, else :class:`ConfigError`."""
+    """``name`` if it can name a tenant, else `ConfigError`."""
     if not _TENANT.match(name):
         raise ConfigError(
             f"bad tenant name {name!r}: 1-64 letters, digits, '_', '.' or '-', "
@@ -63,7 +63,7 @@ class KeyedTasks:
     """The stored keys and fingerprints of tasks about to be submitted together.
 
     Made before the store is touched: the same key twice in one submission with different
-    agents or inputs is refused at once (:class:`IdempotencyConflict`).
+    agents or inputs is refused at once (`IdempotencyConflict`).
     """
 
     __slots__ = ("hashes", "keys", "sent")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..task import Completion, StepRecord, TaskStatus
+from legion.task import Completion, StepRecord, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class WriteBatch:
 
     Steps, fenced memory writes and diagnostics are accepted only from the current lease
     of their task (its attempt number, its owner, the task running), like completions;
-    :meth:`Store.write` puts the ids of the tasks whose writes it refused in ``lost``, and
+    `Store.write` puts the ids of the tasks whose writes it refused in ``lost``, and
     of those whose writes it accepted but whose cancellation was asked in ``cancelled``."""
 
     steps: list[StepRecord] = field(default_factory=list)
@@ -146,7 +146,7 @@ class Reclaimed:
 
 @dataclass(frozen=True, slots=True)
 class TaskQuery:
-    """A page of :meth:`Store.list_tasks`: filters (``None`` or empty: any) and a cursor."""
+    """A page of `Store.list_tasks`: filters (``None`` or empty: any) and a cursor."""
 
     statuses: tuple[TaskStatus, ...] = ()
     agent: str | None = None
@@ -159,7 +159,7 @@ class TaskQuery:
 
 @dataclass(frozen=True, slots=True)
 class EventDetail:
-    """An :class:`Event` with its task's agent, latest attempt's times and usage (``agent``
+    """An `Event` with its task's agent, latest attempt's times and usage (``agent``
     is ``None`` if the task is gone)."""
 
     event: Event
@@ -172,7 +172,7 @@ class EventDetail:
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     """An API key of the HTTP API as stored: its public id and a salted digest of its
-    secret, never the secret itself (see :mod:`legion.server.keys`)."""
+    secret, never the secret itself (see `legion.server.keys`)."""
 
     id: str
     name: str

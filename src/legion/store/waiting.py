@@ -1,9 +1,9 @@
 """The store's part of durable waiting: signals, wake-ups, child tasks and schedules.
 
-A task suspended at a wait is ``waiting`` (see :class:`~legion.task.Wait`): it holds no
+A task suspended at a wait is ``waiting`` (see `legion.task.Wait`): it holds no
 lease. What ends a wait queues the task again in the same transaction that makes the
 wait hold — a signal, the end of a child task, a suspension that finds its wait already
-over (no lost wake-up) — except timers, which :meth:`WaitingStore.wake_due` serves.
+over (no lost wake-up) — except timers, which `WaitingStore.wake_due` serves.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..task import ErrorInfo, NewTask, Submitted, TaskStatus
+from legion.task import ErrorInfo, NewTask, Submitted, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class Schedule:
 
 
 class WaitingStore(Protocol):
-    """The waiting part of :class:`~legion.store.base.Store`."""
+    """The waiting part of `legion.store.base.Store`."""
 
     async def signal(self, task_id: int, event: str, data: bytes, now: float) -> TaskStatus | None:
         """Keep a signal for a task and queue the task again if it waits for it; answer

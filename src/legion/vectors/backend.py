@@ -1,7 +1,7 @@
 """``VectorBackend``: where a store keeps its vector collections, and how to find it.
 
 Each store kind has one: SQLite keeps vectors in the same file (sqlite-vec), PostgreSQL
-in pgvector tables of the same database. :func:`vectors_for` answers the backend of an
+in pgvector tables of the same database. `vectors_for` answers the backend of an
 open store (one per store object).
 """
 
@@ -11,8 +11,8 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from ..errors import ConfigError
-from .types import CollectionInfo, Hit, Item, Scalar
+from legion.errors import ConfigError
+from legion.vectors.types import CollectionInfo, Hit, Item, Scalar
 
 
 class VectorBackend(Protocol):
@@ -70,15 +70,15 @@ def vectors_for(store: Any) -> VectorBackend:
     backend = _backends.get(store)
     if backend is not None:
         return backend
-    from ..store.sqlite import SQLiteStore
+    from legion.store.sqlite import SQLiteStore
 
     if isinstance(store, SQLiteStore):
-        from .sqlite import SQLiteVectors
+        from legion.vectors.sqlite import SQLiteVectors
 
         backend = SQLiteVectors(store.path)
     else:
         try:
-            from ..store.postgres import PostgresStore
+            from legion.store.postgres import PostgresStore
         except ImportError as exc:  # pragma: no cover - psycopg missing
             raise ConfigError(
                 f"vector collections need a SQLite or PostgreSQL store: {exc}"
@@ -87,7 +87,7 @@ def vectors_for(store: Any) -> VectorBackend:
             raise ConfigError(
                 f"vector collections need a SQLite or PostgreSQL store, not {type(store).__name__}"
             )
-        from .postgres import PostgresVectors
+        from legion.vectors.postgres import PostgresVectors
 
         backend = PostgresVectors(store)
     _backends[store] = backend

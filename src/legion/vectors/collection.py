@@ -17,13 +17,13 @@ import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .. import codec
-from ..diagnostics.unawaited import Pending, SiteRef
-from ..errors import OutputError, VectorError
-from ..llm.embeddings import Embeddings
-from ..steps import StepRecorder
-from .backend import VectorBackend, vectors_for
-from .types import (
+from legion import codec
+from legion.diagnostics.unawaited import Pending, SiteRef
+from legion.errors import OutputError, VectorError
+from legion.llm.embeddings import Embeddings
+from legion.steps import StepRecorder
+from legion.vectors.backend import VectorBackend, vectors_for
+from legion.vectors.types import (
     SHARED,
     CollectionInfo,
     Hit,
@@ -37,7 +37,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from ..llm.calls import LLMCalls
+    from legion.llm.calls import LLMCalls
 
 T = TypeVar("T")
 MAX_K = 1000

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, VectorError
-from ..llm.client import LLMClient
-from .backend import VectorBackend
-from .chunking import DEFAULT_CHUNK_CHARS, chunk
-from .types import SHARED, CollectionInfo, Item, check_name, check_same
+from legion.errors import ConfigError, VectorError
+from legion.llm.client import LLMClient
+from legion.vectors.backend import VectorBackend
+from legion.vectors.chunking import DEFAULT_CHUNK_CHARS, chunk
+from legion.vectors.types import SHARED, CollectionInfo, Item, check_name, check_same
 
 
 @dataclass(frozen=True, slots=True)

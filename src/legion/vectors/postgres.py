@@ -27,11 +27,11 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types import TypeInfo
 
-from .. import codec
-from ..errors import StoreError, StoreUnavailable, VectorError
-from ..store.postgres import PostgresStore
-from ..store.queries import queries
-from .types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
+from legion import codec
+from legion.errors import StoreError, StoreUnavailable, VectorError
+from legion.store.postgres import PostgresStore
+from legion.store.queries import queries
+from legion.vectors.types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
 
 Q = queries("postgres", "vectors")
 INDEX_AT = 1000

@@ -27,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import codec
-from ..errors import VectorError
-from ..store.queries import migrations, queries
-from .types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
+from legion import codec
+from legion.errors import VectorError
+from legion.store.queries import migrations, queries
+from legion.vectors.types import CollectionInfo, Hit, Item, Scalar, check_dims, check_same
 
 T = TypeVar("T")
 Q = queries("sqlite", "vectors")
@@ -245,6 +245,6 @@ class SQLiteVectors:
 
 
 def _store_error(exc: Exception) -> Exception:
-    from ..errors import StoreError
+    from legion.errors import StoreError
 
     return StoreError(f"the vector store failed: {exc}")

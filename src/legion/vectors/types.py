@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import VectorError
+from legion.errors import VectorError
 
 Scope = Literal["session", "shared"]
 SCOPES: tuple[Scope, ...] = ("session", "shared")

@@ -2,7 +2,7 @@
 
 Each is deterministic on replay. What it received is recorded as a step (so a replay
 returns the same value), and where it must wait it raises
-:class:`~legion.waiting.suspend.Suspended` with what it waits for; the task is queued again
+`legion.waiting.suspend.Suspended` with what it waits for; the task is queued again
 once that holds, and its next attempt replays to the same call, which then finds it.
 
 - ``wait_for(event)``: the n-th wait for ``event`` that receives a signal receives the
@@ -22,16 +22,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import codec
-from ..errors import ChildFailed, WaitTimeout
-from ..task import NewTask, TaskStatus, Wait
-from .suspend import Suspended
+from legion import codec
+from legion.errors import ChildFailed, WaitTimeout
+from legion.task import NewTask, TaskStatus, Wait
+from legion.waiting.suspend import Suspended
 
 if TYPE_CHECKING:
-    from ..agent import Agent
-    from ..clock import Clock
-    from ..steps import Waiter
-    from ..store.base import Store
+    from legion.agent import Agent
+    from legion.clock import Clock
+    from legion.steps import Waiter
+    from legion.store.base import Store
 
 
 APPROVAL_EVENT = "approval"
@@ -46,7 +46,7 @@ class Approval:
 
 
 def _step_key(ctx: Waiter, name: str) -> str:
-    """The key :meth:`Context.record` will give the next step named ``name``."""
+    """The key `Context.record` will give the next step named ``name``."""
     n = ctx.step_count(name) + 1
     return name if n == 1 else f"{name}#{n}"
 

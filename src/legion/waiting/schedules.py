@@ -1,7 +1,7 @@
 """Schedules: a task per cron tick, exactly once however many workers watch.
 
 Every worker looks at the due schedules on its reaper pass (and wakes waiting tasks whose
-timer passed, see :func:`tick`). A tick is claimed by moving the schedule's next tick
+timer passed, see `tick`). A tick is claimed by moving the schedule's next tick
 forward with a compare-and-set, and its task is submitted in the same transaction with
 the idempotency key ``schedule:<name>:<tick>``: of several workers that see a tick due,
 exactly one submits it.
@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from ..store.base import Store
-from ..store.waiting import Schedule
-from ..task import NewTask
-from .cron import Cron
+from legion.store.base import Store
+from legion.store.waiting import Schedule
+from legion.task import NewTask
+from legion.waiting.cron import Cron
 
 log = logging.getLogger("legion.schedules")
 

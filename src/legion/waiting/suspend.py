@@ -1,14 +1,14 @@
 """``Suspended``: how an instance leaves its agent's code to wait.
 
 Raised by the waiting calls of the context; the runner ends the attempt with
-:attr:`~legion.task.Outcome.WAITING` and the store keeps the task ``waiting`` with its
-:class:`~legion.task.Wait`. A ``BaseException``, like cancellation: an agent's
+`legion.task.Outcome.WAITING` and the store keeps the task ``waiting`` with its
+`legion.task.Wait`. A ``BaseException``, like cancellation: an agent's
 ``except Exception`` does not swallow it.
 """
 
 from __future__ import annotations
 
-from ..task import Wait
+from legion.task import Wait
 
 
 class Suspended(BaseException):
