@@ -21,7 +21,7 @@ from legion.diagnostics.unawaited import Pending, SiteRef
 from legion.errors import AgentCrash, Permanent
 from legion.journal import Journal
 from legion.steps import step_key
-from legion.store.base import SessionMemory
+from legion.store.base import ContextStore, SessionMemory
 from legion.store.types import MemoryWrite
 from legion.task import Lease, StepRecord, TaskUsage
 from legion.waiting import calls as waiting
@@ -240,7 +240,7 @@ class Context:
         agent: str,
         lease: Lease,
         *,
-        store: SessionMemory,
+        store: ContextStore,
         journal: Journal,
         clock: Clock,
         llm: LLMClient | None = None,

@@ -8,6 +8,7 @@ import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -62,7 +63,7 @@ def app(tmp_path: Path) -> Path:
 
 def _count(url: str, sql: str) -> int:
     with psycopg.connect(libpq(url)) as conn:
-        row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(sql).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -102,7 +103,9 @@ def test_a_waiting_task_survives_a_sigkill_and_resumes_on_a_signal_to_another_wo
         what="the signalled tasks to finish",
     )
     with psycopg.connect(libpq(postgres_url)) as conn:
-        outputs = dict(conn.execute("SELECT id, output FROM tasks ORDER BY id").fetchall())
+        outputs: dict[int, Any] = dict(
+            conn.execute("SELECT id, output FROM tasks ORDER BY id").fetchall()
+        )
     assert {i: codec.loads(outputs[i])["got"] for i in ids} == {
         i: {"v": n} for n, i in enumerate(ids)
     }

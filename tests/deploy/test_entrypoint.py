@@ -13,7 +13,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from tests.acceptance.conftest import LEGION, legion, read_jsonl, start_sim
 

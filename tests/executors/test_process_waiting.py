@@ -29,7 +29,7 @@ async def test_a_task_waits_in_a_child_and_resumes_on_a_signal(db_url: str) -> N
             if info.status is TaskStatus.WAITING:
                 break
             await asyncio.sleep(0.01)
-        assert info.status is TaskStatus.WAITING
+        assert info is not None and info.status is TaskStatus.WAITING
         assert await rt.signal(task.id, "go", {"v": 1}) is TaskStatus.QUEUED
         result = await rt.result(task.id)
     assert result.ok, result.error

@@ -166,7 +166,8 @@ async def test_an_agents_resources_place_its_instances_on_a_node_that_has_them(
 ) -> None:
     node = cluster.add_node(**NODE, resources={"widget": 1})
     cluster.wait_for_nodes()
-    widget = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("widget")}
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    widget = {n["NodeID"] for n in nodes if n["Alive"] and n["Resources"].get("widget")}
     try:
         async with Runtime(
             db_url, executors={"ray": RayExecutor()}, executor="ray", offer={"widget": 1}

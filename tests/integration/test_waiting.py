@@ -29,7 +29,11 @@ class Clock:
 
 @legion.agent(retries=0)
 async def waiter(ctx: Any, x: int) -> Any:
-    before = await ctx.step("before", lambda: LEDGER.append(f"{ctx.task_id}:before") or x)
+    def note() -> int:
+        LEDGER.append(f"{ctx.task_id}:before")
+        return x
+
+    before = await ctx.step("before", note)
     got = await ctx.wait_for("go")
     second = await ctx.wait_for("go")
     await ctx.step("after", lambda: LEDGER.append(f"{ctx.task_id}:after"))

@@ -22,7 +22,7 @@ class Caller:
 
 
 def test_one_lane_one_tenant_is_the_plain_queue() -> None:
-    lanes = Lanes()
+    lanes: Lanes[Caller] = Lanes()
     for key in (3, 1, 2):
         lanes.push(Caller(key))
     assert [lanes.pop().key for _ in range(3)] == [1, 2, 3]  # type: ignore[union-attr]
@@ -30,7 +30,7 @@ def test_one_lane_one_tenant_is_the_plain_queue() -> None:
 
 
 def test_the_higher_lane_goes_first_but_the_lower_keeps_its_share() -> None:
-    lanes = Lanes(min_share=0.1)
+    lanes: Lanes[Caller] = Lanes(min_share=0.1)
     for key in range(100):
         lanes.push(Caller(key, priority=0))
     for key in range(100, 200):
@@ -42,7 +42,7 @@ def test_the_higher_lane_goes_first_but_the_lower_keeps_its_share() -> None:
 
 
 def test_tenants_take_turns_within_a_lane() -> None:
-    lanes = Lanes()
+    lanes: Lanes[Caller] = Lanes()
     for key in range(1000):
         lanes.push(Caller(key, tenant="big"))
     for key in range(1000, 1003):
@@ -53,7 +53,7 @@ def test_tenants_take_turns_within_a_lane() -> None:
 
 
 def test_a_caller_that_gives_up_leaves_its_lane() -> None:
-    lanes = Lanes()
+    lanes: Lanes[Caller] = Lanes()
     a, b = Caller(1, tenant="a"), Caller(2, priority=5, tenant="b")
     lanes.push(a)
     lanes.push(b)

@@ -60,7 +60,7 @@ async def test_each_tool_is_called_once_then_text(
     assert json.loads(arguments) == json.loads(
         (await client.chat.completions.create(model=MODEL, messages=messages[:1], tools=TOOLS))
         .choices[0]
-        .message.tool_calls[0]  # type: ignore[index]
+        .message.tool_calls[0]  # type: ignore[index, union-attr]
         .function.arguments
     )
 
@@ -69,7 +69,7 @@ async def test_a_json_schema_gets_json_of_the_schema(
     start_simulator: StartSimulator, connect: Connect
 ) -> None:
     client = connect(await start_simulator(tool_calls=True))
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {
             "tags": {"type": "array", "items": {"type": "string"}},

@@ -10,8 +10,8 @@ from legion.waiting.cron import Cron, CronError
 from legion.waiting.schedules import schedule, tick_key
 
 
-def at(*parts: int) -> float:
-    return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp()
 
 
 def nxt(expr: str, *parts: int) -> datetime:

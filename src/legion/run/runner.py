@@ -33,7 +33,7 @@ from legion.errors import (
     is_retryable,
 )
 from legion.journal import Journal
-from legion.store.base import SessionMemory
+from legion.store.base import ContextStore
 from legion.task import Completion, ErrorInfo, Lease, Outcome
 from legion.waiting.suspend import Suspended
 
@@ -113,7 +113,7 @@ async def run_instance(
     instance: Instance,
     *,
     owner: str,
-    store: SessionMemory,
+    store: ContextStore,
     journal: Journal,
     clock: Clock,
     rng: random.Random,

@@ -221,6 +221,11 @@ class KeyStore(Protocol):
         """Revoke a key (a revoked one keeps its first revocation time); False if unknown."""
 
 
+class ContextStore(SessionMemory, TaskReader, WaitingStore, Protocol):
+    """What an agent's context uses of the store: its session's memory, its own task, and
+    its durable waits (signals, child tasks)."""
+
+
 class Store(
     TaskQueue,
     TaskReader,

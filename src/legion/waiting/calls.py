@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from legion.agent import Agent
     from legion.clock import Clock
     from legion.steps import Waiter
-    from legion.store.base import Store
+    from legion.store.base import ContextStore
 
 
 APPROVAL_EVENT = "approval"
@@ -58,7 +58,7 @@ async def _recorded(ctx: Waiter, name: str, value: Callable[[], Any]) -> Any:
 
 async def wait_for(
     ctx: Waiter,
-    store: Store,
+    store: ContextStore,
     clock: Clock,
     event: str,
     *,
@@ -112,7 +112,7 @@ async def sleep(ctx: Waiter, clock: Clock, seconds: float) -> None:
 
 async def approval(
     ctx: Waiter,
-    store: Store,
+    store: ContextStore,
     clock: Clock,
     prompt: str,
     *,
@@ -126,7 +126,7 @@ async def approval(
 
 async def map_children(
     ctx: Waiter,
-    store: Store,
+    store: ContextStore,
     clock: Clock,
     agent: Agent | str,
     inputs: Iterable[Any],
@@ -189,13 +189,13 @@ def _agent(agent: Agent | str, max_attempts: int | None) -> tuple[str, int]:
     return agent.name, max_attempts or agent.options.retry.max_attempts
 
 
-async def _tenant(ctx: Waiter, store: Store) -> str:
+async def _tenant(ctx: Waiter, store: ContextStore) -> str:
     info = await store.get(ctx.task_id)
     return info.tenant if info is not None else "default"
 
 
 async def spawn(
-    ctx: Waiter, store: Store, clock: Clock, agent: Agent | str, input: Any, **kw: Any
+    ctx: Waiter, store: ContextStore, clock: Clock, agent: Agent | str, input: Any, **kw: Any
 ) -> Any:
     (out,) = await map_children(ctx, store, clock, agent, [input], concurrency=1, **kw)
     return out
