@@ -86,6 +86,8 @@ class Instance:
             agent.options.deadline,
             priority=lease.priority,
             tenant=lease.tenant,
+            agent=agent.name,
+            budget=agent.options.budget,
         )
         # The worker's timer bucket that holds this instance until its time is up.
         self.expiry: dict[int, Instance] | None = None

@@ -391,6 +391,8 @@ class Worker:
         self._turn = (self._turn + 1) % len(names)
         wants = {}
         for name in names[self._turn :] + names[: self._turn]:
+            if self.llm is not None and self.llm.budgets.agent_exhausted(name):
+                continue  # its budget is spent: its tasks wait in the queue for more
             cap = self._agents[name].options.concurrency
             n = free if cap is None else min(free, cap - self._running[name])
             if n > 0:
