@@ -37,6 +37,7 @@ from legion.cli.status import opened
 from legion.cli.worker import load_agents
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
+from legion.llm.budget import BudgetLimits
 from legion.run.runtime import Runtime
 from legion.store import store_from_url
 
@@ -68,6 +69,7 @@ class ServeOptions:
     lease_seconds: float
     llm: LLMOptions
     settings: ServerSettings
+    tenant_budget: BudgetLimits | None = None  # each tenant's LLM budget (None: none)
 
 
 def _paragraphs(*parts: str) -> str:
@@ -211,6 +213,24 @@ def serve(
         float | None,
         typer.Option(min=1, help="Burst of --tenant-rate, in tasks (default: one second's)."),
     ] = None,
+    tenant_max_cost: Annotated[
+        float | None,
+        typer.Option(
+            min=0.000001,
+            help="Most USD each tenant's tasks may spend on LLM calls, in all (what they "
+            "recorded before counts). Once a tenant's budget cannot hold a call, nothing more "
+            "is sent for it: its running tasks go back to the queue with what they recorded, "
+            "showing the BudgetExceeded error, and are tried again every minute; restart "
+            "with a higher limit to let them continue. Other tenants go on.",
+        ),
+    ] = None,
+    tenant_max_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most LLM tokens (prompt + completion) per tenant, in all."),
+    ] = None,
+    tenant_max_calls: Annotated[
+        int | None, typer.Option(min=1, help="Most LLM calls per tenant, in all.")
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -248,6 +268,12 @@ def serve(
             metrics_host=host if allow_remote else "127.0.0.1",
         )
         agents = load_agents((app_ref,))
+        tenant_budget = BudgetLimits(tenant_max_cost, tenant_max_tokens, tenant_max_calls)
+        if tenant_budget.any and not worker:
+            raise ConfigError(
+                "--tenant-max-cost/--tenant-max-tokens/--tenant-max-calls limit the calls of "
+                "this server's worker: they need --worker"
+            )
         stop_tracing = configure_tracing(trace.value) if trace is not None else None
     except LegionError as exc:
         raise _fail(str(exc)) from None
@@ -258,6 +284,7 @@ def serve(
         lease_seconds=lease_seconds,
         llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
         settings=settings,
+        tenant_budget=tenant_budget if tenant_budget.any else None,
     )
     try:
         code = _run(_serve(opts, agents, stderr_console()))
@@ -294,7 +321,7 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
     client = None
     if opts.worker:
         llm_settings, note = llm_config(opts.llm)
-        client = await build_client(llm_settings)
+        client = await build_client(llm_settings, tenant_budget=opts.tenant_budget)
         console.print(note, highlight=False)
     try:
         async with (

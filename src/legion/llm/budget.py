@@ -18,13 +18,16 @@ from the usage recorded on its tasks), so a limit is a limit on the whole job.
 that declares one (``@legion.agent(max_cost=...)``) and one per tenant (``legion serve
 --tenant-max-cost``). A call reserves its share in each that applies to its attempt (see
 `legion.attempt`) and is refused when any one cannot hold it; `BudgetExceeded.scope` says
-which kind refused.
+which kind refused. An agent's or a tenant's budget starts from what its tasks recorded
+before (`Budgets.history`, which a worker reads from its store), so its limit holds across
+runs and restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from legion import attempt
@@ -225,6 +228,10 @@ class Budgets:
     def __init__(self, run: Budget | None = None, tenant: BudgetLimits | None = None) -> None:
         self.run = run
         self.tenant_limits = tenant if tenant is not None and tenant.any else None
+        self.history: Callable[[str, str], Awaitable[Spend]] | None = None
+        """What the tasks of an agent (``("agent", name)``) or a tenant (``("tenant",
+        name)``) spent before; read once, before that budget's first call."""
+        self._loads: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.agents: dict[str, Budget] = {}
         """The budget of each agent that has made a call with one, by name."""
         self.tenants: dict[str, Budget] = {}
@@ -264,11 +271,34 @@ class Budgets:
                 found.append(tenant)
         return found
 
+    async def ready(self, budget: Budget) -> None:
+        """Count what ``budget``'s agent or tenant spent before (once; a failed read is
+        tried again by the next call)."""
+        if budget.scope == "run" or self.history is None:
+            return
+        key = (budget.scope, budget.who)
+        load = self._loads.get(key)
+        if load is None:
+            load = self._loads[key] = asyncio.ensure_future(self._load(budget, self.history))
+        try:
+            await asyncio.shield(load)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self._loads.get(key) is load:
+                del self._loads[key]
+            raise
+
+    @staticmethod
+    async def _load(budget: Budget, history: Callable[[str, str], Awaitable[Spend]]) -> None:
+        budget.spent_before(await history(budget.scope, budget.who))
+
     async def reserve(self, tokens: int, cost: float | None) -> list[tuple[Budget, Hold]]:
         """Reserve one call in every budget that applies, or in none (`BudgetExceeded`)."""
         holds: list[tuple[Budget, Hold]] = []
         try:
             for budget in self.applying():
+                await self.ready(budget)
                 holds.append((budget, await budget.reserve(tokens, cost)))
         except BaseException:
             self.release(holds)

@@ -53,6 +53,7 @@ from legion.journal import Committed, Journal
 from legion.run.freeze import FreezeGuard
 from legion.run.route_meter import RouteMeter
 from legion.run.runner import Instance, StopReason, run_instance
+from legion.run.spending import recorded_spend
 from legion.stats import Counters, Statistics
 from legion.store.base import Store
 from legion.store.types import WorkerInfo
@@ -117,6 +118,9 @@ class Worker:
     ) -> None:
         self.store = store
         self.llm = llm
+        if llm is not None and llm.budgets.history is None:
+            # An agent's or a tenant's budget starts from what its tasks recorded before.
+            llm.budgets.history = functools.partial(recorded_spend, store)
         # Executors by name; ``executor`` (if given) overrides every agent's choice.
         self.executors = dict(executors or {})
         self._executor_override = executor
