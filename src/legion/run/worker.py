@@ -53,7 +53,6 @@ from legion.journal import Committed, Journal
 from legion.run.freeze import FreezeGuard
 from legion.run.route_meter import RouteMeter
 from legion.run.runner import Instance, StopReason, run_instance
-from legion.run.spending import recorded_spend
 from legion.stats import Counters, Statistics
 from legion.store.base import Store
 from legion.store.types import WorkerInfo
@@ -119,7 +118,10 @@ class Worker:
         self.store = store
         self.llm = llm
         if llm is not None and llm.budgets.history is None:
-            # An agent's or a tenant's budget starts from what its tasks recorded before.
+            # An agent's or a tenant's budget starts from what its tasks recorded before
+            # (imported here: the LLM layer is loaded only where there is a client).
+            from legion.run.spending import recorded_spend
+
             llm.budgets.history = functools.partial(recorded_spend, store)
         # Executors by name; ``executor`` (if given) overrides every agent's choice.
         self.executors = dict(executors or {})
