@@ -51,31 +51,31 @@ def _finished(url: str, key: str, task_id: int) -> dict[str, Any]:
     return task  # type: ignore[no-any-return]
 
 
-def test_a_tenants_budget_stops_its_calls_and_spares_the_others(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["serve", "worker"])
+def test_a_tenants_budget_stops_its_calls_and_spares_the_others(tmp_path: Path, where: str) -> None:
+    """``where``: the budget is on `legion serve`'s own worker, or on a `legion worker`
+    process beside a `legion serve --no-worker`."""
     sim, sim_url = start_sim("--model", "sim-model", "--latency", "0.01")
     store = f"sqlite:///{tmp_path / 'served.db'}"
     (tmp_path / "app.py").write_text(AGENT)
     acme, globex = _key(store, "acme"), _key(store, "globex")
-    server = subprocess.Popen(
-        [
-            *[sys.executable, "-m", "legion"],
-            "serve",
-            "--store",
-            store,
-            "--app",
-            str(tmp_path / "app.py"),
-            "--port",
-            "0",
-            "--llm",
-            f"openai:sim-model@{sim_url}",
-            "--tenant-max-calls",
-            "4",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
+    app = ["--store", store, "--app", str(tmp_path / "app.py")]
+    route = ["--llm", f"openai:sim-model@{sim_url}"]
+    budget = ["--tenant-max-calls", "4"]
+    legion_ = [sys.executable, "-m", "legion"]
+    if where == "serve":
+        serving = [*legion_, "serve", *app, "--port", "0", *route, *budget]
+        workers = []
+    else:
+        serving = [*legion_, "serve", *app, "--port", "0", "--no-worker"]
+        workers = [[*legion_, "worker", *app, *route, *budget]]
+    started = [
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        )
+        for command in (serving, *workers)
+    ]
+    server = started[0]
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
@@ -96,11 +96,13 @@ def test_a_tenants_budget_stops_its_calls_and_spares_the_others(tmp_path: Path) 
         stats = sim_stats(sim_url)
         assert stats["requests_total"] == stats["succeeded"] == 4 + 4  # none past a budget
     finally:
-        server.send_signal(signal.SIGTERM)
-        _, err = server.communicate(timeout=60)
+        errors = []
+        for process in reversed(started):
+            process.send_signal(signal.SIGTERM)
+            errors.append(process.communicate(timeout=60)[1])
         sim.terminate()
         sim.communicate(timeout=30)
-    assert server.returncode == 0, err
+    assert [p.returncode for p in started] == [0] * len(started), errors
 
 
 def test_a_tenant_budget_needs_the_servers_worker(tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ from legion.cli.options import (
     MaxInFlightOpt,
     RpmOpt,
     StoreOpt,
+    TenantMaxCallsOpt,
+    TenantMaxCostOpt,
+    TenantMaxTokensOpt,
     TpmOpt,
     _fail,
     _run,
@@ -213,24 +216,9 @@ def serve(
         float | None,
         typer.Option(min=1, help="Burst of --tenant-rate, in tasks (default: one second's)."),
     ] = None,
-    tenant_max_cost: Annotated[
-        float | None,
-        typer.Option(
-            min=0.000001,
-            help="Most USD each tenant's tasks may spend on LLM calls, in all (what they "
-            "recorded before counts). Once a tenant's budget cannot hold a call, nothing more "
-            "is sent for it: its running tasks go back to the queue with what they recorded, "
-            "showing the BudgetExceeded error, and are tried again every minute; restart "
-            "with a higher limit to let them continue. Other tenants go on.",
-        ),
-    ] = None,
-    tenant_max_tokens: Annotated[
-        int | None,
-        typer.Option(min=1, help="Most LLM tokens (prompt + completion) per tenant, in all."),
-    ] = None,
-    tenant_max_calls: Annotated[
-        int | None, typer.Option(min=1, help="Most LLM calls per tenant, in all.")
-    ] = None,
+    tenant_max_cost: TenantMaxCostOpt = None,
+    tenant_max_tokens: TenantMaxTokensOpt = None,
+    tenant_max_calls: TenantMaxCallsOpt = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
