@@ -30,7 +30,7 @@
         │   │                           goes back to the queue until then, no attempt spent
         │   ├── ProviderUnavailable 5xx, timeout, connection reset, stream gone idle
         │   └── MalformedResponse   an answer whose body cannot be understood
-        ├── BudgetExceeded     the run's LLM budget (--max-cost/--max-tokens/--max-calls) is
+        ├── BudgetExceeded     an LLM budget (the run's, its agent's or its tenant's) is
         │                      spent: no call was sent; the task goes back to the queue
         ├── TaskTimeout        the instance ran past its agent's timeout (retried)
         │   └── DeadlineExceeded    ... past its ``deadline``, waits included (not retried)
