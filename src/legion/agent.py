@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -42,6 +43,15 @@ class AgentOptions:
     executor: str
     deadline: float | None = None
     resources: tuple[tuple[str, float], ...] = ()  # what one instance needs (placement)
+    max_cost: float | None = None  # USD all this agent's tasks may spend on LLM calls
+    max_tokens: int | None = None  # prompt plus completion tokens, in all
+    max_calls: int | None = None  # answered LLM calls, in all
+
+    @property
+    def budget(self) -> tuple[float | None, int | None, int | None] | None:
+        """``(max_cost, max_tokens, max_calls)``, or ``None`` when the agent has no budget."""
+        limits = (self.max_cost, self.max_tokens, self.max_calls)
+        return None if limits == (None, None, None) else limits
 
 
 class Agent:
@@ -228,6 +238,9 @@ def agent(
     output: Any = None,
     deadline: float | None = None,
     resources: Mapping[str, float] | Iterable[str] | None = None,
+    max_cost: float | None = None,
+    max_tokens: int | None = None,
+    max_calls: int | None = None,
 ) -> Callable[[AgentFn], Agent]: ...
 
 
@@ -247,6 +260,9 @@ def agent(
     output: Any = None,
     deadline: float | None = None,
     resources: Mapping[str, float] | Iterable[str] | None = None,
+    max_cost: float | None = None,
+    max_tokens: int | None = None,
+    max_calls: int | None = None,
 ) -> Agent | Callable[[AgentFn], Agent]:
     """Make ``async def f(ctx, ...)`` an agent.
 
@@ -263,6 +279,12 @@ def agent(
     - ``resources``: what one instance needs, as ``{"memory_mb": 512}`` or tags
       (``["gpu"]``); only workers that offer it (``legion worker --offer``) lease its
       tasks, and the Ray executor asks Ray for it (see `legion.resources`).
+    - ``max_cost`` (USD), ``max_tokens``, ``max_calls``: the agent's LLM budget, what all
+      its tasks may spend in a worker (with `legion run`: in the run, earlier runs of it
+      included). Each call reserves its share first; once the budget cannot hold a call,
+      nothing more is sent for this agent, its unfinished tasks go back to the queue with
+      what they recorded (no attempt spent) and the worker stops leasing them; a run or
+      worker started with a higher limit resumes them.
     """
     if timeout is not None and timeout <= 0:
         raise ConfigError("timeout must be > 0 seconds, or None")
@@ -270,6 +292,11 @@ def agent(
         raise ConfigError("deadline must be > 0 seconds, or None")
     if concurrency is not None and concurrency < 1:
         raise ConfigError("concurrency must be >= 1")
+    if max_cost is not None and not (math.isfinite(max_cost) and max_cost > 0):
+        raise ConfigError(f"max_cost must be a positive number of USD, got {max_cost}")
+    for label, value in (("max_tokens", max_tokens), ("max_calls", max_calls)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{label} must be >= 1, got {value}")
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     policy = retry or RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
@@ -287,6 +314,9 @@ def agent(
             executor=executor,
             deadline=deadline,
             resources=needs,
+            max_cost=max_cost,
+            max_tokens=max_tokens,
+            max_calls=max_calls,
         )
         return Agent(f, options, input_model=input, output_model=output)
 

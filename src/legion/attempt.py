@@ -39,6 +39,8 @@ class AttemptTime:
         "_since",
         "_waited",
         "_waits",
+        "agent",
+        "budget",
         "calls",
         "deadline",
         "order",
@@ -56,6 +58,8 @@ class AttemptTime:
         now: Callable[[], float] = time.monotonic,
         priority: int = 0,
         tenant: str = "default",
+        agent: str = "",
+        budget: tuple[float | None, int | None, int | None] | None = None,
     ) -> None:
         self._now = now
         self.started = now()
@@ -71,6 +75,10 @@ class AttemptTime:
         """The task's priority: a route serves the calls of higher priorities first."""
         self.tenant = tenant
         """Whose task it is: a route shares its capacity fairly between tenants."""
+        self.agent = agent
+        """The agent the attempt runs."""
+        self.budget = budget
+        """The agent's LLM budget, ``(max_cost, max_tokens, max_calls)`` (``None``: none)."""
         self._waited = 0.0
         self._waits = 0
         self._since = 0.0

@@ -30,7 +30,7 @@
         │   │                           goes back to the queue until then, no attempt spent
         │   ├── ProviderUnavailable 5xx, timeout, connection reset, stream gone idle
         │   └── MalformedResponse   an answer whose body cannot be understood
-        ├── BudgetExceeded     the run's LLM budget (--max-cost/--max-tokens/--max-calls) is
+        ├── BudgetExceeded     an LLM budget (the run's, its agent's or its tenant's) is
         │                      spent: no call was sent; the task goes back to the queue
         ├── TaskTimeout        the instance ran past its agent's timeout (retried)
         │   └── DeadlineExceeded    ... past its ``deadline``, waits included (not retried)
@@ -251,9 +251,18 @@ class MalformedResponse(ProviderError):
 
 
 class BudgetExceeded(AgentError):
-    """Raised by an LLM call that the run's budget (``--max-cost``, ``--max-tokens``,
-    ``--max-calls``) cannot hold: nothing was sent. The task goes back to the queue with
-    what it recorded, without spending an attempt; a run with a higher budget resumes it."""
+    """Raised by an LLM call that a budget cannot hold: the run's (``--max-cost``,
+    ``--max-tokens``, ``--max-calls``), its agent's (``@legion.agent(max_cost=...)``) or
+    its tenant's (``legion serve --tenant-max-cost``). Nothing was sent. The task goes back
+    to the queue with what it recorded, without spending an attempt; a run with a higher
+    budget resumes it. ``scope``: ``"run"``, ``"agent"`` or ``"tenant"``."""
+
+    def __init__(self, message: str, scope: str = "run") -> None:
+        super().__init__(message)
+        self.scope = scope
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.scope))
 
 
 class TaskTimeout(AgentError):

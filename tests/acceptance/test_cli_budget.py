@@ -117,3 +117,28 @@ def test_a_cost_budget_on_a_model_without_a_price_is_refused(tmp_path: Path) -> 
     code, output = _run(tmp_path, "http://127.0.0.1:9/v1", "--max-cost", "1", model="mystery")
     assert code == 2, output
     assert "needs a price" in output and "Traceback" not in output, output
+
+
+def test_an_agents_own_budget_stops_the_run_and_a_raised_one_resumes_it(tmp_path: Path) -> None:
+    proc, url = start_sim("--model", "sim-model", "--latency", "0.01")
+    try:
+        limited = AGENT.replace("retries=0", "retries=0, max_calls=LIMIT")
+        (tmp_path / "app.py").write_text(limited.replace("LIMIT", "13"))
+        write_jsonl(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(TASKS)])
+
+        code, output = _run(tmp_path, url)
+        assert code == 3, output
+        assert "agent 'chain' max_calls 13 reached" in output, output
+        assert sim_stats(url)["requests_total"] <= 13  # not one call past the agent's budget
+        statuses = _statuses(tmp_path)
+        assert "budget_exceeded" in statuses and "succeeded" in statuses, statuses
+
+        (tmp_path / "app.py").write_text(limited.replace("LIMIT", str(CALLS)))
+        code, output = _run(tmp_path, url)
+        assert code == 0, output
+        assert _statuses(tmp_path) == ["succeeded"] * TASKS
+        # The agent's budget started from the calls its tasks recorded: each bought once.
+        assert sim_stats(url)["requests_total"] == CALLS
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

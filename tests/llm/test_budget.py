@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from contextvars import Token
 
 import pytest
 
+from legion import attempt
 from legion.errors import BudgetExceeded, ConfigError
-from legion.llm.budget import Budget, BudgetLimits, Spend
+from legion.llm.budget import Budget, BudgetLimits, Budgets, Spend
 
 
 async def test_calls_reserve_then_settle_and_the_last_fitting_call_is_the_last() -> None:
@@ -73,3 +75,85 @@ def test_limits_are_checked() -> None:
     with pytest.raises(ConfigError):
         BudgetLimits(max_calls=0)
     assert not BudgetLimits().any and BudgetLimits(max_calls=1).any
+
+
+# -- every budget a call counts against: the run's, its agent's, its tenant's ----------------
+
+
+def _in_attempt(
+    agent: str, tenant: str, budget: tuple[float | None, int | None, int | None] | None
+) -> Token[attempt.AttemptTime | None]:
+    """Calls from here on are made as if by an attempt of ``agent`` for ``tenant``."""
+    time_ = attempt.AttemptTime(None, agent=agent, tenant=tenant, budget=budget)
+    return attempt.CURRENT.set(time_)
+
+
+async def test_an_agents_budget_refuses_its_calls_only() -> None:
+    budgets = Budgets()
+    token = _in_attempt("small", "default", (None, None, 2))
+    try:
+        for _ in range(2):
+            budgets.settle(await budgets.reserve(10, 0.0), 10, 0.0)
+        with pytest.raises(BudgetExceeded) as refused:
+            await budgets.reserve(10, 0.0)
+    finally:
+        attempt.CURRENT.reset(token)
+    assert refused.value.scope == "agent"
+    assert "agent 'small' max_calls 2 reached" in str(refused.value)
+    assert budgets.agent_exhausted("small") and not budgets.agent_exhausted("other")
+    token = _in_attempt("other", "default", None)  # an agent without a budget goes on
+    try:
+        budgets.settle(await budgets.reserve(10, 0.0), 10, 0.0)
+    finally:
+        attempt.CURRENT.reset(token)
+
+
+async def test_a_tenants_budget_counts_each_tenant_apart() -> None:
+    budgets = Budgets(tenant=BudgetLimits(max_tokens=100))
+    for tenant in ("acme", "globex"):
+        token = _in_attempt("a", tenant, None)
+        try:
+            budgets.settle(await budgets.reserve(60, None), 60, None)
+            with pytest.raises(BudgetExceeded) as refused:
+                await budgets.reserve(60, None)
+        finally:
+            attempt.CURRENT.reset(token)
+        assert refused.value.scope == "tenant"
+        assert f"tenant {tenant!r} --tenant-max-tokens 100 reached" in str(refused.value)
+    assert {name: b.spent.tokens for name, b in budgets.tenants.items()} == {
+        "acme": 60,
+        "globex": 60,
+    }
+
+
+async def test_a_refusal_by_one_budget_gives_the_others_their_reservation_back() -> None:
+    run = Budget(BudgetLimits(max_calls=10))
+    budgets = Budgets(run, tenant=BudgetLimits(max_calls=1))
+    token = _in_attempt("a", "acme", None)
+    try:
+        budgets.settle(await budgets.reserve(5, 0.0), 5, 0.0)
+        with pytest.raises(BudgetExceeded):
+            await budgets.reserve(5, 0.0)  # the run's budget held it, the tenant's did not
+    finally:
+        attempt.CURRENT.reset(token)
+    assert run.spent.calls == 1 and run._reserved == Spend()  # nothing left reserved
+
+
+async def test_an_agents_budget_starts_from_what_its_tasks_recorded() -> None:
+    asked: list[tuple[str, str]] = []
+
+    async def history(scope: str, name: str) -> Spend:
+        asked.append((scope, name))
+        return Spend(calls=4)
+
+    budgets = Budgets(tenant=BudgetLimits(max_calls=100))
+    budgets.history = history
+    token = _in_attempt("small", "acme", (None, None, 5))
+    try:
+        budgets.settle(await budgets.reserve(1, 0.0), 1, 0.0)  # the 5th call in all
+        with pytest.raises(BudgetExceeded):
+            await budgets.reserve(1, 0.0)
+    finally:
+        attempt.CURRENT.reset(token)
+    assert sorted(asked) == [("agent", "small"), ("tenant", "acme")]  # read once each
+    assert budgets.tenants["acme"].spent.calls == 5

@@ -27,6 +27,9 @@ from legion.cli.options import (
     RayAddressOpt,
     RpmOpt,
     StoreOpt,
+    TenantMaxCallsOpt,
+    TenantMaxCostOpt,
+    TenantMaxTokensOpt,
     TpmOpt,
     _budget,
     _fail,
@@ -246,6 +249,9 @@ def worker(
     max_cost: MaxCostOpt = None,
     max_tokens: MaxTokensOpt = None,
     max_calls: MaxCallsOpt = None,
+    tenant_max_cost: TenantMaxCostOpt = None,
+    tenant_max_tokens: TenantMaxTokensOpt = None,
+    tenant_max_calls: TenantMaxCallsOpt = None,
 ) -> None:
     """Serve the agents of an app from a shared store until SIGINT/SIGTERM.
 
@@ -310,6 +316,7 @@ def worker(
         store_wait=store_wait,
         max_freezes=max_freezes,
         budget=_budget(max_cost, max_tokens, max_calls),
+        tenant_budget=_budget(tenant_max_cost, tenant_max_tokens, tenant_max_calls),
         offer=offered,
     )
     raise typer.Exit(_run(serve(opts, agents, stderr_console())))

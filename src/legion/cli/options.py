@@ -67,6 +67,30 @@ MaxCostOpt = Annotated[
         "with status budget_exceeded: run again with a higher limit to continue.",
     ),
 ]
+TenantMaxCostOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--tenant-max-cost",
+        min=0.000001,
+        help="Most USD each tenant's tasks may spend on LLM calls, in all (what they "
+        "recorded before counts). Once a tenant's budget cannot hold a call, nothing more "
+        "is sent for it: its running tasks go back to the queue with what they recorded, "
+        "showing the BudgetExceeded error, and are tried again every minute; restart "
+        "with a higher limit to let them continue. Other tenants go on.",
+    ),
+]
+TenantMaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--tenant-max-tokens",
+        min=1,
+        help="Most LLM tokens (prompt + completion) per tenant, in all.",
+    ),
+]
+TenantMaxCallsOpt = Annotated[
+    int | None,
+    typer.Option("--tenant-max-calls", min=1, help="Most LLM calls per tenant, in all."),
+]
 MaxTokensOpt = Annotated[
     int | None,
     typer.Option(

@@ -124,6 +124,8 @@ async def _run_lines(
     tally = RunTally(total=len(lines), bad_lines=len(bad))
     interrupted = False
     budget = Budget(opts.budget) if opts.budget.any else None
+    watched = [] if budget is None else [budget]  # the budgets whose end ends the run
+    spent: Budget | None = None  # the watched budget that ended the run
     async with AsyncExitStack() as stack:
         llm = None
         if opts.local_worker:
@@ -132,6 +134,9 @@ async def _run_lines(
             config, llm_note = llm_config(opts.llm)
             console.print(llm_note)
             llm = await stack.enter_async_context(await build_client(config, budget=budget))
+            if opts.agent.options.budget is not None:  # the agent's own, watched as the run's
+                limits = BudgetLimits(*opts.agent.options.budget)
+                watched.append(llm.budgets.agent(opts.agent.name, limits))
         elif budget is not None:
             raise ConfigError(
                 "--max-cost/--max-tokens/--max-calls limit the calls of a local worker: "
@@ -164,14 +169,18 @@ async def _run_lines(
                 sink.expect(s.id, ln)
             resumed = {s.id for s in submitted if not s.created and s.status.terminal}
             if budget is not None:
-                earlier = [s.id for s in submitted if not s.created]
-                budget.spent_before(await _spent_before(rt, earlier))
-                console.print(f"budget: {_budget_line(budget)}")
+                earlier = await _spent_before(rt, [s.id for s in submitted if not s.created])
+                budget.spent_before(earlier)
+            for watch in watched:
+                if llm is not None:  # an agent's budget: what its tasks recorded so far
+                    await llm.budgets.ready(watch)
+                console.print(f"budget{_whose(watch)}: {_budget_line(watch)}")
             with Progress(
                 tally, agent=opts.agent.name, console=console, enabled=opts.progress, llm=llm
             ) as progress:
-                interrupted = await _collect(rt, sink, resumed, tally, progress, stop, budget)
-            if budget is not None and budget.exhausted is not None and not stop.is_set():
+                interrupted = await _collect(rt, sink, resumed, tally, progress, stop, watched)
+            spent = next((w for w in watched if w.exhausted is not None), None)
+            if spent is not None and not stop.is_set():
                 sink.budget_exceeded = True
             if interrupted:
                 await rt.drain()
@@ -193,11 +202,11 @@ async def _run_lines(
     if fatal is not None:
         console.print(Text.assemble(("error:", "red"), f" stopped the run: {fatal}"))
         return 2
-    if sink.budget_exceeded and budget is not None:
+    if sink.budget_exceeded and spent is not None:
         console.print(
             Text.assemble(
                 ("budget exceeded:", "yellow"),
-                f" {budget.exhausted}; spent {_budget_line(budget)}. Unfinished tasks are "
+                f" {spent.exhausted}; spent {_budget_line(spent)}. Unfinished tasks are "
                 "kept with what they recorded: run the same command with a higher limit "
                 "to continue.",
             )
@@ -215,10 +224,10 @@ async def _collect(
     tally: RunTally,
     progress: Progress,
     stop: asyncio.Event,
-    budget: Budget | None = None,
+    budgets: list[Budget] | None = None,
 ) -> bool:
-    """Gather results until every task finished, a signal asked to stop or the budget is
-    spent; answer whether the run was interrupted."""
+    """Gather results until every task finished, a signal asked to stop or one of
+    ``budgets`` is spent; answer whether the run was interrupted."""
 
     async def consume() -> None:
         async for r in rt.results(list(sink.open)):
@@ -228,9 +237,7 @@ async def _collect(
 
     consumer = asyncio.ensure_future(consume())
     stopping = asyncio.ensure_future(stop.wait())
-    spent = asyncio.ensure_future(
-        budget.wait_exhausted() if budget is not None else asyncio.Event().wait()
-    )
+    spent = asyncio.ensure_future(_any_exhausted(budgets or []))
     try:
         while not consumer.done():
             done, _ = await asyncio.wait(
@@ -246,6 +253,19 @@ async def _collect(
         for f in (consumer, stopping, spent):
             f.cancel()
         await asyncio.gather(consumer, stopping, spent, return_exceptions=True)
+
+
+async def _any_exhausted(budgets: list[Budget]) -> None:
+    """Return once one of ``budgets`` refuses calls (never, without any)."""
+    if not budgets:
+        await asyncio.Event().wait()
+    waits = [asyncio.ensure_future(b.wait_exhausted()) for b in budgets]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 async def _refresh(rt: Runtime, progress: Progress) -> None:
@@ -275,6 +295,10 @@ async def _spent_before(rt: Runtime, task_ids: list[int]) -> Spend:
                 float(usage.get("cost_usd", 0.0)),
             )
     return total
+
+
+def _whose(budget: Budget) -> str:
+    return f" of agent {budget.who}" if budget.scope == "agent" else ""
 
 
 def _budget_line(budget: Budget) -> str:

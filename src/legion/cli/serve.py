@@ -28,6 +28,9 @@ from legion.cli.options import (
     MaxInFlightOpt,
     RpmOpt,
     StoreOpt,
+    TenantMaxCallsOpt,
+    TenantMaxCostOpt,
+    TenantMaxTokensOpt,
     TpmOpt,
     _fail,
     _run,
@@ -37,6 +40,7 @@ from legion.cli.status import opened
 from legion.cli.worker import load_agents
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
+from legion.llm.budget import BudgetLimits
 from legion.run.runtime import Runtime
 from legion.store import store_from_url
 
@@ -68,6 +72,7 @@ class ServeOptions:
     lease_seconds: float
     llm: LLMOptions
     settings: ServerSettings
+    tenant_budget: BudgetLimits | None = None  # each tenant's LLM budget (None: none)
 
 
 def _paragraphs(*parts: str) -> str:
@@ -211,6 +216,9 @@ def serve(
         float | None,
         typer.Option(min=1, help="Burst of --tenant-rate, in tasks (default: one second's)."),
     ] = None,
+    tenant_max_cost: TenantMaxCostOpt = None,
+    tenant_max_tokens: TenantMaxTokensOpt = None,
+    tenant_max_calls: TenantMaxCallsOpt = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -248,6 +256,12 @@ def serve(
             metrics_host=host if allow_remote else "127.0.0.1",
         )
         agents = load_agents((app_ref,))
+        tenant_budget = BudgetLimits(tenant_max_cost, tenant_max_tokens, tenant_max_calls)
+        if tenant_budget.any and not worker:
+            raise ConfigError(
+                "--tenant-max-cost/--tenant-max-tokens/--tenant-max-calls limit the calls of "
+                "this server's worker: they need --worker"
+            )
         stop_tracing = configure_tracing(trace.value) if trace is not None else None
     except LegionError as exc:
         raise _fail(str(exc)) from None
@@ -258,6 +272,7 @@ def serve(
         lease_seconds=lease_seconds,
         llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
         settings=settings,
+        tenant_budget=tenant_budget if tenant_budget.any else None,
     )
     try:
         code = _run(_serve(opts, agents, stderr_console()))
@@ -294,7 +309,7 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
     client = None
     if opts.worker:
         llm_settings, note = llm_config(opts.llm)
-        client = await build_client(llm_settings)
+        client = await build_client(llm_settings, tenant_budget=opts.tenant_budget)
         console.print(note, highlight=False)
     try:
         async with (

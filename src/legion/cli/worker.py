@@ -71,6 +71,7 @@ class WorkerOptions:
     store_wait: float = 300.0  # seconds to wait for an unavailable store at start
     max_freezes: int = 3  # a task that freezes the event loop this often is dead
     budget: BudgetLimits = field(default_factory=BudgetLimits)  # this process's LLM spend
+    tenant_budget: BudgetLimits = field(default_factory=BudgetLimits)  # each tenant's, in all
     offer: dict[str, float] = field(default_factory=dict)  # resources offered (placement)
 
 
@@ -150,7 +151,11 @@ async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console
     config, note = llm_config(opts.llm)
     budget = Budget(opts.budget) if opts.budget.any else None
     async with (
-        await build_client(config, budget=budget) as llm,
+        await build_client(
+            config,
+            budget=budget,
+            tenant_budget=opts.tenant_budget if opts.tenant_budget.any else None,
+        ) as llm,
         Runtime(
             store,
             concurrency=opts.concurrency,

@@ -13,12 +13,21 @@ replayed, not bought again.
 
 What earlier runs spent is added with `Budget.spent_before` (``legion run`` reads it
 from the usage recorded on its tasks), so a limit is a limit on the whole job.
+
+`Budgets` holds every budget a client's calls count against: the run's, one per agent
+that declares one (``@legion.agent(max_cost=...)``) and one per tenant (``legion serve
+--tenant-max-cost``). A call reserves its share in each that applies to its attempt (see
+`legion.attempt`) and is refused when any one cannot hold it; `BudgetExceeded.scope` says
+which kind refused. An agent's or a tenant's budget starts from what its tasks recorded
+before (`Budgets.history`, which a worker reads from its store), so its limit holds across
+runs and restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from legion import attempt
@@ -84,8 +93,12 @@ class Hold:
 class Budget:
     """Limits on what the calls of one run spend (see the module's documentation)."""
 
-    def __init__(self, limits: BudgetLimits) -> None:
+    def __init__(self, limits: BudgetLimits, *, scope: str = "run", who: str = "") -> None:
         self.limits = limits
+        self.scope = scope
+        """``"run"``, ``"agent"`` or ``"tenant"``: whose budget it is."""
+        self.who = who
+        """The agent's or the tenant's name (empty for a run's)."""
         self._spent = Spend()
         self._before = Spend()
         self._reserved = Spend()
@@ -124,10 +137,13 @@ class Budget:
         give some back; raise `BudgetExceeded` when it cannot fit."""
         want = Spend(1, tokens, cost or 0.0)
         if cost is None and self.limits.max_cost is not None:
-            self._exhaust("a call on a model without a price cannot be counted against --max-cost")
+            self._exhaust(
+                "a call on a model without a price cannot be counted against "
+                + self._name("max-cost")
+            )
         while True:
             if self.exhausted is not None:
-                raise BudgetExceeded(f"LLM budget exhausted: {self.exhausted}")
+                raise BudgetExceeded(f"LLM budget exhausted: {self.exhausted}", self.scope)
             over = self._over(self.spent + self._reserved + want)
             if over is None:
                 self._reserved = self._reserved + want
@@ -175,12 +191,26 @@ class Budget:
     def _over(self, total: Spend) -> str | None:
         limits = self.limits
         if limits.max_calls is not None and total.calls > limits.max_calls:
-            return f"--max-calls {limits.max_calls:,} reached"
+            return f"{self._name('max-calls')} {limits.max_calls:,} reached"
         if limits.max_tokens is not None and total.tokens > limits.max_tokens:
-            return f"--max-tokens {limits.max_tokens:,} reached ({self.spent.tokens:,} spent)"
+            return (
+                f"{self._name('max-tokens')} {limits.max_tokens:,} reached "
+                f"({self.spent.tokens:,} spent)"
+            )
         if limits.max_cost is not None and total.cost > limits.max_cost + 1e-12:
-            return f"--max-cost ${limits.max_cost:g} reached (${self.spent.cost:.4f} spent)"
+            return (
+                f"{self._name('max-cost')} ${limits.max_cost:g} reached "
+                f"(${self.spent.cost:.4f} spent)"
+            )
         return None
+
+    def _name(self, limit: str) -> str:
+        """How the limit is called where it was given."""
+        if self.scope == "agent":
+            return f"agent {self.who!r} {limit.replace('-', '_')}"
+        if self.scope == "tenant":
+            return f"tenant {self.who!r} --tenant-{limit}"
+        return f"--{limit}"
 
     def _exhaust(self, why: str) -> None:
         if self.exhausted is None:
@@ -188,3 +218,97 @@ class Budget:
             if self._exhausted_event is not None:
                 self._exhausted_event.set()
         self._wake()
+
+
+class Budgets:
+    """Every budget the calls of one client count against (see the module's text):
+    ``run``, the run's (``None``: none); ``tenant``, the limits each tenant has (``None``:
+    none); an agent's limits come with its attempt (`legion.attempt.AttemptTime.budget`)."""
+
+    def __init__(self, run: Budget | None = None, tenant: BudgetLimits | None = None) -> None:
+        self.run = run
+        self.tenant_limits = tenant if tenant is not None and tenant.any else None
+        self.history: Callable[[str, str], Awaitable[Spend]] | None = None
+        """What the tasks of an agent (``("agent", name)``) or a tenant (``("tenant",
+        name)``) spent before; read once, before that budget's first call."""
+        self._loads: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.agents: dict[str, Budget] = {}
+        """The budget of each agent that has made a call with one, by name."""
+        self.tenants: dict[str, Budget] = {}
+        """The budget of each tenant that has made a call, by name."""
+
+    def agent(self, name: str, limits: BudgetLimits) -> Budget:
+        """Agent ``name``'s budget (made with ``limits`` on first use)."""
+        budget = self.agents.get(name)
+        if budget is None:
+            budget = self.agents[name] = Budget(limits, scope="agent", who=name)
+        return budget
+
+    def tenant(self, name: str) -> Budget | None:
+        """Tenant ``name``'s budget (``None`` without tenant limits)."""
+        if self.tenant_limits is None:
+            return None
+        budget = self.tenants.get(name)
+        if budget is None:
+            budget = self.tenants[name] = Budget(self.tenant_limits, scope="tenant", who=name)
+        return budget
+
+    def agent_exhausted(self, name: str) -> bool:
+        """Whether agent ``name``'s budget refuses calls (its tasks are not worth leasing)."""
+        budget = self.agents.get(name)
+        return budget is not None and budget.exhausted is not None
+
+    def applying(self) -> list[Budget]:
+        """The budgets a call made now counts against: the run's, and those of the
+        current attempt's agent and tenant."""
+        found = [] if self.run is None else [self.run]
+        current = attempt.current()
+        if current is not None:
+            if current.budget is not None:
+                found.append(self.agent(current.agent, BudgetLimits(*current.budget)))
+            tenant = self.tenant(current.tenant)
+            if tenant is not None:
+                found.append(tenant)
+        return found
+
+    async def ready(self, budget: Budget) -> None:
+        """Count what ``budget``'s agent or tenant spent before (once; a failed read is
+        tried again by the next call)."""
+        if budget.scope == "run" or self.history is None:
+            return
+        key = (budget.scope, budget.who)
+        load = self._loads.get(key)
+        if load is None:
+            load = self._loads[key] = asyncio.ensure_future(self._load(budget, self.history))
+        try:
+            await asyncio.shield(load)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self._loads.get(key) is load:
+                del self._loads[key]
+            raise
+
+    @staticmethod
+    async def _load(budget: Budget, history: Callable[[str, str], Awaitable[Spend]]) -> None:
+        budget.spent_before(await history(budget.scope, budget.who))
+
+    async def reserve(self, tokens: int, cost: float | None) -> list[tuple[Budget, Hold]]:
+        """Reserve one call in every budget that applies, or in none (`BudgetExceeded`)."""
+        holds: list[tuple[Budget, Hold]] = []
+        try:
+            for budget in self.applying():
+                await self.ready(budget)
+                holds.append((budget, await budget.reserve(tokens, cost)))
+        except BaseException:
+            self.release(holds)
+            raise
+        return holds
+
+    def settle(self, holds: list[tuple[Budget, Hold]], tokens: int, cost: float | None) -> None:
+        for budget, hold in holds:
+            budget.settle(hold, tokens, cost)
+
+    def release(self, holds: list[tuple[Budget, Hold]]) -> None:
+        for budget, hold in holds:
+            budget.release(hold)

@@ -69,7 +69,7 @@ from legion.errors import (
     RetryAfterTooLong,
 )
 from legion.llm.breaker import Breaker, BreakerState, BreakerStatistics, Ticket
-from legion.llm.budget import Budget, Hold
+from legion.llm.budget import Budget, BudgetLimits, Budgets, Hold
 from legion.llm.capacity import Capacity, CapacityStatistics
 from legion.llm.embeddings import Embeddings, EmbedRequest, EmbedResult, estimate_embed_tokens
 from legion.llm.hedge import HedgeSettings, Latencies
@@ -269,6 +269,7 @@ class LLMClient:
         rng: random.Random | None = None,
         max_outage: float = 120.0,
         budget: Budget | None = None,
+        tenant_budget: BudgetLimits | None = None,
     ) -> None:
         if not routes:
             raise ValueError("an LLMClient needs at least one route")
@@ -299,6 +300,9 @@ class LLMClient:
         """The first credentials error seen: the runtime stops the run when set."""
         self.budget = budget
         """The run's spending limits (``None``: none); every call reserves its share."""
+        self.budgets = Budgets(budget, tenant_budget)
+        """The run's budget, each agent's and each tenant's (``tenant_budget``: the limits
+        of every tenant); a call reserves its share in each that applies to it."""
 
     @property
     def routes(self) -> Mapping[str, Route]:
@@ -643,21 +647,19 @@ class LLMClient:
             counters.cost += cost
         return result.response
 
-    async def _hold(self, route: Route, estimate: int, prompt: int) -> Hold | None:
+    async def _hold(self, route: Route, estimate: int, prompt: int) -> list[tuple[Budget, Hold]]:
         """Reserve one call of ``estimate`` tokens (``prompt`` of them input) against the
-        budget, if there is one; `BudgetExceeded` when it cannot hold it."""
-        if self.budget is None:
-            return None
+        budgets that apply to it; `BudgetExceeded` when one cannot hold it."""
         usage = _estimated(estimate, prompt)
-        return await self.budget.reserve(estimate, self._prices.cost(route.model, usage))
+        return await self.budgets.reserve(estimate, self._prices.cost(route.model, usage))
 
-    def _unhold(self, hold: Hold | None) -> None:
-        if hold is not None and self.budget is not None:
-            self.budget.release(hold)
+    def _unhold(self, hold: list[tuple[Budget, Hold]]) -> None:
+        self.budgets.release(hold)
 
-    def _settle_hold(self, hold: Hold | None, usage: Usage, cost: float | None) -> None:
-        if hold is not None and self.budget is not None:
-            self.budget.settle(hold, usage.total, cost)
+    def _settle_hold(
+        self, hold: list[tuple[Budget, Hold]], usage: Usage, cost: float | None
+    ) -> None:
+        self.budgets.settle(hold, usage.total, cost)
 
     async def _send(
         self,

@@ -106,7 +106,7 @@ from legion.errors import ConfigError
 from legion.llm import anthropic, openai
 from legion.llm.anthropic import AnthropicProvider
 from legion.llm.breaker import Breaker, BreakerSettings
-from legion.llm.budget import Budget
+from legion.llm.budget import Budget, BudgetLimits
 from legion.llm.capacity import Capacity
 from legion.llm.client import DEFAULT_RETRY, LLMClient, Route
 from legion.llm.hedge import HedgeSettings
@@ -326,10 +326,11 @@ async def build_client(
     timer: Timer | None = None,
     rng: random.Random | None = None,
     budget: Budget | None = None,
+    tenant_budget: BudgetLimits | None = None,
 ) -> LLMClient:
     """An `LLMClient` for ``config``, with its simulators started; close it
-    with ``aclose()`` (or ``async with``). ``budget``: the run's spending limits; a cost
-    limit needs a price for every route's model.
+    with ``aclose()`` (or ``async with``). ``budget``: the run's spending limits;
+    ``tenant_budget``: each tenant's; a cost limit needs a price for every route's model.
 
     Routes on the same provider endpoint and key share one provider (one
     connection pool); routes on the same endpoint and model share one
@@ -376,10 +377,9 @@ async def build_client(
         {route.model: price for route in config.routes if (price := _price(route)) is not None}
     )
     for route in config.routes:  # look prices up now, not on the event loop's first call
-        if (
-            prices.price(route.model) is None
-            and budget is not None
-            and budget.limits.max_cost is not None
+        if prices.price(route.model) is None and (
+            (budget is not None and budget.limits.max_cost is not None)
+            or (tenant_budget is not None and tenant_budget.max_cost is not None)
         ):
             for provider in providers.values():
                 await provider.aclose()
@@ -396,6 +396,7 @@ async def build_client(
         timer=timer,
         rng=rng,
         budget=budget,
+        tenant_budget=tenant_budget,
     )
 
 

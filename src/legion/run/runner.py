@@ -86,6 +86,8 @@ class Instance:
             agent.options.deadline,
             priority=lease.priority,
             tenant=lease.tenant,
+            agent=agent.name,
+            budget=agent.options.budget,
         )
         # The worker's timer bucket that holds this instance until its time is up.
         self.expiry: dict[int, Instance] | None = None
@@ -204,6 +206,11 @@ async def run_instance(
     journal.complete(lease, done)
 
 
+TENANT_PARK = 60.0
+"""Seconds a task whose tenant's LLM budget is spent waits in the queue before a worker
+leases it again (to find the budget raised, or still spent)."""
+
+
 def _timed_out(agent: Agent, time_: attempt.AttemptTime) -> TaskTimeout:
     """The error of an attempt whose time is up: its deadline or its timeout, with what
     it did with its time."""
@@ -240,8 +247,19 @@ def _failure(
     info = ErrorInfo.from_exception(error)
     if isinstance(error, BudgetExceeded):
         # Parked: back to the queue with its recorded calls, for a run with more budget.
+        # A tenant's task waits a while first: the worker still leases other tenants'
+        # tasks, and would otherwise lease it again at once (an agent's spent budget
+        # keeps the worker from leasing its tasks, a run's stops the run).
+        park = TENANT_PARK if error.scope == "tenant" else 0.0
         return _completion(
-            lease, owner, Outcome.RELEASED, started, finished, error=info, usage=usage
+            lease,
+            owner,
+            Outcome.RELEASED,
+            started,
+            finished,
+            error=info,
+            not_before=finished + park if park else 0.0,
+            usage=usage,
         )
     if isinstance(error, RetryAfterTooLong) and error.retry_after is not None:
         # The provider said when to come back: back to the queue until then, the error kept

@@ -117,6 +117,12 @@ class Worker:
     ) -> None:
         self.store = store
         self.llm = llm
+        if llm is not None and llm.budgets.history is None:
+            # An agent's or a tenant's budget starts from what its tasks recorded before
+            # (imported here: the LLM layer is loaded only where there is a client).
+            from legion.run.spending import recorded_spend
+
+            llm.budgets.history = functools.partial(recorded_spend, store)
         # Executors by name; ``executor`` (if given) overrides every agent's choice.
         self.executors = dict(executors or {})
         self._executor_override = executor
@@ -391,6 +397,8 @@ class Worker:
         self._turn = (self._turn + 1) % len(names)
         wants = {}
         for name in names[self._turn :] + names[: self._turn]:
+            if self.llm is not None and self.llm.budgets.agent_exhausted(name):
+                continue  # its budget is spent: its tasks wait in the queue for more
             cap = self._agents[name].options.concurrency
             n = free if cap is None else min(free, cap - self._running[name])
             if n > 0:
