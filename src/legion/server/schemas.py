@@ -103,7 +103,10 @@ class AttemptOut(BaseModel):
     """One ended attempt of a task."""
 
     attempt: int = Field(
-        description="Its number (a released or suspended attempt is not counted: the next one has the same number)."
+        description=(
+            "Its number (a released or suspended attempt is not counted: the next one "
+            "has the same number)."
+        )
     )
     worker: str = Field(description="The worker that ran it.")
     outcome: str = Field(
