@@ -240,6 +240,8 @@ class Completion:
     usage: bytes | None = None  # TaskUsage JSON, when the attempt made LLM calls
     diagnostics: tuple[Diagnostic, ...] = ()  # what legion noticed about the attempt
     wait: Wait | None = None  # with Outcome.WAITING: what the task waits for
+    running: float = 0.0  # seconds of the attempt spent running (see legion.attempt)
+    waited: float = 0.0  # seconds of the attempt spent waiting for capacity
 
 
 @dataclass(frozen=True, slots=True)

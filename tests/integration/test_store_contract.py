@@ -201,6 +201,49 @@ async def test_retry_dead_failed_and_released_outcomes(store: Store) -> None:
     assert [lease.id for lease in ready] == [ids[3]]
 
 
+async def test_each_applied_completion_records_its_attempt(store: Store) -> None:
+    (s,) = await store.submit([new(value=1, max_attempts=3)], NOW)
+    err = ErrorInfo("TimeoutError", "slow", "Traceback...")
+    (first,) = await store.lease("w1", {"a": 1}, 1, NOW + 60, NOW)
+    retry = Completion(
+        s.id, first.attempt, "w1", Outcome.RETRY, error=err, started_at=NOW,
+        finished_at=NOW + 10, running=2.5, waited=7.5,
+    )  # fmt: skip
+    assert await store.write(WriteBatch(completions=[retry]), NOW + 10) == [True]
+    (second,) = await store.lease("w2", {"a": 1}, 1, NOW + 100, NOW + 20)
+    # A stale completion (w1's lease is gone) applies nothing and records no attempt.
+    stale = Completion(s.id, first.attempt, "w1", Outcome.SUCCEEDED, b'"x"', None, 0.0, NOW, NOW)
+    ok = Completion(
+        s.id, second.attempt, "w2", Outcome.SUCCEEDED, b'"y"', started_at=NOW + 20,
+        finished_at=NOW + 23, running=3.0, waited=0.0,
+    )  # fmt: skip
+    assert await store.write(WriteBatch(completions=[stale, ok]), NOW + 23) == [False, True]
+    attempts = await store.attempts(s.id)
+    assert [(a.attempt, a.worker, a.outcome) for a in attempts] == [
+        (1, "w1", "retry"),
+        (2, "w2", "succeeded"),
+    ]
+    assert attempts[0].error == err and attempts[1].error is None
+    assert (attempts[0].started_at, attempts[0].finished_at) == (NOW, NOW + 10)
+    assert (attempts[0].running, attempts[0].waited) == (2.5, 7.5)
+    assert (attempts[1].running, attempts[1].waited) == (3.0, 0.0)
+    info = await store.get(s.id)  # the task keeps only its last error; the attempts keep all
+    assert info is not None and info.status is TaskStatus.SUCCEEDED and info.error == err
+    assert await store.attempts(s.id + 1000) == []
+
+
+async def test_a_released_attempt_is_recorded_and_its_number_used_again(store: Store) -> None:
+    (s,) = await store.submit([new(value=1)], NOW)
+    (lease,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
+    await store.write(
+        WriteBatch(completions=[done(s.id, lease.attempt, "w", Outcome.RELEASED)]), NOW
+    )
+    (again,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW + 1)
+    await store.write(WriteBatch(completions=[done(s.id, again.attempt, "w")]), NOW + 2)
+    attempts = await store.attempts(s.id)
+    assert [(a.attempt, a.outcome) for a in attempts] == [(1, "released"), (1, "succeeded")]
+
+
 async def test_a_completion_records_its_usage(store: Store) -> None:
     a, b = await store.submit([new(value=1), new(value=2)], NOW)
     await store.lease("w", {"a": 2}, 2, NOW + 60, NOW)

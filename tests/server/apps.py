@@ -7,6 +7,7 @@ import asyncio
 from pydantic import BaseModel, Field
 
 import legion
+from legion import attempt
 
 # Set by the `gate` fixture for each test: `held` tasks wait on it.
 GATE: dict[str, asyncio.Event] = {}
@@ -32,8 +33,10 @@ async def work(ctx: legion.Context, n: int, delay: float = 0.0) -> dict[str, obj
 
 @legion.agent(retries=1, backoff=0)
 async def flaky(ctx: legion.Context, n: int) -> int:
-    """Fails its first attempt."""
+    """Waits for capacity, then fails, on its first attempt."""
     if ctx.attempt == 1:
+        with attempt.waiting("capacity on route test"):
+            await asyncio.sleep(0.01)  # stands for a route's pace: the attempt is not running
         raise ConnectionError("flaky")
     return n
 

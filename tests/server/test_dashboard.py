@@ -30,6 +30,7 @@ FLAGS = [
     "--no-first-run",
 ]
 TASKS = 10_000
+NONE = "\N{EN DASH}"  # what the pages show for nothing
 
 
 @pytest.fixture
@@ -130,6 +131,38 @@ async def test_a_task_page_follows_a_running_task(
         "() => document.getElementById('status').textContent === 'succeeded'"
     )
     assert await text_of(page, "#output") == "5"
+    assert problems == []
+
+
+async def test_a_task_page_shows_its_attempts_with_the_capacity_wait_drawn_apart(
+    browser: Browser, api: Api
+) -> None:
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "flaky", "input": {"n": 3}})
+    assert (await api.runtime.result(sub["id"])).status.value == "succeeded"
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    await page.goto(f"{api.url}/tasks/{sub['id']}")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#attempts-table tr[data-attempt]').length === 2"
+    )
+    rows = page.locator("#attempts-table tr[data-attempt]")
+    assert await rows.evaluate_all("rows => rows.map(r => r.dataset.outcome)") == [
+        "retry",
+        "succeeded",
+    ]
+    first, second = rows.nth(0), rows.nth(1)
+    assert await first.locator("td.error").inner_text() == "ConnectionError: flaky"
+    assert await second.locator("td.error").inner_text() == NONE
+    # The first attempt waited for capacity: its bar has a waiting part, drawn apart from
+    # the running part; the second did not wait.
+    widths = "bar => [...bar.children].map(part => part.getBoundingClientRect().width)"
+    _, first_waiting = await first.locator(".attempt-bar").evaluate(widths)
+    _, second_waiting = await second.locator(".attempt-bar").evaluate(widths)
+    assert first_waiting > 0 and second_waiting == 0
+    assert await first.locator("td.waiting").inner_text() != NONE
+    # The earlier attempt's error is history, not the state of a task that succeeded.
+    assert await page.locator("#error-section").is_hidden()
+    await page.screenshot(path=str(ARTIFACTS / "attempts.png"), full_page=True)
     assert problems == []
 
 

@@ -25,6 +25,24 @@ async def test_submit_then_get_the_task_with_its_steps(any_api: Api) -> None:
     assert all(s["finished_at"] >= s["started_at"] for s in task["steps"])
 
 
+async def test_a_task_lists_its_attempts_with_running_and_waiting_time(any_api: Api) -> None:
+    _, sub = await any_api.call("POST", "/v1/tasks", body={"agent": "flaky", "input": {"n": 4}})
+    task = await any_api.finished(sub["id"])
+    assert task["status"] == "succeeded" and task["attempts"] == 2
+    status, body = await any_api.call("GET", f"/v1/tasks/{sub['id']}/attempts")
+    assert status == 200
+    first, second = body["attempts"]
+    assert (first["attempt"], first["outcome"]) == (1, "retry")
+    assert first["error"] == {"type": "ConnectionError", "message": "flaky"}
+    assert first["waiting_seconds"] > 0  # the capacity wait is kept apart from running
+    assert first["running_seconds"] >= 0 and first["finished_at"] >= first["started_at"]
+    assert (second["attempt"], second["outcome"], second["error"]) == (2, "succeeded", None)
+    assert second["waiting_seconds"] == 0
+    assert first["worker"] and second["worker"]
+    status, body = await any_api.call("GET", "/v1/tasks/999999999/attempts")
+    assert status == 404
+
+
 async def test_an_idempotency_key_answers_the_first_task(any_api: Api) -> None:
     first = await any_api.call(
         "POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}, "key": "order-17"}

@@ -43,13 +43,15 @@ async def test_a_tenant_sees_and_changes_only_its_own_tasks(
     missing = 10**9
 
     # Reads: the other tenant's task answers exactly like a missing one.
-    for path in ("/v1/tasks/{}", "/v1/tasks/{}/events"):
+    for path in ("/v1/tasks/{}", "/v1/tasks/{}/events", "/v1/tasks/{}/attempts"):
         other = await call(any_api, globex, "GET", path.format(mine["id"]))
         absent = await call(any_api, globex, "GET", path.format(missing))
         assert other[0] == absent[0] == 404
         assert other[1]["detail"] == absent[1]["detail"].replace(str(missing), str(mine["id"]))
     status, got = await call(any_api, acme, "GET", f"/v1/tasks/{mine['id']}")
     assert status == 200 and got["tenant"] == "acme"
+    status, got = await call(any_api, acme, "GET", f"/v1/tasks/{mine['id']}/attempts")
+    assert status == 200 and got == {"attempts": []}  # running: none has ended yet
 
     # Changes: cancel and retry of the other's task are 404, and change nothing.
     for action in (":cancel", ":retry"):

@@ -169,7 +169,8 @@ async def run_instance(
             error = _timed_out(agent, instance.time)
         else:
             outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
-            journal.complete(lease, _completion(lease, owner, outcome, started, clock()))
+            done = _completion(lease, owner, outcome, started, clock())
+            journal.complete(lease, _timed(done, instance.time))
             return
     except LeaseLost:
         instance.stop_reason = StopReason.LOST
@@ -178,7 +179,9 @@ async def run_instance(
         done = _completion(
             lease, owner, Outcome.WAITING, started, clock(), usage=ctx.usage.to_json()
         )
-        journal.complete(lease, dataclasses.replace(done, wait=suspended.wait))
+        journal.complete(
+            lease, _timed(dataclasses.replace(done, wait=suspended.wait), instance.time)
+        )
         return
     except Exception as exc:
         error = exc
@@ -203,7 +206,12 @@ async def run_instance(
         done = _failure(lease, owner, agent, error, started, finished, rng, usage)
     if found:
         done = dataclasses.replace(done, diagnostics=tuple(found))
-    journal.complete(lease, done)
+    journal.complete(lease, _timed(done, instance.time))
+
+
+def _timed(done: Completion, time_: attempt.AttemptTime) -> Completion:
+    """The completion with the attempt's time split into running and waiting."""
+    return dataclasses.replace(done, running=time_.running(), waited=time_.waited())
 
 
 TENANT_PARK = 60.0

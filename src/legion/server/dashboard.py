@@ -1,6 +1,7 @@
 """The dashboard: two static pages and their scripts, no build step.
 
-``/`` shows the run live, ``/tasks/{id}`` one task with a timeline of its steps. Both are
+``/`` shows the run live, ``/tasks/{id}`` one task with a timeline of its steps and the
+history of its attempts (running and waiting for capacity drawn apart). Both are
 fed by the API's event streams (see `legion.server.streams`). The chart library is
 uPlot (MIT, vendored in ``static/`` with its licence). Like every route but ``/healthz``
 they need an API key: a browser asks for it (HTTP Basic: any user name, the key as the
@@ -54,7 +55,7 @@ async def index() -> Response:
 
 @router.get("/tasks/{task_id}")
 async def task_page(task_id: TaskId) -> Response:
-    """One task and the timeline of its steps."""
+    """One task: the timeline of its steps and the history of its attempts."""
     return _page("task.html")
 
 

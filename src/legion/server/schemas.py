@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from legion.store.types import StepInfo
+from legion.store.types import AttemptRecord, StepInfo
 from legion.task import TaskInfo, TaskStatus
 
 # Text the stores can hold in every dialect (PostgreSQL text cannot hold NUL).
@@ -97,6 +97,52 @@ class StepOut(BaseModel):
     output: Any
     started_at: float
     finished_at: float
+
+
+class AttemptOut(BaseModel):
+    """One ended attempt of a task."""
+
+    attempt: int = Field(
+        description=(
+            "Its number (a released or suspended attempt is not counted: the next one "
+            "has the same number)."
+        )
+    )
+    worker: str = Field(description="The worker that ran it.")
+    outcome: str = Field(
+        description="How it ended: succeeded, retry, failed, dead, cancelled, released or waiting."
+    )
+    started_at: float
+    finished_at: float
+    running_seconds: float = Field(description="Time spent running (what its timeout bounds).")
+    waiting_seconds: float = Field(
+        description="Time spent waiting for capacity (a route's pace, a 429 pause, a process)."
+    )
+    error: ErrorOut | None = Field(description="Why it failed; null if it did not.")
+
+
+class AttemptsOut(BaseModel):
+    """A task's ended attempts."""
+
+    attempts: list[AttemptOut] = Field(description="Oldest first.")
+
+    @classmethod
+    def of(cls, records: list[AttemptRecord]) -> AttemptsOut:
+        return cls(
+            attempts=[
+                AttemptOut(
+                    attempt=r.attempt,
+                    worker=r.worker,
+                    outcome=r.outcome,
+                    started_at=r.started_at,
+                    finished_at=r.finished_at,
+                    running_seconds=r.running,
+                    waiting_seconds=r.waited,
+                    error=ErrorOut(type=r.error.type, message=r.error.message) if r.error else None,
+                )
+                for r in records
+            ]
+        )
 
 
 class TaskOut(BaseModel):

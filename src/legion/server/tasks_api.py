@@ -21,6 +21,7 @@ from legion.server.deps import KeyDep, ServerState, StateDep, require_key
 from legion.server.schemas import (
     KEY,
     TEXT,
+    AttemptsOut,
     BatchIn,
     BatchOut,
     StatusOut,
@@ -260,6 +261,17 @@ async def only_post(task_id: str, action: str) -> None:
 async def get_task(task: TaskDep, state: StateDep) -> TaskDetail:
     """A task: status, output or error, attempts, usage and its recorded steps."""
     return TaskDetail.with_steps(task, await state.runtime.store.steps(task.id))
+
+
+@router.get(
+    "/tasks/{task_id}/attempts",
+    operation_id="get_task_attempts",
+    responses={**_ERRORS, **_NOT_FOUND},
+)
+async def get_task_attempts(task: TaskDep, state: StateDep) -> AttemptsOut:
+    """A task's ended attempts, oldest first: when each started and ended, on which
+    worker, how it ended, its error, and its time running and waiting for capacity."""
+    return AttemptsOut.of(await state.runtime.store.attempts(task.id))
 
 
 # -- helpers ---------------------------------------------------------------------------

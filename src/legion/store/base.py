@@ -25,6 +25,7 @@ from typing import Protocol
 
 from legion.store.types import (
     ApiKey,
+    AttemptRecord,
     AutoscalerInfo,
     Backlog,
     CapacityClaims,
@@ -133,6 +134,10 @@ class TaskReader(Protocol):
     async def recent_errors(self, limit: int = 10) -> list[TaskInfo]: ...
 
     async def steps(self, task_id: int) -> list[StepInfo]: ...
+
+    async def attempts(self, task_id: int) -> list[AttemptRecord]:
+        """The ended attempts of a task, oldest first (one per completion its workers
+        wrote; an attempt whose lease was lost wrote none)."""
 
     async def events_after(
         self, after: int, limit: int = 10_000, *, skip_worker: str | None = None

@@ -64,11 +64,12 @@ from legion.errors import ConfigError, StoreError, StoreUnavailable
 from legion.store.postgres_params import submit_params
 from legion.store.postgres_waiting import PostgresWaiting, after_completions
 from legion.store.queries import migrations, queries
-from legion.store.rows import event_detail, task_info
+from legion.store.rows import attempt_record, event_detail, task_info
 from legion.store.tenancy import KeyedTasks, unscoped_key
 from legion.store.timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
 from legion.store.types import (
     ApiKey,
+    AttemptRecord,
     AutoscalerInfo,
     Backlog,
     CapacityClaims,
@@ -626,6 +627,11 @@ class PostgresStore(PostgresWaiting):
             await cur.execute(Q["steps_of"], {"task_id": task_id})
             return [StepInfo(k, a, codec.loads(o), s, f) for k, a, o, s, f in await cur.fetchall()]
 
+    async def attempts(self, task_id: int) -> list[AttemptRecord]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["attempts_of"], {"task_id": task_id})
+            return [attempt_record(task_id, r) for r in await cur.fetchall()]
+
     async def events_after(
         self, after: int, limit: int = 10_000, *, skip_worker: str | None = None
     ) -> list[Event]:
@@ -975,6 +981,11 @@ def _completion_params(completions: Sequence[Completion]) -> dict[str, Any]:
         "attempt": [c.attempt for c in completions],
         "owner": [c.owner for c in completions],
         "usage": [c.usage for c in completions],
+        "outcome": [c.outcome.value for c in completions],
+        "started": [float(c.started_at) for c in completions],
+        "ended": [float(c.finished_at) for c in completions],
+        "running": [float(c.running) for c in completions],
+        "waited": [float(c.waited) for c in completions],
     }
 
 

@@ -7,9 +7,26 @@ from typing import Any
 
 from legion import codec
 from legion.store.tenancy import DEFAULT_TENANT, unscoped_key
-from legion.store.types import Event, EventDetail
+from legion.store.types import AttemptRecord, Event, EventDetail
 from legion.store.waiting import ChildInfo, WaitingInfo
 from legion.task import ErrorInfo, TaskInfo, TaskStatus
+
+
+def attempt_record(task_id: int, row: Sequence[Any]) -> AttemptRecord:
+    """An ended attempt from ``attempt, worker, outcome, started_at, finished_at, running,
+    waited, error``."""
+    attempt, worker, outcome, started, finished, running, waited, error = row
+    return AttemptRecord(
+        task_id=task_id,
+        attempt=attempt,
+        worker=worker,
+        outcome=outcome,
+        started_at=started,
+        finished_at=finished,
+        running=running,
+        waited=waited,
+        error=ErrorInfo.from_json(error),
+    )
 
 
 def task_info(row: Sequence[Any]) -> TaskInfo:

@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 from legion import codec
 from legion.errors import ConfigError, StorageFull, StoreError, StoreUnavailable
 from legion.store.queries import migrations, queries
-from legion.store.rows import event_detail, task_info
+from legion.store.rows import attempt_record, event_detail, task_info
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
 from legion.store.tenancy import KeyedTasks, unscoped_key
 from legion.store.types import (
     ApiKey,
+    AttemptRecord,
     AutoscalerInfo,
     Backlog,
     CapacityClaims,
@@ -369,6 +370,10 @@ class SQLiteStore(SQLiteWaiting):
             db.execute("ROLLBACK TO completions")
             applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
             db.execute("RELEASE completions")
+        db.executemany(
+            Q["insert_attempt"],
+            [_attempt_params(c) for c, ok in zip(batch.completions, applied, strict=True) if ok],
+        )
         after_completions(db, batch, applied, now)
         return applied
 
@@ -506,6 +511,13 @@ class SQLiteStore(SQLiteWaiting):
         def run() -> list[StepInfo]:
             rows = self._db.execute(Q["steps_of"], {"task_id": task_id})
             return [StepInfo(k, a, codec.loads(o), s, f) for k, a, o, s, f in rows]
+
+        return await self._call(run)
+
+    async def attempts(self, task_id: int) -> list[AttemptRecord]:
+        def run() -> list[AttemptRecord]:
+            rows = self._db.execute(Q["attempts_of"], {"task_id": task_id})
+            return [attempt_record(task_id, r) for r in rows]
 
         return await self._call(run)
 
@@ -768,6 +780,20 @@ def _completion_params(c: Completion) -> tuple[Any, ...]:
         c.attempt,
         c.owner,
         c.usage,
+    )
+
+
+def _attempt_params(c: Completion) -> tuple[Any, ...]:
+    return (
+        c.id,
+        c.attempt,
+        c.owner,
+        c.outcome.value,
+        c.started_at,
+        c.finished_at,
+        c.running,
+        c.waited,
+        c.error.to_json() if c.error is not None else None,
     )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from legion.task import Completion, StepRecord, TaskStatus
+from legion.task import Completion, ErrorInfo, StepRecord, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,23 @@ class DiagnosticRecord:
     kind: str
     data: bytes
     owner: str | None = None  # whose lease wrote it (fenced like a step when given)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One ended attempt of a task, written with its completion: when it started and
+    ended, on which worker, how it ended (an `legion.task.Outcome` value), its error, and
+    its time split into running and waiting for capacity (see `legion.attempt`)."""
+
+    task_id: int
+    attempt: int
+    worker: str
+    outcome: str
+    started_at: float
+    finished_at: float
+    running: float
+    waited: float
+    error: ErrorInfo | None
 
 
 @dataclass(slots=True)

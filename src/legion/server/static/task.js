@@ -1,5 +1,6 @@
-// One task: its facts, input, output or error, and a timeline of its steps, live.
-import { fmtInt, fmtSeconds, fmtTime, fmtUsd, setText, subscribe } from "/static/common.js";
+// One task: its facts, input, output or error, a timeline of its steps and the history of
+// its attempts (running time and time waiting for capacity drawn apart), live.
+import { el, fmtInt, fmtSeconds, fmtTime, fmtUsd, replaceRows, setText, subscribe } from "/static/common.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const LANE = 24;
@@ -65,6 +66,46 @@ function renderTimeline() {
   box.replaceChildren(root);
 }
 
+// One row per ended attempt, oldest first, each with a bar split into running and waiting.
+function renderAttempts(attempts) {
+  setText("attempt-count", attempts.length ? `(${attempts.length})` : "");
+  const longest = Math.max(1e-6, ...attempts.map((a) => a.running_seconds + a.waiting_seconds));
+  const rows = attempts.map((a, i) => {
+    const bar = el("div", { class: "attempt-bar", title: `running ${fmtSeconds(a.running_seconds)} · waiting ${fmtSeconds(a.waiting_seconds)}` });
+    const running = el("span", { class: "running-part" });
+    const waiting = el("span", { class: "waiting-part" });
+    running.style.width = `${(100 * a.running_seconds) / longest}%`;
+    waiting.style.width = `${(100 * a.waiting_seconds) / longest}%`;
+    bar.append(running, waiting);
+    return el("tr", { "data-attempt": String(a.attempt), "data-outcome": a.outcome, "data-index": String(i) },
+      el("td", {}, a.attempt),
+      el("td", {}, el("span", { class: `badge ${a.outcome}` }, a.outcome)),
+      el("td", { title: a.worker }, a.worker.split(":").pop()),
+      el("td", {}, fmtTime(a.started_at)),
+      el("td", {}, fmtTime(a.finished_at)),
+      el("td", {}, bar),
+      el("td", { class: "running" }, fmtSeconds(a.running_seconds)),
+      el("td", { class: "waiting" }, fmtSeconds(a.waiting_seconds)),
+      el("td", { class: "error" }, a.error ? `${a.error.type}: ${a.error.message}` : "–"));
+  });
+  replaceRows(document.getElementById("attempts-table"), rows, 9, "no attempt has ended yet");
+}
+
+let attemptsShown = null;
+
+async function loadAttempts(t) {
+  // Read again only when the task changed in a way an ended attempt changes it.
+  const mark = `${t.status}/${t.attempts}/${t.finished_at}`;
+  if (mark === attemptsShown) return;
+  attemptsShown = mark;
+  try {
+    const response = await fetch(`/v1/tasks/${taskId}/attempts`);
+    if (response.ok) renderAttempts((await response.json()).attempts);
+  } catch {
+    attemptsShown = null;  // read again at the next change
+  }
+}
+
 function renderTask(t) {
   task = t;
   setText("task-id", `#${t.id}`);
@@ -80,8 +121,12 @@ function renderTask(t) {
   setText("latency", t.started_at && t.finished_at ? fmtSeconds(t.finished_at - t.started_at) : "–");
   const u = t.usage;
   setText("usage", u ? `${fmtInt(u.llm_calls)} LLM calls · ${fmtInt(u.prompt_tokens)} in · ${fmtInt(u.completion_tokens)} out · ${fmtUsd(u.cost_usd)}` : "–");
-  document.getElementById("error-section").hidden = !t.error;
-  if (t.error) setText("error", `${t.error.type}: ${t.error.message}`);
+  // A task that succeeded after a failed attempt keeps that error: it is history (in the
+  // attempts above), not the task's state.
+  const failing = t.error && t.status !== "succeeded";
+  document.getElementById("error-section").hidden = !failing;
+  if (failing) setText("error", `${t.error.type}: ${t.error.message}`);
+  loadAttempts(t);
   document.title = `legion · task ${t.id} · ${t.status}`;
 }
 

@@ -93,24 +93,36 @@ RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t
 SELECT task_id, key, output FROM steps WHERE task_id = ANY(%(ids)s::bigint[]);
 -- name: complete
 -- Fenced: a completion applies only while its worker still holds lease number `attempt`.
+-- Each one that applies also records its attempt (0013_attempts.sql), in this statement.
 -- Answers the 1-based positions of the completions that applied.
-UPDATE tasks AS t
-SET status = CASE WHEN t.cancel_requested AND c.status = 'queued' THEN 'cancelled' ELSE c.status END,
-    output = c.output,
-    error = coalesce(c.error, t.error),
-    not_before = c.not_before,
-    attempt = t.attempt - c.uncount,
-    lease_owner = NULL, lease_expires = NULL,
-    finished_at = c.finished_at,
-    usage = coalesce(c.usage, t.usage),
-    isolate = false
-FROM unnest(%(status)s::text[], %(output)b::bytea[], %(error)b::bytea[], %(not_before)s::float8[],
-            %(uncount)s::integer[], %(finished_at)s::float8[], %(id)s::bigint[],
-            %(attempt)s::integer[], %(owner)s::text[], %(usage)b::bytea[])
-     WITH ORDINALITY
-     AS c(status, output, error, not_before, uncount, finished_at, id, attempt, owner, usage, ord)
-WHERE t.id = c.id AND t.attempt = c.attempt AND t.lease_owner = c.owner AND t.status = 'running'
-RETURNING c.ord;
+WITH done AS (
+    UPDATE tasks AS t
+    SET status = CASE WHEN t.cancel_requested AND c.status = 'queued' THEN 'cancelled' ELSE c.status END,
+        output = c.output,
+        error = coalesce(c.error, t.error),
+        not_before = c.not_before,
+        attempt = t.attempt - c.uncount,
+        lease_owner = NULL, lease_expires = NULL,
+        finished_at = c.finished_at,
+        usage = coalesce(c.usage, t.usage),
+        isolate = false
+    FROM unnest(%(status)s::text[], %(output)b::bytea[], %(error)b::bytea[], %(not_before)s::float8[],
+                %(uncount)s::integer[], %(finished_at)s::float8[], %(id)s::bigint[],
+                %(attempt)s::integer[], %(owner)s::text[], %(usage)b::bytea[],
+                %(outcome)s::text[], %(started)s::float8[], %(ended)s::float8[],
+                %(running)s::float8[], %(waited)s::float8[])
+         WITH ORDINALITY
+         AS c(status, output, error, not_before, uncount, finished_at, id, attempt, owner, usage,
+              outcome, started, ended, running, waited, ord)
+    WHERE t.id = c.id AND t.attempt = c.attempt AND t.lease_owner = c.owner AND t.status = 'running'
+    RETURNING c.ord, c.id, c.attempt, c.owner, c.outcome, c.started, c.ended, c.running, c.waited,
+              c.error
+), recorded AS (
+    INSERT INTO attempts (task_id, attempt, worker, outcome, started_at, finished_at, running,
+                          waited, error)
+    SELECT id, attempt, owner, outcome, started, ended, running, waited, error FROM done
+)
+SELECT ord FROM done;
 -- name: insert_steps
 -- Fenced like a completion: a step is recorded only while its lease holds. Sorted by
 -- (task_id, key) by the caller so concurrent batches lock in one order; within a batch the

@@ -1,0 +1,5 @@
+-- Each task's ended attempts (see 0013_attempts.sql); they are written by `complete`.
+
+-- name: attempts_of
+SELECT attempt, worker, outcome, started_at, finished_at, running, waited, error
+FROM attempts WHERE task_id = %(task_id)s ORDER BY started_at, id;
