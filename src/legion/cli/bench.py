@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from legion.demo.compare import Comparison
 
 DEFAULT_OUT = Path("legion-bench")
+"""Under the current folder: a run never overwrites the tables committed in a clone
+(``benchmarks/results``) unless ``--out`` names them."""
 
 
 class VectorData(StrEnum):
@@ -34,8 +36,6 @@ class VectorData(StrEnum):
     random = "random"
 
 
-"""Under the current folder: a run never overwrites the tables committed in a clone
-(``benchmarks/results``) unless ``--out`` names them."""
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1/test"
 
 OutOpt = Annotated[
@@ -60,6 +60,8 @@ PostgresOpt = Annotated[
         "Each run makes a schema of its own there and drops it afterwards.",
     ),
 ]
+RepeatOpt = Annotated[int, typer.Option(min=1, help="Runs of each path; the best counts.")]
+SqliteOnlyOpt = Annotated[bool, typer.Option("--sqlite-only", help="Skip the PostgreSQL runs.")]
 
 
 def _progress(console: Console) -> Callable[[str], None]:
@@ -108,296 +110,296 @@ def _run_scenario(
     return result
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``bench`` (a group of scenario commands) and ``demo`` to ``app``."""
-    bench = typer.Typer(
-        name="bench",
-        help="Measured benchmarks, each next to a baseline in the same run. Results go to "
-        "--out as JSON, a markdown table and PNG plots; the table is also printed.",
-        no_args_is_help=True,
-        rich_markup_mode=None,
+bench = typer.Typer(
+    name="bench",
+    help="Measured benchmarks, each next to a baseline in the same run. Results go to "
+    "--out as JSON, a markdown table and PNG plots; the table is also printed.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+@bench.command("overhead")
+def overhead_cmd(
+    tasks: Annotated[int, typer.Option(min=1, help="No-op tasks per run.")] = 50_000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Instances at once.")] = 1000,
+    repeat: RepeatOpt = 3,
+    postgres: PostgresOpt = DEFAULT_POSTGRES,
+    sqlite_only: SqliteOnlyOpt = False,
+    out: OutOpt = DEFAULT_OUT,
+    plots: PlotsOpt = True,
+) -> None:
+    """No-op agents through the durable path (SQLite, PostgreSQL) vs the reference batched
+    queue on the same store and bare asyncio.gather."""
+    from legion.bench import overhead
+
+    opts = overhead.OverheadOptions(
+        tasks=tasks,
+        concurrency=concurrency,
+        repeat=repeat,
+        postgres=None if sqlite_only else postgres,
     )
+    _finish(_run_scenario(lambda say: overhead.run(opts, progress=say)), out, plots)
 
-    @bench.command("overhead")
-    def overhead_cmd(
-        tasks: Annotated[int, typer.Option(min=1, help="No-op tasks per run.")] = 50_000,
-        concurrency: Annotated[int, typer.Option(min=1, help="Instances at once.")] = 1000,
-        repeat: Annotated[int, typer.Option(min=1, help="Runs of each path; the best counts.")] = 3,
-        postgres: PostgresOpt = DEFAULT_POSTGRES,
-        sqlite_only: Annotated[
-            bool, typer.Option("--sqlite-only", help="Skip the PostgreSQL runs.")
-        ] = False,
-        out: OutOpt = DEFAULT_OUT,
-        plots: PlotsOpt = True,
-    ) -> None:
-        """No-op agents through the durable path (SQLite, PostgreSQL) vs the reference batched
-        queue on the same store and bare asyncio.gather."""
-        from legion.bench import overhead
 
-        opts = overhead.OverheadOptions(
-            tasks=tasks,
-            concurrency=concurrency,
-            repeat=repeat,
-            postgres=None if sqlite_only else postgres,
-        )
-        _finish(_run_scenario(lambda say: overhead.run(opts, progress=say)), out, plots)
+@bench.command("steps")
+def steps_cmd(
+    tasks: Annotated[int, typer.Option(min=1, help="Five-step tasks per run.")] = 10_000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Instances at once.")] = 1000,
+    repeat: RepeatOpt = 3,
+    postgres: PostgresOpt = DEFAULT_POSTGRES,
+    sqlite_only: SqliteOnlyOpt = False,
+    out: OutOpt = DEFAULT_OUT,
+    plots: PlotsOpt = True,
+) -> None:
+    """Agents of five recorded steps through the durable path (SQLite, PostgreSQL):
+    steps per second and CPU per step."""
+    from legion.bench import steps
 
-    @bench.command("steps")
-    def steps_cmd(
-        tasks: Annotated[int, typer.Option(min=1, help="Five-step tasks per run.")] = 10_000,
-        concurrency: Annotated[int, typer.Option(min=1, help="Instances at once.")] = 1000,
-        repeat: Annotated[int, typer.Option(min=1, help="Runs of each path; the best counts.")] = 3,
-        postgres: PostgresOpt = DEFAULT_POSTGRES,
-        sqlite_only: Annotated[
-            bool, typer.Option("--sqlite-only", help="Skip the PostgreSQL runs.")
-        ] = False,
-        out: OutOpt = DEFAULT_OUT,
-        plots: PlotsOpt = True,
-    ) -> None:
-        """Agents of five recorded steps through the durable path (SQLite, PostgreSQL):
-        steps per second and CPU per step."""
-        from legion.bench import steps
+    opts = steps.StepsOptions(
+        tasks=tasks,
+        concurrency=concurrency,
+        repeat=repeat,
+        postgres=None if sqlite_only else postgres,
+    )
+    _finish(_run_scenario(lambda say: steps.run(opts, progress=say)), out, plots)
 
-        opts = steps.StepsOptions(
-            tasks=tasks,
-            concurrency=concurrency,
-            repeat=repeat,
-            postgres=None if sqlite_only else postgres,
-        )
-        _finish(_run_scenario(lambda say: steps.run(opts, progress=say)), out, plots)
 
-    @bench.command("capacity")
-    def capacity_cmd(
-        tasks: Annotated[int, typer.Option(min=1, help="Tasks per run.")] = 2000,
-        calls: Annotated[int, typer.Option(min=1, help="LLM calls per task, in sequence.")] = 2,
-        rpm: Annotated[int, typer.Option(min=1, help="The request limit (per minute).")] = 6000,
-        tpm: Annotated[int, typer.Option(min=1, help="The token limit (per minute).")] = 1_200_000,
-        limit: Annotated[
-            list[str] | None,
-            typer.Option(help="Which limit to run against: rpm, tpm (repeat; default both)."),
-        ] = None,
-        window: Annotated[
-            float,
-            typer.Option(min=0.01, max=60, help="Seconds of the windows enforcing the limits."),
-        ] = 1.0,
-        error_rate: Annotated[
-            float, typer.Option(min=0, max=1, help="Share of requests answered 500/503.")
-        ] = 0.05,
-        latency: Annotated[float, typer.Option(min=0, help="Simulator latency (s).")] = 0.4,
-        jitter: Annotated[
-            float, typer.Option(min=0, help="Uniform extra latency, up to this (s).")
-        ] = 0.4,
-        baseline_concurrency: Annotated[
-            int, typer.Option(min=1, help="The fixed-concurrency client's semaphore.")
-        ] = 100,
-        baseline_retries: Annotated[
-            int, typer.Option(min=0, help="The fixed-concurrency client's retries per call.")
-        ] = 3,
-        scenario: Annotated[
-            list[str] | None,
-            typer.Option(
-                help="Hard cases to run too: untold-headers, untold-no-headers, storm, outage, "
-                "low-rpm, two-keys, priority, or none (repeat; default all)."
-            ),
-        ] = None,
-        quick: Annotated[
-            bool,
-            typer.Option(help="Scale the hard cases down (a 10 s storm and outage, fewer tasks)."),
-        ] = False,
-        out: OutOpt = DEFAULT_OUT,
-        plots: PlotsOpt = True,
-    ) -> None:
-        """Achieved % of an RPM and of a TPM limit, 429s and failures: legion vs a
-        fixed-concurrency asyncio.gather + semaphore client with naive retries; then the
-        hard cases (an untold limit, a 429 storm, an outage, a low limit)."""
-        from legion.bench import capacity
-        from legion.bench.capacity_scenarios import SCENARIOS
+@bench.command("capacity")
+def capacity_cmd(
+    tasks: Annotated[int, typer.Option(min=1, help="Tasks per run.")] = 2000,
+    calls: Annotated[int, typer.Option(min=1, help="LLM calls per task, in sequence.")] = 2,
+    rpm: Annotated[int, typer.Option(min=1, help="The request limit (per minute).")] = 6000,
+    tpm: Annotated[int, typer.Option(min=1, help="The token limit (per minute).")] = 1_200_000,
+    limit: Annotated[
+        list[str] | None,
+        typer.Option(help="Which limit to run against: rpm, tpm (repeat; default both)."),
+    ] = None,
+    window: Annotated[
+        float,
+        typer.Option(min=0.01, max=60, help="Seconds of the windows enforcing the limits."),
+    ] = 1.0,
+    error_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of requests answered 500/503.")
+    ] = 0.05,
+    latency: Annotated[float, typer.Option(min=0, help="Simulator latency (s).")] = 0.4,
+    jitter: Annotated[
+        float, typer.Option(min=0, help="Uniform extra latency, up to this (s).")
+    ] = 0.4,
+    baseline_concurrency: Annotated[
+        int, typer.Option(min=1, help="The fixed-concurrency client's semaphore.")
+    ] = 100,
+    baseline_retries: Annotated[
+        int, typer.Option(min=0, help="The fixed-concurrency client's retries per call.")
+    ] = 3,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Hard cases to run too: untold-headers, untold-no-headers, storm, outage, "
+            "low-rpm, two-keys, priority, or none (repeat; default all)."
+        ),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(help="Scale the hard cases down (a 10 s storm and outage, fewer tasks)."),
+    ] = False,
+    out: OutOpt = DEFAULT_OUT,
+    plots: PlotsOpt = True,
+) -> None:
+    """Achieved % of an RPM and of a TPM limit, 429s and failures: legion vs a
+    fixed-concurrency asyncio.gather + semaphore client with naive retries; then the
+    hard cases (an untold limit, a 429 storm, an outage, a low limit)."""
+    from legion.bench import capacity
+    from legion.bench.capacity_scenarios import SCENARIOS
 
-        kinds = tuple(limit or ("rpm", "tpm"))
-        if any(k not in ("rpm", "tpm") for k in kinds):
-            raise _bad("--limit takes rpm or tpm")
-        names = tuple(scenario or SCENARIOS)
-        if names == ("none",):
-            names = ()
-        if any(n not in SCENARIOS for n in names):
-            raise _bad(f"--scenario takes {', '.join(SCENARIOS)} or none")
-        opts = capacity.CapacityOptions(
+    kinds = tuple(limit or ("rpm", "tpm"))
+    if any(k not in ("rpm", "tpm") for k in kinds):
+        raise _bad("--limit takes rpm or tpm")
+    names = tuple(scenario or SCENARIOS)
+    if names == ("none",):
+        names = ()
+    if any(n not in SCENARIOS for n in names):
+        raise _bad(f"--scenario takes {', '.join(SCENARIOS)} or none")
+    opts = capacity.CapacityOptions(
+        tasks=tasks,
+        calls=calls,
+        rpm=rpm,
+        tpm=tpm,
+        limits=kinds,  # type: ignore[arg-type]
+        window_seconds=window,
+        error_rate=error_rate,
+        latency=latency,
+        latency_jitter=jitter,
+        baseline_concurrency=baseline_concurrency,
+        baseline_retries=baseline_retries,
+        scenarios=names,
+        quick=quick,
+    )
+    _finish(_run_scenario(lambda say: capacity.run(opts, progress=say)), out, plots)
+
+
+@bench.command("concurrency")
+def concurrency_cmd(
+    instances: Annotated[int, typer.Option(min=1, help="Instances in flight at once.")] = 10_000,
+    delay: Annotated[float, typer.Option(min=0.001, help="Seconds each call takes.")] = 2.0,
+    out: OutOpt = DEFAULT_OUT,
+    plots: PlotsOpt = True,
+) -> None:
+    """Many instances in flight in one process, each waiting on a slow call: makespan vs
+    ideal, peak memory, memory per in-flight instance."""
+    from legion.bench import concurrency
+
+    opts = concurrency.ConcurrencyOptions(instances=instances, delay=delay)
+    _finish(_run_scenario(lambda say: concurrency.run(opts, progress=say)), out, plots)
+
+
+@bench.command("sequential-vs-scaled")
+def sequential_cmd(
+    sizes: Annotated[
+        str, typer.Option(help="Comma-separated task counts to compare at.")
+    ] = "10,100,1000",
+    sequential_limit: Annotated[
+        int,
+        typer.Option(min=1, help="Run at most this many tasks sequentially; extrapolate beyond."),
+    ] = 100,
+    rpm: Annotated[int, typer.Option(min=1, help="Provider request limit.")] = 3000,
+    tpm: Annotated[int, typer.Option(min=1, help="Provider token limit.")] = 2_000_000,
+    out: OutOpt = DEFAULT_OUT,
+    plots: PlotsOpt = True,
+) -> None:
+    """The demo's comparison (sequential vs scaled) over N tasks: speed-up vs ideal."""
+    from legion.demo import sequential
+    from legion.demo.compare import DemoConfig
+
+    try:
+        counts = tuple(int(s) for s in sizes.split(",") if s.strip())
+    except ValueError:
+        raise _bad(f"--sizes takes comma-separated integers, got {sizes!r}") from None
+    opts = sequential.SequentialOptions(
+        sizes=counts, sequential_limit=sequential_limit, demo=DemoConfig(rpm=rpm, tpm=tpm)
+    )
+    _finish(_run_scenario(lambda say: sequential.run(opts, progress=say)), out, plots)
+
+
+@bench.command("scale-out")
+def scale_out_cmd(
+    tasks: Annotated[int, typer.Option(min=1, help="Tasks per run.")] = 1000,
+    work: Annotated[
+        int, typer.Option(min=1, help="Iterations of CPU work per step (3 steps a task).")
+    ] = 100_000,
+    processes: Annotated[
+        str, typer.Option(help="Comma-separated worker process counts to compare.")
+    ] = "1,2",
+    concurrency: Annotated[int, typer.Option(min=1, help="Instances per worker process.")] = 16,
+    postgres: PostgresOpt = DEFAULT_POSTGRES,
+    out: OutOpt = DEFAULT_OUT,
+    plots: PlotsOpt = True,
+) -> None:
+    """1 vs 2 `legion worker` processes on PostgreSQL (CPU-bound steps), next to SQLite in
+    one process."""
+    from legion.bench import scale_out
+
+    try:
+        counts = tuple(int(s) for s in processes.split(",") if s.strip())
+    except ValueError:
+        raise _bad(f"--processes takes comma-separated integers, got {processes!r}") from None
+    opts = scale_out.ScaleOutOptions(
+        tasks=tasks, work=work, processes=counts, concurrency=concurrency, postgres=postgres
+    )
+    _finish(_run_scenario(lambda say: scale_out.run(opts, progress=say)), out, plots)
+
+
+@bench.command("autoscale")
+def autoscale_cmd(
+    tasks: Annotated[int, typer.Option(min=1, help="Tasks in the burst.")] = 300,
+    calls: Annotated[int, typer.Option(min=1, help="Chat calls per task, in a row.")] = 3,
+    rpm: Annotated[int, typer.Option(min=1, help="The simulator's request limit.")] = 1200,
+    latency: Annotated[float, typer.Option(min=0, help="Seconds per simulated completion.")] = 0.3,
+    autoscale: Annotated[
+        str, typer.Option(metavar="MIN:MAX", help="Bounds; the fixed pool runs MAX.")
+    ] = "1:4",
+    concurrency: Annotated[int, typer.Option(min=1, help="Instances per worker.")] = 4,
+    cooldown: Annotated[
+        float, typer.Option(min=0, help="The autoscaler's --cooldown (seconds).")
+    ] = 5.0,
+    out: OutOpt = DEFAULT_OUT,
+    plots: PlotsOpt = True,
+) -> None:
+    """A burst against a rate-limited simulator: `legion worker --autoscale MIN:MAX`
+    next to a fixed pool of MAX workers (makespan, worker-seconds, 429s, workers and
+    throughput over time)."""
+    from legion.bench import autoscale as scenario
+    from legion.provision.policy import parse_bounds
+
+    try:
+        low, high = parse_bounds(autoscale)
+        opts = scenario.AutoscaleOptions(
             tasks=tasks,
             calls=calls,
             rpm=rpm,
-            tpm=tpm,
-            limits=kinds,  # type: ignore[arg-type]
-            window_seconds=window,
-            error_rate=error_rate,
             latency=latency,
-            latency_jitter=jitter,
-            baseline_concurrency=baseline_concurrency,
-            baseline_retries=baseline_retries,
-            scenarios=names,
-            quick=quick,
+            minimum=low,
+            maximum=high,
+            concurrency=concurrency,
+            cooldown=cooldown,
         )
-        _finish(_run_scenario(lambda say: capacity.run(opts, progress=say)), out, plots)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    _finish(_run_scenario(lambda say: scenario.run(opts, progress=say)), out, plots)
 
-    @bench.command("concurrency")
-    def concurrency_cmd(
-        instances: Annotated[
-            int, typer.Option(min=1, help="Instances in flight at once.")
-        ] = 10_000,
-        delay: Annotated[float, typer.Option(min=0.001, help="Seconds each call takes.")] = 2.0,
-        out: OutOpt = DEFAULT_OUT,
-        plots: PlotsOpt = True,
-    ) -> None:
-        """Many instances in flight in one process, each waiting on a slow call: makespan vs
-        ideal, peak memory, memory per in-flight instance."""
-        from legion.bench import concurrency
 
-        opts = concurrency.ConcurrencyOptions(instances=instances, delay=delay)
-        _finish(_run_scenario(lambda say: concurrency.run(opts, progress=say)), out, plots)
+@bench.command("vectors")
+def vectors_cmd(
+    vectors: Annotated[int, typer.Option(min=100, help="Vectors to insert.")] = 10_000,
+    dims: Annotated[int, typer.Option(min=2, max=2000, help="Dimensions.")] = 384,
+    queries: Annotated[int, typer.Option(min=1, help="Searches to time.")] = 200,
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="Neighbours per search.")] = 10,
+    data: Annotated[
+        VectorData,
+        typer.Option(
+            help="clustered: around 1,000 centres, like embeddings of texts on topics; "
+            "random: uniform on the sphere, the worst case of an approximate index."
+        ),
+    ] = VectorData.clustered,
+    postgres: PostgresOpt = DEFAULT_POSTGRES,
+    out: OutOpt = DEFAULT_OUT,
+    plots: PlotsOpt = True,
+) -> None:
+    """Vector collections: insert and query throughput, p95, recall and size on SQLite
+    (sqlite-vec) and PostgreSQL (pgvector HNSW), next to brute-force numpy."""
+    from legion.bench import vectors as vector_bench
 
-    @bench.command("sequential-vs-scaled")
-    def sequential_cmd(
-        sizes: Annotated[
-            str, typer.Option(help="Comma-separated task counts to compare at.")
-        ] = "10,100,1000",
-        sequential_limit: Annotated[
-            int,
-            typer.Option(
-                min=1, help="Run at most this many tasks sequentially; extrapolate beyond."
-            ),
-        ] = 100,
-        rpm: Annotated[int, typer.Option(min=1, help="Provider request limit.")] = 3000,
-        tpm: Annotated[int, typer.Option(min=1, help="Provider token limit.")] = 2_000_000,
-        out: OutOpt = DEFAULT_OUT,
-        plots: PlotsOpt = True,
-    ) -> None:
-        """The demo's comparison (sequential vs scaled) over N tasks: speed-up vs ideal."""
-        from legion.demo import sequential
-        from legion.demo.compare import DemoConfig
+    opts = vector_bench.VectorBenchOptions(
+        vectors=vectors, dims=dims, queries=queries, k=k, postgres=postgres, data=data.value
+    )
+    _finish(_run_scenario(lambda say: vector_bench.run(opts, progress=say)), out, plots)
 
-        try:
-            counts = tuple(int(s) for s in sizes.split(",") if s.strip())
-        except ValueError:
-            raise _bad(f"--sizes takes comma-separated integers, got {sizes!r}") from None
-        opts = sequential.SequentialOptions(
-            sizes=counts, sequential_limit=sequential_limit, demo=DemoConfig(rpm=rpm, tpm=tpm)
-        )
-        _finish(_run_scenario(lambda say: sequential.run(opts, progress=say)), out, plots)
 
-    @bench.command("scale-out")
-    def scale_out_cmd(
-        tasks: Annotated[int, typer.Option(min=1, help="Tasks per run.")] = 1000,
-        work: Annotated[
-            int, typer.Option(min=1, help="Iterations of CPU work per step (3 steps a task).")
-        ] = 100_000,
-        processes: Annotated[
-            str, typer.Option(help="Comma-separated worker process counts to compare.")
-        ] = "1,2",
-        concurrency: Annotated[int, typer.Option(min=1, help="Instances per worker process.")] = 16,
-        postgres: PostgresOpt = DEFAULT_POSTGRES,
-        out: OutOpt = DEFAULT_OUT,
-        plots: PlotsOpt = True,
-    ) -> None:
-        """1 vs 2 `legion worker` processes on PostgreSQL (CPU-bound steps), next to SQLite in
-        one process."""
-        from legion.bench import scale_out
+@bench.command("all")
+def all_cmd(
+    postgres: PostgresOpt = DEFAULT_POSTGRES,
+    out: OutOpt = DEFAULT_OUT,
+    plots: PlotsOpt = True,
+) -> None:
+    """Every scenario at its default size, one after the other (about 18 minutes)."""
+    from legion.bench import autoscale, capacity, concurrency, overhead, scale_out, steps
+    from legion.demo import sequential
 
-        try:
-            counts = tuple(int(s) for s in processes.split(",") if s.strip())
-        except ValueError:
-            raise _bad(f"--processes takes comma-separated integers, got {processes!r}") from None
-        opts = scale_out.ScaleOutOptions(
-            tasks=tasks, work=work, processes=counts, concurrency=concurrency, postgres=postgres
-        )
-        _finish(_run_scenario(lambda say: scale_out.run(opts, progress=say)), out, plots)
+    makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
+        lambda say: overhead.run(overhead.OverheadOptions(postgres=postgres), progress=say),
+        lambda say: steps.run(steps.StepsOptions(postgres=postgres), progress=say),
+        lambda say: capacity.run(progress=say),
+        lambda say: concurrency.run(progress=say),
+        lambda say: sequential.run(progress=say),
+        lambda say: scale_out.run(scale_out.ScaleOutOptions(postgres=postgres), progress=say),
+        lambda say: autoscale.run(progress=say),
+    ]
+    for make in makers:
+        _finish(_run_scenario(make), out, plots)
 
-    @bench.command("autoscale")
-    def autoscale_cmd(
-        tasks: Annotated[int, typer.Option(min=1, help="Tasks in the burst.")] = 300,
-        calls: Annotated[int, typer.Option(min=1, help="Chat calls per task, in a row.")] = 3,
-        rpm: Annotated[int, typer.Option(min=1, help="The simulator's request limit.")] = 1200,
-        latency: Annotated[
-            float, typer.Option(min=0, help="Seconds per simulated completion.")
-        ] = 0.3,
-        autoscale: Annotated[
-            str, typer.Option(metavar="MIN:MAX", help="Bounds; the fixed pool runs MAX.")
-        ] = "1:4",
-        concurrency: Annotated[int, typer.Option(min=1, help="Instances per worker.")] = 4,
-        cooldown: Annotated[
-            float, typer.Option(min=0, help="The autoscaler's --cooldown (seconds).")
-        ] = 5.0,
-        out: OutOpt = DEFAULT_OUT,
-        plots: PlotsOpt = True,
-    ) -> None:
-        """A burst against a rate-limited simulator: `legion worker --autoscale MIN:MAX`
-        next to a fixed pool of MAX workers (makespan, worker-seconds, 429s, workers and
-        throughput over time)."""
-        from legion.bench import autoscale as scenario
-        from legion.provision.policy import parse_bounds
 
-        try:
-            low, high = parse_bounds(autoscale)
-            opts = scenario.AutoscaleOptions(
-                tasks=tasks,
-                calls=calls,
-                rpm=rpm,
-                latency=latency,
-                minimum=low,
-                maximum=high,
-                concurrency=concurrency,
-                cooldown=cooldown,
-            )
-        except ValueError as exc:
-            raise _bad(str(exc)) from None
-        _finish(_run_scenario(lambda say: scenario.run(opts, progress=say)), out, plots)
-
-    @bench.command("vectors")
-    def vectors_cmd(
-        vectors: Annotated[int, typer.Option(min=100, help="Vectors to insert.")] = 10_000,
-        dims: Annotated[int, typer.Option(min=2, max=2000, help="Dimensions.")] = 384,
-        queries: Annotated[int, typer.Option(min=1, help="Searches to time.")] = 200,
-        k: Annotated[int, typer.Option("-k", min=1, max=100, help="Neighbours per search.")] = 10,
-        data: Annotated[
-            VectorData,
-            typer.Option(
-                help="clustered: around 1,000 centres, like embeddings of texts on topics; "
-                "random: uniform on the sphere, the worst case of an approximate index."
-            ),
-        ] = VectorData.clustered,
-        postgres: PostgresOpt = DEFAULT_POSTGRES,
-        out: OutOpt = DEFAULT_OUT,
-        plots: PlotsOpt = True,
-    ) -> None:
-        """Vector collections: insert and query throughput, p95, recall and size on SQLite
-        (sqlite-vec) and PostgreSQL (pgvector HNSW), next to brute-force numpy."""
-        from legion.bench import vectors as vector_bench
-
-        opts = vector_bench.VectorBenchOptions(
-            vectors=vectors, dims=dims, queries=queries, k=k, postgres=postgres, data=data.value
-        )
-        _finish(_run_scenario(lambda say: vector_bench.run(opts, progress=say)), out, plots)
-
-    @bench.command("all")
-    def all_cmd(
-        postgres: PostgresOpt = DEFAULT_POSTGRES,
-        out: OutOpt = DEFAULT_OUT,
-        plots: PlotsOpt = True,
-    ) -> None:
-        """Every scenario at its default size, one after the other (about 18 minutes)."""
-        from legion.bench import autoscale, capacity, concurrency, overhead, scale_out, steps
-        from legion.demo import sequential
-
-        makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
-            lambda say: overhead.run(overhead.OverheadOptions(postgres=postgres), progress=say),
-            lambda say: steps.run(steps.StepsOptions(postgres=postgres), progress=say),
-            lambda say: capacity.run(progress=say),
-            lambda say: concurrency.run(progress=say),
-            lambda say: sequential.run(progress=say),
-            lambda say: scale_out.run(scale_out.ScaleOutOptions(postgres=postgres), progress=say),
-            lambda say: autoscale.run(progress=say),
-        ]
-        for make in makers:
-            _finish(_run_scenario(make), out, plots)
-
+def register(app: typer.Typer) -> None:
+    """Add ``bench`` (a group of scenario commands) and ``demo`` to ``app``."""
     app.add_typer(bench, name="bench")
     app.command("demo")(demo)
 
