@@ -12,11 +12,14 @@ import typer
 
 from legion.cli.bench import register as _register_bench
 from legion.cli.gateway import register as _register_gateway
+from legion.cli.llm_options import ExecutorOptions
 from legion.cli.options import (
     DEFAULT_STORE,
+    ConcurrencyOpt,
     ConfigOpt,
     DeadlineOpt,
     ExecutorOpt,
+    LeaseSecondsOpt,
     LLMOpt,
     MaxCallsOpt,
     MaxCostOpt,
@@ -42,6 +45,7 @@ from legion.cli.serve import register as _register_serve
 from legion.cli.signal import register as _register_signal
 from legion.cli.sim import register as _register_sim
 from legion.cli.vectors import register as _register_vectors
+from legion.cli.wiring import RuntimeOptions, llm_options
 from legion.errors import LegionError
 
 app = typer.Typer(
@@ -72,15 +76,8 @@ def run(
         ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
-    ] = 1000,
-    lease_seconds: Annotated[
-        float,
-        typer.Option(
-            min=0.1, help="Lease length; a vanished worker's tasks return to the queue after it."
-        ),
-    ] = 30.0,
+    concurrency: ConcurrencyOpt = 1000,
+    lease_seconds: LeaseSecondsOpt = 30.0,
     progress: Annotated[bool, typer.Option(help="Show live progress on stderr.")] = True,
     strict: Annotated[
         bool,
@@ -120,7 +117,6 @@ def run(
     and the line's content (or its "_key" field), so running the same command again
     skips what finished and runs the rest. Exits 1 if any task did not succeed.
     """
-    from legion.cli.llm_options import ExecutorOptions, LLMOptions
     from legion.cli.run import RunOptions, run_file
     from legion.loader import load_agent
 
@@ -133,20 +129,17 @@ def run(
             loaded = loaded.with_deadline(deadline)
     except LegionError as exc:
         raise _fail(str(exc)) from None
-    opts = RunOptions(
-        agent=loaded,
-        input=input,
-        output=output,
+    runtime = RuntimeOptions(
         store=store,
         concurrency=concurrency,
         lease_seconds=lease_seconds,
-        progress=progress,
-        llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
-        local_worker=local_worker,
+        llm=llm_options(llm, rpm, tpm, max_in_flight, config),
+        worker=local_worker,
         strict=strict,
         executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
         budget=_budget(max_cost, max_tokens, max_calls),
     )
+    opts = RunOptions(agent=loaded, input=input, output=output, progress=progress, runtime=runtime)
     code = _run(run_file(opts, stderr_console()))
     raise typer.Exit(code)
 
@@ -162,9 +155,7 @@ def worker(
         ),
     ],
     store: StoreOpt = DEFAULT_STORE,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
-    ] = 1000,
+    concurrency: ConcurrencyOpt = 1000,
     processes: Annotated[
         str | None,
         typer.Option(
@@ -260,7 +251,6 @@ def worker(
     or go back to the queue). LLM limits (--rpm/--tpm) are shared by all the workers
     that use the same provider and model: together they stay under them.
     """
-    from legion.cli.llm_options import ExecutorOptions, LLMOptions
     from legion.cli.worker import (
         WorkerOptions,
         child_argv,
@@ -302,22 +292,22 @@ def worker(
         raise typer.Exit(code)
     if n is not None:
         raise typer.Exit(supervise(child_argv(sys.argv[2:]), n, stderr_console()))
-    opts = WorkerOptions(
-        apps=tuple(app_ref),
+    runtime = RuntimeOptions(
         store=store,
         concurrency=concurrency,
         lease_seconds=lease_seconds,
+        llm=llm_options(llm, rpm, tpm, max_in_flight, config),
+        strict=strict,
+        executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
+        budget=_budget(max_cost, max_tokens, max_calls),
+        tenant_budget=_budget(tenant_max_cost, tenant_max_tokens, tenant_max_calls),
         drain_timeout=drain_timeout,
         max_loop_lag=max_loop_lag,
         max_memory_mb=max_memory,
-        llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
-        strict=strict,
-        executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
-        store_wait=store_wait,
-        max_freezes=max_freezes,
-        budget=_budget(max_cost, max_tokens, max_calls),
-        tenant_budget=_budget(tenant_max_cost, tenant_max_tokens, tenant_max_calls),
         offer=offered,
+    )
+    opts = WorkerOptions(
+        apps=tuple(app_ref), runtime=runtime, store_wait=store_wait, max_freezes=max_freezes
     )
     raise typer.Exit(_run(serve(opts, agents, stderr_console())))
 

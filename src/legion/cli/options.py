@@ -29,6 +29,16 @@ StoreOpt = Annotated[
     ),
 ]
 
+ConcurrencyOpt = Annotated[
+    int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
+]
+LeaseSecondsOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.1, help="Lease length; a vanished worker's tasks return to the queue after it."
+    ),
+]
+
 
 LLMOpt = Annotated[
     list[str] | None,

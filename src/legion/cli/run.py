@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,15 @@ from rich.text import Text
 from legion import codec
 from legion.agent import Agent
 from legion.cli.keyed_lines import submit_lines
-from legion.cli.llm_options import ExecutorOptions, LLMOptions, llm_config
 from legion.cli.output import OrderedLines, OutputFile, open_output
 from legion.cli.progress import Progress, RunTally, rate_text
+from legion.cli.wiring import (
+    STOP_SIGNALS,
+    RuntimeOptions,
+    open_runtime,
+    stop_signals,
+    until_first,
+)
 from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.summary import summarize
 from legion.errors import ConfigError
@@ -33,15 +38,8 @@ class RunOptions:
     agent: Agent
     input: Path
     output: Path | None
-    store: str
-    concurrency: int
-    lease_seconds: float
     progress: bool
-    llm: LLMOptions
-    local_worker: bool = True
-    strict: bool = False
-    executors: ExecutorOptions = field(default_factory=ExecutorOptions)
-    budget: BudgetLimits = field(default_factory=BudgetLimits)
+    runtime: RuntimeOptions  # its worker is the local worker (--no-local-worker: none)
 
 
 BUDGET_EXCEEDED = "budget_exceeded"
@@ -123,42 +121,22 @@ async def _run_lines(
         sink.put(ln, None)
     tally = RunTally(total=len(lines), bad_lines=len(bad))
     interrupted = False
-    budget = Budget(opts.budget) if opts.budget.any else None
-    watched = [] if budget is None else [budget]  # the budgets whose end ends the run
     spent: Budget | None = None  # the watched budget that ended the run
-    async with AsyncExitStack() as stack:
-        llm = None
-        if opts.local_worker:
-            from legion.llm.config import build_client
-
-            config, llm_note = llm_config(opts.llm)
-            console.print(llm_note)
-            llm = await stack.enter_async_context(await build_client(config, budget=budget))
-            if opts.agent.options.budget is not None:  # the agent's own, watched as the run's
-                limits = BudgetLimits(*opts.agent.options.budget)
-                watched.append(llm.budgets.agent(opts.agent.name, limits))
-        elif budget is not None:
+    if not opts.runtime.worker:
+        if opts.runtime.budget.any:
             raise ConfigError(
                 "--max-cost/--max-tokens/--max-calls limit the calls of a local worker: "
                 "give them to each `legion worker` with --no-local-worker"
             )
-        else:
-            console.print("no local worker: tasks run on `legion worker` processes")
-        rt = await stack.enter_async_context(
-            Runtime(
-                opts.store,
-                concurrency=opts.concurrency,
-                lease_seconds=opts.lease_seconds,
-                llm=llm,
-                worker=opts.local_worker,
-                strict=opts.strict,
-                executors=opts.executors.build() if opts.local_worker else None,
-                executor=opts.executors.executor,
-            )
-        )
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        _install_signals(loop, rt, stop, console)
+        console.print("no local worker: tasks run on `legion worker` processes")
+    async with open_runtime(opts.runtime, on_routes=console.print) as rt:
+        llm = rt.llm
+        budget = None if llm is None else llm.budgets.run
+        watched = [] if budget is None else [budget]  # the budgets whose end ends the run
+        if llm is not None and opts.agent.options.budget is not None:
+            limits = BudgetLimits(*opts.agent.options.budget)  # the agent's own, watched too
+            watched.append(llm.budgets.agent(opts.agent.name, limits))
+        stop = _install_signals(rt, console)
         try:
             good, submitted, refused = await submit_lines(rt, opts.agent, good)
             for ln in refused:
@@ -186,7 +164,7 @@ async def _run_lines(
                 await rt.drain()
                 await _settle_unfinished(rt, sink)
         finally:
-            _remove_signals(loop)
+            _remove_signals()
         fatal = rt.fatal_error
         llm_line = progress.llm_line()
 
@@ -259,13 +237,7 @@ async def _any_exhausted(budgets: list[Budget]) -> None:
     """Return once one of ``budgets`` refuses calls (never, without any)."""
     if not budgets:
         await asyncio.Event().wait()
-    waits = [asyncio.ensure_future(b.wait_exhausted()) for b in budgets]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
+    await until_first(*(b.wait_exhausted() for b in budgets))
 
 
 async def _refresh(rt: Runtime, progress: Progress) -> None:
@@ -313,30 +285,21 @@ def _budget_line(budget: Budget) -> str:
     return ", ".join(parts)
 
 
-def _install_signals(
-    loop: asyncio.AbstractEventLoop, rt: Runtime, stop: asyncio.Event, console: Console
-) -> None:
-    presses = 0
+def _install_signals(rt: Runtime, console: Console) -> asyncio.Event:
+    """The run's stop (SIGINT, SIGTERM), and SIGUSR1 for a dump of its asyncio tasks."""
 
-    def on_signal(signum: int) -> None:
-        nonlocal presses
-        presses += 1
-        worker = rt.worker
-        if presses == 1:
-            console.print(
-                f"{signal.Signals(signum).name}: finishing running tasks; nothing is lost "
-                "(again to release them now; re-run the same command to resume)",
-                style="yellow",
-            )
-            stop.set()
-            if worker is not None:
-                worker.stop()
-        elif worker is not None:
-            worker.release_now()
+    def first(sig: signal.Signals) -> None:
+        console.print(
+            f"{sig.name}: finishing running tasks; nothing is lost "
+            "(again to release them now; re-run the same command to resume)",
+            style="yellow",
+        )
+        if rt.worker is not None:
+            rt.worker.stop()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    stop = stop_signals(rt, first)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    return stop
 
 
 def _dump_tasks() -> None:
@@ -347,8 +310,9 @@ def _dump_tasks() -> None:
         task.print_stack(limit=8, file=sys.stderr)
 
 
-def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+def _remove_signals() -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (*STOP_SIGNALS, signal.SIGUSR1):
         loop.remove_signal_handler(sig)
 
 

@@ -6,7 +6,6 @@ imported only when one of these commands runs.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import importlib.util
 import json
@@ -20,10 +19,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from legion.cli.llm_options import LLMOptions, llm_config
 from legion.cli.options import (
     DEFAULT_STORE,
+    ConcurrencyOpt,
     ConfigOpt,
+    LeaseSecondsOpt,
     LLMOpt,
     MaxInFlightOpt,
     RpmOpt,
@@ -37,6 +37,13 @@ from legion.cli.options import (
 )
 from legion.cli.progress import error_text, stderr_console
 from legion.cli.status import opened
+from legion.cli.wiring import (
+    RuntimeOptions,
+    llm_options,
+    open_runtime,
+    stop_signals,
+    until_first,
+)
 from legion.cli.worker import load_agents
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
@@ -66,13 +73,8 @@ class LogFormat(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
-    store: str
-    worker: bool
-    concurrency: int
-    lease_seconds: float
-    llm: LLMOptions
+    runtime: RuntimeOptions  # no executor: agents run in the server's event loop
     settings: ServerSettings
-    tenant_budget: BudgetLimits | None = None  # each tenant's LLM budget (None: none)
 
 
 def _paragraphs(*parts: str) -> str:
@@ -151,15 +153,8 @@ def serve(
             help="Also run the agents in this process (default), or only serve the API.",
         ),
     ] = True,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
-    ] = 1000,
-    lease_seconds: Annotated[
-        float,
-        typer.Option(
-            min=0.1, help="Lease length; a vanished worker's tasks return to the queue after it."
-        ),
-    ] = 30.0,
+    concurrency: ConcurrencyOpt = 1000,
+    lease_seconds: LeaseSecondsOpt = 30.0,
     llm: LLMOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
@@ -265,15 +260,16 @@ def serve(
         stop_tracing = configure_tracing(trace.value) if trace is not None else None
     except LegionError as exc:
         raise _fail(str(exc)) from None
-    opts = ServeOptions(
+    runtime = RuntimeOptions(
         store=store,
-        worker=worker,
         concurrency=concurrency,
         lease_seconds=lease_seconds,
-        llm=LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config),
-        settings=settings,
-        tenant_budget=tenant_budget if tenant_budget.any else None,
+        llm=llm_options(llm, rpm, tpm, max_in_flight, config),
+        worker=worker,
+        executors=None,
+        tenant_budget=tenant_budget,
     )
+    opts = ServeOptions(runtime=runtime, settings=settings)
     try:
         code = _run(_serve(opts, agents, stderr_console()))
     finally:
@@ -303,72 +299,36 @@ def _require_server_extra() -> None:
 
 async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> int:
     """Serve until SIGINT/SIGTERM; then stop serving and drain the worker."""
-    from legion.llm.config import build_client
     from legion.server import running_server
 
-    client = None
-    if opts.worker:
-        llm_settings, note = llm_config(opts.llm)
-        client = await build_client(llm_settings, tenant_budget=opts.tenant_budget)
-        console.print(note, highlight=False)
-    try:
-        async with (
-            Runtime(
-                opts.store,
-                concurrency=opts.concurrency,
-                worker=opts.worker,
-                agents=agents,
-                lease_seconds=opts.lease_seconds,
-                llm=client,
-            ) as rt,
-            running_server(rt, agents, opts.settings) as server,
-        ):
-            names = ", ".join(a.name for a in agents)
-            print(f"legion serve: listening on {server.url} ({names})", flush=True)
-            if server.metrics_url is not None:
-                print(f"legion serve: metrics on {server.metrics_url}/metrics", flush=True)
-            metrics = server.metrics_url or server.url
-            console.print(
-                f"dashboard {server.url}/ · API {server.url}/v1 · OpenAPI "
-                f"{server.url}/openapi.json · metrics {metrics}/metrics",
-                highlight=False,
-            )
-            await _until_signal(rt, server.wait_stopped(), console)
-        if rt.fatal_error is not None:
-            console.print(error_text(f"the worker stopped: {rt.fatal_error}"))
-            return 2
-        return 0
-    finally:
-        if client is not None:
-            await client.aclose()
+    async with (
+        open_runtime(
+            opts.runtime, agents=agents, on_routes=lambda note: console.print(note, highlight=False)
+        ) as rt,
+        running_server(rt, agents, opts.settings) as server,
+    ):
+        names = ", ".join(a.name for a in agents)
+        print(f"legion serve: listening on {server.url} ({names})", flush=True)
+        if server.metrics_url is not None:
+            print(f"legion serve: metrics on {server.metrics_url}/metrics", flush=True)
+        metrics = server.metrics_url or server.url
+        console.print(
+            f"dashboard {server.url}/ · API {server.url}/v1 · OpenAPI "
+            f"{server.url}/openapi.json · metrics {metrics}/metrics",
+            highlight=False,
+        )
+        await _until_signal(rt, server.wait_stopped(), console)
+    if rt.fatal_error is not None:
+        console.print(error_text(f"the worker stopped: {rt.fatal_error}"))
+        return 2
+    return 0
 
 
 async def _until_signal(rt: Runtime, stopped: Coroutine[Any, Any, None], console: Console) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    presses = 0
+    def first(sig: signal.Signals) -> None:
+        console.print(f"{sig.name}: stopping the server, then draining the worker", highlight=False)
 
-    def on_signal(signum: int) -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1:
-            console.print(
-                f"{signal.Signals(signum).name}: stopping the server, then draining the worker",
-                highlight=False,
-            )
-            stop.set()
-        elif rt.worker is not None:
-            rt.worker.release_now()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    waiting = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(stopped)]
-    try:
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for f in waiting:
-            f.cancel()
-        await asyncio.gather(*waiting, return_exceptions=True)
+    await until_first(stop_signals(rt, first).wait(), stopped)
 
 
 # -- keys ------------------------------------------------------------------------------

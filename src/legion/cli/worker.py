@@ -24,26 +24,30 @@ refuses it (a bad URL, rejected credentials) stops it at once. Exit codes:
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rich.console import Console
 
 from legion.agent import Agent
-from legion.cli.llm_options import ExecutorOptions, LLMOptions, llm_config
 from legion.cli.progress import error_text
+from legion.cli.wiring import (
+    STOP_SIGNALS,
+    RuntimeOptions,
+    open_runtime,
+    open_store,
+    stop_signals,
+    until_first,
+)
 from legion.errors import AgentLoadError, StoreError
-from legion.llm.budget import Budget, BudgetLimits
 from legion.loader import agents_in, load_module
 from legion.run.freeze import FROZE_EXIT_CODE
-from legion.run.runtime import Runtime
-from legion.store import Store, store_from_url
+from legion.store import Store
 
 EXIT_FINAL = 2
 EXIT_STORE = 3
@@ -59,20 +63,9 @@ _FINAL = (
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     apps: tuple[str, ...]
-    store: str
-    concurrency: int
-    lease_seconds: float
-    drain_timeout: float
-    max_loop_lag: float
-    max_memory_mb: float | None
-    llm: LLMOptions
-    strict: bool = False
-    executors: ExecutorOptions = field(default_factory=ExecutorOptions)
+    runtime: RuntimeOptions  # its budget: this process's LLM spend
     store_wait: float = 300.0  # seconds to wait for an unavailable store at start
     max_freezes: int = 3  # a task that freezes the event loop this often is dead
-    budget: BudgetLimits = field(default_factory=BudgetLimits)  # this process's LLM spend
-    tenant_budget: BudgetLimits = field(default_factory=BudgetLimits)  # each tenant's, in all
-    offer: dict[str, float] = field(default_factory=dict)  # resources offered (placement)
 
 
 def load_agents(apps: tuple[str, ...]) -> list[Agent]:
@@ -88,50 +81,14 @@ def load_agents(apps: tuple[str, ...]) -> list[Agent]:
     return found
 
 
-async def open_store(opts: WorkerOptions, console: Console) -> Store | None:
-    """The worker's store, opened; waits for an unavailable one up to ``store_wait``
-    seconds (None if it never came). A store that refuses the worker raises at once."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + opts.store_wait
-    pause = 0.5
-    tries = 0
-    while True:
-        store = store_from_url(opts.store, lease_seconds=opts.lease_seconds)
-        tries += 1
-        try:
-            await store.open()
-        except StoreError as exc:
-            await store.aclose()
-            if not exc.retryable:
-                raise
-            why = " ".join(str(exc).split())  # one line per try
-            left = give_up - loop.time()
-            if left <= 0:
-                console.print(
-                    error_text(
-                        f"the store is still unavailable after {tries} tries "
-                        f"({opts.store_wait:g}s): {why}"
-                    )
-                )
-                return None
-            pause = min(pause, left)
-            console.print(
-                f"the store is unavailable (try {tries}): {why}; trying again in "
-                f"{pause:.1f}s (giving up in {left:.0f}s)",
-                style="yellow",
-                highlight=False,
-            )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 10.0)
-            continue
-        if tries > 1:
-            console.print(f"the store answered after {tries} tries", highlight=False)
-        return store
-
-
 async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> int:
     """Run one worker until SIGINT/SIGTERM; answer the exit code."""
-    store = await open_store(opts, console)
+    store = await open_store(
+        opts.runtime.store,
+        lease_seconds=opts.runtime.lease_seconds,
+        wait=opts.store_wait,
+        console=console,
+    )
     if store is None:
         return EXIT_STORE
     try:
@@ -146,67 +103,29 @@ async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> i
 
 
 async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console: Console) -> int:
-    from legion.llm.config import build_client
-
-    config, note = llm_config(opts.llm)
-    budget = Budget(opts.budget) if opts.budget.any else None
-    async with (
-        await build_client(
-            config,
-            budget=budget,
-            tenant_budget=opts.tenant_budget if opts.tenant_budget.any else None,
-        ) as llm,
-        Runtime(
-            store,
-            concurrency=opts.concurrency,
-            agents=agents,
-            lease_seconds=opts.lease_seconds,
-            drain_timeout=opts.drain_timeout,
-            llm=llm,
-            max_loop_lag=opts.max_loop_lag,
-            max_memory_mb=opts.max_memory_mb,
-            offer=opts.offer,
-            strict=opts.strict,
-            executors=opts.executors.build(),
-            executor=opts.executors.executor,
-        ) as rt,
-    ):
-        assert rt.worker is not None
+    notes: list[str] = []
+    async with open_runtime(opts.runtime, store=store, agents=agents, on_routes=notes.append) as rt:
+        assert rt.worker is not None and rt.llm is not None
+        budget = rt.llm.budgets.run
         console.print(
             f"legion worker {rt.worker.id} pid {os.getpid()}: serving "
-            f"{', '.join(a.name for a in agents)} from {opts.store} "
-            f"(concurrency {opts.concurrency}); {note}",
+            f"{', '.join(a.name for a in agents)} from {opts.runtime.store} "
+            f"(concurrency {opts.runtime.concurrency}); {notes[0]}",
             highlight=False,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        presses = 0
 
-        def on_signal(signum: int) -> None:
-            nonlocal presses
-            presses += 1
-            assert rt.worker is not None
-            if presses == 1:
-                console.print(f"{signal.Signals(signum).name}: draining", highlight=False)
-                stop.set()
-            else:
-                rt.worker.release_now()
+        def draining(sig: signal.Signals) -> None:
+            console.print(f"{sig.name}: draining", highlight=False)
 
+        stop = stop_signals(rt, draining)
         # An agent that freezes the loop past its timeout is recorded and the process
         # exits; so does a stop signal the frozen loop cannot handle. The loop's handlers
         # run in the loop; the guard hears of the signal in the signal handler itself.
         guard = rt.worker.exit_when_frozen(max_freezes=opts.max_freezes)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
+        for sig in STOP_SIGNALS:
             signal.signal(sig, lambda signum, _frame: guard.signalled(signum))
-        fatal = asyncio.ensure_future(rt.worker.wait_fatal())
-        stopped = asyncio.ensure_future(stop.wait())
-        spent = asyncio.ensure_future(
-            budget.wait_exhausted() if budget is not None else asyncio.Event().wait()
-        )
-        await asyncio.wait((fatal, stopped, spent), return_when=asyncio.FIRST_COMPLETED)
-        for f in (fatal, stopped, spent):
-            f.cancel()
+        spent = [] if budget is None else [budget.wait_exhausted()]
+        await until_first(rt.worker.wait_fatal(), stop.wait(), *spent)
         await rt.drain()
         s = rt.worker.statistics()
         console.print(

@@ -1,0 +1,215 @@
+"""From parsed options to the runtime's parts, for ``legion run``, ``legion worker`` and
+``legion serve``.
+
+Each of the three parses its own flags into a `RuntimeOptions` (where state lives, the
+worker's shape, the LLM routes, executors and budgets) and opens its parts here, in one
+order: the LLM routes (``--llm``, ``--config`` or the simulator), the client over them
+with this process's and each tenant's budgets, the executors, then the `Runtime` on the
+store. A command that runs no worker in its process gets no client and no executors.
+What the commands differ in is in their options, not in code of their own; a new part
+of the runtime is wired once, here.
+
+Also here: opening a store that may not answer yet (`open_store`), what SIGINT and
+SIGTERM do to a running command (`stop_signals`) and waiting for the first reason to
+stop (`until_first`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from legion.agent import Agent
+from legion.cli.llm_options import ExecutorOptions, LLMOptions, llm_config
+from legion.cli.progress import error_text
+from legion.errors import StoreError
+from legion.llm.budget import Budget, BudgetLimits
+from legion.llm.client import LLMClient
+from legion.llm.config import LLMConfig, build_client
+from legion.run.runtime import Runtime
+from legion.store import Store, store_from_url
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """What ``legion run``, ``legion worker`` and ``legion serve`` have in common: the
+    options of the runtime they run on. The defaults are `Runtime`'s own, so a command
+    without a flag for one gets what the library would give."""
+
+    store: str
+    concurrency: int = 1000
+    lease_seconds: float = 30.0
+    llm: LLMOptions = field(default_factory=LLMOptions)
+    worker: bool = True
+    """Run tasks in this process; without, the command only submits and watches."""
+    strict: bool = False
+    executors: ExecutorOptions | None = field(default_factory=ExecutorOptions)
+    """``None``: the command offers no executor (an agent runs in the event loop)."""
+    budget: BudgetLimits = field(default_factory=BudgetLimits)
+    """This process's LLM spend, in all."""
+    tenant_budget: BudgetLimits = field(default_factory=BudgetLimits)
+    """Each tenant's LLM spend, in all (what its tasks recorded before counts)."""
+    drain_timeout: float = 30.0
+    max_loop_lag: float = 0.5
+    max_memory_mb: float | None = None
+    offer: Mapping[str, float] = field(default_factory=dict)
+    """Resources the worker offers (placement)."""
+
+
+def llm_options(
+    specs: Sequence[str] | None,
+    rpm: int | None,
+    tpm: int | None,
+    max_in_flight: int | None,
+    config: Path | None,
+) -> LLMOptions:
+    """``--llm`` (repeated), ``--rpm``, ``--tpm``, ``--max-in-flight`` and ``--config``."""
+    return LLMOptions(tuple(specs or ()), rpm, tpm, max_in_flight, config)
+
+
+async def open_llm(opts: RuntimeOptions, config: LLMConfig) -> LLMClient:
+    """The client over the routes of ``config`` (as `llm_config` gives them), with the
+    budgets of ``opts``; close it with ``aclose()`` or ``async with``."""
+    return await build_client(
+        config,
+        budget=Budget(opts.budget) if opts.budget.any else None,
+        tenant_budget=opts.tenant_budget if opts.tenant_budget.any else None,
+    )
+
+
+def build_runtime(
+    opts: RuntimeOptions,
+    *,
+    store: Store | None = None,
+    llm: LLMClient | None = None,
+    agents: Sequence[Agent] = (),
+) -> Runtime:
+    """The `Runtime` of ``opts``, not yet open: on ``store`` when given (the caller's, kept
+    open), otherwise on the URL of ``opts.store`` (the runtime's own)."""
+    executors = opts.executors
+    return Runtime(
+        opts.store if store is None else store,
+        concurrency=opts.concurrency,
+        worker=opts.worker,
+        agents=agents,
+        lease_seconds=opts.lease_seconds,
+        drain_timeout=opts.drain_timeout,
+        llm=llm,
+        executors=executors.build() if executors is not None and opts.worker else None,
+        executor=executors.executor if executors is not None else None,
+        max_loop_lag=opts.max_loop_lag,
+        max_memory_mb=opts.max_memory_mb,
+        strict=opts.strict,
+        offer=opts.offer,
+    )
+
+
+@asynccontextmanager
+async def open_runtime(
+    opts: RuntimeOptions,
+    *,
+    store: Store | None = None,
+    agents: Sequence[Agent] = (),
+    on_routes: Callable[[str], None] | None = None,
+) -> AsyncIterator[Runtime]:
+    """Open the parts of ``opts`` in order and yield the open `Runtime` (its client is
+    ``rt.llm``, ``None`` without a worker here); close them in reverse.
+
+    ``on_routes`` hears, before the client is built, the line that says which LLM
+    routes the worker uses and where they came from."""
+    async with AsyncExitStack() as stack:
+        llm = None
+        if opts.worker:
+            config, note = llm_config(opts.llm)
+            if on_routes is not None:
+                on_routes(note)
+            llm = await stack.enter_async_context(await open_llm(opts, config))
+        yield await stack.enter_async_context(
+            build_runtime(opts, store=store, llm=llm, agents=agents)
+        )
+
+
+async def open_store(
+    url: str, *, lease_seconds: float, wait: float, console: Console
+) -> Store | None:
+    """The store at ``url``, opened; waits for an unavailable one up to ``wait`` seconds,
+    trying again with a growing pause and saying so on ``console`` (``None`` if it never
+    came). A store that refuses the caller (a bad URL, credentials) raises at once."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + wait
+    pause = 0.5
+    tries = 0
+    while True:
+        store = store_from_url(url, lease_seconds=lease_seconds)
+        tries += 1
+        try:
+            await store.open()
+        except StoreError as exc:
+            await store.aclose()
+            if not exc.retryable:
+                raise
+            why = " ".join(str(exc).split())  # one line per try
+            left = give_up - loop.time()
+            if left <= 0:
+                console.print(
+                    error_text(
+                        f"the store is still unavailable after {tries} tries ({wait:g}s): {why}"
+                    )
+                )
+                return None
+            pause = min(pause, left)
+            console.print(
+                f"the store is unavailable (try {tries}): {why}; trying again in "
+                f"{pause:.1f}s (giving up in {left:.0f}s)",
+                style="yellow",
+                highlight=False,
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+            continue
+        if tries > 1:
+            console.print(f"the store answered after {tries} tries", highlight=False)
+        return store
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_signals(rt: Runtime, first: Callable[[signal.Signals], None]) -> asyncio.Event:
+    """Handle SIGINT and SIGTERM in the running loop: the first calls ``first`` with the
+    signal and sets the event returned (the command stops: its worker drains, running
+    tasks finish); each one after gives the running tasks back to the queue at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    presses = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            first(signal.Signals(signum))
+            stop.set()
+        elif rt.worker is not None:
+            rt.worker.release_now()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    return stop
+
+
+async def until_first(*waits: Awaitable[object]) -> None:
+    """Wait until the first of ``waits`` ends (a stop signal, a fatal error, a spent
+    budget...), then cancel the others and wait for them to end."""
+    futures = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for f in futures:
+            f.cancel()
+        await asyncio.gather(*futures, return_exceptions=True)
