@@ -11,6 +11,7 @@ import pytest
 
 import legion
 from legion import Runtime, TaskStatus
+from legion.testing import FakeClock
 
 
 async def collect(
@@ -494,7 +495,7 @@ async def test_closing_the_journal_while_a_commit_is_in_flight_returns(tmp_path:
 
     store = SQLiteStore(tmp_path / "j.db")
     await store.open()
-    journal = Journal(store, clock=lambda: 0.0, on_committed=lambda batch: None)
+    journal = Journal(store, clock=FakeClock(wall=0.0), on_committed=lambda batch: None)
     runner = asyncio.create_task(journal.run())
     durable = journal.write_memory(MemoryWrite("s", "k", b"1"))
     await asyncio.sleep(0)  # the flush starts

@@ -19,13 +19,12 @@ import asyncio
 import logging
 import os
 import resource
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from legion import identity
 from legion.agent import Agent
-from legion.clock import Clock
+from legion.clock import Clock, within
 from legion.diagnostics.watchdog import LoopWatchdog
 from legion.run.route_meter import RouteMeter
 from legion.run.runner import Instance
@@ -114,7 +113,7 @@ class Upkeep:
         return [r.name for r in self.llm.routes.values() if r.breaker and r.breaker.state]
 
     async def _register(self) -> None:
-        now = self._clock()
+        now = self._clock.wall()
         me = self._identity
         info = WorkerInfo(
             self.id, self.host, me.pid, now, now, self.health(), me.boot_id, me.pid_ns, me.start
@@ -126,16 +125,16 @@ class Upkeep:
         lease = self.config.lease_seconds
         while True:
             self._beat.clear()
+            beat = asyncio.ensure_future(self._beat.wait())  # a step asks for one now
             try:
-                async with asyncio.timeout(interval):
-                    await self._beat.wait()  # a step asks for a confirmation now
-            except TimeoutError:
-                pass
+                await within(self._clock, beat, interval)
+            finally:
+                beat.cancel()
             try:
                 await self.heartbeat()
             except Exception as exc:
                 log.error("heartbeat failed: %s", exc)
-                if time.monotonic() - self._confirmed_at > lease and self._instances:
+                if self._clock.monotonic() - self._confirmed_at > lease and self._instances:
                     log.error(
                         "no heartbeat for a whole lease (%.0fs): stopping all %d instances, "
                         "whose leases may be taken",
@@ -151,9 +150,9 @@ class Upkeep:
         """Extend the leases of the instances this worker runs; stop those whose lease is
         gone or whose cancellation was asked; report the load (registering anew if the
         worker's row was taken for dead)."""
-        sent = time.monotonic()
+        sent = self._clock.monotonic()
         running = [i for i, inst in self._instances.items() if not ended(inst)]
-        now = self._clock()
+        now = self._clock.wall()
         extended = await self.store.extend_leases(
             self.id, running, now + self.config.lease_seconds, now
         )
@@ -181,7 +180,7 @@ class Upkeep:
             except Exception as exc:
                 log.error("reclaiming leases failed: %s", exc)
             # Often enough that a dead worker on this host is noticed within seconds.
-            await asyncio.sleep(min(self.config.lease_seconds / 2, 2.0))
+            await self._clock.sleep(min(self.config.lease_seconds / 2, 2.0))
 
     async def reap(self) -> None:
         """Take back leases of dead workers and expired leases.
@@ -203,10 +202,10 @@ class Upkeep:
                 age > self._heartbeat_every and identity.is_gone(theirs, me)
             ):
                 dead.append(w.id)
-        reclaimed = await self.store.reclaim(self._clock(), dead)
+        reclaimed = await self.store.reclaim(self._clock.wall(), dead)
         for wid in dead:
             await self.store.remove_worker(wid)
-        if await schedules.tick(self.store, self._clock()):  # timers and cron ticks
+        if await schedules.tick(self.store, self._clock.wall()):  # timers and cron ticks
             self.wake()
         if reclaimed.requeued or reclaimed.dead or reclaimed.cancelled:
             log.warning(

@@ -31,7 +31,6 @@ import math
 import os
 import random
 import socket
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from legion import heap, identity
 from legion.agent import Agent
-from legion.clock import Clock, system_clock
+from legion.clock import Clock, system_clock, within
 from legion.diagnostics import tracking
 from legion.diagnostics.report import agent_files, blocked_loop
 from legion.diagnostics.watchdog import Block, Capture, LoopWatchdog
@@ -145,7 +144,7 @@ class Worker(Upkeep):
         # them; a step waits for a fresh confirmation when it is older than _step_grace.
         self._heartbeat_every = min(self.config.lease_seconds / 3, 5.0)
         self._step_grace = 2 * self._heartbeat_every
-        self._confirmed_at = time.monotonic()
+        self._confirmed_at = clock.monotonic()
         self._confirmation: asyncio.Future[None] | None = None
         self._beat = asyncio.Event()
         self._ambiguous_lease = False  # a lease call failed: the store may have leased rows
@@ -171,7 +170,7 @@ class Worker(Upkeep):
         )
         self._freeze_guard: FreezeGuard | None = None
         self._overloaded: str | None = None
-        self._expiry = _Expiry()
+        self._expiry = _Expiry(clock)
         for a in agents:
             self.add_agent(a)
 
@@ -249,7 +248,7 @@ class Worker(Upkeep):
             tracking.install(self._loop)
             self._watchdog.start()
         await self._register()
-        self._confirmed_at = time.monotonic()  # no lease is held yet
+        self._confirmed_at = self._clock.monotonic()  # no lease is held yet
         for executor in self.executors.values():
             await executor.start()
         heap.settle()  # full collections skip what start-up made (see legion.heap)
@@ -309,7 +308,7 @@ class Worker(Upkeep):
                 await self._slots.wait()
                 continue
             wanted = min(free, sum(wants.values()))
-            now = self._clock()
+            now = self._clock.wall()
             try:
                 if self._ambiguous_lease:
                     await self._release_unheld()
@@ -373,7 +372,7 @@ class Worker(Upkeep):
         # first, a child process to start) are about to queue one: count them as queued
         # already. (One that made none for longer may never call: an agent without LLM
         # calls is not held back.)
-        since = time.monotonic() - horizon
+        since = self._clock.monotonic() - horizon
         coming = sum(
             1
             for inst in self._instances.values()
@@ -402,17 +401,19 @@ class Worker(Upkeep):
         return wants
 
     async def _sleep_or_wake(self, seconds: float) -> None:
-        """Wait ``seconds``, or less if woken: by this process (a submission), or by the
-        store (another process queued work; PostgreSQL notifies, SQLite cannot)."""
+        """Wait ``seconds`` (on the worker's clock), or less if woken: by this process (a
+        submission), or by the store (another process queued work; PostgreSQL notifies,
+        SQLite cannot)."""
         self._wake.clear()
         woken = asyncio.ensure_future(self._wake.wait())
         notified = asyncio.ensure_future(self.store.wait_for_work(seconds))
+        slept = asyncio.ensure_future(self._clock.sleep(seconds))
         try:
-            await asyncio.wait((woken, notified), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((woken, notified, slept), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for f in (woken, notified):
+            for f in (woken, notified, slept):
                 f.cancel()
-            await asyncio.gather(woken, notified, return_exceptions=True)
+            await asyncio.gather(woken, notified, slept, return_exceptions=True)
 
     def _check_overload(self) -> bool:
         """Whether to hold off leasing: the loop lags, or memory is past its mark."""
@@ -498,7 +499,7 @@ class Worker(Upkeep):
 
     def _start(self, lease: Lease) -> Instance:
         agent = self._agents[lease.agent]
-        inst = Instance(lease, agent)
+        inst = Instance(lease, agent, self._clock)
         self._instances[lease.id] = inst
         self._running[agent.name] += 1
         self._counters.leased += 1
@@ -599,7 +600,7 @@ class Worker(Upkeep):
     def _before_step(self, task_id: int) -> asyncio.Future[None] | None:
         """Before a step runs: go on if the store confirmed this worker's leases lately;
         else wait for the next heartbeat (which stops lost and cancelled instances)."""
-        if time.monotonic() - self._confirmed_at < self._step_grace:
+        if self._clock.monotonic() - self._confirmed_at < self._step_grace:
             return None
         if self._confirmation is None or self._confirmation.done():
             self._confirmation = asyncio.get_running_loop().create_future()
@@ -619,8 +620,7 @@ class Worker(Upkeep):
         if any(c.applied for c in batch):
             self.wake()  # an end may have woken a waiting parent, a suspension itself
         if retry_at is not None:
-            delay = max(0.0, retry_at - self._clock())
-            asyncio.get_running_loop().call_later(delay, self.wake)
+            self._clock.call_later(max(0.0, retry_at - self._clock.wall()), self.wake)
         if self._listener is not None:
             self._listener(batch)
 
@@ -632,7 +632,11 @@ class Worker(Upkeep):
                 self.config.drain_timeout,
             )
             pending = [i.task for i in self._instances.values() if i.task is not None]
-            _, still = await asyncio.wait(pending, timeout=self.config.drain_timeout)
+            finished = asyncio.ensure_future(asyncio.wait(pending))
+            if not await within(self._clock, finished, self.config.drain_timeout):
+                finished.cancel()  # (not the instances: they are released below)
+                await asyncio.gather(finished, return_exceptions=True)
+            still = [t for t in pending if not t.done()]
             if still:
                 log.warning("releasing %d unfinished tasks back to the queue", len(still))
                 for inst in list(self._instances.values()):
@@ -654,28 +658,29 @@ class _Expiry:
     timer keeps a finished task.
     """
 
-    __slots__ = ("_buckets",)
+    __slots__ = ("_buckets", "_clock")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
         self._buckets: dict[int, dict[int, Instance]] = {}
 
     def add(self, inst: Instance) -> None:
         left = inst.time.remaining()
         if left is not None:
-            loop = asyncio.get_running_loop()
-            self._put(loop, inst, loop.time() + left)
+            self._put(inst, self._clock.monotonic() + left)
 
     def discard(self, inst: Instance) -> None:
         if inst.expiry is not None:
             inst.expiry.pop(inst.lease.id, None)
             inst.expiry = None
 
-    def _put(self, loop: asyncio.AbstractEventLoop, inst: Instance, at: float) -> None:
+    def _put(self, inst: Instance, at: float) -> None:
         key = math.ceil(at / _EXPIRY_GRAIN)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = {}
-            loop.call_at(key * _EXPIRY_GRAIN, self._fire, key)
+            delay = key * _EXPIRY_GRAIN - self._clock.monotonic()
+            self._clock.call_later(delay, functools.partial(self._fire, key))
         bucket[inst.lease.id] = inst
         inst.expiry = bucket
 
@@ -683,8 +688,7 @@ class _Expiry:
         bucket = self._buckets.pop(key, None)
         if not bucket:
             return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._clock.monotonic()
         for inst in bucket.values():
             inst.expiry = None
             left = inst.time.remaining()
@@ -693,7 +697,7 @@ class _Expiry:
             if left <= 1e-3:
                 inst.stop(StopReason.TIMEOUT)
             else:
-                self._put(loop, inst, now + left)
+                self._put(inst, now + left)
 
 
 def _worker_lag(block: Block) -> None:
