@@ -46,6 +46,10 @@ class FakeClock:
     "Lets the loop run" means ``settle_rounds`` iterations of the event loop,
     enough for any code that does no real I/O to reach its next sleep. Code
     under test must sleep through this clock only (not ``asyncio.sleep``).
+
+    A `legion.Runtime` on this clock counts its ``drain_timeout`` on it too: closing
+    one while an instance still runs waits until the test moves time past it (or give
+    it ``drain_timeout=0``).
     """
 
     def __init__(

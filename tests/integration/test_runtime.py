@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +13,17 @@ import pytest
 import legion
 from legion import Runtime, TaskStatus
 from legion.testing import FakeClock
+
+
+async def running(rt: Runtime, task_id: int, attempt: int) -> None:
+    """Wait until this runtime's worker runs attempt ``attempt`` of the task."""
+    async with asyncio.timeout(30):
+        while True:
+            info = await rt.get(task_id)
+            held = rt.worker is not None and rt.worker.holds(task_id)
+            if held and info is not None and info.attempt == attempt:
+                return
+            await asyncio.sleep(0.002)
 
 
 async def collect(
@@ -253,8 +265,13 @@ async def test_timeout_ends_a_hanging_instance(db_url: str) -> None:
     async def hang(ctx: legion.Context, x: int) -> None:
         await asyncio.Event().wait()
 
-    async with Runtime(db_url) as rt:
-        r = await rt.result((await rt.submit(hang, 1)).id)
+    clock = FakeClock()
+    async with Runtime(db_url, clock=clock) as rt:
+        submitted = await rt.submit(hang, 1)
+        for attempt in (1, 2):
+            await running(rt, submitted.id, attempt)
+            await clock.advance(0.05)  # its time is up
+        r = await rt.result(submitted.id)
     assert r.status is TaskStatus.DEAD and r.attempt == 2
     assert r.error is not None and r.error.type == "TaskTimeout" and "0.05s" in r.error.message
 
@@ -420,7 +437,9 @@ async def test_closing_drains_running_tasks(db_url: str) -> None:
     assert info is not None and info.status is TaskStatus.SUCCEEDED
 
 
-async def test_drain_timeout_releases_unfinished_tasks_without_losing_them(db_url: str) -> None:
+async def test_drain_timeout_releases_unfinished_tasks_without_losing_them(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     started = asyncio.Event()
     gate = asyncio.Event()
 
@@ -430,11 +449,18 @@ async def test_drain_timeout_releases_unfinished_tasks_without_losing_them(db_ur
         await gate.wait()
         return ctx.attempt
 
-    rt = Runtime(db_url, drain_timeout=0.01)
+    caplog.set_level(logging.INFO, logger="legion.worker")
+    clock = FakeClock()
+    rt = Runtime(db_url, drain_timeout=0.01, clock=clock)
     await rt.open()
     s = await rt.submit(stuck, 1)
     await started.wait()
-    await rt.aclose()
+    closing = asyncio.create_task(rt.aclose())
+    async with asyncio.timeout(30):
+        while not any("draining" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110 - a log line, no event to wait on
+            await asyncio.sleep(0.002)
+    await clock.advance(0.01)  # the drain timeout
+    await closing
     async with Runtime(db_url, worker=False) as check:
         info = await check.get(s.id)
         assert info is not None and (info.status, info.attempt) == (TaskStatus.QUEUED, 0)

@@ -57,6 +57,8 @@ class Runtime:
       (otherwise it is reported on the task).
     - ``watchdog``: watch the event loop for agents that block it (and track which
       instance created which task); on by default, cheap.
+    - ``clock``: the time the runtime reads, sleeps and sets timers on (a SQLite store
+      it opens from a URL too); `legion.testing.FakeClock` in tests.
     """
 
     def __init__(
@@ -94,7 +96,9 @@ class Runtime:
         self._executor = executor
         self._owns_store = isinstance(store, str)
         self.store: Store = (
-            store_from_url(store, lease_seconds=lease_seconds) if isinstance(store, str) else store
+            store_from_url(store, lease_seconds=lease_seconds, clock=clock)
+            if isinstance(store, str)
+            else store
         )
         self._clock = clock
         self._agents: dict[str, Agent] = {}
