@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pydantic
@@ -367,14 +368,30 @@ async def test_fault_isolation_2000_tasks(db_url: str) -> None:
         return i
 
     n = 2000
-    async with Runtime(db_url, concurrency=1000) as rt:
-        results = [r async for r in rt.map(chaos, range(n))]
-        infos = await rt.store.get_many([r.id for r in results])
-    assert len(results) == len(infos) == n
-    by_input = {info.input: info for info in infos}  # bare values are stored as given
     melt = [i for i in range(n) if i % 100 == 0]
     hang = [i for i in range(n) if i % 20 == 1 and i % 100 != 0]
     bad = [i for i in range(n) if i % 10 == 2 and i % 20 != 1 and i % 100 != 0]
+    clock = FakeClock()
+    async with Runtime(db_url, concurrency=1000, clock=clock) as rt:
+        mapping = asyncio.create_task(_collect_all(rt.map(chaos, range(n))))
+        worker = rt.worker
+        assert worker is not None
+
+        def only_hanging(leased: int) -> bool:
+            """Every other attempt was leased and is over: only the hanging ones run."""
+            stats = worker.statistics()
+            return (stats.leased, stats.in_flight) == (leased, len(hang))
+
+        # Each attempt of the hanging tasks: once only they run, their time is up.
+        for leased in (n + len(melt) + len(bad), n + len(melt) + len(bad) + len(hang)):
+            async with asyncio.timeout(60):
+                while not only_hanging(leased):  # noqa: ASYNC110 - counters, no event
+                    await asyncio.sleep(0.005)
+            await clock.advance(0.2)
+        results = await mapping
+        infos = await rt.store.get_many([r.id for r in results])
+    assert len(results) == len(infos) == n
+    by_input = {info.input: info for info in infos}  # bare values are stored as given
     fine = set(range(n)) - set(melt) - set(hang) - set(bad)
     assert len(melt) == 20 and len(hang) == 100 and len(bad) == 200
     assert all(by_input[i].status is TaskStatus.SUCCEEDED and by_input[i].output == i for i in fine)
@@ -392,6 +409,10 @@ async def test_fault_isolation_2000_tasks(db_url: str) -> None:
                 and text in info.error.message
             )
             assert info.attempt == 2
+
+
+async def _collect_all(results: AsyncIterator[legion.TaskResult]) -> list[legion.TaskResult]:
+    return [r async for r in results]
 
 
 async def test_system_exit_in_an_agent_or_a_gathered_step_is_contained(db_url: str) -> None:
