@@ -387,7 +387,7 @@ class Context:
             confirming = self._before_step(self._lease.id)
             if confirming is not None:
                 await confirming
-        started = self._clock()
+        started = self._clock.wall()
         if telemetry.tracing:
             result = await telemetry.traced_step(self._lease, key, fn, *args, **kwargs)
         else:
@@ -397,7 +397,7 @@ class Context:
         if faults.ARMED:
             faults.hit("step-ran")
         data = codec.dumps(result)
-        finished = self._clock()
+        finished = self._clock.wall()
         lease = self._lease
         record = StepRecord(lease.id, key, lease.attempt, data, started, finished, self._owner)
         await self._journal.record_step(record)

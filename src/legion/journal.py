@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from legion import codec, faults
-from legion.clock import Clock
+from legion.clock import Clock, system_clock
 from legion.errors import LeaseLost
 from legion.store.base import TaskQueue, TaskReader
 from legion.store.types import DiagnosticRecord, MemoryWrite, WriteBatch
@@ -54,7 +54,7 @@ class Journal:
         self,
         store: CommitStore,
         *,
-        clock: Clock,
+        clock: Clock = system_clock,
         on_committed: CompletionCallback,
         on_lost: LostCallback | None = None,
         on_cancel: LostCallback | None = None,
@@ -180,7 +180,7 @@ class Journal:
         retried = False
         while True:
             try:
-                applied = await self._store.write(batch, self._clock())
+                applied = await self._store.write(batch, self._clock.wall())
                 break
             except asyncio.CancelledError:
                 raise
@@ -191,7 +191,7 @@ class Journal:
                 retried = True
                 batch.lost.clear()
                 batch.cancelled.clear()
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
         if retried and not all(applied):
             applied = await self._recognise(batch.completions, applied)
@@ -211,7 +211,7 @@ class Journal:
                 break
             except Exception as exc:
                 log.error("reading back %d completions failed (%s)", len(ids), exc)
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
         return [
             ok or _holds(infos.get(c.id), c) for c, ok in zip(completions, applied, strict=True)

@@ -1,9 +1,11 @@
 """Helpers for testing code built on legion, including your own agents.
 
-* `FakeClock`: virtual monotonic time. It satisfies `legion.llm.timer.Timer`,
-  so a `legion.llm.Capacity` or `legion.llm.LLMClient` built on it paces,
-  pauses and backs off without real sleeping, and a test of a minute of
-  traffic runs in milliseconds, deterministically.
+* `FakeClock`: virtual time. It is a `legion.clock.Clock`, so a `legion.Runtime`
+  or a `legion.Worker` on it times out, heartbeats, expires and reaps leases and
+  sleeps durably as the test moves time; and a `legion.llm.timer.Timer`, so a
+  `legion.llm.Capacity` or `legion.llm.LLMClient` built on it paces, pauses and
+  backs off without real sleeping: a test of a minute of traffic runs in
+  milliseconds, deterministically.
 * `ScaledClock`: real time sped up, shared by a simulator and a client to
   rehearse minutes of rate-limited traffic in seconds.
 * `ScriptedProvider`: a provider that answers from a script.
@@ -15,7 +17,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from legion.llm.provider import ChatResult
@@ -27,8 +29,11 @@ T = TypeVar("T")
 class FakeClock:
     """Virtual time that moves only when a test moves it.
 
-    ``now()`` starts at ``start``. ``await sleep(s)`` suspends the caller
-    until time reaches ``now() + s``. Time moves in two ways:
+    ``now()`` (also ``monotonic()``) starts at ``start``; ``wall()`` starts at
+    ``wall`` (by default the real wall clock when the fake one is made) and moves
+    with it. ``await sleep(s)`` suspends the caller until time reaches
+    ``now() + s``; ``call_later(s, callback)`` calls ``callback`` (in the event
+    loop) then. Time moves in two ways:
 
     * ``await advance(s)``: moves time forward by ``s``, waking sleepers in
       deadline order (ties: in the order they fell asleep), each at its own
@@ -41,16 +46,40 @@ class FakeClock:
     "Lets the loop run" means ``settle_rounds`` iterations of the event loop,
     enough for any code that does no real I/O to reach its next sleep. Code
     under test must sleep through this clock only (not ``asyncio.sleep``).
+
+    A `legion.Runtime` on this clock counts its ``drain_timeout`` on it too: closing
+    one while an instance still runs waits until the test moves time past it (or give
+    it ``drain_timeout=0``).
     """
 
-    def __init__(self, start: float = 0.0, *, settle_rounds: int = 50) -> None:
+    def __init__(
+        self, start: float = 0.0, *, wall: float | None = None, settle_rounds: int = 50
+    ) -> None:
         self._now = start
+        self._wall_offset = (time.time() if wall is None else wall) - start
         self._settle_rounds = settle_rounds
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sleepers: list[tuple[float, int, asyncio.Future[None] | FakeTimer]] = []
         self._order = itertools.count()
 
     def now(self) -> float:
         return self._now
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        """Seconds since the epoch, on this clock."""
+        return self._now + self._wall_offset
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> FakeTimer:
+        """Call ``callback`` once time reaches ``now() + delay`` (at once, in the loop's
+        next round, for ``delay <= 0``)."""
+        timer = FakeTimer(callback)
+        if delay <= 0:
+            timer.fire()
+        else:
+            heapq.heappush(self._sleepers, (self._now + delay, next(self._order), timer))
+        return timer
 
     @property
     def sleepers(self) -> int:
@@ -111,10 +140,37 @@ class FakeClock:
         deadline = sleepers[0][0]
         self._now = max(self._now, deadline)
         while sleepers and sleepers[0][0] == deadline:
-            future = heapq.heappop(sleepers)[2]
-            if not future.done():
-                future.set_result(None)
+            waiter = heapq.heappop(sleepers)[2]
+            if isinstance(waiter, FakeTimer):
+                waiter.fire()
+            elif not waiter.done():
+                waiter.set_result(None)
         return True
+
+
+class FakeTimer:
+    """A timer of a `FakeClock` (see `FakeClock.call_later`)."""
+
+    __slots__ = ("_callback", "_handle", "cancelled", "fired")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self._callback = callback
+        self._handle: asyncio.Handle | None = None
+        self.cancelled = False
+        self.fired = False
+
+    def done(self) -> bool:
+        return self.cancelled or self.fired
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def fire(self) -> None:
+        if not self.done():
+            self.fired = True
+            self._handle = asyncio.get_running_loop().call_soon(self._callback)
 
 
 class ScaledClock:

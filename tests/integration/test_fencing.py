@@ -20,6 +20,7 @@ from legion.run.runner import Instance
 from legion.run.worker import Worker, WorkerConfig
 from legion.store import SQLiteStore, WorkerInfo, WriteBatch, store_from_url
 from legion.task import Lease, NewTask
+from legion.testing import FakeClock
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
@@ -100,13 +101,14 @@ async def test_a_cancel_asked_through_the_store_is_seen_at_the_next_step(store_u
         await ctx.step("three", ran.append, "three")  # never runs
         return x
 
-    # The next heartbeat is seconds away: step two's record is what tells of the cancel.
-    async with Runtime(store_url, lease_seconds=600) as rt:
+    # No heartbeat comes (the clock stands still): step two's record tells of the cancel.
+    clock = FakeClock()
+    async with Runtime(store_url, lease_seconds=600, clock=clock) as rt:
         submitted = await rt.submit(steps, 1)
         async with asyncio.timeout(30):
             while not await rt.store.steps(submitted.id):  # noqa: ASYNC110 - step one recorded
                 await asyncio.sleep(0.01)
-        assert await rt.store.cancel(submitted.id, time.time()) is TaskStatus.RUNNING
+        assert await rt.store.cancel(submitted.id, clock.wall()) is TaskStatus.RUNNING
         go.set()
         async with asyncio.timeout(30):
             result = await rt.result(submitted.id)

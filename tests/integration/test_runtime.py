@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pydantic
@@ -11,6 +13,18 @@ import pytest
 
 import legion
 from legion import Runtime, TaskStatus
+from legion.testing import FakeClock
+
+
+async def running(rt: Runtime, task_id: int, attempt: int) -> None:
+    """Wait until this runtime's worker runs attempt ``attempt`` of the task."""
+    async with asyncio.timeout(30):
+        while True:
+            info = await rt.get(task_id)
+            held = rt.worker is not None and rt.worker.holds(task_id)
+            if held and info is not None and info.attempt == attempt:
+                return
+            await asyncio.sleep(0.002)
 
 
 async def collect(
@@ -252,8 +266,13 @@ async def test_timeout_ends_a_hanging_instance(db_url: str) -> None:
     async def hang(ctx: legion.Context, x: int) -> None:
         await asyncio.Event().wait()
 
-    async with Runtime(db_url) as rt:
-        r = await rt.result((await rt.submit(hang, 1)).id)
+    clock = FakeClock()
+    async with Runtime(db_url, clock=clock) as rt:
+        submitted = await rt.submit(hang, 1)
+        for attempt in (1, 2):
+            await running(rt, submitted.id, attempt)
+            await clock.advance(0.05)  # its time is up
+        r = await rt.result(submitted.id)
     assert r.status is TaskStatus.DEAD and r.attempt == 2
     assert r.error is not None and r.error.type == "TaskTimeout" and "0.05s" in r.error.message
 
@@ -349,14 +368,30 @@ async def test_fault_isolation_2000_tasks(db_url: str) -> None:
         return i
 
     n = 2000
-    async with Runtime(db_url, concurrency=1000) as rt:
-        results = [r async for r in rt.map(chaos, range(n))]
-        infos = await rt.store.get_many([r.id for r in results])
-    assert len(results) == len(infos) == n
-    by_input = {info.input: info for info in infos}  # bare values are stored as given
     melt = [i for i in range(n) if i % 100 == 0]
     hang = [i for i in range(n) if i % 20 == 1 and i % 100 != 0]
     bad = [i for i in range(n) if i % 10 == 2 and i % 20 != 1 and i % 100 != 0]
+    clock = FakeClock()
+    async with Runtime(db_url, concurrency=1000, clock=clock) as rt:
+        mapping = asyncio.create_task(_collect_all(rt.map(chaos, range(n))))
+        worker = rt.worker
+        assert worker is not None
+
+        def only_hanging(leased: int) -> bool:
+            """Every other attempt was leased and is over: only the hanging ones run."""
+            stats = worker.statistics()
+            return (stats.leased, stats.in_flight) == (leased, len(hang))
+
+        # Each attempt of the hanging tasks: once only they run, their time is up.
+        for leased in (n + len(melt) + len(bad), n + len(melt) + len(bad) + len(hang)):
+            async with asyncio.timeout(60):
+                while not only_hanging(leased):  # noqa: ASYNC110 - counters, no event
+                    await asyncio.sleep(0.005)
+            await clock.advance(0.2)
+        results = await mapping
+        infos = await rt.store.get_many([r.id for r in results])
+    assert len(results) == len(infos) == n
+    by_input = {info.input: info for info in infos}  # bare values are stored as given
     fine = set(range(n)) - set(melt) - set(hang) - set(bad)
     assert len(melt) == 20 and len(hang) == 100 and len(bad) == 200
     assert all(by_input[i].status is TaskStatus.SUCCEEDED and by_input[i].output == i for i in fine)
@@ -374,6 +409,10 @@ async def test_fault_isolation_2000_tasks(db_url: str) -> None:
                 and text in info.error.message
             )
             assert info.attempt == 2
+
+
+async def _collect_all(results: AsyncIterator[legion.TaskResult]) -> list[legion.TaskResult]:
+    return [r async for r in results]
 
 
 async def test_system_exit_in_an_agent_or_a_gathered_step_is_contained(db_url: str) -> None:
@@ -419,7 +458,9 @@ async def test_closing_drains_running_tasks(db_url: str) -> None:
     assert info is not None and info.status is TaskStatus.SUCCEEDED
 
 
-async def test_drain_timeout_releases_unfinished_tasks_without_losing_them(db_url: str) -> None:
+async def test_drain_timeout_releases_unfinished_tasks_without_losing_them(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     started = asyncio.Event()
     gate = asyncio.Event()
 
@@ -429,11 +470,18 @@ async def test_drain_timeout_releases_unfinished_tasks_without_losing_them(db_ur
         await gate.wait()
         return ctx.attempt
 
-    rt = Runtime(db_url, drain_timeout=0.01)
+    caplog.set_level(logging.INFO, logger="legion.worker")
+    clock = FakeClock()
+    rt = Runtime(db_url, drain_timeout=0.01, clock=clock)
     await rt.open()
     s = await rt.submit(stuck, 1)
     await started.wait()
-    await rt.aclose()
+    closing = asyncio.create_task(rt.aclose())
+    async with asyncio.timeout(30):
+        while not any("draining" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110 - a log line, no event to wait on
+            await asyncio.sleep(0.002)
+    await clock.advance(0.01)  # the drain timeout
+    await closing
     async with Runtime(db_url, worker=False) as check:
         info = await check.get(s.id)
         assert info is not None and (info.status, info.attempt) == (TaskStatus.QUEUED, 0)
@@ -494,7 +542,7 @@ async def test_closing_the_journal_while_a_commit_is_in_flight_returns(tmp_path:
 
     store = SQLiteStore(tmp_path / "j.db")
     await store.open()
-    journal = Journal(store, clock=lambda: 0.0, on_committed=lambda batch: None)
+    journal = Journal(store, clock=FakeClock(wall=0.0), on_committed=lambda batch: None)
     runner = asyncio.create_task(journal.run())
     durable = journal.write_memory(MemoryWrite("s", "k", b"1"))
     await asyncio.sleep(0)  # the flush starts

@@ -5,21 +5,20 @@ from __future__ import annotations
 from legion.llm import Capacity, LLMClient, Route
 from legion.run.shares import SharedCapacity
 from legion.store import Store
-from legion.testing import ScriptedProvider
+from legion.testing import FakeClock, ScriptedProvider
 
 
-def worker_client(rpm: int) -> tuple[LLMClient, Capacity]:
-    capacity = Capacity("default", rpm=rpm)
+def worker_client(rpm: int, clock: FakeClock) -> tuple[LLMClient, Capacity]:
+    capacity = Capacity("default", rpm=rpm, timer=clock)
     provider = ScriptedProvider([], name="openai")
     return LLMClient([Route("default", provider, "gpt-x", capacity)]), capacity
 
 
 async def test_idle_workers_split_the_limit_evenly(store: Store) -> None:
-    now = [1000.0]
-    pairs = [worker_client(600) for _ in range(3)]
+    clock = FakeClock(wall=1000.0)
+    pairs = [worker_client(600, clock) for _ in range(3)]
     shares = [
-        SharedCapacity(client, store, f"w{i}", clock=lambda: now[0])
-        for i, (client, _) in enumerate(pairs)
+        SharedCapacity(client, store, f"w{i}", clock=clock) for i, (client, _) in enumerate(pairs)
     ]
     for _ in range(2):  # two rounds: everyone has seen everyone
         for s in shares:
@@ -29,12 +28,13 @@ async def test_idle_workers_split_the_limit_evenly(store: Store) -> None:
 
 
 async def test_a_busy_worker_takes_most_of_the_limit_and_shares_add_up_to_one(store: Store) -> None:
-    now = [1000.0]
-    (busy_client, busy), (idle_client, idle) = worker_client(600), worker_client(600)
-    busy_share = SharedCapacity(busy_client, store, "busy", clock=lambda: now[0])
-    idle_share = SharedCapacity(idle_client, store, "idle", clock=lambda: now[0])
+    clock = FakeClock(wall=1000.0)
+    (busy_client, busy), (idle_client, idle) = worker_client(600, clock), worker_client(600, clock)
+    busy_share = SharedCapacity(busy_client, store, "busy", clock=clock)
+    idle_share = SharedCapacity(idle_client, store, "idle", clock=clock)
     reservations = [busy.reserve(10) for _ in range(8)]
-    slots = [await r.__aenter__() for r in reservations]  # eight calls in flight
+    # Eight calls in flight (paced at 600 rpm: the clock jumps to each one's turn).
+    slots = [await clock.run(r.__aenter__()) for r in reservations]
     for _ in range(3):
         await busy_share.sync()
         await idle_share.sync()
@@ -46,23 +46,23 @@ async def test_a_busy_worker_takes_most_of_the_limit_and_shares_add_up_to_one(st
 
 
 async def test_a_worker_that_stops_claiming_no_longer_counts(store: Store) -> None:
-    now = [1000.0]
-    (a_client, a), (b_client, _) = worker_client(600), worker_client(600)
-    sa = SharedCapacity(a_client, store, "a", clock=lambda: now[0], period=1.0)
-    sb = SharedCapacity(b_client, store, "b", clock=lambda: now[0], period=1.0)
+    clock = FakeClock(wall=1000.0)
+    (a_client, a), (b_client, _) = worker_client(600, clock), worker_client(600, clock)
+    sa = SharedCapacity(a_client, store, "a", clock=clock, period=1.0)
+    sb = SharedCapacity(b_client, store, "b", clock=clock, period=1.0)
     await sb.sync()
     await sa.sync()
     assert round(a.share, 2) == 0.5
-    now[0] += 10  # b died: its claim is older than three periods
+    await clock.advance(10)  # b died: its claim is older than three periods
     await sa.sync()
     assert a.share == 1.0
 
 
 async def test_a_429_seen_by_one_worker_slows_the_others(store: Store) -> None:
-    now = [1000.0]
-    (a_client, a), (b_client, b) = worker_client(600), worker_client(600)
-    sa = SharedCapacity(a_client, store, "a", clock=lambda: now[0])
-    sb = SharedCapacity(b_client, store, "b", clock=lambda: now[0])
+    clock = FakeClock(wall=1000.0)
+    (a_client, a), (b_client, b) = worker_client(600, clock), worker_client(600, clock)
+    sa = SharedCapacity(a_client, store, "a", clock=clock)
+    sb = SharedCapacity(b_client, store, "b", clock=clock)
     await sa.sync()
     await sb.sync()
     before = b.statistics().effective_rpm

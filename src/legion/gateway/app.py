@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 from typing import Any
 
 from aiohttp import web
@@ -45,7 +44,7 @@ class Gateway:
         self._client = client
         self._store = store
         self._auth = Authenticator(store, cache_seconds=key_cache_seconds)
-        self._shares = SharedCapacity(client, store, gateway_id, clock=time.time)
+        self._shares = SharedCapacity(client, store, gateway_id)
         self.usage: dict[str, KeyUsage] = {}
         self.address: Any = None
         """Where it listens, once `serve` has started it."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from legion import attempt, codec, deadline, telemetry
 from legion.agent import Agent
-from legion.clock import Clock
+from legion.clock import Clock, system_clock
 from legion.context import BeforeStep, Context
 from legion.diagnostics import tracking
 from legion.diagnostics.lookback import escaped_exception, look_back
@@ -68,7 +68,7 @@ class Instance:
         "time",
     )
 
-    def __init__(self, lease: Lease, agent: Agent) -> None:
+    def __init__(self, lease: Lease, agent: Agent, clock: Clock = system_clock) -> None:
         self.lease = lease
         self.agent = agent
         self.stop_reason: StopReason | None = None
@@ -84,6 +84,7 @@ class Instance:
         self.time = attempt.AttemptTime(
             agent.options.timeout,
             agent.options.deadline,
+            now=clock.monotonic,
             priority=lease.priority,
             tenant=lease.tenant,
             agent=agent.name,
@@ -149,7 +150,7 @@ async def run_instance(
     tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
     attempt.CURRENT.set(instance.time)  # waits for capacity report to this attempt's time
     deadline.bind(instance.time.wait_budget)  # how long an LLM call may wait
-    started = clock()
+    started = clock.wall()
     output: bytes | None = None
     error: BaseException | None = None
     try:
@@ -169,7 +170,7 @@ async def run_instance(
             error = _timed_out(agent, instance.time)
         else:
             outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
-            done = _completion(lease, owner, outcome, started, clock())
+            done = _completion(lease, owner, outcome, started, clock.wall())
             journal.complete(lease, _timed(done, instance.time))
             return
     except LeaseLost:
@@ -177,7 +178,7 @@ async def run_instance(
         return
     except Suspended as suspended:  # a wait: the task waits without a slot or a lease
         done = _completion(
-            lease, owner, Outcome.WAITING, started, clock(), usage=ctx.usage.to_json()
+            lease, owner, Outcome.WAITING, started, clock.wall(), usage=ctx.usage.to_json()
         )
         journal.complete(
             lease, _timed(dataclasses.replace(done, wait=suspended.wait), instance.time)
@@ -189,7 +190,7 @@ async def run_instance(
         error = AgentCrash(exc)
     if instance.stop_reason is StopReason.LOST:  # the agent swallowed the stop
         return
-    finished = clock()
+    finished = clock.wall()
     usage = ctx.usage.to_json()
     found = _look_back(instance, ctx)
     if strict and error is None and any(d.kind is Kind.UNAWAITED for d in found):

@@ -57,6 +57,8 @@ class Runtime:
       (otherwise it is reported on the task).
     - ``watchdog``: watch the event loop for agents that block it (and track which
       instance created which task); on by default, cheap.
+    - ``clock``: the time the runtime reads, sleeps and sets timers on (a SQLite store
+      it opens from a URL too); `legion.testing.FakeClock` in tests.
     """
 
     def __init__(
@@ -94,7 +96,9 @@ class Runtime:
         self._executor = executor
         self._owns_store = isinstance(store, str)
         self.store: Store = (
-            store_from_url(store, lease_seconds=lease_seconds) if isinstance(store, str) else store
+            store_from_url(store, lease_seconds=lease_seconds, clock=clock)
+            if isinstance(store, str)
+            else store
         )
         self._clock = clock
         self._agents: dict[str, Agent] = {}
@@ -273,7 +277,7 @@ class Runtime:
         """Queue tasks whose inputs are encoded already, in one transaction (their agents
         must be registered). A key sent again with another input raises
         `legion.errors.IdempotencyConflict` and queues nothing."""
-        submitted = await self.store.submit(tasks, self._clock())
+        submitted = await self.store.submit(tasks, self._clock.wall())
         if self.worker is not None:
             self.worker.wake(urgent=sum(1 for t in tasks if t.priority > 0))
         return submitted
@@ -338,7 +342,7 @@ class Runtime:
 
     async def cancel(self, task_id: int) -> TaskStatus | None:
         """Cancel a task: a queued one at once, a running one as soon as its worker sees it."""
-        status = await self.store.cancel(task_id, self._clock())
+        status = await self.store.cancel(task_id, self._clock.wall())
         if self.worker is not None:
             self.worker.cancel_local(task_id)
         return status
@@ -348,7 +352,7 @@ class Runtime:
         (``ctx.wait_for``) is queued again; one that waits for it later receives it then.
         Answers the task's status after (``None``: no such task); a finished task gets
         none."""
-        status = await self.store.signal(task_id, event, codec.dumps(data), self._clock())
+        status = await self.store.signal(task_id, event, codec.dumps(data), self._clock.wall())
         if status is TaskStatus.QUEUED and self.worker is not None:
             self.worker.wake()
         return status

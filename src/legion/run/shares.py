@@ -26,7 +26,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from legion.clock import Clock
+from legion.clock import Clock, system_clock
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.store.base import CapacityBoard
@@ -51,7 +51,7 @@ class SharedCapacity:
         store: CapacityBoard,
         worker_id: str,
         *,
-        clock: Clock,
+        clock: Clock = system_clock,
         period: float = 1.0,
     ) -> None:
         self._client = client
@@ -70,13 +70,13 @@ class SharedCapacity:
                 raise
             except Exception as exc:  # the store is down: keep the last shares
                 log.warning("could not share LLM capacity through the store: %s", exc)
-            await asyncio.sleep(self._period)
+            await self._clock.sleep(self._period)
 
     async def sync(self) -> None:
         """One round: publish 429s seen here, claim demand, apply shares and pauses."""
         for key, capacity in self._limited():
             seen = self._seen.setdefault(key, _Seen(started=capacity.demand()[0]))
-            now = self._clock()
+            now = self._clock.wall()
             stats = capacity.statistics()
             if stats.rate_limited > seen.rate_limited and stats.paused_for > 0:
                 await self._store.signal_backoff(key, now + stats.paused_for)

@@ -4,12 +4,8 @@ Background loops, all owned by `Worker.run`:
 
 - **lease**: takes as many ready tasks as there are free slots (global and per agent);
 - **journal**: group-commits step results, memory writes and completions;
-- **heartbeat**: extends the leases of the instances it runs (only those) and reports
-  the worker's load; stops instances whose cancellation was asked through the store and
-  those whose lease it could not extend (lost to another worker). A worker that could not
-  heartbeat for a whole lease stops all its instances: their leases may be gone;
-- **reaper**: takes back the leases of workers that died (their process is certainly
-  gone, their heartbeat stopped, or their leases simply expired).
+- **heartbeat** and **reaper**: keep the worker's leases and take back those of dead
+  workers (see `legion.run.upkeep`, the worker's base class).
 
 Every write an instance makes is fenced by its lease (see `legion.journal.Journal`):
 an instance whose lease was lost is stopped at its next write or heartbeat, and logged
@@ -34,9 +30,7 @@ import logging
 import math
 import os
 import random
-import resource
 import socket
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from legion import heap, identity
 from legion.agent import Agent
-from legion.clock import Clock, system_clock
+from legion.clock import Clock, system_clock, within
 from legion.diagnostics import tracking
 from legion.diagnostics.report import agent_files, blocked_loop
 from legion.diagnostics.watchdog import Block, Capture, LoopWatchdog
@@ -53,11 +47,10 @@ from legion.journal import Committed, Journal
 from legion.run.freeze import FreezeGuard
 from legion.run.route_meter import RouteMeter
 from legion.run.runner import Instance, StopReason, run_instance
+from legion.run.upkeep import Upkeep, ended, rss_mb
 from legion.stats import Counters, Statistics
 from legion.store.base import Store
-from legion.store.types import WorkerInfo
 from legion.task import Lease, Outcome, TaskInfo
-from legion.waiting import schedules
 
 if TYPE_CHECKING:
     from legion.executors import Executor
@@ -101,7 +94,9 @@ class WorkerConfig:
             raise ValueError("lease_seconds and poll_interval must be > 0")
 
 
-class Worker:
+class Worker(Upkeep):
+    config: WorkerConfig
+
     def __init__(
         self,
         store: Store,
@@ -149,7 +144,7 @@ class Worker:
         # them; a step waits for a fresh confirmation when it is older than _step_grace.
         self._heartbeat_every = min(self.config.lease_seconds / 3, 5.0)
         self._step_grace = 2 * self._heartbeat_every
-        self._confirmed_at = time.monotonic()
+        self._confirmed_at = clock.monotonic()
         self._confirmation: asyncio.Future[None] | None = None
         self._beat = asyncio.Event()
         self._ambiguous_lease = False  # a lease call failed: the store may have leased rows
@@ -175,7 +170,7 @@ class Worker:
         )
         self._freeze_guard: FreezeGuard | None = None
         self._overloaded: str | None = None
-        self._expiry = _Expiry()
+        self._expiry = _Expiry(clock)
         for a in agents:
             self.add_agent(a)
 
@@ -253,7 +248,7 @@ class Worker:
             tracking.install(self._loop)
             self._watchdog.start()
         await self._register()
-        self._confirmed_at = time.monotonic()  # no lease is held yet
+        self._confirmed_at = self._clock.monotonic()  # no lease is held yet
         for executor in self.executors.values():
             await executor.start()
         heap.settle()  # full collections skip what start-up made (see legion.heap)
@@ -313,7 +308,7 @@ class Worker:
                 await self._slots.wait()
                 continue
             wanted = min(free, sum(wants.values()))
-            now = self._clock()
+            now = self._clock.wall()
             try:
                 if self._ambiguous_lease:
                     await self._release_unheld()
@@ -377,7 +372,7 @@ class Worker:
         # first, a child process to start) are about to queue one: count them as queued
         # already. (One that made none for longer may never call: an agent without LLM
         # calls is not held back.)
-        since = time.monotonic() - horizon
+        since = self._clock.monotonic() - horizon
         coming = sum(
             1
             for inst in self._instances.values()
@@ -406,17 +401,19 @@ class Worker:
         return wants
 
     async def _sleep_or_wake(self, seconds: float) -> None:
-        """Wait ``seconds``, or less if woken: by this process (a submission), or by the
-        store (another process queued work; PostgreSQL notifies, SQLite cannot)."""
+        """Wait ``seconds`` (on the worker's clock), or less if woken: by this process (a
+        submission), or by the store (another process queued work; PostgreSQL notifies,
+        SQLite cannot)."""
         self._wake.clear()
         woken = asyncio.ensure_future(self._wake.wait())
         notified = asyncio.ensure_future(self.store.wait_for_work(seconds))
+        slept = asyncio.ensure_future(self._clock.sleep(seconds))
         try:
-            await asyncio.wait((woken, notified), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((woken, notified, slept), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for f in (woken, notified):
+            for f in (woken, notified, slept):
                 f.cancel()
-            await asyncio.gather(woken, notified, return_exceptions=True)
+            await asyncio.gather(woken, notified, slept, return_exceptions=True)
 
     def _check_overload(self) -> bool:
         """Whether to hold off leasing: the loop lags, or memory is past its mark."""
@@ -502,7 +499,7 @@ class Worker:
 
     def _start(self, lease: Lease) -> Instance:
         agent = self._agents[lease.agent]
-        inst = Instance(lease, agent)
+        inst = Instance(lease, agent, self._clock)
         self._instances[lease.id] = inst
         self._running[agent.name] += 1
         self._counters.leased += 1
@@ -567,7 +564,7 @@ class Worker:
         stopped: list[int] = []
         for task_id in task_ids:
             inst = self._instances.get(task_id)
-            if inst is None or _ended(inst) or inst.stop_reason is StopReason.LOST:
+            if inst is None or ended(inst) or inst.stop_reason is StopReason.LOST:
                 continue
             inst.stop(StopReason.LOST)
             stopped.append(task_id)
@@ -603,7 +600,7 @@ class Worker:
     def _before_step(self, task_id: int) -> asyncio.Future[None] | None:
         """Before a step runs: go on if the store confirmed this worker's leases lately;
         else wait for the next heartbeat (which stops lost and cancelled instances)."""
-        if time.monotonic() - self._confirmed_at < self._step_grace:
+        if self._clock.monotonic() - self._confirmed_at < self._step_grace:
             return None
         if self._confirmation is None or self._confirmation.done():
             self._confirmation = asyncio.get_running_loop().create_future()
@@ -623,8 +620,7 @@ class Worker:
         if any(c.applied for c in batch):
             self.wake()  # an end may have woken a waiting parent, a suspension itself
         if retry_at is not None:
-            delay = max(0.0, retry_at - self._clock())
-            asyncio.get_running_loop().call_later(delay, self.wake)
+            self._clock.call_later(max(0.0, retry_at - self._clock.wall()), self.wake)
         if self._listener is not None:
             self._listener(batch)
 
@@ -636,158 +632,16 @@ class Worker:
                 self.config.drain_timeout,
             )
             pending = [i.task for i in self._instances.values() if i.task is not None]
-            _, still = await asyncio.wait(pending, timeout=self.config.drain_timeout)
+            finished = asyncio.ensure_future(asyncio.wait(pending))
+            if not await within(self._clock, finished, self.config.drain_timeout):
+                finished.cancel()  # (not the instances: they are released below)
+                await asyncio.gather(finished, return_exceptions=True)
+            still = [t for t in pending if not t.done()]
             if still:
                 log.warning("releasing %d unfinished tasks back to the queue", len(still))
                 for inst in list(self._instances.values()):
                     inst.stop(StopReason.RELEASED)
                 await asyncio.gather(*still, return_exceptions=True)
-
-    # -- heartbeat and reaping ---------------------------------------------------------
-
-    def health(self) -> dict[str, object]:
-        """What the worker reports in its heartbeat: load, loop lag, memory."""
-        s = self.statistics()
-        h = self._watchdog.health()
-        return {
-            "in_flight": s.in_flight,
-            "succeeded": s.succeeded,
-            "failed": s.failed + s.dead,
-            "loop_lag_ms": round(h.recent_lag * 1000, 1),
-            "max_loop_lag_ms": round(h.max_lag * 1000, 1),
-            "blocked": h.blocks,
-            "blocked_ms": round(h.blocked_seconds * 1000),
-            "rss_mb": round(rss_mb(), 1),
-            "overloaded": self._overloaded,
-            "agents": sorted(self._agents),
-            "breakers_open": self._open_breakers(),
-            "concurrency": self.config.concurrency,
-            "routes": self._meter.report() if self._meter is not None else {},
-            "metered": self._meter is None or self._meter.measured,
-            "offer": dict(self.config.offer),
-        }
-
-    def _open_breakers(self) -> list[str]:
-        """The LLM routes whose circuit breaker is not closed (calls wait for a probe)."""
-        if self.llm is None:
-            return []
-        return [r.name for r in self.llm.routes.values() if r.breaker and r.breaker.state]
-
-    async def _register(self) -> None:
-        now = self._clock()
-        me = self._identity
-        info = WorkerInfo(
-            self.id, self.host, me.pid, now, now, self.health(), me.boot_id, me.pid_ns, me.start
-        )
-        await self.store.register_worker(info)
-
-    async def _heartbeat_loop(self) -> None:
-        interval = self._heartbeat_every
-        lease = self.config.lease_seconds
-        while True:
-            self._beat.clear()
-            try:
-                async with asyncio.timeout(interval):
-                    await self._beat.wait()  # a step asks for a confirmation now
-            except TimeoutError:
-                pass
-            try:
-                await self.heartbeat()
-            except Exception as exc:
-                log.error("heartbeat failed: %s", exc)
-                if time.monotonic() - self._confirmed_at > lease and self._instances:
-                    log.error(
-                        "no heartbeat for a whole lease (%.0fs): stopping all %d instances, "
-                        "whose leases may be taken",
-                        lease,
-                        len(self._instances),
-                    )
-                    self._lost(set(self._instances))
-                    # Rows still leased to it go back to the queue (not charged) as soon as
-                    # the store answers again.
-                    self._ambiguous_lease = True
-
-    async def heartbeat(self) -> None:
-        """Extend the leases of the instances this worker runs; stop those whose lease is
-        gone or whose cancellation was asked; report the load (registering anew if the
-        worker's row was taken for dead)."""
-        sent = time.monotonic()
-        running = [i for i, inst in self._instances.items() if not _ended(inst)]
-        now = self._clock()
-        extended = await self.store.extend_leases(
-            self.id, running, now + self.config.lease_seconds, now
-        )
-        self._confirmed_at = sent
-        lost = {
-            i
-            for i in running
-            if i not in extended.held
-            and (inst := self._instances.get(i)) is not None
-            and not _ended(inst)
-            and inst.stop_reason is None
-        }
-        if lost:
-            self._lost(lost)
-        for task_id in extended.cancel:
-            self.cancel_local(task_id)
-        if self._confirmation is not None and not self._confirmation.done():
-            self._confirmation.set_result(None)
-        await self._register()
-
-    async def _reaper_loop(self) -> None:
-        while True:
-            try:
-                await self.reap()
-            except Exception as exc:
-                log.error("reclaiming leases failed: %s", exc)
-            # Often enough that a dead worker on this host is noticed within seconds.
-            await asyncio.sleep(min(self.config.lease_seconds / 2, 2.0))
-
-    async def reap(self) -> None:
-        """Take back leases of dead workers and expired leases.
-
-        A worker is dead once its heartbeat is older than two lease periods (by the
-        store's clock: the database's on PostgreSQL), or early — once its heartbeat is
-        no longer fresh (older than a heartbeat period) — when its process is certainly
-        gone: same kernel boot, same PID namespace, and the PID free or another
-        process's (see `legion.identity`). A host name alone proves nothing."""
-        store_now = await self.store.now()
-        me = self._identity
-        dead = []
-        for w in await self.store.workers():
-            if w.id == self.id:
-                continue
-            age = store_now - w.heartbeat_at
-            theirs = identity.ProcessIdentity(w.boot_id, w.pid_ns, w.pid, w.proc_start)
-            if age > 2 * self.config.lease_seconds or (
-                age > self._heartbeat_every and identity.is_gone(theirs, me)
-            ):
-                dead.append(w.id)
-        reclaimed = await self.store.reclaim(self._clock(), dead)
-        for wid in dead:
-            await self.store.remove_worker(wid)
-        if await schedules.tick(self.store, self._clock()):  # timers and cron ticks
-            self.wake()
-        if reclaimed.requeued or reclaimed.dead or reclaimed.cancelled:
-            log.warning(
-                "took back the leases of stopped workers: %d re-queued, %d dead, %d cancelled",
-                reclaimed.requeued,
-                reclaimed.dead,
-                reclaimed.cancelled,
-            )
-            self.wake()
-
-
-def rss_mb() -> float:
-    """This process's resident memory in MB (peak memory where /proc is missing)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE / 1e6
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 _ADMISSION_RECHECK = 0.05  # seconds between two looks at busy routes
@@ -804,28 +658,29 @@ class _Expiry:
     timer keeps a finished task.
     """
 
-    __slots__ = ("_buckets",)
+    __slots__ = ("_buckets", "_clock")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
         self._buckets: dict[int, dict[int, Instance]] = {}
 
     def add(self, inst: Instance) -> None:
         left = inst.time.remaining()
         if left is not None:
-            loop = asyncio.get_running_loop()
-            self._put(loop, inst, loop.time() + left)
+            self._put(inst, self._clock.monotonic() + left)
 
     def discard(self, inst: Instance) -> None:
         if inst.expiry is not None:
             inst.expiry.pop(inst.lease.id, None)
             inst.expiry = None
 
-    def _put(self, loop: asyncio.AbstractEventLoop, inst: Instance, at: float) -> None:
+    def _put(self, inst: Instance, at: float) -> None:
         key = math.ceil(at / _EXPIRY_GRAIN)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = {}
-            loop.call_at(key * _EXPIRY_GRAIN, self._fire, key)
+            delay = key * _EXPIRY_GRAIN - self._clock.monotonic()
+            self._clock.call_later(delay, functools.partial(self._fire, key))
         bucket[inst.lease.id] = inst
         inst.expiry = bucket
 
@@ -833,8 +688,7 @@ class _Expiry:
         bucket = self._buckets.pop(key, None)
         if not bucket:
             return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._clock.monotonic()
         for inst in bucket.values():
             inst.expiry = None
             left = inst.time.remaining()
@@ -843,14 +697,10 @@ class _Expiry:
             if left <= 1e-3:
                 inst.stop(StopReason.TIMEOUT)
             else:
-                self._put(loop, inst, now + left)
+                self._put(inst, now + left)
 
 
 def _worker_lag(block: Block) -> None:
     """A block of the loop by legion's own work (a metric in the loop's health; no agent
     is told of it)."""
     log.debug("worker lag: the event loop was blocked for %.0f ms", block.seconds * 1000)
-
-
-def _ended(inst: Instance) -> bool:
-    return inst.task is None or inst.task.done()

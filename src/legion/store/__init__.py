@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from legion.clock import Clock, system_clock
 from legion.errors import ConfigError
 from legion.extras import install_hint
 from legion.store.base import (
@@ -75,12 +76,19 @@ def _postgres_store() -> type[PostgresStore]:
     return PostgresStore
 
 
-def store_from_url(url: str, *, create: bool = True, lease_seconds: float | None = None) -> Store:
+def store_from_url(
+    url: str,
+    *,
+    create: bool = True,
+    lease_seconds: float | None = None,
+    clock: Clock = system_clock,
+) -> Store:
     """A store for ``url`` (not yet opened); ``create=False`` refuses a missing database.
 
     A PostgreSQL database is never created (``create`` is ignored): opening a store on a
     missing one raises `legion.errors.ConfigError`. ``lease_seconds`` (the
     workers' lease, 30 s if not given) sets a PostgreSQL store's timeouts below it.
+    ``clock``: a SQLite store's time (a PostgreSQL store keeps the database's).
     """
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
@@ -88,7 +96,7 @@ def store_from_url(url: str, *, create: bool = True, lease_seconds: float | None
             raise ConfigError(
                 f"bad SQLite URL {url!r}: use sqlite:///path.db or sqlite:///:memory:"
             )
-        return SQLiteStore(path[1:], create=create)
+        return SQLiteStore(path[1:], create=create, clock=clock)
     if url.startswith(("postgresql://", "postgres://")):
         if lease_seconds is None:
             return _postgres_store()(url)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from legion import codec
+from legion.clock import Clock, system_clock
 from legion.errors import ConfigError, StorageFull, StoreError, StoreUnavailable
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, task_info
@@ -82,12 +82,21 @@ def _crash_error() -> bytes:
 
 
 class SQLiteStore(SQLiteWaiting):
-    """A `legion.store.base.Store` in one SQLite file (or ``:memory:``)."""
+    """A `legion.store.base.Store` in one SQLite file (or ``:memory:``).
+
+    ``clock``: the store's time (`now`), the wall clock of its one host by default; a
+    test gives the `legion.testing.FakeClock` its workers run on."""
 
     def __init__(
-        self, path: str | Path, *, busy_timeout: float = 30.0, create: bool = True
+        self,
+        path: str | Path,
+        *,
+        busy_timeout: float = 30.0,
+        create: bool = True,
+        clock: Clock = system_clock,
     ) -> None:
         self.path = str(path)
+        self._clock = clock
         self._create = create
         self.url = f"sqlite:///{self.path}"
         self._busy_ms = int(busy_timeout * 1000)
@@ -396,7 +405,7 @@ class SQLiteStore(SQLiteWaiting):
 
     async def now(self) -> float:
         """The wall clock: a SQLite store lives on one host, and its workers share it."""
-        return time.time()
+        return self._clock.wall()
 
     async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
         def run(db: sqlite3.Connection) -> Reclaimed:

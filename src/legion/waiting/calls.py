@@ -76,13 +76,13 @@ async def wait_for(
         return _received(ctx, event, got)
     wake_at = None
     if timeout is not None:
-        until = clock() + timeout
+        until = clock.wall() + timeout
         wake_at = await _recorded(ctx, f"legion.wait-until:{event}", lambda: until)
     data = await store.signal_data(ctx.task_id, event, index)
     if data is not None:
         got = await _recorded(ctx, name, lambda: {"signal": codec.loads(data)})
         return _received(ctx, event, got)
-    if wake_at is not None and clock() >= wake_at:
+    if wake_at is not None and clock.wall() >= wake_at:
         got = await _recorded(ctx, name, lambda: {"timeout": timeout})
         return _received(ctx, event, got)
     shown = codec.dumps(info) if info is not None else None
@@ -103,9 +103,9 @@ def _never() -> Any:
 async def sleep(ctx: Waiter, clock: Clock, seconds: float) -> None:
     if seconds < 0:
         raise ValueError("seconds must be >= 0")
-    until = clock() + seconds
+    until = clock.wall() + seconds
     wake_at = await _recorded(ctx, "legion.sleep", lambda: until)
-    if clock() >= wake_at:
+    if clock.wall() >= wake_at:
         return
     raise Suspended(Wait(wake_at=wake_at))
 
@@ -159,7 +159,7 @@ async def map_children(
             )
             for i in batch
         ]
-        await store.submit_children(ctx.task_id, tasks, clock())
+        await store.submit_children(ctx.task_id, tasks, clock.wall())
         unfinished += len(batch)
         fresh = fresh[room:]
     if not fresh and unfinished == 0:

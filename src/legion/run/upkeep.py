@@ -1,0 +1,234 @@
+"""The worker's upkeep: its heartbeat, its health report, and the reaper.
+
+`Upkeep` is the half of `legion.run.worker.Worker` (its base class) that keeps the
+worker's standing in the store while the lease loop runs the tasks:
+
+- **heartbeat**: extends the leases of the instances it runs (only those) and reports
+  the worker's load; stops instances whose cancellation was asked through the store and
+  those whose lease it could not extend (lost to another worker). A worker that could not
+  heartbeat for a whole lease stops all its instances: their leases may be gone;
+- **health**: what the heartbeat reports (load, loop lag, memory, routes);
+- **reaper**: takes back the leases of workers that died (their process is certainly
+  gone, their heartbeat stopped, or their leases simply expired), and ticks timers and
+  schedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from legion import identity
+from legion.agent import Agent
+from legion.clock import Clock, within
+from legion.diagnostics.watchdog import LoopWatchdog
+from legion.run.route_meter import RouteMeter
+from legion.run.runner import Instance
+from legion.stats import Statistics
+from legion.store.base import Store
+from legion.store.types import WorkerInfo
+from legion.waiting import schedules
+
+if TYPE_CHECKING:
+    from legion.llm.client import LLMClient
+
+log = logging.getLogger("legion.worker")
+
+
+class UpkeepConfig(Protocol):
+    """What the upkeep reads of the worker's configuration."""
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def lease_seconds(self) -> float: ...
+
+    @property
+    def offer(self) -> Mapping[str, float]: ...
+
+
+class Upkeep:
+    """Heartbeat, health and reaper of a worker; `legion.run.worker.Worker` derives from
+    it and sets what it reads."""
+
+    id: str
+    host: str
+    store: Store
+    llm: LLMClient | None
+    config: UpkeepConfig
+    _clock: Clock
+    _agents: dict[str, Agent]
+    _instances: dict[int, Instance]
+    _identity: identity.ProcessIdentity
+    _meter: RouteMeter | None
+    _watchdog: LoopWatchdog
+    _overloaded: str | None
+    _heartbeat_every: float
+    _confirmed_at: float
+    _confirmation: asyncio.Future[None] | None
+    _beat: asyncio.Event
+    _ambiguous_lease: bool
+
+    if TYPE_CHECKING:  # the worker's own, called from here
+
+        def statistics(self) -> Statistics: ...
+
+        def wake(self, urgent: int = 0) -> None: ...
+
+        def cancel_local(self, task_id: int) -> bool: ...
+
+        def _lost(self, task_ids: set[int]) -> None: ...
+
+    def health(self) -> dict[str, object]:
+        """What the worker reports in its heartbeat: load, loop lag, memory."""
+        s = self.statistics()
+        h = self._watchdog.health()
+        return {
+            "in_flight": s.in_flight,
+            "succeeded": s.succeeded,
+            "failed": s.failed + s.dead,
+            "loop_lag_ms": round(h.recent_lag * 1000, 1),
+            "max_loop_lag_ms": round(h.max_lag * 1000, 1),
+            "blocked": h.blocks,
+            "blocked_ms": round(h.blocked_seconds * 1000),
+            "rss_mb": round(rss_mb(), 1),
+            "overloaded": self._overloaded,
+            "agents": sorted(self._agents),
+            "breakers_open": self._open_breakers(),
+            "concurrency": self.config.concurrency,
+            "routes": self._meter.report() if self._meter is not None else {},
+            "metered": self._meter is None or self._meter.measured,
+            "offer": dict(self.config.offer),
+        }
+
+    def _open_breakers(self) -> list[str]:
+        """The LLM routes whose circuit breaker is not closed (calls wait for a probe)."""
+        if self.llm is None:
+            return []
+        return [r.name for r in self.llm.routes.values() if r.breaker and r.breaker.state]
+
+    async def _register(self) -> None:
+        now = self._clock.wall()
+        me = self._identity
+        info = WorkerInfo(
+            self.id, self.host, me.pid, now, now, self.health(), me.boot_id, me.pid_ns, me.start
+        )
+        await self.store.register_worker(info)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._heartbeat_every
+        lease = self.config.lease_seconds
+        while True:
+            self._beat.clear()
+            beat = asyncio.ensure_future(self._beat.wait())  # a step asks for one now
+            try:
+                await within(self._clock, beat, interval)
+            finally:
+                beat.cancel()
+            try:
+                await self.heartbeat()
+            except Exception as exc:
+                log.error("heartbeat failed: %s", exc)
+                if self._clock.monotonic() - self._confirmed_at > lease and self._instances:
+                    log.error(
+                        "no heartbeat for a whole lease (%.0fs): stopping all %d instances, "
+                        "whose leases may be taken",
+                        lease,
+                        len(self._instances),
+                    )
+                    self._lost(set(self._instances))
+                    # Rows still leased to it go back to the queue (not charged) as soon as
+                    # the store answers again.
+                    self._ambiguous_lease = True
+
+    async def heartbeat(self) -> None:
+        """Extend the leases of the instances this worker runs; stop those whose lease is
+        gone or whose cancellation was asked; report the load (registering anew if the
+        worker's row was taken for dead)."""
+        sent = self._clock.monotonic()
+        running = [i for i, inst in self._instances.items() if not ended(inst)]
+        now = self._clock.wall()
+        extended = await self.store.extend_leases(
+            self.id, running, now + self.config.lease_seconds, now
+        )
+        self._confirmed_at = sent
+        lost = {
+            i
+            for i in running
+            if i not in extended.held
+            and (inst := self._instances.get(i)) is not None
+            and not ended(inst)
+            and inst.stop_reason is None
+        }
+        if lost:
+            self._lost(lost)
+        for task_id in extended.cancel:
+            self.cancel_local(task_id)
+        if self._confirmation is not None and not self._confirmation.done():
+            self._confirmation.set_result(None)
+        await self._register()
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            try:
+                await self.reap()
+            except Exception as exc:
+                log.error("reclaiming leases failed: %s", exc)
+            # Often enough that a dead worker on this host is noticed within seconds.
+            await self._clock.sleep(min(self.config.lease_seconds / 2, 2.0))
+
+    async def reap(self) -> None:
+        """Take back leases of dead workers and expired leases.
+
+        A worker is dead once its heartbeat is older than two lease periods (by the
+        store's clock: the database's on PostgreSQL), or early — once its heartbeat is
+        no longer fresh (older than a heartbeat period) — when its process is certainly
+        gone: same kernel boot, same PID namespace, and the PID free or another
+        process's (see `legion.identity`). A host name alone proves nothing."""
+        store_now = await self.store.now()
+        me = self._identity
+        dead = []
+        for w in await self.store.workers():
+            if w.id == self.id:
+                continue
+            age = store_now - w.heartbeat_at
+            theirs = identity.ProcessIdentity(w.boot_id, w.pid_ns, w.pid, w.proc_start)
+            if age > 2 * self.config.lease_seconds or (
+                age > self._heartbeat_every and identity.is_gone(theirs, me)
+            ):
+                dead.append(w.id)
+        reclaimed = await self.store.reclaim(self._clock.wall(), dead)
+        for wid in dead:
+            await self.store.remove_worker(wid)
+        if await schedules.tick(self.store, self._clock.wall()):  # timers and cron ticks
+            self.wake()
+        if reclaimed.requeued or reclaimed.dead or reclaimed.cancelled:
+            log.warning(
+                "took back the leases of stopped workers: %d re-queued, %d dead, %d cancelled",
+                reclaimed.requeued,
+                reclaimed.dead,
+                reclaimed.cancelled,
+            )
+            self.wake()
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (peak memory where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE / 1e6
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def ended(inst: Instance) -> bool:
+    """Whether an instance's task is over (or was never started)."""
+    return inst.task is None or inst.task.done()
