@@ -193,6 +193,8 @@ class SQLiteStore(SQLiteWaiting):
         # submission); the rest are inserted in one executemany. This runs under BEGIN
         # IMMEDIATE, so no other writer can slip in between, and rows inserted together get
         # consecutive ids.
+        if all(t.key is None for t in tasks):  # nothing to look up: insert them all
+            return _insert_unkeyed(db, tasks, now)
         keyed = KeyedTasks(tasks)
         keys = [k for k in keyed.keys if k is not None]
         existing: dict[str, tuple[int, str]] = {}
@@ -735,6 +737,37 @@ def _translate(exc: sqlite3.Error, path: str) -> StoreError:
     if primary in _UNAVAILABLE:
         return StoreUnavailable(f"the store {path} is unavailable ({exc}); try again later")
     return StoreError(f"the store {path} failed: {exc}")
+
+
+def _insert_unkeyed(
+    db: sqlite3.Connection, tasks: Sequence[NewTask], now: float
+) -> list[Submitted]:
+    """Tasks without idempotency keys, inserted in one executemany: consecutive ids."""
+    if not tasks:
+        return []
+    db.executemany(
+        Q["insert_task"],
+        [
+            (
+                t.agent,
+                t.input,
+                None,
+                t.session,
+                t.priority,
+                t.max_attempts,
+                t.not_before,
+                now,
+                t.tenant,
+                None,
+                t.needs,
+            )
+            for t in tasks
+        ],
+    )
+    (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
+    first = last_id - len(tasks) + 1
+    queued = TaskStatus.QUEUED
+    return [Submitted(first + n, None, queued, True) for n in range(len(tasks))]
 
 
 def _requeue(db: sqlite3.Connection, query: str, params: dict[str, Any]) -> int:
