@@ -134,11 +134,11 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
             continue  # they overlapped: already concurrent
         if first.gathered or second.gathered:
             continue  # part of a ctx.gather: already concurrent work, ordered by it
-        if _uses(second, first):
-            continue  # the second used the first's result
         saving = min(first.seconds, second.seconds)
         if saving < MIN_SAVING:
-            continue
+            continue  # not worth a gather (and such a step has no fingerprints)
+        if _uses(second, first):
+            continue  # the second used the first's result
         a, b = first.site, second.site
         where = f" ({_short(a)} and {_short(b)})" if a and b else ""
         reports.append(
