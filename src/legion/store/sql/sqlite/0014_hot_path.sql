@@ -1,9 +1,10 @@
 -- legion schema, version 14 (SQLite): a cheaper status change, for the hot path.
 --
 -- The change feed (`events`) is written by the statements that change a status, no longer
--- by a trigger: the trigger cost every UPDATE that sets `status` (each completion above
--- all: ~4 us a row of the ~12 us its whole write took) even where it did not fire, since
--- SQLite updates in two passes when a trigger may fire. See legion/store/sqlite_feed.py.
+-- by a trigger: the trigger cost every UPDATE that sets `status`, each completion above
+-- all (~5 us a row of the ~14 us the completions' write took, measured with
+-- benchmarks/sql_per_row.py), even where it did not fire: an UPDATE that may fire a
+-- trigger keeps an undo journal of its own. See legion/store/sqlite_feed.py.
 DROP TRIGGER tasks_status_event;
 --
 -- Fewer indexes for every status change to keep.
