@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from legion import codec, faults, telemetry
 from legion.clock import Clock
-from legion.diagnostics.advisor import GATHERED, StepTrace, fingerprints
+from legion.diagnostics.advisor import GATHERED, StepTrace, step_prints
 from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.unawaited import Pending, SiteRef
 from legion.errors import AgentCrash, Permanent
@@ -404,14 +404,15 @@ class Context:
         if faults.ARMED:
             faults.hit("step-recorded")
         value = codec.loads(data)
+        took = finished - started
         self.traces.append(
             StepTrace(
                 key,
                 site,
                 started,
                 finished,
-                fingerprints(inputs if inputs is not None else (*args, *kwargs.values())),
-                fingerprints((value,)),
+                step_prints(took, inputs if inputs is not None else (*args, *kwargs.values())),
+                step_prints(took, (value,)),
                 GATHERED.get(),
             )
         )

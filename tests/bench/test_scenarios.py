@@ -58,6 +58,11 @@ async def test_overhead(tmp_path: Path, postgres_server: str) -> None:
     assert isinstance(ratios, dict)
     assert set(ratios) == {overhead.SQLITE, overhead.POSTGRES}
     assert all(set(r) == {"tasks_per_second", "cpu_per_task"} for r in ratios.values())
+    io = data["io"]
+    assert isinstance(io, dict)
+    # 200 I/O agents at 50 at once: four rounds of 50 ms at the least.
+    assert io["tasks"] == 200 and io["floor_s"] == pytest.approx(0.2)
+    assert io["makespan_s"]["best"] >= io["floor_s"]
 
 
 async def test_steps(tmp_path: Path, postgres_server: str) -> None:

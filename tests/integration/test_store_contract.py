@@ -427,6 +427,42 @@ async def test_event_feed_follows_status_changes_in_order(store: Store) -> None:
     assert await store.events_after(more[-1].id) == []
 
 
+async def test_every_status_change_is_in_the_feed_with_the_lease_it_ended(store: Store) -> None:
+    """Retries, cancels of a retry, reclaims, released leases and requeues each log one
+    event: the status the task holds after it, its attempt, and whose lease it ended."""
+    start = await store.last_event_id()
+    a, b, c, d = await store.submit([new(value=i) for i in range(4)], NOW)
+    await store.lease("w1", {"a": 2}, 2, NOW + 60, NOW)  # a, b
+    await store.cancel(b.id, NOW)  # asked while running: its retry ends it cancelled
+    retry = dict(error=ErrorInfo("E", "boom"), not_before=NOW + 5)
+    await store.write(
+        WriteBatch(
+            completions=[
+                done(a.id, 1, "w1", Outcome.RETRY, **retry),
+                done(b.id, 1, "w1", Outcome.RETRY, **retry),
+            ]
+        ),
+        NOW,
+    )
+    await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW)  # c
+    await store.reclaim(NOW + 1, dead_owners=["w2"])  # c: queued again (to run alone)
+    await store.lease("w3", {"a": 1}, 1, NOW + 60, NOW + 2)  # d
+    assert await store.release_unheld("w3", keep=[]) == 1  # d: queued, attempt not counted
+    await store.lease("w4", {"a": 1}, 1, NOW + 60, NOW + 3)  # d
+    failed = done(d.id, 1, "w4", Outcome.FAILED, error=ErrorInfo("E", "x"))
+    await store.write(WriteBatch(completions=[failed]), NOW + 4)
+    assert await store.requeue([TaskStatus.FAILED]) == 1
+    events = [(e.task_id, e.status, e.attempt, e.worker) for e in await store.events_after(start)]
+    assert events == [
+        (a.id, TaskStatus.QUEUED, 1, "w1"),
+        (b.id, TaskStatus.CANCELLED, 1, "w1"),
+        (c.id, TaskStatus.QUEUED, 1, "w2"),
+        (d.id, TaskStatus.QUEUED, 0, "w3"),
+        (d.id, TaskStatus.FAILED, 1, "w4"),
+        (d.id, TaskStatus.QUEUED, 0, None),
+    ]
+
+
 async def test_workers_register_and_leave(store: Store) -> None:
     now = await store.now()
     await store.register_worker(WorkerInfo("w1", "host", 42, now, now, {"in_flight": 3}))

@@ -6,6 +6,10 @@ SQLite file and on PostgreSQL, next to the reference batched queue
 (`legion.bench.batched_queue`) on the same store and to ``asyncio.gather`` + a
 semaphore over the same no-op coroutine, in the same run. Best of ``repeat`` runs each.
 
+Then agents that each wait 50 ms on I/O (``asyncio.sleep``), as many as twenty rounds of
+``concurrency`` (at most ``tasks``), on a SQLite file: their makespan next to the floor,
+``ceil(n / concurrency) x 50 ms``, what a runtime with no cost at all would take.
+
 Every measurement runs in a fresh child process: in one process, each run inherits what
 the earlier ones left (a bare ``asyncio.gather`` run after a few legion runs was 2-3x
 slower than the first one).
@@ -14,6 +18,7 @@ slower than the first one).
 from __future__ import annotations
 
 import asyncio
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -38,6 +43,8 @@ QUEUE_SQLITE = "batched queue, SQLite file"
 QUEUE_POSTGRES = "batched queue, PostgreSQL"
 # Each legion path and the reference queue on the same store.
 REFERENCE = {SQLITE: QUEUE_SQLITE, POSTGRES: QUEUE_POSTGRES}
+IO_SECONDS = 0.05
+IO_ROUNDS = 20  # rounds of `concurrency` I/O agents (at most `tasks`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +59,27 @@ class OverheadOptions:
         if self.tasks < 1 or self.concurrency < 1 or self.repeat < 1:
             raise ValueError("tasks, concurrency and repeat must be >= 1")
 
+    @property
+    def io_tasks(self) -> int:
+        """How many 50 ms I/O agents the I/O run submits."""
+        return min(self.tasks, IO_ROUNDS * self.concurrency)
+
+    @property
+    def io_floor(self) -> float:
+        """Seconds the I/O run takes at the least: its rounds of 50 ms, nothing else."""
+        return math.ceil(self.io_tasks / self.concurrency) * IO_SECONDS
+
 
 @legion.agent(name="bench-noop", retries=0)
 async def noop(ctx: legion.Context, i: int) -> int:
     """Does nothing: what is measured is everything around it."""
+    return i
+
+
+@legion.agent(name="bench-io", retries=0)
+async def io_wait(ctx: legion.Context, i: int) -> int:
+    """Waits 50 ms on I/O, as an agent awaiting a service would."""
+    await asyncio.sleep(IO_SECONDS)
     return i
 
 
@@ -76,12 +100,15 @@ async def bare_gather(n: int, concurrency: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - cpu0
 
 
-async def through_legion(url: str, n: int, concurrency: int) -> tuple[float, float]:
-    """Seconds and CPU seconds (this process, every thread) for ``n`` no-op tasks."""
+async def through_legion(
+    url: str, n: int, concurrency: int, agent: legion.Agent = noop
+) -> tuple[float, float]:
+    """Seconds and CPU seconds (this process, every thread) for ``n`` no-op tasks (or
+    tasks of ``agent``)."""
     async with legion.Runtime(url, concurrency=concurrency) as rt:
         cpu0, t0 = time.process_time(), time.perf_counter()
         done = 0
-        async for result in rt.map(noop, range(n)):
+        async for result in rt.map(agent, range(n)):
             done += result.ok
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if done != n:
@@ -120,6 +147,8 @@ def measure(kind: str, n: int, concurrency: int, url: str) -> tuple[float, float
         return asyncio.run(bare_gather(n, concurrency))
     if kind == "queue":
         return asyncio.run(through_queue(url, n, concurrency))
+    if kind == "io":
+        return asyncio.run(through_legion(url, n, concurrency, io_wait))
     return asyncio.run(through_legion(url, n, concurrency))
 
 
@@ -133,6 +162,8 @@ async def run(
     paths = [BARE, QUEUE_SQLITE, SQLITE] + ([QUEUE_POSTGRES, POSTGRES] if opts.postgres else [])
     rates: dict[str, list[float]] = {p: [] for p in paths}
     cpu: dict[str, list[float]] = {p: [] for p in paths}
+
+    io_makespans: list[float] = []
 
     async def one(path: str, kind: str, url: str) -> None:
         elapsed, used = await in_child(measure, kind, opts.tasks, opts.concurrency, url)
@@ -154,6 +185,9 @@ async def run(
                 for path, kind in pairs if attempt % 2 == 0 else pairs[::-1]:
                     async with fresh_schema(opts.postgres) as pg_url:
                         await one(path, kind, pg_url)
+            url = f"sqlite:///{Path(tmp) / f'overhead-io-{time.monotonic_ns()}.db'}"
+            elapsed, _ = await in_child(measure, "io", opts.io_tasks, opts.concurrency, url)
+            io_makespans.append(elapsed)
             progress(
                 "  " + ", ".join(f"{name}: {values[-1]:,.0f}/s" for name, values in rates.items())
             )
@@ -187,6 +221,16 @@ async def run(
             for name, value in best.items()
         ),
     )
+    io_best = min(io_makespans)
+    io_table = Table(
+        f"{opts.io_tasks:,} agents waiting {IO_SECONDS * 1000:.0f} ms on I/O, concurrency "
+        f"{opts.concurrency:,}, best of {opts.repeat}",
+        ("path", "makespan", "vs the floor"),
+        (
+            ("floor: rounds of 50 ms, nothing else", f"{opts.io_floor:.3f} s", "1.00x"),
+            (SQLITE, f"{io_best:.3f} s", f"{io_best / opts.io_floor:.2f}x"),
+        ),
+    )
     ratios = {
         name: {
             "tasks_per_second": best[name] / best[ref],
@@ -211,6 +255,7 @@ async def run(
             "legion on SQLite <= 2x the queue's CPU per task",
             ratios[SQLITE]["cpu_per_task"] <= 2.0,
         ),
+        _target("the 50 ms I/O agents <= 1.2x the floor", io_best <= 1.2 * opts.io_floor),
     ]
     if opts.postgres:
         notes.append(
@@ -230,8 +275,15 @@ async def run(
             "cpu_us_per_task": {k: min(v) * 1e6 for k, v in cpu.items()},
             "legion_vs_bare": {k: v / best[BARE] for k, v in best.items()},
             "legion_vs_queue": ratios,
+            "io": {
+                "tasks": opts.io_tasks,
+                "seconds_each": IO_SECONDS,
+                "floor_s": opts.io_floor,
+                "makespan_s": {"best": io_best, "all": io_makespans},
+                "vs_floor": io_best / opts.io_floor,
+            },
         },
-        tables=[table],
+        tables=[table, io_table],
         notes=notes,
         plots=[Plot("rates", _plot(best))],
     )

@@ -60,6 +60,16 @@ MAX_TEXTS = 200
 """Texts kept per step (the rest are not compared)."""
 
 
+NO_PRINTS: frozenset[str] = frozenset()
+
+
+def step_prints(seconds: float, values: Iterable[Any]) -> frozenset[str]:
+    """`fingerprints` of a step's inputs or result, for a step that can be in a report: one
+    shorter than `MIN_SAVING` never is (a report needs both steps of its pair that long),
+    so its values are not fingerprinted at all (most steps: a hash per value saved)."""
+    return fingerprints(values) if seconds >= MIN_SAVING else NO_PRINTS
+
+
 def fingerprints(values: Iterable[Any]) -> frozenset[str]:
     """Fingerprints of each value and of its top-level items (JSON values only), plus the
     texts found in it (``"t:"``-prefixed; numbers as their text), so that a result pasted
@@ -124,11 +134,11 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
             continue  # they overlapped: already concurrent
         if first.gathered or second.gathered:
             continue  # part of a ctx.gather: already concurrent work, ordered by it
-        if _uses(second, first):
-            continue  # the second used the first's result
         saving = min(first.seconds, second.seconds)
         if saving < MIN_SAVING:
-            continue
+            continue  # not worth a gather (and such a step has no fingerprints)
+        if _uses(second, first):
+            continue  # the second used the first's result
         a, b = first.site, second.site
         where = f" ({_short(a)} and {_short(b)})" if a and b else ""
         reports.append(

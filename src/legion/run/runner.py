@@ -8,7 +8,6 @@ task, never as an exception in the worker.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import logging
 import random
@@ -34,7 +33,7 @@ from legion.errors import (
 )
 from legion.journal import Journal
 from legion.store.base import ContextStore
-from legion.task import Completion, ErrorInfo, Lease, Outcome
+from legion.task import Completion, ErrorInfo, Lease, Outcome, Wait
 from legion.waiting.suspend import Suspended
 
 if TYPE_CHECKING:
@@ -170,19 +169,24 @@ async def run_instance(
             error = _timed_out(agent, instance.time)
         else:
             outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
-            done = _completion(lease, owner, outcome, started, clock.wall())
-            journal.complete(lease, _timed(done, instance.time))
+            done = _completion(lease, owner, outcome, started, clock.wall(), time_=instance.time)
+            journal.complete(lease, done)
             return
     except LeaseLost:
         instance.stop_reason = StopReason.LOST
         return
     except Suspended as suspended:  # a wait: the task waits without a slot or a lease
         done = _completion(
-            lease, owner, Outcome.WAITING, started, clock.wall(), usage=ctx.usage.to_json()
+            lease,
+            owner,
+            Outcome.WAITING,
+            started,
+            clock.wall(),
+            usage=ctx.usage.to_json(),
+            wait=suspended.wait,
+            time_=instance.time,
         )
-        journal.complete(
-            lease, _timed(dataclasses.replace(done, wait=suspended.wait), instance.time)
-        )
+        journal.complete(lease, done)
         return
     except Exception as exc:
         error = exc
@@ -199,20 +203,23 @@ async def run_instance(
         )
     if error is None:
         done = _completion(
-            lease, owner, Outcome.SUCCEEDED, started, finished, output=output, usage=usage
+            lease,
+            owner,
+            Outcome.SUCCEEDED,
+            started,
+            finished,
+            output=output,
+            usage=usage,
+            diagnostics=tuple(found),
+            time_=instance.time,
         )
     else:
         if getattr(error, "fatal", False):
             instance.fatal = error
-        done = _failure(lease, owner, agent, error, started, finished, rng, usage)
-    if found:
-        done = dataclasses.replace(done, diagnostics=tuple(found))
-    journal.complete(lease, _timed(done, instance.time))
-
-
-def _timed(done: Completion, time_: attempt.AttemptTime) -> Completion:
-    """The completion with the attempt's time split into running and waiting."""
-    return dataclasses.replace(done, running=time_.running(), waited=time_.waited())
+        done = _failure(
+            lease, owner, agent, error, started, finished, rng, usage, instance.time, tuple(found)
+        )
+    journal.complete(lease, done)
 
 
 TENANT_PARK = 60.0
@@ -252,8 +259,11 @@ def _failure(
     finished: float,
     rng: random.Random,
     usage: bytes | None,
+    time_: attempt.AttemptTime | None = None,
+    diagnostics: tuple[Diagnostic, ...] = (),
 ) -> Completion:
     info = ErrorInfo.from_exception(error)
+    more: dict[str, Any] = {"usage": usage, "time_": time_, "diagnostics": diagnostics}
     if isinstance(error, BudgetExceeded):
         # Parked: back to the queue with its recorded calls, for a run with more budget.
         # A tenant's task waits a while first: the worker still leases other tenants'
@@ -268,7 +278,7 @@ def _failure(
             finished,
             error=info,
             not_before=finished + park if park else 0.0,
-            usage=usage,
+            **more,
         )
     if isinstance(error, RetryAfterTooLong) and error.retry_after is not None:
         # The provider said when to come back: back to the queue until then, the error kept
@@ -281,12 +291,12 @@ def _failure(
             finished,
             error=info,
             not_before=finished + error.retry_after,
-            usage=usage,
+            **more,
         )
     if not is_retryable(error):
-        return _completion(lease, owner, Outcome.FAILED, started, finished, error=info, usage=usage)
+        return _completion(lease, owner, Outcome.FAILED, started, finished, error=info, **more)
     if lease.attempt >= lease.max_attempts:
-        return _completion(lease, owner, Outcome.DEAD, started, finished, error=info, usage=usage)
+        return _completion(lease, owner, Outcome.DEAD, started, finished, error=info, **more)
     delay = agent.options.retry.delay(lease.attempt, rng)
     return _completion(
         lease,
@@ -296,7 +306,7 @@ def _failure(
         finished,
         error=info,
         not_before=finished + delay,
-        usage=usage,
+        **more,
     )
 
 
@@ -311,16 +321,25 @@ def _completion(
     error: ErrorInfo | None = None,
     not_before: float = 0.0,
     usage: bytes | None = None,
+    diagnostics: tuple[Diagnostic, ...] = (),
+    wait: Wait | None = None,
+    time_: attempt.AttemptTime | None = None,
 ) -> Completion:
+    """The completion of an attempt, with its time split into running and waiting
+    (``time_``: the attempt's clock), built once."""
     return Completion(
-        id=lease.id,
-        attempt=lease.attempt,
-        owner=owner,
-        outcome=outcome,
-        output=output,
-        error=error,
-        not_before=not_before,
-        started_at=started,
-        finished_at=finished,
-        usage=usage,
+        lease.id,
+        lease.attempt,
+        owner,
+        outcome,
+        output,
+        error,
+        not_before,
+        started,
+        finished,
+        usage,
+        diagnostics,
+        wait,
+        time_.running() if time_ is not None else 0.0,
+        time_.waited() if time_ is not None else 0.0,
     )

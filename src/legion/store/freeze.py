@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from legion.errors import StoreError
 from legion.store.queries import queries
+from legion.store.sqlite_feed import log_changes
 from legion.task import ErrorInfo, TaskStatus
 
 
@@ -103,7 +104,9 @@ def _sqlite(
         db.execute("BEGIN IMMEDIATE")
         if freeze is not None:
             row = db.execute(q["freeze_task"], freeze.params()).fetchone()
-        db.execute(q["release_owner"], {"owner": owner, "now": now})
+            log_changes(db, [row[1]] if row else [], now, owner)
+        released = db.execute(q["release_owner"], {"owner": owner, "now": now}).fetchall()
+        log_changes(db, (r[0] for r in released), now, owner)
         db.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StoreError(f"recording a frozen worker's tasks failed: {exc}") from exc

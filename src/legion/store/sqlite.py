@@ -28,6 +28,7 @@ from legion.clock import Clock, system_clock
 from legion.errors import ConfigError, StorageFull, StoreError, StoreUnavailable
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, task_info
+from legion.store.sqlite_feed import log_changes, log_changes_by
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
 from legion.store.tenancy import KeyedTasks, unscoped_key
 from legion.store.types import (
@@ -201,6 +202,8 @@ class SQLiteStore(SQLiteWaiting):
         # submission); the rest are inserted in one executemany. This runs under BEGIN
         # IMMEDIATE, so no other writer can slip in between, and rows inserted together get
         # consecutive ids.
+        if all(t.key is None for t in tasks):  # nothing to look up: insert them all
+            return _insert_unkeyed(db, tasks, now)
         keyed = KeyedTasks(tasks)
         keys = [k for k in keyed.keys if k is not None]
         existing: dict[str, tuple[int, str]] = {}
@@ -369,7 +372,9 @@ class SQLiteStore(SQLiteWaiting):
             )
         if not batch.completions:
             return []
-        params = [_completion_params(c) for c in batch.completions]
+        completions = batch.completions
+        errors = [c.error.to_json() if c.error is not None else None for c in completions]
+        params = [_completion_params(c, e) for c, e in zip(completions, errors, strict=True)]
         db.execute("SAVEPOINT completions")
         if db.executemany(Q["complete"], params).rowcount == len(params):
             db.execute("RELEASE completions")
@@ -379,10 +384,9 @@ class SQLiteStore(SQLiteWaiting):
             db.execute("ROLLBACK TO completions")
             applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
             db.execute("RELEASE completions")
-        db.executemany(
-            Q["insert_attempt"],
-            [_attempt_params(c) for c, ok in zip(batch.completions, applied, strict=True) if ok],
-        )
+        done = [(c, e) for c, e, ok in zip(completions, errors, applied, strict=True) if ok]
+        log_changes_by(db, ((c.owner, c.id) for c, _ in done), now)
+        db.executemany(Q["insert_attempt"], [_attempt_params(c, e) for c, e in done])
         after_completions(db, batch, applied, now)
         return applied
 
@@ -399,9 +403,13 @@ class SQLiteStore(SQLiteWaiting):
 
     async def release_unheld(self, owner: str, keep: Sequence[int]) -> int:
         params = {"owner": owner, "keep": codec.dumps(list(keep)).decode()}
-        return await self._call(
-            self._transaction, lambda db: len(db.execute(Q["release_unheld"], params).fetchall())
-        )
+
+        def run(db: sqlite3.Connection) -> int:
+            ids = [r[0] for r in db.execute(Q["release_unheld"], params).fetchall()]
+            log_changes(db, ids, self._clock.wall(), owner)
+            return len(ids)
+
+        return await self._call(self._transaction, run)
 
     async def now(self) -> float:
         """The wall clock: a SQLite store lives on one host, and its workers share it."""
@@ -415,7 +423,10 @@ class SQLiteStore(SQLiteWaiting):
                 "crash_error": _crash_error(),
                 "dead_owners": codec.dumps(list(dead_owners)).decode(),
             }
-            statuses = [r[1] for r in db.execute(Q["reclaim"], params).fetchall()]
+            owners = dict(db.execute(Q["reclaimable"], params).fetchall())
+            rows = db.execute(Q["reclaim"], params).fetchall()
+            log_changes_by(db, ((owners.get(r[0]), r[0]) for r in rows), now)
+            statuses = [r[1] for r in rows]
             return Reclaimed(
                 requeued=statuses.count("queued"),
                 dead=statuses.count("dead"),
@@ -426,7 +437,8 @@ class SQLiteStore(SQLiteWaiting):
 
     async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
         def run(db: sqlite3.Connection) -> TaskStatus | None:
-            db.execute(Q["cancel_queued"], {"id": task_id, "now": now})
+            cancelled = db.execute(Q["cancel_queued"], {"id": task_id, "now": now}).fetchall()
+            log_changes(db, (r[0] for r in cancelled), now)
             db.execute(Q["cancel_running"], {"id": task_id})
             row = db.execute(Q["status_of"], {"id": task_id}).fetchone()
             return TaskStatus(row[0]) if row else None
@@ -436,13 +448,13 @@ class SQLiteStore(SQLiteWaiting):
     async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
         params = {"statuses": codec.dumps([str(s) for s in statuses]).decode(), "agent": agent}
         return await self._call(
-            self._transaction, lambda db: db.execute(Q["requeue"], params).rowcount
+            self._transaction, lambda db: _requeue(db, "requeue", params, self._clock.wall())
         )
 
     async def requeue_one(self, task_id: int) -> bool:
         return await self._call(
             self._transaction,
-            lambda db: db.execute(Q["requeue_one"], {"id": task_id}).rowcount == 1,
+            lambda db: _requeue(db, "requeue_one", {"id": task_id}, self._clock.wall()) == 1,
         )
 
     # -- reads -------------------------------------------------------------------------
@@ -739,6 +751,44 @@ def _translate(exc: sqlite3.Error, path: str) -> StoreError:
     return StoreError(f"the store {path} failed: {exc}")
 
 
+def _insert_unkeyed(
+    db: sqlite3.Connection, tasks: Sequence[NewTask], now: float
+) -> list[Submitted]:
+    """Tasks without idempotency keys, inserted in one executemany: consecutive ids."""
+    if not tasks:
+        return []
+    db.executemany(
+        Q["insert_task"],
+        [
+            (
+                t.agent,
+                t.input,
+                None,
+                t.session,
+                t.priority,
+                t.max_attempts,
+                t.not_before,
+                now,
+                t.tenant,
+                None,
+                t.needs,
+            )
+            for t in tasks
+        ],
+    )
+    (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
+    first = last_id - len(tasks) + 1
+    queued = TaskStatus.QUEUED
+    return [Submitted(first + n, None, queued, True) for n in range(len(tasks))]
+
+
+def _requeue(db: sqlite3.Connection, query: str, params: dict[str, Any], now: float) -> int:
+    """Queue finished tasks again; answers how many."""
+    ids = [r[0] for r in db.execute(Q[query], params).fetchall()]
+    log_changes(db, ids, now)
+    return len(ids)
+
+
 def _with_steps(db: sqlite3.Connection, rows: Sequence[Any]) -> list[Lease]:
     """Leases for leased rows, each with every step recorded for its task so far."""
     steps: dict[int, dict[str, bytes]] = {}
@@ -777,14 +827,23 @@ def _fence(db: sqlite3.Connection, batch: WriteBatch) -> set[tuple[int, int, str
     return held
 
 
-def _completion_params(c: Completion) -> tuple[Any, ...]:
+# Per outcome: the status it writes, whether its attempt is not counted, whether it
+# leaves the task unfinished (no finished_at), and its name in the attempts table.
+_OUTCOME_ROW = {
+    o: (o.status.value, 1 if o in _UNCOUNTED else 0, o in (Outcome.RETRY, *_UNCOUNTED), o.value)
+    for o in Outcome
+}
+
+
+def _completion_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:
+    status, uncount, unfinished, _ = _OUTCOME_ROW[c.outcome]
     return (
-        c.outcome.status.value,
+        status,
         c.output,
-        c.error.to_json() if c.error is not None else None,
+        error,
         c.not_before,
-        1 if c.outcome in _UNCOUNTED else 0,
-        None if c.outcome in (Outcome.RETRY, *_UNCOUNTED) else c.finished_at,
+        uncount,
+        None if unfinished else c.finished_at,
         c.id,
         c.attempt,
         c.owner,
@@ -792,17 +851,17 @@ def _completion_params(c: Completion) -> tuple[Any, ...]:
     )
 
 
-def _attempt_params(c: Completion) -> tuple[Any, ...]:
+def _attempt_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:
     return (
         c.id,
         c.attempt,
         c.owner,
-        c.outcome.value,
+        _OUTCOME_ROW[c.outcome][3],
         c.started_at,
         c.finished_at,
         c.running,
         c.waited,
-        c.error.to_json() if c.error is not None else None,
+        error,
     )
 
 

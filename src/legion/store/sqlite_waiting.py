@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from legion import codec
 from legion.store.queries import queries
 from legion.store.rows import child_info, waiting_info
+from legion.store.sqlite_feed import log_changes
 from legion.store.types import WriteBatch
 from legion.store.waiting import ChildInfo, Schedule, WaitingInfo
 from legion.task import NewTask, Outcome, Submitted, TaskStatus
@@ -56,7 +57,9 @@ def after_completions(
 
 def _wake_ready(db: sqlite3.Connection, ids: Sequence[int], now: float) -> list[int]:
     params = {"ids": codec.dumps(list(ids)).decode(), "now": now}
-    return [r[0] for r in db.execute(W["wake_ready"], params).fetchall()]
+    woken = [r[0] for r in db.execute(W["wake_ready"], params).fetchall()]
+    log_changes(db, woken, now)
+    return woken
 
 
 class SQLiteWaiting:
@@ -99,9 +102,12 @@ class SQLiteWaiting:
         return await self._call(run)
 
     async def wake_due(self, now: float) -> int:
-        return await self._call(
-            self._transaction, lambda db: len(db.execute(W["wake_due"], {"now": now}).fetchall())
-        )
+        def run(db: sqlite3.Connection) -> int:
+            woken = [r[0] for r in db.execute(W["wake_due"], {"now": now}).fetchall()]
+            log_changes(db, woken, now)
+            return len(woken)
+
+        return await self._call(self._transaction, run)
 
     async def submit_children(
         self, parent: int, tasks: Sequence[NewTask], now: float

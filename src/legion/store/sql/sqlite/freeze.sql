@@ -16,7 +16,7 @@ SET freezes = freezes + 1,
     lease_owner = NULL, lease_expires = NULL,
     finished_at = CASE WHEN freezes + 1 >= :max_freezes OR cancel_requested THEN :now END
 WHERE id = :id AND attempt = :attempt AND lease_owner = :owner AND status = 'running'
-RETURNING status;
+RETURNING status, id;
 
 -- name: release_owner
 -- The exiting worker's other tasks go back to the queue unfinished, without spending an
@@ -26,4 +26,5 @@ SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     attempt = attempt - 1,
     lease_owner = NULL, lease_expires = NULL,
     finished_at = CASE WHEN cancel_requested THEN :now END
-WHERE lease_owner = :owner AND status = 'running';
+WHERE lease_owner = :owner AND status = 'running'
+RETURNING id;

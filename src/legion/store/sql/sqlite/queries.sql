@@ -73,6 +73,13 @@ SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE 
     isolate = 0
 WHERE id = ?7 AND attempt = ?8 AND lease_owner = ?9 AND status = 'running';
 
+-- name: log_event
+-- The change feed (see 0014_hot_path.sql): every statement that changes a task's status
+-- is followed by one of these per changed task, in the same transaction. Positional for
+-- speed: 1 at, 2 the worker whose lease the change ended (or NULL), 3 the task's id.
+INSERT INTO events (task_id, at, status, attempt, worker)
+SELECT id, ?1, status, attempt, ?2 FROM tasks WHERE id = ?3;
+
 -- name: insert_step
 INSERT INTO steps (task_id, key, attempt, output, started_at, finished_at)
 VALUES (:task_id, :key, :attempt, :output, :started_at, :finished_at)
@@ -105,6 +112,12 @@ SET status = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_expires 
 WHERE lease_owner = :owner AND status = 'running'
   AND id NOT IN (SELECT value FROM json_each(:keep))
 RETURNING id;
+-- name: reclaimable
+-- What reclaim takes back, with each lease's owner (for the change feed).
+SELECT id, lease_owner FROM tasks
+WHERE status = 'running'
+  AND (lease_expires < :now OR lease_owner IN (SELECT value FROM json_each(:dead_owners)));
+
 -- name: reclaim
 -- Leases that expired, or whose worker is known dead, go back to the queue. The stop is
 -- charged to the task only if its worker ran it alone (its own crash count); a task that
@@ -133,7 +146,8 @@ WHERE tasks.id = r.id
 RETURNING tasks.id, tasks.status;
 -- name: cancel_queued
 UPDATE tasks SET status = 'cancelled', finished_at = :now, cancel_requested = 1
-WHERE id = :id AND status IN ('queued', 'waiting');
+WHERE id = :id AND status IN ('queued', 'waiting')
+RETURNING id;
 
 -- name: cancel_running
 UPDATE tasks SET cancel_requested = 1 WHERE id = :id AND status = 'running';
@@ -142,13 +156,15 @@ UPDATE tasks SET cancel_requested = 1 WHERE id = :id AND status = 'running';
 UPDATE tasks
 SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0, crashes = 0, isolate = 0,
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
-WHERE status IN (SELECT value FROM json_each(:statuses)) AND (:agent IS NULL OR agent = :agent);
+WHERE status IN (SELECT value FROM json_each(:statuses)) AND (:agent IS NULL OR agent = :agent)
+RETURNING id;
 
 -- name: requeue_one
 UPDATE tasks
 SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0, crashes = 0, isolate = 0,
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
-WHERE id = :id AND status IN ('dead', 'failed', 'cancelled');
+WHERE id = :id AND status IN ('dead', 'failed', 'cancelled')
+RETURNING id;
 
 -- name: status_of
 SELECT status FROM tasks WHERE id = :id;

@@ -1,0 +1,134 @@
+"""What the SQL of the no-op path costs per task on SQLite, statement by statement.
+
+Runs the statements `legion.store.sqlite` runs for each task - the insert (batches of
+5,000), the lease (batches of 500) and the completions' write (batches of 1,000: the
+complete UPDATE, the change feed's row, the attempt's row) - on a fresh store file, and
+prints CPU microseconds per task for each, best of three. ``--schema 13`` puts back what
+schema 14 removed (the feed's trigger, the two indexes on status), to compare:
+
+    python benchmarks/sql_per_row.py              # schema 14 (today's)
+    python benchmarks/sql_per_row.py --schema 13  # the trigger and the two indexes back
+
+Measured on this machine (2 busy cores, so within ~15 %), best of three of 20,000:
+
+| schema | insert | lease | write | in all |
+|---|---:|---:|---:|---:|
+| 13 | 5.2 | 4.9 | 14.0 | 24.1 us |
+| 13 without the feed's trigger | 5.2 | 4.9 | 9.0 | 19.0 us |
+| 13 with one index on status | 4.6 | 4.1 | 12.4 | 21.1 us |
+| 14 | 5.0 | 4.2 | 8.6 | 17.7 us |
+
+The trigger's cost shows only inside the completions' savepoint, where the store writes
+them (without it: 9.5 against 8.6): an UPDATE that may fire a trigger keeps an undo
+journal of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from legion.store.queries import queries
+from legion.store.sqlite import SQLiteStore
+
+Q = queries("sqlite")
+SCHEMA_13 = [
+    "DROP INDEX tasks_counts",
+    "DROP INDEX tasks_errors",
+    "DROP INDEX tasks_waiting",
+    "CREATE INDEX tasks_status ON tasks (status, agent)",
+    "CREATE INDEX tasks_tenant_status ON tasks (tenant, status)",
+    """CREATE TRIGGER tasks_status_event AFTER UPDATE OF status ON tasks
+WHEN NEW.status IS NOT OLD.status AND NEW.status != 'running'
+BEGIN
+    INSERT INTO events (task_id, at, status, attempt, worker)
+    VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0, NEW.status, NEW.attempt,
+            OLD.lease_owner);
+END""",
+]
+
+
+def _store(folder: Path) -> sqlite3.Connection:
+    path = folder / "rows.db"
+
+    async def make() -> None:
+        store = SQLiteStore(path)
+        await store.open()
+        await store.aclose()
+
+    asyncio.run(make())
+    db = sqlite3.connect(path, isolation_level=None)
+    pragmas = (
+        "journal_mode = WAL",
+        "synchronous = NORMAL",
+        "temp_store = MEMORY",
+        "cache_size = -65536",
+    )
+    for pragma in pragmas:  # as the store sets them
+        db.execute(f"PRAGMA {pragma}")
+    return db
+
+
+def _run(db: sqlite3.Connection, n: int, schema: int) -> dict[str, float]:
+    cpu: dict[str, float] = {}
+    t0 = time.process_time()
+    for _ in range(0, n, 5000):
+        db.execute("BEGIN IMMEDIATE")
+        row = ("a", b"1", None, None, 0, 1, 0.0, 1.0, "default", None, None)
+        db.executemany(Q["insert_task"], [row] * 5000)
+        db.execute("COMMIT")
+    cpu["insert"] = time.process_time() - t0
+    ids: list[int] = []
+    t0 = time.process_time()
+    lease = {"owner": "w", "until": 100.0, "now": 2.0, "agent": "a", "limit": 500, "offer": "{}"}
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute(Q["lease"], lease).fetchall()
+        db.execute("COMMIT")
+        if not rows:
+            break
+        ids.extend(r[0] for r in rows)
+    cpu["lease"] = time.process_time() - t0
+    t0 = time.process_time()
+    for lo in range(0, len(ids), 1000):
+        chunk = ids[lo : lo + 1000]
+        db.execute("BEGIN IMMEDIATE")
+        done = [("succeeded", b"1", None, 0.0, 0, 3.0, i, 1, "w", None) for i in chunk]
+        db.execute("SAVEPOINT completions")  # as the store does (see SQLiteStore._write)
+        db.executemany(Q["complete"], done)
+        db.execute("RELEASE completions")
+        if schema >= 14:
+            db.executemany(Q["log_event"], [(3.0, "w", i) for i in chunk])
+        attempts = [(i, 1, "w", "succeeded", 2.0, 3.0, 1.0, 0.0, None) for i in chunk]
+        db.executemany(Q["insert_attempt"], attempts)
+        db.execute("COMMIT")
+    cpu["write"] = time.process_time() - t0
+    return {k: v / n * 1e6 for k, v in cpu.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--schema", type=int, choices=(13, 14), default=14)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    best: dict[str, float] = {}
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            db = _store(Path(tmp))
+            if args.schema == 13:
+                for statement in SCHEMA_13:
+                    db.execute(statement)
+            for k, v in _run(db, args.tasks, args.schema).items():
+                best[k] = min(best.get(k, v), v)
+            db.close()
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in best.items())
+    print(f"schema {args.schema}: {parts} us a task ({sum(best.values()):.1f} in all)")
+
+
+if __name__ == "__main__":
+    main()
