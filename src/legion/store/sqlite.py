@@ -406,6 +406,7 @@ class SQLiteStore(SQLiteWaiting):
                 "crash_error": _crash_error(),
                 "dead_owners": codec.dumps(list(dead_owners)).decode(),
             }
+            db.execute(Q["insert_lost_attempts"], params)
             statuses = [r[1] for r in db.execute(Q["reclaim"], params).fetchall()]
             return Reclaimed(
                 requeued=statuses.count("queued"),
