@@ -201,6 +201,17 @@ async def test_retry_dead_failed_and_released_outcomes(store: Store) -> None:
     assert [lease.id for lease in ready] == [ids[3]]
 
 
+async def test_lease_with_a_min_priority_takes_only_raised_tasks(store: Store) -> None:
+    low, high, other = await store.submit(
+        [new(value=1), new(value=2, priority=10), new(agent="b", value=3, priority=5)], NOW
+    )
+    leased = await store.lease("w", {"a": 5, "b": 5}, 10, NOW + 60, NOW, min_priority=1)
+    assert sorted(lease.id for lease in leased) == sorted([high.id, other.id])
+    assert await store.lease("w", {"a": 5}, 5, NOW + 60, NOW, min_priority=1) == []
+    (rest,) = await store.lease("w", {"a": 5}, 5, NOW + 60, NOW)
+    assert rest.id == low.id
+
+
 async def test_each_applied_completion_records_its_attempt(store: Store) -> None:
     (s,) = await store.submit([new(value=1, max_attempts=3)], NOW)
     err = ErrorInfo("TimeoutError", "slow", "Traceback...")

@@ -64,6 +64,9 @@ Q = queries("sqlite")
 _UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 
 
+_LOWEST_PRIORITY = -(2**63)  # `lease` without a `min_priority`: every priority
+
+
 def _lease_lost_error() -> bytes:
     return ErrorInfo(
         type="LeaseExpired",
@@ -260,9 +263,11 @@ class SQLiteStore(SQLiteWaiting):
         *,
         isolated: bool = False,
         offer: Mapping[str, float] | None = None,
+        min_priority: int | None = None,
     ) -> list[Lease]:
         if total <= 0 or not any(n > 0 for n in wants.values()):
             return []
+        lowest = _LOWEST_PRIORITY if min_priority is None else min_priority
         offered = codec.dumps(dict(offer or {})).decode()
         if isolated:
             return await self._call(
@@ -270,7 +275,8 @@ class SQLiteStore(SQLiteWaiting):
                 lambda db: self._lease_isolated(db, owner, wants, until, now, offered),
             )
         return await self._call(
-            self._transaction, lambda db: self._lease(db, owner, wants, total, until, now, offered)
+            self._transaction,
+            lambda db: self._lease(db, owner, wants, total, until, now, offered, lowest),
         )
 
     @staticmethod
@@ -295,6 +301,7 @@ class SQLiteStore(SQLiteWaiting):
         until: float,
         now: float,
         offer: str,
+        lowest: int,
     ) -> list[Lease]:
         rows: list[Any] = []
         sql = Q["lease"]
@@ -309,6 +316,7 @@ class SQLiteStore(SQLiteWaiting):
                 "agent": agent,
                 "limit": limit,
                 "offer": offer,
+                "min_priority": lowest,
             }
             rows.extend(db.execute(sql, params).fetchall())
         return _with_steps(db, rows)

@@ -52,13 +52,14 @@ SELECT key, id, status, input_hash FROM tasks WHERE key = ANY(%(keys)s::text[]);
 -- SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
 -- The lease runs %(seconds)s on the database's clock. Tasks to run alone (`isolate`) are
 -- leased by lease_isolated only. A task that needs resources (`needs`) goes only to a worker
--- whose %(offer)s covers every amount.
+-- whose %(offer)s covers every amount; only tasks of at least %(min_priority)s are taken.
 UPDATE tasks AS t
 SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
     lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
 FROM (
     SELECT id FROM tasks
     WHERE status = 'queued' AND agent = %(agent)s AND not_before <= %(now)s AND NOT isolate
+      AND priority >= %(min_priority)s
       AND (needs IS NULL OR NOT EXISTS (
           SELECT 1 FROM jsonb_each_text(needs) AS n
           WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
