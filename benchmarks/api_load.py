@@ -13,7 +13,10 @@ SQLite store, as a subprocess, and drives it over real HTTP from this process:
    default), with that ceiling as a fixed bound (``fixed``: how it shed before), and with
    the bound out of reach (``unbounded``: how the server behaved before it shed load).
    Counts 201s, 429s and 503s (with or without ``Retry-After``), errors, and the p50/p99
-   of the accepted ones; then reads the store: every acknowledged task must be there
+   of the accepted ones and of the refused ones (a refusal is answered as soon as the
+   server reads the request: its latency is the wait in front of the server, behind the
+   generator's other requests outstanding, which an accepted request waits too); then
+   reads the store: every acknowledged task must be there
    (``lost``) and nothing else (``extra``).
 3. **Memory**: the server's RSS (``/proc/PID/status``) at rest, after ``--big`` tasks of
    ``--big-mb`` MB submitted one after the other (and, per request, how far its peak RSS
@@ -178,6 +181,7 @@ async def sustainable(server: Server, clients: int, seconds: float) -> dict[str,
 
 async def overload(server: Server, rate: float, seconds: float, outstanding: int) -> dict[str, Any]:
     latencies: list[float] = []
+    refused: list[float] = []
     statuses: Counter[int] = Counter()
     retry_after: Counter[int] = Counter()
     acked: list[int] = []
@@ -201,6 +205,8 @@ async def overload(server: Server, rate: float, seconds: float, outstanding: int
             if status == 201 and task_id is not None:
                 latencies.append(took)
                 acked.append(task_id)
+            elif status in (429, 503):
+                refused.append(took)
 
         began = time.perf_counter()
         sent = 0
@@ -227,6 +233,11 @@ async def overload(server: Server, rate: float, seconds: float, outstanding: int
         "with_retry_after": dict(retry_after),
         "accepted_p50_ms": 1000 * (percentile(latencies, 0.5) or 0),
         "accepted_p99_ms": 1000 * (percentile(latencies, 0.99) or 0),
+        # A refusal is answered as soon as the server reads the request: its latency is
+        # the wait in front of the server (the generator's requests outstanding, in the
+        # sockets, behind the others), which every accepted request waits too.
+        "refused_p50_ms": 1000 * (percentile(refused, 0.5) or 0),
+        "refused_p99_ms": 1000 * (percentile(refused, 0.99) or 0),
         "lost": len(set(acked) - stored),
         "acked": len(acked),
     }
@@ -303,6 +314,8 @@ def summary(results: dict[str, Any], names: list[str]) -> dict[str, Any]:
             "accepted_p50_ms": median([o["accepted_p50_ms"] for o in overs]),
             "accepted_p99_ms": median([o["accepted_p99_ms"] for o in overs]),
             "p99_ratio_to_baseline": median([o["p99_ratio_to_baseline"] for o in overs]),
+            "refused_p50_ms": median([o.get("refused_p50_ms", 0.0) for o in overs]),
+            "refused_p99_ms": median([o.get("refused_p99_ms", 0.0) for o in overs]),
             "statuses": dict(statuses),
             "with_retry_after": dict(retry),
             "lost": sum(o["lost"] for o in overs),
@@ -313,8 +326,9 @@ def summary(results: dict[str, Any], names: list[str]) -> dict[str, Any]:
 def markdown(summary: dict[str, Any]) -> str:
     lines = [
         "| bound | baseline/s | baseline p99 ms | accepted/s at 10x | accepted p50 ms "
-        "| accepted p99 ms | p99 / baseline p99 | 201 | 429 | 503 | with Retry-After | lost |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| accepted p99 ms | p99 / baseline p99 | refused p50 ms | refused p99 ms "
+        "| 201 | 429 | 503 | with Retry-After | lost |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary.items():
         st = s["statuses"]
@@ -322,6 +336,7 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {name} | {s['baseline_rate']:.0f} | {s['baseline_p99_ms']:.0f} "
             f"| {s['accepted_per_s']:.0f} | {s['accepted_p50_ms']:.0f} "
             f"| {s['accepted_p99_ms']:.0f} | {s['p99_ratio_to_baseline']:.1f} "
+            f"| {s['refused_p50_ms']:.0f} | {s['refused_p99_ms']:.0f} "
             f"| {st.get('201', 0)} | {st.get('429', 0)} | {st.get('503', 0)} "
             f"| {sum(s['with_retry_after'].values())} | {s['lost']} |"
         )

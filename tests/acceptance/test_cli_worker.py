@@ -116,8 +116,17 @@ def test_sigkill_one_of_two_workers_on_postgres_loses_nothing_and_reruns_no_reco
             "SELECT count(*) FROM events WHERE status = 'succeeded'"
         ).fetchone()
         steps = conn.execute("SELECT count(*) FROM steps").fetchone()
+        # Each attempt the kill ended has its row, written when the survivor took it back.
+        lost = conn.execute("SELECT task_id, worker FROM attempts WHERE outcome = 'lost'")
+        lost_rows = lost.fetchall()
+        later = conn.execute(
+            "SELECT count(*) FROM attempts AS a WHERE a.outcome = 'succeeded' AND a.task_id IN "
+            "(SELECT task_id FROM attempts WHERE outcome = 'lost')"
+        ).fetchone()
     assert completions == (n,)  # exactly one completion record per task
     assert steps == (3 * n,)
+    assert lost_rows and len({worker for _, worker in lost_rows}) == 1  # the killed one's
+    assert later == (len({task for task, _ in lost_rows}),)  # each then succeeded elsewhere
 
 
 def test_sigterm_drains_a_worker_and_status_lists_live_workers(

@@ -141,9 +141,17 @@ class AnswerLost(SQLiteStore):
         *,
         isolated: bool = False,
         offer: Mapping[str, float] | None = None,
+        min_priority: int | None = None,
     ) -> list[Lease]:
         leases = await super().lease(
-            owner, wants, total, until, now, isolated=isolated, offer=offer
+            owner,
+            wants,
+            total,
+            until,
+            now,
+            isolated=isolated,
+            offer=offer,
+            min_priority=min_priority,
         )
         if self.lose == "lease" and leases:
             self.lose = ""

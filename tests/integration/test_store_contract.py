@@ -201,6 +201,17 @@ async def test_retry_dead_failed_and_released_outcomes(store: Store) -> None:
     assert [lease.id for lease in ready] == [ids[3]]
 
 
+async def test_lease_with_a_min_priority_takes_only_raised_tasks(store: Store) -> None:
+    low, high, other = await store.submit(
+        [new(value=1), new(value=2, priority=10), new(agent="b", value=3, priority=5)], NOW
+    )
+    leased = await store.lease("w", {"a": 5, "b": 5}, 10, NOW + 60, NOW, min_priority=1)
+    assert sorted(lease.id for lease in leased) == sorted([high.id, other.id])
+    assert await store.lease("w", {"a": 5}, 5, NOW + 60, NOW, min_priority=1) == []
+    (rest,) = await store.lease("w", {"a": 5}, 5, NOW + 60, NOW)
+    assert rest.id == low.id
+
+
 async def test_each_applied_completion_records_its_attempt(store: Store) -> None:
     (s,) = await store.submit([new(value=1, max_attempts=3)], NOW)
     err = ErrorInfo("TimeoutError", "slow", "Traceback...")
@@ -286,6 +297,32 @@ async def test_reclaim_requeues_expired_and_buries_the_last_attempt(store: Store
     assert "alone" in info.error.message
     again = await store.get(b.id)
     assert again is not None and again.status is TaskStatus.QUEUED and again.attempt == 1
+
+
+async def test_an_attempt_the_reaper_ends_is_recorded_as_lost(store: Store) -> None:
+    _, b, c = await store.submit([new(value=1), new(value=2), new(value=3)], NOW)
+    (first,) = await store.lease("w1", {"a": 1}, 1, NOW - 1, NOW)  # alone; expired at once
+    await store.lease("w2", {"a": 2}, 2, NOW + 600, NOW + 2)  # b and c share w2
+    assert (await store.reclaim(NOW + 11, [])).requeued == 1  # only w1's lease expired
+    (lost,) = await store.attempts(first.id)
+    assert (lost.attempt, lost.worker, lost.outcome) == (1, "w1", "lost")
+    assert (lost.started_at, lost.finished_at) == (NOW, NOW + 11)
+    assert (lost.running, lost.waited) == (11.0, 0.0)
+    assert lost.error is not None and lost.error.type == "LeaseExpired"
+    assert "alone" in lost.error.message
+    assert await store.attempts(b.id) == await store.attempts(c.id) == []  # w2 lives
+    assert (await store.reclaim(NOW + 12, ["w2"])).requeued == 2  # w2 is dead
+    for task in (b, c):  # not charged (they shared w2): their next attempt reuses the number
+        (shared,) = await store.attempts(task.id)
+        assert (shared.attempt, shared.worker, shared.outcome) == (1, "w2", "lost")
+        assert shared.error is not None and "alone" not in shared.error.message
+        assert (shared.running, shared.finished_at) == (10.0, NOW + 12)
+    # A second reap ends nothing more and writes nothing more.
+    assert (await store.reclaim(NOW + 20, ["w1", "w2"])).requeued == 0
+    assert len(await store.attempts(first.id)) == 1
+    (again,) = await store.lease("w3", {"a": 1}, 1, NOW + 600, NOW + 30, isolated=True)
+    await store.write(WriteBatch(completions=[done(again.id, again.attempt, "w3")]), NOW + 31)
+    assert [x.outcome for x in await store.attempts(again.id)] == ["lost", "succeeded"]
 
 
 async def test_a_crash_is_charged_only_to_a_task_that_ran_alone(store: Store) -> None:

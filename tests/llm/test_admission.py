@@ -178,3 +178,33 @@ def test_headroom_is_rate_times_horizon_less_the_queue() -> None:
     capacity = Capacity("c", rpm=600)
     assert capacity.headroom(3.0) == pytest.approx(600 / 60 * 0.98 * 3.0)
     assert Capacity("unlimited").headroom(3.0) == math.inf
+
+
+async def test_a_raised_lane_has_headroom_while_the_batch_fills_the_route() -> None:
+    clock = FakeClock()
+    capacity = Capacity("c", rpm=600, timer=clock, rng=random.Random(1))  # 9.8 starts/s
+    started: list[int] = []
+
+    async def call(priority: int) -> None:
+        attempt.CURRENT.set(attempt.AttemptTime(None, now=clock.now, priority=priority))
+        async with capacity.reserve(1):
+            started.append(priority)
+
+    async def scenario() -> None:
+        batch = [asyncio.create_task(call(0)) for _ in range(40)]
+        await asyncio.sleep(0)
+        # One call started at once, 39 queue: the batch has no headroom left.
+        assert capacity.headroom(3.0) == pytest.approx(9.8 * 3.0 - 39)
+        # The lane of priority 10 counts only its own calls, at (1 - lower_share) of the
+        # rate: the lower lane keeps its guaranteed share.
+        assert capacity.headroom(3.0, priority=10) == pytest.approx(9.8 * 0.9 * 3.0)
+        raised = [asyncio.create_task(call(10)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert capacity.headroom(3.0, priority=10) == pytest.approx(9.8 * 0.9 * 3.0 - 5)
+        assert capacity.headroom(3.0, priority=0) == pytest.approx(9.8 * 0.9 * 3.0 - 44)
+        await asyncio.gather(*batch, *raised)
+
+    await clock.run(scenario())
+    # The first batch call started, the second held the head; the raised ones came next,
+    # ahead of the rest of the batch.
+    assert started[:7] == [0, 0, 10, 10, 10, 10, 10]

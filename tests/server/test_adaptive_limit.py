@@ -76,3 +76,29 @@ def test_a_target_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="target_latency"):
         ServerSettings(target_latency=0)
     assert ServerSettings(target_latency=None).target_latency is None
+
+
+def spans(bound: AdaptiveLimit, clock: Clock, count: int, seconds: float, took: float) -> None:
+    """``count`` requests finish evenly over ``seconds``, each ``took`` seconds after it was
+    admitted; the bound is never reached."""
+    start = clock.now
+    for i in range(1, count + 1):
+        clock.now = start + seconds * i / count
+        bound.finished(took)
+
+
+def test_requests_queueing_inside_lower_the_bound_though_it_was_never_reached() -> None:
+    clock = Clock()
+    bound = AdaptiveLimit(ceiling=128, target=0.02, floor=8, window=0.5, clock=clock)
+    # 64 clients, never the 128 of the ceiling: 1000 requests/s, each 64 ms (Little).
+    spans(bound, clock, 500, 0.5, 0.064)
+    assert bound.limit == 20  # 1000/s * 0.02 s: the rest is refused, not queued
+    spans(bound, clock, 500, 0.5, 0.015)  # now within the target: only demand measured
+    assert bound.limit == 40  # doubling back towards the ceiling
+
+
+def test_one_slow_request_at_a_time_is_no_queue() -> None:
+    clock = Clock()
+    bound = AdaptiveLimit(ceiling=128, target=0.1, floor=8, window=0.5, clock=clock)
+    spans(bound, clock, 2, 0.5, 0.3)  # each slower than the target, 1.2 in progress
+    assert bound.limit == 128

@@ -355,14 +355,26 @@ def _add_scenarios(result: BenchResult, rows: list[dict[str, Any]]) -> None:
                     f"every {r['interactive_every_s']:g} s, beside a batch of {r['batch_tasks']:,} "
                     "on one "
                     f"{r['limit_rpm']:,} rpm route",
-                    ("interactive tasks", "p50", "p95", "max", "429s"),
+                    (
+                        "interactive tasks",
+                        "p50",
+                        "p95",
+                        "p95, calls that did not fail",
+                        "p95 added to the provider's time",
+                        "max",
+                        "429s",
+                        "batch tasks/s meanwhile",
+                    ),
                     tuple(
                         (
                             label,
                             fmt_num(x["p50_s"], 2, " s"),
                             fmt_num(x["p95_s"], 2, " s"),
+                            fmt_num(x["clean_p95_s"], 2, " s"),
+                            fmt_num(x["wait_p95_s"], 3, " s"),
                             fmt_num(x["max_s"], 2, " s"),
                             str(x["rate_limited"]),
+                            fmt_num(x["batch_per_s_meanwhile"], 1),
                         )
                         for label, x in (
                             ("alone (idle route)", r["alone"]),
@@ -387,11 +399,16 @@ def _scenario_notes(rows: list[dict[str, Any]]) -> list[str]:
         name = r["scenario"]
         if name == "priority":
             ratio = r["p95_ratio_lanes_over_alone"]
+            clean = r["clean_p95_ratio_lanes_over_alone"]
+            share = r["lanes"]["batch_share_of_limit"]
+            met = clean <= 1.2 and share >= 0.5
             notes.append(
                 f"priority: interactive p95 beside a {r['batch_tasks']:,}-task batch is "
-                f"{ratio:.2f}x its p95 on the idle route with lanes, "
-                f"{r['p95_ratio_no_lanes_over_alone']:.1f}x in one queue: target (<= 1.5x) "
-                + ("met." if ratio <= 1.5 else "NOT met.")
+                f"{ratio:.2f}x its p95 on the idle route with lanes "
+                f"({clean:.2f}x over the tasks whose calls did not fail), "
+                f"{r['p95_ratio_no_lanes_over_alone']:.1f}x in one queue; the batch kept "
+                f"{share:.0%} of the limit meanwhile: target (<= 1.2x without failed calls, "
+                "the batch not starved) " + ("met." if met else "NOT met.")
             )
             continue
         if name == "two-keys":

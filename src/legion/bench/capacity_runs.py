@@ -45,9 +45,10 @@ class ScenarioOptions:
     low_rpm_timeout: float = 20.0
     tuned_concurrency: int = 4
     seed: int = 7
-    interactive_tasks: int = 40
-    """priority: interactive tasks, one every ``interactive_every`` seconds."""
-    interactive_every: float = 0.5
+    interactive_tasks: int = 150
+    """priority: interactive tasks, one every ``interactive_every`` seconds (enough of
+    them for a p95 that a few failed calls do not decide)."""
+    interactive_every: float = 0.1
     batch_factor: int = 5
     """priority: batch tasks per task of ``tasks`` (10,000 in the full run)."""
     fill_seconds: float = 2.0

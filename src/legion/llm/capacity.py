@@ -382,6 +382,7 @@ class Capacity:
         self._head: _Waiter | None = None  # the caller whose turn it is
         # The others, by priority lane and tenant.
         self._waiters: Lanes[_Waiter] = Lanes(lower_share)
+        self._lower_share = lower_share
         self._arrivals = itertools.count()
         self._kick: asyncio.Future[None] | None = None
         self._blocker = _Blocker.TIME
@@ -486,14 +487,21 @@ class Capacity:
             return 1.0 / self._probe_interval
         return None if interval is None else 1.0 / interval
 
-    def headroom(self, horizon: float) -> float:
+    def headroom(self, horizon: float, priority: int | None = None) -> float:
         """How many more calls may queue here and still start within ``horizon``
         seconds at the rate allowed now (``inf`` without a request limit): what a
-        worker may admit, by Little's law, before its instances only wait."""
+        worker may admit, by Little's law, before its instances only wait.
+        ``priority``: for calls of that priority, which go ahead of the lower lanes'
+        (only the calls queued at that priority or higher count, and the lower lanes
+        keep their guaranteed share of the starts)."""
         rate = self.request_rate()
         if rate is None:
             return math.inf
-        return rate * horizon - self._queued()
+        if priority is None:
+            return rate * horizon - self._queued()
+        head = self._head
+        ahead = self._waiters.at_least(priority) + (head is not None and head.priority >= priority)
+        return rate * (1.0 - self._lower_share) * horizon - ahead
 
     def paused_for(self) -> float:
         """Seconds until a 429 pause ends (0: not paused)."""

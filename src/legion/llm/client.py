@@ -317,11 +317,15 @@ class LLMClient:
         """Every deployment of every route (a route with one deployment is itself)."""
         return tuple(route for pool in self._pools.values() for route in pool)
 
-    def headroom(self, horizon: float) -> float:
+    def headroom(self, horizon: float, priority: int | None = None) -> float:
         """How many more calls may queue and still start within ``horizon`` seconds on
-        the most constrained route (a pool's deployments add up)."""
+        the most constrained route (a pool's deployments add up); ``priority``: calls of
+        that priority, which go ahead of lower lanes (see `Capacity.headroom`)."""
         return min(
-            (sum(r.capacity.headroom(horizon) for r in pool) for pool in self._pools.values()),
+            (
+                sum(r.capacity.headroom(horizon, priority) for r in pool)
+                for pool in self._pools.values()
+            ),
             default=math.inf,
         )
 

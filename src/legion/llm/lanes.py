@@ -66,6 +66,10 @@ class Lanes(Generic[Q]):
     def __bool__(self) -> bool:
         return self._count > 0
 
+    def at_least(self, priority: int) -> int:
+        """How many callers wait in lanes of ``priority`` or higher."""
+        return sum(lane.count for p, lane in self._lanes.items() if p >= priority)
+
     def push(self, caller: Q) -> None:
         lane = self._lanes.get(caller.priority)
         if lane is None:

@@ -2,7 +2,9 @@
 
 Background loops, all owned by `Worker.run`:
 
-- **lease**: takes as many ready tasks as there are free slots (global and per agent);
+- **lease**: takes as many ready tasks as there are free slots (global and per agent)
+  and its LLM routes admit; while the routes are busy it still takes tasks of a raised
+  priority, as far as their own lane at the routes has room (their calls go first);
 - **journal**: group-commits step results, memory writes and completions;
 - **heartbeat** and **reaper**: keep the worker's leases and take back those of dead
   workers (see `legion.run.upkeep`, the worker's base class).
@@ -156,6 +158,7 @@ class Worker(Upkeep):
         self._turn = 0
         self._wake = asyncio.Event()
         self._urgent = 0  # raised-priority tasks queued here, leased past admission
+        self._raised_polled = -math.inf  # when raised-priority tasks were last looked for
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
         self._fatal = asyncio.Event()
@@ -295,12 +298,12 @@ class Worker(Upkeep):
             if self._check_overload():
                 await self._sleep_or_wake(0.1)
                 continue
-            free = min(
-                cfg.concurrency - len(self._instances), max(self._admissible(), self._urgent)
-            )
+            free = min(cfg.concurrency - len(self._instances), self._admissible())
             if free <= 0 and len(self._instances) < cfg.concurrency:
                 # The routes are busy: instances started now would only queue for them.
-                await self._sleep_or_wake(_ADMISSION_RECHECK)
+                # Raised-priority tasks still start: their calls go ahead of the others'.
+                if not await self._lease_raised():
+                    await self._sleep_or_wake(_ADMISSION_RECHECK)
                 continue
             wants = self._wants(free)
             if free <= 0 or not wants or self._solo is not None:
@@ -354,7 +357,45 @@ class Worker(Upkeep):
                 await self._sleep_or_wake(idle_wait)
                 idle_wait = min(idle_wait * 2, cfg.poll_interval)
 
-    def _admissible(self) -> int:
+    async def _lease_raised(self) -> bool:
+        """While the routes are busy: lease tasks of a raised priority (above 0) as far as
+        their own lanes have room (and those just queued by this process, ``urgent``, or
+        one while none of them runs here, whatever the room), at once when this process
+        just queued some, else at most every ``poll_interval``. Answers whether it
+        leased."""
+        cfg = self.config
+        now = self._clock()
+        if self._urgent <= 0 and now - self._raised_polled < cfg.poll_interval:
+            return False
+        if self._solo is not None or self._ambiguous_lease:
+            return False
+        room = max(self._admissible(priority=1), self._urgent)
+        if room <= 0 and not any(i.lease.priority > 0 for i in self._instances.values()):
+            room = 1  # a slow route's lane admits less than one call: one at a time
+        free = min(cfg.concurrency - len(self._instances), room)
+        wants = self._wants(free)
+        if free <= 0 or not wants:
+            return False
+        self._raised_polled = now
+        try:
+            leases = await self.store.lease(
+                self.id,
+                wants,
+                free,
+                now + cfg.lease_seconds,
+                now,
+                offer=cfg.offer,
+                min_priority=1,
+            )
+        except Exception as exc:
+            self._ambiguous_lease = True
+            log.error("leasing failed (%s); retrying in %.1fs", exc, cfg.poll_interval)
+            return False
+        self._urgent = max(0, self._urgent - len(leases)) if leases else 0
+        self._start_batch(leases)
+        return bool(leases)
+
+    def _admissible(self, priority: int | None = None) -> int:
         """How many more instances the LLM routes can serve soon: the least headroom of
         any route (calls that may still queue and start within the admission horizon),
         at least one instance while none runs, none while a route's queue (with a call
@@ -363,7 +404,7 @@ class Worker(Upkeep):
         horizon = self.config.admission_horizon
         if self.llm is None or horizon is None:
             return self.config.concurrency
-        room = self.llm.headroom(horizon)  # a pool's deployments add up
+        room = self.llm.headroom(horizon, priority)  # a pool's deployments add up
         if room == math.inf:
             return self.config.concurrency
         if not self._instances:
@@ -376,11 +417,13 @@ class Worker(Upkeep):
         coming = sum(
             1
             for inst in self._instances.values()
-            if inst.time.calls == 0 and inst.time.started > since
+            if inst.time.calls == 0
+            and inst.time.started > since
+            and (priority is None or inst.lease.priority >= priority)
         )
         # In batches: once the queues are down to half the horizon, fill them up again
         # (a lease per call that frees up would cost a store round trip each).
-        if self.llm.headroom(horizon / 2) - coming <= 0:
+        if self.llm.headroom(horizon / 2, priority) - coming <= 0:
             return 0
         return max(int(room - coming), 0)
 

@@ -61,10 +61,14 @@ class AdaptiveLimit:
     ``target`` seconds the bound is ``throughput * target``, where the throughput is the
     rate at which admitted requests finished over the last ``window`` seconds (smoothed
     over windows), kept between ``floor`` and ``ceiling``. It is measured only while the
-    bound was reached (a request was refused, or took the last place): below it the rate
-    is only what clients asked for, and a burst on an idle server must not be refused for
-    that. A window that never reached the bound doubles it back towards the ceiling, where
-    it starts. ``target=None``: the bound stays at the ceiling.
+    bound was reached (a request was refused, or took the last place) or the requests
+    queued inside the server (they took longer than ``target`` on average, more than
+    ``floor`` of them in progress on average): otherwise the rate is only what clients
+    asked for, and a burst on an idle server must not be refused for that. (Without the
+    second, a bound above what the clients send would never shed, whatever their
+    latency.) A window that did neither doubles the bound back towards the ceiling, where
+    it starts.
+    ``target=None``: the bound stays at the ceiling.
 
     The bound follows what the server completes, not how slow each request was: when the
     whole process is slow (its CPU shared), cutting the bound further would not make the
@@ -90,6 +94,7 @@ class AdaptiveLimit:
         self._rate: float | None = None
         self._started = clock()
         self._count = 0
+        self._busy = 0.0  # seconds the requests finished in this window took, summed
         self._reached = False
 
     @property
@@ -100,23 +105,28 @@ class AdaptiveLimit:
         """A request found the bound reached: it was refused, or took the last place."""
         self._reached = True
 
-    def finished(self) -> None:
-        """An admitted request finished."""
+    def finished(self, seconds: float = 0.0) -> None:
+        """An admitted request finished, ``seconds`` after it was admitted."""
         if self.target is None:
             return
         self._count += 1
+        self._busy += seconds
         now = self._clock()
         elapsed = now - self._started
         if elapsed < self.window:
             return
-        if self._reached:
+        # Queueing inside: slower than the target on average with more requests in
+        # progress on average (by Little's law, the time they took over the window's
+        # length) than the floor; one slow request at a time is no queue.
+        queueing = self._busy > self.target * self._count and self._busy > self.floor * elapsed
+        if self._reached or queueing:
             rate = self._count / elapsed
             self._rate = rate if self._rate is None else (self._rate + rate) / 2
             self._bound = self._rate * self.target
         else:
             self._rate = None
             self._bound = min(float(self.ceiling), 2 * max(self._bound, float(self.floor)))
-        self._started, self._count, self._reached = now, 0, False
+        self._started, self._count, self._busy, self._reached = now, 0, 0.0, False
 
 
 class InProgressLimit:
@@ -134,6 +144,7 @@ class InProgressLimit:
     ) -> None:
         self.app = app
         self.bound = AdaptiveLimit(ceiling=limit, target=target_latency, clock=clock)
+        self._clock = clock
         self.retry_after = retry_after
         self.in_progress = 0
         self.shed = 0
@@ -160,11 +171,12 @@ class InProgressLimit:
         self.in_progress += 1
         if self.in_progress >= limit:
             self.bound.reached()
+        admitted = self._clock()
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_progress -= 1
-            self.bound.finished()
+            self.bound.finished(self._clock() - admitted)
 
 
 @dataclass(slots=True)

@@ -110,7 +110,10 @@ class AttemptOut(BaseModel):
     )
     worker: str = Field(description="The worker that ran it.")
     outcome: str = Field(
-        description="How it ended: succeeded, retry, failed, dead, cancelled, released or waiting."
+        description=(
+            "How it ended: succeeded, retry, failed, dead, cancelled, released, waiting, "
+            "or lost (its worker stopped or its lease expired, and the reaper ended it)."
+        )
     )
     started_at: float
     finished_at: float

@@ -62,6 +62,7 @@ class TaskQueue(Protocol):
         *,
         isolated: bool = False,
         offer: Mapping[str, float] | None = None,
+        min_priority: int | None = None,
     ) -> list[Lease]:
         """Lease to ``owner`` up to ``wants[agent]`` ready tasks of each agent (in the
         mapping's order) and at most ``total`` in all, each with every step recorded for
@@ -69,7 +70,9 @@ class TaskQueue(Protocol):
         database's clock). ``isolated``: one task of those agents that must run alone
         (taken back from a worker that stopped while running it among others); the
         ordinary call never leases those. ``offer``: the resources the worker offers; a
-        task whose ``needs`` it does not cover (every amount) is not leased to it."""
+        task whose ``needs`` it does not cover (every amount) is not leased to it.
+        ``min_priority``: only tasks of at least that priority (a worker whose LLM routes
+        are busy still takes raised-priority work, whose calls go first there)."""
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
         """Commit a batch in one transaction; per completion, whether its lease still held.

@@ -356,6 +356,7 @@ class PostgresStore(PostgresWaiting):
         *,
         isolated: bool = False,
         offer: Mapping[str, float] | None = None,
+        min_priority: int | None = None,
     ) -> list[Lease]:
         """Lease per agent, in the mapping's order, with ``FOR UPDATE SKIP LOCKED``: several
         workers leasing at once take disjoint tasks without waiting for each other. The
@@ -390,6 +391,7 @@ class PostgresStore(PostgresWaiting):
                     "agent": agent,
                     "limit": limit,
                     "offer": offered,
+                    "min_priority": -(2**31) if min_priority is None else min_priority,
                 }
                 await cur.execute(Q["lease"], params)
                 rows.extend(await cur.fetchall())

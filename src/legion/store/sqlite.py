@@ -65,6 +65,9 @@ Q = queries("sqlite")
 _UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 
 
+_LOWEST_PRIORITY = -(2**63)  # `lease` without a `min_priority`: every priority
+
+
 def _lease_lost_error() -> bytes:
     return ErrorInfo(
         type="LeaseExpired",
@@ -272,9 +275,11 @@ class SQLiteStore(SQLiteWaiting):
         *,
         isolated: bool = False,
         offer: Mapping[str, float] | None = None,
+        min_priority: int | None = None,
     ) -> list[Lease]:
         if total <= 0 or not any(n > 0 for n in wants.values()):
             return []
+        lowest = _LOWEST_PRIORITY if min_priority is None else min_priority
         offered = codec.dumps(dict(offer or {})).decode()
         if isolated:
             return await self._call(
@@ -282,7 +287,8 @@ class SQLiteStore(SQLiteWaiting):
                 lambda db: self._lease_isolated(db, owner, wants, until, now, offered),
             )
         return await self._call(
-            self._transaction, lambda db: self._lease(db, owner, wants, total, until, now, offered)
+            self._transaction,
+            lambda db: self._lease(db, owner, wants, total, until, now, offered, lowest),
         )
 
     @staticmethod
@@ -307,6 +313,7 @@ class SQLiteStore(SQLiteWaiting):
         until: float,
         now: float,
         offer: str,
+        lowest: int,
     ) -> list[Lease]:
         rows: list[Any] = []
         sql = Q["lease"]
@@ -321,6 +328,7 @@ class SQLiteStore(SQLiteWaiting):
                 "agent": agent,
                 "limit": limit,
                 "offer": offer,
+                "min_priority": lowest,
             }
             rows.extend(db.execute(sql, params).fetchall())
         return _with_steps(db, rows)
@@ -424,6 +432,7 @@ class SQLiteStore(SQLiteWaiting):
                 "dead_owners": codec.dumps(list(dead_owners)).decode(),
             }
             owners = dict(db.execute(Q["reclaimable"], params).fetchall())
+            db.execute(Q["insert_lost_attempts"], params)
             rows = db.execute(Q["reclaim"], params).fetchall()
             log_changes_by(db, ((owners.get(r[0]), r[0]) for r in rows), now)
             statuses = [r[1] for r in rows]

@@ -40,8 +40,10 @@ class DiagnosticRecord:
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """One ended attempt of a task, written with its completion: when it started and
-    ended, on which worker, how it ended (an `legion.task.Outcome` value), its error, and
-    its time split into running and waiting for capacity (see `legion.attempt`)."""
+    ended, on which worker, how it ended (an `legion.task.Outcome` value, or ``lost``: its
+    worker stopped or its lease expired, written when the reaper takes the task back), its
+    error, and its time split into running and waiting for capacity (see
+    `legion.attempt`)."""
 
     task_id: int
     attempt: int

@@ -52,13 +52,14 @@ SELECT key, id, status, input_hash FROM tasks WHERE key = ANY(%(keys)s::text[]);
 -- SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
 -- The lease runs %(seconds)s on the database's clock. Tasks to run alone (`isolate`) are
 -- leased by lease_isolated only. A task that needs resources (`needs`) goes only to a worker
--- whose %(offer)s covers every amount.
+-- whose %(offer)s covers every amount; only tasks of at least %(min_priority)s are taken.
 UPDATE tasks AS t
 SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
     lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
 FROM (
     SELECT id FROM tasks
     WHERE status = 'queued' AND agent = %(agent)s AND not_before <= %(now)s AND NOT isolate
+      AND priority >= %(min_priority)s
       AND (needs IS NULL OR NOT EXISTS (
           SELECT 1 FROM jsonb_each_text(needs) AS n
           WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
@@ -245,30 +246,42 @@ SELECT legion_now();
 -- to the queue. The stop is charged to the task only if its worker ran it alone (its own
 -- crash count); a task that shared the worker runs alone next (`isolate`), its attempt
 -- not counted, until it ends. A task whose worker stopped while running it alone on its
--- last attempt is dead. SKIP LOCKED: a locked row is being completed right now.
-UPDATE tasks AS t
-SET status = CASE
-        WHEN t.cancel_requested THEN 'cancelled'
-        WHEN r.alone AND t.attempt >= t.max_attempts THEN 'dead'
-        ELSE 'queued' END,
-    error = CASE WHEN t.cancel_requested THEN t.error
-                 WHEN r.alone THEN %(crash_error)b ELSE %(error)b END,
-    attempt = CASE WHEN t.cancel_requested OR r.alone THEN t.attempt ELSE t.attempt - 1 END,
-    crashes = t.crashes + CASE WHEN r.alone THEN 1 ELSE 0 END,
-    isolate = NOT t.cancel_requested,
-    lease_owner = NULL, lease_expires = NULL,
-    finished_at = CASE WHEN t.cancel_requested OR (r.alone AND t.attempt >= t.max_attempts)
-                       THEN %(now)s END
-FROM (
-    SELECT id, (SELECT count(*) FROM tasks AS o
-                WHERE o.lease_owner = x.lease_owner AND o.status = 'running') = 1 AS alone
+-- last attempt is dead. SKIP LOCKED: a locked row is being completed right now. Each
+-- attempt ended here gets its row in `attempts` (outcome `lost`) in the same statement.
+WITH r AS (
+    SELECT id, attempt, lease_owner, started_at,
+           (SELECT count(*) FROM tasks AS o
+            WHERE o.lease_owner = x.lease_owner AND o.status = 'running') = 1 AS alone
     FROM tasks AS x
     WHERE status = 'running'
       AND (lease_expires < legion_now() OR lease_owner = ANY(%(dead_owners)s::text[]))
     FOR UPDATE SKIP LOCKED
-) AS r
-WHERE t.id = r.id
-RETURNING t.status;
+), u AS (
+    UPDATE tasks AS t
+    SET status = CASE
+            WHEN t.cancel_requested THEN 'cancelled'
+            WHEN r.alone AND t.attempt >= t.max_attempts THEN 'dead'
+            ELSE 'queued' END,
+        error = CASE WHEN t.cancel_requested THEN t.error
+                     WHEN r.alone THEN %(crash_error)b ELSE %(error)b END,
+        attempt = CASE WHEN t.cancel_requested OR r.alone THEN t.attempt ELSE t.attempt - 1 END,
+        crashes = t.crashes + CASE WHEN r.alone THEN 1 ELSE 0 END,
+        isolate = NOT t.cancel_requested,
+        lease_owner = NULL, lease_expires = NULL,
+        finished_at = CASE WHEN t.cancel_requested OR (r.alone AND t.attempt >= t.max_attempts)
+                           THEN %(now)s END
+    FROM r
+    WHERE t.id = r.id
+    RETURNING t.id, t.status, r.attempt, r.lease_owner, r.started_at, r.alone
+), lost AS (
+    INSERT INTO attempts (task_id, attempt, worker, outcome, started_at, finished_at, running,
+                          waited, error)
+    SELECT id, attempt, lease_owner, 'lost', coalesce(started_at, %(now)s), %(now)s,
+           greatest(%(now)s - coalesce(started_at, %(now)s), 0), 0,
+           CASE WHEN alone THEN %(crash_error)b ELSE %(error)b END
+    FROM u
+)
+SELECT status FROM u;
 -- name: cancel
 -- A queued task is cancelled at once; a running one is asked to stop (its worker sees the
 -- request at its next heartbeat).

@@ -14,13 +14,15 @@ SELECT key, id, status, input_hash FROM tasks WHERE key IN (SELECT value FROM js
 
 -- name: lease
 -- Tasks to run alone (`isolate`) are leased by lease_isolated only. A task that needs
--- resources (`needs`) goes only to a worker whose :offer covers every amount.
+-- resources (`needs`) goes only to a worker whose :offer covers every amount; only tasks of
+-- at least :min_priority are taken.
 UPDATE tasks
 SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
     lease_expires = :until, started_at = :now, finished_at = NULL
 WHERE id IN (
     SELECT id FROM tasks
     WHERE status = 'queued' AND agent = :agent AND not_before <= :now AND NOT isolate
+      AND priority >= :min_priority
       AND (needs IS NULL OR NOT EXISTS (
           SELECT 1 FROM json_each(needs) AS n
           WHERE n.value > coalesce((SELECT o.value FROM json_each(:offer) AS o
