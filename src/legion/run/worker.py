@@ -364,7 +364,7 @@ class Worker(Upkeep):
         just queued some, else at most every ``poll_interval``. Answers whether it
         leased."""
         cfg = self.config
-        now = self._clock()
+        now = self._clock.monotonic()
         if self._urgent <= 0 and now - self._raised_polled < cfg.poll_interval:
             return False
         if self._solo is not None or self._ambiguous_lease:
