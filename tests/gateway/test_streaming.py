@@ -84,3 +84,25 @@ async def test_a_whole_stream_matches_the_plain_answer_and_errors_keep_their_sta
         assert parts[-1].usage == plain.usage
         assert parts[-2].choices[0].finish_reason == plain.choices[0].finish_reason
         assert len({p.id for p in parts}) == 1
+
+
+async def test_a_live_stream_is_recorded_whole_for_its_task(sqlite_url: str) -> None:
+    async with cluster(sqlite_url) as c:
+        key = await c.key("agent")
+        client = openai.AsyncOpenAI(
+            base_url=c.gateways[0].url,
+            api_key=key,
+            max_retries=0,
+            default_headers={"X-Legion-Task": "t1"},
+        )
+        async with client:
+            parts = [p async for p in await stream(client)]
+            again = await client.chat.completions.create(
+                model="sim-model", messages=QUESTION, max_tokens=16
+            )
+        assert len(parts) > 3  # live: role, pieces, finish
+        text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
+        assert again.choices[0].message.content == text
+        assert c.sim.stats().requests_total == 1  # the plain call was the stream's record
+        mine = await c.gateways[0].gateway.book.totals(key.split("_")[1])
+        assert (mine.calls, mine.replayed) == (1, 1)

@@ -37,7 +37,7 @@ from aiohttp import web
 
 from legion import codec
 from legion.errors import LegionError, Permanent, StoreError
-from legion.gateway.usage import KeyUsage, UsageBook, totals_json
+from legion.gateway.usage import UsageBook, totals_json
 from legion.llm.client import LLMClient, Route
 from legion.llm.embeddings import Embeddings
 from legion.llm.sdk import openai_wire
@@ -128,7 +128,6 @@ class Gateway:
             key = await self._key(request)
         except AuthError as exc:
             return _error(exc.status, exc.message)
-        account = self.book.account(key.id)
         try:
             body = await request.read()
             chat = openai_wire.parse_chat(body)
@@ -138,25 +137,22 @@ class Gateway:
             if step is not None:
                 found = await self._recorded(step)
                 if found is not None:
-                    account.replayed += 1
+                    self.book.account(key.id).replayed += 1
                     return _answer(ChatResponse.from_json(found), chat, body, model)
             if chat.stream:
-                return await self._stream(request, chat, body, model, route, account, step)
+                return await self._stream(request, chat, body, model, route, key.id, step)
             response = await self._client.chat(
                 chat.messages, route.name, stream=False, **chat.params
             )
             cost = self._client.cost(response, route.name)
-            account.add(response.usage, cost)
+            self.book.account(key.id).add(response.usage, cost)
             if step is not None:
                 kept = await self._record(step, {**response.to_json(), "cost_usd": cost})
                 response = ChatResponse.from_json(kept)
             return _answer(response, chat, body, model)
-        except _Conflict as exc:
-            account.failed += 1
-            return _error(409, str(exc))
-        except (WireError, LegionError) as exc:
-            account.failed += 1
-            return _error(error_status(exc), str(exc))
+        except (_Conflict, WireError, LegionError) as exc:
+            self.book.account(key.id).failed += 1
+            return _error(_status(exc), str(exc))
 
     async def _stream(
         self,
@@ -165,7 +161,7 @@ class Gateway:
         body: bytes,
         model: str,
         route: Route,
-        account: KeyUsage,
+        key_id: str,
         step: _Step | None,
     ) -> web.StreamResponse:
         """A streamed call passed on piece by piece (see the module's text)."""
@@ -176,8 +172,7 @@ class Gateway:
         try:
             piece = await live.next()
             if piece is None:  # from a provider that does not stream: whole, or its error
-                response = await live.result()
-                await self._settle(response, route, account, step)
+                response = await self._settle(await live.result(), route, key_id, step)
                 return _answer(response, chat, body, model)
             stream = web.StreamResponse(headers=_EVENTS)
             await stream.prepare(request)
@@ -187,11 +182,11 @@ class Gateway:
                 piece = await live.next()
             try:
                 response = await live.result()
-            except LegionError as exc:
-                account.failed += 1
-                await stream.write(openai_wire.render_stream_error(error_status(exc), str(exc)))
+                await self._settle(response, route, key_id, step)
+            except (_Conflict, LegionError) as exc:
+                self.book.account(key_id).failed += 1
+                await stream.write(openai_wire.render_stream_error(_status(exc), str(exc)))
             else:
-                await self._settle(response, route, account, step)
                 await stream.write(b"".join(chunks.end(response)))
             await stream.write_eof()
             return stream
@@ -199,18 +194,16 @@ class Gateway:
             await live.aclose()
 
     async def _settle(
-        self, response: ChatResponse, route: Route, account: KeyUsage, step: _Step | None
-    ) -> None:
-        """Count a streamed completion, and record it (a record the store refuses is
-        logged: the caller has its answer, a replay will buy it again)."""
+        self, response: ChatResponse, route: Route, key_id: str, step: _Step | None
+    ) -> ChatResponse:
+        """Count a streamed completion and record it; the completion that stays."""
         cost = self._client.cost(response, route.name)
-        account.add(response.usage, cost)
-        if step is not None:
-            try:
-                await self._record(step, {**response.to_json(), "cost_usd": cost})
-            except StoreError as exc:
-                log.warning("legion gateway: step %s of task %s not recorded: %s",
-                            step.step, step.task, exc)  # fmt: skip
+        self.book.account(key_id).add(response.usage, cost)
+        if step is None:
+            return response
+        return ChatResponse.from_json(
+            await self._record(step, {**response.to_json(), "cost_usd": cost})
+        )
 
     # -- embeddings ----------------------------------------------------------------------
 
@@ -219,28 +212,24 @@ class Gateway:
             key = await self._key(request)
         except AuthError as exc:
             return _error(exc.status, exc.message)
-        account = self.book.account(key.id)
         try:
             model, texts, params, encoding = openai_wire.parse_embed(await request.read())
             route = self._client.embed_route(self._route_name(model))
             step = _step(request, key, "embed", [route.model, texts, params])
             found = await self._recorded(step) if step is not None else None
             if found is not None:
-                account.replayed += 1
+                self.book.account(key.id).replayed += 1
                 embeddings = Embeddings.from_json(found)
             else:
                 embeddings = await self._client.embed(texts, route.name, **params)
                 cost = self._client.cost_of(route.model, embeddings.usage)
-                account.add(embeddings.usage, cost)
+                self.book.account(key.id).add(embeddings.usage, cost)
                 if step is not None:
                     kept = await self._record(step, {**embeddings.to_json(), "cost_usd": cost})
                     embeddings = Embeddings.from_json(kept)
-        except _Conflict as exc:
-            account.failed += 1
-            return _error(409, str(exc))
-        except (WireError, LegionError) as exc:
-            account.failed += 1
-            return _error(error_status(exc), str(exc))
+        except (_Conflict, WireError, LegionError) as exc:
+            self.book.account(key.id).failed += 1
+            return _error(_status(exc), str(exc))
         body = openai_wire.render_embeddings(embeddings, model, encoding)
         return web.Response(body=body, content_type="application/json")
 
@@ -260,9 +249,15 @@ class Gateway:
         """Record ``data`` as ``step``'s answer; the answer that stays (another, if a
         concurrent call of the same step recorded first)."""
         call = RecordedCall(step.request, codec.dumps(data))
-        kept = await self._store.record_gateway_call(
-            step.key, step.task, step.step, call, time.time()
-        )
+        try:
+            kept = await self._store.record_gateway_call(
+                step.key, step.task, step.step, call, time.time()
+            )
+        except StoreError as exc:
+            # The caller has its answer (bought): a replay will buy it again.
+            log.warning("legion gateway: step %s of task %s not recorded: %s",
+                        step.step, step.task, exc)  # fmt: skip
+            return data
         if kept.output == call.output:
             return data
         _check(step, kept)
@@ -333,6 +328,14 @@ def _step(request: web.Request, key: ApiKey, kind: str, inputs: Sequence[Any]) -
             raise WireError(f"{header} must be 1 to 128 letters, digits or '_.:#-'")
     digest = hashlib.blake2b(codec.dumps(list(inputs)), digest_size=8).hexdigest()
     return _Step(key.id, task, named or f"{kind}.{digest}", f"{kind}.{digest}")
+
+
+def _status(exc: _Conflict | WireError | LegionError) -> int:
+    if isinstance(exc, _Conflict):
+        return 409
+    if isinstance(exc, StoreError):
+        return 503  # the record could not be read: try again
+    return error_status(exc)
 
 
 def _check(step: _Step, found: RecordedCall) -> None:
