@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 
-from legion.store import store_from_url
+import pytest
+
+from legion.errors import StoreError
+from legion.gateway.usage import UsageBook
+from legion.llm.types import Usage
+from legion.store import SQLiteStore, store_from_url
 from legion.store.base import Store
 from legion.store.ledger import KeyTotals, RecordedCall
 
@@ -52,3 +58,21 @@ async def test_the_first_answer_recorded_for_a_step_stays(store: Store) -> None:
     await store.record_gateway_call("k", "u", "s", second, 4.0)
     assert await store.gateway_tasks("k") == {"u": 1, "t": 2}
     assert list(await store.gateway_tasks("k", limit=1)) == ["u"]
+
+
+async def test_counts_the_store_refused_are_added_next_round(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "usage.db")  # not open yet: every call is refused
+    book = UsageBook(store, clock=lambda: 5.0)
+    book.account("a").add(Usage(10, 2), 0.25)
+    book.account("a").failed += 1
+    with pytest.raises(StoreError):
+        await book.flush()
+    book.account("a").add(Usage(1, 1), None)
+    await store.open()
+    try:
+        assert await book.totals("a") == KeyTotals("a", 2, 1, 0, 11, 3, 0.25, 1, 5.0)
+        assert await book.totals("b") == KeyTotals("b")
+        await book.flush()  # nothing new: nothing added twice
+        assert (await store.key_usage("a")) == await book.totals("a")
+    finally:
+        await store.aclose()

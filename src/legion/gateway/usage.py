@@ -110,12 +110,20 @@ class UsageBook:
             pending, self._pending = self._pending, {}
             now = self._clock()
             rows = [usage.totals(key, now) for key, usage in pending.items()]
-            try:
-                await self._ledger.add_key_usage(rows)
-            except BaseException:
-                for row in rows:
-                    self.account(row.key_id).merge(row)
-                raise
+            if rows:
+                # Shielded: a caller that leaves (its handler cancelled) must not cut a
+                # write that may commit anyway, whose counts would then be added twice.
+                adding = asyncio.ensure_future(self._add(rows))
+                adding.add_done_callback(_retrieved)
+                await asyncio.shield(adding)
+
+    async def _add(self, rows: list[KeyTotals]) -> None:
+        try:
+            await self._ledger.add_key_usage(rows)
+        except BaseException:
+            for row in rows:
+                self.account(row.key_id).merge(row)
+            raise
 
     async def totals(self, key_id: str) -> KeyTotals:
         """``key_id``'s total over every gateway, this one's latest calls included."""
@@ -130,3 +138,10 @@ class UsageBook:
                 await self.flush()
             except StoreError as exc:
                 log.warning("legion gateway: usage not added to the store yet: %s", exc)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Take a shielded write's outcome (its counts are kept if it failed), so that one
+    whose caller left is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
