@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -86,13 +87,28 @@ async def read_all(ctx: legion.Context, question: str) -> dict[str, Any]:
     return {"pieces": pieces, "error": None}
 
 
+@legion.agent(retries=0)
+async def read_all_anthropic(ctx: legion.Context, question: str) -> dict[str, Any]:
+    pieces: list[str] = []
+    try:
+        async with ctx.llm.anthropic().messages.stream(
+            model="sim-model", max_tokens=16, messages=[{"role": "user", "content": question}]
+        ) as stream:
+            async for piece in stream.text_stream:
+                pieces.append(piece)
+    except anthropic.APIStatusError as exc:
+        return {"pieces": pieces, "error": str(exc)}
+    return {"pieces": pieces, "error": None}
+
+
+@pytest.mark.parametrize("agent", [read_all, read_all_anthropic], ids=["openai", "anthropic"])
 async def test_a_stream_broken_after_its_first_pieces_is_an_sdk_error_not_a_retry(
-    db_url: str,
+    db_url: str, agent: Any
 ) -> None:
     client, sim = await stalling(idle=0.2)
     try:
         async with Runtime(db_url, llm=client) as rt, asyncio.timeout(20):
-            (result,) = [r async for r in rt.map(read_all, ["why?"])]
+            (result,) = [r async for r in rt.map(agent, ["why?"])]
         assert result.ok, result.error
         assert result.output["pieces"] and "stream broke" in result.output["error"]
         assert sim.stats().requests_total == 1  # no second answer spliced onto the first
