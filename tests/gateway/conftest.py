@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from legion.gateway.app import Gateway, serve
+from legion.llm.anthropic import AnthropicProvider
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.llm.openai import OpenAIProvider
+from legion.llm.provider import Provider
 from legion.server.keys import new_key
 from legion.sim import SimConfig, Simulator
 from legion.store import store_from_url
@@ -50,16 +52,24 @@ async def cluster(
     config: SimConfig | None = None,
     *,
     stream_idle_timeout: float = 30.0,
+    dialect: str = "openai",
 ) -> AsyncIterator[Cluster]:
-    """``n`` gateways on ``store_url`` in front of one simulator."""
+    """``n`` gateways on ``store_url`` in front of one simulator, spoken to in its OpenAI
+    or Anthropic ``dialect``."""
     async with Simulator(config or SimConfig()) as sim, contextlib.AsyncExitStack() as stack:
         running: list[Running] = []
         for i in range(n):
             store = store_from_url(store_url)
             await store.open()
             stack.push_async_callback(store.aclose)
-            provider = OpenAIProvider(
-                base_url=sim.base_url, name="sim", stream_idle_timeout=stream_idle_timeout
+            provider: Provider = (
+                OpenAIProvider(
+                    base_url=sim.base_url, name="sim", stream_idle_timeout=stream_idle_timeout
+                )
+                if dialect == "openai"
+                else AnthropicProvider(
+                    api_key=None, base_url=sim.url, stream_idle_timeout=stream_idle_timeout
+                )
             )
             client = LLMClient([Route("default", provider, "sim-model", Capacity("default"))])
             stack.push_async_callback(client.aclose)

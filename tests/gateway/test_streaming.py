@@ -22,11 +22,15 @@ async def stream(client: openai.AsyncOpenAI, max_tokens: int = 16, **extra: Any)
     )
 
 
-async def test_the_caller_reads_pieces_the_provider_is_still_sending(sqlite_url: str) -> None:
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_the_caller_reads_pieces_the_provider_is_still_sending(
+    sqlite_url: str, dialect: str
+) -> None:
     # The simulator sends half of the answer, then nothing: only a gateway that passes
     # pieces on as they come lets the caller read any of it (the guard turns a gateway
-    # that waits for the whole answer into a failure rather than a hang).
-    async with cluster(sqlite_url, config=SimConfig(stall_rate=1.0)) as c:
+    # that waits for the whole answer into a failure rather than a hang). The provider
+    # speaks OpenAI's API or Anthropic's: the caller reads OpenAI's chunks either way.
+    async with cluster(sqlite_url, config=SimConfig(stall_rate=1.0), dialect=dialect) as c:
         key = await c.key("agent")
         client = openai.AsyncOpenAI(base_url=c.gateways[0].url, api_key=key, max_retries=0)
         async with client, asyncio.timeout(20):
