@@ -16,6 +16,8 @@ import aiohttp
 import openai
 import pytest
 
+from legion.store import store_from_url
+from legion.store.ledger import KeyTotals
 from tests.acceptance.conftest import LEGION, legion, sim_stats, start_sim, wait_for
 
 pytestmark = pytest.mark.slow
@@ -88,6 +90,18 @@ def test_two_gateways_share_one_limit_under_load(sim: str, store_url: str) -> No
     stats = sim_stats(sim)
     assert stats["requests_total"] >= n
     assert stats["rate_limited"] <= 0.01 * stats["requests_total"], stats
+    # Both gateways added their counts to the key's one total (the last on the way out).
+    totals = asyncio.run(key_usage(store, key))
+    assert totals is not None and (totals.calls, totals.failed) == (n, 0)
+
+
+async def key_usage(url: str, token: str) -> KeyTotals | None:
+    store = store_from_url(url)
+    await store.open()
+    try:
+        return await store.key_usage(token.split("_")[1])
+    finally:
+        await store.aclose()
 
 
 async def load(urls: list[str], key: str, n: int, *, concurrency: int) -> dict[int, int]:

@@ -1,36 +1,86 @@
 """The gateway's HTTP server (aiohttp): authentication, the OpenAI wire format, and the
-calls themselves made by an `LLMClient` whose limits are shared through the store."""
+calls themselves made by an `LLMClient` whose limits are shared through the store.
+
+Recording (``X-Legion-Task``). A call that names its task is a step of that task,
+recorded in the store for the calling key (`legion.store.ledger`); the same step asked
+again, through any gateway on the store, gets the recorded answer back (the same
+bytes for a plain answer; a stream comes whole) and buys nothing. The step is named
+by ``X-Legion-Step`` when the caller sends one (the step of its task this call is:
+``"3"``, ``"plan"``...; the same step asked with another request is refused, 409),
+else by the request itself (``chat.<digest>`` of the route's model, the messages and
+the parameters; ``embed.<digest>`` for embeddings): the same request within one task
+is then one step with one answer, however often it is asked. A caller that asks the
+same thing twice in one task and wants two answers names its steps. A gateway cannot
+count occurrences for the caller: it cannot tell a task run again from a second
+question, and N gateways would each count their own.
+
+Streams (``stream: true``) are passed on as the provider sends them (see
+`legion.llm.deltas`, `legion.llm.sdk.live`); the whole completion is recorded and
+counted once the stream ends. Nothing is sent before the first piece, so a call that
+fails before it gets its HTTP error status; one that fails after ends its stream with
+an error event (``data: {"error": ...}``), which the ``openai`` SDK raises.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from legion.errors import LegionError, Permanent
-from legion.gateway.usage import KeyUsage
-from legion.llm.client import LLMClient
+from legion import codec
+from legion.errors import LegionError, Permanent, StoreError
+from legion.gateway.usage import UsageBook, totals_json
+from legion.llm.client import LLMClient, Route
+from legion.llm.embeddings import Embeddings
 from legion.llm.sdk import openai_wire
-from legion.llm.sdk.openai_wire import WireError
+from legion.llm.sdk.live import LiveCall
+from legion.llm.sdk.openai_wire import WireChat, WireError
 from legion.llm.sdk.statuses import error_status
+from legion.llm.types import ChatResponse
 from legion.run.shares import SharedCapacity
 from legion.server.auth import Authenticator, AuthError
 from legion.store.base import Store
+from legion.store.ledger import RecordedCall
 from legion.store.types import ApiKey
 
 TASK_HEADER = "X-Legion-Task"
-_TASK = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+STEP_HEADER = "X-Legion-Step"
+_NAME = re.compile(r"^[A-Za-z0-9_.:#-]{1,128}$")
 _MAX_BODY = 32 * 1024 * 1024
+_EVENTS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+log = logging.getLogger(__name__)
+
+
+class _Conflict(Exception):
+    """A step asked again with another request than the one its answer was recorded for."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """Where a call is recorded: the calling key's ``task``, step ``step``, for the request
+    whose digest is ``request``."""
+
+    key: str
+    task: str
+    step: str
+    request: str
 
 
 class Gateway:
     """Serves ``client``'s routes over HTTP to holders of the store's API keys.
 
     ``run_shares`` keeps this process's share of every limited route up to date
-    through ``store`` (once a second), so gateways on one store share one budget.
+    through ``store`` (once a second), so gateways on one store share one budget;
+    ``run_usage`` adds the keys' usage to the store's totals (once a second too).
     """
 
     def __init__(
@@ -45,7 +95,8 @@ class Gateway:
         self._store = store
         self._auth = Authenticator(store, cache_seconds=key_cache_seconds)
         self._shares = SharedCapacity(client, store, gateway_id)
-        self.usage: dict[str, KeyUsage] = {}
+        self.book = UsageBook(store, clock=time.time)
+        """Each key's usage, on its way to the store's totals."""
         self.address: Any = None
         """Where it listens, once `serve` has started it."""
 
@@ -64,63 +115,180 @@ class Gateway:
     async def run_shares(self) -> None:
         await self._shares.run()
 
+    async def run_usage(self) -> None:
+        await self.book.run()
+
     async def _key(self, request: web.Request) -> ApiKey:
         return await self._auth.authenticate(request.headers.get("Authorization"))
+
+    # -- chat completions ----------------------------------------------------------------
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
             key = await self._key(request)
         except AuthError as exc:
             return _error(exc.status, exc.message)
-        task = _task(request)
-        account = self.usage.setdefault(key.id, KeyUsage())
         try:
-            chat = openai_wire.parse_chat(await request.read())
-            route = self._route(chat.model)
+            body = await request.read()
+            chat = openai_wire.parse_chat(body)
+            route = self._client.route_for(self._route_name(chat.model))
+            step = _step(request, key, "chat", [route.model, chat.messages, chat.params])
+            model = chat.model or route.model
+            if step is not None:
+                found = await self._recorded(step)
+                if found is not None:
+                    self.book.account(key.id).replayed += 1
+                    return _answer(ChatResponse.from_json(found), chat, body, model)
+            if chat.stream:
+                return await self._stream(request, chat, body, model, route, key.id, step)
             response = await self._client.chat(
-                chat.messages, route, stream=chat.stream, **chat.params
+                chat.messages, route.name, stream=False, **chat.params
             )
-        except (WireError, LegionError) as exc:
-            account.failed += 1
-            return _error(error_status(exc), str(exc))
-        account.add(response.usage, self._client.cost(response, route), task)
-        if not chat.stream:
-            body = openai_wire.render_completion(response, chat.model)
-            return web.Response(body=body, content_type="application/json")
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await stream.prepare(request)
-        await stream.write(
-            b"".join(openai_wire.render_stream(response, chat.model, chat.include_usage))
+            cost = self._client.cost(response, route.name)
+            self.book.account(key.id).add(response.usage, cost)
+            if step is not None:
+                kept = await self._record(step, {**response.to_json(), "cost_usd": cost})
+                response = ChatResponse.from_json(kept)
+            return _answer(response, chat, body, model)
+        except (_Conflict, WireError, LegionError) as exc:
+            self.book.account(key.id).failed += 1
+            return _error(_status(exc), str(exc))
+
+    async def _stream(
+        self,
+        request: web.Request,
+        chat: WireChat,
+        body: bytes,
+        model: str,
+        route: Route,
+        key_id: str,
+        step: _Step | None,
+    ) -> web.StreamResponse:
+        """A streamed call passed on piece by piece (see the module's text)."""
+        chunks = openai_wire.ChunkStream(openai_wire.stream_id(body), model, chat.include_usage)
+        live = LiveCall(
+            lambda: self._client.chat(chat.messages, route.name, stream=True, **chat.params)
         )
-        await stream.write_eof()
-        return stream
+        try:
+            piece = await live.next()
+            if piece is None:  # from a provider that does not stream: whole, or its error
+                response = await self._settle(await live.result(), route, key_id, step)
+                return _answer(response, chat, body, model)
+            stream = web.StreamResponse(headers=_EVENTS)
+            await stream.prepare(request)
+            await stream.write(chunks.start())
+            while piece is not None:
+                await stream.write(chunks.delta(piece))
+                piece = await live.next()
+            try:
+                response = await live.result()
+                await self._settle(response, route, key_id, step)
+            except (_Conflict, LegionError) as exc:
+                self.book.account(key_id).failed += 1
+                await stream.write(openai_wire.render_stream_error(_status(exc), str(exc)))
+            else:
+                await stream.write(b"".join(chunks.end(response)))
+            await stream.write_eof()
+            return stream
+        finally:
+            await live.aclose()
+
+    async def _settle(
+        self, response: ChatResponse, route: Route, key_id: str, step: _Step | None
+    ) -> ChatResponse:
+        """Count a streamed completion and record it; the completion that stays."""
+        cost = self._client.cost(response, route.name)
+        self.book.account(key_id).add(response.usage, cost)
+        if step is None:
+            return response
+        return ChatResponse.from_json(
+            await self._record(step, {**response.to_json(), "cost_usd": cost})
+        )
+
+    # -- embeddings ----------------------------------------------------------------------
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         try:
             key = await self._key(request)
         except AuthError as exc:
             return _error(exc.status, exc.message)
-        task = _task(request)
-        account = self.usage.setdefault(key.id, KeyUsage())
         try:
             model, texts, params, encoding = openai_wire.parse_embed(await request.read())
-            route = self._client.embed_route(self._route_name(model)).name
-            embeddings = await self._client.embed(texts, route, **params)
-        except (WireError, LegionError) as exc:
-            account.failed += 1
-            return _error(error_status(exc), str(exc))
-        cost = self._client.cost_of(self._client.routes[route].model, embeddings.usage)
-        account.add(embeddings.usage, cost, task)
+            route = self._client.embed_route(self._route_name(model))
+            step = _step(request, key, "embed", [route.model, texts, params])
+            found = await self._recorded(step) if step is not None else None
+            if found is not None:
+                self.book.account(key.id).replayed += 1
+                embeddings = Embeddings.from_json(found)
+            else:
+                embeddings = await self._client.embed(texts, route.name, **params)
+                cost = self._client.cost_of(route.model, embeddings.usage)
+                self.book.account(key.id).add(embeddings.usage, cost)
+                if step is not None:
+                    kept = await self._record(step, {**embeddings.to_json(), "cost_usd": cost})
+                    embeddings = Embeddings.from_json(kept)
+        except (_Conflict, WireError, LegionError) as exc:
+            self.book.account(key.id).failed += 1
+            return _error(_status(exc), str(exc))
         body = openai_wire.render_embeddings(embeddings, model, encoding)
         return web.Response(body=body, content_type="application/json")
+
+    # -- recording -----------------------------------------------------------------------
+
+    async def _recorded(self, step: _Step) -> dict[str, Any] | None:
+        """The answer recorded for ``step``, if any; `_Conflict` if it answered another
+        request."""
+        found = await self._store.gateway_call(step.key, step.task, step.step)
+        if found is None:
+            return None
+        _check(step, found)
+        data: dict[str, Any] = codec.loads(found.output)
+        return data
+
+    async def _record(self, step: _Step, data: dict[str, Any]) -> dict[str, Any]:
+        """Record ``data`` as ``step``'s answer; the answer that stays (another, if a
+        concurrent call of the same step recorded first)."""
+        call = RecordedCall(step.request, codec.dumps(data))
+        try:
+            kept = await self._store.record_gateway_call(
+                step.key, step.task, step.step, call, time.time()
+            )
+        except StoreError as exc:
+            # The caller has its answer (bought): a replay will buy it again.
+            log.warning("legion gateway: step %s of task %s not recorded: %s",
+                        step.step, step.task, exc)  # fmt: skip
+            return data
+        if kept.output == call.output:
+            return data
+        _check(step, kept)
+        stayed: dict[str, Any] = codec.loads(kept.output)
+        return stayed
+
+    # -- usage and health ----------------------------------------------------------------
 
     async def _usage(self, request: web.Request) -> web.Response:
         try:
             key = await self._key(request)
         except AuthError as exc:
             return _error(exc.status, exc.message)
-        usage = self.usage.get(key.id, KeyUsage())
-        return web.json_response({"key": key.id, "name": key.name, **usage.to_json()})
+        try:
+            if request.query.get("all") not in (None, "", "0", "false"):
+                if not key.admin:
+                    return _error(403, "only an admin key (legion keys create --admin) sees "
+                                  "every key's usage")  # fmt: skip
+                await self.book.flush()
+                keys = [
+                    {"key": totals.key_id, **totals_json(totals)}
+                    for totals in await self._store.key_usages()
+                ]
+                return web.json_response({"keys": keys})
+            totals = await self.book.totals(key.id)
+            tasks = await self._store.gateway_tasks(key.id)
+        except StoreError as exc:
+            return _error(503, f"the store is unavailable: {exc}")
+        return web.json_response(
+            {"key": key.id, "name": key.name, **totals_json(totals), "tasks": tasks}
+        )
 
     async def _health(self, request: web.Request) -> web.Response:
         routes: dict[str, Any] = {}
@@ -136,9 +304,6 @@ class Gateway:
             }
         return web.json_response({"ok": True, "routes": routes})
 
-    def _route(self, model: str) -> str:
-        return self._client.route_for(self._route_name(model)).name
-
     def _route_name(self, model: str) -> str | None:
         """The route a request's model names (a route, or a route's model), else the
         default route (``None``)."""
@@ -149,9 +314,45 @@ class Gateway:
         return None
 
 
-def _task(request: web.Request) -> str | None:
-    value = request.headers.get(TASK_HEADER)
-    return value if value is not None and _TASK.match(value) else None
+def _step(request: web.Request, key: ApiKey, kind: str, inputs: Sequence[Any]) -> _Step | None:
+    """Where the call is recorded, if its caller named a task (see the module's text);
+    `WireError` for a malformed header."""
+    task = request.headers.get(TASK_HEADER)
+    named = request.headers.get(STEP_HEADER)
+    if task is None:
+        if named is not None:
+            raise WireError(f"{STEP_HEADER} names a step of the task in {TASK_HEADER}: send both")
+        return None
+    for header, value in ((TASK_HEADER, task), (STEP_HEADER, named)):
+        if value is not None and not _NAME.match(value):
+            raise WireError(f"{header} must be 1 to 128 letters, digits or '_.:#-'")
+    digest = hashlib.blake2b(codec.dumps(list(inputs)), digest_size=8).hexdigest()
+    return _Step(key.id, task, named or f"{kind}.{digest}", f"{kind}.{digest}")
+
+
+def _status(exc: _Conflict | WireError | LegionError) -> int:
+    if isinstance(exc, _Conflict):
+        return 409
+    if isinstance(exc, StoreError):
+        return 503  # the record could not be read: try again
+    return error_status(exc)
+
+
+def _check(step: _Step, found: RecordedCall) -> None:
+    if found.request != step.request:
+        raise _Conflict(
+            f"step {step.step!r} of task {step.task!r} was recorded for another request; "
+            f"a step answers one request (name another step in {STEP_HEADER})"
+        )
+
+
+def _answer(response: ChatResponse, chat: WireChat, body: bytes, model: str) -> web.Response:
+    """A whole completion: a ``chat.completion`` body, or every event of its stream."""
+    if not chat.stream:
+        completion = openai_wire.render_completion(response, chat.model)
+        return web.Response(body=completion, content_type="application/json")
+    chunks = openai_wire.ChunkStream(openai_wire.stream_id(body), model, chat.include_usage)
+    return web.Response(body=b"".join(chunks.whole(response)), headers=_EVENTS)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -165,11 +366,16 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def serve(gateway: Gateway, host: str, port: int, ready: asyncio.Event | None = None) -> None:
-    """Serve until cancelled, sharing limits through the store meanwhile."""
+    """Serve until cancelled, sharing limits and adding up usage through the store
+    meanwhile (the last counts are added on the way out)."""
     await gateway.sync_shares()
-    runner = web.AppRunner(gateway.app(), access_log=None)
+    # A caller that leaves cancels its handler, and with it the provider call it made.
+    runner = web.AppRunner(gateway.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
-    shares = asyncio.create_task(gateway.run_shares(), name="legion-gateway-capacity")
+    loops = [
+        asyncio.create_task(gateway.run_shares(), name="legion-gateway-capacity"),
+        asyncio.create_task(gateway.run_usage(), name="legion-gateway-usage"),
+    ]
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
@@ -178,7 +384,11 @@ async def serve(gateway: Gateway, host: str, port: int, ready: asyncio.Event | N
             ready.set()
         await asyncio.Event().wait()
     finally:
-        shares.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await shares
+        for loop in loops:
+            loop.cancel()
+        await asyncio.wait(loops)
         await runner.cleanup()
+        try:
+            await gateway.book.flush()
+        except StoreError as exc:
+            log.warning("legion gateway: the last usage counts were not added: %s", exc)

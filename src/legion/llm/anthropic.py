@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from legion.errors import MalformedResponse, ProviderRejected, ProviderUnavailable, RateLimited
+from legion.llm import deltas
 from legion.llm.provider import ChatResult
 from legion.llm.sse import ServerSentEvent
 from legion.llm.transport import (
@@ -289,11 +290,24 @@ class _Block:
 
 
 class MessageAssembler:
-    """Assembles the events of a streamed message into a `ChatResponse`."""
+    """Assembles the events of a streamed message into a `ChatResponse`, handing each
+    piece to the sink of the streamed call under way, if any (`legion.llm.deltas`)."""
 
-    __slots__ = ("_blocks", "_finish", "_input_usage", "_model", "_output", "_provider", "done")
+    __slots__ = (
+        "_blocks",
+        "_finish",
+        "_input_usage",
+        "_model",
+        "_output",
+        "_provider",
+        "_sink",
+        "_tools",
+        "done",
+    )
 
     def __init__(self, provider: str, model: str) -> None:
+        self._sink = deltas.attach(self)
+        self._tools: dict[int, int] = {}  # block index -> tool call number, for the sink
         self._provider = provider
         self._model = model
         self._blocks: dict[int, _Block] = {}
@@ -312,13 +326,22 @@ class MessageAssembler:
                 block = self._blocks[data["index"]]
                 if delta["type"] == "text_delta":
                     block.parts.append(delta["text"])
+                    self._emit(deltas.Delta(text=delta["text"]))
                 elif delta["type"] == "input_json_delta":
                     block.parts.append(delta["partial_json"])
+                    tool = self._tools.get(data["index"])
+                    if tool is not None:
+                        self._emit(deltas.Delta(tool_index=tool, arguments=delta["partial_json"]))
             elif kind == "content_block_start":
                 start = data["content_block"]
                 block = _Block(start["type"], start.get("id", ""), start.get("name", ""))
                 if start["type"] == "text" and start.get("text"):
                     block.parts.append(start["text"])
+                    self._emit(deltas.Delta(text=start["text"]))
+                elif start["type"] == "tool_use":
+                    tool = self._tools[data["index"]] = len(self._tools)
+                    piece = deltas.Delta(tool_index=tool, tool_id=block.id, tool_name=block.name)
+                    self._emit(piece)
                 self._blocks[data["index"]] = block
             elif kind == "message_start":
                 message = data["message"]
@@ -340,6 +363,10 @@ class MessageAssembler:
             raise MalformedResponse(
                 f"{provider} sent an unexpected stream event: {exc!r}", provider=provider
             ) from exc
+
+    def _emit(self, delta: deltas.Delta) -> None:
+        if self._sink is not None and (delta.text or delta.tool_index is not None):
+            self._sink.emit(self, delta)
 
     def _raise_error(self, error: Mapping[str, Any]) -> None:
         provider = self._provider

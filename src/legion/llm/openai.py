@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from legion.errors import MalformedResponse, ProviderUnavailable
+from legion.llm import deltas
 from legion.llm.embeddings import EmbedRequest, EmbedResult, embed_payload, parse_embeddings
 from legion.llm.provider import ChatResult
 from legion.llm.sse import ServerSentEvent
@@ -195,11 +196,13 @@ class _PartialCall:
 
 
 class ChunkAssembler:
-    """Assembles ``chat.completion.chunk`` events into a `ChatResponse`."""
+    """Assembles ``chat.completion.chunk`` events into a `ChatResponse`, handing each
+    piece to the sink of the streamed call under way, if any (`legion.llm.deltas`)."""
 
-    __slots__ = ("_calls", "_finish", "_model", "_provider", "_text", "_usage", "done")
+    __slots__ = ("_calls", "_finish", "_model", "_provider", "_sink", "_text", "_usage", "done")
 
     def __init__(self, provider: str, model: str) -> None:
+        self._sink = deltas.attach(self)
         self._provider = provider
         self._model = model
         self._text: list[str] = []
@@ -234,13 +237,17 @@ class ChunkAssembler:
             ) from exc
 
     def _add_delta(self, delta: Mapping[str, Any]) -> None:
+        sink = self._sink
         content = delta.get("content")
         if content:
             self._text.append(content)
+            if sink is not None:
+                sink.emit(self, deltas.Delta(text=content))
         for call in delta.get("tool_calls") or ():
-            partial = self._calls.get(call.get("index", 0))
+            index = call.get("index", 0)
+            partial = self._calls.get(index)
             if partial is None:
-                partial = self._calls[call.get("index", 0)] = _PartialCall()
+                partial = self._calls[index] = _PartialCall()
             if call.get("id"):
                 partial.id = call["id"]
             function = call.get("function") or {}
@@ -248,6 +255,16 @@ class ChunkAssembler:
                 partial.name = function["name"]
             if function.get("arguments"):
                 partial.arguments.append(function["arguments"])
+            if sink is not None:
+                sink.emit(
+                    self,
+                    deltas.Delta(
+                        tool_index=index,
+                        tool_id=str(call.get("id") or ""),
+                        tool_name=str(function.get("name") or ""),
+                        arguments=str(function.get("arguments") or ""),
+                    ),
+                )
 
     def response(self) -> ChatResponse:
         calls = tuple(

@@ -9,7 +9,9 @@ shared LLM capacity and API keys. Each caller depends on the role it uses:
 - `SessionMemory`: ``ctx.memory`` reads (writes go through the journal);
 - `WorkerRegistry`: the live workers and their heartbeats;
 - `CapacityBoard`: LLM capacity shared by the workers of one API key;
-- `KeyStore`: the API keys of ``legion serve``.
+- `KeyStore`: the API keys of ``legion serve``;
+- `GatewayLedger` (`legion.store.ledger`): usage per key and recorded calls of
+  ``legion gateway``.
 
 `Store` is their union, with the connection's lifecycle; every implementation
 passes the same contract test suite. The hot path is batched: `TaskQueue.submit`
@@ -23,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from legion.store.ledger import GatewayLedger
 from legion.store.types import (
     ApiKey,
     AttemptRecord,
@@ -242,6 +245,7 @@ class Store(
     CapacityBoard,
     KeyStore,
     WaitingStore,
+    GatewayLedger,
     Protocol,
 ):
     """Where legion keeps all state: every role, and the connection's lifecycle. All

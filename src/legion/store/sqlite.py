@@ -29,6 +29,7 @@ from legion.errors import ConfigError, StorageFull, StoreError, StoreUnavailable
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, task_info
 from legion.store.sqlite_feed import log_changes, log_changes_by
+from legion.store.sqlite_ledger import SQLiteLedger
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
 from legion.store.tenancy import KeyedTasks, unscoped_key
 from legion.store.types import (
@@ -85,7 +86,7 @@ def _crash_error() -> bytes:
     ).to_json()
 
 
-class SQLiteStore(SQLiteWaiting):
+class SQLiteStore(SQLiteWaiting, SQLiteLedger):
     """A `legion.store.base.Store` in one SQLite file (or ``:memory:``).
 
     ``clock``: the store's time (`now`), the wall clock of its one host by default; a

@@ -13,8 +13,10 @@ cost on the task — and writes the answer back in the SDK's wire format::
 
 A task that runs again gets its recorded completions back as the same bytes: the
 answer is rendered from the recorded completion alone, so nothing in it (ids
-included) depends on when it was rendered. The SDK's own retries are off
-(``max_retries=0``): legion's policy is the only one.
+included) depends on when it was rendered. A stream is passed on piece by piece as
+the provider sends it (`live`, `legion.llm.deltas`); replayed, it comes whole, in
+events the SDK parses to the same completion (its id depends on the request alone).
+The SDK's own retries are off (``max_retries=0``): legion's policy is the only one.
 
 The wire modules (`openai_wire`, `anthropic_wire`) need no SDK: ``legion gateway``
 speaks OpenAI's format with them. `transport` and `clients` need ``httpx2`` (which the

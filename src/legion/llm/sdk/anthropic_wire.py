@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from legion.llm.deltas import Delta
 from legion.llm.sdk.openai_wire import WireChat, WireError
 from legion.llm.types import ChatResponse, Message
 
@@ -167,45 +168,110 @@ def render_message(response: ChatResponse, model: str) -> bytes:
     )
 
 
-def render_stream(response: ChatResponse, model: str) -> list[bytes]:
-    """``response`` as the events of a stream."""
+def stream_message_id(body: bytes) -> str:
+    """The message id of a stream: it depends on the request alone (``message_start``
+    goes out before the completion is known), so a replay repeats it."""
+    return f"msg_{hashlib.blake2b(body, digest_size=12).hexdigest()}"
 
-    def event(name: str, data: dict[str, Any]) -> bytes:
-        return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
-    usage = _usage(response)
-    start: dict[str, Any] = {
-        "id": message_id(response),
-        "type": "message",
-        "role": "assistant",
-        "model": response.model or model,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {**usage, "output_tokens": 0},
-    }
-    events = [event("message_start", {"type": "message_start", "message": start})]
-    for index, block in enumerate(_blocks(response)):
-        opened: dict[str, Any]
-        delta: dict[str, Any]
-        if block["type"] == "text":
-            opened = {"type": "text", "text": ""}
-            delta = {"type": "text_delta", "text": block["text"]}
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class EventStream:
+    """The events of one streamed message, written as its pieces arrive (`start`, a
+    `delta` per piece, `end`), or all at once from a completion (`whole`).
+
+    ``message_start`` goes out before the usage is known: it says 0 tokens, and
+    ``message_delta`` carries the whole usage, which the ``anthropic`` SDK takes."""
+
+    __slots__ = ("_id", "_index", "_kind", "_model")
+
+    def __init__(self, message_id: str, model: str) -> None:
+        self._id = message_id
+        self._model = model
+        self._index = -1  # the open content block (-1: none yet)
+        self._kind = ""  # its type, "" once closed
+
+    def start(self) -> bytes:
+        message: dict[str, Any] = {
+            "id": self._id,
+            "type": "message",
+            "role": "assistant",
+            "model": self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return _event("message_start", {"type": "message_start", "message": message})
+
+    def _open(self, block: dict[str, Any]) -> list[bytes]:
+        events = self._close()
+        self._index += 1
+        self._kind = block["type"]
+        start = {"type": "content_block_start", "index": self._index, "content_block": block}
+        return [*events, _event("content_block_start", start)]
+
+    def _close(self) -> list[bytes]:
+        if not self._kind:
+            return []
+        self._kind = ""
+        return [_event("content_block_stop", {"type": "content_block_stop", "index": self._index})]
+
+    def delta(self, piece: Delta) -> list[bytes]:
+        """The events of one piece: a block opened when the piece starts one, its delta."""
+        events: list[bytes] = []
+        if piece.tool_index is None:
+            if self._kind != "text":
+                events += self._open({"type": "text", "text": ""})
+            delta: dict[str, Any] = {"type": "text_delta", "text": piece.text}
         else:
-            opened = {**block, "input": {}}
-            delta = {
-                "type": "input_json_delta",
-                "partial_json": orjson.dumps(block["input"]).decode(),
-            }
-        events.append(event("content_block_start", {"type": "content_block_start", "index": index,
-                                                    "content_block": opened}))  # fmt: skip
-        events.append(event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                    "delta": delta}))  # fmt: skip
-        events.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
-    end = {"stop_reason": _stop_reason(response), "stop_sequence": None}
-    events.append(event("message_delta", {"type": "message_delta", "delta": end, "usage": usage}))
-    events.append(event("message_stop", {"type": "message_stop"}))
-    return events
+            if piece.tool_id or self._kind != "tool_use":
+                block = {"type": "tool_use", "id": piece.tool_id, "name": piece.tool_name,
+                         "input": {}}  # fmt: skip
+                events += self._open(block)
+            if not piece.arguments:
+                return events
+            delta = {"type": "input_json_delta", "partial_json": piece.arguments}
+        body = {"type": "content_block_delta", "index": self._index, "delta": delta}
+        return [*events, _event("content_block_delta", body)]
+
+    def end(self, response: ChatResponse) -> list[bytes]:
+        """The last events: the open block closed, the stop reason and usage, the stop."""
+        # An empty answer still has its text block.
+        events = self._open({"type": "text", "text": ""}) if self._index < 0 else []
+        end = {"stop_reason": _stop_reason(response), "stop_sequence": None}
+        delta = {"type": "message_delta", "delta": end, "usage": _usage(response)}
+        return [*events, *self._close(), _event("message_delta", delta),
+                _event("message_stop", {"type": "message_stop"})]  # fmt: skip
+
+    def whole(self, response: ChatResponse) -> list[bytes]:
+        """Every event of ``response``."""
+        events = [self.start()]
+        for block in _blocks(response):
+            if block["type"] == "text":
+                events += self._open({"type": "text", "text": ""})
+                piece = Delta(text=block["text"])
+            else:
+                events += self._open({**block, "input": {}})
+                piece = Delta(tool_index=0, arguments=orjson.dumps(block["input"]).decode())
+            if piece.text or piece.arguments:
+                events += self.delta(piece)
+        return events + self.end(response)
+
+
+def render_stream(response: ChatResponse, model: str, stream_id: str | None = None) -> list[bytes]:
+    """``response`` as the events of a stream (``stream_id``: the message's id, by default
+    one that depends on the completion alone)."""
+    events = EventStream(stream_id or message_id(response), response.model or model)
+    return events.whole(response)
+
+
+def render_stream_error(status: int, message: str) -> bytes:
+    """The event that ends a stream broken after its first events (the ``anthropic`` SDK
+    raises an ``APIStatusError`` with ``message``)."""
+    return b"event: error\ndata: " + render_error(status, message) + b"\n\n"
 
 
 def render_error(status: int, message: str) -> bytes:

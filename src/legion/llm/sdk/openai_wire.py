@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from legion.llm.deltas import Delta
 from legion.llm.embeddings import Embeddings
 from legion.llm.types import ChatResponse, Message, Usage
 
@@ -113,35 +114,87 @@ def render_completion(response: ChatResponse, model: str) -> bytes:
     )
 
 
-def render_stream(response: ChatResponse, model: str, include_usage: bool) -> list[bytes]:
-    """``response`` as the events of a stream: the role, the text, each tool call, the
-    finish reason, the usage when asked for, then ``[DONE]``."""
-    head = {
-        "id": completion_id(response),
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": response.model or model,
-    }
+def stream_id(body: bytes) -> str:
+    """The id of a stream's chunks: it depends on the request alone (a stream's first
+    chunk goes out before the completion is known), so a replay repeats it."""
+    return f"chatcmpl-{hashlib.blake2b(body, digest_size=12).hexdigest()}"
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+
+class ChunkStream:
+    """The ``chat.completion.chunk`` events of one stream, written as its pieces arrive
+    (`start`, a `delta` per piece, `end`), or all at once from a completion (`whole`).
+    Every chunk names ``model`` (the model the request named)."""
+
+    __slots__ = ("_head", "_include_usage")
+
+    def __init__(self, stream_id: str, model: str, include_usage: bool) -> None:
+        self._head = {
+            "id": stream_id,
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+        }
+        self._include_usage = include_usage
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
+        return b"data: " + orjson.dumps({**self._head, "choices": [choice]}) + b"\n\n"
 
-    events = [chunk({"role": "assistant", "content": ""})]
-    if response.text:
-        events.append(chunk({"content": response.text}))
-    for index, call in enumerate(response.tool_calls):
-        function = {"name": call.name, "arguments": call.arguments}
-        events.append(
-            chunk({"tool_calls": [{"index": index, "id": call.id, "type": "function",
-                                   "function": function}]})
-        )  # fmt: skip
-    events.append(chunk({}, _finish(response)))
-    if include_usage:
-        tail = {**head, "choices": [], "usage": usage_json(response.usage)}
-        events.append(b"data: " + orjson.dumps(tail) + b"\n\n")
-    events.append(_DONE)
-    return events
+    def start(self) -> bytes:
+        """The first chunk: the assistant's role."""
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def delta(self, piece: Delta) -> bytes:
+        """The chunk of one piece (text, or part of a tool call)."""
+        if piece.tool_index is None:
+            return self._chunk({"content": piece.text})
+        call: dict[str, Any] = {"index": piece.tool_index}
+        if piece.tool_id:
+            call["id"] = piece.tool_id
+            call["type"] = "function"
+        function: dict[str, Any] = {"arguments": piece.arguments}
+        if piece.tool_name:
+            function["name"] = piece.tool_name
+        call["function"] = function
+        return self._chunk({"tool_calls": [call]})
+
+    def end(self, response: ChatResponse) -> list[bytes]:
+        """The last chunks: the finish reason, the usage when asked for, ``[DONE]``."""
+        events = [self._chunk({}, _finish(response))]
+        if self._include_usage:
+            tail = {**self._head, "choices": [], "usage": usage_json(response.usage)}
+            events.append(b"data: " + orjson.dumps(tail) + b"\n\n")
+        events.append(_DONE)
+        return events
+
+    def whole(self, response: ChatResponse) -> list[bytes]:
+        """Every chunk of ``response``: the role, the text, each tool call, then `end`."""
+        events = [self.start()]
+        if response.text:
+            events.append(self.delta(Delta(text=response.text)))
+        for index, call in enumerate(response.tool_calls):
+            piece = Delta(
+                tool_index=index, tool_id=call.id, tool_name=call.name, arguments=call.arguments
+            )
+            events.append(self.delta(piece))
+        return events + self.end(response)
+
+
+def render_stream(
+    response: ChatResponse, model: str, include_usage: bool, stream_id: str | None = None
+) -> list[bytes]:
+    """``response`` as the events of a stream: the role, the text, each tool call, the
+    finish reason, the usage when asked for, then ``[DONE]`` (``stream_id``: the chunks'
+    id, by default one that depends on the completion alone)."""
+    chunks = ChunkStream(stream_id or completion_id(response), response.model or model,
+                         include_usage)  # fmt: skip
+    return chunks.whole(response)
+
+
+def render_stream_error(status: int, message: str) -> bytes:
+    """The event that ends a stream broken after its first chunks (the ``openai`` SDK
+    raises an ``APIError`` with ``message``)."""
+    return b"data: " + render_error(status, message) + b"\n\n"
 
 
 def render_embeddings(embeddings: Embeddings, model: str, encoding: str = "float") -> bytes:

@@ -5,6 +5,14 @@ Nothing goes on the network from here: each request the SDK writes becomes a
 completion comes back in the SDK's wire format. Failures that legion's retry policy
 did not overcome come back as the HTTP error the SDK expects (a 429, a 5xx, a 400...),
 so the SDK raises its own error type with legion's message.
+
+Streams are true streams: the call runs as a `legion.llm.sdk.live.LiveCall` and the
+SDK reads each piece the provider sends as it arrives (the whole completion is still
+recorded once the call ends). Nothing is answered before the first piece, so a call
+that fails before then is the SDK's usual HTTP error; one that fails after ends its
+stream with an error event, which the SDK raises (see `legion.llm.deltas` for why it
+is not retried then). A replayed call, or one on a provider that does not stream,
+hands the SDK its whole recorded completion as the events of a stream.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import httpx2
 
 from legion.errors import LegionError, Permanent
+from legion.llm.deltas import Delta
 from legion.llm.sdk import anthropic_wire, openai_wire
+from legion.llm.sdk.live import LiveCall
 from legion.llm.sdk.openai_wire import WireChat, WireError
 from legion.llm.sdk.statuses import error_status
 from legion.llm.types import ChatResponse
@@ -58,6 +68,53 @@ class _Events(httpx2.AsyncByteStream):
         return None
 
 
+class _Renderer(Protocol):
+    def start(self) -> bytes: ...
+
+    def delta(self, piece: Delta) -> bytes | list[bytes]: ...
+
+    def end(self, response: ChatResponse) -> list[bytes]: ...
+
+    def whole(self, response: ChatResponse) -> list[bytes]: ...
+
+
+class _LiveEvents(httpx2.AsyncByteStream):
+    """The events of a stream under way, each written as its piece arrives; a failure
+    after the first piece ends the stream with an error event (the SDK raises it)."""
+
+    def __init__(
+        self,
+        live: LiveCall,
+        first: Delta,
+        render: _Renderer,
+        error: Callable[[int, str], bytes],
+    ) -> None:
+        self._live = live
+        self._first = first
+        self._render = render
+        self._error = error
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        live, render = self._live, self._render
+        yield render.start()
+        piece: Delta | None = self._first
+        while piece is not None:
+            events = render.delta(piece)
+            for event in [events] if isinstance(events, bytes) else events:
+                yield event
+            piece = await live.next()
+        try:
+            response = await live.result()
+        except LegionError as exc:
+            yield self._error(error_status(exc), str(exc))
+            return
+        for event in render.end(response):
+            yield event
+
+    async def aclose(self) -> None:
+        await self._live.aclose()
+
+
 class LegionTransport(httpx2.AsyncBaseTransport):
     """Answers an SDK's requests with ``ctx.llm`` calls.
 
@@ -82,11 +139,11 @@ class LegionTransport(httpx2.AsyncBaseTransport):
                 return self._error(404, f"legion serves no {request.method} {path}")
             if self._dialect == "openai":
                 if path.endswith("/chat/completions"):
-                    return await self._openai_chat(openai_wire.parse_chat(body))
+                    return await self._openai_chat(openai_wire.parse_chat(body), body)
                 if path.endswith("/embeddings"):
                     return await self._openai_embed(body)
             elif path.endswith("/messages"):
-                return await self._anthropic_messages(anthropic_wire.parse_messages(body))
+                return await self._anthropic_messages(anthropic_wire.parse_messages(body), body)
             return self._error(404, f"legion serves no POST {path} for the {self._dialect} SDK")
         except (WireError, LegionError) as exc:
             return self._error(error_status(exc), str(exc))
@@ -104,11 +161,29 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         route = self.route_for(chat.model)
         return await self._calls.chat(chat.messages, route, stream=chat.stream, **chat.params)
 
-    async def _openai_chat(self, chat: WireChat) -> httpx2.Response:
-        response = await self._chat(chat)
+    async def _stream(
+        self, chat: WireChat, render: _Renderer, error: Callable[[int, str], bytes]
+    ) -> httpx2.Response:
+        """A streamed call: nothing is answered before its first piece (a failure before
+        then is an HTTP error, as from the provider), then each piece as it comes."""
+        live = LiveCall(lambda: self._chat(chat))
+        try:
+            first = await live.next()
+            if first is None:  # replayed, or from a provider that does not stream
+                events = render.whole(await live.result())
+                return httpx2.Response(200, headers=_EVENTS, stream=_Events(events))
+        except BaseException:
+            await live.aclose()
+            raise
+        stream = _LiveEvents(live, first, render, error)
+        return httpx2.Response(200, headers=_EVENTS, stream=stream)
+
+    async def _openai_chat(self, chat: WireChat, body: bytes) -> httpx2.Response:
         if chat.stream:
-            events = openai_wire.render_stream(response, chat.model, chat.include_usage)
-            return httpx2.Response(200, headers=_EVENTS, stream=_Events(events))
+            model = chat.model or self._client.route_for(self.route_for(chat.model)).model
+            chunks = openai_wire.ChunkStream(openai_wire.stream_id(body), model, chat.include_usage)
+            return await self._stream(chat, chunks, openai_wire.render_stream_error)
+        response = await self._chat(chat)
         content = openai_wire.render_completion(response, chat.model)
         return httpx2.Response(200, headers=_JSON, content=content)
 
@@ -125,11 +200,12 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         except Permanent:
             return None
 
-    async def _anthropic_messages(self, chat: WireChat) -> httpx2.Response:
-        response = await self._chat(chat)
+    async def _anthropic_messages(self, chat: WireChat, body: bytes) -> httpx2.Response:
         if chat.stream:
-            events = anthropic_wire.render_stream(response, chat.model)
-            return httpx2.Response(200, headers=_EVENTS, stream=_Events(events))
+            model = chat.model or self._client.route_for(self.route_for(chat.model)).model
+            events = anthropic_wire.EventStream(anthropic_wire.stream_message_id(body), model)
+            return await self._stream(chat, events, anthropic_wire.render_stream_error)
+        response = await self._chat(chat)
         content = anthropic_wire.render_message(response, chat.model)
         return httpx2.Response(200, headers=_JSON, content=content)
 

@@ -1,0 +1,132 @@
+"""``X-Legion-Task``: a call that names its task is recorded as a step of it, in the store,
+and answered from its record when asked again, through any gateway on the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.gateway.conftest import cluster
+
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "what is recorded?"}]
+
+
+def sdk(url: str, key: str, **headers: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, default_headers=headers)
+
+
+async def raw_chat(client: openai.AsyncOpenAI, **extra: Any) -> bytes:
+    response = await client.chat.completions.with_raw_response.create(
+        model="sim-model", messages=QUESTION, max_tokens=16, **extra
+    )
+    content: bytes = response.http_response.content
+    return content
+
+
+async def usage(url: str, key: str, **query: str) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/usage", params=query, headers={"Authorization": f"Bearer {key}"}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        data: dict[str, Any] = await r.json()
+        return data
+
+
+async def test_a_task_s_call_asked_again_on_another_gateway_is_answered_from_its_record(
+    store_url: str,
+) -> None:
+    async with cluster(store_url, n=2) as c:
+        key = await c.key("agent")
+        one, two = (g.url for g in c.gateways)
+        async with sdk(one, key, **{"X-Legion-Task": "order-1"}) as first:
+            answer = await raw_chat(first)
+        assert c.sim.stats().requests_total == 1
+        async with sdk(two, key, **{"X-Legion-Task": "order-1"}) as again:
+            assert await raw_chat(again) == answer  # the same bytes, from the other gateway
+            stream = await again.chat.completions.create(
+                model="sim-model", messages=QUESTION, max_tokens=16, stream=True
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert c.sim.stats().requests_total == 1  # nothing bought again
+        assert text and text in answer.decode()
+        # Another task, or no task at all, asks the provider.
+        async with sdk(two, key, **{"X-Legion-Task": "order-2"}) as other:
+            await raw_chat(other)
+        async with sdk(two, key) as plain:
+            await raw_chat(plain)
+        assert c.sim.stats().requests_total == 3
+
+
+async def test_recordings_are_the_calling_key_s_own(store_url: str) -> None:
+    async with cluster(store_url) as c:
+        mine, theirs = await c.key("mine"), await c.key("theirs")
+        url = c.gateways[0].url
+        for key in (mine, theirs, mine):
+            async with sdk(url, key, **{"X-Legion-Task": "shared-name"}) as client:
+                await raw_chat(client)
+        assert c.sim.stats().requests_total == 2
+
+
+async def test_a_named_step_answers_one_request_and_embeddings_are_recorded_too(
+    store_url: str,
+) -> None:
+    async with cluster(store_url) as c:
+        key = await c.key("agent")
+        url = c.gateways[0].url
+        headers = {"X-Legion-Task": "t", "X-Legion-Step": "plan"}
+        async with sdk(url, key, **headers) as client:
+            first = await raw_chat(client)
+            assert await raw_chat(client) == first
+            with pytest.raises(openai.ConflictError) as caught:
+                await client.chat.completions.create(
+                    model="sim-model", messages=[{"role": "user", "content": "else"}]
+                )
+            assert "plan" in caught.value.message
+        async with sdk(url, key, **{"X-Legion-Task": "t"}) as client:
+            vectors = [
+                (await client.embeddings.create(model="sim-model", input=["a", "b"])).data
+                for _ in range(2)
+            ]
+        assert [v.embedding for v in vectors[0]] == [v.embedding for v in vectors[1]]
+        assert c.sim.stats().requests_total == 2  # one chat, one embedding
+        async with aiohttp.ClientSession() as session:
+            bad = {"Authorization": f"Bearer {key}", "X-Legion-Step": "plan"}
+            body = {"model": "sim-model", "messages": QUESTION}
+            async with session.post(f"{url}/chat/completions", json=body, headers=bad) as r:
+                assert r.status == 400  # a step needs its task
+                assert "X-Legion-Task" in (await r.json())["error"]["message"]
+        mine = await usage(url, key)
+        assert mine["tasks"] == {"t": 2}  # the chat step and the embedding
+        assert (mine["calls"], mine["replayed"], mine["failed"]) == (2, 2, 2)
+
+
+async def test_usage_per_key_is_one_total_over_every_gateway(store_url: str) -> None:
+    async with cluster(store_url, n=2) as c:
+        key, other = await c.key("agent"), await c.key("other")
+        admin = await c.key("ops", admin=True)
+        for running in c.gateways:
+            async with sdk(running.url, key) as client:
+                for _ in range(3):
+                    await raw_chat(client)
+        one, two = c.gateways
+        await two.gateway.book.flush()  # what the usage loop does each second
+        mine = await usage(one.url, key)
+        assert mine["calls"] == 6 and mine["key"] in key
+        assert mine["prompt_tokens"] > 0 and mine["completion_tokens"] > 0
+        assert mine["cost_known"] and mine["cost_usd"] == 0  # the simulator is free
+        assert await usage(two.url, key) == mine
+        assert (await usage(two.url, other))["calls"] == 0
+        everyone = await usage(two.url, admin, all="1")
+        assert [(k["key"], k["calls"]) for k in everyone["keys"]] == [(mine["key"], 6)]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{one.url}/usage", params={"all": "1"}, headers={"Authorization": f"Bearer {key}"}
+            ) as r,  # fmt: skip
+        ):
+            assert r.status == 403
