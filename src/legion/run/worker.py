@@ -62,6 +62,7 @@ from legion.waiting import schedules
 if TYPE_CHECKING:
     from legion.executors import Executor
     from legion.llm.client import LLMClient
+    from legion.waiting.batch import BatchDesk
 
 log = logging.getLogger("legion.worker")
 
@@ -176,6 +177,7 @@ class Worker:
         self._freeze_guard: FreezeGuard | None = None
         self._overloaded: str | None = None
         self._expiry = _Expiry()
+        self.batch_desk: BatchDesk | None = None  # with an LLM client, once running
         for a in agents:
             self.add_agent(a)
 
@@ -267,6 +269,10 @@ class Worker:
 
             shares = SharedCapacity(self.llm, self.store, self.id, clock=self._clock)
             background.append(asyncio.create_task(shares.run(), name="legion-capacity"))
+            from legion.waiting.batch import BatchDesk  # batch-tier calls: collect, poll
+
+            self.batch_desk = BatchDesk(self.llm, self.store, clock=self._clock, wake=self.wake)
+            background.append(asyncio.create_task(self.batch_desk.run(), name="legion-batch"))
         try:
             await self._lease_loop()
             await self._drain()

@@ -28,6 +28,7 @@ from legion import codec
 from legion.errors import ConfigError, StorageFull, StoreError, StoreUnavailable
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, task_info
+from legion.store.sqlite_batches import SQLiteBatches
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
 from legion.store.tenancy import KeyedTasks, unscoped_key
 from legion.store.types import (
@@ -81,7 +82,7 @@ def _crash_error() -> bytes:
     ).to_json()
 
 
-class SQLiteStore(SQLiteWaiting):
+class SQLiteStore(SQLiteWaiting, SQLiteBatches):
     """A `legion.store.base.Store` in one SQLite file (or ``:memory:``)."""
 
     def __init__(

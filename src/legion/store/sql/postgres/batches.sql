@@ -1,0 +1,34 @@
+-- Named queries of the LLM batch tier (see 0015_batches.sql).
+
+-- name: batch_enqueue
+INSERT INTO llm_batch_calls (task_id, event, route, request, fallback_at, created_at)
+VALUES (%(task_id)s, %(event)s, %(route)s, %(request)b, %(fallback_at)s, %(now)s)
+ON CONFLICT (task_id, event) DO NOTHING;
+
+-- name: batch_claim
+-- Concurrent desks skip each other's rows (SKIP LOCKED): each call goes to one claim.
+UPDATE llm_batch_calls SET state = 'claimed', job = %(claim)s, poll_at = %(now)s
+WHERE (task_id, event) IN (
+    SELECT task_id, event FROM llm_batch_calls
+    WHERE route = %(route)s AND fallback_at > %(now)s
+      AND (state = 'pending' OR (state = 'claimed' AND poll_at <= %(stale)s))
+    ORDER BY created_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING task_id, event, route, request, fallback_at, job;
+
+-- name: batch_sent
+UPDATE llm_batch_calls SET state = 'sent', job = %(job)s, poll_at = %(poll_at)s
+WHERE job = %(claim)s AND state = 'claimed';
+
+-- name: batch_due
+UPDATE llm_batch_calls SET poll_at = %(next)s
+WHERE (task_id, event) IN (
+    SELECT task_id, event FROM llm_batch_calls
+    WHERE state = 'sent' AND poll_at <= %(now)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING task_id, event, route, request, fallback_at, job;
+
+-- name: batch_forget
+DELETE FROM llm_batch_calls AS b
+USING unnest(%(task_ids)s::bigint[], %(events)s::text[]) AS gone (task_id, event)
+WHERE b.task_id = gone.task_id AND b.event = gone.event;

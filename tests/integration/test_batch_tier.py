@@ -1,0 +1,112 @@
+"""The batch tier end to end: a real SQLite file, a worker, the simulator's batch APIs over
+HTTP (OpenAI's and Anthropic's). A batch-tier run answers what the standard tier answers,
+at half the cost, in one job; a deadline shorter than the batch's turnaround sends the
+calls at the standard tier."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+import legion
+from legion import Runtime
+from legion.llm.client import LLMClient
+from legion.llm.specs import open_client
+from legion.sim import SimConfig, Simulator
+from legion.task import TaskStatus
+
+MODEL = "gpt-5-mini"  # priced: the cost is not zero
+QUESTIONS = [f"What is {n} times {n + 1}?" for n in range(6)]
+
+
+@legion.agent(retries=0)
+async def ask_all(
+    ctx: legion.Context,
+    questions: list[str],
+    tier: Literal["standard", "batch"],
+    deadline: float | None = None,
+) -> list[str]:
+    calls = [
+        ctx.llm.chat([{"role": "user", "content": q}], max_tokens=24, tier=tier, deadline=deadline)
+        for q in questions
+    ]
+    return [r.text for r in await ctx.gather(*calls)]
+
+
+async def client_for(spec: str) -> LLMClient:
+    client = await open_client([spec])
+    client.batch_window = 0.02  # the desk collects for 20 ms and polls every 50 ms
+    client.batch_poll_interval = 0.05
+    return client
+
+
+async def run(rt: Runtime, tier: str, deadline: float | None = None) -> Any:
+    given = {"questions": QUESTIONS, "tier": tier, "deadline": deadline}
+    [result] = [r async for r in rt.map(ask_all, [given])]
+    return result
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimConfig(models=(MODEL,), batch_turnaround=0.0)) as simulator:
+        yield simulator
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_batch_tier_answers_as_the_standard_tier_at_half_the_cost_in_one_job(
+    sim: Simulator, tmp_path: Path, dialect: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "x")
+    url = sim.base_url if dialect == "openai" else sim.url
+    client = await client_for(f"main={dialect}:{MODEL}@{url}")
+    async with client, Runtime(f"sqlite:///{tmp_path / 'batch.db'}", llm=client) as rt:
+        standard = await run(rt, "standard")
+        after_standard = sim.stats()
+        batched = await run(rt, "batch")
+        stats = rt.llm.statistics() if rt.llm is not None else None
+        assert rt.worker is not None and rt.worker.batch_desk is not None
+        desk = rt.worker.batch_desk
+        assert (desk.jobs, desk.answered) == (1, len(QUESTIONS)), (batched, standard)
+
+    assert standard.ok and batched.ok, (standard.error, batched.error)
+    assert batched.output == standard.output  # the same answers...
+    assert standard.usage is not None and batched.usage is not None
+    assert batched.usage["prompt_tokens"] == standard.usage["prompt_tokens"]
+    assert batched.usage["completion_tokens"] == standard.usage["completion_tokens"]
+    assert standard.usage["cost_usd"] > 0
+    assert batched.usage["cost_usd"] == pytest.approx(standard.usage["cost_usd"] / 2)  # ...half
+    after = sim.stats()
+    assert after_standard.requests_total == after.requests_total == len(QUESTIONS)
+    assert (after.batches, after.batch_requests) == (1, len(QUESTIONS))  # in one job
+    assert stats is not None
+    route = stats.routes["main"]
+    assert route.calls == 2 * len(QUESTIONS)
+    assert route.cost_usd == pytest.approx(1.5 * standard.usage["cost_usd"])
+
+
+async def test_a_deadline_shorter_than_the_turnaround_falls_back_to_the_standard_tier(
+    tmp_path: Path,
+) -> None:
+    config = SimConfig(models=(MODEL,), batch_turnaround=3600.0)  # never within the test
+    async with Simulator(config) as sim:
+        client = await client_for(f"main=openai:{MODEL}@{sim.base_url}")
+        # Short leases: the reaper, which wakes the tasks whose timer passed, runs often.
+        async with (
+            client,
+            Runtime(f"sqlite:///{tmp_path / 'fallback.db'}", llm=client, lease_seconds=0.4) as rt,
+        ):
+            late = await run(rt, "batch", 0.2)
+            standard = await run(rt, "standard")
+            info = await rt.get(late.id)
+        stats = sim.stats()
+
+    assert late.ok and standard.ok, (late.error, standard.error)
+    assert late.output == standard.output
+    assert info is not None and info.status is TaskStatus.SUCCEEDED
+    assert stats.batches == 1 and stats.batch_requests == 0  # sent, never answered
+    assert stats.requests_total == 2 * len(QUESTIONS)  # the fallback went standard
+    assert late.usage is not None and standard.usage is not None
+    assert late.usage["cost_usd"] == pytest.approx(standard.usage["cost_usd"])  # full price
