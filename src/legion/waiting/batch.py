@@ -181,15 +181,21 @@ class BatchDesk:
                 await asyncio.sleep(self._window)  # collect what else comes meanwhile
                 self._queued.clear()
         finally:
-            if self._client.batch_queued == self._queued.set:
-                self._client.batch_queued = None
-            for api in self._apis.values():
-                await api.aclose()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening to the client and close the connections to the batch APIs."""
+        if self._client.batch_queued == self._queued.set:
+            self._client.batch_queued = None
+        apis, self._apis = list(self._apis.values()), {}
+        for api in apis:
+            await api.aclose()
 
     async def tick(self) -> int:
         """One pass: submit what is queued, poll what is due; answer how many calls were
-        answered (or sent back to the standard tier)."""
+        answered or sent back to the standard tier (their tasks are queued again)."""
         now = self._clock()
+        done = 0
         for name in self.routes:
             while True:
                 claim = f"claim:{uuid.uuid4().hex}"
@@ -197,7 +203,7 @@ class BatchDesk:
                     name, self._max_calls, claim, now, now - self._stale
                 )
                 if calls:
-                    await self._submit(name, claim, calls, now)
+                    done += await self._submit(name, claim, calls, now)
                 if len(calls) < self._max_calls:
                     break
         due = await self._store.batch_due(now, now + self._poll_interval)
@@ -205,7 +211,6 @@ class BatchDesk:
         for call in due:
             if call.job is not None and call.route in self._client.routes:
                 jobs.setdefault((call.route, call.job), []).append(call)
-        done = 0
         for (route, job), calls in jobs.items():
             done += await self._poll(route, job, calls)
         if done:
@@ -220,7 +225,9 @@ class BatchDesk:
             api = self._apis[route] = found
         return api
 
-    async def _submit(self, route: str, claim: str, calls: list[BatchCall], now: float) -> None:
+    async def _submit(self, route: str, claim: str, calls: list[BatchCall], now: float) -> int:
+        """Send ``calls`` as one job; answer how many went back to the standard tier
+        instead (all of them, when the job could not be submitted)."""
         model = self._client.routes[route].model
         items = []
         for call in calls:
@@ -235,12 +242,11 @@ class BatchDesk:
             job = await self._api(route).submit(items)
         except (ProviderError, Permanent) as exc:
             log.warning("batch of %d calls on route %r not submitted: %s", len(calls), route, exc)
-            await self._answer(calls, {}, f"the batch was not submitted: {exc}")
-            self._wake()
-            return
+            return await self._answer(calls, {}, f"the batch was not submitted: {exc}")
         await self._store.batch_sent(claim, job, now + self._poll_interval)
         self.jobs += 1
         log.info("route %r: %d calls sent as batch %s", route, len(calls), job)
+        return 0
 
     async def _poll(self, route: str, job: str, calls: list[BatchCall]) -> int:
         try:
