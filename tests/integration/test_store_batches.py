@@ -4,8 +4,9 @@ again when their desk died before sending them, and forgotten."""
 
 from __future__ import annotations
 
-from legion.store import Store
+from legion.store import Store, WriteBatch
 from legion.store.batches import BatchCall
+from legion.task import Completion, NewTask, Outcome, TaskStatus, Wait
 
 NOW = 1_000_000.0
 
@@ -54,3 +55,28 @@ async def test_calls_claimed_by_a_desk_that_died_are_claimed_again(store: Store)
     await store.batch_sent("claim:dead", "batch_late", NOW)  # the dead desk's claim: no-op
     await store.batch_sent("claim:b", "batch_b", NOW)
     assert [c.job for c in await store.batch_due(NOW, NOW + 1)] == ["batch_b"]
+
+
+async def test_a_jobs_answers_reach_their_tasks_at_once_and_wake_them(store: Store) -> None:
+    waiting, ended = await store.submit([NewTask("a", b"{}"), NewTask("a", b"{}")], NOW)
+    first, second = call(waiting.id, 0), call(waiting.id, 1)
+    for c in (first, second, call(ended.id, 0)):
+        await store.batch_enqueue(c, NOW)
+    (lease,) = await store.lease("w", {"a": 1}, 1, NOW + 30, NOW)
+    assert lease.id == waiting.id
+    suspended = Completion(
+        lease.id, lease.attempt, "w", Outcome.WAITING, wait=Wait(event=first.event, count=1)
+    )
+    assert await store.write(WriteBatch(completions=[suspended]), NOW) == [True]
+    assert await store.cancel(ended.id, NOW) is TaskStatus.CANCELLED
+    assert (await store.get(waiting.id)).status is TaskStatus.WAITING  # type: ignore[union-attr]
+    await store.batch_deliver(
+        [(waiting.id, first.event, b'"a"'), (waiting.id, second.event, b'"b"'),
+         (ended.id, call(ended.id, 0).event, b'"c"')],
+        NOW + 1,
+    )  # fmt: skip
+    assert (await store.get(waiting.id)).status is TaskStatus.QUEUED  # type: ignore[union-attr]
+    assert await store.signal_data(waiting.id, first.event, 0) == b'"a"'
+    assert await store.signal_data(waiting.id, second.event, 0) == b'"b"'
+    assert await store.signal_data(ended.id, call(ended.id, 0).event, 0) is None  # it ended
+    assert await store.batch_claim("main", 10, "c", NOW, NOW - 300) == []  # all delivered

@@ -10,6 +10,7 @@ batch (its deadline came) is deleted too, whatever its state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,5 +51,11 @@ class BatchStore(Protocol):
         """Claim the poll of every sent call whose poll is due (moved to ``next_poll``, so
         one desk polls a job at a time) and answer them, with their jobs."""
 
+    async def batch_deliver(self, answers: Sequence[tuple[int, str, bytes]], now: float) -> None:
+        """Send each call's task the signal ``event`` with ``data`` (``(task_id, event,
+        data)``; none to a task that ended), delete the calls, and queue again the tasks
+        whose wait is over, in one transaction: a task sees every answer of a job at once,
+        and an answer is delivered once."""
+
     async def batch_forget(self, calls: list[tuple[int, str]]) -> None:
-        """Delete the calls ``(task_id, event)``: answered, or given up."""
+        """Delete the calls ``(task_id, event)``: given up."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -10,8 +11,10 @@ from psycopg.rows import TupleRow
 
 from legion.store.batches import BatchCall
 from legion.store.queries import queries
+from legion.task import TaskStatus
 
 B = queries("postgres", "batches")
+W = queries("postgres", "waiting")
 Cursor = psycopg.AsyncCursor[TupleRow]
 
 
@@ -61,6 +64,28 @@ class PostgresBatches:
         async with self._cursor() as cur:
             await cur.execute(B["batch_due"], {"now": float(now), "next": float(next_poll)})
             return [_call_of(r) for r in await cur.fetchall()]
+
+    async def batch_deliver(self, answers: Sequence[tuple[int, str, bytes]], now: float) -> None:
+        if not answers:
+            return
+        ids = sorted({t for t, _, _ in answers})
+        async with self._cursor(transaction=True) as cur:
+            # The tasks' rows first, in id order (as a signal locks its task's row): a
+            # suspension that commits after this sees the signals, one before is woken here.
+            await cur.execute(B["batch_lock_tasks"], {"ids": ids})
+            live = {int(r[0]) for r in await cur.fetchall() if not TaskStatus(r[1]).terminal}
+            kept = [(t, e, d) for t, e, d in answers if t in live]
+            if kept:
+                params = {
+                    "task_ids": [t for t, _, _ in kept],
+                    "events": [e for _, e, _ in kept],
+                    "data": [d for _, _, d in kept],
+                    "now": float(now),
+                }
+                await cur.execute(B["batch_signals"], params)
+            gone = {"task_ids": [t for t, _, _ in answers], "events": [e for _, e, _ in answers]}
+            await cur.execute(B["batch_forget"], gone)
+            await cur.execute(W["wake_ready"], {"ids": sorted(live), "now": float(now)})
 
     async def batch_forget(self, calls: list[tuple[int, str]]) -> None:
         if not calls:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from legion import codec
 from legion.store.batches import BatchCall
 from legion.store.queries import queries
+from legion.task import TaskStatus
 
 T = TypeVar("T")
 B = queries("sqlite", "batches")
+W = queries("sqlite", "waiting")
 
 
 def _call_of(row: Any) -> BatchCall:
@@ -57,6 +60,22 @@ class SQLiteBatches:
             return [_call_of(r) for r in rows]
 
         return await self._call(self._transaction, run)
+
+    async def batch_deliver(self, answers: Sequence[tuple[int, str, bytes]], now: float) -> None:
+        ids = codec.dumps(sorted({t for t, _, _ in answers})).decode()
+
+        def run(db: sqlite3.Connection) -> None:
+            statuses = dict(db.execute(B["batch_task_status"], {"ids": ids}).fetchall())
+            for task_id, event, data in answers:
+                status = statuses.get(task_id)
+                if status is not None and not TaskStatus(status).terminal:
+                    signal = {"task_id": task_id, "event": event, "data": data, "now": now}
+                    db.execute(W["insert_signal"], signal)
+                db.execute(B["batch_forget"], {"task_id": task_id, "event": event})
+            db.execute(W["wake_ready"], {"ids": ids, "now": now}).fetchall()
+
+        if answers:
+            await self._call(self._transaction, run)
 
     async def batch_forget(self, calls: list[tuple[int, str]]) -> None:
         params = [{"task_id": t, "event": e} for t, e in calls]

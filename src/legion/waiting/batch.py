@@ -259,7 +259,7 @@ class BatchDesk:
         return await self._answer(calls, poll.results, "the batch did not answer the call")
 
     async def _answer(self, calls: list[BatchCall], results: Any, missing: str) -> int:
-        now = self._clock()
+        answers = []
         for call in calls:
             result = results.get(custom_id(call))
             if isinstance(result, ChatResponse):
@@ -270,6 +270,6 @@ class BatchDesk:
                 self.answered += 1
             else:
                 data = {"fallback": result if isinstance(result, str) else missing}
-            await self._store.signal(call.task_id, call.event, codec.dumps(data), now)
-        await self._store.batch_forget([(c.task_id, c.event) for c in calls])
+            answers.append((call.task_id, call.event, codec.dumps(data)))
+        await self._store.batch_deliver(answers, self._clock())
         return len(calls)

@@ -32,3 +32,12 @@ RETURNING task_id, event, route, request, fallback_at, job;
 DELETE FROM llm_batch_calls AS b
 USING unnest(%(task_ids)s::bigint[], %(events)s::text[]) AS gone (task_id, event)
 WHERE b.task_id = gone.task_id AND b.event = gone.event;
+
+-- name: batch_lock_tasks
+SELECT id, status FROM tasks WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE;
+
+-- name: batch_signals
+INSERT INTO signals (task_id, event, data, created_at)
+SELECT task_id, event, data, %(now)s
+FROM unnest(%(task_ids)s::bigint[], %(events)s::text[], %(data)s::bytea[])
+    AS answer (task_id, event, data);

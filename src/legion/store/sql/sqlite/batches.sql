@@ -25,3 +25,6 @@ RETURNING task_id, event, route, request, fallback_at, job;
 
 -- name: batch_forget
 DELETE FROM llm_batch_calls WHERE task_id = :task_id AND event = :event;
+
+-- name: batch_task_status
+SELECT id, status FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
