@@ -99,3 +99,27 @@ async def test_a_job_that_cannot_be_submitted_sends_its_calls_to_the_standard_ti
         assert data is not None and "401" in codec.loads(data)["fallback"]
     assert desk.jobs == 0 and sim.stats().batches == 0
     assert await store.batch_claim("main", 10, "c", clock.now(), 0.0) == []
+
+
+async def test_a_job_whose_calls_all_gave_up_is_cancelled_and_answers_nobody(
+    store: Store, closing: AsyncExitStack
+) -> None:
+    clock = FakeClock(1_000.0)
+    config = SimConfig(models=(MODEL,), batch_turnaround=100.0)
+    sim = await closing.enter_async_context(Simulator(config, clock=clock.now))
+    spec = f"main=openai:{MODEL}@{sim.base_url}"
+    client = await closing.enter_async_context(await open_client([spec]))
+    desk = BatchDesk(client, store, clock=clock.now, window=0.0, poll_interval=1.0)
+    closing.push_async_callback(desk.aclose)
+    calls = await queue_calls(store, clock, 2)
+    await desk.tick()
+    await store.batch_forget([(calls[0].task_id, calls[0].event)])  # its deadline came
+    await clock.advance(1.0)
+    assert await desk.tick() == 0 and desk.cancelled == 0  # the other still waits for it
+    await store.batch_forget([(calls[1].task_id, calls[1].event)])
+    await clock.advance(1.0)
+    assert await desk.tick() == 0
+    assert desk.cancelled == 1 and sim.stats().batches_cancelled == 1
+    assert await store.batch_due(clock.now() + 100, clock.now() + 101) == []
+    for call in calls:
+        assert await store.signal_data(call.task_id, call.event, 0) is None

@@ -42,8 +42,17 @@ async def test_sent_calls_are_polled_by_one_desk_at_a_time_then_forgotten(store:
     assert {(c.job, c.route) for c in due} == {("batch_123", "main")} and len(due) == 2
     assert await store.batch_due(NOW + 2, NOW + 4) == []  # another desk: already claimed
     assert len(await store.batch_due(NOW + 4, NOW + 6)) == 2  # the next poll
-    await store.batch_forget([(7, due[0].event), (7, due[1].event)])
+    await store.batch_forget([(7, due[0].event)])  # sent: kept, dropped, till the next poll
+    polled = await store.batch_due(NOW + 6, NOW + 8)
+    assert sorted(c.state for c in polled) == ["dropped", "sent"]
+    await store.batch_deliver([(7, c.event, None) for c in polled], NOW + 6)
     assert await store.batch_due(NOW + 9, NOW + 10) == []
+
+
+async def test_a_call_given_up_before_it_was_sent_is_gone(store: Store) -> None:
+    await store.batch_enqueue(call(5, 0), NOW)
+    await store.batch_forget([(5, call(5, 0).event)])
+    assert await store.batch_claim("main", 10, "claim:a", NOW, NOW - 300) == []
 
 
 async def test_calls_claimed_by_a_desk_that_died_are_claimed_again(store: Store) -> None:

@@ -111,7 +111,7 @@ async def test_openai_batch_cancelled_before_it_ends_answers_nothing(
         assert again.output_file_id is None
         with pytest.raises(openai.NotFoundError):
             await client.batches.retrieve("batch_nope")
-    assert sim.stats().batch_requests == 0
+    assert (sim.stats().batch_requests, sim.stats().batches_cancelled) == (0, 1)
 
 
 async def test_anthropic_message_batch_answers_as_the_messages_endpoint(

@@ -77,6 +77,8 @@ class BatchBook:
         """Batches created."""
         self.requests = 0
         """Requests answered by batches."""
+        self.cancelled = 0
+        """Batches cancelled before they ended."""
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -369,6 +371,7 @@ class BatchBook:
     def _cancel(self, batch: _Batch) -> None:
         if not self._settle(batch):
             batch.cancelled_at = self._clock()
+            self.cancelled += 1
 
     def _answer(self, dialect: Dialect, raw: bytes) -> tuple[int, bytes]:
         """One request answered as the standard endpoint answers it (no limits, no

@@ -102,6 +102,8 @@ class SimStats:
     """Batches created (both batch APIs; not reset by ``/stats/reset``)."""
     batch_requests: int = 0
     """Requests answered by batches (not counted in ``requests_total``)."""
+    batches_cancelled: int = 0
+    """Batches cancelled before they ended."""
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as plain data (the ``GET /stats`` body)."""
@@ -154,7 +156,7 @@ class _Counters:
         self.by_second: dict[int, int] = {}
         self.by_key: dict[str, dict[str, int]] = {}
 
-    def snapshot(self, now: float, batches: tuple[int, int] = (0, 0)) -> SimStats:
+    def snapshot(self, now: float, batches: tuple[int, int, int] = (0, 0, 0)) -> SimStats:
         elapsed = max(0.0, now - self.started)
         return SimStats(
             requests_total=self.requests_total,
@@ -177,6 +179,7 @@ class _Counters:
             by_key={key: dict(counts) for key, counts in self.by_key.items()},
             batches=batches[0],
             batch_requests=batches[1],
+            batches_cancelled=batches[2],
         )
 
 
@@ -278,7 +281,8 @@ class _Service:
         return web.Response(status=204)
 
     def snapshot(self) -> SimStats:
-        return self.counters.snapshot(self.clock(), (self.batches.created, self.batches.requests))
+        book = self.batches
+        return self.counters.snapshot(self.clock(), (book.created, book.requests, book.cancelled))
 
     def _chat_handler(
         self, dialect: Dialect

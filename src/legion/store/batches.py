@@ -27,6 +27,7 @@ class BatchCall:
     request: bytes
     fallback_at: float
     job: str | None = None
+    state: str = "pending"  # pending, claimed, sent, or dropped (given up once sent)
 
 
 class BatchStore(Protocol):
@@ -48,14 +49,18 @@ class BatchStore(Protocol):
         from ``poll_at``."""
 
     async def batch_due(self, now: float, next_poll: float) -> list[BatchCall]:
-        """Claim the poll of every sent call whose poll is due (moved to ``next_poll``, so
-        one desk polls a job at a time) and answer them, with their jobs."""
+        """Claim the poll of every sent (or dropped) call whose poll is due (moved to
+        ``next_poll``, so one desk polls a job at a time) and answer them, with their
+        jobs."""
 
-    async def batch_deliver(self, answers: Sequence[tuple[int, str, bytes]], now: float) -> None:
+    async def batch_deliver(
+        self, answers: Sequence[tuple[int, str, bytes | None]], now: float
+    ) -> None:
         """Send each call's task the signal ``event`` with ``data`` (``(task_id, event,
-        data)``; none to a task that ended), delete the calls, and queue again the tasks
-        whose wait is over, in one transaction: a task sees every answer of a job at once,
-        and an answer is delivered once."""
+        data)``; none when ``data`` is ``None``, nor to a task that ended), delete the
+        calls, and queue again the tasks whose wait is over, in one transaction: a task
+        sees every answer of a job at once, and an answer is delivered once."""
 
     async def batch_forget(self, calls: list[tuple[int, str]]) -> None:
-        """Delete the calls ``(task_id, event)``: given up."""
+        """Give up the calls ``(task_id, event)``: deleted if not sent yet, else marked
+        ``dropped`` (their job's desk cancels a job whose calls were all dropped)."""

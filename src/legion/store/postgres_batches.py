@@ -19,7 +19,7 @@ Cursor = psycopg.AsyncCursor[TupleRow]
 
 
 def _call_of(row: Any) -> BatchCall:
-    return BatchCall(int(row[0]), row[1], row[2], bytes(row[3]), float(row[4]), row[5])
+    return BatchCall(int(row[0]), row[1], row[2], bytes(row[3]), float(row[4]), row[5], row[6])
 
 
 class PostgresBatches:
@@ -65,7 +65,9 @@ class PostgresBatches:
             await cur.execute(B["batch_due"], {"now": float(now), "next": float(next_poll)})
             return [_call_of(r) for r in await cur.fetchall()]
 
-    async def batch_deliver(self, answers: Sequence[tuple[int, str, bytes]], now: float) -> None:
+    async def batch_deliver(
+        self, answers: Sequence[tuple[int, str, bytes | None]], now: float
+    ) -> None:
         if not answers:
             return
         ids = sorted({t for t, _, _ in answers})
@@ -74,7 +76,7 @@ class PostgresBatches:
             # suspension that commits after this sees the signals, one before is woken here.
             await cur.execute(B["batch_lock_tasks"], {"ids": ids})
             live = {int(r[0]) for r in await cur.fetchall() if not TaskStatus(r[1]).terminal}
-            kept = [(t, e, d) for t, e, d in answers if t in live]
+            kept = [(t, e, d) for t, e, d in answers if t in live and d is not None]
             if kept:
                 params = {
                     "task_ids": [t for t, _, _ in kept],
@@ -84,12 +86,13 @@ class PostgresBatches:
                 }
                 await cur.execute(B["batch_signals"], params)
             gone = {"task_ids": [t for t, _, _ in answers], "events": [e for _, e, _ in answers]}
-            await cur.execute(B["batch_forget"], gone)
+            await cur.execute(B["batch_delete"], gone)
             await cur.execute(W["wake_ready"], {"ids": sorted(live), "now": float(now)})
 
     async def batch_forget(self, calls: list[tuple[int, str]]) -> None:
         if not calls:
             return
-        async with self._cursor() as cur:
+        async with self._cursor(transaction=True) as cur:
             params = {"task_ids": [t for t, _ in calls], "events": [e for _, e in calls]}
             await cur.execute(B["batch_forget"], params)
+            await cur.execute(B["batch_drop"], params)

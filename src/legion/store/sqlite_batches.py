@@ -17,7 +17,7 @@ W = queries("sqlite", "waiting")
 
 
 def _call_of(row: Any) -> BatchCall:
-    return BatchCall(int(row[0]), row[1], row[2], bytes(row[3]), float(row[4]), row[5])
+    return BatchCall(int(row[0]), row[1], row[2], bytes(row[3]), float(row[4]), row[5], row[6])
 
 
 class SQLiteBatches:
@@ -61,17 +61,19 @@ class SQLiteBatches:
 
         return await self._call(self._transaction, run)
 
-    async def batch_deliver(self, answers: Sequence[tuple[int, str, bytes]], now: float) -> None:
+    async def batch_deliver(
+        self, answers: Sequence[tuple[int, str, bytes | None]], now: float
+    ) -> None:
         ids = codec.dumps(sorted({t for t, _, _ in answers})).decode()
 
         def run(db: sqlite3.Connection) -> None:
             statuses = dict(db.execute(B["batch_task_status"], {"ids": ids}).fetchall())
             for task_id, event, data in answers:
                 status = statuses.get(task_id)
-                if status is not None and not TaskStatus(status).terminal:
+                if data is not None and status is not None and not TaskStatus(status).terminal:
                     signal = {"task_id": task_id, "event": event, "data": data, "now": now}
                     db.execute(W["insert_signal"], signal)
-                db.execute(B["batch_forget"], {"task_id": task_id, "event": event})
+                db.execute(B["batch_delete"], {"task_id": task_id, "event": event})
             db.execute(W["wake_ready"], {"ids": ids, "now": now}).fetchall()
 
         if answers:
@@ -79,7 +81,10 @@ class SQLiteBatches:
 
     async def batch_forget(self, calls: list[tuple[int, str]]) -> None:
         params = [{"task_id": t, "event": e} for t, e in calls]
+
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany(B["batch_forget"], params)
+            db.executemany(B["batch_drop"], params)
+
         if params:
-            await self._call(
-                self._transaction, lambda db: db.executemany(B["batch_forget"], params)
-            )
+            await self._call(self._transaction, run)

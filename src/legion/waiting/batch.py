@@ -14,8 +14,8 @@ The deadline: ``deadline=`` seconds after the call was first made (24 hours by d
 the providers' completion window), a call still unanswered gives up on the batch and is
 sent at the standard tier (its task is woken by the timer, like ``ctx.sleep``); so is a
 call whose job failed or did not answer it, and a call on a route whose provider has no
-batch API (a local model). An answer that comes after its call gave up is ignored (the
-provider still bills it).
+batch API (a local model). A job whose calls all gave up is cancelled at its next poll;
+an answer that comes after its call gave up is ignored (the provider bills it).
 
 Cost: an answer is counted at the route's price times `legion.llm.batch.BATCH_DISCOUNT`
 (half), and its recorded JSON says ``"tier": "batch"``; the answers are those the standard
@@ -158,6 +158,8 @@ class BatchDesk:
         """Jobs this desk submitted."""
         self.answered = 0
         """Calls this desk answered (signalled an answer to)."""
+        self.cancelled = 0
+        """Jobs this desk cancelled (every call of theirs given up)."""
         client.batch_queued = self._queued.set
 
     @property
@@ -249,8 +251,16 @@ class BatchDesk:
         return 0
 
     async def _poll(self, route: str, job: str, calls: list[BatchCall]) -> int:
+        api = self._api(route)
         try:
-            poll = await self._api(route).poll(job)
+            if all(c.state == "dropped" for c in calls):  # every task gave up on it
+                await api.cancel(job)
+                self.cancelled += 1
+                log.info("batch %s on route %r cancelled: its calls went standard", job, route)
+                gone = [(c.task_id, c.event, None) for c in calls]
+                await self._store.batch_deliver(gone, self._clock())
+                return 0
+            poll = await api.poll(job)
         except (ProviderError, Permanent) as exc:
             log.warning("batch %s on route %r: %s (polled again later)", job, route, exc)
             return 0
@@ -259,8 +269,11 @@ class BatchDesk:
         return await self._answer(calls, poll.results, "the batch did not answer the call")
 
     async def _answer(self, calls: list[BatchCall], results: Any, missing: str) -> int:
-        answers = []
+        answers: list[tuple[int, str, bytes | None]] = []
         for call in calls:
+            if call.state == "dropped":  # its task went standard: nothing to say
+                answers.append((call.task_id, call.event, None))
+                continue
             result = results.get(custom_id(call))
             if isinstance(result, ChatResponse):
                 cost = self._client.settle_batch(call.route, result, BATCH_DISCOUNT)
@@ -272,4 +285,4 @@ class BatchDesk:
                 data = {"fallback": result if isinstance(result, str) else missing}
             answers.append((call.task_id, call.event, codec.dumps(data)))
         await self._store.batch_deliver(answers, self._clock())
-        return len(calls)
+        return sum(1 for _, _, data in answers if data is not None)

@@ -14,7 +14,7 @@ WHERE (task_id, event) IN (
       AND (state = 'pending' OR (state = 'claimed' AND poll_at <= %(stale)s))
     ORDER BY created_at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
-RETURNING task_id, event, route, request, fallback_at, job;
+RETURNING task_id, event, route, request, fallback_at, job, state;
 
 -- name: batch_sent
 UPDATE llm_batch_calls SET state = 'sent', job = %(job)s, poll_at = %(poll_at)s
@@ -24,11 +24,23 @@ WHERE job = %(claim)s AND state = 'claimed';
 UPDATE llm_batch_calls SET poll_at = %(next)s
 WHERE (task_id, event) IN (
     SELECT task_id, event FROM llm_batch_calls
-    WHERE state = 'sent' AND poll_at <= %(now)s
+    WHERE state IN ('sent', 'dropped') AND poll_at <= %(now)s
     FOR UPDATE SKIP LOCKED)
-RETURNING task_id, event, route, request, fallback_at, job;
+RETURNING task_id, event, route, request, fallback_at, job, state;
 
 -- name: batch_forget
+-- A call given up: gone if it was not sent yet, else kept as dropped until its job is
+-- polled (a job whose calls were all dropped is cancelled).
+DELETE FROM llm_batch_calls AS b
+USING unnest(%(task_ids)s::bigint[], %(events)s::text[]) AS gone (task_id, event)
+WHERE b.task_id = gone.task_id AND b.event = gone.event AND b.state IN ('pending', 'claimed');
+
+-- name: batch_drop
+UPDATE llm_batch_calls AS b SET state = 'dropped'
+FROM unnest(%(task_ids)s::bigint[], %(events)s::text[]) AS gone (task_id, event)
+WHERE b.task_id = gone.task_id AND b.event = gone.event AND b.state = 'sent';
+
+-- name: batch_delete
 DELETE FROM llm_batch_calls AS b
 USING unnest(%(task_ids)s::bigint[], %(events)s::text[]) AS gone (task_id, event)
 WHERE b.task_id = gone.task_id AND b.event = gone.event;

@@ -3,7 +3,9 @@
 -- A call made with tier="batch" waits here for a provider's batch job (its task is
 -- `waiting` for the signal `event`): `pending`, then `claimed` by a worker's batch desk
 -- (`job` holds the claim, `poll_at` its time), then `sent` (`job` is the provider's batch
--- id, `poll_at` the next poll). Answered or given-up calls are deleted.
+-- id, `poll_at` the next poll), or `dropped` when its task gave up on it after it was sent
+-- (kept until the job's next poll: a job whose calls were all dropped is cancelled).
+-- Answered calls are deleted, and given-up ones not yet sent.
 CREATE TABLE llm_batch_calls (
     task_id     INTEGER NOT NULL,
     event       TEXT    NOT NULL,

@@ -12,7 +12,7 @@ WHERE rowid IN (
     WHERE route = :route AND fallback_at > :now
       AND (state = 'pending' OR (state = 'claimed' AND poll_at <= :stale))
     ORDER BY created_at LIMIT :limit)
-RETURNING task_id, event, route, request, fallback_at, job;
+RETURNING task_id, event, route, request, fallback_at, job, state;
 
 -- name: batch_sent
 UPDATE llm_batch_calls SET state = 'sent', job = :job, poll_at = :poll_at
@@ -20,10 +20,20 @@ WHERE job = :claim AND state = 'claimed';
 
 -- name: batch_due
 UPDATE llm_batch_calls SET poll_at = :next
-WHERE state = 'sent' AND poll_at <= :now
-RETURNING task_id, event, route, request, fallback_at, job;
+WHERE state IN ('sent', 'dropped') AND poll_at <= :now
+RETURNING task_id, event, route, request, fallback_at, job, state;
 
 -- name: batch_forget
+-- A call given up: gone if it was not sent yet, else kept as dropped until its job is
+-- polled (a job whose calls were all dropped is cancelled).
+DELETE FROM llm_batch_calls
+WHERE task_id = :task_id AND event = :event AND state IN ('pending', 'claimed');
+
+-- name: batch_drop
+UPDATE llm_batch_calls SET state = 'dropped'
+WHERE task_id = :task_id AND event = :event AND state = 'sent';
+
+-- name: batch_delete
 DELETE FROM llm_batch_calls WHERE task_id = :task_id AND event = :event;
 
 -- name: batch_task_status
