@@ -13,6 +13,7 @@ import pytest
 
 import legion
 from legion import Runtime
+from legion.llm.budget import BudgetLimits
 from legion.llm.client import LLMClient
 from legion.llm.specs import open_client
 from legion.sim import SimConfig, Simulator
@@ -110,3 +111,41 @@ async def test_a_deadline_shorter_than_the_turnaround_falls_back_to_the_standard
     assert stats.requests_total == 2 * len(QUESTIONS)  # the fallback went standard
     assert late.usage is not None and standard.usage is not None
     assert late.usage["cost_usd"] == pytest.approx(standard.usage["cost_usd"])  # full price
+
+
+@legion.agent(retries=0, max_cost=1e-9)
+async def broke(ctx: legion.Context, question: str) -> str:
+    answer = await ctx.llm.chat([{"role": "user", "content": question}], tier="batch")
+    return answer.text
+
+
+@legion.agent(retries=0, max_cost=1.0)
+async def thrifty(ctx: legion.Context, question: str) -> str:
+    answer = await ctx.llm.chat([{"role": "user", "content": question}], tier="batch")
+    return answer.text
+
+
+async def test_budgets_refuse_a_batch_call_before_it_is_queued_and_count_its_answer(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    url = f"main=openai:{MODEL}@{sim.base_url}"
+    async with (
+        await client_for(url) as client,
+        Runtime(f"sqlite:///{tmp_path / 'broke.db'}", llm=client) as rt,
+    ):
+        budget = client.budgets.agent("broke", BudgetLimits(max_cost=1e-9))  # as its calls'
+        sub = await rt.submit(broke, {"question": "Too dear?"})
+        why = await budget.wait_exhausted()
+        await rt.drain()
+        parked = await rt.get(sub.id)
+    assert "max_cost" in why and sim.stats().batches == 0  # refused before it was queued
+    assert parked is not None and parked.status is TaskStatus.QUEUED  # parked, as standard
+    assert parked.error is not None and parked.error.type == "BudgetExceeded"
+    async with (
+        await client_for(url) as client,
+        Runtime(f"sqlite:///{tmp_path / 'thrifty.db'}", llm=client) as rt,
+    ):
+        [paid] = [r async for r in rt.map(thrifty, [{"question": "Cheap enough?"}])]
+    spent = client.budgets.agents["thrifty"].spent
+    assert paid.ok and paid.usage is not None and paid.usage["cost_usd"] > 0
+    assert spent.calls == 1 and spent.cost == pytest.approx(paid.usage["cost_usd"])

@@ -520,6 +520,19 @@ class LLMClient:
             return self._routes[EMBED_ROUTE]
         return self._route(name)
 
+    async def admit_batch(
+        self, route: str, messages: Sequence[Message], params: Mapping[str, Any], discount: float
+    ) -> None:
+        """Check that a batch-tier call fits the budgets that apply to it (its estimate, at
+        the route's price times ``discount``) before it is queued: `BudgetExceeded` if not.
+        Nothing stays reserved: its answer is counted when it is recorded (`Budgets.charge`)."""
+        named = self._route(route)
+        estimate = estimate_tokens(messages, params, self._completion_estimate)
+        prompt = estimate - _completion_tokens(params, self._completion_estimate)
+        cost = self._prices.cost(named.model, _estimated(estimate, prompt))
+        holds = await self.budgets.reserve(estimate, None if cost is None else cost * discount)
+        self.budgets.release(holds)
+
     def settle_batch(self, route: str, response: ChatResponse, discount: float) -> float | None:
         """Count a call answered by a provider's batch job (the batch tier) in the route's
         statistics, and answer its cost: the route's price times ``discount``."""

@@ -19,7 +19,9 @@ an answer that comes after its call gave up is ignored (the provider bills it).
 
 Cost: an answer is counted at the route's price times `legion.llm.batch.BATCH_DISCOUNT`
 (half), and its recorded JSON says ``"tier": "batch"``; the answers are those the standard
-tier gives (the same request, parsed the same way).
+tier gives (the same request, parsed the same way). Budgets (the run's, the agent's, the
+tenant's): a call is queued only if its estimate at the batch price fits them
+(`legion.errors.BudgetExceeded` if not), and its answer is counted in them when recorded.
 """
 
 from __future__ import annotations
@@ -88,9 +90,14 @@ async def batch_chat(
         got = codec.loads(data)
         if "response" in got:
             answer = got["response"]
-            recorded: dict[str, Any] = await ctx.record(
-                name, lambda: answer, (), {}, site, inputs=inputs
-            )
+
+            async def take() -> dict[str, Any]:  # counted in the budgets once, as recorded
+                usage = answer.get("usage") or {}
+                tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+                await client.budgets.charge(tokens, answer.get("cost_usd"))
+                return dict(answer)
+
+            recorded: dict[str, Any] = await ctx.record(name, take, (), {}, site, inputs=inputs)
             return recorded
         log.info("task %d: %s; sent at the standard tier", ctx.task_id, got.get("fallback"))
         fallen: dict[str, Any] = await ctx.record(name, standard, (), {}, site, inputs=inputs)
@@ -104,6 +111,7 @@ async def batch_chat(
         await store.batch_forget([(ctx.task_id, event)])
         late: dict[str, Any] = await ctx.record(name, standard, (), {}, site, inputs=inputs)
         return late
+    await client.admit_batch(route.name, messages, params, BATCH_DISCOUNT)  # the budgets
     request = codec.dumps({"messages": list(messages), "params": params})
     await store.batch_enqueue(BatchCall(ctx.task_id, event, route.name, request, until), clock())
     if client.batch_queued is not None:
