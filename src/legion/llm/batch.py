@@ -16,8 +16,10 @@ standard call parses it, so a batch answer is the `ChatResponse` the standard ti
 have made of the same completion. Calls are named by ``custom_id`` (letters, digits, ``-``
 and ``_``, at most 64 characters, as Anthropic requires).
 
-Price: both providers bill batch calls at half their standard price (`BATCH_DISCOUNT`);
-legion counts a batch answer at the route's price times that factor.
+Price: both providers bill batch calls at half their standard price; legion counts a batch
+answer at its batch price (`legion.llm.pricing.PriceTable.batch_price`: ``genai-prices``'
+batch price where it has one, else the standard price times
+`legion.llm.pricing.BATCH_DISCOUNT`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,6 @@ import orjson
 from legion.errors import ProviderError, ProviderRejected, ProviderUnavailable
 from legion.llm import anthropic, openai
 from legion.llm.types import ChatRequest, ChatResponse
-
-BATCH_DISCOUNT = 0.5
-"""What a batch call costs as a share of the standard price: OpenAI and Anthropic both
-bill their batch APIs at 50%."""
 
 _TIMEOUT = aiohttp.ClientTimeout(total=60.0)
 

@@ -521,31 +521,34 @@ class LLMClient:
         return self._route(name)
 
     async def admit_batch(
-        self, route: str, messages: Sequence[Message], params: Mapping[str, Any], discount: float
+        self, route: str, messages: Sequence[Message], params: Mapping[str, Any]
     ) -> None:
         """Check that a batch-tier call fits the budgets that apply to it (its estimate, at
-        the route's price times ``discount``) before it is queued: `BudgetExceeded` if not.
-        Nothing stays reserved: its answer is counted when it is recorded (`Budgets.charge`)."""
+        the batch price) before it is queued: `BudgetExceeded` if not. Nothing stays
+        reserved: its answer is counted when it is recorded (`Budgets.charge`)."""
         named = self._route(route)
         estimate = estimate_tokens(messages, params, self._completion_estimate)
         prompt = estimate - _completion_tokens(params, self._completion_estimate)
-        cost = self._prices.cost(named.model, _estimated(estimate, prompt))
-        holds = await self.budgets.reserve(estimate, None if cost is None else cost * discount)
+        price = self._prices.batch_price(named.model)
+        cost = None if price is None else price.cost(_estimated(estimate, prompt))
+        holds = await self.budgets.reserve(estimate, cost)
         self.budgets.release(holds)
 
-    def settle_batch(self, route: str, response: ChatResponse, discount: float) -> float | None:
+    def settle_batch(self, route: str, response: ChatResponse) -> float | None:
         """Count a call answered by a provider's batch job (the batch tier) in the route's
-        statistics, and answer its cost: the route's price times ``discount``."""
-        counters = self._counters[self._route(route).name]
+        statistics, and answer its cost at the batch price (`PriceTable.batch_price` of
+        the model that answered, else of the route's model; ``None``: unknown)."""
+        named = self._route(route)
+        counters = self._counters[named.name]
         counters.calls += 1
         counters.attempts += 1
         counters.succeeded += 1
         counters.usage += response.usage
-        cost = self.cost(response, route)
-        if cost is None:
+        price = self._prices.batch_price(response.model) or self._prices.batch_price(named.model)
+        if price is None:
             counters.unpriced += 1
             return None
-        cost *= discount
+        cost = price.cost(response.usage)
         counters.cost += cost
         return cost
 

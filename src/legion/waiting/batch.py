@@ -17,11 +17,12 @@ call whose job failed or did not answer it, and a call on a route whose provider
 batch API (a local model). A job whose calls all gave up is cancelled at its next poll;
 an answer that comes after its call gave up is ignored (the provider bills it).
 
-Cost: an answer is counted at the route's price times `legion.llm.batch.BATCH_DISCOUNT`
-(half), and its recorded JSON says ``"tier": "batch"``; the answers are those the standard
-tier gives (the same request, parsed the same way). Budgets (the run's, the agent's, the
-tenant's): a call is queued only if its estimate at the batch price fits them
-(`legion.errors.BudgetExceeded` if not), and its answer is counted in them when recorded.
+Cost: an answer is counted at the batch price (`legion.llm.pricing.PriceTable.batch_price`:
+half the standard price unless ``genai-prices`` knows the model's), and its recorded JSON
+says ``"tier": "batch"``; the answers are those the standard tier gives (the same request,
+parsed the same way). Budgets (the run's, the agent's, the tenant's): a call is queued
+only if its estimate at the batch price fits them (`legion.errors.BudgetExceeded` if
+not), and its answer is counted in them when recorded.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from legion import codec
 from legion.errors import Permanent, ProviderError
-from legion.llm.batch import BATCH_DISCOUNT, BatchAPI, batch_api, has_batch_api
+from legion.llm.batch import BatchAPI, batch_api, has_batch_api
 from legion.llm.types import ChatRequest, ChatResponse
 from legion.store.batches import BatchCall
 from legion.task import Wait
@@ -111,7 +112,7 @@ async def batch_chat(
         await store.batch_forget([(ctx.task_id, event)])
         late: dict[str, Any] = await ctx.record(name, standard, (), {}, site, inputs=inputs)
         return late
-    await client.admit_batch(route.name, messages, params, BATCH_DISCOUNT)  # the budgets
+    await client.admit_batch(route.name, messages, params)  # the budgets
     request = codec.dumps({"messages": list(messages), "params": params})
     await store.batch_enqueue(BatchCall(ctx.task_id, event, route.name, request, until), clock())
     if client.batch_queued is not None:
@@ -284,7 +285,7 @@ class BatchDesk:
                 continue
             result = results.get(custom_id(call))
             if isinstance(result, ChatResponse):
-                cost = self._client.settle_batch(call.route, result, BATCH_DISCOUNT)
+                cost = self._client.settle_batch(call.route, result)
                 data: dict[str, Any] = {
                     "response": {**result.to_json(), "cost_usd": cost, "tier": "batch"}
                 }
