@@ -149,3 +149,24 @@ async def test_budgets_refuse_a_batch_call_before_it_is_queued_and_count_its_ans
     spent = client.budgets.agents["thrifty"].spent
     assert paid.ok and paid.usage is not None and paid.usage["cost_usd"] > 0
     assert spent.calls == 1 and spent.cost == pytest.approx(paid.usage["cost_usd"])
+
+
+@legion.agent(retries=0)
+async def thrice(ctx: legion.Context, question: str) -> list[str]:
+    ask = [{"role": "user", "content": question}]
+    calls = [ctx.llm.chat(ask, max_tokens=8, tier="batch") for _ in range(3)]
+    return [r.text for r in await ctx.gather(*calls)]
+
+
+async def test_equal_requests_in_one_gather_are_three_calls_in_one_job(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    async with (
+        await client_for(f"main=openai:{MODEL}@{sim.base_url}") as client,
+        Runtime(f"sqlite:///{tmp_path / 'thrice.db'}", llm=client) as rt,
+    ):
+        [r] = [x async for x in rt.map(thrice, [{"question": "Again?"}])]
+        keys = sorted(s.key for s in await rt.store.steps(r.id) if s.key.startswith("llm."))
+    assert r.ok and len(set(r.output)) == 1 and len(r.output) == 3
+    assert [k.partition("#")[2] for k in keys] == ["", "2", "3"]
+    assert (sim.stats().batches, sim.stats().batch_requests) == (1, 3)

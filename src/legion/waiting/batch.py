@@ -57,10 +57,6 @@ EVENT = "legion.batch:"
 """The signals that bring batch answers: ``legion.batch:<the call's step key>``."""
 
 
-def _never() -> Any:
-    raise AssertionError("a recorded step was asked to run")
-
-
 async def batch_chat(
     ctx: Waiter,
     store: ContextStore,
@@ -79,46 +75,45 @@ async def batch_chat(
     for a batch and suspend the task."""
     if deadline is not None and deadline < 0:
         raise ValueError("deadline must be >= 0 seconds")
-    inputs = (list(messages), params)
+    # The key `ctx.record` gives this call, taken before anything awaits: two equal
+    # requests in one gather get their own keys (and events) in the order they were made.
     n = ctx.step_count(name) + 1
     key = name if n == 1 else f"{name}#{n}"
-    if key in ctx.recorded_steps:
-        replayed: dict[str, Any] = await ctx.record(name, _never, (), {}, site)
-        return replayed
     event = f"{EVENT}{key}"
-    data = await store.signal_data(ctx.task_id, event, 0)
-    if data is not None:
-        got = codec.loads(data)
-        if "response" in got:
-            answer = got["response"]
 
-            async def take() -> dict[str, Any]:  # counted in the budgets once, as recorded
+    async def run() -> dict[str, Any]:
+        data = await store.signal_data(ctx.task_id, event, 0)
+        if data is not None:
+            got = codec.loads(data)
+            if "response" in got:
+                answer: dict[str, Any] = got["response"]
                 usage = answer.get("usage") or {}
                 tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
                 await client.budgets.charge(tokens, answer.get("cost_usd"))
-                return dict(answer)
+                return answer
+            log.info("task %d: %s; sent at the standard tier", ctx.task_id, got.get("fallback"))
+            return await standard()
+        if not has_batch_api(route.provider):
+            return await standard()
+        first = clock() + (DEFAULT_DEADLINE if deadline is None else deadline)
+        until = float(await ctx.record(f"legion.batch-until:{key}", lambda: first, (), {}, None))
+        if clock() >= until:  # the deadline came: the standard tier
+            await store.batch_forget([(ctx.task_id, event)])
+            return await standard()
+        await client.admit_batch(route.name, messages, params)  # the budgets
+        request = codec.dumps({"messages": list(messages), "params": params})
+        call = BatchCall(ctx.task_id, event, route.name, request, until)
+        await store.batch_enqueue(call, clock())
+        if client.batch_queued is not None:
+            client.batch_queued()
+        info = codec.dumps({"kind": "batch", "route": route.name})
+        raise Suspended(Wait(event=event, count=1, wake_at=until, info=info))
 
-            recorded: dict[str, Any] = await ctx.record(name, take, (), {}, site, inputs=inputs)
-            return recorded
-        log.info("task %d: %s; sent at the standard tier", ctx.task_id, got.get("fallback"))
-        fallen: dict[str, Any] = await ctx.record(name, standard, (), {}, site, inputs=inputs)
-        return fallen
-    if not has_batch_api(route.provider):
-        direct: dict[str, Any] = await ctx.record(name, standard, (), {}, site, inputs=inputs)
-        return direct
-    first = clock() + (DEFAULT_DEADLINE if deadline is None else deadline)
-    until = float(await ctx.record(f"legion.batch-until:{key}", lambda: first, (), {}, None))
-    if clock() >= until:  # the deadline came: the standard tier
-        await store.batch_forget([(ctx.task_id, event)])
-        late: dict[str, Any] = await ctx.record(name, standard, (), {}, site, inputs=inputs)
-        return late
-    await client.admit_batch(route.name, messages, params)  # the budgets
-    request = codec.dumps({"messages": list(messages), "params": params})
-    await store.batch_enqueue(BatchCall(ctx.task_id, event, route.name, request, until), clock())
-    if client.batch_queued is not None:
-        client.batch_queued()
-    info = codec.dumps({"kind": "batch", "route": route.name})
-    raise Suspended(Wait(event=event, count=1, wake_at=until, info=info))
+    # Recorded as the step a standard call records (replayed from it, once recorded).
+    result: dict[str, Any] = await ctx.record(
+        name, run, (), {}, site, inputs=(list(messages), params)
+    )
+    return result
 
 
 def custom_id(call: BatchCall) -> str:
