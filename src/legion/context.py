@@ -8,10 +8,12 @@ store does not also hold, so any worker can run the next attempt.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from legion import codec, faults, telemetry
 from legion.clock import Clock
@@ -68,6 +70,8 @@ class LLMAPI(Protocol):
         *,
         timeout: float | None = None,
         stream: bool | None = None,
+        tier: Literal["standard", "batch"] = "standard",
+        deadline: float | None = None,
         **params: Any,
     ) -> Awaitable[ChatResponse]: ...
 
@@ -310,8 +314,12 @@ class Context:
                     "no LLM is configured: pass llm= to legion.Runtime, or --llm to legion run"
                 )
             from legion.llm.calls import LLMCalls
+            from legion.waiting.batch import batch_chat
 
-            self._llm = LLMCalls(self, self._llm_client)
+            client, store, clock = self._llm_client, self._store, self._clock
+            self._llm = LLMCalls(
+                self, client, functools.partial(batch_chat, self, store, clock, client)
+            )
         return self._llm
 
     def vectors(
@@ -475,12 +483,12 @@ async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[
     tasks = [loop.create_task(_contained(aw)) for aw in aws]
     if return_exceptions:
         results = list(await asyncio.gather(*tasks, return_exceptions=True))
-        for r in results:
-            if isinstance(r, Suspended):  # a wait is not a result: the task suspends
-                raise r
+        waits = [r for r in results if isinstance(r, Suspended)]
+        if waits:  # a wait is not a result: the task suspends
+            raise _first_wait(waits)
         return results
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        done, pending = await _until_error(tasks)
     except asyncio.CancelledError:
         await _cancel_all(tasks)
         raise
@@ -488,9 +496,41 @@ async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[
         await _cancel_all(list(pending))
     # Read every error (so none is reported as "never retrieved"); raise the first.
     errors = [e for t in _finished(tasks, done) if (e := t.exception()) is not None]
+    failures = [e for e in errors if not isinstance(e, Suspended)]
+    if failures:
+        raise failures[0]
     if errors:
-        raise errors[0]
+        raise _first_wait([e for e in errors if isinstance(e, Suspended)])
     return [t.result() for t in tasks]
+
+
+async def _until_error(
+    tasks: list[asyncio.Task[Any]],
+) -> tuple[set[asyncio.Task[Any]], set[asyncio.Task[Any]]]:
+    """Wait until every task ended or one failed. A task that suspends at a wait does not
+    stop the others: they run on to their own waits (so every batch-tier call of a gather
+    is queued before the task suspends, and goes in one batch)."""
+    pending: set[asyncio.Task[Any]] = set(tasks)
+    done: set[asyncio.Task[Any]] = set()
+    while pending:
+        ended, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        done |= ended
+        if any(
+            not t.cancelled() and (e := t.exception()) is not None and not isinstance(e, Suspended)
+            for t in ended
+        ):
+            break
+    return done, pending
+
+
+def _first_wait(waits: list[Suspended]) -> Suspended:
+    """The wait a gather suspends at: the first one's, woken by the earliest timer of all
+    (a timer that wakes it early only makes it replay and wait again)."""
+    first = waits[0]
+    timers = [w.wait.wake_at for w in waits if w.wait.wake_at is not None]
+    if len(waits) == 1 or not timers:
+        return first
+    return Suspended(dataclasses.replace(first.wait, wake_at=min(timers)))
 
 
 async def _contained(aw: Awaitable[T]) -> T:

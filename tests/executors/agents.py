@@ -139,6 +139,16 @@ async def chat(ctx: legion.Context, question: str) -> list[str]:
     return [first.text, again.text, first.model]
 
 
+@legion.agent(retries=0)
+async def contract_batch(ctx: legion.Context, question: str) -> dict[str, Any]:
+    """The same request at the standard tier, then at the batch tier (the task waits for
+    the batch, and resumes)."""
+    messages = [{"role": "user", "content": question}]
+    standard = await ctx.llm.chat(messages, max_tokens=12)
+    batched = await ctx.llm.chat(messages, max_tokens=12, tier="batch", deadline=60.0)
+    return {"standard": standard.text, "batched": batched.text}
+
+
 @legion.agent(retries=1, backoff=0.01)
 async def outlives_its_node(ctx: legion.Context, fifo: str) -> dict[str, Any]:
     """Attempt 1 records a step, says where it runs, and waits to be lost with its node;

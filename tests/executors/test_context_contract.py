@@ -13,6 +13,8 @@ import pytest
 import legion
 from legion import Runtime, TaskStatus
 from legion.executors import ProcessExecutor
+from legion.llm.specs import open_client
+from legion.sim import SimConfig, Simulator
 from tests.executors import agents
 
 pytestmark = pytest.mark.usefixtures("no_leaked_processes")
@@ -81,3 +83,33 @@ async def test_gather_fails_fast_with_the_first_error(rt: Runtime) -> None:
     r = await run_one(rt, agents.contract_gather, 0)
     assert r.status is TaskStatus.SUCCEEDED
     assert r.output == {"error": "second failed", "collected": [1, "boom"]}
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+async def test_a_batch_tier_call_waits_for_its_batch_and_costs_half(
+    db_url: str, where: str
+) -> None:
+    async with Simulator(SimConfig(models=("gpt-5-mini",))) as sim:
+        llm = await open_client([f"main=openai:gpt-5-mini@{sim.base_url}"])
+        llm.batch_window, llm.batch_poll_interval = 0.02, 0.05
+        executors: dict[str, Any] = {}
+        if where == "remote":
+            executors = {"process": ProcessExecutor(processes=1, memory_limit_mb=300)}
+        async with (
+            llm,
+            Runtime(
+                db_url, llm=llm, executors=executors, executor="process" if executors else None
+            ) as rt,
+        ):
+            r = await run_one(rt, agents.contract_batch, "Which tier is cheaper?")
+            steps = {s.key: s for s in await rt.store.steps(r.id)}
+        stats = sim.stats()
+    assert r.status is TaskStatus.SUCCEEDED, r.error
+    assert r.output["batched"] == r.output["standard"]
+    assert (stats.requests_total, stats.batches, stats.batch_requests) == (1, 1, 1)
+    [standard_key] = [k for k in steps if k.startswith("llm.") and "#" not in k]
+    assert f"{standard_key}#2" in steps  # the batch answer, recorded as the call's step
+    assert r.usage is not None and r.usage["llm_calls"] == 2
+    standard_cost = steps[standard_key].output["cost_usd"]
+    assert standard_cost > 0
+    assert r.usage["cost_usd"] == pytest.approx(1.5 * standard_cost)

@@ -250,3 +250,14 @@ async def test_a_built_client_has_the_routes_breaker_and_hedging() -> None:
         assert a.hedge == HedgeSettings(percentile=99.0)
         assert b.breaker is None and b.hedge is None
         assert client.statistics().routes["b"].breaker is None
+
+
+async def test_the_batch_tier_window_and_poll_interval_reach_the_client() -> None:
+    table = {"batch_window": 0.2, "batch_poll_interval": 5, "d": {"provider": "sim"}}
+    config = parse_config(table)
+    assert (config.batch_window, config.batch_poll_interval) == (0.2, 5.0)
+    async with await build_client(config) as client:
+        assert (client.batch_window, client.batch_poll_interval) == (0.2, 5.0)
+    assert parse_config({"d": {"provider": "sim"}}).batch_poll_interval == 2.0
+    with pytest.raises(ConfigError, match="batch_window must be a number of seconds > 0"):
+        parse_config({"batch_window": 0, "d": {"provider": "sim"}})

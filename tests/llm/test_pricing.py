@@ -105,3 +105,18 @@ def test_negative_prices_are_refused() -> None:
         Price(-1, 0)
     with pytest.raises(ValueError, match=">= 0"):
         Price(1, 1, cache_read=-1)
+
+
+def test_batch_prices_come_from_genai_prices_else_half_the_standard_price() -> None:
+    table = PriceTable()
+    standard, batch = table.price("gpt-4o-mini"), table.batch_price("gpt-4o-mini")
+    assert standard is not None and batch is not None
+    # genai-prices has OpenAI's batch price of this model: half, as billed.
+    assert package_price("gpt-4o-mini", batch=True) == batch
+    assert (batch.input, batch.output) == pytest.approx((standard.input / 2, standard.output / 2))
+    # A route's own price, and a model without a batch price of its own: halved.
+    own = table.with_prices({"gpt-4o-mini": Price(1.0, 4.0, 0.5)})
+    assert own.batch_price("gpt-4o-mini") == Price(0.5, 2.0, 0.25)
+    local = PriceTable(use_package=False)
+    assert local.batch_price("claude-sonnet-4") == Price(1.5, 7.5, 0.15, 1.875)
+    assert local.batch_price("mystery-model") is None

@@ -150,6 +150,14 @@ def sim(
             "--no-rate-limit-headers answers as vLLM and most gateways do)."
         ),
     ] = None,
+    batch_turnaround: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Time a batch (OpenAI Batch API, Anthropic Message Batches) takes to end "
+            "(default 0).",
+        ),
+    ] = None,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
     limits_per_key: Annotated[
         bool | None,
@@ -212,6 +220,7 @@ def sim(
             ("seed", seed),
             ("fault_schedule", faults or None),
             ("rate_limit_headers", rate_limit_headers),
+            ("batch_turnaround", batch_turnaround),
             ("api_key", api_key),
             ("limits_per_key", limits_per_key),
         )

@@ -265,11 +265,16 @@ class RemoteLLM:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - per provider attempt, as ctx.llm.chat
         stream: bool | None = None,
+        tier: str = "standard",
+        deadline: float | None = None,
         **params: Any,
     ) -> ChatResponse:
-        """One chat completion, as `legion.llm.calls.LLMCalls.chat`."""
+        """One chat completion, as `legion.llm.calls.LLMCalls.chat`; a batch-tier call
+        suspends the task at the worker, which ends this instance with it."""
         from legion.llm.types import ChatResponse
 
+        if tier != "standard" or deadline is not None:  # the worker's ctx.llm.chat takes them
+            params = {**params, "tier": tier, "deadline": deadline}
         sent = [dict(m) for m in messages]
         data = await self._link.call(p.LLM_CHAT, sent, model, timeout, stream, params)
         return ChatResponse.from_json(data)

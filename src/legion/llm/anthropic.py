@@ -76,6 +76,7 @@ class AnthropicProvider:
             headers["x-api-key"] = api_key
         self._name = name
         self._url = f"{base_url.rstrip('/')}/v1/messages"
+        self._endpoint = (base_url, dict(headers))
         self._default_max_tokens = default_max_tokens
         self._transport = HttpTransport(
             provider=name,
@@ -104,6 +105,15 @@ class AnthropicProvider:
         return await self._transport.complete(
             self._url, payload, total=timeout, parse=lambda body: parse_message(body, name)
         )
+
+    @property
+    def default_max_tokens(self) -> int:
+        return self._default_max_tokens
+
+    @property
+    def batch_endpoint(self) -> tuple[str, dict[str, str]]:
+        """The base URL and headers of this provider's batch API (`legion.llm.batch`)."""
+        return self._endpoint
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -172,6 +172,11 @@ class Budget:
         self._end(hold)
         self._wake()
 
+    def charge(self, tokens: int, cost: float | None) -> None:
+        """Count a call answered without a reservation (by a provider's batch job, see
+        `legion.waiting.batch`); the next calls see it spent."""
+        self._spent = self._spent + Spend(1, tokens, cost or 0.0)
+
     # -- inside -----------------------------------------------------------------------------
 
     def _end(self, hold: Hold) -> bool:
@@ -312,3 +317,9 @@ class Budgets:
     def release(self, holds: list[tuple[Budget, Hold]]) -> None:
         for budget, hold in holds:
             budget.release(hold)
+
+    async def charge(self, tokens: int, cost: float | None) -> None:
+        """Count a call answered without a reservation in every budget that applies."""
+        for budget in self.applying():
+            await self.ready(budget)
+            budget.charge(tokens, cost)

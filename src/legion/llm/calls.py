@@ -9,8 +9,8 @@ recorded twice (``#2``), in the order the calls were made.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from legion import codec
 from legion.diagnostics.unawaited import Pending, SiteRef
@@ -19,17 +19,41 @@ from legion.llm.types import ChatResponse, Message
 from legion.steps import StepRecorder
 
 if TYPE_CHECKING:
-    from legion.llm.client import LLMClient
+    from legion.llm.client import LLMClient, Route
+
+Tier = Literal["standard", "batch"]
+TIERS = ("standard", "batch")
+
+
+class BatchTier(Protocol):
+    """Makes a batch-tier call (`legion.waiting.batch.batch_chat`, bound to the task's
+    context by the context that makes `LLMCalls`)."""
+
+    def __call__(
+        self,
+        route: Route,
+        name: str,
+        messages: Sequence[Any],
+        params: dict[str, Any],
+        deadline: float | None,
+        standard: Callable[[], Awaitable[dict[str, Any]]],
+        site: SiteRef | None,
+    ) -> Awaitable[dict[str, Any]]: ...
 
 
 class LLMCalls:
     """What ``ctx.llm`` is: the run's LLM client, with every call recorded."""
 
-    __slots__ = ("_client", "_ctx", "_sdks")
+    __slots__ = ("_batch", "_client", "_ctx", "_sdks")
 
-    def __init__(self, ctx: StepRecorder, client: LLMClient) -> None:
+    def __init__(
+        self, ctx: StepRecorder, client: LLMClient, batch: BatchTier | None = None
+    ) -> None:
+        """``batch``: how batch-tier calls are made (``None``: they go at the standard
+        tier)."""
         self._ctx = ctx
         self._client = client
+        self._batch = batch
         self._sdks: dict[tuple[str, str | None], Any] | None = None  # SDK clients made
 
     def chat(
@@ -39,6 +63,8 @@ class LLMCalls:
         *,
         timeout: float | None = None,
         stream: bool | None = None,
+        tier: Tier = "standard",
+        deadline: float | None = None,
         **params: Any,
     ) -> Pending[ChatResponse]:
         """One chat completion, recorded once per task (``await`` it).
@@ -48,10 +74,20 @@ class LLMCalls:
         (``max_tokens``, ``temperature``, ``stop``, ``tools``...). Transient provider
         errors are retried with the client's policy; what still fails raises, and the
         task's own retry policy decides what follows.
+
+        ``tier="batch"``: the call goes out in the provider's batch job (OpenAI's Batch
+        API, Anthropic's Message Batches) at half price, and the task waits suspended
+        until the answer comes; ``deadline`` seconds after the call was first made (24
+        hours by default) it is sent at the standard tier instead (see
+        `legion.waiting.batch`). The answer is the one the standard tier gives.
         """
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
         pending: Pending[ChatResponse] = Pending(
             "ctx.llm.chat(...)",
-            lambda: self._chat(messages, model, timeout, stream, params, pending.site_ref),
+            lambda: self._chat(
+                messages, model, timeout, stream, params, pending.site_ref, tier, deadline
+            ),
         )
         self._ctx.made(pending)
         return pending
@@ -64,6 +100,8 @@ class LLMCalls:
         stream: bool | None,
         params: dict[str, Any],
         site: SiteRef,
+        tier: Tier = "standard",
+        deadline: float | None = None,
     ) -> ChatResponse:
         client = self._client
         route = client.route_for(model)
@@ -75,7 +113,11 @@ class LLMCalls:
             )
             return {**response.to_json(), "cost_usd": client.cost(response, route.name)}
 
-        data = await self._ctx.record(key, call, (), {}, site, inputs=(list(messages), params))
+        if tier == "batch" and self._batch is not None:
+            data = await self._batch(route, key, messages, params, deadline, call, site)
+        else:
+            inputs = (list(messages), params)
+            data = await self._ctx.record(key, call, (), {}, site, inputs=inputs)
         self._ctx.usage.add(data)
         return ChatResponse.from_json(data)
 

@@ -52,7 +52,7 @@ import asyncio
 import dataclasses
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -297,6 +297,13 @@ class LLMClient:
         self._rng = rng or random.Random()
         self._counters = {name: _Counters(route.hedge) for name, route in self._routes.items()}
         self.fatal_error: ProviderAuthError | None = None
+        self.batch_queued: Callable[[], None] | None = None
+        """Told when a call of this process is queued for a batch (the worker's batch desk
+        listens, see `legion.waiting.batch`)."""
+        self.batch_window = 0.5
+        """Seconds a worker's batch desk collects calls into one job after the first."""
+        self.batch_poll_interval = 2.0
+        """Seconds between two polls of a provider's batch job."""
         """The first credentials error seen: the runtime stops the run when set."""
         self.budget = budget
         """The run's spending limits (``None``: none); every call reserves its share."""
@@ -516,6 +523,38 @@ class LLMClient:
         if name is None and EMBED_ROUTE in self._routes:
             return self._routes[EMBED_ROUTE]
         return self._route(name)
+
+    async def admit_batch(
+        self, route: str, messages: Sequence[Message], params: Mapping[str, Any]
+    ) -> None:
+        """Check that a batch-tier call fits the budgets that apply to it (its estimate, at
+        the batch price) before it is queued: `BudgetExceeded` if not. Nothing stays
+        reserved: its answer is counted when it is recorded (`Budgets.charge`)."""
+        named = self._route(route)
+        estimate = estimate_tokens(messages, params, self._completion_estimate)
+        prompt = estimate - _completion_tokens(params, self._completion_estimate)
+        price = self._prices.batch_price(named.model)
+        cost = None if price is None else price.cost(_estimated(estimate, prompt))
+        holds = await self.budgets.reserve(estimate, cost)
+        self.budgets.release(holds)
+
+    def settle_batch(self, route: str, response: ChatResponse) -> float | None:
+        """Count a call answered by a provider's batch job (the batch tier) in the route's
+        statistics, and answer its cost at the batch price (`PriceTable.batch_price` of
+        the model that answered, else of the route's model; ``None``: unknown)."""
+        named = self._route(route)
+        counters = self._counters[named.name]
+        counters.calls += 1
+        counters.attempts += 1
+        counters.succeeded += 1
+        counters.usage += response.usage
+        price = self._prices.batch_price(response.model) or self._prices.batch_price(named.model)
+        if price is None:
+            counters.unpriced += 1
+            return None
+        cost = price.cost(response.usage)
+        counters.cost += cost
+        return cost
 
     def cost_of(self, model: str, usage: Usage) -> float | None:
         """USD for ``usage`` on ``model`` at this client's prices (``None``: unknown)."""

@@ -63,6 +63,8 @@ on the same model file share one provider, configured by the first of them.
     retries = 4                # retry policy of transient errors
     backoff = 0.5
     max_backoff = 30
+    batch_window = 0.5         # the batch tier: seconds collecting calls into one job
+    batch_poll_interval = 2    # and between two polls of a job (legion.waiting.batch)
 
     [llm.cheap]
     provider = "openai"
@@ -169,6 +171,7 @@ _ROUTE_OPTIONS = frozenset(
 _LOCAL_OPTIONS = (("instances", 1), ("threads", 1), ("context", 16))
 """A local route's own options, with their least values."""
 _RETRY_OPTIONS = ("retries", "backoff", "max_backoff")
+_BATCH_OPTIONS = ("batch_window", "batch_poll_interval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +227,10 @@ class LLMConfig:
     routes: tuple[RouteConfig, ...]
     default: str
     retry: RetryPolicy = DEFAULT_RETRY
+    batch_window: float = 0.5
+    """Seconds a worker collects batch-tier calls into one job (`legion.waiting.batch`)."""
+    batch_poll_interval: float = 2.0
+    """Seconds between two polls of a provider's batch job."""
 
 
 def parse_provider_spec(
@@ -267,7 +274,7 @@ def parse_config(table: Mapping[str, Any], *, env: Mapping[str, str] | None = No
             for i, deployment in enumerate(deployments, start=1):
                 source = f"[llm.{name}] deployment {i}"
                 routes.append(_table_route(name, {**settings, **deployment}, environ, source))
-        elif name not in ("default", *_RETRY_OPTIONS):
+        elif name not in ("default", *_RETRY_OPTIONS, *_BATCH_OPTIONS):
             raise ConfigError(f"[llm] has an unknown setting {name!r}")
     if not routes:
         raise ConfigError("[llm] defines no route: add a table such as [llm.default]")
@@ -282,7 +289,11 @@ def parse_config(table: Mapping[str, Any], *, env: Mapping[str, str] | None = No
         policy = RetryPolicy(**{**_retry_fields(DEFAULT_RETRY), **retry})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[llm] retry settings: {exc}") from exc
-    return LLMConfig(tuple(routes), default, policy)
+    batch = {key: table[key] for key in _BATCH_OPTIONS if key in table}
+    for key, value in batch.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"[llm] {key} must be a number of seconds > 0, got {value!r}")
+    return LLMConfig(tuple(routes), default, policy, **{k: float(v) for k, v in batch.items()})
 
 
 def _table_route(
@@ -388,7 +399,7 @@ async def build_client(
                 f"{route.name!r}) has none: set input_price and output_price (USD per million "
                 "tokens) in its [llm.*] table, or install legion-runtime[prices]"
             )
-    return LLMClient(
+    client = LLMClient(
         routes,
         default=config.default,
         retry=config.retry,
@@ -398,6 +409,9 @@ async def build_client(
         budget=budget,
         tenant_budget=tenant_budget,
     )
+    client.batch_window = config.batch_window
+    client.batch_poll_interval = config.batch_poll_interval
+    return client
 
 
 def _price(route: RouteConfig) -> Price | None:

@@ -79,6 +79,7 @@ class OpenAIProvider:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._name = name
         self._url = f"{base_url.rstrip('/')}/chat/completions"
+        self._endpoint = (base_url, dict(headers))
         self._embed_url = f"{base_url.rstrip('/')}/embeddings"
         self._transport = HttpTransport(
             provider=name,
@@ -120,6 +121,11 @@ class OpenAIProvider:
             parse=lambda body: parse_embeddings(body, name, count),
         )
         return EmbedResult(embeddings, limits)
+
+    @property
+    def batch_endpoint(self) -> tuple[str, dict[str, str]]:
+        """The base URL and headers of this provider's batch API (`legion.llm.batch`)."""
+        return self._endpoint
 
     async def aclose(self) -> None:
         await self._transport.aclose()

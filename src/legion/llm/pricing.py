@@ -21,6 +21,10 @@ the price says them (else at the input price); both are part of ``prompt_tokens`
 Reasoning tokens are part of ``completion_tokens`` and priced as output, as providers
 bill them.
 
+Batch prices (the providers' batch APIs, `legion.llm.batch`): a route's own price times
+`BATCH_DISCOUNT`; else ``genai-prices``' batch price where it has one; else the standard
+price times `BATCH_DISCOUNT` (OpenAI and Anthropic both bill batches at half price).
+
 A lookup in ``genai-prices`` costs about 0.1-0.3 ms (20 ms the first, and 0.2 s to
 import the package); legion looks each model up once per process and keeps the price,
 so a call's cost is a few multiplications.
@@ -37,6 +41,9 @@ from legion.llm.types import Usage
 
 _PROBE = 1000
 """Tokens per probe of genai-prices: few enough to stay below every tier threshold."""
+BATCH_DISCOUNT = 0.5
+"""A batch call's price as a share of the standard price, where no batch price is known:
+OpenAI's Batch API and Anthropic's Message Batches both bill 50%."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,15 @@ class Price:
         values = (self.input, self.output, self.cache_read, self.cache_write)
         if any(value is not None and value < 0 for value in values):
             raise ValueError(f"prices must be >= 0, got {self}")
+
+    def scaled(self, factor: float) -> Price:
+        """This price times ``factor`` (every part of it)."""
+        return Price(
+            self.input * factor,
+            self.output * factor,
+            None if self.cache_read is None else self.cache_read * factor,
+            None if self.cache_write is None else self.cache_write * factor,
+        )
 
     def cost(self, usage: Usage) -> float:
         """USD for ``usage`` at this price."""
@@ -143,6 +159,15 @@ class PriceTable:
         price = self.price(model)
         return None if price is None else price.cost(usage)
 
+    def batch_price(self, model: str) -> Price | None:
+        """``model``'s price in a provider's batch job (see the module's text)."""
+        if model not in self._overrides and self._use_package:
+            found = package_price(model, batch=True)
+            if found is not None:
+                return found
+        price = self.price(model)
+        return None if price is None else price.scaled(BATCH_DISCOUNT)
+
     def _table_price(self, model: str) -> Price | None:
         exact = self._prices.get(model)
         if exact is not None:
@@ -177,12 +202,15 @@ _PROVIDER_HINTS = (("text-embedding-", "openai"),)
 
 
 @functools.cache
-def package_price(model: str) -> Price | None:
-    """``model``'s price in ``genai-prices`` (``None``: not installed, or not there)."""
+def package_price(model: str, *, batch: bool = False) -> Price | None:
+    """``model``'s price in ``genai-prices`` (``None``: not installed, or not there);
+    ``batch``: its price in a provider's batch job, ``None`` unless the package has one of
+    its own (one lower than the standard price)."""
     try:
         import genai_prices
     except ImportError:
         return None
+    context = {"processing": "batch"} if batch else None
 
     hinted = [provider for prefix, provider in _PROVIDER_HINTS if model.startswith(prefix)]
     providers: tuple[str | None, ...] = (None, *hinted)
@@ -193,7 +221,7 @@ def package_price(model: str) -> Price | None:
         for provider in providers:
             try:
                 calculation = genai_prices.calc_price(
-                    genai_prices.Usage(**tokens), model, provider_id=provider
+                    genai_prices.Usage(**tokens), model, provider_id=provider, price_context=context
                 )
             except LookupError:
                 continue
@@ -208,4 +236,9 @@ def package_price(model: str) -> Price | None:
         return None
     cache_read = per_million(input_tokens=_PROBE, cache_read_tokens=_PROBE)
     cache_write = per_million(input_tokens=_PROBE, cache_write_tokens=_PROBE)
-    return Price(input_price, output_price, cache_read, cache_write)
+    found = Price(input_price, output_price, cache_read, cache_write)
+    if batch:
+        standard = package_price(model)
+        if standard is None or (found.input, found.output) >= (standard.input, standard.output):
+            return None  # no batch price of its own: the caller applies BATCH_DISCOUNT
+    return found

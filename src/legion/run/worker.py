@@ -57,6 +57,7 @@ from legion.task import Lease, Outcome, TaskInfo
 if TYPE_CHECKING:
     from legion.executors import Executor
     from legion.llm.client import LLMClient
+    from legion.waiting.batch import BatchDesk
 
 log = logging.getLogger("legion.worker")
 
@@ -174,6 +175,7 @@ class Worker(Upkeep):
         self._freeze_guard: FreezeGuard | None = None
         self._overloaded: str | None = None
         self._expiry = _Expiry(clock)
+        self.batch_desk: BatchDesk | None = None  # with an LLM client, once running
         for a in agents:
             self.add_agent(a)
 
@@ -265,6 +267,10 @@ class Worker(Upkeep):
 
             shares = SharedCapacity(self.llm, self.store, self.id, clock=self._clock)
             background.append(asyncio.create_task(shares.run(), name="legion-capacity"))
+            from legion.waiting.batch import BatchDesk  # batch-tier calls: collect, poll
+
+            self.batch_desk = BatchDesk(self.llm, self.store, clock=self._clock, wake=self.wake)
+            background.append(asyncio.create_task(self.batch_desk.run(), name="legion-batch"))
         try:
             await self._lease_loop()
             await self._drain()

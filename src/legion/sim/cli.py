@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="send x-ratelimit-* and Retry-After headers (default yes; --no-rate-limit-headers "
         "answers as vLLM and most gateways do)",
     )
+    add(
+        "--batch-turnaround",
+        type=float,
+        metavar="SECONDS",
+        help="time a batch (OpenAI Batch API, Anthropic Message Batches) takes to end (default 0)",
+    )
     add("--api-key", help="require this bearer key")
     add(
         "--limits-per-key",

@@ -127,6 +127,11 @@ class SimConfig:
             ``Retry-After`` or ``retry-after-ms`` headers, as vLLM and most
             gateways answer: a client must find the limit on its own.
 
+    Batches (`legion.sim.batches`):
+        batch_turnaround: seconds from a batch's creation until it ends with every
+            request answered (OpenAI's Batch API, Anthropic's Message Batches); 0 by
+            default: a batch has ended when first looked at.
+
     Access:
         api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <key>``
             (``/v1/messages`` also takes it as ``x-api-key``, as Anthropic does).
@@ -170,6 +175,7 @@ class SimConfig:
     rate_limit_headers: bool = True
     api_key: str | None = None
     limits_per_key: bool = False
+    batch_turnaround: float = 0.0
 
     def __post_init__(self) -> None:
         _check_models(self.models)
@@ -222,6 +228,7 @@ class SimConfig:
         _check_fault_schedule(self.fault_schedule)
         _check_bool("rate_limit_headers", self.rate_limit_headers)
         _check_bool("limits_per_key", self.limits_per_key)
+        _check_number("batch_turnaround", self.batch_turnaround)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError("api_key must be a non-empty string or None")
 

@@ -7,6 +7,8 @@ Routes:
 * ``POST /v1/messages``: Anthropic messages, plain or streamed
   (`legion.sim.anthropic_api`).
 * ``GET /v1/models``: the configured models (OpenAI's format).
+* OpenAI's Batch API (``/v1/files``, ``/v1/batches``) and Anthropic's Message Batches
+  (``/v1/messages/batches``), with a configurable turnaround (`legion.sim.batches`).
 * ``GET /stats``: counters of chat requests on both APIs (`SimStats`).
 * ``POST /stats/reset``: zero the counters.
 
@@ -30,6 +32,7 @@ import orjson
 from aiohttp import web
 
 from legion.sim.anthropic_api import AnthropicDialect
+from legion.sim.batches import BatchBook
 from legion.sim.behaviour import (
     Completion,
     Fault,
@@ -95,6 +98,12 @@ class SimStats:
     by_key: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     """With ``limits_per_key``: chat requests ``admitted`` and ``rate_limited`` by API key
     (named by the key's last four characters)."""
+    batches: int = 0
+    """Batches created (both batch APIs; not reset by ``/stats/reset``)."""
+    batch_requests: int = 0
+    """Requests answered by batches (not counted in ``requests_total``)."""
+    batches_cancelled: int = 0
+    """Batches cancelled before they ended."""
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as plain data (the ``GET /stats`` body)."""
@@ -147,7 +156,7 @@ class _Counters:
         self.by_second: dict[int, int] = {}
         self.by_key: dict[str, dict[str, int]] = {}
 
-    def snapshot(self, now: float) -> SimStats:
+    def snapshot(self, now: float, batches: tuple[int, int, int] = (0, 0, 0)) -> SimStats:
         elapsed = max(0.0, now - self.started)
         return SimStats(
             requests_total=self.requests_total,
@@ -168,6 +177,9 @@ class _Counters:
             requests_per_second=self.requests_total / elapsed if elapsed > 0 else 0.0,
             requests_by_second=dict(self.by_second),
             by_key={key: dict(counts) for key, counts in self.by_key.items()},
+            batches=batches[0],
+            batch_requests=batches[1],
+            batches_cancelled=batches[2],
         )
 
 
@@ -185,7 +197,9 @@ class _Service:
         self._faults = FaultInjector(config)
         self._models = frozenset(config.models)
         self._openai = OpenAIDialect(config.api_key)
-        self._dialects: tuple[Dialect, ...] = (self._openai, AnthropicDialect(config.api_key))
+        anthropic = AnthropicDialect(config.api_key)
+        self._dialects: tuple[Dialect, ...] = (self._openai, anthropic)
+        self.batches = BatchBook(config, clock, self._openai, anthropic)
         self._models_body = orjson.dumps(
             {
                 "object": "list",
@@ -201,6 +215,7 @@ class _Service:
         for dialect in self._dialects:
             app.router.add_post(dialect.path, self._chat_handler(dialect))
         app.router.add_post("/v1/embeddings", self._embeddings)
+        self.batches.add_routes(app)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/stats", self._get_stats)
         app.router.add_post("/stats/reset", self._reset_stats)
@@ -257,13 +272,17 @@ class _Service:
         )
 
     async def _get_stats(self, request: web.Request) -> web.Response:
-        stats = self.counters.snapshot(self.clock())
+        stats = self.snapshot()
         body = orjson.dumps(stats.to_dict(), option=orjson.OPT_NON_STR_KEYS)
         return web.Response(body=body, content_type="application/json")
 
     async def _reset_stats(self, request: web.Request) -> web.Response:
         self.counters.reset(self.clock())
         return web.Response(status=204)
+
+    def snapshot(self) -> SimStats:
+        book = self.batches
+        return self.counters.snapshot(self.clock(), (book.created, book.requests, book.cancelled))
 
     def _chat_handler(
         self, dialect: Dialect
@@ -630,7 +649,7 @@ class Simulator:
 
     def stats(self) -> SimStats:
         """A snapshot of the counters (also valid after `stop`)."""
-        return self._started_service().counters.snapshot(self._clock())
+        return self._started_service().snapshot()
 
     def reset_stats(self) -> None:
         """Zero the counters and restart the requests-per-second clock."""

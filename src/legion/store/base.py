@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from legion.store.batches import BatchStore
 from legion.store.ledger import GatewayLedger
 from legion.store.types import (
     ApiKey,
@@ -232,9 +233,9 @@ class KeyStore(Protocol):
         """Revoke a key (a revoked one keeps its first revocation time); False if unknown."""
 
 
-class ContextStore(SessionMemory, TaskReader, WaitingStore, Protocol):
+class ContextStore(SessionMemory, TaskReader, WaitingStore, BatchStore, Protocol):
     """What an agent's context uses of the store: its session's memory, its own task, and
-    its durable waits (signals, child tasks)."""
+    its durable waits (signals, child tasks, calls waiting for a batch)."""
 
 
 class Store(
@@ -246,6 +247,7 @@ class Store(
     KeyStore,
     WaitingStore,
     GatewayLedger,
+    BatchStore,
     Protocol,
 ):
     """Where legion keeps all state: every role, and the connection's lifecycle. All

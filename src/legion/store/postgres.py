@@ -61,6 +61,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from legion import codec
 from legion.errors import ConfigError, StoreError, StoreUnavailable
+from legion.store.postgres_batches import PostgresBatches
 from legion.store.postgres_ledger import PostgresLedger
 from legion.store.postgres_params import submit_params
 from legion.store.postgres_waiting import PostgresWaiting, after_completions
@@ -123,7 +124,7 @@ open transactions release their locks at once (see `legion.store.freeze`)."""
 _NOT_YET = ("starting up", "shutting down", "in recovery", "too many", "not yet accepting")
 
 
-class PostgresStore(PostgresWaiting, PostgresLedger):
+class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
     """A `legion.store.base.Store` in a PostgreSQL database, shared by many workers."""
 
     def __init__(

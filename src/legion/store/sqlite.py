@@ -28,6 +28,7 @@ from legion.clock import Clock, system_clock
 from legion.errors import ConfigError, StorageFull, StoreError, StoreUnavailable
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, task_info
+from legion.store.sqlite_batches import SQLiteBatches
 from legion.store.sqlite_feed import log_changes, log_changes_by
 from legion.store.sqlite_ledger import SQLiteLedger
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
@@ -86,7 +87,7 @@ def _crash_error() -> bytes:
     ).to_json()
 
 
-class SQLiteStore(SQLiteWaiting, SQLiteLedger):
+class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
     """A `legion.store.base.Store` in one SQLite file (or ``:memory:``).
 
     ``clock``: the store's time (`now`), the wall clock of its one host by default; a

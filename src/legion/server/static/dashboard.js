@@ -205,6 +205,7 @@ async function answer(id, approved) {
 
 function waitsFor(w) {
   if (w.prompt !== null) return `approval: ${w.prompt}`;
+  if (w.event !== null && w.event.startsWith("legion.batch:")) return "an LLM batch job";
   if (w.event !== null) return `signal ${w.event}`;
   if (w.children !== null) return "child tasks";
   return "timer";
