@@ -53,7 +53,7 @@ async def queue_calls(store: Store, clock: FakeClock, n: int) -> list[BatchCall]
 async def test_a_pass_submits_one_job_polls_when_due_and_signals_the_answers(
     store: Store, closing: AsyncExitStack
 ) -> None:
-    clock = FakeClock(1_000.0)
+    clock = FakeClock(1_000.0, wall=1_000.0)
     config = SimConfig(models=(MODEL,), batch_turnaround=10.0)
     sim = await closing.enter_async_context(Simulator(config, clock=clock.now))
     spec = f"main=openai:{MODEL}@{sim.base_url}"
@@ -85,7 +85,7 @@ async def test_a_pass_submits_one_job_polls_when_due_and_signals_the_answers(
 async def test_a_job_that_cannot_be_submitted_sends_its_calls_to_the_standard_tier(
     store: Store, closing: AsyncExitStack
 ) -> None:
-    clock = FakeClock(1_000.0)
+    clock = FakeClock(1_000.0, wall=1_000.0)
     config = SimConfig(models=(MODEL,), api_key="right")
     sim = await closing.enter_async_context(Simulator(config, clock=clock.now))
     spec = f"main=openai:{MODEL}@{sim.base_url}"  # no key: refused
@@ -104,7 +104,7 @@ async def test_a_job_that_cannot_be_submitted_sends_its_calls_to_the_standard_ti
 async def test_a_job_whose_calls_all_gave_up_is_cancelled_and_answers_nobody(
     store: Store, closing: AsyncExitStack
 ) -> None:
-    clock = FakeClock(1_000.0)
+    clock = FakeClock(1_000.0, wall=1_000.0)
     config = SimConfig(models=(MODEL,), batch_turnaround=100.0)
     sim = await closing.enter_async_context(Simulator(config, clock=clock.now))
     spec = f"main=openai:{MODEL}@{sim.base_url}"
