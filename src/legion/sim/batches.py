@@ -33,11 +33,11 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
-from legion.sim.behaviour import estimate_prompt_tokens, generate_completion
+from legion.sim.behaviour import estimate_prompt_tokens
 from legion.sim.config import SimConfig
 from legion.sim.dialect import BadRequest, Dialect
 from legion.sim.limits import Clock
-from legion.sim.tools import completion_of
+from legion.sim.tools import answer
 
 _CHAT_PATH = "/v1/chat/completions"
 
@@ -187,26 +187,27 @@ class BatchBook:
         self.created += 1
         return _json(self._openai_object(batch))
 
-    def _batch(self, request: web.Request, dialect: str) -> _Batch | None:
-        batch = self._batches.get(request.match_info["id"])
-        return batch if batch is not None and batch.dialect == dialect else None
-
-    async def _get_openai(self, request: web.Request) -> web.Response:
-        denied = self._openai.authorize(request)
+    def _find(self, request: web.Request, kind: str) -> _Batch | web.Response:
+        """The batch a request names, once its caller is authorized; else the error."""
+        dialect = self._openai if kind == "openai" else self._anthropic
+        denied = dialect.authorize(request)
         if denied is not None:
             return denied
-        batch = self._batch(request, "openai")
-        if batch is None:
-            return self._openai.error(404, f"No such batch: {request.match_info['id']}")
+        batch = self._batches.get(request.match_info["id"])
+        if batch is None or batch.dialect != kind:
+            return dialect.error(404, f"No such batch: {request.match_info['id']}")
+        return batch
+
+    async def _get_openai(self, request: web.Request) -> web.Response:
+        batch = self._find(request, "openai")
+        if isinstance(batch, web.Response):
+            return batch
         return _json(self._openai_object(batch))
 
     async def _cancel_openai(self, request: web.Request) -> web.Response:
-        denied = self._openai.authorize(request)
-        if denied is not None:
-            return denied
-        batch = self._batch(request, "openai")
-        if batch is None:
-            return self._openai.error(404, f"No such batch: {request.match_info['id']}")
+        batch = self._find(request, "openai")
+        if isinstance(batch, web.Response):
+            return batch
         self._cancel(batch)
         return _json(self._openai_object(batch))
 
@@ -281,31 +282,22 @@ class BatchBook:
         return _json(self._anthropic_object(batch, request))
 
     async def _get_anthropic(self, request: web.Request) -> web.Response:
-        denied = self._anthropic.authorize(request)
-        if denied is not None:
-            return denied
-        batch = self._batch(request, "anthropic")
-        if batch is None:
-            return self._anthropic.error(404, f"No such batch: {request.match_info['id']}")
+        batch = self._find(request, "anthropic")
+        if isinstance(batch, web.Response):
+            return batch
         return _json(self._anthropic_object(batch, request))
 
     async def _cancel_anthropic(self, request: web.Request) -> web.Response:
-        denied = self._anthropic.authorize(request)
-        if denied is not None:
-            return denied
-        batch = self._batch(request, "anthropic")
-        if batch is None:
-            return self._anthropic.error(404, f"No such batch: {request.match_info['id']}")
+        batch = self._find(request, "anthropic")
+        if isinstance(batch, web.Response):
+            return batch
         self._cancel(batch)
         return _json(self._anthropic_object(batch, request))
 
     async def _results_anthropic(self, request: web.Request) -> web.Response:
-        denied = self._anthropic.authorize(request)
-        if denied is not None:
-            return denied
-        batch = self._batch(request, "anthropic")
-        if batch is None:
-            return self._anthropic.error(404, f"No such batch: {request.match_info['id']}")
+        batch = self._find(request, "anthropic")
+        if isinstance(batch, web.Response):
+            return batch
         if not self._settle(batch):
             return self._anthropic.error(400, f"Batch {batch.id} has not ended yet.")
         lines = []
@@ -385,16 +377,14 @@ class BatchBook:
             error = dialect.error(404, message, code="model_not_found")
             return 404, error.body  # type: ignore[return-value]
         config = self._config
-        completion = generate_completion(
+        completion = answer(
+            config,
             chat.model,
             chat.messages,
-            min_tokens=config.min_output_tokens,
-            max_tokens=config.max_output_tokens,
             limit=chat.max_tokens,
             stop=chat.stop,
+            script=chat.script,
         )
-        if chat.script is not None and config.tool_calls:
-            completion = completion_of(chat.script)
         prompt_tokens = estimate_prompt_tokens(chat.messages)
         cached = int(prompt_tokens * config.cached_prompt_share)
         self.requests += 1

@@ -38,7 +38,6 @@ from legion.sim.behaviour import (
     Fault,
     FaultInjector,
     estimate_prompt_tokens,
-    generate_completion,
 )
 from legion.sim.config import SimConfig, scheduled_fault
 from legion.sim.dialect import BadRequest, Dialect, ParsedChat, StreamFrames
@@ -50,7 +49,7 @@ from legion.sim.embeddings import (
 )
 from legion.sim.limits import Admission, Clock, RateLimiter
 from legion.sim.openai_api import OpenAIDialect
-from legion.sim.tools import completion_of
+from legion.sim.tools import answer
 
 _MAX_BODY_BYTES = 32 * 1024 * 1024
 # Streamed tokens falling due less than this apart are written together, so
@@ -317,16 +316,14 @@ class _Service:
         counters.by_model[chat.model] = counters.by_model.get(chat.model, 0) + 1
 
         config = self.config
-        completion = generate_completion(
+        completion = answer(
+            config,
             chat.model,
             chat.messages,
-            min_tokens=config.min_output_tokens,
-            max_tokens=config.max_output_tokens,
             limit=chat.max_tokens,
             stop=chat.stop,
+            script=chat.script,
         )
-        if chat.script is not None and config.tool_calls:
-            completion = completion_of(chat.script)
         prompt_tokens = estimate_prompt_tokens(chat.messages)
         charge = prompt_tokens + (
             chat.max_tokens if chat.max_tokens is not None else len(completion.tokens)

@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from legion.sim.behaviour import _WORDS, Completion
+from legion.sim.behaviour import _WORDS, Completion, generate_completion
+from legion.sim.config import SimConfig
 
 _CHARS_PER_TOKEN = 4
 _MAX_DEPTH = 8
@@ -140,3 +141,26 @@ def _sample(schema: Mapping[str, Any], defs: Mapping[str, Any], name: str, depth
         return None
     digest = hashlib.blake2b(name.encode(), digest_size=1).digest()
     return _WORDS[digest[0] & 127]
+
+
+def answer(
+    config: SimConfig,
+    model: str,
+    messages: Sequence[Mapping[str, object]],
+    *,
+    limit: int | None,
+    stop: Sequence[str],
+    script: Script | None,
+) -> Completion:
+    """What the simulator answers a chat request with, on either endpoint (the standard
+    one and the batch APIs): a generated completion, or the tool script's next turn."""
+    if script is not None and config.tool_calls:
+        return completion_of(script)
+    return generate_completion(
+        model,
+        messages,
+        min_tokens=config.min_output_tokens,
+        max_tokens=config.max_output_tokens,
+        limit=limit,
+        stop=stop,
+    )
