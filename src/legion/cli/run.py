@@ -26,7 +26,7 @@ from legion.cli.wiring import (
 )
 from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.summary import summarize
-from legion.errors import ConfigError
+from legion.errors import ConfigError, StoreError
 from legion.inputs import InputLine, read_jsonl
 from legion.llm.budget import Budget, BudgetLimits, Spend
 from legion.run.runtime import Runtime
@@ -244,7 +244,10 @@ async def _refresh(rt: Runtime, progress: Progress) -> None:
     if rt.worker is not None:
         progress.update(rt.statistics())
     elif progress.due():  # no local worker: the store says how many run elsewhere
-        counts = await rt.store.counts()
+        try:
+            counts = await rt.store.counts()
+        except StoreError:  # the store is away for a moment: the line waits, not the run
+            return
         progress.update(None, running=counts.get(TaskStatus.RUNNING, 0))
 
 

@@ -180,7 +180,14 @@ class Delivery:
             if self._recheck:
                 finished.extend(self._recheck - set(finished))
             if finished:
-                for info in await self._store.get_many(finished):
+                try:
+                    infos = await self._store.get_many(finished)
+                except Exception as exc:  # the store is away: these are asked again next
+                    log.error("reading finished tasks failed: %s", exc)
+                    self._recheck.update(finished)
+                    await asyncio.sleep(1.0)
+                    continue
+                for info in infos:
                     if not info.status.terminal:
                         continue
                     self._recheck.discard(info.id)
