@@ -8,14 +8,12 @@ restart. The shared contract lives in test_store_contract.py.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -30,6 +28,7 @@ from legion.store import postgres as postgres_store
 from legion.store.queries import migrations
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, TaskStatus
 from tests.conftest import with_params
+from tests.pg_cluster import PrivateCluster
 
 NOW = 1_000_000.0
 
@@ -402,14 +401,6 @@ async def test_retries_requeues_and_reclaims_wake_waiters(postgres_url: str) -> 
 # -- server restarts -------------------------------------------------------------------
 
 
-def postgres_cluster() -> str:
-    """The local cluster's version, for pg_ctlcluster."""
-    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
-        pytest.skip("restarting the server needs a local cluster run by pg_ctlcluster")
-    (version,) = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1:]
-    return version
-
-
 def wait_until_accepting(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -422,9 +413,20 @@ def wait_until_accepting(url: str, timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
+@pytest.fixture
+def cluster() -> Iterator[PrivateCluster]:
+    """A server of this test's own: restarting the shared one would break every other test
+    using it at the time (tests may run in parallel)."""
+    cluster = PrivateCluster()
+    cluster.init()
+    cluster.start()
+    yield cluster
+    cluster.remove()
+
+
 @pytest.mark.slow
-async def test_the_store_carries_on_after_the_server_restarts(postgres_url: str) -> None:
-    version = postgres_cluster()
+async def test_the_store_carries_on_after_the_server_restarts(cluster: PrivateCluster) -> None:
+    postgres_url = cluster.url
     async with opened(postgres_url) as (store,):
         first = await store.submit([new(i, key=f"before-{i}") for i in range(100)], NOW)
         leases = await store.lease("w", {"a": 40}, 40, NOW + 600, NOW)
@@ -450,12 +452,8 @@ async def test_the_store_carries_on_after_the_server_restarts(postgres_url: str)
 
         submitting = asyncio.create_task(keep_submitting())
         await asyncio.sleep(0.2)
-        await asyncio.to_thread(
-            subprocess.run,
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-            check=True,
-            capture_output=True,
-        )
+        await asyncio.to_thread(cluster.stop)
+        await asyncio.to_thread(cluster.start)
         await asyncio.to_thread(wait_until_accepting, postgres_url)
         restarted.set()
         async with asyncio.timeout(60):
