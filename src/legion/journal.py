@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from legion import codec, faults
 from legion.clock import Clock, system_clock
 from legion.errors import LeaseLost
+from legion.record import record
 from legion.store.base import TaskQueue, TaskReader
 from legion.store.types import DiagnosticRecord, MemoryWrite, WriteBatch
 from legion.task import Completion, Lease, Outcome, StepRecord, TaskInfo, TaskStatus
@@ -35,7 +35,7 @@ CompletionCallback = Callable[[Sequence["Committed"]], None]
 LostCallback = Callable[[set[int]], None]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Committed:
     """A completion after its commit; ``applied`` is false when the lease had been lost."""
 

@@ -17,6 +17,7 @@ from typing import Any
 from legion import codec
 from legion.diagnostics.report import Diagnostic
 from legion.errors import AgentCrash
+from legion.record import record
 
 
 class TaskStatus(enum.StrEnum):
@@ -39,7 +40,7 @@ _TERMINAL = frozenset(
 TERMINAL_STATUSES: frozenset[str] = frozenset(s.value for s in _TERMINAL)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ErrorInfo:
     """Why an attempt failed: exception type, message and formatted traceback."""
 
@@ -77,7 +78,7 @@ class ErrorInfo:
 NO_STEPS: Mapping[str, bytes] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NewTask:
     """A task to submit. ``input`` is the JSON object of the agent's keyword arguments."""
 
@@ -92,7 +93,7 @@ class NewTask:
     needs: str | None = None  # what an instance needs, as JSON (legion.resources)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Submitted:
     """The answer to a submission: the task's id and whether this call created it."""
 
@@ -102,7 +103,7 @@ class Submitted:
     created: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Lease:
     """A task leased to one worker for one attempt; ``attempt`` is the fencing token."""
 
@@ -224,7 +225,7 @@ class TaskUsage:
         return codec.dumps(data)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Completion:
     """The end of one attempt, written only while ``owner`` still holds lease ``attempt``."""
 
@@ -244,7 +245,7 @@ class Completion:
     waited: float = 0.0  # seconds of the attempt spent waiting for capacity
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepRecord:
     """A step's result, recorded once per task and step key."""
 
@@ -259,7 +260,7 @@ class StepRecord:
     owner: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskInfo:
     """A task as the store holds it."""
 
@@ -288,7 +289,7 @@ class TaskInfo:
         return self.finished_at - self.started_at
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskResult:
     """How a task ended (or where it stands): what ``Runtime.map`` and ``result`` give."""
 

@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from legion.record import record
 from legion.task import Completion, ErrorInfo, StepRecord, TaskStatus
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MemoryWrite:
     """Set (or, with ``value=None``, delete) one key of a session's memory.
 
@@ -25,7 +26,7 @@ class MemoryWrite:
     owner: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DiagnosticRecord:
     """One finding about one attempt (``data``: the diagnostic as JSON)."""
 
@@ -37,7 +38,7 @@ class DiagnosticRecord:
     owner: str | None = None  # whose lease wrote it (fenced like a step when given)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttemptRecord:
     """One ended attempt of a task, written with its completion: when it started and
     ended, on which worker, how it ended (an `legion.task.Outcome` value, or ``lost``: its
