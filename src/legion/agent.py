@@ -72,6 +72,8 @@ class Agent:
         self.params, self._validator = _parameters(fn, options.name, input_model)
         self._names = frozenset(self.params)
         self._one = len(self.params) == 1
+        # Inputs that need no validation (see `_plain_types`): no pydantic model is built.
+        self._plain = _plain_types(self._validator) if input_model is None else None
         self._output = TypeAdapter(output_model) if output_model is not None else None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -144,9 +146,16 @@ class Agent:
         object that fits neither way is an error that names its unknown fields and the
         parameters it lacks.
         """
+        plain = self._plain
         if isinstance(value, dict) and value.keys() <= self._names and (value or not self._one):
+            if plain is not None and len(value) == len(plain) and _all_plain(value, plain):
+                return value
             return self._validate(value)
         if self._one:
+            if plain is not None:
+                want = plain[self.params[0]]
+                if want is None or type(value) is want:
+                    return {self.params[0]: value}
             try:
                 return self._validator.model_validate({self.params[0]: value}).__dict__
             except ValidationError as exc:
@@ -350,6 +359,38 @@ def _parameters(
     except Exception as exc:
         raise ConfigError(f"agent {name!r}: cannot build its input schema: {exc}") from exc
     return tuple(fields), model
+
+
+_PLAIN_TYPES = (int, float, str, bool)
+
+
+def _plain_types(model: type[BaseModel]) -> dict[str, type | None] | None:
+    """Per parameter, the one type whose values validation hands back as they are
+    (``None``: any value, a parameter typed ``Any`` or not at all); ``None`` when some
+    parameter needs the model (another type, a constraint, a default to fill in).
+
+    A JSON input decodes to exactly these types, so the common agent - ``(ctx, text:
+    str, n: int)`` - gets its arguments without building a model for each task.
+    """
+    plain: dict[str, type | None] = {}
+    for name, field in model.model_fields.items():
+        if field.metadata or not field.is_required():
+            return None
+        if field.annotation is Any:
+            plain[name] = None
+        elif field.annotation in _PLAIN_TYPES:
+            plain[name] = field.annotation
+        else:
+            return None
+    return plain
+
+
+def _all_plain(value: dict[str, Any], plain: dict[str, type | None]) -> bool:
+    for name, v in value.items():
+        want = plain[name]
+        if want is not None and type(v) is not want:
+            return False
+    return True
 
 
 def _resolve(fn: AgentFn, agent_name: str, p: inspect.Parameter) -> Any:

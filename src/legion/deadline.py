@@ -1,16 +1,18 @@
 """How long the calling attempt has left, for the LLM client to decide whether a wait
 can end in time.
 
-Whoever runs an attempt under a timeout binds a function answering "seconds left"
-(`bind`); the client asks `remaining` before it waits on a provider's Retry-After. Code
-that runs outside any attempt (a script calling the client directly) has no deadline:
-`remaining` is ``None`` there.
+The client asks `remaining` before it waits on a provider's Retry-After: the current
+attempt's wait budget (`legion.attempt.CURRENT`, set by the runner), or what a function
+bound with `bind` answers. Code that runs outside any attempt (a script calling the
+client directly) has no deadline: `remaining` is ``None`` there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar, Token
+
+from legion import attempt
 
 _REMAINING: ContextVar[Callable[[], float | None] | None] = ContextVar(
     "legion_attempt_remaining", default=None
@@ -25,7 +27,10 @@ def bind(remaining: Callable[[], float | None]) -> Token[Callable[[], float | No
 def remaining() -> float | None:
     """Seconds the current attempt has left (``None``: no deadline, or none known)."""
     source = _REMAINING.get()
-    return None if source is None else source()
+    if source is not None:
+        return source()
+    time_ = attempt.CURRENT.get()
+    return None if time_ is None else time_.wait_budget()
 
 
 def reset(token: Token[Callable[[], float | None] | None]) -> None:

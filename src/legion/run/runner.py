@@ -13,7 +13,7 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any
 
-from legion import attempt, codec, deadline, telemetry
+from legion import attempt, codec, telemetry
 from legion.agent import Agent
 from legion.clock import Clock, system_clock
 from legion.context import BeforeStep, Context
@@ -147,8 +147,9 @@ async def run_instance(
         before_step=before_step,
     )
     tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
-    attempt.CURRENT.set(instance.time)  # waits for capacity report to this attempt's time
-    deadline.bind(instance.time.wait_budget)  # how long an LLM call may wait
+    # Waits for capacity report to this attempt's time; an LLM call asks it how long it
+    # may wait (legion.deadline).
+    attempt.CURRENT.set(instance.time)
     started = clock.wall()
     output: bytes | None = None
     error: BaseException | None = None

@@ -176,6 +176,7 @@ class Worker(Upkeep):
         self._overloaded: str | None = None
         self._expiry = _Expiry(clock)
         self.batch_desk: BatchDesk | None = None  # with an LLM client, once running
+        self.started = asyncio.Event()  # set once run() is about to lease its first tasks
         for a in agents:
             self.add_agent(a)
 
@@ -271,6 +272,7 @@ class Worker(Upkeep):
 
             self.batch_desk = BatchDesk(self.llm, self.store, clock=self._clock, wake=self.wake)
             background.append(asyncio.create_task(self.batch_desk.run(), name="legion-batch"))
+        self.started.set()
         try:
             await self._lease_loop()
             await self._drain()
