@@ -84,7 +84,8 @@ def _run(db: sqlite3.Connection, n: int, schema: int) -> dict[str, float]:
     cpu["insert"] = time.process_time() - t0
     ids: list[int] = []
     t0 = time.process_time()
-    lease = {"owner": "w", "until": 100.0, "now": 2.0, "agent": "a", "limit": 500, "offer": "{}"}
+    lease = {"owner": "w", "until": 100.0, "now": 2.0, "agent": "a", "limit": 500, "offer": "{}",
+             "min_priority": -(2**63)}
     while True:
         db.execute("BEGIN IMMEDIATE")
         rows = db.execute(Q["lease"], lease).fetchall()

@@ -386,7 +386,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
         errors = [c.error.to_json() if c.error is not None else None for c in completions]
         params = [_completion_params(c, e) for c, e in zip(completions, errors, strict=True)]
         db.execute("SAVEPOINT completions")
-        if db.executemany(Q["complete"], params).rowcount == len(params):
+        if _many(db, "complete_many", "complete", params, (1, 2, 9)) == len(params):
             db.execute("RELEASE completions")
             applied = [True] * len(params)
         else:
@@ -395,8 +395,10 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
             applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
             db.execute("RELEASE completions")
         done = [(c, e) for c, e, ok in zip(completions, errors, applied, strict=True) if ok]
-        log_changes_by(db, ((c.owner, c.id) for c, _ in done), now)
-        db.executemany(Q["insert_attempt"], [_attempt_params(c, e) for c, e in done])
+        log_changes_by(db, [(c.owner, c.id) for c, _ in done], now)
+        _many(
+            db, "insert_attempts", "insert_attempt", [_attempt_params(c, e) for c, e in done], (8,)
+        )
         after_completions(db, batch, applied, now)
         return applied
 
@@ -768,25 +770,42 @@ def _insert_unkeyed(
     """Tasks without idempotency keys, inserted in one executemany: consecutive ids."""
     if not tasks:
         return []
-    db.executemany(
-        Q["insert_task"],
-        [
+    try:
+        rows = [
             (
                 t.agent,
-                t.input,
-                None,
+                t.input.decode(),
                 t.session,
                 t.priority,
                 t.max_attempts,
                 t.not_before,
-                now,
                 t.tenant,
-                None,
                 t.needs,
             )
             for t in tasks
-        ],
-    )
+        ]
+    except UnicodeDecodeError:  # (inputs are JSON, so UTF-8: not seen, but not lost either)
+        db.executemany(
+            Q["insert_task"],
+            [
+                (
+                    t.agent,
+                    t.input,
+                    None,
+                    t.session,
+                    t.priority,
+                    t.max_attempts,
+                    t.not_before,
+                    now,
+                    t.tenant,
+                    None,
+                    t.needs,
+                )
+                for t in tasks
+            ],
+        )
+    else:
+        db.execute(Q["insert_tasks"], (codec.dumps(rows), now))
     (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
     first = last_id - len(tasks) + 1
     queued = TaskStatus.QUEUED
@@ -844,6 +863,29 @@ _OUTCOME_ROW = {
     o: (o.status.value, 1 if o in _UNCOUNTED else 0, o in (Outcome.RETRY, *_UNCOUNTED), o.value)
     for o in Outcome
 }
+
+
+def _many(
+    db: sqlite3.Connection,
+    batched: str,
+    single: str,
+    rows: list[tuple[Any, ...]],
+    blobs: tuple[int, ...],
+) -> int:
+    """Run query ``single`` once per row as one statement, query ``batched``, over a JSON
+    array of the rows (the values at ``blobs``, JSON bytes, as text); answers how many rows
+    it changed. One statement runs the whole batch inside SQLite, where ``executemany``
+    steps once per row, letting go of the GIL and taking it back at each step."""
+    if not rows:
+        return 0
+    try:
+        text = [
+            tuple(v.decode() if i in blobs and v is not None else v for i, v in enumerate(r))
+            for r in rows
+        ]
+    except UnicodeDecodeError:  # (JSON is UTF-8: not seen, but not lost either)
+        return db.executemany(Q[single], rows).rowcount
+    return db.execute(Q[batched], (codec.dumps(text),)).rowcount
 
 
 def _completion_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+from legion import codec
 from legion.store.queries import queries
 
 _LOG = queries("sqlite")["log_event"]
+_LOG_MANY = queries("sqlite")["log_events"]
 
 
 def log_changes(
@@ -24,11 +26,17 @@ def log_changes(
 ) -> None:
     """Log the status each task of ``ids`` holds now; ``worker``: whose lease the changes
     ended (``None``: no lease's)."""
-    db.executemany(_LOG, [(at, worker, i) for i in ids])
+    log_changes_by(db, [(worker, i) for i in ids], at)
 
 
 def log_changes_by(
     db: sqlite3.Connection, changes: Iterable[tuple[str | None, int]], at: float
 ) -> None:
-    """`log_changes` with a worker per task: ``(worker, task id)`` pairs."""
-    db.executemany(_LOG, [(at, worker, i) for worker, i in changes])
+    """`log_changes` with a worker per task: ``(worker, task id)`` pairs. Several go in
+    one statement (``log_events``), a single one as it is."""
+    rows = changes if isinstance(changes, list) else list(changes)
+    if len(rows) == 1:
+        worker, task_id = rows[0]
+        db.execute(_LOG, (at, worker, task_id))
+    elif rows:
+        db.execute(_LOG_MANY, (codec.dumps(rows), at))

@@ -8,6 +8,18 @@ INSERT INTO attempts (task_id, attempt, worker, outcome, started_at, finished_at
                       waited, error)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9);
 
+-- name: insert_attempts
+-- `insert_attempt` for a whole batch in one statement: ?1 is a JSON array of rows in
+-- `insert_attempt`'s order (error: its JSON text as a string, or null).
+INSERT INTO attempts (task_id, attempt, worker, outcome, started_at, finished_at, running,
+                      waited, error)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+       json_extract(value, '$[6]'), json_extract(value, '$[7]'),
+       CAST(json_extract(value, '$[8]') AS BLOB)
+FROM json_each(?1)
+ORDER BY key;
+
 -- name: attempts_of
 SELECT attempt, worker, outcome, started_at, finished_at, running, waited, error
 FROM attempts WHERE task_id = :task_id ORDER BY started_at, id;

@@ -9,6 +9,22 @@ INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, n
                    tenant, input_hash, needs)
 VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?);
 
+-- name: insert_tasks
+-- Many tasks without keys in one statement (the hot path's submit): ?1 is a JSON array
+-- with a row per task, [agent, input (its JSON text, as a string), session, priority,
+-- max_attempts, not_before, tenant, needs]; ?2 created_at. One statement runs the whole
+-- batch inside SQLite: executemany steps once per row, and the driver lets go of the GIL
+-- and takes it back at each step (see benchmarks/sql_per_row.py). Ids are consecutive,
+-- in the array's order.
+INSERT INTO tasks (agent, input, session, priority, status, max_attempts, not_before,
+                   created_at, tenant, needs)
+SELECT json_extract(value, '$[0]'), CAST(json_extract(value, '$[1]') AS BLOB),
+       json_extract(value, '$[2]'), json_extract(value, '$[3]'), 'queued',
+       json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2,
+       json_extract(value, '$[6]'), json_extract(value, '$[7]')
+FROM json_each(?1)
+ORDER BY key;
+
 -- name: tasks_by_keys
 SELECT key, id, status, input_hash FROM tasks WHERE key IN (SELECT value FROM json_each(:keys));
 
@@ -74,6 +90,46 @@ SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE 
     usage = coalesce(?10, usage),
     isolate = 0
 WHERE id = ?7 AND attempt = ?8 AND lease_owner = ?9 AND status = 'running';
+
+-- name: complete_many
+-- `complete` for a whole batch in one statement: ?1 is a JSON array with a row per
+-- completion, [status, output, error, not_before, uncount, finished_at, id, attempt,
+-- owner, usage] (output, error and usage: their JSON text as strings, or null). Fenced
+-- like `complete`; the caller compares the count of changed rows with the batch's.
+UPDATE tasks
+SET status = CASE WHEN tasks.cancel_requested AND c.status = 'queued' THEN 'cancelled'
+                  ELSE c.status END,
+    output = c.output,
+    error = coalesce(c.error, tasks.error),
+    not_before = c.not_before,
+    attempt = tasks.attempt - c.uncount,
+    lease_owner = NULL, lease_expires = NULL,
+    finished_at = c.finished_at,
+    usage = coalesce(c.usage, tasks.usage),
+    isolate = 0
+FROM (
+    SELECT json_extract(value, '$[0]') AS status,
+           CAST(json_extract(value, '$[1]') AS BLOB) AS output,
+           CAST(json_extract(value, '$[2]') AS BLOB) AS error,
+           json_extract(value, '$[3]') AS not_before,
+           json_extract(value, '$[4]') AS uncount,
+           json_extract(value, '$[5]') AS finished_at,
+           json_extract(value, '$[6]') AS id,
+           json_extract(value, '$[7]') AS attempt,
+           json_extract(value, '$[8]') AS owner,
+           CAST(json_extract(value, '$[9]') AS BLOB) AS usage
+    FROM json_each(?1)
+) AS c
+WHERE tasks.id = c.id AND tasks.attempt = c.attempt AND tasks.lease_owner = c.owner
+  AND tasks.status = 'running';
+
+-- name: log_events
+-- `log_event` for many tasks in one statement: ?1 is a JSON array of [worker, task id]
+-- rows (worker: whose lease the change ended, or null), ?2 the time. In the array's order.
+INSERT INTO events (task_id, at, status, attempt, worker)
+SELECT t.id, ?2, t.status, t.attempt, json_extract(j.value, '$[0]')
+FROM json_each(?1) AS j JOIN tasks AS t ON t.id = json_extract(j.value, '$[1]')
+ORDER BY j.key;
 
 -- name: log_event
 -- The change feed (see 0014_hot_path.sql): every statement that changes a task's status
