@@ -32,24 +32,24 @@ RETURNING task_id, event, route, request, fallback_at, job, state;
 -- A call given up: gone if it was not sent yet, else kept as dropped until its job is
 -- polled (a job whose calls were all dropped is cancelled).
 DELETE FROM llm_batch_calls AS b
-USING unnest(%(task_ids)s::bigint[], %(events)s::text[]) AS gone (task_id, event)
+USING unnest(%(task_ids)b::bigint[], %(events)b::text[]) AS gone (task_id, event)
 WHERE b.task_id = gone.task_id AND b.event = gone.event AND b.state IN ('pending', 'claimed');
 
 -- name: batch_drop
 UPDATE llm_batch_calls AS b SET state = 'dropped'
-FROM unnest(%(task_ids)s::bigint[], %(events)s::text[]) AS gone (task_id, event)
+FROM unnest(%(task_ids)b::bigint[], %(events)b::text[]) AS gone (task_id, event)
 WHERE b.task_id = gone.task_id AND b.event = gone.event AND b.state = 'sent';
 
 -- name: batch_delete
 DELETE FROM llm_batch_calls AS b
-USING unnest(%(task_ids)s::bigint[], %(events)s::text[]) AS gone (task_id, event)
+USING unnest(%(task_ids)b::bigint[], %(events)b::text[]) AS gone (task_id, event)
 WHERE b.task_id = gone.task_id AND b.event = gone.event;
 
 -- name: batch_lock_tasks
-SELECT id, status FROM tasks WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE;
+SELECT id, status FROM tasks WHERE id = ANY(%(ids)b::bigint[]) ORDER BY id FOR UPDATE;
 
 -- name: batch_signals
 INSERT INTO signals (task_id, event, data, created_at)
 SELECT task_id, event, data, %(now)s
-FROM unnest(%(task_ids)s::bigint[], %(events)s::text[], %(data)s::bytea[])
+FROM unnest(%(task_ids)b::bigint[], %(events)b::text[], %(data)b::bytea[])
     AS answer (task_id, event, data);

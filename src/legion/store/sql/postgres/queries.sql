@@ -1,5 +1,6 @@
 -- Named queries of the PostgreSQL store. Each starts with a "-- name:" line.
--- Parameters are named (%(param)s; %(param)b sends bytea arrays in binary, without escaping).
+-- Parameters are named (%(param)s; %(param)b sends arrays in binary: psycopg builds a text
+-- array literal in Python, element by element, at 0.6-4.7 µs an element against ~0.2).
 -- Batches travel as one array per column and are unpacked with unnest(): one statement and
 -- one round trip for a whole batch.
 
@@ -36,9 +37,9 @@ INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, n
                    tenant, input_hash, needs)
 SELECT agent, input, key, session, priority, 'queued', max_attempts, not_before, %(now)s,
        tenant, input_hash, needs::jsonb
-FROM unnest(%(agent)s::text[], %(input)b::bytea[], %(key)s::text[], %(session)s::text[],
-            %(priority)s::integer[], %(max_attempts)s::integer[], %(not_before)s::float8[],
-            %(tenant)s::text[], %(input_hash)b::bytea[], %(needs)s::text[])
+FROM unnest(%(agent)b::text[], %(input)b::bytea[], %(key)b::text[], %(session)b::text[],
+            %(priority)b::integer[], %(max_attempts)b::integer[], %(not_before)b::float8[],
+            %(tenant)b::text[], %(input_hash)b::bytea[], %(needs)b::text[])
      WITH ORDINALITY AS t(agent, input, key, session, priority, max_attempts, not_before,
                           tenant, input_hash, needs, ord)
 ORDER BY ord
@@ -46,7 +47,7 @@ ON CONFLICT (key) DO NOTHING
 RETURNING id, key;
 
 -- name: tasks_by_keys
-SELECT key, id, status, input_hash FROM tasks WHERE key = ANY(%(keys)s::text[]);
+SELECT key, id, status, input_hash FROM tasks WHERE key = ANY(%(keys)b::text[]);
 
 -- name: lease
 -- SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
@@ -78,7 +79,7 @@ SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
     lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
 FROM (
     SELECT id FROM tasks
-    WHERE status = 'queued' AND isolate AND agent = ANY(%(agents)s::text[])
+    WHERE status = 'queued' AND isolate AND agent = ANY(%(agents)b::text[])
       AND not_before <= %(now)s
       AND (needs IS NULL OR NOT EXISTS (
           SELECT 1 FROM jsonb_each_text(needs) AS n
@@ -91,7 +92,7 @@ WHERE t.id = picked.id
 RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t.priority,
     t.tenant;
 -- name: replayed_steps
-SELECT task_id, key, output FROM steps WHERE task_id = ANY(%(ids)s::bigint[]);
+SELECT task_id, key, output FROM steps WHERE task_id = ANY(%(ids)b::bigint[]);
 -- name: complete
 -- Fenced: a completion applies only while its worker still holds lease number `attempt`.
 -- Each one that applies also records its attempt (0013_attempts.sql), in this statement.
@@ -107,11 +108,11 @@ WITH done AS (
         finished_at = c.finished_at,
         usage = coalesce(c.usage, t.usage),
         isolate = false
-    FROM unnest(%(status)s::text[], %(output)b::bytea[], %(error)b::bytea[], %(not_before)s::float8[],
-                %(uncount)s::integer[], %(finished_at)s::float8[], %(id)s::bigint[],
-                %(attempt)s::integer[], %(owner)s::text[], %(usage)b::bytea[],
-                %(outcome)s::text[], %(started)s::float8[], %(ended)s::float8[],
-                %(running)s::float8[], %(waited)s::float8[])
+    FROM unnest(%(status)b::text[], %(output)b::bytea[], %(error)b::bytea[], %(not_before)b::float8[],
+                %(uncount)b::integer[], %(finished_at)b::float8[], %(id)b::bigint[],
+                %(attempt)b::integer[], %(owner)b::text[], %(usage)b::bytea[],
+                %(outcome)b::text[], %(started)b::float8[], %(ended)b::float8[],
+                %(running)b::float8[], %(waited)b::float8[])
          WITH ORDINALITY
          AS c(status, output, error, not_before, uncount, finished_at, id, attempt, owner, usage,
               outcome, started, ended, running, waited, ord)
@@ -132,16 +133,16 @@ SELECT ord FROM done;
 -- for those whose cancellation was asked (so it is seen at every step, not only at the
 -- heartbeat); the other fenced writes answer the same.
 WITH w AS (
-    SELECT * FROM unnest(%(task_id)s::bigint[], %(key)s::text[], %(attempt)s::integer[],
-                         %(owner)s::text[], %(output)b::bytea[], %(started_at)s::float8[],
-                         %(finished_at)s::float8[])
+    SELECT * FROM unnest(%(task_id)b::bigint[], %(key)b::text[], %(attempt)b::integer[],
+                         %(owner)b::text[], %(output)b::bytea[], %(started_at)b::float8[],
+                         %(finished_at)b::float8[])
                   AS w(task_id, key, attempt, owner, output, started_at, finished_at)
 ),
 live AS (
     -- The leases these writes come from that still hold, locked (shared) until the
     -- commit: a reclaim or a lease cannot take them in between.
     SELECT t.id, t.cancel_requested FROM tasks AS t
-    WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
+    WHERE t.id = ANY(%(task_id)b::bigint[]) AND t.status = 'running'
       AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
     ORDER BY t.id
     FOR SHARE
@@ -158,15 +159,15 @@ UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- A write made by a task (task_id not NULL) is fenced by its lease, like a step; answers
 -- the tasks whose lease was lost.
 WITH w AS (
-    SELECT * FROM unnest(%(session)s::text[], %(key)s::text[], %(value)b::bytea[],
-                         %(task_id)s::bigint[], %(attempt)s::integer[], %(owner)s::text[])
+    SELECT * FROM unnest(%(session)b::text[], %(key)b::text[], %(value)b::bytea[],
+                         %(task_id)b::bigint[], %(attempt)b::integer[], %(owner)b::text[])
                   AS w(session, key, value, task_id, attempt, owner)
 ),
 live AS (
     -- The leases these writes come from that still hold, locked (shared) until the
     -- commit: a reclaim or a lease cannot take them in between.
     SELECT t.id, t.cancel_requested FROM tasks AS t
-    WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
+    WHERE t.id = ANY(%(task_id)b::bigint[]) AND t.status = 'running'
       AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
     ORDER BY t.id
     FOR SHARE
@@ -182,15 +183,15 @@ WHERE task_id IS NOT NULL AND task_id NOT IN (SELECT id FROM live)
 UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: delete_memory
 WITH w AS (
-    SELECT * FROM unnest(%(session)s::text[], %(key)s::text[], %(task_id)s::bigint[],
-                         %(attempt)s::integer[], %(owner)s::text[])
+    SELECT * FROM unnest(%(session)b::text[], %(key)b::text[], %(task_id)b::bigint[],
+                         %(attempt)b::integer[], %(owner)b::text[])
                   AS w(session, key, task_id, attempt, owner)
 ),
 live AS (
     -- The leases these writes come from that still hold, locked (shared) until the
     -- commit: a reclaim or a lease cannot take them in between.
     SELECT t.id, t.cancel_requested FROM tasks AS t
-    WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
+    WHERE t.id = ANY(%(task_id)b::bigint[]) AND t.status = 'running'
       AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
     ORDER BY t.id
     FOR SHARE
@@ -217,7 +218,7 @@ SELECT key, value FROM memory WHERE session = %(session)s ORDER BY key;
 UPDATE tasks SET lease_expires = legion_now() + %(seconds)s
 WHERE id IN (
     SELECT id FROM tasks
-    WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND status = 'running'
+    WHERE id = ANY(%(ids)b::bigint[]) AND lease_owner = %(owner)s AND status = 'running'
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id, cancel_requested;
@@ -225,7 +226,7 @@ RETURNING id, cancel_requested;
 -- name: held_leases
 -- Which of these tasks are still leased to the worker (read without waiting on locks).
 SELECT id, cancel_requested FROM tasks
-WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND status = 'running';
+WHERE id = ANY(%(ids)b::bigint[]) AND lease_owner = %(owner)s AND status = 'running';
 
 -- name: release_unheld
 -- After a lease call whose answer was lost: rows leased to the worker that it does not run
@@ -234,7 +235,7 @@ UPDATE tasks
 SET status = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_expires = NULL
 WHERE id IN (
     SELECT id FROM tasks
-    WHERE lease_owner = %(owner)s AND status = 'running' AND NOT id = ANY(%(keep)s::bigint[])
+    WHERE lease_owner = %(owner)s AND status = 'running' AND NOT id = ANY(%(keep)b::bigint[])
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id;
@@ -254,7 +255,7 @@ WITH r AS (
             WHERE o.lease_owner = x.lease_owner AND o.status = 'running') = 1 AS alone
     FROM tasks AS x
     WHERE status = 'running'
-      AND (lease_expires < legion_now() OR lease_owner = ANY(%(dead_owners)s::text[]))
+      AND (lease_expires < legion_now() OR lease_owner = ANY(%(dead_owners)b::text[]))
     FOR UPDATE SKIP LOCKED
 ), u AS (
     UPDATE tasks AS t
@@ -299,7 +300,7 @@ SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = false, cr
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
 WHERE id IN (
     SELECT id FROM tasks
-    WHERE status = ANY(%(statuses)s::text[]) AND (%(agent)s::text IS NULL OR agent = %(agent)s)
+    WHERE status = ANY(%(statuses)b::text[]) AND (%(agent)s::text IS NULL OR agent = %(agent)s)
       AND id > %(after)s
     ORDER BY id
     LIMIT %(limit)s
@@ -324,12 +325,12 @@ FROM tasks WHERE id = %(id)s;
 -- name: get_tasks
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
        created_at, started_at, finished_at, lease_owner, usage, tenant
-FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+FROM tasks WHERE id = ANY(%(ids)b::bigint[]);
 
 -- name: find_keys
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
        created_at, started_at, finished_at, lease_owner, usage, tenant
-FROM tasks WHERE key = ANY(%(keys)s::text[]);
+FROM tasks WHERE key = ANY(%(keys)b::text[]);
 
 -- name: counts
 SELECT status, count(*) FROM tasks GROUP BY status;
@@ -406,7 +407,7 @@ SELECT id, agent, key, session, status, attempt, max_attempts, NULL::bytea, NULL
 FROM tasks
 WHERE id < coalesce(%(before)s::bigint, 9223372036854775807)
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s::text)
-  AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
+  AND (%(statuses)b::text[] IS NULL OR status = ANY(%(statuses)b::text[]))
   AND (%(agent)s::text IS NULL OR agent = %(agent)s::text)
   AND (%(created_from)s::float8 IS NULL OR created_at >= %(created_from)s::float8)
   AND (%(created_to)s::float8 IS NULL OR created_at < %(created_to)s::float8)
@@ -438,15 +439,15 @@ UPDATE api_keys SET revoked_at = coalesce(revoked_at, %(now)s) WHERE id = %(id)s
 -- name: insert_diagnostics
 -- Fenced by the attempt's lease, like a step.
 WITH w AS (
-    SELECT * FROM unnest(%(task_id)s::bigint[], %(attempt)s::integer[], %(owner)s::text[],
-                         %(agent)s::text[], %(kind)s::text[], %(data)b::bytea[])
+    SELECT * FROM unnest(%(task_id)b::bigint[], %(attempt)b::integer[], %(owner)b::text[],
+                         %(agent)b::text[], %(kind)b::text[], %(data)b::bytea[])
                   AS w(task_id, attempt, owner, agent, kind, data)
 ),
 live AS (
     -- The leases these writes come from that still hold, locked (shared) until the
     -- commit: a reclaim or a lease cannot take them in between.
     SELECT t.id, t.cancel_requested FROM tasks AS t
-    WHERE t.id = ANY(%(task_id)s::bigint[]) AND t.status = 'running'
+    WHERE t.id = ANY(%(task_id)b::bigint[]) AND t.status = 'running'
       AND (t.id, t.attempt, t.lease_owner) IN (SELECT task_id, attempt, owner FROM w)
     ORDER BY t.id
     FOR SHARE

@@ -11,15 +11,15 @@
 UPDATE tasks AS t
 SET wait_event = w.event, wait_count = w.count, wait_children = w.children,
     wake_at = w.wake_at, wait_info = w.info
-FROM unnest(%(id)s::bigint[], %(event)s::text[], %(count)s::integer[], %(children)s::integer[],
-            %(wake_at)s::float8[], %(info)b::bytea[])
+FROM unnest(%(id)b::bigint[], %(event)b::text[], %(count)b::integer[], %(children)b::integer[],
+            %(wake_at)b::float8[], %(info)b::bytea[])
      AS w(id, event, count, children, wake_at, info)
 WHERE t.id = w.id AND t.status = 'waiting';
 
 -- name: lock_parents
 -- Parents are locked in id order (one order for every writer).
 SELECT id FROM tasks
-WHERE id IN (SELECT parent_id FROM tasks WHERE id = ANY(%(ids)s::bigint[]) AND parent_id IS NOT NULL)
+WHERE id IN (SELECT parent_id FROM tasks WHERE id = ANY(%(ids)b::bigint[]) AND parent_id IS NOT NULL)
 ORDER BY id FOR UPDATE;
 
 -- name: wake_ready
@@ -28,7 +28,7 @@ ORDER BY id FOR UPDATE;
 UPDATE tasks AS t
 SET status = 'queued', not_before = 0, wait_event = NULL, wait_count = 0, wait_children = NULL,
     wake_at = NULL, wait_info = NULL
-WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'waiting'
+WHERE t.id = ANY(%(ids)b::bigint[]) AND t.status = 'waiting'
   AND ((t.wake_at IS NOT NULL AND t.wake_at <= %(now)s)
        OR (t.wait_event IS NOT NULL
            AND (SELECT count(*) FROM signals AS s
@@ -46,7 +46,7 @@ UPDATE tasks AS t
 SET status = 'queued', not_before = 0, wait_event = NULL, wait_count = 0, wait_children = NULL,
     wake_at = NULL, wait_info = NULL
 FROM (SELECT DISTINCT parent_id FROM tasks
-      WHERE id = ANY(%(ids)s::bigint[]) AND parent_id IS NOT NULL) AS p
+      WHERE id = ANY(%(ids)b::bigint[]) AND parent_id IS NOT NULL) AS p
 WHERE t.id = p.parent_id AND t.status = 'waiting' AND t.wait_children IS NOT NULL
   AND (SELECT count(*) FROM tasks AS c
        WHERE c.parent_id = t.id
@@ -77,7 +77,7 @@ SELECT data FROM signals WHERE task_id = %(task_id)s AND event = %(event)s
 ORDER BY id LIMIT 1 OFFSET %(skip)s;
 
 -- name: set_parent
-UPDATE tasks SET parent_id = %(parent)s WHERE id = ANY(%(ids)s::bigint[]) AND parent_id IS NULL;
+UPDATE tasks SET parent_id = %(parent)s WHERE id = ANY(%(ids)b::bigint[]) AND parent_id IS NULL;
 
 -- name: children_of
 SELECT id, key, status, output, error FROM tasks WHERE parent_id = %(parent)s ORDER BY id;
