@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
 from legion.store.queries import queries
 from legion.store.sqlite import SQLiteStore
 
@@ -73,13 +75,17 @@ def _store(folder: Path) -> sqlite3.Connection:
     return db
 
 
-def _run(db: sqlite3.Connection, n: int, schema: int) -> dict[str, float]:
+def _run(db: sqlite3.Connection, n: int, schema: int, one: bool) -> dict[str, float]:
     cpu: dict[str, float] = {}
     t0 = time.process_time()
     for _ in range(0, n, 5000):
         db.execute("BEGIN IMMEDIATE")
-        row = ("a", b"1", None, None, 0, 1, 0.0, 1.0, "default", None, None)
-        db.executemany(Q["insert_task"], [row] * 5000)
+        if one:
+            rows = [("a", "1", None, 0, 1, 0.0, "default", None)] * 5000
+            db.execute(Q["insert_tasks"], (orjson.dumps(rows), 1.0))
+        else:
+            row = ("a", b"1", None, None, 0, 1, 0.0, 1.0, "default", None, None)
+            db.executemany(Q["insert_task"], [row] * 5000)
         db.execute("COMMIT")
     cpu["insert"] = time.process_time() - t0
     ids: list[int] = []
@@ -98,14 +104,21 @@ def _run(db: sqlite3.Connection, n: int, schema: int) -> dict[str, float]:
     for lo in range(0, len(ids), 1000):
         chunk = ids[lo : lo + 1000]
         db.execute("BEGIN IMMEDIATE")
-        done = [("succeeded", b"1", None, 0.0, 0, 3.0, i, 1, "w", None) for i in chunk]
         db.execute("SAVEPOINT completions")  # as the store does (see SQLiteStore._write)
-        db.executemany(Q["complete"], done)
-        db.execute("RELEASE completions")
-        if schema >= 14:
-            db.executemany(Q["log_event"], [(3.0, "w", i) for i in chunk])
         attempts = [(i, 1, "w", "succeeded", 2.0, 3.0, 1.0, 0.0, None) for i in chunk]
-        db.executemany(Q["insert_attempt"], attempts)
+        if one:
+            done = [("succeeded", "1", None, 0.0, 0, 3.0, i, 1, "w", None) for i in chunk]
+            db.execute(Q["complete_many"], (orjson.dumps(done),))
+            db.execute("RELEASE completions")
+            db.execute(Q["log_events"], (orjson.dumps([("w", i) for i in chunk]), 3.0))
+            db.execute(Q["insert_attempts"], (orjson.dumps(attempts),))
+        else:
+            done = [("succeeded", b"1", None, 0.0, 0, 3.0, i, 1, "w", None) for i in chunk]
+            db.executemany(Q["complete"], done)
+            db.execute("RELEASE completions")
+            if schema >= 14:
+                db.executemany(Q["log_event"], [(3.0, "w", i) for i in chunk])
+            db.executemany(Q["insert_attempt"], attempts)
         db.execute("COMMIT")
     cpu["write"] = time.process_time() - t0
     return {k: v / n * 1e6 for k, v in cpu.items()}
@@ -116,6 +129,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--schema", type=int, choices=(13, 14), default=14)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--statements",
+        choices=("one", "many"),
+        default="one",
+        help="one: a statement per batch over a JSON array (today's); many: executemany",
+    )
     args = parser.parse_args()
     best: dict[str, float] = {}
     for _ in range(args.repeat):
@@ -124,11 +143,12 @@ def main() -> None:
             if args.schema == 13:
                 for statement in SCHEMA_13:
                     db.execute(statement)
-            for k, v in _run(db, args.tasks, args.schema).items():
+            one = args.statements == "one" and args.schema >= 14
+            for k, v in _run(db, args.tasks, args.schema, one).items():
                 best[k] = min(best.get(k, v), v)
             db.close()
     parts = ", ".join(f"{k} {v:.1f}" for k, v in best.items())
-    print(f"schema {args.schema}: {parts} us a task ({sum(best.values()):.1f} in all)")
+    print(f"schema {args.schema}, statements {args.statements}: {parts} us a task ({sum(best.values()):.1f} in all)")
 
 
 if __name__ == "__main__":

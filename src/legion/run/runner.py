@@ -111,23 +111,43 @@ class Instance:
             self.task.cancel()
 
 
-async def run_instance(
-    instance: Instance,
-    *,
-    owner: str,
-    store: ContextStore,
-    journal: Journal,
-    clock: Clock,
-    rng: random.Random,
-    llm: LLMClient | None = None,
-    executor: Executor | None = None,
-    strict: bool = False,
-    before_step: BeforeStep | None = None,
-) -> None:
-    """Run one attempt to its end and hand the outcome to the journal; never raises.
+class Services:
+    """What every instance of one worker runs with: made once per worker, so that starting
+    an instance passes one object rather than a dozen arguments.
 
     ``strict``: a step or call the agent never awaited fails the task (by default it is
-    reported on the task and the task goes on).
+    reported on the task and the task goes on). ``before_step``: asked before each step
+    runs (see `legion.context.BeforeStep`).
+    """
+
+    __slots__ = ("before_step", "clock", "journal", "llm", "owner", "rng", "store", "strict")
+
+    def __init__(
+        self,
+        *,
+        owner: str,
+        store: ContextStore,
+        journal: Journal,
+        clock: Clock,
+        rng: random.Random,
+        llm: LLMClient | None = None,
+        strict: bool = False,
+        before_step: BeforeStep | None = None,
+    ) -> None:
+        self.owner = owner
+        self.store = store
+        self.journal = journal
+        self.clock = clock
+        self.rng = rng
+        self.llm = llm
+        self.strict = strict
+        self.before_step = before_step
+
+
+async def run_instance(
+    instance: Instance, services: Services, executor: Executor | None = None
+) -> None:
+    """Run one attempt to its end and hand the outcome to the journal; never raises.
 
     ``executor`` runs the agent's code elsewhere (a subprocess, a Ray cluster); by
     default it runs right here, in this task.
@@ -136,15 +156,16 @@ async def run_instance(
     stopped for it) ends without a completion: the lease is someone else's now.
     """
     lease, agent = instance.lease, instance.agent
+    owner, journal, clock = services.owner, services.journal, services.clock
     ctx = Context(
         agent.name,
         lease,
-        store=store,
+        store=services.store,
         journal=journal,
         clock=clock,
-        llm=llm,
+        llm=services.llm,
         owner=owner,
-        before_step=before_step,
+        before_step=services.before_step,
     )
     tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
     # Waits for capacity report to this attempt's time; an LLM call asks it how long it
@@ -198,7 +219,7 @@ async def run_instance(
     finished = clock.wall()
     usage = ctx.usage.to_json()
     found = _look_back(instance, ctx)
-    if strict and error is None and any(d.kind is Kind.UNAWAITED for d in found):
+    if services.strict and error is None and any(d.kind is Kind.UNAWAITED for d in found):
         error = UnawaitedWork(
             "; ".join(d.message for d in found if d.kind is Kind.UNAWAITED) + " (--strict)"
         )
@@ -218,7 +239,16 @@ async def run_instance(
         if getattr(error, "fatal", False):
             instance.fatal = error
         done = _failure(
-            lease, owner, agent, error, started, finished, rng, usage, instance.time, tuple(found)
+            lease,
+            owner,
+            agent,
+            error,
+            started,
+            finished,
+            services.rng,
+            usage,
+            instance.time,
+            tuple(found),
         )
     journal.complete(lease, done)
 

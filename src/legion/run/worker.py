@@ -48,7 +48,7 @@ from legion.errors import ConfigError
 from legion.journal import Committed, Journal
 from legion.run.freeze import FreezeGuard
 from legion.run.route_meter import RouteMeter
-from legion.run.runner import Instance, StopReason, run_instance
+from legion.run.runner import Instance, Services, StopReason, run_instance
 from legion.run.upkeep import Upkeep, ended, rss_mb
 from legion.stats import Counters, Statistics
 from legion.store.base import Store
@@ -156,6 +156,16 @@ class Worker(Upkeep):
         self._listener = on_committed
         self._counters = Counters()
         self._rng = random.Random(seed)
+        self._services = Services(
+            owner=self.id,
+            store=self.store,
+            journal=self._journal,
+            clock=self._clock,
+            rng=self._rng,
+            llm=self.llm,
+            strict=self.config.strict,
+            before_step=self._before_step,
+        )
         self._turn = 0
         self._wake = asyncio.Event()
         self._urgent = 0  # raised-priority tasks queued here, leased past admission
@@ -556,25 +566,19 @@ class Worker(Upkeep):
         self._counters.leased += 1
         # asyncio.Task, not loop.create_task: the loop's task factory (task ownership for
         # the diagnostics) is for tasks the agents create, and costs on every call.
-        inst.task = asyncio.Task(
-            run_instance(
-                inst,
-                owner=self.id,
-                store=self.store,
-                journal=self._journal,
-                clock=self._clock,
-                rng=self._rng,
-                llm=self.llm,
-                executor=self._executor_for(agent),
-                strict=self.config.strict,
-                before_step=self._before_step,
-            ),
+        task = inst.task = asyncio.Task(
+            run_instance(inst, self._services, self._executor_for(agent)),
             loop=self._loop,
             name=f"legion-task-{lease.id}",
         )
-        self._by_task[inst.task] = inst
-        inst.task.add_done_callback(functools.partial(self._finished, inst))
+        self._by_task[task] = inst
+        task.add_done_callback(self._task_done)
         return inst
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        inst = self._by_task.get(task)
+        if inst is not None:
+            self._finished(inst, task)
 
     def _executor_for(self, agent: Agent) -> Executor | None:
         name = self._executor_override or agent.options.executor
