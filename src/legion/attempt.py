@@ -111,7 +111,9 @@ class AttemptTime:
 
     def running(self) -> float:
         """Seconds spent running so far: all the time since the start, less the waits."""
-        return max(0.0, self._now() - self.started - self.waited())
+        now = self._now()
+        waited = self._waited + (now - self._since if self._waits else 0.0)
+        return max(0.0, now - self.started - waited)
 
     def remaining(self) -> float | None:
         """Seconds this attempt may still run before its timeout or its deadline

@@ -133,17 +133,17 @@ class Delivery:
             if not status.terminal:  # back to the queue: not a result yet
                 continue
             comp = c.completion
-            result = TaskResult(
-                id=comp.id,
-                key=c.lease.key,
-                status=status,
-                output=codec.loads(comp.output) if comp.output is not None else None,
-                error=comp.error,
-                attempt=comp.attempt,
-                started_at=comp.started_at,
-                finished_at=comp.finished_at,
-                usage=codec.loads(comp.usage) if comp.usage is not None else None,
-                diagnostics=comp.diagnostics,
+            result = TaskResult(  # (positional: one per finished task)
+                comp.id,
+                c.lease.key,
+                status,
+                codec.loads(comp.output) if comp.output is not None else None,
+                comp.error,
+                comp.attempt,
+                comp.started_at,
+                comp.finished_at,
+                codec.loads(comp.usage) if comp.usage is not None else None,
+                comp.diagnostics,
             )
             self._remember(comp.id)
             for deliver in self._waiters.pop(comp.id, ()):

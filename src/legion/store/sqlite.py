@@ -318,7 +318,6 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
         lowest: int,
     ) -> list[Lease]:
         rows: list[Any] = []
-        sql = Q["lease"]
         for agent, want in wants.items():
             limit = min(want, total - len(rows))
             if limit <= 0:
@@ -332,7 +331,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
                 "offer": offer,
                 "min_priority": lowest,
             }
-            rows.extend(db.execute(sql, params).fetchall())
+            rows.extend(_lease_agent(db, params))
         return _with_steps(db, rows)
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
@@ -817,6 +816,24 @@ def _requeue(db: sqlite3.Connection, query: str, params: dict[str, Any], now: fl
     ids = [r[0] for r in db.execute(Q[query], params).fetchall()]
     log_changes(db, ids, now)
     return len(ids)
+
+
+def _lease_agent(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
+    """Lease tasks of one agent: rows in the order of `lease`'s RETURNING (input as
+    bytes), by `lease_pick` and `lease_take` (a step each)."""
+    (picked,) = db.execute(Q["lease_pick"], params).fetchone()
+    try:
+        rows = codec.loads(picked)
+    except codec.JSONDecodeError:  # an input that is not UTF-8 text (not seen): row by row
+        return db.execute(Q["lease"], params).fetchall()
+    if rows:
+        taken = codec.dumps([r[0] for r in rows]).decode()
+        changed = db.execute(Q["lease_take"], {**params, "ids": taken}).rowcount
+        if changed != len(rows):  # (one transaction holds the write lock: not seen)
+            raise StoreError(f"leased {changed} of the {len(rows)} tasks picked")
+        for r in rows:
+            r[2] = r[2].encode()
+    return rows
 
 
 def _with_steps(db: sqlite3.Connection, rows: Sequence[Any]) -> list[Lease]:

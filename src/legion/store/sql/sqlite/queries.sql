@@ -48,6 +48,34 @@ WHERE id IN (
 )
 RETURNING id, agent, input, key, session, attempt, max_attempts, priority, tenant;
 
+-- name: lease_pick
+-- `lease` in two statements of one step each (in one transaction): this one picks the
+-- tasks, as one JSON array of [id, agent, input (as text), key, session, attempt (the
+-- lease's: one more), max_attempts, priority, tenant] rows; `lease_take` leases them.
+-- `lease`'s RETURNING hands back a row per step, and the driver lets go of the GIL and
+-- takes it back at each: under a busy event loop, leasing 1,000 tasks took ~50 ms.
+SELECT json_group_array(json_array(id, agent, CAST(input AS TEXT), key, session,
+                                   attempt + 1, max_attempts, priority, tenant))
+FROM (
+    SELECT id, agent, input, key, session, attempt, max_attempts, priority, tenant
+    FROM tasks
+    WHERE status = 'queued' AND agent = :agent AND not_before <= :now AND NOT isolate
+      AND priority >= :min_priority
+      AND (needs IS NULL OR NOT EXISTS (
+          SELECT 1 FROM json_each(needs) AS n
+          WHERE n.value > coalesce((SELECT o.value FROM json_each(:offer) AS o
+                                    WHERE o.key = n.key), 0)))
+    ORDER BY priority DESC, id
+    LIMIT :limit
+);
+
+-- name: lease_take
+-- The tasks `lease_pick` picked (:ids, a JSON array), leased.
+UPDATE tasks
+SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
+    lease_expires = :until, started_at = :now, finished_at = NULL
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'queued';
+
 -- name: lease_isolated
 -- One task to run alone (taken back from a worker that stopped while running it with others).
 UPDATE tasks
