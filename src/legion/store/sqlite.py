@@ -895,11 +895,14 @@ def _many(
     steps once per row, letting go of the GIL and taking it back at each step."""
     if not rows:
         return 0
+    text: list[list[Any]] = []
     try:
-        text = [
-            tuple(v.decode() if i in blobs and v is not None else v for i, v in enumerate(r))
-            for r in rows
-        ]
+        for row in rows:
+            as_text = list(row)
+            for i in blobs:
+                if as_text[i] is not None:
+                    as_text[i] = as_text[i].decode()
+            text.append(as_text)
     except UnicodeDecodeError:  # (JSON is UTF-8: not seen, but not lost either)
         return db.executemany(Q[single], rows).rowcount
     return db.execute(Q[batched], (codec.dumps(text),)).rowcount
