@@ -133,7 +133,10 @@ async def test_the_shipped_example_runs_clean(
     lines = (ROOT / "examples" / "questions.jsonl").read_text().splitlines()
     inputs = [json.loads(line) for line in lines if line.strip()]
     caplog.set_level(logging.WARNING, logger="legion")
-    async with Runtime(f"sqlite:///{tmp_path / 'example.db'}", llm="sim") as rt:
+    # (The lag mark out of reach: a machine busy with other work can stall the loop, and
+    # the worker would rightly say so; this test is about the reports on the agent.)
+    url = f"sqlite:///{tmp_path / 'example.db'}"
+    async with Runtime(url, llm="sim", max_loop_lag=3600) as rt:
         results = [r async for r in rt.map(agent, inputs)]
         stored = await rt.store.diagnostics(limit=1000)
     assert [r.status for r in results] == ["succeeded"] * len(inputs)
