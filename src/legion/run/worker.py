@@ -262,12 +262,13 @@ class Worker(Upkeep):
         self._loop = asyncio.get_running_loop()
         if self.config.watchdog:
             tracking.install(self._loop)
-            self._watchdog.start()
         await self._register()
         self._confirmed_at = self._clock.monotonic()  # no lease is held yet
         for executor in self.executors.values():
             await executor.start()
         heap.settle()  # full collections skip what start-up made (see legion.heap)
+        if self.config.watchdog:  # (after the collection: it is start-up, not lag)
+            self._watchdog.start()
         journal = asyncio.create_task(self._journal.run(), name="legion-journal")
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="legion-heartbeat"),
