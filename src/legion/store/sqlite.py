@@ -341,21 +341,12 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
     def _write(db: sqlite3.Connection, batch: WriteBatch, now: float) -> list[bool]:
         live = _fence(db, batch)
         if batch.steps:
-            db.executemany(
-                Q["insert_step"],
-                [
-                    {
-                        "task_id": s.task_id,
-                        "key": s.key,
-                        "attempt": s.attempt,
-                        "output": s.output,
-                        "started_at": s.started_at,
-                        "finished_at": s.finished_at,
-                    }
-                    for s in batch.steps
-                    if (s.task_id, s.attempt, s.owner) in live
-                ],
-            )
+            steps = [
+                (s.task_id, s.key, s.attempt, s.output, s.started_at, s.finished_at)
+                for s in batch.steps
+                if (s.task_id, s.attempt, s.owner) in live
+            ]
+            _many(db, "insert_steps", "insert_step", steps, (3,))
         for m in batch.memory:
             if m.task_id is not None and (m.task_id, m.attempt, m.owner) not in live:
                 continue

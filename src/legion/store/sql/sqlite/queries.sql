@@ -167,8 +167,22 @@ INSERT INTO events (task_id, at, status, attempt, worker)
 SELECT id, ?1, status, attempt, ?2 FROM tasks WHERE id = ?3;
 
 -- name: insert_step
+-- Positional: 1 task_id, 2 key, 3 attempt, 4 output, 5 started_at, 6 finished_at.
 INSERT INTO steps (task_id, key, attempt, output, started_at, finished_at)
-VALUES (:task_id, :key, :attempt, :output, :started_at, :finished_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (task_id, key) DO NOTHING;
+
+-- name: insert_steps
+-- `insert_step` for a whole batch in one statement: ?1 is a JSON array of rows in
+-- `insert_step`'s order (output: its JSON text, as a string). (`WHERE true`: an upsert
+-- after a SELECT needs a WHERE clause to be read as one.)
+INSERT INTO steps (task_id, key, attempt, output, started_at, finished_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       CAST(json_extract(value, '$[3]') AS BLOB), json_extract(value, '$[4]'),
+       json_extract(value, '$[5]')
+FROM json_each(?1)
+WHERE true
+ORDER BY key
 ON CONFLICT (task_id, key) DO NOTHING;
 
 -- name: set_memory
