@@ -812,11 +812,11 @@ def _requeue(db: sqlite3.Connection, query: str, params: dict[str, Any], now: fl
 def _lease_agent(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
     """Lease tasks of one agent: rows in the order of `lease`'s RETURNING (input as
     bytes), by `lease_pick` and `lease_take` (a step each)."""
-    (picked,) = db.execute(Q["lease_pick"], params).fetchone()
     try:
-        rows = codec.loads(picked)
-    except codec.JSONDecodeError:  # an input that is not UTF-8 text (not seen): row by row
+        (picked,) = db.execute(Q["lease_pick"], params).fetchone()
+    except sqlite3.OperationalError:  # an input that is not UTF-8 text (not seen): by row
         return db.execute(Q["lease"], params).fetchall()
+    rows: list[Any] = codec.loads(picked)
     if rows:
         taken = codec.dumps([r[0] for r in rows]).decode()
         changed = db.execute(Q["lease_take"], {**params, "ids": taken}).rowcount
