@@ -376,10 +376,11 @@ def _plain_types(model: type[BaseModel]) -> dict[str, type | None] | None:
     for name, field in model.model_fields.items():
         if field.metadata or not field.is_required():
             return None
-        if field.annotation is Any:
+        annotation = field.annotation
+        if annotation is Any:
             plain[name] = None
-        elif field.annotation in _PLAIN_TYPES:
-            plain[name] = field.annotation
+        elif isinstance(annotation, type) and annotation in _PLAIN_TYPES:
+            plain[name] = annotation
         else:
             return None
     return plain
