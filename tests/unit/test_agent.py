@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 import legion
 from legion import ConfigError, InputError, RetryPolicy
@@ -126,3 +128,43 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
         draws = [policy.delay(attempt, rng) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in draws)
         assert max(draws) > 0.8 * ceiling  # the whole range is used, not a fixed delay
+
+
+def test_plain_inputs_get_the_same_arguments_as_the_model_would_give() -> None:
+    """Inputs of plain JSON types skip the model; every input gets what it would give."""
+
+    @legion.agent
+    async def single(ctx: legion.Context, n: int) -> None: ...
+
+    @legion.agent
+    async def many(ctx: legion.Context, text: str, n: int, x: Any, f: float) -> None: ...
+
+    @legion.agent
+    async def with_default(ctx: legion.Context, n: int, m: int = 3) -> None: ...
+
+    inputs: list[tuple[legion.Agent, Any]] = [
+        (single, 5),
+        (single, "5"),
+        (single, True),
+        (single, {"n": 7}),
+        (single, 2.0),
+        (many, {"text": "t", "n": 1, "x": [1, {"a": None}], "f": 1.5}),
+        (many, {"text": "t", "n": 1, "x": None, "f": 2}),
+        (many, {"text": 3, "n": "1", "x": 0, "f": 1.0}),
+        (with_default, {"n": 1}),
+    ]
+    for agent, value in inputs:
+        as_fields = value if isinstance(value, dict) else {agent.params[0]: value}
+        try:
+            expected = agent._validator.model_validate(as_fields).__dict__
+        except ValidationError:
+            with pytest.raises(InputError):
+                agent.arguments(value)
+            continue
+        got = agent.arguments(value)
+        assert got == expected, (agent.name, value)
+        assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+    with pytest.raises(InputError):
+        single.arguments(1.5)
+    with pytest.raises(InputError):
+        many.arguments({"text": "t", "n": 1, "x": 0})  # f is missing
