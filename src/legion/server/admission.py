@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from legion import codec
+
 
 class Shed(Exception):
     """A request refused to protect the server or the other tenants: ``status`` 429 (the
@@ -148,6 +150,8 @@ class InProgressLimit:
         self.retry_after = retry_after
         self.in_progress = 0
         self.shed = 0
+        self._retry_after = str(max(1, math.ceil(retry_after))).encode()
+        self._bodies: dict[int, bytes] = {}
 
     @property
     def limit(self) -> int:
@@ -161,12 +165,7 @@ class InProgressLimit:
         if self.in_progress >= limit:
             self.shed += 1
             self.bound.reached()
-            refused = Shed(
-                503,
-                f"the server is saturated ({limit} requests in progress); try again later",
-                self.retry_after,
-            )
-            await refused.response()(scope, receive, send)
+            await self._refuse(limit, send)
             return
         self.in_progress += 1
         if self.in_progress >= limit:
@@ -177,6 +176,27 @@ class InProgressLimit:
         finally:
             self.in_progress -= 1
             self.bound.finished(self._clock() - admitted)
+
+    async def _refuse(self, limit: int, send: Send) -> None:
+        """The 503, written straight to the connection: no routing, no body read, no
+        response object (under overload most requests end here, and what each costs is
+        taken from the admitted ones)."""
+        body = self._bodies.get(limit)
+        if body is None:
+            message = f"the server is saturated ({limit} requests in progress); try again later"
+            body = self._bodies[limit] = codec.dumps({"detail": message})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", self._retry_after),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 @dataclass(slots=True)
