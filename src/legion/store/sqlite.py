@@ -17,15 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from legion import codec
 from legion.clock import Clock, system_clock
-from legion.errors import ConfigError, StorageFull, StoreError, StoreUnavailable
+from legion.errors import (
+    ConfigError,
+    IdempotencyConflict,
+    StorageFull,
+    StoreError,
+    StoreUnavailable,
+)
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, task_info
 from legion.store.sqlite_batches import SQLiteBatches
@@ -108,6 +115,8 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
         self._busy_ms = int(busy_timeout * 1000)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._submissions: list[_Submission] = []
+        self._writing_submissions = False
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -199,7 +208,78 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
     # -- tasks -------------------------------------------------------------------------
 
     async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
-        return await self._call(self._transaction, lambda db: self._submit(db, tasks, now))
+        """Queue ``tasks`` in one transaction. Submissions that arrive while one is being
+        written are written together next, in one transaction, each in a savepoint of its
+        own: one refused (an idempotency conflict) leaves the others in; a transaction that
+        fails as a whole (a full disk...) is written again one submission at a time, so that
+        each fails or succeeds by itself as if it had been alone. Under load this is one
+        hand-off to the store's thread and one commit for many submissions, instead of
+        each waiting in line for its own."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Submitted]] = loop.create_future()
+        self._submissions.append(_Submission(tasks, now, done))
+        if not self._writing_submissions:
+            self._write_submissions(loop)
+        return await done
+
+    def _write_submissions(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand the submissions waiting (those not given up) to the store's thread."""
+        batch = [s for s in self._submissions if not s.done.done()]
+        self._submissions = []
+        self._writing_submissions = bool(batch)
+        if not batch:
+            return
+        try:
+            job = self._thread.submit(self._submit_batch, batch)
+        except RuntimeError as exc:  # the store was closed
+            self._writing_submissions = False
+            for s in batch:
+                s.done.set_exception(StoreError(f"the store is closed: {exc}"))
+            return
+        job.add_done_callback(
+            lambda finished: loop.call_soon_threadsafe(self._submitted, loop, batch, finished)
+        )
+
+    def _submitted(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Submission],
+        job: Future[list[list[Submitted] | Exception]],
+    ) -> None:
+        """Answer each submission of ``batch``, then write the next."""
+        try:
+            results = job.result()
+        except Exception as exc:  # pragma: no cover - _submit_batch answers its errors
+            results = [exc] * len(batch)
+        for s, result in zip(batch, results, strict=True):
+            if s.done.done():
+                continue
+            if isinstance(result, sqlite3.Error):
+                error = _translate(result, self.path)
+                error.__cause__ = result
+                s.done.set_exception(error)
+            elif isinstance(result, Exception):
+                s.done.set_exception(result)
+            else:
+                s.done.set_result(result)
+        self._write_submissions(loop)
+
+    def _submit_batch(self, batch: list[_Submission]) -> list[list[Submitted] | Exception]:
+        """(the store's thread) Write ``batch``: what each submission got, or its error."""
+        if len(batch) > 1:
+            try:
+                return self._transaction(
+                    lambda db: [_submit_in_savepoint(db, s.tasks, s.now) for s in batch]
+                )
+            except Exception:
+                pass  # written again one at a time below: each gets its own answer
+        out: list[list[Submitted] | Exception] = []
+        for s in batch:
+            try:
+                out.append(self._transaction(functools.partial(_submit_alone, s)))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     @staticmethod
     def _submit(db: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
@@ -760,6 +840,35 @@ def _translate(exc: sqlite3.Error, path: str) -> StoreError:
     if primary in _UNAVAILABLE:
         return StoreUnavailable(f"the store {path} is unavailable ({exc}); try again later")
     return StoreError(f"the store {path} failed: {exc}")
+
+
+@dataclasses.dataclass(slots=True)
+class _Submission:
+    """A `SQLiteStore.submit` call waiting for its transaction."""
+
+    tasks: Sequence[NewTask]
+    now: float
+    done: asyncio.Future[list[Submitted]]
+
+
+def _submit_alone(submission: _Submission, db: sqlite3.Connection) -> list[Submitted]:
+    return SQLiteStore._submit(db, submission.tasks, submission.now)
+
+
+def _submit_in_savepoint(
+    db: sqlite3.Connection, tasks: Sequence[NewTask], now: float
+) -> list[Submitted] | Exception:
+    """One submission of a batch, in a savepoint: a conflicting idempotency key undoes it
+    alone (and is its answer)."""
+    db.execute("SAVEPOINT submission")
+    try:
+        submitted = SQLiteStore._submit(db, tasks, now)
+    except IdempotencyConflict as exc:
+        db.execute("ROLLBACK TO submission")
+        db.execute("RELEASE submission")
+        return exc
+    db.execute("RELEASE submission")
+    return submitted
 
 
 def _insert_unkeyed(
