@@ -16,11 +16,13 @@ locked, cannot be opened or fails to read or write as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import sqlite3
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,6 +117,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
         self._busy_ms = int(busy_timeout * 1000)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._submitting = threading.Lock()  # guards the next two
         self._submissions: list[_Submission] = []
         self._writing_submissions = False
 
@@ -213,46 +216,57 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
         own: one refused (an idempotency conflict) leaves the others in; a transaction that
         fails as a whole (a full disk...) is written again one submission at a time, so that
         each fails or succeeds by itself as if it had been alone. Under load this is one
-        hand-off to the store's thread and one commit for many submissions, instead of
-        each waiting in line for its own."""
+        commit for many submissions, instead of each waiting in line for its own.
+
+        The store's thread takes the next batch as soon as it has written one (it queues
+        itself again, behind the other calls waiting for the thread): a busy event loop
+        delays the answers, not the writing."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Submitted]] = loop.create_future()
-        self._submissions.append(_Submission(tasks, now, done))
-        if not self._writing_submissions:
-            self._write_submissions(loop)
+        with self._submitting:
+            self._submissions.append(_Submission(tasks, now, done, loop))
+            idle = not self._writing_submissions
+            self._writing_submissions = True
+        if idle:
+            try:
+                self._thread.submit(self._write_submissions)
+            except RuntimeError as exc:  # the store was closed
+                with self._submitting:
+                    self._writing_submissions = False
+                    self._submissions.clear()
+                raise StoreError(f"the store is closed: {exc}") from exc
         return await done
 
-    def _write_submissions(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Hand the submissions waiting (those not given up) to the store's thread."""
-        batch = [s for s in self._submissions if not s.done.done()]
-        self._submissions = []
-        self._writing_submissions = bool(batch)
-        if not batch:
-            return
-        try:
-            job = self._thread.submit(self._submit_batch, batch)
-        except RuntimeError as exc:  # the store was closed
-            self._writing_submissions = False
-            for s in batch:
-                s.done.set_exception(StoreError(f"the store is closed: {exc}"))
-            return
-        job.add_done_callback(
-            lambda finished: loop.call_soon_threadsafe(self._submitted, loop, batch, finished)
-        )
+    def _write_submissions(self) -> None:
+        """(the store's thread) Write the submissions waiting, answer them, and come back
+        for the next ones if more have arrived."""
+        with self._submitting:
+            batch, self._submissions = self._submissions, []
+        self._post(batch, self._submit_batch(batch))
+        with self._submitting:
+            more = bool(self._submissions)
+            self._writing_submissions = more
+        if more:
+            try:
+                self._thread.submit(self._write_submissions)
+            except RuntimeError:  # the store is closing: the rest is answered so
+                with self._submitting:
+                    batch, self._submissions = self._submissions, []
+                    self._writing_submissions = False
+                self._post(batch, [StoreError("the store is closed")] * len(batch))
 
-    def _submitted(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        batch: list[_Submission],
-        job: Future[list[list[Submitted] | Exception]],
-    ) -> None:
-        """Answer each submission of ``batch``, then write the next."""
-        try:
-            results = job.result()
-        except Exception as exc:  # pragma: no cover - _submit_batch answers its errors
-            results = [exc] * len(batch)
+    def _post(self, batch: list[_Submission], results: Sequence[Any]) -> None:
+        """(the store's thread) Hand each submission's result to its event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Submission, Any]]] = {}
         for s, result in zip(batch, results, strict=True):
-            if s.done.done():
+            by_loop.setdefault(s.loop, []).append((s, result))
+        for loop, answers in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(self._answer, answers)
+
+    def _answer(self, answers: list[tuple[_Submission, list[Submitted] | Exception]]) -> None:
+        for s, result in answers:
+            if s.done.done():  # given up by its caller
                 continue
             if isinstance(result, sqlite3.Error):
                 error = _translate(result, self.path)
@@ -262,7 +276,6 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
                 s.done.set_exception(result)
             else:
                 s.done.set_result(result)
-        self._write_submissions(loop)
 
     def _submit_batch(self, batch: list[_Submission]) -> list[list[Submitted] | Exception]:
         """(the store's thread) Write ``batch``: what each submission got, or its error."""
@@ -849,6 +862,7 @@ class _Submission:
     tasks: Sequence[NewTask]
     now: float
     done: asyncio.Future[list[Submitted]]
+    loop: asyncio.AbstractEventLoop
 
 
 def _submit_alone(submission: _Submission, db: sqlite3.Connection) -> list[Submitted]:
