@@ -51,7 +51,12 @@ class Shed(Exception):
         )
 
 
-def _unbounded(path: str) -> bool:
+ADMITTED = "legion.admitted"
+"""A request's scope key: when the protocol (`legion.server.protocol`) admitted it, which
+counted it in progress already."""
+
+
+def unbounded(path: str) -> bool:
     """Routes left out of the in-progress bound: event streams and the health check."""
     return path == "/healthz" or path == "/v1/progress" or path.endswith("/events")
 
@@ -150,7 +155,7 @@ class InProgressLimit:
         self.retry_after = retry_after
         self.in_progress = 0
         self.shed = 0
-        self._retry_after = str(max(1, math.ceil(retry_after))).encode()
+        self.retry_after_header = str(max(1, math.ceil(retry_after))).encode()
         self._bodies: dict[int, bytes] = {}
 
     @property
@@ -158,33 +163,38 @@ class InProgressLimit:
         return self.bound.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _unbounded(scope["path"]):
+        if scope["type"] != "http" or unbounded(scope["path"]):
             await self.app(scope, receive, send)
             return
-        limit = self.bound.limit
-        if self.in_progress >= limit:
-            self.shed += 1
-            self.bound.reached()
-            await self._refuse(limit, send)
-            return
-        self.in_progress += 1
-        if self.in_progress >= limit:
-            self.bound.reached()
-        admitted = self._clock()
+        admitted = scope.get(ADMITTED)
+        if admitted is None:
+            if self.full():
+                await self._refuse(send)
+                return
+            admitted = self.admit()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_progress -= 1
-            self.bound.finished(self._clock() - admitted)
+            self.release(admitted)
 
-    async def _refuse(self, limit: int, send: Send) -> None:
-        """The 503, written straight to the connection: no routing, no body read, no
-        response object (under overload most requests end here, and what each costs is
-        taken from the admitted ones)."""
-        body = self._bodies.get(limit)
-        if body is None:
-            message = f"the server is saturated ({limit} requests in progress); try again later"
-            body = self._bodies[limit] = codec.dumps({"detail": message})
+    def full(self) -> bool:
+        """Whether a request arriving now would be refused."""
+        return self.in_progress >= self.bound.limit
+
+    def admit(self) -> float:
+        """Count a request in progress; answer when (for `release`)."""
+        self.in_progress += 1
+        if self.in_progress >= self.bound.limit:
+            self.bound.reached()
+        return self._clock()
+
+    def release(self, admitted: float) -> None:
+        """A request `admit` counted at ``admitted`` has finished."""
+        self.in_progress -= 1
+        self.bound.finished(self._clock() - admitted)
+
+    async def _refuse(self, send: Send) -> None:
+        _, body = self.refuse()
         await send(
             {
                 "type": "http.response.start",
@@ -192,11 +202,24 @@ class InProgressLimit:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", self._retry_after),
+                    (b"retry-after", self.retry_after_header),
                 ],
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    def refuse(self) -> tuple[int, bytes]:
+        """Count a request refused; answer the bound and the 503's JSON body. The answer is
+        written without routing, middleware or a response object (under overload most
+        requests are refused, and what each costs is taken from the admitted ones)."""
+        self.shed += 1
+        self.bound.reached()
+        limit = self.bound.limit
+        body = self._bodies.get(limit)
+        if body is None:
+            message = f"the server is saturated ({limit} requests in progress); try again later"
+            body = self._bodies[limit] = codec.dumps({"detail": message})
+        return limit, body
 
 
 @dataclass(slots=True)

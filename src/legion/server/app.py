@@ -121,6 +121,11 @@ def create_app(state: ServerState) -> FastAPI:
     return app
 
 
+def admission_of(app: FastAPI) -> InProgressLimit | None:
+    """The bound on requests in progress of an application `create_app` made."""
+    return app.admission if isinstance(app, _App) else None
+
+
 def create_metrics_app(state: ServerState) -> FastAPI:
     """``/metrics`` alone, without a key: for a port Prometheus scrapes (loopback unless
     the server is told otherwise)."""
