@@ -1,10 +1,14 @@
 """Load shedding: what the server takes on, and what it answers 429 or 503 at once.
 
-- **Requests in progress** (`InProgressLimit`, ASGI middleware): at most
-  `AdaptiveLimit`'s ``limit`` requests are handled at once; one more is answered
-  ``503`` with ``Retry-After`` before its body is read. Event streams (long-lived by
-  design) and ``/healthz`` are not counted. A server that sheds early keeps the latency of
-  what it accepts bounded, instead of queueing every request behind all the others.
+- **Requests in progress** (`InProgressLimit`): at most `AdaptiveLimit`'s ``limit``
+  requests are handled at once; one more is answered ``503`` with ``Retry-After`` before
+  its body is read. Event streams (long-lived by design) and ``/healthz`` are not counted.
+  A server that sheds early keeps the latency of what it accepts bounded, instead of
+  queueing every request behind all the others. Under overload most requests are
+  refused, so a refusal must cost little: ``legion serve`` consults the bound as soon as a
+  request's headers are parsed and writes a prepared answer to the socket
+  (`legion.server.protocol`); the application consults it first too, before FastAPI's
+  middleware and routing, for what reaches it otherwise.
 
   A fixed bound does not do that by itself: what the requests in progress wait for is the
   store's writer, so by Little's law each one takes about ``in progress / throughput``.
