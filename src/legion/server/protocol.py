@@ -50,7 +50,14 @@ class SheddingProtocol(HttpToolsProtocol):
                 return
             # Counted in progress now, not when its task first runs: under overload many
             # requests are read before the first of them runs, and all would pass.
-            self.scope[ADMITTED] = self._admission.admit()  # type: ignore[literal-required]
+            admitted = self._admission.admit()
+            self.scope[ADMITTED] = admitted  # type: ignore[literal-required]
+            try:
+                super().on_headers_complete()
+            except BaseException:  # no task will count it finished
+                self._admission.release(admitted)
+                raise
+            return
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
