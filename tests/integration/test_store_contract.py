@@ -6,6 +6,7 @@ schema tests at the end are SQLite's own.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,32 @@ async def test_a_key_sent_with_another_input_or_agent_is_refused_and_stores_noth
     assert await store.find_keys(["fresh", "j"]) == {}
     (again,) = await store.submit([new(key="k", value=1)], NOW)
     assert again.id == first.id and not again.created
+
+
+async def test_concurrent_submissions_are_answered_as_if_made_one_after_the_other(
+    store: Store,
+) -> None:
+    # (SQLite writes submissions that arrive together in one transaction: each still
+    # stands or falls alone.)
+    (first,) = await store.submit([new(key="k", value=1)], NOW)
+    plain, conflict, once, again, known = await asyncio.gather(
+        store.submit([new(value=1), new(value=2)], NOW),
+        store.submit([new(key="fresh", value=5), new(key="k", value=2)], NOW),
+        store.submit([new(key="twice", value=3)], NOW),
+        store.submit([new(key="twice", value=3)], NOW),
+        store.submit([new(key="k", value=1)], NOW),
+        return_exceptions=True,
+    )
+    assert isinstance(conflict, IdempotencyConflict) and conflict.keys == ("k",)
+    assert isinstance(plain, list) and [s.created for s in plain] == [True, True]
+    assert isinstance(known, list) and [(s.id, s.created) for s in known] == [(first.id, False)]
+    assert isinstance(once, list) and isinstance(again, list)
+    assert once[0].id == again[0].id and sorted([once[0].created, again[0].created]) == [
+        False,
+        True,
+    ]
+    assert await store.find_keys(["fresh"]) == {}  # the refused submission left nothing
+    assert (await store.counts()) == {TaskStatus.QUEUED: 4}
 
 
 async def test_keys_and_reads_are_per_tenant(store: Store) -> None:

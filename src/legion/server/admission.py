@@ -1,10 +1,14 @@
 """Load shedding: what the server takes on, and what it answers 429 or 503 at once.
 
-- **Requests in progress** (`InProgressLimit`, ASGI middleware): at most
-  `AdaptiveLimit`'s ``limit`` requests are handled at once; one more is answered
-  ``503`` with ``Retry-After`` before its body is read. Event streams (long-lived by
-  design) and ``/healthz`` are not counted. A server that sheds early keeps the latency of
-  what it accepts bounded, instead of queueing every request behind all the others.
+- **Requests in progress** (`InProgressLimit`): at most `AdaptiveLimit`'s ``limit``
+  requests are handled at once; one more is answered ``503`` with ``Retry-After`` before
+  its body is read. Event streams (long-lived by design) and ``/healthz`` are not counted.
+  A server that sheds early keeps the latency of what it accepts bounded, instead of
+  queueing every request behind all the others. Under overload most requests are
+  refused, so a refusal must cost little: ``legion serve`` consults the bound as soon as a
+  request's headers are parsed and writes a prepared answer to the socket
+  (`legion.server.protocol`); the application consults it first too, before FastAPI's
+  middleware and routing, for what reaches it otherwise.
 
   A fixed bound does not do that by itself: what the requests in progress wait for is the
   store's writer, so by Little's law each one takes about ``in progress / throughput``.
@@ -30,6 +34,8 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from legion import codec
+
 
 class Shed(Exception):
     """A request refused to protect the server or the other tenants: ``status`` 429 (the
@@ -49,7 +55,12 @@ class Shed(Exception):
         )
 
 
-def _unbounded(path: str) -> bool:
+ADMITTED = "legion.admitted"
+"""A request's scope key: when the protocol (`legion.server.protocol`) admitted it, which
+counted it in progress already."""
+
+
+def unbounded(path: str) -> bool:
     """Routes left out of the in-progress bound: event streams and the health check."""
     return path == "/healthz" or path == "/v1/progress" or path.endswith("/events")
 
@@ -148,35 +159,71 @@ class InProgressLimit:
         self.retry_after = retry_after
         self.in_progress = 0
         self.shed = 0
+        self.retry_after_header = str(max(1, math.ceil(retry_after))).encode()
+        self._bodies: dict[int, bytes] = {}
 
     @property
     def limit(self) -> int:
         return self.bound.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _unbounded(scope["path"]):
+        if scope["type"] != "http" or unbounded(scope["path"]):
             await self.app(scope, receive, send)
             return
-        limit = self.bound.limit
-        if self.in_progress >= limit:
-            self.shed += 1
-            self.bound.reached()
-            refused = Shed(
-                503,
-                f"the server is saturated ({limit} requests in progress); try again later",
-                self.retry_after,
-            )
-            await refused.response()(scope, receive, send)
-            return
-        self.in_progress += 1
-        if self.in_progress >= limit:
-            self.bound.reached()
-        admitted = self._clock()
+        admitted = scope.get(ADMITTED)
+        if admitted is None:
+            if self.full():
+                await self._refuse(send)
+                return
+            admitted = self.admit()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_progress -= 1
-            self.bound.finished(self._clock() - admitted)
+            self.release(admitted)
+
+    def full(self) -> bool:
+        """Whether a request arriving now would be refused."""
+        return self.in_progress >= self.bound.limit
+
+    def admit(self) -> float:
+        """Count a request in progress; answer when (for `release`)."""
+        self.in_progress += 1
+        if self.in_progress >= self.bound.limit:
+            self.bound.reached()
+        return self._clock()
+
+    def release(self, admitted: float) -> None:
+        """A request `admit` counted at ``admitted`` has finished."""
+        self.in_progress -= 1
+        self.bound.finished(self._clock() - admitted)
+
+    async def _refuse(self, send: Send) -> None:
+        _, body = self.refuse()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", self.retry_after_header),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def refuse(self) -> tuple[int, bytes]:
+        """Count a request refused; answer the bound and the 503's JSON body. The answer is
+        written without routing, middleware or a response object (under overload most
+        requests are refused, and what each costs is taken from the admitted ones)."""
+        self.shed += 1
+        self.bound.reached()
+        limit = self.bound.limit
+        body = self._bodies.get(limit)
+        if body is None:
+            message = f"the server is saturated ({limit} requests in progress); try again later"
+            body = self._bodies[limit] = codec.dumps({"detail": message})
+        return limit, body
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from legion import __version__
 from legion.agent import Agent
@@ -56,17 +57,33 @@ from legion.server.auth import CHALLENGES, AuthError
 from legion.server.body_limit import BodyLimit
 from legion.server.deps import ServerState
 from legion.server.retry_after import RETRY_AFTER_SECONDS, RetryAfter
+from legion.server.settings import ServerSettings
 
 log = logging.getLogger("legion.server")
 
 
 class _App(FastAPI):
     """FastAPI, with the submit routes' bodies and the served agents' inputs in the OpenAPI
-    document (see `legion.server.openapi`)."""
+    document (see `legion.server.openapi`), behind the bound on requests in progress.
 
-    def __init__(self, *, agents: Mapping[str, Agent], **options: Any) -> None:
+    The bound is consulted first, before FastAPI's and Starlette's middleware, routing and
+    error handling: under overload most requests are refused, and a refusal that went
+    through all of that cost the server as much CPU as a third of an admitted submission,
+    time the admitted requests then waited for in the event loop."""
+
+    def __init__(
+        self, *, agents: Mapping[str, Agent], settings: ServerSettings, **options: Any
+    ) -> None:
         super().__init__(**options)
         self._agents = agents
+        self.admission = InProgressLimit(
+            functools.partial(FastAPI.__call__, self),
+            limit=settings.max_in_progress,
+            target_latency=settings.target_latency,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.admission(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
@@ -78,6 +95,7 @@ def create_app(state: ServerState) -> FastAPI:
     """The application serving ``state``'s runtime."""
     app = _App(
         agents=state.agents,
+        settings=state.settings,
         title="legion",
         version=__version__,
         summary="Run AI agents at throughput scale: submit tasks, follow them, watch the run.",
@@ -87,11 +105,6 @@ def create_app(state: ServerState) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
     app.add_middleware(RetryAfter)
-    app.add_middleware(
-        InProgressLimit,
-        limit=state.settings.max_in_progress,
-        target_latency=state.settings.target_latency,
-    )
     app.state.legion = state
     app.include_router(tasks_api.router)
     app.include_router(signals_api.router)
@@ -106,6 +119,11 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(Exception, _internal_error)
     return app
+
+
+def admission_of(app: FastAPI) -> InProgressLimit | None:
+    """The bound on requests in progress of an application `create_app` made."""
+    return app.admission if isinstance(app, _App) else None
 
 
 def create_metrics_app(state: ServerState) -> FastAPI:

@@ -14,23 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
+from legion import heap
 from legion.agent import Agent
 from legion.errors import ConfigError
 from legion.run.runtime import Runtime
-from legion.server.admission import TenantLimits
-from legion.server.app import create_app, create_metrics_app
+from legion.server.admission import InProgressLimit, TenantLimits
+from legion.server.app import admission_of, create_app, create_metrics_app
 from legion.server.auth import Authenticator
 from legion.server.deps import ServerState
 from legion.server.malloc import return_large_buffers
 from legion.server.metrics import Metrics
 from legion.server.monitor import Monitor
+from legion.server.protocol import SheddingProtocol
 from legion.server.settings import ServerSettings
 
 
@@ -102,7 +106,8 @@ async def running_server(
         except BaseException:
             sock.close()
             raise
-    server = _Server(_config(create_app(state), settings))
+    app = create_app(state)
+    server = _Server(_config(app, settings, admission_of(app)))
     await monitor.sample()  # the first snapshot is ready before the first request
     sampling = asyncio.create_task(monitor.run(), name="legion-server-monitor")
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="legion-server-http")
@@ -117,11 +122,16 @@ async def running_server(
                 ),
             )
         )
+    # Full collections skip what start-up made (see legion.heap): without it, each one
+    # scanned the whole of FastAPI, pydantic and the routes again, 60-100 ms during which
+    # no request moved.
+    heap.settle()
     try:
         yield RunningServer(
             _url(sock), state, serving, _url(metrics_sock) if metrics_sock else None
         )
     finally:
+        heap.unsettle()
         state.closing.set()
         monitor.close()
         for s, _ in servers:
@@ -134,9 +144,17 @@ async def running_server(
             metrics_sock.close()
 
 
-def _config(app: object, settings: ServerSettings) -> uvicorn.Config:
+def _config(
+    app: object, settings: ServerSettings, admission: InProgressLimit | None = None
+) -> uvicorn.Config:
+    """uvicorn's configuration; with ``admission``, requests over its bound are refused
+    as soon as their headers are read (`legion.server.protocol`)."""
+    http: Any = "auto"
+    if admission is not None:
+        http = functools.partial(SheddingProtocol, admission=admission)
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
+        http=http,
         lifespan="off",
         log_config=None,
         access_log=settings.access_log,
