@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -32,7 +31,7 @@ from legion.waiting.suspend import Suspended
 if TYPE_CHECKING:
     from legion.agent import Agent
     from legion.llm.calls import LLMCalls
-    from legion.llm.client import LLMClient
+    from legion.llm.client import LLMClient, Route
     from legion.llm.embeddings import Embeddings
     from legion.llm.types import ChatResponse, Message
     from legion.vectors.collection import Collection
@@ -314,13 +313,39 @@ class Context:
                     "no LLM is configured: pass llm= to legion.Runtime, or --llm to legion run"
                 )
             from legion.llm.calls import LLMCalls
-            from legion.waiting.batch import batch_chat
 
-            client, store, clock = self._llm_client, self._store, self._clock
-            self._llm = LLMCalls(
-                self, client, functools.partial(batch_chat, self, store, clock, client)
-            )
+            self._llm = LLMCalls(self, self._llm_client, self._batch_chat)
         return self._llm
+
+    def _batch_chat(
+        self,
+        route: Route,
+        name: str,
+        messages: Sequence[Any],
+        params: dict[str, Any],
+        deadline: float | None,
+        standard: Callable[[], Awaitable[dict[str, Any]]],
+        site: SiteRef | None,
+    ) -> Awaitable[dict[str, Any]]:
+        """A batch-tier call of ``ctx.llm`` (`legion.llm.calls.BatchTier`), made by
+        `legion.waiting.batch.batch_chat` (a method, not a partial built for every
+        instance that calls the LLM)."""
+        from legion.waiting.batch import batch_chat
+
+        assert self._llm_client is not None
+        return batch_chat(
+            self,
+            self._store,
+            self._clock,
+            self._llm_client,
+            route,
+            name,
+            messages,
+            params,
+            deadline,
+            standard,
+            site,
+        )
 
     def vectors(
         self, collection: str, scope: str = "session", *, model: str | None = None
