@@ -801,7 +801,7 @@ def _check_pause(route: Route) -> None:
     left = deadline.remaining()
     if left is None:
         return
-    paused = route.capacity.statistics().paused_for
+    paused = route.capacity.paused_for()
     if paused > left:
         raise RetryAfterTooLong(
             f"{route.provider.name} answered 429 with Retry-After {paused:.0f} s (route "
