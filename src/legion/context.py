@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -32,7 +31,7 @@ from legion.waiting.suspend import Suspended
 if TYPE_CHECKING:
     from legion.agent import Agent
     from legion.llm.calls import LLMCalls
-    from legion.llm.client import LLMClient
+    from legion.llm.client import LLMClient, Route
     from legion.llm.embeddings import Embeddings
     from legion.llm.types import ChatResponse, Message
     from legion.vectors.collection import Collection
@@ -314,13 +313,39 @@ class Context:
                     "no LLM is configured: pass llm= to legion.Runtime, or --llm to legion run"
                 )
             from legion.llm.calls import LLMCalls
-            from legion.waiting.batch import batch_chat
 
-            client, store, clock = self._llm_client, self._store, self._clock
-            self._llm = LLMCalls(
-                self, client, functools.partial(batch_chat, self, store, clock, client)
-            )
+            self._llm = LLMCalls(self, self._llm_client, self._batch_chat)
         return self._llm
+
+    def _batch_chat(
+        self,
+        route: Route,
+        name: str,
+        messages: Sequence[Any],
+        params: dict[str, Any],
+        deadline: float | None,
+        standard: Callable[[], Awaitable[dict[str, Any]]],
+        site: SiteRef | None,
+    ) -> Awaitable[dict[str, Any]]:
+        """A batch-tier call of ``ctx.llm`` (`legion.llm.calls.BatchTier`), made by
+        `legion.waiting.batch.batch_chat` (a method, not a partial built for every
+        instance that calls the LLM)."""
+        from legion.waiting.batch import batch_chat
+
+        assert self._llm_client is not None
+        return batch_chat(
+            self,
+            self._store,
+            self._clock,
+            self._llm_client,
+            route,
+            name,
+            messages,
+            params,
+            deadline,
+            standard,
+            site,
+        )
 
     def vectors(
         self, collection: str, scope: str = "session", *, model: str | None = None
@@ -384,13 +409,20 @@ class Context:
         site: SiteRef | None,
         *,
         inputs: tuple[Any, ...] | None = None,
+        encode: Callable[[Any], Any] | None = None,
+        decode: Callable[[Any], Any] | None = None,
     ) -> Any:
         """The body of `step`: replay or run, record, trace (``site``: the caller;
-        ``inputs``: what the step depends on, when not its arguments)."""
+        ``inputs``: what the step depends on, when not its arguments). ``encode`` turns
+        what ``fn`` answers into what is recorded (JSON); ``decode`` turns the recorded
+        JSON, replayed or new, into what the step answers. With them a caller records a
+        call without a coroutine of its own around it (one frame less held while the
+        call is in flight)."""
         key = step_key(self._counts, name)
         recorded = self._lease.steps.get(key)
         if recorded is not None:
-            return codec.loads(recorded)
+            value = codec.loads(recorded)
+            return value if decode is None else decode(value)
         if self._before_step is not None:
             confirming = self._before_step(self._lease.id)
             if confirming is not None:
@@ -404,7 +436,7 @@ class Context:
                 result = await result
         if faults.ARMED:
             faults.hit("step-ran")
-        data = codec.dumps(result)
+        data = codec.dumps(result if encode is None else encode(result))
         finished = self._clock.wall()
         lease = self._lease
         record = StepRecord(lease.id, key, lease.attempt, data, started, finished, self._owner)
@@ -424,7 +456,7 @@ class Context:
                 GATHERED.get(),
             )
         )
-        return value
+        return value if decode is None else decode(value)
 
     def step_count(self, name: str) -> int:
         """How many steps named ``name`` this attempt has run or replayed so far."""

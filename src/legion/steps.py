@@ -36,8 +36,12 @@ class StepRecorder(Protocol):
         site: SiteRef | None,
         *,
         inputs: tuple[Any, ...] | None = None,
+        encode: Callable[[Any], Any] | None = None,
+        decode: Callable[[Any], Any] | None = None,
     ) -> Any:
-        """Replay the step named ``name`` or run ``fn(*args, **kwargs)`` and record it."""
+        """Replay the step named ``name`` or run ``fn(*args, **kwargs)`` and record it
+        (``encode``: what ``fn`` answers to the JSON recorded; ``decode``: the recorded JSON
+        to what the step answers)."""
         ...
 
 

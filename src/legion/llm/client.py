@@ -30,7 +30,7 @@ After the budget is spent the last error is raised. Permanent errors
 (`ProviderRejected`) are raised at once; a `ProviderAuthError` is also kept
 in `LLMClient.fatal_error` so the runtime can stop the whole run.
 
-Around each send (`_send`, apart from the pacing above):
+Around each attempt (in `LLMClient.chat`, apart from the pacing above):
 
 * The route's `Breaker` (`legion.llm.breaker`): while it is open the call
   waits before it is sent, spending no attempt. A failed probe is not
@@ -395,7 +395,24 @@ class LLMClient:
             counters.attempts += 1
             sent = _Sent()
             try:
-                response = await self._send(route, request, limit, estimate, counters, ticket, sent)
+                # One attempt (hedged if the route says so), its outcome told to the
+                # breaker; awaited right here, not in a coroutine of its own (one frame
+                # less held by every call in flight).
+                try:
+                    if counters.latencies is None:
+                        response = await self._attempt(
+                            route, request, limit, estimate, counters, sent
+                        )
+                    else:
+                        response = await self._hedged(
+                            route, request, limit, estimate, counters, sent
+                        )
+                except BaseException as exc:
+                    if route.breaker is not None and ticket is not None:
+                        _tell_breaker(route.breaker, ticket, exc)
+                    raise
+                if route.breaker is not None and ticket is not None:
+                    route.breaker.succeeded(ticket)
                 counters.succeeded += 1
                 if route is not named or len(self._pools[named.name]) > 1:
                     counters.served_by[route.label] = counters.served_by.get(route.label, 0) + 1
@@ -704,39 +721,6 @@ class LLMClient:
     ) -> None:
         self.budgets.settle(hold, usage.total, cost)
 
-    async def _send(
-        self,
-        route: Route,
-        request: ChatRequest,
-        timeout: float,  # noqa: ASYNC109 - handed to the provider
-        estimate: int,
-        counters: _Counters,
-        ticket: Ticket | None,
-        sent: _Sent,
-    ) -> ChatResponse:
-        """One attempt (hedged if the route says so), its outcome told to the breaker."""
-        breaker = route.breaker
-        try:
-            if counters.latencies is None:
-                response = await self._attempt(route, request, timeout, estimate, counters, sent)
-            else:
-                response = await self._hedged(route, request, timeout, estimate, counters, sent)
-        except ProviderUnavailable:
-            if breaker is not None and ticket is not None:
-                breaker.failed(ticket)
-            raise
-        except (ProviderError, Permanent):
-            if breaker is not None and ticket is not None:
-                breaker.succeeded(ticket)  # the provider answered: it is up
-            raise
-        except BaseException:
-            if breaker is not None and ticket is not None:
-                breaker.abandoned(ticket)
-            raise
-        if breaker is not None and ticket is not None:
-            breaker.succeeded(ticket)
-        return response
-
     async def _hedged(
         self,
         route: Route,
@@ -817,7 +801,7 @@ def _check_pause(route: Route) -> None:
     left = deadline.remaining()
     if left is None:
         return
-    paused = route.capacity.statistics().paused_for
+    paused = route.capacity.paused_for()
     if paused > left:
         raise RetryAfterTooLong(
             f"{route.provider.name} answered 429 with Retry-After {paused:.0f} s (route "
@@ -841,6 +825,18 @@ def _check_retry_after(exc: RateLimited) -> None:
         status=429,
         retry_after=exc.retry_after,
     ) from exc
+
+
+def _tell_breaker(breaker: Breaker, ticket: Ticket, exc: BaseException) -> None:
+    """Tell a route's breaker how an attempt that raised ``exc`` ended: unavailable
+    (a failure), answered (a provider error or a refusal: the provider is up), or
+    abandoned (cancelled, or an error of ours)."""
+    if isinstance(exc, ProviderUnavailable):
+        breaker.failed(ticket)
+    elif isinstance(exc, (ProviderError, Permanent)):
+        breaker.succeeded(ticket)  # the provider answered: it is up
+    else:
+        breaker.abandoned(ticket)
 
 
 def _probe_failed(route: Route, ticket: Ticket | None, exc: ProviderError) -> bool:

@@ -122,7 +122,7 @@ FREE = Price(0.0, 0.0)
 class PriceTable:
     """Prices by model name: overrides, then ``genai-prices``, then the built-in table."""
 
-    __slots__ = ("_overrides", "_prices", "_use_package")
+    __slots__ = ("_found", "_overrides", "_prices", "_use_package")
 
     def __init__(
         self,
@@ -134,6 +134,10 @@ class PriceTable:
         self._prices = dict(prices)
         self._overrides = dict(overrides or {})
         self._use_package = use_package
+        # Each model's price once found (a table never changes): every LLM call asks
+        # for it three times (budget estimate, settle, recorded cost), and a model that
+        # no source prices costs a walk over the whole table each time.
+        self._found: dict[str, Price | None] = {}
 
     def with_prices(self, prices: Mapping[str, Price]) -> PriceTable:
         """This table with ``prices`` taking precedence over every other source."""
@@ -145,6 +149,13 @@ class PriceTable:
 
     def price(self, model: str) -> Price | None:
         """The price of ``model``, or ``None`` when no source has one."""
+        try:
+            return self._found[model]
+        except KeyError:
+            found = self._found[model] = self._lookup(model)
+            return found
+
+    def _lookup(self, model: str) -> Price | None:
         override = self._overrides.get(model)
         if override is not None:
             return override
