@@ -165,8 +165,12 @@ class Runtime:
             # Open returns once the worker is up (registered, its start-up heap settled):
             # or once it has ended, whose error surfaces where it always has.
             started = asyncio.ensure_future(self.worker.started.wait())
-            await asyncio.wait((started, self._worker_task), return_when=asyncio.FIRST_COMPLETED)
-            started.cancel()
+            try:
+                await asyncio.wait(
+                    (started, self._worker_task), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                started.cancel()
         self._tasks.append(asyncio.create_task(self._delivery.follow(), name="legion-events"))
         self._open = True
 

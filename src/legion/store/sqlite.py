@@ -880,7 +880,7 @@ def _submit_in_savepoint(
 def _insert_unkeyed(
     db: sqlite3.Connection, tasks: Sequence[NewTask], now: float
 ) -> list[Submitted]:
-    """Tasks without idempotency keys, inserted in one executemany: consecutive ids."""
+    """Tasks without idempotency keys, inserted in one statement: consecutive ids."""
     if not tasks:
         return []
     try:
