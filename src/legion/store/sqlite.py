@@ -16,11 +16,8 @@ locked, cannot be opened or fails to read or write as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import functools
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +27,6 @@ from legion import codec
 from legion.clock import Clock, system_clock
 from legion.errors import (
     ConfigError,
-    IdempotencyConflict,
     StorageFull,
     StoreError,
     StoreUnavailable,
@@ -40,6 +36,7 @@ from legion.store.rows import attempt_record, event_detail, task_info
 from legion.store.sqlite_batches import SQLiteBatches
 from legion.store.sqlite_feed import log_changes, log_changes_by
 from legion.store.sqlite_ledger import SQLiteLedger
+from legion.store.sqlite_submit import SQLiteSubmissions
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
 from legion.store.tenancy import KeyedTasks, unscoped_key
 from legion.store.types import (
@@ -96,7 +93,7 @@ def _crash_error() -> bytes:
     ).to_json()
 
 
-class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
+class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches):
     """A `legion.store.base.Store` in one SQLite file (or ``:memory:``).
 
     ``clock``: the store's time (`now`), the wall clock of its one host by default; a
@@ -117,9 +114,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
         self._busy_ms = int(busy_timeout * 1000)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-sqlite")
         self._conn: sqlite3.Connection | None = None
-        self._submitting = threading.Lock()  # guards the next two
-        self._submissions: list[_Submission] = []
-        self._writing_submissions = False
+        self._init_submissions()
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -129,6 +124,9 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
             return await loop.run_in_executor(self._thread, fn, *args)
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
+
+    def _store_error(self, exc: sqlite3.Error) -> StoreError:
+        return _translate(exc, self.path)
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -209,90 +207,6 @@ class SQLiteStore(SQLiteWaiting, SQLiteLedger, SQLiteBatches):
         return await self._call(lambda: int(self._db.execute("PRAGMA user_version").fetchone()[0]))
 
     # -- tasks -------------------------------------------------------------------------
-
-    async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
-        """Queue ``tasks`` in one transaction. Submissions that arrive while one is being
-        written are written together next, in one transaction, each in a savepoint of its
-        own: one refused (an idempotency conflict) leaves the others in; a transaction that
-        fails as a whole (a full disk...) is written again one submission at a time, so that
-        each fails or succeeds by itself as if it had been alone. Under load this is one
-        commit for many submissions, instead of each waiting in line for its own.
-
-        The store's thread takes the next batch as soon as it has written one (it queues
-        itself again, behind the other calls waiting for the thread): a busy event loop
-        delays the answers, not the writing."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[list[Submitted]] = loop.create_future()
-        with self._submitting:
-            self._submissions.append(_Submission(tasks, now, done, loop))
-            idle = not self._writing_submissions
-            self._writing_submissions = True
-        if idle:
-            try:
-                self._thread.submit(self._write_submissions)
-            except RuntimeError as exc:  # the store was closed
-                with self._submitting:
-                    self._writing_submissions = False
-                    self._submissions.clear()
-                raise StoreError(f"the store is closed: {exc}") from exc
-        return await done
-
-    def _write_submissions(self) -> None:
-        """(the store's thread) Write the submissions waiting, answer them, and come back
-        for the next ones if more have arrived."""
-        with self._submitting:
-            batch, self._submissions = self._submissions, []
-        self._post(batch, self._submit_batch(batch))
-        with self._submitting:
-            more = bool(self._submissions)
-            self._writing_submissions = more
-        if more:
-            try:
-                self._thread.submit(self._write_submissions)
-            except RuntimeError:  # the store is closing: the rest is answered so
-                with self._submitting:
-                    batch, self._submissions = self._submissions, []
-                    self._writing_submissions = False
-                self._post(batch, [StoreError("the store is closed")] * len(batch))
-
-    def _post(self, batch: list[_Submission], results: Sequence[Any]) -> None:
-        """(the store's thread) Hand each submission's result to its event loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Submission, Any]]] = {}
-        for s, result in zip(batch, results, strict=True):
-            by_loop.setdefault(s.loop, []).append((s, result))
-        for loop, answers in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(self._answer, answers)
-
-    def _answer(self, answers: list[tuple[_Submission, list[Submitted] | Exception]]) -> None:
-        for s, result in answers:
-            if s.done.done():  # given up by its caller
-                continue
-            if isinstance(result, sqlite3.Error):
-                error = _translate(result, self.path)
-                error.__cause__ = result
-                s.done.set_exception(error)
-            elif isinstance(result, Exception):
-                s.done.set_exception(result)
-            else:
-                s.done.set_result(result)
-
-    def _submit_batch(self, batch: list[_Submission]) -> list[list[Submitted] | Exception]:
-        """(the store's thread) Write ``batch``: what each submission got, or its error."""
-        if len(batch) > 1:
-            try:
-                return self._transaction(
-                    lambda db: [_submit_in_savepoint(db, s.tasks, s.now) for s in batch]
-                )
-            except Exception:
-                pass  # written again one at a time below: each gets its own answer
-        out: list[list[Submitted] | Exception] = []
-        for s in batch:
-            try:
-                out.append(self._transaction(functools.partial(_submit_alone, s)))
-            except Exception as exc:
-                out.append(exc)
-        return out
 
     @staticmethod
     def _submit(db: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
@@ -845,36 +759,6 @@ def _translate(exc: sqlite3.Error, path: str) -> StoreError:
     if primary in _UNAVAILABLE:
         return StoreUnavailable(f"the store {path} is unavailable ({exc}); try again later")
     return StoreError(f"the store {path} failed: {exc}")
-
-
-@dataclasses.dataclass(slots=True)
-class _Submission:
-    """A `SQLiteStore.submit` call waiting for its transaction."""
-
-    tasks: Sequence[NewTask]
-    now: float
-    done: asyncio.Future[list[Submitted]]
-    loop: asyncio.AbstractEventLoop
-
-
-def _submit_alone(submission: _Submission, db: sqlite3.Connection) -> list[Submitted]:
-    return SQLiteStore._submit(db, submission.tasks, submission.now)
-
-
-def _submit_in_savepoint(
-    db: sqlite3.Connection, tasks: Sequence[NewTask], now: float
-) -> list[Submitted] | Exception:
-    """One submission of a batch, in a savepoint: a conflicting idempotency key undoes it
-    alone (and is its answer)."""
-    db.execute("SAVEPOINT submission")
-    try:
-        submitted = SQLiteStore._submit(db, tasks, now)
-    except IdempotencyConflict as exc:
-        db.execute("ROLLBACK TO submission")
-        db.execute("RELEASE submission")
-        return exc
-    db.execute("RELEASE submission")
-    return submitted
 
 
 def _insert_unkeyed(
