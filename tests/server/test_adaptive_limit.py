@@ -102,3 +102,42 @@ def test_one_slow_request_at_a_time_is_no_queue() -> None:
     bound = AdaptiveLimit(ceiling=128, target=0.1, floor=8, window=0.5, clock=clock)
     spans(bound, clock, 2, 0.5, 0.3)  # each slower than the target, 1.2 in progress
     assert bound.limit == 128
+
+
+def slow_for_everyone(bound: AdaptiveLimit, clock: Clock, took: float) -> None:
+    """One window in which the bound is reached and every request takes ``took`` seconds
+    however many are in progress: the process itself is slow."""
+    count = max(1, int(bound.limit / took * bound.window))
+    start = clock.now
+    for i in range(1, count + 1):
+        bound.reached()
+        clock.now = start + bound.window * i / count
+        bound.finished(took)
+
+
+def test_a_cut_that_does_not_make_requests_faster_is_undone() -> None:
+    clock = Clock()
+    bound = AdaptiveLimit(ceiling=128, target=0.1, floor=8, window=0.5, clock=clock)
+    limits = []
+    for _ in range(12):
+        slow_for_everyone(bound, clock, 0.15)
+        limits.append(bound.limit)
+    assert min(limits) >= 64, limits  # cut by the rate alone it fell to the floor
+
+
+def test_a_cut_that_makes_requests_faster_stays() -> None:
+    clock = Clock()
+    bound = AdaptiveLimit(ceiling=128, target=0.1, floor=8, window=0.5, clock=clock)
+    limits = []
+    for _ in range(6):
+        # A server that finishes 300 requests a second: by Little's law each one takes
+        # (requests in progress) / 300 seconds.
+        took = bound.limit / 300
+        count = int(300 * bound.window)
+        start = clock.now
+        for i in range(1, count + 1):
+            bound.reached()
+            clock.now = start + bound.window * i / count
+            bound.finished(took)
+        limits.append(bound.limit)
+    assert all(29 <= limit <= 30 for limit in limits[-3:]), limits  # 300/s * 0.1 s

@@ -84,7 +84,10 @@ class AdaptiveLimit:
     The bound follows what the server completes, not how slow each request was: when the
     whole process is slow (its CPU shared), cutting the bound further would not make the
     admitted requests faster, only fewer, and the throughput measured next would fall
-    with it. A bound from the throughput finds its level instead of collapsing.
+    with it. So a cut after which the requests took as long as before (within 10 %, and
+    still longer than the target) is undone: under a 10x overload that the event loop
+    spends reading and refusing, the bound cut by the rate alone fell to the floor, and
+    the server admitted 46 requests a second of the 1,600 it sustains.
     """
 
     def __init__(
@@ -107,6 +110,9 @@ class AdaptiveLimit:
         self._count = 0
         self._busy = 0.0  # seconds the requests finished in this window took, summed
         self._reached = False
+        # The bound before the last cut, and the requests' mean time then (see finished).
+        self._cut_from: float | None = None
+        self._latency_before_cut = 0.0
 
     @property
     def limit(self) -> int:
@@ -133,9 +139,27 @@ class AdaptiveLimit:
         if self._reached or queueing:
             rate = self._count / elapsed
             self._rate = rate if self._rate is None else (self._rate + rate) / 2
-            self._bound = self._rate * self.target
+            bound = self._rate * self.target
+            latency = self._busy / self._count
+            if (
+                self._cut_from is not None
+                and latency > self.target
+                and latency >= 0.9 * self._latency_before_cut
+            ):
+                # The last cut did not make requests faster: their time is not spent
+                # queueing behind each other (the whole process is slow: reading and
+                # refusing the excess, a busy machine). Cutting further would only admit
+                # fewer, and the rate measured next would fall with them, down to the
+                # floor: back to the bound before that cut.
+                bound, self._cut_from, self._rate = self._cut_from, None, None
+            elif bound < self._bound:
+                self._cut_from, self._latency_before_cut = self._bound, latency
+            else:
+                self._cut_from = None
+            self._bound = bound
         else:
             self._rate = None
+            self._cut_from = None
             self._bound = min(float(self.ceiling), 2 * max(self._bound, float(self.floor)))
         self._started, self._count, self._busy, self._reached = now, 0, 0.0, False
 
