@@ -29,7 +29,10 @@ class SQLiteLedger:
     async def add_key_usage(self, usage: Sequence[KeyTotals]) -> None:
         rows = [totals_params(totals) for totals in usage]
         if rows:
-            await self._call(self._transaction, lambda db: db.executemany(L["add_key_usage"], rows))
+            # A statement per key (a flush holds a few): executemany of this upsert, with
+            # a second connection writing the same file, failed now and then with
+            # "bad parameter or other API misuse" (tests/gateway/test_ledger.py).
+            await self._call(self._transaction, lambda db: _add_each(db, rows))
 
     async def key_usage(self, key_id: str) -> KeyTotals | None:
         def run() -> KeyTotals | None:
@@ -66,3 +69,8 @@ class SQLiteLedger:
     async def gateway_tasks(self, key_id: str, limit: int = 100) -> dict[str, int]:
         params = {"key_id": key_id, "limit": limit}
         return await self._call(lambda: dict(self._db.execute(L["gateway_tasks"], params)))
+
+
+def _add_each(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        db.execute(L["add_key_usage"], row)
