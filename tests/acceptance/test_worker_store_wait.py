@@ -1,6 +1,7 @@
 """``legion worker`` started while its database is down: it waits, saying so, and serves
-once the database starts; it gives up after ``--store-wait`` (exit 3, which the
-supervisor answers by starting it again); refused credentials stop it at once."""
+once the database starts, or stops cleanly on SIGTERM while it waits; it gives up after
+``--store-wait`` (exit 3, which the supervisor answers by starting it again); refused
+credentials stop it at once."""
 
 from __future__ import annotations
 
@@ -79,6 +80,26 @@ def test_a_worker_started_before_its_database_waits_then_runs_tasks(
         _, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
         assert "stopped after 50 succeeded" in err
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+
+
+def test_a_worker_stopped_while_it_waits_for_its_database_exits_cleanly(
+    agents_file: Path, cluster: PrivateCluster
+) -> None:
+    """A supervisor's SIGTERM can come at any moment of a worker's start: the stop signals
+    are handled before the store is opened, so the worker ends with 0, not killed by it."""
+    worker = start_legion(
+        "worker", "--app", str(agents_file), "--store", cluster.url, "--store-wait", "300"
+    )
+    try:
+        read_until(worker, "the store is unavailable (try 1)")
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        assert "SIGTERM: draining" in err
     finally:
         if worker.poll() is None:
             worker.kill()

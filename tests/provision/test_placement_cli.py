@@ -38,9 +38,12 @@ def test_only_a_worker_offering_what_a_task_needs_leases_it(tmp_path: Path) -> N
     finally:
         for proc in (plain, gpu):
             proc.send_signal(signal.SIGTERM)
-        for proc in (plain, gpu):
+        ended = []
+        for proc in (plain, gpu):  # both are waited for, whatever the first one did
             _, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err
+            ended.append((proc.returncode, err))
+    for code, err in ended:
+        assert code == 0, err
     pids = {agent: {json.loads(out) for a, out in ran if a == agent} for agent, _ in ran}
     assert pids["on_gpu"] == {gpu.pid}
     assert pids["anywhere"] <= {gpu.pid, plain.pid}

@@ -20,6 +20,7 @@ from legion.cli.progress import Progress, RunTally, rate_text
 from legion.cli.wiring import (
     STOP_SIGNALS,
     RuntimeOptions,
+    StopSignals,
     open_runtime,
     stop_signals,
     until_first,
@@ -201,7 +202,7 @@ async def _collect(
     resumed: set[int],
     tally: RunTally,
     progress: Progress,
-    stop: asyncio.Event,
+    stop: StopSignals,
     budgets: list[Budget] | None = None,
 ) -> bool:
     """Gather results until every task finished, a signal asked to stop or one of
@@ -288,7 +289,7 @@ def _budget_line(budget: Budget) -> str:
     return ", ".join(parts)
 
 
-def _install_signals(rt: Runtime, console: Console) -> asyncio.Event:
+def _install_signals(rt: Runtime, console: Console) -> StopSignals:
     """The run's stop (SIGINT, SIGTERM), and SIGUSR1 for a dump of its asyncio tasks."""
 
     def first(sig: signal.Signals) -> None:

@@ -12,9 +12,8 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -39,16 +38,15 @@ from legion.cli.progress import error_text, stderr_console
 from legion.cli.status import opened
 from legion.cli.wiring import (
     RuntimeOptions,
+    StopSignals,
     llm_options,
     open_runtime,
-    stop_signals,
     until_first,
 )
 from legion.cli.worker import load_agents
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
 from legion.llm.budget import BudgetLimits
-from legion.run.runtime import Runtime
 from legion.store import store_from_url
 
 if TYPE_CHECKING:
@@ -301,12 +299,17 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
     """Serve until SIGINT/SIGTERM; then stop serving and drain the worker."""
     from legion.server import running_server
 
+    def first(sig: signal.Signals) -> None:
+        console.print(f"{sig.name}: stopping the server, then draining the worker", highlight=False)
+
+    stop = StopSignals(first)  # from the start: a stop while opening still ends cleanly
     async with (
         open_runtime(
             opts.runtime, agents=agents, on_routes=lambda note: console.print(note, highlight=False)
         ) as rt,
         running_server(rt, agents, opts.settings) as server,
     ):
+        stop.attach(rt)
         names = ", ".join(a.name for a in agents)
         print(f"legion serve: listening on {server.url} ({names})", flush=True)
         if server.metrics_url is not None:
@@ -317,18 +320,11 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
             f"{server.url}/openapi.json · metrics {metrics}/metrics",
             highlight=False,
         )
-        await _until_signal(rt, server.wait_stopped(), console)
+        await until_first(stop.wait(), server.wait_stopped())
     if rt.fatal_error is not None:
         console.print(error_text(f"the worker stopped: {rt.fatal_error}"))
         return 2
     return 0
-
-
-async def _until_signal(rt: Runtime, stopped: Coroutine[Any, Any, None], console: Console) -> None:
-    def first(sig: signal.Signals) -> None:
-        console.print(f"{sig.name}: stopping the server, then draining the worker", highlight=False)
-
-    await until_first(stop_signals(rt, first).wait(), stopped)
 
 
 # -- keys ------------------------------------------------------------------------------

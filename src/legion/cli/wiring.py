@@ -10,7 +10,7 @@ What the commands differ in is in their options, not in code of their own; a new
 of the runtime is wired once, here.
 
 Also here: opening a store that may not answer yet (`open_store`), what SIGINT and
-SIGTERM do to a running command (`stop_signals`) and waiting for the first reason to
+SIGTERM do to a running command (`StopSignals`) and waiting for the first reason to
 stop (`until_first`).
 """
 
@@ -150,6 +150,9 @@ async def open_store(
         tries += 1
         try:
             await store.open()
+        except asyncio.CancelledError:  # the command was stopped while it waited
+            await store.aclose()
+            raise
         except StoreError as exc:
             await store.aclose()
             if not exc.retryable:
@@ -181,25 +184,44 @@ async def open_store(
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def stop_signals(rt: Runtime, first: Callable[[signal.Signals], None]) -> asyncio.Event:
-    """Handle SIGINT and SIGTERM in the running loop: the first calls ``first`` with the
-    signal and sets the event returned (the command stops: its worker drains, running
-    tasks finish); each one after gives the running tasks back to the queue at once."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    presses = 0
+class StopSignals:
+    """SIGINT and SIGTERM, handled in the running loop from the moment this is made (make
+    it before the command opens its store, so a process the store can see always stops
+    cleanly): the first calls ``first`` with the signal and sets the stop; each one after
+    gives the running tasks of the attached runtime back to the queue at once."""
 
-    def on_signal(signum: int) -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1:
-            first(signal.Signals(signum))
-            stop.set()
-        elif rt.worker is not None:
-            rt.worker.release_now()
+    def __init__(self, first: Callable[[signal.Signals], None]) -> None:
+        self._first = first
+        self._event = asyncio.Event()
+        self._runtime: Runtime | None = None
+        self._presses = 0
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
 
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, on_signal, sig)
+    def attach(self, rt: Runtime) -> None:
+        """The runtime whose running tasks a second signal releases."""
+        self._runtime = rt
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def _on_signal(self, signum: int) -> None:
+        self._presses += 1
+        if self._presses == 1:
+            self._first(signal.Signals(signum))
+            self._event.set()
+        elif self._runtime is not None and self._runtime.worker is not None:
+            self._runtime.worker.release_now()
+
+
+def stop_signals(rt: Runtime, first: Callable[[signal.Signals], None]) -> StopSignals:
+    """`StopSignals` for a runtime already open."""
+    stop = StopSignals(first)
+    stop.attach(rt)
     return stop
 
 

@@ -24,6 +24,7 @@ refuses it (a bad URL, rejected credentials) stops it at once. Exit codes:
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
@@ -39,9 +40,9 @@ from legion.cli.progress import error_text
 from legion.cli.wiring import (
     STOP_SIGNALS,
     RuntimeOptions,
+    StopSignals,
     open_runtime,
     open_store,
-    stop_signals,
     until_first,
 )
 from legion.errors import AgentLoadError, StoreError
@@ -83,16 +84,27 @@ def load_agents(apps: tuple[str, ...]) -> list[Agent]:
 
 async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> int:
     """Run one worker until SIGINT/SIGTERM; answer the exit code."""
-    store = await open_store(
-        opts.runtime.store,
-        lease_seconds=opts.runtime.lease_seconds,
-        wait=opts.store_wait,
-        console=console,
+
+    def draining(sig: signal.Signals) -> None:
+        console.print(f"{sig.name}: draining", highlight=False)
+
+    # Stop signals are handled from here on: a worker stopped while it opens its store or
+    # registers (a supervisor's SIGTERM can come at any moment) exits cleanly too.
+    stop = StopSignals(draining)
+    opening = asyncio.ensure_future(
+        open_store(
+            opts.runtime.store,
+            lease_seconds=opts.runtime.lease_seconds,
+            wait=opts.store_wait,
+            console=console,
+        )
     )
+    await until_first(opening, stop.wait())
+    store = None if opening.cancelled() else opening.result()
     if store is None:
-        return EXIT_STORE
+        return 0 if stop.is_set() else EXIT_STORE
     try:
-        return await _serve(store, opts, agents, console)
+        return await _serve(store, opts, agents, stop, console)
     except StoreError as exc:
         if not exc.retryable:
             raise
@@ -102,10 +114,13 @@ async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> i
         await store.aclose()
 
 
-async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console: Console) -> int:
+async def _serve(
+    store: Store, opts: WorkerOptions, agents: list[Agent], stop: StopSignals, console: Console
+) -> int:
     notes: list[str] = []
     async with open_runtime(opts.runtime, store=store, agents=agents, on_routes=notes.append) as rt:
         assert rt.worker is not None and rt.llm is not None
+        stop.attach(rt)
         budget = rt.llm.budgets.run
         console.print(
             f"legion worker {rt.worker.id} pid {os.getpid()}: serving "
@@ -113,11 +128,6 @@ async def _serve(store: Store, opts: WorkerOptions, agents: list[Agent], console
             f"(concurrency {opts.runtime.concurrency}); {notes[0]}",
             highlight=False,
         )
-
-        def draining(sig: signal.Signals) -> None:
-            console.print(f"{sig.name}: draining", highlight=False)
-
-        stop = stop_signals(rt, draining)
         # An agent that freezes the loop past its timeout is recorded and the process
         # exits; so does a stop signal the frozen loop cannot handle. The loop's handlers
         # run in the loop; the guard hears of the signal in the signal handler itself.
