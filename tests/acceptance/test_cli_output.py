@@ -217,3 +217,26 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path: Path, agents_fil
         assert r.stderr.startswith("error: cannot write"), r.stderr
         assert why in r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_an_output_naming_the_runs_own_files_is_refused_and_they_stay(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}, {"n": 2}])
+    store = tmp_path / "runs.db"
+    first = legion(*_run(f"{agents_file}:typed", inp, str(tmp_path / "out.jsonl"), tmp_path))
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in (inp, store, agents_file)}
+    for target, what in (
+        (store, "the store's database"),
+        (inp, "the run's input file"),
+        (agents_file, "the code of agent 'typed'"),
+    ):
+        r = legion(*_run(f"{agents_file}:typed", inp, str(target), tmp_path))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"error: cannot write {target}: it is {what}"), r.stderr
+        assert "Traceback" not in r.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    assert not list(tmp_path.glob("*.partial"))
+    status = legion("status", "--store", f"sqlite:///{store}")
+    assert status.returncode == 0, status.stderr

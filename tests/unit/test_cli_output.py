@@ -86,3 +86,24 @@ def test_closing_writes_what_waits_behind_a_line_that_never_came(tmp_path: Path)
     lines.close()
     out.commit()
     assert (tmp_path / "out.jsonl").read_bytes() == b"two\nthree\n"
+
+
+def test_an_aborted_run_that_wrote_nothing_leaves_no_partial(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    out = open_output(path)  # the run could not start (a missing API key...)
+    out.abort()
+    assert not path.exists() and not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_an_output_naming_a_file_the_run_keeps_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "runs.db"
+    store.write_bytes(b"the store")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(store)
+    keep = [(tmp_path / "in.jsonl", "the run's input file"), (store, "the store's database")]
+    for target in (store, link, tmp_path / "." / "runs.db"):
+        with pytest.raises(OutputError, match="it is the store's database"):
+            open_output(target, keep)
+    assert store.read_bytes() == b"the store"
+    assert not list(tmp_path.glob("*.partial"))
+    open_output(tmp_path / "out.jsonl", keep).abort()  # any other file is fine

@@ -45,6 +45,7 @@ class OutputFile:
         self._owned = owned  # close the descriptor at the end
         self._closed = False
         self._held: list[bytes] | None = None
+        self._wrote = False  # any line written to the descriptor
 
     def is_terminal(self) -> bool:
         return os.isatty(self._fd)
@@ -66,6 +67,7 @@ class OutputFile:
         self._write(data)
 
     def _write(self, data: bytes) -> None:
+        self._wrote = self._wrote or bool(data)
         view = memoryview(data)
         while view:
             try:
@@ -90,8 +92,11 @@ class OutputFile:
             os.replace(self.partial, self.path)
 
     def abort(self) -> None:
-        """Leave the target as it was; a partial file keeps the whole lines written."""
+        """Leave the target as it was; a partial file keeps the whole lines written (one
+        that got none, as when the run could not start, is removed)."""
         self._close()
+        if self.partial is not None and not self._wrote:
+            self.partial.unlink(missing_ok=True)
 
     def _close(self) -> None:
         if not self._closed:
@@ -103,10 +108,15 @@ class OutputFile:
         return str(self.path) if self.path is not None else "stdout"
 
 
-def open_output(path: Path | None) -> OutputFile:
-    """Open where the results go (``None``: stdout); a clear error if it cannot be."""
+def open_output(path: Path | None, keep: Sequence[tuple[Path, str]] = ()) -> OutputFile:
+    """Open where the results go (``None``: stdout); a clear error if it cannot be.
+
+    ``keep``: files the run needs, each with what it is (its input, its store, the
+    agent's code...): an output that names one of them (itself, through a link, or as
+    the file that would be replaced) is refused rather than written over it."""
     if path is None:
         return OutputFile(sys.stdout.fileno(), path=None, partial=None, owned=False)
+    _refuse_kept(path, keep)
     text = os.fspath(path)
     fd_number = _STD_PATHS.get(text)
     match = _FD_PATH.match(text)
@@ -130,6 +140,23 @@ def open_output(path: Path | None) -> OutputFile:
     if stat.S_ISDIR(info.st_mode):
         raise OutputError(f"cannot write {path}: it is a folder")
     return _open_through(path)
+
+
+def _refuse_kept(path: Path, keep: Sequence[tuple[Path, str]]) -> None:
+    try:
+        target = os.stat(path)  # what a link names: writing through it would change that
+    except OSError:
+        return  # nothing there yet: a new file clobbers nothing
+    for kept, what in keep:
+        try:
+            same = os.path.samestat(target, os.stat(kept))
+        except OSError:
+            continue
+        if same:
+            raise OutputError(
+                f"cannot write {path}: it is {what}; the results would replace it "
+                "(give another --output)"
+            )
 
 
 def _open_replacing(path: Path) -> OutputFile:

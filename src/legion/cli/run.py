@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import sys
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from rich.text import Text
 from legion import codec
 from legion.agent import Agent
 from legion.cli.keyed_lines import submit_lines
+from legion.cli.llm_options import DEFAULT_CONFIG
 from legion.cli.output import OrderedLines, OutputFile, open_output
 from legion.cli.progress import Progress, RunTally, rate_text
 from legion.cli.wiring import (
@@ -99,7 +101,7 @@ class Results:
 async def run_file(opts: RunOptions, console: Console) -> int:
     """Run every line; write one output line per input line; answer the exit code."""
     lines = list(read_jsonl(opts.input, opts.agent.name))
-    out = open_output(opts.output)
+    out = open_output(opts.output, keep=_kept_files(opts))
     if opts.progress and console.is_terminal and out.is_terminal():
         out.hold()  # the live display redraws this terminal: the lines come after it
     try:
@@ -109,6 +111,27 @@ async def run_file(opts: RunOptions, console: Console) -> int:
         raise
     out.commit()
     return code
+
+
+def _kept_files(opts: RunOptions) -> list[tuple[Path, str]]:
+    """The files this run reads or keeps its state in, which its output must not replace."""
+    kept = [(opts.input, "the run's input file")]
+    try:
+        source = inspect.getsourcefile(opts.agent.fn)
+    except TypeError:  # not defined in Python source
+        source = None
+    if source is not None:
+        kept.append((Path(source), f"the code of agent {opts.agent.name!r}"))
+    kept.append((opts.runtime.llm.config or DEFAULT_CONFIG, "the LLM config file"))
+    store = opts.runtime.store
+    if store.startswith("sqlite:///") and store != "sqlite:///:memory:":
+        from legion.vectors.sqlite import vectors_path
+
+        db = store.removeprefix("sqlite:///")
+        what = f"the store's database ({store})"
+        for name in (db, vectors_path(db)):
+            kept += [(Path(name + end), what) for end in ("", "-wal", "-shm", "-journal")]
+    return kept
 
 
 async def _run_lines(
