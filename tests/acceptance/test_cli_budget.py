@@ -4,6 +4,7 @@ with a raised budget continues where it stopped without buying a recorded call a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.acceptance.conftest import legion, read_jsonl, sim_stats, start_sim, write_jsonl
@@ -62,6 +63,10 @@ def test_a_call_budget_stops_the_run_and_a_raised_one_resumes_it(tmp_path: Path)
         assert "budget exceeded" in output and "--max-calls 13" in output, output
         served = sim_stats(url)["succeeded"]
         assert served <= 13, served  # not one call past the budget reached the provider
+        # The summary's requests are those the provider got, not the calls refused.
+        sent = re.search(r"(\d+) calls, (\d+) requests", output)
+        assert sent is not None, output
+        assert int(sent.group(2)) == sim_stats(url)["requests_total"], output
         statuses = _statuses(tmp_path)
         assert len(statuses) == TASKS
         assert "budget_exceeded" in statuses and "succeeded" in statuses, statuses

@@ -129,7 +129,8 @@ class RouteStatistics:
     succeeded: int
     failed: int
     attempts: int
-    """Provider calls, retries included."""
+    """Requests sent to the provider: retries and hedged copies included, calls that a
+    budget refused or a pause turned away before sending not."""
     retries: int
     errors: Mapping[str, int]
     """Failed attempts by error class name."""
@@ -392,7 +393,6 @@ class LLMClient:
             if route.breaker is not None:
                 with attempts.waiting(f"the breaker of route {route.name}"):
                     ticket = await route.breaker.wait_turn()
-            counters.attempts += 1
             sent = _Sent()
             try:
                 # One attempt (hedged if the route says so), its outcome told to the
@@ -453,13 +453,13 @@ class LLMClient:
         counters.calls += 1
         spent = 0  # failures of this call's own (the rules of `chat`)
         while True:
-            counters.attempts += 1
             sent = _Sent()
             try:
                 hold = await self._hold(route, estimate, estimate)
                 try:
                     async with route.capacity.reserve(estimate) as slot:
                         sent.at = slot.started_at
+                        counters.attempts += 1
                         try:
                             result: EmbedResult = await embed(request, timeout=limit)
                         except RateLimited as exc:
@@ -669,6 +669,7 @@ class LLMClient:
                 estimate, input_tokens=estimate - completion, output_tokens=completion
             ) as slot:
                 sent.at = slot.started_at
+                counters.attempts += 1  # a request sent (not one a budget or pause refused)
                 try:
                     result = await route.provider.chat(request, timeout=timeout)
                 except RateLimited as exc:
