@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from legion.loader import load_agent
+from legion.run.runtime import Runtime
 from tests.acceptance.conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -308,7 +311,10 @@ def test_cancel_and_retry_say_why_they_did_nothing(tmp_path: Path, agents_file: 
     c = legion("cancel", "1", "999", "--store", store)
     assert c.returncode == 1
     assert c.stdout.splitlines() == ["1\tsucceeded", "999\tnot found"]
-    assert c.stderr.strip() == "error: not found: task 999"
+    assert c.stderr.splitlines() == [
+        "error: task 1 succeeded; only queued, waiting or running tasks can be cancelled",
+        "error: task 999 not found",
+    ]
 
     rq = legion("retry", "1", "2", "999", "--store", store)
     assert rq.returncode == 1
@@ -319,6 +325,24 @@ def test_cancel_and_retry_say_why_they_did_nothing(tmp_path: Path, agents_file: 
     ]
     ok = legion("retry", "2", "--store", store)  # queued now: nothing to do, and it says so
     assert ok.returncode == 1 and "task 2 queued; only dead" in ok.stderr
+
+
+def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    agent = load_agent(f"{agents_file}:typed")
+
+    async def queue() -> int:
+        async with Runtime(store, worker=False) as rt:
+            return (await rt.submit(agent, {"n": 1})).id
+
+    task = asyncio.run(queue())
+    for _ in range(2):  # a cancelled task is cancelled: asking again is not an error
+        c = legion("cancel", str(task), "--store", store)
+        assert c.returncode == 0, c.stderr
+        assert c.stdout.splitlines() == [f"{task}\tcancelled"]
+        assert c.stderr == ""
 
 
 def test_a_wrong_agent_name_lists_the_agents_found(tmp_path: Path, agents_file: Path) -> None:

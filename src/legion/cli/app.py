@@ -372,18 +372,36 @@ def cancel(
 ) -> None:
     """Cancel tasks: queued ones at once, running ones when their worker next checks in.
 
-    Prints each task's status after the request; exits 1 if a task was not found.
+    Prints each task's status after the request (a running one stays running until its
+    worker stops it); says on stderr which tasks it could not cancel and why (not found,
+    already ended) and exits 1 if there was one.
     """
     from legion.cli.status import cancel_tasks
+    from legion.task import TaskStatus
 
-    missing = []
+    refused = []
+    running = []
     for task_id, st in _run(cancel_tasks(store, task_ids)):
         print(f"{task_id}\t{st or 'not found'}")
         if st is None:
-            missing.append(task_id)
-    if missing:
-        ids = ", ".join(str(i) for i in missing)
-        raise _fail(f"not found: task {ids}", code=1)
+            refused.append(f"task {task_id} not found")
+        elif st.terminal and st is not TaskStatus.CANCELLED:
+            refused.append(
+                f"task {task_id} {st}; only queued, waiting or running tasks can be cancelled"
+            )
+        elif st is TaskStatus.RUNNING:
+            running.append(str(task_id))
+    console = stderr_console()
+    if running:
+        console.print(
+            f"cancel requested for running task {', '.join(running)}: it stops when its "
+            "worker next checks in (`legion status` shows it)",
+            highlight=False,
+        )
+    for reason in refused:
+        console.print(error_text(reason))
+    if refused:
+        raise typer.Exit(1)
 
 
 _register_serve(app)
