@@ -64,3 +64,23 @@ def test_the_readme_agent_shows_why_a_task_failed(tmp_path: Path) -> None:
     for line in lines:
         assert " dead ValueError: no answer to '" in line, line
     assert "Unclosed" not in done.stderr, done.stderr
+
+
+def test_the_readme_agent_file_serves_legion_run_without_running_its_main(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "program.py").write_text(section_code("An agent"), encoding="utf-8")
+    (tmp_path / "in.jsonl").write_text('{"question": "What is a coroutine?"}\n')
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "legion", "run", "program.py:research", "-i", "in.jsonl"),
+            *("-o", "out.jsonl", "--store", "sqlite:///other.db", "--llm", "sim", "--no-progress"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"status":"succeeded"' in (tmp_path / "out.jsonl").read_text()
+    assert not (tmp_path / "runs.db").exists()  # the program's own main() did not run
