@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, get_origin, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
@@ -338,6 +338,12 @@ def _parameters(
     params = list(inspect.signature(fn).parameters.values())
     if not params:
         raise ConfigError(f"agent {name!r} must take the context as its first parameter")
+    if _an_input(params[0].annotation):
+        raise ConfigError(
+            f"agent {name!r}: its first parameter, {params[0].name!r}, is the context "
+            f"(ctx: legion.Context), not an input of type {_type_name(params[0].annotation)}; "
+            "the inputs come after it"
+        )
     fields: dict[str, Any] = {}
     for p in params[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
@@ -392,6 +398,29 @@ def _all_plain(value: dict[str, Any], plain: dict[str, type | None]) -> bool:
         if want is not None and type(v) is not want:
             return False
     return True
+
+
+_INPUT_TYPES = (int, float, str, bool, bytes, list, dict, tuple, set)
+
+
+def _an_input(annotation: Any) -> bool:
+    """Whether a parameter annotated so is plainly an input, not the context (the
+    annotation as written: a type, or its text under ``from __future__ import
+    annotations``)."""
+    if isinstance(annotation, str):
+        return annotation.split("[", 1)[0].strip() in {t.__name__ for t in _INPUT_TYPES}
+    origin = get_origin(annotation) or annotation
+    return origin in _INPUT_TYPES or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    return (
+        annotation
+        if isinstance(annotation, str)
+        else getattr(annotation, "__name__", str(annotation))
+    )
 
 
 def _resolve(fn: AgentFn, agent_name: str, p: inspect.Parameter) -> Any:

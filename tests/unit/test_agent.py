@@ -103,6 +103,9 @@ def test_a_single_dict_parameter_takes_any_object() -> None:
         ("async def f(): pass", "context as its first parameter"),
         ("async def f(ctx, *args): pass", "plain or keyword-only"),
         ("async def f(ctx, x: 'Missing'): pass", "cannot resolve the annotation"),
+        ("async def f(x: int): pass", r"first parameter, 'x', is the context .* not an input of"),
+        ("async def f(x: 'list[str]', y: int): pass", "not an input of type list"),
+        ("async def f(doc: dict): pass", "the inputs come after it"),
     ],
 )
 def test_bad_definitions_are_refused_at_decoration(source: str, message: str) -> None:
