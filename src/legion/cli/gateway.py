@@ -25,7 +25,6 @@ from legion.cli.options import (
 )
 from legion.cli.progress import stderr_console
 from legion.extras import install_hint
-from legion.sim.cli import _is_loopback
 from legion.store import store_from_url
 
 GATEWAY_HELP = (
@@ -58,6 +57,8 @@ def gateway(
         bool, typer.Option("--allow-remote", help="Allow a --host that is not loopback.")
     ] = False,
 ) -> None:
+    from legion.sim.cli import _is_loopback  # the simulator's package brings aiohttp
+
     if not allow_remote and not _is_loopback(host):
         raise _fail(f"refusing to listen on non-loopback host {host!r} without --allow-remote")
     try:
