@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from legion.bench.results import cpu_count
 from legion.cli.progress import error_text, stderr_console
 from legion.errors import LegionError
 
@@ -89,7 +88,7 @@ def _finish(result: BenchResult, out: Path, plots: bool) -> None:
 def _run_scenario(
     make: Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]],
 ) -> BenchResult:
-    from legion.bench.results import load_average
+    from legion.bench.results import cpu_count, load_average
 
     console = stderr_console()
     load = load_average()

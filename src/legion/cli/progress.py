@@ -18,7 +18,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from legion.llm.pricing import format_cost
 from legion.stats import LatencySample, Statistics
 
 if TYPE_CHECKING:
@@ -145,6 +144,8 @@ class Progress:
         s = self.llm.statistics()
         if not any(r.calls for r in s.routes.values()):
             return ""
+        from legion.llm.pricing import format_cost  # here: the CLI starts without the LLM layer
+
         broken = [r.name for r in s.routes.values() if r.breaker and r.breaker.state]
         return (
             llm_counts(s)
@@ -157,6 +158,8 @@ class Progress:
         """The LLM part of the final summary, per route."""
         if self.llm is None:
             return ""
+        from legion.llm.pricing import format_cost  # here: the CLI starts without the LLM layer
+
         lines = []
         for r in self.llm.statistics().routes.values():
             if not r.calls:
