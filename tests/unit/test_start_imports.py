@@ -3,9 +3,9 @@
 Every `legion ...` command, `--help` included, imports `legion.cli.app` first, and the
 test suite starts the command as a subprocess hundreds of times: each module loaded at
 start is paid on every one of them. The heavy parts (aiohttp, the provider simulator,
-the LLM layer, the executors, bench and demo code, the server) are imported inside the
-functions that use them; these tests keep them out of the start without timing it.
-Each import runs in a fresh interpreter, as the command does.
+the LLM layer, the executors, bench and demo code, the server, the SQLite store) are
+imported inside the functions that use them; these tests keep them out of the start
+without timing it. Each import runs in a fresh interpreter, as the command does.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ NOT_AT_START = (
     "legion.server",
     "legion.gateway",
     "legion.vectors",
+    "legion.store.sqlite",
 )
 
 
@@ -49,3 +50,4 @@ def test_the_heavy_modules_are_still_importable() -> None:
     # nothing.
     loaded = _loaded_after("legion.llm, legion.sim, legion.executors, legion.bench")
     assert {"aiohttp", "legion.llm", "legion.sim", "legion.executors"} <= loaded
+    assert "legion.store.sqlite" in _loaded_after("legion; legion.SQLiteStore")
