@@ -2,11 +2,12 @@
 
 Every `legion ...` command, `--help` included, imports `legion.cli.app` first, and the
 test suite starts the command as a subprocess hundreds of times: each module loaded at
-start is paid on every one of them. The heavy parts (aiohttp, the provider simulator,
-the LLM layer, the executors, bench and demo code, the server, the SQLite store,
-pydantic) are imported inside the functions that use them; these tests keep them out of
-the start without timing it. Each import runs in a fresh interpreter, as the command
-does. (`test_public_api` keeps the CLI's own packages, typer and rich, out of `legion`.)
+start is paid on every one of them. The heavy parts (pydantic, aiohttp, the provider
+simulator, the LLM layer, the executors, bench and demo code, the server, the SQLite
+store, the store's side of a frozen worker) are imported inside the functions that use
+them; these tests keep them out of the start without timing it. Each import runs in a
+fresh interpreter, as the command does. (`test_public_api` keeps the CLI's own packages,
+typer and rich, out of `legion`.)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ NOT_AT_START = (
     "legion.gateway",
     "legion.vectors",
     "legion.store.sqlite",
+    "legion.store.freeze",
 )
 
 
