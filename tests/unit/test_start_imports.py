@@ -2,7 +2,7 @@
 
 Every `legion ...` command, `--help` included, imports `legion.cli.app` first, and the
 test suite starts the command as a subprocess hundreds of times: each module loaded at
-start is paid on every one of them. The heavy parts (pydantic, aiohttp, the provider
+start is paid on every one of them. The heavy parts (pydantic, aiohttp, rich, the provider
 simulator, the LLM layer, the executors, bench and demo code, the server, the SQLite
 store, the store's side of a frozen worker) are imported inside the functions that use
 them; these tests keep them out of the start without timing it. Each import runs in a
@@ -21,6 +21,7 @@ import pytest
 NOT_AT_START = (
     "aiohttp",
     "pydantic",
+    "rich",
     "legion.sim",
     "legion.llm",
     "legion.executors",

@@ -13,14 +13,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
 from legion.stats import LatencySample, Statistics
 
 if TYPE_CHECKING:
+    # rich is imported where something is drawn or printed: `legion --help` never needs it.
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
     from legion.llm.client import LLMClient, LLMStatistics
 from legion.task import TaskResult, TaskStatus
 
@@ -90,6 +91,8 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.enabled and self.console.is_terminal:
+            from rich.live import Live
+
             self._live = Live(
                 self._render(), console=self.console, refresh_per_second=4, transient=False
             )
@@ -178,6 +181,8 @@ class Progress:
         return "\n".join(lines)
 
     def _render(self) -> Table:
+        from rich.table import Table
+
         t, w = self.tally, self.worker_stats
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
@@ -283,6 +288,8 @@ def _local_speed(providers: Iterable[object]) -> str:
 
 def error_text(message: str) -> Text:
     """``error: MESSAGE``, the message verbatim."""
+    from rich.text import Text
+
     return Text.assemble(("error:", "red"), " ", message)
 
 
@@ -291,4 +298,6 @@ def stderr_console() -> Console:
     written, so square brackets in a path, an error or an install hint
     (``'.[server]'``) reach the user intact; styles are given with ``style=`` or
     `rich.text.Text`."""
+    from rich.console import Console
+
     return Console(file=sys.stderr, highlight=False, soft_wrap=True, markup=False)

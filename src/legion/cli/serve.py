@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from legion.cli.options import (
     DEFAULT_STORE,
@@ -41,6 +40,8 @@ from legion.extras import install_hint
 from legion.store import store_from_url
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from legion.agent import Agent
     from legion.cli.wiring import RuntimeOptions
     from legion.server import ServerSettings
