@@ -53,11 +53,12 @@ from legion.retry import RetryPolicy
 from legion.run.runtime import Runtime
 from legion.run.worker import Worker, WorkerConfig
 from legion.stats import Statistics
-from legion.store import SQLiteStore, Store, store_from_url
+from legion.store import Store, store_from_url
 from legion.task import ErrorInfo, Submitted, TaskInfo, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     from legion.llm.client import LLMClient
+    from legion.store.sqlite import SQLiteStore
 from legion.waiting import Approval
 
 __version__ = "0.1.0"
@@ -118,4 +119,8 @@ def __getattr__(name: str) -> Any:
         from legion.llm.client import LLMClient
 
         return LLMClient
+    if name == "SQLiteStore":  # made by store_from_url, which loads it then
+        from legion.store.sqlite import SQLiteStore
+
+        return SQLiteStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,14 +16,17 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, get_origin, overload
-
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from typing import TYPE_CHECKING, Any, get_origin, overload
 
 from legion import codec
 from legion.errors import ConfigError, InputError
 from legion.resources import encode, normalize
 from legion.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    # pydantic is imported where a model is built or an input validated, so that `import
+    # legion` and the `legion` command start without it.
+    from pydantic import BaseModel, ValidationError
 
 AgentFn = Callable[..., Awaitable[Any]]
 
@@ -74,6 +77,8 @@ class Agent:
         self._one = len(self.params) == 1
         # Inputs that need no validation (see `_plain_types`): no pydantic model is built.
         self._plain = _plain_types(self._validator) if input_model is None else None
+        from pydantic import TypeAdapter
+
         self._output = TypeAdapter(output_model) if output_model is not None else None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -156,6 +161,8 @@ class Agent:
                 want = plain[self.params[0]]
                 if want is None or type(value) is want:
                     return {self.params[0]: value}
+            from pydantic import ValidationError
+
             try:
                 return self._validator.model_validate({self.params[0]: value}).__dict__
             except ValidationError as exc:
@@ -190,6 +197,8 @@ class Agent:
         return f"input does not fit agent {self.name!r}: " + "; ".join(parts)
 
     def _validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        from pydantic import ValidationError
+
         try:
             return self._validator.model_validate(kwargs).__dict__
         except ValidationError as exc:
@@ -208,6 +217,8 @@ class Agent:
         else:
             self.arguments(value)  # raises, saying what the agent takes
             return
+        from pydantic import ValidationError
+
         try:
             self._validator.model_validate_json(kwargs, strict=True)
         except ValidationError as exc:
@@ -359,6 +370,8 @@ def _parameters(
             raise ConfigError(f"agent {name!r}: input= needs exactly one parameter after ctx")
         (only,) = fields
         fields[only] = (input_model, fields[only][1])
+    from pydantic import ConfigDict, create_model
+
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     try:
         model = create_model(f"{name}_input", __config__=config, **fields)
@@ -409,6 +422,8 @@ def _an_input(annotation: Any) -> bool:
     annotations``)."""
     if isinstance(annotation, str):
         return annotation.split("[", 1)[0].strip() in {t.__name__ for t in _INPUT_TYPES}
+    from pydantic import BaseModel  # an agent's definition imports pydantic anyway
+
     origin = get_origin(annotation) or annotation
     return origin in _INPUT_TYPES or (
         isinstance(annotation, type) and issubclass(annotation, BaseModel)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
 
 from legion.errors import OutputError
 
@@ -18,6 +17,10 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 def _default(value: Any) -> Any:
+    # Imported here, not at the top, so that `import legion` starts without pydantic; only
+    # values orjson cannot encode itself come here.
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (set, frozenset, tuple)):

@@ -52,8 +52,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
-
 
 class LegionError(Exception):
     """Root of every error legion raises."""
@@ -293,5 +291,7 @@ def is_retryable(exc: BaseException) -> bool:
     """Whether a task that ended with ``exc`` should be tried again."""
     if isinstance(exc, AgentError):
         return exc.retryable
+    from pydantic import ValidationError  # here: `import legion` starts without pydantic
+
     # A validation error means bad data, which retrying cannot fix.
     return not isinstance(exc, ValidationError)

@@ -12,7 +12,6 @@ import typer
 
 from legion.cli.bench import register as _register_bench
 from legion.cli.gateway import register as _register_gateway
-from legion.cli.llm_options import ExecutorOptions
 from legion.cli.options import (
     DEFAULT_STORE,
     ConcurrencyOpt,
@@ -45,7 +44,6 @@ from legion.cli.serve import register as _register_serve
 from legion.cli.signal import register as _register_signal
 from legion.cli.sim import register as _register_sim
 from legion.cli.vectors import register as _register_vectors
-from legion.cli.wiring import RuntimeOptions, llm_options
 from legion.errors import LegionError
 
 app = typer.Typer(
@@ -117,7 +115,9 @@ def run(
     and the line's content (or its "_key" field), so running the same command again
     skips what finished and runs the rest. Exits 1 if any task did not succeed.
     """
+    from legion.cli.llm_options import ExecutorOptions
     from legion.cli.run import RunOptions, run_file
+    from legion.cli.wiring import RuntimeOptions, llm_options
     from legion.loader import load_agent
 
     _setup_logging(verbose)
@@ -251,6 +251,8 @@ def worker(
     or go back to the queue). LLM limits (--rpm/--tpm) are shared by all the workers
     that use the same provider and model: together they stay under them.
     """
+    from legion.cli.llm_options import ExecutorOptions
+    from legion.cli.wiring import RuntimeOptions, llm_options
     from legion.cli.worker import (
         WorkerOptions,
         child_argv,

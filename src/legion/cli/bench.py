@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from legion.bench.results import cpu_count
 from legion.cli.progress import error_text, stderr_console
 from legion.errors import LegionError
 
 if TYPE_CHECKING:
+    # rich loads where something is printed: `legion --help` never needs it.
+    from rich.console import Console
+
     from legion.bench.results import BenchResult
     from legion.demo.compare import Comparison
 
@@ -65,6 +64,8 @@ SqliteOnlyOpt = Annotated[bool, typer.Option("--sqlite-only", help="Skip the Pos
 
 
 def _progress(console: Console) -> Callable[[str], None]:
+    from rich.text import Text
+
     start = time.monotonic()
 
     def say(message: str) -> None:
@@ -89,7 +90,9 @@ def _finish(result: BenchResult, out: Path, plots: bool) -> None:
 def _run_scenario(
     make: Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]],
 ) -> BenchResult:
-    from legion.bench.results import load_average
+    from rich.text import Text
+
+    from legion.bench.results import cpu_count, load_average
 
     console = stderr_console()
     load = load_average()
@@ -509,6 +512,9 @@ def demo(
 
 
 def _print_comparison(c: Comparison) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     from legion.demo.compare import ideal_lines, rows
 
     out = Console(highlight=False, markup=False)

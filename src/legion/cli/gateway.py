@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from legion.cli.llm_options import LLMOptions, llm_config
 from legion.cli.options import (
     ConfigOpt,
     LLMOpt,
@@ -25,7 +24,6 @@ from legion.cli.options import (
 )
 from legion.cli.progress import stderr_console
 from legion.extras import install_hint
-from legion.sim.cli import _is_loopback
 from legion.store import store_from_url
 
 GATEWAY_HELP = (
@@ -58,6 +56,11 @@ def gateway(
         bool, typer.Option("--allow-remote", help="Allow a --host that is not loopback.")
     ] = False,
 ) -> None:
+    # Here, not at the top: the LLM layer and the simulator's package (aiohttp) load when
+    # the command runs, not with every `legion` command.
+    from legion.cli.llm_options import LLMOptions, llm_config
+    from legion.sim.cli import _is_loopback
+
     if not allow_remote and not _is_loopback(host):
         raise _fail(f"refusing to listen on non-loopback host {host!r} without --allow-remote")
     try:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legion.errors import ConfigError
-from legion.executors import Executor
 from legion.llm.config import LLMConfig, RouteConfig, load_config, parse_provider_spec
+
+if TYPE_CHECKING:
+    from legion.executors import Executor
 
 DEFAULT_CONFIG = Path("legion.toml")
 

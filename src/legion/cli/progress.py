@@ -13,15 +13,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
-from legion.llm.pricing import format_cost
 from legion.stats import LatencySample, Statistics
 
 if TYPE_CHECKING:
+    # rich is imported where something is drawn or printed: `legion --help` never needs it.
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
     from legion.llm.client import LLMClient, LLMStatistics
 from legion.task import TaskResult, TaskStatus
 
@@ -91,6 +91,8 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.enabled and self.console.is_terminal:
+            from rich.live import Live
+
             self._live = Live(
                 self._render(), console=self.console, refresh_per_second=4, transient=False
             )
@@ -145,6 +147,8 @@ class Progress:
         s = self.llm.statistics()
         if not any(r.calls for r in s.routes.values()):
             return ""
+        from legion.llm.pricing import format_cost  # here: the CLI starts without the LLM layer
+
         broken = [r.name for r in s.routes.values() if r.breaker and r.breaker.state]
         return (
             llm_counts(s)
@@ -157,6 +161,8 @@ class Progress:
         """The LLM part of the final summary, per route."""
         if self.llm is None:
             return ""
+        from legion.llm.pricing import format_cost  # here: the CLI starts without the LLM layer
+
         lines = []
         for r in self.llm.statistics().routes.values():
             if not r.calls:
@@ -175,6 +181,8 @@ class Progress:
         return "\n".join(lines)
 
     def _render(self) -> Table:
+        from rich.table import Table
+
         t, w = self.tally, self.worker_stats
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
@@ -280,6 +288,8 @@ def _local_speed(providers: Iterable[object]) -> str:
 
 def error_text(message: str) -> Text:
     """``error: MESSAGE``, the message verbatim."""
+    from rich.text import Text
+
     return Text.assemble(("error:", "red"), " ", message)
 
 
@@ -288,4 +298,6 @@ def stderr_console() -> Console:
     written, so square brackets in a path, an error or an install hint
     (``'.[server]'``) reach the user intact; styles are given with ``style=`` or
     `rich.text.Text`."""
+    from rich.console import Console
+
     return Console(file=sys.stderr, highlight=False, soft_wrap=True, markup=False)

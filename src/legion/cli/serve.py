@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from legion.cli.options import (
     DEFAULT_STORE,
@@ -36,21 +35,15 @@ from legion.cli.options import (
 )
 from legion.cli.progress import error_text, stderr_console
 from legion.cli.status import opened
-from legion.cli.wiring import (
-    RuntimeOptions,
-    StopSignals,
-    llm_options,
-    open_runtime,
-    until_first,
-)
-from legion.cli.worker import load_agents
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
-from legion.llm.budget import BudgetLimits
 from legion.store import store_from_url
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from legion.agent import Agent
+    from legion.cli.wiring import RuntimeOptions
     from legion.server import ServerSettings
     from legion.server.keys import NewKey
     from legion.store.types import ApiKey
@@ -224,6 +217,10 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
     """``legion serve`` (its help is SERVE_HELP)."""
+    # The runtime's wiring and the LLM layer load when the command runs, not with `legion`.
+    from legion.cli.wiring import RuntimeOptions, llm_options
+    from legion.cli.worker import load_agents
+    from legion.llm.budget import BudgetLimits
     from legion.telemetry import configure_logging, configure_tracing
 
     configure_logging(
@@ -297,6 +294,7 @@ def _require_server_extra() -> None:
 
 async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> int:
     """Serve until SIGINT/SIGTERM; then stop serving and drain the worker."""
+    from legion.cli.wiring import StopSignals, open_runtime, until_first
     from legion.server import running_server
 
     def first(sig: signal.Signals) -> None:

@@ -7,10 +7,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from legion import codec
 from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.summary import summarize
@@ -95,6 +91,11 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
             ]
         print(codec.dumps(doc).decode())
         return
+
+    # rich loads here, where the tables are drawn: `legion --help` never needs it.
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
     console = Console(highlight=False, markup=False)
     table = Table(title=f"tasks in {url}")

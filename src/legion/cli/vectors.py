@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 # Registered at the end of the package's __init__, once these exist.
 from legion.cli.options import ConfigOpt, LLMOpt, MaxInFlightOpt, RpmOpt, StoreOpt, TpmOpt, _run
@@ -145,6 +144,8 @@ def register(app: typer.Typer) -> None:
         for error in report.errors[:10]:
             console.print(f"skipped {error}", style="yellow", highlight=False)
         seconds = time.monotonic() - started
+        from rich.console import Console  # here: `legion --help` never needs rich
+
         Console().print(
             f"{collection}: {report.documents:,} documents, {report.chunks:,} chunks "
             f"({report.embedded:,} embedded, {report.skipped:,} already loaded) in {seconds:.1f} s",
@@ -200,6 +201,8 @@ def register(app: typer.Typer) -> None:
             for hit in hits:
                 sys.stdout.write(json.dumps(hit.to_json()) + "\n")
             return
+        from rich.console import Console
+
         console = Console()
         if not hits:
             console.print("no hits")
@@ -225,6 +228,8 @@ def register(app: typer.Typer) -> None:
                 row = {"name": c.name, "scope": c.scope, "model": c.model, "dims": c.dims}
                 sys.stdout.write(json.dumps({**row, "items": c.items}) + "\n")
             return
+        from rich.console import Console
+
         console = Console()
         if not found:
             console.print("no vector collections")

@@ -26,16 +26,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import orjson
 
 from legion.errors import ProviderError, ProviderRejected, ProviderUnavailable
 from legion.llm import anthropic, openai
 from legion.llm.types import ChatRequest, ChatResponse
 
-_TIMEOUT = aiohttp.ClientTimeout(total=60.0)
+if TYPE_CHECKING:
+    import aiohttp  # imported where a session is opened: only a worker with a batch route needs it
+
+_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +73,16 @@ class _Http:
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=_TIMEOUT)
+            timeout = aiohttp.ClientTimeout(total=_TIMEOUT_SECONDS)
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
         return self._session
 
     async def request(self, method: str, path: str, **kw: Any) -> bytes:
+        import aiohttp
+
         try:
             async with self._open().request(method, f"{self._base}{path}", **kw) as response:
                 body = await response.read()
@@ -140,6 +147,8 @@ class OpenAIBatches:
             + b"\n"
             for custom_id, request in calls
         )
+        import aiohttp
+
         form = aiohttp.FormData()
         form.add_field("purpose", "batch")
         form.add_field(

@@ -102,7 +102,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from legion.errors import ConfigError
 from legion.llm import anthropic, openai
@@ -126,7 +126,9 @@ from legion.llm.simulated import SimulatedProvider
 from legion.llm.timer import Timer
 from legion.llm.transport import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_RESPONSE_BYTES
 from legion.retry import RetryPolicy
-from legion.sim import SimConfig
+
+if TYPE_CHECKING:
+    from legion.sim import SimConfig
 
 ProviderKind = Literal["sim", "openai", "anthropic", "local"]
 _KINDS: tuple[ProviderKind, ...] = ("sim", "openai", "anthropic", "local")
@@ -481,6 +483,10 @@ def _sim_route(name: str, model: str, settings: dict[str, Any], source: str) -> 
     simulator = settings.get("simulator", {})
     if not isinstance(simulator, Mapping):
         raise ConfigError(f"{source}: simulator must be a table of simulator settings")
+    # Imported here: the simulator's package brings its aiohttp server, which only a sim
+    # route needs.
+    from legion.sim import SimConfig
+
     try:
         sim = SimConfig.from_mapping({"models": [model], **simulator})
     except ValueError as exc:

@@ -8,13 +8,15 @@ client code, connection pool and error paths as production.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legion.llm.embeddings import EmbedRequest, EmbedResult
 from legion.llm.openai import OpenAIProvider
 from legion.llm.provider import ChatResult
 from legion.llm.types import ChatRequest
-from legion.sim import SimConfig, Simulator
+
+if TYPE_CHECKING:
+    from legion.sim import SimConfig, Simulator
 
 
 class SimulatedProvider:
@@ -31,6 +33,9 @@ class SimulatedProvider:
         stream_idle_timeout: float = 30.0,
         **http: Any,
     ) -> None:
+        # The simulator (an aiohttp server) is imported only when a simulated route is made.
+        from legion.sim import Simulator
+
         self._name = name
         self._simulator = Simulator(config)
         self._max_connections = max_connections

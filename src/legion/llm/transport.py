@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import aiohttp
 import orjson
-from multidict import CIMultiDictProxy
 
 from legion.errors import (
     LegionError,
@@ -50,6 +48,12 @@ from legion.llm.headers import parse_rate_limit_headers
 from legion.llm.provider import ChatResult
 from legion.llm.sse import EventTooLarge, ServerSentEvent, SSEDecoder
 from legion.llm.types import ChatResponse, RateLimitInfo
+
+if TYPE_CHECKING:
+    # aiohttp is imported where a session is opened or its errors caught: importing it
+    # costs a CLI command or `import legion.llm` some 0.1 s, and most never make a call.
+    import aiohttp
+    from multidict import CIMultiDictProxy
 
 R = TypeVar("R")
 
@@ -112,7 +116,6 @@ class HttpTransport:
         self._plain_ttfb = ttfb_timeout
         self._max_response = max_response_bytes
         self._max_event = max_event_bytes
-        self._plain_timeout = aiohttp.ClientTimeout()
         self._auth_hint = auth_hint
         self._session: aiohttp.ClientSession | None = None
 
@@ -161,6 +164,8 @@ class HttpTransport:
         failure after the final event no longer matters.
         """
 
+        import aiohttp
+
         async def read(response: aiohttp.ClientResponse) -> ChatResponse:
             decoder = SSEDecoder(max_event_bytes=self._max_event)
             loop = asyncio.get_running_loop()
@@ -207,11 +212,13 @@ class HttpTransport:
             await session.close()
 
     def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         connector = aiohttp.TCPConnector(
             limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=self._plain_timeout
+            connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout()
         )
         return self._session
 
@@ -223,6 +230,8 @@ class HttpTransport:
         ttfb: float | None,
         read: Callable[[aiohttp.ClientResponse], Awaitable[R]],
     ) -> tuple[R, RateLimitInfo]:
+        import aiohttp
+
         session = self._session or self._open()
         body = orjson.dumps(payload)
         provider = self.provider

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from legion.diagnostics.watchdog import Capture
-from legion.store.freeze import Freeze, record_freeze, release_worker
 
 if TYPE_CHECKING:
     from legion.run.runner import Instance
@@ -65,6 +64,12 @@ class FreezeGuard:
         self._exit = exit
         self._signal: tuple[int, float] | None = None
         self._acting = threading.Lock()
+        # The store's side (a connection of its own, SQL files) loads with the guard, not
+        # with legion, and before any freeze: the watchdog's thread imports nothing while
+        # the loop is blocked.
+        from legion.store.freeze import Freeze, record_freeze, release_worker
+
+        self._freeze, self._record, self._release = Freeze, record_freeze, release_worker
 
     def signalled(self, signum: int) -> None:
         """A stop signal arrived (called from the signal handler, whatever the loop does)."""
@@ -99,13 +104,13 @@ class FreezeGuard:
             lease.agent,
             limit,
         )
-        freeze = Freeze(
+        freeze = self._freeze(
             lease.id, lease.attempt, self.owner, limit, self.max_freezes, time.time(), site
         )
         try:
             if self.url is None:
                 raise RuntimeError("the worker's store has no URL")
-            status = record_freeze(self.url, freeze)
+            status = self._record(self.url, freeze)
             log.error("task %s is now %s", lease.id, status or "with another worker")
         except Exception as exc:  # exit anyway: the leases expire and are reclaimed
             log.error("could not record the frozen task %s: %s", lease.id, exc)
@@ -122,7 +127,7 @@ class FreezeGuard:
         )
         try:
             if self.url is not None:
-                release_worker(self.url, self.owner, time.time())
+                self._release(self.url, self.owner, time.time())
         except Exception as exc:
             log.error("could not give the tasks back: %s", exc)
         self._leave(128 + signum)

@@ -23,7 +23,6 @@ from legion.store.base import (
     TaskReader,
     WorkerRegistry,
 )
-from legion.store.sqlite import SQLiteStore
 from legion.store.types import (
     DiagnosticRecord,
     Event,
@@ -37,6 +36,7 @@ from legion.store.types import (
 
 if TYPE_CHECKING:
     from legion.store.postgres import PostgresStore
+    from legion.store.sqlite import SQLiteStore
 
 __all__ = [
     "CapacityBoard",
@@ -63,6 +63,12 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name == "PostgresStore":
         return _postgres_store()
+    if name == "SQLiteStore":
+        # Loaded when first named or made: `import legion` and the `legion` command's
+        # start do not pay for the SQLite store's queries.
+        from legion.store.sqlite import SQLiteStore
+
+        return SQLiteStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -96,6 +102,8 @@ def store_from_url(
             raise ConfigError(
                 f"bad SQLite URL {url!r}: use sqlite:///path.db or sqlite:///:memory:"
             )
+        from legion.store.sqlite import SQLiteStore
+
         return SQLiteStore(path[1:], create=create, clock=clock)
     if url.startswith(("postgresql://", "postgres://")):
         if lease_seconds is None:
