@@ -36,7 +36,10 @@ async def next_line(reader: asyncio.StreamReader) -> str:
 
 async def exited(pid: int) -> None:
     """Wait until process ``pid`` (not ours) has exited."""
-    fd = os.pidfd_open(pid)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # gone already (and reaped by its parent)
+        return
     gone = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_reader(fd, gone.set)
