@@ -42,10 +42,10 @@ async def research(ctx: legion.Context, question: str) -> dict[str, Any]:
     partial = await ctx.gather(
         *(ctx.llm.chat(partial_prompt(question, n), max_tokens=PARTIAL_TOKENS) for n in notes)
     )
-    answer = await ctx.llm.chat(
-        combine_prompt(question, [p.text for p in partial]), max_tokens=ANSWER_TOKENS
+    answer, _ = await ctx.gather(  # remembering the question needs no answer: at once
+        ctx.llm.chat(combine_prompt(question, [p.text for p in partial]), max_tokens=ANSWER_TOKENS),
+        asked.add([question], metadata={"task": ctx.task_id}),
     )
-    await asked.add([question], metadata={"task": ctx.task_id})
     return {
         "question": question,
         "answer": answer.text,

@@ -212,3 +212,4 @@ def test_the_example_agent_retrieves_by_vectors_and_remembers_its_session(
     assert rows[0]["output"]["related_earlier"] == []
     assert rows[1]["output"]["related_earlier"] == []  # another session's questions stay there
     assert rows[2]["output"]["related_earlier"] == [questions[0]["question"]]
+    assert "async pitfalls" not in run.stderr, run.stderr  # the example is as it should be
