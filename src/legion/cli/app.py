@@ -113,7 +113,9 @@ def run(
 
     Each line becomes a task whose idempotency key comes from the agent, the line number
     and the line's content (or its "_key" field), so running the same command again
-    skips what finished and runs the rest. Exits 1 if any task did not succeed.
+    skips what finished and runs the rest. Exits 1 if any task did not succeed, 3 when
+    its budget stopped it, 128 + the signal's number when a signal did (130 for Ctrl-C,
+    143 for SIGTERM).
     """
     from legion.cli.llm_options import ExecutorOptions
     from legion.cli.run import RunOptions, run_file

@@ -214,8 +214,8 @@ async def _run_lines(
             )
         )
         return EXIT_BUDGET
-    if interrupted:
-        return 130
+    if interrupted:  # as a shell reports a command a signal ended: 130 (SIGINT), 143 (SIGTERM)
+        return 128 + (stop.received or signal.SIGINT)
     return 0 if tally.not_succeeded == 0 else 1
 
 

@@ -195,6 +195,8 @@ class StopSignals:
         self._event = asyncio.Event()
         self._runtime: Runtime | None = None
         self._presses = 0
+        self.received: signal.Signals | None = None
+        """The first stop signal (``None`` before one came)."""
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -212,7 +214,8 @@ class StopSignals:
     def _on_signal(self, signum: int) -> None:
         self._presses += 1
         if self._presses == 1:
-            self._first(signal.Signals(signum))
+            self.received = signal.Signals(signum)
+            self._first(self.received)
             self._event.set()
         elif self._runtime is not None and self._runtime.worker is not None:
             self._runtime.worker.release_now()
