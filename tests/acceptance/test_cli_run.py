@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from legion import __version__
 from legion.loader import load_agent
 from legion.run.runtime import Runtime
 from tests.acceptance.conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
@@ -343,6 +344,11 @@ def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
         assert c.returncode == 0, c.stderr
         assert c.stdout.splitlines() == [f"{task}\tcancelled"]
         assert c.stderr == ""
+
+
+def test_version_is_printed() -> None:
+    r = legion("--version")
+    assert r.returncode == 0 and r.stdout == f"legion {__version__}\n", r.stderr
 
 
 def test_a_wrong_agent_name_lists_the_agents_found(tmp_path: Path, agents_file: Path) -> None:

@@ -56,6 +56,29 @@ app = typer.Typer(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from legion import __version__
+
+        print(f"legion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print legion's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass  # the options of `legion` itself (the application's help is its own)
+
+
 @app.command()
 def run(
     agent: Annotated[

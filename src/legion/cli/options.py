@@ -25,7 +25,9 @@ StoreOpt = Annotated[
         "--store",
         "-s",
         envvar="LEGION_STORE",
-        help="Where state lives: sqlite:///path.db (relative), sqlite:////abs/path.db, sqlite:///:memory:.",
+        help="Where state lives: sqlite:///path.db (relative), sqlite:////abs/path.db, "
+        "sqlite:///:memory:, or postgresql://user@host/db (shared by many workers: extra "
+        "legion-runtime[postgres]).",
     ),
 ]
 
