@@ -280,3 +280,30 @@ def _run_through_a_restart(
     assert run.returncode == 0, err
     rows = read_jsonl(out)
     assert len(rows) == n and {r["status"] for r in rows} == {"succeeded"}
+
+
+def test_a_run_without_a_local_worker_says_when_no_worker_serves_its_agent(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": 1}])
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    run = start_legion(
+        "run", f"{agents_file}:work", "-i", str(inp), "--store", store, "--no-local-worker"
+    )
+    try:
+        assert run.stderr is not None
+        said = []
+        for line in run.stderr:  # the run waits for a worker: it says so, then keeps waiting
+            said.append(line)
+            if "no live worker serves agent 'work'" in line:
+                break
+        else:
+            raise AssertionError("".join(said))
+        assert f"--store {store}" in said[-1]
+        run.send_signal(signal.SIGTERM)
+        run.communicate(timeout=60)
+        assert run.returncode == 128 + signal.SIGTERM
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()

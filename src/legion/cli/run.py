@@ -173,6 +173,8 @@ async def _run_lines(
             if budget is not None:
                 earlier = await _spent_before(rt, [s.id for s in submitted if not s.created])
                 budget.spent_before(earlier)
+            if not opts.runtime.worker and len(resumed) < len(submitted):
+                await _say_if_unserved(rt, opts, console)
             for watch in watched:
                 if llm is not None:  # an agent's budget: what its tasks recorded so far
                     await llm.budgets.ready(watch)
@@ -217,6 +219,26 @@ async def _run_lines(
     if interrupted:  # as a shell reports a command a signal ended: 130 (SIGINT), 143 (SIGTERM)
         return 128 + (stop.received or signal.SIGINT)
     return 0 if tally.not_succeeded == 0 else 1
+
+
+async def _say_if_unserved(rt: Runtime, opts: RunOptions, console: Console) -> None:
+    """Without a local worker: say so when no live worker on the store serves the agent
+    (the tasks wait in the queue until one starts, and the run with them)."""
+    now = await rt.store.now()
+    fresh = 2 * opts.runtime.lease_seconds  # a worker heartbeats well within its lease
+    serving = [
+        w
+        for w in await rt.store.workers()
+        if now - w.heartbeat_at < fresh and opts.agent.name in w.load.get("agents", ())
+    ]
+    if not serving:
+        console.print(
+            f"no live worker serves agent {opts.agent.name!r} on {opts.runtime.store} yet: "
+            "its tasks wait in the queue until one starts (`legion worker --app FILE "
+            f"--store {opts.runtime.store}`)",
+            style="yellow",
+            highlight=False,
+        )
 
 
 async def _collect(
