@@ -387,10 +387,15 @@ def output_record(r: LineResult) -> dict[str, Any]:
     if res.status is TaskStatus.SUCCEEDED:
         record["output"] = res.output
     elif res.status.terminal or res.error is not None:
-        record["error"] = (
-            res.error.brief() if res.error else {"type": str(res.status), "message": ""}
-        )
+        record["error"] = res.error.brief() if res.error else _no_error(res.status)
     return record
+
+
+def _no_error(status: TaskStatus) -> dict[str, str]:
+    """The error of a task that ended without one of its own (a cancelled task)."""
+    if status is TaskStatus.CANCELLED:
+        return {"type": "Cancelled", "message": "cancelled before it finished"}
+    return {"type": str(status).title(), "message": f"the task ended {status}"}
 
 
 def _print_summary(console: Console, tally: RunTally, report: RunReport, interrupted: bool) -> None:
