@@ -346,6 +346,19 @@ def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
         assert c.stderr == ""
 
 
+def test_a_rerun_says_how_to_run_again_what_did_not_succeed(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}, {"n": "x"}])
+    args = ("run", f"{agents_file}:typed", "-i", str(inp), "-o", "/dev/null", "--store", store)
+    assert legion(*args).returncode == 1  # line 2 fails
+    again = legion(*args)
+    assert again.returncode == 1
+    assert "2 finished in an earlier run and were not run again" in again.stderr
+    assert "1 of them did not succeed: `legion retry --failed" in again.stderr
+
+
 def test_version_is_printed() -> None:
     r = legion("--version")
     assert r.returncode == 0 and r.stdout == f"legion {__version__}\n", r.stderr

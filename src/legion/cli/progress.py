@@ -35,12 +35,14 @@ class RunTally:
     by_status: dict[TaskStatus, int] = field(default_factory=lambda: dict.fromkeys(TaskStatus, 0))
     latency: LatencySample = field(default_factory=LatencySample)
     resumed: int = 0
+    resumed_unsucceeded: int = 0  # of those, the ones that had not succeeded
     bad_lines: int = 0
 
     def add(self, result: TaskResult, *, resumed: bool = False) -> None:
         self.by_status[result.status] += 1
         if resumed:
             self.resumed += 1
+            self.resumed_unsucceeded += result.status is not TaskStatus.SUCCEEDED
         elif result.latency is not None:
             self.latency.add(result.latency)
 

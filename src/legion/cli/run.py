@@ -403,6 +403,8 @@ def _print_summary(console: Console, tally: RunTally, report: RunReport, interru
     parts = [f"{n} {s}" for s, n in counts.items()]
     if tally.bad_lines:
         parts.append(f"{tally.bad_lines} bad input lines")
+    if tally.total > tally.done:  # stopped by a signal or a budget: they wait in the store
+        parts.append(f"{tally.total - tally.done} unfinished")
     p50, p95 = tally.latency.quantile(0.5), tally.latency.quantile(0.95)
     lat = (
         f", p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
@@ -420,6 +422,11 @@ def _print_summary(console: Console, tally: RunTally, report: RunReport, interru
     _print_diagnostics(console, report.diagnostics)
     if tally.resumed:
         console.print(f"{tally.resumed} finished in an earlier run and were not run again")
+        if tally.resumed_unsucceeded:
+            console.print(
+                f"  {tally.resumed_unsucceeded} of them did not succeed: `legion retry --failed "
+                "--dead --cancelled` (with --store) queues them again for the next run"
+            )
     for line, result in sorted(report.failures, key=lambda f: f[0]):
         if result.error is not None:
             console.print(
