@@ -12,6 +12,7 @@ running the same file again resumes it instead of starting over.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,18 @@ class InputLine:
     priority: int = 0
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def read_jsonl(path: Path, agent: str) -> Iterator[InputLine]:
-    """Parse ``path`` line by line; blank lines are skipped, bad ones reported."""
-    with path.open("rb") as f:
+    """Parse ``path`` (``-``: stdin) line by line; blank lines are skipped, bad ones
+    reported, a UTF-8 byte order mark at the start is not part of the first line."""
+    with (
+        path.open("rb") if str(path) != "-" else open(sys.stdin.fileno(), "rb", closefd=False) as f
+    ):
         for number, raw in enumerate(f, start=1):
-            text = raw.strip()
+            text = raw.removeprefix(_BOM) if number == 1 else raw
+            text = text.strip()
             if not text:
                 continue
             yield parse_line(text, number, agent)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sqlite3
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,14 @@ import pytest
 from legion import __version__
 from legion.loader import load_agent
 from legion.run.runtime import Runtime
-from tests.acceptance.conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
+from tests.acceptance.conftest import (
+    LEGION,
+    legion,
+    read_jsonl,
+    start_legion,
+    wait_for,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -357,6 +365,33 @@ def test_a_rerun_says_how_to_run_again_what_did_not_succeed(
     assert again.returncode == 1
     assert "2 finished in an earlier run and were not run again" in again.stderr
     assert "1 of them did not succeed: `legion retry --failed" in again.stderr
+
+
+def test_inputs_from_stdin_from_a_file_with_a_bom_and_a_folder_refused(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    piped = subprocess.run(
+        [*LEGION, "run", f"{agents_file}:typed", "-i", "-", "--store", store, "--no-progress"],
+        input='{"n": 1}\n{"n": 2}\n',
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert [r["status"] for r in map(json.loads, piped.stdout.splitlines())] == ["succeeded"] * 2
+
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"n": 3}\n')  # as some editors save UTF-8
+    r = legion("run", f"{agents_file}:typed", "-i", str(bom), "--store", store)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "succeeded"
+
+    folder = legion("run", f"{agents_file}:typed", "-i", str(tmp_path), "--store", store)
+    assert folder.returncode == 2
+    assert folder.stderr.strip() == (
+        f"error: cannot read {tmp_path}: it is a folder (give a JSONL file, or - for stdin)"
+    )
 
 
 def test_version_is_printed() -> None:

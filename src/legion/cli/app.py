@@ -84,7 +84,9 @@ def run(
     agent: Annotated[
         str, typer.Argument(help="The agent: path/to/file.py:function or package.module:function.")
     ],
-    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL file: one input per line.")],
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="JSONL file: one input per line (-: stdin).")
+    ],
     output: Annotated[
         Path | None,
         typer.Option(
@@ -146,8 +148,11 @@ def run(
     from legion.loader import load_agent
 
     _setup_logging(verbose)
-    if not input.is_file():
-        raise _fail(f"no such input file: {input}")
+    if str(input) != "-":
+        if input.is_dir():
+            raise _fail(f"cannot read {input}: it is a folder (give a JSONL file, or - for stdin)")
+        if not input.exists():
+            raise _fail(f"no such input file: {input}")
     try:
         loaded = load_agent(agent)
         if deadline is not None:

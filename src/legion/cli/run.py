@@ -115,7 +115,7 @@ async def run_file(opts: RunOptions, console: Console) -> int:
 
 def _kept_files(opts: RunOptions) -> list[tuple[Path, str]]:
     """The files this run reads or keeps its state in, which its output must not replace."""
-    kept = [(opts.input, "the run's input file")]
+    kept = [] if str(opts.input) == "-" else [(opts.input, "the run's input file")]
     try:
         source = inspect.getsourcefile(opts.agent.fn)
     except TypeError:  # not defined in Python source
