@@ -334,6 +334,9 @@ def test_cancel_and_retry_say_why_they_did_nothing(tmp_path: Path, agents_file: 
     ]
     ok = legion("retry", "2", "--store", store)  # queued now: nothing to do, and it says so
     assert ok.returncode == 1 and "task 2 queued; only dead" in ok.stderr
+    typo = legion("retry", "--failed", "--agent", "typd", "--store", store)
+    assert typo.returncode == 1
+    assert "error: no tasks of agent 'typd' in the store (its agents: typed)" in typo.stderr
 
 
 def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(

@@ -168,6 +168,11 @@ async def requeue(
     ]
     refused: list[str] = []
     async with opened(url) as store:
+        if agent is not None:
+            known = sorted(await store.counts_by_agent())
+            if agent not in known:  # a misspelt filter matches nothing, silently otherwise
+                names = ", ".join(known) or "none"
+                return 0, [f"no tasks of agent {agent!r} in the store (its agents: {names})"]
         n = await store.requeue(statuses, agent=agent) if statuses else 0
         for task_id in ids:
             if await store.requeue_one(task_id):
