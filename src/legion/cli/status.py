@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -97,7 +98,10 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(highlight=False, markup=False)
+    # Into a pipe or a file the tables keep their width (rich would squeeze them into 80
+    # columns, cutting worker ids and headers short).
+    wide = None if sys.stdout.isatty() else 240
+    console = Console(highlight=False, markup=False, width=wide)
     table = Table(title=f"tasks in {url}")
     table.add_column("agent")
     for s in TaskStatus:
