@@ -162,6 +162,7 @@ simulator = { rpm = 60, latency = 0.01 }
         ({"a": {"provider": "sim"}, "default": "b"}, "default = 'b' names no"),
         ({"a": {"provider": "sim"}, "colour": 1}, "unknown setting 'colour'"),
         ({"a": {"model": "x"}}, r"\[llm.a\] needs provider"),
+        ({"a": {"provder": "sim"}}, r"needs provider = .* \(unknown option\(s\) provder\)"),
         ({"a": {"provider": "sim"}, "retries": -1}, "retry settings"),
         ({"a": {"provider": "openai", "model": "m"}}, "OPENAI_API_KEY is not set"),
     ],

@@ -304,7 +304,9 @@ def _table_route(
     kind = settings.pop("provider", None)
     model = settings.pop("model", "")
     if not isinstance(kind, str) or not isinstance(model, str):
-        raise ConfigError(f"{source} needs provider = one of {', '.join(_KINDS)}")
+        unknown = sorted(set(settings) - _ROUTE_OPTIONS)
+        also = f" (unknown option(s) {', '.join(unknown)})" if unknown else ""
+        raise ConfigError(f"{source} needs provider = one of {', '.join(_KINDS)}{also}")
     return _route(name, kind, model, settings, env, source)
 
 
