@@ -138,8 +138,10 @@ class Progress:
             f"p95 {_ms(t.latency.quantile(0.95))}",
             f"in flight {w.in_flight if w else self.running}",
             f"retries {w.retried if w else 0}",
-            f"failed {t.not_succeeded}",
+            f"failed {t.not_succeeded - t.by_status[TaskStatus.CANCELLED]}",
         ]
+        if t.by_status[TaskStatus.CANCELLED]:
+            parts.append(f"cancelled {t.by_status[TaskStatus.CANCELLED]}")
         llm = self._llm_brief()
         return "legion run: " + " | ".join(parts) + (f" | {llm}" if llm else "")
 
