@@ -369,9 +369,14 @@ def _check(
 
 
 def _input_errors(exc: InputError, loc: tuple[str | int, ...]) -> list[dict[str, Any]]:
-    """The fields at fault. ``Agent.arguments`` raises its InputError while handling
-    pydantic's ValidationError, which stays its ``__context__``; without one, the
+    """The fields at fault. An input that names fields the agent does not take, or lacks
+    some, answers the whole message (as the command line says it), then each such field
+    (``fields``). ``Agent.arguments`` raises its other InputErrors while handling
+    pydantic's ValidationError, which stays their ``__context__``; without one, the
     message itself says what does not fit."""
+    if exc.fields:
+        each = [_error(kind, (*loc, name), message) for kind, name, message in exc.fields]
+        return [_error("agent_input", loc, str(exc)), *each]
     cause = exc.__context__
     if isinstance(cause, ValidationError):
         return [
