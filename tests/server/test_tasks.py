@@ -245,7 +245,26 @@ async def test_cancel_a_queued_or_running_task(api: Api, gate: asyncio.Event) ->
     status, body = await api.call("POST", f"/v1/tasks/{sub['id']}:cancel")
     assert (status, body) == (200, {"id": sub["id"], "status": "running"})  # asked to stop
     assert (await api.finished(sub["id"]))["status"] == "cancelled"
+    # Cancelling it again changes nothing and says so: it is cancelled.
+    status, body = await api.call("POST", f"/v1/tasks/{sub['id']}:cancel")
+    assert (status, body) == (200, {"id": sub["id"], "status": "cancelled"})
     assert (await api.call("POST", "/v1/tasks/999:cancel"))[0] == 404
+
+
+async def test_a_task_that_finished_otherwise_cannot_be_cancelled(api: Api) -> None:
+    ok = await api.call("POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}})
+    bad = await api.call("POST", "/v1/tasks", body={"agent": "doomed", "input": {"n": 1}})
+    for (_, sub), ended in ((ok, "succeeded"), (bad, "dead")):
+        assert (await api.finished(sub["id"]))["status"] == ended
+        status, body = await api.call("POST", f"/v1/tasks/{sub['id']}:cancel")
+        assert (status, body) == (
+            409,
+            {
+                "detail": f"task {sub['id']} is {ended}: only queued, waiting or running "
+                "tasks can be cancelled"
+            },
+        )
+        assert (await api.finished(sub["id"]))["status"] == ended  # unchanged
 
 
 async def test_retry_a_dead_task(api: Api) -> None:
@@ -258,7 +277,9 @@ async def test_retry_a_dead_task(api: Api) -> None:
     _, ok = await api.call("POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}})
     await api.finished(ok["id"])
     status, body = await api.call("POST", f"/v1/tasks/{ok['id']}:retry")
-    assert status == 409 and "succeeded" in body["detail"]
+    assert status == 409 and body["detail"] == (
+        f"task {ok['id']} is succeeded: only dead, failed or cancelled tasks can be retried"
+    )
     assert (await api.call("POST", "/v1/tasks/999:retry"))[0] == 404
 
 

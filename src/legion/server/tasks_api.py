@@ -211,14 +211,26 @@ async def list_tasks(
 
 
 @router.post(
-    "/tasks/{task_id}:cancel", operation_id="cancel_task", responses={**_ERRORS, **_NOT_FOUND}
+    "/tasks/{task_id}:cancel",
+    operation_id="cancel_task",
+    responses={
+        **_ERRORS,
+        **_NOT_FOUND,
+        409: {"description": "The task has finished already: succeeded, failed or dead."},
+    },
 )
 async def cancel_task(task: TaskDep, state: StateDep) -> StatusOut:
-    """Cancel a task: a queued one at once, a running one when its worker next checks."""
+    """Cancel a task: a queued (or waiting) one at once, a running one when its worker
+    next checks; a cancelled one stays so (200). One that finished otherwise: 409."""
     task_id = task.id
     status = await state.runtime.cancel(task_id)
     if status is None:
         raise HTTPException(404, f"no task {task_id}")
+    if status.terminal and status is not TaskStatus.CANCELLED:
+        raise HTTPException(
+            409,
+            f"task {task_id} is {status}: only queued, waiting or running tasks can be cancelled",
+        )
     log.info("task %d: cancel asked (%s)", task_id, status, extra={"task_id": task_id})
     return StatusOut(id=task_id, status=status)
 
