@@ -73,11 +73,16 @@ async def test_a_tenant_sees_and_changes_only_its_own_tasks(
     info = await any_api.runtime.get(mine["id"])
     assert info is not None and info.status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
 
-    # Lists: each tenant its own; asking for another's tenant lists nothing; admin all.
+    # Lists: each tenant its own (naming itself changes nothing); asking for another
+    # tenant's needs an admin key; admin all.
     _, page = await call(any_api, acme, "GET", "/v1/tasks")
     assert [t["id"] for t in page["tasks"]] == [mine["id"]]
-    _, page = await call(any_api, acme, "GET", "/v1/tasks?tenant=globex")
-    assert page["tasks"] == []
+    assert (await call(any_api, acme, "GET", "/v1/tasks?tenant=acme"))[1] == page
+    status, refused = await call(any_api, acme, "GET", "/v1/tasks?tenant=globex")
+    assert (status, refused) == (
+        403,
+        {"detail": "the tenant filter needs an admin key: this key sees tenant 'acme' alone"},
+    )
     _, page = await call(any_api, admin, "GET", "/v1/tasks")
     assert {t["id"] for t in page["tasks"]} == {mine["id"], theirs["id"]}
     _, page = await call(any_api, admin, "GET", "/v1/tasks?tenant=globex")

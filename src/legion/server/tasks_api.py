@@ -162,7 +162,17 @@ async def submit_batch(request: Request, state: StateDep, key: KeyDep) -> BatchO
     return BatchOut(tasks=await _submit(state, key, body.tasks, locs))
 
 
-@router.get("/tasks", operation_id="list_tasks", responses=_ERRORS)
+@router.get(
+    "/tasks",
+    operation_id="list_tasks",
+    responses={
+        **_ERRORS,
+        403: {
+            "description": "A revoked API key, a cross-origin change, or a `tenant` filter "
+            "naming another tenant without an admin key."
+        },
+    },
+)
 async def list_tasks(
     state: StateDep,
     key: KeyDep,
@@ -184,14 +194,22 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     tenant: Annotated[
         str | None,
-        Query(max_length=64, pattern=TEXT, description="Only this tenant's (admin keys)."),
+        Query(
+            max_length=64,
+            pattern=TEXT,
+            description="Only this tenant's (an admin key's filter; any other key may name "
+            "its own tenant alone).",
+        ),
     ] = None,
 ) -> TaskPage:
     """This tenant's tasks (an admin key's: every tenant's), newest first, a page at a
     time."""
     if not key.admin:
         if tenant is not None and tenant != key.tenant:
-            return TaskPage(tasks=[], next=None)
+            raise HTTPException(
+                403,
+                f"the tenant filter needs an admin key: this key sees tenant {key.tenant!r} alone",
+            )
         tenant = key.tenant
     query = TaskQuery(
         statuses=tuple(status or ()),
