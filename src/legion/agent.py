@@ -169,7 +169,7 @@ class Agent:
                 if not (isinstance(value, dict) and self._as_arguments(value, exc)):
                     raise InputError(_validation_message(self.name, exc)) from None
         if isinstance(value, dict):
-            raise InputError(self._unfit_fields(value))
+            raise self._unfit_fields(value)
         if value is None and not self.params:
             return {}
         expected = ", ".join(self.params) or "no parameters"
@@ -184,17 +184,28 @@ class Agent:
         (param,) = self.params
         return param in value or any(tuple(e["loc"]) == (param,) for e in exc.errors())
 
-    def _unfit_fields(self, value: dict[str, Any]) -> str:
+    def _unfit_fields(self, value: dict[str, Any]) -> InputError:
+        """The error of an object that names fields the agent does not take, or lacks
+        some it needs: the message names them all, and ``fields`` each one."""
         fields = self._validator.model_fields
         unknown = [str(k) for k in value if k not in self._names]
         missing = [p for p in self.params if p not in value and fields[p].is_required()]
+        takes = ", ".join(self.params) or "no parameters"
         parts = []
         if unknown:
-            takes = ", ".join(self.params) or "no parameters"
             parts.append(f"unknown field(s) {', '.join(unknown)} (it takes {takes})")
         if missing:
             parts.append(f"missing field(s) {', '.join(missing)}")
-        return f"input does not fit agent {self.name!r}: " + "; ".join(parts)
+        each = [
+            ("extra_forbidden", k, f"unknown field {k} (agent {self.name!r} takes {takes})")
+            for k in unknown
+        ]
+        each += [
+            ("missing", p, f"missing field {p} (agent {self.name!r} needs it)") for p in missing
+        ]
+        return InputError(
+            f"input does not fit agent {self.name!r}: " + "; ".join(parts), fields=tuple(each)
+        )
 
     def _validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         from pydantic import ValidationError
@@ -208,10 +219,12 @@ class Agent:
         """Check a submitted input as JSON, strictly (``true`` is not a number, ``"5"`` not
         an integer), or raise `InputError`. ``encoded`` is ``value`` as JSON: the
         check reads it rather than copying the input again."""
+        wrapped = False  # the input taken as the single parameter's value
         if isinstance(value, dict) and value.keys() <= self._names and (value or not self._one):
             kwargs = encoded
         elif self._one:
             kwargs = b"{" + codec.dumps(self.params[0]) + b":" + encoded + b"}"
+            wrapped = True
         elif value is None and not self.params:
             kwargs = b"{}"
         else:
@@ -222,7 +235,14 @@ class Agent:
         try:
             self._validator.model_validate_json(kwargs, strict=True)
         except ValidationError as exc:
-            raise InputError(_validation_message(self.name, exc)) from None
+            # As `arguments`: an object that fits neither as the value nor as the
+            # arguments is refused for the fields it names or lacks (raised below, out of
+            # this handler: pydantic's error is not its context).
+            if not (wrapped and isinstance(value, dict) and self._as_arguments(value, exc)):
+                raise InputError(_validation_message(self.name, exc)) from None
+        else:
+            return
+        raise self._unfit_fields(value)
 
     def input_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
         """The JSON schema of what `arguments` accepts (``$defs`` under ``$defs``)."""

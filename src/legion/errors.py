@@ -154,7 +154,15 @@ class ChildFailed(Permanent):
 
 
 class InputError(Permanent):
-    """Raised when a task's input does not fit the agent's parameters or input schema."""
+    """Raised when a task's input does not fit the agent's parameters or input schema.
+
+    ``fields``: when the input names fields the agent does not take, or lacks some it
+    needs, each as ``(kind, field, message)``, ``kind`` being ``extra_forbidden`` or
+    ``missing`` (as pydantic names them); the HTTP API answers them field by field."""
+
+    def __init__(self, message: str, *, fields: tuple[tuple[str, str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class OutputError(Permanent):

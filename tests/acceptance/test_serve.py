@@ -86,6 +86,20 @@ def test_serve_runs_submitted_tasks_and_stops_on_sigterm(tmp_path: Path) -> None
         assert call(f"{server.url}/v1/workers", other)[0] == 200
     logged = [json.loads(line) for line in server.stderr.splitlines() if line.startswith("{")]
     assert any(r.get("task_id") == sub["id"] and "submitted" in r["message"] for r in logged)
+    assert "SIGTERM: stopping the server, then draining the worker" in server.stderr
+    assert "no API key" not in server.stderr
+
+
+def test_serve_on_a_store_without_keys_says_how_to_make_one(tmp_path: Path) -> None:
+    with serve(tmp_path, "--no-worker", with_key=False) as server:
+        assert call(f"{server.url}/v1/workers", None)[0] == 401
+        key = create_key(server.store)  # as the hint says: it works at once
+        assert call(f"{server.url}/v1/workers", key)[0] == 200
+    hint = f"legion keys create --store {server.store}"
+    assert "no API key in this store yet" in server.stderr and hint in server.stderr
+    # Without a worker, there is none to drain.
+    assert "SIGTERM: stopping the server\n" in server.stderr.replace("\r", "")
+    assert "draining" not in server.stderr
 
 
 def test_the_readme_example_and_the_serve_flags_work_as_printed(tmp_path: Path) -> None:

@@ -64,11 +64,12 @@ def create_key(store: str, name: str = "test") -> str:
 
 
 @contextmanager
-def serve(folder: Path, *args: str) -> Iterator[Served]:
-    """Start ``legion serve`` on a free port with the test agents; SIGTERM it at exit and
-    check that it stopped cleanly."""
+def serve(folder: Path, *args: str, with_key: bool = True) -> Iterator[Served]:
+    """Start ``legion serve`` on a free port with the test agents (and an API key in its
+    store, unless told otherwise: then ``key`` is empty); SIGTERM it at exit and check
+    that it stopped cleanly."""
     store = f"sqlite:///{folder / 'served.db'}"
-    key = create_key(store)
+    key = create_key(store) if with_key else ""
     app = write_agents(folder)
     command = [*LEGION, "serve", "--store", store, "--app", str(app), "--port", "0", *args]
     process = subprocess.Popen(

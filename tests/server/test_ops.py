@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.llm.types import ChatResponse, Usage
 from legion.retry import RetryPolicy
+from legion.server.keys import new_key
 from legion.testing import ScriptedProvider
 from tests.server.conftest import Api, StartApi
 
@@ -23,6 +25,14 @@ def scripted_llm(answers: int) -> LLMClient:
     provider = ScriptedProvider([reply] * answers)
     capacity = Capacity("main", rpm=600, tpm=100_000)
     return LLMClient([Route("main", provider, "m-1", capacity)])
+
+
+async def admin_key(api: Api) -> dict[str, str]:
+    """The headers of a new admin key: the LLM routes and the scaling decision count
+    every tenant's work, so a tenant's key is not shown them."""
+    key = new_key("ops", time.time(), admin=True)
+    await api.runtime.store.add_api_key(key.record)
+    return api.auth(key.token)
 
 
 class Samples:
@@ -79,7 +89,7 @@ async def test_statistics_show_llm_capacity(start_api: StartApi, tmp_path: Path)
             _, sub = await api.call("POST", "/v1/tasks", body={"agent": "ask", "input": q})
             assert (await api.finished(sub["id"]))["usage"]["llm_calls"] == 1
         await api.server.state.monitor.sample()
-        status, stats = await api.call("GET", "/v1/statistics")
+        status, stats = await api.call("GET", "/v1/statistics", headers=await admin_key(api))
     assert status == 200
     (route,) = stats["routes"]
     assert route["route"] == "main" and route["requests"] == 2 and route["rate_limited"] == 0
@@ -142,7 +152,7 @@ async def test_an_open_breaker_shows_in_metrics_and_statistics(
         await api.server.state.monitor.sample()
         async with api.http.get(api.url + "/metrics", headers=api.auth()) as resp:
             m = Samples(await resp.text())
-        _, stats = await api.call("GET", "/v1/statistics")
+        _, stats = await api.call("GET", "/v1/statistics", headers=await admin_key(api))
         assert api.runtime.worker is not None
         heartbeat = api.runtime.worker.health()  # what `legion status` shows of a worker
     assert heartbeat["breakers_open"] == ["main"]
@@ -168,7 +178,7 @@ async def test_workers_desired_follows_the_backlog(
         m = Samples(await resp.text())
     # 500 tasks, 200 slots a worker: 3 wanted, at most doubled in one step from 1.
     assert m("legion_workers_desired") == 2
-    status, stats = await api.call("GET", "/v1/statistics")
+    status, stats = await api.call("GET", "/v1/statistics", headers=await admin_key(api))
     assert status == 200
     assert stats["scaling"]["desired"] == 2 and stats["scaling"]["running"] == 1
     # The monitor's own periodic sample may have run since the one above: then the policy

@@ -105,6 +105,51 @@ async def test_unknown_agents_and_fields_are_422(api: Api) -> None:
     assert status == 422 and "JSON" in body["detail"][0]["msg"]
 
 
+async def test_unknown_and_missing_input_fields_are_named(api: Api) -> None:
+    status, body = await api.call(
+        "POST", "/v1/tasks", body={"agent": "ask", "input": {"question": "x", "extra": 1}}
+    )
+    assert status == 422
+    assert body["detail"] == [
+        {
+            "type": "agent_input",
+            "loc": ["body", "input"],
+            "msg": "input does not fit agent 'ask': unknown field(s) extra (it takes question)",
+        },
+        {
+            "type": "extra_forbidden",
+            "loc": ["body", "input", "extra"],
+            "msg": "unknown field extra (agent 'ask' takes question)",
+        },
+    ]
+    status, body = await api.call("POST", "/v1/tasks", body={"agent": "ask", "input": {"q": 1}})
+    assert status == 422
+    assert body["detail"][0]["msg"] == (
+        "input does not fit agent 'ask': unknown field(s) q (it takes question); "
+        "missing field(s) question"
+    )
+    assert [(e["type"], e["loc"]) for e in body["detail"][1:]] == [
+        ("extra_forbidden", ["body", "input", "q"]),
+        ("missing", ["body", "input", "question"]),
+    ]
+    # The same for an agent of many parameters, and in a batch, where each task is.
+    tasks = [{"agent": "work", "input": {"n": 1}}, {"agent": "work", "input": {"x": 1}}]
+    status, body = await api.call("POST", "/v1/tasks:batch", body={"tasks": tasks})
+    assert status == 422
+    assert [(e["type"], e["loc"]) for e in body["detail"]] == [
+        ("agent_input", ["body", "tasks", 1, "input"]),
+        ("extra_forbidden", ["body", "tasks", 1, "input", "x"]),
+        ("missing", ["body", "tasks", 1, "input", "n"]),
+    ]
+    # A value that is the single parameter's, of the wrong type, is pydantic's error.
+    status, body = await api.call("POST", "/v1/tasks", body={"agent": "ask", "input": 5})
+    assert status == 422
+    assert [(e["type"], e["loc"]) for e in body["detail"]] == [
+        ("string_type", ["body", "input", "question"])
+    ]
+    assert (await api.call("GET", "/v1/tasks"))[1]["tasks"] == []  # nothing was queued
+
+
 async def test_a_batch_with_one_bad_task_queues_nothing(api: Api) -> None:
     tasks = [{"agent": "work", "input": {"n": 1}}, {"agent": "work", "input": {"n": "x"}}]
     status, body = await api.call("POST", "/v1/tasks:batch", body={"tasks": tasks})
@@ -200,7 +245,26 @@ async def test_cancel_a_queued_or_running_task(api: Api, gate: asyncio.Event) ->
     status, body = await api.call("POST", f"/v1/tasks/{sub['id']}:cancel")
     assert (status, body) == (200, {"id": sub["id"], "status": "running"})  # asked to stop
     assert (await api.finished(sub["id"]))["status"] == "cancelled"
+    # Cancelling it again changes nothing and says so: it is cancelled.
+    status, body = await api.call("POST", f"/v1/tasks/{sub['id']}:cancel")
+    assert (status, body) == (200, {"id": sub["id"], "status": "cancelled"})
     assert (await api.call("POST", "/v1/tasks/999:cancel"))[0] == 404
+
+
+async def test_a_task_that_finished_otherwise_cannot_be_cancelled(api: Api) -> None:
+    ok = await api.call("POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}})
+    bad = await api.call("POST", "/v1/tasks", body={"agent": "doomed", "input": {"n": 1}})
+    for (_, sub), ended in ((ok, "succeeded"), (bad, "dead")):
+        assert (await api.finished(sub["id"]))["status"] == ended
+        status, body = await api.call("POST", f"/v1/tasks/{sub['id']}:cancel")
+        assert (status, body) == (
+            409,
+            {
+                "detail": f"task {sub['id']} is {ended}: only queued, waiting or running "
+                "tasks can be cancelled"
+            },
+        )
+        assert (await api.finished(sub["id"]))["status"] == ended  # unchanged
 
 
 async def test_retry_a_dead_task(api: Api) -> None:
@@ -213,7 +277,9 @@ async def test_retry_a_dead_task(api: Api) -> None:
     _, ok = await api.call("POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}})
     await api.finished(ok["id"])
     status, body = await api.call("POST", f"/v1/tasks/{ok['id']}:retry")
-    assert status == 409 and "succeeded" in body["detail"]
+    assert status == 409 and body["detail"] == (
+        f"task {ok['id']} is succeeded: only dead, failed or cancelled tasks can be retried"
+    )
     assert (await api.call("POST", "/v1/tasks/999:retry"))[0] == 404
 
 

@@ -11,10 +11,13 @@ from typing import Any
 
 import aiohttp
 
+from legion.llm.capacity import Capacity
+from legion.llm.client import LLMClient, Route
+from legion.llm.types import ChatResponse, Usage
 from legion.server.keys import new_key
 from legion.store.types import TaskQuery
 from legion.task import NewTask, TaskStatus
-from legion.testing import FakeClock
+from legion.testing import FakeClock, ScriptedProvider
 from tests.server.conftest import Api, StartApi, next_event
 
 
@@ -28,6 +31,17 @@ async def call(
     api: Api, key: str, method: str, path: str, body: Any = None, **headers: str
 ) -> tuple[int, Any]:
     return await api.call(method, path, body=body, headers={**api.auth(key), **headers})
+
+
+async def counted(api: Api, key: str, finished: int) -> dict[str, Any]:
+    """The statistics of ``key`` once the monitor has counted ``finished`` tasks of its
+    own: a sample reads the store's event feed, which on PostgreSQL holds back the events
+    of transactions still open then, so the finish may come with a later sample."""
+    while True:
+        await api.server.state.monitor.sample()
+        _, stats = await call(api, key, "GET", "/v1/statistics")
+        if stats["totals"]["finished"] >= finished:
+            return dict(stats)
 
 
 async def test_a_tenant_sees_and_changes_only_its_own_tasks(
@@ -59,11 +73,16 @@ async def test_a_tenant_sees_and_changes_only_its_own_tasks(
     info = await any_api.runtime.get(mine["id"])
     assert info is not None and info.status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
 
-    # Lists: each tenant its own; asking for another's tenant lists nothing; admin all.
+    # Lists: each tenant its own (naming itself changes nothing); asking for another
+    # tenant's needs an admin key; admin all.
     _, page = await call(any_api, acme, "GET", "/v1/tasks")
     assert [t["id"] for t in page["tasks"]] == [mine["id"]]
-    _, page = await call(any_api, acme, "GET", "/v1/tasks?tenant=globex")
-    assert page["tasks"] == []
+    assert (await call(any_api, acme, "GET", "/v1/tasks?tenant=acme"))[1] == page
+    status, refused = await call(any_api, acme, "GET", "/v1/tasks?tenant=globex")
+    assert (status, refused) == (
+        403,
+        {"detail": "the tenant filter needs an admin key: this key sees tenant 'acme' alone"},
+    )
     _, page = await call(any_api, admin, "GET", "/v1/tasks")
     assert {t["id"] for t in page["tasks"]} == {mine["id"], theirs["id"]}
     _, page = await call(any_api, admin, "GET", "/v1/tasks?tenant=globex")
@@ -95,6 +114,129 @@ async def test_statistics_count_the_tenants_own_tasks(api: Api) -> None:
     admin = await tenant_key(api, "ops", admin=True)
     _, everything = await call(api, admin, "GET", "/v1/statistics")
     assert everything["statuses"]["queued"] == 5
+
+
+async def test_a_tenants_statistics_and_progress_count_its_own_work_alone(
+    store_url: str, start_api: StartApi, gate: asyncio.Event
+) -> None:
+    reply = ChatResponse("ok", (), "stop", Usage(200, 11), "m-1", "scripted")
+    llm = LLMClient([Route("main", ScriptedProvider([reply]), "m-1", Capacity("main", rpm=600))])
+    async with llm:
+        api = await start_api(store_url, llm=llm, history=100_000)
+        acme = await tenant_key(api, "acme")
+        admin = await tenant_key(api, "ops", admin=True)
+        # acme: an LLM call that succeeds, a task that dies, one cancelled while it runs.
+        ids = []
+        for body in (
+            {"agent": "ask", "input": "q"},
+            {"agent": "doomed", "input": {"n": 1}},
+            {"agent": "held", "input": 1},
+        ):
+            status, sub = await call(api, acme, "POST", "/v1/tasks", body)
+            assert status == 201
+            ids.append(sub["id"])
+        assert (await call(api, acme, "POST", f"/v1/tasks/{ids[2]}:cancel"))[0] == 200
+        for task_id in ids:
+            await api.runtime.result(task_id)
+        # The default tenant: one task of its own, without LLM calls.
+        _, own = await api.call("POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}})
+        await api.finished(own["id"])
+        everything = await counted(api, admin, 4)
+
+        _, mine = await call(api, acme, "GET", "/v1/statistics")
+        _, theirs = await api.call("GET", "/v1/statistics")
+        _, default_workers = await api.call("GET", "/v1/workers")
+        _, admin_workers = await call(api, admin, "GET", "/v1/workers")
+        history = {}
+        for name, key in (("default", api.key), ("admin", admin)):
+            resp = await api.http.get(api.url + "/v1/progress", headers=api.auth(key))
+            api.opened.append(resp)
+            _, history[name] = await next_event(resp, lambda name, _: name == "history")
+        # The failures are read apart from the counts (not at every sample): acme's
+        # progress stream shows them once they are.
+        resp = await api.http.get(api.url + "/v1/progress", headers=api.auth(acme))
+        api.opened.append(resp)
+        _, failing = await next_event(
+            resp, lambda name, data: name == "progress" and data["failures"]
+        )
+
+    assert mine["totals"] == {
+        **ZERO,
+        "finished": 3,
+        "succeeded": 1,
+        "dead": 1,
+        "cancelled": 1,
+        "input_tokens": 200,
+        "output_tokens": 11,
+    }
+    assert {k: n for k, n in mine["statuses"].items() if n} == {
+        "succeeded": 1,
+        "dead": 1,
+        "cancelled": 1,
+    }
+    assert ids[1] in [f["id"] for f in failing["failures"]]
+    assert {f["tenant"] for f in failing["failures"]} == {"acme"}
+    assert failing["totals"] == mine["totals"]
+    assert theirs["totals"] == {**ZERO, "finished": 1, "succeeded": 1}
+    assert {k: n for k, n in theirs["statuses"].items() if n} == {"succeeded": 1}
+    assert theirs["failures"] == []
+    assert theirs["point"]["in_flight"] == theirs["point"]["queued"] == 0
+    # The routes, the workers' task counts and the scaling decision count every tenant's
+    # calls and tasks: a tenant's key is not shown them; an admin key sees them all.
+    for seen in (mine, theirs):
+        assert seen["routes"] == [] and seen["scaling"] is None
+        assert [(w["in_flight"], w["succeeded"]) for w in seen["workers"]] == [(None, None)]
+    assert everything["totals"]["finished"] == 4 and everything["totals"]["input_tokens"] == 200
+    assert everything["statuses"]["succeeded"] == 2 and everything["scaling"] is not None
+    (route,) = everything["routes"]
+    assert route["requests"] == 1 and route["input_tokens"] == 200
+    assert [w["succeeded"] for w in default_workers] == [None]
+    assert [w["succeeded"] for w in admin_workers] == [everything["workers"][0]["succeeded"]]
+    # The charts' history: the run's has the sample with acme's tokens, the default
+    # tenant's none.
+    assert any(p["tokens"] > 0 for p in history["admin"])
+    assert history["default"] and all(p["tokens"] == 0 for p in history["default"])
+
+
+async def test_a_tenant_idle_for_a_whole_history_keeps_no_samples(
+    store_url: str, start_api: StartApi, gate: asyncio.Event
+) -> None:
+    api = await start_api(store_url, history=3)
+    acme = await tenant_key(api, "acme")
+    monitor = api.server.state.monitor
+
+    async def history() -> list[dict[str, Any]]:
+        resp = await api.http.get(api.url + "/v1/progress", headers=api.auth(acme))
+        api.opened.append(resp)
+        _, points = await next_event(resp, lambda name, _: name == "history")
+        return list(points)
+
+    _, sub = await call(api, acme, "POST", "/v1/tasks", {"agent": "work", "input": {"n": 1}})
+    await api.runtime.result(sub["id"])
+    await counted(api, acme, 1)
+    for _ in range(4):  # more than 3 samples with nothing
+        await monitor.sample()
+    assert await history() == []
+    _, stats = await call(api, acme, "GET", "/v1/statistics")
+    assert stats["totals"]["succeeded"] == 1 and stats["point"]["throughput"] == 0
+    # Work again: samples again.
+    await call(api, acme, "POST", "/v1/tasks", {"agent": "held", "input": 1})
+    await monitor.sample()
+    latest = (await history())[-1]
+    assert latest["queued"] + latest["in_flight"] == 1
+
+
+ZERO = {
+    "finished": 0,
+    "succeeded": 0,
+    "failed": 0,
+    "dead": 0,
+    "cancelled": 0,
+    "retries": 0,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cost_usd": 0.0,
+}
 
 
 async def test_an_idempotency_key_sent_with_another_body_is_422(any_api: Api) -> None:

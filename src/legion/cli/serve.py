@@ -87,8 +87,8 @@ SERVE_HELP = _paragraphs(
     "The server listens on 127.0.0.1 unless told otherwise; any other address also needs "
     "--allow-remote. With --no-worker it only submits and watches: run workers with "
     "`legion worker` on the same store.",
-    "SIGINT/SIGTERM stop serving, then drain the worker: running tasks finish (a second "
-    "signal gives them back to the queue at once).",
+    "SIGINT/SIGTERM stop serving, then drain the worker (unless --no-worker): running tasks "
+    "finish (a second signal gives them back to the queue at once).",
 )
 
 KEYS_HELP = _paragraphs(
@@ -293,12 +293,14 @@ def _require_server_extra() -> None:
 
 
 async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> int:
-    """Serve until SIGINT/SIGTERM; then stop serving and drain the worker."""
+    """Serve until SIGINT/SIGTERM; then stop serving and drain the worker (if it runs one)."""
     from legion.cli.wiring import StopSignals, open_runtime, until_first
     from legion.server import running_server
 
+    then = ", then draining the worker" if opts.runtime.worker else ""
+
     def first(sig: signal.Signals) -> None:
-        console.print(f"{sig.name}: stopping the server, then draining the worker", highlight=False)
+        console.print(f"{sig.name}: stopping the server{then}", highlight=False)
 
     stop = StopSignals(first)  # from the start: a stop while opening still ends cleanly
     async with (
@@ -318,11 +320,27 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
             f"{server.url}/openapi.json · metrics {metrics}/metrics",
             highlight=False,
         )
+        if not any(k.revoked_at is None for k in await rt.store.api_keys()):
+            console.print(_no_key_hint(opts.runtime.store), highlight=False)
         await until_first(stop.wait(), server.wait_stopped())
     if rt.fatal_error is not None:
         console.print(error_text(f"the worker stopped: {rt.fatal_error}"))
         return 2
     return 0
+
+
+def _no_key_hint(store: str) -> str:
+    """What to do when the store has no API key: every request but /healthz gets 401."""
+    import shlex
+    from urllib.parse import urlsplit
+
+    has_password = urlsplit(store).password is not None if "://" in store else False
+    where = "URL" if has_password else shlex.quote(store)
+    return (
+        "no API key in this store yet: every request but /healthz is refused (401). Make "
+        f"one with `legion keys create --store {where}` (add --tenant NAME or --admin as "
+        "needed); it works at once, without a restart"
+    )
 
 
 # -- keys ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Routes (every one but ``/healthz`` needs an API key, see `legion.server.auth`):
 ``POST /v1/tasks:batch``                    submit many
 ``GET  /v1/tasks``                          list, filtered by status, agent and time; paged
 ``GET  /v1/tasks/{id}``                     a task with its steps
-``POST /v1/tasks/{id}:cancel``              cancel
+``POST /v1/tasks/{id}:cancel``              cancel (409: it succeeded, failed or died)
 ``POST /v1/tasks/{id}:retry``               queue a dead (failed, cancelled) task again
 ``GET  /v1/tasks/{id}/events``              the task's changes as server-sent events
 ``GET  /v1/progress``                       the run's progress as server-sent events

@@ -2,8 +2,9 @@
 
 Every ``interval`` seconds it reads, once for every client:
 
-- the store's event feed since the last sample, with each task's agent, times and usage:
-  throughput, latency percentiles, failures, retries, tokens and cost of the whole run;
+- the store's event feed since the last sample, with each task's agent, times, usage and
+  tenant: throughput, latency percentiles, failures, retries, tokens and cost of the whole
+  run, and of each tenant;
 - task counts by status (queue depth, tasks in flight) and the worker registry;
 - the local LLM client's statistics per route (capacity, 429s, usage);
 - the latest failures, when new ones came in.
@@ -51,13 +52,61 @@ class FeedSink(Protocol):
 
 @dataclass(slots=True)
 class _Tick:
-    """What one sample read from the feed."""
+    """What one sample read from the feed (of every tenant's tasks, or of one tenant's)."""
 
     finished: int = 0
     failures: int = 0
     retries: int = 0
-    tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    by_status: dict[TaskStatus, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def add(self, d: EventDetail, latency: float | None) -> None:
+        """Count one task that finished."""
+        status = d.event.status
+        self.finished += 1
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        if status in (TaskStatus.FAILED, TaskStatus.DEAD):
+            self.failures += 1
+        if latency is not None and status is not TaskStatus.CANCELLED:
+            self.latencies.append(latency)
+        if d.usage:
+            self.input_tokens += int(d.usage.get("prompt_tokens", 0))
+            self.output_tokens += int(d.usage.get("completion_tokens", 0))
+            self.cost += float(d.usage.get("cost_usd", 0.0))
+
+    def totals(self, t: Totals) -> Totals:
+        """``t`` with this sample added."""
+        n = self.by_status
+        return Totals(
+            finished=t.finished + self.finished,
+            succeeded=t.succeeded + n.get(TaskStatus.SUCCEEDED, 0),
+            failed=t.failed + n.get(TaskStatus.FAILED, 0),
+            dead=t.dead + n.get(TaskStatus.DEAD, 0),
+            cancelled=t.cancelled + n.get(TaskStatus.CANCELLED, 0),
+            retries=t.retries + self.retries,
+            input_tokens=t.input_tokens + self.input_tokens,
+            output_tokens=t.output_tokens + self.output_tokens,
+            cost_usd=t.cost_usd + self.cost,
+        )
+
+
+@dataclass(slots=True)
+class _TenantRun:
+    """One tenant's share of the run: its totals and its samples. A tenant idle for a
+    whole history keeps no samples (all would be zeros) until it has work again: many
+    tenants, most of them idle, cost the memory of the active ones."""
+
+    series: deque[Point]
+    totals: Totals = field(default_factory=Totals)
+    statuses: dict[str, int] = field(default_factory=dict)
+    idle_samples: int = 0  # samples in a row with nothing queued, running or finished
 
 
 class Monitor:
@@ -83,7 +132,8 @@ class Monitor:
         self._routes: dict[str, deque[tuple[float, int, int]]] = {}
         self._totals = Totals()
         self._failures: list[Failure] = []
-        self._tenant_statuses: dict[str, dict[str, int]] = {}
+        self._tenants: dict[str, _TenantRun] = {}
+        self._history = history
         self._failures_read_at: float | None = None
         self._new_failures = True
         self._last_at = clock()
@@ -109,16 +159,33 @@ class Monitor:
         return self._snapshot
 
     def for_tenant(self, snapshot: Snapshot, tenant: str) -> Snapshot:
-        """``snapshot`` as one tenant sees it: its own tasks by status and its own
-        failures; rates, latencies, workers and LLM capacity stay the server's (every
-        tenant shares them)."""
-        statuses = self._tenant_statuses.get(tenant) or {str(s): 0 for s in TaskStatus}
-        failures = [f for f in snapshot.failures if f.tenant == tenant]
-        return replace(snapshot, statuses=statuses, failures=failures)
+        """``snapshot`` as one tenant sees it: its own tasks by status, totals, latest
+        sample and failures. What cannot be told apart by tenant is left out: the LLM
+        routes (their calls, tokens and cost are every tenant's), the workers' task
+        counts and the scaling decision (made from every tenant's queue). The workers
+        themselves and the server's health stay: every tenant shares them."""
+        run = self._tenants.get(tenant)
+        statuses = run.statuses if run is not None else {}
+        point = run.series[-1] if run is not None and run.series else None
+        if point is None and snapshot.point is not None:
+            point = _idle(snapshot.point.at)
+        return replace(
+            snapshot,
+            statuses={str(s): statuses.get(str(s), 0) for s in TaskStatus},
+            point=point,
+            totals=run.totals if run is not None else Totals(),
+            workers=[replace(w, in_flight=None, succeeded=None) for w in snapshot.workers],
+            routes=[],
+            failures=[f for f in snapshot.failures if f.tenant == tenant],
+            scaling=None,
+        )
 
-    def history(self) -> list[Point]:
-        """The kept samples, oldest first."""
-        return list(self._series)
+    def history(self, tenant: str | None = None) -> list[Point]:
+        """The kept samples, oldest first: of the whole run, or of one tenant's tasks."""
+        if tenant is None:
+            return list(self._series)
+        run = self._tenants.get(tenant)
+        return list(run.series) if run is not None else []
 
     async def next_snapshot(self) -> Snapshot:
         """Wait for the next sample (or `close`) and answer the latest snapshot."""
@@ -173,15 +240,12 @@ class Monitor:
         store = self._rt.store
         if self._cursor is None:
             self._cursor = await store.last_event_id()
-        tick = self._count(await self._read_feed())
+        tick, tenant_ticks = self._count(await self._read_feed())
         by_tenant = await store.counts_by_tenant()
         counts: dict[TaskStatus, int] = {}
         for tenant_counts in by_tenant.values():
             for status, n in tenant_counts.items():
                 counts[status] = counts.get(status, 0) + n
-        self._tenant_statuses = {
-            tenant: {str(s): c.get(s, 0) for s in TaskStatus} for tenant, c in by_tenant.items()
-        }
         workers = await store.workers()
         now = self._clock()
         if self._new_failures and (
@@ -193,6 +257,7 @@ class Monitor:
         scaling = await self._scaling.read(store, counts, workers)
         point = self._point(now, tick, counts)
         self._series.append(point)
+        self._sample_tenants(now, tenant_ticks, by_tenant)
         self._last_at = now
         return Snapshot(
             at=now,
@@ -218,56 +283,63 @@ class Monitor:
                 break
         return out
 
-    def _count(self, details: Sequence[EventDetail]) -> _Tick:
+    def _count(self, details: Sequence[EventDetail]) -> tuple[_Tick, dict[str, _Tick]]:
+        """The sample's counts: of every task, and of each tenant's (a task gone from the
+        store counts in the first alone)."""
         tick = _Tick()
-        t = self._totals
-        by_status = {s: 0 for s in TaskStatus}
-        input_tokens = output_tokens = 0
-        cost = 0.0
+        tenants: dict[str, _Tick] = {}
         shown = {f.id for f in self._failures}
         for d in details:
             status, agent = d.event.status, d.agent or "?"
             if d.event.task_id in shown:  # a failure shown has moved on (e.g. succeeded)
                 self._new_failures = True
+            own = tenants.setdefault(d.tenant, _Tick()) if d.tenant is not None else None
             if status is TaskStatus.QUEUED:
                 if d.event.attempt > 0:  # back in the queue after an attempt: a retry
                     tick.retries += 1
+                    if own is not None:
+                        own.retries += 1
                     self._new_failures = True
                     if self._sink is not None:
                         self._sink.retried(agent)
                 continue
             if not status.terminal:
                 continue
-            by_status[status] += 1
             latency = None
             if d.started_at is not None and d.finished_at is not None:
                 latency = max(0.0, d.finished_at - d.started_at)
-                if status is not TaskStatus.CANCELLED:
-                    tick.latencies.append(latency)
-            if d.usage:
-                input_tokens += int(d.usage.get("prompt_tokens", 0))
-                output_tokens += int(d.usage.get("completion_tokens", 0))
-                cost += float(d.usage.get("cost_usd", 0.0))
+            tick.add(d, latency)
+            if own is not None:
+                own.add(d, latency)
             if self._sink is not None:
                 self._sink.finished(agent, status, latency)
-        failures = by_status[TaskStatus.FAILED] + by_status[TaskStatus.DEAD]
-        tick.finished = sum(by_status.values())
-        tick.failures = failures
-        tick.tokens = input_tokens + output_tokens
-        if failures:
+        if tick.failures:
             self._new_failures = True
-        self._totals = Totals(
-            finished=t.finished + tick.finished,
-            succeeded=t.succeeded + by_status[TaskStatus.SUCCEEDED],
-            failed=t.failed + by_status[TaskStatus.FAILED],
-            dead=t.dead + by_status[TaskStatus.DEAD],
-            cancelled=t.cancelled + by_status[TaskStatus.CANCELLED],
-            retries=t.retries + tick.retries,
-            input_tokens=t.input_tokens + input_tokens,
-            output_tokens=t.output_tokens + output_tokens,
-            cost_usd=t.cost_usd + cost,
-        )
-        return tick
+        self._totals = tick.totals(self._totals)
+        return tick, tenants
+
+    def _sample_tenants(
+        self,
+        now: float,
+        ticks: Mapping[str, _Tick],
+        by_tenant: Mapping[str, Mapping[TaskStatus, int]],
+    ) -> None:
+        """Each tenant's sample: of every tenant with tasks in the store or in the feed."""
+        for tenant in {*by_tenant, *ticks, *self._tenants}:
+            run = self._tenants.get(tenant)
+            if run is None:
+                run = self._tenants[tenant] = _TenantRun(deque(maxlen=self._history))
+            tick = ticks.get(tenant) or _Tick()
+            counts = by_tenant.get(tenant, {})
+            run.totals = tick.totals(run.totals)
+            run.statuses = {str(s): counts.get(s, 0) for s in TaskStatus}
+            point = self._point(now, tick, counts)
+            idle = tick.finished == tick.retries == point.in_flight == point.queued == 0
+            run.idle_samples = run.idle_samples + 1 if idle else 0
+            if run.idle_samples <= self._history:
+                run.series.append(point)
+            elif run.series:
+                run.series.clear()
 
     def _point(self, now: float, tick: _Tick, counts: Mapping[TaskStatus, int]) -> Point:
         elapsed = max(now - self._last_at, 1e-6)
@@ -358,6 +430,11 @@ def quantiles(values: Sequence[float], qs: Sequence[float]) -> list[float | None
     ordered = sorted(values)
     top = len(ordered) - 1
     return [ordered[min(top, max(0, round(q * top)))] for q in qs]
+
+
+def _idle(at: float) -> Point:
+    """A sample of a tenant with no task yet."""
+    return Point(at, 0.0, 0.0, 0.0, None, None, None, 0, 0, 0.0)
 
 
 def _failure(t: TaskInfo) -> Failure:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -40,8 +41,10 @@ async def healthz(state: StateDep, response: Response) -> HealthOut:
 
 @router.get("/v1/statistics", operation_id="statistics", tags=["run"])
 async def statistics(state: StateDep, key: KeyDep) -> Snapshot:
-    """The run now: tasks by status, rates and latency, workers, LLM capacity, failures.
-    Tasks by status and failures are the key's tenant's (an admin key's: everyone's)."""
+    """The run now: tasks by status, totals, rates and latency, workers, LLM capacity,
+    failures. An admin key sees every tenant's; any other key its tenant's tasks alone
+    (without the LLM routes, the workers' task counts and the scaling decision, which
+    count every tenant's)."""
     snapshot = state.monitor.snapshot
     return snapshot if key.admin else state.monitor.for_tenant(snapshot, key.tenant)
 
@@ -53,9 +56,13 @@ async def whoami(key: KeyDep) -> KeyOut:
 
 
 @router.get("/v1/workers", operation_id="workers", tags=["run"])
-async def workers(state: StateDep) -> list[WorkerState]:
-    """The workers registered in the store, with their health."""
-    return state.monitor.snapshot.workers
+async def workers(state: StateDep, key: KeyDep) -> list[WorkerState]:
+    """The workers registered in the store, with their health (and, for an admin key,
+    the tasks each runs and has finished: every tenant's)."""
+    workers = state.monitor.snapshot.workers
+    if key.admin:
+        return workers
+    return [replace(w, in_flight=None, succeeded=None) for w in workers]
 
 
 @router.get(

@@ -4,7 +4,8 @@
 the latest `Point`\\ s as the charts' history. Rates and latencies cover the run as
 a whole (every worker's tasks, read from the store's event feed) since the server
 started; ``statuses`` counts every task in the store; ``routes`` is this process's LLM
-client (present when it runs a worker).
+client (present when it runs a worker). A tenant's view of a snapshot
+(`legion.server.monitor.Monitor.for_tenant`) counts its own tasks alone.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ its output and steps) and the stream closes. The task is read every
 tables without extra indexes).
 
 ``GET /v1/progress``: ``history`` (the samples kept so far, for charts), then
-``progress`` (a `legion.server.snapshot.Snapshot`) after every sample. Every
+``progress`` (a `legion.server.snapshot.Snapshot`) after every sample; a key that is
+not an admin's sees its tenant's (see `legion.server.monitor.Monitor.for_tenant`). Every
 client reads the monitor's latest sample: clients cost the store nothing.
 
 Both end when the server stops. FastAPI sends keep-alive comments while they are quiet.
@@ -77,14 +78,15 @@ async def task_events(
     responses=_ERRORS,
 )
 async def progress(state: StateDep, key: KeyDep) -> AsyncIterable[ServerSentEvent]:
-    """The run's progress: the history so far, then a snapshot after every sample (tasks
-    by status and failures: the key's tenant's, or everyone's for an admin key)."""
+    """The run's progress: the history so far, then a snapshot after every sample (as
+    ``/v1/statistics`` answers it: the key's tenant's, or everyone's for an admin key)."""
     monitor = state.monitor
 
     def seen(snapshot: Snapshot) -> Snapshot:
         return snapshot if key.admin else monitor.for_tenant(snapshot, key.tenant)
 
-    yield ServerSentEvent(event="history", data=monitor.history())
+    history = monitor.history(None if key.admin else key.tenant)
+    yield ServerSentEvent(event="history", data=history)
     yield ServerSentEvent(event="progress", data=seen(monitor.snapshot))
     while not monitor.closed:
         snapshot = await monitor.next_snapshot()

@@ -162,7 +162,17 @@ async def submit_batch(request: Request, state: StateDep, key: KeyDep) -> BatchO
     return BatchOut(tasks=await _submit(state, key, body.tasks, locs))
 
 
-@router.get("/tasks", operation_id="list_tasks", responses=_ERRORS)
+@router.get(
+    "/tasks",
+    operation_id="list_tasks",
+    responses={
+        **_ERRORS,
+        403: {
+            "description": "A revoked API key, a cross-origin change, or a `tenant` filter "
+            "naming another tenant without an admin key."
+        },
+    },
+)
 async def list_tasks(
     state: StateDep,
     key: KeyDep,
@@ -184,14 +194,22 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     tenant: Annotated[
         str | None,
-        Query(max_length=64, pattern=TEXT, description="Only this tenant's (admin keys)."),
+        Query(
+            max_length=64,
+            pattern=TEXT,
+            description="Only this tenant's (an admin key's filter; any other key may name "
+            "its own tenant alone).",
+        ),
     ] = None,
 ) -> TaskPage:
     """This tenant's tasks (an admin key's: every tenant's), newest first, a page at a
     time."""
     if not key.admin:
         if tenant is not None and tenant != key.tenant:
-            return TaskPage(tasks=[], next=None)
+            raise HTTPException(
+                403,
+                f"the tenant filter needs an admin key: this key sees tenant {key.tenant!r} alone",
+            )
         tenant = key.tenant
     query = TaskQuery(
         statuses=tuple(status or ()),
@@ -211,14 +229,26 @@ async def list_tasks(
 
 
 @router.post(
-    "/tasks/{task_id}:cancel", operation_id="cancel_task", responses={**_ERRORS, **_NOT_FOUND}
+    "/tasks/{task_id}:cancel",
+    operation_id="cancel_task",
+    responses={
+        **_ERRORS,
+        **_NOT_FOUND,
+        409: {"description": "The task has finished already: succeeded, failed or dead."},
+    },
 )
 async def cancel_task(task: TaskDep, state: StateDep) -> StatusOut:
-    """Cancel a task: a queued one at once, a running one when its worker next checks."""
+    """Cancel a task: a queued (or waiting) one at once, a running one when its worker
+    next checks; a cancelled one stays so (200). One that finished otherwise: 409."""
     task_id = task.id
     status = await state.runtime.cancel(task_id)
     if status is None:
         raise HTTPException(404, f"no task {task_id}")
+    if status.terminal and status is not TaskStatus.CANCELLED:
+        raise HTTPException(
+            409,
+            f"task {task_id} is {status}: only queued, waiting or running tasks can be cancelled",
+        )
     log.info("task %d: cancel asked (%s)", task_id, status, extra={"task_id": task_id})
     return StatusOut(id=task_id, status=status)
 
@@ -369,9 +399,14 @@ def _check(
 
 
 def _input_errors(exc: InputError, loc: tuple[str | int, ...]) -> list[dict[str, Any]]:
-    """The fields at fault. ``Agent.arguments`` raises its InputError while handling
-    pydantic's ValidationError, which stays its ``__context__``; without one, the
+    """The fields at fault. An input that names fields the agent does not take, or lacks
+    some, answers the whole message (as the command line says it), then each such field
+    (``fields``). ``Agent.arguments`` raises its other InputErrors while handling
+    pydantic's ValidationError, which stays their ``__context__``; without one, the
     message itself says what does not fit."""
+    if exc.fields:
+        each = [_error(kind, (*loc, name), message) for kind, name, message in exc.fields]
+        return [_error("agent_input", loc, str(exc)), *each]
     cause = exc.__context__
     if isinstance(cause, ValidationError):
         return [

@@ -58,14 +58,15 @@ def task_info(row: Sequence[Any]) -> TaskInfo:
 
 def event_detail(row: Sequence[Any]) -> EventDetail:
     """An event with its task's timings from ``id, task_id, at, status, attempt, worker,
-    agent, started_at, finished_at, usage``."""
-    event_id, task_id, at, status, attempt, worker, agent, started, finished, usage = row
+    agent, started_at, finished_at, usage, tenant``."""
+    event_id, task_id, at, status, attempt, worker, agent, started, finished, usage, tenant = row
     return EventDetail(
         event=Event(event_id, task_id, at, TaskStatus(status), attempt, worker),
         agent=agent,
         started_at=started,
         finished_at=finished,
         usage=codec.loads(usage) if usage is not None else None,
+        tenant=tenant,
     )
 
 

@@ -179,14 +179,15 @@ class TaskQuery:
 
 @dataclass(frozen=True, slots=True)
 class EventDetail:
-    """An `Event` with its task's agent, latest attempt's times and usage (``agent``
-    is ``None`` if the task is gone)."""
+    """An `Event` with its task's agent, latest attempt's times, usage and tenant
+    (``agent`` and ``tenant`` are ``None`` if the task is gone)."""
 
     event: Event
     agent: str | None
     started_at: float | None
     finished_at: float | None
     usage: Mapping[str, Any] | None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,9 @@ function renderRoutes(routes) {
     el("td", {}, fmtInt(r.rate_limited)),
     el("td", {}, `${fmtInt(r.input_tokens)} · ${fmtInt(r.output_tokens)}`),
     el("td", {}, fmtUsd(r.cost_usd))));
-  replaceRows(document.getElementById("routes"), rows, 9, "no LLM route in this server");
+  // A tenant's key is not shown the routes: their calls, tokens and cost are every tenant's.
+  const none = key.admin ? "no LLM route in this server" : "LLM routes are shown to an admin key";
+  replaceRows(document.getElementById("routes"), rows, 9, none);
 }
 
 function renderFailures(failures, now) {

@@ -417,7 +417,7 @@ ORDER BY id DESC LIMIT %(limit)s;
 -- The event feed with what the dashboard and metrics need of each task; like events_after,
 -- only events below the feed's horizon, which are final (see 0001_initial.sql).
 SELECT e.id, e.task_id, e.at, e.status, e.attempt, e.worker,
-       t.agent, t.started_at, t.finished_at, t.usage
+       t.agent, t.started_at, t.finished_at, t.usage, t.tenant
 FROM events AS e LEFT JOIN tasks AS t ON t.id = e.task_id
 WHERE e.id > %(after)s AND e.id < legion_feed_horizon()
 ORDER BY e.id LIMIT %(limit)s;

@@ -351,7 +351,7 @@ ORDER BY id DESC LIMIT :limit;
 -- The event feed with what the dashboard and metrics need of each task. LEFT JOIN keeps
 -- the events table the outer loop: it is read by id range, tasks by primary key.
 SELECT e.id, e.task_id, e.at, e.status, e.attempt, e.worker,
-       t.agent, t.started_at, t.finished_at, t.usage
+       t.agent, t.started_at, t.finished_at, t.usage, t.tenant
 FROM events AS e LEFT JOIN tasks AS t ON t.id = e.task_id
 WHERE e.id > :after
 ORDER BY e.id LIMIT :limit;
