@@ -14,6 +14,7 @@ import pytest
 
 from tests.acceptance.conftest import (
     LEGION,
+    legion,
     read_jsonl,
     sim_stats,
     start_legion,
@@ -307,3 +308,26 @@ def test_a_run_without_a_local_worker_says_when_no_worker_serves_its_agent(
         if run.poll() is None:
             run.kill()
             run.communicate()
+
+
+def test_a_worker_process_whose_supervisor_died_before_it_started_does_not_start(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    """A supervisor killed while its worker process is still starting: the kernel cannot
+    tell the worker (it had not asked yet), so the worker sees that its parent is no
+    longer the supervisor that started it and exits instead of serving, orphaned, forever.
+    (Here the parent is this test, and the supervisor named is another process.)"""
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    orphan = legion(
+        "worker",
+        "--app",
+        str(agents_file),
+        "--store",
+        store,
+        "--worker-process",
+        env={"LEGION_SUPERVISOR_PID": "1"},
+        timeout=60,
+    )
+    assert orphan.returncode == 0, orphan.stderr
+    assert "the supervisor is gone; not starting" in orphan.stderr
+    assert not (tmp_path / "runs.db").exists()  # it never opened the store

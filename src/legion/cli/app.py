@@ -294,8 +294,9 @@ def worker(
     )
 
     _setup_logging(verbose)
-    if worker_process:
-        follow_supervisor()
+    if worker_process and not follow_supervisor():
+        print("legion worker: the supervisor is gone; not starting", file=sys.stderr)
+        raise typer.Exit(0)
     try:
         n = None if processes is None or worker_process else processes_from(processes)
     except ValueError as exc:

@@ -157,15 +157,21 @@ async def _serve(
     return 0
 
 
-def follow_supervisor() -> None:
+def follow_supervisor() -> bool:
     """Have the kernel send this supervised worker process SIGTERM (it drains: running
     tasks finish or go back to the queue) when its supervisor dies, even by SIGKILL, so no
-    worker outlives the fleet it belongs to (Linux; elsewhere a no-op)."""
+    worker outlives the fleet it belongs to (Linux; elsewhere a no-op). Answers False when
+    the supervisor died before this process could ask (it must not start at all)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    return supervisor is None or os.getppid() == int(supervisor)
 
 
 _PR_SET_PDEATHSIG = 1
+SUPERVISOR_ENV = "LEGION_SUPERVISOR_PID"
+"""Set by the supervisor for its worker processes: a worker whose parent is another
+process by the time it starts lost its supervisor and exits."""
 
 
 def supervise(argv: list[str], processes: int, console: Console) -> int:
@@ -175,8 +181,10 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
 
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+
     def start(slot: int) -> None:
-        children[slot] = subprocess.Popen(command)
+        children[slot] = subprocess.Popen(command, env=env)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
