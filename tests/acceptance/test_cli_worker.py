@@ -316,8 +316,10 @@ def test_a_worker_process_whose_supervisor_died_before_it_started_does_not_start
     """A supervisor killed while its worker process is still starting: the kernel cannot
     tell the worker (it had not asked yet), so the worker sees that its parent is no
     longer the supervisor that started it and exits instead of serving, orphaned, forever.
-    (Here the parent is this test, and the supervisor named is another process.)"""
+    (Here the parent is this test, and the supervisor named a process that has exited.)"""
     store = f"sqlite:///{tmp_path / 'runs.db'}"
+    gone = subprocess.Popen(["true"])  # a supervisor that has exited
+    gone.wait()
     orphan = legion(
         "worker",
         "--app",
@@ -325,7 +327,7 @@ def test_a_worker_process_whose_supervisor_died_before_it_started_does_not_start
         "--store",
         store,
         "--worker-process",
-        env={"LEGION_SUPERVISOR_PID": "1"},
+        env={"LEGION_SUPERVISOR_PID": str(gone.pid)},
         timeout=60,
     )
     assert orphan.returncode == 0, orphan.stderr
