@@ -236,25 +236,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                     seen.add(k)
         first_id = 0
         if fresh:
-            db.executemany(
-                Q["insert_task"],
-                [
-                    (
-                        t.agent,
-                        t.input,
-                        k,
-                        t.session,
-                        t.priority,
-                        t.max_attempts,
-                        t.not_before,
-                        now,
-                        t.tenant,
-                        h,
-                        t.needs,
-                    )
-                    for t, k, h in fresh
-                ],
-            )
+            _insert_each(db, fresh, now)
             (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
             first_id = last_id - len(fresh) + 1
         out: list[Submitted] = []
@@ -761,6 +743,34 @@ def _translate(exc: sqlite3.Error, path: str) -> StoreError:
     return StoreError(f"the store {path} failed: {exc}")
 
 
+def _insert_each(
+    db: sqlite3.Connection,
+    tasks: Sequence[tuple[NewTask, str | None, bytes | None]],
+    now: float,
+) -> None:
+    """Insert each task, with its idempotency key and input hash (or none), a row at a
+    time; the ids are consecutive."""
+    db.executemany(
+        Q["insert_task"],
+        [
+            (
+                t.agent,
+                t.input,
+                k,
+                t.session,
+                t.priority,
+                t.max_attempts,
+                t.not_before,
+                now,
+                t.tenant,
+                h,
+                t.needs,
+            )
+            for t, k, h in tasks
+        ],
+    )
+
+
 def _insert_unkeyed(
     db: sqlite3.Connection, tasks: Sequence[NewTask], now: float
 ) -> list[Submitted]:
@@ -782,25 +792,7 @@ def _insert_unkeyed(
             for t in tasks
         ]
     except UnicodeDecodeError:  # (inputs are JSON, so UTF-8: not seen, but not lost either)
-        db.executemany(
-            Q["insert_task"],
-            [
-                (
-                    t.agent,
-                    t.input,
-                    None,
-                    t.session,
-                    t.priority,
-                    t.max_attempts,
-                    t.not_before,
-                    now,
-                    t.tenant,
-                    None,
-                    t.needs,
-                )
-                for t in tasks
-            ],
-        )
+        _insert_each(db, [(t, None, None) for t in tasks], now)
     else:
         db.execute(Q["insert_tasks"], (codec.dumps(rows), now))
     (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
