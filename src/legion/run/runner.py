@@ -32,6 +32,7 @@ from legion.errors import (
     is_retryable,
 )
 from legion.journal import Journal
+from legion.record import record
 from legion.store.base import ContextStore
 from legion.task import Completion, ErrorInfo, Lease, Outcome, Wait
 from legion.waiting.suspend import Suspended
@@ -111,6 +112,7 @@ class Instance:
             self.task.cancel()
 
 
+@record
 class Services:
     """What every instance of one worker runs with: made once per worker, so that starting
     an instance passes one object rather than a dozen arguments.
@@ -120,28 +122,14 @@ class Services:
     runs (see `legion.context.BeforeStep`).
     """
 
-    __slots__ = ("before_step", "clock", "journal", "llm", "owner", "rng", "store", "strict")
-
-    def __init__(
-        self,
-        *,
-        owner: str,
-        store: ContextStore,
-        journal: Journal,
-        clock: Clock,
-        rng: random.Random,
-        llm: LLMClient | None = None,
-        strict: bool = False,
-        before_step: BeforeStep | None = None,
-    ) -> None:
-        self.owner = owner
-        self.store = store
-        self.journal = journal
-        self.clock = clock
-        self.rng = rng
-        self.llm = llm
-        self.strict = strict
-        self.before_step = before_step
+    owner: str
+    store: ContextStore
+    journal: Journal
+    clock: Clock
+    rng: random.Random
+    llm: LLMClient | None = None
+    strict: bool = False
+    before_step: BeforeStep | None = None
 
 
 async def run_instance(
