@@ -193,7 +193,11 @@ async def test_the_task_list_filters_and_an_admin_cancels_and_retries(
         browser, Api(api.url, admin.token, api.runtime, api.server, api.http), problems
     )
     await page.goto(f"{api.url}/")
-    assert "admin key" in await text_of(page, "#key-scope")
+    # The page asks the server whose key it holds once it has loaded: wait for the answer.
+    await page.wait_for_function(
+        "() => document.getElementById('key-scope').textContent.includes('admin key')"
+    )
+    assert "admin key: every tenant" in await text_of(page, "#key-scope")
     for task, action in ((held, "cancel"), (doomed, "retry")):
         button = f"#tasks-table button[data-action='{action}'][data-id='{task['id']}']"
 
