@@ -207,6 +207,12 @@ class Upkeep:
             await self.store.remove_worker(wid)
         if await schedules.tick(self.store, self._clock.wall()):  # timers and cron ticks
             self.wake()
+        if reclaimed.sessions_ended:
+            log.warning(
+                "ended %d store sessions whose process stopped answering in the middle of "
+                "a transaction (paused or cut off): the rows they locked can be taken back",
+                reclaimed.sessions_ended,
+            )
         if reclaimed.requeued or reclaimed.dead or reclaimed.cancelled:
             log.warning(
                 "took back the leases of stopped workers: %d re-queued, %d dead, %d cancelled",

@@ -512,7 +512,16 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
 
     async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
         """Take back expired and dead owners' leases, skipping rows locked right now (a
-        completion in flight decides those)."""
+        completion in flight decides those).
+
+        First it ends the sessions that have waited on their client in the middle of a
+        pipelined transaction for longer than the idle-in-transaction bound (a paused or
+        cut-off process: PostgreSQL's own timeout does not apply before a pipeline's
+        Sync), so that the rows they lock are reclaimed at the next call rather than
+        never."""
+        async with self._cursor() as cur:
+            await cur.execute(Q["end_stalled_sessions"], {"after": self.timeouts.call})
+            ended = int(_one(await cur.fetchone()))
         params = {
             "now": float(now),
             "error": ErrorInfo(
@@ -535,6 +544,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             requeued=statuses.count("queued"),
             dead=statuses.count("dead"),
             cancelled=statuses.count("cancelled"),
+            sessions_ended=ended,
         )
 
     async def cancel(self, task_id: int, now: float) -> TaskStatus | None:

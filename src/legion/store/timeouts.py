@@ -17,11 +17,15 @@ TCP keepalives (idle, interval, n)     L / 6, L / 30, 3         5 s, 1 s, 3
 =====================================  =======================  ===========================
 
 The TCP bounds are set on both ends of the connection (libpq's, and the session's
-``tcp_keepalives_*`` and ``tcp_user_timeout``). One case no bound covers: a client that
-stops in the middle of a pipelined transaction (before its Sync) behind something that
-keeps the TCP connection alive (a proxy that stops forwarding) leaves its session
-"active", holding its locks, until the connection breaks; PostgreSQL's timeouts do not
-apply while the server waits for the rest of a pipeline.
+``tcp_keepalives_*`` and ``tcp_user_timeout``).
+
+One case PostgreSQL's own bounds leave out: a client that stops in the middle of a
+pipelined transaction (before its Sync) while its socket stays alive (a paused process,
+a frozen VM, a proxy that stops forwarding) leaves its session "active", holding its row
+locks, for as long as the connection lives; none of the server's timeouts applies while
+it waits for the rest of a pipeline. Every worker's reaper ends such sessions (legion's,
+of its own role) once they have waited longer than the idle-in-transaction bound, so
+their rows can be reclaimed.
 
 A heartbeat that hangs for a whole call and is then retried still lands before its lease
 ends (heartbeats go every L / 3 or 5 s, whichever is shorter). A store URL can set any of

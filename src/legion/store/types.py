@@ -162,6 +162,9 @@ class Reclaimed:
     requeued: int
     dead: int
     cancelled: int
+    # PostgreSQL: sessions ended because they held a transaction open while their process
+    # stopped answering mid-call (their row locks kept leases from being reclaimed).
+    sessions_ended: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -242,6 +242,19 @@ RETURNING id;
 
 -- name: now
 SELECT legion_now();
+-- name: end_stalled_sessions
+-- End legion's sessions (this role's, this database's) that have held a transaction open
+-- for longer than %(after)s seconds while waiting on their client in the middle of a
+-- pipeline: a process paused (SIGSTOP, a frozen VM) or cut off behind a proxy that keeps
+-- its socket alive. PostgreSQL's idle_in_transaction_session_timeout does not apply
+-- before a pipeline's Sync, and the row locks such a session holds would keep its tasks
+-- from being reclaimed for good. The client would have abandoned the call by now.
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = current_database() AND usename = current_user
+  AND application_name LIKE 'legion-%%' AND pid <> pg_backend_pid()
+  AND state = 'active' AND wait_event = 'ClientRead'
+  AND xact_start < clock_timestamp() - make_interval(secs => %(after)s);
+
 -- name: reclaim
 -- Leases that expired (on the database's clock), or whose worker is known dead, go back
 -- to the queue. The stop is charged to the task only if its worker ran it alone (its own
