@@ -29,11 +29,20 @@ def _default(value: Any) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Encode ``value`` as JSON bytes, or raise `OutputError` saying why not."""
+    """Encode ``value`` as JSON bytes, or raise `OutputError` saying why not.
+
+    orjson answers a ``bytes`` whose memory is rounded up (4 KB at the least) and never
+    shrunk; an encoded input or step held while its instance runs would keep all of it,
+    so a short one is copied to its own size (a copy of under 64 KB costs little next to
+    the encoding; a long one wastes at most what it holds)."""
     try:
-        return orjson.dumps(value, default=_default, option=_OPTIONS)
+        encoded = orjson.dumps(value, default=_default, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise OutputError(f"cannot store value as JSON: {exc}") from exc
+    return bytes(memoryview(encoded)) if len(encoded) < _TRIM_BELOW else encoded
+
+
+_TRIM_BELOW = 65_536
 
 
 loads = orjson.loads

@@ -1,0 +1,40 @@
+"""``legion.codec``: what everything stored is encoded with."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from legion import codec
+from legion.errors import OutputError
+
+
+def test_values_round_trip_and_what_json_cannot_hold_is_refused() -> None:
+    value = {"a": [1, 2.5, "é"], "b": None, "c": {"d": True}}
+    assert codec.loads(codec.dumps(value)) == value
+    assert codec.loads(codec.dumps({1: "x"})) == {"1": "x"}
+    assert codec.loads(codec.dumps((1, 2))) == [1, 2]
+    with pytest.raises(OutputError, match="JSON"):
+        codec.dumps(object())
+    with pytest.raises(OutputError):
+        codec.dumps({"x": object()})
+
+
+def test_a_short_encoding_holds_about_its_own_size() -> None:
+    # Inputs and step results are held while their instance runs: 10,000 in flight must
+    # not hold 10,000 encoder buffers (orjson rounds each up to 4 KB at the least).
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [codec.dumps({"i": i}) for i in range(2000)]
+        per_value = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_value < 200, f"{per_value:.0f} bytes held per 10-byte encoding"
+    assert kept[7] == b'{"i":7}'
+
+
+def test_a_long_encoding_is_the_same_bytes() -> None:
+    big = {"text": "x" * 200_000}
+    assert codec.loads(codec.dumps(big)) == big
