@@ -45,5 +45,14 @@ def dumps(value: Any) -> bytes:
 _TRIM_BELOW = 65_536
 
 
+def same_value_hash(value: Any) -> int:
+    """A hash of ``value``'s JSON, to tell equal values apart from others within this
+    process (no copy is kept); raises like `dumps` for what JSON cannot hold."""
+    try:
+        return hash(orjson.dumps(value, default=_default, option=_OPTIONS))
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise OutputError(f"cannot encode value as JSON: {exc}") from exc
+
+
 loads = orjson.loads
 JSONDecodeError = orjson.JSONDecodeError

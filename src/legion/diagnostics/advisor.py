@@ -19,7 +19,6 @@ still not seen; the report says the steps *appear* independent.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ class StepTrace:
     site_ref: SiteRef | None
     started: float
     finished: float
-    inputs: frozenset[str]
-    outputs: frozenset[str]
+    inputs: frozenset[Fingerprint]
+    outputs: frozenset[Fingerprint]
     gathered: bool = False
     """The step ran inside ``ctx.gather`` (one of several concurrent awaitables)."""
 
@@ -60,21 +59,24 @@ MAX_TEXTS = 200
 """Texts kept per step (the rest are not compared)."""
 
 
-NO_PRINTS: frozenset[str] = frozenset()
+Fingerprint = int | str
+"""A hash of a value's JSON (an int), or a text found in it (a str)."""
+
+NO_PRINTS: frozenset[Fingerprint] = frozenset()
 
 
-def step_prints(seconds: float, values: Iterable[Any]) -> frozenset[str]:
+def step_prints(seconds: float, values: Iterable[Any]) -> frozenset[Fingerprint]:
     """`fingerprints` of a step's inputs or result, for a step that can be in a report: one
     shorter than `MIN_SAVING` never is (a report needs both steps of its pair that long),
     so its values are not fingerprinted at all (most steps: a hash per value saved)."""
     return fingerprints(values) if seconds >= MIN_SAVING else NO_PRINTS
 
 
-def fingerprints(values: Iterable[Any]) -> frozenset[str]:
-    """Fingerprints of each value and of its top-level items (JSON values only), plus the
-    texts found in it (``"t:"``-prefixed; numbers as their text), so that a result pasted
-    into a prompt is seen."""
-    found: set[str] = set()
+def fingerprints(values: Iterable[Any]) -> frozenset[Fingerprint]:
+    """Fingerprints of each value and of its top-level items (hashes of their JSON; JSON
+    values only), plus the texts found in it (numbers as their text), so that a result
+    pasted into a prompt is seen."""
+    found: set[Fingerprint] = set()
     for value in values:
         _add(found, value)
         if isinstance(value, (list, tuple)):
@@ -87,14 +89,14 @@ def fingerprints(values: Iterable[Any]) -> frozenset[str]:
     return frozenset(found)
 
 
-def _texts(found: set[str], value: Any, depth: int) -> None:
+def _texts(found: set[Fingerprint], value: Any, depth: int) -> None:
     if depth > 4 or len(found) > MAX_TEXTS:
         return
     if isinstance(value, str):
         if value.strip():
-            found.add("t:" + value[:2000])
+            found.add(value[:2000])
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        found.add("t:" + str(value))
+        found.add(str(value))
     elif isinstance(value, (list, tuple)):
         for item in value:
             _texts(found, item, depth + 1)
@@ -108,21 +110,17 @@ def _uses(second: StepTrace, first: StepTrace) -> bool:
     a text of it (however short) inside one of its own texts."""
     if second.inputs & first.outputs:
         return True
-    texts_in = [t[2:] for t in second.inputs if t.startswith("t:")]
-    for out in first.outputs:
-        if out.startswith("t:") and any(out[2:] in t for t in texts_in):
-            return True
-    return False
+    texts_in = [t for t in second.inputs if isinstance(t, str)]
+    return any(isinstance(o, str) and any(o in t for t in texts_in) for o in first.outputs)
 
 
-def _add(found: set[str], value: Any) -> None:
+def _add(found: set[Fingerprint], value: Any) -> None:
     if value is None or isinstance(value, bool):
         return  # too common to mean a dependency
     try:
-        raw = codec.dumps(value)
+        found.add(codec.same_value_hash(value))  # compared within one attempt only
     except Exception:  # not JSON: it cannot be compared, so it does not count
         return
-    found.add(hashlib.blake2b(raw, digest_size=8).hexdigest())
 
 
 def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
