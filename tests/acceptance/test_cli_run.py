@@ -80,6 +80,30 @@ def test_bad_lines_are_reported_and_the_rest_still_run(tmp_path: Path, agents_fi
     assert f"{inp}:2" in r.stderr
 
 
+def test_a_priority_the_store_cannot_hold_fails_its_line_alone(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    """A ``"_priority"`` past a 32-bit integer (what PostgreSQL keeps, and what the HTTP
+    API takes) is that line's error: not a traceback, not a run stopped for every line."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        '{"n": 1}\n{"n": 2, "_priority": 2147483648}\n'
+        '{"n": 3, "_priority": 18446744073709551615}\n{"n": 4, "_priority": -2147483648}\n'
+    )
+    out = tmp_path / "out.jsonl"
+    store = f"sqlite:///{tmp_path / 'db'}"
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", str(out), "--store", store)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 1
+    rows = {row["line"]: row for row in read_jsonl(out)}
+    assert rows[1]["output"] == 2 and rows[4]["output"] == 5
+    for line in (2, 3):
+        assert rows[line]["status"] == "failed"
+        assert rows[line]["error"]["message"] == (
+            f'line {line}: "_priority" must be an integer from -2,147,483,648 to 2,147,483,647'
+        )
+
+
 @pytest.mark.parametrize(
     ("ref", "message"),
     [
