@@ -357,7 +357,13 @@ def test_cancel_and_retry_say_why_they_did_nothing(tmp_path: Path, agents_file: 
         "queued again: 1 task(s); run a worker (or the same `legion run`) to process them",
     ]
     ok = legion("retry", "2", "--store", store)  # queued now: nothing to do, and it says so
-    assert ok.returncode == 1 and "task 2 queued; only dead" in ok.stderr
+    assert ok.returncode == 1
+    assert ok.stderr.splitlines() == [
+        "error: task 2 queued; only dead, failed or cancelled tasks can be retried"
+    ]
+    none = legion("retry", "--dead", "--cancelled", "--agent", "typed", "--store", store)
+    assert none.returncode == 0, none.stderr
+    assert none.stderr == "nothing to queue again: no dead or cancelled tasks of agent 'typed'\n"
     typo = legion("retry", "--failed", "--agent", "typd", "--store", store)
     assert typo.returncode == 1
     assert "error: no tasks of agent 'typd' in the store (its agents: typed)" in typo.stderr
