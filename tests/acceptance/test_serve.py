@@ -203,3 +203,18 @@ def test_a_client_that_leaves_an_event_stream_is_no_error(tmp_path: Path) -> Non
         assert call(f"{served.url}/healthz", None) == (200, {"status": "ok"})
     assert "Traceback" not in served.stderr, served.stderr
     assert "ERROR" not in served.stderr, served.stderr
+
+
+def test_metrics_on_the_apis_own_port_is_refused_with_a_reason(tmp_path: Path) -> None:
+    """Rather than "Address already in use", which sends the user hunting for another
+    process on that port."""
+    app = write_agents(tmp_path)
+    store = f"sqlite:///{tmp_path / 'same.db'}"
+    same = legion(
+        "serve", "--app", str(app), "--store", store, "--port", "8123", "--metrics-port", "8123"
+    )
+    assert same.returncode == 2
+    assert same.stderr.strip().splitlines()[-1] == (
+        "error: --metrics-port 8123 is the API's --port: give the metrics another port "
+        "(or leave it out: the API serves /metrics too, to an API key)"
+    )
