@@ -35,6 +35,10 @@ class InputLine:
 
 _BOM = b"\xef\xbb\xbf"
 
+# The stores keep a priority in a 32-bit column (PostgreSQL's ``integer``), as the HTTP
+# API bounds it.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
+
 
 def read_jsonl(path: Path, agent: str) -> Iterator[InputLine]:
     """Parse ``path`` (``-``: stdin) line by line; blank lines are skipped, bad ones
@@ -62,8 +66,17 @@ def parse_line(text: bytes, number: int, agent: str) -> InputLine:
         key = value.pop("_key", None)
         session = value.pop("_session", None)
         priority = value.pop("_priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            return InputLine(number, None, error=f'line {number}: "_priority" must be an integer')
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not PRIORITY_MIN <= priority <= PRIORITY_MAX
+        ):
+            return InputLine(
+                number,
+                None,
+                error=f'line {number}: "_priority" must be an integer from {PRIORITY_MIN:,} '
+                f"to {PRIORITY_MAX:,}",
+            )
         if key is not None and not isinstance(key, str):
             return InputLine(number, None, error=f'line {number}: "_key" must be a string')
         if session is not None and not isinstance(session, str):

@@ -80,6 +80,30 @@ def test_bad_lines_are_reported_and_the_rest_still_run(tmp_path: Path, agents_fi
     assert f"{inp}:2" in r.stderr
 
 
+def test_a_priority_the_store_cannot_hold_fails_its_line_alone(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    """A ``"_priority"`` past a 32-bit integer (what PostgreSQL keeps, and what the HTTP
+    API takes) is that line's error: not a traceback, not a run stopped for every line."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        '{"n": 1}\n{"n": 2, "_priority": 2147483648}\n'
+        '{"n": 3, "_priority": 18446744073709551615}\n{"n": 4, "_priority": -2147483648}\n'
+    )
+    out = tmp_path / "out.jsonl"
+    store = f"sqlite:///{tmp_path / 'db'}"
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", str(out), "--store", store)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 1
+    rows = {row["line"]: row for row in read_jsonl(out)}
+    assert rows[1]["output"] == 2 and rows[4]["output"] == 5
+    for line in (2, 3):
+        assert rows[line]["status"] == "failed"
+        assert rows[line]["error"]["message"] == (
+            f'line {line}: "_priority" must be an integer from -2,147,483,648 to 2,147,483,647'
+        )
+
+
 @pytest.mark.parametrize(
     ("ref", "message"),
     [
@@ -333,7 +357,13 @@ def test_cancel_and_retry_say_why_they_did_nothing(tmp_path: Path, agents_file: 
         "queued again: 1 task(s); run a worker (or the same `legion run`) to process them",
     ]
     ok = legion("retry", "2", "--store", store)  # queued now: nothing to do, and it says so
-    assert ok.returncode == 1 and "task 2 queued; only dead" in ok.stderr
+    assert ok.returncode == 1
+    assert ok.stderr.splitlines() == [
+        "error: task 2 queued; only dead, failed or cancelled tasks can be retried"
+    ]
+    none = legion("retry", "--dead", "--cancelled", "--agent", "typed", "--store", store)
+    assert none.returncode == 0, none.stderr
+    assert none.stderr == "nothing to queue again: no dead or cancelled tasks of agent 'typed'\n"
     typo = legion("retry", "--failed", "--agent", "typd", "--store", store)
     assert typo.returncode == 1
     assert "error: no tasks of agent 'typd' in the store (its agents: typed)" in typo.stderr

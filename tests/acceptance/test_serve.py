@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -157,3 +158,63 @@ def test_help_explains_serve_and_keys() -> None:
     keys_help = legion("keys", "--help")
     assert keys_help.returncode == 0
     assert "create" in keys_help.stdout and "revoke" in keys_help.stdout
+
+
+BULKY = """
+import legion
+
+
+def chunk(i: int) -> str:
+    return str(i) * 20_000
+
+
+@legion.agent(retries=0)
+async def bulky(ctx, n: int):
+    for i in range(n):
+        await ctx.step(f"chunk{i}", chunk, i)
+    return n
+"""
+
+
+def test_a_client_that_leaves_an_event_stream_is_no_error(tmp_path: Path) -> None:
+    """A client that stops reading a task's events in the middle (a browser tab closed,
+    `curl | head`) leaves the stream's keep-alive task sending into a closed stream:
+    that is no failure of the server's, and its log says nothing of it."""
+    with serve(tmp_path, agents=BULKY) as served:
+        status, sub = call(
+            f"{served.url}/v1/tasks", served.key, {"agent": "bulky", "input": {"n": 200}}
+        )
+        assert status == 201, sub
+        names = [
+            name for name, _ in events(f"{served.url}/v1/tasks/{sub['id']}/events", served.key)
+        ]
+        assert names.count("step") == 200 and names[-1] == "end"
+        host, port = served.url.removeprefix("http://").rsplit(":", 1)
+        request = (
+            f"GET /v1/tasks/{sub['id']}/events HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {served.key}\r\n\r\n"
+        ).encode()
+        for _ in range(10):  # 4 MB of events: far more than the sockets buffer
+            with socket.create_connection((host, int(port))) as conn:
+                conn.sendall(request)
+                seen = b""
+                while b"event: step" not in seen:
+                    seen += conn.recv(65536)
+        assert call(f"{served.url}/healthz", None) == (200, {"status": "ok"})
+    assert "Traceback" not in served.stderr, served.stderr
+    assert "ERROR" not in served.stderr, served.stderr
+
+
+def test_metrics_on_the_apis_own_port_is_refused_with_a_reason(tmp_path: Path) -> None:
+    """Rather than "Address already in use", which sends the user hunting for another
+    process on that port."""
+    app = write_agents(tmp_path)
+    store = f"sqlite:///{tmp_path / 'same.db'}"
+    same = legion(
+        "serve", "--app", str(app), "--store", store, "--port", "8123", "--metrics-port", "8123"
+    )
+    assert same.returncode == 2
+    assert same.stderr.strip().splitlines()[-1] == (
+        "error: --metrics-port 8123 is the API's --port: give the metrics another port "
+        "(or leave it out: the API serves /metrics too, to an API key)"
+    )

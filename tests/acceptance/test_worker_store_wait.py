@@ -147,3 +147,15 @@ def test_a_worker_refused_by_the_database_stops_at_once(
     assert "unavailable" not in out.stderr
     bad = legion("worker", "--app", str(agents_file), "--store", "mysql://db/x")
     assert bad.returncode == 2 and "unknown store URL" in bad.stderr
+
+
+def test_a_command_against_a_database_that_is_down_says_so_on_one_line(
+    cluster: PrivateCluster,
+) -> None:
+    """libpq's message runs over two lines ("Connection refused", then "Is the server
+    running...?"); every command prints a store's error as one."""
+    out = legion("status", "--store", cluster.url)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: cannot connect to {cluster.url}: "), out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr

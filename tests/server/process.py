@@ -51,9 +51,9 @@ def legion(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
-def write_agents(folder: Path) -> Path:
+def write_agents(folder: Path, agents: str = AGENTS) -> Path:
     path = folder / "served_agents.py"
-    path.write_text(AGENTS)
+    path.write_text(agents)
     return path
 
 
@@ -64,13 +64,15 @@ def create_key(store: str, name: str = "test") -> str:
 
 
 @contextmanager
-def serve(folder: Path, *args: str, with_key: bool = True) -> Iterator[Served]:
-    """Start ``legion serve`` on a free port with the test agents (and an API key in its
-    store, unless told otherwise: then ``key`` is empty); SIGTERM it at exit and check
-    that it stopped cleanly."""
+def serve(
+    folder: Path, *args: str, with_key: bool = True, agents: str = AGENTS
+) -> Iterator[Served]:
+    """Start ``legion serve`` on a free port with the test agents (or ``agents``) and an
+    API key in its store (unless told otherwise: then ``key`` is empty); SIGTERM it at
+    exit and check that it stopped cleanly."""
     store = f"sqlite:///{folder / 'served.db'}"
     key = create_key(store) if with_key else ""
-    app = write_agents(folder)
+    app = write_agents(folder, agents)
     command = [*LEGION, "serve", "--store", store, "--app", str(app), "--port", "0", *args]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder

@@ -391,9 +391,16 @@ def retry(
     console = stderr_console()
     for reason in refused:
         console.print(error_text(reason))
-    console.print(
-        f"queued again: {n} task(s); run a worker (or the same `legion run`) to process them"
-    )
+    if n:
+        console.print(
+            f"queued again: {n} task(s); run a worker (or the same `legion run`) to process them"
+        )
+    elif not refused:  # a filter that matched nothing: no worker has anything to do
+        kinds = " or ".join(
+            k for k, on in (("dead", dead), ("failed", failed), ("cancelled", cancelled)) if on
+        )
+        of = f" of agent {agent!r}" if agent else ""
+        console.print(f"nothing to queue again: no {kinds} tasks{of}", highlight=False)
     if refused:
         raise typer.Exit(1)
 

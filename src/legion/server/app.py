@@ -41,6 +41,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, cast
 
+import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -83,7 +84,11 @@ class _App(FastAPI):
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.admission(scope, receive, send)
+        try:
+            await self.admission(scope, receive, send)
+        except BaseExceptionGroup as group:
+            if not client_left(group):
+                raise
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
@@ -217,6 +222,17 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def client_left(exc: BaseException) -> bool:
+    """Whether ``exc`` only says that an event stream's client left in the middle of it:
+    FastAPI's keep-alive task is then still sending into the stream the ended response
+    closed, and its task group raises that (a group of `anyio.BrokenResourceError`)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(client_left(e) for e in exc.exceptions)
+    return isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError)
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    if client_left(exc):  # nothing failed, and the response has started: nothing to send
+        return JSONResponse({"detail": "the client left"}, status_code=499)
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)

@@ -72,6 +72,11 @@ class ServerSettings:
         for port in (self.port, self.metrics_port):
             if port is not None and not 0 <= port <= 65535:
                 raise ConfigError(f"port {port} is not between 0 and 65535")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError(
+                f"--metrics-port {self.metrics_port} is the API's --port: give the metrics "
+                "another port (or leave it out: the API serves /metrics too, to an API key)"
+            )
         if self.max_in_progress < 1:
             raise ConfigError("max_in_progress must be >= 1")
         if self.target_latency is not None and not self.target_latency > 0:

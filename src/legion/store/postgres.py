@@ -178,7 +178,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             async with conn:
                 self._channel = await self._migrate(conn)
         except psycopg.Error as exc:
-            raise StoreError(f"{self._where} is not a usable legion store: {exc}") from exc
+            raise StoreError(f"{self._where} is not a usable legion store: {_said(exc)}") from exc
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self._conninfo,
             kwargs={"autocommit": True},
@@ -192,7 +192,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await pool.open(wait=True, timeout=self._timeout)
         except psycopg.Error as exc:
             await pool.close()
-            raise StoreUnavailable(f"cannot connect to {self._where}: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to {self._where}: {_said(exc)}") from exc
         self._pool = pool
 
     async def _connect_error(self, exc: psycopg.Error) -> ConfigError | StoreError:
@@ -213,8 +213,8 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             except psycopg.Error:
                 pass  # no way to tell: report the first error
         if _transient(exc):
-            return StoreUnavailable(f"cannot connect to {self._where}: {exc}")
-        return StoreError(f"{self._where} refused the connection: {exc}")
+            return StoreUnavailable(f"cannot connect to {self._where}: {_said(exc)}")
+        return StoreError(f"{self._where} refused the connection: {_said(exc)}")
 
     async def _migrate(self, conn: Connection) -> str:
         """Bring the schema up to date; answer the work channel. Workers starting together
@@ -277,7 +277,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                         lost = conn.broken and not cut
         except psycopg.errors.QueryCanceled as exc:  # statement_timeout
             raise StoreUnavailable(
-                f"the store at {self._where} did not answer within {limit:g}s: {exc}"
+                f"the store at {self._where} did not answer within {limit:g}s: {_said(exc)}"
             ) from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout, TimeoutError) as exc:
             if lost:  # the server went away: drop the other idle connections too
@@ -286,11 +286,13 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 raise StoreUnavailable(
                     f"the store at {self._where} did not answer within {limit:g}s"
                 ) from exc
-            raise StoreUnavailable(f"the store at {self._where} is unavailable: {exc}") from exc
+            raise StoreUnavailable(
+                f"the store at {self._where} is unavailable: {_said(exc)}"
+            ) from exc
         except psycopg.Error as exc:
             if lost:
                 await _check(pool, limit)
-            raise StoreError(f"the store at {self._where} failed: {exc}") from exc
+            raise StoreError(f"the store at {self._where} failed: {_said(exc)}") from exc
 
     @asynccontextmanager
     async def _cursor(self, *, transaction: bool = False) -> AsyncIterator[Cursor]:
@@ -1026,3 +1028,9 @@ async def _settle(cur: Cursor, horizon: int, newest: int) -> int:
 def _api_key(row: Sequence[Any]) -> ApiKey:
     key_id, name, salt, digest, created_at, revoked_at, tenant, scope = row
     return ApiKey(key_id, name, bytes(salt), bytes(digest), created_at, revoked_at, tenant, scope)
+
+
+def _said(exc: BaseException) -> str:
+    """``exc``'s message on one line: libpq's run over several ("Connection refused" then
+    "Is the server running on that host...?"), and every store error is printed as one."""
+    return " ".join(str(exc).split())
