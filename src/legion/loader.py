@@ -58,18 +58,27 @@ def load_agent(ref: str) -> Agent:
         return found
     if inspect.iscoroutinefunction(found):
         return agent(found)
-    raise AgentLoadError(
-        f"{ref} is not an agent: decorate an `async def` with @legion.agent; " + _found_here(module)
+    names = _agent_names(module)
+    if not names:
+        raise AgentLoadError(
+            f"{ref} is not an agent, and {module_ref} defines none: decorate an `async def` "
+            "with @legion.agent"
+        )
+    raise AgentLoadError(f"{ref} is not an agent; {module_ref}'s agents: {', '.join(names)}")
+
+
+def _agent_names(module: ModuleType) -> list[str]:
+    """The names of ``module``'s agents, sorted."""
+    return sorted(
+        name
+        for name, value in vars(module).items()
+        if isinstance(value, Agent) and not name.startswith("_")
     )
 
 
 def _found_here(module: ModuleType) -> str:
     """What a wrong name could have been: the agents of ``module``, by the name to give."""
-    names = sorted(
-        name
-        for name, value in vars(module).items()
-        if isinstance(value, Agent) and not name.startswith("_")
-    )
+    names = _agent_names(module)
     if not names:
         return "it defines no agent (an `async def` decorated with @legion.agent)"
     return "its agents: " + ", ".join(names)
