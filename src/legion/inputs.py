@@ -38,6 +38,10 @@ _BOM = b"\xef\xbb\xbf"
 # The stores keep a priority in a 32-bit column (PostgreSQL's ``integer``), as the HTTP
 # API bounds it.
 PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
+# As the HTTP API bounds them: an idempotency key or a session is 1 to 500 characters
+# without NUL (PostgreSQL's text cannot hold it), and a key does not start with U+001F
+# (the store's mark for tenants' keys).
+KEY_MAX = 500
 
 
 def read_jsonl(path: Path, agent: str) -> Iterator[InputLine]:
@@ -77,13 +81,26 @@ def parse_line(text: bytes, number: int, agent: str) -> InputLine:
                 error=f'line {number}: "_priority" must be an integer from {PRIORITY_MIN:,} '
                 f"to {PRIORITY_MAX:,}",
             )
-        if key is not None and not isinstance(key, str):
-            return InputLine(number, None, error=f'line {number}: "_key" must be a string')
-        if session is not None and not isinstance(session, str):
-            return InputLine(number, key, error=f'line {number}: "_session" must be a string')
+        if key is not None and not _text(key, key=True):
+            return InputLine(number, None, error=f'line {number}: "_key" {_TEXT_RULE}')
+        if session is not None and not _text(session):
+            return InputLine(number, key, error=f'line {number}: "_session" {_TEXT_RULE}')
     if key is None:
         key = derived_key(agent, number, text)
     return InputLine(number, key, value, session, priority=priority)
+
+
+_TEXT_RULE = f"must be a string of 1 to {KEY_MAX} characters, without NUL"
+
+
+def _text(value: object, *, key: bool = False) -> bool:
+    """Whether ``value`` is a key (``key``) or a session the stores and the API take."""
+    return (
+        isinstance(value, str)
+        and 1 <= len(value) <= KEY_MAX
+        and "\x00" not in value
+        and not (key and value.startswith("\x1f"))
+    )
 
 
 def derived_key(agent: str, line: int, text: bytes) -> str:

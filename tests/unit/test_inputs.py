@@ -41,3 +41,14 @@ def test_read_jsonl_skips_blank_lines_and_keeps_numbers(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text('1\n\n  \n{"x": 2}\n')
     assert [(ln.line, ln.value) for ln in read_jsonl(path, "a")] == [(1, 1), (4, {"x": 2})]
+
+
+def test_keys_and_sessions_are_bounded_as_the_api_bounds_them() -> None:
+    for bad in ('""', '"' + "k" * 501 + '"', '"a\\u0000b"', '"\\u001fscoped"'):
+        line = parse_line(b'{"q": 1, "_key": ' + bad.encode() + b"}", 4, "a")
+        assert line.value is None and '"_key" must be a string of 1 to 500' in (line.error or "")
+    for bad in ('""', '"a\\u0000b"'):
+        line = parse_line(b'{"q": 1, "_session": ' + bad.encode() + b"}", 5, "a")
+        assert line.value is None and '"_session" must be' in (line.error or "")
+    ok = parse_line(b'{"q": 1, "_key": "' + b"k" * 500 + b'", "_session": "\\u001fs"}', 6, "a")
+    assert ok.error is None and ok.key == "k" * 500 and ok.session == "\x1fs"

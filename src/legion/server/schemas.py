@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from legion.inputs import KEY_MAX
 from legion.store.types import AttemptRecord, StepInfo
 from legion.task import TaskInfo, TaskStatus
 
@@ -18,8 +19,8 @@ TEXT = r"^[^\x00]*$"
 # An idempotency key: text, not starting with U+001F (the store's mark for tenants' keys).
 KEY = r"^[^\x00\x1f][^\x00]*$"
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
-Key = Annotated[str, Field(min_length=1, max_length=500, pattern=KEY)]
-Session = Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT)]
+Key = Annotated[str, Field(min_length=1, max_length=KEY_MAX, pattern=KEY)]
+Session = Annotated[str, Field(min_length=1, max_length=KEY_MAX, pattern=TEXT)]
 
 
 def _number(value: Any) -> Any:
