@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from legion.inputs import KEY_MAX
+from legion.inputs import KEY_MAX, PRIORITY_MAX, PRIORITY_MIN
 from legion.store.types import AttemptRecord, StepInfo
 from legion.task import TaskInfo, TaskStatus
 
@@ -30,7 +30,7 @@ def _number(value: Any) -> Any:
     return value
 
 
-Priority = Annotated[int, BeforeValidator(_number), Field(ge=-(2**31), le=2**31 - 1)]
+Priority = Annotated[int, BeforeValidator(_number), Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
 
 
 class TaskIn(BaseModel):
