@@ -120,9 +120,10 @@ def test_sigkill_one_of_two_workers_on_postgres_loses_nothing_and_reruns_no_reco
         # Each attempt the kill ended has its row, written when the survivor took it back.
         lost = conn.execute("SELECT task_id, worker FROM attempts WHERE outcome = 'lost'")
         lost_rows = lost.fetchall()
+        # (A succeeded attempt is kept on its task's row, with the worker it ran on.)
         later = conn.execute(
-            "SELECT count(*) FROM attempts AS a WHERE a.outcome = 'succeeded' AND a.task_id IN "
-            "(SELECT task_id FROM attempts WHERE outcome = 'lost')"
+            "SELECT count(*) FROM tasks AS t WHERE t.status = 'succeeded' AND t.succeeded_on "
+            "IS NOT NULL AND t.id IN (SELECT task_id FROM attempts WHERE outcome = 'lost')"
         ).fetchone()
     assert completions == (n,)  # exactly one completion record per task
     assert steps == (3 * n,)

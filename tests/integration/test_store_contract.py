@@ -265,6 +265,7 @@ async def test_each_applied_completion_records_its_attempt(store: Store) -> None
     assert (attempts[0].started_at, attempts[0].finished_at) == (NOW, NOW + 10)
     assert (attempts[0].running, attempts[0].waited) == (2.5, 7.5)
     assert (attempts[1].running, attempts[1].waited) == (3.0, 0.0)
+    assert (attempts[1].started_at, attempts[1].finished_at) == (NOW + 20, NOW + 23)
     info = await store.get(s.id)  # the task keeps only its last error; the attempts keep all
     assert info is not None and info.status is TaskStatus.SUCCEEDED and info.error == err
     assert await store.attempts(s.id + 1000) == []

@@ -375,9 +375,9 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             db.execute("RELEASE completions")
         done = [(c, e) for c, e, ok in zip(completions, errors, applied, strict=True) if ok]
         log_changes_by(db, [(c.owner, c.id) for c, _ in done], now)
-        _many(
-            db, "insert_attempts", "insert_attempt", [_attempt_params(c, e) for c, e in done], (8,)
-        )
+        # A succeeded attempt is recorded on its task's row, by the completion itself.
+        ended = [_attempt_params(c, e) for c, e in done if c.outcome is not Outcome.SUCCEEDED]
+        _many(db, "insert_attempts", "insert_attempt", ended, (8,))
         after_completions(db, batch, applied, now)
         return applied
 
@@ -900,6 +900,11 @@ def _many(
 
 def _completion_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:
     status, uncount, unfinished, _ = _OUTCOME_ROW[c.outcome]
+    if c.outcome is Outcome.SUCCEEDED:  # the attempt, recorded on the row
+        return (
+            status, c.output, error, c.not_before, uncount, c.finished_at, c.id, c.attempt,
+            c.owner, c.usage, c.owner, c.started_at, c.running, c.waited,
+        )  # fmt: skip
     return (
         status,
         c.output,
@@ -911,6 +916,10 @@ def _completion_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:
         c.attempt,
         c.owner,
         c.usage,
+        None,
+        None,
+        None,
+        None,
     )
 
 

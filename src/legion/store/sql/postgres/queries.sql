@@ -95,7 +95,8 @@ RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t
 SELECT task_id, key, output FROM steps WHERE task_id = ANY(%(ids)b::bigint[]);
 -- name: complete
 -- Fenced: a completion applies only while its worker still holds lease number `attempt`.
--- Each one that applies also records its attempt (0013_attempts.sql), in this statement.
+-- Each one that applies also records its attempt, in this statement: a succeeded one on
+-- the task's row (0017_succeeded_attempt.sql), any other in `attempts` (0013_attempts.sql).
 -- Answers the 1-based positions of the completions that applied.
 WITH done AS (
     UPDATE tasks AS t
@@ -107,7 +108,11 @@ WITH done AS (
         lease_owner = NULL, lease_expires = NULL,
         finished_at = c.finished_at,
         usage = coalesce(c.usage, t.usage),
-        isolate = false
+        isolate = false,
+        succeeded_on = CASE WHEN c.outcome = 'succeeded' THEN c.owner END,
+        started_at = CASE WHEN c.outcome = 'succeeded' THEN c.started ELSE t.started_at END,
+        running = CASE WHEN c.outcome = 'succeeded' THEN c.running END,
+        waited = CASE WHEN c.outcome = 'succeeded' THEN c.waited END
     FROM unnest(%(status)b::text[], %(output)b::bytea[], %(error)b::bytea[], %(not_before)b::float8[],
                 %(uncount)b::integer[], %(finished_at)b::float8[], %(id)b::bigint[],
                 %(attempt)b::integer[], %(owner)b::text[], %(usage)b::bytea[],
@@ -123,6 +128,7 @@ WITH done AS (
     INSERT INTO attempts (task_id, attempt, worker, outcome, started_at, finished_at, running,
                           waited, error)
     SELECT id, attempt, owner, outcome, started, ended, running, waited, error FROM done
+    WHERE outcome <> 'succeeded'
 )
 SELECT ord FROM done;
 -- name: insert_steps

@@ -1,4 +1,4 @@
--- Each task's ended attempts (see 0013_attempts.sql).
+-- Each task's ended attempts (see 0013_attempts.sql and 0017_succeeded_attempt.sql).
 
 -- name: insert_attempt
 -- One per applied completion, in the completions' transaction. Positional for speed:
@@ -21,8 +21,17 @@ FROM json_each(?1)
 ORDER BY key;
 
 -- name: attempts_of
-SELECT attempt, worker, outcome, started_at, finished_at, running, waited, error
-FROM attempts WHERE task_id = :task_id ORDER BY started_at, id;
+-- The attempts that did not succeed, then the one that did: it is kept on the task's row
+-- (0017_succeeded_attempt.sql).
+SELECT attempt, worker, outcome, started_at, finished_at, running, waited, error FROM (
+    SELECT attempt, worker, outcome, started_at, finished_at, running, waited, error, id AS o
+    FROM attempts WHERE task_id = :task_id
+    UNION ALL
+    SELECT attempt, succeeded_on, 'succeeded', started_at, finished_at, running, waited, NULL,
+           9223372036854775807
+    FROM tasks WHERE id = :task_id AND succeeded_on IS NOT NULL
+)
+ORDER BY started_at, o;
 
 -- name: insert_lost_attempts
 -- Before `reclaim`, in its transaction: one row per attempt it ends, outcome `lost` (its

@@ -104,9 +104,11 @@ SELECT id, attempt, lease_owner, cancel_requested FROM tasks
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running';
 -- name: complete
 -- Fenced: applies only while the worker still holds lease number `attempt`.
+-- A succeeded attempt is recorded on the row (0017_succeeded_attempt.sql): 11 its worker,
+-- 12 its start, 13 its seconds running, 14 waiting; all NULL for any other outcome.
 -- Positional for speed (executemany on the hot path):
 -- 1 status, 2 output, 3 error, 4 not_before, 5 uncount, 6 finished_at, 7 id, 8 attempt, 9 owner,
--- 10 usage.
+-- 10 usage, 11 succeeded_on, 12 started_at, 13 running, 14 waited.
 UPDATE tasks
 SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE ?1 END,
     output = ?2,
@@ -116,14 +118,19 @@ SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE 
     lease_owner = NULL, lease_expires = NULL,
     finished_at = ?6,
     usage = coalesce(?10, usage),
-    isolate = 0
+    isolate = 0,
+    succeeded_on = ?11,
+    started_at = coalesce(?12, started_at),
+    running = ?13,
+    waited = ?14
 WHERE id = ?7 AND attempt = ?8 AND lease_owner = ?9 AND status = 'running';
 
 -- name: complete_many
 -- `complete` for a whole batch in one statement: ?1 is a JSON array with a row per
 -- completion, [status, output, error, not_before, uncount, finished_at, id, attempt,
--- owner, usage] (output, error and usage: their JSON text as strings, or null). Fenced
--- like `complete`; the caller compares the count of changed rows with the batch's.
+-- owner, usage, succeeded_on, started_at, running, waited] (output, error and usage: their
+-- JSON text as strings, or null). Fenced like `complete`; the caller compares the count of
+-- changed rows with the batch's.
 UPDATE tasks
 SET status = CASE WHEN tasks.cancel_requested AND c.status = 'queued' THEN 'cancelled'
                   ELSE c.status END,
@@ -134,7 +141,11 @@ SET status = CASE WHEN tasks.cancel_requested AND c.status = 'queued' THEN 'canc
     lease_owner = NULL, lease_expires = NULL,
     finished_at = c.finished_at,
     usage = coalesce(c.usage, tasks.usage),
-    isolate = 0
+    isolate = 0,
+    succeeded_on = c.succeeded_on,
+    started_at = coalesce(c.started_at, tasks.started_at),
+    running = c.running,
+    waited = c.waited
 FROM (
     SELECT json_extract(value, '$[0]') AS status,
            CAST(json_extract(value, '$[1]') AS BLOB) AS output,
@@ -145,7 +156,11 @@ FROM (
            json_extract(value, '$[6]') AS id,
            json_extract(value, '$[7]') AS attempt,
            json_extract(value, '$[8]') AS owner,
-           CAST(json_extract(value, '$[9]') AS BLOB) AS usage
+           CAST(json_extract(value, '$[9]') AS BLOB) AS usage,
+           json_extract(value, '$[10]') AS succeeded_on,
+           json_extract(value, '$[11]') AS started_at,
+           json_extract(value, '$[12]') AS running,
+           json_extract(value, '$[13]') AS waited
     FROM json_each(?1)
 ) AS c
 WHERE tasks.id = c.id AND tasks.attempt = c.attempt AND tasks.lease_owner = c.owner
