@@ -135,6 +135,42 @@ def test_an_agent_that_does_not_load_gives_one_clear_line(
     assert "Traceback" not in r.stderr
 
 
+def test_a_data_file_given_as_the_agent_is_refused_as_not_python(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    # The arguments swapped: the input file where the agent goes.
+    write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    store = f"sqlite:///{tmp_path / 'db'}"
+    for ref in ("in.jsonl:typed", f"{tmp_path / 'in.jsonl'}:typed"):
+        r = legion("run", ref, "-i", "in.jsonl", "--store", store, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        file = ref.removesuffix(":typed")
+        assert r.stderr.strip() == (
+            f"error: {file} is not a Python file: give the agent as FILE.py:NAME or "
+            "package.module:NAME"
+        )
+    w = legion("worker", "--app", "in.jsonl", "--store", store, cwd=tmp_path)
+    assert w.returncode == 2
+    assert w.stderr.strip() == (
+        "error: in.jsonl is not a Python file: give a file (app.py) or a module (package.module)"
+    )
+    # A module reference (agents.py, found from the working folder) still loads.
+    out = tmp_path / "out.jsonl"
+    ok = legion(
+        "run",
+        "agents:typed",
+        "-i",
+        "in.jsonl",
+        "-o",
+        str(out),
+        "--store",
+        store,
+        cwd=agents_file.parent,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert [row["output"] for row in read_jsonl(out)] == [2]
+
+
 def test_status_shows_dead_tasks_and_retry_requeues_them(tmp_path: Path, agents_file: Path) -> None:
     store = f"sqlite:///{tmp_path / 'db'}"
     inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(4)])
