@@ -12,9 +12,15 @@ from types import ModuleType
 from legion.agent import Agent, agent
 from legion.errors import AgentLoadError
 
+_GIVE_MODULE = "give a file (app.py) or a module (package.module)"
+_GIVE_AGENT = "give the agent as FILE.py:NAME or package.module:NAME"
 
-def load_module(ref: str) -> ModuleType:
-    """Import a module given as a file path (``app.py``) or a dotted name (``pkg.mod``)."""
+
+def load_module(ref: str, *, hint: str = _GIVE_MODULE) -> ModuleType:
+    """Import a module given as a file path (``app.py``) or a dotted name (``pkg.mod``).
+
+    An existing file that is not Python (``in.jsonl``) is refused as such, with ``hint``
+    (how to name a module), rather than imported as the dotted name ``in.jsonl``."""
     if ref.endswith(".py") or "/" in ref or "\\" in ref:
         path = Path(ref).resolve()
         if not path.is_file():
@@ -28,7 +34,7 @@ def load_module(ref: str) -> ModuleType:
             return loaded
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
-            raise AgentLoadError(f"cannot import {ref}: not a Python file")
+            raise AgentLoadError(f"{ref} is not a Python file: {hint}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
@@ -37,6 +43,8 @@ def load_module(ref: str) -> ModuleType:
             sys.modules.pop(name, None)
             raise AgentLoadError(f"cannot import {ref}: {_describe(exc)}") from exc
         return module
+    if Path(ref).is_file():  # a data file given where the code goes
+        raise AgentLoadError(f"{ref} is not a Python file: {hint}")
     try:
         return importlib.import_module(ref)
     except Exception as exc:
@@ -50,7 +58,7 @@ def load_agent(ref: str) -> Agent:
         raise AgentLoadError(
             f"bad agent name {ref!r}: expected path/to/file.py:function or package.module:function"
         )
-    module = load_module(module_ref)
+    module = load_module(module_ref, hint=_GIVE_AGENT)
     found = getattr(module, attr, None)
     if found is None:
         raise AgentLoadError(f"{module_ref} has no attribute {attr!r}; {_found_here(module)}")

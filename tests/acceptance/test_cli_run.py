@@ -1,4 +1,5 @@
-"""``legion run``, ``status`` and ``retry`` as subprocesses, against real SQLite files."""
+"""``legion run``, ``status`` and ``retry`` as subprocesses, against real SQLite files (and
+an empty PostgreSQL schema)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sqlite3
 import subprocess
 from collections import Counter
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
+import psycopg
 import pytest
 
 from legion import __version__
@@ -135,6 +138,42 @@ def test_an_agent_that_does_not_load_gives_one_clear_line(
     assert "Traceback" not in r.stderr
 
 
+def test_a_data_file_given_as_the_agent_is_refused_as_not_python(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    # The arguments swapped: the input file where the agent goes.
+    write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    store = f"sqlite:///{tmp_path / 'db'}"
+    for ref in ("in.jsonl:typed", f"{tmp_path / 'in.jsonl'}:typed"):
+        r = legion("run", ref, "-i", "in.jsonl", "--store", store, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        file = ref.removesuffix(":typed")
+        assert r.stderr.strip() == (
+            f"error: {file} is not a Python file: give the agent as FILE.py:NAME or "
+            "package.module:NAME"
+        )
+    w = legion("worker", "--app", "in.jsonl", "--store", store, cwd=tmp_path)
+    assert w.returncode == 2
+    assert w.stderr.strip() == (
+        "error: in.jsonl is not a Python file: give a file (app.py) or a module (package.module)"
+    )
+    # A module reference (agents.py, found from the working folder) still loads.
+    out = tmp_path / "out.jsonl"
+    ok = legion(
+        "run",
+        "agents:typed",
+        "-i",
+        "in.jsonl",
+        "-o",
+        str(out),
+        "--store",
+        store,
+        cwd=agents_file.parent,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert [row["output"] for row in read_jsonl(out)] == [2]
+
+
 def test_status_shows_dead_tasks_and_retry_requeues_them(tmp_path: Path, agents_file: Path) -> None:
     store = f"sqlite:///{tmp_path / 'db'}"
     inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(4)])
@@ -161,6 +200,27 @@ def test_status_of_a_missing_store_is_an_error(tmp_path: Path) -> None:
     r = legion("status", "--store", f"sqlite:///{tmp_path / 'nothing.db'}")
     assert r.returncode == 2 and "no store at" in r.stderr
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_status_retry_and_cancel_on_an_empty_postgres_schema_create_nothing(
+    postgres_server: str, postgres_url: str
+) -> None:
+    schema = dict(parse_qsl(urlsplit(postgres_url).query))["options"].split("=", 1)[1]
+    for args in (["status"], ["status", "--json"], ["retry", "--dead"], ["cancel", "1"]):
+        r = legion(*args, "--store", postgres_url)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.stderr.strip() == (
+            f"error: no store at {postgres_url}: schema '{schema}' has no legion tables "
+            "(`legion worker`, `legion run` or `legion schedule add` with this --store "
+            "creates them)"
+        )
+    with psycopg.connect(postgres_server) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = %s",
+            (schema,),
+        ).fetchone()
+    assert found == (0,)
 
 
 def test_sigkill_mid_run_then_rerun_finishes_without_rerunning_recorded_steps(

@@ -97,6 +97,25 @@ async def test_a_missing_database_is_a_config_error(postgres_server: str) -> Non
     await store.aclose()
 
 
+async def test_an_empty_schema_opened_without_create_is_a_config_error(postgres_url: str) -> None:
+    store = store_from_url(postgres_url, create=False)
+    with pytest.raises(ConfigError, match=r"no store at .*has no legion tables"):
+        await store.open()
+    await store.aclose()
+    async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"
+        )
+        assert await cur.fetchone() == (0,)
+    made = store_from_url(postgres_url)  # creates the store
+    await made.open()
+    await made.aclose()
+    store = store_from_url(postgres_url, create=False)  # and now opens it
+    await store.open()
+    assert await store.counts() == {}
+    await store.aclose()
+
+
 async def test_an_unreachable_server_is_a_store_error() -> None:
     store = PostgresStore("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
     with pytest.raises(StoreError, match="cannot connect"):

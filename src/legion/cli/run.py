@@ -224,12 +224,13 @@ async def _run_lines(
 async def _say_if_unserved(rt: Runtime, opts: RunOptions, console: Console) -> None:
     """Without a local worker: say so when no live worker on the store serves the agent
     (the tasks wait in the queue until one starts, and the run with them)."""
-    now = await rt.store.now()
+    from legion.cli.status import live_workers
+
     fresh = 2 * opts.runtime.lease_seconds  # a worker heartbeats well within its lease
     serving = [
         w
-        for w in await rt.store.workers()
-        if now - w.heartbeat_at < fresh and opts.agent.name in w.load.get("agents", ())
+        for w in await live_workers(rt.store, fresh)
+        if opts.agent.name in w.load.get("agents", ())
     ]
     if not serving:
         console.print(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from legion import codec
 from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
+
+if TYPE_CHECKING:
+    from legion.store import Store
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +47,17 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--max-attempts", min=1, help="Attempts per run.")
         ] = 4,
         store: StoreOpt = DEFAULT_STORE,
+        app_ref: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--app",
+                "-a",
+                help="The agents its workers serve, as `legion worker --app` takes them: a "
+                "file (myagents.py) or module (pkg.agents); repeatable. The schedule is "
+                "refused unless AGENT is one of them and --input fits its parameters. "
+                "Without it, a warning says when no live worker serves AGENT.",
+            ),
+        ] = None,
     ) -> None:
         """Add (or replace) a schedule; prints its next tick."""
         from legion.waiting.cron import CronError
@@ -55,6 +69,8 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"--input is not JSON: {exc}") from None
         if not isinstance(value, dict):
             raise _fail("--input must be a JSON object (the agent's keyword arguments)")
+        if app_ref:
+            _check_agent(tuple(app_ref), agent, value)
         try:
             made = schedule(
                 name, cron, agent, codec.dumps(value), time.time(), max_attempts=attempts
@@ -62,18 +78,25 @@ def register(app: typer.Typer) -> None:
         except (CronError, ValueError) as exc:
             raise _fail(str(exc)) from None
 
-        async def main() -> None:
+        async def main() -> str | None:
             from legion.store import store_from_url
 
             s = store_from_url(store)  # a new store is made: a schedule may come first
             await s.open()
             try:
                 await s.add_schedule(made, time.time())
+                return None if app_ref else await _unserved(s, agent, store)
             finally:
                 await s.aclose()
 
-        _run(main())
+        warning = _run(main())
         print(f"{name}\tnext {_when(made.next_tick)}")
+        if warning is not None:
+            from rich.text import Text
+
+            from legion.cli.progress import stderr_console
+
+            stderr_console().print(Text.assemble(("warning:", "yellow"), " ", warning))
 
     @group.command("list")
     def list_cmd(
@@ -123,6 +146,44 @@ def register(app: typer.Typer) -> None:
         print(f"removed {name}")
 
     app.add_typer(group)
+
+
+def _check_agent(apps: tuple[str, ...], name: str, value: dict[str, Any]) -> None:
+    """Refuse (exit 2) an agent that ``apps`` do not define, or an input it does not take
+    (as its worker would read the input of each tick's task)."""
+    from legion.cli.worker import load_agents
+    from legion.errors import InputError, LegionError
+
+    try:
+        agents = {a.name: a for a in load_agents(apps)}
+    except LegionError as exc:
+        raise _fail(str(exc)) from None
+    found = agents.get(name)
+    if found is None:
+        raise _fail(
+            f"{', '.join(apps)} defines no agent {name!r}; its agents: {', '.join(sorted(agents))}"
+        )
+    try:
+        found.arguments(value)
+    except InputError as exc:
+        raise _fail(f"bad --input: {exc}") from None
+
+
+async def _unserved(store: Store, agent: str, url: str) -> str | None:
+    """Why the schedule's tasks would wait, when no live worker on ``store`` serves
+    ``agent`` (a misspelt name, or an agent no worker runs); else None."""
+    from legion.cli.status import live_workers
+
+    live = await live_workers(store)
+    if any(agent in w.load.get("agents", ()) for w in live):
+        return None
+    served = sorted({a for w in live for a in w.load.get("agents", ())})
+    now = f"the live workers serve {', '.join(served)}" if served else "no worker is live"
+    return (
+        f"no live worker serves agent {agent!r} on {url} ({now}): each tick's task waits "
+        f"until one does; start one with `legion worker --app FILE --store {url}`, or give "
+        "--app FILE here to check the agent's name and input"
+    )
 
 
 def _when(t: float) -> str:

@@ -11,10 +11,11 @@ from typing import Any
 from legion import codec
 from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.summary import summarize
-from legion.store import Store, store_from_url
+from legion.store import Store, WorkerInfo, store_from_url
 from legion.task import TaskStatus
 
 AUTOSCALER_FRESH = 30.0  # seconds: an autoscaler that published longer ago has stopped
+WORKER_FRESH = 60.0  # seconds: a worker heartbeats every 5 s at most (its lease / 3)
 
 
 @asynccontextmanager
@@ -25,6 +26,13 @@ async def opened(url: str) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.aclose()
+
+
+async def live_workers(store: Store, fresh: float = WORKER_FRESH) -> list[WorkerInfo]:
+    """The workers on ``store`` whose last heartbeat is under ``fresh`` seconds old (each
+    names the agents it serves in ``load["agents"]``)."""
+    now = await store.now()
+    return [w for w in await store.workers() if now - w.heartbeat_at < fresh]
 
 
 async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = False) -> None:

@@ -89,10 +89,12 @@ def store_from_url(
     lease_seconds: float | None = None,
     clock: Clock = system_clock,
 ) -> Store:
-    """A store for ``url`` (not yet opened); ``create=False`` refuses a missing database.
+    """A store for ``url`` (not yet opened); ``create=False`` refuses a missing store: a
+    SQLite file that does not exist, or a PostgreSQL schema without legion's tables
+    (opening it raises `legion.errors.ConfigError` and creates nothing).
 
-    A PostgreSQL database is never created (``create`` is ignored): opening a store on a
-    missing one raises `legion.errors.ConfigError`. ``lease_seconds`` (the
+    A PostgreSQL database is never created: opening a store on a missing one raises
+    `legion.errors.ConfigError`. ``lease_seconds`` (the
     workers' lease, 30 s if not given) sets a PostgreSQL store's timeouts below it.
     ``clock``: a SQLite store's time (a PostgreSQL store keeps the database's).
     """
@@ -107,8 +109,8 @@ def store_from_url(
         return SQLiteStore(path[1:], create=create, clock=clock)
     if url.startswith(("postgresql://", "postgres://")):
         if lease_seconds is None:
-            return _postgres_store()(url)
-        return _postgres_store()(url, lease_seconds=lease_seconds)
+            return _postgres_store()(url, create=create)
+        return _postgres_store()(url, lease_seconds=lease_seconds, create=create)
     raise ConfigError(
         f"unknown store URL {url!r}: expected sqlite:///path.db or postgresql://host/database"
     )

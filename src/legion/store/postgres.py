@@ -135,13 +135,18 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         max_size: int | None = None,
         timeout: float | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        create: bool = True,
     ) -> None:
         """``min_size``/``max_size`` bound the pool (default 1 and 10) and ``timeout`` is
         how long a call waits for a connection (default 30 s, and never past the call's
         deadline); each overrides the URL's ``pool_*`` query parameter of the same
         meaning. ``lease_seconds`` (the workers' lease) sets every timeout below it (see
-        `legion.store.timeouts`); a ``call_timeout`` in the URL overrides it."""
+        `legion.store.timeouts`); a ``call_timeout`` in the URL overrides it.
+        ``create=False`` refuses a schema without legion's tables (`open` raises
+        `legion.errors.ConfigError` and creates nothing); a store there is brought up
+        to date as always."""
         self.url = url
+        self._create = create
         conninfo, options = _split_url(url)
         self._where = _redact(url)
         try:
@@ -220,8 +225,17 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         """Bring the schema up to date; answer the work channel. Workers starting together
         take turns on an advisory lock, so each migration runs once."""
         cur = await conn.execute(Q["current_schema"])
-        if _one(await cur.fetchone()) is None:
+        schema = _one(await cur.fetchone())
+        if schema is None:
             raise ConfigError(f"the search_path of {self._where} names no existing schema")
+        if not self._create:
+            cur = await conn.execute(Q["store_exists"])
+            if not _one(await cur.fetchone()):
+                raise ConfigError(
+                    f"no store at {self._where}: schema {schema!r} has no legion tables "
+                    "(`legion worker`, `legion run` or `legion schedule add` with this "
+                    "--store creates them)"
+                )
         known = migrations("postgres")
         async with conn.transaction():
             await conn.execute(Q["lock_migrations"])

@@ -24,6 +24,13 @@ INSERT INTO legion_schema (version) VALUES (%(version)s);
 -- Where the tables go: the first schema of the search_path that exists (NULL if none).
 SELECT current_schema();
 
+-- name: store_exists
+-- Whether legion's tables are in the schema where they go (its version table is made first).
+SELECT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_tables
+    WHERE schemaname = current_schema() AND tablename = 'legion_schema'
+);
+
 -- name: work_channel
 SELECT legion_work_channel(current_schema());
 

@@ -1,0 +1,83 @@
+"""``legion schedule add`` as a subprocess: an agent no worker would run is said at once
+(refused against ``--app``, a warning against the store's live workers)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import legion, start_legion
+
+pytestmark = pytest.mark.slow
+
+YEARLY = ["--cron", "0 0 1 1 *"]  # no tick while the test runs
+
+
+def test_an_agent_or_input_the_app_does_not_take_is_refused(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    db = tmp_path / "db"
+    store = ["--store", f"sqlite:///{db}"]
+    app = ["--app", str(agents_file)]
+    r = legion("schedule", "add", "ghost", "nope", *YEARLY, *app, *store)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (
+        f"error: {agents_file} defines no agent 'nope'; its agents: doomed, slow, typed, work"
+    )
+    for given, said in [
+        (
+            '{"x": 1}',
+            "input does not fit agent 'typed': unknown field(s) x (it takes n); missing field(s) n",
+        ),
+        ('{"n": "many"}', "input does not fit agent 'typed': n: Input should be a valid integer"),
+    ]:
+        r = legion("schedule", "add", "ghost", "typed", *YEARLY, "-i", given, *app, *store)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().startswith(f"error: bad --input: {said}"), r.stderr
+    assert not db.exists()  # nothing was added: the store was not even made
+
+    r = legion("schedule", "add", "ghost", "typed", *YEARLY, "-i", '{"n": 1}', *app, *store)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ghost\tnext ") and r.stdout.endswith("-01-01T00:00:00Z\n")
+    assert r.stderr == ""
+    listed = legion("schedule", "list", *store)
+    assert listed.stdout.startswith("ghost\t0 0 1 1 *\ttyped\tnext ")
+
+
+def test_without_app_a_warning_says_when_no_live_worker_serves_the_agent(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'db'}"
+    r = legion("schedule", "add", "ghost", "nope", *YEARLY, "--store", url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ghost\tnext ")  # the output scripts read is as before
+    assert r.stderr.strip() == (
+        f"warning: no live worker serves agent 'nope' on {url} (no worker is live): each tick's "
+        f"task waits until one does; start one with `legion worker --app FILE --store {url}`, "
+        "or give --app FILE here to check the agent's name and input"
+    )
+
+    worker = start_legion("worker", "--app", str(agents_file), "--store", url, "-c", "2")
+    try:
+        assert worker.stderr is not None
+        line = worker.stderr.readline()
+        assert "serving" in line, line
+        served = legion("schedule", "add", "real", "typed", *YEARLY, "-i", '{"n": 1}', "-s", url)
+        assert served.returncode == 0 and served.stderr == "", served.stderr
+        ghost = legion("schedule", "add", "ghost", "nope", *YEARLY, "--store", url)
+        assert ghost.returncode == 0, ghost.stderr
+        assert (
+            "warning: no live worker serves agent 'nope' on "
+            f"{url} (the live workers serve doomed, slow, typed, work)"
+        ) in ghost.stderr
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+
+
+def test_schedule_add_help_explains_app() -> None:
+    r = legion("schedule", "add", "--help")
+    assert r.returncode == 0
+    assert "--app" in r.stdout and "Without it, a warning" in " ".join(r.stdout.split())
