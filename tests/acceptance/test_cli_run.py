@@ -537,3 +537,20 @@ def test_two_lines_with_one_key_each_get_their_line(tmp_path: Path, agents_file:
     assert [row["output"] for row in rows] == [2, 3, 2, 4]
     assert rows[0]["id"] == rows[2]["id"]
     assert "done: 4/4" in r.stderr
+
+
+def test_a_store_password_is_never_printed(postgres_url: str, tmp_path: Path) -> None:
+    # Trust authentication ignores the password, so the URL works as given.
+    parts = urlsplit(postgres_url)
+    secret = "hunter2-secret"
+    user = parts.username or "postgres"
+    netloc = f"{user}:{secret}@{parts.hostname}:{parts.port or 5432}"
+    url = parts._replace(netloc=netloc).geturl()
+    made = legion("schedule", "add", "nightly", "nobody", "--cron", "0 3 * * *", "--store", url)
+    assert made.returncode == 0, made.stderr
+    assert "no live worker serves agent 'nobody'" in made.stderr
+    for r in (made, legion("status", "--store", url), legion("status", "--json", "--store", url)):
+        assert r.returncode == 0, r.stderr
+        assert secret not in r.stdout + r.stderr
+    assert ":***@" in made.stderr
+    assert json.loads(legion("status", "--json", "--store", url).stdout)["store"].count("***") == 1

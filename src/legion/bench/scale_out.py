@@ -18,7 +18,6 @@ submitting process and the PostgreSQL server share the cores with the workers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 import legion
 from legion.bench.postgres import fresh_schema
 from legion.bench.results import BenchResult, Plot, Progress, Table, fmt_num, quiet
+from legion.store import redact_url
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -211,7 +211,7 @@ async def run(
         name=NAME,
         title="worker processes on PostgreSQL, CPU-bound steps",
         data={
-            "options": {**asdict(opts), "postgres": _redact(opts.postgres)},
+            "options": {**asdict(opts), "postgres": redact_url(opts.postgres)},
             "makespan_s": makespans,
             "speedup_2_vs_1": speedup_2,
         },
@@ -225,16 +225,6 @@ async def run(
         notes=notes,
         plots=[Plot("throughput", _plot(makespans, opts))],
     )
-
-
-def _redact(url: str) -> str:
-    with contextlib.suppress(Exception):
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        if parts.password:
-            return url.replace(parts.password, "***")
-    return url
 
 
 def _plot(makespans: dict[str, float], opts: ScaleOutOptions) -> Any:

@@ -225,6 +225,7 @@ async def _say_if_unserved(rt: Runtime, opts: RunOptions, console: Console) -> N
     """Without a local worker: say so when no live worker on the store serves the agent
     (the tasks wait in the queue until one starts, and the run with them)."""
     from legion.cli.status import live_workers
+    from legion.store import redact_url
 
     fresh = 2 * opts.runtime.lease_seconds  # a worker heartbeats well within its lease
     serving = [
@@ -233,10 +234,10 @@ async def _say_if_unserved(rt: Runtime, opts: RunOptions, console: Console) -> N
         if opts.agent.name in w.load.get("agents", ())
     ]
     if not serving:
+        where = redact_url(opts.runtime.store)
         console.print(
-            f"no live worker serves agent {opts.agent.name!r} on {opts.runtime.store} yet: "
-            "its tasks wait in the queue until one starts (`legion worker --app FILE "
-            f"--store {opts.runtime.store}`)",
+            f"no live worker serves agent {opts.agent.name!r} on {where} yet: its tasks "
+            f"wait in the queue until one starts (`legion worker --app FILE --store {where}`)",
             style="yellow",
             highlight=False,
         )

@@ -173,12 +173,14 @@ async def _unserved(store: Store, agent: str, url: str) -> str | None:
     """Why the schedule's tasks would wait, when no live worker on ``store`` serves
     ``agent`` (a misspelt name, or an agent no worker runs); else None."""
     from legion.cli.status import live_workers
+    from legion.store import redact_url
 
     live = await live_workers(store)
     if any(agent in w.load.get("agents", ()) for w in live):
         return None
     served = sorted({a for w in live for a in w.load.get("agents", ())})
     now = f"the live workers serve {', '.join(served)}" if served else "no worker is live"
+    url = redact_url(url)
     return (
         f"no live worker serves agent {agent!r} on {url} ({now}): each tick's task waits "
         f"until one does; start one with `legion worker --app FILE --store {url}`, or give "

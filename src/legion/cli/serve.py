@@ -37,7 +37,7 @@ from legion.cli.progress import error_text, stderr_console
 from legion.cli.status import opened
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
-from legion.store import store_from_url
+from legion.store import redact_url, store_from_url
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -417,7 +417,7 @@ def revoke_key(
     if found is None:
         raise _fail(f"{key!r} is not an API key id (12 hex digits) or an API key")
     if not _run(_revoke_key(store, found)):
-        raise _fail(f"no API key {found} in {store}", code=1)
+        raise _fail(f"no API key {found} in {redact_url(store)}", code=1)
     stderr_console().print(f"revoked API key {found}", highlight=False)
 
 

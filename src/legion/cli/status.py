@@ -11,7 +11,7 @@ from typing import Any
 from legion import codec
 from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.summary import summarize
-from legion.store import Store, WorkerInfo, store_from_url
+from legion.store import Store, WorkerInfo, redact_url, store_from_url
 from legion.task import TaskStatus
 
 AUTOSCALER_FRESH = 30.0  # seconds: an autoscaler that published longer ago has stopped
@@ -47,7 +47,7 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
     now = time.time()
     if as_json:
         doc: dict[str, Any] = {
-            "store": url,
+            "store": redact_url(url),
             "counts": {str(s): counts.get(s, 0) for s in TaskStatus},
             "agents": {a: {str(s): n for s, n in c.items()} for a, c in by_agent.items()},
             "workers": [
@@ -110,7 +110,7 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
     # columns, cutting worker ids and headers short).
     wide = None if sys.stdout.isatty() else 240
     console = Console(highlight=False, markup=False, width=wide)
-    table = Table(title=f"tasks in {url}")
+    table = Table(title=f"tasks in {redact_url(url)}")
     table.add_column("agent")
     for s in TaskStatus:
         table.add_column(str(s), justify="right")

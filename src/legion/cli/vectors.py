@@ -172,6 +172,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per hit.")] = False,
     ) -> None:
         """The items nearest to QUERY, best first, with their scores."""
+        from legion.store import redact_url
         from legion.vectors.backend import vectors_for
         from legion.vectors.types import SHARED, check_name, check_where
 
@@ -182,7 +183,7 @@ def register(app: typer.Typer) -> None:
                 backend = vectors_for(opened)
                 info = await backend.collection(collection)
                 if info is None:
-                    raise ConfigError(f"no vector collection {collection!r} in {store}")
+                    raise ConfigError(f"no vector collection {collection!r} in {redact_url(store)}")
                 if info.scope == "session" and session is None:
                     raise ConfigError(f"{collection!r} is session-scoped: give --session")
                 async with _client(tuple(llm or ()), config=config) as client:

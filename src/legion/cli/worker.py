@@ -48,7 +48,7 @@ from legion.cli.wiring import (
 from legion.errors import AgentLoadError, StoreError
 from legion.loader import agents_in, load_module
 from legion.run.freeze import FROZE_EXIT_CODE
-from legion.store import Store
+from legion.store import Store, redact_url
 
 EXIT_FINAL = 2
 EXIT_STORE = 3
@@ -124,7 +124,7 @@ async def _serve(
         budget = rt.llm.budgets.run
         console.print(
             f"legion worker {rt.worker.id} pid {os.getpid()}: serving "
-            f"{', '.join(a.name for a in agents)} from {opts.runtime.store} "
+            f"{', '.join(a.name for a in agents)} from {redact_url(opts.runtime.store)} "
             f"(concurrency {opts.runtime.concurrency}); {notes[0]}",
             highlight=False,
         )

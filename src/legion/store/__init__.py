@@ -33,6 +33,7 @@ from legion.store.types import (
     WorkerInfo,
     WriteBatch,
 )
+from legion.store.urls import redact_url
 
 if TYPE_CHECKING:
     from legion.store.postgres import PostgresStore
@@ -56,6 +57,7 @@ __all__ = [
     "WorkerInfo",
     "WorkerRegistry",
     "WriteBatch",
+    "redact_url",
     "store_from_url",
 ]
 

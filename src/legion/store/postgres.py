@@ -86,6 +86,7 @@ from legion.store.types import (
     WorkerInfo,
     WriteBatch,
 )
+from legion.store.urls import redact_url
 from legion.task import (
     Completion,
     ErrorInfo,
@@ -148,7 +149,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         self.url = url
         self._create = create
         conninfo, options = _split_url(url)
-        self._where = _redact(url)
+        self._where = redact_url(url)
         try:
             self._min_size = int(options.get("pool_min_size", 1)) if min_size is None else min_size
             self._max_size = int(options.get("pool_max_size", 10)) if max_size is None else max_size
@@ -936,14 +937,6 @@ async def _check(pool: AsyncConnectionPool[Connection], limit: float) -> None:
             await pool.check()
     except (TimeoutError, psycopg.Error) as exc:
         log.warning("checking the store's idle connections failed: %s", exc)
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _one(row: TupleRow | None) -> Any:
