@@ -169,7 +169,10 @@ class Agent:
                 if not (isinstance(value, dict) and self._as_arguments(value, exc)):
                     raise InputError(_validation_message(self.name, exc)) from None
         if isinstance(value, dict):
-            raise self._unfit_fields(value)
+            unfit = self._unfit_fields(value)
+            if not unfit.fields:  # `{}` for a single parameter that has a default
+                return self._validate(value)
+            raise unfit
         if value is None and not self.params:
             return {}
         expected = ", ".join(self.params) or "no parameters"

@@ -75,6 +75,23 @@ def test_a_missing_field_is_named_as_missing() -> None:
     )
 
 
+def test_an_empty_object_takes_a_single_parameters_default() -> None:
+    @legion.agent
+    async def count(ctx: legion.Context, n: int = 1) -> int:
+        return n
+
+    @legion.agent
+    async def maybe(ctx: legion.Context, doc: dict[str, int] | None = None) -> int:
+        return len(doc or {})
+
+    # (It failed with "input does not fit agent 'count': " and nothing after it.)
+    assert count.arguments({}) == {"n": 1}
+    assert count.arguments({"n": 3}) == {"n": 3} and count.arguments(4) == {"n": 4}
+    assert maybe.arguments({}) == {"doc": {}}  # an object still goes to a dict parameter
+    with pytest.raises(InputError, match=r"unknown field\(s\) m \(it takes n\)"):
+        count.arguments({"m": 3})
+
+
 def test_a_single_object_parameter_still_takes_objects_with_other_fields() -> None:
     @legion.agent
     async def raw(ctx: legion.Context, doc: dict[str, int]) -> int:
