@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
@@ -133,6 +134,34 @@ async def test_a_failing_store_answers_503_and_turns_health_red(
     monkeypatch.undo()
     await api.server.state.monitor.sample()
     assert (await api.call("GET", "/healthz", headers={}))[0] == 200
+
+
+async def test_a_sample_that_began_before_the_store_failed_does_not_hide_it(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monitor = api.server.state.monitor
+    store = api.runtime.store
+    counts = store.counts_by_tenant
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await counts(*args, **kwargs)
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise StoreError("connection refused")
+
+    monkeypatch.setattr(store, "counts_by_tenant", slow)
+    # A sample that has read the feed and waits for the counts while the store fails:
+    earlier = asyncio.create_task(monitor.sample())
+    await entered.wait()
+    monkeypatch.setattr(store, "event_details_after", down)
+    later = asyncio.create_task(monitor.sample())  # begins after the store failed
+    release.set()
+    await asyncio.gather(earlier, later)
+    # The later sample is the one published (it used to be overwritten by the earlier).
+    assert await api.call("GET", "/healthz", headers={}) == (503, {"status": "unavailable"})
 
 
 async def test_an_open_breaker_shows_in_metrics_and_statistics(

@@ -138,6 +138,10 @@ class Monitor:
         self._new_failures = True
         self._last_at = clock()
         self._lag = 0.0
+        # One sample at a time: a sample reads on from the last one's cursor, and one
+        # that began earlier must not publish over a later one (a store that failed after
+        # it began would show healthy).
+        self._sampling = asyncio.Lock()
         self._tick = asyncio.Event()
         self._scaling = ScalingGauge()
         self.closed = False
@@ -210,17 +214,19 @@ class Monitor:
             self._lag = max(0.0, loop.time() - wake)
 
     async def sample(self) -> Snapshot:
-        """Take one sample now and publish it."""
-        began = time.perf_counter()
-        try:
-            snapshot = await self._read()
-        except Exception as exc:  # reported on the dashboard and /healthz; retried next time
-            log.warning("sampling the store failed: %s", exc)
-            snapshot = replace(self._snapshot, health=self._health(False, 0.0))
-        else:
-            snapshot = replace(snapshot, health=self._health(True, time.perf_counter() - began))
-        self._publish(snapshot)
-        return snapshot
+        """Take one sample now and publish it (after the one under way, if any)."""
+        async with self._sampling:
+            began = time.perf_counter()
+            try:
+                snapshot = await self._read()
+            except Exception as exc:  # reported on the dashboard and /healthz; retried
+                log.warning("sampling the store failed: %s", exc)
+                snapshot = replace(self._snapshot, health=self._health(False, 0.0))
+            else:
+                took = time.perf_counter() - began
+                snapshot = replace(snapshot, health=self._health(True, took))
+            self._publish(snapshot)
+            return snapshot
 
     def _publish(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
