@@ -302,9 +302,15 @@ async def sustainable(
 
 
 async def overload(
-    server: Server, rate: float, seconds: float, outstanding: int, kind: str = "raw"
+    server: Server,
+    rate: float,
+    seconds: float,
+    outstanding: int,
+    kind: str = "raw",
+    window: float = 10.0,
 ) -> dict[str, Any]:
     latencies: list[float] = []
+    sent_at: list[float] = []  # when each accepted request was sent, from the start
     refused: list[float] = []
     statuses: Counter[int] = Counter()
     retry_after: Counter[int] = Counter()
@@ -327,6 +333,7 @@ async def overload(
                 retry_after[status] += 1
             if status == 201 and task_id is not None:
                 latencies.append(took)
+                sent_at.append(due - began)
                 acked.append(task_id)
             elif status in (429, 503):
                 refused.append(took)
@@ -347,6 +354,11 @@ async def overload(
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
     stored = server.stored_ids()
+    # The accepted requests' p99 in each `window` seconds of the run, by when they were
+    # sent: a bound holds if it does not grow as the overload goes on.
+    by_window: dict[int, list[float]] = {}
+    for at, took in zip(sent_at, latencies, strict=True):
+        by_window.setdefault(int(at // window), []).append(took)
     return {
         "offered_rate": rate,
         "seconds": seconds,
@@ -356,6 +368,11 @@ async def overload(
         "with_retry_after": dict(retry_after),
         "accepted_p50_ms": 1000 * (percentile(latencies, 0.5) or 0),
         "accepted_p99_ms": 1000 * (percentile(latencies, 0.99) or 0),
+        "window_s": window,
+        "accepted_p99_ms_by_window": [
+            round(1000 * (percentile(by_window.get(w, []), 0.99) or 0), 1)
+            for w in range(int(seconds // window) + (seconds % window > 0))
+        ],
         # A refusal is answered as soon as the server reads the request: its latency is
         # the wait in front of the server (the generator's requests outstanding, in the
         # sockets, behind the others), which every accepted request waits too.
@@ -451,9 +468,9 @@ def summary(results: dict[str, Any], names: list[str]) -> dict[str, Any]:
     return out
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def markdown(summary: dict[str, Any], overload: float = 10.0) -> str:
     lines = [
-        "| bound | baseline/s | baseline p99 ms | accepted/s at 10x | accepted p50 ms "
+        f"| bound | baseline/s | baseline p99 ms | accepted/s at {overload:g}x | accepted p50 ms "
         "| accepted p99 ms | p99 / baseline p99 | refused p50 ms | refused p99 ms "
         "| 201 | 429 | 503 | with Retry-After | lost |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -469,6 +486,27 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {sum(s['with_retry_after'].values())} | {s['lost']} |"
         )
     return "\n".join(lines)
+
+
+def windows(results: dict[str, Any], names: list[str]) -> str:
+    """The accepted p99 over time, per configuration and round: one row per run."""
+    runs = [(n, i, r["overload"]) for n in names for i, r in enumerate(results.get(n, []))]
+    if not runs:
+        return ""
+    width = runs[0][2]["window_s"]
+    count = max(len(o["accepted_p99_ms_by_window"]) for _, _, o in runs)
+    head = " | ".join(f"{w * width:g}-{(w + 1) * width:g} s" for w in range(count))
+    lines = [
+        "",
+        "Accepted p99 (ms) over the overload, by when each request was sent:",
+        "",
+        f"| bound | round | {head} |",
+        "|---|---:|" + "---:|" * count,
+    ]
+    for name, i, o in runs:
+        cells = " | ".join(f"{v:.0f}" for v in o["accepted_p99_ms_by_window"])
+        lines.append(f"| {name} | {i + 1} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 async def main() -> None:
@@ -488,6 +526,20 @@ async def main() -> None:
         "cheap) or aiohttp (as before; costs the shared CPU as much as the server)",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--bounds",
+        default="shedding,fixed,unbounded",
+        help="the configurations to run, of shedding, fixed and unbounded (default: all)",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=10.0,
+        help="seconds per window of the overload's accepted p99 over time",
+    )
+    parser.add_argument(
+        "--name", default="api-load", help="the results' file name, NAME.json and NAME.md"
+    )
     parser.add_argument("--big", type=int, default=12)
     parser.add_argument("--big-mb", type=float, default=3.6)
     parser.add_argument("--burst", type=int, default=8)
@@ -503,10 +555,15 @@ async def main() -> None:
     results: dict[str, Any] = {"command": " ".join(shown), "load": os.getloadavg()}
     body_flags = ["--max-body", str(int(max(args.big_mb, args.burst_mb) * 1.2 * 2**20))]
     with tempfile.TemporaryDirectory() as tmp:
-        bounds = (
-            ("shedding", args.max_in_progress, args.target_latency),
-            ("fixed", args.max_in_progress, 0.0),
-            ("unbounded", 1_000_000, 0.0),
+        wanted = set(args.bounds.split(","))
+        bounds = tuple(
+            b
+            for b in (
+                ("shedding", args.max_in_progress, args.target_latency),
+                ("fixed", args.max_in_progress, 0.0),
+                ("unbounded", 1_000_000, 0.0),
+            )
+            if b[0] in wanted
         )
         # The configurations take turns, round after round, so that they share whatever
         # else the machine is doing; each overload is compared with the baseline measured
@@ -525,6 +582,7 @@ async def main() -> None:
                         args.seconds,
                         args.outstanding,
                         args.client,
+                        args.window,
                     )
                 finally:
                     server.stop()
@@ -534,7 +592,7 @@ async def main() -> None:
                 print(name, round_, json.dumps(run), flush=True)
         if "overload" in args.phases:
             results["summary"] = summary(results, [b[0] for b in bounds])
-            print(markdown(results["summary"]), flush=True)
+            print(markdown(results["summary"], args.overload), flush=True)
         if "memory" in args.phases:
             folder = Path(tmp) / "memory"
             folder.mkdir()
@@ -547,11 +605,13 @@ async def main() -> None:
                 server.stop()
             print("memory", json.dumps(results["memory"], indent=1), flush=True)
     args.out.mkdir(exist_ok=True)
-    name = "api-load" + ("-other" if args.src else "")
+    name = args.name + ("-other" if args.src else "")
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
     if "summary" in results:
+        table = markdown(results["summary"], args.overload)
         (args.out / f"{name}.md").write_text(
-            f"# api-load\n\n`{results['command']}`\n\n{markdown(results['summary'])}\n"
+            f"# {args.name}\n\n`{results['command']}`\n\n{table}\n"
+            + windows(results, [b[0] for b in bounds])
         )
     print(f"wrote {args.out / f'{name}.json'}")
 
