@@ -198,7 +198,7 @@ def test_status_shows_dead_tasks_and_retry_requeues_them(tmp_path: Path, agents_
 
 def test_status_of_a_missing_store_is_an_error(tmp_path: Path) -> None:
     r = legion("status", "--store", f"sqlite:///{tmp_path / 'nothing.db'}")
-    assert r.returncode == 2 and "no store at" in r.stderr
+    assert r.returncode == 2 and "no store at" in r.stderr and "creates it" in r.stderr
     assert not (tmp_path / "nothing.db").exists()
 
 

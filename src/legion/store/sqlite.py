@@ -156,7 +156,10 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             if not parent.is_dir():
                 raise ConfigError(f"cannot create the store {self.path}: {parent} is not a folder")
             if not self._create and not Path(self.path).is_file():
-                raise ConfigError(f"no store at {self.path}")
+                raise ConfigError(
+                    f"no store at {self.path} (`legion worker`, `legion run` or `legion "
+                    "schedule add` with this --store creates it)"
+                )
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
