@@ -62,3 +62,48 @@ async def test_a_task_that_finishes_during_the_status_read_is_delivered(tmp_path
             assert [r.output for r in many] == [42]  # once each; an unknown id is skipped
     finally:
         await store.aclose()
+
+
+class NoticedReads(SQLiteStore):
+    """A real SQLite store that says when a ``get_many`` has answered."""
+
+    read: asyncio.Event
+
+    async def get_many(self, ids: Sequence[int]) -> list[TaskInfo]:
+        infos = await super().get_many(ids)
+        self.read.set()
+        return infos
+
+
+async def test_a_task_ended_by_whoever_took_its_lease_is_delivered(tmp_path: Path) -> None:
+    # The local worker loses the lease of a running task, and the reaper that takes it
+    # back ends it (dead: its one attempt spent). The feed names the local worker on that
+    # change, as the lease was its, and the follower skips the local worker's changes:
+    # the waiter hung until the worker told the delivery which tasks it had stopped.
+    started = asyncio.Event()
+
+    @legion.agent(retries=0)
+    async def stuck(ctx: legion.Context, x: int) -> int:
+        started.set()
+        await asyncio.Event().wait()  # never ends by itself
+        return x
+
+    store = NoticedReads(str(tmp_path / "lost.db"))
+    store.read = asyncio.Event()
+    await store.open()
+    try:
+        async with Runtime(store, lease_seconds=1.5) as rt:
+            assert rt.worker is not None
+            task = await rt.submit(stuck, 1)
+            await started.wait()
+            store.read.clear()
+            waiter = asyncio.create_task(rt.result(task.id))
+            await store.read.wait()  # the waiter has read the task running, and waits
+            # Another process's reaper, deciding this worker has stopped:
+            reclaimed = await store.reclaim(await store.now(), dead_owners=[rt.worker.id])
+            assert reclaimed.dead == 1
+            async with asyncio.timeout(30):  # a bound on the bug, not a synchronisation
+                result = await waiter
+            assert result.status is TaskStatus.DEAD
+    finally:
+        await store.aclose()

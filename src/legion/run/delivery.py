@@ -122,6 +122,16 @@ class Delivery:
         if len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
 
+    def lost(self, task_ids: Sequence[int]) -> None:
+        """The local worker lost these tasks' leases and stopped them: no completion will
+        come from it. Whoever took the lease back ends the task, and the feed names this
+        worker on that change (the lease was its), so the follower, which skips this
+        worker's own changes, would not see it: ask the store until they have ended."""
+        waited = [t for t in task_ids if t in self._waiters]
+        if waited:
+            self._recheck.update(waited)
+            self._has_waiters.set()
+
     def committed(self, batch: Sequence[Committed]) -> None:
         for c in batch:
             status = c.completion.outcome.status

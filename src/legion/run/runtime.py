@@ -156,6 +156,7 @@ class Runtime:
                 config=self._config,
                 clock=self._clock,
                 on_committed=self._delivery.committed,
+                on_lost=self._delivery.lost,
                 seed=self._seed,
                 llm=self.llm,
                 executors=self._executors,

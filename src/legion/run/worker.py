@@ -108,6 +108,7 @@ class Worker(Upkeep):
         config: WorkerConfig | None = None,
         clock: Clock = system_clock,
         on_committed: Callable[[Sequence[Committed]], None] | None = None,
+        on_lost: Callable[[Sequence[int]], None] | None = None,
         seed: int | None = None,
         llm: LLMClient | None = None,
         executors: Mapping[str, Executor] | None = None,
@@ -154,6 +155,7 @@ class Worker(Upkeep):
         self._solo: Instance | None = None  # a task that must run alone is running
         self._reports: set[asyncio.Task[None]] = set()
         self._listener = on_committed
+        self._lost_listener = on_lost
         self._counters = Counters()
         self._rng = random.Random(seed)
         self._services = Services(
@@ -626,6 +628,9 @@ class Worker(Upkeep):
             stopped.append(task_id)
             self._counters.lost_leases += 1
         if stopped:
+            # No completion will come from them: whoever ended the lease ends the task.
+            if self._lost_listener is not None:
+                self._lost_listener(stopped)
             report = asyncio.get_running_loop().create_task(self._report_lost(stopped))
             self._reports.add(report)
             report.add_done_callback(self._reports.discard)
