@@ -59,6 +59,7 @@ class Instance:
         "agent",
         "children",
         "diagnostics",
+        "entered",
         "expiry",
         "fatal",
         "lease",
@@ -73,6 +74,8 @@ class Instance:
         self.agent = agent
         self.stop_reason: StopReason | None = None
         self.task: asyncio.Task[None] | None = None
+        # Whether its task has begun to run `run_instance` (see `stop`).
+        self.entered = False
         # An error that every other task would meet too (a rejected API key): the
         # worker stops leasing when an instance ends with one.
         self.fatal: BaseException | None = None
@@ -109,7 +112,12 @@ class Instance:
     def stop(self, reason: StopReason) -> None:
         if self.task is not None and not self.task.done():
             self.stop_reason = reason
-            self.task.cancel()
+            # A task cancelled before its first step never runs its coroutine, so it
+            # would end without the completion its reason calls for (a cancel arriving
+            # in the same turn of the loop as the lease: the task stayed leased until
+            # its lease ran out). Not yet begun, it finds the reason as it begins.
+            if self.entered:
+                self.task.cancel()
 
 
 @record
@@ -143,6 +151,7 @@ async def run_instance(
     An instance whose lease is lost (its writes refused with `LeaseLost`, or
     stopped for it) ends without a completion: the lease is someone else's now.
     """
+    instance.entered = True
     lease, agent = instance.lease, instance.agent
     owner, journal, clock = services.owner, services.journal, services.clock
     ctx = Context(
@@ -163,6 +172,8 @@ async def run_instance(
     output: bytes | None = None
     error: BaseException | None = None
     try:
+        if instance.stop_reason is not None:  # stopped before it began
+            raise asyncio.CancelledError
         kwargs = agent.arguments(codec.loads(lease.input))
         call = agent.fn(ctx, **kwargs) if executor is None else executor.run(agent, ctx, kwargs)
         result = await (
