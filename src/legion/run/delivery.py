@@ -39,6 +39,11 @@ class Delivery:
         # Waited-for tasks whose completion here was refused (the lease was lost): their
         # outcome is read from the store until it is final.
         self._recheck: set[int] = set()
+        # Tasks whose lease the local worker lost (its completion refused, or the instance
+        # stopped): whoever took the lease ends the task, and the feed names the local
+        # worker on that change (the lease was its), which the follower skips. A waiter
+        # that registers later, while such a task still reads as running, is rechecked.
+        self._dropped: OrderedDict[int, None] = OrderedDict()
         self._has_waiters = asyncio.Event()
         self._cursor = 0
 
@@ -127,18 +132,22 @@ class Delivery:
         come from it. Whoever took the lease back ends the task, and the feed names this
         worker on that change (the lease was its), so the follower, which skips this
         worker's own changes, would not see it: ask the store until they have ended."""
-        waited = [t for t in task_ids if t in self._waiters]
-        if waited:
-            self._recheck.update(waited)
+        for task_id in task_ids:
+            self._drop(task_id)
+
+    def _drop(self, task_id: int) -> None:
+        self._dropped[task_id] = None
+        if len(self._dropped) > _RECENT:
+            self._dropped.popitem(last=False)
+        if task_id in self._waiters:
+            self._recheck.add(task_id)
             self._has_waiters.set()
 
     def committed(self, batch: Sequence[Committed]) -> None:
         for c in batch:
             status = c.completion.outcome.status
             if not c.applied:
-                if c.completion.id in self._waiters:
-                    self._recheck.add(c.completion.id)
-                    self._has_waiters.set()
+                self._drop(c.completion.id)
                 continue
             if not status.terminal:  # back to the queue: not a result yet
                 continue
@@ -156,6 +165,8 @@ class Delivery:
                 comp.diagnostics,
             )
             self._remember(comp.id)
+            if self._dropped:  # (ended here after all, on a later lease)
+                self._dropped.pop(comp.id, None)
             for deliver in self._waiters.pop(comp.id, ()):
                 deliver(result)
 
@@ -186,6 +197,7 @@ class Delivery:
                         finished.append(e.task_id)
             # Tasks whose lease this process lost: the change that ended them may be one
             # the feed skips (this worker's reaper took them back), so ask the store.
+            self._recheck |= self._dropped.keys() & self._waiters.keys()
             self._recheck &= self._waiters.keys()
             if self._recheck:
                 finished.extend(self._recheck - set(finished))
@@ -201,6 +213,7 @@ class Delivery:
                     if not info.status.terminal:
                         continue
                     self._recheck.discard(info.id)
+                    self._dropped.pop(info.id, None)
                     result = TaskResult.from_info(info)
                     for deliver in self._waiters.pop(info.id, ()):
                         deliver(result)
