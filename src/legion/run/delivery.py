@@ -36,8 +36,8 @@ class Delivery:
         self._local_worker = local_worker
         self._waiters: dict[int, list[Deliver]] = {}
         self._recent: OrderedDict[int, None] = OrderedDict()
-        # Waited-for tasks whose completion here was refused (the lease was lost): their
-        # outcome is read from the store until it is final.
+        # Waited-for tasks to read from the store until their outcome is final: those of
+        # `_dropped` below, and those whose read failed.
         self._recheck: set[int] = set()
         # Tasks whose lease the local worker lost (its completion refused, or the instance
         # stopped): whoever took the lease ends the task, and the feed names the local
@@ -139,8 +139,7 @@ class Delivery:
         self._dropped[task_id] = None
         if len(self._dropped) > _RECENT:
             self._dropped.popitem(last=False)
-        if task_id in self._waiters:
-            self._recheck.add(task_id)
+        if task_id in self._waiters:  # (the follower rechecks it: wake it now)
             self._has_waiters.set()
 
     def committed(self, batch: Sequence[Committed]) -> None:
