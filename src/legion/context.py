@@ -317,6 +317,14 @@ class Context:
             self._llm = LLMCalls(self, self._llm_client, self._batch_chat)
         return self._llm
 
+    def ended(self) -> None:
+        """The attempt is over: let go of ``ctx.llm``, which refers back to this context
+        (a cycle: every finished attempt that made an LLM call, with its steps, traces
+        and lease, was left for the cyclic GC's full collections to find, and held its
+        memory until then). Used again (a task the agent spawned that outlives it),
+        ``ctx.llm`` is made anew."""
+        self._llm = None
+
     def _batch_chat(
         self,
         route: Route,

@@ -136,3 +136,29 @@ async def test_a_waiting_instance_holds_under_9_kb(tmp_path: Path) -> None:
     # 8.3 KB measured here on Python 3.11 (9.2 KB before the LLM call chain lost three
     # frames), the test's provider and its event included.
     assert held / INSTANCES < 9_000
+
+
+async def test_a_finished_attempt_that_called_the_llm_leaves_nothing_for_the_cyclic_gc(
+    tmp_path: Path,
+) -> None:
+    # With the collector off, what a finished attempt left in a reference cycle stays
+    # alive; freed by reference counting, it is gone at once. Its context is the root of
+    # everything the attempt held (steps, traces, the lease): `ctx.llm` referred back to
+    # it, and every finished attempt that made a call waited for a full collection.
+    def contexts(_: Any) -> int:
+        return sum(type(o) is legion.Context for o in gc.get_objects())
+
+    provider = GatedProvider(1)
+    provider.gate.set()
+    client = LLMClient([Route("gated", provider, "m", Capacity("gated"), timeout=600)])
+    async with legion.Runtime(f"sqlite:///{tmp_path / 'cycles.db'}", llm=client) as rt:
+        assert [r.ok async for r in rt.map(one_call, [-1])] == [True]  # warm up
+        gc.collect()
+        gc.disable()
+        try:
+            results = [r.ok async for r in rt.map(one_call, range(50))]
+            left = contexts(None)
+        finally:
+            gc.enable()
+    assert results == [True] * 50
+    assert left == 0

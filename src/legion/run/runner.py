@@ -164,92 +164,97 @@ async def run_instance(
         owner=owner,
         before_step=services.before_step,
     )
-    tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
-    # Waits for capacity report to this attempt's time; an LLM call asks it how long it
-    # may wait (legion.deadline).
-    attempt.CURRENT.set(instance.time)
-    started = clock.wall()
-    output: bytes | None = None
-    error: BaseException | None = None
     try:
-        if instance.stop_reason is not None:  # stopped before it began
-            raise asyncio.CancelledError
-        kwargs = agent.arguments(codec.loads(lease.input))
-        call = agent.fn(ctx, **kwargs) if executor is None else executor.run(agent, ctx, kwargs)
-        result = await (
-            telemetry.traced_task(lease, agent.name, call) if telemetry.tracing else call
-        )
-        output = agent.encode_output(result)
-    except asyncio.CancelledError:
-        # The worker cancelled this instance (timeouts are timers the worker owns, one per
-        # lease batch rather than one per task); the reason says what it means.
-        reason = instance.stop_reason or StopReason.RELEASED
-        if reason is StopReason.LOST:
+        tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
+        # Waits for capacity report to this attempt's time; an LLM call asks it how long it
+        # may wait (legion.deadline).
+        attempt.CURRENT.set(instance.time)
+        started = clock.wall()
+        output: bytes | None = None
+        error: BaseException | None = None
+        try:
+            if instance.stop_reason is not None:  # stopped before it began
+                raise asyncio.CancelledError
+            kwargs = agent.arguments(codec.loads(lease.input))
+            call = agent.fn(ctx, **kwargs) if executor is None else executor.run(agent, ctx, kwargs)
+            result = await (
+                telemetry.traced_task(lease, agent.name, call) if telemetry.tracing else call
+            )
+            output = agent.encode_output(result)
+        except asyncio.CancelledError:
+            # The worker cancelled this instance (timeouts are timers the worker owns, one per
+            # lease batch rather than one per task); the reason says what it means.
+            reason = instance.stop_reason or StopReason.RELEASED
+            if reason is StopReason.LOST:
+                return
+            if reason is StopReason.TIMEOUT:
+                error = _timed_out(agent, instance.time)
+            else:
+                outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
+                done = _completion(
+                    lease, owner, outcome, started, clock.wall(), time_=instance.time
+                )
+                journal.complete(lease, done)
+                return
+        except LeaseLost:
+            instance.stop_reason = StopReason.LOST
             return
-        if reason is StopReason.TIMEOUT:
-            error = _timed_out(agent, instance.time)
-        else:
-            outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
-            done = _completion(lease, owner, outcome, started, clock.wall(), time_=instance.time)
+        except Suspended as suspended:  # a wait: the task waits without a slot or a lease
+            done = _completion(
+                lease,
+                owner,
+                Outcome.WAITING,
+                started,
+                clock.wall(),
+                usage=ctx.usage.to_json(),
+                wait=suspended.wait,
+                time_=instance.time,
+            )
             journal.complete(lease, done)
             return
-    except LeaseLost:
-        instance.stop_reason = StopReason.LOST
-        return
-    except Suspended as suspended:  # a wait: the task waits without a slot or a lease
-        done = _completion(
-            lease,
-            owner,
-            Outcome.WAITING,
-            started,
-            clock.wall(),
-            usage=ctx.usage.to_json(),
-            wait=suspended.wait,
-            time_=instance.time,
-        )
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: this task's, not ours
+            error = AgentCrash(exc)
+        if instance.stop_reason is StopReason.LOST:  # the agent swallowed the stop
+            return
+        finished = clock.wall()
+        usage = ctx.usage.to_json()
+        found = _look_back(instance, ctx)
+        if services.strict and error is None and any(d.kind is Kind.UNAWAITED for d in found):
+            error = UnawaitedWork(
+                "; ".join(d.message for d in found if d.kind is Kind.UNAWAITED) + " (--strict)"
+            )
+        if error is None:
+            done = _completion(
+                lease,
+                owner,
+                Outcome.SUCCEEDED,
+                started,
+                finished,
+                output=output,
+                usage=usage,
+                diagnostics=tuple(found),
+                time_=instance.time,
+            )
+        else:
+            if getattr(error, "fatal", False):
+                instance.fatal = error
+            done = _failure(
+                lease,
+                owner,
+                agent,
+                error,
+                started,
+                finished,
+                services.rng,
+                usage,
+                instance.time,
+                tuple(found),
+            )
         journal.complete(lease, done)
-        return
-    except Exception as exc:
-        error = exc
-    except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: this task's, not ours
-        error = AgentCrash(exc)
-    if instance.stop_reason is StopReason.LOST:  # the agent swallowed the stop
-        return
-    finished = clock.wall()
-    usage = ctx.usage.to_json()
-    found = _look_back(instance, ctx)
-    if services.strict and error is None and any(d.kind is Kind.UNAWAITED for d in found):
-        error = UnawaitedWork(
-            "; ".join(d.message for d in found if d.kind is Kind.UNAWAITED) + " (--strict)"
-        )
-    if error is None:
-        done = _completion(
-            lease,
-            owner,
-            Outcome.SUCCEEDED,
-            started,
-            finished,
-            output=output,
-            usage=usage,
-            diagnostics=tuple(found),
-            time_=instance.time,
-        )
-    else:
-        if getattr(error, "fatal", False):
-            instance.fatal = error
-        done = _failure(
-            lease,
-            owner,
-            agent,
-            error,
-            started,
-            finished,
-            services.rng,
-            usage,
-            instance.time,
-            tuple(found),
-        )
-    journal.complete(lease, done)
+    finally:
+        ctx.ended()
 
 
 TENANT_PARK = 60.0
