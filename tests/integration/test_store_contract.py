@@ -622,3 +622,12 @@ async def test_a_store_made_before_tenants_moves_to_the_default_tenant(tmp_path:
         assert other.created and other.id != again.id
     finally:
         await s.aclose()
+
+
+async def test_the_store_says_how_long_submissions_waited(store: Store) -> None:
+    assert store.submit_waited() is None
+    await store.submit([new(value=1)], NOW)
+    await store.submit([new(value=2)], NOW)
+    waited = store.submit_waited()
+    assert waited is not None and waited >= 0
+    assert store.submit_waited() is None  # a mean since the last read

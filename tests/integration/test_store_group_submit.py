@@ -97,3 +97,28 @@ async def test_a_transaction_that_fails_as_a_whole_is_written_one_submission_at_
         assert db.execute("SELECT count(*) FROM tasks").fetchone() == (4,)
     finally:
         db.close()
+
+
+async def test_the_store_says_how_long_submissions_waited_for_its_thread(tmp_path: Path) -> None:
+    # What the HTTP server's load shedding follows (legion.server.admission): time spent
+    # queueing for the store's writer, from when a submission is queued to when its
+    # writing begins.
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        assert store.submit_waited() is None  # nothing written yet
+        gate = await held(store)
+        waiting = [
+            asyncio.ensure_future(store.submit(tasks(1, f"w{i}"), time.time())) for i in range(3)
+        ]
+        await asyncio.sleep(0)  # queued, waiting for the thread
+        queued_by = time.monotonic()
+        await asyncio.to_thread(time.sleep, 0)  # (the thread is held past this point)
+        released = time.monotonic()
+        gate.set()
+        await asyncio.gather(*waiting)
+        waited = store.submit_waited()
+        assert store.submit_waited() is None  # read once
+    finally:
+        await store.aclose()
+    assert waited is not None and waited >= released - queued_by

@@ -141,3 +141,52 @@ def test_a_cut_that_makes_requests_faster_stays() -> None:
             bound.finished(took)
         limits.append(bound.limit)
     assert all(29 <= limit <= 30 for limit in limits[-3:]), limits  # 300/s * 0.1 s
+
+
+class Waits:
+    """What the store says its submissions waited (``legion.store`` ``submit_waited``)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.asked = 0
+
+    def __call__(self) -> float | None:
+        self.asked += 1
+        return self.seconds
+
+
+def test_a_store_that_keeps_up_keeps_the_bound_however_long_requests_take() -> None:
+    # Under a 10x overload the event loop spends its turns reading and refusing: every
+    # admitted request takes longer than the target, yet the store waits for work. Cut,
+    # the bound only admitted fewer (a tenth of what the server sustains).
+    clock = Clock()
+    waits = Waits(0.002)
+    bound = AdaptiveLimit(
+        ceiling=128, target=0.1, floor=8, window=0.5, clock=clock, queue_delay=waits
+    )
+    for _ in range(6):
+        slow_for_everyone(bound, clock, 0.25)
+        assert bound.limit == 128
+    assert waits.asked == 6  # once a window
+
+
+def test_requests_queueing_for_the_store_cut_the_bound() -> None:
+    clock = Clock()
+    waits = Waits(0.08)  # over half the target, waiting for the store's writer
+    bound = AdaptiveLimit(
+        ceiling=128, target=0.1, floor=8, window=0.5, clock=clock, queue_delay=waits
+    )
+    finish(bound, clock, 150, 0.5)  # 300 requests/s: what the store writes
+    assert bound.limit == 30  # 300/s * 0.1 s
+    waits.seconds = 0.01  # the queue is gone; the bound is still reached
+    finish(bound, clock, 15, 0.5)
+    assert bound.limit == 60  # growing back towards the ceiling
+
+
+def test_without_submissions_the_requests_time_decides() -> None:
+    clock = Clock()
+    bound = AdaptiveLimit(
+        ceiling=128, target=0.1, floor=8, window=0.5, clock=clock, queue_delay=Waits(None)
+    )
+    finish(bound, clock, 150, 0.5)  # reads only: the store wrote no submission
+    assert bound.limit == 30

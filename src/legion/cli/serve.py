@@ -182,8 +182,9 @@ def serve(
         float,
         typer.Option(
             min=0,
-            help="Mean seconds an admitted request should take: while requests take longer, "
-            "fewer than --max-in-progress are taken on and the rest get 503 at once "
+            help="Mean seconds an admitted request should take: while submissions queue "
+            "for the store for over half of it, fewer than --max-in-progress are taken on "
+            "(as many as finish in this time) and the rest get 503 at once "
             "(0: a fixed bound of --max-in-progress).",
         ),
     ] = 0.1,

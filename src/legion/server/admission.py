@@ -15,7 +15,9 @@
   128 requests in progress on a store that writes 300 submissions a second is 0.4 s each,
   and far more once the server's CPU also answers the shed ones. So the bound adapts to
   the throughput the server gives (`AdaptiveLimit`): about as many requests as
-  finish in ``target_latency`` seconds are taken on, never more than ``max_in_progress``.
+  finish in ``target_latency`` seconds are taken on, never more than ``max_in_progress``,
+  while submissions queue for the store (it says how long they waited); a server slow for
+  another reason keeps its bound.
 - **Per tenant** (`TenantLimits`): a submit rate (a token bucket of ``rate`` tasks
   per second, ``burst`` deep) and a most of queued tasks. Over either, ``429`` with
   ``Retry-After``. A refused submission stored nothing; an acknowledged one is in the
@@ -88,6 +90,16 @@ class AdaptiveLimit:
     still longer than the target) is undone: under a 10x overload that the event loop
     spends reading and refusing, the bound cut by the rate alone fell to the floor, and
     the server admitted 46 requests a second of the 1,600 it sustains.
+
+    ``queue_delay`` (the store's `legion.store.base.TaskQueue.submit_waited`) says
+    whether requests queue where the bound can help: the mean time the window's
+    submissions waited for the store before it began writing them. When it answers, it
+    decides: a wait over half the target cuts the bound as above; a shorter one means
+    the requests' time went elsewhere (the event loop reading and refusing the excess,
+    a CPU shared with other work), and the bound grows back towards the ceiling, as in a
+    window that never reached it. Judged by the requests' time alone, the bound still
+    sank under a 10x overload of a server whose store was idle, to a tenth of the rate
+    it sustains; it now sheds only what the store could not take.
     """
 
     def __init__(
@@ -98,12 +110,14 @@ class AdaptiveLimit:
         floor: int = 8,
         window: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        queue_delay: Callable[[], float | None] | None = None,
     ) -> None:
         self.ceiling = ceiling
         self.floor = max(1, min(floor, ceiling))
         self.target = target
         self.window = window
         self._clock = clock
+        self._queue_delay = queue_delay
         self._bound = float(ceiling)
         self._rate: float | None = None
         self._started = clock()
@@ -136,6 +150,11 @@ class AdaptiveLimit:
         # progress on average (by Little's law, the time they took over the window's
         # length) than the floor; one slow request at a time is no queue.
         queueing = self._busy > self.target * self._count and self._busy > self.floor * elapsed
+        waited = self._queue_delay() if self._queue_delay is not None else None
+        if waited is not None and (self._reached or queueing):
+            # Measured where requests queue: the bound helps only if they wait there.
+            self._reached = queueing = waited > self.target / 2
+            self._cut_from = None
         if self._reached or queueing:
             rate = self._count / elapsed
             self._rate = rate if self._rate is None else (self._rate + rate) / 2
@@ -176,9 +195,12 @@ class InProgressLimit:
         target_latency: float | None = None,
         retry_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        queue_delay: Callable[[], float | None] | None = None,
     ) -> None:
         self.app = app
-        self.bound = AdaptiveLimit(ceiling=limit, target=target_latency, clock=clock)
+        self.bound = AdaptiveLimit(
+            ceiling=limit, target=target_latency, clock=clock, queue_delay=queue_delay
+        )
         self._clock = clock
         self.retry_after = retry_after
         self.in_progress = 0

@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import anyio
@@ -73,7 +73,12 @@ class _App(FastAPI):
     time the admitted requests then waited for in the event loop."""
 
     def __init__(
-        self, *, agents: Mapping[str, Agent], settings: ServerSettings, **options: Any
+        self,
+        *,
+        agents: Mapping[str, Agent],
+        settings: ServerSettings,
+        queue_delay: Callable[[], float | None] | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(**options)
         self._agents = agents
@@ -81,6 +86,7 @@ class _App(FastAPI):
             functools.partial(FastAPI.__call__, self),
             limit=settings.max_in_progress,
             target_latency=settings.target_latency,
+            queue_delay=queue_delay,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,6 +107,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = _App(
         agents=state.agents,
         settings=state.settings,
+        queue_delay=state.runtime.store.submit_waited,
         title="legion",
         version=__version__,
         summary="Run AI agents at throughput scale: submit tasks, follow them, watch the run.",

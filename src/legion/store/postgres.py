@@ -46,6 +46,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -87,6 +88,7 @@ from legion.store.types import (
     WriteBatch,
 )
 from legion.store.urls import redact_url
+from legion.store.waits import SubmitWaits
 from legion.task import (
     Completion,
     ErrorInfo,
@@ -172,6 +174,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         self._channel = ""
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._submit_waits = SubmitWaits()
+
+    def submit_waited(self) -> float | None:
+        """The mean seconds the submissions since the last call waited for a connection
+        (``None``: none was written)."""
+        return self._submit_waits.take()
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -336,7 +344,9 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     seen.add(k)
         if not fresh:
             return []
+        queued_at = time.monotonic()
         async with self._cursor(transaction=bool(seen)) as cur:
+            self._submit_waits.add(time.monotonic() - queued_at)
             await cur.execute(Q["insert_tasks"], submit_params(fresh, now))
             created = _match_inserted([k for _, k, _ in fresh], await cur.fetchall())
             pairs = [(k, i) for (_, k, _), i in zip(fresh, created, strict=True) if k is not None]

@@ -11,11 +11,13 @@ import dataclasses
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from legion.errors import IdempotencyConflict, StoreError
+from legion.store.waits import SubmitWaits
 from legion.task import NewTask, Submitted
 
 T = TypeVar("T")
@@ -41,6 +43,12 @@ class SQLiteSubmissions:
         self._submitting = threading.Lock()  # guards the next two
         self._submissions: list[_Submission] = []
         self._writing_submissions = False
+        self._submit_waits = SubmitWaits()
+
+    def submit_waited(self) -> float | None:
+        """The mean seconds the submissions written since the last call waited for the
+        store's thread before it began writing them (``None``: none was written)."""
+        return self._submit_waits.take()
 
     async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
         """Queue ``tasks`` in one transaction. Submissions that arrive while one is being
@@ -56,7 +64,7 @@ class SQLiteSubmissions:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Submitted]] = loop.create_future()
         with self._submitting:
-            self._submissions.append(_Submission(tasks, now, done, loop))
+            self._submissions.append(_Submission(tasks, now, done, loop, time.monotonic()))
             idle = not self._writing_submissions
             self._writing_submissions = True
         if idle:
@@ -74,6 +82,8 @@ class SQLiteSubmissions:
         for the next ones if more have arrived."""
         with self._submitting:
             batch, self._submissions = self._submissions, []
+        began = time.monotonic()
+        self._submit_waits.add(sum(began - s.queued_at for s in batch), len(batch))
         self._post(batch, self._submit_batch(batch))
         with self._submitting:
             more = bool(self._submissions)
@@ -137,6 +147,7 @@ class _Submission:
     now: float
     done: asyncio.Future[list[Submitted]]
     loop: asyncio.AbstractEventLoop
+    queued_at: float  # time.monotonic() when it was queued
 
 
 def _submit_alone(
