@@ -144,6 +144,12 @@ class Journal:
         return asyncio.get_running_loop().create_task(self._flush(), name="legion-journal-flush")
 
     async def _flush(self) -> None:
+        # One turn of the loop first: the completions that fill a batch also free the
+        # worker's slots, and its lease, asked in the same turn, then reaches the store
+        # before this write does. The next tasks start while this batch is written,
+        # instead of the event loop waiting for the write and then for the lease (a
+        # single SQLite thread runs them in the order they come).
+        await asyncio.sleep(0)
         batch, self._batch = self._batch, WriteBatch()
         waiters, self._waiters = self._waiters, []
         leases, self._leases = self._leases, []

@@ -172,6 +172,7 @@ class Worker(Upkeep):
         self._wake = asyncio.Event()
         self._urgent = 0  # raised-priority tasks queued here, leased past admission
         self._raised_polled = -math.inf  # when raised-priority tasks were last looked for
+        self._isolated_polled = -math.inf  # when tasks that must run alone were
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
         self._fatal = asyncio.Event()
@@ -337,7 +338,8 @@ class Worker(Upkeep):
                 if self._ambiguous_lease:
                     await self._release_unheld()
                 leases: list[Lease] = []
-                if not self._instances:  # idle: first a task that must run alone, if any
+                if not self._instances and self._isolated_due():
+                    # idle: first a task that must run alone, if any
                     leases = await self.store.lease(
                         self.id,
                         wants,
@@ -377,6 +379,17 @@ class Worker(Upkeep):
             else:
                 await self._sleep_or_wake(idle_wait)
                 idle_wait = min(idle_wait * 2, cfg.poll_interval)
+
+    def _isolated_due(self) -> bool:
+        """Whether to look for a task that must run alone: at most every
+        ``poll_interval``. A busy worker is idle between two batches of short tasks, a
+        store round trip each time that found nothing (they are rare) and that the next
+        batch's lease then waited behind."""
+        now = self._clock.monotonic()
+        if now - self._isolated_polled < self.config.poll_interval:
+            return False
+        self._isolated_polled = now
+        return True
 
     async def _lease_raised(self) -> bool:
         """While the routes are busy: lease tasks of a raised priority (above 0) as far as
