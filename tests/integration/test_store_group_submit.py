@@ -106,7 +106,8 @@ async def test_the_store_says_how_long_submissions_waited_for_its_thread(tmp_pat
     store = SQLiteStore(tmp_path / "s.db")
     await store.open()
     try:
-        assert store.submit_waited() is None  # nothing written yet
+        store.queue_delay()  # (what opening it waited)
+        assert store.queue_delay() is None  # nothing since
         gate = await held(store)
         waiting = [
             asyncio.ensure_future(store.submit(tasks(1, f"w{i}"), time.time())) for i in range(3)
@@ -117,8 +118,8 @@ async def test_the_store_says_how_long_submissions_waited_for_its_thread(tmp_pat
         released = time.monotonic()
         gate.set()
         await asyncio.gather(*waiting)
-        waited = store.submit_waited()
-        assert store.submit_waited() is None  # read once
+        waited = store.queue_delay()
+        assert store.queue_delay() is None  # read once
     finally:
         await store.aclose()
     assert waited is not None and waited >= released - queued_by

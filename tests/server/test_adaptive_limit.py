@@ -144,7 +144,7 @@ def test_a_cut_that_makes_requests_faster_stays() -> None:
 
 
 class Waits:
-    """What the store says its submissions waited (``legion.store`` ``submit_waited``)."""
+    """What the store says its calls waited (``Store.queue_delay``)."""
 
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
@@ -183,10 +183,10 @@ def test_requests_queueing_for_the_store_cut_the_bound() -> None:
     assert bound.limit == 60  # growing back towards the ceiling
 
 
-def test_without_submissions_the_requests_time_decides() -> None:
+def test_without_a_call_to_the_store_the_requests_time_decides() -> None:
     clock = Clock()
     bound = AdaptiveLimit(
         ceiling=128, target=0.1, floor=8, window=0.5, clock=clock, queue_delay=Waits(None)
     )
-    finish(bound, clock, 150, 0.5)  # reads only: the store wrote no submission
+    finish(bound, clock, 150, 0.5)  # answered without the store (none began a call)
     assert bound.limit == 30

@@ -182,8 +182,8 @@ def serve(
         float,
         typer.Option(
             min=0,
-            help="Mean seconds an admitted request should take: while submissions queue "
-            "for the store for over half of it, fewer than --max-in-progress are taken on "
+            help="Mean seconds an admitted request should take: while calls to the store "
+            "queue for over half of it, fewer than --max-in-progress are taken on "
             "(as many as finish in this time) and the rest get 503 at once "
             "(0: a fixed bound of --max-in-progress).",
         ),

@@ -16,8 +16,8 @@
   and far more once the server's CPU also answers the shed ones. So the bound adapts to
   the throughput the server gives (`AdaptiveLimit`): about as many requests as
   finish in ``target_latency`` seconds are taken on, never more than ``max_in_progress``,
-  while submissions queue for the store (it says how long they waited); a server slow for
-  another reason keeps its bound.
+  while requests queue for the store (it says how long its calls waited); a server slow
+  for another reason keeps its bound.
 - **Per tenant** (`TenantLimits`): a submit rate (a token bucket of ``rate`` tasks
   per second, ``burst`` deep) and a most of queued tasks. Over either, ``429`` with
   ``Retry-After``. A refused submission stored nothing; an acknowledged one is in the
@@ -91,9 +91,10 @@ class AdaptiveLimit:
     spends reading and refusing, the bound cut by the rate alone fell to the floor, and
     the server admitted 46 requests a second of the 1,600 it sustains.
 
-    ``queue_delay`` (the store's `legion.store.base.TaskQueue.submit_waited`) says
-    whether requests queue where the bound can help: the mean time the window's
-    submissions waited for the store before it began writing them. When it answers, it
+    ``queue_delay`` (the store's `legion.store.base.TaskQueue.queue_delay`) says
+    whether requests queue where the bound can help: the mean time the window's calls
+    to the store waited before it began them (for its writer, or a connection). When it
+    answers, it
     decides: a wait over half the target cuts the bound as above; a shorter one means
     the requests' time went elsewhere (the event loop reading and refusing the excess,
     a CPU shared with other work), and the bound grows back towards the ceiling, as in a

@@ -107,7 +107,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = _App(
         agents=state.agents,
         settings=state.settings,
-        queue_delay=state.runtime.store.submit_waited,
+        queue_delay=state.runtime.store.queue_delay,
         title="legion",
         version=__version__,
         summary="Run AI agents at throughput scale: submit tasks, follow them, watch the run.",

@@ -56,11 +56,10 @@ class TaskQueue(Protocol):
         existing one. A key submitted before with another agent or input raises
         `legion.errors.IdempotencyConflict` and nothing is inserted."""
 
-    def submit_waited(self) -> float | None:
-        """The mean seconds the submissions written since the last call waited before the
-        store began writing them (for the store's writer, or a connection); ``None``: none
-        was written. The HTTP server's load shedding follows it
-        (`legion.server.admission.AdaptiveLimit`)."""
+    def queue_delay(self) -> float | None:
+        """The mean seconds the store's calls since the last read waited before the store
+        began them (for its writer, or for a connection); ``None``: no call began. The
+        HTTP server's load shedding follows it (`legion.server.admission.AdaptiveLimit`)."""
 
     async def lease(
         self,

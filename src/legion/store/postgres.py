@@ -88,7 +88,7 @@ from legion.store.types import (
     WriteBatch,
 )
 from legion.store.urls import redact_url
-from legion.store.waits import SubmitWaits
+from legion.store.waits import QueueWaits
 from legion.task import (
     Completion,
     ErrorInfo,
@@ -174,12 +174,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         self._channel = ""
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._submit_waits = SubmitWaits()
+        self._waits = QueueWaits()
 
-    def submit_waited(self) -> float | None:
-        """The mean seconds the submissions since the last call waited for a connection
-        (``None``: none was written)."""
-        return self._submit_waits.take()
+    def queue_delay(self) -> float | None:
+        """The mean seconds the calls since the last read waited for a connection
+        (``None``: none began)."""
+        return self._waits.take()
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -289,9 +289,11 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         deadline = loop.time() + limit
         lost = False
         cut: list[bool] = []
+        queued = time.monotonic()
         try:
             async with asyncio.timeout_at(deadline + _CUT_GRACE):
                 async with pool.connection(timeout=limit) as conn:
+                    self._waits.add(time.monotonic() - queued)
                     timer = loop.call_at(deadline, _cut, conn, cut)
                     try:
                         yield conn
@@ -344,9 +346,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     seen.add(k)
         if not fresh:
             return []
-        queued_at = time.monotonic()
         async with self._cursor(transaction=bool(seen)) as cur:
-            self._submit_waits.add(time.monotonic() - queued_at)
             await cur.execute(Q["insert_tasks"], submit_params(fresh, now))
             created = _match_inserted([k for _, k, _ in fresh], await cur.fetchall())
             pairs = [(k, i) for (_, k, _), i in zip(fresh, created, strict=True) if k is not None]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,6 +56,7 @@ from legion.store.types import (
     WorkerInfo,
     WriteBatch,
 )
+from legion.store.waits import QueueWaits
 from legion.task import (
     Completion,
     ErrorInfo,
@@ -114,14 +116,27 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         self._busy_ms = int(busy_timeout * 1000)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._waits = QueueWaits()
         self._init_submissions()
+
+    def queue_delay(self) -> float | None:
+        """The mean seconds the calls since the last read waited for the store's thread
+        (``None``: none began)."""
+        return self._waits.take()
 
     # -- plumbing ----------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
+        queued = time.monotonic()
+        waits = self._waits
+
+        def begun(*args: Any) -> T:
+            waits.add(time.monotonic() - queued)
+            return fn(*args)
+
         try:
-            return await loop.run_in_executor(self._thread, fn, *args)
+            return await loop.run_in_executor(self._thread, begun, *args)
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
 

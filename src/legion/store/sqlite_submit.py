@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from legion.errors import IdempotencyConflict, StoreError
-from legion.store.waits import SubmitWaits
+from legion.store.waits import QueueWaits
 from legion.task import NewTask, Submitted
 
 T = TypeVar("T")
@@ -29,6 +29,7 @@ class SQLiteSubmissions:
 
     if TYPE_CHECKING:  # what it uses of SQLiteStore
         _thread: ThreadPoolExecutor
+        _waits: QueueWaits
 
         def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
@@ -43,12 +44,6 @@ class SQLiteSubmissions:
         self._submitting = threading.Lock()  # guards the next two
         self._submissions: list[_Submission] = []
         self._writing_submissions = False
-        self._submit_waits = SubmitWaits()
-
-    def submit_waited(self) -> float | None:
-        """The mean seconds the submissions written since the last call waited for the
-        store's thread before it began writing them (``None``: none was written)."""
-        return self._submit_waits.take()
 
     async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]:
         """Queue ``tasks`` in one transaction. Submissions that arrive while one is being
@@ -83,7 +78,7 @@ class SQLiteSubmissions:
         with self._submitting:
             batch, self._submissions = self._submissions, []
         began = time.monotonic()
-        self._submit_waits.add(sum(began - s.queued_at for s in batch), len(batch))
+        self._waits.add(sum(began - s.queued_at for s in batch), len(batch))
         self._post(batch, self._submit_batch(batch))
         with self._submitting:
             more = bool(self._submissions)

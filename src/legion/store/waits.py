@@ -1,9 +1,9 @@
-"""How long submissions wait for the store before it begins writing them.
+"""How long the store's calls wait before the store begins them.
 
-A store adds each submission's wait as its writing begins; the HTTP server's load
-shedding reads the mean over the last while (`legion.server.admission.AdaptiveLimit`):
-requests that queue for the store's writer are what a smaller bound on requests in
-progress makes faster, and nothing else is.
+A store adds each call's wait as it begins (SQLite: for the store's thread; PostgreSQL:
+for a connection of its pool); the HTTP server's load shedding reads the mean over the
+last while (`legion.server.admission.AdaptiveLimit`): requests that queue for the store
+are what a smaller bound on requests in progress makes faster, and nothing else is.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 
 
-class SubmitWaits:
-    """Seconds waited, summed as submissions begin to be written (from any thread), and
-    read as a mean since the last read."""
+class QueueWaits:
+    """Seconds waited, summed as calls begin (from any thread), and read as a mean since
+    the last read."""
 
     __slots__ = ("_count", "_lock", "_sum")
 
@@ -23,13 +23,13 @@ class SubmitWaits:
         self._count = 0
 
     def add(self, seconds: float, count: int = 1) -> None:
-        """``count`` submissions waited ``seconds`` in all."""
+        """``count`` calls waited ``seconds`` in all."""
         with self._lock:
             self._sum += seconds
             self._count += count
 
     def take(self) -> float | None:
-        """The mean wait of the submissions added since the last call; ``None``: none."""
+        """The mean wait of the calls added since the last read; ``None``: none."""
         with self._lock:
             total, count = self._sum, self._count
             self._sum, self._count = 0.0, 0
