@@ -90,6 +90,31 @@ def test_load_is_resumable_and_search_and_list_show_it(tmp_path: Path) -> None:
     assert broken.returncode == 1 and "bad.jsonl:1" in broken.stderr
 
 
+def test_load_reads_a_byte_order_mark_and_reports_a_line_that_is_not_utf8(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(
+        b"\xef\xbb\xbf"  # as editors on Windows save UTF-8
+        + b'{"id": "first", "text": "The first line follows the mark."}\n'
+        + b'{"id": "latin", "text": "caf\xe9 in Latin-1"}\n'
+        + b'{"id": "last", "text": "The last line is fine."}\n'
+    )
+    loaded = legion("vectors", "load", "kb", "--input", str(corpus), "--store", store)
+    assert loaded.returncode == 1, loaded.stderr  # one bad line, reported; the rest loaded
+    assert "Traceback" not in loaded.stderr, loaded.stderr
+    assert "corpus.jsonl:2: 'utf-8' codec can't decode" in loaded.stderr, loaded.stderr
+    assert "corpus.jsonl:1" not in loaded.stderr, loaded.stderr
+    assert "2 documents, 2 chunks (2 embedded, 0 already loaded)" in loaded.stdout
+    found = legion("vectors", "search", "kb", "first line", "--store", store, "--json")
+    assert found.returncode == 0, found.stderr
+    assert {json.loads(line)["id"] for line in found.stdout.splitlines()} == {
+        "first#0",
+        "last#0",
+    }
+
+
 def _recorded(store: str) -> tuple[set[str], int]:
     """Steps recorded so far ("task:key") and the vectors stored, read from the store."""
     if store.startswith("sqlite"):
