@@ -429,6 +429,22 @@ def test_cancel_and_retry_say_why_they_did_nothing(tmp_path: Path, agents_file: 
     assert "error: no tasks of agent 'typd' in the store (its agents: typed)" in typo.stderr
 
 
+def test_a_task_id_no_store_can_hold_is_a_usage_error(tmp_path: Path, agents_file: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", "/dev/null", "--store", store)
+    assert r.returncode == 0, r.stderr
+    too_big = str(2**63)  # one past a 64-bit integer, the ids' type in every store
+    for args in (["signal", too_big, "go"], ["cancel", "1", too_big], ["retry", too_big]):
+        refused = legion(*args, "--store", store)
+        assert refused.returncode == 2, refused.stderr
+        assert "Traceback" not in refused.stderr, refused.stderr
+        assert "Invalid value for 'task_id" in refused.stderr, refused.stderr
+    largest = legion("cancel", str(2**63 - 1), "--store", store)
+    assert largest.returncode == 1, largest.stderr
+    assert largest.stderr == f"error: task {2**63 - 1} not found\n"
+
+
 def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
     tmp_path: Path, agents_file: Path
 ) -> None:

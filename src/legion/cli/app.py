@@ -14,6 +14,7 @@ from legion.cli.bench import register as _register_bench
 from legion.cli.gateway import register as _register_gateway
 from legion.cli.options import (
     DEFAULT_STORE,
+    TASK_ID_MAX,
     ConcurrencyOpt,
     ConfigOpt,
     DeadlineOpt,
@@ -369,7 +370,10 @@ def status(
 
 @app.command()
 def retry(
-    task_ids: Annotated[list[int] | None, typer.Argument(help="Task ids to queue again.")] = None,
+    task_ids: Annotated[
+        list[int] | None,
+        typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to queue again."),
+    ] = None,
     dead: Annotated[bool, typer.Option("--dead", help="Queue every dead task again.")] = False,
     failed: Annotated[
         bool, typer.Option("--failed", help="Queue every failed task again.")
@@ -407,7 +411,9 @@ def retry(
 
 @app.command()
 def cancel(
-    task_ids: Annotated[list[int], typer.Argument(help="Task ids to cancel.")],
+    task_ids: Annotated[
+        list[int], typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to cancel.")
+    ],
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Cancel tasks: queued ones at once, running ones when their worker next checks in.

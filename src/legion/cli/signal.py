@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from legion import codec
-from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
+from legion.cli.options import DEFAULT_STORE, TASK_ID_MAX, StoreOpt, _fail, _run
 from legion.task import TaskStatus
 
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("signal")
     def signal_cmd(
-        task_id: Annotated[int, typer.Argument(help="The task to signal.")],
+        task_id: Annotated[int, typer.Argument(min=1, max=TASK_ID_MAX, help="The task to signal.")],
         event: Annotated[
             str, typer.Argument(help="The event name the task waits for (ctx.wait_for).")
         ],
