@@ -202,6 +202,23 @@ def test_status_of_a_missing_store_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing.db").exists()
 
 
+def test_status_refuses_a_count_of_errors_no_store_can_take(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": "x"}])
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", "/dev/null", "--store", store)
+    assert r.returncode == 1  # its one task failed: an error to show
+    for count in ("-1", str(2**63)):  # PostgreSQL refuses a negative LIMIT, SQLite a 2**63
+        r = legion("status", "--store", store, "--errors", count)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr and "Invalid value for '--errors'" in r.stderr
+    for count, shown in (("0", 0), ("1", 1)):
+        r = legion("status", "--store", store, "--errors", count, "--json")
+        assert r.returncode == 0, r.stderr
+        assert len(json.loads(r.stdout)["errors"]) == shown
+
+
 def test_status_retry_and_cancel_on_an_empty_postgres_schema_create_nothing(
     postgres_server: str, postgres_url: str
 ) -> None:

@@ -14,6 +14,7 @@ from legion.cli.bench import register as _register_bench
 from legion.cli.gateway import register as _register_gateway
 from legion.cli.options import (
     DEFAULT_STORE,
+    INT64_MAX,
     TASK_ID_MAX,
     ConcurrencyOpt,
     ConfigOpt,
@@ -349,7 +350,9 @@ def worker(
 @app.command()
 def status(
     store: StoreOpt = DEFAULT_STORE,
-    errors: Annotated[int, typer.Option(help="How many of the latest errors to show.")] = 10,
+    errors: Annotated[
+        int, typer.Option(min=0, max=INT64_MAX, help="How many of the latest errors to show.")
+    ] = 10,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,

@@ -18,9 +18,10 @@ from legion.errors import LegionError
 T = TypeVar("T")
 
 DEFAULT_STORE = "sqlite:///legion.db"
-# Task ids are 64-bit integers in every store (the HTTP API bounds them the same way): a
-# number outside 1..TASK_ID_MAX is a usage error, not a question for the store.
-TASK_ID_MAX = 2**63 - 1
+# The stores' integers are 64-bit: a task id (the HTTP API bounds them the same way) or a
+# count past INT64_MAX is a usage error, not a question for the store.
+INT64_MAX = 2**63 - 1
+TASK_ID_MAX = INT64_MAX
 
 StoreOpt = Annotated[
     str,
