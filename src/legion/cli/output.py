@@ -18,6 +18,7 @@ goes and holds in memory only the results that finished ahead of an earlier line
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -143,15 +144,18 @@ def open_output(path: Path | None, keep: Sequence[tuple[Path, str]] = ()) -> Out
 
 
 def _refuse_kept(path: Path, keep: Sequence[tuple[Path, str]]) -> None:
-    try:
+    target: os.stat_result | None = None
+    with contextlib.suppress(OSError):
         target = os.stat(path)  # what a link names: writing through it would change that
-    except OSError:
-        return  # nothing there yet: a new file clobbers nothing
     for kept, what in keep:
         try:
-            same = os.path.samestat(target, os.stat(kept))
+            found = os.stat(kept)
         except OSError:
-            continue
+            # Not there now, but the run may make it (a SQLite store's -wal file, which
+            # SQLite deletes when the store closes): the same name is the same file.
+            same = os.path.realpath(path) == os.path.realpath(kept)
+        else:
+            same = target is not None and os.path.samestat(target, found)
         if same:
             raise OutputError(
                 f"cannot write {path}: it is {what}; the results would replace it "
