@@ -18,6 +18,7 @@ once that holds, and its next attempt replays to the same call, which then finds
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,8 @@ async def wait_for(
 ) -> Any:
     if not event or not isinstance(event, str):
         raise ValueError("an event name is a non-empty string")
+    if timeout is not None and math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None, not NaN")
     name = f"legion.wait:{event}"
     # The signals of this event that earlier waits received (a wait that timed out took
     # none): this wait receives the next one.
@@ -101,8 +104,9 @@ def _never() -> Any:
 
 
 async def sleep(ctx: Waiter, clock: Clock, seconds: float) -> None:
-    if seconds < 0:
-        raise ValueError("seconds must be >= 0")
+    # The wake-up time is recorded as JSON, which has no NaN or infinity.
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"seconds must be a finite number >= 0, not {seconds!r}")
     until = clock.wall() + seconds
     wake_at = await _recorded(ctx, "legion.sleep", lambda: until)
     if clock.wall() >= wake_at:
