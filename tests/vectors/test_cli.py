@@ -115,6 +115,22 @@ def test_load_reads_a_byte_order_mark_and_reports_a_line_that_is_not_utf8(
     }
 
 
+def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:
+    store = tmp_path / "kb.db"
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", DOCS[:1])
+    for collection, given, why in (
+        ("kb", tmp_path / "typo.jsonl", "cannot read"),
+        ("kb", tmp_path, "cannot read"),
+        ("bad name", corpus, "bad collection name 'bad name'"),
+    ):
+        r = legion(
+            "vectors", "load", collection, "--input", str(given), "--store", f"sqlite:///{store}"
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"error: {why}"), r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]
+
+
 def _recorded(store: str) -> tuple[set[str], int]:
     """Steps recorded so far ("task:key") and the vectors stored, read from the store."""
     if store.startswith("sqlite"):
