@@ -462,6 +462,28 @@ def test_a_task_id_no_store_can_hold_is_a_usage_error(tmp_path: Path, agents_fil
     assert largest.stderr == f"error: task {2**63 - 1} not found\n"
 
 
+def test_signal_data_that_is_not_strict_json_is_refused(tmp_path: Path, agents_file: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    agent = load_agent(f"{agents_file}:typed")
+
+    async def queue() -> int:
+        async with Runtime(store, worker=False) as rt:
+            return (await rt.submit(agent, {"n": 1})).id
+
+    async def kept(task: int) -> list[bytes | None]:
+        async with Runtime(store, worker=False) as rt:
+            return [await rt.store.signal_data(task, "go", i) for i in range(2)]
+
+    task = asyncio.run(queue())
+    for data in ("NaN", '{"amount": Infinity}', '{"amount": 1e400}'):
+        r = legion("signal", str(task), "go", "--data", data, "--store", store)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("error: --data is not JSON: "), r.stderr
+    ok = legion("signal", str(task), "go", "--data", '{"amount": 5}', "--store", store)
+    assert ok.returncode == 0, ok.stderr
+    assert asyncio.run(kept(task)) == [b'{"amount":5}', None]  # JSON would have kept null
+
+
 def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
     tmp_path: Path, agents_file: Path
 ) -> None:

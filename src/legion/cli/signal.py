@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -38,9 +37,9 @@ def register(app: typer.Typer) -> None:
 
         Prints the task's status after; exits 1 if there is no such task or it has finished.
         """
-        try:
-            value: Any = json.loads(data)
-        except json.JSONDecodeError as exc:
+        try:  # strict JSON, as the HTTP API reads it: no NaN or Infinity (stored as null)
+            value: Any = codec.loads(data)
+        except codec.JSONDecodeError as exc:
             raise _fail(f"--data is not JSON: {exc}") from None
         if not event:
             raise _fail("the event name is empty")
