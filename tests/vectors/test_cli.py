@@ -131,6 +131,23 @@ def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]
 
 
+def test_where_takes_nan_and_infinity_as_the_text_they_are(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    docs = [
+        {"id": "nan", "text": "a reading that is not a number", "code": "NaN"},
+        {"id": "inf", "text": "a reading past the scale", "code": "Infinity"},
+        {"id": "one", "text": "a reading of one", "code": 1},
+    ]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    assert legion("vectors", "load", "kb", "--input", str(corpus), "--store", store).returncode == 0
+    for where, found in (("code=NaN", "nan#0"), ("code=Infinity", "inf#0"), ("code=1", "one#0")):
+        r = legion(
+            "vectors", "search", "kb", "reading", "--where", where, "--store", store, "--json"
+        )
+        assert r.returncode == 0, r.stderr
+        assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [found], where
+
+
 def _recorded(store: str) -> tuple[set[str], int]:
     """Steps recorded so far ("task:key") and the vectors stored, read from the store."""
     if store.startswith("sqlite"):

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from legion import codec
+
 # Registered at the end of the package's __init__, once these exist.
 from legion.cli.options import (
     ConfigOpt,
@@ -62,9 +64,9 @@ def _where(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep:
             raise ConfigError(f"bad --where {pair!r}: use key=value")
-        try:
-            value = json.loads(raw)
-        except ValueError:
+        try:  # strict JSON: NaN or Infinity is the text itself, as metadata holds it
+            value = codec.loads(raw)
+        except codec.JSONDecodeError:
             value = raw
         where[key] = value
     return where
