@@ -258,3 +258,14 @@ def test_an_output_naming_a_file_the_store_makes_later_is_refused(
     ok = legion(*_run(f"{agents_file}:typed", inp, str(tmp_path / "runs.jsonl"), tmp_path))
     assert ok.returncode == 0, ok.stderr
     assert [r["status"] for r in read_jsonl(tmp_path / "runs.jsonl")] == ["succeeded"]
+
+
+def test_an_output_of_dash_is_stdout_as_an_input_of_dash_is_stdin(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}, {"n": 2}])
+    r = legion(*_run(f"{agents_file}:typed", inp, "-", tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(row["line"], row["output"]) for row in rows] == [(1, 2), (2, 3)]
+    assert not (tmp_path / "-").exists() and not (tmp_path / "-.partial").exists()

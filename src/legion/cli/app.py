@@ -95,7 +95,7 @@ def run(
             "--output",
             "-o",
             help="Where to write one JSON result per input line, in input order, each as "
-            "soon as the lines before it are done (default: stdout). A file is written as "
+            "soon as the lines before it are done (default, or -: stdout). A file is written as "
             "FILE.partial and renamed over FILE at the end, with your umask's mode; a device, "
             "FIFO, /dev/stdout or symlink (its target) is written through, never replaced.",
         ),

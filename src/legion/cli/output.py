@@ -6,6 +6,7 @@
   gets the mode the umask gives (as any file a shell redirect creates). A run that dies
   leaves ``NAME`` untouched and ``NAME.partial`` holding whole lines; running the same
   command again resumes the tasks from the store and writes the file anew.
+- ``-`` is this process's standard output, as when no output is named.
 - Anything else is written through, never replaced: a character device (``/dev/null``,
   a terminal), a FIFO, a socket, a symlink (its target is written, the link stays), and
   ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N``, which write to this process's own
@@ -115,7 +116,7 @@ def open_output(path: Path | None, keep: Sequence[tuple[Path, str]] = ()) -> Out
     ``keep``: files the run needs, each with what it is (its input, its store, the
     agent's code...): an output that names one of them (itself, through a link, or as
     the file that would be replaced) is refused rather than written over it."""
-    if path is None:
+    if path is None or os.fspath(path) == "-":  # "-": stdout, as --input - is stdin
         return OutputFile(sys.stdout.fileno(), path=None, partial=None, owned=False)
     _refuse_kept(path, keep)
     text = os.fspath(path)
