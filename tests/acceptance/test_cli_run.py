@@ -562,6 +562,36 @@ def test_a_wrong_agent_name_lists_the_agents_found(tmp_path: Path, agents_file: 
     assert f"{empty}:VALUE is not an agent, and {empty} defines none" in " ".join(r.stderr.split())
 
 
+def test_a_store_in_this_process_alone_is_refused_where_other_processes_must_reach_it(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    memory = ["--store", "sqlite:///:memory:"]
+    # Each would wait for ever: no `legion worker` can reach the run's in-memory store,
+    # and nothing can submit to a worker's own.
+    alone = legion("run", f"{agents_file}:typed", "-i", str(inp), "--no-local-worker", *memory)
+    assert alone.returncode == 2, alone.stderr
+    assert alone.stderr.startswith("error: --no-local-worker leaves the tasks to `legion worker`")
+    assert alone.stdout == ""
+    worker = legion("worker", "--app", str(agents_file), *memory)
+    assert worker.returncode == 2, worker.stderr
+    assert worker.stderr.startswith("error: legion worker needs a store that what submits")
+    # An API key made in a store of its own is lost with it; a server or gateway on one
+    # can have none (it used to say: make one with `legion keys create --store` that).
+    for args in (
+        ["serve", "--app", str(agents_file), "--port", "0"],
+        ["gateway"],
+        ["keys", "create"],
+    ):
+        r = legion(*args, *memory)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("error: the API keys live in the store"), (args, r.stderr)
+        assert r.stdout == "", args
+    run = legion("run", f"{agents_file}:typed", "-i", str(inp), "--no-progress", *memory)
+    assert run.returncode == 0, run.stderr  # with its own worker, a run is whole in memory
+    assert json.loads(run.stdout)["output"] == 2
+
+
 def test_sim_help_is_the_commands_help() -> None:
     r = legion("sim", "--help")
     assert r.returncode == 0

@@ -37,6 +37,7 @@ from legion.cli.options import (
     TpmOpt,
     _budget,
     _fail,
+    _refuse_private_store,
     _run,
     _setup_logging,
 )
@@ -150,6 +151,12 @@ def run(
     from legion.loader import load_agent
 
     _setup_logging(verbose)
+    if not local_worker:
+        _refuse_private_store(
+            store,
+            "--no-local-worker leaves the tasks to `legion worker` processes, which "
+            "must reach the store",
+        )
     if str(input) != "-":
         if input.is_dir():
             raise _fail(f"cannot read {input}: it is a folder (give a JSONL file, or - for stdin)")
@@ -296,6 +303,7 @@ def worker(
     )
 
     _setup_logging(verbose)
+    _refuse_private_store(store, "legion worker needs a store that what submits tasks can reach")
     if worker_process and not follow_supervisor():
         print("legion worker: the supervisor is gone; not starting", file=sys.stderr)
         raise typer.Exit(0)

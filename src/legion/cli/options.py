@@ -165,6 +165,16 @@ MemoryLimitOpt = Annotated[
 ]
 
 
+def _refuse_private_store(url: str, needs: str) -> None:
+    """Refuse a store that lives in this process alone (``sqlite:///:memory:``) where the
+    command ``needs`` another process to reach it: it would wait for ever, or make what
+    nothing else can use. ``needs`` says who must reach it."""
+    if url == "sqlite:///:memory:":
+        raise _fail(
+            f"{needs}; {url} lives in this process alone (give a SQLite file or PostgreSQL)"
+        )
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     stderr_console().print(error_text(message))
     return typer.Exit(code)
