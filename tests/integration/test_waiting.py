@@ -72,6 +72,11 @@ async def gate(ctx: Any, amount: int) -> Any:
 
 
 @legion.agent(retries=0)
+async def judge(ctx: Any) -> bool:
+    return (await ctx.approval("go ahead?")).approved
+
+
+@legion.agent(retries=0)
 async def double(ctx: Any, i: int) -> int:
     if i < 0:
         raise legion.Permanent(f"negative {i}")
@@ -170,6 +175,26 @@ async def test_a_sleep_or_timeout_json_cannot_record_fails_with_what_is_wrong(
             assert result.status is TaskStatus.DEAD, (seconds, result)  # not left waiting
             assert result.error is not None
             assert (result.error.type, result.error.message) == ("ValueError", message)
+
+
+async def test_only_a_json_true_approves(store_url: str) -> None:
+    answers = [
+        ({"approved": True, "by": "ana"}, True),
+        (True, True),
+        ({"approved": "false", "by": "a form"}, False),
+        ({"approved": "no"}, False),
+        ({"approved": 1}, False),
+        ("yes", False),
+        ({"by": "bob"}, False),
+    ]
+    async with legion.Runtime(store_url, agents=[judge]) as rt:
+        for data, approved in answers:
+            t = await rt.submit(judge, {})
+            await _until(rt, t.id, TaskStatus.WAITING)
+            await rt.signal(t.id, "approval", data)
+            result = await rt.result(t.id)
+            assert result.ok, result.error
+            assert result.output is approved, data
 
 
 async def test_durable_sleep_survives_a_restart(store_url: str) -> None:

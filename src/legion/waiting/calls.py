@@ -40,7 +40,8 @@ APPROVAL_EVENT = "approval"
 
 @dataclass(frozen=True, slots=True)
 class Approval:
-    """The answer to ``ctx.approval``: ``approved``, and the whole signal's data."""
+    """The answer to ``ctx.approval``: ``approved`` (the signal's data was
+    ``{"approved": true, ...}`` or ``true``: anything else is a no), and the whole data."""
 
     approved: bool
     data: Any = field(default=None)
@@ -124,8 +125,10 @@ async def approval(
 ) -> Approval:
     info = {"kind": "approval", "prompt": prompt}
     data = await wait_for(ctx, store, clock, APPROVAL_EVENT, timeout=timeout, info=info)
-    approved = bool(data.get("approved")) if isinstance(data, dict) else bool(data)
-    return Approval(approved, data)
+    # Only JSON true approves: a rejection sent as "false", "no" or 0 must not read as a
+    # yes (as Python's truth would have it).
+    answer = data.get("approved") if isinstance(data, dict) else data
+    return Approval(answer is True, data)
 
 
 async def map_children(
