@@ -502,6 +502,26 @@ def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
         assert c.stderr == ""
 
 
+def test_retry_queues_a_task_named_twice_or_also_matched_by_its_status_once(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    agent = load_agent(f"{agents_file}:typed")
+
+    async def queue() -> int:
+        async with Runtime(store, worker=False) as rt:
+            return (await rt.submit(agent, {"n": 1})).id
+
+    task = asyncio.run(queue())
+    for args in ([str(task), str(task)], ["--cancelled", str(task)]):
+        assert legion("cancel", str(task), "--store", store).returncode == 0
+        r = legion("retry", *args, "--store", store)
+        assert r.returncode == 0, (args, r.stderr)
+        assert r.stderr.splitlines() == [
+            "queued again: 1 task(s); run a worker (or the same `legion run`) to process them"
+        ], args
+
+
 def test_a_rerun_says_how_to_run_again_what_did_not_succeed(
     tmp_path: Path, agents_file: Path
 ) -> None:
