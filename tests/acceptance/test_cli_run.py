@@ -202,6 +202,22 @@ def test_status_of_a_missing_store_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing.db").exists()
 
 
+def test_a_sqlite_file_of_something_else_is_not_taken_for_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "customers.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers (id INTEGER, name TEXT)")
+    db.execute("INSERT INTO customers VALUES (1, 'ana')")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    for args in (["status"], ["cancel", "1"], ["signal", "1", "go"], ["keys", "list"]):
+        r = legion(*args, "--store", f"sqlite:///{path}")
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith(f"error: no store at {path}: the file has no legion tables")
+    assert path.read_bytes() == before  # no legion tables added, not even WAL mode set
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["customers.db"]
+
+
 def test_status_refuses_a_count_of_errors_no_store_can_take(
     tmp_path: Path, agents_file: Path
 ) -> None:
