@@ -240,3 +240,32 @@ def test_an_output_naming_the_runs_own_files_is_refused_and_they_stay(
     assert not list(tmp_path.glob("*.partial"))
     status = legion("status", "--store", f"sqlite:///{store}")
     assert status.returncode == 0, status.stderr
+
+
+def test_an_output_naming_a_file_the_store_makes_later_is_refused(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    # Not there between runs: SQLite makes its -wal while the store is open and deletes
+    # it when the store closes (results written there would be deleted with it); the
+    # vectors file, when a task first uses ctx.vectors.
+    for name in ("runs.db-wal", "runs.db-shm", "runs.vectors.db"):
+        target = tmp_path / name
+        r = legion(*_run(f"{agents_file}:typed", inp, str(target), tmp_path))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"error: cannot write {target}: it is the store's database")
+        assert not target.exists() and not list(tmp_path.glob("*.partial"))
+    ok = legion(*_run(f"{agents_file}:typed", inp, str(tmp_path / "runs.jsonl"), tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    assert [r["status"] for r in read_jsonl(tmp_path / "runs.jsonl")] == ["succeeded"]
+
+
+def test_an_output_of_dash_is_stdout_as_an_input_of_dash_is_stdin(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}, {"n": 2}])
+    r = legion(*_run(f"{agents_file}:typed", inp, "-", tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(row["line"], row["output"]) for row in rows] == [(1, 2), (2, 3)]
+    assert not (tmp_path / "-").exists() and not (tmp_path / "-.partial").exists()

@@ -202,6 +202,39 @@ def test_status_of_a_missing_store_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing.db").exists()
 
 
+def test_a_sqlite_file_of_something_else_is_not_taken_for_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "customers.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers (id INTEGER, name TEXT)")
+    db.execute("INSERT INTO customers VALUES (1, 'ana')")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    for args in (["status"], ["cancel", "1"], ["signal", "1", "go"], ["keys", "list"]):
+        r = legion(*args, "--store", f"sqlite:///{path}")
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith(f"error: no store at {path}: the file has no legion tables")
+    assert path.read_bytes() == before  # no legion tables added, not even WAL mode set
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["customers.db"]
+
+
+def test_status_refuses_a_count_of_errors_no_store_can_take(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": "x"}])
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", "/dev/null", "--store", store)
+    assert r.returncode == 1  # its one task failed: an error to show
+    for count in ("-1", str(2**63)):  # PostgreSQL refuses a negative LIMIT, SQLite a 2**63
+        r = legion("status", "--store", store, "--errors", count)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr and "Invalid value for '--errors'" in r.stderr
+    for count, shown in (("0", 0), ("1", 1)):
+        r = legion("status", "--store", store, "--errors", count, "--json")
+        assert r.returncode == 0, r.stderr
+        assert len(json.loads(r.stdout)["errors"]) == shown
+
+
 def test_status_retry_and_cancel_on_an_empty_postgres_schema_create_nothing(
     postgres_server: str, postgres_url: str
 ) -> None:
@@ -429,6 +462,44 @@ def test_cancel_and_retry_say_why_they_did_nothing(tmp_path: Path, agents_file: 
     assert "error: no tasks of agent 'typd' in the store (its agents: typed)" in typo.stderr
 
 
+def test_a_task_id_no_store_can_hold_is_a_usage_error(tmp_path: Path, agents_file: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", "/dev/null", "--store", store)
+    assert r.returncode == 0, r.stderr
+    too_big = str(2**63)  # one past a 64-bit integer, the ids' type in every store
+    for args in (["signal", too_big, "go"], ["cancel", "1", too_big], ["retry", too_big]):
+        refused = legion(*args, "--store", store)
+        assert refused.returncode == 2, refused.stderr
+        assert "Traceback" not in refused.stderr, refused.stderr
+        assert "Invalid value for 'task_id" in refused.stderr, refused.stderr
+    largest = legion("cancel", str(2**63 - 1), "--store", store)
+    assert largest.returncode == 1, largest.stderr
+    assert largest.stderr == f"error: task {2**63 - 1} not found\n"
+
+
+def test_signal_data_that_is_not_strict_json_is_refused(tmp_path: Path, agents_file: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    agent = load_agent(f"{agents_file}:typed")
+
+    async def queue() -> int:
+        async with Runtime(store, worker=False) as rt:
+            return (await rt.submit(agent, {"n": 1})).id
+
+    async def kept(task: int) -> list[bytes | None]:
+        async with Runtime(store, worker=False) as rt:
+            return [await rt.store.signal_data(task, "go", i) for i in range(2)]
+
+    task = asyncio.run(queue())
+    for data in ("NaN", '{"amount": Infinity}', '{"amount": 1e400}'):
+        r = legion("signal", str(task), "go", "--data", data, "--store", store)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("error: --data is not JSON: "), r.stderr
+    ok = legion("signal", str(task), "go", "--data", '{"amount": 5}', "--store", store)
+    assert ok.returncode == 0, ok.stderr
+    assert asyncio.run(kept(task)) == [b'{"amount":5}', None]  # JSON would have kept null
+
+
 def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
     tmp_path: Path, agents_file: Path
 ) -> None:
@@ -445,6 +516,26 @@ def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
         assert c.returncode == 0, c.stderr
         assert c.stdout.splitlines() == [f"{task}\tcancelled"]
         assert c.stderr == ""
+
+
+def test_retry_queues_a_task_named_twice_or_also_matched_by_its_status_once(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    agent = load_agent(f"{agents_file}:typed")
+
+    async def queue() -> int:
+        async with Runtime(store, worker=False) as rt:
+            return (await rt.submit(agent, {"n": 1})).id
+
+    task = asyncio.run(queue())
+    for args in ([str(task), str(task)], ["--cancelled", str(task)]):
+        assert legion("cancel", str(task), "--store", store).returncode == 0
+        r = legion("retry", *args, "--store", store)
+        assert r.returncode == 0, (args, r.stderr)
+        assert r.stderr.splitlines() == [
+            "queued again: 1 task(s); run a worker (or the same `legion run`) to process them"
+        ], args
 
 
 def test_a_rerun_says_how_to_run_again_what_did_not_succeed(
@@ -505,6 +596,36 @@ def test_a_wrong_agent_name_lists_the_agents_found(tmp_path: Path, agents_file: 
     assert r.returncode == 2
     assert "defines no agent" not in r.stderr  # said once, not twice over
     assert f"{empty}:VALUE is not an agent, and {empty} defines none" in " ".join(r.stderr.split())
+
+
+def test_a_store_in_this_process_alone_is_refused_where_other_processes_must_reach_it(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    memory = ["--store", "sqlite:///:memory:"]
+    # Each would wait for ever: no `legion worker` can reach the run's in-memory store,
+    # and nothing can submit to a worker's own.
+    alone = legion("run", f"{agents_file}:typed", "-i", str(inp), "--no-local-worker", *memory)
+    assert alone.returncode == 2, alone.stderr
+    assert alone.stderr.startswith("error: --no-local-worker leaves the tasks to `legion worker`")
+    assert alone.stdout == ""
+    worker = legion("worker", "--app", str(agents_file), *memory)
+    assert worker.returncode == 2, worker.stderr
+    assert worker.stderr.startswith("error: legion worker needs a store that what submits")
+    # An API key made in a store of its own is lost with it; a server or gateway on one
+    # can have none (it used to say: make one with `legion keys create --store` that).
+    for args in (
+        ["serve", "--app", str(agents_file), "--port", "0"],
+        ["gateway"],
+        ["keys", "create"],
+    ):
+        r = legion(*args, *memory)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("error: the API keys live in the store"), (args, r.stderr)
+        assert r.stdout == "", args
+    run = legion("run", f"{agents_file}:typed", "-i", str(inp), "--no-progress", *memory)
+    assert run.returncode == 0, run.stderr  # with its own worker, a run is whole in memory
+    assert json.loads(run.stdout)["output"] == 2
 
 
 def test_sim_help_is_the_commands_help() -> None:

@@ -81,3 +81,14 @@ def test_schedule_add_help_explains_app() -> None:
     r = legion("schedule", "add", "--help")
     assert r.returncode == 0
     assert "--app" in r.stdout and "Without it, a warning" in " ".join(r.stdout.split())
+
+
+def test_an_input_that_is_not_strict_json_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    for given in ('{"n": NaN}', '{"n": Infinity}', '{"n": 1e400}'):
+        r = legion(
+            "schedule", "add", "ghost", "typed", *YEARLY, "-i", given, "--store", f"sqlite:///{db}"
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("error: --input is not JSON: "), r.stderr
+    assert not db.exists()  # JSON would have stored null in its place: nothing was added

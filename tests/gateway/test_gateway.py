@@ -195,3 +195,16 @@ def test_a_non_loopback_host_is_refused_without_allow_remote(store_file: str) ->
     r = legion("gateway", "--store", store_file, "--host", "0.0.0.0")
     assert r.returncode == 2
     assert "--allow-remote" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_port_already_taken_is_an_error_that_says_so(store_file: str) -> None:
+    first, url = start_gateway("--store", store_file)
+    try:
+        port = url.removesuffix("/v1").rsplit(":", 1)[1]
+        r = legion("gateway", "--store", store_file, "--port", port)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
+        assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
+        assert health(url)["ok"]  # the gateway that holds the port goes on
+    finally:
+        stop(first)

@@ -54,9 +54,26 @@ async def sleeper(ctx: Any) -> str:
 
 
 @legion.agent(retries=0)
+async def odd_sleeper(ctx: Any, seconds: str) -> str:
+    await ctx.sleep(float(seconds))
+    return "rested"
+
+
+@legion.agent(retries=0)
+async def odd_waiter(ctx: Any, seconds: str) -> str:
+    await ctx.wait_for("never", timeout=float(seconds))
+    return "signalled"
+
+
+@legion.agent(retries=0)
 async def gate(ctx: Any, amount: int) -> Any:
     answer = await ctx.approval(f"pay {amount} EUR?")
     return {"approved": answer.approved, "by": answer.data.get("by")}
+
+
+@legion.agent(retries=0)
+async def judge(ctx: Any) -> bool:
+    return (await ctx.approval("go ahead?")).approved
 
 
 @legion.agent(retries=0)
@@ -141,6 +158,43 @@ async def test_wait_for_times_out_on_the_clock(store_url: str) -> None:
         await rt.worker.reap()  # the timers' pass, as the reaper loop makes it
         result = await rt.result(t.id)
     assert result.output == "timed out"
+
+
+async def test_a_sleep_or_timeout_json_cannot_record_fails_with_what_is_wrong(
+    store_url: str,
+) -> None:
+    async with legion.Runtime(store_url, agents=[odd_sleeper, odd_waiter]) as rt:
+        cases = [
+            (odd_sleeper, "nan", "seconds must be a finite number >= 0, not nan"),
+            (odd_sleeper, "inf", "seconds must be a finite number >= 0, not inf"),
+            (odd_sleeper, "-1", "seconds must be a finite number >= 0, not -1.0"),
+            (odd_waiter, "nan", "timeout must be a number of seconds or None, not NaN"),
+        ]
+        for agent, seconds, message in cases:
+            result = await rt.result((await rt.submit(agent, {"seconds": seconds})).id)
+            assert result.status is TaskStatus.DEAD, (seconds, result)  # not left waiting
+            assert result.error is not None
+            assert (result.error.type, result.error.message) == ("ValueError", message)
+
+
+async def test_only_a_json_true_approves(store_url: str) -> None:
+    answers = [
+        ({"approved": True, "by": "ana"}, True),
+        (True, True),
+        ({"approved": "false", "by": "a form"}, False),
+        ({"approved": "no"}, False),
+        ({"approved": 1}, False),
+        ("yes", False),
+        ({"by": "bob"}, False),
+    ]
+    async with legion.Runtime(store_url, agents=[judge]) as rt:
+        for data, approved in answers:
+            t = await rt.submit(judge, {})
+            await _until(rt, t.id, TaskStatus.WAITING)
+            await rt.signal(t.id, "approval", data)
+            result = await rt.result(t.id)
+            assert result.ok, result.error
+            assert result.output is approved, data
 
 
 async def test_durable_sleep_survives_a_restart(store_url: str) -> None:

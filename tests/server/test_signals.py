@@ -39,3 +39,38 @@ async def test_an_approval_is_listed_and_a_signal_ends_it(any_api: Api) -> None:
     assert (await any_api.call("POST", f"/v1/tasks/{sub['id']}:signal", body={"event": ""}))[
         0
     ] == 422
+
+
+async def test_a_signal_body_is_strict_json_whatever_its_content_type(api: Api) -> None:
+    status, sub = await api.call(
+        "POST", "/v1/tasks", body={"agent": "approve", "input": {"amount": 5}}
+    )
+    assert status == 201
+    await _waiting(api, sub["id"])
+    url = f"{api.url}/v1/tasks/{sub['id']}:signal"
+
+    async def post(raw: bytes, content_type: str) -> tuple[int, object]:
+        headers = {**api.auth(), "Content-Type": content_type}
+        async with api.http.post(url, data=raw, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    # NaN is not JSON: refused, as on the submit routes, and the task still waits.
+    status, body = await post(b'{"event": "approval", "data": NaN}', "application/json")
+    assert status == 422, body
+    assert body["detail"][0]["type"] == "json_invalid"  # type: ignore[index]
+    assert (await _waiting(api, sub["id"]))["id"] == sub["id"]
+    # What `curl -d '{...}'` sends, as docs/waiting.md prints it.
+    raw = b'{"event": "approval", "data": {"approved": true}}'
+    status, body = await post(raw, "application/x-www-form-urlencoded")
+    assert (status, body) == (200, {"id": sub["id"], "status": "queued"})
+    task = await api.finished(sub["id"])
+    assert task["status"] == "succeeded" and task["output"] == {"approved": True}
+
+
+async def test_the_openapi_document_describes_the_signal_body(api: Api) -> None:
+    status, doc = await api.call("GET", "/openapi.json")
+    assert status == 200
+    route = doc["paths"]["/v1/tasks/{task_id}:signal"]["post"]
+    ref = route["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert schema["required"] == ["event"] and set(schema["properties"]) == {"event", "data"}

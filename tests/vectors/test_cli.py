@@ -90,6 +90,64 @@ def test_load_is_resumable_and_search_and_list_show_it(tmp_path: Path) -> None:
     assert broken.returncode == 1 and "bad.jsonl:1" in broken.stderr
 
 
+def test_load_reads_a_byte_order_mark_and_reports_a_line_that_is_not_utf8(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(
+        b"\xef\xbb\xbf"  # as editors on Windows save UTF-8
+        + b'{"id": "first", "text": "The first line follows the mark."}\n'
+        + b'{"id": "latin", "text": "caf\xe9 in Latin-1"}\n'
+        + b'{"id": "last", "text": "The last line is fine."}\n'
+    )
+    loaded = legion("vectors", "load", "kb", "--input", str(corpus), "--store", store)
+    assert loaded.returncode == 1, loaded.stderr  # one bad line, reported; the rest loaded
+    assert "Traceback" not in loaded.stderr, loaded.stderr
+    assert "corpus.jsonl:2: 'utf-8' codec can't decode" in loaded.stderr, loaded.stderr
+    assert "corpus.jsonl:1" not in loaded.stderr, loaded.stderr
+    assert "2 documents, 2 chunks (2 embedded, 0 already loaded)" in loaded.stdout
+    found = legion("vectors", "search", "kb", "first line", "--store", store, "--json")
+    assert found.returncode == 0, found.stderr
+    assert {json.loads(line)["id"] for line in found.stdout.splitlines()} == {
+        "first#0",
+        "last#0",
+    }
+
+
+def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:
+    store = tmp_path / "kb.db"
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", DOCS[:1])
+    for collection, given, why in (
+        ("kb", tmp_path / "typo.jsonl", "cannot read"),
+        ("kb", tmp_path, "cannot read"),
+        ("bad name", corpus, "bad collection name 'bad name'"),
+    ):
+        r = legion(
+            "vectors", "load", collection, "--input", str(given), "--store", f"sqlite:///{store}"
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"error: {why}"), r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]
+
+
+def test_where_takes_nan_and_infinity_as_the_text_they_are(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    docs = [
+        {"id": "nan", "text": "a reading that is not a number", "code": "NaN"},
+        {"id": "inf", "text": "a reading past the scale", "code": "Infinity"},
+        {"id": "one", "text": "a reading of one", "code": 1},
+    ]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    assert legion("vectors", "load", "kb", "--input", str(corpus), "--store", store).returncode == 0
+    for where, found in (("code=NaN", "nan#0"), ("code=Infinity", "inf#0"), ("code=1", "one#0")):
+        r = legion(
+            "vectors", "search", "kb", "reading", "--where", where, "--store", store, "--json"
+        )
+        assert r.returncode == 0, r.stderr
+        assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [found], where
+
+
 def _recorded(store: str) -> tuple[set[str], int]:
     """Steps recorded so far ("task:key") and the vectors stored, read from the store."""
     if store.startswith("sqlite"):

@@ -14,6 +14,8 @@ from legion.cli.bench import register as _register_bench
 from legion.cli.gateway import register as _register_gateway
 from legion.cli.options import (
     DEFAULT_STORE,
+    INT64_MAX,
+    TASK_ID_MAX,
     ConcurrencyOpt,
     ConfigOpt,
     DeadlineOpt,
@@ -35,6 +37,7 @@ from legion.cli.options import (
     TpmOpt,
     _budget,
     _fail,
+    _refuse_private_store,
     _run,
     _setup_logging,
 )
@@ -93,7 +96,7 @@ def run(
             "--output",
             "-o",
             help="Where to write one JSON result per input line, in input order, each as "
-            "soon as the lines before it are done (default: stdout). A file is written as "
+            "soon as the lines before it are done (default, or -: stdout). A file is written as "
             "FILE.partial and renamed over FILE at the end, with your umask's mode; a device, "
             "FIFO, /dev/stdout or symlink (its target) is written through, never replaced.",
         ),
@@ -148,6 +151,12 @@ def run(
     from legion.loader import load_agent
 
     _setup_logging(verbose)
+    if not local_worker:
+        _refuse_private_store(
+            store,
+            "--no-local-worker leaves the tasks to `legion worker` processes, which "
+            "must reach the store",
+        )
     if str(input) != "-":
         if input.is_dir():
             raise _fail(f"cannot read {input}: it is a folder (give a JSONL file, or - for stdin)")
@@ -294,6 +303,7 @@ def worker(
     )
 
     _setup_logging(verbose)
+    _refuse_private_store(store, "legion worker needs a store that what submits tasks can reach")
     if worker_process and not follow_supervisor():
         print("legion worker: the supervisor is gone; not starting", file=sys.stderr)
         raise typer.Exit(0)
@@ -348,7 +358,9 @@ def worker(
 @app.command()
 def status(
     store: StoreOpt = DEFAULT_STORE,
-    errors: Annotated[int, typer.Option(help="How many of the latest errors to show.")] = 10,
+    errors: Annotated[
+        int, typer.Option(min=0, max=INT64_MAX, help="How many of the latest errors to show.")
+    ] = 10,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
@@ -369,7 +381,10 @@ def status(
 
 @app.command()
 def retry(
-    task_ids: Annotated[list[int] | None, typer.Argument(help="Task ids to queue again.")] = None,
+    task_ids: Annotated[
+        list[int] | None,
+        typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to queue again."),
+    ] = None,
     dead: Annotated[bool, typer.Option("--dead", help="Queue every dead task again.")] = False,
     failed: Annotated[
         bool, typer.Option("--failed", help="Queue every failed task again.")
@@ -407,7 +422,9 @@ def retry(
 
 @app.command()
 def cancel(
-    task_ids: Annotated[list[int], typer.Argument(help="Task ids to cancel.")],
+    task_ids: Annotated[
+        list[int], typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to cancel.")
+    ],
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Cancel tasks: queued ones at once, running ones when their worker next checks in.

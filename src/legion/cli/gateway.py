@@ -20,6 +20,7 @@ from legion.cli.options import (
     StoreOpt,
     TpmOpt,
     _fail,
+    _refuse_private_store,
     _run,
 )
 from legion.cli.progress import stderr_console
@@ -59,8 +60,10 @@ def gateway(
     # Here, not at the top: the LLM layer and the simulator's package (aiohttp) load when
     # the command runs, not with every `legion` command.
     from legion.cli.llm_options import LLMOptions, llm_config
+    from legion.cli.serve import KEYS_NEED
     from legion.sim.cli import _is_loopback
 
+    _refuse_private_store(store, KEYS_NEED)
     if not allow_remote and not _is_loopback(host):
         raise _fail(f"refusing to listen on non-loopback host {host!r} without --allow-remote")
     try:

@@ -18,6 +18,10 @@ from legion.errors import LegionError
 T = TypeVar("T")
 
 DEFAULT_STORE = "sqlite:///legion.db"
+# The stores' integers are 64-bit: a task id (the HTTP API bounds them the same way) or a
+# count past INT64_MAX is a usage error, not a question for the store.
+INT64_MAX = 2**63 - 1
+TASK_ID_MAX = INT64_MAX
 
 StoreOpt = Annotated[
     str,
@@ -159,6 +163,16 @@ MemoryLimitOpt = Annotated[
         "goes over fails with a clear error and its process is replaced.",
     ),
 ]
+
+
+def _refuse_private_store(url: str, needs: str) -> None:
+    """Refuse a store that lives in this process alone (``sqlite:///:memory:``) where the
+    command ``needs`` another process to reach it: it would wait for ever, or make what
+    nothing else can use. ``needs`` says who must reach it."""
+    if url == "sqlite:///:memory:":
+        raise _fail(
+            f"{needs}; {url} lives in this process alone (give a SQLite file or PostgreSQL)"
+        )
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

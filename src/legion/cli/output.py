@@ -6,6 +6,7 @@
   gets the mode the umask gives (as any file a shell redirect creates). A run that dies
   leaves ``NAME`` untouched and ``NAME.partial`` holding whole lines; running the same
   command again resumes the tasks from the store and writes the file anew.
+- ``-`` is this process's standard output, as when no output is named.
 - Anything else is written through, never replaced: a character device (``/dev/null``,
   a terminal), a FIFO, a socket, a symlink (its target is written, the link stays), and
   ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N``, which write to this process's own
@@ -18,6 +19,7 @@ goes and holds in memory only the results that finished ahead of an earlier line
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -114,7 +116,7 @@ def open_output(path: Path | None, keep: Sequence[tuple[Path, str]] = ()) -> Out
     ``keep``: files the run needs, each with what it is (its input, its store, the
     agent's code...): an output that names one of them (itself, through a link, or as
     the file that would be replaced) is refused rather than written over it."""
-    if path is None:
+    if path is None or os.fspath(path) == "-":  # "-": stdout, as --input - is stdin
         return OutputFile(sys.stdout.fileno(), path=None, partial=None, owned=False)
     _refuse_kept(path, keep)
     text = os.fspath(path)
@@ -143,15 +145,18 @@ def open_output(path: Path | None, keep: Sequence[tuple[Path, str]] = ()) -> Out
 
 
 def _refuse_kept(path: Path, keep: Sequence[tuple[Path, str]]) -> None:
-    try:
+    target: os.stat_result | None = None
+    with contextlib.suppress(OSError):
         target = os.stat(path)  # what a link names: writing through it would change that
-    except OSError:
-        return  # nothing there yet: a new file clobbers nothing
     for kept, what in keep:
         try:
-            same = os.path.samestat(target, os.stat(kept))
+            found = os.stat(kept)
         except OSError:
-            continue
+            # Not there now, but the run may make it (a SQLite store's -wal file, which
+            # SQLite deletes when the store closes): the same name is the same file.
+            same = os.path.realpath(path) == os.path.realpath(kept)
+        else:
+            same = target is not None and os.path.samestat(target, found)
         if same:
             raise OutputError(
                 f"cannot write {path}: it is {what}; the results would replace it "

@@ -63,9 +63,9 @@ def register(app: typer.Typer) -> None:
         from legion.waiting.cron import CronError
         from legion.waiting.schedules import schedule
 
-        try:
-            value: Any = json.loads(input)
-        except json.JSONDecodeError as exc:
+        try:  # strict JSON, as input files are read: no NaN or Infinity (stored as null)
+            value: Any = codec.loads(input)
+        except codec.JSONDecodeError as exc:
             raise _fail(f"--input is not JSON: {exc}") from None
         if not isinstance(value, dict):
             raise _fail("--input must be a JSON object (the agent's keyword arguments)")

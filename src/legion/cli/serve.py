@@ -31,6 +31,7 @@ from legion.cli.options import (
     TenantMaxTokensOpt,
     TpmOpt,
     _fail,
+    _refuse_private_store,
     _run,
 )
 from legion.cli.progress import error_text, stderr_console
@@ -104,6 +105,10 @@ KEYS_HELP = _paragraphs(
     "refused (403); a server that checked it in the last 5 seconds may take that long to "
     "notice.",
 )
+
+
+# Why `legion serve`, `legion gateway` and `legion keys create` refuse an in-memory store.
+KEYS_NEED = "the API keys live in the store, where `legion keys create` and the server both reach"
 
 
 def register(app: typer.Typer) -> None:
@@ -227,6 +232,7 @@ def serve(
     configure_logging(
         level=logging.INFO if verbose else logging.WARNING, as_json=log_format is LogFormat.json
     )
+    _refuse_private_store(store, KEYS_NEED)
     _require_server_extra()
     from legion.server import ServerSettings
 
@@ -367,6 +373,7 @@ def create_key(
     ] = False,
 ) -> None:
     """Create an API key and print it, alone, on the last line (it is not shown again)."""
+    _refuse_private_store(store, KEYS_NEED)
     _require_server_extra()
     key = _run(_create_key(store, name, tenant, admin))
     console = stderr_console()

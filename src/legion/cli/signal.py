@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
 import typer
 
 from legion import codec
-from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
+from legion.cli.options import DEFAULT_STORE, TASK_ID_MAX, StoreOpt, _fail, _run
 from legion.task import TaskStatus
 
 
@@ -18,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("signal")
     def signal_cmd(
-        task_id: Annotated[int, typer.Argument(help="The task to signal.")],
+        task_id: Annotated[int, typer.Argument(min=1, max=TASK_ID_MAX, help="The task to signal.")],
         event: Annotated[
             str, typer.Argument(help="The event name the task waits for (ctx.wait_for).")
         ],
@@ -38,9 +37,9 @@ def register(app: typer.Typer) -> None:
 
         Prints the task's status after; exits 1 if there is no such task or it has finished.
         """
-        try:
-            value: Any = json.loads(data)
-        except json.JSONDecodeError as exc:
+        try:  # strict JSON, as the HTTP API reads it: no NaN or Infinity (stored as null)
+            value: Any = codec.loads(data)
+        except codec.JSONDecodeError as exc:
             raise _fail(f"--data is not JSON: {exc}") from None
         if not event:
             raise _fail("the event name is empty")

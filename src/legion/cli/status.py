@@ -185,8 +185,10 @@ async def requeue(
             if agent not in known:  # a misspelt filter matches nothing, silently otherwise
                 names = ", ".join(known) or "none"
                 return 0, [f"no tasks of agent {agent!r} in the store (its agents: {names})"]
-        n = await store.requeue(statuses, agent=agent) if statuses else 0
-        for task_id in ids:
+        n = 0
+        # The named tasks first, each once: a task named twice, or also matched by --dead
+        # (--failed, --cancelled), is queued again once and not then refused as queued.
+        for task_id in dict.fromkeys(ids):
             if await store.requeue_one(task_id):
                 n += 1
                 continue
@@ -198,6 +200,8 @@ async def requeue(
                     f"task {task_id} {info.status}; only dead, failed or cancelled tasks "
                     "can be retried"
                 )
+        if statuses:
+            n += await store.requeue(statuses, agent=agent)
     return n, refused
 
 

@@ -12,10 +12,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from legion import codec
+
 # Registered at the end of the package's __init__, once these exist.
-from legion.cli.options import ConfigOpt, LLMOpt, MaxInFlightOpt, RpmOpt, StoreOpt, TpmOpt, _run
+from legion.cli.options import (
+    ConfigOpt,
+    LLMOpt,
+    MaxInFlightOpt,
+    RpmOpt,
+    StoreOpt,
+    TpmOpt,
+    _fail,
+    _run,
+)
 from legion.cli.progress import stderr_console
-from legion.errors import ConfigError
+from legion.errors import ConfigError, LegionError
 
 if TYPE_CHECKING:
     from legion.llm.client import LLMClient
@@ -53,9 +64,9 @@ def _where(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep:
             raise ConfigError(f"bad --where {pair!r}: use key=value")
-        try:
-            value = json.loads(raw)
-        except ValueError:
+        try:  # strict JSON: NaN or Infinity is the text itself, as metadata holds it
+            value = codec.loads(raw)
+        except codec.JSONDecodeError:
             value = raw
         where[key] = value
     return where
@@ -105,7 +116,17 @@ def register(app: typer.Typer) -> None:
         skips the chunks already stored."""
         from legion.vectors.backend import vectors_for
         from legion.vectors.loader import load
+        from legion.vectors.types import check_name
 
+        # What can be checked before the store is opened is, so that a typo creates no
+        # store (opening a SQLite store creates its files).
+        try:
+            check_name(collection)
+            input.open("rb").close()
+        except LegionError as exc:
+            raise _fail(str(exc)) from None
+        except OSError as exc:
+            raise _fail(f"cannot read {input}: {exc.strerror or exc}") from None
         console = stderr_console()
         started = time.monotonic()
         last = [0.0]

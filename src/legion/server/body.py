@@ -1,4 +1,4 @@
-"""Request bodies of the submit routes: read once, parsed once, strictly.
+"""Request bodies of the submit and signal routes: read once, parsed once, strictly.
 
 The body is read into one buffer (the size limit of `legion.server.body_limit`
 applies as it arrives) and parsed by orjson, which follows RFC 8259: ``NaN``,

@@ -2,8 +2,8 @@
 
 FastAPI writes the routes; this adds what it cannot know:
 
-- the submit routes read their bodies themselves (strict JSON, any content type), so their
-  schemas (``TaskIn``, ``BatchIn``) are declared here;
+- the submit and signal routes read their bodies themselves (strict JSON, any content
+  type), so their schemas (``TaskIn``, ``BatchIn``, ``SignalIn``) are declared here;
 - ``TaskIn`` is one of the served agents' own shapes: ``agent`` names the agent and
   ``input`` follows that agent's parameters (what `legion.Agent.arguments` accepts),
   so a body the document allows is a body the server takes.
@@ -16,15 +16,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from legion.agent import Agent
-from legion.server.schemas import BatchIn
+from legion.server.schemas import BatchIn, SignalIn
 
 _REF = "#/components/schemas/{model}"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def complete(schema: dict[str, Any], agents: Mapping[str, Agent]) -> dict[str, Any]:
-    """``schema`` (FastAPI's document) with the request bodies of the submit routes."""
+    """``schema`` (FastAPI's document) with the request bodies of the submit and signal
+    routes."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["SignalIn"] = SignalIn.model_json_schema(ref_template=_REF)
     batch = BatchIn.model_json_schema(ref_template=_REF)
     components.update(batch.pop("$defs", {}))
     components["BatchIn"] = batch

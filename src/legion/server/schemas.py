@@ -188,6 +188,13 @@ class TaskDetail(TaskOut):
         )
 
 
+class SignalIn(BaseModel):
+    """A signal: its event name and any JSON data (``ctx.wait_for`` answers the data)."""
+
+    event: str = Field(min_length=1, max_length=200)
+    data: Any = None
+
+
 class TaskPage(BaseModel):
     tasks: list[TaskOut] = Field(description="Newest first.")
     next: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")

@@ -8,25 +8,18 @@ an approval with the ``approval`` signal.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel
 
+from legion.server.body import json_body
 from legion.server.deps import KeyDep, StateDep, require_key
-from legion.server.schemas import StatusOut
-from legion.server.tasks_api import _ERRORS, _NOT_FOUND, TaskDep
+from legion.server.schemas import SignalIn, StatusOut
+from legion.server.tasks_api import _ERRORS, _NOT_FOUND, TaskDep, _body, _model
 
 log = logging.getLogger("legion.server")
 
 router = APIRouter(prefix="/v1", tags=["waiting"], dependencies=[Depends(require_key)])
-
-
-class SignalIn(BaseModel):
-    """A signal: its event name and any JSON data (``ctx.wait_for`` answers the data)."""
-
-    event: str = Field(min_length=1, max_length=200)
-    data: Any = None
 
 
 class WaitingOut(BaseModel):
@@ -54,9 +47,11 @@ class WaitingPage(BaseModel):
         **_NOT_FOUND,
         409: {"description": "The task has finished: it takes no more signals."},
     },
+    openapi_extra=_body("SignalIn"),
 )
-async def signal_task(task: TaskDep, body: SignalIn, state: StateDep) -> StatusOut:
+async def signal_task(request: Request, task: TaskDep, state: StateDep) -> StatusOut:
     """Send a signal to a task; a task waiting for it is queued again."""
+    body = _model(SignalIn, await json_body(request))  # strict JSON, any content type
     status = await state.runtime.signal(task.id, body.event, body.data)
     if status is None:
         raise HTTPException(404, f"no task {task.id}")

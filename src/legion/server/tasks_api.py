@@ -63,8 +63,8 @@ _SHED: dict[int | str, dict[str, Any]] = {
 
 
 def _body(schema: str) -> dict[str, Any]:
-    """The request body of a submit route, for the OpenAPI document: the route reads and
-    checks the body itself (see `legion.server.body`)."""
+    """The request body of a submit or signal route, for the OpenAPI document: the route
+    reads and checks the body itself (see `legion.server.body`)."""
     ref = {"$ref": f"#/components/schemas/{schema}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 

@@ -95,6 +95,12 @@ def _crash_error() -> bytes:
     ).to_json()
 
 
+def _schema_version(db: sqlite3.Connection) -> int:
+    """The store's schema version (its last migration): 0 for a file legion never set up."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
 class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches):
     """A `legion.store.base.Store` in one SQLite file (or ``:memory:``).
 
@@ -182,6 +188,16 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         self._conn = db
         try:
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            if not self._create and self.path != ":memory:" and _schema_version(db) == 0:
+                # A SQLite file of something else (or empty): left as it was, as a
+                # PostgreSQL schema without legion's tables is.
+                db.close()
+                self._conn = None
+                raise ConfigError(
+                    f"no store at {self.path}: the file has no legion tables (`legion "
+                    "worker`, `legion run` or `legion schedule add` with this --store "
+                    "creates them)"
+                )
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA temp_store = MEMORY")
@@ -197,7 +213,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
-        (current,) = db.execute("PRAGMA user_version").fetchone()
+        current = _schema_version(db)
         known = migrations("sqlite")
         if current > known[-1][0]:
             raise StoreError(

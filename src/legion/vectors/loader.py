@@ -25,6 +25,8 @@ from legion.vectors.backend import VectorBackend
 from legion.vectors.chunking import DEFAULT_CHUNK_CHARS, chunk
 from legion.vectors.types import SHARED, CollectionInfo, Item, check_name, check_same
 
+_BOM = b"\xef\xbb\xbf"
+
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
@@ -44,17 +46,21 @@ class LoadReport:
 
 
 def read_chunks(path: Path, max_chars: int, report: LoadReport) -> Iterator[Chunk]:
-    """The chunks of every document in ``path``; a bad line is reported and skipped."""
+    """The chunks of every document in ``path``; a bad line (not JSON, not UTF-8, no text)
+    is reported and skipped. A UTF-8 byte order mark at the start is not part of the first
+    line, as for `legion run`'s input."""
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
+        for number, raw in enumerate(handle, 1):
+            if number == 1:
+                raw = raw.removeprefix(_BOM)
+            if not raw.strip():
                 continue
             try:
-                doc = json.loads(line)
+                doc = json.loads(raw.decode("utf-8"))
                 if isinstance(doc, str):
                     doc = {"text": doc}
                 if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):

@@ -18,6 +18,7 @@ once that holds, and its next attempt replays to the same call, which then finds
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,8 @@ APPROVAL_EVENT = "approval"
 
 @dataclass(frozen=True, slots=True)
 class Approval:
-    """The answer to ``ctx.approval``: ``approved``, and the whole signal's data."""
+    """The answer to ``ctx.approval``: ``approved`` (the signal's data was
+    ``{"approved": true, ...}`` or ``true``: anything else is a no), and the whole data."""
 
     approved: bool
     data: Any = field(default=None)
@@ -67,6 +69,8 @@ async def wait_for(
 ) -> Any:
     if not event or not isinstance(event, str):
         raise ValueError("an event name is a non-empty string")
+    if timeout is not None and math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None, not NaN")
     name = f"legion.wait:{event}"
     # The signals of this event that earlier waits received (a wait that timed out took
     # none): this wait receives the next one.
@@ -101,8 +105,9 @@ def _never() -> Any:
 
 
 async def sleep(ctx: Waiter, clock: Clock, seconds: float) -> None:
-    if seconds < 0:
-        raise ValueError("seconds must be >= 0")
+    # The wake-up time is recorded as JSON, which has no NaN or infinity.
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"seconds must be a finite number >= 0, not {seconds!r}")
     until = clock.wall() + seconds
     wake_at = await _recorded(ctx, "legion.sleep", lambda: until)
     if clock.wall() >= wake_at:
@@ -120,8 +125,10 @@ async def approval(
 ) -> Approval:
     info = {"kind": "approval", "prompt": prompt}
     data = await wait_for(ctx, store, clock, APPROVAL_EVENT, timeout=timeout, info=info)
-    approved = bool(data.get("approved")) if isinstance(data, dict) else bool(data)
-    return Approval(approved, data)
+    # Only JSON true approves: a rejection sent as "false", "no" or 0 must not read as a
+    # yes (as Python's truth would have it).
+    answer = data.get("approved") if isinstance(data, dict) else data
+    return Approval(answer is True, data)
 
 
 async def map_children(
