@@ -3,11 +3,13 @@ header-less mode, on a clock the test moves."""
 
 from __future__ import annotations
 
+import socket
+
 import aiohttp
 import pytest
 
 from legion.sim import SimConfig, Simulator
-from legion.sim.cli import build_parser
+from legion.sim.cli import build_parser, run
 
 BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -67,3 +69,16 @@ def test_the_command_line_takes_spans_and_the_header_switch() -> None:
     assert SimConfig.from_mapping({"fault_schedule": [[0, 45, 503]]}).fault_schedule == (
         (0, 45, 503),
     )
+
+
+def test_a_port_already_taken_is_a_usage_error_that_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = run({"host": "127.0.0.1", "port": port})
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in err, err
