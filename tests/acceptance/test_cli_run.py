@@ -675,3 +675,10 @@ def test_a_store_password_is_never_printed(postgres_url: str, tmp_path: Path) ->
         assert secret not in r.stdout + r.stderr
     assert ":***@" in made.stderr
     assert json.loads(legion("status", "--json", "--store", url).stdout)["store"].count("***") == 1
+
+
+def test_signal_refuses_an_event_name_no_task_can_wait_for(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    r = legion("signal", "1", "e" * 201, "--store", store)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: the event name is 201 characters; at most 200"), r.stderr

@@ -66,6 +66,12 @@ async def odd_waiter(ctx: Any, seconds: str) -> str:
 
 
 @legion.agent(retries=0)
+async def long_event_waiter(ctx: Any, length: int) -> str:
+    await ctx.wait_for("e" * length)
+    return "signalled"
+
+
+@legion.agent(retries=0)
 async def gate(ctx: Any, amount: int) -> Any:
     answer = await ctx.approval(f"pay {amount} EUR?")
     return {"approved": answer.approved, "by": answer.data.get("by")}
@@ -326,3 +332,17 @@ async def test_a_wait_inside_gather_suspends_the_task(store_url: str) -> None:
         await rt.signal(t.id, "b", 2)
         result = await rt.result(t.id)
     assert result.output == [1, 2]
+
+
+async def test_a_wait_for_an_event_no_signal_can_name_fails_at_once(store_url: str) -> None:
+    # The HTTP API and `legion signal` take event names of up to 200 characters: a task
+    # waiting for a longer one could never be woken.
+    async with legion.Runtime(store_url, agents=[long_event_waiter]) as rt:
+        long = await rt.result((await rt.submit(long_event_waiter, {"length": 201})).id)
+        fits = await rt.submit(long_event_waiter, {"length": 200})
+        await _until(rt, fits.id, TaskStatus.WAITING)
+        assert await rt.signal(fits.id, "e" * 200) is TaskStatus.QUEUED
+        assert (await rt.result(fits.id)).output == "signalled"
+    assert long.status is TaskStatus.DEAD
+    assert long.error is not None
+    assert long.error.message == "an event name is at most 200 characters (a signal's), not 201"

@@ -41,8 +41,12 @@ def register(app: typer.Typer) -> None:
             value: Any = codec.loads(data)
         except codec.JSONDecodeError as exc:
             raise _fail(f"--data is not JSON: {exc}") from None
+        from legion.waiting.calls import MAX_EVENT
+
         if not event:
             raise _fail("the event name is empty")
+        if len(event) > MAX_EVENT:
+            raise _fail(f"the event name is {len(event)} characters; at most {MAX_EVENT}")
 
         async def main() -> TaskStatus | None:
             from legion.cli.status import opened

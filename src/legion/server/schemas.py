@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from legion.inputs import KEY_MAX, PRIORITY_MAX, PRIORITY_MIN
 from legion.store.types import AttemptRecord, StepInfo
 from legion.task import TaskInfo, TaskStatus
+from legion.waiting.calls import MAX_EVENT
 
 # Text the stores can hold in every dialect (PostgreSQL text cannot hold NUL).
 TEXT = r"^[^\x00]*$"
@@ -191,7 +192,7 @@ class TaskDetail(TaskOut):
 class SignalIn(BaseModel):
     """A signal: its event name and any JSON data (``ctx.wait_for`` answers the data)."""
 
-    event: str = Field(min_length=1, max_length=200)
+    event: str = Field(min_length=1, max_length=MAX_EVENT)
     data: Any = None
 
 

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 
 APPROVAL_EVENT = "approval"
+MAX_EVENT = 200
+"""The longest event name (characters): what every way of sending a signal takes (the HTTP
+API, `legion signal`), so that a task never waits for one it cannot be sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,10 @@ async def wait_for(
 ) -> Any:
     if not event or not isinstance(event, str):
         raise ValueError("an event name is a non-empty string")
+    if len(event) > MAX_EVENT:
+        raise ValueError(
+            f"an event name is at most {MAX_EVENT} characters (a signal's), not {len(event)}"
+        )
     if timeout is not None and math.isnan(timeout):
         raise ValueError("timeout must be a number of seconds or None, not NaN")
     name = f"legion.wait:{event}"
