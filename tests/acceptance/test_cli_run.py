@@ -478,19 +478,25 @@ def test_a_task_id_no_store_can_hold_is_a_usage_error(tmp_path: Path, agents_fil
     assert largest.stderr == f"error: task {2**63 - 1} not found\n"
 
 
-def test_signal_data_that_is_not_strict_json_is_refused(tmp_path: Path, agents_file: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'db'}"
+def queued_task(store: str, agents_file: Path) -> int:
+    """A task of the ``typed`` agent, queued in ``store`` (no worker runs it)."""
     agent = load_agent(f"{agents_file}:typed")
 
     async def queue() -> int:
         async with Runtime(store, worker=False) as rt:
             return (await rt.submit(agent, {"n": 1})).id
 
+    return asyncio.run(queue())
+
+
+def test_signal_data_that_is_not_strict_json_is_refused(tmp_path: Path, agents_file: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+
     async def kept(task: int) -> list[bytes | None]:
         async with Runtime(store, worker=False) as rt:
             return [await rt.store.signal_data(task, "go", i) for i in range(2)]
 
-    task = asyncio.run(queue())
+    task = queued_task(store, agents_file)
     for data in ("NaN", '{"amount": Infinity}', '{"amount": 1e400}'):
         r = legion("signal", str(task), "go", "--data", data, "--store", store)
         assert r.returncode == 2, r.stderr
@@ -504,13 +510,7 @@ def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
     tmp_path: Path, agents_file: Path
 ) -> None:
     store = f"sqlite:///{tmp_path / 'db'}"
-    agent = load_agent(f"{agents_file}:typed")
-
-    async def queue() -> int:
-        async with Runtime(store, worker=False) as rt:
-            return (await rt.submit(agent, {"n": 1})).id
-
-    task = asyncio.run(queue())
+    task = queued_task(store, agents_file)
     for _ in range(2):  # a cancelled task is cancelled: asking again is not an error
         c = legion("cancel", str(task), "--store", store)
         assert c.returncode == 0, c.stderr
@@ -522,13 +522,7 @@ def test_retry_queues_a_task_named_twice_or_also_matched_by_its_status_once(
     tmp_path: Path, agents_file: Path
 ) -> None:
     store = f"sqlite:///{tmp_path / 'db'}"
-    agent = load_agent(f"{agents_file}:typed")
-
-    async def queue() -> int:
-        async with Runtime(store, worker=False) as rt:
-            return (await rt.submit(agent, {"n": 1})).id
-
-    task = asyncio.run(queue())
+    task = queued_task(store, agents_file)
     for args in ([str(task), str(task)], ["--cancelled", str(task)]):
         assert legion("cancel", str(task), "--store", store).returncode == 0
         r = legion("retry", *args, "--store", store)
