@@ -78,7 +78,7 @@ async def gate(ctx: Any, amount: int) -> Any:
 
 
 @legion.agent(retries=0)
-async def judge(ctx: Any) -> bool:
+async def judge(ctx: legion.Context) -> bool:
     return (await ctx.approval("go ahead?")).approved
 
 
