@@ -208,3 +208,18 @@ def test_a_port_already_taken_is_an_error_that_says_so(store_file: str) -> None:
         assert health(url)["ok"]  # the gateway that holds the port goes on
     finally:
         stop(first)
+
+
+def stopped_saying(proc: subprocess.Popen[str]) -> str:
+    """Stop a gateway; answer what it wrote to stderr."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=30)[1]
+
+
+def test_a_store_without_a_key_is_said_at_start(store_file: str) -> None:
+    # A new store (or a misspelt --store, which makes one): every call would get 401.
+    said = stopped_saying(start_gateway("--store", store_file)[0])
+    assert "no API key in this store yet: every request but /healthz is refused (401)" in said
+    assert f"legion keys create --store {store_file}" in said
+    new_key(store_file, "bot")
+    assert "no API key" not in stopped_saying(start_gateway("--store", store_file)[0])

@@ -77,6 +77,7 @@ def gateway(
 
 
 async def _serve(url: str, llm_settings: object, host: str, port: int) -> None:
+    from legion.cli.serve import _no_key_hint
     from legion.gateway.app import Gateway, serve
     from legion.llm.config import LLMConfig, build_client
 
@@ -98,6 +99,9 @@ async def _serve(url: str, llm_settings: object, host: str, port: int) -> None:
             if ready.is_set():
                 bound_host, bound_port = gateway.address[:2]
                 print(f"legion gateway ready at http://{bound_host}:{bound_port}/v1", flush=True)
+                if not any(k.revoked_at is None for k in await store.api_keys()):
+                    # (a new store, or a misspelt --store: every call would get 401)
+                    stderr_console().print(_no_key_hint(url), highlight=False)
             with contextlib.suppress(asyncio.CancelledError):
                 await server
             waiting.cancel()
