@@ -50,6 +50,7 @@ runtime stops the whole run instead of failing tasks one by one.
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 
@@ -59,6 +60,15 @@ class LegionError(Exception):
 
 class ConfigError(LegionError):
     """Raised when an option, URL or file given to legion is not usable."""
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> ConfigError:
+    """The error of a server that cannot listen on ``host:port`` (the port is taken, the
+    address is not this host's...), worded the same by every command that serves: the
+    errno's text is the reason (asyncio words a bind error at length)."""
+    errno = exc.errno or 0
+    reason = os.strerror(errno) if errno > 0 else exc.strerror or str(exc)
+    return ConfigError(f"cannot listen on {host}:{port}: {reason}")
 
 
 class AgentLoadError(ConfigError):

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from legion import codec
-from legion.errors import ConfigError, LegionError, Permanent, StoreError
+from legion.errors import LegionError, Permanent, StoreError, cannot_listen
 from legion.gateway.usage import UsageBook, totals_json
 from legion.llm.client import LLMClient, Route
 from legion.llm.embeddings import Embeddings
@@ -381,11 +380,8 @@ async def serve(gateway: Gateway, host: str, port: int, ready: asyncio.Event | N
         site = web.TCPSite(runner, host, port, backlog=1024)
         try:
             await site.start()
-        except OSError as exc:  # the port is taken, the address is not this host's...
-            # asyncio words a bind error at length; the errno's text is the reason.
-            errno = exc.errno or 0
-            reason = os.strerror(errno) if errno > 0 else exc.strerror or str(exc)
-            raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from exc
+        except OSError as exc:
+            raise cannot_listen(host, port, exc) from exc
         gateway.address = runner.addresses[0]
         if ready is not None:
             ready.set()

@@ -25,7 +25,7 @@ import uvicorn
 
 from legion import heap
 from legion.agent import Agent
-from legion.errors import ConfigError
+from legion.errors import ConfigError, cannot_listen
 from legion.run.runtime import Runtime
 from legion.server.admission import InProgressLimit, TenantLimits
 from legion.server.app import admission_of, create_app, create_metrics_app
@@ -171,7 +171,7 @@ def _listen(host: str, port: int) -> socket.socket:
         )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
+        raise cannot_listen(host, port, exc) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -179,8 +179,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from exc
+        raise cannot_listen(host, port, exc) from exc
     return sock
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import os
 import signal
 import sys
 import tomllib
 from typing import Any
 
+from legion.errors import cannot_listen
 from legion.sim.config import SimConfig
 from legion.sim.server import Simulator, serve_simulator
 
@@ -151,11 +151,8 @@ def run(flags: dict[str, Any]) -> int:
         return 2
     try:
         asyncio.run(_serve(config, host, port))
-    except OSError as exc:  # the port is taken, the address is not this host's...
-        # asyncio words a bind error at length; the errno's text is the reason (as
-        # `legion serve` and `legion gateway` say it). A usage error: exit 2, as theirs.
-        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
-        print(f"legion sim: error: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+    except OSError as exc:  # a usage error: exit 2, as `legion serve` and `gateway`
+        print(f"legion sim: error: {cannot_listen(host, port, exc)}", file=sys.stderr)
         return 2
     return 0
 
