@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import signal
 import sys
 import tomllib
 from typing import Any
 
-from legion.errors import cannot_listen
 from legion.sim.config import SimConfig
 from legion.sim.server import Simulator, serve_simulator
 
@@ -152,7 +152,11 @@ def run(flags: dict[str, Any]) -> int:
     try:
         asyncio.run(_serve(config, host, port))
     except OSError as exc:  # a usage error: exit 2, as `legion serve` and `gateway`
-        print(f"legion sim: error: {cannot_listen(host, port, exc)}", file=sys.stderr)
+        # (worded as legion.errors.cannot_listen, which the simulator, standalone, does
+        # not import: the errno's text is the reason)
+        errno = exc.errno or 0
+        reason = os.strerror(errno) if errno > 0 else exc.strerror or str(exc)
+        print(f"legion sim: error: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
         return 2
     return 0
 
