@@ -11,12 +11,13 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from legion import codec, faults, telemetry
 from legion.clock import Clock
-from legion.diagnostics.advisor import GATHERED, StepTrace, step_prints
+from legion.diagnostics.advisor import GATHERED, MIN_SAVING, NO_PRINTS, StepTrace, fingerprints
 from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.unawaited import Pending, SiteRef
 from legion.errors import AgentCrash, Permanent
@@ -227,6 +228,7 @@ class Context:
         "_llm",
         "_llm_client",
         "_log",
+        "_long_end",
         "_made",
         "_memory",
         "_owner",
@@ -267,6 +269,8 @@ class Context:
         self._owner = owner
         self._before_step = before_step
         self._counts: dict[str, int] = {}
+        # When the first step the advisor may compare ended (see `record`).
+        self._long_end = math.inf
         # Signals received so far by this attempt's waits, by event (see legion.waiting).
         self.signals_taken: dict[str, int] = {}
         self._memory: Memory | None = None
@@ -446,24 +450,26 @@ class Context:
             faults.hit("step-ran")
         data = codec.dumps(result if encode is None else encode(result))
         finished = self._clock.wall()
+        # What the advisor may compare (see legion.diagnostics.advisor): only a step long
+        # enough and awaited on its own can be in a report; its inputs only if such a step
+        # had ended before it began (the second of a pair), fingerprinted now, as they
+        # were when it ran; its result as the JSON recorded, fingerprinted if ever asked.
+        prints, kept = NO_PRINTS, None
+        gathered = GATHERED.get()
+        if finished - started >= MIN_SAVING and not gathered:
+            if self._long_end <= started:
+                prints = fingerprints(inputs if inputs is not None else (*args, *kwargs.values()))
+            self._long_end = min(self._long_end, finished)
+            kept = data
         lease = self._lease
         record = StepRecord(lease.id, key, lease.attempt, data, started, finished, self._owner)
         await self._journal.record_step(record)
         if faults.ARMED:
             faults.hit("step-recorded")
-        value = codec.loads(data)
-        took = finished - started
         self.traces.append(
-            StepTrace(
-                key,
-                site,
-                started,
-                finished,
-                step_prints(took, inputs if inputs is not None else (*args, *kwargs.values())),
-                step_prints(took, (value,)),
-                GATHERED.get(),
-            )
+            StepTrace(key, site, started, finished, prints, NO_PRINTS, gathered, kept)
         )
+        value = codec.loads(data)
         return value if decode is None else decode(value)
 
     def step_count(self, name: str) -> int:

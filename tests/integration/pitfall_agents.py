@@ -83,3 +83,15 @@ async def clean(ctx: legion.Context, q: str) -> list[str]:
 async def prompt_chain(ctx: legion.Context, q: str) -> str:
     part = await ctx.step("summarize", _wait, 0.05, "a summary of the first passage")
     return str(await ctx.step("combine", _wait, 0.05, f"Combine these notes: {part}"))
+
+
+async def _hits(seconds: float) -> list[str]:
+    await asyncio.sleep(seconds)
+    return ["hit one", "hit two"]
+
+
+@legion.agent(retries=0)
+async def consumes_its_result(ctx: legion.Context, q: str) -> str:
+    hits = await ctx.step("search", _hits, 0.05)
+    best = hits.pop(0)  # the agent's copy of the result changes after the step...
+    return str(await ctx.step("read", _wait, 0.05, best))  # ...and the second used it

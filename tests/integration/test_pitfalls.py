@@ -98,3 +98,5 @@ async def test_clean_and_dependent_agents_get_no_report(db_url: str) -> None:
     assert (await run(db_url, agents.chained, "q")).diagnostics == ()
     assert (await run(db_url, agents.prompt_chain, "q")).diagnostics == ()  # text pasted on
     assert (await run(db_url, agents.clean, "q")).diagnostics == ()
+    # The first result is compared as it was recorded, not as the agent left it.
+    assert (await run(db_url, agents.consumes_its_result, "q")).diagnostics == ()

@@ -45,3 +45,13 @@ def test_a_pair_with_a_short_step_is_never_reported() -> None:
         first = _trace("one", 0.0, a, ("q",), "r")
         second = _trace("two", a, b, ("unrelated",), "s")
         assert advise("a", [first, second]) == []
+
+
+def test_a_result_kept_as_its_recorded_json_is_fingerprinted_when_a_report_asks() -> None:
+    long = MIN_SAVING * 4
+    first = StepTrace("search", None, 0.0, long, NO_PRINTS, NO_PRINTS, result=b'["found text"]')
+    assert first.output_prints() == fingerprints((["found text"],))
+    dependent = _trace("summary", long, long, ("summarize: found text",), "y")
+    independent = _trace("other", long, long, ("unrelated",), "x")
+    assert advise("a", [first, dependent]) == []
+    assert len(advise("a", [first, independent])) == 1

@@ -45,6 +45,17 @@ class StepTrace:
     outputs: frozenset[Fingerprint]
     gathered: bool = False
     """The step ran inside ``ctx.gather`` (one of several concurrent awaitables)."""
+    result: bytes | None = None
+    """The step's recorded JSON, fingerprinted when a report needs its result (then
+    ``outputs`` is empty): most attempts never compare one (a lone step, or all of them
+    short), and the JSON cannot change after the fact, as the agent's copy of the value
+    can."""
+
+    def output_prints(self) -> frozenset[Fingerprint]:
+        """Fingerprints of the step's result (see `result`)."""
+        if self.result is None:
+            return self.outputs
+        return step_prints(self.seconds, (codec.loads(self.result),))
 
     @property
     def seconds(self) -> float:
@@ -108,10 +119,11 @@ def _texts(found: set[Fingerprint], value: Any, depth: int) -> None:
 def _uses(second: StepTrace, first: StepTrace) -> bool:
     """Whether ``second``'s inputs contain ``first``'s result: a whole value or item, or
     a text of it (however short) inside one of its own texts."""
-    if second.inputs & first.outputs:
+    outputs = first.output_prints()
+    if second.inputs & outputs:
         return True
     texts_in = [t for t in second.inputs if isinstance(t, str)]
-    return any(isinstance(o, str) and any(o in t for t in texts_in) for o in first.outputs)
+    return any(isinstance(o, str) and any(o in t for t in texts_in) for o in outputs)
 
 
 def _add(found: set[Fingerprint], value: Any) -> None:
