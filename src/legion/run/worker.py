@@ -216,6 +216,9 @@ class Worker(Upkeep):
         ``urgent``: that many tasks of a raised priority were just queued; the next lease
         takes them even while the LLM routes are busy (their calls go first there)."""
         self._urgent += urgent
+        # The new work may be a task that must run alone (one taken back from a worker
+        # that died): look for one at the next lease, not a poll later.
+        self._isolated_polled = -math.inf
         self._wake.set()
 
     def statistics(self) -> Statistics:
