@@ -37,12 +37,12 @@ def register(app: typer.Typer) -> None:
 
         Prints the task's status after; exits 1 if there is no such task or it has finished.
         """
+        from legion.waiting.calls import MAX_EVENT
+
         try:  # strict JSON, as the HTTP API reads it: no NaN or Infinity (stored as null)
             value: Any = codec.loads(data)
         except codec.JSONDecodeError as exc:
             raise _fail(f"--data is not JSON: {exc}") from None
-        from legion.waiting.calls import MAX_EVENT
-
         if not event:
             raise _fail("the event name is empty")
         if len(event) > MAX_EVENT:

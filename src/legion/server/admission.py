@@ -94,13 +94,12 @@ class AdaptiveLimit:
     ``queue_delay`` (the store's `legion.store.base.TaskQueue.queue_delay`) says
     whether requests queue where the bound can help: the mean time the window's calls
     to the store waited before it began them (for its writer, or a connection). When it
-    answers, it
-    decides: a wait over half the target cuts the bound as above; a shorter one means
-    the requests' time went elsewhere (the event loop reading and refusing the excess,
-    a CPU shared with other work), and the bound grows back towards the ceiling, as in a
-    window that never reached it. Judged by the requests' time alone, the bound still
-    sank under a 10x overload of a server whose store was idle, to a tenth of the rate
-    it sustains; it now sheds only what the store could not take.
+    answers, it decides: a wait over half the target cuts the bound as above; a shorter
+    one means the requests' time went elsewhere (the event loop reading and refusing the
+    excess, a CPU shared with other work), and the bound grows back towards the
+    ceiling, as in a window that never reached it. Judged by the requests' time alone,
+    the bound still sank under a 10x overload of a server whose store was idle, to a
+    tenth of the rate it sustains; it now sheds only what the store could not take.
     """
 
     def __init__(
