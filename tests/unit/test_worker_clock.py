@@ -203,3 +203,48 @@ async def test_fake_timers_fire_in_order_and_can_be_cancelled(clock: FakeClock) 
     assert fired == ["now", "a"] and clock.monotonic() == 1.5
     await clock.advance(1)
     assert fired == ["now", "a", "b"] and clock.wall() == wall + 2.5
+
+
+class QueuesDuringALease(SQLiteStore):
+    """The real store, with one interleaving made certain: once armed, a lease that
+    finds nothing lets ``during`` queue a task (and wake the worker) before it answers,
+    as a submission from this process that lands while a lease is under way does. Its
+    wait for work ends only when the worker is woken (SQLite's sleeps in real time, which
+    would hide a lost wake behind the next poll)."""
+
+    during: Callable[[], Awaitable[None]] | None = None
+
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
+        await asyncio.Event().wait()
+        return False
+
+    async def lease(self, *args: Any, **kwargs: Any) -> list[Any]:
+        found = await super().lease(*args, **kwargs)
+        if kwargs.get("isolated"):  # the look for a task that must run alone comes first
+            return found
+        during, self.during = self.during, None
+        if during is not None and not found:
+            await during()
+        return found
+
+
+async def test_work_queued_while_a_lease_finds_none_is_run_without_waiting_for_the_next_poll(
+    clock: FakeClock,
+) -> None:
+    store = QueuesDuringALease(":memory:", clock=clock)
+    await store.open()
+    queued: list[int] = []
+
+    async def submit() -> None:
+        queued.append((await rt.submit(echo, 7)).id)
+
+    try:
+        # (poll_interval=60: on a clock that does not move, the next poll never comes)
+        async with Runtime(store, clock=clock, poll_interval=60, agents=[echo]) as rt:
+            store.during = submit
+            local(rt).wake()  # a lease now, which finds nothing while a task is queued
+            await until(lambda: bool(queued))
+            r = await asyncio.wait_for(rt.result(queued[0]), 10)
+    finally:
+        await store.aclose()
+    assert r.status is TaskStatus.SUCCEEDED and r.output == 7

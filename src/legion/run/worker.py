@@ -340,6 +340,12 @@ class Worker(Upkeep):
             try:
                 if self._ambiguous_lease:
                     await self._release_unheld()
+                # From here on, work queued (a wake) or a slot freed while the lease is
+                # under way is kept for the wait that follows it: cleared after the lease,
+                # it was lost, and the worker waited a poll for work already there, or
+                # for ever for slots already free.
+                self._wake.clear()
+                self._slots.clear()
                 leases: list[Lease] = []
                 if not self._instances and self._isolated_due():
                     # idle: first a task that must run alone, if any
@@ -375,12 +381,14 @@ class Worker(Upkeep):
                 idle_wait = 0.005
                 if len(leases) < wanted:
                     # The queue is (nearly) empty: wait for more work or for the next poll.
-                    await self._sleep_or_wake(cfg.poll_interval)
+                    await self._sleep_or_wake(cfg.poll_interval, woken_since_lease=True)
                 elif len(self._instances) >= cfg.concurrency - self._batch_threshold:
-                    self._slots.clear()
-                    await self._slots.wait()
+                    # Wait for a batch of free slots, a poll at most: the few slots free
+                    # by then are leased too (the instances running may be waiting for
+                    # the tasks still queued: a fan-out's window that runs whole).
+                    await self._wait_for_slots(cfg.poll_interval)
             else:
-                await self._sleep_or_wake(idle_wait)
+                await self._sleep_or_wake(idle_wait, woken_since_lease=True)
                 idle_wait = min(idle_wait * 2, cfg.poll_interval)
 
     def _isolated_due(self) -> bool:
@@ -480,11 +488,22 @@ class Worker(Upkeep):
                 wants[name] = n
         return wants
 
-    async def _sleep_or_wake(self, seconds: float) -> None:
+    async def _wait_for_slots(self, seconds: float) -> None:
+        """Wait until enough slots are free for a batch (`_finished` says so), or
+        ``seconds`` on the worker's clock."""
+        freed = asyncio.ensure_future(self._slots.wait())
+        try:
+            await within(self._clock, freed, seconds)
+        finally:
+            freed.cancel()
+
+    async def _sleep_or_wake(self, seconds: float, *, woken_since_lease: bool = False) -> None:
         """Wait ``seconds`` (on the worker's clock), or less if woken: by this process (a
         submission), or by the store (another process queued work; PostgreSQL notifies,
-        SQLite cannot)."""
-        self._wake.clear()
+        SQLite cannot). ``woken_since_lease``: a wake since the last lease began ends it
+        at once."""
+        if not woken_since_lease:
+            self._wake.clear()
         woken = asyncio.ensure_future(self._wake.wait())
         notified = asyncio.ensure_future(self.store.wait_for_work(seconds))
         slept = asyncio.ensure_future(self._clock.sleep(seconds))
