@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_check
 from legion import codec, faults, telemetry
 from legion.clock import Clock
 from legion.diagnostics.advisor import GATHERED, MIN_SAVING, NO_PRINTS, StepTrace, fingerprints
-from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.unawaited import Pending, SiteRef
 from legion.errors import AgentCrash, Permanent
 from legion.journal import Journal
@@ -234,7 +233,6 @@ class Context:
         "_owner",
         "_store",
         "agent",
-        "diagnostics",
         "signals_taken",
         "traces",
         "usage",
@@ -258,7 +256,6 @@ class Context:
         self.agent = agent
         self.usage = TaskUsage()
         self.traces: list[StepTrace] = []  # the steps this attempt ran, for the advisor
-        self.diagnostics: list[Diagnostic] = []
         self._made: list[Pending[Any]] = []
         self._llm_client = llm
         self._llm: LLMCalls | None = None

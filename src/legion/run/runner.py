@@ -79,8 +79,10 @@ class Instance:
         # An error that every other task would meet too (a rejected API key): the
         # worker stops leasing when an instance ends with one.
         self.fatal: BaseException | None = None
-        self.children: list[asyncio.Task[Any]] = []  # tasks the agent's code created
-        self.diagnostics: list[Diagnostic] = []
+        # Tasks the agent's code created, and what the diagnostics found while it ran:
+        # made when there is one (most attempts have neither).
+        self.children: list[asyncio.Task[Any]] | None = None
+        self.diagnostics: list[Diagnostic] | None = None
         # A block of the event loop by this instance that is going on, seen by the watchdog.
         self.pending_block: Capture | None = None
         # Running and waiting time of this attempt: waits for capacity pause its timeout.
@@ -99,13 +101,21 @@ class Instance:
     # -- what the diagnostics learn about this instance (see legion.diagnostics) --------
 
     def spawned(self, task: asyncio.Task[Any]) -> None:
+        if self.children is None:
+            self.children = []
         self.children.append(task)
+
+    def found(self, diagnostic: Diagnostic) -> None:
+        """What the diagnostics saw while it runs, to go with its attempt's record."""
+        if self.diagnostics is None:
+            self.diagnostics = []
+        self.diagnostics.append(diagnostic)
 
     def escaped(self, task: asyncio.Task[Any], exc: BaseException) -> None:
         """An exception in a task the agent spawned that nobody retrieved."""
         found = escaped_exception(self.agent.name, task, exc)
         if self.task is not None and not self.task.done():
-            self.diagnostics.append(found)
+            self.found(found)
         else:  # too late to go with the attempt's record: say it in the log
             log.warning("task %s: %s", self.lease.id, found.message)
 
@@ -280,8 +290,9 @@ def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:
     """What the attempt left behind (see `legion.diagnostics.lookback.look_back`)."""
     capture, instance.pending_block = instance.pending_block, None
     agent = instance.agent
-    found = look_back(agent.name, agent.fn, instance.diagnostics, instance.children, capture, ctx)
-    instance.children.clear()
+    children, instance.children = instance.children or [], None
+    found = look_back(agent.name, agent.fn, instance.diagnostics or [], children, capture, ctx)
+    instance.diagnostics = None
     return found
 
 

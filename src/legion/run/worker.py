@@ -27,6 +27,7 @@ queue unfinished, and everything is committed before `run` returns.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import math
@@ -134,6 +135,10 @@ class Worker(Upkeep):
         self._running: dict[str, int] = {}
         self._instances: dict[int, Instance] = {}
         self._by_task: dict[asyncio.Task[Any], Instance] = {}
+        # What every instance's task calls when it ends, made once: a bound method and a
+        # copy of the context per instance were two more objects each held in flight.
+        self._on_task_done = self._task_done
+        self._done_context = contextvars.copy_context()  # (the loop's, once it runs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._journal = Journal(
             store,
@@ -266,6 +271,7 @@ class Worker(Upkeep):
     async def run(self) -> None:
         """Serve until `stop`; returns after draining and committing everything."""
         self._loop = asyncio.get_running_loop()
+        self._done_context = contextvars.copy_context()
         if self.config.watchdog:
             tracking.install(self._loop)
         await self._register()
@@ -579,7 +585,7 @@ class Worker(Upkeep):
         if found is None:  # no frame of the agent's code ran: the worker's own lag
             _worker_lag(block)
             return
-        owner.diagnostics.append(found)
+        owner.found(found)
         log.warning("task %s: %s", owner.lease.id, found.message)
 
     async def _release_unheld(self) -> None:
@@ -610,7 +616,7 @@ class Worker(Upkeep):
             name=f"legion-task-{lease.id}",
         )
         self._by_task[task] = inst
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._on_task_done, context=self._done_context)
         return inst
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
