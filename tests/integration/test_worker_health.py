@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
 import legion
 from legion import Runtime, TaskStatus
+from legion.run.worker import START_SLICE
 
 
 async def test_a_lagging_worker_stops_leasing_until_it_recovers(
@@ -53,6 +55,43 @@ async def test_a_worker_over_its_memory_mark_does_not_lease(
     assert info is not None and info.status is TaskStatus.QUEUED  # held off, not lost
     assert str(health["overloaded"]).startswith("memory ")
     assert any(r.getMessage().startswith("not leasing: memory") for r in caplog.records)
+
+
+async def test_a_large_lease_starts_a_slice_per_turn_of_the_loop(db_url: str) -> None:
+    """2,000 tasks leased at once start `START_SLICE` per turn of the event loop: started
+    together, each instance's first step ran in one turn, and the loop's timers, I/O and
+    the worker's own health check waited behind them all."""
+    loop = asyncio.get_running_loop()
+    turns = 0
+    ticking: list[asyncio.Handle] = []
+
+    def tick() -> None:  # counts the loop's turns: call_soon runs it once per turn
+        nonlocal turns
+        turns += 1
+        ticking[:] = [loop.call_soon(tick)]
+
+    tick()
+    began: list[int] = []
+    release = asyncio.Event()
+
+    @legion.agent
+    async def waits(ctx: legion.Context, x: int) -> int:
+        began.append(turns)
+        await release.wait()
+        return x
+
+    try:
+        async with Runtime(db_url, concurrency=2000) as rt:
+            results = rt.map(waits, range(2000))
+            first = asyncio.ensure_future(anext(results))
+            await wait_until(lambda: len(began) == 2000)
+            release.set()
+            done = [await first] + [r async for r in results]
+    finally:
+        ticking[0].cancel()
+    assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * 2000
+    per_turn = Counter(began)
+    assert max(per_turn.values()) <= START_SLICE, per_turn.most_common(3)
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:

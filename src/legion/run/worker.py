@@ -62,6 +62,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("legion.worker")
 
+START_SLICE = 256
+"""Instances started per turn of the event loop. Each runs to its first await in the turn
+after it starts, so a lease of 5,000 started at once held the loop for the whole batch
+(0.5 s with one LLM call each, seconds on a busy machine): timers and I/O waited behind
+it, and the worker, seeing its own loop lag past ``max_loop_lag``, stopped leasing for
+about as long again."""
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -379,7 +386,7 @@ class Worker(Upkeep):
                 await self._sleep_or_wake(cfg.poll_interval)
                 continue
             self._urgent = max(0, self._urgent - len(leases))
-            self._start_batch(leases)
+            await self._start_batch(leases)
             if isolated:
                 self._solo = self._instances.get(leases[0].id)
                 continue
@@ -443,7 +450,7 @@ class Worker(Upkeep):
             log.error("leasing failed (%s); retrying in %.1fs", exc, cfg.poll_interval)
             return False
         self._urgent = max(0, self._urgent - len(leases)) if leases else 0
-        self._start_batch(leases)
+        await self._start_batch(leases)
         return bool(leases)
 
     def _admissible(self, priority: int | None = None) -> int:
@@ -597,10 +604,21 @@ class Worker(Upkeep):
                 released,
             )
 
-    def _start_batch(self, leases: Sequence[Lease]) -> None:
-        """Start one instance per lease; the expiry timers end the ones whose time is up."""
-        for lease in leases:
-            self._expiry.add(self._start(lease))
+    async def _start_batch(self, leases: Sequence[Lease]) -> None:
+        """Start one instance per lease, `START_SLICE` per turn of the event loop; the
+        expiry timers end the ones whose time is up."""
+        for lo in range(0, len(leases), START_SLICE):
+            if lo:
+                try:
+                    await asyncio.sleep(0)  # the slice started runs to its first await
+                except asyncio.CancelledError:
+                    # The worker is cancelled: the rest are leased to it too, so they
+                    # start, and are given back with the others.
+                    for lease in leases[lo:]:
+                        self._expiry.add(self._start(lease))
+                    raise
+            for lease in leases[lo : lo + START_SLICE]:
+                self._expiry.add(self._start(lease))
 
     def _start(self, lease: Lease) -> Instance:
         agent = self._agents[lease.agent]
