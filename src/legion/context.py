@@ -232,9 +232,9 @@ class Context:
         "_memory",
         "_owner",
         "_store",
+        "_traces",
         "agent",
         "signals_taken",
-        "traces",
         "usage",
     )
 
@@ -255,7 +255,8 @@ class Context:
         before each step runs (see `BeforeStep`)."""
         self.agent = agent
         self.usage = TaskUsage()
-        self.traces: list[StepTrace] = []  # the steps this attempt ran, for the advisor
+        # The steps this attempt ran, for the advisor: made at the first step's end.
+        self._traces: list[StepTrace] | None = None
         self._made: list[Pending[Any]] = []
         self._llm_client = llm
         self._llm: LLMCalls | None = None
@@ -306,6 +307,11 @@ class Context:
         return self._memory
 
     @property
+    def traces(self) -> Sequence[StepTrace]:
+        """The steps this attempt ran, in the order they ended (for the advisor)."""
+        return self._traces or ()
+
+    @property
     def llm(self) -> LLMCalls:
         """The run's LLM routes; every call is a recorded step (``await ctx.llm.chat(...)``)."""
         if self._llm is None:
@@ -315,7 +321,7 @@ class Context:
                 )
             from legion.llm.calls import LLMCalls
 
-            self._llm = LLMCalls(self, self._llm_client, self._batch_chat)
+            self._llm = LLMCalls(self, self._llm_client, Context._batch_chat)
         return self._llm
 
     def ended(self) -> None:
@@ -420,17 +426,21 @@ class Context:
         inputs: tuple[Any, ...] | None = None,
         encode: Callable[[Any], Any] | None = None,
         decode: Callable[[Any], Any] | None = None,
+        usage: bool = False,
     ) -> Any:
         """The body of `step`: replay or run, record, trace (``site``: the caller;
         ``inputs``: what the step depends on, when not its arguments). ``encode`` turns
         what ``fn`` answers into what is recorded (JSON); ``decode`` turns the recorded
-        JSON, replayed or new, into what the step answers. With them a caller records a
-        call without a coroutine of its own around it (one frame less held while the
-        call is in flight)."""
+        JSON, replayed or new, into what the step answers; ``usage``: the JSON is an LLM
+        call's, counted in `usage` first. With them a caller records a call without a
+        coroutine of its own around it (one frame less held while the call is in
+        flight)."""
         key = step_key(self._counts, name)
         recorded = self._lease.steps.get(key)
         if recorded is not None:
             value = codec.loads(recorded)
+            if usage:
+                self.usage.add(value)
             return value if decode is None else decode(value)
         if self._before_step is not None:
             confirming = self._before_step(self._lease.id)
@@ -463,10 +473,14 @@ class Context:
         await self._journal.record_step(record)
         if faults.ARMED:
             faults.hit("step-recorded")
-        self.traces.append(
-            StepTrace(key, site, started, finished, prints, NO_PRINTS, gathered, kept)
-        )
+        trace = StepTrace(key, site, started, finished, prints, NO_PRINTS, gathered, kept)
+        if self._traces is None:
+            self._traces = [trace]
+        else:
+            self._traces.append(trace)
         value = codec.loads(data)
+        if usage:
+            self.usage.add(value)
         return value if decode is None else decode(value)
 
     def step_count(self, name: str) -> int:

@@ -38,10 +38,12 @@ class StepRecorder(Protocol):
         inputs: tuple[Any, ...] | None = None,
         encode: Callable[[Any], Any] | None = None,
         decode: Callable[[Any], Any] | None = None,
+        usage: bool = False,
     ) -> Any:
         """Replay the step named ``name`` or run ``fn(*args, **kwargs)`` and record it
         (``encode``: what ``fn`` answers to the JSON recorded; ``decode``: the recorded JSON
-        to what the step answers)."""
+        to what the step answers; ``usage``: the recorded JSON is an LLM call's, counted
+        in the task's usage, replayed or new)."""
         ...
 
 

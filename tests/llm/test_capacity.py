@@ -166,6 +166,26 @@ async def test_max_in_flight_queues_the_rest_fifo() -> None:
     assert clock.now() == 0.0  # nobody slept
 
 
+async def test_acquire_and_release_hold_a_turn_as_reserve_does() -> None:
+    """`Capacity.acquire` is `reserve` without a context manager: a turn held until
+    `release`, the next caller queued behind it meanwhile."""
+    clock = FakeClock()
+    capacity = make(clock, max_in_flight=1)
+    with pytest.raises(ValueError, match="estimated_tokens"):
+        await capacity.acquire(-1)
+    slot = await capacity.acquire(10, input_tokens=6, output_tokens=4)
+    assert (slot.estimated_tokens, slot.estimated_split) == (10, (6, 4))
+    second = asyncio.ensure_future(capacity.acquire(1))
+    await clock.settle()
+    assert not second.done() and capacity.statistics().in_flight == 1
+    slot.settle(8)
+    capacity.release()
+    await clock.settle()
+    assert second.done() and capacity.statistics().in_flight == 1
+    capacity.release()
+    assert capacity.statistics().in_flight == 0
+
+
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     clock = FakeClock()
     capacity = make(clock, rpm=60)

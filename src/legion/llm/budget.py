@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from legion import attempt
@@ -225,6 +225,10 @@ class Budget:
         self._wake()
 
 
+Holds = Sequence[tuple[Budget, Hold]]
+"""A call's reservations, one per budget that applies (empty when none does)."""
+
+
 class Budgets:
     """Every budget the calls of one client count against (see the module's text):
     ``run``, the run's (``None``: none); ``tenant``, the limits each tenant has (``None``:
@@ -298,11 +302,14 @@ class Budgets:
     async def _load(budget: Budget, history: Callable[[str, str], Awaitable[Spend]]) -> None:
         budget.spent_before(await history(budget.scope, budget.who))
 
-    async def reserve(self, tokens: int, cost: float | None) -> list[tuple[Budget, Hold]]:
+    async def reserve(self, tokens: int, cost: float | None) -> Holds:
         """Reserve one call in every budget that applies, or in none (`BudgetExceeded`)."""
+        applying = self.applying()
+        if not applying:  # no budget: nothing held (no list kept by every call in flight)
+            return ()
         holds: list[tuple[Budget, Hold]] = []
         try:
-            for budget in self.applying():
+            for budget in applying:
                 await self.ready(budget)
                 holds.append((budget, await budget.reserve(tokens, cost)))
         except BaseException:
@@ -310,11 +317,11 @@ class Budgets:
             raise
         return holds
 
-    def settle(self, holds: list[tuple[Budget, Hold]], tokens: int, cost: float | None) -> None:
+    def settle(self, holds: Holds, tokens: int, cost: float | None) -> None:
         for budget, hold in holds:
             budget.settle(hold, tokens, cost)
 
-    def release(self, holds: list[tuple[Budget, Hold]]) -> None:
+    def release(self, holds: Holds) -> None:
         for budget, hold in holds:
             budget.release(hold)
 

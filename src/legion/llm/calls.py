@@ -8,7 +8,6 @@ recorded twice (``#2``), in the order the calls were made.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -27,11 +26,14 @@ TIERS = ("standard", "batch")
 
 
 class BatchTier(Protocol):
-    """Makes a batch-tier call (`legion.waiting.batch.batch_chat`, bound to the task's
-    context by the context that makes `LLMCalls`)."""
+    """Makes a batch-tier call for the task's context (`legion.waiting.batch.batch_chat`
+    with the context's store and clock): a function of the context, so that no method
+    bound to each context is held by its ``ctx.llm``."""
 
     def __call__(
         self,
+        ctx: Any,
+        /,
         route: Route,
         name: str,
         messages: Sequence[Any],
@@ -112,15 +114,19 @@ class LLMCalls:
         key = f"llm.{route.name}.{_digest(route.model, messages, params)}"
         if tier == "batch" and self._batch is not None:
             return self._batch_chat(route, key, messages, timeout, stream, params, site, deadline)
+        # Every object passed here is held while the call is in flight: the client's
+        # ``chat`` unbound (its args carry the client), the encoder made once per route,
+        # the answer made by a function shared by all (`record` counts its usage).
         return self._ctx.record(
             key,
-            client.chat,
-            (messages, route.name),
+            type(client).chat,
+            (client, messages, route.name),
             {"timeout": timeout, "stream": stream, **params},
             site,
-            inputs=(list(messages), params),
-            encode=functools.partial(_recorded, client, route.name),
-            decode=self._answer,
+            inputs=(messages, params),
+            encode=client.recorder(route.name),
+            decode=_chat_answer,
+            usage=True,
         )
 
     async def _batch_chat(
@@ -141,12 +147,9 @@ class LLMCalls:
             response = await client.chat(
                 messages, route.name, timeout=timeout, stream=stream, **params
             )
-            return _recorded(client, route.name, response)
+            return client.recorder(route.name)(response)
 
-        return self._answer(await self._batch(route, key, messages, params, deadline, call, site))
-
-    def _answer(self, data: dict[str, Any]) -> ChatResponse:
-        """A recorded call's JSON as its answer, counted in the task's usage."""
+        data = await self._batch(self._ctx, route, key, messages, params, deadline, call, site)
         self._ctx.usage.add(data)
         return ChatResponse.from_json(data)
 
@@ -200,12 +203,9 @@ class LLMCalls:
             params,
             site,
             inputs=(texts, params),
-            decode=self._embeddings,
+            decode=_embeddings_answer,
+            usage=True,
         )
-
-    def _embeddings(self, data: dict[str, Any]) -> Embeddings:
-        self._ctx.usage.add(data)
-        return Embeddings.from_json(data)
 
     async def embed_unrecorded(
         self, texts: Sequence[str], model: str | None = None, **params: Any
@@ -219,9 +219,11 @@ class LLMCalls:
         return {**embeddings.to_json(), "cost_usd": client.cost_of(route.model, embeddings.usage)}
 
 
-def _recorded(client: LLMClient, route: str, response: ChatResponse) -> dict[str, Any]:
-    """A call's answer as it is recorded: its JSON and its cost."""
-    return {**response.to_json(), "cost_usd": client.cost(response, route)}
+_chat_answer = ChatResponse.from_json
+"""A recorded call's JSON as its answer (bound once: a classmethod is bound anew at each
+lookup)."""
+
+_embeddings_answer = Embeddings.from_json
 
 
 def _digest(model: str, messages: Sequence[Any], params: dict[str, Any]) -> str:

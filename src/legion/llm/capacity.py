@@ -403,13 +403,27 @@ class Capacity:
         tokens (``async with``); the call is in flight until the block ends.
         ``input_tokens`` and ``output_tokens`` split the estimate for the ``itpm`` and
         ``otpm`` limits (by default: all of it input, no output)."""
-        if estimated_tokens < 0:
-            raise ValueError("estimated_tokens must be >= 0")
-        split = (
-            estimated_tokens if input_tokens is None else max(0, input_tokens),
-            0 if output_tokens is None else max(0, output_tokens),
+        return _Reservation(
+            self, estimated_tokens, _split(estimated_tokens, input_tokens, output_tokens)
         )
-        return _Reservation(self, estimated_tokens, split)
+
+    async def acquire(
+        self,
+        estimated_tokens: int,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> Slot:
+        """`reserve` without a context manager (one object fewer held by each call in
+        flight): wait for a turn, and call `release` once the call is over, whatever its
+        end."""
+        return await self._acquire(
+            estimated_tokens, _split(estimated_tokens, input_tokens, output_tokens)
+        )
+
+    def release(self) -> None:
+        """A call that `acquire` started is over (answered, failed or cancelled)."""
+        self._release()
 
     @property
     def cache_exempt(self) -> bool:
@@ -897,6 +911,17 @@ class Capacity:
     def _release(self) -> None:
         self._in_flight -= 1
         self._wake(_Blocker.SLOTS)
+
+
+def _split(estimated: int, input_tokens: int | None, output_tokens: int | None) -> tuple[int, int]:
+    """A call's estimate as the input and output tokens the ``itpm`` and ``otpm`` limits
+    count (by default: all of it input, no output)."""
+    if estimated < 0:
+        raise ValueError("estimated_tokens must be >= 0")
+    return (
+        estimated if input_tokens is None else max(0, input_tokens),
+        0 if output_tokens is None else max(0, output_tokens),
+    )
 
 
 def _undercut(advertised: int, configured: int | None) -> int | None:

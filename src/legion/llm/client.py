@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -69,7 +70,7 @@ from legion.errors import (
     RetryAfterTooLong,
 )
 from legion.llm.breaker import Breaker, BreakerState, BreakerStatistics, Ticket
-from legion.llm.budget import Budget, BudgetLimits, Budgets, Hold
+from legion.llm.budget import Budget, BudgetLimits, Budgets, Holds
 from legion.llm.capacity import Capacity, CapacityStatistics
 from legion.llm.embeddings import Embeddings, EmbedRequest, EmbedResult, estimate_embed_tokens
 from legion.llm.hedge import HedgeSettings, Latencies
@@ -297,7 +298,9 @@ class LLMClient:
         self._timer: Timer = timer or AsyncioTimer()
         self._rng = rng or random.Random()
         self._counters = {name: _Counters(route.hedge) for name, route in self._routes.items()}
+        self._recorders: dict[str, Callable[[ChatResponse], dict[str, Any]]] = {}
         self.fatal_error: ProviderAuthError | None = None
+        """The first credentials error seen: the runtime stops the run when set."""
         self.batch_queued: Callable[[], None] | None = None
         """Told when a call of this process is queued for a batch (the worker's batch desk
         listens, see `legion.waiting.batch`)."""
@@ -305,7 +308,6 @@ class LLMClient:
         """Seconds a worker's batch desk collects calls into one job after the first."""
         self.batch_poll_interval = 2.0
         """Seconds between two polls of a provider's batch job."""
-        """The first credentials error seen: the runtime stops the run when set."""
         self.budget = budget
         """The run's spending limits (``None``: none); every call reserves its share."""
         self.budgets = Budgets(budget, tenant_budget)
@@ -637,6 +639,14 @@ class LLMClient:
             found = self._prices.cost(self._route(route).model, response.usage)
         return found
 
+    def recorder(self, route: str) -> Callable[[ChatResponse], dict[str, Any]]:
+        """How an answer on ``route`` is recorded as a step: its JSON and its cost. Made
+        once per route (a call in flight held one of its own)."""
+        found = self._recorders.get(route)
+        if found is None:
+            found = self._recorders[route] = functools.partial(_recorded, self, route)
+        return found
+
     def route_for(self, name: str | None) -> Route:
         """The route a call names: by route name, else by model (the default if ``None``)."""
         return self._route(name)
@@ -665,9 +675,12 @@ class LLMClient:
         completion = _completion_tokens(request.params, self._completion_estimate)
         hold = await self._hold(route, estimate, estimate - completion)
         try:
-            async with capacity.reserve(
+            # acquire/release rather than ``async with reserve()``: no reservation object
+            # and bound exit method held by every call in flight.
+            slot = await capacity.acquire(
                 estimate, input_tokens=estimate - completion, output_tokens=completion
-            ) as slot:
+            )
+            try:
                 sent.at = slot.started_at
                 counters.attempts += 1  # a request sent (not one a budget or pause refused)
                 try:
@@ -693,6 +706,8 @@ class LLMClient:
                     else None,
                     output_tokens=usage.completion_tokens if counted else None,
                 )
+            finally:
+                capacity.release()
         except BaseException:
             self._unhold(hold)
             raise
@@ -708,18 +723,16 @@ class LLMClient:
             counters.cost += cost
         return result.response
 
-    async def _hold(self, route: Route, estimate: int, prompt: int) -> list[tuple[Budget, Hold]]:
+    async def _hold(self, route: Route, estimate: int, prompt: int) -> Holds:
         """Reserve one call of ``estimate`` tokens (``prompt`` of them input) against the
         budgets that apply to it; `BudgetExceeded` when one cannot hold it."""
         usage = _estimated(estimate, prompt)
         return await self.budgets.reserve(estimate, self._prices.cost(route.model, usage))
 
-    def _unhold(self, hold: list[tuple[Budget, Hold]]) -> None:
+    def _unhold(self, hold: Holds) -> None:
         self.budgets.release(hold)
 
-    def _settle_hold(
-        self, hold: list[tuple[Budget, Hold]], usage: Usage, cost: float | None
-    ) -> None:
+    def _settle_hold(self, hold: Holds, usage: Usage, cost: float | None) -> None:
         self.budgets.settle(hold, usage.total, cost)
 
     async def _hedged(
@@ -849,3 +862,8 @@ def _probe_failed(route: Route, ticket: Ticket | None, exc: ProviderError) -> bo
         and route.breaker is not None
         and route.breaker.answered
     )
+
+
+def _recorded(client: LLMClient, route: str, response: ChatResponse) -> dict[str, Any]:
+    """A call's answer as it is recorded: its JSON and its cost."""
+    return {**response.to_json(), "cost_usd": client.cost(response, route)}

@@ -34,7 +34,8 @@ class Delivery:
         changes are handed over as it commits them, so the feed skips them)."""
         self._store = store
         self._local_worker = local_worker
-        self._waiters: dict[int, list[Deliver]] = {}
+        # Who waits for each task: one deliverer (most tasks), or a list of them.
+        self._waiters: dict[int, Deliver | list[Deliver]] = {}
         self._recent: OrderedDict[int, None] = OrderedDict()
         # Waited-for tasks to read from the store until their outcome is final: those of
         # `_dropped` below, and those whose read failed.
@@ -66,7 +67,7 @@ class Delivery:
         # the read is on its way is then delivered by its completion, not missed (a local
         # worker's completions are not read back from the event feed).
         for task_id in asked:
-            self._waiters.setdefault(task_id, []).append(deliver)
+            self._wait(task_id, deliver)
         self._has_waiters.set()
         try:
             infos = await self._store.get_many(list(asked))
@@ -103,7 +104,7 @@ class Delivery:
             if fresh and s.id in self._recent:  # finished between submission and now
                 fetch.append(s.id)
                 continue
-            self._waiters.setdefault(s.id, []).append(deliver)
+            self._wait(s.id, deliver)
             watched.append(s.id)
         if watched:
             self._has_waiters.set()
@@ -112,15 +113,38 @@ class Delivery:
                 if info.status in TERMINAL_STATUSES:
                     deliver(TaskResult.from_info(info))
                 else:  # re-queued meanwhile
-                    self._waiters.setdefault(info.id, []).append(deliver)
+                    self._wait(info.id, deliver)
                     watched.append(info.id)
 
     def unwatch(self, task_id: int, deliver: Deliver) -> None:
         waiting = self._waiters.get(task_id)
-        if waiting and deliver in waiting:
-            waiting.remove(deliver)
-            if not waiting:
-                del self._waiters[task_id]
+        if isinstance(waiting, list):
+            if deliver in waiting:
+                waiting.remove(deliver)
+                if len(waiting) == 1:
+                    self._waiters[task_id] = waiting[0]
+        elif waiting is not None and waiting == deliver:
+            del self._waiters[task_id]
+
+    def _wait(self, task_id: int, deliver: Deliver) -> None:
+        """``deliver`` waits for ``task_id`` too (no list made for the first: a list per
+        task waited for was ~10,000 objects for the collector to scan in a large map)."""
+        waiting = self._waiters.get(task_id)
+        if waiting is None:
+            self._waiters[task_id] = deliver
+        elif isinstance(waiting, list):
+            waiting.append(deliver)
+        else:
+            self._waiters[task_id] = [waiting, deliver]
+
+    def _deliver(self, task_id: int, result: TaskResult) -> None:
+        """Hand ``result`` to whoever waits for ``task_id``, once."""
+        waiting = self._waiters.pop(task_id, None)
+        if isinstance(waiting, list):
+            for deliver in waiting:
+                deliver(result)
+        elif waiting is not None:
+            waiting(result)
 
     def _remember(self, task_id: int) -> None:
         self._recent[task_id] = None
@@ -166,8 +190,7 @@ class Delivery:
             self._remember(comp.id)
             if self._dropped:  # (ended here after all, on a later lease)
                 self._dropped.pop(comp.id, None)
-            for deliver in self._waiters.pop(comp.id, ()):
-                deliver(result)
+            self._deliver(comp.id, result)
 
     async def follow(self) -> None:
         """Deliver results of tasks that finished in other processes (or were reclaimed)."""
@@ -213,9 +236,7 @@ class Delivery:
                         continue
                     self._recheck.discard(info.id)
                     self._dropped.pop(info.id, None)
-                    result = TaskResult.from_info(info)
-                    for deliver in self._waiters.pop(info.id, ()):
-                        deliver(result)
+                    self._deliver(info.id, TaskResult.from_info(info))
             if events:
                 quiet = 0.05
             else:
