@@ -94,6 +94,35 @@ async def test_a_large_lease_starts_a_slice_per_turn_of_the_loop(db_url: str) ->
     assert max(per_turn.values()) <= START_SLICE, per_turn.most_common(3)
 
 
+async def test_a_release_while_a_large_lease_starts_gives_back_the_rest_unrun(
+    db_url: str,
+) -> None:
+    """A release (a second Ctrl-C, a fatal error) that comes while a lease's later slices
+    are still to start reaches them too: they end given back without running, rather
+    than running until the drain's timeout."""
+    began: list[int] = []
+    release = asyncio.Event()
+
+    async with Runtime(db_url, concurrency=2000, drain_timeout=30) as rt:
+        worker = rt.worker
+        assert worker is not None
+
+        @legion.agent
+        async def waits(ctx: legion.Context, x: int) -> int:
+            began.append(x)
+            if len(began) == 1:
+                worker.release_now()
+            await release.wait()
+            return x
+
+        submitted = await rt.submit_many(waits, range(2000))
+        await rt.drain()
+        infos = await rt.store.get_many([s.id for s in submitted])
+    assert len(began) == 1
+    assert {info.status for info in infos} == {TaskStatus.QUEUED}
+    assert len(infos) == 2000
+
+
 async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
     """Poll a condition of the worker (it changes in its own loop) until it holds."""
     async with asyncio.timeout(limit):

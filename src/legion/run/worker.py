@@ -187,6 +187,7 @@ class Worker(Upkeep):
         self._isolated_polled = -math.inf  # when tasks that must run alone were
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._releasing = False  # release_now() was called: every instance is given back
         self._fatal = asyncio.Event()
         self._batch_threshold = max(
             1, int(self.config.concurrency * self.config.lease_batch_fraction)
@@ -270,6 +271,7 @@ class Worker(Upkeep):
     def release_now(self) -> None:
         """Give every running instance back to the queue at once (a second Ctrl-C)."""
         self.stop()
+        self._releasing = True  # (instances a lease still starts are given back too)
         for inst in list(self._instances.values()):
             inst.stop(StopReason.RELEASED)
 
@@ -617,6 +619,12 @@ class Worker(Upkeep):
                     for lease in leases[lo:]:
                         self._expiry.add(self._start(lease))
                     raise
+                if self._releasing:
+                    # Released meanwhile (a second Ctrl-C, a fatal error): the rest start
+                    # stopped, and end given back without running.
+                    for lease in leases[lo:]:
+                        self._start(lease).stop(StopReason.RELEASED)
+                    return
             for lease in leases[lo : lo + START_SLICE]:
                 self._expiry.add(self._start(lease))
 
