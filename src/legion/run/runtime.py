@@ -325,6 +325,7 @@ class Runtime:
                 )
                 expected += len(submitted)
                 await self._delivery.watch(submitted, queue.put_nowait, watched)
+                del submitted  # (a record per task, not held while the tasks run)
                 while not queue.empty():
                     expected -= 1
                     yield queue.get_nowait()
