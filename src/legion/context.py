@@ -438,10 +438,7 @@ class Context:
         key = step_key(self._counts, name)
         recorded = self._lease.steps.get(key)
         if recorded is not None:
-            value = codec.loads(recorded)
-            if usage:
-                self.usage.add(value)
-            return value if decode is None else decode(value)
+            return self._answer(codec.loads(recorded), decode, usage)
         if self._before_step is not None:
             confirming = self._before_step(self._lease.id)
             if confirming is not None:
@@ -478,7 +475,10 @@ class Context:
             self._traces = [trace]
         else:
             self._traces.append(trace)
-        value = codec.loads(data)
+        return self._answer(codec.loads(data), decode, usage)
+
+    def _answer(self, value: Any, decode: Callable[[Any], Any] | None, usage: bool) -> Any:
+        """What a step answers from its recorded JSON, replayed or new (see `record`)."""
         if usage:
             self.usage.add(value)
         return value if decode is None else decode(value)

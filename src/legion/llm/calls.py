@@ -151,7 +151,7 @@ class LLMCalls:
 
         data = await self._batch(self._ctx, route, key, messages, params, deadline, call, site)
         self._ctx.usage.add(data)
-        return ChatResponse.from_json(data)
+        return _chat_answer(data)
 
     def openai(self, model: str | None = None) -> Any:
         """An ``openai.AsyncOpenAI`` whose chat completions and embeddings are calls of
