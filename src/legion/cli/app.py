@@ -241,6 +241,15 @@ def worker(
     max_memory: Annotated[
         float | None, typer.Option(min=1, help="Stop leasing while memory is above this (MB).")
     ] = None,
+    lease_ahead: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Lease at most this share of --concurrency ahead of free slots, to start "
+            "as slots free (sized by how fast tasks end: none for long ones); 0: never.",
+        ),
+    ] = 0.2,
     strict: Annotated[
         bool,
         typer.Option("--strict", help="Fail a task whose agent left a step or call unawaited."),
@@ -348,6 +357,7 @@ def worker(
         max_loop_lag=max_loop_lag,
         max_memory_mb=max_memory,
         offer=offered,
+        lease_ahead=lease_ahead,
     )
     opts = WorkerOptions(
         apps=tuple(app_ref), runtime=runtime, store_wait=store_wait, max_freezes=max_freezes

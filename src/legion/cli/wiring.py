@@ -60,6 +60,8 @@ class RuntimeOptions:
     max_memory_mb: float | None = None
     offer: Mapping[str, float] = field(default_factory=dict)
     """Resources the worker offers (placement)."""
+    lease_ahead: float = 0.2
+    """The most tasks leased ahead of free slots, a share of ``concurrency``."""
 
 
 def llm_options(
@@ -107,6 +109,7 @@ def build_runtime(
         max_memory_mb=opts.max_memory_mb,
         strict=opts.strict,
         offer=opts.offer,
+        lease_ahead=opts.lease_ahead,
     )
 
 

@@ -57,6 +57,9 @@ class Runtime:
       (otherwise it is reported on the task).
     - ``watchdog``: watch the event loop for agents that block it (and track which
       instance created which task); on by default, cheap.
+    - ``lease_ahead``: the most tasks the worker leases ahead of its free slots (a share
+      of ``concurrency``), started as slots free, with no store round trip between; how
+      many is measured (none while tasks are long; see `legion.run.ahead`). 0: never.
     - ``clock``: the time the runtime reads, sleeps and sets timers on (a SQLite store
       it opens from a URL too); `legion.testing.FakeClock` in tests.
     """
@@ -81,6 +84,7 @@ class Runtime:
         strict: bool = False,
         watchdog: bool = True,
         offer: Mapping[str, float] | None = None,
+        lease_ahead: float = 0.2,
     ) -> None:
         from legion.llm.client import LLMClient
         from legion.llm.specs import config_from_specs
@@ -112,6 +116,7 @@ class Runtime:
             strict=strict,
             watchdog=watchdog,
             offer=dict(offer or {}),
+            lease_ahead=lease_ahead,
         )
         self._want_worker = worker
         self._seed = seed

@@ -3,10 +3,11 @@
 `Upkeep` is the half of `legion.run.worker.Worker` (its base class) that keeps the
 worker's standing in the store while the lease loop runs the tasks:
 
-- **heartbeat**: extends the leases of the instances it runs (only those) and reports
-  the worker's load; stops instances whose cancellation was asked through the store and
-  those whose lease it could not extend (lost to another worker). A worker that could not
-  heartbeat for a whole lease stops all its instances: their leases may be gone;
+- **heartbeat**: extends the leases of the instances it runs and of the tasks it holds
+  ahead (only those; see `legion.run.ahead`) and reports the worker's load; stops
+  instances whose cancellation was asked through the store and those whose lease it could
+  not extend (lost to another worker). A worker that could not heartbeat for a whole
+  lease stops all its instances: their leases may be gone;
 - **health**: what the heartbeat reports (load, loop lag, memory, routes);
 - **reaper**: takes back the leases of workers that died (their process is certainly
   gone, their heartbeat stopped, or their leases simply expired), and ticks timers and
@@ -26,6 +27,7 @@ from legion import identity
 from legion.agent import Agent
 from legion.clock import Clock, within
 from legion.diagnostics.watchdog import LoopWatchdog
+from legion.run.ahead import Ahead
 from legion.run.route_meter import RouteMeter
 from legion.run.runner import Instance
 from legion.stats import Statistics
@@ -64,6 +66,7 @@ class Upkeep:
     _clock: Clock
     _agents: dict[str, Agent]
     _instances: dict[int, Instance]
+    _ahead: Ahead
     _identity: identity.ProcessIdentity
     _meter: RouteMeter | None
     _watchdog: LoopWatchdog
@@ -101,6 +104,7 @@ class Upkeep:
             "agents": sorted(self._agents),
             "breakers_open": self._open_breakers(),
             "concurrency": self.config.concurrency,
+            "held_ahead": len(self._ahead),
             "routes": self._meter.report() if self._meter is not None else {},
             "metered": self._meter is None or self._meter.measured,
             "offer": dict(self.config.offer),
@@ -142,6 +146,7 @@ class Upkeep:
                         len(self._instances),
                     )
                     self._lost(set(self._instances))
+                    self._ahead.take_all()  # (given back below, if still this worker's)
                     # Rows still leased to it go back to the queue (not charged) as soon as
                     # the store answers again.
                     self._ambiguous_lease = True
@@ -152,9 +157,10 @@ class Upkeep:
         worker's row was taken for dead)."""
         sent = self._clock.monotonic()
         running = [i for i, inst in self._instances.items() if not ended(inst)]
+        held = self._ahead.ids()
         now = self._clock.wall()
         extended = await self.store.extend_leases(
-            self.id, running, now + self.config.lease_seconds, now
+            self.id, running + held, now + self.config.lease_seconds, now
         )
         self._confirmed_at = sent
         lost = {
@@ -167,6 +173,10 @@ class Upkeep:
         }
         if lost:
             self._lost(lost)
+        asked = set(held)
+        dropped = self._ahead.drop(lambda i: i in asked and i not in extended.held)
+        if dropped:  # (not started: nothing to stop)
+            log.warning("leases on %d tasks held ahead were lost; not started", len(dropped))
         for task_id in extended.cancel:
             self.cancel_local(task_id)
         if self._confirmation is not None and not self._confirmation.done():

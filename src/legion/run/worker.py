@@ -47,6 +47,7 @@ from legion.diagnostics.report import agent_files, blocked_loop
 from legion.diagnostics.watchdog import Block, Capture, LoopWatchdog
 from legion.errors import ConfigError
 from legion.journal import Committed, Journal
+from legion.run.ahead import Ahead
 from legion.run.freeze import FreezeGuard
 from legion.run.route_meter import RouteMeter
 from legion.run.runner import Instance, Services, StopReason, run_instance
@@ -80,6 +81,11 @@ class WorkerConfig:
     drain_timeout: float = 30.0
     # Lease when at least this share of the slots is free, so leases come in batches.
     lease_batch_fraction: float = 0.1
+    # Lease ahead of the free slots, at most this share of ``concurrency``: the tasks are
+    # started the moment a slot frees, with no store round trip between one instance's end
+    # and the next one's start. How many is measured (twice the instances that end during
+    # a lease call; none for long-running agents: see `legion.run.ahead`). 0: never.
+    lease_ahead: float = 0.2
     # Stop leasing while the event loop lags more than this (seconds, averaged over
     # about half a second) or the process's memory passes ``max_memory_mb``; resume
     # when it recovers. Running tasks go on either way.
@@ -103,6 +109,8 @@ class WorkerConfig:
             raise ValueError("concurrency must be >= 1")
         if self.lease_seconds <= 0 or self.poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be > 0")
+        if not 0 <= self.lease_ahead <= 1:
+            raise ValueError("lease_ahead must be between 0 and 1")
 
 
 class Worker(Upkeep):
@@ -192,6 +200,10 @@ class Worker(Upkeep):
         self._batch_threshold = max(
             1, int(self.config.concurrency * self.config.lease_batch_fraction)
         )
+        self._ahead = Ahead(int(self.config.concurrency * self.config.lease_ahead))
+        # Held leases start as slots free (in `_finished`) only while no LLM route limits
+        # admission (decided at each lease); else the lease loop starts them, as admitted.
+        self._ahead_open = False
         self._watchdog = LoopWatchdog(
             self._blocked,
             threshold=self.config.block_threshold,
@@ -238,13 +250,16 @@ class Worker(Upkeep):
         return self._counters.snapshot(len(self._instances))
 
     def holds(self, task_id: int) -> bool:
-        return task_id in self._instances
+        return task_id in self._instances or task_id in self._ahead
 
     def cancel_local(self, task_id: int) -> bool:
         """Stop a running instance held by this worker; it is recorded ``cancelled``."""
         inst = self._instances.get(task_id)
         if inst is None:
-            return False
+            lease = self._ahead.remove(task_id)
+            if lease is None:
+                return False
+            inst = self._start(lease)  # (it starts stopped: it ends at once, recorded)
         inst.stop(StopReason.CANCELLED)
         return True
 
@@ -253,6 +268,12 @@ class Worker(Upkeep):
         self._stopping.set()
         self._wake.set()
         self._slots.set()
+        self._give_back_ahead()
+
+    def _give_back_ahead(self) -> None:
+        """The leases held ahead go back to the queue unrun (not charged to the tasks)."""
+        for lease in self._ahead.take_all():
+            self._start(lease).stop(StopReason.RELEASED)
 
     def abort(self, error: BaseException) -> None:
         """Stop the run because of ``error``, which every other task would meet too:
@@ -312,6 +333,7 @@ class Worker(Upkeep):
             for t in (*background, *self._reports):
                 t.cancel()
             await asyncio.gather(*background, *self._reports, return_exceptions=True)
+            self._give_back_ahead()
             if self._instances:  # run() itself was cancelled: give everything back
                 for inst in list(self._instances.values()):
                     inst.stop(StopReason.RELEASED)
@@ -339,18 +361,24 @@ class Worker(Upkeep):
                 await self._sleep_or_wake(0.1)
                 continue
             free = min(cfg.concurrency - len(self._instances), self._admissible())
+            if free > 0 and self._ahead and self._solo is None:
+                # Leases held ahead start first, as far as the routes admit them.
+                await self._start_batch(self._ahead.take(free))
+                continue
             if free <= 0 and len(self._instances) < cfg.concurrency:
                 # The routes are busy: instances started now would only queue for them.
                 # Raised-priority tasks still start: their calls go ahead of the others'.
+                self._ahead_open = False  # (and held ones start here, as admitted)
                 if not await self._lease_raised():
                     await self._sleep_or_wake(_ADMISSION_RECHECK)
                 continue
-            wants = self._wants(free)
-            if free <= 0 or not wants or self._solo is not None:
+            ahead = self._lease_ahead()
+            wants = self._wants(free + ahead)
+            if free + ahead <= 0 or not wants or self._solo is not None:
                 self._slots.clear()
                 await self._slots.wait()
                 continue
-            wanted = min(free, sum(wants.values()))
+            wanted = min(free + ahead, sum(wants.values()))
             now = self._clock.wall()
             try:
                 if self._ambiguous_lease:
@@ -362,7 +390,7 @@ class Worker(Upkeep):
                 self._wake.clear()
                 self._slots.clear()
                 leases: list[Lease] = []
-                if not self._instances and self._isolated_due():
+                if not self._instances and not self._ahead and self._isolated_due():
                     # idle: first a task that must run alone, if any
                     leases = await self.store.lease(
                         self.id,
@@ -374,9 +402,11 @@ class Worker(Upkeep):
                         offer=cfg.offer,
                     )
                 if not leases:
+                    self._ahead.lease_sent()
                     leases = await self.store.lease(
                         self.id, wants, wanted, now + cfg.lease_seconds, now, offer=cfg.offer
                     )
+                    self._ahead.lease_answered()
                     isolated = False
                 else:
                     isolated = True
@@ -388,16 +418,20 @@ class Worker(Upkeep):
                 await self._sleep_or_wake(cfg.poll_interval)
                 continue
             self._urgent = max(0, self._urgent - len(leases))
+            got = len(leases)
+            if got > free and not isolated:  # (in the order leased: by priority, then age)
+                self._ahead.hold(leases[free:])
+                leases = leases[:free]
             await self._start_batch(leases)
             if isolated:
                 self._solo = self._instances.get(leases[0].id)
                 continue
-            if leases:
+            if got:
                 idle_wait = 0.005
-                if len(leases) < wanted:
+                if got < wanted:
                     # The queue is (nearly) empty: wait for more work or for the next poll.
                     await self._sleep_or_wake(cfg.poll_interval, woken_since_lease=True)
-                elif len(self._instances) >= cfg.concurrency - self._batch_threshold:
+                elif self._wanted() <= self._batch_threshold:
                     # Wait for a batch of free slots, a poll at most: the few slots free
                     # by then are leased too (the instances running may be waiting for
                     # the tasks still queued: a fan-out's window that runs whole).
@@ -486,6 +520,25 @@ class Worker(Upkeep):
         if self.llm.headroom(horizon / 2, priority) - coming <= 0:
             return 0
         return max(int(room - coming), 0)
+
+    def _lease_ahead(self) -> int:
+        """How many tasks to lease beyond the free slots (`legion.run.ahead`): none while a
+        task runs alone, while an LLM route limits admission (a held task would start
+        past it), or while an agent has a cap of its own (held, it would not count)."""
+        horizon = self.config.admission_horizon
+        self._ahead_open = (
+            self._ahead.cap > 0
+            and self._solo is None
+            and (self.llm is None or horizon is None or self.llm.headroom(horizon) == math.inf)
+            and all(a.options.concurrency is None for a in self._agents.values())
+        )
+        return self._ahead.wanted() if self._ahead_open else 0
+
+    def _wanted(self) -> int:
+        """How many tasks the worker could lease now: its free slots, and the leases it
+        wants to hold ahead."""
+        ahead = self._ahead.wanted() if self._ahead_open else 0
+        return self.config.concurrency - len(self._instances) + ahead
 
     def _wants(self, free: int) -> dict[str, int]:
         """Free slots per agent, starting with a different agent each time (fairness)."""
@@ -598,7 +651,8 @@ class Worker(Upkeep):
         log.warning("task %s: %s", owner.lease.id, found.message)
 
     async def _release_unheld(self) -> None:
-        released = await self.store.release_unheld(self.id, list(self._instances))
+        keep = [*self._instances, *self._ahead.ids()]
+        released = await self.store.release_unheld(self.id, keep)
         self._ambiguous_lease = False
         if released:
             log.warning(
@@ -676,9 +730,18 @@ class Worker(Upkeep):
         if inst.fatal is not None and self.fatal_error is None:
             self.abort(inst.fatal)
         self._running[inst.agent.name] -= 1
-        free = self.config.concurrency - len(self._instances)
+        self._ahead.ended()
+        if (
+            self._ahead
+            and len(self._instances) < self.config.concurrency
+            and self._ahead_open
+            and self._solo is None
+            and self._overloaded is None
+            and not self._stopping.is_set()
+        ):
+            self._expiry.add(self._start(self._ahead.pop()))  # the slot, filled at once
         # Wake the lease loop for a batch worth leasing, or for a slot of a capped agent.
-        if free >= self._batch_threshold or inst.agent.options.concurrency is not None:
+        if self._wanted() >= self._batch_threshold or inst.agent.options.concurrency is not None:
             self._slots.set()
 
     # -- lost leases -------------------------------------------------------------------
