@@ -9,6 +9,7 @@ back as a slow store would hold them) makes that interleaving certain."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -61,11 +62,18 @@ class Tasks:
     def __init__(self) -> None:
         self.gates: defaultdict[int, asyncio.Event] = defaultdict(asyncio.Event)
         self.began: list[int] = []
+        self.finished: list[int] = []  # past their gate: what a lost lease must not reach
+        self.turns = 0  # the event loop's turns, once `count_turns` runs
+        self.began_at: dict[int, int] = {}
+        self.ended_at: dict[int, int] = {}
 
         @legion.agent(name="held-ahead")
         async def waits(ctx: legion.Context, x: int) -> int:
             self.began.append(x)
+            self.began_at[x] = self.turns
             await self.gates[x].wait()
+            self.finished.append(x)
+            self.ended_at[x] = self.turns
             return x
 
         self.agent = waits
@@ -73,6 +81,20 @@ class Tasks:
     def release(self, xs: list[int]) -> None:
         for x in xs:
             self.gates[x].set()
+
+    def count_turns(self) -> asyncio.Handle:
+        """Count the loop's turns (a callback that schedules itself once per turn)."""
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self.turns += 1
+            self._tick = loop.call_soon(tick)
+
+        self._tick = loop.call_soon(tick)
+        return self._tick
+
+    def stop_counting(self) -> None:
+        self._tick.cancel()
 
 
 async def hold_ten(rt: Runtime, tasks: Tasks) -> tuple[Worker, LeaseGate]:
@@ -204,3 +226,93 @@ async def test_long_tasks_are_not_held_ahead(db_url: str) -> None:
         assert sum(i.status is TaskStatus.RUNNING for i in infos) == CONCURRENCY
         tasks.release(list(range(TASKS)))
         await rt.drain()
+
+
+async def test_the_slot_is_filled_in_the_turn_its_instance_ends(db_url: str) -> None:
+    """The held task starts in the callback of the instance that ended (it runs its first
+    step the turn after), not when the lease loop next wakes."""
+    tasks = Tasks()
+    async with Runtime(db_url, concurrency=CONCURRENCY, lease_ahead=1.0, drain_timeout=5) as rt:
+        await hold_ten(rt, tasks)
+        tasks.count_turns()
+        try:
+            ending = tasks.began[10]
+            tasks.release([ending])
+            await wait_until(lambda: len(tasks.began) == 21)
+        finally:
+            tasks.stop_counting()
+        started = tasks.began[20]
+        # Its task ends in the turn after its return; its done-callback starts the next.
+        assert tasks.began_at[started] - tasks.ended_at[ending] <= 2, (
+            tasks.ended_at[ending],
+            tasks.began_at[started],
+        )
+        tasks.release(list(range(TASKS)))
+        done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
+    assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS
+
+
+async def test_a_held_task_started_while_a_heartbeat_is_out_is_stopped_if_its_lease_is_gone(
+    db_url: str,
+) -> None:
+    """The heartbeat asks the store about a held task; a slot frees and the task starts
+    before the answer comes; the answer says the store took the lease back: the instance
+    is stopped, as a running one would be, and gets no further."""
+    tasks = Tasks()
+    async with Runtime(
+        db_url, concurrency=CONCURRENCY, lease_ahead=1.0, lease_seconds=600, drain_timeout=5
+    ) as rt:
+        worker, gate = await hold_ten(rt, tasks)
+        gate.open.clear()  # the tasks the store takes back are not leased again meanwhile
+        answer = asyncio.Event()
+        asked: list[list[int]] = []
+        extend = rt.store.extend_leases
+
+        async def held_back(owner: str, ids: Any, *args: Any) -> Any:
+            asked.append(list(ids))
+            if len(asked) > 1:  # only the heartbeat under test answers
+                await asyncio.Event().wait()
+            await answer.wait()
+            return await extend(owner, ids, *args)
+
+        rt.store.extend_leases = held_back  # type: ignore[method-assign,assignment]
+        beat = asyncio.ensure_future(worker.heartbeat())
+        await wait_until(lambda: bool(asked))
+        assert (await rt.store.reclaim(time.time(), [worker.id])).requeued == 20
+        tasks.release([tasks.began[10]])
+        await wait_until(lambda: len(tasks.began) == 21)  # a held task, started
+        late = tasks.began[20]
+        (late_id,) = [i.id for i in await rt.store.get_many(asked[0]) if i.input == late]
+        answer.set()
+        await beat
+        await wait_until(lambda: not worker.holds(late_id))  # stopped, at its gate
+        assert late not in tasks.finished
+        gate.open.set()
+        tasks.release(list(range(TASKS)))
+        done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
+    assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS
+
+
+async def test_an_overloaded_worker_gives_its_held_tasks_back(db_url: str) -> None:
+    """A worker that stops leasing (overloaded) gives back what it holds: held by a worker
+    that runs nothing, a task would be charged for that worker's crash."""
+    tasks = Tasks()
+    async with Runtime(
+        db_url, concurrency=CONCURRENCY, lease_ahead=1.0, poll_interval=0.05, drain_timeout=5
+    ) as rt:
+        worker, _ = await hold_ten(rt, tasks)
+        worker.config = dataclasses.replace(worker.config, max_memory_mb=1)
+        await wait_until(lambda: worker.health()["held_ahead"] == 0)
+        async with asyncio.timeout(30):  # (their release is a completion: group-committed)
+            while True:
+                infos = await rt.store.get_many(list(range(1, TASKS + 1)))
+                queued = [i for i in infos if i.status is TaskStatus.QUEUED]
+                if len(queued) == TASKS - 2 * CONCURRENCY:  # the held ten back among them
+                    break
+                await asyncio.sleep(0.01)
+        assert worker.statistics().in_flight == CONCURRENCY
+        assert all(i.attempt == 0 and i.input not in tasks.began for i in queued)
+        worker.config = dataclasses.replace(worker.config, max_memory_mb=None)
+        tasks.release(list(range(TASKS)))
+        done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
+    assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS

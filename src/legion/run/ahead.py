@@ -11,8 +11,9 @@ so the worker holds enough to cover the next call; long ones (an agent waiting s
 on a model) end by the few, and the worker holds none: in a fleet, no worker sits on
 tasks another could start now.
 
-A lease held ahead is a lease like any other: the heartbeat extends it, a stop gives it
-back unrun (not charged), a crash leaves it to the reaper as it leaves the running ones.
+A lease held ahead is a lease like any other: the heartbeat extends it, a stop or an
+overload gives it back unrun (not charged), a crash leaves it to the reaper as it leaves
+the running ones (uncharged, run alone next, as every task that shared the dead worker).
 """
 
 from __future__ import annotations

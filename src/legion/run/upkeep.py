@@ -138,7 +138,9 @@ class Upkeep:
                 await self.heartbeat()
             except Exception as exc:
                 log.error("heartbeat failed: %s", exc)
-                if self._clock.monotonic() - self._confirmed_at > lease and self._instances:
+                if self._clock.monotonic() - self._confirmed_at > lease and (
+                    self._instances or self._ahead
+                ):
                     log.error(
                         "no heartbeat for a whole lease (%.0fs): stopping all %d instances, "
                         "whose leases may be taken",
@@ -163,9 +165,10 @@ class Upkeep:
             self.id, running + held, now + self.config.lease_seconds, now
         )
         self._confirmed_at = sent
+        # (over the held ones too: one may have started while the call was out)
         lost = {
             i
-            for i in running
+            for i in running + held
             if i not in extended.held
             and (inst := self._instances.get(i)) is not None
             and not ended(inst)

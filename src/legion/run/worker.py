@@ -360,7 +360,8 @@ class Worker(Upkeep):
             if self._check_overload():
                 await self._sleep_or_wake(0.1)
                 continue
-            free = min(cfg.concurrency - len(self._instances), self._admissible())
+            # (a cancelled held task starts stopped, past the slots for an instant: not < 0)
+            free = max(0, min(cfg.concurrency - len(self._instances), self._admissible()))
             if free > 0 and self._ahead and self._solo is None:
                 # Leases held ahead start first, as far as the routes admit them.
                 await self._start_batch(self._ahead.take(free))
@@ -422,6 +423,8 @@ class Worker(Upkeep):
             if got > free and not isolated:  # (in the order leased: by priority, then age)
                 self._ahead.hold(leases[free:])
                 leases = leases[:free]
+                if self._stopping.is_set():  # stopped while the lease was out
+                    self._give_back_ahead()
             await self._start_batch(leases)
             if isolated:
                 self._solo = self._instances.get(leases[0].id)
@@ -525,14 +528,19 @@ class Worker(Upkeep):
         """How many tasks to lease beyond the free slots (`legion.run.ahead`): none while a
         task runs alone, while an LLM route limits admission (a held task would start
         past it), or while an agent has a cap of its own (held, it would not count)."""
-        horizon = self.config.admission_horizon
         self._ahead_open = (
             self._ahead.cap > 0
             and self._solo is None
-            and (self.llm is None or horizon is None or self.llm.headroom(horizon) == math.inf)
+            and self._admission_open()
             and all(a.options.concurrency is None for a in self._agents.values())
         )
         return self._ahead.wanted() if self._ahead_open else 0
+
+    def _admission_open(self) -> bool:
+        """Whether no LLM route limits how many instances start (asked again as each held
+        task starts: a route can learn a limit, or start failing, meanwhile)."""
+        horizon = self.config.admission_horizon
+        return self.llm is None or horizon is None or self.llm.headroom(horizon) == math.inf
 
     def _wanted(self) -> int:
         """How many tasks the worker could lease now: its free slots, and the leases it
@@ -583,7 +591,9 @@ class Worker(Upkeep):
             await asyncio.gather(woken, notified, slept, return_exceptions=True)
 
     def _check_overload(self) -> bool:
-        """Whether to hold off leasing: the loop lags, or memory is past its mark."""
+        """Whether to hold off leasing: the loop lags, or memory is past its mark (the
+        tasks held ahead go back then: held by a worker that runs nothing, a task would
+        be charged for its crash, as if it had run alone)."""
         cfg = self.config
         reason = None
         lag = self._watchdog.health().recent_lag
@@ -594,6 +604,7 @@ class Worker(Upkeep):
         if reason != self._overloaded:
             if reason is not None:
                 log.warning("not leasing: %s", reason)
+                self._give_back_ahead()
             else:
                 log.info("leasing again: the worker recovered")
             self._overloaded = reason
@@ -731,15 +742,17 @@ class Worker(Upkeep):
             self.abort(inst.fatal)
         self._running[inst.agent.name] -= 1
         self._ahead.ended()
-        if (
-            self._ahead
-            and len(self._instances) < self.config.concurrency
-            and self._ahead_open
-            and self._solo is None
-            and self._overloaded is None
-            and not self._stopping.is_set()
-        ):
-            self._expiry.add(self._start(self._ahead.pop()))  # the slot, filled at once
+        if self._ahead and len(self._instances) < self.config.concurrency:
+            if (
+                self._ahead_open
+                and self._solo is None
+                and self._overloaded is None
+                and not self._stopping.is_set()
+                and self._admission_open()
+            ):
+                self._expiry.add(self._start(self._ahead.pop()))  # the slot, filled at once
+            else:
+                self._slots.set()  # the lease loop starts it, as far as it may
         # Wake the lease loop for a batch worth leasing, or for a slot of a capped agent.
         if self._wanted() >= self._batch_threshold or inst.agent.options.concurrency is not None:
             self._slots.set()
