@@ -316,3 +316,39 @@ async def test_an_overloaded_worker_gives_its_held_tasks_back(db_url: str) -> No
         tasks.release(list(range(TASKS)))
         done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
     assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS
+
+
+async def test_an_agent_with_a_cap_of_its_own_gets_nothing_held_ahead(db_url: str) -> None:
+    """A held task would not count against its agent's cap: while any agent has one (here
+    above the worker's own, so that it never binds), instances that end during a lease
+    call size no hold, and the store shows only what runs."""
+    began: list[int] = []
+    gates: defaultdict[int, asyncio.Event] = defaultdict(asyncio.Event)
+
+    @legion.agent(name="capped", concurrency=CONCURRENCY + 5)
+    async def capped(ctx: legion.Context, x: int) -> int:
+        began.append(x)
+        await gates[x].wait()
+        return x
+
+    async with Runtime(db_url, concurrency=CONCURRENCY, lease_ahead=1.0) as rt:
+        worker = rt.worker
+        assert worker is not None
+        gate = LeaseGate(rt)
+        await rt.submit_many(capped, range(TASKS))
+        await wait_until(lambda: len(began) == CONCURRENCY)
+        gate.open.clear()
+        gates[began[0]].set()
+        await wait_until(lambda: gate.waiting == 1)  # a lease for the freed slot, held
+        for x in began[1:CONCURRENCY]:  # the rest end while it is out
+            gates[x].set()
+        await wait_until(lambda: worker.statistics().in_flight == 0)
+        gate.open.set()
+        await wait_until(lambda: len(began) == 2 * CONCURRENCY)
+        assert worker.health()["held_ahead"] == 0
+        infos = await rt.store.get_many(list(range(1, TASKS + 1)))
+        assert sum(i.status is TaskStatus.RUNNING for i in infos) == CONCURRENCY
+        for x in range(TASKS):
+            gates[x].set()
+        done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
+    assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS

@@ -202,7 +202,7 @@ class Worker(Upkeep):
         )
         self._ahead = Ahead(int(self.config.concurrency * self.config.lease_ahead))
         # Held leases start as slots free (in `_finished`) only while no LLM route limits
-        # admission (decided at each lease); else the lease loop starts them, as admitted.
+        # admission (and no agent has a cap); else the lease loop starts them, as admitted.
         self._ahead_open = False
         self._watchdog = LoopWatchdog(
             self._blocked,
