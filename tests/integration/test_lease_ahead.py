@@ -24,6 +24,14 @@ from legion.run.worker import Worker
 
 CONCURRENCY = 10  # (a lease is due as soon as one slot is free: a tenth of 10 is 1)
 TASKS = 40
+IDS = list(range(1, TASKS + 1))  # (the tasks' ids, in a new store: 1 to TASKS)
+
+
+def holding(url: str, **options: Any) -> Runtime:
+    """A runtime that may hold all its slots' worth of tasks ahead."""
+    return Runtime(
+        url, **{"concurrency": CONCURRENCY, "lease_ahead": 1.0, "drain_timeout": 5, **options}
+    )
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
@@ -121,9 +129,9 @@ async def test_a_slot_that_frees_starts_a_task_held_ahead_with_no_lease_call_bet
     store_url: str,
 ) -> None:
     tasks = Tasks()
-    async with Runtime(store_url, concurrency=CONCURRENCY, lease_ahead=1.0, drain_timeout=5) as rt:
+    async with holding(store_url) as rt:
         worker, gate = await hold_ten(rt, tasks)
-        infos = await rt.store.get_many(list(range(1, TASKS + 1)))
+        infos = await rt.store.get_many(IDS)
         leased = {i.input for i in infos if i.status is TaskStatus.RUNNING}
         assert len(leased) == 20 and all(
             i.lease_owner == worker.id for i in infos if i.status is TaskStatus.RUNNING
@@ -138,7 +146,7 @@ async def test_a_slot_that_frees_starts_a_task_held_ahead_with_no_lease_call_bet
         assert worker.health()["held_ahead"] == 9
         gate.open.set()
         tasks.release(list(range(TASKS)))
-        done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
+        done = [r async for r in rt.results(IDS)]
     assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS
     assert sorted(tasks.began) == list(range(TASKS))  # each began once
 
@@ -147,14 +155,14 @@ async def test_a_stop_gives_the_tasks_held_ahead_back_unrun_and_not_charged(
     store_url: str,
 ) -> None:
     tasks = Tasks()
-    async with Runtime(store_url, concurrency=CONCURRENCY, lease_ahead=1.0, drain_timeout=5) as rt:
+    async with holding(store_url) as rt:
         worker, _ = await hold_ten(rt, tasks)
         running = tasks.began[10:]
         worker.stop()
         assert worker.health()["held_ahead"] == 0
         tasks.release(running)
         await rt.drain()
-        infos = {i.input: i for i in await rt.store.get_many(list(range(1, TASKS + 1)))}
+        infos = {i.input: i for i in await rt.store.get_many(IDS)}
     assert sorted(tasks.began) == sorted(set(tasks.began))  # none began twice
     for x, info in infos.items():
         if x in tasks.began:
@@ -166,9 +174,9 @@ async def test_a_stop_gives_the_tasks_held_ahead_back_unrun_and_not_charged(
 
 async def test_a_task_held_ahead_that_is_cancelled_ends_cancelled_unrun(store_url: str) -> None:
     tasks = Tasks()
-    async with Runtime(store_url, concurrency=CONCURRENCY, lease_ahead=1.0, drain_timeout=5) as rt:
+    async with holding(store_url) as rt:
         worker, _ = await hold_ten(rt, tasks)
-        infos = await rt.store.get_many(list(range(1, TASKS + 1)))
+        infos = await rt.store.get_many(IDS)
         held = [i for i in infos if i.status is TaskStatus.RUNNING and i.input not in tasks.began]
         assert len(held) == 10 and worker.holds(held[0].id)
         assert await rt.cancel(held[0].id) is TaskStatus.RUNNING
@@ -188,11 +196,11 @@ async def test_held_leases_the_store_took_back_are_dropped_unstarted(
     started here; the tasks run once, when leased again."""
     caplog.set_level(logging.WARNING, logger="legion.worker")
     tasks = Tasks()
-    async with Runtime(db_url, concurrency=CONCURRENCY, lease_ahead=1.0, lease_seconds=600) as rt:
+    async with holding(db_url, lease_seconds=600) as rt:
         worker, _ = await hold_ten(rt, tasks)
         held = {
             i.input
-            for i in await rt.store.get_many(list(range(1, TASKS + 1)))
+            for i in await rt.store.get_many(IDS)
             if i.status is TaskStatus.RUNNING and i.input not in tasks.began
         }
         assert (await rt.store.reclaim(time.time(), [worker.id])).requeued == 20
@@ -202,7 +210,7 @@ async def test_held_leases_the_store_took_back_are_dropped_unstarted(
         tasks.release(list(range(TASKS)))
         await wait_until(lambda: set(tasks.began) == set(range(TASKS)))
         await rt.drain()
-        done = await rt.store.get_many(list(range(1, TASKS + 1)))
+        done = await rt.store.get_many(IDS)
     assert [i.status for i in done] == [TaskStatus.SUCCEEDED] * TASKS
     assert all(tasks.began.count(x) == 1 for x in held)  # a held task ran once, not twice
     warned = [r.getMessage() for r in caplog.records if "held ahead" in r.getMessage()]
@@ -213,7 +221,7 @@ async def test_long_tasks_are_not_held_ahead(db_url: str) -> None:
     """No instance ends while a lease call is out: the worker holds nothing ahead, and
     the store shows only the tasks it runs as running."""
     tasks = Tasks()
-    async with Runtime(db_url, concurrency=CONCURRENCY, lease_ahead=1.0, drain_timeout=5) as rt:
+    async with holding(db_url) as rt:
         worker = rt.worker
         assert worker is not None
         await rt.submit_many(tasks.agent, range(TASKS))
@@ -222,7 +230,7 @@ async def test_long_tasks_are_not_held_ahead(db_url: str) -> None:
             tasks.release([tasks.began[n]])
             await wait_until(lambda n=n: len(tasks.began) == CONCURRENCY + n + 1)  # type: ignore[misc]
             assert worker.health()["held_ahead"] == 0
-        infos = await rt.store.get_many(list(range(1, TASKS + 1)))
+        infos = await rt.store.get_many(IDS)
         assert sum(i.status is TaskStatus.RUNNING for i in infos) == CONCURRENCY
         tasks.release(list(range(TASKS)))
         await rt.drain()
@@ -232,7 +240,7 @@ async def test_the_slot_is_filled_in_the_turn_its_instance_ends(db_url: str) -> 
     """The held task starts in the callback of the instance that ended (it runs its first
     step the turn after), not when the lease loop next wakes."""
     tasks = Tasks()
-    async with Runtime(db_url, concurrency=CONCURRENCY, lease_ahead=1.0, drain_timeout=5) as rt:
+    async with holding(db_url) as rt:
         await hold_ten(rt, tasks)
         tasks.count_turns()
         try:
@@ -248,7 +256,7 @@ async def test_the_slot_is_filled_in_the_turn_its_instance_ends(db_url: str) -> 
             tasks.began_at[started],
         )
         tasks.release(list(range(TASKS)))
-        done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
+        done = [r async for r in rt.results(IDS)]
     assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS
 
 
@@ -259,9 +267,7 @@ async def test_a_held_task_started_while_a_heartbeat_is_out_is_stopped_if_its_le
     before the answer comes; the answer says the store took the lease back: the instance
     is stopped, as a running one would be, and gets no further."""
     tasks = Tasks()
-    async with Runtime(
-        db_url, concurrency=CONCURRENCY, lease_ahead=1.0, lease_seconds=600, drain_timeout=5
-    ) as rt:
+    async with holding(db_url, lease_seconds=600) as rt:
         worker, gate = await hold_ten(rt, tasks)
         gate.open.clear()  # the tasks the store takes back are not leased again meanwhile
         answer = asyncio.Event()
@@ -289,7 +295,7 @@ async def test_a_held_task_started_while_a_heartbeat_is_out_is_stopped_if_its_le
         assert late not in tasks.finished
         gate.open.set()
         tasks.release(list(range(TASKS)))
-        done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
+        done = [r async for r in rt.results(IDS)]
     assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS
 
 
@@ -297,15 +303,13 @@ async def test_an_overloaded_worker_gives_its_held_tasks_back(db_url: str) -> No
     """A worker that stops leasing (overloaded) gives back what it holds: held by a worker
     that runs nothing, a task would be charged for that worker's crash."""
     tasks = Tasks()
-    async with Runtime(
-        db_url, concurrency=CONCURRENCY, lease_ahead=1.0, poll_interval=0.05, drain_timeout=5
-    ) as rt:
+    async with holding(db_url, poll_interval=0.05) as rt:
         worker, _ = await hold_ten(rt, tasks)
         worker.config = dataclasses.replace(worker.config, max_memory_mb=1)
         await wait_until(lambda: worker.health()["held_ahead"] == 0)
         async with asyncio.timeout(30):  # (their release is a completion: group-committed)
             while True:
-                infos = await rt.store.get_many(list(range(1, TASKS + 1)))
+                infos = await rt.store.get_many(IDS)
                 queued = [i for i in infos if i.status is TaskStatus.QUEUED]
                 if len(queued) == TASKS - 2 * CONCURRENCY:  # the held ten back among them
                     break
@@ -314,7 +318,7 @@ async def test_an_overloaded_worker_gives_its_held_tasks_back(db_url: str) -> No
         assert all(i.attempt == 0 and i.input not in tasks.began for i in queued)
         worker.config = dataclasses.replace(worker.config, max_memory_mb=None)
         tasks.release(list(range(TASKS)))
-        done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
+        done = [r async for r in rt.results(IDS)]
     assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS
 
 
@@ -331,7 +335,7 @@ async def test_an_agent_with_a_cap_of_its_own_gets_nothing_held_ahead(db_url: st
         await gates[x].wait()
         return x
 
-    async with Runtime(db_url, concurrency=CONCURRENCY, lease_ahead=1.0) as rt:
+    async with holding(db_url) as rt:
         worker = rt.worker
         assert worker is not None
         gate = LeaseGate(rt)
@@ -346,9 +350,9 @@ async def test_an_agent_with_a_cap_of_its_own_gets_nothing_held_ahead(db_url: st
         gate.open.set()
         await wait_until(lambda: len(began) == 2 * CONCURRENCY)
         assert worker.health()["held_ahead"] == 0
-        infos = await rt.store.get_many(list(range(1, TASKS + 1)))
+        infos = await rt.store.get_many(IDS)
         assert sum(i.status is TaskStatus.RUNNING for i in infos) == CONCURRENCY
         for x in range(TASKS):
             gates[x].set()
-        done = [r async for r in rt.results(list(range(1, TASKS + 1)))]
+        done = [r async for r in rt.results(IDS)]
     assert [r.status for r in done] == [TaskStatus.SUCCEEDED] * TASKS

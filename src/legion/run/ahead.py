@@ -19,7 +19,7 @@ the running ones (uncharged, run alone next, as every task that shared the dead 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Set
 
 from legion.task import Lease
 
@@ -87,9 +87,9 @@ class Ahead:
                 return lease
         return None
 
-    def drop(self, gone: Callable[[int], bool]) -> list[int]:
-        """Forget the leases of the tasks ``gone`` says are no longer this worker's."""
-        kept = [lease for lease in self._leases if not gone(lease.id)]
-        dropped = [lease.id for lease in self._leases if gone(lease.id)]
-        self._leases = deque(kept)
-        return dropped
+    def drop(self, gone: Set[int]) -> int:
+        """Forget the leases of these tasks (no longer this worker's); answer how many
+        of them it held."""
+        before = len(self._leases)
+        self._leases = deque(lease for lease in self._leases if lease.id not in gone)
+        return before - len(self._leases)

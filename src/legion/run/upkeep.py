@@ -159,16 +159,16 @@ class Upkeep:
         worker's row was taken for dead)."""
         sent = self._clock.monotonic()
         running = [i for i, inst in self._instances.items() if not ended(inst)]
-        held = self._ahead.ids()
+        asked = running + self._ahead.ids()
         now = self._clock.wall()
         extended = await self.store.extend_leases(
-            self.id, running + held, now + self.config.lease_seconds, now
+            self.id, asked, now + self.config.lease_seconds, now
         )
         self._confirmed_at = sent
         # (over the held ones too: one may have started while the call was out)
         lost = {
             i
-            for i in running + held
+            for i in asked
             if i not in extended.held
             and (inst := self._instances.get(i)) is not None
             and not ended(inst)
@@ -176,10 +176,9 @@ class Upkeep:
         }
         if lost:
             self._lost(lost)
-        asked = set(held)
-        dropped = self._ahead.drop(lambda i: i in asked and i not in extended.held)
+        dropped = self._ahead.drop(set(asked) - extended.held)
         if dropped:  # (not started: nothing to stop)
-            log.warning("leases on %d tasks held ahead were lost; not started", len(dropped))
+            log.warning("leases on %d tasks held ahead were lost; not started", dropped)
         for task_id in extended.cancel:
             self.cancel_local(task_id)
         if self._confirmation is not None and not self._confirmation.done():
