@@ -373,6 +373,47 @@ async def test_skip_worker_leaves_out_a_workers_own_changes(postgres_url: str) -
     assert [(e.task_id, e.worker) for e in events] == [(b.id, "w2")]
 
 
+async def test_each_statement_logs_its_changes_in_task_order_and_numbering_goes_on(
+    postgres_url: str,
+) -> None:
+    """The feed is written once per UPDATE (0018_statement_events.sql): every row whose
+    status changed to anything but ``running`` is logged once, with the lease it ended,
+    in task order within the statement and after the transaction's earlier statements;
+    an update that changes no status logs nothing."""
+    async with opened(postgres_url) as (store,):
+        ids = [s.id for s in await store.submit([new(i) for i in range(30)], NOW)]
+        start = await store.last_event_id()
+        leased = await store.lease("w1", {"a": 10}, 10, NOW + 60, NOW)
+        leased += await store.lease("w2", {"a": 10}, 10, NOW + 60, NOW)
+        assert await store.events_after(start) == []  # entering `running` is not logged
+        completions = [
+            done(lease.id, 1, lease_owner)
+            for lease, lease_owner in (
+                *((lease, "w1") for lease in leased[:10]),
+                *((lease, "w2") for lease in leased[10:]),
+            )
+        ]
+        await store.write(WriteBatch(completions=list(reversed(completions))), NOW)
+        queued = ids[20:]
+        async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as raw:
+            await raw.execute("UPDATE tasks SET priority = 5 WHERE id = ANY(%s)", (queued,))
+            await raw.execute(
+                "UPDATE tasks SET status = 'cancelled' WHERE id = ANY(%s)", (queued[5:],)
+            )
+            await raw.execute(
+                "UPDATE tasks SET status = 'cancelled' WHERE id = ANY(%s)", (queued[:5],)
+            )
+            await raw.commit()
+        events = await store.events_after(start)
+    completed = sorted(lease.id for lease in leased)
+    assert [e.task_id for e in events] == completed + queued[5:] + queued[:5]
+    assert [e.id for e in events] == sorted({e.id for e in events})
+    owners = {lease.id: "w1" for lease in leased[:10]} | {lease.id: "w2" for lease in leased[10:]}
+    assert [e.worker for e in events[:20]] == [owners[i] for i in completed]
+    assert {e.worker for e in events[20:]} == {None}
+    assert [e.status for e in events] == [TaskStatus.SUCCEEDED] * 20 + [TaskStatus.CANCELLED] * 10
+
+
 # -- LISTEN/NOTIFY ---------------------------------------------------------------------
 
 

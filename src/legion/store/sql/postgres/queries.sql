@@ -50,7 +50,7 @@ FROM unnest(%(agent)b::text[], %(input)b::bytea[], %(key)b::text[], %(session)b:
      WITH ORDINALITY AS t(agent, input, key, session, priority, max_attempts, not_before,
                           tenant, input_hash, needs, ord)
 ORDER BY ord
-ON CONFLICT (key) DO NOTHING
+ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 RETURNING id, key;
 
 -- name: tasks_by_keys
