@@ -386,14 +386,9 @@ async def test_each_statement_logs_its_changes_in_task_order_and_numbering_goes_
         leased = await store.lease("w1", {"a": 10}, 10, NOW + 60, NOW)
         leased += await store.lease("w2", {"a": 10}, 10, NOW + 60, NOW)
         assert await store.events_after(start) == []  # entering `running` is not logged
-        completions = [
-            done(lease.id, 1, lease_owner)
-            for lease, lease_owner in (
-                *((lease, "w1") for lease in leased[:10]),
-                *((lease, "w2") for lease in leased[10:]),
-            )
-        ]
-        await store.write(WriteBatch(completions=list(reversed(completions))), NOW)
+        owners = {lease.id: "w1" if k < 10 else "w2" for k, lease in enumerate(leased)}
+        completions = [done(i, 1, owner) for i, owner in reversed(owners.items())]
+        await store.write(WriteBatch(completions=completions), NOW)
         queued = ids[20:]
         async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as raw:
             await raw.execute("UPDATE tasks SET priority = 5 WHERE id = ANY(%s)", (queued,))
@@ -408,7 +403,6 @@ async def test_each_statement_logs_its_changes_in_task_order_and_numbering_goes_
     completed = sorted(lease.id for lease in leased)
     assert [e.task_id for e in events] == completed + queued[5:] + queued[:5]
     assert [e.id for e in events] == sorted({e.id for e in events})
-    owners = {lease.id: "w1" for lease in leased[:10]} | {lease.id: "w2" for lease in leased[10:]}
     assert [e.worker for e in events[:20]] == [owners[i] for i in completed]
     assert {e.worker for e in events[20:]} == {None}
     assert [e.status for e in events] == [TaskStatus.SUCCEEDED] * 20 + [TaskStatus.CANCELLED] * 10
