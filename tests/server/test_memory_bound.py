@@ -100,8 +100,9 @@ async def test_bursts_of_large_bodies_leave_the_servers_memory_where_it_was(
         # Measured: about 4 MB; 23 MB when freed buffers stayed in the process. The
         # server frees a request's body once its handler has finished, which can be just
         # after the client has read the answer: memory is read until it is back, or 10 s.
-        grown = await settled_growth(process.pid, warm, bound=16)
-        assert grown < 16, f"the server grew by {grown:.0f} MB after 144 MB of bodies"
+        bound = 16
+        grown = await settled_growth(process.pid, warm, bound)
+        assert grown < bound, f"the server grew by {grown:.0f} MB after 144 MB of bodies"
     finally:
         process.terminate()
         process.wait(timeout=60)
