@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pydantic
 import pytest
 
 import legion
-from legion import Runtime, TaskStatus
+from legion import Runtime, TaskStatus, gil
 from legion.testing import FakeClock
 
 
@@ -569,3 +570,11 @@ async def test_the_result_of_a_task_queued_again_is_its_new_run(db_url: str) -> 
         assert await rt.retry(first.id)
         second = await rt.result(first.id)
     assert second.status is TaskStatus.SUCCEEDED and second.output == 5
+
+
+async def test_a_running_worker_hands_the_gil_over_sooner(db_url: str) -> None:
+    """Its store's thread waits less for the GIL while the loop is busy (legion.gil)."""
+    assert sys.getswitchinterval() == pytest.approx(gil.DEFAULT)
+    async with Runtime(db_url):
+        assert sys.getswitchinterval() == pytest.approx(gil.INTERVAL)
+    assert sys.getswitchinterval() == pytest.approx(gil.DEFAULT)

@@ -1,10 +1,11 @@
-"""The SQLite store runs each batch as one statement over a JSON array of its rows (see
-``benchmarks/sql_per_row.py``): what goes through that array comes back exactly as it
-went in, and a value JSON text cannot carry takes the row-by-row path instead."""
+"""The SQLite store runs each batch as a few statements over all its rows, a ``VALUES``
+list of bound parameters (``legion/store/sqlite_rows.py``): what goes through them comes
+back exactly as it went in, in order, whatever the batch's size and the chunks it takes."""
 
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from legion import codec
 from legion.store import SQLiteStore, WriteBatch
+from legion.store.sqlite_rows import execute_rows
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus
 
 NOW = 1_764_748_800.123456
@@ -75,3 +77,53 @@ async def test_an_input_that_is_not_utf8_text_takes_the_row_by_row_path(
     (s,) = await store.submit([NewTask("a", raw, None, None, 0, 3)], NOW)
     (lease,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
     assert lease.id == s.id and lease.input == raw and lease.attempt == 1
+
+
+def test_rows_go_in_order_in_chunks_the_variable_limit_allows(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "rows.db")  # one transaction: no sync per statement
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a, b)")
+    db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # 50 rows of two at most
+    rows = [(f"r{n}", n * 0.1) for n in range(2_537)]
+    assert execute_rows(db, "INSERT INTO t (a, b) VALUES {rows}", rows) == len(rows)
+    assert db.execute("SELECT a, b FROM t ORDER BY id").fetchall() == rows
+    db.close()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 700, 1024, 1025, 2_500])
+def test_a_padded_update_changes_its_rows_and_no_other(tmp_path: Path, n: int) -> None:
+    db = sqlite3.connect(tmp_path / "rows.db")  # one transaction: no sync per statement
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+    db.executemany("INSERT INTO t (id, v) VALUES (?, 0)", [(i,) for i in range(1, 5_001)])
+    update = (
+        "UPDATE t SET v = c.column2 FROM (SELECT column1, column2 FROM (VALUES {rows})) AS c"
+        " WHERE t.id = c.column1"
+    )
+    wanted = {i: i * 2 for i in range(1, 2 * n + 1, 2)}  # every other id
+    assert execute_rows(db, update, list(wanted.items()), pad=True) == n
+    got = dict(db.execute("SELECT id, v FROM t").fetchall())
+    assert got == {i: wanted.get(i, 0) for i in range(1, 5_001)}
+    db.close()
+
+
+async def test_a_batch_larger_than_a_statement_keeps_its_ids_and_feed_in_order(
+    store: SQLiteStore,
+) -> None:
+    n = 2_100  # three chunks of at most 1,024 rows, the last one padded
+    inputs = [codec.dumps({"i": i}) for i in range(n)]
+    submitted = await store.submit([NewTask("a", raw, None, None, 0, 3) for raw in inputs], NOW)
+    first = submitted[0].id
+    assert [s.id for s in submitted] == list(range(first, first + n))
+    leases = await store.lease("w", {"a": n}, n, NOW + 60, NOW)
+    assert {lease.id: lease.input for lease in leases} == {
+        first + i: raw for i, raw in enumerate(inputs)
+    }
+    order = sorted(leases, key=lambda lease: (lease.id * 7919) % n)  # not the ids' order
+    completions = [
+        Completion(lease.id, 1, "w", Outcome.SUCCEEDED, output=lease.input, finished_at=NOW)
+        for lease in order
+    ]
+    assert await store.write(WriteBatch(completions=completions), NOW) == [True] * n
+    infos = {i.id: i for i in await store.get_many([s.id for s in submitted])}
+    assert all(infos[first + i].output == {"i": i} for i in range(n))
+    events = await store.events_after(0, 3 * n)
+    assert [e.task_id for e in events if e.status.terminal] == [c.id for c in completions]

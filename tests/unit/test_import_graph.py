@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "sim",
         "resources",
         "heap",
+        "gil",
         "record",
     ),
     ("codec", "deadline"),

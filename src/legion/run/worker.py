@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from legion import heap, identity
+from legion import gil, heap, identity
 from legion.agent import Agent
 from legion.clock import Clock, system_clock, within
 from legion.diagnostics import tracking
@@ -309,6 +309,7 @@ class Worker(Upkeep):
         for executor in self.executors.values():
             await executor.start()
         heap.settle()  # full collections skip what start-up made (see legion.heap)
+        gil.hand_over_sooner()  # the store's thread gets the GIL back sooner (legion.gil)
         if self.config.watchdog:  # (after the collection: it is start-up, not lag)
             self._watchdog.start()
         journal = asyncio.create_task(self._journal.run(), name="legion-journal")
@@ -343,6 +344,7 @@ class Worker(Upkeep):
             self._journal.close()
             await journal
             heap.unsettle()
+            gil.hand_over_as_before()
             for executor in self.executors.values():
                 await executor.aclose()
             if self.config.watchdog:

@@ -37,6 +37,7 @@ from legion.store.rows import attempt_record, event_detail, task_info
 from legion.store.sqlite_batches import SQLiteBatches
 from legion.store.sqlite_feed import log_changes, log_changes_by
 from legion.store.sqlite_ledger import SQLiteLedger
+from legion.store.sqlite_rows import CACHED_STATEMENTS, execute_rows
 from legion.store.sqlite_submit import SQLiteSubmissions
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
 from legion.store.tenancy import KeyedTasks, unscoped_key
@@ -182,7 +183,12 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                     "schedule add` with this --store creates it)"
                 )
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=CACHED_STATEMENTS,
+            )
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open the store {self.path}: {exc}") from exc
         self._conn = db
@@ -369,7 +375,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 for s in batch.steps
                 if (s.task_id, s.attempt, s.owner) in live
             ]
-            _many(db, "insert_steps", "insert_step", steps, (3,))
+            execute_rows(db, Q["insert_steps"], steps)
         for m in batch.memory:
             if m.task_id is not None and (m.task_id, m.attempt, m.owner) not in live:
                 continue
@@ -399,7 +405,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         errors = [c.error.to_json() if c.error is not None else None for c in completions]
         params = [_completion_params(c, e) for c, e in zip(completions, errors, strict=True)]
         db.execute("SAVEPOINT completions")
-        if _many(db, "complete_many", "complete", params, (1, 2, 9)) == len(params):
+        if execute_rows(db, Q["complete_many"], params, pad=True) == len(params):
             db.execute("RELEASE completions")
             applied = [True] * len(params)
         else:
@@ -411,7 +417,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         log_changes_by(db, [(c.owner, c.id) for c, _ in done], now)
         # A succeeded attempt is recorded on its task's row, by the completion itself.
         ended = [_attempt_params(c, e) for c, e in done if c.outcome is not Outcome.SUCCEEDED]
-        _many(db, "insert_attempts", "insert_attempt", ended, (8,))
+        execute_rows(db, Q["insert_attempts"], ended)
         after_completions(db, batch, applied, now)
         return applied
 
@@ -811,28 +817,26 @@ def _insert_unkeyed(
     """Tasks without idempotency keys, inserted in one statement: consecutive ids."""
     if not tasks:
         return []
-    try:
-        rows = [
-            (
-                t.agent,
-                t.input.decode(),
-                t.session,
-                t.priority,
-                t.max_attempts,
-                t.not_before,
-                t.tenant,
-                t.needs,
-            )
-            for t in tasks
-        ]
-    except UnicodeDecodeError:  # (inputs are JSON, so UTF-8: not seen, but not lost either)
-        _insert_each(db, [(t, None, None) for t in tasks], now)
-    else:
-        db.execute(Q["insert_tasks"], (codec.dumps(rows), now))
+    queued = TaskStatus.QUEUED.value
+    rows = [
+        (
+            t.agent,
+            t.input,
+            t.session,
+            t.priority,
+            queued,
+            t.max_attempts,
+            t.not_before,
+            now,
+            t.tenant,
+            t.needs,
+        )
+        for t in tasks
+    ]
+    execute_rows(db, Q["insert_tasks"], rows)
     (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
     first = last_id - len(tasks) + 1
-    queued = TaskStatus.QUEUED
-    return [Submitted(first + n, None, queued, True) for n in range(len(tasks))]
+    return [Submitted(first + n, None, TaskStatus.QUEUED, True) for n in range(len(tasks))]
 
 
 def _requeue(db: sqlite3.Connection, query: str, params: dict[str, Any], now: float) -> int:
@@ -904,32 +908,6 @@ _OUTCOME_ROW = {
     o: (o.status.value, 1 if o in _UNCOUNTED else 0, o in (Outcome.RETRY, *_UNCOUNTED), o.value)
     for o in Outcome
 }
-
-
-def _many(
-    db: sqlite3.Connection,
-    batched: str,
-    single: str,
-    rows: list[tuple[Any, ...]],
-    blobs: tuple[int, ...],
-) -> int:
-    """Run query ``single`` once per row as one statement, query ``batched``, over a JSON
-    array of the rows (the values at ``blobs``, JSON bytes, as text); answers how many rows
-    it changed. One statement runs the whole batch inside SQLite, where ``executemany``
-    steps once per row, letting go of the GIL and taking it back at each step."""
-    if not rows:
-        return 0
-    text: list[list[Any]] = []
-    try:
-        for row in rows:
-            as_text = list(row)
-            for i in blobs:
-                if as_text[i] is not None:
-                    as_text[i] = as_text[i].decode()
-            text.append(as_text)
-    except UnicodeDecodeError:  # (JSON is UTF-8: not seen, but not lost either)
-        return db.executemany(Q[single], rows).rowcount
-    return db.execute(Q[batched], (codec.dumps(text),)).rowcount
 
 
 def _completion_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from legion import codec
 from legion.store.queries import queries
+from legion.store.sqlite_rows import execute_rows
 
 _LOG = queries("sqlite")["log_event"]
 _LOG_MANY = queries("sqlite")["log_events"]
@@ -39,4 +39,4 @@ def log_changes_by(
         worker, task_id = rows[0]
         db.execute(_LOG, (at, worker, task_id))
     elif rows:
-        db.execute(_LOG_MANY, (codec.dumps(rows), at))
+        execute_rows(db, _LOG_MANY, [(task_id, at, worker) for worker, task_id in rows], pad=True)

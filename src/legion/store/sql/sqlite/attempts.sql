@@ -9,16 +9,11 @@ INSERT INTO attempts (task_id, attempt, worker, outcome, started_at, finished_at
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9);
 
 -- name: insert_attempts
--- `insert_attempt` for a whole batch in one statement: ?1 is a JSON array of rows in
--- `insert_attempt`'s order (error: its JSON text as a string, or null).
+-- `insert_attempt` for many attempts in one statement: a VALUES row per attempt, in
+-- `insert_attempt`'s order.
 INSERT INTO attempts (task_id, attempt, worker, outcome, started_at, finished_at, running,
                       waited, error)
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-       json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
-       json_extract(value, '$[6]'), json_extract(value, '$[7]'),
-       CAST(json_extract(value, '$[8]') AS BLOB)
-FROM json_each(?1)
-ORDER BY key;
+VALUES {rows};
 
 -- name: attempts_of
 -- The attempts that did not succeed, then the one that did: it is kept on the task's row

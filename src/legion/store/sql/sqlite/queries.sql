@@ -10,20 +10,14 @@ INSERT INTO tasks (agent, input, key, session, priority, status, max_attempts, n
 VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?);
 
 -- name: insert_tasks
--- Many tasks without keys in one statement (the hot path's submit): ?1 is a JSON array
--- with a row per task, [agent, input (its JSON text, as a string), session, priority,
--- max_attempts, not_before, tenant, needs]; ?2 created_at. One statement runs the whole
--- batch inside SQLite: executemany steps once per row, and the driver lets go of the GIL
--- and takes it back at each step (see benchmarks/sql_per_row.py). Ids are consecutive,
--- in the array's order.
+-- Many tasks without keys in one statement (the hot path's submit): a VALUES row per
+-- task, [agent, input, session, priority, status, max_attempts, not_before, created_at,
+-- tenant, needs] (see sqlite_rows.py: one statement steps once, where executemany steps
+-- once per row, and the driver lets go of the GIL and takes it back at each step). Ids
+-- are consecutive, in the rows' order.
 INSERT INTO tasks (agent, input, session, priority, status, max_attempts, not_before,
                    created_at, tenant, needs)
-SELECT json_extract(value, '$[0]'), CAST(json_extract(value, '$[1]') AS BLOB),
-       json_extract(value, '$[2]'), json_extract(value, '$[3]'), 'queued',
-       json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2,
-       json_extract(value, '$[6]'), json_extract(value, '$[7]')
-FROM json_each(?1)
-ORDER BY key;
+VALUES {rows};
 
 -- name: tasks_by_keys
 SELECT key, id, status, input_hash FROM tasks WHERE key IN (SELECT value FROM json_each(:keys));
@@ -126,11 +120,11 @@ SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE 
 WHERE id = ?7 AND attempt = ?8 AND lease_owner = ?9 AND status = 'running';
 
 -- name: complete_many
--- `complete` for a whole batch in one statement: ?1 is a JSON array with a row per
--- completion, [status, output, error, not_before, uncount, finished_at, id, attempt,
--- owner, usage, succeeded_on, started_at, running, waited] (output, error and usage: their
--- JSON text as strings, or null). Fenced like `complete`; the caller compares the count of
--- changed rows with the batch's.
+-- `complete` for many completions in one statement: a VALUES row per completion, in
+-- `complete`'s order [status, output, error, not_before, uncount, finished_at, id,
+-- attempt, owner, usage, succeeded_on, started_at, running, waited]. Fenced like
+-- `complete`; the caller compares the count of changed rows with the batch's. A row of
+-- NULLs changes nothing (sqlite_rows.py pads with them).
 UPDATE tasks
 SET status = CASE WHEN tasks.cancel_requested AND c.status = 'queued' THEN 'cancelled'
                   ELSE c.status END,
@@ -147,32 +141,22 @@ SET status = CASE WHEN tasks.cancel_requested AND c.status = 'queued' THEN 'canc
     running = c.running,
     waited = c.waited
 FROM (
-    SELECT json_extract(value, '$[0]') AS status,
-           CAST(json_extract(value, '$[1]') AS BLOB) AS output,
-           CAST(json_extract(value, '$[2]') AS BLOB) AS error,
-           json_extract(value, '$[3]') AS not_before,
-           json_extract(value, '$[4]') AS uncount,
-           json_extract(value, '$[5]') AS finished_at,
-           json_extract(value, '$[6]') AS id,
-           json_extract(value, '$[7]') AS attempt,
-           json_extract(value, '$[8]') AS owner,
-           CAST(json_extract(value, '$[9]') AS BLOB) AS usage,
-           json_extract(value, '$[10]') AS succeeded_on,
-           json_extract(value, '$[11]') AS started_at,
-           json_extract(value, '$[12]') AS running,
-           json_extract(value, '$[13]') AS waited
-    FROM json_each(?1)
+    SELECT column1 AS status, column2 AS output, column3 AS error, column4 AS not_before,
+           column5 AS uncount, column6 AS finished_at, column7 AS id, column8 AS attempt,
+           column9 AS owner, column10 AS usage, column11 AS succeeded_on,
+           column12 AS started_at, column13 AS running, column14 AS waited
+    FROM (VALUES {rows})
 ) AS c
 WHERE tasks.id = c.id AND tasks.attempt = c.attempt AND tasks.lease_owner = c.owner
   AND tasks.status = 'running';
 
 -- name: log_events
--- `log_event` for many tasks in one statement: ?1 is a JSON array of [worker, task id]
--- rows (worker: whose lease the change ended, or null), ?2 the time. In the array's order.
+-- `log_event` for many tasks in one statement: a VALUES row per task, [task id, the time,
+-- the worker whose lease the change ended (or null)]. In the rows' order (CROSS JOIN keeps
+-- them as the outer loop); a row of NULLs logs nothing.
 INSERT INTO events (task_id, at, status, attempt, worker)
-SELECT t.id, ?2, t.status, t.attempt, json_extract(j.value, '$[0]')
-FROM json_each(?1) AS j JOIN tasks AS t ON t.id = json_extract(j.value, '$[1]')
-ORDER BY j.key;
+SELECT t.id, c.column2, t.status, t.attempt, c.column3
+FROM (VALUES {rows}) AS c CROSS JOIN tasks AS t ON t.id = c.column1;
 
 -- name: log_event
 -- The change feed (see 0014_hot_path.sql): every statement that changes a task's status
@@ -188,16 +172,10 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 ON CONFLICT (task_id, key) DO NOTHING;
 
 -- name: insert_steps
--- `insert_step` for a whole batch in one statement: ?1 is a JSON array of rows in
--- `insert_step`'s order (output: its JSON text, as a string). (`WHERE true`: an upsert
--- after a SELECT needs a WHERE clause to be read as one.)
+-- `insert_step` for many steps in one statement: a VALUES row per step, in
+-- `insert_step`'s order.
 INSERT INTO steps (task_id, key, attempt, output, started_at, finished_at)
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-       CAST(json_extract(value, '$[3]') AS BLOB), json_extract(value, '$[4]'),
-       json_extract(value, '$[5]')
-FROM json_each(?1)
-WHERE true
-ORDER BY key
+VALUES {rows}
 ON CONFLICT (task_id, key) DO NOTHING;
 
 -- name: set_memory
