@@ -26,7 +26,7 @@ journal of its own.
 
 ``--statements many`` runs each batch as ``executemany`` (a step per row) and the lease as
 ``UPDATE ... RETURNING`` (a step per leased row), as the store did before; the default,
-``one``, as the store does now: one statement per batch (per chunk of up to 1,024 rows)
+``one``, as the store does now: one statement per batch (per chunk of up to 256 rows)
 over all its rows, and the lease as a pick (one JSON row) and a take. Each step lets go of
 the GIL and takes it
 back: ``--busy`` runs the statements beside a thread busy with Python, as the worker's

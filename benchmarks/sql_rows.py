@@ -8,7 +8,7 @@ tasks completed in batches of 1,000, and prints CPU microseconds a task:
 
     python benchmarks/sql_rows.py
 
-Measured on this machine (idle, six runs over two sittings): JSON array 8.0-8.8 us a
+Measured on this machine (idle, nine runs over three sittings): JSON array 8.0-8.9 us a
 task, VALUES 5.05-6.13.
 """
 

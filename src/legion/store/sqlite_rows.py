@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 ROWS = "{rows}"
-MAX_ROWS = 1024  # rows of one statement, at most
+MAX_ROWS = 256  # rows of one statement, at most
 CACHED_STATEMENTS = 512  # the connection's statement cache (sqlite3's default: 128)
 
 
