@@ -6,7 +6,7 @@ it for the statement). Python hands the GIL over to a waiting thread only when t
 holder lets go or after the switch interval, 5 ms by default: the store's thread waited
 about that long several times per lease and per group commit, so a transaction's wall
 time was twice its CPU time, and the loop then sat idle waiting for the next lease (see
-"The store's thread and the GIL" in benchmarks/README.md).
+"The SQLite store's thread and the GIL" in benchmarks/README.md).
 
 While a worker runs, `hand_over_sooner` sets the interval to `INTERVAL` (0.2 ms): no-op
 tasks on SQLite +12-25 %, the same CPU per task. It changes only Python's default: an
