@@ -871,9 +871,9 @@ class _Expiry:
         self._buckets: dict[int, dict[int, Instance]] = {}
 
     def add(self, inst: Instance) -> None:
-        left = inst.time.remaining()
-        if left is not None:
-            self._put(inst, self._clock.monotonic() + left)
+        due = inst.time.due()  # (the time it is up, without reading the clock)
+        if due != math.inf:
+            self._put(inst, due)
 
     def discard(self, inst: Instance) -> None:
         if inst.expiry is not None:
