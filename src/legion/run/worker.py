@@ -309,7 +309,6 @@ class Worker(Upkeep):
         for executor in self.executors.values():
             await executor.start()
         heap.settle()  # full collections skip what start-up made (see legion.heap)
-        gil.hand_over_sooner()  # the store's thread gets the GIL back sooner (legion.gil)
         if self.config.watchdog:  # (after the collection: it is start-up, not lag)
             self._watchdog.start()
         journal = asyncio.create_task(self._journal.run(), name="legion-journal")
@@ -327,6 +326,7 @@ class Worker(Upkeep):
             self.batch_desk = BatchDesk(self.llm, self.store, clock=self._clock, wake=self.wake)
             background.append(asyncio.create_task(self.batch_desk.run(), name="legion-batch"))
         self.started.set()
+        gil.hand_over_sooner()  # the store's thread gets the GIL back sooner (legion.gil)
         try:
             await self._lease_loop()
             await self._drain()
