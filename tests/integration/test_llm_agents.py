@@ -107,8 +107,13 @@ async def test_a_rejected_key_stops_the_run_without_burning_the_queue(db_url: st
     assert counts.get(TaskStatus.FAILED, 0) >= 1
     assert counts.get(TaskStatus.DEAD, 0) == 0
     assert counts[TaskStatus.QUEUED] >= 200 - 4  # the rest wait for a fixed key
-    assert provider.simulator.stats().by_status == {401: counts[TaskStatus.FAILED]}
-    assert counts[TaskStatus.FAILED] <= 4
+    # Only the first wave called (one per slot), and nothing after the stop: a task whose
+    # 401 came after the first one's is given back unfinished, not failed, so there are as
+    # many 401s as tasks of that wave, failed or queued again.
+    rejected = provider.simulator.stats().by_status
+    assert set(rejected) == {401}
+    assert counts[TaskStatus.FAILED] <= rejected[401] <= 4
+    assert counts[TaskStatus.FAILED] + counts[TaskStatus.QUEUED] == 200
 
 
 async def test_an_agent_without_an_llm_fails_with_a_clear_reason(db_url: str) -> None:

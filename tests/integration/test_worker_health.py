@@ -128,3 +128,34 @@ async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None
     async with asyncio.timeout(limit):
         while not condition():  # noqa: ASYNC110 - a state of the worker, no event to wait on
             await asyncio.sleep(0.01)
+
+
+async def test_an_instance_cancelled_from_outside_before_it_began_frees_its_slot(
+    db_url: str,
+) -> None:
+    """An instance frees its slot as `run_instance` ends. One whose task is cancelled
+    before its first step (by code outside the worker) never runs it: the next heartbeat
+    finds its task done and frees the slot."""
+    victims: list[int] = []
+
+    @legion.agent
+    async def first(ctx: legion.Context, x: int) -> int:
+        # The two instances started in one turn; this one runs first and cancels the
+        # other's task before that task's first step.
+        for task in asyncio.all_tasks():
+            if task.get_name().startswith("legion-task-") and task is not asyncio.current_task():
+                victims.append(int(task.get_name().rsplit("-", 1)[1]))
+                task.cancel()
+        return x
+
+    async with Runtime(db_url, concurrency=2) as rt:
+        worker = rt.worker
+        assert worker is not None
+        ids = [s.id for s in await rt.submit_many(first, [1, 2])]
+        await wait_until(lambda: len(victims) == 1 and not worker.holds(ids[0]))
+        (victim,) = victims
+        assert victim == ids[1]
+        assert worker.holds(victim)  # its task is done, its slot still taken
+        await worker.heartbeat()
+        assert not worker.holds(victim)
+        assert worker.statistics().in_flight == 0

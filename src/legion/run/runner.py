@@ -11,6 +11,7 @@ import asyncio
 import enum
 import logging
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from legion import attempt, codec, telemetry
@@ -137,7 +138,9 @@ class Services:
 
     ``strict``: a step or call the agent never awaited fails the task (by default it is
     reported on the task and the task goes on). ``before_step``: asked before each step
-    runs (see `legion.context.BeforeStep`).
+    runs (see `legion.context.BeforeStep`). ``on_end``: told by `run_instance` as its last
+    act, the instance's task about to be done (the worker frees its slot then, instead of
+    in a done callback: one turn of the loop and one callback less per task).
     """
 
     owner: str
@@ -148,6 +151,7 @@ class Services:
     llm: LLMClient | None = None
     strict: bool = False
     before_step: BeforeStep | None = None
+    on_end: Callable[[Instance], None] | None = None
 
 
 async def run_instance(
@@ -264,7 +268,11 @@ async def run_instance(
             )
         journal.complete(lease, done)
     finally:
-        ctx.ended()
+        try:
+            ctx.ended()
+        finally:
+            if services.on_end is not None:
+                services.on_end(instance)
 
 
 TENANT_PARK = 60.0

@@ -87,6 +87,8 @@ class Upkeep:
 
         def _lost(self, task_ids: set[int]) -> None: ...
 
+        def _sweep_ended(self) -> None: ...
+
     def health(self) -> dict[str, object]:
         """What the worker reports in its heartbeat: load, loop lag, memory."""
         s = self.statistics()
@@ -158,6 +160,7 @@ class Upkeep:
         gone or whose cancellation was asked; report the load (registering anew if the
         worker's row was taken for dead)."""
         sent = self._clock.monotonic()
+        self._sweep_ended()
         running = [i for i, inst in self._instances.items() if not ended(inst)]
         asked = running + self._ahead.ids()
         now = self._clock.wall()

@@ -150,9 +150,8 @@ class Worker(Upkeep):
         self._running: dict[str, int] = {}
         self._instances: dict[int, Instance] = {}
         self._by_task: dict[asyncio.Task[Any], Instance] = {}
-        # What every instance's task calls when it ends, made once: a bound method and a
-        # copy of the context per instance were two more objects each held in flight.
-        self._on_task_done = self._task_done
+        # The context the worker's bookkeeping runs in when an instance ends (see
+        # `_instance_ended`), made once.
         self._done_context = contextvars.copy_context()  # (the loop's, once it runs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._journal = Journal(
@@ -187,6 +186,7 @@ class Worker(Upkeep):
             llm=self.llm,
             strict=self.config.strict,
             before_step=self._before_step,
+            on_end=self._instance_ended,
         )
         self._turn = 0
         self._wake = asyncio.Event()
@@ -341,6 +341,7 @@ class Worker(Upkeep):
                 await asyncio.gather(
                     *(i.task for i in self._instances.values() if i.task), return_exceptions=True
                 )
+                self._sweep_ended()
             self._journal.close()
             await journal
             heap.unsettle()
@@ -709,13 +710,21 @@ class Worker(Upkeep):
             name=f"legion-task-{lease.id}",
         )
         self._by_task[task] = inst
-        task.add_done_callback(self._on_task_done, context=self._done_context)
         return inst
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        inst = self._by_task.get(task)
-        if inst is not None:
-            self._finished(inst, task)
+    def _instance_ended(self, inst: Instance) -> None:
+        """`run_instance`'s last act: free the instance's slot (and start what it frees) in
+        the worker's own context, not the ending instance's, which a task started from
+        here would otherwise inherit. A task cancelled before its first step never gets
+        here: `_sweep_ended` finds it."""
+        self._done_context.run(self._finished, inst, inst.task)
+
+    def _sweep_ended(self) -> None:
+        """Free the slots of instances whose task ended without running `run_instance`
+        (cancelled from outside the worker before its first step: legion's own stops let
+        an instance begin and end itself)."""
+        for inst in [i for i in self._instances.values() if i.task is not None and i.task.done()]:
+            self._finished(inst, inst.task)
 
     def _executor_for(self, agent: Agent) -> Executor | None:
         name = self._executor_override or agent.options.executor
