@@ -159,7 +159,7 @@ def _run(db: sqlite3.Connection, n: int, schema: int, one: bool) -> dict[str, fl
             db.executemany(Q["complete"], done)
             db.execute("RELEASE completions")
             if schema >= 14:
-                db.executemany(Q["log_event"], [(3.0, "w", i) for i in chunk])
+                db.executemany(Q["log_event"], [(i, 3.0, "w") for i in chunk])
         db.execute("COMMIT")
     cpu["write"] = time.thread_time() - t0
     cpu["wall"] = time.perf_counter() - wall0

@@ -723,7 +723,7 @@ class Worker(Upkeep):
         """Free the slots of instances whose task ended without running `run_instance`
         (cancelled from outside the worker before its first step: legion's own stops let
         an instance begin and end itself)."""
-        for inst in [i for i in self._instances.values() if i.task is not None and i.task.done()]:
+        for inst in [i for i in self._instances.values() if ended(i)]:
             self._finished(inst, inst.task)
 
     def _executor_for(self, agent: Agent) -> Executor | None:

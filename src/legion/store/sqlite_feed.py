@@ -26,17 +26,20 @@ def log_changes(
 ) -> None:
     """Log the status each task of ``ids`` holds now; ``worker``: whose lease the changes
     ended (``None``: no lease's)."""
-    log_changes_by(db, [(worker, i) for i in ids], at)
+    _log(db, [(i, at, worker) for i in ids])
 
 
 def log_changes_by(
     db: sqlite3.Connection, changes: Iterable[tuple[str | None, int]], at: float
 ) -> None:
-    """`log_changes` with a worker per task: ``(worker, task id)`` pairs. Several go in
-    one statement (``log_events``), a single one as it is."""
-    rows = changes if isinstance(changes, list) else list(changes)
+    """`log_changes` with a worker per task: ``(worker, task id)`` pairs."""
+    _log(db, [(task_id, at, worker) for worker, task_id in changes])
+
+
+def _log(db: sqlite3.Connection, rows: list[tuple[int, float, str | None]]) -> None:
+    """``(task id, at, worker)`` rows: several in one statement (``log_events``), a single
+    one as it is."""
     if len(rows) == 1:
-        worker, task_id = rows[0]
-        db.execute(_LOG, (at, worker, task_id))
+        db.execute(_LOG, rows[0])
     elif rows:
-        execute_rows(db, _LOG_MANY, [(task_id, at, worker) for worker, task_id in rows], pad=True)
+        execute_rows(db, _LOG_MANY, rows, pad=True)

@@ -161,9 +161,10 @@ FROM (VALUES {rows}) AS c CROSS JOIN tasks AS t ON t.id = c.column1;
 -- name: log_event
 -- The change feed (see 0014_hot_path.sql): every statement that changes a task's status
 -- is followed by one of these per changed task, in the same transaction. Positional for
--- speed: 1 at, 2 the worker whose lease the change ended (or NULL), 3 the task's id.
+-- speed, a row of `log_events`: 1 the task's id, 2 at, 3 the worker whose lease the
+-- change ended (or NULL).
 INSERT INTO events (task_id, at, status, attempt, worker)
-SELECT id, ?1, status, attempt, ?2 FROM tasks WHERE id = ?3;
+SELECT id, ?2, status, attempt, ?3 FROM tasks WHERE id = ?1;
 
 -- name: insert_step
 -- Positional: 1 task_id, 2 key, 3 attempt, 4 output, 5 started_at, 6 finished_at.
