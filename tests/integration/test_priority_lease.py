@@ -4,6 +4,7 @@ a busy route (admission): its calls go first there, so it need not wait for the 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -52,6 +53,12 @@ async def test_a_priority_task_is_leased_past_a_full_route(db_url: str) -> None:
                 await asyncio.sleep(0.01)
         statuses = [await _status(rt, s.id) for s in batch]
         assert statuses.count(TaskStatus.QUEUED) >= 3  # the batch is still held back
+        # Its lease is on the store's clock (the wall clock), like every other: leased on
+        # the monotonic clock, it began in 1970 and ran out at once, and the reaper took
+        # the task back (queued again, to run only once the worker was idle).
+        info = await rt.store.get(urgent.id)
+        assert info is not None and info.started_at is not None
+        assert abs(info.started_at - time.time()) < 3600, info.started_at
         for task_id in (*(s.id for s in batch), urgent.id):
             await rt.cancel(task_id)
 

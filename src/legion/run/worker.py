@@ -477,13 +477,14 @@ class Worker(Upkeep):
         if free <= 0 or not wants:
             return False
         self._raised_polled = now
+        wall = self._clock.wall()  # (a lease is on the store's clock, not the monotonic one)
         try:
             leases = await self.store.lease(
                 self.id,
                 wants,
                 free,
-                now + cfg.lease_seconds,
-                now,
+                wall + cfg.lease_seconds,
+                wall,
                 offer=cfg.offer,
                 min_priority=1,
             )
