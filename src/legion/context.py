@@ -434,7 +434,10 @@ class Context:
         JSON, replayed or new, into what the step answers; ``usage``: the JSON is an LLM
         call's, counted in `usage` first. With them a caller records a call without a
         coroutine of its own around it (one frame less held while the call is in
-        flight)."""
+        flight). Given both, ``encode`` answers plain JSON (what `codec.loads` would
+        read back) and ``decode`` of it rebuilds an answer equal to the one encoded:
+        a new answer is then answered as it came, and only a replayed one is
+        decoded."""
         key = step_key(self._counts, name)
         recorded = self._lease.steps.get(key)
         if recorded is not None:
@@ -452,7 +455,8 @@ class Context:
                 result = await result
         if faults.ARMED:
             faults.hit("step-ran")
-        data = codec.dumps(result if encode is None else encode(result))
+        encoded = result if encode is None else encode(result)
+        data = codec.dumps(encoded)
         finished = self._clock.wall()
         # What the advisor may compare (see legion.diagnostics.advisor): only a step long
         # enough and awaited on its own can be in a report; its inputs only if such a step
@@ -475,7 +479,11 @@ class Context:
             self._traces = [trace]
         else:
             self._traces.append(trace)
-        return self._answer(codec.loads(data), decode, usage)
+        if encode is None or decode is None:
+            return self._answer(codec.loads(data), decode, usage)
+        if usage:
+            self.usage.add(encoded)
+        return result
 
     def _answer(self, value: Any, decode: Callable[[Any], Any] | None, usage: bool) -> Any:
         """What a step answers from its recorded JSON, replayed or new (see `record`)."""

@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextvars
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from legion import codec
 from legion.diagnostics.report import Diagnostic, Kind, Site
 from legion.diagnostics.unawaited import SiteRef
+from legion.record import record
 
 GATHERED: contextvars.ContextVar[bool] = contextvars.ContextVar("legion_gathered", default=False)
 """Set in the tasks ``ctx.gather`` runs: the steps they run are gathered."""
@@ -35,7 +35,7 @@ GATHERED: contextvars.ContextVar[bool] = contextvars.ContextVar("legion_gathered
 MIN_SAVING = 0.005
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepTrace:
     key: str
     site_ref: SiteRef | None

@@ -302,9 +302,13 @@ class Budgets:
     async def _load(budget: Budget, history: Callable[[str, str], Awaitable[Spend]]) -> None:
         budget.spent_before(await history(budget.scope, budget.who))
 
-    async def reserve(self, tokens: int, cost: float | None) -> Holds:
-        """Reserve one call in every budget that applies, or in none (`BudgetExceeded`)."""
-        applying = self.applying()
+    async def reserve(
+        self, tokens: int, cost: float | None, applying: list[Budget] | None = None
+    ) -> Holds:
+        """Reserve one call in every budget that applies (``applying``: those the caller
+        found already), or in none (`BudgetExceeded`)."""
+        if applying is None:
+            applying = self.applying()
         if not applying:  # no budget: nothing held (no list kept by every call in flight)
             return ()
         holds: list[tuple[Budget, Hold]] = []

@@ -172,6 +172,7 @@ class LLMStatistics:
 
 class _Counters:
     __slots__ = (
+        "_tokens",
         "attempts",
         "calls",
         "cost",
@@ -184,7 +185,6 @@ class _Counters:
         "served_by",
         "succeeded",
         "unpriced",
-        "usage",
     )
 
     def __init__(self, hedge: HedgeSettings | None) -> None:
@@ -194,13 +194,27 @@ class _Counters:
         self.attempts = 0
         self.retries = 0
         self.errors: dict[str, int] = {}
-        self.usage = Usage()
+        self._tokens = [0, 0, 0, 0, 0]  # Usage's five counts, summed in place
         self.cost = 0.0
         self.unpriced = 0
         self.hedged = 0
         self.hedges_won = 0
         self.latencies = Latencies(hedge) if hedge is not None else None
         self.served_by: dict[str, int] = {}
+
+    def count(self, usage: Usage) -> None:
+        """Add one answer's usage (no new `Usage` per call)."""
+        tokens = self._tokens
+        tokens[0] += usage.prompt_tokens
+        tokens[1] += usage.completion_tokens
+        tokens[2] += usage.cached_tokens
+        tokens[3] += usage.cache_write_tokens
+        tokens[4] += usage.reasoning_tokens
+
+    @property
+    def usage(self) -> Usage:
+        """The usage of every answered call."""
+        return Usage(*self._tokens)
 
 
 class _Sent:
@@ -345,6 +359,8 @@ class LLMClient:
         headroom), before any 429 says so; while every one is out, the first of the
         route's fallbacks with one that is not; while those are out too, the soonest."""
         pool = self._pools[name]
+        if len(pool) == 1 and not pool[0].fallback:
+            return pool[0]  # one deployment, nowhere else to go: it, out or not
         for candidates in (pool, *(self._pools[f] for f in pool[0].fallback)):
             usable = [route for route in candidates if not _out(route)]
             if usable:
@@ -474,7 +490,7 @@ class LLMClient:
                     raise
                 route.capacity.observe(result.rate_limits, sent_at=slot.started_at)
                 counters.succeeded += 1
-                counters.usage += usage
+                counters.count(usage)
                 cost = self._prices.cost(route.model, usage)
                 self._settle_hold(hold, usage, cost)
                 if cost is None:
@@ -566,7 +582,7 @@ class LLMClient:
         counters.calls += 1
         counters.attempts += 1
         counters.succeeded += 1
-        counters.usage += response.usage
+        counters.count(response.usage)
         price = self._prices.batch_price(response.model) or self._prices.batch_price(named.model)
         if price is None:
             counters.unpriced += 1
@@ -673,7 +689,11 @@ class LLMClient:
     ) -> ChatResponse:
         capacity = route.capacity
         completion = _completion_tokens(request.params, self._completion_estimate)
-        hold = await self._hold(route, estimate, estimate - completion)
+        applying = self.budgets.applying()
+        # No budget applies (the common case): nothing to price or hold before the call.
+        hold: Holds = ()
+        if applying:
+            hold = await self._hold(route, estimate, estimate - completion, applying)
         try:
             # acquire/release rather than ``async with reserve()``: no reservation object
             # and bound exit method held by every call in flight.
@@ -714,20 +734,25 @@ class LLMClient:
         capacity.observe(result.rate_limits, sent_at=slot.started_at)
         if counters.latencies is not None:
             counters.latencies.add(self._timer.now() - slot.started_at)
-        counters.usage += usage
+        counters.count(usage)
         cost = self._prices.cost(route.model, usage)
-        self._settle_hold(hold, usage if usage.total else _estimated(estimate, estimate), cost)
+        if hold:
+            self._settle_hold(hold, usage if usage.total else _estimated(estimate, estimate), cost)
         if cost is None:
             counters.unpriced += 1
         else:
             counters.cost += cost
         return result.response
 
-    async def _hold(self, route: Route, estimate: int, prompt: int) -> Holds:
+    async def _hold(
+        self, route: Route, estimate: int, prompt: int, applying: list[Budget] | None = None
+    ) -> Holds:
         """Reserve one call of ``estimate`` tokens (``prompt`` of them input) against the
-        budgets that apply to it; `BudgetExceeded` when one cannot hold it."""
+        budgets that apply to it (``applying``, when the caller has them already);
+        `BudgetExceeded` when one cannot hold it."""
         usage = _estimated(estimate, prompt)
-        return await self.budgets.reserve(estimate, self._prices.cost(route.model, usage))
+        cost = self._prices.cost(route.model, usage)
+        return await self.budgets.reserve(estimate, cost, applying)
 
     def _unhold(self, hold: Holds) -> None:
         self.budgets.release(hold)
