@@ -70,7 +70,8 @@ async def test_steps(tmp_path: Path, postgres_server: str) -> None:
     data = check_written(await steps.run(opts, workdir=tmp_path), tmp_path)
     rates = data["steps_per_second"]
     assert isinstance(rates, dict)
-    assert set(rates) == {steps.SQLITE, steps.POSTGRES}
+    assert set(rates) == {steps.SQLITE, steps.POSTGRES, steps.LLM}
+    assert all(rate["best"] > 0 for rate in rates.values())
 
 
 async def test_capacity(tmp_path: Path) -> None:

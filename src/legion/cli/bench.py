@@ -156,7 +156,8 @@ def steps_cmd(
     plots: PlotsOpt = True,
 ) -> None:
     """Agents of five recorded steps through the durable path (SQLite, PostgreSQL):
-    steps per second and CPU per step."""
+    steps per second and CPU per step; next to them, on SQLite, five LLM calls through
+    ctx.llm.chat to an in-process provider that answers at once."""
     from legion.bench import steps
 
     opts = steps.StepsOptions(
