@@ -125,3 +125,43 @@ async def test_an_agent_without_an_llm_fails_with_a_clear_reason(db_url: str) ->
         r = await rt.result((await rt.submit(ask, "hi")).id)
     assert r.status is TaskStatus.FAILED and r.attempt == 1
     assert r.error is not None and "no LLM is configured" in r.error.message
+
+
+class _ToolCaller:
+    """Answers with a tool call and every usage detail set (what a replay must rebuild)."""
+
+    name = "tool-caller"
+
+    async def chat(self, request: Any, *, timeout: float) -> Any:  # noqa: ASYNC109
+        from legion.llm.provider import ChatResult
+        from legion.llm.types import ChatResponse, RateLimitInfo, ToolCall, Usage
+
+        usage = Usage(40, 9, cached_tokens=30, cache_write_tokens=5, reasoning_tokens=4)
+        call = ToolCall("call-1", "lookup", '{"q": "x"}')
+        response = ChatResponse("", (call,), "tool_calls", usage, request.model, self.name)
+        return ChatResult(response, RateLimitInfo())
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_new_answer_is_the_one_its_replay_gives(db_url: str) -> None:
+    seen: list[Any] = []
+
+    @legion.agent(retries=1, backoff=0)
+    async def ask(ctx: legion.Context, q: str) -> int:
+        answer = await ctx.llm.chat([{"role": "user", "content": q}])
+        seen.append(answer)
+        if ctx.attempt == 1:
+            raise ConnectionError("fails after the call was recorded")
+        return answer.usage.total
+
+    llm = LLMClient([Route("tools", _ToolCaller(), "tool-model", Capacity("tools"))])
+    async with Runtime(db_url, llm=llm) as rt:
+        r = await rt.result((await rt.submit(ask, "hello")).id)
+    assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2
+    new, replayed = seen
+    assert new == replayed and new.tool_calls[0].arguments == '{"q": "x"}'
+    assert new.usage.reasoning_tokens == 4 and new.usage.cache_write_tokens == 5
+    # Counted once per attempt that saw it, from the recorded JSON either way.
+    assert r.usage is not None and r.usage["cached_tokens"] == 30 and r.usage["llm_calls"] == 1
