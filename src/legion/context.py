@@ -233,9 +233,9 @@ class Context:
         "_owner",
         "_store",
         "_traces",
+        "_usage",
         "agent",
         "signals_taken",
-        "usage",
     )
 
     def __init__(
@@ -254,10 +254,11 @@ class Context:
         and the store accepts them only while that lease holds. ``before_step``: asked
         before each step runs (see `BeforeStep`)."""
         self.agent = agent
-        self.usage = TaskUsage()
+        self._usage: TaskUsage | None = None  # made at the first LLM call's answer
         # The steps this attempt ran, for the advisor: made at the first step's end.
         self._traces: list[StepTrace] | None = None
-        self._made: list[Pending[Any]] = []
+        # The steps and calls made for the agent: made with the first of them.
+        self._made: list[Pending[Any]] | None = None
         self._llm_client = llm
         self._llm: LLMCalls | None = None
         self._lease = lease
@@ -305,6 +306,17 @@ class Context:
             fence = (self._lease.id, self._lease.attempt, self._owner)
             self._memory = Memory(self._store, self._journal, self.session, self.made, fence)
         return self._memory
+
+    @property
+    def usage(self) -> TaskUsage:
+        """What this attempt's LLM calls used, replayed calls included."""
+        if self._usage is None:
+            self._usage = TaskUsage()
+        return self._usage
+
+    def usage_json(self) -> bytes | None:
+        """`usage` as stored with the task (``None``: no LLM call)."""
+        return None if self._usage is None else self._usage.to_json()
 
     @property
     def traces(self) -> Sequence[StepTrace]:
@@ -400,12 +412,15 @@ class Context:
         pending: Pending[Any] = Pending(
             f"step `{name}`", lambda: self.record(name, fn, args, kwargs, pending.site_ref)
         )
-        self._made.append(pending)
+        self.made(pending)
         return pending
 
     def made(self, pending: Pending[Any]) -> None:
         """Keep track of a pending call made for the agent (see `unawaited`)."""
-        self._made.append(pending)
+        if self._made is None:
+            self._made = [pending]
+        else:
+            self._made.append(pending)
 
     def made_any(self) -> bool:
         """Whether the agent made any step or call (awaited or not)."""

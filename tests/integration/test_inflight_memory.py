@@ -167,16 +167,17 @@ async def test_a_finished_attempt_that_called_the_llm_leaves_nothing_for_the_cyc
     assert left == 0
 
 
-async def test_a_waiting_instance_holds_at_most_35_objects_the_collector_scans(
+async def test_a_waiting_instance_holds_at_most_33_objects_the_collector_scans(
     tmp_path: Path,
 ) -> None:
     """Every full collection of the cyclic GC scans each object it tracks: with 10,000
     instances in flight they were most of its work (44 objects each before the budget
-    holds, the capacity reservation, the recorder and the result's waiter list went)."""
+    holds, the capacity reservation, the recorder, the result's waiter list and the
+    task's usage before its first answer went)."""
 
     def tracked(arg: Any) -> int:
         return len(gc.get_objects()) if arg is None else len(gc.get_objects()) - int(arg[0])
 
     held = await _all_waiting(tmp_path, tracked)
-    # 32 measured here on Python 3.11, the test's provider and its event included.
-    assert held / INSTANCES <= 35, held / INSTANCES
+    # 31 measured here on Python 3.11, the test's provider and its event included.
+    assert held / INSTANCES <= 33, held / INSTANCES

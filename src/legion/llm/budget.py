@@ -267,9 +267,10 @@ class Budgets:
         budget = self.agents.get(name)
         return budget is not None and budget.exhausted is not None
 
-    def applying(self) -> list[Budget]:
+    def applying(self) -> Sequence[Budget]:
         """The budgets a call made now counts against: the run's, and those of the
-        current attempt's agent and tenant."""
+        current attempt's agent and tenant (none: the empty tuple, which a call in
+        flight may hold for nothing)."""
         found = [] if self.run is None else [self.run]
         current = attempt.current()
         if current is not None:
@@ -278,7 +279,7 @@ class Budgets:
             tenant = self.tenant(current.tenant)
             if tenant is not None:
                 found.append(tenant)
-        return found
+        return found or ()
 
     async def ready(self, budget: Budget) -> None:
         """Count what ``budget``'s agent or tenant spent before (once; a failed read is
@@ -303,7 +304,7 @@ class Budgets:
         budget.spent_before(await history(budget.scope, budget.who))
 
     async def reserve(
-        self, tokens: int, cost: float | None, applying: list[Budget] | None = None
+        self, tokens: int, cost: float | None, applying: Sequence[Budget] | None = None
     ) -> Holds:
         """Reserve one call in every budget that applies (``applying``: those the caller
         found already), or in none (`BudgetExceeded`)."""

@@ -745,7 +745,7 @@ class LLMClient:
         return result.response
 
     async def _hold(
-        self, route: Route, estimate: int, prompt: int, applying: list[Budget] | None = None
+        self, route: Route, estimate: int, prompt: int, applying: Sequence[Budget] | None = None
     ) -> Holds:
         """Reserve one call of ``estimate`` tokens (``prompt`` of them input) against the
         budgets that apply to it (``applying``, when the caller has them already);

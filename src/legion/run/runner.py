@@ -220,7 +220,7 @@ async def run_instance(
                 Outcome.WAITING,
                 started,
                 clock.wall(),
-                usage=ctx.usage.to_json(),
+                usage=ctx.usage_json(),
                 wait=suspended.wait,
                 time_=instance.time,
             )
@@ -233,7 +233,7 @@ async def run_instance(
         if instance.stop_reason is StopReason.LOST:  # the agent swallowed the stop
             return
         finished = clock.wall()
-        usage = ctx.usage.to_json()
+        usage = ctx.usage_json()
         found = _look_back(instance, ctx)
         if services.strict and error is None and any(d.kind is Kind.UNAWAITED for d in found):
             error = UnawaitedWork(
