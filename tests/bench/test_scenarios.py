@@ -102,6 +102,9 @@ async def test_concurrency(tmp_path: Path) -> None:
     assert set(results) == set(concurrency.VARIANTS)
     for r in results.values():
         assert r["max_in_flight"] == 100 and r["failed"] == 0 and r["bytes_per_instance"] >= 0
+    for kind in ("legion", "legion-gc"):
+        r = results[kind]
+        assert 0 <= r["gc_full_s"] <= r["gc_s"] and r["gc_full_passes"] >= 0
 
 
 async def test_sequential_vs_scaled(tmp_path: Path) -> None:

@@ -100,6 +100,34 @@ async def slow_call(ctx: legion.Context, i: int) -> int:
     return answer.usage.total
 
 
+class CollectorTime:
+    """Seconds the cyclic garbage collector ran while this is entered: all its passes,
+    and the full ones (the oldest generation: every live object scanned)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.full = 0.0
+        self.full_passes = 0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        spent = time.perf_counter() - self._started
+        self.total += spent
+        if info["generation"] == 2:
+            self.full += spent
+            self.full_passes += 1
+
+    def __enter__(self) -> CollectorTime:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 async def _legion(opts: ConcurrencyOptions, folder: str) -> dict[str, Any]:
     provider = DelayedProvider(opts.delay)
     client = LLMClient([Route("slow", provider, "slow-model", Capacity("slow"), timeout=600)])
@@ -109,13 +137,16 @@ async def _legion(opts: ConcurrencyOptions, folder: str) -> dict[str, Any]:
             pass
         rss0 = rss_bytes()
         failed = 0
-        with Meter() as meter:
+        with Meter() as meter, CollectorTime() as collector:
             t0 = time.perf_counter()
             async for result in rt.map(slow_call, range(opts.instances)):
                 failed += not result.ok
             makespan = time.perf_counter() - t0
     assert meter.result is not None
     return {
+        "gc_s": collector.total,
+        "gc_full_s": collector.full,
+        "gc_full_passes": collector.full_passes,
         "makespan_s": makespan,
         "cpu_s": meter.result.cpu,
         "rss_before_mb": rss0 / 2**20,
@@ -196,6 +227,10 @@ async def run(
         f"legion: all {opts.instances:,} calls had started {legion_r['all_started_after_s']:.2f} s "
         "after the submission began (submit, lease, start, step record); the rest of the "
         "excess is the completions (step records, group commits, results delivered).",
+        f"legion: the cyclic garbage collector ran {legion_r['gc_s']:.2f} s of the run, "
+        f"{legion_r['gc_full_s']:.2f} s of it in {legion_r['gc_full_passes']} full "
+        "collections (each scans every live instance); with the thresholds raised: "
+        f"{results['legion-gc']['gc_s']:.2f} s.",
         "With the collector's thresholds raised (third row), the time the cyclic garbage "
         "collector spends scanning the live instances goes away; legion sets no GC policy "
         "of its own, an application may.",
