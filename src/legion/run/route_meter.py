@@ -6,6 +6,13 @@ seconds (5), the route's limit (learned from the provider's headers, else config
 the calls queued for their turn and whether a 429 pause is in force. Summed over the
 workers, these say how close each route is to its limit (see
 `legion.provision.board.route_headroom`).
+
+A route's rates count from the first report in which it had made calls, not from the
+worker's start: a worker still importing its app and leasing its first tasks would
+otherwise report a route it is about to fill as half idle, and the scaling policy would
+add a worker that only meets the limit. The meter is `measured` (the policy waits for it
+before scaling up) once its routes have been rated over ``MIN_SPAN`` seconds of use, or
+after a whole ``window`` in which no route made a call (a worker whose agents use none).
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ class RouteMeter:
         self._window = window
         self._clock = clock
         self._samples: dict[str, deque[tuple[float, int, int]]] = {}  # (at, requests, tokens)
-        self.measured = False  # a report's rates covered at least MIN_SPAN seconds
-        self.report()  # the baseline: rates are counted from here
+        self._started = clock()
+        self._used_since: float | None = None  # the first report in which a route had calls
+        self.measured = False  # the rates reported say how the routes are used (see above)
+        self.report()
 
     def report(self) -> dict[str, dict[str, Any]]:
         from legion.run.shares import _key
@@ -51,12 +60,16 @@ class RouteMeter:
             key = _key(route)
             s = route.capacity.statistics()
             samples = self._samples.setdefault(key, deque())
+            used = s.requests > 0 or s.tokens_used > 0
+            if used and samples and samples[0][1] == 0 and samples[0][2] == 0:
+                samples.clear()  # its first calls: rates count from this report on
             samples.append((now, s.requests, s.tokens_used))
             while len(samples) > 2 and samples[1][0] <= now - self._window:
                 samples.popleft()
+            if used and self._used_since is None:
+                self._used_since = now
             at, requests, tokens = samples[0]
             span = now - at
-            self.measured = self.measured or span >= MIN_SPAN
             rpm = (s.requests - requests) * 60.0 / span if span > 0 else 0.0
             tpm = (s.tokens_used - tokens) * 60.0 / span if span > 0 else 0.0
             out[key] = {
@@ -68,4 +81,8 @@ class RouteMeter:
                 "waiting": s.waiting,
                 "paused": s.paused_for > 0,
             }
+        if self._used_since is not None:
+            self.measured = self.measured or now - self._used_since >= MIN_SPAN
+        else:
+            self.measured = self.measured or now - self._started >= self._window
         return out
