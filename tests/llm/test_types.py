@@ -59,3 +59,10 @@ def test_response_round_trips_through_json_exactly() -> None:
 def test_from_json_rejects_what_is_not_a_record(data: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="not a recorded chat response"):
         ChatResponse.from_json(data)
+
+
+def test_tool_calls_given_as_a_list_are_kept_as_the_tuple_a_replay_rebuilds() -> None:
+    call = ToolCall("call_1", "lookup", "{}")
+    response = ChatResponse("", [call], "tool_calls")  # type: ignore[arg-type]
+    assert response.tool_calls == (call,)
+    assert ChatResponse.from_json(response.to_json()) == response

@@ -115,6 +115,11 @@ class ChatResponse:
     deployment: str = ""
     """Which deployment of a pooled route served it (``""``: the route has one)."""
 
+    def __post_init__(self) -> None:
+        # A provider that built a list answers the same value its replay will (a tuple).
+        if type(self.tool_calls) is not tuple:
+            object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+
     def to_json(self) -> dict[str, Any]:
         """The response as plain JSON data; `from_json` rebuilds an equal response."""
         data = {
