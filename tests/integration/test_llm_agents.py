@@ -11,7 +11,9 @@ import legion
 from legion import Runtime, TaskStatus
 from legion.errors import ProviderAuthError
 from legion.llm import Capacity, LLMClient, Route, SimulatedProvider
+from legion.llm.types import ChatResponse, ToolCall, Usage
 from legion.sim import SimConfig
+from legion.testing import ScriptedProvider
 
 
 @pytest.fixture
@@ -127,24 +129,6 @@ async def test_an_agent_without_an_llm_fails_with_a_clear_reason(db_url: str) ->
     assert r.error is not None and "no LLM is configured" in r.error.message
 
 
-class _ToolCaller:
-    """Answers with a tool call and every usage detail set (what a replay must rebuild)."""
-
-    name = "tool-caller"
-
-    async def chat(self, request: Any, *, timeout: float) -> Any:  # noqa: ASYNC109
-        from legion.llm.provider import ChatResult
-        from legion.llm.types import ChatResponse, RateLimitInfo, ToolCall, Usage
-
-        usage = Usage(40, 9, cached_tokens=30, cache_write_tokens=5, reasoning_tokens=4)
-        call = ToolCall("call-1", "lookup", '{"q": "x"}')
-        response = ChatResponse("", (call,), "tool_calls", usage, request.model, self.name)
-        return ChatResult(response, RateLimitInfo())
-
-    async def aclose(self) -> None:
-        return None
-
-
 async def test_a_new_answer_is_the_one_its_replay_gives(db_url: str) -> None:
     seen: list[Any] = []
 
@@ -156,7 +140,11 @@ async def test_a_new_answer_is_the_one_its_replay_gives(db_url: str) -> None:
             raise ConnectionError("fails after the call was recorded")
         return answer.usage.total
 
-    llm = LLMClient([Route("tools", _ToolCaller(), "tool-model", Capacity("tools"))])
+    usage = Usage(40, 9, cached_tokens=30, cache_write_tokens=5, reasoning_tokens=4)
+    call = ToolCall("call-1", "lookup", '{"q": "x"}')
+    # One answer: the second attempt replays it (a second call would be past the script).
+    provider = ScriptedProvider([ChatResponse("", (call,), "tool_calls", usage, "tool-model")])
+    llm = LLMClient([Route("tools", provider, "tool-model", Capacity("tools"))])
     async with Runtime(db_url, llm=llm) as rt:
         r = await rt.result((await rt.submit(ask, "hello")).id)
     assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2

@@ -1,27 +1,15 @@
 """What a worker reports of its LLM routes to the scaling policy (`RouteMeter`), on a fake
-clock: a real client and capacity, a provider that answers at once."""
+clock: a real client and capacity, a scripted provider that answers at once."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
-from legion.llm.provider import ChatResult
-from legion.llm.types import ChatRequest, ChatResponse, RateLimitInfo, Usage
 from legion.run.route_meter import MIN_SPAN, RouteMeter
-
-
-class _Instant:
-    name = "instant"
-
-    async def chat(self, request: ChatRequest, *, timeout: float) -> ChatResult:  # noqa: ASYNC109
-        return ChatResult(
-            ChatResponse("ok", (), "stop", Usage(8, 2), request.model, self.name), RateLimitInfo()
-        )
-
-    async def aclose(self) -> None:
-        return None
+from legion.testing import ScriptedProvider
 
 
 class _Clock:
@@ -33,7 +21,9 @@ class _Clock:
 
 
 def _client() -> LLMClient:
-    return LLMClient([Route("r", _Instant(), "m", Capacity("r", rpm=600))])
+    return LLMClient(
+        [Route("r", ScriptedProvider(itertools.repeat("ok")), "m", Capacity("r", rpm=600))]
+    )
 
 
 async def _calls(client: LLMClient, n: int) -> None:
