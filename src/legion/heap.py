@@ -7,6 +7,17 @@ while the objects that come and go are the instances' and the requests'.
 `settle` collects once and moves everything alive into the permanent generation
 (``gc.freeze()``), so that later collections scan only what was made since; when the
 last user of the process stops, `unsettle` gives them back to the collector.
+
+While workers run, `collect_less_often` also raises the young generation's threshold
+from Python's 700 to `YOUNG`. Each instance in flight holds a dozen or more objects the
+collector tracks (its asyncio task and coroutine, its context, its lease), so at 700 a
+young collection ran every ~60 instances started, and every tenth one rescanned all the
+instances still running; and a finished attempt leaves no reference cycle behind (the
+worker and the context break theirs), so collecting less often frees nothing later that
+would have been freed sooner. Like `legion.gil`, it changes only Python's default: an
+application that set thresholds of its own keeps them, and the default comes back when
+the last worker stops (unless the application changed them meanwhile). See "The
+collector while workers run" in benchmarks/README.md for what it was measured to buy.
 """
 
 from __future__ import annotations
@@ -14,6 +25,12 @@ from __future__ import annotations
 import gc
 
 _users = 0
+
+DEFAULT = (700, 10, 10)  # Python's own thresholds
+YOUNG = 10_000  # the young generation's threshold while workers run
+_RUNNING = (YOUNG, DEFAULT[1], DEFAULT[2])
+_workers = 0
+_ours = False
 
 
 def settle() -> None:
@@ -32,3 +49,24 @@ def unsettle() -> None:
     _users = max(0, _users - 1)
     if _users == 0:
         gc.unfreeze()
+
+
+def collect_less_often() -> None:
+    """A worker starts: the first one raises the young generation's threshold, if the
+    thresholds are Python's default."""
+    global _workers, _ours
+    _workers += 1
+    if _workers == 1 and gc.get_threshold() == DEFAULT:
+        gc.set_threshold(*_RUNNING)
+        _ours = True
+
+
+def collect_as_before() -> None:
+    """The worker that called `collect_less_often` stops: the last one puts the default
+    back (unless the application set other thresholds meanwhile)."""
+    global _workers, _ours
+    _workers = max(0, _workers - 1)
+    if _workers == 0 and _ours:
+        if gc.get_threshold() == _RUNNING:
+            gc.set_threshold(*DEFAULT)
+        _ours = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from collections import Counter
@@ -13,7 +14,7 @@ import pydantic
 import pytest
 
 import legion
-from legion import Runtime, TaskStatus, gil
+from legion import Runtime, TaskStatus, gil, heap
 from legion.testing import FakeClock
 
 
@@ -578,3 +579,18 @@ async def test_a_running_worker_hands_the_gil_over_sooner(db_url: str) -> None:
     async with Runtime(db_url):
         assert sys.getswitchinterval() == pytest.approx(gil.INTERVAL)
     assert sys.getswitchinterval() == pytest.approx(gil.DEFAULT)
+
+
+async def test_a_running_worker_collects_its_young_objects_less_often(db_url: str) -> None:
+    """Each instance in flight holds objects the collector tracks: while a worker runs,
+    the young generation's threshold is raised (legion.heap), and put back after."""
+
+    @legion.agent
+    async def double(ctx: legion.Context, x: int) -> int:
+        return 2 * x
+
+    assert gc.get_threshold() == heap.DEFAULT
+    async with Runtime(db_url) as rt:
+        assert gc.get_threshold() == (heap.YOUNG, 10, 10)
+        assert (await rt.result((await rt.submit(double, 4)).id)).output == 8
+    assert gc.get_threshold() == heap.DEFAULT
