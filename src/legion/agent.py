@@ -72,6 +72,7 @@ class Agent:
             raise ConfigError(f"agent {options.name!r} must be an `async def` function")
         self.fn = fn
         self.options = options
+        self.name = options.name  # (read for every instance: an attribute, not a property)
         self.params, self._validator = _parameters(fn, options.name, input_model)
         self._names = frozenset(self.params)
         self._one = len(self.params) == 1
@@ -90,10 +91,6 @@ class Agent:
         other = copy.copy(self)
         other.options = dataclasses.replace(self.options, deadline=deadline)
         return other
-
-    @property
-    def name(self) -> str:
-        return self.options.name
 
     @functools.cached_property
     def needs(self) -> str | None:

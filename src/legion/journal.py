@@ -74,6 +74,9 @@ class Journal:
         self._pending = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        # Whether a write came since the flusher last took the batch (the two events are
+        # set and cleared once per batch, not once per write).
+        self._kicked = False
         self._closing = False
         self.commits = 0
         self.rows = 0
@@ -113,8 +116,10 @@ class Journal:
         return fut
 
     def _kick(self) -> None:
-        self._idle.clear()
-        self._pending.set()
+        if not self._kicked:
+            self._kicked = True
+            self._idle.clear()
+            self._pending.set()
 
     async def wait_flushed(self) -> None:
         """Return once everything queued so far is committed."""
@@ -151,6 +156,7 @@ class Journal:
         # single SQLite thread runs them in the order they come).
         await asyncio.sleep(0)
         batch, self._batch = self._batch, WriteBatch()
+        self._kicked = False
         waiters, self._waiters = self._waiters, []
         leases, self._leases = self._leases, []
         if len(batch):

@@ -34,20 +34,22 @@ class Trail(Protocol):
 def look_back(
     name: str,
     fn: Callable[..., Any],
-    found: list[Diagnostic],
-    children: list[asyncio.Task[Any]],
+    found: list[Diagnostic] | None,
+    children: Sequence[asyncio.Task[Any]] | None,
     capture: Capture | None,
     trail: Trail,
-) -> list[Diagnostic]:
+) -> Sequence[Diagnostic]:
     """What the attempt left behind: the watchdog's blocks, steps never awaited, tasks
     it spawned that failed unheard or still run, steps that could have run together.
 
-    ``found``: what was seen while it ran (extended and answered); ``children``: the
-    tasks the agent's code created; ``capture``: a block of the loop still going on when
-    it ended; ``fn``: the agent's function (its files are the agent's code)."""
-    quiet = not (found or children or capture or trail.made_any())
-    if quiet and len(trail.traces) < 2:
-        return found  # the common case: nothing to look at
+    ``found``: what was seen while it ran (extended and answered), if anything;
+    ``children``: the tasks the agent's code created, if any; ``capture``: a block of the
+    loop still going on when it ended; ``fn``: the agent's function (its files are the
+    agent's code)."""
+    if not (found or children or capture or trail.made_any()) and len(trail.traces) < 2:
+        return found or ()  # the common case: nothing to look at (and nothing made for it)
+    found = found if found is not None else []
+    children = children or ()
     if capture is not None:  # the agent blocked the loop and ended before the report
         block = Block(
             time.monotonic() - capture.since,

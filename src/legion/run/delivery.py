@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 
 from legion import codec
@@ -24,6 +24,41 @@ Deliver = Callable[[TaskResult], None]
 # Finished task ids (not their results: outputs are read back from the store when asked)
 # remembered for waiters that register late.
 _RECENT = 100_000
+
+
+class Inbox:
+    """Results handed over by `Delivery`, in the order they came, for one reader that
+    takes them as they come (`legion.Runtime.map`): a deque and the reader's wait. (An
+    `asyncio.Queue` did some eight calls of bookkeeping per result, for bounds and
+    waiting writers that a reader of results never has.)"""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[TaskResult] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, result: TaskResult) -> None:
+        self._items.append(result)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def take(self) -> TaskResult:
+        """The oldest result (there must be one)."""
+        return self._items.popleft()
+
+    async def wait(self) -> None:
+        """Return once a result is there."""
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
 
 class Delivery:

@@ -11,7 +11,7 @@ import asyncio
 import enum
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from legion import attempt, codec, telemetry
@@ -294,12 +294,12 @@ def _timed_out(agent: Agent, time_: attempt.AttemptTime) -> TaskTimeout:
     )
 
 
-def _look_back(instance: Instance, ctx: Context) -> list[Diagnostic]:
+def _look_back(instance: Instance, ctx: Context) -> Sequence[Diagnostic]:
     """What the attempt left behind (see `legion.diagnostics.lookback.look_back`)."""
     capture, instance.pending_block = instance.pending_block, None
     agent = instance.agent
-    children, instance.children = instance.children or [], None
-    found = look_back(agent.name, agent.fn, instance.diagnostics or [], children, capture, ctx)
+    children, instance.children = instance.children, None
+    found = look_back(agent.name, agent.fn, instance.diagnostics, children, capture, ctx)
     instance.diagnostics = None
     return found
 

@@ -23,7 +23,7 @@ from legion import codec
 from legion.agent import Agent
 from legion.clock import Clock, system_clock
 from legion.errors import ConfigError, TaskFailed
-from legion.run.delivery import Delivery
+from legion.run.delivery import Delivery, Inbox
 from legion.run.worker import Worker, WorkerConfig
 from legion.stats import Statistics
 from legion.store import Store, store_from_url
@@ -316,7 +316,8 @@ class Runtime:
         """
         inputs = list(inputs)
         key_list = list(keys) if keys is not None else [None] * len(inputs)
-        queue: asyncio.Queue[TaskResult] = asyncio.Queue()
+        inbox = Inbox()
+        deliver = inbox.put
         watched: list[int] = []
         expected = 0
         try:
@@ -329,17 +330,19 @@ class Runtime:
                     priority=priority,
                 )
                 expected += len(submitted)
-                await self._delivery.watch(submitted, queue.put_nowait, watched)
+                await self._delivery.watch(submitted, deliver, watched)
                 del submitted  # (a record per task, not held while the tasks run)
-                while not queue.empty():
+                while inbox:
                     expected -= 1
-                    yield queue.get_nowait()
+                    yield inbox.take()
             while expected:
+                if not inbox:
+                    await inbox.wait()
                 expected -= 1
-                yield await queue.get()
+                yield inbox.take()
         finally:
             for task_id in watched:
-                self._delivery.unwatch(task_id, queue.put_nowait)
+                self._delivery.unwatch(task_id, deliver)
 
     def results(self, ids: Sequence[int]) -> AsyncGenerator[TaskResult, None]:
         """Yield the results of these tasks as they finish."""
