@@ -72,7 +72,9 @@ class Agent:
             raise ConfigError(f"agent {options.name!r} must be an `async def` function")
         self.fn = fn
         self.options = options
-        self.name = options.name  # (read for every instance: an attribute, not a property)
+        # (read for every instance: attributes, not properties)
+        self.name = options.name
+        self.budget = options.budget
         self.params, self._validator = _parameters(fn, options.name, input_model)
         self._names = frozenset(self.params)
         self._one = len(self.params) == 1

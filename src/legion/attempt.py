@@ -39,7 +39,7 @@ class AttemptTime:
         "_since",
         "_waited",
         "_waits",
-        "agent",
+        "agent_name",
         "budget",
         "calls",
         "deadline",
@@ -75,8 +75,8 @@ class AttemptTime:
         """The task's priority: a route serves the calls of higher priorities first."""
         self.tenant = tenant
         """Whose task it is: a route shares its capacity fairly between tenants."""
-        self.agent = agent
-        """The agent the attempt runs."""
+        self.agent_name = agent
+        """The name of the agent the attempt runs."""
         self.budget = budget
         """The agent's LLM budget, ``(max_cost, max_tokens, max_calls)`` (``None``: none)."""
         self._waited = 0.0

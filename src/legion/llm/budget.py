@@ -275,7 +275,7 @@ class Budgets:
         current = attempt.current()
         if current is not None:
             if current.budget is not None:
-                found.append(self.agent(current.agent, BudgetLimits(*current.budget)))
+                found.append(self.agent(current.agent_name, BudgetLimits(*current.budget)))
             tenant = self.tenant(current.tenant)
             if tenant is not None:
                 found.append(tenant)

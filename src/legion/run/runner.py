@@ -53,8 +53,10 @@ class StopReason(enum.Enum):
     LOST = "lost"  # the lease is gone (taken back, leased again): stop, write nothing
 
 
-class Instance:
-    """One running attempt; the worker keeps these by task id."""
+class Instance(attempt.AttemptTime):
+    """One running attempt: its time (an `legion.attempt.AttemptTime`, which the LLM
+    layer reads as the current attempt) and what the worker keeps of it, in one object.
+    The worker keeps these by task id."""
 
     __slots__ = (
         "agent",
@@ -67,10 +69,21 @@ class Instance:
         "pending_block",
         "stop_reason",
         "task",
-        "time",
     )
 
     def __init__(self, lease: Lease, agent: Agent, clock: Clock = system_clock) -> None:
+        # Running and waiting time of this attempt: waits for capacity pause its timeout.
+        options = agent.options
+        attempt.AttemptTime.__init__(
+            self,
+            options.timeout,
+            options.deadline,
+            now=clock.monotonic,
+            priority=lease.priority,
+            tenant=lease.tenant,
+            agent=agent.name,
+            budget=agent.budget,
+        )
         self.lease = lease
         self.agent = agent
         self.stop_reason: StopReason | None = None
@@ -86,16 +99,6 @@ class Instance:
         self.diagnostics: list[Diagnostic] | None = None
         # A block of the event loop by this instance that is going on, seen by the watchdog.
         self.pending_block: Capture | None = None
-        # Running and waiting time of this attempt: waits for capacity pause its timeout.
-        self.time = attempt.AttemptTime(
-            agent.options.timeout,
-            agent.options.deadline,
-            now=clock.monotonic,
-            priority=lease.priority,
-            tenant=lease.tenant,
-            agent=agent.name,
-            budget=agent.options.budget,
-        )
         # The worker's timer bucket that holds this instance until its time is up.
         self.expiry: dict[int, Instance] | None = None
 
@@ -182,7 +185,7 @@ async def run_instance(
         tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
         # Waits for capacity report to this attempt's time; an LLM call asks it how long it
         # may wait (legion.deadline).
-        attempt.CURRENT.set(instance.time)
+        attempt.CURRENT.set(instance)
         started = clock.wall()
         output: bytes | None = None
         error: BaseException | None = None
@@ -202,12 +205,10 @@ async def run_instance(
             if reason is StopReason.LOST:
                 return
             if reason is StopReason.TIMEOUT:
-                error = _timed_out(agent, instance.time)
+                error = _timed_out(agent, instance)
             else:
                 outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
-                done = _completion(
-                    lease, owner, outcome, started, clock.wall(), time_=instance.time
-                )
+                done = _completion(lease, owner, outcome, started, clock.wall(), time_=instance)
                 journal.complete(lease, done)
                 return
         except LeaseLost:
@@ -222,7 +223,7 @@ async def run_instance(
                 clock.wall(),
                 usage=ctx.usage_json(),
                 wait=suspended.wait,
-                time_=instance.time,
+                time_=instance,
             )
             journal.complete(lease, done)
             return
@@ -249,7 +250,7 @@ async def run_instance(
                 output=output,
                 usage=usage,
                 diagnostics=tuple(found),
-                time_=instance.time,
+                time_=instance,
             )
         else:
             if getattr(error, "fatal", False):
@@ -263,7 +264,7 @@ async def run_instance(
                 finished,
                 services.rng,
                 usage,
-                instance.time,
+                instance,
                 tuple(found),
             )
         journal.complete(lease, done)

@@ -520,8 +520,8 @@ class Worker(Upkeep):
         coming = sum(
             1
             for inst in self._instances.values()
-            if inst.time.calls == 0
-            and inst.time.started > since
+            if inst.calls == 0
+            and inst.started > since
             and (priority is None or inst.lease.priority >= priority)
         )
         # In batches: once the queues are down to half the horizon, fill them up again
@@ -883,7 +883,7 @@ class _Expiry:
         self._buckets: dict[int, dict[int, Instance]] = {}
 
     def add(self, inst: Instance) -> None:
-        due = inst.time.due()  # (the time it is up, without reading the clock)
+        due = inst.due()  # (the time it is up, without reading the clock)
         if due != math.inf:
             self._put(inst, due)
 
@@ -909,7 +909,7 @@ class _Expiry:
         now = self._clock.monotonic()
         for inst in bucket.values():
             inst.expiry = None
-            left = inst.time.remaining()
+            left = inst.remaining()
             if left is None:
                 continue
             if left <= 1e-3:
