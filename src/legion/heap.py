@@ -9,15 +9,19 @@ while the objects that come and go are the instances' and the requests'.
 last user of the process stops, `unsettle` gives them back to the collector.
 
 While workers run, `collect_less_often` also raises the young generation's threshold
-from Python's 700 to `YOUNG`. Each instance in flight holds a dozen or more objects the
-collector tracks (its asyncio task and coroutine, its context, its lease), so at 700 a
-young collection ran every ~60 instances started, and every tenth one rescanned all the
-instances still running; and a finished attempt leaves no reference cycle behind (the
-worker and the context break theirs), so collecting less often frees nothing later that
-would have been freed sooner. Like `legion.gil`, it changes only Python's default: an
-application that set thresholds of its own keeps them, and the default comes back when
-the last worker stops (unless the application changed them meanwhile). See "The
-collector while workers run" in benchmarks/README.md for what it was measured to buy.
+from Python's 700 to `YOUNG`. Each instance in flight holds seven objects the collector
+tracks (its asyncio task, the handle and method wrapper of its first step, its coroutine,
+its context, asyncio's weak reference to it, the instance), so at 700 a young collection
+ran every hundred instances started, and every tenth of them also scanned the middle
+generation, where the instances still running had gone. A finished attempt leaves no
+reference cycle behind (the worker, the context and the runner break theirs:
+`tests/integration/test_inflight_memory.py`), so collecting less often frees nothing
+later that would have been freed sooner. Like `legion.gil`, it changes only Python's
+default: an application that set a threshold of its own keeps it, and the default comes
+back when the last worker stops (unless the application changed it meanwhile); the older
+generations' thresholds are left as they are, and a Python whose default is not 700 (the
+incremental collector of 3.14) is left alone. See "The collector while workers run" in
+benchmarks/README.md for what it was measured to buy.
 """
 
 from __future__ import annotations
@@ -26,9 +30,8 @@ import gc
 
 _users = 0
 
-DEFAULT = (700, 10, 10)  # Python's own thresholds
+DEFAULT = 700  # Python's own threshold for the young generation (3.11 to 3.13)
 YOUNG = 10_000  # the young generation's threshold while workers run
-_RUNNING = (YOUNG, DEFAULT[1], DEFAULT[2])
 _workers = 0
 _ours = False
 
@@ -52,21 +55,23 @@ def unsettle() -> None:
 
 
 def collect_less_often() -> None:
-    """A worker starts: the first one raises the young generation's threshold, if the
-    thresholds are Python's default."""
+    """A worker starts: the first one raises the young generation's threshold, if it is
+    Python's default."""
     global _workers, _ours
     _workers += 1
-    if _workers == 1 and gc.get_threshold() == DEFAULT:
-        gc.set_threshold(*_RUNNING)
+    young, *older = gc.get_threshold()
+    if _workers == 1 and young == DEFAULT:
+        gc.set_threshold(YOUNG, *older)
         _ours = True
 
 
 def collect_as_before() -> None:
     """The worker that called `collect_less_often` stops: the last one puts the default
-    back (unless the application set other thresholds meanwhile)."""
+    back (unless the application set another threshold meanwhile)."""
     global _workers, _ours
     _workers = max(0, _workers - 1)
     if _workers == 0 and _ours:
-        if gc.get_threshold() == _RUNNING:
-            gc.set_threshold(*DEFAULT)
+        young, *older = gc.get_threshold()
+        if young == YOUNG:
+            gc.set_threshold(DEFAULT, *older)
         _ours = False

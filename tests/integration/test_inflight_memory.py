@@ -167,6 +167,32 @@ async def test_a_finished_attempt_that_called_the_llm_leaves_nothing_for_the_cyc
     assert left == 0
 
 
+@legion.agent(retries=0)
+async def fails(ctx: legion.Context, i: int) -> int:
+    await ctx.step("before", lambda: i)
+    raise ValueError(f"task {i} failed")
+
+
+async def test_a_failed_attempt_leaves_nothing_for_the_cyclic_gc(tmp_path: Path) -> None:
+    # The exception an attempt ended with holds its traceback, and so the runner's frame:
+    # kept in that frame, it made a cycle, and every failed attempt's context, lease and
+    # steps waited for the collector (which a running worker runs less often).
+    def contexts() -> int:
+        return sum(type(o) is legion.Context for o in gc.get_objects())
+
+    async with legion.Runtime(f"sqlite:///{tmp_path / 'failures.db'}") as rt:
+        assert [r.ok async for r in rt.map(fails, [-1])] == [False]  # warm up
+        gc.collect()
+        gc.disable()
+        try:
+            results = [r.ok async for r in rt.map(fails, range(50))]
+            left = contexts()
+        finally:
+            gc.enable()
+    assert results == [False] * 50
+    assert left == 0
+
+
 async def test_a_waiting_instance_holds_at_most_33_objects_the_collector_scans(
     tmp_path: Path,
 ) -> None:

@@ -269,6 +269,9 @@ async def run_instance(
             )
         journal.complete(lease, done)
     finally:
+        # The error's traceback holds this frame, which held the error: a cycle that kept
+        # every failed attempt's context, lease and steps until the cyclic GC ran.
+        error = None
         try:
             ctx.ended()
         finally:

@@ -308,9 +308,6 @@ class Worker(Upkeep):
         self._confirmed_at = self._clock.monotonic()  # no lease is held yet
         for executor in self.executors.values():
             await executor.start()
-        heap.settle()  # full collections skip what start-up made (see legion.heap)
-        if self.config.watchdog:  # (after the collection: it is start-up, not lag)
-            self._watchdog.start()
         journal = asyncio.create_task(self._journal.run(), name="legion-journal")
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="legion-heartbeat"),
@@ -325,6 +322,9 @@ class Worker(Upkeep):
 
             self.batch_desk = BatchDesk(self.llm, self.store, clock=self._clock, wake=self.wake)
             background.append(asyncio.create_task(self.batch_desk.run(), name="legion-batch"))
+        heap.settle()  # full collections skip what start-up made (see legion.heap)
+        if self.config.watchdog:  # (after the collection: it is start-up, not lag)
+            self._watchdog.start()
         self.started.set()
         gil.hand_over_sooner()  # the store's thread gets the GIL back sooner (legion.gil)
         heap.collect_less_often()  # fewer young collections (legion.heap)
@@ -332,22 +332,27 @@ class Worker(Upkeep):
             await self._lease_loop()
             await self._drain()
         finally:
-            for t in (*background, *self._reports):
-                t.cancel()
-            await asyncio.gather(*background, *self._reports, return_exceptions=True)
-            self._give_back_ahead()
-            if self._instances:  # run() itself was cancelled: give everything back
-                for inst in list(self._instances.values()):
-                    inst.stop(StopReason.RELEASED)
-                await asyncio.gather(
-                    *(i.task for i in self._instances.values() if i.task), return_exceptions=True
-                )
-                self._sweep_ended()
-            self._journal.close()
-            await journal
-            heap.unsettle()
-            heap.collect_as_before()
-            gil.hand_over_as_before()
+            try:
+                for t in (*background, *self._reports):
+                    t.cancel()
+                await asyncio.gather(*background, *self._reports, return_exceptions=True)
+                self._give_back_ahead()
+                if self._instances:  # run() itself was cancelled: give everything back
+                    for inst in list(self._instances.values()):
+                        inst.stop(StopReason.RELEASED)
+                    await asyncio.gather(
+                        *(i.task for i in self._instances.values() if i.task),
+                        return_exceptions=True,
+                    )
+                    self._sweep_ended()
+                self._journal.close()
+                await journal
+            finally:
+                # The process-wide settings go back even when the shutdown above is cut
+                # short (cancelled again, or the last commit failed).
+                heap.unsettle()
+                heap.collect_as_before()
+                gil.hand_over_as_before()
             for executor in self.executors.values():
                 await executor.aclose()
             if self.config.watchdog:
