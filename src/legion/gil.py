@@ -18,34 +18,28 @@ from __future__ import annotations
 
 import sys
 
+from legion.while_running import WhileRunning
+
 INTERVAL = 0.0002  # seconds
 DEFAULT = 0.005  # Python's own
 
-_users = 0
-_ours = False
+
+def _microseconds() -> int:
+    """The switch interval, in the microseconds Python keeps it in."""
+    return round(sys.getswitchinterval() * 1e6)
 
 
-def hand_over_sooner() -> None:
-    """A worker starts: the first one shortens the switch interval, if it is Python's
-    default."""
-    global _users, _ours
-    _users += 1
-    if _users == 1 and _is(DEFAULT):
-        sys.setswitchinterval(INTERVAL)
-        _ours = True
+_INTERVAL = WhileRunning(
+    _microseconds,
+    lambda us: sys.setswitchinterval(us / 1e6),
+    default=round(DEFAULT * 1e6),
+    running=round(INTERVAL * 1e6),
+)
 
+hand_over_sooner = _INTERVAL.begin
+"""A worker starts: the first one shortens the switch interval, if it is Python's
+default."""
 
-def hand_over_as_before() -> None:
-    """The worker that called `hand_over_sooner` stops: the last one puts the default
-    back (unless the application set another interval meanwhile)."""
-    global _users, _ours
-    _users = max(0, _users - 1)
-    if _users == 0 and _ours:
-        if _is(INTERVAL):
-            sys.setswitchinterval(DEFAULT)
-        _ours = False
-
-
-def _is(seconds: float) -> bool:
-    """Whether the switch interval is ``seconds`` (Python keeps it in microseconds)."""
-    return round(sys.getswitchinterval() * 1e6) == round(seconds * 1e6)
+hand_over_as_before = _INTERVAL.end
+"""The worker that called `hand_over_sooner` stops: the last one puts the default back
+(unless the application set another interval meanwhile)."""

@@ -28,12 +28,19 @@ from __future__ import annotations
 
 import gc
 
+from legion.while_running import WhileRunning
+
 _users = 0
 
 DEFAULT = 700  # Python's own threshold for the young generation (3.11 to 3.13)
 YOUNG = 10_000  # the young generation's threshold while workers run
-_workers = 0
-_ours = False
+
+
+def _set_young(threshold: int) -> None:
+    gc.set_threshold(threshold, *gc.get_threshold()[1:])
+
+
+_YOUNG = WhileRunning(lambda: gc.get_threshold()[0], _set_young, default=DEFAULT, running=YOUNG)
 
 
 def settle() -> None:
@@ -54,24 +61,10 @@ def unsettle() -> None:
         gc.unfreeze()
 
 
-def collect_less_often() -> None:
-    """A worker starts: the first one raises the young generation's threshold, if it is
-    Python's default."""
-    global _workers, _ours
-    _workers += 1
-    young, *older = gc.get_threshold()
-    if _workers == 1 and young == DEFAULT:
-        gc.set_threshold(YOUNG, *older)
-        _ours = True
+collect_less_often = _YOUNG.begin
+"""A worker starts: the first one raises the young generation's threshold, if it is
+Python's default."""
 
-
-def collect_as_before() -> None:
-    """The worker that called `collect_less_often` stops: the last one puts the default
-    back (unless the application set another threshold meanwhile)."""
-    global _workers, _ours
-    _workers = max(0, _workers - 1)
-    if _workers == 0 and _ours:
-        young, *older = gc.get_threshold()
-        if young == YOUNG:
-            gc.set_threshold(DEFAULT, *older)
-        _ours = False
+collect_as_before = _YOUNG.end
+"""The worker that called `collect_less_often` stops: the last one puts the default back
+(unless the application set another threshold meanwhile)."""

@@ -15,8 +15,8 @@ from legion import heap
 def python_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     before = gc.get_threshold()
     gc.set_threshold(heap.DEFAULT, 10, 10)
-    monkeypatch.setattr(heap, "_workers", 0)
-    monkeypatch.setattr(heap, "_ours", False)
+    monkeypatch.setattr(heap._YOUNG, "_users", 0)  # (no worker left over by another test)
+    monkeypatch.setattr(heap._YOUNG, "_ours", False)
     yield
     gc.set_threshold(*before)
 
