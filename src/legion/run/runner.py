@@ -54,7 +54,7 @@ class StopReason(enum.Enum):
 
 
 class Instance(attempt.AttemptTime):
-    """One running attempt: its time (an `legion.attempt.AttemptTime`, which the LLM
+    """One running attempt: its time (a `legion.attempt.AttemptTime`, which the LLM
     layer reads as the current attempt) and what the worker keeps of it, in one object.
     The worker keeps these by task id."""
 
