@@ -89,7 +89,8 @@ def test_a_task_waiting_for_a_batch_outlives_a_sigkill_and_sends_nothing_twice(
             what="three calls sent in a batch",
         )
         waiting = f"SELECT count(*) FROM tasks WHERE id = {task_id} AND status = 'waiting'"
-        assert _count(postgres_url, waiting) == 1
+        # (The sender may send before the task's suspension commits.)
+        wait_for(lambda: _count(postgres_url, waiting) == 1, what="the task to wait")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         workers.start(*common)

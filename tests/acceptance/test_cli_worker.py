@@ -111,7 +111,11 @@ def test_sigkill_one_of_two_workers_on_postgres_loses_nothing_and_reruns_no_reco
     rows = read_jsonl(out)
     assert len(rows) == n and {r["status"] for r in rows} == {"succeeded"}
     rerun = set(lines(log2)[seen_by_survivor:])
-    assert not recorded & rerun, "a step recorded before the kill ran again"
+    # The killed worker's recorded steps: the survivor's own, recorded after its log was
+    # read, would show in both sets without having run twice.
+    killed = recorded & set(lines(log1))
+    assert killed, "the killed worker should have recorded steps"
+    assert not killed & rerun, "a step recorded before the kill ran again"
     with psycopg.connect(libpq(postgres_url)) as conn:
         completions = conn.execute(
             "SELECT count(*) FROM events WHERE status = 'succeeded'"
