@@ -3,11 +3,14 @@
 Runs the statements `legion.store.sqlite` runs for each task - the insert (batches of
 5,000), the lease (batches of 500) and the completions' write (batches of 1,000: the
 complete UPDATE and the change feed's row; a succeeded attempt is kept on its task's row
-since schema 17, with no row of its own) - on a fresh store file, and
-prints CPU microseconds per task for each, best of three. ``--schema 13`` puts back what
-schema 14 removed (the feed's trigger, the two indexes on status), to compare:
+since schema 17, with no row of its own), each with the move of the counts by status
+(schema 18) - on a fresh store file, and prints CPU microseconds per task for each, best
+of three. ``--schema 17`` puts back the index the counts were read from before schema 18
+(and moves no counts); ``--schema 13`` puts back what schema 14 removed as well (the
+feed's trigger, the two indexes on status), to compare:
 
-    python benchmarks/sql_per_row.py              # schema 14 (today's)
+    python benchmarks/sql_per_row.py              # schema 18 (today's)
+    python benchmarks/sql_per_row.py --schema 17  # the counts index instead of the table
     python benchmarks/sql_per_row.py --schema 13  # the trigger and the two indexes back
     python benchmarks/sql_per_row.py --statements many --busy   # executemany, GIL contended
 
@@ -44,8 +47,11 @@ columns cost ~3 us a task of ~8. They go as a ``VALUES`` list of bound parameter
 (``legion/store/sqlite_rows.py``). The completions' ``UPDATE`` alone (``sql_rows.py``:
 20,000 leased tasks completed in batches of 1,000, three runs, same sitting): 8.0-8.8 ->
 5.05-5.09 us a task; the insert, with eight short columns, 3.1-3.2 -> 2.9-3.4 (the same).
-This script today (the write without the attempts' rows, which schema 17 no longer writes for a
-success): insert 2.9, lease 4.1, write 6.1, 13.1 us in all.
+With schema 17 (the write without the attempts' rows, which schema 17 no longer writes for
+a success): insert 2.9, lease 4.1, write 6.1, 13.1 us in all. With schema 18 (the counts in
+a table, moved once per batch, instead of the index), two pairs in one sitting: 13.9 /
+13.2 us with the index, 11.4 / 11.5 us with the table (insert 2.7, lease 3.2-3.4, write
+5.4-5.5).
 """
 
 from __future__ import annotations
@@ -62,11 +68,12 @@ import orjson
 
 from legion.store.queries import queries
 from legion.store.sqlite import SQLiteStore
+from legion.store.sqlite_counts import count_leased, count_logged, count_new, last_logged
 from legion.store.sqlite_rows import execute_rows
 
 Q = queries("sqlite")
+SCHEMA_17 = ["CREATE INDEX tasks_counts ON tasks (tenant, status, agent)"]
 SCHEMA_13 = [
-    "DROP INDEX tasks_counts",
     "DROP INDEX tasks_errors",
     "DROP INDEX tasks_waiting",
     "CREATE INDEX tasks_status ON tasks (status, agent)",
@@ -111,6 +118,8 @@ def _run(db: sqlite3.Connection, n: int, schema: int, one: bool) -> dict[str, fl
         if one:
             rows = [("a", b"1", None, 0, "queued", 1, 0.0, 1.0, "default", None)] * 5000
             execute_rows(db, Q["insert_tasks"], rows)
+            if schema >= 18:
+                count_new(db, [("default", "a")] * 5000, "queued")
         else:
             row = ("a", b"1", None, None, 0, 1, 0.0, 1.0, "default", None, None)
             db.executemany(Q["insert_task"], [row] * 5000)
@@ -134,6 +143,8 @@ def _run(db: sqlite3.Connection, n: int, schema: int, one: bool) -> dict[str, fl
             rows = orjson.loads(picked)
             taken = orjson.dumps([r[0] for r in rows]).decode()
             db.execute(Q["lease_take"], {**lease, "ids": taken})
+            if schema >= 18 and rows:
+                count_leased(db, [(r[8], r[1]) for r in rows])
         else:
             rows = db.execute(Q["lease"], lease).fetchall()
         db.execute("COMMIT")
@@ -154,7 +165,10 @@ def _run(db: sqlite3.Connection, n: int, schema: int, one: bool) -> dict[str, fl
         if one:
             execute_rows(db, Q["complete_many"], done, pad=True)
             db.execute("RELEASE completions")
+            after = last_logged(db) if schema >= 18 else 0
             execute_rows(db, Q["log_events"], [(i, 3.0, "w") for i in chunk], pad=True)
+            if schema >= 18:
+                count_logged(db, after, "running")
         else:
             db.executemany(Q["complete"], done)
             db.execute("RELEASE completions")
@@ -176,7 +190,7 @@ def _spin(stop: threading.Event) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--schema", type=int, choices=(13, 14), default=14)
+    parser.add_argument("--schema", type=int, choices=(13, 17, 18), default=18)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--busy",
@@ -194,8 +208,8 @@ def main() -> None:
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             db = _store(Path(tmp))
-            if args.schema == 13:
-                for statement in SCHEMA_13:
+            if args.schema <= 17:
+                for statement in SCHEMA_17 if args.schema == 17 else SCHEMA_13:
                     db.execute(statement)
             one = args.statements == "one" and args.schema >= 14
             stop = threading.Event()

@@ -9,6 +9,7 @@ tests that need it fail with the reason: they never skip.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -86,3 +87,52 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     await s.open()
     yield s
     await s.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _sqlite_counts_hold(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test with a folder of its own, every SQLite store in that folder (made by
+    the test or by a process it ran, killed ones included) holds counts by status that
+    match its tasks: the store moves them at each status change, statement by statement
+    (see `legion.store.sqlite_counts`), and one it missed would show here."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    folder: Path = request.getfixturevalue("tmp_path")
+    yield
+    for path in folder.rglob("*"):
+        if path.is_file() and _is_sqlite(path):
+            assert _count_drift(path) == {}, f"the counts of {path} drifted from its tasks"
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
+
+
+def _count_drift(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """``(tenant, status, agent)``: (kept, counted) where they differ; nothing for a file
+    without `task_counts`."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"tasks", "task_counts"} <= tables:
+            return {}
+        kept = {
+            (t, s, a): n
+            for t, s, a, n in db.execute("SELECT tenant, status, agent, n FROM task_counts")
+            if n
+        }
+        counted = {
+            (t, s, a): n
+            for t, s, a, n in db.execute(
+                "SELECT tenant, status, agent, count(*) FROM tasks GROUP BY 1, 2, 3"
+            )
+        }
+    finally:
+        db.close()
+    return {
+        g: (kept.get(g, 0), counted.get(g, 0))
+        for g in kept.keys() | counted.keys()
+        if kept.get(g, 0) != counted.get(g, 0)
+    }

@@ -26,7 +26,7 @@ from legion.store import (
 )
 from legion.store.queries import migrations
 from legion.store.types import ApiKey, TaskQuery
-from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus
+from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus, Wait
 
 NOW = 1_000_000.0
 
@@ -460,6 +460,87 @@ async def test_requeue_dead_tasks_with_a_fresh_budget(store: Store) -> None:
     assert all(lease.attempt == 1 for lease in leases)
 
 
+async def counted_by_hand(store: Store) -> dict[str, Any]:
+    """What the counts should say, counted from the tasks themselves."""
+    tasks = await store.list_tasks(TaskQuery(limit=1000))
+    by: dict[str, dict[Any, dict[TaskStatus, int]]] = {"tenant": {}, "agent": {}}
+    total: dict[TaskStatus, int] = {}
+    for t in tasks:
+        total[t.status] = total.get(t.status, 0) + 1
+        for name, group in (("tenant", t.tenant), ("agent", t.agent)):
+            counts = by[name].setdefault(group, {})
+            counts[t.status] = counts.get(t.status, 0) + 1
+    queued = {tenant: c.get(TaskStatus.QUEUED, 0) for tenant, c in by["tenant"].items()}
+    return {"all": total, **by, "queued": queued}
+
+
+async def counts_of(store: Store) -> dict[str, Any]:
+    by_tenant = await store.counts_by_tenant()
+    return {
+        "all": await store.counts(),
+        "tenant": by_tenant,
+        "agent": await store.counts_by_agent(),
+        "queued": {tenant: await store.count_queued(tenant) for tenant in by_tenant},
+    }
+
+
+async def test_the_counts_follow_every_status_change(store: Store) -> None:
+    """Submits (keyed or not), leases, each outcome, cancels, reclaims, releases,
+    requeues and wake-ups: after each, the counts by status, tenant and agent and a
+    tenant's backlog are the tasks' own."""
+
+    async def check() -> None:
+        assert await counts_of(store) == await counted_by_hand(store)
+
+    await store.submit([new(value=i, tenant="acme") for i in range(6)], NOW)
+    await store.submit([new("b", key=f"k{i}", value=i, tenant="globex") for i in range(6)], NOW)
+    await store.submit([new("b", key="k0", value=0, tenant="globex")], NOW)  # answered, not new
+    await check()
+    a = await store.lease("w", {"a": 6}, 6, NOW + 60, NOW)
+    b = await store.lease("v", {"b": 6}, 6, NOW + 60, NOW)
+    await check()
+    err = ErrorInfo("E", "m")
+    outcomes = [Outcome.SUCCEEDED, Outcome.FAILED, Outcome.DEAD, Outcome.RETRY]
+    ends = [done(t.id, t.attempt, "w", o, error=err) for t, o in zip(a, outcomes, strict=False)]
+    await store.write(
+        WriteBatch(
+            completions=[
+                *ends,
+                done(a[4].id, a[4].attempt, "w", Outcome.WAITING, wait=Wait(wake_at=NOW + 5)),
+                done(b[0].id, b[0].attempt, "v", Outcome.WAITING, wait=Wait(event="go", count=1)),
+                done(b[1].id, b[1].attempt, "v", Outcome.WAITING, wait=Wait(event="no", count=1)),
+                done(b[2].id, b[2].attempt, "stale", Outcome.SUCCEEDED),  # fenced: not applied
+            ]
+        ),
+        NOW,
+    )
+    await check()
+    assert await store.cancel(b[1].id, NOW) is TaskStatus.CANCELLED  # a waiting task
+    assert await store.cancel(a[3].id, NOW) is TaskStatus.CANCELLED  # a queued one
+    assert await store.cancel(b[2].id, NOW) is TaskStatus.RUNNING  # asked: ends later
+    await check()
+    await store.signal(b[0].id, "go", b"1", NOW)
+    assert await store.wake_due(NOW + 10) == 1
+    await check()
+    await store.reclaim(NOW + 120, dead_owners=["v"])  # expired ones and the dead owner's
+    await check()
+    again = await store.lease("w", {"a": 6, "b": 6}, 12, NOW + 200, NOW + 120)
+    assert again
+    assert await store.release_unheld("w", [again[0].id]) >= len(again) - 1
+    await check()
+    kept = again[0]
+    assert await store.cancel(kept.id, NOW) is TaskStatus.RUNNING
+    retried = done(kept.id, kept.attempt, "w", Outcome.RETRY)
+    await store.write(WriteBatch(completions=[retried]), NOW)
+    info = await store.get(kept.id)
+    assert info is not None and info.status is TaskStatus.CANCELLED  # asked while running
+    await check()
+    assert await store.requeue([TaskStatus.DEAD, TaskStatus.FAILED, TaskStatus.DEAD]) >= 2
+    assert await store.requeue_one(a[3].id)  # the cancelled one
+    assert not await store.requeue_one(a[0].id)  # succeeded tasks stay
+    await check()
+
+
 async def test_memory_is_keyed_by_session(store: Store) -> None:
     await store.write(
         WriteBatch(
@@ -620,6 +701,37 @@ async def test_a_store_made_before_tenants_moves_to_the_default_tenant(tmp_path:
         assert info is not None and info.tenant == "default" and info.input == {"x": 1}
         (other,) = await s.submit([new(key="k", value=2, tenant="acme")], NOW)
         assert other.created and other.id != again.id
+    finally:
+        await s.aclose()
+
+
+async def test_a_store_made_before_the_counts_table_counts_its_tasks(tmp_path: Path) -> None:
+    """Schema 18 counts the tasks a store holds already, then keeps counting."""
+    path = tmp_path / "v17.db"
+    db = sqlite3.connect(path)
+    for version, script in migrations("sqlite"):
+        if version <= 17:
+            db.executescript(script)
+            db.execute(f"PRAGMA user_version = {version}")
+    rows = [("a", "acme", "queued")] * 3 + [("b", "acme", "succeeded"), ("a", "globex", "dead")]
+    db.executemany(
+        "INSERT INTO tasks (agent, tenant, status, input, max_attempts, created_at) "
+        "VALUES (?, ?, ?, '{}', 3, 1.0)",
+        rows,
+    )
+    db.commit()
+    db.close()
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        assert await s.counts_by_tenant() == {
+            "acme": {TaskStatus.QUEUED: 3, TaskStatus.SUCCEEDED: 1},
+            "globex": {TaskStatus.DEAD: 1},
+        }
+        await s.submit([new(tenant="acme")], NOW)
+        await s.lease("w", {"a": 2}, 2, NOW + 60, NOW)
+        assert await s.count_queued("acme") == 2
+        assert await counts_of(s) == await counted_by_hand(s)
     finally:
         await s.aclose()
 

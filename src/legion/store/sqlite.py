@@ -35,6 +35,7 @@ from legion.errors import (
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, task_info
 from legion.store.sqlite_batches import SQLiteBatches
+from legion.store.sqlite_counts import RUNNING, count_leased, count_new
 from legion.store.sqlite_feed import log_changes, log_changes_by
 from legion.store.sqlite_ledger import SQLiteLedger
 from legion.store.sqlite_rows import CACHED_STATEMENTS, execute_rows
@@ -278,6 +279,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         if fresh:
             _insert_each(db, fresh, now)
             (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
+            count_new(db, [(t.tenant, t.agent) for t, _, _ in fresh], TaskStatus.QUEUED.value)
             first_id = last_id - len(fresh) + 1
         out: list[Submitted] = []
         new_ids: dict[str, int] = {}
@@ -414,7 +416,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
             db.execute("RELEASE completions")
         done = [(c, e) for c, e, ok in zip(completions, errors, applied, strict=True) if ok]
-        log_changes_by(db, [(c.owner, c.id) for c, _ in done], now)
+        log_changes_by(db, [(c.owner, c.id) for c, _ in done], now, was=RUNNING)
         # A succeeded attempt is recorded on its task's row, by the completion itself.
         ended = [_attempt_params(c, e) for c, e in done if c.outcome is not Outcome.SUCCEEDED]
         execute_rows(db, Q["insert_attempts"], ended)
@@ -437,7 +439,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
         def run(db: sqlite3.Connection) -> int:
             ids = [r[0] for r in db.execute(Q["release_unheld"], params).fetchall()]
-            log_changes(db, ids, self._clock.wall(), owner)
+            log_changes(db, ids, self._clock.wall(), owner, was=RUNNING)
             return len(ids)
 
         return await self._call(self._transaction, run)
@@ -457,7 +459,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             owners = dict(db.execute(Q["reclaimable"], params).fetchall())
             db.execute(Q["insert_lost_attempts"], params)
             rows = db.execute(Q["reclaim"], params).fetchall()
-            log_changes_by(db, ((owners.get(r[0]), r[0]) for r in rows), now)
+            log_changes_by(db, ((owners.get(r[0]), r[0]) for r in rows), now, was=RUNNING)
             statuses = [r[1] for r in rows]
             return Reclaimed(
                 requeued=statuses.count("queued"),
@@ -469,8 +471,11 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
     async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
         def run(db: sqlite3.Connection) -> TaskStatus | None:
+            was = db.execute(Q["status_of"], {"id": task_id}).fetchone()
+            if was is None:
+                return None
             cancelled = db.execute(Q["cancel_queued"], {"id": task_id, "now": now}).fetchall()
-            log_changes(db, (r[0] for r in cancelled), now)
+            log_changes(db, (r[0] for r in cancelled), now, was=was[0])
             db.execute(Q["cancel_running"], {"id": task_id})
             row = db.execute(Q["status_of"], {"id": task_id}).fetchone()
             return TaskStatus(row[0]) if row else None
@@ -478,16 +483,24 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         return await self._call(self._transaction, run)
 
     async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
-        params = {"statuses": codec.dumps([str(s) for s in statuses]).decode(), "agent": agent}
-        return await self._call(
-            self._transaction, lambda db: _requeue(db, "requeue", params, self._clock.wall())
-        )
+        def run(db: sqlite3.Connection) -> int:
+            now = self._clock.wall()
+            requeued = 0
+            for status in dict.fromkeys(str(s) for s in statuses):  # one status at a time,
+                params = {"statuses": codec.dumps([status]).decode(), "agent": agent}
+                requeued += _requeue(db, "requeue", params, now, status)  # for the counts
+            return requeued
+
+        return await self._call(self._transaction, run)
 
     async def requeue_one(self, task_id: int) -> bool:
-        return await self._call(
-            self._transaction,
-            lambda db: _requeue(db, "requeue_one", {"id": task_id}, self._clock.wall()) == 1,
-        )
+        def run(db: sqlite3.Connection) -> bool:
+            was = db.execute(Q["status_of"], {"id": task_id}).fetchone()
+            if was is None:
+                return False
+            return _requeue(db, "requeue_one", {"id": task_id}, self._clock.wall(), was[0]) == 1
+
+        return await self._call(self._transaction, run)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -835,14 +848,17 @@ def _insert_unkeyed(
     ]
     execute_rows(db, Q["insert_tasks"], rows)
     (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
+    count_new(db, [(t.tenant, t.agent) for t in tasks], queued)
     first = last_id - len(tasks) + 1
     return [Submitted(first + n, None, TaskStatus.QUEUED, True) for n in range(len(tasks))]
 
 
-def _requeue(db: sqlite3.Connection, query: str, params: dict[str, Any], now: float) -> int:
-    """Queue finished tasks again; answers how many."""
+def _requeue(
+    db: sqlite3.Connection, query: str, params: dict[str, Any], now: float, was: str
+) -> int:
+    """Queue finished tasks again (each was ``was``); answers how many."""
     ids = [r[0] for r in db.execute(Q[query], params).fetchall()]
-    log_changes(db, ids, now)
+    log_changes(db, ids, now, was=was)
     return len(ids)
 
 
@@ -865,9 +881,11 @@ def _lease_agent(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
 
 
 def _with_steps(db: sqlite3.Connection, rows: Sequence[Any]) -> list[Lease]:
-    """Leases for leased rows, each with every step recorded for its task so far."""
+    """Leases for leased rows (counted here), each with every step recorded for its task
+    so far."""
     steps: dict[int, dict[str, bytes]] = {}
     if rows:
+        count_leased(db, [(r[8], r[1]) for r in rows])
         ids = codec.dumps([r[0] for r in rows]).decode()
         for task_id, key, output in db.execute(Q["replayed_steps"], {"ids": ids}):
             steps.setdefault(task_id, {})[key] = output

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from legion import codec
 from legion.store.batches import BatchCall
 from legion.store.queries import queries
+from legion.store.sqlite_waiting import wake_ready
 from legion.task import TaskStatus
 
 T = TypeVar("T")
@@ -64,7 +65,8 @@ class SQLiteBatches:
     async def batch_deliver(
         self, answers: Sequence[tuple[int, str, bytes | None]], now: float
     ) -> None:
-        ids = codec.dumps(sorted({t for t, _, _ in answers})).decode()
+        tasks = sorted({t for t, _, _ in answers})
+        ids = codec.dumps(tasks).decode()
 
         def run(db: sqlite3.Connection) -> None:
             statuses = dict(db.execute(B["batch_task_status"], {"ids": ids}).fetchall())
@@ -74,7 +76,7 @@ class SQLiteBatches:
                     signal = {"task_id": task_id, "event": event, "data": data, "now": now}
                     db.execute(W["insert_signal"], signal)
                 db.execute(B["batch_delete"], {"task_id": task_id, "event": event})
-            db.execute(W["wake_ready"], {"ids": ids, "now": now}).fetchall()
+            wake_ready(db, tasks, now)  # (logged, and counted)
 
         if answers:
             await self._call(self._transaction, run)

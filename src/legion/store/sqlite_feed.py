@@ -6,7 +6,8 @@ Until schema 14 a trigger wrote them. A trigger on `tasks` cost every UPDATE tha
 trigger keeps an undo journal of its own. So each statement that changes a status now
 returns the ids it changed, and its caller logs them here in the same transaction, right
 after it (the feed stays in commit order). Each row reads the status and attempt the task
-holds.
+holds. The caller says which status the tasks left (``was``), and the counts by status
+(`legion.store.sqlite_counts`) move with the rows logged.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from legion.store.queries import queries
+from legion.store.sqlite_counts import count_logged, last_logged
 from legion.store.sqlite_rows import execute_rows
 
 _LOG = queries("sqlite")["log_event"]
@@ -22,24 +24,33 @@ _LOG_MANY = queries("sqlite")["log_events"]
 
 
 def log_changes(
-    db: sqlite3.Connection, ids: Iterable[int], at: float, worker: str | None = None
+    db: sqlite3.Connection,
+    ids: Iterable[int],
+    at: float,
+    worker: str | None = None,
+    *,
+    was: str,
 ) -> None:
-    """Log the status each task of ``ids`` holds now; ``worker``: whose lease the changes
-    ended (``None``: no lease's)."""
-    _log(db, [(i, at, worker) for i in ids])
+    """Log the status each task of ``ids`` holds now, which it took in place of ``was``;
+    ``worker``: whose lease the changes ended (``None``: no lease's)."""
+    _log(db, [(i, at, worker) for i in ids], was)
 
 
 def log_changes_by(
-    db: sqlite3.Connection, changes: Iterable[tuple[str | None, int]], at: float
+    db: sqlite3.Connection, changes: Iterable[tuple[str | None, int]], at: float, *, was: str
 ) -> None:
     """`log_changes` with a worker per task: ``(worker, task id)`` pairs."""
-    _log(db, [(task_id, at, worker) for worker, task_id in changes])
+    _log(db, [(task_id, at, worker) for worker, task_id in changes], was)
 
 
-def _log(db: sqlite3.Connection, rows: list[tuple[int, float, str | None]]) -> None:
+def _log(db: sqlite3.Connection, rows: list[tuple[int, float, str | None]], was: str) -> None:
     """``(task id, at, worker)`` rows: several in one statement (``log_events``), a single
-    one as it is."""
+    one as it is; then the counts."""
+    if not rows:
+        return
+    after = last_logged(db)
     if len(rows) == 1:
         db.execute(_LOG, rows[0])
-    elif rows:
+    else:
         execute_rows(db, _LOG_MANY, rows, pad=True)
+    count_logged(db, after, was)

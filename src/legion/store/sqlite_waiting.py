@@ -44,7 +44,7 @@ def after_completions(
         }
         db.execute(W["suspend"], params)
     if waits:
-        _wake_ready(db, [c.id for c in waits], now)
+        wake_ready(db, [c.id for c in waits], now)
     ended = [
         c.id for c, ok in zip(batch.completions, applied, strict=True) if ok and c.outcome in _ENDED
     ]
@@ -52,13 +52,13 @@ def after_completions(
         ids = codec.dumps(ended).decode()
         parents = [r[0] for r in db.execute(W["parents_of"], {"ids": ids})]
         if parents:
-            _wake_ready(db, parents, now)
+            wake_ready(db, parents, now)
 
 
-def _wake_ready(db: sqlite3.Connection, ids: Sequence[int], now: float) -> list[int]:
+def wake_ready(db: sqlite3.Connection, ids: Sequence[int], now: float) -> list[int]:
     params = {"ids": codec.dumps(list(ids)).decode(), "now": now}
     woken = [r[0] for r in db.execute(W["wake_ready"], params).fetchall()]
-    log_changes(db, woken, now)
+    log_changes(db, woken, now, was=TaskStatus.WAITING.value)
     return woken
 
 
@@ -88,7 +88,7 @@ class SQLiteWaiting:
                 return TaskStatus(row[0])
             params = {"task_id": task_id, "event": event, "data": data, "now": now}
             db.execute(W["insert_signal"], params)
-            woken = _wake_ready(db, [task_id], now)
+            woken = wake_ready(db, [task_id], now)
             return TaskStatus.QUEUED if woken else TaskStatus(row[0])
 
         return await self._call(self._transaction, run)
@@ -104,7 +104,7 @@ class SQLiteWaiting:
     async def wake_due(self, now: float) -> int:
         def run(db: sqlite3.Connection) -> int:
             woken = [r[0] for r in db.execute(W["wake_due"], {"now": now}).fetchall()]
-            log_changes(db, woken, now)
+            log_changes(db, woken, now, was=TaskStatus.WAITING.value)
             return len(woken)
 
         return await self._call(self._transaction, run)

@@ -269,17 +269,34 @@ SELECT id, agent, key, session, status, attempt, max_attempts, input, output, er
 FROM tasks WHERE id = :id;
 
 -- name: counts
-SELECT status, count(*) FROM tasks GROUP BY status;
+-- The counts read `task_counts` (0018_counts_table.sql), which holds a row per tenant,
+-- status and agent, zeros included.
+SELECT status, sum(n) FROM task_counts GROUP BY status HAVING sum(n) > 0;
 
 -- name: count_queued
--- A tenant's backlog, for its limit on queued tasks (served by tasks_tenant_status).
-SELECT count(*) FROM tasks WHERE tenant = :tenant AND status = 'queued';
+-- A tenant's backlog, for its limit on queued tasks.
+SELECT coalesce(sum(n), 0) FROM task_counts WHERE tenant = :tenant AND status = 'queued';
 
 -- name: counts_by_tenant
-SELECT tenant, status, count(*) FROM tasks GROUP BY tenant, status;
+SELECT tenant, status, sum(n) FROM task_counts GROUP BY tenant, status HAVING sum(n) > 0;
 
 -- name: counts_by_agent
-SELECT agent, status, count(*) FROM tasks GROUP BY agent, status;
+SELECT agent, status, sum(n) FROM task_counts GROUP BY agent, status HAVING sum(n) > 0;
+
+-- name: count_tasks
+-- Moves in `task_counts`: a VALUES row per (tenant, status, agent), [tenant, status, agent,
+-- how many tasks came to it (negative: left it)].
+INSERT INTO task_counts (tenant, status, agent, n)
+SELECT column1, column2, column3, column4 FROM (VALUES {rows}) WHERE true
+ON CONFLICT (tenant, status, agent) DO UPDATE SET n = n + excluded.n;
+
+-- name: logged_counts
+-- The tasks of the change feed's rows after :after (the ones just logged), by tenant, the
+-- status each logged and agent.
+SELECT t.tenant, e.status, t.agent, count(*)
+FROM events AS e JOIN tasks AS t ON t.id = e.task_id
+WHERE e.id > :after
+GROUP BY t.tenant, e.status, t.agent;
 
 -- name: recent_errors
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
