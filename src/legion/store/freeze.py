@@ -104,9 +104,9 @@ def _sqlite(
         db.execute("BEGIN IMMEDIATE")
         if freeze is not None:
             row = db.execute(q["freeze_task"], freeze.params()).fetchone()
-            log_changes(db, [row[1]] if row else [], now, owner, was="running")
+            log_changes(db, [row[1]] if row else [], now, owner, was=TaskStatus.RUNNING)
         released = db.execute(q["release_owner"], {"owner": owner, "now": now}).fetchall()
-        log_changes(db, (r[0] for r in released), now, owner, was="running")
+        log_changes(db, (r[0] for r in released), now, owner, was=TaskStatus.RUNNING)
         db.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StoreError(f"recording a frozen worker's tasks failed: {exc}") from exc

@@ -35,7 +35,7 @@ from legion.errors import (
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, task_info
 from legion.store.sqlite_batches import SQLiteBatches
-from legion.store.sqlite_counts import RUNNING, count_leased, count_new
+from legion.store.sqlite_counts import count_leased, count_new
 from legion.store.sqlite_feed import log_changes, log_changes_by
 from legion.store.sqlite_ledger import SQLiteLedger
 from legion.store.sqlite_rows import CACHED_STATEMENTS, execute_rows
@@ -279,7 +279,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         if fresh:
             _insert_each(db, fresh, now)
             (last_id,) = db.execute("SELECT last_insert_rowid()").fetchone()
-            count_new(db, [(t.tenant, t.agent) for t, _, _ in fresh], TaskStatus.QUEUED.value)
+            count_new(db, [(t.tenant, t.agent) for t, _, _ in fresh], TaskStatus.QUEUED)
             first_id = last_id - len(fresh) + 1
         out: list[Submitted] = []
         new_ids: dict[str, int] = {}
@@ -416,7 +416,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
             db.execute("RELEASE completions")
         done = [(c, e) for c, e, ok in zip(completions, errors, applied, strict=True) if ok]
-        log_changes_by(db, [(c.owner, c.id) for c, _ in done], now, was=RUNNING)
+        log_changes_by(db, [(c.owner, c.id) for c, _ in done], now, was=TaskStatus.RUNNING)
         # A succeeded attempt is recorded on its task's row, by the completion itself.
         ended = [_attempt_params(c, e) for c, e in done if c.outcome is not Outcome.SUCCEEDED]
         execute_rows(db, Q["insert_attempts"], ended)
@@ -439,7 +439,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
         def run(db: sqlite3.Connection) -> int:
             ids = [r[0] for r in db.execute(Q["release_unheld"], params).fetchall()]
-            log_changes(db, ids, self._clock.wall(), owner, was=RUNNING)
+            log_changes(db, ids, self._clock.wall(), owner, was=TaskStatus.RUNNING)
             return len(ids)
 
         return await self._call(self._transaction, run)
@@ -459,7 +459,9 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             owners = dict(db.execute(Q["reclaimable"], params).fetchall())
             db.execute(Q["insert_lost_attempts"], params)
             rows = db.execute(Q["reclaim"], params).fetchall()
-            log_changes_by(db, ((owners.get(r[0]), r[0]) for r in rows), now, was=RUNNING)
+            log_changes_by(
+                db, ((owners.get(r[0]), r[0]) for r in rows), now, was=TaskStatus.RUNNING
+            )
             statuses = [r[1] for r in rows]
             return Reclaimed(
                 requeued=statuses.count("queued"),
@@ -475,10 +477,11 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             if was is None:
                 return None
             cancelled = db.execute(Q["cancel_queued"], {"id": task_id, "now": now}).fetchall()
-            log_changes(db, (r[0] for r in cancelled), now, was=was[0])
-            db.execute(Q["cancel_running"], {"id": task_id})
-            row = db.execute(Q["status_of"], {"id": task_id}).fetchone()
-            return TaskStatus(row[0]) if row else None
+            if cancelled:  # it was queued or waiting
+                log_changes(db, [task_id], now, was=was[0])
+                return TaskStatus.CANCELLED
+            db.execute(Q["cancel_running"], {"id": task_id})  # asked: ends when it stops
+            return TaskStatus(was[0])
 
         return await self._call(self._transaction, run)
 

@@ -18,14 +18,12 @@ from typing import Any
 
 from legion.store.queries import queries
 from legion.store.sqlite_rows import execute_rows
+from legion.task import TaskStatus
 
 _Q = queries("sqlite")
 _MOVE = _Q["count_tasks"]
 _LOGGED = _Q["logged_counts"]
 _LAST_EVENT = _Q["last_event"]
-
-QUEUED = "queued"
-RUNNING = "running"
 
 
 def count_new(db: sqlite3.Connection, tasks: Iterable[tuple[str, str]], status: str) -> None:
@@ -37,8 +35,8 @@ def count_leased(db: sqlite3.Connection, tasks: Sequence[tuple[str, str]]) -> No
     """Leased tasks, as ``(tenant, agent)`` pairs: each went from queued to running."""
     moves: dict[tuple[str, str, str], int] = {}
     for (tenant, agent), n in Counter(tasks).items():
-        moves[tenant, QUEUED, agent] = -n
-        moves[tenant, RUNNING, agent] = n
+        moves[tenant, TaskStatus.QUEUED, agent] = -n
+        moves[tenant, TaskStatus.RUNNING, agent] = n
     _move(db, moves)
 
 

@@ -58,7 +58,7 @@ def after_completions(
 def wake_ready(db: sqlite3.Connection, ids: Sequence[int], now: float) -> list[int]:
     params = {"ids": codec.dumps(list(ids)).decode(), "now": now}
     woken = [r[0] for r in db.execute(W["wake_ready"], params).fetchall()]
-    log_changes(db, woken, now, was=TaskStatus.WAITING.value)
+    log_changes(db, woken, now, was=TaskStatus.WAITING)
     return woken
 
 
@@ -104,7 +104,7 @@ class SQLiteWaiting:
     async def wake_due(self, now: float) -> int:
         def run(db: sqlite3.Connection) -> int:
             woken = [r[0] for r in db.execute(W["wake_due"], {"now": now}).fetchall()]
-            log_changes(db, woken, now, was=TaskStatus.WAITING.value)
+            log_changes(db, woken, now, was=TaskStatus.WAITING)
             return len(woken)
 
         return await self._call(self._transaction, run)
