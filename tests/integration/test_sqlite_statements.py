@@ -89,6 +89,34 @@ def test_rows_go_in_order_in_chunks_the_variable_limit_allows(tmp_path: Path) ->
     db.close()
 
 
+@pytest.mark.parametrize("pad", [False, True])
+def test_nulls_and_blobs_keep_their_types_in_every_mix_of_rows(tmp_path: Path, pad: bool) -> None:
+    """A column NULL in every row of a chunk is written as the literal NULL, a column of
+    blobs bound as bytearray: what comes back is what went in, NULL as NULL, a blob as
+    a blob (never text), whatever each chunk's first row holds."""
+    db = sqlite3.connect(tmp_path / "rows.db")  # one transaction: no sync per statement
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a, b, c, d)")
+    db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 40)  # chunks of 8 rows at most
+    rng = random.Random(3)
+    kinds = [None, b"", b"\x00\xff blob", "text", 7, 0.5]
+    rows = [
+        (None, b"x" if n % 3 else None, rng.choice(kinds), None if n < 20 else rng.choice(kinds))
+        for n in range(61)
+    ]
+    query = "INSERT INTO t (a, b, c, d) SELECT * FROM (VALUES {rows}) WHERE true"
+    if pad:  # a row of NULLs inserts nothing
+        query = query.replace("WHERE true", "WHERE column2 IS NOT NULL OR column3 IS NOT NULL")
+        rows = [r for r in rows if r[1] is not None or r[2] is not None]
+    assert execute_rows(db, query, rows, pad=pad) == len(rows)
+    got = db.execute("SELECT a, b, c, d, typeof(b), typeof(c) FROM t ORDER BY id").fetchall()
+    assert [g[:4] for g in got] == rows
+    blob_or_null = {type(None): "null", bytes: "blob", str: "text", int: "integer", float: "real"}
+    assert [g[4:] for g in got] == [
+        (blob_or_null[type(r[1])], blob_or_null[type(r[2])]) for r in rows
+    ]
+    db.close()
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 200, 256, 257, 700, 2_500])
 def test_a_padded_update_changes_its_rows_and_no_other(tmp_path: Path, n: int) -> None:
     db = sqlite3.connect(tmp_path / "rows.db")  # one transaction: no sync per statement

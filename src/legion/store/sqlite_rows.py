@@ -13,6 +13,13 @@ A query marks where its rows go with ``{rows}``. A statement is prepared once pe
 count and kept in the connection's cache, so counts are few: batches go in chunks of a
 power of two, and a statement that a row of NULLs leaves unchanged (an ``UPDATE`` joined
 on the id, an ``INSERT ... SELECT`` joined to `tasks`) pads its last chunk up to one.
+
+The driver binds an int, a float or a str at once, but hands every other value (``None``,
+``bytes``) to its adapters first: a lookup in their table and two attribute lookups, ~250
+ns a value, ~0.6 us a row of the submit's or the completions' (one blob, two or three
+NULLs each). So a column that is NULL in every row of a chunk is written as the literal
+``NULL`` rather than bound, and a column of blobs is bound as ``bytearray``, which the
+driver binds at once, as the same BLOB.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import repeat
+from operator import is_not, itemgetter
 from typing import Any
 
 ROWS = "{rows}"
@@ -46,12 +55,39 @@ def execute_rows(
         if pad and left < most and size < left:
             size *= 2
         chunk = rows[start : start + size]
-        values = [v for row in chunk for v in row]
+        nulls, values = _values(chunk)
         if len(chunk) < size:
-            values.extend([None] * (width * (size - len(chunk))))
-        changed += db.execute(_statement(query, width, size), values).rowcount
+            values.extend([None] * ((width - len(nulls)) * (size - len(chunk))))
+        changed += db.execute(_statement(query, width, size, nulls), values).rowcount
         start += size
     return changed
+
+
+def _values(chunk: Sequence[Sequence[Any]]) -> tuple[tuple[int, ...], list[Any]]:
+    """The columns NULL in every row of ``chunk`` (written as ``NULL``, not bound), and
+    the values to bind for the others, row after row; a column whose first row holds
+    ``bytes`` is bound as ``bytearray``."""
+    first = chunk[0]
+    nulls = tuple(
+        i
+        for i, v in enumerate(first)
+        if v is None and not any(map(is_not, map(itemgetter(i), chunk), repeat(None)))
+    )
+    if not nulls:
+        kept: Sequence[int] = range(len(first))
+        values = [v for row in chunk for v in row]
+    else:
+        kept = [i for i in range(len(first)) if i not in nulls]
+        if len(kept) > 1:
+            pick = itemgetter(*kept)
+            values = [v for row in chunk for v in pick(row)]
+        else:
+            values = [row[k] for row in chunk for k in kept]
+    step = len(kept)
+    for at, column in enumerate(kept):
+        if type(first[column]) is bytes:
+            values[at::step] = [bytearray(v) if type(v) is bytes else v for v in values[at::step]]
+    return nulls, values
 
 
 def _chunk(n: int) -> int:
@@ -59,9 +95,10 @@ def _chunk(n: int) -> int:
     return min(MAX_ROWS, 1 << (max(n, 1).bit_length() - 1))
 
 
-@lru_cache(maxsize=256)
-def _statement(query: str, width: int, size: int) -> str:
-    """``query`` with ``size`` rows of ``width`` parameters where it says ``{rows}``
-    (the same string each time, so the driver finds it in its cache)."""
-    row = "(" + ", ".join("?" * width) + ")"
+@lru_cache(maxsize=512)
+def _statement(query: str, width: int, size: int, nulls: tuple[int, ...] = ()) -> str:
+    """``query`` with ``size`` rows of ``width`` columns where it says ``{rows}``: a
+    parameter each, or ``NULL`` for the columns of ``nulls`` (the same string each time,
+    so the driver finds it in its cache)."""
+    row = "(" + ", ".join("NULL" if i in nulls else "?" for i in range(width)) + ")"
     return query.replace(ROWS, ", ".join([row] * size))
