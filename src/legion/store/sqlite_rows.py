@@ -27,7 +27,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from functools import lru_cache
-from itertools import repeat
+from itertools import chain, repeat
 from operator import is_not, itemgetter
 from typing import Any
 
@@ -68,25 +68,23 @@ def _values(chunk: Sequence[Sequence[Any]]) -> tuple[tuple[int, ...], list[Any]]
     the values to bind for the others, row after row; a column whose first row holds
     ``bytes`` is bound as ``bytearray``."""
     first = chunk[0]
+    width = len(first)
     nulls = tuple(
         i
         for i, v in enumerate(first)
         if v is None and not any(map(is_not, map(itemgetter(i), chunk), repeat(None)))
     )
-    if not nulls:
-        kept: Sequence[int] = range(len(first))
-        values = [v for row in chunk for v in row]
-    else:
-        kept = [i for i in range(len(first)) if i not in nulls]
-        if len(kept) > 1:
-            pick = itemgetter(*kept)
-            values = [v for row in chunk for v in pick(row)]
-        else:
-            values = [row[k] for row in chunk for k in kept]
-    step = len(kept)
-    for at, column in enumerate(kept):
-        if type(first[column]) is bytes:
-            values[at::step] = [bytearray(v) if type(v) is bytes else v for v in values[at::step]]
+    values = list(chain.from_iterable(chunk))
+    for n, column in enumerate(reversed(nulls)):  # the last first: the others stay put
+        del values[column :: width - n]
+    step = width - len(nulls)
+    at = 0
+    for column, v in enumerate(first):
+        if column in nulls:
+            continue
+        if type(v) is bytes:
+            values[at::step] = [bytearray(b) if type(b) is bytes else b for b in values[at::step]]
+        at += 1
     return nulls, values
 
 
