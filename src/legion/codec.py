@@ -39,10 +39,13 @@ def dumps(value: Any) -> bytes:
         encoded = orjson.dumps(value, default=_default, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise OutputError(f"cannot store value as JSON: {exc}") from exc
-    return bytes(memoryview(encoded)) if len(encoded) < _TRIM_BELOW else encoded
+    # The copy: the encoding joining two empty pieces, one allocation of its own size
+    # (~40 ns; bytes(memoryview(...)) made a view first, ~140 ns).
+    return encoded.join(_TWO_EMPTY) if len(encoded) < _TRIM_BELOW else encoded
 
 
 _TRIM_BELOW = 65_536
+_TWO_EMPTY = (b"", b"")
 
 
 def same_value_hash(value: Any) -> int:

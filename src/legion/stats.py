@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -33,7 +34,10 @@ class Statistics:
 class LatencySample:
     """A uniform reservoir sample of latencies (exact up to ``size`` values).
 
-    Adding is O(1); the sample is sorted only when a quantile is asked for.
+    Adding is O(1); the sample is sorted only when a quantile is asked for. Past
+    ``size`` values, the sample skips ahead (Li's "Algorithm L"): it draws how many values
+    go by before the next one it keeps, so adding a value it skips draws no random
+    number (a worker adds one per finished task, for as long as it runs).
     """
 
     def __init__(self, size: int = 20_000, seed: int = 0) -> None:
@@ -42,16 +46,32 @@ class LatencySample:
         self._sorted = True
         self._seen = 0
         self._rng = random.Random(seed)
+        self._w = 1.0
+        self._next = size  # the index (from 0) of the next value kept
 
     def add(self, value: float) -> None:
-        self._seen += 1
-        self._sorted = False
-        if len(self._values) < self._size:
+        seen = self._seen
+        self._seen = seen + 1
+        if seen < self._size:
             self._values.append(value)
+            self._sorted = False
+            if seen + 1 == self._size:
+                self._skip()
             return
-        slot = self._rng.randrange(self._seen)
-        if slot < self._size:
-            self._values[slot] = value
+        if seen == self._next:
+            self._values[self._rng.randrange(self._size)] = value
+            self._sorted = False
+            self._skip()
+
+    def _skip(self) -> None:
+        """Draw the next value kept, past the ``size`` first."""
+        rng = self._rng
+        self._w *= math.exp(math.log(1.0 - rng.random()) / self._size)
+        if self._w >= 1.0:  # (a draw of exactly 0: keep the next)
+            self._next = self._seen
+            return
+        gap = math.log(1.0 - rng.random()) / math.log1p(-self._w)
+        self._next = self._seen + int(min(gap, float(2**62)))
 
     def quantile(self, q: float) -> float | None:
         if not self._values:

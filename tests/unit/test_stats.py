@@ -17,3 +17,18 @@ def test_the_reservoir_stays_bounded_and_representative() -> None:
         s.add(float(v))
     median = s.quantile(0.5)
     assert median is not None and 40_000 < median < 60_000
+
+
+def test_every_value_is_as_likely_to_be_kept_however_late_it_came() -> None:
+    """The sample skips ahead past its size (it draws no random number for the values it
+    skips), and stays uniform: each tenth of the stream holds about a tenth of it."""
+    s = LatencySample(size=1000, seed=3)
+    n = 200_000
+    for v in range(n):
+        s.add(float(v))
+    kept = s._values
+    assert len(kept) == 1000 and len(set(kept)) == 1000
+    tenths = [0] * 10
+    for v in kept:
+        tenths[int(v * 10 // n)] += 1
+    assert all(60 <= t <= 140 for t in tenths), tenths  # ~100 each, sd ~9.5
