@@ -29,6 +29,6 @@ def test_every_value_is_as_likely_to_be_kept_however_late_it_came() -> None:
     kept = s._values
     assert len(kept) == 1000 and len(set(kept)) == 1000
     tenths = [0] * 10
-    for v in kept:
-        tenths[int(v * 10 // n)] += 1
+    for latency in kept:
+        tenths[int(latency * 10 // n)] += 1
     assert all(60 <= t <= 140 for t in tenths), tenths  # ~100 each, sd ~9.5
