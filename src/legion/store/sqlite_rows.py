@@ -94,7 +94,7 @@ def _chunk(n: int) -> int:
 
 
 @lru_cache(maxsize=512)
-def _statement(query: str, width: int, size: int, nulls: tuple[int, ...] = ()) -> str:
+def _statement(query: str, width: int, size: int, nulls: tuple[int, ...]) -> str:
     """``query`` with ``size`` rows of ``width`` columns where it says ``{rows}``: a
     parameter each, or ``NULL`` for the columns of ``nulls`` (the same string each time,
     so the driver finds it in its cache)."""
