@@ -9,13 +9,13 @@ and its subclasses when retrying may help, `ProviderRejected` when it cannot).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from legion.llm.types import ChatRequest, ChatResponse, RateLimitInfo
+from legion.record import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ChatResult:
     """A completion and the rate-limit headers that came with it."""
 

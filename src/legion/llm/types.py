@@ -1,22 +1,26 @@
 """The values that flow through the LLM layer: requests, responses, usage and
 the rate-limit state a provider reports.
 
-All are frozen. Messages and parameters stay plain JSON (``dict``) because
-they are the JSON edge: they go to the provider as they are, in OpenAI's chat
-format (providers with another format translate them).
+All are immutable values (`legion.record.value`: frozen for the type checker, hashable,
+and made at the speed of a plain class - every LLM call makes several). Messages and
+parameters stay plain JSON (``dict``) because they are the JSON edge: they go to the
+provider as they are, in OpenAI's chat format (providers with another format translate
+them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from legion.record import value
 
 Message = Mapping[str, Any]
 """One chat message in OpenAI's format, e.g. ``{"role": "user", "content": "Hi"}``."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Usage:
     """Tokens billed for one completion.
 
@@ -67,7 +71,7 @@ class Usage:
 _USAGE_DETAILS = ("cached_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ToolCall:
     """A function call the model asks for; ``arguments`` is the JSON text it wrote
     (not parsed: models can write invalid JSON, and the agent decides what to do)."""
@@ -81,7 +85,7 @@ class ToolCall:
             raise TypeError(f"tool call fields must be strings: {self!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ChatRequest:
     """One chat completion to ask a provider for.
 
@@ -97,7 +101,7 @@ class ChatRequest:
     stream: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ChatResponse:
     """A completion, normalised across providers.
 
@@ -162,7 +166,7 @@ class ChatResponse:
         return response
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RateLimitInfo:
     """What a provider's headers said about its rate limits (``None``: not said).
 
