@@ -8,6 +8,7 @@ import asyncio
 from legion.llm.anthropic import AnthropicProvider
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
+from legion.llm.types import RateLimitInfo
 from legion.sim import SimConfig, Simulator
 from legion.testing import FakeClock
 
@@ -62,6 +63,19 @@ async def test_cache_reads_count_where_the_provider_counts_them() -> None:
     starts = await _paced_calls(capacity, clock, 120.0)
     counted = len([t for t in starts if t >= 60.0]) * PROMPT
     assert 0.95 * 300_000 <= counted <= 300_000, counted
+
+
+async def test_limits_learned_from_headers_pace_as_configured_ones_do() -> None:
+    """A route with no token limit of its own learns both from an answer's headers, then
+    paces at the tighter one (output, 1,200 calls a minute) as if they were configured."""
+    clock = FakeClock()
+    capacity = Capacity("r", cache_exempt=True, timer=clock)
+    capacity.observe(RateLimitInfo(limit_input_tokens=600_000, limit_output_tokens=60_000))
+    starts = await _paced_calls(capacity, clock, 120.0)
+    output = len([t for t in starts if t >= 60.0]) * OUTPUT
+    assert 0.95 * 60_000 <= output <= 60_000, output
+    stats = capacity.statistics()
+    assert (stats.learned_itpm, stats.learned_otpm) == (600_000, 60_000)
 
 
 async def test_separate_limits_are_learned_from_anthropic_headers() -> None:

@@ -351,6 +351,10 @@ class Capacity:
         self._discover = discover and rpm is None and tpm is None and itpm is None and otpm is None
         self._input = _Bucket(itpm)
         self._output = _Bucket(otpm)
+        # Those of the two with a limit, configured or learned, each with its place in a
+        # call's split: what a call's schedule and settling look at (most routes have
+        # neither, and a call then spends nothing on them).
+        self._limited = self._limited_buckets()
         self._cache_exempt = cache_exempt
         self._input_used = 0
         self._output_used = 0
@@ -444,12 +448,14 @@ class Capacity:
             self._learned_rpm = _undercut(info.limit_requests, self._rpm)
         if info.limit_tokens:
             self._learned_tpm = _undercut(info.limit_tokens, self._tpm)
-        for bucket, limit in (
-            (self._input, info.limit_input_tokens),
-            (self._output, info.limit_output_tokens),
-        ):
-            if limit:
-                bucket.learned = _undercut(limit, bucket.limit)
+        if info.limit_input_tokens or info.limit_output_tokens:
+            for bucket, limit in (
+                (self._input, info.limit_input_tokens),
+                (self._output, info.limit_output_tokens),
+            ):
+                if limit:
+                    bucket.learned = _undercut(limit, bucket.limit)
+            self._limited = self._limited_buckets()
         now = self._timer.now()
         since = now if sent_at is None else min(now, sent_at)
         interval = self._interval()
@@ -462,10 +468,8 @@ class Capacity:
             self._refill(now)
             level = self._level if self._level is not None else self._bucket_size()
             self._level = min(level, info.remaining_tokens + (now - since) * rate)
-        for bucket, remaining in (
-            (self._input, info.remaining_input_tokens),
-            (self._output, info.remaining_output_tokens),
-        ):
+        for bucket, place in self._limited:
+            remaining = (info.remaining_input_tokens, info.remaining_output_tokens)[place]
             bucket_rate = self._bucket_rate(bucket)
             if remaining is not None and bucket_rate is not None:
                 self._bucket_refill(bucket, now)
@@ -676,6 +680,13 @@ class Capacity:
         assert tpm is not None
         return max(1.0, tpm * self._factor * self._burst * self._window / 60.0)
 
+    def _limited_buckets(self) -> tuple[tuple[_Bucket, int], ...]:
+        return tuple(
+            (bucket, place)
+            for place, bucket in enumerate((self._input, self._output))
+            if bucket.limit is not None or bucket.learned is not None
+        )
+
     def _bucket_rate(self, bucket: _Bucket) -> float | None:
         """Tokens per second refilled into an input or output bucket."""
         base = bucket.base(self._share)
@@ -726,14 +737,14 @@ class Capacity:
             short = (size + min(float(tokens), size)) / 2.0 - level
             if short > 0 and short / rate > wait:
                 return short / rate, _Blocker.TOKENS
-        for bucket, amount in ((self._input, split[0]), (self._output, split[1])):
+        for bucket, place in self._limited:
             bucket_rate = self._bucket_rate(bucket)
             if bucket_rate is None:
                 continue
             self._bucket_refill(bucket, now)
             cap = self._bucket_cap(bucket)
             level = bucket.level if bucket.level is not None else cap
-            short = (cap + min(float(amount), cap)) / 2.0 - level
+            short = (cap + min(float(split[place]), cap)) / 2.0 - level
             if short > 0 and short / bucket_rate > wait:
                 return short / bucket_rate, _Blocker.TOKENS
         return max(0.0, wait), _Blocker.TIME
@@ -831,11 +842,11 @@ class Capacity:
         if self._token_rate() is not None:
             level = self._level if self._level is not None else self._bucket_size()
             self._level = level - tokens
-        for bucket, amount in ((self._input, split[0]), (self._output, split[1])):
+        for bucket, place in self._limited:
             if self._bucket_rate(bucket) is not None:
                 self._bucket_refill(bucket, now)
                 level = bucket.level if bucket.level is not None else self._bucket_cap(bucket)
-                bucket.level = level - amount
+                bucket.level = level - split[place]
         return Slot(self, tokens, now, split)
 
     def _settle(
@@ -847,17 +858,16 @@ class Capacity:
         output_tokens: int | None = None,
     ) -> None:
         self._tokens_used += actual_tokens
+        if input_tokens is not None:
+            self._input_used += input_tokens
+        if output_tokens is not None:
+            self._output_used += output_tokens
         refunded = False
-        for bucket, reserved, actual in (
-            (self._input, slot.estimated_split[0], input_tokens),
-            (self._output, slot.estimated_split[1], output_tokens),
-        ):
+        for bucket, place in self._limited:
+            actual = (input_tokens, output_tokens)[place]
             if actual is None:
                 continue
-            if bucket is self._input:
-                self._input_used += actual
-            else:
-                self._output_used += actual
+            reserved = slot.estimated_split[place]
             if self._bucket_rate(bucket) is not None and bucket.level is not None:
                 self._bucket_refill(bucket, self._timer.now())
                 # A refund is not clipped at the cap: the tokens were reserved within the
@@ -892,17 +902,18 @@ class Capacity:
         if self._found_rpm is not None and self._learned_rpm is None and not self._slow_start:
             # Additive increase of the rate found: `discover_growth` of it per second.
             self._found_rpm += 60.0 * self._discover_growth
+        if self._factor >= 1.0:
+            return  # at the full rate: nothing to restore
         rpm, tpm = self._base_rpm(), self._base_tpm()
         # The calls (tokens) of `recovery` seconds at the full rate restore what one
         # decrease took.
-        itpm, otpm = self._input.base(self._share), self._output.base(self._share)
         if rpm is not None:
             share = 60.0 / (rpm * self._recovery)
         elif tpm is not None:
             share = 60.0 * actual_tokens / (tpm * self._recovery)
-        elif otpm is not None:
+        elif (otpm := self._output.base(self._share)) is not None:
             share = 60.0 * (output_tokens or 0) / (otpm * self._recovery)
-        elif itpm is not None:
+        elif (itpm := self._input.base(self._share)) is not None:
             share = 60.0 * (input_tokens or 0) / (itpm * self._recovery)
         else:
             return
