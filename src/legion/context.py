@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 import math
@@ -181,19 +182,16 @@ class Memory:
 
     def get(self, key: str, default: Any = None) -> Pending[Any]:
         """The value under ``key`` (``default`` if none); ``await`` it."""
-        return self._pending(f"ctx.memory.get({key!r})", lambda: self._get(key, default))
+        return self._pending(f"ctx.memory.get({key!r})", self._get, (key, default))
 
     def set(self, key: str, value: Any) -> Pending[None]:
         """Store ``value`` (JSON) under ``key``; ``await`` it: it returns once durable."""
-        data = codec.dumps(value)
-        write = self._write(key, data)
-        return self._pending(f"ctx.memory.set({key!r})", lambda: self._journal.write_memory(write))
+        write = self._write(key, codec.dumps(value))
+        return self._pending(f"ctx.memory.set({key!r})", self._put, (write,))
 
     def delete(self, key: str) -> Pending[None]:
         write = self._write(key, None)
-        return self._pending(
-            f"ctx.memory.delete({key!r})", lambda: self._journal.write_memory(write)
-        )
+        return self._pending(f"ctx.memory.delete({key!r})", self._put, (write,))
 
     def _write(self, key: str, value: bytes | None) -> MemoryWrite:
         if self._fence is None:
@@ -201,14 +199,21 @@ class Memory:
         task_id, attempt, owner = self._fence
         return MemoryWrite(self._session, key, value, task_id, attempt, owner)
 
-    def _pending(self, what: str, factory: Callable[[], Awaitable[T]]) -> Pending[T]:
-        pending = Pending(what, factory, depth=3)
+    def _pending(
+        self, what: str, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
+    ) -> Pending[T]:
+        pending = Pending(what, fn, args, depth=3)
         self._made(pending)
         return pending
 
-    async def _get(self, key: str, default: Any) -> Any:
+    # (``site``: the line that made the read or write; memory keeps no trace of it.)
+
+    async def _get(self, key: str, default: Any, site: SiteRef) -> Any:
         raw = await self._store.memory_get(self._session, key)
         return default if raw is None else codec.loads(raw)
+
+    def _put(self, write: MemoryWrite, site: SiteRef) -> Awaitable[None]:
+        return self._journal.write_memory(write)
 
     async def items(self) -> dict[str, Any]:
         raw = await self._store.memory_items(self._session)
@@ -331,9 +336,7 @@ class Context:
                 raise Permanent(
                     "no LLM is configured: pass llm= to legion.Runtime, or --llm to legion run"
                 )
-            from legion.llm.calls import LLMCalls
-
-            self._llm = LLMCalls(self, self._llm_client, Context._batch_chat)
+            self._llm = _llm_calls()(self, self._llm_client, Context._batch_chat)
         return self._llm
 
     def ended(self) -> None:
@@ -409,9 +412,7 @@ class Context:
         Nothing runs until the step is awaited (or given to `gather`); a step that is
         never awaited is reported on the task, with the line that made it.
         """
-        pending: Pending[Any] = Pending(
-            f"step `{name}`", lambda: self.record(name, fn, args, kwargs, pending.site_ref)
-        )
+        pending: Pending[Any] = Pending(f"step `{name}`", self.record, (name, fn, args, kwargs))
         self.made(pending)
         return pending
 
@@ -639,3 +640,13 @@ def _finished(
 ) -> list[asyncio.Task[Any]]:
     """The tasks that finished by themselves (not cancelled by us), in argument order."""
     return [t for t in tasks if t in done and not t.cancelled()]
+
+
+@functools.cache
+def _llm_calls() -> type[LLMCalls]:
+    """`LLMCalls`, imported on first use (the LLM layer is not loaded with ``legion``);
+    looked up once: an ``import`` statement run on every attempt's first ``ctx.llm``
+    cost ~0.6 µs."""
+    from legion.llm.calls import LLMCalls
+
+    return LLMCalls

@@ -88,9 +88,8 @@ class LLMCalls:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
         pending: Pending[ChatResponse] = Pending(
             "ctx.llm.chat(...)",
-            lambda: self._chat(
-                messages, model, timeout, stream, params, pending.site_ref, tier, deadline
-            ),
+            self._chat,
+            (messages, model, timeout, stream, params, tier, deadline),
         )
         self._ctx.made(pending)
         return pending
@@ -102,9 +101,9 @@ class LLMCalls:
         timeout: float | None,  # per provider attempt
         stream: bool | None,
         params: dict[str, Any],
+        tier: Tier,
+        deadline: float | None,
         site: SiteRef,
-        tier: Tier = "standard",
-        deadline: float | None = None,
     ) -> Awaitable[ChatResponse]:
         """The call, once awaited. Not a coroutine itself: at the standard tier the step's
         own coroutine awaits the client's call, so a call in flight holds no frame of
@@ -186,7 +185,7 @@ class LLMCalls:
         `chat` (``await`` it). ``model`` names a route (or a route's model); ``None`` takes
         the route named ``embed`` if configured, else the default route."""
         pending: Pending[Embeddings] = Pending(
-            "ctx.llm.embed(...)", lambda: self._embed(list(texts), model, params, pending.site_ref)
+            "ctx.llm.embed(...)", self._embed, (list(texts), model, params)
         )
         self._ctx.made(pending)
         return pending

@@ -91,7 +91,7 @@ class Collection:
         one JSON object for all, or one per text; ``ids``: one per text (an existing id is
         replaced). The collection is made by its first add."""
         texts, metas, given = check_add(texts, metadata, ids)
-        return self._pending("add", lambda site: self._add(texts, metas, given, site))
+        return self._pending("add", self._add, (texts, metas, given))
 
     def search(
         self, query: str, k: int = 5, where: Mapping[str, Any] | None = None
@@ -104,22 +104,23 @@ class Collection:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise VectorError(f"k must be an integer from 1 to {MAX_K}, not {k!r}")
         filters = check_where(where)
-        return self._pending("search", lambda site: self._search(query, k, filters, site))
+        return self._pending("search", self._search, (query, k, filters))
 
     def delete(self, ids: Sequence[str]) -> Pending[int]:
         """Delete items by id (``await`` it: answers how many there were)."""
         if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
             raise VectorError("delete needs a list of ids (non-empty strings)")
-        return self._pending("delete", lambda site: self._delete(list(ids), site))
+        return self._pending("delete", self._delete, (list(ids),))
 
     # -- the recorded work -------------------------------------------------------------
 
-    def _pending(self, what: str, factory: Callable[[SiteRef | None], Awaitable[T]]) -> Pending[T]:
-        pending: Pending[T] = Pending(
-            f"ctx.vectors({self.name!r}).{what}(...)",
-            lambda: factory(pending.site_ref),
-            depth=3,
-        )
+    def _pending(
+        self,
+        what: str,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+    ) -> Pending[T]:
+        pending: Pending[T] = Pending(f"ctx.vectors({self.name!r}).{what}(...)", fn, args, depth=3)
         self._ctx.made(pending)
         return pending
 
