@@ -284,6 +284,23 @@ def test_headers_lower_a_limit_or_supply_a_missing_one() -> None:
     assert (stats.limit_rpm, stats.effective_rpm, stats.effective_tpm) == (None, 60, 1000)
 
 
+async def test_request_and_token_limits_learned_from_headers_pace_as_configured_ones_do() -> None:
+    """A route with no limits of its own (and no discovery) learns them from an answer's
+    headers; its calls then start when those of a route configured with them would."""
+    for limits, learned in (
+        ({"rpm": 60}, RateLimitInfo(limit_requests=60)),
+        ({"tpm": 60_000}, RateLimitInfo(limit_tokens=60_000)),
+    ):
+        clock = FakeClock()
+        configured = make(clock, discover=False, **limits)
+        expected = await start_times(clock, configured, [400] * 6)
+        clock = FakeClock()
+        headers = make(clock, discover=False)
+        headers.observe(learned)
+        assert await start_times(clock, headers, [400] * 6) == pytest.approx(expected)
+        assert expected[-1] > 1.0  # (paced: without a limit all six start at once)
+
+
 async def test_remaining_headers_cut_the_burst_to_what_is_left() -> None:
     clock = FakeClock()
     capacity = make(clock, rpm=600)

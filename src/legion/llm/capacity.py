@@ -351,10 +351,6 @@ class Capacity:
         self._discover = discover and rpm is None and tpm is None and itpm is None and otpm is None
         self._input = _Bucket(itpm)
         self._output = _Bucket(otpm)
-        # Those of the two with a limit, configured or learned, each with its place in a
-        # call's split: what a call's schedule and settling look at (most routes have
-        # neither, and a call then spends nothing on them).
-        self._limited = self._limited_buckets()
         self._cache_exempt = cache_exempt
         self._input_used = 0
         self._output_used = 0
@@ -377,6 +373,7 @@ class Capacity:
         self._learned_tpm: int | None = None
         self._share = 1.0  # this process's part of limits shared with other workers
         self._factor = 1.0
+        self._relimit()
         self._decreased_at = -math.inf
         self._paused_until = -math.inf
         self._tat = -math.inf  # theoretical arrival time of the next request (GCRA)
@@ -444,10 +441,12 @@ class Capacity:
         what has been refilled since. Read as if they described the window now, a
         full window seen half a second ago would hold back starts that fit today.
         """
-        if info.limit_requests:
-            self._learned_rpm = _undercut(info.limit_requests, self._rpm)
-        if info.limit_tokens:
-            self._learned_tpm = _undercut(info.limit_tokens, self._tpm)
+        if info.limit_requests or info.limit_tokens:
+            if info.limit_requests:
+                self._learned_rpm = _undercut(info.limit_requests, self._rpm)
+            if info.limit_tokens:
+                self._learned_tpm = _undercut(info.limit_tokens, self._tpm)
+            self._relimit()
         if info.limit_input_tokens or info.limit_output_tokens:
             for bucket, limit in (
                 (self._input, info.limit_input_tokens),
@@ -455,15 +454,15 @@ class Capacity:
             ):
                 if limit:
                     bucket.learned = _undercut(limit, bucket.limit)
-            self._limited = self._limited_buckets()
+            self._relimit()
         now = self._timer.now()
         since = now if sent_at is None else min(now, sent_at)
-        interval = self._interval()
+        interval = self._interval() if self._request_limited else None
         if info.remaining_requests is not None and interval is not None:
             # Leave at most `remaining` starts allowed from `since` on.
             floor = since + self._tolerance() - (info.remaining_requests - 1) * interval
             self._tat = max(self._tat, floor)
-        rate = self._token_rate()
+        rate = self._token_rate() if self._token_limited else None
         if info.remaining_tokens is not None and rate is not None:
             self._refill(now)
             level = self._level if self._level is not None else self._bucket_size()
@@ -680,8 +679,14 @@ class Capacity:
         assert tpm is not None
         return max(1.0, tpm * self._factor * self._burst * self._window / 60.0)
 
-    def _limited_buckets(self) -> tuple[tuple[_Bucket, int], ...]:
-        return tuple(
+    def _relimit(self) -> None:
+        """Note which limits apply, configured, learned or found: what a call's schedule,
+        start and settling look at (most routes have none, and a call then spends nothing
+        on them). A limit, once there, stays: rates change, their presence does not."""
+        self._request_limited = self._base_rpm() is not None
+        self._token_limited = self._base_tpm() is not None
+        # The input and output buckets with a limit, each with its place in a call's split.
+        self._limited = tuple(
             (bucket, place)
             for place, bucket in enumerate((self._input, self._output))
             if bucket.limit is not None or bucket.learned is not None
@@ -724,10 +729,10 @@ class Capacity:
         wait = self._paused_until - now
         if self.failing:
             wait = max(wait, self._probe_at - now)
-        interval = self._interval()
+        interval = self._interval() if self._request_limited else None
         if interval is not None:
             wait = max(wait, self._tat - self._tolerance() - now)
-        rate = self._token_rate()
+        rate = self._token_rate() if self._token_limited else None
         if rate is not None:
             self._refill(now)
             size = self._bucket_size()
@@ -836,10 +841,10 @@ class Capacity:
             if self._grown_at > -math.inf:
                 self._found_rpm *= 2.0
             self._grown_at = now
-        interval = self._interval()
+        interval = self._interval() if self._request_limited else None
         if interval is not None:
             self._tat = max(self._tat, now) + interval
-        if self._token_rate() is not None:
+        if self._token_limited and self._token_rate() is not None:
             level = self._level if self._level is not None else self._bucket_size()
             self._level = level - tokens
         for bucket, place in self._limited:
@@ -891,7 +896,7 @@ class Capacity:
                 self._wake(_Blocker.TIME)
             self._failures = 0
         charged = actual_tokens if refund else max(actual_tokens, slot.estimated_tokens)
-        if self._token_rate() is not None and self._level is not None:
+        if self._token_limited and self._level is not None and self._token_rate() is not None:
             self._refill(self._timer.now())
             self._level = min(self._bucket_size(), self._level + slot.estimated_tokens - charged)
             if charged < slot.estimated_tokens:
