@@ -301,6 +301,53 @@ async def test_request_and_token_limits_learned_from_headers_pace_as_configured_
         assert expected[-1] > 1.0  # (paced: without a limit all six start at once)
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [{"rpm": 600}, {"rpm": 600, "tpm": 60_000}, {"discover": True}],
+    ids=["rpm", "rpm+tpm", "discovered"],
+)
+async def test_the_pace_kept_is_the_rate_reported_whatever_happened(limits: Any) -> None:
+    """A route works its pace out once for each change of its limits, share or rate
+    factor: after any mix of calls (one at a time, or several at once), 429s, storms (a
+    429 and failures, then the probe that gets through), shares and headers, the rate it
+    starts requests at is the effective rate its statistics work out from scratch."""
+    clock = FakeClock()
+    capacity = make(clock, **limits)
+    rng = random.Random(7)
+
+    async def call() -> None:
+        slot = await capacity.acquire(100)
+        try:
+            await clock.sleep(rng.random())
+            slot.settle(rng.choice([50, 100, 150]))
+        finally:
+            capacity.release()
+
+    ops = ["call", "call", "call", "calls", "429", "storm", "share"]
+    if "discover" not in limits:  # (a limit from headers ends the discovery)
+        ops.append("headers")
+    checked = 0
+    for _ in range(600):
+        op = rng.choice(ops)
+        if op in ("call", "calls"):
+            await clock.run(asyncio.gather(*(call() for _ in range(1 if op == "call" else 4))))
+        elif op == "429":
+            capacity.rate_limited(rng.choice([None, 0.5]), sent_at=clock.now() - rng.random())
+        elif op == "storm":
+            capacity.rate_limited(None, sent_at=clock.now())
+            for _ in range(3):
+                capacity.failed(sent_at=clock.now())
+        elif op == "share":
+            capacity.set_share(rng.choice([0.25, 0.5, 1.0]))
+        else:
+            capacity.observe(RateLimitInfo(limit_requests=rng.choice([300, 600, 1200])))
+        stats = capacity.statistics()
+        if not stats.failing and stats.effective_rpm is not None:
+            assert capacity.request_rate() == pytest.approx(stats.effective_rpm * 0.99 / 60)
+            checked += 1
+    assert checked > 300
+
+
 async def test_remaining_headers_cut_the_burst_to_what_is_left() -> None:
     clock = FakeClock()
     capacity = make(clock, rpm=600)

@@ -231,13 +231,16 @@ class _Reservation:
 class _Bucket:
     """One more token limit (input or output tokens per minute) and its bucket."""
 
-    __slots__ = ("learned", "level", "limit", "refilled_at")
+    __slots__ = ("cap", "learned", "level", "limit", "rate", "refilled_at")
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.learned: int | None = None
         self.level: float | None = None  # None: full
         self.refilled_at = 0.0
+        # Tokens per second refilled, and the most it holds (see `Capacity._rerate`).
+        self.rate: float | None = None
+        self.cap = 0.0
 
     def base(self, share: float) -> float | None:
         limit = self.learned if self.learned is not None else self.limit
@@ -340,6 +343,13 @@ class Capacity:
         self._rng = rng or random.Random()
         self._burst = burst
         self._window = window
+        # How far ahead of the schedule a start may be, in seconds: the burst allowance.
+        # Pacing at ``1 - burst`` of the limit leaves ``burst`` of every window unused.
+        # Half of it lets a start that woke late catch up with the schedule; the other
+        # half absorbs the jitter between a start here and its admission by the
+        # provider. Either way no window of ``window`` seconds holds more starts than
+        # the limit allows, at any rate.
+        self._tolerance = burst * window / 2.0
         self._decrease = decrease
         self._first_decrease = first_decrease
         self._drop = 1.0 - decrease  # what the last decrease took, as a share of the rate
@@ -373,7 +383,11 @@ class Capacity:
         self._learned_tpm: int | None = None
         self._share = 1.0  # this process's part of limits shared with other workers
         self._factor = 1.0
-        self._relimit()
+        self._interval: float | None = None
+        self._token_rate: float | None = None
+        self._bucket_size = 0.0
+        self._limited: tuple[tuple[_Bucket, int], ...] = ()
+        self._rerate()
         self._decreased_at = -math.inf
         self._paused_until = -math.inf
         self._tat = -math.inf  # theoretical arrival time of the next request (GCRA)
@@ -446,7 +460,7 @@ class Capacity:
                 self._learned_rpm = _undercut(info.limit_requests, self._rpm)
             if info.limit_tokens:
                 self._learned_tpm = _undercut(info.limit_tokens, self._tpm)
-            self._relimit()
+            self._rerate()
         if info.limit_input_tokens or info.limit_output_tokens:
             for bucket, limit in (
                 (self._input, info.limit_input_tokens),
@@ -454,31 +468,32 @@ class Capacity:
             ):
                 if limit:
                     bucket.learned = _undercut(limit, bucket.limit)
-            self._relimit()
+            self._rerate()
         now = self._timer.now()
         since = now if sent_at is None else min(now, sent_at)
-        interval = self._interval() if self._request_limited else None
+        interval = self._interval
         if info.remaining_requests is not None and interval is not None:
             # Leave at most `remaining` starts allowed from `since` on.
-            floor = since + self._tolerance() - (info.remaining_requests - 1) * interval
+            floor = since + self._tolerance - (info.remaining_requests - 1) * interval
             self._tat = max(self._tat, floor)
-        rate = self._token_rate() if self._token_limited else None
+        rate = self._token_rate
         if info.remaining_tokens is not None and rate is not None:
             self._refill(now)
-            level = self._level if self._level is not None else self._bucket_size()
+            level = self._level if self._level is not None else self._bucket_size
             self._level = min(level, info.remaining_tokens + (now - since) * rate)
         for bucket, place in self._limited:
             remaining = (info.remaining_input_tokens, info.remaining_output_tokens)[place]
-            bucket_rate = self._bucket_rate(bucket)
+            bucket_rate = bucket.rate
             if remaining is not None and bucket_rate is not None:
                 self._bucket_refill(bucket, now)
-                level = bucket.level if bucket.level is not None else self._bucket_cap(bucket)
+                level = bucket.level if bucket.level is not None else bucket.cap
                 bucket.level = min(level, remaining + (now - since) * bucket_rate)
 
     def set_share(self, share: float) -> None:
         """Pace at ``share`` (a fraction in (0, 1]) of the limits: this process's part of
         a budget that other workers using the same API key spend too."""
         self._share = min(1.0, max(0.001, share))
+        self._rerate()
 
     @property
     def share(self) -> float:
@@ -499,7 +514,7 @@ class Capacity:
 
     def request_rate(self) -> float | None:
         """Requests per second allowed now (``None``: no request limit, none found)."""
-        interval = self._interval()
+        interval = self._interval
         if self.failing:
             return 1.0 / self._probe_interval
         return None if interval is None else 1.0 / interval
@@ -532,15 +547,15 @@ class Capacity:
         now = self._timer.now()
         queued = self._queued()
         wait = max(0.0, self._paused_until - now)
-        interval = self._interval()
+        interval = self._interval
         if self.failing:
             interval = self._probe_interval
         if interval is not None:
-            wait = max(wait, self._tat - self._tolerance() - now) + queued * interval
-        rate = self._token_rate()
+            wait = max(wait, self._tat - self._tolerance - now) + queued * interval
+        rate = self._token_rate
         if rate is not None:
             self._refill(now)
-            level = self._level if self._level is not None else self._bucket_size()
+            level = self._level if self._level is not None else self._bucket_size
             wait = max(wait, ((queued + 1) * tokens - level) / rate)
         if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
             wait += 1e-3 * (1 + queued)
@@ -589,6 +604,7 @@ class Capacity:
             self._slow_start = False
             self._found_rpm = max(6.0, self._found_rpm * cut)
             self._decreased_at = now
+            self._rerate()
         elif fresh:
             # A first 429 after a quiet spell is most likely stray (the provider's window
             # and ours a few milliseconds out of step); another one soon after means the
@@ -598,6 +614,7 @@ class Capacity:
             self._factor = max(self._min_factor, self._factor * decrease)
             self._drop = 1.0 - decrease
             self._decreased_at = now
+            self._rerate()
         default = self._default_pause
         if self._found_rpm is not None and self._learned_rpm is None and not self.failing:
             default = min(default, 0.1)  # finding the limit: the lower rate is the answer
@@ -605,9 +622,9 @@ class Capacity:
         until = now + pause * (1.0 + self._pause_jitter * self._rng.random())
         if until > self._paused_until:
             self._paused_until = until
-        interval = self._interval()
+        interval = self._interval
         if interval is not None:  # resume at the pace, without a burst
-            self._tat = max(self._tat, self._paused_until + self._tolerance())
+            self._tat = max(self._tat, self._paused_until + self._tolerance)
 
     def statistics(self) -> CapacityStatistics:
         """A snapshot of the limits, the adaptation and the counters."""
@@ -649,72 +666,48 @@ class Capacity:
         tpm = self._learned_tpm if self._learned_tpm is not None else self._tpm
         return None if tpm is None else tpm * self._share
 
-    def _interval(self) -> float | None:
-        """Seconds between two paced request starts (``None``: no request limit)."""
-        rpm = self._base_rpm()
-        if rpm is None:
-            return None
-        return 60.0 / (rpm * self._factor * (1.0 - self._burst))
+    def _rerate(self) -> None:
+        """Work out the pace that the limits (configured, learned or found), this process's
+        share of them and the rate factor allow, once for each change of any of them
+        (most calls change none): what a call's schedule, start and settling read.
 
-    def _tolerance(self) -> float:
-        """How far ahead of the schedule a start may be, in seconds: the burst allowance.
-
-        Pacing at ``1 - burst`` of the limit leaves ``burst`` of every window unused.
-        Half of it (``burst * window / 2`` seconds) lets a start that woke late catch up
-        with the schedule; the other half absorbs the jitter between a start here and its
-        admission by the provider. Either way no window of ``window`` seconds holds more
-        starts than the limit allows, at any rate.
+        - ``_interval``: seconds between two paced request starts (``None``: no request
+          limit);
+        - ``_token_rate``: tokens refilled per second (``None``: no token limit), into a
+          bucket of ``_bucket_size`` tokens;
+        - each input and output bucket's ``rate`` and ``cap`` alike, and ``_limited``:
+          those of the two with a limit, each with its place in a call's split.
         """
-        return self._burst * self._window / 2.0
-
-    def _token_rate(self) -> float | None:
-        """Tokens refilled per second (``None``: no token limit)."""
+        pace = self._factor * (1.0 - self._burst)
+        burst = self._factor * self._burst * self._window / 60.0
+        rpm = self._base_rpm()
+        self._interval = None if rpm is None else 60.0 / (rpm * pace)
         tpm = self._base_tpm()
-        if tpm is None:
-            return None
-        return tpm * self._factor * (1.0 - self._burst) / 60.0
-
-    def _bucket_size(self) -> float:
-        tpm = self._base_tpm()
-        assert tpm is not None
-        return max(1.0, tpm * self._factor * self._burst * self._window / 60.0)
-
-    def _relimit(self) -> None:
-        """Note which limits apply, configured, learned or found: what a call's schedule,
-        start and settling look at (most routes have none, and a call then spends nothing
-        on them). A limit, once there, stays: rates change, their presence does not."""
-        self._request_limited = self._base_rpm() is not None
-        self._token_limited = self._base_tpm() is not None
-        # The input and output buckets with a limit, each with its place in a call's split.
+        self._token_rate = None if tpm is None else tpm * pace / 60.0
+        self._bucket_size = 0.0 if tpm is None else max(1.0, tpm * burst)
+        for bucket in (self._input, self._output):
+            base = bucket.base(self._share)
+            bucket.rate = None if base is None else base * pace / 60.0
+            bucket.cap = 0.0 if base is None else max(1.0, base * burst)
         self._limited = tuple(
             (bucket, place)
             for place, bucket in enumerate((self._input, self._output))
-            if bucket.limit is not None or bucket.learned is not None
+            if bucket.rate is not None
         )
 
-    def _bucket_rate(self, bucket: _Bucket) -> float | None:
-        """Tokens per second refilled into an input or output bucket."""
-        base = bucket.base(self._share)
-        return None if base is None else base * self._factor * (1.0 - self._burst) / 60.0
-
-    def _bucket_cap(self, bucket: _Bucket) -> float:
-        base = bucket.base(self._share)
-        assert base is not None
-        return max(1.0, base * self._factor * self._burst * self._window / 60.0)
-
     def _bucket_refill(self, bucket: _Bucket, now: float) -> None:
-        rate = self._bucket_rate(bucket)
+        rate = bucket.rate
         if rate is not None and bucket.level is not None:
             # Refills stop at the cap; refunds may leave the level above it (see _settle).
-            cap = max(self._bucket_cap(bucket), bucket.level)
+            cap = max(bucket.cap, bucket.level)
             bucket.level = min(cap, bucket.level + max(0.0, now - bucket.refilled_at) * rate)
         bucket.refilled_at = now
 
     def _refill(self, now: float) -> None:
-        rate = self._token_rate()
+        rate = self._token_rate
         if rate is not None and self._level is not None:
             self._level = min(
-                self._bucket_size(), self._level + max(0.0, now - self._refilled_at) * rate
+                self._bucket_size, self._level + max(0.0, now - self._refilled_at) * rate
             )
         self._refilled_at = now
 
@@ -729,13 +722,13 @@ class Capacity:
         wait = self._paused_until - now
         if self.failing:
             wait = max(wait, self._probe_at - now)
-        interval = self._interval() if self._request_limited else None
+        interval = self._interval
         if interval is not None:
-            wait = max(wait, self._tat - self._tolerance() - now)
-        rate = self._token_rate() if self._token_limited else None
+            wait = max(wait, self._tat - self._tolerance - now)
+        rate = self._token_rate
         if rate is not None:
             self._refill(now)
-            size = self._bucket_size()
+            size = self._bucket_size
             level = self._level if self._level is not None else size
             # Like the request schedule: a call waits for its tokens plus half of what is
             # left of the allowance, the other half being the margin for jitter.
@@ -743,11 +736,11 @@ class Capacity:
             if short > 0 and short / rate > wait:
                 return short / rate, _Blocker.TOKENS
         for bucket, place in self._limited:
-            bucket_rate = self._bucket_rate(bucket)
+            bucket_rate = bucket.rate
             if bucket_rate is None:
                 continue
             self._bucket_refill(bucket, now)
-            cap = self._bucket_cap(bucket)
+            cap = bucket.cap
             level = bucket.level if bucket.level is not None else cap
             short = (cap + min(float(split[place]), cap)) / 2.0 - level
             if short > 0 and short / bucket_rate > wait:
@@ -840,17 +833,18 @@ class Capacity:
             # Callers queue at the rate found so far: double it once per growth period.
             if self._grown_at > -math.inf:
                 self._found_rpm *= 2.0
+                self._rerate()
             self._grown_at = now
-        interval = self._interval() if self._request_limited else None
+        interval = self._interval
         if interval is not None:
             self._tat = max(self._tat, now) + interval
-        if self._token_limited and self._token_rate() is not None:
-            level = self._level if self._level is not None else self._bucket_size()
+        if self._token_rate is not None:
+            level = self._level if self._level is not None else self._bucket_size
             self._level = level - tokens
         for bucket, place in self._limited:
-            if self._bucket_rate(bucket) is not None:
+            if bucket.rate is not None:
                 self._bucket_refill(bucket, now)
-                level = bucket.level if bucket.level is not None else self._bucket_cap(bucket)
+                level = bucket.level if bucket.level is not None else bucket.cap
                 bucket.level = level - split[place]
         return Slot(self, tokens, now, split)
 
@@ -873,13 +867,13 @@ class Capacity:
             if actual is None:
                 continue
             reserved = slot.estimated_split[place]
-            if self._bucket_rate(bucket) is not None and bucket.level is not None:
+            if bucket.rate is not None and bucket.level is not None:
                 self._bucket_refill(bucket, self._timer.now())
                 # A refund is not clipped at the cap: the tokens were reserved within the
                 # rate and not used (a call's output below its max_tokens), as if the call
                 # had reserved only what it used. A charge beyond the estimate is taken.
                 # (At most one call's refund above the cap: no burst of saved-up refunds.)
-                ceiling = max(self._bucket_cap(bucket) + reserved - actual, bucket.level)
+                ceiling = max(bucket.cap + reserved - actual, bucket.level)
                 bucket.level = min(ceiling, bucket.level + reserved - actual)
                 refunded = refunded or actual < reserved
         if refunded:
@@ -890,15 +884,16 @@ class Capacity:
                 # (A rate found by probing keeps its last step down: the storm may have
                 # begun as that rate's overshoot.)
                 self._factor = self._healthy
-                self._tat = min(self._tat, self._succeeded_at + self._tolerance())
+                self._rerate()
+                self._tat = min(self._tat, self._succeeded_at + self._tolerance)
                 self._paused_until = min(self._paused_until, self._succeeded_at)
                 self._failures = 0
                 self._wake(_Blocker.TIME)
             self._failures = 0
         charged = actual_tokens if refund else max(actual_tokens, slot.estimated_tokens)
-        if self._token_limited and self._level is not None and self._token_rate() is not None:
+        if self._token_rate is not None and self._level is not None:
             self._refill(self._timer.now())
-            self._level = min(self._bucket_size(), self._level + slot.estimated_tokens - charged)
+            self._level = min(self._bucket_size, self._level + slot.estimated_tokens - charged)
             if charged < slot.estimated_tokens:
                 self._wake(_Blocker.TOKENS)
         if slot.started_at <= self._decreased_at:
@@ -907,6 +902,7 @@ class Capacity:
         if self._found_rpm is not None and self._learned_rpm is None and not self._slow_start:
             # Additive increase of the rate found: `discover_growth` of it per second.
             self._found_rpm += 60.0 * self._discover_growth
+            self._rerate()
         if self._factor >= 1.0:
             return  # at the full rate: nothing to restore
         rpm, tpm = self._base_rpm(), self._base_tpm()
@@ -923,6 +919,7 @@ class Capacity:
         else:
             return
         self._factor = min(1.0, self._factor + self._drop * share)
+        self._rerate()
 
     def _release(self) -> None:
         self._in_flight -= 1
