@@ -30,7 +30,7 @@ class SiteRef(NamedTuple):
         return Site(file, self.line, self.code.co_name, linecache.getline(file, self.line).strip())
 
 
-def _used(*_: Any) -> Any:
+def _used() -> Any:
     raise RuntimeError("a step or call was awaited twice")
 
 
@@ -39,8 +39,8 @@ class Pending(Awaitable[T], Generic[T]):
     is the line that made it. ``what`` names it in reports.
 
     The work is a function and its arguments rather than a closure: a lambda over the
-    caller's arguments made each of them a cell of the caller's frame, ~0.6 µs of the
-    ~1.2 µs an ``ctx.llm.chat(...)`` took to make its `Pending`."""
+    caller's arguments made each of them a cell of the caller's frame (making a
+    ``ctx.llm.chat(...)`` took 3.1 µs that way, 1.4 µs this way)."""
 
     __slots__ = ("_args", "_fn", "awaited", "site_ref", "what")
 

@@ -842,10 +842,9 @@ class Capacity:
             level = self._level if self._level is not None else self._bucket_size
             self._level = level - tokens
         for bucket, place in self._limited:
-            if bucket.rate is not None:
-                self._bucket_refill(bucket, now)
-                level = bucket.level if bucket.level is not None else bucket.cap
-                bucket.level = level - split[place]
+            self._bucket_refill(bucket, now)
+            level = bucket.level if bucket.level is not None else bucket.cap
+            bucket.level = level - split[place]
         return Slot(self, tokens, now, split)
 
     def _settle(
@@ -867,7 +866,7 @@ class Capacity:
             if actual is None:
                 continue
             reserved = slot.estimated_split[place]
-            if bucket.rate is not None and bucket.level is not None:
+            if bucket.level is not None:
                 self._bucket_refill(bucket, self._timer.now())
                 # A refund is not clipped at the cap: the tokens were reserved within the
                 # rate and not used (a call's output below its max_tokens), as if the call
