@@ -63,6 +63,10 @@ async def test_overhead(tmp_path: Path, postgres_server: str) -> None:
     # 200 I/O agents at 50 at once: four rounds of 50 ms at the least.
     assert io["tasks"] == 200 and io["floor_s"] == pytest.approx(0.2)
     assert io["makespan_s"]["best"] >= io["floor_s"]
+    # The same waits through bare asyncio, in the same run: the floor at the least, and
+    # legion's makespan as a ratio to it.
+    assert io["bare_makespan_s"]["best"] >= io["floor_s"]
+    assert io["vs_bare"] == pytest.approx(io["makespan_s"]["best"] / io["bare_makespan_s"]["best"])
 
 
 async def test_steps(tmp_path: Path, postgres_server: str) -> None:

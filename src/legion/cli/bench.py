@@ -133,7 +133,8 @@ def overhead_cmd(
     plots: PlotsOpt = True,
 ) -> None:
     """No-op agents through the durable path (SQLite, PostgreSQL) vs the reference batched
-    queue on the same store and bare asyncio.gather."""
+    queue on the same store and bare asyncio.gather; then agents waiting 50 ms on I/O vs
+    the floor and bare asyncio over the same waits."""
     from legion.bench import overhead
 
     opts = overhead.OverheadOptions(
