@@ -82,7 +82,8 @@ class AttemptTime:
         self._waited = 0.0
         self._waits = 0
         self._since = 0.0
-        self._reasons: dict[str, float] = {}
+        # Seconds waited by reason: made at the first wait (most attempts never wait).
+        self._reasons: dict[str, float] | None = None
 
     # -- what the waits report ------------------------------------------------------
 
@@ -96,7 +97,10 @@ class AttemptTime:
         self._waits -= 1
         if self._waits == 0:
             self._waited += now - self._since
-        self._reasons[reason] = self._reasons.get(reason, 0.0) + (now - began)
+        reasons = self._reasons
+        if reasons is None:
+            reasons = self._reasons = {}
+        reasons[reason] = reasons.get(reason, 0.0) + (now - began)
 
     # -- what the runner and the timers read -------------------------------------------
 
@@ -111,9 +115,13 @@ class AttemptTime:
 
     def running(self) -> float:
         """Seconds spent running so far: all the time since the start, less the waits."""
+        return self.split()[0]
+
+    def split(self) -> tuple[float, float]:
+        """``(running, waited)`` so far, read at one instant (one clock read)."""
         now = self._now()
         waited = self._waited + (now - self._since if self._waits else 0.0)
-        return max(0.0, now - self.started - waited)
+        return max(0.0, now - self.started - waited), waited
 
     def remaining(self) -> float | None:
         """Seconds this attempt may still run before its timeout or its deadline
@@ -152,7 +160,7 @@ class AttemptTime:
         default (120 rpm); 0.4 s running``."""
         parts = [
             f"waited {_seconds(seconds)} for {reason}"
-            for reason, seconds in sorted(self._reasons.items(), key=lambda item: -item[1])
+            for reason, seconds in sorted((self._reasons or {}).items(), key=lambda item: -item[1])
         ]
         parts.append(f"{_seconds(self.running())} running")
         return "; ".join(parts)

@@ -236,11 +236,11 @@ class Context:
         "_made",
         "_memory",
         "_owner",
+        "_signals_taken",
         "_store",
         "_traces",
         "_usage",
         "agent",
-        "signals_taken",
     )
 
     def __init__(
@@ -275,14 +275,20 @@ class Context:
         self._counts: dict[str, int] = {}
         # When the first step the advisor may compare ended (see `record`).
         self._long_end = math.inf
-        # Signals received so far by this attempt's waits, by event (see legion.waiting).
-        self.signals_taken: dict[str, int] = {}
+        self._signals_taken: dict[str, int] | None = None  # made at the first wait
         self._memory: Memory | None = None
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
 
     @property
     def task_id(self) -> int:
         return self._lease.id
+
+    @property
+    def signals_taken(self) -> dict[str, int]:
+        """Signals received so far by this attempt's waits, by event (see legion.waiting)."""
+        if self._signals_taken is None:
+            self._signals_taken = {}
+        return self._signals_taken
 
     @property
     def attempt(self) -> int:

@@ -57,7 +57,8 @@ class Waiter(StepRecorder, Protocol):
     @property
     def recorded_steps(self) -> Mapping[str, bytes]: ...
 
-    signals_taken: dict[str, int]
+    @property
+    def signals_taken(self) -> dict[str, int]: ...
 
     def step_count(self, name: str) -> int:
         """How many steps named ``name`` this attempt has made so far."""

@@ -243,6 +243,10 @@ class Completion:
     wait: Wait | None = None  # with Outcome.WAITING: what the task waits for
     running: float = 0.0  # seconds of the attempt spent running (see legion.attempt)
     waited: float = 0.0  # seconds of the attempt spent waiting for capacity
+    # Whose task it is and the agent it runs (from its lease; None: not told, the store
+    # reads them from the task).
+    tenant: str | None = None
+    agent: str | None = None
 
 
 @record

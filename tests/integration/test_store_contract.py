@@ -541,6 +541,67 @@ async def test_the_counts_follow_every_status_change(store: Store) -> None:
     await check()
 
 
+@pytest.mark.parametrize("told", [True, False], ids=["told", "not-told"])
+async def test_the_feed_and_counts_of_completions_are_the_tasks_own(
+    store: Store, told: bool
+) -> None:
+    """A completion from a worker says its task's tenant and agent, and the SQLite store
+    then logs the change and moves the counts from what the completion says, without
+    reading the tasks; one that does not say them is logged from the tasks' rows. Either
+    way each change in the feed is what the task holds, the counts are the tasks' own,
+    and a retry of a task whose cancellation was asked is logged as cancelled."""
+    await store.submit([new("a", value=i, tenant="acme") for i in range(5)], NOW)
+    await store.submit([new("b", value=i, tenant="globex") for i in range(5)], NOW)
+    leases = await store.lease("w", {"a": 5, "b": 5}, 10, NOW + 60, NOW)
+    assert len(leases) == 10
+
+    def end(lease: Any, outcome: Outcome, owner: str = "w", **kw: Any) -> Completion:
+        if told:
+            kw.update(tenant=lease.tenant, agent=lease.agent)
+        return done(lease.id, lease.attempt, owner, outcome, **kw)
+
+    err = ErrorInfo("E", "m")
+    cursor = await store.last_event_id()
+    first = [
+        end(leases[0], Outcome.SUCCEEDED, output=codec.dumps(1)),
+        end(leases[1], Outcome.FAILED, error=err),
+        end(leases[5], Outcome.DEAD, error=err),
+        end(leases[6], Outcome.CANCELLED),
+        end(leases[2], Outcome.WAITING, wait=Wait(event="go", count=1)),
+        end(leases[7], Outcome.SUCCEEDED, owner="stale"),  # fenced: not applied
+    ]
+    assert await store.write(WriteBatch(completions=first), NOW) == [True] * 5 + [False]
+    events = await store.events_after(cursor, 100)
+    assert sorted(e.task_id for e in events) == sorted(c.id for c in first[:5])
+    for e in events:
+        info = await store.get(e.task_id)
+        assert info is not None
+        assert (e.status, e.attempt, e.worker) == (info.status, info.attempt, "w")
+    assert await counts_of(store) == await counted_by_hand(store)
+
+    assert await store.cancel(leases[3].id, NOW) is TaskStatus.RUNNING  # asked: ends later
+    cursor = await store.last_event_id()
+    second = [
+        end(leases[3], Outcome.RETRY, error=err, not_before=NOW + 5),
+        end(leases[8], Outcome.RETRY, error=err, not_before=NOW + 5),
+        end(leases[9], Outcome.SUCCEEDED),
+        end(leases[4], Outcome.RELEASED),
+    ]
+    assert await store.write(WriteBatch(completions=second), NOW) == [True] * 4
+    events = await store.events_after(cursor, 100)
+    assert {e.task_id: e.status for e in events} == {
+        leases[3].id: TaskStatus.CANCELLED,  # a retry, but its cancellation was asked
+        leases[8].id: TaskStatus.QUEUED,
+        leases[9].id: TaskStatus.SUCCEEDED,
+        leases[4].id: TaskStatus.QUEUED,
+    }
+    assert len(events) == 4
+    for e in events:
+        info = await store.get(e.task_id)
+        assert info is not None and (e.status, e.attempt) == (info.status, info.attempt)
+    assert await counts_of(store) == await counted_by_hand(store)
+
+
 async def test_memory_is_keyed_by_session(store: Store) -> None:
     await store.write(
         WriteBatch(

@@ -194,6 +194,9 @@ async def run_instance(
                 raise asyncio.CancelledError
             kwargs = agent.arguments(codec.loads(lease.input))
             call = agent.fn(ctx, **kwargs) if executor is None else executor.run(agent, ctx, kwargs)
+            # The agent's frame holds what it needs of its arguments for as long as it runs;
+            # this frame keeps no copy of them through the instance's life.
+            del kwargs
             result = await (
                 telemetry.traced_task(lease, agent.name, call) if telemetry.tracing else call
             )
@@ -385,6 +388,7 @@ def _completion(
 ) -> Completion:
     """The completion of an attempt, with its time split into running and waiting
     (``time_``: the attempt's clock), built once."""
+    running, waited = time_.split() if time_ is not None else (0.0, 0.0)
     return Completion(
         lease.id,
         lease.attempt,
@@ -398,6 +402,8 @@ def _completion(
         usage,
         diagnostics,
         wait,
-        time_.running() if time_ is not None else 0.0,
-        time_.waited() if time_ is not None else 0.0,
+        running,
+        waited,
+        lease.tenant,
+        lease.agent,
     )

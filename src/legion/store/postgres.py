@@ -67,8 +67,8 @@ from legion.store.postgres_ledger import PostgresLedger
 from legion.store.postgres_params import submit_params
 from legion.store.postgres_waiting import PostgresWaiting, after_completions
 from legion.store.queries import migrations, queries
-from legion.store.rows import attempt_record, event_detail, task_info
-from legion.store.tenancy import KeyedTasks, unscoped_key
+from legion.store.rows import attempt_record, event_detail, leases, task_info
+from legion.store.tenancy import KeyedTasks
 from legion.store.timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
 from legion.store.types import (
     ApiKey,
@@ -429,21 +429,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 await cur.execute(Q["replayed_steps"], {"ids": [r[0] for r in rows]})
                 for task_id, key, output in await cur.fetchall():
                     steps.setdefault(task_id, {})[key] = output
-        return [
-            Lease(
-                r[0],
-                r[1],
-                r[2],
-                unscoped_key(r[3]),
-                r[4],
-                r[5],
-                r[6],
-                steps.get(r[0], {}),
-                r[7],
-                r[8],
-            )
-            for r in rows
-        ]
+        return leases(rows, steps)
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
         """One transaction, pipelined: one statement each for steps, memory sets, memory

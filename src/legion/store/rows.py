@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from legion import codec
 from legion.store.tenancy import DEFAULT_TENANT, unscoped_key
 from legion.store.types import AttemptRecord, Event, EventDetail
 from legion.store.waiting import ChildInfo, WaitingInfo
-from legion.task import ErrorInfo, TaskInfo, TaskStatus
+from legion.task import ErrorInfo, Lease, TaskInfo, TaskStatus
+
+NO_STEPS: Mapping[str, bytes] = MappingProxyType({})
+"""The recorded steps of a task that has none (most leases): one read-only mapping for
+all, not an empty dict each."""
+
+
+def leases(rows: Sequence[Sequence[Any]], steps: Mapping[int, Mapping[str, bytes]]) -> list[Lease]:
+    """Leases from leased rows, ``id, agent, input, key, session, attempt, max_attempts,
+    priority, tenant``, each with its task's recorded ``steps``. A lease lives as long as
+    its instance: the rows of a batch share one string for each agent and tenant name
+    rather than a copy per row."""
+    names: dict[str, str] = {}
+    return [
+        Lease(
+            r[0],
+            names.setdefault(r[1], r[1]),
+            r[2],
+            unscoped_key(r[3]),
+            r[4],
+            r[5],
+            r[6],
+            steps.get(r[0], NO_STEPS),
+            r[7],
+            names.setdefault(r[8], r[8]),
+        )
+        for r in rows
+    ]
 
 
 def attempt_record(task_id: int, row: Sequence[Any]) -> AttemptRecord:

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,15 +33,15 @@ from legion.errors import (
     StoreUnavailable,
 )
 from legion.store.queries import migrations, queries
-from legion.store.rows import attempt_record, event_detail, task_info
+from legion.store.rows import attempt_record, event_detail, leases, task_info
 from legion.store.sqlite_batches import SQLiteBatches
 from legion.store.sqlite_counts import count_leased, count_new
-from legion.store.sqlite_feed import log_changes, log_changes_by
+from legion.store.sqlite_feed import Ended, log_changes, log_changes_by, log_ended
 from legion.store.sqlite_ledger import SQLiteLedger
 from legion.store.sqlite_rows import CACHED_STATEMENTS, execute_rows
 from legion.store.sqlite_submit import SQLiteSubmissions
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
-from legion.store.tenancy import KeyedTasks, unscoped_key
+from legion.store.tenancy import KeyedTasks
 from legion.store.types import (
     ApiKey,
     AttemptRecord,
@@ -416,7 +416,11 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
             db.execute("RELEASE completions")
         done = [(c, e) for c, e, ok in zip(completions, errors, applied, strict=True) if ok]
-        log_changes_by(db, [(c.owner, c.id) for c, _ in done], now, was=TaskStatus.RUNNING)
+        ended = _ended(c for c, _ in done)
+        if ended is not None:
+            log_ended(db, ended, now, was=TaskStatus.RUNNING)
+        else:
+            log_changes_by(db, [(c.owner, c.id) for c, _ in done], now, was=TaskStatus.RUNNING)
         # A succeeded attempt is recorded on its task's row, by the completion itself.
         ended = [_attempt_params(c, e) for c, e in done if c.outcome is not Outcome.SUCCEEDED]
         execute_rows(db, Q["insert_attempts"], ended)
@@ -892,12 +896,7 @@ def _with_steps(db: sqlite3.Connection, rows: Sequence[Any]) -> list[Lease]:
         ids = codec.dumps([r[0] for r in rows]).decode()
         for task_id, key, output in db.execute(Q["replayed_steps"], {"ids": ids}):
             steps.setdefault(task_id, {})[key] = output
-    return [
-        Lease(
-            r[0], r[1], r[2], unscoped_key(r[3]), r[4], r[5], r[6], steps.get(r[0], {}), r[7], r[8]
-        )
-        for r in rows
-    ]
+    return leases(rows, steps)
 
 
 def _fence(db: sqlite3.Connection, batch: WriteBatch) -> set[tuple[int, int, str | None]]:
@@ -954,6 +953,23 @@ def _completion_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:
         None,
         None,
     )
+
+
+def _ended(done: Iterable[Completion]) -> list[Ended] | None:
+    """What the applied completions ``done`` left on their tasks, for the change feed: each
+    one's status and attempt are its own, as it was applied on its lease. ``None`` if one
+    does not say its tenant and agent, or goes back to the queue (a task whose cancellation
+    was asked is cancelled then, which only the task's row tells)."""
+    ended: list[Ended] = []
+    for c in done:
+        status, uncount, _, _ = _OUTCOME_ROW[c.outcome]
+        if c.tenant is None or c.agent is None or status == _QUEUED:
+            return None
+        ended.append((c.id, status, c.attempt - uncount, c.owner, c.tenant, c.agent))
+    return ended
+
+
+_QUEUED = TaskStatus.QUEUED.value
 
 
 def _attempt_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:

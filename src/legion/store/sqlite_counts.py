@@ -6,7 +6,8 @@ of SQL (``benchmarks/sql_per_row.py``). Now every statement that adds a task or 
 its status moves the counts in the same transaction, a statement per batch: a submit and
 a lease from the rows they hold (`count_new`, `count_leased`), the others from the change
 feed's rows they log (`count_logged`, called by `legion.store.sqlite_feed`). A row may hold
-zero; the readers leave those out.
+zero; the readers leave those out. (The completions' write knows its changes and moves
+the counts from them, `count_ended`.)
 """
 
 from __future__ import annotations
@@ -49,11 +50,21 @@ def last_logged(db: sqlite3.Connection) -> int:
 def count_logged(db: sqlite3.Connection, after: int, was: str) -> None:
     """The tasks of the feed's rows after ``after``, which each left ``was`` for the status
     its row logged."""
+    _move(db, _left(was, db.execute(_LOGGED, {"after": after})))
+
+
+def count_ended(db: sqlite3.Connection, ended: Iterable[tuple[str, str, str]], was: str) -> None:
+    """Tasks, as ``(tenant, status, agent)``, that each left ``was`` for that status."""
+    _move(db, _left(was, ((*group, n) for group, n in Counter(ended).items())))
+
+
+def _left(was: str, groups: Iterable[tuple[str, str, str, int]]) -> dict[tuple[str, str, str], int]:
+    """The moves of ``(tenant, status, agent, n)`` groups of tasks that each left ``was``."""
     moves: dict[tuple[str, str, str], int] = {}
-    for tenant, status, agent, n in db.execute(_LOGGED, {"after": after}):
+    for tenant, status, agent, n in groups:
         moves[tenant, status, agent] = moves.get((tenant, status, agent), 0) + n
         moves[tenant, was, agent] = moves.get((tenant, was, agent), 0) - n
-    _move(db, moves)
+    return moves
 
 
 def _move(db: sqlite3.Connection, moves: dict[tuple[str, str, str], int]) -> None:

@@ -8,19 +8,26 @@ returns the ids it changed, and its caller logs them here in the same transactio
 after it (the feed stays in commit order). Each row reads the status and attempt the task
 holds. The caller says which status the tasks left (``was``), and the counts by status
 (`legion.store.sqlite_counts`) move with the rows logged.
+
+The completions' write knows what each change it applied left on the task (`log_ended`):
+its rows go in as they are, with no read of the tasks, and the counts move from them.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from legion.store.queries import queries
-from legion.store.sqlite_counts import count_logged, last_logged
+from legion.store.sqlite_counts import count_ended, count_logged, last_logged
 from legion.store.sqlite_rows import execute_rows
 
 _LOG = queries("sqlite")["log_event"]
 _LOG_MANY = queries("sqlite")["log_events"]
+_LOG_ENDED = queries("sqlite")["log_ended"]
+
+Ended = tuple[int, str, int, "str | None", str, str]
+"""A change the caller knows: ``(task id, status, attempt, worker, tenant, agent)``."""
 
 
 def log_changes(
@@ -41,6 +48,15 @@ def log_changes_by(
 ) -> None:
     """`log_changes` with a worker per task: ``(worker, task id)`` pairs."""
     _log(db, [(task_id, at, worker) for worker, task_id in changes], was)
+
+
+def log_ended(db: sqlite3.Connection, ended: Sequence[Ended], at: float, *, was: str) -> None:
+    """Log changes whose new status and attempt the caller knows, which each took in place
+    of ``was`` (``worker``: whose lease it ended), and move the counts by them."""
+    if not ended:
+        return
+    execute_rows(db, _LOG_ENDED, [(e[0], at, e[1], e[2], e[3]) for e in ended])
+    count_ended(db, [(e[4], e[1], e[5]) for e in ended], was)
 
 
 def _log(db: sqlite3.Connection, rows: list[tuple[int, float, str | None]], was: str) -> None:

@@ -158,6 +158,12 @@ INSERT INTO events (task_id, at, status, attempt, worker)
 SELECT t.id, c.column2, t.status, t.attempt, c.column3
 FROM (VALUES {rows}) AS c CROSS JOIN tasks AS t ON t.id = c.column1;
 
+-- name: log_ended
+-- Changes whose status and attempt the caller knows (completions it just applied, fenced
+-- on the lease they ended): a VALUES row per task, [task id, at, status, attempt, the
+-- worker whose lease the change ended]; no read of `tasks`.
+INSERT INTO events (task_id, at, status, attempt, worker) VALUES {rows};
+
 -- name: log_event
 -- The change feed (see 0014_hot_path.sql): every statement that changes a task's status
 -- is followed by one of these per changed task, in the same transaction. Positional for
