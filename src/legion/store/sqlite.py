@@ -416,9 +416,9 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             applied = [db.execute(Q["complete"], p).rowcount == 1 for p in params]
             db.execute("RELEASE completions")
         done = [(c, e) for c, e, ok in zip(completions, errors, applied, strict=True) if ok]
-        ended = _ended(c for c, _ in done)
-        if ended is not None:
-            log_ended(db, ended, now, was=TaskStatus.RUNNING)
+        known = _ended(c for c, _ in done)
+        if known is not None:
+            log_ended(db, known, now, was=TaskStatus.RUNNING)
         else:
             log_changes_by(db, [(c.owner, c.id) for c, _ in done], now, was=TaskStatus.RUNNING)
         # A succeeded attempt is recorded on its task's row, by the completion itself.
@@ -930,6 +930,9 @@ _OUTCOME_ROW = {
 }
 
 
+_QUEUED = TaskStatus.QUEUED.value
+
+
 def _completion_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:
     status, uncount, unfinished, _ = _OUTCOME_ROW[c.outcome]
     if c.outcome is Outcome.SUCCEEDED:  # the attempt, recorded on the row
@@ -967,9 +970,6 @@ def _ended(done: Iterable[Completion]) -> list[Ended] | None:
             return None
         ended.append((c.id, status, c.attempt - uncount, c.owner, c.tenant, c.agent))
     return ended
-
-
-_QUEUED = TaskStatus.QUEUED.value
 
 
 def _attempt_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:

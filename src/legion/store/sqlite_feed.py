@@ -26,7 +26,7 @@ _LOG = queries("sqlite")["log_event"]
 _LOG_MANY = queries("sqlite")["log_events"]
 _LOG_ENDED = queries("sqlite")["log_ended"]
 
-Ended = tuple[int, str, int, "str | None", str, str]
+Ended = tuple[int, str, int, str | None, str, str]
 """A change the caller knows: ``(task id, status, attempt, worker, tenant, agent)``."""
 
 
