@@ -76,6 +76,8 @@ class ErrorInfo:
 
 
 NO_STEPS: Mapping[str, bytes] = MappingProxyType({})
+"""The recorded steps of a task that has none (most leases): one read-only mapping for
+all, not an empty dict each."""
 
 
 @record

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 from legion import codec
 from legion.store.tenancy import DEFAULT_TENANT, unscoped_key
 from legion.store.types import AttemptRecord, Event, EventDetail
 from legion.store.waiting import ChildInfo, WaitingInfo
-from legion.task import ErrorInfo, Lease, TaskInfo, TaskStatus
-
-NO_STEPS: Mapping[str, bytes] = MappingProxyType({})
-"""The recorded steps of a task that has none (most leases): one read-only mapping for
-all, not an empty dict each."""
+from legion.task import NO_STEPS, ErrorInfo, Lease, TaskInfo, TaskStatus
 
 
 def leases(rows: Sequence[Sequence[Any]], steps: Mapping[int, Mapping[str, bytes]]) -> list[Lease]:
