@@ -34,11 +34,8 @@ def count_new(db: sqlite3.Connection, tasks: Iterable[tuple[str, str]], status: 
 
 def count_leased(db: sqlite3.Connection, tasks: Sequence[tuple[str, str]]) -> None:
     """Leased tasks, as ``(tenant, agent)`` pairs: each went from queued to running."""
-    moves: dict[tuple[str, str, str], int] = {}
-    for (tenant, agent), n in Counter(tasks).items():
-        moves[tenant, TaskStatus.QUEUED, agent] = -n
-        moves[tenant, TaskStatus.RUNNING, agent] = n
-    _move(db, moves)
+    running = TaskStatus.RUNNING.value
+    count_ended(db, ((tenant, running, agent) for tenant, agent in tasks), TaskStatus.QUEUED)
 
 
 def last_logged(db: sqlite3.Connection) -> int:
