@@ -455,19 +455,28 @@ class Capacity:
         what has been refilled since. Read as if they described the window now, a
         full window seen half a second ago would hold back starts that fit today.
         """
-        if info.limit_requests or info.limit_tokens:
-            if info.limit_requests:
-                self._learned_rpm = _undercut(info.limit_requests, self._rpm)
-            if info.limit_tokens:
-                self._learned_tpm = _undercut(info.limit_tokens, self._tpm)
-            self._rerate()
-        if info.limit_input_tokens or info.limit_output_tokens:
-            for bucket, limit in (
-                (self._input, info.limit_input_tokens),
-                (self._output, info.limit_output_tokens),
-            ):
-                if limit:
-                    bucket.learned = _undercut(limit, bucket.limit)
+        # A provider tells its limits with every answer: the pace is worked out again
+        # only when one of them is new.
+        learned = (
+            self._learned_rpm,
+            self._learned_tpm,
+            self._input.learned,
+            self._output.learned,
+        )
+        if info.limit_requests:
+            self._learned_rpm = _undercut(info.limit_requests, self._rpm)
+        if info.limit_tokens:
+            self._learned_tpm = _undercut(info.limit_tokens, self._tpm)
+        if info.limit_input_tokens:
+            self._input.learned = _undercut(info.limit_input_tokens, self._input.limit)
+        if info.limit_output_tokens:
+            self._output.learned = _undercut(info.limit_output_tokens, self._output.limit)
+        if learned != (
+            self._learned_rpm,
+            self._learned_tpm,
+            self._input.learned,
+            self._output.learned,
+        ):
             self._rerate()
         now = self._timer.now()
         since = now if sent_at is None else min(now, sent_at)
