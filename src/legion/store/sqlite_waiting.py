@@ -48,7 +48,11 @@ def after_completions(
     ended = [
         c.id for c, ok in zip(batch.completions, applied, strict=True) if ok and c.outcome in _ENDED
     ]
-    if ended:
+    # Only a waiting parent can be woken: while no task waits (most batches), the ended
+    # tasks' rows are not read for their parents. This transaction holds the write lock,
+    # so no task starts waiting meanwhile; one that waits later counts its ended children
+    # itself (`wake_ready` after `suspend`).
+    if ended and db.execute(W["any_waiting"]).fetchone() is not None:
         ids = codec.dumps(ended).decode()
         parents = [r[0] for r in db.execute(W["parents_of"], {"ids": ids})]
         if parents:

@@ -24,6 +24,10 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'waiting' AND (
                AND c.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled')) <= wait_children))
 RETURNING id;
 
+-- name: any_waiting
+-- Whether some task waits (the partial index `tasks_waiting`: no rows read when none does).
+SELECT 1 FROM tasks WHERE status = 'waiting' LIMIT 1;
+
 -- name: parents_of
 SELECT DISTINCT parent_id FROM tasks
 WHERE id IN (SELECT value FROM json_each(:ids)) AND parent_id IS NOT NULL;
