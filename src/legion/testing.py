@@ -201,8 +201,9 @@ class ScriptedProvider:
 
     Each call takes the next item of ``script``: a `ChatResponse` (or plain
     text, answered with usage of 1 prompt and 1 completion token) to return,
-    or an exception to raise. Every request is kept in ``requests``. A call
-    past the end of the script raises `AssertionError`.
+    or an exception to raise. Every request is kept in ``requests``, and the timeout
+    its attempt was given in ``timeouts``. A call past the end of the script raises
+    `AssertionError`.
     """
 
     def __init__(
@@ -216,6 +217,7 @@ class ScriptedProvider:
         self._name = name
         self._rate_limits = rate_limits or RateLimitInfo()
         self.requests: list[ChatRequest] = []
+        self.timeouts: list[float] = []
         self.closed = False
 
     @property
@@ -224,6 +226,7 @@ class ScriptedProvider:
 
     async def chat(self, request: ChatRequest, *, timeout: float) -> ChatResult:  # noqa: ASYNC109
         self.requests.append(request)
+        self.timeouts.append(timeout)
         item = next(self._script, None)
         if item is None:
             raise AssertionError(f"{self._name}: call {len(self.requests)} is past the script")

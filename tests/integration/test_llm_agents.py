@@ -153,3 +153,23 @@ async def test_a_new_answer_is_the_one_its_replay_gives(db_url: str) -> None:
     assert new.usage.reasoning_tokens == 4 and new.usage.cache_write_tokens == 5
     # Counted once per attempt that saw it, from the recorded JSON either way.
     assert r.usage is not None and r.usage["cached_tokens"] == 30 and r.usage["llm_calls"] == 1
+
+
+async def test_a_calls_own_timeout_and_transport_reach_the_provider(db_url: str) -> None:
+    @legion.agent(retries=0)
+    async def ask(ctx: legion.Context, q: str) -> str:
+        own = await ctx.llm.chat(
+            [{"role": "user", "content": q}], timeout=7.5, stream=True, max_tokens=3
+        )
+        routes = await ctx.llm.chat([{"role": "user", "content": q + "?"}], max_tokens=3)
+        return own.text + routes.text
+
+    provider = ScriptedProvider(["a", "b"])
+    llm = LLMClient([Route("r", provider, "m", Capacity("r"), timeout=30.0)])
+    async with Runtime(db_url, llm=llm) as rt:
+        r = await rt.result((await rt.submit(ask, "hi")).id)
+    assert r.ok and r.output == "ab"
+    # The first call's own, then the route's.
+    assert provider.timeouts == [7.5, 30.0]
+    assert [request.stream for request in provider.requests] == [True, False]
+    assert [dict(request.params) for request in provider.requests] == [{"max_tokens": 3}] * 2

@@ -114,13 +114,18 @@ class LLMCalls:
         if tier == "batch" and self._batch is not None:
             return self._batch_chat(route, key, messages, timeout, stream, params, site, deadline)
         # Every object passed here is held while the call is in flight: the client's
-        # ``chat`` unbound (its args carry the client), the encoder made once per route,
-        # the answer made by a function shared by all (`record` counts its usage).
+        # ``chat`` unbound (its args carry the client), its keyword arguments (the call's
+        # own ``params`` when it sets no timeout or transport, the client's defaults: no
+        # copy of them), the encoder made once per route, the answer made by a function
+        # shared by all (`record` counts its usage).
+        options = params
+        if timeout is not None or stream is not None:
+            options = {"timeout": timeout, "stream": stream, **params}
         return self._ctx.record(
             key,
             type(client).chat,
             (client, messages, route.name),
-            {"timeout": timeout, "stream": stream, **params},
+            options,
             site,
             inputs=(messages, params),
             encode=client.recorder(route.name),
