@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -406,6 +407,121 @@ async def test_each_statement_logs_its_changes_in_task_order_and_numbering_goes_
     assert [e.worker for e in events[:20]] == [owners[i] for i in completed]
     assert {e.worker for e in events[20:]} == {None}
     assert [e.status for e in events] == [TaskStatus.SUCCEEDED] * 20 + [TaskStatus.CANCELLED] * 10
+
+
+# -- the counts by status -------------------------------------------------------------
+
+
+async def counts_by_hand(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+    cur = await conn.execute("SELECT status, count(*) FROM tasks GROUP BY status")
+    return {str(status): int(n) for status, n in await cur.fetchall()}
+
+
+async def counted(store: PostgresStore) -> dict[str, int]:
+    return {status.value: n for status, n in (await store.counts()).items()}
+
+
+async def test_a_store_made_before_the_counts_table_counts_its_tasks(postgres_url: str) -> None:
+    """Schema 20 counts the tasks a store holds already, then keeps counting."""
+    async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url), autocommit=True) as c:
+        await c.execute("CREATE TABLE legion_schema (version integer PRIMARY KEY)")
+        for version, script in migrations("postgres"):
+            if version <= 19:
+                await c.execute(script)
+                await c.execute("INSERT INTO legion_schema VALUES (%s)", (version,))
+        await c.execute(
+            "INSERT INTO tasks (agent, tenant, status, input, max_attempts, created_at) "
+            "SELECT a, t, s, '{}', 3, 1.0 FROM (VALUES ('a', 'acme', 'queued'), "
+            "('a', 'acme', 'queued'), ('b', 'acme', 'succeeded'), ('a', 'globex', 'dead')) "
+            "AS v(a, t, s)"
+        )
+    async with opened(postgres_url) as (store,):
+        assert await store.schema_version() == migrations("postgres")[-1][0]
+        assert await store.counts_by_tenant() == {
+            "acme": {TaskStatus.QUEUED: 2, TaskStatus.SUCCEEDED: 1},
+            "globex": {TaskStatus.DEAD: 1},
+        }
+        await store.submit([NewTask("a", b"{}", tenant="acme")], NOW)
+        await store.lease("w", {"a": 2}, 2, NOW + 60, NOW)
+        assert await store.count_queued("acme") == 1
+        assert await store.counts_by_agent() == {
+            "a": {TaskStatus.QUEUED: 1, TaskStatus.RUNNING: 2, TaskStatus.DEAD: 1},
+            "b": {TaskStatus.SUCCEEDED: 1},
+        }
+
+
+async def test_the_counts_of_ended_sessions_fold_into_one_row_each(postgres_url: str) -> None:
+    """Each database session moves counts of its own; the reclaim folds those of ended
+    sessions into one row per tenant, status and agent, and the counts stay the tasks'
+    own, whoever changed them (an operator's UPDATE and DELETE too)."""
+    async with opened(postgres_url) as (store,):
+        ids = [s.id for s in await store.submit([new(i) for i in range(6)], NOW)]
+        leases = await store.lease("w", {"a": 4}, 4, NOW + 60, NOW)
+        await store.write(WriteBatch(completions=[done(x.id, x.attempt, "w") for x in leases]), NOW)
+        operator = await psycopg.AsyncConnection.connect(libpq_url(postgres_url), autocommit=True)
+        async with await psycopg.AsyncConnection.connect(
+            libpq_url(postgres_url), autocommit=True
+        ) as conn:
+            await operator.execute("UPDATE tasks SET status = 'cancelled' WHERE id = %s", (ids[5],))
+            await operator.execute("DELETE FROM tasks WHERE id = %s", (ids[0],))
+            pid = operator.info.backend_pid
+            cur = await conn.execute("SELECT count(*) FROM task_counts WHERE shard = %s", (pid,))
+            assert (await cur.fetchone()) != (0,)  # its moves, in rows of its own
+            expected = {"succeeded": 3, "queued": 1, "cancelled": 1}
+            assert await counts_by_hand(conn) == expected
+            assert await counted(store) == expected
+            await store.reclaim(NOW)  # its session is alive: its rows stay
+            cur = await conn.execute("SELECT count(*) FROM task_counts WHERE shard = %s", (pid,))
+            assert (await cur.fetchone()) != (0,)
+            # The operator's session ends (the server answers once its backend has gone).
+            cur = await conn.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
+            assert await cur.fetchone() == (True,)
+            await operator.close()
+            await store.reclaim(NOW)
+            cur = await conn.execute("SELECT count(*) FROM task_counts WHERE shard = %s", (pid,))
+            assert await cur.fetchone() == (0,)
+            cur = await conn.execute(
+                "SELECT count(*) FROM task_counts WHERE shard <> 0 "
+                "AND shard NOT IN (SELECT pid FROM pg_stat_activity)"
+            )
+            assert await cur.fetchone() == (0,)
+            cur = await conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM task_counts WHERE shard = 0 "
+                "GROUP BY tenant, status, agent HAVING count(*) > 1) AS twice"
+            )
+            assert await cur.fetchone() == (0,)
+            assert await counted(store) == expected
+            await conn.execute("TRUNCATE tasks CASCADE")
+            assert await store.counts() == {}
+            await store.submit([new("after")], NOW)
+            assert await counted(store) == {"queued": 1}
+
+
+async def test_folding_the_counts_never_waits_on_a_session_that_holds_them(
+    postgres_url: str,
+) -> None:
+    """A row of an ended session's pid that a live session holds locked (a new session
+    that got the same pid, moving its counts) is left for a later fold: the reclaim does
+    not wait for that session's transaction."""
+    gone = 2**31 - 1  # a pid no backend has
+    async with opened(postgres_url) as (store,):
+        await store.submit([new(i) for i in range(3)], NOW)
+        async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as holder:
+            await holder.execute(
+                "INSERT INTO task_counts VALUES ('default', 'queued', 'a', %s, 0)", (gone,)
+            )
+            await holder.commit()
+            # Its transaction holds the row, and stays open.
+            await holder.execute("SELECT n FROM task_counts WHERE shard = %s FOR UPDATE", (gone,))
+            await store.reclaim(NOW)  # (waiting, it would run into the store's call timeout)
+            cur = await holder.execute("SELECT count(*) FROM task_counts WHERE shard = %s", (gone,))
+            assert await cur.fetchone() == (1,)  # left for later
+            await holder.commit()
+        await store.reclaim(NOW)
+        assert await store.counts() == {TaskStatus.QUEUED: 3}
+        async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as conn:
+            cur = await conn.execute("SELECT count(*) FROM task_counts WHERE shard = %s", (gone,))
+            assert await cur.fetchone() == (0,)
 
 
 # -- LISTEN/NOTIFY ---------------------------------------------------------------------

@@ -531,10 +531,13 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         pipelined transaction for longer than the idle-in-transaction bound (a paused or
         cut-off process: PostgreSQL's own timeout does not apply before a pipeline's
         Sync), so that the rows they lock are reclaimed at the next call rather than
-        never."""
+        never; and it folds the counts moved by sessions that have ended into one row
+        each (0020_counts_table.sql), so that the counts' rows stay as few as the
+        sessions alive."""
         async with self._cursor() as cur:
             await cur.execute(Q["end_stalled_sessions"], {"after": self.timeouts.call})
             ended = int(_one(await cur.fetchone()))
+            await cur.execute(Q["fold_counts"])
         params = {
             "now": float(now),
             "error": ErrorInfo(

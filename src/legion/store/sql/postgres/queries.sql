@@ -359,17 +359,23 @@ SELECT id, agent, key, session, status, attempt, max_attempts, input, output, er
 FROM tasks WHERE key = ANY(%(keys)b::text[]);
 
 -- name: counts
-SELECT status, count(*) FROM tasks GROUP BY status;
+-- The counts read `task_counts` (0020_counts_table.sql): a row per tenant, status, agent
+-- and database session that moved them, zeros included.
+SELECT status, sum(n)::bigint FROM task_counts GROUP BY status HAVING sum(n) <> 0;
 
 -- name: count_queued
--- A tenant's backlog, for its limit on queued tasks (served by tasks_tenant_status).
-SELECT count(*) FROM tasks WHERE tenant = %(tenant)s AND status = 'queued';
+-- A tenant's backlog, for its limit on queued tasks.
+SELECT coalesce(sum(n), 0)::bigint FROM task_counts WHERE tenant = %(tenant)s AND status = 'queued';
 
 -- name: counts_by_tenant
-SELECT tenant, status, count(*) FROM tasks GROUP BY tenant, status;
+SELECT tenant, status, sum(n)::bigint FROM task_counts GROUP BY tenant, status HAVING sum(n) <> 0;
 
 -- name: counts_by_agent
-SELECT agent, status, count(*) FROM tasks GROUP BY agent, status;
+SELECT agent, status, sum(n)::bigint FROM task_counts GROUP BY agent, status HAVING sum(n) <> 0;
+
+-- name: fold_counts
+-- The counts moved by database sessions that have ended, folded into one row each.
+SELECT legion_fold_counts();
 
 -- name: recent_errors
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
