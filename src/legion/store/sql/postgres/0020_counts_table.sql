@@ -28,8 +28,10 @@ LOCK TABLE tasks IN SHARE ROW EXCLUSIVE MODE;
 INSERT INTO task_counts (tenant, status, agent, shard, n)
 SELECT tenant, status, agent, 0, count(*) FROM tasks GROUP BY tenant, status, agent;
 
--- The change feed's statement trigger (0018_statement_events.sql) moves the counts too,
--- from the same join of the statement's transition tables.
+-- The change feed's statement trigger (0018_statement_events.sql) moves the counts too:
+-- every row the statement updated counts +1 where it is now and -1 where it was, from
+-- the two transition tables apart (rows whose status stayed cancel out), without the
+-- join the feed needs (a lease logs no event: its rows are filtered out before the join).
 CREATE OR REPLACE FUNCTION legion_task_statuses_changed() RETURNS trigger
 LANGUAGE plpgsql
 SET enable_nestloop = off
@@ -40,17 +42,12 @@ DECLARE
     added integer;
     requeued boolean;
 BEGIN
-    WITH changed AS MATERIALIZED (
-        SELECT after.id, after.status, after.attempt, after.tenant, after.agent,
-               before.status AS was, before.lease_owner
-        FROM changed_after AS after JOIN changed_before AS before ON before.id = after.id
-        WHERE after.status IS DISTINCT FROM before.status
-    ), counted AS (
+    WITH counted AS (
         INSERT INTO task_counts AS c (tenant, status, agent, shard, n)
         SELECT tenant, status, agent, pg_backend_pid(), sum(moved)
-        FROM (SELECT tenant, status, agent, 1 AS moved FROM changed
+        FROM (SELECT tenant, status, agent, 1 AS moved FROM changed_after
               UNION ALL
-              SELECT tenant, was, agent, -1 FROM changed) AS moves
+              SELECT tenant, status, agent, -1 FROM changed_before) AS moves
         GROUP BY tenant, status, agent
         HAVING sum(moved) <> 0
         ORDER BY tenant, status, agent
@@ -58,10 +55,11 @@ BEGIN
     ), logged AS (
         INSERT INTO events (id, task_id, at, status, attempt, worker)
         SELECT (pg_current_xact_id()::text::bigint << 20)
-                   | (n + row_number() OVER (ORDER BY id) - 1),
-               id, date_part('epoch', clock_timestamp()), status, attempt, lease_owner
-        FROM changed
-        WHERE status <> 'running'
+                   | (n + row_number() OVER (ORDER BY after.id) - 1),
+               after.id, date_part('epoch', clock_timestamp()), after.status, after.attempt,
+               before.lease_owner
+        FROM changed_after AS after JOIN changed_before AS before ON before.id = after.id
+        WHERE after.status IS DISTINCT FROM before.status AND after.status <> 'running'
         RETURNING status
     )
     SELECT count(*), coalesce(bool_or(status = 'queued'), false) INTO added, requeued
