@@ -21,6 +21,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +79,7 @@ _UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 
 
 _LOWEST_PRIORITY = -(2**63)  # `lease` without a `min_priority`: every priority
+_TENANT_AGENT = itemgetter(8, 1)  # a leased row's group in the counts (see `_lease_agent`)
 
 
 def _lease_lost_error() -> bytes:
@@ -892,7 +894,7 @@ def _with_steps(db: sqlite3.Connection, rows: Sequence[Any]) -> list[Lease]:
     so far."""
     steps: dict[int, dict[str, bytes]] = {}
     if rows:
-        count_leased(db, [(r[8], r[1]) for r in rows])
+        count_leased(db, map(_TENANT_AGENT, rows))
         ids = codec.dumps([r[0] for r in rows]).decode()
         for task_id, key, output in db.execute(Q["replayed_steps"], {"ids": ids}):
             steps.setdefault(task_id, {})[key] = output

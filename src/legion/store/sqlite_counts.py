@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from legion.store.queries import queries
@@ -32,10 +32,12 @@ def count_new(db: sqlite3.Connection, tasks: Iterable[tuple[str, str]], status: 
     _move(db, {(tenant, status, agent): n for (tenant, agent), n in Counter(tasks).items()})
 
 
-def count_leased(db: sqlite3.Connection, tasks: Sequence[tuple[str, str]]) -> None:
+def count_leased(db: sqlite3.Connection, tasks: Iterable[tuple[str, str]]) -> None:
     """Leased tasks, as ``(tenant, agent)`` pairs: each went from queued to running."""
     running = TaskStatus.RUNNING.value
-    count_ended(db, ((tenant, running, agent) for tenant, agent in tasks), TaskStatus.QUEUED)
+    groups = Counter(tasks)  # (the pairs counted first: a batch has few of them)
+    moved = ((tenant, running, agent, n) for (tenant, agent), n in groups.items())
+    _move(db, _left(TaskStatus.QUEUED, moved))
 
 
 def last_logged(db: sqlite3.Connection) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 
 from legion.store.queries import queries
 from legion.store.sqlite_counts import count_ended, count_logged, last_logged
@@ -28,6 +29,8 @@ _LOG_ENDED = queries("sqlite")["log_ended"]
 
 Ended = tuple[int, str, int, str | None, str, str]
 """A change the caller knows: ``(task id, status, attempt, worker, tenant, agent)``."""
+
+_TENANT_STATUS_AGENT = itemgetter(4, 1, 5)  # an `Ended`'s group in the counts
 
 
 def log_changes(
@@ -56,7 +59,7 @@ def log_ended(db: sqlite3.Connection, ended: Sequence[Ended], at: float, *, was:
     if not ended:
         return
     execute_rows(db, _LOG_ENDED, [(e[0], at, e[1], e[2], e[3]) for e in ended])
-    count_ended(db, [(e[4], e[1], e[5]) for e in ended], was)
+    count_ended(db, map(_TENANT_STATUS_AGENT, ended), was)
 
 
 def _log(db: sqlite3.Connection, rows: list[tuple[int, float, str | None]], was: str) -> None:
