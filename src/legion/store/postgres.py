@@ -62,6 +62,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from legion import codec
 from legion.errors import ConfigError, StoreError, StoreUnavailable
+from legion.store.postgres_arrays import byteas, float8s, int4s, int8s, texts
 from legion.store.postgres_batches import PostgresBatches
 from legion.store.postgres_ledger import PostgresLedger
 from legion.store.postgres_params import submit_params
@@ -426,7 +427,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 rows.extend(await cur.fetchall())
             steps: dict[int, dict[str, bytes]] = {}
             if rows:
-                await cur.execute(Q["replayed_steps"], {"ids": [r[0] for r in rows]})
+                await cur.execute(Q["replayed_steps"], {"ids": int8s([r[0] for r in rows])})
                 for task_id, key, output in await cur.fetchall():
                     steps.setdefault(task_id, {})[key] = output
         return leases(rows, steps)
@@ -447,13 +448,13 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 await cur.execute(
                     Q["insert_steps"],
                     {
-                        "task_id": [s.task_id for s in steps],
-                        "key": [s.key for s in steps],
-                        "attempt": [s.attempt for s in steps],
-                        "owner": [s.owner for s in steps],
-                        "output": [s.output for s in steps],
-                        "started_at": [float(s.started_at) for s in steps],
-                        "finished_at": [float(s.finished_at) for s in steps],
+                        "task_id": int8s([s.task_id for s in steps]),
+                        "key": texts([s.key for s in steps]),
+                        "attempt": int4s([s.attempt for s in steps]),
+                        "owner": texts([s.owner for s in steps]),
+                        "output": byteas([s.output for s in steps]),
+                        "started_at": float8s([float(s.started_at) for s in steps]),
+                        "finished_at": float8s([float(s.finished_at) for s in steps]),
                     },
                 )
                 fenced.append(cur)
@@ -990,24 +991,26 @@ def _memory_params(writes: Sequence[MemoryWrite]) -> dict[str, Any]:
 
 def _completion_params(completions: Sequence[Completion]) -> dict[str, Any]:
     return {
-        "status": [c.outcome.status.value for c in completions],
-        "output": [c.output for c in completions],
+        "status": texts([c.outcome.status.value for c in completions]),
+        "output": byteas([c.output for c in completions]),
         "error": [c.error.to_json() if c.error is not None else None for c in completions],
-        "not_before": [float(c.not_before) for c in completions],
-        "uncount": [1 if c.outcome in _UNCOUNTED else 0 for c in completions],
-        "finished_at": [
-            None if c.outcome in (Outcome.RETRY, *_UNCOUNTED) else float(c.finished_at)
-            for c in completions
-        ],
-        "id": [c.id for c in completions],
-        "attempt": [c.attempt for c in completions],
-        "owner": [c.owner for c in completions],
+        "not_before": float8s([float(c.not_before) for c in completions]),
+        "uncount": int4s([1 if c.outcome in _UNCOUNTED else 0 for c in completions]),
+        "finished_at": float8s(
+            [
+                None if c.outcome in (Outcome.RETRY, *_UNCOUNTED) else float(c.finished_at)
+                for c in completions
+            ]
+        ),
+        "id": int8s([c.id for c in completions]),
+        "attempt": int4s([c.attempt for c in completions]),
+        "owner": texts([c.owner for c in completions]),
         "usage": [c.usage for c in completions],
-        "outcome": [c.outcome.value for c in completions],
-        "started": [float(c.started_at) for c in completions],
-        "ended": [float(c.finished_at) for c in completions],
-        "running": [float(c.running) for c in completions],
-        "waited": [float(c.waited) for c in completions],
+        "outcome": texts([c.outcome.value for c in completions]),
+        "started": float8s([float(c.started_at) for c in completions]),
+        "ended": float8s([float(c.finished_at) for c in completions]),
+        "running": float8s([float(c.running) for c in completions]),
+        "waited": float8s([float(c.waited) for c in completions]),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from legion.store.postgres_arrays import byteas, float8s, int4s, texts
 from legion.task import NewTask
 
 
@@ -13,15 +14,15 @@ def submit_params(
 ) -> dict[str, Any]:
     """The parameters of ``insert_tasks`` for ``(task, stored key, input hash)`` triples."""
     return {
-        "agent": [t.agent for t, _, _ in tasks],
-        "input": [t.input for t, _, _ in tasks],
-        "key": [k for _, k, _ in tasks],
-        "session": [t.session for t, _, _ in tasks],
-        "priority": [t.priority for t, _, _ in tasks],
-        "max_attempts": [t.max_attempts for t, _, _ in tasks],
-        "not_before": [float(t.not_before) for t, _, _ in tasks],
-        "tenant": [t.tenant for t, _, _ in tasks],
-        "input_hash": [h for _, _, h in tasks],
-        "needs": [t.needs for t, _, _ in tasks],
+        "agent": texts([t.agent for t, _, _ in tasks]),
+        "input": byteas([t.input for t, _, _ in tasks]),
+        "key": texts([k for _, k, _ in tasks]),
+        "session": texts([t.session for t, _, _ in tasks]),
+        "priority": int4s([t.priority for t, _, _ in tasks]),
+        "max_attempts": int4s([t.max_attempts for t, _, _ in tasks]),
+        "not_before": float8s([float(t.not_before) for t, _, _ in tasks]),
+        "tenant": texts([t.tenant for t, _, _ in tasks]),
+        "input_hash": byteas([h for _, _, h in tasks]),
+        "needs": texts([t.needs for t, _, _ in tasks]),
         "now": float(now),
     }
