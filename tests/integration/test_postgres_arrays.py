@@ -89,3 +89,25 @@ async def test_a_server_reads_back_what_was_packed(postgres_server: str) -> None
                     assert [math.copysign(1, v) for v in got] == [
                         math.copysign(1, v) for v in values
                     ]
+
+
+async def test_an_array_of_nulls_is_sent_empty_and_unnest_pads_it(postgres_server: str) -> None:
+    """The hot path's statements unnest their arrays side by side: an empty one beside a
+    full one is a NULL in every row."""
+    nulls: list[Any] = [None] * 3
+    kinds: list[tuple[str, Pack]] = [
+        ("float8[]", arrays.float8s),
+        ("integer[]", arrays.int4s),
+        ("bigint[]", arrays.int8s),
+        ("text[]", arrays.texts),
+        ("bytea[]", arrays.byteas),
+    ]
+    async with await psycopg.AsyncConnection.connect(postgres_server) as conn:
+        for cast, pack in kinds:
+            packed = pack(nulls)
+            assert isinstance(packed, bytes)
+            cur = await conn.execute(
+                f"SELECT n, v FROM unnest(%(n)b::bigint[], %(v)b::{cast}) AS u(n, v)",
+                {"n": arrays.int8s([1, 2, 3]), "v": packed},
+            )
+            assert await cur.fetchall() == [(1, None), (2, None), (3, None)], cast

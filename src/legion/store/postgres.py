@@ -993,7 +993,7 @@ def _completion_params(completions: Sequence[Completion]) -> dict[str, Any]:
     return {
         "status": texts([c.outcome.status.value for c in completions]),
         "output": byteas([c.output for c in completions]),
-        "error": [c.error.to_json() if c.error is not None else None for c in completions],
+        "error": byteas([c.error.to_json() if c.error is not None else None for c in completions]),
         "not_before": float8s([float(c.not_before) for c in completions]),
         "uncount": int4s([1 if c.outcome in _UNCOUNTED else 0 for c in completions]),
         "finished_at": float8s(
@@ -1005,7 +1005,7 @@ def _completion_params(completions: Sequence[Completion]) -> dict[str, Any]:
         "id": int8s([c.id for c in completions]),
         "attempt": int4s([c.attempt for c in completions]),
         "owner": texts([c.owner for c in completions]),
-        "usage": [c.usage for c in completions],
+        "usage": byteas([c.usage for c in completions]),
         "outcome": texts([c.outcome.value for c in completions]),
         "started": float8s([float(c.started_at) for c in completions]),
         "ended": float8s([float(c.finished_at) for c in completions]),

@@ -10,8 +10,11 @@ whose items are all the same (the worker that owns the batch, its agent, its ten
 one item repeated.
 
 Each function answers a value psycopg sends as it is, with the array type the statement
-casts it to; an array holding ``None`` (rare on the hot path), or anything else this
-does not pack, is answered as the list itself, which psycopg dumps its own way. The
+casts it to. An array of NULLs only (no task of a submit has a key, no completion of a
+batch an error) is sent empty: every statement on the hot path unnests its arrays side
+by side, ``unnest(a, b, ...)``, which pads a shorter one with NULLs. An array holding
+some ``None``, or anything else this does not pack, is answered as the list itself,
+which psycopg dumps its own way. The
 bytes are those psycopg's own dumper writes, and a server reads back the values packed
 (`tests/integration/test_postgres_arrays.py`).
 """
@@ -29,6 +32,7 @@ from psycopg import adapters, pq
 from psycopg.adapt import Dumper
 
 _HEAD = struct.Struct(">iiIii")  # dimensions, has NULLs, item type, length, lower bound
+_NO_ITEMS = struct.Struct(">iiI")  # no dimensions (an empty array), no NULLs, item type
 _LENGTH = struct.Struct(">i").pack
 _SWAP = sys.byteorder == "little"
 
@@ -85,6 +89,8 @@ def float8s(values: Sequence[float | None]) -> Float8Array | list[Any]:
 def texts(values: Sequence[str | None]) -> TextArray | list[Any]:
     """``values`` as ``text[]``; only ASCII text is packed here, the same bytes in every
     client encoding."""
+    if _all_null(values):
+        return TextArray(_NO_ITEMS.pack(0, 0, _TEXT))
     if not values or None in values:
         return list(values)
     first = values[0]
@@ -100,6 +106,8 @@ def texts(values: Sequence[str | None]) -> TextArray | list[Any]:
 
 def byteas(values: Sequence[bytes | None]) -> ByteaArray | list[Any]:
     """``values`` as ``bytea[]``."""
+    if _all_null(values):
+        return ByteaArray(_NO_ITEMS.pack(0, 0, _BYTEA))
     if not values or None in values:
         return list(values)
     return ByteaArray(_varying(values, _BYTEA))  # type: ignore[arg-type]
@@ -109,6 +117,8 @@ def _fixed(
     values: Sequence[Any], typecode: str, size: int, oid: int, cls: type[P]
 ) -> P | list[Any]:
     """Numbers of ``size`` bytes each: the big-endian numbers, each after its length."""
+    if _all_null(values):
+        return cls(_NO_ITEMS.pack(0, 0, oid))
     if not values or None in values:
         return list(values)
     try:
@@ -126,6 +136,10 @@ def _fixed(
     for i in range(size):
         body[4 + i :: stride] = raw[i::size]
     return cls(_HEAD.pack(1, 0, oid, n, 1) + body)
+
+
+def _all_null(values: Sequence[Any]) -> bool:
+    return bool(values) and values[0] is None and values.count(None) == len(values)
 
 
 def _repeated(item: bytes, n: int, oid: int) -> bytes:
