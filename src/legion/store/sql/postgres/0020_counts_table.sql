@@ -4,8 +4,8 @@
 -- tenant, and a tenant's backlog, by reading an entry per task: 40-110 ms a read at a
 -- million tasks, on every submit of a tenant with a queue limit and every refresh of the
 -- dashboard. And a status change is never a heap-only update (status is indexed), so
--- each one added an entry to that index: about a ninth of the server's time per no-op
--- task (pg_stat_statements, benchmarks/README.md).
+-- each one added an entry to that index: ~9 of the ~70 us of the server's time a no-op
+-- task took (pg_stat_statements, benchmarks/README.md).
 --
 -- `task_counts` holds a count per (tenant, status, agent), moved by statement triggers on
 -- `tasks` in the statement's own transaction: any statement that adds tasks, changes
@@ -78,12 +78,16 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION legion_tasks_added() RETURNS trigger
+-- Tasks added or deleted (an operator's purge: legion deletes none), counted from the
+-- statement's transition table, named the same in both triggers.
+CREATE FUNCTION legion_tasks_added_or_deleted() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
     INSERT INTO task_counts AS c (tenant, status, agent, shard, n)
-    SELECT tenant, status, agent, pg_backend_pid(), count(*) FROM added
+    SELECT tenant, status, agent, pg_backend_pid(),
+           CASE TG_OP WHEN 'DELETE' THEN -count(*) ELSE count(*) END
+    FROM tasks_changed
     GROUP BY tenant, status, agent
     ORDER BY tenant, status, agent
     ON CONFLICT (tenant, status, agent, shard) DO UPDATE SET n = c.n + excluded.n;
@@ -92,25 +96,12 @@ END
 $$;
 
 CREATE TRIGGER tasks_added AFTER INSERT ON tasks
-REFERENCING NEW TABLE AS added
-FOR EACH STATEMENT EXECUTE FUNCTION legion_tasks_added();
-
-CREATE FUNCTION legion_tasks_deleted() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    INSERT INTO task_counts AS c (tenant, status, agent, shard, n)
-    SELECT tenant, status, agent, pg_backend_pid(), -count(*) FROM deleted
-    GROUP BY tenant, status, agent
-    ORDER BY tenant, status, agent
-    ON CONFLICT (tenant, status, agent, shard) DO UPDATE SET n = c.n + excluded.n;
-    RETURN NULL;
-END
-$$;
+REFERENCING NEW TABLE AS tasks_changed
+FOR EACH STATEMENT EXECUTE FUNCTION legion_tasks_added_or_deleted();
 
 CREATE TRIGGER tasks_deleted AFTER DELETE ON tasks
-REFERENCING OLD TABLE AS deleted
-FOR EACH STATEMENT EXECUTE FUNCTION legion_tasks_deleted();
+REFERENCING OLD TABLE AS tasks_changed
+FOR EACH STATEMENT EXECUTE FUNCTION legion_tasks_added_or_deleted();
 
 CREATE FUNCTION legion_tasks_truncated() RETURNS trigger
 LANGUAGE plpgsql
