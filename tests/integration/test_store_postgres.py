@@ -497,6 +497,42 @@ async def test_the_counts_of_ended_sessions_fold_into_one_row_each(postgres_url:
             assert await counted(store) == {"queued": 1}
 
 
+async def test_the_counts_hold_while_sessions_come_and_go_and_folds_run(
+    postgres_url: str,
+) -> None:
+    """Workers whose sessions end one after another (a store opened, a few batches, closed)
+    while another keeps folding the ended sessions' counts: no count is lost or doubled."""
+    n = 300
+    async with opened(postgres_url) as (reaper,):
+        await reaper.submit([new(i) for i in range(n)], NOW)
+        finished = asyncio.Event()
+
+        async def work(owner: str) -> None:
+            while True:
+                async with opened(postgres_url) as (store,):  # sessions of its own, ended after
+                    for _ in range(3):
+                        leases = await store.lease(owner, {"a": 7}, 7, NOW + 60, NOW)
+                        if not leases:
+                            return
+                        batch = WriteBatch(completions=[done(x.id, 1, owner) for x in leases])
+                        await store.write(batch, NOW)
+
+        async def fold() -> None:
+            while not finished.is_set():
+                await reaper.reclaim(NOW)
+                await asyncio.sleep(0)
+
+        folding = asyncio.create_task(fold())
+        await asyncio.gather(*(work(f"w{i}") for i in range(3)))
+        finished.set()
+        await folding
+        assert await counted(reaper) == {"succeeded": n}
+        async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as conn:
+            assert await counts_by_hand(conn) == {"succeeded": n}
+            cur = await conn.execute("SELECT count(*) FROM task_counts WHERE shard = 0")
+            assert await cur.fetchone() != (0,)  # ended sessions' counts were folded
+
+
 async def test_folding_the_counts_never_waits_on_a_session_that_holds_them(
     postgres_url: str,
 ) -> None:
