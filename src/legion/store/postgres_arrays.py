@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any, TypeVar
 
@@ -73,60 +73,55 @@ class ByteaArray(_Packed):
 
 def int4s(values: Sequence[int | None]) -> Int4Array | list[Any]:
     """``values`` as ``integer[]``."""
-    return _fixed(values, "i", 4, _INT4, Int4Array)
+    return _packed(values, Int4Array, _INT4, lambda v: _fixed(v, "i", 4))
 
 
 def int8s(values: Sequence[int | None]) -> Int8Array | list[Any]:
     """``values`` as ``bigint[]``."""
-    return _fixed(values, "q", 8, _INT8, Int8Array)
+    return _packed(values, Int8Array, _INT8, lambda v: _fixed(v, "q", 8))
 
 
 def float8s(values: Sequence[float | None]) -> Float8Array | list[Any]:
     """``values`` as ``float8[]``."""
-    return _fixed(values, "d", 8, _FLOAT8, Float8Array)
+    return _packed(values, Float8Array, _FLOAT8, lambda v: _fixed(v, "d", 8))
 
 
 def texts(values: Sequence[str | None]) -> TextArray | list[Any]:
     """``values`` as ``text[]``; only ASCII text is packed here, the same bytes in every
     client encoding."""
-    if _all_null(values):
-        return TextArray(_NO_ITEMS.pack(0, 0, _TEXT))
-    if not values or None in values:
-        return list(values)
-    first = values[0]
-    assert first is not None
-    if values.count(first) == len(values):
-        if not first.isascii():
-            return list(values)
-        return TextArray(_repeated(first.encode(), len(values), _TEXT))
-    if not all(map(str.isascii, values)):  # type: ignore[arg-type]
-        return list(values)
-    return TextArray(_varying(list(map(str.encode, values)), _TEXT))  # type: ignore[arg-type]
+    return _packed(values, TextArray, _TEXT, _text)
 
 
 def byteas(values: Sequence[bytes | None]) -> ByteaArray | list[Any]:
     """``values`` as ``bytea[]``."""
-    if _all_null(values):
-        return ByteaArray(_NO_ITEMS.pack(0, 0, _BYTEA))
-    if not values or None in values:
-        return list(values)
-    return ByteaArray(_varying(values, _BYTEA))  # type: ignore[arg-type]
+    return _packed(values, ByteaArray, _BYTEA, _varying)
 
 
-def _fixed(
-    values: Sequence[Any], typecode: str, size: int, oid: int, cls: type[P]
-) -> P | list[Any]:
-    """Numbers of ``size`` bytes each: the big-endian numbers, each after its length."""
-    if _all_null(values):
+Items = Callable[[Sequence[Any]], bytes | bytearray | None]
+"""Packs an array's items (``None``: it cannot)."""
+
+
+def _packed(values: Sequence[Any], cls: type[P], oid: int, items: Items) -> P | list[Any]:
+    """``values`` as an array of ``oid`` items packed by ``items``; an array of NULLs only
+    is sent empty, one with some NULLs is left to psycopg."""
+    if values and values[0] is None and values.count(None) == len(values):
         return cls(_NO_ITEMS.pack(0, 0, oid))
     if not values or None in values:
         return list(values)
+    body = items(values)
+    if body is None:
+        return list(values)
+    return cls(_HEAD.pack(1, 0, oid, len(values), 1) + body)
+
+
+def _fixed(values: Sequence[Any], typecode: str, size: int) -> bytearray | None:
+    """Numbers of ``size`` bytes each: the big-endian numbers, each after its length."""
     try:
         numbers = array(typecode, values)
     except (OverflowError, TypeError):  # not a number of this type: psycopg says why
-        return list(values)
+        return None
     if numbers.itemsize != size:  # (a platform whose C types differ: not seen)
-        return list(values)
+        return None
     if _SWAP:
         numbers.byteswap()
     raw = numbers.tobytes()
@@ -135,22 +130,23 @@ def _fixed(
     body[3::stride] = bytes((size,)) * n  # each length (the other three bytes are 0)
     for i in range(size):
         body[4 + i :: stride] = raw[i::size]
-    return cls(_HEAD.pack(1, 0, oid, n, 1) + body)
+    return body
 
 
-def _all_null(values: Sequence[Any]) -> bool:
-    return bool(values) and values[0] is None and values.count(None) == len(values)
+def _text(values: Sequence[str]) -> bytes | None:
+    """ASCII text, the same string repeated as one item repeated."""
+    if not all(map(str.isascii, values)):
+        return None
+    first = values[0]
+    if values.count(first) == len(values):
+        return (_LENGTH(len(first)) + first.encode()) * len(values)
+    return _varying(list(map(str.encode, values)))
 
 
-def _repeated(item: bytes, n: int, oid: int) -> bytes:
-    return _HEAD.pack(1, 0, oid, n, 1) + (_LENGTH(len(item)) + item) * n
-
-
-def _varying(items: Sequence[bytes], oid: int) -> bytes:
+def _varying(items: Sequence[bytes]) -> bytes:
+    """Items of any length, each after its length."""
     lengths = map(_LENGTH, map(len, items))
-    return _HEAD.pack(1, 0, oid, len(items), 1) + b"".join(
-        chain.from_iterable(zip(lengths, items, strict=True))
-    )
+    return b"".join(chain.from_iterable(zip(lengths, items, strict=True)))
 
 
 def _dumper(array_oid: int) -> type[Dumper]:
