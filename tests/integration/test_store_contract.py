@@ -27,6 +27,7 @@ from legion.store import (
 from legion.store.queries import migrations
 from legion.store.types import ApiKey, TaskQuery
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, StepRecord, TaskStatus, Wait
+from tests.feed import at_least
 
 NOW = 1_000_000.0
 
@@ -571,7 +572,7 @@ async def test_the_feed_and_counts_of_completions_are_the_tasks_own(
         end(leases[7], Outcome.SUCCEEDED, owner="stale"),  # fenced: not applied
     ]
     assert await store.write(WriteBatch(completions=first), NOW) == [True] * 5 + [False]
-    events = await store.events_after(cursor, 100)
+    events = await at_least(5, lambda: store.events_after(cursor, 100))
     assert sorted(e.task_id for e in events) == sorted(c.id for c in first[:5])
     for e in events:
         info = await store.get(e.task_id)
@@ -588,7 +589,7 @@ async def test_the_feed_and_counts_of_completions_are_the_tasks_own(
         end(leases[4], Outcome.RELEASED),
     ]
     assert await store.write(WriteBatch(completions=second), NOW) == [True] * 4
-    events = await store.events_after(cursor, 100)
+    events = await at_least(4, lambda: store.events_after(cursor, 100))
     assert {e.task_id: e.status for e in events} == {
         leases[3].id: TaskStatus.CANCELLED,  # a retry, but its cancellation was asked
         leases[8].id: TaskStatus.QUEUED,
@@ -624,11 +625,11 @@ async def test_event_feed_follows_status_changes_in_order(store: Store) -> None:
     (s,) = await store.submit([new(value=1)], NOW)
     await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
     await store.write(WriteBatch(completions=[done(s.id, 1, "w")]), NOW)
-    events = await store.events_after(start)
+    events = await at_least(1, lambda: store.events_after(start))
     assert [(e.task_id, e.status) for e in events] == [(s.id, TaskStatus.SUCCEEDED)]
     (t,) = await store.submit([new(value=2)], NOW)
     await store.cancel(t.id, NOW)
-    more = await store.events_after(events[-1].id)
+    more = await at_least(1, lambda: store.events_after(events[-1].id))
     assert [(e.task_id, e.status) for e in more] == [(t.id, TaskStatus.CANCELLED)]
     assert events[0].id < more[0].id
     assert await store.events_after(more[-1].id) == []
@@ -659,7 +660,8 @@ async def test_every_status_change_is_in_the_feed_with_the_lease_it_ended(store:
     failed = done(d.id, 1, "w4", Outcome.FAILED, error=ErrorInfo("E", "x"))
     await store.write(WriteBatch(completions=[failed]), NOW + 4)
     assert await store.requeue([TaskStatus.FAILED]) == 1
-    events = [(e.task_id, e.status, e.attempt, e.worker) for e in await store.events_after(start)]
+    final = await at_least(6, lambda: store.events_after(start))
+    events = [(e.task_id, e.status, e.attempt, e.worker) for e in final]
     assert events == [
         (a.id, TaskStatus.QUEUED, 1, "w1"),
         (b.id, TaskStatus.CANCELLED, 1, "w1"),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from legion.errors import StoreError
 from legion.store import Store
-from legion.store.types import ApiKey, TaskQuery, WriteBatch
+from legion.store.types import ApiKey, EventDetail, TaskQuery, WriteBatch
 from legion.task import Completion, NewTask, Outcome, TaskStatus
+from tests.feed import until_holds
 
 
 def tasks(agent: str, n: int) -> list[NewTask]:
@@ -61,6 +64,10 @@ async def test_api_keys_are_added_listed_and_revoked(store: Store) -> None:
     assert listed.revoked_at == 9.0 and listed.name == "ci"
 
 
+def succeeded(details: Sequence[EventDetail]) -> bool:
+    return any(d.event.status is TaskStatus.SUCCEEDED for d in details)
+
+
 async def test_event_details_carry_each_tasks_times_and_usage(store: Store) -> None:
     cursor = await store.last_event_id()
     (sub,) = await store.submit([NewTask("a", b"1")], 1.0)
@@ -76,7 +83,7 @@ async def test_event_details_carry_each_tasks_times_and_usage(store: Store) -> N
         usage=b'{"prompt_tokens": 3, "completion_tokens": 4, "cost_usd": 0.5, "llm_calls": 1}',
     )
     assert await store.write(WriteBatch(completions=[done]), 3.5) == [True]
-    details = await store.event_details_after(cursor)
+    details = await until_holds(succeeded, lambda: store.event_details_after(cursor))
     (detail,) = [d for d in details if d.event.status is TaskStatus.SUCCEEDED]
     assert detail.event.task_id == sub.id and detail.agent == "a"
     assert (detail.started_at, detail.finished_at) == (2.0, 3.5)

@@ -670,12 +670,9 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         committed behind an older transaction still open wait for it (up to FEED_SETTLE
         seconds, or for a later call)."""
         async with self._cursor() as cur:
-            horizon, newest = await _feed_state(cur)
-            if newest >= horizon:
-                horizon = await _settle(cur, horizon, newest)
             params = {
                 "after": after,
-                "horizon": horizon,
+                "horizon": await _final_horizon(cur),
                 "limit": limit,
                 "skip_worker": skip_worker,
             }
@@ -844,10 +841,11 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             return [task_info(r) for r in await cur.fetchall()]
 
     async def event_details_after(self, after: int, limit: int = 10_000) -> list[EventDetail]:
-        """Final events only (below the feed's horizon): events of transactions still open
-        come with a later call."""
+        """Like `events_after`, final events only: those that committed behind an older
+        transaction still open wait for it (up to FEED_SETTLE seconds, or for a later call)."""
         async with self._cursor() as cur:
-            await cur.execute(Q["event_details_after"], {"after": after, "limit": limit})
+            params = {"after": after, "horizon": await _final_horizon(cur), "limit": limit}
+            await cur.execute(Q["event_details_after"], params)
             return [event_detail(r) for r in await cur.fetchall()]
 
     async def add_api_key(self, key: ApiKey) -> None:
@@ -1022,8 +1020,13 @@ async def _feed_state(cur: Cursor) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-async def _settle(cur: Cursor, horizon: int, newest: int) -> int:
-    """Wait (briefly) until every event up to ``newest`` is final; answer the horizon."""
+async def _final_horizon(cur: Cursor) -> int:
+    """The feed's horizon once every event this snapshot sees is final, or FEED_SETTLE
+    seconds on, whichever comes first: a transaction that began before an event's and is
+    still open, anywhere on the server, holds the event back."""
+    horizon, newest = await _feed_state(cur)
+    if newest < horizon:
+        return horizon
     loop = asyncio.get_running_loop()
     deadline = loop.time() + FEED_SETTLE
     delay = 0.001

@@ -451,7 +451,7 @@ ORDER BY id DESC LIMIT %(limit)s;
 SELECT e.id, e.task_id, e.at, e.status, e.attempt, e.worker,
        t.agent, t.started_at, t.finished_at, t.usage, t.tenant
 FROM events AS e LEFT JOIN tasks AS t ON t.id = e.task_id
-WHERE e.id > %(after)s AND e.id < legion_feed_horizon()
+WHERE e.id > %(after)s AND e.id < %(horizon)s
 ORDER BY e.id LIMIT %(limit)s;
 
 -- name: insert_api_key
