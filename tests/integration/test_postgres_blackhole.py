@@ -20,6 +20,7 @@ from legion.errors import StoreUnavailable
 from legion.run.worker import Worker, WorkerConfig
 from legion.store import PostgresStore
 from legion.task import NewTask, TaskStatus
+from tests.feed import until_holds
 from tests.integration.tcp_proxy import proxy_to
 
 pytestmark = pytest.mark.slow
@@ -110,7 +111,10 @@ async def test_a_blackholed_worker_times_out_and_the_healthy_one_goes_on(
 
             # Nothing lost, each completion recorded once, every side effect made.
             assert await direct.counts() == {TaskStatus.SUCCEEDED: TASKS}
-            events = await direct.events_after(0)
+            events = await until_holds(
+                lambda es: sum(e.status is TaskStatus.SUCCEEDED for e in es) >= TASKS,
+                lambda: direct.events_after(0),
+            )
             done = Counter(e.task_id for e in events if e.status is TaskStatus.SUCCEEDED)
             assert len(done) == TASKS and set(done.values()) == {1}
             effects = [json.loads(line) for line in ledger.read_text().splitlines()]
