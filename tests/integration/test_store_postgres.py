@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from legion import codec
 from legion.errors import ConfigError, StoreError
-from legion.store import PostgresStore, WriteBatch, store_from_url
+from legion.store import PostgresStore, WriteBatch, postgres_waiting, store_from_url
 from legion.store import postgres as postgres_store
 from legion.store.queries import migrations
 from legion.task import Completion, ErrorInfo, NewTask, Outcome, TaskStatus
@@ -559,6 +559,51 @@ async def test_folding_the_counts_never_waits_on_a_session_that_holds_them(
         async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as conn:
             cur = await conn.execute("SELECT count(*) FROM task_counts WHERE shard = %s", (gone,))
             assert await cur.fetchone() == (0,)
+
+
+# -- the parents of ended tasks ---------------------------------------------------------
+
+
+def rows_of_tasks_read(node: dict[str, Any]) -> int:
+    """Rows of ``tasks`` that the nodes of an executed plan (EXPLAIN ANALYZE, JSON) read,
+    kept or filtered out."""
+    read = 0
+    if node.get("Relation Name") == "tasks":
+        kept = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+        read += kept * node.get("Actual Loops", 1)
+    return read + sum(rows_of_tasks_read(child) for child in node.get("Plans", []))
+
+
+async def test_ended_tasks_without_parents_read_no_task_row_on_a_table_with_no_statistics(
+    postgres_url: str,
+) -> None:
+    """Before its first ANALYZE the planner takes almost every task for a child: looking up
+    the parents of a batch of ended tasks read the whole table, at every batch. While no
+    task has a parent, the lookups read one index entry at most; once one has, they find it."""
+    async with opened(postgres_url) as (store,):
+        ids = [s.id for s in await store.submit([new(i) for i in range(2000)], NOW)]
+        ended, parent = ids[:100], ids[-1]
+        async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as raw:
+
+            async def read(query: str) -> tuple[int, int]:
+                """Rows of tasks the query reads, and rows it answers (rolled back)."""
+                explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + postgres_waiting.W[query]
+                cur = await raw.execute(explain, {"ids": ended})
+                ((plan,),) = await cur.fetchall()
+                await raw.rollback()
+                return rows_of_tasks_read(plan[0]["Plan"]), plan[0]["Plan"]["Actual Rows"]
+
+            # A task waits for one child to be left (so the wake-up has a side to join).
+            waits = "UPDATE tasks SET status = 'waiting', wait_children = 1 WHERE id = %s"
+            await raw.execute(waits, (parent,))
+            await raw.commit()
+            assert (await read("lock_parents"))[0] == 0
+            assert (await read("wake_parents"))[0] == 0
+            link = "UPDATE tasks SET parent_id = %s WHERE id = ANY(%s)"
+            await raw.execute(link, (parent, ended[:1]))
+            await raw.commit()
+            assert (await read("lock_parents"))[1] == 1  # the parent, locked
+            assert (await read("wake_parents"))[1] == 1  # and woken: it waits until one is left
 
 
 # -- LISTEN/NOTIFY ---------------------------------------------------------------------

@@ -18,8 +18,15 @@ WHERE t.id = w.id AND t.status = 'waiting';
 
 -- name: lock_parents
 -- Parents are locked in id order (one order for every writer).
+-- The first condition reads at most one entry of the partial index tasks_children: while no
+-- task has a parent (most workloads), nothing else runs. Without it, a table with no
+-- statistics yet (a new one, before autovacuum's first ANALYZE) is read whole for each batch
+-- of completions: the planner takes parent_id IS NOT NULL for almost every row. The answer
+-- is the same, in the same snapshot.
 SELECT id FROM tasks
-WHERE id IN (SELECT parent_id FROM tasks WHERE id = ANY(%(ids)b::bigint[]) AND parent_id IS NOT NULL)
+WHERE (SELECT parent_id FROM tasks WHERE parent_id IS NOT NULL ORDER BY parent_id LIMIT 1) IS NOT NULL
+  AND id IN (SELECT parent_id FROM tasks
+             WHERE id = ANY(%(ids)b::bigint[]) AND parent_id IS NOT NULL)
 ORDER BY id FOR UPDATE;
 
 -- name: wake_ready
@@ -41,13 +48,15 @@ WHERE t.id = ANY(%(ids)b::bigint[]) AND t.status = 'waiting'
 RETURNING t.id;
 
 -- name: wake_parents
--- The same for the parents of the tasks :ids (which just ended).
+-- The same for the parents of the tasks :ids (which just ended); the first condition as in
+-- lock_parents.
 UPDATE tasks AS t
 SET status = 'queued', not_before = 0, wait_event = NULL, wait_count = 0, wait_children = NULL,
     wake_at = NULL, wait_info = NULL
 FROM (SELECT DISTINCT parent_id FROM tasks
       WHERE id = ANY(%(ids)b::bigint[]) AND parent_id IS NOT NULL) AS p
-WHERE t.id = p.parent_id AND t.status = 'waiting' AND t.wait_children IS NOT NULL
+WHERE (SELECT parent_id FROM tasks WHERE parent_id IS NOT NULL ORDER BY parent_id LIMIT 1) IS NOT NULL
+  AND t.id = p.parent_id AND t.status = 'waiting' AND t.wait_children IS NOT NULL
   AND (SELECT count(*) FROM tasks AS c
        WHERE c.parent_id = t.id
          AND c.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled')) <= t.wait_children
