@@ -129,3 +129,11 @@ def test_help_keeps_its_brackets() -> None:
     r = legion("bench", "overhead", "--help")
     assert r.returncode == 0
     assert "legion-runtime[bench]" in _unwrapped(r.stdout)
+
+
+def test_a_postgres_url_with_a_parameter_libpq_does_not_know(tmp_path: Path) -> None:
+    r = legion("status", "--store", "postgresql://u@127.0.0.1/db?schema=mine", cwd=tmp_path)
+    _clean(r)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: bad PostgreSQL URL postgresql://u@127.0.0.1/db?schema=mine")
+    assert "options=-csearch_path%3Dname" in r.stderr

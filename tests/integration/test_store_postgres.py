@@ -77,6 +77,9 @@ def test_postgres_urls_make_a_postgres_store() -> None:
         PostgresStore("postgresql://u@h/db?pool_min_size=5&pool_max_size=2")
     with pytest.raises(ConfigError, match="pool"):
         PostgresStore("postgresql://u@h/db?pool_max_size=many")
+    # A parameter libpq does not know: a clear error that says how to pick a schema.
+    with pytest.raises(ConfigError, match=r'"schema".*options=-csearch_path%3Dname'):
+        store_from_url("postgresql://u@h/db?schema=mine")
 
 
 def test_a_sqlite_store_never_imports_the_postgres_driver() -> None:

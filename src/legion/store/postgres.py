@@ -165,8 +165,15 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         self.timeouts = bounds
         # Migrations run without the statement bounds (they may take long on big tables);
         # every other connection has them.
-        self._migration_conninfo = _with_bounds(conninfo, bounds, server=False)
-        self._conninfo = _with_bounds(conninfo, bounds, server=True)
+        try:
+            self._migration_conninfo = _with_bounds(conninfo, bounds, server=False)
+            self._conninfo = _with_bounds(conninfo, bounds, server=True)
+        except psycopg.ProgrammingError as exc:  # libpq refuses the URL (a parameter, a port)
+            raise ConfigError(
+                f"bad PostgreSQL URL {self._where}: {_said(exc)} (besides legion's "
+                f"{', '.join(sorted(_POOL_PARAMS))}, the URL takes libpq's parameters; a "
+                "schema of its own: options=-csearch_path%3Dname)"
+            ) from exc
         if not 1 <= self._min_size <= self._max_size or self._timeout <= 0:
             raise ConfigError(
                 f"bad pool size in {self._where}: need 1 <= min_size <= max_size and timeout > 0"
