@@ -209,6 +209,34 @@ def test_a_killed_run_leaves_the_file_whole_and_resumes(tmp_path: Path, gated: P
     assert not partial.exists()
 
 
+def test_a_second_run_writing_the_same_output_is_refused_and_the_first_keeps_its_lines(
+    tmp_path: Path, gated: Path
+) -> None:
+    """Both runs used to write: the second took NAME.partial from under the first, whose
+    own results were then lost (its rename found nothing to move, or moved the other's)."""
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in (1, 2, 3)])
+    other = write_jsonl(tmp_path / "other.jsonl", [{"i": i} for i in (1, 7)])
+    out = tmp_path / "out.jsonl"
+    partial = tmp_path / "out.jsonl.partial"
+    gate = tmp_path / "gate"
+    first = start_legion(*_run(f"{gated}:gated", inp, str(out), tmp_path), env={"GATE": str(gate)})
+    try:
+        wait_for(lambda: partial.exists() and partial.read_text().endswith("\n"), what="line 1")
+        second = legion(*_run(f"{gated}:gated", other, str(out), tmp_path), env={"GATE": "-"})
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.startswith(f"error: cannot write {out}: another run is writing it")
+        assert "Traceback" not in second.stderr
+        assert [row["output"] for row in read_jsonl(partial)] == [10]  # the first's, kept
+        gate.touch()
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert [row["output"] for row in read_jsonl(out)] == [10, 20, 30]
+    assert not partial.exists()
+
+
 def test_an_output_that_cannot_be_written_is_one_line(tmp_path: Path, agents_file: Path) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
     for target, why in ((tmp_path / "nope" / "out.jsonl", "does not exist"), (tmp_path, "folder")):

@@ -20,6 +20,7 @@ goes and holds in memory only the results that finished ahead of an earlier line
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import stat
@@ -87,11 +88,16 @@ class OutputFile:
         if self._held is not None:
             held, self._held = self._held, None
             self._write(b"".join(held))
-        if self.partial is not None:
-            os.fsync(self._fd)
-        self._close()
         if self.partial is not None and self.path is not None:
-            os.replace(self.partial, self.path)
+            # Renamed while this run still holds the partial file's lock: no other run
+            # can take it in between.
+            try:
+                os.fsync(self._fd)
+                os.replace(self.partial, self.path)
+            except OSError as exc:
+                self._close()
+                raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
+        self._close()
 
     def abort(self) -> None:
         """Leave the target as it was; a partial file keeps the whole lines written (one
@@ -165,22 +171,58 @@ def _refuse_kept(path: Path, keep: Sequence[tuple[Path, str]]) -> None:
 
 
 def _open_replacing(path: Path) -> OutputFile:
+    """``NAME.partial``, created anew and locked (``flock``) while this run writes it: a
+    second run writing the same output is refused rather than left to take the file from
+    under the first, whose lines would then be lost."""
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: {path.parent} does not exist")
     partial = path.with_name(path.name + ".partial")
     try:
         # A leftover of a run that died is ours to replace; never write through a link
-        # or a special file that took its name.
-        if os.path.lexists(partial) and not stat.S_ISREG(os.lstat(partial).st_mode):
-            raise OutputError(f"cannot write {path}: {partial} exists and is not a file")
+        # or a special file that took its name, nor a file another run still writes.
+        if os.path.lexists(partial):
+            if not stat.S_ISREG(os.lstat(partial).st_mode):
+                raise OutputError(f"cannot write {path}: {partial} exists and is not a file")
+            _close_unless_locked(path, partial, os.open(partial, os.O_RDONLY | os.O_CLOEXEC))
         partial.unlink(missing_ok=True)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except (FileNotFoundError, FileExistsError):  # another run took the name meanwhile
+        raise _written_elsewhere(path, partial) from None
     except OSError as exc:
         raise OutputError(
             f"cannot write {path}: cannot create {partial.name} beside it to replace it "
             f"whole ({exc.strerror})"
         ) from None
+    try:
+        _lock(path, partial, fd)
+        if not os.path.samestat(os.fstat(fd), os.stat(partial)):  # replaced before our lock
+            raise _written_elsewhere(path, partial)
+    except BaseException:
+        os.close(fd)
+        raise
     return OutputFile(fd, path=path, partial=partial, owned=True)
+
+
+def _lock(path: Path, partial: Path, fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _written_elsewhere(path, partial) from None
+
+
+def _close_unless_locked(path: Path, partial: Path, fd: int) -> None:
+    """Close ``fd`` (a leftover ``NAME.partial``); refuse if a running run holds it."""
+    try:
+        _lock(path, partial, fd)
+    finally:
+        os.close(fd)
+
+
+def _written_elsewhere(path: Path, partial: Path) -> OutputError:
+    return OutputError(
+        f"cannot write {path}: another run is writing it ({partial.name} is locked); "
+        "give this run another --output, or wait for that one to end"
+    )
 
 
 def _open_through(path: Path) -> OutputFile:
