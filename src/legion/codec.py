@@ -57,5 +57,32 @@ def same_value_hash(value: Any) -> int:
         raise OutputError(f"cannot encode value as JSON: {exc}") from exc
 
 
+def checked_text(value: Any, what: str) -> str:
+    """``value`` if it is text a store can hold (a step's name, a memory key), else a
+    `TypeError` (not ``str``) or `ValueError` (a lone surrogate, as a file name read with
+    ``surrogateescape`` holds) that names ``what``: raised in the agent that gave it,
+    rather than failing the store write its batch shares with other tasks."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}: {value!r}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{what} {value!r} cannot be stored: {exc.reason}") from None
+    return value
+
+
+def storable_text(text: str) -> str:
+    """``text`` with any lone surrogate written as a ``\\udcXX`` escape, so that JSON can
+    hold it (an error message quoting a file name read with ``surrogateescape``)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 loads = orjson.loads
 JSONDecodeError = orjson.JSONDecodeError

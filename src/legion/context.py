@@ -182,6 +182,7 @@ class Memory:
 
     def get(self, key: str, default: Any = None) -> Pending[Any]:
         """The value under ``key`` (``default`` if none); ``await`` it."""
+        codec.checked_text(key, "a memory key")
         return self._pending(f"ctx.memory.get({key!r})", self._get, (key, default))
 
     def set(self, key: str, value: Any) -> Pending[None]:
@@ -194,6 +195,7 @@ class Memory:
         return self._pending(f"ctx.memory.delete({key!r})", self._put, (write,))
 
     def _write(self, key: str, value: bytes | None) -> MemoryWrite:
+        codec.checked_text(key, "a memory key")
         if self._fence is None:
             return MemoryWrite(self._session, key, value)
         task_id, attempt, owner = self._fence

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from legion import codec
 from legion.diagnostics.unawaited import Pending, SiteRef
 from legion.task import TaskUsage
 
@@ -68,6 +69,8 @@ class Waiter(StepRecorder, Protocol):
 def step_key(counts: dict[str, int], name: str) -> str:
     """The key of the next step called ``name``, counted in ``counts``: ``name`` the first
     time, ``name#2`` the second, and so on."""
+    if type(name) is not str or not name.isascii():
+        name = codec.checked_text(name, "a step's name")
     n = counts.get(name, 0) + 1
     counts[name] = n
     return name if n == 1 else f"{name}#{n}"

@@ -51,8 +51,8 @@ class ErrorInfo:
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         shown = exc.original if isinstance(exc, AgentCrash) else exc
-        tb = "".join(traceback.format_exception(shown))
-        return cls(type=type(shown).__name__, message=str(shown), traceback=tb)
+        tb = codec.storable_text("".join(traceback.format_exception(shown)))
+        return cls(type=type(shown).__name__, message=exception_message(shown), traceback=tb)
 
     def to_json(self) -> bytes:
         return codec.dumps(
@@ -73,6 +73,15 @@ class ErrorInfo:
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type
+
+
+def exception_message(exc: BaseException) -> str:
+    """``str(exc)`` as JSON can hold it; the exception's type where its ``__str__``
+    itself fails (the attempt still ends, failed, with what can be said of it)."""
+    try:
+        return codec.storable_text(str(exc))
+    except Exception as failed:
+        return f"<{type(exc).__name__}.__str__ failed: {type(failed).__name__}>"
 
 
 NO_STEPS: Mapping[str, bytes] = MappingProxyType({})

@@ -439,6 +439,59 @@ async def _identity(ctx: legion.Context, x: int) -> int:
     return x
 
 
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("its __str__ fails")
+
+
+async def test_what_the_store_cannot_hold_fails_its_own_task_and_the_others_finish(
+    db_url: str,
+) -> None:
+    """A step's name or a memory key that is not text, or text with a lone surrogate, and
+    an error whose message has one or cannot be made: each used to reach the store write
+    that its batch shares with the other tasks, which then failed and was retried without
+    end, every task of the batch left running."""
+
+    @legion.agent(retries=0)
+    async def odd(ctx: legion.Context, case: str) -> object:
+        if case == "step-name":
+            return await ctx.step(None, lambda: 1)  # type: ignore[arg-type]
+        if case == "step-surrogate":
+            return await ctx.step("s\udcff", lambda: 1)
+        if case == "memory-key":
+            await ctx.memory.set(("a",), 1)  # type: ignore[arg-type]
+        if case == "memory-get":
+            return await ctx.memory.get(5)  # type: ignore[arg-type]
+        if case == "message-surrogate":
+            raise ValueError("cannot parse file name \udcff")
+        if case == "unprintable":
+            raise _UnprintableError
+        return case
+
+    cases = [
+        "step-name",
+        "step-surrogate",
+        "memory-key",
+        "memory-get",
+        "message-surrogate",
+        "unprintable",
+    ]
+    async with Runtime(db_url) as rt, asyncio.timeout(60):
+        results = await collect(rt, odd, ["first", *cases, "last"])
+    assert [r.output for r in results if r.ok] == ["first", "last"]
+    errors = {case: r.error for case, r in zip(cases, results[1:-1], strict=True)}
+    assert all(r.status is TaskStatus.DEAD for r in results[1:-1])
+    assert str(errors["step-name"]) == "TypeError: a step's name must be a str, not NoneType: None"
+    assert "surrogates not allowed" in str(errors["step-surrogate"])
+    assert str(errors["memory-key"]).startswith("TypeError: a memory key must be a str, not tuple")
+    assert str(errors["memory-get"]).startswith("TypeError: a memory key must be a str, not int")
+    assert str(errors["message-surrogate"]) == "ValueError: cannot parse file name \\udcff"
+    assert (
+        str(errors["unprintable"])
+        == "_UnprintableError: <_UnprintableError.__str__ failed: RuntimeError>"
+    )
+
+
 async def test_closing_drains_running_tasks(db_url: str) -> None:
     release = asyncio.Event()
     started = asyncio.Event()

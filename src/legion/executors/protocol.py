@@ -46,6 +46,7 @@ from typing import Any, Final
 from legion import codec
 from legion.errors import AgentCrash, is_retryable
 from legion.executors.errors import MemoryLimitExceeded, remote_error
+from legion.task import exception_message
 from legion.waiting.suspend import Suspended
 
 STEP_START: Final = "step_start"
@@ -121,7 +122,7 @@ def pack_error(exc: BaseException) -> ErrorEnvelope:
     return ErrorEnvelope(
         module=cls.__module__,
         qualname=cls.__qualname__,
-        message=str(exc),
+        message=exception_message(exc),
         traceback="".join(traceback.format_exception(exc)),
         retryable=is_retryable(exc),
         fatal=bool(getattr(exc, "fatal", False)),
