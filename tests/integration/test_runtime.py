@@ -439,6 +439,31 @@ async def _identity(ctx: legion.Context, x: int) -> int:
     return x
 
 
+async def test_an_agent_that_raises_cancelled_error_itself_fails_its_attempts(
+    db_url: str,
+) -> None:
+    """It awaited a future that something else cancelled: no one cancelled its task, so
+    the error is the agent's, and each attempt counts. It used to be given back to the
+    queue uncounted and run again at once, without end."""
+    runs: Counter[str] = Counter()
+
+    @legion.agent(retries=1, backoff=0.001)
+    async def awaits_a_cancelled_future(ctx: legion.Context, x: str) -> str:
+        runs[x] += 1
+        if x == "cancelled":
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future
+        return x
+
+    async with Runtime(db_url) as rt, asyncio.timeout(60):
+        ok, cancelled = await collect(rt, awaits_a_cancelled_future, ["ok", "cancelled"])
+    assert (ok.status, ok.output) == (TaskStatus.SUCCEEDED, "ok")
+    assert cancelled.status is TaskStatus.DEAD
+    assert cancelled.error is not None and cancelled.error.type == "CancelledError"
+    assert runs == {"ok": 1, "cancelled": 2}  # two attempts, as retries=1 allows
+
+
 class _UnprintableError(Exception):
     def __str__(self) -> str:
         raise RuntimeError("its __str__ fails")

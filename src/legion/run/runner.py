@@ -201,13 +201,18 @@ async def run_instance(
                 telemetry.traced_task(lease, agent.name, call) if telemetry.tracing else call
             )
             output = agent.encode_output(result)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             # The worker cancelled this instance (timeouts are timers the worker owns, one per
             # lease batch rather than one per task); the reason says what it means.
             reason = instance.stop_reason or StopReason.RELEASED
             if reason is StopReason.LOST:
                 return
-            if reason is StopReason.TIMEOUT:
+            if instance.stop_reason is None and _raised_by_the_agent():
+                # Nobody cancelled this task: the agent's own code raised it (it awaited
+                # a future something else cancelled). An attempt that failed, counted as
+                # one: given back uncounted, it would run again at once, without end.
+                error = AgentCrash(exc)
+            elif reason is StopReason.TIMEOUT:
                 error = _timed_out(agent, instance)
             else:
                 outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
@@ -280,6 +285,13 @@ async def run_instance(
         finally:
             if services.on_end is not None:
                 services.on_end(instance)
+
+
+def _raised_by_the_agent() -> bool:
+    """In an ``except CancelledError`` of the instance's own task: whether no one asked
+    to cancel that task (`asyncio.Task.cancelling`), so the error came from the agent."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 TENANT_PARK = 60.0
