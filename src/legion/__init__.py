@@ -48,6 +48,7 @@ from legion.errors import (
     TaskFailed,
     TaskTimeout,
     WaitTimeout,
+    WorkerStopped,
 )
 from legion.retry import RetryPolicy
 from legion.run.runtime import Runtime
@@ -107,6 +108,7 @@ __all__ = [
     "WaitTimeout",
     "Worker",
     "WorkerConfig",
+    "WorkerStopped",
     "__version__",
     "agent",
     "store_from_url",

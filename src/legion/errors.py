@@ -13,6 +13,7 @@
     │                          worker stops it
     ├── IdempotencyConflict    a submission reused an idempotency key for another input
     ├── TaskFailed             rt.result(..., raise_on_failure=True) of a task that did not succeed
+    ├── WorkerStopped          rt.map / rt.results: the local worker stopped on an error
     └── AgentError             raised *inside* an agent instance; decides retryability
         ├── Permanent          raise it to fail the task at once, without retrying
         │   ├── InputError     the task's input does not fit the agent's parameters or schema
@@ -135,6 +136,13 @@ class TaskFailed(LegionError):
         self.error = error or {}
         detail = f"{self.error.get('type', '?')}: {self.error.get('message', '')}" if error else ""
         super().__init__(f"task {task_id} is {status}" + (f" ({detail})" if detail else ""))
+
+
+class WorkerStopped(LegionError):
+    """Raised by `legion.Runtime.map` and ``results`` when the local worker that ran the
+    tasks stopped on an error (an error every task would meet, such as a rejected API key,
+    or a crash of the worker's own): their results would never come. Its ``__cause__`` is
+    that error."""
 
 
 class AgentError(LegionError):

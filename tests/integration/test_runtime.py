@@ -464,6 +464,37 @@ async def test_an_agent_that_raises_cancelled_error_itself_fails_its_attempts(
     assert runs == {"ok": 1, "cancelled": 2}  # two attempts, as retries=1 allows
 
 
+class _EveryTaskWouldMeetIt(Exception):
+    fatal = True  # as a rejected API key: the worker stops (see Worker.abort)
+
+
+async def test_map_and_results_raise_once_the_local_worker_stops_on_an_error(
+    db_url: str,
+) -> None:
+    """The worker gave the unfinished tasks back and ended; their results would never
+    come, and `map` used to wait for them for good."""
+    gate = asyncio.Event()
+
+    @legion.agent(retries=0)
+    async def stops(ctx: legion.Context, x: int) -> int:
+        if x == 0:
+            await gate.wait()
+            raise _EveryTaskWouldMeetIt("the provider rejected the key")
+        gate.set()
+        await asyncio.Event().wait()  # until the worker gives it back
+        return x
+
+    async with Runtime(db_url) as rt, asyncio.timeout(60):
+        ids = [s.id for s in await rt.submit_many(stops, [0, 1, 2])]
+        with pytest.raises(legion.WorkerStopped, match="the provider rejected the key") as seen:
+            async for _ in rt.map(stops, [3]):
+                pass
+        assert isinstance(seen.value.__cause__, _EveryTaskWouldMeetIt)
+        with pytest.raises(legion.WorkerStopped):  # and for anyone who asks later
+            [r async for r in rt.results(ids)]
+        assert rt.fatal_error is seen.value.__cause__
+
+
 class _UnprintableError(Exception):
     def __str__(self) -> str:
         raise RuntimeError("its __str__ fails")

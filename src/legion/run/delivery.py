@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 
@@ -32,11 +33,12 @@ class Inbox:
     `asyncio.Queue` did some eight calls of bookkeeping per result, for bounds and
     waiting writers that a reader of results never has.)"""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("__weakref__", "_failed", "_items", "_waiter")
 
     def __init__(self) -> None:
         self._items: deque[TaskResult] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._failed: BaseException | None = None
 
     def put(self, result: TaskResult) -> None:
         self._items.append(result)
@@ -51,9 +53,25 @@ class Inbox:
         """The oldest result (there must be one)."""
         return self._items.popleft()
 
+    def fail(self, error: BaseException) -> None:
+        """No more results will come: the reader's wait raises ``error`` (once it has
+        taken the results already there)."""
+        self._failed = error
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> TaskResult:
+        """The oldest result, once there is one."""
+        if not self._items:
+            await self.wait()
+        return self._items.popleft()
+
     async def wait(self) -> None:
         """Return once a result is there."""
         while not self._items:
+            if self._failed is not None:
+                raise self._failed
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter
@@ -82,6 +100,25 @@ class Delivery:
         self._dropped: OrderedDict[int, None] = OrderedDict()
         self._has_waiters = asyncio.Event()
         self._cursor = 0
+        # The readers waiting for results now, and why none will come (see `halt`).
+        self._inboxes: weakref.WeakSet[Inbox] = weakref.WeakSet()
+        self._halted: BaseException | None = None
+
+    def inbox(self) -> Inbox:
+        """An inbox for one reader, failed at once if `halt` was called."""
+        box = Inbox()
+        if self._halted is not None:
+            box.fail(self._halted)
+        self._inboxes.add(box)
+        return box
+
+    def halt(self, error: BaseException) -> None:
+        """The results awaited will not come (the local worker that runs them stopped):
+        every reader, now and later, gets ``error`` once it has taken those already
+        delivered."""
+        self._halted = error
+        for box in list(self._inboxes):
+            box.fail(error)
 
     async def start(self) -> None:
         """Follow the feed from now on."""
@@ -89,14 +126,14 @@ class Delivery:
 
     async def results(self, ids: Sequence[int]) -> AsyncGenerator[TaskResult, None]:
         """Yield the results of these tasks as they finish."""
-        queue: asyncio.Queue[TaskResult] = asyncio.Queue()
+        inbox = self.inbox()
         asked = set(ids)
         wanted = set(asked)
 
         def deliver(result: TaskResult) -> None:  # once per task, from either source
             if result.id in wanted:
                 wanted.discard(result.id)
-                queue.put_nowait(result)
+                inbox.put(result)
 
         # Wait for every task before reading where they stand: a task that finishes while
         # the read is on its way is then delivered by its completion, not missed (a local
@@ -114,7 +151,7 @@ class Delivery:
                 if info.status in TERMINAL_STATUSES:
                     deliver(TaskResult.from_info(info))
             for _ in found:
-                yield await queue.get()
+                yield await inbox.get()
         finally:
             for task_id in asked:
                 self.unwatch(task_id, deliver)

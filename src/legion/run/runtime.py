@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from legion import codec
 from legion.agent import Agent
 from legion.clock import Clock, system_clock
-from legion.errors import ConfigError, TaskFailed
-from legion.run.delivery import Delivery, Inbox
+from legion.errors import ConfigError, TaskFailed, WorkerStopped
+from legion.run.delivery import Delivery
 from legion.run.worker import Worker, WorkerConfig
 from legion.stats import Statistics
 from legion.store import Store, store_from_url
@@ -122,6 +122,7 @@ class Runtime:
         self._seed = seed
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
+        self._draining = False  # drain() stopped the worker (not an error)
         self._tasks: list[asyncio.Task[None]] = []
         self._delivery = Delivery(self.store, local_worker=self._local_worker_id)
         self._open = False
@@ -168,6 +169,7 @@ class Runtime:
                 executor=self._executor,
             )
             self._worker_task = asyncio.create_task(self.worker.run(), name="legion-worker")
+            self._worker_task.add_done_callback(self._worker_ended)
             # Open returns once the worker is up (registered, its start-up heap settled):
             # or once it has ended, whose error surfaces where it always has.
             started = asyncio.ensure_future(self.worker.started.wait())
@@ -184,8 +186,25 @@ class Runtime:
         """Stop the local worker: running tasks finish (or are released after the drain
         timeout) and everything is committed. The store stays open for reading."""
         if self.worker is not None and self._worker_task is not None:
+            self._draining = True
             self.worker.stop()
             await self._worker_task
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        """The local worker's run ended. Unless `drain` asked it to, it stopped on an
+        error (one every task would meet, such as a rejected API key, or a crash of its
+        own): results waited for (`map`, `results`) would never come, so they raise."""
+        if self._draining:
+            return
+        cause = self.fatal_error
+        if cause is None and not task.cancelled():
+            cause = task.exception()
+        if cause is None and not task.cancelled():
+            return  # (a worker that ended with nothing to say: stopped from outside)
+        reason = "it was cancelled" if cause is None else str(cause)
+        error = WorkerStopped(f"the local worker stopped, so no result will come: {reason}")
+        error.__cause__ = cause
+        self._delivery.halt(error)
 
     async def aclose(self) -> None:
         """Drain the local worker, then close."""
@@ -316,7 +335,7 @@ class Runtime:
         """
         inputs = list(inputs)
         key_list = list(keys) if keys is not None else [None] * len(inputs)
-        inbox = Inbox()
+        inbox = self._delivery.inbox()
         deliver = inbox.put
         watched: list[int] = []
         expected = 0
