@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -338,3 +340,44 @@ def test_a_worker_process_whose_supervisor_died_before_it_started_does_not_start
     assert orphan.returncode == 0, orphan.stderr
     assert "the supervisor is gone; not starting" in orphan.stderr
     assert not (tmp_path / "runs.db").exists()  # it never opened the store
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def test_a_supervisor_signalled_while_it_starts_its_processes_stops_them_all(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    """SIGTERM as soon as the first worker process exists: the supervisor used to go on
+    starting the others, which never heard of the signal and served on."""
+    store = f"sqlite:///{tmp_path / 'w.db'}"
+    supervisor = start_legion("worker", "-a", str(agents_file), "-s", store, "--processes", "12")
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(supervisor.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert _children(supervisor.pid), "no worker process started"
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.communicate(timeout=120)
+    finally:
+        if supervisor.poll() is None:
+            for child in _children(supervisor.pid):
+                os.kill(child, signal.SIGKILL)
+            supervisor.kill()
+            supervisor.communicate()
+    assert supervisor.returncode is not None
+
+
+def test_a_supervisor_refuses_far_more_processes_than_cores(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'w.db'}"
+    r = legion("worker", "-a", str(agents_file), "-s", store, "--processes", "100000")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: --processes 100000 is far more than this machine's")
+    assert "Traceback" not in r.stderr

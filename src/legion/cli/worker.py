@@ -179,16 +179,20 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
     gave up on the store, or that an agent froze."""
     command = [sys.executable, "-m", "legion", "worker", *argv, "--worker-process"]
     children: dict[int, subprocess.Popen[bytes]] = {}
+    received: list[int] = []  # the signals forwarded so far
     stopping = False
 
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
 
     def start(slot: int) -> None:
-        children[slot] = subprocess.Popen(command, env=env)
+        child = children[slot] = subprocess.Popen(command, env=env)
+        if received:  # a signal came while it was being started: it gets it too
+            child.send_signal(received[-1])
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        received.append(signum)
         for child in children.values():
             if child.poll() is None:
                 child.send_signal(signum)
@@ -196,6 +200,8 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     for slot in range(processes):
+        if stopping:  # signalled while starting them: start no more
+            break
         start(slot)
     console.print(f"legion worker: supervising {processes} worker processes", highlight=False)
     restarts: dict[int, float] = {}
@@ -231,20 +237,31 @@ _WHY = {
 
 
 def processes_from(value: str) -> int:
-    """``--processes``: a count, or ``auto`` for one per core this process may use."""
+    """``--processes``: a count, or ``auto`` for one per core this process may use; at most
+    `most_processes` (each process runs up to ``--concurrency`` instances already)."""
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     if value == "auto":
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
+        return cores
     try:
         n = int(value)
     except ValueError:
         raise ValueError(f"--processes takes a number or 'auto', not {value!r}") from None
     if n < 1:
         raise ValueError("--processes must be at least 1")
+    if n > most_processes(cores):
+        raise ValueError(
+            f"--processes {n} is far more than this machine's {cores} cores can run (at most "
+            f"{most_processes(cores)}); each worker process runs up to --concurrency "
+            "instances at once: raise that instead, or start workers on more machines"
+        )
     return n
+
+
+def most_processes(cores: int) -> int:
+    """The most worker processes one supervisor starts: 8 a core, and 32 at the least."""
+    return max(32, 8 * cores)
 
 
 def child_argv(argv: list[str]) -> list[str]:
