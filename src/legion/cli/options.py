@@ -35,8 +35,14 @@ StoreOpt = Annotated[
     ),
 ]
 
+MOST = 2**53 - 1
+"""The largest count an option takes: stored as JSON, a count must be a number every
+reader holds exactly (one past 64 bits could not be stored at all, and a run waited for
+good on a store that refused it)."""
+
 ConcurrencyOpt = Annotated[
-    int, typer.Option("--concurrency", "-c", min=1, help="Most agent instances at once.")
+    int,
+    typer.Option("--concurrency", "-c", min=1, max=MOST, help="Most agent instances at once."),
 ]
 LeaseSecondsOpt = Annotated[
     float,
@@ -57,14 +63,16 @@ LLMOpt = Annotated[
     ),
 ]
 RpmOpt = Annotated[
-    int | None, typer.Option("--rpm", min=1, help="Requests per minute allowed per --llm route.")
+    int | None,
+    typer.Option("--rpm", min=1, max=MOST, help="Requests per minute allowed per --llm route."),
 ]
 TpmOpt = Annotated[
-    int | None, typer.Option("--tpm", min=1, help="Tokens per minute allowed per --llm route.")
+    int | None,
+    typer.Option("--tpm", min=1, max=MOST, help="Tokens per minute allowed per --llm route."),
 ]
 MaxInFlightOpt = Annotated[
     int | None,
-    typer.Option("--max-in-flight", min=1, help="Most concurrent calls per --llm route."),
+    typer.Option("--max-in-flight", min=1, max=MOST, help="Most concurrent calls per --llm route."),
 ]
 ConfigOpt = Annotated[
     Path | None,
@@ -100,22 +108,26 @@ TenantMaxTokensOpt = Annotated[
     typer.Option(
         "--tenant-max-tokens",
         min=1,
+        max=MOST,
         help="Most LLM tokens (prompt + completion) per tenant, in all.",
     ),
 ]
 TenantMaxCallsOpt = Annotated[
     int | None,
-    typer.Option("--tenant-max-calls", min=1, help="Most LLM calls per tenant, in all."),
+    typer.Option("--tenant-max-calls", min=1, max=MOST, help="Most LLM calls per tenant, in all."),
 ]
 MaxTokensOpt = Annotated[
     int | None,
     typer.Option(
-        "--max-tokens", min=1, help="Most LLM tokens (prompt + completion); as --max-cost."
+        "--max-tokens",
+        min=1,
+        max=MOST,
+        help="Most LLM tokens (prompt + completion); as --max-cost.",
     ),
 ]
 MaxCallsOpt = Annotated[
     int | None,
-    typer.Option("--max-calls", min=1, help="Most answered LLM calls; as --max-cost."),
+    typer.Option("--max-calls", min=1, max=MOST, help="Most answered LLM calls; as --max-cost."),
 ]
 DeadlineOpt = Annotated[
     float | None,
