@@ -39,7 +39,7 @@ def load_module(ref: str, *, hint: str = _GIVE_MODULE) -> ModuleType:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             sys.modules.pop(name, None)
             raise AgentLoadError(f"cannot import {ref}: {_describe(exc)}") from exc
         return module
@@ -47,7 +47,7 @@ def load_module(ref: str, *, hint: str = _GIVE_MODULE) -> ModuleType:
         raise AgentLoadError(f"{ref} is not a Python file: {hint}")
     try:
         return importlib.import_module(ref)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise AgentLoadError(f"cannot import {ref}: {_describe(exc)}") from exc
 
 
@@ -99,5 +99,8 @@ def agents_in(module: ModuleType) -> list[Agent]:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
-        return f"syntax error at line {exc.lineno}: {exc.msg}"
+        where = f" at line {exc.lineno}" if exc.lineno is not None else ""
+        return f"syntax error{where}: {exc.msg}"
+    if isinstance(exc, SystemExit):  # sys.exit() at import: its code, whatever it is
+        return f"it called sys.exit({exc.code!r}) while being imported"
     return f"{type(exc).__name__}: {exc}"

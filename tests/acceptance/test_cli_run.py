@@ -115,6 +115,8 @@ def test_a_priority_the_store_cannot_hold_fails_its_line_alone(
         ("{agents}", "bad agent name"),
         ("no.such.module:work", "cannot import no.such.module: ModuleNotFoundError"),
         ("{broken}:work", "cannot import"),
+        ("{exits}:work", "cannot import exits.py: it called sys.exit(0) while being imported"),
+        ("{nul}:work", "cannot import nul.py: syntax error: source code string cannot contain"),
     ],
 )
 def test_an_agent_that_does_not_load_gives_one_clear_line(
@@ -122,14 +124,17 @@ def test_an_agent_that_does_not_load_gives_one_clear_line(
 ) -> None:
     broken = tmp_path / "broken.py"
     broken.write_text("import legion\nthis is not python\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")  # exited 0, silently
+    (tmp_path / "nul.py").write_bytes(b"x = 1\x00\n")  # "syntax error at line None"
     inp = write_jsonl(tmp_path / "in.jsonl", [1])
     r = legion(
         "run",
-        ref.format(agents=agents_file, broken=broken),
+        ref.format(agents=agents_file, broken=broken, exits="exits.py", nul="nul.py"),
         "-i",
         str(inp),
         "--store",
         f"sqlite:///{tmp_path / 'db'}",
+        cwd=tmp_path,
     )
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
