@@ -4,6 +4,7 @@ reach the user intact, and nothing ends in a traceback."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,67 @@ def test_a_postgres_url_with_a_parameter_libpq_does_not_know(tmp_path: Path) -> 
     assert r.returncode == 2
     assert r.stderr.startswith("error: bad PostgreSQL URL postgresql://u@127.0.0.1/db?schema=mine")
     assert "options=-csearch_path%3Dname" in r.stderr
+
+
+ECHO = """
+import legion
+
+
+@legion.agent
+async def echo(ctx, x: int):
+    return x
+"""
+
+
+@pytest.mark.parametrize(
+    ("store", "said"),
+    [
+        ("sqlite:///", "error: bad SQLite URL 'sqlite:///'"),
+        ("sqlite:///q.db?mode=ro", "a SQLite store takes no parameters"),
+        ("postgresql://u@[::1:5432/db", "error: bad PostgreSQL URL: Invalid IPv6 URL"),
+    ],
+)
+def test_a_malformed_store_url_is_one_line(tmp_path: Path, store: str, said: str) -> None:
+    (tmp_path / "ag.py").write_text(ECHO)
+    (tmp_path / "in.jsonl").write_text('{"x": 1}\n')
+    r = legion("run", "ag.py:echo", "-i", "in.jsonl", "-s", store, cwd=tmp_path)
+    _clean(r)
+    assert r.returncode == 2
+    assert said in r.stderr.splitlines()[-1]
+    assert not (tmp_path / "q.db?mode=ro").exists()
+
+
+def test_a_config_that_is_not_utf8_and_a_closed_stdout_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "ag.py").write_text(ECHO)
+    (tmp_path / "in.jsonl").write_text('{"x": 1}\n')
+    (tmp_path / "bad.toml").write_bytes(b"\xff\xfe[llm]\n")
+    store = f"sqlite:///{tmp_path / 'db'}"
+    run = ("run", "ag.py:echo", "-i", "in.jsonl", "-s", store)
+    r = legion(*run, "--config", "bad.toml", cwd=tmp_path)
+    _clean(r)
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip() == "error: cannot read bad.toml: it is not UTF-8 text (byte 0: b'\\xff')"
+    )
+    closed = subprocess.run(
+        [sys.executable, "-m", "legion", *run],
+        cwd=tmp_path,
+        stdout=None,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),
+    )
+    _clean(closed)
+    assert closed.returncode == 2
+    assert closed.stderr.strip().endswith(
+        "error: cannot write the results: standard output is closed"
+    )
+
+
+def test_a_count_past_what_a_store_holds_is_refused_at_once(tmp_path: Path) -> None:
+    (tmp_path / "ag.py").write_text(ECHO)
+    (tmp_path / "in.jsonl").write_text('{"x": 1}\n')
+    r = legion("run", "ag.py:echo", "-i", "in.jsonl", "-c", "99999999999999999999", cwd=tmp_path)
+    assert r.returncode == 2  # (it used to wait for good, the store refusing the count)
+    assert "Invalid value for '--concurrency'" in r.stderr

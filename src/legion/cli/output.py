@@ -123,6 +123,8 @@ def open_output(path: Path | None, keep: Sequence[tuple[Path, str]] = ()) -> Out
     agent's code...): an output that names one of them (itself, through a link, or as
     the file that would be replaced) is refused rather than written over it."""
     if path is None or os.fspath(path) == "-":  # "-": stdout, as --input - is stdin
+        if sys.stdout is None:  # started with its standard output closed (>&-)
+            raise OutputError("cannot write the results: standard output is closed")
         return OutputFile(sys.stdout.fileno(), path=None, partial=None, owned=False)
     _refuse_kept(path, keep)
     text = os.fspath(path)

@@ -124,10 +124,11 @@ def _kept_files(opts: RunOptions) -> list[tuple[Path, str]]:
         kept.append((Path(source), f"the code of agent {opts.agent.name!r}"))
     kept.append((opts.runtime.llm.config or DEFAULT_CONFIG, "the LLM config file"))
     store = opts.runtime.store
-    if store.startswith("sqlite:///") and store != "sqlite:///:memory:":
+    db = store.removeprefix("sqlite:///")
+    if store.startswith("sqlite:///") and db != ":memory:" and Path(db).name:
+        # (A URL with no file name is refused with its reason when the store opens.)
         from legion.vectors.sqlite import vectors_path
 
-        db = store.removeprefix("sqlite:///")
         what = f"the store's database ({store})"
         for name in (db, vectors_path(db)):
             kept += [(Path(name + end), what) for end in ("", "-wal", "-shm", "-journal")]

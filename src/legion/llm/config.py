@@ -329,6 +329,11 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> LL
             document = tomllib.load(file)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text
+        raise ConfigError(
+            f"cannot read {path}: it is not UTF-8 text (byte {exc.start}: "
+            f"{exc.object[exc.start : exc.start + 1]!r})"
+        ) from exc
     table = document.get("llm")
     if not isinstance(table, dict):
         raise ConfigError(f"{path} has no [llm] table")

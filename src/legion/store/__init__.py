@@ -106,6 +106,11 @@ def store_from_url(
             raise ConfigError(
                 f"bad SQLite URL {url!r}: use sqlite:///path.db or sqlite:///:memory:"
             )
+        if "?" in path:
+            raise ConfigError(
+                f"bad SQLite URL {url!r}: a SQLite store takes no parameters (the file "
+                "would be named with them): use sqlite:///path.db"
+            )
         from legion.store.sqlite import SQLiteStore
 
         return SQLiteStore(path[1:], create=create, clock=clock)

@@ -151,7 +151,10 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         to date as always."""
         self.url = url
         self._create = create
-        conninfo, options = _split_url(url)
+        try:
+            conninfo, options = _split_url(url)
+        except ValueError as exc:  # urllib's: a malformed host ("[::1"), a bad port
+            raise ConfigError(f"bad PostgreSQL URL: {exc}") from exc
         self._where = redact_url(url)
         try:
             self._min_size = int(options.get("pool_min_size", 1)) if min_size is None else min_size
