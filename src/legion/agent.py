@@ -328,17 +328,24 @@ def agent(
       what they recorded (no attempt spent) and the worker stops leasing them; a run or
       worker started with a higher limit resumes them.
     """
-    if timeout is not None and timeout <= 0:
-        raise ConfigError("timeout must be > 0 seconds, or None")
-    if deadline is not None and deadline <= 0:
-        raise ConfigError("deadline must be > 0 seconds, or None")
-    if concurrency is not None and concurrency < 1:
-        raise ConfigError("concurrency must be >= 1")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError(f"an agent's name must be a non-empty str, got {name!r}")
+    _check_seconds("timeout", timeout)
+    _check_seconds("deadline", deadline)
+    _check_count("concurrency", concurrency)
+    _check_count("retries", retries, least=0)
+    for label, seconds in (("backoff", backoff), ("max_backoff", max_backoff)):
+        if not _is_number(seconds) or not (math.isfinite(seconds) and seconds >= 0):
+            raise ConfigError(f"{label} must be a finite number of seconds >= 0, got {seconds!r}")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigError(
+            f"retry takes a legion.RetryPolicy, got {retry!r} (for a number of tries after "
+            "the first, give retries=)"
+        )
     if max_cost is not None and not (math.isfinite(max_cost) and max_cost > 0):
         raise ConfigError(f"max_cost must be a positive number of USD, got {max_cost}")
-    for label, value in (("max_tokens", max_tokens), ("max_calls", max_calls)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{label} must be >= 1, got {value}")
+    _check_count("max_tokens", max_tokens)
+    _check_count("max_calls", max_calls)
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     policy = retry or RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
@@ -348,8 +355,13 @@ def agent(
         raise ConfigError(str(exc)) from None
 
     def wrap(f: AgentFn) -> Agent:
+        if isinstance(f, Agent):
+            raise ConfigError(f"{f.name!r} is an agent already: decorate its function once")
+        own_name = name or getattr(f, "__name__", None)
+        if not own_name:
+            raise ConfigError(f"{f!r} has no __name__: give the agent one with name=")
         options = AgentOptions(
-            name=name or f.__name__,
+            name=own_name,
             timeout=timeout,
             retry=policy,
             concurrency=concurrency,
@@ -363,6 +375,28 @@ def agent(
         return Agent(f, options, input_model=input, output_model=output)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_seconds(label: str, value: object) -> None:
+    """``value``: a finite number of seconds above 0, or None."""
+    if value is None:
+        return
+    if not (isinstance(value, int | float) and not isinstance(value, bool)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ConfigError(f"{label} must be a finite number of seconds > 0, or None; got {value!r}")
+
+
+def _check_count(label: str, value: object, least: int = 1) -> None:
+    """``value``: a whole number of at least ``least``, or None."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(f"{label} must be a whole number >= {least}, got {value!r}")
 
 
 def _parameters(

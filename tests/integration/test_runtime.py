@@ -624,6 +624,15 @@ async def test_a_value_that_is_not_an_agent_is_refused(db_url: str) -> None:
             await rt.submit(_identity, 1)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("concurrency", [1.5, None, True, 0])
+def test_a_concurrency_that_is_not_a_whole_number_is_refused(
+    db_url: str, concurrency: object
+) -> None:
+    """1.5 used to be taken: every lease then failed in the store, retried for good."""
+    with pytest.raises(ValueError, match="concurrency must be a whole number >= 1"):
+        Runtime(db_url, concurrency=concurrency)  # type: ignore[arg-type]
+
+
 async def test_gather_with_several_failures_raises_the_first_and_leaves_no_unretrieved_error(
     db_url: str,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
@@ -139,6 +140,44 @@ def test_bad_options_are_refused() -> None:
         legion.agent(concurrency=0)
     with pytest.raises(ValueError):
         RetryPolicy(retries=-1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"name": 123}, "an agent's name must be a non-empty str, got 123"),
+        ({"name": ""}, "an agent's name must be a non-empty str"),
+        ({"timeout": float("nan")}, "timeout must be a finite number of seconds > 0"),
+        ({"timeout": "10"}, "timeout must be a finite number of seconds > 0, or None; got '10'"),
+        ({"deadline": float("inf")}, "deadline must be a finite number"),
+        ({"retries": 1.5}, "retries must be a whole number >= 0, got 1.5"),
+        ({"retries": -1}, "retries must be a whole number >= 0"),
+        ({"backoff": float("inf")}, "backoff must be a finite number of seconds >= 0"),
+        ({"max_backoff": -1}, "max_backoff must be a finite number"),
+        ({"retry": 5}, "retry takes a legion.RetryPolicy, got 5 .*retries="),
+        ({"concurrency": 2.5}, "concurrency must be a whole number >= 1"),
+        ({"max_tokens": 0}, "max_tokens must be a whole number >= 1"),
+    ],
+)
+def test_options_of_the_wrong_type_or_out_of_range_are_refused_at_decoration(
+    options: dict[str, object], message: str
+) -> None:
+    """Each used to be taken, then failed deep inside a worker (a crash, a task whose retry
+    never came, a float stored as an attempt count)."""
+    with pytest.raises(ConfigError, match=message):
+        legion.agent(**options)  # type: ignore[call-overload]
+
+
+def test_an_agent_decorated_twice_or_a_function_without_a_name_is_refused() -> None:
+    async def f(ctx: legion.Context, x: int) -> int:
+        return x
+
+    once = legion.agent(f)
+    with pytest.raises(ConfigError, match="'f' is an agent already"):
+        legion.agent(once)
+    with pytest.raises(ConfigError, match="has no __name__: give the agent one with name="):
+        legion.agent(functools.partial(f))
+    assert legion.agent(name="g")(functools.partial(f)).name == "g"
 
 
 def test_backoff_is_exponential_with_full_jitter() -> None:

@@ -105,8 +105,12 @@ class WorkerConfig:
     offer: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+        if (
+            not isinstance(self.concurrency, int)
+            or isinstance(self.concurrency, bool)
+            or self.concurrency < 1
+        ):
+            raise ValueError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
         if self.lease_seconds <= 0 or self.poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be > 0")
         if not 0 <= self.lease_ahead <= 1:
