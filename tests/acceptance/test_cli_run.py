@@ -352,6 +352,10 @@ def test_sigterm_drains_running_tasks_and_loses_nothing(tmp_path: Path, agents_f
     assert len(rows) == n
     statuses = Counter(r["status"] for r in rows)
     assert set(statuses) <= {"succeeded", "queued"} and statuses["succeeded"] >= 15
+    # The summary counts what the file holds, the tasks that ended while draining too.
+    (summary,) = [ln for ln in err.splitlines() if ln.startswith("interrupted:")]
+    assert f"{statuses['succeeded']} succeeded" in summary, summary
+    assert f"{statuses['queued']} unfinished" in summary or not statuses["queued"], summary
 
     second = legion(*args, env={"STEP_LOG": str(log)})
     assert second.returncode == 0, second.stderr

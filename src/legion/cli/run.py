@@ -189,7 +189,7 @@ async def _run_lines(
                 sink.budget_exceeded = True
             if interrupted:
                 await rt.drain()
-                await _settle_unfinished(rt, sink)
+                await _settle_unfinished(rt, sink, tally)
         finally:
             _remove_signals()
         fatal = rt.fatal_error
@@ -300,10 +300,15 @@ async def _refresh(rt: Runtime, progress: Progress) -> None:
         progress.update(None, running=counts.get(TaskStatus.RUNNING, 0))
 
 
-async def _settle_unfinished(rt: Runtime, sink: Results) -> None:
-    """After an interrupted run, write where the unfinished tasks stand now."""
+async def _settle_unfinished(rt: Runtime, sink: Results, tally: RunTally) -> None:
+    """After an interrupted run, write where the unfinished tasks stand now; those that
+    ended while the worker drained count in the summary as they do in the output."""
     for info in await rt.store.get_many(list(sink.open)):
-        sink.finish(info.id, TaskResult.from_info(info))
+        result = TaskResult.from_info(info)
+        if info.status.terminal:
+            for _ in sink.open.get(info.id, ()):
+                tally.add(result)
+        sink.finish(info.id, result)
 
 
 async def _spent_before(rt: Runtime, task_ids: list[int]) -> Spend:
