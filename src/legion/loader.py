@@ -63,6 +63,7 @@ def load_agent(ref: str) -> Agent:
     if found is None:
         raise AgentLoadError(f"{module_ref} has no attribute {attr!r}; {_found_here(module)}")
     if isinstance(found, Agent):
+        _refuse_namesakes(found, module, module_ref)
         return found
     if inspect.iscoroutinefunction(found):
         return agent(found)
@@ -73,6 +74,17 @@ def load_agent(ref: str) -> Agent:
             "with @legion.agent"
         )
     raise AgentLoadError(f"{ref} is not an agent; {module_ref}'s agents: {', '.join(names)}")
+
+
+def _refuse_namesakes(found: Agent, module: ModuleType, module_ref: str) -> None:
+    """Tasks name their agent by its name: another agent of the module under the same
+    name would answer for this one's tasks (a worker serving the module refuses it too)."""
+    for other in agents_in(module):
+        if other is not found and other.name == found.name:
+            raise AgentLoadError(
+                f"two different agents of {module_ref} are named {found.name!r}: give one "
+                "another name (@legion.agent(name=...))"
+            )
 
 
 def _agent_names(module: ModuleType) -> list[str]:

@@ -117,6 +117,7 @@ def test_a_priority_the_store_cannot_hold_fails_its_line_alone(
         ("{broken}:work", "cannot import"),
         ("{exits}:work", "cannot import exits.py: it called sys.exit(0) while being imported"),
         ("{nul}:work", "cannot import nul.py: syntax error: source code string cannot contain"),
+        ("{twins}:b", "two different agents of twins.py are named 'a'"),
     ],
 )
 def test_an_agent_that_does_not_load_gives_one_clear_line(
@@ -126,10 +127,16 @@ def test_an_agent_that_does_not_load_gives_one_clear_line(
     broken.write_text("import legion\nthis is not python\n")
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")  # exited 0, silently
     (tmp_path / "nul.py").write_bytes(b"x = 1\x00\n")  # "syntax error at line None"
+    (tmp_path / "twins.py").write_text(  # b's tasks were answered by a's earlier results
+        "import legion\n\n@legion.agent\nasync def a(ctx, x: int):\n    return 1\n\n"
+        "@legion.agent(name='a')\nasync def b(ctx, x: int):\n    return 2\n"
+    )
     inp = write_jsonl(tmp_path / "in.jsonl", [1])
     r = legion(
         "run",
-        ref.format(agents=agents_file, broken=broken, exits="exits.py", nul="nul.py"),
+        ref.format(
+            agents=agents_file, broken=broken, exits="exits.py", nul="nul.py", twins="twins.py"
+        ),
         "-i",
         str(inp),
         "--store",
