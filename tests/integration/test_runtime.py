@@ -464,6 +464,23 @@ async def test_an_agent_that_raises_cancelled_error_itself_fails_its_attempts(
     assert runs == {"ok": 1, "cancelled": 2}  # two attempts, as retries=1 allows
 
 
+async def test_an_agent_that_swallows_its_timeout_and_returns_still_timed_out(
+    db_url: str,
+) -> None:
+    @legion.agent(retries=0, timeout=0.05)
+    async def stubborn(ctx: legion.Context, x: int) -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "a partial answer"  # (it used to be recorded as a success)
+        return "never"
+
+    async with Runtime(db_url) as rt, asyncio.timeout(60):
+        (result,) = await collect(rt, stubborn, [1])
+    assert result.status is TaskStatus.DEAD and result.output is None
+    assert result.error is not None and result.error.type == "TaskTimeout"
+
+
 class _EveryTaskWouldMeetIt(Exception):
     fatal = True  # as a rejected API key: the worker stops (see Worker.abort)
 

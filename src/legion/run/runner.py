@@ -241,6 +241,9 @@ async def run_instance(
             error = AgentCrash(exc)
         if instance.stop_reason is StopReason.LOST:  # the agent swallowed the stop
             return
+        if instance.stop_reason is StopReason.TIMEOUT and error is None:
+            # It caught the timeout's cancellation and returned anyway: the timeout stands.
+            error = _timed_out(agent, instance)
         finished = clock.wall()
         usage = ctx.usage_json()
         found = _look_back(instance, ctx)
