@@ -352,8 +352,11 @@ class Context:
         (a cycle: every finished attempt that made an LLM call, with its steps, traces
         and lease, was left for the cyclic GC's full collections to find, and held its
         memory until then). Used again (a task the agent spawned that outlives it),
-        ``ctx.llm`` is made anew."""
+        ``ctx.llm`` is made anew. A step or LLM call made after this does not run: it
+        raises, where it would have run its side effect (or paid for a call) and then
+        found its record refused."""
         self._llm = None
+        self._before_step = _attempt_over
 
     def _batch_chat(
         self,
@@ -658,3 +661,11 @@ def _llm_calls() -> type[LLMCalls]:
     from legion.llm.calls import LLMCalls
 
     return LLMCalls
+
+
+def _attempt_over(task_id: int) -> None:
+    """`Context.record`'s check before a step once the attempt has ended."""
+    raise RuntimeError(
+        f"task {task_id}: its attempt has ended, so this step or call does not run (it was "
+        "made after the agent returned, by a task the agent started that outlived it)"
+    )

@@ -481,6 +481,31 @@ async def test_an_agent_that_swallows_its_timeout_and_returns_still_timed_out(
     assert result.error is not None and result.error.type == "TaskTimeout"
 
 
+async def test_a_step_made_after_the_agent_returned_does_not_run(db_url: str) -> None:
+    """A task the agent started outlives it and makes a step: the step used to run its
+    side effect and only then find its record refused (LeaseLost)."""
+    effects: list[str] = []
+    late: list[asyncio.Task[object]] = []
+    returned = asyncio.Event()
+
+    @legion.agent(retries=0)
+    async def leaves_a_task_behind(ctx: legion.Context, x: int) -> int:
+        async def after() -> object:
+            await returned.wait()
+            return await ctx.step("late", effects.append, "ran")
+
+        late.append(asyncio.create_task(after()))
+        return x
+
+    async with Runtime(db_url) as rt, asyncio.timeout(60):
+        (result,) = await collect(rt, leaves_a_task_behind, [1])
+        returned.set()
+        with pytest.raises(RuntimeError, match="its attempt has ended, so this step"):
+            await late[0]
+    assert result.status is TaskStatus.SUCCEEDED
+    assert effects == []
+
+
 class _EveryTaskWouldMeetIt(Exception):
     fatal = True  # as a rejected API key: the worker stops (see Worker.abort)
 
