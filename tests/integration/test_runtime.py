@@ -666,6 +666,15 @@ async def test_a_value_that_is_not_an_agent_is_refused(db_url: str) -> None:
             await rt.submit(_identity, 1)  # type: ignore[arg-type]
 
 
+async def test_an_input_json_cannot_hold_is_an_input_error_and_nothing_is_queued(
+    db_url: str,
+) -> None:
+    async with Runtime(db_url) as rt:
+        with pytest.raises(legion.InputError, match=r"input 1 of the 3 submitted together"):
+            await rt.submit_many(legion.agent(name="ident")(_identity), [1, b"raw", 3])
+        assert await rt.store.counts() == {}
+
+
 @pytest.mark.parametrize("concurrency", [1.5, None, True, 0])
 def test_a_concurrency_that_is_not_a_whole_number_is_refused(
     db_url: str, concurrency: object

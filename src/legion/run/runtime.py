@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from legion import codec
 from legion.agent import Agent
 from legion.clock import Clock, system_clock
-from legion.errors import ConfigError, TaskFailed, WorkerStopped
+from legion.errors import ConfigError, InputError, OutputError, TaskFailed, WorkerStopped
 from legion.run.delivery import Delivery
 from legion.run.worker import Worker, WorkerConfig
 from legion.stats import Statistics
@@ -292,19 +292,22 @@ class Runtime:
         if len({len(inputs), len(key_list), len(session_list), len(priority_list)}) != 1:
             raise ConfigError("keys, sessions and priorities must have one entry per input")
         attempts = agent.options.retry.max_attempts
-        tasks = [
-            NewTask(
-                agent.name,
-                codec.dumps(i),
-                k,
-                s,
-                p,
-                attempts,
-                tenant=tenant,
-                needs=agent.needs,
-            )
-            for i, k, s, p in zip(inputs, key_list, session_list, priority_list, strict=True)
-        ]
+        try:
+            tasks = [
+                NewTask(
+                    agent.name,
+                    codec.dumps(i),
+                    k,
+                    s,
+                    p,
+                    attempts,
+                    tenant=tenant,
+                    needs=agent.needs,
+                )
+                for i, k, s, p in zip(inputs, key_list, session_list, priority_list, strict=True)
+            ]
+        except OutputError as exc:  # nothing is queued: say which input it was
+            raise InputError(_unstorable(inputs, exc)) from exc
         return await self.submit_tasks(tasks)
 
     async def submit_tasks(self, tasks: Sequence[NewTask]) -> list[Submitted]:
@@ -401,3 +404,17 @@ class Runtime:
         if ok and self.worker is not None:
             self.worker.wake()
         return ok
+
+
+def _unstorable(inputs: Sequence[Any], error: OutputError) -> str:
+    """Which of ``inputs`` JSON cannot hold, and why (nothing was submitted)."""
+    for n, value in enumerate(inputs):
+        try:
+            codec.dumps(value)
+        except OutputError as exc:
+            reason = str(exc).removeprefix("cannot store value as JSON: ")
+            return (
+                f"input {n} of the {len(inputs)} submitted together cannot be stored as JSON "
+                f"({reason}); none of them was queued"
+            )
+    return f"{error}; none of the {len(inputs)} inputs submitted together was queued"
