@@ -65,6 +65,9 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert admin.returncode == 0 and "admin key" in admin.stderr
     bad = legion("keys", "create", "--tenant", "no spaces", "--store", store)
     assert bad.returncode != 0 and "bad tenant name" in bad.stderr
+    # A newline or an escape in a name would forge or colour the lines `keys list` prints.
+    forged = legion("keys", "create", "--name", "a\nb\x1b[31m", "--store", store)
+    assert forged.returncode == 2 and "--name takes printable text" in forged.stderr
     listed = legion("keys", "list", "--store", store)
     assert "\ttenant acme (admin)" in listed.stdout and "\ttenant default" in listed.stdout
     missing = legion("keys", "revoke", "0123456789ab", "--store", store)

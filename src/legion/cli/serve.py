@@ -373,6 +373,11 @@ def create_key(
     ] = False,
 ) -> None:
     """Create an API key and print it, alone, on the last line (it is not shown again)."""
+    for label, text in (("--name", name), ("--tenant", tenant)):
+        if not text or not text.isprintable():  # a newline or an escape would forge lines
+            raise typer.BadParameter(
+                f"{label} takes printable text, not {text!r}", param_hint=label
+            )
     _refuse_private_store(store, KEYS_NEED)
     _require_server_extra()
     key = _run(_create_key(store, name, tenant, admin))

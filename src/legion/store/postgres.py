@@ -177,10 +177,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 f"{', '.join(sorted(_POOL_PARAMS))}, the URL takes libpq's parameters; a "
                 "schema of its own: options=-csearch_path%3Dname)"
             ) from exc
-        if not 1 <= self._min_size <= self._max_size or self._timeout <= 0:
+        if not 1 <= self._min_size <= self._max_size:
             raise ConfigError(
-                f"bad pool size in {self._where}: need 1 <= min_size <= max_size and timeout > 0"
+                f"bad pool size in {self._where}: need 1 <= pool_min_size <= pool_max_size"
             )
+        if not self._timeout > 0:  # (NaN too)
+            raise ConfigError(f"bad pool_timeout in {self._where}: need seconds > 0")
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._channel = ""
         self._listener: asyncio.Task[None] | None = None
