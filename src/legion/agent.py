@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_origin, overload
 
 from legion import codec
-from legion.errors import ConfigError, InputError
+from legion.errors import ConfigError, InputError, OutputError
 from legion.resources import encode, normalize
 from legion.retry import RetryPolicy
 
@@ -259,7 +259,19 @@ class Agent:
 
     def encode_output(self, value: Any) -> bytes:
         if self._output is not None:
-            value = self._output.validate_python(value)
+            from pydantic import ValidationError
+
+            try:
+                value = self._output.validate_python(value)
+            except ValidationError as exc:  # the agent's answer: not retried, as any output
+                parts = [
+                    f"{'.'.join(str(x) for x in err['loc']) or 'output'}: {err['msg']}"
+                    for err in exc.errors(include_url=False)
+                ]
+                raise OutputError(
+                    f"the output of agent {self.name!r} does not fit its output type: "
+                    + "; ".join(parts)
+                ) from None
         return codec.dumps(value)
 
 

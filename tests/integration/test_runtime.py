@@ -263,6 +263,24 @@ async def test_pydantic_models_as_input_and_output(db_url: str) -> None:
     )
 
 
+async def test_an_output_that_does_not_fit_its_type_fails_at_once_as_an_output_error(
+    db_url: str,
+) -> None:
+    runs: list[object] = []
+
+    @legion.agent(output=int, retries=3, backoff=0)
+    async def counts(ctx: legion.Context, x: str) -> int:
+        runs.append(x)
+        return x  # type: ignore[return-value]
+
+    async with Runtime(db_url) as rt:
+        (result,) = await collect(rt, counts, ["many"])
+    assert result.status is TaskStatus.FAILED and result.error is not None
+    assert result.error.type == "OutputError"  # (it was pydantic's ValidationError)
+    assert result.error.message.startswith("the output of agent 'counts' does not fit its")
+    assert runs == ["many"]  # not retried: the same answer would not fit the next time
+
+
 async def test_timeout_ends_a_hanging_instance(db_url: str) -> None:
     @legion.agent(timeout=0.05, retries=1, backoff=0)
     async def hang(ctx: legion.Context, x: int) -> None:
