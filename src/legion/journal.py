@@ -12,6 +12,8 @@ tasks' cancellation was asked (``on_cancel``), so a cancel is seen at every step
 
 A commit whose answer was lost is written again; a completion the store then calls "not
 applied" is looked up, and counts as applied when the task holds exactly what it wrote.
+A write the store keeps refusing while it is up and has room is written in halves, so
+that a row it cannot hold holds up no other task's (see `Journal._isolate`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Protocol
 
 from legion import codec, faults
 from legion.clock import Clock, system_clock
-from legion.errors import LeaseLost
+from legion.errors import LeaseLost, StorageFull, StoreUnavailable
 from legion.record import record
 from legion.store.base import TaskQueue, TaskReader
 from legion.store.types import DiagnosticRecord, MemoryWrite, WriteBatch
@@ -187,9 +189,9 @@ class Journal:
         if not len(self._batch):
             self._idle.set()
 
-    async def _commit(self, batch: WriteBatch) -> list[bool]:
+    async def _commit(self, batch: WriteBatch, *, retried: bool = False) -> list[bool]:
         delay = 0.05
-        retried = False
+        refused = 0  # failures in a row that were not the store being away or full
         while True:
             try:
                 applied = await self._store.write(batch, self._clock.wall())
@@ -203,10 +205,38 @@ class Journal:
                 retried = True
                 batch.lost.clear()
                 batch.cancelled.clear()
+                refused = 0 if isinstance(exc, StoreUnavailable | StorageFull) else refused + 1
+                if refused >= REFUSALS:
+                    return await self._isolate(batch, exc)
                 await self._clock.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
         if retried and not all(applied):
             applied = await self._recognise(batch.completions, applied)
+        return applied
+
+    async def _isolate(self, batch: WriteBatch, error: Exception) -> list[bool]:
+        """The store refused ``batch`` REFUSALS times in a row, not because it was away or
+        full: something in it cannot be stored, and the other tasks' rows must not wait on
+        it. Its halves are written apart, down to the rows the store refuses alone; such
+        a row is given up, its task's writes counted as refused (`WriteBatch.lost`: the
+        instance stops, and the task runs again once its lease runs out)."""
+        if len(batch) == 1:
+            task_id = _task_of(batch)
+            log.error(
+                "the store refused a write of task %s %d times (%s): given up; the task runs "
+                "again once its lease runs out",
+                task_id,
+                REFUSALS,
+                error,
+            )
+            if task_id is not None:
+                batch.lost.add(task_id)
+            return [False] * len(batch.completions)
+        applied: list[bool] = []
+        for half in _halves(batch):
+            applied += await self._commit(half, retried=True)
+            batch.lost |= half.lost
+            batch.cancelled |= half.cancelled
         return applied
 
     async def _recognise(
@@ -228,6 +258,38 @@ class Journal:
         return [
             ok or _holds(infos.get(c.id), c) for c, ok in zip(completions, applied, strict=True)
         ]
+
+
+REFUSALS = 3
+"""Failures of one write in a row, none of them the store being away or full, after which
+the journal writes the batch's halves apart (see `Journal._isolate`)."""
+
+
+def _halves(batch: WriteBatch) -> tuple[WriteBatch, WriteBatch]:
+    """``batch``'s rows cut in two, in the order they are written (steps, memory,
+    diagnostics, completions): both halves hold rows, and the first is written first."""
+    rows = [
+        *(("steps", r) for r in batch.steps),
+        *(("memory", r) for r in batch.memory),
+        *(("diagnostics", r) for r in batch.diagnostics),
+        *(("completions", r) for r in batch.completions),
+    ]
+    halves = (WriteBatch(), WriteBatch())
+    middle = len(rows) // 2
+    for n, (kind, row) in enumerate(rows):
+        getattr(halves[n >= middle], kind).append(row)
+    return halves
+
+
+def _task_of(batch: WriteBatch) -> int | None:
+    """The task whose write a batch of one row is (None: a write of no task's)."""
+    if batch.steps:
+        return batch.steps[0].task_id
+    if batch.memory:
+        return batch.memory[0].task_id
+    if batch.diagnostics:
+        return batch.diagnostics[0].task_id
+    return batch.completions[0].id if batch.completions else None
 
 
 def _holds(info: TaskInfo | None, c: Completion) -> bool:

@@ -159,6 +159,46 @@ class AnswerLost(SQLiteStore):
         return leases
 
 
+class RefusesOneRow(SQLiteStore):
+    """A real SQLite store that refuses, for good, every write holding the step named
+    ``poison``: a row it cannot store (for a reason legion has not met yet)."""
+
+    async def write(self, batch: WriteBatch, now: float) -> list[bool]:
+        if any(step.key == "poison" for step in batch.steps):
+            raise StoreError("the store cannot hold this row")
+        return await super().write(batch, now)
+
+
+async def test_a_row_the_store_refuses_for_good_stalls_no_other_task(tmp_path: Path) -> None:
+    """The journal retried a refused batch without end, every task of it left running.
+    Refused three times (not as unavailable), the batch is written in halves: the other
+    tasks' rows commit, and the refused row's task stops as if its lease were lost."""
+    ran: list[int] = []
+    release = asyncio.Event()
+
+    @legion.agent(retries=0)
+    async def writes(ctx: legion.Context, x: int) -> int:
+        if x != 0:
+            await release.wait()  # so that every step and completion shares a batch
+        await ctx.step("poison" if x == 0 else "fine", lambda: x)
+        ran.append(x)
+        return x
+
+    store = RefusesOneRow(tmp_path / "s.db")
+    await store.open()
+    try:
+        async with Runtime(store, lease_seconds=600) as rt, asyncio.timeout(60):
+            ids = [s.id for s in await rt.submit_many(writes, range(8))]
+            release.set()
+            others = [r async for r in rt.results(ids[1:])]
+            assert sorted(r.output for r in others) == list(range(1, 8))
+            poisoned = await rt.get(ids[0])
+            assert poisoned is not None and poisoned.status is TaskStatus.RUNNING
+            assert 0 not in ran  # its step was never recorded, so it did not go on
+    finally:
+        await store.aclose()
+
+
 @pytest.mark.parametrize("lose", ["write", "lease"])
 async def test_an_answer_lost_after_the_commit_leaves_nobody_waiting(
     tmp_path: Path, lose: str
