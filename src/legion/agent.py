@@ -346,9 +346,8 @@ def agent(
     _check_seconds("deadline", deadline)
     _check_count("concurrency", concurrency)
     _check_count("retries", retries, least=0)
-    for label, seconds in (("backoff", backoff), ("max_backoff", max_backoff)):
-        if not _is_number(seconds) or not (math.isfinite(seconds) and seconds >= 0):
-            raise ConfigError(f"{label} must be a finite number of seconds >= 0, got {seconds!r}")
+    _check_seconds("backoff", backoff, zero=True)
+    _check_seconds("max_backoff", max_backoff, zero=True)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise ConfigError(
             f"retry takes a legion.RetryPolicy, got {retry!r} (for a number of tries after "
@@ -389,18 +388,15 @@ def agent(
     return wrap(fn) if fn is not None else wrap
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_seconds(label: str, value: object) -> None:
-    """``value``: a finite number of seconds above 0, or None."""
+def _check_seconds(label: str, value: object, *, zero: bool = False) -> None:
+    """``value``: a finite number of seconds above 0 (``zero``: at least 0), or None."""
     if value is None:
         return
-    if not (isinstance(value, int | float) and not isinstance(value, bool)) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ConfigError(f"{label} must be a finite number of seconds > 0, or None; got {value!r}")
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    seconds = float(value) if numeric and isinstance(value, int | float) else math.nan
+    if not (math.isfinite(seconds) and (seconds > 0 or (zero and seconds == 0))):
+        bound = ">= 0," if zero else "> 0, or None;"
+        raise ConfigError(f"{label} must be a finite number of seconds {bound} got {value!r}")
 
 
 def _check_count(label: str, value: object, least: int = 1) -> None:
