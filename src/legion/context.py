@@ -20,7 +20,7 @@ from legion import codec, faults, telemetry
 from legion.clock import Clock
 from legion.diagnostics.advisor import GATHERED, MIN_SAVING, NO_PRINTS, StepTrace, fingerprints
 from legion.diagnostics.unawaited import Pending, SiteRef
-from legion.errors import AgentCrash, Permanent
+from legion.errors import AgentCrash, LeaseLost, Permanent
 from legion.journal import Journal
 from legion.steps import step_key
 from legion.store.base import ContextStore, SessionMemory
@@ -347,16 +347,22 @@ class Context:
             self._llm = _llm_calls()(self, self._llm_client, Context._batch_chat)
         return self._llm
 
-    def ended(self) -> None:
+    def ended(self, *, abandoned: bool = False) -> None:
         """The attempt is over: let go of ``ctx.llm``, which refers back to this context
         (a cycle: every finished attempt that made an LLM call, with its steps, traces
         and lease, was left for the cyclic GC's full collections to find, and held its
         memory until then). Used again (a task the agent spawned that outlives it),
         ``ctx.llm`` is made anew. A step or LLM call made after this does not run: it
         raises, where it would have run its side effect (or paid for a call) and then
-        found its record refused."""
+        found its record refused. ``abandoned``: the worker ended the attempt while its
+        agent ran on after being stopped (see `legion.run.runner.abandon`); such a step
+        raises `LeaseLost`."""
         self._llm = None
-        self._before_step = _attempt_over
+        self._before_step = (
+            functools.partial(_attempt_abandoned, self._lease.attempt)
+            if abandoned
+            else _attempt_over
+        )
 
     def _batch_chat(
         self,
@@ -661,6 +667,11 @@ def _llm_calls() -> type[LLMCalls]:
     from legion.llm.calls import LLMCalls
 
     return LLMCalls
+
+
+def _attempt_abandoned(attempt: int, task_id: int) -> None:
+    """`Context.record`'s check before a step once the worker abandoned the attempt."""
+    raise LeaseLost(task_id, attempt)
 
 
 def _attempt_over(task_id: int) -> None:

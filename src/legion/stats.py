@@ -25,6 +25,9 @@ class Statistics:
     p50: float | None
     p95: float | None
     p99: float | None
+    abandoned: int = 0
+    """Instances that ran on after their stop (their agent catches the cancellation)
+    and were abandoned (see `legion.run.runner.abandon`)."""
 
     @property
     def finished(self) -> int:
@@ -88,6 +91,7 @@ class Counters:
         self.leased = 0
         self.outcomes = dict.fromkeys(Outcome, 0)
         self.lost_leases = 0
+        self.abandoned = 0
         self.latency = LatencySample()
 
     def count(self, outcome: Outcome, latency: float) -> None:
@@ -110,4 +114,5 @@ class Counters:
             p50=self.latency.quantile(0.50),
             p95=self.latency.quantile(0.95),
             p99=self.latency.quantile(0.99),
+            abandoned=self.abandoned,
         )

@@ -406,6 +406,38 @@ def test_the_process_executor_isolates_a_segfault_from_the_command_line(tmp_path
     assert crashed["line"] == 4 and "SIGSEGV" in crashed["error"]["message"]
 
 
+def test_an_agent_that_catches_its_timeout_for_ever_ends_and_the_run_exits(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "deaf.py"
+    app.write_text(
+        "import asyncio\n\nimport legion\n\n\n"
+        "@legion.agent(retries=0, timeout=0.5)\n"
+        "async def deaf(ctx, i: int):\n"
+        "    if i % 2:\n"
+        "        return i\n"
+        "    while True:  # catches every cancellation and goes on\n"
+        "        try:\n"
+        "            await asyncio.sleep(3600)\n"
+        "        except asyncio.CancelledError:\n"
+        "            pass\n"
+    )
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(4)])
+    out = tmp_path / "out.jsonl"
+    r = legion(
+        *("run", f"{app}:deaf", "-i", str(inp), "-o", str(out)),
+        *("--store", f"sqlite:///{tmp_path / 'db'}"),
+        timeout=90,  # (it hung here: its task stayed running, and the run with it)
+    )
+    assert r.returncode == 1, r.stderr
+    rows = read_jsonl(out)
+    assert [row["status"] for row in rows] == ["dead", "succeeded", "dead", "succeeded"]
+    for row in rows[::2]:
+        assert row["error"]["type"] == "TaskTimeout"
+        assert "ran on after it was stopped" in row["error"]["message"]
+    assert r.stderr.count("abandoned") >= 2, r.stderr
+
+
 def test_extra_and_missing_fields_are_named(tmp_path: Path) -> None:
     agents = tmp_path / "mapping.py"
     agents.write_text(

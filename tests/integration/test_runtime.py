@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 import legion
 from legion import Runtime, TaskStatus, gil, heap
+from legion.errors import LeaseLost
 from legion.testing import FakeClock
 
 
@@ -522,6 +524,78 @@ async def test_a_step_made_after_the_agent_returned_does_not_run(db_url: str) ->
             await late[0]
     assert result.status is TaskStatus.SUCCEEDED
     assert effects == []
+
+
+async def test_an_agent_that_catches_every_stop_is_abandoned_after_the_grace(
+    db_url: str,
+) -> None:
+    caught: list[int] = []
+    closed: list[int] = []
+
+    @legion.agent(timeout=0.05, retries=1, backoff=0)
+    async def deaf(ctx: legion.Context, x: int) -> None:
+        try:
+            while True:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    caught.append(x)  # and goes on: it used to hold its task for ever
+        finally:
+            closed.append(x)
+
+    clock = FakeClock()
+    async with Runtime(db_url, clock=clock, stop_grace=5) as rt:
+        submitted = await rt.submit(deaf, 1)
+        for attempt in (1, 2):
+            await running(rt, submitted.id, attempt)
+            await clock.advance(0.2)  # its time is up: it catches the cancellation
+            await clock.advance(5)  # and runs on: abandoned
+        r = await rt.result(submitted.id)
+        assert rt.worker is not None
+        stats = rt.worker.statistics()
+    assert r.status is TaskStatus.DEAD and r.attempt == 2
+    assert r.error is not None and r.error.type == "TaskTimeout"
+    assert "ran past its timeout of 0.05s" in r.error.message
+    assert "was abandoned" in r.error.message
+    assert caught == [1, 1] and closed == [1, 1]  # each attempt's code was stopped
+    assert stats.abandoned == 2 and stats.in_flight == 0
+
+
+async def test_a_cancel_an_agent_catches_ends_its_task_after_the_grace(db_url: str) -> None:
+    started = asyncio.Event()
+    go_on = asyncio.Event()
+    late: list[str] = []
+    tried = asyncio.Event()
+
+    async def after_it(ctx: legion.Context) -> None:
+        await go_on.wait()
+        try:
+            await ctx.step("late", lambda: late.append("ran"))
+        except LeaseLost:
+            late.append("refused")
+        tried.set()
+
+    @legion.agent(retries=3, backoff=0)
+    async def deaf(ctx: legion.Context, x: int) -> None:
+        helper = asyncio.create_task(after_it(ctx))  # outlives the attempt
+        started.set()
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):  # it goes on
+                await asyncio.Event().wait()
+        await helper
+
+    clock = FakeClock()
+    async with Runtime(db_url, clock=clock, stop_grace=5) as rt:
+        submitted = await rt.submit(deaf, 1)
+        await started.wait()
+        await rt.cancel(submitted.id)  # it catches the cancellation
+        await clock.advance(5)  # abandoned: recorded cancelled, its slot free
+        r = await rt.result(submitted.id)
+        go_on.set()
+        async with asyncio.timeout(30):
+            await tried.wait()
+    assert r.status is TaskStatus.CANCELLED and r.attempt == 1
+    assert late == ["refused"]  # a step after the abandonment does not run
 
 
 class _EveryTaskWouldMeetIt(Exception):

@@ -59,8 +59,10 @@ class Instance(attempt.AttemptTime):
     The worker keeps these by task id."""
 
     __slots__ = (
+        "abandoned",
         "agent",
         "children",
+        "ctx",
         "diagnostics",
         "entered",
         "expiry",
@@ -101,6 +103,11 @@ class Instance(attempt.AttemptTime):
         self.pending_block: Capture | None = None
         # The worker's timer bucket that holds this instance until its time is up.
         self.expiry: dict[int, Instance] | None = None
+        # Its context while `run_instance` runs it (see `abandon`).
+        self.ctx: Context | None = None
+        # Ended by the worker while its agent ran on (see `abandon`): nothing it does after
+        # that is written.
+        self.abandoned = False
 
     # -- what the diagnostics learn about this instance (see legion.diagnostics) --------
 
@@ -181,6 +188,7 @@ async def run_instance(
         owner=owner,
         before_step=services.before_step,
     )
+    instance.ctx = ctx
     try:
         tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
         # Waits for capacity report to this attempt's time; an LLM call asks it how long it
@@ -217,7 +225,7 @@ async def run_instance(
             else:
                 outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
                 done = _completion(lease, owner, outcome, started, clock.wall(), time_=instance)
-                journal.complete(lease, done)
+                _hand_in(instance, journal, done)
                 return
         except LeaseLost:
             instance.stop_reason = StopReason.LOST
@@ -233,14 +241,14 @@ async def run_instance(
                 wait=suspended.wait,
                 time_=instance,
             )
-            journal.complete(lease, done)
+            _hand_in(instance, journal, done)
             return
         except Exception as exc:
             error = exc
         except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: this task's, not ours
             error = AgentCrash(exc)
-        if instance.stop_reason is StopReason.LOST:  # the agent swallowed the stop
-            return
+        if instance.stop_reason is StopReason.LOST or instance.abandoned:
+            return  # (the agent swallowed the stop; abandoned: its end is written already)
         if instance.stop_reason is StopReason.TIMEOUT and error is None:
             # It caught the timeout's cancellation and returned anyway: the timeout stands.
             error = _timed_out(agent, instance)
@@ -278,16 +286,58 @@ async def run_instance(
                 instance,
                 tuple(found),
             )
-        journal.complete(lease, done)
+        _hand_in(instance, journal, done)
     finally:
         # The error's traceback holds this frame, which held the error: a cycle that kept
         # every failed attempt's context, lease and steps until the cyclic GC ran.
         error = None
+        instance.ctx = None
         try:
-            ctx.ended()
+            ctx.ended(abandoned=instance.abandoned)
         finally:
-            if services.on_end is not None:
-                services.on_end(instance)
+            if services.on_end is not None and not instance.abandoned:
+                services.on_end(instance)  # (abandoned: the worker freed its slot then)
+
+
+def _hand_in(instance: Instance, journal: Journal, done: Completion) -> None:
+    """Give the journal the end of an attempt, unless the worker gave one already: it
+    abandoned the instance (see `abandon`), and the task has moved on since."""
+    if not instance.abandoned:
+        journal.complete(instance.lease, done)
+
+
+def abandon(instance: Instance, services: Services) -> None:
+    """End an instance that runs on after it was stopped: its agent catches
+    `asyncio.CancelledError` and carries on (a ``while True`` around a ``try`` that
+    swallows it). Its end is written as its stop calls for, as if it had ended now - a
+    timeout a failed attempt, a cancel cancelled, a release given back, a lost lease
+    nothing - and it is fenced off: its steps and calls raise before they run, and nothing
+    it returns or raises is written. The caller frees its slot and stops its code."""
+    instance.abandoned = True
+    ctx, reason = instance.ctx, instance.stop_reason
+    if ctx is not None:
+        ctx.ended(abandoned=True)
+    if reason is StopReason.LOST or reason is None:
+        return
+    lease, agent, clock = instance.lease, instance.agent, services.clock
+    finished = clock.wall()
+    started = finished - (clock.monotonic() - instance.started)
+    usage = ctx.usage_json() if ctx is not None else None
+    if reason is StopReason.TIMEOUT:
+        timed_out = _timed_out(agent, instance)
+        error = type(timed_out)(
+            f"{timed_out}; it ran on after it was stopped (it catches "
+            "asyncio.CancelledError) and was abandoned"
+        )
+        done = _failure(
+            lease, services.owner, agent, error, started, finished, services.rng, usage, instance
+        )
+    else:
+        outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
+        done = _completion(
+            lease, services.owner, outcome, started, finished, usage=usage, time_=instance
+        )
+    services.journal.complete(lease, done)
 
 
 def _raised_by_the_agent() -> bool:

@@ -60,6 +60,11 @@ class Runtime:
     - ``lease_ahead``: the most tasks the worker leases ahead of its free slots (a share
       of ``concurrency``), started as slots free, with no store round trip between; how
       many is measured (none while tasks are long; see `legion.run.ahead`). 0: never.
+    - ``drain_timeout``: how long closing waits for running instances to finish before
+      giving them back to the queue.
+    - ``stop_grace``: seconds an instance has to end once stopped (its timeout, a cancel,
+      a lost lease, a release); one whose agent catches `asyncio.CancelledError` and runs
+      on is abandoned then: its end is written as the stop calls for, its slot freed.
     - ``clock``: the time the runtime reads, sleeps and sets timers on (a SQLite store
       it opens from a URL too); `legion.testing.FakeClock` in tests.
     """
@@ -74,6 +79,7 @@ class Runtime:
         lease_seconds: float = 30.0,
         poll_interval: float = 0.5,
         drain_timeout: float = 30.0,
+        stop_grace: float = 10.0,
         clock: Clock = system_clock,
         seed: int | None = None,
         llm: LLMClient | str | Sequence[str] | None = None,
@@ -111,6 +117,7 @@ class Runtime:
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
             drain_timeout=drain_timeout,
+            stop_grace=stop_grace,
             max_loop_lag=max_loop_lag,
             max_memory_mb=max_memory_mb,
             strict=strict,

@@ -50,7 +50,7 @@ from legion.journal import Committed, Journal
 from legion.run.ahead import Ahead
 from legion.run.freeze import FreezeGuard
 from legion.run.route_meter import RouteMeter
-from legion.run.runner import Instance, Services, StopReason, run_instance
+from legion.run.runner import Instance, Services, StopReason, abandon, run_instance
 from legion.run.upkeep import Upkeep, ended, rss_mb
 from legion.stats import Counters, Statistics
 from legion.store.base import Store
@@ -79,6 +79,11 @@ class WorkerConfig:
     # once by submissions made in the same process).
     poll_interval: float = 0.5
     drain_timeout: float = 30.0
+    # Seconds an instance has to end once stopped (its timeout, a cancel, a lost lease, a
+    # release): one whose agent catches the cancellation and runs on is abandoned then -
+    # its end written as the stop calls for, its slot freed, its code stopped (see
+    # `legion.run.runner.abandon`).
+    stop_grace: float = 10.0
     # Lease when at least this share of the slots is free, so leases come in batches.
     lease_batch_fraction: float = 0.1
     # Lease ahead of the free slots, at most this share of ``concurrency``: the tasks are
@@ -111,8 +116,8 @@ class WorkerConfig:
             or self.concurrency < 1
         ):
             raise ValueError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
-        if self.lease_seconds <= 0 or self.poll_interval <= 0:
-            raise ValueError("lease_seconds and poll_interval must be > 0")
+        if self.lease_seconds <= 0 or self.poll_interval <= 0 or not self.stop_grace > 0:
+            raise ValueError("lease_seconds, poll_interval and stop_grace must be > 0")
         if not 0 <= self.lease_ahead <= 1:
             raise ValueError("lease_ahead must be between 0 and 1")
 
@@ -216,7 +221,7 @@ class Worker(Upkeep):
         )
         self._freeze_guard: FreezeGuard | None = None
         self._overloaded: str | None = None
-        self._expiry = _Expiry(clock)
+        self._expiry = _Expiry(clock, self._stop)
         self.batch_desk: BatchDesk | None = None  # with an LLM client, once running
         self.started = asyncio.Event()  # set once run() is about to lease its first tasks
         for a in agents:
@@ -264,7 +269,7 @@ class Worker(Upkeep):
             if lease is None:
                 return False
             inst = self._start(lease)  # (it starts stopped: it ends at once, recorded)
-        inst.stop(StopReason.CANCELLED)
+        self._stop(inst, StopReason.CANCELLED)
         return True
 
     def stop(self) -> None:
@@ -277,7 +282,7 @@ class Worker(Upkeep):
     def _give_back_ahead(self) -> None:
         """The leases held ahead go back to the queue unrun (not charged to the tasks)."""
         for lease in self._ahead.take_all():
-            self._start(lease).stop(StopReason.RELEASED)
+            self._stop(self._start(lease), StopReason.RELEASED)
 
     def abort(self, error: BaseException) -> None:
         """Stop the run because of ``error``, which every other task would meet too:
@@ -298,7 +303,7 @@ class Worker(Upkeep):
         self.stop()
         self._releasing = True  # (instances a lease still starts are given back too)
         for inst in list(self._instances.values()):
-            inst.stop(StopReason.RELEASED)
+            self._stop(inst, StopReason.RELEASED)
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -343,11 +348,8 @@ class Worker(Upkeep):
                 self._give_back_ahead()
                 if self._instances:  # run() itself was cancelled: give everything back
                     for inst in list(self._instances.values()):
-                        inst.stop(StopReason.RELEASED)
-                    await asyncio.gather(
-                        *(i.task for i in self._instances.values() if i.task),
-                        return_exceptions=True,
-                    )
+                        self._stop(inst, StopReason.RELEASED)
+                    await self._until_ended()
                     self._sweep_ended()
                 self._journal.close()
                 await journal
@@ -703,7 +705,7 @@ class Worker(Upkeep):
                     # Released meanwhile (a second Ctrl-C, a fatal error): the rest start
                     # stopped, and end given back without running.
                     for lease in leases[lo:]:
-                        self._start(lease).stop(StopReason.RELEASED)
+                        self._stop(self._start(lease), StopReason.RELEASED)
                     return
             for lease in leases[lo : lo + START_SLICE]:
                 self._expiry.add(self._start(lease))
@@ -790,7 +792,7 @@ class Worker(Upkeep):
             inst = self._instances.get(task_id)
             if inst is None or ended(inst) or inst.stop_reason is StopReason.LOST:
                 continue
-            inst.stop(StopReason.LOST)
+            self._stop(inst, StopReason.LOST)
             stopped.append(task_id)
             self._counters.lost_leases += 1
         if stopped:
@@ -807,7 +809,7 @@ class Worker(Upkeep):
         for task_id in task_ids:
             inst = self._instances.get(task_id)
             if inst is not None and inst.stop_reason is None:
-                inst.stop(StopReason.CANCELLED)
+                self._stop(inst, StopReason.CANCELLED)
 
     async def _report_lost(self, task_ids: list[int]) -> None:
         try:
@@ -867,8 +869,48 @@ class Worker(Upkeep):
             if still:
                 log.warning("releasing %d unfinished tasks back to the queue", len(still))
                 for inst in list(self._instances.values()):
-                    inst.stop(StopReason.RELEASED)
-                await asyncio.gather(*still, return_exceptions=True)
+                    self._stop(inst, StopReason.RELEASED)
+                await self._until_ended()
+
+    # -- stopping instances ------------------------------------------------------------
+
+    def _stop(self, inst: Instance, reason: StopReason) -> None:
+        """Stop an instance (see `Instance.stop`); if it has not ended ``stop_grace``
+        seconds after its first stop, it is abandoned (`_unheeded`)."""
+        first = inst.stop_reason is None
+        inst.stop(reason)
+        if first and inst.stop_reason is not None:
+            self._clock.call_later(self.config.stop_grace, functools.partial(self._unheeded, inst))
+
+    def _unheeded(self, inst: Instance) -> None:
+        """An instance stopped ``stop_grace`` seconds ago runs on: its agent catches the
+        cancellation. Write its end as its stop calls for, free its slot and stop its code
+        (`legion.run.runner.abandon`)."""
+        task = inst.task
+        if task is None or task.done() or self._instances.get(inst.lease.id) is not inst:
+            return  # (it ended)
+        log.warning(
+            "task %d: agent %r ran on %.0fs after it was stopped (%s): abandoned; it catches "
+            "asyncio.CancelledError and goes on, which keeps a task from being stopped",
+            inst.lease.id,
+            inst.agent.name,
+            self.config.stop_grace,
+            inst.stop_reason.value if inst.stop_reason is not None else "stopped",
+        )
+        self._counters.abandoned += 1
+        abandon(inst, self._services)
+        self._finished(inst, task)
+        _close(task)
+
+    async def _until_ended(self) -> None:
+        """Wait until every running instance has ended, all of them stopped: those that
+        run on past ``stop_grace`` are abandoned meanwhile (`_unheeded`)."""
+        while running := [i.task for i in self._instances.values() if i.task and not ended(i)]:
+            pause = asyncio.ensure_future(self._clock.sleep(self.config.stop_grace))
+            try:
+                await asyncio.wait([*running, pause], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                pause.cancel()
 
 
 _ADMISSION_RECHECK = 0.05  # seconds between two looks at busy routes
@@ -885,10 +927,11 @@ class _Expiry:
     timer keeps a finished task.
     """
 
-    __slots__ = ("_buckets", "_clock")
+    __slots__ = ("_buckets", "_clock", "_stop")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, stop: Callable[[Instance, StopReason], None]) -> None:
         self._clock = clock
+        self._stop = stop  # (the worker's: an instance that runs on is abandoned)
         self._buckets: dict[int, dict[int, Instance]] = {}
 
     def add(self, inst: Instance) -> None:
@@ -922,9 +965,29 @@ class _Expiry:
             if left is None:
                 continue
             if left <= 1e-3:
-                inst.stop(StopReason.TIMEOUT)
+                self._stop(inst, StopReason.TIMEOUT)
             else:
                 self._put(inst, now + left)
+
+
+def _close(task: asyncio.Task[Any]) -> None:
+    """Stop the code of an abandoned instance, which catches `asyncio.CancelledError`:
+    close its coroutine (`GeneratorExit` at the ``await`` it waits at: its ``finally``
+    blocks run, and a bare ``except CancelledError`` does not catch it), then cancel its
+    task, which then ends. Code that awaits even as it is closed runs on, abandoned."""
+    try:
+        task.get_coro().close()
+    except RuntimeError as exc:  # ("coroutine ignored GeneratorExit")
+        log.warning("%s: could not be stopped (%s); it runs on, abandoned", task.get_name(), exc)
+        return
+    task.add_done_callback(_retrieved)
+    task.cancel()
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """(A closed coroutine's task ends on a RuntimeError, which nobody awaits.)"""
+    if not task.cancelled():
+        task.exception()
 
 
 def _worker_lag(block: Block) -> None:
