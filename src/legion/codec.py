@@ -7,6 +7,8 @@ JSON cannot represent raises `legion.errors.OutputError` with the reason.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import orjson
@@ -39,6 +41,8 @@ def dumps(value: Any) -> bytes:
         encoded = orjson.dumps(value, default=_default, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise OutputError(f"cannot store value as JSON: {exc}") from exc
+    if b"null" in encoded:  # (orjson writes NaN and the infinities as null)
+        _refuse_non_finite(value)
     # The copy: the encoding joining two empty pieces, one allocation of its own size
     # (~40 ns; bytes(memoryview(...)) made a view first, ~140 ns).
     return encoded.join(_TWO_EMPTY) if len(encoded) < _TRIM_BELOW else encoded
@@ -46,6 +50,46 @@ def dumps(value: Any) -> bytes:
 
 _TRIM_BELOW = 65_536
 _TWO_EMPTY = (b"", b"")
+
+
+def _refuse_non_finite(value: Any) -> None:
+    """Raise `OutputError` if ``value`` holds NaN or an infinity, which JSON has no number
+    for: stored as null, it would come back as ``None`` (a replayed step answering
+    differently from its first run). Says where, as ``value[2]['score']``."""
+    path = _non_finite_at(value, "value", 0)
+    if path is not None:
+        raise OutputError(
+            f"cannot store value as JSON: {path} is NaN or infinite, which JSON has no "
+            "number for (store None, or the number as text)"
+        )
+
+
+def _non_finite_at(value: Any, path: str, depth: int) -> str | None:
+    """Where in ``value`` a non-finite float is, or ``None``: dicts, lists, tuples, sets,
+    dataclasses, pydantic models and numpy arrays are looked into."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if depth > 200:  # (orjson refuses deeper values before this is reached)
+        return None
+    if isinstance(value, dict):
+        items: Any = ((f"{path}[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, (set, frozenset)):
+        items = ((f"{path} (an item)", v) for v in value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = ((f"{path}.{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value))
+    elif hasattr(value, "model_dump") and hasattr(type(value), "model_fields"):
+        items = ((f"{path}.{k}", getattr(value, k)) for k in type(value).model_fields)
+    elif hasattr(value, "dtype") and hasattr(value, "tolist"):  # a numpy array or scalar
+        return _non_finite_at(value.tolist(), path, depth + 1)
+    else:
+        return None
+    for where, item in items:
+        found = _non_finite_at(item, where, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def same_value_hash(value: Any) -> int:

@@ -38,3 +38,42 @@ def test_a_short_encoding_holds_about_its_own_size() -> None:
 def test_a_long_encoding_is_the_same_bytes() -> None:
     big = {"text": "x" * 200_000}
     assert codec.loads(codec.dumps(big)) == big
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        (float("nan"), "value is"),
+        ({"scores": [0.5, float("inf")]}, "value['scores'][1]"),
+        ((1, {"x": -float("inf")}), "value[1]['x']"),
+        ({"s": {float("nan")}}, "value['s'] (an item)"),
+    ],
+)
+def test_nan_and_infinity_are_refused_not_stored_as_null(value: object, where: str) -> None:
+    # orjson writes them as null: a step would answer None when replayed, NaN when run.
+    with pytest.raises(OutputError, match="NaN or infinite") as raised:
+        codec.dumps(value)
+    assert where in str(raised.value)
+
+
+def test_nan_in_a_dataclass_or_a_model_is_refused_and_null_itself_is_kept() -> None:
+    import dataclasses
+
+    import pydantic
+
+    @dataclasses.dataclass
+    class Point:
+        x: float
+
+    class Reading(pydantic.BaseModel):
+        value: float
+
+    with pytest.raises(OutputError, match=r"value\[0\]\.x"):
+        codec.dumps([Point(float("nan"))])
+    with pytest.raises(OutputError, match=r"value\.value"):
+        codec.dumps(Reading(value=float("inf")))
+    assert codec.loads(codec.dumps({"a": None, "b": "null", "c": 1.5})) == {
+        "a": None,
+        "b": "null",
+        "c": 1.5,
+    }
