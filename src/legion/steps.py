@@ -73,4 +73,23 @@ def step_key(counts: dict[str, int], name: str) -> str:
         name = codec.checked_text(name, "a step's name")
     n = counts.get(name, 0) + 1
     counts[name] = n
-    return name if n == 1 else f"{name}#{n}"
+    if n == 1:
+        if "#" in name:
+            _refuse_namesake(counts, name)
+        return name
+    key = f"{name}#{n}"
+    if key in counts:  # (a step was given this very name: the two would share a record)
+        _refuse_namesake(counts, key)
+    return key
+
+
+def _refuse_namesake(counts: dict[str, int], key: str) -> None:
+    """Raise if ``key``, a step's own name, is also the key of an earlier step counted
+    in ``counts`` (a step named ``fetch#2``, and a second ``fetch``): the two would share
+    one record, and a replay would answer the one with the other's result."""
+    base, _, nth = key.rpartition("#")
+    if nth.isdigit() and nth[0] != "0" and counts.get(base, 0) >= int(nth) >= 2:
+        raise ValueError(
+            f"step name {key!r} is also the key of step {int(nth)} named {base!r}: the two "
+            "would share one record; give a name that does not end in '#' and a number"
+        )

@@ -5,6 +5,8 @@ checks at run time that neither lacks a member of the Protocol."""
 
 from __future__ import annotations
 
+import pytest
+
 import legion
 from legion.context import AgentContext, Context
 from legion.executors.remote import RemoteContext
@@ -35,3 +37,28 @@ def test_one_rule_names_the_steps() -> None:
     counts: dict[str, int] = {}
     keys = [step_key(counts, n) for n in ("fetch", "fetch", "parse", "fetch")]
     assert keys == ["fetch", "fetch#2", "parse", "fetch#3"]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("fetch", "fetch", "fetch#2"),  # the second fetch's key, then that name
+        ("fetch#2", "fetch", "fetch"),  # that name, then the second fetch
+        ("fetch", "fetch", "fetch", "fetch#3"),
+    ],
+)
+def test_a_step_named_as_another_steps_key_is_refused(names: tuple[str, ...]) -> None:
+    # The two would share one record: a replay would answer one with the other's result.
+    counts: dict[str, int] = {}
+    *fine, last = names
+    for name in fine:
+        step_key(counts, name)
+    with pytest.raises(ValueError, match="would share one record"):
+        step_key(counts, last)
+
+
+def test_names_with_a_hash_that_no_key_shares_are_kept() -> None:
+    counts: dict[str, int] = {}
+    names = ("fetch#2", "fetch", "v#1", "v", "v", "x#02", "x", "x", "a#b", "fetch#3")
+    keys = [step_key(counts, n) for n in names]
+    assert keys == ["fetch#2", "fetch", "v#1", "v", "v#2", "x#02", "x", "x#2", "a#b", "fetch#3"]
