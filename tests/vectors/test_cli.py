@@ -85,6 +85,8 @@ def test_load_is_resumable_and_search_and_list_show_it(tmp_path: Path) -> None:
 
     missing = legion("vectors", "search", "nope", "x", "--store", store)
     assert missing.returncode == 2 and "no vector collection 'nope'" in missing.stderr
+    empty = legion("vectors", "search", "kb", " ", "--store", store)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: the query is empty")
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"no_text": 1}])
     broken = legion("vectors", "load", "kb", "--input", str(bad), "--store", store)
     assert broken.returncode == 1 and "bad.jsonl:1" in broken.stderr
@@ -129,6 +131,14 @@ def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith(f"error: {why}"), r.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]
+    keyless = {"OPENAI_API_KEY": ""}
+    r = legion(
+        *("vectors", "load", "kb", "--input", str(corpus), "--store", f"sqlite:///{store}"),
+        *("--llm", "openai:text-embedding-3-small"),
+        env=keyless,
+    )
+    assert r.returncode == 2 and "OPENAI_API_KEY" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]  # (it made one)
 
 
 def test_where_takes_nan_and_infinity_as_the_text_they_are(tmp_path: Path) -> None:

@@ -144,10 +144,11 @@ def register(app: typer.Typer) -> None:
 
         async def main() -> LoadReport:
             async with (
-                _opened(store, create=True) as opened,
+                # The client first: a missing API key is refused before a store is made.
                 _client(
                     tuple(llm or ()), rpm=rpm, tpm=tpm, max_in_flight=max_in_flight, config=config
                 ) as client,
+                _opened(store, create=True) as opened,
             ):
                 return await load(
                     vectors_for(opened),
@@ -199,6 +200,8 @@ def register(app: typer.Typer) -> None:
 
         async def main() -> list[Any]:
             check_name(collection)
+            if not query.strip():
+                raise ConfigError("the query is empty: give the text to find neighbours of")
             filters = check_where(_where(where))
             async with _opened(store, create=False) as opened:
                 backend = vectors_for(opened)
