@@ -174,9 +174,13 @@ class Agent:
             raise unfit
         if value is None and not self.params:
             return {}
-        expected = ", ".join(self.params) or "no parameters"
+        if not self.params:
+            raise InputError(
+                f"agent {self.name!r} takes no parameters; got {type(value).__name__} "
+                f"{_preview(value)} (give {{}} or null)"
+            )
         raise InputError(
-            f"agent {self.name!r} takes {expected}; got {type(value).__name__} "
+            f"agent {self.name!r} takes {', '.join(self.params)}; got {type(value).__name__} "
             f"{_preview(value)} (give a JSON object with those keys)"
         )
 

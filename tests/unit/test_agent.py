@@ -46,6 +46,17 @@ def test_arguments_that_do_not_fit_raise_input_error() -> None:
         one.arguments(5)
 
 
+def test_a_value_for_an_agent_without_parameters_says_what_it_takes() -> None:
+    @legion.agent
+    async def none_(ctx: legion.Context) -> int:
+        return 1
+
+    assert none_.arguments({}) == {} and none_.arguments(None) == {}
+    with pytest.raises(InputError) as raised:
+        none_.arguments(5)
+    assert str(raised.value) == "agent 'none_' takes no parameters; got int 5 (give {} or null)"
+
+
 def test_an_extra_field_is_named_as_unknown() -> None:
     with pytest.raises(InputError) as one_extra:
         one.arguments({"question": "q", "id": 1})
