@@ -188,6 +188,48 @@ def test_sigterm_drains_a_worker_and_status_lists_live_workers(
     assert json.loads(out.stdout)["workers"] == []  # it deregistered
 
 
+def test_a_draining_worker_whose_agents_catch_the_stop_gives_their_tasks_back_and_exits(
+    tmp_path: Path, workers: Workers
+) -> None:
+    app = tmp_path / "deaf.py"
+    app.write_text(
+        "import asyncio\nimport os\n\nimport legion\n\n\n"
+        "@legion.agent(retries=0)\n"
+        "async def deaf(ctx, i: int):\n"
+        "    with open(os.environ['STARTED'], 'a') as f:\n"
+        "        f.write(f'{i}\\n')\n"
+        "    while True:  # catches every cancellation and goes on\n"
+        "        try:\n"
+        "            await asyncio.sleep(3600)\n"
+        "        except asyncio.CancelledError:\n"
+        "            pass\n"
+    )
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    started = tmp_path / "started.log"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(3)])
+    run = start_legion(
+        *("run", f"{app}:deaf", "-i", str(inp), "-o", str(tmp_path / "o.jsonl")),
+        *("--store", store, "--no-local-worker"),
+    )
+    worker = workers.start(
+        *("--app", str(app), "--store", store, "--drain-timeout", "0.5"),
+        env={"STARTED": str(started)},
+    )
+    wait_for(lambda: len(lines(started)) == 3, what="the three tasks to start")
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=60)  # (it hung here: the drain waited for ever)
+    assert worker.returncode == 0, err
+    assert err.count("abandoned; it catches asyncio.CancelledError") == 3, err
+    assert "3 released (3 abandoned: their agents caught the stop)" in err, err
+    run.send_signal(signal.SIGTERM)
+    run.communicate(timeout=60)
+    out = subprocess.run(
+        [*LEGION, "status", "--store", store, "--json"], capture_output=True, text=True, check=True
+    )
+    counts = json.loads(out.stdout)["counts"]
+    assert counts["queued"] == 3 and counts["running"] == 0  # given back, not charged
+
+
 def test_four_workers_sharing_one_api_key_stay_within_its_limit(
     tmp_path: Path, workers: Workers
 ) -> None:

@@ -138,9 +138,10 @@ async def _serve(
         await until_first(rt.worker.wait_fatal(), stop.wait(), *spent)
         await rt.drain()
         s = rt.worker.statistics()
+        abandoned = f" ({s.abandoned} abandoned: their agents caught the stop)" * bool(s.abandoned)
         console.print(
             f"legion worker {rt.worker.id}: stopped after {s.succeeded} succeeded, "
-            f"{s.failed + s.dead} failed, {s.retried} retried, {s.released} released",
+            f"{s.failed + s.dead} failed, {s.retried} retried, {s.released} released" + abandoned,
             highlight=False,
         )
         if rt.fatal_error is not None:
