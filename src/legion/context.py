@@ -489,7 +489,8 @@ class Context:
         if faults.ARMED:
             faults.hit("step-ran")
         encoded = result if encode is None else encode(result)
-        data = codec.dumps(encoded)
+        # NaN refused in the agent's own values; an LLM call's answer came as JSON.
+        data = codec.dumps(encoded, finite=encode is None)
         finished = self._clock.wall()
         # What the advisor may compare (see legion.diagnostics.advisor): only a step long
         # enough and awaited on its own can be in a report; its inputs only if such a step

@@ -526,6 +526,24 @@ async def test_a_step_made_after_the_agent_returned_does_not_run(db_url: str) ->
     assert effects == []
 
 
+async def test_nan_from_a_step_or_as_the_output_fails_the_task_saying_where(
+    db_url: str,
+) -> None:
+    @legion.agent(retries=2, backoff=0)
+    async def scores(ctx: legion.Context, where: str) -> dict[str, float]:
+        if where == "step":
+            await ctx.step("score", lambda: {"score": float("nan")})
+        return {"score": float("inf") if where == "output" else 0.5}
+
+    async with Runtime(db_url) as rt:
+        step, output, fine = await collect(rt, scores, ["step", "output", "none"])
+    assert fine.status is TaskStatus.SUCCEEDED and fine.output == {"score": 0.5}
+    for r, place in ((step, "value['score']"), (output, "value['score']")):
+        assert r.status is TaskStatus.FAILED and r.attempt == 1, r  # (not retried)
+        assert r.error is not None and r.error.type == "OutputError"
+        assert f"{place} is NaN or infinite" in r.error.message
+
+
 async def test_an_agent_that_catches_every_stop_is_abandoned_after_the_grace(
     db_url: str,
 ) -> None:
