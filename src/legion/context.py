@@ -158,7 +158,7 @@ class AgentContext(Protocol):
 class Memory:
     """Session memory: JSON values keyed by name, shared by every task of one session."""
 
-    __slots__ = ("_fence", "_journal", "_made", "_session", "_store")
+    __slots__ = ("_check", "_fence", "_journal", "_made", "_session", "_store")
 
     def __init__(
         self,
@@ -167,14 +167,17 @@ class Memory:
         session: str,
         made: Callable[[Pending[Any]], None],
         fence: tuple[int, int, str | None] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> None:
         """``fence``: the lease (task id, attempt, owner) that writes come from; the
-        store refuses them once it no longer holds."""
+        store refuses them once it no longer holds. ``check``: called before a write,
+        raises once the attempt has ended (a write by a task the agent left running)."""
         self._store = store
         self._journal = journal
         self._session = session
         self._made = made
         self._fence = fence
+        self._check = check
 
     @property
     def session(self) -> str:
@@ -196,6 +199,8 @@ class Memory:
 
     def _write(self, key: str, value: bytes | None) -> MemoryWrite:
         codec.checked_text(key, "a memory key")
+        if self._check is not None:
+            self._check()
         if self._fence is None:
             return MemoryWrite(self._session, key, value)
         task_id, attempt, owner = self._fence
@@ -317,7 +322,9 @@ class Context:
     def memory(self) -> Memory:
         if self._memory is None:
             fence = (self._lease.id, self._lease.attempt, self._owner)
-            self._memory = Memory(self._store, self._journal, self.session, self.made, fence)
+            self._memory = Memory(
+                self._store, self._journal, self.session, self.made, fence, self._check_open
+            )
         return self._memory
 
     @property
@@ -363,6 +370,15 @@ class Context:
             if abandoned
             else _attempt_over
         )
+
+    def _check_open(self) -> None:
+        """Raise, as a step would, once the attempt has ended (see `ended`): a memory
+        write made after it is not written."""
+        check = self._before_step
+        if check is not None and (
+            check is _attempt_over or getattr(check, "func", None) is _attempt_abandoned
+        ):
+            check(self._lease.id)
 
     def _batch_chat(
         self,
@@ -678,6 +694,7 @@ def _attempt_abandoned(attempt: int, task_id: int) -> None:
 def _attempt_over(task_id: int) -> None:
     """`Context.record`'s check before a step once the attempt has ended."""
     raise RuntimeError(
-        f"task {task_id}: its attempt has ended, so this step or call does not run (it was "
-        "made after the agent returned, by a task the agent started that outlived it)"
+        f"task {task_id}: its attempt has ended, so this step, call or memory write does not "
+        "run (it was made after the agent returned, by a task the agent started that "
+        "outlived it)"
     )

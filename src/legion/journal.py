@@ -7,7 +7,8 @@ flight the next batch fills up, so batches grow exactly when load does.
 
 Every write carries its lease and the store refuses those of a lease that no longer
 holds: the writer's wait then raises `legion.errors.LeaseLost`, and ``on_lost``
-hears the tasks (the worker stops their instances). The same statements tell which
+hears the task and attempt of each (the worker stops the instances that run those
+attempts). The same statements tell which
 tasks' cancellation was asked (``on_cancel``), so a cancel is seen at every step.
 
 A commit whose answer was lost is written again; a completion the store then calls "not
@@ -35,6 +36,10 @@ log = logging.getLogger("legion.journal")
 
 CompletionCallback = Callable[[Sequence["Committed"]], None]
 LostCallback = Callable[[set[int]], None]
+RefusedCallback = Callable[[set[tuple[int, int]]], None]
+"""Told the (task id, attempt) of each write the store refused: the lease that attempt
+wrote under no longer holds. (An attempt that ended before its write landed - a task
+its agent left running - is told of too: the task's next attempt holds it now.)"""
 
 
 @record
@@ -58,7 +63,7 @@ class Journal:
         *,
         clock: Clock = system_clock,
         on_committed: CompletionCallback,
-        on_lost: LostCallback | None = None,
+        on_lost: RefusedCallback | None = None,
         on_cancel: LostCallback | None = None,
         max_retry_delay: float = 5.0,
     ) -> None:
@@ -166,15 +171,16 @@ class Journal:
             self.commits += 1
             self.rows += len(batch)
             lost = batch.lost
+            refused: set[tuple[int, int]] = set()
             for task_id, attempt, fut in waiters:
-                if fut.done():
-                    continue
                 if task_id is not None and task_id in lost:
-                    fut.set_exception(LeaseLost(task_id, attempt))
-                else:
+                    refused.add((task_id, attempt))
+                    if not fut.done():
+                        fut.set_exception(LeaseLost(task_id, attempt))
+                elif not fut.done():
                     fut.set_result(None)
-            if lost and self._on_lost is not None:
-                self._on_lost(lost)
+            if refused and self._on_lost is not None:
+                self._on_lost(refused)
             if batch.cancelled and self._on_cancel is not None:
                 self._on_cancel(batch.cancelled)
             if batch.completions and faults.ARMED:

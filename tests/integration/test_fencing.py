@@ -15,10 +15,11 @@ import pytest
 
 import legion
 from legion import Runtime, TaskStatus, codec, identity
-from legion.errors import StoreError
+from legion.errors import LeaseLost, StoreError
 from legion.run.runner import Instance
 from legion.run.worker import Worker, WorkerConfig
 from legion.store import SQLiteStore, WorkerInfo, WriteBatch, store_from_url
+from legion.store.types import MemoryWrite
 from legion.task import Lease, NewTask
 from legion.testing import FakeClock
 
@@ -167,6 +168,76 @@ class RefusesOneRow(SQLiteStore):
         if any(step.key == "poison" for step in batch.steps):
             raise StoreError("the store cannot hold this row")
         return await super().write(batch, now)
+
+
+async def test_a_late_memory_write_of_a_failed_attempt_leaves_the_next_one_alone(
+    store_url: str,
+) -> None:
+    go_on = asyncio.Event()
+    late: list[BaseException] = []
+    tried = asyncio.Event()
+
+    async def later(ctx: legion.Context) -> None:
+        await go_on.wait()
+        try:
+            await ctx.memory.set("progress", "from attempt 1")
+        except Exception as exc:
+            late.append(exc)
+        tried.set()
+
+    second = asyncio.Event()
+    left: list[asyncio.Task[None]] = []
+
+    @legion.agent(retries=1, backoff=0)
+    async def flaky(ctx: legion.Context, x: int) -> str:
+        if ctx.attempt == 1:
+            left.append(asyncio.ensure_future(later(ctx)))  # outlives the attempt
+            raise RuntimeError("transient")
+        second.set()
+        await go_on.wait()
+        await tried.wait()
+        await ctx.step("after", lambda: None)  # (it was stopped here: its lease taken lost)
+        return "attempt 2"
+
+    async with Runtime(store_url) as rt, asyncio.timeout(60):
+        submitted = await rt.submit(flaky, 1)
+        await second.wait()
+        go_on.set()
+        r = await rt.result(submitted.id)
+        assert await rt.store.memory_get(f"task-{submitted.id}", "progress") is None
+    assert r.status is TaskStatus.SUCCEEDED and r.output == "attempt 2" and r.attempt == 2
+    (refused,) = late
+    assert "its attempt has ended" in str(refused)  # refused before it was written
+
+
+async def test_a_refused_write_of_an_earlier_attempt_does_not_stop_the_current_one(
+    store_url: str,
+) -> None:
+    go_on = asyncio.Event()
+    running = asyncio.Event()
+
+    @legion.agent(retries=1, backoff=0)
+    async def flaky(ctx: legion.Context, x: int) -> str:
+        if ctx.attempt == 1:
+            raise RuntimeError("transient")
+        running.set()
+        await go_on.wait()
+        await ctx.step("after", lambda: None)
+        return "attempt 2"
+
+    async with Runtime(store_url) as rt, asyncio.timeout(60):
+        submitted = await rt.submit(flaky, 1)
+        await running.wait()
+        worker = rt.worker
+        assert worker is not None
+        # A write of attempt 1 that reaches the store now (queued as that attempt ended):
+        # refused, its lease gone - and no word about attempt 2, which holds the task.
+        stale = MemoryWrite(f"task-{submitted.id}", "k", b"1", submitted.id, 1, worker.id)
+        with pytest.raises(LeaseLost):
+            await worker._journal.write_memory(stale)
+        go_on.set()
+        r = await rt.result(submitted.id)
+    assert r.status is TaskStatus.SUCCEEDED and r.output == "attempt 2" and r.attempt == 2
 
 
 async def test_a_row_the_store_refuses_for_good_stalls_no_other_task(tmp_path: Path) -> None:

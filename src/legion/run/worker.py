@@ -167,7 +167,7 @@ class Worker(Upkeep):
             store,
             clock=clock,
             on_committed=self._committed,
-            on_lost=self._lost,
+            on_lost=self._refused,
             on_cancel=self._cancel_asked,
         )
         self._identity = identity.current()
@@ -802,6 +802,20 @@ class Worker(Upkeep):
             report = asyncio.get_running_loop().create_task(self._report_lost(stopped))
             self._reports.add(report)
             report.add_done_callback(self._reports.discard)
+
+    def _refused(self, writes: set[tuple[int, int]]) -> None:
+        """The store refused writes of these (task, attempt)s: stop the instances that run
+        those attempts. A write of an earlier attempt of a task (a task its agent left
+        running when it ended, writing after it) says nothing of the attempt that runs
+        now: stopped for it, the attempt that runs now was taken for lost, and its task
+        for one that crashed its worker."""
+        lost = {
+            task_id
+            for task_id, attempt in writes
+            if (inst := self._instances.get(task_id)) is not None and inst.lease.attempt == attempt
+        }
+        if lost:
+            self._lost(lost)
 
     def _cancel_asked(self, task_ids: set[int]) -> None:
         """A write of these tasks found their cancellation asked: stop them now, before
