@@ -657,8 +657,8 @@ async def _contained(aw: Awaitable[T]) -> T:
     GATHERED.set(True)  # this task's own context: the steps it runs are gathered
     try:
         return await aw
-    except (Exception, asyncio.CancelledError, Suspended):
-        raise
+    except (Exception, asyncio.CancelledError, Suspended, GeneratorExit):
+        raise  # (GeneratorExit: an abandoned attempt's tasks are closed)
     except BaseException as exc:
         raise AgentCrash(exc) from exc
 

@@ -912,9 +912,13 @@ class Worker(Upkeep):
             inst.stop_reason.value if inst.stop_reason is not None else "stopped",
         )
         self._counters.abandoned += 1
+        children = inst.children or ()  # (the tasks its agent created, with their own)
         abandon(inst, self._services)
         self._finished(inst, task)
         _close(task)
+        for child in children:  # one that catches the cancellation held the instance's
+            if not child.done():
+                _close(child)
 
     async def _until_ended(self) -> None:
         """Wait until every running instance has ended, all of them stopped: those that
@@ -985,13 +989,15 @@ class _Expiry:
 
 
 def _close(task: asyncio.Task[Any]) -> None:
-    """Stop the code of an abandoned instance, which catches `asyncio.CancelledError`:
-    close its coroutine (`GeneratorExit` at the ``await`` it waits at: its ``finally``
-    blocks run, and a bare ``except CancelledError`` does not catch it), then cancel its
-    task, which then ends. Code that awaits even as it is closed runs on, abandoned."""
+    """Stop the code of an abandoned instance (or of a task its agent created), which
+    catches `asyncio.CancelledError`: close its coroutine (`GeneratorExit` at the
+    ``await`` it waits at: its ``finally`` blocks run, and a bare ``except
+    CancelledError`` does not catch it), then cancel its task, which ends once what it
+    awaited is done or cancelled. Code that awaits even as it is closed runs on,
+    abandoned."""
     try:
         task.get_coro().close()
-    except RuntimeError as exc:  # ("coroutine ignored GeneratorExit")
+    except Exception as exc:  # ("coroutine ignored GeneratorExit", or it raised another)
         log.warning("%s: could not be stopped (%s); it runs on, abandoned", task.get_name(), exc)
         return
     task.add_done_callback(_retrieved)
