@@ -24,6 +24,7 @@ from legion.errors import AgentCrash, LeaseLost, Permanent
 from legion.journal import Journal
 from legion.steps import step_key
 from legion.store.base import ContextStore, SessionMemory
+from legion.store.tenancy import scoped_key
 from legion.store.types import MemoryWrite
 from legion.task import Lease, StepRecord, TaskUsage
 from legion.waiting import calls as waiting
@@ -158,7 +159,7 @@ class AgentContext(Protocol):
 class Memory:
     """Session memory: JSON values keyed by name, shared by every task of one session."""
 
-    __slots__ = ("_check", "_fence", "_journal", "_made", "_session", "_store")
+    __slots__ = ("_check", "_fence", "_journal", "_made", "_part", "_session", "_store")
 
     def __init__(
         self,
@@ -168,13 +169,17 @@ class Memory:
         made: Callable[[Pending[Any]], None],
         fence: tuple[int, int, str | None] | None = None,
         check: Callable[[], None] | None = None,
+        part: str | None = None,
     ) -> None:
         """``fence``: the lease (task id, attempt, owner) that writes come from; the
         store refuses them once it no longer holds. ``check``: called before a write,
-        raises once the attempt has ended (a write by a task the agent left running)."""
+        raises once the attempt has ended (a write by a task the agent left running).
+        ``part``: what the store keys the session's values by (its tenant's, see
+        `Context.stored_session`), ``session`` by default."""
         self._store = store
         self._journal = journal
         self._session = session
+        self._part = session if part is None else part
         self._made = made
         self._fence = fence
         self._check = check
@@ -202,9 +207,9 @@ class Memory:
         if self._check is not None:
             self._check()
         if self._fence is None:
-            return MemoryWrite(self._session, key, value)
+            return MemoryWrite(self._part, key, value)
         task_id, attempt, owner = self._fence
-        return MemoryWrite(self._session, key, value, task_id, attempt, owner)
+        return MemoryWrite(self._part, key, value, task_id, attempt, owner)
 
     def _pending(
         self, what: str, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
@@ -216,14 +221,14 @@ class Memory:
     # (``site``: the line that made the read or write; memory keeps no trace of it.)
 
     async def _get(self, key: str, default: Any, site: SiteRef) -> Any:
-        raw = await self._store.memory_get(self._session, key)
+        raw = await self._store.memory_get(self._part, key)
         return default if raw is None else codec.loads(raw)
 
     def _put(self, write: MemoryWrite, site: SiteRef) -> Awaitable[None]:
         return self._journal.write_memory(write)
 
     async def items(self) -> dict[str, Any]:
-        raw = await self._store.memory_items(self._session)
+        raw = await self._store.memory_items(self._part)
         return {k: codec.loads(v) for k, v in raw.items()}
 
 
@@ -312,6 +317,13 @@ class Context:
         return self._lease.session or f"task-{self._lease.id}"
 
     @property
+    def stored_session(self) -> str:
+        """What the store keys this session's memory and vectors by: the session within
+        its task's tenant (`legion.store.tenancy.scoped_key`), so that two tenants' tasks
+        naming one session - or guessing another's ``task-<id>`` - share nothing."""
+        return scoped_key(self._lease.tenant, self.session) or self.session
+
+    @property
     def recorded_steps(self) -> Mapping[str, bytes]:
         """Steps recorded by earlier leases of this task (a retry, a recovery, a release),
         by step key, as stored JSON; an executor that runs the agent elsewhere replays
@@ -323,7 +335,13 @@ class Context:
         if self._memory is None:
             fence = (self._lease.id, self._lease.attempt, self._owner)
             self._memory = Memory(
-                self._store, self._journal, self.session, self.made, fence, self._check_open
+                self._store,
+                self._journal,
+                self.session,
+                self.made,
+                fence,
+                self._check_open,
+                self.stored_session,
             )
         return self._memory
 

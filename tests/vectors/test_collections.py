@@ -9,10 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import legion
-from legion import Runtime, TaskStatus
+from legion import Runtime, TaskStatus, codec
 from legion.errors import VectorError
 from legion.llm import SimulatedProvider
 from legion.store import Store
+from legion.task import NewTask
 from legion.vectors import CollectionInfo, Item
 from legion.vectors.backend import vectors_for
 from tests.vectors.conftest import sim_client
@@ -122,6 +123,43 @@ async def test_sessions_are_isolated_and_shared_is_shared(
     assert results["carol"]["own"] == []  # a session with nothing remembered: no hits
     both = sorted(["alice likes green tea", "bob likes black coffee"])
     assert all(results[s]["common"] == both for s in results)
+
+
+async def test_two_tenants_naming_one_session_share_no_memory_and_no_vectors(
+    vec_url: str, sim: SimulatedProvider
+) -> None:
+    @legion.agent
+    async def keep(ctx: legion.Context, secret: str) -> dict[str, Any]:
+        before = await ctx.memory.get("secret")
+        await ctx.memory.set("secret", secret)
+        turns = ctx.vectors("turns")
+        seen = [h.text for h in await turns.search("a plan", k=5)]
+        await turns.add([secret])
+        return {"before": before, "seen": seen, "session": ctx.session}
+
+    def task(secret: str, tenant: str, session: str | None) -> NewTask:
+        return NewTask("keep", codec.dumps({"secret": secret}), session=session, tenant=tenant)
+
+    async with Runtime(vec_url, llm=sim_client(sim), agents=[keep]) as rt:
+        (a,) = await rt.submit_tasks([task("acme merger plan", "acme", "shared-name")])
+        first = await rt.result(a.id)
+        (b,) = await rt.submit_tasks([task("globex plan", "globex", "shared-name")])
+        second = await rt.result(b.id)
+        # The default session is task-<id>: another tenant naming it sees nothing either.
+        (c,) = await rt.submit_tasks([task("acme private plan", "acme", None)])
+        await rt.result(c.id)
+        (d,) = await rt.submit_tasks([task("guess", "globex", f"task-{c.id}")])
+        guessed = await rt.result(d.id)
+        (e,) = await rt.submit_tasks([task("acme again", "acme", "shared-name")])
+        again = await rt.result(e.id)
+    assert first.output == {"before": None, "seen": [], "session": "shared-name"}
+    assert second.output == {"before": None, "seen": [], "session": "shared-name"}
+    assert guessed.output == {"before": None, "seen": [], "session": f"task-{c.id}"}
+    assert again.output == {
+        "before": "acme merger plan",  # its own tenant's session, as before
+        "seen": ["acme merger plan"],
+        "session": "shared-name",
+    }
 
 
 async def test_a_retried_task_adds_nothing_twice_and_pays_once(

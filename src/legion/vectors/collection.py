@@ -51,6 +51,11 @@ class VectorsHost(StepRecorder, Protocol):
     def session(self) -> str: ...
 
     @property
+    def stored_session(self) -> str:
+        """What the store keys the session by (within its tenant)."""
+        ...
+
+    @property
     def task_id(self) -> int: ...
 
     @property
@@ -80,6 +85,12 @@ class Collection:
     def session(self) -> str:
         """The session whose items this collection reads and writes ('' when shared)."""
         return self._ctx.session if self._scope == "session" else SHARED
+
+    @property
+    def _part(self) -> str:
+        """What the store keys this collection's items by: the session within its
+        tenant, or the shared part."""
+        return self._ctx.stored_session if self._scope == "session" else SHARED
 
     def add(
         self,
@@ -168,7 +179,7 @@ class Collection:
                 Item(i, t, m, v)
                 for i, t, m, v in zip(ids, texts, metas, embeddings.vectors, strict=True)
             ]
-            await self._backend.write(info, self.session, items)
+            await self._backend.write(info, self._part, items)
             return {"ids": ids, "embedding": cost}
 
         out = await self._ctx.record(key, write, (), {}, site, inputs=(texts, metas))
@@ -178,7 +189,7 @@ class Collection:
     async def _search(
         self, query: str, k: int, where: dict[str, Any], site: SiteRef | None
     ) -> list[Hit]:
-        key = self._key("search", self.session, query, k, where)
+        key = self._key("search", self._part, query, k, where)
 
         async def run() -> dict[str, Any]:
             info = await self._existing()
@@ -192,7 +203,7 @@ class Collection:
                 )
             embeddings, cost = await self._embed([query], info.model)
             check_dims(info, embeddings.dims)
-            hits = await self._backend.search(info, self.session, embeddings.vectors[0], k, where)
+            hits = await self._backend.search(info, self._part, embeddings.vectors[0], k, where)
             return {"hits": [h.to_json() for h in hits], "embedding": cost}
 
         out = await self._ctx.record(key, run, (), {}, site, inputs=(query, k, where))
@@ -201,7 +212,7 @@ class Collection:
         return [Hit.from_json(h) for h in out["hits"]]
 
     async def _delete(self, ids: list[str], site: SiteRef | None) -> int:
-        key = self._key("delete", self.session, ids)
+        key = self._key("delete", self._part, ids)
 
         async def run() -> int:
             info = await self._existing()
@@ -209,7 +220,7 @@ class Collection:
                 if self._scope == "session":
                     return 0
                 raise VectorError(f"no shared vector collection {self.name!r} in the store")
-            return await self._backend.delete(info, self.session, ids)
+            return await self._backend.delete(info, self._part, ids)
 
         result: int = await self._ctx.record(key, run, (), {}, site, inputs=(ids,))
         return result
