@@ -11,6 +11,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+from fastapi import HTTPException, Request
+
+from legion.server.body import json_body
 from legion.store.types import TaskQuery
 from tests.server.conftest import Api, StartApi
 
@@ -139,3 +143,44 @@ async def test_a_refused_connection_stays_open_for_the_next_request(
     assert resp.status == 201
     resp.release()
     assert [t.key for t in await api.runtime.store.list_tasks(TaskQuery())] == ["held"]
+
+
+async def test_a_body_left_half_sent_is_answered_408_and_frees_its_place(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    # It held its place among those in progress for good: with one place, every other
+    # request was answered 503 for as long as the connection stayed open.
+    api = await start_api(f"sqlite:///{tmp_path / 'slow.db'}", max_in_progress=1, body_seconds=0.5)
+    host, port = api.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b'Content-Length: 60\r\n\r\n{"agent":' % api.key.encode()
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.split(b"\r\n")[0].split()[1] == b"408", head
+    finally:
+        writer.close()
+    status, key = await api.call("GET", "/v1/key")
+    assert status == 200, key
+    assert await api.runtime.store.list_tasks(TaskQuery()) == []
+
+
+async def test_a_client_that_leaves_mid_body_is_a_400_not_a_server_error() -> None:
+    # It was logged as two tracebacks of an internal error, per request: any key holder
+    # could flood the log by opening and dropping connections.
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"agent":', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    with pytest.raises(HTTPException) as raised:
+        await json_body(request)
+    assert raised.value.status_code == 400
+    assert raised.value.detail == "the client left before its body arrived"

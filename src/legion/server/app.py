@@ -115,7 +115,11 @@ def create_app(state: ServerState) -> FastAPI:
         redoc_url=None,
         openapi_url=None,  # served by ops_api, behind the API key
     )
-    app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=state.settings.max_body_bytes,
+        body_seconds=state.settings.body_seconds,
+    )
     app.add_middleware(RetryAfter)
     app.state.legion = state
     app.include_router(tasks_api.router)

@@ -14,15 +14,19 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.requests import ClientDisconnect
 
 
 async def json_body(request: Request) -> Any:
     """The request's body as JSON, or a 422 saying why it is not."""
     buffer = bytearray()
-    async for chunk in request.stream():
-        buffer += chunk
+    try:
+        async for chunk in request.stream():
+            buffer += chunk
+    except ClientDisconnect:  # (gone: nothing failed, and no one reads the answer)
+        raise HTTPException(400, "the client left before its body arrived") from None
     if not buffer:
         raise _invalid("missing", "a JSON body is required")
     try:

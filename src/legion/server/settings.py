@@ -15,6 +15,9 @@ class ServerSettings:
     - ``host``, ``port``: where to listen (port 0: any free port). Anything but a loopback
       address needs ``allow_remote``: the API runs agents, so exposing it is a decision.
     - ``max_body_bytes``: larger request bodies are refused (413).
+    - ``body_seconds``: a request body must arrive whole within this long of its first
+      read, or the request is answered 408 (a body left half-sent held its request's
+      place among those in progress for good).
     - ``max_batch``: most tasks in one ``POST /v1/tasks:batch``.
     - ``key_cache_seconds``: how long a checked API key is trusted without asking the
       store again; a key revoked from another process is refused after at most this long.
@@ -41,6 +44,7 @@ class ServerSettings:
     port: int = 8000
     allow_remote: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
+    body_seconds: float = 30.0
     max_batch: int = 10_000
     key_cache_seconds: float = 5.0
     sample_interval: float = 1.0
@@ -89,7 +93,9 @@ class ServerSettings:
             raise ConfigError("tenant_burst must be >= 1")
         if self.max_body_bytes < 1024 or self.max_batch < 1:
             raise ConfigError("max_body_bytes must be >= 1024 and max_batch >= 1")
-        if min(self.sample_interval, self.task_poll_interval, self.stale_after) <= 0:
+        if min(self.sample_interval, self.task_poll_interval, self.stale_after) <= 0 or not (
+            self.body_seconds > 0
+        ):
             raise ConfigError("intervals must be > 0")
         if self.key_cache_seconds < 0 or self.history < 1:
             raise ConfigError("key_cache_seconds must be >= 0 and history >= 1")
