@@ -19,6 +19,7 @@ from legion.store.types import TaskQuery
 from legion.task import NewTask, TaskStatus
 from legion.testing import FakeClock, ScriptedProvider
 from tests.server.conftest import Api, StartApi, next_event
+from tests.server.test_ops import Samples
 
 
 async def tenant_key(api: Api, tenant: str, *, admin: bool = False) -> str:
@@ -116,6 +117,24 @@ async def test_statistics_count_the_tenants_own_tasks(api: Api) -> None:
     admin = await tenant_key(api, "ops", admin=True)
     _, everything = await call(api, admin, "GET", "/v1/statistics")
     assert everything["statuses"]["queued"] == 5
+
+
+async def test_another_tenants_key_reads_its_own_tasks_alone_in_the_metrics(api: Api) -> None:
+    acme = await tenant_key(api, "acme")
+    for tenant, n in (("acme", 2), ("default", 3)):
+        tasks = [NewTask("work", b'{"n": 1}', tenant=tenant, not_before=9e18) for _ in range(n)]
+        await api.runtime.store.submit(tasks, time.time())
+    await api.server.state.monitor.sample()
+
+    async def queued(headers: dict[str, str]) -> float:
+        async with api.http.get(api.url + "/metrics", headers=headers) as resp:
+            assert resp.status == 200
+            return Samples(await resp.text())("legion_tasks", status="queued")
+
+    assert await queued(api.auth(acme)) == 2  # (it read the other tenants' 5)
+    assert await queued(api.auth()) == 5  # the default tenant's key: the server's own
+    admin = await tenant_key(api, "ops", admin=True)
+    assert await queued(api.auth(admin)) == 5
 
 
 async def test_a_tenants_statistics_and_progress_count_its_own_work_alone(

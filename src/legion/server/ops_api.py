@@ -13,6 +13,7 @@ from legion.server.deps import KeyDep, StateDep, require_key
 from legion.server.metrics import CONTENT_TYPE
 from legion.server.schemas import HealthOut, KeyOut
 from legion.server.snapshot import Snapshot, WorkerState
+from legion.store.tenancy import DEFAULT_TENANT
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No API key, or an unknown one."},
@@ -72,14 +73,24 @@ async def workers(state: StateDep, key: KeyDep) -> list[WorkerState]:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
-async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics (see `legion.server.metrics` for the list); also served
-    without a key on ``--metrics-port``."""
-    body = state.metrics.render(state.monitor.snapshot)
-    return Response(body, media_type=CONTENT_TYPE)
+async def metrics(state: StateDep, key: KeyDep) -> Response:
+    """Prometheus metrics (see `legion.server.metrics` for the list): the server's, every
+    tenant's tasks, for an admin key or one of the default tenant (the server's own, which
+    its operator scrapes); a key of another tenant gets its tenant's tasks alone, as
+    `/v1/statistics` counts them (without the LLM routes and the scaling decision). Also
+    served without a key on ``--metrics-port`` (127.0.0.1 alone)."""
+    snapshot = state.monitor.snapshot
+    if not key.admin and key.tenant != DEFAULT_TENANT:
+        snapshot = state.monitor.for_tenant(snapshot, key.tenant)
+    return Response(state.metrics.render(snapshot), media_type=CONTENT_TYPE)
 
 
-metrics_only.add_api_route("/metrics", metrics, methods=["GET"], response_class=Response)
+async def _all_metrics(state: StateDep) -> Response:
+    """The metrics port's ``/metrics``: every tenant's, without a key."""
+    return Response(state.metrics.render(state.monitor.snapshot), media_type=CONTENT_TYPE)
+
+
+metrics_only.add_api_route("/metrics", _all_metrics, methods=["GET"], response_class=Response)
 
 
 @router.get("/openapi.json", include_in_schema=False)
