@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import orjson
@@ -169,3 +170,41 @@ def storable_text(text: str) -> str:
 
 loads = orjson.loads
 JSONDecodeError = orjson.JSONDecodeError
+
+_LONG_DIGITS = re.compile(rb"\d{19}")  # (every integer past 64 bits has 19 digits or more)
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+
+
+def loads_given(data: bytes) -> Any:
+    """``data`` as JSON, from outside (an input line, a request's body), or
+    `JSONDecodeError`: as `loads`, and an integer past 64 bits is refused where orjson
+    reads it as a float (``2**70`` would run as ``1.1805916207174113e+21``, and two
+    such inputs could not be told apart)."""
+    value = orjson.loads(data)
+    if _LONG_DIGITS.search(data) is not None:
+        import json  # (the exact reading, for the rare text with such a run of digits)
+
+        try:
+            json.loads(data, parse_int=_int64)
+        except _TooLong as exc:
+            text = data.decode(errors="replace")
+            raise JSONDecodeError(str(exc), text, max(0, text.find(exc.literal))) from None
+    return value
+
+
+class _TooLong(ValueError):
+    def __init__(self, message: str, literal: str) -> None:
+        super().__init__(message)
+        self.literal = literal
+
+
+def _int64(text: str) -> int:
+    number = int(text)
+    if not _INT_MIN <= number <= _UINT_MAX:
+        shown = text if len(text) <= 40 else f"{text[:37]}..."
+        raise _TooLong(
+            f"the integer {shown} is past 64 bits, which a JSON number here cannot hold "
+            "(send it as a string)",
+            text,
+        )
+    return number

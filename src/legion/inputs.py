@@ -60,7 +60,7 @@ def read_jsonl(path: Path, agent: str) -> Iterator[InputLine]:
 
 def parse_line(text: bytes, number: int, agent: str) -> InputLine:
     try:
-        value = codec.loads(text)
+        value = codec.loads_given(text)
     except codec.JSONDecodeError as exc:
         return InputLine(number, None, error=f"line {number} is not valid JSON: {exc}")
     key = session = None

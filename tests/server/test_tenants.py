@@ -432,6 +432,7 @@ async def test_strict_json_refuses_nan_infinity_and_out_of_range_numbers(api: Ap
         b'{"agent": "work", "input": {"n": Infinity}}',
         b'{"agent": "work", "input": {"n": 1e400}}',
         b'{"agent": "work", "input": {"n": -1e400}}',
+        b'{"agent": "work", "input": {"n": 123456789012345678901234567890}}',  # (a float)
     ]
     for raw in bodies:
         status, body = await post_raw(api, raw, "application/json")

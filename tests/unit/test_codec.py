@@ -77,3 +77,25 @@ def test_nan_in_a_dataclass_or_a_model_is_refused_and_null_itself_is_kept() -> N
         "b": "null",
         "c": 1.5,
     }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b'{"id": 123456789012345678901234567890}', b"18446744073709551616", b"[-9223372036854775809]"],
+)
+def test_an_integer_past_64_bits_from_outside_is_refused_not_read_as_a_float(
+    text: bytes,
+) -> None:
+    # orjson reads it as a float: 2**70 would run as 1.1805916207174113e+21.
+    assert isinstance(codec.loads(text), float | dict | list)
+    with pytest.raises(codec.JSONDecodeError, match="past 64 bits"):
+        codec.loads_given(text)
+
+
+def test_64_bit_integers_and_long_digit_strings_from_outside_are_read_as_they_are() -> None:
+    text = b'{"a": 18446744073709551615, "b": -9223372036854775808, "c": "12345678901234567890123"}'
+    assert codec.loads_given(text) == {
+        "a": 2**64 - 1,
+        "b": -(2**63),
+        "c": "12345678901234567890123",
+    }

@@ -52,3 +52,9 @@ def test_keys_and_sessions_are_bounded_as_the_api_bounds_them() -> None:
         assert line.value is None and '"_session" must be' in (line.error or "")
     ok = parse_line(b'{"q": 1, "_key": "' + b"k" * 500 + b'", "_session": "\\u001fs"}', 6, "a")
     assert ok.error is None and ok.key == "k" * 500 and ok.session == "\x1fs"
+
+
+def test_an_integer_past_64_bits_is_a_bad_line_not_a_float() -> None:
+    line = parse_line(b'{"id": 123456789012345678901234567890}', 4, "agent")
+    assert line.error is not None and line.error.startswith("line 4 is not valid JSON: ")
+    assert "the integer 123456789012345678901234567890 is past 64 bits" in line.error

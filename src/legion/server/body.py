@@ -18,6 +18,8 @@ from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import ClientDisconnect
 
+from legion import codec
+
 
 async def json_body(request: Request) -> Any:
     """The request's body as JSON, or a 422 saying why it is not."""
@@ -30,7 +32,7 @@ async def json_body(request: Request) -> Any:
     if not buffer:
         raise _invalid("missing", "a JSON body is required")
     try:
-        return orjson.loads(buffer)
+        return codec.loads_given(bytes(buffer))
     except orjson.JSONDecodeError as exc:
         if "UTF-8" in str(exc):
             raise _invalid("utf8", "the body is not UTF-8 text") from None
