@@ -59,6 +59,16 @@ async def test_a_signal_body_is_strict_json_whatever_its_content_type(api: Api) 
     assert status == 422, body
     assert body["detail"][0]["type"] == "json_invalid"  # type: ignore[index]
     assert (await _waiting(api, sub["id"]))["id"] == sub["id"]
+    # A field it does not know (a typo of "data") is refused, not dropped for null data.
+    status, body = await post(b'{"event": "approval", "dat": 1}', "application/json")
+    assert status == 422, body
+    assert body["detail"][0]["type"] == "extra_forbidden"  # type: ignore[index]
+    # Data nested past what can be stored: 422, not an internal error.
+    deep = b'{"event": "approval", "data": ' + b"[" * 300 + b"]" * 300 + b"}"
+    status, body = await post(deep, "application/json")
+    assert status == 422, body
+    assert body["detail"][0]["loc"] == ["body", "data"]  # type: ignore[index]
+    assert (await _waiting(api, sub["id"]))["id"] == sub["id"]
     # What `curl -d '{...}'` sends, as docs/waiting.md prints it.
     raw = b'{"event": "approval", "data": {"approved": true}}'
     status, body = await post(raw, "application/x-www-form-urlencoded")

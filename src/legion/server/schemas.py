@@ -192,6 +192,8 @@ class TaskDetail(TaskOut):
 class SignalIn(BaseModel):
     """A signal: its event name and any JSON data (``ctx.wait_for`` answers the data)."""
 
+    model_config = ConfigDict(extra="forbid")  # (a typo, "dat", sent null data)
+
     event: str = Field(min_length=1, max_length=MAX_EVENT)
     data: Any = None
 

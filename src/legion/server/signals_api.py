@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
+from legion.errors import OutputError
 from legion.server.body import json_body
 from legion.server.deps import KeyDep, StateDep, require_key
 from legion.server.schemas import SignalIn, StatusOut
-from legion.server.tasks_api import _ERRORS, _NOT_FOUND, TaskDep, _body, _model
+from legion.server.tasks_api import _ERRORS, _NOT_FOUND, TaskDep, _body, _error, _model
 
 log = logging.getLogger("legion.server")
 
@@ -52,7 +54,10 @@ class WaitingPage(BaseModel):
 async def signal_task(request: Request, task: TaskDep, state: StateDep) -> StatusOut:
     """Send a signal to a task; a task waiting for it is queued again."""
     body = _model(SignalIn, await json_body(request))  # strict JSON, any content type
-    status = await state.runtime.signal(task.id, body.event, body.data)
+    try:
+        status = await state.runtime.signal(task.id, body.event, body.data)
+    except OutputError as exc:  # data JSON cannot store (nested past orjson's depth)
+        raise RequestValidationError([_error("json", ("body", "data"), str(exc))]) from None
     if status is None:
         raise HTTPException(404, f"no task {task.id}")
     if status.terminal:
