@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -523,6 +524,20 @@ async def test_a_step_made_after_the_agent_returned_does_not_run(db_url: str) ->
             await late[0]
     assert result.status is TaskStatus.SUCCEEDED
     assert effects == []
+
+
+async def test_an_agent_that_returns_past_its_timeout_before_its_timer_fires_timed_out(
+    db_url: str,
+) -> None:
+    @legion.agent(timeout=0.2, retries=0)
+    async def blocks(ctx: legion.Context, x: int) -> int:
+        time.sleep(0.3)  # noqa: ASYNC251 - the loop blocked: no timer can fire meanwhile
+        return x
+
+    async with Runtime(db_url) as rt:
+        (result,) = await collect(rt, blocks, [1])
+    assert result.status is TaskStatus.DEAD and result.output is None  # (it succeeded)
+    assert result.error is not None and result.error.type == "TaskTimeout"
 
 
 async def test_nan_from_a_step_or_as_the_output_fails_the_task_saying_where(

@@ -249,8 +249,12 @@ async def run_instance(
             error = AgentCrash(exc)
         if instance.stop_reason is StopReason.LOST or instance.abandoned:
             return  # (the agent swallowed the stop; abandoned: its end is written already)
-        if instance.stop_reason is StopReason.TIMEOUT and error is None:
-            # It caught the timeout's cancellation and returned anyway: the timeout stands.
+        if error is None and (
+            instance.stop_reason is StopReason.TIMEOUT or instance.due() <= clock.monotonic()
+        ):
+            # It caught the timeout's cancellation and returned anyway, or it ran past its
+            # time before the timer could stop it (it blocked the event loop, or returned
+            # within the timers' 50 ms grain): the timeout stands.
             error = _timed_out(agent, instance)
         finished = clock.wall()
         usage = ctx.usage_json()
