@@ -438,6 +438,29 @@ def test_an_agent_that_catches_its_timeout_for_ever_ends_and_the_run_exits(
     assert r.stderr.count("abandoned") >= 2, r.stderr
 
 
+def test_the_output_survives_an_agent_that_changes_folder_and_spares_its_modules(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "helper.py").write_text("X = 1\n")
+    (tmp_path / "wanders.py").write_text(
+        "import asyncio\nimport os\n\nimport helper\nimport legion\n\n\n"
+        "@legion.agent(retries=0)\n"
+        "async def wanders(ctx, i: int):\n"
+        "    os.chdir('/')  # the run's relative --output must not follow it\n"
+        "    await asyncio.sleep(0)\n"
+        "    return i + helper.X\n"
+    )
+    write_jsonl(tmp_path / "in.jsonl", [1, 2, 3])
+    run = ("run", "wanders.py:wanders", "-i", "in.jsonl", "--store", "sqlite:///s.db")
+    clobber = legion(*run, "-o", "helper.py", cwd=tmp_path)
+    assert clobber.returncode == 2, clobber.stderr
+    assert "it is the code of module 'helper'" in clobber.stderr
+    assert (tmp_path / "helper.py").read_text() == "X = 1\n"
+    r = legion(*run, "-o", "out.jsonl", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # (it lost the results: "cannot write out.jsonl")
+    assert [row["output"] for row in read_jsonl(tmp_path / "out.jsonl")] == [2, 3, 4]
+
+
 def test_extra_and_missing_fields_are_named(tmp_path: Path) -> None:
     agents = tmp_path / "mapping.py"
     agents.write_text(

@@ -175,7 +175,9 @@ def _refuse_kept(path: Path, keep: Sequence[tuple[Path, str]]) -> None:
 def _open_replacing(path: Path) -> OutputFile:
     """``NAME.partial``, created anew and locked (``flock``) while this run writes it: a
     second run writing the same output is refused rather than left to take the file from
-    under the first, whose lines would then be lost."""
+    under the first, whose lines would then be lost. Both are named absolutely: an agent
+    that changes the working folder does not move where the results go."""
+    path = Path(os.path.abspath(path))
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: {path.parent} does not exist")
     partial = path.with_name(path.name + ".partial")

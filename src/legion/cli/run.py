@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import signal
 import sys
 from dataclasses import dataclass, field, replace
@@ -122,6 +123,12 @@ def _kept_files(opts: RunOptions) -> list[tuple[Path, str]]:
         source = None
     if source is not None:
         kept.append((Path(source), f"the code of agent {opts.agent.name!r}"))
+        # The modules its code imported from beside it (a helper.py): the user's code too.
+        here = os.path.dirname(os.path.abspath(source))
+        for module in list(sys.modules.values()):
+            found = getattr(module, "__file__", None)
+            if isinstance(found, str) and os.path.dirname(os.path.abspath(found)) == here:
+                kept.append((Path(found), f"the code of module {module.__name__!r}"))
     kept.append((opts.runtime.llm.config or DEFAULT_CONFIG, "the LLM config file"))
     store = opts.runtime.store
     db = store.removeprefix("sqlite:///")
