@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -166,3 +167,61 @@ def test_sigterm_stops_a_frozen_worker(tmp_path: Path, db_url: str) -> None:
     infos, _ = tasks_and_events(db_url)
     (task,) = infos
     assert task.id == culprit and task.status is TaskStatus.QUEUED and task.attempt == 0
+
+
+def test_legion_run_records_a_frozen_agent_dead_and_a_rerun_finishes_the_rest(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "spinning.py"
+    app.write_text(AGENTS)
+    log = tmp_path / "ledger.jsonl"
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(f'{{"i": {i}}}\n' for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    run = ("run", f"{app}:spin", "-i", str(inp), "-o", str(out), "--store")
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {"LEDGER": str(log), "SPIN_TIMEOUT": "0.5"}
+    codes = []
+    for _ in range(4):  # each run: one task freezes the loop, is recorded dead, and it exits
+        proc = start_legion(*run, store, env=env)
+        _, err = proc.communicate(timeout=60)  # (it spun for ever, deaf to Ctrl-C)
+        codes.append(proc.returncode)
+        if proc.returncode != 4:
+            break
+        assert "re-run the same command to go on" in err
+    assert codes == [4, 4, 4, 1], err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(
+        r["status"] == "dead"
+        and r["error"]["type"] == "EventLoopFrozen"
+        and "once" in r["error"]["message"]
+        for r in rows
+    ), rows
+    # Every task froze once and no more: a rerun does not run a frozen task again.
+    assert Counter(e["task"] for e in ledger(log)) == {r["id"]: 1 for r in rows}
+
+
+def test_sigterm_stops_a_frozen_legion_run(tmp_path: Path) -> None:
+    app = tmp_path / "spinning.py"
+    app.write_text(AGENTS)
+    log = tmp_path / "ledger.jsonl"
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"i": 0}\n')
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    run = start_legion(
+        *("run", f"{app}:spin", "-i", str(inp), "-o", str(tmp_path / "o.jsonl")),
+        *("--store", store),
+        env={"LEDGER": str(log), "SPIN_TIMEOUT": "600"},
+    )
+    try:
+        wait_for(lambda: len(ledger(log)) == 1, what="the agent to start spinning")
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        run.communicate()
+        raise AssertionError("SIGTERM did not stop the frozen run") from None
+    assert run.returncode == 128 + signal.SIGTERM, err
+    with sqlite3.connect(tmp_path / "runs.db") as db:
+        rows = db.execute("SELECT status, attempt FROM tasks").fetchall()
+    assert rows == [("queued", 0)]  # given back, not charged

@@ -9,7 +9,7 @@ import signal
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.text import Text
@@ -363,7 +363,27 @@ def _install_signals(rt: Runtime, console: Console) -> StopSignals:
 
     stop = stop_signals(rt, first)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    if rt.worker is not None:
+        # An agent that blocks the event loop past its timeout (a CPU-bound loop) freezes
+        # the run, its stop signals included: the guard records the task dead (a rerun
+        # would freeze again) and exits, and a stop signal the blocked loop cannot handle
+        # gives the tasks back and exits (see `legion.run.freeze`). The signal handler
+        # tells the guard; the loop's own handler still runs once the loop does.
+        guard = rt.worker.exit_when_frozen(max_freezes=1, exit=_exit_frozen)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda signum, _frame: guard.signalled(signum))
     return stop
+
+
+def _exit_frozen(code: int) -> NoReturn:
+    """(The watchdog's thread, the event loop blocked.) End the run at once, saying how to
+    go on: what finished is in the store."""
+    sys.stderr.write(
+        "legion run: stopped with the event loop blocked; the tasks that finished are kept: "
+        "re-run the same command to go on\n"
+    )
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _dump_tasks() -> None:

@@ -37,7 +37,7 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from legion import gil, heap, identity
 from legion.agent import Agent
@@ -644,16 +644,20 @@ class Worker(Upkeep):
         if owner is not None:
             owner.pending_block = capture
 
-    def exit_when_frozen(self, *, max_freezes: int = 3) -> FreezeGuard:
+    def exit_when_frozen(
+        self, *, max_freezes: int = 3, exit: Callable[[int], NoReturn] = os._exit
+    ) -> FreezeGuard:
         """From now on, an agent that blocks the event loop past its timeout is recorded
         (dead after ``max_freezes`` such freezes) and the process exits (see
-        `legion.run.freeze`): for worker processes under a supervisor."""
+        `legion.run.freeze`; ``exit`` ends the process, with its code): for worker
+        processes under a supervisor, and ``legion run``."""
         url = getattr(self.store, "url", None)
         self._freeze_guard = FreezeGuard(
             url=url if isinstance(url, str) else None,
             owner=self.id,
             find=self._owner,
             max_freezes=max_freezes,
+            exit=exit,
         )
         return self._freeze_guard
 

@@ -54,7 +54,8 @@ class Freeze:
         )
         dead = ErrorInfo(
             "EventLoopFrozen",
-            f"blocked the event loop for {self.limit:g} s, {self.max_freezes} times: {hint}",
+            f"blocked the event loop for {self.limit:g} s, "
+            f"{'once' if self.max_freezes == 1 else f'{self.max_freezes} times'}: {hint}",
             self.site,
         )
         return again.to_json(), dead.to_json()
