@@ -195,11 +195,15 @@ class Agent:
         some it needs: the message names them all, and ``fields`` each one."""
         fields = self._validator.model_fields
         unknown = [str(k) for k in value if k not in self._names]
+        more = len(unknown) - NAMED_AT_MOST
+        if more > 0:  # (an input of 150,000 unknown fields answered 18 MB of errors)
+            unknown = unknown[:NAMED_AT_MOST]
         missing = [p for p in self.params if p not in value and fields[p].is_required()]
         takes = ", ".join(self.params) or "no parameters"
         parts = []
         if unknown:
-            parts.append(f"unknown field(s) {', '.join(unknown)} (it takes {takes})")
+            named = ", ".join(unknown) + (f" and {more} more" if more > 0 else "")
+            parts.append(f"unknown field(s) {named} (it takes {takes})")
         if missing:
             parts.append(f"missing field(s) {', '.join(missing)}")
         each = [
@@ -277,6 +281,10 @@ class Agent:
                     + "; ".join(parts)
                 ) from None
         return codec.dumps(value)
+
+
+NAMED_AT_MOST = 20
+"""The unknown fields of an input an error names, at most (it says how many more)."""
 
 
 @overload

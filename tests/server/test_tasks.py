@@ -158,6 +158,20 @@ async def test_a_batch_with_one_bad_task_queues_nothing(api: Api) -> None:
     assert (await api.call("GET", "/v1/tasks"))[1]["tasks"] == []
 
 
+async def test_a_batch_of_many_bad_tasks_answers_a_bounded_list_of_errors(api: Api) -> None:
+    # 8,000 such tasks answered 32 MB of errors, and four at once stalled the server.
+    tasks = [{"agent": "work", "input": {"n": "x"}} for _ in range(2000)]
+    status, body = await api.call("POST", "/v1/tasks:batch", body={"tasks": tasks})
+    assert status == 422
+    *errors, last = body["detail"]
+    assert len(errors) == 100 and errors[0]["loc"] == ["body", "tasks", 0, "input", "n"]
+    assert last["type"] == "too_many_errors"
+    assert (
+        last["msg"] == "100 errors shown, in the first 101 of 2000 tasks; the rest were not checked"
+    )
+    assert (await api.call("GET", "/v1/tasks"))[1]["tasks"] == []
+
+
 async def test_batches_are_limited(start_api: StartApi, tmp_path: Path) -> None:
     api = await start_api(f"sqlite:///{tmp_path / 'b.db'}", max_batch=2)
     tasks = [{"agent": "work", "input": {"n": i}} for i in range(3)]

@@ -70,6 +70,14 @@ def test_an_extra_field_is_named_as_unknown() -> None:
     )
 
 
+def test_an_input_of_many_unknown_fields_names_twenty_and_counts_the_rest() -> None:
+    with pytest.raises(InputError) as raised:
+        one.arguments({"question": "q", **{f"f{i}": i for i in range(150_000)}})
+    message = str(raised.value)
+    assert "f19, and" not in message and "f19 and 149980 more (it takes question)" in message
+    assert "f20" not in message and len(raised.value.fields) == 20
+
+
 def test_a_missing_field_is_named_as_missing() -> None:
     with pytest.raises(InputError) as wrong_name:
         one.arguments({"q": "what?"})

@@ -320,9 +320,20 @@ async def _submit(
     encoding is what the store keeps."""
     new: list[NewTask] = []
     errors: list[dict[str, Any]] = []
-    for task, loc in zip(tasks, locs, strict=True):
+    for n, (task, loc) in enumerate(zip(tasks, locs, strict=True)):
         encoded, problems = _check(state, task, loc)
         errors.extend(problems)
+        if len(errors) > ERRORS_AT_MOST:  # nothing is queued: the rest need no look
+            errors = errors[:ERRORS_AT_MOST]
+            errors.append(
+                _error(
+                    "too_many_errors",
+                    ("body",),
+                    f"{ERRORS_AT_MOST} errors shown, in the first {n + 1} of "
+                    f"{len(tasks)} tasks; the rest were not checked",
+                )
+            )
+            break
         if encoded is not None:
             agent = state.agents[task.agent]
             new.append(
@@ -364,6 +375,11 @@ async def _submit(
             )
         out.append(SubmittedOut(id=s.id, status=s.status, key=s.key, created=s.created))
     return out
+
+
+ERRORS_AT_MOST = 100
+"""The errors a refused submission answers, at most: a batch of 8,000 bad tasks answered
+32 MB of them, and four such stalled the server for seconds."""
 
 
 def _model(model: type[M], data: Any) -> M:
