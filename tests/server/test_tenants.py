@@ -389,6 +389,14 @@ async def test_a_tenant_over_its_queued_tasks_is_shed_with_429(
     assert status == 429 and "limit is 3" in refused["detail"]
     assert (await call(api, globex, "POST", "/v1/tasks:batch", batch))[0] == 200
     assert await api.runtime.store.count_queued("acme") == 2
+    # The third fills the limit; sent again (its answer was lost), it is answered, not shed.
+    keyed = {"agent": "work", "input": {"n": 1}, "key": "the-third"}
+    status, first = await call(api, acme, "POST", "/v1/tasks", keyed)
+    assert status == 201
+    status, again = await call(api, acme, "POST", "/v1/tasks", keyed)
+    assert (status, again["id"], again["created"]) == (200, first["id"], False)  # (was 429)
+    status, refused = await call(api, acme, "POST", "/v1/tasks", {**keyed, "key": "a-fourth"})
+    assert status == 429
 
 
 async def test_requests_past_the_bound_in_progress_get_503_with_retry_after(

@@ -31,6 +31,7 @@ from legion.server.schemas import (
     TaskOut,
     TaskPage,
 )
+from legion.store.tenancy import scoped_key
 from legion.store.types import ApiKey, TaskQuery
 from legion.task import NewTask, TaskInfo, TaskStatus
 
@@ -350,7 +351,7 @@ async def _submit(
             )
     if errors:
         raise RequestValidationError(errors)
-    await state.limits.admit(caller.tenant, len(new))
+    await state.limits.admit(caller.tenant, await _fresh(state, caller.tenant, new))
     try:
         submitted = await state.runtime.submit_tasks(new)
     except IdempotencyConflict as exc:
@@ -375,6 +376,18 @@ async def _submit(
             )
         out.append(SubmittedOut(id=s.id, status=s.status, key=s.key, created=s.created))
     return out
+
+
+async def _fresh(state: ServerState, tenant: str, new: Sequence[NewTask]) -> int:
+    """How many of ``new`` a tenant's limits count: a task whose key is stored already
+    is answered, not queued again (a client retrying an acknowledged submission got 429
+    from a tenant at its queued limit, instead of its task)."""
+    limits = state.limits
+    keys = [scoped_key(tenant, t.key) for t in new if t.key is not None]
+    if not keys or (limits.rate is None and limits.max_queued is None):
+        return len(new)
+    known = await state.runtime.store.find_keys([k for k in keys if k is not None])
+    return len(new) - len(known)
 
 
 ERRORS_AT_MOST = 100
