@@ -4,6 +4,7 @@ strict JSON, bodies without a content type, and the metrics port."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -296,6 +297,34 @@ async def test_the_idempotency_key_header_works_as_the_body_field(any_api: Api) 
         "POST", "/v1/tasks", body={**body, "key": "other"}, headers=header
     )
     assert (status, same["id"], same["key"]) == (200, created["id"], "pay-9")
+
+
+async def test_a_non_ascii_idempotency_key_header_is_the_same_key_as_in_the_body(
+    api: Api,
+) -> None:
+    host, port = api.url.removeprefix("http://").rsplit(":", 1)
+
+    async def post(key_header: bytes) -> tuple[int, Any]:
+        body = b'{"agent": "work", "input": {"n": 1}}'
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                b"Idempotency-Key: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (api.key.encode(), key_header, len(body), body)
+            )
+            answer = await reader.read()
+        finally:
+            writer.close()
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(payload)
+
+    status, created = await post("ключ".encode())
+    assert (status, created["key"]) == (201, "ключ")  # (it was stored as mojibake)
+    body = {"agent": "work", "input": {"n": 1}, "key": "ключ"}
+    assert (await api.call("POST", "/v1/tasks", body=body))[1]["id"] == created["id"]
+    status, refused = await post(b"\xff\xfe")
+    assert status == 422 and refused["detail"][0]["loc"] == ["header", "Idempotency-Key"]
 
 
 async def test_idempotency_keys_are_per_tenant(any_api: Api) -> None:

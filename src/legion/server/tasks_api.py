@@ -136,8 +136,14 @@ async def submit_task(
     body = _model(TaskIn, await json_body(request))
     loc: tuple[str | int, ...] = ("body", "key")
     if idempotency_key is not None:
-        body = body.model_copy(update={"key": idempotency_key})
         loc = ("header", "Idempotency-Key")
+        try:  # HTTP hands a header over as Latin-1: its bytes, read as UTF-8 as the body is
+            idempotency_key = idempotency_key.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise RequestValidationError(
+                [_error("utf8", loc, "the key is not UTF-8 text")]
+            ) from None
+        body = body.model_copy(update={"key": idempotency_key})
     (done,) = await _submit(state, key, [body], [("body",)], key_locs=[loc])
     if not done.created:
         response.status_code = 200
