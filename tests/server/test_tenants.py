@@ -525,3 +525,17 @@ async def test_metrics_are_served_without_a_key_on_their_own_port(
             assert other.status == 404  # that port serves metrics alone
     async with aiohttp.ClientSession() as http, http.get(api.url + "/metrics") as resp:
         assert resp.status == 401  # the API's own port still needs a key
+
+
+async def test_head_is_answered_as_get_without_a_body(api: Api) -> None:
+    # A load balancer probing /healthz with HEAD got 405.
+    for path, headers, status in (
+        ("/healthz", {}, 200),
+        ("/v1/key", api.auth(), 200),
+        ("/v1/key", {}, 401),
+    ):
+        async with api.http.head(api.url + path, headers=headers) as resp:
+            assert resp.status == status, path
+            assert await resp.read() == b""
+    async with api.http.get(api.url + "/healthz") as resp:
+        assert await resp.json() == {"status": "ok"}

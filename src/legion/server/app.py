@@ -57,6 +57,7 @@ from legion.server.admission import InProgressLimit, Shed
 from legion.server.auth import CHALLENGES, AuthError
 from legion.server.body_limit import BodyLimit
 from legion.server.deps import ServerState
+from legion.server.head import HeadAsGet
 from legion.server.retry_after import RETRY_AFTER_SECONDS, RetryAfter
 from legion.server.settings import ServerSettings
 
@@ -121,6 +122,7 @@ def create_app(state: ServerState) -> FastAPI:
         body_seconds=state.settings.body_seconds,
     )
     app.add_middleware(RetryAfter)
+    app.add_middleware(HeadAsGet)
     app.state.legion = state
     app.include_router(tasks_api.router)
     app.include_router(signals_api.router)
