@@ -283,6 +283,22 @@ async def test_an_output_that_does_not_fit_its_type_fails_at_once_as_an_output_e
     assert runs == ["many"]  # not retried: the same answer would not fit the next time
 
 
+async def test_a_task_is_named_by_its_id_or_by_what_submit_answered(db_url: str) -> None:
+    @legion.agent
+    async def double(ctx: legion.Context, x: int) -> int:
+        return 2 * x
+
+    async with Runtime(db_url) as rt:
+        submitted = await rt.submit(double, 4)
+        r = await rt.result(submitted)  # (TypeError: unhashable type: 'Submitted')
+        assert r.output == 8 and r.id == submitted.id
+        info = await rt.get(submitted)
+        assert info is not None and info.id == submitted.id
+        assert [x.output async for x in rt.results([submitted])] == [8]
+        with pytest.raises(TypeError, match=r"named by its id .* not str '5'"):
+            await rt.result("5")  # type: ignore[arg-type]
+
+
 async def test_timeout_ends_a_hanging_instance(db_url: str) -> None:
     @legion.agent(timeout=0.05, retries=1, backoff=0)
     async def hang(ctx: legion.Context, x: int) -> None:

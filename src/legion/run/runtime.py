@@ -373,44 +373,66 @@ class Runtime:
             for task_id in watched:
                 self._delivery.unwatch(task_id, deliver)
 
-    def results(self, ids: Sequence[int]) -> AsyncGenerator[TaskResult, None]:
-        """Yield the results of these tasks as they finish."""
-        return self._delivery.results(ids)
+    def results(self, ids: Sequence[TaskRef]) -> AsyncGenerator[TaskResult, None]:
+        """Yield the results of these tasks as they finish (each named by its id, or by
+        what `submit` answered for it)."""
+        return self._delivery.results([task_id_of(i) for i in ids])
 
-    async def result(self, task_id: int, *, raise_on_failure: bool = False) -> TaskResult:
+    async def result(self, task_id: TaskRef, *, raise_on_failure: bool = False) -> TaskResult:
         """Wait until the task finishes and answer how it ended."""
+        task_id = task_id_of(task_id)
         async for r in self.results([task_id]):
             if raise_on_failure and not r.ok:
                 raise TaskFailed(r.id, r.status, r.error.brief() if r.error else None)
             return r
         raise TaskFailed(task_id, "unknown", {"type": "NotFound", "message": "no such task"})
 
-    async def get(self, task_id: int) -> TaskInfo | None:
-        return await self.store.get(task_id)
+    async def get(self, task_id: TaskRef) -> TaskInfo | None:
+        return await self.store.get(task_id_of(task_id))
 
-    async def cancel(self, task_id: int) -> TaskStatus | None:
+    async def cancel(self, task_id: TaskRef) -> TaskStatus | None:
         """Cancel a task: a queued one at once, a running one as soon as its worker sees it."""
+        task_id = task_id_of(task_id)
         status = await self.store.cancel(task_id, self._clock.wall())
         if self.worker is not None:
             self.worker.cancel_local(task_id)
         return status
 
-    async def signal(self, task_id: int, event: str, data: Any = None) -> TaskStatus | None:
+    async def signal(self, task_id: TaskRef, event: str, data: Any = None) -> TaskStatus | None:
         """Send the signal ``event`` with JSON ``data`` to a task: a task waiting for it
         (``ctx.wait_for``) is queued again; one that waits for it later receives it then.
         Answers the task's status after (``None``: no such task); a finished task gets
         none."""
+        task_id = task_id_of(task_id)
         status = await self.store.signal(task_id, event, codec.dumps(data), self._clock.wall())
         if status is TaskStatus.QUEUED and self.worker is not None:
             self.worker.wake()
         return status
 
-    async def retry(self, task_id: int) -> bool:
+    async def retry(self, task_id: TaskRef) -> bool:
         """Queue a dead, failed or cancelled task again with a fresh attempt budget."""
-        ok = await self.store.requeue_one(task_id)
+        ok = await self.store.requeue_one(task_id_of(task_id))
         if ok and self.worker is not None:
             self.worker.wake()
         return ok
+
+
+TaskRef = int | Submitted
+"""A task, named by its id or by what `Runtime.submit` answered for it."""
+
+
+def task_id_of(task: TaskRef) -> int:
+    """The id of ``task``, or a `TypeError` that says what names a task."""
+    if type(task) is int:
+        return task
+    if isinstance(task, Submitted):
+        return task.id
+    if isinstance(task, int) and not isinstance(task, bool):
+        return int(task)
+    raise TypeError(
+        f"a task is named by its id (an int) or by what submit answered, not "
+        f"{type(task).__name__} {task!r}"
+    )
 
 
 def _unstorable(inputs: Sequence[Any], error: OutputError) -> str:
