@@ -609,6 +609,31 @@ async def test_an_agent_that_catches_every_stop_is_abandoned_after_the_grace(
     assert stats.abandoned == 2 and stats.in_flight == 0
 
 
+# (Python itself reports the coroutine that ignored GeneratorExit, as it should.)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_an_agent_that_catches_even_generator_exit_is_abandoned_and_said_so(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @legion.agent(timeout=0.05, retries=0)
+    async def deafest(ctx: legion.Context, x: int) -> None:
+        while True:
+            with contextlib.suppress(BaseException):  # what is tested: it catches everything
+                await asyncio.Event().wait()
+
+    caplog.set_level(logging.WARNING, logger="legion.worker")
+    clock = FakeClock()
+    async with Runtime(db_url, clock=clock, stop_grace=5) as rt:
+        submitted = await rt.submit(deafest, 1)
+        await running(rt, submitted.id, 1)
+        await clock.advance(0.2)
+        await clock.advance(5)
+        r = await rt.result(submitted.id)
+    assert r.status is TaskStatus.DEAD and r.error is not None
+    assert r.error.type == "TaskTimeout"
+    said = [rec.getMessage() for rec in caplog.records]
+    assert any("deafest caught GeneratorExit as well" in m for m in said), said
+
+
 async def test_a_cancel_a_task_of_the_agent_catches_ends_it_and_that_task_after_the_grace(
     db_url: str,
 ) -> None:

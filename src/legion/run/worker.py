@@ -999,11 +999,24 @@ def _close(task: asyncio.Task[Any]) -> None:
     CancelledError`` does not catch it), then cancel its task, which ends once what it
     awaited is done or cancelled. Code that awaits even as it is closed runs on,
     abandoned."""
+    chain: list[Any] = []  # the coroutines it waits in, outermost first
+    coro: Any = task.get_coro()
+    while coro is not None and hasattr(coro, "cr_frame"):
+        chain.append(coro)
+        coro = coro.cr_await
     try:
         task.get_coro().close()
     except Exception as exc:  # ("coroutine ignored GeneratorExit", or it raised another)
         log.warning("%s: could not be stopped (%s); it runs on, abandoned", task.get_name(), exc)
         return
+    deaf = [c for c in chain if c.cr_frame is not None]  # (closed: no frame left)
+    if deaf:  # it caught GeneratorExit too and awaited again: stranded, never resumed
+        log.warning(
+            "%s: %s caught GeneratorExit as well and was left suspended, never resumed "
+            "(Python may report it ignored GeneratorExit when it is collected)",
+            task.get_name(),
+            deaf[-1].__qualname__,
+        )
     task.add_done_callback(_retrieved)
     task.cancel()
 
