@@ -184,3 +184,22 @@ async def test_a_client_that_leaves_mid_body_is_a_400_not_a_server_error() -> No
         await json_body(request)
     assert raised.value.status_code == 400
     assert raised.value.detail == "the client left before its body arrived"
+
+
+async def test_headers_left_half_sent_are_answered_408_and_the_connection_closed(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    # Such connections were held open for good: a file descriptor each, without end.
+    api = await start_api(f"sqlite:///{tmp_path / 'hdr.db'}", body_seconds=0.5)
+    host, port = api.url.removeprefix("http://").rsplit(":", 1)
+    for sent in (b"GET /v1/key HTTP/1.1\r\nHost: x\r\n", b""):  # part of them, or nothing
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(sent)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 30)  # (to the close)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+    status, _ = await api.call("GET", "/v1/key")  # whole requests are served as ever
+    assert status == 200

@@ -22,6 +22,7 @@ each is logged.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -29,21 +30,58 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from legion.server.admission import ADMITTED, InProgressLimit, unbounded
 
 _STATUS = b"HTTP/1.1 503 Service Unavailable\r\n"
+_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 class SheddingProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` that answers a request over ``admission``'s bound itself."""
 
-    def __init__(self, *args: Any, admission: InProgressLimit, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        admission: InProgressLimit,
+        header_seconds: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._admission = admission
         self._refused = False
+        # A request's headers must arrive within this long of the connection (or of the
+        # request's first byte): connections that sent part of them and waited were held
+        # open for good, a file descriptor each.
+        self._header_seconds = header_seconds
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._expect_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._headers_arrived()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         self._refused = False
+        self._expect_headers()
         super().on_message_begin()
 
+    def _expect_headers(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self._header_seconds, self._overdue)
+
+    def _headers_arrived(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _overdue(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(_TIMEOUT)
+            self.transport.close()
+
     def on_headers_complete(self) -> None:
+        self._headers_arrived()
         if self._sheddable():
             if self._admission.full():
                 self._refuse()

@@ -151,7 +151,9 @@ def _config(
     as soon as their headers are read (`legion.server.protocol`)."""
     http: Any = "auto"
     if admission is not None:
-        http = functools.partial(SheddingProtocol, admission=admission)
+        http = functools.partial(
+            SheddingProtocol, admission=admission, header_seconds=settings.body_seconds
+        )
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         http=http,

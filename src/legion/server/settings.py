@@ -15,9 +15,10 @@ class ServerSettings:
     - ``host``, ``port``: where to listen (port 0: any free port). Anything but a loopback
       address needs ``allow_remote``: the API runs agents, so exposing it is a decision.
     - ``max_body_bytes``: larger request bodies are refused (413).
-    - ``body_seconds``: a request body must arrive whole within this long of its first
+    - ``body_seconds``: a request's headers must arrive within this long of its first
+      byte (or of the connection), and its body whole within this long of its first
       read, or the request is answered 408 (a body left half-sent held its request's
-      place among those in progress for good).
+      place among those in progress for good, and half-sent headers their connection).
     - ``max_batch``: most tasks in one ``POST /v1/tasks:batch``.
     - ``key_cache_seconds``: how long a checked API key is trusted without asking the
       store again; a key revoked from another process is refused after at most this long.
