@@ -539,3 +539,11 @@ async def test_head_is_answered_as_get_without_a_body(api: Api) -> None:
             assert await resp.read() == b""
     async with api.http.get(api.url + "/healthz") as resp:
         assert await resp.json() == {"status": "ok"}
+
+
+async def test_a_path_with_a_slash_too_many_is_404_not_a_redirect_to_the_callers_host(
+    api: Api,
+) -> None:
+    headers = {**api.auth(), "Host": "evil.example"}
+    async with api.http.get(api.url + "/v1/tasks/", headers=headers, allow_redirects=False) as r:
+        assert r.status == 404 and "location" not in r.headers

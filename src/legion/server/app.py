@@ -115,6 +115,9 @@ def create_app(state: ServerState) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,  # served by ops_api, behind the API key
+        # A path with a slash too many is 404: the redirect named whatever host the
+        # request's Host header did (http://evil.example/v1/tasks), without a key.
+        redirect_slashes=False,
     )
     app.add_middleware(
         BodyLimit,
