@@ -85,6 +85,19 @@ def tasks_and_events(url: str) -> tuple[list[TaskInfo], Counter[int]]:
     return asyncio.run(go())
 
 
+def sigterm_once_spinning(proc: subprocess.Popen[str], log: Path, what: str) -> str:
+    """SIGTERM ``proc`` once its agent spins; answer its stderr once it stopped."""
+    try:
+        wait_for(lambda: len(ledger(log)) == 1, what="the agent to start spinning")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"SIGTERM did not stop the frozen {what}") from None
+    return err
+
+
 def ledger(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -154,14 +167,7 @@ def test_sigterm_stops_a_frozen_worker(tmp_path: Path, db_url: str) -> None:
         db_url,
         env={"LEDGER": str(log), "SPIN_TIMEOUT": "600"},
     )
-    try:
-        wait_for(lambda: len(ledger(log)) == 1, what="the agent to start spinning")
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.communicate()
-        raise AssertionError("SIGTERM did not stop the frozen worker") from None
+    err = sigterm_once_spinning(worker, log, "worker")
     assert worker.returncode == 128 + signal.SIGTERM, err
     assert "while the event loop has been blocked" in err
     infos, _ = tasks_and_events(db_url)
@@ -213,14 +219,7 @@ def test_sigterm_stops_a_frozen_legion_run(tmp_path: Path) -> None:
         *("--store", store),
         env={"LEDGER": str(log), "SPIN_TIMEOUT": "600"},
     )
-    try:
-        wait_for(lambda: len(ledger(log)) == 1, what="the agent to start spinning")
-        run.send_signal(signal.SIGTERM)
-        _, err = run.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        run.kill()
-        run.communicate()
-        raise AssertionError("SIGTERM did not stop the frozen run") from None
+    err = sigterm_once_spinning(run, log, "run")
     assert run.returncode == 128 + signal.SIGTERM, err
     with sqlite3.connect(tmp_path / "runs.db") as db:
         rows = db.execute("SELECT status, attempt FROM tasks").fetchall()
