@@ -105,12 +105,18 @@ async def test_a_tenant_sees_and_changes_only_its_own_tasks(
     assert status == 200 and cancelled["id"] == mine["id"]
 
 
-async def test_statistics_count_the_tenants_own_tasks(api: Api) -> None:
-    acme = await tenant_key(api, "acme")
-    for tenant, n in (("acme", 2), ("globex", 3)):
+async def queue_parked(api: Api, tasks_of: dict[str, int]) -> None:
+    """Queue that many tasks of each tenant, parked far in the future (no worker takes
+    them), and let the monitor count them."""
+    for tenant, n in tasks_of.items():
         tasks = [NewTask("work", b'{"n": 1}', tenant=tenant, not_before=9e18) for _ in range(n)]
         await api.runtime.store.submit(tasks, time.time())
     await api.server.state.monitor.sample()
+
+
+async def test_statistics_count_the_tenants_own_tasks(api: Api) -> None:
+    acme = await tenant_key(api, "acme")
+    await queue_parked(api, {"acme": 2, "globex": 3})
     _, mine = await call(api, acme, "GET", "/v1/statistics")
     assert mine["statuses"]["queued"] == 2
     _, everyone = await api.call("GET", "/v1/statistics")  # the default tenant's key
@@ -122,10 +128,7 @@ async def test_statistics_count_the_tenants_own_tasks(api: Api) -> None:
 
 async def test_another_tenants_key_reads_its_own_tasks_alone_in_the_metrics(api: Api) -> None:
     acme = await tenant_key(api, "acme")
-    for tenant, n in (("acme", 2), ("default", 3)):
-        tasks = [NewTask("work", b'{"n": 1}', tenant=tenant, not_before=9e18) for _ in range(n)]
-        await api.runtime.store.submit(tasks, time.time())
-    await api.server.state.monitor.sample()
+    await queue_parked(api, {"acme": 2, "default": 3})
 
     async def queued(headers: dict[str, str]) -> float:
         async with api.http.get(api.url + "/metrics", headers=headers) as resp:
