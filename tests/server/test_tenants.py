@@ -515,6 +515,14 @@ async def test_options_on_cancel_and_retry_allow_post(api: Api) -> None:
             assert r.status == 405 and r.headers["Allow"] == "POST"
 
 
+async def test_an_unknown_task_action_is_not_found(api: Api) -> None:
+    # POST /v1/tasks/1:foo answered 405 "Method Not Allowed", as if POST were wrong.
+    for method in ("POST", "GET", "OPTIONS", "DELETE"):
+        async with api.http.request(method, api.url + "/v1/tasks/1:foo", headers=api.auth()) as r:
+            assert r.status == 404, method
+            assert ":cancel, :retry and :signal" in (await r.json())["detail"]
+
+
 async def test_metrics_are_served_without_a_key_on_their_own_port(
     start_api: StartApi, tmp_path: Path
 ) -> None:

@@ -129,6 +129,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.legion = state
     app.include_router(tasks_api.router)
     app.include_router(signals_api.router)
+    app.include_router(tasks_api.unknown_actions)  # after every router with task actions
     app.include_router(streams.router)
     app.include_router(ops_api.public)
     app.include_router(ops_api.router)

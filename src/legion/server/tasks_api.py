@@ -281,15 +281,31 @@ async def retry_task(task: TaskDep, state: StateDep) -> StatusOut:
     return StatusOut(id=task.id, status=TaskStatus.QUEUED)
 
 
+_ACTIONS = ("cancel", "retry", "signal")  # (:signal is `signals_api`'s)
+_NO_ACTION = "no action :{} on a task (there are :cancel, :retry and :signal)"
+
+
 @router.api_route(
     "/tasks/{task_id}:{action}",
-    methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"],
+    methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"],
     include_in_schema=False,
 )
 async def only_post(task_id: str, action: str) -> None:
-    """``:cancel`` and ``:retry`` take POST alone: any other method is 405 (without this, a
-    GET would reach the task route below, whose path matches too)."""
+    """The task actions take POST alone: any other method is 405 (without this, a GET
+    would reach the task route below, whose path matches too). An action there is not
+    is 404, whatever the method."""
+    if action not in _ACTIONS:
+        raise HTTPException(404, _NO_ACTION.format(action))
     raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
+
+
+unknown_actions = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+"""A POST of an action there is not: included after every router with actions."""
+
+
+@unknown_actions.post("/tasks/{task_id}:{action}", include_in_schema=False)
+async def no_such_action(task_id: str, action: str) -> None:
+    raise HTTPException(404, _NO_ACTION.format(action))
 
 
 # Declared after the :cancel and :retry routes, which its path would match too: an OPTIONS
