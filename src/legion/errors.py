@@ -191,6 +191,12 @@ class UnawaitedWork(Permanent):
     """Raised (in strict mode) when an agent made a step or call and never awaited it."""
 
 
+class LoopStopRefused(Permanent):
+    """Raised in an agent that stops the event loop (``loop.stop()``, itself or through a
+    library): that loop runs every instance of its worker, so the agent's attempt fails
+    instead, and the loop goes on."""
+
+
 class VectorError(Permanent):
     """Raised on a vector collection misuse (wrong dimension, empty text, no such
     collection) or a store that cannot hold vectors; nothing was written."""

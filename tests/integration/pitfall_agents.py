@@ -54,6 +54,15 @@ async def spawner(ctx: legion.Context, x: int) -> str:
     return "done"
 
 
+@legion.agent(retries=3)
+async def loop_stopper(ctx: legion.Context, x: int) -> str:
+    await asyncio.sleep(0)
+    if x:
+        asyncio.get_running_loop().stop()
+    await asyncio.sleep(0)
+    return "done"
+
+
 async def _wait(seconds: float, tag: str) -> str:
     await asyncio.sleep(seconds)
     return tag

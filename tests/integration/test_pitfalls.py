@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from pathlib import Path
 
@@ -100,3 +101,21 @@ async def test_clean_and_dependent_agents_get_no_report(db_url: str) -> None:
     assert (await run(db_url, agents.clean, "q")).diagnostics == ()
     # The first result is compared as it was recorded, not as the agent left it.
     assert (await run(db_url, agents.consumes_its_result, "q")).diagnostics == ()
+
+
+async def test_an_agent_that_stops_the_loop_fails_and_the_loop_goes_on(db_url: str) -> None:
+    # loop.stop() in one agent stopped the loop under every instance: `legion run` ended in
+    # a traceback with every task left running and nothing written.
+    async with Runtime(db_url) as rt:
+        loop = asyncio.get_running_loop()
+        stopper, fine = (
+            await rt.submit(agents.loop_stopper, 1),
+            await rt.submit(agents.loop_stopper, 0),
+        )
+        stopped, done = await rt.result(stopper), await rt.result(fine)
+        assert "stop" in vars(loop)  # guarded while the worker runs
+    assert stopped.status is TaskStatus.FAILED and stopped.attempt == 1  # not retried
+    assert stopped.error is not None and stopped.error.type == "LoopStopRefused"
+    assert "loop.stop()" in stopped.error.message
+    assert done.status is TaskStatus.SUCCEEDED
+    assert "stop" not in vars(loop)  # the loop's own method again

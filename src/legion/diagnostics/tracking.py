@@ -9,17 +9,22 @@ new task, which instance spawned it (``ctx.gather`` children, or the agent's own
   runs in a child task;
 - an exception from a task the agent spawned and never awaited is attached to the
   owning task (when the instance ends, or when asyncio reports it as "never retrieved")
-  instead of being lost in a log line or crashing the worker.
+  instead of being lost in a log line or crashing the worker;
+- ``loop.stop()`` called from an instance's task raises `LoopStopRefused` there instead
+  of stopping the loop every other instance (and the worker) runs on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import weakref
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol
+
+from legion.errors import LoopStopRefused
 
 log = logging.getLogger("legion.diagnostics")
 
@@ -96,6 +101,25 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+    _guard_stop(loop)
+
+
+def _guard_stop(loop: asyncio.AbstractEventLoop) -> None:
+    """Refuse ``loop.stop()`` from an instance's tasks (an instance attribute shadows the
+    method; a loop that takes none, such as a compiled one, is left as it is)."""
+    stop = loop.stop
+
+    def guarded() -> None:
+        if CURRENT.get() is not None:
+            raise LoopStopRefused(
+                "the agent called loop.stop(): that event loop runs every agent instance "
+                "of this worker, so it goes on and this attempt fails (remove the call, "
+                "or the library's that makes it)"
+            )
+        stop()
+
+    with contextlib.suppress(AttributeError):
+        loop.stop = guarded  # type: ignore[method-assign]
 
 
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:
@@ -111,6 +135,8 @@ def uninstall(loop: asyncio.AbstractEventLoop) -> None:
     _INSTALLED.discard(loop)
     loop.set_task_factory(saved[0])
     loop.set_exception_handler(saved[1])
+    if "stop" in vars(loop):
+        del loop.stop  # the class's own again
 
 
 def unretrieved_exception(task: asyncio.Task[Any]) -> BaseException | None:
