@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
@@ -107,6 +108,18 @@ def _found_here(module: ModuleType) -> str:
 def agents_in(module: ModuleType) -> list[Agent]:
     """Every agent defined at the top level of ``module``."""
     return [v for v in vars(module).values() if isinstance(v, Agent)]
+
+
+def peers_of(found: Agent) -> list[Agent]:
+    """The other agents defined at the top level of ``found``'s module, each under a name
+    of its own and other than ``found``'s: those a task of ``found`` can start as its
+    children (``ctx.spawn``, ``ctx.map``), which a worker serving its file serves too."""
+    module = sys.modules.get(found.fn.__module__)
+    if module is None:
+        return []
+    others = list({id(a): a for a in agents_in(module) if a.name != found.name}.values())
+    names = Counter(a.name for a in others)
+    return [a for a in others if names[a.name] == 1]
 
 
 def _describe(exc: BaseException) -> str:

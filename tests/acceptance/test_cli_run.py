@@ -747,3 +747,63 @@ def test_signal_refuses_an_event_name_no_task_can_wait_for(tmp_path: Path) -> No
     r = legion("signal", "1", "e" * 201, "--store", store)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: the event name is 201 characters; at most 200"), r.stderr
+
+
+FAMILY = """
+import legion
+
+
+@legion.agent
+async def child(ctx, n: int) -> int:
+    return n * 10
+
+
+@legion.agent
+async def parent(ctx, n: int) -> list:
+    return await ctx.map(child, [n, n + 1])
+
+
+@legion.agent(resources={"memory_mb": 4096, "gpu": 1})
+async def transcribe(ctx, url: str) -> str:
+    return url.upper()
+"""
+
+
+def test_children_of_agents_beside_the_agent_run_in_the_run(tmp_path: Path) -> None:
+    # The local worker served the named agent alone: the children its tasks started
+    # (ctx.map of an agent of the same file) stayed queued, and the run waited for ever.
+    (tmp_path / "family.py").write_text(FAMILY)
+    inp = write_jsonl(tmp_path / "in.jsonl", [1, 2])
+    out = tmp_path / "out.jsonl"
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    done = legion(
+        "run", f"{tmp_path / 'family.py'}:parent", "-i", str(inp), "-o", str(out),
+        "--store", store, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [r["output"] for r in read_jsonl(out)] == [[10, 20], [20, 30]]
+
+
+def test_an_agent_needing_what_the_run_does_not_offer_is_said_and_offer_runs_it(
+    tmp_path: Path,
+) -> None:
+    # The tasks waited for a worker offering a GPU, silently, for ever.
+    (tmp_path / "family.py").write_text(FAMILY)
+    inp = write_jsonl(tmp_path / "in.jsonl", ["a"])
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    agent = f"{tmp_path / 'family.py'}:transcribe"
+    waiting = start_legion("run", agent, "-i", str(inp), "--store", store, "--no-progress")
+    assert waiting.stderr is not None
+    first = waiting.stderr.readline()
+    waiting.send_signal(signal.SIGTERM)
+    waiting.communicate(timeout=60)
+    assert "agent 'transcribe' needs gpu=1,memory_mb=4096" in first, first
+    assert "--offer gpu=1,memory_mb=4096 runs them here" in first
+
+    offered = legion(
+        "run", agent, "-i", str(inp), "--store", store, "--offer", "memory_mb=8192,gpu",
+        timeout=60,
+    )  # fmt: skip
+    assert offered.returncode == 0, offered.stderr
+    assert "needs" not in offered.stderr
+    assert json.loads(offered.stdout)["output"] == "A"

@@ -27,6 +27,7 @@ from legion.cli.options import (
     MaxInFlightOpt,
     MaxTokensOpt,
     MemoryLimitOpt,
+    OfferOpt,
     PoolSizeOpt,
     RayAddressOpt,
     RpmOpt,
@@ -136,6 +137,7 @@ def run(
     max_cost: MaxCostOpt = None,
     max_tokens: MaxTokensOpt = None,
     max_calls: MaxCallsOpt = None,
+    offer: OfferOpt = None,
 ) -> None:
     """Run every line of a JSONL file through an agent, resumably.
 
@@ -148,7 +150,7 @@ def run(
     from legion.cli.llm_options import ExecutorOptions
     from legion.cli.run import RunOptions, run_file
     from legion.cli.wiring import RuntimeOptions, llm_options
-    from legion.loader import load_agent
+    from legion.loader import load_agent, peers_of
 
     _setup_logging(verbose)
     if not local_worker:
@@ -162,11 +164,14 @@ def run(
             raise _fail(f"cannot read {input}: it is a folder (give a JSONL file, or - for stdin)")
         if not input.exists():
             raise _fail(f"no such input file: {input}")
+    from legion.resources import parse_offer
+
     try:
         loaded = load_agent(agent)
         if deadline is not None:
             loaded = loaded.with_deadline(deadline)
-    except LegionError as exc:
+        offered = parse_offer(offer) if offer is not None else {}
+    except (LegionError, ValueError) as exc:
         raise _fail(str(exc)) from None
     runtime = RuntimeOptions(
         store=store,
@@ -177,8 +182,16 @@ def run(
         strict=strict,
         executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
         budget=_budget(max_cost, max_tokens, max_calls),
+        offer=offered,
     )
-    opts = RunOptions(agent=loaded, input=input, output=output, progress=progress, runtime=runtime)
+    opts = RunOptions(
+        agent=loaded,
+        input=input,
+        output=output,
+        progress=progress,
+        runtime=runtime,
+        peers=tuple(peers_of(loaded)),
+    )
     code = _run(run_file(opts, stderr_console()))
     raise typer.Exit(code)
 
@@ -213,15 +226,7 @@ def worker(
             "no lease lost, no attempt charged). See docs/provisioning.md.",
         ),
     ] = None,
-    offer: Annotated[
-        str | None,
-        typer.Option(
-            metavar="RESOURCES",
-            help="Resources this worker offers, as name=amount pairs and tags "
-            "(memory_mb=4096,gpu): it leases only tasks of agents whose resources= it "
-            "covers. Default: none (only tasks that need nothing).",
-        ),
-    ] = None,
+    offer: OfferOpt = None,
     cooldown: Annotated[
         float,
         typer.Option(

@@ -140,6 +140,16 @@ DeadlineOpt = Annotated[
 ]
 
 
+OfferOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="RESOURCES",
+        help="Resources this worker offers, as name=amount pairs and tags "
+        "(memory_mb=4096,gpu): it leases only tasks of agents whose resources= it "
+        "covers. Default: none (only tasks that need nothing).",
+    ),
+]
+
 ExecutorOpt = Annotated[
     str | None,
     typer.Option(

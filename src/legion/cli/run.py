@@ -33,6 +33,7 @@ from legion.diagnostics.summary import summarize
 from legion.errors import ConfigError, StoreError
 from legion.inputs import InputLine, read_jsonl
 from legion.llm.budget import Budget, BudgetLimits, Spend
+from legion.resources import satisfies
 from legion.run.runtime import Runtime
 from legion.task import TaskResult, TaskStatus
 
@@ -44,6 +45,9 @@ class RunOptions:
     output: Path | None
     progress: bool
     runtime: RuntimeOptions  # its worker is the local worker (--no-local-worker: none)
+    peers: tuple[Agent, ...] = ()  # the other agents of its file: the local worker serves
+    # them too, as a worker serving the file would, so that the children its tasks start
+    # (ctx.spawn, ctx.map) run
 
 
 BUDGET_EXCEEDED = "budget_exceeded"
@@ -161,7 +165,10 @@ async def _run_lines(
                 "give them to each `legion worker` with --no-local-worker"
             )
         console.print("no local worker: tasks run on `legion worker` processes")
-    async with open_runtime(opts.runtime, on_routes=console.print) as rt:
+    if opts.runtime.worker:
+        _say_if_not_covered(opts, console)
+    agents = (opts.agent, *opts.peers) if opts.runtime.worker else ()
+    async with open_runtime(opts.runtime, agents=agents, on_routes=console.print) as rt:
         llm = rt.llm
         budget = None if llm is None else llm.budgets.run
         watched = [] if budget is None else [budget]  # the budgets whose end ends the run
@@ -227,6 +234,22 @@ async def _run_lines(
     if interrupted:  # as a shell reports a command a signal ended: 130 (SIGINT), 143 (SIGTERM)
         return 128 + (stop.received or signal.SIGINT)
     return 0 if tally.not_succeeded == 0 else 1
+
+
+def _say_if_not_covered(opts: RunOptions, console: Console) -> None:
+    """Say so when the agent needs resources (``resources=``) that the local worker does
+    not offer: it leaves the tasks to a worker that does, and the run waits for one."""
+    needs = dict(opts.agent.options.resources)
+    if satisfies(opts.runtime.offer, needs):
+        return
+    wanted = ",".join(f"{k}={v:g}" for k, v in needs.items())
+    console.print(
+        f"agent {opts.agent.name!r} needs {wanted}, which this run's worker does not offer: "
+        f"its tasks wait for a `legion worker --offer {wanted}` on this store (--offer "
+        f"{wanted} runs them here)",
+        style="yellow",
+        highlight=False,
+    )
 
 
 async def _say_if_unserved(rt: Runtime, opts: RunOptions, console: Console) -> None:
