@@ -18,6 +18,8 @@ thousands at once, with every piece of state in a store::
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from legion.agent import Agent, agent
@@ -125,4 +127,8 @@ def __getattr__(name: str) -> Any:
         from legion.store.sqlite import SQLiteStore
 
         return SQLiteStore
+    # A subpackage (legion.llm, legion.sim, legion.integrations...) loads when first named,
+    # as `import legion.llm` would: `import legion` alone stays light.
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,3 +47,25 @@ def test_the_package_says_it_is_typed() -> None:
     from pathlib import Path
 
     assert (Path(legion.__file__).parent / "py.typed").is_file()
+
+
+def test_subpackages_the_readme_names_are_reached_from_import_legion() -> None:
+    # `legion.llm.open_client`, `legion.sim.Simulator` and
+    # `legion.integrations.pydantic_ai.model` raised AttributeError after `import legion`.
+    code = (
+        "import sys, legion\n"
+        "assert 'legion.llm' not in sys.modules\n"  # still loaded only when named
+        "print(legion.llm.open_client.__name__, legion.sim.Simulator.__name__,\n"
+        "      legion.integrations.pydantic_ai.__name__)\n"
+        "for missing in ('nope', '_private'):\n"
+        "    try:\n"
+        "        getattr(legion, missing)\n"
+        "    except AttributeError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "open_client Simulator legion.integrations.pydantic_ai",
+        "module 'legion' has no attribute 'nope'",
+        "module 'legion' has no attribute '_private'",
+    ]

@@ -9,3 +9,15 @@ paced, counted call of the task. The agent itself stays as it was.
 * `legion.integrations.langchain` (extra ``langchain``): ``chat_model(ctx)``, a
   ``ChatOpenAI`` for LangChain and LangGraph.
 """
+
+import importlib
+from types import ModuleType
+
+_ADAPTERS = frozenset({"pydantic_ai", "openai_agents", "langchain"})
+
+
+def __getattr__(name: str) -> ModuleType:
+    # An adapter loads (with its framework) when first named, as an import of it would.
+    if name in _ADAPTERS:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
