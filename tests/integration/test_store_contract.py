@@ -372,6 +372,23 @@ async def test_a_crash_is_charged_only_to_a_task_that_ran_alone(store: Store) ->
     assert info is not None and info.status is TaskStatus.DEAD
 
 
+async def test_absolve_lets_the_tasks_taken_from_a_live_worker_run_with_others(
+    store: Store,
+) -> None:
+    # w1 lost three leases and w2 one, all taken back to run alone; w1 turns out to live.
+    ids = [s.id for s in await store.submit([new(value=i) for i in range(5)], NOW)]
+    await store.lease("w1", {"a": 3}, 3, NOW + 600, NOW)
+    await store.lease("w2", {"a": 2}, 2, NOW + 600, NOW)
+    assert (await store.reclaim(NOW + 1, ["w1", "w2"])).requeued == 5
+    (alone,) = await store.lease("w3", {"a": 1}, 1, NOW + 600, NOW, isolated=True)
+    assert await store.absolve("w1") == (3 if alone.id not in ids[:3] else 2)
+    assert await store.absolve("w1") == 0  # once
+    taken = await store.lease("w4", {"a": 5}, 5, NOW + 600, NOW)
+    # w1's run with others; w2's still run alone, one of them on w3 already.
+    assert {t.id for t in taken} == set(ids[:3]) - {alone.id}
+    assert all(t.attempt == 1 for t in taken)  # the lost attempts were not counted
+
+
 async def test_reclaim_takes_leases_of_dead_owners_at_once(store: Store) -> None:
     await store.submit([new(value=1), new(value=2)], NOW)
     await store.lease("dead-worker", {"a": 1}, 1, NOW + 600, NOW)

@@ -248,3 +248,27 @@ async def test_work_queued_while_a_lease_finds_none_is_run_without_waiting_for_t
     finally:
         await store.aclose()
     assert r.status is TaskStatus.SUCCEEDED and r.output == 7
+
+
+async def test_tasks_taken_from_a_worker_that_lives_run_with_others_again(
+    store: SQLiteStore, clock: FakeClock
+) -> None:
+    # After a store outage (or a pause) longer than the lease, every task of every worker
+    # was taken back as if its worker had crashed, and ran alone: one at a time a worker.
+    async with Runtime(store, clock=clock, lease_seconds=30, drain_timeout=0, agents=[waits]) as rt:
+        worker = local(rt)
+        ids = [s.id for s in await rt.submit_many(waits, [1, 2, 3])]
+        await until(lambda: all(worker.holds(i) for i in ids))
+        # Another worker's reaper, once the leases ran out while this one was cut off:
+        assert (await store.reclaim(clock.wall() + 31)).requeued == 3
+        await clock.advance(5)  # this worker's next heartbeat finds its leases gone
+
+        async def all_running_again() -> bool:
+            infos = await store.get_many(ids)
+            return all(i.status is TaskStatus.RUNNING for i in infos)
+
+        # It lives: what was taken from it runs with others, all three at once again.
+        await until(all_running_again)
+        infos = await store.get_many(ids)
+    assert {i.lease_owner for i in infos} == {worker.id}
+    assert {i.attempt for i in infos} == {1}  # the lost attempt was not counted

@@ -179,6 +179,9 @@ class Upkeep:
         }
         if lost:
             self._lost(lost)
+            # Taken while this worker lived (paused, or cut off): the tasks taken from it
+            # need not run alone (see `Worker._release_unheld`, at the next lease).
+            self._ambiguous_lease = True
         dropped = self._ahead.drop(set(asked) - extended.held)
         if dropped:  # (not started: nothing to stop)
             log.warning("leases on %d tasks held ahead were lost; not started", dropped)

@@ -17,7 +17,9 @@ what was lost or cancelled meanwhile.
 
 A task taken back from a worker that stopped while running it among others runs alone
 (nothing else on the worker) until it ends: a task that crashes its worker is then
-charged for it, its neighbours are not.
+charged for it, its neighbours are not. A worker whose leases were taken while it lived
+(cut off from the store, paused) lets those tasks run with others again
+(`Store.absolve`) once it reaches the store.
 
 Stopping (`stop`, SIGINT/SIGTERM in the CLI) drains: no new leases, running
 instances get ``drain_timeout`` seconds to finish, the rest are released back to the
@@ -683,13 +685,24 @@ class Worker(Upkeep):
         log.warning("task %s: %s", owner.lease.id, found.message)
 
     async def _release_unheld(self) -> None:
+        """After leases this worker may hold were lost to it (a failed lease call, a
+        store it could not reach for a whole lease, a pause): give back the rows still
+        leased to it that nothing runs, and let the tasks taken from it meanwhile run
+        with others again (it lives: none of them stopped it)."""
         keep = [*self._instances, *self._ahead.ids()]
         released = await self.store.release_unheld(self.id, keep)
+        absolved = await self.store.absolve(self.id)
         self._ambiguous_lease = False
         if released:
             log.warning(
                 "gave back %d leases that a failed lease call had taken and no instance runs",
                 released,
+            )
+        if absolved:
+            log.warning(
+                "%d tasks taken back from this worker while it was cut off run with others "
+                "again (it did not stop: none of them stopped it)",
+                absolved,
             )
 
     async def _start_batch(self, leases: Sequence[Lease]) -> None:

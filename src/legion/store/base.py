@@ -98,6 +98,12 @@ class TaskQueue(Protocol):
         """Give back every lease ``owner`` holds on a task not in ``keep`` (after a lease
         call whose answer was lost), attempt not counted; answer how many."""
 
+    async def absolve(self, owner: str) -> int:
+        """Tasks taken back from ``owner`` while it lived (its leases expired while it was
+        cut off from the store, or paused) run with others again: it did not stop, so
+        none of them stopped it. Clears the mark that makes a queued task run alone when
+        its last attempt was lost on ``owner``; answers how many."""
+
     async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
         """Take back expired leases (on PostgreSQL: expired by the database's clock; ``now``
         is the SQLite store's) and those of ``dead_owners``. A task is charged the stop

@@ -536,6 +536,11 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await cur.execute(Q["now"])
             return float(_one(await cur.fetchone()))
 
+    async def absolve(self, owner: str) -> int:
+        async with self._cursor() as cur:
+            await cur.execute(Q["absolve"], {"owner": owner})
+            return len(await cur.fetchall())
+
     async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
         """Take back expired and dead owners' leases, skipping rows locked right now (a
         completion in flight decides those).

@@ -454,6 +454,12 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         """The wall clock: a SQLite store lives on one host, and its workers share it."""
         return self._clock.wall()
 
+    async def absolve(self, owner: str) -> int:
+        def run(db: sqlite3.Connection) -> int:
+            return len(db.execute(Q["absolve"], {"owner": owner}).fetchall())
+
+        return await self._call(self._transaction, run)
+
     async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
         def run(db: sqlite3.Connection) -> Reclaimed:
             params = {

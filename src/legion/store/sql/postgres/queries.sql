@@ -309,6 +309,16 @@ WITH r AS (
     FROM u
 )
 SELECT status FROM u;
+-- name: absolve
+-- The queued tasks that run alone because their last attempt was lost on %(owner)s, which
+-- lives: they run with others again.
+UPDATE tasks AS t SET isolate = false
+WHERE t.status = 'queued' AND t.isolate
+  AND EXISTS (SELECT 1 FROM attempts AS a
+              WHERE a.task_id = t.id AND a.worker = %(owner)s AND a.outcome = 'lost'
+                AND a.attempt >= t.attempt)
+RETURNING t.id;
+
 -- name: cancel
 -- A queued task is cancelled at once; a running one is asked to stop (its worker sees the
 -- request at its next heartbeat).

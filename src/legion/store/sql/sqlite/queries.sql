@@ -244,6 +244,16 @@ SET status = CASE
 FROM r
 WHERE tasks.id = r.id
 RETURNING tasks.id, tasks.status;
+-- name: absolve
+-- The queued tasks that run alone because their last attempt was lost on :owner, which
+-- lives: they run with others again.
+UPDATE tasks SET isolate = 0
+WHERE status = 'queued' AND isolate
+  AND EXISTS (SELECT 1 FROM attempts AS a
+              WHERE a.task_id = tasks.id AND a.worker = :owner AND a.outcome = 'lost'
+                AND a.attempt >= tasks.attempt)
+RETURNING id;
+
 -- name: cancel_queued
 UPDATE tasks SET status = 'cancelled', finished_at = :now, cancel_requested = 1
 WHERE id = :id AND status IN ('queued', 'waiting')
