@@ -56,3 +56,20 @@ def test_the_heavy_modules_are_still_importable() -> None:
     loaded = _loaded_after("legion.llm, legion.sim, legion.executors, legion.bench")
     assert {"aiohttp", "legion.llm", "legion.sim", "legion.executors"} <= loaded
     assert "legion.store.sqlite" in _loaded_after("legion; legion.SQLiteStore")
+
+
+def test_an_http_route_loads_its_http_stack_when_built_not_in_its_first_call() -> None:
+    # aiohttp loaded in the first call, ~0.2 s inside that call's agent: the watchdog
+    # reported "agent `ask` blocked the event loop" on the first task of every run.
+    code = (
+        "import asyncio, os, sys\n"
+        "os.environ['OPENAI_API_KEY'] = 'k'\n"
+        "from legion.llm import open_client\n"
+        "async def main():\n"
+        "    client = await open_client('openai:m@http://127.0.0.1:9/v1')\n"
+        "    print('aiohttp' in sys.modules)\n"
+        "    await client.aclose()\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

@@ -108,6 +108,10 @@ class HttpTransport:
             raise ValueError("stream_idle_timeout and ttfb_timeout must be > 0")
         if max_response_bytes < 1 or max_event_bytes < 1:
             raise ValueError("max_response_bytes and max_event_bytes must be >= 1")
+        # aiohttp loads now, as the client is built, not in the first call: there, its
+        # ~0.2 s blocked the loop inside that call's agent (and was reported as its own).
+        import aiohttp  # noqa: F401
+
         self.provider = provider
         self._headers = {"Content-Type": "application/json", **headers}
         self._max_connections = max_connections
