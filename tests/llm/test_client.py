@@ -196,3 +196,26 @@ def test_invalid_routes_are_refused() -> None:
         LLMClient([route, route])
     with pytest.raises(ValueError, match="default route 'b'"):
         LLMClient([route], default="b")
+
+
+async def test_a_route_that_answers_only_429s_fails_its_call_after_max_outage() -> None:
+    # A key the provider never serves (429 on every call, no Retry-After): each retry
+    # waited for the route's pause without spending anything, so the call, and its task,
+    # waited for ever, about one request a second.
+    clock = FakeClock()
+    refusals = [RateLimited("no", provider="scripted", status=429) for _ in range(1000)]
+    provider = ScriptedProvider(refusals)
+    capacity = Capacity("c", timer=clock, rng=random.Random(0))
+    client = LLMClient(
+        [Route("main", provider, "m", capacity)],
+        retry=RetryPolicy(retries=2),
+        timer=clock,
+        rng=random.Random(7),
+        max_outage=120.0,
+    )
+    with pytest.raises(RateLimited):
+        await clock.run(client.chat(HELLO))
+    assert 120.0 <= clock.now() < 200.0
+    route = client.statistics().routes["main"]
+    assert (route.calls, route.failed, route.succeeded) == (1, 1, 0)
+    assert len(provider.requests) < 250  # about one a second, then three that count

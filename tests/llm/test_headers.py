@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 from legion.llm import RateLimitInfo, parse_rate_limit_headers
-from legion.llm.headers import parse_duration
+from legion.llm.headers import parse_duration, parse_retry_after
 
 NOW = 1_750_000_000.0  # a fixed Unix time
 
@@ -110,3 +110,11 @@ def test_garbage_headers_are_ignored() -> None:
     )
     assert info == RateLimitInfo()
     assert parse_rate_limit_headers({}, now=NOW) == RateLimitInfo()
+
+
+def test_a_retry_after_past_a_day_is_taken_as_none() -> None:
+    # Retry-After: 99999999 parked its tasks for three years; 1e308 printed 309 digits.
+    for value in ("99999999", "1e308", "86401", "Fri, 31 Dec 9999 23:59:59 GMT"):
+        assert parse_retry_after({"retry-after": value}, now=0.0) is None, value
+    assert parse_retry_after({"retry-after-ms": "90000000"}, now=0.0) is None
+    assert parse_retry_after({"retry-after": "86400"}, now=0.0) == 86_400.0  # a daily quota

@@ -19,6 +19,8 @@ multiply these.
   (`Capacity.failing`); no budget is spent and the wait is not attempt time,
   for up to ``max_outage`` seconds of failing (then the failures count again,
   so a route that never comes back, such as a wrong address, fails its tasks).
+  A route that has answered nothing but 429s for ``max_outage`` seconds counts
+  them too.
 * The same errors while other calls get through (this call's own bad luck), and
   `MalformedResponse` (an answer, if a wrong one: the route is not down):
   exponential backoff with full jitter (`legion.retry.RetryPolicy`), at least
@@ -519,21 +521,26 @@ class LLMClient:
         answer the call's own failures so far, after the backoff when one is due; raise
         ``exc`` once the budget, or the attempt's time, is spent."""
         counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
-        if isinstance(exc, RateLimited):
-            counters.retries += 1  # the capacity paused and slowed down: wait again
-            return spent
         capacity = route.capacity
-        route_failing = (
-            not isinstance(exc, MalformedResponse)  # an answer, wrong: not an outage
-            and sent.at < math.inf
-            and capacity.failed(sent_at=sent.at)
-            and capacity.failing_for() < self._max_outage
-        )
-        if route_failing or _probe_failed(route, ticket, exc):
-            # The route fails as a whole, or this was the breaker's probe, sent for every
-            # waiting caller: wait for the route, spending no retry.
-            counters.retries += 1
-            return spent
+        if isinstance(exc, RateLimited):
+            # The capacity paused and slowed down: wait again, spending no retry, unless
+            # the route has refused every call for ``max_outage`` seconds (a key or
+            # account that is never served): then its 429s count, so its tasks end.
+            if capacity.failing_for() < self._max_outage:
+                counters.retries += 1
+                return spent
+        else:
+            route_failing = (
+                not isinstance(exc, MalformedResponse)  # an answer, wrong: not an outage
+                and sent.at < math.inf
+                and capacity.failed(sent_at=sent.at)
+                and capacity.failing_for() < self._max_outage
+            )
+            if route_failing or _probe_failed(route, ticket, exc):
+                # The route fails as a whole, or this was the breaker's probe, sent for
+                # every waiting caller: wait for the route, spending no retry.
+                counters.retries += 1
+                return spent
         spent += 1
         delay = self._backoff(spent, exc.retry_after)
         current = attempts.current()

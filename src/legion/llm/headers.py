@@ -93,9 +93,21 @@ def parse_duration(value: str | None) -> float | None:
     return total
 
 
+MAX_RETRY_AFTER = 86_400.0
+"""The longest Retry-After taken as given (a day: a daily quota's reset). A longer one is
+not credible, and would park its tasks for that long: it is taken as none (the route's
+default pause)."""
+
+
 def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
     """The wait asked for by ``retry-after-ms`` or ``retry-after`` (lower-case
-    or case-insensitive ``headers``), in seconds from ``now`` (Unix seconds)."""
+    or case-insensitive ``headers``), in seconds from ``now`` (Unix seconds);
+    ``None`` when there is none, or none up to `MAX_RETRY_AFTER`."""
+    wait = _retry_after(headers, now)
+    return wait if wait is None or wait <= MAX_RETRY_AFTER else None
+
+
+def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
     millis = _float(headers.get("retry-after-ms"))
     if millis is not None:
         return millis / 1000.0
@@ -107,7 +119,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None
         return seconds
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
         return None
