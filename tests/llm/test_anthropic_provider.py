@@ -282,3 +282,15 @@ def test_a_delta_for_an_unknown_block_is_malformed() -> None:
     }
     with pytest.raises(MalformedResponse, match="unexpected stream event"):
         MessageAssembler("anthropic", "m").add(ServerSentEvent("", orjson.dumps(delta).decode()))
+
+
+def test_a_usage_that_is_no_token_count_is_malformed() -> None:
+    for usage in ({"input_tokens": -5}, {"output_tokens": "x"}, {"cache_read_input_tokens": 1e300}):
+        body = {"content": [{"type": "text", "text": "hi"}], "usage": usage}
+        with pytest.raises(MalformedResponse, match="usage"):
+            parse_message(orjson.dumps(body), "anthropic")
+        start = {"type": "message_start", "message": {"model": "m", "usage": usage}}
+        with pytest.raises(MalformedResponse, match="usage"):
+            MessageAssembler("anthropic", "m").add(
+                ServerSentEvent(event="message_start", data=orjson.dumps(start).decode())
+            )

@@ -246,3 +246,28 @@ def test_cached_and_reasoning_tokens_are_kept() -> None:
     assert usage == Usage(1200, 300, cached_tokens=1024, reasoning_tokens=256)
     body["usage"] = {"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": None}
     assert parse_completion(orjson.dumps(body), "openai").usage == Usage(5, 1)
+
+
+@pytest.mark.parametrize(
+    ("usage", "said"),
+    [
+        ({"prompt_tokens": -100000, "completion_tokens": 5}, "prompt_tokens is not a token count"),
+        ({"prompt_tokens": 1e300}, "prompt_tokens is not a token count"),
+        ({"prompt_tokens": 2**63 - 1}, "prompt_tokens is not a token count"),
+        ({"prompt_tokens": "ten"}, "prompt_tokens is not a whole number: 'ten'"),
+        ({"completion_tokens": 2.5}, "completion_tokens is not a whole number"),
+        ({"completion_tokens_details": {"reasoning_tokens": -1}}, "reasoning_tokens"),
+    ],
+)
+def test_a_usage_that_is_no_token_count_is_malformed(usage: dict[str, object], said: str) -> None:
+    # Negative usage undid --max-tokens; 1e300 failed the task as its own OutputError;
+    # "ten" escaped as a bare ValueError, uncounted; 2**63-1 went into every total.
+    body = {"choices": [{"message": {"content": "hi"}}], "usage": usage}
+    with pytest.raises(MalformedResponse, match=said):
+        parse_completion(orjson.dumps(body), "openai")
+    chunk = {"choices": [], "usage": usage}
+    stream = ChunkAssembler("openai", "m")
+    with pytest.raises(MalformedResponse, match=said):
+        stream.add(ServerSentEvent("", orjson.dumps(chunk).decode()))
+    whole = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 7.0}}
+    assert parse_completion(orjson.dumps(whole), "openai").usage == Usage(7, 0)  # a count

@@ -39,7 +39,7 @@ from legion.llm.transport import (
     HttpTransport,
     decode_json,
 )
-from legion.llm.types import ChatRequest, ChatResponse, Message, ToolCall, Usage
+from legion.llm.types import ChatRequest, ChatResponse, Message, ToolCall, Usage, token_count
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -258,7 +258,7 @@ def parse_message(body: bytes, provider: str) -> ChatResponse:
             text="".join(text),
             tool_calls=tuple(calls),
             finish_reason=_finish_reason(data.get("stop_reason")),
-            usage=_usage(usage, int(usage.get("output_tokens") or 0)),
+            usage=_usage(usage, token_count(usage.get("output_tokens"), "output_tokens")),
             model=str(data.get("model") or ""),
             provider=provider,
         )
@@ -275,7 +275,7 @@ def _finish_reason(stop_reason: Any) -> str | None:
 
 
 def _input_tokens(usage: Mapping[str, Any]) -> int:
-    return sum(int(usage.get(key) or 0) for key in _INPUT_USAGE_KEYS)
+    return sum(token_count(usage.get(key), key) for key in _INPUT_USAGE_KEYS)
 
 
 def _usage(usage: Mapping[str, Any], output: int) -> Usage:
@@ -284,8 +284,10 @@ def _usage(usage: Mapping[str, Any], output: int) -> Usage:
     return Usage(
         _input_tokens(usage),
         output,
-        cached_tokens=int(usage.get("cache_read_input_tokens") or 0),
-        cache_write_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+        cached_tokens=token_count(usage.get("cache_read_input_tokens"), "cache_read_input_tokens"),
+        cache_write_tokens=token_count(
+            usage.get("cache_creation_input_tokens"), "cache_creation_input_tokens"
+        ),
     )
 
 
@@ -357,12 +359,16 @@ class MessageAssembler:
                 message = data["message"]
                 self._model = message.get("model") or self._model
                 usage = message.get("usage") or {}
+                _usage(usage, 0)  # (checked here, where a bad count is a bad event)
                 self._input_usage = usage
-                self._output = int(usage.get("output_tokens") or 0)
+                self._output = token_count(usage.get("output_tokens"), "output_tokens")
             elif kind == "message_delta":
                 self._finish = _finish_reason(data["delta"].get("stop_reason"))
                 usage = data.get("usage") or {}
-                self._output = int(usage.get("output_tokens") or self._output)
+                _usage(usage, 0)
+                self._output = token_count(usage.get("output_tokens"), "output_tokens") or (
+                    self._output
+                )
                 if any(usage.get(key) for key in _INPUT_USAGE_KEYS):
                     self._input_usage = usage
             elif kind == "message_stop":

@@ -14,7 +14,7 @@ from typing import Any
 
 from legion.errors import MalformedResponse
 from legion.llm.transport import decode_json
-from legion.llm.types import RateLimitInfo, Usage
+from legion.llm.types import RateLimitInfo, Usage, token_count
 
 _CHARS_PER_TOKEN = 4
 
@@ -90,7 +90,9 @@ def parse_embeddings(body: bytes, provider: str, count: int) -> Embeddings:
         items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
         vectors = tuple(tuple(float(x) for x in item["embedding"]) for item in items)
         usage = data.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
+        prompt = token_count(
+            usage.get("prompt_tokens") or usage.get("total_tokens"), "prompt_tokens"
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedResponse(
             f"{provider} answered with unexpected embeddings: {exc!r}", provider=provider

@@ -43,7 +43,7 @@ from legion.llm.transport import (
     HttpTransport,
     decode_json,
 )
-from legion.llm.types import ChatRequest, ChatResponse, ToolCall, Usage
+from legion.llm.types import ChatRequest, ChatResponse, ToolCall, Usage, token_count
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -168,7 +168,7 @@ def parse_completion(body: bytes, provider: str) -> ChatResponse:
             model=str(data.get("model") or ""),
             provider=provider,
         )
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedResponse(
             f"{provider} answered with an unexpected completion: {exc!r}", provider=provider
         ) from exc
@@ -181,15 +181,15 @@ def _usage(data: Any) -> Usage:
     prompt = data.get("prompt_tokens_details")
     completion = data.get("completion_tokens_details")
     return Usage(
-        int(data.get("prompt_tokens") or 0),
-        int(data.get("completion_tokens") or 0),
+        token_count(data.get("prompt_tokens"), "prompt_tokens"),
+        token_count(data.get("completion_tokens"), "completion_tokens"),
         cached_tokens=_detail(prompt, "cached_tokens"),
         reasoning_tokens=_detail(completion, "reasoning_tokens"),
     )
 
 
 def _detail(details: Any, key: str) -> int:
-    return int(details.get(key) or 0) if isinstance(details, Mapping) else 0
+    return token_count(details.get(key), key) if isinstance(details, Mapping) else 0
 
 
 class _PartialCall:

@@ -16,6 +16,29 @@ from typing import Any
 
 from legion.record import value
 
+MOST_TOKENS = 2**31 - 1
+"""The most tokens one answer may report in one count: far beyond any model's, and held
+exactly by every counter, budget and column downstream."""
+
+
+def token_count(value: Any, name: str) -> int:
+    """A token count as a provider reported it (absent or null: 0): a whole number from 0
+    to `MOST_TOKENS`; ValueError otherwise (the provider's parser makes it a
+    `MalformedResponse`): a negative count would undo a budget, a string or an
+    astronomical one would pass unchecked into every total."""
+    if value is None:
+        return 0
+    if type(value) is int:
+        count = value
+    elif type(value) is float and value.is_integer():
+        count = int(value)
+    else:
+        raise ValueError(f"usage {name} is not a whole number: {str(value)[:40]!r}")
+    if not 0 <= count <= MOST_TOKENS:
+        raise ValueError(f"usage {name} is not a token count: {count:.3g}")
+    return count
+
+
 Message = Mapping[str, Any]
 """One chat message in OpenAI's format, e.g. ``{"role": "user", "content": "Hi"}``."""
 
