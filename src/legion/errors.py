@@ -258,7 +258,9 @@ class ProviderError(AgentError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         fields = {"provider": self.provider, "status": self.status, "retry_after": self.retry_after}
-        return (_rebuild, (type(self), str(self), fields))
+        # (``retryable`` set on this error, as the LLM client does, crosses with it)
+        state = {k: v for k, v in vars(self).items() if k == "retryable"}
+        return (_rebuild, (type(self), str(self), fields), state)
 
 
 class RateLimited(ProviderError):

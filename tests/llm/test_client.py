@@ -219,3 +219,24 @@ async def test_a_route_that_answers_only_429s_fails_its_call_after_max_outage() 
     route = client.statistics().routes["main"]
     assert (route.calls, route.failed, route.succeeded) == (1, 1, 0)
     assert len(provider.requests) < 250  # about one a second, then three that count
+
+
+async def test_a_call_whose_retries_went_on_malformed_answers_is_not_retried_by_its_task() -> None:
+    # Each malformed 200 is paid: 5 client tries x 3 task attempts paid 15 answers a task.
+    import pickle
+
+    from legion.errors import is_retryable
+
+    clock = FakeClock()
+    wrong = [MalformedResponse("bad", provider="scripted") for _ in range(3)]
+    client = client_for(ScriptedProvider(wrong), clock, retry=RetryPolicy(retries=2))
+    with pytest.raises(MalformedResponse) as caught:
+        await clock.run(client.chat(HELLO))
+    assert not is_retryable(caught.value)
+    assert not is_retryable(pickle.loads(pickle.dumps(caught.value)))  # across processes
+    assert is_retryable(MalformedResponse("bad", provider="scripted"))  # the class still is
+    down = [unavailable() for _ in range(3)]
+    client = client_for(ScriptedProvider(down), clock, retry=RetryPolicy(retries=2))
+    with pytest.raises(ProviderUnavailable) as outage:
+        await clock.run(client.chat(HELLO))
+    assert is_retryable(outage.value)  # may pass later: the task's policy decides

@@ -6,8 +6,10 @@ capacity, asks the provider, settles the real usage, feeds the rate-limit
 headers back to the capacity, and retries what may pass.
 
 One retry budget. A provider failure is retried in one place: here, inside the
-task's attempt. The task's own retries are for what the agent does; they never
-multiply these.
+task's attempt. The task's own retries are for what the agent does: a call whose
+budget went on malformed answers (each one paid for) is not tried again by them
+(`MalformedResponse`, not retryable once raised from here); one that may pass later
+(a 5xx, a timeout) is left to the task's policy.
 
 * `RateLimited`: the capacity pauses every caller until the provider's
   Retry-After and slows down; the retry then waits for its turn like any call.
@@ -547,6 +549,8 @@ class LLMClient:
         left = current.remaining() if current is not None else None
         if spent >= self._retry.max_attempts or (left is not None and delay >= left):
             counters.failed += 1
+            if isinstance(exc, MalformedResponse):  # paid answers: the task stops asking
+                exc.retryable = False
             raise exc
         counters.retries += 1
         await self._timer.sleep(delay)
