@@ -576,7 +576,7 @@ class Context:
     async def sleep(self, seconds: float) -> None:
         """Sleep durably: the task waits (no slot, no lease) and survives restarts; the
         wake-up time is fixed on the first run."""
-        await waiting.sleep(self, self._clock, seconds)
+        await waiting.sleep(self, self._store, seconds)
 
     async def approval(self, prompt: str, *, timeout: float | None = None) -> waiting.Approval:  # noqa: ASYNC109
         """Wait for a person to approve: the dashboard shows ``prompt`` with buttons; the

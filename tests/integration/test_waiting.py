@@ -346,3 +346,35 @@ async def test_a_wait_for_an_event_no_signal_can_name_fails_at_once(store_url: s
     assert long.status is TaskStatus.DEAD
     assert long.error is not None
     assert long.error.message == "an event name is at most 200 characters (a signal's), not 201"
+
+
+@legion.agent(retries=0)
+async def minute_sleeper(ctx: Any) -> str:
+    await ctx.sleep(60)
+    return "rested"
+
+
+async def test_a_durable_sleep_is_timed_on_the_databases_clock_not_a_skewed_workers(
+    postgres_url: str,
+) -> None:
+    # A worker 5 minutes behind the database woke a 20 s sleep after 12 s (and one ahead,
+    # after 322 s); with both clocks, the task bounced between them until one agreed.
+    import time
+
+    store = store_from_url(postgres_url)  # on the database's clock
+    await store.open()
+    behind = FakeClock(wall=time.time() - 300)
+    try:
+        async with legion.Runtime(store, clock=behind, agents=[minute_sleeper]) as rt:
+            t = await rt.submit(minute_sleeper, {})
+            await _until(rt, t.id, TaskStatus.WAITING)
+            database_now = await store.now()
+            (wake_at,) = [s.output for s in await store.steps(t.id) if s.key == "legion.sleep"]
+            assert database_now < wake_at <= database_now + 60
+            await behind.advance(120)  # past the wake-up time the worker's clock would set
+            assert rt.worker is not None
+            await rt.worker.reap()  # the timers' pass
+            info = await rt.get(t.id)
+    finally:
+        await store.aclose()
+    assert info is not None and info.status is TaskStatus.WAITING  # not woken early

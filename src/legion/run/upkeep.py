@@ -223,7 +223,9 @@ class Upkeep:
         reclaimed = await self.store.reclaim(self._clock.wall(), dead)
         for wid in dead:
             await self.store.remove_worker(wid)
-        if await schedules.tick(self.store, self._clock.wall()):  # timers and cron ticks
+        # Timers and cron ticks, on the store's clock (the database's on PostgreSQL), which
+        # durable waits set their wake-up times on.
+        if await schedules.tick(self.store, store_now):
             self.wake()
         if reclaimed.sessions_ended:
             log.warning(

@@ -98,7 +98,8 @@ def store_from_url(
     A PostgreSQL database is never created: opening a store on a missing one raises
     `legion.errors.ConfigError`. ``lease_seconds`` (the
     workers' lease, 30 s if not given) sets a PostgreSQL store's timeouts below it.
-    ``clock``: a SQLite store's time (a PostgreSQL store keeps the database's).
+    ``clock``: a SQLite store's time (a PostgreSQL store keeps the database's, unless
+    ``clock`` is another than the system's: a test's fake clock).
     """
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
@@ -115,9 +116,11 @@ def store_from_url(
 
         return SQLiteStore(path[1:], create=create, clock=clock)
     if url.startswith(("postgresql://", "postgres://")):
+        # (The system clock: the database's, which every worker shares.)
+        own = None if clock is system_clock else clock
         if lease_seconds is None:
-            return _postgres_store()(url, create=create)
-        return _postgres_store()(url, lease_seconds=lease_seconds, create=create)
+            return _postgres_store()(url, create=create, clock=own)
+        return _postgres_store()(url, lease_seconds=lease_seconds, create=create, clock=own)
     raise ConfigError(
         f"unknown store URL {url!r}: expected sqlite:///path.db or postgresql://host/database"
     )

@@ -61,6 +61,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from legion import codec
+from legion.clock import Clock
 from legion.errors import ConfigError, StoreError, StoreUnavailable
 from legion.store.postgres_arrays import byteas, float8s, int4s, int8s, texts
 from legion.store.postgres_batches import PostgresBatches
@@ -140,6 +141,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         timeout: float | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         create: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         """``min_size``/``max_size`` bound the pool (default 1 and 10) and ``timeout`` is
         how long a call waits for a connection (default 30 s, and never past the call's
@@ -148,9 +150,11 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         `legion.store.timeouts`); a ``call_timeout`` in the URL overrides it.
         ``create=False`` refuses a schema without legion's tables (`open` raises
         `legion.errors.ConfigError` and creates nothing); a store there is brought up
-        to date as always."""
+        to date as always. ``clock``: what `now` answers instead of the database's
+        clock (a test's fake clock; leases stay on the database's)."""
         self.url = url
         self._create = create
+        self._clock = clock
         try:
             conninfo, options = _split_url(url)
         except ValueError as exc:  # urllib's: a malformed host ("[::1"), a bad port
@@ -532,6 +536,8 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             return len(await cur.fetchall())
 
     async def now(self) -> float:
+        if self._clock is not None:
+            return self._clock.wall()
         async with self._cursor() as cur:
             await cur.execute(Q["now"])
             return float(_one(await cur.fetchone()))

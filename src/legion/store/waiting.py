@@ -68,6 +68,10 @@ class WaitingStore(Protocol):
     async def wake_due(self, now: float) -> int:
         """Queue again the waiting tasks whose wake-up time is at or before ``now``."""
 
+    async def now(self) -> float:
+        """The store's time (the database's clock on PostgreSQL): a durable wait's
+        wake-up time is set and checked on it, as the timers that end the wait are."""
+
     async def submit_children(
         self, parent: int, tasks: Sequence[NewTask], now: float
     ) -> list[Submitted]:

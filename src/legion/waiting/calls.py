@@ -86,14 +86,16 @@ async def wait_for(
         got = await _recorded(ctx, name, _never)
         return _received(ctx, event, got)
     wake_at = None
+    now = 0.0
     if timeout is not None:
-        until = clock.wall() + timeout
+        now = await store.now()  # (the timers' clock: the database's on PostgreSQL)
+        until = now + timeout
         wake_at = await _recorded(ctx, f"legion.wait-until:{event}", lambda: until)
     data = await store.signal_data(ctx.task_id, event, index)
     if data is not None:
         got = await _recorded(ctx, name, lambda: {"signal": codec.loads(data)})
         return _received(ctx, event, got)
-    if wake_at is not None and clock.wall() >= wake_at:
+    if wake_at is not None and now >= wake_at:
         got = await _recorded(ctx, name, lambda: {"timeout": timeout})
         return _received(ctx, event, got)
     shown = codec.dumps(info) if info is not None else None
@@ -111,13 +113,16 @@ def _never() -> Any:
     raise AssertionError("a recorded step was asked to run")
 
 
-async def sleep(ctx: Waiter, clock: Clock, seconds: float) -> None:
+async def sleep(ctx: Waiter, store: ContextStore, seconds: float) -> None:
     # The wake-up time is recorded as JSON, which has no NaN or infinity.
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"seconds must be a finite number >= 0, not {seconds!r}")
-    until = clock.wall() + seconds
+    # Set and checked on the store's clock (the database's on PostgreSQL), as the timers
+    # that wake the task are: a worker whose clock is ahead or behind wakes it on time.
+    now = await store.now()
+    until = now + seconds
     wake_at = await _recorded(ctx, "legion.sleep", lambda: until)
-    if clock.wall() >= wake_at:
+    if now >= wake_at:
         return
     raise Suspended(Wait(wake_at=wake_at))
 

@@ -31,12 +31,13 @@ ORDER BY id FOR UPDATE;
 
 -- name: wake_ready
 -- Queue again those of the tasks :ids that wait and whose wait is over (looked up by id:
--- the waiting tasks may be many).
+-- the waiting tasks may be many). A wake-up time is the database's (`legion_now`, as the
+-- timers read it): a worker whose clock is ahead does not end a sleep early.
 UPDATE tasks AS t
 SET status = 'queued', not_before = 0, wait_event = NULL, wait_count = 0, wait_children = NULL,
     wake_at = NULL, wait_info = NULL
 WHERE t.id = ANY(%(ids)b::bigint[]) AND t.status = 'waiting'
-  AND ((t.wake_at IS NOT NULL AND t.wake_at <= %(now)s)
+  AND ((t.wake_at IS NOT NULL AND t.wake_at <= LEAST(%(now)s, legion_now()))
        OR (t.wait_event IS NOT NULL
            AND (SELECT count(*) FROM signals AS s
                 WHERE s.task_id = t.id AND s.event = t.wait_event) >= t.wait_count)
