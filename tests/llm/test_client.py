@@ -240,3 +240,36 @@ async def test_a_call_whose_retries_went_on_malformed_answers_is_not_retried_by_
     with pytest.raises(ProviderUnavailable) as outage:
         await clock.run(client.chat(HELLO))
     assert is_retryable(outage.value)  # may pass later: the task's policy decides
+
+
+async def test_calls_on_a_route_down_past_max_outage_fail_without_waiting_a_probe_each() -> None:
+    # A wrong address: after the 120 s grace each call still waited for a breaker probe
+    # of its own (one every 30 s) for each of its tries: tasks x tries x ~30 s to fail.
+    import asyncio
+
+    from legion.llm import Breaker, BreakerSettings
+
+    clock = FakeClock()
+    provider = ScriptedProvider([unavailable() for _ in range(10_000)])
+    capacity = Capacity("c", timer=clock, rng=random.Random(0))
+    breaker = Breaker(BreakerSettings(), timer=clock)
+    client = LLMClient(
+        [Route("main", provider, "m", capacity, breaker=breaker)],
+        retry=RetryPolicy(retries=4),
+        timer=clock,
+        rng=random.Random(7),
+        max_outage=120.0,
+    )
+
+    async def one() -> BaseException | None:
+        try:
+            await client.chat(HELLO)
+        except ProviderUnavailable as exc:
+            return exc
+        return None
+
+    results = await clock.run(asyncio.gather(*(one() for _ in range(20))))
+    assert all(isinstance(r, ProviderUnavailable) for r in results)
+    assert clock.now() < 240.0  # the grace, then at most one probe period: not 20 x 5 x 30 s
+    assert any("has failed every call" in str(r) for r in results)
+    assert client.statistics().routes["main"].failed == 20

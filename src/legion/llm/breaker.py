@@ -139,6 +139,21 @@ class Breaker:
         finally:
             self._waiting -= 1
 
+    def try_turn(self) -> Ticket | None:
+        """`wait_turn` without the wait: a ticket if a call may be sent now (closed, or
+        open with a probe due), else ``None``."""
+        if self._state is BreakerState.CLOSED:
+            return Ticket(self._epoch, probe=False)
+        now = self._timer.now()
+        if self._state is BreakerState.OPEN:
+            start = max(self._probe_at, self._last_probe + self.settings.probe_interval)
+            if now >= start:
+                self._change(BreakerState.HALF_OPEN)
+                self._last_probe = now
+                self._probes += 1
+                return Ticket(self._epoch, probe=True)
+        return None
+
     def succeeded(self, ticket: Ticket) -> None:
         """The call got an answer: a success, or an error that is not transient
         (a 429, a rejected request): the provider is up."""

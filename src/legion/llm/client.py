@@ -413,8 +413,15 @@ class LLMClient:
                 raise
             ticket = None
             if route.breaker is not None:
-                with attempts.waiting(f"the breaker of route {route.name}"):
-                    ticket = await route.breaker.wait_turn()
+                ticket = self._down_too_long(route, counters)
+                if ticket is None:
+                    # Waited for no longer than the route may still fail before it is
+                    # down too long: then asked again (above), to fail or to probe.
+                    left = self._max_outage - route.capacity.failing_for()
+                    with attempts.waiting(f"the breaker of route {route.name}"):
+                        ticket = await self._turn_within(route.breaker, left)
+                    if ticket is None:
+                        continue
             sent = _Sent()
             try:
                 # One attempt (hedged if the route says so), its outcome told to the
@@ -555,6 +562,50 @@ class LLMClient:
         counters.retries += 1
         await self._timer.sleep(delay)
         return spent
+
+    async def _turn_within(self, breaker: Breaker, seconds: float) -> Ticket | None:
+        """The breaker's turn (`Breaker.wait_turn`), or ``None`` after ``seconds``."""
+        if breaker.state is BreakerState.CLOSED:
+            return await breaker.wait_turn()  # at once
+        turn = asyncio.ensure_future(breaker.wait_turn())
+        timer = asyncio.ensure_future(self._timer.sleep(max(seconds, 0.0)))
+        try:
+            await asyncio.wait((turn, timer), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled: a probe's turn it got passes on
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                breaker.abandoned(turn.result())
+            raise
+        finally:
+            timer.cancel()
+            if not turn.done():
+                turn.cancel()
+        return turn.result() if turn.done() and not turn.cancelled() else None
+
+    def _down_too_long(self, route: Route, counters: _Counters) -> Ticket | None:
+        """On a route that has failed every call for ``max_outage`` seconds, behind an open
+        breaker: this call's turn, if a probe may go now; else it fails now (waiting, each
+        of its tries would wait for a probe of its own, up to the breaker's longest open
+        period apiece). ``None`` while the route is not down that long."""
+        breaker = route.breaker
+        assert breaker is not None
+        failing = route.capacity.failing_for()
+        if (
+            breaker.state is BreakerState.CLOSED
+            or not route.capacity.failing
+            or failing < self._max_outage
+        ):
+            return None
+        ticket = breaker.try_turn()
+        if ticket is not None:
+            return ticket
+        exc = ProviderUnavailable(
+            f"route {route.name!r} ({route.provider.name}) has failed every call for "
+            f"{failing:.0f} s; not sent while its breaker waits for the next probe",
+            provider=route.provider.name,
+        )
+        counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+        counters.failed += 1
+        raise exc
 
     def _refused(self, exc: Permanent, counters: _Counters) -> None:
         """Count a refusal; a rejected key is kept to stop the whole run."""
