@@ -271,3 +271,44 @@ def test_a_usage_that_is_no_token_count_is_malformed(usage: dict[str, object], s
         stream.add(ServerSentEvent("", orjson.dumps(chunk).decode()))
     whole = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 7.0}}
     assert parse_completion(orjson.dumps(whole), "openai").usage == Usage(7, 0)  # a count
+
+
+async def test_a_stream_asked_of_a_server_that_answers_json_or_omits_done_is_taken(
+    closing: Closing,
+) -> None:
+    # A server that ignores stream: true (JSON), or ends its stream after the finish
+    # reason without [DONE]: each answer was thrown away as "ended the stream before its
+    # final event" and asked again, paid each time (the gateway's client waited for ever).
+    from aiohttp import web
+
+    whole = {
+        "choices": [{"message": {"content": "whole"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
+    chunk = {"choices": [{"delta": {"content": "cut"}, "finish_reason": "stop"}]}
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/json"):
+            return web.json_response(whole)
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        await stream.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await stream.write_eof()  # no data: [DONE]
+        return stream
+
+    app = web.Application()
+    app.router.add_post("/{kind}/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        for kind, text, usage in (("json", "whole", Usage(3, 1)), ("cut", "cut", Usage())):
+            url = f"http://127.0.0.1:{port}/{kind}/v1"
+            provider = closing(OpenAIProvider(base_url=url, api_key="x", name="odd"))
+            result = await provider.chat(request(stream=True), timeout=10)
+            assert (result.response.text, result.response.finish_reason) == (text, "stop")
+            assert result.response.usage == usage
+    finally:
+        await runner.cleanup()

@@ -109,3 +109,19 @@ def test_the_assemblers_hand_their_pieces_to_the_sink_of_the_call_under_way() ->
         arguments = ["".join(d.arguments for d in got if d.tool_index == i) for i in (0, 1)]
         assert arguments == [call.arguments for call in ANSWER.tool_calls]
     assert read(chunks, ChunkAssembler("p", "m")).text == ANSWER.text  # no sink: no pieces
+
+
+def test_stream_is_true_false_or_absent_and_nothing_else() -> None:
+    # "stream": "yes" was taken as true (and an upstream that did not stream then hung it).
+    from legion.llm.sdk.anthropic_wire import parse_messages
+    from legion.llm.sdk.openai_wire import WireError, parse_chat
+
+    ask = b'"messages": [{"role": "user", "content": "hi"}]'
+    for parse in (parse_chat, parse_messages):
+        body = b'{"max_tokens": 5, ' + ask
+        assert parse(body + b', "stream": true}').stream is True
+        assert parse(body + b"}").stream is False
+        assert parse(body + b', "stream": null}').stream is False
+        for odd in (b'"yes"', b"1", b"[]"):
+            with pytest.raises(WireError, match="'stream' must be true or false"):
+                parse(body + b', "stream": ' + odd + b"}")

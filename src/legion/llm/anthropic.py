@@ -97,9 +97,14 @@ class AnthropicProvider:
         """One message; see `legion.llm.provider.Provider.chat`."""
         payload = build_payload(request, self._name, self._default_max_tokens)
         if request.stream:
-            assembler = MessageAssembler(self._name, request.model)
+            name = self._name
+            assembler = MessageAssembler(name, request.model)
             return await self._transport.stream(
-                self._url, payload, total=timeout, assembler=assembler
+                self._url,
+                payload,
+                total=timeout,
+                assembler=assembler,
+                whole=lambda body: parse_message(body, name),
             )
         name = self._name
         return await self._transport.complete(
@@ -379,6 +384,12 @@ class MessageAssembler:
             raise MalformedResponse(
                 f"{provider} sent an unexpected stream event: {exc!r}", provider=provider
             ) from exc
+
+    @property
+    def finished(self) -> bool:
+        """A stop reason came (`message_delta`): the answer is whole without its
+        ``message_stop``."""
+        return self._finish is not None
 
     def _emit(self, delta: deltas.Delta) -> None:
         if self._sink is not None and (delta.text or delta.tool_index is not None):

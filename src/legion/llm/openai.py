@@ -100,11 +100,13 @@ class OpenAIProvider:
         """One chat completion; see `legion.llm.provider.Provider.chat`."""
         payload = build_payload(request)
         if request.stream:
+            name = self._name
             return await self._transport.stream(
                 self._url,
                 payload,
                 total=timeout,
-                assembler=ChunkAssembler(self._name, request.model),
+                assembler=ChunkAssembler(name, request.model),
+                whole=lambda body: parse_completion(body, name),
             )
         name = self._name
         return await self._transport.complete(
@@ -241,6 +243,11 @@ class ChunkAssembler:
             raise MalformedResponse(
                 f"{provider} sent an unexpected stream chunk: {exc!r}", provider=provider
             ) from exc
+
+    @property
+    def finished(self) -> bool:
+        """A finish reason came: the answer is whole without its ``[DONE]``."""
+        return self._finish is not None
 
     def _add_delta(self, delta: Mapping[str, Any]) -> None:
         sink = self._sink

@@ -73,6 +73,12 @@ class StreamAssembler(Protocol):
         """Whether the event that ends a complete stream has been seen."""
         ...
 
+    @property
+    def finished(self) -> bool:
+        """Whether the answer is whole without its final event: a stream that ends
+        cleanly after its finish reason (a server that sends no ``[DONE]``)."""
+        ...
+
     def add(self, event: ServerSentEvent) -> None:
         """Take the next event; raise `MalformedResponse` if it cannot be read,
         or a provider error if the event reports one."""
@@ -160,9 +166,11 @@ class HttpTransport:
         *,
         total: float,
         assembler: StreamAssembler,
+        whole: Callable[[bytes], ChatResponse] | None = None,
     ) -> ChatResult:
         """POST ``payload`` and feed the answer's events to ``assembler``, in at
-        most ``total`` seconds.
+        most ``total`` seconds; an answer in JSON rather than a stream (a server that
+        ignores ``stream``) is read by ``whole``, as a plain call's is.
 
         The stream is read to its end so the connection can be reused; a
         failure after the final event no longer matters.
@@ -171,6 +179,8 @@ class HttpTransport:
         import aiohttp
 
         async def read(response: aiohttp.ClientResponse) -> ChatResponse:
+            if whole is not None and response.content_type == "application/json":
+                return whole(await self._read_body(response, self._max_response, error=False))
             decoder = SSEDecoder(max_event_bytes=self._max_event)
             loop = asyncio.get_running_loop()
             idle = self._idle_timeout
@@ -200,7 +210,7 @@ class HttpTransport:
             except (aiohttp.ClientError, OSError):
                 if not assembler.done:
                     raise
-            if not assembler.done:
+            if not assembler.done and not assembler.finished:
                 raise ProviderUnavailable(
                     f"{self.provider} ended the stream before its final event",
                     provider=self.provider,

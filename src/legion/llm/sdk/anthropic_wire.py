@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from legion.llm.deltas import Delta
-from legion.llm.sdk.openai_wire import WireChat, WireError
+from legion.llm.sdk.openai_wire import WireChat, WireError, stream_flag
 from legion.llm.types import ChatResponse, Message
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -65,7 +65,7 @@ def parse_messages(body: bytes) -> WireChat:
             params["tool_choice"] = kind
         elif kind == "any":
             params["tool_choice"] = "required"
-    return WireChat(str(data.get("model") or ""), messages, params, bool(data.get("stream")), True)
+    return WireChat(str(data.get("model") or ""), messages, params, stream_flag(data), True)
 
 
 def _message(message: Mapping[str, Any]) -> list[Message]:

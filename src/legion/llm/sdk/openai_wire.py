@@ -52,9 +52,18 @@ def parse_chat(body: bytes) -> WireChat:
     params = {name: value for name, value in data.items() if name not in _NOT_PARAMS}
     if params.get("n", 1) != 1:
         raise WireError("legion answers one choice per request (n=1)")
-    return WireChat(
-        str(data.get("model") or ""), messages, params, bool(data.get("stream")), include_usage
-    )
+    model = str(data.get("model") or "")
+    return WireChat(model, messages, params, stream_flag(data), include_usage)
+
+
+def stream_flag(data: Mapping[str, Any]) -> bool:
+    """The body's ``stream``: true, false or absent (``"yes"`` is refused, not taken)."""
+    stream = data.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise WireError(f"'stream' must be true or false, not {str(stream)[:40]!r}")
+    return stream
 
 
 def parse_embed(body: bytes) -> tuple[str, list[str], dict[str, Any], str]:
