@@ -729,3 +729,21 @@ async def test_the_store_carries_on_after_the_server_restarts(cluster: PrivateCl
         # A waiter from before the restart was woken: its connection came back.
         async with asyncio.timeout(30):
             assert await waiting is True
+
+
+async def test_a_store_up_to_date_opens_on_a_read_only_database(postgres_url: str) -> None:
+    # `legion status` on a standby (or default_transaction_read_only): "cannot execute
+    # CREATE TABLE in a read-only transaction", on a store that needed nothing created.
+    made = store_from_url(postgres_url)
+    await made.open()
+    await made.submit([NewTask("a", codec.dumps(1))], 0.0)
+    await made.aclose()
+    options = dict(parse_qsl(urlsplit(postgres_url).query))["options"]
+    read_only = with_params(postgres_url, options=options + " -cdefault_transaction_read_only=on")
+    watched = store_from_url(read_only, create=False)
+    await watched.open()
+    try:
+        counts = await watched.counts()
+    finally:
+        await watched.aclose()
+    assert counts[TaskStatus.QUEUED] == 1

@@ -263,6 +263,14 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     "--store creates them)"
                 )
         known = migrations("postgres")
+        # Up to date already (most starts): nothing to write, so nothing to lock, and a
+        # read-only database (a standby, default_transaction_read_only) can be watched.
+        cur = await conn.execute(Q["store_exists"])
+        if _one(await cur.fetchone()):
+            cur = await conn.execute(Q["schema_version"])
+            if int(_one(await cur.fetchone())) == known[-1][0]:
+                cur = await conn.execute(Q["work_channel"])
+                return str(_one(await cur.fetchone()))
         async with conn.transaction():
             await conn.execute(Q["lock_migrations"])
             await conn.execute(Q["create_version_table"])
