@@ -271,5 +271,7 @@ async def test_calls_on_a_route_down_past_max_outage_fail_without_waiting_a_prob
     results = await clock.run(asyncio.gather(*(one() for _ in range(20))))
     assert all(isinstance(r, ProviderUnavailable) for r in results)
     assert clock.now() < 240.0  # the grace, then at most one probe period: not 20 x 5 x 30 s
-    assert any("has failed every call" in str(r) for r in results)
+    assert any(
+        "has failed every call" in str(r) and "(the last failure: down)" in str(r) for r in results
+    )
     assert client.statistics().routes["main"].failed == 20

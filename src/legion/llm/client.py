@@ -311,6 +311,7 @@ class LLMClient:
             raise ValueError(f"default route {self._default!r} is not one of {self._names()}")
         self._retry = retry
         self._max_outage = max_outage
+        self._last_failure: dict[str, str] = {}  # per route: what its last failure said
         self._prices = prices or PriceTable()
         self._completion_estimate = completion_estimate
         self._timer: Timer = timer or AsyncioTimer()
@@ -530,6 +531,7 @@ class LLMClient:
         answer the call's own failures so far, after the backoff when one is due; raise
         ``exc`` once the budget, or the attempt's time, is spent."""
         counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+        self._last_failure[route.name] = str(exc)
         capacity = route.capacity
         if isinstance(exc, RateLimited):
             # The capacity paused and slowed down: wait again, spending no retry, unless
@@ -598,9 +600,11 @@ class LLMClient:
         ticket = breaker.try_turn()
         if ticket is not None:
             return ticket
+        last = self._last_failure.get(route.name)
         exc = ProviderUnavailable(
             f"route {route.name!r} ({route.provider.name}) has failed every call for "
-            f"{failing:.0f} s; not sent while its breaker waits for the next probe",
+            f"{failing:.0f} s; not sent while its breaker waits for the next probe"
+            + (f" (the last failure: {last})" if last else ""),
             provider=route.provider.name,
         )
         counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
