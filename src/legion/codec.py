@@ -192,6 +192,16 @@ def loads_given(data: bytes) -> Any:
     return value
 
 
+def json_error(exc: JSONDecodeError) -> str:
+    """What is wrong with a text that is not JSON, for a person: orjson's words, except
+    its "invalid literal, expected 'null'" for any text starting with an n (or a t, an
+    f), which says where and what was found instead."""
+    if not exc.msg.startswith("invalid literal"):
+        return str(exc)
+    found = exc.doc[exc.pos : exc.pos + 20]
+    return f"unexpected {found!r} at line {exc.lineno} column {exc.colno}"
+
+
 class _TooLong(ValueError):
     def __init__(self, message: str, literal: str) -> None:
         super().__init__(message)

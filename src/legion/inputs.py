@@ -62,7 +62,8 @@ def parse_line(text: bytes, number: int, agent: str) -> InputLine:
     try:
         value = codec.loads_given(text)
     except codec.JSONDecodeError as exc:
-        return InputLine(number, None, error=f"line {number} is not valid JSON: {exc}")
+        wrong = codec.json_error(exc)
+        return InputLine(number, None, error=f"line {number} is not valid JSON: {wrong}")
     key = session = None
     priority = 0
     if isinstance(value, dict) and ("_key" in value or "_session" in value or "_priority" in value):

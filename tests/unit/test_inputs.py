@@ -58,3 +58,14 @@ def test_an_integer_past_64_bits_is_a_bad_line_not_a_float() -> None:
     line = parse_line(b'{"id": 123456789012345678901234567890}', 4, "agent")
     assert line.error is not None and line.error.startswith("line 4 is not valid JSON: ")
     assert "the integer 123456789012345678901234567890 is past 64 bits" in line.error
+
+
+def test_text_that_is_not_json_says_what_was_found_where() -> None:
+    # "not json" said: invalid literal, expected 'null' (orjson's guess from the n).
+    assert parse_line(b"not json", 4, "a").error == (
+        "line 4 is not valid JSON: unexpected 'not json' at line 1 column 1"
+    )
+    assert parse_line(b"[1, fals]", 5, "a").error == (
+        "line 5 is not valid JSON: unexpected 'fals]' at line 1 column 5"
+    )
+    assert "unexpected end of data" in (parse_line(b'{"a": 1', 6, "a").error or "")

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         try:  # strict JSON, as the HTTP API reads it: no NaN or Infinity (stored as null)
             value: Any = codec.loads(data)
         except codec.JSONDecodeError as exc:
-            raise _fail(f"--data is not JSON: {exc}") from None
+            raise _fail(f"--data is not JSON: {codec.json_error(exc)}") from None
         if not event:
             raise _fail("the event name is empty")
         if len(event) > MAX_EVENT:

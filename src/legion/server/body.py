@@ -36,7 +36,8 @@ async def json_body(request: Request) -> Any:
     except orjson.JSONDecodeError as exc:
         if "UTF-8" in str(exc):
             raise _invalid("utf8", "the body is not UTF-8 text") from None
-        raise _invalid("json_invalid", f"the body is not valid JSON: {exc}") from None
+        wrong = codec.json_error(exc)
+        raise _invalid("json_invalid", f"the body is not valid JSON: {wrong}") from None
     finally:
         del buffer
 

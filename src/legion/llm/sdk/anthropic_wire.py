@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from legion.codec import json_error
 from legion.llm.deltas import Delta
 from legion.llm.sdk.openai_wire import WireChat, WireError, stream_flag
 from legion.llm.types import ChatResponse, Message
@@ -29,7 +30,7 @@ def parse_messages(body: bytes) -> WireChat:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise WireError(f"the body is not valid JSON: {exc}") from None
+        raise WireError(f"the body is not valid JSON: {json_error(exc)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
         raise WireError("the body must be an object with a 'messages' array")
     messages: list[Message] = []

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from legion.codec import json_error
 from legion.llm.deltas import Delta
 from legion.llm.embeddings import Embeddings
 from legion.llm.types import ChatResponse, Message, Usage
@@ -263,7 +264,7 @@ def _object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise WireError(f"the body is not valid JSON: {exc}") from None
+        raise WireError(f"the body is not valid JSON: {json_error(exc)}") from None
     if not isinstance(data, dict):
         raise WireError("the body must be a JSON object")
     return data
