@@ -503,7 +503,9 @@ def _print_diagnostics(console: Console, found: list[Diagnostic]) -> None:
     groups = summarize(found)
     console.print(
         Text.assemble(
-            ("async pitfalls", "yellow"), f" ({len(found)} findings; see `legion status --advice`):"
+            ("async pitfalls", "yellow"),
+            f" ({len(found)} finding{'s' if len(found) != 1 else ''}; see "
+            "`legion status --advice`):",
         )
     )
     for group in groups[:8]:
