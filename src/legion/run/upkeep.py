@@ -235,7 +235,8 @@ class Upkeep:
             )
         if reclaimed.requeued or reclaimed.dead or reclaimed.cancelled:
             log.warning(
-                "took back the leases of stopped workers: %d re-queued, %d dead, %d cancelled",
+                "took back leases that ran out (their workers stopped, paused or cut off from the "
+                "store): %d re-queued, %d dead, %d cancelled",
                 reclaimed.requeued,
                 reclaimed.dead,
                 reclaimed.cancelled,

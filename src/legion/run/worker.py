@@ -849,7 +849,11 @@ class Worker(Upkeep):
             infos = {}
         for task_id in sorted(task_ids):
             info = infos.get(task_id)
-            if info is not None and info.lease_owner is not None:
+            if info is not None and info.lease_owner == self.id:
+                # Taken back, then leased to this worker again (a lease call whose answer
+                # it never got): a new attempt, not this one.
+                holder = f"a later attempt on this worker (attempt {info.attempt})"
+            elif info is not None and info.lease_owner is not None:
                 holder = f"worker {info.lease_owner}"
             elif info is not None:
                 holder = f"the store (the task is {info.status} now)"
