@@ -807,3 +807,28 @@ def test_an_agent_needing_what_the_run_does_not_offer_is_said_and_offer_runs_it(
     assert offered.returncode == 0, offered.stderr
     assert "needs" not in offered.stderr
     assert json.loads(offered.stdout)["output"] == "A"
+
+
+def test_status_says_which_queued_agents_no_live_worker_serves(tmp_path: Path) -> None:
+    # `legion status` showed "waiter | 1 queued" beside healthy workers, with no hint that
+    # none of them serves that agent.
+    from legion import codec
+    from legion.store import store_from_url
+    from legion.task import NewTask
+
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    async def queue() -> None:
+        s = store_from_url(store)
+        await s.open()
+        await s.submit([NewTask("lonely", codec.dumps(1))], 0.0)
+        await s.aclose()
+
+    asyncio.run(queue())
+    shown = legion("status", "--store", store)
+    assert shown.returncode == 0, shown.stderr
+    assert "agent 'lonely': 1 queued, and no live worker serves it" in " ".join(
+        shown.stdout.split()
+    )
+    as_json = legion("status", "--store", store, "--json")
+    assert json.loads(as_json.stdout)["unserved"] == ["lonely"]

@@ -41,10 +41,12 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
         by_agent = await store.counts_by_agent()
         recent = await store.recent_errors(errors)
         workers = await store.workers()
-        scalers = await store.autoscalers(await store.now() - AUTOSCALER_FRESH)
+        store_now = await store.now()
+        scalers = await store.autoscalers(store_now - AUTOSCALER_FRESH)
         found = await store.diagnostics(limit=5000) if advice else []
     groups = summarize(Diagnostic.from_json(codec.loads(d.data)) for d in found)
     now = time.time()
+    unserved = _unserved(by_agent, workers, store_now)
     if as_json:
         doc: dict[str, Any] = {
             "store": redact_url(url),
@@ -73,6 +75,7 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
                 }
                 for a in scalers
             ],
+            "unserved": unserved,
             "errors": [
                 {
                     "id": t.id,
@@ -141,6 +144,16 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
     else:
         console.print("no live workers")
 
+    for agent in unserved:
+        queued = by_agent[agent].get(TaskStatus.QUEUED, 0)
+        console.print(
+            Text(
+                f"agent {agent!r}: {queued} queued, and no live worker serves it: they wait "
+                "until a `legion worker --app FILE` whose FILE defines it starts",
+                style="yellow",
+            )
+        )
+
     for a in scalers:
         console.print(
             f"autoscaler {a.host} pid {a.pid} ({a.minimum}:{a.maximum}): desired {a.desired}, "
@@ -163,6 +176,19 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
             console.print("no async pitfalls found in the latest tasks")
         for g in groups:
             console.print(f"- {g.line()}", markup=False)
+
+
+def _unserved(
+    by_agent: dict[str, dict[TaskStatus, int]], workers: Sequence[WorkerInfo], now: float
+) -> list[str]:
+    """The agents with queued tasks that no live worker serves (none will run them)."""
+    served = {
+        agent
+        for w in workers
+        if now - w.heartbeat_at < WORKER_FRESH
+        for agent in w.load.get("agents", ())
+    }
+    return sorted(a for a, c in by_agent.items() if c.get(TaskStatus.QUEUED) and a not in served)
 
 
 async def requeue(
