@@ -117,23 +117,17 @@ class Breaker:
     async def wait_turn(self) -> Ticket:
         """Wait until a call may be sent: at once while closed; while open, until
         this caller is the probe or the breaker closes. Cancelling the wait is safe."""
-        if self._state is BreakerState.CLOSED:
-            return Ticket(self._epoch, probe=False)
+        ticket = self.try_turn()
+        if ticket is not None:
+            return ticket
         self._waiting += 1
         try:
             while True:
-                state = self.state  # read anew: it changes while this caller waits
-                if state is BreakerState.CLOSED:
-                    return Ticket(self._epoch, probe=False)
-                now = self._timer.now()
-                if state is BreakerState.OPEN:
-                    start = max(self._probe_at, self._last_probe + self.settings.probe_interval)
-                    if now >= start:
-                        self._change(BreakerState.HALF_OPEN)
-                        self._last_probe = now
-                        self._probes += 1
-                        return Ticket(self._epoch, probe=True)
-                    await self._timer.sleep(start - now)
+                ticket = self.try_turn()  # the state changes while this caller waits
+                if ticket is not None:
+                    return ticket
+                if self.state is BreakerState.OPEN:
+                    await self._timer.sleep(self._probe_start() - self._timer.now())
                 else:  # half-open: the probe's answer decides
                     await asyncio.shield(self._next_change())
         finally:
@@ -145,14 +139,16 @@ class Breaker:
         if self._state is BreakerState.CLOSED:
             return Ticket(self._epoch, probe=False)
         now = self._timer.now()
-        if self._state is BreakerState.OPEN:
-            start = max(self._probe_at, self._last_probe + self.settings.probe_interval)
-            if now >= start:
-                self._change(BreakerState.HALF_OPEN)
-                self._last_probe = now
-                self._probes += 1
-                return Ticket(self._epoch, probe=True)
+        if self._state is BreakerState.OPEN and now >= self._probe_start():
+            self._change(BreakerState.HALF_OPEN)
+            self._last_probe = now
+            self._probes += 1
+            return Ticket(self._epoch, probe=True)
         return None
+
+    def _probe_start(self) -> float:
+        """When the next probe may go: the open period's end, a probe interval on."""
+        return max(self._probe_at, self._last_probe + self.settings.probe_interval)
 
     def succeeded(self, ticket: Ticket) -> None:
         """The call got an answer: a success, or an error that is not transient
