@@ -99,8 +99,14 @@ async def test_a_cpu_bound_loop_past_its_timeout_is_cancelled_on_ray(rt: Runtime
     # The timeout runs from when the task is handed to Ray: on a cold cluster (this test
     # run alone) starting a Ray worker and importing legion there took longer than it,
     # so the agent never ran. Warm both nodes' workers first, as the tests before it do.
-    warm = await run(rt, agents.echo, "warm-a", "warm-b", "warm-c", "warm-d")
-    assert [w.status for w in warm] == [TaskStatus.SUCCEEDED] * 4
+    # (A warm-up round in which Ray lost an instance, as it once did under a loaded CI
+    # run, warms the workers all the same: another round is run, at most three.)
+    for round_ in range(3):
+        warm = await run(rt, agents.echo, *(f"warm-{round_}-{c}" for c in "abcd"))
+        if all(w.status is TaskStatus.SUCCEEDED for w in warm):
+            break
+    else:
+        raise AssertionError([(w.status, w.error) for w in warm])
     (r,) = await run(rt, agents.spin_past_timeout, 1)
     assert r.status is TaskStatus.DEAD and r.error is not None
     assert r.error.type == "TaskTimeout"
