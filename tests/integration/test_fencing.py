@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,6 +116,68 @@ async def test_a_cancel_asked_through_the_store_is_seen_at_the_next_step(store_u
             result = await rt.result(submitted.id)
     assert result.status is TaskStatus.CANCELLED
     assert ran == ["one", "two"]
+
+
+async def test_a_step_waits_for_a_heartbeat_sent_after_it_asked(store_url: str) -> None:
+    """A heartbeat out when the worker was paused answers, after the pause, that the
+    leases held (they did, when the store read them); a step that asked for a fresh
+    confirmation after the pause must not take that answer: the next heartbeat finds the
+    lease gone and the step never runs."""
+    go = asyncio.Event()
+    ran: list[str] = []
+
+    @legion.agent
+    async def steps(ctx: legion.Context, x: int) -> int:
+        await ctx.step("one", ran.append, "one")
+        await go.wait()
+        await ctx.step("two", ran.append, "two")  # under a lease the store took back
+        return x
+
+    clock = FakeClock()
+    async with Runtime(store_url, lease_seconds=600, clock=clock) as rt:
+        worker = rt.worker
+        assert worker is not None
+        submitted = await rt.submit(steps, 1)
+        async with asyncio.timeout(30):
+            while not await rt.store.steps(submitted.id):  # noqa: ASYNC110 - step one recorded
+                await asyncio.sleep(0.01)
+        extend = rt.store.extend_leases
+        answer, later = asyncio.Event(), asyncio.Event()
+        asked: list[list[int]] = []
+
+        async def paused(owner: str, ids: Any, *args: Any) -> Any:
+            asked.append(list(ids))
+            if len(asked) == 1:  # read while the lease held; answered after the pause
+                found = await extend(owner, ids, *args)
+                await answer.wait()
+                return found
+            await later.wait()
+            return await extend(owner, ids, *args)
+
+        rt.store.extend_leases = paused  # type: ignore[method-assign,assignment]
+        try:
+            out = asyncio.ensure_future(worker.heartbeat())
+            await wait_until(lambda: len(asked) == 1)
+            # The pause: the lease runs out, the store takes it back, another worker has it.
+            assert (await rt.store.reclaim(time.time(), [worker.id])).requeued == 1
+            (stolen,) = await rt.store.lease(
+                "thief", {"steps": 1}, 1, time.time() + 600, time.time(), isolated=True
+            )
+            assert stolen.id == submitted.id
+            await clock.advance(60)  # (the loop's own heartbeat is out now, held back)
+            await wait_until(lambda: len(asked) == 2)
+            go.set()
+            await wait_until(worker._beat.is_set)  # step two asks for a confirmation
+            answer.set()
+            await out
+            assert ran == ["one"]  # the answer from before the pause did not let it run
+        finally:
+            answer.set()
+            later.set()
+        await wait_until(lambda: not worker.holds(submitted.id))
+        info = await rt.store.get(submitted.id)
+    assert ran == ["one"]
+    assert info is not None and info.status is TaskStatus.RUNNING and info.lease_owner == "thief"
 
 
 class AnswerLost(SQLiteStore):

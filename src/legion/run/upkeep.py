@@ -73,7 +73,8 @@ class Upkeep:
     _overloaded: str | None
     _heartbeat_every: float
     _confirmed_at: float
-    _confirmation: asyncio.Future[None] | None
+    _beats_sent: int
+    _confirmations: list[tuple[int, asyncio.Future[None]]]
     _beat: asyncio.Event
     _ambiguous_lease: bool
 
@@ -130,7 +131,8 @@ class Upkeep:
         interval = self._heartbeat_every
         lease = self.config.lease_seconds
         while True:
-            self._beat.clear()
+            if not self._confirmations:  # (else the step that asked gets the next at once)
+                self._beat.clear()
             beat = asyncio.ensure_future(self._beat.wait())  # a step asks for one now
             try:
                 await within(self._clock, beat, interval)
@@ -139,6 +141,7 @@ class Upkeep:
             try:
                 await self.heartbeat()
             except Exception as exc:
+                self._beat.clear()  # (the next try after an interval, or when a step asks)
                 log.error("heartbeat failed: %s", exc)
                 if self._clock.monotonic() - self._confirmed_at > lease and (
                     self._instances or self._ahead
@@ -160,6 +163,8 @@ class Upkeep:
         gone or whose cancellation was asked; report the load (registering anew if the
         worker's row was taken for dead)."""
         sent = self._clock.monotonic()
+        self._beats_sent += 1
+        ticket = self._beats_sent  # (a step that asked before this beat was sent waits)
         self._sweep_ended()
         running = [i for i, inst in self._instances.items() if not ended(inst)]
         asked = running + self._ahead.ids()
@@ -187,8 +192,10 @@ class Upkeep:
             log.warning("leases on %d tasks held ahead were lost; not started", dropped)
         for task_id in extended.cancel:
             self.cancel_local(task_id)
-        if self._confirmation is not None and not self._confirmation.done():
-            self._confirmation.set_result(None)
+        while self._confirmations and self._confirmations[0][0] < ticket:
+            _, confirmed = self._confirmations.pop(0)
+            if not confirmed.done():
+                confirmed.set_result(None)
         await self._register()
 
     async def _reaper_loop(self) -> None:

@@ -179,7 +179,10 @@ class Worker(Upkeep):
         self._heartbeat_every = min(self.config.lease_seconds / 3, 5.0)
         self._step_grace = 2 * self._heartbeat_every
         self._confirmed_at = clock.monotonic()
-        self._confirmation: asyncio.Future[None] | None = None
+        # Steps waiting for a heartbeat sent after they asked: (heartbeats sent when asked,
+        # the future the next one resolves); see `_before_step`.
+        self._beats_sent = 0
+        self._confirmations: list[tuple[int, asyncio.Future[None]]] = []
         self._beat = asyncio.Event()
         self._ambiguous_lease = False  # a lease call failed: the store may have leased rows
         self._solo: Instance | None = None  # a task that must run alone is running
@@ -863,13 +866,16 @@ class Worker(Upkeep):
 
     def _before_step(self, task_id: int) -> asyncio.Future[None] | None:
         """Before a step runs: go on if the store confirmed this worker's leases lately;
-        else wait for the next heartbeat (which stops lost and cancelled instances)."""
+        else wait for a heartbeat *sent after this* (which stops lost and cancelled
+        instances). One already out when the step asks does not do: its answer may be
+        from before the worker was paused, when the lease still held."""
         if self._clock.monotonic() - self._confirmed_at < self._step_grace:
             return None
-        if self._confirmation is None or self._confirmation.done():
-            self._confirmation = asyncio.get_running_loop().create_future()
+        pending = self._confirmations
+        if not pending or pending[-1][0] != self._beats_sent:
+            pending.append((self._beats_sent, asyncio.get_running_loop().create_future()))
         self._beat.set()
-        return asyncio.shield(self._confirmation)
+        return asyncio.shield(pending[-1][1])
 
     def _committed(self, batch: Sequence[Committed]) -> None:
         retry_at = None
