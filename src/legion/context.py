@@ -252,6 +252,7 @@ class Context:
         "_store",
         "_traces",
         "_usage",
+        "_waits_out",
         "agent",
     )
 
@@ -288,6 +289,7 @@ class Context:
         # When the first step the advisor may compare ended (see `record`).
         self._long_end = math.inf
         self._signals_taken: dict[str, int] | None = None  # made at the first wait
+        self._waits_out: set[str] | None = None
         self._memory: Memory | None = None
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
 
@@ -301,6 +303,13 @@ class Context:
         if self._signals_taken is None:
             self._signals_taken = {}
         return self._signals_taken
+
+    @property
+    def waits_out(self) -> set[str]:
+        """The events this attempt's waits are waiting for now (see legion.waiting)."""
+        if self._waits_out is None:
+            self._waits_out = set()
+        return self._waits_out
 
     @property
     def attempt(self) -> int:

@@ -162,6 +162,12 @@ class WaitTimeout(Permanent, TimeoutError):
     within its timeout; catch it to go on without one."""
 
 
+class WaitError(Permanent, ValueError):
+    """A durable wait called in a way no retry can mend: an event name that is empty or
+    too long, a timeout or a sleep that is not a number of seconds, two waits for one
+    event at once (``ctx.gather``), which would receive one signal twice."""
+
+
 class ChildFailed(Permanent):
     """Raised inside an agent when a child task of ``ctx.spawn`` or ``ctx.map`` did not
     succeed (``failed`` lists the child task ids with their status)."""

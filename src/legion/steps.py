@@ -61,6 +61,11 @@ class Waiter(StepRecorder, Protocol):
     @property
     def signals_taken(self) -> dict[str, int]: ...
 
+    @property
+    def waits_out(self) -> set[str]:
+        """The events this attempt's waits are waiting for now (one at a time each)."""
+        ...
+
     def step_count(self, name: str) -> int:
         """How many steps named ``name`` this attempt has made so far."""
         ...

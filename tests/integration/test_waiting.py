@@ -53,15 +53,16 @@ async def sleeper(ctx: Any) -> str:
     return "rested"
 
 
-@legion.agent(retries=0)
+@legion.agent(retries=2, backoff=0)
 async def odd_sleeper(ctx: Any, seconds: str) -> str:
     await ctx.sleep(float(seconds))
     return "rested"
 
 
-@legion.agent(retries=0)
+@legion.agent(retries=2, backoff=0)
 async def odd_waiter(ctx: Any, seconds: str) -> str:
-    await ctx.wait_for("never", timeout=float(seconds))
+    timeout = seconds.strip("'") if seconds.startswith("'") else float(seconds)
+    await ctx.wait_for("never", timeout=timeout)
     return "signalled"
 
 
@@ -174,13 +175,16 @@ async def test_a_sleep_or_timeout_json_cannot_record_fails_with_what_is_wrong(
             (odd_sleeper, "nan", "seconds must be a finite number >= 0, not nan"),
             (odd_sleeper, "inf", "seconds must be a finite number >= 0, not inf"),
             (odd_sleeper, "-1", "seconds must be a finite number >= 0, not -1.0"),
-            (odd_waiter, "nan", "timeout must be a number of seconds or None, not NaN"),
+            (odd_waiter, "nan", "timeout must be a number of seconds, not nan"),
+            (odd_waiter, "'5'", "timeout must be a number of seconds, not '5'"),
         ]
         for agent, seconds, message in cases:
             result = await rt.result((await rt.submit(agent, {"seconds": seconds})).id)
-            assert result.status is TaskStatus.DEAD, (seconds, result)  # not left waiting
+            assert result.status is TaskStatus.FAILED, (seconds, result)  # not left waiting
             assert result.error is not None
-            assert (result.error.type, result.error.message) == ("ValueError", message)
+            # A WaitError (a ValueError no retry mends): failed at its first attempt.
+            assert (result.error.type, result.error.message) == ("WaitError", message)
+            assert result.attempt == 1
 
 
 async def test_only_a_json_true_approves(store_url: str) -> None:
@@ -343,7 +347,7 @@ async def test_a_wait_for_an_event_no_signal_can_name_fails_at_once(store_url: s
         await _until(rt, fits.id, TaskStatus.WAITING)
         assert await rt.signal(fits.id, "e" * 200) is TaskStatus.QUEUED
         assert (await rt.result(fits.id)).output == "signalled"
-    assert long.status is TaskStatus.DEAD
+    assert long.status is TaskStatus.FAILED
     assert long.error is not None
     assert long.error.message == "an event name is at most 200 characters (a signal's), not 201"
 
@@ -378,3 +382,83 @@ async def test_a_durable_sleep_is_timed_on_the_databases_clock_not_a_skewed_work
     finally:
         await store.aclose()
     assert info is not None and info.status is TaskStatus.WAITING  # not woken early
+
+
+@legion.agent(retries=0)
+async def inbox(ctx: Any) -> Any:
+    first = await ctx.wait_for("x", timeout=3)  # its signal is there: answered at once
+    await ctx.sleep(5)  # the task suspends; the next attempt replays the wait above
+    try:
+        return [first, await ctx.wait_for("x", timeout=60)]
+    except WaitTimeout as exc:
+        return [first, str(exc)]
+
+
+async def test_a_later_wait_with_a_timeout_keeps_its_own_deadline_after_a_replay(
+    store_url: str,
+) -> None:
+    # The replayed first wait did not replay its deadline: the second wait took the
+    # first's (5 s past) as its own and timed out at once, saying it waited 60 s.
+    clock = FakeClock()
+    async with legion.Runtime(store_url, clock=clock, agents=[inbox]) as rt:
+        t = await rt.submit(inbox, {})
+        await rt.signal(t.id, "x", "first")
+        await _until(rt, t.id, TaskStatus.WAITING)  # the sleep
+        await clock.advance(5)
+        assert rt.worker is not None
+        await rt.worker.reap()
+        for _ in range(2000):  # the second wait, with its own 60 s
+            waiting = await rt.store.waiting_tasks()
+            if waiting and waiting[0].event == "x":
+                break
+            await asyncio.sleep(0.01)
+        (info,) = await rt.store.waiting_tasks()
+        assert (info.event, info.count) == ("x", 2)
+        assert info.wake_at is not None and info.wake_at >= clock.wall() + 59
+        await rt.signal(t.id, "x", "second")
+        result = await rt.result(t.id)
+    assert result.output == ["first", "second"]
+
+
+@legion.agent(retries=2, backoff=0)
+async def two_at_once(ctx: Any) -> Any:
+    return await ctx.gather(ctx.wait_for("a"), ctx.wait_for("a"))
+
+
+@legion.agent(retries=0)
+async def for_ever(ctx: Any) -> Any:
+    return await ctx.wait_for("late", timeout=float("inf"))
+
+
+async def test_two_waits_for_one_event_at_once_are_refused(store_url: str) -> None:
+    # Both read the same count of signals taken: they received one signal twice.
+    async with legion.Runtime(store_url, agents=[two_at_once]) as rt:
+        t = await rt.submit(two_at_once, {})
+        await rt.signal(t.id, "a", "only one")
+        result = await rt.result(t.id)
+    assert result.status is TaskStatus.FAILED and result.attempt == 1
+    assert result.error is not None and result.error.type == "WaitError"
+    assert "already waits for 'a'" in result.error.message
+
+
+async def test_an_infinite_timeout_waits_as_no_timeout(store_url: str) -> None:
+    async with legion.Runtime(store_url, agents=[for_ever]) as rt:
+        t = await rt.submit(for_ever, {})
+        await _until(rt, t.id, TaskStatus.WAITING)
+        (info,) = await rt.store.waiting_tasks()
+        assert (info.event, info.wake_at) == ("late", None)
+        await rt.signal(t.id, "late", 1)
+        assert (await rt.result(t.id)).output == 1
+
+
+async def test_the_runtime_refuses_a_signal_no_wait_can_receive(store_url: str) -> None:
+    async with legion.Runtime(store_url, agents=[for_ever]) as rt:
+        t = await rt.submit(for_ever, {})
+        for event, message in [("", "non-empty"), ("e" * 201, "at most 200 characters")]:
+            try:
+                await rt.signal(t.id, event)
+            except ValueError as exc:
+                assert message in str(exc)
+            else:
+                raise AssertionError(f"a signal {event[:10]!r} was taken")
+        await rt.cancel(t.id)

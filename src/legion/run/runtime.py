@@ -29,6 +29,7 @@ from legion.stats import Statistics
 from legion.store import Store, store_from_url
 from legion.store.tenancy import DEFAULT_TENANT
 from legion.task import NewTask, Submitted, TaskInfo, TaskResult, TaskStatus
+from legion.waiting.calls import event_problem
 
 if TYPE_CHECKING:
     from legion.executors import Executor
@@ -404,6 +405,8 @@ class Runtime:
         Answers the task's status after (``None``: no such task); a finished task gets
         none."""
         task_id = task_id_of(task_id)
+        if problem := event_problem(event):  # (as `legion signal` and the HTTP API refuse)
+            raise ValueError(problem)
         status = await self.store.signal(task_id, event, codec.dumps(data), self._clock.wall())
         if status is TaskStatus.QUEUED and self.worker is not None:
             self.worker.wake()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from legion import codec
-from legion.errors import ChildFailed, WaitTimeout
+from legion.errors import ChildFailed, WaitError, WaitTimeout
 from legion.task import NewTask, TaskStatus, Wait
 from legion.waiting.suspend import Suspended
 
@@ -50,6 +50,30 @@ class Approval:
     data: Any = field(default=None)
 
 
+def event_problem(event: object) -> str | None:
+    """What is wrong with ``event`` as an event name (a signal's, a wait's), if anything."""
+    if not isinstance(event, str) or not event:
+        return "an event name is a non-empty string"
+    if len(event) > MAX_EVENT:
+        return f"an event name is at most {MAX_EVENT} characters (a signal's), not {len(event)}"
+    return None
+
+
+def _seconds(value: object, what: str) -> float:
+    """``value`` as a number of seconds, or `WaitError` (a bool, a string, NaN)."""
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:  # (an int past a float's range: longer than any wait)
+            seconds = math.inf if value > 0 else -math.inf
+        if not math.isnan(seconds):
+            return seconds
+    raise WaitError(f"{what} must be a number of seconds, not {value!r}"[:300])
+
+
+_LONGEST = 1e300  # (seconds: past it a wake-up time would not be a finite float)
+
+
 def _step_key(ctx: Waiter, name: str) -> str:
     """The key `Context.record` will give the next step named ``name``."""
     n = ctx.step_count(name) + 1
@@ -70,19 +94,43 @@ async def wait_for(
     timeout: float | None = None,  # noqa: ASYNC109 - a durable wait
     info: Any = None,
 ) -> Any:
-    if not event or not isinstance(event, str):
-        raise ValueError("an event name is a non-empty string")
-    if len(event) > MAX_EVENT:
-        raise ValueError(
-            f"an event name is at most {MAX_EVENT} characters (a signal's), not {len(event)}"
+    if problem := event_problem(event):
+        raise WaitError(problem)
+    if timeout is not None:
+        timeout = _seconds(timeout, "timeout")
+        if math.isinf(timeout):
+            timeout = None if timeout > 0 else 0.0  # (for ever: as None; -inf: at once)
+    waits = ctx.waits_out
+    if event in waits:
+        raise WaitError(
+            f"this task already waits for {event!r}: two waits for one event at once "
+            "(ctx.gather) would receive the same signal; wait for its signals one after "
+            "the other"
         )
-    if timeout is not None and math.isnan(timeout):
-        raise ValueError("timeout must be a number of seconds or None, not NaN")
+    waits.add(event)
+    try:
+        return await _wait_for(ctx, store, event, timeout, info)
+    finally:
+        waits.discard(event)
+
+
+async def _wait_for(
+    ctx: Waiter,
+    store: ContextStore,
+    event: str,
+    timeout: float | None,  # noqa: ASYNC109 - a durable wait
+    info: Any,
+) -> Any:
     name = f"legion.wait:{event}"
+    until_name = f"legion.wait-until:{event}"
     # The signals of this event that earlier waits received (a wait that timed out took
     # none): this wait receives the next one.
     index = ctx.signals_taken.get(event, 0)
     if _step_key(ctx, name) in ctx.recorded_steps:
+        if timeout is not None and _step_key(ctx, until_name) in ctx.recorded_steps:
+            # Its deadline was recorded before it: replayed too, so that the next wait
+            # with a timeout for this event finds its own deadline, not this one's.
+            await _recorded(ctx, until_name, _never)
         got = await _recorded(ctx, name, _never)
         return _received(ctx, event, got)
     wake_at = None
@@ -90,7 +138,7 @@ async def wait_for(
     if timeout is not None:
         now = await store.now()  # (the timers' clock: the database's on PostgreSQL)
         until = now + timeout
-        wake_at = await _recorded(ctx, f"legion.wait-until:{event}", lambda: until)
+        wake_at = await _recorded(ctx, until_name, lambda: until)
     data = await store.signal_data(ctx.task_id, event, index)
     if data is not None:
         got = await _recorded(ctx, name, lambda: {"signal": codec.loads(data)})
@@ -115,8 +163,9 @@ def _never() -> Any:
 
 async def sleep(ctx: Waiter, store: ContextStore, seconds: float) -> None:
     # The wake-up time is recorded as JSON, which has no NaN or infinity.
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"seconds must be a finite number >= 0, not {seconds!r}")
+    number = not isinstance(seconds, bool) and isinstance(seconds, int | float)
+    if not number or seconds < 0 or seconds > _LONGEST or math.isnan(seconds):
+        raise WaitError(f"seconds must be a finite number >= 0, not {seconds!r}"[:300])
     # Set and checked on the store's clock (the database's on PostgreSQL), as the timers
     # that wake the task are: a worker whose clock is ahead or behind wakes it on time.
     now = await store.now()
