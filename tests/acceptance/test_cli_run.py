@@ -568,7 +568,8 @@ def test_signal_data_that_is_not_strict_json_is_refused(tmp_path: Path, agents_f
             return [await rt.store.signal_data(task, "go", i) for i in range(2)]
 
     task = queued_task(store, agents_file)
-    for data in ("NaN", '{"amount": Infinity}', '{"amount": 1e400}'):
+    past_64_bits = '{"amount": 123456789012345678901234567890}'  # (a float, read loosely)
+    for data in ("NaN", '{"amount": Infinity}', '{"amount": 1e400}', past_64_bits):
         r = legion("signal", str(task), "go", "--data", data, "--store", store)
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("error: --data is not JSON: "), r.stderr

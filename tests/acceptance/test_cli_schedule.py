@@ -92,3 +92,22 @@ def test_an_input_that_is_not_strict_json_is_refused(tmp_path: Path) -> None:
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("error: --input is not JSON: "), r.stderr
     assert not db.exists()  # JSON would have stored null in its place: nothing was added
+
+
+def test_an_input_that_would_not_run_as_given_is_refused(tmp_path: Path) -> None:
+    store = ["--store", f"sqlite:///{tmp_path / 'db'}"]
+    for given, said in [
+        ('{"n": 123456789012345678901234567890}', "the integer 1234567890"),  # not as a float
+        ('{"n": NaN}', "--input is not JSON"),
+    ]:
+        r = legion("schedule", "add", "big", "typed", *YEARLY, "-i", given, *store)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("error: --input is not JSON: ") and said in r.stderr, r.stderr
+    for cron, said in [
+        ("*/0 * * * *", "the minute field '*/0' has a step of 0; a step is >= 1"),
+        ("5-1 * * * *", "the minute field '5-1' has a range that ends before it starts"),
+        ("61 * * * *", "the minute field '61' is out of range 0-59"),
+    ]:
+        r = legion("schedule", "add", "odd", "typed", "--cron", cron, *store)
+        assert r.returncode == 2, r.stderr
+        assert said in r.stderr, r.stderr

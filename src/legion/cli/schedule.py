@@ -63,10 +63,10 @@ def register(app: typer.Typer) -> None:
         from legion.waiting.cron import CronError
         from legion.waiting.schedules import schedule
 
-        try:  # strict JSON, as input files are read: no NaN or Infinity (stored as null)
-            value: Any = codec.loads(input)
+        try:  # strict JSON, as input files are read: no NaN or Infinity, no integer past
+            value: Any = codec.loads_given(input.encode())  # 64 bits (read as a float)
         except codec.JSONDecodeError as exc:
-            raise _fail(f"--input is not JSON: {exc}") from None
+            raise _fail(f"--input is not JSON: {codec.json_error(exc)}") from None
         if not isinstance(value, dict):
             raise _fail("--input must be a JSON object (the agent's keyword arguments)")
         if app_ref:

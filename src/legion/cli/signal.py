@@ -39,8 +39,8 @@ def register(app: typer.Typer) -> None:
         """
         from legion.waiting.calls import MAX_EVENT
 
-        try:  # strict JSON, as the HTTP API reads it: no NaN or Infinity (stored as null)
-            value: Any = codec.loads(data)
+        try:  # strict JSON, as the HTTP API reads it: no NaN or Infinity, no integer past
+            value: Any = codec.loads_given(data.encode())  # 64 bits (read as a float)
         except codec.JSONDecodeError as exc:
             raise _fail(f"--data is not JSON: {codec.json_error(exc)}") from None
         if not event:

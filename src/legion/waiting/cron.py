@@ -90,7 +90,11 @@ def _field(text: str, name: str, lo: int, hi: int) -> frozenset[int]:
                     b = hi
         except ValueError:
             raise CronError(f"cannot read the {name} field {text!r}") from None
-        if step < 1 or not (lo <= a <= hi and lo <= b <= hi and a <= b):
+        if step < 1:
+            raise CronError(f"the {name} field {text!r} has a step of {step}; a step is >= 1")
+        if a > b and lo <= a <= hi and lo <= b <= hi:
+            raise CronError(f"the {name} field {text!r} has a range that ends before it starts")
+        if not (lo <= a <= hi and lo <= b <= hi):
             raise CronError(f"the {name} field {text!r} is out of range {lo}-{hi}")
         out.update(range(a, b + 1, step))
     return frozenset(out)
