@@ -141,6 +141,37 @@ async def test_another_tenants_key_reads_its_own_tasks_alone_in_the_metrics(api:
     assert await queued(api.auth(admin)) == 5
 
 
+async def test_another_tenants_key_reads_no_other_tenants_finished_tasks_in_the_metrics(
+    api: Api,
+) -> None:
+    # The counters (finished, latency, retries) were the server's, every tenant's: a
+    # tenant's key read the agents, counts and latencies of the others' tasks.
+    acme = await tenant_key(api, "acme")
+    _, theirs = await call(api, acme, "POST", "/v1/tasks", {"agent": "work", "input": {"n": 1}})
+    ours = []
+    for _ in range(2):
+        _, sub = await api.call("POST", "/v1/tasks", body={"agent": "doomed", "input": {"n": 1}})
+        ours.append(sub["id"])
+    for task in (theirs["id"], *ours):
+        await api.runtime.result(task)
+    await counted(api, acme, 1)
+    await counted(api, (await tenant_key(api, "ops", admin=True)), 3)
+
+    async def finished(headers: dict[str, str]) -> dict[tuple[str, str], float]:
+        async with api.http.get(api.url + "/metrics", headers=headers) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        samples = Samples(text)
+        return {
+            (agent, status): samples("legion_tasks_finished_total", agent=agent, status=status)
+            for agent, status in (("work", "succeeded"), ("doomed", "dead"))
+            if f'legion_tasks_finished_total{{agent="{agent}",status="{status}"}}' in text
+        }
+
+    assert await finished(api.auth(acme)) == {("work", "succeeded"): 1}
+    assert await finished(api.auth()) == {("work", "succeeded"): 1, ("doomed", "dead"): 2}
+
+
 async def test_a_tenants_statistics_and_progress_count_its_own_work_alone(
     store_url: str, start_api: StartApi, gate: asyncio.Event
 ) -> None:

@@ -1,7 +1,8 @@
 """``/metrics``: the run in Prometheus' text format.
 
 Counters and the latency histogram are fed by the `legion.server.monitor.Monitor`
-as it reads the event feed (every worker's tasks, since this server started); gauges come
+as it reads the event feed (every worker's tasks, since this server started; kept apart
+for each tenant too, for what a tenant's key reads); gauges come
 from its latest snapshot, so a scrape reads nothing from the store. Every metric lives in
 this server's own registry, never in prometheus_client's global one.
 
@@ -50,9 +51,47 @@ _ROUTE_LABELS = ("route", "provider", "model")
 
 
 class Metrics:
-    """The server's metrics; a `legion.server.monitor.FeedSink`."""
+    """The server's metrics; a `legion.server.monitor.FeedSink`. The counters are kept for
+    every tenant's tasks together and, apart, for each tenant's (what a tenant's key reads:
+    never another tenant's agents, counts or latencies)."""
 
     def __init__(self) -> None:
+        self._gauges = _SnapshotCollector()
+        self._all = _Counters(self._gauges)
+        self.registry = self._all.registry
+        self._tenants: dict[str, _Counters] = {}
+
+    def finished(
+        self, agent: str, status: TaskStatus, latency: float | None, tenant: str | None = None
+    ) -> None:
+        self._all.finished(agent, status, latency)
+        if tenant is not None:
+            self._of(tenant).finished(agent, status, latency)
+
+    def retried(self, agent: str, tenant: str | None = None) -> None:
+        self._all.retried(agent)
+        if tenant is not None:
+            self._of(tenant).retried(agent)
+
+    def render(self, snapshot: Snapshot, tenant: str | None = None) -> bytes:
+        """The exposition text, with gauges as of ``snapshot``; counters of every tenant's
+        tasks, or of ``tenant``'s alone."""
+        self._gauges.snapshot = snapshot
+        counters = self._all if tenant is None else self._of(tenant)
+        return generate_latest(counters.registry)
+
+    def _of(self, tenant: str) -> _Counters:
+        counters = self._tenants.get(tenant)
+        if counters is None:
+            counters = self._tenants[tenant] = _Counters(self._gauges)
+        return counters
+
+
+class _Counters:
+    """The feed's counters and latency histogram, in a registry of their own beside the
+    snapshot's gauges."""
+
+    def __init__(self, gauges: Collector) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._finished = Counter(
             "legion_tasks_finished",
@@ -73,8 +112,7 @@ class Metrics:
             ("agent",),
             registry=self.registry,
         )
-        self._gauges = _SnapshotCollector()
-        self.registry.register(self._gauges)
+        self.registry.register(gauges)
 
     def finished(self, agent: str, status: TaskStatus, latency: float | None) -> None:
         self._finished.labels(agent, str(status)).inc()
@@ -83,11 +121,6 @@ class Metrics:
 
     def retried(self, agent: str) -> None:
         self._retries.labels(agent).inc()
-
-    def render(self, snapshot: Snapshot) -> bytes:
-        """The exposition text, with gauges as of ``snapshot``."""
-        self._gauges.snapshot = snapshot
-        return generate_latest(self.registry)
 
 
 class _SnapshotCollector(Collector):

@@ -45,9 +45,11 @@ _BUDGET = 20  # the interval is at least this many times what a sample costs
 class FeedSink(Protocol):
     """Told of every task that finished or went back to the queue (``/metrics``)."""
 
-    def finished(self, agent: str, status: TaskStatus, latency: float | None) -> None: ...
+    def finished(
+        self, agent: str, status: TaskStatus, latency: float | None, tenant: str | None
+    ) -> None: ...
 
-    def retried(self, agent: str) -> None: ...
+    def retried(self, agent: str, tenant: str | None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -307,7 +309,7 @@ class Monitor:
                         own.retries += 1
                     self._new_failures = True
                     if self._sink is not None:
-                        self._sink.retried(agent)
+                        self._sink.retried(agent, d.tenant)
                 continue
             if not status.terminal:
                 continue
@@ -318,7 +320,7 @@ class Monitor:
             if own is not None:
                 own.add(d, latency)
             if self._sink is not None:
-                self._sink.finished(agent, status, latency)
+                self._sink.finished(agent, status, latency, d.tenant)
         if tick.failures:
             self._new_failures = True
         self._totals = tick.totals(self._totals)

@@ -82,6 +82,7 @@ async def metrics(state: StateDep, key: KeyDep) -> Response:
     snapshot = state.monitor.snapshot
     if not key.admin and key.tenant != DEFAULT_TENANT:
         snapshot = state.monitor.for_tenant(snapshot, key.tenant)
+        return Response(state.metrics.render(snapshot, key.tenant), media_type=CONTENT_TYPE)
     return Response(state.metrics.render(snapshot), media_type=CONTENT_TYPE)
 
 
