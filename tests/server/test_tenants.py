@@ -172,6 +172,30 @@ async def test_another_tenants_key_reads_no_other_tenants_finished_tasks_in_the_
     assert await finished(api.auth()) == {("work", "succeeded"): 1, ("doomed", "dead"): 2}
 
 
+async def test_another_tenants_many_failures_leave_a_tenants_own_in_its_statistics(
+    any_api: Api,
+) -> None:
+    api = any_api
+    # The failures shown were the last ten of every tenant's, filtered: eleven of acme's
+    # left globex's list empty, while its counts still said one task had died.
+    acme, globex = await tenant_key(api, "acme"), await tenant_key(api, "globex")
+    doomed = {"agent": "doomed", "input": {"n": 1}}
+    _, own = await call(api, globex, "POST", "/v1/tasks", doomed)
+    await api.runtime.result(own["id"])
+    _, batch = await call(api, acme, "POST", "/v1/tasks:batch", {"tasks": [doomed] * 11})
+    for t in batch["tasks"]:
+        await api.runtime.result(t["id"])
+    while True:  # until the failures were read again after acme's
+        await api.server.state.monitor.sample()
+        _, theirs = await call(api, acme, "GET", "/v1/statistics")
+        if len(theirs["failures"]) == 10:
+            break
+    assert {f["tenant"] for f in theirs["failures"]} == {"acme"}
+    _, stats = await call(api, globex, "GET", "/v1/statistics")
+    assert stats["statuses"]["dead"] == 1
+    assert [f["id"] for f in stats["failures"]] == [own["id"]]
+
+
 async def test_a_tenants_statistics_and_progress_count_its_own_work_alone(
     store_url: str, start_api: StartApi, gate: asyncio.Event
 ) -> None:

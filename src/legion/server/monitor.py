@@ -38,6 +38,7 @@ log = logging.getLogger("legion.server.monitor")
 FEED_BATCH = 10_000
 FEED_BATCHES = 5  # most feed reads per sample (a sample falling behind catches up later)
 FAILURES_SHOWN = 10
+_ERRED = (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.QUEUED)  # (recent_errors' statuses)
 ROUTE_WINDOW = 10.0  # seconds over which route rates are measured
 _BUDGET = 20  # the interval is at least this many times what a sample costs
 
@@ -134,6 +135,11 @@ class Monitor:
         self._routes: dict[str, deque[tuple[float, int, int]]] = {}
         self._totals = Totals()
         self._failures: list[Failure] = []
+        # Each tenant's own latest failures, read apart (another tenant's many failures
+        # must not push its own out of the list): re-read for the tenants whose tasks
+        # failed, retried or moved on since (None: every tenant's, at the first read).
+        self._tenant_failures: dict[str, list[Failure]] = {}
+        self._failed_tenants: set[str] | None = None
         self._tenants: dict[str, _TenantRun] = {}
         self._history = history
         self._failures_read_at: float | None = None
@@ -182,7 +188,7 @@ class Monitor:
             totals=run.totals if run is not None else Totals(),
             workers=[replace(w, in_flight=None, succeeded=None) for w in snapshot.workers],
             routes=[],
-            failures=[f for f in snapshot.failures if f.tenant == tenant],
+            failures=self._tenant_failures.get(tenant, []),
             scaling=None,
         )
 
@@ -260,6 +266,13 @@ class Monitor:
             self._failures_read_at is None or now - self._failures_read_at >= 2 * self._interval
         ):
             self._failures = [_failure(t) for t in await store.recent_errors(FAILURES_SHOWN)]
+            stale = self._failed_tenants
+            if stale is None:  # (the first read: every tenant with a task that failed)
+                stale = {t for t, c in by_tenant.items() if any(c.get(s) for s in _ERRED)}
+            for tenant in stale:
+                own = await store.recent_errors(FAILURES_SHOWN, tenant)
+                self._tenant_failures[tenant] = [_failure(t) for t in own]
+            self._failed_tenants = set()
             self._failures_read_at = now
             self._new_failures = False
         scaling = await self._scaling.read(store, counts, workers)
@@ -297,16 +310,22 @@ class Monitor:
         tick = _Tick()
         tenants: dict[str, _Tick] = {}
         shown = {f.id for f in self._failures}
+        shown.update(f.id for failures in self._tenant_failures.values() for f in failures)
+        moved_on: set[str] = set()  # (tenants whose failures shown changed)
         for d in details:
             status, agent = d.event.status, d.agent or "?"
             if d.event.task_id in shown:  # a failure shown has moved on (e.g. succeeded)
                 self._new_failures = True
+                if d.tenant is not None:
+                    moved_on.add(d.tenant)
             own = tenants.setdefault(d.tenant, _Tick()) if d.tenant is not None else None
             if status is TaskStatus.QUEUED:
                 if d.event.attempt > 0:  # back in the queue after an attempt: a retry
                     tick.retries += 1
                     if own is not None:
                         own.retries += 1
+                    if d.tenant is not None:
+                        moved_on.add(d.tenant)
                     self._new_failures = True
                     if self._sink is not None:
                         self._sink.retried(agent, d.tenant)
@@ -323,6 +342,9 @@ class Monitor:
                 self._sink.finished(agent, status, latency, d.tenant)
         if tick.failures:
             self._new_failures = True
+        if self._failed_tenants is not None:
+            self._failed_tenants.update(t for t, own in tenants.items() if own.failures)
+            self._failed_tenants.update(moved_on)
         self._totals = tick.totals(self._totals)
         return tick, tenants
 

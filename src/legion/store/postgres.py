@@ -679,9 +679,9 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 out.setdefault(agent, {})[TaskStatus(status)] = n
         return out
 
-    async def recent_errors(self, limit: int = 10) -> list[TaskInfo]:
+    async def recent_errors(self, limit: int = 10, tenant: str | None = None) -> list[TaskInfo]:
         async with self._cursor() as cur:
-            await cur.execute(Q["recent_errors"], {"limit": limit})
+            await cur.execute(Q["recent_errors"], {"limit": limit, "tenant": tenant})
             return [task_info(r) for r in await cur.fetchall()]
 
     async def steps(self, task_id: int) -> list[StepInfo]:

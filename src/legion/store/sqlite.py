@@ -582,9 +582,10 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
         return await self._call(run)
 
-    async def recent_errors(self, limit: int = 10) -> list[TaskInfo]:
+    async def recent_errors(self, limit: int = 10, tenant: str | None = None) -> list[TaskInfo]:
         def run() -> list[TaskInfo]:
-            return [task_info(r) for r in self._db.execute(Q["recent_errors"], {"limit": limit})]
+            found = self._db.execute(Q["recent_errors"], {"limit": limit, "tenant": tenant})
+            return [task_info(r) for r in found]
 
         return await self._call(run)
 

@@ -391,6 +391,7 @@ SELECT legion_fold_counts();
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
        created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
+  AND (CAST(%(tenant)s AS text) IS NULL OR tenant = %(tenant)s)
 ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %(limit)s;
 
 -- name: steps_of

@@ -318,6 +318,7 @@ GROUP BY t.tenant, e.status, t.agent;
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
        created_at, started_at, finished_at, lease_owner, usage, tenant
 FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
+  AND (:tenant IS NULL OR tenant = :tenant)
 ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT :limit;
 
 -- name: steps_of
