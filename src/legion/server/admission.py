@@ -291,7 +291,10 @@ class TenantLimits:
     to ``burst`` tasks; a batch larger than the bucket is taken when the bucket is full
     (it then refills from below zero, so the long-run rate holds). ``max_queued``: most
     queued tasks per tenant (``None``: unlimited), read from the store at most every
-    ``refresh`` seconds and counted locally in between.
+    ``refresh`` seconds and counted locally in between. The tasks of a submission admitted
+    and not yet stored count as queued from its admission on (`admit` reserves them,
+    `queued` or `release` ends the reservation): submissions in flight together, whose
+    store writes commit as one, must not each see room for themselves alone.
     """
 
     def __init__(
@@ -312,6 +315,8 @@ class TenantLimits:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._backlogs: dict[str, _Backlog] = {}
+        self._reserved: dict[str, int] = {}  # admitted, not yet stored
+        self._added: dict[str, int] = {}  # stored, counted here (all told)
 
     def check_rate(self, tenant: str) -> None:
         """Refuse (429) a submission of ``tenant`` while its bucket is empty."""
@@ -327,7 +332,8 @@ class TenantLimits:
             )
 
     async def admit(self, tenant: str, tasks: int) -> None:
-        """Take ``tasks`` new tasks of ``tenant`` on, or refuse them (429)."""
+        """Take ``tasks`` new tasks of ``tenant`` on, or refuse them (429); taken on, they
+        are reserved until `queued` (stored) or `release` (not)."""
         if self.rate is not None:
             bucket = self._bucket(tenant)
             if bucket.tokens < min(tasks, self.burst):
@@ -338,21 +344,39 @@ class TenantLimits:
                     wait,
                 )
         if self.max_queued is not None:
-            queued = await self._queued(tenant)
+            # (From the store's count on, nothing awaits: the check and the reservation
+            # are one step for every submission in flight.)
+            queued = await self._queued(tenant) + self._reserved.get(tenant, 0)
             if queued + tasks > self.max_queued:
                 raise Shed(
                     429,
                     f"tenant {tenant!r} has {queued} queued tasks; its limit is {self.max_queued}",
                     1.0,
                 )
+            self._reserved[tenant] = self._reserved.get(tenant, 0) + tasks
         if self.rate is not None:
             self._buckets[tenant].tokens -= tasks
 
-    def queued(self, tenant: str, created: int) -> None:
-        """Count ``created`` tasks just queued for ``tenant`` until the next store read."""
+    def queued(self, tenant: str, created: int, reserved: int) -> None:
+        """``reserved`` tasks admitted for ``tenant`` were stored, ``created`` of them new
+        (the others were there already, under their idempotency keys): counted as queued
+        until the next store read."""
+        self.release(tenant, reserved)
         backlog = self._backlogs.get(tenant)
         if backlog is not None:
             backlog.queued += created
+        if self.max_queued is not None:
+            self._added[tenant] = self._added.get(tenant, 0) + created
+
+    def release(self, tenant: str, reserved: int) -> None:
+        """End the reservation of ``reserved`` tasks admitted for ``tenant``."""
+        if self.max_queued is None:
+            return
+        left = self._reserved.get(tenant, 0) - reserved
+        if left > 0:
+            self._reserved[tenant] = left
+        else:
+            self._reserved.pop(tenant, None)
 
     def _bucket(self, tenant: str) -> _Bucket:
         assert self.rate is not None
@@ -369,5 +393,10 @@ class TenantLimits:
         now = self._clock()
         backlog = self._backlogs.get(tenant)
         if backlog is None or now - backlog.read_at >= self._refresh:
-            backlog = self._backlogs[tenant] = _Backlog(await self._count_queued(tenant), now)
+            before = self._added.get(tenant, 0)
+            counted = await self._count_queued(tenant)
+            # A submission stored while the count was out may be in it or not: counted
+            # on top (too many for a moment, never too few).
+            meanwhile = self._added.get(tenant, 0) - before
+            backlog = self._backlogs[tenant] = _Backlog(counted + meanwhile, now)
         return backlog.queued

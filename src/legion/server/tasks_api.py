@@ -373,10 +373,12 @@ async def _submit(
             )
     if errors:
         raise RequestValidationError(errors)
-    await state.limits.admit(caller.tenant, await _fresh(state, caller.tenant, new))
+    fresh = await _fresh(state, caller.tenant, new)
+    await state.limits.admit(caller.tenant, fresh)
     try:
         submitted = await state.runtime.submit_tasks(new)
     except IdempotencyConflict as exc:
+        state.limits.release(caller.tenant, fresh)
         where = key_locs or [(*loc, "key") for loc in locs]
         conflicts = set(exc.keys)
         raise RequestValidationError(
@@ -386,7 +388,10 @@ async def _submit(
                 if t.key in conflicts
             ]
         ) from None
-    state.limits.queued(caller.tenant, sum(s.created for s in submitted))
+    except BaseException:
+        state.limits.release(caller.tenant, fresh)
+        raise
+    state.limits.queued(caller.tenant, sum(s.created for s in submitted), fresh)
     out = []
     for task, s in zip(tasks, submitted, strict=True):
         if s.created:
