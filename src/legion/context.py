@@ -330,7 +330,7 @@ class Context:
         """What the store keys this session's memory and vectors by: the session within
         its task's tenant (`legion.store.tenancy.scoped_key`), so that two tenants' tasks
         naming one session - or guessing another's ``task-<id>`` - share nothing."""
-        return scoped_key(self._lease.tenant, self.session) or self.session
+        return scoped_key(self._lease.tenant, self.session, "a session") or self.session
 
     @property
     def recorded_steps(self) -> Mapping[str, bytes]:

@@ -82,25 +82,26 @@ def parse_line(text: bytes, number: int, agent: str) -> InputLine:
                 error=f'line {number}: "_priority" must be an integer from {PRIORITY_MIN:,} '
                 f"to {PRIORITY_MAX:,}",
             )
-        if key is not None and not _text(key, key=True):
+        if key is not None and not _text(key):
             return InputLine(number, None, error=f'line {number}: "_key" {_TEXT_RULE}')
-        if session is not None and not _text(session):
+        if session is not None and not _text(session):  # (as the API, as memory takes it)
             return InputLine(number, key, error=f'line {number}: "_session" {_TEXT_RULE}')
     if key is None:
         key = derived_key(agent, number, text)
     return InputLine(number, key, value, session, priority=priority)
 
 
-_TEXT_RULE = f"must be a string of 1 to {KEY_MAX} characters, without NUL"
+_TEXT_RULE = f"must be a string of 1 to {KEY_MAX} characters, without NUL, not starting with U+001F"
 
 
-def _text(value: object, *, key: bool = False) -> bool:
-    """Whether ``value`` is a key (``key``) or a session the stores and the API take."""
+def _text(value: object) -> bool:
+    """Whether ``value`` is a key (``key``) or a session the stores and the API take (not
+    starting with U+001F, the stores' mark for tenants' keys and sessions)."""
     return (
         isinstance(value, str)
         and 1 <= len(value) <= KEY_MAX
         and "\x00" not in value
-        and not (key and value.startswith("\x1f"))
+        and not value.startswith("\x1f")
     )
 
 

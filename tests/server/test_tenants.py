@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from legion.errors import ConfigError
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.llm.types import ChatResponse, Usage
@@ -19,6 +20,7 @@ from legion.server.keys import new_key
 from legion.store.types import TaskQuery
 from legion.task import NewTask, TaskStatus
 from legion.testing import FakeClock, ScriptedProvider
+from tests.server import apps
 from tests.server.conftest import Api, StartApi, next_event
 from tests.server.test_ops import Samples
 
@@ -395,6 +397,24 @@ async def test_idempotency_keys_are_per_tenant(any_api: Api) -> None:
     )
     assert a[0] == b[0] == 201 and a[1]["id"] != b[1]["id"]
     assert a[1]["key"] == b[1]["key"] == "k"
+
+
+async def test_a_session_with_the_stores_tenant_mark_is_refused_at_submit(api: Api) -> None:
+    # It was taken (201), and the task died at its first use of memory, with a message
+    # about its idempotency key.
+    acme = await tenant_key(api, "acme")
+    for key in (acme, api.key):
+        body = {"agent": "work", "input": {"n": 1}, "session": "\x1fbeta\x1fs"}
+        status, refused = await call(api, key, "POST", "/v1/tasks", body)
+        assert status == 422, refused
+        assert refused["detail"][0]["loc"] == ["body", "session"]
+    assert await api.runtime.store.list_tasks(TaskQuery()) == []
+    try:
+        await api.runtime.submit(apps.work, {"n": 1}, session="\x1fs")
+    except ConfigError as exc:
+        assert str(exc) == "a session may not start with the character U+001F"
+    else:
+        raise AssertionError("Runtime.submit took the session")
 
 
 async def test_a_batch_with_a_conflicting_key_queues_nothing(api: Api) -> None:

@@ -27,7 +27,7 @@ from legion.run.delivery import Delivery
 from legion.run.worker import Worker, WorkerConfig
 from legion.stats import Statistics
 from legion.store import Store, store_from_url
-from legion.store.tenancy import DEFAULT_TENANT
+from legion.store.tenancy import DEFAULT_TENANT, scoped_key
 from legion.task import NewTask, Submitted, TaskInfo, TaskResult, TaskStatus
 from legion.waiting.calls import event_problem
 
@@ -300,6 +300,8 @@ class Runtime:
         if len({len(inputs), len(key_list), len(session_list), len(priority_list)}) != 1:
             raise ConfigError("keys, sessions and priorities must have one entry per input")
         attempts = agent.options.retry.max_attempts
+        for s in session_list:  # (refused now, not at the task's first use of its memory)
+            scoped_key(tenant, s, "a session")
         try:
             tasks = [
                 NewTask(

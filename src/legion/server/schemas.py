@@ -17,11 +17,12 @@ from legion.waiting.calls import MAX_EVENT
 
 # Text the stores can hold in every dialect (PostgreSQL text cannot hold NUL).
 TEXT = r"^[^\x00]*$"
-# An idempotency key: text, not starting with U+001F (the store's mark for tenants' keys).
+# An idempotency key or a session: text, not starting with U+001F (the store's mark for
+# tenants' keys and sessions).
 KEY = r"^[^\x00\x1f][^\x00]*$"
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
 Key = Annotated[str, Field(min_length=1, max_length=KEY_MAX, pattern=KEY)]
-Session = Annotated[str, Field(min_length=1, max_length=KEY_MAX, pattern=TEXT)]
+Session = Annotated[str, Field(min_length=1, max_length=KEY_MAX, pattern=KEY)]
 
 
 def _number(value: Any) -> Any:

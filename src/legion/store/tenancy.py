@@ -33,12 +33,12 @@ def check_tenant(name: str) -> str:
     return name
 
 
-def scoped_key(tenant: str, key: str | None) -> str | None:
-    """The stored form of ``tenant``'s idempotency key ``key``."""
+def scoped_key(tenant: str, key: str | None, what: str = "an idempotency key") -> str | None:
+    """The stored form of ``tenant``'s idempotency key ``key`` (or session: ``what``)."""
     if key is None:
         return None
     if key.startswith(_MARK):
-        raise ConfigError("an idempotency key may not start with the character U+001F")
+        raise ConfigError(f"{what} may not start with the character U+001F")
     if tenant == DEFAULT_TENANT:
         return key
     return f"{_MARK}{tenant}{_MARK}{key}"
