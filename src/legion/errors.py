@@ -12,6 +12,7 @@
     │                          reclaim, or a cancel) took: its writes are refused, and the
     │                          worker stops it
     ├── IdempotencyConflict    a submission reused an idempotency key for another input
+    ├── NotAwaited             a signal sent for one wait of a task that does not wait for it
     ├── TaskFailed             rt.result(..., raise_on_failure=True) of a task that did not succeed
     ├── WorkerStopped          rt.map / rt.results: the local worker stopped on an error
     └── AgentError             raised *inside* an agent instance; decides retryability
@@ -20,6 +21,7 @@
         │   ├── OutputError    the agent returned something that cannot be stored as JSON
         │   ├── UnawaitedWork  (--strict) the agent made a step or call it never awaited
         │   ├── WaitTimeout    ctx.wait_for / ctx.approval: no signal came within its timeout
+        │   ├── WaitError      ctx.wait_for / ctx.sleep called wrongly (a bad event, timeout)
         │   ├── ChildFailed    ctx.spawn / ctx.map: a child task did not succeed
         │   └── ProviderRejected    an LLM provider refused the request (400, 404, 422...)
         │       ├── ProviderAuthError   ... because of the credentials (401, 403);
@@ -125,6 +127,16 @@ class IdempotencyConflict(LegionError):
             f"idempotency key {shown} was used before with another agent or input: "
             "use a new key for a new task"
         )
+
+
+class NotAwaited(LegionError):
+    """A signal sent for one wait of a task (``waiting=N``: its wait for the N-th signal of
+    that event) while the task does not wait for it: that wait ended (a second click of
+    an approval button), or has not begun. Nothing was kept. ``status``: the task's."""
+
+    def __init__(self, message: str, status: Any) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TaskFailed(LegionError):

@@ -578,6 +578,25 @@ def test_signal_data_that_is_not_strict_json_is_refused(tmp_path: Path, agents_f
     assert asyncio.run(kept(task)) == [b'{"amount":5}', None]  # JSON would have kept null
 
 
+def test_signal_for_one_wait_keeps_nothing_unless_the_task_waits_for_it(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'db'}"
+    task = queued_task(store, agents_file)  # queued: it waits for nothing yet
+    r = legion("signal", str(task), "approval", "-d", "true", "--waiting", "1", "--store", store)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == (
+        f"error: task {task} does not wait for signal 'approval' number 1 now (it is queued): "
+        "nothing was kept"
+    )
+
+    async def kept() -> bytes | None:
+        async with Runtime(store, worker=False) as rt:
+            return await rt.store.signal_data(task, "approval", 0)
+
+    assert asyncio.run(kept()) is None
+
+
 def test_cancel_stops_a_queued_task_and_is_asked_again_harmlessly(
     tmp_path: Path, agents_file: Path
 ) -> None:

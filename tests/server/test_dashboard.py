@@ -210,3 +210,25 @@ async def test_the_task_list_filters_and_an_admin_cancels_and_retries(
     assert (await api.runtime.result(held["id"])).status.value == "cancelled"
     await page.screenshot(path=str(ARTIFACTS / "tasks.png"), full_page=True)
     assert problems == []
+
+
+async def test_an_approval_is_answered_once_from_the_waiting_table(
+    browser: Browser, api: Api
+) -> None:
+    # A double click sent two approvals; the second answered the task's next approval.
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "approve", "input": {"amount": 5}})
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    await page.goto(f"{api.url}/")
+    button = f"#waiting-table button[data-action='approve'][data-id='{sub['id']}']"
+    await page.wait_for_selector(button)
+    async with page.expect_response(lambda r: ":signal" in str(r.url)) as answer:
+        await page.click(button)
+    response = await answer.value
+    assert response.status == 200
+    sent = response.request.post_data_json
+    assert sent == {"event": "approval", "data": {"approved": True}, "waiting": 1}
+    done = await api.runtime.result(sub["id"])
+    assert done.status.value == "succeeded" and done.output == {"approved": True}
+    assert await api.runtime.store.signal_data(sub["id"], "approval", 1) is None
+    assert problems == []

@@ -83,4 +83,28 @@ async def test_the_openapi_document_describes_the_signal_body(api: Api) -> None:
     route = doc["paths"]["/v1/tasks/{task_id}:signal"]["post"]
     ref = route["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
-    assert schema["required"] == ["event"] and set(schema["properties"]) == {"event", "data"}
+    assert schema["required"] == ["event"]
+    assert set(schema["properties"]) == {"event", "data", "waiting"}
+
+
+async def test_an_answer_to_one_wait_is_refused_once_that_wait_has_ended(any_api: Api) -> None:
+    # A double click on "approve" sent two approval signals: the second was kept, and
+    # answered the task's next approval, a prompt nobody saw.
+    api = any_api
+    status, sub = await api.call(
+        "POST", "/v1/tasks", body={"agent": "approve", "input": {"amount": 5}}
+    )
+    assert status == 201
+    shown = await _waiting(api, sub["id"])
+    assert (shown["event"], shown["count"]) == ("approval", 1)
+    answer = {"event": "approval", "data": {"approved": True}, "waiting": shown["count"]}
+    first = await api.call("POST", f"/v1/tasks/{sub['id']}:signal", body=answer)
+    second = await api.call("POST", f"/v1/tasks/{sub['id']}:signal", body=answer)
+    assert first == (200, {"id": sub["id"], "status": "queued"})
+    assert second[0] == 409, second
+    assert "does not wait for signal 'approval' number 1 now" in second[1]["detail"]
+    assert await api.runtime.store.signal_data(sub["id"], "approval", 1) is None  # not kept
+    task = await api.finished(sub["id"])
+    assert task["status"] == "succeeded" and task["output"] == {"approved": True}
+    early = {"event": "approval", "waiting": 2}
+    assert (await api.call("POST", f"/v1/tasks/{sub['id']}:signal", body=early))[0] == 409

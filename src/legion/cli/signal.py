@@ -9,6 +9,7 @@ import typer
 
 from legion import codec
 from legion.cli.options import DEFAULT_STORE, TASK_ID_MAX, StoreOpt, _fail, _run
+from legion.errors import NotAwaited
 from legion.task import TaskStatus
 
 
@@ -30,6 +31,17 @@ def register(app: typer.Typer) -> None:
                 "'{\"approved\": true}'.",
             ),
         ] = "null",
+        waiting: Annotated[
+            int | None,
+            typer.Option(
+                "--waiting",
+                min=1,
+                max=2**31 - 1,
+                help="Answer one wait alone: the task's wait for EVENT's signal number N (its "
+                "`count` in GET /v1/waiting). Unless the task waits for it now, nothing is "
+                "kept and the command exits 1.",
+            ),
+        ] = None,
         store: StoreOpt = DEFAULT_STORE,
     ) -> None:
         """Send a signal to a task: if it waits for EVENT it is queued again and receives
@@ -48,13 +60,19 @@ def register(app: typer.Typer) -> None:
         if len(event) > MAX_EVENT:
             raise _fail(f"the event name is {len(event)} characters; at most {MAX_EVENT}")
 
-        async def main() -> TaskStatus | None:
+        async def main() -> TaskStatus | NotAwaited | None:
             from legion.cli.status import opened
 
             async with opened(store) as s:
-                return await s.signal(task_id, event, codec.dumps(value), time.time())
+                data = codec.dumps(value)
+                try:
+                    return await s.signal(task_id, event, data, time.time(), waiting=waiting)
+                except NotAwaited as exc:  # (not the exit 2 of a failed command)
+                    return exc
 
         status = _run(main())
+        if isinstance(status, NotAwaited):
+            raise _fail(str(status), code=1)
         if status is None:
             raise _fail(f"not found: task {task_id}", code=1)
         if status.terminal:

@@ -401,15 +401,23 @@ class Runtime:
             self.worker.cancel_local(task_id)
         return status
 
-    async def signal(self, task_id: TaskRef, event: str, data: Any = None) -> TaskStatus | None:
+    async def signal(
+        self, task_id: TaskRef, event: str, data: Any = None, *, waiting: int | None = None
+    ) -> TaskStatus | None:
         """Send the signal ``event`` with JSON ``data`` to a task: a task waiting for it
         (``ctx.wait_for``) is queued again; one that waits for it later receives it then.
         Answers the task's status after (``None``: no such task); a finished task gets
-        none."""
+        none. ``waiting=N``: an answer to one wait alone, the task's wait for the N-th
+        signal ``event`` (what ``count`` shows for it in `legion.store.WaitingInfo`):
+        unless the task waits for it now, nothing is kept and
+        `legion.errors.NotAwaited` is raised (a second click of an approval button must
+        not answer the task's next approval)."""
         task_id = task_id_of(task_id)
         if problem := event_problem(event):  # (as `legion signal` and the HTTP API refuse)
             raise ValueError(problem)
-        status = await self.store.signal(task_id, event, codec.dumps(data), self._clock.wall())
+        status = await self.store.signal(
+            task_id, event, codec.dumps(data), self._clock.wall(), waiting=waiting
+        )
         if status is TaskStatus.QUEUED and self.worker is not None:
             self.worker.wake()
         return status

@@ -197,6 +197,15 @@ class SignalIn(BaseModel):
 
     event: str = Field(min_length=1, max_length=MAX_EVENT)
     data: Any = None
+    waiting: int | None = Field(
+        None,
+        ge=1,
+        le=2**31 - 1,
+        description="Answer one wait alone: the task's wait for this event's signal number "
+        "`waiting` (its `count` in `GET /v1/waiting`). Unless the task waits for it now, "
+        "nothing is kept and the answer is 409: a second click of an approval button must "
+        "not answer the task's next approval.",
+    )
 
 
 class TaskPage(BaseModel):

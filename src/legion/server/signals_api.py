@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from legion.errors import OutputError
+from legion.errors import NotAwaited, OutputError
 from legion.server.body import json_body
 from legion.server.deps import KeyDep, StateDep, require_key
 from legion.server.schemas import SignalIn, StatusOut
@@ -31,6 +31,7 @@ class WaitingOut(BaseModel):
     agent: str
     tenant: str
     event: str | None = None  # the signal it waits for
+    count: int | None = None  # ... the count-th of that name (a signal's `waiting`)
     children: int | None = None  # waits until at most this many children are unfinished
     wake_at: float | None = None  # its timer (or its wait's timeout)
     prompt: str | None = None  # an approval's question
@@ -47,7 +48,10 @@ class WaitingPage(BaseModel):
     responses={
         **_ERRORS,
         **_NOT_FOUND,
-        409: {"description": "The task has finished: it takes no more signals."},
+        409: {
+            "description": "The task has finished: it takes no more signals; or, given "
+            "`waiting`, it does not wait for that signal now."
+        },
     },
     openapi_extra=_body("SignalIn"),
 )
@@ -55,7 +59,9 @@ async def signal_task(request: Request, task: TaskDep, state: StateDep) -> Statu
     """Send a signal to a task; a task waiting for it is queued again."""
     body = _model(SignalIn, await json_body(request))  # strict JSON, any content type
     try:
-        status = await state.runtime.signal(task.id, body.event, body.data)
+        status = await state.runtime.signal(task.id, body.event, body.data, waiting=body.waiting)
+    except NotAwaited as exc:
+        raise HTTPException(409, str(exc)) from None
     except OutputError as exc:  # data JSON cannot store (nested past orjson's depth)
         raise RequestValidationError([_error("json", ("body", "data"), str(exc))]) from None
     if status is None:
@@ -80,6 +86,7 @@ async def list_waiting(
                 agent=w.agent,
                 tenant=w.tenant,
                 event=w.event,
+                count=w.count if w.event is not None else None,
                 children=w.children,
                 wake_at=w.wake_at,
                 prompt=w.info.get("prompt") if isinstance(w.info, dict) else None,

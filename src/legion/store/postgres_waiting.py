@@ -20,7 +20,7 @@ from legion.store.postgres_params import submit_params
 from legion.store.queries import queries
 from legion.store.rows import child_info, waiting_info
 from legion.store.types import WriteBatch
-from legion.store.waiting import ChildInfo, Schedule, WaitingInfo
+from legion.store.waiting import ChildInfo, Schedule, WaitingInfo, not_awaited
 from legion.task import NewTask, Outcome, Submitted, TaskStatus
 
 W = queries("postgres", "waiting")
@@ -66,7 +66,9 @@ class PostgresWaiting:
 
         async def submit(self, tasks: Sequence[NewTask], now: float) -> list[Submitted]: ...
 
-    async def signal(self, task_id: int, event: str, data: bytes, now: float) -> TaskStatus | None:
+    async def signal(
+        self, task_id: int, event: str, data: bytes, now: float, *, waiting: int | None = None
+    ) -> TaskStatus | None:
         async with self._cursor(transaction=True) as cur:
             await cur.execute(W["task_status_locked"], {"task_id": task_id})
             row = await cur.fetchone()
@@ -75,6 +77,8 @@ class PostgresWaiting:
             status = TaskStatus(row[0])
             if status.terminal:
                 return status
+            if waiting is not None:
+                not_awaited(task_id, event, waiting, status, row[1], row[2])
             params = {"task_id": task_id, "event": event, "data": data, "now": float(now)}
             await cur.execute(W["insert_signal"], params)
             wake = {"ids": [task_id], "now": float(now)}

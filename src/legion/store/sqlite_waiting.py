@@ -16,7 +16,7 @@ from legion.store.queries import queries
 from legion.store.rows import child_info, waiting_info
 from legion.store.sqlite_feed import log_changes
 from legion.store.types import WriteBatch
-from legion.store.waiting import ChildInfo, Schedule, WaitingInfo
+from legion.store.waiting import ChildInfo, Schedule, WaitingInfo, not_awaited
 from legion.task import NewTask, Outcome, Submitted, TaskStatus
 
 T = TypeVar("T")
@@ -83,13 +83,19 @@ class SQLiteWaiting:
             db: sqlite3.Connection, tasks: Sequence[NewTask], now: float
         ) -> list[Submitted]: ...
 
-    async def signal(self, task_id: int, event: str, data: bytes, now: float) -> TaskStatus | None:
+    async def signal(
+        self, task_id: int, event: str, data: bytes, now: float, *, waiting: int | None = None
+    ) -> TaskStatus | None:
         def run(db: sqlite3.Connection) -> TaskStatus | None:
-            row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = db.execute(
+                "SELECT status, wait_event, wait_count FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
             if row is None:
                 return None
             if TaskStatus(row[0]).terminal:
                 return TaskStatus(row[0])
+            if waiting is not None:
+                not_awaited(task_id, event, waiting, TaskStatus(row[0]), row[1], row[2])
             params = {"task_id": task_id, "event": event, "data": data, "now": now}
             db.execute(W["insert_signal"], params)
             woken = wake_ready(db, [task_id], now)

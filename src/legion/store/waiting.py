@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from legion.errors import NotAwaited
 from legion.task import ErrorInfo, NewTask, Submitted, TaskStatus
 
 
@@ -55,12 +56,35 @@ class Schedule:
     created_at: float = 0.0
 
 
+def not_awaited(
+    task_id: int,
+    event: str,
+    waiting: int,
+    status: TaskStatus,
+    wait_event: str | None,
+    wait_count: int | None,
+) -> None:
+    """Raise `NotAwaited` unless a task (``status``, waiting for the ``wait_count``-th
+    signal ``wait_event``) waits for the ``waiting``-th signal ``event``."""
+    if status is TaskStatus.WAITING and wait_event == event and wait_count == waiting:
+        return
+    raise NotAwaited(
+        f"task {task_id} does not wait for signal {event!r} number {waiting} now (it is "
+        f"{status}): nothing was kept",
+        status,
+    )
+
+
 class WaitingStore(Protocol):
     """The waiting part of `legion.store.base.Store`."""
 
-    async def signal(self, task_id: int, event: str, data: bytes, now: float) -> TaskStatus | None:
+    async def signal(
+        self, task_id: int, event: str, data: bytes, now: float, *, waiting: int | None = None
+    ) -> TaskStatus | None:
         """Keep a signal for a task and queue the task again if it waits for it; answer
-        the task's status after (``None``: no such task). A finished task gets no signal."""
+        the task's status after (``None``: no such task). A finished task gets no signal.
+        ``waiting=N``: only if the task waits now for the N-th signal of ``event`` (else
+        `legion.errors.NotAwaited`, nothing kept), checked in the same transaction."""
 
     async def signal_data(self, task_id: int, event: str, index: int) -> bytes | None:
         """The ``index``-th (0-based) signal named ``event`` sent to a task, if it came."""

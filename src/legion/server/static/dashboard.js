@@ -195,11 +195,15 @@ async function loadTasks() {
 
 // Waiting tasks: what each waits for; an approval gets approve and reject buttons, which
 // send it the "approval" signal.
-async function answer(id, approved) {
+// The answer names the wait it is for (`waiting`): a second click, or one on a row shown
+// before the task moved on, is refused rather than kept for the task's next approval.
+async function answer(w, approved, buttons) {
+  for (const b of buttons) b.disabled = true;
+  const id = w.id;
   const resp = await fetch(`/v1/tasks/${id}:signal`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ event: "approval", data: { approved } }),
+    body: JSON.stringify({ event: "approval", data: { approved }, waiting: w.count }),
   });
   if (!resp.ok) console.warn(`approval of task ${id}: ${resp.status}`);
   await loadWaiting();
@@ -215,11 +219,12 @@ function waitsFor(w) {
 
 function approvalButtons(w) {
   if (w.prompt === null) return "";
-  return el("span", {}, ...[["approve", true], ["reject", false]].map(([label, approved]) => {
+  const buttons = [["approve", true], ["reject", false]].map(([label, approved]) => {
     const button = el("button", { type: "button", class: "action", "data-action": label, "data-id": String(w.id) }, label);
-    button.addEventListener("click", () => answer(w.id, approved));
+    button.addEventListener("click", () => answer(w, approved, buttons));
     return button;
-  }));
+  });
+  return el("span", {}, ...buttons);
 }
 
 async function loadWaiting() {

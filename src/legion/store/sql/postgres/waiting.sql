@@ -75,7 +75,7 @@ WHERE t.id IN (SELECT id FROM tasks
 RETURNING t.id;
 
 -- name: task_status_locked
-SELECT status FROM tasks WHERE id = %(task_id)s FOR UPDATE;
+SELECT status, wait_event, wait_count FROM tasks WHERE id = %(task_id)s FOR UPDATE;
 
 -- name: insert_signal
 INSERT INTO signals (task_id, event, data, created_at)
