@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+from legion.server.keys import new_key
 from tests.server.conftest import Api, events, next_event
 
 
@@ -66,3 +68,23 @@ async def test_the_progress_stream_follows_the_run(api: Api) -> None:
     assert snapshot["health"]["store_ok"] is True
     point = snapshot["point"]
     assert set(point) >= {"throughput", "p50", "p95", "p99", "in_flight", "queued"}
+
+
+async def test_streams_end_once_their_key_is_revoked(api: Api, gate: asyncio.Event) -> None:
+    # Authenticated once, at the request: a revoked key's streams ran on until the client
+    # hung up (a waiting task's events for as long as it waited).
+    token = new_key("short-lived", time.time())
+    await api.runtime.store.add_api_key(token.record)
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "held", "input": {"n": 1}})
+    streams = []
+    for path in ("/v1/progress", f"/v1/tasks/{sub['id']}/events"):
+        resp = await api.http.get(api.url + path, headers=api.auth(token.token))
+        api.opened.append(resp)
+        assert resp.status == 200
+        streams.append(resp)
+        await anext(events(resp))  # (it has begun)
+    assert await api.runtime.store.revoke_api_key(token.record.id, time.time())
+    for resp in streams:
+        seen = [(name, data) async for name, data in events(resp)]  # to the stream's end
+        assert seen[-1] == ("error", {"detail": "this API key was revoked"})
+    assert (await api.call("GET", "/v1/key", headers=api.auth(token.token)))[0] == 403

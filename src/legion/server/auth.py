@@ -69,6 +69,12 @@ class Authenticator:
             raise AuthError(403, "this API key was revoked")
         return record
 
+    async def revoked(self, key: ApiKey) -> bool:
+        """Whether ``key``, valid when a request began, was revoked (or removed) since: a
+        stream that outlives its request asks (as of the cache, like a request would)."""
+        record = await self._record(key.id)
+        return record is None or record.revoked_at is not None
+
     async def _record(self, key_id: str) -> ApiKey | None:
         now = self._clock()
         cached = self._cache.get(key_id)

@@ -45,9 +45,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses={**_ERRORS, 404: {"description": "No such task."}},
 )
 async def task_events(
-    task: Annotated[TaskInfo, Depends(existing_task)], state: StateDep
+    task: Annotated[TaskInfo, Depends(existing_task)], state: StateDep, key: KeyDep
 ) -> AsyncIterable[ServerSentEvent]:
-    """A task's changes and steps as they happen, until it finishes."""
+    """A task's changes and steps as they happen, until it finishes (or its key is
+    revoked: an ``error`` event, then the end)."""
     store = state.runtime.store
     sent_steps: set[str] = set()
     last: tuple[object, ...] | None = None
@@ -67,6 +68,9 @@ async def task_events(
             return
         if await _closing(state, state.settings.task_poll_interval):
             return
+        if await state.auth.revoked(key):
+            yield _revoked()
+            return
         info = await state.runtime.get(info.id)
 
 
@@ -79,7 +83,8 @@ async def task_events(
 )
 async def progress(state: StateDep, key: KeyDep) -> AsyncIterable[ServerSentEvent]:
     """The run's progress: the history so far, then a snapshot after every sample (as
-    ``/v1/statistics`` answers it: the key's tenant's, or everyone's for an admin key)."""
+    ``/v1/statistics`` answers it: the key's tenant's, or everyone's for an admin key),
+    until the key is revoked (an ``error`` event, then the end)."""
     monitor = state.monitor
 
     def seen(snapshot: Snapshot) -> Snapshot:
@@ -92,7 +97,14 @@ async def progress(state: StateDep, key: KeyDep) -> AsyncIterable[ServerSentEven
         snapshot = await monitor.next_snapshot()
         if monitor.closed:
             return
+        if await state.auth.revoked(key):
+            yield _revoked()
+            return
         yield ServerSentEvent(event="progress", data=seen(snapshot))
+
+
+def _revoked() -> ServerSentEvent:
+    return ServerSentEvent(event="error", data={"detail": "this API key was revoked"})
 
 
 async def _closing(state: ServerState, seconds: float) -> bool:
