@@ -15,9 +15,11 @@ from urllib.parse import parse_qsl, urlsplit
 import psycopg
 import pytest
 
+import legion as lg
 from legion import __version__
 from legion.loader import load_agent
 from legion.run.runtime import Runtime
+from legion.task import TaskStatus
 from tests.acceptance.conftest import (
     LEGION,
     legion,
@@ -852,3 +854,37 @@ def test_status_says_which_queued_agents_no_live_worker_serves(tmp_path: Path) -
     )
     as_json = legion("status", "--store", store, "--json")
     assert json.loads(as_json.stdout)["unserved"] == ["lonely"]
+
+
+@lg.agent(retries=0)
+async def asks(ctx: lg.Context, amount: int) -> bool:
+    return (await ctx.approval(f"refund {amount}?")).approved
+
+
+def test_status_lists_the_waiting_tasks_with_what_each_waits_for(tmp_path: Path) -> None:
+    # Nothing on the command line showed a waiting task's id, which `legion signal` needs.
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    async def park() -> list[int]:
+        async with Runtime(store, agents=[asks]) as rt:
+            ids = [(await rt.submit(asks, {"amount": n})).id for n in (5, 7)]
+            for task in ids:
+                async with asyncio.timeout(30):
+                    while getattr(await rt.get(task), "status", None) is not TaskStatus.WAITING:  # noqa: ASYNC110 - a row's status to change
+                        await asyncio.sleep(0.01)
+            return ids
+
+    first, second = asyncio.run(park())
+    shown = legion("status", "--store", store, env={"COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "waiting tasks" in text and "approval #1: refund 7?" in text
+    as_json = json.loads(legion("status", "--store", store, "--json").stdout)
+    assert [(w["id"], w["event"], w["count"], w["prompt"]) for w in as_json["waiting"]] == [
+        (second, "approval", 1, "refund 7?"),
+        (first, "approval", 1, "refund 5?"),
+    ]
+    one = json.loads(legion("status", "--store", store, "--json", "--waiting", "1").stdout)
+    assert [w["id"] for w in one["waiting"]] == [second]
+    human = legion("status", "--store", store, "--waiting", "1", env={"COLUMNS": "200"})
+    assert "waiting tasks (newest 1)" in human.stdout

@@ -376,6 +376,15 @@ def status(
     errors: Annotated[
         int, typer.Option(min=0, max=INT64_MAX, help="How many of the latest errors to show.")
     ] = 10,
+    waiting: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=INT64_MAX,
+            help="How many waiting tasks to list (newest first), with what each waits for: "
+            "the ids `legion signal` takes.",
+        ),
+    ] = 10,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
@@ -391,7 +400,7 @@ def status(
     """Show tasks per status and agent, live workers and the latest errors."""
     from legion.cli.status import show_status
 
-    _run(show_status(store, errors=errors, as_json=as_json, advice=advice))
+    _run(show_status(store, errors=errors, waiting=waiting, as_json=as_json, advice=advice))
 
 
 @app.command()

@@ -12,6 +12,7 @@ from legion import codec
 from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.summary import summarize
 from legion.store import Store, WorkerInfo, redact_url, store_from_url
+from legion.store.waiting import WaitingInfo
 from legion.task import TaskStatus
 
 AUTOSCALER_FRESH = 30.0  # seconds: an autoscaler that published longer ago has stopped
@@ -35,11 +36,14 @@ async def live_workers(store: Store, fresh: float = WORKER_FRESH) -> list[Worker
     return [w for w in await store.workers() if now - w.heartbeat_at < fresh]
 
 
-async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = False) -> None:
+async def show_status(
+    url: str, *, errors: int, as_json: bool, advice: bool = False, waiting: int = 10
+) -> None:
     async with opened(url) as store:
         counts = await store.counts()
         by_agent = await store.counts_by_agent()
         recent = await store.recent_errors(errors)
+        waits = await store.waiting_tasks(limit=waiting) if waiting else []
         workers = await store.workers()
         store_now = await store.now()
         scalers = await store.autoscalers(store_now - AUTOSCALER_FRESH)
@@ -76,6 +80,18 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
                 for a in scalers
             ],
             "unserved": unserved,
+            "waiting": [
+                {
+                    "id": w.id,
+                    "agent": w.agent,
+                    "event": w.event,
+                    "count": w.count if w.event is not None else None,
+                    "children": w.children,
+                    "wake_at": w.wake_at,
+                    "prompt": _prompt(w),
+                }
+                for w in waits
+            ],
             "errors": [
                 {
                     "id": t.id,
@@ -160,6 +176,20 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
             f"running {a.running}; {a.reason}"
         )
 
+    if waits:
+        shown = "" if len(waits) == counts.get(TaskStatus.WAITING, 0) else f" (newest {len(waits)})"
+        waiting_table = Table(title=f"waiting tasks{shown}")
+        for col in ("task", "agent", "waits for", "until"):
+            waiting_table.add_column(col)
+        for wait in waits:
+            until = (
+                ""
+                if wait.wake_at is None
+                else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wait.wake_at))
+            )
+            waiting_table.add_row(str(wait.id), wait.agent, _waits_for(wait)[:200], until)
+        console.print(waiting_table)
+
     if recent:
         et = Table(title="latest errors")
         for col in ("task", "agent", "status", "attempt", "error"):
@@ -176,6 +206,23 @@ async def show_status(url: str, *, errors: int, as_json: bool, advice: bool = Fa
             console.print("no async pitfalls found in the latest tasks")
         for g in groups:
             console.print(f"- {g.line()}", markup=False)
+
+
+def _prompt(w: WaitingInfo) -> str | None:
+    return str(w.info["prompt"]) if isinstance(w.info, dict) and "prompt" in w.info else None
+
+
+def _waits_for(w: WaitingInfo) -> str:
+    """What a waiting task waits for, as `legion signal` would answer it."""
+    if (prompt := _prompt(w)) is not None:
+        return f"approval #{w.count}: {prompt}"
+    if w.event is not None and w.event.startswith("legion.batch:"):
+        return "an LLM batch job"
+    if w.event is not None:
+        return f"signal {w.event!r} #{w.count}"
+    if w.children is not None:
+        return "child tasks"
+    return "its timer"
 
 
 def _unserved(
