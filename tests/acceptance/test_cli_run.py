@@ -888,3 +888,34 @@ def test_status_lists_the_waiting_tasks_with_what_each_waits_for(tmp_path: Path)
     assert [w["id"] for w in one["waiting"]] == [second]
     human = legion("status", "--store", store, "--waiting", "1", env={"COLUMNS": "200"})
     assert "waiting tasks (newest 1)" in human.stdout
+
+
+@lg.agent(retries=0)
+async def stays(ctx: lg.Context, i: int) -> int:
+    return int(await ctx.wait_for("never"))
+
+
+@lg.agent(retries=0)
+async def brood(ctx: lg.Context, n: int) -> list[int]:
+    return await ctx.map(stays, list(range(n)), concurrency=n)
+
+
+def test_cancel_with_children_names_each_descendant_it_cancelled(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    async def park() -> tuple[int, list[int]]:
+        async with Runtime(store, agents=[brood, stays]) as rt:
+            parent = (await rt.submit(brood, {"n": 2})).id
+            async with asyncio.timeout(30):
+                while len(kids := await rt.store.children(parent)) < 2 or any(  # noqa: ASYNC110 - rows to change
+                    c.status is not TaskStatus.WAITING for c in kids
+                ):
+                    await asyncio.sleep(0.01)
+            return parent, [c.id for c in kids]
+
+    parent, kids = asyncio.run(park())
+    r = legion("cancel", "--children", str(parent), "--store", store)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{t}\tcancelled" for t in (parent, *kids)]
+    again = legion("cancel", "--children", str(parent), "--store", store)
+    assert again.stdout.splitlines() == [f"{parent}\tcancelled"]  # (nothing left to cancel)

@@ -462,3 +462,31 @@ async def test_the_runtime_refuses_a_signal_no_wait_can_receive(store_url: str) 
             else:
                 raise AssertionError(f"a signal {event[:10]!r} was taken")
         await rt.cancel(t.id)
+
+
+@legion.agent(retries=0)
+async def stays(ctx: Any, i: int) -> int:
+    return int(await ctx.wait_for("never"))
+
+
+@legion.agent(retries=0)
+async def brood(ctx: Any, n: int) -> Any:
+    return await ctx.map(stays, list(range(n)), concurrency=n)
+
+
+async def test_a_cancel_with_children_cancels_the_unfinished_descendants(store_url: str) -> None:
+    # A cancelled parent left its children waiting (running ones ran on): they could be
+    # reached only one by one.
+    async with legion.Runtime(store_url, agents=[brood, stays]) as rt:
+        kept, ended = (await rt.submit(brood, {"n": 2})).id, (await rt.submit(brood, {"n": 3})).id
+        for parent, n in ((kept, 2), (ended, 3)):
+            await _until(rt, parent, TaskStatus.WAITING)
+            for child in (c.id for c in await rt.store.children(parent)):
+                await _until(rt, child, TaskStatus.WAITING)
+            assert len(await rt.store.children(parent)) == n
+        assert await rt.cancel(kept) is TaskStatus.CANCELLED
+        assert await rt.cancel(ended, children=True) is TaskStatus.CANCELLED
+        left = {c.status for c in await rt.store.children(kept)}
+        gone = {c.status for c in await rt.store.children(ended)}
+    assert left == {TaskStatus.WAITING}  # (a retry of the parent picks them up again)
+    assert gone == {TaskStatus.CANCELLED}

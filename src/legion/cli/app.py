@@ -449,6 +449,15 @@ def cancel(
     task_ids: Annotated[
         list[int], typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to cancel.")
     ],
+    children: Annotated[
+        bool,
+        typer.Option(
+            "--children",
+            help="Cancel their unfinished descendants too: the child tasks each started "
+            "(ctx.spawn, ctx.map), theirs, and so on; a line each. Without it they run on, "
+            "and `legion retry` of the task picks them up again.",
+        ),
+    ] = False,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Cancel tasks: queued ones at once, running ones when their worker next checks in.
@@ -462,8 +471,12 @@ def cancel(
 
     refused = []
     running = []
-    for task_id, st in _run(cancel_tasks(store, task_ids)):
+    for task_id, st, parent in _run(cancel_tasks(store, task_ids, children=children)):
         print(f"{task_id}\t{st or 'not found'}")
+        if parent is not None:  # (a descendant: one that ended meanwhile is no refusal)
+            if st is TaskStatus.RUNNING:
+                running.append(str(task_id))
+            continue
         if st is None:
             refused.append(f"task {task_id} not found")
         elif st.terminal and st is not TaskStatus.CANCELLED:

@@ -278,9 +278,21 @@ async def requeue(
     return n, refused
 
 
-async def cancel_tasks(url: str, ids: Sequence[int]) -> list[tuple[int, TaskStatus | None]]:
+async def cancel_tasks(
+    url: str, ids: Sequence[int], *, children: bool = False
+) -> list[tuple[int, TaskStatus | None, int | None]]:
+    """Cancel each task (and, with ``children``, its unfinished descendants after it):
+    (task, its status after, the task it was cancelled for: None for one named)."""
+    from legion.waiting.family import unfinished_descendants
+
+    out: list[tuple[int, TaskStatus | None, int | None]] = []
     async with opened(url) as store:
-        return [(i, await store.cancel(i, time.time())) for i in ids]
+        for i in ids:
+            out.append((i, await store.cancel(i, time.time()), None))
+            if children and out[-1][1] is not None:
+                for child in await unfinished_descendants(store, i):
+                    out.append((child, await store.cancel(child, time.time()), i))
+    return out
 
 
 def _breakers(routes: object) -> str:

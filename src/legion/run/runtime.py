@@ -30,6 +30,7 @@ from legion.store import Store, store_from_url
 from legion.store.tenancy import DEFAULT_TENANT, scoped_key
 from legion.task import NewTask, Submitted, TaskInfo, TaskResult, TaskStatus
 from legion.waiting.calls import event_problem
+from legion.waiting.family import unfinished_descendants
 
 if TYPE_CHECKING:
     from legion.executors import Executor
@@ -393,12 +394,20 @@ class Runtime:
     async def get(self, task_id: TaskRef) -> TaskInfo | None:
         return await self.store.get(task_id_of(task_id))
 
-    async def cancel(self, task_id: TaskRef) -> TaskStatus | None:
-        """Cancel a task: a queued one at once, a running one as soon as its worker sees it."""
+    async def cancel(self, task_id: TaskRef, *, children: bool = False) -> TaskStatus | None:
+        """Cancel a task: a queued one at once, a running one as soon as its worker sees it.
+        ``children``: its unfinished descendants too (the child tasks it started with
+        ``ctx.spawn`` and ``ctx.map``, theirs, ...); without it they run on, and a retry of
+        the task picks them up again."""
         task_id = task_id_of(task_id)
         status = await self.store.cancel(task_id, self._clock.wall())
         if self.worker is not None:
             self.worker.cancel_local(task_id)
+        if children and status is not None:
+            for child in await unfinished_descendants(self.store, task_id):
+                await self.store.cancel(child, self._clock.wall())
+                if self.worker is not None:
+                    self.worker.cancel_local(child)
         return status
 
     async def signal(

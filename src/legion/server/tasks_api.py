@@ -244,11 +244,20 @@ async def list_tasks(
         409: {"description": "The task has finished already: succeeded, failed or dead."},
     },
 )
-async def cancel_task(task: TaskDep, state: StateDep) -> StatusOut:
+async def cancel_task(
+    task: TaskDep,
+    state: StateDep,
+    children: bool = Query(
+        False,
+        description="Cancel its unfinished descendants too: the child tasks it started "
+        "(ctx.spawn, ctx.map), theirs, and so on. Without it they run on, and a retry of "
+        "the task picks them up again.",
+    ),
+) -> StatusOut:
     """Cancel a task: a queued (or waiting) one at once, a running one when its worker
     next checks; a cancelled one stays so (200). One that finished otherwise: 409."""
     task_id = task.id
-    status = await state.runtime.cancel(task_id)
+    status = await state.runtime.cancel(task_id, children=children)
     if status is None:
         raise HTTPException(404, f"no task {task_id}")
     if status.terminal and status is not TaskStatus.CANCELLED:
