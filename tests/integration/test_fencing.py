@@ -72,9 +72,11 @@ async def test_a_stolen_lease_stops_the_instance_at_its_next_write(
 async def test_the_heartbeat_stops_an_instance_whose_lease_it_cannot_extend(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    release = asyncio.Event()
+
     @legion.agent
     async def waits(ctx: legion.Context, x: int) -> int:
-        await asyncio.Event().wait()  # no write that would notice
+        await release.wait()  # no write that would notice
         return x
 
     caplog.set_level(logging.WARNING, logger="legion.worker")
@@ -87,6 +89,7 @@ async def test_the_heartbeat_stops_an_instance_whose_lease_it_cannot_extend(
         await worker.heartbeat()
         await wait_until(lambda: not worker.holds(submitted.id))
         info = await rt.store.get(submitted.id)
+        release.set()  # (the task may be leased again meanwhile: it ends, not drained 30 s)
     assert info is not None and info.status is TaskStatus.QUEUED  # nothing written over it
     assert any("lease on task" in r.getMessage() for r in caplog.records)
 
