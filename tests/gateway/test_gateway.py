@@ -179,6 +179,9 @@ async def sdk_calls(url: str, key: str, other: str) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{url}/chat/completions", json={}) as response:
             assert response.status == 401  # no key at all
+        twice = [("Authorization", f"Bearer {key}"), ("Authorization", f"Bearer {other}")]
+        async with session.get(f"{url}/usage", headers=twice) as response:
+            assert response.status == 401  # which one? (a proxy may read the other)
         usage = {}
         for token in (key, other):
             headers = {"Authorization": f"Bearer {token}"}

@@ -56,6 +56,16 @@ async def test_a_bad_key_is_refused_with_401(api: Api) -> None:
         assert status == 401, (header, body)
 
 
+async def test_two_authorization_headers_are_refused(api: Api) -> None:
+    # The first was read: a proxy in front that reads the last would see another key.
+    other = new_key("other", time.time())
+    await api.runtime.store.add_api_key(other.record)
+    twice = [("Authorization", f"Bearer {api.key}"), ("Authorization", f"Bearer {other.token}")]
+    async with api.http.get(api.url + "/v1/key", headers=twice) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["detail"] == "send one Authorization header, not 2"
+
+
 async def test_a_wrong_secret_is_refused_even_for_a_known_id(api: Api) -> None:
     key_id = api.key.split("_")[1]
     forged = f"lgn_{key_id}_" + "A" * 43

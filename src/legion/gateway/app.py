@@ -46,7 +46,7 @@ from legion.llm.sdk.openai_wire import WireChat, WireError
 from legion.llm.sdk.statuses import error_status
 from legion.llm.types import ChatResponse
 from legion.run.shares import SharedCapacity
-from legion.server.auth import Authenticator, AuthError
+from legion.server.auth import Authenticator, AuthError, one_header
 from legion.store.base import Store
 from legion.store.ledger import RecordedCall
 from legion.store.types import ApiKey
@@ -119,7 +119,9 @@ class Gateway:
         await self.book.run()
 
     async def _key(self, request: web.Request) -> ApiKey:
-        return await self._auth.authenticate(request.headers.get("Authorization"))
+        return await self._auth.authenticate(
+            one_header(request.headers.getall("Authorization", []))
+        )
 
     # -- chat completions ----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -86,6 +86,14 @@ class Authenticator:
                 self._cache.clear()
             self._cache[key_id] = (record, now)
         return record
+
+
+def one_header(values: Sequence[str]) -> str | None:
+    """The request's one ``Authorization`` header, or `AuthError`: of two, a proxy in front
+    may read the last where legion would read the first."""
+    if len(values) > 1:
+        raise AuthError(401, f"send one Authorization header, not {len(values)}")
+    return values[0] if values else None
 
 
 def credentials(authorization: str | None) -> str | None:

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from legion.agent import Agent
 from legion.run.runtime import Runtime
 from legion.server.admission import TenantLimits
-from legion.server.auth import Authenticator, check_origin
+from legion.server.auth import Authenticator, check_origin, one_header
 from legion.server.metrics import Metrics
 from legion.server.monitor import Monitor
 from legion.server.settings import ServerSettings
@@ -53,7 +53,7 @@ async def require_key(
 ) -> ApiKey:
     """The request's API key; 401 without a valid one, 403 for a revoked one."""
     check_origin(request)
-    return await state.auth.authenticate(request.headers.get("authorization"))
+    return await state.auth.authenticate(one_header(request.headers.getlist("authorization")))
 
 
 KeyDep = Annotated[ApiKey, Depends(require_key)]
