@@ -88,3 +88,12 @@ def test_log_records_print_above_the_live_display() -> None:
     # erase line), then the record, then the display again below it.
     before = out[: out.index("LOG hello")]
     assert before.endswith("\x1b[1A\x1b[2K"), repr(before[-60:])
+
+
+def test_the_line_says_how_many_tasks_wait_and_where_to_find_them() -> None:
+    # A run whose tasks waited for a signal showed "in flight 0" and looked stuck.
+    console = Console(file=io.StringIO(), width=200)
+    progress = Progress(RunTally(total=3), agent="gate", console=console)
+    assert "waiting" not in progress.line()
+    progress.waiting = 2
+    assert "| waiting 2 (legion status lists them)" in progress.line()

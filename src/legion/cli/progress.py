@@ -88,6 +88,7 @@ class Progress:
         self._last_line = time.monotonic()
         self.worker_stats: Statistics | None = None
         self.running = 0  # in flight on other workers, when there is no local one
+        self.waiting = 0  # tasks waiting in the store (a signal, a timer, children)
         self._last_poll = 0.0
         self._logs = LogsAboveLive(console)
 
@@ -140,6 +141,8 @@ class Progress:
             f"retries {w.retried if w else 0}",
             f"failed {t.not_succeeded - t.by_status[TaskStatus.CANCELLED]}",
         ]
+        if self.waiting:
+            parts.append(f"waiting {self.waiting} (legion status lists them)")
         if t.by_status[TaskStatus.CANCELLED]:
             parts.append(f"cancelled {t.by_status[TaskStatus.CANCELLED]}")
         llm = self._llm_brief()
@@ -202,6 +205,8 @@ class Progress:
             "latency", f"p50 {_ms(t.latency.quantile(0.5))}  p95 {_ms(t.latency.quantile(0.95))}"
         )
         grid.add_row("in flight", str(w.in_flight if w else self.running))
+        if self.waiting:
+            grid.add_row("waiting", f"{self.waiting} (legion status lists them)")
         grid.add_row("retries", str(w.retried if w else 0))
         failed = t.by_status[TaskStatus.FAILED] + t.bad_lines
         llm = self._llm_brief()

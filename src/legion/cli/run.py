@@ -320,14 +320,17 @@ async def _any_exhausted(budgets: list[Budget]) -> None:
 
 
 async def _refresh(rt: Runtime, progress: Progress) -> None:
-    if rt.worker is not None:
-        progress.update(rt.statistics())
-    elif progress.due():  # no local worker: the store says how many run elsewhere
+    if progress.due():  # the store's counts: what waits, and what runs on other workers
         try:
             counts = await rt.store.counts()
         except StoreError:  # the store is away for a moment: the line waits, not the run
-            return
-        progress.update(None, running=counts.get(TaskStatus.RUNNING, 0))
+            counts = None
+        if counts is not None:
+            progress.waiting = counts.get(TaskStatus.WAITING, 0)
+            if rt.worker is None:
+                progress.update(None, running=counts.get(TaskStatus.RUNNING, 0))
+    if rt.worker is not None:
+        progress.update(rt.statistics())
 
 
 async def _settle_unfinished(rt: Runtime, sink: Results, tally: RunTally) -> None:
