@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -16,10 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from legion import codec
 from legion.store import store_from_url
 from legion.task import NewTask
-from tests.acceptance.conftest import legion, start_legion, start_sim, wait_for
+from tests.acceptance.conftest import LEGION, legion, start_legion, start_sim, wait_for
 
 AGENTS = Path(__file__).with_name("autoscale_agents.py")
 
@@ -175,3 +178,62 @@ def test_bad_options_are_refused_clearly(tmp_path: Path) -> None:
     bad = legion("worker", "--app", str(AGENTS), "--store", "mysql://x/y", "--autoscale", "1:2")
     assert bad.returncode == 2 and "unknown store URL" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("fleet", [("--processes", "2"), ("--autoscale", "1:1")])
+def test_ctrl_c_in_a_terminal_drains_the_fleet_and_gives_back_nothing(
+    tmp_path: Path, fleet: tuple[str, str]
+) -> None:
+    # A terminal's Ctrl-C signals the whole process group: each worker heard it twice (from
+    # the terminal, then from its supervisor), and a second signal gives running tasks back.
+    db = tmp_path / "store.db"
+    url = f"sqlite:///{db}"
+    gates, ledger, log = tmp_path / "gates", tmp_path / "ledger", tmp_path / "fleet.log"
+    gates.mkdir()
+    ledger.touch()
+    submit(url, "gated", [{"i": i, "gates": str(gates)} for i in range(2)])
+    with log.open("w") as err:
+        sup = subprocess.Popen(
+            [*LEGION, "worker", "--app", str(AGENTS), "--store", url, "--concurrency", "2", *fleet],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "LEDGER": str(ledger)},
+            start_new_session=True,  # (its own group, as a shell's job is)
+        )
+    try:
+        wait_for(
+            lambda: len(rows(db, "SELECT id FROM tasks WHERE status = 'running'")) == 2,
+            timeout=120,
+            what="both tasks running",
+        )
+        os.killpg(sup.pid, signal.SIGINT)  # what Ctrl-C does
+        wait_for(lambda: "draining" in log.read_text(), timeout=60, what="the drain")
+        for i in range(2):
+            (gates / str(i)).touch()
+        sup.wait(timeout=120)
+    finally:
+        if sup.poll() is None:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait()
+    said = log.read_text()
+    assert sup.returncode == 0, said
+    assert rows(db, "SELECT status, attempt FROM tasks") == [("succeeded", 1)] * 2, said
+    assert sorted(ledger.read_text().split()) == ["0", "1", "1", "1"]
+
+
+def test_a_worker_that_stops_for_good_stops_the_autoscaler_and_so_does_an_absent_store(
+    tmp_path: Path,
+) -> None:
+    # Both ran on for ever: a worker that exits 2 (bad options) or 5 (a spent budget) was
+    # started again every second, and a store that never answered was waited for.
+    base = ("worker", "--app", str(AGENTS), "--autoscale", "1:2")
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    keyless = {"OPENAI_API_KEY": ""}
+    r = legion(*base, "--store", url, "--llm", "openai:gpt-4o-mini", env=keyless, timeout=90)
+    assert r.returncode == 2, r.stderr
+    assert "OPENAI_API_KEY is not set" in r.stderr
+    assert "another would stop the same way; stopping the fleet" in r.stderr
+    absent = "postgresql://postgres@127.0.0.1:1/nothing"
+    r = legion(*base, "--store", absent, "--store-wait", "1", timeout=90)
+    assert r.returncode == 3, r.stderr
+    assert "the store is still unavailable after" in r.stderr

@@ -343,7 +343,9 @@ def worker(
         from legion.provision.autoscaler import run_autoscaler
 
         try:
-            code = run_autoscaler(sys.argv[2:], autoscale, cooldown, store, concurrency)
+            code = run_autoscaler(
+                sys.argv[2:], autoscale, cooldown, store, concurrency, store_wait=store_wait
+            )
         except (ValueError, LegionError) as exc:
             raise _fail(str(exc)) from None
         raise typer.Exit(code)

@@ -54,7 +54,7 @@ EXIT_FINAL = 2
 EXIT_STORE = 3
 EXIT_FROZE = FROZE_EXIT_CODE
 EXIT_BUDGET = 5
-_FINAL = (
+FINAL_EXITS = (
     0,
     EXIT_FINAL,
     EXIT_BUDGET,
@@ -186,7 +186,9 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
 
     def start(slot: int) -> None:
-        child = children[slot] = subprocess.Popen(command, env=env)
+        # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
+        # passes it on once (twice, a worker gives its running tasks back at once).
+        child = children[slot] = subprocess.Popen(command, env=env, process_group=0)
         if received:  # a signal came while it was being started: it gets it too
             child.send_signal(received[-1])
 
@@ -213,13 +215,16 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
             if rc is None:
                 continue
             del children[slot]
-            if stopping or rc in _FINAL:  # drained, or stopped for a reason a restart won't fix
+            if (
+                stopping or rc in FINAL_EXITS
+            ):  # drained, or stopped for a reason a restart won't fix
                 code = max(code, rc)
                 continue
             # It crashed: start another (after a pause if this one keeps crashing).
             pause = 1.0 if time.monotonic() - restarts.get(slot, -60.0) < 60 else 0.0
             console.print(
-                f"worker process {child.pid} exited with {rc}{_WHY.get(rc, '')}; starting another",
+                f"worker process {child.pid} exited with {rc}{WHY_EXITED.get(rc, '')}; "
+                "starting another",
                 style="yellow",
                 highlight=False,
             )
@@ -231,9 +236,11 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
     return code
 
 
-_WHY = {
+WHY_EXITED = {
+    EXIT_FINAL: " (a reason a restart won't mend: bad options, a store that refuses it)",
     EXIT_STORE: " (the store stayed unavailable)",
     EXIT_FROZE: " (an agent froze its event loop)",
+    EXIT_BUDGET: " (its LLM budget is spent)",
 }
 
 

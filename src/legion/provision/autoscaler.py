@@ -41,7 +41,7 @@ from legion.provision.policy import (
     decide,
     parse_bounds,
 )
-from legion.store import Store, store_from_url
+from legion.store import Store
 from legion.store.types import AutoscalerInfo
 
 STRIPPED = ("--autoscale", "--cooldown", "--processes")  # supervisor-only options
@@ -53,6 +53,7 @@ class AutoscaleOptions:
     config: ScalingConfig
     concurrency: int
     interval: float = 1.0  # seconds between two decisions
+    store_wait: float = 300.0  # seconds to wait for an unavailable store at start
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:
@@ -89,13 +90,13 @@ class Autoscaler:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
-        store = await self._open()
         cfg = self._opts.config
         self._console.print(
             f"legion worker: autoscaling {cfg.minimum} to {cfg.maximum} worker processes "
             f"(cool-down {cfg.cooldown:g} s)",
             highlight=False,
         )
+        store = await self._open()
         try:
             if store is not None:
                 await self._scale(store)
@@ -108,20 +109,34 @@ class Autoscaler:
         return self._code
 
     async def _open(self) -> Store | None:
-        pause = 0.5
-        while not self._stop.is_set():
-            store = store_from_url(self._opts.store)
-            try:
-                await store.open()
-                return store
-            except StoreError as exc:
-                await store.aclose()
-                if not exc.retryable:
-                    raise
-                self._console.print(f"the store is unavailable: {exc}", style="yellow")
-                await self._sleep(pause)
-                pause = min(pause * 2, 10.0)
-        return None
+        """The store, as a worker opens it: waited for up to ``--store-wait`` seconds (then
+        exit 3, as a worker's), or until a stop signal."""
+        from legion.cli.wiring import open_store
+
+        opening = asyncio.ensure_future(
+            open_store(
+                self._opts.store,
+                lease_seconds=30.0,
+                wait=self._opts.store_wait,
+                console=self._console,
+            )
+        )
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({opening, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not opening.done():  # (a stop signal, or the command's own end)
+                opening.cancel()
+                await asyncio.gather(opening, return_exceptions=True)
+        if opening.cancelled():
+            return None
+        store = opening.result()
+        if store is None:
+            from legion.cli.worker import EXIT_STORE
+
+            self._code = EXIT_STORE
+        return store
 
     async def _scale(self, store: Store) -> None:
         last_reason = ""
@@ -148,7 +163,9 @@ class Autoscaler:
 
     def _apply(self, decision: Decision, in_flight: dict[int, int]) -> None:
         while len(self._workers) < decision.desired:
-            proc = subprocess.Popen(self._command)
+            # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
+            # passes it on once (twice, a worker gives its running tasks back at once).
+            proc = subprocess.Popen(self._command, process_group=0)
             self._workers[proc.pid] = proc
         surplus = len(self._workers) - decision.desired
         if surplus > 0:
@@ -160,16 +177,28 @@ class Autoscaler:
                 self._draining[pid] = proc
 
     def _reap(self) -> None:
+        from legion.cli.worker import FINAL_EXITS, WHY_EXITED
+
         for pid, proc in list(self._workers.items()):
             rc = proc.poll()
-            if rc is not None:
-                del self._workers[pid]
+            if rc is None:
+                continue
+            del self._workers[pid]
+            if rc in FINAL_EXITS and rc != 0:  # (bad options, a spent budget: so would another)
                 self._console.print(
-                    f"worker process {pid} exited with {rc}; the policy decides whether "
-                    "another starts",
-                    style="yellow",
+                    f"worker process {pid} exited with {rc}{WHY_EXITED.get(rc, '')}: another would "
+                    "stop the same way; stopping the fleet",
+                    style="red",
                     highlight=False,
                 )
+                self._code = max(self._code, rc)
+                self._stop.set()
+                continue
+            self._console.print(
+                f"worker process {pid} exited with {rc}; the policy decides whether another starts",
+                style="yellow",
+                highlight=False,
+            )
         for pid, proc in list(self._draining.items()):
             rc = proc.poll()
             if rc is not None:
@@ -221,12 +250,21 @@ def demand_in_flight(demand: Demand) -> dict[int, int]:
 
 
 def run_autoscaler(
-    argv: Sequence[str], bounds: str, cooldown: float, store: str, concurrency: int
+    argv: Sequence[str],
+    bounds: str,
+    cooldown: float,
+    store: str,
+    concurrency: int,
+    store_wait: float = 300.0,
 ) -> int:
     """Run the autoscaling supervisor (``--autoscale MIN:MAX``) until SIGINT/SIGTERM; answer
     the exit code. Bad bounds raise ValueError."""
+    from legion.cli.progress import stderr_console
+
     low, high = parse_bounds(bounds)
     config = ScalingConfig(minimum=low, maximum=high, cooldown=cooldown)
-    opts = AutoscaleOptions(store=store, config=config, concurrency=concurrency)
-    console = Console(stderr=True)
+    opts = AutoscaleOptions(
+        store=store, config=config, concurrency=concurrency, store_wait=store_wait
+    )
+    console = stderr_console()  # (a line per event: never wrapped at the terminal's width)
     return asyncio.run(Autoscaler(worker_argv(argv), opts, console).run())
