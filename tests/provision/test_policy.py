@@ -130,6 +130,19 @@ def test_never_below_the_minimum_and_zero_allowed() -> None:
     assert d.desired == 2
 
 
+def test_an_idle_fleet_at_its_minimum_gives_one_reason_and_no_cool_down() -> None:
+    # It said "at the minimum", then "held at 1 for the cool-down (0 of 60 s)" and so on,
+    # a new log line a second, for a cool-down that could lower nothing.
+    state = PolicyState(1)
+    reasons = set()
+    for at in range(1000, 1130, 1):
+        d, state = decide(demand(at=float(at), workers=workers(1, in_flight=0)), CONFIG, state)
+        assert d.desired == 1
+        reasons.add(d.reason)
+    assert len(reasons) == 1 and next(iter(reasons)).startswith("at the minimum of 1")
+    assert state == PolicyState(1, None)
+
+
 def test_unhealthy_workers_do_not_count_as_capacity() -> None:
     ws = workers(2) + workers(1, healthy=False)
     d, _ = decide(demand(queued=4, running=4, workers=ws), CONFIG, PolicyState(3))

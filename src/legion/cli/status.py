@@ -76,6 +76,7 @@ async def show_status(
                     "minimum": a.minimum,
                     "maximum": a.maximum,
                     "reason": a.reason,
+                    "age": store_now - a.at,
                 }
                 for a in scalers
             ],
@@ -170,10 +171,10 @@ async def show_status(
             )
         )
 
-    for a in scalers:
+    for a in scalers:  # (one that stopped publishing shows here for 30 s: its age says so)
         console.print(
             f"autoscaler {a.host} pid {a.pid} ({a.minimum}:{a.maximum}): desired {a.desired}, "
-            f"running {a.running}; {a.reason}"
+            f"running {a.running}; {a.reason} ({store_now - a.at:.0f} s ago)"
         )
 
     if waits:

@@ -163,6 +163,9 @@ def decide(
         elif target > max(1, 2 * running):
             target = max(1, 2 * running)  # at most double per round
 
+    # (Never below the minimum: a fleet at it and idle was "held for the cool-down", a new
+    # log line a second, by a cool-down that could lower nothing.)
+    target = max(target, config.minimum)
     low_since = state.low_since
     if target < current:
         low_since = demand.at if low_since is None else low_since
