@@ -38,7 +38,7 @@ log = logging.getLogger("legion.server.monitor")
 FEED_BATCH = 10_000
 FEED_BATCHES = 5  # most feed reads per sample (a sample falling behind catches up later)
 FAILURES_SHOWN = 10
-_ERRED = (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.QUEUED)  # (recent_errors' statuses)
+_ERRED = (TaskStatus.FAILED, TaskStatus.DEAD)  # (a tenant's failures read at the start)
 ROUTE_WINDOW = 10.0  # seconds over which route rates are measured
 _BUDGET = 20  # the interval is at least this many times what a sample costs
 
