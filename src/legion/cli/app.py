@@ -340,11 +340,18 @@ def worker(
     if autoscale is not None and not worker_process:
         if n is not None:
             raise _fail("--autoscale and --processes cannot be used together")
+        from functools import partial
+
+        from legion.cli.wiring import open_store
         from legion.provision.autoscaler import run_autoscaler
 
+        console = stderr_console()  # (a line per event, never wrapped)
+        opener = partial(
+            open_store, store, lease_seconds=lease_seconds, wait=store_wait, console=console
+        )
         try:
             code = run_autoscaler(
-                sys.argv[2:], autoscale, cooldown, store, concurrency, store_wait=store_wait
+                sys.argv[2:], autoscale, cooldown, concurrency, console=console, opener=opener
             )
         except (ValueError, LegionError) as exc:
             raise _fail(str(exc)) from None

@@ -47,18 +47,11 @@ from legion.cli.wiring import (
 )
 from legion.errors import AgentLoadError, StoreError
 from legion.loader import agents_in, load_module
+from legion.provision.exits import EXIT_BUDGET, EXIT_FINAL, EXIT_STORE, FINAL_EXITS, WHY_FINAL
 from legion.run.freeze import FROZE_EXIT_CODE
 from legion.store import Store, redact_url
 
-EXIT_FINAL = 2
-EXIT_STORE = 3
 EXIT_FROZE = FROZE_EXIT_CODE
-EXIT_BUDGET = 5
-FINAL_EXITS = (
-    0,
-    EXIT_FINAL,
-    EXIT_BUDGET,
-)  # exit codes after which the supervisor starts no other worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,10 +230,9 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
 
 
 WHY_EXITED = {
-    EXIT_FINAL: " (a reason a restart won't mend: bad options, a store that refuses it)",
+    **WHY_FINAL,
     EXIT_STORE: " (the store stayed unavailable)",
     EXIT_FROZE: " (an agent froze its event loop)",
-    EXIT_BUDGET: " (its LLM budget is spent)",
 }
 
 

@@ -26,13 +26,14 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from rich.console import Console
 
 from legion.errors import StoreError
 from legion.provision.board import Board
+from legion.provision.exits import EXIT_STORE, FINAL_EXITS, WHY_FINAL
 from legion.provision.policy import (
     Decision,
     Demand,
@@ -49,11 +50,9 @@ STRIPPED = ("--autoscale", "--cooldown", "--processes")  # supervisor-only optio
 
 @dataclass(frozen=True, slots=True)
 class AutoscaleOptions:
-    store: str
     config: ScalingConfig
     concurrency: int
     interval: float = 1.0  # seconds between two decisions
-    store_wait: float = 300.0  # seconds to wait for an unavailable store at start
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:
@@ -73,7 +72,14 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
 class Autoscaler:
     """Starts and stops worker processes by the scaling policy; see the module's docstring."""
 
-    def __init__(self, argv: Sequence[str], opts: AutoscaleOptions, console: Console) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        opts: AutoscaleOptions,
+        console: Console,
+        opener: Callable[[], Awaitable[Store | None]],
+    ) -> None:
+        self._opener = opener
         self._command = [sys.executable, "-m", "legion", "worker", *argv, "--worker-process"]
         self._opts = opts
         self._console = console
@@ -109,18 +115,9 @@ class Autoscaler:
         return self._code
 
     async def _open(self) -> Store | None:
-        """The store, as a worker opens it: waited for up to ``--store-wait`` seconds (then
-        exit 3, as a worker's), or until a stop signal."""
-        from legion.cli.wiring import open_store
-
-        opening = asyncio.ensure_future(
-            open_store(
-                self._opts.store,
-                lease_seconds=30.0,
-                wait=self._opts.store_wait,
-                console=self._console,
-            )
-        )
+        """The store, as a worker opens it (``opener``: waited for up to ``--store-wait``
+        seconds, then exit 3, as a worker's), or nothing after a stop signal."""
+        opening = asyncio.ensure_future(self._opener())
         stopped = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({opening, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -133,8 +130,6 @@ class Autoscaler:
             return None
         store = opening.result()
         if store is None:
-            from legion.cli.worker import EXIT_STORE
-
             self._code = EXIT_STORE
         return store
 
@@ -177,8 +172,6 @@ class Autoscaler:
                 self._draining[pid] = proc
 
     def _reap(self) -> None:
-        from legion.cli.worker import FINAL_EXITS, WHY_EXITED
-
         for pid, proc in list(self._workers.items()):
             rc = proc.poll()
             if rc is None:
@@ -186,7 +179,7 @@ class Autoscaler:
             del self._workers[pid]
             if rc in FINAL_EXITS and rc != 0:  # (bad options, a spent budget: so would another)
                 self._console.print(
-                    f"worker process {pid} exited with {rc}{WHY_EXITED.get(rc, '')}: another would "
+                    f"worker process {pid} exited with {rc}{WHY_FINAL.get(rc, '')}: another would "
                     "stop the same way; stopping the fleet",
                     style="red",
                     highlight=False,
@@ -253,18 +246,15 @@ def run_autoscaler(
     argv: Sequence[str],
     bounds: str,
     cooldown: float,
-    store: str,
     concurrency: int,
-    store_wait: float = 300.0,
+    *,
+    console: Console,
+    opener: Callable[[], Awaitable[Store | None]],
 ) -> int:
     """Run the autoscaling supervisor (``--autoscale MIN:MAX``) until SIGINT/SIGTERM; answer
-    the exit code. Bad bounds raise ValueError."""
-    from legion.cli.progress import stderr_console
-
+    the exit code. ``opener`` opens the store (or answers None: it never answered).
+    ``console``: one line per event. Bad bounds raise ValueError."""
     low, high = parse_bounds(bounds)
     config = ScalingConfig(minimum=low, maximum=high, cooldown=cooldown)
-    opts = AutoscaleOptions(
-        store=store, config=config, concurrency=concurrency, store_wait=store_wait
-    )
-    console = stderr_console()  # (a line per event: never wrapped at the terminal's width)
-    return asyncio.run(Autoscaler(worker_argv(argv), opts, console).run())
+    opts = AutoscaleOptions(config=config, concurrency=concurrency)
+    return asyncio.run(Autoscaler(worker_argv(argv), opts, console, opener).run())

@@ -1,0 +1,14 @@
+"""The exit codes of a worker process that its supervisors (``--processes``,
+``--autoscale``) act on: those after which another worker would stop the same way."""
+
+from __future__ import annotations
+
+EXIT_FINAL = 2  # bad options, a store that refuses the worker
+EXIT_STORE = 3  # the store stayed unavailable past --store-wait
+EXIT_BUDGET = 5  # the worker's LLM budget is spent
+FINAL_EXITS = (0, EXIT_FINAL, EXIT_BUDGET)
+"""Exit codes after which a supervisor starts no other worker (0: drained)."""
+WHY_FINAL = {
+    EXIT_FINAL: " (a reason a restart won't mend: bad options, a store that refuses it)",
+    EXIT_BUDGET: " (its LLM budget is spent)",
+}
