@@ -55,3 +55,23 @@ def test_a_result_kept_as_its_recorded_json_is_fingerprinted_when_a_report_asks(
     independent = _trace("other", long, long, ("unrelated",), "x")
     assert advise("a", [first, dependent]) == []
     assert len(advise("a", [first, independent])) == 1
+
+
+def test_a_write_to_a_vector_collection_and_a_use_of_it_are_never_reported() -> None:
+    long = MIN_SAVING * 4
+
+    def step(key: str, started: float) -> StepTrace:
+        return _trace(key, started, long, (f"input of {key}",), f"result of {key}")
+
+    add = step("vectors.add.kb.v1.0a1b2c3d4e5f", 0.0)  # (a collection name may hold dots)
+    search = step("vectors.search.kb.v1.5f4e3d2c1b0a", long)
+    delete = step("vectors.delete.kb.v1.aaaaaaaaaaaa", long)
+    other = step("vectors.search.kb.v2.bbbbbbbbbbbb", long)
+    # The search must see what the add wrote, and the delete must come after it.
+    assert advise("a", [add, search]) == []
+    assert advise("a", [add, delete]) == []
+    assert advise("a", [step("vectors.search.kb.v1.cccccccccccc", 0.0), delete]) == []
+    # Another collection, or two reads of one, are as independent as any steps.
+    assert len(advise("a", [add, other])) == 1
+    two_reads = [step("vectors.search.kb.v1.dddddddddddd", 0.0), search]
+    assert len(advise("a", two_reads)) == 1

@@ -126,6 +126,31 @@ def _uses(second: StepTrace, first: StepTrace) -> bool:
     return any(isinstance(o, str) and any(o in t for t in texts_in) for o in outputs)
 
 
+_VECTOR_WRITES = ("add", "delete")
+
+
+def _same_collection(first: str, second: str) -> bool:
+    """Whether two steps touch one vector collection and one of them writes it (keys
+    ``vectors.<op>.<collection>.<digest>``): the search after an add must see what it
+    added, so they are not independent, however unrelated their values look."""
+    a, b = _vector_step(first), _vector_step(second)
+    return (
+        a is not None
+        and b is not None
+        and a[1] == b[1]
+        and (a[0] in _VECTOR_WRITES or b[0] in _VECTOR_WRITES)
+    )
+
+
+def _vector_step(key: str) -> tuple[str, str] | None:
+    """``(op, collection)`` of a vector step's key, else ``None``."""
+    if not key.startswith("vectors."):
+        return None
+    op, _, rest = key[len("vectors.") :].partition(".")
+    collection, _, _digest = rest.rpartition(".")
+    return (op, collection) if collection else None
+
+
 def _add(found: set[Fingerprint], value: Any) -> None:
     if value is None or isinstance(value, bool):
         return  # too common to mean a dependency
@@ -147,8 +172,8 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
         saving = min(first.seconds, second.seconds)
         if saving < MIN_SAVING:
             continue  # not worth a gather (and such a step has no fingerprints)
-        if _uses(second, first):
-            continue  # the second used the first's result
+        if _uses(second, first) or _same_collection(first.key, second.key):
+            continue  # the second used the first's result, or what it wrote
         a, b = first.site, second.site
         where = f" ({_short(a)} and {_short(b)})" if a and b else ""
         reports.append(
