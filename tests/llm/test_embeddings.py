@@ -33,7 +33,10 @@ def test_similar_texts_are_near_and_the_same_text_is_the_same_vector() -> None:
     near = cosine(cat, hashed_embedding("a cat sits on a mat"))
     far = cosine(cat, hashed_embedding("quarterly earnings beat expectations"))
     assert near > 0.3 > far
-    assert hashed_embedding("   ") == [0.0] * 384
+    assert hashed_embedding("   ") == [0.0] * 384  # (legion refuses such a text)
+    symbols = hashed_embedding("* * *")  # no words: its characters give it a direction
+    assert symbols != [0.0] * 384 and math.isclose(sum(x * x for x in symbols), 1.0)
+    assert cosine(symbols, hashed_embedding("🙂🙂")) < 0.5
     assert len(hashed_embedding("x", 16)) == 16
 
 

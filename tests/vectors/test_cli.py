@@ -117,6 +117,32 @@ def test_load_reads_a_byte_order_mark_and_reports_a_line_that_is_not_utf8(
     }
 
 
+def test_load_skips_and_reports_a_repeated_id_and_legions_own_keys(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    corpus = write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [
+            {"id": "d1", "text": "alpha beta gamma"},
+            {"id": "d1", "text": "delta epsilon"},  # the same id: would replace line 1's
+            {"id": 0, "text": "an id of zero is an id"},
+            {"text": "mine", "doc": "my own doc key"},  # legion writes doc and chunk
+            {"text": "* * *"},  # symbols alone: a direction of their own
+        ],
+    )
+    loaded = legion("vectors", "load", "kb", "--input", str(corpus), "--store", store)
+    assert loaded.returncode == 1, loaded.stderr
+    assert "Traceback" not in loaded.stderr, loaded.stderr
+    assert "corpus.jsonl:2: id 'd1' is the id of line 1 too" in loaded.stderr, loaded.stderr
+    assert "corpus.jsonl:4: 'doc': legion's own metadata keys" in loaded.stderr, loaded.stderr
+    assert "3 documents, 3 chunks (3 embedded, 0 already loaded)" in loaded.stdout
+    found = legion("vectors", "search", "kb", "alpha", "--store", store, "--json", "-k", "5")
+    assert found.returncode == 0, found.stderr
+    hits = {json.loads(line)["id"]: json.loads(line)["text"] for line in found.stdout.splitlines()}
+    assert hits["d1#0"] == "alpha beta gamma"  # the first line's text, kept
+    assert set(hits) == {"d1#0", "0#0", next(i for i in hits if i not in ("d1#0", "0#0"))}
+    assert len(hits) == 3
+
+
 def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:
     store = tmp_path / "kb.db"
     corpus = write_jsonl(tmp_path / "corpus.jsonl", DOCS[:1])

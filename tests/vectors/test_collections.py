@@ -3,6 +3,7 @@ simulator's deterministic embeddings over real HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import legion
 from legion import Runtime, TaskStatus, codec
 from legion.errors import VectorError
-from legion.llm import SimulatedProvider
+from legion.llm import Capacity, LLMClient, Route, SimulatedProvider
 from legion.store import Store
 from legion.task import NewTask
 from legion.vectors import CollectionInfo, Item
@@ -302,3 +303,104 @@ async def test_a_collection_name_and_scope_are_checked_before_anything(
     r = await run(db_url, sim, agent)
     assert r.status is TaskStatus.SUCCEEDED
     assert "bad collection name" in r.output[0] and "bad scope 'team'" in r.output[1]
+
+
+class _ZeroFor:
+    """The simulator, except that it embeds texts holding ``mark`` as all zeros: what a
+    model may answer for a text it makes nothing of (a provider we cannot reach)."""
+
+    def __init__(self, inner: SimulatedProvider, mark: str) -> None:
+        self._inner = inner
+        self._mark = mark
+        self.name = inner.name
+
+    async def chat(self, request: Any, *, timeout: float) -> Any:  # noqa: ASYNC109
+        return await self._inner.chat(request, timeout=timeout)
+
+    async def embed(self, request: Any, *, timeout: float) -> Any:  # noqa: ASYNC109
+        result = await self._inner.embed(request, timeout=timeout)
+        vectors = tuple(
+            tuple(0.0 for _ in v) if self._mark in text else v
+            for text, v in zip(request.texts, result.embeddings.vectors, strict=True)
+        )
+        return dataclasses.replace(
+            result, embeddings=dataclasses.replace(result.embeddings, vectors=vectors)
+        )
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_vector_with_no_direction_is_refused_and_a_stored_one_is_no_ones_neighbour(
+    vec_url: str, sim: SimulatedProvider
+) -> None:
+    zeroing = _ZeroFor(sim, "NOTHING")
+    client = LLMClient([Route("default", zeroing, "sim-model", Capacity("default"))])
+    async with Runtime(vec_url, llm=client) as rt:
+        backend = vectors_for(rt.store)
+        # Stored before legion refused them: a zero vector among others.
+        info = CollectionInfo("old", "shared", "sim-model", 3)
+        await backend.write(
+            info,
+            "",
+            [
+                Item("zero", "no direction", {}, (0.0, 0.0, 0.0)),
+                Item("x", "along x", {}, (1.0, 0.0, 0.0)),
+                Item("y", "along y", {}, (0.0, 1.0, 0.0)),
+            ],
+        )
+        hits = await backend.search(info, "", (1.0, 0.1, 0.0), 3, {})
+        assert [h.id for h in hits] == ["x", "y"]  # no crash, and the zero one is nobody's
+
+        @legion.agent(retries=3, backoff=0)
+        async def adds(ctx: legion.Context, texts: list[str]) -> list[str]:
+            return await ctx.vectors("kb", scope="shared").add(texts)
+
+        @legion.agent(retries=3, backoff=0)
+        async def searches(ctx: legion.Context, query: str) -> list[str]:
+            return [h.id for h in await ctx.vectors("kb", scope="shared").search(query)]
+
+        # Symbols alone: the simulator gives them a direction of their own.
+        ok = await rt.result((await rt.submit(adds, ["* * *", "a cat"])).id)
+        assert ok.status is TaskStatus.SUCCEEDED, ok.error
+        refused = await rt.result((await rt.submit(adds, ["fine", "NOTHING here"])).id)
+        assert refused.status is TaskStatus.FAILED and refused.attempt == 1
+        assert refused.error is not None and refused.error.type == "VectorError"
+        assert "text 1 ('NOTHING here') is all zeros" in refused.error.message
+        query = await rt.result((await rt.submit(searches, "NOTHING")).id)
+        assert query.status is TaskStatus.FAILED and query.error is not None
+        assert "the query 'NOTHING' is all zeros" in query.error.message
+        found = await rt.result((await rt.submit(searches, "* * *")).id)
+        assert found.status is TaskStatus.SUCCEEDED, found.error
+        assert len(found.output) == 2
+        kb = await backend.collection("kb")
+        assert kb is not None and await backend.count(kb, "") == 2  # "fine" was not written
+
+
+async def test_a_search_by_another_model_than_the_collections_is_refused(
+    vec_url: str, sim: SimulatedProvider
+) -> None:
+    @legion.agent(retries=0)
+    async def load(ctx: legion.Context) -> list[str]:
+        return await ctx.vectors("kb", scope="shared").add(DOCS)
+
+    @legion.agent(retries=3, backoff=0)
+    async def search_with(ctx: legion.Context, model: str | None) -> list[str]:
+        hits = await ctx.vectors("kb", scope="shared", model=model).search("cat")
+        return [h.text for h in hits]
+
+    async with Runtime(vec_url, llm=sim_client(sim)) as rt:
+        assert (await rt.result((await rt.submit(load)).id)).ok
+        other = await rt.result((await rt.submit(search_with, "other")).id)
+        assert other.status is TaskStatus.FAILED and other.attempt == 1
+        assert other.error is not None and other.error.type == "VectorError"
+        assert "holds embeddings of model 'sim-model', not 'other-model'" in other.error.message
+        same = await rt.result((await rt.submit(search_with, "default")).id)
+        assert same.status is TaskStatus.SUCCEEDED and same.output[0] in (DOCS[0], DOCS[3])
+    # A worker with no route of the collection's model.
+    only_other = LLMClient([Route("default", sim, "other-model", Capacity("default"))])
+    async with Runtime(vec_url, llm=only_other) as rt:
+        r = await rt.result((await rt.submit(search_with, None)).id)
+        assert r.status is TaskStatus.FAILED and r.error is not None, r
+        assert r.error.type == "VectorError"
+        assert "model 'sim-model', which no LLM route of this worker serves" in r.error.message

@@ -165,15 +165,21 @@ def register(app: typer.Typer) -> None:
         report = _run(main())
         for error in report.errors[:10]:
             console.print(f"skipped {error}", style="yellow", highlight=False)
+        if len(report.errors) > 10:
+            console.print(
+                f"... and {len(report.errors) - 10:,} more skipped", style="yellow", highlight=False
+            )
         seconds = time.monotonic() - started
         from rich.console import Console  # here: `legion --help` never needs rich
 
         Console().print(
             f"{collection}: {report.documents:,} documents, {report.chunks:,} chunks "
-            f"({report.embedded:,} embedded, {report.skipped:,} already loaded) in {seconds:.1f} s",
+            f"({report.embedded:,} embedded, {report.skipped:,} already loaded"
+            + (f", {report.refused:,} refused" if report.refused else "")
+            + f") in {seconds:.1f} s",
             highlight=False,
         )
-        if report.bad_lines:
+        if report.bad_lines or report.refused:
             raise typer.Exit(1)
 
     @vectors.command("search")
@@ -196,7 +202,7 @@ def register(app: typer.Typer) -> None:
         """The items nearest to QUERY, best first, with their scores."""
         from legion.store import redact_url
         from legion.vectors.backend import vectors_for
-        from legion.vectors.types import SHARED, check_name, check_where
+        from legion.vectors.types import SHARED, check_direction, check_name, check_where
 
         async def main() -> list[Any]:
             check_name(collection)
@@ -218,6 +224,7 @@ def register(app: typer.Typer) -> None:
                             "route of that model"
                         )
                     embeddings = await client.embed([query], names[info.model])
+                check_direction(embeddings.vectors[0], "the query's embedding")
                 part = SHARED if info.scope == "shared" else str(session)
                 return await backend.search(info, part, embeddings.vectors[0], k, filters)
 

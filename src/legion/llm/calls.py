@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from legion import codec
 from legion.diagnostics.unawaited import Pending, SiteRef
+from legion.errors import Permanent
 from legion.llm.embeddings import Embeddings
 from legion.llm.types import ChatResponse, Message
 from legion.steps import StepRecorder
@@ -210,6 +211,15 @@ class LLMCalls:
             decode=_embeddings_answer,
             usage=True,
         )
+
+    def embeds_with(self, model: str | None) -> bool:
+        """Whether a route answers embedding calls that name ``model`` (a route's name or
+        its model; ``None``: the ``embed`` route, else the default one)."""
+        try:
+            self._client.embed_route(model)
+        except Permanent:
+            return False
+        return True
 
     async def embed_unrecorded(
         self, texts: Sequence[str], model: str | None = None, **params: Any

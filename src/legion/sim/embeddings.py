@@ -2,8 +2,9 @@
 other.
 
 A text's vector is a bag of hashed features — its lower-cased words (weight 1) and the
-character trigrams of each word (weight 0.5) — each hashed to one of ``dimensions``
-coordinates with a hashed sign, then scaled to length 1. Texts that share words or word
+character trigrams of each word (weight 0.5); for a text with no words (``"* * *"``, an
+emoji), its characters — each hashed to one of ``dimensions`` coordinates with a hashed
+sign, then scaled to length 1. Texts that share words or word
 pieces share coordinates, so their cosine similarity is high; the same text always gets the
 same vector, on every machine. Tests can assert rankings with it; it knows no synonyms.
 """
@@ -24,13 +25,19 @@ _WORD = re.compile(r"\w+")
 
 
 def hashed_embedding(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
-    """The simulator's vector for ``text`` (length 1; all zeros for a text with no words)."""
+    """The simulator's vector for ``text`` (length 1; all zeros only for a text of
+    whitespace alone, as a real model has no such text to answer for: legion refuses it)."""
     vector = [0.0] * dimensions
-    for word in _WORD.findall(text.lower()):
+    words = _WORD.findall(text.lower())
+    for word in words:
         _add(vector, "w:" + word, 1.0)
         padded = f"#{word}#"
         for i in range(len(padded) - 2):
             _add(vector, "c:" + padded[i : i + 3], 0.5)
+    if not words:  # punctuation, symbols, emoji: a direction of their own, not none
+        for char in text:
+            if not char.isspace():
+                _add(vector, "s:" + char, 1.0)
     norm = math.sqrt(sum(x * x for x in vector))
     return [x / norm for x in vector] if norm else vector
 

@@ -30,6 +30,7 @@ from legion.vectors.types import (
     Item,
     Scope,
     check_dims,
+    check_direction,
     check_name,
     check_same,
     check_scope,
@@ -152,11 +153,24 @@ class Collection:
             )
         return info
 
-    async def _embed(self, texts: list[str], model: str | None) -> tuple[Embeddings, Any]:
+    async def _embed(
+        self, texts: list[str], found: CollectionInfo | None
+    ) -> tuple[Embeddings, Any]:
         """Embeddings made inside a vector step (recorded with its result, not apart), and
-        what they cost, for the task's usage."""
-        data = await self._ctx.llm.embed_unrecorded(texts, self._model or model)
-        return Embeddings.from_json(data), {"usage": data["usage"], "cost_usd": data["cost_usd"]}
+        what they cost, for the task's usage: by the model the collection ``found`` holds
+        unless ``model=`` named one, which must then be the same (`VectorError` if not)."""
+        llm = self._ctx.llm
+        if found is not None and self._model is None and not llm.embeds_with(found.model):
+            raise VectorError(
+                f"collection {self.name!r} holds embeddings of model {found.model!r}, which no "
+                "LLM route of this worker serves: give it a route of that model (--llm)"
+            )
+        model = self._model or (found.model if found is not None else None)
+        data = await llm.embed_unrecorded(texts, model)
+        embeddings = Embeddings.from_json(data)
+        if found is not None:
+            check_same(found, CollectionInfo(self.name, found.scope, embeddings.model, found.dims))
+        return embeddings, {"usage": data["usage"], "cost_usd": data["cost_usd"]}
 
     async def _add(
         self,
@@ -171,10 +185,12 @@ class Collection:
 
         async def write() -> dict[str, Any]:
             found = await self._existing()
-            embeddings, cost = await self._embed(texts, found.model if found else None)
+            embeddings, cost = await self._embed(texts, found)
             info = CollectionInfo(self.name, self._scope, embeddings.model, embeddings.dims)
             if found is not None:
                 check_same(found, info)
+            for n, (text, vector) in enumerate(zip(texts, embeddings.vectors, strict=True)):
+                check_direction(vector, f"the embedding of text {n} ({_short(text)})")
             items = [
                 Item(i, t, m, v)
                 for i, t, m, v in zip(ids, texts, metas, embeddings.vectors, strict=True)
@@ -201,8 +217,9 @@ class Collection:
                     f"`legion vectors load {self.name} --input FILE.jsonl` or "
                     f"ctx.vectors({self.name!r}, scope='shared').add(...)"
                 )
-            embeddings, cost = await self._embed([query], info.model)
+            embeddings, cost = await self._embed([query], info)
             check_dims(info, embeddings.dims)
+            check_direction(embeddings.vectors[0], f"the embedding of the query {_short(query)}")
             hits = await self._backend.search(info, self._part, embeddings.vectors[0], k, where)
             return {"hits": [h.to_json() for h in hits], "embedding": cost}
 
@@ -265,6 +282,10 @@ def check_add(
         if len(set(given)) != len(given):
             raise VectorError("ids must be unique within one add")
     return texts, metas, given
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
 def _not_object(value: Any) -> dict[str, Any]:

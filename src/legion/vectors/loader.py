@@ -23,9 +23,17 @@ from legion.errors import ConfigError, VectorError
 from legion.llm.client import LLMClient
 from legion.vectors.backend import VectorBackend
 from legion.vectors.chunking import DEFAULT_CHUNK_CHARS, chunk
-from legion.vectors.types import SHARED, CollectionInfo, Item, check_name, check_same
+from legion.vectors.types import (
+    SHARED,
+    CollectionInfo,
+    Item,
+    check_direction,
+    check_name,
+    check_same,
+)
 
 _BOM = b"\xef\xbb\xbf"
+_OURS = frozenset({"doc", "chunk"})  # metadata keys every chunk gets from the loader
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +50,17 @@ class LoadReport:
     embedded: int = 0
     skipped: int = 0
     bad_lines: int = 0
+    refused: int = 0
+    """Chunks whose embedding cosine similarity cannot compare (all zeros): not stored."""
     errors: list[str] = field(default_factory=list)
 
 
 def read_chunks(path: Path, max_chars: int, report: LoadReport) -> Iterator[Chunk]:
     """The chunks of every document in ``path``; a bad line (not JSON, not UTF-8, no text)
     is reported and skipped. A UTF-8 byte order mark at the start is not part of the first
-    line, as for `legion run`'s input."""
+    line, as for `legion run`'s input. A document whose id an earlier line gave is a bad
+    line too: its chunks would replace the earlier document's, or be taken for stored."""
+    first_line: dict[str, int] = {}
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -69,8 +81,25 @@ def read_chunks(path: Path, max_chars: int, report: LoadReport) -> Iterator[Chun
                 report.bad_lines += 1
                 report.errors.append(f"{path}:{number}: {exc}")
                 continue
+            taken = sorted(_OURS & doc.keys())
+            if taken:
+                report.bad_lines += 1
+                report.errors.append(
+                    f"{path}:{number}: {' and '.join(map(repr, taken))}: legion's own "
+                    "metadata keys (the document's id and the chunk's number): rename them"
+                )
+                continue
             text = doc.pop("text")
-            doc_id = str(doc.pop("id", "") or _digest(text))
+            given = doc.pop("id", None)
+            doc_id = _digest(text) if given is None or given == "" else str(given)
+            if doc_id in first_line:
+                report.bad_lines += 1
+                report.errors.append(
+                    f"{path}:{number}: id {doc_id!r} is the id of line {first_line[doc_id]} too "
+                    "(each document needs an id of its own)"
+                )
+                continue
+            first_line[doc_id] = number
             report.documents += 1
             for n, piece in enumerate(chunk(text, max_chars)):
                 yield Chunk(f"{doc_id}#{n}", piece, {**doc, "doc": doc_id, "chunk": n})
@@ -132,14 +161,20 @@ async def load(
                 info = CollectionInfo(collection, "shared", route.model, embeddings.dims)
                 if info_box:
                     check_same(info_box[0], info)
-                items = [
-                    Item(c.id, c.text, c.metadata, v)
-                    for c, v in zip(todo, embeddings.vectors, strict=True)
-                ]
-                await backend.write(info, SHARED, items, index=False)
-                if not info_box:
-                    info_box.append(info)
-                report.embedded += len(todo)
+                items = []
+                for c, v in zip(todo, embeddings.vectors, strict=True):
+                    try:
+                        check_direction(v, f"chunk {c.id}: its embedding")
+                    except VectorError as exc:
+                        report.refused += 1
+                        report.errors.append(str(exc))
+                        continue
+                    items.append(Item(c.id, c.text, c.metadata, v))
+                if items:
+                    await backend.write(info, SHARED, items, index=False)
+                    if not info_box:
+                        info_box.append(info)
+                report.embedded += len(items)
             report.chunks += len(chunks)
             if progress is not None:
                 progress(report)

@@ -15,6 +15,7 @@ that filters after the fact does not.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 import weakref
@@ -280,7 +281,11 @@ class PostgresVectors:
                     query = Q["search_index"]
                 cur = await conn.execute(sql.SQL(query).format(table=table), params)
                 rows = await cur.fetchall()
-        return [Hit(r[0], r[1], dict(r[2]), 1.0 - float(r[3])) for r in rows]
+        # An item stored with no direction (all zeros, before legion refused them) is at
+        # NaN from everything, which PostgreSQL sorts last: no one's neighbour.
+        return [
+            Hit(r[0], r[1], dict(r[2]), 1.0 - float(r[3])) for r in rows if not math.isnan(r[3])
+        ]
 
     async def delete(self, info: CollectionInfo, session: str, ids: Sequence[str]) -> int:
         async with self._pg()._connection() as conn:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -98,6 +99,20 @@ def check_dims(info: CollectionInfo, dims: int) -> None:
         raise VectorError(
             f"wrong dimension: collection {info.name!r} holds {info.dims}-dimensional vectors "
             f"(model {info.model!r}); got {dims}"
+        )
+
+
+def check_direction(vector: Sequence[float], what: str) -> None:
+    """Refuse a vector that cosine similarity cannot compare: all zeros (it has no
+    direction, and its distance to anything is undefined) or with a NaN or an infinity.
+    ``what`` names it: ``"the embedding of text 2"``."""
+    norm = math.fsum(x * x for x in vector)
+    if not math.isfinite(norm):
+        raise VectorError(f"{what} holds a NaN or an infinity: it cannot be compared")
+    if norm == 0.0:
+        raise VectorError(
+            f"{what} is all zeros: it has no direction, so no cosine similarity with "
+            "anything (the embedding model answered zeros for it)"
         )
 
 

@@ -21,9 +21,14 @@ DO UPDATE SET text = excluded.text, metadata = excluded.metadata, embedding = ex
 
 -- name: search
 -- Exact cosine search; /*where*/ becomes one "AND json_extract(metadata, ?) = ?" per filter.
-SELECT id, text, metadata, vec_distance_cosine(embedding, ?) AS distance
-FROM vector_items
-WHERE collection = ? AND session = ? /*where*/
+-- An item stored with no direction (all zeros, before legion refused them) has no distance
+-- (NULL): it is no one's neighbour.
+SELECT id, text, metadata, distance FROM (
+  SELECT id, text, metadata, vec_distance_cosine(embedding, ?) AS distance
+  FROM vector_items
+  WHERE collection = ? AND session = ? /*where*/
+)
+WHERE distance IS NOT NULL
 ORDER BY distance
 LIMIT ?;
 
