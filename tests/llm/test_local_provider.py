@@ -177,6 +177,7 @@ def test_chat_messages_become_a_transcript_the_model_continues() -> None:
         ([{"role": "wizard", "content": "x"}], "unknown message role 'wizard'"),
         ([{"role": "user", "content": [{"type": "image_url"}]}], "text only, not 'image_url'"),
         ([{"role": "user", "content": 42}], "content must be text"),
+        ([], "a chat needs at least one message"),
     ],
 )
 def test_messages_the_model_cannot_read_are_rejected(
@@ -199,6 +200,10 @@ def test_parameters_map_to_llama_options_with_greedy_defaults() -> None:
     assert (options["max_tokens"], options["temperature"], options["seed"]) == (9, 0.7, 3)
     assert options["stop"] == [*DEFAULT_STOP, "END"]
     assert "user" not in options
+    # 0 is a number asked for, not an absent one: refused like -1, never the default.
+    for zero in ({"max_tokens": 0}, {"max_completion_tokens": 0}, {"max_tokens": -1}):
+        with pytest.raises(ProviderRejected, match="max_tokens must be a positive integer"):
+            completion_options(zero)
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,9 @@ _KNOWN = frozenset(
 
 def build_prompt(messages: Sequence[Message], provider: str = "local") -> str:
     """The completion prompt for chat ``messages`` (the format is in the module's
-    documentation); `ProviderRejected` for content other than text."""
+    documentation); `ProviderRejected` for content other than text, or no message."""
+    if not messages:
+        raise ProviderRejected(f"{provider}: a chat needs at least one message", provider=provider)
     blocks: list[str] = []
     turns: list[str] = []
     for message in messages:
@@ -102,7 +104,9 @@ def completion_options(params: Mapping[str, Any], provider: str = "local") -> di
         raise ProviderRejected(
             f"{provider}: unknown parameter(s) {', '.join(unknown)}", provider=provider
         )
-    max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
+    max_tokens = params.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = params.get("max_completion_tokens")
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
