@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tests.acceptance.conftest import legion
@@ -69,3 +70,36 @@ def test_bench_writes_under_the_current_folder_by_default(tmp_path: Path) -> Non
     assert committed.read_text() == "the committed table\n"
     assert (tmp_path / "legion-bench" / "overhead.json").is_file()
     assert "wrote legion-bench/overhead.json" in done.stderr
+
+
+def test_bench_refuses_an_out_it_cannot_write_before_it_runs(tmp_path: Path) -> None:
+    precious = tmp_path / "results.txt"
+    precious.write_text("a user's file\n")
+    blocked = tmp_path / "ro"
+    blocked.mkdir(mode=0o500)
+    for out, why in (
+        (precious, f"--out {precious} is a file, not a folder"),
+        (precious / "sub", f"--out {precious / 'sub'}: cannot write in {precious}"),
+    ):
+        done = legion("bench", "overhead", "--tasks", "100", "--sqlite-only", "--out", str(out))
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"error: {why}"), done.stderr
+        assert "Traceback" not in done.stderr and done.stdout == ""  # (nothing ran)
+    assert precious.read_text() == "a user's file\n"
+    if not os.access(blocked, os.W_OK):  # (root may write anywhere)
+        done = legion("bench", "overhead", "--sqlite-only", "--out", str(blocked / "new"))
+        assert done.returncode == 2 and "cannot write in" in done.stderr, done.stderr
+
+
+def test_bench_options_a_scenario_refuses_are_usage_errors(tmp_path: Path) -> None:
+    for args, why in (
+        (["sequential-vs-scaled", "--sizes", "-5"], "sizes and sequential_limit must be >= 1"),
+        (["sequential-vs-scaled", "--sizes", ","], "sizes and sequential_limit must be >= 1"),
+        (["scale-out", "--processes", "0"], "tasks, work and processes must be >= 1"),
+        (["vectors", "--vectors", "100", "-k", "100"], "k (100) must be below the number"),
+    ):
+        done = legion("bench", *args, "--out", str(tmp_path))
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.startswith(f"error: {why}"), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []

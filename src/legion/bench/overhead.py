@@ -305,7 +305,7 @@ async def run(
             )
         )
     else:
-        notes.append("PostgreSQL not measured: pass --postgres URL.")
+        notes.append("PostgreSQL not measured (--sqlite-only).")
     return BenchResult(
         name=NAME,
         title="no-op agents through the durable path vs a bare batched queue and asyncio.gather",

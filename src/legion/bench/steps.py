@@ -172,7 +172,7 @@ async def run(
         + ("met." if best[SQLITE] >= TARGET else "NOT met."),
     ]
     if not opts.postgres:
-        notes.append("PostgreSQL not measured: pass --postgres URL.")
+        notes.append("PostgreSQL not measured (--sqlite-only).")
     return BenchResult(
         name=NAME,
         title=f"agents of {STEPS} recorded steps through the durable path",

@@ -45,6 +45,14 @@ class VectorBenchOptions:
     data: str = "clustered"
     """``clustered`` (like text embeddings, which group by topic) or ``random``."""
 
+    def __post_init__(self) -> None:
+        if min(self.vectors, self.dims, self.queries, self.k, self.batch) < 1:
+            raise ValueError("vectors, dims, queries, k and batch must be >= 1")
+        if self.k >= self.vectors:
+            raise ValueError(f"k ({self.k}) must be below the number of vectors ({self.vectors})")
+        if self.data not in ("clustered", "random"):
+            raise ValueError(f"data must be 'clustered' or 'random', not {self.data!r}")
+
 
 def _percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)

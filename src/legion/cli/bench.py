@@ -5,13 +5,14 @@ scaled on the example agent). Both only parse options and call `legion.bench` an
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -78,18 +79,56 @@ def _command() -> str:
     return "legion " + shlex.join(sys.argv[1:])
 
 
+Scenario = Callable[[Callable[[str], None]], Coroutine[Any, Any, "BenchResult"]]
+"""A benchmark run: given where to say its progress, the coroutine that measures."""
+
+T = TypeVar("T")
+
+
+def _options(build: Callable[[], T]) -> T:
+    """A scenario's options, built from the command line's: a value they refuse is a
+    usage error (exit 2), said in one line, before anything runs."""
+    try:
+        return build()
+    except (LegionError, ValueError) as exc:
+        raise _bad(str(exc)) from None
+
+
+def _bench(make: Scenario, out: Path, plots: bool) -> None:
+    """Check ``out`` can take the results, run the scenario, print its table and write
+    its files."""
+    _check_out(out)
+    _finish(_run_scenario(make), out, plots)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written before the benchmark runs (a run can
+    take many minutes): a file, or a folder that cannot be made or written to."""
+    if out.exists() and not out.is_dir():
+        raise _bad(f"--out {out} is a file, not a folder: name a folder for the results")
+    existing = out
+    while not existing.exists():  # the nearest folder that exists: the new ones go there
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise _bad(f"--out {out}: cannot write in {existing}")
+
+
 def _finish(result: BenchResult, out: Path, plots: bool) -> None:
     from legion.bench.results import write_result
 
     result.command = _command()
-    paths = write_result(result, out, plots=plots)
-    print(result.markdown())
+    print(result.markdown())  # first: a folder that fails now loses no measurement
+    try:
+        paths = write_result(result, out, plots=plots)
+    except OSError as exc:
+        stderr_console().print(
+            error_text(f"could not write the results to {out}: {exc.strerror or exc}")
+        )
+        raise typer.Exit(1) from None
     stderr_console().print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
 
 
-def _run_scenario(
-    make: Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]],
-) -> BenchResult:
+def _run_scenario(make: Scenario) -> BenchResult:
     from rich.text import Text
 
     from legion.bench.results import cpu_count, load_average
@@ -137,13 +176,15 @@ def overhead_cmd(
     the floor and bare asyncio over the same waits."""
     from legion.bench import overhead
 
-    opts = overhead.OverheadOptions(
-        tasks=tasks,
-        concurrency=concurrency,
-        repeat=repeat,
-        postgres=None if sqlite_only else postgres,
+    opts = _options(
+        lambda: overhead.OverheadOptions(
+            tasks=tasks,
+            concurrency=concurrency,
+            repeat=repeat,
+            postgres=None if sqlite_only else postgres,
+        )
     )
-    _finish(_run_scenario(lambda say: overhead.run(opts, progress=say)), out, plots)
+    _bench(lambda say: overhead.run(opts, progress=say), out, plots)
 
 
 @bench.command("steps")
@@ -161,13 +202,15 @@ def steps_cmd(
     ctx.llm.chat to an in-process provider that answers at once."""
     from legion.bench import steps
 
-    opts = steps.StepsOptions(
-        tasks=tasks,
-        concurrency=concurrency,
-        repeat=repeat,
-        postgres=None if sqlite_only else postgres,
+    opts = _options(
+        lambda: steps.StepsOptions(
+            tasks=tasks,
+            concurrency=concurrency,
+            repeat=repeat,
+            postgres=None if sqlite_only else postgres,
+        )
     )
-    _finish(_run_scenario(lambda say: steps.run(opts, progress=say)), out, plots)
+    _bench(lambda say: steps.run(opts, progress=say), out, plots)
 
 
 @bench.command("capacity")
@@ -225,22 +268,24 @@ def capacity_cmd(
         names = ()
     if any(n not in SCENARIOS for n in names):
         raise _bad(f"--scenario takes {', '.join(SCENARIOS)} or none")
-    opts = capacity.CapacityOptions(
-        tasks=tasks,
-        calls=calls,
-        rpm=rpm,
-        tpm=tpm,
-        limits=kinds,  # type: ignore[arg-type]
-        window_seconds=window,
-        error_rate=error_rate,
-        latency=latency,
-        latency_jitter=jitter,
-        baseline_concurrency=baseline_concurrency,
-        baseline_retries=baseline_retries,
-        scenarios=names,
-        quick=quick,
+    opts = _options(
+        lambda: capacity.CapacityOptions(
+            tasks=tasks,
+            calls=calls,
+            rpm=rpm,
+            tpm=tpm,
+            limits=kinds,  # type: ignore[arg-type]
+            window_seconds=window,
+            error_rate=error_rate,
+            latency=latency,
+            latency_jitter=jitter,
+            baseline_concurrency=baseline_concurrency,
+            baseline_retries=baseline_retries,
+            scenarios=names,
+            quick=quick,
+        )
     )
-    _finish(_run_scenario(lambda say: capacity.run(opts, progress=say)), out, plots)
+    _bench(lambda say: capacity.run(opts, progress=say), out, plots)
 
 
 @bench.command("concurrency")
@@ -254,8 +299,8 @@ def concurrency_cmd(
     ideal, peak memory, memory per in-flight instance."""
     from legion.bench import concurrency
 
-    opts = concurrency.ConcurrencyOptions(instances=instances, delay=delay)
-    _finish(_run_scenario(lambda say: concurrency.run(opts, progress=say)), out, plots)
+    opts = _options(lambda: concurrency.ConcurrencyOptions(instances=instances, delay=delay))
+    _bench(lambda say: concurrency.run(opts, progress=say), out, plots)
 
 
 @bench.command("sequential-vs-scaled")
@@ -280,10 +325,12 @@ def sequential_cmd(
         counts = tuple(int(s) for s in sizes.split(",") if s.strip())
     except ValueError:
         raise _bad(f"--sizes takes comma-separated integers, got {sizes!r}") from None
-    opts = sequential.SequentialOptions(
-        sizes=counts, sequential_limit=sequential_limit, demo=DemoConfig(rpm=rpm, tpm=tpm)
+    opts = _options(
+        lambda: sequential.SequentialOptions(
+            sizes=counts, sequential_limit=sequential_limit, demo=DemoConfig(rpm=rpm, tpm=tpm)
+        )
     )
-    _finish(_run_scenario(lambda say: sequential.run(opts, progress=say)), out, plots)
+    _bench(lambda say: sequential.run(opts, progress=say), out, plots)
 
 
 @bench.command("scale-out")
@@ -308,10 +355,12 @@ def scale_out_cmd(
         counts = tuple(int(s) for s in processes.split(",") if s.strip())
     except ValueError:
         raise _bad(f"--processes takes comma-separated integers, got {processes!r}") from None
-    opts = scale_out.ScaleOutOptions(
-        tasks=tasks, work=work, processes=counts, concurrency=concurrency, postgres=postgres
+    opts = _options(
+        lambda: scale_out.ScaleOutOptions(
+            tasks=tasks, work=work, processes=counts, concurrency=concurrency, postgres=postgres
+        )
     )
-    _finish(_run_scenario(lambda say: scale_out.run(opts, progress=say)), out, plots)
+    _bench(lambda say: scale_out.run(opts, progress=say), out, plots)
 
 
 @bench.command("autoscale")
@@ -350,7 +399,7 @@ def autoscale_cmd(
         )
     except ValueError as exc:
         raise _bad(str(exc)) from None
-    _finish(_run_scenario(lambda say: scenario.run(opts, progress=say)), out, plots)
+    _bench(lambda say: scenario.run(opts, progress=say), out, plots)
 
 
 @bench.command("vectors")
@@ -374,10 +423,12 @@ def vectors_cmd(
     (sqlite-vec) and PostgreSQL (pgvector HNSW), next to brute-force numpy."""
     from legion.bench import vectors as vector_bench
 
-    opts = vector_bench.VectorBenchOptions(
-        vectors=vectors, dims=dims, queries=queries, k=k, postgres=postgres, data=data.value
+    opts = _options(
+        lambda: vector_bench.VectorBenchOptions(
+            vectors=vectors, dims=dims, queries=queries, k=k, postgres=postgres, data=data.value
+        )
     )
-    _finish(_run_scenario(lambda say: vector_bench.run(opts, progress=say)), out, plots)
+    _bench(lambda say: vector_bench.run(opts, progress=say), out, plots)
 
 
 @bench.command("all")
@@ -386,9 +437,12 @@ def all_cmd(
     out: OutOpt = DEFAULT_OUT,
     plots: PlotsOpt = True,
 ) -> None:
-    """Every scenario at its default size, one after the other (about 18 minutes)."""
+    """Every scenario at its default size, one after the other (about 20 minutes)."""
     from legion.bench import autoscale, capacity, concurrency, overhead, scale_out, steps
+    from legion.bench import vectors as vector_bench
     from legion.demo import sequential
+
+    _check_out(out)
 
     makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
         lambda say: overhead.run(overhead.OverheadOptions(postgres=postgres), progress=say),
@@ -398,6 +452,7 @@ def all_cmd(
         lambda say: sequential.run(progress=say),
         lambda say: scale_out.run(scale_out.ScaleOutOptions(postgres=postgres), progress=say),
         lambda say: autoscale.run(progress=say),
+        lambda say: vector_bench.run(vector_bench.VectorBenchOptions(postgres=postgres), say),
     ]
     for make in makers:
         _finish(_run_scenario(make), out, plots)
