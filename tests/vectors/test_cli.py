@@ -141,6 +141,9 @@ def test_load_skips_and_reports_a_repeated_id_and_legions_own_keys(tmp_path: Pat
     assert hits["d1#0"] == "alpha beta gamma"  # the first line's text, kept
     assert set(hits) == {"d1#0", "0#0", next(i for i in hits if i not in ("d1#0", "0#0"))}
     assert len(hits) == 3
+    sessioned = legion("vectors", "search", "kb", "alpha", "--store", store, "--session", "s1")
+    assert sessioned.returncode == 2, sessioned.stderr
+    assert sessioned.stderr.startswith("error: 'kb' is shared: its items belong to no session")
 
 
 def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:

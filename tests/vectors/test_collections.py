@@ -17,6 +17,7 @@ from legion.store import Store
 from legion.task import NewTask
 from legion.vectors import CollectionInfo, Item
 from legion.vectors.backend import vectors_for
+from legion.vectors.types import check_where
 from tests.vectors.conftest import sim_client
 
 DOCS = [
@@ -82,12 +83,18 @@ async def test_metadata_filters(vec_url: str, sim: SimulatedProvider) -> None:
             {"animal": True, "year": 2024},
             {"animal": False},
             {"lang": "fr"},
+            # A value equals one of its own JSON type only, on both stores: 1 is not true,
+            # "2024" is not 2024 (2024.0 is: a number is a number).
+            {"animal": 1},
+            {"year": "2024"},
+            {"year": 2023.0},
         ]
         return [[h.text for h in await col.search("cat", k=10, where=w)] for w in queries]
 
     r = await run(vec_url, sim, agent)
     assert r.status is TaskStatus.SUCCEEDED, r.error
-    de, animal_2024, not_animal, fr = r.output
+    de, animal_2024, not_animal, fr, one, text_year, float_year = r.output
+    assert (one, text_year, float_year) == ([], [], [DOCS[1]])
     assert sorted(de) == sorted([DOCS[2], DOCS[3]])
     assert sorted(animal_2024) == sorted([DOCS[0], DOCS[3]])
     assert not_animal == [DOCS[2]]
@@ -404,3 +411,18 @@ async def test_a_search_by_another_model_than_the_collections_is_refused(
         assert r.status is TaskStatus.FAILED and r.error is not None, r
         assert r.error.type == "VectorError"
         assert "model 'sim-model', which no LLM route of this worker serves" in r.error.message
+
+
+def test_where_refuses_a_value_json_cannot_hold() -> None:
+    for value in (math.nan, math.inf, -math.inf, 2**63, -(2**63) - 1):
+        try:
+            check_where({"n": value})
+        except VectorError as exc:
+            assert "where={'n'" in str(exc), exc
+        else:
+            raise AssertionError(f"{value!r} was taken")
+    assert check_where({"n": 2**63 - 1, "f": 1.5, "b": True}) == {
+        "n": 2**63 - 1,
+        "f": 1.5,
+        "b": True,
+    }

@@ -216,6 +216,11 @@ def register(app: typer.Typer) -> None:
                     raise ConfigError(f"no vector collection {collection!r} in {redact_url(store)}")
                 if info.scope == "session" and session is None:
                     raise ConfigError(f"{collection!r} is session-scoped: give --session")
+                if info.scope == "shared" and session is not None:
+                    raise ConfigError(
+                        f"{collection!r} is shared: its items belong to no session (leave "
+                        "out --session)"
+                    )
                 async with _client(tuple(llm or ()), config=config) as client:
                     names = {r.model: r.name for r in client.routes.values()}
                     if info.model not in names:

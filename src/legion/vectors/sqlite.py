@@ -186,11 +186,22 @@ class SQLiteVectors:
         where: Mapping[str, Scalar],
     ) -> list[Hit]:
         check_dims(info, len(vector))
-        clauses = " ".join("AND json_extract(metadata, ?) = ?" for _ in where)
-        sql = Q["search"].replace("/*where*/", clauses)
+        clauses: list[str] = []
         params: list[Any] = [pack(vector), info.name, session]
         for key, value in where.items():
-            params += [f'$."{key}"', int(value) if isinstance(value, bool) else value]
+            # A value equals one of its own JSON type (json_extract answers 1 for true, as
+            # for 1): as PostgreSQL's jsonb containment compares them.
+            path = f'$."{key}"'
+            if isinstance(value, bool):
+                clauses.append("AND json_type(metadata, ?) = ?")
+                params += [path, "true" if value else "false"]
+            else:
+                types = "'text'" if isinstance(value, str) else "'integer', 'real'"
+                clauses.append(
+                    f"AND json_type(metadata, ?) IN ({types}) AND json_extract(metadata, ?) = ?"
+                )
+                params += [path, path, value]
+        sql = Q["search"].replace("/*where*/", " ".join(clauses))
         params.append(k)
 
         def run() -> list[Hit]:

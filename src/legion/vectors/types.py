@@ -91,6 +91,10 @@ def check_where(where: Mapping[str, Any] | None) -> dict[str, Scalar]:
             raise VectorError(
                 f"where={{{key!r}: ...}} must be a string, number or boolean, not {value!r}"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise VectorError(f"where={{{key!r}: {value!r}}}: JSON has no such number")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise VectorError(f"where={{{key!r}: ...}}: {value} is past a 64-bit integer")
     return dict(where)
 
 

@@ -20,7 +20,8 @@ ON CONFLICT (collection, session, id)
 DO UPDATE SET text = excluded.text, metadata = excluded.metadata, embedding = excluded.embedding;
 
 -- name: search
--- Exact cosine search; /*where*/ becomes one "AND json_extract(metadata, ?) = ?" per filter.
+-- Exact cosine search; /*where*/ becomes one "AND json_type(...) ... AND json_extract(...) = ?"
+-- per filter (see SQLiteVectors.search).
 -- An item stored with no direction (all zeros, before legion refused them) has no distance
 -- (NULL): it is no one's neighbour.
 SELECT id, text, metadata, distance FROM (
