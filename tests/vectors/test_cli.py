@@ -146,6 +146,45 @@ def test_load_skips_and_reports_a_repeated_id_and_legions_own_keys(tmp_path: Pat
     assert sessioned.stderr.startswith("error: 'kb' is shared: its items belong to no session")
 
 
+def test_a_reload_embeds_edited_documents_anew_and_drops_a_shortened_ones_tail(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    three = (
+        "The first part, which is about cats.\n\nThe second part, which is about dogs."
+        "\n\nThe third part, which is about birds."
+    )
+    before = [
+        {"id": "pets", "text": three},
+        {"id": "same", "text": "A document nobody edits."},
+        {"id": "edited", "text": "The old text about cats."},
+    ]
+    after = [
+        {"id": "pets", "text": "The first part, which is about cats."},  # two chunks go
+        {"id": "same", "text": "A document nobody edits."},
+        {"id": "edited", "text": "The new text about dogs."},
+    ]
+    chunked = ("--chunk-chars", "50")  # (a paragraph a chunk)
+    a, b = write_jsonl(tmp_path / "a.jsonl", before), write_jsonl(tmp_path / "b.jsonl", after)
+    first = legion("vectors", "load", "kb", "--input", str(a), "--store", store, *chunked)
+    assert first.returncode == 0, first.stderr
+    assert "3 documents, 5 chunks (5 embedded, 0 already loaded)" in first.stdout
+    second = legion("vectors", "load", "kb", "--input", str(b), "--store", store, *chunked)
+    assert second.returncode == 0, second.stderr
+    assert (
+        "3 documents, 3 chunks (1 embedded (1 anew: edited since), 2 already loaded, "
+        "2 deleted (past a shortened document's end))"
+    ) in second.stdout, second.stdout
+    found = legion("vectors", "search", "kb", "dogs", "--store", store, "--json", "-k", "10")
+    assert found.returncode == 0, found.stderr
+    hits = {json.loads(line)["id"]: json.loads(line)["text"] for line in found.stdout.splitlines()}
+    assert hits == {
+        "pets#0": "The first part, which is about cats.",
+        "same#0": "A document nobody edits.",
+        "edited#0": "The new text about dogs.",
+    }
+
+
 def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:
     store = tmp_path / "kb.db"
     corpus = write_jsonl(tmp_path / "corpus.jsonl", DOCS[:1])

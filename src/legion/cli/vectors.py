@@ -172,12 +172,20 @@ def register(app: typer.Typer) -> None:
         seconds = time.monotonic() - started
         from rich.console import Console  # here: `legion --help` never needs rich
 
+        counts = [
+            f"{report.embedded:,} embedded"
+            + (f" ({report.updated:,} anew: edited since)" if report.updated else ""),
+            f"{report.skipped:,} already loaded",
+        ]
+        if report.removed:
+            counts.append(f"{report.removed:,} deleted (past a shortened document's end)")
+        if report.refused:
+            counts.append(f"{report.refused:,} refused")
         Console().print(
             f"{collection}: {report.documents:,} documents, {report.chunks:,} chunks "
-            f"({report.embedded:,} embedded, {report.skipped:,} already loaded"
-            + (f", {report.refused:,} refused" if report.refused else "")
-            + f") in {seconds:.1f} s",
+            f"({', '.join(counts)}) in {seconds:.1f} s",
             highlight=False,
+            soft_wrap=True,  # one line, however long: scripts read it
         )
         if report.bad_lines or report.refused:
             raise typer.Exit(1)

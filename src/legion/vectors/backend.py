@@ -51,10 +51,10 @@ class VectorBackend(Protocol):
         """Delete items by id; answers how many there were."""
         ...
 
-    async def existing_ids(
+    async def stored_texts(
         self, info: CollectionInfo, session: str, ids: Sequence[str]
-    ) -> set[str]:
-        """Which of ``ids`` the collection holds."""
+    ) -> dict[str, str]:
+        """The text of each of ``ids`` the collection holds (the others are not keys)."""
         ...
 
     async def count(self, info: CollectionInfo, session: str) -> int: ...

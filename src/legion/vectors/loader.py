@@ -6,7 +6,9 @@ document's id, and ``chunk``, the chunk's number); a bare JSON string is a text 
 Documents are cut by `legion.vectors.chunking`; batches of chunks are embedded through the
 LLM client (its capacity paces them, its retries cover provider errors) and written, each
 batch in one transaction. A batch whose chunks are all stored already is skipped without
-embedding, so a load that was stopped resumes where it was.
+embedding, so a load that was stopped resumes where it was; a chunk whose stored text is
+not its text (the document was edited) is embedded and written anew, and chunks stored
+past a shortened document's end are deleted.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Chunk:
     id: str
     text: str
     metadata: dict[str, Any]
+    last: bool = False
+    """The last chunk of its document."""
 
 
 @dataclass(slots=True)
@@ -52,6 +56,10 @@ class LoadReport:
     bad_lines: int = 0
     refused: int = 0
     """Chunks whose embedding cosine similarity cannot compare (all zeros): not stored."""
+    updated: int = 0
+    """Chunks stored before with another text (their document was edited): embedded anew."""
+    removed: int = 0
+    """Chunks stored before past the end of their document (it was shortened): deleted."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -101,8 +109,31 @@ def read_chunks(path: Path, max_chars: int, report: LoadReport) -> Iterator[Chun
                 continue
             first_line[doc_id] = number
             report.documents += 1
-            for n, piece in enumerate(chunk(text, max_chars)):
-                yield Chunk(f"{doc_id}#{n}", piece, {**doc, "doc": doc_id, "chunk": n})
+            pieces = chunk(text, max_chars)
+            for n, piece in enumerate(pieces):
+                meta = {**doc, "doc": doc_id, "chunk": n}
+                yield Chunk(f"{doc_id}#{n}", piece, meta, last=n == len(pieces) - 1)
+
+
+def _next(c: Chunk) -> str:
+    """The id a chunk after ``c`` in its document would have."""
+    return f"{c.metadata['doc']}#{c.metadata['chunk'] + 1}"
+
+
+async def _delete_from(backend: VectorBackend, info: CollectionInfo, last: Chunk) -> int:
+    """Delete the chunks stored past ``last``, the end of its document now; answer how
+    many there were."""
+    doc, n, deleted = last.metadata["doc"], last.metadata["chunk"] + 1, 0
+    while True:
+        ids = [f"{doc}#{k}" for k in range(n, n + _DELETE_STEP)]
+        gone = await backend.delete(info, SHARED, ids)
+        deleted += gone
+        if gone < _DELETE_STEP:
+            return deleted
+        n += _DELETE_STEP
+
+
+_DELETE_STEP = 256
 
 
 def _digest(text: str) -> str:
@@ -151,8 +182,16 @@ async def load(
     async def one(chunks: list[Chunk]) -> None:
         async with gate:
             if info_box:
-                have = await backend.existing_ids(info_box[0], SHARED, [c.id for c in chunks])
-                todo = [c for c in chunks if c.id not in have]
+                # A chunk is stored already when its id holds its text: an edited document's
+                # chunks are embedded anew, and those past its new end deleted.
+                after = {_next(c): c for c in chunks if c.last}
+                have = await backend.stored_texts(
+                    info_box[0], SHARED, [*(c.id for c in chunks), *after]
+                )
+                todo = [c for c in chunks if have.get(c.id) != c.text]
+                report.updated += sum(1 for c in todo if c.id in have)
+                for beyond in after.keys() & have.keys():
+                    report.removed += await _delete_from(backend, info_box[0], after[beyond])
             else:
                 todo = chunks
             report.skipped += len(chunks) - len(todo)

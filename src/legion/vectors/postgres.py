@@ -297,18 +297,18 @@ class PostgresVectors:
             )
             return int(cur.rowcount)
 
-    async def existing_ids(
+    async def stored_texts(
         self, info: CollectionInfo, session: str, ids: Sequence[str]
-    ) -> set[str]:
+    ) -> dict[str, str]:
         async with self._pg()._connection() as conn:
             table = await self._table(conn, info.name)
             if table is None:
-                return set()
+                return {}
             cur = await conn.execute(
-                sql.SQL(Q["existing_ids"]).format(table=table),
+                sql.SQL(Q["stored_texts"]).format(table=table),
                 {"session": session, "ids": list(ids)},
             )
-            return {r[0] for r in await cur.fetchall()}
+            return {r[0]: r[1] for r in await cur.fetchall()}
 
     async def count(self, info: CollectionInfo, session: str) -> int:
         async with self._pg()._connection() as conn:

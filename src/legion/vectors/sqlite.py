@@ -218,14 +218,12 @@ class SQLiteVectors:
             )
         )
 
-    async def existing_ids(
+    async def stored_texts(
         self, info: CollectionInfo, session: str, ids: Sequence[str]
-    ) -> set[str]:
+    ) -> dict[str, str]:
         params = {"collection": info.name, "session": session, "ids": json.dumps(list(ids))}
         return await self._call(
-            lambda: self._guard(
-                lambda: {r[0] for r in self._conn().execute(Q["existing_ids"], params)}
-            )
+            lambda: self._guard(lambda: dict(self._conn().execute(Q["stored_texts"], params)))
         )
 
     async def count(self, info: CollectionInfo, session: str) -> int:

@@ -74,8 +74,8 @@ LIMIT %(k)s;
 -- name: delete
 DELETE FROM {table} WHERE session = %(session)s AND id = ANY(%(ids)s);
 
--- name: existing_ids
-SELECT id FROM {table} WHERE session = %(session)s AND id = ANY(%(ids)s);
+-- name: stored_texts
+SELECT id, text FROM {table} WHERE session = %(session)s AND id = ANY(%(ids)s);
 
 -- name: count
 SELECT count(*) FROM {table} WHERE session = %(session)s;

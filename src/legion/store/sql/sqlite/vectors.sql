@@ -38,8 +38,8 @@ DELETE FROM vector_items
 WHERE collection = :collection AND session = :session
   AND id IN (SELECT value FROM json_each(:ids));
 
--- name: existing_ids
-SELECT id FROM vector_items
+-- name: stored_texts
+SELECT id, text FROM vector_items
 WHERE collection = :collection AND session = :session
   AND id IN (SELECT value FROM json_each(:ids));
 
