@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.acceptance.conftest import legion
@@ -103,3 +105,19 @@ def test_bench_options_a_scenario_refuses_are_usage_errors(tmp_path: Path) -> No
         assert done.stderr.startswith(f"error: {why}"), (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_measurement_that_fails_in_its_child_is_said_once_without_a_traceback() -> None:
+    script = (
+        "import operator\n"
+        "from legion.bench.child import _call\n"
+        "try:\n"
+        "    _call(operator.truediv, (1, 0))\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout == "truediv: ZeroDivisionError: division by zero\n", done
+    assert "Traceback" not in done.stderr, done.stderr

@@ -11,13 +11,24 @@ from typing import Any
 
 
 def _entry(fn: Callable[..., Any], args: tuple[Any, ...], conn: Connection) -> None:
+    """The child's body: the result, or what went wrong in one line, goes to the parent,
+    which says it; the child exits without a traceback of its own (1, or 130 for a
+    Ctrl-C, which the terminal sends the child too)."""
     try:
-        conn.send(("ok", fn(*args)))
-    except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
+        reply = ("ok", fn(*args))
+    except BaseException as exc:  # (said by the parent)
+        reply = ("error", f"{type(exc).__name__}: {exc}")
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+    else:
+        code = 0
+    try:
+        conn.send(reply)
+    except OSError:  # the parent is gone (it was interrupted too)
+        pass
     finally:
         conn.close()
+    if code:
+        raise SystemExit(code)
 
 
 def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
