@@ -307,6 +307,39 @@ def test_tasks_that_kill_their_worker_die_alone(
         fleet.stop_all()
 
 
+def test_the_tasks_of_a_killed_worker_rerun_in_halves_not_one_by_one(
+    tmp_path: Path, setup: tuple[Path, dict[str, str]]
+) -> None:
+    # A worker SIGKILLed with 20 tasks in flight (an operator's kill -9, a reboot): the
+    # next worker reruns them apart from other work in two groups of 10, not one at a
+    # time, and loses, repeats and charges nothing.
+    app, env = setup
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    fleet = Fleet(tmp_path, app, store, env)
+    try:
+        submit(store, "chain", chains(20, 0.0), 3)
+        first, _ = fleet.start("-c", "20", "--lease-seconds", "2", env={"PAUSE_s0": "3600"})
+        wait_for(
+            lambda: sum(1 for f in ledger(env) if f[:3] == ["begin", f[1], "s0"]) == 20,
+            what="20 tasks in flight",
+        )
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        second, _ = fleet.start("-c", "20", "--lease-seconds", "2", env={"PAUSE_s0": "0.2"})
+        wait_for(lambda: count(store, "status = 'succeeded'") == 20, what="all done")
+        check(store, env, n=20)
+        assert count(store, "attempt <> 1 OR crashes <> 0") == 0  # nothing was charged
+        # At most how many ran s0 at once on the second worker: a group.
+        running = most = 0
+        for f in ledger(env):
+            if f[2] == "s0" and f[4] == str(second.pid):
+                running += 1 if f[0] == "begin" else -1
+                most = max(most, running)
+        assert most == 10, most
+    finally:
+        fleet.stop_all()
+
+
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 

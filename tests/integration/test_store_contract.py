@@ -372,6 +372,58 @@ async def test_a_crash_is_charged_only_to_a_task_that_ran_alone(store: Store) ->
     assert info is not None and info.status is TaskStatus.DEAD
 
 
+async def test_the_tasks_of_a_dead_worker_rerun_apart_in_halves(store: Store) -> None:
+    # A worker killed with 8 tasks in flight (a reboot, not one of them): they rerun apart
+    # from all other work, in two groups of 4, not one by one.
+    ids = [s.id for s in await store.submit([new(value=i) for i in range(9)], NOW)]
+    await store.lease("w1", {"a": 8}, 8, NOW + 600, NOW)
+    assert (await store.reclaim(NOW + 1, ["w1"])).requeued == 8
+    first = await store.lease("w2", {"a": 8}, 8, NOW + 600, NOW, isolated=True)
+    second = await store.lease("w3", {"a": 8}, 8, NOW + 600, NOW, isolated=True)
+    assert len(first) == len(second) == 4
+    assert {t.id for t in first + second} == set(ids[:8])
+    assert await store.lease("w4", {"a": 8}, 8, NOW + 600, NOW, isolated=True) == []
+    # The ninth, never lost, runs with others as ever, and no suspect runs with it.
+    (ordinary,) = await store.lease("w4", {"a": 8}, 8, NOW + 600, NOW)
+    assert ordinary.id == ids[8]
+    # No more than a worker's room: a group of 4 on a worker with 2 free slots is 2.
+    await store.reclaim(NOW + 2, ["w2"])  # its 4 shared it: groups of 2 now
+    assert len(await store.lease("w5", {"a": 8}, 1, NOW + 600, NOW, isolated=True)) == 1
+    assert len(await store.lease("w6", {"a": 8}, 8, NOW + 600, NOW, isolated=True)) == 2
+    assert all(t.attempt == 1 for t in first + second)  # a lost attempt is not counted
+
+
+async def test_a_task_that_kills_every_worker_it_runs_on_ends_alone_and_dead(
+    store: Store,
+) -> None:
+    # Sixteen tasks, one of which stops any worker it runs on: each rerun group that holds
+    # it is lost again and halved, until it runs alone, is charged, and dies; the other
+    # fifteen succeed, never charged, in a few rounds rather than fifteen.
+    ids = [s.id for s in await store.submit([new(value=i) for i in range(16)], NOW)]
+    killer = ids[11]
+    await store.lease("w0", {"a": 16}, 16, NOW + 600, NOW)
+    await store.reclaim(NOW, ["w0"])
+    rounds = 0
+    while rounds < 40:
+        rounds += 1
+        owner = f"w{rounds}"
+        group = await store.lease(owner, {"a": 16}, 16, NOW + 600, NOW, isolated=True)
+        if not group:
+            break
+        if killer in {t.id for t in group}:
+            await store.reclaim(NOW, [owner])
+        else:
+            batch = WriteBatch(completions=[done(t.id, t.attempt, owner) for t in group])
+            assert await store.write(batch, NOW) == [True] * len(group)
+    infos = {i.id: i for i in await store.get_many(ids)}
+    assert infos[killer].status is TaskStatus.DEAD
+    assert infos[killer].attempt == 3  # its three attempts, each spent alone
+    assert all(infos[i].status is TaskStatus.SUCCEEDED for i in ids if i != killer)
+    assert all(infos[i].attempt == 1 for i in ids if i != killer)  # never charged
+    # 8 -> 4 -> 2 -> 1 with the killer, a group each time without it, then 3 alone.
+    assert rounds <= 12, rounds
+
+
 async def test_absolve_lets_the_tasks_taken_from_a_live_worker_run_with_others(
     store: Store,
 ) -> None:

@@ -13,7 +13,7 @@ tasks another could start now.
 
 A lease held ahead is a lease like any other: the heartbeat extends it, a stop or an
 overload gives it back unrun (not charged), a crash leaves it to the reaper as it leaves
-the running ones (uncharged, run alone next, as every task that shared the dead worker).
+the running ones (uncharged, run apart next, as every task that shared the dead worker).
 """
 
 from __future__ import annotations

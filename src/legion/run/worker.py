@@ -15,11 +15,13 @@ once. A step starts only under leases the store confirmed within two heartbeat p
 after a pause (SIGSTOP, a frozen loop) steps wait for the next heartbeat, which stops
 what was lost or cancelled meanwhile.
 
-A task taken back from a worker that stopped while running it among others runs alone
-(nothing else on the worker) until it ends: a task that crashes its worker is then
-charged for it, its neighbours are not. A worker whose leases were taken while it lived
-(cut off from the store, paused) lets those tasks run with others again
-(`Store.absolve`) once it reaches the store.
+A task taken back from a worker that stopped while running it among others runs apart
+from all other work until it ends, in a group of at most half as many as it was lost
+with; a group that loses its worker again is halved again, so a task that crashes its
+worker each time ends up alone and is then charged for it, its neighbours never are. A
+fleet restarted after a kill reruns what it had in flight in two groups, not one by
+one. A worker whose leases were taken while it lived (cut off from the store, paused)
+lets those tasks run with others again (`Store.absolve`) once it reaches the store.
 
 Stopping (`stop`, SIGINT/SIGTERM in the CLI) drains: no new leases, running
 instances get ``drain_timeout`` seconds to finish, the rest are released back to the
@@ -185,7 +187,9 @@ class Worker(Upkeep):
         self._confirmations: list[tuple[int, asyncio.Future[None]]] = []
         self._beat = asyncio.Event()
         self._ambiguous_lease = False  # a lease call failed: the store may have leased rows
-        self._solo: Instance | None = None  # a task that must run alone is running
+        # The tasks running apart from all others now (suspects of a worker's death, a
+        # group that runs alone: see `Store.lease`'s ``isolated``), by id.
+        self._apart: set[int] = set()
         self._reports: set[asyncio.Task[None]] = set()
         self._listener = on_committed
         self._lost_listener = on_lost
@@ -206,7 +210,7 @@ class Worker(Upkeep):
         self._wake = asyncio.Event()
         self._urgent = 0  # raised-priority tasks queued here, leased past admission
         self._raised_polled = -math.inf  # when raised-priority tasks were last looked for
-        self._isolated_polled = -math.inf  # when tasks that must run alone were
+        self._isolated_polled = -math.inf  # when tasks that must run apart were
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
         self._releasing = False  # release_now() was called: every instance is given back
@@ -255,7 +259,7 @@ class Worker(Upkeep):
         ``urgent``: that many tasks of a raised priority were just queued; the next lease
         takes them even while the LLM routes are busy (their calls go first there)."""
         self._urgent += urgent
-        # The new work may be a task that must run alone (one taken back from a worker
+        # The new work may be tasks that must run apart (taken back from a worker
         # that died): look for one at the next lease, not a poll later.
         self._isolated_polled = -math.inf
         self._wake.set()
@@ -383,7 +387,7 @@ class Worker(Upkeep):
                 continue
             # (a cancelled held task starts stopped, past the slots for an instant: not < 0)
             free = max(0, min(cfg.concurrency - len(self._instances), self._admissible()))
-            if free > 0 and self._ahead and self._solo is None:
+            if free > 0 and self._ahead and not self._apart:
                 # Leases held ahead start first, as far as the routes admit them.
                 await self._start_batch(self._ahead.take(free))
                 continue
@@ -396,7 +400,7 @@ class Worker(Upkeep):
                 continue
             ahead = self._lease_ahead()
             wants = self._wants(free + ahead)
-            if free + ahead <= 0 or not wants or self._solo is not None:
+            if free + ahead <= 0 or not wants or self._apart:
                 self._slots.clear()
                 await self._slots.wait()
                 continue
@@ -413,11 +417,12 @@ class Worker(Upkeep):
                 self._slots.clear()
                 leases: list[Lease] = []
                 if not self._instances and not self._ahead and self._isolated_due():
-                    # idle: first a task that must run alone, if any
+                    # idle: first a group of tasks that must run apart, if any (never
+                    # more than one agent's free slots: a group may be of one agent)
                     leases = await self.store.lease(
                         self.id,
                         wants,
-                        1,
+                        max(wants.values()),
                         now + cfg.lease_seconds,
                         now,
                         isolated=True,
@@ -447,8 +452,8 @@ class Worker(Upkeep):
                 if self._stopping.is_set():  # stopped while the lease was out
                     self._give_back_ahead()
             await self._start_batch(leases)
-            if isolated:
-                self._solo = self._instances.get(leases[0].id)
+            if isolated:  # (those that ended already are not waited for)
+                self._apart = {lease.id for lease in leases if lease.id in self._instances}
                 continue
             if got:
                 idle_wait = 0.005
@@ -465,7 +470,7 @@ class Worker(Upkeep):
                 idle_wait = min(idle_wait * 2, cfg.poll_interval)
 
     def _isolated_due(self) -> bool:
-        """Whether to look for a task that must run alone: at most every
+        """Whether to look for tasks that must run apart from others: at most every
         ``poll_interval``. A busy worker is idle between two batches of short tasks, a
         store round trip each time that found nothing (they are rare) and that the next
         batch's lease then waited behind."""
@@ -485,7 +490,7 @@ class Worker(Upkeep):
         now = self._clock.monotonic()
         if self._urgent <= 0 and now - self._raised_polled < cfg.poll_interval:
             return False
-        if self._solo is not None or self._ambiguous_lease:
+        if self._apart or self._ambiguous_lease:
             return False
         room = max(self._admissible(priority=1), self._urgent)
         if room <= 0 and not any(i.lease.priority > 0 for i in self._instances.values()):
@@ -552,7 +557,7 @@ class Worker(Upkeep):
         past it), or while an agent has a cap of its own (held, it would not count)."""
         self._ahead_open = (
             self._ahead.cap > 0
-            and self._solo is None
+            and not self._apart
             and self._admission_open()
             and all(a.options.concurrency is None for a in self._agents.values())
         )
@@ -780,9 +785,10 @@ class Worker(Upkeep):
         self._expiry.discard(inst)
         if task is not None:
             self._by_task.pop(task, None)
-        if inst is self._solo:
-            self._solo = None
-            self._slots.set()
+        if self._apart and inst.lease.id in self._apart:
+            self._apart.discard(inst.lease.id)
+            if not self._apart:
+                self._slots.set()
         if inst.fatal is not None and self.fatal_error is None:
             self.abort(inst.fatal)
         self._running[inst.agent.name] -= 1
@@ -790,7 +796,7 @@ class Worker(Upkeep):
         if self._ahead and len(self._instances) < self.config.concurrency:
             if (
                 self._ahead_open
-                and self._solo is None
+                and not self._apart
                 and self._overloaded is None
                 and not self._stopping.is_set()
                 and self._admission_open()

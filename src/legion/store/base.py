@@ -76,9 +76,11 @@ class TaskQueue(Protocol):
         """Lease to ``owner`` up to ``wants[agent]`` ready tasks of each agent (in the
         mapping's order) and at most ``total`` in all, each with every step recorded for
         it so far. The lease lasts ``until - now`` seconds (on PostgreSQL, counted on the
-        database's clock). ``isolated``: one task of those agents that must run alone
-        (taken back from a worker that stopped while running it among others); the
-        ordinary call never leases those. ``offer``: the resources the worker offers; a
+        database's clock). ``isolated``: a group of tasks of those agents that must run
+        apart from all others (taken back from a worker that stopped while running them
+        among others), at most ``total`` and at most the first one's ``isolate_group``
+        (half of those it was lost with: a task that stops its worker each time ends up
+        alone); the ordinary call never leases those. ``offer``: the resources the worker offers; a
         task whose ``needs`` it does not cover (every amount) is not leased to it.
         ``min_priority``: only tasks of at least that priority (a worker whose LLM routes
         are busy still takes raised-priority work, whose calls go first there)."""
@@ -107,7 +109,7 @@ class TaskQueue(Protocol):
     async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
         """Take back expired leases (on PostgreSQL: expired by the database's clock; ``now``
         is the SQLite store's) and those of ``dead_owners``. A task is charged the stop
-        only if its worker ran it alone; the others run alone next."""
+        only if its worker ran it alone; the others run apart next, in halving groups."""
 
     async def now(self) -> float:
         """The store's time, in seconds since the epoch: the database's clock on PostgreSQL

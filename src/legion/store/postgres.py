@@ -431,6 +431,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     "now": float(now),
                     "agents": [agent for agent, _ in asks],
                     "offer": offered,
+                    "limit": total,
                 }
                 await cur.execute(Q["lease_isolated"], params)
                 rows.extend(await cur.fetchall())

@@ -319,7 +319,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         if isolated:
             return await self._call(
                 self._transaction,
-                lambda db: self._lease_isolated(db, owner, wants, until, now, offered),
+                lambda db: self._lease_isolated(db, owner, wants, total, until, now, offered),
             )
         return await self._call(
             self._transaction,
@@ -331,12 +331,20 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         db: sqlite3.Connection,
         owner: str,
         wants: Mapping[str, int],
+        total: int,
         until: float,
         now: float,
         offer: str,
     ) -> list[Lease]:
         agents = codec.dumps([a for a, n in wants.items() if n > 0]).decode()
-        params = {"owner": owner, "until": until, "now": now, "agents": agents, "offer": offer}
+        params = {
+            "owner": owner,
+            "until": until,
+            "now": now,
+            "agents": agents,
+            "offer": offer,
+            "limit": total,
+        }
         return _with_steps(db, db.execute(Q["lease_isolated"], params).fetchall())
 
     @staticmethod

@@ -80,12 +80,11 @@ RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t
     t.tenant;
 
 -- name: lease_isolated
--- One task to run alone (taken back from a worker that stopped while running it with others).
-UPDATE tasks AS t
-SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
-    lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
-FROM (
-    SELECT id FROM tasks
+-- A group of tasks to run apart from all others (taken back from a worker that stopped
+-- while running them with others): the first in line and, up to its `isolate_group` (and
+-- %(limit)s) in all, others in line that may run in a group that large.
+WITH first AS (
+    SELECT least(isolate_group, %(limit)s) AS size FROM tasks
     WHERE status = 'queued' AND isolate AND agent = ANY(%(agents)b::text[])
       AND not_before <= %(now)s
       AND (needs IS NULL OR NOT EXISTS (
@@ -93,6 +92,20 @@ FROM (
           WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
     ORDER BY priority DESC, id
     LIMIT 1
+)
+UPDATE tasks AS t
+SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
+    lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
+FROM (
+    SELECT id FROM tasks
+    WHERE status = 'queued' AND isolate AND agent = ANY(%(agents)b::text[])
+      AND not_before <= %(now)s
+      AND isolate_group >= (SELECT size FROM first)
+      AND (needs IS NULL OR NOT EXISTS (
+          SELECT 1 FROM jsonb_each_text(needs) AS n
+          WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
+    ORDER BY priority DESC, id
+    LIMIT coalesce((SELECT size FROM first), 0)
     FOR UPDATE SKIP LOCKED
 ) AS picked
 WHERE t.id = picked.id
@@ -271,18 +284,24 @@ WHERE datname = current_database() AND usename = current_user
 -- name: reclaim
 -- Leases that expired (on the database's clock), or whose worker is known dead, go back
 -- to the queue. The stop is charged to the task only if its worker ran it alone (its own
--- crash count); a task that shared the worker runs alone next (`isolate`), its attempt
--- not counted, until it ends. A task whose worker stopped while running it alone on its
+-- crash count); a task that shared the worker runs apart from all others next
+-- (`isolate`), its attempt not counted, until it ends: in a group of at most half as many
+-- as it was lost with (`isolate_group`), so that the one that stops its workers ends up
+-- alone. A task whose worker stopped while running it alone on its
 -- last attempt is dead. SKIP LOCKED: a locked row is being completed right now. Each
 -- attempt ended here gets its row in `attempts` (outcome `lost`) in the same statement.
-WITH r AS (
+WITH s AS (
     SELECT id, attempt, lease_owner, started_at,
            (SELECT count(*) FROM tasks AS o
-            WHERE o.lease_owner = x.lease_owner AND o.status = 'running') = 1 AS alone
+            WHERE o.lease_owner = x.lease_owner AND o.status = 'running') AS shared
     FROM tasks AS x
     WHERE status = 'running'
       AND (lease_expires < legion_now() OR lease_owner = ANY(%(dead_owners)b::text[]))
     FOR UPDATE SKIP LOCKED
+), r AS (
+    SELECT id, attempt, lease_owner, started_at, shared = 1 AS alone,
+           greatest(1, shared / 2) AS group_size
+    FROM s
 ), u AS (
     UPDATE tasks AS t
     SET status = CASE
@@ -294,6 +313,7 @@ WITH r AS (
         attempt = CASE WHEN t.cancel_requested OR r.alone THEN t.attempt ELSE t.attempt - 1 END,
         crashes = t.crashes + CASE WHEN r.alone THEN 1 ELSE 0 END,
         isolate = NOT t.cancel_requested,
+        isolate_group = r.group_size,
         lease_owner = NULL, lease_expires = NULL,
         finished_at = CASE WHEN t.cancel_requested OR (r.alone AND t.attempt >= t.max_attempts)
                            THEN %(now)s END

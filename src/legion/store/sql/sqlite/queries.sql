@@ -71,20 +71,28 @@ SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'queued';
 
 -- name: lease_isolated
--- One task to run alone (taken back from a worker that stopped while running it with others).
-UPDATE tasks
-SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
-    lease_expires = :until, started_at = :now, finished_at = NULL
-WHERE id IN (
-    SELECT id FROM tasks
+-- A group of tasks to run apart from all others (taken back from a worker that stopped
+-- while running them with others): the first in line and, up to its `isolate_group` (and
+-- :limit) in all, others in line that may run in a group that large.
+WITH suspect AS (
+    SELECT id, isolate_group, priority FROM tasks
     WHERE status = 'queued' AND isolate AND agent IN (SELECT value FROM json_each(:agents))
       AND not_before <= :now
       AND (needs IS NULL OR NOT EXISTS (
           SELECT 1 FROM json_each(needs) AS n
           WHERE n.value > coalesce((SELECT o.value FROM json_each(:offer) AS o
                                     WHERE o.key = n.key), 0)))
+), first AS (
+    SELECT min(isolate_group, :limit) AS size FROM suspect ORDER BY priority DESC, id LIMIT 1
+)
+UPDATE tasks
+SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
+    lease_expires = :until, started_at = :now, finished_at = NULL
+WHERE id IN (
+    SELECT id FROM suspect
+    WHERE isolate_group >= (SELECT size FROM first)
     ORDER BY priority DESC, id
-    LIMIT 1
+    LIMIT coalesce((SELECT size FROM first), 0)
 )
 RETURNING id, agent, input, key, session, attempt, max_attempts, priority, tenant;
 
@@ -221,14 +229,18 @@ WHERE status = 'running'
 -- name: reclaim
 -- Leases that expired, or whose worker is known dead, go back to the queue. The stop is
 -- charged to the task only if its worker ran it alone (its own crash count); a task that
--- shared the worker runs alone next (`isolate`), its attempt not counted, until it ends.
+-- shared the worker runs apart from all others next (`isolate`), its attempt not counted,
+-- until it ends: in a group of at most half as many as it was lost with
+-- (`isolate_group`), so that the one that stops its workers ends up alone.
 -- A task whose worker stopped while running it alone on its last attempt is dead.
-WITH r AS (
+WITH s AS (
     SELECT id, (SELECT count(*) FROM tasks AS o
-                WHERE o.lease_owner = x.lease_owner AND o.status = 'running') = 1 AS alone
+                WHERE o.lease_owner = x.lease_owner AND o.status = 'running') AS shared
     FROM tasks AS x
     WHERE status = 'running'
       AND (lease_expires < :now OR lease_owner IN (SELECT value FROM json_each(:dead_owners)))
+), r AS (
+    SELECT id, shared = 1 AS alone, max(1, shared / 2) AS group_size FROM s
 )
 UPDATE tasks
 SET status = CASE
@@ -239,6 +251,7 @@ SET status = CASE
     attempt = CASE WHEN cancel_requested OR r.alone THEN attempt ELSE attempt - 1 END,
     crashes = crashes + r.alone,
     isolate = NOT cancel_requested,
+    isolate_group = r.group_size,
     lease_owner = NULL, lease_expires = NULL,
     finished_at = CASE WHEN cancel_requested OR (r.alone AND attempt >= max_attempts) THEN :now END
 FROM r
