@@ -340,10 +340,54 @@ def _rebuild(cls: type[Exception], message: str, fields: dict[str, Any]) -> Exce
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether a task that ended with ``exc`` should be tried again."""
+    """Whether a task that ended with ``exc`` should be tried again: an SDK's error for a
+    call legion made (``ctx.llm.openai()``) as legion's error for it would be."""
     if isinstance(exc, AgentError):
         return exc.retryable
+    verdict = sdk_verdict(exc)
+    if verdict is not None:
+        return verdict[0]
     from pydantic import ValidationError  # here: `import legion` starts without pydantic
 
     # A validation error means bad data, which retrying cannot fix.
     return not isinstance(exc, ValidationError)
+
+
+RETRYABLE_HEADER = "x-legion-retryable"
+FATAL_HEADER = "x-legion-fatal"
+"""Headers of the HTTP error legion's SDK transport answers for a call it could not make
+(`legion.llm.sdk.transport`): whether legion's own error for the call was retryable, and
+whether it stops the run (a rejected API key)."""
+
+
+def sdk_verdict(exc: BaseException) -> tuple[bool, bool] | None:
+    """``(retryable, fatal)`` that legion's SDK transport put on the HTTP response an SDK
+    raised ``exc`` for (an ``openai.APIStatusError``, or a framework's error raised from
+    one: the chain of causes is followed), or ``None`` for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        headers = getattr(getattr(current, "response", None), "headers", None)
+        value = _header(headers, RETRYABLE_HEADER)
+        if value is not None:
+            return value == "true", _header(headers, FATAL_HEADER) == "true"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Whether ``exc`` stops the whole run, every other task meeting it too (a rejected
+    API key): legion's own error, or an SDK's for a call legion made."""
+    if getattr(exc, "fatal", False):
+        return True
+    verdict = sdk_verdict(exc)
+    return verdict is not None and verdict[1]
+
+
+def _header(headers: Any, name: str) -> str | None:
+    try:
+        value = headers.get(name) if headers is not None else None
+    except Exception:  # (not a mapping of headers after all)
+        return None
+    return value if isinstance(value, str) else None

@@ -9,10 +9,12 @@ import anthropic
 import openai
 
 import legion
-from legion import Runtime
-from legion.llm import SimulatedProvider, open_client
+from legion import Runtime, TaskStatus
+from legion.errors import ProviderAuthError, ProviderRejected
+from legion.llm import Capacity, Route, SimulatedProvider, open_client
 from legion.llm.client import LLMClient
 from legion.store import store_from_url
+from legion.testing import ScriptedProvider
 
 
 def simulated(client: LLMClient) -> SimulatedProvider:
@@ -172,3 +174,38 @@ async def test_a_failure_legion_could_not_retry_is_the_sdk_s_own_error(db_url: s
         (result,) = [r async for r in rt.map(bad, ["x"])]
     assert result.output.startswith("400") and "n=1" in result.output
     assert issubclass(anthropic.BadRequestError, anthropic.APIStatusError)  # mapped alike
+
+
+async def test_an_sdk_error_for_a_call_legion_could_not_make_is_retried_as_legions_would_be(
+    db_url: str,
+) -> None:
+    # A request legion cannot take (n=3), a provider's refusal (400) and a rejected key:
+    # the SDK raises its own error, and the task is not retried (the run stops for the
+    # key), as the same failure of ctx.llm.chat is treated.
+    @legion.agent(retries=3, backoff=0)
+    async def sdk_call(ctx: legion.Context, n: int) -> str:
+        r = await ctx.llm.openai().chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], n=n
+        )
+        return str(r.choices[0].message.content)
+
+    refused = ProviderRejected("no such model", provider="scripted", status=404)
+    provider = ScriptedProvider([refused, "fine"])
+    llm = LLMClient([Route("default", provider, "m", Capacity("default"))])
+    async with Runtime(db_url, llm=llm) as rt:
+        results = [await rt.result((await rt.submit(sdk_call, n)).id) for n in (3, 1, 1)]
+    (wire, rejected, ok) = results
+    assert (wire.status, wire.attempt) == (TaskStatus.FAILED, 1), wire
+    assert wire.error is not None and wire.error.type == "BadRequestError"
+    assert (rejected.status, rejected.attempt) == (TaskStatus.FAILED, 1), rejected
+    assert rejected.error is not None and rejected.error.type == "NotFoundError"
+    assert ok.status is TaskStatus.SUCCEEDED and ok.output == "fine"
+    assert len(provider.requests) == 2  # nothing sent twice
+
+    bad_key = ProviderAuthError("bad key", provider="scripted", status=401)
+    keyless = LLMClient([Route("default", ScriptedProvider([bad_key]), "m", Capacity("x"))])
+    async with Runtime(db_url, llm=keyless) as rt:
+        (stopped,) = [await rt.result((await rt.submit(sdk_call, 1)).id)]
+        assert stopped.status is TaskStatus.FAILED and stopped.attempt == 1, stopped
+        assert stopped.error is not None and stopped.error.type == "AuthenticationError"
+        assert rt.fatal_error is not None  # the run stops: every task would meet it

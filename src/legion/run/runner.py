@@ -30,6 +30,7 @@ from legion.errors import (
     RetryAfterTooLong,
     TaskTimeout,
     UnawaitedWork,
+    is_fatal,
     is_retryable,
 )
 from legion.journal import Journal
@@ -276,7 +277,7 @@ async def run_instance(
                 time_=instance,
             )
         else:
-            if getattr(error, "fatal", False):
+            if is_fatal(error):
                 instance.fatal = error
             done = _failure(
                 lease,

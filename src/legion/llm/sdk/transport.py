@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx2
 
-from legion.errors import LegionError, Permanent
+from legion.errors import FATAL_HEADER, RETRYABLE_HEADER, LegionError, Permanent, is_retryable
 from legion.llm.deltas import Delta
 from legion.llm.sdk import anthropic_wire, openai_wire
 from legion.llm.sdk.live import LiveCall
@@ -136,7 +136,7 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         path = request.url.path.rstrip("/")
         try:
             if request.method != "POST":
-                return self._error(404, f"legion serves no {request.method} {path}")
+                return self._error(404, f"legion serves no {request.method} {path}", None)
             if self._dialect == "openai":
                 if path.endswith("/chat/completions"):
                     return await self._openai_chat(openai_wire.parse_chat(body), body)
@@ -144,9 +144,11 @@ class LegionTransport(httpx2.AsyncBaseTransport):
                     return await self._openai_embed(body)
             elif path.endswith("/messages"):
                 return await self._anthropic_messages(anthropic_wire.parse_messages(body), body)
-            return self._error(404, f"legion serves no POST {path} for the {self._dialect} SDK")
+            return self._error(
+                404, f"legion serves no POST {path} for the {self._dialect} SDK", None
+            )
         except (WireError, LegionError) as exc:
-            return self._error(error_status(exc), str(exc))
+            return self._error(error_status(exc), str(exc), exc)
 
     def route_for(self, model: str) -> str:
         """The route a request for ``model`` takes."""
@@ -209,9 +211,22 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         content = anthropic_wire.render_message(response, chat.model)
         return httpx2.Response(200, headers=_JSON, content=content)
 
-    def _error(self, status: int, message: str) -> httpx2.Response:
+    def _error(
+        self, status: int, message: str, exc: WireError | LegionError | None
+    ) -> httpx2.Response:
+        """The HTTP error the SDK raises its own error from, with legion's verdict on the
+        call in its headers (`legion.errors.sdk_verdict`): the SDK's error (or a
+        framework's, raised from it) is then retried, or not, or stops the run, as
+        legion's own error would have been (``exc``; ``None`` and a request legion cannot
+        take: not retryable)."""
         render: Callable[[int, str], bytes] = (
             openai_wire.render_error if self._dialect == "openai" else anthropic_wire.render_error
         )
-        headers = {**_JSON, "x-should-retry": "false"}
+        retryable = isinstance(exc, LegionError) and is_retryable(exc)
+        headers = {
+            **_JSON,
+            "x-should-retry": "false",
+            RETRYABLE_HEADER: "true" if retryable else "false",
+            FATAL_HEADER: "true" if getattr(exc, "fatal", False) else "false",
+        }
         return httpx2.Response(status, headers=headers, content=render(status, message))
