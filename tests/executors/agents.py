@@ -231,3 +231,9 @@ async def doubled(ctx: legion.Context, i: int) -> dict[str, int]:
 async def needs_a_widget(ctx: legion.Context, n: int) -> str:
     """Runs only where a widget is: says which node that was."""
     return _node()
+
+
+@legion.agent(retries=2)
+async def sdk_client(ctx: legion.Context, kind: str) -> str:
+    client = ctx.llm.openai() if kind == "openai" else ctx.llm.anthropic()
+    return type(client).__name__

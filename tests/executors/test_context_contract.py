@@ -113,3 +113,15 @@ async def test_a_batch_tier_call_waits_for_its_batch_and_costs_half(
     standard_cost = steps[standard_key].output["cost_usd"]
     assert standard_cost > 0
     assert r.usage["cost_usd"] == pytest.approx(1.5 * standard_cost)
+
+
+async def test_an_sdk_client_in_a_child_process_is_refused_at_once_saying_why(
+    db_url: str,
+) -> None:
+    executor = ProcessExecutor(processes=1, memory_limit_mb=300)
+    async with Runtime(db_url, executors={"process": executor}, executor="process") as rt:
+        for kind in ("openai", "anthropic"):
+            r = await run_one(rt, agents.sdk_client, kind)
+            assert (r.status, r.attempt) == (TaskStatus.FAILED, 1), r  # not retried
+            assert r.error is not None and r.error.type == "Permanent"
+            assert f"ctx.llm.{kind}() (and the framework integrations" in r.error.message

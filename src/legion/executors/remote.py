@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from legion import codec
 from legion.agent import Agent
 from legion.context import gather
-from legion.errors import AgentLoadError
+from legion.errors import AgentLoadError, Permanent
 from legion.executors import protocol as p
 from legion.loader import load_module
 from legion.steps import step_key
@@ -286,6 +286,22 @@ class RemoteLLM:
         from legion.llm.embeddings import Embeddings
 
         return Embeddings.from_json(await self._link.call(p.LLM_EMBED, list(texts), model, params))
+
+    def openai(self, model: str | None = None) -> Any:
+        """Not away from the worker: an SDK client's transport needs the worker's routes."""
+        raise _no_sdk("openai")
+
+    def anthropic(self, model: str | None = None) -> Any:
+        """Not away from the worker (see `openai`)."""
+        raise _no_sdk("anthropic")
+
+
+def _no_sdk(kind: str) -> Permanent:
+    return Permanent(
+        f"ctx.llm.{kind}() (and the framework integrations built on it) runs on the async "
+        "executor only, not in a child process or on Ray (--executor process|ray): run "
+        "this agent without them, or call ctx.llm.chat instead"
+    )
 
 
 class RemoteCollection:
