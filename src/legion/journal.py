@@ -26,11 +26,11 @@ from typing import Protocol
 
 from legion import codec, faults
 from legion.clock import Clock, system_clock
-from legion.errors import LeaseLost, StorageFull, StoreUnavailable
+from legion.errors import LeaseLost, OutputError, StorageFull, StoreUnavailable
 from legion.record import record
 from legion.store.base import TaskQueue, TaskReader
 from legion.store.types import DiagnosticRecord, MemoryWrite, WriteBatch
-from legion.task import Completion, Lease, Outcome, StepRecord, TaskInfo, TaskStatus
+from legion.task import Completion, ErrorInfo, Lease, Outcome, StepRecord, TaskInfo, TaskStatus
 
 log = logging.getLogger("legion.journal")
 
@@ -85,6 +85,11 @@ class Journal:
         # set and cleared once per batch, not once per write).
         self._kicked = False
         self._closing = False
+        # Rows the store refused alone, for good (see `_isolate`), until the flush that
+        # wrote their batch answers for them: the tasks whose step or memory write it was,
+        # with why, and the failed ends written for refused completions, by the original.
+        self._unstorable: dict[int, str] = {}
+        self._replaced: dict[int, Completion] = {}
         self.commits = 0
         self.rows = 0
 
@@ -172,8 +177,12 @@ class Journal:
             self.rows += len(batch)
             lost = batch.lost
             refused: set[tuple[int, int]] = set()
+            unstorable, self._unstorable = self._unstorable, {}
             for task_id, attempt, fut in waiters:
-                if task_id is not None and task_id in lost:
+                if task_id is not None and task_id in unstorable:
+                    if not fut.done():
+                        fut.set_exception(OutputError(unstorable[task_id]))
+                elif task_id is not None and task_id in lost:
                     refused.add((task_id, attempt))
                     if not fut.done():
                         fut.set_exception(LeaseLost(task_id, attempt))
@@ -186,9 +195,10 @@ class Journal:
             if batch.completions and faults.ARMED:
                 faults.hit("completed")
             if batch.completions:
+                replaced, self._replaced = self._replaced, {}
                 self._on_committed(
                     [
-                        Committed(lease, c, ok)
+                        Committed(lease, replaced.get(id(c), c), ok)
                         for lease, c, ok in zip(leases, batch.completions, applied, strict=True)
                     ]
                 )
@@ -223,11 +233,32 @@ class Journal:
     async def _isolate(self, batch: WriteBatch, error: Exception) -> list[bool]:
         """The store refused ``batch`` REFUSALS times in a row, not because it was away or
         full: something in it cannot be stored, and the other tasks' rows must not wait on
-        it. Its halves are written apart, down to the rows the store refuses alone; such
-        a row is given up, its task's writes counted as refused (`WriteBatch.lost`: the
+        it. Its halves are written apart, down to the rows the store refuses alone: what
+        the task gave cannot be kept (a result past the store's size limit), and running
+        it again would give it again. A refused step or memory write raises `OutputError`
+        where the agent awaits it; a refused end of an attempt is written as a failure
+        that says so, without its result; a diagnostic is dropped. Should the store
+        refuse that too, the task's writes count as refused (`WriteBatch.lost`: the
         instance stops, and the task runs again once its lease runs out)."""
         if len(batch) == 1:
             task_id = _task_of(batch)
+            why = f"the store refused to keep it {REFUSALS} times, alone ({error})"
+            if batch.completions and not _bare(batch.completions[0]):
+                refused = batch.completions[0]
+                failed = _failed(refused, f"the end of attempt {refused.attempt}: {why}")
+                log.error("task %s: %s; written failed, without it", task_id, why)
+                written = await self._commit(WriteBatch(completions=[failed]), retried=True)
+                if written[0]:
+                    self._replaced[id(refused)] = failed
+                return written
+            if task_id is not None and (batch.steps or batch.memory):
+                what = f"step {batch.steps[0].key!r}" if batch.steps else "a memory write"
+                log.error("task %s: %s: %s", task_id, what, why)
+                self._unstorable[task_id] = f"{what} of this task cannot be stored: {why}"
+                return []
+            if batch.diagnostics:
+                log.error("task %s: a diagnostic dropped: %s", task_id, why)
+                return []
             log.error(
                 "the store refused a write of task %s %d times (%s): given up; the task runs "
                 "again once its lease runs out",
@@ -285,6 +316,30 @@ def _halves(batch: WriteBatch) -> tuple[WriteBatch, WriteBatch]:
     for n, (kind, row) in enumerate(rows):
         getattr(halves[n >= middle], kind).append(row)
     return halves
+
+
+def _bare(c: Completion) -> bool:
+    """Whether a completion carries nothing the store could refuse to keep (nothing but
+    its outcome and times): a refused one is never replaced again."""
+    return c.output is None and c.usage is None and c.error is None and c.wait is None
+
+
+def _failed(c: Completion, why: str) -> Completion:
+    """``c`` as a failure that keeps nothing of what it carried: not retried, since the
+    attempt would give the same again."""
+    return Completion(
+        c.id,
+        c.attempt,
+        c.owner,
+        Outcome.FAILED,
+        error=ErrorInfo("OutputError", why[:2000]),
+        started_at=c.started_at,
+        finished_at=c.finished_at,
+        running=c.running,
+        waited=c.waited,
+        tenant=c.tenant,
+        agent=c.agent,
+    )
 
 
 def _task_of(batch: WriteBatch) -> int | None:

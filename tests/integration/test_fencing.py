@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -309,7 +310,7 @@ async def test_a_refused_write_of_an_earlier_attempt_does_not_stop_the_current_o
 async def test_a_row_the_store_refuses_for_good_stalls_no_other_task(tmp_path: Path) -> None:
     """The journal retried a refused batch without end, every task of it left running.
     Refused three times (not as unavailable), the batch is written in halves: the other
-    tasks' rows commit, and the refused row's task stops as if its lease were lost."""
+    tasks' rows commit, and the refused step raises `OutputError` in its agent."""
     ran: list[int] = []
     release = asyncio.Event()
 
@@ -329,9 +330,47 @@ async def test_a_row_the_store_refuses_for_good_stalls_no_other_task(tmp_path: P
             release.set()
             others = [r async for r in rt.results(ids[1:])]
             assert sorted(r.output for r in others) == list(range(1, 8))
-            poisoned = await rt.get(ids[0])
-            assert poisoned is not None and poisoned.status is TaskStatus.RUNNING
+            (poisoned,) = [r async for r in rt.results(ids[:1])]
+            assert (poisoned.status, poisoned.attempt) == (TaskStatus.FAILED, 1), poisoned
+            assert poisoned.error is not None and poisoned.error.type == "OutputError"
+            assert "step 'poison' of this task cannot be stored" in poisoned.error.message
             assert 0 not in ran  # its step was never recorded, so it did not go on
+            assert await rt.store.steps(ids[0]) == []
+    finally:
+        await store.aclose()
+
+
+async def test_a_result_past_the_stores_size_limit_fails_its_task_saying_so(
+    tmp_path: Path,
+) -> None:
+    """A result SQLite will not hold (past its length limit, here lowered to 64 KB): the
+    task failed at once saying so, its neighbours in the same commit unharmed. It was
+    given up as a lost lease, run again, and recorded dead for a crash it never had."""
+    release = asyncio.Event()
+
+    @legion.agent(retries=3, backoff=0)
+    async def answer(ctx: legion.Context, size: int) -> str:
+        await release.wait()  # every end in one commit
+        return "x" * size
+
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    assert store._conn is not None
+    store._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 65_536)  # SQLite's own refusal
+    try:
+        async with Runtime(store, lease_seconds=600) as rt, asyncio.timeout(60):
+            ids = [s.id for s in await rt.submit_many(answer, [100_000, 10, 20, 30])]
+            release.set()
+            results = {r.id: r async for r in rt.results(ids)}
+            big = results[ids[0]]
+            assert (big.status, big.attempt) == (TaskStatus.FAILED, 1), big
+            assert big.error is not None and big.error.type == "OutputError"
+            assert "the end of attempt 1: the store refused to keep it" in big.error.message
+            assert "too big" in big.error.message
+            stored = await rt.get(ids[0])
+            assert stored is not None and stored.status is TaskStatus.FAILED
+            assert stored.output is None
+            assert [results[i].output for i in ids[1:]] == ["x" * 10, "x" * 20, "x" * 30]
     finally:
         await store.aclose()
 
