@@ -172,8 +172,9 @@ PoolSizeOpt = Annotated[
     typer.Option(
         "--pool-size",
         min=1,
-        help="Child processes of the process executor (default: one per CPU); keep "
-        "--concurrency close to it, as waiting for a free process counts against the timeout.",
+        help="Child processes of the process executor (default: one per CPU). Tasks past "
+        "it wait for a free process (not counted against their timeout; their --deadline "
+        "counts it): keep --concurrency close to it.",
     ),
 ]
 MemoryLimitOpt = Annotated[
@@ -181,8 +182,9 @@ MemoryLimitOpt = Annotated[
     typer.Option(
         "--memory-limit",
         min=16,
-        help="Most memory one agent process may use, in MB (process executor): a task that "
-        "goes over fails with a clear error and its process is replaced.",
+        help="Most memory one agent process may use, in MB (process executor; its address "
+        "space, of which the interpreter alone maps ~40 MB): a task that goes over fails "
+        "with a clear error and its process is replaced.",
     ),
 ]
 

@@ -42,6 +42,17 @@ def executors_from_options(
     """
     if executor is not None and executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    # Options for an executor that --executor keeps every agent off are refused, not
+    # ignored (a Ray address given with --executor process connected to Ray for nothing).
+    if ray_address is not None and executor in ("async", "process"):
+        raise ConfigError(
+            f"--ray-address is for the ray executor; --executor {executor} runs no agent on Ray"
+        )
+    if executor in ("async", "ray") and (processes is not None or memory_limit_mb is not None):
+        raise ConfigError(
+            "--pool-size and --memory-limit are for the process executor; "
+            f"--executor {executor} runs no agent in a child process"
+        )
     found: dict[str, Executor] = {
         "process": ProcessExecutor(processes=processes, memory_limit_mb=memory_limit_mb)
     }

@@ -22,6 +22,8 @@ import functools
 import importlib.util
 import itertools
 import logging
+import re
+import threading
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -77,12 +79,18 @@ class RayExecutor:
             raise ConfigError(f"the ray executor needs Ray: {install_hint('ray')}")
         if num_cpus < 0:
             raise ConfigError("num_cpus must be >= 0")
+        if address is not None and not _ADDRESS.match(address):
+            raise ConfigError(
+                f"bad Ray address {address!r}: give host:port, ray://host:port, auto or local"
+            )
         self.address = address
         self.num_cpus = num_cpus
         self.resources = dict(resources or {})
         self._init_options = dict(init_options or {})
         self._by_agent: dict[str, Any] = {}  # Ray tasks asking for an agent's resources
         self._owns_ray = False
+        # Set to let the thread that connected to Ray end (see `_connect`).
+        self._connected: threading.Event | None = None
         self._remote: Any = None
         self._function: Any = None
         self._bridge: Any = None
@@ -104,7 +112,7 @@ class RayExecutor:
         if not ray.is_initialized():
             # ray.init blocks for seconds; the event loop serves other things meanwhile.
             address = "local" if self.address is None else self.address
-            await asyncio.to_thread(ray.init, address=address, **self._init_options)
+            self._connected = await _connect(ray, address, self._init_options)
             self._owns_ray = True
         self._function = ray.remote(_run_instance)
         self._remote = self._function.options(
@@ -191,6 +199,9 @@ class RayExecutor:
         if self._owns_ray:
             await asyncio.to_thread(ray.shutdown)
             self._owns_ray = False
+        if self._connected is not None:
+            self._connected.set()
+            self._connected = None
 
     async def _pump_calls(self) -> None:
         """Take the remote instances' calls from the bridge and serve each with its host."""
@@ -319,3 +330,53 @@ class Bridge:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
+"""What ``ray.init`` takes as a cluster's address."""
+
+CONNECT_TIMEOUT = 60.0
+"""Seconds to reach a Ray cluster at a given address before giving up (Ray itself keeps
+trying for ever)."""
+
+
+async def _connect(ray: Any, address: str, options: Mapping[str, Any]) -> threading.Event:
+    """``ray.init`` in a thread of its own: a cluster that does not answer is a
+    `ConfigError` after `CONNECT_TIMEOUT` (the thread, a daemon, is left to Ray), not a
+    run that hangs while Ray retries. The thread lives on until the event answered is
+    set: the processes of a local Ray instance it started die with the thread that
+    started them (their parent-death signal)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    release = threading.Event()
+
+    def run() -> None:
+        try:
+            ray.init(address=address, **options)
+        except BaseException as exc:  # (handed to the waiting coroutine)
+            loop.call_soon_threadsafe(_settle, done, exc)
+            return
+        loop.call_soon_threadsafe(_settle, done, None)
+        release.wait()
+
+    threading.Thread(target=run, name="legion-ray-init", daemon=True).start()
+    timeout = None if address == "local" else CONNECT_TIMEOUT
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout)
+    except TimeoutError:
+        raise ConfigError(
+            f"could not reach a Ray cluster at {address} within {CONNECT_TIMEOUT:.0f} s "
+            "(is it running, and is --ray-address its GCS address?)"
+        ) from None
+    except ConnectionError as exc:
+        raise ConfigError(f"could not reach a Ray cluster at {address}: {exc}") from None
+    return release
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
