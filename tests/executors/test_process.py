@@ -244,3 +244,37 @@ async def test_a_child_does_not_outlive_a_killed_worker(tmp_path: Path) -> None:
             worker.kill()
             await worker.wait()
     await exited(pid)
+
+
+async def test_a_memory_limit_below_what_the_process_maps_says_so_and_hangs_nothing(
+    db_url: str,
+) -> None:
+    # Under what the interpreter maps before it runs anything, every allocation failed,
+    # reading its pipe too: a loop of MemoryErrors in the child, the task running until
+    # its timeout. Now the child says why it cannot start.
+    executor = ProcessExecutor(processes=1, memory_limit_mb=16)
+    async with Runtime(db_url, executors={"process": executor}, executor="process") as rt:
+        r = await rt.result((await rt.submit(agents.echo, "x")).id)
+    assert r.status is TaskStatus.DEAD and r.error is not None, r
+    assert r.error.type == "InstanceLost"
+    assert "--memory-limit 16 MB is below what the agent's process maps" in r.error.message
+
+
+def test_options_for_an_executor_no_agent_runs_on_are_refused_not_ignored() -> None:
+    from legion.errors import ConfigError
+    from legion.executors import executors_from_options
+    from legion.executors.ray import RayExecutor
+
+    for executor, ray, pool, memory, why in (
+        ("process", "auto", None, None, "--ray-address is for the ray executor"),
+        ("async", "auto", None, None, "--ray-address is for the ray executor"),
+        ("async", None, 2, None, "--pool-size and --memory-limit are for the process"),
+        ("ray", None, None, 300, "--pool-size and --memory-limit are for the process"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            executors_from_options(executor, ray, pool, memory)
+    for bad in ("bogus", "http://x", "host:port", "ray://", ""):
+        with pytest.raises(ConfigError, match="bad Ray address"):
+            RayExecutor(bad)
+    for good in ("auto", "local", "127.0.0.1:6379", "ray://head.example:10001", "[::1]:6379"):
+        assert RayExecutor(good).address == good

@@ -38,8 +38,15 @@ BROKEN_EXIT = 87
 _PR_SET_PDEATHSIG = 1
 
 
+_crash_fd: int | None = None
+"""The file the worker reads when this process dies: faulthandler's reports, and what
+made it fail outside the agent's code."""
+
+
 def main() -> None:
+    global _crash_fd
     crash_fd, limit_mb, parent = (int(arg) for arg in sys.argv[1:4])
+    _crash_fd = crash_fd
     # Keep the pipes for frames; the agent's stdin is empty and its stdout is stderr.
     frames_in, frames_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -49,12 +56,38 @@ def main() -> None:
     _die_with(parent)
     faulthandler.enable(file=crash_fd)
     if limit_mb:
+        mapped = _mapped_mb()
+        if mapped is not None and limit_mb < mapped + _HEADROOM_MB:
+            # Below what this process maps already: every allocation to come would fail,
+            # reading its pipe included (a loop of MemoryErrors, never an answer).
+            os.write(
+                crash_fd,
+                f"--memory-limit {limit_mb} MB is below what the agent's process maps before "
+                f"it runs anything ({mapped} MB, and {_HEADROOM_MB} MB to work in): raise "
+                "it\n".encode(),
+            )
+            os._exit(BROKEN_EXIT)
         limit = limit_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         asyncio.run(_serve(frames_in, frames_out))
     except MemoryError:
         os._exit(MEMORY_EXIT)
+
+
+_HEADROOM_MB = 16
+
+
+def _mapped_mb() -> int | None:
+    """The address space this process maps now, in MB (``None``: unknown here)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) // 1024 + 1
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _die_with(parent: int) -> None:
@@ -108,6 +141,9 @@ async def _serve(frames_in: int, frames_out: int) -> None:
     transport, _ = await loop.connect_write_pipe(
         asyncio.Protocol, os.fdopen(frames_out, "wb", buffering=0)
     )
+    # Out of memory in the loop's own callbacks (reading the pipe): the limit leaves
+    # this process nothing to answer with, so it ends as one over its limit does.
+    loop.set_exception_handler(_out_of_memory_ends)
     link = _PipeLink(transport)
     link.send((_pipe.READY,))
     running: asyncio.Task[None] | None = None
@@ -124,6 +160,12 @@ async def _serve(frames_in: int, frames_out: int) -> None:
         transport.close()
 
 
+def _out_of_memory_ends(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    if isinstance(context.get("exception"), MemoryError):
+        os._exit(MEMORY_EXIT)
+    loop.default_exception_handler(context)
+
+
 async def _run(link: _PipeLink, invocation: p.Invocation) -> None:
     try:
         link.send((_pipe.DONE, await execute(invocation, link)))
@@ -132,5 +174,11 @@ async def _run(link: _PipeLink, invocation: p.Invocation) -> None:
     except MemoryError:
         os._exit(MEMORY_EXIT)
     except BaseException:  # this process can no longer answer: let the worker see it die
-        traceback.print_exc()
-        os._exit(BROKEN_EXIT)
+        try:
+            traceback.print_exc()
+            if _crash_fd is not None:  # (the worker says why, with the task's error)
+                os.write(_crash_fd, traceback.format_exc().encode("utf-8", "replace"))
+        except BaseException:  # (out of memory even for that: the exit still comes)
+            pass
+        finally:
+            os._exit(BROKEN_EXIT)

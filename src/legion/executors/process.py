@@ -204,16 +204,23 @@ class _Child:
     async def _death(self) -> InstanceLost:
         """Why the child ended (it has closed its pipe); its crash report as the cause."""
         code = await self._proc.wait()
+        self._crash_log.seek(0)
+        report = self._crash_log.read().decode("utf-8", "replace").strip()
         if code == MEMORY_EXIT:
             error: InstanceLost = MemoryLimitExceeded(p.memory_message(self._limit))
         elif code == BROKEN_EXIT:
-            error = InstanceLost("the agent's process failed outside the agent (see its stderr)")
+            last = report.splitlines()[-1] if report else "see its stderr"
+            hint = (
+                f" (--memory-limit {self._limit} MB may be too little for the process "
+                "itself: the interpreter alone maps ~40 MB)"
+                if self._limit is not None and any(m in report for m in _OUT_OF_MEMORY)
+                else ""
+            )
+            error = InstanceLost(f"the agent's process failed outside the agent: {last}{hint}")
         elif code < 0:
             error = InstanceLost(f"the agent's process was killed by {_signal_name(-code)}")
         else:
             error = InstanceLost(f"the agent's process exited with code {code}")
-        self._crash_log.seek(0)
-        report = self._crash_log.read().decode("utf-8", "replace").strip()
         if report:
             error.__cause__ = p.RemoteTraceback(report)
         return error
@@ -234,6 +241,10 @@ class _Child:
             async with asyncio.timeout(_CLOSE_GRACE):
                 await self._proc.wait()
         await self.kill()
+
+
+_OUT_OF_MEMORY = ("MemoryError", "failed to map segment", "Cannot allocate memory")
+"""What a child that its address-space limit stopped before the agent ran reports."""
 
 
 def _memory_error(outcome: p.Outcome) -> bool:
