@@ -252,7 +252,7 @@ class Journal:
                     self._replaced[id(refused)] = failed
                 return written
             if task_id is not None and (batch.steps or batch.memory):
-                what = f"step {batch.steps[0].key!r}" if batch.steps else "a memory write"
+                what = f"step {_shown(batch.steps[0].key)}" if batch.steps else "a memory write"
                 log.error("task %s: %s: %s", task_id, what, why)
                 self._unstorable[task_id] = f"{what} of this task cannot be stored: {why}"
                 return []
@@ -316,6 +316,11 @@ def _halves(batch: WriteBatch) -> tuple[WriteBatch, WriteBatch]:
     for n, (kind, row) in enumerate(rows):
         getattr(halves[n >= middle], kind).append(row)
     return halves
+
+
+def _shown(key: str) -> str:
+    """A step's name as a message shows it (a name may be 100,000 characters long)."""
+    return repr(key if len(key) <= 80 else key[:77] + "...")
 
 
 def _bare(c: Completion) -> bool:

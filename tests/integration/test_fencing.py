@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import random
 import sqlite3
+import string
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -373,6 +375,35 @@ async def test_a_result_past_the_stores_size_limit_fails_its_task_saying_so(
             assert [results[i].output for i in ids[1:]] == ["x" * 10, "x" * 20, "x" * 30]
     finally:
         await store.aclose()
+
+
+async def test_a_step_name_past_postgresqls_index_limit_fails_its_task_and_stalls_none(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL refuses an index row past a third of a page (SQLSTATE 54000), which
+    psycopg calls an operational error: taken for the server being away, the write was
+    retried for ever, every task of the worker stalled and a SIGTERM could not drain."""
+    release = asyncio.Event()
+    # (random letters: a repeated one compresses below the limit)
+    long_name = "".join(random.Random(1).choices(string.ascii_letters, k=100_000))
+
+    @legion.agent(retries=2, backoff=0)
+    async def steps(ctx: legion.Context, x: int) -> int:
+        await release.wait()  # every step in one commit
+        done: int = await ctx.step(long_name if x == 0 else "fine", lambda: x)
+        return done
+
+    async with Runtime(postgres_url, lease_seconds=600) as rt, asyncio.timeout(60):
+        ids = [s.id for s in await rt.submit_many(steps, range(5))]
+        release.set()
+        results = {r.id: r async for r in rt.results(ids)}
+    long = results[ids[0]]
+    assert (long.status, long.attempt) == (TaskStatus.FAILED, 1), long
+    assert long.error is not None and long.error.type == "OutputError"
+    shown = f"step '{long_name[:77]}...' of this task cannot be stored"
+    assert shown in long.error.message, long.error.message
+    assert "cannot hold it" in long.error.message and len(long.error.message) < 2000
+    assert [results[i].output for i in ids[1:]] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("lose", ["write", "lease"])

@@ -330,6 +330,10 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 f"the store at {self._where} did not answer within {limit:g}s: {_said(exc)}"
             ) from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout, TimeoutError) as exc:
+            if _past_a_limit(exc):  # a row or statement the server will never take
+                raise StoreError(
+                    f"the store at {self._where} cannot hold it: {_said(exc)}"
+                ) from exc
             if lost:  # the server went away: drop the other idle connections too
                 await _check(pool, limit)
             if cut or isinstance(exc, TimeoutError):
@@ -935,6 +939,15 @@ def _with_bounds(conninfo: str, bounds: StoreTimeouts, *, server: bool) -> str:
         if "application_name" not in given:
             extra["application_name"] = PROCESS_TAG
     return make_conninfo(conninfo, **extra)
+
+
+def _past_a_limit(exc: BaseException) -> bool:
+    """Whether the server refused a statement for a limit of its own (SQLSTATE class 54,
+    "program limit exceeded": an index row past its page's third, too many columns...).
+    psycopg counts those operational errors, but the same write fails the same way
+    again: it is not the server being away."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("54")
 
 
 def _transient(exc: psycopg.Error) -> bool:
