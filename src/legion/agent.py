@@ -358,6 +358,11 @@ def agent(
     _check_seconds("deadline", deadline)
     _check_count("concurrency", concurrency)
     _check_count("retries", retries, least=0)
+    if isinstance(retries, int) and retries > MAX_RETRIES:
+        raise ConfigError(
+            f"retries must be at most {MAX_RETRIES:,}, got {retries!r} (to keep trying for "
+            "long, bound the time instead: deadline=, or a schedule)"
+        )
     _check_seconds("backoff", backoff, zero=True)
     _check_seconds("max_backoff", max_backoff, zero=True)
     if retry is not None and not isinstance(retry, RetryPolicy):
@@ -365,8 +370,12 @@ def agent(
             f"retry takes a legion.RetryPolicy, got {retry!r} (for a number of tries after "
             "the first, give retries=)"
         )
-    if max_cost is not None and not (math.isfinite(max_cost) and max_cost > 0):
-        raise ConfigError(f"max_cost must be a positive number of USD, got {max_cost}")
+    if max_cost is not None and (
+        not isinstance(max_cost, int | float)
+        or isinstance(max_cost, bool)
+        or not (math.isfinite(max_cost) and max_cost > 0)
+    ):
+        raise ConfigError(f"max_cost must be a positive number of USD, got {max_cost!r}")
     _check_count("max_tokens", max_tokens)
     _check_count("max_calls", max_calls)
     if executor not in EXECUTORS:
@@ -409,6 +418,10 @@ def _check_seconds(label: str, value: object, *, zero: bool = False) -> None:
     if not (math.isfinite(seconds) and (seconds > 0 or (zero and seconds == 0))):
         bound = ">= 0," if zero else "> 0, or None;"
         raise ConfigError(f"{label} must be a finite number of seconds {bound} got {value!r}")
+
+
+MAX_RETRIES = 1_000_000
+"""The most ``retries`` an agent may give (a store keeps the attempts as a 32-bit integer)."""
 
 
 def _check_count(label: str, value: object, least: int = 1) -> None:

@@ -23,6 +23,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
+        if self.retries > 1_000_000:  # (a store keeps attempts as a 32-bit integer)
+            raise ValueError("retries must be at most 1,000,000 (bound the time instead)")
         if self.backoff < 0 or self.max_backoff < 0:
             raise ValueError("backoff and max_backoff must be >= 0")
 
@@ -32,5 +34,6 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.max_backoff, self.backoff * 2.0 ** max(0, attempt - 1))
+        # (the exponent capped: 2.0 ** 1024 overflows, and any ceiling is reached by 2 ** 64)
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(max(0, attempt - 1), 64))
         return (rng or random).uniform(0.0, ceiling)

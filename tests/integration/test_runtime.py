@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 import sys
 import time
 from collections import Counter
@@ -356,6 +357,29 @@ async def test_idempotency_key_returns_the_first_task(db_url: str) -> None:
         results = [r async for r in rt.map(once, ["a", "b"], keys=["k1", "k2"])]
     assert sorted(r.output for r in results) == ["a", "b"]
     assert runs == {"a": 1, "b": 1}
+
+
+async def test_a_key_or_session_no_store_can_hold_is_refused_before_anything_is_queued(
+    db_url: str,
+) -> None:
+    # key=123 was an AttributeError deep in the submit, session="" a session of its own
+    # ("task-<id>") that shared nothing, a NUL a bare error of PostgreSQL's.
+    @legion.agent
+    async def echo(ctx: legion.Context, x: int) -> int:
+        return x
+
+    async with Runtime(db_url) as rt:
+        for given, why in (
+            ({"key": 123}, "an idempotency key is a non-empty str (or None), not 123"),
+            ({"key": ""}, "an idempotency key is a non-empty str"),
+            ({"key": "a\x00b"}, "an idempotency key cannot hold a NUL"),
+            ({"key": "a\udcff"}, "an idempotency key 'a\\udcff' cannot be stored"),
+            ({"session": 5}, "a session is a non-empty str (or None), not 5"),
+            ({"session": ""}, "a session is a non-empty str"),
+        ):
+            with pytest.raises(legion.ConfigError, match=re.escape(why)):
+                await rt.submit(echo, 1, **given)
+        assert await rt.store.counts() == {}
 
 
 async def test_concurrency_is_bounded_globally_and_per_agent(db_url: str) -> None:

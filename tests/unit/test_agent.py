@@ -152,6 +152,17 @@ def test_bad_definitions_are_refused_at_decoration(source: str, message: str) ->
         legion.agent(scope["f"])  # type: ignore[call-overload]
 
 
+def test_the_backoff_of_a_late_attempt_is_its_ceiling_not_an_overflow() -> None:
+    # 2.0 ** 1024 overflows: attempt 1,025 of an agent with many retries raised
+    # OverflowError in the worker, and its task never ended.
+    policy = RetryPolicy(retries=1_000_000, backoff=0.5, max_backoff=30.0)
+    rng = random.Random(0)
+    assert all(0.0 <= policy.delay(n, rng) <= 30.0 for n in (1, 1_025, 5_000, 1_000_000))
+    assert RetryPolicy(retries=2000, backoff=0, max_backoff=0).delay(1_500) == 0.0
+    with pytest.raises(ValueError, match="at most 1,000,000"):
+        RetryPolicy(retries=1_000_001)
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ConfigError):
         legion.agent(timeout=0)
@@ -176,6 +187,9 @@ def test_bad_options_are_refused() -> None:
         ({"retry": 5}, "retry takes a legion.RetryPolicy, got 5 .*retries="),
         ({"concurrency": 2.5}, "concurrency must be a whole number >= 1"),
         ({"max_tokens": 0}, "max_tokens must be a whole number >= 1"),
+        ({"retries": 10**12}, "retries must be at most 1,000,000, got 1000000000000"),
+        ({"max_cost": "5"}, "max_cost must be a positive number of USD, got '5'"),
+        ({"max_cost": True}, "max_cost must be a positive number of USD, got True"),
     ],
 )
 def test_options_of_the_wrong_type_or_out_of_range_are_refused_at_decoration(

@@ -301,7 +301,10 @@ class Runtime:
         if len({len(inputs), len(key_list), len(session_list), len(priority_list)}) != 1:
             raise ConfigError("keys, sessions and priorities must have one entry per input")
         attempts = agent.options.retry.max_attempts
+        for k in key_list:
+            _check_name(k, "an idempotency key")
         for s in session_list:  # (refused now, not at the task's first use of its memory)
+            _check_name(s, "a session")
             scoped_key(tenant, s, "a session")
         try:
             tasks = [
@@ -441,6 +444,21 @@ class Runtime:
 
 TaskRef = int | Submitted
 """A task, named by its id or by what `Runtime.submit` answered for it."""
+
+
+def _check_name(value: object, what: str) -> None:
+    """An idempotency key or a session: ``None``, or text every store can hold (not
+    empty, no NUL, no lone surrogate); else a `ConfigError` before anything is queued."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} is a non-empty str (or None), not {value!r}")
+    if "\x00" in value:
+        raise ConfigError(f"{what} cannot hold a NUL character: {value!r}")
+    try:
+        codec.checked_text(value, what)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def task_id_of(task: TaskRef) -> int:
