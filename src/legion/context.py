@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -20,9 +21,9 @@ from legion import codec, faults, telemetry
 from legion.clock import Clock
 from legion.diagnostics.advisor import GATHERED, MIN_SAVING, NO_PRINTS, StepTrace, fingerprints
 from legion.diagnostics.unawaited import Pending, SiteRef
-from legion.errors import AgentCrash, LeaseLost, Permanent
+from legion.errors import AgentCrash, LeaseLost, OutputError, Permanent
 from legion.journal import Journal
-from legion.steps import step_key
+from legion.steps import BRANCH, scoped, step_key
 from legion.store.base import ContextStore, SessionMemory
 from legion.store.tenancy import scoped_key
 from legion.store.types import MemoryWrite
@@ -533,7 +534,10 @@ class Context:
             faults.hit("step-ran")
         encoded = result if encode is None else encode(result)
         # NaN refused in the agent's own values; an LLM call's answer came as JSON.
-        data = codec.dumps(encoded, finite=encode is None)
+        try:
+            data = codec.dumps(encoded, finite=encode is None)
+        except OutputError as exc:  # (say which step: the agent may have many)
+            raise OutputError(f"step {key!r}: {exc}") from None
         finished = self._clock.wall()
         # What the advisor may compare (see legion.diagnostics.advisor): only a step long
         # enough and awaited on its own can be in a report; its inputs only if such a step
@@ -569,8 +573,9 @@ class Context:
         return value if decode is None else decode(value)
 
     def step_count(self, name: str) -> int:
-        """How many steps named ``name`` this attempt has run or replayed so far."""
-        return self._counts.get(name, 0)
+        """How many steps named ``name`` this attempt has run or replayed so far (in the
+        current branch of a gather: see `legion.steps`)."""
+        return self._counts.get(scoped(name), 0)
 
     # -- durable waiting (see legion.waiting) ------------------------------------------
 
@@ -622,7 +627,8 @@ async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[
     if not aws:
         return []
     loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(_contained(aw)) for aw in aws]
+    parent = BRANCH.get()
+    tasks = [loop.create_task(_contained(aw, _branch(parent, n, aw))) for n, aw in enumerate(aws)]
     if return_exceptions:
         results = list(await asyncio.gather(*tasks, return_exceptions=True))
         waits = [r for r in results if isinstance(r, Suspended)]
@@ -675,13 +681,33 @@ def _first_wait(waits: list[Suspended]) -> Suspended:
     return Suspended(dataclasses.replace(first.wait, wake_at=min(timers)))
 
 
-async def _contained(aw: Awaitable[T]) -> T:
-    """Await ``aw``; a BaseException that is not cancellation becomes `AgentCrash`.
+def _branch(parent: str, n: int, aw: Awaitable[Any]) -> str | None:
+    """The branch the ``n``-th awaitable of a gather runs in (`legion.steps.BRANCH`), or
+    ``None`` for one call of legion's own (a step, an LLM call, a wait: it starts in the
+    gather's order, so its key does not depend on timing, and keeps the key it had before
+    branches were, which histories recorded then hold)."""
+    if isinstance(aw, Pending):
+        return None
+    code = getattr(aw, "cr_code", None)
+    if code is not None and code.co_filename.startswith(_LEGION):
+        return None
+    return f"{parent}.{n}" if parent else str(n)
+
+
+_LEGION = os.path.dirname(os.path.abspath(__file__)) + os.sep
+"""Where legion's own code is (its coroutines are single calls, see `_branch`)."""
+
+
+async def _contained(aw: Awaitable[T], branch: str | None = None) -> T:
+    """Await ``aw`` (in ``branch``, if given); a BaseException that is not cancellation
+    becomes `AgentCrash`.
 
     asyncio re-raises ``SystemExit`` and ``KeyboardInterrupt`` out of the event loop when
     they escape a task, which would take every other instance down with this one.
     """
     GATHERED.set(True)  # this task's own context: the steps it runs are gathered
+    if branch is not None:
+        BRANCH.set(branch)
     try:
         return await aw
     except (Exception, asyncio.CancelledError, Suspended, GeneratorExit):

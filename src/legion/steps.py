@@ -4,11 +4,19 @@
 through a `StepRecorder`, the part of a context they need, so that they never
 import the context itself. `step_key` is the one rule every context uses to name a
 step: the first ``name`` is ``name``, the second ``name#2``, and so on.
+
+Inside a branch of ``ctx.gather`` that is a coroutine (it may run several steps), a
+step's name is scoped by the branch (`BRANCH`): ``parse@1`` for a step ``parse`` of the
+second branch. Counted across branches, the n-th ``parse`` would be whichever branch got
+there n-th, which depends on timing: a replay, whose recorded steps answer at once,
+would hand each branch another branch's result.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from legion import codec
@@ -71,11 +79,31 @@ class Waiter(StepRecorder, Protocol):
         ...
 
 
+BRANCH: ContextVar[str] = ContextVar("legion_branch", default="")
+"""The ``ctx.gather`` branch the current code runs in: ``""`` outside any, ``"1"`` in the
+second branch of a gather, ``"1.0"`` in the first branch of a gather inside that one."""
+
+_BRANCH_SUFFIX = re.compile(r"@\d+(\.\d+)*$")
+
+
+def scoped(name: str) -> str:
+    """``name`` as the steps of the current branch are counted by (see the module)."""
+    branch = BRANCH.get()
+    return f"{name}@{branch}" if branch else name
+
+
 def step_key(counts: dict[str, int], name: str) -> str:
-    """The key of the next step called ``name``, counted in ``counts``: ``name`` the first
-    time, ``name#2`` the second, and so on."""
+    """The key of the next step called ``name`` in the current branch, counted in
+    ``counts``: ``name`` the first time, ``name#2`` the second, and so on (scoped by
+    the branch: see the module)."""
     if type(name) is not str or not name.isascii():
         name = codec.checked_text(name, "a step's name")
+    if "@" in name and _BRANCH_SUFFIX.search(name):
+        raise ValueError(
+            f"step name {name!r} ends in '@' and a number, as the steps of a gather's "
+            "branches are keyed: give a name that does not"
+        )
+    name = scoped(name)
     n = counts.get(name, 0) + 1
     counts[name] = n
     if n == 1:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import pytest
@@ -116,6 +117,44 @@ async def test_gather_runs_concurrently_and_keeps_order(db_url: str) -> None:
     async with Runtime(db_url) as rt:
         r = await rt.result((await rt.submit(fan, 5)).id)
     assert r.output == [0, 1, 4, 9, 16]
+
+
+async def test_same_named_steps_of_gathered_branches_replay_to_their_own_branch(
+    db_url: str,
+) -> None:
+    # Each branch fetches then parses; u2 parses first in the first run (u1's fetch waits
+    # for it), then the attempt fails. Counted across branches, the replay (recorded
+    # steps answer at once, in the branches' order) handed u1 the parse of u2's page.
+    u2_parsed = asyncio.Event()
+
+    async def handle(ctx: legion.Context, url: str) -> dict[str, Any]:
+        async def fetch() -> str:
+            if url == "u1":
+                await u2_parsed.wait()
+            return f"page of {url}"
+
+        page = await ctx.step("fetch", fetch)
+        parsed = await ctx.step("parse", lambda: {"parsed": page})
+        if url == "u2":
+            u2_parsed.set()
+        return {"url": url, "parsed": parsed}
+
+    @legion.agent(retries=1, backoff=0)
+    async def pipeline(ctx: legion.Context, x: int) -> list[dict[str, Any]]:
+        out = await ctx.gather(handle(ctx, "u1"), handle(ctx, "u2"))
+        if ctx.attempt == 1:
+            raise RuntimeError("transient, after every step was recorded")
+        return out
+
+    async with Runtime(db_url) as rt:
+        r = await rt.result((await rt.submit(pipeline, 1)).id)
+        keys = sorted(s.key for s in await rt.store.steps(r.id))
+    assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2, r
+    assert r.output == [
+        {"url": "u1", "parsed": {"parsed": "page of u1"}},
+        {"url": "u2", "parsed": {"parsed": "page of u2"}},
+    ]
+    assert keys == ["fetch@0", "fetch@1", "parse@0", "parse@1"]
 
 
 async def test_gather_fails_fast_and_cancels_siblings(db_url: str) -> None:

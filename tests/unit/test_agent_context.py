@@ -10,7 +10,7 @@ import pytest
 import legion
 from legion.context import AgentContext, Context
 from legion.executors.remote import RemoteContext
-from legion.steps import step_key
+from legion.steps import BRANCH, step_key
 
 
 def as_agent_contexts(local: Context, remote: RemoteContext) -> tuple[AgentContext, ...]:
@@ -62,3 +62,20 @@ def test_names_with_a_hash_that_no_key_shares_are_kept() -> None:
     names = ("fetch#2", "fetch", "v#1", "v", "v", "x#02", "x", "x", "a#b", "fetch#3")
     keys = [step_key(counts, n) for n in names]
     assert keys == ["fetch#2", "fetch", "v#1", "v", "v#2", "x#02", "x", "x#2", "a#b", "fetch#3"]
+
+
+def test_the_steps_of_a_gathers_branch_are_named_within_it() -> None:
+    counts: dict[str, int] = {}
+    token = BRANCH.set("1")
+    try:
+        assert [step_key(counts, "parse") for _ in range(2)] == ["parse@1", "parse@1#2"]
+        BRANCH.set("1.0")  # a gather inside that branch
+        assert step_key(counts, "parse") == "parse@1.0"
+    finally:
+        BRANCH.reset(token)
+    assert step_key(counts, "parse") == "parse"  # outside any branch, as ever
+    # A name keyed as a branch's step would be would share its record: refused.
+    for name in ("parse@1", "x@0.2", "y@12"):
+        with pytest.raises(ValueError, match="ends in '@' and a number"):
+            step_key(counts, name)
+    assert step_key(counts, "me@example.com") == "me@example.com"

@@ -38,6 +38,7 @@ from legion import codec
 from legion.errors import Permanent, ProviderError
 from legion.llm.batch import BatchAPI, batch_api, has_batch_api
 from legion.llm.types import ChatRequest, ChatResponse
+from legion.steps import scoped
 from legion.store.batches import BatchCall
 from legion.task import Wait
 from legion.waiting.suspend import Suspended
@@ -78,7 +79,7 @@ async def batch_chat(
     # The key `ctx.record` gives this call, taken before anything awaits: two equal
     # requests in one gather get their own keys (and events) in the order they were made.
     n = ctx.step_count(name) + 1
-    key = name if n == 1 else f"{name}#{n}"
+    key = scoped(name) if n == 1 else f"{scoped(name)}#{n}"
     event = f"{EVENT}{key}"
 
     async def run() -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from legion import codec
 from legion.errors import ChildFailed, WaitError, WaitTimeout
+from legion.steps import scoped
 from legion.task import NewTask, TaskStatus, Wait
 from legion.waiting.suspend import Suspended
 
@@ -75,8 +76,10 @@ _LONGEST = 1e300  # (seconds: past it a wake-up time would not be a finite float
 
 
 def _step_key(ctx: Waiter, name: str) -> str:
-    """The key `Context.record` will give the next step named ``name``."""
+    """The key `Context.record` will give the next step named ``name`` (in the current
+    branch of a gather, as `legion.steps.step_key` counts)."""
     n = ctx.step_count(name) + 1
+    name = scoped(name)
     return name if n == 1 else f"{name}#{n}"
 
 
@@ -209,8 +212,8 @@ async def map_children(
     name = "legion.children"
     if _step_key(ctx, name) in ctx.recorded_steps:
         return list(await _recorded(ctx, name, _never))
-    group = ctx.step_count(name) + 1
-    prefix = f"legion.child:{ctx.task_id}:{group}:"
+    group = ctx.step_count(name) + 1  # (counted in the current branch of a gather)
+    prefix = f"legion.child:{ctx.task_id}:{scoped(str(group))}:"
     mine = {
         c.key: c for c in await store.children(ctx.task_id) if c.key and c.key.startswith(prefix)
     }
