@@ -237,3 +237,9 @@ async def needs_a_widget(ctx: legion.Context, n: int) -> str:
 async def sdk_client(ctx: legion.Context, kind: str) -> str:
     client = ctx.llm.openai() if kind == "openai" else ctx.llm.anthropic()
     return type(client).__name__
+
+
+@legion.agent(retries=2)
+async def contract_bytes_step(ctx: legion.Context, n: int) -> None:
+    await ctx.step("fine", lambda: n)
+    await ctx.step("raw", lambda: b"bytes")

@@ -125,3 +125,12 @@ async def test_an_sdk_client_in_a_child_process_is_refused_at_once_saying_why(
             assert (r.status, r.attempt) == (TaskStatus.FAILED, 1), r  # not retried
             assert r.error is not None and r.error.type == "Permanent"
             assert f"ctx.llm.{kind}() (and the framework integrations" in r.error.message
+
+
+async def test_a_step_result_that_is_not_json_fails_the_task_naming_the_step(
+    rt: Runtime,
+) -> None:
+    r = await run_one(rt, agents.contract_bytes_step, 0)
+    assert (r.status, r.attempt) == (TaskStatus.FAILED, 1), r
+    assert r.error is not None and r.error.type == "OutputError"
+    assert r.error.message.startswith("step 'raw': cannot store value as JSON")

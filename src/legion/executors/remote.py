@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from legion import codec
 from legion.agent import Agent
 from legion.context import gather
-from legion.errors import AgentLoadError, Permanent
+from legion.errors import AgentLoadError, OutputError, Permanent
 from legion.executors import protocol as p
 from legion.loader import load_module
 from legion.steps import step_key
@@ -190,7 +190,10 @@ class RemoteContext:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
-            data = codec.dumps(result)
+            try:
+                data = codec.dumps(result)
+            except OutputError as exc:  # (say which step, as the worker's context does)
+                raise OutputError(f"step {key!r}: {exc}") from None
             await self._link.call(p.STEP_END, key, data)
         except BaseException:
             self._link.notify(p.STEP_ABORT, key)
