@@ -68,3 +68,30 @@ async def test_gathered_pendings_each_run_once() -> None:
     made = [Pending("call", work, (n,), depth=1) for n in range(5)]
     assert await asyncio.gather(*made) == [0, 1, 4, 9, 16]
     assert sorted(ran) == [0, 1, 2, 3, 4]
+
+
+def test_a_call_made_inside_a_library_is_sited_at_the_agents_line(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An SDK's request becomes ctx.llm.chat inside legion's transport, called from the
+    # SDK's code: the line a report names is the agent's, up the stack past them both.
+    from legion.diagnostics import unawaited
+
+    library = tmp_path / "a_library"
+    library.mkdir()
+    (library / "sdk.py").write_text(
+        "from legion.diagnostics.unawaited import Pending\n"
+        "async def _work(site):\n"
+        "    return site\n"
+        "def request():\n"
+        "    return transport()\n"
+        "def transport():\n"
+        "    return Pending('call', _work)  # the library's line\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(unawaited, "_LIBRARIES", (*unawaited._LIBRARIES, str(library) + "/"))
+    from a_library import sdk  # type: ignore[import-not-found]
+
+    made = sdk.request()  # the agent's line
+    assert made.site_ref.code is sys._getframe().f_code
+    assert made.site_ref.site().code == "made = sdk.request()  # the agent's line"

@@ -9,9 +9,11 @@ with the line that made them — the work silently never happened.
 from __future__ import annotations
 
 import linecache
+import os
 import sys
+import sysconfig
 from collections.abc import Awaitable, Callable, Generator
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from legion.diagnostics.report import Site
@@ -28,6 +30,30 @@ class SiteRef(NamedTuple):
     def site(self) -> Site:
         file = self.code.co_filename
         return Site(file, self.line, self.code.co_name, linecache.getline(file, self.line).strip())
+
+
+_LIBRARIES = tuple(
+    {
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # legion's own
+        *(sysconfig.get_paths()[k] + os.sep for k in ("purelib", "platlib", "stdlib")),
+    }
+)
+"""Where the code that is not the agent's lives: legion's, the installed packages' and
+the standard library's."""
+
+
+def _agents_frame(frame: FrameType) -> FrameType:
+    """The first frame up from ``frame`` (legion's or a library's code: an SDK's request
+    turned into ``ctx.llm.chat`` by legion's transport, a framework's call) that is none
+    of theirs: the agent's own line, which a report should name; ``frame`` if none is."""
+    found: FrameType | None = frame
+    for _ in range(64):
+        found = found.f_back if found is not None else None
+        if found is None:
+            return frame
+        if not found.f_code.co_filename.startswith(_LIBRARIES):
+            return found
+    return frame
 
 
 def _used() -> Any:
@@ -56,6 +82,8 @@ class Pending(Awaitable[T], Generic[T]):
         self._args = args
         self.awaited = False
         frame = sys._getframe(depth)  # the caller of ctx.step & co: the agent's line
+        if frame.f_code.co_filename.startswith(_LIBRARIES):
+            frame = _agents_frame(frame)
         self.site_ref = SiteRef(frame.f_code, frame.f_lineno)
 
     def __await__(self) -> Generator[Any, None, T]:
