@@ -141,6 +141,16 @@ def same_value_hash(value: Any) -> int:
         raise OutputError(f"cannot encode value as JSON: {exc}") from exc
 
 
+def canonical(data: bytes) -> bytes:
+    """JSON ``data`` written one way whatever the order of its objects' keys: what two
+    inputs that are equal as JSON compare by (``{"b": 2, "a": 1}`` is ``{"a": 1, "b":
+    2}``). Data that does not parse stays as it is."""
+    try:
+        return orjson.dumps(orjson.loads(data), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONDecodeError:
+        return data
+
+
 def checked_text(value: Any, what: str) -> str:
     """``value`` if it is text a store can hold (a step's name, a memory key), else a
     `TypeError` (not ``str``) or `ValueError` (a lone surrogate, as a file name read with

@@ -35,3 +35,25 @@ def test_a_key_reused_with_another_input_is_an_error_on_its_line(
     assert "names a task submitted before with another input" in rows[1]["error"]["message"]
     assert rows[2]["output"] == 5
     assert f"{second}:1" in run.stderr
+
+
+def test_a_key_sent_again_with_an_equal_input_in_another_key_order_is_one_task(
+    tmp_path: Path,
+) -> None:
+    agents = tmp_path / "pairs.py"
+    agents.write_text(
+        "import legion\n\n@legion.agent\nasync def pair(ctx, a: int, b: int):\n    return a - b\n"
+    )
+    store = f"sqlite:///{tmp_path / 'keys.db'}"
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"a": 5, "b": 2, "_key": "k"}\n{"b": 2, "a": 5, "_key": "k"}\n')
+    out = tmp_path / "out.jsonl"
+    run = legion("run", f"{agents}:pair", "-i", str(lines), "-o", str(out), "--store", store)
+    assert run.returncode == 0, run.stderr
+    rows = read_jsonl(out)
+    assert [(r["status"], r["output"], r["id"]) for r in rows] == [("succeeded", 3, 1)] * 2
+    again = tmp_path / "again.jsonl"
+    again.write_text('{"b": 2, "a": 5, "_key": "k"}\n')  # a later run: the stored task
+    run = legion("run", f"{agents}:pair", "-i", str(again), "-o", str(out), "--store", store)
+    assert run.returncode == 0, run.stderr
+    assert [(r["output"], r["id"]) for r in read_jsonl(out)] == [(3, 1)]

@@ -75,6 +75,43 @@ async def test_a_key_sent_with_another_input_or_agent_is_refused_and_stores_noth
     assert again.id == first.id and not again.created
 
 
+async def test_a_key_sent_again_with_an_equal_input_in_another_key_order_is_the_same_task(
+    store: Store,
+) -> None:
+    def task(key: str, raw: bytes) -> NewTask:
+        return NewTask("a", raw, key, max_attempts=3)
+
+    (first,) = await store.submit([task("k", b'{"a":1,"b":[{"y":2,"x":1}]}')], NOW)
+    (again,) = await store.submit([task("k", b'{"b":[{"x":1,"y":2}],"a":1}')], NOW)
+    assert again.id == first.id and not again.created
+    both = await store.submit([task("j", b'{"a":1,"b":2}'), task("j", b'{"b":2,"a":1}')], NOW)
+    assert both[0].id == both[1].id
+    with pytest.raises(IdempotencyConflict):  # equal as JSON is equal; a value is not
+        await store.submit([task("k", b'{"b":[{"x":1,"y":3}],"a":1}')], NOW)
+
+
+async def test_a_key_stored_with_the_fingerprint_of_its_input_as_sent_still_matches(
+    tmp_path: Path,
+) -> None:
+    # Before fingerprints were canonical, a task kept the hash of its input as sent: a
+    # resumed run that sends it again, keys in the same order, is answered by it.
+    from legion.store.tenancy import _sha256
+
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        raw = b'{"b":2,"a":1}'
+        (first,) = await store.submit([NewTask("a", raw, "k", max_attempts=3)], NOW)
+        db = sqlite3.connect(tmp_path / "s.db")
+        with db:
+            db.execute("UPDATE tasks SET input_hash = ?", (_sha256("a", raw),))
+        db.close()
+        (again,) = await store.submit([NewTask("a", raw, "k", max_attempts=3)], NOW)
+        assert again.id == first.id and not again.created
+    finally:
+        await store.aclose()
+
+
 async def test_concurrent_submissions_are_answered_as_if_made_one_after_the_other(
     store: Store,
 ) -> None:

@@ -60,7 +60,7 @@ def _first_of_each_key(lines: Sequence[InputLine]) -> tuple[list[InputLine], lis
         if ln.key is None:
             good.append(ln)
             continue
-        encoded = codec.dumps(ln.value)
+        encoded = codec.canonical(codec.dumps(ln.value))  # (keys in any order: one input)
         seen = first.setdefault(ln.key, (ln, encoded))
         if seen[1] != encoded:
             message = (

@@ -14,6 +14,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 
+from legion import codec
 from legion.errors import ConfigError, IdempotencyConflict
 from legion.task import NewTask
 
@@ -52,7 +53,13 @@ def unscoped_key(stored: str | None) -> str | None:
 
 
 def fingerprint(agent: str, input: bytes) -> bytes:
-    """What a keyed submission is compared by: SHA-256 of the agent and the input's JSON."""
+    """What a keyed submission is compared by: SHA-256 of the agent and the input's JSON,
+    its objects' keys in order (`legion.codec.canonical`: an equal input sent with its
+    keys in another order is the same input)."""
+    return _sha256(agent, codec.canonical(input))
+
+
+def _sha256(agent: str, input: bytes) -> bytes:
     h = hashlib.sha256(agent.encode("utf-8"))
     h.update(b"\x00")
     h.update(input)
@@ -66,13 +73,19 @@ class KeyedTasks:
     agents or inputs is refused at once (`IdempotencyConflict`).
     """
 
-    __slots__ = ("hashes", "keys", "sent")
+    __slots__ = ("as_sent", "hashes", "keys", "sent")
 
     def __init__(self, tasks: Sequence[NewTask]) -> None:
         self.sent = [t.key for t in tasks]
         self.keys = [scoped_key(t.tenant, t.key) for t in tasks]
         self.hashes = [
             fingerprint(t.agent, t.input) if k is not None else None
+            for t, k in zip(tasks, self.keys, strict=True)
+        ]
+        # The fingerprints of the inputs as sent, keys in their order: what a task stored
+        # before fingerprints were canonical holds (compared too, never stored).
+        self.as_sent = [
+            _sha256(t.agent, t.input) if k is not None else None
             for t, k in zip(tasks, self.keys, strict=True)
         ]
         first: dict[str, bytes | None] = {}
@@ -90,8 +103,8 @@ class KeyedTasks:
         none and matches anything."""
         clash = [
             sent
-            for sent, k, h in zip(self.sent, self.keys, self.hashes, strict=True)
-            if k is not None and stored.get(k) is not None and stored[k] != h
+            for sent, k, h, raw in zip(self.sent, self.keys, self.hashes, self.as_sent, strict=True)
+            if k is not None and stored.get(k) is not None and stored[k] not in (h, raw)
         ]
         if clash:
             raise IdempotencyConflict(tuple(dict.fromkeys(s for s in clash if s is not None)))
