@@ -141,6 +141,12 @@ def same_value_hash(value: Any) -> int:
         raise OutputError(f"cannot encode value as JSON: {exc}") from exc
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a message, shortened to ``limit`` characters with ``...``
+    (a step's name or an embedded text may be 100,000 characters long)."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
 def canonical(data: bytes) -> bytes:
     """JSON ``data`` written one way whatever the order of its objects' keys: what two
     inputs that are equal as JSON compare by (``{"b": 2, "a": 1}`` is ``{"a": 1, "b":

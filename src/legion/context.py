@@ -13,14 +13,13 @@ import functools
 import inspect
 import logging
 import math
-import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from legion import codec, faults, telemetry
 from legion.clock import Clock
 from legion.diagnostics.advisor import GATHERED, MIN_SAVING, NO_PRINTS, StepTrace, fingerprints
-from legion.diagnostics.unawaited import Pending, SiteRef
+from legion.diagnostics.unawaited import LEGION_CODE, Pending, SiteRef
 from legion.errors import AgentCrash, LeaseLost, OutputError, Permanent
 from legion.journal import Journal
 from legion.steps import BRANCH, scoped, step_key
@@ -689,13 +688,9 @@ def _branch(parent: str, n: int, aw: Awaitable[Any]) -> str | None:
     if isinstance(aw, Pending):
         return None
     code = getattr(aw, "cr_code", None)
-    if code is not None and code.co_filename.startswith(_LEGION):
+    if code is not None and code.co_filename.startswith(LEGION_CODE):
         return None
     return f"{parent}.{n}" if parent else str(n)
-
-
-_LEGION = os.path.dirname(os.path.abspath(__file__)) + os.sep
-"""Where legion's own code is (its coroutines are single calls, see `_branch`)."""
 
 
 async def _contained(aw: Awaitable[T], branch: str | None = None) -> T:

@@ -177,9 +177,11 @@ class Journal:
             self.rows += len(batch)
             lost = batch.lost
             refused: set[tuple[int, int]] = set()
-            unstorable, self._unstorable = self._unstorable, {}
+            unstorable = self._unstorable  # (empty but after a refusal: nothing made)
+            if unstorable:
+                self._unstorable = {}
             for task_id, attempt, fut in waiters:
-                if task_id is not None and task_id in unstorable:
+                if unstorable and task_id is not None and task_id in unstorable:
                     if not fut.done():
                         fut.set_exception(OutputError(unstorable[task_id]))
                 elif task_id is not None and task_id in lost:
@@ -195,11 +197,15 @@ class Journal:
             if batch.completions and faults.ARMED:
                 faults.hit("completed")
             if batch.completions:
-                replaced, self._replaced = self._replaced, {}
+                completions = batch.completions
+                replaced = self._replaced
+                if replaced:  # (failures written for refused ends, see `_isolate`)
+                    self._replaced = {}
+                    completions = [replaced.get(id(c), c) for c in completions]
                 self._on_committed(
                     [
-                        Committed(lease, replaced.get(id(c), c), ok)
-                        for lease, c, ok in zip(leases, batch.completions, applied, strict=True)
+                        Committed(lease, c, ok)
+                        for lease, c, ok in zip(leases, completions, applied, strict=True)
                     ]
                 )
         if not len(self._batch):
@@ -252,7 +258,9 @@ class Journal:
                     self._replaced[id(refused)] = failed
                 return written
             if task_id is not None and (batch.steps or batch.memory):
-                what = f"step {_shown(batch.steps[0].key)}" if batch.steps else "a memory write"
+                what = (
+                    f"step {codec.quoted(batch.steps[0].key)}" if batch.steps else "a memory write"
+                )
                 log.error("task %s: %s: %s", task_id, what, why)
                 self._unstorable[task_id] = f"{what} of this task cannot be stored: {why}"
                 return []
@@ -316,11 +324,6 @@ def _halves(batch: WriteBatch) -> tuple[WriteBatch, WriteBatch]:
     for n, (kind, row) in enumerate(rows):
         getattr(halves[n >= middle], kind).append(row)
     return halves
-
-
-def _shown(key: str) -> str:
-    """A step's name as a message shows it (a name may be 100,000 characters long)."""
-    return repr(key if len(key) <= 80 else key[:77] + "...")
 
 
 def _bare(c: Completion) -> bool:

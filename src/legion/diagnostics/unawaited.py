@@ -32,9 +32,12 @@ class SiteRef(NamedTuple):
         return Site(file, self.line, self.code.co_name, linecache.getline(file, self.line).strip())
 
 
+LEGION_CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+"""Where legion's own code is: a frame whose file starts with it is not the agent's."""
+
 _LIBRARIES = tuple(
     {
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # legion's own
+        LEGION_CODE,
         *(sysconfig.get_paths()[k] + os.sep for k in ("purelib", "platlib", "stdlib")),
     }
 )

@@ -190,7 +190,7 @@ class Collection:
             if found is not None:
                 check_same(found, info)
             for n, (text, vector) in enumerate(zip(texts, embeddings.vectors, strict=True)):
-                check_direction(vector, f"the embedding of text {n} ({_short(text)})")
+                check_direction(vector, f"the embedding of text {n} ({codec.quoted(text, 60)})")
             items = [
                 Item(i, t, m, v)
                 for i, t, m, v in zip(ids, texts, metas, embeddings.vectors, strict=True)
@@ -219,7 +219,9 @@ class Collection:
                 )
             embeddings, cost = await self._embed([query], info)
             check_dims(info, embeddings.dims)
-            check_direction(embeddings.vectors[0], f"the embedding of the query {_short(query)}")
+            check_direction(
+                embeddings.vectors[0], f"the embedding of the query {codec.quoted(query, 60)}"
+            )
             hits = await self._backend.search(info, self._part, embeddings.vectors[0], k, where)
             return {"hits": [h.to_json() for h in hits], "embedding": cost}
 
@@ -282,10 +284,6 @@ def check_add(
         if len(set(given)) != len(given):
             raise VectorError("ids must be unique within one add")
     return texts, metas, given
-
-
-def _short(text: str) -> str:
-    return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
 def _not_object(value: Any) -> dict[str, Any]:
