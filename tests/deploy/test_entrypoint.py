@@ -51,8 +51,9 @@ def test_serve_as_deployed_answers_health_and_the_desired_workers(tmp_path: Path
             elif "listening on " in line:
                 url = line.split("listening on ", 1)[1].split()[0].strip()
         port = url.rsplit(":", 1)[1].strip("/")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as resp:
-            assert resp.status == 200
+        for probe in ("/healthz", "/livez"):  # (the manifest's readiness and liveness)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=30) as resp:
+                assert resp.status == 200
         with urllib.request.urlopen(metrics, timeout=30) as resp:
             assert b"legion_workers_desired" in resp.read()
     finally:

@@ -56,7 +56,7 @@ def test_serve_is_probed_on_healthz_and_exposed() -> None:
     (serve,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "legion-serve"]
     (container,) = serve["spec"]["template"]["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     (service,) = by_kind("Service")
     assert service["spec"]["selector"] == serve["spec"]["selector"]["matchLabels"]
 

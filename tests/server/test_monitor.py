@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from legion.server.monitor import quantiles
+from legion.server.monitor import next_pause, quantiles
 from legion.store.types import WriteBatch
 from legion.task import Completion, ErrorInfo, NewTask, Outcome
 from tests.server.conftest import Api
@@ -16,6 +16,15 @@ def test_quantiles_are_nearest_rank() -> None:
     assert quantiles([3.0], (0.5, 0.99)) == [3.0, 3.0]
     values = [float(i) for i in range(101)]
     assert quantiles(values, (0.0, 0.5, 0.95, 1.0)) == [0.0, 50.0, 95.0, 100.0]
+
+
+def test_a_failed_sample_is_tried_again_after_the_interval() -> None:
+    # A sample failing after a 10 s call timeout waited 190 s for the next: /healthz
+    # stayed red minutes after the store came back.
+    assert next_pause(1.0, 10.0, ok=False) == 1.0
+    assert next_pause(1.0, 0.01, ok=True) == 0.99  # the rest of the interval
+    assert next_pause(1.0, 0.1, ok=True) == 1.9  # at least 20 times what a sample costs...
+    assert next_pause(1.0, 10.0, ok=True) == 30.0  # ...but never more than 30 s
 
 
 async def test_a_sample_counts_retries_outcomes_and_latency(api: Api) -> None:

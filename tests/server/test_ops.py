@@ -131,6 +131,8 @@ async def test_a_failing_store_answers_503_and_turns_health_red(
     assert (status, body) == (503, {"detail": "the store is unavailable; try again later"})
     await api.server.state.monitor.sample()
     assert await api.call("GET", "/healthz", headers={}) == (503, {"status": "unavailable"})
+    # alive all the same: a restart would not bring the store back
+    assert await api.call("GET", "/livez", headers={}) == (200, {"status": "ok"})
     monkeypatch.undo()
     await api.server.state.monitor.sample()
     assert (await api.call("GET", "/healthz", headers={}))[0] == 200

@@ -62,9 +62,12 @@ ADMITTED = "legion.admitted"
 counted it in progress already."""
 
 
+_PROBES = frozenset({"/healthz", "/livez"})
+
+
 def unbounded(path: str) -> bool:
-    """Routes left out of the in-progress bound: event streams and the health check."""
-    return path == "/healthz" or path == "/v1/progress" or path.endswith("/events")
+    """Routes left out of the in-progress bound: event streams and the health checks."""
+    return path in _PROBES or path == "/v1/progress" or path.endswith("/events")
 
 
 class AdaptiveLimit:

@@ -1,6 +1,6 @@
 """``create_app``: the FastAPI application of ``legion serve``.
 
-Routes (every one but ``/healthz`` needs an API key, see `legion.server.auth`):
+Routes (every one but ``/healthz`` and ``/livez`` needs an API key, see `legion.server.auth`):
 
 ==========================================  ===============================================
 ``POST /v1/tasks``                          submit one task (idempotency key honoured)
@@ -15,7 +15,8 @@ Routes (every one but ``/healthz`` needs an API key, see `legion.server.auth`):
 ``GET  /v1/workers``                        workers and their health
 ``GET  /v1/key``                            the request's key: its tenant, admin or not
 ``GET  /metrics``                           Prometheus metrics
-``GET  /healthz``                           health (no key needed)
+``GET  /healthz``                           readiness: store and worker (no key needed)
+``GET  /livez``                             liveness: the worker (no key needed)
 ``GET  /openapi.json``                      this API's OpenAPI document
 ``GET  /``, ``/tasks/{id}``                 the dashboard
 ==========================================  ===============================================

@@ -1,4 +1,4 @@
-"""Every route but ``/healthz`` needs an API key.
+"""Every route but ``/healthz`` and ``/livez`` needs an API key.
 
 Clients send ``Authorization: Bearer KEY``. Browsers may send the key as the password of
 HTTP Basic authentication (any user name): that is how the dashboard is opened, and the

@@ -3,8 +3,8 @@
 ``/`` shows the run live, ``/tasks/{id}`` one task with a timeline of its steps and the
 history of its attempts (running and waiting for capacity drawn apart). Both are
 fed by the API's event streams (see `legion.server.streams`). The chart library is
-uPlot (MIT, vendored in ``static/`` with its licence). Like every route but ``/healthz``
-they need an API key: a browser asks for it (HTTP Basic: any user name, the key as the
+uPlot (MIT, vendored in ``static/`` with its licence). Like every route but the health
+checks they need an API key: a browser asks for it (HTTP Basic: any user name, the key as the
 password) and then sends it with each request of the page.
 """
 

@@ -11,7 +11,9 @@ Every ``interval`` seconds it reads, once for every client:
 
 Clients read `Monitor.snapshot` or wait for `Monitor.next_snapshot`, so a
 hundred open dashboards cost the store what one does. A sample that takes more than 5 %
-of the interval stretches the interval: watching never takes the store over.
+of the interval stretches the interval (to 30 s at most): watching never takes the store
+over. A sample that failed is tried again after the interval: a store that came back shows
+healthy within one, however long the failure took to come.
 """
 
 from __future__ import annotations
@@ -41,6 +43,18 @@ FAILURES_SHOWN = 10
 _ERRED = (TaskStatus.FAILED, TaskStatus.DEAD)  # (a tenant's failures read at the start)
 ROUTE_WINDOW = 10.0  # seconds over which route rates are measured
 _BUDGET = 20  # the interval is at least this many times what a sample costs
+_LONGEST_PAUSE = 30.0  # seconds between two samples at most, however long one took
+
+
+def next_pause(interval: float, cost: float, ok: bool) -> float:
+    """Seconds from the end of a sample that took ``cost`` seconds to the next one: the
+    rest of the interval, or ``_BUDGET`` times the sample's cost, at most
+    ``_LONGEST_PAUSE``; after a failed sample, the interval (a failure that took a call's
+    whole timeout to come says nothing of what watching costs the store, and stretched
+    by it the health stayed "down" minutes after the store came back)."""
+    if not ok:
+        return interval
+    return max(interval - cost, min(_BUDGET * cost - cost, _LONGEST_PAUSE), 0.0)
 
 
 class FeedSink(Protocol):
@@ -214,9 +228,8 @@ class Monitor:
         loop = asyncio.get_running_loop()
         while True:
             began = loop.time()
-            await self.sample()
-            cost = loop.time() - began
-            pause = max(self._interval - cost, _BUDGET * cost - cost, 0.0)
+            snapshot = await self.sample()
+            pause = next_pause(self._interval, loop.time() - began, snapshot.health.store_ok)
             wake = loop.time() + pause
             await asyncio.sleep(pause)
             self._lag = max(0.0, loop.time() - wake)

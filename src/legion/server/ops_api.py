@@ -32,9 +32,26 @@ metrics_only = APIRouter()  # the metrics port's, without a key
     responses={503: {"model": HealthOut, "description": "The store or the worker is down."}},
 )
 async def healthz(state: StateDep, response: Response) -> HealthOut:
-    """Liveness and readiness; the only route that needs no API key."""
+    """Readiness: the store answers and the worker runs (no API key needed)."""
     health = state.monitor.snapshot.health
     if not health.store_ok or state.runtime.fatal_error is not None:
+        response.status_code = 503
+        return HealthOut(status="unavailable")
+    return HealthOut(status="ok")
+
+
+@public.get(
+    "/livez",
+    operation_id="livez",
+    tags=["ops"],
+    responses={503: {"model": HealthOut, "description": "The worker stopped for good."}},
+)
+async def livez(state: StateDep, response: Response) -> HealthOut:
+    """Liveness: the server answers and its worker has not stopped for good (no API key
+    needed). A store that is down is not counted: restarting the server would not bring
+    it back, and the server serves again as soon as the store does (``/healthz`` says
+    when)."""
+    if state.runtime.fatal_error is not None:
         response.status_code = 503
         return HealthOut(status="unavailable")
     return HealthOut(status="ok")
