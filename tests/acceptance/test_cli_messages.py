@@ -156,6 +156,8 @@ async def echo(ctx, x: int):
         ("sqlite:///", "error: bad SQLite URL 'sqlite:///'"),
         ("sqlite:///q.db?mode=ro", "a SQLite store takes no parameters"),
         ("postgresql://u@[::1:5432/db", "error: bad PostgreSQL URL: Invalid IPv6 URL"),
+        # a raw '@' in a password: libpq sends the password's tail as the host name
+        ("postgresql://u:pa@ss@127.0.0.1/db", "write a '@' of a password as %40"),
     ],
 )
 def test_a_malformed_store_url_is_one_line(tmp_path: Path, store: str, said: str) -> None:
@@ -165,6 +167,7 @@ def test_a_malformed_store_url_is_one_line(tmp_path: Path, store: str, said: str
     _clean(r)
     assert r.returncode == 2
     assert said in r.stderr.splitlines()[-1]
+    assert "ss@" not in r.stderr  # (no part of a password printed)
     assert not (tmp_path / "q.db?mode=ro").exists()
 
 

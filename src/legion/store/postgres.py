@@ -922,6 +922,10 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
     """The libpq URL without legion's pool options, and those options."""
+    if url.partition("://")[2].split("/", 1)[0].count("@") > 1:
+        # libpq takes the first '@' for the end of the credentials: the rest of the
+        # password would be sent as the host name (and printed in its error)
+        raise ValueError("more than one '@' before the database: write a '@' of a password as %40")
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     ours = {k: v for k, v in query if k in _POOL_PARAMS}

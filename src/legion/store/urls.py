@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+
+# How libpq reads a URL's credentials: after the scheme, up to the first '@' or '/'
+# (a '#' or '?' in a password is part of it, a raw '@' ends it).
+_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://[^:@/]*:)[^@/]*@")
+# Parameters that carry a secret, in the query string (``?password=...``).
+_SECRET_PARAM = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password, if it has one, as ``***``: a store URL fit to print."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # too malformed to split (a bad IPv6 host): hide what looks like one
-        return re.sub(r"^([A-Za-z][\w+.-]*://[^:/@?#]*:)[^@/?#]*@", r"\1***@", url)
-    if not password:
-        return url
-    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with its passwords as ``***``: the one of its credentials (read as libpq
+    reads them) and any ``password=`` or ``sslpassword=`` parameter. A store URL fit to
+    print; everything else as given."""
+    shown = _USERINFO.sub(r"\1***@", url, count=1)
+    if "?" in shown:
+        head, _, query = shown.partition("?")
+        shown = head + _SECRET_PARAM.sub(r"\1***", "?" + query)
+    return shown
