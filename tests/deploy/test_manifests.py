@@ -87,6 +87,20 @@ def test_compose_runs_postgres_serve_autoscaled_workers_and_the_simulator() -> N
         assert services[svc]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_every_server_listening_beyond_loopback_says_so() -> None:
+    # legion's servers refuse a non-loopback --host without --allow-remote: the compose
+    # file's simulator exited at start, and every LLM call of its workers failed.
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]
+    commands = [s["command"] for s in compose.values() if "command" in s]
+    for doc in by_kind("Deployment"):
+        commands += [c["args"] for c in doc["spec"]["template"]["spec"]["containers"]]
+    listening = [c for c in commands if "--host" in c]
+    assert len(listening) == 3  # compose's serve and sim, Kubernetes' serve
+    for args in listening:
+        if args[args.index("--host") + 1] not in ("127.0.0.1", "localhost", "::1"):
+            assert "--allow-remote" in args, args
+
+
 def test_the_image_runs_legion_as_a_non_root_user() -> None:
     lines = [
         line.split(None, 1)
