@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +160,37 @@ def test_a_command_against_a_database_that_is_down_says_so_on_one_line(
     assert "Traceback" not in out.stderr
     assert out.stderr.startswith(f"error: cannot connect to {cluster.url}: "), out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
+
+
+def test_a_server_started_before_its_database_waits_then_serves(
+    agents_file: Path, cluster: PrivateCluster
+) -> None:
+    """As a worker does: a serve pod that starts before its database no longer exits at
+    once (code 2, read as "a restart would not mend") but waits, then serves."""
+    server = start_legion(
+        "serve", "--app", str(agents_file), "--store", cluster.url, "--port", "0", "--no-worker"
+    )
+    try:
+        read_until(server, "the store is unavailable (try 1)")
+        cluster.start()
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert "listening on " in line, line
+        url = line.split("listening on ", 1)[1].split()[0]
+        with urllib.request.urlopen(f"{url}/healthz", timeout=30) as resp:
+            assert resp.status == 200
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+        assert server.returncode == 0, err
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
+def test_a_server_gives_up_on_the_store_with_code_3(
+    agents_file: Path, cluster: PrivateCluster
+) -> None:
+    out = legion("serve", "--app", str(agents_file), "--store", cluster.url, "--store-wait", "0.5")
+    assert out.returncode == 3, out.stderr
+    assert "still unavailable" in out.stderr.splitlines()[-1]

@@ -32,6 +32,7 @@ from legion.cli.options import (
     RayAddressOpt,
     RpmOpt,
     StoreOpt,
+    StoreWaitOpt,
     TenantMaxCallsOpt,
     TenantMaxCostOpt,
     TenantMaxTokensOpt,
@@ -259,14 +260,7 @@ def worker(
         bool,
         typer.Option("--strict", help="Fail a task whose agent left a step or call unawaited."),
     ] = False,
-    store_wait: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            help="At start, wait this long (seconds) for a store that cannot be reached, "
-            "trying again with a growing pause; then exit with code 3.",
-        ),
-    ] = 300.0,
+    store_wait: StoreWaitOpt = 300.0,
     max_freezes: Annotated[
         int,
         typer.Option(

@@ -52,6 +52,16 @@ LeaseSecondsOpt = Annotated[
 ]
 
 
+StoreWaitOpt = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="At start, wait this long (seconds) for a store that cannot be reached, "
+        "trying again with a growing pause; then exit with code 3.",
+    ),
+]
+
+
 LLMOpt = Annotated[
     list[str] | None,
     typer.Option(

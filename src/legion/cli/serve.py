@@ -6,6 +6,7 @@ imported only when one of these commands runs.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import importlib.util
 import json
@@ -26,6 +27,7 @@ from legion.cli.options import (
     MaxInFlightOpt,
     RpmOpt,
     StoreOpt,
+    StoreWaitOpt,
     TenantMaxCallsOpt,
     TenantMaxCostOpt,
     TenantMaxTokensOpt,
@@ -38,15 +40,17 @@ from legion.cli.progress import error_text, stderr_console
 from legion.cli.status import opened
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
+from legion.provision.exits import EXIT_STORE
 from legion.store import redact_url, store_from_url
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from legion.agent import Agent
-    from legion.cli.wiring import RuntimeOptions
+    from legion.cli.wiring import RuntimeOptions, StopSignals
     from legion.server import ServerSettings
     from legion.server.keys import NewKey
+    from legion.store import Store
     from legion.store.types import ApiKey
 
 
@@ -67,6 +71,7 @@ class LogFormat(enum.StrEnum):
 class ServeOptions:
     runtime: RuntimeOptions  # no executor: agents run in the server's event loop
     settings: ServerSettings
+    store_wait: float = 300.0  # seconds to wait for an unavailable store at start
 
 
 def _paragraphs(*parts: str) -> str:
@@ -156,6 +161,7 @@ def serve(
     tpm: TpmOpt = None,
     max_in_flight: MaxInFlightOpt = None,
     config: ConfigOpt = None,
+    store_wait: StoreWaitOpt = 300.0,
     max_body: Annotated[
         int, typer.Option(min=1024, help="Largest request body in bytes; larger ones get 413.")
     ] = 4 * 1024 * 1024,
@@ -271,7 +277,7 @@ def serve(
         executors=None,
         tenant_budget=tenant_budget,
     )
-    opts = ServeOptions(runtime=runtime, settings=settings)
+    opts = ServeOptions(runtime=runtime, settings=settings, store_wait=store_wait)
     try:
         code = _run(_serve(opts, agents, stderr_console()))
     finally:
@@ -300,9 +306,10 @@ def _require_server_extra() -> None:
 
 
 async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> int:
-    """Serve until SIGINT/SIGTERM; then stop serving and drain the worker (if it runs one)."""
-    from legion.cli.wiring import StopSignals, open_runtime, until_first
-    from legion.server import running_server
+    """Serve until SIGINT/SIGTERM; then stop serving and drain the worker (if it runs one).
+    A store that cannot be reached at start is waited for, as a worker waits for it (a
+    server started before its database came up exited at once)."""
+    from legion.cli.wiring import StopSignals, open_store, until_first
 
     then = ", then draining the worker" if opts.runtime.worker else ""
 
@@ -310,9 +317,36 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
         console.print(f"{sig.name}: stopping the server{then}", highlight=False)
 
     stop = StopSignals(first)  # from the start: a stop while opening still ends cleanly
+    opening = asyncio.ensure_future(
+        open_store(
+            opts.runtime.store,
+            lease_seconds=opts.runtime.lease_seconds,
+            wait=opts.store_wait,
+            console=console,
+        )
+    )
+    await until_first(opening, stop.wait())
+    store = None if opening.cancelled() else opening.result()
+    if store is None:
+        return 0 if stop.is_set() else EXIT_STORE
+    try:
+        return await _serve_on(store, opts, agents, stop, console)
+    finally:
+        await store.aclose()
+
+
+async def _serve_on(
+    store: Store, opts: ServeOptions, agents: list[Agent], stop: StopSignals, console: Console
+) -> int:
+    from legion.cli.wiring import open_runtime, until_first
+    from legion.server import running_server
+
     async with (
         open_runtime(
-            opts.runtime, agents=agents, on_routes=lambda note: console.print(note, highlight=False)
+            opts.runtime,
+            store=store,
+            agents=agents,
+            on_routes=lambda note: console.print(note, highlight=False),
         ) as rt,
         running_server(rt, agents, opts.settings) as server,
     ):
