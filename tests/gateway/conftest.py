@@ -25,6 +25,12 @@ from legion.store import store_from_url
 from legion.store.base import Store
 
 
+@pytest.fixture
+def store_file(tmp_path: Path) -> str:
+    """A SQLite store for gateway processes."""
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
+
+
 @dataclass
 class Running:
     """A gateway serving on loopback, and its parts."""

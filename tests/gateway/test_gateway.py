@@ -9,7 +9,6 @@ import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -61,11 +60,6 @@ def sim() -> Iterator[str]:
     proc, url = start_sim("--rpm", "6000", "--window-seconds", "5", "--latency", "0.01")
     yield url
     stop(proc)
-
-
-@pytest.fixture
-def store_file(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'gateway.db'}"
 
 
 def test_two_gateways_share_one_limit_under_load(sim: str, store_url: str) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import os
 import signal
 import socket
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,14 +18,19 @@ from legion.cli.options import (
     MaxInFlightOpt,
     RpmOpt,
     StoreOpt,
+    StoreWaitOpt,
     TpmOpt,
     _fail,
     _refuse_private_store,
     _run,
 )
 from legion.cli.progress import stderr_console
+from legion.errors import LegionError
 from legion.extras import install_hint
-from legion.store import store_from_url
+from legion.store.timeouts import DEFAULT_LEASE_SECONDS
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 GATEWAY_HELP = (
     "Serve POST /v1/chat/completions and /v1/embeddings (OpenAI's API) for agents legion "
@@ -56,6 +61,17 @@ def gateway(
     allow_remote: Annotated[
         bool, typer.Option("--allow-remote", help="Allow a --host that is not loopback.")
     ] = False,
+    max_outage: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a call waits for a route that fails every call (an outage: the "
+            "route is probed meanwhile) before it answers 502; later calls on a route down "
+            "that long answer 502 at once until a probe gets through. Callers wait on "
+            "the line: keep it below their own timeout.",
+        ),
+    ] = 30.0,
+    store_wait: StoreWaitOpt = 300.0,
 ) -> None:
     # Here, not at the top: the LLM layer and the simulator's package (aiohttp) load when
     # the command runs, not with every `legion` command.
@@ -71,27 +87,53 @@ def gateway(
     except ImportError:
         raise _fail(f"legion gateway needs the server extra: {install_hint('server')}") from None
     opts = LLMOptions(tuple(llm or ()), rpm, tpm, max_in_flight, config)
-    llm_settings, note = llm_config(opts)
-    stderr_console().print(note, highlight=False)
-    _run(_serve(store, llm_settings, host, port))
+    try:
+        llm_settings, note = llm_config(opts)
+    except LegionError as exc:  # a config file or --llm at fault: one line, not a traceback
+        raise _fail(str(exc)) from None
+    console = stderr_console()
+    console.print(note, highlight=False)
+    code = _run(_serve(store, llm_settings, host, port, max_outage, store_wait, console))
+    raise typer.Exit(code)
 
 
-async def _serve(url: str, llm_settings: object, host: str, port: int) -> None:
+async def _serve(
+    url: str,
+    llm_settings: object,
+    host: str,
+    port: int,
+    max_outage: float,
+    store_wait: float,
+    console: Console,
+) -> int:
+    """Serve until SIGINT/SIGTERM (0); a store that cannot be reached at start is waited
+    for up to ``store_wait`` seconds (then 3, as a worker)."""
     from legion.cli.serve import _no_key_hint
+    from legion.cli.wiring import open_store
     from legion.gateway.app import Gateway, serve
     from legion.llm.config import LLMConfig, build_client
+    from legion.provision.exits import EXIT_STORE
 
     assert isinstance(llm_settings, LLMConfig)
-    store = store_from_url(url)
-    await store.open()
+    opening = asyncio.ensure_future(
+        open_store(url, lease_seconds=DEFAULT_LEASE_SECONDS, wait=store_wait, console=console)
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, opening.cancel)
     try:
-        async with await build_client(llm_settings) as client:
+        store = await opening
+    except asyncio.CancelledError:
+        return 0
+    if store is None:
+        return EXIT_STORE
+    try:
+        async with await build_client(llm_settings, max_outage=max_outage) as client:
             gateway = Gateway(
                 client, store, gateway_id=f"gateway-{socket.gethostname()}-{os.getpid()}"
             )
             ready = asyncio.Event()
             server = asyncio.create_task(serve(gateway, host, port, ready))
-            loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, server.cancel)
             waiting = asyncio.create_task(ready.wait())
@@ -101,12 +143,13 @@ async def _serve(url: str, llm_settings: object, host: str, port: int) -> None:
                 print(f"legion gateway ready at http://{bound_host}:{bound_port}/v1", flush=True)
                 if not any(k.revoked_at is None for k in await store.api_keys()):
                     # (a new store, or a misspelt --store: every call would get 401)
-                    stderr_console().print(_no_key_hint(url), highlight=False)
+                    console.print(_no_key_hint(url), highlight=False)
             with contextlib.suppress(asyncio.CancelledError):
                 await server
             waiting.cancel()
     finally:
         await store.aclose()
+    return 0
 
 
 def register(app: typer.Typer) -> None:

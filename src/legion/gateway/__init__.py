@@ -10,7 +10,8 @@ through the store, as workers do (`legion.run.shares`)::
     GET  /v1/usage              the calling key's calls, tokens and cost over every
                                 gateway on the store, and its recorded calls per task
                                 (?all=1, an admin key: every key's)
-    GET  /healthz               no key needed: each route's pace now
+    GET  /healthz               no key needed: each route's pace now (503 while the store
+                                does not answer)
 
 Callers authenticate with the API keys of ``legion serve`` (``legion keys create``).
 A call with an ``X-Legion-Task`` header (and optionally ``X-Legion-Step``) is recorded

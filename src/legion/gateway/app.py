@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from legion import codec
 from legion.errors import LegionError, Permanent, StoreError, cannot_listen
@@ -56,6 +57,8 @@ STEP_HEADER = "X-Legion-Step"
 _NAME = re.compile(r"^[A-Za-z0-9_.:#-]{1,128}$")
 _MAX_BODY = 32 * 1024 * 1024
 _EVENTS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_RETRY = {"Retry-After": "5"}  # (every 503 says when to try again)
+_HEALTH_TIMEOUT = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class Gateway:
         """Where it listens, once `serve` has started it."""
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_BODY)
+        app = web.Application(client_max_size=_MAX_BODY, middlewares=[_errors])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/usage", self._usage)
@@ -293,6 +296,13 @@ class Gateway:
         )
 
     async def _health(self, request: web.Request) -> web.Response:
+        """Each route's pace now; 503 while the store does not answer (every call would:
+        the keys are checked there)."""
+        try:
+            await asyncio.wait_for(self._store.last_event_id(), _HEALTH_TIMEOUT)
+        except (StoreError, TimeoutError) as exc:
+            body = {"ok": False, "store": f"unavailable: {exc or 'no answer'}"}
+            return web.json_response(body, status=503, headers=_RETRY)
         routes: dict[str, Any] = {}
         for name, route in self._client.routes.items():
             stats = route.capacity.statistics()
@@ -357,8 +367,34 @@ def _answer(response: ChatResponse, chat: WireChat, body: bytes, model: str) -> 
     return web.Response(body=b"".join(chunks.whole(response)), headers=_EVENTS)
 
 
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error an OpenAI client can read: a store that fails under a request (its key
+    is checked there) answers 503 with Retry-After, aiohttp's own refusals (a body past
+    the limit, an unknown path) and anything unforeseen answer OpenAI's JSON error, not
+    a text page."""
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        return _error(503, f"the store is unavailable: {exc}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("legion gateway: %s %s failed", request.method, request.path)
+        return _error(500, "internal error (logged by the gateway)")
+
+
 def _error(status: int, message: str) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="legion"'} if status == 401 else None
+    headers: dict[str, str] | None = None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="legion"'}
+    elif status == 503:
+        headers = _RETRY
     return web.Response(
         status=status,
         body=openai_wire.render_error(status, message),

@@ -347,10 +347,13 @@ async def build_client(
     rng: random.Random | None = None,
     budget: Budget | None = None,
     tenant_budget: BudgetLimits | None = None,
+    max_outage: float = 120.0,
 ) -> LLMClient:
     """An `LLMClient` for ``config``, with its simulators started; close it
     with ``aclose()`` (or ``async with``). ``budget``: the run's spending limits;
     ``tenant_budget``: each tenant's; a cost limit needs a price for every route's model.
+    ``max_outage``: how long a call waits for a route that fails every call (see
+    `legion.llm.client`).
 
     Routes on the same provider endpoint and key share one provider (one
     connection pool); routes on the same endpoint and model share one
@@ -417,6 +420,7 @@ async def build_client(
         rng=rng,
         budget=budget,
         tenant_budget=tenant_budget,
+        max_outage=max_outage,
     )
     client.batch_window = config.batch_window
     client.batch_poll_interval = config.batch_poll_interval
