@@ -3,9 +3,13 @@ reads and the autoscalers' published decisions."""
 
 from __future__ import annotations
 
+import os
+import socket
+
 from legion import codec
+from legion.provision.board import Board
 from legion.store import Store
-from legion.store.types import AutoscalerInfo
+from legion.store.types import AutoscalerInfo, WorkerInfo
 from legion.task import NewTask
 
 NOW = 1_000_000.0
@@ -22,6 +26,17 @@ async def test_backlog_counts_ready_tasks_and_the_oldest(store: Store) -> None:
     leases = await store.lease("w", {"a": 2}, 2, NOW + 40, NOW + 10)
     assert len(leases) == 2
     assert (await store.backlog(NOW + 10)).ready == 2
+
+
+async def test_backlog_of_some_agents_leaves_the_others_out(store: Store) -> None:
+    await store.submit([NewTask("orphan", codec.dumps(0), None, max_attempts=3)], NOW)
+    await store.submit(
+        [NewTask("a", codec.dumps(i), None, max_attempts=3) for i in range(2)], NOW + 5
+    )
+    assert (await store.backlog(NOW + 10)).ready == 3
+    served = await store.backlog(NOW + 10, agents={"a", "b"})
+    assert (served.ready, served.oldest_created_at) == (2, NOW + 5)
+    assert (await store.backlog(NOW + 10, agents=())).ready == 0
 
 
 async def test_autoscalers_publish_refresh_and_remove(store: Store) -> None:
@@ -76,3 +91,18 @@ async def test_a_task_to_run_alone_keeps_its_needs(store: Store) -> None:
         "w3", {"a": 1}, 1, NOW + 40, NOW + 2, isolated=True, offer={"gpu": 1.0}
     )
     assert len(alone) == 1
+
+
+async def test_a_pool_reads_the_backlog_of_the_agents_its_workers_serve(store: Store) -> None:
+    """The autoscaler's reading: tasks of an agent none of its workers serves ask for
+    no worker of its pool (another pool's, or none at all)."""
+    now = await store.now()
+    await store.submit([NewTask("other", codec.dumps(0), None, max_attempts=3)], now - 60)
+    board = Board(concurrency=10)
+    assert (await board.read(store, own={os.getpid()})).queued == 1  # none registered yet
+    mine = WorkerInfo("w1", socket.gethostname(), os.getpid(), now, now, {"agents": ["a"]})
+    await store.register_worker(mine)
+    demand = await board.read(store, own={os.getpid()})
+    assert (demand.queued, demand.oldest_wait) == (0, 0.0)
+    await store.submit([NewTask("a", codec.dumps(1), None, max_attempts=3)], now)
+    assert (await board.read(store, own={os.getpid()})).queued == 1

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from legion import codec
 from legion.errors import ProviderUnavailable, StoreError
 from legion.llm.breaker import Breaker, BreakerSettings, BreakerState
 from legion.llm.capacity import Capacity
@@ -17,6 +18,7 @@ from legion.llm.client import LLMClient, Route
 from legion.llm.types import ChatResponse, Usage
 from legion.retry import RetryPolicy
 from legion.server.keys import new_key
+from legion.task import NewTask
 from legion.testing import ScriptedProvider
 from tests.server.conftest import Api, StartApi
 
@@ -192,6 +194,29 @@ async def test_an_open_breaker_shows_in_metrics_and_statistics(
     assert m("legion_llm_breaker_state", **route) == 1
     assert stats["routes"][0]["breaker"] == "open"
     assert llm.statistics().routes["main"].breaker.state is BreakerState.OPEN  # type: ignore[union-attr]
+
+
+async def test_a_task_no_worker_serves_asks_for_no_worker(
+    start_api: StartApi, tmp_path: Path, gate: object
+) -> None:
+    # One task of an agent no worker (nor the server) serves, queued an hour: it counted
+    # as "the oldest task waited", one more worker each sample, up to a pool's maximum.
+    api = await start_api(f"sqlite:///{tmp_path / 'o.db'}")
+    store = api.runtime.store
+    an_hour_ago = time.time() - 3600
+    await store.submit(
+        [NewTask("nobody-serves-me", codec.dumps({}), None, max_attempts=1)], an_hour_ago
+    )
+    snapshot = await api.server.state.monitor.sample()
+    assert snapshot.scaling is not None
+    assert (snapshot.scaling.desired, snapshot.scaling.running) == (1, 1)
+    # The server's own agent's tasks still count: 201 held ones for 200 slots (queued or
+    # leased by now, either way they ask for a second worker).
+    await store.submit(
+        [NewTask("held", codec.dumps(i), None, max_attempts=1) for i in range(201)], an_hour_ago
+    )
+    snapshot = await api.server.state.monitor.sample()
+    assert snapshot.scaling is not None and snapshot.scaling.desired == 2
 
 
 async def test_workers_desired_follows_the_backlog(

@@ -138,7 +138,9 @@ class Autoscaler:
         while not self._stop.is_set():
             self._reap()
             try:
-                demand = await self._board.read(store, ignore=self._draining)
+                demand = await self._board.read(
+                    store, ignore=self._draining, own=self._workers.keys()
+                )
                 decision, self._state = decide(demand, self._opts.config, self._state)
                 self._apply(decision, demand_in_flight(demand))
                 await store.publish_autoscaler(self._info(decision, await store.now()))

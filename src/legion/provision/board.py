@@ -1,6 +1,9 @@
 """The scaling policy's input, read from the store: `legion.provision.policy.Demand`.
 
 One reading costs three queries (the backlog, the task counts, the worker registry). The
+backlog is of the agents the pool's workers serve (`served`): a task no worker of the pool
+can run (an agent no worker serves) asks for no worker, where one such task left queued
+raised the pool to its maximum, its age counting for "the oldest task waited". The
 tasks finished per worker per second come from the workers' own counters (reported in
 each heartbeat) between two readings, so a `Board` is kept between them. A route's
 headroom sums, over the workers sharing it (one provider endpoint and model: the key of
@@ -30,13 +33,18 @@ class Board:
         self._finished: dict[str, int] = {}
         self._throughput: float | None = None
 
-    async def read(self, store: Store, *, ignore: Collection[int] = ()) -> Demand:
+    async def read(
+        self, store: Store, *, ignore: Collection[int] = (), own: Collection[int] = ()
+    ) -> Demand:
         """A snapshot of the store now; workers whose pid is in ``ignore`` (draining ones)
-        are left out."""
+        are left out. The backlog is of the agents served by this host's workers whose pid
+        is in ``own`` (every agent's while none of them has registered)."""
         now = await store.now()
-        backlog = await store.backlog(now)
+        registered = await store.workers()
+        live = [w for w in registered if w.pid not in ignore or not _local(w)]
+        agents = served(w for w in registered if w.pid in own and _local(w))
+        backlog = await store.backlog(now, agents)
         counts = await store.counts()
-        live = [w for w in await store.workers() if w.pid not in ignore or not _local(w)]
         return self.demand(now, backlog.ready, backlog.oldest_created_at, counts, live)
 
     def demand(
@@ -90,6 +98,15 @@ class Board:
             prev = self._throughput
             self._throughput = rate if prev is None else prev + 0.5 * (rate - prev)
         return self._throughput
+
+
+def served(workers: Iterable[WorkerInfo], also: Collection[str] = ()) -> set[str] | None:
+    """The agents ``workers`` serve (as their heartbeats say) and ``also``; ``None`` (every
+    agent) when that is none: a pool whose workers have not registered yet."""
+    agents = set(also)
+    for worker in workers:
+        agents.update(worker.load.get("agents", ()))
+    return agents or None
 
 
 def route_headroom(loads: Iterable[Any]) -> list[RouteHeadroom]:

@@ -7,7 +7,8 @@ and the previous `PolicyState`; no I/O and no clock of its own, so it is tested
 on made-up snapshots and a made-up time. The ``legion worker --autoscale`` supervisor and
 the ``legion_workers_desired`` gauge both call it.
 
-The formula, with ``Q`` tasks ready in the queue, ``R`` running, ``S`` instances per
+The formula, with ``Q`` tasks ready in the queue (of the agents the pool serves: see
+`legion.provision.board`), ``R`` running, ``S`` instances per
 worker (``--concurrency``), ``r`` tasks finished per second by one worker (measured;
 unknown at first), ``T`` the ``drain_target`` (seconds within which a backlog should
 clear), ``H`` healthy workers and ``U`` unhealthy ones (overloaded or with a stale

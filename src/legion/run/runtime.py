@@ -237,6 +237,11 @@ class Runtime:
             llm, self.llm = self.llm, None
             await llm.aclose()
 
+    @property
+    def agent_names(self) -> frozenset[str]:
+        """The names of the agents registered with this runtime."""
+        return frozenset(self._agents)
+
     def register(self, agent: Agent) -> None:
         """Make ``agent`` runnable by this runtime's worker (map/submit do it for you)."""
         if not isinstance(agent, Agent):

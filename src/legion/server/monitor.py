@@ -288,7 +288,7 @@ class Monitor:
             self._failed_tenants = set()
             self._failures_read_at = now
             self._new_failures = False
-        scaling = await self._scaling.read(store, counts, workers)
+        scaling = await self._scaling.read(store, counts, workers, self._rt.agent_names)
         point = self._point(now, tick, counts)
         self._series.append(point)
         self._sample_tenants(now, tenant_ticks, by_tenant)

@@ -5,7 +5,9 @@ metrics), which applies its own bounds; so no minimum or maximum here.
 
 from __future__ import annotations
 
-from legion.provision.board import Board
+from collections.abc import Collection
+
+from legion.provision.board import Board, served
 from legion.provision.policy import PolicyState, ScalingConfig, decide
 from legion.server.snapshot import Scaling
 from legion.store.base import Store
@@ -24,10 +26,16 @@ class ScalingGauge:
         self._state = PolicyState()
 
     async def read(
-        self, store: Store, counts: dict[TaskStatus, int], workers: list[WorkerInfo]
+        self,
+        store: Store,
+        counts: dict[TaskStatus, int],
+        workers: list[WorkerInfo],
+        agents: Collection[str] = (),
     ) -> Scaling:
+        """The decision now, on the backlog of ``agents`` (the server's) and of those the
+        live workers serve: tasks no worker would run ask for no worker."""
         now = await store.now()
-        backlog = await store.backlog(now)
+        backlog = await store.backlog(now, served(workers, agents))
         demand = self._board.demand(now, backlog.ready, backlog.oldest_created_at, counts, workers)
         if self._state.desired == 0 and workers:
             self._state = PolicyState(len(workers))  # the workers found running

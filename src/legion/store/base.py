@@ -22,7 +22,7 @@ commits the steps, memory writes and completions of many instances in one transa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from legion.store.batches import BatchStore
@@ -208,9 +208,9 @@ class WorkerRegistry(Protocol):
 
     # -- provisioning ------------------------------------------------------------------
 
-    async def backlog(self, now: float) -> Backlog:
+    async def backlog(self, now: float, agents: Collection[str] | None = None) -> Backlog:
         """The queued tasks ready at ``now`` (not waiting out a backoff) and the oldest
-        one's submission time."""
+        one's submission time: of every agent, or of ``agents`` alone."""
 
     async def publish_autoscaler(self, info: AutoscalerInfo) -> None:
         """Insert or refresh an autoscaling supervisor's decision."""

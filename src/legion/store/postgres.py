@@ -48,7 +48,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -798,9 +798,10 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
 
     # -- provisioning ------------------------------------------------------------------
 
-    async def backlog(self, now: float) -> Backlog:
+    async def backlog(self, now: float, agents: Collection[str] | None = None) -> Backlog:
+        named = None if agents is None else sorted(agents)
         async with self._cursor() as cur:
-            await cur.execute(Q["backlog"], {"now": now})
+            await cur.execute(Q["backlog"], {"now": now, "agents": named})
             row = await cur.fetchone()
         assert row is not None
         return Backlog(int(row[0]), row[1])

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from pathlib import Path
@@ -711,9 +711,11 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
     # -- provisioning ------------------------------------------------------------------
 
-    async def backlog(self, now: float) -> Backlog:
+    async def backlog(self, now: float, agents: Collection[str] | None = None) -> Backlog:
+        named = None if agents is None else codec.dumps(sorted(agents)).decode()
+
         def run() -> Backlog:
-            n, oldest = self._db.execute(Q["backlog"], {"now": now}).fetchone()
+            n, oldest = self._db.execute(Q["backlog"], {"now": now, "agents": named}).fetchone()
             return Backlog(int(n), oldest)
 
         return await self._call(run)

@@ -530,8 +530,10 @@ WHERE (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)
 ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: backlog
--- Tasks ready to run now and when the oldest of them was submitted (the scaling policy).
-SELECT count(*), min(created_at) FROM tasks WHERE status = 'queued' AND not_before <= %(now)s;
+-- Tasks ready to run now and when the oldest of them was submitted (the scaling policy):
+-- of every agent, or of those named.
+SELECT count(*), min(created_at) FROM tasks WHERE status = 'queued' AND not_before <= %(now)s
+  AND (%(agents)s::text[] IS NULL OR agent = ANY(%(agents)s::text[]));
 
 -- name: upsert_autoscaler
 INSERT INTO autoscalers (id, host, pid, at, desired, running, minimum, maximum, reason)

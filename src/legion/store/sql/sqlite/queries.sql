@@ -423,8 +423,10 @@ WHERE (:task_id IS NULL OR task_id = :task_id) AND (:agent IS NULL OR agent = :a
 ORDER BY id DESC LIMIT :limit;
 
 -- name: backlog
--- Tasks ready to run now and when the oldest of them was submitted (the scaling policy).
-SELECT count(*), min(created_at) FROM tasks WHERE status = 'queued' AND not_before <= :now;
+-- Tasks ready to run now and when the oldest of them was submitted (the scaling policy):
+-- of every agent, or of those named (a JSON array).
+SELECT count(*), min(created_at) FROM tasks WHERE status = 'queued' AND not_before <= :now
+  AND (:agents IS NULL OR agent IN (SELECT value FROM json_each(:agents)));
 
 -- name: upsert_autoscaler
 INSERT INTO autoscalers (id, host, pid, at, desired, running, minimum, maximum, reason)
