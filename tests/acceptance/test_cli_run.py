@@ -202,6 +202,7 @@ def test_status_shows_dead_tasks_and_retry_requeues_them(tmp_path: Path, agents_
     doc = json.loads(st.stdout)
     assert doc["counts"]["dead"] == 4
     assert doc["errors"][0]["error"]["type"] == "RuntimeError"
+    assert "raise RuntimeError" in doc["errors"][0]["traceback"]  # (the agent's line)
     human = legion("status", "--store", store)
     assert "doomed" in human.stdout and "RuntimeError: doomed" in human.stdout
 

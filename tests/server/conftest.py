@@ -80,6 +80,14 @@ class Api:
         return dict(body)
 
 
+async def admin_key(api: Api) -> dict[str, str]:
+    """The headers of a new admin key (it sees every tenant's work: the LLM routes, the
+    scaling decision, the tasks' tracebacks)."""
+    key = new_key("ops", time.time(), admin=True)
+    await api.runtime.store.add_api_key(key.record)
+    return api.auth(key.token)
+
+
 async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]]:
     """Parse a server-sent event stream: ``(event, data)`` pairs, data JSON-decoded."""
     name, data = "message", list[str]()

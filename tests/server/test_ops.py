@@ -17,10 +17,9 @@ from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.llm.types import ChatResponse, Usage
 from legion.retry import RetryPolicy
-from legion.server.keys import new_key
 from legion.task import NewTask
 from legion.testing import ScriptedProvider
-from tests.server.conftest import Api, StartApi
+from tests.server.conftest import Api, StartApi, admin_key
 
 
 def scripted_llm(answers: int) -> LLMClient:
@@ -28,14 +27,6 @@ def scripted_llm(answers: int) -> LLMClient:
     provider = ScriptedProvider([reply] * answers)
     capacity = Capacity("main", rpm=600, tpm=100_000)
     return LLMClient([Route("main", provider, "m-1", capacity)])
-
-
-async def admin_key(api: Api) -> dict[str, str]:
-    """The headers of a new admin key: the LLM routes and the scaling decision count
-    every tenant's work, so a tenant's key is not shown them."""
-    key = new_key("ops", time.time(), admin=True)
-    await api.runtime.store.add_api_key(key.record)
-    return api.auth(key.token)
 
 
 class Samples:

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.server.conftest import Api, StartApi, next_event
+from tests.server.conftest import Api, StartApi, admin_key, next_event
 
 
 async def test_submit_then_get_the_task_with_its_steps(any_api: Api) -> None:
@@ -33,7 +33,7 @@ async def test_a_task_lists_its_attempts_with_running_and_waiting_time(any_api: 
     assert status == 200
     first, second = body["attempts"]
     assert (first["attempt"], first["outcome"]) == (1, "retry")
-    assert first["error"] == {"type": "ConnectionError", "message": "flaky"}
+    assert first["error"] == {"type": "ConnectionError", "message": "flaky", "traceback": None}
     assert first["waiting_seconds"] > 0  # the capacity wait is kept apart from running
     assert first["running_seconds"] >= 0 and first["finished_at"] >= first["started_at"]
     assert (second["attempt"], second["outcome"], second["error"]) == (2, "succeeded", None)
@@ -204,13 +204,30 @@ async def test_get_unknown_task_is_404(api: Api) -> None:
     assert (await api.call("GET", "/v1/tasks/abc"))[0] == 422
 
 
-async def test_errors_carry_type_and_message_never_a_traceback(api: Api) -> None:
+async def test_a_dead_tasks_traceback_is_shown_to_an_admin_key_alone(api: Api) -> None:
+    # The traceback was in the store and nowhere else: no route, page or command showed
+    # it. A tenant's key still never sees one (it shows the agents' code).
     _, sub = await api.call("POST", "/v1/tasks", body={"agent": "doomed", "input": {"n": 3}})
     task = await api.finished(sub["id"])
     assert task["status"] == "dead"
-    assert task["error"] == {"type": "RuntimeError", "message": "doomed 3"}
-    stored = await api.runtime.get(sub["id"])
-    assert stored is not None and stored.error is not None and "Traceback" in stored.error.traceback
+    assert task["error"] == {"type": "RuntimeError", "message": "doomed 3", "traceback": None}
+    admin = await admin_key(api)
+    _, task = await api.call("GET", f"/v1/tasks/{sub['id']}", headers=admin)
+    trace = task["error"]["traceback"]
+    assert trace.startswith("Traceback (most recent call last)") and "doomed 3" in trace
+    assert "raise RuntimeError" in trace  # (the agent's own line)
+    _, page = await api.call("GET", "/v1/tasks?status=dead", headers=admin)
+    assert [t["error"]["traceback"] for t in page["tasks"]] == [None]  # lists stay small
+
+
+async def test_a_task_that_succeeded_after_a_failure_has_no_error(api: Api) -> None:
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "flaky", "input": {"n": 4}})
+    task = await api.finished(sub["id"])
+    assert (task["status"], task["attempts"], task["error"]) == ("succeeded", 2, None)
+    _, page = await api.call("GET", "/v1/tasks?status=succeeded")
+    assert [t["error"] for t in page["tasks"]] == [None]
+    _, attempts = await api.call("GET", f"/v1/tasks/{sub['id']}/attempts")
+    assert attempts["attempts"][0]["error"]["message"] == "flaky"  # (history keeps it)
 
 
 async def test_list_filters_and_pages(any_api: Api) -> None:

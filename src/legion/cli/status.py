@@ -101,6 +101,7 @@ async def show_status(
                     "status": str(t.status),
                     "attempt": t.attempt,
                     "error": t.error.brief() if t.error else None,
+                    "traceback": (t.error.traceback or None) if t.error else None,
                 }
                 for t in recent
             ],

@@ -79,10 +79,16 @@ class BatchOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    """Why a task's last attempt failed (the traceback stays in the store)."""
+    """Why a task's last attempt failed."""
 
     type: str
     message: str
+    traceback: str | None = Field(
+        None,
+        description="The formatted traceback, for an admin key, in `GET /v1/tasks/{id}` and "
+        "a task's `end` event (null in lists, and for a tenant's key: it shows the agents' "
+        "code).",
+    )
 
 
 class UsageOut(BaseModel):
@@ -144,7 +150,9 @@ class AttemptsOut(BaseModel):
                     finished_at=r.finished_at,
                     running_seconds=r.running,
                     waiting_seconds=r.waited,
-                    error=ErrorOut(type=r.error.type, message=r.error.message) if r.error else None,
+                    error=ErrorOut(type=r.error.type, message=r.error.message, traceback=None)
+                    if r.error
+                    else None,
                 )
                 for r in records
             ]
@@ -165,7 +173,10 @@ class TaskOut(BaseModel):
     created_at: float
     started_at: float | None = Field(description="Start of the latest attempt.")
     finished_at: float | None
-    error: ErrorOut | None
+    error: ErrorOut | None = Field(
+        description="Why its last attempt failed; null once it succeeded (the failed "
+        "attempts before stay in `/attempts`)."
+    )
     usage: UsageOut | None
 
     @classmethod
@@ -181,9 +192,12 @@ class TaskDetail(TaskOut):
     steps: list[StepOut]
 
     @classmethod
-    def with_steps(cls, t: TaskInfo, steps: list[StepInfo]) -> TaskDetail:
+    def with_steps(
+        cls, t: TaskInfo, steps: list[StepInfo], *, traceback: bool = False
+    ) -> TaskDetail:
+        """``traceback``: with its error's traceback (for an admin key)."""
         return cls(
-            **_task_fields(t),
+            **_task_fields(t, traceback=traceback),
             input=t.input,
             output=t.output,
             steps=[step_out(s) for s in steps],
@@ -241,7 +255,12 @@ def step_out(s: StepInfo) -> StepOut:
     )
 
 
-def _task_fields(t: TaskInfo) -> dict[str, Any]:
+def _task_fields(t: TaskInfo, *, traceback: bool = False) -> dict[str, Any]:
+    error = None
+    if t.error is not None and t.status is not TaskStatus.SUCCEEDED:
+        # (a task that succeeded after a failed attempt: that error is history, not state)
+        shown = (t.error.traceback or None) if traceback else None
+        error = ErrorOut(type=t.error.type, message=t.error.message, traceback=shown)
     return {
         "id": t.id,
         "agent": t.agent,
@@ -254,6 +273,6 @@ def _task_fields(t: TaskInfo) -> dict[str, Any]:
         "created_at": t.created_at,
         "started_at": t.started_at,
         "finished_at": t.finished_at,
-        "error": ErrorOut(type=t.error.type, message=t.error.message) if t.error else None,
+        "error": error,
         "usage": UsageOut.model_validate(t.usage) if t.usage else None,
     }

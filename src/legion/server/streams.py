@@ -64,7 +64,8 @@ async def task_events(
                 sent_steps.add(s.key)
                 yield ServerSentEvent(event="step", data=step_out(s))
         if info.status.terminal:
-            yield ServerSentEvent(event="end", data=TaskDetail.with_steps(info, steps))
+            detail = TaskDetail.with_steps(info, steps, traceback=key.admin)
+            yield ServerSentEvent(event="end", data=detail)
             return
         if await _closing(state, state.settings.task_poll_interval):
             return

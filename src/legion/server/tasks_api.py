@@ -320,9 +320,11 @@ async def no_such_action(task_id: str, action: str) -> None:
 # Declared after the :cancel and :retry routes, which its path would match too: an OPTIONS
 # (or GET) on those then answers their own Allow.
 @router.get("/tasks/{task_id}", operation_id="get_task", responses={**_ERRORS, **_NOT_FOUND})
-async def get_task(task: TaskDep, state: StateDep) -> TaskDetail:
-    """A task: status, output or error, attempts, usage and its recorded steps."""
-    return TaskDetail.with_steps(task, await state.runtime.store.steps(task.id))
+async def get_task(task: TaskDep, state: StateDep, key: KeyDep) -> TaskDetail:
+    """A task: status, output or error (with its traceback, for an admin key), attempts,
+    usage and its recorded steps."""
+    steps = await state.runtime.store.steps(task.id)
+    return TaskDetail.with_steps(task, steps, traceback=key.admin)
 
 
 @router.get(

@@ -121,11 +121,17 @@ function renderTask(t) {
   setText("latency", t.started_at && t.finished_at ? fmtSeconds(t.finished_at - t.started_at) : "–");
   const u = t.usage;
   setText("usage", u ? `${fmtInt(u.llm_calls)} LLM calls · ${fmtInt(u.prompt_tokens)} in · ${fmtInt(u.completion_tokens)} out · ${fmtUsd(u.cost_usd)}` : "–");
-  // A task that succeeded after a failed attempt keeps that error: it is history (in the
-  // attempts above), not the task's state.
+  // A task that succeeded after a failed attempt has no error: that one is history (in
+  // the attempts above), not the task's state.
   const failing = t.error && t.status !== "succeeded";
   document.getElementById("error-section").hidden = !failing;
-  if (failing) setText("error", `${t.error.type}: ${t.error.message}`);
+  if (failing) {
+    // The traceback comes with the task's detail; a change of status alone (an event)
+    // keeps it when it is still the same error's.
+    const line = `${t.error.type}: ${t.error.message}`;
+    const shown = document.getElementById("error").textContent.trimEnd();
+    setText("error", t.error.traceback || (shown.endsWith(line) ? shown : line));
+  }
   loadAttempts(t);
   document.title = `legion · task ${t.id} · ${t.status}`;
 }
