@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.acceptance.conftest import start_legion, wait_for
 from tests.server.process import create_key, legion, serve, write_agents
 
 pytestmark = pytest.mark.slow
@@ -221,3 +223,62 @@ def test_metrics_on_the_apis_own_port_is_refused_with_a_reason(tmp_path: Path) -
         "error: --metrics-port 8123 is the API's --port: give the metrics another port "
         "(or leave it out: the API serves /metrics too, to an API key)"
     )
+
+
+LLM_AGENT = """
+import legion
+
+
+@legion.agent(retries=0)
+async def ask(ctx, n: int):
+    answer = await ctx.llm.chat([{"role": "user", "content": f"question {n}"}], max_tokens=8)
+    return answer.usage.total
+"""
+
+
+def test_a_server_without_a_worker_shows_the_workers_llm_routes(tmp_path: Path) -> None:
+    """The deployment of the manifests: `serve --no-worker` and workers apart. The
+    server's dashboard, statistics and /metrics showed no LLM route at all ("no LLM route
+    in this server", 0 429s) while the workers called the provider."""
+    with serve(tmp_path, "--no-worker", agents=LLM_AGENT) as server:
+        app = tmp_path / "served_agents.py"
+        worker = start_legion(
+            "worker", "--app", str(app), "--store", server.store, "--llm", "sim",
+            "--lease-seconds", "3",  # (a heartbeat a second)
+        )  # fmt: skip
+        try:
+            n = 20
+            tasks = [{"agent": "ask", "input": {"n": i}} for i in range(n)]
+            status, sub = call(f"{server.url}/v1/tasks:batch", server.key, {"tasks": tasks})
+            assert status in (200, 201), sub
+            for t in sub["tasks"]:
+                assert (
+                    events(f"{server.url}/v1/tasks/{t['id']}/events", server.key)[-1][1]["status"]
+                    == "succeeded"
+                )
+            admin = create_key(server.store, "ops", admin=True)
+
+            def routes() -> list[dict[str, Any]]:
+                found: list[dict[str, Any]] = call(f"{server.url}/v1/statistics", admin)[1][
+                    "routes"
+                ]
+                return found
+
+            wait_for(lambda: any(r["requests"] >= n for r in routes()), what="the routes")
+            (route,) = routes()
+            assert (route["route"], route["model"], route["requests"]) == (
+                "default",
+                "sim-model",
+                n,
+            )
+            assert route["input_tokens"] > 0 and route["output_tokens"] > 0
+            metrics = urllib.request.Request(
+                f"{server.url}/metrics", headers={"Authorization": f"Bearer {admin}"}
+            )
+            with urllib.request.urlopen(metrics, timeout=30) as resp:
+                text = resp.read().decode()
+            labels = 'model="sim-model",provider="sim",route="default"'
+            assert f"legion_llm_requests_total{{{labels}}} {n}.0" in text
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.communicate(timeout=60)

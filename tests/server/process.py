@@ -57,8 +57,8 @@ def write_agents(folder: Path, agents: str = AGENTS) -> Path:
     return path
 
 
-def create_key(store: str, name: str = "test") -> str:
-    made = legion("keys", "create", "--name", name, "--store", store)
+def create_key(store: str, name: str = "test", *, admin: bool = False) -> str:
+    made = legion("keys", "create", "--name", name, "--store", store, *(["--admin"] * admin))
     assert made.returncode == 0, made.stderr
     return made.stdout.strip().splitlines()[-1]
 

@@ -109,9 +109,20 @@ class Upkeep:
             "concurrency": self.config.concurrency,
             "held_ahead": len(self._ahead),
             "routes": self._meter.report() if self._meter is not None else {},
+            "llm": self._llm_report(),
             "metered": self._meter is None or self._meter.measured,
             "offer": dict(self.config.offer),
         }
+
+    def _llm_report(self) -> dict[str, object]:
+        """Each LLM route's counters (`legion.llm.route_report`): what a server without a
+        worker of its own shows of the fleet's routes."""
+        if self.llm is None:
+            return {}
+        # (here: the LLM layer loads with a client, not with the worker's module)
+        from legion.llm.route_report import route_report
+
+        return {n: route_report(r) for n, r in self.llm.statistics().routes.items()}
 
     def _open_breakers(self) -> list[str]:
         """The LLM routes whose circuit breaker is not closed (calls wait for a probe)."""

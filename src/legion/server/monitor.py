@@ -26,13 +26,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from legion.llm.breaker import BreakerState
+from legion.llm.route_report import TOTALS, combine, route_report
 from legion.server.scaling import ScalingGauge
 from legion.server.snapshot import Failure, Health, Point, RouteLoad, Snapshot, Totals, WorkerState
 from legion.store.types import EventDetail, WorkerInfo
 from legion.task import TaskInfo, TaskStatus
 
 if TYPE_CHECKING:
-    from legion.llm.client import RouteStatistics
     from legion.run.runtime import Runtime
 
 log = logging.getLogger("legion.server.monitor")
@@ -166,6 +167,7 @@ class Monitor:
         self._sampling = asyncio.Lock()
         self._tick = asyncio.Event()
         self._scaling = ScalingGauge()
+        self._fleet = FleetRoutes()
         self.closed = False
         self._snapshot = Snapshot(
             at=self._last_at,
@@ -300,7 +302,7 @@ class Monitor:
             point=point,
             totals=self._totals,
             workers=[self._worker(w, now) for w in workers],
-            routes=self._route_loads(now),
+            routes=self._route_loads(now, workers),
             failures=self._failures,
             health=self._snapshot.health,
             scaling=scaling,
@@ -420,49 +422,52 @@ class Monitor:
             agents=[str(a) for a in agents] if isinstance(agents, list) else [],
         )
 
-    def _route_loads(self, now: float) -> list[RouteLoad]:
+    def _route_loads(self, now: float, workers: Sequence[WorkerInfo]) -> list[RouteLoad]:
+        """Each LLM route's use: of this process's client, or, without one (a server with
+        no worker of its own), added up over the workers' heartbeats."""
         llm = self._rt.llm
-        if llm is None:
-            return []
-        return [self._route_load(r, now) for r in llm.statistics().routes.values()]
+        if llm is not None:
+            reports = {n: route_report(r) for n, r in llm.statistics().routes.items()}
+        else:
+            reports = self._fleet.reports(workers, now - self._stale_after)
+        return [self._route_load(name, r, now) for name, r in sorted(reports.items())]
 
-    def _route_load(self, r: RouteStatistics, now: float) -> RouteLoad:
-        c = r.capacity
-        window = self._routes.setdefault(r.name, deque())
-        window.append((now, c.requests, c.tokens_used))
+    def _route_load(self, name: str, r: Mapping[str, Any], now: float) -> RouteLoad:
+        window = self._routes.setdefault(name, deque())
+        window.append((now, r["requests"], r["tokens"]))
         while len(window) > 2 and now - window[1][0] >= ROUTE_WINDOW:
             window.popleft()
         rpm = tpm = 0.0
         (t0, req0, tok0), (t1, req1, tok1) = window[0], window[-1]
         if t1 > t0:
-            rpm = (req1 - req0) * 60 / (t1 - t0)
-            tpm = (tok1 - tok0) * 60 / (t1 - t0)
-        rpm_limit = _limit(c.learned_rpm, c.limit_rpm)
-        tpm_limit = _limit(c.learned_tpm, c.limit_tpm)
+            rpm = max(0.0, (req1 - req0) * 60 / (t1 - t0))
+            tpm = max(0.0, (tok1 - tok0) * 60 / (t1 - t0))
+        rpm_limit, tpm_limit = r["rpm_limit"], r["tpm_limit"]
         shares = [used / limit for used, limit in ((rpm, rpm_limit), (tpm, tpm_limit)) if limit]
+        breaker = r.get("breaker", 0)
         return RouteLoad(
-            route=r.name,
-            provider=r.provider,
-            model=r.model,
-            requests=c.requests,
-            failed=r.failed,
-            rate_limited=c.rate_limited,
-            in_flight=c.in_flight,
-            max_in_flight=c.max_in_flight,
-            waiting=c.waiting,
+            route=name,
+            provider=r["provider"],
+            model=r["model"],
+            requests=r["requests"],
+            failed=r["failed"],
+            rate_limited=r["rate_limited"],
+            in_flight=r["in_flight"],
+            max_in_flight=r["max_in_flight"],
+            waiting=r["waiting"],
             rpm=rpm,
             rpm_limit=rpm_limit,
-            rpm_allowed=c.effective_rpm,
+            rpm_allowed=r["rpm_allowed"],
             tpm=tpm,
             tpm_limit=tpm_limit,
-            tpm_allowed=c.effective_tpm,
+            tpm_allowed=r["tpm_allowed"],
             utilization=max(shares) if shares else None,
-            input_tokens=r.usage.prompt_tokens,
-            output_tokens=r.usage.completion_tokens,
-            cost_usd=r.cost_usd,
-            paused_for=c.paused_for,
-            breaker=r.breaker.state.name.lower() if r.breaker else "closed",
-            breaker_state=int(r.breaker.state) if r.breaker else 0,
+            input_tokens=r["input_tokens"],
+            output_tokens=r["output_tokens"],
+            cost_usd=r["cost_usd"],
+            paused_for=r["paused_for"],
+            breaker=BreakerState(breaker).name.lower() if breaker in (0, 1, 2) else "closed",
+            breaker_state=breaker if breaker in (0, 1, 2) else 0,
         )
 
 
@@ -494,9 +499,58 @@ def _failure(t: TaskInfo) -> Failure:
     )
 
 
-def _limit(learned: int | None, configured: int | None) -> float | None:
-    value = learned if learned is not None else configured
-    return float(value) if value else None
+class FleetRoutes:
+    """The workers' LLM routes added up (their heartbeats' ``llm`` reports), for a server
+    with no client of its own. A worker that leaves (stopped, restarted under a new id)
+    leaves its running totals behind: the fleet's counters never go down while the
+    server runs (``/metrics`` exposes them as counters)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, dict[str, Mapping[str, Any]]] = {}  # worker -> route -> report
+        self._gone: dict[str, dict[str, Any]] = {}  # route -> totals of workers gone
+
+    def reports(self, workers: Sequence[WorkerInfo], fresh_since: float) -> dict[str, Any]:
+        """Each route's report over ``workers`` (the state now of those whose heartbeat
+        is newer than ``fresh_since``; the totals of all, and of those gone)."""
+        seen: dict[str, dict[str, Mapping[str, Any]]] = {}
+        for w in workers:
+            llm = w.load.get("llm")
+            if isinstance(llm, dict):
+                seen[w.id] = {n: r for n, r in llm.items() if _a_report(r)}
+        for gone in self._last.keys() - seen.keys():
+            for name, report in self._last[gone].items():
+                totals = self._gone.setdefault(name, dict.fromkeys(TOTALS, 0))
+                for total in TOTALS:
+                    totals[total] += report.get(total) or 0
+        self._last = seen
+        fresh = {w.id for w in workers if w.heartbeat_at >= fresh_since}
+        by_route: dict[str, list[Mapping[str, Any]]] = {}
+        for worker, routes in seen.items():
+            for name, report in routes.items():
+                if worker not in fresh:  # its totals count; its state now is not known
+                    report = {**report, "in_flight": 0, "waiting": 0, "paused_for": 0.0}
+                by_route.setdefault(name, []).append(report)
+        out = {}
+        for name, reports in by_route.items():
+            combined = combine(reports)
+            for total, value in self._gone.get(name, {}).items():
+                combined[total] += value
+            out[name] = combined
+        return out
+
+
+def _a_report(report: Any) -> bool:
+    """Whether a heartbeat's route report has every field (a worker of another version
+    may send another shape: it is left out, not a failed sample)."""
+    return (
+        isinstance(report, dict)
+        and all(isinstance(report.get(f), int | float) for f in TOTALS)
+        and all(f in report for f in _REPORT_FIELDS)
+    )
+
+
+_REPORT_FIELDS = ("provider", "model", "in_flight", "max_in_flight", "waiting", "rpm_limit",
+                  "tpm_limit", "rpm_allowed", "tpm_allowed", "paused_for")  # fmt: skip
 
 
 def _int(value: Any) -> int | None:

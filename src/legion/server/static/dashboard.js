@@ -127,7 +127,7 @@ function renderRoutes(routes) {
     el("td", {}, `${fmtInt(r.input_tokens)} · ${fmtInt(r.output_tokens)}`),
     el("td", {}, fmtUsd(r.cost_usd))));
   // A tenant's key is not shown the routes: their calls, tokens and cost are every tenant's.
-  const none = key.admin ? "no LLM route in this server" : "LLM routes are shown to an admin key";
+  const none = key.admin ? "no LLM route in this server or its workers" : "LLM routes are shown to an admin key";
   replaceRows(document.getElementById("routes"), rows, 9, none);
 }
 
