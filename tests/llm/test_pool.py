@@ -9,9 +9,12 @@ import asyncio
 import pytest
 
 from legion.errors import ConfigError
+from legion.llm.capacity import Capacity
+from legion.llm.client import LLMClient, Route
 from legion.llm.config import LLMConfig, build_client, parse_config, parse_provider_spec
 from legion.retry import RetryPolicy
 from legion.sim import SimConfig, Simulator
+from legion.testing import ScriptedProvider
 
 USER = [{"role": "user", "content": "Hello"}]
 KEYS = {"KEY_A": "sk-test-aaaa", "KEY_B": "sk-test-bbbb"}
@@ -102,3 +105,48 @@ def test_a_pool_in_legion_toml_is_a_list_of_deployments() -> None:
         ("main", "sk-test-aaaa", 500),
         ("main", "sk-test-bbbb", 900),
     ]
+
+
+async def test_calls_queued_on_a_route_that_goes_out_go_to_its_fallback() -> None:
+    """Calls that picked main before it went out waited in main's queue for its probes,
+    one a second, each probe one more failed request to main before that call went to
+    the backup: 40 calls took 40 s (no rpm limit on main, none of its waits timed). Now
+    they are turned away to the backup as soon as main is out."""
+    down = SimConfig(latency=0.0, fault_schedule=((0.0, 3600.0, 503),))
+    async with Simulator(down) as failing, Simulator(SimConfig(latency=0.0)) as healthy:
+        table = {
+            "main": {
+                "provider": "openai",
+                "model": "sim-model",
+                "base_url": failing.base_url,
+                "fallback": ["backup"],
+                "max_in_flight": 2,  # (a queue forms at main's limiter)
+            },
+            "backup": {"provider": "openai", "model": "sim-model", "base_url": healthy.base_url},
+        }
+        llm = await build_client(parse_config(table, env={"OPENAI_API_KEY": "k"}))
+        async with llm:
+            answers = await asyncio.gather(*(llm.chat(USER, model="main") for _ in range(40)))
+        route = llm.statistics().routes["main"]
+    assert [a.deployment for a in answers] == ["backup"] * 40
+    assert route.served_by == {"backup": 40}
+    # main was asked until it counted as failing (and probed at most once since)
+    assert failing.stats().requests_total <= 6, failing.stats()
+
+
+def test_the_headroom_of_a_route_that_is_out_is_its_fallbacks() -> None:
+    """What a worker admits: while main fails (a probe a second), its calls go to the
+    backup, so as many tasks start as the backup can serve (it admitted about one a
+    second, the failing route's pace, with the backup idle)."""
+    main, backup = Capacity("main", rpm=6000), Capacity("backup", rpm=600)
+    llm = LLMClient(
+        [
+            Route("main", ScriptedProvider([]), "m", main, fallback=("backup",)),
+            Route("backup", ScriptedProvider([]), "m", backup),
+        ]
+    )
+    assert llm.headroom(1.0) == backup.headroom(1.0) > 9  # (healthy: the backup binds)
+    for _ in range(3):  # three failures in a row: main is failing
+        main.failed(sent_at=0.0)
+    assert main.failing and main.headroom(1.0) == 1.0  # (a probe a second)
+    assert llm.headroom(1.0) == backup.headroom(1.0)  # main's calls go to the backup

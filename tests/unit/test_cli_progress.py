@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
-from typing import Any
 
 from rich.console import Console
 
 from legion.cli.progress import Progress, RunTally, llm_counts, rate_text
 from legion.llm.capacity import Capacity
-from legion.llm.client import LLMStatistics, RouteStatistics
-from legion.llm.types import Usage
+from legion.llm.client import LLMClient, Route
+from legion.testing import ScriptedProvider
 
 
 def test_rates_keep_the_precision_they_deserve() -> None:
@@ -27,36 +25,28 @@ def test_rates_keep_the_precision_they_deserve() -> None:
     ]
 
 
-def _route(name: str, capacity: Capacity, **counts: Any) -> RouteStatistics:
-    return RouteStatistics(
-        name=name,
-        provider="sim",
-        model="m",
-        calls=10,
-        succeeded=0,
-        failed=0,
-        attempts=10,
-        retries=0,
-        errors={},
-        usage=Usage(),
-        cost_usd=0.0,
-        capacity=dataclasses.replace(capacity.statistics(), **counts),
-    )
-
-
-def test_llm_counts_show_requests_sent_apart_from_calls_waiting() -> None:
-    shared, other = Capacity("sim:m"), Capacity("openai:x")
-    stats = LLMStatistics(
-        routes={
+async def test_llm_counts_count_each_capacity_once_and_every_key_of_a_pool() -> None:
+    shared, key1, key2 = Capacity("sim:m"), Capacity("openai:x#1"), Capacity("openai:x#2")
+    answers = ScriptedProvider(["ok"] * 10)
+    client = LLMClient(
+        [
             # Two routes on one capacity: its counters are counted once.
-            "a": _route("a", shared, requests=3, waiting=7, rate_limited=1),
-            "b": _route("b", shared, requests=3, waiting=7, rate_limited=1),
-            "c": _route("c", other, requests=1200, waiting=0, rate_limited=2),
-        },
-        usage=Usage(),
-        cost_usd=0.0,
+            Route("a", answers, "m", shared),
+            Route("b", answers, "m", shared),
+            # A pool of two keys, each with a capacity of its own: both are counted
+            # (the second key's requests and 429s were missed).
+            Route("p", answers, "x", key1, deployment="p#1"),
+            Route("p", answers, "x", key2, deployment="p#2"),
+        ]
     )
-    assert llm_counts(stats) == "LLM 1,203 sent, 7 waiting, 3 429s"
+    ask = [{"role": "user", "content": "hi"}]
+    for route in ("a", "b", "b", "p"):
+        await client.chat(ask, route)
+    for _ in range(3):  # three requests through the pool's second key
+        await key2.acquire(1)
+        key2.release()
+    key2.rate_limited(0.0)
+    assert llm_counts(client) == "LLM 7 sent, 0 waiting, 1 429s"
 
 
 def test_the_line_off_a_terminal_shows_a_slow_rate() -> None:

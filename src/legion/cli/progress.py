@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from legion.llm.client import LLMClient, LLMStatistics
+    from legion.llm.capacity import Capacity
+    from legion.llm.client import LLMClient, Route
 from legion.task import TaskResult, TaskStatus
 
 
@@ -158,7 +159,7 @@ class Progress:
 
         broken = [r.name for r in s.routes.values() if r.breaker and r.breaker.state]
         return (
-            llm_counts(s)
+            llm_counts(self.llm)
             + f", {s.usage.total:,} tokens, {format_cost(s.cost_usd, s.unpriced_calls, hint=False)}"
             + _local_speed({id(r.provider): r.provider for r in self.llm.routes.values()}.values())
             + "".join(f" | breaker open on route {name}" for name in broken)
@@ -175,14 +176,22 @@ class Progress:
             if not r.calls:
                 continue
             errors = ", ".join(f"{n} {e}" for e, n in sorted(r.errors.items()))
+            # (a pool's 429s are each of its keys'; a call another route answered, a
+            # fallback's or another key's, is named by where it went)
+            limited = sum(
+                c.statistics().rate_limited
+                for c in _capacities(d for d in self.llm.deployments if d.name == r.name)
+            )
+            served = ", ".join(f"{label} {n}" for label, n in sorted(r.served_by.items()))
             lines.append(
                 f"llm {r.name} ({r.provider}:{r.model}): {r.calls} calls, {r.attempts} requests, "
-                f"{r.capacity.rate_limited} 429s, {r.usage.prompt_tokens:,} prompt"
+                f"{limited} 429s, {r.usage.prompt_tokens:,} prompt"
                 + (f" ({r.usage.cached_tokens:,} cached)" if r.usage.cached_tokens else "")
                 + f" + {r.usage.completion_tokens:,} completion"
                 + (f" ({r.usage.reasoning_tokens:,} reasoning)" if r.usage.reasoning_tokens else "")
                 + f" tokens, {format_cost(r.cost_usd, r.unpriced_calls)}"
                 + _local_speed([self.llm.routes[r.name].provider])
+                + (f"; answered by {served}" if served else "")
                 + (f"; errors: {errors}" if errors else "")
             )
         return "\n".join(lines)
@@ -231,15 +240,20 @@ def rate_text(per_second: float) -> str:
     return f"{per_second:,.0f}"
 
 
-def llm_counts(s: LLMStatistics) -> str:
-    """Requests sent to the providers, calls waiting for their turn, and 429s.
-
-    Routes that share a provider and model share one capacity: count it once."""
-    capacities = {r.capacity.name: r.capacity for r in s.routes.values()}
-    sent = sum(c.requests for c in capacities.values())
-    waiting = sum(c.waiting for c in capacities.values())
-    limited = sum(c.rate_limited for c in capacities.values())
+def llm_counts(client: LLMClient) -> str:
+    """Requests sent to the providers, calls waiting for their turn, and 429s, over every
+    deployment of every route (each key of a pool has its own capacity; routes that
+    share a provider and model share one: it is counted once)."""
+    stats = [c.statistics() for c in _capacities(client.deployments)]
+    sent = sum(c.requests for c in stats)
+    waiting = sum(c.waiting for c in stats)
+    limited = sum(c.rate_limited for c in stats)
     return f"LLM {sent:,} sent, {waiting:,} waiting, {limited:,} 429s"
+
+
+def _capacities(routes: Iterable[Route]) -> list[Capacity]:
+    """The capacities of ``routes``, each once."""
+    return list({id(r.capacity): r.capacity for r in routes}.values())
 
 
 class LogsAboveLive:

@@ -247,8 +247,13 @@ class _Bucket:
         return None if limit is None else limit * share
 
 
+class TurnedAway(Exception):
+    """Raised in the calls waiting for their turn on a route that `Capacity.turn_away`
+    sent elsewhere (the route went out and the caller has another to go to)."""
+
+
 class _Waiter:
-    __slots__ = ("key", "priority", "tenant", "tokens", "turn")
+    __slots__ = ("away", "key", "priority", "tenant", "tokens", "turn")
 
     def __init__(
         self,
@@ -266,6 +271,8 @@ class _Waiter:
         self.priority = priority
         """Its lane: the task's priority."""
         self.tenant = tenant
+        self.away = False
+        """Turned away (`Capacity.turn_away`): out of the queue already."""
 
     def __lt__(self, other: _Waiter) -> bool:
         return self.key < other.key
@@ -400,6 +407,7 @@ class Capacity:
         self._lower_share = lower_share
         self._arrivals = itertools.count()
         self._kick: asyncio.Future[None] | None = None
+        self._evictions = 0  # turn_away's count: a waiter that sees it change leaves
         self._blocker = _Blocker.TIME
         self._requests = 0
         self._rate_limited = 0
@@ -439,6 +447,19 @@ class Capacity:
     def release(self) -> None:
         """A call that `acquire` started is over (answered, failed or cancelled)."""
         self._release()
+
+    def turn_away(self) -> None:
+        """Every call waiting for its turn now raises `TurnedAway` (those that come later
+        wait as usual): the route has gone out (failing, paused) and its callers have
+        another route to go to, where they would otherwise wait here for its probes."""
+        self._evictions += 1
+        for waiter in self._waiters.take_all():
+            waiter.away = True
+            if not waiter.turn.done():  # (not cancelled meanwhile)
+                waiter.turn.set_exception(TurnedAway())
+        kick = self._kick
+        if kick is not None and not kick.done():
+            kick.set_result(None)  # the head, dozing: it sees the eviction and leaves
 
     @property
     def cache_exempt(self) -> bool:
@@ -772,10 +793,13 @@ class Capacity:
             waiter.turn.set_result(None)
         else:
             self._waiters.push(waiter)
+        evictions = self._evictions
         try:
             with attempt.waiting(self._wait_reason()):
                 await waiter.turn
                 while True:
+                    if self._evictions != evictions:
+                        raise TurnedAway
                     delay, blocker = self._delay(tokens, split)
                     if delay <= _EPSILON:  # rounding must not leave a sleep of 1e-17 s
                         return self._take(tokens, split)
@@ -822,7 +846,7 @@ class Capacity:
             self._head = head
             if head is not None and not head.turn.done():
                 head.turn.set_result(None)
-        else:
+        elif not waiter.away:
             self._waiters.remove(waiter)
 
     # -- starting, settling and ending calls --------------------------------------

@@ -75,7 +75,7 @@ from legion.errors import (
 )
 from legion.llm.breaker import Breaker, BreakerState, BreakerStatistics, Ticket
 from legion.llm.budget import Budget, BudgetLimits, Budgets, Holds
-from legion.llm.capacity import Capacity, CapacityStatistics
+from legion.llm.capacity import Capacity, CapacityStatistics, TurnedAway
 from legion.llm.embeddings import Embeddings, EmbedRequest, EmbedResult, estimate_embed_tokens
 from legion.llm.hedge import HedgeSettings, Latencies
 from legion.llm.pricing import PriceTable
@@ -348,12 +348,13 @@ class LLMClient:
 
     def headroom(self, horizon: float, priority: int | None = None) -> float:
         """How many more calls may queue and still start within ``horizon`` seconds on
-        the most constrained route (a pool's deployments add up); ``priority``: calls of
-        that priority, which go ahead of lower lanes (see `Capacity.headroom`)."""
+        the most constrained route (a pool's deployments add up; a route that is out
+        counts its fallbacks', where its calls go); ``priority``: calls of that priority,
+        which go ahead of lower lanes (see `Capacity.headroom`)."""
         return min(
             (
-                sum(r.capacity.headroom(horizon, priority) for r in pool)
-                for pool in self._pools.values()
+                sum(r.capacity.headroom(horizon, priority) for r in self._serving(name))
+                for name in self._pools
             ),
             default=math.inf,
         )
@@ -366,11 +367,19 @@ class LLMClient:
         pool = self._pools[name]
         if len(pool) == 1 and not pool[0].fallback:
             return pool[0]  # one deployment, nowhere else to go: it, out or not
+        usable = self._serving(name)
+        return usable[0] if len(usable) == 1 else _soonest(usable, tokens)
+
+    def _serving(self, name: str) -> Sequence[Route]:
+        """The deployments a call on route ``name`` may go to now (see `pick`)."""
+        pool = self._pools[name]
+        if len(pool) == 1 and not pool[0].fallback:
+            return pool
         for candidates in (pool, *(self._pools[f] for f in pool[0].fallback)):
             usable = [route for route in candidates if not _out(route)]
             if usable:
-                return usable[0] if len(usable) == 1 else _soonest(usable, tokens)
-        return pool[0] if len(pool) == 1 else _soonest(pool, tokens)
+                return usable
+        return pool
 
     @traced_chat
     async def chat(
@@ -457,6 +466,8 @@ class LLMClient:
             except Permanent as exc:
                 self._refused(exc, counters)
                 raise
+            except TurnedAway:
+                continue  # its route went out while it waited there: to another, now
 
     async def embed(
         self,
@@ -517,6 +528,8 @@ class LLMClient:
             except Permanent as exc:
                 self._refused(exc, counters)
                 raise
+            except TurnedAway:
+                continue  # (a route shared with chats that went elsewhere: it waits again)
 
     async def _after_failure(
         self,
@@ -534,6 +547,7 @@ class LLMClient:
         self._last_failure[route.name] = str(exc)
         capacity = route.capacity
         if isinstance(exc, RateLimited):
+            self._went_out(route)  # (paused: the calls queued there may go elsewhere)
             # The capacity paused and slowed down: wait again, spending no retry, unless
             # the route has refused every call for ``max_outage`` seconds (a key or
             # account that is never served): then its 429s count, so its tasks end.
@@ -541,12 +555,15 @@ class LLMClient:
                 counters.retries += 1
                 return spent
         else:
+            was_failing = capacity.failing
             route_failing = (
                 not isinstance(exc, MalformedResponse)  # an answer, wrong: not an outage
                 and sent.at < math.inf
                 and capacity.failed(sent_at=sent.at)
                 and capacity.failing_for() < self._max_outage
             )
+            if capacity.failing and not was_failing:
+                self._went_out(route)
             if route_failing or _probe_failed(route, ticket, exc):
                 # The route fails as a whole, or this was the breaker's probe, sent for
                 # every waiting caller: wait for the route, spending no retry.
@@ -564,6 +581,15 @@ class LLMClient:
         counters.retries += 1
         await self._timer.sleep(delay)
         return spent
+
+    def _went_out(self, route: Route) -> None:
+        """``route`` has gone out (failing, or paused by a 429): the calls queued at its
+        limiter go to another deployment or fallback, if it has one, rather than wait
+        there for its probes (one a second: 22 calls queued on a failing route took 22 s
+        to reach its healthy fallback, and no task started meanwhile)."""
+        pool = self._pools.get(route.name, ())
+        if len(pool) > 1 or (pool and pool[0].fallback):
+            route.capacity.turn_away()
 
     async def _turn_within(self, breaker: Breaker, seconds: float) -> Ticket | None:
         """The breaker's turn (`Breaker.wait_turn`), or ``None`` after ``seconds``."""

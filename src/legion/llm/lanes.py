@@ -100,6 +100,13 @@ class Lanes(Generic[Q]):
         self._taken(priority, lane)
         return caller
 
+    def take_all(self) -> list[Q]:
+        """Every caller, taken out of the queue (which is empty after)."""
+        out = [c for lane in self._lanes.values() for heap in lane.tenants.values() for c in heap]
+        self._lanes.clear()
+        self._count = 0
+        return out
+
     def remove(self, caller: Q) -> None:
         """Take a caller that gave up (cancelled) out of its queue."""
         lane = self._lanes[caller.priority]
