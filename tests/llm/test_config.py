@@ -3,6 +3,7 @@ client built on a loopback simulator)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,24 @@ def test_openai_spec_takes_key_and_url_from_the_environment() -> None:
     assert "sk-test-123" not in repr(route)  # the key never reaches a log
     env = {**KEYS, "OPENAI_BASE_URL": "https://proxy.example/v1"}
     assert parse_provider_spec("openai:m", env=env).base_url == "https://proxy.example/v1"
+
+
+@pytest.mark.parametrize(
+    ("spec", "env", "said"),
+    [
+        ("openai:m@127.0.0.1:8000/v1", {}, "openai:m@127.0.0.1:8000/v1: the base URL"),
+        ("anthropic:m@ftp://h/v1", {}, "needs http:// or https:// and a host"),
+        ("openai:m@http:///v1", {}, "needs http:// or https:// and a host"),
+        ("openai:m@http://h:port/v1", {}, "bad base URL"),
+        ("openai:m", {**KEYS, "OPENAI_BASE_URL": "localhost:1"}, "$OPENAI_BASE_URL: the base"),
+    ],
+)
+def test_a_base_url_without_a_scheme_or_host_is_refused(
+    spec: str, env: dict[str, str], said: str
+) -> None:
+    # It was taken, and every call failed as an outage: two minutes before a task said so.
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        parse_provider_spec(spec, env=env)
 
 
 def test_compatible_servers_need_no_key() -> None:

@@ -103,6 +103,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from legion.errors import ConfigError
 from legion.llm import anthropic, openai
@@ -461,6 +462,7 @@ def _route(
     key_env = _string(settings, "api_key_env", source) or _KEY_ENV[kind]
     explicit_url = _string(settings, "base_url", source)
     base_url = explicit_url or env.get(_URL_ENV[kind]) or _DEFAULT_URL[kind]
+    _check_url(base_url, explicit_url is None and bool(env.get(_URL_ENV[kind])), kind, source)
     api_key = env.get(key_env) or None
     if api_key is None and base_url.rstrip("/") == _DEFAULT_URL[kind]:
         raise ConfigError(
@@ -710,6 +712,23 @@ def _http_options(route: RouteConfig) -> dict[str, Any]:
         "max_response_bytes": route.max_response_bytes,
         "max_event_bytes": route.max_event_bytes,
     }
+
+
+def _check_url(url: str, from_env: bool, kind: str, source: str) -> None:
+    """A provider's base URL must be http(s) and name a host: one without a scheme
+    (``127.0.0.1:8000/v1``) was taken, then every call failed as an outage, for two
+    minutes, before a task said why."""
+    where = f"${_URL_ENV[kind]}" if from_env else source
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"{where}: bad base URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{where}: the base URL {url!r} needs http:// or https:// and a host "
+            f"(e.g. http://127.0.0.1:8000/v1)"
+        )
 
 
 def _endpoint(route: RouteConfig, index: int = 1) -> tuple[Any, ...]:
