@@ -26,6 +26,8 @@
         │   └── ProviderRejected    an LLM provider refused the request (400, 404, 422...)
         │       ├── ProviderAuthError   ... because of the credentials (401, 403);
         │       │                       ``fatal``: the runtime stops the whole run
+        │       ├── EndpointNotFound    ... with a 404/405 page, no API error: nothing
+        │       │                       serves that URL (the route's base URL); ``fatal``
         │       └── ResponseTooLarge    an answer or stream event over the route's size limit
         ├── ProviderError      an LLM provider call failed in a way that may pass (retried)
         │   ├── RateLimited         429: over the provider's rate limit
@@ -47,8 +49,8 @@ Cancellation (`asyncio.CancelledError`) is never caught by a generic handler.
 
 Provider errors are raised by ``legion.llm``, which translates HTTP statuses and transport
 failures into them exactly once, at the provider boundary (``raise ... from exc``). A
-`ProviderAuthError` is ``fatal``: every other task would fail the same way, so the
-runtime stops the whole run instead of failing tasks one by one.
+`ProviderAuthError` or an `EndpointNotFound` is ``fatal``: every other task would fail
+the same way, so the runtime stops the whole run instead of failing tasks one by one.
 """
 
 from __future__ import annotations
@@ -224,6 +226,9 @@ class ProviderRejected(Permanent):
     """Raised when an LLM provider refuses a request (400, 404, 422...): retrying the same
     request cannot help. The message says what the provider said."""
 
+    fatal: ClassVar[bool] = False
+    """Whether every other call would fail the same way: then the runtime stops the run."""
+
     def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
         super().__init__(message)
         self.provider = provider
@@ -241,6 +246,15 @@ class ProviderAuthError(ProviderRejected):
 
     fatal: ClassVar[bool] = True
     """Stop the whole run: every other task would fail the same way."""
+
+
+class EndpointNotFound(ProviderRejected):
+    """Raised when a provider's server answers 404 or 405 with a page of its own, not an
+    API error: nothing serves the URL the route's base URL makes (a path joined
+    twice, a /v1 missing). Every call would fail the same way."""
+
+    fatal: ClassVar[bool] = True
+    """Stop the whole run."""
 
 
 class EmptyCompletion(ProviderRejected):

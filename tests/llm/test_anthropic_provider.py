@@ -38,6 +38,11 @@ async def test_json_and_stream_answer_as_the_openai_route_does(
 
     plain = await anthropic.chat(request(), timeout=10)
     streamed = await anthropic.chat(request(stream=True), timeout=10)
+    # A base URL with /v1 (as OpenAI's are, and as the simulator prints its own) works
+    # too: it was a 404 on <url>/v1/v1/messages for every call.
+    with_v1 = closing(AnthropicProvider(base_url=sim.url.rstrip("/") + "/v1/", api_key="k"))
+    again = await with_v1.chat(request(), timeout=10)
+    assert again.response.text == plain.response.text
     for result in (plain, streamed):
         response = result.response
         assert (response.text, response.usage, response.finish_reason) == (

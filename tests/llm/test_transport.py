@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from legion.errors import (
+    EndpointNotFound,
     LegionError,
     MalformedResponse,
     ProviderAuthError,
@@ -44,6 +45,19 @@ def translate(
 )
 def test_error_detail_reads_every_common_body(body: bytes, detail: str, code: str | None) -> None:
     assert error_detail(body) == (detail, code)
+
+
+def test_a_404_page_that_is_no_api_error_names_the_url_and_stops_the_run() -> None:
+    url = "http://127.0.0.1:8000/v1/v1/messages"
+    page = error_for_status("p", 404, b"404: Not Found", {}, RateLimitInfo(), auth_hint="", url=url)
+    assert isinstance(page, EndpointNotFound) and page.fatal  # every call would meet it
+    assert f"nothing serves POST {url} (404: 404: Not Found); check the route's base URL" in str(
+        page
+    )
+    assert isinstance(translate(405, b"<html>405</html>"), ProviderRejected)  # (no url given)
+    # The provider's own error (an unknown model) is a refusal of this call alone.
+    model = error_for_status("p", 404, OPENAI_BODY, {}, RateLimitInfo(), auth_hint="", url=url)
+    assert type(model) is ProviderRejected and not model.fatal
 
 
 def test_statuses() -> None:

@@ -54,7 +54,7 @@ _INPUT_USAGE_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_
 
 
 class AnthropicProvider:
-    """The Messages API at ``base_url`` (without ``/v1``), authenticated by
+    """The Messages API at ``base_url`` (without ``/v1``; with it, the same), authenticated by
     ``x-api-key``; other arguments as for `legion.llm.openai.OpenAIProvider`."""
 
     def __init__(
@@ -75,7 +75,10 @@ class AnthropicProvider:
         if api_key:
             headers["x-api-key"] = api_key
         self._name = name
-        self._url = f"{base_url.rstrip('/')}/v1/messages"
+        # Anthropic's base URL is without /v1; one given with it (as OpenAI's are, and as
+        # `legion sim` prints its own) is read the same: the API is at <root>/v1/messages.
+        root = base_url.rstrip("/").removesuffix("/v1")
+        self._url = f"{root}/v1/messages"
         self._endpoint = (base_url, dict(headers))
         self._default_max_tokens = default_max_tokens
         self._transport = HttpTransport(

@@ -31,8 +31,9 @@ budget went on malformed answers (each one paid for) is not tried again by them
   ``retries``.
 
 After the budget is spent the last error is raised. Permanent errors
-(`ProviderRejected`) are raised at once; a `ProviderAuthError` is also kept
-in `LLMClient.fatal_error` so the runtime can stop the whole run.
+(`ProviderRejected`) are raised at once; a fatal one (`ProviderAuthError`,
+`EndpointNotFound`) is also kept in `LLMClient.fatal_error` so the runtime can stop the
+whole run.
 
 Around each attempt (in `LLMClient.chat`, apart from the pacing above):
 
@@ -67,8 +68,8 @@ from legion import deadline
 from legion.errors import (
     MalformedResponse,
     Permanent,
-    ProviderAuthError,
     ProviderError,
+    ProviderRejected,
     ProviderUnavailable,
     RateLimited,
     RetryAfterTooLong,
@@ -318,8 +319,9 @@ class LLMClient:
         self._rng = rng or random.Random()
         self._counters = {name: _Counters(route.hedge) for name, route in self._routes.items()}
         self._recorders: dict[str, Callable[[ChatResponse], dict[str, Any]]] = {}
-        self.fatal_error: ProviderAuthError | None = None
-        """The first credentials error seen: the runtime stops the run when set."""
+        self.fatal_error: ProviderRejected | None = None
+        """The first fatal refusal seen (a rejected key, a URL nothing serves): the runtime
+        stops the run when set."""
         self.batch_queued: Callable[[], None] | None = None
         """Told when a call of this process is queued for a batch (the worker's batch desk
         listens, see `legion.waiting.batch`)."""
@@ -638,10 +640,11 @@ class LLMClient:
         raise exc
 
     def _refused(self, exc: Permanent, counters: _Counters) -> None:
-        """Count a refusal; a rejected key is kept to stop the whole run."""
+        """Count a refusal; a fatal one (a rejected key, a URL nothing serves) is kept to
+        stop the whole run."""
         counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
         counters.failed += 1
-        if isinstance(exc, ProviderAuthError) and self.fatal_error is None:
+        if isinstance(exc, ProviderRejected) and exc.fatal and self.fatal_error is None:
             self.fatal_error = exc
 
     def embed_route(self, name: str | None) -> Route:

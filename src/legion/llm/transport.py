@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import orjson
 
 from legion.errors import (
+    EndpointNotFound,
     LegionError,
     MalformedResponse,
     ProviderAuthError,
@@ -265,6 +266,7 @@ class HttpTransport:
                             response.headers,
                             rate_limits,
                             auth_hint=self._auth_hint,
+                            url=url,
                         )
                     return await read(response), rate_limits
         except TimeoutError as exc:
@@ -326,10 +328,20 @@ def error_for_status(
     rate_limits: RateLimitInfo,
     *,
     auth_hint: str,
+    url: str = "",
 ) -> LegionError:
     """The legion error for an answer with HTTP ``status`` that is not a
-    success, its message quoting what the provider said in ``body``."""
+    success, its message quoting what the provider said in ``body``; ``url``: where the
+    request went (named when nothing serves it)."""
     detail, code = error_detail(body)
+    if status in (404, 405) and url and not _is_json(body):
+        return EndpointNotFound(
+            f"{provider}: nothing serves POST {url} ({status}: {detail}); check the route's "
+            "base URL (its path comes before /chat/completions, or /v1/messages on "
+            "anthropic routes)",
+            provider=provider,
+            status=status,
+        )
     if status == 429:
         if code == "insufficient_quota":
             return ProviderAuthError(
@@ -420,6 +432,14 @@ def error_detail(body: bytes) -> tuple[str, str | None]:
             return _clip(data["message"]), None
     text = body.decode("utf-8", "replace").strip()
     return (_clip(text) if text else "(empty body)"), None
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _clip(text: str) -> str:
