@@ -258,6 +258,18 @@ async def test_tpm_limit_charges_prompt_and_max_tokens(
     assert sim.stats().rate_limited == 2
 
 
+async def test_a_request_too_large_for_a_window_says_what_the_window_admits(
+    start_simulator: StartSimulator, connect: Connect
+) -> None:
+    # 24,000 tokens a minute enforced per 1 s window: 400 a window. A request of 407 said
+    # "Limit 24000, Requested 407".
+    sim = await start_simulator(tpm=24_000, window_seconds=1.0)
+    client = connect(sim)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model=MODEL, messages=user("abcd"), max_tokens=400)
+    assert "Requested 407, over the 400 one window of 1 s admits" in caught.value.message
+
+
 async def test_max_concurrency_rejects_extra_requests(
     start_simulator: StartSimulator, connect: Connect
 ) -> None:

@@ -129,9 +129,12 @@ def rate_limit_message(admission: Admission, charge: int, max_concurrency: int |
             f"Requested {charge}. Please try again in {retry}."
         )
     if reason == "too_large":
+        what, asked, cap, seconds = admission.too_large or (
+            "tokens", charge, admission.limit_tokens or 0, 60.0
+        )
         return (
-            f"Request too large for tokens per min (TPM): Limit {admission.limit_tokens}, "
-            f"Requested {charge}. The input or output tokens must be reduced in order to run "
-            "successfully."
+            f"Request too large for {what} per min: Requested {asked}, over the {cap} one "
+            f"window of {seconds:g} s admits (the per-minute limit, enforced per window). "
+            "The input or output tokens must be reduced in order to run successfully."
         )
     return f"Too many concurrent requests: Limit {max_concurrency}. Please try again in {retry}."

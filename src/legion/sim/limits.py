@@ -189,6 +189,10 @@ class Admission(NamedTuple):
     limit_output_tokens: int | None = None
     remaining_output_tokens: int | None = None
     reset_output_tokens: float = 0.0
+    too_large: tuple[str, int, int, float] | None = None
+    """For a request larger than a window holds: which tokens (``"tokens"``, ``"input
+    tokens"``, ``"output tokens"``), how many it asked, the most one window admits, and
+    the window's seconds."""
 
     def headers(self) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers, plus ``Retry-After`` (whole seconds,
@@ -310,6 +314,10 @@ class RateLimiter:
             amount > window.limit for window, amount, _ in apart
         ):
             reason = "too_large"
+            over = [(token_window, tokens, "tokens")] if token_window is not None else []
+            over += [(w, amount, why.replace("_", " ")) for w, amount, why in apart]
+            window, asked, what = next((w, a, n) for w, a, n in over if a > w.limit)
+            too_large = (what, asked, window.limit, WINDOW_SECONDS / self._scale)
         elif requests is not None and requests.wait_time(1, now) > 0.0:
             reason = "requests"
         elif token_window is not None and token_window.wait_time(tokens, now) > 0.0:
@@ -334,7 +342,7 @@ class RateLimiter:
         if reason == "concurrency":
             retry_after = self._concurrency_retry_after
         elif reason == "too_large":
-            retry_after = None
+            return self._state(False, reason, None, now)._replace(too_large=too_large)
         else:
             retry_after = max(
                 requests.wait_time(1, now) if requests is not None else 0.0,
