@@ -75,3 +75,42 @@ def test_a_write_to_a_vector_collection_and_a_use_of_it_are_never_reported() -> 
     assert len(advise("a", [add, other])) == 1
     two_reads = [step("vectors.search.kb.v1.dddddddddddd", 0.0), search]
     assert len(advise("a", two_reads)) == 1
+
+
+def test_the_usual_shapes_of_a_dependency_are_never_reported() -> None:
+    """Each pair here passes the first step's result on: "gather them" was advised for
+    every one (a race, for the write and the read)."""
+    long = MIN_SAVING * 4
+    page = " ".join(f"word{i}" for i in range(700))  # ~6,000 characters
+    hits = [f"hit {i}" for i in range(250)]
+    preamble = "You are a careful assistant. " * 100
+    deep = {"a": {"b": {"c": {"d": {"e": "deep text"}}}}}
+    pairs = [
+        # a long page, summarized: the prompt holds it whole
+        (page, ("Summarize: " + page,)),
+        # a long prompt around a short result
+        (["result one"], (preamble + "\n".join(["result one"]),)),
+        # the result nested deeper than is looked through
+        (deep, ({"messages": [{"content": [{"text": "Use: x"}]}]},)),
+        # the prompt nested deeper than is looked through
+        (["short"], ({"messages": [{"role": "user", "content": [{"text": "Use: short"}]}]},)),
+        # the result's dict keys
+        ({"alpha-source": 1.0, "beta-source": 0.5}, ("read alpha-source",)),
+        # many results, one of them used
+        ([{"url": u} for u in hits], ("open " + hits[0],)),
+        # a write answering nothing, then a read
+        (None, ("SELECT * FROM t",)),
+        # a sentence cut from the result
+        (page, ("word10 word11 word12 word13",)),
+    ]
+    for out, inputs in pairs:
+        first = _trace("first", 0.0, long, ("q",), out)
+        second = _trace("second", long, long, inputs, "y")
+        assert advise("a", [first, second]) == [], (out, inputs)
+
+
+def test_independent_steps_with_nested_and_long_values_are_still_reported() -> None:
+    long = MIN_SAVING * 4
+    first = _trace("search", 0.0, long, ("q",), {"hits": ["a long result " * 50]})
+    other = _trace("weather", long, long, ({"city": "Paris", "units": "metric"},), "sunny")
+    assert len(advise("a", [first, other])) == 1

@@ -9,11 +9,16 @@ would have saved the shorter one's duration.
 When in doubt, no report: a false "could be gathered" costs a user more than a missed
 one. So only steps awaited one after the other in the agent's own flow count (a step
 that ran inside ``ctx.gather`` is already part of concurrent work, and the order around
-it is the gather's), and any text of the first's result (however short, numbers
-included) found inside a text of the second's inputs counts as a dependency: a result
-passed on in a transformed form (a field of it, pasted into a prompt) is seen. A
-dependency through a value computed from the result (its length, a parsed number) is
-still not seen; the report says the steps *appear* independent.
+it is the gather's), and any text of the first's result (however short, numbers and
+dict keys included) found inside a text of the second's inputs, or a text of the
+second's inputs (16 characters or more) found inside one of the result, counts as a
+dependency: a result passed on in a transformed form (a field of it, pasted into a
+prompt; a sentence cut from it) is seen. A first step whose result says nothing (``None``,
+a boolean, an empty text: a write the second may read back) is a dependency, and so is
+a value too large or too deep to look through whole (past `MAX_TEXTS` texts, or nested
+deeper than `MAX_DEPTH`). A dependency through a value computed from the result (its
+length, a parsed number) is still not seen; the report says the steps *appear*
+independent.
 """
 
 from __future__ import annotations
@@ -67,13 +72,24 @@ class StepTrace:
 
 
 MAX_TEXTS = 200
-"""Texts kept per step (the rest are not compared)."""
+"""Texts kept per step; a value with more is not looked through (`UNKNOWN`)."""
+
+MAX_DEPTH = 4
+"""Levels of nesting looked through; a value nested deeper is not (`UNKNOWN`)."""
+
+MIN_EXCERPT = 16
+"""The shortest text of the second step's inputs that counts when found inside one of
+the first's result texts (shorter ones are found anywhere)."""
 
 
 Fingerprint = int | str
 """A hash of a value's JSON (an int), or a text found in it (a str)."""
 
 NO_PRINTS: frozenset[Fingerprint] = frozenset()
+
+UNKNOWN: Fingerprint = "\x00legion: not looked through"
+"""In a step's fingerprints: part of the value was not looked through (too many texts,
+nested too deep), so it may hold anything: the pair is not reported."""
 
 
 def step_prints(seconds: float, values: Iterable[Any]) -> frozenset[Fingerprint]:
@@ -101,29 +117,39 @@ def fingerprints(values: Iterable[Any]) -> frozenset[Fingerprint]:
 
 
 def _texts(found: set[Fingerprint], value: Any, depth: int) -> None:
-    if depth > 4 or len(found) > MAX_TEXTS:
-        return
     if isinstance(value, str):
         if value.strip():
-            found.add(value[:2000])
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.add(value)  # (the agent's own string, not a copy)
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         found.add(str(value))
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _texts(found, item, depth + 1)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _texts(found, item, depth + 1)
+        return
+    if not isinstance(value, (list, tuple, dict)) or not value:
+        return
+    if depth >= MAX_DEPTH or len(found) > MAX_TEXTS:
+        found.add(UNKNOWN)  # more inside than is looked through: it may hold anything
+        return
+    items = itertools.chain(value, value.values()) if isinstance(value, dict) else value
+    for item in items:  # (a dict's keys, then its values)
+        if len(found) > MAX_TEXTS:
+            found.add(UNKNOWN)
+            return
+        _texts(found, item, depth + 1)
 
 
 def _uses(second: StepTrace, first: StepTrace) -> bool:
-    """Whether ``second``'s inputs contain ``first``'s result: a whole value or item, or
-    a text of it (however short) inside one of its own texts."""
+    """Whether ``second``'s inputs may hold ``first``'s result (see the module's text):
+    a whole value or item, a text of it inside one of its own texts, one of its own
+    texts inside one of it; or a result that says nothing, or either side not looked
+    through whole."""
     outputs = first.output_prints()
+    if not outputs or UNKNOWN in outputs or UNKNOWN in second.inputs:
+        return True
     if second.inputs & outputs:
         return True
     texts_in = [t for t in second.inputs if isinstance(t, str)]
-    return any(isinstance(o, str) and any(o in t for t in texts_in) for o in outputs)
+    texts_out = [o for o in outputs if isinstance(o, str)]
+    return any(o in t or (len(t) >= MIN_EXCERPT and t in o) for o in texts_out for t in texts_in)
 
 
 _VECTOR_WRITES = ("add", "delete")

@@ -130,7 +130,10 @@ def rate_limit_message(admission: Admission, charge: int, max_concurrency: int |
         )
     if reason == "too_large":
         what, asked, cap, seconds = admission.too_large or (
-            "tokens", charge, admission.limit_tokens or 0, 60.0
+            "tokens",
+            charge,
+            admission.limit_tokens or 0,
+            60.0,
         )
         return (
             f"Request too large for {what} per min: Requested {asked}, over the {cap} one "
