@@ -6,6 +6,7 @@ The tests look up line numbers by the marker comments, so lines may move freely.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import legion
@@ -19,6 +20,17 @@ def fetch_sync() -> str:
 @legion.agent(retries=0)
 async def sleepy(ctx: legion.Context, x: int) -> str:
     return fetch_sync()
+
+
+@legion.agent(retries=0)
+async def deep(ctx: legion.Context, x: int) -> int:
+    # The standard library's encoder writes a list nested 45 deep (with an indent: in
+    # Python) in frames of its own: the loop blocks ~50 frames below the agent's line,
+    # and 30 frames were looked at.
+    value: list[object] = list(range(300_000))
+    for _ in range(45):
+        value = [value]
+    return len(json.dumps(value, indent=1))  # MARK: deep-blocking-call
 
 
 @legion.agent(retries=0)

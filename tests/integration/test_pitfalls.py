@@ -43,6 +43,17 @@ async def test_a_blocking_call_is_reported_with_agent_line_and_duration(db_url: 
     assert r.status is TaskStatus.SUCCEEDED  # reported, not failed
 
 
+async def test_a_block_deep_in_a_library_is_reported_at_the_agents_line(db_url: str) -> None:
+    r = await run(db_url, agents.deep, 1)
+    (found,) = r.diagnostics
+    assert found.kind is Kind.BLOCKED_LOOP and found.site is not None
+    assert (Path(found.site.file).name, found.site.line) == (
+        SOURCE.name,
+        line_of("deep-blocking-call"),
+    )
+    assert found.site.code.startswith("return len(json.dumps(value, indent=1))")
+
+
 async def test_blocking_in_a_gathered_child_is_the_agents_too(db_url: str) -> None:
     r = await run(db_url, agents.sleepy_child, 1)
     (found,) = [d for d in r.diagnostics if d.kind is Kind.BLOCKED_LOOP]

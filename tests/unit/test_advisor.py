@@ -1,4 +1,5 @@
-"""The sequential-await advisor fingerprints only the steps that can be in a report."""
+"""The sequential-await advisor: what it fingerprints, and what it takes for a dependency;
+and which files are the agent's code."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from legion.diagnostics.advisor import (
     fingerprints,
     step_prints,
 )
+from legion.diagnostics.report import is_library_file
 
 
 def _trace(
@@ -114,3 +116,12 @@ def test_independent_steps_with_nested_and_long_values_are_still_reported() -> N
     first = _trace("search", 0.0, long, ("q",), {"hits": ["a long result " * 50]})
     other = _trace("weather", long, long, ({"city": "Paris", "units": "metric"},), "sunny")
     assert len(advise("a", [first, other])) == 1
+
+
+def test_installed_packages_are_told_apart_from_a_folder_named_like_them() -> None:
+    # A user's `team-packages/helpers.py` was taken for an installed library: its
+    # blocking line was skipped and the report named the agent's `ctx.step` instead.
+    assert not is_library_file("/srv/app/team-packages/helpers.py")
+    assert not is_library_file("/srv/app/my-site-packages-notes/helpers.py")
+    assert is_library_file("/venv/lib/python3.11/site-packages/requests/api.py")
+    assert is_library_file("/usr/lib/python3/dist-packages/yaml/__init__.py")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import inspect
+import linecache
 import os
 import re
 import sysconfig
@@ -77,8 +79,12 @@ def is_library_file(file: str) -> bool:
     return (
         path.startswith(_LEGION + os.sep)
         or path.startswith(_STDLIB + os.sep)
-        or "-packages" + os.sep in path
+        or any(part in _INSTALLED for part in path.split(os.sep))
     )
+
+
+_INSTALLED = frozenset({"site-packages", "dist-packages"})
+"""Folders that hold installed packages (a user's own ``team-packages`` is not one)."""
 
 
 def in_callback(stack: Sequence[Site]) -> Sequence[Site]:
@@ -105,6 +111,13 @@ def user_site(stack: Sequence[Site], own_files: Sequence[str] = ()) -> Site | No
     return None
 
 
+def with_code(site: Site) -> Site:
+    """``site`` with its line of code (a deep frame of a captured stack has none yet)."""
+    if site.code or site.file.startswith("<"):
+        return site
+    return dataclasses.replace(site, code=linecache.getline(site.file, site.line).strip())
+
+
 def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagnostic | None:
     """The report of one block of the event loop (``block``: a watchdog ``Block``), or
     ``None`` when no frame of the agent's own code (``own_files``, or any file outside
@@ -116,6 +129,7 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
     site = user_site(block.stack, own_files)
     if site is None or not getattr(block, "held", True):
         return None  # legion's own work, or no one call's (a busy or starved loop)
+    site = with_code(site)
     who = f"agent `{agent}`"
     call = _call_in(site.code)
     return Diagnostic(

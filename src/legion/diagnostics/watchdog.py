@@ -243,19 +243,23 @@ def _callback_frame(frame: FrameType | None) -> FrameType | None:
     return None
 
 
-def _stack(frame: FrameType | None, limit: int = 30) -> list[Site]:
-    """Sites from the innermost frame outwards."""
+STACK_FRAMES = 256
+"""Frames kept of a blocked loop's stack: enough to reach the agent's line below a deep
+library call (an import inside the agent ran ~40 frames deep; 30 were kept)."""
+
+_STACK_TEXTS = 8  # frames whose line of code is read at once (the ones reports show)
+
+
+def _stack(frame: FrameType | None, limit: int = STACK_FRAMES) -> list[Site]:
+    """Sites from the innermost frame outwards; the code of the first `_STACK_TEXTS`
+    (`legion.diagnostics.report.with_code` reads any other's when it is reported)."""
     sites: list[Site] = []
     while frame is not None and len(sites) < limit:
         code = frame.f_code
         line = frame.f_lineno or 0  # None while the frame is being torn down
-        sites.append(
-            Site(
-                code.co_filename,
-                line,
-                code.co_name,
-                linecache.getline(code.co_filename, line).strip(),
-            )
+        text = (
+            linecache.getline(code.co_filename, line).strip() if len(sites) < _STACK_TEXTS else ""
         )
+        sites.append(Site(code.co_filename, line, code.co_name, text))
         frame = frame.f_back
     return sites
