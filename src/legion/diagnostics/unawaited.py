@@ -44,6 +44,15 @@ _LIBRARIES = tuple(
 """Where the code that is not the agent's lives: legion's, the installed packages' and
 the standard library's."""
 
+_LEGIONS_AGENTS = tuple(LEGION_CODE + folder + os.sep for folder in ("bench", "demo"))
+"""legion's own agents (its benchmarks', its demo's): agents' code, as a user's is (a
+step they make is sited at their line without walking up the stack, which cost the
+benchmarks what no user's agent pays)."""
+
+
+def _not_the_agents(file: str) -> bool:
+    return file.startswith(_LIBRARIES) and not file.startswith(_LEGIONS_AGENTS)
+
 
 def _agents_frame(frame: FrameType) -> FrameType:
     """The first frame up from ``frame`` (legion's or a library's code: an SDK's request
@@ -54,7 +63,7 @@ def _agents_frame(frame: FrameType) -> FrameType:
         found = found.f_back if found is not None else None
         if found is None:
             return frame
-        if not found.f_code.co_filename.startswith(_LIBRARIES):
+        if not _not_the_agents(found.f_code.co_filename):
             return found
     return frame
 
@@ -85,7 +94,8 @@ class Pending(Awaitable[T], Generic[T]):
         self._args = args
         self.awaited = False
         frame = sys._getframe(depth)  # the caller of ctx.step & co: the agent's line
-        if frame.f_code.co_filename.startswith(_LIBRARIES):
+        file = frame.f_code.co_filename
+        if file.startswith(_LIBRARIES) and not file.startswith(_LEGIONS_AGENTS):
             frame = _agents_frame(frame)
         self.site_ref = SiteRef(frame.f_code, frame.f_lineno)
 
