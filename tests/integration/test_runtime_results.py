@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import pytest
+
 import legion
 from legion import Runtime, TaskStatus
 from legion.store.sqlite import SQLiteStore
@@ -107,3 +109,33 @@ async def test_a_task_ended_by_whoever_took_its_lease_is_delivered(tmp_path: Pat
             assert result.status is TaskStatus.DEAD
     finally:
         await store.aclose()
+
+
+HELD = asyncio.Event()
+
+
+@legion.agent(timeout=60, retries=0)
+async def held(ctx: legion.Context, n: int) -> int:
+    await HELD.wait()
+    return n
+
+
+async def test_a_result_awaited_when_the_runtime_closes_raises(tmp_path: Path) -> None:
+    """A service closing its runtime on SIGTERM: the handlers still awaiting a result
+    hung for good (and the process could not exit). They get WorkerStopped now, and a
+    task submitted while it drained too; the task stays queued in the store."""
+    rt = Runtime(f"sqlite:///{tmp_path / 'close.db'}", drain_timeout=0.2)
+    await rt.open()
+    submitted = await rt.submit(held, 1)
+    waiter = asyncio.create_task(rt.result(submitted))
+    many = asyncio.create_task(anext(rt.results([submitted])))
+    await asyncio.sleep(0)  # (both are waiting)
+    await rt.aclose()
+    for pending in (waiter, many):
+        with pytest.raises(legion.WorkerStopped, match="the runtime was closed"):
+            await pending
+    with pytest.raises(legion.StoreError, match="the store is closed"):
+        await rt.get(submitted)  # (a RuntimeError of the executor's before)
+    async with Runtime(f"sqlite:///{tmp_path / 'close.db'}", worker=False) as other:
+        info = await other.get(submitted)
+    assert info is not None and info.status is TaskStatus.QUEUED  # released, not lost

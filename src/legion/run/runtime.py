@@ -216,11 +216,19 @@ class Runtime:
         self._delivery.halt(error)
 
     async def aclose(self) -> None:
-        """Drain the local worker, then close."""
+        """Drain the local worker, then close. Results still awaited (`result`, `results`,
+        `map`) raise `legion.errors.WorkerStopped`: nothing here will deliver them (the
+        tasks stay in the store, where another runtime or worker runs them)."""
         if not self._open:
             return
         self._open = False
         await self.drain()
+        self._delivery.halt(
+            WorkerStopped(
+                "the runtime was closed, so no result will come here (the task stays in the "
+                "store: a worker on it runs it, and `result` on another runtime answers it)"
+            )
+        )
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -125,6 +125,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         self.url = f"sqlite:///{self.path}"
         self._busy_ms = int(busy_timeout * 1000)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-sqlite")
+        self._closed = False
         self._conn: sqlite3.Connection | None = None
         self._waits = QueueWaits()
         self._init_submissions()
@@ -149,6 +150,10 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             return await loop.run_in_executor(self._thread, begun, *args)
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
+        except RuntimeError as exc:
+            if self._closed:  # (its thread takes no more calls)
+                raise StoreError("the store is closed") from exc
+            raise
 
     def _store_error(self, exc: sqlite3.Error) -> StoreError:
         return _translate(exc, self.path)
@@ -239,6 +244,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
     async def aclose(self) -> None:
         if self._conn is not None:
             await self._call(self._close)
+        self._closed = True
         self._thread.shutdown(wait=True)
 
     def _close(self) -> None:
