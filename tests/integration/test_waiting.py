@@ -263,6 +263,17 @@ async def test_children_fan_out_within_their_limit_and_answer_in_order(store_url
     assert len(children) == 61 and {c.status for c in children} == {TaskStatus.SUCCEEDED}
 
 
+async def test_a_child_agent_the_runtime_was_not_given_runs_all_the_same(store_url: str) -> None:
+    # `submit` registers the agent it is given; `ctx.spawn` and `ctx.map` did not: the
+    # children stayed queued, served by no one, and the parent waited for good.
+    async with legion.Runtime(store_url) as rt:
+        t = await rt.submit(fan_out, {"n": 5, "limit": 2})
+        async with asyncio.timeout(60):
+            result = await rt.result(t.id)
+    assert result.ok, result.error
+    assert result.output == {"sum": 2 * sum(range(5)), "first": [0, 2, 4], "one": 200}
+
+
 async def test_a_failed_child_fails_its_parent(store_url: str) -> None:
     async with legion.Runtime(store_url, agents=[fan_out_failing, double]) as rt:
         result = await rt.result((await rt.submit(fan_out_failing, {})).id)

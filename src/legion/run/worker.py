@@ -49,7 +49,7 @@ from legion.clock import Clock, system_clock, within
 from legion.diagnostics import tracking
 from legion.diagnostics.report import agent_files, blocked_loop
 from legion.diagnostics.watchdog import Block, Capture, LoopWatchdog
-from legion.errors import ConfigError
+from legion.errors import ConfigError, Permanent
 from legion.journal import Committed, Journal
 from legion.run.ahead import Ahead
 from legion.run.freeze import FreezeGuard
@@ -59,6 +59,7 @@ from legion.run.upkeep import Upkeep, ended, rss_mb
 from legion.stats import Counters, Statistics
 from legion.store.base import Store
 from legion.task import Lease, Outcome, TaskInfo
+from legion.waiting.calls import CHILD_AGENTS
 
 if TYPE_CHECKING:
     from legion.executors import Executor
@@ -250,6 +251,17 @@ class Worker(Upkeep):
         self._slots.set()  # a lease loop parked for want of agents has one now
         self.wake()
 
+    def _offer_child(self, agent: Agent) -> None:
+        """An agent an instance here spawns as a child: served here too, unless another
+        agent of that name is (then it runs the child). One this worker cannot run (an
+        executor it lacks) fails the parent now rather than leave the child queued."""
+        if agent.name in self._agents:
+            return
+        try:
+            self.add_agent(agent)
+        except ConfigError as exc:
+            raise Permanent(f"cannot run child agent {agent.name!r} here: {exc}") from exc
+
     @property
     def agents(self) -> Mapping[str, Agent]:
         return self._agents
@@ -319,6 +331,7 @@ class Worker(Upkeep):
     async def run(self) -> None:
         """Serve until `stop`; returns after draining and committing everything."""
         self._loop = asyncio.get_running_loop()
+        CHILD_AGENTS.set(self._offer_child)  # (the instances' contexts are copies of this)
         self._done_context = contextvars.copy_context()
         if self.config.watchdog:
             tracking.install(self._loop)

@@ -18,6 +18,7 @@ once that holds, and its next attempt replays to the same call, which then finds
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,13 @@ if TYPE_CHECKING:
     from legion.steps import Waiter
     from legion.store.base import ContextStore
 
+
+CHILD_AGENTS: contextvars.ContextVar[Callable[[Agent], None] | None] = contextvars.ContextVar(
+    "legion_child_agents", default=None
+)
+"""Set by a worker for the instances it runs: an agent object given to ``ctx.spawn`` or
+``ctx.map`` is offered to it, so that the worker that has the child's code runs it (in a
+`legion.Runtime` that never registered the child, its tasks waited, queued, for good)."""
 
 APPROVAL_EVENT = "approval"
 MAX_EVENT = 200
@@ -221,6 +229,9 @@ async def map_children(
     fresh = [i for i in range(len(items)) if f"{prefix}{i}" not in mine]
     room = max(0, limit - unfinished)
     if fresh and room:
+        offer = CHILD_AGENTS.get()
+        if offer is not None and not isinstance(agent, str):
+            offer(agent)
         agent_name, attempts = _agent(agent, max_attempts)
         tenant = await _tenant(ctx, store)
         batch = fresh[:room]
