@@ -238,6 +238,11 @@ async def test_completion_is_fenced_by_owner_and_attempt(store: Store) -> None:
     assert applied == [False, True]
     info = await store.get(s.id)
     assert info is not None and info.status is TaskStatus.SUCCEEDED and info.output == "fresh"
+    # The error the reaper wrote (its worker stopped) is history now, not the task's state:
+    # `if result.error:` counted the task as failed.
+    assert info.error is None
+    (lost,) = [a for a in await store.attempts(s.id) if a.attempt == 1]
+    assert lost.error is not None and lost.error.type == "LeaseExpired"
 
 
 async def test_retry_dead_failed_and_released_outcomes(store: Store) -> None:
@@ -304,8 +309,8 @@ async def test_each_applied_completion_records_its_attempt(store: Store) -> None
     assert (attempts[0].running, attempts[0].waited) == (2.5, 7.5)
     assert (attempts[1].running, attempts[1].waited) == (3.0, 0.0)
     assert (attempts[1].started_at, attempts[1].finished_at) == (NOW + 20, NOW + 23)
-    info = await store.get(s.id)  # the task keeps only its last error; the attempts keep all
-    assert info is not None and info.status is TaskStatus.SUCCEEDED and info.error == err
+    info = await store.get(s.id)  # a task that succeeded has no error; the attempts keep all
+    assert info is not None and info.status is TaskStatus.SUCCEEDED and info.error is None
     assert await store.attempts(s.id + 1000) == []
 
 

@@ -122,7 +122,7 @@ WITH done AS (
     UPDATE tasks AS t
     SET status = CASE WHEN t.cancel_requested AND c.status = 'queued' THEN 'cancelled' ELSE c.status END,
         output = c.output,
-        error = coalesce(c.error, t.error),
+        error = CASE WHEN c.status = 'succeeded' THEN NULL ELSE coalesce(c.error, t.error) END,
         not_before = c.not_before,
         attempt = t.attempt - c.uncount,
         lease_owner = NULL, lease_expires = NULL,

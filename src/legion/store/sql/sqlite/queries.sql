@@ -106,6 +106,8 @@ SELECT id, attempt, lease_owner, cancel_requested FROM tasks
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running';
 -- name: complete
 -- Fenced: applies only while the worker still holds lease number `attempt`.
+-- A succeeded task has no error (an earlier attempt's, even one the reaper wrote when its
+-- worker died, is history: in `attempts`).
 -- A succeeded attempt is recorded on the row (0017_succeeded_attempt.sql): 11 its worker,
 -- 12 its start, 13 its seconds running, 14 waiting; all NULL for any other outcome.
 -- Positional for speed (executemany on the hot path):
@@ -114,7 +116,7 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running';
 UPDATE tasks
 SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE ?1 END,
     output = ?2,
-    error = coalesce(?3, error),
+    error = CASE WHEN ?1 = 'succeeded' THEN NULL ELSE coalesce(?3, error) END,
     not_before = ?4,
     attempt = attempt - ?5,
     lease_owner = NULL, lease_expires = NULL,
@@ -137,7 +139,7 @@ UPDATE tasks
 SET status = CASE WHEN tasks.cancel_requested AND c.status = 'queued' THEN 'cancelled'
                   ELSE c.status END,
     output = c.output,
-    error = coalesce(c.error, tasks.error),
+    error = CASE WHEN c.status = 'succeeded' THEN NULL ELSE coalesce(c.error, tasks.error) END,
     not_before = c.not_before,
     attempt = tasks.attempt - c.uncount,
     lease_owner = NULL, lease_expires = NULL,
