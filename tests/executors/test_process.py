@@ -36,6 +36,17 @@ async def run(rt: Runtime, agent: legion.Agent, *inputs: object) -> list[legion.
     return sorted([r async for r in rt.map(agent, inputs)], key=lambda r: r.id)
 
 
+async def test_a_runtime_given_no_executors_makes_the_process_pool_it_is_asked_for(
+    db_url: str,
+) -> None:
+    # `Runtime(executor="process")` was refused: "which this worker does not have (give
+    # it with --executor process)", a flag of the command line.
+    async with Runtime(db_url, executor="process") as runtime:
+        results = await run(runtime, agents.echo, "a")
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED]
+    assert results[0].output["pid"] != os.getpid()
+
+
 async def test_instances_run_in_children_with_the_whole_context(
     rt: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:

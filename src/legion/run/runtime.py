@@ -53,6 +53,9 @@ class Runtime:
       used as given and not closed (it may serve several runtimes).
     - ``executors``: where agents that ask for ``executor="process"`` or ``"ray"`` run
       (the worker starts and closes them); ``executor`` runs every agent on that one.
+      Without one, an agent that asks for ``"process"`` gets a pool of as many child
+      processes as CPUs (`legion.executors.ProcessExecutor`; give your own for another
+      size or a memory limit); ``"ray"`` needs ``legion.executors.ray.RayExecutor``.
     - ``max_loop_lag``, ``max_memory_mb``: the worker stops leasing while its event loop
       lags more than this many seconds or its memory passes this many MB.
     - ``strict``: a step or call that an agent made and never awaited fails its task

@@ -783,10 +783,17 @@ class Worker(Upkeep):
         if name == "async":
             return None
         found = self.executors.get(name)
+        if found is None and name == "process":
+            # A pool of the CPUs' count, made when an agent first asks for it (an embedded
+            # Runtime given no executors: `Runtime(executor="process")` was refused).
+            from legion.executors.process import ProcessExecutor
+
+            found = self.executors[name] = ProcessExecutor()
         if found is None:
             raise ConfigError(
                 f"agent {agent.name!r} runs on the {name!r} executor, which this worker does "
-                f"not have (give it with --executor {name})"
+                f"not have (give it with --executor {name}, or Runtime(executors={{{name!r}: "
+                "...}))"
             )
         return found
 
