@@ -14,7 +14,7 @@ What one task does, for one question:
                step that keeps the sentences that best match the question;
 3. summarize - one LLM call per passage, all at once, then one that combines them
                (``ctx.llm``: paced to the provider's limits, recorded, never paid twice);
-4. remember  - the session keeps the last questions it was asked (``ctx.memory``).
+4. remember  - the session keeps every question it was asked (``ctx.memory``).
 
 ``legion demo`` runs this same agent (its copy in ``legion.demo.agent``, so the demo
 works from an installed package) the legacy way and scaled, side by side; a test keeps
@@ -58,8 +58,10 @@ async def research(ctx: legion.Context, question: str) -> dict[str, Any]:
     )
 
     # Session memory lives in the store, so the next task of a session can run anywhere.
-    asked = await ctx.memory.get("questions", [])
-    await ctx.memory.set("questions", [*asked, question][-20:])
+    # One key per task: tasks of a session run at once, and a list read, extended and
+    # written back would keep only the last writer's question (`ctx.memory.items()`
+    # reads them all).
+    await ctx.memory.set(f"question:{ctx.task_id}", question)
 
     return {
         "question": question,

@@ -48,3 +48,18 @@ def test_the_example_is_a_whole_agent_not_a_re_export() -> None:
     assert module.research.fn.__module__ == module.__name__
     code = (EXAMPLES / "research.py").read_text().split('"""', 2)[2]
     assert "legion.demo" not in code  # it imports nothing from the package's copy
+
+
+async def test_a_session_remembers_every_question_its_tasks_ran_at_once(tmp_path: Path) -> None:
+    # The example read the session's list, added its question and wrote it back: ten
+    # tasks of one session at once kept one question (the last writer's).
+    example = load_agent(f"{EXAMPLES / 'research.py'}:research")
+    sim = SimulatedProvider(SimConfig(models=("sim-model",)))
+    await sim.start()
+    llm = LLMClient([Route("default", sim, "sim-model", Capacity("default"))])
+    questions = [f"How do I use asyncio {n}?" for n in range(10)]
+    async with llm, Runtime(f"sqlite:///{tmp_path / 's.db'}", llm=llm) as rt:
+        results = [r async for r in rt.map(example, questions, session="alice")]
+        remembered = await rt.store.memory_items("alice")
+    assert all(r.ok for r in results)
+    assert sorted(json.loads(v) for v in remembered.values()) == sorted(questions)

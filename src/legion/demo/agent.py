@@ -118,8 +118,10 @@ async def research(ctx: legion.Context, question: str) -> dict[str, Any]:
     answer = await ctx.llm.chat(
         combine_prompt(question, [p.text for p in partial]), max_tokens=ANSWER_TOKENS
     )
-    asked = await ctx.memory.get("questions", [])
-    await ctx.memory.set("questions", [*asked, question][-20:])
+    # One key per task: tasks of a session run at once, and a list read, extended and
+    # written back would keep only the last writer's question (`ctx.memory.items()`
+    # reads them all).
+    await ctx.memory.set(f"question:{ctx.task_id}", question)
     return _answer(question, notes, answer)
 
 
