@@ -129,8 +129,10 @@ async def test_a_lost_node_means_a_retried_task_not_a_lost_one(
     assert r.output["node"] != doomed
     assert r.output["token"] == r.output["first"]  # its step was replayed, not run again
     info = await rt.get(task.id)
-    assert info is not None and info.error is not None  # the first attempt's error, kept
-    assert info.error.type == "InstanceLost" and "NodeDiedError" in info.error.message
+    assert info is not None and info.error is None  # it succeeded: no error
+    (lost,) = [a for a in await rt.store.attempts(task.id) if a.attempt == 1]
+    assert lost.error is not None  # the first attempt's, kept in its history
+    assert lost.error.type == "InstanceLost" and "NodeDiedError" in lost.error.message
 
 
 def test_without_an_address_a_local_ray_instance_is_started(tmp_path: Path) -> None:
