@@ -8,6 +8,7 @@ import gc
 import logging
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -988,3 +989,33 @@ async def test_a_running_worker_collects_its_young_objects_less_often(db_url: st
         assert gc.get_threshold()[0] == heap.YOUNG
         assert (await rt.result((await rt.submit(double, 4)).id)).output == 8
     assert gc.get_threshold()[0] == heap.DEFAULT
+
+
+@legion.agent
+async def plus_one(ctx: legion.Context, x: int) -> int:
+    return x + 1
+
+
+def test_a_runtime_called_from_another_event_loop_says_so(tmp_path: Path) -> None:
+    """A sync framework's handler calling `asyncio.run(rt.result(...))` on a runtime
+    opened in a background thread's loop: the result was delivered in that loop and the
+    caller's never woke (it hung for good)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    rt = Runtime(f"sqlite:///{tmp_path / 'loops.db'}")
+    try:
+        asyncio.run_coroutine_threadsafe(rt.open(), loop).result(30)
+        submitted = asyncio.run_coroutine_threadsafe(rt.submit(plus_one, 1), loop).result(30)
+        with pytest.raises(RuntimeError, match="opened in another event loop"):
+            asyncio.run(rt.result(submitted))
+        with pytest.raises(RuntimeError, match="run_coroutine_threadsafe"):
+            asyncio.run(rt.submit(plus_one, 2))
+        # The way the message names works.
+        done = asyncio.run_coroutine_threadsafe(rt.result(submitted), loop).result(30)
+        assert done.output == 2
+    finally:
+        asyncio.run_coroutine_threadsafe(rt.aclose(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

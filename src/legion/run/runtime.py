@@ -138,6 +138,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._delivery = Delivery(self.store, local_worker=self._local_worker_id)
         self._open = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # (the one it opened in)
         for a in agents:
             self.register(a)
 
@@ -193,6 +194,7 @@ class Runtime:
                 started.cancel()
         self._tasks.append(asyncio.create_task(self._delivery.follow(), name="legion-events"))
         self._open = True
+        self._loop = asyncio.get_running_loop()
 
     async def drain(self) -> None:
         """Stop the local worker: running tasks finish (or are released after the drain
@@ -309,6 +311,7 @@ class Runtime:
     ) -> list[Submitted]:
         """Queue many tasks of ``tenant`` in one transaction (``priorities``: one per
         input, instead of ``priority`` for all)."""
+        self._check_loop()
         self.register(agent)
         inputs = list(inputs)
         key_list = list(keys) if keys is not None else [None] * len(inputs)
@@ -366,6 +369,7 @@ class Runtime:
         With ``keys`` the call is resumable: tasks that finished before are answered from
         the store, unfinished ones are run.
         """
+        self._check_loop()
         inputs = list(inputs)
         key_list = list(keys) if keys is not None else [None] * len(inputs)
         inbox = self._delivery.inbox()
@@ -399,6 +403,7 @@ class Runtime:
     def results(self, ids: Sequence[TaskRef]) -> AsyncGenerator[TaskResult, None]:
         """Yield the results of these tasks as they finish (each named by its id, or by
         what `submit` answered for it)."""
+        self._check_loop()
         return self._delivery.results([task_id_of(i) for i in ids])
 
     async def result(self, task_id: TaskRef, *, raise_on_failure: bool = False) -> TaskResult:
@@ -411,7 +416,19 @@ class Runtime:
         raise TaskFailed(task_id, "unknown", {"type": "NotFound", "message": "no such task"})
 
     async def get(self, task_id: TaskRef) -> TaskInfo | None:
+        self._check_loop()
         return await self.store.get(task_id_of(task_id))
+
+    def _check_loop(self) -> None:
+        """Refuse a call from another event loop than the one the runtime opened in: its
+        results are delivered there (a result awaited in another loop was never woken)."""
+        loop = self._loop
+        if loop is not None and asyncio._get_running_loop() not in (loop, None):
+            raise RuntimeError(
+                "this Runtime was opened in another event loop, where its results are "
+                "delivered: call it from that loop (from another thread: "
+                "asyncio.run_coroutine_threadsafe(coro, loop)), or open a Runtime per loop"
+            )
 
     async def cancel(self, task_id: TaskRef, *, children: bool = False) -> TaskStatus | None:
         """Cancel a task: a queued one at once, a running one as soon as its worker sees it.
