@@ -402,7 +402,9 @@ class Runtime:
 
     def results(self, ids: Sequence[TaskRef]) -> AsyncGenerator[TaskResult, None]:
         """Yield the results of these tasks as they finish (each named by its id, or by
-        what `submit` answered for it)."""
+        what `submit` answered for it): one per task, an id given twice answered once,
+        and an id of no task skipped (`result` raises `TaskFailed` for one): count the
+        results, not the ids."""
         self._check_loop()
         return self._delivery.results([task_id_of(i) for i in ids])
 
