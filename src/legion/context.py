@@ -488,8 +488,16 @@ class Context:
         return bool(self._made)
 
     def unawaited(self) -> list[Pending[Any]]:
-        """The steps and calls this instance made and never awaited."""
-        return [p for p in self._made if not p.awaited] if self._made else []
+        """The steps and calls this instance made and never awaited (not those handed to
+        a ``ctx.gather(...)`` that was itself never awaited: that gather is the one to
+        report, and "pass it to ctx.gather" would tell them what they did)."""
+        if not self._made:
+            return []
+        left = [p for p in self._made if not p.awaited]
+        handed = {  # (a gather's arguments: _called's, the awaitables second)
+            id(aw) for p in left if p.what == "ctx.gather(...)" for aw in p.arguments[1]
+        }
+        return [p for p in left if id(p) not in handed]
 
     async def record(
         self,
@@ -578,46 +586,85 @@ class Context:
 
     # -- durable waiting (see legion.waiting) ------------------------------------------
 
-    async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - a durable wait
+    # Each answers a `Pending`, as a step does: made and never awaited, the wait, the
+    # child or the gather never happened, and the report (or --strict) says so.
+
+    def wait_for(self, event: str, *, timeout: float | None = None) -> Pending[Any]:
         """Wait for the signal ``event`` sent to this task (``legion signal``, the HTTP API,
         ``Runtime.signal``) and answer its data; the n-th wait for an event gets the n-th
         signal of that name, sent before or after. While it waits the task is ``waiting``
         and holds no slot. ``timeout`` (seconds): raise `legion.errors.WaitTimeout`
         if no signal came by then."""
-        return await waiting.wait_for(self, self._store, self._clock, event, timeout=timeout)
+        return self._pending(
+            "ctx.wait_for(...)",
+            waiting.wait_for,
+            (self, self._store, self._clock, event),
+            {"timeout": timeout},
+        )
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> Pending[None]:
         """Sleep durably: the task waits (no slot, no lease) and survives restarts; the
         wake-up time is fixed on the first run."""
-        await waiting.sleep(self, self._store, seconds)
+        return self._pending("ctx.sleep(...)", waiting.sleep, (self, self._store, seconds))
 
-    async def approval(self, prompt: str, *, timeout: float | None = None) -> waiting.Approval:  # noqa: ASYNC109
+    def approval(self, prompt: str, *, timeout: float | None = None) -> Pending[waiting.Approval]:
         """Wait for a person to approve: the dashboard shows ``prompt`` with buttons; the
         answer is the signal ``approval`` (data ``{"approved": true|false, ...}``)."""
-        return await waiting.approval(self, self._store, self._clock, prompt, timeout=timeout)
+        return self._pending(
+            "ctx.approval(...)",
+            waiting.approval,
+            (self, self._store, self._clock, prompt),
+            {"timeout": timeout},
+        )
 
-    async def spawn(self, agent: Agent | str, input: Any = None) -> Any:
+    def spawn(self, agent: Agent | str, input: Any = None) -> Pending[Any]:
         """Run ``agent`` on ``input`` as a child task and answer its output; this task
         waits suspended meanwhile. Raises `legion.errors.ChildFailed` if the child
         does not succeed."""
-        return await waiting.spawn(self, self._store, self._clock, agent, input)
-
-    async def map(
-        self, agent: Agent | str, inputs: Iterable[Any], *, concurrency: int | None = None
-    ) -> list[Any]:
-        """Run ``agent`` on each input as child tasks, at most ``concurrency`` unfinished
-        at once, and answer their outputs in order; this task waits suspended meanwhile."""
-        return await waiting.map_children(
-            self, self._store, self._clock, agent, inputs, concurrency=concurrency
+        return self._pending(
+            "ctx.spawn(...)", waiting.spawn, (self, self._store, self._clock, agent, input)
         )
 
-    async def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
+    def map(
+        self, agent: Agent | str, inputs: Iterable[Any], *, concurrency: int | None = None
+    ) -> Pending[list[Any]]:
+        """Run ``agent`` on each input as child tasks, at most ``concurrency`` unfinished
+        at once, and answer their outputs in order; this task waits suspended meanwhile."""
+        return self._pending(
+            "ctx.map(...)",
+            waiting.map_children,
+            (self, self._store, self._clock, agent, inputs),
+            {"concurrency": concurrency},
+        )
+
+    def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> Pending[list[Any]]:
         """Run awaitables concurrently, like ``asyncio.gather``, results in order.
 
         Fail-fast by default: the first error cancels the others and is raised once they
         have stopped. With ``return_exceptions=True`` every result or error is collected.
         """
-        return await gather(*aws, return_exceptions=return_exceptions)
+        return self._pending(
+            "ctx.gather(...)", gather, aws, {"return_exceptions": return_exceptions}
+        )
+
+    def _pending(
+        self,
+        what: str,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+    ) -> Pending[T]:
+        """``fn(*args, **kwargs)`` once awaited, kept to report if it never is."""
+        pending: Pending[T] = Pending(what, _called, (fn, args, kwargs or {}), depth=3)
+        self.made(pending)
+        return pending
+
+
+def _called(
+    fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any], site: Any
+) -> Awaitable[T]:
+    """A `Pending`'s work for `Context._pending` (its site is not passed on)."""
+    return fn(*args, **kwargs)
 
 
 async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:

@@ -53,6 +53,14 @@ async def forgetful_memory(ctx: legion.Context, x: int) -> str:
     return "done"
 
 
+@legion.agent(retries=0)
+async def forgetful_waits(ctx: legion.Context, x: int) -> str:
+    ctx.spawn(forgetful, x)  # MARK: unawaited-spawn
+    ctx.sleep(5)  # MARK: unawaited-sleep
+    ctx.gather(ctx.step("a", lambda: 1), ctx.step("b", lambda: 2))  # MARK: unawaited-gather
+    return "done"
+
+
 async def _boom() -> None:
     raise ValueError("lost in the background")  # MARK: escaped-raise
 

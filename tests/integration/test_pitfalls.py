@@ -75,6 +75,21 @@ async def test_an_unawaited_step_is_reported_and_fails_in_strict_mode(db_url: st
     assert f"pitfall_agents.py:{line_of('unawaited-step')}" in strict.error.message
 
 
+async def test_an_unawaited_child_sleep_or_gather_is_reported_as_itself(db_url: str) -> None:
+    # They were coroutines: never awaited, the child was never started and the durable
+    # sleep never slept, with only Python's warning on stderr (and --strict passed); an
+    # unawaited gather's steps were reported as steps to "pass to ctx.gather".
+    r = await run(db_url, agents.forgetful_waits, 1)
+    found = {d.site.line: d.message for d in r.diagnostics if d.site is not None}
+    assert [d.kind for d in r.diagnostics] == [Kind.UNAWAITED] * 3
+    assert "ctx.spawn(...) made at" in found[line_of("unawaited-spawn")]
+    assert "ctx.sleep(...) made at" in found[line_of("unawaited-sleep")]
+    assert "ctx.gather(...) made at" in found[line_of("unawaited-gather")]
+    strict = await run(db_url, agents.forgetful_waits, 2, strict=True)
+    assert strict.status is TaskStatus.FAILED
+    assert strict.error is not None and strict.error.type == "UnawaitedWork"
+
+
 async def test_an_unawaited_memory_write_is_reported(db_url: str) -> None:
     r = await run(db_url, agents.forgetful_memory, 1)
     (found,) = r.diagnostics

@@ -111,8 +111,8 @@ def run(
         bool,
         typer.Option(
             "--strict",
-            help="Fail a task whose agent made a step or LLM call it never awaited "
-            "(by default it is reported).",
+            help="Fail a task whose agent made a step, LLM call, memory write, durable "
+            "wait, child task or ctx.gather it never awaited (by default it is reported).",
         ),
     ] = False,
     local_worker: Annotated[
@@ -258,7 +258,10 @@ def worker(
     ] = 0.2,
     strict: Annotated[
         bool,
-        typer.Option("--strict", help="Fail a task whose agent left a step or call unawaited."),
+        typer.Option(
+            "--strict",
+            help="Fail a task whose agent left a step, call, wait, child or gather unawaited.",
+        ),
     ] = False,
     store_wait: StoreWaitOpt = 300.0,
     max_freezes: Annotated[

@@ -67,7 +67,11 @@ def look_back(
             Diagnostic(
                 Kind.UNAWAITED,
                 f"agent `{name}`: {pending.what} made at {site} was never awaited, so it never "
-                "ran: `await` it, or pass it to `ctx.gather`",
+                + (
+                    "ran: `await` it"
+                    if pending.what == "ctx.gather(...)"
+                    else "ran: `await` it, or pass it to `ctx.gather`"
+                ),
                 site,
             )
         )

@@ -110,5 +110,10 @@ class Pending(Awaitable[T], Generic[T]):
         return fn(*args, self.site_ref).__await__()
 
     @property
+    def arguments(self) -> tuple[Any, ...]:
+        """What it was made with (nothing once awaited: it lets go of its work then)."""
+        return self._args
+
+    @property
     def site(self) -> Site:
         return self.site_ref.site()
