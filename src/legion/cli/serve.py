@@ -6,7 +6,6 @@ imported only when one of these commands runs.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import importlib.util
 import json
@@ -309,7 +308,7 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
     """Serve until SIGINT/SIGTERM; then stop serving and drain the worker (if it runs one).
     A store that cannot be reached at start is waited for, as a worker waits for it (a
     server started before its database came up exited at once)."""
-    from legion.cli.wiring import StopSignals, open_store, until_first
+    from legion.cli.wiring import StopSignals, open_store_unless_stopped
 
     then = ", then draining the worker" if opts.runtime.worker else ""
 
@@ -317,16 +316,7 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
         console.print(f"{sig.name}: stopping the server{then}", highlight=False)
 
     stop = StopSignals(first)  # from the start: a stop while opening still ends cleanly
-    opening = asyncio.ensure_future(
-        open_store(
-            opts.runtime.store,
-            lease_seconds=opts.runtime.lease_seconds,
-            wait=opts.store_wait,
-            console=console,
-        )
-    )
-    await until_first(opening, stop.wait())
-    store = None if opening.cancelled() else opening.result()
+    store = await open_store_unless_stopped(opts.runtime, opts.store_wait, stop, console)
     if store is None:
         return 0 if stop.is_set() else EXIT_STORE
     try:

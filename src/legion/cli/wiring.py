@@ -138,6 +138,18 @@ async def open_runtime(
         )
 
 
+async def open_store_unless_stopped(
+    opts: RuntimeOptions, wait: float, stop: StopSignals, console: Console
+) -> Store | None:
+    """`open_store` for ``opts.store``, or ``None`` once ``stop`` is asked for (a
+    supervisor's SIGTERM can come at any moment of a start) or the store never came."""
+    opening = asyncio.ensure_future(
+        open_store(opts.store, lease_seconds=opts.lease_seconds, wait=wait, console=console)
+    )
+    await until_first(opening, stop.wait())
+    return None if opening.cancelled() else opening.result()
+
+
 async def open_store(
     url: str, *, lease_seconds: float, wait: float, console: Console
 ) -> Store | None:

@@ -24,7 +24,6 @@ refuses it (a bad URL, rejected credentials) stops it at once. Exit codes:
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import os
 import signal
@@ -42,7 +41,7 @@ from legion.cli.wiring import (
     RuntimeOptions,
     StopSignals,
     open_runtime,
-    open_store,
+    open_store_unless_stopped,
     until_first,
 )
 from legion.errors import AgentLoadError, StoreError
@@ -84,16 +83,7 @@ async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> i
     # Stop signals are handled from here on: a worker stopped while it opens its store or
     # registers (a supervisor's SIGTERM can come at any moment) exits cleanly too.
     stop = StopSignals(draining)
-    opening = asyncio.ensure_future(
-        open_store(
-            opts.runtime.store,
-            lease_seconds=opts.runtime.lease_seconds,
-            wait=opts.store_wait,
-            console=console,
-        )
-    )
-    await until_first(opening, stop.wait())
-    store = None if opening.cancelled() else opening.result()
+    store = await open_store_unless_stopped(opts.runtime, opts.store_wait, stop, console)
     if store is None:
         return 0 if stop.is_set() else EXIT_STORE
     try:
