@@ -50,21 +50,22 @@ step they make is sited at their line without walking up the stack, which cost t
 benchmarks what no user's agent pays)."""
 
 
-def _not_the_agents(file: str) -> bool:
-    return file.startswith(_LIBRARIES) and not file.startswith(_LEGIONS_AGENTS)
+def _agents_code(file: str) -> bool:
+    return not file.startswith(_LIBRARIES) or file.startswith(_LEGIONS_AGENTS)
 
 
 def _agents_frame(frame: FrameType) -> FrameType:
-    """The first frame up from ``frame`` (legion's or a library's code: an SDK's request
-    turned into ``ctx.llm.chat`` by legion's transport, a framework's call) that is none
-    of theirs: the agent's own line, which a report should name; ``frame`` if none is."""
+    """``frame`` (a file under `_LIBRARIES`) if it is one of legion's own agents', else
+    the first frame up from it (legion's or a library's code: an SDK's request turned
+    into ``ctx.llm.chat`` by legion's transport, a framework's call) that is the agent's
+    own line, which a report should name; ``frame`` if none is."""
     found: FrameType | None = frame
     for _ in range(64):
-        found = found.f_back if found is not None else None
         if found is None:
             return frame
-        if not _not_the_agents(found.f_code.co_filename):
+        if _agents_code(found.f_code.co_filename):
             return found
+        found = found.f_back
     return frame
 
 
@@ -94,8 +95,7 @@ class Pending(Awaitable[T], Generic[T]):
         self._args = args
         self.awaited = False
         frame = sys._getframe(depth)  # the caller of ctx.step & co: the agent's line
-        file = frame.f_code.co_filename
-        if file.startswith(_LIBRARIES) and not file.startswith(_LEGIONS_AGENTS):
+        if frame.f_code.co_filename.startswith(_LIBRARIES):
             frame = _agents_frame(frame)
         self.site_ref = SiteRef(frame.f_code, frame.f_lineno)
 
