@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from legion.llm.route_report import combine
-from legion.server.monitor import FleetRoutes
+from legion.server.fleet_routes import FleetRoutes
 from legion.store.types import WorkerInfo
 
 

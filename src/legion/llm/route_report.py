@@ -58,6 +58,24 @@ def route_report(r: RouteStatistics) -> dict[str, Any]:
     }
 
 
+_FIELDS = (
+    "provider", "model", "in_flight", "max_in_flight", "waiting", "rpm_limit", "tpm_limit",
+    "rpm_allowed", "tpm_allowed", "paused_for",
+)  # fmt: skip
+
+
+def is_report(report: Any) -> bool:
+    """Whether ``report`` (from a heartbeat: a worker of another version may send another
+    shape) has every field of `route_report`'s, its totals numbers and its breaker a
+    state."""
+    return (
+        isinstance(report, dict)
+        and all(isinstance(report.get(f), int | float) for f in TOTALS)
+        and all(f in report for f in _FIELDS)
+        and report.get("breaker") in _BREAKER_ORDER
+    )
+
+
 def combine(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """One route's reports from several workers as one (see the module's text)."""
     out: dict[str, Any] = {}

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from legion.llm.breaker import BreakerState
-from legion.llm.route_report import TOTALS, combine, route_report
+from legion.llm.route_report import route_report
+from legion.server.fleet_routes import FleetRoutes
 from legion.server.scaling import ScalingGauge
 from legion.server.snapshot import Failure, Health, Point, RouteLoad, Snapshot, Totals, WorkerState
 from legion.store.types import EventDetail, WorkerInfo
@@ -444,7 +445,6 @@ class Monitor:
             tpm = max(0.0, (tok1 - tok0) * 60 / (t1 - t0))
         rpm_limit, tpm_limit = r["rpm_limit"], r["tpm_limit"]
         shares = [used / limit for used, limit in ((rpm, rpm_limit), (tpm, tpm_limit)) if limit]
-        breaker = r.get("breaker", 0)
         return RouteLoad(
             route=name,
             provider=r["provider"],
@@ -466,8 +466,8 @@ class Monitor:
             output_tokens=r["output_tokens"],
             cost_usd=r["cost_usd"],
             paused_for=r["paused_for"],
-            breaker=BreakerState(breaker).name.lower() if breaker in (0, 1, 2) else "closed",
-            breaker_state=breaker if breaker in (0, 1, 2) else 0,
+            breaker=BreakerState(r["breaker"]).name.lower(),
+            breaker_state=r["breaker"],
         )
 
 
@@ -497,60 +497,6 @@ def _failure(t: TaskInfo) -> Failure:
         at=t.finished_at or t.started_at or t.created_at,
         tenant=t.tenant,
     )
-
-
-class FleetRoutes:
-    """The workers' LLM routes added up (their heartbeats' ``llm`` reports), for a server
-    with no client of its own. A worker that leaves (stopped, restarted under a new id)
-    leaves its running totals behind: the fleet's counters never go down while the
-    server runs (``/metrics`` exposes them as counters)."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, dict[str, Mapping[str, Any]]] = {}  # worker -> route -> report
-        self._gone: dict[str, dict[str, Any]] = {}  # route -> totals of workers gone
-
-    def reports(self, workers: Sequence[WorkerInfo], fresh_since: float) -> dict[str, Any]:
-        """Each route's report over ``workers`` (the state now of those whose heartbeat
-        is newer than ``fresh_since``; the totals of all, and of those gone)."""
-        seen: dict[str, dict[str, Mapping[str, Any]]] = {}
-        for w in workers:
-            llm = w.load.get("llm")
-            if isinstance(llm, dict):
-                seen[w.id] = {n: r for n, r in llm.items() if _a_report(r)}
-        for gone in self._last.keys() - seen.keys():
-            for name, report in self._last[gone].items():
-                totals = self._gone.setdefault(name, dict.fromkeys(TOTALS, 0))
-                for total in TOTALS:
-                    totals[total] += report.get(total) or 0
-        self._last = seen
-        fresh = {w.id for w in workers if w.heartbeat_at >= fresh_since}
-        by_route: dict[str, list[Mapping[str, Any]]] = {}
-        for worker, routes in seen.items():
-            for name, report in routes.items():
-                if worker not in fresh:  # its totals count; its state now is not known
-                    report = {**report, "in_flight": 0, "waiting": 0, "paused_for": 0.0}
-                by_route.setdefault(name, []).append(report)
-        out = {}
-        for name, reports in by_route.items():
-            combined = combine(reports)
-            for total, value in self._gone.get(name, {}).items():
-                combined[total] += value
-            out[name] = combined
-        return out
-
-
-def _a_report(report: Any) -> bool:
-    """Whether a heartbeat's route report has every field (a worker of another version
-    may send another shape: it is left out, not a failed sample)."""
-    return (
-        isinstance(report, dict)
-        and all(isinstance(report.get(f), int | float) for f in TOTALS)
-        and all(f in report for f in _REPORT_FIELDS)
-    )
-
-
-_REPORT_FIELDS = ("provider", "model", "in_flight", "max_in_flight", "waiting", "rpm_limit",
-                  "tpm_limit", "rpm_allowed", "tpm_allowed", "paused_for")  # fmt: skip
 
 
 def _int(value: Any) -> int | None:
