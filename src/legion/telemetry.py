@@ -9,14 +9,19 @@ one), or let `configure_tracing` build a provider that exports them
 Spans, nested as the work is:
 
 - ``legion.task {agent}``, one per attempt: ``legion.task.id``, ``legion.task.attempt``,
-  ``legion.agent``; an error ends it with an error status and the exception recorded.
+  ``legion.agent``, ``legion.task.outcome`` (``succeeded``, ``retry``, ``failed``,
+  ``dead``, ``cancelled``, ``released``, ``waiting``; ``lease_lost``); an attempt that
+  failed - raised, timed out, or returned what its agent cannot store - ends it with an
+  error status and the error recorded as an ``exception`` event.
 - ``legion.step``, one per step that runs (replayed steps run nothing, so make none):
   ``legion.step.key``, ``legion.task.id``; steps run by ``ctx.gather`` overlap in time.
 - ``chat {model}``, one per LLM call (made in `legion.llm.tracing`), after the
   OpenTelemetry GenAI semantic conventions:
   ``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
   ``gen_ai.response.model``, ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
-  ``gen_ai.response.finish_reasons`` and, on failure, ``error.type``.
+  ``gen_ai.response.finish_reasons`` and, on failure, ``error.type``; each try that
+  failed (retried or not) is a ``legion.llm.try_failed`` event on it (``error.type``,
+  ``error.message``, ``legion.llm.deployment``).
 
 Structured logs: `configure_logging` with ``as_json=True`` writes one JSON object per
 record, with the ``task_id``, ``agent`` and ``attempt`` that ``ctx.log`` (and the HTTP API)
@@ -28,21 +33,24 @@ has the SDK and the OTLP exporter).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import inspect
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from legion.errors import ConfigError
 from legion.extras import install_hint
+from legion.task import Outcome
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Tracer, TracerProvider
+    from opentelemetry.trace import Span, Tracer, TracerProvider
 
-    from legion.task import Lease
+    from legion.task import Completion, Lease
 
 T = TypeVar("T")
 
@@ -82,6 +90,8 @@ def configure_tracing(exporter: str, *, service_name: str = "legion") -> Callabl
 
     ``otlp`` sends OTLP over HTTP, configured by the standard ``OTEL_EXPORTER_OTLP_*``
     variables (default ``http://localhost:4318``); ``console`` prints spans to stderr.
+    The service is ``service_name`` unless ``OTEL_SERVICE_NAME`` (or ``service.name`` in
+    ``OTEL_RESOURCE_ATTRIBUTES``) names it.
     The provider also becomes OpenTelemetry's global one, so spans of agent code nest in
     legion's.
     """
@@ -108,7 +118,7 @@ def configure_tracing(exporter: str, *, service_name: str = "legion") -> Callabl
         raise ConfigError(
             f"exporting traces needs the OpenTelemetry SDK ({exc}): {install_hint('otel')}"
         ) from exc
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(resource=Resource.create(resource_attributes(service_name)))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
     enable_tracing(provider)
@@ -120,21 +130,80 @@ def configure_tracing(exporter: str, *, service_name: str = "legion") -> Callabl
     return shutdown
 
 
+def resource_attributes(service_name: str) -> dict[str, str]:
+    """The attributes legion gives its spans' resource: ``service_name``, unless the
+    standard variables name the service (``OTEL_SERVICE_NAME``, or ``service.name`` in
+    ``OTEL_RESOURCE_ATTRIBUTES``), which OpenTelemetry then reads."""
+    listed = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    named = os.environ.get("OTEL_SERVICE_NAME") or any(
+        item.partition("=")[0].strip() == "service.name" for item in listed.split(",")
+    )
+    return {} if named else {"service.name": service_name}
+
+
+def add_event(name: str, attributes: dict[str, str | int | float]) -> None:
+    """An event on the current span (while tracing)."""
+    from opentelemetry import trace
+
+    trace.get_current_span().add_event(name, attributes)
+
+
 def active_tracer() -> Tracer:
     if _tracer is None:
         raise ConfigError("tracing is off: call legion.telemetry.enable_tracing() first")
     return _tracer
 
 
-async def traced_task(lease: Lease, agent: str, call: Awaitable[T]) -> T:
-    """Await one attempt's agent call inside its task span."""
+def start_task(lease: Lease, agent: str) -> Span:
+    """The span of one attempt, begun: `within` makes it current while the agent runs,
+    `end_task` ends it with how the attempt ended."""
     attributes: dict[str, str | int] = {
         "legion.agent": agent,
         "legion.task.id": lease.id,
         "legion.task.attempt": lease.attempt,
     }
-    with active_tracer().start_as_current_span(f"legion.task {agent}", attributes=attributes):
+    return active_tracer().start_span(f"legion.task {agent}", attributes=attributes)
+
+
+async def within(span: Span, call: Awaitable[T]) -> T:
+    """Await ``call`` with ``span`` current (its steps and calls nest in it); how the
+    attempt ended is `end_task`'s to say, not an exception's on the way out."""
+    from opentelemetry.trace import use_span
+
+    with use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
         return await call
+
+
+_FAILED = frozenset({Outcome.FAILED, Outcome.DEAD, Outcome.RETRY})
+
+
+def end_task(span: Span, done: Completion | None, abandoned: bool = False) -> None:
+    """End an attempt's span with its outcome: an error status and the error recorded for
+    a failed attempt - one that raised, timed out, or returned what its agent cannot
+    store - and the error recorded for one given back because of it (a spent budget, a
+    provider's long Retry-After). ``done`` is ``None`` when the attempt wrote no end: its
+    lease was lost, or it was ``abandoned`` (it ran on after it was stopped)."""
+    from opentelemetry.trace import Status, StatusCode
+
+    if done is None:
+        span.set_attribute("legion.task.outcome", "abandoned" if abandoned else "lease_lost")
+        if abandoned:
+            span.set_status(Status(StatusCode.ERROR, "it ran on after it was stopped"))
+    else:
+        span.set_attribute("legion.task.outcome", done.outcome.value)
+        if done.error is not None:
+            span.add_event(
+                "exception",
+                {
+                    "exception.type": done.error.type,
+                    "exception.message": done.error.message,
+                    "exception.stacktrace": done.error.traceback,
+                },
+            )
+            if done.outcome in _FAILED:
+                why = f"{done.error.type}: {done.error.message}"
+                span.set_status(Status(StatusCode.ERROR, why))
+    span.end()
 
 
 async def traced_step(
@@ -142,10 +211,17 @@ async def traced_step(
 ) -> Any:
     """Run one step's function (awaiting what it returns, if awaitable) inside its span."""
     attributes: dict[str, str | int] = {"legion.step.key": key, "legion.task.id": lease.id}
-    with active_tracer().start_as_current_span("legion.step", attributes=attributes):
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
+    with active_tracer().start_as_current_span("legion.step", attributes=attributes) as span:
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError:
+            # (not an Exception: OpenTelemetry records none) its attempt was stopped
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_status(Status(StatusCode.ERROR, "cancelled"))
+            raise
         return result
 
 

@@ -243,3 +243,10 @@ async def sdk_client(ctx: legion.Context, kind: str) -> str:
 async def contract_bytes_step(ctx: legion.Context, n: int) -> None:
     await ctx.step("fine", lambda: n)
     await ctx.step("raw", lambda: b"bytes")
+
+
+@legion.agent(retries=0)
+async def gathered_chats(ctx: legion.Context, n: int) -> list[str]:
+    """``n`` LLM calls at once, made (and recorded) by the worker for this child."""
+    calls = (ctx.llm.chat([{"role": "user", "content": f"question {i}"}]) for i in range(n))
+    return [reply.text for reply in await ctx.gather(*calls)]

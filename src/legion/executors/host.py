@@ -103,7 +103,10 @@ class ContextHost:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name, context=self._context)
+        # A copy each: what one call sets in its context (the span it is in, a gather it
+        # runs) stays its own, as it would in tasks the instance made itself.
+        context = self._context.copy()
+        task = asyncio.get_running_loop().create_task(coro, name=name, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

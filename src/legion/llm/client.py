@@ -64,7 +64,7 @@ from types import TracebackType
 from typing import Any
 
 from legion import attempt as attempts
-from legion import deadline
+from legion import deadline, telemetry
 from legion.errors import (
     MalformedResponse,
     Permanent,
@@ -547,6 +547,15 @@ class LLMClient:
         ``exc`` once the budget, or the attempt's time, is spent."""
         counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
         self._last_failure[route.name] = str(exc)
+        if telemetry.tracing:  # each try that failed, on the call's span
+            telemetry.add_event(
+                "legion.llm.try_failed",
+                {
+                    "error.type": type(exc).__name__,
+                    "error.message": str(exc)[:300],
+                    "legion.llm.deployment": route.label,
+                },
+            )
         capacity = route.capacity
         if isinstance(exc, RateLimited):
             self._went_out(route)  # (paused: the calls queued there may go elsewhere)

@@ -190,6 +190,9 @@ async def run_instance(
         before_step=services.before_step,
     )
     instance.ctx = ctx
+    # The attempt's span (while tracing), ended with what the attempt's end was.
+    span = telemetry.start_task(lease, agent.name) if telemetry.tracing else None
+    done: Completion | None = None
     try:
         tracking.CURRENT.set(instance)  # tasks the agent creates are known to be its own
         # Waits for capacity report to this attempt's time; an LLM call asks it how long it
@@ -206,9 +209,7 @@ async def run_instance(
             # The agent's frame holds what it needs of its arguments for as long as it runs;
             # this frame keeps no copy of them through the instance's life.
             del kwargs
-            result = await (
-                telemetry.traced_task(lease, agent.name, call) if telemetry.tracing else call
-            )
+            result = await (call if span is None else telemetry.within(span, call))
             output = agent.encode_output(result)
         except asyncio.CancelledError as exc:
             # The worker cancelled this instance (timeouts are timers the worker owns, one per
@@ -297,6 +298,8 @@ async def run_instance(
         # every failed attempt's context, lease and steps until the cyclic GC ran.
         error = None
         instance.ctx = None
+        if span is not None:  # (abandoned: its end was written by the worker, see abandon)
+            telemetry.end_task(span, None if instance.abandoned else done, instance.abandoned)
         try:
             ctx.ended(abandoned=instance.abandoned)
         finally:
