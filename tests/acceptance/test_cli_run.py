@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -920,3 +921,18 @@ def test_cancel_with_children_names_each_descendant_it_cancelled(tmp_path: Path)
     assert r.stdout.splitlines() == [f"{t}\tcancelled" for t in (parent, *kids)]
     again = legion("cancel", "--children", str(parent), "--store", store)
     assert again.stdout.splitlines() == [f"{parent}\tcancelled"]  # (nothing left to cancel)
+
+
+def test_run_exports_spans_with_trace(tmp_path: Path, agents_file: Path) -> None:
+    # `--trace` (and $LEGION_TRACE) was `legion serve`'s alone: `legion run` exported
+    # nothing and refused the option.
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(3)])
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {"STEP_LOG": str(tmp_path / "steps.log")}
+    ran = legion(
+        "run", f"{agents_file}:work", "-i", str(inp), "--store", store, "--trace", "console",
+        "--no-progress", env=env,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    names = re.findall(r'"name": "([^"]+)"', ran.stderr)
+    assert Counter(names)["legion.task work"] == 3 and Counter(names)["legion.step"] == 9

@@ -423,3 +423,32 @@ def test_a_supervisor_refuses_far_more_processes_than_cores(
     assert r.returncode == 2
     assert r.stderr.startswith("error: --processes 100000 is far more than this machine's")
     assert "Traceback" not in r.stderr
+
+
+def test_a_worker_logs_json_lines_only_with_log_format_json(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    # The worker's own messages (serving, draining, stopped) came as plain text among the
+    # JSON lines, and a task that died was not logged at all.
+    store = f"sqlite:///{tmp_path / 'w.db'}"
+    env = {"STEP_LOG": str(tmp_path / "steps.log")}
+    proc = start_legion("worker", "-a", str(agents_file), "--store", store, "--log-format", "json")
+    try:
+        assert proc.stderr is not None
+        first = json.loads(proc.stderr.readline())  # once it serves
+        assert first["logger"] == "legion.console" and "serving" in first["message"]
+        inp = write_jsonl(tmp_path / "in.jsonl", [{"i": 1}])
+        ran = legion(
+            "run", f"{agents_file}:doomed", "-i", str(inp), "--store", store,
+            "--no-local-worker", "--no-progress", env=env,
+        )  # fmt: skip
+        assert ran.returncode == 1, ran.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    said = [line["message"] for line in lines if line["logger"] == "legion.console"]
+    assert said[0] == "SIGTERM: draining" and said[-1].endswith("0 retried, 0 released")
+    (dead,) = (line for line in lines if line["logger"] == "legion.tasks")
+    assert dead["level"] == "warning" and dead["outcome"] == "dead" and dead["agent"] == "doomed"
+    assert dead["message"].endswith("dead after attempt 1: RuntimeError: doomed 1")

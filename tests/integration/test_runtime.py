@@ -1019,3 +1019,26 @@ def test_a_runtime_called_from_another_event_loop_says_so(tmp_path: Path) -> Non
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+async def test_each_failed_attempt_is_logged_with_its_task(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing in the log said a task failed, was retried or died: an operator reading a
+    # worker's logs (JSON lines in a log store) saw no failure at all.
+    @legion.agent(retries=1, backoff=0)
+    async def flaky(ctx: legion.Context, x: int) -> int:
+        raise ValueError(f"no {x}")
+
+    caplog.set_level(logging.INFO, logger="legion.tasks")
+    async with Runtime(db_url) as rt:
+        (result,) = [r async for r in rt.map(flaky, [7])]
+    assert result.status is TaskStatus.DEAD
+    retried, dead = (r for r in caplog.records if r.name == "legion.tasks")
+    assert retried.levelno == logging.INFO and dead.levelno == logging.WARNING
+    assert retried.getMessage() == (
+        f"task {result.id} (flaky): attempt 1 failed, retried in 0.0s: ValueError: no 7"
+    )
+    assert dead.getMessage() == f"task {result.id} (flaky): dead after attempt 2: ValueError: no 7"
+    fields = {k: getattr(dead, k) for k in ("task_id", "agent", "attempt", "outcome")}
+    assert fields == {"task_id": result.id, "agent": "flaky", "attempt": 2, "outcome": "dead"}

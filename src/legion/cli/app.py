@@ -22,6 +22,8 @@ from legion.cli.options import (
     ExecutorOpt,
     LeaseSecondsOpt,
     LLMOpt,
+    LogFormat,
+    LogFormatOpt,
     MaxCallsOpt,
     MaxCostOpt,
     MaxInFlightOpt,
@@ -37,11 +39,14 @@ from legion.cli.options import (
     TenantMaxCostOpt,
     TenantMaxTokensOpt,
     TpmOpt,
+    TraceOpt,
     _budget,
     _fail,
+    _quiet_failures,
     _refuse_private_store,
     _run,
     _setup_logging,
+    _start_tracing,
 )
 from legion.cli.progress import error_text, stderr_console
 from legion.cli.schedule import register as _register_schedule
@@ -139,6 +144,8 @@ def run(
     max_tokens: MaxTokensOpt = None,
     max_calls: MaxCallsOpt = None,
     offer: OfferOpt = None,
+    trace: TraceOpt = None,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run every line of a JSONL file through an agent, resumably.
 
@@ -153,7 +160,9 @@ def run(
     from legion.cli.wiring import RuntimeOptions, llm_options
     from legion.loader import load_agent, peers_of
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_format)
+    if not verbose:  # each failed line is in the output, with its error
+        _quiet_failures()
     if not local_worker:
         _refuse_private_store(
             store,
@@ -193,7 +202,12 @@ def run(
         runtime=runtime,
         peers=tuple(peers_of(loaded)),
     )
-    code = _run(run_file(opts, stderr_console()))
+    stop_tracing = _start_tracing(trace)
+    try:
+        code = _run(run_file(opts, stderr_console()))
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()
     raise typer.Exit(code)
 
 
@@ -293,6 +307,8 @@ def worker(
     tenant_max_cost: TenantMaxCostOpt = None,
     tenant_max_tokens: TenantMaxTokensOpt = None,
     tenant_max_calls: TenantMaxCallsOpt = None,
+    trace: TraceOpt = None,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Serve the agents of an app from a shared store until SIGINT/SIGTERM.
 
@@ -313,7 +329,8 @@ def worker(
         supervise,
     )
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_format)
+    as_log = log_format is LogFormat.json
     _refuse_private_store(store, "legion worker needs a store that what submits tasks can reach")
     if worker_process and not follow_supervisor():
         print("legion worker: the supervisor is gone; not starting", file=sys.stderr)
@@ -342,7 +359,7 @@ def worker(
         from legion.cli.wiring import open_store
         from legion.provision.autoscaler import run_autoscaler
 
-        console = stderr_console()  # (a line per event, never wrapped)
+        console = stderr_console(as_log=as_log)  # (a line per event, never wrapped)
         opener = partial(
             open_store, store, lease_seconds=lease_seconds, wait=store_wait, console=console
         )
@@ -354,7 +371,7 @@ def worker(
             raise _fail(str(exc)) from None
         raise typer.Exit(code)
     if n is not None:
-        raise typer.Exit(supervise(child_argv(sys.argv[2:]), n, stderr_console()))
+        raise typer.Exit(supervise(child_argv(sys.argv[2:]), n, stderr_console(as_log=as_log)))
     runtime = RuntimeOptions(
         store=store,
         concurrency=concurrency,
@@ -373,7 +390,13 @@ def worker(
     opts = WorkerOptions(
         apps=tuple(app_ref), runtime=runtime, store_wait=store_wait, max_freezes=max_freezes
     )
-    raise typer.Exit(_run(serve(opts, agents, stderr_console())))
+    stop_tracing = _start_tracing(trace)
+    try:
+        code = _run(serve(opts, agents, stderr_console(as_log=as_log)))
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from legion.cli.options import _quiet_failures
 from legion.cli.progress import error_text, stderr_console
 from legion.errors import LegionError
 
@@ -98,6 +99,7 @@ def _bench(make: Scenario, out: Path, plots: bool) -> None:
     """Check ``out`` can take the results, run the scenario, print its table and write
     its files."""
     _check_out(out)
+    _quiet_failures()  # (the tables count them)
     _finish(_run_scenario(make), out, plots)
 
 
@@ -532,6 +534,7 @@ def demo(
     """
     from legion.demo.compare import DemoConfig, compare
 
+    _quiet_failures()  # (the comparison counts them)
     console = stderr_console()
     if not no_report and not report.parent.exists():
         raise _bad(f"cannot write {report}: {report.parent} does not exist")

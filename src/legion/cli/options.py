@@ -4,9 +4,9 @@ message on stderr and an exit code, never a traceback."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -230,9 +230,59 @@ def _budget(max_cost: float | None, max_tokens: int | None, max_calls: int | Non
         raise _fail(str(exc)) from None
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+class TraceExporter(enum.StrEnum):
+    otlp = "otlp"
+    console = "console"
+
+
+class LogFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+TraceOpt = Annotated[
+    TraceExporter | None,
+    typer.Option(
+        "--trace",
+        envvar="LEGION_TRACE",
+        help="Export OpenTelemetry spans of tasks, steps and LLM calls: otlp (configured "
+        "by the OTEL_EXPORTER_OTLP_* variables) or console. Off by default (extra "
+        "legion-runtime[otel]).",
+    ),
+]
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="LEGION_LOG_FORMAT",
+        help="Logs on stderr as text, or as JSON lines that carry task ids (a server's and "
+        "a worker's own messages too).",
+    ),
+]
+
+
+def _setup_logging(verbose: bool, log_format: LogFormat = LogFormat.text) -> None:
+    from legion.telemetry import configure_logging
+
+    configure_logging(
+        level=logging.INFO if verbose else logging.WARNING, as_json=log_format is LogFormat.json
     )
+
+
+def _quiet_failures() -> None:
+    """Leave each failed attempt out of the log (`legion.run.worker.tasks_log`): for a
+    command that reports its tasks' ends itself (run, demo, bench)."""
+    logging.getLogger("legion.tasks").setLevel(logging.ERROR)
+
+
+def _start_tracing(exporter: TraceExporter | None) -> Callable[[], None] | None:
+    """Export spans with ``exporter`` (none: no tracing); answers what flushes and stops
+    the export, to call at exit."""
+    if exporter is None:
+        return None
+    from legion.telemetry import configure_tracing
+
+    try:
+        return configure_tracing(exporter.value)
+    except LegionError as exc:
+        raise _fail(str(exc)) from None

@@ -6,6 +6,7 @@ plain line every few seconds so long runs still show progress.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import time
@@ -316,11 +317,32 @@ def error_text(message: str) -> Text:
     return Text.assemble(("error:", "red"), " ", message)
 
 
-def stderr_console() -> Console:
+def stderr_console(*, as_log: bool = False) -> Console:
     """The console of every message on stderr. Markup is off: a message is printed as
     written, so square brackets in a path, an error or an install hint
     (``'.[server]'``) reach the user intact; styles are given with ``style=`` or
-    `rich.text.Text`."""
+    `rich.text.Text`. ``as_log``: each line printed is a log record of ``legion.console``
+    instead (``--log-format json``: one JSON object per line, as every other)."""
     from rich.console import Console
 
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True, markup=False)
+    out = _LogLines() if as_log else sys.stderr
+    return Console(file=out, highlight=False, soft_wrap=True, markup=False)
+
+
+class _LogLines(io.StringIO):
+    """A console's file that logs each line written to it: ``error: ...`` at ERROR, the
+    rest at INFO (shown whatever the root level: they are what the command has to say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = logging.getLogger("legion.console")
+        self._log.setLevel(logging.INFO)
+        self._part = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._part = (self._part + text).split("\n")
+        for line in lines:
+            if line.strip():
+                level = logging.ERROR if line.startswith("error:") else logging.INFO
+                self._log.log(level, "%s", line)
+        return len(text)

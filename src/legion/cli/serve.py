@@ -6,10 +6,8 @@ imported only when one of these commands runs.
 
 from __future__ import annotations
 
-import enum
 import importlib.util
 import json
-import logging
 import signal
 import time
 from dataclasses import dataclass
@@ -23,6 +21,8 @@ from legion.cli.options import (
     ConfigOpt,
     LeaseSecondsOpt,
     LLMOpt,
+    LogFormat,
+    LogFormatOpt,
     MaxInFlightOpt,
     RpmOpt,
     StoreOpt,
@@ -31,9 +31,12 @@ from legion.cli.options import (
     TenantMaxCostOpt,
     TenantMaxTokensOpt,
     TpmOpt,
+    TraceOpt,
     _fail,
     _refuse_private_store,
     _run,
+    _setup_logging,
+    _start_tracing,
 )
 from legion.cli.progress import error_text, stderr_console
 from legion.cli.status import opened
@@ -54,16 +57,6 @@ if TYPE_CHECKING:
 
 
 _SERVER_MODULES = ("fastapi", "uvicorn", "prometheus_client")
-
-
-class TraceExporter(enum.StrEnum):
-    otlp = "otlp"
-    console = "console"
-
-
-class LogFormat(enum.StrEnum):
-    text = "text"
-    json = "json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,21 +157,8 @@ def serve(
     max_body: Annotated[
         int, typer.Option(min=1024, help="Largest request body in bytes; larger ones get 413.")
     ] = 4 * 1024 * 1024,
-    trace: Annotated[
-        TraceExporter | None,
-        typer.Option(
-            envvar="LEGION_TRACE",
-            help="Export OpenTelemetry spans of tasks, steps and LLM calls: otlp (configured "
-            "by the OTEL_EXPORTER_OTLP_* variables) or console. Off by default.",
-        ),
-    ] = None,
-    log_format: Annotated[
-        LogFormat,
-        typer.Option(
-            envvar="LEGION_LOG_FORMAT",
-            help="Logs on stderr as text, or as JSON lines that carry task ids.",
-        ),
-    ] = LogFormat.text,
+    trace: TraceOpt = None,
+    log_format: LogFormatOpt = LogFormat.text,
     access_log: Annotated[bool, typer.Option(help="Log every HTTP request.")] = False,
     max_in_progress: Annotated[
         int,
@@ -232,11 +212,8 @@ def serve(
     from legion.cli.wiring import RuntimeOptions, llm_options
     from legion.cli.worker import load_agents
     from legion.llm.budget import BudgetLimits
-    from legion.telemetry import configure_logging, configure_tracing
 
-    configure_logging(
-        level=logging.INFO if verbose else logging.WARNING, as_json=log_format is LogFormat.json
-    )
+    _setup_logging(verbose, log_format)
     _refuse_private_store(store, KEYS_NEED)
     _require_server_extra()
     from legion.server import ServerSettings
@@ -264,9 +241,9 @@ def serve(
                 "--tenant-max-cost/--tenant-max-tokens/--tenant-max-calls limit the calls of "
                 "this server's worker: they need --worker"
             )
-        stop_tracing = configure_tracing(trace.value) if trace is not None else None
     except LegionError as exc:
         raise _fail(str(exc)) from None
+    stop_tracing = _start_tracing(trace)
     runtime = RuntimeOptions(
         store=store,
         concurrency=concurrency,
@@ -278,7 +255,7 @@ def serve(
     )
     opts = ServeOptions(runtime=runtime, settings=settings, store_wait=store_wait)
     try:
-        code = _run(_serve(opts, agents, stderr_console()))
+        code = _run(_serve(opts, agents, stderr_console(as_log=log_format is LogFormat.json)))
     finally:
         if stop_tracing is not None:
             stop_tracing()

@@ -58,7 +58,7 @@ from legion.run.runner import Instance, Services, StopReason, abandon, run_insta
 from legion.run.upkeep import Upkeep, ended, rss_mb
 from legion.stats import Counters, Statistics
 from legion.store.base import Store
-from legion.task import Lease, Outcome, TaskInfo
+from legion.task import Completion, Lease, Outcome, TaskInfo
 from legion.waiting.calls import CHILD_AGENTS
 
 if TYPE_CHECKING:
@@ -67,6 +67,49 @@ if TYPE_CHECKING:
     from legion.waiting.batch import BatchDesk
 
 log = logging.getLogger("legion.worker")
+tasks_log = logging.getLogger("legion.tasks")
+"""Each failed attempt, once its end is written: a retry at INFO, a task that failed
+for good (failed, dead) at WARNING, with ``task_id``, ``agent``, ``attempt`` and
+``outcome`` attached (fields of a JSON log line)."""
+
+_FAILURES = frozenset({Outcome.RETRY, Outcome.FAILED, Outcome.DEAD})
+_SHOWN = 300
+"""Characters of an error's message a log line shows (the store keeps it whole)."""
+
+
+def _log_failure(done: Completion) -> None:
+    error = done.error
+    why = "no error" if error is None else f"{error.type}: {error.message}"
+    if len(why) > _SHOWN:
+        why = why[:_SHOWN] + "..."
+    fields = {
+        "task_id": done.id,
+        "agent": done.agent,
+        "attempt": done.attempt,
+        "outcome": done.outcome.value,
+    }
+    if done.outcome is Outcome.RETRY:
+        after = max(0.0, done.not_before - done.finished_at)
+        tasks_log.info(
+            "task %d (%s): attempt %d failed, retried in %.1fs: %s",
+            done.id,
+            done.agent,
+            done.attempt,
+            after,
+            why,
+            extra=fields,
+        )
+    else:
+        tasks_log.warning(
+            "task %d (%s): %s after attempt %d: %s",
+            done.id,
+            done.agent,
+            done.outcome.value,
+            done.attempt,
+            why,
+            extra=fields,
+        )
+
 
 START_SLICE = 256
 """Instances started per turn of the event loop. Each runs to its first await in the turn
@@ -911,8 +954,12 @@ class Worker(Upkeep):
                 self._counters.lost_leases += 1
                 continue
             self._counters.count(comp.outcome, comp.finished_at - comp.started_at)
-            if comp.outcome is Outcome.RETRY:
-                retry_at = comp.not_before if retry_at is None else min(retry_at, comp.not_before)
+            if comp.outcome in _FAILURES:
+                _log_failure(comp)
+                if comp.outcome is Outcome.RETRY:
+                    retry_at = (
+                        comp.not_before if retry_at is None else min(retry_at, comp.not_before)
+                    )
         if any(c.applied for c in batch):
             self.wake()  # an end may have woken a waiting parent, a suspension itself
         if retry_at is not None:
