@@ -64,9 +64,23 @@ def test_a_worker_that_leaves_keeps_its_totals_and_a_stale_one_its_state_out() -
     assert (seen["default"]["in_flight"], seen["default"]["waiting"]) == (2, 1)
 
 
+def test_a_route_no_live_worker_has_keeps_its_totals() -> None:
+    # Once the only worker stopped, the route was gone from the reports (and its series
+    # from /metrics) until another worker came.
+    fleet = FleetRoutes()
+    fleet.reports([worker("a", 100.0, default=report(4, breaker=1, paused_for=2.0))], 95.0)
+    (seen,) = fleet.reports([], 95.0).values()
+    assert (seen["requests"], seen["tokens"], seen["model"]) == (4, 40, "m")
+    assert (seen["in_flight"], seen["waiting"], seen["paused_for"], seen["breaker"]) == (
+        0, 0, 0.0, 0
+    )  # fmt: skip
+    again = fleet.reports([worker("b", 200.0, default=report(1))], 195.0)
+    assert again["default"]["requests"] == 5
+
+
 def test_a_report_of_another_shape_is_left_out() -> None:
     fleet = FleetRoutes()
     odd = {"requests": "many"}
     seen = fleet.reports([worker("a", 1.0, default=report(3), other=odd)], 0.0)
     assert list(seen) == ["default"]
-    assert fleet.reports([WorkerInfo("old", "h", 1, 0.0, 1.0, {})], 0.0) == {}
+    assert FleetRoutes().reports([WorkerInfo("old", "h", 1, 0.0, 1.0, {})], 0.0) == {}

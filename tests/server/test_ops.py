@@ -69,6 +69,7 @@ async def test_metrics_in_prometheus_format(start_api: StartApi, tmp_path: Path)
     route = {"route": "main", "provider": "scripted", "model": "m-1"}
     assert m("legion_llm_requests_total", **route) == 3
     assert m("legion_llm_rate_limited_total", **route) == 0
+    assert m("legion_llm_failed_total", **route) == 0 and m("legion_llm_waiting", **route) == 0
     assert m("legion_llm_tokens_total", **route, type="input") == 30
     assert m("legion_llm_limit_requests_per_minute", **route) == 600
     assert m("legion_llm_utilization", **route) > 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from legion.store import redact_url
+from legion.errors import ConfigError
+from legion.store import redact_url, store_from_url
 
 
 @pytest.mark.parametrize(
@@ -30,7 +31,19 @@ from legion.store import redact_url
             "postgresql://h/db?application_name=password=x",
             "postgresql://h/db?application_name=password=x",
         ),
+        # a scheme legion does not know, and a libpq key/value string (both refused as
+        # store URLs, and echoed in the error that says so)
+        ("postgresql+psycopg://bob:S3cret@h:1/db", "postgresql+psycopg://bob:***@h:1/db"),
+        ("host=h port=1 password=S3cret user=u", "host=h port=1 password=*** user=u"),
+        ("host=h password = 'a b\\' c' sslpassword=k", "host=h password = *** sslpassword=***"),
+        ("host=h application_name=mypassword=x", "host=h application_name=mypassword=x"),
     ],
 )
 def test_a_password_is_hidden_and_nothing_else_changes(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_an_unknown_store_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ConfigError) as refused:
+        store_from_url("host=127.0.0.1 port=1 password=S3cret")
+    assert "S3cret" not in str(refused.value) and "password=***" in str(refused.value)

@@ -182,9 +182,11 @@ class _SnapshotCollector(Collector):
     def _routes(routes: list[RouteLoad]) -> Iterator[Metric]:
         requests = _counter("legion_llm_requests", "LLM calls started.")
         limited = _counter("legion_llm_rate_limited", "429 answers.")
+        failed = _counter("legion_llm_failed", "LLM calls that failed, their retries spent.")
         tokens = _counter("legion_llm_tokens", "Tokens used.", "type")
         cost = _counter("legion_llm_cost_usd", "Cost (USD).")
         in_flight = _gauge("legion_llm_in_flight", "LLM calls in flight.")
+        waiting = _gauge("legion_llm_waiting", "LLM calls queued for the route's capacity.")
         rpm = _gauge("legion_llm_requests_per_minute", "Request rate (recent).")
         limit = _gauge(
             "legion_llm_limit_requests_per_minute",
@@ -201,10 +203,12 @@ class _SnapshotCollector(Collector):
             labels = [r.route, r.provider, r.model]
             requests.add_metric(labels, r.requests)
             limited.add_metric(labels, r.rate_limited)
+            failed.add_metric(labels, r.failed)
             tokens.add_metric([*labels, "input"], r.input_tokens)
             tokens.add_metric([*labels, "output"], r.output_tokens)
             cost.add_metric(labels, r.cost_usd)
             in_flight.add_metric(labels, r.in_flight)
+            waiting.add_metric(labels, r.waiting)
             rpm.add_metric(labels, r.rpm)
             if r.rpm_limit is not None:
                 limit.add_metric(labels, r.rpm_limit)
@@ -212,7 +216,8 @@ class _SnapshotCollector(Collector):
                 utilization.add_metric(labels, r.utilization)
             breaker_open.add_metric(labels, 1 if r.breaker_state else 0)
             breaker.add_metric(labels, r.breaker_state)
-        yield from (requests, limited, tokens, cost, in_flight, rpm, limit, utilization)
+        yield from (requests, limited, failed, tokens, cost, in_flight, waiting, rpm, limit)
+        yield utilization
         yield from (breaker_open, breaker)
 
     @staticmethod

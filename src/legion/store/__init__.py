@@ -122,5 +122,6 @@ def store_from_url(
             return _postgres_store()(url, create=create, clock=own)
         return _postgres_store()(url, lease_seconds=lease_seconds, create=create, clock=own)
     raise ConfigError(
-        f"unknown store URL {url!r}: expected sqlite:///path.db or postgresql://host/database"
+        f"unknown store URL {redact_url(url)!r}: expected sqlite:///path.db or "
+        "postgresql://host/database"
     )

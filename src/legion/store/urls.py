@@ -9,12 +9,18 @@ import re
 _USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://[^:@/]*:)[^@/]*@")
 # Parameters that carry a secret, in the query string (``?password=...``).
 _SECRET_PARAM = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
+# The same in a libpq key/value string ("host=h password=secret"), quoted or not.
+_SECRET_KEYWORD = re.compile(
+    r"((?:^|\s)(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE
+)
 
 
 def redact_url(url: str) -> str:
     """``url`` with its passwords as ``***``: the one of its credentials (read as libpq
-    reads them) and any ``password=`` or ``sslpassword=`` parameter. A store URL fit to
-    print; everything else as given."""
+    reads them) and any ``password=`` or ``sslpassword=`` parameter (of a URL's query, or
+    of a libpq key/value string). A store URL fit to print; everything else as given."""
+    if "://" not in url:  # (not a URL: perhaps a key/value string)
+        return _SECRET_KEYWORD.sub(r"\1***", url)
     shown = _USERINFO.sub(r"\1***@", url, count=1)
     if "?" in shown:
         head, _, query = shown.partition("?")
