@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -54,9 +55,9 @@ def test_without_app_a_warning_says_when_no_live_worker_serves_the_agent(
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ghost\tnext ")  # the output scripts read is as before
     assert r.stderr.strip() == (
-        f"warning: no live worker serves agent 'nope' on {url} (no worker is live): each tick's "
-        f"task waits until one does; start one with `legion worker --app FILE --store {url}`, "
-        "or give --app FILE here to check the agent's name and input"
+        f"warning: no live worker serves agent 'nope' on {url} (no worker is live): its ticks "
+        f"wait until one does (then it runs once); start one with `legion worker --app FILE "
+        f"--store {url}`, or give --app FILE here to check the agent's name and input"
     )
 
     worker = start_legion("worker", "--app", str(agents_file), "--store", url, "-c", "2")
@@ -111,3 +112,31 @@ def test_an_input_that_would_not_run_as_given_is_refused(tmp_path: Path) -> None
         r = legion("schedule", "add", "odd", "typed", "--cron", cron, *store)
         assert r.returncode == 2, r.stderr
         assert said in r.stderr, r.stderr
+
+
+def test_a_name_or_attempts_a_schedule_cannot_keep_are_refused(tmp_path: Path) -> None:
+    # A tab or newline in a name split `schedule list`'s lines; a count past 64 bits was a
+    # 70-line traceback on SQLite.
+    store = ["--store", f"sqlite:///{tmp_path / 'db'}"]
+    for name in (" ", "a\tb", "two\nlines", " padded"):
+        r = legion("schedule", "add", name, "typed", *YEARLY, *store)
+        assert r.returncode == 2 and r.stderr.startswith("error: bad schedule name"), r.stderr
+    r = legion("schedule", "add", "big", "typed", *YEARLY, "--max-attempts", "9" * 20, *store)
+    assert r.returncode == 2 and "--max-attempts" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_schedule_list_says_when_there_are_none_and_shows_attempts_in_json(
+    tmp_path: Path,
+) -> None:
+    store = ["--store", f"sqlite:///{tmp_path / 'db'}"]
+    assert legion("schedule", "add", "nightly", "typed", *YEARLY, *store).returncode == 0
+    twice = legion("schedule", "add", "twice", "typed", *YEARLY, "--max-attempts", "2", *store)
+    assert twice.returncode == 0, twice.stderr
+    listed = json.loads(legion("schedule", "list", "--json", *store).stdout)
+    assert [(s["name"], s["max_attempts"]) for s in listed] == [("nightly", None), ("twice", 2)]
+    assert all(s["created_at"].endswith("Z") for s in listed)
+    for name in ("nightly", "twice"):
+        assert legion("schedule", "remove", name, *store).returncode == 0
+    empty = legion("schedule", "list", *store)
+    assert empty.returncode == 0 and empty.stdout == ""
+    assert empty.stderr.startswith("no schedules")

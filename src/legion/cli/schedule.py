@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -10,10 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from legion import codec
+from legion.agent import MAX_RETRIES
 from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
 
 if TYPE_CHECKING:
     from legion.store import Store
+    from legion.store.waiting import Schedule
 
 
 def register(app: typer.Typer) -> None:
@@ -44,8 +47,15 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--input", "-i", help="The task's input, a JSON object.")
         ] = "{}",
         attempts: Annotated[
-            int, typer.Option("--max-attempts", min=1, help="Attempts per run.")
-        ] = 4,
+            int | None,
+            typer.Option(
+                "--max-attempts",
+                min=1,
+                max=MAX_RETRIES + 1,
+                help="Attempts per run. Default: as many as the agent gives its tasks "
+                "(its retries + 1).",
+            ),
+        ] = None,
         store: StoreOpt = DEFAULT_STORE,
         app_ref: Annotated[
             list[str] | None,
@@ -71,25 +81,29 @@ def register(app: typer.Typer) -> None:
             raise _fail("--input must be a JSON object (the agent's keyword arguments)")
         if app_ref:
             _check_agent(tuple(app_ref), agent, value)
-        try:
-            made = schedule(
-                name, cron, agent, codec.dumps(value), time.time(), max_attempts=attempts
-            )
+        try:  # (checked before the store is opened, on this host's clock)
+            schedule(name, cron, agent, b"{}", time.time())
         except (CronError, ValueError) as exc:
             raise _fail(str(exc)) from None
 
-        async def main() -> str | None:
+        async def main() -> tuple[Schedule, str | None]:
             from legion.store import store_from_url
 
             s = store_from_url(store)  # a new store is made: a schedule may come first
             await s.open()
             try:
-                await s.add_schedule(made, time.time())
-                return None if app_ref else await _unserved(s, agent, store)
+                # Its first tick on the store's clock, as workers see ticks due: a host
+                # whose clock is behind would set a tick that has run already.
+                now = await s.now()
+                made = schedule(
+                    name, cron, agent, codec.dumps(value), now, max_attempts=attempts or 0
+                )
+                await s.add_schedule(made, now)
+                return made, None if app_ref else await _unserved(s, agent, store)
             finally:
                 await s.aclose()
 
-        warning = _run(main())
+        made, warning = _run(main())
         print(f"{name}\tnext {_when(made.next_tick)}")
         if warning is not None:
             from rich.text import Text
@@ -120,11 +134,15 @@ def register(app: typer.Typer) -> None:
                     "agent": s.agent,
                     "input": codec.loads(s.input),
                     "next_tick": _when(s.next_tick),
+                    "max_attempts": s.max_attempts or None,  # (None: the agent's own)
+                    "created_at": _when(s.created_at),
                 }
                 for s in found
             ]
             print(json.dumps(rows, indent=2))
             return
+        if not found:
+            print("no schedules (add one with `legion schedule add`)", file=sys.stderr)
         for s in found:
             print(f"{s.name}\t{s.cron}\t{s.agent}\tnext {_when(s.next_tick)}")
 
@@ -133,7 +151,9 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="The schedule to remove.")],
         store: StoreOpt = DEFAULT_STORE,
     ) -> None:
-        """Remove a schedule (its tasks already submitted stay); exits 1 if unknown."""
+        """Remove a schedule (exit 1 if there is none).
+
+        Its tasks already submitted stay, and run."""
 
         async def main() -> bool:
             from legion.cli.status import opened
@@ -182,9 +202,9 @@ async def _unserved(store: Store, agent: str, url: str) -> str | None:
     now = f"the live workers serve {', '.join(served)}" if served else "no worker is live"
     url = redact_url(url)
     return (
-        f"no live worker serves agent {agent!r} on {url} ({now}): each tick's task waits "
-        f"until one does; start one with `legion worker --app FILE --store {url}`, or give "
-        "--app FILE here to check the agent's name and input"
+        f"no live worker serves agent {agent!r} on {url} ({now}): its ticks wait until one "
+        f"does (then it runs once); start one with `legion worker --app FILE --store {url}`, "
+        "or give --app FILE here to check the agent's name and input"
     )
 
 

@@ -243,7 +243,7 @@ class Upkeep:
             await self.store.remove_worker(wid)
         # Timers and cron ticks, on the store's clock (the database's on PostgreSQL), which
         # durable waits set their wake-up times on.
-        if await schedules.tick(self.store, store_now):
+        if await schedules.tick(self.store, store_now, self._agents):
             self.wake()
         if reclaimed.sessions_ended:
             log.warning(

@@ -148,7 +148,7 @@ class PostgresWaiting:
                 return False
             keyed = [(task, task.key, None)]
             await cur.execute(TASKS["insert_tasks"], submit_params(keyed, now))
-            return True
+            return bool(await cur.fetchall())  # (none: the tick's task was made before)
 
 
 def _schedule(row: Sequence[Any]) -> Schedule:

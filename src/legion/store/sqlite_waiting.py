@@ -173,6 +173,10 @@ class SQLiteWaiting:
         def run(db: sqlite3.Connection) -> bool:
             if db.execute(W["claim_tick"], params).rowcount != 1:
                 return False
+            # The tick's task made already (by this schedule as it was before it was
+            # replaced): the tick has run; moved on without another, as on PostgreSQL.
+            if db.execute(W["task_of_key"], {"key": task.key}).fetchone() is not None:
+                return False
             self._submit(db, [task], now)
             return True
 

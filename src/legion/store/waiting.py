@@ -125,4 +125,6 @@ class WaitingStore(Protocol):
         self, schedule: Schedule, next_tick: float, task: NewTask, now: float
     ) -> bool:
         """Move ``schedule`` from its tick to ``next_tick`` and submit ``task`` for the tick,
-        in one transaction, unless another worker did so first (then answer False)."""
+        in one transaction, unless another worker did so first (then answer False). A
+        tick whose task (its key) was made before - by the schedule as it was before it
+        was replaced - is moved on without another (answered False too)."""

@@ -6,15 +6,23 @@ forward with a compare-and-set, and its task is submitted in the same transactio
 the idempotency key ``schedule:<name>:<tick>``: of several workers that see a tick due,
 exactly one submits it.
 
-Missed ticks (no worker ran while they passed): the schedule runs **once** for the latest
-of them, then goes on from the next tick after now; it never runs a backlog of ticks.
+A tick is claimed only by a worker that serves the schedule's agent: its task is made as
+that agent makes its tasks (its attempts, unless the schedule names them, and the
+resources it needs), and while no worker serves the agent its ticks wait, as missed ones.
+
+Missed ticks (no worker ran while they passed, or none served the agent): the schedule
+runs **once**, its task named for the first tick it missed, then goes on from the next
+tick after now; it never runs a backlog of ticks.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from legion.agent import Agent
+from legion.errors import StoreError
 from legion.store.base import Store
 from legion.store.waiting import Schedule
 from legion.task import NewTask
@@ -23,38 +31,69 @@ from legion.waiting.cron import Cron
 log = logging.getLogger("legion.schedules")
 
 
+AGENTS_ATTEMPTS = 0
+"""A schedule's ``max_attempts`` that means: as many as its agent gives its tasks."""
+
+
 def schedule(
-    name: str, cron: str, agent: str, input: bytes, now: float, *, max_attempts: int = 4
+    name: str,
+    cron: str,
+    agent: str,
+    input: bytes,
+    now: float,
+    *,
+    max_attempts: int = AGENTS_ATTEMPTS,
 ) -> Schedule:
     """A new schedule whose first tick is the first after ``now`` (the cron is checked)."""
-    if not name:
-        raise ValueError("a schedule needs a name")
+    check_name(name)
     first = Cron.parse(cron).next_after(now)
     return Schedule(name, cron, agent, input, max_attempts, first, now)
+
+
+def check_name(name: str) -> None:
+    """Refuse a name that `legion schedule list` could not show on one line as given:
+    empty, padded with spaces, or holding a control character (a tab, a newline)."""
+    if not name or name != name.strip() or any(c < " " or c == "\x7f" for c in name):
+        raise ValueError(
+            f"bad schedule name {name!r}: give a name without control characters (tabs, "
+            "newlines) and without spaces around it"
+        )
 
 
 def tick_key(name: str, tick: float) -> str:
     return f"schedule:{name}:{datetime.fromtimestamp(tick, UTC).strftime('%Y-%m-%dT%H:%MZ')}"
 
 
-async def run_due(store: Store, now: float) -> int:
-    """Submit the task of every due tick that no other worker claimed; answer how many."""
+async def run_due(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
+    """Submit the task of every due tick of ``agents``' schedules that no other worker
+    claimed; answer how many. A schedule that fails is logged and skipped: the others go
+    on."""
     started = 0
     for s in await store.due_schedules(now):
+        agent = agents.get(s.agent)
+        if agent is None:
+            continue  # (a worker that serves it claims it: made as its agent makes tasks)
         try:
             cron = Cron.parse(s.cron)
         except ValueError as exc:
             log.error("schedule %r: %s", s.name, exc)
             continue
         nxt = cron.next_after(now)  # missed ticks collapse into this one run
-        task = NewTask(s.agent, s.input, tick_key(s.name, s.next_tick), max_attempts=s.max_attempts)
-        if await store.claim_tick(s, nxt, task, now):
-            started += 1
+        attempts = s.max_attempts or agent.options.retry.max_attempts
+        key = tick_key(s.name, s.next_tick)
+        task = NewTask(s.agent, s.input, key, max_attempts=attempts, needs=agent.needs)
+        try:
+            if await store.claim_tick(s, nxt, task, now):
+                started += 1
+        except StoreError:
+            raise  # (the reaper's pass fails as a whole, and is tried again)
+        except Exception as exc:
+            log.error("schedule %r: its tick %s was not run: %s", s.name, key, exc)
     return started
 
 
-async def tick(store: Store, now: float) -> int:
+async def tick(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
     """One pass of the timers: wake the waiting tasks whose time came, run the due
-    schedules; answer how many tasks became ready."""
+    schedules of ``agents``; answer how many tasks became ready."""
     woken = await store.wake_due(now)
-    return woken + await run_due(store, now)
+    return woken + await run_due(store, now, agents)

@@ -81,3 +81,6 @@ WHERE next_tick <= :now;
 -- name: claim_tick
 -- Compare and set: of all the workers that saw tick :tick due, one moves it on.
 UPDATE schedules SET next_tick = :next WHERE name = :name AND next_tick = :tick;
+
+-- name: task_of_key
+SELECT id FROM tasks WHERE key = :key;
