@@ -20,6 +20,7 @@ import legion as lg
 from legion import __version__
 from legion.loader import load_agent
 from legion.run.runtime import Runtime
+from legion.store.queries import migrations
 from legion.task import TaskStatus
 from tests.acceptance.conftest import (
     LEGION,
@@ -202,6 +203,7 @@ def test_status_shows_dead_tasks_and_retry_requeues_them(tmp_path: Path, agents_
     assert st.returncode == 0, st.stderr
     doc = json.loads(st.stdout)
     assert doc["counts"]["dead"] == 4
+    assert doc["schema"] == migrations("sqlite")[-1][0]
     assert doc["errors"][0]["error"]["type"] == "RuntimeError"
     assert "raise RuntimeError" in doc["errors"][0]["traceback"]  # (the agent's line)
     human = legion("status", "--store", store)

@@ -48,12 +48,14 @@ async def show_status(
         store_now = await store.now()
         scalers = await store.autoscalers(store_now - AUTOSCALER_FRESH)
         found = await store.diagnostics(limit=5000) if advice else []
+        schema = await store.schema_version()
     groups = summarize(Diagnostic.from_json(codec.loads(d.data)) for d in found)
     now = time.time()
     unserved = _unserved(by_agent, workers, store_now)
     if as_json:
         doc: dict[str, Any] = {
             "store": redact_url(url),
+            "schema": schema,
             "counts": {str(s): counts.get(s, 0) for s in TaskStatus},
             "agents": {a: {str(s): n for s, n in c.items()} for a, c in by_agent.items()},
             "workers": [

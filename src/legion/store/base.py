@@ -143,6 +143,9 @@ class TaskReader(Protocol):
 
     async def counts(self) -> dict[TaskStatus, int]: ...
 
+    async def schema_version(self) -> int:
+        """The version of the store's schema (its last migration)."""
+
     async def counts_by_tenant(self) -> dict[str, dict[TaskStatus, int]]:
         """Tasks per tenant and status (tenants without tasks are absent)."""
 

@@ -271,6 +271,14 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             if int(_one(await cur.fetchone())) == known[-1][0]:
                 cur = await conn.execute(Q["work_channel"])
                 return str(_one(await cur.fetchone()))
+            cur = await conn.execute("SHOW transaction_read_only")
+            if _one(await cur.fetchone()) == "on":
+                raise StoreError(
+                    f"the store's schema at {self._where} is older than this legion's "
+                    f"({known[-1][0]}) and the database is read-only (a standby?): let this "
+                    "legion open it once through a writable connection (the primary), "
+                    "which upgrades it"
+                )
         async with conn.transaction():
             await conn.execute(Q["lock_migrations"])
             await conn.execute(Q["create_version_table"])
@@ -285,6 +293,10 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 if version > current:
                     await conn.execute(script)
                     await conn.execute(Q["record_version"], {"version": version})
+            if 0 < current < known[-1][0]:
+                log.warning(
+                    "upgraded the store's schema from version %d to %d", current, known[-1][0]
+                )
         cur = await conn.execute(Q["work_channel"])
         return str(_one(await cur.fetchone()))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -99,10 +100,38 @@ def _crash_error() -> bytes:
     ).to_json()
 
 
+log = logging.getLogger("legion.store.sqlite")
+
+
 def _schema_version(db: sqlite3.Connection) -> int:
     """The store's schema version (its last migration): 0 for a file legion never set up."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
     return int(version)
+
+
+LIVE_WORKER = 60.0
+"""Seconds since its last heartbeat that a registered worker counts as running (twice
+the default lease: one that died without leaving is forgotten after it)."""
+
+
+def _refuse_live_workers(db: sqlite3.Connection, current: int, latest: int) -> None:
+    """Refuse to upgrade a store that running workers use: they are of an older legion
+    (one of this version would have upgraded it) and would go on writing the old schema's
+    way (from version 18 the counts by status are kept by legion's own statements, which
+    an older worker does not make: the counts went wrong for good)."""
+    live = db.execute(
+        "SELECT host, pid FROM workers WHERE heartbeat_at > ? ORDER BY heartbeat_at DESC",
+        (time.time() - LIVE_WORKER,),
+    ).fetchall()
+    if live:
+        shown = ", ".join(f"pid {pid} on {host}" for host, pid in live[:5])
+        more = f" and {len(live) - 5} more" if len(live) > 5 else ""
+        raise ConfigError(
+            f"the store's schema is version {current}, older than this legion's ({latest}), "
+            f"and {len(live)} worker(s) of an older legion run on it ({shown}{more}): stop "
+            f"them, then start this version (a worker that died is forgotten "
+            f"{LIVE_WORKER:.0f} s after its last heartbeat); nothing was changed"
+        )
 
 
 class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches):
@@ -217,6 +246,10 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             db.execute("PRAGMA temp_store = MEMORY")
             db.execute("PRAGMA cache_size = -65536")
             self._transaction(self._migrate)
+        except ConfigError:  # (refused to upgrade: nothing was changed)
+            db.close()
+            self._conn = None
+            raise
         except sqlite3.DatabaseError as exc:
             db.close()
             self._conn = None
@@ -234,12 +267,17 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 f"the store's schema is version {current}, newer than this legion "
                 f"understands ({known[-1][0]}); upgrade legion"
             )
+        latest = known[-1][0]
+        if 0 < current < latest:
+            _refuse_live_workers(db, current, latest)
         for version, script in known:
             if version <= current:
                 continue
             for statement in _statements(script):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {version}")
+        if 0 < current < latest:
+            log.warning("upgraded the store's schema from version %d to %d", current, latest)
 
     async def aclose(self) -> None:
         if self._conn is not None:

@@ -1,0 +1,107 @@
+"""A store made by an older legion, opened by this one: upgraded once, and not under the
+feet of the older workers still running on it."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import psycopg
+import pytest
+
+from legion import codec
+from legion.errors import ConfigError, StoreError
+from legion.store import store_from_url
+from legion.store.queries import migrations
+from legion.task import NewTask, TaskStatus
+from tests.conftest import POSTGRES_URL, with_params
+
+OLDER = 17  # the schema of the releases before the counts by status had a table
+
+
+def older_store(path: Path) -> None:
+    """A SQLite store as a legion of schema `OLDER` left it: a task queued and one done."""
+    db = sqlite3.connect(path, isolation_level=None)
+    for version, script in migrations("sqlite"):
+        if version <= OLDER:
+            db.executescript(script)
+            db.execute(f"PRAGMA user_version = {version}")
+    now = time.time()
+    for status in ("queued", "succeeded"):
+        db.execute(
+            "INSERT INTO tasks (agent, input, status, max_attempts, created_at) "
+            "VALUES ('a', ?, ?, 1, ?)",
+            (codec.dumps({"x": 1}), status, now),
+        )
+    db.close()
+
+
+def register_worker(path: Path, pid: int, heartbeat_at: float) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO workers (id, host, pid, started_at, heartbeat_at) "
+            "VALUES (?, 'old-host', ?, ?, ?)",
+            (f"old-{pid}", pid, heartbeat_at, heartbeat_at),
+        )
+
+
+async def test_an_older_sqlite_store_is_not_upgraded_under_its_running_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker of the older legion ran on after this one upgraded the file (from schema
+    # 18 the counts by status are kept by legion's own statements, which it does not
+    # make): `legion status` and the metrics said 4 queued of 6 tasks done, for good.
+    path = tmp_path / "old.db"
+    older_store(path)
+    register_worker(path, 4242, time.time())
+    register_worker(path, 4343, time.time() - 3600)  # died an hour ago: not counted
+    store = store_from_url(f"sqlite:///{path}", create=False)
+    with pytest.raises(ConfigError) as refused:
+        await store.open()
+    said = str(refused.value)
+    assert f"schema is version {OLDER}" in said and "1 worker(s)" in said
+    assert "pid 4242 on old-host" in said and "4343" not in said
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (OLDER,)  # nothing changed
+        db.execute("DELETE FROM workers WHERE pid = 4242")  # stopped
+    caplog.set_level(logging.WARNING, logger="legion.store.sqlite")
+    store = store_from_url(f"sqlite:///{path}", create=False)
+    await store.open()
+    try:
+        latest = migrations("sqlite")[-1][0]
+        assert await store.schema_version() == latest
+        assert [r.getMessage() for r in caplog.records] == [
+            f"upgraded the store's schema from version {OLDER} to {latest}"
+        ]
+        assert await store.counts() == {TaskStatus.QUEUED: 1, TaskStatus.SUCCEEDED: 1}
+        await store.submit([NewTask("a", codec.dumps({"x": 2}))], time.time())
+        assert (await store.counts())[TaskStatus.QUEUED] == 2
+    finally:
+        await store.aclose()
+
+
+async def test_an_older_postgres_store_on_a_read_only_connection_says_what_to_do(
+    postgres_url: str,
+) -> None:
+    # On a standby (or default_transaction_read_only) the upgrade failed with "cannot
+    # execute CREATE TABLE in a read-only transaction", taken for a broken store.
+    store = store_from_url(postgres_url)
+    await store.open()
+    latest = migrations("postgres")[-1][0]
+    await store.aclose()
+    params = dict(parse_qsl(urlsplit(postgres_url).query))
+    schema = params["options"].removeprefix("-csearch_path=")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:  # as an older legion left it
+        conn.execute(f'DELETE FROM "{schema}".legion_schema WHERE version = %s', (latest,))
+    read_only = with_params(
+        postgres_url, options=f"{params['options']} -cdefault_transaction_read_only=on"
+    )
+    store = store_from_url(read_only, create=False)
+    with pytest.raises(StoreError) as refused:
+        await store.open()
+    await store.aclose()
+    said = str(refused.value)
+    assert f"older than this legion's ({latest})" in said and "read-only" in said, said
