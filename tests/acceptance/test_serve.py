@@ -131,6 +131,8 @@ def test_the_readme_example_and_the_serve_flags_work_as_printed(tmp_path: Path) 
         assert stream[-1][1]["output"]["n"] == 4
     bad = legion("serve", "--app", "x.py", "--tenant-rate", "fast")
     assert bad.returncode == 2 and "bad rate 'fast'" in bad.stderr
+    alone = legion("serve", "--app", "x.py", "--tenant-burst", "3")  # (was taken, and ignored)
+    assert alone.returncode == 2 and "give that too" in alone.stderr, alone.stderr
 
 
 def test_serve_exports_spans_when_asked(tmp_path: Path) -> None:

@@ -63,6 +63,23 @@ async def test_earlier_runs_count() -> None:
         await budget.reserve(10, 0.2)
 
 
+async def test_a_call_larger_than_the_whole_limit_says_so() -> None:
+    # "--max-cost $0.12 reached ($0.0000 spent)": nothing was spent, and the message did
+    # not say that one call's reservation (its max_tokens, or the estimate) was the cause.
+    budget = Budget(BudgetLimits(max_cost=0.12))
+    with pytest.raises(BudgetExceeded) as refused:
+        await budget.reserve(300, 0.27)
+    assert str(refused.value) == (
+        "LLM budget exhausted: --max-cost $0.12 reached ($0.0000 spent); one call alone "
+        "reserves $0.2700, more than the whole limit (its prompt and its max_tokens, or the "
+        "completion estimated without one): give the call a lower max_tokens, or raise the "
+        "limit"
+    )
+    tokens = Budget(BudgetLimits(max_tokens=100))
+    with pytest.raises(BudgetExceeded, match="one call alone reserves 150 tokens"):
+        await tokens.reserve(150, None)
+
+
 async def test_an_unpriced_call_cannot_count_against_a_cost_limit() -> None:
     budget = Budget(BudgetLimits(max_cost=1.0))
     with pytest.raises(BudgetExceeded, match="without a price"):

@@ -93,6 +93,8 @@ async def test_a_tenant_sees_and_changes_only_its_own_tasks(
     assert {t["id"] for t in page["tasks"]} == {mine["id"], theirs["id"]}
     _, page = await call(any_api, admin, "GET", "/v1/tasks?tenant=globex")
     assert [t["id"] for t in page["tasks"]] == [theirs["id"]]
+    # A name no tenant can have is refused as a too long one is (it was an empty page).
+    assert (await call(any_api, admin, "GET", "/v1/tasks?tenant=a%20b"))[0] == 422
 
     # Events: the owner follows its task; an admin may too; then the owner cancels it.
     resp = await any_api.http.get(
@@ -493,7 +495,18 @@ async def test_a_tenant_over_its_queued_tasks_is_shed_with_429(
     one = {"agent": "work", "input": {"n": 1}}
     batch = {"tasks": [one, one]}
     status, refused = await call(api, acme, "POST", "/v1/tasks:batch", batch)
-    assert status == 429 and "limit is 3" in refused["detail"]
+    assert status == 429 and refused["detail"] == (
+        "tenant 'acme' has 2 queued tasks (this request adds 2); its limit is 3"
+    )
+    # A batch no wait would let in: 422, not a 429 to send again and again (no Retry-After).
+    async with api.http.post(
+        api.url + "/v1/tasks:batch", json={"tasks": [one] * 4}, headers=api.auth(globex)
+    ) as resp:
+        assert resp.status == 422 and "Retry-After" not in resp.headers
+        assert (await resp.json())["detail"] == (
+            "a batch of 4 tasks is more than tenant 'globex' may have queued (its limit is "
+            "3, --tenant-max-queued): send at most 3 per request"
+        )
     assert (await call(api, globex, "POST", "/v1/tasks:batch", batch))[0] == 200
     assert await api.runtime.store.count_queued("acme") == 2
     # The third fills the limit; sent again (its answer was lost), it is answered, not shed.

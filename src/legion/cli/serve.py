@@ -219,6 +219,8 @@ def serve(
     from legion.server import ServerSettings
 
     try:
+        if tenant_burst is not None and tenant_rate is None:
+            raise ConfigError("--tenant-burst is the burst of --tenant-rate: give that too")
         settings = ServerSettings(
             host=host,
             port=port,

@@ -150,7 +150,7 @@ class Budget:
                 self._holds += 1
                 return Hold(want)
             if self._holds == 0 or self._over(self.spent + want) is not None:
-                self._exhaust(over)
+                self._exhaust(over + self._alone(want))
                 continue
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -192,6 +192,23 @@ class Budget:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _alone(self, want: Spend) -> str:
+        """What to say of a call that no budget left could hold: one larger than the
+        whole limit (its reservation counts its prompt and its ``max_tokens``, or the
+        completion the client estimates without one)."""
+        limits = self.limits
+        if limits.max_tokens is not None and want.tokens > limits.max_tokens:
+            shown = f"{want.tokens:,} tokens"
+        elif limits.max_cost is not None and want.cost > limits.max_cost + 1e-12:
+            shown = f"${want.cost:.4f}"
+        else:
+            return ""
+        return (
+            f"; one call alone reserves {shown}, more than the whole limit (its prompt and "
+            "its max_tokens, or the completion estimated without one): give the call a "
+            "lower max_tokens, or raise the limit"
+        )
 
     def _over(self, total: Spend) -> str | None:
         limits = self.limits

@@ -43,17 +43,18 @@ class Shed(Exception):
     """A request refused to protect the server or the other tenants: ``status`` 429 (the
     tenant is over its limit) or 503 (the server is saturated)."""
 
-    def __init__(self, status: int, message: str, retry_after: float) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # (None: no wait would do; no Retry-After)
 
     def response(self) -> JSONResponse:
+        after = self.retry_after
         return JSONResponse(
             {"detail": self.message},
             status_code=self.status,
-            headers={"Retry-After": str(max(1, math.ceil(self.retry_after)))},
+            headers={} if after is None else {"Retry-After": str(max(1, math.ceil(after)))},
         )
 
 
@@ -347,13 +348,23 @@ class TenantLimits:
                     wait,
                 )
         if self.max_queued is not None:
+            if tasks > self.max_queued:  # (a 429 would be sent again, and again refused)
+                raise Shed(
+                    422,
+                    f"a batch of {tasks} tasks is more than tenant {tenant!r} may have "
+                    f"queued (its limit is {self.max_queued}, --tenant-max-queued): send at "
+                    f"most {self.max_queued} per request",
+                    None,
+                )
             # (From the store's count on, nothing awaits: the check and the reservation
             # are one step for every submission in flight.)
             queued = await self._queued(tenant) + self._reserved.get(tenant, 0)
             if queued + tasks > self.max_queued:
+                more = "" if tasks == 1 else f" (this request adds {tasks})"
                 raise Shed(
                     429,
-                    f"tenant {tenant!r} has {queued} queued tasks; its limit is {self.max_queued}",
+                    f"tenant {tenant!r} has {queued} queued tasks{more}; its limit is "
+                    f"{self.max_queued}",
                     1.0,
                 )
             self._reserved[tenant] = self._reserved.get(tenant, 0) + tasks

@@ -31,7 +31,7 @@ from legion.server.schemas import (
     TaskOut,
     TaskPage,
 )
-from legion.store.tenancy import scoped_key
+from legion.store.tenancy import TENANT_PATTERN, scoped_key
 from legion.store.types import ApiKey, TaskQuery
 from legion.task import NewTask, TaskInfo, TaskStatus
 
@@ -203,7 +203,7 @@ async def list_tasks(
         str | None,
         Query(
             max_length=64,
-            pattern=TEXT,
+            pattern=TENANT_PATTERN,
             description="Only this tenant's (an admin key's filter; any other key may name "
             "its own tenant alone).",
         ),
