@@ -45,7 +45,12 @@ def dumps(value: Any, *, finite: bool = True) -> bytes:
     try:
         encoded = orjson.dumps(value, default=_default, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
-        raise OutputError(f"cannot store value as JSON: {exc}") from exc
+        why = str(exc)
+        if why == "Integer exceeds 64-bit range":  # (which JSON reader would read it?)
+            why = "it holds an integer past 64 bits (store it as text: str(n))"
+        elif why == "Recursion limit reached":
+            why = "it nests deeper than 254 levels of lists and objects"
+        raise OutputError(f"cannot store value as JSON: {why}") from exc
     # (orjson writes NaN and the infinities as null; an int's `in` is memchr, ~20 ns,
     # where a bytes' `in` costs ~200)
     if finite and _N in encoded and encoded.find(b"null") >= 0:
@@ -159,9 +164,10 @@ def canonical(data: bytes) -> bytes:
 
 def checked_text(value: Any, what: str) -> str:
     """``value`` if it is text a store can hold (a step's name, a memory key), else a
-    `TypeError` (not ``str``) or `ValueError` (a lone surrogate, as a file name read with
-    ``surrogateescape`` holds) that names ``what``: raised in the agent that gave it,
-    rather than failing the store write its batch shares with other tasks."""
+    `TypeError` (not ``str``), `ValueError` (a lone surrogate, as a file name read with
+    ``surrogateescape`` holds) or `OutputError` (a NUL, or longer than `MAX_NAME_BYTES`)
+    that names ``what``: raised in the agent that gave it, rather than failing the store
+    write its batch shares with other tasks."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {type(value).__name__}: {value!r}")
     if not value.isascii():
@@ -169,7 +175,23 @@ def checked_text(value: Any, what: str) -> str:
             value.encode()
         except UnicodeEncodeError as exc:
             raise ValueError(f"{what} {value!r} cannot be stored: {exc.reason}") from None
+    # (Each the same on every store, and for good: `OutputError`, which no retry helps.)
+    if "\x00" in value:  # (SQLite would keep it; PostgreSQL's text holds none)
+        raise OutputError(f"{what} {value!r} cannot be stored: it holds a NUL character")
+    if len(value) > SHORT_NAME and len(value.encode()) > MAX_NAME_BYTES:
+        raise OutputError(
+            f"{what} {value[:40]!r}... cannot be stored: it is {len(value.encode()):,} bytes "
+            f"long, past the {MAX_NAME_BYTES:,} a store's index holds (name it by a digest "
+            "of what it stands for)"
+        )
     return value
+
+
+MAX_NAME_BYTES = 2048
+"""The longest step name or memory key, in UTF-8 bytes: PostgreSQL indexes them, and an
+index entry holds no more than about 2,700 bytes."""
+SHORT_NAME = MAX_NAME_BYTES // 4
+"""Characters no text this long passes `MAX_NAME_BYTES` in (4 bytes a character at most)."""
 
 
 def storable_text(text: str) -> str:
@@ -191,12 +213,29 @@ _LONG_DIGITS = re.compile(rb"\d{19}")  # (every integer past 64 bits has 19 digi
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 
 
+MAX_DEPTH = 200
+"""The deepest nesting of lists and objects a value from outside may have: an agent's
+input is checked by pydantic, which reads no deeper (201), and a store's JSON encoder
+writes no deeper than 254."""
+
+
+class TooDeep(JSONDecodeError):
+    """A text that is JSON, nested deeper than `MAX_DEPTH`."""
+
+
 def loads_given(data: bytes) -> Any:
     """``data`` as JSON, from outside (an input line, a request's body), or
     `JSONDecodeError`: as `loads`, and an integer past 64 bits is refused where orjson
     reads it as a float (``2**70`` would run as ``1.1805916207174113e+21``, and two
-    such inputs could not be told apart)."""
+    such inputs could not be told apart), and a value nested deeper than `MAX_DEPTH`
+    (`TooDeep`: it would fail later, where it is validated or stored)."""
     value = orjson.loads(data)
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise TooDeep(
+            f"nested deeper than {MAX_DEPTH} levels of lists and objects, the most legion takes",
+            data.decode(errors="replace"),
+            0,
+        )
     if _LONG_DIGITS.search(data) is not None:
         import json  # (the exact reading, for the rare text with such a run of digits)
 
@@ -206,6 +245,21 @@ def loads_given(data: bytes) -> Any:
             text = data.decode(errors="replace")
             raise JSONDecodeError(str(exc), text, max(0, text.find(exc.literal))) from None
     return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar: 0), without recursion."""
+    if not isinstance(value, (dict, list)):
+        return 0
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, level + 1))
+    return deepest
 
 
 def json_error(exc: JSONDecodeError) -> str:

@@ -61,7 +61,11 @@ def read_jsonl(path: Path, agent: str) -> Iterator[InputLine]:
 def parse_line(text: bytes, number: int, agent: str) -> InputLine:
     try:
         value = codec.loads_given(text)
+    except codec.TooDeep as exc:
+        return InputLine(number, None, error=f"line {number} is {exc.msg}")
     except codec.JSONDecodeError as exc:
+        if "not valid UTF-8" in exc.msg:  # (orjson's position is of the text it could read)
+            return InputLine(number, None, error=f"line {number} is not UTF-8 text")
         wrong = codec.json_error(exc)
         return InputLine(number, None, error=f"line {number} is not valid JSON: {wrong}")
     key = session = None

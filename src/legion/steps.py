@@ -96,7 +96,12 @@ def step_key(counts: dict[str, int], name: str) -> str:
     """The key of the next step called ``name`` in the current branch, counted in
     ``counts``: ``name`` the first time, ``name#2`` the second, and so on (scoped by
     the branch: see the module)."""
-    if type(name) is not str or not name.isascii():
+    if (
+        type(name) is not str
+        or not name.isascii()
+        or len(name) > codec.SHORT_NAME
+        or "\x00" in name
+    ):
         name = codec.checked_text(name, "a step's name")
     if "@" in name and _BRANCH_SUFFIX.search(name):
         raise ValueError(

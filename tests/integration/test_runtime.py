@@ -1042,3 +1042,29 @@ async def test_each_failed_attempt_is_logged_with_its_task(
     assert dead.getMessage() == f"task {result.id} (flaky): dead after attempt 2: ValueError: no 7"
     fields = {k: getattr(dead, k) for k in ("task_id", "agent", "attempt", "outcome")}
     assert fields == {"task_id": result.id, "agent": "flaky", "attempt": 2, "outcome": "dead"}
+
+
+async def test_a_name_no_store_can_index_is_refused_in_the_agent_alike_on_every_store(
+    store_url: str,
+) -> None:
+    # A NUL in a step's name or a memory key was kept by SQLite and, on PostgreSQL, failed
+    # the store's write three times before its task failed; a 20,000-character name was
+    # PostgreSQL's alone to refuse ("index row requires 20024 bytes").
+    @legion.agent(retries=2)
+    async def named(ctx: legion.Context, kind: str) -> str:
+        name = {"nul": "a\x00b", "long": "x" * 3000}[kind[:-1]]
+        if kind.endswith("s"):
+            await ctx.step(name, lambda: 1)
+        else:
+            await ctx.memory.set(name, 1)
+        return "stored"
+
+    async with Runtime(store_url) as rt:
+        results = [r async for r in rt.map(named, ["nuls", "nulm", "longs", "longm"])]
+    for r in results:
+        assert (r.status, r.attempt) == (TaskStatus.FAILED, 1), r
+        assert r.error is not None and r.error.type == "OutputError", r.error
+    messages = [r.error.message for r in results if r.error is not None]
+    assert messages[0] == "a step's name 'a\\x00b' cannot be stored: it holds a NUL character"
+    assert messages[1] == "a memory key 'a\\x00b' cannot be stored: it holds a NUL character"
+    assert all("it is 3,000 bytes long, past the 2,048" in m for m in messages[2:])

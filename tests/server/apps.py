@@ -43,7 +43,7 @@ async def flaky(ctx: legion.Context, n: int) -> int:
 
 @legion.agent(retries=0)
 async def doomed(ctx: legion.Context, n: int) -> None:
-    raise RuntimeError(f"doomed {n}")
+    raise RuntimeError(f"doomed {n}" if n < 1000 else "E" * n)  # (n: its message's length)
 
 
 @legion.agent(timeout=30)
@@ -71,4 +71,12 @@ async def approve(ctx: legion.Context, amount: int) -> dict[str, object]:
     return {"approved": answer.approved}
 
 
-AGENTS = [work, flaky, doomed, held, order, ask, approve]
+@legion.agent
+async def stepwise(ctx: legion.Context, n: int) -> int:
+    """``n`` steps of one name, one after the other (keyed s, s#2, s#3...)."""
+    for i in range(n):
+        await ctx.step("s", int, i)
+    return n
+
+
+AGENTS = [work, flaky, doomed, held, order, ask, approve, stepwise]

@@ -134,6 +134,21 @@ async def test_a_task_page_follows_a_running_task(
     assert problems == []
 
 
+async def test_a_task_page_of_thousands_of_steps_draws_them_all(browser: Browser, api: Api) -> None:
+    # Each step of the event stream (which replays them all) drew the whole timeline
+    # again: 1,000 steps took over a minute to show, 5,000 held the page for minutes.
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "stepwise", "input": {"n": 3000}})
+    assert (await api.runtime.result(sub["id"])).ok
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    await page.goto(f"{api.url}/tasks/{sub['id']}")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#timeline g.step').length === 3000", timeout=30_000
+    )
+    assert await text_of(page, "#step-count") == "(3000)"
+    assert problems == []
+
+
 async def test_a_task_page_shows_its_attempts_with_the_capacity_wait_drawn_apart(
     browser: Browser, api: Api
 ) -> None:

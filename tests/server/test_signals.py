@@ -67,7 +67,8 @@ async def test_a_signal_body_is_strict_json_whatever_its_content_type(api: Api) 
     deep = b'{"event": "approval", "data": ' + b"[" * 300 + b"]" * 300 + b"}"
     status, body = await post(deep, "application/json")
     assert status == 422, body
-    assert body["detail"][0]["loc"] == ["body", "data"]  # type: ignore[index]
+    assert body["detail"][0]["loc"] == ["body"]  # type: ignore[index]
+    assert body["detail"][0]["type"] == "json_too_deep"  # type: ignore[index]
     assert (await _waiting(api, sub["id"]))["id"] == sub["id"]
     # What `curl -d '{...}'` sends, as docs/waiting.md prints it.
     raw = b'{"event": "approval", "data": {"approved": true}}'

@@ -96,7 +96,7 @@ async def test_unknown_agents_and_fields_are_422(api: Api) -> None:
             "type": "unknown_agent",
             "loc": ["body", "agent"],
             "msg": "no agent named 'nope' here "
-            "(this server runs: approve, ask, doomed, flaky, held, order, work)",
+            "(this server runs: approve, ask, doomed, flaky, held, order, stepwise, work)",
         }
     ]
     status, body = await api.call("POST", "/v1/tasks", body={"agent": "work", "inptu": {}})
@@ -322,3 +322,17 @@ async def test_non_json_bodies_are_422(api: Api) -> None:
     ) as resp:
         assert resp.status == 422
         assert "Traceback" not in await resp.text()
+
+
+async def test_a_list_cuts_a_long_error_message_and_the_task_shows_it_whole(api: Api) -> None:
+    # A list of 50 tasks whose agents raised 5 MB messages was 250 MB, polled by the
+    # dashboard every 2 s.
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "doomed", "input": {"n": 50_000}})
+    await api.runtime.result(sub["id"])
+    _, page = await api.call("GET", "/v1/tasks")
+    (listed,) = page["tasks"]
+    assert listed["error"]["message"] == "E" * 2000 + (
+        "... (48,000 more characters: the task has it)"
+    )
+    _, whole = await api.call("GET", f"/v1/tasks/{sub['id']}")
+    assert whole["error"]["message"] == "E" * 50_000

@@ -566,6 +566,14 @@ async def test_strict_json_refuses_nan_infinity_and_out_of_range_numbers(api: Ap
         status, body = await post_raw(api, raw, "application/json")
         assert status == 422, raw
         assert body["detail"][0]["type"] == "json_invalid" and body["detail"][0]["loc"] == ["body"]
+    # JSON nested past what an agent's input check reads (three messages, none with the
+    # number, told one depth from another)
+    deep = b'{"agent": "work", "input": {"n": ' + b"[" * 250 + b"]" * 250 + b"}}"
+    status, body = await post_raw(api, deep, None)
+    assert status == 422 and body["detail"][0]["type"] == "json_too_deep"
+    assert body["detail"][0]["msg"] == (
+        "the body is nested deeper than 200 levels of lists and objects, the most legion takes"
+    )
     status, body = await post_raw(api, b'{"agent": "work", "input": "\xff\xfe"}', None)
     assert status == 422 and body["detail"][0]["type"] == "utf8"
     assert "UTF-8" in body["detail"][0]["msg"]

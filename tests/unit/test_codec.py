@@ -21,6 +21,17 @@ def test_values_round_trip_and_what_json_cannot_hold_is_refused() -> None:
         codec.dumps({"x": object()})
 
 
+def test_a_value_json_cannot_hold_says_what_to_do() -> None:
+    # orjson's own words ("Integer exceeds 64-bit range", "Recursion limit reached")
+    with pytest.raises(OutputError, match=r"integer past 64 bits \(store it as text"):
+        codec.dumps({"n": 2**70})
+    deep: list[object] = []
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(OutputError, match="nests deeper than 254 levels"):
+        codec.dumps(deep)
+
+
 def test_a_short_encoding_holds_about_its_own_size() -> None:
     # Inputs and step results are held while their instance runs: 10,000 in flight must
     # not hold 10,000 encoder buffers (orjson rounds each up to 4 KB at the least).

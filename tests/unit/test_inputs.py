@@ -72,3 +72,24 @@ def test_text_that_is_not_json_says_what_was_found_where() -> None:
         "line 5 is not valid JSON: unexpected 'fals]' at line 1 column 5"
     )
     assert "unexpected end of data" in (parse_line(b'{"a": 1', 6, "a").error or "")
+
+
+def test_a_line_nested_past_what_an_input_may_be_is_a_bad_line() -> None:
+    # One such line stopped the whole run ("cannot store value as JSON: Recursion limit
+    # reached", no line number, no output): JSON reads 1,024 levels, the store's encoder
+    # writes 254 and an agent's input check reads 201.
+    def nested(depth: int) -> bytes:
+        return b'{"x": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+    assert parse_line(nested(200), 2, "a").error is None
+    bad = parse_line(nested(201), 2, "a")
+    assert bad.error == (
+        "line 2 is nested deeper than 200 levels of lists and objects, the most legion takes"
+    )
+    wide = b"[" + b",".join([b"[1]"] * 1000) + b"]"  # many lists, none deep
+    assert parse_line(wide, 3, "a").error is None
+
+
+def test_a_line_that_is_not_utf8_says_so_and_no_position_of_another_text() -> None:
+    # It said "str is not valid UTF-8: surrogates not allowed: line 1 column 1" for line 14.
+    assert parse_line(b'{"a": "\xff"}', 14, "a").error == "line 14 is not UTF-8 text"

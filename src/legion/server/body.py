@@ -33,6 +33,8 @@ async def json_body(request: Request) -> Any:
         raise _invalid("missing", "a JSON body is required")
     try:
         return codec.loads_given(bytes(buffer))
+    except codec.TooDeep as exc:
+        raise _invalid("json_too_deep", f"the body is {exc.msg}") from None
     except orjson.JSONDecodeError as exc:
         if "UTF-8" in str(exc):
             raise _invalid("utf8", "the body is not UTF-8 text") from None

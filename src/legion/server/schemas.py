@@ -175,13 +175,15 @@ class TaskOut(BaseModel):
     finished_at: float | None
     error: ErrorOut | None = Field(
         description="Why its last attempt failed; null once it succeeded (the failed "
-        "attempts before stay in `/attempts`)."
+        "attempts before stay in `/attempts`). A list shows the first 2,000 characters of "
+        "its message; `GET /v1/tasks/{id}` the whole."
     )
     usage: UsageOut | None
 
     @classmethod
     def of(cls, t: TaskInfo) -> TaskOut:
-        return cls(**_task_fields(t))
+        """``t`` as a list shows it: its error's message cut to `BRIEF_MESSAGE`."""
+        return cls(**_task_fields(t, brief=True))
 
 
 class TaskDetail(TaskOut):
@@ -255,12 +257,22 @@ def step_out(s: StepInfo) -> StepOut:
     )
 
 
-def _task_fields(t: TaskInfo, *, traceback: bool = False) -> dict[str, Any]:
+BRIEF_MESSAGE = 2000
+"""Characters of an error's message a list of tasks (and a task's ``task`` event) shows:
+the task itself shows it whole (a list of 50 tasks whose agents raised 5 MB messages was
+250 MB)."""
+
+
+def _task_fields(t: TaskInfo, *, traceback: bool = False, brief: bool = False) -> dict[str, Any]:
     error = None
     if t.error is not None and t.status is not TaskStatus.SUCCEEDED:
         # (a task that succeeded after a failed attempt: that error is history, not state)
         shown = (t.error.traceback or None) if traceback else None
-        error = ErrorOut(type=t.error.type, message=t.error.message, traceback=shown)
+        message = t.error.message
+        if brief and len(message) > BRIEF_MESSAGE:
+            more = len(message) - BRIEF_MESSAGE
+            message = f"{message[:BRIEF_MESSAGE]}... ({more:,} more characters: the task has it)"
+        error = ErrorOut(type=t.error.type, message=message, traceback=shown)
     return {
         "id": t.id,
         "agent": t.agent,

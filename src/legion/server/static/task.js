@@ -38,11 +38,12 @@ function renderTimeline() {
   const laneOf = lanes(sorted);
   const starts = sorted.map((s) => s.started_at);
   if (task && task.started_at) starts.push(task.started_at);
-  const t0 = Math.min(...starts);
-  const end = task && task.finished_at ? task.finished_at : Math.max(...sorted.map((s) => s.finished_at));
+  // (loops, not Math.min(...list): a spread of thousands of steps overflows the stack)
+  const t0 = starts.reduce((a, b) => Math.min(a, b));
+  const end = task && task.finished_at ? task.finished_at : sorted.reduce((a, s) => Math.max(a, s.finished_at), t0);
   const span = Math.max(end - t0, 1e-3);
   const width = Math.max(box.clientWidth - 20, 600);
-  const height = AXIS + LANE * (Math.max(...laneOf) + 1);
+  const height = AXIS + LANE * (laneOf.reduce((a, b) => Math.max(a, b), 0) + 1);
   const x = (t) => ((t - t0) / span) * (width - 2);
   const root = svg("svg", { width, height, role: "img", "aria-label": "step timeline" });
   for (let i = 0; i <= 4; i++) {
@@ -64,6 +65,15 @@ function renderTimeline() {
     root.append(group);
   });
   box.replaceChildren(root);
+}
+
+// Drawn once a frame however many steps arrive: each step event drew the whole timeline
+// again, and a task of a thousand steps took a minute to show.
+let drawing = false;
+function redraw() {
+  if (drawing) return;
+  drawing = true;
+  requestAnimationFrame(() => { drawing = false; renderTimeline(); });
 }
 
 // One row per ended attempt, oldest first, each with a bar split into running and waiting.
@@ -141,7 +151,7 @@ function renderDetail(d) {
   setText("input", JSON.stringify(d.input, null, 2));
   setText("output", d.output === null ? "–" : JSON.stringify(d.output, null, 2));
   for (const s of d.steps) steps.set(s.key, s);
-  renderTimeline();
+  redraw();
 }
 
 async function start() {
@@ -157,11 +167,11 @@ async function start() {
   }
   renderDetail(await response.json());
   subscribe(`/v1/tasks/${taskId}/events`, {
-    task: (t) => { renderTask(t); renderTimeline(); },
-    step: (s) => { steps.set(s.key, s); renderTimeline(); },
+    task: (t) => { renderTask(t); redraw(); },
+    step: (s) => { steps.set(s.key, s); redraw(); },
     end: (d, source, show) => { renderDetail(d); source.close(); show("finished", "ok"); },
   });
-  new ResizeObserver(renderTimeline).observe(document.getElementById("timeline"));
+  new ResizeObserver(redraw).observe(document.getElementById("timeline"));
 }
 
 start();
