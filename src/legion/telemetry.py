@@ -10,7 +10,10 @@ Spans, nested as the work is:
 
 - ``legion.task {agent}``, one per attempt: ``legion.task.id``, ``legion.task.attempt``,
   ``legion.agent``, ``legion.task.outcome`` (``succeeded``, ``retry``, ``failed``,
-  ``dead``, ``cancelled``, ``released``, ``waiting``; ``lease_lost``); an attempt that
+  ``dead``, ``cancelled``, ``released``, ``waiting``; ``lease_lost``), the attempt's
+  ``legion.task.running_s`` and ``legion.task.waited_s`` (for capacity or a budget), and
+  what its LLM calls used (``legion.task.llm_calls``, ``gen_ai.usage.input_tokens``,
+  ``gen_ai.usage.output_tokens``, ``legion.task.cost_usd``); an attempt that
   failed - raised, timed out, or returned what its agent cannot store - ends it with an
   error status and the error recorded as an ``exception`` event.
 - ``legion.step``, one per step that runs (replayed steps run nothing, so make none):
@@ -43,6 +46,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from legion import codec
 from legion.errors import ConfigError
 from legion.extras import install_hint
 from legion.task import Outcome
@@ -191,6 +195,14 @@ def end_task(span: Span, done: Completion | None, abandoned: bool = False) -> No
             span.set_status(Status(StatusCode.ERROR, "it ran on after it was stopped"))
     else:
         span.set_attribute("legion.task.outcome", done.outcome.value)
+        span.set_attribute("legion.task.running_s", done.running)
+        span.set_attribute("legion.task.waited_s", done.waited)  # (for capacity, a budget)
+        if done.usage:
+            used = codec.loads(done.usage)
+            span.set_attribute("legion.task.llm_calls", int(used.get("llm_calls", 0)))
+            span.set_attribute("gen_ai.usage.input_tokens", int(used.get("prompt_tokens", 0)))
+            span.set_attribute("gen_ai.usage.output_tokens", int(used.get("completion_tokens", 0)))
+            span.set_attribute("legion.task.cost_usd", float(used.get("cost_usd", 0.0)))
         if done.error is not None:
             span.add_event(
                 "exception",

@@ -72,6 +72,10 @@ async def test_spans_for_task_steps_and_llm_calls(
     assert task.attributes["legion.task.id"] == result.id
     assert task.attributes["legion.task.attempt"] == 1
     assert task.attributes["legion.task.outcome"] == "succeeded" and task.status.is_unset
+    assert task.attributes["legion.task.llm_calls"] == 1
+    assert task.attributes["gen_ai.usage.input_tokens"] == 12
+    assert task.attributes["gen_ai.usage.output_tokens"] == 3
+    assert float(task.attributes["legion.task.running_s"]) > 0  # type: ignore[arg-type]
     steps = by_name(found, "legion.step")
     keys = {s.attributes["legion.step.key"] for s in steps if s.attributes}
     assert {"left", "right"} <= keys and any(str(k).startswith("llm.main.") for k in keys)
