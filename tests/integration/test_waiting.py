@@ -11,7 +11,7 @@ from typing import Any
 import legion
 from legion import codec
 from legion.errors import ChildFailed, WaitTimeout
-from legion.store import store_from_url
+from legion.store import Store, store_from_url
 from legion.task import NewTask, TaskStatus
 from legion.testing import FakeClock
 from legion.waiting.schedules import run_due, schedule, tick_key
@@ -313,54 +313,44 @@ async def once_on_a_gpu(ctx: Any, i: int) -> int:
 
 
 async def test_a_tick_is_run_as_its_agent_makes_tasks_by_a_worker_that_serves_it(
-    store_url: str,
+    store: Store,
 ) -> None:
     # Every tick's task had 4 attempts (an agent of retries=0 ran four times), no
     # resources (a GPU agent ran on any worker), and was queued by whichever worker saw
     # the tick first, served or not.
-    store = store_from_url(store_url)
-    await store.open()
-    try:
-        now = 1_800_000_000.0
-        made = schedule("gpu", "0 * * * *", "once_on_a_gpu", codec.dumps({"i": 1}), now - 7200)
-        await store.add_schedule(made, now)
-        assert await run_due(store, now, {"quick": quick}) == 0  # not this worker's agent
-        assert await run_due(store, now, {"once_on_a_gpu": once_on_a_gpu}) == 1
-        key = tick_key("gpu", made.next_tick)
-        task = (await store.find_keys([key]))[key]
-        assert task.max_attempts == 1 and task.agent == "once_on_a_gpu"
-        wants = {"once_on_a_gpu": 10}
-        assert await store.lease("w", wants, 10, now + 31, now + 1) == []  # offers no GPU
-        offered = await store.lease("w", wants, 10, now + 31, now + 1, offer={"gpu": 1})
-        assert [t.id for t in offered] == [task.id]
-    finally:
-        await store.aclose()
+    now = 1_800_000_000.0
+    made = schedule("gpu", "0 * * * *", "once_on_a_gpu", codec.dumps({"i": 1}), now - 7200)
+    await store.add_schedule(made, now)
+    assert await run_due(store, now, {"quick": quick}) == 0  # not this worker's agent
+    assert await run_due(store, now, {"once_on_a_gpu": once_on_a_gpu}) == 1
+    key = tick_key("gpu", made.next_tick)
+    task = (await store.find_keys([key]))[key]
+    assert task.max_attempts == 1 and task.agent == "once_on_a_gpu"
+    wants = {"once_on_a_gpu": 10}
+    assert await store.lease("w", wants, 10, now + 31, now + 1) == []  # offers no GPU
+    offered = await store.lease("w", wants, 10, now + 31, now + 1, offer={"gpu": 1})
+    assert [t.id for t in offered] == [task.id]
 
 
-async def test_a_tick_already_run_moves_on_and_other_schedules_go_on(store_url: str) -> None:
+async def test_a_tick_already_run_moves_on_and_other_schedules_go_on(store: Store) -> None:
     # On SQLite, a tick whose key a task of the schedule's earlier definition held (it was
     # replaced, by a host whose clock was behind) failed every reaper pass, for good, and
     # stopped every other schedule with it.
-    store = store_from_url(store_url)
-    await store.open()
-    try:
-        now = 1_800_000_000.0
-        first = schedule("a", "0 * * * *", "quick", codec.dumps({"i": 1}), now - 7200)
-        await store.add_schedule(first, now - 7200)
-        key = tick_key("a", first.next_tick)
-        await store.submit([NewTask("quick", codec.dumps({"i": 1}), key)], now - 3600)
-        await store.add_schedule(dataclasses.replace(first, input=codec.dumps({"i": 2})), now)
-        other = schedule("b", "0 * * * *", "quick", codec.dumps({"i": 3}), now - 7200)
-        await store.add_schedule(other, now)
-        assert await run_due(store, now, {"quick": quick}) == 1  # b's; a's ran before
-        assert {s.name: s.next_tick > now for s in await store.schedules()} == {
-            "a": True,
-            "b": True,
-        }
-        ran = (await store.find_keys([key]))[key]
-        assert ran.input == {"i": 1}
-    finally:
-        await store.aclose()
+    now = 1_800_000_000.0
+    first = schedule("a", "0 * * * *", "quick", codec.dumps({"i": 1}), now - 7200)
+    await store.add_schedule(first, now - 7200)
+    key = tick_key("a", first.next_tick)
+    await store.submit([NewTask("quick", codec.dumps({"i": 1}), key)], now - 3600)
+    await store.add_schedule(dataclasses.replace(first, input=codec.dumps({"i": 2})), now)
+    other = schedule("b", "0 * * * *", "quick", codec.dumps({"i": 3}), now - 7200)
+    await store.add_schedule(other, now)
+    assert await run_due(store, now, {"quick": quick}) == 1  # b's; a's ran before
+    assert {s.name: s.next_tick > now for s in await store.schedules()} == {
+        "a": True,
+        "b": True,
+    }
+    ran = (await store.find_keys([key]))[key]
+    assert ran.input == {"i": 1}
 
 
 @legion.agent(retries=0)
