@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+log = logging.getLogger("legion.telemetry")
+
 EXPORTERS = ("otlp", "console")
 
 tracing = False
@@ -186,36 +188,45 @@ def end_task(span: Span, done: Completion | None, abandoned: bool = False) -> No
     a failed attempt - one that raised, timed out, or returned what its agent cannot
     store - and the error recorded for one given back because of it (a spent budget, a
     provider's long Retry-After). ``done`` is ``None`` when the attempt wrote no end: its
-    lease was lost, or it was ``abandoned`` (it ran on after it was stopped)."""
+    lease was lost, or it was ``abandoned`` (it ran on after it was stopped). Never
+    raises: a span is not worth its instance."""
+    try:
+        _describe(span, done, abandoned)
+    except Exception:
+        log.exception("the span of an attempt could not be completed")
+    finally:
+        span.end()
+
+
+def _describe(span: Span, done: Completion | None, abandoned: bool) -> None:
     from opentelemetry.trace import Status, StatusCode
 
     if done is None:
         span.set_attribute("legion.task.outcome", "abandoned" if abandoned else "lease_lost")
         if abandoned:
             span.set_status(Status(StatusCode.ERROR, "it ran on after it was stopped"))
-    else:
-        span.set_attribute("legion.task.outcome", done.outcome.value)
-        span.set_attribute("legion.task.running_s", done.running)
-        span.set_attribute("legion.task.waited_s", done.waited)  # (for capacity, a budget)
-        if done.usage:
-            used = codec.loads(done.usage)
-            span.set_attribute("legion.task.llm_calls", int(used.get("llm_calls", 0)))
-            span.set_attribute("gen_ai.usage.input_tokens", int(used.get("prompt_tokens", 0)))
-            span.set_attribute("gen_ai.usage.output_tokens", int(used.get("completion_tokens", 0)))
-            span.set_attribute("legion.task.cost_usd", float(used.get("cost_usd", 0.0)))
-        if done.error is not None:
-            span.add_event(
-                "exception",
-                {
-                    "exception.type": done.error.type,
-                    "exception.message": done.error.message,
-                    "exception.stacktrace": done.error.traceback,
-                },
-            )
-            if done.outcome in _FAILED:
-                why = f"{done.error.type}: {done.error.message}"
-                span.set_status(Status(StatusCode.ERROR, why))
-    span.end()
+        return
+    span.set_attribute("legion.task.outcome", done.outcome.value)
+    span.set_attribute("legion.task.running_s", done.running)
+    span.set_attribute("legion.task.waited_s", done.waited)  # (for capacity, a budget)
+    if done.usage:
+        used = codec.loads(done.usage)
+        span.set_attribute("legion.task.llm_calls", int(used.get("llm_calls", 0)))
+        span.set_attribute("gen_ai.usage.input_tokens", int(used.get("prompt_tokens", 0)))
+        span.set_attribute("gen_ai.usage.output_tokens", int(used.get("completion_tokens", 0)))
+        span.set_attribute("legion.task.cost_usd", float(used.get("cost_usd", 0.0)))
+    if done.error is not None:
+        span.add_event(
+            "exception",
+            {
+                "exception.type": done.error.type,
+                "exception.message": done.error.message,
+                "exception.stacktrace": done.error.traceback,
+            },
+        )
+        if done.outcome in _FAILED:
+            why = f"{done.error.type}: {done.error.message}"
+            span.set_status(Status(StatusCode.ERROR, why))
 
 
 async def traced_step(

@@ -298,9 +298,9 @@ async def run_instance(
         # every failed attempt's context, lease and steps until the cyclic GC ran.
         error = None
         instance.ctx = None
-        if span is not None:  # (abandoned: its end was written by the worker, see abandon)
-            telemetry.end_task(span, None if instance.abandoned else done, instance.abandoned)
         try:
+            if span is not None:  # (abandoned: its end was written by the worker, see abandon)
+                telemetry.end_task(span, None if instance.abandoned else done, instance.abandoned)
             ctx.ended(abandoned=instance.abandoned)
         finally:
             if services.on_end is not None and not instance.abandoned:
