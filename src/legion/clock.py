@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 
@@ -66,6 +66,46 @@ class SystemClock:
 
 
 system_clock: Clock = SystemClock()
+
+
+class StoreTime:
+    """A worker's clock set to its store's time: the local clock's monotonic time, sleeps
+    and timers as they are, and its wall time moved by the offset to the store's clock
+    last measured (`follow`). On PostgreSQL that is the database's clock, which every
+    worker shares: what one worker writes (a retry's not-before time, a capacity claim,
+    a relayed pause) means the same to the others, whatever its host's clock says. An
+    offset under `IN_STEP` is none: the local wall clock itself is read (on SQLite
+    always, whose time is its host's)."""
+
+    __slots__ = ("_local", "call_later", "monotonic", "offset", "sleep", "wall")
+
+    IN_STEP = 0.25
+    """Seconds of offset that count as none (a measure's round trip, a small drift)."""
+
+    def __init__(self, local: Clock) -> None:
+        self._local = local
+        self.offset = 0.0
+        # The local clock's own functions, not methods that call them (read on every
+        # instance's start and end).
+        self.wall: Callable[[], float] = local.wall
+        self.monotonic: Callable[[], float] = local.monotonic
+        self.sleep: Callable[[float], Coroutine[Any, Any, None]] = local.sleep
+        self.call_later: Callable[[float, Callable[[], object]], Scheduled] = local.call_later
+
+    def local_wall(self) -> float:
+        """The local clock's wall time (to measure the offset by)."""
+        return self._local.wall()
+
+    def follow(self, store_now: float, local_now: float) -> None:
+        """The store said ``store_now`` when this clock read ``local_now``."""
+        offset = store_now - local_now
+        if abs(offset) < self.IN_STEP:
+            offset = 0.0
+        if offset == self.offset:
+            return
+        self.offset = offset
+        local = self._local.wall
+        self.wall = local if offset == 0.0 else lambda: local() + offset
 
 
 async def within(clock: Clock, future: asyncio.Future[Any], seconds: float) -> bool:

@@ -71,6 +71,11 @@ class FakeClock:
         """Seconds since the epoch, on this clock."""
         return self._now + self._wall_offset
 
+    def step_wall(self, seconds: float) -> None:
+        """Move the wall clock by ``seconds`` (either way), the monotonic clock not: a
+        host's clock set right (an NTP step), as a worker sees it."""
+        self._wall_offset += seconds
+
     def call_later(self, delay: float, callback: Callable[[], object]) -> FakeTimer:
         """Call ``callback`` once time reaches ``now() + delay`` (at once, in the loop's
         next round, for ``delay <= 0``)."""

@@ -50,7 +50,7 @@ async def show_status(
         found = await store.diagnostics(limit=5000) if advice else []
         schema = await store.schema_version()
     groups = summarize(Diagnostic.from_json(codec.loads(d.data)) for d in found)
-    now = time.time()
+    now = store_now  # (heartbeats are on the store's clock, not this host's)
     unserved = _unserved(by_agent, workers, store_now)
     if as_json:
         doc: dict[str, Any] = {

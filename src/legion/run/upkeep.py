@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from legion import identity
 from legion.agent import Agent
-from legion.clock import Clock, within
+from legion.clock import StoreTime, within
 from legion.diagnostics.watchdog import LoopWatchdog
 from legion.run.ahead import Ahead
 from legion.run.route_meter import RouteMeter
@@ -63,7 +63,7 @@ class Upkeep:
     store: Store
     llm: LLMClient | None
     config: UpkeepConfig
-    _clock: Clock
+    _clock: StoreTime
     _agents: dict[str, Agent]
     _instances: dict[int, Instance]
     _ahead: Ahead
@@ -89,6 +89,13 @@ class Upkeep:
         def _lost(self, task_ids: set[int]) -> None: ...
 
         def _sweep_ended(self) -> None: ...
+
+    async def _follow_store_clock(self) -> float:
+        """The store's time now, which this worker's clock then follows (`StoreTime`)."""
+        before = self._clock.local_wall()
+        store_now = await self.store.now()
+        self._clock.follow(store_now, (before + self._clock.local_wall()) / 2)
+        return store_now
 
     def health(self) -> dict[str, object]:
         """What the worker reports in its heartbeat: load, loop lag, memory."""
@@ -226,7 +233,7 @@ class Upkeep:
         no longer fresh (older than a heartbeat period) — when its process is certainly
         gone: same kernel boot, same PID namespace, and the PID free or another
         process's (see `legion.identity`). A host name alone proves nothing."""
-        store_now = await self.store.now()
+        store_now = await self._follow_store_clock()
         me = self._identity
         dead = []
         for w in await self.store.workers():
@@ -238,7 +245,7 @@ class Upkeep:
                 age > self._heartbeat_every and identity.is_gone(theirs, me)
             ):
                 dead.append(w.id)
-        reclaimed = await self.store.reclaim(self._clock.wall(), dead)
+        reclaimed = await self.store.reclaim(self._clock.wall(), dead, keep=self.id)
         for wid in dead:
             await self.store.remove_worker(wid)
         # Timers and cron ticks, on the store's clock (the database's on PostgreSQL), which

@@ -31,6 +31,7 @@ queue unfinished, and everything is committed before `run` returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -45,11 +46,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from legion import gil, heap, identity
 from legion.agent import Agent
-from legion.clock import Clock, system_clock, within
+from legion.clock import Clock, StoreTime, system_clock, within
 from legion.diagnostics import tracking
 from legion.diagnostics.report import agent_files, blocked_loop
 from legion.diagnostics.watchdog import Block, Capture, LoopWatchdog
-from legion.errors import ConfigError, Permanent
+from legion.errors import ConfigError, Permanent, StoreError
 from legion.journal import Committed, Journal
 from legion.run.ahead import Ahead
 from legion.run.freeze import FreezeGuard
@@ -202,7 +203,9 @@ class Worker(Upkeep):
         self.config = config or WorkerConfig()
         self.host = socket.gethostname()  # asked once: it can take milliseconds
         self.id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._clock = clock
+        # The store's time (the database's on PostgreSQL), which everything this worker
+        # writes or compares with other workers' writes is in (see `StoreTime`).
+        self._clock = StoreTime(clock)
         self._agents: dict[str, Agent] = {}
         self._running: dict[str, int] = {}
         self._instances: dict[int, Instance] = {}
@@ -213,7 +216,7 @@ class Worker(Upkeep):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._journal = Journal(
             store,
-            clock=clock,
+            clock=self._clock,
             on_committed=self._committed,
             on_lost=self._refused,
             on_cancel=self._cancel_asked,
@@ -378,6 +381,8 @@ class Worker(Upkeep):
         self._done_context = contextvars.copy_context()
         if self.config.watchdog:
             tracking.install(self._loop)
+        with contextlib.suppress(StoreError):  # (the reaper measures it again, every pass)
+            await self._follow_store_clock()
         await self._register()
         self._confirmed_at = self._clock.monotonic()  # no lease is held yet
         for executor in self.executors.values():

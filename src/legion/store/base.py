@@ -106,10 +106,14 @@ class TaskQueue(Protocol):
         none of them stopped it. Clears the mark that makes a queued task run alone when
         its last attempt was lost on ``owner``; answers how many."""
 
-    async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
+    async def reclaim(
+        self, now: float, dead_owners: Sequence[str] = (), *, keep: str | None = None
+    ) -> Reclaimed:
         """Take back expired leases (on PostgreSQL: expired by the database's clock; ``now``
         is the SQLite store's) and those of ``dead_owners``. A task is charged the stop
-        only if its worker ran it alone; the others run apart next, in halving groups."""
+        only if its worker ran it alone; the others run apart next, in halving groups.
+        ``keep``: the worker asking, whose own leases it holds alive (they expire only by
+        its clock's step: taken back, every task it runs would run again)."""
 
     async def now(self) -> float:
         """The store's time, in seconds since the epoch: the database's clock on PostgreSQL

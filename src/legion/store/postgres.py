@@ -572,7 +572,9 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await cur.execute(Q["absolve"], {"owner": owner})
             return len(await cur.fetchall())
 
-    async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
+    async def reclaim(
+        self, now: float, dead_owners: Sequence[str] = (), *, keep: str | None = None
+    ) -> Reclaimed:
         """Take back expired and dead owners' leases, skipping rows locked right now (a
         completion in flight decides those).
 
@@ -601,6 +603,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 ),
             ).to_json(),
             "dead_owners": list(dead_owners),
+            "keep": keep,
         }
         async with self._cursor() as cur:
             await cur.execute(Q["reclaim"], params)

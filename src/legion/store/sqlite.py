@@ -512,13 +512,16 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
         return await self._call(self._transaction, run)
 
-    async def reclaim(self, now: float, dead_owners: Sequence[str] = ()) -> Reclaimed:
+    async def reclaim(
+        self, now: float, dead_owners: Sequence[str] = (), *, keep: str | None = None
+    ) -> Reclaimed:
         def run(db: sqlite3.Connection) -> Reclaimed:
             params = {
                 "now": now,
                 "error": _lease_lost_error(),
                 "crash_error": _crash_error(),
                 "dead_owners": codec.dumps(list(dead_owners)).decode(),
+                "keep": keep,
             }
             owners = dict(db.execute(Q["reclaimable"], params).fetchall())
             db.execute(Q["insert_lost_attempts"], params)

@@ -296,7 +296,8 @@ WITH s AS (
             WHERE o.lease_owner = x.lease_owner AND o.status = 'running') AS shared
     FROM tasks AS x
     WHERE status = 'running'
-      AND (lease_expires < legion_now() OR lease_owner = ANY(%(dead_owners)b::text[]))
+      AND ((lease_expires < legion_now() AND lease_owner IS DISTINCT FROM %(keep)s)
+           OR lease_owner = ANY(%(dead_owners)b::text[]))
     FOR UPDATE SKIP LOCKED
 ), r AS (
     SELECT id, attempt, lease_owner, started_at, shared = 1 AS alone,

@@ -41,4 +41,5 @@ SELECT id, attempt, lease_owner, 'lost', coalesce(started_at, :now), :now,
             THEN :crash_error ELSE :error END
 FROM tasks AS x
 WHERE status = 'running'
-  AND (lease_expires < :now OR lease_owner IN (SELECT value FROM json_each(:dead_owners)));
+  AND ((lease_expires < :now AND lease_owner IS NOT :keep)
+       OR lease_owner IN (SELECT value FROM json_each(:dead_owners)));

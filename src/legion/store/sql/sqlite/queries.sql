@@ -226,7 +226,8 @@ RETURNING id;
 -- What reclaim takes back, with each lease's owner (for the change feed).
 SELECT id, lease_owner FROM tasks
 WHERE status = 'running'
-  AND (lease_expires < :now OR lease_owner IN (SELECT value FROM json_each(:dead_owners)));
+  AND ((lease_expires < :now AND lease_owner IS NOT :keep)
+       OR lease_owner IN (SELECT value FROM json_each(:dead_owners)));
 
 -- name: reclaim
 -- Leases that expired, or whose worker is known dead, go back to the queue. The stop is
@@ -240,7 +241,8 @@ WITH s AS (
                 WHERE o.lease_owner = x.lease_owner AND o.status = 'running') AS shared
     FROM tasks AS x
     WHERE status = 'running'
-      AND (lease_expires < :now OR lease_owner IN (SELECT value FROM json_each(:dead_owners)))
+      AND ((lease_expires < :now AND lease_owner IS NOT :keep)
+       OR lease_owner IN (SELECT value FROM json_each(:dead_owners)))
 ), r AS (
     SELECT id, shared = 1 AS alone, max(1, shared / 2) AS group_size FROM s
 )
