@@ -3,7 +3,9 @@ close; a client given is the caller's."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -12,6 +14,9 @@ import legion
 from legion import Runtime
 from legion.errors import ConfigError
 from legion.llm import SimulatedProvider, open_client
+from legion.llm.capacity import Capacity
+from legion.llm.client import LLMClient, Route
+from legion.testing import ScriptedProvider
 
 
 @legion.agent
@@ -88,3 +93,36 @@ async def test_a_failed_task_says_why(db_url: str) -> None:
     async with Runtime(db_url, llm="sim") as rt:
         (result,) = [r async for r in rt.map(broken, ["why?"])]
     assert str(result.error) == "ValueError: no answer to why?"
+
+
+async def test_an_agent_that_calls_no_llm_is_not_held_to_the_routes_capacity(
+    tmp_path: Path,
+) -> None:
+    # `legion run` gives every worker the simulator's route (3,000 rpm): an agent that
+    # never called it was held to the ~150 instances that route serves in the admission
+    # horizon (2,000 tasks of 2 s took 28.6 s at --concurrency 1000). Here a route of
+    # 60 rpm would hold it to 3.
+    release = asyncio.Event()
+    waiting: set[int] = set()
+
+    @legion.agent(retries=0)
+    async def no_llm(ctx: legion.Context, i: int) -> int:
+        if i >= 40:  # (the first 40 end at once: the worker learns they make no call)
+            waiting.add(i)
+            await release.wait()
+        return i
+
+    route = Route("r", ScriptedProvider([]), "m", Capacity("r", rpm=60))
+    async with (
+        LLMClient([route]) as llm,
+        Runtime(f"sqlite:///{tmp_path / 'q.db'}", llm=llm, concurrency=1000) as rt,
+    ):
+        assert [r.ok async for r in rt.map(no_llm, range(40))] == [True] * 40
+        ids = [s.id for s in await rt.submit_many(no_llm, range(40, 140))]
+        async with asyncio.timeout(30):  # (a bound on a broken test)
+            while True:
+                if len(waiting) == 100:  # all in flight at once
+                    break
+                await asyncio.sleep(0.005)
+        release.set()
+        assert [r.ok async for r in rt.results(ids)] == [True] * 100

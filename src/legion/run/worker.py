@@ -112,6 +112,10 @@ def _log_failure(done: Completion) -> None:
         )
 
 
+_QUIET = 0.05
+"""The share of an agent's recent instances that made an LLM call below which the LLM
+routes do not bound how many of its instances start (`Worker._quiet_agents`)."""
+
 START_SLICE = 256
 """Instances started per turn of the event loop. Each runs to its first await in the turn
 after it starts, so a lease of 5,000 started at once held the loop for the whole batch
@@ -207,6 +211,9 @@ class Worker(Upkeep):
         # writes or compares with other workers' writes is in (see `StoreTime`).
         self._clock = StoreTime(clock)
         self._agents: dict[str, Agent] = {}
+        # How often each agent's instances have made an LLM call, decayed (1.0 until one
+        # ends): an agent whose instances make none is not held back by the LLM routes.
+        self._callers: dict[str, float] = {}
         self._running: dict[str, int] = {}
         self._instances: dict[int, Instance] = {}
         self._by_task: dict[asyncio.Task[Any], Instance] = {}
@@ -589,6 +596,9 @@ class Worker(Upkeep):
         horizon = self.config.admission_horizon
         if self.llm is None or horizon is None:
             return self.config.concurrency
+        quiet = self._quiet_agents()
+        if len(quiet) == len(self._agents):
+            return self.config.concurrency  # (none of its agents calls an LLM)
         room = self.llm.headroom(horizon, priority)  # a pool's deployments add up
         if room == math.inf:
             return self.config.concurrency
@@ -605,6 +615,7 @@ class Worker(Upkeep):
             if inst.calls == 0
             and inst.started > since
             and (priority is None or inst.lease.priority >= priority)
+            and inst.agent.name not in quiet
         )
         # In batches: once the queues are down to half the horizon, fill them up again
         # (a lease per call that frees up would cost a store round trip each).
@@ -628,7 +639,19 @@ class Worker(Upkeep):
         """Whether no LLM route limits how many instances start (asked again as each held
         task starts: a route can learn a limit, or start failing, meanwhile)."""
         horizon = self.config.admission_horizon
-        return self.llm is None or horizon is None or self.llm.headroom(horizon) == math.inf
+        return (
+            self.llm is None
+            or horizon is None
+            or len(self._quiet_agents()) == len(self._agents)
+            or self.llm.headroom(horizon) == math.inf
+        )
+
+    def _quiet_agents(self) -> set[str]:
+        """The agents whose instances have made no LLM call of late: at least about 30
+        in a row, each call-less end moving the share of callers down by a tenth (the
+        default route, the simulator, held an agent that never calls one to the ~150
+        instances its 3,000 rpm serve in the admission horizon)."""
+        return {name for name, share in self._callers.items() if share < _QUIET}
 
     def _wanted(self) -> int:
         """How many tasks the worker could lease now: its free slots, and the leases it
@@ -859,7 +882,11 @@ class Worker(Upkeep):
                 self._slots.set()
         if inst.fatal is not None and self.fatal_error is None:
             self.abort(inst.fatal)
-        self._running[inst.agent.name] -= 1
+        name = inst.agent.name
+        self._running[name] -= 1
+        if self.llm is not None:
+            share = self._callers.get(name, 1.0)
+            self._callers[name] = share * 0.9 + (0.1 if inst.calls else 0.0)
         self._ahead.ended()
         if self._ahead and len(self._instances) < self.config.concurrency:
             if (
