@@ -152,6 +152,24 @@ def test_dev_stdout_writes_to_the_open_stdout(tmp_path: Path, agents_file: Path)
     assert [json.loads(line)["output"] for line in text[1:]] == [1, 2, 3]
 
 
+def test_what_an_agent_prints_stays_out_of_the_results_on_stdout(tmp_path: Path) -> None:
+    # An agent's print() (a library's too) went to stdout among the JSON lines.
+    agents = tmp_path / "chatty.py"
+    agents.write_text(
+        "import legion\n\n\n@legion.agent\nasync def chatty(ctx, n: int):\n"
+        "    print(f'debug {n}')\n    return n\n"
+    )
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(3)])
+    for i, output in enumerate(("-", "/dev/stdout")):
+        r = legion(
+            "run", f"{agents}:chatty", "-i", str(inp), "-o", output, "--no-progress",
+            "--store", f"sqlite:///{tmp_path / f'c{i}.db'}",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert [json.loads(line)["output"] for line in r.stdout.splitlines()] == [0, 1, 2]
+        assert {"debug 0", "debug 1", "debug 2"} <= set(r.stderr.splitlines())
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_a_new_file_gets_the_umask_mode(
     tmp_path: Path, agents_file: Path, umask: int, mode: int

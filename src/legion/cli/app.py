@@ -103,7 +103,9 @@ def run(
             "--output",
             "-o",
             help="Where to write one JSON result per input line, in input order, each as "
-            "soon as the lines before it are done (default, or -: stdout). A file is written as "
+            "soon as the lines before it are done (default, or -: stdout, which holds the "
+            "results alone: what else prints there, an agent's print, goes to stderr). A "
+            "file is written as "
             "FILE.partial and renamed over FILE at the end, with your umask's mode; a device, "
             "FIFO, /dev/stdout or symlink (its target) is written through, never replaced.",
         ),

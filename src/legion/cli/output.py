@@ -41,8 +41,17 @@ class OutputError(LegionError):
 class OutputFile:
     """An open output: `write` whole lines, then `commit` (or `abort`)."""
 
-    def __init__(self, fd: int, *, path: Path | None, partial: Path | None, owned: bool) -> None:
+    def __init__(
+        self,
+        fd: int,
+        *,
+        path: Path | None,
+        partial: Path | None,
+        owned: bool,
+        stdout: bool = False,
+    ) -> None:
         self._fd = fd
+        self._stdout = stdout  # ``fd`` is stdout's, moved aside: put back at the end
         self.path = path  # None: this process's stdout
         self.partial = partial  # the file renamed over ``path`` at the end, if any
         self._owned = owned  # close the descriptor at the end
@@ -109,6 +118,11 @@ class OutputFile:
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._stdout:  # stdout is the results' again
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stdout.flush()
+                with contextlib.suppress(OSError):
+                    os.dup2(self._fd, 1)
             if self._owned:
                 os.close(self._fd)
 
@@ -125,16 +139,16 @@ def open_output(path: Path | None, keep: Sequence[tuple[Path, str]] = ()) -> Out
     if path is None or os.fspath(path) == "-":  # "-": stdout, as --input - is stdin
         if sys.stdout is None:  # started with its standard output closed (>&-)
             raise OutputError("cannot write the results: standard output is closed")
-        return OutputFile(sys.stdout.fileno(), path=None, partial=None, owned=False)
+        return _stdout_aside(None)
     _refuse_kept(path, keep)
     text = os.fspath(path)
     fd_number = _STD_PATHS.get(text)
     match = _FD_PATH.match(text)
     if match is not None:
         fd_number = int(match.group(1))
+    if fd_number == 1:
+        return _stdout_aside(path)
     if fd_number is not None:
-        if fd_number == 1:
-            sys.stdout.flush()
         try:
             return OutputFile(os.dup(fd_number), path=path, partial=None, owned=True)
         except OSError as exc:
@@ -150,6 +164,23 @@ def open_output(path: Path | None, keep: Sequence[tuple[Path, str]] = ()) -> Out
     if stat.S_ISDIR(info.st_mode):
         raise OutputError(f"cannot write {path}: it is a folder")
     return _open_through(path)
+
+
+def _stdout_aside(path: Path | None) -> OutputFile:
+    """The results on stdout, by a descriptor of their own; stdout itself then goes to
+    stderr until the end, so that what else prints there (an agent's ``print``, a
+    library's) cannot land among the JSON lines."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    try:
+        results = os.dup(1)
+    except OSError as exc:
+        raise OutputError(f"cannot write stdout: {exc.strerror}") from None
+    try:
+        os.dup2(2, 1)
+    except OSError:  # (no stderr to send it to: stdout stays as it was)
+        return OutputFile(results, path=path, partial=None, owned=True)
+    return OutputFile(results, path=path, partial=None, owned=True, stdout=True)
 
 
 def _refuse_kept(path: Path, keep: Sequence[tuple[Path, str]]) -> None:
