@@ -452,3 +452,30 @@ def test_a_worker_logs_json_lines_only_with_log_format_json(
     (dead,) = (line for line in lines if line["logger"] == "legion.tasks")
     assert dead["level"] == "warning" and dead["outcome"] == "dead" and dead["agent"] == "doomed"
     assert dead["message"].endswith("dead after attempt 1: RuntimeError: doomed 1")
+
+
+def test_a_worker_process_an_agent_exits_with_0_is_started_again(tmp_path: Path) -> None:
+    # Exit 0 read as "drained": the supervisor exited 0 without a word, and every task
+    # the worker held stayed running with nobody to run it.
+    agents = tmp_path / "exiter.py"
+    agents.write_text(
+        "import os\n\nimport legion\n\n\n@legion.agent(retries=2, backoff=0)\n"
+        "async def exiter(ctx, n: int):\n    if n == 0 and ctx.attempt == 1:\n"
+        "        os._exit(0)\n    return n\n"
+    )
+    store = f"sqlite:///{tmp_path / 'x.db'}"
+    supervisor = start_legion(
+        "worker", "-a", str(agents), "-s", store, "--processes", "1", "--lease-seconds", "3"
+    )
+    try:
+        inp = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(3)])
+        ran = legion(
+            "run", f"{agents}:exiter", "-i", str(inp), "-s", store, "--no-local-worker",
+            "--no-progress", timeout=120,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert [json.loads(line)["output"] for line in ran.stdout.splitlines()] == [0, 1, 2]
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        _, err = supervisor.communicate(timeout=120)
+    assert "exited with 0 though nothing asked it to stop" in err

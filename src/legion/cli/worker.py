@@ -198,16 +198,16 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
             if rc is None:
                 continue
             del children[slot]
-            if (
-                stopping or rc in FINAL_EXITS
-            ):  # drained, or stopped for a reason a restart won't fix
+            # Drained, or stopped for a reason a restart won't fix. (A worker drains only
+            # when told to: one that exits with 0 unasked was ended by an agent's code.)
+            if stopping or (rc in FINAL_EXITS and rc != 0):
                 code = max(code, rc)
                 continue
             # It crashed: start another (after a pause if this one keeps crashing).
             pause = 1.0 if time.monotonic() - restarts.get(slot, -60.0) < 60 else 0.0
+            why = UNASKED if rc == 0 else WHY_EXITED.get(rc, "")
             console.print(
-                f"worker process {child.pid} exited with {rc}{WHY_EXITED.get(rc, '')}; "
-                "starting another",
+                f"worker process {child.pid} exited with {rc}{why}; starting another",
                 style="yellow",
                 highlight=False,
             )
@@ -218,6 +218,8 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
         time.sleep(0.2)
     return code
 
+
+UNASKED = " though nothing asked it to stop (an agent's os._exit(0)?)"
 
 WHY_EXITED = {
     **WHY_FINAL,
