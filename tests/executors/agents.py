@@ -250,3 +250,21 @@ async def gathered_chats(ctx: legion.Context, n: int) -> list[str]:
     """``n`` LLM calls at once, made (and recorded) by the worker for this child."""
     calls = (ctx.llm.chat([{"role": "user", "content": f"question {i}"}]) for i in range(n))
     return [reply.text for reply in await ctx.gather(*calls)]
+
+
+@legion.agent(retries=0, timeout=60)
+async def forks(ctx: legion.Context, pidfile: str, then_exit: bool) -> int:
+    """Starts a process that outlives it (holding its pipe to the worker), writes its pid
+    to ``pidfile``, and returns, or exits with code 3."""
+    pid = os.fork()
+    if pid == 0:  # the copy: a sleep, its standard input and output the child's pipe
+        os.execv("/bin/sleep", ["sleep", "300"])
+    _write(pidfile, str(pid))
+    if then_exit:
+        os._exit(3)
+    return pid
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)

@@ -119,6 +119,26 @@ async def test_an_exit_of_the_process_fails_its_task(rt: Runtime) -> None:
     )
 
 
+async def test_a_child_that_forks_is_seen_to_die_and_leaves_no_process_behind(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    # A process the agent's forked (a subprocess, a pool of its own) outlived the child
+    # as an orphan, holding the run's output open; and while it held the child's pipe, a
+    # crash was taken for a hang: TaskTimeout after the attempt's whole timeout.
+    dies, lives = tmp_path / "dies", tmp_path / "lives"
+    (crashed,) = await run(rt, agents.forks, {"pidfile": str(dies), "then_exit": True})
+    assert crashed.error is not None
+    assert (crashed.error.type, crashed.error.message) == (
+        "InstanceLost",
+        "the agent's process exited with code 3",
+    )
+    (fine,) = await run(rt, agents.forks, {"pidfile": str(lives), "then_exit": False})
+    assert fine.ok
+    await exited(int(dies.read_text()))  # its group went with it
+    await rt.aclose()  # the pool's children leave, and their processes with them
+    await exited(int(lives.read_text()))
+
+
 async def test_a_memory_bomb_hits_the_limit_and_the_child_is_replaced(rt: Runtime) -> None:
     (bomb,) = await run(rt, agents.memory_bomb, 16)
     assert bomb.status is TaskStatus.DEAD and bomb.error is not None

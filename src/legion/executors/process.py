@@ -117,7 +117,7 @@ class ProcessExecutor:
 class _Child:
     """One child process, seen from the worker."""
 
-    __slots__ = ("_crash_log", "_limit", "_proc", "_reader", "_writer")
+    __slots__ = ("_crash_log", "_limit", "_proc", "_reader", "_watch", "_writer")
 
     def __init__(
         self, proc: asyncio.subprocess.Process, crash_log: IO[bytes], limit: int | None
@@ -128,6 +128,26 @@ class _Child:
         self._writer = proc.stdin
         self._crash_log = crash_log
         self._limit = limit
+        self._watch = asyncio.ensure_future(self._end_of_pipe_at_exit())
+
+    async def _end_of_pipe_at_exit(self) -> None:
+        """Once the child has exited, its pipe ends, even while a process it forked holds
+        the pipe open (a crash was taken for a hang, the attempt's whole timeout)."""
+        await _exit_of(self._proc.pid)
+        await asyncio.sleep(_EOF_GRACE)  # (what it wrote before it exited is read first)
+        if not self._reader.at_eof():
+            self._reader.feed_eof()
+
+    async def _exit_code(self) -> int:
+        """The child's exit code, once it has exited. (`Process.wait` returns only once
+        its pipes have closed too, which a process it forked may hold open.)"""
+        if self._proc.returncode is None:
+            await _exit_of(self._proc.pid)
+        while True:  # (asyncio sets it as it reaps the child, a moment after its exit)
+            code = self._proc.returncode
+            if code is not None:
+                return code
+            await asyncio.sleep(0.01)
 
     @classmethod
     async def spawn(cls, memory_limit_mb: int | None, env: Mapping[str, str]) -> _Child:
@@ -167,9 +187,18 @@ class _Child:
         return self._proc.returncode is None
 
     def forget(self) -> None:
-        """Let go of a child that exited by itself (asyncio has reaped it)."""
+        """Let go of a child that exited by itself (asyncio has reaped it), and of what it
+        started."""
+        self._kill_group()
+        self._watch.cancel()
         self._writer.close()
         self._crash_log.close()
+
+    def _kill_group(self) -> None:
+        """Kill the child's process group: the processes it started (a subprocess, a pool
+        of its own), which outlived it as orphans and held the run's output open."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
 
     async def invoke(self, request: p.Invocation, ctx: Context) -> p.Outcome:
         """Run one instance; serve its context calls until it answers its outcome."""
@@ -203,7 +232,7 @@ class _Child:
 
     async def _death(self) -> InstanceLost:
         """Why the child ended (it has closed its pipe); its crash report as the cause."""
-        code = await self._proc.wait()
+        code = await self._exit_code()
         self._crash_log.seek(0)
         report = self._crash_log.read().decode("utf-8", "replace").strip()
         if code == MEMORY_EXIT:
@@ -226,12 +255,12 @@ class _Child:
         return error
 
     async def kill(self) -> None:
-        """Kill the child and what it started (its process group), and reap it."""
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
+        """Kill the child and what it started (its process group, also once the child has
+        exited), and reap it."""
+        self._kill_group()
         self._writer.close()
-        await self._proc.wait()
+        await self._exit_code()
+        self._watch.cancel()
         self._crash_log.close()
 
     async def close(self) -> None:
@@ -239,9 +268,32 @@ class _Child:
         self._writer.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_CLOSE_GRACE):
-                await self._proc.wait()
+                await self._exit_code()
         await self.kill()
 
+
+async def _exit_of(pid: int) -> None:
+    """Return once process ``pid`` (a child of ours, not yet reaped) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux 5.3+, or gone already: (rare) polled
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            while True:
+                os.kill(pid, 0)
+                await asyncio.sleep(0.5)
+        return
+    gone = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, gone.set)
+    try:
+        await gone.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+_EOF_GRACE = 1.0
+"""Seconds after a child exits before its pipe counts as ended though still open."""
 
 _OUT_OF_MEMORY = ("MemoryError", "failed to map segment", "Cannot allocate memory")
 """What a child that its address-space limit stopped before the agent ran reports."""
