@@ -938,3 +938,24 @@ def test_run_exports_spans_with_trace(tmp_path: Path, agents_file: Path) -> None
     assert ran.returncode == 0, ran.stderr
     names = re.findall(r'"name": "([^"]+)"', ran.stderr)
     assert Counter(names)["legion.task work"] == 3 and Counter(names)["legion.step"] == 9
+
+
+def test_process_pool_options_without_the_process_executor_are_refused(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    # --memory-limit 100 without --executor was taken and ignored: a 300 MB allocation
+    # ran in the worker itself.
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    store = f"sqlite:///{tmp_path / 'p.db'}"
+    for option in (["--memory-limit", "100"], ["--pool-size", "1"]):
+        r = legion("run", f"{agents_file}:typed", "-i", str(inp), "--store", store, *option)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(
+            "error: --pool-size and --memory-limit are for the process executor, which none "
+            "of doomed, slow, typed, work runs on: give --executor process"
+        ), r.stderr
+    small = legion(
+        "run", f"{agents_file}:typed", "-i", str(inp), "--store", store, "--executor",
+        "process", "--memory-limit", "40",
+    )  # fmt: skip
+    assert small.returncode == 2 and "--memory-limit" in small.stderr  # (too small to start)

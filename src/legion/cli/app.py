@@ -183,6 +183,8 @@ def run(
         if deadline is not None:
             loaded = loaded.with_deadline(deadline)
         offered = parse_offer(offer) if offer is not None else {}
+        executors = ExecutorOptions(executor, ray_address, pool_size, memory_limit)
+        executors.check([loaded, *peers_of(loaded)])
     except (LegionError, ValueError) as exc:
         raise _fail(str(exc)) from None
     runtime = RuntimeOptions(
@@ -192,7 +194,7 @@ def run(
         llm=llm_options(llm, rpm, tpm, max_in_flight, config),
         worker=local_worker,
         strict=strict,
-        executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
+        executors=executors,
         budget=_budget(max_cost, max_tokens, max_calls),
         offer=offered,
     )
@@ -341,10 +343,12 @@ def worker(
         n = None if processes is None or worker_process else processes_from(processes)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    executors = ExecutorOptions(executor, ray_address, pool_size, memory_limit)
     try:
         agents = load_agents(tuple(app_ref))
         if deadline is not None:
             agents = [a.with_deadline(deadline) for a in agents]
+        executors.check(agents)
     except LegionError as exc:
         raise _fail(str(exc)) from None
     from legion.resources import parse_offer
@@ -380,7 +384,7 @@ def worker(
         lease_seconds=lease_seconds,
         llm=llm_options(llm, rpm, tpm, max_in_flight, config),
         strict=strict,
-        executors=ExecutorOptions(executor, ray_address, pool_size, memory_limit),
+        executors=executors,
         budget=_budget(max_cost, max_tokens, max_calls),
         tenant_budget=_budget(tenant_max_cost, tenant_max_tokens, tenant_max_calls),
         drain_timeout=drain_timeout,

@@ -18,6 +18,9 @@ from legion.errors import ConfigError
 from legion.llm.config import LLMConfig, RouteConfig, load_config, parse_provider_spec
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from legion.agent import Agent
     from legion.executors import Executor
 
 DEFAULT_CONFIG = Path("legion.toml")
@@ -49,6 +52,18 @@ class ExecutorOptions:
     ray_address: str | None = None
     pool_size: int | None = None
     memory_limit_mb: int | None = None
+
+    def check(self, agents: Sequence[Agent]) -> None:
+        """Refuse (`ConfigError`) --pool-size or --memory-limit where no agent will run in
+        a child process: they were taken, and ignored (a memory bomb ran in the worker)."""
+        process = self.executor == "process" or (
+            self.executor is None and any(a.options.executor == "process" for a in agents)
+        )
+        if not process and (self.pool_size is not None or self.memory_limit_mb is not None):
+            raise ConfigError(
+                "--pool-size and --memory-limit are for the process executor, which none of "
+                f"{', '.join(sorted(a.name for a in agents))} runs on: give --executor process"
+            )
 
     def build(self) -> dict[str, Executor]:
         from legion.executors import executors_from_options

@@ -191,7 +191,7 @@ MemoryLimitOpt = Annotated[
     int | None,
     typer.Option(
         "--memory-limit",
-        min=16,
+        min=64,
         help="Most memory one agent process may use, in MB (process executor; its address "
         "space, of which the interpreter alone maps ~40 MB): a task that goes over fails "
         "with a clear error and its process is replaced.",
