@@ -268,3 +268,11 @@ async def forks(ctx: legion.Context, pidfile: str, then_exit: bool) -> int:
 def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
+
+
+@legion.agent(retries=0)
+async def told_then_naps(ctx: legion.Context, fifo: str, n: int) -> int:
+    """Tells ``n`` on ``fifo`` as it begins, then naps a moment."""
+    tell(fifo, str(n))
+    await asyncio.sleep(0.5)
+    return n

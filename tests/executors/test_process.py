@@ -18,6 +18,7 @@ from legion import Runtime, TaskStatus, codec
 from legion.executors import ProcessExecutor
 from legion.llm import Capacity, LLMClient, Route
 from legion.loader import load_agent
+from legion.store import store_from_url
 from legion.testing import ScriptedProvider
 from tests.executors import agents
 from tests.executors.conftest import alive, exited, fifo, next_line
@@ -137,6 +138,38 @@ async def test_a_child_that_forks_is_seen_to_die_and_leaves_no_process_behind(
     await exited(int(dies.read_text()))  # its group went with it
     await rt.aclose()  # the pool's children leave, and their processes with them
     await exited(int(lives.read_text()))
+
+
+async def test_a_drain_gives_back_the_tasks_still_waiting_for_a_child(
+    db_url: str, tmp_path: Path
+) -> None:
+    # On Ctrl-C, tasks waiting for a free child started one after the other through the
+    # drain (18 of them with a pool of 2), and those still unfinished at its end were
+    # given back anyway.
+    executor = ProcessExecutor(processes=1)
+    rt = Runtime(db_url, executors={"process": executor}, executor="process")
+    async with fifo(tmp_path / "begun") as begun:
+        await rt.open()
+        ids = [s.id for s in await rt.submit_many(agents.told_then_naps, [
+            {"fifo": str(tmp_path / "begun"), "n": n} for n in range(3)
+        ])]  # fmt: skip
+        first = int(await next_line(begun))
+        async with asyncio.timeout(20):  # (a bound on a broken test)
+            while True:
+                if len(executor.queued()) == 2:  # the other two wait for the child
+                    break
+                await asyncio.sleep(0.005)
+        await rt.aclose()  # drains
+    store = store_from_url(db_url)
+    await store.open()
+    try:
+        found = {i: await store.get(i) for i in ids}
+    finally:
+        await store.aclose()
+    done = [i for i, t in found.items() if t is not None and t.status is TaskStatus.SUCCEEDED]
+    back = [i for i, t in found.items() if t is not None and t.status is TaskStatus.QUEUED]
+    assert done == [ids[first]] and len(back) == 2
+    assert all(found[i].attempt == 0 for i in back)  # type: ignore[union-attr]
 
 
 async def test_a_memory_bomb_hits_the_limit_and_the_child_is_replaced(rt: Runtime) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -31,3 +32,8 @@ class Executor(Protocol):
     async def run(self, agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> Any: ...
 
     async def aclose(self) -> None: ...
+
+    def queued(self) -> Collection[asyncio.Task[Any]]:
+        """The instances (their tasks) waiting for room to start: a worker that drains
+        gives them back rather than start them."""
+        ...

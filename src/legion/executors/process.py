@@ -58,6 +58,7 @@ class ProcessExecutor:
         self.processes = processes or _cpu_count()
         self.memory_limit_mb = memory_limit_mb
         self._slots = asyncio.Semaphore(self.processes)
+        self._queued: set[asyncio.Task[Any]] = set()  # instances waiting for a child
         self._idle: list[_Child] = []
         self._children: set[_Child] = set()
         self._env = _child_env(memory_limit_mb)
@@ -76,7 +77,13 @@ class ProcessExecutor:
         async with contextlib.AsyncExitStack() as stack:
             # Waiting for a free child (or for a new one to start) is not attempt time.
             with attempt.waiting("a free child process"):
-                await stack.enter_async_context(self._slots)
+                task = asyncio.current_task()
+                if task is not None:
+                    self._queued.add(task)
+                try:
+                    await stack.enter_async_context(self._slots)
+                finally:
+                    self._queued.discard(task)
                 child = self._idle_child() or await self._spawn()
             outcome: p.Outcome | None = None
             try:
@@ -88,6 +95,10 @@ class ProcessExecutor:
                     self._children.discard(child)
                     await child.kill()
         return p.outcome_value(outcome, memory_limit_mb=self.memory_limit_mb)
+
+    def queued(self) -> set[asyncio.Task[Any]]:
+        """The instances waiting for a free child (see `legion.executors.base.Executor`)."""
+        return self._queued
 
     async def aclose(self) -> None:
         """Stop every child: idle ones are asked to exit, any other is killed."""

@@ -137,6 +137,10 @@ class RayExecutor:
             self._pump_calls(), name="legion-ray-bridge"
         )
 
+    def queued(self) -> tuple[asyncio.Task[Any], ...]:
+        """None: Ray queues its tasks itself (see `legion.executors.base.Executor`)."""
+        return ()
+
     async def run(self, agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> Any:
         """Run one instance as a Ray task; raises what the agent raised, or
         `InstanceLost` when Ray lost the task (its worker or node died)."""

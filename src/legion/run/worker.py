@@ -1000,6 +1000,14 @@ class Worker(Upkeep):
             self._listener(batch)
 
     async def _drain(self) -> None:
+        # Instances still waiting for room in their executor (a free child process) have
+        # not begun: given back now, not started (after Ctrl-C a pool of 2 children
+        # started 18 more tasks in the drain, then had to give 10 back).
+        queued = {t for e in self.executors.values() for t in e.queued()}
+        if queued:
+            for inst in list(self._instances.values()):
+                if inst.task in queued:
+                    self._stop(inst, StopReason.RELEASED)
         if self._instances:
             log.info(
                 "draining %d running tasks (up to %.0fs)",
