@@ -31,6 +31,7 @@ class InputLine:
     session: str | None = None
     error: str | None = None
     priority: int = 0
+    derived: bool = False  # its key is made from its agent, number and text (no "_key")
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -91,7 +92,10 @@ def parse_line(text: bytes, number: int, agent: str) -> InputLine:
         if session is not None and not _text(session):  # (as the API, as memory takes it)
             return InputLine(number, key, error=f'line {number}: "_session" {_TEXT_RULE}')
     if key is None:
-        key = derived_key(agent, number, text)
+        return InputLine(
+            number, derived_key(agent, number, text), value, session, priority=priority,
+            derived=True,
+        )  # fmt: skip
     return InputLine(number, key, value, session, priority=priority)
 
 
