@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,30 @@ def test_an_output_naming_a_file_the_run_keeps_is_refused(tmp_path: Path) -> Non
     assert store.read_bytes() == b"the store"
     assert not list(tmp_path.glob("*.partial"))
     open_output(tmp_path / "out.jsonl", keep).abort()  # any other file is fine
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_whole_lines(tmp_path: Path) -> None:
+    # The partial file ended in a torn line ('{"line":') after "No space left on device".
+    # A file size limit (RLIMIT_FSIZE) stands in for the full disk, in a process of its own.
+    code = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        from pathlib import Path
+        from legion.cli.output import OutputError, open_output
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+        out = open_output(Path({str(tmp_path / "out.jsonl")!r}))
+        try:
+            for i in range(1000):
+                out.write(b'{{"line": %d, "output": "%s"}}\\n' % (i, b"x" * 40))
+        except OutputError as exc:
+            out.abort()
+            print(exc)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("cannot write ") and "File too large" in r.stdout
+    kept = (tmp_path / "out.jsonl.partial").read_bytes()
+    assert kept and kept.endswith(b"\n") and len(kept) <= 1000
+    assert not (tmp_path / "out.jsonl").exists()

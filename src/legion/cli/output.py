@@ -80,6 +80,9 @@ class OutputFile:
 
     def _write(self, data: bytes) -> None:
         self._wrote = self._wrote or bool(data)
+        # Where the whole lines end in a partial file: a write cut short (a full disk)
+        # is undone back to there, so that the file keeps whole lines only.
+        whole = os.lseek(self._fd, 0, os.SEEK_CUR) if self.partial is not None else None
         view = memoryview(data)
         while view:
             try:
@@ -87,6 +90,9 @@ class OutputFile:
             except BrokenPipeError:
                 raise OutputError(f"cannot write {self._name()}: its reader went away") from None
             except OSError as exc:
+                if whole is not None:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, whole)
                 raise OutputError(f"cannot write {self._name()}: {exc.strerror}") from None
             view = view[n:]
 
