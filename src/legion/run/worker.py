@@ -114,7 +114,7 @@ def _log_failure(done: Completion) -> None:
 
 _QUIET = 0.05
 """The share of an agent's recent instances that made an LLM call below which the LLM
-routes do not bound how many of its instances start (`Worker._quiet_agents`)."""
+routes do not bound how many of its instances start (`Worker._quiet`)."""
 
 START_SLICE = 256
 """Instances started per turn of the event loop. Each runs to its first await in the turn
@@ -596,8 +596,7 @@ class Worker(Upkeep):
         horizon = self.config.admission_horizon
         if self.llm is None or horizon is None:
             return self.config.concurrency
-        quiet = self._quiet_agents()
-        if len(quiet) == len(self._agents):
+        if self._all_quiet():
             return self.config.concurrency  # (none of its agents calls an LLM)
         room = self.llm.headroom(horizon, priority)  # a pool's deployments add up
         if room == math.inf:
@@ -615,7 +614,7 @@ class Worker(Upkeep):
             if inst.calls == 0
             and inst.started > since
             and (priority is None or inst.lease.priority >= priority)
-            and inst.agent.name not in quiet
+            and not self._quiet(inst.agent.name)
         )
         # In batches: once the queues are down to half the horizon, fill them up again
         # (a lease per call that frees up would cost a store round trip each).
@@ -642,16 +641,19 @@ class Worker(Upkeep):
         return (
             self.llm is None
             or horizon is None
-            or len(self._quiet_agents()) == len(self._agents)
+            or self._all_quiet()
             or self.llm.headroom(horizon) == math.inf
         )
 
-    def _quiet_agents(self) -> set[str]:
-        """The agents whose instances have made no LLM call of late: at least about 30
-        in a row, each call-less end moving the share of callers down by a tenth (the
-        default route, the simulator, held an agent that never calls one to the ~150
-        instances its 3,000 rpm serve in the admission horizon)."""
-        return {name for name, share in self._callers.items() if share < _QUIET}
+    def _quiet(self, agent: str) -> bool:
+        """Whether ``agent``'s instances have made no LLM call of late: about 30 in a row,
+        each call-less end moving its share of callers down by a tenth (the default
+        route, the simulator, held an agent that never calls one to the ~150 instances
+        its 3,000 rpm serve in the admission horizon)."""
+        return self._callers.get(agent, 1.0) < _QUIET
+
+    def _all_quiet(self) -> bool:
+        return all(self._quiet(name) for name in self._agents)
 
     def _wanted(self) -> int:
         """How many tasks the worker could lease now: its free slots, and the leases it
