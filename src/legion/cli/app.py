@@ -46,7 +46,7 @@ from legion.cli.options import (
     _refuse_private_store,
     _run,
     _setup_logging,
-    _start_tracing,
+    _tracing,
 )
 from legion.cli.progress import error_text, stderr_console
 from legion.cli.schedule import register as _register_schedule
@@ -206,12 +206,8 @@ def run(
         runtime=runtime,
         peers=tuple(peers_of(loaded)),
     )
-    stop_tracing = _start_tracing(trace)
-    try:
+    with _tracing(trace):
         code = _run(run_file(opts, stderr_console()))
-    finally:
-        if stop_tracing is not None:
-            stop_tracing()
     raise typer.Exit(code)
 
 
@@ -396,12 +392,8 @@ def worker(
     opts = WorkerOptions(
         apps=tuple(app_ref), runtime=runtime, store_wait=store_wait, max_freezes=max_freezes
     )
-    stop_tracing = _start_tracing(trace)
-    try:
+    with _tracing(trace):
         code = _run(serve(opts, agents, stderr_console(as_log=as_log)))
-    finally:
-        if stop_tracing is not None:
-            stop_tracing()
     raise typer.Exit(code)
 
 

@@ -4,9 +4,10 @@ message on stderr and an exit code, never a traceback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -275,14 +276,20 @@ def _quiet_failures() -> None:
     logging.getLogger("legion.tasks").setLevel(logging.ERROR)
 
 
-def _start_tracing(exporter: TraceExporter | None) -> Callable[[], None] | None:
-    """Export spans with ``exporter`` (none: no tracing); answers what flushes and stops
-    the export, to call at exit."""
+@contextlib.contextmanager
+def _tracing(exporter: TraceExporter | None) -> Iterator[None]:
+    """Export spans with ``exporter`` while the block runs (none: no tracing), and flush
+    and stop the export after it."""
     if exporter is None:
-        return None
+        yield
+        return
     from legion.telemetry import configure_tracing
 
     try:
-        return configure_tracing(exporter.value)
+        stop = configure_tracing(exporter.value)
     except LegionError as exc:
         raise _fail(str(exc)) from None
+    try:
+        yield
+    finally:
+        stop()

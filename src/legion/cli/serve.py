@@ -36,7 +36,7 @@ from legion.cli.options import (
     _refuse_private_store,
     _run,
     _setup_logging,
-    _start_tracing,
+    _tracing,
 )
 from legion.cli.progress import error_text, stderr_console
 from legion.cli.status import opened
@@ -245,7 +245,6 @@ def serve(
             )
     except LegionError as exc:
         raise _fail(str(exc)) from None
-    stop_tracing = _start_tracing(trace)
     runtime = RuntimeOptions(
         store=store,
         concurrency=concurrency,
@@ -256,11 +255,8 @@ def serve(
         tenant_budget=tenant_budget,
     )
     opts = ServeOptions(runtime=runtime, settings=settings, store_wait=store_wait)
-    try:
+    with _tracing(trace):
         code = _run(_serve(opts, agents, stderr_console(as_log=log_format is LogFormat.json)))
-    finally:
-        if stop_tracing is not None:
-            stop_tracing()
     raise typer.Exit(code)
 
 
