@@ -128,7 +128,7 @@ class ProcessExecutor:
 class _Child:
     """One child process, seen from the worker."""
 
-    __slots__ = ("_crash_log", "_limit", "_proc", "_reader", "_watch", "_writer")
+    __slots__ = ("_crash_log", "_exited", "_limit", "_proc", "_reader", "_watch", "_writer")
 
     def __init__(
         self, proc: asyncio.subprocess.Process, crash_log: IO[bytes], limit: int | None
@@ -139,12 +139,15 @@ class _Child:
         self._writer = proc.stdin
         self._crash_log = crash_log
         self._limit = limit
-        self._watch = asyncio.ensure_future(self._end_of_pipe_at_exit())
+        self._exited = asyncio.Event()
+        self._watch = asyncio.ensure_future(self._watch_exit())
 
-    async def _end_of_pipe_at_exit(self) -> None:
-        """Once the child has exited, its pipe ends, even while a process it forked holds
-        the pipe open (a crash was taken for a hang, the attempt's whole timeout)."""
+    async def _watch_exit(self) -> None:
+        """Once the child has exited, say so, and end its pipe, even while a process it
+        forked holds the pipe open (a crash was taken for a hang, the attempt's whole
+        timeout)."""
         await _exit_of(self._proc.pid)
+        self._exited.set()
         await asyncio.sleep(_EOF_GRACE)  # (what it wrote before it exited is read first)
         if not self._reader.at_eof():
             self._reader.feed_eof()
@@ -152,8 +155,7 @@ class _Child:
     async def _exit_code(self) -> int:
         """The child's exit code, once it has exited. (`Process.wait` returns only once
         its pipes have closed too, which a process it forked may hold open.)"""
-        if self._proc.returncode is None:
-            await _exit_of(self._proc.pid)
+        await self._exited.wait()
         while True:  # (asyncio sets it as it reaps the child, a moment after its exit)
             code = self._proc.returncode
             if code is not None:
