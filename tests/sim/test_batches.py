@@ -4,9 +4,11 @@ the turnaround on a clock the test moves."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import orjson
@@ -176,3 +178,31 @@ async def test_batches_need_the_key_and_known_models(clock: Clock) -> None:
             )
             results = [r async for r in await client.messages.batches.results(batch.id)]
             assert results[0].result.type == "errored"
+
+
+async def test_batch_times_are_unix_times_and_bad_fields_are_400s(clock: Clock) -> None:
+    """A batch's ``created_at`` was the simulator's monotonic clock (1970 to a client),
+    and a metadata or file id of the wrong type was a 500."""
+    async with Simulator(SimConfig(batch_turnaround=0.0), clock=clock) as sim:
+        async with openai.AsyncOpenAI(base_url=sim.base_url, api_key="x", max_retries=0) as c:
+            upload = await c.files.create(file=("in.jsonl", b""), purpose="batch")
+            batch = await c.batches.create(
+                input_file_id=upload.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )
+            assert abs(batch.created_at - time.time()) < 3600
+            assert abs(upload.created_at - time.time()) < 3600
+        async with aiohttp.ClientSession() as session:
+            for body in (
+                {"input_file_id": upload.id, "endpoint": "/v1/chat/completions", "metadata": "a"},
+                {"input_file_id": upload.id, "endpoint": "/v1/chat/completions", "metadata": [1]},
+                {"input_file_id": [1], "endpoint": "/v1/chat/completions"},
+            ):
+                async with session.post(f"{sim.base_url}/batches", json=body) as response:
+                    assert response.status == 400, body
+                    assert (await response.json())["error"]["message"]
+        async with anthropic.AsyncAnthropic(base_url=sim.url, api_key="x", max_retries=0) as a:
+            params: Any = {"model": "sim-model", "max_tokens": 5, "messages": questions(1)[0]}
+            made = await a.messages.batches.create(requests=[{"custom_id": "x", "params": params}])
+            assert abs(made.created_at.timestamp() - time.time()) < 3600

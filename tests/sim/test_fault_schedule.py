@@ -4,12 +4,13 @@ header-less mode, on a clock the test moves."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from legion.sim import SimConfig, Simulator
-from legion.sim.cli import build_parser, run
+from legion.sim.cli import _load_config, build_parser, run
 
 BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -82,3 +83,32 @@ def test_a_port_already_taken_is_a_usage_error_that_says_so(
     assert status == 2
     err = capsys.readouterr().err
     assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in err, err
+
+
+async def test_a_429_says_why_and_when_with_or_without_headers() -> None:
+    """The body of a 429 names the limit that was hit and the real wait: an input-token
+    limit said "Too many concurrent requests: Limit None", a scheduled 429 "Limit None",
+    and one without headers "try again in 0s"."""
+    user = {"model": "sim-model", "messages": [{"role": "user", "content": "x" * 100}]}
+    cases = [
+        (SimConfig(itpm=60), "input tokens per min (ITPM): Limit 60."),
+        (SimConfig(fault_schedule=((0.0, 60.0, 429),)), "requests per min (RPM). Please"),
+        (SimConfig(rpm=1, rate_limit_headers=False), "Limit 1, Requested 1. Please try again in"),
+    ]
+    for config, told in cases:
+        async with Simulator(config) as sim, aiohttp.ClientSession() as s:
+            for _ in range(3):
+                async with s.post(f"{sim.base_url}/chat/completions", json=user) as response:
+                    body = await response.json()
+                if response.status == 429:
+                    break
+        message = body["error"]["message"]
+        assert response.status == 429 and told in message, message
+        assert "None" not in message and "in 0s" not in message
+
+
+def test_a_config_file_takes_faults_as_the_flag_writes_them(tmp_path: Path) -> None:
+    path = tmp_path / "sim.toml"
+    path.write_text('[sim]\nfault = ["0:10:429", "20:30:503"]\n')
+    config = SimConfig.from_mapping(_load_config(str(path)))
+    assert config.fault_schedule == ((0.0, 10.0, 429), (20.0, 30.0, 503))

@@ -7,7 +7,14 @@ import random
 
 import pytest
 
-from legion.sim.limits import FixedWindow, RateLimiter, SlidingWindow, format_reset
+from legion.sim.config import SimConfig
+from legion.sim.limits import (
+    FixedWindow,
+    RateLimiter,
+    SlidingWindow,
+    format_reset,
+    units_per_window,
+)
 
 
 class FakeClock:
@@ -260,3 +267,21 @@ def test_a_per_minute_limit_can_be_enforced_per_second() -> None:
     assert rejected.remaining_requests == 0
     clock.advance(1.0)
     assert limiter.admit(1).allowed
+
+
+@pytest.mark.parametrize(
+    ("limit", "seconds", "message"),
+    [
+        (30, 1.0, "rpm 30 over windows of 1 s is 0.5 a window"),
+        (90, 1.0, "give a rpm of 60 or 120"),
+        (1_000, 1.0, "windows of at least 1.02 s"),
+    ],
+)
+def test_a_limit_no_window_holds_whole_is_refused_not_rounded_up(
+    limit: int, seconds: float, message: str
+) -> None:
+    """``--rpm 30 --window-seconds 1`` admitted 60 a minute and said 60 in its headers."""
+    with pytest.raises(ValueError, match=message):
+        SimConfig(rpm=limit, window_seconds=seconds)
+    assert units_per_window(100_000, 1.0) == 1_666  # tokens: under 1 % lost to rounding
+    assert units_per_window(20, 3.0) == 1

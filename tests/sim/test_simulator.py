@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
 import signal
+import struct
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -576,3 +578,26 @@ async def test_python_m_legion_sim_serves_until_sigterm(tmp_path: Path) -> None:
         if process.returncode is None:
             process.kill()
             await process.communicate()
+
+
+async def test_embeddings_take_token_ids_and_answer_base64_as_the_sdks_ask(
+    start_simulator: StartSimulator, connect: Connect
+) -> None:
+    """Token-id inputs (LangChain's default) were 400s, and ``encoding_format: base64``
+    got floats."""
+    client = connect(await start_simulator())
+    by_ids = await client.embeddings.create(model=MODEL, input=[[1, 2, 3], [4]])
+    assert [len(d.embedding) for d in by_ids.data] == [384, 384]
+    assert by_ids.usage.prompt_tokens == 4
+    one = await client.embeddings.create(model=MODEL, input=[1, 2, 3])
+    assert one.data[0].embedding == by_ids.data[0].embedding
+    floats = await client.embeddings.create(model=MODEL, input="hello world")
+    raw = await client.embeddings.with_raw_response.create(
+        model=MODEL, input="hello world", encoding_format="base64"
+    )
+    encoded = json.loads(raw.content)["data"][0]["embedding"]
+    decoded = struct.unpack("<384f", base64.b64decode(encoded))
+    assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    for bad in ([1, "a"], [[]], [-1], True):
+        with pytest.raises(openai.BadRequestError):
+            await client.embeddings.create(model=MODEL, input=bad)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@
 Requests authenticate with ``x-api-key`` (or ``Authorization: Bearer``, as
 recent SDKs send it); ``max_tokens`` is required; the
 ``system`` prompt is a top-level field (a string or text blocks). Answers are
-``message`` objects whose content is one text block, and streams are the
+``message`` objects whose content is one text block (or, with ``tool_calls``, one
+``tool_use`` block calling a tool the request offers), and streams are the
 ``message_start`` / ``content_block_*`` / ``message_delta`` /
 ``message_stop`` events. Errors use Anthropic's body, ``{"type": "error",
 "error": {"type", "message"}}``; rate limits are described by the
@@ -26,12 +27,17 @@ import orjson
 from aiohttp import web
 
 from legion.sim.behaviour import Completion, FinishReason
-from legion.sim.dialect import BadRequest, ParsedChat, rate_limit_message
+from legion.sim.dialect import BadRequest, ParsedChat
 from legion.sim.limits import Admission
 from legion.sim.openai_api import check_temperature, optional_positive_int
+from legion.sim.tools import Offer, script_for
 
 _ROLES = frozenset({"user", "assistant"})
-_STOP_REASONS: dict[str, str] = {"stop": "end_turn", "length": "max_tokens"}
+_STOP_REASONS: dict[str, str] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+}
 _ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -44,11 +50,12 @@ _ERROR_TYPES: dict[int, str] = {
 }
 
 
-def parse_messages_request(raw: bytes) -> ParsedChat:
+def parse_messages_request(raw: bytes, *, tool_calls: bool = False) -> ParsedChat:
     """Validate a Messages API body; raise `BadRequest` if invalid.
 
-    Parameters the simulator has no use for (tools, top_k, metadata...) are
-    accepted and ignored.
+    Parameters the simulator has no use for (top_k, metadata...) are accepted and
+    ignored. ``tools`` are checked, and called only with ``tool_calls``
+    (`legion.sim.tools`).
     """
     try:
         body = orjson.loads(raw)
@@ -85,6 +92,11 @@ def parse_messages_request(raw: bytes) -> ParsedChat:
     system = _parse_system(body.get("system"))
     if system:
         conversation.insert(0, {"role": "system", "content": system})
+    offer = _check_offer(body, messages)
+    script = None
+    if tool_calls and offer is not None:
+        seed = orjson.dumps(conversation, option=orjson.OPT_SORT_KEYS)
+        script = script_for(offer, seed, "toolu_")
     return ParsedChat(
         model,
         conversation,
@@ -92,7 +104,55 @@ def parse_messages_request(raw: bytes) -> ParsedChat:
         _parse_stop_sequences(body.get("stop_sequences")),
         bool(stream),
         True,
+        script,
     )
+
+
+def _check_offer(body: dict[str, Any], messages: list[Any]) -> Offer | None:
+    """The tools a request offers, checked; ``None`` for none."""
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise BadRequest("tools: Input should be a valid list", "tools")
+    offered: list[tuple[str, Any]] = []
+    for index, tool in enumerate(tools):
+        name = tool.get("name") if isinstance(tool, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"tools.{index}.name: Field required", f"tools.{index}.name")
+        assert isinstance(tool, dict)
+        if "input_schema" not in tool:
+            continue  # a tool the provider runs (web search...): accepted, never called
+        if not isinstance(tool["input_schema"], dict):
+            raise BadRequest(
+                f"tools.{index}.input_schema: Input should be a valid dictionary",
+                f"tools.{index}.input_schema",
+            )
+        offered.append((name, tool["input_schema"]))
+    choice: str = "auto"
+    named = None
+    wanted = body.get("tool_choice")
+    if wanted is not None:
+        kind = wanted.get("type") if isinstance(wanted, dict) else None
+        if kind not in ("auto", "any", "tool", "none") or (
+            kind == "tool" and not isinstance(wanted.get("name"), str)
+        ):
+            raise BadRequest(
+                'tool_choice: must be {"type": "auto"|"any"|"none"} or '
+                '{"type": "tool", "name": ...}',
+                "tool_choice",
+            )
+        assert isinstance(wanted, dict)
+        choice = {"any": "required", "tool": "named"}.get(kind) or str(kind)
+        named = wanted.get("name")
+    called = frozenset(
+        str(block.get("name"))
+        for message in messages
+        if message.get("role") == "assistant" and isinstance(message.get("content"), list)
+        for block in message["content"]
+        if isinstance(block, dict) and block.get("type") == "tool_use"
+    )
+    return Offer(tuple(offered), choice, named, called)
 
 
 def _parse_system(system: Any) -> str:
@@ -164,8 +224,9 @@ class AnthropicDialect:
 
     path = "/v1/messages"
 
-    def __init__(self, api_key: str | None) -> None:
+    def __init__(self, api_key: str | None, *, tool_calls: bool = False) -> None:
         self._expected_key = api_key.encode() if api_key is not None else None
+        self._tool_calls = tool_calls
         self._id_prefix = f"msg_sim{secrets.token_hex(4)}"
         self._ids = itertools.count(1)
 
@@ -184,7 +245,7 @@ class AnthropicDialect:
         return _error_response(401, "invalid x-api-key")
 
     def parse(self, raw: bytes) -> ParsedChat:
-        return parse_messages_request(raw)
+        return parse_messages_request(raw, tool_calls=self._tool_calls)
 
     def error(
         self,
@@ -197,10 +258,7 @@ class AnthropicDialect:
     ) -> web.Response:
         return _error_response(status, message, headers)
 
-    def rate_limited(
-        self, admission: Admission, charge: int, max_concurrency: int | None
-    ) -> web.Response:
-        message = rate_limit_message(admission, charge, max_concurrency)
+    def rate_limited(self, admission: Admission, message: str) -> web.Response:
         return _error_response(429, message, ratelimit_headers(admission))
 
     def headers(self, admission: Admission) -> dict[str, str]:
@@ -221,7 +279,7 @@ class AnthropicDialect:
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": completion.text}],
+                "content": [_block(completion)],
                 "stop_reason": _STOP_REASONS[completion.finish_reason],
                 "stop_sequence": None,
                 "usage": usage,
@@ -231,10 +289,17 @@ class AnthropicDialect:
     def frames(
         self, model: str, prompt_tokens: int, tool_call: tuple[str, str] | None = None
     ) -> MessageFrames:
-        return MessageFrames(self._new_id(), model, prompt_tokens)
+        return MessageFrames(self._new_id(), model, prompt_tokens, tool_call)
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
+
+
+def _block(completion: Completion) -> dict[str, Any]:
+    if completion.tool_call is None:
+        return {"type": "text", "text": completion.text}
+    call_id, name = completion.tool_call
+    return {"type": "tool_use", "id": call_id, "name": name, "input": orjson.loads(completion.text)}
 
 
 def _event(name: bytes, data: bytes) -> bytes:
@@ -244,14 +309,26 @@ def _event(name: bytes, data: bytes) -> bytes:
 class MessageFrames:
     """The events of one streamed message."""
 
-    __slots__ = ("_message_id", "_model", "_prompt_tokens")
+    __slots__ = ("_delta_prefix", "_message_id", "_model", "_prompt_tokens", "_tool_call")
 
-    _DELTA_PREFIX = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+    _TEXT_PREFIX = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+    _JSON_PREFIX = (
+        b'{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta",'
+        b'"partial_json":'
+    )
 
-    def __init__(self, message_id: str, model: str, prompt_tokens: int) -> None:
+    def __init__(
+        self,
+        message_id: str,
+        model: str,
+        prompt_tokens: int,
+        tool_call: tuple[str, str] | None = None,
+    ) -> None:
         self._message_id = message_id
         self._model = model
         self._prompt_tokens = prompt_tokens
+        self._tool_call = tool_call
+        self._delta_prefix = self._TEXT_PREFIX if tool_call is None else self._JSON_PREFIX
 
     def start(self) -> bytes:
         message: dict[str, Any] = {
@@ -264,17 +341,17 @@ class MessageFrames:
             "stop_sequence": None,
             "usage": {"input_tokens": self._prompt_tokens, "output_tokens": 1},
         }
-        block = {
-            "type": "content_block_start",
-            "index": 0,
-            "content_block": {"type": "text", "text": ""},
-        }
+        content_block: dict[str, Any] = {"type": "text", "text": ""}
+        if self._tool_call is not None:
+            call_id, name = self._tool_call
+            content_block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+        block = {"type": "content_block_start", "index": 0, "content_block": content_block}
         return _event(
             b"message_start", orjson.dumps({"type": "message_start", "message": message})
         ) + _event(b"content_block_start", orjson.dumps(block))
 
     def content(self, token: str) -> bytes:
-        return _event(b"content_block_delta", self._DELTA_PREFIX + orjson.dumps(token) + b"}}")
+        return _event(b"content_block_delta", self._delta_prefix + orjson.dumps(token) + b"}}")
 
     def end(self, reason: FinishReason, completion_tokens: int, include_usage: bool) -> bytes:
         delta = {

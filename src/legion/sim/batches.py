@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +68,8 @@ class BatchBook:
     ) -> None:
         self._config = config
         self._clock = clock
+        self._epoch = time.time() - clock()
+        """What makes a time of ``clock`` (monotonic) a Unix time, for the answers."""
         self._openai = openai
         self._anthropic = anthropic
         self._files: dict[str, tuple[str, str, bytes, float]] = {}  # name, purpose, bytes, at
@@ -127,7 +130,7 @@ class BatchBook:
             "id": file_id,
             "object": "file",
             "bytes": len(data),
-            "created_at": int(at),
+            "created_at": self._unix(at),
             "filename": name,
             "purpose": purpose,
         }
@@ -163,6 +166,13 @@ class BatchBook:
             endpoint = body["endpoint"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return dialect.error(400, "A batch needs an input_file_id and an endpoint.")
+        if not isinstance(file_id, str) or not isinstance(endpoint, str):
+            return dialect.error(400, "input_file_id and endpoint must be strings.")
+        metadata = body.get("metadata") or {}
+        if not isinstance(metadata, dict) or not all(
+            isinstance(value, str) for value in metadata.values()
+        ):
+            return dialect.error(400, "metadata must be an object of strings.", param="metadata")
         if endpoint != _CHAT_PATH:
             return dialect.error(400, f"The simulator batches {_CHAT_PATH} only.", param="endpoint")
         found = self._files.get(file_id)
@@ -182,7 +192,7 @@ class BatchBook:
         if len({custom_id for custom_id, _ in requests}) != len(requests):
             return dialect.error(400, "custom_id values must be unique within a batch.")
         batch = _Batch(self._new_id("batch_sim"), "openai", requests, self._clock(), file_id)
-        batch.metadata = dict(body.get("metadata") or {})
+        batch.metadata = metadata
         self._batches[batch.id] = batch
         self.created += 1
         return _json(self._openai_object(batch))
@@ -252,10 +262,12 @@ class BatchBook:
             "status": status,
             "output_file_id": batch.output_file_id,
             "error_file_id": None,
-            "created_at": int(batch.created_at),
-            "in_progress_at": int(batch.created_at),
-            "completed_at": int(self._ends_at(batch)) if ended and not cancelled else None,
-            "cancelled_at": int(batch.cancelled_at) if cancelled and batch.cancelled_at else None,
+            "created_at": self._unix(batch.created_at),
+            "in_progress_at": self._unix(batch.created_at),
+            "completed_at": self._unix(self._ends_at(batch)) if ended and not cancelled else None,
+            "cancelled_at": (
+                self._unix(batch.cancelled_at) if batch.cancelled_at is not None else None
+            ),
             "request_counts": {"total": total, "completed": done - failed, "failed": failed},
             "metadata": batch.metadata,
         }
@@ -334,16 +346,20 @@ class BatchBook:
                 "canceled": len(batch.requests) if cancelled else 0,
                 "expired": 0,
             },
-            "ended_at": _iso(ended_at) if ended and ended_at is not None else None,
-            "created_at": _iso(batch.created_at),
-            "expires_at": _iso(batch.created_at + 86400),
+            "ended_at": _iso(self._epoch + ended_at) if ended and ended_at is not None else None,
+            "created_at": _iso(self._epoch + batch.created_at),
+            "expires_at": _iso(self._epoch + batch.created_at + 86400),
             "cancel_initiated_at": (
-                _iso(batch.cancelled_at) if batch.cancelled_at is not None else None
+                _iso(self._epoch + batch.cancelled_at) if batch.cancelled_at is not None else None
             ),
             "results_url": url if ended else None,
         }
 
     # -- both ------------------------------------------------------------------------
+
+    def _unix(self, at: float) -> int:
+        """A time of the clock as whole seconds since the Unix epoch."""
+        return int(self._epoch + at)
 
     def _ends_at(self, batch: _Batch) -> float:
         return batch.created_at + self._config.batch_turnaround

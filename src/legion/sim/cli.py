@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tool-calls",
         action="store_const",
         const=True,
-        help="call the tools a request offers, in turn, and answer JSON to a json_schema",
+        help="call the tools a request offers, in turn (OpenAI and Anthropic routes), and "
+        "answer JSON to a json_schema",
     )
     add("--error-rate", type=float, help="fraction of requests answered 500/503")
     add("--hang-rate", type=float, help="fraction of requests never answered")
@@ -196,6 +197,12 @@ def _load_config(path: str) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name == "model":
             name, value = "models", [value] if isinstance(value, str) else value
+        elif name == "fault":  # as the flag: "START:END:STATUS" strings (or one)
+            spans = [value] if isinstance(value, str) else value
+            if not isinstance(spans, list):
+                raise ValueError(f"fault must be a list of START:END:STATUS strings, got {value!r}")
+            name = "fault_schedule"
+            value = [fault_span(span) if isinstance(span, str) else span for span in spans]
         settings[name] = value
     return settings
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from legion.sim.limits import units_per_window
+
 WindowKind = Literal["sliding", "fixed"]
 LatencyDistribution = Literal["uniform", "lognormal"]
 
@@ -185,6 +187,10 @@ class SimConfig:
         _check_number("window_seconds", self.window_seconds, positive=True)
         if self.window_seconds > 60.0:
             raise ValueError("window_seconds must be at most 60")
+        for name in ("rpm", "tpm", "itpm", "otpm"):
+            limit = getattr(self, name)
+            if limit is not None:
+                units_per_window(limit, self.window_seconds, name)
         _check_bool("rejected_count_against_limit", self.rejected_count_against_limit)
         _check_number("concurrency_retry_after", self.concurrency_retry_after, positive=True)
         _check_number("latency", self.latency)

@@ -90,10 +90,9 @@ class Dialect(Protocol):
         """An error answer with this API's error body."""
         ...
 
-    def rate_limited(
-        self, admission: Admission, charge: int, max_concurrency: int | None
-    ) -> web.Response:
-        """The 429 answer to a request the limiter rejected."""
+    def rate_limited(self, admission: Admission, message: str) -> web.Response:
+        """The 429 answer to a request the limiter rejected, saying ``message`` (see
+        `rate_limit_message`)."""
         ...
 
     def headers(self, admission: Admission) -> dict[str, str]:
@@ -115,19 +114,10 @@ class Dialect(Protocol):
 
 
 def rate_limit_message(admission: Admission, charge: int, max_concurrency: int | None) -> str:
-    """Why the limiter rejected a request, worded as OpenAI words it."""
+    """Why the limiter rejected a request, worded as OpenAI words it (a fault schedule's
+    429, which no limit made, names none)."""
     retry = format_reset(admission.retry_after or 0.0)
     reason = admission.reason
-    if reason == "requests":
-        return (
-            f"Rate limit reached for requests per min (RPM): Limit {admission.limit_requests}, "
-            f"Requested 1. Please try again in {retry}."
-        )
-    if reason == "tokens":
-        return (
-            f"Rate limit reached for tokens per min (TPM): Limit {admission.limit_tokens}, "
-            f"Requested {charge}. Please try again in {retry}."
-        )
     if reason == "too_large":
         what, asked, cap, seconds = admission.too_large or (
             "tokens",
@@ -140,4 +130,17 @@ def rate_limit_message(admission: Admission, charge: int, max_concurrency: int |
             f"window of {seconds:g} s admits (the per-minute limit, enforced per window). "
             "The input or output tokens must be reduced in order to run successfully."
         )
-    return f"Too many concurrent requests: Limit {max_concurrency}. Please try again in {retry}."
+    if reason == "concurrency":
+        most = f": Limit {max_concurrency}" if max_concurrency is not None else ""
+        return f"Too many concurrent requests{most}. Please try again in {retry}."
+    kinds: dict[str, tuple[str, int | None, int | None]] = {
+        "requests": ("requests per min (RPM)", admission.limit_requests, 1),
+        "tokens": ("tokens per min (TPM)", admission.limit_tokens, charge),
+        "input_tokens": ("input tokens per min (ITPM)", admission.limit_input_tokens, None),
+        "output_tokens": ("output tokens per min (OTPM)", admission.limit_output_tokens, None),
+    }
+    label, limit, requested = kinds[reason or "requests"]
+    told = "" if limit is None else f": Limit {limit}"
+    if limit is not None and requested is not None:
+        told += f", Requested {requested}"
+    return f"Rate limit reached for {label}{told}. Please try again in {retry}."

@@ -11,10 +11,12 @@ same vector, on every machine. Tests can assert rankings with it; it knows no sy
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import re
-from typing import Any
+import struct
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -54,8 +56,22 @@ class EmbedBadRequest(Exception):
         self.param = param
 
 
-def parse_embed_request(raw: bytes) -> tuple[str, list[str], int]:
-    """``(model, texts, dimensions)`` of an OpenAI ``/v1/embeddings`` body."""
+class EmbedAsk(NamedTuple):
+    """A valid ``/v1/embeddings`` request."""
+
+    model: str
+    texts: list[str]
+    """Each input as text (an input of token ids: those ids, as words)."""
+    dimensions: int
+    tokens: int
+    """The prompt tokens it is billed: 4 characters a token, or its token ids."""
+    base64: bool
+    """Whether the vectors are answered as base64 of little-endian float32s."""
+
+
+def parse_embed_request(raw: bytes) -> EmbedAsk:
+    """An OpenAI ``/v1/embeddings`` body: ``input`` a text, a list of them, a list of
+    token ids or a list of such lists, as OpenAI takes."""
     try:
         body: Any = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -65,11 +81,7 @@ def parse_embed_request(raw: bytes) -> tuple[str, list[str], int]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise EmbedBadRequest("`model` must be a non-empty string.", "model")
-    texts = body.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
-        raise EmbedBadRequest("`input` must be a non-empty string or list of them.", "input")
+    texts, tokens = _inputs(body.get("input"))
     if len(texts) > MAX_INPUTS:
         raise EmbedBadRequest(f"`input` holds more than {MAX_INPUTS} texts.", "input")
     dimensions = body.get("dimensions", DEFAULT_DIMENSIONS)
@@ -81,24 +93,50 @@ def parse_embed_request(raw: bytes) -> tuple[str, list[str], int]:
         raise EmbedBadRequest(
             f"`dimensions` must be an integer from 1 to {MAX_DIMENSIONS}.", "dimensions"
         )
-    return model, texts, dimensions
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise EmbedBadRequest("`encoding_format` must be 'float' or 'base64'.", "encoding_format")
+    return EmbedAsk(model, texts, dimensions, tokens, encoding == "base64")
 
 
-def embed_tokens(texts: list[str]) -> int:
-    """The prompt tokens the simulator bills for ``texts`` (4 characters a token)."""
-    return sum(-(-len(t) // 4) for t in texts)
+def _inputs(given: Any) -> tuple[list[str], int]:
+    """The texts of an ``input`` and the tokens they are billed."""
+    one_list_of_ids = isinstance(given, list) and given and all(_is_token(t) for t in given)
+    if isinstance(given, str) or one_list_of_ids:
+        given = [given]
+    if not isinstance(given, list) or not given:
+        raise EmbedBadRequest(_INPUT_FORMS, "input")
+    texts: list[str] = []
+    tokens = 0
+    for item in given:
+        if isinstance(item, str) and item:
+            texts.append(item)
+            tokens += -(-len(item) // 4)
+        elif isinstance(item, list) and item and all(_is_token(t) for t in item):
+            texts.append(" ".join(f"t{t}" for t in item))
+            tokens += len(item)
+        else:
+            raise EmbedBadRequest(_INPUT_FORMS, "input")
+    return texts, tokens
 
 
-def embeddings_body(model: str, texts: list[str], dimensions: int) -> bytes:
-    tokens = embed_tokens(texts)
-    return orjson.dumps(
-        {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": hashed_embedding(t, dimensions)}
-                for i, t in enumerate(texts)
-            ],
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-    )
+_INPUT_FORMS = (
+    "`input` must be a non-empty string, a list of them, a list of token ids (integers) "
+    "or a list of such lists."
+)
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def embeddings_body(ask: EmbedAsk) -> bytes:
+    """The answer to ``ask``: each input's vector, as floats or base64."""
+    data = []
+    for i, text in enumerate(ask.texts):
+        vector: Any = hashed_embedding(text, ask.dimensions)
+        if ask.base64:
+            vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    usage = {"prompt_tokens": ask.tokens, "total_tokens": ask.tokens}
+    return orjson.dumps({"object": "list", "data": data, "model": ask.model, "usage": usage})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import re
 import secrets
 import time
 from typing import Any
@@ -18,20 +19,23 @@ import orjson
 from aiohttp import web
 
 from legion.sim.behaviour import Completion, FinishReason
-from legion.sim.dialect import BadRequest, ParsedChat, rate_limit_message
+from legion.sim.dialect import BadRequest, ParsedChat
 from legion.sim.limits import Admission
-from legion.sim.tools import script_for
+from legion.sim.tools import Offer, script_for
 
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _MAX_STOP_SEQUENCES = 4
 DONE = b"data: [DONE]\n\n"
 
 
-def parse_chat_request(raw: bytes) -> ParsedChat:
+def parse_chat_request(raw: bytes, *, tool_calls: bool = False) -> ParsedChat:
     """Validate a chat completions body; raise `BadRequest` if invalid.
 
-    Parameters the simulator has no use for (temperature, tools, top_p...)
-    are accepted and ignored, as long as they are well-formed where checked.
+    Parameters the simulator has no use for (temperature, top_p...) are accepted and
+    ignored, as long as they are well-formed where checked. ``tools`` and
+    ``response_format`` are checked as OpenAI checks them, and followed only with
+    ``tool_calls`` (`legion.sim.tools`).
     """
     try:
         body = orjson.loads(raw)
@@ -81,6 +85,10 @@ def parse_chat_request(raw: bytes) -> ParsedChat:
     n = body.get("n")
     if n is not None and n != 1:
         raise BadRequest("The simulator only supports n=1.", "n")
+    offer = _check_offer(body, messages)
+    script = None
+    if tool_calls and offer is not None:
+        script = script_for(offer, orjson.dumps(messages, option=orjson.OPT_SORT_KEYS))
     return ParsedChat(
         model,
         messages,
@@ -88,8 +96,101 @@ def parse_chat_request(raw: bytes) -> ParsedChat:
         _parse_stop(body.get("stop")),
         bool(stream),
         include_usage,
-        script_for(body, messages) if "tools" in body or "response_format" in body else None,
+        script,
     )
+
+
+def _check_offer(body: dict[str, Any], messages: list[Any]) -> Offer | None:
+    """The tools and response format a request offers, checked; ``None`` for neither."""
+    tools, response_format = body.get("tools"), body.get("response_format")
+    if tools is None and response_format is None:
+        return None
+    offered: list[tuple[str, Any]] = []
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("'tools' must be an array.", "tools")
+        for index, tool in enumerate(tools):
+            where = f"tools[{index}]"
+            if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+                raise BadRequest(f"'{where}' must be an object with a 'type'.", where)
+            if tool["type"] != "function":
+                continue  # other kinds of tools are accepted, never called
+            function = tool.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+                raise BadRequest(
+                    f"Invalid '{where}.function.name': a string of 1 to 64 letters, digits, "
+                    "underscores or dashes is required.",
+                    f"{where}.function.name",
+                )
+            assert isinstance(function, dict)
+            parameters = function.get("parameters", {"type": "object"})
+            if not isinstance(parameters, dict):
+                raise BadRequest(
+                    f"Invalid schema for function '{name}': {_brief(parameters)} is not of "
+                    "type 'object'.",
+                    f"{where}.function.parameters",
+                )
+            offered.append((name, parameters))
+    choice, named = _tool_choice(body.get("tool_choice"))
+    called = frozenset(
+        str(call["function"].get("name"))
+        for message in messages
+        if message.get("role") == "assistant" and isinstance(message.get("tool_calls"), list)
+        for call in message["tool_calls"]
+        if isinstance(call, dict) and isinstance(call.get("function"), dict)
+    )
+    return Offer(tuple(offered), choice, named, called, _response_schema(response_format))
+
+
+def _tool_choice(choice: Any) -> tuple[str, str | None]:
+    if choice is None:
+        return "auto", None
+    if choice in ("auto", "none", "required"):
+        return choice, None
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        function = choice.get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return "named", function["name"]
+    raise BadRequest(
+        "'tool_choice' must be 'none', 'auto', 'required' or "
+        '{"type": "function", "function": {"name": ...}}.',
+        "tool_choice",
+    )
+
+
+def _response_schema(response_format: Any) -> Any:
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise BadRequest(
+                "'response_format.json_schema' must be an object with a 'name'.",
+                "response_format.json_schema",
+            )
+        schema = spec.get("schema", {"type": "object"})
+        if not isinstance(schema, dict):
+            raise BadRequest(
+                f"Invalid schema for response_format '{spec['name']}': {_brief(schema)} is "
+                "not of type 'object'.",
+                "response_format.json_schema.schema",
+            )
+        return schema
+    raise BadRequest(
+        "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
+        "response_format.type",
+    )
+
+
+def _brief(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def optional_positive_int(body: dict[str, Any], name: str) -> int | None:
@@ -152,8 +253,9 @@ class OpenAIDialect:
 
     path = "/v1/chat/completions"
 
-    def __init__(self, api_key: str | None) -> None:
+    def __init__(self, api_key: str | None, *, tool_calls: bool = False) -> None:
         self._expected_auth = f"Bearer {api_key}".encode() if api_key is not None else None
+        self._tool_calls = tool_calls
         self._id_prefix = f"chatcmpl-sim{secrets.token_hex(4)}"
         self._ids = itertools.count(1)
 
@@ -176,7 +278,7 @@ class OpenAIDialect:
         )
 
     def parse(self, raw: bytes) -> ParsedChat:
-        return parse_chat_request(raw)
+        return parse_chat_request(raw, tool_calls=self._tool_calls)
 
     def error(
         self,
@@ -190,13 +292,11 @@ class OpenAIDialect:
         error_type = "server_error" if status >= 500 else "invalid_request_error"
         return error_response(status, message, error_type, code=code, param=param, headers=headers)
 
-    def rate_limited(
-        self, admission: Admission, charge: int, max_concurrency: int | None
-    ) -> web.Response:
+    def rate_limited(self, admission: Admission, message: str) -> web.Response:
         error_type = "tokens" if admission.reason in ("tokens", "too_large") else "requests"
         return error_response(
             429,
-            rate_limit_message(admission, charge, max_concurrency),
+            message,
             error_type,
             code="rate_limit_exceeded",
             headers=admission.headers(),

@@ -40,10 +40,9 @@ from legion.sim.behaviour import (
     estimate_prompt_tokens,
 )
 from legion.sim.config import SimConfig, scheduled_fault
-from legion.sim.dialect import BadRequest, Dialect, ParsedChat, StreamFrames
+from legion.sim.dialect import BadRequest, Dialect, ParsedChat, StreamFrames, rate_limit_message
 from legion.sim.embeddings import (
     EmbedBadRequest,
-    embed_tokens,
     embeddings_body,
     parse_embed_request,
 )
@@ -195,8 +194,8 @@ class _Service:
         self._limiters: dict[str, RateLimiter] = {}  # by API key, with limits_per_key
         self._faults = FaultInjector(config)
         self._models = frozenset(config.models)
-        self._openai = OpenAIDialect(config.api_key)
-        anthropic = AnthropicDialect(config.api_key)
+        self._openai = OpenAIDialect(config.api_key, tool_calls=config.tool_calls)
+        anthropic = AnthropicDialect(config.api_key, tool_calls=config.tool_calls)
         self._dialects: tuple[Dialect, ...] = (self._openai, anthropic)
         self.batches = BatchBook(config, clock, self._openai, anthropic)
         self._models_body = orjson.dumps(
@@ -237,11 +236,12 @@ class _Service:
         if denied is not None:
             return self._counted(denied)
         try:
-            model, texts, dimensions = parse_embed_request(await request.read())
+            ask = parse_embed_request(await request.read())
         except EmbedBadRequest as exc:
             return self._counted(dialect.error(400, exc.message, param=exc.param))
         except web.HTTPRequestEntityTooLarge:
             return self._counted(dialect.error(413, "The request body is too large."))
+        model = ask.model
         if model not in self._models:
             return self._counted(
                 dialect.error(
@@ -251,16 +251,14 @@ class _Service:
                 )
             )
         counters.by_model[model] = counters.by_model.get(model, 0) + 1
-        charge = embed_tokens(texts)
+        charge = ask.tokens
         limiter = self._limiter_for(request)
         admission = limiter.admit(charge)
         if not admission.allowed:
             counters.rate_limited += 1
-            return self._counted(
-                dialect.rate_limited(admission, charge, self.config.max_concurrency)
-            )
+            return self._counted(self._rejected(dialect, admission, charge))
         try:
-            body = embeddings_body(model, texts, dimensions)
+            body = embeddings_body(ask)
         finally:
             limiter.release()
         self._delivered(charge, 0)
@@ -334,12 +332,12 @@ class _Service:
         limiter = self._limiter_for(request)
         cached = 0 if chat.stream else int(prompt_tokens * config.cached_prompt_share)
         admission = limiter.admit(charge, prompt_tokens - cached, len(completion.tokens))
-        if not config.rate_limit_headers:
-            admission = _without_headers(admission)
         if not admission.allowed:
             counters.rate_limited += 1
             self._by_key(request, "rate_limited")
-            return self._counted(dialect.rate_limited(admission, charge, config.max_concurrency))
+            return self._counted(self._rejected(dialect, admission, charge))
+        if not config.rate_limit_headers:
+            admission = _without_headers(admission)
         self._by_key(request, "admitted")
 
         counters.in_flight += 1
@@ -367,15 +365,22 @@ class _Service:
             counts = self.counters.by_key.setdefault(_key_label(_api_key(request)), {})
             counts[what] = counts.get(what, 0) + 1
 
+    def _rejected(self, dialect: Dialect, admission: Admission, charge: int) -> web.Response:
+        """The 429 of a request not admitted: its message says why and when to retry,
+        with or without the rate-limit headers."""
+        config = self.config
+        message = rate_limit_message(admission, charge, config.max_concurrency)
+        if not config.rate_limit_headers:
+            admission = _without_headers(admission)
+        return dialect.rate_limited(admission, message)
+
     def _scheduled(self, dialect: Dialect, status: int, charge: int) -> web.Response:
         """The answer of the fault schedule: a 429 or a server error, not admitted."""
         counters = self.counters
         if status == 429:
             counters.rate_limited += 1
             admission = Admission(False, "requests", None, None, 0.0, None, None, 0.0, 1.0)
-            if not self.config.rate_limit_headers:
-                admission = _without_headers(admission)
-            return dialect.rate_limited(admission, charge, self.config.max_concurrency)
+            return self._rejected(dialect, admission, charge)
         counters.errors_injected += 1
         return dialect.error(status, "The server is unavailable (scheduled by the simulator).")
 
