@@ -598,6 +598,7 @@ async def test_embeddings_take_token_ids_and_answer_base64_as_the_sdks_ask(
     encoded = json.loads(raw.content)["data"][0]["embedding"]
     decoded = struct.unpack("<384f", base64.b64decode(encoded))
     assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    bad: Any
     for bad in ([1, "a"], [[]], [-1], True):
         with pytest.raises(openai.BadRequestError):
-            await client.embeddings.create(model=MODEL, input=bad)  # type: ignore[arg-type]
+            await client.embeddings.create(model=MODEL, input=bad)

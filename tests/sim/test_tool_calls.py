@@ -187,7 +187,7 @@ async def test_anthropic_tools_are_called_in_turn_as_tool_use_blocks(
             assert block.type == "tool_use" and block.id.startswith("toolu_")
             called.append(block.name)
             if block.name == "weather":
-                assert block.input.keys() == {"city", "days"}  # type: ignore[attr-defined]
+                assert block.input.keys() == {"city", "days"}
             messages.append({"role": "assistant", "content": [block.model_dump()]})
             result = {"type": "tool_result", "tool_use_id": block.id, "content": "ok"}
             messages.append({"role": "user", "content": [result]})
@@ -214,4 +214,4 @@ async def test_anthropic_tools_are_called_in_turn_as_tool_use_blocks(
             tools=tools,
             tool_choice={"type": "tool", "name": "clock"},
         )
-        assert named.content[0].name == "clock"  # type: ignore[union-attr]
+        assert named.content[0].name == "clock"
