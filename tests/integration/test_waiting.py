@@ -512,7 +512,11 @@ async def test_an_infinite_timeout_waits_as_no_timeout(store_url: str) -> None:
 async def test_the_runtime_refuses_a_signal_no_wait_can_receive(store_url: str) -> None:
     async with legion.Runtime(store_url, agents=[for_ever]) as rt:
         t = await rt.submit(for_ever, {})
-        for event, message in [("", "non-empty"), ("e" * 201, "at most 200 characters")]:
+        for event, message in [
+            ("", "non-empty"),
+            ("e" * 201, "at most 200 characters"),
+            ("e\x00", "no NUL"),
+        ]:
             try:
                 await rt.signal(t.id, event)
             except ValueError as exc:

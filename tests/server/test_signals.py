@@ -25,6 +25,10 @@ async def test_an_approval_is_listed_and_a_signal_ends_it(any_api: Api) -> None:
     assert status == 201
     shown = await _waiting(any_api, sub["id"])
     assert shown["prompt"] == "pay 5?" and shown["agent"] == "approve"
+    # A NUL in the event name is the request's fault, on every store: 422, not a 503 a
+    # client would retry for ever (PostgreSQL's text refuses it).
+    nul = await any_api.call("POST", f"/v1/tasks/{sub['id']}:signal", body={"event": "go\x00"})
+    assert nul[0] == 422, nul
     status, body = await any_api.call(
         "POST",
         f"/v1/tasks/{sub['id']}:signal",

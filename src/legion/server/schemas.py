@@ -211,7 +211,7 @@ class SignalIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # (a typo, "dat", sent null data)
 
-    event: str = Field(min_length=1, max_length=MAX_EVENT)
+    event: str = Field(min_length=1, max_length=MAX_EVENT, pattern=TEXT)
     data: Any = None
     waiting: int | None = Field(
         None,

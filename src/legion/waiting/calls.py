@@ -65,6 +65,8 @@ def event_problem(event: object) -> str | None:
         return "an event name is a non-empty string"
     if len(event) > MAX_EVENT:
         return f"an event name is at most {MAX_EVENT} characters (a signal's), not {len(event)}"
+    if "\x00" in event:
+        return "an event name holds no NUL character (a store's text cannot)"
     return None
 
 
