@@ -860,6 +860,33 @@ def test_status_says_which_queued_agents_no_live_worker_serves(tmp_path: Path) -
     assert json.loads(as_json.stdout)["unserved"] == ["lonely"]
 
 
+def test_status_shows_a_worker_silent_past_a_minute_as_silent_not_ok(tmp_path: Path) -> None:
+    # A SIGKILLed worker's row stays in the store; `legion status` showed it "ok".
+    from legion.store import store_from_url
+    from legion.store.types import WorkerInfo
+
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    async def register() -> None:
+        s = store_from_url(store)
+        await s.open()
+        now = await s.now()
+        for name, age in (("fresh", 1.0), ("gone", 70.0)):
+            beat = now - age
+            await s.register_worker(WorkerInfo(name, "h", 1, beat, beat, {"in_flight": 0}))
+        await s.aclose()
+
+    asyncio.run(register())
+    shown = legion("status", "--store", store)
+    assert shown.returncode == 0, shown.stderr
+    lines = [line for line in shown.stdout.splitlines() if "│ h " in line]
+    rows = {line.split("│")[1].strip(): line for line in lines}
+    assert " ok " in rows["fresh"] and "silent" not in rows["fresh"]
+    assert "silent" in rows["gone"] and " ok " not in rows["gone"]
+    doc = json.loads(legion("status", "--store", store, "--json").stdout)
+    assert {w["id"]: w["live"] for w in doc["workers"]} == {"fresh": True, "gone": False}
+
+
 @lg.agent(retries=0)
 async def asks(ctx: lg.Context, amount: int) -> bool:
     return (await ctx.approval(f"refund {amount}?")).approved

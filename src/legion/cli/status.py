@@ -64,6 +64,7 @@ async def show_status(
                     "host": w.host,
                     "pid": w.pid,
                     "heartbeat_age": now - w.heartbeat_at,
+                    "live": now - w.heartbeat_at < WORKER_FRESH,
                     **w.load,
                 }
                 for w in workers
@@ -150,6 +151,12 @@ async def show_status(
             wt.add_column(col)
         for w in workers:
             load = w.load
+            silent = now - w.heartbeat_at >= WORKER_FRESH
+            state = (
+                Text("silent: stopped or cut off?", style="red")
+                if silent
+                else str(load.get("overloaded") or _breakers(load.get("breakers_open")) or "ok")
+            )
             wt.add_row(
                 w.id,
                 w.host,
@@ -158,7 +165,7 @@ async def show_status(
                 f"{load.get('loop_lag_ms', '?')} ms",
                 f"{load.get('rss_mb', '?')} MB",
                 f"{now - w.heartbeat_at:.0f} s ago",
-                str(load.get("overloaded") or _breakers(load.get("breakers_open")) or "ok"),
+                state,
             )
         console.print(wt)
     else:
