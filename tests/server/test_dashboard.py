@@ -247,3 +247,35 @@ async def test_an_approval_is_answered_once_from_the_waiting_table(
     assert done.status.value == "succeeded" and done.output == {"approved": True}
     assert await api.runtime.store.signal_data(sub["id"], "approval", 1) is None
     assert problems == []
+
+
+async def test_long_words_narrow_windows_waiting_tasks_and_a_url_with_credentials(
+    browser: Browser, api: Api
+) -> None:
+    """One 5,000-character error message made every table of the dashboard ~42,000 px
+    wide; waiting tasks were left out of "tasks by status"; a page opened as
+    http://user:key@host/ could fetch nothing (fetch() refuses a relative URL there)."""
+    _, long = await api.call("POST", "/v1/tasks", body={"agent": "doomed", "input": {"n": 5000}})
+    assert (await api.runtime.result(long["id"])).status.value == "dead"
+    _, waits = await api.call(
+        "POST", "/v1/tasks", body={"agent": "approve", "input": {"amount": 1}}
+    )
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    host = api.url.split("://", 1)[1]
+    await page.goto(f"http://operator:{api.key}@{host}/")
+    await page.wait_for_selector(f"#waiting-table button[data-id='{waits['id']}']")
+    await page.wait_for_selector(f"#tasks-table tr[data-id='{long['id']}']")
+    await page.wait_for_function(
+        "() => document.getElementById('status-waiting')?.textContent === '1'"
+    )
+    for width in (1280, 390):
+        await page.set_viewport_size({"width": width, "height": 900})
+        wide = await page.evaluate("() => document.documentElement.scrollWidth")
+        assert wide <= width, (width, wide)
+    await page.goto(f"{api.url}/tasks/{long['id']}")
+    await page.wait_for_function("() => document.body.textContent.includes('EEEE')")
+    assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    await page.screenshot(path=str(ARTIFACTS / "narrow-task.png"), full_page=True)
+    assert problems == []
+    await api.runtime.signal(waits["id"], "approval", True)

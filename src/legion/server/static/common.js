@@ -53,9 +53,21 @@ export function fmtTime(epoch) {
   return epoch === null || epoch === undefined ? "–" : new Date(epoch * 1000).toLocaleString();
 }
 
+// A URL of this server without the page's own user and password: a page opened as
+// http://user:key@host/ has them in its URL, and fetch() refuses a relative URL there
+// (the browser still sends the credentials it was given, by origin).
+export function here(path) {
+  return new URL(path, window.location.origin);
+}
+
+// fetch() of one of this server's routes.
+export function api(path, init) {
+  return fetch(here(path), init);
+}
+
 // An EventSource whose state is shown in the badge with id "connection".
 export function subscribe(url, handlers) {
-  const source = new EventSource(url);
+  const source = new EventSource(here(url));
   const badge = document.getElementById("connection");
   const show = (text, cls) => {
     if (badge) { badge.textContent = text; badge.className = `badge ${cls}`; }

@@ -1,8 +1,8 @@
 // The live dashboard: one event stream (/v1/progress) feeds every number and chart; the task
 // list is read from /v1/tasks (again every 2 s while the run moves, and when a filter changes).
-import { el, fmtInt, fmtRate, fmtSeconds, fmtTime, fmtUsd, replaceRows, setText, subscribe } from "/static/common.js";
+import { api, el, fmtInt, fmtRate, fmtSeconds, fmtTime, fmtUsd, replaceRows, setText, subscribe } from "/static/common.js";
 
-const STATUSES = ["queued", "running", "succeeded", "failed", "dead", "cancelled"];
+const STATUSES = ["queued", "running", "waiting", "succeeded", "failed", "dead", "cancelled"];
 const MAX_POINTS = 600;
 let points = [];
 const charts = {};
@@ -152,7 +152,7 @@ const RETRYABLE = new Set(["dead", "failed", "cancelled"]);
 const CANCELLABLE = new Set(["queued", "running", "waiting"]);
 
 async function act(id, action) {
-  const resp = await fetch(`/v1/tasks/${id}:${action}`, { method: "POST" });
+  const resp = await api(`/v1/tasks/${id}:${action}`, { method: "POST" });
   if (!resp.ok) console.warn(`${action} of task ${id}: ${resp.status}`);
   await loadTasks();
 }
@@ -178,7 +178,7 @@ async function loadTasks() {
   const query = params.toString();
   listing = query;
   listedAt = Date.now();
-  const resp = await fetch(`/v1/tasks?${query}`);
+  const resp = await api(`/v1/tasks?${query}`);
   if (!resp.ok || listing !== query) return;  // a newer filter won
   const page = await resp.json();
   const rows = page.tasks.map((t) => el("tr", { "data-id": String(t.id) },
@@ -200,7 +200,7 @@ async function loadTasks() {
 async function answer(w, approved, buttons) {
   for (const b of buttons) b.disabled = true;
   const id = w.id;
-  const resp = await fetch(`/v1/tasks/${id}:signal`, {
+  const resp = await api(`/v1/tasks/${id}:signal`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ event: "approval", data: { approved }, waiting: w.count }),
@@ -228,7 +228,7 @@ function approvalButtons(w) {
 }
 
 async function loadWaiting() {
-  const resp = await fetch("/v1/waiting?limit=25");
+  const resp = await api("/v1/waiting?limit=25");
   if (!resp.ok) return;
   const page = await resp.json();
   const rows = page.tasks.map((w) => el("tr", { "data-id": String(w.id) },
@@ -241,7 +241,7 @@ async function loadWaiting() {
 }
 
 async function startTasks() {
-  const resp = await fetch("/v1/key");
+  const resp = await api("/v1/key");
   if (resp.ok) key = await resp.json();
   setText("key-scope", key.admin ? "admin key: every tenant" : `tenant ${key.tenant}`);
   for (const id of ["filter-status", "filter-agent"]) {

@@ -1,6 +1,6 @@
 // One task: its facts, input, output or error, a timeline of its steps and the history of
 // its attempts (running time and time waiting for capacity drawn apart), live.
-import { el, fmtInt, fmtSeconds, fmtTime, fmtUsd, replaceRows, setText, subscribe } from "/static/common.js";
+import { api, el, fmtInt, fmtSeconds, fmtTime, fmtUsd, replaceRows, setText, subscribe } from "/static/common.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const LANE = 24;
@@ -109,7 +109,7 @@ async function loadAttempts(t) {
   if (mark === attemptsShown) return;
   attemptsShown = mark;
   try {
-    const response = await fetch(`/v1/tasks/${taskId}/attempts`);
+    const response = await api(`/v1/tasks/${taskId}/attempts`);
     if (response.ok) renderAttempts((await response.json()).attempts);
   } catch {
     attemptsShown = null;  // read again at the next change
@@ -159,7 +159,7 @@ async function start() {
     setText("status", "no such task");
     return;
   }
-  const response = await fetch(`/v1/tasks/${taskId}`);
+  const response = await api(`/v1/tasks/${taskId}`);
   if (!response.ok) {
     setText("status", response.status === 404 ? "no such task" : `error ${response.status}`);
     setText("connection", "");
