@@ -117,6 +117,26 @@ def test_load_reads_a_byte_order_mark_and_reports_a_line_that_is_not_utf8(
     }
 
 
+def test_load_skips_a_line_no_store_can_keep_and_loads_the_rest(tmp_path: Path) -> None:
+    # A lone surrogate crashed the load with a traceback; NaN or an integer past 64 bits
+    # in a line's metadata stopped it, unnamed, after its batch was embedded.
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        '{"id": "a", "text": "the first document"}\n'
+        '{"text": "lone \\ud800 surrogate"}\n'
+        '{"id": "b", "text": "rated", "rating": NaN}\n'
+        '{"id": "c", "text": "big", "n": 1180591620717411303424}\n'
+        '{"id": "d", "text": "the last document"}\n'
+    )
+    loaded = legion("vectors", "load", "kb", "--input", str(corpus), "--store", store)
+    assert loaded.returncode == 1, loaded.stderr
+    assert "Traceback" not in loaded.stderr, loaded.stderr
+    for line in (2, 3, 4):
+        assert f"corpus.jsonl:{line}: not JSON" in loaded.stderr, loaded.stderr
+    assert "2 documents, 2 chunks (2 embedded, 0 already loaded)" in loaded.stdout
+
+
 def test_load_skips_and_reports_a_repeated_id_and_legions_own_keys(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'kb.db'}"
     corpus = write_jsonl(
@@ -158,22 +178,24 @@ def test_a_reload_embeds_edited_documents_anew_and_drops_a_shortened_ones_tail(
         {"id": "pets", "text": three},
         {"id": "same", "text": "A document nobody edits."},
         {"id": "edited", "text": "The old text about cats."},
+        {"id": "gone", "text": "A document whose text is emptied."},
     ]
     after = [
         {"id": "pets", "text": "The first part, which is about cats."},  # two chunks go
         {"id": "same", "text": "A document nobody edits."},
         {"id": "edited", "text": "The new text about dogs."},
+        {"id": "gone", "text": "   "},  # its chunk goes too (it stayed, searchable)
     ]
     chunked = ("--chunk-chars", "50")  # (a paragraph a chunk)
     a, b = write_jsonl(tmp_path / "a.jsonl", before), write_jsonl(tmp_path / "b.jsonl", after)
     first = legion("vectors", "load", "kb", "--input", str(a), "--store", store, *chunked)
     assert first.returncode == 0, first.stderr
-    assert "3 documents, 5 chunks (5 embedded, 0 already loaded)" in first.stdout
+    assert "4 documents, 6 chunks (6 embedded, 0 already loaded)" in first.stdout
     second = legion("vectors", "load", "kb", "--input", str(b), "--store", store, *chunked)
     assert second.returncode == 0, second.stderr
     assert (
-        "3 documents, 3 chunks (1 embedded (1 anew: edited since), 2 already loaded, "
-        "2 deleted (past a shortened document's end))"
+        "4 documents, 3 chunks (1 embedded (1 anew: edited since), 2 already loaded, "
+        "3 deleted (past a shortened document's end), 1 without text (nothing kept of them))"
     ) in second.stdout, second.stdout
     found = legion("vectors", "search", "kb", "dogs", "--store", store, "--json", "-k", "10")
     assert found.returncode == 0, found.stderr

@@ -179,6 +179,8 @@ def register(app: typer.Typer) -> None:
         ]
         if report.removed:
             counts.append(f"{report.removed:,} deleted (past a shortened document's end)")
+        if report.empty:
+            counts.append(f"{report.empty:,} without text (nothing kept of them)")
         if report.refused:
             counts.append(f"{report.refused:,} refused")
         Console().print(
@@ -197,7 +199,12 @@ def register(app: typer.Typer) -> None:
         k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Hits to show.")] = 5,
         where: Annotated[
             list[str] | None,
-            typer.Option("--where", help="key=value: only items whose metadata has it."),
+            typer.Option(
+                "--where",
+                help="key=value: only items whose metadata has it. The value is read as JSON "
+                "where it is JSON (doc=7 is the number 7; a document's id is text: "
+                "doc='\"7\"'), else as text.",
+            ),
         ] = None,
         session: Annotated[
             str | None, typer.Option(help="For a session-scoped collection: whose items.")

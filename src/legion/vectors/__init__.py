@@ -2,7 +2,8 @@
 
 ``ctx.vectors(name, scope="session"|"shared")`` answers a `Collection` with
 ``add``, ``search`` and ``delete``; embeddings are ``ctx.llm.embed`` calls. SQLite keeps
-the vectors in the store's file (sqlite-vec), PostgreSQL in pgvector tables.
+the vectors in a file beside the store's (``runs.db`` -> ``runs.vectors.db``, sqlite-vec),
+PostgreSQL in pgvector tables.
 """
 
 from legion.vectors.collection import Collection

@@ -1,8 +1,8 @@
 """``VectorBackend``: where a store keeps its vector collections, and how to find it.
 
-Each store kind has one: SQLite keeps vectors in the same file (sqlite-vec), PostgreSQL
-in pgvector tables of the same database. `vectors_for` answers the backend of an
-open store (one per store object).
+Each store kind has one: SQLite keeps vectors in a file beside the store's (sqlite-vec;
+``runs.db`` -> ``runs.vectors.db``), PostgreSQL in pgvector tables of the same database.
+`vectors_for` answers the backend of an open store (one per store object).
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from legion import codec
 from legion.errors import ConfigError, VectorError
 from legion.llm.client import LLMClient
 from legion.vectors.backend import VectorBackend
@@ -60,6 +60,8 @@ class LoadReport:
     """Chunks stored before with another text (their document was edited): embedded anew."""
     removed: int = 0
     """Chunks stored before past the end of their document (it was shortened): deleted."""
+    empty: int = 0
+    """Documents without text (none, or only spaces): no chunk, and any stored deleted."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -80,11 +82,18 @@ def read_chunks(path: Path, max_chars: int, report: LoadReport) -> Iterator[Chun
             if not raw.strip():
                 continue
             try:
-                doc = json.loads(raw.decode("utf-8"))
+                raw.decode("utf-8")
+                # Strict JSON, as `legion run` reads it: no NaN or Infinity, no integer
+                # past 64 bits, no lone surrogate (none of which a store can keep).
+                doc = codec.loads_given(raw)
                 if isinstance(doc, str):
                     doc = {"text": doc}
                 if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
                     raise ValueError('expected {"text": "...", ...} or a JSON string')
+            except codec.JSONDecodeError as exc:
+                report.bad_lines += 1
+                report.errors.append(f"{path}:{number}: not JSON: {codec.json_error(exc)}")
+                continue
             except ValueError as exc:
                 report.bad_lines += 1
                 report.errors.append(f"{path}:{number}: {exc}")
@@ -110,6 +119,9 @@ def read_chunks(path: Path, max_chars: int, report: LoadReport) -> Iterator[Chun
             first_line[doc_id] = number
             report.documents += 1
             pieces = chunk(text, max_chars)
+            if not pieces:  # no text: nothing to embed, and what it had stored goes
+                report.empty += 1
+                yield Chunk(f"{doc_id}#-1", "", {"doc": doc_id, "chunk": -1}, last=True)
             for n, piece in enumerate(pieces):
                 meta = {**doc, "doc": doc_id, "chunk": n}
                 yield Chunk(f"{doc_id}#{n}", piece, meta, last=n == len(pieces) - 1)
@@ -179,12 +191,13 @@ async def load(
     gate = asyncio.Semaphore(concurrency)
     info_box: list[CollectionInfo] = [found] if found is not None else []
 
-    async def one(chunks: list[Chunk]) -> None:
+    async def one(batch: list[Chunk]) -> None:
+        chunks = [c for c in batch if c.text]  # (not an empty document's mark)
         async with gate:
             if info_box:
                 # A chunk is stored already when its id holds its text: an edited document's
                 # chunks are embedded anew, and those past its new end deleted.
-                after = {_next(c): c for c in chunks if c.last}
+                after = {_next(c): c for c in batch if c.last}
                 have = await backend.stored_texts(
                     info_box[0], SHARED, [*(c.id for c in chunks), *after]
                 )
