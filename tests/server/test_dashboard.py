@@ -279,3 +279,37 @@ async def test_long_words_narrow_windows_waiting_tasks_and_a_url_with_credential
     await page.screenshot(path=str(ARTIFACTS / "narrow-task.png"), full_page=True)
     assert problems == []
     await api.runtime.signal(waits["id"], "approval", True)
+
+
+async def test_the_badge_says_when_no_new_data_came_for_ten_seconds(
+    browser: Browser, api: Api
+) -> None:
+    """After a store stall the numbers stood still for 30 s under a "live" badge."""
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    await page.clock.install()
+    await page.goto(f"{api.url}/")
+    await page.wait_for_function(
+        "() => document.getElementById('connection').textContent === 'live'"
+    )
+    # The page's clock runs 15 s ahead of the server's samples: every text the badge shows
+    # is kept (a sample may come in right after, and the badge says "live" again).
+    await page.evaluate(
+        """() => {
+            const badge = document.getElementById('connection');
+            window.shown = [];
+            new MutationObserver(() => window.shown.push(badge.textContent))
+                .observe(badge, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
+    # Paused, then moved 15 s in one jump that fires the due timers: no sample can come in
+    # between the jump and the badge's check.
+    await page.clock.pause_at(await page.evaluate("() => Date.now() + 100"))
+    await page.clock.fast_forward(15_000)
+    shown = await page.evaluate("() => window.shown")
+    assert any(text.startswith("no new data for 1") for text in shown), shown
+    await page.clock.resume()
+    await page.wait_for_function(
+        "() => document.getElementById('connection').textContent === 'live'"
+    )
+    assert problems == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from legion.server.monitor import next_pause, quantiles
+from legion.server.monitor import Pacing, next_pause, quantiles
 from legion.store.types import WriteBatch
 from legion.task import Completion, ErrorInfo, NewTask, Outcome
 from tests.server.conftest import Api
@@ -25,6 +25,17 @@ def test_a_failed_sample_is_tried_again_after_the_interval() -> None:
     assert next_pause(1.0, 0.01, ok=True) == 0.99  # the rest of the interval
     assert next_pause(1.0, 0.1, ok=True) == 1.9  # at least 20 times what a sample costs...
     assert next_pause(1.0, 10.0, ok=True) == 30.0  # ...but never more than 30 s
+
+
+def test_one_sample_that_waited_does_not_stretch_the_pause() -> None:
+    # A sample that waited 34 s on a SQLite lock paused the next for 30 s: the dashboard
+    # showed numbers 30 s old, "live", after the store was free.
+    pacing = Pacing(1.0)
+    assert [pacing.after(0.01, ok=True) for _ in range(3)] == [0.99] * 3
+    assert pacing.after(34.4, ok=True) == 0.99  # waited: its cost is the least recent one
+    assert pacing.after(0.01, ok=False) == 1.0
+    slow = [pacing.after(0.5, ok=True) for _ in range(5)]
+    assert slow[-1] == 9.5  # a store slow sample after sample: watching takes less of it
 
 
 async def test_a_sample_counts_retries_outcomes_and_latency(api: Api) -> None:

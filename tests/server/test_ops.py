@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,38 @@ async def test_workers_desired_follows_the_backlog(
     assert reason.startswith(
         ("scaling up to 2 (", "held at 2: waiting for 1 worker", "steady at 2 (")
     ), reason
+
+
+async def test_a_store_that_hangs_turns_health_red_until_it_answers(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    """A SQLite store locked by another process: the sample under way waits out the busy
+    timeout (30 s), fails nothing meanwhile, and /healthz said "ok" for as long as the
+    lock held (a load balancer kept sending)."""
+    path = tmp_path / "locked.db"
+    api = await start_api(f"sqlite:///{path}")
+    monitor = api.server.state.monitor
+    assert (await api.call("GET", "/healthz", headers={}))[0] == 200
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        # A write of the server's own (a submission) now waits for the lock on the store's
+        # thread, and every read of the store with it, the monitor's samples too.
+        submitting = asyncio.create_task(
+            api.call("POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}})
+        )
+        statuses = []
+        deadline = time.monotonic() + monitor.stuck_after + 20
+        while time.monotonic() < deadline:  # polled as a load balancer polls it
+            statuses.append((await api.call("GET", "/healthz", headers={}))[0])
+            if statuses[-1] == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert statuses[-1] == 503, statuses
+        assert await api.call("GET", "/livez", headers={}) == (200, {"status": "ok"})
+    finally:
+        locker.rollback()
+        locker.close()
+    assert (await submitting)[0] == 201
+    await monitor.sample()
+    assert (await api.call("GET", "/healthz", headers={}))[0] == 200

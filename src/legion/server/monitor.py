@@ -10,10 +10,13 @@ Every ``interval`` seconds it reads, once for every client:
 - the latest failures, when new ones came in.
 
 Clients read `Monitor.snapshot` or wait for `Monitor.next_snapshot`, so a
-hundred open dashboards cost the store what one does. A sample that takes more than 5 %
-of the interval stretches the interval (to 30 s at most): watching never takes the store
-over. A sample that failed is tried again after the interval: a store that came back shows
-healthy within one, however long the failure took to come.
+hundred open dashboards cost the store what one does. When samples take more than 5 %
+of the interval, the interval stretches (to 30 s at most): watching never takes the store
+over. What a sample costs is the least of the last few: one sample that waited (on a
+SQLite lock, on a reconnection) says nothing of what watching costs, and stretched by it
+the numbers stood still for 30 s after the store was free again. A sample that failed is
+tried again after the interval: a store that came back shows healthy within one, however
+long the failure took to come.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ _ERRED = (TaskStatus.FAILED, TaskStatus.DEAD)  # (a tenant's failures read at th
 ROUTE_WINDOW = 10.0  # seconds over which route rates are measured
 _BUDGET = 20  # the interval is at least this many times what a sample costs
 _LONGEST_PAUSE = 30.0  # seconds between two samples at most, however long one took
+_COSTS = 5  # samples whose least cost is what watching costs
+_STUCK_AT_LEAST = 2.0  # seconds a sample may wait on the store before it counts as down...
+_STUCK_SAMPLES = 5  # ...or this many intervals, when longer
 
 
 def next_pause(interval: float, cost: float, ok: bool) -> float:
@@ -57,6 +63,23 @@ def next_pause(interval: float, cost: float, ok: bool) -> float:
     if not ok:
         return interval
     return max(interval - cost, min(_BUDGET * cost - cost, _LONGEST_PAUSE), 0.0)
+
+
+class Pacing:
+    """The pause after each sample: `next_pause` of the least cost of the last `_COSTS`
+    samples that succeeded."""
+
+    __slots__ = ("_costs", "_interval")
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._costs: deque[float] = deque(maxlen=_COSTS)
+
+    def after(self, took: float, ok: bool) -> float:
+        """The pause after a sample that took ``took`` seconds and succeeded or not."""
+        if ok:
+            self._costs.append(took)
+        return next_pause(self._interval, min(self._costs, default=took), ok)
 
 
 class FeedSink(Protocol):
@@ -166,6 +189,7 @@ class Monitor:
         # that began earlier must not publish over a later one (a store that failed after
         # it began would show healthy).
         self._sampling = asyncio.Lock()
+        self._sample_began: float | None = None  # (monotonic) of the sample under way
         self._tick = asyncio.Event()
         self._scaling = ScalingGauge()
         self._fleet = FleetRoutes()
@@ -186,6 +210,19 @@ class Monitor:
     def snapshot(self) -> Snapshot:
         """The latest snapshot."""
         return self._snapshot
+
+    def answers(self) -> bool:
+        """Whether the store answers: the last sample succeeded, and the one under way has
+        not waited past `stuck_after` (a store that hangs, locked or unreachable, fails
+        no sample until a timeout ends it: its health was "ok" meanwhile)."""
+        began = self._sample_began
+        stuck = began is not None and time.monotonic() - began > self.stuck_after
+        return self._snapshot.health.store_ok and not stuck
+
+    @property
+    def stuck_after(self) -> float:
+        """Seconds a sample may take before the store counts as not answering."""
+        return max(_STUCK_AT_LEAST, _STUCK_SAMPLES * self._interval)
 
     def for_tenant(self, snapshot: Snapshot, tenant: str) -> Snapshot:
         """``snapshot`` as one tenant sees it: its own tasks by status, totals, latest
@@ -229,10 +266,11 @@ class Monitor:
     async def run(self) -> None:
         """Sample until cancelled; a failing store is reported, not fatal."""
         loop = asyncio.get_running_loop()
+        pacing = Pacing(self._interval)
         while True:
             began = loop.time()
             snapshot = await self.sample()
-            pause = next_pause(self._interval, loop.time() - began, snapshot.health.store_ok)
+            pause = pacing.after(loop.time() - began, snapshot.health.store_ok)
             wake = loop.time() + pause
             await asyncio.sleep(pause)
             self._lag = max(0.0, loop.time() - wake)
@@ -241,6 +279,7 @@ class Monitor:
         """Take one sample now and publish it (after the one under way, if any)."""
         async with self._sampling:
             began = time.perf_counter()
+            self._sample_began = time.monotonic()
             try:
                 snapshot = await self._read()
             except Exception as exc:  # reported on the dashboard and /healthz; retried
@@ -249,6 +288,8 @@ class Monitor:
             else:
                 took = time.perf_counter() - began
                 snapshot = replace(snapshot, health=self._health(True, took))
+            finally:
+                self._sample_began = None
             self._publish(snapshot)
             return snapshot
 

@@ -33,8 +33,7 @@ metrics_only = APIRouter()  # the metrics port's, without a key
 )
 async def healthz(state: StateDep, response: Response) -> HealthOut:
     """Readiness: the store answers and the worker runs (no API key needed)."""
-    health = state.monitor.snapshot.health
-    if not health.store_ok or state.runtime.fatal_error is not None:
+    if not state.monitor.answers() or state.runtime.fatal_error is not None:
         response.status_code = 503
         return HealthOut(status="unavailable")
     return HealthOut(status="ok")

@@ -4,6 +4,8 @@ import { api, el, fmtInt, fmtRate, fmtSeconds, fmtTime, fmtUsd, replaceRows, set
 
 const STATUSES = ["queued", "running", "waiting", "succeeded", "failed", "dead", "cancelled"];
 const MAX_POINTS = 600;
+const STALE_SECONDS = 10; // no new sample for this long: the badge says the data stands still
+let receivedAt = Date.now();
 let points = [];
 const charts = {};
 
@@ -261,7 +263,30 @@ function render(s) {
   renderFailures(s.failures, s.at);
 }
 
+// The stream can be open while the server's samples stand still (a store that is locked,
+// or slow to answer): say so, rather than "live" over numbers that have stopped.
+function fresh() {
+  receivedAt = Date.now();
+  const badge = document.getElementById("connection");
+  if (badge.dataset.stale) {
+    delete badge.dataset.stale;
+    badge.textContent = "live";
+    badge.className = "badge live";
+  }
+}
+
+function watchStaleness() {
+  const badge = document.getElementById("connection");
+  const quiet = (Date.now() - receivedAt) / 1000;
+  if (quiet > STALE_SECONDS && (badge.dataset.stale || badge.classList.contains("live"))) {
+    badge.dataset.stale = "1";
+    badge.textContent = `no new data for ${Math.round(quiet)} s`;
+    badge.className = "badge down";
+  }
+}
+
 function start() {
+  setInterval(watchStaleness, 1000);
   charts.throughput = chart("chart-throughput", [["finished/s", "#3fb950"], ["failed/s", "#f85149"], ["retries/s", "#d29922"]]);
   charts.latency = chart("chart-latency", [["p50", "#58a6ff"], ["p95", "#d29922"], ["p99", "#f85149"]]);
   charts.load = chart("chart-load", [["in flight", "#58a6ff"], ["queued", "#8b949e"]]);
@@ -273,6 +298,7 @@ function start() {
   subscribe("/v1/progress", {
     history: (history) => { points = history.slice(-MAX_POINTS); redraw(); },
     progress: (snapshot) => {
+      fresh();
       const p = snapshot.point;
       if (p && (points.length === 0 || p.at > points[points.length - 1].at)) {
         points.push(p);
