@@ -113,3 +113,31 @@ async def test_an_answer_to_one_wait_is_refused_once_that_wait_has_ended(any_api
     assert task["status"] == "succeeded" and task["output"] == {"approved": True}
     early = {"event": "approval", "waiting": 2}
     assert (await api.call("POST", f"/v1/tasks/{sub['id']}:signal", body=early))[0] == 409
+
+
+async def test_every_waiting_task_can_be_listed_a_page_at_a_time(any_api: Api) -> None:
+    # With more waiting tasks than a page holds, the older ones could not be listed with
+    # what they wait for (the limit alone, no cursor).
+    ids = []
+    for amount in range(5):
+        status, sub = await any_api.call(
+            "POST", "/v1/tasks", body={"agent": "approve", "input": {"amount": amount}}
+        )
+        assert status == 201
+        ids.append(sub["id"])
+    for task_id in ids:
+        await _waiting(any_api, task_id)
+    seen: list[int] = []
+    path = "/v1/waiting?limit=2"
+    while True:
+        status, page = await any_api.call("GET", path)
+        assert status == 200, page
+        seen += [t["id"] for t in page["tasks"]]
+        if page["next"] is None:
+            break
+        path = f"/v1/waiting?limit=2&cursor={page['next']}"
+    assert seen == sorted(ids, reverse=True)
+    bad = await any_api.call("GET", "/v1/waiting?cursor=x")
+    assert bad[0] == 422
+    for task_id in ids:
+        await any_api.call("POST", f"/v1/tasks/{task_id}:cancel")

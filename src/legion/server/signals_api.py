@@ -40,6 +40,7 @@ class WaitingOut(BaseModel):
 
 class WaitingPage(BaseModel):
     tasks: list[WaitingOut]
+    next: str | None = None  # the cursor of the next page; None on the last one
 
 
 @router.post(
@@ -74,12 +75,22 @@ async def signal_task(request: Request, task: TaskDep, state: StateDep) -> Statu
 
 @router.get("/waiting", operation_id="list_waiting", responses=_ERRORS)
 async def list_waiting(
-    state: StateDep, key: KeyDep, limit: int = Query(100, ge=1, le=1000)
+    state: StateDep,
+    key: KeyDep,
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = Query(
+        None,
+        pattern=r"^[1-9][0-9]{0,17}$",
+        description="`next` of the previous page (waiting tasks below that id).",
+    ),
 ) -> WaitingPage:
-    """The waiting tasks (of the key's tenant; every tenant's for an admin key), newest first."""
+    """The waiting tasks (of the key's tenant; every tenant's for an admin key), newest
+    first, a page at a time (`next`, while there are more)."""
     tenant = None if key.admin else key.tenant
-    found = await state.runtime.store.waiting_tasks(tenant=tenant, limit=limit)
+    before = int(cursor) if cursor is not None else None
+    found = await state.runtime.store.waiting_tasks(tenant=tenant, limit=limit, before=before)
     return WaitingPage(
+        next=str(found[-1].id) if len(found) == limit else None,
         tasks=[
             WaitingOut(
                 id=w.id,

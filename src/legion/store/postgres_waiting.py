@@ -113,10 +113,12 @@ class PostgresWaiting:
             return [child_info(r) for r in await cur.fetchall()]
 
     async def waiting_tasks(
-        self, *, tenant: str | None = None, limit: int = 100
+        self, *, tenant: str | None = None, limit: int = 100, before: int | None = None
     ) -> list[WaitingInfo]:
         async with self._cursor() as cur:
-            await cur.execute(W["waiting_tasks"], {"tenant": tenant, "limit": limit})
+            await cur.execute(
+                W["waiting_tasks"], {"tenant": tenant, "limit": limit, "before": before}
+            )
             return [waiting_info(r) for r in await cur.fetchall()]
 
     async def add_schedule(self, schedule: Schedule, now: float) -> None:

@@ -137,10 +137,12 @@ class SQLiteWaiting:
         return await self._call(run)
 
     async def waiting_tasks(
-        self, *, tenant: str | None = None, limit: int = 100
+        self, *, tenant: str | None = None, limit: int = 100, before: int | None = None
     ) -> list[WaitingInfo]:
         def run() -> list[WaitingInfo]:
-            rows = self._db.execute(W["waiting_tasks"], {"tenant": tenant, "limit": limit})
+            rows = self._db.execute(
+                W["waiting_tasks"], {"tenant": tenant, "limit": limit, "before": before}
+            )
             return [waiting_info(r) for r in rows]
 
         return await self._call(run)

@@ -106,9 +106,9 @@ class WaitingStore(Protocol):
         """Every child task of ``parent``, oldest first."""
 
     async def waiting_tasks(
-        self, *, tenant: str | None = None, limit: int = 100
+        self, *, tenant: str | None = None, limit: int = 100, before: int | None = None
     ) -> list[WaitingInfo]:
-        """Waiting tasks, newest first."""
+        """Waiting tasks, newest first (those of ids below ``before``: the next page)."""
 
     async def add_schedule(self, schedule: Schedule, now: float) -> None:
         """Add a schedule, or replace the one of that name."""

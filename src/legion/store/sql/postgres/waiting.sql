@@ -96,6 +96,7 @@ SELECT id, key, status, output, error FROM tasks WHERE parent_id = %(parent)s OR
 SELECT id, agent, tenant, wait_event, wait_count, wait_children, wake_at, wait_info, started_at
 FROM tasks
 WHERE status = 'waiting' AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s::text)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
 ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: upsert_schedule

@@ -59,6 +59,7 @@ SELECT id, key, status, output, error FROM tasks WHERE parent_id = :parent ORDER
 SELECT id, agent, tenant, wait_event, wait_count, wait_children, wake_at, wait_info, started_at
 FROM tasks
 WHERE status = 'waiting' AND (:tenant IS NULL OR tenant = :tenant)
+  AND (:before IS NULL OR id < :before)
 ORDER BY id DESC LIMIT :limit;
 
 -- name: upsert_schedule
