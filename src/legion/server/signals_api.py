@@ -104,7 +104,7 @@ async def list_waiting(
                 since=w.since,
             )
             for w in found
-        ]
+        ],
     )
 
 
