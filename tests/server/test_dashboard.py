@@ -313,3 +313,22 @@ async def test_the_badge_says_when_no_new_data_came_for_ten_seconds(
         "() => document.getElementById('connection').textContent === 'live'"
     )
     assert problems == []
+
+
+async def test_a_revoked_key_is_told_on_the_page(browser: Browser, api: Api) -> None:
+    # The badge said "closed", no more: the stale numbers stayed, with no reason given.
+    mine = new_key("watcher", time.time())
+    await api.runtime.store.add_api_key(mine.record)
+    problems: list[str] = []
+    page = await open_page(
+        browser, Api(api.url, mine.token, api.runtime, api.server, api.http), problems
+    )
+    await page.goto(f"{api.url}/")
+    await page.wait_for_function(
+        "() => document.getElementById('connection').textContent === 'live'"
+    )
+    await api.runtime.store.revoke_api_key(mine.record.id, time.time())
+    await page.wait_for_function(
+        "() => document.getElementById('connection').textContent.includes('was revoked')"
+    )
+    assert "sign in again" in await text_of(page, "#connection")

@@ -73,7 +73,16 @@ export function subscribe(url, handlers) {
     if (badge) { badge.textContent = text; badge.className = `badge ${cls}`; }
   };
   source.onopen = () => show("live", "live");
-  source.onerror = () => show(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting", "down");
+  source.onerror = (e) => {
+    // The server's own `error` event (a revoked key) carries why; a lost connection none.
+    const detail = e.data ? (JSON.parse(e.data).detail ?? "") : "";
+    if (detail) {
+      source.close();
+      show(`closed: ${detail} (sign in again with another key)`, "down");
+      return;
+    }
+    show(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting", "down");
+  };
   for (const [event, handle] of Object.entries(handlers)) {
     source.addEventListener(event, (e) => handle(JSON.parse(e.data), source, show));
   }
