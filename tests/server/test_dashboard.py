@@ -332,3 +332,35 @@ async def test_a_revoked_key_is_told_on_the_page(browser: Browser, api: Api) -> 
         "() => document.getElementById('connection').textContent.includes('was revoked')"
     )
     assert "sign in again" in await text_of(page, "#connection")
+
+
+async def test_the_task_list_pages_back_and_says_when_a_filter_is_refused(
+    browser: Browser, api: Api
+) -> None:
+    # Only the newest 25 tasks could be seen; a refused filter left the old rows, silent.
+    status, batch = await api.call(
+        "POST",
+        "/v1/tasks:batch",
+        body={"tasks": [{"agent": "doomed", "input": {"n": n}} for n in range(30)]},
+    )
+    assert status == 200, batch
+    ids = sorted((t["id"] for t in batch["tasks"]), reverse=True)
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    await page.goto(f"{api.url}/")
+    rows = "#tasks-table tr"
+    await page.wait_for_selector(f"{rows}[data-id='{ids[0]}']")
+    await page.click("#tasks-older")
+    await page.wait_for_selector(f"{rows}[data-id='{ids[25]}']")
+    shown = await page.locator(rows).evaluate_all("rows => rows.map(r => Number(r.dataset.id))")
+    assert shown == ids[25:], shown
+    assert await text_of(page, "#tasks-page") == "page 2"
+    assert await page.is_disabled("#tasks-older")
+    await page.click("#tasks-newest")
+    await page.wait_for_selector(f"{rows}[data-id='{ids[0]}']")
+    await page.fill("#filter-agent", "a" * 300)
+    await page.press("#filter-agent", "Enter")
+    await page.wait_for_function(
+        "() => document.getElementById('tasks-note').textContent.includes('422')"
+    )
+    assert problems == [] or all("422" in p for p in problems), problems

@@ -171,18 +171,41 @@ function actions(t) {
   }));
 }
 
+// The list shows 25 tasks, newest first; "older" pages on with the cursor the server
+// gave (the page shown is read again every 2 s while the run moves), "newest" goes back.
+const pages = { cursors: [null], next: null };
+
+function turn(to) {
+  if (to === "older" && pages.next) pages.cursors.push(pages.next);
+  if (to === "newest") pages.cursors = [null];
+  loadTasks();
+}
+
 async function loadTasks() {
   const params = new URLSearchParams({ limit: "25" });
   const status = document.getElementById("filter-status").value;
   const agent = document.getElementById("filter-agent").value.trim();
   if (status) params.set("status", status);
   if (agent) params.set("agent", agent);
+  const cursor = pages.cursors[pages.cursors.length - 1];
+  if (cursor) params.set("cursor", cursor);
   const query = params.toString();
   listing = query;
   listedAt = Date.now();
   const resp = await api(`/v1/tasks?${query}`);
-  if (!resp.ok || listing !== query) return;  // a newer filter won
+  if (listing !== query) return;  // a newer filter won
+  if (!resp.ok) {
+    const body = await resp.json().catch(() => ({}));
+    const detail = Array.isArray(body.detail) ? body.detail.map((d) => d.msg).join("; ") : body.detail;
+    setText("tasks-note", `the list could not be read (${resp.status}${detail ? `: ${detail}` : ""})`);
+    return;
+  }
+  setText("tasks-note", "");
   const page = await resp.json();
+  pages.next = page.next;
+  document.getElementById("tasks-older").disabled = !page.next;
+  document.getElementById("tasks-newest").disabled = pages.cursors.length === 1;
+  setText("tasks-page", pages.cursors.length > 1 ? `page ${pages.cursors.length}` : "");
   const rows = page.tasks.map((t) => el("tr", { "data-id": String(t.id) },
     el("td", {}, el("a", { href: `/tasks/${t.id}` }, `#${t.id}`)),
     el("td", {}, t.agent),
@@ -247,9 +270,11 @@ async function startTasks() {
   if (resp.ok) key = await resp.json();
   setText("key-scope", key.admin ? "admin key: every tenant" : `tenant ${key.tenant}`);
   for (const id of ["filter-status", "filter-agent"]) {
-    document.getElementById(id).addEventListener("change", loadTasks);
+    document.getElementById(id).addEventListener("change", () => turn("newest"));
   }
-  document.getElementById("task-filters").addEventListener("submit", (e) => { e.preventDefault(); loadTasks(); });
+  document.getElementById("task-filters").addEventListener("submit", (e) => { e.preventDefault(); turn("newest"); });
+  document.getElementById("tasks-older").addEventListener("click", () => turn("older"));
+  document.getElementById("tasks-newest").addEventListener("click", () => turn("newest"));
   await loadTasks();
   await loadWaiting();
 }
