@@ -131,6 +131,15 @@ async def test_a_task_page_follows_a_running_task(
         "() => document.getElementById('status').textContent === 'succeeded'"
     )
     assert await text_of(page, "#output") == "5"
+    # A step's recorded output was nowhere on the page: a click on its bar shows it.
+    await page.click("#timeline g.step[data-key='started']")
+    assert await text_of(page, "#step-output") == "5"
+    assert (await text_of(page, "#step-chosen")).startswith("started, attempt 1")
+    # An id that is not one is the page's "no such task", not FastAPI's 422 JSON.
+    await page.goto(f"{api.url}/tasks/abc")
+    await page.wait_for_function(
+        "() => document.getElementById('status').textContent === 'no such task'"
+    )
     assert problems == []
 
 

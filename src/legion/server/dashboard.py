@@ -16,7 +16,6 @@ from importlib import resources
 from fastapi import APIRouter, Depends, HTTPException, Response
 
 from legion.server.deps import require_key
-from legion.server.tasks_api import TaskId
 
 _TYPES = {
     "common.js": "text/javascript",
@@ -54,8 +53,9 @@ async def index() -> Response:
 
 
 @router.get("/tasks/{task_id}")
-async def task_page(task_id: TaskId) -> Response:
-    """One task: the timeline of its steps and the history of its attempts."""
+async def task_page(task_id: str) -> Response:
+    """One task: the timeline of its steps and the history of its attempts (the page says
+    "no such task" for an id that is not one, as for one that does not exist)."""
     return _page("task.html")
 
 

@@ -62,9 +62,20 @@ function renderTimeline() {
     group.append(svg("title", {}, `${s.key}: ${fmtSeconds(s.finished_at - s.started_at)} (attempt ${s.attempt})`));
     group.append(svg("rect", { class: earlier ? "bar replayed" : "bar", x: left, y: y + 2, width: barWidth, height: LANE - 6, rx: 3 }));
     group.append(svg("text", { x: Math.min(left + 4, width - 120), y: y + LANE / 2 + 2 }, `${s.key} · ${fmtSeconds(s.finished_at - s.started_at)}`));
+    group.addEventListener("click", () => showStep(s.key));
     root.append(group);
   });
   box.replaceChildren(root);
+}
+
+// What a step recorded (an LLM call's answer, a search's hits), for the step clicked.
+function showStep(key) {
+  const s = steps.get(key);
+  if (!s) return;
+  setText("step-chosen", `${s.key}, attempt ${s.attempt}, ${fmtSeconds(s.finished_at - s.started_at)}:`);
+  const out = document.getElementById("step-output");
+  out.hidden = false;
+  out.textContent = JSON.stringify(s.output, null, 2) ?? "null";
 }
 
 // Drawn once a frame however many steps arrive: each step event drew the whole timeline
