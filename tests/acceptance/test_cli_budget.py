@@ -27,7 +27,12 @@ CALLS = 3 * TASKS
 
 
 def _run(
-    tmp_path: Path, url: str, *budget: str, config: Path | None = None, model: str = "sim-model"
+    tmp_path: Path,
+    url: str,
+    *budget: str,
+    config: Path | None = None,
+    model: str = "sim-model",
+    concurrency: int = 4,
 ) -> tuple[int, str]:
     route = ["--config", str(config)] if config else ["--llm", f"openai:{model}@{url}"]
     done = legion(
@@ -40,7 +45,7 @@ def _run(
         "--store",
         f"sqlite:///{tmp_path / 'legion.db'}",
         "--concurrency",
-        "4",
+        str(concurrency),
         "--no-progress",
         *route,
         *budget,
@@ -83,6 +88,27 @@ def test_a_call_budget_stops_the_run_and_a_raised_one_resumes_it(tmp_path: Path)
         # parked tasks were replayed, not sent again.
         assert sim_stats(url)["succeeded"] == CALLS
         assert sim_stats(url)["requests_total"] == CALLS
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_the_same_command_again_buys_nothing_past_the_budget(tmp_path: Path) -> None:
+    # A run stopped by its budget leaves tasks queued; run again, the worker started them
+    # at once, and their calls went out on a budget that had not yet read what the earlier
+    # run spent: the same command bought up to --concurrency calls more each time.
+    proc, url = start_sim("--model", "sim-model", "--latency", "0.01")
+    try:
+        (tmp_path / "app.py").write_text(AGENT)
+        write_jsonl(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(100)])
+        code, output = _run(tmp_path, url, "--max-calls", "13", concurrency=100)
+        assert code == 3, output
+        served = sim_stats(url)["requests_total"]
+        assert served <= 13, served
+        for _ in range(2):
+            code, output = _run(tmp_path, url, "--max-calls", "13", concurrency=100)
+            assert code == 3, output
+            assert sim_stats(url)["requests_total"] == served, output
     finally:
         proc.terminate()
         proc.communicate(timeout=30)

@@ -70,7 +70,8 @@ async def test_a_call_larger_than_the_whole_limit_says_so() -> None:
     with pytest.raises(BudgetExceeded) as refused:
         await budget.reserve(300, 0.27)
     assert str(refused.value) == (
-        "LLM budget exhausted: --max-cost $0.12 reached ($0.0000 spent); one call alone "
+        "LLM budget exhausted: --max-cost $0.12 reached ($0.0000 spent when a call did not "
+        "fit); one call alone "
         "reserves $0.2700, more than the whole limit (its prompt and its max_tokens, or the "
         "completion estimated without one): give the call a lower max_tokens, or raise the "
         "limit"
@@ -174,3 +175,16 @@ async def test_an_agents_budget_starts_from_what_its_tasks_recorded() -> None:
         attempt.CURRENT.reset(token)
     assert sorted(asked) == [("agent", "small"), ("tenant", "acme")]  # read once each
     assert budgets.tenants["acme"].spent.calls == 5
+
+
+async def test_a_budget_told_to_count_earlier_runs_first_holds_calls_until_it_has() -> None:
+    # `legion run` again after a budget stop: the tasks left queued started with the
+    # worker, and their calls went out before what the earlier run spent was read.
+    budget = Budget(BudgetLimits(max_calls=10))
+    budget.count_earlier_first()
+    early = asyncio.ensure_future(budget.reserve(10, None))
+    await asyncio.sleep(0)
+    assert not early.done()
+    budget.spent_before(Spend(10, 0, 0.0))  # the earlier run used the whole limit
+    with pytest.raises(BudgetExceeded, match="--max-calls 10 reached"):
+        await early

@@ -168,7 +168,9 @@ async def _run_lines(
     if opts.runtime.worker:
         _say_if_not_covered(opts, console)
     agents = (opts.agent, *opts.peers) if opts.runtime.worker else ()
-    async with open_runtime(opts.runtime, agents=agents, on_routes=console.print) as rt:
+    async with open_runtime(
+        opts.runtime, agents=agents, on_routes=console.print, earlier_spending=True
+    ) as rt:
         llm = rt.llm
         budget = None if llm is None else llm.budgets.run
         watched = [] if budget is None else [budget]  # the budgets whose end ends the run
@@ -225,7 +227,8 @@ async def _run_lines(
         console.print(
             Text.assemble(
                 ("budget exceeded:", "yellow"),
-                f" {spent.exhausted}; spent {_budget_line(spent)}. Unfinished tasks are "
+                f" {spent.exhausted}; spent in all, the calls then in flight answered: "
+                f"{_budget_line(spent)}. Unfinished tasks are "
                 "kept with what they recorded: run the same command with a higher limit "
                 "to continue.",
             )

@@ -75,12 +75,19 @@ def llm_options(
     return LLMOptions(tuple(specs or ()), rpm, tpm, max_in_flight, config)
 
 
-async def open_llm(opts: RuntimeOptions, config: LLMConfig) -> LLMClient:
+async def open_llm(
+    opts: RuntimeOptions, config: LLMConfig, *, earlier_spending: bool = False
+) -> LLMClient:
     """The client over the routes of ``config`` (as `llm_config` gives them), with the
-    budgets of ``opts``; close it with ``aclose()`` or ``async with``."""
+    budgets of ``opts``; close it with ``aclose()`` or ``async with``.
+    ``earlier_spending``: the run's budget holds every call until it is told what earlier
+    runs of the job spent (`Budget.spent_before`)."""
+    budget = Budget(opts.budget) if opts.budget.any else None
+    if budget is not None and earlier_spending:
+        budget.count_earlier_first()
     return await build_client(
         config,
-        budget=Budget(opts.budget) if opts.budget.any else None,
+        budget=budget,
         tenant_budget=opts.tenant_budget if opts.tenant_budget.any else None,
     )
 
@@ -120,19 +127,22 @@ async def open_runtime(
     store: Store | None = None,
     agents: Sequence[Agent] = (),
     on_routes: Callable[[str], None] | None = None,
+    earlier_spending: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Open the parts of ``opts`` in order and yield the open `Runtime` (its client is
     ``rt.llm``, ``None`` without a worker here); close them in reverse.
 
     ``on_routes`` hears, before the client is built, the line that says which LLM
-    routes the worker uses and where they came from."""
+    routes the worker uses and where they came from; ``earlier_spending``: see
+    `open_llm`."""
     async with AsyncExitStack() as stack:
         llm = None
         if opts.worker:
             config, note = llm_config(opts.llm)
             if on_routes is not None:
                 on_routes(note)
-            llm = await stack.enter_async_context(await open_llm(opts, config))
+            client = await open_llm(opts, config, earlier_spending=earlier_spending)
+            llm = await stack.enter_async_context(client)
         yield await stack.enter_async_context(
             build_runtime(opts, store=store, llm=llm, agents=agents)
         )

@@ -107,6 +107,7 @@ class Budget:
         self.exhausted: str | None = None
         """Why the budget stopped sending calls (``None``: it has not)."""
         self._exhausted_event: asyncio.Event | None = None
+        self._earlier: asyncio.Event | None = None  # set once earlier spending is told
 
     # -- what the run reads ---------------------------------------------------------------
 
@@ -118,6 +119,14 @@ class Budget:
     def spent_before(self, spend: Spend) -> None:
         """Count what earlier runs of the job spent (their recorded usage)."""
         self._before = self._before + spend
+        if self._earlier is not None:
+            self._earlier.set()
+
+    def count_earlier_first(self) -> None:
+        """Hold every call until `spent_before` tells what earlier runs spent: tasks an
+        earlier run left queued start as soon as the worker does, and their calls, let
+        through on a budget that read nothing spent, spent up to the whole limit again."""
+        self._earlier = asyncio.Event()
 
     async def wait_exhausted(self) -> str:
         """Wait until the budget refuses a call; answer why."""
@@ -136,6 +145,9 @@ class Budget:
         unknown, refused when there is a cost limit), waiting while calls in flight may
         give some back; raise `BudgetExceeded` when it cannot fit."""
         want = Spend(1, tokens, cost or 0.0)
+        if self._earlier is not None and not self._earlier.is_set():
+            with attempt.waiting("the LLM budget (reading what earlier runs spent)"):
+                await self._earlier.wait()
         if cost is None and self.limits.max_cost is not None:
             self._exhaust(
                 "a call on a model without a price cannot be counted against "
@@ -217,12 +229,12 @@ class Budget:
         if limits.max_tokens is not None and total.tokens > limits.max_tokens:
             return (
                 f"{self._name('max-tokens')} {limits.max_tokens:,} reached "
-                f"({self.spent.tokens:,} spent)"
+                f"({self.spent.tokens:,} spent when a call did not fit)"
             )
         if limits.max_cost is not None and total.cost > limits.max_cost + 1e-12:
             return (
                 f"{self._name('max-cost')} ${limits.max_cost:g} reached "
-                f"(${self.spent.cost:.4f} spent)"
+                f"(${self.spent.cost:.4f} spent when a call did not fit)"
             )
         return None
 
