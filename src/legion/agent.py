@@ -252,7 +252,13 @@ class Agent:
                 raise InputError(_validation_message(self.name, exc)) from None
         else:
             return
-        raise self._unfit_fields(value)
+        unfit = self._unfit_fields(value)
+        if unfit.fields:
+            raise unfit
+        try:  # `{}` for a single parameter that has a default: its arguments, none given
+            self._validator.model_validate_json(encoded, strict=True)
+        except ValidationError as exc:
+            raise InputError(_validation_message(self.name, exc)) from None
 
     def input_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
         """The JSON schema of what `arguments` accepts (``$defs`` under ``$defs``)."""

@@ -110,6 +110,19 @@ def test_an_empty_object_takes_a_single_parameters_default() -> None:
     assert maybe.arguments({}) == {"doc": {}}  # an object still goes to a dict parameter
     with pytest.raises(InputError, match=r"unknown field\(s\) m \(it takes n\)"):
         count.arguments({"m": 3})
+    # The strict check of the HTTP API and `legion run` takes it too (it answered 422 with
+    # "input does not fit agent 'count': " and nothing after it).
+    count.check_json({}, b"{}")
+    maybe.check_json({}, b"{}")
+
+    @legion.agent
+    async def note(ctx: legion.Context, write: str | None = None) -> str | None:
+        return write
+
+    note.check_json({}, b"{}")
+    assert note.arguments({}) == {"write": None}
+    with pytest.raises(InputError, match=r"unknown field\(s\) m \(it takes write\)"):
+        note.check_json({"m": 3}, b'{"m": 3}')
 
 
 def test_a_single_object_parameter_still_takes_objects_with_other_fields() -> None:
