@@ -156,6 +156,11 @@ class AgentContext(Protocol):
         ...
 
 
+_SESSION_AND_KEY = codec.MAX_NAME_BYTES + 512
+"""The most UTF-8 bytes of a memory key and its session (its tenant's mark included)
+together: PostgreSQL's index entry holds about 2,700."""
+
+
 class Memory:
     """Session memory: JSON values keyed by name, shared by every task of one session."""
 
@@ -190,7 +195,7 @@ class Memory:
 
     def get(self, key: str, default: Any = None) -> Pending[Any]:
         """The value under ``key`` (``default`` if none); ``await`` it."""
-        codec.checked_text(key, "a memory key")
+        self._checked(key)
         return self._pending(f"ctx.memory.get({key!r})", self._get, (key, default))
 
     def set(self, key: str, value: Any) -> Pending[None]:
@@ -202,8 +207,23 @@ class Memory:
         write = self._write(key, None)
         return self._pending(f"ctx.memory.delete({key!r})", self._put, (write,))
 
-    def _write(self, key: str, value: bytes | None) -> MemoryWrite:
+    def _checked(self, key: str) -> None:
+        """`codec.checked_text` of ``key``, and of the key with its session: a store
+        indexes the two together (a long session and a long key that each pass were
+        refused by PostgreSQL, after the write's retries, and kept by SQLite)."""
         codec.checked_text(key, "a memory key")
+        part = self._part
+        if len(key) + len(part) > _SESSION_AND_KEY // 4:
+            size = len(key.encode()) + len(part.encode())
+            if size > _SESSION_AND_KEY:
+                raise OutputError(
+                    f"the memory key {key[:40]!r} and its session are {size:,} bytes "
+                    f"together, past the {_SESSION_AND_KEY:,} a store's index holds "
+                    "(name the key, or the session, by a digest of what it stands for)"
+                )
+
+    def _write(self, key: str, value: bytes | None) -> MemoryWrite:
+        self._checked(key)
         if self._check is not None:
             self._check()
         if self._fence is None:

@@ -1068,3 +1068,24 @@ async def test_a_name_no_store_can_index_is_refused_in_the_agent_alike_on_every_
     assert messages[0] == "a step's name 'a\\x00b' cannot be stored: it holds a NUL character"
     assert messages[1] == "a memory key 'a\\x00b' cannot be stored: it holds a NUL character"
     assert all("it is 3,000 bytes long, past the 2,048" in m for m in messages[2:])
+
+
+async def test_a_memory_key_and_session_too_long_together_are_refused_alike_on_every_store(
+    store_url: str,
+) -> None:
+    # Each passed its own check; PostgreSQL indexes them together and refused the write
+    # after its retries ("index row size 4064 exceeds btree version 4 maximum 2704").
+    @legion.agent(retries=2)
+    async def remember(ctx: legion.Context, chars: int) -> str:
+        await ctx.memory.set("\N{GRINNING FACE}" * chars, 1)
+        return "stored"
+
+    long_session = "\N{GRINNING FACE}" * 500  # 2,000 bytes, as long as a session may be
+    async with Runtime(store_url) as rt:
+        too_long = await rt.submit(remember, {"chars": 512}, session=long_session)
+        fits = await rt.submit(remember, {"chars": 512}, session="s")  # a 2,048-byte key
+        refused, stored = await rt.result(too_long.id), await rt.result(fits.id)
+    assert (stored.status, stored.output) == (TaskStatus.SUCCEEDED, "stored"), stored.error
+    assert (refused.status, refused.attempt) == (TaskStatus.FAILED, 1), refused
+    assert refused.error is not None and refused.error.type == "OutputError"
+    assert "bytes together, past the 2,560" in refused.error.message
