@@ -92,8 +92,20 @@ def test_paths_and_methods_it_does_not_serve_answer_openai_errors(store_file: st
     gateway, url = start_gateway("--llm", f"openai:sim-model@{sim_url}", "--store", store_file)
     try:
         key = new_key(store_file, "k")
-        status, _, body = call(url, "/v1/models", key)
+        status, _, body = call(url, "/v1/completions", key, {"prompt": "x"})  # legacy API
         assert status == 404 and body["error"]["message"] == "Not Found"
+        # The models a caller may name, as SDKs and tools list them at their start.
+        status, _, body = call(url, "/v1/models", key)
+        assert status == 200 and body["object"] == "list", body
+        assert {m["id"] for m in body["data"]} == {"sim-model", "default"}
+        # A message that is no object is the caller's error (it was a 500 and a traceback);
+        # "n": null is OpenAI's default, taken.
+        odd = {"model": "sim-model", "messages": [1, 2]}
+        status, _, body = call(url, "/v1/chat/completions", key, odd)
+        assert status == 400 and "messages[0]" in body["error"]["message"], body
+        nulled = {"model": "sim-model", "messages": [{"role": "user", "content": "x"}], "n": None}
+        status, _, body = call(url, "/v1/chat/completions", key, nulled)
+        assert status == 200, body
         status, headers, body = call(url, "/v1/usage", key, {"x": 1})  # POST on a GET
         assert status == 405 and "GET" in headers["Allow"] and body["error"]
     finally:

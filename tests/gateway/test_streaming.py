@@ -61,6 +61,8 @@ async def test_a_stream_that_breaks_after_its_first_pieces_ends_in_an_error_not_
                         received.append(chunk.choices[0].delta.content)
         assert received  # the first half came, then the error
         assert "stream broke" in caught.value.message
+        # The provider broke it: a server error, not the caller's ("invalid_request_error").
+        assert caught.value.type == "server_error", caught.value.body
         # The route's retry was not sent: it would have spliced a second answer on.
         assert c.sim.stats().requests_total == 1
         mine = await c.gateways[0].gateway.book.totals(key.split("_")[1])
@@ -82,12 +84,21 @@ async def test_a_whole_stream_matches_the_plain_answer_and_errors_keep_their_sta
             # A refusal before the first piece is the caller's HTTP error, as for a plain call.
             with pytest.raises(openai.BadRequestError):
                 await stream(client, max_tokens=-1)
+            again = await client.chat.completions.create(
+                model="sim-model", messages=QUESTION, max_tokens=16
+            )
+            restreamed = [chunk async for chunk in await stream(client)]
         text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
         assert text == plain.choices[0].message.content  # the simulator is deterministic
         assert len([p for p in parts if p.choices and p.choices[0].delta.content]) > 1
         assert parts[-1].usage == plain.usage
         assert parts[-2].choices[0].finish_reason == plain.choices[0].finish_reason
         assert len({p.id for p in parts}) == 1
+        # Calls recorded under no task each have an id of their own and the time they
+        # were made (the same body gave every caller one id, created at 0, in 1970).
+        assert parts[0].id != plain.id and plain.created > 0 and parts[0].created > 0
+        assert again.id != plain.id and restreamed[0].id != parts[0].id
+        assert restreamed[0].model == again.model == plain.model == "sim-model"
 
 
 async def test_a_live_stream_is_recorded_whole_for_its_task(sqlite_url: str) -> None:

@@ -99,8 +99,8 @@ KEYS_HELP = _paragraphs(
     "  legion keys revoke 3f2a9c1b0d4e --store sqlite:///app.db",
     "Keys live in the store, so every server on that store accepts them. The store keeps "
     "only a salted SHA-256 digest: a key is shown once, when it is made. A revoked key is "
-    "refused (403); a server that checked it in the last 5 seconds may take that long to "
-    "notice.",
+    "refused (403); a server that checked it in the last 5 seconds (a gateway: 10 seconds) "
+    "may take that long to notice.",
 )
 
 

@@ -43,7 +43,7 @@ from legion.llm.client import LLMClient, Route
 from legion.llm.embeddings import Embeddings
 from legion.llm.sdk import openai_wire
 from legion.llm.sdk.live import LiveCall
-from legion.llm.sdk.openai_wire import WireChat, WireError
+from legion.llm.sdk.openai_wire import ChunkStream, WireChat, WireError
 from legion.llm.sdk.statuses import error_status
 from legion.llm.types import ChatResponse
 from legion.run.shares import SharedCapacity
@@ -107,6 +107,7 @@ class Gateway:
         app = web.Application(client_max_size=_MAX_BODY, middlewares=[_errors])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/usage", self._usage)
         app.router.add_get("/healthz", self._health)
         return app
@@ -138,12 +139,12 @@ class Gateway:
             chat = openai_wire.parse_chat(body)
             route = self._client.route_for(self._route_name(chat.model))
             step = _step(request, key, "chat", [route.model, chat.messages, chat.params])
-            model = chat.model or route.model
+            model = route.model  # (what the provider is asked for, plain or streamed)
             if step is not None:
                 found = await self._recorded(step)
                 if found is not None:
                     self.book.account(key.id).replayed += 1
-                    return _answer(ChatResponse.from_json(found), chat, body, model)
+                    return _answer(ChatResponse.from_json(found), chat, body, model, step)
             if chat.stream:
                 return await self._stream(request, chat, body, model, route, key.id, step)
             response = await self._client.chat(
@@ -154,7 +155,7 @@ class Gateway:
             if step is not None:
                 kept = await self._record(step, {**response.to_json(), "cost_usd": cost})
                 response = ChatResponse.from_json(kept)
-            return _answer(response, chat, body, model)
+            return _answer(response, chat, body, model, step)
         except (_Conflict, WireError, LegionError) as exc:
             self.book.account(key.id).failed += 1
             return _error(_status(exc), str(exc))
@@ -170,7 +171,7 @@ class Gateway:
         step: _Step | None,
     ) -> web.StreamResponse:
         """A streamed call passed on piece by piece (see the module's text)."""
-        chunks = openai_wire.ChunkStream(openai_wire.stream_id(body), model, chat.include_usage)
+        chunks = _chunks(chat, body, model, step)
         live = LiveCall(
             lambda: self._client.chat(chat.messages, route.name, stream=True, **chat.params)
         )
@@ -178,7 +179,7 @@ class Gateway:
             piece = await live.next()
             if piece is None:  # from a provider that does not stream: whole, or its error
                 response = await self._settle(await live.result(), route, key_id, step)
-                return _answer(response, chat, body, model)
+                return _answer(response, chat, body, model, step)
             stream = web.StreamResponse(headers=_EVENTS)
             await stream.prepare(request)
             await stream.write(chunks.start())
@@ -269,7 +270,21 @@ class Gateway:
         stayed: dict[str, Any] = codec.loads(kept.output)
         return stayed
 
-    # -- usage and health ----------------------------------------------------------------
+    # -- models, usage and health --------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """The models a caller may name: each route's name and its model (OpenAI's list,
+        which SDKs and tools read at their start)."""
+        try:
+            await self._key(request)
+        except AuthError as exc:
+            return _error(exc.status, exc.message)
+        names: dict[str, str] = {}
+        for name, route in self._client.routes.items():
+            names.setdefault(route.model, name)
+            names.setdefault(name, name)
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "legion"} for n in names]
+        return web.json_response({"object": "list", "data": data})
 
     async def _usage(self, request: web.Request) -> web.Response:
         try:
@@ -301,7 +316,8 @@ class Gateway:
         try:
             await asyncio.wait_for(self._store.last_event_id(), _HEALTH_TIMEOUT)
         except (StoreError, TimeoutError) as exc:
-            body = {"ok": False, "store": f"unavailable: {exc or 'no answer'}"}
+            why = str(exc) or f"no answer within {_HEALTH_TIMEOUT:g} s"
+            body = {"ok": False, "store": f"unavailable: {why}"}
             return web.json_response(body, status=503, headers=_RETRY)
         routes: dict[str, Any] = {}
         for name, route in self._client.routes.items():
@@ -358,13 +374,25 @@ def _check(step: _Step, found: RecordedCall) -> None:
         )
 
 
-def _answer(response: ChatResponse, chat: WireChat, body: bytes, model: str) -> web.Response:
-    """A whole completion: a ``chat.completion`` body, or every event of its stream."""
+def _answer(
+    response: ChatResponse, chat: WireChat, body: bytes, model: str, step: _Step | None
+) -> web.Response:
+    """A whole completion: a ``chat.completion`` body, or every event of its stream. A
+    call recorded under a task is rendered from its completion alone (a replay gives
+    the same bytes); any other gets an id of its own and the time it was made."""
     if not chat.stream:
-        completion = openai_wire.render_completion(response, chat.model)
+        fresh = openai_wire.fresh_id() if step is None else None
+        completion = openai_wire.render_completion(response, model, fresh=fresh)
         return web.Response(body=completion, content_type="application/json")
-    chunks = openai_wire.ChunkStream(openai_wire.stream_id(body), model, chat.include_usage)
+    chunks = _chunks(chat, body, model, step)
     return web.Response(body=b"".join(chunks.whole(response)), headers=_EVENTS)
+
+
+def _chunks(chat: WireChat, body: bytes, model: str, step: _Step | None) -> ChunkStream:
+    if step is not None:
+        return ChunkStream(openai_wire.stream_id(body), model, chat.include_usage)
+    answer_id, created = openai_wire.fresh_id()
+    return ChunkStream(answer_id, model, chat.include_usage, created)
 
 
 @web.middleware
@@ -380,7 +408,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _error(exc.status, exc.reason)
+        reason = exc.reason
+        if exc.status == 413:
+            reason = f"the request body is past the {_MAX_BODY // 2**20} MiB a call may send"
+        response = _error(exc.status, reason)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +50,14 @@ def parse_chat(body: bytes) -> WireChat:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise WireError("'messages' must be a non-empty array")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise WireError(f"'messages[{index}]' must be an object with a 'role'")
     options = data.get("stream_options")
     include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
     params = {name: value for name, value in data.items() if name not in _NOT_PARAMS}
+    if "n" in params and params["n"] is None:
+        del params["n"]  # (null: the default, one choice, as OpenAI takes it)
     if params.get("n", 1) != 1:
         raise WireError("legion answers one choice per request (n=1)")
     model = str(data.get("model") or "")
@@ -89,8 +96,12 @@ def completion_id(response: ChatResponse) -> str:
     return f"chatcmpl-{digest}"
 
 
-def render_completion(response: ChatResponse, model: str) -> bytes:
-    """``response`` as a ``chat.completion`` body."""
+def render_completion(
+    response: ChatResponse, model: str, *, fresh: tuple[str, int] | None = None
+) -> bytes:
+    """``response`` as a ``chat.completion`` body. ``fresh``: its id and creation time
+    (Unix seconds), for an answer that is not recorded; by default an id of the
+    completion and time 0, so that a replay renders the same bytes."""
     message: dict[str, Any] = {
         "role": "assistant",
         "content": response.text if response.text or not response.tool_calls else None,
@@ -105,11 +116,12 @@ def render_completion(response: ChatResponse, model: str) -> bytes:
             }
             for call in response.tool_calls
         ]
+    answer_id, created = fresh or (completion_id(response), 0)
     return orjson.dumps(
         {
-            "id": completion_id(response),
+            "id": answer_id,
             "object": "chat.completion",
-            "created": 0,
+            "created": created,
             "model": response.model or model,
             "choices": [
                 {
@@ -122,6 +134,12 @@ def render_completion(response: ChatResponse, model: str) -> bytes:
             "usage": usage_json(response.usage),
         }
     )
+
+
+def fresh_id() -> tuple[str, int]:
+    """An id of its own and the time now, for an answer that is not recorded (calls of
+    unrelated callers with the same body shared one id, created at 0)."""
+    return f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
 
 
 def stream_id(body: bytes) -> str:
@@ -137,11 +155,11 @@ class ChunkStream:
 
     __slots__ = ("_head", "_include_usage")
 
-    def __init__(self, stream_id: str, model: str, include_usage: bool) -> None:
+    def __init__(self, stream_id: str, model: str, include_usage: bool, created: int = 0) -> None:
         self._head = {
             "id": stream_id,
             "object": "chat.completion.chunk",
-            "created": 0,
+            "created": created,
             "model": model,
         }
         self._include_usage = include_usage

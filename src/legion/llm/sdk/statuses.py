@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from legion.errors import LegionError, Permanent, ProviderError, ProviderRejected, RateLimited
+from legion.llm.deltas import StreamInterrupted
 from legion.llm.sdk.openai_wire import WireError
 
 
 def error_status(exc: WireError | LegionError) -> int:
     """The HTTP status that says what ``exc`` says: 400 for a request legion cannot take
     or a permanent refusal, 429 for a rate limit legion's retries did not outlast, 502 or
-    the provider's 5xx for a provider that failed, 500 for anything else."""
+    the provider's 5xx for a provider that failed (a stream it broke part-way included:
+    not retried, but not the caller's fault), 500 for anything else."""
     if isinstance(exc, WireError):
         return 400
+    if isinstance(exc, StreamInterrupted):
+        return 502
     if isinstance(exc, RateLimited):
         return 429
     if isinstance(exc, ProviderError):
