@@ -408,7 +408,11 @@ def test_invalid_local_routes_are_config_errors(
 
 
 def test_a_missing_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import legion.llm.config as config_module
+
+    # Neither extra: the local route is refused (with [local-embed] alone it embeds).
     monkeypatch.setattr(local_module, "find_spec", lambda name: None)
+    monkeypatch.setattr(config_module, "find_spec", lambda name: None)
     with pytest.raises(ConfigError) as caught:
         parse_provider_spec("local", env={})
     assert str(caught.value) == (
