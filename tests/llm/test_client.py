@@ -275,3 +275,32 @@ async def test_calls_on_a_route_down_past_max_outage_fail_without_waiting_a_prob
         "has failed every call" in str(r) and "(the last failure: down)" in str(r) for r in results
     )
     assert client.statistics().routes["main"].failed == 20
+
+
+async def test_a_route_down_past_max_outage_is_probed_every_second_and_found_back() -> None:
+    # Down past max_outage, calls are refused at once; the breaker's open period had
+    # doubled to 30 s, so a provider back at once was found up to 30 s later (a gateway
+    # answered 502s meanwhile), though the README says a probe a second finds it.
+    from legion.llm import Breaker, BreakerSettings
+
+    clock = FakeClock()
+    provider = ScriptedProvider([*(unavailable() for _ in range(40)), *["back"] * 10])
+    capacity = Capacity("c", timer=clock, rng=random.Random(0))
+    breaker = Breaker(BreakerSettings(), timer=clock)
+    client = LLMClient(
+        [Route("main", provider, "m", capacity, breaker=breaker)],
+        retry=RetryPolicy(retries=0),
+        timer=clock,
+        rng=random.Random(7),
+        max_outage=5.0,
+    )
+    answers: list[str] = []
+    while not answers and clock.now() < 600:  # a caller a second, as a gateway's
+        try:
+            answers.append((await clock.run(client.chat(HELLO))).text)
+        except ProviderUnavailable:
+            await clock.run(clock.sleep(1.0))
+    assert answers == ["back"]
+    sent = len(provider.requests)
+    assert sent == 41, sent  # every probe failed until the provider came back: none wasted
+    assert clock.now() < 60, clock.now()  # a probe a second, not one per 30 s

@@ -133,13 +133,18 @@ class Breaker:
         finally:
             self._waiting -= 1
 
-    def try_turn(self) -> Ticket | None:
+    def try_turn(self, *, eager: bool = False) -> Ticket | None:
         """`wait_turn` without the wait: a ticket if a call may be sent now (closed, or
-        open with a probe due), else ``None``."""
+        open with a probe due), else ``None``. ``eager``: a probe is due a probe interval
+        after the last one, however long the open period has grown (for callers that
+        are refused at once rather than wait: one probe a second costs a provider that
+        is down one call a second, and one that came back is found within a second, not
+        up to ``max_open_for`` later)."""
         if self._state is BreakerState.CLOSED:
             return Ticket(self._epoch, probe=False)
         now = self._timer.now()
-        if self._state is BreakerState.OPEN and now >= self._probe_start():
+        due = self._last_probe + self.settings.probe_interval if eager else self._probe_start()
+        if self._state is BreakerState.OPEN and now >= due:
             self._change(BreakerState.HALF_OPEN)
             self._last_probe = now
             self._probes += 1

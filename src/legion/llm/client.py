@@ -634,7 +634,7 @@ class LLMClient:
             or failing < self._max_outage
         ):
             return None
-        ticket = breaker.try_turn()
+        ticket = breaker.try_turn(eager=True)  # (callers refused at once: a probe a second)
         if ticket is not None:
             return ticket
         last = self._last_failure.get(route.name)
