@@ -43,6 +43,13 @@ async def test_the_caller_reads_pieces_the_provider_is_still_sending(
             await chunks.close()
         assert first
         assert c.sim.stats().stalls == 1 and c.sim.stats().requests_total == 1
+        # The caller hung up part-way: the call is counted for its key, as failed (it
+        # left no trace in the key's usage at all).
+        mine = c.gateways[0].gateway.book.account(key.split("_")[1])
+        async with asyncio.timeout(20):
+            while mine.failed == 0:  # noqa: ASYNC110 - the handler's cancel lands after
+                await asyncio.sleep(0.01)
+        assert (mine.calls, mine.failed) == (0, 1)
 
 
 async def test_a_stream_that_breaks_after_its_first_pieces_ends_in_an_error_not_a_retry(

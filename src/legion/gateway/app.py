@@ -159,6 +159,12 @@ class Gateway:
         except (_Conflict, WireError, LegionError) as exc:
             self.book.account(key.id).failed += 1
             return _error(_status(exc), str(exc))
+        except asyncio.CancelledError:
+            # The caller left (a dropped connection cancels its handler, and the call):
+            # counted as failed, the only trace it leaves (its tokens are not known; a
+            # provider may bill what it had generated).
+            self.book.account(key.id).failed += 1
+            raise
 
     async def _stream(
         self,
