@@ -231,6 +231,19 @@ def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]  # (it made one)
 
 
+def test_a_batch_too_large_for_the_provider_says_to_lower_batch(tmp_path: Path) -> None:
+    # "Requested 840, over the 120 one window of 60 s admits", and no word of --batch.
+    corpus = write_jsonl(
+        tmp_path / "corpus.jsonl", [{"text": f"document {i} " + "word " * 30} for i in range(20)]
+    )
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    args = ("vectors", "load", "kb", "--input", str(corpus), "--store", store, "--tpm", "120")
+    r = legion(*args, "--batch", "20")
+    assert r.returncode == 2, r.stderr
+    assert "a batch of 20 chunks: a lower --batch sends fewer at once" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_where_takes_nan_and_infinity_as_the_text_they_are(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'kb.db'}"
     docs = [

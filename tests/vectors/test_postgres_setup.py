@@ -36,7 +36,13 @@ async def test_a_server_without_pgvector_is_a_clear_error_and_nothing_is_written
             else:
                 raise AssertionError("a write without pgvector should fail")
             assert "pgvector" in message and "CREATE EXTENSION vector" in message
-            assert await backend.collection("kb") is None
+            # Asked for first by a load, before it embeds (and pays for) a batch: said then.
+            try:
+                await backend.collection("kb")
+            except VectorError as exc:
+                assert "pgvector" in str(exc)
+            else:
+                raise AssertionError("a load's first question should say pgvector is missing")
             assert await backend.collections() == []
     finally:
         await store.aclose()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from legion import codec
-from legion.errors import ConfigError, VectorError
+from legion.errors import ConfigError, ProviderRejected, VectorError
 from legion.llm.client import LLMClient
 from legion.vectors.backend import VectorBackend
 from legion.vectors.chunking import DEFAULT_CHUNK_CHARS, chunk
@@ -209,7 +209,15 @@ async def load(
                 todo = chunks
             report.skipped += len(chunks) - len(todo)
             if todo:
-                embeddings = await client.embed([c.text for c in todo], route.name)
+                try:
+                    embeddings = await client.embed([c.text for c in todo], route.name)
+                except ProviderRejected as exc:
+                    if len(todo) == 1:
+                        raise
+                    raise VectorError(
+                        f"{exc} (that call embedded a batch of {len(todo)} chunks: a lower "
+                        "--batch sends fewer at once)"
+                    ) from exc
                 info = CollectionInfo(collection, "shared", route.model, embeddings.dims)
                 if info_box:
                     check_same(info_box[0], info)

@@ -140,6 +140,9 @@ class PostgresVectors:
 
     async def collection(self, name: str) -> CollectionInfo | None:
         async with self._pg()._connection() as conn:
+            # (first: a load asks for its collection before it embeds anything, and a
+            # server without pgvector is said before a batch is paid for, not after)
+            await self._ensure(conn)
             found = await self._info(conn, name)
         return None if found is None else found[0]
 
