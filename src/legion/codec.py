@@ -1,8 +1,12 @@
 """JSON encoding of everything legion stores: inputs, outputs, step results, memory.
 
 Values are stored as JSON so the store stays readable by people, dashboards and other
-languages. pydantic models and dataclasses are encoded as objects; anything else that
-JSON cannot represent raises `legion.errors.OutputError` with the reason.
+languages, and read back as JSON reads: pydantic models and dataclasses are encoded as
+objects; tuples and sets as lists; datetimes, dates and UUIDs as their ISO text; numpy
+arrays as lists; non-text dict keys as text (``{1: "a"}`` reads back as ``{"1": "a"}``,
+and a dict with both ``1`` and ``"1"`` keeps one of them). Anything else that JSON cannot
+represent (NaN, an integer past 64 bits, bytes, a Decimal, any other object) raises
+`legion.errors.OutputError` with the reason.
 """
 
 from __future__ import annotations
