@@ -62,6 +62,21 @@ async def test_a_task_s_call_asked_again_on_another_gateway_is_answered_from_its
         assert c.sim.stats().requests_total == 3
 
 
+async def test_identical_calls_of_one_step_sent_at_once_buy_it_once(store_url: str) -> None:
+    # Five identical calls of one task sent together each reached the provider (all five
+    # answered the first's record): "asked again buys nothing" held only one at a time.
+    import asyncio
+
+    async with cluster(store_url) as c:
+        key = await c.key("agent")
+        async with sdk(c.gateways[0].url, key, **{"X-Legion-Task": "t-100"}) as client:
+            answers = await asyncio.gather(*(raw_chat(client) for _ in range(5)))
+        assert len(set(answers)) == 1
+        assert c.sim.stats().requests_total == 1
+        mine = await usage(c.gateways[0].url, key)
+        assert (mine["calls"], mine["replayed"]) == (1, 4), mine
+
+
 async def test_recordings_are_the_calling_key_s_own(store_url: str) -> None:
     async with cluster(store_url) as c:
         mine, theirs = await c.key("mine"), await c.key("theirs")

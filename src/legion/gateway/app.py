@@ -29,7 +29,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,33 @@ class _Step:
     request: str
 
 
+class _OneAtATime:
+    """A lock per recorded step, while some request of it is under way: identical requests
+    of one step sent at once (a task's retry racing its first try) wait for the first,
+    then replay its record, rather than each buy the call."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str, str], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def step(self, step: _Step | None) -> AsyncIterator[None]:
+        if step is None:
+            yield
+            return
+        name = (step.key, step.task, step.step)
+        lock, users = self._locks.get(name, (asyncio.Lock(), 0))
+        self._locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[name]
+            if users == 1:
+                del self._locks[name]
+            else:
+                self._locks[name] = (lock, users - 1)
+
+
 class Gateway:
     """Serves ``client``'s routes over HTTP to holders of the store's API keys.
 
@@ -98,6 +125,7 @@ class Gateway:
         self._store = store
         self._auth = Authenticator(store, cache_seconds=key_cache_seconds)
         self._shares = SharedCapacity(client, store, gateway_id)
+        self._steps = _OneAtATime()
         self.book = UsageBook(store, clock=time.time)
         """Each key's usage, on its way to the store's totals."""
         self.address: Any = None
@@ -140,22 +168,23 @@ class Gateway:
             route = self._client.route_for(self._route_name(chat.model))
             step = _step(request, key, "chat", [route.model, chat.messages, chat.params])
             model = route.model  # (what the provider is asked for, plain or streamed)
-            if step is not None:
-                found = await self._recorded(step)
-                if found is not None:
-                    self.book.account(key.id).replayed += 1
-                    return _answer(ChatResponse.from_json(found), chat, body, model, step)
-            if chat.stream:
-                return await self._stream(request, chat, body, model, route, key.id, step)
-            response = await self._client.chat(
-                chat.messages, route.name, stream=False, **chat.params
-            )
-            cost = self._client.cost(response, route.name)
-            self.book.account(key.id).add(response.usage, cost)
-            if step is not None:
-                kept = await self._record(step, {**response.to_json(), "cost_usd": cost})
-                response = ChatResponse.from_json(kept)
-            return _answer(response, chat, body, model, step)
+            async with self._steps.step(step):
+                if step is not None:
+                    found = await self._recorded(step)
+                    if found is not None:
+                        self.book.account(key.id).replayed += 1
+                        return _answer(ChatResponse.from_json(found), chat, body, model, step)
+                if chat.stream:
+                    return await self._stream(request, chat, body, model, route, key.id, step)
+                response = await self._client.chat(
+                    chat.messages, route.name, stream=False, **chat.params
+                )
+                cost = self._client.cost(response, route.name)
+                self.book.account(key.id).add(response.usage, cost)
+                if step is not None:
+                    kept = await self._record(step, {**response.to_json(), "cost_usd": cost})
+                    response = ChatResponse.from_json(kept)
+                return _answer(response, chat, body, model, step)
         except (_Conflict, WireError, LegionError) as exc:
             self.book.account(key.id).failed += 1
             return _error(_status(exc), str(exc))
@@ -228,17 +257,18 @@ class Gateway:
             model, texts, params, encoding = openai_wire.parse_embed(await request.read())
             route = self._client.embed_route(self._route_name(model))
             step = _step(request, key, "embed", [route.model, texts, params])
-            found = await self._recorded(step) if step is not None else None
-            if found is not None:
-                self.book.account(key.id).replayed += 1
-                embeddings = Embeddings.from_json(found)
-            else:
-                embeddings = await self._client.embed(texts, route.name, **params)
-                cost = self._client.cost_of(route.model, embeddings.usage)
-                self.book.account(key.id).add(embeddings.usage, cost)
-                if step is not None:
-                    kept = await self._record(step, {**embeddings.to_json(), "cost_usd": cost})
-                    embeddings = Embeddings.from_json(kept)
+            async with self._steps.step(step):
+                found = await self._recorded(step) if step is not None else None
+                if found is not None:
+                    self.book.account(key.id).replayed += 1
+                    embeddings = Embeddings.from_json(found)
+                else:
+                    embeddings = await self._client.embed(texts, route.name, **params)
+                    cost = self._client.cost_of(route.model, embeddings.usage)
+                    self.book.account(key.id).add(embeddings.usage, cost)
+                    if step is not None:
+                        data = {**embeddings.to_json(), "cost_usd": cost}
+                        embeddings = Embeddings.from_json(await self._record(step, data))
         except (_Conflict, WireError, LegionError) as exc:
             self.book.account(key.id).failed += 1
             return _error(_status(exc), str(exc))
