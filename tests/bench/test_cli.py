@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.acceptance.conftest import legion
@@ -109,10 +110,10 @@ def test_bench_options_a_scenario_refuses_are_usage_errors(tmp_path: Path) -> No
 
 def test_a_measurement_that_fails_in_its_child_is_said_once_without_a_traceback() -> None:
     script = (
-        "import operator\n"
-        "from legion.bench.child import _call\n"
+        "import asyncio, operator\n"
+        "from legion.bench.child import in_child\n"
         "try:\n"
-        "    _call(operator.truediv, (1, 0))\n"
+        "    asyncio.run(in_child(operator.truediv, 1, 0))\n"
         "except RuntimeError as exc:\n"
         "    print(exc)\n"
     )
@@ -121,3 +122,71 @@ def test_a_measurement_that_fails_in_its_child_is_said_once_without_a_traceback(
     )
     assert done.stdout == "truediv: ZeroDivisionError: division by zero\n", done
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """The processes whose parent is ``pid``, with their command lines."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def _schemas(postgres_server: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(postgres_server) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'legion_bench_%'"
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
+def test_sigterm_stops_a_scale_out_run_with_its_workers_and_schema(
+    tmp_path: Path, postgres_server: str
+) -> None:
+    """SIGTERM (a `timeout`, a CI's cancel) left the run's `legion worker` processes
+    running for good, its PostgreSQL schema and its temporary folder; Ctrl-C did not."""
+    import signal
+
+    before = _schemas(postgres_server)
+    run = subprocess.Popen(
+        [
+            sys.executable, "-m", "legion", "bench", "scale-out", "--tasks", "3000",
+            "--work", "1000", "--processes", "1", "--postgres", postgres_server,
+            "--out", str(tmp_path), "--no-plots",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        workers: list[tuple[int, str]] = []
+        deadline = time.monotonic() + 120
+        while not workers and time.monotonic() < deadline:  # polled: no event to wait on
+            workers = [c for c in _children(run.pid) if " worker " in c[1]]
+            time.sleep(0.05)
+        assert workers, "no worker process started"
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 143, err
+    assert "Traceback" not in err, err
+    for pid, _ in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
+        ), f"worker {pid} still runs"
+    assert _schemas(postgres_server) == before
+    assert [p.name for p in tmp_path.iterdir()] == [], list(tmp_path.iterdir())

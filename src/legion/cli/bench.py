@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -146,12 +147,43 @@ def _run_scenario(make: Scenario) -> BenchResult:
             )
         )
     try:
-        result = asyncio.run(make(_progress(console)))
+        result = asyncio.run(_until_sigterm(make, _progress(console)))
+    except _Terminated:
+        raise typer.Exit(128 + signal.SIGTERM) from None
     except (LegionError, RuntimeError, ValueError) as exc:
         console.print(error_text(str(exc)))
         raise typer.Exit(2) from None
     result.load_before = load
     return result
+
+
+class _Terminated(Exception):
+    """The run was stopped by SIGTERM (after its clean-up)."""
+
+
+async def _until_sigterm(make: Scenario, say: Callable[[str], None]) -> BenchResult:
+    """The scenario, stopped on SIGTERM as on Ctrl-C: cancelled, so that what it started
+    (worker processes, a child, a PostgreSQL schema, temporary folders) is stopped and
+    removed on the way out (a `timeout`, a CI's cancel or systemd left them behind)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def stop() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        return await make(say)
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 bench = typer.Typer(
