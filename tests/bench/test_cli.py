@@ -190,3 +190,23 @@ def test_sigterm_stops_a_scale_out_run_with_its_workers_and_schema(
         ), f"worker {pid} still runs"
     assert _schemas(postgres_server) == before
     assert [p.name for p in tmp_path.iterdir()] == [], list(tmp_path.iterdir())
+
+
+def test_a_postgres_password_goes_into_no_result_file(tmp_path: Path) -> None:
+    """`--postgres postgresql://u:SECRET@...` was written to NAME.json (options, command)
+    and NAME.md, files made to be committed."""
+    from legion.bench.results import BenchResult, write_result
+
+    url = "postgresql://postgres:S3cretPW@127.0.0.1/db?sslpassword=K3y"
+    result = BenchResult(
+        "x",
+        "a title",
+        {"options": {"postgres": url}},
+        notes=[f"PostgreSQL left out: {url} has no pgvector"],
+        command=f"legion bench steps --postgres {url} --postgres={url}",
+    )
+    assert "S3cretPW" not in result.markdown()
+    for path in write_result(result, tmp_path, plots=False):
+        text = path.read_text()
+        assert "S3cretPW" not in text and "K3y" not in text, text
+        assert "postgresql://postgres:***@127.0.0.1/db" in text

@@ -7,13 +7,12 @@ import random
 
 import pytest
 
-from legion.sim.config import SimConfig
+from legion.sim.config import SimConfig, units_per_window
 from legion.sim.limits import (
     FixedWindow,
     RateLimiter,
     SlidingWindow,
     format_reset,
-    units_per_window,
 )
 
 

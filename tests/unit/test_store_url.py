@@ -47,3 +47,17 @@ def test_an_unknown_store_url_is_refused_without_its_password() -> None:
     with pytest.raises(ConfigError) as refused:
         store_from_url("host=127.0.0.1 port=1 password=S3cret")
     assert "S3cret" not in str(refused.value) and "password=***" in str(refused.value)
+
+
+def test_redact_text_hides_every_password_in_a_text() -> None:
+    from legion.store.urls import redact_text
+
+    text = (
+        "legion bench steps --postgres=postgresql://u:p%40ss@h/db "
+        "note: redis://:secret@h:6379 and host=h password=hunter2 sslpassword=x"
+    )
+    shown = redact_text(text)
+    for secret in ("p%40ss", "secret", "hunter2", "=x"):
+        assert secret not in shown, shown
+    assert "postgresql://u:***@h/db" in shown and "redis://:***@h:6379" in shown
+    assert redact_text("no secrets here") == "no secrets here"

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from legion.errors import ConfigError
 from legion.extras import install_hint
+from legion.store.urls import redact_url
 
 
 def with_params(url: str, **params: str) -> str:
@@ -34,7 +35,10 @@ async def fresh_schema(url: str, *, pool_max_size: int = 10) -> AsyncIterator[st
     try:
         conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
-        raise ConfigError(f"cannot reach PostgreSQL at {url}: {exc}") from exc
+        raise ConfigError(
+            f"cannot reach PostgreSQL at {redact_url(url)}: {exc} (--sqlite-only skips the "
+            "PostgreSQL runs)"
+        ) from exc
     async with conn:
         await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from legion.store.urls import redact_text
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -95,7 +97,7 @@ class BenchResult:
             parts.append(f"- {note}")
         if self.notes:
             parts.append("")
-        return "\n".join(parts)
+        return redact_text("\n".join(parts))
 
 
 def write_result(result: BenchResult, folder: Path, *, plots: bool = True) -> list[Path]:
@@ -120,8 +122,9 @@ def write_result(result: BenchResult, folder: Path, *, plots: bool = True) -> li
         **result.data,
         "notes": result.notes,
     }
+    # (no password of a --postgres URL goes into files made to be committed)
     json_path = folder / f"{result.name}.json"
-    json_path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    json_path.write_text(redact_text(json.dumps(payload, indent=2, default=_json_default)) + "\n")
     md_path = folder / f"{result.name}.md"
     images = [p for p in written if p.suffix == ".png"]
     md = result.markdown()

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from legion.sim.limits import units_per_window
-
 WindowKind = Literal["sliding", "fixed"]
 LatencyDistribution = Literal["uniform", "lognormal"]
 
@@ -28,6 +26,30 @@ _FAULT_RATES: tuple[str, ...] = (
     "stall_rate",
     "ping_rate",
 )
+
+
+WINDOW_SECONDS = 60.0
+"""How long the windows of the per-minute limits are."""
+
+
+def units_per_window(limit: int, window_seconds: float, name: str = "limit") -> int:
+    """How many units a window of ``window_seconds`` admits of a per-minute ``limit``:
+    the whole units within it. A window that would admit less than one, or lose more
+    than 1 % of the limit to the rounding (``--rpm 90`` over 1 s windows: 1.5 a window),
+    is refused with a `ValueError` naming ``name``, rather than enforced as another
+    limit than the one configured."""
+    exact = limit * window_seconds / WINDOW_SECONDS
+    whole = math.floor(exact + 1e-9)
+    if whole >= 1 and (exact - whole) <= exact * 0.01:
+        return whole
+    step = WINDOW_SECONDS / window_seconds
+    fits = sorted({round(step * n) for n in (max(1, whole), whole + 1)})
+    longer = math.ceil(WINDOW_SECONDS / limit * max(1, math.ceil(exact)) * 100) / 100
+    raise ValueError(
+        f"{name} {limit:,} over windows of {window_seconds:g} s is {exact:.3g} a window, and a "
+        f"window admits whole units: give a {name} of {' or '.join(f'{n:,}' for n in fits)} "
+        f"(a multiple of {step:g}), or windows of at least {longer:g} s"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
+from legion.sim.config import WINDOW_SECONDS, units_per_window
+
 if TYPE_CHECKING:
     from legion.sim.config import SimConfig
 
@@ -40,8 +42,6 @@ Clock = Callable[[], float]
 RejectReason = Literal[
     "requests", "tokens", "input_tokens", "output_tokens", "concurrency", "too_large"
 ]
-
-WINDOW_SECONDS = 60.0
 
 # Compact the sliding window's lists once this many expired entries pile up.
 _COMPACT_AFTER = 4096
@@ -163,26 +163,6 @@ class FixedWindow:
     def reset_time(self, now: float) -> float:
         self._roll(now)
         return self._end - now if self._used else 0.0
-
-
-def units_per_window(limit: int, window_seconds: float, name: str = "limit") -> int:
-    """How many units a window of ``window_seconds`` admits of a per-minute ``limit``:
-    the whole units within it. A window that would admit less than one, or lose more
-    than 1 % of the limit to the rounding (``--rpm 90`` over 1 s windows: 1.5 a window),
-    is refused with a `ValueError` naming ``name``, rather than enforced as another
-    limit than the one configured."""
-    exact = limit * window_seconds / WINDOW_SECONDS
-    whole = math.floor(exact + 1e-9)
-    if whole >= 1 and (exact - whole) <= exact * 0.01:
-        return whole
-    step = WINDOW_SECONDS / window_seconds
-    fits = sorted({round(step * n) for n in (max(1, whole), whole + 1)})
-    longer = math.ceil(WINDOW_SECONDS / limit * max(1, math.ceil(exact)) * 100) / 100
-    raise ValueError(
-        f"{name} {limit:,} over windows of {window_seconds:g} s is {exact:.3g} a window, and a "
-        f"window admits whole units: give a {name} of {' or '.join(f'{n:,}' for n in fits)} "
-        f"(a multiple of {step:g}), or windows of at least {longer:g} s"
-    )
 
 
 class Admission(NamedTuple):

@@ -26,3 +26,16 @@ def redact_url(url: str) -> str:
         head, _, query = shown.partition("?")
         shown = head + _SECRET_PARAM.sub(r"\1***", "?" + query)
     return shown
+
+
+# A URL's password anywhere in a text (``... postgresql://u:secret@host/db ...``).
+_ANY_USERINFO = re.compile(r"([A-Za-z][\w+.-]*://[^:@/\s]*:)[^@/\s]*@")
+_ANY_SECRET_PARAM = re.compile(r"((?:[?&\s]|^)(?:ssl)?password=)[^&\s'\"]*", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a command line, a note, a whole JSON document) with every password of a
+    URL in it, and every ``password=`` value, as ``***``."""
+    if "://" not in text and "password" not in text.lower():
+        return text
+    return _ANY_SECRET_PARAM.sub(r"\1***", _ANY_USERINFO.sub(r"\1***@", text))
