@@ -107,8 +107,17 @@ def _result(opts: SequentialOptions, comparisons: list[Comparison]) -> BenchResu
         "critical path of one task = mean sequential task time less the per-passage calls "
         "that the scaled agent makes alongside another (two calls remain on it); call "
         "latency and requests per task are measured in the sequential run.",
-        f"* extrapolated from the first {opts.sequential_limit} tasks run sequentially.",
     ]
+    bases = sorted(
+        {
+            c.sequential.measured_tasks
+            for c in comparisons
+            if c.sequential and c.sequential.extrapolated
+        }
+    )
+    if bases:
+        counts = " or ".join(f"{n:,}" for n in bases)
+        notes.append(f"* extrapolated from {counts} tasks run sequentially, one at a time.")
     for c in comparisons:
         assert c.ideal is not None
         if c.config.tasks == 100:
