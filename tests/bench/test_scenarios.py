@@ -182,3 +182,21 @@ async def test_capacity_two_keys_and_priority_scenarios(tmp_path: Path) -> None:
     notes = capacity._scenario_notes(rows)
     assert any(n.startswith("two-keys:") for n in notes)
     assert any(n.startswith("priority:") for n in notes)
+
+
+def test_the_steady_rate_is_measured_over_whole_windows() -> None:
+    # A burst admitted at the start of each 1 s window, 100 a window (6,000 rpm), over
+    # 2.5 windows: counted from the first start to part-way into the third window, the
+    # rate read 3 windows' bursts over 2.x s: more than the limit allows.
+    from legion.bench.capacity import CapacityOptions, ClientRun, summarize
+    from legion.bench.recording import Attempt
+
+    attempts = [
+        Attempt(window + i * 1e-4, window + 0.2, "ok", 10)
+        for window in (0.0, 1.0, 2.0)
+        for i in range(100)
+    ]
+    run = ClientRun("legion", "rpm", 2.5, 300, 0, attempts)
+    figures = summarize(run, CapacityOptions(rpm=6000, window_seconds=1.0))
+    assert figures["steady_pct_of_limit"] is not None
+    assert figures["steady_pct_of_limit"] <= 1.0, figures["steady_pct_of_limit"]
