@@ -278,7 +278,9 @@ def capacity_cmd(
         list[str] | None,
         typer.Option(
             help="Hard cases to run too: untold-headers, untold-no-headers, storm, outage, "
-            "low-rpm, two-keys, priority, or none (repeat; default all)."
+            "low-rpm, two-keys, priority, or none (repeat; default all). They run at their "
+            "own sizes and limits (--quick scales them down); the options above set the "
+            "two clients' runs only."
         ),
     ] = None,
     quick: Annotated[
@@ -471,7 +473,8 @@ def all_cmd(
     out: OutOpt = DEFAULT_OUT,
     plots: PlotsOpt = True,
 ) -> None:
-    """Every scenario at its default size, one after the other (about 20 minutes)."""
+    """Every scenario at its default size, one after the other (about 20 minutes; the
+    capacity scenario without its hard cases: `legion bench capacity` runs them)."""
     from legion.bench import autoscale, capacity, concurrency, overhead, scale_out, steps
     from legion.bench import vectors as vector_bench
     from legion.demo import sequential
