@@ -417,7 +417,11 @@ async def test_padding_makes_answers_larger_and_still_valid(
     full = await client.chat.completions.with_raw_response.create(model=MODEL, messages=user("x"))
     assert len(full.content) > 100_000 and full.parse().choices[0].message.content
     stream = await client.chat.completions.create(model=MODEL, messages=user("x"), stream=True)
-    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    chunks = [c async for c in stream]
+    # Every chunk has choices, a list (the padding's "ping" had None: a loop reading
+    # chunk.choices[0] as the SDK's own examples do broke on it).
+    assert all(isinstance(c.choices, list) for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.parse().choices[0].message.content
 
 

@@ -350,6 +350,9 @@ class MessageFrames:
             b"message_start", orjson.dumps({"type": "message_start", "message": message})
         ) + _event(b"content_block_start", orjson.dumps(block))
 
+    def padding(self, size: int) -> bytes:
+        return _event(b"ping", b'{"type":"ping","padding":"' + b"x" * size + b'"}')
+
     def content(self, token: str) -> bytes:
         return _event(b"content_block_delta", self._delta_prefix + orjson.dumps(token) + b"}}")
 

@@ -136,9 +136,9 @@ class SimConfig:
             whatever the fault draws say; 0 requests: no outage.
         padding_bytes: bytes of padding in every successful answer: a
             ``padding`` string field of the completion body, or, when
-            streaming, one event before the first token whose JSON carries
-            it (``{"type": "ping", "padding": ...}``), to try clients' size
-            limits.
+            streaming, one event after the first whose JSON carries it (a chunk
+            with no choices on OpenAI's route, a ``ping`` on Anthropic's), to try
+            clients' size limits.
         seed: seed of the random generator deciding faults and jitter.
 
     Scheduled faults (a provider's bad minute, rehearsed):

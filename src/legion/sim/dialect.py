@@ -55,6 +55,11 @@ class StreamFrames(Protocol):
         """The event carrying one token."""
         ...
 
+    def padding(self, size: int) -> bytes:
+        """An event that carries ``size`` bytes of padding and no content, of a kind the
+        provider's clients skip (a chunk without choices, a ping)."""
+        ...
+
     def end(self, reason: FinishReason, completion_tokens: int, include_usage: bool) -> bytes:
         """The events closing a stream that delivered everything."""
         ...

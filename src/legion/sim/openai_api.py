@@ -389,6 +389,10 @@ class ChunkFrames:
             return self._prefix + delta[:-1] + self._SUFFIX
         return self._prefix + b'{"role":"assistant","content":""' + self._SUFFIX
 
+    def padding(self, size: int) -> bytes:
+        # (as the usage chunk: no choices; a "ping" event's choices were None to the SDK)
+        return self._head + b',"choices":[],"padding":"' + b"x" * size + b'"}\n\n'
+
     def content(self, token: str) -> bytes:
         if self._tool_call is not None:
             call = {"index": 0, "function": {"arguments": token}}

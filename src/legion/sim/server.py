@@ -475,12 +475,10 @@ class _Service:
                 counters.pings_only += 1
                 await self._ping(response)
                 return response
+            await response.write(frames.start())
             padding = self.config.padding_bytes
             if padding:
-                await response.write(
-                    b'data: {"type":"ping","padding":"' + b"x" * padding + b'"}\n\n'
-                )
-            await response.write(frames.start())
+                await response.write(frames.padding(padding))
             if fault is Fault.STALL:
                 counters.stalls += 1
                 await self._send_tokens(response, frames, tokens[: len(tokens) // 2])
