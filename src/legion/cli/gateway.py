@@ -67,8 +67,11 @@ def gateway(
             min=0,
             help="Seconds a call waits for a route that fails every call (an outage: the "
             "route is probed meanwhile) before it answers 502; later calls on a route down "
-            "that long answer 502 at once until a probe gets through. Callers wait on "
-            "the line: keep it below their own timeout.",
+            "that long answer 502 at once until a probe (one a second) gets through. Callers "
+            "wait on the line: keep it below their own timeout. It bounds waiting out "
+            "failures, not one call's own tries: a provider that hangs or only sends "
+            "keep-alives is waited for up to each try's timeout (the route's), for every "
+            "try the route's retries allow.",
         ),
     ] = 30.0,
     store_wait: StoreWaitOpt = 300.0,
