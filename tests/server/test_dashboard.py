@@ -133,6 +133,7 @@ async def test_a_task_page_follows_a_running_task(
     assert await text_of(page, "#output") == "5"
     # A step's recorded output was nowhere on the page: a click on its bar shows it.
     await page.click("#timeline g.step[data-key='started']")
+    await page.wait_for_function("() => document.getElementById('step-output').textContent")
     assert await text_of(page, "#step-output") == "5"
     assert (await text_of(page, "#step-chosen")).startswith("started, attempt 1")
     # An id that is not one is the page's "no such task", not FastAPI's 422 JSON.
@@ -373,3 +374,31 @@ async def test_the_task_list_pages_back_and_says_when_a_filter_is_refused(
         "() => document.getElementById('tasks-note').textContent.includes('422')"
     )
     assert problems == [] or all("422" in p for p in problems), problems
+
+
+async def test_the_waiting_list_pages_back_to_the_longest_waiting(
+    browser: Browser, api: Api
+) -> None:
+    # Only the newest 25 waiting tasks were listed: the approvals waiting longest never
+    # got their buttons.
+    ids = []
+    for amount in range(27):
+        _, sub = await api.call(
+            "POST", "/v1/tasks", body={"agent": "approve", "input": {"amount": amount}}
+        )
+        ids.append(sub["id"])
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    await page.goto(f"{api.url}/")
+    rows = "#waiting-table tr"
+    await page.wait_for_selector(f"{rows}[data-id='{ids[-1]}']")
+    await page.wait_for_function("() => !document.getElementById('waiting-older').disabled")
+    await page.click("#waiting-older")
+    oldest = f"#waiting-table button[data-action='approve'][data-id='{ids[0]}']"
+    await page.wait_for_selector(oldest)
+    assert await text_of(page, "#waiting-page") == "page 2"
+    await page.click("#waiting-newest")
+    await page.wait_for_selector(f"{rows}[data-id='{ids[-1]}']")
+    assert problems == []
+    for task_id in ids:
+        await api.runtime.cancel(task_id)

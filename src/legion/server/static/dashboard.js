@@ -171,15 +171,36 @@ function actions(t) {
   }));
 }
 
-// The list shows 25 tasks, newest first; "older" pages on with the cursor the server
-// gave (the page shown is read again every 2 s while the run moves), "newest" goes back.
-const pages = { cursors: [null], next: null };
+// A list of 25 rows, newest first: "older" pages on with the cursor the server gave (the
+// page shown is read again every 2 s while the run moves), "newest" goes back.
+class Pager {
+  constructor(name, load) {
+    this.name = name;
+    this.cursors = [null];
+    this.next = null;
+    this.load = load;
+    document.getElementById(`${name}-older`).addEventListener("click", () => this.turn("older"));
+    document.getElementById(`${name}-newest`).addEventListener("click", () => this.turn("newest"));
+  }
 
-function turn(to) {
-  if (to === "older" && pages.next) pages.cursors.push(pages.next);
-  if (to === "newest") pages.cursors = [null];
-  loadTasks();
+  get cursor() { return this.cursors[this.cursors.length - 1]; }
+
+  turn(to) {
+    if (to === "older" && this.next) this.cursors.push(this.next);
+    if (to === "newest") this.cursors = [null];
+    this.load();
+  }
+
+  shown(next) {
+    this.next = next;
+    document.getElementById(`${this.name}-older`).disabled = !next;
+    document.getElementById(`${this.name}-newest`).disabled = this.cursors.length === 1;
+    setText(`${this.name}-page`, this.cursors.length > 1 ? `page ${this.cursors.length}` : "");
+  }
 }
+
+const pages = new Pager("tasks", () => loadTasks());
+const waitingPages = new Pager("waiting", () => loadWaiting());
 
 async function loadTasks() {
   const params = new URLSearchParams({ limit: "25" });
@@ -187,8 +208,7 @@ async function loadTasks() {
   const agent = document.getElementById("filter-agent").value.trim();
   if (status) params.set("status", status);
   if (agent) params.set("agent", agent);
-  const cursor = pages.cursors[pages.cursors.length - 1];
-  if (cursor) params.set("cursor", cursor);
+  if (pages.cursor) params.set("cursor", pages.cursor);
   const query = params.toString();
   listing = query;
   listedAt = Date.now();
@@ -202,10 +222,7 @@ async function loadTasks() {
   }
   setText("tasks-note", "");
   const page = await resp.json();
-  pages.next = page.next;
-  document.getElementById("tasks-older").disabled = !page.next;
-  document.getElementById("tasks-newest").disabled = pages.cursors.length === 1;
-  setText("tasks-page", pages.cursors.length > 1 ? `page ${pages.cursors.length}` : "");
+  pages.shown(page.next);
   const rows = page.tasks.map((t) => el("tr", { "data-id": String(t.id) },
     el("td", {}, el("a", { href: `/tasks/${t.id}` }, `#${t.id}`)),
     el("td", {}, t.agent),
@@ -253,9 +270,12 @@ function approvalButtons(w) {
 }
 
 async function loadWaiting() {
-  const resp = await api("/v1/waiting?limit=25");
+  const params = new URLSearchParams({ limit: "25" });
+  if (waitingPages.cursor) params.set("cursor", waitingPages.cursor);
+  const resp = await api(`/v1/waiting?${params}`);
   if (!resp.ok) return;
   const page = await resp.json();
+  waitingPages.shown(page.next);
   const rows = page.tasks.map((w) => el("tr", { "data-id": String(w.id) },
     el("td", {}, el("a", { href: `/tasks/${w.id}` }, `#${w.id}`)),
     el("td", {}, w.agent),
@@ -270,11 +290,9 @@ async function startTasks() {
   if (resp.ok) key = await resp.json();
   setText("key-scope", key.admin ? "admin key: every tenant" : `tenant ${key.tenant}`);
   for (const id of ["filter-status", "filter-agent"]) {
-    document.getElementById(id).addEventListener("change", () => turn("newest"));
+    document.getElementById(id).addEventListener("change", () => pages.turn("newest"));
   }
-  document.getElementById("task-filters").addEventListener("submit", (e) => { e.preventDefault(); turn("newest"); });
-  document.getElementById("tasks-older").addEventListener("click", () => turn("older"));
-  document.getElementById("tasks-newest").addEventListener("click", () => turn("newest"));
+  document.getElementById("task-filters").addEventListener("submit", (e) => { e.preventDefault(); pages.turn("newest"); });
   await loadTasks();
   await loadWaiting();
 }
