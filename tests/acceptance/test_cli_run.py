@@ -859,6 +859,22 @@ def test_status_says_which_queued_agents_no_live_worker_serves(tmp_path: Path) -
     as_json = legion("status", "--store", store, "--json")
     assert json.loads(as_json.stdout)["unserved"] == ["lonely"]
 
+    # A live worker that imports the agent but whose --offer does not cover its
+    # resources= leases none of its tasks: still unserved (it read as served).
+    from legion.store.types import WorkerInfo
+
+    async def register() -> None:
+        s = store_from_url(store)
+        await s.open()
+        now = await s.now()
+        load = {"agents": ["lonely"], "uncovered": ["lonely"], "offer": {}}
+        await s.register_worker(WorkerInfo("w1", "h", 1, now, now, load))
+        await s.aclose()
+
+    asyncio.run(register())
+    as_json = legion("status", "--store", store, "--json")
+    assert json.loads(as_json.stdout)["unserved"] == ["lonely"]
+
 
 def test_status_shows_a_worker_silent_past_a_minute_as_silent_not_ok(tmp_path: Path) -> None:
     # A SIGKILLed worker's row stays in the store; `legion status` showed it "ok".

@@ -1,6 +1,8 @@
-"""Needs and offers: parsing, normalizing and matching (no store)."""
+"""Needs and offers: parsing, normalizing and matching, and what a worker reports of them."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,25 @@ def test_needs_become_ray_scheduling_options() -> None:
         "num_cpus": 4.0,
         "resources": {},
     }
+
+
+async def test_a_worker_reports_the_agents_its_offer_does_not_cover(tmp_path: Path) -> None:
+    # `legion status` took an agent as served by any live worker that imported it, one
+    # whose --offer could never lease its tasks included.
+    import legion
+
+    @legion.agent(name="on-gpu", resources=["gpu"])
+    async def on_gpu(ctx: legion.Context) -> None:
+        return None
+
+    @legion.agent(name="anywhere")
+    async def anywhere(ctx: legion.Context) -> None:
+        return None
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with legion.Runtime(url, agents=[on_gpu, anywhere]) as rt:
+        assert rt.worker is not None
+        assert rt.worker.health()["uncovered"] == ["on-gpu"]
+    async with legion.Runtime(url, agents=[on_gpu, anywhere], offer={"gpu": 1}) as rt:
+        assert rt.worker is not None
+        assert rt.worker.health()["uncovered"] == []

@@ -176,7 +176,8 @@ async def show_status(
         console.print(
             Text(
                 f"agent {agent!r}: {queued} queued, and no live worker serves it: they wait "
-                "until a `legion worker --app FILE` whose FILE defines it starts",
+                "until a `legion worker --app FILE` whose FILE defines it starts (with an "
+                "--offer that covers the agent's resources=, if it has any)",
                 style="yellow",
             )
         )
@@ -239,12 +240,14 @@ def _waits_for(w: WaitingInfo) -> str:
 def _unserved(
     by_agent: dict[str, dict[TaskStatus, int]], workers: Sequence[WorkerInfo], now: float
 ) -> list[str]:
-    """The agents with queued tasks that no live worker serves (none will run them)."""
+    """The agents with queued tasks that no live worker serves (none will run them): a
+    worker that imports an agent whose ``resources=`` its ``--offer`` does not cover
+    (``uncovered`` in its heartbeat) leases none of its tasks."""
     served = {
         agent
         for w in workers
         if now - w.heartbeat_at < WORKER_FRESH
-        for agent in w.load.get("agents", ())
+        for agent in set(w.load.get("agents", ())) - set(w.load.get("uncovered", ()))
     }
     return sorted(a for a, c in by_agent.items() if c.get(TaskStatus.QUEUED) and a not in served)
 

@@ -47,6 +47,7 @@ from legion.cli.wiring import (
 from legion.errors import AgentLoadError, StoreError
 from legion.loader import agents_in, load_module
 from legion.provision.exits import EXIT_BUDGET, EXIT_FINAL, EXIT_STORE, FINAL_EXITS, WHY_FINAL
+from legion.resources import satisfies
 from legion.run.freeze import FROZE_EXIT_CODE
 from legion.store import Store, redact_url
 
@@ -111,6 +112,18 @@ async def _serve(
             f"(concurrency {opts.runtime.concurrency}); {notes[0]}",
             highlight=False,
         )
+        offer = opts.runtime.offer
+        for agent in agents:
+            needs = dict(agent.options.resources)
+            if not satisfies(offer, needs):
+                wanted = ",".join(f"{k}={v:g}" for k, v in needs.items())
+                console.print(
+                    f"note: agent {agent.name!r} needs {wanted}, which this worker's --offer "
+                    "does not cover: it leases none of its tasks (they wait for a worker "
+                    f"started with --offer {wanted})",
+                    style="yellow",
+                    highlight=False,
+                )
         # An agent that freezes the loop past its timeout is recorded and the process
         # exits; so does a stop signal the frozen loop cannot handle. The loop's handlers
         # run in the loop; the guard hears of the signal in the signal handler itself.

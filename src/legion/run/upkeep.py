@@ -27,6 +27,7 @@ from legion import identity
 from legion.agent import Agent
 from legion.clock import StoreTime, within
 from legion.diagnostics.watchdog import LoopWatchdog
+from legion.resources import satisfies
 from legion.run.ahead import Ahead
 from legion.run.route_meter import RouteMeter
 from legion.run.runner import Instance
@@ -112,6 +113,11 @@ class Upkeep:
             "rss_mb": round(rss_mb(), 1),
             "overloaded": self._overloaded,
             "agents": sorted(self._agents),
+            "uncovered": sorted(
+                name
+                for name, agent in self._agents.items()
+                if not satisfies(self.config.offer, dict(agent.options.resources))
+            ),
             "breakers_open": self._open_breakers(),
             "concurrency": self.config.concurrency,
             "held_ahead": len(self._ahead),
