@@ -38,6 +38,10 @@ def test_an_agent_or_input_the_app_does_not_take_is_refused(
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip().startswith(f"error: bad --input: {said}"), r.stderr
     assert not db.exists()  # nothing was added: the store was not even made
+    # A bad cron is said as such, not as the input it comes with (checked first).
+    r = legion("schedule", "add", "ghost", "typed", "--cron", "0 3 * *", *app, *store)
+    assert r.returncode == 2, r.stderr
+    assert "a cron expression has 5 fields" in r.stderr, r.stderr
 
     r = legion("schedule", "add", "ghost", "typed", *YEARLY, "-i", '{"n": 1}', *app, *store)
     assert r.returncode == 0, r.stderr

@@ -79,12 +79,13 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"--input is not JSON: {codec.json_error(exc)}") from None
         if not isinstance(value, dict):
             raise _fail("--input must be a JSON object (the agent's keyword arguments)")
-        if app_ref:
-            _check_agent(tuple(app_ref), agent, value)
-        try:  # (checked before the store is opened, on this host's clock)
+        try:  # (checked before the store is opened, on this host's clock; and first: a
+            # bad --cron was reported as the missing --input of the agent)
             schedule(name, cron, agent, b"{}", time.time())
         except (CronError, ValueError) as exc:
             raise _fail(str(exc)) from None
+        if app_ref:
+            _check_agent(tuple(app_ref), agent, value)
 
         async def main() -> tuple[Schedule, str | None]:
             from legion.store import store_from_url
