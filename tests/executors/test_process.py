@@ -72,6 +72,18 @@ async def test_instances_run_in_children_with_the_whole_context(
     }
 
 
+async def test_a_child_started_for_an_agent_is_not_taken_for_a_task_it_left_running(
+    rt: Runtime,
+) -> None:
+    # Each agent whose attempt started a child of the pool was told "task 'Task-21' that
+    # it created is still running after the agent returned": the executor's watcher of
+    # the child, made while the attempt ran.
+    results = await run(rt, agents.echo, "a", "b", "c")
+    assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 3
+    found = [codec.loads(d.data) for d in await rt.store.diagnostics(limit=100)]
+    assert [d for d in found if "still running after the agent returned" in str(d)] == []
+
+
 async def test_a_retry_replays_the_steps_recorded_before(rt: Runtime) -> None:
     (r,) = await run(rt, agents.replaying, 1)
     assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import os
 import signal
@@ -140,7 +141,11 @@ class _Child:
         self._crash_log = crash_log
         self._limit = limit
         self._exited = asyncio.Event()
-        self._watch = asyncio.ensure_future(self._watch_exit())
+        # The executor's, not the agent's whose attempt started the child: made apart
+        # from the loop's task factory (which gives a task to the instance that makes it:
+        # its diagnostics said the agent left a task running) and from the instance's
+        # context (which it would keep alive as long as the child lives).
+        self._watch = asyncio.Task(self._watch_exit(), context=contextvars.Context())
 
     async def _watch_exit(self) -> None:
         """Once the child has exited, say so, and end its pipe, even while a process it

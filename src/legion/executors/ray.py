@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import importlib.util
 import itertools
@@ -133,8 +134,8 @@ class RayExecutor:
             )
             .remote()
         )
-        self._pump = asyncio.get_running_loop().create_task(
-            self._pump_calls(), name="legion-ray-bridge"
+        self._pump = asyncio.Task(  # (the executor's own: see `legion.executors.process`)
+            self._pump_calls(), name="legion-ray-bridge", context=contextvars.Context()
         )
 
     def queued(self) -> tuple[asyncio.Task[Any], ...]:
