@@ -62,6 +62,22 @@ def test_a_block_with_no_frame_of_the_agents_code_is_worker_lag() -> None:
     assert in_callback(libraries.stack)[-1].function == "chat"
 
 
+def test_the_sdk_import_of_a_first_ctx_llm_openai_is_not_the_agents_block() -> None:
+    # The README's one client line (`client = ctx.llm.openai()`) was reported as the
+    # agent blocking the loop: its first use in a process imports the SDK.
+    mine = Site(str(USER), 5, "ask", "client = ctx.llm.openai()")
+    importing = (
+        Site(str(PACKAGES / "openai" / "_client.py"), 40, "<module>"),
+        Site(str(STDLIB / "importlib" / "__init__.py"), 126, "import_module"),
+        Site(str(LEGION / "llm" / "sdk" / "clients.py"), 12, "<module>"),
+        Site(str(LEGION / "llm" / "calls.py"), 167, "openai"),
+    )
+    assert blocked_loop("ask", block(*importing, mine)) is None
+    # The agent's own import, on its own line, is still its own.
+    own = (Site(str(PACKAGES / "pandas" / "__init__.py"), 1, "<module>"), mine)
+    assert blocked_loop("ask", block(*own)) is not None
+
+
 def test_a_loop_late_with_no_one_call_holding_it_is_not_blocked_by_the_agent() -> None:
     mine = Site(str(USER), 10, "search", "rows = index.execute(query)")
     stack = (mine, *LOOP)

@@ -129,6 +129,8 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
     site = user_site(block.stack, own_files)
     if site is None or not getattr(block, "held", True):
         return None  # legion's own work, or no one call's (a busy or starved loop)
+    if _importing_an_sdk(block.stack, site):
+        return None  # (legion's, once a process: the README says so; not the agent's doing)
     site = with_code(site)
     who = f"agent `{agent}`"
     call = _call_in(site.code)
@@ -140,6 +142,21 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
         site,
         block.seconds,
         tuple(block.stack[:8]),
+    )
+
+
+_SDK_CLIENTS = ("openai", "anthropic")
+
+
+def _importing_an_sdk(stack: Sequence[Site], site: Site) -> bool:
+    """Whether the block is ``ctx.llm.openai()`` (or ``anthropic()``) importing its SDK on
+    its first use in the process: the README's one client line, which legion must not
+    report as the agent blocking the loop."""
+    inner = list(in_callback(stack))
+    below = inner[: inner.index(site)] if site in inner else inner
+    return any(
+        f.function in _SDK_CLIENTS and f.file.endswith(os.path.join("legion", "llm", "calls.py"))
+        for f in below
     )
 
 
