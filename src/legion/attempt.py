@@ -161,6 +161,7 @@ class AttemptTime:
         parts = [
             f"waited {_seconds(seconds)} for {reason}"
             for reason, seconds in sorted((self._reasons or {}).items(), key=lambda item: -item[1])
+            if seconds >= 0.05  # (a wait that showed as "0.0 s" says nothing)
         ]
         parts.append(f"{_seconds(self.running())} running")
         return "; ".join(parts)

@@ -37,6 +37,11 @@ def test_waits_pause_the_attempts_timeout_but_not_its_deadline() -> None:
     assert time_.explain() == (
         "waited 9.0 s for capacity on route b; waited 5.0 s for capacity on route a; 10 s running"
     )
+    # A wait too short to show says nothing ("waited 0.0 s for the breaker of route ...").
+    time_.begin_wait()
+    now[0] += 0.01
+    time_.end_wait("the breaker of route b", 200.0)
+    assert "breaker" not in time_.explain()
 
 
 def test_a_deadline_counts_the_waits() -> None:
