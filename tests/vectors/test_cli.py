@@ -179,23 +179,26 @@ def test_a_reload_embeds_edited_documents_anew_and_drops_a_shortened_ones_tail(
         {"id": "same", "text": "A document nobody edits."},
         {"id": "edited", "text": "The old text about cats."},
         {"id": "gone", "text": "A document whose text is emptied."},
+        {"id": "tagged", "text": "A document whose tags change.", "kind": "old"},
     ]
     after = [
         {"id": "pets", "text": "The first part, which is about cats."},  # two chunks go
         {"id": "same", "text": "A document nobody edits."},
         {"id": "edited", "text": "The new text about dogs."},
         {"id": "gone", "text": "   "},  # its chunk goes too (it stayed, searchable)
+        {"id": "tagged", "text": "A document whose tags change.", "kind": "new"},
     ]
     chunked = ("--chunk-chars", "50")  # (a paragraph a chunk)
     a, b = write_jsonl(tmp_path / "a.jsonl", before), write_jsonl(tmp_path / "b.jsonl", after)
     first = legion("vectors", "load", "kb", "--input", str(a), "--store", store, *chunked)
     assert first.returncode == 0, first.stderr
-    assert "4 documents, 6 chunks (6 embedded, 0 already loaded)" in first.stdout
+    assert "5 documents, 7 chunks (7 embedded, 0 already loaded)" in first.stdout
     second = legion("vectors", "load", "kb", "--input", str(b), "--store", store, *chunked)
     assert second.returncode == 0, second.stderr
     assert (
-        "4 documents, 3 chunks (1 embedded (1 anew: edited since), 2 already loaded, "
-        "3 deleted (past a shortened document's end), 1 without text (nothing kept of them))"
+        "5 documents, 4 chunks (1 embedded (1 anew: edited since), 3 already loaded, "
+        "3 deleted (past a shortened document's end), 1 with new metadata, 1 without text "
+        "(nothing kept of them))"
     ) in second.stdout, second.stdout
     found = legion("vectors", "search", "kb", "dogs", "--store", store, "--json", "-k", "10")
     assert found.returncode == 0, found.stderr
@@ -204,7 +207,14 @@ def test_a_reload_embeds_edited_documents_anew_and_drops_a_shortened_ones_tail(
         "pets#0": "The first part, which is about cats.",
         "same#0": "A document nobody edits.",
         "edited#0": "The new text about dogs.",
+        "tagged#0": "A document whose tags change.",
     }
+    # Metadata alone changed: written anew (the old was kept, and --where found nothing).
+    found = legion(
+        "vectors", "search", "kb", "tags", "--store", store, "--json", "--where", "kind=new"
+    )
+    assert found.returncode == 0, found.stderr
+    assert [json.loads(line)["id"] for line in found.stdout.splitlines()] == ["tagged#0"]
 
 
 def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:

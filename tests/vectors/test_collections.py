@@ -208,6 +208,18 @@ async def test_the_same_ids_written_again_replace_not_duplicate(vec_store: Store
     assert math.isclose(hits[0].score, 1.0, abs_tol=1e-5)
 
 
+async def test_metadata_is_replaced_in_place_keeping_text_and_vector(vec_store: Store) -> None:
+    backend = vectors_for(vec_store)
+    info = CollectionInfo("tags", "shared", "m", 3)
+    await backend.write(info, "", [Item("a", "alpha", {"kind": "old"}, (1.0, 0.0, 0.0))])
+    assert await backend.stored(info, "", ["a", "b"]) == {"a": ("alpha", {"kind": "old"})}
+    await backend.set_metadata(info, "", {"a": {"kind": "new", "n": 2}})
+    assert await backend.stored(info, "", ["a"]) == {"a": ("alpha", {"kind": "new", "n": 2})}
+    hits = await backend.search(info, "", (1.0, 0.0, 0.0), 1, {"kind": "new"})
+    assert [(h.id, h.text) for h in hits] == [("a", "alpha")]
+    assert math.isclose(hits[0].score, 1.0, abs_tol=1e-5)
+
+
 async def test_bad_input_is_a_clear_error_and_writes_nothing(
     vec_url: str, sim: SimulatedProvider
 ) -> None:

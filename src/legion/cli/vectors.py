@@ -179,6 +179,8 @@ def register(app: typer.Typer) -> None:
         ]
         if report.removed:
             counts.append(f"{report.removed:,} deleted (past a shortened document's end)")
+        if report.retagged:
+            counts.append(f"{report.retagged:,} with new metadata")
         if report.empty:
             counts.append(f"{report.empty:,} without text (nothing kept of them)")
         if report.refused:

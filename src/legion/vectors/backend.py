@@ -51,10 +51,18 @@ class VectorBackend(Protocol):
         """Delete items by id; answers how many there were."""
         ...
 
-    async def stored_texts(
+    async def stored(
         self, info: CollectionInfo, session: str, ids: Sequence[str]
-    ) -> dict[str, str]:
-        """The text of each of ``ids`` the collection holds (the others are not keys)."""
+    ) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The text and metadata of each of ``ids`` the collection holds (the others are
+        not keys)."""
+        ...
+
+    async def set_metadata(
+        self, info: CollectionInfo, session: str, metadata: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Replace the metadata of items by id (their text and vectors stay), in one
+        transaction."""
         ...
 
     async def count(self, info: CollectionInfo, session: str) -> int: ...

@@ -7,8 +7,9 @@ Documents are cut by `legion.vectors.chunking`; batches of chunks are embedded t
 LLM client (its capacity paces them, its retries cover provider errors) and written, each
 batch in one transaction. A batch whose chunks are all stored already is skipped without
 embedding, so a load that was stopped resumes where it was; a chunk whose stored text is
-not its text (the document was edited) is embedded and written anew, and chunks stored
-past a shortened document's end are deleted.
+not its text (the document was edited) is embedded and written anew, one whose metadata
+alone changed gets the new metadata (not embedded again), and chunks stored past a
+shortened document's end are deleted.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class LoadReport:
     """Chunks stored before past the end of their document (it was shortened): deleted."""
     empty: int = 0
     """Documents without text (none, or only spaces): no chunk, and any stored deleted."""
+    retagged: int = 0
+    """Chunks stored before with the same text and other metadata: their metadata written
+    anew, their vectors kept."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -198,11 +202,19 @@ async def load(
                 # A chunk is stored already when its id holds its text: an edited document's
                 # chunks are embedded anew, and those past its new end deleted.
                 after = {_next(c): c for c in batch if c.last}
-                have = await backend.stored_texts(
-                    info_box[0], SHARED, [*(c.id for c in chunks), *after]
-                )
-                todo = [c for c in chunks if have.get(c.id) != c.text]
+                have = await backend.stored(info_box[0], SHARED, [*(c.id for c in chunks), *after])
+                todo = [c for c in chunks if c.id not in have or have[c.id][0] != c.text]
                 report.updated += sum(1 for c in todo if c.id in have)
+                # The same text with other metadata: the metadata is written, the vector
+                # kept (it was kept whole: a --where on the new field found nothing).
+                retagged = {
+                    c.id: c.metadata
+                    for c in chunks
+                    if c.id in have and have[c.id][0] == c.text and have[c.id][1] != c.metadata
+                }
+                if retagged:
+                    await backend.set_metadata(info_box[0], SHARED, retagged)
+                    report.retagged += len(retagged)
                 for beyond in after.keys() & have.keys():
                     report.removed += await _delete_from(backend, info_box[0], after[beyond])
             else:

@@ -300,18 +300,32 @@ class PostgresVectors:
             )
             return int(cur.rowcount)
 
-    async def stored_texts(
+    async def stored(
         self, info: CollectionInfo, session: str, ids: Sequence[str]
-    ) -> dict[str, str]:
+    ) -> dict[str, tuple[str, dict[str, Any]]]:
         async with self._pg()._connection() as conn:
             table = await self._table(conn, info.name)
             if table is None:
                 return {}
             cur = await conn.execute(
-                sql.SQL(Q["stored_texts"]).format(table=table),
+                sql.SQL(Q["stored"]).format(table=table),
                 {"session": session, "ids": list(ids)},
             )
-            return {r[0]: r[1] for r in await cur.fetchall()}
+            return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+    async def set_metadata(
+        self, info: CollectionInfo, session: str, metadata: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        rows = [
+            {"metadata": codec.dumps(dict(meta)).decode(), "session": session, "id": item}
+            for item, meta in metadata.items()
+        ]
+        async with self._pg()._connection() as conn, conn.transaction():
+            table = await self._table(conn, info.name)
+            if table is None:
+                return
+            async with conn.cursor() as cur:
+                await cur.executemany(sql.SQL(Q["set_metadata"]).format(table=table), rows)
 
     async def count(self, info: CollectionInfo, session: str) -> int:
         async with self._pg()._connection() as conn:

@@ -218,13 +218,29 @@ class SQLiteVectors:
             )
         )
 
-    async def stored_texts(
+    async def stored(
         self, info: CollectionInfo, session: str, ids: Sequence[str]
-    ) -> dict[str, str]:
+    ) -> dict[str, tuple[str, dict[str, Any]]]:
         params = {"collection": info.name, "session": session, "ids": json.dumps(list(ids))}
-        return await self._call(
-            lambda: self._guard(lambda: dict(self._conn().execute(Q["stored_texts"], params)))
-        )
+
+        def run() -> dict[str, tuple[str, dict[str, Any]]]:
+            rows = self._conn().execute(Q["stored"], params)
+            return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+
+        return await self._call(lambda: self._guard(run))
+
+    async def set_metadata(
+        self, info: CollectionInfo, session: str, metadata: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        rows = [
+            (codec.dumps(dict(meta)).decode(), info.name, session, item)
+            for item, meta in metadata.items()
+        ]
+
+        def run(db: Any) -> None:
+            db.executemany(Q["set_metadata"], rows)
+
+        await self._call(lambda: self._guard(lambda: self._transaction(run)))
 
     async def count(self, info: CollectionInfo, session: str) -> int:
         params = {"collection": info.name, "session": session}

@@ -74,8 +74,11 @@ LIMIT %(k)s;
 -- name: delete
 DELETE FROM {table} WHERE session = %(session)s AND id = ANY(%(ids)s);
 
--- name: stored_texts
-SELECT id, text FROM {table} WHERE session = %(session)s AND id = ANY(%(ids)s);
+-- name: stored
+SELECT id, text, metadata FROM {table} WHERE session = %(session)s AND id = ANY(%(ids)s);
+
+-- name: set_metadata
+UPDATE {table} SET metadata = %(metadata)s::jsonb WHERE session = %(session)s AND id = %(id)s;
 
 -- name: count
 SELECT count(*) FROM {table} WHERE session = %(session)s;

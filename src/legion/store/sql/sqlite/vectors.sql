@@ -38,10 +38,14 @@ DELETE FROM vector_items
 WHERE collection = :collection AND session = :session
   AND id IN (SELECT value FROM json_each(:ids));
 
--- name: stored_texts
-SELECT id, text FROM vector_items
+-- name: stored
+SELECT id, text, metadata FROM vector_items
 WHERE collection = :collection AND session = :session
   AND id IN (SELECT value FROM json_each(:ids));
 
 -- name: count
 SELECT count(*) FROM vector_items WHERE collection = :collection AND session = :session;
+
+-- name: set_metadata
+-- Positional (executemany): metadata, collection, session, id.
+UPDATE vector_items SET metadata = ? WHERE collection = ? AND session = ? AND id = ?;
