@@ -54,6 +54,23 @@ def client_for(
     )
 
 
+def behind_a_breaker(
+    provider: ScriptedProvider, clock: FakeClock, *, retries: int, max_outage: float
+) -> LLMClient:
+    """A client of one route, ``main``, with a breaker, on ``clock``."""
+    from legion.llm import Breaker, BreakerSettings
+
+    capacity = Capacity("c", timer=clock, rng=random.Random(0))
+    breaker = Breaker(BreakerSettings(), timer=clock)
+    return LLMClient(
+        [Route("main", provider, "m", capacity, breaker=breaker)],
+        retry=RetryPolicy(retries=retries),
+        timer=clock,
+        rng=random.Random(7),
+        max_outage=max_outage,
+    )
+
+
 def test_token_estimate_is_characters_over_four_plus_the_completion() -> None:
     assert estimate_tokens(HELLO, {"max_tokens": 100}, 256) == 5 + 4 + 100
     assert estimate_tokens(HELLO, {}, 256) == 5 + 4 + 256
@@ -247,19 +264,9 @@ async def test_calls_on_a_route_down_past_max_outage_fail_without_waiting_a_prob
     # of its own (one every 30 s) for each of its tries: tasks x tries x ~30 s to fail.
     import asyncio
 
-    from legion.llm import Breaker, BreakerSettings
-
     clock = FakeClock()
     provider = ScriptedProvider([unavailable() for _ in range(10_000)])
-    capacity = Capacity("c", timer=clock, rng=random.Random(0))
-    breaker = Breaker(BreakerSettings(), timer=clock)
-    client = LLMClient(
-        [Route("main", provider, "m", capacity, breaker=breaker)],
-        retry=RetryPolicy(retries=4),
-        timer=clock,
-        rng=random.Random(7),
-        max_outage=120.0,
-    )
+    client = behind_a_breaker(provider, clock, retries=4, max_outage=120.0)
 
     async def one() -> BaseException | None:
         try:
@@ -281,19 +288,10 @@ async def test_a_route_down_past_max_outage_is_probed_every_second_and_found_bac
     # Down past max_outage, calls are refused at once; the breaker's open period had
     # doubled to 30 s, so a provider back at once was found up to 30 s later (a gateway
     # answered 502s meanwhile), though the README says a probe a second finds it.
-    from legion.llm import Breaker, BreakerSettings
 
     clock = FakeClock()
     provider = ScriptedProvider([*(unavailable() for _ in range(40)), *["back"] * 10])
-    capacity = Capacity("c", timer=clock, rng=random.Random(0))
-    breaker = Breaker(BreakerSettings(), timer=clock)
-    client = LLMClient(
-        [Route("main", provider, "m", capacity, breaker=breaker)],
-        retry=RetryPolicy(retries=0),
-        timer=clock,
-        rng=random.Random(7),
-        max_outage=5.0,
-    )
+    client = behind_a_breaker(provider, clock, retries=0, max_outage=5.0)
     answers: list[str] = []
     while not answers and clock.now() < 600:  # a caller a second, as a gateway's
         try:

@@ -344,6 +344,24 @@ async def test_a_revoked_key_is_told_on_the_page(browser: Browser, api: Api) -> 
     assert "sign in again" in await text_of(page, "#connection")
 
 
+async def page_back_and_forth(
+    page: Page, api: Api, table: str, newest: int, older: int
+) -> list[int]:
+    """Open the dashboard, wait for row ``newest`` of list ``table``, page back until row
+    ``older`` shows (page 2), and answer the ids shown there."""
+    await page.goto(f"{api.url}/")
+    rows = f"#{table}-table tr"
+    await page.wait_for_selector(f"{rows}[data-id='{newest}']")
+    await page.wait_for_function(f"() => !document.getElementById('{table}-older').disabled")
+    await page.click(f"#{table}-older")
+    await page.wait_for_selector(f"{rows}[data-id='{older}']")
+    shown: list[int] = await page.locator(rows).evaluate_all(
+        "rows => rows.map(r => Number(r.dataset.id))"
+    )
+    assert await text_of(page, f"#{table}-page") == "page 2"
+    return shown
+
+
 async def test_the_task_list_pages_back_and_says_when_a_filter_is_refused(
     browser: Browser, api: Api
 ) -> None:
@@ -357,17 +375,11 @@ async def test_the_task_list_pages_back_and_says_when_a_filter_is_refused(
     ids = sorted((t["id"] for t in batch["tasks"]), reverse=True)
     problems: list[str] = []
     page = await open_page(browser, api, problems)
-    await page.goto(f"{api.url}/")
-    rows = "#tasks-table tr"
-    await page.wait_for_selector(f"{rows}[data-id='{ids[0]}']")
-    await page.click("#tasks-older")
-    await page.wait_for_selector(f"{rows}[data-id='{ids[25]}']")
-    shown = await page.locator(rows).evaluate_all("rows => rows.map(r => Number(r.dataset.id))")
+    shown = await page_back_and_forth(page, api, "tasks", ids[0], ids[25])
     assert shown == ids[25:], shown
-    assert await text_of(page, "#tasks-page") == "page 2"
     assert await page.is_disabled("#tasks-older")
     await page.click("#tasks-newest")
-    await page.wait_for_selector(f"{rows}[data-id='{ids[0]}']")
+    await page.wait_for_selector(f"#tasks-table tr[data-id='{ids[0]}']")
     await page.fill("#filter-agent", "a" * 300)
     await page.press("#filter-agent", "Enter")
     await page.wait_for_function(
@@ -389,16 +401,12 @@ async def test_the_waiting_list_pages_back_to_the_longest_waiting(
         ids.append(sub["id"])
     problems: list[str] = []
     page = await open_page(browser, api, problems)
-    await page.goto(f"{api.url}/")
-    rows = "#waiting-table tr"
-    await page.wait_for_selector(f"{rows}[data-id='{ids[-1]}']")
-    await page.wait_for_function("() => !document.getElementById('waiting-older').disabled")
-    await page.click("#waiting-older")
+    shown = await page_back_and_forth(page, api, "waiting", ids[-1], ids[0])
+    assert shown == ids[1::-1], shown  # the two that waited longest, with their buttons
     oldest = f"#waiting-table button[data-action='approve'][data-id='{ids[0]}']"
-    await page.wait_for_selector(oldest)
-    assert await text_of(page, "#waiting-page") == "page 2"
+    assert await page.locator(oldest).count() == 1
     await page.click("#waiting-newest")
-    await page.wait_for_selector(f"{rows}[data-id='{ids[-1]}']")
+    await page.wait_for_selector(f"#waiting-table tr[data-id='{ids[-1]}']")
     assert problems == []
     for task_id in ids:
         await api.runtime.cancel(task_id)
