@@ -92,11 +92,7 @@ def parse_messages_request(raw: bytes, *, tool_calls: bool = False) -> ParsedCha
     system = _parse_system(body.get("system"))
     if system:
         conversation.insert(0, {"role": "system", "content": system})
-    offer = _check_offer(body, messages)
-    script = None
-    if tool_calls and offer is not None:
-        seed = orjson.dumps(conversation, option=orjson.OPT_SORT_KEYS)
-        script = script_for(offer, seed, "toolu_")
+    offer = _check_offer(body, messages)  # (checked with tool calls off too)
     return ParsedChat(
         model,
         conversation,
@@ -104,7 +100,7 @@ def parse_messages_request(raw: bytes, *, tool_calls: bool = False) -> ParsedCha
         _parse_stop_sequences(body.get("stop_sequences")),
         bool(stream),
         True,
-        script,
+        script_for(offer, conversation, "toolu_") if tool_calls else None,
     )
 
 

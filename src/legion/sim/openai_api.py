@@ -85,10 +85,7 @@ def parse_chat_request(raw: bytes, *, tool_calls: bool = False) -> ParsedChat:
     n = body.get("n")
     if n is not None and n != 1:
         raise BadRequest("The simulator only supports n=1.", "n")
-    offer = _check_offer(body, messages)
-    script = None
-    if tool_calls and offer is not None:
-        script = script_for(offer, orjson.dumps(messages, option=orjson.OPT_SORT_KEYS))
+    offer = _check_offer(body, messages)  # (checked with tool calls off too)
     return ParsedChat(
         model,
         messages,
@@ -96,7 +93,7 @@ def parse_chat_request(raw: bytes, *, tool_calls: bool = False) -> ParsedChat:
         _parse_stop(body.get("stop")),
         bool(stream),
         include_usage,
-        script,
+        script_for(offer, messages) if tool_calls else None,
     )
 
 

@@ -75,12 +75,17 @@ class Offer(NamedTuple):
     """The JSON schema a text answer must follow, if any."""
 
 
-def script_for(offer: Offer, seed: bytes, id_prefix: str = "call_") -> Script | None:
-    """The scripted answer to a request, or ``None`` for the usual generated text;
-    ``seed`` (the conversation's bytes) makes a tool call's id."""
+def script_for(
+    offer: Offer | None, conversation: Sequence[Any], id_prefix: str = "call_"
+) -> Script | None:
+    """The scripted answer to a request that ``offer``s tools or asks for JSON, or
+    ``None`` for the usual generated text; the conversation makes a tool call's id."""
+    if offer is None:
+        return None
     tool = _tool_to_call(offer)
     if tool is not None:
         name, schema = tool
+        seed = orjson.dumps(conversation, option=orjson.OPT_SORT_KEYS)
         digest = hashlib.blake2b(seed + name.encode(), digest_size=8).hexdigest()
         arguments = sample(schema if schema is not None else {"type": "object"}, name)
         if not isinstance(arguments, dict):
