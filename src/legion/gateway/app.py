@@ -29,6 +29,7 @@ import hashlib
 import logging
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,10 +82,13 @@ class _Step:
 class _OneAtATime:
     """A lock per recorded step, while some request of it is under way: identical requests
     of one step sent at once (a task's retry racing its first try) wait for the first,
-    then replay its record, rather than each buy the call."""
+    then replay its record, rather than each buy the call. (A lock is kept as long as a
+    request holds or waits for it.)"""
 
     def __init__(self) -> None:
-        self._locks: dict[tuple[str, str, str], tuple[asyncio.Lock, int]] = {}
+        self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     @contextlib.asynccontextmanager
     async def step(self, step: _Step | None) -> AsyncIterator[None]:
@@ -92,17 +96,11 @@ class _OneAtATime:
             yield
             return
         name = (step.key, step.task, step.step)
-        lock, users = self._locks.get(name, (asyncio.Lock(), 0))
-        self._locks[name] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[name]
-            if users == 1:
-                del self._locks[name]
-            else:
-                self._locks[name] = (lock, users - 1)
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        async with lock:
+            yield
 
 
 class Gateway:
