@@ -222,26 +222,28 @@ async def test_not_before_delays_a_task(store: Store) -> None:
 async def test_completion_is_fenced_by_owner_and_attempt(store: Store) -> None:
     (s,) = await store.submit([new(value=1)], NOW)
     await store.lease("w1", {"a": 1}, 1, NOW - 1, NOW)  # expired at once
-    # w1's lease expires; the task goes back (to run alone) and w2 takes attempt 2.
+    # w1's lease expires; the task goes back (to run alone) and w2 takes it, the attempt
+    # not counted (a first stop is not charged): the same number, another owner.
     await store.reclaim(NOW + 5)
     (lease2,) = await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 5, isolated=True)
-    assert lease2.attempt == 2
+    assert lease2.attempt == 1
     applied = await store.write(
         WriteBatch(
             completions=[
-                done(s.id, 1, "w1", output=b'"stale"'),
-                done(s.id, 2, "w2", output=b'"fresh"'),
+                done(s.id, 1, "w1", output=b'"stale"'),  # the owner is w2's now
+                done(s.id, 2, "w2", output=b'"future"'),  # no such attempt
+                done(s.id, 1, "w2", output=b'"fresh"'),
             ]
         ),
         NOW + 6,
     )
-    assert applied == [False, True]
+    assert applied == [False, False, True]
     info = await store.get(s.id)
     assert info is not None and info.status is TaskStatus.SUCCEEDED and info.output == "fresh"
     # The error the reaper wrote (its worker stopped) is history now, not the task's state:
     # `if result.error:` counted the task as failed.
     assert info.error is None
-    (lost,) = [a for a in await store.attempts(s.id) if a.attempt == 1]
+    (lost,) = [a for a in await store.attempts(s.id) if a.outcome == "lost"]
     assert lost.error is not None and lost.error.type == "LeaseExpired"
 
 
@@ -360,14 +362,37 @@ async def test_reclaim_requeues_expired_and_buries_the_last_attempt(store: Store
     assert (await store.reclaim(NOW + 5)).requeued == 0  # not expired yet
     await store.lease("w2", {"a": 1}, 1, NOW - 1, NOW)  # expired at once
     r = await store.reclaim(NOW + 11)
-    assert (r.requeued, r.dead) == (1, 0)  # w2 ran b alone: charged, and b has attempts left
-    assert (await store.reclaim(NOW + 11, ["w1"])).dead == 1  # w1 ran a alone, its last try
+    # w2 ran b alone, but a first stop may be the worker's own (paused past its lease):
+    # not charged, b runs alone next.
+    assert (r.requeued, r.dead) == (1, 0)
+    assert (await store.reclaim(NOW + 11, ["w1"])).requeued == 1  # a too, on its last try
+    for task in await store.get_many([a.id, b.id]):
+        assert task.status is TaskStatus.QUEUED and task.attempt == 0
+        assert task.error is not None and "alone" not in task.error.message
+    # Each runs alone now, as a suspect; stopped again, each is charged: b retried, a dead.
+    await store.lease("w3", {"a": 1}, 1, NOW + 600, NOW + 12, isolated=True)
+    await store.lease("w4", {"a": 1}, 1, NOW + 600, NOW + 12, isolated=True)
+    assert (r := await store.reclaim(NOW + 13, ["w3", "w4"])).dead == 1 and r.requeued == 1
     info = await store.get(a.id)
     assert info is not None and info.status is TaskStatus.DEAD
     assert info.error is not None and info.error.type == "LeaseExpired"
     assert "alone" in info.error.message
     again = await store.get(b.id)
     assert again is not None and again.status is TaskStatus.QUEUED and again.attempt == 1
+
+
+async def test_a_worker_paused_with_one_task_costs_it_no_attempt(store: Store) -> None:
+    # Its lease ran out while it was paused (or its other leases were taken back a pass
+    # earlier): a stop of one task's worker is no proof against the task.
+    (s,) = await store.submit([new(value=1, max_attempts=1)], NOW)
+    await store.lease("w1", {"a": 1}, 1, NOW - 1, NOW)  # expired at once
+    assert (await store.reclaim(NOW + 31)).requeued == 1
+    (lost,) = await store.attempts(s.id)
+    assert lost.outcome == "lost" and lost.error is not None
+    assert "alone" not in lost.error.message
+    (again,) = await store.lease("w2", {"a": 1}, 1, NOW + 90, NOW + 32, isolated=True)
+    assert again.attempt == 1
+    assert await store.write(WriteBatch(completions=[done(s.id, 1, "w2")]), NOW + 33) == [True]
 
 
 async def test_an_attempt_the_reaper_ends_is_recorded_as_lost(store: Store) -> None:
@@ -380,7 +405,7 @@ async def test_an_attempt_the_reaper_ends_is_recorded_as_lost(store: Store) -> N
     assert (lost.started_at, lost.finished_at) == (NOW, NOW + 11)
     assert (lost.running, lost.waited) == (11.0, 0.0)
     assert lost.error is not None and lost.error.type == "LeaseExpired"
-    assert "alone" in lost.error.message
+    assert "alone" not in lost.error.message  # a first stop: not charged
     assert await store.attempts(b.id) == await store.attempts(c.id) == []  # w2 lives
     assert (await store.reclaim(NOW + 12, ["w2"])).requeued == 2  # w2 is dead
     for task in (b, c):  # not charged (they shared w2): their next attempt reuses the number
@@ -776,7 +801,7 @@ async def test_every_status_change_is_in_the_feed_with_the_lease_it_ended(store:
     assert events == [
         (a.id, TaskStatus.QUEUED, 1, "w1"),
         (b.id, TaskStatus.CANCELLED, 1, "w1"),
-        (c.id, TaskStatus.QUEUED, 1, "w2"),
+        (c.id, TaskStatus.QUEUED, 0, "w2"),  # a first stop: its attempt not counted
         (d.id, TaskStatus.QUEUED, 0, "w3"),
         (d.id, TaskStatus.FAILED, 1, "w4"),
         (d.id, TaskStatus.QUEUED, 0, None),

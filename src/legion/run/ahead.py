@@ -1,4 +1,6 @@
-"""``Ahead``: tasks a worker leased ahead of its free slots, to start the moment one frees.
+"""``Ahead``: tasks a worker leased ahead of its free slots, to start the moment one frees
+(and ``Held``, what it shares with the group of suspects a busy worker holds until it is
+idle: see `legion.run.worker`).
 
 Without them, a slot that frees waits for the worker to ask the store for more work and
 for the answer: with short tasks (50 ms of I/O each, 1,000 at once) that round trip, behind
@@ -27,18 +29,14 @@ WINDOW = 8
 """How many lease calls the hold is sized over."""
 
 
-class Ahead:
-    """The leases held ahead, oldest first, and how many the worker wants to hold."""
+class Held:
+    """Leases a worker holds and has not started, oldest first: a lease like any other
+    (the heartbeat extends it, a stop gives it back unrun)."""
 
-    __slots__ = ("_during", "_ended", "_leases", "_mark", "cap", "target")
+    __slots__ = ("_leases",)
 
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.target = 0
+    def __init__(self) -> None:
         self._leases: deque[Lease] = deque()
-        self._during: deque[int] = deque(maxlen=WINDOW)  # ends during each lease call
-        self._ended = 0  # instances ended so far (the worker counts them)
-        self._mark = 0  # ... when the lease call under way was sent
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -48,22 +46,6 @@ class Ahead:
 
     def ids(self) -> list[int]:
         return [lease.id for lease in self._leases]
-
-    def wanted(self) -> int:
-        """How many more to lease ahead."""
-        return max(0, self.target - len(self._leases))
-
-    def ended(self) -> None:
-        """An instance ended (its slot is free)."""
-        self._ended += 1
-
-    def lease_sent(self) -> None:
-        self._mark = self._ended
-
-    def lease_answered(self) -> None:
-        """Size the next hold by what the lease call just answered took to come back."""
-        self._during.append(self._ended - self._mark)
-        self.target = min(self.cap, 2 * max(self._during))
 
     def hold(self, leases: list[Lease]) -> None:
         self._leases.extend(leases)
@@ -93,3 +75,33 @@ class Ahead:
         before = len(self._leases)
         self._leases = deque(lease for lease in self._leases if lease.id not in gone)
         return before - len(self._leases)
+
+
+class Ahead(Held):
+    """The leases held ahead, oldest first, and how many the worker wants to hold."""
+
+    __slots__ = ("_during", "_ended", "_mark", "cap", "target")
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+        self.target = 0
+        self._during: deque[int] = deque(maxlen=WINDOW)  # ends during each lease call
+        self._ended = 0  # instances ended so far (the worker counts them)
+        self._mark = 0  # ... when the lease call under way was sent
+
+    def wanted(self) -> int:
+        """How many more to lease ahead."""
+        return max(0, self.target - len(self._leases))
+
+    def ended(self) -> None:
+        """An instance ended (its slot is free)."""
+        self._ended += 1
+
+    def lease_sent(self) -> None:
+        self._mark = self._ended
+
+    def lease_answered(self) -> None:
+        """Size the next hold by what the lease call just answered took to come back."""
+        self._during.append(self._ended - self._mark)
+        self.target = min(self.cap, 2 * max(self._during))

@@ -28,7 +28,7 @@ from legion.agent import Agent
 from legion.clock import StoreTime, within
 from legion.diagnostics.watchdog import LoopWatchdog
 from legion.resources import satisfies
-from legion.run.ahead import Ahead
+from legion.run.ahead import Ahead, Held
 from legion.run.route_meter import RouteMeter
 from legion.run.runner import Instance
 from legion.stats import Statistics
@@ -68,6 +68,7 @@ class Upkeep:
     _agents: dict[str, Agent]
     _instances: dict[int, Instance]
     _ahead: Ahead
+    _suspects: Held
     _identity: identity.ProcessIdentity
     _meter: RouteMeter | None
     _watchdog: LoopWatchdog
@@ -168,7 +169,7 @@ class Upkeep:
                 self._beat.clear()  # (the next try after an interval, or when a step asks)
                 log.error("heartbeat failed: %s", exc)
                 if self._clock.monotonic() - self._confirmed_at > lease and (
-                    self._instances or self._ahead
+                    self._instances or self._ahead or self._suspects
                 ):
                     log.error(
                         "no heartbeat for a whole lease (%.0fs): stopping all %d instances, "
@@ -178,6 +179,7 @@ class Upkeep:
                     )
                     self._lost(set(self._instances))
                     self._ahead.take_all()  # (given back below, if still this worker's)
+                    self._suspects.take_all()
                     # Rows still leased to it go back to the queue (not charged) as soon as
                     # the store answers again.
                     self._ambiguous_lease = True
@@ -191,7 +193,7 @@ class Upkeep:
         ticket = self._beats_sent  # (a step that asked before this beat was sent waits)
         self._sweep_ended()
         running = [i for i, inst in self._instances.items() if not ended(inst)]
-        asked = running + self._ahead.ids()
+        asked = running + self._ahead.ids() + self._suspects.ids()
         now = self._clock.wall()
         extended = await self.store.extend_leases(
             self.id, asked, now + self.config.lease_seconds, now
@@ -212,6 +214,7 @@ class Upkeep:
             # need not run alone (see `Worker._release_unheld`, at the next lease).
             self._ambiguous_lease = True
         dropped = self._ahead.drop(set(asked) - extended.held)
+        dropped += self._suspects.drop(set(asked) - extended.held)
         if dropped:  # (not started: nothing to stop)
             log.warning("leases on %d tasks held ahead were lost; not started", dropped)
         for task_id in extended.cancel:

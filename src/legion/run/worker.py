@@ -52,7 +52,7 @@ from legion.diagnostics.report import agent_files, blocked_loop
 from legion.diagnostics.watchdog import Block, Capture, LoopWatchdog
 from legion.errors import ConfigError, Permanent, StoreError
 from legion.journal import Committed, Journal
-from legion.run.ahead import Ahead
+from legion.run.ahead import Ahead, Held
 from legion.run.freeze import FreezeGuard
 from legion.run.route_meter import RouteMeter
 from legion.run.runner import Instance, Services, StopReason, abandon, run_instance
@@ -115,6 +115,10 @@ def _log_failure(done: Completion) -> None:
 _QUIET = 0.05
 """The share of an agent's recent instances that made an LLM call below which the LLM
 routes do not bound how many of its instances start (`Worker._quiet`)."""
+
+SUSPECTS_POLL_BUSY = 4
+"""A busy worker looks for a group of suspects to hold every this many poll intervals (an
+idle one every interval)."""
 
 START_SLICE = 256
 """Instances started per turn of the event loop. Each runs to its first await in the turn
@@ -273,6 +277,10 @@ class Worker(Upkeep):
             1, int(self.config.concurrency * self.config.lease_batch_fraction)
         )
         self._ahead = Ahead(int(self.config.concurrency * self.config.lease_ahead))
+        # A group of suspects (tasks that must run apart) leased while others ran here: it
+        # starts once they have ended, and nothing else is leased meanwhile. Left to an idle
+        # worker alone, a group waited behind the whole queue of a busy fleet.
+        self._suspects = Held()
         # Held leases start as slots free (in `_finished`) only while no LLM route limits
         # admission (and no agent has a cap); else the lease loop starts them, as admitted.
         self._ahead_open = False
@@ -333,13 +341,13 @@ class Worker(Upkeep):
         return self._counters.snapshot(len(self._instances))
 
     def holds(self, task_id: int) -> bool:
-        return task_id in self._instances or task_id in self._ahead
+        return task_id in self._instances or task_id in self._ahead or task_id in self._suspects
 
     def cancel_local(self, task_id: int) -> bool:
         """Stop a running instance held by this worker; it is recorded ``cancelled``."""
         inst = self._instances.get(task_id)
         if inst is None:
-            lease = self._ahead.remove(task_id)
+            lease = self._ahead.remove(task_id) or self._suspects.remove(task_id)
             if lease is None:
                 return False
             inst = self._start(lease)  # (it starts stopped: it ends at once, recorded)
@@ -354,8 +362,9 @@ class Worker(Upkeep):
         self._give_back_ahead()
 
     def _give_back_ahead(self) -> None:
-        """The leases held ahead go back to the queue unrun (not charged to the tasks)."""
-        for lease in self._ahead.take_all():
+        """The leases held ahead, and a group of suspects held, go back to the queue unrun
+        (not charged to the tasks)."""
+        for lease in (*self._ahead.take_all(), *self._suspects.take_all()):
             self._stop(self._start(lease), StopReason.RELEASED)
 
     def abort(self, error: BaseException) -> None:
@@ -453,6 +462,15 @@ class Worker(Upkeep):
             if self._check_overload():
                 await self._sleep_or_wake(0.1)
                 continue
+            if self._suspects:
+                if self._instances:  # (`_finished` wakes the loop when the last one ends)
+                    self._slots.clear()
+                    await self._slots.wait()
+                    continue
+                group = self._suspects.take_all()
+                await self._start_batch(group)
+                self._apart = {lease.id for lease in group if lease.id in self._instances}
+                continue
             # (a cancelled held task starts stopped, past the slots for an instant: not < 0)
             free = max(0, min(cfg.concurrency - len(self._instances), self._admissible()))
             if free > 0 and self._ahead and not self._apart:
@@ -484,18 +502,26 @@ class Worker(Upkeep):
                 self._wake.clear()
                 self._slots.clear()
                 leases: list[Lease] = []
-                if not self._instances and not self._ahead and self._isolated_due():
-                    # idle: first a group of tasks that must run apart, if any (never
-                    # more than one agent's free slots: a group may be of one agent)
-                    leases = await self.store.lease(
-                        self.id,
-                        wants,
-                        max(wants.values()),
-                        now + cfg.lease_seconds,
-                        now,
-                        isolated=True,
-                        offer=cfg.offer,
-                    )
+                busy = bool(self._instances or self._ahead)
+                if self._isolated_due(busy):
+                    # First a group of tasks that must run apart, if any (never more than
+                    # one agent's slots: a group may be of one agent). A busy worker holds
+                    # it until what runs here has ended.
+                    room = self._group_wants() if busy else wants
+                    if room:
+                        leases = await self.store.lease(
+                            self.id,
+                            room,
+                            max(room.values()),
+                            now + cfg.lease_seconds,
+                            now,
+                            isolated=True,
+                            offer=cfg.offer,
+                        )
+                    if leases and busy:
+                        self._give_back_ahead()
+                        self._suspects.hold(leases)
+                        continue
                 if not leases:
                     self._ahead.lease_sent()
                     leases = await self.store.lease(
@@ -537,13 +563,15 @@ class Worker(Upkeep):
                 await self._sleep_or_wake(idle_wait, woken_since_lease=True)
                 idle_wait = min(idle_wait * 2, cfg.poll_interval)
 
-    def _isolated_due(self) -> bool:
+    def _isolated_due(self, busy: bool) -> bool:
         """Whether to look for tasks that must run apart from others: at most every
-        ``poll_interval``. A busy worker is idle between two batches of short tasks, a
-        store round trip each time that found nothing (they are rare) and that the next
-        batch's lease then waited behind."""
+        ``poll_interval`` (every `SUSPECTS_POLL_BUSY` of them while instances run here).
+        A worker is idle between two batches of short tasks, a store round trip each time
+        that found nothing (they are rare) and that the next batch's lease then waited
+        behind."""
         now = self._clock.monotonic()
-        if now - self._isolated_polled < self.config.poll_interval:
+        every = self.config.poll_interval * (SUSPECTS_POLL_BUSY if busy else 1)
+        if now - self._isolated_polled < every:
             return False
         self._isolated_polled = now
         return True
@@ -660,6 +688,18 @@ class Worker(Upkeep):
         wants to hold ahead."""
         ahead = self._ahead.wanted() if self._ahead_open else 0
         return self.config.concurrency - len(self._instances) + ahead
+
+    def _group_wants(self) -> dict[str, int]:
+        """The most tasks of each agent that a group of suspects may hold here: what this
+        worker runs of it once idle (its slots, the agent's cap)."""
+        slots = self.config.concurrency
+        wants = {}
+        for name, agent in self._agents.items():
+            if self.llm is not None and self.llm.budgets.agent_exhausted(name):
+                continue
+            cap = agent.options.concurrency
+            wants[name] = slots if cap is None else min(slots, cap)
+        return wants
 
     def _wants(self, free: int) -> dict[str, int]:
         """Free slots per agent, starting with a different agent each time (fairness)."""
@@ -783,7 +823,7 @@ class Worker(Upkeep):
         store it could not reach for a whole lease, a pause): give back the rows still
         leased to it that nothing runs, and let the tasks taken from it meanwhile run
         with others again (it lives: none of them stopped it)."""
-        keep = [*self._instances, *self._ahead.ids()]
+        keep = [*self._instances, *self._ahead.ids(), *self._suspects.ids()]
         released = await self.store.release_unheld(self.id, keep)
         absolved = await self.store.absolve(self.id)
         self._ambiguous_lease = False
@@ -882,6 +922,8 @@ class Worker(Upkeep):
             self._apart.discard(inst.lease.id)
             if not self._apart:
                 self._slots.set()
+        if self._suspects and not self._instances:
+            self._slots.set()  # the group held starts now
         if inst.fatal is not None and self.fatal_error is None:
             self.abort(inst.fatal)
         name = inst.agent.name

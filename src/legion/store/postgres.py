@@ -73,6 +73,8 @@ from legion.store.rows import attempt_record, event_detail, leases, task_info
 from legion.store.tenancy import KeyedTasks
 from legion.store.timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
 from legion.store.types import (
+    CRASHED_ITS_WORKER,
+    LEASE_LOST,
     ApiKey,
     AttemptRecord,
     AutoscalerInfo,
@@ -93,7 +95,6 @@ from legion.store.urls import redact_url
 from legion.store.waits import QueueWaits
 from legion.task import (
     Completion,
-    ErrorInfo,
     Lease,
     NewTask,
     Outcome,
@@ -591,17 +592,8 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await cur.execute(Q["fold_counts"])
         params = {
             "now": float(now),
-            "error": ErrorInfo(
-                type="LeaseExpired",
-                message="the worker running this task stopped (its lease expired or it exited)",
-            ).to_json(),
-            "crash_error": ErrorInfo(
-                type="LeaseExpired",
-                message=(
-                    "the worker running this task alone stopped (it crashed, was killed, or "
-                    "its lease expired): the task itself stops its worker"
-                ),
-            ).to_json(),
+            "error": LEASE_LOST.to_json(),
+            "crash_error": CRASHED_ITS_WORKER.to_json(),
             "dead_owners": list(dead_owners),
             "keep": keep,
         }

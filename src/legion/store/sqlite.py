@@ -45,6 +45,8 @@ from legion.store.sqlite_submit import SQLiteSubmissions
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
 from legion.store.tenancy import KeyedTasks
 from legion.store.types import (
+    CRASHED_ITS_WORKER,
+    LEASE_LOST,
     ApiKey,
     AttemptRecord,
     AutoscalerInfo,
@@ -63,7 +65,6 @@ from legion.store.types import (
 from legion.store.waits import QueueWaits
 from legion.task import (
     Completion,
-    ErrorInfo,
     Lease,
     NewTask,
     Outcome,
@@ -81,23 +82,6 @@ _UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 
 _LOWEST_PRIORITY = -(2**63)  # `lease` without a `min_priority`: every priority
 _TENANT_AGENT = itemgetter(8, 1)  # a leased row's group in the counts (see `_lease_agent`)
-
-
-def _lease_lost_error() -> bytes:
-    return ErrorInfo(
-        type="LeaseExpired",
-        message="the worker running this task stopped (its lease expired or it exited)",
-    ).to_json()
-
-
-def _crash_error() -> bytes:
-    return ErrorInfo(
-        type="LeaseExpired",
-        message=(
-            "the worker running this task alone stopped (it crashed, was killed, or its "
-            "lease expired): the task itself stops its worker"
-        ),
-    ).to_json()
 
 
 log = logging.getLogger("legion.store.sqlite")
@@ -518,8 +502,8 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         def run(db: sqlite3.Connection) -> Reclaimed:
             params = {
                 "now": now,
-                "error": _lease_lost_error(),
-                "crash_error": _crash_error(),
+                "error": LEASE_LOST.to_json(),
+                "crash_error": CRASHED_ITS_WORKER.to_json(),
                 "dead_owners": codec.dumps(list(dead_owners)).decode(),
                 "keep": keep,
             }

@@ -210,3 +210,21 @@ class ApiKey:
     @property
     def admin(self) -> bool:
         return self.scope == "admin"
+
+
+LEASE_LOST = ErrorInfo(
+    type="LeaseExpired",
+    message="the worker running this task stopped (its lease expired or it exited)",
+)
+"""What `reclaim` writes on a task taken back from its worker, not charged to it."""
+
+CRASHED_ITS_WORKER = ErrorInfo(
+    type="LeaseExpired",
+    message=(
+        "its worker stopped (crashed, was killed, or its lease expired) while running it "
+        "alone, and a worker it ran on had stopped before: the task is taken to stop its "
+        "workers"
+    ),
+)
+"""What `reclaim` writes on a task charged its worker's stop: it ran alone, a suspect of
+an earlier stop already."""

@@ -283,15 +283,16 @@ WHERE datname = current_database() AND usename = current_user
 
 -- name: reclaim
 -- Leases that expired (on the database's clock), or whose worker is known dead, go back
--- to the queue. The stop is charged to the task only if its worker ran it alone (its own
--- crash count); a task that shared the worker runs apart from all others next
--- (`isolate`), its attempt not counted, until it ends: in a group of at most half as many
--- as it was lost with (`isolate_group`), so that the one that stops its workers ends up
--- alone. A task whose worker stopped while running it alone on its
--- last attempt is dead. SKIP LOCKED: a locked row is being completed right now. Each
--- attempt ended here gets its row in `attempts` (outcome `lost`) in the same statement.
+-- to the queue, each to run apart from all others next (`isolate`) until it ends: in a
+-- group of at most half as many as it was lost with (`isolate_group`), so that the one
+-- that stops its workers ends up alone. The stop is charged to the task (its own crash
+-- count) only if it ran alone as such a suspect already (`isolate`): a first stop may be
+-- its worker's own (paused past its lease, killed by an operator, its other leases taken
+-- back a pass earlier), and costs no attempt. A task charged on its last attempt is dead.
+-- SKIP LOCKED: a locked row is being completed right now. Each attempt ended here gets
+-- its row in `attempts` (outcome `lost`) in the same statement.
 WITH s AS (
-    SELECT id, attempt, lease_owner, started_at,
+    SELECT id, attempt, lease_owner, started_at, isolate,
            (SELECT count(*) FROM tasks AS o
             WHERE o.lease_owner = x.lease_owner AND o.status = 'running') AS shared
     FROM tasks AS x
@@ -300,7 +301,7 @@ WITH s AS (
            OR lease_owner = ANY(%(dead_owners)b::text[]))
     FOR UPDATE SKIP LOCKED
 ), r AS (
-    SELECT id, attempt, lease_owner, started_at, shared = 1 AS alone,
+    SELECT id, attempt, lease_owner, started_at, shared = 1 AND isolate AS alone,
            greatest(1, shared / 2) AS group_size
     FROM s
 ), u AS (

@@ -31,13 +31,14 @@ ORDER BY started_at, o;
 -- name: insert_lost_attempts
 -- Before `reclaim`, in its transaction: one row per attempt it ends, outcome `lost` (its
 -- worker stopped or its lease expired); the time it ran is all it is known to have spent,
--- and its error is the one `reclaim` writes. Same selection as `reclaim`.
+-- and its error is the one `reclaim` writes (a crash only where it charges one). Same
+-- selection as `reclaim`.
 INSERT INTO attempts (task_id, attempt, worker, outcome, started_at, finished_at, running,
                       waited, error)
 SELECT id, attempt, lease_owner, 'lost', coalesce(started_at, :now), :now,
        max(:now - coalesce(started_at, :now), 0), 0,
-       CASE WHEN (SELECT count(*) FROM tasks AS o
-                  WHERE o.lease_owner = x.lease_owner AND o.status = 'running') = 1
+       CASE WHEN isolate AND (SELECT count(*) FROM tasks AS o
+                              WHERE o.lease_owner = x.lease_owner AND o.status = 'running') = 1
             THEN :crash_error ELSE :error END
 FROM tasks AS x
 WHERE status = 'running'

@@ -230,21 +230,22 @@ WHERE status = 'running'
        OR lease_owner IN (SELECT value FROM json_each(:dead_owners)));
 
 -- name: reclaim
--- Leases that expired, or whose worker is known dead, go back to the queue. The stop is
--- charged to the task only if its worker ran it alone (its own crash count); a task that
--- shared the worker runs apart from all others next (`isolate`), its attempt not counted,
--- until it ends: in a group of at most half as many as it was lost with
--- (`isolate_group`), so that the one that stops its workers ends up alone.
--- A task whose worker stopped while running it alone on its last attempt is dead.
+-- Leases that expired, or whose worker is known dead, go back to the queue, each to run
+-- apart from all others next (`isolate`) until it ends: in a group of at most half as many
+-- as it was lost with (`isolate_group`), so that the one that stops its workers ends up
+-- alone. The stop is charged to the task (its own crash count) only if it ran alone as
+-- such a suspect already (`isolate`): a first stop may be its worker's own (paused past
+-- its lease, killed by an operator, its other leases taken back a pass earlier), and
+-- costs no attempt. A task charged on its last attempt is dead.
 WITH s AS (
-    SELECT id, (SELECT count(*) FROM tasks AS o
-                WHERE o.lease_owner = x.lease_owner AND o.status = 'running') AS shared
+    SELECT id, isolate, (SELECT count(*) FROM tasks AS o
+                         WHERE o.lease_owner = x.lease_owner AND o.status = 'running') AS shared
     FROM tasks AS x
     WHERE status = 'running'
       AND ((lease_expires < :now AND lease_owner IS NOT :keep)
        OR lease_owner IN (SELECT value FROM json_each(:dead_owners)))
 ), r AS (
-    SELECT id, shared = 1 AS alone, max(1, shared / 2) AS group_size FROM s
+    SELECT id, shared = 1 AND isolate AS alone, max(1, shared / 2) AS group_size FROM s
 )
 UPDATE tasks
 SET status = CASE
