@@ -56,6 +56,7 @@ the same way, so the runtime stops the whole run instead of failing tasks one by
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 
@@ -222,6 +223,14 @@ class VectorError(Permanent):
     collection) or a store that cannot hold vectors; nothing was written."""
 
 
+class MissingExtra(ConfigError, Permanent):
+    """Raised where an agent uses a part of legion whose optional packages are not
+    installed (``ctx.llm.openai()`` without the openai SDK). Not retried, and it stops the
+    run: every other task would fail the same way."""
+
+    fatal: ClassVar[bool] = True
+
+
 class ProviderRejected(Permanent):
     """Raised when an LLM provider refuses a request (400, 404, 422...): retrying the same
     request cannot help. The message says what the provider said."""
@@ -374,19 +383,46 @@ FATAL_HEADER = "x-legion-fatal"
 whether it stops the run (a rejected API key)."""
 
 
-def sdk_verdict(exc: BaseException) -> tuple[bool, bool] | None:
-    """``(retryable, fatal)`` that legion's SDK transport put on the HTTP response an SDK
-    raised ``exc`` for (an ``openai.APIStatusError``, or a framework's error raised from
-    one: the chain of causes is followed), or ``None`` for any other error."""
+LEGION_ERROR = "legion_error"
+"""The key, in the ``extensions`` of the HTTP error legion's SDK transport answers, of
+legion's own error for the call (`legion_cause`)."""
+
+
+def _sdk_responses(exc: BaseException) -> Iterator[Any]:
+    """The HTTP responses of ``exc`` and of its causes (an ``openai.APIStatusError``
+    carries one; a framework's error may be raised from it), outermost first."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen and len(seen) < 16:
         seen.add(id(current))
-        headers = getattr(getattr(current, "response", None), "headers", None)
+        response = getattr(current, "response", None)
+        if response is not None:
+            yield response
+        current = current.__cause__ or current.__context__
+
+
+def sdk_verdict(exc: BaseException) -> tuple[bool, bool] | None:
+    """``(retryable, fatal)`` that legion's SDK transport put on the HTTP response an SDK
+    raised ``exc`` for (an ``openai.APIStatusError``, or a framework's error raised from
+    one: the chain of causes is followed), or ``None`` for any other error."""
+    for response in _sdk_responses(exc):
+        headers = getattr(response, "headers", None)
         value = _header(headers, RETRYABLE_HEADER)
         if value is not None:
             return value == "true", _header(headers, FATAL_HEADER) == "true"
-        current = current.__cause__ or current.__context__
+    return None
+
+
+def legion_cause(exc: BaseException) -> LegionError | None:
+    """legion's own error for the call that an SDK raised ``exc`` for (through
+    ``ctx.llm.openai()``: the HTTP error legion's transport answered carries it), or
+    ``None``: what the task's end should be decided by where the SDK's error says too
+    little (a budget's stop is a 429 to the SDK, yet costs the task no attempt)."""
+    for response in _sdk_responses(exc):
+        extensions = getattr(response, "extensions", None)
+        cause = extensions.get(LEGION_ERROR) if isinstance(extensions, dict) else None
+        if isinstance(cause, LegionError):
+            return cause
     return None
 
 

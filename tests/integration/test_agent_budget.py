@@ -79,3 +79,51 @@ async def test_an_agents_budget_parks_its_tasks_and_a_higher_one_resumes_them(
         # The budget started from the four calls recorded before, and spent six more.
         assert rt.llm.budgets.agents["limited"].spent.calls == 10
     assert simulator.stats().succeeded == 4 + 5 + 6  # each call bought once
+
+
+async def _two_sdk_calls(ctx: legion.Context, n: int) -> int:
+    client = ctx.llm.openai()
+    for i in range(2):
+        await client.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": f"{n}.{i}"}], max_tokens=8
+        )
+    return n
+
+
+async def test_a_budget_stops_sdk_calls_as_it_stops_its_own_without_spending_attempts(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """Through ``ctx.llm.openai()`` the budget's stop reaches the agent as the SDK's
+    error (a 429, as a provider's ``insufficient_quota``): the task is parked all the
+    same, its attempt not spent, and a run with a higher budget finishes it."""
+    pytest.importorskip("openai")
+    store = f"sqlite:///{tmp_path / 'budget.db'}"
+    llm = [f"openai:sim-model@{simulator.base_url}"]
+
+    def limited(max_calls: int) -> Agent:
+        return legion.agent(name="sdk", retries=0, concurrency=1, max_calls=max_calls)(
+            _two_sdk_calls
+        )
+
+    first = limited(4)
+    async with Runtime(store, llm=llm, agents=[first]) as rt:
+        ids = [s.id for s in await rt.submit_many(first, list(range(5)))]
+        finished = 0
+        async for r in rt.results(ids):
+            assert r.ok
+            finished += 1
+            if finished == 2:
+                break
+        assert rt.llm is not None
+        await rt.llm.budgets.agents["sdk"].wait_exhausted()
+        await rt.drain()
+        tasks = await rt.store.get_many(ids)
+
+    assert sorted(str(t.status) for t in tasks) == ["queued"] * 3 + ["succeeded"] * 2
+    parked = [t for t in tasks if t.error is not None]
+    assert parked and {t.error.type for t in parked if t.error} == {"BudgetExceeded"}
+    assert all(t.attempt <= 1 for t in tasks)  # parking spent no attempt
+
+    async with Runtime(store, llm=llm, agents=[limited(10)]) as rt:
+        assert all([r.ok async for r in rt.results(ids)])
+    assert simulator.stats().succeeded == 10  # each call bought once

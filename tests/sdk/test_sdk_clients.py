@@ -3,14 +3,23 @@ made as recorded ``ctx.llm`` calls against the simulator."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any
 
 import anthropic
 import openai
+import pytest
 
 import legion
 from legion import Runtime, TaskStatus
-from legion.errors import ProviderAuthError, ProviderRejected
+from legion.errors import (
+    MissingExtra,
+    ProviderAuthError,
+    ProviderRejected,
+    is_fatal,
+    is_retryable,
+)
 from legion.llm import Capacity, Route, SimulatedProvider, open_client
 from legion.llm.client import LLMClient
 from legion.store import store_from_url
@@ -209,3 +218,20 @@ async def test_an_sdk_error_for_a_call_legion_could_not_make_is_retried_as_legio
         assert stopped.status is TaskStatus.FAILED and stopped.attempt == 1, stopped
         assert stopped.error is not None and stopped.error.type == "AuthenticationError"
         assert rt.fatal_error is not None  # the run stops: every task would meet it
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_a_missing_sdk_is_named_with_its_extra_and_stops_the_run(
+    sdk: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the SDK (nor ``httpx2``, which comes with it), ``ctx.llm.openai()`` failed
+    with ``No module named 'httpx2'``, an error retried as if it were transient."""
+    for name in (sdk, "httpx2"):
+        monkeypatch.setitem(sys.modules, name, None)  # as on a machine without the extra
+    for name in ("legion.llm.sdk.clients", "legion.llm.sdk.transport"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    clients = importlib.import_module("legion.llm.sdk.clients")
+    make = clients.openai_client if sdk == "openai" else clients.anthropic_client
+    with pytest.raises(MissingExtra, match=rf"needs the {sdk} SDK: .*legion-runtime\[{sdk}\]") as e:
+        make(None, None)
+    assert not is_retryable(e.value) and is_fatal(e.value)

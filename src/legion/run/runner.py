@@ -32,6 +32,7 @@ from legion.errors import (
     UnawaitedWork,
     is_fatal,
     is_retryable,
+    legion_cause,
 )
 from legion.journal import Journal
 from legion.record import record
@@ -396,6 +397,11 @@ def _failure(
     time_: attempt.AttemptTime | None = None,
     diagnostics: tuple[Diagnostic, ...] = (),
 ) -> Completion:
+    cause = legion_cause(error)
+    if isinstance(cause, (BudgetExceeded, RetryAfterTooLong)):
+        # The SDK's error for a call legion stopped (``ctx.llm.openai()``): the task ends as
+        # legion's own error would end it, without spending an attempt.
+        error = cause
     info = ErrorInfo.from_exception(error)
     more: dict[str, Any] = {"usage": usage, "time_": time_, "diagnostics": diagnostics}
     if isinstance(error, BudgetExceeded):

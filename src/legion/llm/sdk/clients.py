@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import httpx2
-
-from legion.errors import ConfigError
-from legion.llm.sdk.transport import LegionTransport, LLMCalls
+from legion.errors import MissingExtra
+from legion.extras import install_hint
 
 if TYPE_CHECKING:
     from legion.llm.client import LLMClient
+    from legion.llm.sdk.transport import Dialect, LLMCalls
 
 _BASE_URL = "http://legion.invalid"  # never contacted: the transport answers every request
 _KEY = "legion"  # the route holds the real key
@@ -27,16 +26,15 @@ def openai_client(calls: LLMCalls, client: LLMClient, route: str | None = None) 
     try:
         import openai
     except ImportError as exc:
-        raise ConfigError(
-            "ctx.llm.openai() needs the openai package: pip install 'legion-runtime[openai]'"
+        raise MissingExtra(
+            f"ctx.llm.openai() needs the openai SDK: {install_hint('openai')}"
         ) from exc
-    transport = LegionTransport(calls, client, "openai", route)
     return openai.AsyncOpenAI(
         api_key=_KEY,
         base_url=f"{_BASE_URL}/v1",
         max_retries=0,
         timeout=None,
-        http_client=httpx2.AsyncClient(transport=transport, timeout=None),
+        http_client=_http_client(calls, client, "openai", route),
     )
 
 
@@ -45,15 +43,24 @@ def anthropic_client(calls: LLMCalls, client: LLMClient, route: str | None = Non
     try:
         import anthropic
     except ImportError as exc:
-        raise ConfigError(
-            "ctx.llm.anthropic() needs the anthropic package: "
-            "pip install 'legion-runtime[anthropic]'"
+        raise MissingExtra(
+            f"ctx.llm.anthropic() needs the anthropic SDK: {install_hint('anthropic')}"
         ) from exc
-    transport = LegionTransport(calls, client, "anthropic", route)
     return anthropic.AsyncAnthropic(
         api_key=_KEY,
         base_url=_BASE_URL,
         max_retries=0,
         timeout=None,
-        http_client=httpx2.AsyncClient(transport=transport, timeout=None),
+        http_client=_http_client(calls, client, "anthropic", route),
     )
+
+
+def _http_client(calls: LLMCalls, client: LLMClient, dialect: Dialect, route: str | None) -> Any:
+    """The SDK's HTTP client, its transport legion's. Imported here, once the SDK is known
+    to be installed: ``httpx2`` comes with it, and a missing SDK must be said as such."""
+    import httpx2
+
+    from legion.llm.sdk.transport import LegionTransport
+
+    transport = LegionTransport(calls, client, dialect, route)
+    return httpx2.AsyncClient(transport=transport, timeout=None)

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx2
 
-from legion.errors import FATAL_HEADER, RETRYABLE_HEADER, LegionError, Permanent, is_retryable
+from legion.errors import (
+    FATAL_HEADER,
+    LEGION_ERROR,
+    RETRYABLE_HEADER,
+    LegionError,
+    Permanent,
+    is_retryable,
+)
 from legion.llm.deltas import Delta
 from legion.llm.sdk import anthropic_wire, openai_wire
 from legion.llm.sdk.live import LiveCall
@@ -218,7 +225,8 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         call in its headers (`legion.errors.sdk_verdict`): the SDK's error (or a
         framework's, raised from it) is then retried, or not, or stops the run, as
         legion's own error would have been (``exc``; ``None`` and a request legion cannot
-        take: not retryable)."""
+        take: not retryable). ``exc`` itself goes with it (`legion.errors.legion_cause`):
+        a budget's stop or a long Retry-After then ends the task as it would have."""
         render: Callable[[int, str], bytes] = (
             openai_wire.render_error if self._dialect == "openai" else anthropic_wire.render_error
         )
@@ -229,4 +237,9 @@ class LegionTransport(httpx2.AsyncBaseTransport):
             RETRYABLE_HEADER: "true" if retryable else "false",
             FATAL_HEADER: "true" if getattr(exc, "fatal", False) else "false",
         }
-        return httpx2.Response(status, headers=headers, content=render(status, message))
+        return httpx2.Response(
+            status,
+            headers=headers,
+            content=render(status, message),
+            extensions={LEGION_ERROR: exc} if isinstance(exc, LegionError) else {},
+        )
