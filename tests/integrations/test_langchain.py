@@ -104,3 +104,32 @@ async def test_structured_output_and_streaming_with_chat_openai(
     assert result.output["label"] and result.output["score"] == 3
     assert result.output["streamed"]
     assert sim_route.requests == 2
+
+
+@legion.agent(retries=3)
+async def sync_node(ctx: legion.Context, question: str) -> str:
+    llm = chat_model(ctx)
+
+    def think(state: State) -> dict[str, list[AnyMessage]]:  # a plain def: a sync call
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    graph = StateGraph(State)
+    graph.add_node("think", think)
+    graph.add_edge(START, "think")
+    graph.add_edge("think", END)
+    state = await graph.compile().ainvoke({"messages": [HumanMessage(question)]})
+    return str(state["messages"][-1].content)
+
+
+async def test_a_sync_call_fails_at_once_and_says_to_await_ainvoke(
+    db_url: str, sim_route: SimRoute
+) -> None:
+    """A node calling ``llm.invoke()`` went around legion: its client was OpenAI's
+    default, at api.openai.com (a connection error here, retried; with a network, the
+    prompt sent to OpenAI whatever route the run named)."""
+    async with Runtime(db_url, llm=sim_route.client) as rt:
+        (result,) = [r async for r in rt.map(sync_node, ["2 * 3?"])]
+    assert result.status is legion.TaskStatus.FAILED  # not retried: it cannot succeed
+    assert result.error is not None and result.error.type == "Permanent"
+    assert "await llm.ainvoke(...)" in result.error.message
+    assert sim_route.requests == 0

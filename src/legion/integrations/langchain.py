@@ -3,7 +3,10 @@
     llm = chat_model(ctx).bind_tools(tools)   # a ChatOpenAI
 
 A graph whose nodes call this model runs as one legion agent: each model call is a
-recorded, paced, counted ``ctx.llm`` call of the task.
+recorded, paced, counted ``ctx.llm`` call of the task. Its calls are the async ones
+(``ainvoke``, ``astream``, ``abatch``): a sync call (``invoke``, a node written as a
+plain ``def``) raises at once, rather than block the event loop every instance shares
+and go around legion to OpenAI's own address.
 """
 
 from __future__ import annotations
@@ -12,17 +15,38 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_openai import ChatOpenAI
 
+from legion.errors import Permanent
+
 if TYPE_CHECKING:
     from legion.context import Context
+
+SYNC_REFUSED = (
+    "chat_model(ctx) answers async calls only: await llm.ainvoke(...) (astream, abatch), "
+    "in an async node. A sync call (invoke, stream, batch) would block the event loop that "
+    "every agent instance shares, and go around legion's capacity, retries and records"
+)
+
+
+class LegionChatOpenAI(ChatOpenAI):
+    """A ``ChatOpenAI`` whose calls are ``ctx.llm`` calls: the async ones. A sync one
+    raises `legion.errors.Permanent` (`SYNC_REFUSED`) before anything is sent: its own
+    client would be OpenAI's default, at OpenAI's address."""
+
+    def _generate(self, *args: Any, **kwargs: Any) -> Any:
+        raise Permanent(SYNC_REFUSED)
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise Permanent(SYNC_REFUSED)
 
 
 def chat_model(
     ctx: Context, name: str = "default", *, route: str | None = None, **settings: Any
 ) -> ChatOpenAI:
     """A ``ChatOpenAI`` on ``ctx.llm.openai(route)`` (async calls: ``ainvoke``,
-    ``astream``...); ``settings`` pass to ``ChatOpenAI`` (``temperature``...)."""
+    ``astream``...; a sync one raises at once); ``settings`` pass to ``ChatOpenAI``
+    (``temperature``...)."""
     client = ctx.llm.openai(route)
-    return ChatOpenAI(
+    return LegionChatOpenAI(
         model=name,
         api_key="legion",  # type: ignore[arg-type]
         max_retries=0,
