@@ -876,7 +876,7 @@ def test_status_says_which_queued_agents_no_live_worker_serves(tmp_path: Path) -
     assert json.loads(as_json.stdout)["unserved"] == ["lonely"]
 
 
-def test_status_shows_a_worker_silent_past_a_minute_as_silent_not_ok(tmp_path: Path) -> None:
+def test_status_shows_a_worker_silent_past_its_lease_as_silent_not_ok(tmp_path: Path) -> None:
     # A SIGKILLed worker's row stays in the store; `legion status` showed it "ok".
     from legion.store import store_from_url
     from legion.store.types import WorkerInfo
@@ -887,9 +887,15 @@ def test_status_shows_a_worker_silent_past_a_minute_as_silent_not_ok(tmp_path: P
         s = store_from_url(store)
         await s.open()
         now = await s.now()
-        for name, age in (("fresh", 1.0), ("gone", 70.0)):
+        # "paused": silent past its own lease (its tasks taken back), under a minute: it
+        # was shown "ok", its 25 tasks still counted in flight.
+        for name, age, load in (
+            ("fresh", 1.0, {"in_flight": 7}),
+            ("gone", 70.0, {"in_flight": 0}),
+            ("paused", 35.0, {"in_flight": 25, "lease_seconds": 30.0}),
+        ):
             beat = now - age
-            await s.register_worker(WorkerInfo(name, "h", 1, beat, beat, {"in_flight": 0}))
+            await s.register_worker(WorkerInfo(name, "h", 1, beat, beat, load))
         await s.aclose()
 
     asyncio.run(register())
@@ -897,10 +903,12 @@ def test_status_shows_a_worker_silent_past_a_minute_as_silent_not_ok(tmp_path: P
     assert shown.returncode == 0, shown.stderr
     lines = [line for line in shown.stdout.splitlines() if "│ h " in line]
     rows = {line.split("│")[1].strip(): line for line in lines}
-    assert " ok " in rows["fresh"] and "silent" not in rows["fresh"]
+    assert " ok " in rows["fresh"] and "silent" not in rows["fresh"] and " 7 " in rows["fresh"]
     assert "silent" in rows["gone"] and " ok " not in rows["gone"]
+    assert "silent" in rows["paused"] and " 25 " not in rows["paused"]
     doc = json.loads(legion("status", "--store", store, "--json").stdout)
-    assert {w["id"]: w["live"] for w in doc["workers"]} == {"fresh": True, "gone": False}
+    live = {w["id"]: w["live"] for w in doc["workers"]}
+    assert live == {"fresh": True, "gone": False, "paused": False}
 
 
 @lg.agent(retries=0)

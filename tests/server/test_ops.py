@@ -18,6 +18,7 @@ from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.llm.types import ChatResponse, Usage
 from legion.retry import RetryPolicy
+from legion.store.types import WorkerInfo
 from legion.task import NewTask
 from legion.testing import ScriptedProvider
 from tests.server.conftest import Api, StartApi, admin_key
@@ -273,3 +274,18 @@ async def test_a_store_that_hangs_turns_health_red_until_it_answers(
     assert (await submitting)[0] == 201
     await monitor.sample()
     assert (await api.call("GET", "/healthz", headers={}))[0] == 200
+
+
+async def test_a_worker_silent_past_its_lease_is_unhealthy_and_holds_nothing(api: Api) -> None:
+    """A worker paused past its own lease (its tasks taken back) was shown healthy, its
+    tasks in flight, until a minute had passed."""
+    store = api.runtime.store
+    now = await store.now()
+    beat = now - 35
+    load = {"in_flight": 25, "lease_seconds": 30.0, "agents": ["work"]}
+    await store.register_worker(WorkerInfo("paused", "h", 1, beat, beat, load))
+    await api.server.state.monitor.sample()
+    status, workers = await api.call("GET", "/v1/workers", headers=await admin_key(api))
+    assert status == 200
+    (paused,) = [w for w in workers if w["id"] == "paused"]
+    assert paused["healthy"] is False and paused["in_flight"] == 0

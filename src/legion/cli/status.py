@@ -12,11 +12,12 @@ from legion import codec
 from legion.diagnostics.report import Diagnostic
 from legion.diagnostics.summary import summarize
 from legion.store import Store, WorkerInfo, redact_url, store_from_url
+from legion.store.types import SILENT_AFTER
 from legion.store.waiting import WaitingInfo
 from legion.task import TaskStatus
 
 AUTOSCALER_FRESH = 30.0  # seconds: an autoscaler that published longer ago has stopped
-WORKER_FRESH = 60.0  # seconds: a worker heartbeats every 5 s at most (its lease / 3)
+WORKER_FRESH = SILENT_AFTER  # seconds at most; a worker's own lease where it says it
 
 
 @asynccontextmanager
@@ -33,7 +34,7 @@ async def live_workers(store: Store, fresh: float = WORKER_FRESH) -> list[Worker
     """The workers on ``store`` whose last heartbeat is under ``fresh`` seconds old (each
     names the agents it serves in ``load["agents"]``)."""
     now = await store.now()
-    return [w for w in await store.workers() if now - w.heartbeat_at < fresh]
+    return [w for w in await store.workers() if not w.silent(now, fresh)]
 
 
 async def show_status(
@@ -64,7 +65,7 @@ async def show_status(
                     "host": w.host,
                     "pid": w.pid,
                     "heartbeat_age": now - w.heartbeat_at,
-                    "live": now - w.heartbeat_at < WORKER_FRESH,
+                    "live": not w.silent(now),
                     **w.load,
                 }
                 for w in workers
@@ -151,7 +152,7 @@ async def show_status(
             wt.add_column(col)
         for w in workers:
             load = w.load
-            silent = now - w.heartbeat_at >= WORKER_FRESH
+            silent = w.silent(now)
             state = (
                 Text("silent: stopped or cut off?", style="red")
                 if silent
@@ -161,7 +162,7 @@ async def show_status(
                 w.id,
                 w.host,
                 str(w.pid),
-                str(load.get("in_flight", "?")),
+                "-" if silent else str(load.get("in_flight", "?")),  # (taken back)
                 f"{load.get('loop_lag_ms', '?')} ms",
                 f"{load.get('rss_mb', '?')} MB",
                 f"{now - w.heartbeat_at:.0f} s ago",
@@ -246,7 +247,7 @@ def _unserved(
     served = {
         agent
         for w in workers
-        if now - w.heartbeat_at < WORKER_FRESH
+        if not w.silent(now)
         for agent in set(w.load.get("agents", ())) - set(w.load.get("uncovered", ()))
     }
     return sorted(a for a, c in by_agent.items() if c.get(TaskStatus.QUEUED) and a not in served)

@@ -126,6 +126,7 @@ class Upkeep:
             "llm": self._llm_report(),
             "metered": self._meter is None or self._meter.measured,
             "offer": dict(self.config.offer),
+            "lease_seconds": self.config.lease_seconds,
         }
 
     def _llm_report(self) -> dict[str, object]:

@@ -451,15 +451,16 @@ class Monitor:
         in_flight = stats.in_flight if stats is not None else _int(w.load.get("in_flight"))
         agents = sorted(worker.agents) if worker is not None and local else w.load.get("agents")
         age = max(0.0, now - w.heartbeat_at)
+        healthy = local or not w.silent(now, self._stale_after)
         return WorkerState(
             id=w.id,
             host=w.host,
             pid=w.pid,
             started_at=w.started_at,
             heartbeat_age=age,
-            healthy=age <= self._stale_after,
+            healthy=healthy,
             local=local,
-            in_flight=in_flight,
+            in_flight=in_flight if healthy else 0,  # (silent past its lease: taken back)
             succeeded=stats.succeeded if stats is not None else _int(w.load.get("succeeded")),
             agents=[str(a) for a in agents] if isinstance(agents, list) else [],
         )

@@ -99,6 +99,11 @@ class Event:
     worker: str | None = None  # whose lease the change ended
 
 
+SILENT_AFTER = 60.0
+"""Seconds without a heartbeat after which a worker that does not say its lease is taken
+for stopped or cut off."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
     id: str
@@ -112,6 +117,19 @@ class WorkerInfo:
     boot_id: str = ""
     pid_ns: str = ""
     proc_start: int = 0
+
+    def silent_after(self, most: float = SILENT_AFTER) -> float:
+        """Seconds without a heartbeat after which this worker is taken for stopped or cut
+        off (at most ``most``): its lease, as its heartbeat says (its leases are taken
+        back then; it heartbeats three times a lease, every 5 s at most)."""
+        lease = self.load.get("lease_seconds")
+        if isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0:
+            return min(float(lease), most)
+        return most
+
+    def silent(self, now: float, most: float = SILENT_AFTER) -> bool:
+        """Whether its last heartbeat (on the store's clock) is older than `silent_after`."""
+        return now - self.heartbeat_at >= self.silent_after(most)
 
 
 @dataclass(frozen=True, slots=True)
