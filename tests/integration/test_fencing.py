@@ -490,3 +490,32 @@ async def test_a_finished_task_is_not_held_by_its_timeout_timer(db_url: str) -> 
         held = [o for o in gc.get_objects() if isinstance(o, Instance) and o.agent is big]
     assert [r.output for r in results] == [1000] * 3
     assert held == []
+
+
+async def test_the_refused_end_of_an_attempt_that_ended_is_said(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker paused past its agent's timeout and its lease: the attempt ended as it
+    woke, its end was refused (the lease taken meanwhile), and nothing said so."""
+    go = asyncio.Event()
+
+    @legion.agent
+    async def paused(ctx: legion.Context, x: int) -> int:
+        await go.wait()
+        return x
+
+    caplog.set_level(logging.WARNING, logger="legion.worker")
+    clock = FakeClock(wall=time.time())  # (no heartbeat meanwhile: time stands still)
+    async with Runtime(store_url, lease_seconds=600, clock=clock, drain_timeout=0) as rt:
+        submitted = await rt.submit(paused, 1)
+        assert rt.worker is not None
+        await wait_until(lambda: rt.worker.holds(submitted.id))  # type: ignore[union-attr]
+        assert (await rt.store.reclaim(time.time(), [rt.worker.id])).requeued == 1
+        until, now = time.time() + 600, time.time()
+        assert await rt.store.lease("thief", {"paused": 1}, 1, until, now, isolated=True)
+        go.set()  # it ends here; its end is refused
+        await wait_until(lambda: any("refused" in r.getMessage() for r in caplog.records))
+        info = await rt.store.get(submitted.id)
+    assert info is not None and info.status is TaskStatus.RUNNING and info.lease_owner == "thief"
+    (said,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert f"the end of 1 attempts (tasks {submitted.id})" in said

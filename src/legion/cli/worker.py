@@ -137,7 +137,9 @@ async def _serve(
         abandoned = f" ({s.abandoned} abandoned: their agents caught the stop)" * bool(s.abandoned)
         console.print(
             f"legion worker {rt.worker.id}: stopped after {s.succeeded} succeeded, "
-            f"{s.failed + s.dead} failed, {s.retried} retried, {s.released} released" + abandoned,
+            f"{s.failed + s.dead} failed, {s.retried} retried, {s.released} released"
+            + f", {s.cancelled} cancelled" * bool(s.cancelled)
+            + abandoned,
             highlight=False,
         )
         if rt.fatal_error is not None:

@@ -269,9 +269,15 @@ class Upkeep:
                 reclaimed.sessions_ended,
             )
         if reclaimed.requeued or reclaimed.dead or reclaimed.cancelled:
+            # (a worker whose process is gone loses its leases before they run out)
+            whose = (
+                f"of workers that stopped ({', '.join(dead)}) and any that ran out"
+                if dead
+                else "that ran out (their workers stopped, paused or cut off from the store)"
+            )
             log.warning(
-                "took back leases that ran out (their workers stopped, paused or cut off from the "
-                "store): %d re-queued, %d dead, %d cancelled",
+                "took back leases %s: %d re-queued, %d dead, %d cancelled",
+                whose,
                 reclaimed.requeued,
                 reclaimed.dead,
                 reclaimed.cancelled,

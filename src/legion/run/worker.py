@@ -1024,10 +1024,12 @@ class Worker(Upkeep):
 
     def _committed(self, batch: Sequence[Committed]) -> None:
         retry_at = None
+        refused: list[int] = []
         for c in batch:
             comp = c.completion
             if not c.applied:
                 self._counters.lost_leases += 1
+                refused.append(comp.id)
                 continue
             self._counters.count(comp.outcome, comp.finished_at - comp.started_at)
             if comp.outcome in _FAILURES:
@@ -1036,6 +1038,17 @@ class Worker(Upkeep):
                     retry_at = (
                         comp.not_before if retry_at is None else min(retry_at, comp.not_before)
                     )
+        if refused:
+            # Attempts that ended after their lease was lost (a pause past their timeout
+            # and their lease): nothing of their end is kept, and nothing said so.
+            shown = ", ".join(map(str, sorted(refused)[:10])) + (", ..." * (len(refused) > 10))
+            log.warning(
+                "the store refused the end of %d attempts (tasks %s): their leases were lost "
+                "meanwhile (this worker paused or cut off past its lease); their tasks run "
+                "again as the store has them",
+                len(refused),
+                shown,
+            )
         if any(c.applied for c in batch):
             self.wake()  # an end may have woken a waiting parent, a suspension itself
         if retry_at is not None:
