@@ -292,6 +292,7 @@ class Worker(Upkeep):
         )
         self._freeze_guard: FreezeGuard | None = None
         self._overloaded: str | None = None
+        self._overload_kind: str | None = None  # "lag" or "memory" while overloaded
         self._expiry = _Expiry(clock, self._stop)
         self.batch_desk: BatchDesk | None = None  # with an LLM client, once running
         self.started = asyncio.Event()  # set once run() is about to lease its first tasks
@@ -748,19 +749,24 @@ class Worker(Upkeep):
         tasks held ahead go back then: held by a worker that runs nothing, a task would
         be charged for its crash, as if it had run alone)."""
         cfg = self.config
-        reason = None
+        kind = reason = None
         lag = self._watchdog.health().recent_lag
         if lag > cfg.max_loop_lag:
+            kind = "lag"
             reason = f"event loop lag {lag * 1000:.0f} ms > {cfg.max_loop_lag * 1000:.0f} ms"
         elif cfg.max_memory_mb is not None and (rss := rss_mb()) > cfg.max_memory_mb:
+            kind = "memory"
             reason = f"memory {rss:.0f} MB > {cfg.max_memory_mb:.0f} MB"
-        if reason != self._overloaded:
+        # Said when it begins, changes kind or ends, not at each new figure (the process
+        # paused reads as a lag that falls back over a second or two: 18 lines).
+        if kind != self._overload_kind:
             if reason is not None:
                 log.warning("not leasing: %s", reason)
                 self._give_back_ahead()
             else:
                 log.info("leasing again: the worker recovered")
-            self._overloaded = reason
+            self._overload_kind = kind
+        self._overloaded = reason
         return reason is not None
 
     def _owner(self, task: asyncio.Task[Any] | None) -> Instance | None:
