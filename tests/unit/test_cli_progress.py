@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+import time
+from pathlib import Path
 
 from rich.console import Console
 
+from legion import Runtime
 from legion.cli.progress import Progress, RunTally, llm_counts, rate_text
+from legion.cli.run import _refresh
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
+from legion.task import NewTask
 from legion.testing import ScriptedProvider
 
 
@@ -87,3 +92,16 @@ def test_the_line_says_how_many_tasks_wait_and_where_to_find_them() -> None:
     assert "waiting" not in progress.line()
     progress.waiting = 2
     assert "| waiting 2 (legion status lists them)" in progress.line()
+
+
+async def test_without_a_local_worker_the_line_counts_the_runs_agent_alone(tmp_path: Path) -> None:
+    # `legion run --no-local-worker` of 20 tasks showed "in flight 217": every task
+    # running in the store, of every agent the fleet runs.
+    async with Runtime(f"sqlite:///{tmp_path / 'p.db'}", worker=False) as rt:
+        await rt.store.submit([NewTask("other", b"{}") for _ in range(3)], time.time())
+        await rt.store.submit([NewTask("mine", b"{}") for _ in range(2)], time.time())
+        await rt.store.lease("w", {"other": 3, "mine": 1}, 4, time.time() + 60, time.time())
+        console = Console(file=io.StringIO(), width=200)
+        progress = Progress(RunTally(total=2), agent="mine", console=console)
+        await _refresh(rt, progress)
+    assert "in flight 1" in progress.line()

@@ -324,8 +324,8 @@ async def _any_exhausted(budgets: list[Budget]) -> None:
 
 async def _refresh(rt: Runtime, progress: Progress) -> None:
     if progress.due():  # the store's counts: what waits, and what runs on other workers
-        try:
-            counts = await rt.store.counts()
+        try:  # (the run's agent's: a fleet runs other agents' tasks too)
+            counts = (await rt.store.counts_by_agent()).get(progress.agent, {})
         except StoreError:  # the store is away for a moment: the line waits, not the run
             counts = None
         if counts is not None:
