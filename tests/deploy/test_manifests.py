@@ -85,6 +85,13 @@ def test_compose_runs_postgres_serve_autoscaled_workers_and_the_simulator() -> N
     assert services["sim"]["command"][0] == "sim"
     for svc in ("serve", "worker"):
         assert services[svc]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # The image is legion's own, made here: every service that runs it builds it (one
+    # that named it alone could be pulled for, from a registry that has none).
+    for name, service in services.items():
+        if service.get("image") == "legion:latest":
+            assert service["build"]["dockerfile"] == "Dockerfile", name
+    # The metrics the README points at reach the host (keyless: its loopback alone).
+    assert "127.0.0.1:9100:9100" in services["serve"]["ports"]
 
 
 def test_every_server_listening_beyond_loopback_says_so() -> None:
