@@ -8,6 +8,7 @@ restart. The shared contract lives in test_store_contract.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import time
@@ -747,3 +748,16 @@ async def test_a_store_up_to_date_opens_on_a_read_only_database(postgres_url: st
     finally:
         await watched.aclose()
     assert counts[TaskStatus.QUEUED] == 1
+
+
+@pytest.mark.parametrize("set_by_application", [None, logging.DEBUG])
+async def test_the_pools_reconnection_warnings_are_held_unless_asked_for(
+    postgres_url: str, set_by_application: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 12 s outage logged 19 multi-line "error connecting in 'legion'" blocks.
+    pool_log = logging.getLogger("psycopg.pool")
+    monkeypatch.setattr(pool_log, "level", set_by_application or logging.NOTSET)
+    store = PostgresStore(postgres_url)
+    await store.open()
+    await store.aclose()
+    assert pool_log.level == (set_by_application or logging.ERROR)

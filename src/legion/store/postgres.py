@@ -104,6 +104,12 @@ from legion.task import (
 )
 
 log = logging.getLogger("legion.store.postgres")
+
+_POOL_LOG = logging.getLogger("psycopg.pool")
+"""psycopg's pool says each failed reconnection at WARNING, with libpq's message over
+several lines: a 12 s outage was 19 such blocks beside legion's own account of it
+(`StoreUnavailable`, the workers' waits). Held to ERROR unless the application set a
+level of its own."""
 Q = queries("postgres")
 
 Connection = psycopg.AsyncConnection[TupleRow]
@@ -202,6 +208,8 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
     # -- plumbing ----------------------------------------------------------------------
 
     async def open(self) -> None:
+        if _POOL_LOG.level == logging.NOTSET:
+            _POOL_LOG.setLevel(logging.ERROR)
         try:
             conn = await Connection.connect(self._migration_conninfo, autocommit=True)
         except psycopg.Error as exc:
