@@ -78,6 +78,23 @@ def test_the_sdk_import_of_a_first_ctx_llm_openai_is_not_the_agents_block() -> N
     assert blocked_loop("ask", block(*own)) is not None
 
 
+def test_an_import_on_first_use_is_told_to_move_to_the_top_not_to_a_thread() -> None:
+    # A framework's first call (or the agent's own import inside it) imports modules:
+    # "use an async call or asyncio.to_thread" was the wrong cure.
+    mine = Site(str(USER), 55, "calculate", "state = await graph.ainvoke(...)")
+    importing = (
+        Site("<frozen importlib._bootstrap_external>", 1, "exec_module"),
+        Site("<frozen importlib._bootstrap>", 1, "_find_and_load"),
+        Site(str(PACKAGES / "langgraph" / "pregel" / "main.py"), 300, "ainvoke"),
+    )
+    found = blocked_loop("calculate", block(*importing, mine))
+    assert found is not None and "importing a module on first use" in found.message
+    assert "import it at the top of the agent's module" in found.message
+    assert "to_thread" not in found.message
+    plain = blocked_loop("calculate", block(Site(str(STDLIB / "time.py"), 1, "sleep"), mine))
+    assert plain is not None and "to_thread" in plain.message
+
+
 def test_a_loop_late_with_no_one_call_holding_it_is_not_blocked_by_the_agent() -> None:
     mine = Site(str(USER), 10, "search", "rows = index.execute(query)")
     stack = (mine, *LOOP)

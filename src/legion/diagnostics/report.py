@@ -129,16 +129,25 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
     site = user_site(block.stack, own_files)
     if site is None or not getattr(block, "held", True):
         return None  # legion's own work, or no one call's (a busy or starved loop)
-    if _importing_an_sdk(block.stack, site):
+    below = _below(block.stack, site)
+    if _importing_an_sdk(below):
         return None  # (legion's, once a process: the README says so; not the agent's doing)
     site = with_code(site)
     who = f"agent `{agent}`"
     call = _call_in(site.code)
+    advice = "use an async call or `await asyncio.to_thread(...)`"
+    if any(f.file.startswith("<frozen importlib") for f in below):
+        # An import on first use (the agent's own, or a library's inside the call): the
+        # cure is to pay it as the worker starts, not a thread.
+        advice = (
+            "it was importing a module on first use: import it at the top of the agent's "
+            "module (the worker then pays it once, as it starts)"
+        )
     return Diagnostic(
         Kind.BLOCKED_LOOP,
         f"{who} blocked the event loop for {block.seconds * 1000:.0f} ms at {site}"
         + (f" ({call})" if call else "")
-        + ": every other instance waited; use an async call or `await asyncio.to_thread(...)`",
+        + f": every other instance waited; {advice}",
         site,
         block.seconds,
         tuple(block.stack[:8]),
@@ -148,12 +157,16 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
 _SDK_CLIENTS = ("openai", "anthropic")
 
 
-def _importing_an_sdk(stack: Sequence[Site], site: Site) -> bool:
+def _below(stack: Sequence[Site], site: Site) -> list[Site]:
+    """The frames of the blocking callback deeper than ``site`` (what it was calling)."""
+    inner = list(in_callback(stack))
+    return inner[: inner.index(site)] if site in inner else inner
+
+
+def _importing_an_sdk(below: Sequence[Site]) -> bool:
     """Whether the block is ``ctx.llm.openai()`` (or ``anthropic()``) importing its SDK on
     its first use in the process: the README's one client line, which legion must not
     report as the agent blocking the loop."""
-    inner = list(in_callback(stack))
-    below = inner[: inner.index(site)] if site in inner else inner
     return any(
         f.function in _SDK_CLIENTS and f.file.endswith(os.path.join("legion", "llm", "calls.py"))
         for f in below
