@@ -5,7 +5,11 @@ retrieve  - the passages nearest to the question in the shared collection ``pydo
             with ``legion vectors load``), instead of full-text search;
 remember  - the session's earlier questions live in the session-scoped collection
             ``questions``: each task finds the earlier questions nearest to its own, so a
-            follow-up can build on them, on whichever worker it runs;
+            follow-up can build on them, on whichever worker it runs. A task is its own
+            session unless its line names one (``"_session": "alice"``), and a question
+            is remembered once its task has asked it: tasks of one session that run at
+            the same moment do not see each other (``--concurrency 1`` runs them in
+            order);
 summarize - one LLM call per passage at once, then one that combines them, as in
             ``examples/research.py``.
 
@@ -16,6 +20,9 @@ Every ``ctx.vectors`` write and search is a recorded step and every embedding an
     legion vectors load pydoc --input pydoc.jsonl --store sqlite:///research.db
     legion run examples/research_vectors.py:research --store sqlite:///research.db \\
         --input examples/questions.jsonl --output answers.jsonl
+
+(``examples/questions.jsonl`` gives no ``_session``: each question is answered alone, its
+``related_earlier`` empty.)
 """
 
 from __future__ import annotations
