@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -943,3 +944,45 @@ async def test_the_store_says_how_long_its_calls_waited(store: Store) -> None:
     waited = store.queue_delay()
     assert waited is not None and waited >= 0
     assert store.queue_delay() is None  # a mean since the last read
+
+
+async def test_purge_deletes_ended_tasks_with_what_hangs_off_them(store: Store) -> None:
+    """A store kept every task, step, attempt and feed row for ever: a fleet's disk filled
+    with history nobody asked to keep."""
+    ended = TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED
+    a, b, d = await store.submit([new(value=i, key=f"k{i}") for i in range(3)], NOW)
+    await store.lease("w", {"a": 3}, 3, NOW + 60, NOW)
+    await store.write(WriteBatch(steps=[StepRecord(a.id, "s", 1, b"1", NOW, NOW, "w")]), NOW)
+    late = Completion(d.id, 1, "w", Outcome.SUCCEEDED, started_at=NOW, finished_at=NOW + 100)
+    failed = done(b.id, 1, "w", Outcome.FAILED, error=ErrorInfo("E", "no"))
+    await store.write(WriteBatch(completions=[done(a.id, 1, "w"), failed, late]), NOW + 100)
+    (c,) = await store.submit([new(value=9)], NOW + 100)  # queued: never purged
+    with pytest.raises(ValueError, match="only ended tasks"):
+        await store.purge(NOW + 50, [TaskStatus.QUEUED])
+    assert await store.purgeable(NOW + 50, ended) == 2
+    assert await store.purgeable(NOW + 50, ended, agent="other") == 0
+    assert (await store.purge(NOW + 50, ended, limit=1)).tasks == 1  # a chunk at a time
+    assert (await store.purge(NOW + 50, ended)).tasks == 1
+    assert (await store.purge(NOW + 50, ended)).tasks == 0
+    assert await store.get_many([a.id, b.id]) == []
+    assert await store.steps(a.id) == [] and await store.attempts(a.id) == []
+    assert await store.counts() == {TaskStatus.SUCCEEDED: 1, TaskStatus.QUEUED: 1}
+    (again,) = await store.submit([new(value=0, key="k0")], NOW + 200)  # its key is free
+    assert again.created and again.id != a.id
+    # The change feed's rows older than the cut go too (theirs were written at the
+    # store's own time).
+    purged = await store.purge(time.time() + 60, ended)
+    assert purged.tasks == 1 and purged.events > 0
+    assert await store.events_after(0) == []
+    assert {t.id for t in await store.get_many([c.id, d.id, again.id])} == {c.id, again.id}
+
+
+async def test_purge_keeps_an_ended_child_whose_parent_waits_for_it(store: Store) -> None:
+    (parent,) = await store.submit([new(value="p")], NOW)
+    (child,) = await store.submit_children(parent.id, [new(value="c", key="p.c")], NOW)
+    await store.lease("w", {"a": 2}, 2, NOW + 60, NOW)
+    await store.write(WriteBatch(completions=[done(child.id, 1, "w")]), NOW + 1)
+    ended = (TaskStatus.SUCCEEDED,)
+    assert await store.purgeable(NOW + 50, ended) == 0  # its parent runs on
+    await store.write(WriteBatch(completions=[done(parent.id, 1, "w")]), NOW + 2)
+    assert (await store.purge(NOW + 50, ended)).tasks == 2

@@ -49,6 +49,7 @@ from legion.cli.options import (
     _tracing,
 )
 from legion.cli.progress import error_text, stderr_console
+from legion.cli.purge import register as _register_purge
 from legion.cli.schedule import register as _register_schedule
 from legion.cli.serve import register as _register_serve
 from legion.cli.signal import register as _register_signal
@@ -530,6 +531,7 @@ _register_bench(app)
 _register_sim(app)
 _register_vectors(app)
 _register_signal(app)
+_register_purge(app)
 _register_schedule(app)
 _register_gateway(app)
 

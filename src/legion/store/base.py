@@ -37,6 +37,7 @@ from legion.store.types import (
     Event,
     EventDetail,
     Extended,
+    Purged,
     Reclaimed,
     StepInfo,
     TaskQuery,
@@ -127,6 +128,25 @@ class TaskQueue(Protocol):
 
     async def requeue_one(self, task_id: int) -> bool:
         """Queue again one dead, failed or cancelled task."""
+
+    async def purge(
+        self,
+        before: float,
+        statuses: Sequence[TaskStatus],
+        *,
+        agent: str | None = None,
+        limit: int = 1000,
+    ) -> Purged:
+        """Delete up to ``limit`` tasks in ``statuses`` (ended ones) that ended before
+        ``before``, oldest first, with their steps, attempts, diagnostics, signals and
+        batch calls, except a task whose parent has not ended (it reads its children's
+        ends); and up to ``limit`` change-feed rows older than ``before``. Call it
+        again until it deletes nothing. A deleted task's idempotency key is free again."""
+
+    async def purgeable(
+        self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None
+    ) -> int:
+        """How many tasks `purge` would delete, in all."""
 
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 - bounds the wait
         """Return when new work may be ready, or after ``timeout`` seconds; True if woken

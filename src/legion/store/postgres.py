@@ -85,11 +85,13 @@ from legion.store.types import (
     EventDetail,
     Extended,
     MemoryWrite,
+    Purged,
     Reclaimed,
     StepInfo,
     TaskQuery,
     WorkerInfo,
     WriteBatch,
+    terminal_statuses,
 )
 from legion.store.urls import redact_url
 from legion.store.waits import QueueWaits
@@ -650,6 +652,35 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         async with self._cursor() as cur:
             await cur.execute(Q["requeue_one"], {"id": task_id})
             return cur.rowcount == 1
+
+    async def purge(
+        self,
+        before: float,
+        statuses: Sequence[TaskStatus],
+        *,
+        agent: str | None = None,
+        limit: int = 1000,
+    ) -> Purged:
+        params = {
+            "before": float(before),
+            "statuses": terminal_statuses(statuses),
+            "agent": agent,
+            "limit": limit,
+        }
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(Q["purge_tasks"], params)
+            tasks = int(_one(await cur.fetchone()))
+            await cur.execute(Q["purge_events"], params)
+            events = max(0, cur.rowcount)
+        return Purged(tasks=tasks, events=events)
+
+    async def purgeable(
+        self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None
+    ) -> int:
+        params = {"before": float(before), "statuses": terminal_statuses(statuses), "agent": agent}
+        async with self._cursor() as cur:
+            await cur.execute(Q["purgeable"], params)
+            return int(_one(await cur.fetchone()))
 
     # -- reads -------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from legion.errors import (
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, leases, task_info
 from legion.store.sqlite_batches import SQLiteBatches
-from legion.store.sqlite_counts import count_leased, count_new
+from legion.store.sqlite_counts import count_leased, count_new, count_removed
 from legion.store.sqlite_feed import Ended, log_changes, log_changes_by, log_ended
 from legion.store.sqlite_ledger import SQLiteLedger
 from legion.store.sqlite_rows import CACHED_STATEMENTS, execute_rows
@@ -56,11 +56,13 @@ from legion.store.types import (
     Event,
     EventDetail,
     Extended,
+    Purged,
     Reclaimed,
     StepInfo,
     TaskQuery,
     WorkerInfo,
     WriteBatch,
+    terminal_statuses,
 )
 from legion.store.waits import QueueWaits
 from legion.task import (
@@ -85,6 +87,20 @@ _TENANT_AGENT = itemgetter(8, 1)  # a leased row's group in the counts (see `_le
 
 
 log = logging.getLogger("legion.store.sqlite")
+
+_PURGED_WITH_TASKS = (
+    "purge_steps",
+    "purge_attempts",
+    "purge_diagnostics",
+    "purge_signals",
+    "purge_batch_calls",
+)
+"""What hangs off a task, deleted with it (`SQLiteStore.purge`)."""
+
+
+def _terminal_statuses(statuses: Sequence[TaskStatus]) -> str:
+    """``statuses`` as the JSON array the purge queries read (`terminal_statuses`)."""
+    return codec.dumps(terminal_statuses(statuses)).decode()
 
 
 def _schema_version(db: sqlite3.Connection) -> int:
@@ -555,6 +571,35 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             return _requeue(db, "requeue_one", {"id": task_id}, self._clock.wall(), was[0]) == 1
 
         return await self._call(self._transaction, run)
+
+    async def purge(
+        self,
+        before: float,
+        statuses: Sequence[TaskStatus],
+        *,
+        agent: str | None = None,
+        limit: int = 1000,
+    ) -> Purged:
+        terminal = _terminal_statuses(statuses)
+
+        def run(db: sqlite3.Connection) -> Purged:
+            params = {"before": before, "statuses": terminal, "agent": agent, "limit": limit}
+            rows = db.execute(Q["purge_tasks"], params).fetchall()
+            if rows:
+                ids = {"ids": codec.dumps([r[0] for r in rows]).decode()}
+                for name in _PURGED_WITH_TASKS:
+                    db.execute(Q[name], ids)
+                count_removed(db, ((r[1], r[2], r[3]) for r in rows))
+            events = db.execute(Q["purge_events"], params).rowcount
+            return Purged(tasks=len(rows), events=max(0, events))
+
+        return await self._call(self._transaction, run)
+
+    async def purgeable(
+        self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None
+    ) -> int:
+        params = {"before": before, "statuses": _terminal_statuses(statuses), "agent": agent}
+        return await self._call(lambda: int(self._db.execute(Q["purgeable"], params).fetchone()[0]))
 
     # -- reads -------------------------------------------------------------------------
 

@@ -57,6 +57,11 @@ def count_ended(db: sqlite3.Connection, ended: Iterable[tuple[str, str, str]], w
     _move(db, _left(was, ((*group, n) for group, n in Counter(ended).items())))
 
 
+def count_removed(db: sqlite3.Connection, removed: Iterable[tuple[str, str, str]]) -> None:
+    """Deleted tasks, as ``(tenant, status, agent)``."""
+    _move(db, {group: -n for group, n in Counter(removed).items()})
+
+
 def _left(was: str, groups: Iterable[tuple[str, str, str, int]]) -> dict[tuple[str, str, str], int]:
     """The moves of ``(tenant, status, agent, n)`` groups of tasks that each left ``was``."""
     moves: dict[tuple[str, str, str], int] = {}

@@ -3,7 +3,7 @@ and then handed over whole)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +183,23 @@ class Reclaimed:
     # PostgreSQL: sessions ended because they held a transaction open while their process
     # stopped answering mid-call (their row locks kept leases from being reclaimed).
     sessions_ended: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one `Store.purge` call deleted: ended tasks (with what hangs off them) and
+    change-feed rows."""
+
+    tasks: int
+    events: int
+
+
+def terminal_statuses(statuses: Sequence[TaskStatus]) -> list[str]:
+    """``statuses`` for a purge: ended ones only (a task that may still run is kept)."""
+    refused = [str(s) for s in statuses if not TaskStatus(s).terminal]
+    if refused:
+        raise ValueError(f"only ended tasks can be purged, not {', '.join(refused)} ones")
+    return sorted({str(s) for s in statuses})
 
 
 @dataclass(frozen=True, slots=True)

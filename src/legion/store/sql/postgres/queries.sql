@@ -551,3 +551,50 @@ DELETE FROM autoscalers WHERE id = %(id)s;
 -- name: autoscalers
 SELECT id, host, pid, at, desired, running, minimum, maximum, reason FROM autoscalers
 WHERE at >= %(since)s ORDER BY id;
+
+-- name: purge_tasks
+-- Up to %(limit)s ended tasks (of %(statuses)s, and of %(agent)s if given) that ended
+-- before %(before)s, oldest first, except those whose parent has not ended (a parent reads
+-- its children's ends when it wakes), with what hangs off them; the counts follow by the
+-- delete trigger (0020_counts_table.sql). A locked row is being written: left for later.
+WITH gone AS (
+    DELETE FROM tasks WHERE id IN (
+        SELECT t.id FROM tasks AS t
+        WHERE t.status = ANY(%(statuses)b::text[])
+          AND t.finished_at < %(before)s
+          AND (%(agent)s::text IS NULL OR t.agent = %(agent)s)
+          AND (t.parent_id IS NULL OR NOT EXISTS (
+              SELECT 1 FROM tasks AS p
+              WHERE p.id = t.parent_id AND p.status IN ('queued', 'running', 'waiting')))
+        ORDER BY t.id LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id
+), steps_gone AS (
+    DELETE FROM steps WHERE task_id IN (SELECT id FROM gone)
+), attempts_gone AS (
+    DELETE FROM attempts WHERE task_id IN (SELECT id FROM gone)
+), diagnostics_gone AS (
+    DELETE FROM diagnostics WHERE task_id IN (SELECT id FROM gone)
+), signals_gone AS (
+    DELETE FROM signals WHERE task_id IN (SELECT id FROM gone)
+), batch_calls_gone AS (
+    DELETE FROM llm_batch_calls WHERE task_id IN (SELECT id FROM gone)
+)
+SELECT count(*) FROM gone;
+
+-- name: purgeable
+SELECT count(*) FROM tasks AS t
+WHERE t.status = ANY(%(statuses)b::text[])
+  AND t.finished_at < %(before)s
+  AND (%(agent)s::text IS NULL OR t.agent = %(agent)s)
+  AND (t.parent_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM tasks AS p
+      WHERE p.id = t.parent_id AND p.status IN ('queued', 'running', 'waiting')));
+
+-- name: purge_events
+-- Change-feed rows older than %(before)s: history (a reader follows the rows after the
+-- last one it read).
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE at < %(before)s ORDER BY id LIMIT %(limit)s
+);

@@ -446,3 +446,50 @@ DELETE FROM autoscalers WHERE id = :id;
 -- name: autoscalers
 SELECT id, host, pid, at, desired, running, minimum, maximum, reason FROM autoscalers
 WHERE at >= :since ORDER BY id;
+
+-- name: purge_tasks
+-- Up to :limit ended tasks (of :statuses, and of :agent if given) that ended before
+-- :before, oldest first, except those whose parent has not ended (a parent reads its
+-- children's ends when it wakes). Scanned in id order: old tasks come first.
+DELETE FROM tasks WHERE id IN (
+    SELECT t.id FROM tasks AS t
+    WHERE t.status IN (SELECT value FROM json_each(:statuses))
+      AND t.finished_at < :before
+      AND (:agent IS NULL OR t.agent = :agent)
+      AND (t.parent_id IS NULL OR NOT EXISTS (
+          SELECT 1 FROM tasks AS p
+          WHERE p.id = t.parent_id AND p.status IN ('queued', 'running', 'waiting')))
+    ORDER BY t.id LIMIT :limit
+)
+RETURNING id, tenant, status, agent;
+
+-- name: purgeable
+SELECT count(*) FROM tasks AS t
+WHERE t.status IN (SELECT value FROM json_each(:statuses))
+  AND t.finished_at < :before
+  AND (:agent IS NULL OR t.agent = :agent)
+  AND (t.parent_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM tasks AS p
+      WHERE p.id = t.parent_id AND p.status IN ('queued', 'running', 'waiting')));
+
+-- name: purge_steps
+DELETE FROM steps WHERE task_id IN (SELECT value FROM json_each(:ids));
+
+-- name: purge_attempts
+DELETE FROM attempts WHERE task_id IN (SELECT value FROM json_each(:ids));
+
+-- name: purge_diagnostics
+DELETE FROM diagnostics WHERE task_id IN (SELECT value FROM json_each(:ids));
+
+-- name: purge_signals
+DELETE FROM signals WHERE task_id IN (SELECT value FROM json_each(:ids));
+
+-- name: purge_batch_calls
+DELETE FROM llm_batch_calls WHERE task_id IN (SELECT value FROM json_each(:ids));
+
+-- name: purge_events
+-- Change-feed rows older than :before: history (a reader follows the rows after the
+-- last one it read).
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE at < :before ORDER BY id LIMIT :limit
+);

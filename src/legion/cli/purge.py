@@ -1,0 +1,129 @@
+"""``legion purge --older-than 30d``: delete the tasks that ended long ago.
+
+A store keeps every task, its steps, attempts, diagnostics and signals, and the change
+feed's rows, until they are purged: without it a fleet's store grows for ever. The
+purge goes a chunk at a time (a transaction each), oldest first, so the workers that
+share the store wait for no long lock.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
+from legion.cli.progress import stderr_console
+from legion.task import TaskStatus
+
+ENDED = ("succeeded", "failed", "dead", "cancelled")
+CHUNK = 1000
+_AGE_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_UNIT = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_age(text: str) -> float:
+    """Seconds in ``30d``, ``12h``, ``90m``, ``45s``, ``1d12h`` or a bare number of
+    seconds; `ValueError` for anything else."""
+    value = text.strip().lower()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = list(_AGE_PART.finditer(value))
+        if not parts or "".join(p.group(0) for p in parts) != value:
+            raise ValueError(
+                f"--older-than takes an age such as 30d, 12h, 90m or 1d12h (or seconds), "
+                f"not {text!r}"
+            ) from None
+        seconds = sum(float(p[1]) * _UNIT[p[2]] for p in parts)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"--older-than must be an age of 0 or more, not {text!r}")
+    return seconds
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``purge`` command to ``app``."""
+
+    @app.command("purge")
+    def purge_cmd(
+        older_than: Annotated[
+            str,
+            typer.Option(
+                "--older-than",
+                help="Delete tasks that ended at least this long ago: 30d, 12h, 90m, 1d12h, "
+                "or seconds (on the store's clock).",
+            ),
+        ],
+        status: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--status",
+                metavar="STATUS",
+                help="Only tasks that ended so (repeat it, or commas): succeeded, failed, "
+                "dead, cancelled. Default: all four.",
+            ),
+        ] = None,
+        agent: Annotated[str | None, typer.Option(help="Only tasks of this agent.")] = None,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
+        ] = False,
+        store: StoreOpt = DEFAULT_STORE,
+    ) -> None:
+        """Delete tasks that ended long ago, with their steps, attempts, diagnostics and
+        signals, and the change feed's rows as old: a store keeps them all until then.
+
+        Queued, running and waiting tasks are never deleted, nor a task whose parent has
+        not ended (it reads its children's ends). A deleted task's idempotency key is
+        free again: submitted anew (a `legion run` of the same file again, a client's
+        retry), it runs again. Session memory and vector collections are kept. Goes a
+        chunk of 1,000 at a time, oldest first, so the workers sharing the store go on.
+        """
+        try:
+            age = parse_age(older_than)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        names = [n.strip() for given in status or ENDED for n in given.split(",") if n.strip()]
+        wrong = [n for n in names if n not in ENDED]
+        if wrong or not names:
+            raise _fail(
+                f"--status takes ended statuses ({', '.join(ENDED)}), not {', '.join(wrong)}"
+                if wrong
+                else "--status names no status"
+            )
+        statuses = [TaskStatus(n) for n in dict.fromkeys(names)]
+        console = stderr_console()
+
+        async def main() -> None:
+            from legion.cli.status import opened
+
+            async with opened(store) as s:
+                before = await s.now() - age
+                when = datetime.fromtimestamp(before, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+                which = f"{'/'.join(map(str, statuses))} tasks" + (
+                    f" of agent {agent!r}" if agent else ""
+                )
+                if dry_run:
+                    n = await s.purgeable(before, statuses, agent=agent)
+                    print(f"{n}\t{which} ended before {when} would be purged (dry run)")
+                    return
+                tasks = events = chunks = 0
+                while True:
+                    purged = await s.purge(before, statuses, agent=agent, limit=CHUNK)
+                    tasks += purged.tasks
+                    events += purged.events
+                    if not purged.tasks and not purged.events:
+                        break
+                    chunks += 1
+                    if chunks % 10 == 0:
+                        console.print(f"purged {tasks:,} tasks so far...", highlight=False)
+                print(f"{tasks}\t{which} ended before {when} purged")
+                console.print(
+                    f"purged {tasks:,} {which} that ended before {when}, with their steps, "
+                    f"attempts, diagnostics and signals, and {events:,} change-feed rows as old",
+                    highlight=False,
+                )
+
+        _run(main())
