@@ -504,6 +504,9 @@ class Worker(Upkeep):
                 self._slots.clear()
                 leases: list[Lease] = []
                 busy = bool(self._instances or self._ahead)
+                # (a look for suspects is a lease call too: the instances that end while
+                # it is out size the hold ahead, as they do during any other)
+                self._ahead.lease_sent()
                 if self._isolated_due(busy):
                     # First a group of tasks that must run apart, if any (never more than
                     # one agent's slots: a group may be of one agent). A busy worker holds
@@ -520,18 +523,18 @@ class Worker(Upkeep):
                             offer=cfg.offer,
                         )
                     if leases and busy:
+                        self._ahead.lease_answered()
                         self._give_back_ahead()
                         self._suspects.hold(leases)
                         continue
                 if not leases:
-                    self._ahead.lease_sent()
                     leases = await self.store.lease(
                         self.id, wants, wanted, now + cfg.lease_seconds, now, offer=cfg.offer
                     )
-                    self._ahead.lease_answered()
                     isolated = False
                 else:
                     isolated = True
+                self._ahead.lease_answered()
             except Exception as exc:
                 # The store may have leased rows and lost the answer: give back whatever
                 # is leased to this worker and not run, before leasing again.
