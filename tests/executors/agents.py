@@ -276,3 +276,21 @@ async def told_then_naps(ctx: legion.Context, fifo: str, n: int) -> int:
     tell(fifo, str(n))
     await asyncio.sleep(0.5)
     return n
+
+
+@legion.agent(retries=0)
+async def steps_on(ctx: legion.Context, fifo: str, ledger: str) -> int:
+    """Records a step, says its pid, then takes a step after another until stopped: each
+    step's side effect is a line of the ledger."""
+
+    def note(what: str) -> str:
+        with open(ledger, "a") as f:
+            f.write(f"{what} {os.getpid()}\n")
+        return what
+
+    await ctx.step("first", note, "first")
+    tell(fifo, str(os.getpid()))
+    for n in range(1000):
+        await asyncio.sleep(0.05)
+        await ctx.step("next", note, f"next-{n}")
+    return 0

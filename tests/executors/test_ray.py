@@ -6,7 +6,10 @@ Starting the cluster takes ~10 s, once for the module.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -186,3 +189,54 @@ async def test_an_agents_resources_place_its_instances_on_a_node_that_has_them(
     assert [r.status for r in results] == [TaskStatus.SUCCEEDED] * 6, [r.error for r in results]
     assert len(widget) == 1
     assert {r.output for r in results} == widget
+
+
+async def test_a_ray_task_whose_worker_died_begins_no_step(tmp_path: Path) -> None:
+    """The worker (the Ray driver, its own local Ray instance) SIGKILLed: its Ray tasks ran
+    on for a second or more, and began steps whose side effects nobody could record (the
+    rerun ran them again). A step begins once the worker's context has begun it."""
+    ledger = tmp_path / "ledger.txt"
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        import legion
+        from legion.executors.ray import RayExecutor
+        from tests.executors import agents
+
+        async def main():
+            executor = RayExecutor(init_options={{"num_cpus": 1, "include_dashboard": False}})
+            async with legion.Runtime({f"sqlite:///{tmp_path / 'd.db'}"!r},
+                                      executors={{"ray": executor}}, executor="ray") as rt:
+                await rt.submit(agents.steps_on, {{"fifo": {str(tmp_path / "where")!r},
+                                                   "ledger": {str(ledger)!r}}})
+                await asyncio.Event().wait()  # until killed
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    async with fifo(tmp_path / "where") as where:
+        driver = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            env=env,
+            cwd=Path(__file__).parents[2],
+            start_new_session=True,
+        )
+        try:
+            task_pid = int(await next_line(where))
+            # Steps go on while the worker lives (one a 50 ms)...
+            while ledger.read_text().count("next-") < 2:  # noqa: ASYNC110 - a file to grow
+                await asyncio.sleep(0.01)
+            driver.kill()
+            assert await driver.wait() == -signal.SIGKILL
+            seen = len(ledger.read_text().splitlines())
+            await exited(task_pid)  # Ray stops the dead driver's task (in a second or so)
+        finally:
+            # (the driver's own Ray instance, in its session: what it started goes too)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(driver.pid, signal.SIGKILL)
+            await driver.wait()
+    after = ledger.read_text().splitlines()[seen:]
+    assert after == [], "steps began after their worker had died"

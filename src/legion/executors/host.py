@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from legion import codec
 from legion.executors import protocol as p
@@ -60,8 +60,9 @@ class ContextHost:
         """Called when the remote side says the instance began to run."""
         self._tasks: set[asyncio.Task[Any]] = set()
         # Steps running remotely: the future gets the result's JSON, the task records it.
-        self._steps: dict[str, tuple[asyncio.Future[bytes], asyncio.Task[Any]]] = {}
+        self._steps: dict[str, _RemoteStep] = {}
         self._calls: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
+            p.STEP_START: self._step_start,
             p.STEP_END: self._step_end,
             p.MEMORY_GET: self._memory_get,
             p.MEMORY_SET: self._memory_set,
@@ -76,9 +77,7 @@ class ContextHost:
     def handle(self, op: str, args: Sequence[Any], reply: Reply | None) -> None:
         """Serve one message: a call (answered through ``reply``) or a notification."""
         if reply is None:
-            if op == p.STEP_START:
-                self._step(args[0])
-            elif op == p.STEP_ABORT:
+            if op == p.STEP_ABORT:
                 self._step_abort(args[0])
             elif op == p.STARTED:
                 if self.on_started is not None:
@@ -127,27 +126,40 @@ class ContextHost:
 
     # -- steps: started, ended (recorded) or aborted by the remote side -----------------
 
-    def _step(self, key: str) -> tuple[asyncio.Future[bytes], asyncio.Task[Any]]:
+    def _step(self, key: str) -> _RemoteStep:
         entry = self._steps.get(key)
         if entry is None:
-            result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            recording = self._spawn(_record(self._ctx, key, result), f"legion-step-{key}")
-            entry = self._steps[key] = (result, recording)
+            loop = asyncio.get_running_loop()
+            result: asyncio.Future[bytes] = loop.create_future()
+            begun: asyncio.Future[None] = loop.create_future()
+            recording = self._spawn(_record(self._ctx, key, result, begun), f"legion-step-{key}")
+            entry = self._steps[key] = _RemoteStep(result, recording, begun)
         return entry
 
+    async def _step_start(self, key: str) -> None:
+        """Answer once the step may run: the worker's context has begun it (its lease
+        confirmed lately, as before a step of its own), or raise why not (`LeaseLost`).
+        Told without an answer, a remote side whose worker had died ran its next step's
+        side effect (a Ray task outlives its driver for a second or more)."""
+        step = self._step(key)
+        await asyncio.wait((step.begun, step.recording), return_when=asyncio.FIRST_COMPLETED)
+        if not step.begun.done():
+            step.recording.result()  # (its error: the step may not run)
+            raise InstanceLost("the step ended before it began")
+
     async def _step_end(self, key: str, data: bytes) -> None:
-        result, recording = self._step(key)
-        if not result.done():
-            result.set_result(data)
+        step = self._step(key)
+        if not step.result.done():
+            step.result.set_result(data)
         try:
-            await recording
+            await step.recording
         finally:
             self._steps.pop(key, None)
 
     def _step_abort(self, key: str) -> None:
         entry = self._steps.pop(key, None)
         if entry is not None:
-            entry[1].cancel()
+            entry.recording.cancel()
 
     # -- memory and LLM --------------------------------------------------------------
 
@@ -202,11 +214,25 @@ class ContextHost:
         raise ProtocolError(f"unknown vector operation {op!r}")
 
 
-async def _record(ctx: Context, key: str, result: asyncio.Future[bytes]) -> None:
+class _RemoteStep(NamedTuple):
+    """A step the remote side runs: its result's JSON when it comes, the recording of it
+    by the worker's context, and whether that context has begun the step."""
+
+    result: asyncio.Future[bytes]
+    recording: asyncio.Task[Any]
+    begun: asyncio.Future[None]
+
+
+async def _record(
+    ctx: Context, key: str, result: asyncio.Future[bytes], begun: asyncio.Future[None]
+) -> None:
     """Record a remote step with ``ctx.step``, which times it and writes it to the journal."""
-    await ctx.step(key, _decoded, result)
+    await ctx.step(key, _decoded, result, begun)
 
 
-async def _decoded(result: asyncio.Future[bytes]) -> Any:
-    """The remote step's result, once it arrives (``ctx.step`` stores it again as JSON)."""
+async def _decoded(result: asyncio.Future[bytes], begun: asyncio.Future[None]) -> Any:
+    """The remote step's result, once it arrives (``ctx.step`` stores it again as JSON).
+    Called once the context has let the step begin: the remote side may run it now."""
+    if not begun.done():
+        begun.set_result(None)
     return codec.loads(await result)

@@ -185,7 +185,9 @@ class RemoteContext:
         recorded = self._invocation.steps.get(key)
         if recorded is not None:
             return codec.loads(recorded)
-        self._link.notify(p.STEP_START, key)
+        # Asked, not told: the worker answers once its context has begun the step (its
+        # lease confirmed), so no step begins after the worker has died or lost the task.
+        await self._link.call(p.STEP_START, key)
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
