@@ -986,3 +986,23 @@ async def test_purge_keeps_an_ended_child_whose_parent_waits_for_it(store: Store
     assert await store.purgeable(NOW + 50, ended) == 0  # its parent runs on
     await store.write(WriteBatch(completions=[done(parent.id, 1, "w")]), NOW + 2)
     assert (await store.purge(NOW + 50, ended)).tasks == 2
+
+
+async def test_an_attempt_that_suspends_after_its_cancel_was_asked_ends_cancelled(
+    store: Store,
+) -> None:
+    """A parent cancelled while it ran went on to suspend for the children it had just
+    submitted, was woken, and ran a whole attempt more before it was cancelled."""
+    a, b = await store.submit([new(value=1), new(value=2)], NOW)
+    await store.lease("w", {"a": 2}, 2, NOW + 60, NOW)
+    await store.cancel(a.id, NOW)  # asked while running
+    batch = [
+        done(a.id, 1, "w", Outcome.WAITING, wait=Wait(children=0)),
+        done(b.id, 1, "w", Outcome.WAITING, wait=Wait(event="go", count=1)),
+    ]
+    await store.write(WriteBatch(completions=batch), NOW + 1)
+    info, other = await store.get_many([a.id, b.id])
+    assert info.status is TaskStatus.CANCELLED and info.finished_at is not None
+    assert other.status is TaskStatus.WAITING  # (its cancel was not asked)
+    assert await store.counts() == {TaskStatus.CANCELLED: 1, TaskStatus.WAITING: 1}
+    assert [t.id for t in await store.waiting_tasks()] == [b.id]

@@ -1025,7 +1025,9 @@ _OUTCOME_ROW = {
 }
 
 
-_QUEUED = TaskStatus.QUEUED.value
+_MAY_BE_CANCELLED = (TaskStatus.QUEUED.value, TaskStatus.WAITING.value)
+"""What an attempt's end may turn into ``cancelled`` when its task's cancellation was asked
+(back to the queue, or suspended): only the task's row tells."""
 
 
 def _completion_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:
@@ -1056,12 +1058,12 @@ def _completion_params(c: Completion, error: bytes | None) -> tuple[Any, ...]:
 def _ended(done: Iterable[Completion]) -> list[Ended] | None:
     """What the applied completions ``done`` left on their tasks, for the change feed: each
     one's status and attempt are its own, as it was applied on its lease. ``None`` if one
-    does not say its tenant and agent, or goes back to the queue (a task whose cancellation
-    was asked is cancelled then, which only the task's row tells)."""
+    does not say its tenant and agent, or goes back to the queue or waits (a task whose
+    cancellation was asked is cancelled then, which only the task's row tells)."""
     ended: list[Ended] = []
     for c in done:
         status, uncount, _, _ = _OUTCOME_ROW[c.outcome]
-        if c.tenant is None or c.agent is None or status == _QUEUED:
+        if c.tenant is None or c.agent is None or status in _MAY_BE_CANCELLED:
             return None
         ended.append((c.id, status, c.attempt - uncount, c.owner, c.tenant, c.agent))
     return ended

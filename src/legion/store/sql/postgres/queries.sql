@@ -120,13 +120,15 @@ SELECT task_id, key, output FROM steps WHERE task_id = ANY(%(ids)b::bigint[]);
 -- Answers the 1-based positions of the completions that applied.
 WITH done AS (
     UPDATE tasks AS t
-    SET status = CASE WHEN t.cancel_requested AND c.status = 'queued' THEN 'cancelled' ELSE c.status END,
+    SET status = CASE WHEN t.cancel_requested AND c.status IN ('queued', 'waiting') THEN 'cancelled'
+                      ELSE c.status END,
         output = c.output,
         error = CASE WHEN c.status = 'succeeded' THEN NULL ELSE coalesce(c.error, t.error) END,
         not_before = c.not_before,
         attempt = t.attempt - c.uncount,
         lease_owner = NULL, lease_expires = NULL,
-        finished_at = c.finished_at,
+        finished_at = CASE WHEN t.cancel_requested AND c.status IN ('queued', 'waiting')
+                           THEN legion_now() ELSE c.finished_at END,
         usage = coalesce(c.usage, t.usage),
         isolate = false,
         succeeded_on = CASE WHEN c.outcome = 'succeeded' THEN c.owner END,

@@ -114,13 +114,15 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running';
 -- 1 status, 2 output, 3 error, 4 not_before, 5 uncount, 6 finished_at, 7 id, 8 attempt, 9 owner,
 -- 10 usage, 11 succeeded_on, 12 started_at, 13 running, 14 waited.
 UPDATE tasks
-SET status = CASE WHEN cancel_requested AND ?1 = 'queued' THEN 'cancelled' ELSE ?1 END,
+SET status = CASE WHEN cancel_requested AND ?1 IN ('queued', 'waiting') THEN 'cancelled'
+                  ELSE ?1 END,
     output = ?2,
     error = CASE WHEN ?1 = 'succeeded' THEN NULL ELSE coalesce(?3, error) END,
     not_before = ?4,
     attempt = attempt - ?5,
     lease_owner = NULL, lease_expires = NULL,
-    finished_at = ?6,
+    finished_at = CASE WHEN cancel_requested AND ?1 IN ('queued', 'waiting')
+                       THEN (julianday('now') - 2440587.5) * 86400.0 ELSE ?6 END,
     usage = coalesce(?10, usage),
     isolate = 0,
     succeeded_on = ?11,
@@ -136,14 +138,15 @@ WHERE id = ?7 AND attempt = ?8 AND lease_owner = ?9 AND status = 'running';
 -- `complete`; the caller compares the count of changed rows with the batch's. A row of
 -- NULLs changes nothing (sqlite_rows.py pads with them).
 UPDATE tasks
-SET status = CASE WHEN tasks.cancel_requested AND c.status = 'queued' THEN 'cancelled'
-                  ELSE c.status END,
+SET status = CASE WHEN tasks.cancel_requested AND c.status IN ('queued', 'waiting')
+                  THEN 'cancelled' ELSE c.status END,
     output = c.output,
     error = CASE WHEN c.status = 'succeeded' THEN NULL ELSE coalesce(c.error, tasks.error) END,
     not_before = c.not_before,
     attempt = tasks.attempt - c.uncount,
     lease_owner = NULL, lease_expires = NULL,
-    finished_at = c.finished_at,
+    finished_at = CASE WHEN tasks.cancel_requested AND c.status IN ('queued', 'waiting')
+                       THEN (julianday('now') - 2440587.5) * 86400.0 ELSE c.finished_at END,
     usage = coalesce(c.usage, tasks.usage),
     isolate = 0,
     succeeded_on = c.succeeded_on,
