@@ -72,11 +72,12 @@ def register(app: typer.Typer) -> None:
         ] = False,
         store: StoreOpt = DEFAULT_STORE,
     ) -> None:
-        """Delete tasks that ended long ago, with their steps, attempts, diagnostics and
-        signals, and the change feed's rows as old: a store keeps them all until then.
+        """Delete tasks that ended long ago, with their steps, attempts, diagnostics,
+        signals and change-feed rows: a store keeps them all until then.
 
-        Queued, running and waiting tasks are never deleted, nor a task whose parent has
-        not ended (it reads its children's ends). A deleted task's idempotency key is
+        Queued, running and waiting tasks are never deleted, nor a child task whose parent
+        is kept and has not succeeded (it reads its children's ends; a failed one may be
+        retried, which would run purged children again). A deleted task's idempotency key is
         free again: submitted anew (a `legion run` of the same file again, a client's
         retry), it runs again. Session memory and vector collections are kept. Goes a
         chunk of 1,000 at a time, oldest first, so the workers sharing the store go on.
@@ -122,7 +123,7 @@ def register(app: typer.Typer) -> None:
                 print(f"{tasks}\t{which} ended before {when} purged")
                 console.print(
                     f"purged {tasks:,} {which} that ended before {when}, with their steps, "
-                    f"attempts, diagnostics and signals, and {events:,} change-feed rows as old",
+                    f"attempts, diagnostics, signals and {events:,} change-feed rows",
                     highlight=False,
                 )
 

@@ -139,9 +139,10 @@ class TaskQueue(Protocol):
     ) -> Purged:
         """Delete up to ``limit`` tasks in ``statuses`` (ended ones) that ended before
         ``before``, oldest first, with their steps, attempts, diagnostics, signals and
-        batch calls, except a task whose parent has not ended (it reads its children's
-        ends); and up to ``limit`` change-feed rows older than ``before``. Call it
-        again until it deletes nothing. A deleted task's idempotency key is free again."""
+        batch calls, except a child whose parent is kept and has not succeeded (it reads
+        its children's ends; a failed one may be retried); and up to ``limit`` change-feed
+        rows older than ``before`` of tasks that are gone. Call it again until it deletes
+        nothing. A deleted task's idempotency key is free again."""
 
     async def purgeable(
         self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None

@@ -556,9 +556,10 @@ WHERE at >= %(since)s ORDER BY id;
 
 -- name: purge_tasks
 -- Up to %(limit)s ended tasks (of %(statuses)s, and of %(agent)s if given) that ended
--- before %(before)s, oldest first, except those whose parent has not ended (a parent reads
--- its children's ends when it wakes), with what hangs off them; the counts follow by the
--- delete trigger (0020_counts_table.sql). A locked row is being written: left for later.
+-- before %(before)s, oldest first, except a child whose parent is there and has not
+-- succeeded (a parent reads its children's ends when it wakes; a failed, dead or cancelled
+-- one may be retried), with what hangs off them; the counts follow by the delete trigger
+-- (0020_counts_table.sql). A locked row is being written: left for later.
 WITH gone AS (
     DELETE FROM tasks WHERE id IN (
         SELECT t.id FROM tasks AS t
@@ -567,7 +568,7 @@ WITH gone AS (
           AND (%(agent)s::text IS NULL OR t.agent = %(agent)s)
           AND (t.parent_id IS NULL OR NOT EXISTS (
               SELECT 1 FROM tasks AS p
-              WHERE p.id = t.parent_id AND p.status IN ('queued', 'running', 'waiting')))
+              WHERE p.id = t.parent_id AND p.status <> 'succeeded'))
         ORDER BY t.id LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
@@ -592,11 +593,14 @@ WHERE t.status = ANY(%(statuses)b::text[])
   AND (%(agent)s::text IS NULL OR t.agent = %(agent)s)
   AND (t.parent_id IS NULL OR NOT EXISTS (
       SELECT 1 FROM tasks AS p
-      WHERE p.id = t.parent_id AND p.status IN ('queued', 'running', 'waiting')));
+      WHERE p.id = t.parent_id AND p.status <> 'succeeded'));
 
 -- name: purge_events
--- Change-feed rows older than %(before)s: history (a reader follows the rows after the
--- last one it read).
+-- Change-feed rows older than %(before)s of tasks that are gone (purged): a reader
+-- following the feed behind them (a caller waiting for results, paused) still finds the
+-- rows of every task it can wait for.
 DELETE FROM events WHERE id IN (
-    SELECT id FROM events WHERE at < %(before)s ORDER BY id LIMIT %(limit)s
+    SELECT e.id FROM events AS e
+    WHERE e.at < %(before)s AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = e.task_id)
+    ORDER BY e.id LIMIT %(limit)s
 );

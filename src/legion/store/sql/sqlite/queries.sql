@@ -452,8 +452,9 @@ WHERE at >= :since ORDER BY id;
 
 -- name: purge_tasks
 -- Up to :limit ended tasks (of :statuses, and of :agent if given) that ended before
--- :before, oldest first, except those whose parent has not ended (a parent reads its
--- children's ends when it wakes). Scanned in id order: old tasks come first.
+-- :before, oldest first, except a child whose parent is there and has not succeeded: a
+-- parent reads its children's ends when it wakes, and a failed, dead or cancelled one may
+-- be retried (its children, purged, would run again). Scanned in id order: old first.
 DELETE FROM tasks WHERE id IN (
     SELECT t.id FROM tasks AS t
     WHERE t.status IN (SELECT value FROM json_each(:statuses))
@@ -461,7 +462,7 @@ DELETE FROM tasks WHERE id IN (
       AND (:agent IS NULL OR t.agent = :agent)
       AND (t.parent_id IS NULL OR NOT EXISTS (
           SELECT 1 FROM tasks AS p
-          WHERE p.id = t.parent_id AND p.status IN ('queued', 'running', 'waiting')))
+          WHERE p.id = t.parent_id AND p.status <> 'succeeded'))
     ORDER BY t.id LIMIT :limit
 )
 RETURNING id, tenant, status, agent;
@@ -473,7 +474,7 @@ WHERE t.status IN (SELECT value FROM json_each(:statuses))
   AND (:agent IS NULL OR t.agent = :agent)
   AND (t.parent_id IS NULL OR NOT EXISTS (
       SELECT 1 FROM tasks AS p
-      WHERE p.id = t.parent_id AND p.status IN ('queued', 'running', 'waiting')));
+      WHERE p.id = t.parent_id AND p.status <> 'succeeded'));
 
 -- name: purge_steps
 DELETE FROM steps WHERE task_id IN (SELECT value FROM json_each(:ids));
@@ -491,8 +492,11 @@ DELETE FROM signals WHERE task_id IN (SELECT value FROM json_each(:ids));
 DELETE FROM llm_batch_calls WHERE task_id IN (SELECT value FROM json_each(:ids));
 
 -- name: purge_events
--- Change-feed rows older than :before: history (a reader follows the rows after the
--- last one it read).
+-- Change-feed rows older than :before of tasks that are gone (purged): a reader following
+-- the feed behind them (a caller waiting for results, paused) still finds the rows of
+-- every task it can wait for.
 DELETE FROM events WHERE id IN (
-    SELECT id FROM events WHERE at < :before ORDER BY id LIMIT :limit
+    SELECT e.id FROM events AS e
+    WHERE e.at < :before AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = e.task_id)
+    ORDER BY e.id LIMIT :limit
 );
