@@ -294,3 +294,12 @@ async def steps_on(ctx: legion.Context, fifo: str, ledger: str) -> int:
         await asyncio.sleep(0.05)
         await ctx.step("next", note, f"next-{n}")
     return 0
+
+
+@legion.agent(retries=0)
+async def holds(ctx: legion.Context, fifo: str, gate: str) -> int:
+    """Says it began, then holds its worker until the file ``gate`` exists."""
+    tell(fifo, str(ctx.task_id))
+    while not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240 - a file the test makes
+        await asyncio.sleep(0.02)
+    return ctx.task_id

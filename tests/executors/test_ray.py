@@ -240,3 +240,31 @@ async def test_a_ray_task_whose_worker_died_begins_no_step(tmp_path: Path) -> No
             await driver.wait()
     after = ledger.read_text().splitlines()[seen:]
     assert after == [], "steps began after their worker had died"
+
+
+async def test_a_drain_gives_back_what_ray_has_not_begun_to_run(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """Six instances, room for two on the cluster: a Ctrl-C drained all six (the four Ray
+    queued counted as running), past the drain timeout with a backlog."""
+    gate = tmp_path / "gate"
+    async with fifo(tmp_path / "began") as began:
+        submitted = await rt.submit_many(
+            agents.holds, [{"fifo": str(tmp_path / "began"), "gate": str(gate)}] * 6
+        )
+        ids = [s.id for s in submitted]
+        running = {int(await next_line(began)) for _ in range(2)}
+        assert rt.worker is not None
+        ray_ = rt.worker.executors["ray"]
+        async with asyncio.timeout(60):  # (their start reaches the worker through the bridge)
+            while len(ray_.queued()) > 4:  # noqa: ASYNC110 - the executor's count to fall
+                await asyncio.sleep(0.01)
+        rt.worker.stop()  # drain: the two running finish, the four queued in Ray go back
+        async with asyncio.timeout(60):
+            while sum(i.status is TaskStatus.QUEUED for i in await rt.store.get_many(ids)) < 4:  # noqa: ASYNC110 - rows to change in the store
+                await asyncio.sleep(0.05)
+        gate.touch()
+        await rt.drain()
+    infos = {i.id: i for i in await rt.store.get_many(ids)}
+    assert {i for i in ids if infos[i].status is TaskStatus.SUCCEEDED} == running
+    assert all(infos[i].attempt == 0 for i in ids if i not in running)  # uncharged

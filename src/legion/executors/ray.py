@@ -98,6 +98,9 @@ class RayExecutor:
         self._bridge_name = f"legion-bridge-{uuid.uuid4().hex}"
         self._pump: asyncio.Task[None] | None = None
         self._hosts: dict[int, ContextHost] = {}
+        # The instances (their tasks) that Ray has not begun to run yet: it queues them
+        # until a worker of theirs is free.
+        self._unstarted: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count()
         self._answers: list[tuple[int, bool, Any]] = []
 
@@ -138,9 +141,13 @@ class RayExecutor:
             self._pump_calls(), name="legion-ray-bridge", context=contextvars.Context()
         )
 
-    def queued(self) -> tuple[asyncio.Task[Any], ...]:
-        """None: Ray queues its tasks itself (see `legion.executors.base.Executor`)."""
-        return ()
+    def queued(self) -> set[asyncio.Task[Any]]:
+        """The instances Ray has not begun to run (queued in its scheduler): a worker that
+        drains gives them back (see `legion.executors.base.Executor`), rather than wait
+        for all of them to run (a Ctrl-C ran a whole backlog, past a 30 s drain). One
+        whose start is still on its way to the worker is given back too (cancelled on
+        its Ray worker, uncharged)."""
+        return self._unstarted
 
     async def run(self, agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> Any:
         """Run one instance as a Ray task; raises what the agent raised, or
@@ -154,6 +161,10 @@ class RayExecutor:
         # is not attempt time.
         scheduling = contextlib.ExitStack()
         scheduling.enter_context(attempt.waiting("Ray to schedule the instance"))
+        me = asyncio.current_task()
+        if me is not None:
+            self._unstarted.add(me)
+            scheduling.callback(self._unstarted.discard, me)
         host.on_started = scheduling.close
         ref = self._for(agent).remote(self._bridge_name, call_id, request)
         try:
