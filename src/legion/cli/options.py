@@ -174,8 +174,10 @@ RayAddressOpt = Annotated[
     str | None,
     typer.Option(
         "--ray-address",
-        help="The Ray cluster for --executor ray: host:port, ray://host:10001 or auto. "
-        "Default: start a private local Ray instance.",
+        help="The Ray cluster for --executor ray: host:port, ray://host:10001, auto, or "
+        "local (a private local Ray instance). Given alone (without --executor ray), only "
+        'agents declared with executor="ray" run on Ray. Default: start a private '
+        "local Ray instance (with --executor ray), one per worker process.",
     ),
 ]
 PoolSizeOpt = Annotated[

@@ -914,8 +914,9 @@ class Worker(Upkeep):
         if found is None:
             raise ConfigError(
                 f"agent {agent.name!r} runs on the {name!r} executor, which this worker does "
-                f"not have (give it with --executor {name}, or Runtime(executors={{{name!r}: "
-                "...}))"
+                f"not have (give it with --executor {name}"
+                + (", or --ray-address local for this agent alone" if name == "ray" else "")
+                + f", or Runtime(executors={{{name!r}: ...}}))"
             )
         return found
 
