@@ -303,3 +303,15 @@ async def holds(ctx: legion.Context, fifo: str, gate: str) -> int:
     while not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240 - a file the test makes
         await asyncio.sleep(0.02)
     return ctx.task_id
+
+
+@legion.agent(retries=0)
+async def chained(ctx: legion.Context, n: int) -> int:
+    """Two steps, the second taking the first's result: dependent, as they must run."""
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.02)
+        return x + 1
+
+    first = await ctx.step("first", slow, n)
+    return int(await ctx.step("second", slow, first))

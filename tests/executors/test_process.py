@@ -354,3 +354,13 @@ def test_options_for_an_executor_no_agent_runs_on_are_refused_not_ignored() -> N
             RayExecutor(bad)
     for good in ("auto", "local", "127.0.0.1:6379", "ray://head.example:10001", "[::1]:6379"):
         assert RayExecutor(good).address == good
+
+
+async def test_remote_steps_are_not_called_independent(rt: Runtime) -> None:
+    """Every pair of sequential steps of an agent in another process was reported as
+    independent ("gather them"), sited at the program that started the worker: the
+    worker never sees the remote side's inputs or lines."""
+    (r,) = await run(rt, agents.chained, 1)
+    assert r.status is TaskStatus.SUCCEEDED and r.output == 3
+    found = await rt.store.diagnostics(task_id=r.id)
+    assert [d for d in found if b"sequential" in d.data] == []

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from legion import codec
+from legion.diagnostics.advisor import GATHERED
 from legion.executors import protocol as p
 from legion.executors.errors import InstanceLost, ProtocolError
 
@@ -226,7 +227,11 @@ class _RemoteStep(NamedTuple):
 async def _record(
     ctx: Context, key: str, result: asyncio.Future[bytes], begun: asyncio.Future[None]
 ) -> None:
-    """Record a remote step with ``ctx.step``, which times it and writes it to the journal."""
+    """Record a remote step with ``ctx.step``, which times it and writes it to the journal.
+    Kept from the advisor's comparisons (as a gathered step is): its inputs and its line
+    are the remote side's, which this side never sees (every pair of remote steps read as
+    independent, sited at the program that started the worker)."""
+    GATHERED.set(True)  # (this task's own context: see `ContextHost._spawn`)
     await ctx.step(key, _decoded, result, begun)
 
 
