@@ -79,7 +79,7 @@ class NoticedReads(SQLiteStore):
 
 async def test_a_task_ended_by_whoever_took_its_lease_is_delivered(tmp_path: Path) -> None:
     # The local worker loses the lease of a running task, and the reaper that takes it
-    # back ends it (dead: its one attempt spent). The feed names the local worker on that
+    # back ends it (cancelled: its cancel was asked). The feed names the local worker on that
     # change, as the lease was its, and the follower skips the local worker's changes:
     # the waiter hung until the worker told the delivery which tasks it had stopped.
     started = asyncio.Event()
@@ -101,12 +101,15 @@ async def test_a_task_ended_by_whoever_took_its_lease_is_delivered(tmp_path: Pat
             store.read.clear()
             waiter = asyncio.create_task(rt.result(task.id))
             await store.read.wait()  # the waiter has read the task running, and waits
-            # Another process's reaper, deciding this worker has stopped:
+            # Another process's reaper, deciding this worker has stopped, ends the task:
+            # its cancel was asked (a first stop alone is charged to no task: it would be
+            # queued again, not ended).
+            await store.cancel(task.id, await store.now())
             reclaimed = await store.reclaim(await store.now(), dead_owners=[rt.worker.id])
-            assert reclaimed.dead == 1
+            assert reclaimed.cancelled == 1
             async with asyncio.timeout(30):  # a bound on the bug, not a synchronisation
                 result = await waiter
-            assert result.status is TaskStatus.DEAD
+            assert result.status is TaskStatus.CANCELLED
     finally:
         await store.aclose()
 
