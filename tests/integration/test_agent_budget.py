@@ -38,6 +38,16 @@ def _limited(max_calls: int) -> Agent:
     return legion.agent(name="limited", retries=0, concurrency=1, max_calls=max_calls)(_two_calls)
 
 
+async def _first_succeed(rt: Runtime, ids: list[int], n: int) -> None:
+    """Wait for the first ``n`` of ``ids`` to end, each a success (the budget's room)."""
+    finished = 0
+    async for r in rt.results(ids):
+        assert r.ok
+        finished += 1
+        if finished == n:
+            return
+
+
 @legion.agent(retries=0)
 async def free(ctx: legion.Context, n: int) -> int:
     await ctx.llm.chat([{"role": "user", "content": f"free {n}"}], max_tokens=8)
@@ -54,12 +64,7 @@ async def test_an_agents_budget_parks_its_tasks_and_a_higher_one_resumes_them(
         capped = [s.id for s in await rt.submit_many(limited, list(range(5)))]
         others = [s.id for s in await rt.submit_many(free, list(range(5)))]
         assert all([r.ok async for r in rt.results(others)])  # the other agent went on
-        finished = 0
-        async for r in rt.results(capped):
-            assert r.ok
-            finished += 1
-            if finished == 2:
-                break
+        await _first_succeed(rt, capped, 2)
         assert rt.llm is not None
         why = await rt.llm.budgets.agents["limited"].wait_exhausted()
         assert why == "agent 'limited' max_calls 4 reached"
@@ -108,12 +113,7 @@ async def test_a_budget_stops_sdk_calls_as_it_stops_its_own_without_spending_att
     first = limited(4)
     async with Runtime(store, llm=llm, agents=[first]) as rt:
         ids = [s.id for s in await rt.submit_many(first, list(range(5)))]
-        finished = 0
-        async for r in rt.results(ids):
-            assert r.ok
-            finished += 1
-            if finished == 2:
-                break
+        await _first_succeed(rt, ids, 2)
         assert rt.llm is not None
         await rt.llm.budgets.agents["sdk"].wait_exhausted()
         await rt.drain()

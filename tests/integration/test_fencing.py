@@ -11,7 +11,7 @@ import sqlite3
 import string
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,7 @@ from legion.store import SQLiteStore, WorkerInfo, WriteBatch, store_from_url
 from legion.store.types import MemoryWrite
 from legion.task import Lease, NewTask
 from legion.testing import FakeClock
-
-
-async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
-    async with asyncio.timeout(limit):
-        while not condition():  # noqa: ASYNC110 - a state of the worker, no event to wait on
-            await asyncio.sleep(0.01)
+from tests.polling import wait_until
 
 
 async def test_a_stolen_lease_stops_the_instance_at_its_next_write(

@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 import legion
 from legion import Runtime, TaskStatus
 from legion.run.worker import Worker
+from tests.polling import wait_until
 
 CONCURRENCY = 10  # (a lease is due as soon as one slot is free: a tenth of 10 is 1)
 TASKS = 40
@@ -32,13 +32,6 @@ def holding(url: str, **options: Any) -> Runtime:
     return Runtime(
         url, **{"concurrency": CONCURRENCY, "lease_ahead": 1.0, "drain_timeout": 5, **options}
     )
-
-
-async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
-    """Poll a condition of the worker (it changes in its own loop) until it holds."""
-    async with asyncio.timeout(limit):
-        while not condition():  # noqa: ASYNC110 - a state of the worker, no event to wait on
-            await asyncio.sleep(0.01)
 
 
 class LeaseGate:

@@ -7,17 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import legion
 from legion import Runtime, TaskStatus
 from legion.testing import FakeClock
-
-
-async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
-    async with asyncio.timeout(limit):
-        while not condition():  # noqa: ASYNC110 - a state of the agents, no event to wait on
-            await asyncio.sleep(0.01)
+from tests.polling import wait_until
 
 
 async def test_a_busy_worker_runs_a_suspect_alone_before_the_queue_behind_it(

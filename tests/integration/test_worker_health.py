@@ -7,13 +7,13 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
 import legion
 from legion import Runtime, TaskStatus
 from legion.run.worker import START_SLICE
+from tests.polling import wait_until
 
 
 async def test_a_lagging_worker_stops_leasing_until_it_recovers(
@@ -126,13 +126,6 @@ async def test_a_release_while_a_large_lease_starts_gives_back_the_rest_unrun(
     assert len(began) == 1
     assert {info.status for info in infos} == {TaskStatus.QUEUED}
     assert len(infos) == 2000
-
-
-async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
-    """Poll a condition of the worker (it changes in its own loop) until it holds."""
-    async with asyncio.timeout(limit):
-        while not condition():  # noqa: ASYNC110 - a state of the worker, no event to wait on
-            await asyncio.sleep(0.01)
 
 
 async def test_an_instance_cancelled_from_outside_before_it_began_frees_its_slot(
