@@ -563,9 +563,10 @@ async def test_writes_are_fenced_by_the_lease(store: Store) -> None:
     assert fresh.lost == set()
     assert [s.output for s in await store.steps(a.id)] == ["fresh"]
     assert await store.memory_get("m", "k") == b'"fresh"'
-    # A released task keeps its steps: the next lease, attempt 1 again, replays them.
+    # A released task keeps its steps: the next lease, attempt 1 again, replays them (and
+    # a suspect given back is a suspect still: it runs apart).
     await store.write(WriteBatch(completions=[done(a.id, 1, "w2", Outcome.RELEASED)]), NOW)
-    (again,) = await store.lease("w3", {"a": 1}, 1, NOW + 600, NOW)
+    (again,) = await store.lease("w3", {"a": 1}, 1, NOW + 600, NOW, isolated=True)
     assert again.attempt == 1 and again.steps == {"s": b'"fresh"'}
 
 
@@ -1013,3 +1014,17 @@ async def test_an_attempt_that_suspends_after_its_cancel_was_asked_ends_cancelle
     assert other.status is TaskStatus.WAITING  # (its cancel was not asked)
     assert await store.counts() == {TaskStatus.CANCELLED: 1, TaskStatus.WAITING: 1}
     assert [t.id for t in await store.waiting_tasks()] == [b.id]
+
+
+async def test_a_suspect_given_back_unrun_stays_a_suspect(store: Store) -> None:
+    """A worker that drained (or took a group of suspects it then let go) gave them back as
+    ordinary tasks: the next worker ran them with others, a suspect of a crash included."""
+    (s,) = await store.submit([new(value=1)], NOW)
+    await store.lease("w1", {"a": 1}, 1, NOW + 60, NOW)
+    await store.reclaim(NOW + 1, ["w1"])  # a suspect now
+    (held,) = await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 2, isolated=True)
+    released = done(held.id, held.attempt, "w2", Outcome.RELEASED)
+    assert await store.write(WriteBatch(completions=[released]), NOW + 3) == [True]
+    assert await store.lease("w3", {"a": 1}, 1, NOW + 60, NOW + 4) == []  # not with others
+    (again,) = await store.lease("w3", {"a": 1}, 1, NOW + 60, NOW + 4, isolated=True)
+    assert again.id == s.id

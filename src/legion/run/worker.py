@@ -463,6 +463,12 @@ class Worker(Upkeep):
             if self._check_overload():
                 await self._sleep_or_wake(0.1)
                 continue
+            if self._suspects and self._ambiguous_lease:
+                # Leases lost while this worker lived: the suspects it holds may be its own
+                # tasks, which run with others again. Let go here, they are given back with
+                # the rest of what it holds unrun, still suspects if they are another's
+                # (`_release_unheld`, in the lease below).
+                self._suspects.take_all()
             if self._suspects:
                 if self._instances:  # (`_finished` wakes the loop when the last one ends)
                     self._slots.clear()

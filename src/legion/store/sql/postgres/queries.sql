@@ -130,7 +130,7 @@ WITH done AS (
         finished_at = CASE WHEN t.cancel_requested AND c.status IN ('queued', 'waiting')
                            THEN legion_now() ELSE c.finished_at END,
         usage = coalesce(c.usage, t.usage),
-        isolate = false,
+        isolate = CASE WHEN c.status = 'queued' AND c.uncount = 1 THEN t.isolate ELSE false END,
         succeeded_on = CASE WHEN c.outcome = 'succeeded' THEN c.owner END,
         started_at = CASE WHEN c.outcome = 'succeeded' THEN c.started ELSE t.started_at END,
         running = CASE WHEN c.outcome = 'succeeded' THEN c.running END,

@@ -124,7 +124,7 @@ SET status = CASE WHEN cancel_requested AND ?1 IN ('queued', 'waiting') THEN 'ca
     finished_at = CASE WHEN cancel_requested AND ?1 IN ('queued', 'waiting')
                        THEN (julianday('now') - 2440587.5) * 86400.0 ELSE ?6 END,
     usage = coalesce(?10, usage),
-    isolate = 0,
+    isolate = CASE WHEN ?1 = 'queued' AND ?5 = 1 THEN isolate ELSE 0 END,
     succeeded_on = ?11,
     started_at = coalesce(?12, started_at),
     running = ?13,
@@ -148,7 +148,7 @@ SET status = CASE WHEN tasks.cancel_requested AND c.status IN ('queued', 'waitin
     finished_at = CASE WHEN tasks.cancel_requested AND c.status IN ('queued', 'waiting')
                        THEN (julianday('now') - 2440587.5) * 86400.0 ELSE c.finished_at END,
     usage = coalesce(c.usage, tasks.usage),
-    isolate = 0,
+    isolate = CASE WHEN c.status = 'queued' AND c.uncount = 1 THEN tasks.isolate ELSE 0 END,
     succeeded_on = c.succeeded_on,
     started_at = coalesce(c.started_at, tasks.started_at),
     running = c.running,
