@@ -19,7 +19,7 @@ from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
 from legion.cli.progress import stderr_console
 from legion.task import TaskStatus
 
-ENDED = ("succeeded", "failed", "dead", "cancelled")
+ENDED = tuple(s.value for s in TaskStatus if s.terminal)  # succeeded, failed, dead, cancelled
 CHUNK = 1000
 _AGE_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 _UNIT = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}

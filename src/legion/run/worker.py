@@ -463,7 +463,7 @@ class Worker(Upkeep):
             if self._check_overload():
                 await self._sleep_or_wake(0.1)
                 continue
-            if self._suspects and self._ambiguous_lease:
+            if self._ambiguous_lease and self._suspects:
                 # Leases lost while this worker lived: the suspects it holds may be its own
                 # tasks, which run with others again. Let go here, they are given back with
                 # the rest of what it holds unrun, still suspects if they are another's
@@ -938,7 +938,7 @@ class Worker(Upkeep):
             self._apart.discard(inst.lease.id)
             if not self._apart:
                 self._slots.set()
-        if self._suspects and not self._instances:
+        if not self._instances and self._suspects:  # (a dict's test first: most ends stop there)
             self._slots.set()  # the group held starts now
         if inst.fatal is not None and self.fatal_error is None:
             self.abort(inst.fatal)
