@@ -127,8 +127,8 @@ class IdempotencyConflict(LegionError):
         self.keys = keys
         shown = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
         super().__init__(
-            f"idempotency key {shown} was used before with another agent or input: "
-            "use a new key for a new task"
+            f"idempotency key {shown} was sent before with another agent or input (in an "
+            "earlier submission, or earlier in the same batch): use a new key for a new task"
         )
 
 

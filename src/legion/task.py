@@ -295,6 +295,8 @@ class TaskInfo:
     lease_owner: str | None = None
     usage: dict[str, Any] | None = None
     tenant: str = "default"  # whose task it is (see legion.store.tenancy)
+    parent_id: int | None = None  # the task that started it (ctx.spawn, ctx.map)
+    cancel_requested: bool = False  # a cancel was asked: a running task stops at its next check
 
     @property
     def latency(self) -> float | None:

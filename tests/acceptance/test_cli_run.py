@@ -975,6 +975,65 @@ def test_cancel_with_children_names_each_descendant_it_cancelled(tmp_path: Path)
     again = legion("cancel", "--children", str(parent), "--store", store)
     assert again.stdout.splitlines() == [f"{parent}\tcancelled"]  # (nothing left to cancel)
 
+    # Retried alone, the parent would find its cancelled children by their keys and fail
+    # again: with --children they are queued again too.
+    retried = legion("retry", "--children", str(parent), "--store", store)
+    assert retried.returncode == 0, retried.stderr
+    assert "queued again: 3 task(s)" in retried.stderr
+
+    async def statuses() -> list[TaskStatus | None]:
+        async with Runtime(store) as rt:
+            return [getattr(await rt.get(t), "status", None) for t in (parent, *kids)]
+
+    assert asyncio.run(statuses()) == [TaskStatus.QUEUED] * 3
+    alone = legion("retry", "--children", "--dead", "--store", store)
+    assert alone.returncode == 2 and "--children goes with task ids" in alone.stderr
+
+
+@lg.agent(retries=0)
+async def orphans(ctx: lg.Context, n: int) -> None:
+    async def boom() -> None:
+        await ORPHAN["started"].wait()
+        raise RuntimeError("the parent fails, its child still waits")
+
+    await ctx.gather(ctx.spawn(stays, n), boom())
+
+
+ORPHAN: dict[str, asyncio.Event] = {}  # (set once the child waits)
+
+
+def test_cancel_with_children_of_a_task_that_ended_otherwise_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # The descendants were cancelled before the refusal: `legion cancel --children` of a
+    # dead parent said "dead; only queued, waiting or running tasks can be cancelled" and
+    # had cancelled its waiting child.
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    async def orphan() -> tuple[int, int]:
+        ORPHAN["started"] = asyncio.Event()
+        async with Runtime(store, agents=[orphans, stays]) as rt:
+            parent = (await rt.submit(orphans, {"n": 1})).id
+            async with asyncio.timeout(30):
+                while not (kids := await rt.store.children(parent)) or (  # noqa: ASYNC110 - rows to change
+                    kids[0].status is not TaskStatus.WAITING
+                ):
+                    await asyncio.sleep(0.01)
+                ORPHAN["started"].set()
+                assert (await rt.result(parent)).status is TaskStatus.DEAD
+            return parent, kids[0].id
+
+    parent, kid = asyncio.run(orphan())
+    r = legion("cancel", "--children", str(parent), "--store", store)
+    assert r.returncode == 1 and "only queued, waiting or running" in r.stderr
+    assert r.stdout.splitlines() == [f"{parent}\tdead"]
+
+    async def child() -> TaskStatus | None:
+        async with Runtime(store) as rt:
+            return getattr(await rt.get(kid), "status", None)
+
+    assert asyncio.run(child()) is TaskStatus.WAITING
+
 
 def test_run_exports_spans_with_trace(tmp_path: Path, agents_file: Path) -> None:
     # `--trace` (and $LEGION_TRACE) was `legion serve`'s alone: `legion run` exported

@@ -79,4 +79,21 @@ async def stepwise(ctx: legion.Context, n: int) -> int:
     return n
 
 
-AGENTS = [work, flaky, doomed, held, order, ask, approve, stepwise]
+@legion.agent(retries=0)
+async def family(ctx: legion.Context, n: int) -> list[int]:
+    """``n`` children of `held`, one a number, waited for together."""
+    return await ctx.map(held, range(1, n + 1))
+
+
+@legion.agent(retries=0)
+async def orphaning(ctx: legion.Context, n: int) -> None:
+    """Starts a child of `held`, and fails once that child has recorded its step."""
+
+    async def boom() -> None:
+        await GATE["child"].wait()  # (set by the test once the child runs)
+        raise RuntimeError("boom after spawning")
+
+    await ctx.gather(ctx.spawn(held, n), boom())
+
+
+AGENTS = [work, flaky, doomed, held, order, ask, approve, stepwise, family, orphaning]

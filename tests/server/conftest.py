@@ -120,6 +120,7 @@ async def next_event(
 def gate() -> Iterator[asyncio.Event]:
     """Held tasks wait until this event is set."""
     apps.GATE["open"] = event = asyncio.Event()
+    apps.GATE["child"] = asyncio.Event()  # (`orphaning` fails once it is set)
     yield event
     event.set()
     apps.GATE.clear()

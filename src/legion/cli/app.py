@@ -445,6 +445,16 @@ def retry(
         bool, typer.Option("--cancelled", help="Queue every cancelled task again.")
     ] = False,
     agent: Annotated[str | None, typer.Option(help="Only tasks of this agent.")] = None,
+    children: Annotated[
+        bool,
+        typer.Option(
+            "--children",
+            help="With task ids: their descendants that ended dead, failed or cancelled "
+            "too (the child tasks each started with ctx.spawn or ctx.map, theirs, ...), "
+            "queued before it. A parent retried alone finds its children by their keys, "
+            "and one cancelled or failed with it fails it again.",
+        ),
+    ] = False,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Queue dead, failed or cancelled tasks again, with a fresh attempt budget."""
@@ -452,8 +462,18 @@ def retry(
 
     if not (task_ids or dead or failed or cancelled):
         raise _fail("name task ids, or --dead, --failed or --cancelled")
+    if children and not task_ids:
+        raise _fail("--children goes with task ids: the tasks whose descendants to retry")
     n, refused = _run(
-        requeue(store, task_ids or [], dead=dead, failed=failed, cancelled=cancelled, agent=agent)
+        requeue(
+            store,
+            task_ids or [],
+            dead=dead,
+            failed=failed,
+            cancelled=cancelled,
+            agent=agent,
+            children=children,
+        )
     )
     console = stderr_console()
     for reason in refused:

@@ -254,9 +254,20 @@ def _unserved(
 
 
 async def requeue(
-    url: str, ids: Sequence[int], *, dead: bool, failed: bool, cancelled: bool, agent: str | None
+    url: str,
+    ids: Sequence[int],
+    *,
+    dead: bool,
+    failed: bool,
+    cancelled: bool,
+    agent: str | None,
+    children: bool = False,
 ) -> tuple[int, list[str]]:
-    """Queue tasks again; answer how many, and why each named task that was not could not be."""
+    """Queue tasks again; answer how many, and why each named task that was not could not be.
+    ``children``: each named task's descendants that ended dead, failed or cancelled too,
+    before it (none for a task that cannot be retried)."""
+    from legion.waiting.family import RETRIABLE, retriable_descendants
+
     statuses = [
         s
         for s, on in (
@@ -277,6 +288,10 @@ async def requeue(
         # The named tasks first, each once: a task named twice, or also matched by --dead
         # (--failed, --cancelled), is queued again once and not then refused as queued.
         for task_id in dict.fromkeys(ids):
+            info = await store.get(task_id) if children else None
+            if info is not None and info.status in RETRIABLE:
+                for child in await retriable_descendants(store, task_id):
+                    n += await store.requeue_one(child)
             if await store.requeue_one(task_id):
                 n += 1
                 continue
@@ -298,13 +313,13 @@ async def cancel_tasks(
 ) -> list[tuple[int, TaskStatus | None, int | None]]:
     """Cancel each task (and, with ``children``, its unfinished descendants after it):
     (task, its status after, the task it was cancelled for: None for one named)."""
-    from legion.waiting.family import unfinished_descendants
+    from legion.waiting.family import cascades, unfinished_descendants
 
     out: list[tuple[int, TaskStatus | None, int | None]] = []
     async with opened(url) as store:
         for i in ids:
             out.append((i, await store.cancel(i, time.time()), None))
-            if children and out[-1][1] is not None:
+            if children and cascades(out[-1][1]):  # (a refused cancel changes nothing)
                 for child in await unfinished_descendants(store, i):
                     out.append((child, await store.cancel(child, time.time()), i))
     return out

@@ -30,7 +30,12 @@ from legion.store import Store, store_from_url
 from legion.store.tenancy import DEFAULT_TENANT, scoped_key
 from legion.task import NewTask, Submitted, TaskInfo, TaskResult, TaskStatus
 from legion.waiting.calls import event_problem
-from legion.waiting.family import unfinished_descendants
+from legion.waiting.family import (
+    RETRIABLE,
+    cascades,
+    retriable_descendants,
+    unfinished_descendants,
+)
 
 if TYPE_CHECKING:
     from legion.executors import Executor
@@ -441,7 +446,7 @@ class Runtime:
         status = await self.store.cancel(task_id, self._clock.wall())
         if self.worker is not None:
             self.worker.cancel_local(task_id)
-        if children and status is not None:
+        if children and cascades(status):  # (a refused cancel changes nothing)
             for child in await unfinished_descendants(self.store, task_id):
                 await self.store.cancel(child, self._clock.wall())
                 if self.worker is not None:
@@ -469,9 +474,19 @@ class Runtime:
             self.worker.wake()
         return status
 
-    async def retry(self, task_id: TaskRef) -> bool:
-        """Queue a dead, failed or cancelled task again with a fresh attempt budget."""
-        ok = await self.store.requeue_one(task_id_of(task_id))
+    async def retry(self, task_id: TaskRef, *, children: bool = False) -> bool:
+        """Queue a dead, failed or cancelled task again with a fresh attempt budget.
+        ``children``: its descendants that ended dead, failed or cancelled too, before it
+        (a rerun parent finds its children by their keys: one cancelled with it would
+        fail it again). ``False``, and nothing queued, if the task cannot be retried."""
+        task_id = task_id_of(task_id)
+        if children:
+            task = await self.store.get(task_id)
+            if task is None or task.status not in RETRIABLE:
+                return False
+            for child in await retriable_descendants(self.store, task_id):
+                await self.store.requeue_one(child)
+        ok = await self.store.requeue_one(task_id)
         if ok and self.worker is not None:
             self.worker.wake()
         return ok

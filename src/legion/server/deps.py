@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from legion.agent import Agent
@@ -57,3 +60,33 @@ async def require_key(
 
 
 KeyDep = Annotated[ApiKey, Depends(require_key)]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def known_query(request: Request) -> None:
+    """422 for a query parameter the route does not take: a misspelt or guessed filter
+    (``?parent_id=``, ``?offset=``) would otherwise answer as if it were not there (the
+    whole list for "the children"), as an unknown field of a body is refused."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.include_in_schema or not request.query_params:
+        return  # (a route outside the document answers 404 or 405 whatever it is asked)
+    known = _query_names(route.dependant)  # (a few names: no cache, and only with a query)
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name),
+                    "msg": f"unknown query parameter (this route takes: {takes})",
+                }
+                for name in dict.fromkeys(unknown)
+            ]
+        )

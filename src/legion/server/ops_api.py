@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from legion.server.deps import KeyDep, StateDep, require_key
+from legion.server.deps import KeyDep, StateDep, known_query, require_key
 from legion.server.metrics import CONTENT_TYPE
 from legion.server.schemas import HealthOut, KeyOut
 from legion.server.snapshot import Snapshot, WorkerState
@@ -21,7 +21,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 public = APIRouter()
-router = APIRouter(dependencies=[Depends(require_key)], responses=_ERRORS)
+router = APIRouter(dependencies=[Depends(require_key), Depends(known_query)], responses=_ERRORS)
 metrics_only = APIRouter()  # the metrics port's, without a key
 
 

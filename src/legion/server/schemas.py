@@ -168,7 +168,20 @@ class TaskOut(BaseModel):
     session: str | None
     tenant: str = Field(description="Whose task it is (the submitting key's tenant).")
     status: TaskStatus
-    attempts: int = Field(description="Attempts started.")
+    parent: int | None = Field(
+        description="The task that started it (ctx.spawn, ctx.map); null for one submitted. "
+        "`GET /v1/tasks?parent={id}` lists a task's children."
+    )
+    cancel_requested: bool = Field(
+        description="A cancel was asked and the task has not stopped yet: a running task "
+        "stops when its worker next checks in (within a few seconds); an attempt that ends "
+        "first ends as it ended."
+    )
+    attempts: int = Field(
+        description="Attempts counted against `max_attempts`: a run that ended by waiting "
+        "(for children, a signal, a timer) or was given back uncharged is not counted "
+        "(`/attempts` lists every run)."
+    )
     max_attempts: int
     created_at: float
     started_at: float | None = Field(description="Start of the latest attempt.")
@@ -280,6 +293,8 @@ def _task_fields(t: TaskInfo, *, traceback: bool = False, brief: bool = False) -
         "session": t.session,
         "tenant": t.tenant,
         "status": t.status,
+        "parent": t.parent_id,
+        "cancel_requested": t.cancel_requested and not t.status.terminal,
         "attempts": t.attempt,
         "max_attempts": t.max_attempts,
         "created_at": t.created_at,

@@ -11,17 +11,19 @@ import logging
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from legion.errors import NotAwaited, OutputError
 from legion.server.body import json_body
-from legion.server.deps import KeyDep, StateDep, require_key
+from legion.server.deps import KeyDep, StateDep, known_query, require_key
 from legion.server.schemas import SignalIn, StatusOut
 from legion.server.tasks_api import _ERRORS, _NOT_FOUND, TaskDep, _body, _error, _model
 
 log = logging.getLogger("legion.server")
 
-router = APIRouter(prefix="/v1", tags=["waiting"], dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/v1", tags=["waiting"], dependencies=[Depends(require_key), Depends(known_query)]
+)
 
 
 class WaitingOut(BaseModel):
@@ -30,12 +32,21 @@ class WaitingOut(BaseModel):
     id: int
     agent: str
     tenant: str
-    event: str | None = None  # the signal it waits for
-    count: int | None = None  # ... the count-th of that name (a signal's `waiting`)
-    children: int | None = None  # waits until at most this many children are unfinished
-    wake_at: float | None = None  # its timer (or its wait's timeout)
-    prompt: str | None = None  # an approval's question
-    since: float | None = None
+    event: str | None = Field(None, description="The signal it waits for.")
+    count: int | None = Field(
+        None,
+        description="Which signal of that name it waits for, counting from 1 (a signal's "
+        "`waiting`, to answer this wait alone).",
+    )
+    children: int | None = Field(
+        None,
+        description="A parent waiting on its children: it wakes once at most this many of "
+        "them are unfinished (0: all have ended). Not a count of its children: "
+        "`GET /v1/tasks?parent={id}` lists them.",
+    )
+    wake_at: float | None = Field(None, description="Its timer, or its wait's timeout (epoch s).")
+    prompt: str | None = Field(None, description="An approval's question.")
+    since: float | None = Field(None, description="When it began to wait (epoch s).")
 
 
 class WaitingPage(BaseModel):

@@ -23,13 +23,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from legion.server.deps import KeyDep, ServerState, StateDep, require_key
+from legion.server.deps import KeyDep, ServerState, StateDep, known_query, require_key
 from legion.server.schemas import TaskDetail, TaskOut, step_out
 from legion.server.snapshot import Snapshot
 from legion.server.tasks_api import existing_task
 from legion.task import TaskInfo
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_key), Depends(known_query)])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No API key, or an unknown one."},

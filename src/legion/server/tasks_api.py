@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from legion import codec
 from legion.errors import IdempotencyConflict, InputError, OutputError
 from legion.server.body import json_body
-from legion.server.deps import KeyDep, ServerState, StateDep, require_key
+from legion.server.deps import KeyDep, ServerState, StateDep, known_query, require_key
 from legion.server.schemas import (
     KEY,
     TEXT,
@@ -77,7 +77,9 @@ _LINKS = {
     for name in ("get_task", "cancel_task", "retry_task", "task_events")
 }
 
-router = APIRouter(prefix="/v1", tags=["tasks"], dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/v1", tags=["tasks"], dependencies=[Depends(require_key), Depends(known_query)]
+)
 
 
 async def existing_task(task_id: TaskId, state: StateDep, key: KeyDep) -> TaskInfo:
@@ -208,6 +210,15 @@ async def list_tasks(
             "its own tenant alone).",
         ),
     ] = None,
+    parent: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=2**63 - 1,
+            description="Only the children of this task (those it started with ctx.spawn "
+            "or ctx.map; their own children are listed by their ids in turn).",
+        ),
+    ] = None,
 ) -> TaskPage:
     """This tenant's tasks (an admin key's: every tenant's), newest first, a page at a
     time."""
@@ -226,6 +237,7 @@ async def list_tasks(
         before=int(cursor) if cursor is not None else None,
         limit=limit,
         tenant=tenant,
+        parent=parent,
     )
     found = await state.runtime.store.list_tasks(query)
     more = len(found) == limit
@@ -255,7 +267,8 @@ async def cancel_task(
     ),
 ) -> StatusOut:
     """Cancel a task: a queued (or waiting) one at once, a running one when its worker
-    next checks; a cancelled one stays so (200). One that finished otherwise: 409."""
+    next checks; a cancelled one stays so (200). One that finished otherwise: 409, and
+    nothing is changed (its children neither: cancel them by their ids)."""
     task_id = task.id
     status = await state.runtime.cancel(task_id, children=children)
     if status is None:
@@ -278,9 +291,19 @@ async def cancel_task(
         409: {"description": "The task is not dead, failed or cancelled."},
     },
 )
-async def retry_task(task: TaskDep, state: StateDep) -> StatusOut:
+async def retry_task(
+    task: TaskDep,
+    state: StateDep,
+    children: bool = Query(
+        False,
+        description="Queue its descendants that ended dead, failed or cancelled too, "
+        "before it (the child tasks it started, theirs, and so on): a parent retried "
+        "alone finds its children by their keys, and one cancelled or failed with it "
+        "fails it again. Nothing is queued if the task itself cannot be retried (409).",
+    ),
+) -> StatusOut:
     """Queue a dead (or failed, or cancelled) task again with a fresh attempt budget."""
-    if not await state.runtime.retry(task.id):
+    if not await state.runtime.retry(task.id, children=children):
         current = await state.runtime.get(task.id)
         status = current.status if current is not None else task.status
         raise HTTPException(

@@ -918,6 +918,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             "before": query.before,
             "limit": query.limit,
             "tenant": query.tenant,
+            "parent": query.parent,
         }
         async with self._cursor() as cur:
             await cur.execute(Q["list_tasks"], params)

@@ -54,11 +54,13 @@ def attempt_record(task_id: int, row: Sequence[Any]) -> AttemptRecord:
 
 def task_info(row: Sequence[Any]) -> TaskInfo:
     """A task from ``id, agent, key, session, status, attempt, max_attempts, input, output,
-    error, created_at, started_at, finished_at, lease_owner, usage[, tenant]``. A query
-    that leaves the input out selects NULL for it (the task's ``input`` is then None)."""
+    error, created_at, started_at, finished_at, lease_owner, usage[, tenant[, parent_id,
+    cancel_requested]]``. A query that leaves the input out selects NULL for it (the
+    task's ``input`` is then None)."""
     (tid, agent, key, session, status, attempt, max_attempts, inp, out, err) = row[:10]
     created, started, finished, owner, usage = row[10:15]
     tenant = row[15] if len(row) > 15 else DEFAULT_TENANT
+    parent, cancel = row[16:18] if len(row) > 17 else (None, False)
     return TaskInfo(
         id=tid,
         agent=agent,
@@ -76,6 +78,8 @@ def task_info(row: Sequence[Any]) -> TaskInfo:
         lease_owner=owner,
         usage=codec.loads(usage) if usage is not None else None,
         tenant=tenant,
+        parent_id=parent,
+        cancel_requested=bool(cancel),
     )
 
 

@@ -823,10 +823,14 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             "before": query.before,
             "limit": query.limit,
             "tenant": query.tenant,
+            "parent": query.parent,
         }
+        sql = Q["list_tasks"]
+        if query.parent is not None:  # (the children's index, not a walk down every id)
+            sql = sql.replace("(:parent IS NULL OR parent_id = :parent)", "parent_id = :parent")
 
         def run() -> list[TaskInfo]:
-            return [task_info(r) for r in self._db.execute(Q["list_tasks"], params)]
+            return [task_info(r) for r in self._db.execute(sql, params)]
 
         return await self._call(run)
 

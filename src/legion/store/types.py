@@ -213,6 +213,7 @@ class TaskQuery:
     before: int | None = None  # only ids below this one (the previous page's last id)
     limit: int = 100
     tenant: str | None = None  # only this tenant's tasks
+    parent: int | None = None  # only the children of this task
 
 
 @dataclass(frozen=True, slots=True)

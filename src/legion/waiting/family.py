@@ -1,17 +1,32 @@
 """A task's descendants: the child tasks it started (``ctx.spawn``, ``ctx.map``), theirs,
-and so on; what ``cancel`` with children stops along with the task."""
+and so on; what ``cancel`` and ``retry`` with children reach along with the task."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from legion.store.waiting import WaitingStore
+from legion.task import TaskStatus
 
 DESCENDANTS_AT_MOST = 100_000
-"""The most descendants one cancel walks (a guard against a tree without end)."""
+"""The most descendants one walk visits (a guard against a tree without end)."""
+
+RETRIABLE = frozenset({TaskStatus.DEAD, TaskStatus.FAILED, TaskStatus.CANCELLED})
+"""What a retry queues again."""
 
 
-async def unfinished_descendants(store: WaitingStore, task_id: int) -> list[int]:
-    """The ids of ``task_id``'s descendants that have not finished, parents before their
-    children (a finished child's own children are walked too: they may still run)."""
+def cascades(status: TaskStatus | None) -> bool:
+    """Whether a cancel that left its task in ``status`` reaches the task's descendants:
+    only when the task itself is (or is being) cancelled. One that had ended otherwise,
+    or does not exist, is refused, and a refused cancel changes nothing."""
+    return status is not None and (not status.terminal or status is TaskStatus.CANCELLED)
+
+
+async def descendants(
+    store: WaitingStore, task_id: int, which: Callable[[TaskStatus], bool]
+) -> list[int]:
+    """The ids of ``task_id``'s descendants whose status ``which`` accepts, parents before
+    their children (every level is walked: a finished child's children may still run)."""
     found: list[int] = []
     seen = {task_id}
     level = [task_id]
@@ -23,7 +38,19 @@ async def unfinished_descendants(store: WaitingStore, task_id: int) -> list[int]
                     continue
                 seen.add(child.id)
                 below.append(child.id)
-                if not child.status.terminal:
+                if which(child.status):
                     found.append(child.id)
         level = below
     return found
+
+
+async def unfinished_descendants(store: WaitingStore, task_id: int) -> list[int]:
+    """The descendants that have not finished: what a cancel with children stops."""
+    return await descendants(store, task_id, lambda status: not status.terminal)
+
+
+async def retriable_descendants(store: WaitingStore, task_id: int) -> list[int]:
+    """The descendants that ended dead, failed or cancelled: what a retry with children
+    queues again (a rerun parent finds its children by their keys, and one of them
+    ended so would fail it again)."""
+    return await descendants(store, task_id, RETRIABLE.__contains__)

@@ -379,17 +379,20 @@ SELECT status FROM tasks WHERE id = %(id)s;
 
 -- name: get_task
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage, tenant
+       created_at, started_at, finished_at, lease_owner, usage, tenant,
+       parent_id, cancel_requested
 FROM tasks WHERE id = %(id)s;
 
 -- name: get_tasks
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage, tenant
+       created_at, started_at, finished_at, lease_owner, usage, tenant,
+       parent_id, cancel_requested
 FROM tasks WHERE id = ANY(%(ids)b::bigint[]);
 
 -- name: find_keys
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage, tenant
+       created_at, started_at, finished_at, lease_owner, usage, tenant,
+       parent_id, cancel_requested
 FROM tasks WHERE key = ANY(%(keys)b::text[]);
 
 -- name: counts
@@ -413,7 +416,8 @@ SELECT legion_fold_counts();
 
 -- name: recent_errors
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage, tenant
+       created_at, started_at, finished_at, lease_owner, usage, tenant,
+       parent_id, cancel_requested
 FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
   AND (CAST(%(tenant)s AS text) IS NULL OR tenant = %(tenant)s)
 ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %(limit)s;
@@ -470,7 +474,8 @@ ON CONFLICT (route) DO UPDATE SET until = greatest(capacity_backoff.until, exclu
 -- the page cursor (only ids below it). Inputs and outputs are left out (NULL): a page shows
 -- neither, and they can be large.
 SELECT id, agent, key, session, status, attempt, max_attempts, NULL::bytea, NULL::bytea, error,
-       created_at, started_at, finished_at, lease_owner, usage, tenant
+       created_at, started_at, finished_at, lease_owner, usage, tenant,
+       parent_id, cancel_requested
 FROM tasks
 WHERE id < coalesce(%(before)s::bigint, 9223372036854775807)
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s::text)
@@ -478,6 +483,7 @@ WHERE id < coalesce(%(before)s::bigint, 9223372036854775807)
   AND (%(agent)s::text IS NULL OR agent = %(agent)s::text)
   AND (%(created_from)s::float8 IS NULL OR created_at >= %(created_from)s::float8)
   AND (%(created_to)s::float8 IS NULL OR created_at < %(created_to)s::float8)
+  AND (%(parent)s::bigint IS NULL OR parent_id = %(parent)s::bigint)
 ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: event_details_after

@@ -302,7 +302,8 @@ SELECT status FROM tasks WHERE id = :id;
 
 -- name: get_task
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage, tenant
+       created_at, started_at, finished_at, lease_owner, usage, tenant,
+       parent_id, cancel_requested
 FROM tasks WHERE id = :id;
 
 -- name: counts
@@ -337,7 +338,8 @@ GROUP BY t.tenant, e.status, t.agent;
 
 -- name: recent_errors
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
-       created_at, started_at, finished_at, lease_owner, usage, tenant
+       created_at, started_at, finished_at, lease_owner, usage, tenant,
+       parent_id, cancel_requested
 FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
   AND (:tenant IS NULL OR tenant = :tenant)
 ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT :limit;
@@ -386,7 +388,8 @@ ON CONFLICT (route) DO UPDATE SET until = max(until, excluded.until);
 -- page cursor (only ids below it). The id range keeps a page a short walk down the rowids.
 -- Inputs and outputs are left out (NULL): a page shows neither, and they can be large.
 SELECT id, agent, key, session, status, attempt, max_attempts, NULL, NULL, error,
-       created_at, started_at, finished_at, lease_owner, usage, tenant
+       created_at, started_at, finished_at, lease_owner, usage, tenant,
+       parent_id, cancel_requested
 FROM tasks
 WHERE id < coalesce(:before, 9223372036854775807)
   AND (:tenant IS NULL OR tenant = :tenant)
@@ -394,6 +397,7 @@ WHERE id < coalesce(:before, 9223372036854775807)
   AND (:agent IS NULL OR agent = :agent)
   AND (:created_from IS NULL OR created_at >= :created_from)
   AND (:created_to IS NULL OR created_at < :created_to)
+  AND (:parent IS NULL OR parent_id = :parent)
 ORDER BY id DESC LIMIT :limit;
 
 -- name: event_details_after
