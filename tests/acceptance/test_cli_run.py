@@ -935,9 +935,11 @@ def test_status_lists_the_waiting_tasks_with_what_each_waits_for(tmp_path: Path)
     text = " ".join(shown.stdout.split())
     assert "waiting tasks" in text and "approval #1: refund 7?" in text
     as_json = json.loads(legion("status", "--store", store, "--json").stdout)
-    assert [(w["id"], w["event"], w["count"], w["prompt"]) for w in as_json["waiting"]] == [
-        (second, "approval", 1, "refund 7?"),
-        (first, "approval", 1, "refund 5?"),
+    assert [
+        (w["id"], w["event"], w["count"], w["prompt"], w["tenant"]) for w in as_json["waiting"]
+    ] == [
+        (second, "approval", 1, "refund 7?", "default"),
+        (first, "approval", 1, "refund 5?", "default"),
     ]
     one = json.loads(legion("status", "--store", store, "--json", "--waiting", "1").stdout)
     assert [w["id"] for w in one["waiting"]] == [second]

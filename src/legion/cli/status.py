@@ -89,6 +89,7 @@ async def show_status(
                 {
                     "id": w.id,
                     "agent": w.agent,
+                    "tenant": w.tenant,
                     "event": w.event,
                     "count": w.count if w.event is not None else None,
                     "children": w.children,
