@@ -220,7 +220,9 @@ def test_status_of_a_missing_store_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing.db").exists()
 
 
-def test_a_sqlite_file_of_something_else_is_not_taken_for_a_store(tmp_path: Path) -> None:
+def test_a_sqlite_file_of_something_else_is_not_taken_for_a_store(
+    tmp_path: Path, agents_file: Path
+) -> None:
     path = tmp_path / "customers.db"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE customers (id INTEGER, name TEXT)")
@@ -228,12 +230,22 @@ def test_a_sqlite_file_of_something_else_is_not_taken_for_a_store(tmp_path: Path
     db.commit()
     db.close()
     before = path.read_bytes()
-    for args in (["status"], ["cancel", "1"], ["signal", "1", "go"], ["keys", "list"]):
+    # `legion run` and `legion worker` added legion's tables to it beside the customers
+    # (or, for a file with a table named tasks, refused it after setting WAL mode).
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    for args in (
+        ["status"],
+        ["cancel", "1"],
+        ["signal", "1", "go"],
+        ["keys", "list"],
+        ["run", f"{agents_file}:work", "-i", str(inp), "-o", str(tmp_path / "out.jsonl")],
+    ):
         r = legion(*args, "--store", f"sqlite:///{path}")
         assert r.returncode == 2, (args, r.stderr)
-        assert r.stderr.startswith(f"error: no store at {path}: the file has no legion tables")
+        said = f"error: no store at {path}: the file holds another program's tables (customers)"
+        assert said in r.stderr, (args, r.stderr)
     assert path.read_bytes() == before  # no legion tables added, not even WAL mode set
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["customers.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agents.py", "customers.db", "in.jsonl"]
 
 
 def test_status_refuses_a_count_of_errors_no_store_can_take(

@@ -11,8 +11,10 @@ import pytest
 
 import legion
 from legion import Runtime, TaskStatus
+from legion.run.delivery import RECHECK_SECONDS, Delivery
 from legion.store.sqlite import SQLiteStore
-from legion.task import TaskInfo
+from legion.store.types import WriteBatch
+from legion.task import Completion, NewTask, Outcome, TaskInfo
 
 
 class SlowRead(SQLiteStore):
@@ -142,3 +144,41 @@ async def test_a_result_awaited_when_the_runtime_closes_raises(tmp_path: Path) -
     async with Runtime(f"sqlite:///{tmp_path / 'close.db'}", worker=False) as other:
         info = await other.get(submitted)
     assert info is not None and info.status is TaskStatus.QUEUED  # released, not lost
+
+
+async def test_a_task_purged_before_its_end_was_read_is_skipped_not_waited_for(
+    tmp_path: Path,
+) -> None:
+    # A caller without a worker waits for two tasks; another process runs them and purges
+    # one, its change-feed rows with it, before the caller reads the feed (paused, or cut
+    # off from the store): nothing in the feed will ever say it ended, and `legion run`
+    # waited for it for good. The follower asks the store where every task it waits for
+    # stands every RECHECK_SECONDS (its clock here a fake one): one that is gone is
+    # skipped, as a task that never existed is.
+    store = NoticedReads(str(tmp_path / "purged.db"))
+    store.read = asyncio.Event()
+    await store.open()
+    follower: asyncio.Task[None] | None = None
+    try:
+        purged, kept = await store.submit([NewTask("a", b"1"), NewTask("a", b"2")], 1.0)
+        delivery = Delivery(store, local_worker=lambda: None)
+        await delivery.start()
+        results = delivery.results([purged.id, kept.id])
+        first = asyncio.ensure_future(anext(results))
+        await store.read.wait()  # both waited for, both read queued
+        await store.lease("w", {"a": 2}, 2, 1e12, 2.0)
+        ends = [Completion(t.id, 1, "w", Outcome.SUCCEEDED, output=b"0") for t in (purged, kept)]
+        await store.write(WriteBatch(completions=ends), 3.0)
+        assert (await store.purge(1e12, [TaskStatus.SUCCEEDED], limit=1)).tasks == 1
+        assert await store.statuses([purged.id, kept.id]) == {kept.id: TaskStatus.SUCCEEDED}
+
+        now = [0.0]
+        follower = asyncio.create_task(delivery.follow(monotonic=lambda: now[0]))
+        async with asyncio.timeout(30):  # a bound on a hung test, not a synchronisation
+            assert (await first).id == kept.id  # read from the feed
+            now[0] = RECHECK_SECONDS  # the next pass asks where the other stands
+            assert [r async for r in results] == []
+    finally:
+        if follower is not None:
+            follower.cancel()
+        await store.aclose()

@@ -979,6 +979,46 @@ async def test_purge_deletes_ended_tasks_with_what_hangs_off_them(store: Store) 
     assert {t.id for t in await store.get_many([c.id, d.id, again.id])} == {c.id, again.id}
 
 
+async def test_no_id_is_given_twice_after_the_newest_tasks_are_purged(store: Store) -> None:
+    """On SQLite a new row took the largest id there plus one: with the newest tasks
+    purged (an idle store), the next task took a purged one's id (and read its memory,
+    kept under ``task-<id>``), and the next change took an id that a reader following the
+    feed had read past, so the caller waiting for that task never heard of its end."""
+    ended = TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED
+    old = await store.submit([new(value=i) for i in range(3)], NOW)
+    await store.lease("w", {"a": 3}, 3, NOW + 60, NOW)
+    await store.write(WriteBatch(completions=[done(t.id, 1, "w") for t in old]), NOW + 1)
+    read_up_to = await store.last_event_id()
+    assert (await store.purge(time.time() + 60, ended)).tasks == 3
+    assert await store.events_after(0) == []  # the whole feed went with them
+    (fresh,) = await store.submit([new(value="after")], NOW + 2)
+    assert fresh.id > max(t.id for t in old)
+    await store.lease("w", {"a": 1}, 1, NOW + 60, NOW + 2)
+    await store.write(WriteBatch(completions=[done(fresh.id, 1, "w")]), NOW + 3)
+    assert [e.task_id for e in await store.events_after(read_up_to)][-1:] == [fresh.id]
+    assert await store.statuses([fresh.id, old[0].id]) == {fresh.id: TaskStatus.SUCCEEDED}
+
+
+async def test_purge_deletes_the_memory_only_a_purged_task_could_read(store: Store) -> None:
+    """A task without a session keeps its memory under its own ``task-<id>`` (within its
+    tenant), which no other task reads: it stayed for ever once the task was purged (the
+    README's one key per task grew the store without end). A named session's stays."""
+    ended = (TaskStatus.SUCCEEDED,)
+    alone, named = await store.submit([new(value=1), new(value=2, session="s")], NOW)
+    (other,) = await store.submit([new(value=3, tenant="acme")], NOW)
+    await store.lease("w", {"a": 3}, 3, NOW + 60, NOW)
+    own = {alone.id: f"task-{alone.id}", named.id: "s", other.id: f"\x1facme\x1ftask-{other.id}"}
+    writes = [MemoryWrite(session, "k", b"1", t, 1, "w") for t, session in own.items()]
+    writes.append(MemoryWrite(f"task-{other.id}", "k", b"2"))  # the default tenant's, unrelated
+    await store.write(WriteBatch(memory=writes), NOW)
+    await store.write(WriteBatch(completions=[done(t, 1, "w") for t in own]), NOW + 1)
+    assert (await store.purge(NOW + 50, ended)).tasks == 3
+    assert await store.memory_get(own[alone.id], "k") is None
+    assert await store.memory_get(own[other.id], "k") is None
+    assert await store.memory_get("s", "k") == b"1"
+    assert await store.memory_get(f"task-{other.id}", "k") == b"2"
+
+
 async def test_purge_keeps_a_child_whose_parent_waits_or_may_be_retried(store: Store) -> None:
     (parent,) = await store.submit([new(value="p")], NOW)
     (child,) = await store.submit_children(parent.id, [new(value="c", key="p.c")], NOW)

@@ -11,7 +11,7 @@ import pytest
 
 from legion.errors import StorageFull, StoreError, StoreUnavailable
 from legion.store import SQLiteStore
-from legion.task import NewTask
+from legion.task import NewTask, TaskStatus
 
 
 def tasks(n: int, start: int = 0) -> list[NewTask]:
@@ -62,6 +62,29 @@ async def test_a_locked_sqlite_file_raises_store_unavailable(tmp_path: Path) -> 
     finally:
         other.close()
         await store.aclose()
+
+
+async def test_a_store_locked_by_another_writer_still_opens_for_its_readers(
+    tmp_path: Path,
+) -> None:
+    # Every open took the write lock (the migrations' transaction, with nothing to
+    # migrate): `legion status` waited behind another process's long transaction for the
+    # whole busy timeout, then failed, while the file could be read all along.
+    path = tmp_path / "busy.db"
+    first = SQLiteStore(path)
+    await first.open()
+    await first.submit(tasks(2), time.time())
+    await first.aclose()
+    other = sqlite3.connect(path, isolation_level=None)
+    reader = SQLiteStore(path, busy_timeout=0.05, create=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another program writing for a long time
+        await reader.open()
+        assert await reader.counts() == {TaskStatus.QUEUED: 2}
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        await reader.aclose()
 
 
 async def test_a_file_that_is_not_a_store_is_a_plain_store_error(tmp_path: Path) -> None:

@@ -27,3 +27,17 @@ def test_a_failed_task_keeps_its_own_error() -> None:
     result = TaskResult(2, None, TaskStatus.DEAD, error=error, attempt=3)
     record = output_record(LineResult(line, result))
     assert record["error"] == error.brief() and record["status"] == "dead"
+
+
+def test_a_line_whose_task_is_gone_says_why_and_counts_as_not_succeeded() -> None:
+    # A task purged before the run read its end: the line said only "unknown", and the
+    # run exited 0 with it unfinished.
+    from legion.cli.progress import RunTally
+
+    record = output_record(LineResult(InputLine(2, "k2", {"n": 1}), None))
+    assert record["status"] == "unknown" and record["error"]["type"] == "NotFound"
+    assert "purged" in record["error"]["message"]
+    tally = RunTally(total=2)
+    tally.add(TaskResult(1, "k1", TaskStatus.SUCCEEDED))
+    tally.gone += 1
+    assert (tally.done, tally.not_succeeded) == (2, 1)

@@ -39,6 +39,7 @@ class RunTally:
     resumed: int = 0
     resumed_unsucceeded: int = 0  # of those, the ones that had not succeeded
     bad_lines: int = 0
+    gone: int = 0  # lines whose task left the store (purged) before its end was read
 
     def add(self, result: TaskResult, *, resumed: bool = False) -> None:
         self.by_status[result.status] += 1
@@ -50,14 +51,14 @@ class RunTally:
 
     @property
     def done(self) -> int:
-        return sum(self.by_status.values()) + self.bad_lines
+        return sum(self.by_status.values()) + self.bad_lines + self.gone
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def rate(self) -> float:
-        ran = self.done - self.resumed - self.bad_lines
+        ran = self.done - self.resumed - self.bad_lines - self.gone
         return ran / self.elapsed if self.elapsed > 0 else 0.0
 
     @property

@@ -79,8 +79,15 @@ def register(app: typer.Typer) -> None:
         is kept and has not succeeded (it reads its children's ends; a failed one may be
         retried, which would run purged children again). A deleted task's idempotency key is
         free again: submitted anew (a `legion run` of the same file again, a client's
-        retry), it runs again. Session memory and vector collections are kept. Goes a
-        chunk of 1,000 at a time, oldest first, so the workers sharing the store go on.
+        retry), it runs again; its id never is. The memory of a task that ran without a
+        session (its own, which no other task reads) goes with it; named sessions' memory
+        and vector collections are kept. Goes a chunk of 1,000 at a time, oldest first, so
+        the workers sharing the store go on.
+
+        The space freed is reused by new tasks; the files keep their size. To give it
+        back: `sqlite3 FILE VACUUM` (it rewrites the file, holding its write lock the
+        while: run it when the workers are stopped, or at a quiet hour), on PostgreSQL
+        autovacuum reuses it and `VACUUM FULL` gives it back (locking the tables).
         """
         try:
             age = parse_age(older_than)
@@ -123,7 +130,8 @@ def register(app: typer.Typer) -> None:
                 print(f"{tasks}\t{which} ended before {when} purged")
                 console.print(
                     f"purged {tasks:,} {which} that ended before {when}, with their steps, "
-                    f"attempts, diagnostics, signals and {events:,} change-feed rows",
+                    f"attempts, diagnostics, signals, own memory and {events:,} change-feed "
+                    "rows (the space is reused by new tasks: see --help to give it back)",
                     highlight=False,
                 )
 

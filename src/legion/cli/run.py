@@ -212,6 +212,7 @@ async def _run_lines(
         llm_line = progress.llm_line()
 
     for task_id in list(sink.open):  # not found in the store: say so, in its place
+        tally.gone += len(sink.open[task_id])
         sink.finish(task_id, None)
     sink.writer.close()
     out.commit()  # every line is written: the output is complete before the summary
@@ -440,6 +441,11 @@ def output_record(r: LineResult) -> dict[str, Any]:
     res = r.result
     if res is None:
         record["status"] = "unknown"
+        record["error"] = {
+            "type": "NotFound",
+            "message": "its task is no longer in the store (purged before this run read its "
+            "end): run the same command again to run the line again",
+        }
         return record
     record["id"] = res.id
     record["status"] = (
@@ -467,6 +473,8 @@ def _print_summary(console: Console, tally: RunTally, report: RunReport, interru
     parts = [f"{n} {s}" for s, n in counts.items()]
     if tally.bad_lines:
         parts.append(f"{tally.bad_lines} bad input lines")
+    if tally.gone:
+        parts.append(f"{tally.gone} no longer in the store (purged before their end was read)")
     if tally.total > tally.done:  # stopped by a signal or a budget: they wait in the store
         parts.append(f"{tally.total - tally.done} unfinished")
     p50, p95 = tally.latency.quantile(0.5), tally.latency.quantile(0.95)

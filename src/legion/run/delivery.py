@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -16,7 +17,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from legion import codec
 from legion.journal import Committed
 from legion.store.base import TaskReader
-from legion.task import TERMINAL_STATUSES, Submitted, TaskResult
+from legion.task import TERMINAL_STATUSES, ErrorInfo, Submitted, TaskResult, TaskStatus
 
 log = logging.getLogger("legion.runtime")
 
@@ -25,6 +26,20 @@ Deliver = Callable[[TaskResult], None]
 # Finished task ids (not their results: outputs are read back from the store when asked)
 # remembered for waiters that register late.
 _RECENT = 100_000
+
+RECHECK_SECONDS = 10.0
+"""How often the follower asks the store where every task it waits for stands, whatever
+the feed said: a backstop for an end it cannot read (a task purged, with its change,
+before the feed was read: the caller paused, or cut off from the store)."""
+
+GONE = ErrorInfo("Gone", "the task is no longer in the store (purged)")
+"""The error of what is handed to a waiter for a task that is gone: `Delivery.results` and
+`legion.Runtime.map` skip it (as a task that never existed), nobody else sees it."""
+
+
+def gone(result: TaskResult) -> bool:
+    """Whether ``result`` says its task is gone rather than how it ended."""
+    return result.error is GONE
 
 
 class Inbox:
@@ -151,7 +166,9 @@ class Delivery:
                 if info.status in TERMINAL_STATUSES:
                     deliver(TaskResult.from_info(info))
             for _ in found:
-                yield await inbox.get()
+                result = await inbox.get()
+                if not gone(result):  # (purged before its end was read: as if never there)
+                    yield result
         finally:
             for task_id in asked:
                 self.unwatch(task_id, deliver)
@@ -218,6 +235,28 @@ class Delivery:
         elif waiting is not None:
             waiting(result)
 
+    async def _check_all(self) -> None:
+        """Ask the store where every task waited for stands: those that ended are read
+        back with the next pass, those that are gone are handed over as `GONE`."""
+        waited = list(self._waiters)
+        try:
+            found = await self._store.statuses(waited)
+        except Exception as exc:  # the store is away: asked again at the next check
+            log.error("checking the tasks waited for failed: %s", exc)
+            return
+        for task_id in waited:
+            status = found.get(task_id)
+            if status is None:
+                if task_id in self._waiters:
+                    log.warning(
+                        "task %d is no longer in the store (purged before its end was "
+                        "read): not waited for any more",
+                        task_id,
+                    )
+                    self._deliver(task_id, TaskResult(task_id, None, TaskStatus.DEAD, error=GONE))
+            elif status.terminal:
+                self._recheck.add(task_id)
+
     def _remember(self, task_id: int) -> None:
         self._recent[task_id] = None
         if len(self._recent) > _RECENT:
@@ -264,13 +303,18 @@ class Delivery:
                 self._dropped.pop(comp.id, None)
             self._deliver(comp.id, result)
 
-    async def follow(self) -> None:
+    async def follow(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         """Deliver results of tasks that finished in other processes (or were reclaimed)."""
         quiet = 0.05
+        rechecked = monotonic()
         while True:
             if not self._waiters:
                 self._has_waiters.clear()
                 await self._has_waiters.wait()
+                rechecked = monotonic()
+            if monotonic() - rechecked >= RECHECK_SECONDS:
+                rechecked = monotonic()
+                await self._check_all()
             mine = self._local_worker()
             limit = 10_000
             try:

@@ -23,7 +23,7 @@ from legion import codec
 from legion.agent import Agent
 from legion.clock import Clock, system_clock
 from legion.errors import ConfigError, InputError, OutputError, TaskFailed, WorkerStopped
-from legion.run.delivery import Delivery
+from legion.run.delivery import GONE, Delivery
 from legion.run.worker import Worker, WorkerConfig
 from legion.stats import Statistics
 from legion.store import Store, store_from_url
@@ -372,7 +372,8 @@ class Runtime:
         """Submit one task per input and yield each result as it finishes.
 
         With ``keys`` the call is resumable: tasks that finished before are answered from
-        the store, unfinished ones are run.
+        the store, unfinished ones are run. A task purged from the store (`legion purge`)
+        before its end was read yields nothing, as `results` skips it.
         """
         self._check_loop()
         inputs = list(inputs)
@@ -395,12 +396,16 @@ class Runtime:
                 del submitted  # (a record per task, not held while the tasks run)
                 while inbox:
                     expected -= 1
-                    yield inbox.take()
+                    result = inbox.take()
+                    if result.error is not GONE:
+                        yield result
             while expected:
                 if not inbox:
                     await inbox.wait()
                 expected -= 1
-                yield inbox.take()
+                result = inbox.take()
+                if result.error is not GONE:  # (purged before its end was read: skipped)
+                    yield result
         finally:
             for task_id in watched:
                 self._delivery.unwatch(task_id, deliver)
@@ -408,8 +413,8 @@ class Runtime:
     def results(self, ids: Sequence[TaskRef]) -> AsyncGenerator[TaskResult, None]:
         """Yield the results of these tasks as they finish (each named by its id, or by
         what `submit` answered for it): one per task, an id given twice answered once,
-        and an id of no task skipped (`result` raises `TaskFailed` for one): count the
-        results, not the ids."""
+        and an id of no task skipped (`result` raises `TaskFailed` for one), as is a task
+        purged (`legion purge`) before its end was read: count the results, not the ids."""
         self._check_loop()
         return self._delivery.results([task_id_of(i) for i in ids])
 

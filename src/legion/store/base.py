@@ -163,6 +163,9 @@ class TaskReader(Protocol):
 
     async def get_many(self, ids: Sequence[int]) -> list[TaskInfo]: ...
 
+    async def statuses(self, ids: Sequence[int]) -> dict[int, TaskStatus]:
+        """The status of each of these tasks that exists (a purged one is absent)."""
+
     async def find_keys(self, keys: Sequence[str]) -> dict[str, TaskInfo]:
         """The tasks with these idempotency keys, by key."""
 

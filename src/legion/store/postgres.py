@@ -697,6 +697,13 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await cur.execute(Q["get_tasks"], {"ids": list(ids)})
             return [task_info(r) for r in await cur.fetchall()]
 
+    async def statuses(self, ids: Sequence[int]) -> dict[int, TaskStatus]:
+        if not ids:
+            return {}
+        async with self._cursor() as cur:
+            await cur.execute(Q["statuses"], {"ids": list(ids)})
+            return {i: TaskStatus(st) for i, st in await cur.fetchall()}
+
     async def find_keys(self, keys: Sequence[str]) -> dict[str, TaskInfo]:
         if not keys:
             return {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -43,7 +44,7 @@ from legion.store.sqlite_ledger import SQLiteLedger
 from legion.store.sqlite_rows import CACHED_STATEMENTS, execute_rows
 from legion.store.sqlite_submit import SQLiteSubmissions
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
-from legion.store.tenancy import KeyedTasks
+from legion.store.tenancy import KeyedTasks, scoped_key
 from legion.store.types import (
     CRASHED_ITS_WORKER,
     LEASE_LOST,
@@ -101,6 +102,22 @@ _PURGED_WITH_TASKS = (
 def _terminal_statuses(statuses: Sequence[TaskStatus]) -> str:
     """``statuses`` as the JSON array the purge queries read (`terminal_statuses`)."""
     return codec.dumps(terminal_statuses(statuses)).decode()
+
+
+def _tables(db: sqlite3.Connection) -> list[str]:
+    """The tables a SQLite file holds (SQLite's own left out)."""
+    rows = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY name"
+    )
+    return [name for (name,) in rows]
+
+
+def _read_only(path: str) -> bool:
+    """Whether the store's file, or the folder its journal files go to, cannot be written
+    (``access`` says so for a read-only file system whoever asks, root included)."""
+    file = Path(path)
+    return (file.exists() and not os.access(file, os.W_OK)) or not os.access(file.parent, os.W_OK)
 
 
 def _schema_version(db: sqlite3.Connection) -> int:
@@ -231,21 +248,31 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         self._conn = db
         try:
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            if not self._create and self.path != ":memory:" and _schema_version(db) == 0:
+            version = _schema_version(db)
+            if version == 0 and self.path != ":memory:":
                 # A SQLite file of something else (or empty): left as it was, as a
                 # PostgreSQL schema without legion's tables is.
-                db.close()
-                self._conn = None
-                raise ConfigError(
-                    f"no store at {self.path}: the file has no legion tables (`legion "
-                    "worker`, `legion run` or `legion schedule add` with this --store "
-                    "creates them)"
-                )
+                if foreign := _tables(db):
+                    shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                    raise ConfigError(
+                        f"no store at {self.path}: the file holds another program's tables "
+                        f"({shown}), and legion keeps its store in a file of its own: give "
+                        "--store a new file"
+                    )
+                if not self._create:
+                    raise ConfigError(
+                        f"no store at {self.path}: the file has no legion tables (`legion "
+                        "worker`, `legion run` or `legion schedule add` with this --store "
+                        "creates them)"
+                    )
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA temp_store = MEMORY")
             db.execute("PRAGMA cache_size = -65536")
-            self._transaction(self._migrate)
+            if version != migrations("sqlite")[-1][0]:
+                # (Only then the write lock: a store in use by another process's long
+                # transaction still opens for `legion status` and the other readers.)
+                self._transaction(self._migrate)
         except ConfigError:  # (refused to upgrade: nothing was changed)
             db.close()
             self._conn = None
@@ -253,6 +280,12 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         except sqlite3.DatabaseError as exc:
             db.close()
             self._conn = None
+            if self.path != ":memory:" and _read_only(self.path):
+                raise ConfigError(
+                    f"cannot write the store {self.path}: its file or folder is read-only "
+                    "(a read-only file system, or permissions); SQLite writes the store and "
+                    "its -wal and -shm files beside it, even to read it"
+                ) from exc
             found = _translate(exc, self.path)
             if found.retryable:  # full, busy or locked: not the file's fault
                 raise found from exc
@@ -589,6 +622,9 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 ids = {"ids": codec.dumps([r[0] for r in rows]).decode()}
                 for name in _PURGED_WITH_TASKS:
                     db.execute(Q[name], ids)
+                own = [scoped_key(r[1], f"task-{r[0]}") for r in rows if r[4] is None]
+                if own:
+                    db.execute(Q["purge_memory"], {"sessions": codec.dumps(own).decode()})
                 count_removed(db, ((r[1], r[2], r[3]) for r in rows))
             events = db.execute(Q["purge_events"], params).rowcount
             return Purged(tasks=len(rows), events=max(0, events))
@@ -619,6 +655,16 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 rows = self._db.execute(sql, {"ids": codec.dumps(chunk).decode()})
                 out.extend(task_info(r) for r in rows)
             return out
+
+        return await self._call(run)
+
+    async def statuses(self, ids: Sequence[int]) -> dict[int, TaskStatus]:
+        def run() -> dict[int, TaskStatus]:
+            found: dict[int, TaskStatus] = {}
+            for chunk in _chunks(list(ids), 5000):
+                rows = self._db.execute(Q["statuses"], {"ids": codec.dumps(chunk).decode()})
+                found.update((i, TaskStatus(st)) for i, st in rows)
+            return found
 
         return await self._call(run)
 

@@ -377,6 +377,10 @@ WHERE id = %(id)s AND status IN ('dead', 'failed', 'cancelled');
 -- name: status_of
 SELECT status FROM tasks WHERE id = %(id)s;
 
+-- name: statuses
+-- Where each of these tasks stands (a caller's backstop for results it waits for).
+SELECT id, status FROM tasks WHERE id = ANY(%(ids)b::bigint[]);
+
 -- name: get_task
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
        created_at, started_at, finished_at, lease_owner, usage, tenant,
@@ -578,7 +582,7 @@ WITH gone AS (
         ORDER BY t.id LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING id
+    RETURNING id, tenant, session
 ), steps_gone AS (
     DELETE FROM steps WHERE task_id IN (SELECT id FROM gone)
 ), attempts_gone AS (
@@ -589,6 +593,13 @@ WITH gone AS (
     DELETE FROM signals WHERE task_id IN (SELECT id FROM gone)
 ), batch_calls_gone AS (
     DELETE FROM llm_batch_calls WHERE task_id IN (SELECT id FROM gone)
+), memory_gone AS (
+    -- The memory of those that ran without a session: their own (`task-<id>`, within
+    -- their tenant: legion.store.tenancy.scoped_key), which no other task reads.
+    DELETE FROM memory WHERE session IN (
+        SELECT CASE WHEN tenant = 'default' THEN 'task-' || id
+                    ELSE chr(31) || tenant || chr(31) || 'task-' || id END
+        FROM gone WHERE session IS NULL)
 )
 SELECT count(*) FROM gone;
 

@@ -300,6 +300,10 @@ RETURNING id;
 -- name: status_of
 SELECT status FROM tasks WHERE id = :id;
 
+-- name: statuses
+-- Where each of these tasks stands (a caller's backstop for results it waits for).
+SELECT id, status FROM tasks WHERE id IN (SELECT value FROM json_each(:ids));
+
 -- name: get_task
 SELECT id, agent, key, session, status, attempt, max_attempts, input, output, error,
        created_at, started_at, finished_at, lease_owner, usage, tenant,
@@ -469,7 +473,7 @@ DELETE FROM tasks WHERE id IN (
           WHERE p.id = t.parent_id AND p.status <> 'succeeded'))
     ORDER BY t.id LIMIT :limit
 )
-RETURNING id, tenant, status, agent;
+RETURNING id, tenant, status, agent, session;
 
 -- name: purgeable
 SELECT count(*) FROM tasks AS t
@@ -491,6 +495,11 @@ DELETE FROM diagnostics WHERE task_id IN (SELECT value FROM json_each(:ids));
 
 -- name: purge_signals
 DELETE FROM signals WHERE task_id IN (SELECT value FROM json_each(:ids));
+
+-- name: purge_memory
+-- The memory of purged tasks that ran without a session: their own (`task-<id>`, within
+-- their tenant), which no other task reads (ids are never given twice).
+DELETE FROM memory WHERE session IN (SELECT value FROM json_each(:sessions));
 
 -- name: purge_batch_calls
 DELETE FROM llm_batch_calls WHERE task_id IN (SELECT value FROM json_each(:ids));
