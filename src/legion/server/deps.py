@@ -15,10 +15,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from legion.agent import Agent
 from legion.run.runtime import Runtime
-from legion.server.admission import TenantLimits
+from legion.server.admission import Shed, TenantLimits
 from legion.server.auth import Authenticator, check_origin, one_header
 from legion.server.metrics import Metrics
 from legion.server.monitor import Monitor
+from legion.server.retry_after import RETRY_AFTER_SECONDS
 from legion.server.settings import ServerSettings
 from legion.store.types import ApiKey
 
@@ -54,7 +55,17 @@ async def require_key(
     state: StateDep,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
-    """The request's API key; 401 without a valid one, 403 for a revoked one."""
+    """The request's API key; 401 without a valid one, 403 for a revoked one. While the
+    store does not answer (a call has hung past the monitor's `stuck_after`: a SQLite
+    file locked by another program, a server that stopped answering), 503 at once: the
+    request would wait behind that call (its key's check too) for as long as it lasts."""
+    if not state.monitor.answers():
+        raise Shed(
+            503,
+            "the store does not answer (locked by another process, or unreachable): "
+            "nothing was done; try again later",
+            RETRY_AFTER_SECONDS,
+        )
     check_origin(request)
     return await state.auth.authenticate(one_header(request.headers.getlist("authorization")))
 
