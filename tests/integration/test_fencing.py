@@ -67,6 +67,43 @@ async def test_a_stolen_lease_stops_the_instance_at_its_next_write(
     assert lost == [f"lease on task {submitted.id} lost to worker thief; stopped"]
 
 
+async def test_leases_lost_together_are_said_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker paused past its lease lost a hundred tasks at once, and said so a hundred
+    # times (a line each).
+    go = asyncio.Event()
+
+    @legion.agent
+    async def victims(ctx: legion.Context, x: int) -> int:
+        await ctx.step("first", int, x)
+        await go.wait()
+        await ctx.step("second", int, x)  # its record is refused
+        return x
+
+    caplog.set_level(logging.WARNING, logger="legion.worker")
+    async with Runtime(f"sqlite:///{tmp_path / 'lost.db'}", lease_seconds=600) as rt:
+        ids = [(await rt.submit(victims, i)).id for i in range(3)]
+        assert rt.worker is not None
+        async with asyncio.timeout(30):
+            while not all([await rt.store.steps(i) for i in ids]):  # noqa: ASYNC110 - rows to appear
+                await asyncio.sleep(0.01)
+        assert (await rt.store.reclaim(time.time(), [rt.worker.id])).requeued == 3
+        stolen: list[int] = []
+        for _ in ids:  # (suspects of a lost worker: a group of 1 each, as lost with 3)
+            got = await rt.store.lease(
+                "thief", {"victims": 3}, 3, time.time() + 600, time.time(), isolated=True
+            )
+            stolen += [s.id for s in got]
+        assert sorted(stolen) == sorted(ids)
+        go.set()
+        await wait_until(lambda: not any(rt.worker.holds(i) for i in ids))  # type: ignore[union-attr]
+        await wait_until(lambda: any("lost to" in r.getMessage() for r in caplog.records))
+    lost = [r.getMessage() for r in caplog.records if "lost to" in r.getMessage()]
+    shown = ", ".join(map(str, sorted(ids)))
+    assert lost == [f"leases on 3 tasks lost to worker thief; stopped (tasks {shown})"]
+
+
 async def test_the_heartbeat_stops_an_instance_whose_lease_it_cannot_extend(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

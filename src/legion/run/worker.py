@@ -1011,19 +1011,31 @@ class Worker(Upkeep):
             infos: dict[int, TaskInfo] = {i.id: i for i in await self.store.get_many(task_ids)}
         except Exception:
             infos = {}
+        # One line per holder, not per task: a worker paused past its lease lost a
+        # hundred at once, and said so a hundred times.
+        by_holder: dict[str, list[int]] = {}
         for task_id in sorted(task_ids):
             info = infos.get(task_id)
             if info is not None and info.lease_owner == self.id:
                 # Taken back, then leased to this worker again (a lease call whose answer
                 # it never got): a new attempt, not this one.
-                holder = f"a later attempt on this worker (attempt {info.attempt})"
+                holder = "a later attempt on this worker"
             elif info is not None and info.lease_owner is not None:
                 holder = f"worker {info.lease_owner}"
             elif info is not None:
                 holder = f"the store (the task is {info.status} now)"
             else:
                 holder = "the store"
-            log.warning("lease on task %d lost to %s; stopped", task_id, holder)
+            by_holder.setdefault(holder, []).append(task_id)
+        for holder, ids in by_holder.items():
+            if len(ids) == 1:
+                log.warning("lease on task %d lost to %s; stopped", ids[0], holder)
+                continue
+            shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+            holder = holder.replace("(the task is", "(the tasks are")
+            log.warning(
+                "leases on %d tasks lost to %s; stopped (tasks %s)", len(ids), holder, shown
+            )
 
     def _before_step(self, task_id: int) -> asyncio.Future[None] | None:
         """Before a step runs: go on if the store confirmed this worker's leases lately;
