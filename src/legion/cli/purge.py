@@ -85,9 +85,10 @@ def register(app: typer.Typer) -> None:
         the workers sharing the store go on.
 
         The space freed is reused by new tasks; the files keep their size. To give it
-        back: `sqlite3 FILE VACUUM` (it rewrites the file, holding its write lock the
-        while: run it when the workers are stopped, or at a quiet hour), on PostgreSQL
-        autovacuum reuses it and `VACUUM FULL` gives it back (locking the tables).
+        back: `sqlite3 FILE VACUUM` with the workers stopped (it rewrites the file holding
+        its write lock: a worker that cannot write for longer than its lease gives up its
+        tasks, whose unrecorded steps then run again); on PostgreSQL autovacuum reuses
+        the space and `VACUUM FULL` gives it back (locking the tables).
         """
         try:
             age = parse_age(older_than)
