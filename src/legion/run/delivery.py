@@ -30,7 +30,11 @@ _RECENT = 100_000
 RECHECK_SECONDS = 10.0
 """How often the follower asks the store where every task it waits for stands, whatever
 the feed said: a backstop for an end it cannot read (a task purged, with its change,
-before the feed was read: the caller paused, or cut off from the store)."""
+before the feed was read: the caller paused, or cut off from the store). Less often
+with more waited for: a second more per `RECHECK_PER_SECOND` tasks."""
+
+RECHECK_PER_SECOND = 10_000
+"""(A SQLite store answers where 100,000 tasks stand in ~0.14 s: about 1 % of its time.)"""
 
 GONE = ErrorInfo("Gone", "the task is no longer in the store (purged)")
 """The error of what is handed to a waiter for a task that is gone: `Delivery.results` and
@@ -312,7 +316,8 @@ class Delivery:
                 self._has_waiters.clear()
                 await self._has_waiters.wait()
                 rechecked = monotonic()
-            if monotonic() - rechecked >= RECHECK_SECONDS:
+            every = max(RECHECK_SECONDS, len(self._waiters) / RECHECK_PER_SECOND)
+            if monotonic() - rechecked >= every:
                 rechecked = monotonic()
                 await self._check_all()
             mine = self._local_worker()
