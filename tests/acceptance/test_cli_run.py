@@ -57,6 +57,7 @@ def test_run_writes_one_line_per_input_and_resumes(tmp_path: Path, agents_file: 
     )
     assert again.returncode == 0, again.stderr
     assert "30 finished in an earlier run" in again.stderr
+    assert "(0 ran now: 0 tasks/s" in again.stderr  # (not a rate of what ran before)
     assert read_jsonl(out) == rows
     assert (tmp_path / "steps.log").read_text().splitlines() == executed  # nothing ran again
 

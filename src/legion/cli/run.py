@@ -484,11 +484,15 @@ def _print_summary(console: Console, tally: RunTally, report: RunReport, interru
         else ""
     )
     head = "interrupted" if interrupted else "done"
+    ran = tally.done - tally.resumed - tally.bad_lines - tally.gone
+    # (a resumed run's rate is of the tasks it ran, not of those an earlier run finished)
+    here = f"{ran} ran now: " if tally.resumed else ""
     console.print(
         Text.assemble(
             (head, "bold"),
             f": {tally.done}/{tally.total} in {tally.elapsed:.1f} s "
-            f"({rate_text(tally.rate())} tasks/s{lat}) - " + (", ".join(parts) or "nothing to do"),
+            f"({here}{rate_text(tally.rate())} tasks/s{lat}) - "
+            + (", ".join(parts) or "nothing to do"),
         )
     )
     _print_diagnostics(console, report.diagnostics)
