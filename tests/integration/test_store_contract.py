@@ -1068,3 +1068,39 @@ async def test_a_suspect_given_back_unrun_stays_a_suspect(store: Store) -> None:
     assert await store.lease("w3", {"a": 1}, 1, NOW + 60, NOW + 4) == []  # not with others
     (again,) = await store.lease("w3", {"a": 1}, 1, NOW + 60, NOW + 4, isolated=True)
     assert again.id == s.id
+
+
+async def _parent_waiting_for(store: Store, n: int) -> tuple[int, list[int]]:
+    """A parent that suspended until all of its ``n`` queued children end."""
+    (parent,) = await store.submit([new(agent="p", value="p")], NOW)
+    await store.lease("w", {"p": 1}, 1, NOW + 60, NOW)
+    kids = await store.submit_children(
+        parent.id, [new(value=i, key=f"{parent.id}.{i}") for i in range(n)], NOW
+    )
+    waiting = done(parent.id, 1, "w", Outcome.WAITING, wait=Wait(children=0))
+    assert await store.write(WriteBatch(completions=[waiting]), NOW + 1) == [True]
+    assert (await store.get(parent.id)).status is TaskStatus.WAITING  # type: ignore[union-attr]
+    return parent.id, [k.id for k in kids]
+
+
+async def test_a_child_cancelled_before_it_ran_ends_its_parents_wait(store: Store) -> None:
+    """A cancel of a queued or waiting child ended it outside any completion, and only a
+    completion woke its parent: the parent waited for good ('waits for child tasks' with
+    none left unfinished)."""
+    parent, (first, second) = await _parent_waiting_for(store, 2)
+    await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 2)  # the first child runs
+    assert await store.write(WriteBatch(completions=[done(first, 1, "w2")]), NOW + 3) == [True]
+    assert (await store.get(parent)).status is TaskStatus.WAITING  # type: ignore[union-attr]
+    assert await store.cancel(second, NOW + 4) is TaskStatus.CANCELLED  # queued: at once
+    assert (await store.get(parent)).status is TaskStatus.QUEUED  # type: ignore[union-attr]
+
+
+async def test_a_child_the_reaper_ends_ends_its_parents_wait(store: Store) -> None:
+    """The same for a child that the reaper ends: its cancel asked while it ran, its
+    worker gone."""
+    parent, (kid,) = await _parent_waiting_for(store, 1)
+    await store.lease("w2", {"a": 1}, 1, NOW + 60, NOW + 2)
+    await store.cancel(kid, NOW + 3)  # asked: it runs
+    reclaimed = await store.reclaim(NOW + 4, ["w2"])
+    assert reclaimed.cancelled == 1
+    assert (await store.get(parent)).status is TaskStatus.QUEUED  # type: ignore[union-attr]

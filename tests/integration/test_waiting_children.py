@@ -53,3 +53,37 @@ async def test_ten_thousand_children_with_a_fan_out_limit_of_100(tmp_path: Path)
     assert result.output == {"n": n, "sum": n * (n - 1) // 2, "in_order": True}
     assert counts == {legion.TaskStatus.SUCCEEDED: n + 1}
     assert SEEN["most"] == 100  # the first window ran whole, and no window was larger
+
+
+async def test_a_retry_with_children_queues_the_deepest_first_and_skips_below_a_success(
+    tmp_path: Path,
+) -> None:
+    # Parents were queued before their children: a middle parent rerun before its
+    # children were queued again found them still cancelled, and failed again. And the
+    # failed children of a middle parent that had succeeded (it caught their failure)
+    # were run again, for nobody.
+    from legion.store.sqlite import SQLiteStore
+    from legion.store.types import WriteBatch
+    from legion.task import Completion, ErrorInfo, NewTask, Outcome, TaskStatus
+    from legion.waiting.family import retriable_descendants
+
+    store = SQLiteStore(str(tmp_path / "tree.db"))
+    await store.open()
+    try:
+        (top,) = await store.submit([NewTask("t", b"{}")], 1.0)
+        failed_mid, ok_mid = await store.submit_children(
+            top.id, [NewTask("m", b"1", "m1"), NewTask("m", b"2", "m2")], 1.0
+        )
+        (low,) = await store.submit_children(failed_mid.id, [NewTask("c", b"1", "c1")], 1.0)
+        (caught,) = await store.submit_children(ok_mid.id, [NewTask("c", b"2", "c2")], 1.0)
+        for task in (low, caught):
+            assert await store.cancel(task.id, 2.0) is TaskStatus.CANCELLED
+        await store.lease("w", {"m": 2}, 2, 1e12, 3.0)
+        ends = [
+            Completion(failed_mid.id, 1, "w", Outcome.FAILED, error=ErrorInfo("ChildFailed", "")),
+            Completion(ok_mid.id, 1, "w", Outcome.SUCCEEDED, output=b"0"),
+        ]
+        assert await store.write(WriteBatch(completions=ends), 4.0) == [True, True]
+        assert await retriable_descendants(store, top.id) == [low.id, failed_mid.id]
+    finally:
+        await store.aclose()

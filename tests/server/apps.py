@@ -86,6 +86,20 @@ async def family(ctx: legion.Context, n: int) -> list[int]:
 
 
 @legion.agent(retries=0)
+async def clan(ctx: legion.Context, n: int) -> list[list[int]]:
+    """Two children of `family`, each with ``n`` children of `held`."""
+    return await ctx.map(family, [n, n])
+
+
+@legion.agent(retries=0)
+async def late_family(ctx: legion.Context, n: int) -> list[int]:
+    """Records a step, waits for the gate, then starts ``n`` children of `held`."""
+    await ctx.step("started", lambda: n)
+    await GATE["open"].wait()
+    return await ctx.map(held, range(1, n + 1))
+
+
+@legion.agent(retries=0)
 async def orphaning(ctx: legion.Context, n: int) -> None:
     """Starts a child of `held`, and fails once that child has recorded its step."""
 
@@ -96,4 +110,17 @@ async def orphaning(ctx: legion.Context, n: int) -> None:
     await ctx.gather(ctx.spawn(held, n), boom())
 
 
-AGENTS = [work, flaky, doomed, held, order, ask, approve, stepwise, family, orphaning]
+AGENTS = [
+    work,
+    flaky,
+    doomed,
+    held,
+    order,
+    ask,
+    approve,
+    stepwise,
+    family,
+    clan,
+    late_family,
+    orphaning,
+]

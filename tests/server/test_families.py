@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from legion.run import delivery
 from tests.server import apps
 from tests.server.conftest import Api
 
@@ -114,3 +117,52 @@ async def test_unknown_query_parameters_are_422_on_every_route(api: Api) -> None
     status, body = await api.call("GET", "/v1/tasks", params={"limit": 5, "x": 1})
     assert "limit" in body["detail"][0]["msg"] and "parent" in body["detail"][0]["msg"]
     assert (await api.call("GET", "/v1/tasks", params={"limit": 5}))[0] == 200
+
+
+async def test_a_tree_cancelled_with_its_children_is_retried_whole(
+    any_api: Api, gate: asyncio.Event
+) -> None:
+    # Retried parents first, a middle parent reran before its children were queued
+    # again, found them cancelled and failed, and so did the top one (10 of 10 seen).
+    _, top = await any_api.call("POST", "/v1/tasks", body={"agent": "clan", "input": 2})
+    middles = await _children(any_api, top["id"], running=0)
+    async with asyncio.timeout(30):  # (a bound on a hung test, not a synchronisation)
+        while len(middles) < 2:
+            await asyncio.sleep(0.02)
+            middles = await _children(any_api, top["id"], running=0)
+    for middle in middles:
+        await _children(any_api, middle["id"], running=2)
+    status, _ = await any_api.call(
+        "POST", f"/v1/tasks/{top['id']}:cancel", params={"children": "true"}
+    )
+    assert status == 200
+    assert (await any_api.finished(top["id"]))["status"] == "cancelled"
+    status, _ = await any_api.call(
+        "POST", f"/v1/tasks/{top['id']}:retry", params={"children": "true"}
+    )
+    assert status == 200
+    for middle in middles:
+        await _children(any_api, middle["id"], running=2)
+    gate.set()
+    done = await any_api.finished(top["id"])
+    assert (done["status"], done["output"]) == ("succeeded", [[1, 2], [1, 2]])
+
+
+async def test_a_parent_whose_cancel_was_asked_starts_no_children(
+    any_api: Api, gate: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its cancel (with children) asked by another process while it ran, before it had
+    # children: the walk found none, and the children it started next ran to their end.
+    # Its attempt ends by suspending, which the store ends cancelled: the result is read
+    # back at once (the follower's backstop, every 10 s, is put out of reach here), where
+    # a waiter in its worker's process waited for it for good.
+    monkeypatch.setattr(delivery, "RECHECK_SECONDS", 3600.0)
+    _, parent = await any_api.call("POST", "/v1/tasks", body={"agent": "late_family", "input": 3})
+    async with asyncio.timeout(30):  # (a bound on a hung test, not a synchronisation)
+        while not (await any_api.call("GET", f"/v1/tasks/{parent['id']}"))[1]["steps"]:  # noqa: ASYNC110 - a row to change
+            await asyncio.sleep(0.02)
+    assert await any_api.runtime.store.cancel(parent["id"], 0.0) is not None  # (a store's)
+    gate.set()
+    assert (await any_api.finished(parent["id"]))["status"] == "cancelled"
+    _, kids = await any_api.call("GET", "/v1/tasks", params={"parent": parent["id"]})
+    assert kids["tasks"] == []

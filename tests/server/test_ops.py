@@ -271,9 +271,9 @@ async def test_a_store_that_hangs_turns_health_red_until_it_answers(
         # The API says so at once, rather than holding every request (its key's check
         # too) behind the call that waits for the lock (39 s for a GET, seen).
         async with asyncio.timeout(5):  # (far less than the busy timeout, 30 s)
-            for method, path in (("GET", "/v1/tasks"), ("POST", "/v1/tasks")):
+            for method, route in (("GET", "/v1/tasks"), ("POST", "/v1/tasks")):
                 body = {"agent": "work", "input": {"n": 2}} if method == "POST" else None
-                status, answer = await api.call(method, path, body=body)
+                status, answer = await api.call(method, route, body=body)
                 assert status == 503 and "does not answer" in answer["detail"], answer
     finally:
         locker.rollback()

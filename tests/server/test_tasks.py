@@ -96,8 +96,8 @@ async def test_unknown_agents_and_fields_are_422(api: Api) -> None:
             "type": "unknown_agent",
             "loc": ["body", "agent"],
             "msg": "no agent named 'nope' here "
-            "(this server runs: approve, ask, doomed, family, flaky, held, order, orphaning, "
-            "stepwise, work)",
+            "(this server runs: approve, ask, clan, doomed, family, flaky, held, late_family, "
+            "order, orphaning, stepwise, work)",
         }
     ]
     status, body = await api.call("POST", "/v1/tasks", body={"agent": "work", "inptu": {}})

@@ -288,13 +288,18 @@ async def requeue(
         n = 0
         # The named tasks first, each once: a task named twice, or also matched by --dead
         # (--failed, --cancelled), is queued again once and not then refused as queued.
+        queued: set[int] = set()  # (by a walk: a child named beside its parent is no refusal)
         for task_id in dict.fromkeys(ids):
             info = await store.get(task_id) if children else None
             if info is not None and info.status in RETRIABLE:
                 for child in await retriable_descendants(store, task_id):
-                    n += await store.requeue_one(child)
+                    if await store.requeue_one(child):
+                        n += 1
+                        queued.add(child)
             if await store.requeue_one(task_id):
                 n += 1
+                continue
+            if task_id in queued:
                 continue
             info = await store.get(task_id)
             if info is None:

@@ -112,6 +112,10 @@ class Delivery:
         # Waited-for tasks to read from the store until their outcome is final: those of
         # `_dropped` below, and those whose read failed.
         self._recheck: set[int] = set()
+        # Waited-for tasks whose attempt ended without ending them (a retry, a suspension, a
+        # release): read once from the store by the follower, as the store ends such an
+        # attempt cancelled when the task's cancel was asked meanwhile.
+        self._read_once: set[int] = set()
         # Tasks whose lease the local worker lost (its completion refused, or the instance
         # stopped): whoever took the lease ends the task, and the feed names the local
         # worker on that change (the lease was its), which the follower skips. A waiter
@@ -287,7 +291,9 @@ class Delivery:
             if not c.applied:
                 self._drop(c.completion.id)
                 continue
-            if not status.terminal:  # back to the queue: not a result yet
+            if not status.terminal:  # back to the queue: not a result yet, unless cancelled
+                if c.completion.id in self._waiters:
+                    self._read_once.add(c.completion.id)
                 continue
             comp = c.completion
             result = TaskResult(  # (positional: one per finished task)
@@ -342,8 +348,9 @@ class Delivery:
             # the feed skips (this worker's reaper took them back), so ask the store.
             self._recheck |= self._dropped.keys() & self._waiters.keys()
             self._recheck &= self._waiters.keys()
-            if self._recheck:
-                finished.extend(self._recheck - set(finished))
+            once, self._read_once = self._read_once & self._waiters.keys(), set()
+            if self._recheck or once:
+                finished.extend((self._recheck | once) - set(finished))
             if finished:
                 try:
                     infos = await self._store.get_many(finished)

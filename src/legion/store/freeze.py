@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from legion.errors import StoreError
 from legion.store.queries import queries
 from legion.store.sqlite_feed import log_changes
+from legion.store.sqlite_waiting import wake_parents
 from legion.task import ErrorInfo, TaskStatus
 
 
@@ -92,6 +95,15 @@ def release_worker(url: str, owner: str, now: float, *, timeout: float = 5.0) ->
     record(url, None, owner, now, timeout)
 
 
+def _ended(frozen: Any, released: Sequence[Any]) -> list[int]:
+    """The tasks a frozen worker's record ended (dead, or cancelled: asked before), from
+    ``freeze_task``'s row (status, id) and ``release_owner``'s (id, status)."""
+    ended = [r[0] for r in released if r[1] == "cancelled"]
+    if frozen is not None and frozen[0] in ("dead", "cancelled"):
+        ended.append(frozen[1])
+    return ended
+
+
 def _sqlite(
     url: str, freeze: Freeze | None, owner: str, now: float, timeout: float
 ) -> TaskStatus | None:
@@ -108,6 +120,7 @@ def _sqlite(
             log_changes(db, [row[1]] if row else [], now, owner, was=TaskStatus.RUNNING)
         released = db.execute(q["release_owner"], {"owner": owner, "now": now}).fetchall()
         log_changes(db, (r[0] for r in released), now, owner, was=TaskStatus.RUNNING)
+        wake_parents(db, _ended(row, released), now)
         db.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StoreError(f"recording a frozen worker's tasks failed: {exc}") from exc
@@ -141,7 +154,13 @@ def _postgres(
                 conn.execute(q["end_sessions"], {"tag": PROCESS_TAG})
             if freeze is not None:
                 row = conn.execute(q["freeze_task"], freeze.params()).fetchone()
-            conn.execute(q["release_owner"], {"owner": owner, "now": float(now)})
+            released = conn.execute(
+                q["release_owner"], {"owner": owner, "now": float(now)}
+            ).fetchall()
+            if ended := _ended(row, released):  # (their waiting parents end their waits)
+                waiting = queries("postgres", "waiting")
+                conn.execute(waiting["lock_parents"], {"ids": ended})
+                conn.execute(waiting["wake_parents"], {"ids": ended})
     except psycopg.Error as exc:
         raise StoreError(f"recording a frozen worker's tasks failed: {exc}") from exc
     return TaskStatus(row[0]) if row else None

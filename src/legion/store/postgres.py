@@ -67,7 +67,7 @@ from legion.store.postgres_arrays import byteas, float8s, int4s, int8s, texts
 from legion.store.postgres_batches import PostgresBatches
 from legion.store.postgres_ledger import PostgresLedger
 from legion.store.postgres_params import submit_params
-from legion.store.postgres_waiting import PostgresWaiting, after_completions
+from legion.store.postgres_waiting import PostgresWaiting, after_completions, wake_parents
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, leases, task_info
 from legion.store.tenancy import KeyedTasks
@@ -607,9 +607,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             "dead_owners": list(dead_owners),
             "keep": keep,
         }
-        async with self._cursor() as cur:
+        async with self._cursor(transaction=True) as cur:
             await cur.execute(Q["reclaim"], params)
-            statuses = [r[0] for r in await cur.fetchall()]
+            rows = await cur.fetchall()
+            statuses = [r[1] for r in rows]
+            # (a parent waiting for one that ended here ends its wait)
+            await wake_parents(cur, [r[0] for r in rows if r[1] in ("dead", "cancelled")])
         return Reclaimed(
             requeued=statuses.count("queued"),
             dead=statuses.count("dead"),
@@ -618,9 +621,11 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         )
 
     async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
-        async with self._cursor() as cur:
+        async with self._cursor(transaction=True) as cur:
             await cur.execute(Q["cancel"], {"id": task_id, "now": float(now)})
             row = await cur.fetchone()
+            if row is not None and row[0] == "cancelled":  # (a parent waiting for it)
+                await wake_parents(cur, [task_id])
             if row is None:  # finished already, or no such task
                 await cur.execute(Q["status_of"], {"id": task_id})
                 row = await cur.fetchone()

@@ -57,6 +57,15 @@ async def after_completions(conn: Connection, batch: WriteBatch, now: float) -> 
         await conn.cursor(binary=True).execute(W["wake_parents"], {"ids": ended})
 
 
+async def wake_parents(cur: Cursor, ended: Sequence[int]) -> None:
+    """In a transaction that ended the tasks ``ended`` outside a completion (a cancel, a
+    reclaim): their parents that wait for them are queued again if their wait is over,
+    each locked first, as `after_completions` does."""
+    if ended:
+        await cur.execute(W["lock_parents"], {"ids": list(ended)})
+        await cur.execute(W["wake_parents"], {"ids": list(ended)})
+
+
 class PostgresWaiting:
     """The `legion.store.waiting.WaitingStore` methods of ``PostgresStore``."""
 

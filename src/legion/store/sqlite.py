@@ -43,7 +43,7 @@ from legion.store.sqlite_feed import Ended, log_changes, log_changes_by, log_end
 from legion.store.sqlite_ledger import SQLiteLedger
 from legion.store.sqlite_rows import CACHED_STATEMENTS, execute_rows
 from legion.store.sqlite_submit import SQLiteSubmissions
-from legion.store.sqlite_waiting import SQLiteWaiting, after_completions
+from legion.store.sqlite_waiting import SQLiteWaiting, after_completions, wake_parents
 from legion.store.tenancy import KeyedTasks, scoped_key
 from legion.store.types import (
     CRASHED_ITS_WORKER,
@@ -563,6 +563,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 db, ((owners.get(r[0]), r[0]) for r in rows), now, was=TaskStatus.RUNNING
             )
             statuses = [r[1] for r in rows]
+            wake_parents(db, [r[0] for r in rows if r[1] in ("dead", "cancelled")], now)
             return Reclaimed(
                 requeued=statuses.count("queued"),
                 dead=statuses.count("dead"),
@@ -579,6 +580,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             cancelled = db.execute(Q["cancel_queued"], {"id": task_id, "now": now}).fetchall()
             if cancelled:  # it was queued or waiting
                 log_changes(db, [task_id], now, was=was[0])
+                wake_parents(db, [task_id], now)  # (a parent waiting for it ends its wait)
                 return TaskStatus.CANCELLED
             db.execute(Q["cancel_running"], {"id": task_id})  # asked: ends when it stops
             return TaskStatus(was[0])

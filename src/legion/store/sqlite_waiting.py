@@ -48,12 +48,18 @@ def after_completions(
     ended = [
         c.id for c, ok in zip(batch.completions, applied, strict=True) if ok and c.outcome in _ENDED
     ]
-    # Only a waiting parent can be woken: while no task waits (most batches), the ended
-    # tasks' rows are not read for their parents. This transaction holds the write lock,
-    # so no task starts waiting meanwhile; one that waits later counts its ended children
-    # itself (`wake_ready` after `suspend`).
+    wake_parents(db, ended, now)
+
+
+def wake_parents(db: sqlite3.Connection, ended: Sequence[int], now: float) -> None:
+    """In a write transaction that ended the tasks ``ended`` (a completion, a cancel, a
+    reclaim, a frozen worker's release): their parents that wait for them are queued
+    again if their wait is over. Only a waiting parent can be woken: while no task waits
+    (most batches), the ended tasks' rows are not read for their parents. The transaction
+    holds the write lock, so no task starts waiting meanwhile; one that waits later counts
+    its ended children itself (`wake_ready` after `suspend`)."""
     if ended and db.execute(W["any_waiting"]).fetchone() is not None:
-        ids = codec.dumps(ended).decode()
+        ids = codec.dumps(list(ended)).decode()
         parents = [r[0] for r in db.execute(W["parents_of"], {"ids": ids})]
         if parents:
             wake_ready(db, parents, now)

@@ -102,6 +102,11 @@ class WaitingStore(Protocol):
         """Submit tasks as children of ``parent`` (keyed: a second call answers the same
         tasks), in one transaction."""
 
+    async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
+        """Cancel a queued (or waiting) task at once, or ask a running one's worker to
+        stop it (`legion.store.base` declares it too: a parent cancels the children it
+        submitted while its own cancel was asked)."""
+
     async def children(self, parent: int) -> list[ChildInfo]:
         """Every child task of ``parent``, oldest first."""
 

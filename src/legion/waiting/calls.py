@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from legion import codec
 from legion.errors import ChildFailed, WaitError, WaitTimeout
 from legion.steps import scoped
-from legion.task import NewTask, TaskStatus, Wait
+from legion.task import NewTask, TaskInfo, TaskStatus, Wait
 from legion.waiting.suspend import Suspended
 
 if TYPE_CHECKING:
@@ -235,7 +235,9 @@ async def map_children(
         if offer is not None and not isinstance(agent, str):
             offer(agent)
         agent_name, attempts = _agent(agent, max_attempts)
-        tenant = await _tenant(ctx, store)
+        me = await store.get(ctx.task_id)
+        _stop_if_cancelled(me)
+        tenant = me.tenant if me is not None else "default"
         batch = fresh[:room]
         tasks = [
             NewTask(
@@ -243,7 +245,15 @@ async def map_children(
             )
             for i in batch
         ]
-        await store.submit_children(ctx.task_id, tasks, clock.wall())
+        started = await store.submit_children(ctx.task_id, tasks, clock.wall())
+        me = await store.get(ctx.task_id)
+        if me is not None and me.cancel_requested:
+            # Asked while they were submitted: a cancel with children that walked them
+            # before they were linked missed them. They are cancelled here (a cancel that
+            # saw them cancelled them already: nothing changes).
+            for s in started:
+                await store.cancel(s.id, clock.wall())
+        _stop_if_cancelled(me)
         unfinished += len(batch)
         fresh = fresh[room:]
     if not fresh and unfinished == 0:
@@ -273,9 +283,12 @@ def _agent(agent: Agent | str, max_attempts: int | None) -> tuple[str, int]:
     return agent.name, max_attempts or agent.options.retry.max_attempts
 
 
-async def _tenant(ctx: Waiter, store: ContextStore) -> str:
-    info = await store.get(ctx.task_id)
-    return info.tenant if info is not None else "default"
+def _stop_if_cancelled(me: TaskInfo | None) -> None:
+    """A parent whose cancel was asked starts no more children: it ends its attempt by
+    suspending (its completion, finding the cancel asked, ends it cancelled), rather than
+    starting children a cancel with children, walked before, would not see."""
+    if me is not None and me.cancel_requested:
+        raise Suspended(Wait(children=0))
 
 
 async def spawn(

@@ -23,10 +23,13 @@ def cascades(status: TaskStatus | None) -> bool:
 
 
 async def descendants(
-    store: WaitingStore, task_id: int, which: Callable[[TaskStatus], bool]
+    store: WaitingStore,
+    task_id: int,
+    which: Callable[[TaskStatus], bool],
+    through: Callable[[TaskStatus], bool] = lambda status: True,
 ) -> list[int]:
     """The ids of ``task_id``'s descendants whose status ``which`` accepts, parents before
-    their children (every level is walked: a finished child's children may still run)."""
+    their children; the children of one whose status ``through`` refuses are not walked."""
     found: list[int] = []
     seen = {task_id}
     level = [task_id]
@@ -37,7 +40,8 @@ async def descendants(
                 if child.id in seen:
                     continue
                 seen.add(child.id)
-                below.append(child.id)
+                if through(child.status):
+                    below.append(child.id)
                 if which(child.status):
                     found.append(child.id)
         level = below
@@ -45,12 +49,16 @@ async def descendants(
 
 
 async def unfinished_descendants(store: WaitingStore, task_id: int) -> list[int]:
-    """The descendants that have not finished: what a cancel with children stops."""
+    """The descendants that have not finished, parents first: what a cancel with children
+    stops (a finished child's own children are walked too: they may still run)."""
     return await descendants(store, task_id, lambda status: not status.terminal)
 
 
 async def retriable_descendants(store: WaitingStore, task_id: int) -> list[int]:
-    """The descendants that ended dead, failed or cancelled: what a retry with children
-    queues again (a rerun parent finds its children by their keys, and one of them
-    ended so would fail it again)."""
-    return await descendants(store, task_id, RETRIABLE.__contains__)
+    """The descendants that ended dead, failed or cancelled, deepest first: what a retry
+    with children queues again, children before their parents (a rerun parent finds its
+    children by their keys: one still ended so would fail it again, one queued it waits
+    for). Below a child that succeeded nothing is retried: it has its outputs, and its
+    failed children were its own to handle (it caught their failure)."""
+    found = await descendants(store, task_id, RETRIABLE.__contains__, RETRIABLE.__contains__)
+    return found[::-1]

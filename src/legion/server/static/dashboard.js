@@ -153,8 +153,10 @@ let listedAt = 0;
 const RETRYABLE = new Set(["dead", "failed", "cancelled"]);
 const CANCELLABLE = new Set(["queued", "running", "waiting"]);
 
+// A parent's children go with it: a cancelled workflow stops whole, and a retried one
+// runs its failed or cancelled children again (alone, it would find them ended so and fail).
 async function act(id, action) {
-  const resp = await api(`/v1/tasks/${id}:${action}`, { method: "POST" });
+  const resp = await api(`/v1/tasks/${id}:${action}?children=true`, { method: "POST" });
   if (!resp.ok) console.warn(`${action} of task ${id}: ${resp.status}`);
   await loadTasks();
 }

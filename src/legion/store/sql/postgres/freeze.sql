@@ -17,7 +17,7 @@ SET freezes = freezes + 1,
     finished_at = CASE WHEN freezes + 1 >= %(max_freezes)s OR cancel_requested
                        THEN %(now)s END
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(owner)s AND status = 'running'
-RETURNING status;
+RETURNING status, id;
 
 -- name: release_owner
 -- The exiting worker's other tasks go back to the queue unfinished, without spending an
@@ -27,7 +27,8 @@ SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     attempt = attempt - 1,
     lease_owner = NULL, lease_expires = NULL,
     finished_at = CASE WHEN cancel_requested THEN %(now)s END
-WHERE lease_owner = %(owner)s AND status = 'running';
+WHERE lease_owner = %(owner)s AND status = 'running'
+RETURNING id, status;
 
 -- name: end_sessions
 -- End this process's other sessions (tagged with %(tag)s as application_name): its loop

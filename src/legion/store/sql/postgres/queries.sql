@@ -332,7 +332,7 @@ WITH s AS (
            CASE WHEN alone THEN %(crash_error)b ELSE %(error)b END
     FROM u
 )
-SELECT status FROM u;
+SELECT id, status FROM u;
 -- name: absolve
 -- The queued tasks that run alone because their last attempt was lost on %(owner)s, which
 -- lives: they run with others again.

@@ -27,4 +27,4 @@ SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     lease_owner = NULL, lease_expires = NULL,
     finished_at = CASE WHEN cancel_requested THEN :now END
 WHERE lease_owner = :owner AND status = 'running'
-RETURNING id;
+RETURNING id, status;
