@@ -105,3 +105,22 @@ async def test_an_older_postgres_store_on_a_read_only_connection_says_what_to_do
     await store.aclose()
     said = str(refused.value)
     assert f"older than this legion's ({latest})" in said and "read-only" in said, said
+
+
+async def test_an_upgraded_sqlite_store_gives_no_id_a_purged_task_had(tmp_path: Path) -> None:
+    # Schema 20 made ids count on from the largest ever given, but the table it rebuilt
+    # counted from the largest left: ids an earlier purge had deleted (of the newest
+    # tasks, its memory kept under `task-<id>`) were given again, with that memory.
+    path = tmp_path / "purged-before.db"
+    older_store(path)  # tasks 1 and 2 left
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO memory VALUES ('task-7', 'mine', ?, 1.0)", (b"7",))
+        db.execute("INSERT INTO memory VALUES (?, 'mine', ?, 1.0)", ("\x1facme\x1ftask-9", b"9"))
+        db.execute("INSERT INTO memory VALUES ('task-notes', 'k', ?, 1.0)", (b"0",))
+    store = store_from_url(f"sqlite:///{path}")
+    await store.open()
+    try:
+        (fresh,) = await store.submit([NewTask("a", codec.dumps({"x": 2}))], time.time())
+        assert fresh.id == 10
+    finally:
+        await store.aclose()

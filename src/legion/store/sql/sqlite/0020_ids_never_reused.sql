@@ -68,6 +68,20 @@ CREATE INDEX tasks_wake ON tasks (wake_at) WHERE status = 'waiting' AND wake_at 
 CREATE INDEX tasks_children ON tasks (parent_id, status) WHERE parent_id IS NOT NULL;
 CREATE INDEX tasks_errors ON tasks (finished_at) WHERE error IS NOT NULL;
 CREATE INDEX tasks_waiting ON tasks (id) WHERE status = 'waiting';
+-- The count goes on from the largest id a task is known to have had, not only from those
+-- still there: an earlier purge of the newest tasks left their change-feed rows and the
+-- memory of their own sessions (`task-<id>`, `\x1f<tenant>\x1ftask-<id>`).
+INSERT INTO sqlite_sequence (name, seq)
+SELECT 'tasks', 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'tasks');
+UPDATE sqlite_sequence SET seq = max(seq, (
+    SELECT coalesce(max(n), 0) FROM (
+        SELECT max(id) AS n FROM tasks
+        UNION ALL SELECT max(task_id) FROM events
+        UNION ALL SELECT max(CAST(substr(session, instr(session, 'task-') + 5) AS INTEGER))
+        FROM memory
+        WHERE session GLOB 'task-[0-9]*' OR session GLOB char(31) || '*' || char(31) || 'task-[0-9]*'
+    )
+)) WHERE name = 'tasks';
 
 CREATE TABLE events_next (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
