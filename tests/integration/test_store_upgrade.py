@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psycopg
 import pytest
 
-from legion import codec
+from legion import codec, identity
 from legion.errors import ConfigError, StoreError
 from legion.store import store_from_url
 from legion.store.queries import migrations
@@ -58,12 +58,20 @@ async def test_an_older_sqlite_store_is_not_upgraded_under_its_running_workers(
     older_store(path)
     register_worker(path, 4242, time.time())
     register_worker(path, 4343, time.time() - 3600)  # died an hour ago: not counted
+    # Killed a moment ago on this host (its pid another process's now): not counted either.
+    me = identity.current()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO workers (id, host, pid, started_at, heartbeat_at, boot_id, pid_ns, "
+            "proc_start) VALUES ('killed', 'here', ?, ?, ?, ?, ?, ?)",
+            (me.pid, time.time(), time.time(), me.boot_id, me.pid_ns, me.start + 1),
+        )
     store = store_from_url(f"sqlite:///{path}", create=False)
     with pytest.raises(ConfigError) as refused:
         await store.open()
     said = str(refused.value)
     assert f"schema is version {OLDER}" in said and "1 worker(s)" in said
-    assert "pid 4242 on old-host" in said and "4343" not in said
+    assert "pid 4242 on old-host" in said and "4343" not in said and "here" not in said
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (OLDER,)  # nothing changed
         db.execute("DELETE FROM workers WHERE pid = 4242")  # stopped

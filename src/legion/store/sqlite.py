@@ -27,7 +27,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
-from legion import codec
+from legion import codec, identity
 from legion.clock import Clock, system_clock
 from legion.errors import (
     ConfigError,
@@ -136,18 +136,31 @@ def _refuse_live_workers(db: sqlite3.Connection, current: int, latest: int) -> N
     (one of this version would have upgraded it) and would go on writing the old schema's
     way (from version 18 the counts by status are kept by legion's own statements, which
     an older worker does not make: the counts went wrong for good)."""
-    live = db.execute(
-        "SELECT host, pid FROM workers WHERE heartbeat_at > ? ORDER BY heartbeat_at DESC",
-        (time.time() - LIVE_WORKER,),
-    ).fetchall()
+    since = time.time() - LIVE_WORKER
+    if current < 6:  # (before workers said who they are)
+        live = db.execute(
+            "SELECT host, pid FROM workers WHERE heartbeat_at > ? ORDER BY heartbeat_at DESC",
+            (since,),
+        ).fetchall()
+    else:  # a worker whose process is certainly gone (killed, on this host) is none
+        me = identity.current()
+        live = [
+            (host, pid)
+            for host, pid, boot, ns, start in db.execute(
+                "SELECT host, pid, boot_id, pid_ns, proc_start FROM workers "
+                "WHERE heartbeat_at > ? ORDER BY heartbeat_at DESC",
+                (since,),
+            )
+            if not identity.is_gone(identity.ProcessIdentity(boot, ns, pid, start), me)
+        ]
     if live:
         shown = ", ".join(f"pid {pid} on {host}" for host, pid in live[:5])
         more = f" and {len(live) - 5} more" if len(live) > 5 else ""
         raise ConfigError(
             f"the store's schema is version {current}, older than this legion's ({latest}), "
             f"and {len(live)} worker(s) of an older legion run on it ({shown}{more}): stop "
-            f"them, then start this version (a worker that died is forgotten "
-            f"{LIVE_WORKER:.0f} s after its last heartbeat); nothing was changed"
+            f"them, then start this version (a worker that died on another host is "
+            f"forgotten {LIVE_WORKER:.0f} s after its last heartbeat); nothing was changed"
         )
 
 
