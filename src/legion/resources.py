@@ -13,6 +13,7 @@ Names are lower-case words (``[a-z][a-z0-9_]*``); amounts are non-negative numbe
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 
@@ -32,8 +33,14 @@ def normalize(resources: Resources | Iterable[str] | None) -> dict[str, float]:
     for name, amount in items:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"a resource name is a lower-case word (as memory_mb), not {name!r}")
-        if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
-            raise ValueError(f"resource {name}: the amount must be a number >= 0, not {amount!r}")
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int | float)
+            or not 0 <= amount < math.inf  # (NaN and infinity: JSON holds neither)
+        ):
+            raise ValueError(
+                f"resource {name}: the amount must be a finite number >= 0, not {amount!r}"
+            )
         out[name] = float(amount)
     return dict(sorted(out.items()))
 

@@ -11,6 +11,7 @@ thread so a run's own peak can be told from the process's lifetime peak.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -124,14 +125,27 @@ def write_result(result: BenchResult, folder: Path, *, plots: bool = True) -> li
     }
     # (no password of a --postgres URL goes into files made to be committed)
     json_path = folder / f"{result.name}.json"
-    json_path.write_text(redact_text(json.dumps(payload, indent=2, default=_json_default)) + "\n")
+    text = redact_text(json.dumps(payload, indent=2, default=_json_default)) + "\n"
+    write_whole(json_path, text.encode())
     md_path = folder / f"{result.name}.md"
     images = [p for p in written if p.suffix == ".png"]
     md = result.markdown()
     if images:
         md += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"
-    md_path.write_text(md)
+    write_whole(md_path, md.encode())
     return [json_path, md_path, *written]
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a full disk left a results file, or a report,
+    cut short in place of a whole one): a file beside it, renamed over it."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _draw_all(result: BenchResult, folder: Path) -> list[Path]:
@@ -145,7 +159,9 @@ def _draw_all(result: BenchResult, folder: Path) -> list[Path]:
         fig = Figure(figsize=(7.5, 4.2), dpi=100, layout="constrained")
         plot.draw(fig)
         path = folder / f"{result.name}-{plot.slug}.png"
-        fig.savefig(path)
+        image = io.BytesIO()
+        fig.savefig(image, format="png")
+        write_whole(path, image.getvalue())
         paths.append(path)
     return paths
 

@@ -4,9 +4,11 @@ sim, vectors). Every command parses its options and calls the library."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -172,7 +174,10 @@ def run(
             "--no-local-worker leaves the tasks to `legion worker` processes, which "
             "must reach the store",
         )
-    if str(input) != "-":
+    if str(input) == "-":
+        if sys.stdin is None:  # (started with it closed: <&-)
+            raise _fail("cannot read --input -: standard input is closed")
+    else:
         if input.is_dir():
             raise _fail(f"cannot read {input}: it is a folder (give a JSONL file, or - for stdin)")
         if not input.exists():
@@ -250,7 +255,10 @@ def worker(
         ),
     ] = 60.0,
     lease_seconds: Annotated[
-        float, typer.Option(min=0.1, help="Lease length; a dead worker's tasks return after it.")
+        float,
+        typer.Option(
+            min=0.1, max=86_400, help="Lease length; a dead worker's tasks return after it."
+        ),
     ] = 30.0,
     drain_timeout: Annotated[
         float,
@@ -557,4 +565,53 @@ _register_gateway(app)
 
 
 def main() -> None:
-    app()
+    """The ``legion`` command, with what no command handles itself: an argument that is
+    not UTF-8 text, a standard output that cannot be written (a full disk, a closed pipe),
+    and Ctrl-C while it starts."""
+    if sys.stdout is not None:
+        sys.stdout = _Stdout(sys.stdout)
+    try:
+        for i, arg in enumerate(sys.argv[1:], 1):
+            try:
+                arg.encode()
+            except UnicodeEncodeError:
+                shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+                print(f"error: argument {i} is not UTF-8 text: {shown}", file=sys.stderr)
+                raise SystemExit(2) from None
+        app()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except OSError as exc:
+        out = sys.stdout
+        if not isinstance(out, _Stdout) or out.failed is not exc:
+            raise
+        with contextlib.suppress(OSError):  # (the interpreter's own flush at exit fails too)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+        print(f"error: cannot write standard output: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+class _Stdout:
+    """Standard output, as it was, that remembers the error a write to it raised (a full
+    disk, a closed pipe): `main` says so in a line, where a traceback came."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.failed: OSError | None = None
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -571,8 +571,12 @@ def demo(
 
     _quiet_failures()  # (the comparison counts them)
     console = stderr_console()
-    if not no_report and not report.parent.exists():
-        raise _bad(f"cannot write {report}: {report.parent} does not exist")
+    # Refused before the demo runs, not after: a folder, a missing folder, or a file that
+    # is not an earlier output of the demo (a --report naming the agent's code replaced it).
+    if not no_report:
+        _check_output(report, _REPORT_MARK, "--report", "a legion demo report")
+    if json_out is not None:
+        _check_output(json_out, _JSON_MARK, "--json", "a legion demo's JSON")
     try:
         cfg = DemoConfig(
             tasks=tasks,
@@ -598,12 +602,47 @@ def demo(
 
         from legion.demo.compare import as_dict
 
-        json_out.write_bytes(orjson.dumps(as_dict(comparison), option=orjson.OPT_INDENT_2))
+        data = orjson.dumps(as_dict(comparison), option=orjson.OPT_INDENT_2)
+        _write_whole(json_out, data)
     if not no_report:
-        from legion.demo.report import write_report
+        from legion.demo.report import render
 
-        write_report(comparison, report)
+        _write_whole(report, render(comparison).encode())
         console.print(f"report: {report.resolve()}", highlight=False)
+
+
+_REPORT_MARK = b"<title>legion demo: sequential vs scaled</title>"
+_JSON_MARK = b'"ideal_formula"'
+
+
+def _check_output(path: Path, mark: bytes, option: str, what: str) -> None:
+    """Refuse ``path`` as the demo's output unless it is new or holds ``what`` already
+    (recognised by ``mark`` in its first 4 KB)."""
+    if path.is_dir():
+        raise _bad(f"cannot write {option} {path}: it is a folder")
+    if not path.parent.is_dir():
+        raise _bad(f"cannot write {option} {path}: {path.parent} does not exist")
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                head = f.read(4096)
+        except OSError as exc:
+            raise _bad(f"cannot write {option} {path}: {exc.strerror}") from None
+        if mark not in head:
+            raise _bad(
+                f"{option} {path} exists and is not {what}: it would be replaced; give "
+                "another path (or remove the file)"
+            )
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (`legion.bench.results.write_whole`)."""
+    from legion.bench.results import write_whole
+
+    try:
+        write_whole(path, data)
+    except OSError as exc:
+        raise _bad(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _print_comparison(c: Comparison) -> None:

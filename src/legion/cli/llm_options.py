@@ -99,6 +99,8 @@ def _route(spec: str, opts: LLMOptions, index: int) -> RouteConfig:
     name, sep, rest = spec.partition("=")
     if not sep:
         name, rest = ("default" if index == 0 else f"llm{index + 1}"), spec
+    elif not name.strip():
+        raise ConfigError(f"--llm {spec}: NAME=SPEC names the route; its name is empty")
     options: dict[str, Any] = {}
     for key in ("rpm", "tpm", "max_in_flight"):
         value = getattr(opts, key)

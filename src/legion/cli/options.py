@@ -48,7 +48,9 @@ ConcurrencyOpt = Annotated[
 LeaseSecondsOpt = Annotated[
     float,
     typer.Option(
-        min=0.1, help="Lease length; a vanished worker's tasks return to the queue after it."
+        min=0.1,
+        max=86_400,
+        help="Lease length; a vanished worker's tasks return to the queue after it.",
     ),
 ]
 
@@ -57,8 +59,11 @@ StoreWaitOpt = Annotated[
     float,
     typer.Option(
         min=0,
+        max=10**9,
         help="At start, wait this long (seconds) for a store that cannot be reached, "
-        "trying again with a growing pause; then exit with code 3.",
+        "trying again with a growing pause; then exit with code 3 (under `legion worker "
+        "--processes`, the supervisor starts that worker again: it waits for the store "
+        "for as long as it runs).",
     ),
 ]
 
@@ -190,11 +195,13 @@ PoolSizeOpt = Annotated[
         "counts it): keep --concurrency close to it.",
     ),
 ]
+MEMORY_LIMIT_MAX_MB = 2**43 - 1  # (legion.executors.process.MAX_LIMIT_MB)
 MemoryLimitOpt = Annotated[
     int | None,
     typer.Option(
         "--memory-limit",
         min=64,
+        max=MEMORY_LIMIT_MAX_MB,
         help="Most memory one agent process may use, in MB (process executor; its address "
         "space, of which the interpreter alone maps ~40 MB): a task that goes over fails "
         "with a clear error and its process is replaced.",

@@ -8,8 +8,10 @@ share the store wait for no long lock.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
+import signal
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -39,9 +41,13 @@ def parse_age(text: str) -> float:
                 f"not {text!r}"
             ) from None
         seconds = sum(float(p[1]) * _UNIT[p[2]] for p in parts)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"--older-than must be an age of 0 or more, not {text!r}")
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_AGE:
+        raise ValueError(f"--older-than must be an age from 0 to 100 years (36500d), not {text!r}")
     return seconds
+
+
+MAX_AGE = 36_500 * 86_400.0
+"""The oldest cut: a hundred years (an older one has no date)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -119,15 +125,30 @@ def register(app: typer.Typer) -> None:
                     print(f"{n}\t{which} ended before {when} would be purged (dry run)")
                     return
                 tasks = events = chunks = 0
-                while True:
-                    purged = await s.purge(before, statuses, agent=agent, limit=CHUNK)
-                    tasks += purged.tasks
-                    events += purged.events
-                    if not purged.tasks and not purged.events:
-                        break
-                    chunks += 1
-                    if chunks % 10 == 0:
-                        console.print(f"purged {tasks:,} tasks so far...", highlight=False)
+                loop = asyncio.get_running_loop()
+                me = asyncio.current_task()
+                assert me is not None
+                loop.add_signal_handler(signal.SIGTERM, me.cancel)  # (as Ctrl-C: a line said)
+                try:
+                    while True:
+                        purged = await s.purge(before, statuses, agent=agent, limit=CHUNK)
+                        tasks += purged.tasks
+                        events += purged.events
+                        if not purged.tasks and not purged.events:
+                            break
+                        chunks += 1
+                        if chunks % 10 == 0:
+                            console.print(f"purged {tasks:,} tasks so far...", highlight=False)
+                except asyncio.CancelledError:
+                    # Each chunk is a transaction of its own: what was purged stays purged.
+                    console.print(
+                        f"interrupted: purged {tasks:,} {which} that ended before {when}; "
+                        "the same command goes on with the rest",
+                        highlight=False,
+                    )
+                    raise
+                finally:
+                    loop.remove_signal_handler(signal.SIGTERM)
                 print(f"{tasks}\t{which} ended before {when} purged")
                 console.print(
                     f"purged {tasks:,} {which} that ended before {when}, with their steps, "
@@ -136,4 +157,9 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                 )
 
-        _run(main())
+        try:
+            _run(main())
+        except asyncio.CancelledError:  # SIGTERM (its line said what was done)
+            raise typer.Exit(128 + signal.SIGTERM) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(128 + signal.SIGINT) from None

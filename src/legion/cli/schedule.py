@@ -73,6 +73,9 @@ def register(app: typer.Typer) -> None:
         from legion.waiting.cron import CronError
         from legion.waiting.schedules import schedule
 
+        if not agent.strip() or not agent.isprintable() or len(agent) > 200:
+            raise _fail(f"AGENT takes an agent's name (1 to 200 characters), not {agent!r}")
+
         try:  # strict JSON, as input files are read: no NaN or Infinity, no integer past
             value: Any = codec.loads_given(input.encode())  # 64 bits (read as a float)
         except codec.JSONDecodeError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
@@ -377,6 +378,10 @@ def create_key(
             raise typer.BadParameter(
                 f"{label} takes printable text, not {text!r}", param_hint=label
             )
+    if len(name) > 200:
+        raise typer.BadParameter("--name takes at most 200 characters", param_hint="--name")
+    if sys.stdout is None:  # (closed: the secret, shown once, would go nowhere)
+        raise _fail("standard output is closed: the key's secret is printed there, once")
     _refuse_private_store(store, KEYS_NEED)
     _require_server_extra()
     key = _run(_create_key(store, name, tenant, admin))
@@ -387,7 +392,15 @@ def create_key(
         "hash is stored",
         highlight=False,
     )
-    print(key.token, flush=True)
+    try:
+        print(key.token, flush=True)
+    except OSError as exc:  # its secret is lost: a key nobody holds is revoked at once
+        _run(_revoke_key(store, key.record.id))
+        raise _fail(
+            f"cannot write the key's secret to standard output ({exc.strerror or exc}): "
+            f"key {key.record.id} was revoked; create another",
+            code=1,
+        ) from None
 
 
 def list_keys(

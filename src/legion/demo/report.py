@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from html import escape
-from pathlib import Path
 
 from legion.bench.results import describe_machine
 from legion.demo.compare import Comparison, RunReport, ideal_lines, rows
@@ -152,9 +151,3 @@ def render(c: Comparison) -> str:
         "</body></html>",
     ]
     return "\n".join(body)
-
-
-def write_report(c: Comparison, path: Path) -> Path:
-    """Write the report to ``path`` (its folder must exist)."""
-    path.write_text(render(c), encoding="utf-8")
-    return path

@@ -45,6 +45,10 @@ _BOOT = "from legion.executors._child import main; main()"
 _CLOSE_GRACE = 5.0  # seconds an idle child gets to exit by itself at shutdown
 
 
+MAX_LIMIT_MB = 2**43 - 1
+"""The largest --memory-limit: in bytes, what an address-space limit (a C long) holds."""
+
+
 class ProcessExecutor:
     """Runs agent instances in a pool of at most ``processes`` child processes (default:
     the CPUs this process may use), each capped at ``memory_limit_mb`` if given."""
@@ -54,8 +58,9 @@ class ProcessExecutor:
     def __init__(self, *, processes: int | None = None, memory_limit_mb: int | None = None):
         if processes is not None and processes < 1:
             raise ConfigError("processes must be >= 1")
-        if memory_limit_mb is not None and memory_limit_mb < 1:
-            raise ConfigError("memory_limit_mb must be >= 1")
+        if memory_limit_mb is not None and not 1 <= memory_limit_mb <= MAX_LIMIT_MB:
+            # (past it, setrlimit fails in every child: each task would die unstarted)
+            raise ConfigError(f"memory_limit_mb must be from 1 to {MAX_LIMIT_MB:,}")
         self.processes = processes or _cpu_count()
         self.memory_limit_mb = memory_limit_mb
         self._slots = asyncio.Semaphore(self.processes)

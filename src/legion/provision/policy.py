@@ -128,7 +128,16 @@ def parse_bounds(value: str) -> tuple[int, int]:
         raise ValueError("--autoscale: MIN cannot be negative")
     if high < max(low, 1):
         raise ValueError("--autoscale: MAX must be at least 1 and at least MIN")
+    if high > MOST_WORKERS:
+        raise ValueError(
+            f"--autoscale: MAX is at most {MOST_WORKERS} worker processes on one machine "
+            "(each runs up to --concurrency instances; more machines take more)"
+        )
     return low, high
+
+
+MOST_WORKERS = 1024
+"""The most worker processes one autoscaling supervisor starts."""
 
 
 def decide(

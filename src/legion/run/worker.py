@@ -173,8 +173,13 @@ class WorkerConfig:
             or self.concurrency < 1
         ):
             raise ValueError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
-        if self.lease_seconds <= 0 or self.poll_interval <= 0 or not self.stop_grace > 0:
-            raise ValueError("lease_seconds, poll_interval and stop_grace must be > 0")
+        if not (0 < self.lease_seconds <= 86_400 and 0 < self.poll_interval < math.inf) or not (
+            0 < self.stop_grace < math.inf
+        ):
+            raise ValueError(
+                "lease_seconds (at most a day: 86400), poll_interval and stop_grace must be "
+                "finite numbers > 0"
+            )
         if not 0 <= self.lease_ahead <= 1:
             raise ValueError("lease_ahead must be between 0 and 1")
 

@@ -42,6 +42,11 @@ from dataclasses import dataclass
 DEFAULT_LEASE_SECONDS = 30.0
 
 
+MAX_SECONDS = 86_400.0
+"""The longest lease or store call: a day (past it, libpq's and the server's settings do
+not hold the number)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreTimeouts:
     call: float  # a whole store call: waiting for a connection, statements, results
@@ -52,8 +57,8 @@ class StoreTimeouts:
 
     @classmethod
     def for_lease(cls, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> StoreTimeouts:
-        if lease_seconds <= 0:
-            raise ValueError("lease_seconds must be > 0")
+        if not 0 < lease_seconds <= MAX_SECONDS:  # (NaN too)
+            raise ValueError(f"lease_seconds must be > 0 and at most {MAX_SECONDS:,.0f}")
         return cls(
             call=max(1.0, lease_seconds / 3),
             connect=min(10, max(2, math.ceil(lease_seconds / 6))),
@@ -63,8 +68,8 @@ class StoreTimeouts:
         )
 
     def with_call(self, seconds: float) -> StoreTimeouts:
-        if seconds <= 0:
-            raise ValueError("call_timeout must be > 0")
+        if not 0 < seconds <= MAX_SECONDS:  # (NaN too)
+            raise ValueError(f"call_timeout must be > 0 and at most {MAX_SECONDS:,.0f} seconds")
         return StoreTimeouts(
             seconds,
             self.connect,
