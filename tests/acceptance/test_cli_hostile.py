@@ -20,6 +20,7 @@ AGENT = "import legion\n\n@legion.agent\nasync def echo(ctx, x: int) -> int:\n  
 def _raw(*args: str, stdin: int | None = None, stdout: int | None = None) -> tuple[int, str]:
     """Run ``legion`` with these file descriptors for its standard input and output
     (``-1``: closed); answer its exit code and its standard error."""
+
     def child() -> None:
         for target, fd in ((0, stdin), (1, stdout)):
             if fd == -1:

@@ -115,6 +115,9 @@ async def test_transient_errors_are_retried_with_jittered_backoff() -> None:
     route = client.statistics().routes["main"]
     assert (route.attempts, route.retries, route.succeeded) == (3, 2, 1)
     assert route.errors == {"ProviderUnavailable": 1, "MalformedResponse": 1}
+    # What the last failure said, for a route whose breaker opens (a progress line said
+    # only "breaker open on route main", never the address that refused the connection).
+    assert route.last_error == "MalformedResponse: bad"
 
 
 async def test_retry_after_is_honoured_up_to_max_backoff() -> None:

@@ -159,7 +159,11 @@ class Progress:
             return ""
         from legion.llm.pricing import format_cost  # here: the CLI starts without the LLM layer
 
-        broken = [r.name for r in s.routes.values() if r.breaker and r.breaker.state]
+        broken = [
+            r.name + (f" ({r.last_error[:160]})" if r.last_error else "")
+            for r in s.routes.values()
+            if r.breaker and r.breaker.state
+        ]
         return (
             llm_counts(self.llm)
             + f", {s.usage.total:,} tokens, {format_cost(s.cost_usd, s.unpriced_calls, hint=False)}"

@@ -155,6 +155,8 @@ class RouteStatistics:
     """Hedged calls answered by the copy."""
     served_by: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """Answered calls by deployment, for a pooled route (or served by a fallback)."""
+    last_error: str | None = None
+    """What the last failed attempt said (its class and message)."""
 
     @property
     def cost_known(self) -> bool:
@@ -185,6 +187,7 @@ class _Counters:
         "failed",
         "hedged",
         "hedges_won",
+        "last_error",
         "latencies",
         "retries",
         "served_by",
@@ -199,6 +202,7 @@ class _Counters:
         self.attempts = 0
         self.retries = 0
         self.errors: dict[str, int] = {}
+        self.last_error: str | None = None
         self._tokens = [0, 0, 0, 0, 0]  # Usage's five counts, summed in place
         self.cost = 0.0
         self.unpriced = 0
@@ -206,6 +210,12 @@ class _Counters:
         self.hedges_won = 0
         self.latencies = Latencies(hedge) if hedge is not None else None
         self.served_by: dict[str, int] = {}
+
+    def failed_with(self, exc: BaseException) -> None:
+        """Count an attempt that failed with ``exc``, and keep what it said."""
+        name = type(exc).__name__
+        self.errors[name] = self.errors.get(name, 0) + 1
+        self.last_error = f"{name}: {exc}"[:300]
 
     def count(self, usage: Usage) -> None:
         """Add one answer's usage (no new `Usage` per call)."""
@@ -420,7 +430,7 @@ class LLMClient:
             try:
                 _check_pause(route)  # before anything waits: the pause would outlast it
             except RetryAfterTooLong as exc:
-                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                counters.failed_with(exc)
                 counters.failed += 1
                 raise
             ticket = None
@@ -460,7 +470,7 @@ class LLMClient:
                     return dataclasses.replace(response, deployment=route.label)
                 return response
             except RetryAfterTooLong as exc:
-                counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+                counters.failed_with(exc)
                 counters.failed += 1
                 raise
             except ProviderError as exc:
@@ -545,7 +555,7 @@ class LLMClient:
         """What a failed try costs under the one retry budget (see the module's text):
         answer the call's own failures so far, after the backoff when one is due; raise
         ``exc`` once the budget, or the attempt's time, is spent."""
-        counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+        counters.failed_with(exc)
         self._last_failure[route.name] = str(exc)
         if telemetry.tracing:  # each try that failed, on the call's span
             telemetry.add_event(
@@ -644,14 +654,14 @@ class LLMClient:
             + (f" (the last failure: {last})" if last else ""),
             provider=route.provider.name,
         )
-        counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+        counters.failed_with(exc)
         counters.failed += 1
         raise exc
 
     def _refused(self, exc: Permanent, counters: _Counters) -> None:
         """Count a refusal; a fatal one (a rejected key, a URL nothing serves) is kept to
         stop the whole run."""
-        counters.errors[type(exc).__name__] = counters.errors.get(type(exc).__name__, 0) + 1
+        counters.failed_with(exc)
         counters.failed += 1
         if isinstance(exc, ProviderRejected) and exc.fatal and self.fatal_error is None:
             self.fatal_error = exc
@@ -714,6 +724,7 @@ class LLMClient:
                 attempts=counters.attempts,
                 retries=counters.retries,
                 errors=dict(counters.errors),
+                last_error=counters.last_error,
                 usage=counters.usage,
                 cost_usd=counters.cost,
                 capacity=route.capacity.statistics(),
