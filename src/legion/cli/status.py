@@ -267,7 +267,7 @@ async def requeue(
     """Queue tasks again; answer how many, and why each named task that was not could not be.
     ``children``: each named task's descendants that ended dead, failed or cancelled too,
     before it (none for a task that cannot be retried)."""
-    from legion.waiting.family import RETRIABLE, retriable_descendants
+    from legion.waiting.family import requeue_descendants
 
     statuses = [
         s
@@ -290,12 +290,10 @@ async def requeue(
         # (--failed, --cancelled), is queued again once and not then refused as queued.
         queued: set[int] = set()  # (by a walk: a child named beside its parent is no refusal)
         for task_id in dict.fromkeys(ids):
-            info = await store.get(task_id) if children else None
-            if info is not None and info.status in RETRIABLE:
-                for child in await retriable_descendants(store, task_id):
-                    if await store.requeue_one(child):
-                        n += 1
-                        queued.add(child)
+            if children:
+                below = await requeue_descendants(store, task_id) or []
+                n += len(below)
+                queued.update(below)
             if await store.requeue_one(task_id):
                 n += 1
                 continue

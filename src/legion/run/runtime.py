@@ -30,12 +30,7 @@ from legion.store import Store, store_from_url
 from legion.store.tenancy import DEFAULT_TENANT, scoped_key
 from legion.task import NewTask, Submitted, TaskInfo, TaskResult, TaskStatus
 from legion.waiting.calls import event_problem
-from legion.waiting.family import (
-    RETRIABLE,
-    cascades,
-    retriable_descendants,
-    unfinished_descendants,
-)
+from legion.waiting.family import cascades, requeue_descendants, unfinished_descendants
 
 if TYPE_CHECKING:
     from legion.executors import Executor
@@ -485,12 +480,8 @@ class Runtime:
         (a rerun parent finds its children by their keys: one cancelled with it would
         fail it again). ``False``, and nothing queued, if the task cannot be retried."""
         task_id = task_id_of(task_id)
-        if children:
-            task = await self.store.get(task_id)
-            if task is None or task.status not in RETRIABLE:
-                return False
-            for child in await retriable_descendants(self.store, task_id):
-                await self.store.requeue_one(child)
+        if children and await requeue_descendants(self.store, task_id) is None:
+            return False
         ok = await self.store.requeue_one(task_id)
         if ok and self.worker is not None:
             self.worker.wake()

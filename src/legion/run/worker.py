@@ -1018,29 +1018,27 @@ class Worker(Upkeep):
             infos = {}
         # One line per holder, not per task: a worker paused past its lease lost a
         # hundred at once, and said so a hundred times.
-        by_holder: dict[str, list[int]] = {}
+        by_holder: dict[tuple[str, str | None], list[int]] = {}
         for task_id in sorted(task_ids):
             info = infos.get(task_id)
             if info is not None and info.lease_owner == self.id:
                 # Taken back, then leased to this worker again (a lease call whose answer
                 # it never got): a new attempt, not this one.
-                holder = "a later attempt on this worker"
+                holder: tuple[str, str | None] = ("a later attempt on this worker", None)
             elif info is not None and info.lease_owner is not None:
-                holder = f"worker {info.lease_owner}"
-            elif info is not None:
-                holder = f"the store (the task is {info.status} now)"
-            else:
-                holder = "the store"
+                holder = (f"worker {info.lease_owner}", None)
+            else:  # (the status it has now, if it is still there)
+                holder = ("the store", str(info.status) if info is not None else None)
             by_holder.setdefault(holder, []).append(task_id)
-        for holder, ids in by_holder.items():
-            if len(ids) == 1:
-                log.warning("lease on task %d lost to %s; stopped", ids[0], holder)
+        for (who, status), ids in by_holder.items():
+            one = len(ids) == 1
+            if status is not None:
+                who += f" (the task{' is' if one else 's are'} {status} now)"
+            if one:
+                log.warning("lease on task %d lost to %s; stopped", ids[0], who)
                 continue
             shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
-            holder = holder.replace("(the task is", "(the tasks are")
-            log.warning(
-                "leases on %d tasks lost to %s; stopped (tasks %s)", len(ids), holder, shown
-            )
+            log.warning("leases on %d tasks lost to %s; stopped (tasks %s)", len(ids), who, shown)
 
     def _before_step(self, task_id: int) -> asyncio.Future[None] | None:
         """Before a step runs: go on if the store confirmed this worker's leases lately;

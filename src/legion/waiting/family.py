@@ -4,9 +4,13 @@ and so on; what ``cancel`` and ``retry`` with children reach along with the task
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from legion.store.waiting import WaitingStore
 from legion.task import TaskStatus
+
+if TYPE_CHECKING:
+    from legion.store.base import Store
 
 DESCENDANTS_AT_MOST = 100_000
 """The most descendants one walk visits (a guard against a tree without end)."""
@@ -62,3 +66,18 @@ async def retriable_descendants(store: WaitingStore, task_id: int) -> list[int]:
     failed children were its own to handle (it caught their failure)."""
     found = await descendants(store, task_id, RETRIABLE.__contains__, RETRIABLE.__contains__)
     return found[::-1]
+
+
+async def requeue_descendants(store: Store, task_id: int) -> list[int] | None:
+    """A retry with children, before the task itself: queue again its descendants that
+    ended dead, failed or cancelled (`retriable_descendants`); answer those queued, or
+    ``None``, with nothing queued, when the task itself cannot be retried (a refused
+    retry changes nothing)."""
+    task = await store.get(task_id)
+    if task is None or task.status not in RETRIABLE:
+        return None
+    return [
+        child
+        for child in await retriable_descendants(store, task_id)
+        if await store.requeue_one(child)
+    ]
