@@ -4,7 +4,8 @@
 
     LegionError
     ├── ConfigError            bad store URL, bad option, bad agent path
-    │   └── AgentLoadError     an agent path that does not import or name an agent
+    │   └── AgentLoadError     an agent path that does not import or name an agent;
+    │                          ``fatal`` when an instance meets it (its worker stops)
     ├── StoreError             the store failed or holds something unexpected
     │   ├── StoreUnavailable   unreachable, busy, locked or too slow to answer (retried)
     │   └── StorageFull        the store's disk (or its size limit) is full (retried)
@@ -23,6 +24,8 @@
         │   ├── WaitTimeout    ctx.wait_for / ctx.approval: no signal came within its timeout
         │   ├── WaitError      ctx.wait_for / ctx.sleep called wrongly (a bad event, timeout)
         │   ├── ChildFailed    ctx.spawn / ctx.map: a child task did not succeed
+        │   ├── ReplayMismatch a replay asked a recorded call for something else than the
+        │   │                  first run did (the agent's code changed while it ran)
         │   └── ProviderRejected    an LLM provider refused the request (400, 404, 422...)
         │       ├── ProviderAuthError   ... because of the credentials (401, 403);
         │       │                       ``fatal``: the runtime stops the whole run
@@ -78,7 +81,14 @@ def cannot_listen(host: str, port: int, exc: OSError) -> ConfigError:
 
 
 class AgentLoadError(ConfigError):
-    """Raised when an agent path (``file.py:func`` or ``pkg.mod:func``) cannot be loaded."""
+    """Raised when an agent path (``file.py:func`` or ``pkg.mod:func``) cannot be loaded.
+
+    Raised by an instance (a child process of the process executor could not import the
+    agent the worker runs, or imported it changed), it is ``fatal``: every task of the
+    agent would meet it, so the worker stops and the task goes back to the queue, no
+    attempt spent."""
+
+    fatal: ClassVar[bool] = True
 
 
 class StoreError(LegionError):
@@ -190,6 +200,15 @@ class ChildFailed(Permanent):
     def __init__(self, message: str, failed: dict[int, str]) -> None:
         super().__init__(message)
         self.failed = failed
+
+
+class ReplayMismatch(Permanent):
+    """Raised inside an agent when a replay asks ``ctx.spawn`` or ``ctx.map`` for another
+    agent or input than the child task its first run started at that place: the agent's
+    code changed while the task was in flight (a call added before it, inputs reordered,
+    another agent), or computed the input from something a replay does not see again (the
+    time, a random number, a memory read). Handing it that child's output would be a
+    wrong answer, so the task fails; retry it once the code asks what it asked before."""
 
 
 class InputError(Permanent):

@@ -364,3 +364,38 @@ async def test_remote_steps_are_not_called_independent(rt: Runtime) -> None:
     assert r.status is TaskStatus.SUCCEEDED and r.output == 3
     found = await rt.store.diagnostics(task_id=r.id)
     assert [d for d in found if b"sequential" in d.data] == []
+
+
+@pytest.mark.parametrize(
+    ("new_code", "said"),
+    [
+        ("async def where(ctx, n: int) -> int:\n    return 2\n", "changed since its worker"),
+        ("raise RuntimeError('import boom')\n", "import boom"),
+    ],
+)
+async def test_a_child_that_finds_the_agent_file_changed_stops_the_worker_charging_nothing(
+    db_url: str, tmp_path: Path, new_code: str, said: str
+) -> None:
+    # A deploy wrote new code over the agent's file under a running worker: the children
+    # the pool started after it ran the new code beside the worker's (one worker, two
+    # versions), or, the new file failing to import, failed every task it leased (dead
+    # after its attempts) while the worker showed as healthy.
+    path = tmp_path / f"deployed_{len(said)}.py"
+    path.write_text("async def where(ctx, n: int) -> int:\n    return 1\n")
+    agent = load_agent(f"{path}:where")
+    executors = {"process": ProcessExecutor(processes=1)}
+    async with Runtime(db_url, agents=[agent], executors=executors, executor="process") as rt:
+        path.write_text(new_code)  # before the pool's first child starts
+        task = await rt.submit(agent, 5)
+        with pytest.raises(legion.WorkerStopped, match=said):
+            await rt.result(task.id)
+        assert isinstance(rt.fatal_error, legion.AgentLoadError)
+    store = store_from_url(db_url)
+    await store.open()
+    try:
+        info = await store.get(task.id)
+    finally:
+        await store.aclose()
+    assert info is not None and info.status is TaskStatus.QUEUED  # back for another worker
+    assert info.attempt == 0 and info.error is not None  # no attempt spent, and why
+    assert info.error.type == "AgentLoadError" and said in info.error.message

@@ -31,8 +31,11 @@ _MISSING = object()
 _WAITS = frozenset({"wait_for", "sleep", "approval", "spawn", "map"})
 
 
-def invocation(agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> p.Invocation:
-    """What the remote side needs to run this attempt of ``agent``."""
+def invocation(
+    agent: Agent, ctx: Context, kwargs: Mapping[str, Any], source: bytes | None = None
+) -> p.Invocation:
+    """What the remote side needs to run this attempt of ``agent`` (``source``: see
+    `legion.executors.protocol.Invocation`)."""
     return p.Invocation(
         ref=agent.ref,
         kwargs=p.dumps(dict(kwargs)),
@@ -44,6 +47,7 @@ def invocation(agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> p.Invoc
         steps=dict(ctx.recorded_steps),
         log_level=ctx.log.getEffectiveLevel(),
         sys_path=tuple(sys.path),
+        source=source,
     )
 
 

@@ -36,6 +36,7 @@ from legion.executors import protocol as p
 from legion.executors._child import BROKEN_EXIT, MEMORY_EXIT
 from legion.executors.errors import InstanceLost, MemoryLimitExceeded, ProtocolError
 from legion.executors.host import ContextHost, invocation
+from legion.executors.remote import source_digest
 
 if TYPE_CHECKING:
     from legion.agent import Agent
@@ -68,10 +69,16 @@ class ProcessExecutor:
         self._idle: list[_Child] = []
         self._children: set[_Child] = set()
         self._env = _child_env(memory_limit_mb)
+        self._sources: dict[str, bytes | None] = {}  # agent ref -> its file's digest here
 
     def check(self, agent: Agent) -> None:
-        """Refuse (`ConfigError`) an agent that a child process could not import."""
-        _ = agent.ref
+        """Refuse (`ConfigError`) an agent that a child process could not import, and note
+        its module file's digest as loaded here: a child that imports the file changed
+        (new code written over it under this worker) refuses to run it."""
+        ref = agent.ref
+        module = sys.modules.get(agent.fn.__module__)
+        if ref not in self._sources and module is not None:
+            self._sources[ref] = source_digest(module)
 
     async def start(self) -> None:
         """Nothing to do: children start when instances need them."""
@@ -79,7 +86,7 @@ class ProcessExecutor:
     async def run(self, agent: Agent, ctx: Context, kwargs: Mapping[str, Any]) -> Any:
         """Run one instance in a child; raises what the agent raised, or
         `InstanceLost` when its child died."""
-        request = invocation(agent, ctx, kwargs)
+        request = invocation(agent, ctx, kwargs, self._sources.get(agent.ref))
         async with contextlib.AsyncExitStack() as stack:
             # Waiting for a free child (or for a new one to start) is not attempt time.
             with attempt.waiting("a free child process"):

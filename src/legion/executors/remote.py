@@ -16,6 +16,7 @@ answers an `legion.executors.protocol.Outcome`. The context has the API of
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import io
 import logging
@@ -55,7 +56,7 @@ async def execute(invocation: p.Invocation, link: Link) -> p.Outcome:
     """Run one attempt of the agent to its end; never raises (but for cancellation)."""
     link.notify(p.STARTED)
     try:
-        module, fn = resolve(invocation.ref, invocation.sys_path)
+        module, fn = resolve(invocation.ref, invocation.sys_path, invocation.source)
         kwargs = _load_arguments(invocation.kwargs, module)
         result = await fn(RemoteContext(invocation, link), **kwargs)
         return True, codec.dumps(result)
@@ -71,9 +72,15 @@ async def execute(invocation: p.Invocation, link: Link) -> p.Outcome:
 _resolved: dict[str, tuple[ModuleType, Callable[..., Awaitable[Any]]]] = {}
 
 
-def resolve(ref: str, sys_path: Sequence[str] = ()) -> tuple[ModuleType, Callable[..., Any]]:
+def resolve(
+    ref: str, sys_path: Sequence[str] = (), source: bytes | None = None
+) -> tuple[ModuleType, Callable[..., Any]]:
     """Import the agent's function named by ``ref`` (``module:qualname`` or
-    ``path.py:qualname``), after putting the worker's import path in front of ours."""
+    ``path.py:qualname``), after putting the worker's import path in front of ours.
+
+    ``source``: the digest of the module's file as the worker loaded it (`source_digest`);
+    a file that changed since (a deploy wrote over it under a running worker) is refused
+    with `AgentLoadError`, rather than running code the worker does not run."""
     found = _resolved.get(ref)
     if found is not None:
         return found
@@ -81,6 +88,13 @@ def resolve(ref: str, sys_path: Sequence[str] = ()) -> tuple[ModuleType, Callabl
     sys.path[:0] = missing
     module_ref, _, qualname = ref.rpartition(":")
     module = load_module(module_ref)
+    if source is not None and source_digest(module) != source:
+        raise AgentLoadError(
+            f"the file of {module_ref} changed since its worker started (new code written "
+            "over it under a running worker): a process of the worker will not run other "
+            "code than the worker does. The worker stops and gives its tasks back; start "
+            "it again to run the new code"
+        )
     target: Any = module
     for part in qualname.split("."):
         target = getattr(target, part, None)
@@ -90,6 +104,18 @@ def resolve(ref: str, sys_path: Sequence[str] = ()) -> tuple[ModuleType, Callabl
         raise AgentLoadError(f"{ref} does not name an agent's `async def` function here")
     _resolved[ref] = module, target
     return module, target
+
+
+def source_digest(module: ModuleType) -> bytes | None:
+    """SHA-256 of ``module``'s file as it is now, or ``None`` where it has none to read."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").digest()
+    except OSError:
+        return None
 
 
 def _load_arguments(data: bytes, module: ModuleType) -> dict[str, Any]:

@@ -115,12 +115,13 @@ def waiting_info(row: Sequence[Any]) -> WaitingInfo:
 
 
 def child_info(row: Sequence[Any]) -> ChildInfo:
-    """A child task from ``id, key, status, output, error``."""
-    tid, key, status, output, error = row
+    """A child task from ``id, key, status, output, error, input_hash``."""
+    tid, key, status, output, error, fingerprint = row
     return ChildInfo(
         tid,
         unscoped_key(key),
         TaskStatus(status),
         codec.loads(output) if output is not None else None,
         ErrorInfo.from_json(error),
+        bytes(fingerprint) if fingerprint is not None else None,
     )

@@ -59,6 +59,14 @@ def fingerprint(agent: str, input: bytes) -> bytes:
     return _sha256(agent, codec.canonical(input))
 
 
+def matches(stored: bytes | None, agent: str, input: bytes) -> bool:
+    """Whether a task stored with fingerprint ``stored`` was submitted with this agent and
+    input: by its fingerprint, or by the one of the input as sent, keys in their order
+    (what a task stored before fingerprints were canonical holds). A task stored before
+    fingerprints were kept has none and matches anything."""
+    return stored is None or stored in (fingerprint(agent, input), _sha256(agent, input))
+
+
 def _sha256(agent: str, input: bytes) -> bytes:
     h = hashlib.sha256(agent.encode("utf-8"))
     h.update(b"\x00")

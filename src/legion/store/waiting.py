@@ -18,13 +18,15 @@ from legion.task import ErrorInfo, NewTask, Submitted, TaskStatus
 
 @dataclass(frozen=True, slots=True)
 class ChildInfo:
-    """A child task as its parent sees it (``output`` decoded JSON, once it succeeded)."""
+    """A child task as its parent sees it (``output`` decoded JSON, once it succeeded;
+    ``fingerprint``: what its agent and input were, `legion.store.tenancy.fingerprint`)."""
 
     id: int
     key: str | None
     status: TaskStatus
     output: Any
     error: ErrorInfo | None
+    fingerprint: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

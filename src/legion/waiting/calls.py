@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from legion import codec
-from legion.errors import ChildFailed, WaitError, WaitTimeout
+from legion.errors import ChildFailed, ReplayMismatch, WaitError, WaitTimeout
 from legion.steps import scoped
+from legion.store.tenancy import matches
 from legion.task import NewTask, TaskInfo, TaskStatus, Wait
 from legion.waiting.suspend import Suspended
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from legion.clock import Clock
     from legion.steps import Waiter
     from legion.store.base import ContextStore
+    from legion.store.waiting import ChildInfo
 
 
 CHILD_AGENTS: contextvars.ContextVar[Callable[[Agent], None] | None] = contextvars.ContextVar(
@@ -257,13 +259,41 @@ async def map_children(
         unfinished += len(batch)
         fresh = fresh[room:]
     if not fresh and unfinished == 0:
+        _same_calls(agent, items, prefix, mine)
         return list(await _recorded(ctx, name, lambda: _outputs(prefix, len(items), mine)))
     # Wake when half the window is free (or, with nothing left to submit, when all ended).
     threshold = (limit - max(1, limit // 2)) if fresh else 0
     raise Suspended(Wait(children=threshold))
 
 
-def _outputs(prefix: str, n: int, children: dict[str, Any]) -> list[Any]:
+def _same_calls(
+    agent: Agent | str, items: list[Any], prefix: str, children: dict[str, ChildInfo]
+) -> None:
+    """Refuse children started for another agent or input than this run gives them.
+
+    A child is found by its place (the call's count, the input's index), so code changed
+    while its parent was in flight (a call added before it, inputs reordered, another
+    agent) would find another call's child and hand on its output. Checked once, before
+    the outputs are used: a child started by a mismatched call only makes the parent wait
+    for it first."""
+    agent_name = agent if isinstance(agent, str) else agent.name
+    for i, item in enumerate(items):
+        c = children[f"{prefix}{i}"]
+        sent = codec.dumps(item)
+        if not matches(c.fingerprint, agent_name, sent):
+            shown = sent.decode("utf-8", "replace")
+            shown = shown if len(shown) <= 200 else shown[:200] + "..."
+            raise ReplayMismatch(
+                f"child task {c.id} was started at this place (input {i} of this task's "
+                f"call {prefix.split(':')[2]} to ctx.spawn or ctx.map) for another agent or "
+                f"input than this run gives it ({agent_name!r}, {shown}): the agent's code "
+                "changed while the task ran, or computed the input from what a replay does "
+                "not see again (a time, a random number, a memory read). Its output would be "
+                "another call's: retry the task once its code asks what it asked before"
+            )
+
+
+def _outputs(prefix: str, n: int, children: dict[str, ChildInfo]) -> list[Any]:
     failed = {}
     out = []
     for i in range(n):

@@ -90,7 +90,7 @@ ORDER BY id LIMIT 1 OFFSET %(skip)s;
 UPDATE tasks SET parent_id = %(parent)s WHERE id = ANY(%(ids)b::bigint[]) AND parent_id IS NULL;
 
 -- name: children_of
-SELECT id, key, status, output, error FROM tasks WHERE parent_id = %(parent)s ORDER BY id;
+SELECT id, key, status, output, error, input_hash FROM tasks WHERE parent_id = %(parent)s ORDER BY id;
 
 -- name: waiting_tasks
 SELECT id, agent, tenant, wait_event, wait_count, wait_children, wake_at, wait_info, started_at

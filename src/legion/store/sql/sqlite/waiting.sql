@@ -53,7 +53,7 @@ UPDATE tasks SET parent_id = :parent
 WHERE id IN (SELECT value FROM json_each(:ids)) AND parent_id IS NULL;
 
 -- name: children_of
-SELECT id, key, status, output, error FROM tasks WHERE parent_id = :parent ORDER BY id;
+SELECT id, key, status, output, error, input_hash FROM tasks WHERE parent_id = :parent ORDER BY id;
 
 -- name: waiting_tasks
 SELECT id, agent, tenant, wait_event, wait_count, wait_children, wake_at, wait_info, started_at
