@@ -479,3 +479,33 @@ def test_a_worker_process_an_agent_exits_with_0_is_started_again(tmp_path: Path)
         supervisor.send_signal(signal.SIGTERM)
         _, err = supervisor.communicate(timeout=120)
     assert "exited with 0 though nothing asked it to stop" in err
+
+
+def test_a_worker_serves_a_plain_async_function_named_as_legion_run_names_it(
+    tmp_path: Path,
+) -> None:
+    # `legion run undec.py:hello` ran a plain `async def`, but no worker could serve the
+    # tasks it queued: `legion worker --app undec.py` refused the file (no decorated agent).
+    (tmp_path / "undec.py").write_text(
+        "async def hello(ctx, name: str):\n    return 'hi ' + name\n"
+    )
+    app = str(tmp_path / "undec.py")
+    store = f"sqlite:///{tmp_path / 'plain.db'}"
+    refused = legion("worker", "--app", app, "--store", store)
+    assert refused.returncode == 2
+    assert f"or name one: --app {app}:hello" in refused.stderr, refused.stderr
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"name": "ana"}])
+    out = tmp_path / "out.jsonl"
+    run = start_legion(
+        "run", f"{app}:hello", "-i", str(inp), "-o", str(out), "--store", store, "--no-local-worker"
+    )
+    worker = start_legion("worker", "--app", f"{app}:hello", "--store", store)
+    try:
+        run.communicate(timeout=120)
+        assert run.returncode == 0
+        assert [row["output"] for row in read_jsonl(out)] == ["hi ana"]
+    finally:
+        for proc in (run, worker):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)

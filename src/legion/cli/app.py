@@ -224,7 +224,9 @@ def worker(
         typer.Option(
             "--app",
             "-a",
-            help="The agents to serve: a file (myagents.py) or module (pkg.agents); repeatable.",
+            help="The agents to serve: a file (myagents.py) or module (pkg.agents), every agent "
+            "it defines; FILE:NAME for one (a plain `async def` too, as `legion run` takes it). "
+            "Repeatable.",
         ),
     ],
     store: StoreOpt = DEFAULT_STORE,

@@ -125,7 +125,8 @@ def serve(
         typer.Option(
             "--app",
             "-a",
-            help="The module whose agents to serve: path/to/agents.py or package.module.",
+            help="The module whose agents to serve: path/to/agents.py or package.module; "
+            "FILE:NAME for one (a plain `async def` too, as `legion run` takes it).",
         ),
     ],
     store: StoreOpt = DEFAULT_STORE,

@@ -25,6 +25,7 @@ refuses it (a bad URL, rejected credentials) stops it at once. Exit codes:
 from __future__ import annotations
 
 import ctypes
+import inspect
 import os
 import signal
 import subprocess
@@ -45,7 +46,7 @@ from legion.cli.wiring import (
     until_first,
 )
 from legion.errors import AgentLoadError, StoreError
-from legion.loader import agents_in, load_module
+from legion.loader import agents_in, load_agent, load_module
 from legion.provision.exits import EXIT_BUDGET, EXIT_FINAL, EXIT_STORE, FINAL_EXITS, WHY_FINAL
 from legion.resources import satisfies
 from legion.run.freeze import FROZE_EXIT_CODE
@@ -63,13 +64,25 @@ class WorkerOptions:
 
 
 def load_agents(apps: tuple[str, ...]) -> list[Agent]:
-    """Every agent defined at the top level of the given modules."""
+    """Every agent defined at the top level of the given modules; ``FILE:NAME`` (or
+    ``module:NAME``) names one, a plain ``async def`` too, as `legion run` takes it."""
     found: list[Agent] = []
     for app in apps:
-        agents = agents_in(load_module(app))
+        module_ref, sep, attr = app.rpartition(":")
+        if sep and module_ref and attr.isidentifier():
+            found.append(load_agent(app))
+            continue
+        module = load_module(app)
+        agents = agents_in(module)
         if not agents:
+            plain = [
+                name
+                for name, value in vars(module).items()
+                if inspect.iscoroutinefunction(value) and not name.startswith("_")
+            ]
+            named = f", or name one: --app {app}:{plain[0]}" if plain else ""
             raise AgentLoadError(
-                f"{app} defines no agent (decorate async functions with @legion.agent)"
+                f"{app} defines no agent (decorate async functions with @legion.agent{named})"
             )
         found.extend(agents)
     return found
