@@ -761,3 +761,54 @@ async def test_the_pools_reconnection_warnings_are_held_unless_asked_for(
     await store.open()
     await store.aclose()
     assert pool_log.level == (set_by_application or logging.ERROR)
+
+
+async def test_stores_opening_together_wait_for_the_migration_past_the_roles_lock_timeout(
+    postgres_url: str,
+) -> None:
+    # A managed service's role with `lock_timeout` (or `statement_timeout`) set: workers
+    # started together on a new schema failed to open (exit 2), "canceling statement due
+    # to lock timeout", while another's migration held the lock they wait on.
+    options = dict(parse_qsl(urlsplit(postgres_url).query))["options"]
+    guarded = with_params(postgres_url, options=options + " -clock_timeout=1")
+    schema = options.split("search_path=")[1].split()[0]
+    holder = await psycopg.AsyncConnection.connect(libpq_url(postgres_url), autocommit=True)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('legion.migrate'), hashtext(%s))", (schema,)
+        )
+        store = store_from_url(guarded)
+        opening = asyncio.create_task(store.open())
+        for _ in range(3000):  # until it waits on the lock the "migration" ahead holds
+            cur = await holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            row = await cur.fetchone()
+            if (row is not None and row[0]) or opening.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not opening.done(), opening.exception()
+        await holder.execute("COMMIT")
+        await opening
+        await store.aclose()
+    finally:
+        await holder.close()
+
+
+@pytest.mark.parametrize(
+    "password", ["se/cretA", "se@cr/etD", "p@ss:w/rd#?&%x y", "se%cretF", "se cretG", "se?cretC"]
+)
+async def test_a_password_written_raw_in_the_url_is_in_no_error(
+    postgres_server: str, password: str
+) -> None:
+    # A password not percent-encoded ('/', '@', '?', '%', a space) was printed, whole or
+    # in part: libpq ends the credentials at the first '/' or '@', and quotes what it
+    # cannot parse in its own message.
+    url = f"postgresql://lowpriv:{password}@127.0.0.1:5432/test"
+    with pytest.raises((ConfigError, StoreError)) as refused:
+        store = store_from_url(url)
+        await store.open()
+    said = str(refused.value)
+    for piece in [password, *password.replace("@", "/").replace("?", "/").split("/")]:
+        assert len(piece) < 4 or piece not in said, said

@@ -20,7 +20,12 @@ from legion.store import redact_url, store_from_url
         # as libpq reads it: '#' and '?' are part of a password, the first '@' ends it
         ("postgresql://u:Hunter#2s@h:5432/db", "postgresql://u:***@h:5432/db"),
         ("postgresql://u:a?b@h/db", "postgresql://u:***@h/db"),
-        ("postgresql://u:pw@h/db?user=x@y", "postgresql://u:***@h/db?user=x@y"),
+        # a password typed raw ('/', '@', a space): all up to the last '@' is hidden, where
+        # libpq would read part of it as the host or the database (so, with a '@' in
+        # the query too, more than the password)
+        ("postgresql://u:se/cret@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:se@cr/et x@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:pw@h/db?user=x@y", "postgresql://u:***@y"),
         # passwords given as parameters
         ("postgresql://u@h/db?password=S3cret", "postgresql://u@h/db?password=***"),
         (
@@ -61,3 +66,21 @@ def test_redact_text_hides_every_password_in_a_text() -> None:
         assert secret not in shown, shown
     assert "postgresql://u:***@h/db" in shown and "redis://:***@h:6379" in shown
     assert redact_text("no secrets here") == "no secrets here"
+
+
+def test_a_full_server_is_waited_for_not_refused() -> None:
+    # At max_connections the server answers FATAL "remaining connection slots are
+    # reserved ...": read as a refusal, every worker of a fleet exited 2 at once.
+    import psycopg
+
+    from legion.store.postgres import _transient
+
+    for said in (
+        "FATAL:  remaining connection slots are reserved for non-replication superuser "
+        "connections",
+        "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER "
+        "attribute",
+        "FATAL:  sorry, too many clients already",
+    ):
+        assert _transient(psycopg.OperationalError(f"connection failed: {said}"))
+    assert not _transient(psycopg.OperationalError("FATAL:  password authentication failed"))

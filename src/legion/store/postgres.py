@@ -93,7 +93,7 @@ from legion.store.types import (
     WriteBatch,
     terminal_statuses,
 )
-from legion.store.urls import redact_url
+from legion.store.urls import redact_url, scrub, url_secrets
 from legion.store.waits import QueueWaits
 from legion.task import (
     Completion,
@@ -135,7 +135,14 @@ PROCESS_TAG = f"legion-{uuid.uuid4().hex[:16]}"
 a worker that must exit while its event loop is frozen ends them by it, so that their
 open transactions release their locks at once (see `legion.store.freeze`)."""
 # Connection failures in which the server answered but cannot serve yet.
-_NOT_YET = ("starting up", "shutting down", "in recovery", "too many", "not yet accepting")
+_NOT_YET = (
+    "starting up",
+    "shutting down",
+    "in recovery",
+    "too many",
+    "not yet accepting",
+    "remaining connection slots are reserved",  # the server is full (max_connections)
+)
 
 
 class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
@@ -169,6 +176,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         except ValueError as exc:  # urllib's: a malformed host ("[::1"), a bad port
             raise ConfigError(f"bad PostgreSQL URL: {exc}") from exc
         self._where = redact_url(url)
+        self._secrets = url_secrets(url)  # what of its password a message may echo
         try:
             self._min_size = int(options.get("pool_min_size", 1)) if min_size is None else min_size
             self._max_size = int(options.get("pool_max_size", 10)) if max_size is None else max_size
@@ -186,7 +194,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             self._conninfo = _with_bounds(conninfo, bounds, server=True)
         except psycopg.ProgrammingError as exc:  # libpq refuses the URL (a parameter, a port)
             raise ConfigError(
-                f"bad PostgreSQL URL {self._where}: {_said(exc)} (besides legion's "
+                f"bad PostgreSQL URL {self._where}: {self._said(exc)} (besides legion's "
                 f"{', '.join(sorted(_POOL_PARAMS))}, the URL takes libpq's parameters; a "
                 "schema of its own: options=-csearch_path%3Dname)"
             ) from exc
@@ -220,7 +228,14 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             async with conn:
                 self._channel = await self._migrate(conn)
         except psycopg.Error as exc:
-            raise StoreError(f"{self._where} is not a usable legion store: {_said(exc)}") from exc
+            said = self._said(exc)
+            if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+                said += (
+                    " (the role may not create legion's tables there: give it a schema of its "
+                    "own, which it owns, named in the URL: options=-csearch_path%3Dname; or "
+                    "let the schema's owner GRANT CREATE ON SCHEMA to it)"
+                )
+            raise StoreError(f"{self._where} is not a usable legion store: {said}") from exc
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self._conninfo,
             kwargs={"autocommit": True},
@@ -234,8 +249,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await pool.open(wait=True, timeout=self._timeout)
         except psycopg.Error as exc:
             await pool.close()
-            raise StoreUnavailable(f"cannot connect to {self._where}: {_said(exc)}") from exc
+            raise StoreUnavailable(f"cannot connect to {self._where}: {self._said(exc)}") from exc
         self._pool = pool
+
+    def _said(self, exc: BaseException) -> str:
+        """``exc``'s message on one line, with nothing of the URL's password in it."""
+        return scrub(_said(exc), self._secrets)
 
     async def _connect_error(self, exc: psycopg.Error) -> ConfigError | StoreError:
         """A ConfigError if the server is up but the database is missing; a
@@ -255,12 +274,19 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             except psycopg.Error:
                 pass  # no way to tell: report the first error
         if _transient(exc):
-            return StoreUnavailable(f"cannot connect to {self._where}: {_said(exc)}")
-        return StoreError(f"{self._where} refused the connection: {_said(exc)}")
+            return StoreUnavailable(f"cannot connect to {self._where}: {self._said(exc)}")
+        return StoreError(f"{self._where} refused the connection: {self._said(exc)}")
 
     async def _migrate(self, conn: Connection) -> str:
         """Bring the schema up to date; answer the work channel. Workers starting together
-        take turns on an advisory lock, so each migration runs once."""
+        take turns on an advisory lock, so each migration runs once.
+
+        The role's or the database's own ``statement_timeout`` and ``lock_timeout`` (a
+        managed service's guardrails) are lifted on this connection: the wait for the lock
+        lasts as long as the migration ahead of it, and a migration that rewrites a large
+        table takes what it takes; cut short, every worker but the first failed to open."""
+        for setting in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"):
+            await conn.execute(f"SET {setting} = 0")
         cur = await conn.execute(Q["current_schema"])
         schema = _one(await cur.fetchone())
         if schema is None:
@@ -350,12 +376,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                         lost = conn.broken and not cut
         except psycopg.errors.QueryCanceled as exc:  # statement_timeout
             raise StoreUnavailable(
-                f"the store at {self._where} did not answer within {limit:g}s: {_said(exc)}"
+                f"the store at {self._where} did not answer within {limit:g}s: {self._said(exc)}"
             ) from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout, TimeoutError) as exc:
             if _past_a_limit(exc):  # a row or statement the server will never take
                 raise StoreError(
-                    f"the store at {self._where} cannot hold it: {_said(exc)}"
+                    f"the store at {self._where} cannot hold it: {self._said(exc)}"
                 ) from exc
             if lost:  # the server went away: drop the other idle connections too
                 await _check(pool, limit)
@@ -364,12 +390,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     f"the store at {self._where} did not answer within {limit:g}s"
                 ) from exc
             raise StoreUnavailable(
-                f"the store at {self._where} is unavailable: {_said(exc)}"
+                f"the store at {self._where} is unavailable: {self._said(exc)}"
             ) from exc
         except psycopg.Error as exc:
             if lost:
                 await _check(pool, limit)
-            raise StoreError(f"the store at {self._where} failed: {_said(exc)}") from exc
+            raise StoreError(f"the store at {self._where} failed: {self._said(exc)}") from exc
 
     @asynccontextmanager
     async def _cursor(self, *, transaction: bool = False) -> AsyncIterator[Cursor]:
@@ -910,7 +936,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     async for _ in conn.notifies():
                         self._wake_waiters()
             except psycopg.Error as exc:
-                log.warning("listening for new work on %s failed: %s", self._where, exc)
+                log.warning("listening for new work on %s failed: %s", self._where, self._said(exc))
             missed = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

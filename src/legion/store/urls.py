@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
-# How libpq reads a URL's credentials: after the scheme, up to the first '@' or '/'
-# (a '#' or '?' in a password is part of it, a raw '@' ends it).
-_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://[^:@/]*:)[^@/]*@")
+# A URL's password: after the scheme and the user name, up to the last '@'. libpq ends
+# the credentials at the first '@' or '/', but a password typed raw (not percent-encoded:
+# '/', '@', '?', '%', a space, as generated passwords have) then lands in the host or the
+# database's name, which a message shows; so all up to the last '@' is hidden (in the
+# rare URL with a '@' in its query too, more than the password).
+_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://[^:@/?#]*:).*@", re.DOTALL)
 # Parameters that carry a secret, in the query string (``?password=...``).
 _SECRET_PARAM = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
 # The same in a libpq key/value string ("host=h password=secret"), quoted or not.
@@ -29,8 +32,28 @@ def redact_url(url: str) -> str:
 
 
 # A URL's password anywhere in a text (``... postgresql://u:secret@host/db ...``).
-_ANY_USERINFO = re.compile(r"([A-Za-z][\w+.-]*://[^:@/\s]*:)[^@/\s]*@")
+_ANY_USERINFO = re.compile(r"([A-Za-z][\w+.-]*://[^:@/?#\s]*:)\S*@")
 _ANY_SECRET_PARAM = re.compile(r"((?:[?&\s]|^)(?:ssl)?password=)[^&\s'\"]*", re.IGNORECASE)
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """What of ``url``'s password a message about it may echo (libpq quotes the part of
+    a URL it could not parse: ``invalid percent-encoded token: "se%cret"``): the password
+    as written and its pieces between the characters that end a URL's parts, the short
+    ones left (they would hide words of the message). For `scrub`."""
+    found = _USERINFO.match(url)
+    if found is None:
+        return ()
+    secret = url[found.end(1) : found.end() - 1]
+    pieces = {secret, *re.split(r"[/?#@%&=:\s]+", secret)}
+    return tuple(sorted((p for p in pieces if len(p) >= 4), key=len, reverse=True))
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each of ``secrets`` (`url_secrets`) as ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def redact_text(text: str) -> str:
