@@ -76,10 +76,8 @@ def test_a_full_server_is_waited_for_not_refused() -> None:
     from legion.store.postgres import _transient
 
     for said in (
-        "FATAL:  remaining connection slots are reserved for non-replication superuser "
-        "connections",
-        "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER "
-        "attribute",
+        "FATAL:  remaining connection slots are reserved for non-replication superuser connections",
+        "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute",
         "FATAL:  sorry, too many clients already",
     ):
         assert _transient(psycopg.OperationalError(f"connection failed: {said}"))

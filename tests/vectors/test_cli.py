@@ -127,6 +127,7 @@ def test_load_skips_a_line_no_store_can_keep_and_loads_the_rest(tmp_path: Path) 
         '{"text": "lone \\ud800 surrogate"}\n'
         '{"id": "b", "text": "rated", "rating": NaN}\n'
         '{"id": "c", "text": "big", "n": 1180591620717411303424}\n'
+        '{"id": "e", "text": "nul \\u0000 inside"}\n'
         '{"id": "d", "text": "the last document"}\n'
     )
     loaded = legion("vectors", "load", "kb", "--input", str(corpus), "--store", store)
@@ -134,6 +135,7 @@ def test_load_skips_a_line_no_store_can_keep_and_loads_the_rest(tmp_path: Path) 
     assert "Traceback" not in loaded.stderr, loaded.stderr
     for line in (2, 3, 4):
         assert f"corpus.jsonl:{line}: not JSON" in loaded.stderr, loaded.stderr
+    assert "corpus.jsonl:5: its text, id or metadata holds a NUL character" in loaded.stderr
     assert "2 documents, 2 chunks (2 embedded, 0 already loaded)" in loaded.stdout
 
 
@@ -215,6 +217,26 @@ def test_a_reload_embeds_edited_documents_anew_and_drops_a_shortened_ones_tail(
     )
     assert found.returncode == 0, found.stderr
     assert [json.loads(line)["id"] for line in found.stdout.splitlines()] == ["tagged#0"]
+
+
+def test_a_reload_counts_every_deleted_chunk_whatever_its_concurrency(tmp_path: Path) -> None:
+    # Batches loaded at once each added their deletions to the count read before their
+    # own await: "24 deleted" where 80 went, a number that changed from run to run.
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    three = (
+        "The first part, which is about {n}.\n\nThe second part, which is about {n}."
+        "\n\nThe third part, which is about {n}."
+    )
+    before = [{"id": f"d{n}", "text": three.format(n=n)} for n in range(40)]
+    after = [{"id": f"d{n}", "text": f"The first part, which is about {n}."} for n in range(40)]
+    a, b = write_jsonl(tmp_path / "a.jsonl", before), write_jsonl(tmp_path / "b.jsonl", after)
+    opts = ("--store", store, "--chunk-chars", "50", "--batch", "1", "--concurrency", "8")
+    first = legion("vectors", "load", "kb", "--input", str(a), *opts)
+    assert first.returncode == 0, first.stderr
+    assert "40 documents, 120 chunks" in first.stdout, first.stdout
+    second = legion("vectors", "load", "kb", "--input", str(b), *opts)
+    assert second.returncode == 0, second.stderr
+    assert "80 deleted (past a shortened document's end)" in second.stdout, second.stdout
 
 
 def test_a_load_that_cannot_start_creates_no_store(tmp_path: Path) -> None:

@@ -255,6 +255,22 @@ async def test_bad_input_is_a_clear_error_and_writes_nothing(
         async def other_model(ctx: legion.Context) -> None:
             await ctx.vectors("small", scope="shared", model="other").add(["x"])
 
+        @legion.agent(retries=3, backoff=0)
+        async def nul_text(ctx: legion.Context) -> None:
+            await ctx.vectors("fresh", scope="shared").add(["a\x00b"])
+
+        @legion.agent(retries=3, backoff=0)
+        async def nul_metadata(ctx: legion.Context) -> None:
+            await ctx.vectors("fresh", scope="shared").add(["ok"], metadata={"k": ["v\x00"]})
+
+        @legion.agent(retries=3, backoff=0)
+        async def nul_id(ctx: legion.Context) -> None:
+            await ctx.vectors("fresh", scope="shared").add(["ok"], ids=["i\x00d"])
+
+        # A NUL was kept by SQLite and failed PostgreSQL's write as a store error, retried
+        # (and embedded again) every attempt.
+        for agent, what in ((nul_text, "text 0"), (nul_metadata, "metadata"), (nul_id, "an id")):
+            assert f"{what} holds a NUL character" in await fails(agent)
         assert "wrong dimension" in await fails(wrong_dimension)
         assert "text 1 is empty" in await fails(empty_text)
         assert "no shared vector collection 'nowhere'" in await fails(missing)

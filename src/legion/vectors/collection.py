@@ -24,6 +24,7 @@ from legion.llm.embeddings import Embeddings
 from legion.steps import StepRecorder
 from legion.vectors.backend import VectorBackend, vectors_for
 from legion.vectors.types import (
+    NUL_REFUSED,
     SHARED,
     CollectionInfo,
     Hit,
@@ -35,6 +36,7 @@ from legion.vectors.types import (
     check_same,
     check_scope,
     check_where,
+    nul_in,
 )
 
 if TYPE_CHECKING:
@@ -260,6 +262,8 @@ def check_add(
     for n, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise VectorError(f"text {n} is empty or not a string: {text!r}")
+        if nul_in(text):
+            raise VectorError(f"text {n} {NUL_REFUSED}")
     if metadata is None:
         metas: list[dict[str, Any]] = [{} for _ in texts]
     elif isinstance(metadata, Mapping):
@@ -272,6 +276,8 @@ def check_add(
         codec.dumps(metas)
     except OutputError as exc:
         raise VectorError(f"metadata must be JSON: {exc}") from exc
+    if nul_in(metas):
+        raise VectorError(f"metadata {NUL_REFUSED}")
     given = None
     if ids is not None:
         if isinstance(ids, str):
@@ -283,6 +289,8 @@ def check_add(
             raise VectorError("ids must be non-empty strings")
         if len(set(given)) != len(given):
             raise VectorError("ids must be unique within one add")
+        if nul_in(given):
+            raise VectorError(f"an id {NUL_REFUSED}")
     return texts, metas, given
 
 

@@ -27,12 +27,14 @@ from legion.llm.client import LLMClient
 from legion.vectors.backend import VectorBackend
 from legion.vectors.chunking import DEFAULT_CHUNK_CHARS, chunk
 from legion.vectors.types import (
+    NUL_REFUSED,
     SHARED,
     CollectionInfo,
     Item,
     check_direction,
     check_name,
     check_same,
+    nul_in,
 )
 
 _BOM = b"\xef\xbb\xbf"
@@ -94,6 +96,8 @@ def read_chunks(path: Path, max_chars: int, report: LoadReport) -> Iterator[Chun
                     doc = {"text": doc}
                 if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
                     raise ValueError('expected {"text": "...", ...} or a JSON string')
+                if nul_in(doc):
+                    raise ValueError(f"its text, id or metadata {NUL_REFUSED}")
             except codec.JSONDecodeError as exc:
                 report.bad_lines += 1
                 report.errors.append(f"{path}:{number}: not JSON: {codec.json_error(exc)}")
@@ -216,7 +220,10 @@ async def load(
                     await backend.set_metadata(info_box[0], SHARED, retagged)
                     report.retagged += len(retagged)
                 for beyond in after.keys() & have.keys():
-                    report.removed += await _delete_from(backend, info_box[0], after[beyond])
+                    # (not `report.removed += await ...`: that reads the count before the
+                    # await, and the other batches' deletions meanwhile were lost)
+                    gone = await _delete_from(backend, info_box[0], after[beyond])
+                    report.removed += gone
             else:
                 todo = chunks
             report.skipped += len(chunks) - len(todo)

@@ -72,6 +72,21 @@ def check_name(name: object) -> str:
     return name
 
 
+def nul_in(value: Any) -> bool:
+    """Whether ``value`` (text, or JSON: its keys too) holds a NUL character, which
+    PostgreSQL keeps in no text or JSON column: refused on every store alike."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(nul_in(k) or nul_in(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(nul_in(v) for v in value)
+    return False
+
+
+NUL_REFUSED = "holds a NUL character (U+0000), which no store keeps: remove it"
+
+
 def check_scope(scope: object) -> Scope:
     if scope == "session" or scope == "shared":
         return scope
