@@ -43,6 +43,8 @@ def test_purge_deletes_what_ended_and_a_purged_line_runs_again(tmp_path: Path) -
     purged = legion("purge", "--older-than", "0", "--status", "succeeded", *store)
     assert purged.returncode == 0, purged.stderr
     assert purged.stdout.startswith("2\t") and "with their steps" in purged.stderr
+    assert "0 vectors of their own sessions" in purged.stderr
+    assert not (tmp_path / "legion.vectors.db").exists()  # none made for nothing
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT status FROM tasks").fetchall() == [("failed",)]
         assert conn.execute("SELECT count(*) FROM steps").fetchone() == (0,)

@@ -1012,7 +1012,9 @@ async def test_purge_deletes_the_memory_only_a_purged_task_could_read(store: Sto
     writes.append(MemoryWrite(f"task-{other.id}", "k", b"2"))  # the default tenant's, unrelated
     await store.write(WriteBatch(memory=writes), NOW)
     await store.write(WriteBatch(completions=[done(t, 1, "w") for t in own]), NOW + 1)
-    assert (await store.purge(NOW + 50, ended)).tasks == 3
+    purged = await store.purge(NOW + 50, ended)
+    assert purged.tasks == 3
+    assert sorted(purged.sessions) == sorted([own[alone.id], own[other.id]])  # (not "s")
     assert await store.memory_get(own[alone.id], "k") is None
     assert await store.memory_get(own[other.id], "k") is None
     assert await store.memory_get("s", "k") == b"1"

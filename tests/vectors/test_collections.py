@@ -133,6 +133,36 @@ async def test_sessions_are_isolated_and_shared_is_shared(
     assert all(results[s]["common"] == both for s in results)
 
 
+async def test_a_purged_task_takes_its_own_sessions_vectors_and_leaves_the_rest(
+    vec_url: str, sim: SimulatedProvider
+) -> None:
+    # A purge took the memory of a task that ran without a session (its own, task-<id>)
+    # and left its session-scoped vectors, which no other task reads: they grew for ever.
+    from legion.cli.purge import drop_vectors
+
+    @legion.agent
+    async def note(ctx: legion.Context, text: str) -> None:
+        await ctx.vectors("turns").add([text])
+        await ctx.vectors("common", scope="shared").add([text], ids=[text])
+
+    async with Runtime(vec_url, llm=sim_client(sim)) as rt:
+        alone = await rt.submit(note, "a note of a task alone")
+        named = await rt.submit(note, "a note of a named session", session="kept")
+        for t in (alone, named):
+            assert (await rt.result(t.id)).status is TaskStatus.SUCCEEDED
+        now = await rt.store.now()
+        purged = await rt.store.purge(now + 1, [TaskStatus.SUCCEEDED])
+        assert purged.tasks == 2 and purged.sessions == (f"task-{alone.id}",)
+        assert await drop_vectors(rt.store, purged.sessions) == 1
+        backend = vectors_for(rt.store)
+        turns = await backend.collection("turns")
+        common = await backend.collection("common")
+        assert turns is not None and common is not None
+        assert await backend.count(turns, f"task-{alone.id}") == 0
+        assert await backend.count(turns, "kept") == 1  # a named session's stays
+        assert await backend.count(common, "") == 2  # and a shared collection whole
+
+
 async def test_two_tenants_naming_one_session_share_no_memory_and_no_vectors(
     vec_url: str, sim: SimulatedProvider
 ) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import math
 import re
 import signal
+import weakref
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -19,6 +20,8 @@ import typer
 
 from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
 from legion.cli.progress import stderr_console
+from legion.errors import VectorError
+from legion.store import Store
 from legion.task import TaskStatus
 
 ENDED = tuple(s.value for s in TaskStatus if s.terminal)  # succeeded, failed, dead, cancelled
@@ -48,6 +51,26 @@ def parse_age(text: str) -> float:
 
 MAX_AGE = 36_500 * 86_400.0
 """The oldest cut: a hundred years (an older one has no date)."""
+
+
+async def drop_vectors(store: Store, sessions: tuple[str, ...]) -> int:
+    """The session-scoped vectors of the purged tasks' own sessions (as their memory):
+    how many went. A store whose vectors this install cannot open (no vectors extra)
+    keeps them, said once."""
+    if not sessions:
+        return 0
+    from legion.vectors.backend import drop_sessions
+
+    try:
+        return await drop_sessions(store, sessions)
+    except VectorError as exc:
+        if store not in _SAID:
+            _SAID.add(store)
+            stderr_console().print(f"the purged tasks' vectors are kept: {exc}", highlight=False)
+        return 0
+
+
+_SAID: weakref.WeakSet[Store] = weakref.WeakSet()
 
 
 def register(app: typer.Typer) -> None:
@@ -85,10 +108,10 @@ def register(app: typer.Typer) -> None:
         is kept and has not succeeded (it reads its children's ends; a failed one may be
         retried, which would run purged children again). A deleted task's idempotency key is
         free again: submitted anew (a `legion run` of the same file again, a client's
-        retry), it runs again; its id never is. The memory of a task that ran without a
-        session (its own, which no other task reads) goes with it; named sessions' memory
-        and vector collections are kept. Goes a chunk of 1,000 at a time, oldest first, so
-        the workers sharing the store go on.
+        retry), it runs again; its id never is. The memory and session-scoped vectors of a
+        task that ran without a session (its own session, `task-<id>`) go with it; named
+        sessions' and shared collections are kept. Goes a chunk of 1,000 at a time, oldest
+        first, so the workers sharing the store go on.
 
         The space freed is reused by new tasks; the files keep their size. To give it
         back: `sqlite3 FILE VACUUM` with the workers stopped (it rewrites the file holding
@@ -124,7 +147,7 @@ def register(app: typer.Typer) -> None:
                     n = await s.purgeable(before, statuses, agent=agent)
                     print(f"{n}\t{which} ended before {when} would be purged (dry run)")
                     return
-                tasks = events = chunks = 0
+                tasks = events = chunks = vectors = 0
                 loop = asyncio.get_running_loop()
                 me = asyncio.current_task()
                 assert me is not None
@@ -134,6 +157,7 @@ def register(app: typer.Typer) -> None:
                         purged = await s.purge(before, statuses, agent=agent, limit=CHUNK)
                         tasks += purged.tasks
                         events += purged.events
+                        vectors += await drop_vectors(s, purged.sessions)
                         if not purged.tasks and not purged.events:
                             break
                         chunks += 1
@@ -152,8 +176,9 @@ def register(app: typer.Typer) -> None:
                 print(f"{tasks}\t{which} ended before {when} purged")
                 console.print(
                     f"purged {tasks:,} {which} that ended before {when}, with their steps, "
-                    f"attempts, diagnostics, signals, own memory and {events:,} change-feed "
-                    "rows (the space is reused by new tasks: see --help to give it back)",
+                    f"attempts, diagnostics, signals, own memory, {vectors:,} vectors of "
+                    f"their own sessions and {events:,} change-feed rows (the space is reused "
+                    "by new tasks: see --help to give it back)",
                     highlight=False,
                 )
 

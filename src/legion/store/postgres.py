@@ -700,10 +700,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         }
         async with self._cursor(transaction=True) as cur:
             await cur.execute(Q["purge_tasks"], params)
-            tasks = int(_one(await cur.fetchone()))
+            row = await cur.fetchone()
+            assert row is not None
+            tasks, own = int(row[0]), tuple(row[1])
             await cur.execute(Q["purge_events"], params)
             events = max(0, cur.rowcount)
-        return Purged(tasks=tasks, events=events)
+        return Purged(tasks=tasks, events=events, sessions=own)
 
     async def purgeable(
         self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None

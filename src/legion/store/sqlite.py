@@ -633,16 +633,16 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         def run(db: sqlite3.Connection) -> Purged:
             params = {"before": before, "statuses": terminal, "agent": agent, "limit": limit}
             rows = db.execute(Q["purge_tasks"], params).fetchall()
+            own = [str(scoped_key(r[1], f"task-{r[0]}")) for r in rows if r[4] is None]
             if rows:
                 ids = {"ids": codec.dumps([r[0] for r in rows]).decode()}
                 for name in _PURGED_WITH_TASKS:
                     db.execute(Q[name], ids)
-                own = [scoped_key(r[1], f"task-{r[0]}") for r in rows if r[4] is None]
                 if own:
                     db.execute(Q["purge_memory"], {"sessions": codec.dumps(own).decode()})
                 count_removed(db, ((r[1], r[2], r[3]) for r in rows))
             events = db.execute(Q["purge_events"], params).rowcount
-            return Purged(tasks=len(rows), events=max(0, events))
+            return Purged(tasks=len(rows), events=max(0, events), sessions=tuple(own))
 
         return await self._call(self._transaction, run)
 

@@ -188,10 +188,13 @@ class Reclaimed:
 @dataclass(frozen=True, slots=True)
 class Purged:
     """What one `Store.purge` call deleted: ended tasks (with what hangs off them) and
-    change-feed rows."""
+    change-feed rows. ``sessions``: the own sessions (`task-<id>`, as stored: within their
+    tenant) of the purged tasks that ran without one, whose memory went with them; what
+    else is kept per session (vectors, in a backend of their own) goes by them too."""
 
     tasks: int
     events: int
+    sessions: tuple[str, ...] = ()
 
 
 def terminal_statuses(statuses: Sequence[TaskStatus]) -> list[str]:

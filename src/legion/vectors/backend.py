@@ -67,6 +67,12 @@ class VectorBackend(Protocol):
 
     async def count(self, info: CollectionInfo, session: str) -> int: ...
 
+    async def drop_sessions(self, sessions: Sequence[str]) -> int:
+        """Delete every item of ``sessions`` (as stored: within their tenant) from every
+        session-scoped collection; answers how many there were. Creates nothing: a store
+        that never held vectors answers 0."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -101,6 +107,15 @@ def vectors_for(store: Any) -> VectorBackend:
     _backends[store] = backend
     weakref.finalize(store, _close_quietly, backend)
     return backend
+
+
+async def drop_sessions(store: Any, sessions: Sequence[str]) -> int:
+    """What `legion purge` does with the own sessions of the tasks it purged: their
+    session-scoped vectors go as their memory did. 0 where the store never held vectors
+    (nothing is made for it: no vectors file, no pgvector extension)."""
+    if not sessions:
+        return 0
+    return await vectors_for(store).drop_sessions(sessions)
 
 
 def _close_quietly(backend: VectorBackend) -> None:

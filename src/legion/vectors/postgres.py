@@ -300,6 +300,21 @@ class PostgresVectors:
             )
             return int(cur.rowcount)
 
+    async def drop_sessions(self, sessions: Sequence[str]) -> int:
+        dropped = 0
+        async with self._pg()._connection() as conn:
+            cur = await conn.execute(Q["collections_table"])
+            if not _first(await cur.fetchone()):
+                return 0  # (never held vectors: the extension is not asked for)
+            cur = await conn.execute(Q["session_collections"])
+            for (cid,) in await cur.fetchall():
+                table = sql.Identifier(f"vector_items_{cid}")
+                cur = await conn.execute(
+                    sql.SQL(Q["drop_sessions"]).format(table=table), {"sessions": list(sessions)}
+                )
+                dropped += int(cur.rowcount)
+        return dropped
+
     async def stored(
         self, info: CollectionInfo, session: str, ids: Sequence[str]
     ) -> dict[str, tuple[str, dict[str, Any]]]:

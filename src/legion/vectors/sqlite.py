@@ -248,6 +248,18 @@ class SQLiteVectors:
             lambda: self._guard(lambda: int(self._conn().execute(Q["count"], params).fetchone()[0]))
         )
 
+    async def drop_sessions(self, sessions: Sequence[str]) -> int:
+        params = {"sessions": json.dumps(list(sessions))}
+
+        def run() -> int:
+            if self._db is None and self.path != ":memory:" and not Path(self.path).exists():
+                return 0  # (never held vectors: no file is made for nothing)
+            return self._transaction(
+                lambda db: int(db.execute(Q["drop_sessions"], params).rowcount)
+            )
+
+        return await self._call(lambda: self._guard(run))
+
     async def aclose(self) -> None:
         await self._call(self._close)
         self._thread.shutdown(wait=False)

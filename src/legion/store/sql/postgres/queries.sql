@@ -593,15 +593,17 @@ WITH gone AS (
     DELETE FROM signals WHERE task_id IN (SELECT id FROM gone)
 ), batch_calls_gone AS (
     DELETE FROM llm_batch_calls WHERE task_id IN (SELECT id FROM gone)
+), own AS (
+    -- The sessions of those that ran without one: their own (`task-<id>`, within their
+    -- tenant: legion.store.tenancy.scoped_key), which no other task reads.
+    SELECT CASE WHEN tenant = 'default' THEN 'task-' || id
+                ELSE chr(31) || tenant || chr(31) || 'task-' || id END AS session
+    FROM gone WHERE session IS NULL
 ), memory_gone AS (
-    -- The memory of those that ran without a session: their own (`task-<id>`, within
-    -- their tenant: legion.store.tenancy.scoped_key), which no other task reads.
-    DELETE FROM memory WHERE session IN (
-        SELECT CASE WHEN tenant = 'default' THEN 'task-' || id
-                    ELSE chr(31) || tenant || chr(31) || 'task-' || id END
-        FROM gone WHERE session IS NULL)
+    DELETE FROM memory WHERE session IN (SELECT session FROM own)
 )
-SELECT count(*) FROM gone;
+-- How many went, and their own sessions (their vectors go by them: legion purge).
+SELECT (SELECT count(*) FROM gone), ARRAY(SELECT session FROM own);
 
 -- name: purgeable
 SELECT count(*) FROM tasks AS t

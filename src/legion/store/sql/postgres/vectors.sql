@@ -85,3 +85,12 @@ SELECT count(*) FROM {table} WHERE session = %(session)s;
 
 -- name: count_all
 SELECT count(*) FROM {table};
+
+-- name: session_collections
+SELECT id FROM vector_collections WHERE scope = 'session' ORDER BY id;
+
+-- name: drop_sessions
+DELETE FROM {table} WHERE session = ANY(%(sessions)s);
+
+-- name: collections_table
+SELECT to_regclass('vector_collections') IS NOT NULL;

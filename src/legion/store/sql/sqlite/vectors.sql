@@ -49,3 +49,7 @@ SELECT count(*) FROM vector_items WHERE collection = :collection AND session = :
 -- name: set_metadata
 -- Positional (executemany): metadata, collection, session, id.
 UPDATE vector_items SET metadata = ? WHERE collection = ? AND session = ? AND id = ?;
+
+-- name: drop_sessions
+-- Every item of these sessions (a shared collection's are under '', never one of them).
+DELETE FROM vector_items WHERE session IN (SELECT value FROM json_each(:sessions));
