@@ -416,3 +416,13 @@ def test_the_example_agent_retrieves_by_vectors_and_remembers_its_session(
     assert rows[1]["output"]["related_earlier"] == []  # another session's questions stay there
     assert rows[2]["output"]["related_earlier"] == [questions[0]["question"]]
     assert "async pitfalls" not in run.stderr, run.stderr  # the example is as it should be
+
+
+def test_a_load_of_no_document_says_no_collection_was_made(tmp_path: Path) -> None:
+    # It answered "0 documents" and exit 0; a search then found no such collection.
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    loaded = legion("vectors", "load", "kb", "--input", str(empty), "--store", store)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "collection 'kb' was not made" in loaded.stderr, loaded.stderr

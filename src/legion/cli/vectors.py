@@ -191,6 +191,14 @@ def register(app: typer.Typer) -> None:
             highlight=False,
             soft_wrap=True,  # one line, however long: scripts read it
         )
+        if not report.chunks and not report.removed:
+            # (a collection is made with its first vectors: there is none to search)
+            console.print(
+                f"no document with text in {input}: collection {collection!r} was not made "
+                "(or changed)",
+                style="yellow",
+                highlight=False,
+            )
         if report.bad_lines or report.refused:
             raise typer.Exit(1)
 
