@@ -126,6 +126,9 @@ REQUEUE_CHUNK = 50_000
 # Ends of an attempt that do not count it: given back, or suspended at a wait.
 _UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 
+SESSION_MARK = "legion.session"
+"""A setting of legion's own, sent at connect with the statement bounds: a session that
+has it took them."""
 _POOL_PARAMS = ("pool_min_size", "pool_max_size", "pool_timeout", "call_timeout")
 # After a call's deadline has cut its socket, how long before the call is abandoned
 # outright (a backstop: the cut makes psycopg fail at once).
@@ -236,6 +239,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     "let the schema's owner GRANT CREATE ON SCHEMA to it)"
                 )
             raise StoreError(f"{self._where} is not a usable legion store: {said}") from exc
+        await self._check_session()
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self._conninfo,
             kwargs={"autocommit": True},
@@ -251,6 +255,30 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await pool.close()
             raise StoreUnavailable(f"cannot connect to {self._where}: {self._said(exc)}") from exc
         self._pool = pool
+
+    async def _check_session(self) -> None:
+        """Connect once as the pool will (its errors said as they are, rather than as a
+        pool that never filled), and refuse a connection that did not take the session
+        settings legion sends at connect: a pooler between that drops them (PgBouncer's
+        ``ignore_startup_parameters = options``) and, handing out server connections per
+        transaction, runs one session's prepared statements in another's."""
+        try:
+            conn = await Connection.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise await self._connect_error(exc) from exc
+        try:
+            async with conn:
+                cur = await conn.execute(Q["session_mark"])
+                marked = _one(await cur.fetchone()) == "1"
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot connect to {self._where}: {self._said(exc)}") from exc
+        if not marked:
+            raise ConfigError(
+                f"the connections to {self._where} do not keep the session settings legion "
+                "sends at connect (`options`: its statement bounds): a connection pooler "
+                "between, that drops them? legion needs a direct connection, or a "
+                "session-mode pool that passes them (docs/provisioning.md)"
+            )
 
     def _said(self, exc: BaseException) -> str:
         """``exc``'s message on one line, with nothing of the URL's password in it."""
@@ -275,7 +303,14 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 pass  # no way to tell: report the first error
         if _transient(exc):
             return StoreUnavailable(f"cannot connect to {self._where}: {self._said(exc)}")
-        return StoreError(f"{self._where} refused the connection: {self._said(exc)}")
+        said = self._said(exc)
+        if "unsupported startup parameter" in said:
+            said += (
+                " (a connection pooler between? legion sends its sessions' statement bounds "
+                "in `options` at connect: it needs a direct connection, or a session-mode "
+                "pool that passes them; docs/provisioning.md)"
+            )
+        return StoreError(f"{self._where} refused the connection: {said}")
 
     async def _migrate(self, conn: Connection) -> str:
         """Bring the schema up to date; answer the work channel. Workers starting together
@@ -1027,7 +1062,8 @@ def _with_bounds(conninfo: str, bounds: StoreTimeouts, *, server: bool) -> str:
     given = conninfo_to_dict(conninfo)
     extra: dict[str, Any] = {k: v for k, v in bounds.libpq().items() if k not in given}
     if server:
-        extra["options"] = f"{bounds.server_options()} {given.get('options') or ''}".strip()
+        mark = f"-c {SESSION_MARK}=1"  # (what `_check_session` looks for)
+        extra["options"] = f"{bounds.server_options()} {mark} {given.get('options') or ''}".strip()
         if "application_name" not in given:
             extra["application_name"] = PROCESS_TAG
     return make_conninfo(conninfo, **extra)

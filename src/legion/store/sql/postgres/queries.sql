@@ -10,6 +10,10 @@ CREATE TABLE IF NOT EXISTS legion_schema (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- name: session_mark
+-- '1' in a session that took the settings sent at connect (legion.store.postgres).
+SELECT current_setting('legion.session', true);
+
 -- name: lock_migrations
 -- Held until the migrating transaction ends: workers starting together migrate one by one.
 SELECT pg_advisory_xact_lock(hashtext('legion.migrate'), hashtext(current_schema()));
