@@ -126,6 +126,8 @@ REQUEUE_CHUNK = 50_000
 # Ends of an attempt that do not count it: given back, or suspended at a wait.
 _UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 
+POOL_MAX_IDLE = 60.0
+"""Seconds a pooled connection beyond ``pool_min_size`` may sit idle before it is closed."""
 SESSION_MARK = "legion.session"
 """A setting of legion's own, sent at connect with the statement bounds: a session that
 has it took them."""
@@ -246,6 +248,10 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             min_size=self._min_size,
             max_size=self._max_size,
             timeout=min(self._timeout, self.timeouts.call),
+            # A pool that grew (connections killed and made again under load) gives its
+            # idle ones back within a minute, not psycopg's ten: its neighbours on a
+            # server near max_connections starved meanwhile, and lost their leases.
+            max_idle=POOL_MAX_IDLE,
             open=False,
             name="legion",
         )
