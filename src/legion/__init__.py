@@ -25,17 +25,21 @@ from typing import TYPE_CHECKING, Any
 from legion.agent import Agent, agent
 from legion.context import AgentContext, Context, Memory
 from legion.errors import (
+    AgentChanged,
     AgentCrash,
     AgentError,
     AgentLoadError,
+    BudgetExceeded,
     ChildFailed,
     ConfigError,
     DeadlineExceeded,
     EmptyCompletion,
     EndpointNotFound,
+    IdempotencyConflict,
     InputError,
     LegionError,
     MalformedResponse,
+    NotAwaited,
     OutputError,
     Permanent,
     ProviderAuthError,
@@ -51,6 +55,7 @@ from legion.errors import (
     StoreUnavailable,
     TaskFailed,
     TaskTimeout,
+    VectorError,
     WaitTimeout,
     WorkerStopped,
 )
@@ -70,11 +75,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "AgentChanged",
     "AgentContext",
     "AgentCrash",
     "AgentError",
     "AgentLoadError",
     "Approval",
+    "BudgetExceeded",
     "ChildFailed",
     "ConfigError",
     "Context",
@@ -82,11 +89,13 @@ __all__ = [
     "EmptyCompletion",
     "EndpointNotFound",
     "ErrorInfo",
+    "IdempotencyConflict",
     "InputError",
     "LLMClient",
     "LegionError",
     "MalformedResponse",
     "Memory",
+    "NotAwaited",
     "OutputError",
     "Permanent",
     "ProviderAuthError",
@@ -111,6 +120,7 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskTimeout",
+    "VectorError",
     "WaitTimeout",
     "Worker",
     "WorkerConfig",
@@ -121,18 +131,20 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The LLM client loads its HTTP stack (aiohttp) when first named, not with legion.
-    if name == "LLMClient":
-        from legion.llm.client import LLMClient
+if not TYPE_CHECKING:  # (seen by a type checker, it made every misspelt name `Any`)
 
-        return LLMClient
-    if name == "SQLiteStore":  # made by store_from_url, which loads it then
-        from legion.store.sqlite import SQLiteStore
+    def __getattr__(name: str) -> Any:
+        # The LLM client loads its HTTP stack (aiohttp) when first named, not with legion.
+        if name == "LLMClient":
+            from legion.llm.client import LLMClient
 
-        return SQLiteStore
-    # A subpackage (legion.llm, legion.sim, legion.integrations...) loads when first named,
-    # as `import legion.llm` would: `import legion` alone stays light.
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            return LLMClient
+        if name == "SQLiteStore":  # made by store_from_url, which loads it then
+            from legion.store.sqlite import SQLiteStore
+
+            return SQLiteStore
+        # A subpackage (legion.llm, legion.sim, legion.integrations...) loads when first named,
+        # as `import legion.llm` would: `import legion` alone stays light.
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

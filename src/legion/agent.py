@@ -129,7 +129,7 @@ class Agent:
         if fn.__module__ != "__main__":
             return f"{fn.__module__}:{fn.__qualname__}"
         path = getattr(module, "__file__", None)
-        if not path:
+        if not path or not os.path.isfile(path):  # (python -, python -c: "<stdin>", none)
             raise ConfigError(
                 f"agent {name!r} cannot run in another process: it was defined interactively; "
                 "define it in a file"

@@ -4,8 +4,9 @@
 
     LegionError
     ├── ConfigError            bad store URL, bad option, bad agent path
-    │   └── AgentLoadError     an agent path that does not import or name an agent;
-    │                          ``fatal`` when an instance meets it (its worker stops)
+    │   └── AgentLoadError     an agent path that does not import or name an agent
+    │       └── AgentChanged   an instance's process found the agent's file changed
+    │                          since its worker loaded it: ``fatal`` (the worker stops)
     ├── StoreError             the store failed or holds something unexpected
     │   ├── StoreUnavailable   unreachable, busy, locked or too slow to answer (retried)
     │   └── StorageFull        the store's disk (or its size limit) is full (retried)
@@ -84,9 +85,15 @@ class AgentLoadError(ConfigError):
     """Raised when an agent path (``file.py:func`` or ``pkg.mod:func``) cannot be loaded.
 
     Raised by an instance (a child process of the process executor could not import the
-    agent the worker runs, or imported it changed), it is ``fatal``: every task of the
-    agent would meet it, so the worker stops and the task goes back to the queue, no
-    attempt spent."""
+    agent's module), it fails the task at once: the code does not import there, and no
+    retry changes that."""
+
+
+class AgentChanged(AgentLoadError):
+    """Raised by an instance whose process (a child of the process executor) finds the
+    agent's file changed since its worker loaded it: new code written over it under a
+    running worker. ``fatal``: the worker stops (a worker started again runs the new code),
+    and the task goes back to the queue, no attempt spent."""
 
     fatal: ClassVar[bool] = True
 

@@ -292,6 +292,65 @@ def test_an_agent_of_a_script_run_as_main_runs_in_a_child(tmp_path: Path) -> Non
     assert done.stdout.strip() == "succeeded ['Point', 42, True] None"
 
 
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_script_on_standard_input_or_without_its_guard_says_what_to_do(
+    tmp_path: Path, guarded: bool
+) -> None:
+    # `python - < app.py`: its children looked for a file "<stdin>" and the whole worker
+    # stopped, every other agent with it. A script without `if __name__ == "__main__":`
+    # ran its main code again in each child, which failed to import it.
+    main = "asyncio.run(main())\n"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio
+            import legion
+
+            @legion.agent(executor="process", retries=3)
+            async def inc(ctx, n: int) -> int:
+                return n + 1
+
+            async def main():
+                async with legion.Runtime({f"sqlite:///{tmp_path / 's.db'}"!r}) as rt:
+                    try:
+                        r = await rt.result((await rt.submit(inc, 1)).id)
+                        print(r.status, r.attempt, r.error.message if r.error else None)
+                    except legion.ConfigError as exc:
+                        print("refused:", exc)
+
+            """
+        )
+        + (f'if __name__ == "__main__":\n    {main}' if guarded else main)
+    )
+    if guarded:  # run from standard input
+        with script.open() as stdin:
+            done = subprocess.run(
+                [sys.executable, "-"],
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=tmp_path,
+                check=False,
+            )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(
+            "refused: agent 'inc' cannot run in another process: it was defined interactively"
+        ), done.stdout
+    else:
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("failed 1 cannot import"), done.stdout
+        assert 'put that code under `if __name__ == "__main__":`' in done.stdout
+
+
 async def test_a_child_does_not_outlive_a_killed_worker(tmp_path: Path) -> None:
     """SIGKILL a worker whose child spins: the kernel ends the child too (Linux)."""
     script = textwrap.dedent(
@@ -367,29 +426,29 @@ async def test_remote_steps_are_not_called_independent(rt: Runtime) -> None:
 
 
 @pytest.mark.parametrize(
-    ("new_code", "said"),
+    "new_code",
     [
-        ("async def where(ctx, n: int) -> int:\n    return 2\n", "changed since its worker"),
-        ("raise RuntimeError('import boom')\n", "import boom"),
+        "async def where(ctx, n: int) -> int:\n    return 2\n",
+        "raise RuntimeError('import boom')\n",
     ],
 )
 async def test_a_child_that_finds_the_agent_file_changed_stops_the_worker_charging_nothing(
-    db_url: str, tmp_path: Path, new_code: str, said: str
+    db_url: str, tmp_path: Path, new_code: str
 ) -> None:
     # A deploy wrote new code over the agent's file under a running worker: the children
     # the pool started after it ran the new code beside the worker's (one worker, two
     # versions), or, the new file failing to import, failed every task it leased (dead
     # after its attempts) while the worker showed as healthy.
-    path = tmp_path / f"deployed_{len(said)}.py"
+    path = tmp_path / f"deployed_{len(new_code)}.py"
     path.write_text("async def where(ctx, n: int) -> int:\n    return 1\n")
     agent = load_agent(f"{path}:where")
     executors = {"process": ProcessExecutor(processes=1)}
     async with Runtime(db_url, agents=[agent], executors=executors, executor="process") as rt:
         path.write_text(new_code)  # before the pool's first child starts
         task = await rt.submit(agent, 5)
-        with pytest.raises(legion.WorkerStopped, match=said):
+        with pytest.raises(legion.WorkerStopped, match="changed since its worker started"):
             await rt.result(task.id)
-        assert isinstance(rt.fatal_error, legion.AgentLoadError)
+        assert isinstance(rt.fatal_error, legion.AgentChanged)
     store = store_from_url(db_url)
     await store.open()
     try:
@@ -398,4 +457,34 @@ async def test_a_child_that_finds_the_agent_file_changed_stops_the_worker_chargi
         await store.aclose()
     assert info is not None and info.status is TaskStatus.QUEUED  # back for another worker
     assert info.attempt == 0 and info.error is not None  # no attempt spent, and why
-    assert info.error.type == "AgentLoadError" and said in info.error.message
+    assert info.error.type == "AgentChanged"
+
+
+async def test_an_agent_its_children_cannot_import_fails_its_tasks_and_stops_nothing_else(
+    db_url: str, tmp_path: Path
+) -> None:
+    # The code imports in the worker, not in a child (here: it refuses other processes;
+    # in life, a script that runs its main code when imported). Each task of it failed
+    # its attempts one by one; stopping the worker for it stopped every other agent too.
+    path = tmp_path / "only_here.py"
+    path.write_text(
+        f"import os\nimport legion\nif os.getpid() != {os.getpid()}:\n"
+        "    raise RuntimeError('not here')\n"
+        "@legion.agent(executor='process', retries=3)\n"
+        "async def where(ctx, n: int) -> int:\n    return 1\n"
+    )
+    agent = load_agent(f"{path}:where")
+
+    @legion.agent
+    async def beside(ctx: legion.Context, n: int) -> int:
+        return n
+
+    executors = {"process": ProcessExecutor(processes=1)}
+    async with Runtime(db_url, agents=[agent, beside], executors=executors) as rt:
+        refused = await rt.result((await rt.submit(agent, 5)).id)
+        fine = await rt.result((await rt.submit(beside, 3)).id)
+        assert rt.fatal_error is None
+    assert refused.status is TaskStatus.FAILED and refused.attempt == 1
+    assert refused.error is not None and refused.error.type == "AgentLoadError"
+    assert "not here" in refused.error.message
+    assert fine.status is TaskStatus.SUCCEEDED

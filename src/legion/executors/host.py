@@ -32,7 +32,7 @@ _WAITS = frozenset({"wait_for", "sleep", "approval", "spawn", "map"})
 
 
 def invocation(
-    agent: Agent, ctx: Context, kwargs: Mapping[str, Any], source: bytes | None = None
+    agent: Agent, ctx: Context, kwargs: Mapping[str, Any], source: tuple[str, bytes] | None = None
 ) -> p.Invocation:
     """What the remote side needs to run this attempt of ``agent`` (``source``: see
     `legion.executors.protocol.Invocation`)."""

@@ -36,7 +36,7 @@ from legion.executors import protocol as p
 from legion.executors._child import BROKEN_EXIT, MEMORY_EXIT
 from legion.executors.errors import InstanceLost, MemoryLimitExceeded, ProtocolError
 from legion.executors.host import ContextHost, invocation
-from legion.executors.remote import source_digest
+from legion.executors.remote import file_digest
 
 if TYPE_CHECKING:
     from legion.agent import Agent
@@ -69,16 +69,17 @@ class ProcessExecutor:
         self._idle: list[_Child] = []
         self._children: set[_Child] = set()
         self._env = _child_env(memory_limit_mb)
-        self._sources: dict[str, bytes | None] = {}  # agent ref -> its file's digest here
+        self._sources: dict[str, tuple[str, bytes] | None] = {}  # agent ref -> file, digest
 
     def check(self, agent: Agent) -> None:
         """Refuse (`ConfigError`) an agent that a child process could not import, and note
         its module file's digest as loaded here: a child that imports the file changed
         (new code written over it under this worker) refuses to run it."""
         ref = agent.ref
-        module = sys.modules.get(agent.fn.__module__)
-        if ref not in self._sources and module is not None:
-            self._sources[ref] = source_digest(module)
+        path = getattr(sys.modules.get(agent.fn.__module__), "__file__", None)
+        if ref not in self._sources and path:
+            digest = file_digest(path)
+            self._sources[ref] = (path, digest) if digest is not None else None
 
     async def start(self) -> None:
         """Nothing to do: children start when instances need them."""

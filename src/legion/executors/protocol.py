@@ -83,10 +83,10 @@ class Invocation:
     log_level: int = 0
     # The worker's import path, so the agent's module imports the same way remotely.
     sys_path: tuple[str, ...] = ()
-    # The SHA-256 of the agent's module file as its worker loaded it, where the remote
-    # side reads the same file (`legion.executors.remote.source_digest`): a process that
-    # imports it changed refuses to run it.
-    source: bytes | None = None
+    # The agent's module file and its SHA-256 as its worker loaded it, where the remote
+    # side reads the same file (`legion.executors.remote.file_digest`): a process that
+    # finds it changed refuses to import it.
+    source: tuple[str, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from legion import codec
 from legion.agent import Agent
 from legion.context import gather
-from legion.errors import AgentLoadError, OutputError, Permanent
+from legion.errors import AgentChanged, AgentLoadError, OutputError, Permanent
 from legion.executors import protocol as p
 from legion.loader import load_module
 from legion.steps import step_key
@@ -73,28 +73,37 @@ _resolved: dict[str, tuple[ModuleType, Callable[..., Awaitable[Any]]]] = {}
 
 
 def resolve(
-    ref: str, sys_path: Sequence[str] = (), source: bytes | None = None
+    ref: str, sys_path: Sequence[str] = (), source: tuple[str, bytes] | None = None
 ) -> tuple[ModuleType, Callable[..., Any]]:
     """Import the agent's function named by ``ref`` (``module:qualname`` or
     ``path.py:qualname``), after putting the worker's import path in front of ours.
 
-    ``source``: the digest of the module's file as the worker loaded it (`source_digest`);
-    a file that changed since (a deploy wrote over it under a running worker) is refused
-    with `AgentLoadError`, rather than running code the worker does not run."""
+    ``source``: the agent's module file and its digest as the worker loaded it; a file
+    that changed since (new code written over it under a running worker) is not imported:
+    `AgentChanged`."""
     found = _resolved.get(ref)
     if found is not None:
         return found
+    if source is not None and file_digest(source[0]) != source[1]:
+        raise AgentChanged(
+            f"the agent's file {source[0]} changed since its worker started (new code "
+            "written over it under a running worker): a process of the worker runs no other "
+            "code than the worker. The worker stops and gives its tasks back; start it again "
+            "to run the new code"
+        )
     missing = [entry for entry in sys_path if entry not in sys.path]
     sys.path[:0] = missing
     module_ref, _, qualname = ref.rpartition(":")
-    module = load_module(module_ref)
-    if source is not None and source_digest(module) != source:
-        raise AgentLoadError(
-            f"the file of {module_ref} changed since its worker started (new code written "
-            "over it under a running worker): a process of the worker will not run other "
-            "code than the worker does. The worker stops and gives its tasks back; start "
-            "it again to run the new code"
-        )
+    try:
+        module = load_module(module_ref)
+    except AgentLoadError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, RuntimeError) and "running event loop" in str(cause):
+            raise AgentLoadError(
+                f"{exc} (the script runs its main code when it is imported, as a process "
+                'of the worker does: put that code under `if __name__ == "__main__":`)'
+            ) from cause
+        raise
     target: Any = module
     for part in qualname.split("."):
         target = getattr(target, part, None)
@@ -106,11 +115,8 @@ def resolve(
     return module, target
 
 
-def source_digest(module: ModuleType) -> bytes | None:
-    """SHA-256 of ``module``'s file as it is now, or ``None`` where it has none to read."""
-    path = getattr(module, "__file__", None)
-    if not path:
-        return None
+def file_digest(path: str) -> bytes | None:
+    """SHA-256 of the file at ``path`` as it is now, or ``None`` where it cannot be read."""
     try:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").digest()

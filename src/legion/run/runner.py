@@ -23,6 +23,7 @@ from legion.diagnostics.lookback import escaped_exception, look_back
 from legion.diagnostics.report import Diagnostic, Kind
 from legion.diagnostics.watchdog import Capture
 from legion.errors import (
+    AgentChanged,
     AgentCrash,
     AgentLoadError,
     BudgetExceeded,
@@ -421,11 +422,15 @@ def _failure(
             not_before=finished + park if park else 0.0,
             **more,
         )
-    if isinstance(error, AgentLoadError):
-        # The worker's process (or one of its children) cannot load the agent's code: the
-        # task is not at fault, and the worker stops on it (``fatal``). Back to the queue
-        # for a worker that can, no attempt spent.
+    if isinstance(error, AgentChanged):
+        # The agent's file changed under this worker: the task is not at fault, and the
+        # worker stops on it (``fatal``). Back to the queue for a worker started on the new
+        # code, no attempt spent.
         return _completion(lease, owner, Outcome.RELEASED, started, finished, error=info, **more)
+    if isinstance(error, AgentLoadError):
+        # Its code does not import in a process of this worker (the process executor's
+        # children): no retry changes that.
+        return _completion(lease, owner, Outcome.FAILED, started, finished, error=info, **more)
     if isinstance(error, RetryAfterTooLong) and error.retry_after is not None:
         # The provider said when to come back: back to the queue until then, the error kept
         # on the task to say why, and no attempt spent on waiting that was not allowed.
