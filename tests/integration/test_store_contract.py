@@ -1021,6 +1021,42 @@ async def test_purge_deletes_the_memory_only_a_purged_task_could_read(store: Sto
     assert await store.memory_get(f"task-{other.id}", "k") == b"2"
 
 
+async def test_a_purge_keeps_what_the_purged_tasks_spent_for_the_budgets(store: Store) -> None:
+    """An agent's or a tenant's budget counts the usage recorded on its tasks: a purge took
+    it with them, and a limit "in all" began again after each purge."""
+    from legion.run.spending import recorded_spend
+
+    def used(calls: int, cost: float) -> bytes:
+        return codec.dumps(
+            {
+                "llm_calls": calls,
+                "prompt_tokens": 10 * calls,
+                "completion_tokens": calls,
+                "cost_usd": cost,
+            }
+        )
+
+    tasks = await store.submit(
+        [new("a", value=1, tenant="acme"), new("a", value=2), new("b", value=3, tenant="acme")],
+        NOW,
+    )
+    await store.lease("w", {"a": 2, "b": 1}, 3, NOW + 60, NOW)
+    ends = [
+        done(t.id, 1, "w", usage=used(n, 0.5 * n)) for t, n in zip(tasks, (1, 2, 4), strict=True)
+    ]
+    await store.write(WriteBatch(completions=ends), NOW + 1)
+    before = {
+        (scope, name): await recorded_spend(store, scope, name)
+        for scope, name in (("agent", "a"), ("agent", "b"), ("tenant", "acme"))
+    }
+    assert before[("tenant", "acme")].calls == 5
+    assert (await store.purge(NOW + 50, (TaskStatus.SUCCEEDED,))).tasks == 3
+    after = {key: await recorded_spend(store, *key) for key in before}
+    assert after == before
+    assert await store.purged_spend("tenant", "acme") == (5, 55, 2.5)
+    assert await store.purged_spend("tenant", "nobody") == (0, 0, 0.0)
+
+
 async def test_purge_keeps_a_child_whose_parent_waits_or_may_be_retried(store: Store) -> None:
     (parent,) = await store.submit([new(value="p")], NOW)
     (child,) = await store.submit_children(parent.id, [new(value="c", key="p.c")], NOW)

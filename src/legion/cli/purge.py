@@ -110,8 +110,9 @@ def register(app: typer.Typer) -> None:
         free again: submitted anew (a `legion run` of the same file again, a client's
         retry), it runs again; its id never is. The memory and session-scoped vectors of a
         task that ran without a session (its own session, `task-<id>`) go with it; named
-        sessions' and shared collections are kept. Goes a chunk of 1,000 at a time, oldest
-        first, so the workers sharing the store go on.
+        sessions' and shared collections are kept. What they spent on LLM calls stays
+        counted by their agent's and tenant's budgets. Goes a chunk of 1,000 at a time,
+        oldest first, so the workers sharing the store go on.
 
         The space freed is reused by new tasks; the files keep their size. To give it
         back: `sqlite3 FILE VACUUM` with the workers stopped (it rewrites the file holding

@@ -13,7 +13,8 @@ _PAGE = 1000
 
 async def recorded_spend(store: TaskReader, scope: str, name: str) -> Spend:
     """The calls, tokens and cost recorded on every task of agent ``name`` (``scope``
-    ``"agent"``) or of tenant ``name`` (``"tenant"``), read a page at a time."""
+    ``"agent"``) or of tenant ``name`` (``"tenant"``), read a page at a time, and on its
+    tasks purged since (`TaskReader.purged_spend`)."""
     if scope not in ("agent", "tenant"):
         raise ValueError(f"no recorded spend for scope {scope!r}")
     total = Spend()
@@ -33,5 +34,6 @@ async def recorded_spend(store: TaskReader, scope: str, name: str) -> Spend:
                 float(usage.get("cost_usd", 0.0)),
             )
         if len(page) < _PAGE:
-            return total
+            # and what its purged tasks had recorded (`legion purge` kept it)
+            return total + Spend(*await store.purged_spend(scope, name))
         before = page[-1].id

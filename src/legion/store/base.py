@@ -182,6 +182,11 @@ class TaskReader(Protocol):
 
     async def counts_by_agent(self) -> dict[str, dict[TaskStatus, int]]: ...
 
+    async def purged_spend(self, scope: str, name: str) -> tuple[int, int, float]:
+        """The LLM calls, tokens and cost (USD) that purged tasks of agent ``name``
+        (``scope`` ``"agent"``) or of tenant ``name`` (``"tenant"``) had recorded."""
+        ...
+
     async def recent_errors(self, limit: int = 10, tenant: str | None = None) -> list[TaskInfo]:
         """The ``limit`` tasks that failed last (or wait for a retry after an error), of
         every tenant or of ``tenant``'s alone."""

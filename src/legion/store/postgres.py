@@ -748,6 +748,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             events = max(0, cur.rowcount)
         return Purged(tasks=tasks, events=events, sessions=own)
 
+    async def purged_spend(self, scope: str, name: str) -> tuple[int, int, float]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["purged_spend"], {"scope": scope, "name": name})
+            row = await cur.fetchone()
+        return (0, 0, 0.0) if row is None else (int(row[0]), int(row[1]), float(row[2]))
+
     async def purgeable(
         self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None
     ) -> int:

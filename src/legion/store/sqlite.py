@@ -99,6 +99,26 @@ _PURGED_WITH_TASKS = (
 """What hangs off a task, deleted with it (`SQLiteStore.purge`)."""
 
 
+def purged_spend(rows: Sequence[Sequence[Any]]) -> list[tuple[str, str, int, int, float]]:
+    """What purged tasks (rows of ``id, tenant, status, agent, session, usage``) had spent
+    on LLM calls, per agent and per tenant: ``(scope, name, calls, tokens, cost)``, as
+    ``add_purged_spend`` adds it to what budgets count (`legion.run.spending`)."""
+    totals: dict[tuple[str, str], tuple[int, int, float]] = {}
+    for row in rows:
+        if row[5] is None:
+            continue
+        usage = codec.loads(row[5])
+        calls = int(usage.get("llm_calls", 0))
+        tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+        cost = float(usage.get("cost_usd", 0.0))
+        if not (calls or tokens or cost):
+            continue
+        for key in (("agent", str(row[3])), ("tenant", str(row[1]))):
+            c, t, d = totals.get(key, (0, 0, 0.0))
+            totals[key] = (c + calls, t + tokens, d + cost)
+    return [(scope, name, *spent) for (scope, name), spent in totals.items()]
+
+
 def _terminal_statuses(statuses: Sequence[TaskStatus]) -> str:
     """``statuses`` as the JSON array the purge queries read (`terminal_statuses`)."""
     return codec.dumps(terminal_statuses(statuses)).decode()
@@ -640,11 +660,21 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                     db.execute(Q[name], ids)
                 if own:
                     db.execute(Q["purge_memory"], {"sessions": codec.dumps(own).decode()})
+                spent = purged_spend(rows)
+                if spent:
+                    db.executemany(Q["add_purged_spend"], spent)
                 count_removed(db, ((r[1], r[2], r[3]) for r in rows))
             events = db.execute(Q["purge_events"], params).rowcount
             return Purged(tasks=len(rows), events=max(0, events), sessions=tuple(own))
 
         return await self._call(self._transaction, run)
+
+    async def purged_spend(self, scope: str, name: str) -> tuple[int, int, float]:
+        def run() -> tuple[int, int, float]:
+            row = self._db.execute(Q["purged_spend"], {"scope": scope, "name": name}).fetchone()
+            return (0, 0, 0.0) if row is None else (int(row[0]), int(row[1]), float(row[2]))
+
+        return await self._call(run)
 
     async def purgeable(
         self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None

@@ -586,7 +586,24 @@ WITH gone AS (
         ORDER BY t.id LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING id, tenant, session
+    RETURNING id, tenant, session, agent, usage
+), spent AS (
+    -- What they had spent on LLM calls: budgets count it still (legion.run.spending).
+    SELECT agent, tenant,
+           coalesce((u ->> 'llm_calls')::bigint, 0) AS calls,
+           coalesce((u ->> 'prompt_tokens')::bigint, 0)
+               + coalesce((u ->> 'completion_tokens')::bigint, 0) AS tokens,
+           coalesce((u ->> 'cost_usd')::float8, 0) AS cost
+    FROM (SELECT agent, tenant, convert_from(usage, 'UTF8')::jsonb AS u
+          FROM gone WHERE usage IS NOT NULL) AS used
+), spend_kept AS (
+    INSERT INTO purged_spend AS p (scope, name, calls, tokens, cost)
+    SELECT 'agent', agent, sum(calls), sum(tokens), sum(cost) FROM spent GROUP BY agent
+    UNION ALL
+    SELECT 'tenant', tenant, sum(calls), sum(tokens), sum(cost) FROM spent GROUP BY tenant
+    ON CONFLICT (scope, name) DO UPDATE SET
+        calls = p.calls + excluded.calls, tokens = p.tokens + excluded.tokens,
+        cost = p.cost + excluded.cost
 ), steps_gone AS (
     DELETE FROM steps WHERE task_id IN (SELECT id FROM gone)
 ), attempts_gone AS (
@@ -608,6 +625,9 @@ WITH gone AS (
 )
 -- How many went, and their own sessions (their vectors go by them: legion purge).
 SELECT (SELECT count(*) FROM gone), ARRAY(SELECT session FROM own);
+
+-- name: purged_spend
+SELECT calls, tokens, cost FROM purged_spend WHERE scope = %(scope)s AND name = %(name)s;
 
 -- name: purgeable
 SELECT count(*) FROM tasks AS t

@@ -473,7 +473,17 @@ DELETE FROM tasks WHERE id IN (
           WHERE p.id = t.parent_id AND p.status <> 'succeeded'))
     ORDER BY t.id LIMIT :limit
 )
-RETURNING id, tenant, status, agent, session;
+RETURNING id, tenant, status, agent, session, usage;
+
+-- name: add_purged_spend
+-- Positional (executemany): scope, name, calls, tokens, cost.
+INSERT INTO purged_spend (scope, name, calls, tokens, cost) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (scope, name) DO UPDATE SET
+    calls = calls + excluded.calls, tokens = tokens + excluded.tokens,
+    cost = cost + excluded.cost;
+
+-- name: purged_spend
+SELECT calls, tokens, cost FROM purged_spend WHERE scope = :scope AND name = :name;
 
 -- name: purgeable
 SELECT count(*) FROM tasks AS t
