@@ -193,7 +193,13 @@ def serve(
     ] = None,
     tenant_burst: Annotated[
         float | None,
-        typer.Option(min=1, help="Burst of --tenant-rate, in tasks (default: one second's)."),
+        typer.Option(
+            min=1,
+            help="Burst of --tenant-rate, in tasks (default: one second's): what a tenant may "
+            "submit at once after a pause. A larger batch is taken whole when the tenant's "
+            "bucket is full, which then owes it: the tenant's next submissions get 429 until "
+            "the rate has paid it back (a batch of 100 at 5/s: 20 s).",
+        ),
     ] = None,
     tenant_max_cost: TenantMaxCostOpt = None,
     tenant_max_tokens: TenantMaxTokensOpt = None,
