@@ -1085,3 +1085,36 @@ def test_process_pool_options_without_the_process_executor_are_refused(
         "process", "--memory-limit", "40",
     )  # fmt: skip
     assert small.returncode == 2 and "--memory-limit" in small.stderr  # (too small to start)
+
+
+def test_cancel_with_a_tenant_cancels_its_unfinished_tasks_alone(tmp_path: Path) -> None:
+    # Revoking a tenant's key refuses its requests and stops none of its tasks: they were
+    # to be cancelled one id at a time.
+    from legion.store import store_from_url
+    from legion.task import NewTask
+
+    store = f"sqlite:///{tmp_path / 'db'}"
+
+    async def submit() -> list[int]:
+        s = store_from_url(store)
+        await s.open()
+        try:
+            tasks = [NewTask(a, b"{}", tenant=t) for t, a in [("acme", "x"), ("acme", "y")]]
+            tasks += [NewTask("x", b"{}", tenant="beta"), NewTask("x", b"{}")]
+            return [t.id for t in await s.submit(tasks, 1.0)]
+        finally:
+            await s.aclose()
+
+    acme_x, acme_y, beta, default = asyncio.run(submit())
+    one = legion("cancel", "--tenant", "acme", "--agent", "y", "--store", store)
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.splitlines() == [f"{acme_y}\tcancelled"]
+    rest = legion("cancel", "--tenant", "acme", "--store", store)
+    assert rest.stdout.splitlines() == [f"{acme_x}\tcancelled"]
+    none = legion("cancel", "--tenant", "acme", "--store", store)
+    assert none.returncode == 0 and "tenant 'acme' has no unfinished tasks" in none.stderr
+    both = legion("cancel", str(beta), "--tenant", "beta", "--store", store)
+    assert both.returncode == 2 and "give task ids, or --tenant NAME (not both)" in both.stderr
+    with sqlite3.connect(tmp_path / "db") as conn:
+        left = dict(conn.execute("SELECT id, status FROM tasks").fetchall())
+    assert left == {acme_x: "cancelled", acme_y: "cancelled", beta: "queued", default: "queued"}

@@ -505,8 +505,21 @@ def retry(
 @app.command()
 def cancel(
     task_ids: Annotated[
-        list[int], typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to cancel.")
-    ],
+        list[int] | None,
+        typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to cancel (or --tenant)."),
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant",
+            help="Instead of ids: every queued, waiting and running task of this tenant (as "
+            "`legion keys` names it; `default` for the server's own), e.g. after revoking "
+            "its key, which refuses its requests but stops none of its tasks.",
+        ),
+    ] = None,
+    agent: Annotated[
+        str | None, typer.Option(help="With --tenant: only that tenant's tasks of this agent.")
+    ] = None,
     children: Annotated[
         bool,
         typer.Option(
@@ -524,9 +537,23 @@ def cancel(
     worker stops it); says on stderr which tasks it could not cancel and why (not found,
     already ended) and exits 1 if there was one.
     """
-    from legion.cli.status import cancel_tasks
+    from legion.cli.status import cancel_tasks, tenant_tasks
     from legion.task import TaskStatus
 
+    if (tenant is None) == (not task_ids):
+        raise _fail("give task ids, or --tenant NAME (not both)")
+    if agent is not None and tenant is None:
+        raise _fail("--agent goes with --tenant")
+    if tenant is not None:
+        task_ids = _run(tenant_tasks(store, tenant, agent))
+        if not task_ids:
+            of = f" of agent {agent!r}" if agent else ""
+            stderr_console().print(
+                f"nothing to cancel: tenant {tenant!r} has no unfinished tasks{of}",
+                highlight=False,
+            )
+            return
+    assert task_ids is not None
     refused = []
     running = []
     for task_id, st, parent in _run(cancel_tasks(store, task_ids, children=children)):

@@ -312,6 +312,24 @@ async def requeue(
     return n, refused
 
 
+async def tenant_tasks(url: str, tenant: str, agent: str | None) -> list[int]:
+    """The ids of ``tenant``'s queued, waiting and running tasks (of ``agent``), oldest
+    first."""
+    from legion.store.types import TaskQuery
+
+    unfinished = (TaskStatus.QUEUED, TaskStatus.WAITING, TaskStatus.RUNNING)
+    ids: list[int] = []
+    async with opened(url) as store:
+        before: int | None = None
+        while True:
+            query = TaskQuery(unfinished, agent, before=before, limit=1000, tenant=tenant)
+            page = await store.list_tasks(query)
+            ids.extend(t.id for t in page)
+            if len(page) < query.limit:
+                return sorted(ids)
+            before = page[-1].id
+
+
 async def cancel_tasks(
     url: str, ids: Sequence[int], *, children: bool = False
 ) -> list[tuple[int, TaskStatus | None, int | None]]:
