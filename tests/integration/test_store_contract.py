@@ -1057,6 +1057,18 @@ async def test_a_purge_keeps_what_the_purged_tasks_spent_for_the_budgets(store: 
     assert await store.purged_spend("tenant", "nobody") == (0, 0, 0.0)
 
 
+async def test_a_purge_can_keep_to_one_tenant(store: Store) -> None:
+    ended = (TaskStatus.SUCCEEDED,)
+    tasks = await store.submit([new(value=1, tenant="acme"), new(value=2), new(value=3)], NOW)
+    await store.lease("w", {"a": 3}, 3, NOW + 60, NOW)
+    await store.write(WriteBatch(completions=[done(t.id, 1, "w") for t in tasks]), NOW + 1)
+    assert await store.purgeable(NOW + 50, ended, tenant="acme") == 1
+    assert await store.purgeable(NOW + 50, ended, tenant="default") == 2
+    assert (await store.purge(NOW + 50, ended, tenant="acme")).tasks == 1
+    assert await store.get(tasks[0].id) is None
+    assert await store.purgeable(NOW + 50, ended) == 2  # the other tenant's stay
+
+
 async def test_purge_keeps_a_child_whose_parent_waits_or_may_be_retried(store: Store) -> None:
     (parent,) = await store.submit([new(value="p")], NOW)
     (child,) = await store.submit_children(parent.id, [new(value="c", key="p.c")], NOW)

@@ -96,6 +96,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         agent: Annotated[str | None, typer.Option(help="Only tasks of this agent.")] = None,
+        tenant: Annotated[
+            str | None,
+            typer.Option(
+                help="Only tasks of this tenant (as `legion keys` names it; `default` for "
+                "the server's own)."
+            ),
+        ] = None,
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
         ] = False,
@@ -141,11 +148,13 @@ def register(app: typer.Typer) -> None:
             async with opened(store) as s:
                 before = await s.now() - age
                 when = datetime.fromtimestamp(before, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-                which = f"{'/'.join(map(str, statuses))} tasks" + (
-                    f" of agent {agent!r}" if agent else ""
+                which = (
+                    f"{'/'.join(map(str, statuses))} tasks"
+                    + (f" of agent {agent!r}" if agent else "")
+                    + (f" of tenant {tenant!r}" if tenant else "")
                 )
                 if dry_run:
-                    n = await s.purgeable(before, statuses, agent=agent)
+                    n = await s.purgeable(before, statuses, agent=agent, tenant=tenant)
                     print(f"{n}\t{which} ended before {when} would be purged (dry run)")
                     return
                 tasks = events = chunks = vectors = 0
@@ -155,7 +164,9 @@ def register(app: typer.Typer) -> None:
                 loop.add_signal_handler(signal.SIGTERM, me.cancel)  # (as Ctrl-C: a line said)
                 try:
                     while True:
-                        purged = await s.purge(before, statuses, agent=agent, limit=CHUNK)
+                        purged = await s.purge(
+                            before, statuses, agent=agent, tenant=tenant, limit=CHUNK
+                        )
                         tasks += purged.tasks
                         events += purged.events
                         vectors += await drop_vectors(s, purged.sessions)

@@ -135,17 +135,24 @@ class TaskQueue(Protocol):
         statuses: Sequence[TaskStatus],
         *,
         agent: str | None = None,
+        tenant: str | None = None,
         limit: int = 1000,
     ) -> Purged:
         """Delete up to ``limit`` tasks in ``statuses`` (ended ones) that ended before
-        ``before``, oldest first, with their steps, attempts, diagnostics, signals and
-        batch calls, except a child whose parent is kept and has not succeeded (it reads
-        its children's ends; a failed one may be retried); and up to ``limit`` change-feed
-        rows older than ``before`` of tasks that are gone. Call it again until it deletes
-        nothing. A deleted task's idempotency key is free again."""
+        ``before`` (of ``agent``, of ``tenant``: any if ``None``), oldest first, with their
+        steps, attempts, diagnostics, signals and batch calls, except a child whose parent
+        is kept and has not succeeded (it reads its children's ends; a failed one may be
+        retried); and up to ``limit`` change-feed rows older than ``before`` of tasks that
+        are gone. Call it again until it deletes nothing. A deleted task's idempotency key
+        is free again."""
 
     async def purgeable(
-        self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None
+        self,
+        before: float,
+        statuses: Sequence[TaskStatus],
+        *,
+        agent: str | None = None,
+        tenant: str | None = None,
     ) -> int:
         """How many tasks `purge` would delete, in all."""
 

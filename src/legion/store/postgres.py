@@ -731,12 +731,14 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         statuses: Sequence[TaskStatus],
         *,
         agent: str | None = None,
+        tenant: str | None = None,
         limit: int = 1000,
     ) -> Purged:
         params = {
             "before": float(before),
             "statuses": terminal_statuses(statuses),
             "agent": agent,
+            "tenant": tenant,
             "limit": limit,
         }
         async with self._cursor(transaction=True) as cur:
@@ -755,9 +757,19 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         return (0, 0, 0.0) if row is None else (int(row[0]), int(row[1]), float(row[2]))
 
     async def purgeable(
-        self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None
+        self,
+        before: float,
+        statuses: Sequence[TaskStatus],
+        *,
+        agent: str | None = None,
+        tenant: str | None = None,
     ) -> int:
-        params = {"before": float(before), "statuses": terminal_statuses(statuses), "agent": agent}
+        params = {
+            "before": float(before),
+            "statuses": terminal_statuses(statuses),
+            "agent": agent,
+            "tenant": tenant,
+        }
         async with self._cursor() as cur:
             await cur.execute(Q["purgeable"], params)
             return int(_one(await cur.fetchone()))

@@ -646,12 +646,14 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         statuses: Sequence[TaskStatus],
         *,
         agent: str | None = None,
+        tenant: str | None = None,
         limit: int = 1000,
     ) -> Purged:
         terminal = _terminal_statuses(statuses)
 
         def run(db: sqlite3.Connection) -> Purged:
-            params = {"before": before, "statuses": terminal, "agent": agent, "limit": limit}
+            params = {"before": before, "statuses": terminal, "agent": agent, "tenant": tenant}
+            params["limit"] = limit
             rows = db.execute(Q["purge_tasks"], params).fetchall()
             own = [str(scoped_key(r[1], f"task-{r[0]}")) for r in rows if r[4] is None]
             if rows:
@@ -677,9 +679,15 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         return await self._call(run)
 
     async def purgeable(
-        self, before: float, statuses: Sequence[TaskStatus], *, agent: str | None = None
+        self,
+        before: float,
+        statuses: Sequence[TaskStatus],
+        *,
+        agent: str | None = None,
+        tenant: str | None = None,
     ) -> int:
-        params = {"before": before, "statuses": _terminal_statuses(statuses), "agent": agent}
+        terminal = _terminal_statuses(statuses)
+        params = {"before": before, "statuses": terminal, "agent": agent, "tenant": tenant}
         return await self._call(lambda: int(self._db.execute(Q["purgeable"], params).fetchone()[0]))
 
     # -- reads -------------------------------------------------------------------------

@@ -580,6 +580,7 @@ WITH gone AS (
         WHERE t.status = ANY(%(statuses)b::text[])
           AND t.finished_at < %(before)s
           AND (%(agent)s::text IS NULL OR t.agent = %(agent)s)
+          AND (%(tenant)s::text IS NULL OR t.tenant = %(tenant)s)
           AND (t.parent_id IS NULL OR NOT EXISTS (
               SELECT 1 FROM tasks AS p
               WHERE p.id = t.parent_id AND p.status <> 'succeeded'))
@@ -634,6 +635,7 @@ SELECT count(*) FROM tasks AS t
 WHERE t.status = ANY(%(statuses)b::text[])
   AND t.finished_at < %(before)s
   AND (%(agent)s::text IS NULL OR t.agent = %(agent)s)
+  AND (%(tenant)s::text IS NULL OR t.tenant = %(tenant)s)
   AND (t.parent_id IS NULL OR NOT EXISTS (
       SELECT 1 FROM tasks AS p
       WHERE p.id = t.parent_id AND p.status <> 'succeeded'));

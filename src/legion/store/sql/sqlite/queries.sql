@@ -468,6 +468,7 @@ DELETE FROM tasks WHERE id IN (
     WHERE t.status IN (SELECT value FROM json_each(:statuses))
       AND t.finished_at < :before
       AND (:agent IS NULL OR t.agent = :agent)
+      AND (:tenant IS NULL OR t.tenant = :tenant)
       AND (t.parent_id IS NULL OR NOT EXISTS (
           SELECT 1 FROM tasks AS p
           WHERE p.id = t.parent_id AND p.status <> 'succeeded'))
@@ -490,6 +491,7 @@ SELECT count(*) FROM tasks AS t
 WHERE t.status IN (SELECT value FROM json_each(:statuses))
   AND t.finished_at < :before
   AND (:agent IS NULL OR t.agent = :agent)
+  AND (:tenant IS NULL OR t.tenant = :tenant)
   AND (t.parent_id IS NULL OR NOT EXISTS (
       SELECT 1 FROM tasks AS p
       WHERE p.id = t.parent_id AND p.status <> 'succeeded'));
