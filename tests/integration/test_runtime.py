@@ -1011,6 +1011,11 @@ def test_a_runtime_called_from_another_event_loop_says_so(tmp_path: Path) -> Non
             asyncio.run(rt.result(submitted))
         with pytest.raises(RuntimeError, match="run_coroutine_threadsafe"):
             asyncio.run(rt.submit(plus_one, 2))
+        # cancel, retry and signal too: a cancel stopped the loop's task from this thread
+        # (not thread-safe: under -X dev, an error for a cancel that had happened)
+        for call in (rt.cancel(submitted), rt.retry(submitted), rt.signal(submitted, "go")):
+            with pytest.raises(RuntimeError, match="opened in another event loop"):
+                asyncio.run(call)
         # The way the message names works.
         done = asyncio.run_coroutine_threadsafe(rt.result(submitted), loop).result(30)
         assert done.output == 2

@@ -138,6 +138,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._delivery = Delivery(self.store, local_worker=self._local_worker_id)
         self._open = False
+        self._closed = False  # (once closed, for good: `open` and calls say so)
         self._loop: asyncio.AbstractEventLoop | None = None  # (the one it opened in)
         for a in agents:
             self.register(a)
@@ -157,6 +158,8 @@ class Runtime:
         await self.aclose()
 
     async def open(self) -> None:
+        if self._closed:
+            raise RuntimeError(_CLOSED)
         if self._llm_specs is not None and self.llm is None:
             from legion.llm.specs import open_client
 
@@ -238,6 +241,7 @@ class Runtime:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        self._closed = True  # (a submit while it drained was taken, and its result raised)
         try:
             if self._owns_store:
                 await self.store.aclose()
@@ -429,6 +433,8 @@ class Runtime:
     def _check_loop(self) -> None:
         """Refuse a call from another event loop than the one the runtime opened in: its
         results are delivered there (a result awaited in another loop was never woken)."""
+        if self._closed:
+            raise RuntimeError(_CLOSED)
         loop = self._loop
         if loop is not None and asyncio._get_running_loop() not in (loop, None):
             raise RuntimeError(
@@ -442,6 +448,7 @@ class Runtime:
         ``children``: its unfinished descendants too (the child tasks it started with
         ``ctx.spawn`` and ``ctx.map``, theirs, ...); without it they run on, and a retry of
         the task picks them up again."""
+        self._check_loop()
         task_id = task_id_of(task_id)
         status = await self.store.cancel(task_id, self._clock.wall())
         if self.worker is not None:
@@ -464,6 +471,7 @@ class Runtime:
         unless the task waits for it now, nothing is kept and
         `legion.errors.NotAwaited` is raised (a second click of an approval button must
         not answer the task's next approval)."""
+        self._check_loop()
         task_id = task_id_of(task_id)
         if problem := event_problem(event):  # (as `legion signal` and the HTTP API refuse)
             raise ValueError(problem)
@@ -479,6 +487,7 @@ class Runtime:
         ``children``: its descendants that ended dead, failed or cancelled too, before it
         (a rerun parent finds its children by their keys: one cancelled with it would
         fail it again). ``False``, and nothing queued, if the task cannot be retried."""
+        self._check_loop()
         task_id = task_id_of(task_id)
         if children and await requeue_descendants(self.store, task_id) is None:
             return False
@@ -487,6 +496,8 @@ class Runtime:
             self.worker.wake()
         return ok
 
+
+_CLOSED = "this Runtime is closed (a Runtime opens once): make a new one"
 
 TaskRef = int | Submitted
 """A task, named by its id or by what `Runtime.submit` answered for it."""
