@@ -444,6 +444,12 @@ def _parameters(
     params = list(inspect.signature(fn).parameters.values())
     if not params:
         raise ConfigError(f"agent {name!r} must take the context as its first parameter")
+    if params[0].name in ("self", "cls"):  # (a bound method's signature has none)
+        raise ConfigError(
+            f"agent {name!r}: its first parameter is {params[0].name!r}, taken as the context: "
+            "a method is an agent once bound (legion.agent(instance.method)), not decorated "
+            "in its class"
+        )
     if _an_input(params[0].annotation):
         raise ConfigError(
             f"agent {name!r}: its first parameter, {params[0].name!r}, is the context "

@@ -156,6 +156,8 @@ def test_a_single_dict_parameter_takes_any_object() -> None:
         ("async def f(x: int): pass", r"first parameter, 'x', is the context .* not an input of"),
         ("async def f(x: 'list[str]', y: int): pass", "not an input of type list"),
         ("async def f(doc: dict): pass", "the inputs come after it"),
+        # a method decorated in its class: self was taken as the context, ctx as an input
+        ("async def f(self, ctx, x: int): pass", "a method is an agent once bound"),
     ],
 )
 def test_bad_definitions_are_refused_at_decoration(source: str, message: str) -> None:
