@@ -264,6 +264,33 @@ async def test_children_fan_out_within_their_limit_and_answer_in_order(store_url
     assert len(children) == 61 and {c.status for c in children} == {TaskStatus.SUCCEEDED}
 
 
+@legion.agent(retries=0)
+async def gathered_children(ctx: Any, n: int) -> Any:
+    spawned = await ctx.gather(*(ctx.spawn(double, {"i": i}) for i in range(n)))
+    same = await ctx.gather(*(ctx.spawn(double, {"i": 7}) for _ in range(3)))
+    mapped = await ctx.gather(ctx.map(double, [1, 2]), ctx.map(double, [3, 4, 5]))
+    return {"spawned": spawned, "same": same, "mapped": mapped}
+
+
+async def test_spawns_and_maps_gathered_together_each_start_their_own_children(
+    store_url: str,
+) -> None:
+    # Their place was counted when their outputs were recorded, at their end: gathered
+    # calls all took the first one's children (one child for five spawns of one input;
+    # IdempotencyConflict, the task dead, for other inputs).
+    async with legion.Runtime(store_url, agents=[gathered_children, double]) as rt:
+        t = await rt.submit(gathered_children, {"n": 5})
+        result = await rt.result(t.id)
+        children = await rt.store.children(t.id)
+    assert result.ok, result.error
+    assert result.output == {
+        "spawned": [0, 2, 4, 6, 8],
+        "same": [14, 14, 14],
+        "mapped": [[2, 4], [6, 8, 10]],
+    }
+    assert len(children) == 5 + 3 + 5
+
+
 async def test_a_child_agent_the_runtime_was_not_given_runs_all_the_same(store_url: str) -> None:
     # `submit` registers the agent it is given; `ctx.spawn` and `ctx.map` did not: the
     # children stayed queued, served by no one, and the parent waited for good.

@@ -222,48 +222,64 @@ async def map_children(
     if limit < 1:
         raise ValueError("concurrency must be >= 1")
     name = "legion.children"
-    if _step_key(ctx, name) in ctx.recorded_steps:
-        return list(await _recorded(ctx, name, _never))
-    group = ctx.step_count(name) + 1  # (counted in the current branch of a gather)
+    # The key `ctx.record` gives this call, taken before anything awaits: calls gathered
+    # together get their own (and their own children) in the order they were made. (It
+    # was counted when a call's outputs were recorded, at its end: gathered spawns all
+    # took the first call's children.)
+    group = ctx.step_count(name) + 1
     prefix = f"legion.child:{ctx.task_id}:{scoped(str(group))}:"
-    mine = {
-        c.key: c for c in await store.children(ctx.task_id) if c.key and c.key.startswith(prefix)
-    }
-    unfinished = sum(1 for c in mine.values() if not c.status.terminal)
-    fresh = [i for i in range(len(items)) if f"{prefix}{i}" not in mine]
-    room = max(0, limit - unfinished)
-    if fresh and room:
-        offer = CHILD_AGENTS.get()
-        if offer is not None and not isinstance(agent, str):
-            offer(agent)
-        agent_name, attempts = _agent(agent, max_attempts)
-        me = await store.get(ctx.task_id)
-        _stop_if_cancelled(me)
-        tenant = me.tenant if me is not None else "default"
-        batch = fresh[:room]
-        tasks = [
-            NewTask(
-                agent_name, codec.dumps(items[i]), f"{prefix}{i}", None, 0, attempts, 0.0, tenant
-            )
-            for i in batch
-        ]
-        started = await store.submit_children(ctx.task_id, tasks, clock.wall())
-        me = await store.get(ctx.task_id)
-        if me is not None and me.cancel_requested:
-            # Asked while they were submitted: a cancel with children that walked them
-            # before they were linked missed them. They are cancelled here (a cancel that
-            # saw them cancelled them already: nothing changes).
-            for s in started:
-                await store.cancel(s.id, clock.wall())
-        _stop_if_cancelled(me)
-        unfinished += len(batch)
-        fresh = fresh[room:]
-    if not fresh and unfinished == 0:
-        _same_calls(agent, items, prefix, mine)
-        return list(await _recorded(ctx, name, lambda: _outputs(prefix, len(items), mine)))
-    # Wake when half the window is free (or, with nothing left to submit, when all ended).
-    threshold = (limit - max(1, limit // 2)) if fresh else 0
-    raise Suspended(Wait(children=threshold))
+
+    async def run() -> list[Any]:
+        mine = {
+            c.key: c
+            for c in await store.children(ctx.task_id)
+            if c.key and c.key.startswith(prefix)
+        }
+        unfinished = sum(1 for c in mine.values() if not c.status.terminal)
+        fresh = [i for i in range(len(items)) if f"{prefix}{i}" not in mine]
+        room = max(0, limit - unfinished)
+        if fresh and room:
+            offer = CHILD_AGENTS.get()
+            if offer is not None and not isinstance(agent, str):
+                offer(agent)
+            agent_name, attempts = _agent(agent, max_attempts)
+            me = await store.get(ctx.task_id)
+            _stop_if_cancelled(me)
+            tenant = me.tenant if me is not None else "default"
+            batch = fresh[:room]
+            tasks = [
+                NewTask(
+                    agent_name,
+                    codec.dumps(items[i]),
+                    f"{prefix}{i}",
+                    None,
+                    0,
+                    attempts,
+                    0.0,
+                    tenant,
+                )
+                for i in batch
+            ]
+            started = await store.submit_children(ctx.task_id, tasks, clock.wall())
+            me = await store.get(ctx.task_id)
+            if me is not None and me.cancel_requested:
+                # Asked while they were submitted: a cancel with children that walked them
+                # before they were linked missed them. They are cancelled here (a cancel
+                # that saw them cancelled them already: nothing changes).
+                for s in started:
+                    await store.cancel(s.id, clock.wall())
+            _stop_if_cancelled(me)
+            unfinished += len(batch)
+            fresh = fresh[room:]
+        if not fresh and unfinished == 0:
+            _same_calls(agent, items, prefix, mine)
+            return _outputs(prefix, len(items), mine)
+        # Wake when half the window is free (or, with nothing left to submit, when all
+        # ended).
+        threshold = (limit - max(1, limit // 2)) if fresh else 0
+        raise Suspended(Wait(children=threshold))
+
+    return list(await ctx.record(name, run, (), {}, None))
 
 
 def _same_calls(
