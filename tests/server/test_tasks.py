@@ -23,6 +23,12 @@ async def test_submit_then_get_the_task_with_its_steps(any_api: Api) -> None:
     assert task["attempts"] == 1 and task["error"] is None and task["usage"] is None
     assert [s["key"] for s in task["steps"]] == ["a", "b1", "b2"]
     assert all(s["finished_at"] >= s["started_at"] for s in task["steps"])
+    # A poll of its status without them (a task of 10,000 steps answered 100 MB each time)
+    status, bare = await any_api.call("GET", f"/v1/tasks/{body['id']}?steps=false")
+    assert status == 200 and bare["steps"] is None
+    assert {k: v for k, v in bare.items() if k != "steps"} == {
+        k: v for k, v in task.items() if k != "steps"
+    }
 
 
 async def test_a_task_lists_its_attempts_with_running_and_waiting_time(any_api: Api) -> None:

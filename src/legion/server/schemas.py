@@ -204,18 +204,21 @@ class TaskDetail(TaskOut):
 
     input: Any
     output: Any
-    steps: list[StepOut]
+    steps: list[StepOut] | None = Field(
+        description="Its recorded steps, with their outputs; null when asked without "
+        "(`?steps=false`: a poll of its status need not carry them all)."
+    )
 
     @classmethod
     def with_steps(
-        cls, t: TaskInfo, steps: list[StepInfo], *, traceback: bool = False
+        cls, t: TaskInfo, steps: list[StepInfo] | None, *, traceback: bool = False
     ) -> TaskDetail:
         """``traceback``: with its error's traceback (for an admin key)."""
         return cls(
             **_task_fields(t, traceback=traceback),
             input=t.input,
             output=t.output,
-            steps=[step_out(s) for s in steps],
+            steps=None if steps is None else [step_out(s) for s in steps],
         )
 
 

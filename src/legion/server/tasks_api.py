@@ -343,11 +343,22 @@ async def no_such_action(task_id: str, action: str) -> None:
 # Declared after the :cancel and :retry routes, which its path would match too: an OPTIONS
 # (or GET) on those then answers their own Allow.
 @router.get("/tasks/{task_id}", operation_id="get_task", responses={**_ERRORS, **_NOT_FOUND})
-async def get_task(task: TaskDep, state: StateDep, key: KeyDep) -> TaskDetail:
+async def get_task(
+    task: TaskDep,
+    state: StateDep,
+    key: KeyDep,
+    steps: Annotated[
+        bool,
+        Query(
+            description="With its recorded steps and their outputs (a task of 10,000 steps: "
+            "a body of that size); false to poll its status without them."
+        ),
+    ] = True,
+) -> TaskDetail:
     """A task: status, output or error (with its traceback, for an admin key), attempts,
-    usage and its recorded steps."""
-    steps = await state.runtime.store.steps(task.id)
-    return TaskDetail.with_steps(task, steps, traceback=key.admin)
+    usage and its recorded steps (``?steps=false``: without them)."""
+    recorded = await state.runtime.store.steps(task.id) if steps else None
+    return TaskDetail.with_steps(task, recorded, traceback=key.admin)
 
 
 @router.get(
