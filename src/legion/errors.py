@@ -24,6 +24,7 @@
         │   ├── UnawaitedWork  (--strict) the agent made a step or call it never awaited
         │   ├── WaitTimeout    ctx.wait_for / ctx.approval: no signal came within its timeout
         │   ├── WaitError      ctx.wait_for / ctx.sleep called wrongly (a bad event, timeout)
+        │   ├── StepNameError  a step's name no record can be kept under
         │   ├── ChildFailed    ctx.spawn / ctx.map: a child task did not succeed
         │   ├── ReplayMismatch a replay asked a recorded call for something else than the
         │   │                  first run did (the agent's code changed while it ran)
@@ -198,6 +199,12 @@ class WaitError(Permanent, ValueError):
     """A durable wait called in a way no retry can mend: an event name that is empty or
     too long, a timeout or a sleep that is not a number of seconds, two waits for one
     event at once (``ctx.gather``), which would receive one signal twice."""
+
+
+class StepNameError(Permanent, ValueError):
+    """A step given a name no record can be kept under: not text a store holds, or one
+    that ends as the keys of other steps do (``@1``: a gather's branch; ``#2``: the second
+    step of a name). A mistake of the code, which no retry mends."""
 
 
 class ChildFailed(Permanent):

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from legion import codec
 from legion.diagnostics.unawaited import Pending, SiteRef
+from legion.errors import StepNameError
 from legion.task import TaskUsage
 
 
@@ -102,9 +103,12 @@ def step_key(counts: dict[str, int], name: str) -> str:
         or len(name) > codec.SHORT_NAME
         or "\x00" in name
     ):
-        name = codec.checked_text(name, "a step's name")
+        try:
+            name = codec.checked_text(name, "a step's name")
+        except (TypeError, ValueError) as exc:  # (not text, a lone surrogate)
+            raise StepNameError(str(exc)) from None
     if "@" in name and _BRANCH_SUFFIX.search(name):
-        raise ValueError(
+        raise StepNameError(
             f"step name {name!r} ends in '@' and a number, as the steps of a gather's "
             "branches are keyed: give a name that does not"
         )
@@ -127,7 +131,7 @@ def _refuse_namesake(counts: dict[str, int], key: str) -> None:
     one record, and a replay would answer the one with the other's result."""
     base, _, nth = key.rpartition("#")
     if nth.isdigit() and nth[0] != "0" and counts.get(base, 0) >= int(nth) >= 2:
-        raise ValueError(
+        raise StepNameError(
             f"step name {key!r} is also the key of step {int(nth)} named {base!r}: the two "
             "would share one record; give a name that does not end in '#' and a number"
         )

@@ -1094,3 +1094,18 @@ async def test_a_memory_key_and_session_too_long_together_are_refused_alike_on_e
     assert (refused.status, refused.attempt) == (TaskStatus.FAILED, 1), refused
     assert refused.error is not None and refused.error.type == "OutputError"
     assert "bytes together, past the 2,560" in refused.error.message
+
+
+async def test_a_step_name_no_record_can_be_kept_under_fails_the_task_at_once(
+    db_url: str,
+) -> None:
+    # A ValueError, it was retried with backoff until the task was dead: a mistake of
+    # the code, which no retry mends.
+    @legion.agent(retries=3, backoff=0)
+    async def misnamed(ctx: legion.Context) -> None:
+        await ctx.step("item@1", lambda: 1)
+
+    async with Runtime(db_url, agents=[misnamed]) as rt:
+        result = await rt.result((await rt.submit(misnamed)).id)
+    assert (result.status, result.attempt) == (TaskStatus.FAILED, 1)
+    assert result.error is not None and result.error.type == "StepNameError"
