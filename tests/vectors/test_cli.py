@@ -426,3 +426,18 @@ def test_a_load_of_no_document_says_no_collection_was_made(tmp_path: Path) -> No
     loaded = legion("vectors", "load", "kb", "--input", str(empty), "--store", store)
     assert loaded.returncode == 0, loaded.stderr
     assert "collection 'kb' was not made" in loaded.stderr, loaded.stderr
+
+
+def test_drop_says_what_would_go_then_deletes_with_yes(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+    corpus = write_jsonl(tmp_path / "c.jsonl", DOCS[:3])
+    assert legion("vectors", "load", "kb", "--input", str(corpus), "--store", store).returncode == 0
+    asked = legion("vectors", "drop", "kb", "--store", store)
+    assert asked.returncode == 1
+    assert asked.stdout.strip() == "would delete 'kb' (shared, 3 items): add --yes to delete it"
+    done = legion("vectors", "drop", "kb", "--yes", "--store", store)
+    assert done.returncode == 0 and done.stdout.strip() == "deleted 'kb' (shared, 3 items)"
+    listed = legion("vectors", "list", "--store", store)
+    assert "no vector collections" in listed.stdout
+    again = legion("vectors", "drop", "kb", "--yes", "--store", store)
+    assert again.returncode == 2 and "no vector collection 'kb'" in again.stderr

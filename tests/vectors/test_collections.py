@@ -238,6 +238,27 @@ async def test_the_same_ids_written_again_replace_not_duplicate(vec_store: Store
     assert math.isclose(hits[0].score, 1.0, abs_tol=1e-5)
 
 
+async def test_a_dropped_collection_goes_with_its_items_and_can_be_made_anew(
+    vec_store: Store,
+) -> None:
+    # No command removed a collection: a corpus loaded by mistake stayed for good.
+    backend = vectors_for(vec_store)
+    gone = CollectionInfo("gone", "session", "m", 3)
+    kept = CollectionInfo("kept", "shared", "m", 3)
+    items = [Item(f"i{n}", f"text {n}", {}, (1.0, float(n), 0.5)) for n in range(3)]
+    await backend.write(gone, "s1", items)
+    await backend.write(gone, "s2", items[:1])
+    await backend.write(kept, "", items)
+    assert await backend.drop_collection("gone") == 4
+    assert await backend.collection("gone") is None
+    assert await backend.drop_collection("gone") is None
+    assert [c.name for c in await backend.collections()] == ["kept"]
+    assert await backend.count(kept, "") == 3
+    other = CollectionInfo("gone", "shared", "m", 3)  # the name is free: another scope
+    await backend.write(other, "", items[:2])
+    assert await backend.count(other, "") == 2
+
+
 async def test_metadata_is_replaced_in_place_keeping_text_and_vector(vec_store: Store) -> None:
     backend = vectors_for(vec_store)
     info = CollectionInfo("tags", "shared", "m", 3)

@@ -272,6 +272,40 @@ def register(app: typer.Typer) -> None:
             text = hit.text if len(hit.text) <= 200 else hit.text[:197] + "..."
             console.print(f"{n}. [{hit.score:.3f}] {hit.id}  {text}", highlight=False)
 
+    @vectors.command("drop")
+    def drop_cmd(
+        collection: Annotated[str, typer.Argument(help="The collection to delete.")],
+        yes: Annotated[
+            bool,
+            typer.Option("--yes", help="Delete it: without, only says what would go."),
+        ] = False,
+        store: StoreOpt = default_store,
+    ) -> None:
+        """Delete a collection and all its items, shared or session-scoped (every
+        session's). Run it with no task writing to it: one that adds to it afterwards
+        makes it anew."""
+        from legion.store import redact_url
+        from legion.vectors.backend import vectors_for
+        from legion.vectors.types import check_name
+
+        async def main() -> str:
+            check_name(collection)
+            async with _opened(store, create=False) as opened:
+                backend = vectors_for(opened)
+                found = next((c for c in await backend.collections() if c.name == collection), None)
+                if found is None:
+                    raise ConfigError(f"no vector collection {collection!r} in {redact_url(store)}")
+                what = f"{collection!r} ({found.scope}, {found.items:,} items)"
+                if not yes:
+                    return f"would delete {what}: add --yes to delete it"
+                dropped = await backend.drop_collection(collection)
+                return f"deleted {collection!r} ({found.scope}, {dropped or 0:,} items)"
+
+        said = _run(main())
+        print(said)
+        if not yes:
+            raise typer.Exit(1)
+
     @vectors.command("list")
     def list_cmd(
         store: StoreOpt = default_store,

@@ -67,6 +67,11 @@ class VectorBackend(Protocol):
 
     async def count(self, info: CollectionInfo, session: str) -> int: ...
 
+    async def drop_collection(self, name: str) -> int | None:
+        """Delete the collection ``name`` and its items (answers how many); ``None`` if
+        there is none."""
+        ...
+
     async def drop_sessions(self, sessions: Sequence[str]) -> int:
         """Delete every item of ``sessions`` (as stored: within their tenant) from every
         session-scoped collection; answers how many there were. Creates nothing: a store

@@ -300,6 +300,21 @@ class PostgresVectors:
             )
             return int(cur.rowcount)
 
+    async def drop_collection(self, name: str) -> int | None:
+        async with self._pg()._connection() as conn, conn.transaction():
+            await conn.execute(Q["lock_collection"], {"name": name})
+            found = await self._info(conn, name)
+            if found is None:
+                return None
+            table = sql.Identifier(f"vector_items_{found[1]}")
+            cur = await conn.execute(sql.SQL(Q["count_all"]).format(table=table))
+            dropped = int(_first(await cur.fetchone()))
+            await conn.execute(sql.SQL(Q["drop_items"]).format(table=table))
+            await conn.execute(Q["drop_collection"], {"id": found[1]})
+        self._tables.pop(name, None)
+        self._indexed.discard(table.as_string().strip('"'))
+        return dropped
+
     async def drop_sessions(self, sessions: Sequence[str]) -> int:
         dropped = 0
         async with self._pg()._connection() as conn:

@@ -248,6 +248,16 @@ class SQLiteVectors:
             lambda: self._guard(lambda: int(self._conn().execute(Q["count"], params).fetchone()[0]))
         )
 
+    async def drop_collection(self, name: str) -> int | None:
+        def run(db: Any) -> int | None:
+            if self._collection(db, name) is None:
+                return None
+            dropped = int(db.execute(Q["drop_items"], {"name": name}).rowcount)
+            db.execute(Q["drop_collection"], {"name": name})
+            return dropped
+
+        return await self._call(lambda: self._guard(lambda: self._transaction(run)))
+
     async def drop_sessions(self, sessions: Sequence[str]) -> int:
         params = {"sessions": json.dumps(list(sessions))}
 

@@ -94,3 +94,9 @@ DELETE FROM {table} WHERE session = ANY(%(sessions)s);
 
 -- name: collections_table
 SELECT to_regclass('vector_collections') IS NOT NULL;
+
+-- name: drop_items
+DROP TABLE IF EXISTS {table};
+
+-- name: drop_collection
+DELETE FROM vector_collections WHERE id = %(id)s;

@@ -53,3 +53,9 @@ UPDATE vector_items SET metadata = ? WHERE collection = ? AND session = ? AND id
 -- name: drop_sessions
 -- Every item of these sessions (a shared collection's are under '', never one of them).
 DELETE FROM vector_items WHERE session IN (SELECT value FROM json_each(:sessions));
+
+-- name: drop_items
+DELETE FROM vector_items WHERE collection = :name;
+
+-- name: drop_collection
+DELETE FROM vector_collections WHERE name = :name;
