@@ -1109,3 +1109,20 @@ async def test_a_step_name_no_record_can_be_kept_under_fails_the_task_at_once(
         result = await rt.result((await rt.submit(misnamed)).id)
     assert (result.status, result.attempt) == (TaskStatus.FAILED, 1)
     assert result.error is not None and result.error.type == "StepNameError"
+
+
+async def test_submit_refuses_an_input_that_does_not_fit_and_queues_nothing(db_url: str) -> None:
+    # It answered an id, and the task then failed on its worker: a service could not
+    # answer its caller 4xx as the HTTP API does.
+    @legion.agent
+    async def typed_one(ctx: legion.Context, x: int) -> int:
+        return x
+
+    async with Runtime(db_url, agents=[typed_one]) as rt:
+        with pytest.raises(legion.InputError, match="x: Input should be a valid integer"):
+            await rt.submit(typed_one, "nope")
+        with pytest.raises(legion.InputError, match="unknown field"):
+            await rt.submit(typed_one, {"x": 1, "y": 2})
+        ok = await rt.result((await rt.submit(typed_one, {"x": "5"})).id)  # (as JSON reads)
+        assert ok.output == 5
+        assert await rt.store.counts() == {TaskStatus.SUCCEEDED: 1}

@@ -295,7 +295,16 @@ class Runtime:
         session: str | None = None,
         priority: int = 0,
     ) -> Submitted:
-        """Queue one task. The same ``key`` twice answers the first task."""
+        """Queue one task. The same ``key`` twice answers the first task. An input that
+        does not fit the agent's parameters is refused here (`legion.errors.InputError`,
+        nothing queued), as the HTTP API refuses it; `submit_many` and `map` queue each
+        input and fail the task of one that does not fit, as `legion run` does a line."""
+        try:
+            data: bytes | None = codec.dumps(input)
+        except OutputError:
+            data = None  # (submit_many says so, in its words)
+        if data is not None:
+            agent.arguments(codec.loads(data))  # (as the worker will read it: JSON)
         (done,) = await self.submit_many(
             agent, [input], keys=[key], session=session, priority=priority
         )
