@@ -488,3 +488,27 @@ async def test_an_agent_its_children_cannot_import_fails_its_tasks_and_stops_not
     assert refused.error is not None and refused.error.type == "AgentLoadError"
     assert "not here" in refused.error.message
     assert fine.status is TaskStatus.SUCCEEDED
+
+
+def test_a_memory_limit_above_the_inherited_hard_limit_is_refused_at_start() -> None:
+    # A child may lower its limit but never raise it past the hard one its parent had
+    # (ulimit -v): each task died unstarted, "not allowed to raise maximum limit", after
+    # using up its attempts, and sixty tracebacks went to standard error.
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))\n"
+        "from legion.errors import ConfigError\n"
+        "from legion.executors import ProcessExecutor\n"
+        "try:\n"
+        "    ProcessExecutor(memory_limit_mb=2048)\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+        "print(ProcessExecutor(memory_limit_mb=512).memory_limit_mb)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    refused, fits = done.stdout.splitlines()
+    assert refused.startswith("--memory-limit 2048 MB is above this process's hard limit")
+    assert fits == "512"

@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import functools
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -62,6 +63,15 @@ class ProcessExecutor:
         if memory_limit_mb is not None and not 1 <= memory_limit_mb <= MAX_LIMIT_MB:
             # (past it, setrlimit fails in every child: each task would die unstarted)
             raise ConfigError(f"memory_limit_mb must be from 1 to {MAX_LIMIT_MB:,}")
+        hard = _hard_memory_limit_mb()
+        if memory_limit_mb is not None and hard is not None and memory_limit_mb > hard:
+            # (a child may lower its limit, never raise it past the hard one: each task
+            # died unstarted, using up its attempts)
+            raise ConfigError(
+                f"--memory-limit {memory_limit_mb} MB is above this process's hard limit on "
+                f"memory ({hard:,} MB: ulimit -v), which its children inherit: give at "
+                "most that"
+            )
         self.processes = processes or _cpu_count()
         self.memory_limit_mb = memory_limit_mb
         self._slots = asyncio.Semaphore(self.processes)
@@ -340,6 +350,13 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def _hard_memory_limit_mb() -> int | None:
+    """The hard limit on address space this process's children inherit, in MB (``None``:
+    none)."""
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    return None if hard == resource.RLIM_INFINITY else hard // 2**20
 
 
 def _cpu_count() -> int:
