@@ -476,6 +476,10 @@ def _gone_pid() -> int:
         ("another PID namespace (a container)", False, "gone", 10.0, False),
         ("alive: this very process", True, "me", 10.0, False),
         ("gone, but its heartbeat is fresh", True, "gone", 0.0, False),
+        # Its clock ran a year ahead (SQLite has no clock of its own): its tasks waited a
+        # year for the two lease periods to pass, though its process was gone.
+        ("gone, its heartbeat ahead of this clock", True, "gone", -365 * 86_400.0, True),
+        ("alive, its heartbeat ahead of this clock", True, "me", -365 * 86_400.0, False),
     ],
 )
 async def test_early_reclaim_needs_the_whole_identity(

@@ -240,9 +240,10 @@ class Upkeep:
 
         A worker is dead once its heartbeat is older than two lease periods (by the
         store's clock: the database's on PostgreSQL), or early — once its heartbeat is
-        no longer fresh (older than a heartbeat period) — when its process is certainly
-        gone: same kernel boot, same PID namespace, and the PID free or another
-        process's (see `legion.identity`). A host name alone proves nothing."""
+        no longer fresh (older than a heartbeat period, or ahead of this clock) — when
+        its process is certainly gone: same kernel boot, same PID namespace, and the PID
+        free or another process's (see `legion.identity`). A host name alone proves
+        nothing."""
         store_now = await self._follow_store_clock()
         me = self._identity
         dead = []
@@ -251,8 +252,10 @@ class Upkeep:
                 continue
             age = store_now - w.heartbeat_at
             theirs = identity.ProcessIdentity(w.boot_id, w.pid_ns, w.pid, w.proc_start)
+            # (a heartbeat ahead of this clock, from a worker whose clock ran ahead, is no
+            # fresher for it: a SQLite store has no clock of its own)
             if age > 2 * self.config.lease_seconds or (
-                age > self._heartbeat_every and identity.is_gone(theirs, me)
+                (age > self._heartbeat_every or age < 0) and identity.is_gone(theirs, me)
             ):
                 dead.append(w.id)
         reclaimed = await self.store.reclaim(self._clock.wall(), dead, keep=self.id)
