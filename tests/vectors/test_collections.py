@@ -7,6 +7,7 @@ import dataclasses
 import math
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import legion
@@ -505,3 +506,32 @@ def test_where_refuses_a_value_json_cannot_hold() -> None:
         "f": 1.5,
         "b": True,
     }
+
+
+async def test_a_store_named_through_a_symbolic_link_keeps_one_file_of_vectors(
+    tmp_path: Path, sim: SimulatedProvider
+) -> None:
+    # The vectors' file was named from the path as given: a store opened through a link
+    # and by its own path had one memory and two files of vectors (a session's vectors
+    # missing on the other side).
+    from legion.vectors.sqlite import vectors_path
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "app.db").symlink_to(tmp_path / "data" / "store.db")
+
+    @legion.agent
+    async def note(ctx: legion.Context, text: str) -> list[str]:
+        col = ctx.vectors("notes")
+        seen = [h.text for h in await col.search(text, k=5)]
+        await col.add([text])
+        return seen
+
+    seen = []
+    for path in ("data/store.db", "app.db"):
+        url = f"sqlite:///{tmp_path / path}"
+        async with Runtime(url, llm=sim_client(sim)) as rt:
+            r = await rt.result((await rt.submit(note, "zebras eat grass", session="S")).id)
+        seen.append(r.output)
+    assert seen == [[], ["zebras eat grass"]]
+    assert vectors_path(str(tmp_path / "app.db")) == str(tmp_path / "data" / "store.vectors.db")
+    assert not (tmp_path / "app.vectors.db").exists()

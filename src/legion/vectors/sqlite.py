@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import sqlite3
 import time
 from array import array
@@ -72,11 +73,20 @@ def connect(path: str, busy_ms: int = 30_000) -> Any:
 
 
 def vectors_path(store_path: str) -> str:
-    """The file of a SQLite store's vectors: ``runs.db`` -> ``runs.vectors.db``
-    (``:memory:`` stays private to the process)."""
+    """The file of a SQLite store's vectors: ``runs.db`` -> ``runs.vectors.db``, beside the
+    store's file itself (a store named through a symbolic link kept its vectors beside the
+    link: one store, two files of vectors, as it was named). ``:memory:`` stays private to
+    the process. A file made beside the link by an earlier legion is kept using."""
     if store_path == ":memory:":
         return store_path
-    path = Path(store_path)
+    named = _beside(Path(store_path))
+    real = _beside(Path(os.path.realpath(store_path)))
+    if real != named and os.path.exists(named) and not os.path.exists(real):
+        return named
+    return real
+
+
+def _beside(path: Path) -> str:
     suffix = path.suffix or ".db"
     return str(path.with_name(f"{path.stem if path.suffix else path.name}.vectors{suffix}"))
 
