@@ -1118,3 +1118,45 @@ def test_cancel_with_a_tenant_cancels_its_unfinished_tasks_alone(tmp_path: Path)
     with sqlite3.connect(tmp_path / "db") as conn:
         left = dict(conn.execute("SELECT id, status FROM tasks").fetchall())
     assert left == {acme_x: "cancelled", acme_y: "cancelled", beta: "queued", default: "queued"}
+
+
+@pytest.mark.parametrize(("soft", "hard"), [(256, 4096), (256, 256)])
+def test_a_run_raises_its_open_files_limit_or_says_it_is_short(
+    tmp_path: Path, soft: int, hard: int
+) -> None:
+    # At a soft limit of 256 (macOS's default) and --concurrency 1000, tasks that opened
+    # files failed with "Too many open files" and the in-process simulator logged its
+    # failed accepts by the hundred thousand (239 MB of standard error), unannounced.
+    import resource
+
+    agents = tmp_path / "fd.py"
+    agents.write_text(
+        "import resource\n\nasync def limit(ctx, n: int):\n"
+        "    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]\n"
+    )
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(
+        [
+            *LEGION,
+            "run",
+            f"{agents}:limit",
+            "-i",
+            str(inp),
+            "-o",
+            str(out),
+            "--store",
+            f"sqlite:///{tmp_path / 'db'}",
+            "-c",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+    assert done.returncode == 0, done.stderr
+    assert read_jsonl(out)[0]["output"] == hard  # the soft limit raised to the hard one
+    short = "--concurrency 1,000 with at most 256 open files (ulimit -n)"
+    assert (short in done.stderr) is (hard == 256), done.stderr

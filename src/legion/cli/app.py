@@ -14,6 +14,7 @@ import typer
 
 from legion.cli.bench import register as _register_bench
 from legion.cli.gateway import register as _register_gateway
+from legion.cli.limits import raise_open_files
 from legion.cli.options import (
     DEFAULT_STORE,
     INT64_MAX,
@@ -599,6 +600,7 @@ def main() -> None:
     and Ctrl-C while it starts."""
     if sys.stdout is not None:
         sys.stdout = _Stdout(sys.stdout)
+    raise_open_files()
     try:
         for i, arg in enumerate(sys.argv[1:], 1):
             try:

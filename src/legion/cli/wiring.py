@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 from rich.console import Console
 
 from legion.agent import Agent
+from legion.cli.limits import open_files_note
 from legion.cli.llm_options import ExecutorOptions, LLMOptions, llm_config
 from legion.cli.progress import error_text
 from legion.errors import StoreError
@@ -141,6 +143,9 @@ async def open_runtime(
             config, note = llm_config(opts.llm)
             if on_routes is not None:
                 on_routes(note)
+            short = open_files_note(opts.concurrency)
+            if short is not None:
+                print(short, file=sys.stderr)
             client = await open_llm(opts, config, earlier_spending=earlier_spending)
             llm = await stack.enter_async_context(client)
         yield await stack.enter_async_context(
