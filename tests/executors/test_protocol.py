@@ -116,6 +116,7 @@ def test_an_agent_of_a_script_run_as_main_is_named_by_its_path(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     script = tmp_path / "script.py"
+    script.write_text("")  # (a file: one on standard input is refused)
     main = types.ModuleType("__main__")
     main.__file__ = str(script)
     exec(
