@@ -113,3 +113,54 @@ def test_a_full_disk_answers_507_and_loses_nothing(small_disk: Path) -> None:
     finally:
         db.close()
     assert {k: stored.get(k) for k in acked} == acked  # every acknowledged task is there
+
+
+def test_a_run_on_a_full_disk_stops_at_the_third_signal(small_disk: Path) -> None:
+    # Its writes waited for room for as long as it took: a second SIGTERM, and Ctrl-C,
+    # changed nothing, and only SIGKILL (or freeing the disk) ended it.
+    import signal
+
+    from tests.acceptance.conftest import start_legion
+
+    agents = small_disk.parent / "agents.py"
+    agents.write_text(f"async def pad(ctx, n: int):\n    return {PAD!r} * 3\n")
+    lines = small_disk.parent / "in.jsonl"
+    lines.write_text("".join(f'{{"n": {n}}}\n' for n in range(5000)))
+    run = start_legion(
+        "run",
+        f"{agents}:pad",
+        "-i",
+        str(lines),
+        "-o",
+        str(small_disk.parent / "out.jsonl"),
+        "--store",
+        f"sqlite:///{small_disk / 'full.db'}",
+        "--no-progress",
+    )
+    try:
+        assert run.stderr is not None
+        said = []
+        for line in run.stderr:  # until its writes fail for want of room
+            said.append(line)
+            if "store write of" in line and "retrying" in line:
+                break
+        else:
+            raise AssertionError("".join(said))
+        # One at a time, each once the run said it took the one before (signals sent
+        # together are taken as one).
+        for heard in ("SIGTERM: finishing running tasks", "SIGTERM again: giving"):
+            run.send_signal(signal.SIGTERM)
+            for line in run.stderr:
+                said.append(line)
+                if heard in line:
+                    break
+            else:
+                raise AssertionError("".join(said))
+        run.send_signal(signal.SIGTERM)
+        rest = run.communicate(timeout=60)[1]
+        assert run.returncode == 128 + signal.SIGTERM
+        assert "SIGTERM a third time: exiting now, without waiting for the store" in rest
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()

@@ -17,6 +17,7 @@ stop (`until_first`).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -217,8 +218,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopSignals:
     """SIGINT and SIGTERM, handled in the running loop from the moment this is made (make
     it before the command opens its store, so a process the store can see always stops
-    cleanly): the first calls ``first`` with the signal and sets the stop; each one after
-    gives the running tasks of the attached runtime back to the queue at once."""
+    cleanly): the first calls ``first`` with the signal and sets the stop; the second gives
+    the running tasks of the attached runtime back to the queue at once; the third exits at
+    once, without waiting for the store (which may not be writable)."""
 
     def __init__(self, first: Callable[[signal.Signals], None]) -> None:
         self._first = first
@@ -243,12 +245,29 @@ class StopSignals:
 
     def _on_signal(self, signum: int) -> None:
         self._presses += 1
+        name = signal.Signals(signum).name
         if self._presses == 1:
             self.received = signal.Signals(signum)
             self._first(self.received)
             self._event.set()
-        elif self._runtime is not None and self._runtime.worker is not None:
-            self._runtime.worker.release_now()
+        elif self._presses == 2:
+            if self._runtime is not None and self._runtime.worker is not None:
+                print(
+                    f"{name} again: giving the running tasks back now (a third time exits at "
+                    "once, without waiting for the store)",
+                    file=sys.stderr,
+                )
+                self._runtime.worker.release_now()
+        else:
+            # The store cannot be written (its disk is full, it is away): the close waits
+            # for the writes queued, for as long as it takes. A third stop does not.
+            print(
+                f"{name} a third time: exiting now, without waiting for the store; what it "
+                "has not recorded runs again when the tasks are resumed",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(128 + signum)
 
 
 def stop_signals(rt: Runtime, first: Callable[[signal.Signals], None]) -> StopSignals:
