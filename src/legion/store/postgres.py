@@ -225,10 +225,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
     async def open(self) -> None:
         if _POOL_LOG.level == logging.NOTSET:
             _POOL_LOG.setLevel(logging.ERROR)
-        try:
-            conn = await Connection.connect(self._migration_conninfo, autocommit=True)
-        except psycopg.Error as exc:
-            raise await self._connect_error(exc) from exc
+        conn = await self._connect(self._migration_conninfo)
         try:
             async with conn:
                 self._channel = await self._migrate(conn)
@@ -268,10 +265,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         settings legion sends at connect: a pooler between that drops them (PgBouncer's
         ``ignore_startup_parameters = options``) and, handing out server connections per
         transaction, runs one session's prepared statements in another's."""
-        try:
-            conn = await Connection.connect(self._conninfo, autocommit=True)
-        except psycopg.Error as exc:
-            raise await self._connect_error(exc) from exc
+        conn = await self._connect(self._conninfo)
         try:
             async with conn:
                 cur = await conn.execute(Q["session_mark"])
@@ -285,6 +279,13 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 "between, that drops them? legion needs a direct connection, or a "
                 "session-mode pool that passes them (docs/provisioning.md)"
             )
+
+    async def _connect(self, conninfo: str) -> Connection:
+        """A connection on ``conninfo``, or the error `_connect_error` makes of its failure."""
+        try:
+            return await Connection.connect(conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise await self._connect_error(exc) from exc
 
     def _said(self, exc: BaseException) -> str:
         """``exc``'s message on one line, with nothing of the URL's password in it."""
