@@ -202,9 +202,11 @@ class WaitError(Permanent, ValueError):
 
 
 class StepNameError(Permanent, ValueError):
-    """A step given a name no record can be kept under: not text a store holds, or one
-    that ends as the keys of other steps do (``@1``: a gather's branch; ``#2``: the second
-    step of a name). A mistake of the code, which no retry mends."""
+    """A step given a name no record can be kept under: not text (or text with a lone
+    surrogate), a name ending as a gather's branches are keyed (``@1``), or one that is the
+    key of another step (``fetch#2`` beside a second ``fetch``). A mistake of the code,
+    which no retry mends. (A name with a NUL, or too long to index, is an `OutputError`, as
+    every value no store can hold.)"""
 
 
 class ChildFailed(Permanent):
