@@ -92,3 +92,36 @@ async def test_a_replay_that_asks_the_same_children_gets_their_outputs(
     result = await _deploy_twice(store_url, {"agent": "child", "inputs": [0, 1, 2]}, second)
     assert result.ok, result.error
     assert result.output == {"spawned": None, "mapped": expected}
+
+
+@legion.agent(retries=0)
+async def parent_past_its_map(ctx: Any) -> Any:
+    mapped = await ctx.map("child", [{"x": x} for x in CODE["inputs"]])
+    await ctx.wait_for("fin")
+    return mapped
+
+
+async def test_a_replay_of_an_ended_map_with_another_number_of_inputs_fails(
+    store_url: str,
+) -> None:
+    # Past its map (the outputs recorded), a parent replayed the recorded list whatever
+    # its new code gave: three outputs for four inputs, the fourth never run.
+    CODE.clear()
+    CODE.update(inputs=[0, 1, 2])
+    async with legion.Runtime(store_url, agents=[parent_past_its_map, child]) as rt:
+        p = await rt.submit(parent_past_its_map, {})
+        for _ in range(3000):  # (until it waits for "fin", its map's outputs recorded)
+            waiting = await rt.store.waiting_tasks()
+            if any(w.id == p.id and w.event == "fin" for w in waiting):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the parent never got past its map")
+    CODE.update(inputs=[0, 1, 2, 3])
+    async with legion.Runtime(store_url, agents=[parent_past_its_map, child]) as rt:
+        await rt.signal(p.id, "fin")
+        async with asyncio.timeout(60):
+            result = await rt.result(p.id)
+    assert result.status is TaskStatus.FAILED
+    assert result.error is not None and result.error.type == "ReplayMismatch"
+    assert "recorded the outputs of 3 child tasks, and this run gives it 4" in result.error.message

@@ -279,7 +279,16 @@ async def map_children(
         threshold = (limit - max(1, limit // 2)) if fresh else 0
         raise Suspended(Wait(children=threshold))
 
-    return list(await ctx.record(name, run, (), {}, None))
+    outputs = list(await ctx.record(name, run, (), {}, None))
+    if len(outputs) != len(items):  # (replayed: recorded for another number of inputs)
+        raise ReplayMismatch(
+            f"this task's call {scoped(str(group))} to ctx.spawn or ctx.map recorded the "
+            f"outputs of {len(outputs)} child tasks, and this run gives it {len(items)} "
+            "inputs: the agent's code changed after the call had ended. Its outputs are "
+            "replayed as recorded (as a step's are), so a call changed then must keep its "
+            "inputs; retry the task once its code asks what it asked before"
+        )
+    return outputs
 
 
 def _same_calls(
