@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -797,7 +798,19 @@ async def test_stores_opening_together_wait_for_the_migration_past_the_roles_loc
 
 
 @pytest.mark.parametrize(
-    "password", ["se/cretA", "se@cr/etD", "p@ss:w/rd#?&%x y", "se%cretF", "se cretG", "se?cretC"]
+    "password",
+    [
+        "se/cretA",
+        "se@cr/etD",
+        "p@ss:w/rd#?&%x y",
+        "se%cretF",
+        "se cretG",
+        "se?cretC",
+        # cut at the '?', then at the '%' or the space: "TOP%***@..." showed the piece
+        "Hunter2?TOP%SECRET",
+        "a/b?c%d SECRETX",
+        "se/cr@t?x%y z",
+    ],
 )
 async def test_a_password_written_raw_in_the_url_is_in_no_error(
     postgres_server: str, password: str
@@ -810,5 +823,7 @@ async def test_a_password_written_raw_in_the_url_is_in_no_error(
         store = store_from_url(url)
         await store.open()
     said = str(refused.value)
-    for piece in [password, *password.replace("@", "/").replace("?", "/").split("/")]:
-        assert len(piece) < 4 or piece not in said, said
+    assert password not in said, said
+    for quoted in re.findall(r"\"[^\"]*\"|'[^']*'", said):  # (where libpq echoes a URL)
+        runs = {password[i : i + 3] for i in range(len(password) - 2)}
+        assert not any(run in quoted for run in runs), said

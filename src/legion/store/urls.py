@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 # A URL's password: after the scheme and the user name, up to the last '@'. libpq ends
@@ -37,23 +38,48 @@ _ANY_SECRET_PARAM = re.compile(r"((?:[?&\s]|^)(?:ssl)?password=)[^&\s'\"]*", re.
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
-    """What of ``url``'s password a message about it may echo (libpq quotes the part of
-    a URL it could not parse: ``invalid percent-encoded token: "se%cret"``): the password
-    as written and its pieces between the characters that end a URL's parts, the short
-    ones left (they would hide words of the message). For `scrub`."""
+    """The password of ``url``'s credentials, as a message about it may echo it (libpq
+    quotes the part of a URL it could not parse: ``invalid percent-encoded token:
+    "se%cret"``, or the tail of a password cut at its ``?``). For `scrub`."""
     found = _USERINFO.match(url)
     if found is None:
         return ()
-    secret = url[found.end(1) : found.end() - 1]
-    pieces = {secret, *re.split(r"[/?#@%&=:\s]+", secret)}
-    return tuple(sorted((p for p in pieces if len(p) >= 4), key=len, reverse=True))
+    return (url[found.end(1) : found.end() - 1],)
+
+
+SCRUBBED_RUN = 3
+"""The shortest run of a password's characters `scrub` hides in a quoted part."""
+
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
 
 
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` with each of ``secrets`` (`url_secrets`) as ``***``."""
+    """``text`` with each of ``secrets`` as ``***``, and, in its quoted parts (where libpq
+    echoes what it could not parse, a password cut where the URL's syntax cut it), every
+    run of ``SCRUBBED_RUN`` or more characters that is a part of one."""
     for secret in secrets:
-        text = text.replace(secret, "***")
+        if len(secret) < SCRUBBED_RUN:
+            continue
+        hidden = text.replace(secret, "***")
+        text = _QUOTED.sub(functools.partial(_quoted_runs, secret=secret), hidden)
     return text
+
+
+def _quoted_runs(quoted: re.Match[str], secret: str) -> str:
+    text = quoted.group(0)
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        n = SCRUBBED_RUN
+        while i + n <= len(text) and text[i : i + n] in secret:
+            n += 1
+        if n > SCRUBBED_RUN:
+            out.append("***")
+            i += n - 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def redact_text(text: str) -> str:
