@@ -509,3 +509,52 @@ def test_a_worker_serves_a_plain_async_function_named_as_legion_run_names_it(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=60)
+
+
+def test_a_supervised_worker_whose_agent_file_changed_is_started_again_on_the_new_code(
+    tmp_path: Path,
+) -> None:
+    # A deploy wrote new code over the agent's file under `legion worker --processes`:
+    # the worker stopped (its children refuse other code than the worker's) with exit
+    # code 2, after which the supervisor starts no other, and nothing served the store.
+    app = tmp_path / "deployed.py"
+    code = "import legion\n\n@legion.agent(executor='process')\nasync def which(ctx, n: int):\n"
+    app.write_text(code + "    return 'v1'\n")
+    store = f"sqlite:///{tmp_path / 'deploy.db'}"
+    supervisor = start_legion(
+        "worker",
+        "--app",
+        str(app),
+        "--processes",
+        "1",
+        "--store",
+        store,
+        env={"PYTHONUNBUFFERED": "1"},  # (its lines as they are written)
+    )
+    try:
+        assert supervisor.stderr is not None
+        for line in supervisor.stderr:  # (its worker serves: the code it loaded is v1)
+            if "serving which" in line:
+                break
+        app.write_text(code + "    return 'v2'\n")
+        inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+        out = tmp_path / "out.jsonl"
+        run = legion(
+            "run",
+            f"{app}:which",
+            "-i",
+            str(inp),
+            "-o",
+            str(out),
+            "--store",
+            store,
+            "--no-local-worker",
+        )
+        assert run.returncode == 0, run.stderr
+        (row,) = read_jsonl(out)
+        assert row["output"] == "v2" and row["attempts"] == 1  # (the refusal spent none)
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        _, err = supervisor.communicate(timeout=60)
+    assert "changed since its worker started" in err, err
+    assert "exited with 6 (its agent's file changed: the new worker runs the new code)" in err

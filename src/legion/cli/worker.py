@@ -45,9 +45,16 @@ from legion.cli.wiring import (
     open_store_unless_stopped,
     until_first,
 )
-from legion.errors import AgentLoadError, StoreError
+from legion.errors import AgentChanged, AgentLoadError, StoreError
 from legion.loader import agents_in, load_agent, load_module
-from legion.provision.exits import EXIT_BUDGET, EXIT_FINAL, EXIT_STORE, FINAL_EXITS, WHY_FINAL
+from legion.provision.exits import (
+    EXIT_BUDGET,
+    EXIT_CODE_CHANGED,
+    EXIT_FINAL,
+    EXIT_STORE,
+    FINAL_EXITS,
+    WHY_FINAL,
+)
 from legion.resources import satisfies
 from legion.run.freeze import FROZE_EXIT_CODE
 from legion.store import Store, redact_url
@@ -157,7 +164,8 @@ async def _serve(
         )
         if rt.fatal_error is not None:
             console.print(error_text(f"stopped: {rt.fatal_error}"))
-            return EXIT_FINAL
+            # (a supervisor starts another, which loads the new code: a deploy)
+            return EXIT_CODE_CHANGED if isinstance(rt.fatal_error, AgentChanged) else EXIT_FINAL
         if budget is not None and budget.exhausted is not None and not stop.is_set():
             console.print(
                 error_text(
@@ -253,6 +261,7 @@ WHY_EXITED = {
     **WHY_FINAL,
     EXIT_STORE: " (the store stayed unavailable)",
     EXIT_FROZE: " (an agent froze its event loop)",
+    EXIT_CODE_CHANGED: " (its agent's file changed: the new worker runs the new code)",
 }
 
 

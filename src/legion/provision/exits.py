@@ -6,6 +6,7 @@ from __future__ import annotations
 EXIT_FINAL = 2  # bad options, a store that refuses the worker
 EXIT_STORE = 3  # the store stayed unavailable past --store-wait
 EXIT_BUDGET = 5  # the worker's LLM budget is spent
+EXIT_CODE_CHANGED = 6  # the agent's file changed under it: a new worker runs the new code
 FINAL_EXITS = (0, EXIT_FINAL, EXIT_BUDGET)
 """Exit codes after which a supervisor starts no other worker (0: drained)."""
 WHY_FINAL = {
