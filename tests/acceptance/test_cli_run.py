@@ -1113,6 +1113,8 @@ def test_cancel_with_a_tenant_cancels_its_unfinished_tasks_alone(tmp_path: Path)
     assert rest.stdout.splitlines() == [f"{acme_x}\tcancelled"]
     none = legion("cancel", "--tenant", "acme", "--store", store)
     assert none.returncode == 0 and "tenant 'acme' has no unfinished tasks" in none.stderr
+    typo = legion("cancel", "--tenant", "acmee", "--store", store)  # (not a success)
+    assert typo.returncode == 1 and "tenant 'acmee' has no tasks in this store" in typo.stderr
     both = legion("cancel", str(beta), "--tenant", "beta", "--store", store)
     assert both.returncode == 2 and "give task ids, or --tenant NAME (not both)" in both.stderr
     with sqlite3.connect(tmp_path / "db") as conn:

@@ -547,6 +547,12 @@ def cancel(
         raise _fail("--agent goes with --tenant")
     if tenant is not None:
         task_ids = _run(tenant_tasks(store, tenant, agent))
+        if task_ids is None:  # (after a revocation, a mistyped name is no success)
+            raise _fail(
+                f"tenant {tenant!r} has no tasks in this store: is its name right? "
+                "(`legion keys list` shows the tenants)",
+                code=1,
+            )
         if not task_ids:
             of = f" of agent {agent!r}" if agent else ""
             stderr_console().print(

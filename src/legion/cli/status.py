@@ -312,14 +312,16 @@ async def requeue(
     return n, refused
 
 
-async def tenant_tasks(url: str, tenant: str, agent: str | None) -> list[int]:
+async def tenant_tasks(url: str, tenant: str, agent: str | None) -> list[int] | None:
     """The ids of ``tenant``'s queued, waiting and running tasks (of ``agent``), oldest
-    first."""
+    first; ``None`` if the store has no task of that tenant at all (its name mistyped?)."""
     from legion.store.types import TaskQuery
 
     unfinished = (TaskStatus.QUEUED, TaskStatus.WAITING, TaskStatus.RUNNING)
     ids: list[int] = []
     async with opened(url) as store:
+        if not await store.list_tasks(TaskQuery(limit=1, tenant=tenant)):
+            return None
         before: int | None = None
         while True:
             query = TaskQuery(unfinished, agent, before=before, limit=1000, tenant=tenant)
