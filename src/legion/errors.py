@@ -15,6 +15,7 @@
     │                          worker stops it
     ├── IdempotencyConflict    a submission reused an idempotency key for another input
     ├── NotAwaited             a signal sent for one wait of a task that does not wait for it
+    ├── StillStopping          a retry with children while some are still being cancelled
     ├── TaskFailed             rt.result(..., raise_on_failure=True) of a task that did not succeed
     ├── WorkerStopped          rt.map / rt.results: the local worker stopped on an error
     └── AgentError             raised *inside* an agent instance; decides retryability
@@ -147,6 +148,22 @@ class IdempotencyConflict(LegionError):
         super().__init__(
             f"idempotency key {shown} was sent before with another agent or input (in an "
             "earlier submission, or earlier in the same batch): use a new key for a new task"
+        )
+
+
+class StillStopping(LegionError):
+    """A retry with children while some of the task's descendants are still stopping (a
+    cancel asked, not yet taken by their worker): retried now, the parents would rerun and
+    find those children ended cancelled, and fail again. Nothing was queued; retry once
+    they have ended (their worker's next heartbeat, a few seconds). ``ids``: them."""
+
+    def __init__(self, task_id: int, ids: list[int]) -> None:
+        self.ids = ids
+        shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+        super().__init__(
+            f"task {task_id} has descendants still stopping ({shown}: their cancel asked, "
+            "not yet taken by their worker): retry it with its children once they have "
+            "ended, within a few seconds; nothing was queued"
         )
 
 

@@ -87,3 +87,32 @@ async def test_a_retry_with_children_queues_the_deepest_first_and_skips_below_a_
         assert await retriable_descendants(store, top.id) == [low.id, failed_mid.id]
     finally:
         await store.aclose()
+
+
+async def test_a_retry_with_children_waits_for_a_cancel_not_yet_taken(tmp_path: Path) -> None:
+    # A child whose cancel was asked, not yet taken by its worker (still running), ended
+    # cancelled after its retried parent had rerun: the parent failed again.
+    from legion.errors import StillStopping
+    from legion.store.sqlite import SQLiteStore
+    from legion.store.types import WriteBatch
+    from legion.task import Completion, NewTask, Outcome, TaskStatus
+    from legion.waiting.family import requeue_descendants
+
+    store = SQLiteStore(str(tmp_path / "tree.db"))
+    await store.open()
+    try:
+        (top,) = await store.submit([NewTask("t", b"{}")], 1.0)
+        (stopping,) = await store.submit_children(top.id, [NewTask("c", b"1", "c1")], 1.0)
+        await store.lease("w", {"t": 1, "c": 1}, 2, 1e12, 2.0)
+        assert await store.cancel(stopping.id, 3.0) is TaskStatus.RUNNING  # (asked)
+        ended = Completion(top.id, 1, "w", Outcome.CANCELLED)
+        assert await store.write(WriteBatch(completions=[ended]), 3.0) == [True]
+        with pytest.raises(StillStopping, match=f"descendants still stopping \\({stopping.id}"):
+            await requeue_descendants(store, top.id)
+        info = await store.get(top.id)
+        assert info is not None and info.status is TaskStatus.CANCELLED  # nothing queued
+        taken = Completion(stopping.id, 1, "w", Outcome.CANCELLED)
+        assert await store.write(WriteBatch(completions=[taken]), 4.0) == [True]
+        assert await requeue_descendants(store, top.id) == [stopping.id]
+    finally:
+        await store.aclose()

@@ -267,6 +267,7 @@ async def requeue(
     """Queue tasks again; answer how many, and why each named task that was not could not be.
     ``children``: each named task's descendants that ended dead, failed or cancelled too,
     before it (none for a task that cannot be retried)."""
+    from legion.errors import StillStopping
     from legion.waiting.family import requeue_descendants
 
     statuses = [
@@ -291,7 +292,11 @@ async def requeue(
         queued: set[int] = set()  # (by a walk: a child named beside its parent is no refusal)
         for task_id in dict.fromkeys(ids):
             if children:
-                below = await requeue_descendants(store, task_id) or []
+                try:
+                    below = await requeue_descendants(store, task_id) or []
+                except StillStopping as exc:  # (nothing of it queued: said, and the next)
+                    refused.append(str(exc))
+                    continue
                 n += len(below)
                 queued.update(below)
             if await store.requeue_one(task_id):

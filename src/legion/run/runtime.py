@@ -496,7 +496,9 @@ class Runtime:
         """Queue a dead, failed or cancelled task again with a fresh attempt budget.
         ``children``: its descendants that ended dead, failed or cancelled too, before it
         (a rerun parent finds its children by their keys: one cancelled with it would
-        fail it again). ``False``, and nothing queued, if the task cannot be retried."""
+        fail it again). ``False``, and nothing queued, if the task cannot be retried;
+        `legion.errors.StillStopping`, nothing queued, while some of its descendants' cancel
+        is not yet taken by their worker (retry once they have ended)."""
         self._check_loop()
         task_id = task_id_of(task_id)
         if children and await requeue_descendants(self.store, task_id) is None:

@@ -15,7 +15,7 @@ from fastapi.exceptions import HTTPException, RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from legion import codec
-from legion.errors import IdempotencyConflict, InputError, OutputError
+from legion.errors import IdempotencyConflict, InputError, OutputError, StillStopping
 from legion.server.body import json_body
 from legion.server.deps import KeyDep, ServerState, StateDep, known_query, require_key
 from legion.server.schemas import (
@@ -303,7 +303,11 @@ async def retry_task(
     ),
 ) -> StatusOut:
     """Queue a dead (or failed, or cancelled) task again with a fresh attempt budget."""
-    if not await state.runtime.retry(task.id, children=children):
+    try:
+        retried = await state.runtime.retry(task.id, children=children)
+    except StillStopping as exc:  # (its descendants' cancel not yet taken: nothing queued)
+        raise HTTPException(409, str(exc)) from None
+    if not retried:
         current = await state.runtime.get(task.id)
         status = current.status if current is not None else task.status
         raise HTTPException(

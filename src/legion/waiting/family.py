@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from legion.errors import StillStopping
 from legion.store.waiting import WaitingStore
 from legion.task import TaskStatus
 
@@ -72,10 +73,24 @@ async def requeue_descendants(store: Store, task_id: int) -> list[int] | None:
     """A retry with children, before the task itself: queue again its descendants that
     ended dead, failed or cancelled (`retriable_descendants`); answer those queued, or
     ``None``, with nothing queued, when the task itself cannot be retried (a refused
-    retry changes nothing)."""
+    retry changes nothing). Raises `legion.errors.StillStopping`, queueing nothing, while
+    a descendant below what ended has not ended yet (a cancel not yet taken)."""
     task = await store.get(task_id)
     if task is None or task.status not in RETRIABLE:
         return None
+    # Below what ended, one that has not and whose cancel was asked (not yet taken by its
+    # worker) would end cancelled after its parent reran, and fail it again. (One left
+    # running, its cancel never asked, is found by the rerun parent and waited for.)
+    unfinished = await descendants(
+        store, task_id, lambda s: not s.terminal, lambda s: s in RETRIABLE or not s.terminal
+    )
+    stopping = []
+    for child in unfinished:
+        info = await store.get(child)
+        if info is not None and info.cancel_requested and not info.status.terminal:
+            stopping.append(child)
+    if stopping:
+        raise StillStopping(task_id, stopping)
     return [
         child
         for child in await retriable_descendants(store, task_id)
