@@ -320,21 +320,15 @@ async def requeue(
 async def tenant_tasks(url: str, tenant: str, agent: str | None) -> list[int] | None:
     """The ids of ``tenant``'s queued, waiting and running tasks (of ``agent``), oldest
     first; ``None`` if the store has no task of that tenant at all (its name mistyped?)."""
+    from legion.store.paging import all_tasks
     from legion.store.types import TaskQuery
 
     unfinished = (TaskStatus.QUEUED, TaskStatus.WAITING, TaskStatus.RUNNING)
-    ids: list[int] = []
     async with opened(url) as store:
         if not await store.list_tasks(TaskQuery(limit=1, tenant=tenant)):
             return None
-        before: int | None = None
-        while True:
-            query = TaskQuery(unfinished, agent, before=before, limit=1000, tenant=tenant)
-            page = await store.list_tasks(query)
-            ids.extend(t.id for t in page)
-            if len(page) < query.limit:
-                return sorted(ids)
-            before = page[-1].id
+        query = TaskQuery(unfinished, agent, tenant=tenant)
+        return sorted([t.id async for t in all_tasks(store, query)])
 
 
 async def cancel_tasks(
