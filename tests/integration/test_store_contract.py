@@ -207,6 +207,61 @@ async def test_priority_then_age_orders_the_queue(store: Store) -> None:
     assert first.id == high.id
 
 
+async def _lease_tenants(store: Store, n: int, agent: str = "a") -> list[str]:
+    return [lease.tenant for lease in await store.lease("w", {agent: n}, n, NOW + 60, NOW)]
+
+
+async def test_tenants_take_turns_at_the_queue(store: Store) -> None:
+    """A tenant's backlog does not hold back the tasks another tenant submits after it:
+    one task a lease, the tenants alternate (the one with fewer running goes first)."""
+    await store.submit([new(value=i, tenant="noisy") for i in range(20)], NOW)
+    await store.submit([new(value=i, tenant="quiet") for i in range(2)], NOW)
+    one_by_one = [(await _lease_tenants(store, 1))[0] for _ in range(5)]
+    assert one_by_one == ["noisy", "quiet", "noisy", "quiet", "noisy"]
+
+
+async def test_one_lease_takes_each_tenants_tasks_in_turn(store: Store) -> None:
+    ids = {}
+    for tenant in ("a", "b", "c"):
+        out = await store.submit([new(value=i, tenant=tenant) for i in range(10)], NOW)
+        ids[tenant] = [s.id for s in out]
+    await store.submit([new(value=0, tenant="d")], NOW)
+    leased = await store.lease("w", {"a": 13}, 13, NOW + 60, NOW)
+    by_tenant = {t: [lease.id for lease in leased if lease.tenant == t] for t in "abcd"}
+    assert [len(by_tenant[t]) for t in "abcd"] == [4, 4, 4, 1]
+    for tenant in "abc":  # each tenant's own in its queue's order
+        assert by_tenant[tenant] == ids[tenant][:4]
+    # In the lease's order: the first turn of each tenant first, oldest first.
+    assert [lease.tenant for lease in leased[:4]] == ["a", "b", "c", "d"]
+    # One tenant left: the rest of the lease in its queue's order.
+    rest = await store.lease("w", {"a": 30}, 30, NOW + 60, NOW)
+    assert len(rest) == 18
+
+
+async def test_a_tenant_with_more_running_waits_its_turn(store: Store) -> None:
+    """The tenant with fewer tasks of the agent running goes first: one whose tasks hang
+    holding slots is served after the others."""
+    await store.submit([new(value=i, tenant="busy") for i in range(3)], NOW)
+    assert await _lease_tenants(store, 3) == ["busy"] * 3
+    await store.submit([new(value=i, tenant="busy") for i in range(3, 9)], NOW)
+    await store.submit([new(value=i, tenant="calm") for i in range(3)], NOW)
+    assert await _lease_tenants(store, 5) == ["calm", "calm", "calm", "busy", "busy"]
+
+
+async def test_priority_goes_before_tenant_turns(store: Store) -> None:
+    await store.submit([new(value=i, tenant="low") for i in range(3)], NOW)
+    await store.submit([new(value=i, tenant="high", priority=5) for i in range(3)], NOW)
+    assert await _lease_tenants(store, 4) == ["high", "high", "high", "low"]
+
+
+async def test_a_tenant_with_only_delayed_tasks_leaves_the_lease_to_others(
+    store: Store,
+) -> None:
+    await store.submit([new(value=i, tenant="later", not_before=NOW + 60) for i in range(5)], NOW)
+    await store.submit([new(value=i, tenant="now") for i in range(5)], NOW)
+    assert await _lease_tenants(store, 10) == ["now"] * 5
+
+
 async def test_a_lease_carries_the_tasks_priority_and_tenant(store: Store) -> None:
     """A route orders the task's LLM calls by them (`legion.llm.lanes`)."""
     await store.submit([new(value=1, priority=7, tenant="acme")], NOW)

@@ -72,6 +72,7 @@ from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, leases, task_info
 from legion.store.tenancy import KeyedTasks
 from legion.store.timeouts import DEFAULT_LEASE_SECONDS, StoreTimeouts
+from legion.store.turns import Turns, share_of
 from legion.store.types import (
     CRASHED_ITS_WORKER,
     LEASE_LOST,
@@ -543,8 +544,13 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     "offer": offered,
                     "min_priority": -(2**31) if min_priority is None else min_priority,
                 }
-                await cur.execute(Q["lease"], params)
-                rows.extend(await cur.fetchall())
+                await cur.execute(Q["queued_tenants"], {"agent": agent})
+                queued = await cur.fetchall()
+                if len(queued) == 1:
+                    await cur.execute(Q["lease"], {**params, "tenant": queued[0][0]})
+                    rows.extend(await cur.fetchall())
+                elif queued:
+                    rows.extend(await _lease_in_turns(cur, params, queued))
             steps: dict[int, dict[str, bytes]] = {}
             if rows:
                 await cur.execute(Q["replayed_steps"], {"ids": int8s([r[0] for r in rows])})
@@ -1133,6 +1139,32 @@ async def _check(pool: AsyncConnectionPool[Connection], limit: float) -> None:
             await pool.check()
     except (TimeoutError, psycopg.Error) as exc:
         log.warning("checking the store's idle connections failed: %s", exc)
+
+
+async def _lease_in_turns(
+    cur: Cursor, params: dict[str, Any], queued: Sequence[TupleRow]
+) -> list[TupleRow]:
+    """Lease one agent's tasks of several tenants, in turns (`legion.store.turns`): each
+    pass reads each tenant's first tasks (`lease_read`, locked until the transaction
+    ends) and leases those the turns take (`lease_ids`), in the turns' order."""
+    turns: Turns[int] = Turns({str(t): int(n) for t, n in queued}, params["limit"])
+    turns.rest = [str(t) for t, _ in queued]
+    rows: list[TupleRow] = []
+    async with cur.connection.transaction():
+        while turns.rest:
+            share = share_of(turns.need, len(turns.rest))
+            await cur.execute(Q["lease_read"], {**params, "tenants": turns.rest, "share": share})
+            read: dict[str, list[tuple[int, int, int]]] = {t: [] for t in turns.rest}
+            for tenant, priority, task_id in await cur.fetchall():
+                read[tenant].append((priority, task_id, task_id))
+            for tasks in read.values():
+                tasks.sort(key=lambda r: (-r[0], r[1]))
+            taken = turns.take(read, share)
+            if taken:
+                await cur.execute(Q["lease_ids"], {**params, "ids": taken})
+                by_id = {r[0]: r for r in await cur.fetchall()}
+                rows.extend(by_id[i] for i in taken if i in by_id)
+    return rows
 
 
 def _one(row: TupleRow | None) -> Any:

@@ -45,6 +45,7 @@ from legion.store.sqlite_rows import CACHED_STATEMENTS, execute_rows
 from legion.store.sqlite_submit import SQLiteSubmissions
 from legion.store.sqlite_waiting import SQLiteWaiting, after_completions, wake_parents
 from legion.store.tenancy import KeyedTasks, scoped_key
+from legion.store.turns import Turns, share_of
 from legion.store.types import (
     CRASHED_ITS_WORKER,
     LEASE_LOST,
@@ -1069,12 +1070,44 @@ def _requeue(
 
 def _lease_agent(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
     """Lease tasks of one agent: rows in the order of `lease`'s RETURNING (input as
-    bytes), by `lease_pick` and `lease_take` (a step each)."""
+    bytes). Tenants take turns (`legion.store.turns`) when more than one has tasks
+    queued; one tenant's are leased in its queue's order."""
+    queued = db.execute(Q["queued_tenants"], params).fetchall()
+    if len(queued) <= 1:
+        return _lease_tenant(db, {**params, "tenant": queued[0][0]}) if queued else []
+    turns: Turns[Any] = Turns({t: int(n) for t, n in queued}, params["limit"])
+    turns.rest = [t for t, _ in queued]
+    rows: list[Any] = []
+    while turns.rest:
+        share = share_of(turns.need, len(turns.rest))
+        try:
+            read = {t: _pick(db, {**params, "tenant": t, "limit": share}) for t in turns.rest}
+        except sqlite3.OperationalError:  # as in `_lease_tenant` (not seen): one tenant's
+            rest = {**params, "tenant": turns.rest[0], "limit": turns.need}
+            return rows + db.execute(Q["lease"], rest).fetchall()
+        taken = turns.take({t: [(r[7], r[0], r) for r in rs] for t, rs in read.items()}, share)
+        rows.extend(_take(db, params, taken))
+    return rows
+
+
+def _lease_tenant(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
+    """Lease the first tasks of one agent and tenant in their queue's order."""
     try:
-        (picked,) = db.execute(Q["lease_pick"], params).fetchone()
+        picked = _pick(db, params)
     except sqlite3.OperationalError:  # an input that is not UTF-8 text (not seen): by row
         return db.execute(Q["lease"], params).fetchall()
+    return _take(db, params, picked)
+
+
+def _pick(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
+    """`lease_pick`'s rows: the tasks `lease` would take, as lists (input as text)."""
+    (picked,) = db.execute(Q["lease_pick"], params).fetchone()
     rows: list[Any] = codec.loads(picked)
+    return rows
+
+
+def _take(db: sqlite3.Connection, params: dict[str, Any], rows: list[Any]) -> list[Any]:
+    """Lease the tasks `_pick` read (`lease_take`): the rows, input as bytes."""
     if rows:
         taken = codec.dumps([r[0] for r in rows]).decode()
         changed = db.execute(Q["lease_take"], {**params, "ids": taken}).rowcount

@@ -61,6 +61,8 @@ RETURNING id, key;
 SELECT key, id, status, input_hash FROM tasks WHERE key = ANY(%(keys)b::text[]);
 
 -- name: lease
+-- The tasks of %(agent)s and %(tenant)s in their queue's order (legion.store.turns:
+-- tenants take turns; `lease_read` and `lease_ids` when several have tasks queued).
 -- SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
 -- The lease runs %(seconds)s on the database's clock. Tasks to run alone (`isolate`) are
 -- leased by lease_isolated only. A task that needs resources (`needs`) goes only to a worker
@@ -70,8 +72,8 @@ SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
     lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
 FROM (
     SELECT id FROM tasks
-    WHERE status = 'queued' AND agent = %(agent)s AND not_before <= %(now)s AND NOT isolate
-      AND priority >= %(min_priority)s
+    WHERE status = 'queued' AND agent = %(agent)s AND tenant = %(tenant)s
+      AND not_before <= %(now)s AND NOT isolate AND priority >= %(min_priority)s
       AND (needs IS NULL OR NOT EXISTS (
           SELECT 1 FROM jsonb_each_text(needs) AS n
           WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
@@ -80,6 +82,50 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS picked
 WHERE t.id = picked.id
+RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t.priority,
+    t.tenant;
+
+-- name: queued_tenants
+-- The tenants with tasks of %(agent)s queued (a seek in the queue's index for each, in
+-- name order: the order by the index's columns keeps the planner to it), each with its
+-- tasks of %(agent)s running now.
+WITH RECURSIVE queued(tenant) AS (
+    SELECT (SELECT tenant FROM tasks WHERE status = 'queued' AND agent = %(agent)s
+            ORDER BY tenant, priority DESC, id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT tenant FROM tasks WHERE status = 'queued' AND agent = %(agent)s
+              AND tenant > queued.tenant ORDER BY tenant, priority DESC, id LIMIT 1)
+    FROM queued WHERE queued.tenant IS NOT NULL
+)
+SELECT q.tenant, coalesce((SELECT sum(c.n) FROM task_counts AS c
+                           WHERE c.tenant = q.tenant AND c.status = 'running'
+                             AND c.agent = %(agent)s), 0)::bigint
+FROM queued AS q WHERE q.tenant IS NOT NULL;
+
+-- name: lease_read
+-- The first %(share)s tasks of %(agent)s of each of %(tenants)s, in their queue's order,
+-- locked (SKIP LOCKED) until the lease's transaction ends: `lease_ids` leases those
+-- the turns take (legion.store.turns).
+SELECT q.tenant, p.priority, p.id
+FROM unnest(%(tenants)s::text[]) AS q(tenant)
+CROSS JOIN LATERAL (
+    SELECT id, priority FROM tasks
+    WHERE status = 'queued' AND agent = %(agent)s AND tenant = q.tenant
+      AND not_before <= %(now)s AND NOT isolate AND priority >= %(min_priority)s
+      AND (needs IS NULL OR NOT EXISTS (
+          SELECT 1 FROM jsonb_each_text(needs) AS n
+          WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
+    ORDER BY priority DESC, id
+    LIMIT %(share)s
+    FOR UPDATE SKIP LOCKED
+) AS p;
+
+-- name: lease_ids
+-- The tasks `lease_read` read and the turns took, leased.
+UPDATE tasks AS t
+SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
+    lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
+WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'queued'
 RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t.priority,
     t.tenant;
 

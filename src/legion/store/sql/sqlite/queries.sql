@@ -23,7 +23,8 @@ VALUES {rows};
 SELECT key, id, status, input_hash FROM tasks WHERE key IN (SELECT value FROM json_each(:keys));
 
 -- name: lease
--- Tasks to run alone (`isolate`) are leased by lease_isolated only. A task that needs
+-- The tasks of :agent and :tenant in their queue's order (legion.store.turns: tenants
+-- take turns). Tasks to run alone (`isolate`) are leased by lease_isolated only. A task that needs
 -- resources (`needs`) goes only to a worker whose :offer covers every amount; only tasks of
 -- at least :min_priority are taken.
 UPDATE tasks
@@ -31,8 +32,8 @@ SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
     lease_expires = :until, started_at = :now, finished_at = NULL
 WHERE id IN (
     SELECT id FROM tasks
-    WHERE status = 'queued' AND agent = :agent AND not_before <= :now AND NOT isolate
-      AND priority >= :min_priority
+    WHERE status = 'queued' AND agent = :agent AND tenant = :tenant AND not_before <= :now
+      AND NOT isolate AND priority >= :min_priority
       AND (needs IS NULL OR NOT EXISTS (
           SELECT 1 FROM json_each(needs) AS n
           WHERE n.value > coalesce((SELECT o.value FROM json_each(:offer) AS o
@@ -53,8 +54,8 @@ SELECT json_group_array(json_array(id, agent, CAST(input AS TEXT), key, session,
 FROM (
     SELECT id, agent, input, key, session, attempt, max_attempts, priority, tenant
     FROM tasks
-    WHERE status = 'queued' AND agent = :agent AND not_before <= :now AND NOT isolate
-      AND priority >= :min_priority
+    WHERE status = 'queued' AND agent = :agent AND tenant = :tenant AND not_before <= :now
+      AND NOT isolate AND priority >= :min_priority
       AND (needs IS NULL OR NOT EXISTS (
           SELECT 1 FROM json_each(needs) AS n
           WHERE n.value > coalesce((SELECT o.value FROM json_each(:offer) AS o
@@ -62,6 +63,22 @@ FROM (
     ORDER BY priority DESC, id
     LIMIT :limit
 );
+
+-- name: queued_tenants
+-- The tenants with tasks of :agent queued (a seek in the queue's index for each, in name
+-- order), each with its tasks of :agent running now.
+WITH RECURSIVE queued(tenant) AS (
+    SELECT (SELECT tenant FROM tasks WHERE status = 'queued' AND agent = :agent
+            ORDER BY tenant, priority DESC, id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT tenant FROM tasks WHERE status = 'queued' AND agent = :agent
+              AND tenant > queued.tenant ORDER BY tenant, priority DESC, id LIMIT 1)
+    FROM queued WHERE queued.tenant IS NOT NULL
+)
+SELECT q.tenant, coalesce((SELECT c.n FROM task_counts AS c
+                           WHERE c.tenant = q.tenant AND c.status = 'running'
+                             AND c.agent = :agent), 0)
+FROM queued AS q WHERE q.tenant IS NOT NULL;
 
 -- name: lease_take
 -- The tasks `lease_pick` picked (:ids, a JSON array), leased.
