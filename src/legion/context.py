@@ -268,6 +268,7 @@ class Context:
         "_made",
         "_memory",
         "_owner",
+        "_replayed",
         "_signals_taken",
         "_store",
         "_traces",
@@ -293,6 +294,8 @@ class Context:
         before each step runs (see `BeforeStep`)."""
         self.agent = agent
         self._usage: TaskUsage | None = None  # made at the first LLM call's answer
+        # The recorded steps this attempt replayed: made at the first replay.
+        self._replayed: set[str] | None = None
         # The steps this attempt ran, for the advisor: made at the first step's end.
         self._traces: list[StepTrace] | None = None
         # The steps and calls made for the agent: made with the first of them.
@@ -382,8 +385,28 @@ class Context:
         return self._usage
 
     def usage_json(self) -> bytes | None:
-        """`usage` as stored with the task (``None``: no LLM call)."""
-        return None if self._usage is None else self._usage.to_json()
+        """`usage` as stored with the task (``None``: no LLM call): this attempt's calls,
+        replayed ones included, and the calls earlier attempts recorded that this one did
+        not replay, paid for all the same (a prompt that names the attempt makes a new
+        call each time). Budgets count it (`legion.run.spending`)."""
+        usage, earlier = self._usage, None
+        for key, raw in self._lease.steps.items():
+            if self._replayed is not None and key in self._replayed:
+                continue
+            if key.startswith("llm."):
+                paid = codec.loads(raw)
+            elif key.startswith("vectors."):
+                paid = codec.loads(raw)
+                paid = paid.get("embedding") if isinstance(paid, dict) else None
+            else:
+                continue
+            if isinstance(paid, dict) and isinstance(paid.get("usage"), dict):
+                if earlier is None:  # (this attempt's own stays as it is)
+                    earlier = TaskUsage.of(usage)
+                earlier.add(paid)
+        if earlier is not None:
+            usage = earlier
+        return None if usage is None else usage.to_json()
 
     @property
     def traces(self) -> Sequence[StepTrace]:
@@ -545,6 +568,10 @@ class Context:
         key = step_key(self._counts, name)
         recorded = self._lease.steps.get(key)
         if recorded is not None:
+            if self._replayed is None:
+                self._replayed = {key}
+            else:
+                self._replayed.add(key)
             return self._answer(codec.loads(recorded), decode, usage)
         if self._before_step is not None:
             confirming = self._before_step(self._lease.id)

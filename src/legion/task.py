@@ -202,6 +202,15 @@ class TaskUsage:
         self.unpriced_calls = 0
         self.llm_calls = 0
 
+    @classmethod
+    def of(cls, usage: TaskUsage | None) -> TaskUsage:
+        """A copy of ``usage`` (a new, empty one for ``None``)."""
+        copy = cls()
+        if usage is not None:
+            for name in cls.__slots__:
+                setattr(copy, name, getattr(usage, name))
+        return copy
+
     def add(self, call: Mapping[str, Any]) -> None:
         """Count one recorded LLM call (a ``ChatResponse.to_json()`` with ``cost_usd``,
         ``None`` when the model has no price)."""

@@ -126,3 +126,31 @@ async def test_an_agent_that_calls_no_llm_is_not_held_to_the_routes_capacity(
                 await asyncio.sleep(0.005)
         release.set()
         assert [r.ok async for r in rt.results(ids)] == [True] * 100
+
+
+@legion.agent(retries=2, backoff=0.01, max_backoff=0.01)
+async def ask_anew(ctx: legion.Context, question: str) -> str:
+    """A new call each attempt (its prompt names the attempt), then a failure twice."""
+    response = await ctx.llm.chat([{"role": "user", "content": f"{question} #{ctx.attempt}"}])
+    if ctx.attempt < 3:
+        raise RuntimeError("not yet")
+    return response.text
+
+
+@legion.agent(retries=1, backoff=0.01, max_backoff=0.01)
+async def ask_again(ctx: legion.Context, question: str) -> str:
+    """The same call each attempt: the retry replays it."""
+    response = await ctx.llm.chat([{"role": "user", "content": question}])
+    if ctx.attempt < 2:
+        raise RuntimeError("not yet")
+    return response.text
+
+
+async def test_a_tasks_usage_counts_the_calls_of_every_attempt_once(db_url: str) -> None:
+    """Budgets count a task's recorded usage: the calls its failed attempts made (and
+    paid for) are in it, a call replayed by a retry is in it once."""
+    async with Runtime(db_url, llm="sim") as rt:
+        (anew,) = [r async for r in rt.map(ask_anew, ["one?"])]
+        (again,) = [r async for r in rt.map(ask_again, ["two?"])]
+    assert anew.ok and anew.usage is not None and anew.usage["llm_calls"] == 3
+    assert again.ok and again.usage is not None and again.usage["llm_calls"] == 1
