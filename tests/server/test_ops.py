@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+import legion
 from legion import codec
-from legion.errors import ProviderUnavailable, StoreError
+from legion.errors import Permanent, ProviderUnavailable, StoreError
 from legion.llm.breaker import Breaker, BreakerSettings, BreakerState
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
@@ -92,6 +93,31 @@ async def test_statistics_show_llm_capacity(start_api: StartApi, tmp_path: Path)
     assert route["route"] == "main" and route["requests"] == 2 and route["rate_limited"] == 0
     assert route["rpm_limit"] == 600 and route["input_tokens"] == 20
     assert stats["totals"]["input_tokens"] == 20 and stats["totals"]["output_tokens"] == 10
+
+
+@legion.agent(retries=0)
+async def ask_then_fail(ctx: legion.Context, question: str) -> None:
+    await ctx.llm.chat([{"role": "user", "content": question}])
+    raise Permanent("no")
+
+
+async def test_a_task_that_ends_again_counts_only_what_it_used_since(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    """The feed gives a task's usage as it is now: a task retried after it failed, its
+    recorded call replayed, ends again with the same usage, counted once."""
+    async with scripted_llm(1) as llm:
+        api = await start_api(f"sqlite:///{tmp_path / 's.db'}", llm=llm)
+        ref = await api.runtime.submit(ask_then_fail, "a")
+        assert not (await api.runtime.result(ref)).ok
+        await api.server.state.monitor.sample()
+        assert await api.runtime.retry(ref)
+        again = await api.runtime.result(ref)
+        assert not again.ok and again.usage is not None and again.usage["llm_calls"] == 1
+        await api.server.state.monitor.sample()
+        _, stats = await api.call("GET", "/v1/statistics", headers=await admin_key(api))
+    assert stats["totals"]["failed"] == 2  # (two ends)
+    assert stats["totals"]["input_tokens"] == 10 and stats["totals"]["output_tokens"] == 5
 
 
 async def test_workers_lists_the_local_worker(api: Api) -> None:

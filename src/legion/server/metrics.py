@@ -14,7 +14,7 @@ legion_queue_depth                   gauge      tasks queued
 legion_tasks_in_flight               gauge      tasks running, in every worker
 legion_tasks_finished_total          counter    tasks finished, by agent and status
 legion_task_duration_seconds         histogram  latency of the last attempt, by agent, status
-legion_task_retries_total            counter    attempts sent back to the queue, by agent
+legion_task_retries_total            counter    charged attempts queued again, by agent
 legion_tokens_total{type}            counter    LLM tokens of finished tasks (input, output)
 legion_cost_usd_total                counter    LLM cost of finished tasks
 legion_workers{health}               gauge      registered workers, healthy or stale
@@ -108,7 +108,8 @@ class _Counters:
         )
         self._retries = Counter(
             "legion_task_retries",
-            "Attempts sent back to the queue (errors and lost leases), by agent.",
+            "Charged attempts sent back to the queue (errors, a lost lease after the first),"
+            " by agent; a task given back or its first lost lease is not charged.",
             ("agent",),
             registry=self.registry,
         )

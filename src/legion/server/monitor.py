@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -92,6 +92,35 @@ class FeedSink(Protocol):
     def retried(self, agent: str, tenant: str | None) -> None: ...
 
 
+_Usage = tuple[int, int, float]  # input tokens, output tokens, cost
+USAGE_REMEMBERED = 20_000
+
+
+class _CountedUsage:
+    """What the ends of the last ``USAGE_REMEMBERED`` tasks with a usage counted: a task
+    that ends again (retried by an operator, its recorded calls replayed) counts only what
+    it used since. The feed gives a task's usage as it is now, whichever of its ends it
+    is read for."""
+
+    def __init__(self) -> None:
+        self._counted: OrderedDict[int, _Usage] = OrderedDict()
+
+    def since(self, d: EventDetail) -> _Usage | None:
+        if not d.usage:
+            return None
+        u = d.usage
+        now = (int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)),
+               float(u.get("cost_usd", 0.0)))  # fmt: skip
+        before = self._counted.pop(d.event.task_id, None)
+        self._counted[d.event.task_id] = now
+        if len(self._counted) > USAGE_REMEMBERED:
+            self._counted.popitem(last=False)
+        if before is None:
+            return now
+        return (max(0, now[0] - before[0]), max(0, now[1] - before[1]),
+                max(0.0, now[2] - before[2]))  # fmt: skip
+
+
 @dataclass(slots=True)
 class _Tick:
     """What one sample read from the feed (of every tenant's tasks, or of one tenant's)."""
@@ -109,8 +138,9 @@ class _Tick:
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
-    def add(self, d: EventDetail, latency: float | None) -> None:
-        """Count one task that finished."""
+    def add(self, d: EventDetail, latency: float | None, usage: _Usage | None) -> None:
+        """Count one task that finished, and ``usage``: what its calls used that no
+        earlier end of it counted."""
         status = d.event.status
         self.finished += 1
         self.by_status[status] = self.by_status.get(status, 0) + 1
@@ -118,10 +148,10 @@ class _Tick:
             self.failures += 1
         if latency is not None and status is not TaskStatus.CANCELLED:
             self.latencies.append(latency)
-        if d.usage:
-            self.input_tokens += int(d.usage.get("prompt_tokens", 0))
-            self.output_tokens += int(d.usage.get("completion_tokens", 0))
-            self.cost += float(d.usage.get("cost_usd", 0.0))
+        if usage is not None:
+            self.input_tokens += usage[0]
+            self.output_tokens += usage[1]
+            self.cost += usage[2]
 
     def totals(self, t: Totals) -> Totals:
         """``t`` with this sample added."""
@@ -173,6 +203,7 @@ class Monitor:
         self._series: deque[Point] = deque(maxlen=history)
         self._routes: dict[str, deque[tuple[float, int, int]]] = {}
         self._totals = Totals()
+        self._usage = _CountedUsage()
         self._failures: list[Failure] = []
         # Each tenant's own latest failures, read apart (another tenant's many failures
         # must not push its own out of the list): re-read for the tenants whose tasks
@@ -392,9 +423,10 @@ class Monitor:
             latency = None
             if d.started_at is not None and d.finished_at is not None:
                 latency = max(0.0, d.finished_at - d.started_at)
-            tick.add(d, latency)
+            usage = self._usage.since(d)
+            tick.add(d, latency, usage)
             if own is not None:
-                own.add(d, latency)
+                own.add(d, latency, usage)
             if self._sink is not None:
                 self._sink.finished(agent, status, latency, d.tenant)
         if tick.failures:
