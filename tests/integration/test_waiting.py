@@ -334,6 +334,29 @@ async def test_a_schedule_tick_is_claimed_once(store_url: str) -> None:
         await store.aclose()
 
 
+async def test_a_tick_set_by_a_clock_that_ran_ahead_is_moved_back(store: Store) -> None:
+    """A worker whose clock ran two hours ahead ran a tick and set the next one two hours
+    on: once the clock is right again, the schedule runs on its cron, not two hours on."""
+    now = 1_800_000_000.0  # (on a minute)
+    agents = {"quick": quick}
+    await store.add_schedule(schedule("every", "* * * * *", "quick", b"{}", now), now)
+    assert await run_due(store, now + 7200 + 1, agents) == 1  # the clock ahead
+    (ahead,) = await store.schedules()
+    assert ahead.next_tick == now + 7260
+    assert await run_due(store, now + 30, agents) == 0  # the clock stepped back: moved
+    (back,) = await store.schedules()
+    assert back.next_tick == now + 60
+    # That tick ran already (the run ahead was of the first tick missed): moved on.
+    assert await run_due(store, now + 61, agents) == 0
+    (on,) = await store.schedules()
+    assert on.next_tick == now + 120
+    # Within a minute of skew, a next tick is left as it is.
+    assert await run_due(store, now + 70, agents) == 0
+    assert (await store.schedules())[0].next_tick == now + 120
+    assert await run_due(store, now + 121, agents) == 1  # and the next runs at its minute
+    assert (await store.counts()) == {TaskStatus.QUEUED: 2}
+
+
 @legion.agent(retries=0, resources={"gpu": 1})
 async def once_on_a_gpu(ctx: Any, i: int) -> int:
     return i

@@ -221,6 +221,51 @@ def test_ctrl_c_in_a_terminal_drains_the_fleet_and_gives_back_nothing(
     assert sorted(ledger.read_text().split()) == ["0", "1", "1", "1"]
 
 
+LONG_DRAIN = ("--concurrency", "2", "--drain-timeout", "3600")
+
+
+@pytest.mark.parametrize("fleet", [("--processes", "2"), ("--autoscale", "1:1")])
+def test_a_second_stop_signal_to_the_supervisor_gives_the_running_tasks_back(
+    tmp_path: Path, fleet: tuple[str, str]
+) -> None:
+    db = tmp_path / "store.db"
+    url = f"sqlite:///{db}"
+    gates, ledger, log = tmp_path / "gates", tmp_path / "ledger", tmp_path / "fleet.log"
+    gates.mkdir()
+    ledger.touch()
+    submit(url, "gated", [{"i": i, "gates": str(gates)} for i in range(2)])
+    with log.open("w") as err:
+        sup = subprocess.Popen(
+            # A drain that would outlast the test: only a give-back ends the tasks.
+            [*LEGION, "worker", "--app", str(AGENTS), "--store", url, *LONG_DRAIN, *fleet],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "LEDGER": str(ledger), "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    try:
+        wait_for(
+            lambda: len(rows(db, "SELECT id FROM tasks WHERE status = 'running'")) == 2,
+            timeout=120,
+            what="both tasks running",
+        )
+        workers = int(fleet[1].split(":")[0])
+        wait_for(lambda: log.read_text().count(": serving") == workers, timeout=60, what="up")
+        sup.send_signal(signal.SIGINT)  # the supervisor alone (a `kill`, not a terminal)
+        wait_for(  # (each worker took the first: two pending at once would be one)
+            lambda: log.read_text().count("draining") == workers, timeout=60, what="the drain"
+        )
+        sup.send_signal(signal.SIGINT)
+        sup.wait(timeout=120)  # (the gates stay shut)
+    finally:
+        if sup.poll() is None:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait()
+    said = log.read_text()
+    assert rows(db, "SELECT status, attempt FROM tasks") == [("queued", 0)] * 2, said
+    assert ledger.read_text() == ""
+
+
 def test_a_worker_that_stops_for_good_stops_the_autoscaler_and_so_does_an_absent_store(
     tmp_path: Path,
 ) -> None:

@@ -53,6 +53,7 @@ from legion.provision.exits import (
     EXIT_FINAL,
     EXIT_STORE,
     FINAL_EXITS,
+    SUPERVISOR_ENV,
     WHY_FINAL,
 )
 from legion.resources import satisfies
@@ -189,9 +190,6 @@ def follow_supervisor() -> bool:
 
 
 _PR_SET_PDEATHSIG = 1
-SUPERVISOR_ENV = "LEGION_SUPERVISOR_PID"
-"""Set by the supervisor for its worker processes: a worker whose parent is another
-process by the time it starts lost its supervisor and exits."""
 
 
 def supervise(argv: list[str], processes: int, console: Console) -> int:

@@ -33,7 +33,7 @@ from rich.console import Console
 
 from legion.errors import StoreError
 from legion.provision.board import Board
-from legion.provision.exits import EXIT_STORE, FINAL_EXITS, WHY_FINAL
+from legion.provision.exits import EXIT_STORE, FINAL_EXITS, SUPERVISOR_ENV, WHY_FINAL
 from legion.provision.policy import (
     Decision,
     Demand,
@@ -81,6 +81,7 @@ class Autoscaler:
     ) -> None:
         self._opener = opener
         self._command = [sys.executable, "-m", "legion", "worker", *argv, "--worker-process"]
+        self._env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
         self._opts = opts
         self._console = console
         self._workers: dict[int, subprocess.Popen[bytes]] = {}  # counted: pid -> process
@@ -95,7 +96,7 @@ class Autoscaler:
         """Scale until SIGINT/SIGTERM; then drain every worker and answer the exit code."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._signalled, sig)
         cfg = self._opts.config
         self._console.print(
             f"legion worker: autoscaling {cfg.minimum} to {cfg.maximum} worker processes "
@@ -113,6 +114,21 @@ class Autoscaler:
                     await store.remove_autoscaler(self.id)
                 await store.aclose()
         return self._code
+
+    def _signalled(self, sig: int) -> None:
+        """The first stop signal drains every worker (`_drain_all`); another is passed
+        on to each, which then gives its running tasks back at once."""
+        if not self._stop.is_set():
+            self._stop.set()
+            return
+        self._console.print(
+            f"{signal.Signals(sig).name} again: the workers give their running tasks back now",
+            style="yellow",
+            highlight=False,
+        )
+        for proc in (*self._workers.values(), *self._draining.values()):
+            if proc.poll() is None:
+                proc.send_signal(sig)
 
     async def _open(self) -> Store | None:
         """The store, as a worker opens it (``opener``: waited for up to ``--store-wait``
@@ -162,7 +178,7 @@ class Autoscaler:
         while len(self._workers) < decision.desired:
             # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
             # passes it on once (twice, a worker gives its running tasks back at once).
-            proc = subprocess.Popen(self._command, process_group=0)
+            proc = subprocess.Popen(self._command, env=self._env, process_group=0)
             self._workers[proc.pid] = proc
         surplus = len(self._workers) - decision.desired
         if surplus > 0:

@@ -1,5 +1,6 @@
 """The exit codes of a worker process that its supervisors (``--processes``,
-``--autoscale``) act on: those after which another worker would stop the same way."""
+``--autoscale``) act on: those after which another worker would stop the same way; and
+the mark a worker process knows its supervisor by."""
 
 from __future__ import annotations
 
@@ -13,3 +14,7 @@ WHY_FINAL = {
     EXIT_FINAL: " (a reason a restart won't mend: bad options, a store that refuses it)",
     EXIT_BUDGET: " (its LLM budget is spent)",
 }
+
+SUPERVISOR_ENV = "LEGION_SUPERVISOR_PID"
+"""Set by a supervisor for its worker processes: a worker whose parent is another
+process by the time it starts lost its supervisor and exits."""

@@ -149,6 +149,12 @@ class PostgresWaiting:
             await cur.execute(W["due_schedules"], {"now": float(now)})
             return [_schedule(r) for r in await cur.fetchall()]
 
+    async def move_tick(self, schedule: Schedule, next_tick: float) -> bool:
+        params = {"name": schedule.name, "tick": schedule.next_tick, "next": float(next_tick)}
+        async with self._cursor() as cur:
+            await cur.execute(W["claim_tick"], params)
+            return bool(await cur.fetchall())
+
     async def claim_tick(
         self, schedule: Schedule, next_tick: float, task: NewTask, now: float
     ) -> bool:

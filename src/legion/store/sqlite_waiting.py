@@ -173,6 +173,12 @@ class SQLiteWaiting:
             lambda: [Schedule(*r) for r in self._db.execute(W["due_schedules"], {"now": now})]
         )
 
+    async def move_tick(self, schedule: Schedule, next_tick: float) -> bool:
+        params = {"name": schedule.name, "tick": schedule.next_tick, "next": next_tick}
+        return await self._call(
+            self._transaction, lambda db: db.execute(W["claim_tick"], params).rowcount == 1
+        )
+
     async def claim_tick(
         self, schedule: Schedule, next_tick: float, task: NewTask, now: float
     ) -> bool:

@@ -128,6 +128,10 @@ class WaitingStore(Protocol):
     async def due_schedules(self, now: float) -> list[Schedule]:
         """The schedules whose next tick is at or before ``now``."""
 
+    async def move_tick(self, schedule: Schedule, next_tick: float) -> bool:
+        """Move ``schedule`` from its tick to ``next_tick``, submitting nothing, unless
+        another worker moved it first (then answer False)."""
+
     async def claim_tick(
         self, schedule: Schedule, next_tick: float, task: NewTask, now: float
     ) -> bool:

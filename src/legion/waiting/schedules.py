@@ -31,6 +31,9 @@ from legion.waiting.cron import Cron
 log = logging.getLogger("legion.schedules")
 
 
+CLOCK_SLACK = 60.0
+"""Seconds a clock may run ahead of another before a next tick it set is taken back."""
+
 AGENTS_ATTEMPTS = 0
 """A schedule's ``max_attempts`` that means: as many as its agent gives its tasks."""
 
@@ -61,7 +64,11 @@ def check_name(name: str) -> None:
 
 
 def tick_key(name: str, tick: float) -> str:
-    return f"schedule:{name}:{datetime.fromtimestamp(tick, UTC).strftime('%Y-%m-%dT%H:%MZ')}"
+    return f"schedule:{name}:{_utc(tick)}"
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 async def run_due(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
@@ -69,7 +76,7 @@ async def run_due(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
     claimed; answer how many. A schedule that fails is logged and skipped: the others go
     on."""
     started = 0
-    for s in await store.due_schedules(now):
+    for s in await store.schedules():
         agent = agents.get(s.agent)
         if agent is None:
             continue  # (a worker that serves it claims it: made as its agent makes tasks)
@@ -79,6 +86,9 @@ async def run_due(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
             log.error("schedule %r: %s", s.name, exc)
             continue
         nxt = cron.next_after(now)  # missed ticks collapse into this one run
+        if s.next_tick > now:
+            await _back_from_the_future(store, s, cron, now)
+            continue
         attempts = s.max_attempts or agent.options.retry.max_attempts
         key = tick_key(s.name, s.next_tick)
         task = NewTask(s.agent, s.input, key, max_attempts=attempts, needs=agent.needs)
@@ -90,6 +100,23 @@ async def run_due(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
         except Exception as exc:
             log.error("schedule %r: its tick %s was not run: %s", s.name, key, exc)
     return started
+
+
+async def _back_from_the_future(store: Store, s: Schedule, cron: Cron, now: float) -> None:
+    """A schedule's next tick later than its cron's next one after ``now`` (by more
+    than `CLOCK_SLACK`) was set by a clock that ran ahead (stepped back since, or
+    another machine's): moved back to the cron's next tick, it runs on time again
+    instead of falling silent for as long as that clock was ahead."""
+    if s.next_tick > cron.next_after(now + CLOCK_SLACK):
+        nxt = cron.next_after(now)
+        if await store.move_tick(s, nxt):
+            log.warning(
+                "schedule %r: its next tick %s was set by a clock ahead of this one; "
+                "moved back to %s",
+                s.name,
+                _utc(s.next_tick),
+                _utc(nxt),
+            )
 
 
 async def tick(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
