@@ -33,6 +33,11 @@ def test_weekdays_and_the_either_rule() -> None:
     # Both restricted: the 10th of the month or a Sunday, whichever comes first.
     assert nxt("0 0 10 * 0", 2026, 1, 5) == datetime(2026, 1, 10, tzinfo=UTC)
     assert nxt("0 0 10 * 0", 2026, 1, 1) == datetime(2026, 1, 4, tzinfo=UTC)
+    # A field that starts with `*` is not restricted there: Mondays that are odd days
+    # (2026-01-05 is a Monday, the 12th is even, the 19th odd).
+    assert nxt("0 0 */2 * 1", 2026, 1, 1) == datetime(2026, 1, 5, tzinfo=UTC)
+    assert nxt("0 0 */2 * 1", 2026, 1, 6) == datetime(2026, 1, 19, tzinfo=UTC)
+    assert nxt("0 0 1 * */7", 2026, 1, 2) == datetime(2026, 2, 1, tzinfo=UTC)  # a Sunday
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 Each field takes ``*``, numbers, ranges ``a-b``, lists ``a,b`` and steps ``*/n`` or
 ``a-b/n``; day of week counts 0 (or 7) as Sunday. As in classic cron, when both the day of
-month and the day of week are restricted, a day matching either runs.
+month and the day of week are restricted, a day matching either runs; a field that starts
+with ``*`` (``*/2``) is not restricted there: ``0 0 */2 * 1`` runs on Mondays that are odd
+days. Names (``MON``, ``JAN``) and macros (``@daily``) are not taken: write the numbers.
 """
 
 from __future__ import annotations
@@ -37,17 +39,13 @@ class Cron:
             )
         sets = [_field(p, name, lo, hi) for p, (name, lo, hi) in zip(parts, _FIELDS, strict=True)]
         weekdays = frozenset(0 if d == 7 else d for d in sets[4])
-        return cls(sets[0], sets[1], sets[2], sets[3], weekdays, parts[2] == "*", parts[4] == "*")
+        return cls(sets[0], sets[1], sets[2], sets[3], weekdays, parts[2].startswith("*"), parts[4].startswith("*"))
 
     def _day_matches(self, d: datetime) -> bool:
         in_month = d.day in self.days
         in_week = (d.isoweekday() % 7) in self.weekdays
-        if self.any_day and self.any_weekday:
-            return True
-        if self.any_day:
-            return in_week
-        if self.any_weekday:
-            return in_month
+        if self.any_day or self.any_weekday:  # (`*` alone holds every day: no bound)
+            return in_month and in_week
         return in_month or in_week
 
     def next_after(self, when: float) -> float:
