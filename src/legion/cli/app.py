@@ -236,8 +236,9 @@ def worker(
         str | None,
         typer.Option(
             help="Worker processes to run here, supervised (each restarted when it crashes, "
-            "gives up on the store or is frozen by an agent): a number, or 'auto' for one "
-            "per core. Default: this process is the one worker.",
+            "gives up on the store or is frozen by an agent; after a pause that doubles, up "
+            "to 30 s, while it keeps crashing): a number, or 'auto' for one per core. "
+            "Default: this process is the one worker.",
         ),
     ] = None,
     autoscale: Annotated[

@@ -56,6 +56,7 @@ from legion.provision.exits import (
     SUPERVISOR_ENV,
     WHY_FINAL,
 )
+from legion.provision.restarts import Restarts
 from legion.resources import satisfies
 from legion.run.freeze import FROZE_EXIT_CODE
 from legion.store import Store, redact_url
@@ -202,10 +203,14 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
 
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
 
+    restarts = Restarts()
+    due: dict[int, float] = {}  # slots whose crashed worker is replaced at that time
+
     def start(slot: int) -> None:
         # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
         # passes it on once (twice, a worker gives its running tasks back at once).
         child = children[slot] = subprocess.Popen(command, env=env, process_group=0)
+        restarts.started(slot)
         if received:  # a signal came while it was being started: it gets it too
             child.send_signal(received[-1])
 
@@ -224,9 +229,8 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
             break
         start(slot)
     console.print(f"legion worker: supervising {processes} worker processes", highlight=False)
-    restarts: dict[int, float] = {}
     code = 0
-    while children:
+    while children or (due and not stopping):
         for slot, child in list(children.items()):
             rc = child.poll()
             if rc is None:
@@ -237,17 +241,21 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
             if stopping or (rc in FINAL_EXITS and rc != 0):
                 code = max(code, rc)
                 continue
-            # It crashed: start another (after a pause if this one keeps crashing).
-            pause = 1.0 if time.monotonic() - restarts.get(slot, -60.0) < 60 else 0.0
+            # It crashed: start another (after a pause that grows while it keeps crashing).
+            pause = restarts.crashed(slot)
             why = UNASKED if rc == 0 else WHY_EXITED.get(rc, "")
+            later = f" in {pause:g} s (it keeps crashing)" if pause else ""
             console.print(
-                f"worker process {child.pid} exited with {rc}{why}; starting another",
+                f"worker process {child.pid} exited with {rc}{why}; starting another{later}",
                 style="yellow",
                 highlight=False,
             )
-            time.sleep(pause)
-            restarts[slot] = time.monotonic()
-            if not stopping:
+            due[slot] = time.monotonic() + pause
+        for slot, at in list(due.items()):
+            if stopping:
+                due.clear()
+            elif time.monotonic() >= at:
+                del due[slot]
                 start(slot)
         time.sleep(0.2)
     return code

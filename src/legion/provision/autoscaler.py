@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from legion.provision.policy import (
     decide,
     parse_bounds,
 )
+from legion.provision.restarts import Restarts
 from legion.store import Store
 from legion.store.types import AutoscalerInfo
 
@@ -89,6 +91,8 @@ class Autoscaler:
         self._board = Board(concurrency=opts.concurrency)
         self._state = PolicyState(desired=0)
         self._stop = asyncio.Event()
+        self._restarts = Restarts()
+        self._restart_at = 0.0  # (monotonic) no worker starts before, after crashes
         self._code = 0
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -175,11 +179,14 @@ class Autoscaler:
             await self._sleep(self._opts.interval)
 
     def _apply(self, decision: Decision, in_flight: dict[int, int]) -> None:
+        if time.monotonic() < self._restart_at:  # (workers keep crashing: a pause)
+            return
         while len(self._workers) < decision.desired:
             # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
             # passes it on once (twice, a worker gives its running tasks back at once).
             proc = subprocess.Popen(self._command, env=self._env, process_group=0)
             self._workers[proc.pid] = proc
+            self._restarts.started(proc.pid)
         surplus = len(self._workers) - decision.desired
         if surplus > 0:
             # The idlest first; a process not registered yet holds nothing.
@@ -205,8 +212,13 @@ class Autoscaler:
                 self._code = max(self._code, rc)
                 self._stop.set()
                 continue
+            # The fleet's crash streak: each crash in a row holds back starts longer.
+            pause = self._restarts.crashed(pid, streak="fleet")
+            self._restart_at = time.monotonic() + pause
+            later = f" (none starts for {pause:g} s: workers keep crashing)" if pause else ""
             self._console.print(
-                f"worker process {pid} exited with {rc}; the policy decides whether another starts",
+                f"worker process {pid} exited with {rc}; the policy decides whether another "
+                f"starts{later}",
                 style="yellow",
                 highlight=False,
             )

@@ -39,7 +39,15 @@ class Cron:
             )
         sets = [_field(p, name, lo, hi) for p, (name, lo, hi) in zip(parts, _FIELDS, strict=True)]
         weekdays = frozenset(0 if d == 7 else d for d in sets[4])
-        return cls(sets[0], sets[1], sets[2], sets[3], weekdays, parts[2].startswith("*"), parts[4].startswith("*"))
+        return cls(
+            sets[0],
+            sets[1],
+            sets[2],
+            sets[3],
+            weekdays,
+            parts[2].startswith("*"),
+            parts[4].startswith("*"),
+        )
 
     def _day_matches(self, d: datetime) -> bool:
         in_month = d.day in self.days

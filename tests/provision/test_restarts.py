@@ -1,0 +1,45 @@
+"""How soon a supervisor starts another worker after crashes (`legion.provision.restarts`)."""
+
+from __future__ import annotations
+
+from legion.provision.restarts import HEALTHY, LONGEST_PAUSE, Restarts
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_crash_in_a_row_doubles_the_pause_up_to_a_bound() -> None:
+    clock = Clock()
+    restarts = Restarts(clock)
+    pauses = []
+    for _ in range(9):
+        restarts.started(0)
+        clock.now += 0.5  # crashes at once
+        pauses.append(restarts.crashed(0))
+    assert pauses == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, LONGEST_PAUSE, LONGEST_PAUSE, LONGEST_PAUSE]
+
+
+def test_a_worker_that_ran_a_while_ends_the_streak_and_slots_are_apart() -> None:
+    clock = Clock()
+    restarts = Restarts(clock)
+    for _ in range(3):
+        restarts.started(0)
+        restarts.crashed(0)
+    restarts.started(1)
+    assert restarts.crashed(1) == 0.0  # another slot: its own streak
+    restarts.started(0)
+    clock.now += HEALTHY
+    assert restarts.crashed(0) == 0.0  # ran a minute: a crash of its own, restarted at once
+
+
+def test_a_fleet_keeps_one_streak_over_its_workers() -> None:
+    clock = Clock()
+    restarts = Restarts(clock)
+    for pid in (11, 12, 13):
+        restarts.started(pid)
+    assert [restarts.crashed(pid, streak="fleet") for pid in (11, 12, 13)] == [0.0, 1.0, 2.0]
