@@ -67,3 +67,39 @@ def test_purge_refuses_what_could_still_run_and_a_bad_age(tmp_path: Path) -> Non
     bad = legion("purge", "--older-than", "a week", *store)
     assert bad.returncode == 2 and "such as 30d, 12h, 90m" in bad.stderr
     assert "Traceback" not in queued.stderr + bad.stderr
+
+
+MEMORY = """
+import legion
+
+@legion.agent(retries=0)
+async def note(ctx: legion.Context, n: int) -> int:
+    await ctx.memory.set(f"answer:{ctx.task_id}", n)
+    return n
+"""
+
+
+def test_purge_sessions_deletes_the_memory_of_idle_named_sessions(tmp_path: Path) -> None:
+    """One key per task in named sessions (the README's pattern) grew for ever: `purge`
+    keeps named sessions' memory, and nothing else deleted it."""
+    agents = tmp_path / "agents.py"
+    agents.write_text(MEMORY)
+    lines = tmp_path / "in.jsonl"
+    write_jsonl(lines, [{"n": n, "_session": f"s{n % 2}"} for n in range(6)])
+    db = tmp_path / "legion.db"
+    store = ("--store", f"sqlite:///{db}")
+    run = legion("run", f"{agents}:note", "-i", str(lines), "-o", str(tmp_path / "o.jsonl"), *store)
+    assert run.returncode == 0, run.stderr
+    kept = legion("purge", "--older-than", "1d", "--sessions", *store)  # none a day idle
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.splitlines()[1].startswith("0\tsessions idle since")
+    dry = legion("purge", "--older-than", "0", "--sessions", "--dry-run", *store)
+    assert dry.returncode == 0 and dry.stdout.splitlines()[1].startswith("2\t"), dry.stdout
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM memory").fetchone() == (6,)
+    purged = legion("purge", "--older-than", "0", "--sessions", *store)
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.splitlines()[1].startswith("2\tsessions idle since"), purged.stdout
+    assert "purged 2 sessions idle since" in purged.stderr and "6 memory keys" in purged.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM memory").fetchone() == (0,)

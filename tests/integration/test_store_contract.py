@@ -1076,6 +1076,32 @@ async def test_purge_deletes_the_memory_only_a_purged_task_could_read(store: Sto
     assert await store.memory_get(f"task-{other.id}", "k") == b"2"
 
 
+async def test_idle_sessions_and_the_sessions_live_tasks_name(store: Store) -> None:
+    """What `legion purge --sessions` reads and deletes: sessions whose memory nobody wrote
+    since a time, less those a queued, running or waiting task names (its own included)."""
+    busy, own, other = await store.submit(
+        [new(value=1, session="busy"), new(value=2), new(value=3, tenant="acme")], NOW
+    )
+    theirs = f"\x1facme\x1ftask-{other.id}"
+    old = ["old", "busy", f"task-{own.id}", "\x1facme\x1fold", theirs, "half"]
+    await store.write(WriteBatch(memory=[MemoryWrite(x, "k", b"1") for x in old]), NOW)
+    late = [MemoryWrite("fresh", "k", b"1"), MemoryWrite("half", "k2", b"1")]
+    await store.write(WriteBatch(memory=late), NOW + 100)
+    assert await store.live_sessions() == {"busy", f"task-{own.id}", theirs}
+    idle = await store.idle_sessions(NOW + 50, "", 100)
+    assert idle == sorted(["old", "busy", f"task-{own.id}", "\x1facme\x1fold", theirs])
+    assert await store.idle_sessions(NOW + 50, idle[1], 2) == idle[2:4]  # (a page)
+    # A session written since the cut is kept whole (a write came between the read and
+    # the delete).
+    assert await store.drop_memory(["old", "half"], NOW + 50) == 1
+    assert await store.memory_get("old", "k") is None
+    assert await store.memory_items("half") == {"k": b"1", "k2": b"1"}
+    (lease,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)
+    assert lease.id == busy.id  # (the oldest)
+    await store.write(WriteBatch(completions=[done(lease.id, 1, "w")]), NOW + 1)
+    assert "busy" not in await store.live_sessions()
+
+
 async def test_a_purge_keeps_what_the_purged_tasks_spent_for_the_budgets(store: Store) -> None:
     """An agent's or a tenant's budget counts the usage recorded on its tasks: a purge took
     it with them, and a limit "in all" began again after each purge."""

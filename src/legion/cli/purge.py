@@ -22,6 +22,7 @@ from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
 from legion.cli.progress import stderr_console
 from legion.errors import VectorError
 from legion.store import Store
+from legion.store.tenancy import tenant_of
 from legion.task import TaskStatus
 
 ENDED = tuple(s.value for s in TaskStatus if s.terminal)  # succeeded, failed, dead, cancelled
@@ -73,6 +74,26 @@ async def drop_vectors(store: Store, sessions: tuple[str, ...]) -> int:
 _SAID: weakref.WeakSet[Store] = weakref.WeakSet()
 
 
+async def purge_sessions(
+    store: Store, before: float, tenant: str | None, *, dry_run: bool
+) -> tuple[int, int, int]:
+    """``--sessions``: the memory and session-scoped vectors of the sessions none of whose
+    keys was written since ``before`` and that no queued, running or waiting task names
+    (of ``tenant``'s alone if given); answers the sessions, keys and vectors that went
+    (the sessions alone on a dry run). A task submitted naming such a session while this
+    runs may find its memory gone."""
+    live = await store.live_sessions()
+    after, sessions, keys, vectors = "", 0, 0, 0
+    while page := await store.idle_sessions(before, after, CHUNK):
+        after = page[-1]
+        idle = [x for x in page if x not in live and (tenant is None or tenant_of(x) == tenant)]
+        sessions += len(idle)
+        if idle and not dry_run:
+            keys += await store.drop_memory(idle, before)
+            vectors += await drop_vectors(store, tuple(idle))
+    return sessions, keys, vectors
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``purge`` command to ``app``."""
 
@@ -103,6 +124,16 @@ def register(app: typer.Typer) -> None:
                 "the server's own)."
             ),
         ] = None,
+        sessions: Annotated[
+            bool,
+            typer.Option(
+                "--sessions",
+                help="Also delete the memory and session-scoped vectors of the sessions "
+                "none of whose keys was written for --older-than and that no queued, "
+                "running or waiting task names (of --tenant's alone if given; --status and "
+                "--agent do not apply): named sessions' memory is kept otherwise.",
+            ),
+        ] = False,
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
         ] = False,
@@ -117,9 +148,9 @@ def register(app: typer.Typer) -> None:
         free again: submitted anew (a `legion run` of the same file again, a client's
         retry), it runs again; its id never is. The memory and session-scoped vectors of a
         task that ran without a session (its own session, `task-<id>`) go with it; named
-        sessions' and shared collections are kept. What they spent on LLM calls stays
-        counted by their agent's and tenant's budgets. Goes a chunk of 1,000 at a time,
-        oldest first, so the workers sharing the store go on.
+        sessions' (unless --sessions) and shared collections are kept. What they spent on
+        LLM calls stays counted by their agent's and tenant's budgets. Goes a chunk of
+        1,000 at a time, oldest first, so the workers sharing the store go on.
 
         The space freed is reused by new tasks; the files keep their size. To give it
         back: `sqlite3 FILE VACUUM` with the workers stopped (it rewrites the file holding
@@ -156,6 +187,9 @@ def register(app: typer.Typer) -> None:
                 if dry_run:
                     n = await s.purgeable(before, statuses, agent=agent, tenant=tenant)
                     print(f"{n}\t{which} ended before {when} would be purged (dry run)")
+                    if sessions:
+                        n, _, _ = await purge_sessions(s, before, tenant, dry_run=True)
+                        print(f"{n}\tsessions idle since {when} would be purged (dry run)")
                     return
                 tasks = events = chunks = vectors = 0
                 loop = asyncio.get_running_loop()
@@ -193,6 +227,14 @@ def register(app: typer.Typer) -> None:
                     "by new tasks: see --help to give it back)",
                     highlight=False,
                 )
+                if sessions:
+                    idle, keys, vectors = await purge_sessions(s, before, tenant, dry_run=False)
+                    print(f"{idle}\tsessions idle since {when} purged")
+                    console.print(
+                        f"purged {idle:,} sessions idle since {when}: {keys:,} memory keys "
+                        f"and {vectors:,} vectors",
+                        highlight=False,
+                    )
 
         try:
             _run(main())

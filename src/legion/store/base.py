@@ -238,6 +238,18 @@ class SessionMemory(Protocol):
 
     async def memory_items(self, session: str) -> dict[str, bytes]: ...
 
+    async def live_sessions(self) -> set[str]:
+        """The sessions (as stored: scoped by tenant) of the queued, running and waiting
+        tasks, their own sessions included."""
+
+    async def idle_sessions(self, before: float, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` sessions (as stored) none of whose memory was written since
+        ``before``, in name order after ``after``."""
+
+    async def drop_memory(self, sessions: Sequence[str], before: float) -> int:
+        """Delete the memory of ``sessions`` (as stored), but of those written since
+        ``before``; answer how many keys went."""
+
 
 class WorkerRegistry(Protocol):
     """The live workers: each refreshes its row (its heartbeat and load)."""

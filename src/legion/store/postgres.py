@@ -886,6 +886,22 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await cur.execute(Q["memory_items"], {"session": session})
             return dict(await cur.fetchall())
 
+    async def live_sessions(self) -> set[str]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["live_sessions"])
+            return {r[0] for r in await cur.fetchall()}
+
+    async def idle_sessions(self, before: float, after: str, limit: int) -> list[str]:
+        params = {"before": float(before), "after": after, "limit": limit}
+        async with self._cursor() as cur:
+            await cur.execute(Q["idle_sessions"], params)
+            return [r[0] for r in await cur.fetchall()]
+
+    async def drop_memory(self, sessions: Sequence[str], before: float) -> int:
+        async with self._cursor() as cur:
+            await cur.execute(Q["drop_memory"], {"sessions": list(sessions), "before": before})
+            return cur.rowcount
+
     # -- workers -----------------------------------------------------------------------
 
     async def diagnostics(

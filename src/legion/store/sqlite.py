@@ -820,6 +820,21 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
         return await self._call(run)
 
+    async def live_sessions(self) -> set[str]:
+        return await self._call(lambda: {r[0] for r in self._db.execute(Q["live_sessions"])})
+
+    async def idle_sessions(self, before: float, after: str, limit: int) -> list[str]:
+        params = {"before": before, "after": after, "limit": limit}
+        return await self._call(
+            lambda: [r[0] for r in self._db.execute(Q["idle_sessions"], params)]
+        )
+
+    async def drop_memory(self, sessions: Sequence[str], before: float) -> int:
+        params = {"sessions": codec.dumps(list(sessions)).decode(), "before": before}
+        return await self._call(
+            self._transaction, lambda db: db.execute(Q["drop_memory"], params).rowcount
+        )
+
     async def diagnostics(
         self,
         *,

@@ -45,6 +45,13 @@ def scoped_key(tenant: str, key: str | None, what: str = "an idempotency key") -
     return f"{_MARK}{tenant}{_MARK}{key}"
 
 
+def tenant_of(stored: str) -> str:
+    """The tenant of a stored key or session (see `scoped_key`)."""
+    if not stored.startswith(_MARK):
+        return DEFAULT_TENANT
+    return stored.split(_MARK, 2)[1]
+
+
 def unscoped_key(stored: str | None) -> str | None:
     """The key as its tenant sent it, from its stored form."""
     if stored is None or not stored.startswith(_MARK):

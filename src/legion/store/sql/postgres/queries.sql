@@ -695,3 +695,26 @@ DELETE FROM events WHERE id IN (
     WHERE e.at < %(before)s AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = e.task_id)
     ORDER BY e.id LIMIT %(limit)s
 );
+
+-- name: live_sessions
+-- The sessions of the queued, running and waiting tasks (a task without one has its own,
+-- `task-<id>`, stored as legion.store.tenancy.scoped_key keeps it): `legion purge
+-- --sessions` keeps their memory.
+SELECT DISTINCT coalesce(session, CASE WHEN tenant = 'default' THEN 'task-' || id::text
+                                       ELSE chr(31) || tenant || chr(31) || 'task-' || id::text END)
+FROM tasks WHERE status IN ('queued', 'running', 'waiting');
+
+-- name: idle_sessions
+-- Sessions none of whose memory was written since %(before)s, in name order after
+-- %(after)s.
+SELECT session FROM memory WHERE session > %(after)s
+GROUP BY session HAVING max(updated_at) < %(before)s
+ORDER BY session LIMIT %(limit)s;
+
+-- name: drop_memory
+-- The memory of the sessions in %(sessions)s that none of whose keys was written since
+-- %(before)s (a write in between keeps the session whole).
+DELETE FROM memory
+WHERE session = ANY(%(sessions)s::text[])
+  AND session NOT IN (SELECT session FROM memory
+                      WHERE session = ANY(%(sessions)s::text[]) AND updated_at >= %(before)s);

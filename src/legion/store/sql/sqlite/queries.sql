@@ -542,3 +542,27 @@ DELETE FROM events WHERE id IN (
     WHERE e.at < :before AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = e.task_id)
     ORDER BY e.id LIMIT :limit
 );
+
+-- name: live_sessions
+-- The sessions of the queued, running and waiting tasks (a task without one has its own,
+-- `task-<id>`, stored as legion.store.tenancy.scoped_key keeps it): `legion purge
+-- --sessions` keeps their memory.
+SELECT DISTINCT coalesce(session, CASE WHEN tenant = 'default' THEN 'task-' || id
+                                       ELSE char(31) || tenant || char(31) || 'task-' || id END)
+FROM tasks WHERE status IN ('queued', 'running', 'waiting');
+
+-- name: idle_sessions
+-- Sessions none of whose memory was written since :before, in name order after
+-- :after.
+SELECT session FROM memory WHERE session > :after
+GROUP BY session HAVING max(updated_at) < :before
+ORDER BY session LIMIT :limit;
+
+-- name: drop_memory
+-- The memory of the sessions in :sessions (a JSON array) that none of whose keys was
+-- written since :before (a write in between keeps the session whole).
+DELETE FROM memory
+WHERE session IN (SELECT value FROM json_each(:sessions))
+  AND session NOT IN (SELECT session FROM memory
+                      WHERE session IN (SELECT value FROM json_each(:sessions))
+                        AND updated_at >= :before);
