@@ -217,7 +217,8 @@ class Progress:
         )
         grid.add_row("throughput", f"{rate_text(t.rate())} tasks/s over {t.elapsed:.1f} s")
         grid.add_row(
-            "latency", f"p50 {_ms(t.latency.quantile(0.5))}  p95 {_ms(t.latency.quantile(0.95))}"
+            "latency (last attempt)",
+            f"p50 {_ms(t.latency.quantile(0.5))}  p95 {_ms(t.latency.quantile(0.95))}",
         )
         grid.add_row("in flight", str(w.in_flight if w else self.running))
         if self.waiting:
