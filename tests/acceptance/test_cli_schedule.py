@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,16 @@ def test_schedule_list_says_when_there_are_none_and_shows_attempts_in_json(
     listed = json.loads(legion("schedule", "list", "--json", *store).stdout)
     assert [(s["name"], s["max_attempts"]) for s in listed] == [("nightly", None), ("twice", 2)]
     assert all(s["created_at"].endswith("Z") for s in listed)
+    assert not any(s["overdue"] or s["served"] for s in listed)
+    # A schedule no worker served for an hour: its next tick is an hour past.
+    assert legion("schedule", "add", "ghost", "nope", "--cron", "* * * * *", *store).returncode == 0
+    with sqlite3.connect(tmp_path / "db") as db:
+        db.execute("UPDATE schedules SET next_tick = next_tick - 3600 WHERE name = 'ghost'")
+    lines = legion("schedule", "list", *store).stdout.splitlines()
+    assert lines[0].startswith("ghost\t* * * * *\tnope\tnext ")
+    assert lines[0].endswith("\toverdue: no live worker serves 'nope' (its ticks wait for one)")
+    assert "overdue" not in lines[1] + lines[2]
+    assert legion("schedule", "remove", "ghost", *store).returncode == 0
     for name in ("nightly", "twice"):
         assert legion("schedule", "remove", name, *store).returncode == 0
     empty = legion("schedule", "list", *store)

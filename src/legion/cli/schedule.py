@@ -123,13 +123,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List the schedules with their next tick."""
 
-        async def main() -> list[Any]:
-            from legion.cli.status import opened
+        async def main() -> tuple[list[Any], float, set[str]]:
+            from legion.cli.status import live_workers, opened
 
             async with opened(store) as s:
-                return await s.schedules()
+                live = await live_workers(s)
+                served = {a for w in live for a in w.load.get("agents", ())}
+                return await s.schedules(), await s.now(), served
 
-        found = _run(main())
+        found, now, served = _run(main())
+
+        def overdue(s: Any) -> bool:  # (a tick past by more than a worker's pass takes)
+            return bool(s.next_tick < now - OVERDUE_AFTER)
+
         if as_json:
             rows = [
                 {
@@ -140,6 +146,8 @@ def register(app: typer.Typer) -> None:
                     "next_tick": _when(s.next_tick),
                     "max_attempts": s.max_attempts or None,  # (None: the agent's own)
                     "created_at": _when(s.created_at),
+                    "served": s.agent in served,  # (by a live worker)
+                    "overdue": overdue(s),
                 }
                 for s in found
             ]
@@ -148,7 +156,14 @@ def register(app: typer.Typer) -> None:
         if not found:
             print("no schedules (add one with `legion schedule add`)", file=sys.stderr)
         for s in found:
-            print(f"{s.name}\t{s.cron}\t{s.agent}\tnext {_when(s.next_tick)}")
+            late = ""
+            if overdue(s):
+                late = "\toverdue: " + (
+                    "the workers run it at their next pass"
+                    if s.agent in served
+                    else f"no live worker serves {s.agent!r} (its ticks wait for one)"
+                )
+            print(f"{s.name}\t{s.cron}\t{s.agent}\tnext {_when(s.next_tick)}{late}")
 
     @group.command("remove")
     def remove_cmd(
@@ -210,6 +225,10 @@ async def _unserved(store: Store, agent: str, url: str) -> str | None:
         f"does (then it runs once); start one with `legion worker --app FILE --store {url}`, "
         "or give --app FILE here to check the agent's name and input"
     )
+
+
+OVERDUE_AFTER = 120.0
+"""Seconds past its tick after which `schedule list` calls a schedule overdue."""
 
 
 def _when(t: float) -> str:
