@@ -6,16 +6,12 @@ from legion.provision.restarts import HEALTHY, LONGEST_PAUSE, Restarts
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+    now = 1000.0
 
 
 def test_a_crash_in_a_row_doubles_the_pause_up_to_a_bound() -> None:
     clock = Clock()
-    restarts = Restarts(clock)
+    restarts = Restarts(lambda: clock.now)
     pauses = []
     for _ in range(9):
         restarts.started(0)
@@ -26,7 +22,7 @@ def test_a_crash_in_a_row_doubles_the_pause_up_to_a_bound() -> None:
 
 def test_a_worker_that_ran_a_while_ends_the_streak_and_slots_are_apart() -> None:
     clock = Clock()
-    restarts = Restarts(clock)
+    restarts = Restarts(lambda: clock.now)
     for _ in range(3):
         restarts.started(0)
         restarts.crashed(0)
@@ -39,7 +35,7 @@ def test_a_worker_that_ran_a_while_ends_the_streak_and_slots_are_apart() -> None
 
 def test_a_fleet_keeps_one_streak_over_its_workers() -> None:
     clock = Clock()
-    restarts = Restarts(clock)
+    restarts = Restarts(lambda: clock.now)
     for pid in (11, 12, 13):
         restarts.started(pid)
     assert [restarts.crashed(pid, streak="fleet") for pid in (11, 12, 13)] == [0.0, 1.0, 2.0]
