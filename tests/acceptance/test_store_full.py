@@ -125,7 +125,7 @@ def test_a_run_on_a_full_disk_stops_at_the_third_signal(small_disk: Path) -> Non
     agents = small_disk.parent / "agents.py"
     agents.write_text(f"async def pad(ctx, n: int):\n    return {PAD!r} * 3\n")
     lines = small_disk.parent / "in.jsonl"
-    lines.write_text("".join(f'{{"n": {n}}}\n' for n in range(5000)))
+    lines.write_text("".join(f'{{"n": {n}}}\n' for n in range(2000)))
     run = start_legion(
         "run",
         f"{agents}:pad",

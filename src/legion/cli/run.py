@@ -479,7 +479,7 @@ def _print_summary(console: Console, tally: RunTally, report: RunReport, interru
         parts.append(f"{tally.total - tally.done} unfinished")
     p50, p95 = tally.latency.quantile(0.5), tally.latency.quantile(0.95)
     lat = (
-        f", p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms a last attempt"
+        f", p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms (last attempts)"
         if p50 is not None and p95 is not None
         else ""
     )

@@ -1161,26 +1161,32 @@ async def _lease_in_turns(
     cur: Cursor, params: dict[str, Any], queued: Sequence[TupleRow]
 ) -> list[TupleRow]:
     """Lease one agent's tasks of several tenants, in turns (`legion.store.turns`): each
-    pass reads each tenant's first tasks (`lease_read`, locked until the transaction
-    ends) and leases those the turns take (`lease_ids`), in the turns' order."""
+    tenant's first tasks in one read (`lease_read`), more of a tenant whose turns used
+    them up (`lease_read_after`), all locked until the transaction ends; then those the
+    turns took (`lease_ids`), in the turns' order."""
     turns: Turns[int] = Turns({str(t): int(n) for t, n in queued}, params["limit"])
-    turns.rest = [str(t) for t, _ in queued]
-    rows: list[TupleRow] = []
+    share = share_of(turns.need, len(queued))
     async with cur.connection.transaction():
-        while turns.rest:
-            share = share_of(turns.need, len(turns.rest))
-            await cur.execute(Q["lease_read"], {**params, "tenants": turns.rest, "share": share})
-            read: dict[str, list[tuple[int, int, int]]] = {t: [] for t in turns.rest}
-            for tenant, priority, task_id in await cur.fetchall():
-                read[tenant].append((priority, task_id, task_id))
-            for tasks in read.values():
-                tasks.sort(key=lambda r: (-r[0], r[1]))
-            taken = turns.take(read, share)
-            if taken:
-                await cur.execute(Q["lease_ids"], {**params, "ids": taken})
-                by_id = {r[0]: r for r in await cur.fetchall()}
-                rows.extend(by_id[i] for i in taken if i in by_id)
-    return rows
+        tenants = [str(t) for t, _ in queued]
+        await cur.execute(Q["lease_read"], {**params, "tenants": tenants, "share": share})
+        read: dict[str, list[tuple[int, int, int]]] = {t: [] for t in tenants}
+        for tenant, priority, task_id in await cur.fetchall():
+            read[tenant].append((priority, task_id, task_id))
+        for tenant, rows in read.items():
+            turns.read(tenant, sorted(rows, key=lambda r: (-r[0], r[1])), share)
+        while (tenant := turns.merge()) is not None:
+            more, after = turns.more(tenant), turns.last(tenant)
+            assert after is not None  # (it had tasks read: they ran out)
+            keyset = {"after_priority": after[0], "after_id": after[1]}
+            await cur.execute(
+                Q["lease_read_after"], {**params, "tenant": tenant, "share": more, **keyset}
+            )
+            turns.read(tenant, [(p, i, i) for _, p, i in await cur.fetchall()], more)
+        if not turns.taken:
+            return []
+        await cur.execute(Q["lease_ids"], {**params, "ids": turns.taken})
+        by_id = {r[0]: r for r in await cur.fetchall()}
+    return [by_id[i] for i in turns.taken if i in by_id]
 
 
 def _one(row: TupleRow | None) -> Any:

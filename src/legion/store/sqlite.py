@@ -1091,18 +1091,26 @@ def _lease_agent(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
     if len(queued) <= 1:
         return _lease_tenant(db, {**params, "tenant": queued[0][0]}) if queued else []
     turns: Turns[Any] = Turns({t: int(n) for t, n in queued}, params["limit"])
-    turns.rest = [t for t, _ in queued]
-    rows: list[Any] = []
-    while turns.rest:
-        share = share_of(turns.need, len(turns.rest))
-        try:
-            read = {t: _pick(db, {**params, "tenant": t, "limit": share}) for t in turns.rest}
-        except sqlite3.OperationalError:  # as in `_lease_tenant` (not seen): one tenant's
-            rest = {**params, "tenant": turns.rest[0], "limit": turns.need}
-            return rows + db.execute(Q["lease"], rest).fetchall()
-        taken = turns.take({t: [(r[7], r[0], r) for r in rs] for t, rs in read.items()}, share)
-        rows.extend(_take(db, params, taken))
-    return rows
+    share = share_of(turns.need, len(queued))
+    try:
+        for tenant, _ in queued:
+            first = _pick(db, {**params, "tenant": tenant, "limit": share})
+            turns.read(tenant, _reads(first), share)
+        while (tenant := turns.merge()) is not None:
+            more = turns.more(tenant)
+            after = turns.last(tenant)
+            assert after is not None  # (it had tasks read: they ran out)
+            keyset = {"after_priority": after[0], "after_id": after[1]}
+            rows = _pick(db, {**params, "tenant": tenant, "limit": more, **keyset}, after=True)
+            turns.read(tenant, _reads(rows), more)
+    except sqlite3.OperationalError:  # as in `_lease_tenant` (not seen): one tenant's
+        return _lease_tenant(db, {**params, "tenant": queued[0][0]})
+    return _take(db, params, turns.taken)
+
+
+def _reads(rows: list[Any]) -> list[tuple[int, int, Any]]:
+    """`_pick`'s rows as `Turns.read` takes them."""
+    return [(r[7], r[0], r) for r in rows]
 
 
 def _lease_tenant(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
@@ -1114,9 +1122,10 @@ def _lease_tenant(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
     return _take(db, params, picked)
 
 
-def _pick(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
-    """`lease_pick`'s rows: the tasks `lease` would take, as lists (input as text)."""
-    (picked,) = db.execute(Q["lease_pick"], params).fetchone()
+def _pick(db: sqlite3.Connection, params: dict[str, Any], *, after: bool = False) -> list[Any]:
+    """`lease_pick`'s rows: the tasks `lease` would take, as lists (input as text);
+    ``after``: those after a task (`lease_pick_after`)."""
+    (picked,) = db.execute(Q["lease_pick_after" if after else "lease_pick"], params).fetchone()
     rows: list[Any] = codec.loads(picked)
     return rows
 

@@ -120,6 +120,21 @@ CROSS JOIN LATERAL (
     FOR UPDATE SKIP LOCKED
 ) AS p;
 
+-- name: lease_read_after
+-- More of one tenant's tasks, after (%(after_priority)s, %(after_id)s) in its queue's
+-- order (as `lease_read`, locked until the lease's transaction ends): for a tenant whose
+-- turns used up those read (legion.store.turns).
+SELECT tenant, priority, id FROM tasks
+WHERE status = 'queued' AND agent = %(agent)s AND tenant = %(tenant)s
+  AND not_before <= %(now)s AND NOT isolate AND priority >= %(min_priority)s
+  AND (priority < %(after_priority)s OR (priority = %(after_priority)s AND id > %(after_id)s))
+  AND (needs IS NULL OR NOT EXISTS (
+      SELECT 1 FROM jsonb_each_text(needs) AS n
+      WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
+ORDER BY priority DESC, id
+LIMIT %(share)s
+FOR UPDATE SKIP LOCKED;
+
 -- name: lease_ids
 -- The tasks `lease_read` read and the turns took, leased.
 UPDATE tasks AS t

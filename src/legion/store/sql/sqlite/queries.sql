@@ -64,6 +64,25 @@ FROM (
     LIMIT :limit
 );
 
+-- name: lease_pick_after
+-- `lease_pick`'s tasks of one tenant that come after (:after_priority, :after_id) in its
+-- queue's order: more of a tenant whose turns used up those read (legion.store.turns).
+SELECT json_group_array(json_array(id, agent, CAST(input AS TEXT), key, session,
+                                   attempt + 1, max_attempts, priority, tenant))
+FROM (
+    SELECT id, agent, input, key, session, attempt, max_attempts, priority, tenant
+    FROM tasks
+    WHERE status = 'queued' AND agent = :agent AND tenant = :tenant AND not_before <= :now
+      AND NOT isolate AND priority >= :min_priority
+      AND (priority < :after_priority OR (priority = :after_priority AND id > :after_id))
+      AND (needs IS NULL OR NOT EXISTS (
+          SELECT 1 FROM json_each(needs) AS n
+          WHERE n.value > coalesce((SELECT o.value FROM json_each(:offer) AS o
+                                    WHERE o.key = n.key), 0)))
+    ORDER BY priority DESC, id
+    LIMIT :limit
+);
+
 -- name: queued_tenants
 -- The tenants with tasks of :agent queued (a seek in the queue's index for each, in name
 -- order), each with its tasks of :agent running now.
