@@ -3,6 +3,7 @@ feet of the older workers still running on it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from legion.store import store_from_url
 from legion.store.queries import migrations
 from legion.task import NewTask, TaskStatus
 from tests.conftest import POSTGRES_URL, with_params
+from tests.polling import wait_until
 
 OLDER = 17  # the schema of the releases before the counts by status had a table
 
@@ -132,3 +134,37 @@ async def test_an_upgraded_sqlite_store_gives_no_id_a_purged_task_had(tmp_path: 
         assert fresh.id == 10
     finally:
         await store.aclose()
+
+
+async def test_a_postgres_upgrade_behind_a_long_reader_lets_the_workers_go_on(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade whose migration waited for a table that a pg_dump (a long transaction)
+    read held the lock queue: every worker's statements on that table waited behind it,
+    leases ran out and steps ran twice. It waits a moment at a time now, and lets go."""
+    store = store_from_url(postgres_url)
+    await store.open()
+    (task,) = await store.submit([NewTask("a", codec.dumps({}))], time.time())
+    latest = migrations("postgres")[-1][0]
+    await store.aclose()
+    schema = dict(parse_qsl(urlsplit(postgres_url).query))["options"].removeprefix("-csearch_path=")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:  # as an older legion left it
+        conn.execute(f'DELETE FROM "{schema}".legion_schema WHERE version = %s', (latest,))
+    with psycopg.connect(POSTGRES_URL) as dump, psycopg.connect(POSTGRES_URL) as worker:
+        dump.execute(f'LOCK TABLE "{schema}".tasks IN ACCESS SHARE MODE')  # as pg_dump does
+        upgrading = asyncio.ensure_future(store_from_url(postgres_url).open())
+        await wait_until(lambda: "waits for a transaction" in caplog.text, 60)
+        # An older worker's write meanwhile is not held behind the upgrade for good.
+        worker.execute("SET statement_timeout = '8s'")
+        worker.execute(f'UPDATE "{schema}".tasks SET priority = 1 WHERE id = %s', (task.id,))
+        worker.commit()
+        assert not upgrading.done()
+        dump.commit()  # the dump ends: the upgrade goes through
+        async with asyncio.timeout(60):
+            await upgrading
+    again = store_from_url(postgres_url)
+    await again.open()
+    try:
+        assert await again.schema_version() == latest
+    finally:
+        await again.aclose()

@@ -359,6 +359,31 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     "legion open it once through a writable connection (the primary), "
                     "which upgrades it"
                 )
+        tries = 0
+        while True:
+            try:
+                current = await self._upgrade(conn, known)
+                break
+            except psycopg.errors.LockNotAvailable:
+                tries += 1
+                if tries == 1:
+                    log.warning(
+                        "upgrading the store's schema waits for a transaction that holds "
+                        "its tables (a pg_dump, a long query or an open transaction) to "
+                        "end; the running workers go on meanwhile"
+                    )
+                await asyncio.sleep(min(MIGRATION_RETRY_MAX, MIGRATION_LOCK_WAIT * tries))
+        if 0 < current < known[-1][0]:
+            log.warning("upgraded the store's schema from version %d to %d", current, known[-1][0])
+        cur = await conn.execute(Q["work_channel"])
+        return str(_one(await cur.fetchone()))
+
+    async def _upgrade(self, conn: Connection, known: Sequence[tuple[int, str]]) -> int:
+        """Run the migrations the schema lacks, in one transaction; answer the version it
+        had. An upgrade waits for a table's lock `MIGRATION_LOCK_WAIT` seconds at most
+        (then `LockNotAvailable`, everything rolled back): while a migration waits for a
+        table that another transaction holds (a pg_dump reads them all), every statement
+        of every worker on that table queues behind it, and the fleet stops."""
         async with conn.transaction():
             await conn.execute(Q["lock_migrations"])
             await conn.execute(Q["create_version_table"])
@@ -369,16 +394,14 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     f"the store's schema is version {current}, newer than this legion "
                     f"understands ({known[-1][0]}); upgrade legion"
                 )
+            if 0 < current < known[-1][0]:
+                wait = int(MIGRATION_LOCK_WAIT * 1000)
+                await conn.execute(f"SET LOCAL lock_timeout = '{wait}ms'")
             for version, script in known:
                 if version > current:
                     await conn.execute(script)
                     await conn.execute(Q["record_version"], {"version": version})
-            if 0 < current < known[-1][0]:
-                log.warning(
-                    "upgraded the store's schema from version %d to %d", current, known[-1][0]
-                )
-        cur = await conn.execute(Q["work_channel"])
-        return str(_one(await cur.fetchone()))
+        return current
 
     async def aclose(self) -> None:
         listener, self._listener = self._listener, None
@@ -1088,6 +1111,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+MIGRATION_LOCK_WAIT = 2.0
+"""Seconds an upgrade of the schema waits for a table's lock before it lets go (the
+workers' statements queued behind it go on) and tries again."""
+MIGRATION_RETRY_MAX = 10.0
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
