@@ -179,9 +179,8 @@ class Autoscaler:
             await self._sleep(self._opts.interval)
 
     def _apply(self, decision: Decision, in_flight: dict[int, int]) -> None:
-        if time.monotonic() < self._restart_at:  # (workers keep crashing: a pause)
-            return
-        while len(self._workers) < decision.desired:
+        paused = time.monotonic() < self._restart_at  # (workers keep crashing: a pause)
+        while len(self._workers) < decision.desired and not paused:
             # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
             # passes it on once (twice, a worker gives its running tasks back at once).
             proc = subprocess.Popen(self._command, env=self._env, process_group=0)
