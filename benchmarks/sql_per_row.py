@@ -134,13 +134,15 @@ def _run(db: sqlite3.Connection, n: int, schema: int, one: bool) -> dict[str, fl
         "until": 100.0,
         "now": 2.0,
         "agent": "a",
+        "tenant": "default",
         "limit": 500,
         "offer": "{}",
         "min_priority": -(2**63),
     }
     while True:
         db.execute("BEGIN IMMEDIATE")
-        if one:  # as SQLiteStore._lease does: pick, then take (a step each)
+        if one:  # as SQLiteStore._lease does: its tenants, a pick, a take (a step each)
+            db.execute(Q["queued_tenants"], lease).fetchall()
             (picked,) = db.execute(Q["lease_pick"], lease).fetchone()
             rows = orjson.loads(picked)
             taken = orjson.dumps([r[0] for r in rows]).decode()

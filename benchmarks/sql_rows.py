@@ -61,6 +61,7 @@ def _leased(db: sqlite3.Connection, n: int) -> list[int]:
         execute_rows(db, Q["insert_tasks"], rows)
         db.execute("COMMIT")
     lease = {"owner": OWNER, "until": 1e10, "now": 2.0, "agent": "a", "limit": 1000}
+    lease |= {"tenant": "default"}
     lease |= {"offer": "{}", "min_priority": -(2**63)}
     ids: list[int] = []
     while True:
