@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
 import legion
@@ -332,6 +333,19 @@ async def test_a_schedule_tick_is_claimed_once(store_url: str) -> None:
         assert await store.remove_schedule("hourly") and not await store.remove_schedule("hourly")
     finally:
         await store.aclose()
+
+
+async def test_a_cron_that_no_longer_matches_for_years_stops_no_other_schedule(
+    store: Store,
+) -> None:
+    """Feb 1 on a Monday: 2027, then 2038. Past 2027 its next tick is beyond the five
+    years a cron is searched, and every schedule pass failed on it."""
+    added = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    later = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
+    await store.add_schedule(schedule("rare", "0 0 */29 2 1", "quick", b"{}", added), added)
+    await store.add_schedule(schedule("often", "* * * * *", "quick", b"{}", added), added)
+    assert await run_due(store, later, {"quick": quick}) == 1  # often's (rare's is 2027-02-01)
+    assert await run_due(store, later + 61, {"quick": quick}) == 1
 
 
 async def test_a_tick_set_by_a_clock_that_ran_ahead_is_moved_back(store: Store) -> None:

@@ -76,22 +76,21 @@ _SAID: weakref.WeakSet[Store] = weakref.WeakSet()
 
 async def purge_sessions(
     store: Store, before: float, tenant: str | None, *, dry_run: bool
-) -> tuple[int, int, int]:
-    """``--sessions``: the memory and session-scoped vectors of the sessions none of whose
-    keys was written since ``before`` and that no queued, running or waiting task names
-    (of ``tenant``'s alone if given); answers the sessions, keys and vectors that went
-    (the sessions alone on a dry run). A task submitted naming such a session while this
-    runs may find its memory gone."""
+) -> tuple[int, int]:
+    """``--sessions``: the memory of the sessions none of whose keys was written since
+    ``before`` and that no queued, running or waiting task names (of ``tenant``'s alone
+    if given); answers the sessions and keys that went (the sessions alone on a dry run).
+    Their session-scoped vectors stay (a vector's age is not kept). A task submitted
+    naming such a session while this runs may find its memory gone."""
     live = await store.live_sessions()
-    after, sessions, keys, vectors = "", 0, 0, 0
+    after, sessions, keys = "", 0, 0
     while page := await store.idle_sessions(before, after, CHUNK):
         after = page[-1]
         idle = [x for x in page if x not in live and (tenant is None or tenant_of(x) == tenant)]
         sessions += len(idle)
         if idle and not dry_run:
             keys += await store.drop_memory(idle, before)
-            vectors += await drop_vectors(store, tuple(idle))
-    return sessions, keys, vectors
+    return sessions, keys
 
 
 def register(app: typer.Typer) -> None:
@@ -128,10 +127,10 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--sessions",
-                help="Also delete the memory and session-scoped vectors of the sessions "
-                "none of whose keys was written for --older-than and that no queued, "
-                "running or waiting task names (of --tenant's alone if given; --status and "
-                "--agent do not apply): named sessions' memory is kept otherwise.",
+                help="Also delete the memory of the sessions none of whose keys was "
+                "written for --older-than and that no queued, running or waiting task names "
+                "(of --tenant's alone if given; --status and --agent do not apply): named "
+                "sessions' memory is kept otherwise. Their session-scoped vectors stay.",
             ),
         ] = False,
         dry_run: Annotated[
@@ -188,7 +187,7 @@ def register(app: typer.Typer) -> None:
                     n = await s.purgeable(before, statuses, agent=agent, tenant=tenant)
                     print(f"{n}\t{which} ended before {when} would be purged (dry run)")
                     if sessions:
-                        n, _, _ = await purge_sessions(s, before, tenant, dry_run=True)
+                        n, _ = await purge_sessions(s, before, tenant, dry_run=True)
                         print(f"{n}\tsessions idle since {when} would be purged (dry run)")
                     return
                 tasks = events = chunks = vectors = 0
@@ -228,11 +227,11 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                 )
                 if sessions:
-                    idle, keys, vectors = await purge_sessions(s, before, tenant, dry_run=False)
+                    idle, keys = await purge_sessions(s, before, tenant, dry_run=False)
                     print(f"{idle}\tsessions idle since {when} purged")
                     console.print(
                         f"purged {idle:,} sessions idle since {when}: {keys:,} memory keys "
-                        f"and {vectors:,} vectors",
+                        "(their session-scoped vectors stay)",
                         highlight=False,
                     )
 

@@ -196,6 +196,7 @@ class Autoscaler:
                 self._draining[pid] = proc
 
     def _reap(self) -> None:
+        crashed = False  # (workers that crash together, an OOM kill, count once)
         for pid, proc in list(self._workers.items()):
             rc = proc.poll()
             if rc is None:
@@ -212,8 +213,12 @@ class Autoscaler:
                 self._stop.set()
                 continue
             # The fleet's crash streak: each crash in a row holds back starts longer.
-            pause = self._restarts.crashed(pid, streak="fleet")
-            self._restart_at = time.monotonic() + pause
+            if crashed:
+                self._restarts.forget(pid)
+                pause = 0.0
+            else:
+                crashed, pause = True, self._restarts.crashed(pid, streak="fleet")
+                self._restart_at = time.monotonic() + pause
             later = f" (none starts for {pause:g} s: workers keep crashing)" if pause else ""
             self._console.print(
                 f"worker process {pid} exited with {rc}; the policy decides whether another "
@@ -225,6 +230,7 @@ class Autoscaler:
             rc = proc.poll()
             if rc is not None:
                 del self._draining[pid]
+                self._restarts.forget(pid)
                 if rc != 0:
                     self._code = max(self._code, rc)
 

@@ -27,6 +27,11 @@ class Restarts:
     def started(self, worker: Hashable) -> None:
         self._started[worker] = self._clock()
 
+    def forget(self, worker: Hashable) -> None:
+        """``worker`` stopped for another reason than a crash (or its crash counted with
+        another's)."""
+        self._started.pop(worker, None)
+
     def crashed(self, worker: Hashable, *, streak: Hashable | None = None) -> float:
         """Seconds to wait before another worker starts in place of ``worker``."""
         now = self._clock()

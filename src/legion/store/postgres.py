@@ -1113,7 +1113,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
 # -- helpers ---------------------------------------------------------------------------
 
 
-MIGRATION_LOCK_WAIT = 2.0
+MIGRATION_LOCK_WAIT = 0.5
 """Seconds an upgrade of the schema waits for a table's lock before it lets go (the
 workers' statements queued behind it go on) and tries again."""
 MIGRATION_RETRY_MAX = 10.0
@@ -1189,33 +1189,63 @@ async def _check(pool: AsyncConnectionPool[Connection], limit: float) -> None:
 async def _lease_in_turns(
     cur: Cursor, params: dict[str, Any], queued: Sequence[TupleRow]
 ) -> list[TupleRow]:
-    """Lease one agent's tasks of several tenants, in turns (`legion.store.turns`): each
-    tenant's first tasks in one read (`lease_read`), more of a tenant whose turns used
-    them up (`lease_read_after`), all locked until the transaction ends; then those the
-    turns took (`lease_ids`), in the turns' order."""
+    """Lease one agent's tasks of several tenants, in turns (`legion.store.turns`). A
+    worker leasing at the same moment may have locked some of the tasks the turns gave a
+    tenant, and that tenant had no others: then the turns run again for the rest (twice
+    more at most), over the tenants as they are then."""
+    rows: list[TupleRow] = []
+    for _ in range(3):
+        need = params["limit"] - len(rows)
+        got, planned = await _lease_turns(cur, {**params, "limit": need}, queued)
+        rows.extend(got)
+        if len(got) >= planned or len(rows) >= params["limit"]:
+            break
+        await cur.execute(Q["queued_tenants"], {"agent": params["agent"]})
+        queued = await cur.fetchall()
+        if not queued:
+            break
+    return rows
+
+
+async def _lease_turns(
+    cur: Cursor, params: dict[str, Any], queued: Sequence[TupleRow]
+) -> tuple[list[TupleRow], int]:
+    """One pass of `_lease_in_turns`: each tenant's first tasks in one read
+    (`lease_read`) and more of a tenant whose turns used them up (`lease_read_after`),
+    without a lock; then what the turns gave each tenant, locked and leased in one
+    statement (`lease_turns`: SKIP LOCKED, another's next where one is being leased), in
+    the turns' order. Answers the rows leased and how many the turns took."""
     turns: Turns[int] = Turns({str(t): int(n) for t, n in queued}, params["limit"])
     share = share_of(turns.need, len(queued))
-    async with cur.connection.transaction():
-        tenants = [str(t) for t, _ in queued]
-        await cur.execute(Q["lease_read"], {**params, "tenants": tenants, "share": share})
-        read: dict[str, list[tuple[int, int, int]]] = {t: [] for t in tenants}
-        for tenant, priority, task_id in await cur.fetchall():
-            read[tenant].append((priority, task_id, task_id))
-        for tenant, rows in read.items():
-            turns.read(tenant, sorted(rows, key=lambda r: (-r[0], r[1])), share)
-        while (tenant := turns.merge()) is not None:
-            more, after = turns.more(tenant), turns.last(tenant)
-            assert after is not None  # (it had tasks read: they ran out)
-            keyset = {"after_priority": after[0], "after_id": after[1]}
-            await cur.execute(
-                Q["lease_read_after"], {**params, "tenant": tenant, "share": more, **keyset}
-            )
-            turns.read(tenant, [(p, i, i) for _, p, i in await cur.fetchall()], more)
-        if not turns.taken:
-            return []
-        await cur.execute(Q["lease_ids"], {**params, "ids": turns.taken})
-        by_id = {r[0]: r for r in await cur.fetchall()}
-    return [by_id[i] for i in turns.taken if i in by_id]
+    tenants = [str(t) for t, _ in queued]
+    await cur.execute(Q["lease_read"], {**params, "tenants": tenants, "share": share})
+    read: dict[str, list[tuple[int, int, int]]] = {t: [] for t in tenants}
+    of: dict[int, str] = {}
+    for tenant, priority, task_id in await cur.fetchall():
+        read[tenant].append((priority, task_id, task_id))
+        of[task_id] = tenant
+    for tenant, rows in read.items():
+        turns.read(tenant, sorted(rows, key=lambda r: (-r[0], r[1])), share)
+    while (tenant := turns.merge()) is not None:
+        more, after = turns.more(tenant), turns.last(tenant)
+        assert after is not None  # (it had tasks read: they ran out)
+        keyset = {"after_priority": after[0], "after_id": after[1]}
+        await cur.execute(
+            Q["lease_read_after"], {**params, "tenant": tenant, "share": more, **keyset}
+        )
+        rows = [(p, i, i) for _, p, i in await cur.fetchall()]
+        of.update((i, tenant) for _, i, _ in rows)
+        turns.read(tenant, rows, more)
+    if not turns.taken:
+        return [], 0
+    counts: dict[str, int] = {}
+    for task_id in turns.taken:
+        counts[of[task_id]] = counts.get(of[task_id], 0) + 1
+    take = {"tenants": list(counts), "counts": list(counts.values())}
+    await cur.execute(Q["lease_turns"], {**params, **take})
+    leased = await cur.fetchall()
+    order = {task_id: n for n, task_id in enumerate(turns.taken)}
+    return sorted(leased, key=lambda r: order.get(r[0], len(order))), len(turns.taken)
 
 
 def _one(row: TupleRow | None) -> Any:

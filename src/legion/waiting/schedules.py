@@ -82,12 +82,12 @@ async def run_due(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
             continue  # (a worker that serves it claims it: made as its agent makes tasks)
         try:
             cron = Cron.parse(s.cron)
-        except ValueError as exc:
+            nxt = cron.next_after(now)  # missed ticks collapse into this one run
+            if s.next_tick > now:
+                await _back_from_the_future(store, s, cron, now)
+                continue
+        except ValueError as exc:  # (a cron with no date in the next five years, too)
             log.error("schedule %r: %s", s.name, exc)
-            continue
-        nxt = cron.next_after(now)  # missed ticks collapse into this one run
-        if s.next_tick > now:
-            await _back_from_the_future(store, s, cron, now)
             continue
         attempts = s.max_attempts or agent.options.retry.max_attempts
         key = tick_key(s.name, s.next_tick)

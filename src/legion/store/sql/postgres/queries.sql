@@ -104,8 +104,9 @@ FROM queued AS q WHERE q.tenant IS NOT NULL;
 
 -- name: lease_read
 -- The first %(share)s tasks of %(agent)s of each of %(tenants)s, in their queue's order,
--- locked (SKIP LOCKED) until the lease's transaction ends: `lease_ids` leases those
--- the turns take (legion.store.turns).
+-- read without a lock (legion.store.turns merges them; `lease_turns` then locks and
+-- leases what the turns gave each tenant: a lease locks no row it does not take, so
+-- workers leasing at once do not find each other's reads locked).
 SELECT q.tenant, p.priority, p.id
 FROM unnest(%(tenants)s::text[]) AS q(tenant)
 CROSS JOIN LATERAL (
@@ -117,13 +118,12 @@ CROSS JOIN LATERAL (
           WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
     ORDER BY priority DESC, id
     LIMIT %(share)s
-    FOR UPDATE SKIP LOCKED
 ) AS p;
 
 -- name: lease_read_after
 -- More of one tenant's tasks, after (%(after_priority)s, %(after_id)s) in its queue's
--- order (as `lease_read`, locked until the lease's transaction ends): for a tenant whose
--- turns used up those read (legion.store.turns).
+-- order (as `lease_read`, without a lock): for a tenant whose turns used up those read
+-- (legion.store.turns).
 SELECT tenant, priority, id FROM tasks
 WHERE status = 'queued' AND agent = %(agent)s AND tenant = %(tenant)s
   AND not_before <= %(now)s AND NOT isolate AND priority >= %(min_priority)s
@@ -132,15 +132,31 @@ WHERE status = 'queued' AND agent = %(agent)s AND tenant = %(tenant)s
       SELECT 1 FROM jsonb_each_text(needs) AS n
       WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
 ORDER BY priority DESC, id
-LIMIT %(share)s
-FOR UPDATE SKIP LOCKED;
+LIMIT %(share)s;
 
--- name: lease_ids
--- The tasks `lease_read` read and the turns took, leased.
+-- name: lease_turns
+-- Lease %(counts)s tasks of each of %(tenants)s (what the turns gave each: legion.store.
+-- turns), each tenant's first in its queue's order, skipping rows another worker is
+-- leasing right now (SKIP LOCKED: its next ones instead, or fewer).
 UPDATE tasks AS t
 SET status = 'running', attempt = t.attempt + 1, lease_owner = %(owner)s,
     lease_expires = legion_now() + %(seconds)s, started_at = %(now)s, finished_at = NULL
-WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'queued'
+FROM (
+    SELECT p.id
+    FROM unnest(%(tenants)s::text[], %(counts)s::integer[]) AS q(tenant, n)
+    CROSS JOIN LATERAL (
+        SELECT id FROM tasks
+        WHERE status = 'queued' AND agent = %(agent)s AND tenant = q.tenant
+          AND not_before <= %(now)s AND NOT isolate AND priority >= %(min_priority)s
+          AND (needs IS NULL OR NOT EXISTS (
+              SELECT 1 FROM jsonb_each_text(needs) AS n
+              WHERE n.value::float8 > coalesce((%(offer)s::jsonb ->> n.key)::float8, 0)))
+        ORDER BY priority DESC, id
+        LIMIT q.n
+        FOR UPDATE SKIP LOCKED
+    ) AS p
+) AS picked
+WHERE t.id = picked.id
 RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t.priority,
     t.tenant;
 
