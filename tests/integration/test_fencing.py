@@ -244,6 +244,7 @@ class AnswerLost(SQLiteStore):
         isolated: bool = False,
         offer: Mapping[str, float] | None = None,
         min_priority: int | None = None,
+        tenant_cap: int | None = None,
     ) -> list[Lease]:
         leases = await super().lease(
             owner,
@@ -254,6 +255,7 @@ class AnswerLost(SQLiteStore):
             isolated=isolated,
             offer=offer,
             min_priority=min_priority,
+            tenant_cap=tenant_cap,
         )
         if self.lose == "lease" and leases:
             self.lose = ""

@@ -248,6 +248,20 @@ async def test_a_tenant_with_more_running_waits_its_turn(store: Store) -> None:
     assert await _lease_tenants(store, 5) == ["calm", "calm", "calm", "busy", "busy"]
 
 
+async def test_a_tenant_cap_leases_none_of_a_tenant_at_it(store: Store) -> None:
+    async def lease(n: int) -> list[str]:
+        got = await store.lease("w", {"a": n}, n, NOW + 60, NOW, tenant_cap=2)
+        return [lease.tenant for lease in got]
+
+    await store.submit([new(value=i, tenant="busy") for i in range(5)], NOW)
+    assert await lease(5) == ["busy", "busy"]  # one tenant queued
+    assert await lease(5) == []
+    await store.submit([new(value=i, tenant="calm") for i in range(3)], NOW)
+    assert await lease(5) == ["calm", "calm"]  # two: the one at its cap is left out
+    (one,) = await store.lease("w", {"a": 1}, 1, NOW + 60, NOW)  # (no cap: turns alone)
+    assert one.tenant == "busy"  # (two running each: the older task)
+
+
 async def test_priority_goes_before_tenant_turns(store: Store) -> None:
     await store.submit([new(value=i, tenant="low") for i in range(3)], NOW)
     await store.submit([new(value=i, tenant="high", priority=5) for i in range(3)], NOW)

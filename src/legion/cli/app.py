@@ -40,6 +40,7 @@ from legion.cli.options import (
     StoreWaitOpt,
     TenantMaxCallsOpt,
     TenantMaxCostOpt,
+    TenantMaxRunningOpt,
     TenantMaxTokensOpt,
     TpmOpt,
     TraceOpt,
@@ -320,6 +321,7 @@ def worker(
     tenant_max_cost: TenantMaxCostOpt = None,
     tenant_max_tokens: TenantMaxTokensOpt = None,
     tenant_max_calls: TenantMaxCallsOpt = None,
+    tenant_max_running: TenantMaxRunningOpt = None,
     trace: TraceOpt = None,
     log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
@@ -401,6 +403,7 @@ def worker(
         max_memory_mb=max_memory,
         offer=offered,
         lease_ahead=lease_ahead,
+        tenant_max_running=tenant_max_running,
     )
     opts = WorkerOptions(
         apps=tuple(app_ref), runtime=runtime, store_wait=store_wait, max_freezes=max_freezes

@@ -119,6 +119,18 @@ TenantMaxCostOpt = Annotated[
         "with a higher limit to let them continue. Other tenants go on.",
     ),
 ]
+TenantMaxRunningOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--tenant-max-running",
+        min=1,
+        max=MOST,
+        help="Most of one tenant's tasks of an agent running at once, on every worker of "
+        "the store (as it counts them; workers leasing at the same moment may go a lease "
+        "over): a tenant whose tasks hang cannot take every slot. Default: no cap (tenants "
+        "take turns at the queue either way).",
+    ),
+]
 TenantMaxTokensOpt = Annotated[
     int | None,
     typer.Option(

@@ -30,6 +30,7 @@ from legion.cli.options import (
     StoreWaitOpt,
     TenantMaxCallsOpt,
     TenantMaxCostOpt,
+    TenantMaxRunningOpt,
     TenantMaxTokensOpt,
     TpmOpt,
     TraceOpt,
@@ -204,6 +205,7 @@ def serve(
     tenant_max_cost: TenantMaxCostOpt = None,
     tenant_max_tokens: TenantMaxTokensOpt = None,
     tenant_max_calls: TenantMaxCallsOpt = None,
+    tenant_max_running: TenantMaxRunningOpt = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -246,6 +248,8 @@ def serve(
         )
         agents = load_agents((app_ref,))
         tenant_budget = BudgetLimits(tenant_max_cost, tenant_max_tokens, tenant_max_calls)
+        if tenant_max_running is not None and not worker:
+            raise ConfigError("--tenant-max-running caps this server's worker: it needs --worker")
         if tenant_budget.any and not worker:
             raise ConfigError(
                 "--tenant-max-cost/--tenant-max-tokens/--tenant-max-calls limit the calls of "
@@ -261,6 +265,7 @@ def serve(
         worker=worker,
         executors=None,
         tenant_budget=tenant_budget,
+        tenant_max_running=tenant_max_running,
     )
     opts = ServeOptions(runtime=runtime, settings=settings, store_wait=store_wait)
     with _tracing(trace):

@@ -65,6 +65,8 @@ class RuntimeOptions:
     """Resources the worker offers (placement)."""
     lease_ahead: float = 0.2
     """The most tasks leased ahead of free slots, a share of ``concurrency``."""
+    tenant_max_running: int | None = None
+    """The most of one tenant's tasks of an agent running at once, on every worker."""
 
 
 def llm_options(
@@ -120,6 +122,7 @@ def build_runtime(
         strict=opts.strict,
         offer=opts.offer,
         lease_ahead=opts.lease_ahead,
+        tenant_max_running=opts.tenant_max_running,
     )
 
 

@@ -65,6 +65,9 @@ class Runtime:
     - ``lease_ahead``: the most tasks the worker leases ahead of its free slots (a share
       of ``concurrency``), started as slots free, with no store round trip between; how
       many is measured (none while tasks are long; see `legion.run.ahead`). 0: never.
+    - ``tenant_max_running``: the most of one tenant's tasks of an agent running at once,
+      on every worker of the store (as it counts them; workers leasing at the same moment
+      may go a lease over): the worker leases none of a tenant's beyond it.
     - ``drain_timeout``: how long closing waits for running instances to finish before
       giving them back to the queue.
     - ``stop_grace``: seconds an instance has to end once stopped (its timeout, a cancel,
@@ -96,6 +99,7 @@ class Runtime:
         watchdog: bool = True,
         offer: Mapping[str, float] | None = None,
         lease_ahead: float = 0.2,
+        tenant_max_running: int | None = None,
     ) -> None:
         from legion.llm.client import LLMClient
         from legion.llm.specs import config_from_specs
@@ -129,6 +133,7 @@ class Runtime:
             watchdog=watchdog,
             offer=dict(offer or {}),
             lease_ahead=lease_ahead,
+            tenant_max_running=tenant_max_running,
         )
         self._want_worker = worker
         self._seed = seed

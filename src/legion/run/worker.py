@@ -165,6 +165,9 @@ class WorkerConfig:
     admission_horizon: float | None = 3.0
     # The resources this worker offers: it leases only tasks whose needs they cover.
     offer: Mapping[str, float] = field(default_factory=dict)
+    # The most of one tenant's tasks of an agent running at once, on every worker (as the
+    # store counts them): this worker leases none of a tenant's beyond it. ``None``: no cap.
+    tenant_max_running: int | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -540,7 +543,13 @@ class Worker(Upkeep):
                         continue
                 if not leases:
                     leases = await self.store.lease(
-                        self.id, wants, wanted, now + cfg.lease_seconds, now, offer=cfg.offer
+                        self.id,
+                        wants,
+                        wanted,
+                        now + cfg.lease_seconds,
+                        now,
+                        offer=cfg.offer,
+                        tenant_cap=cfg.tenant_max_running,
                     )
                     isolated = False
                 else:
@@ -621,6 +630,7 @@ class Worker(Upkeep):
                 wall,
                 offer=cfg.offer,
                 min_priority=1,
+                tenant_cap=cfg.tenant_max_running,
             )
         except Exception as exc:
             self._ambiguous_lease = True

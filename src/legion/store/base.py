@@ -73,6 +73,7 @@ class TaskQueue(Protocol):
         isolated: bool = False,
         offer: Mapping[str, float] | None = None,
         min_priority: int | None = None,
+        tenant_cap: int | None = None,
     ) -> list[Lease]:
         """Lease to ``owner`` up to ``wants[agent]`` ready tasks of each agent (in the
         mapping's order) and at most ``total`` in all, each with every step recorded for
@@ -84,7 +85,10 @@ class TaskQueue(Protocol):
         alone); the ordinary call never leases those. ``offer``: the resources the worker offers; a
         task whose ``needs`` it does not cover (every amount) is not leased to it.
         ``min_priority``: only tasks of at least that priority (a worker whose LLM routes
-        are busy still takes raised-priority work, whose calls go first there)."""
+        are busy still takes raised-priority work, whose calls go first there).
+        ``tenant_cap``: no task of a tenant that has that many of the agent's tasks
+        running (on every worker, as the store counts them) is leased. Tenants take
+        turns (`legion.store.turns`)."""
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
         """Commit a batch in one transaction; per completion, whether its lease still held.

@@ -530,6 +530,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         isolated: bool = False,
         offer: Mapping[str, float] | None = None,
         min_priority: int | None = None,
+        tenant_cap: int | None = None,
     ) -> list[Lease]:
         """Lease per agent, in the mapping's order, with ``FOR UPDATE SKIP LOCKED``: several
         workers leasing at once take disjoint tasks without waiting for each other. The
@@ -570,10 +571,15 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 await cur.execute(Q["queued_tenants"], {"agent": agent})
                 queued = await cur.fetchall()
                 if len(queued) == 1:
-                    await cur.execute(Q["lease"], {**params, "tenant": queued[0][0]})
-                    rows.extend(await cur.fetchall())
+                    (tenant, running) = queued[0]
+                    one = {**params, "tenant": tenant}
+                    if tenant_cap is not None:
+                        one["limit"] = min(limit, tenant_cap - int(running))
+                    if one["limit"] > 0:
+                        await cur.execute(Q["lease"], one)
+                        rows.extend(await cur.fetchall())
                 elif queued:
-                    rows.extend(await _lease_in_turns(cur, params, queued))
+                    rows.extend(await _lease_in_turns(cur, params, queued, tenant_cap))
             steps: dict[int, dict[str, bytes]] = {}
             if rows:
                 await cur.execute(Q["replayed_steps"], {"ids": int8s([r[0] for r in rows])})
@@ -1187,7 +1193,7 @@ async def _check(pool: AsyncConnectionPool[Connection], limit: float) -> None:
 
 
 async def _lease_in_turns(
-    cur: Cursor, params: dict[str, Any], queued: Sequence[TupleRow]
+    cur: Cursor, params: dict[str, Any], queued: Sequence[TupleRow], cap: int | None
 ) -> list[TupleRow]:
     """Lease one agent's tasks of several tenants, in turns (`legion.store.turns`). A
     worker leasing at the same moment may have locked some of the tasks the turns gave a
@@ -1196,7 +1202,7 @@ async def _lease_in_turns(
     rows: list[TupleRow] = []
     for _ in range(3):
         need = params["limit"] - len(rows)
-        got, planned = await _lease_turns(cur, {**params, "limit": need}, queued)
+        got, planned = await _lease_turns(cur, {**params, "limit": need}, queued, cap)
         rows.extend(got)
         if len(got) >= planned or len(rows) >= params["limit"]:
             break
@@ -1208,14 +1214,14 @@ async def _lease_in_turns(
 
 
 async def _lease_turns(
-    cur: Cursor, params: dict[str, Any], queued: Sequence[TupleRow]
+    cur: Cursor, params: dict[str, Any], queued: Sequence[TupleRow], cap: int | None
 ) -> tuple[list[TupleRow], int]:
     """One pass of `_lease_in_turns`: each tenant's first tasks in one read
     (`lease_read`) and more of a tenant whose turns used them up (`lease_read_after`),
     without a lock; then what the turns gave each tenant, locked and leased in one
     statement (`lease_turns`: SKIP LOCKED, another's next where one is being leased), in
     the turns' order. Answers the rows leased and how many the turns took."""
-    turns: Turns[int] = Turns({str(t): int(n) for t, n in queued}, params["limit"])
+    turns: Turns[int] = Turns({str(t): int(n) for t, n in queued}, params["limit"], cap)
     share = share_of(turns.need, len(queued))
     tenants = [str(t) for t, _ in queued]
     await cur.execute(Q["lease_read"], {**params, "tenants": tenants, "share": share})

@@ -422,6 +422,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         isolated: bool = False,
         offer: Mapping[str, float] | None = None,
         min_priority: int | None = None,
+        tenant_cap: int | None = None,
     ) -> list[Lease]:
         if total <= 0 or not any(n > 0 for n in wants.values()):
             return []
@@ -434,7 +435,9 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             )
         return await self._call(
             self._transaction,
-            lambda db: self._lease(db, owner, wants, total, until, now, offered, lowest),
+            lambda db: self._lease(
+                db, owner, wants, total, until, now, offered, lowest, tenant_cap
+            ),
         )
 
     @staticmethod
@@ -468,6 +471,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         now: float,
         offer: str,
         lowest: int,
+        cap: int | None,
     ) -> list[Lease]:
         rows: list[Any] = []
         for agent, want in wants.items():
@@ -483,7 +487,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 "offer": offer,
                 "min_priority": lowest,
             }
-            rows.extend(_lease_agent(db, params))
+            rows.extend(_lease_agent(db, params, cap))
         return _with_steps(db, rows)
 
     async def write(self, batch: WriteBatch, now: float) -> list[bool]:
@@ -1083,14 +1087,20 @@ def _requeue(
     return len(ids)
 
 
-def _lease_agent(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
+def _lease_agent(db: sqlite3.Connection, params: dict[str, Any], cap: int | None) -> list[Any]:
     """Lease tasks of one agent: rows in the order of `lease`'s RETURNING (input as
     bytes). Tenants take turns (`legion.store.turns`) when more than one has tasks
-    queued; one tenant's are leased in its queue's order."""
+    queued; one tenant's are leased in its queue's order. ``cap``: the most of a
+    tenant's tasks of the agent running at once."""
     queued = db.execute(Q["queued_tenants"], params).fetchall()
-    if len(queued) <= 1:
-        return _lease_tenant(db, {**params, "tenant": queued[0][0]}) if queued else []
-    turns: Turns[Any] = Turns({t: int(n) for t, n in queued}, params["limit"])
+    if len(queued) == 1:
+        (tenant, running), limit = queued[0], params["limit"]
+        if cap is not None:
+            limit = min(limit, cap - int(running))
+        return _lease_tenant(db, {**params, "tenant": tenant, "limit": limit}) if limit > 0 else []
+    if not queued:
+        return []
+    turns: Turns[Any] = Turns({t: int(n) for t, n in queued}, params["limit"], cap)
     share = share_of(turns.need, len(queued))
     try:
         for tenant, _ in queued:

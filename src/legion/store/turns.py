@@ -5,7 +5,9 @@ whatever its tenant), then, within a lane, the tenant with the fewest of the age
 tasks running goes next (counting those this lease has taken), then the older task. A
 tenant's backlog of thousands therefore no longer holds back the few tasks another
 tenant submits after it: each lease alternates between them, and a tenant whose tasks
-hang, holding slots, is the last served.
+hang, holding slots, is the last served. A worker may cap each tenant's tasks of an
+agent running at once (``legion worker --tenant-max-running N``): a tenant at its cap
+is left out of the lease.
 
 Each tenant's own tasks are read in queue order (its index: agent, tenant, priority,
 age), an even share of the lease at first, and merged here. A tenant whose tasks read
@@ -40,9 +42,10 @@ class Turns(Generic[Row]):
     ``None``, giving the tenant it names more of its tasks (`read` again) each time;
     `taken` holds the rows to lease, in the turns' order."""
 
-    def __init__(self, running: dict[str, int], need: int) -> None:
+    def __init__(self, running: dict[str, int], need: int, cap: int | None = None) -> None:
         self.running = running
         self.need = need
+        self.cap = cap  # (the most of a tenant's tasks of the agent running at once)
         self.taken: list[Row] = []
         self._rows: dict[str, Sequence[Read[Row]]] = {}
         self._at: dict[str, int] = {}
@@ -86,7 +89,7 @@ class Turns(Generic[Row]):
             self.running[tenant] = self.running.get(tenant, 0) + 1
             if at + 1 < len(rows):
                 self._push(tenant)
-            elif self._full[tenant]:
+            elif self._full[tenant] and not self._capped(tenant):
                 # In line with the best its next can be: no higher a priority, a later id.
                 entry = (-priority, self.running[tenant], task_id, tenant, 1)
                 heapq.heappush(heap, entry)
@@ -96,7 +99,12 @@ class Turns(Generic[Row]):
         """How many more tasks the lease takes."""
         return self.need - len(self.taken)
 
+    def _capped(self, tenant: str) -> bool:
+        return self.cap is not None and self.running.get(tenant, 0) >= self.cap
+
     def _push(self, tenant: str) -> None:
+        if self._capped(tenant):
+            return
         priority, task_id, _ = self._rows[tenant][self._at[tenant]]
         entry = (-priority, self.running.get(tenant, 0), task_id, tenant, 0)
         heapq.heappush(self._heap, entry)
