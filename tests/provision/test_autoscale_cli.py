@@ -14,6 +14,9 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,12 +183,25 @@ def test_bad_options_are_refused_clearly(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("fleet", [("--processes", "2"), ("--autoscale", "1:1")])
-def test_ctrl_c_in_a_terminal_drains_the_fleet_and_gives_back_nothing(
-    tmp_path: Path, fleet: tuple[str, str]
-) -> None:
-    # A terminal's Ctrl-C signals the whole process group: each worker heard it twice (from
-    # the terminal, then from its supervisor), and a second signal gives running tasks back.
+@dataclass
+class Fleet:
+    """A supervisor over two `gated` tasks (their gates shut), both running; its log."""
+
+    db: Path
+    gates: Path
+    ledger: Path
+    log: Path
+    sup: subprocess.Popen[bytes]
+
+    def stop(self) -> str:
+        if self.sup.poll() is None:
+            os.killpg(self.sup.pid, signal.SIGKILL)
+            self.sup.wait()
+        return self.log.read_text()
+
+
+@contextmanager
+def gated_fleet(tmp_path: Path, *options: str) -> Iterator[Fleet]:
     db = tmp_path / "store.db"
     url = f"sqlite:///{db}"
     gates, ledger, log = tmp_path / "gates", tmp_path / "ledger", tmp_path / "fleet.log"
@@ -194,31 +210,40 @@ def test_ctrl_c_in_a_terminal_drains_the_fleet_and_gives_back_nothing(
     submit(url, "gated", [{"i": i, "gates": str(gates)} for i in range(2)])
     with log.open("w") as err:
         sup = subprocess.Popen(
-            [*LEGION, "worker", "--app", str(AGENTS), "--store", url, "--concurrency", "2", *fleet],
+            [*LEGION, "worker", "--app", str(AGENTS), "--store", url, *options],
             stdout=subprocess.DEVNULL,
             stderr=err,
-            env={**os.environ, "LEDGER": str(ledger)},
+            env={**os.environ, "LEDGER": str(ledger), "PYTHONUNBUFFERED": "1"},
             start_new_session=True,  # (its own group, as a shell's job is)
         )
+    fleet = Fleet(db, gates, ledger, log, sup)
     try:
         wait_for(
             lambda: len(rows(db, "SELECT id FROM tasks WHERE status = 'running'")) == 2,
             timeout=120,
             what="both tasks running",
         )
-        os.killpg(sup.pid, signal.SIGINT)  # what Ctrl-C does
-        wait_for(lambda: "draining" in log.read_text(), timeout=60, what="the drain")
-        for i in range(2):
-            (gates / str(i)).touch()
-        sup.wait(timeout=120)
+        yield fleet
     finally:
-        if sup.poll() is None:
-            os.killpg(sup.pid, signal.SIGKILL)
-            sup.wait()
-    said = log.read_text()
-    assert sup.returncode == 0, said
-    assert rows(db, "SELECT status, attempt FROM tasks") == [("succeeded", 1)] * 2, said
-    assert sorted(ledger.read_text().split()) == ["0", "1", "1", "1"]
+        fleet.stop()
+
+
+@pytest.mark.parametrize("fleet", [("--processes", "2"), ("--autoscale", "1:1")])
+def test_ctrl_c_in_a_terminal_drains_the_fleet_and_gives_back_nothing(
+    tmp_path: Path, fleet: tuple[str, str]
+) -> None:
+    # A terminal's Ctrl-C signals the whole process group: each worker heard it twice (from
+    # the terminal, then from its supervisor), and a second signal gives running tasks back.
+    with gated_fleet(tmp_path, "--concurrency", "2", *fleet) as f:
+        os.killpg(f.sup.pid, signal.SIGINT)  # what Ctrl-C does
+        wait_for(lambda: "draining" in f.log.read_text(), timeout=60, what="the drain")
+        for i in range(2):
+            (f.gates / str(i)).touch()
+        f.sup.wait(timeout=120)
+    said = f.stop()
+    assert f.sup.returncode == 0, said
+    assert rows(f.db, "SELECT status, attempt FROM tasks") == [("succeeded", 1)] * 2, said
+    assert sorted(f.ledger.read_text().split()) == ["0", "1", "1", "1"]
 
 
 LONG_DRAIN = ("--concurrency", "2", "--drain-timeout", "3600")
@@ -228,42 +253,19 @@ LONG_DRAIN = ("--concurrency", "2", "--drain-timeout", "3600")
 def test_a_second_stop_signal_to_the_supervisor_gives_the_running_tasks_back(
     tmp_path: Path, fleet: tuple[str, str]
 ) -> None:
-    db = tmp_path / "store.db"
-    url = f"sqlite:///{db}"
-    gates, ledger, log = tmp_path / "gates", tmp_path / "ledger", tmp_path / "fleet.log"
-    gates.mkdir()
-    ledger.touch()
-    submit(url, "gated", [{"i": i, "gates": str(gates)} for i in range(2)])
-    with log.open("w") as err:
-        sup = subprocess.Popen(
-            # A drain that would outlast the test: only a give-back ends the tasks.
-            [*LEGION, "worker", "--app", str(AGENTS), "--store", url, *LONG_DRAIN, *fleet],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env={**os.environ, "LEDGER": str(ledger), "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-    try:
-        wait_for(
-            lambda: len(rows(db, "SELECT id FROM tasks WHERE status = 'running'")) == 2,
-            timeout=120,
-            what="both tasks running",
-        )
+    # A drain that would outlast the test: only a give-back ends the tasks.
+    with gated_fleet(tmp_path, *LONG_DRAIN, *fleet) as f:
         workers = int(fleet[1].split(":")[0])
-        wait_for(lambda: log.read_text().count(": serving") == workers, timeout=60, what="up")
-        sup.send_signal(signal.SIGINT)  # the supervisor alone (a `kill`, not a terminal)
+        wait_for(lambda: f.log.read_text().count(": serving") == workers, timeout=60, what="up")
+        f.sup.send_signal(signal.SIGINT)  # the supervisor alone (a `kill`, not a terminal)
         wait_for(  # (each worker took the first: two pending at once would be one)
-            lambda: log.read_text().count("draining") == workers, timeout=60, what="the drain"
+            lambda: f.log.read_text().count("draining") == workers, timeout=60, what="the drain"
         )
-        sup.send_signal(signal.SIGINT)
-        sup.wait(timeout=120)  # (the gates stay shut)
-    finally:
-        if sup.poll() is None:
-            os.killpg(sup.pid, signal.SIGKILL)
-            sup.wait()
-    said = log.read_text()
-    assert rows(db, "SELECT status, attempt FROM tasks") == [("queued", 0)] * 2, said
-    assert ledger.read_text() == ""
+        f.sup.send_signal(signal.SIGINT)
+        f.sup.wait(timeout=120)  # (the gates stay shut)
+    said = f.stop()
+    assert rows(f.db, "SELECT status, attempt FROM tasks") == [("queued", 0)] * 2, said
+    assert f.ledger.read_text() == ""
 
 
 def test_a_worker_that_stops_for_good_stops_the_autoscaler_and_so_does_an_absent_store(
