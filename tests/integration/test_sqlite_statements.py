@@ -155,3 +155,42 @@ async def test_a_batch_larger_than_a_statement_keeps_its_ids_and_feed_in_order(
     assert all(infos[first + i].output == {"i": i} for i in range(n))
     events = await store.events_after(0, 3 * n)
     assert [e.task_id for e in events if e.status.terminal] == [c.id for c in completions]
+
+
+def _steps(db: sqlite3.Connection, sql: str, params: dict[str, object]) -> int:
+    """How many of SQLite's virtual machine instructions ``sql`` runs (in hundreds),
+    rolled back: the work a statement does, counted rather than timed."""
+    count = 0
+
+    def tick() -> int:
+        nonlocal count
+        count += 1
+        return 0
+
+    db.execute("BEGIN")
+    db.set_progress_handler(tick, 100)
+    try:
+        db.execute(sql, params).fetchall()
+    finally:
+        db.set_progress_handler(None, 100)
+        db.rollback()
+    return count
+
+
+async def test_the_look_for_suspects_does_not_read_the_queue(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """A worker looks for tasks to run apart (suspects of a crash) every few polls; with a
+    backlog queued, that look read every queued task of the agent (the queue's index,
+    which SQLite's planner took without statistics), while holding the write lock."""
+    from legion.store.sqlite import Q
+
+    params = {"owner": "w", "until": NOW + 60, "now": NOW, "agents": '["a"]', "offer": "{}"}
+    params["limit"] = 10
+    await store.submit([NewTask("a", b"1", None, None, 0, 3) for _ in range(10)], NOW)
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    few = _steps(db, Q["lease_isolated"], params)
+    await store.submit([NewTask("a", b"1", None, None, 0, 3) for _ in range(5000)], NOW)
+    many = _steps(db, Q["lease_isolated"], params)
+    db.close()
+    assert many <= few + 5, (few, many)

@@ -109,9 +109,11 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'queued';
 -- name: lease_isolated
 -- A group of tasks to run apart from all others (taken back from a worker that stopped
 -- while running them with others): the first in line and, up to its `isolate_group` (and
--- :limit) in all, others in line that may run in a group that large.
+-- :limit) in all, others in line that may run in a group that large. (Read from their own
+-- index, named: SQLite's planner, with no statistics, may take the queue's index, whose
+-- every queued task of the agent it then reads, at every look for suspects.)
 WITH suspect AS (
-    SELECT id, isolate_group, priority FROM tasks
+    SELECT id, isolate_group, priority FROM tasks INDEXED BY tasks_isolated
     WHERE status = 'queued' AND isolate AND agent IN (SELECT value FROM json_each(:agents))
       AND not_before <= :now
       AND (needs IS NULL OR NOT EXISTS (
