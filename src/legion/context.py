@@ -578,11 +578,18 @@ class Context:
             if confirming is not None:
                 await confirming
         started = self._clock.wall()
+        # Whether the advisor may fingerprint its inputs (below), known as it begins: a
+        # long step that ended before it began (`_long_end` only moves to the end of a
+        # step, and one that ends later ended after this one began).
+        compared = self._long_end <= started
         if telemetry.tracing:
             result = await telemetry.traced_step(self._lease, key, fn, *args, **kwargs)
         else:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
+                if not compared:
+                    # Nothing reads them again: a call in flight holds no tuples for them.
+                    args = kwargs = inputs = None  # type: ignore[assignment]
                 result = await result
         if faults.ARMED:
             faults.hit("step-ran")
@@ -600,7 +607,7 @@ class Context:
         prints, kept = NO_PRINTS, None
         gathered = GATHERED.get()
         if finished - started >= MIN_SAVING and not gathered:
-            if self._long_end <= started:
+            if compared:
                 prints = fingerprints(inputs if inputs is not None else (*args, *kwargs.values()))
             self._long_end = min(self._long_end, finished)
             kept = data
