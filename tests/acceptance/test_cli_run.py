@@ -1122,6 +1122,38 @@ def test_cancel_with_a_tenant_cancels_its_unfinished_tasks_alone(tmp_path: Path)
     assert left == {acme_x: "cancelled", acme_y: "cancelled", beta: "queued", default: "queued"}
 
 
+def test_cancel_of_a_tenants_many_tasks_goes_a_thousand_at_a_time(tmp_path: Path) -> None:
+    # One transaction a task: 130,000 of a tenant's tasks took 5.5 minutes on PostgreSQL
+    # (33 s on SQLite), and nothing was printed until the end.
+    from legion.store import store_from_url
+    from legion.task import NewTask
+
+    store = f"sqlite:///{tmp_path / 'db'}"
+
+    async def submit() -> list[int]:
+        s = store_from_url(store)
+        await s.open()
+        try:
+            tasks = [NewTask("x", b"{}", tenant="acme") for _ in range(2500)]
+            tasks.append(NewTask("x", b"{}", tenant="beta"))
+            return [t.id for t in await s.submit(tasks, 1.0)]
+        finally:
+            await s.aclose()
+
+    ids = asyncio.run(submit())
+    r = legion("cancel", "--tenant", "acme", "--store", store)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{i}\tcancelled" for i in ids[:2500]]
+    assert "cancelling 2,500 tasks of tenant 'acme', 1,000 at a time" in r.stderr
+    with sqlite3.connect(tmp_path / "db") as conn:
+        left = Counter(s for (s,) in conn.execute("SELECT status FROM tasks"))
+        feed = conn.execute("SELECT count(*) FROM events WHERE status = 'cancelled'").fetchone()
+    assert left == {"cancelled": 2500, "queued": 1} and feed == (2500,)
+    status = legion("status", "--json", "--store", store)
+    counts = json.loads(status.stdout)["counts"]
+    assert {k: n for k, n in counts.items() if n} == {"cancelled": 2500, "queued": 1}
+
+
 @pytest.mark.parametrize(("soft", "hard"), [(256, 4096), (256, 256)])
 def test_a_run_raises_its_open_files_limit_or_says_it_is_short(
     tmp_path: Path, soft: int, hard: int

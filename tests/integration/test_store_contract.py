@@ -646,6 +646,47 @@ async def test_cancel_a_queued_task_at_once(store: Store) -> None:
     assert await store.cancel(12345, NOW) is None
 
 
+async def test_cancel_many_tasks_in_one_call(store: Store) -> None:
+    """What `cancel` does to each task, for many at once (`legion cancel --tenant`): queued
+    and waiting ones end cancelled (one change each in the feed, the counts moved),
+    running ones are asked to stop, ended ones stay, unknown ids are left out."""
+    start = await store.last_event_id()
+    queued, waits, runs, ended, later = await store.submit([new(value=i) for i in range(5)], NOW)
+    leased = {lease.id for lease in await store.lease("w", {"a": 4}, 4, NOW + 60, NOW)}
+    assert leased == {queued.id, waits.id, runs.id, ended.id}
+    await store.write(  # queued again (a retry), waiting on a signal, ended; one runs on
+        WriteBatch(
+            completions=[
+                done(queued.id, 1, "w", Outcome.RETRY, error=ErrorInfo("E", "m")),
+                done(waits.id, 1, "w", Outcome.WAITING, wait=Wait(event="go", count=1)),
+                done(ended.id, 1, "w"),
+            ]
+        ),
+        NOW,
+    )
+    cursor = await store.last_event_id()
+
+    ids = [queued.id, waits.id, runs.id, ended.id, 12345, queued.id, later.id]
+    assert await store.cancel_many(ids, NOW) == {
+        queued.id: TaskStatus.CANCELLED,
+        waits.id: TaskStatus.CANCELLED,
+        runs.id: TaskStatus.RUNNING,  # asked: ends when its worker stops it
+        ended.id: TaskStatus.SUCCEEDED,
+        later.id: TaskStatus.CANCELLED,
+    }
+    extended = await store.extend_leases("w", [runs.id], NOW + 120, NOW)
+    assert extended.cancel == {runs.id}
+    events = await at_least(3, lambda: store.events_after(cursor, 100))
+    assert sorted((e.task_id, e.status) for e in events) == [
+        (queued.id, TaskStatus.CANCELLED),
+        (waits.id, TaskStatus.CANCELLED),
+        (later.id, TaskStatus.CANCELLED),
+    ]
+    assert await counts_of(store) == await counted_by_hand(store)
+    assert await store.cancel_many([], NOW) == {}
+    assert start < cursor
+
+
 async def test_requeue_dead_tasks_with_a_fresh_budget(store: Store) -> None:
     ids = [s.id for s in await store.submit([new(value=i) for i in range(3)], NOW)]
     await store.lease("w", {"a": 3}, 3, NOW + 60, NOW)

@@ -566,6 +566,37 @@ async def test_folding_the_counts_never_waits_on_a_session_that_holds_them(
             assert await cur.fetchone() == (0,)
 
 
+async def test_a_cancel_of_many_waits_for_no_row_while_it_holds_others(
+    postgres_url: str,
+) -> None:
+    """A cancel of many running tasks takes the rows no write holds right now, and commits
+    them, before it waits for the one a write batch holds: holding some rows while waiting
+    for another, it could deadlock with a batch that holds that one and waits for those."""
+    async with opened(postgres_url) as (store,):
+        a, b, c = [s.id for s in await store.submit([new(i) for i in range(3)], NOW)]
+        await store.lease("w", {"a": 3}, 3, NOW + 60, NOW)
+        async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as holder:
+            await holder.execute("SELECT id FROM tasks WHERE id = %s FOR UPDATE", (b,))
+            cancelling = asyncio.ensure_future(store.cancel_many([a, b, c], NOW))
+            async with await psycopg.AsyncConnection.connect(
+                libpq_url(postgres_url), autocommit=True
+            ) as looker:
+
+                async def asked() -> set[int]:
+                    cur = await looker.execute(
+                        "SELECT id FROM tasks WHERE id = ANY(%s) AND cancel_requested", ([a, b, c],)
+                    )
+                    return {row[0] for row in await cur.fetchall()}
+
+                async with asyncio.timeout(30):  # (bounds a hung test: not a synchronisation)
+                    while await asked() != {a, c}:  # noqa: ASYNC110 - another session's rows
+                        await asyncio.sleep(0.01)
+            assert not cancelling.done()  # the one held waits for the holder
+            await holder.commit()
+        assert await cancelling == dict.fromkeys([a, b, c], TaskStatus.RUNNING)
+        assert (await store.extend_leases("w", [a, b, c], NOW + 60, NOW)).cancel == {a, b, c}
+
+
 # -- the parents of ended tasks ---------------------------------------------------------
 
 

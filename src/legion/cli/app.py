@@ -539,16 +539,18 @@ def cancel(
     """Cancel tasks: queued ones at once, running ones when their worker next checks in.
 
     Prints each task's status after the request (a running one stays running until its
-    worker stops it); says on stderr which tasks it could not cancel and why (not found,
-    already ended) and exits 1 if there was one.
+    worker stops it), a thousand at a time as they are done; says on stderr which tasks
+    it could not cancel and why (not found, already ended) and exits 1 if there was one.
+    With --tenant, a task that ended on its own while the command ran is no refusal: it
+    is counted, and the command exits 0.
     """
-    from legion.cli.status import cancel_tasks, tenant_tasks
-    from legion.task import TaskStatus
+    from legion.cli.status import CANCEL_CHUNK, CancelTally, cancel_tasks, tenant_tasks
 
     if (tenant is None) == (not task_ids):
         raise _fail("give task ids, or --tenant NAME (not both)")
     if agent is not None and tenant is None:
         raise _fail("--agent goes with --tenant")
+    console = stderr_console()
     if tenant is not None:
         task_ids = _run(tenant_tasks(store, tenant, agent))
         if task_ids is None:  # (after a revocation, a mistyped name is no success)
@@ -559,38 +561,25 @@ def cancel(
             )
         if not task_ids:
             of = f" of agent {agent!r}" if agent else ""
-            stderr_console().print(
+            console.print(
                 f"nothing to cancel: tenant {tenant!r} has no unfinished tasks{of}",
                 highlight=False,
             )
             return
-    assert task_ids is not None
-    refused = []
-    running = []
-    for task_id, st, parent in _run(cancel_tasks(store, task_ids, children=children)):
-        print(f"{task_id}\t{st or 'not found'}")
-        if parent is not None:  # (a descendant: one that ended meanwhile is no refusal)
-            if st is TaskStatus.RUNNING:
-                running.append(str(task_id))
-            continue
-        if st is None:
-            refused.append(f"task {task_id} not found")
-        elif st.terminal and st is not TaskStatus.CANCELLED:
-            refused.append(
-                f"task {task_id} {st}; only queued, waiting or running tasks can be cancelled"
+        if len(task_ids) > CANCEL_CHUNK:
+            console.print(
+                f"cancelling {len(task_ids):,} tasks of tenant {tenant!r}, "
+                f"{CANCEL_CHUNK:,} at a time (a line each as they are done)",
+                highlight=False,
             )
-        elif st is TaskStatus.RUNNING:
-            running.append(str(task_id))
-    console = stderr_console()
-    if running:
-        console.print(
-            f"cancel requested for running task {', '.join(running)}: it stops when its "
-            "worker next checks in (`legion status` shows it)",
-            highlight=False,
-        )
-    for reason in refused:
+    assert task_ids is not None
+    tally = CancelTally(by_tenant=tenant is not None)
+    _run(cancel_tasks(store, task_ids, tally.each, children=children))
+    for line in tally.notes():
+        console.print(line, highlight=False)
+    for reason in tally.refused:
         console.print(error_text(reason))
-    if refused:
+    if tally.refused:
         raise typer.Exit(1)
 
 

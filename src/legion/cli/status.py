@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -331,21 +331,79 @@ async def tenant_tasks(url: str, tenant: str, agent: str | None) -> list[int] | 
         return sorted([t.id async for t in all_tasks(store, query)])
 
 
+CANCEL_CHUNK = 1000
+"""Tasks cancelled in one transaction by `cancel_tasks` (a write lock held that long on
+SQLite, between workers' writes)."""
+
+
+class CancelTally:
+    """What `legion cancel` prints: a line per task on stdout as it is told (`each`), then
+    on stderr the running ones asked to stop, the tasks that ended on their own, and the
+    refusals. ``by_tenant``: the tasks were listed unfinished (``--tenant``), so one that
+    ended since is counted, not refused."""
+
+    def __init__(self, *, by_tenant: bool) -> None:
+        self.by_tenant = by_tenant
+        self.running: list[int] = []
+        self.ended: dict[TaskStatus, int] = {}
+        self.refused: list[str] = []
+
+    def each(self, task_id: int, status: TaskStatus | None, parent: int | None) -> None:
+        print(f"{task_id}\t{status or 'not found'}", flush=True)
+        if status is TaskStatus.RUNNING:
+            self.running.append(task_id)
+        elif parent is not None:  # (a descendant that ended meanwhile is no refusal)
+            return
+        elif status is None:
+            self.refused.append(f"task {task_id} not found")
+        elif status.terminal and status is not TaskStatus.CANCELLED:
+            if self.by_tenant:
+                self.ended[status] = self.ended.get(status, 0) + 1
+            else:
+                self.refused.append(
+                    f"task {task_id} {status}; only queued, waiting or running tasks can be "
+                    "cancelled"
+                )
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.running:
+            shown = ", ".join(map(str, self.running[:10]))
+            if len(self.running) > 10:
+                shown += f" and {len(self.running) - 10:,} more"
+            stop = (
+                "it stops when its worker next checks in (`legion status` shows it)"
+                if len(self.running) == 1
+                else "they stop when their workers next check in (`legion status` shows them)"
+            )
+            out.append(f"cancel requested for running task {shown}: {stop}")
+        if self.ended:
+            counts = ", ".join(f"{n:,} {status}" for status, n in self.ended.items())
+            out.append(f"ended on their own before the cancel reached them: {counts}")
+        return out
+
+
 async def cancel_tasks(
-    url: str, ids: Sequence[int], *, children: bool = False
-) -> list[tuple[int, TaskStatus | None, int | None]]:
-    """Cancel each task (and, with ``children``, its unfinished descendants after it):
-    (task, its status after, the task it was cancelled for: None for one named)."""
+    url: str,
+    ids: Sequence[int],
+    each: Callable[[int, TaskStatus | None, int | None], None],
+    *,
+    children: bool = False,
+) -> None:
+    """Cancel each task (and, with ``children``, its unfinished descendants after it),
+    `CANCEL_CHUNK` at a time; ``each`` is told (task, its status after, the task it was
+    cancelled for: None for one named) as each chunk is done."""
     from legion.waiting.family import cascades, unfinished_descendants
 
-    out: list[tuple[int, TaskStatus | None, int | None]] = []
     async with opened(url) as store:
-        for i in ids:
-            out.append((i, await store.cancel(i, time.time()), None))
-            if children and cascades(out[-1][1]):  # (a refused cancel changes nothing)
-                for child in await unfinished_descendants(store, i):
-                    out.append((child, await store.cancel(child, time.time()), i))
-    return out
+        for lo in range(0, len(ids), CANCEL_CHUNK):
+            chunk = ids[lo : lo + CANCEL_CHUNK]
+            after = await store.cancel_many(chunk, time.time())
+            for i in chunk:
+                each(i, after.get(i), None)
+                if children and cascades(after.get(i)):  # (a refused cancel changes nothing)
+                    for child in await unfinished_descendants(store, i):
+                        each(child, await store.cancel(child, time.time()), i)
 
 
 def _breakers(routes: object) -> str:

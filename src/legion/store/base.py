@@ -127,6 +127,10 @@ class TaskQueue(Protocol):
     async def cancel(self, task_id: int, now: float) -> TaskStatus | None:
         """Cancel a queued task at once, or ask a running one's worker to stop it."""
 
+    async def cancel_many(self, task_ids: Sequence[int], now: float) -> dict[int, TaskStatus]:
+        """`cancel` for each of ``task_ids``, in one transaction: the status of each task
+        found, after (a task not found is left out)."""
+
     async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
         """Queue again every task in ``statuses`` with a fresh attempt budget."""
 

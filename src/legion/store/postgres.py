@@ -734,6 +734,27 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 row = await cur.fetchone()
         return TaskStatus(row[0]) if row is not None else None
 
+    async def cancel_many(self, task_ids: Sequence[int], now: float) -> dict[int, TaskStatus]:
+        ids = list(dict.fromkeys(task_ids))
+        rest: dict[int, str] = {}
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(Q["cancel_many"], {"ids": ids, "now": float(now)})
+            found: dict[int, str] = dict(await cur.fetchall())
+            cancelled = [i for i, status in found.items() if status == "cancelled"]
+            if cancelled:  # (a parent waiting for them)
+                await wake_parents(cur, cancelled)
+            if left := [i for i in ids if i not in found]:  # ended already, gone, or locked
+                await cur.execute(Q["statuses"], {"ids": left})
+                rest = dict(await cur.fetchall())
+        after = {i: TaskStatus(status) for i, status in found.items()}
+        for i, status in rest.items():
+            was = TaskStatus(status)
+            if was.terminal:
+                after[i] = was
+            elif (one := await self.cancel(i, now)) is not None:  # skipped: a write held it
+                after[i] = one
+        return after
+
     async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
         """Requeue in chunks of REQUEUE_CHUNK tasks, one transaction each, going up the ids:
         a transaction records at most 2**20 status changes."""

@@ -625,6 +625,23 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
         return await self._call(self._transaction, run)
 
+    async def cancel_many(self, task_ids: Sequence[int], now: float) -> dict[int, TaskStatus]:
+        ids = codec.dumps(list(dict.fromkeys(task_ids))).decode()
+
+        def run(db: sqlite3.Connection) -> dict[int, TaskStatus]:
+            was = dict(db.execute(Q["statuses"], {"ids": ids}).fetchall())
+            params = {"ids": ids, "now": now}
+            cancelled = [r[0] for r in db.execute(Q["cancel_queued_many"], params)]
+            for status in ("queued", "waiting"):  # (the feed and the counts, by what was)
+                log_changes(db, [i for i in cancelled if was[i] == status], now, was=status)
+            wake_parents(db, cancelled, now)  # (a parent waiting for them ends its wait)
+            db.execute(Q["cancel_running_many"], {"ids": ids})  # asked: ends when it stops
+            after = {i: TaskStatus(status) for i, status in was.items()}
+            after.update(dict.fromkeys(cancelled, TaskStatus.CANCELLED))
+            return after
+
+        return await self._call(self._transaction, run)
+
     async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
         def run(db: sqlite3.Connection) -> int:
             now = self._clock.wall()

@@ -434,6 +434,21 @@ SET status = CASE WHEN status IN ('queued', 'waiting') THEN 'cancelled' ELSE sta
 WHERE id = %(id)s AND status IN ('queued', 'running', 'waiting')
 RETURNING status;
 
+-- name: cancel_many
+-- `cancel` of each of %(ids)s that is queued, running or waiting, and not locked right now.
+-- SKIP LOCKED: a cancel of many rows that waited for one a write batch holds, while holding
+-- one that batch waits for, would deadlock; the caller cancels those it skipped one by one.
+UPDATE tasks
+SET status = CASE WHEN status IN ('queued', 'waiting') THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status IN ('queued', 'waiting') THEN %(now)s ELSE finished_at END,
+    cancel_requested = true
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE id = ANY(%(ids)b::bigint[]) AND status IN ('queued', 'running', 'waiting')
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, status;
+
 -- name: requeue
 -- One chunk of a requeue, in id order; the caller goes on after the last id it got.
 UPDATE tasks

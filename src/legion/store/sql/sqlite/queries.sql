@@ -321,6 +321,15 @@ RETURNING id;
 -- name: cancel_running
 UPDATE tasks SET cancel_requested = 1 WHERE id = :id AND status = 'running';
 
+-- name: cancel_queued_many
+UPDATE tasks SET status = 'cancelled', finished_at = :now, cancel_requested = 1
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('queued', 'waiting')
+RETURNING id;
+
+-- name: cancel_running_many
+UPDATE tasks SET cancel_requested = 1
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running';
+
 -- name: requeue
 UPDATE tasks
 SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0, crashes = 0, isolate = 0,
