@@ -35,7 +35,7 @@ class ScalingGauge:
         """The decision now, on the backlog of ``agents`` (the server's) and of those the
         live workers serve: tasks no worker would run ask for no worker."""
         now = await store.now()
-        backlog = await store.backlog(now, served(workers, agents))
+        backlog = await self._board.backlog(store, now, served(workers, agents))
         demand = self._board.demand(now, backlog.ready, backlog.oldest_created_at, counts, workers)
         if self._state.desired == 0 and workers:
             self._state = PolicyState(len(workers))  # the workers found running
