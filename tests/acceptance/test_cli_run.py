@@ -1087,25 +1087,29 @@ def test_process_pool_options_without_the_process_executor_are_refused(
     assert small.returncode == 2 and "--memory-limit" in small.stderr  # (too small to start)
 
 
-def test_cancel_with_a_tenant_cancels_its_unfinished_tasks_alone(tmp_path: Path) -> None:
-    # Revoking a tenant's key refuses its requests and stops none of its tasks: they were
-    # to be cancelled one id at a time.
+def submitted(store: str, tasks: list[tuple[str, str]]) -> list[int]:
+    """The ids of (agent, tenant) tasks submitted to ``store`` with no input, in order."""
     from legion.store import store_from_url
     from legion.task import NewTask
-
-    store = f"sqlite:///{tmp_path / 'db'}"
 
     async def submit() -> list[int]:
         s = store_from_url(store)
         await s.open()
         try:
-            tasks = [NewTask(a, b"{}", tenant=t) for t, a in [("acme", "x"), ("acme", "y")]]
-            tasks += [NewTask("x", b"{}", tenant="beta"), NewTask("x", b"{}")]
-            return [t.id for t in await s.submit(tasks, 1.0)]
+            new = [NewTask(agent, b"{}", tenant=tenant) for agent, tenant in tasks]
+            return [t.id for t in await s.submit(new, 1.0)]
         finally:
             await s.aclose()
 
-    acme_x, acme_y, beta, default = asyncio.run(submit())
+    return asyncio.run(submit())
+
+
+def test_cancel_with_a_tenant_cancels_its_unfinished_tasks_alone(tmp_path: Path) -> None:
+    # Revoking a tenant's key refuses its requests and stops none of its tasks: they were
+    # to be cancelled one id at a time.
+    store = f"sqlite:///{tmp_path / 'db'}"
+    tasks = [("x", "acme"), ("y", "acme"), ("x", "beta"), ("x", "default")]
+    acme_x, acme_y, beta, default = submitted(store, tasks)
     one = legion("cancel", "--tenant", "acme", "--agent", "y", "--store", store)
     assert one.returncode == 0, one.stderr
     assert one.stdout.splitlines() == [f"{acme_y}\tcancelled"]
@@ -1125,22 +1129,8 @@ def test_cancel_with_a_tenant_cancels_its_unfinished_tasks_alone(tmp_path: Path)
 def test_cancel_of_a_tenants_many_tasks_goes_a_thousand_at_a_time(tmp_path: Path) -> None:
     # One transaction a task: 130,000 of a tenant's tasks took 5.5 minutes on PostgreSQL
     # (33 s on SQLite), and nothing was printed until the end.
-    from legion.store import store_from_url
-    from legion.task import NewTask
-
     store = f"sqlite:///{tmp_path / 'db'}"
-
-    async def submit() -> list[int]:
-        s = store_from_url(store)
-        await s.open()
-        try:
-            tasks = [NewTask("x", b"{}", tenant="acme") for _ in range(2500)]
-            tasks.append(NewTask("x", b"{}", tenant="beta"))
-            return [t.id for t in await s.submit(tasks, 1.0)]
-        finally:
-            await s.aclose()
-
-    ids = asyncio.run(submit())
+    ids = submitted(store, [("x", "acme")] * 2500 + [("x", "beta")])
     r = legion("cancel", "--tenant", "acme", "--store", store)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"{i}\tcancelled" for i in ids[:2500]]
