@@ -127,9 +127,12 @@ async def test_a_task_page_follows_a_running_task(
     await page.wait_for_function("() => document.querySelectorAll('#timeline g.step').length === 1")
     assert await text_of(page, "#status") in ("queued", "running")
     gate.set()
+    # The stream's `end` event (the task's detail, its output) comes after the `task`
+    # event that said it succeeded: waited for by the connection it closes.
     await page.wait_for_function(
-        "() => document.getElementById('status').textContent === 'succeeded'"
+        "() => document.getElementById('connection').textContent === 'finished'"
     )
+    assert await text_of(page, "#status") == "succeeded"
     assert await text_of(page, "#output") == "5"
     # A step's recorded output was nowhere on the page: a click on its bar shows it.
     await page.click("#timeline g.step[data-key='started']")
