@@ -421,7 +421,7 @@ class Context:
                 raise Permanent(
                     "no LLM is configured: pass llm= to legion.Runtime, or --llm to legion run"
                 )
-            self._llm = _llm_calls()(self, self._llm_client, Context._batch_chat)
+            self._llm = llm_calls()(self, self._llm_client, Context._batch_chat)
         return self._llm
 
     def ended(self, *, abandoned: bool = False) -> None:
@@ -826,7 +826,7 @@ def _finished(
 
 
 @functools.cache
-def _llm_calls() -> type[LLMCalls]:
+def llm_calls() -> type[LLMCalls]:
     """`LLMCalls`, imported on first use (the LLM layer is not loaded with ``legion``);
     looked up once: an ``import`` statement run on every attempt's first ``ctx.llm``
     cost ~0.6 µs."""

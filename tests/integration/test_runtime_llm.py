@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -154,3 +156,46 @@ async def test_a_tasks_usage_counts_the_calls_of_every_attempt_once(db_url: str)
         (again,) = [r async for r in rt.map(ask_again, ["two?"])]
     assert anew.ok and anew.usage is not None and anew.usage["llm_calls"] == 3
     assert again.ok and again.usage is not None and again.usage["llm_calls"] == 1
+
+
+FIRST_CALL = """
+import asyncio, sys
+import legion
+from legion.llm.capacity import Capacity
+from legion.llm.client import LLMClient, Route
+from legion.testing import ScriptedProvider
+
+imported = []
+
+@legion.agent
+async def first(ctx, n):
+    before = set(sys.modules)
+    await ctx.llm.chat([{"role": "user", "content": "hi"}])
+    imported.extend(sorted(set(sys.modules) - before))
+    return 1
+
+async def main():
+    provider = ScriptedProvider(["hello"])
+    client = LLMClient([Route("default", provider, "gpt-4o-mini", Capacity("default"))])
+    async with legion.Runtime(sys.argv[1], llm=client) as rt:
+        [result] = [r async for r in rt.map(first, [0])]
+    assert result.ok, result.error
+    assert result.usage["cost_usd"] > 0, result.usage  # (priced: the package's price)
+    print("imported:", " ".join(imported))
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_llm_call_of_a_worker_imports_nothing(tmp_path: Path) -> None:
+    """The LLM layer's modules and each route's price (the price package's import, ~0.1 s)
+    load as the worker starts: the first call, with every instance waiting on the event
+    loop behind it, loads nothing."""
+    script = tmp_path / "first_call.py"
+    script.write_text(FIRST_CALL)
+    url = f"sqlite:///{tmp_path / 'first.db'}"
+    done = subprocess.run(
+        [sys.executable, str(script), url], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported:", done.stdout

@@ -750,6 +750,13 @@ class LLMClient:
         for provider in providers.values():
             await provider.aclose()
 
+    def price_routes(self) -> None:
+        """Look up the price of every deployment's model now (kept: `PriceTable.price`),
+        as a worker starts: the first call on each then pays neither the lookup nor the
+        price package's import (~0.1 s) on the event loop, with every instance behind it."""
+        for route in self.deployments:
+            self._prices.price(route.model)
+
     async def __aenter__(self) -> LLMClient:
         return self
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from legion import gil, heap, identity
 from legion.agent import Agent
 from legion.clock import Clock, StoreTime, system_clock, within
+from legion.context import llm_calls
 from legion.diagnostics import tracking
 from legion.diagnostics.report import agent_files, blocked_loop
 from legion.diagnostics.watchdog import Block, Capture, LoopWatchdog
@@ -426,6 +427,10 @@ class Worker(Upkeep):
 
             self.batch_desk = BatchDesk(self.llm, self.store, clock=self._clock, wake=self.wake)
             background.append(asyncio.create_task(self.batch_desk.run(), name="legion-batch"))
+            # What an instance's first call would load, loaded before any instance runs:
+            # the calls' module (`ctx.llm`) and each route's price.
+            llm_calls()
+            self.llm.price_routes()
         heap.settle()  # full collections skip what start-up made (see legion.heap)
         if self.config.watchdog:  # (after the collection: it is start-up, not lag)
             self._watchdog.start()
