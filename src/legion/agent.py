@@ -463,6 +463,12 @@ def _parameters(
                 f"agent {name!r}: parameter {p.name!r} must be a plain or keyword-only "
                 "parameter (inputs are passed by name)"
             )
+        if p.name.startswith("_"):  # (pydantic: a private attribute, never a field)
+            raise ConfigError(
+                f"agent {name!r}: parameter {p.name!r} starts with an underscore: inputs are "
+                "passed by name, as the fields of a JSON object, and such a name cannot be "
+                f"one; rename it (e.g. {p.name.lstrip('_') or 'value'!r})"
+            )
         annotation = _resolve(fn, name, p)
         default = ... if p.default is p.empty else p.default
         fields[p.name] = (annotation, default)

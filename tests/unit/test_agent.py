@@ -152,6 +152,10 @@ def test_a_single_dict_parameter_takes_any_object() -> None:
         ("def f(ctx): pass", "must be an `async def`"),
         ("async def f(): pass", "context as its first parameter"),
         ("async def f(ctx, *args): pass", "plain or keyword-only"),
+        # pydantic takes a name with a leading underscore for a private attribute, not a
+        # field: every task of the agent died of a KeyError
+        ("async def f(ctx, _): pass", r"parameter '_' starts with an underscore"),
+        ("async def f(ctx, q: str, _hint: str = ''): pass", r"'_hint' starts with an underscore"),
         ("async def f(ctx, x: 'Missing'): pass", "cannot resolve the annotation"),
         ("async def f(x: int): pass", r"first parameter, 'x', is the context .* not an input of"),
         ("async def f(x: 'list[str]', y: int): pass", "not an input of type list"),
