@@ -110,7 +110,8 @@ def test_serve_on_a_store_without_keys_says_how_to_make_one(tmp_path: Path) -> N
 
 def test_the_readme_example_and_the_serve_flags_work_as_printed(tmp_path: Path) -> None:
     args = ("--metrics-port", "0", "--tenant-rate", "120/m", "--tenant-max-queued", "100")
-    with serve(tmp_path, *args) as server:
+    capped = (*args, "--tenant-max-priority", "5")
+    with serve(tmp_path, *capped) as server:
         assert server.process.stdout is not None
         line = server.process.stdout.readline()
         assert line.startswith("legion serve: metrics on http://127.0.0.1:"), line
@@ -129,6 +130,15 @@ def test_the_readme_example_and_the_serve_flags_work_as_printed(tmp_path: Path) 
             sub = json.loads(resp.read())
         stream = events(f"{server.url}/v1/tasks/{sub['id']}/events", server.key)
         assert stream[-1][1]["output"]["n"] == 4
+        request = urllib.request.Request(
+            f"{server.url}/v1/tasks",
+            data=b'{"agent": "work", "input": {"n": 4}, "priority": 6}',
+            headers={"Authorization": f"Bearer {server.key}"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:  # (a tenant's key)
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 422
+        assert b"priority_not_allowed" in refused.value.read()
     bad = legion("serve", "--app", "x.py", "--tenant-rate", "fast")
     assert bad.returncode == 2 and "bad rate 'fast'" in bad.stderr
     alone = legion("serve", "--app", "x.py", "--tenant-burst", "3")  # (was taken, and ignored)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from legion.errors import ConfigError
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.llm.types import ChatResponse, Usage
+from legion.server import ServerSettings
 from legion.server.keys import new_key
 from legion.store.types import TaskQuery
 from legion.task import NewTask, TaskStatus
@@ -517,6 +520,44 @@ async def test_a_tenant_over_its_queued_tasks_is_shed_with_429(
     assert (status, again["id"], again["created"]) == (200, first["id"], False)  # (was 429)
     status, refused = await call(api, acme, "POST", "/v1/tasks", {**keyed, "key": "a-fourth"})
     assert status == 429
+
+
+async def test_a_tenant_key_gives_no_priority_above_the_cap(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    """A higher priority runs first, whatever its tenant: with --tenant-max-priority a
+    tenant's key cannot put its tasks ahead of the others' past the cap; an admin's can."""
+    api = await start_api(f"sqlite:///{tmp_path / 'p.db'}", tenant_max_priority=5)
+    acme, ops = await tenant_key(api, "acme"), await tenant_key(api, "ops", admin=True)
+    one = {"agent": "work", "input": {"n": 1}}
+    status, refused = await call(api, acme, "POST", "/v1/tasks", {**one, "priority": 6})
+    assert status == 422
+    assert refused["detail"] == [
+        {
+            "type": "priority_not_allowed",
+            "loc": ["body", "priority"],
+            "msg": "priority 6 is above 5, the highest this server lets a tenant's key give "
+            "a task (--tenant-max-priority); an admin key may give any",
+        }
+    ]
+    # A batch with one task above the cap queues none of them.
+    batch = {"tasks": [{**one, "priority": 5}, {**one, "priority": 2**31 - 1}]}
+    status, refused = await call(api, acme, "POST", "/v1/tasks:batch", batch)
+    assert status == 422
+    assert [e["loc"] for e in refused["detail"]] == [["body", "tasks", 1, "priority"]]
+    assert await api.runtime.store.count_queued("acme") == 0
+    status, queued = await call(api, acme, "POST", "/v1/tasks", {**one, "priority": 5})
+    assert status == 201
+    status, urgent = await call(api, ops, "POST", "/v1/tasks", {**one, "priority": 9})
+    assert status == 201
+    with sqlite3.connect(tmp_path / "p.db") as db:  # (a task's priority is not shown)
+        priorities = dict(db.execute("SELECT id, priority FROM tasks"))
+    assert priorities == {queued["id"]: 5, urgent["id"]: 9}
+
+
+def test_the_priority_cap_is_a_priority() -> None:
+    with pytest.raises(ConfigError, match="tenant_max_priority must be from"):
+        ServerSettings(tenant_max_priority=2**31)
 
 
 async def test_requests_past_the_bound_in_progress_get_503_with_retry_after(

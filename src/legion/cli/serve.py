@@ -44,6 +44,7 @@ from legion.cli.progress import error_text, stderr_console
 from legion.cli.status import opened
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
+from legion.inputs import PRIORITY_MAX, PRIORITY_MIN
 from legion.provision.exits import EXIT_STORE
 from legion.store import redact_url, store_from_url
 
@@ -202,6 +203,17 @@ def serve(
             "the rate has paid it back (a batch of 100 at 5/s: 20 s).",
         ),
     ] = None,
+    tenant_max_priority: Annotated[
+        int | None,
+        typer.Option(
+            min=PRIORITY_MIN,
+            max=PRIORITY_MAX,
+            help="The highest priority a tenant's API key may give a task (an admin key: "
+            "any); a task above it is refused (422, priority_not_allowed). Default: no cap, "
+            "and a tenant may put its tasks ahead of every other tenant's (a higher "
+            "priority runs first, whatever its tenant).",
+        ),
+    ] = None,
     tenant_max_cost: TenantMaxCostOpt = None,
     tenant_max_tokens: TenantMaxTokensOpt = None,
     tenant_max_calls: TenantMaxCallsOpt = None,
@@ -243,6 +255,7 @@ def serve(
             tenant_max_queued=tenant_max_queued,
             tenant_rate=parse_rate(tenant_rate) if tenant_rate is not None else None,
             tenant_burst=tenant_burst,
+            tenant_max_priority=tenant_max_priority,
             metrics_port=metrics_port,
             metrics_host=host if allow_remote else "127.0.0.1",
         )

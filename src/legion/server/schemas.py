@@ -55,7 +55,8 @@ class TaskIn(BaseModel):
     priority: Priority = Field(
         0,
         description="Higher runs first, and its LLM calls are served first at a shared "
-        "route (a lower priority keeps a guaranteed share of the calls).",
+        "route (a lower priority keeps a guaranteed share of the calls). A server may cap "
+        "what a tenant's key gives (legion serve --tenant-max-priority: above it, 422).",
     )
 
 

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from legion.errors import ConfigError
+from legion.inputs import PRIORITY_MAX, PRIORITY_MIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,10 @@ class ServerSettings:
       past it is answered 429 with ``Retry-After``.
     - ``tenant_rate``, ``tenant_burst``: tasks per second each tenant may submit, in bursts
       of up to ``tenant_burst`` (default: one second's worth); past it, 429.
+    - ``tenant_max_priority``: the highest priority a tenant's API key may give a task (an
+      admin key: any); a task above it is refused (422). ``None``: no cap, and a tenant's
+      key may put its tasks ahead of every other tenant's (a higher priority runs first,
+      whatever its tenant).
     - ``metrics_port``: also serve ``/metrics`` without an API key on this port (0: any
       free one) of ``metrics_host`` (loopback unless ``allow_remote``); ``None``: not.
     """
@@ -59,6 +64,7 @@ class ServerSettings:
     tenant_max_queued: int | None = None
     tenant_rate: float | None = None
     tenant_burst: float | None = None
+    tenant_max_priority: int | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
 
@@ -92,6 +98,12 @@ class ServerSettings:
             raise ConfigError("tenant_rate must be > 0 tasks per second")
         if self.tenant_burst is not None and self.tenant_burst < 1:
             raise ConfigError("tenant_burst must be >= 1")
+        if self.tenant_max_priority is not None and not (
+            PRIORITY_MIN <= self.tenant_max_priority <= PRIORITY_MAX
+        ):
+            raise ConfigError(
+                f"tenant_max_priority must be from {PRIORITY_MIN:,} to {PRIORITY_MAX:,}"
+            )
         if self.max_body_bytes < 1024 or self.max_batch < 1:
             raise ConfigError("max_body_bytes must be >= 1024 and max_batch >= 1")
         if min(self.sample_interval, self.task_poll_interval, self.stale_after) <= 0 or not (

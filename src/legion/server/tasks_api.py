@@ -393,7 +393,7 @@ async def _submit(
     new: list[NewTask] = []
     errors: list[dict[str, Any]] = []
     for n, (task, loc) in enumerate(zip(tasks, locs, strict=True)):
-        encoded, problems = _check(state, task, loc)
+        encoded, problems = _check(state, caller, task, loc)
         errors.extend(problems)
         if len(errors) > ERRORS_AT_MOST:  # nothing is queued: the rest need no look
             errors = errors[:ERRORS_AT_MOST]
@@ -485,14 +485,21 @@ def _model(model: type[M], data: Any) -> M:
 
 
 def _check(
-    state: ServerState, task: TaskIn, loc: tuple[str | int, ...]
+    state: ServerState, caller: ApiKey, task: TaskIn, loc: tuple[str | int, ...]
 ) -> tuple[bytes | None, list[dict[str, Any]]]:
-    """The task's input as stored JSON, or what is wrong with the task."""
+    """The task's input as stored JSON, or what is wrong with the task (for ``caller``)."""
     agent = state.agents.get(task.agent)
     if agent is None:
         served = ", ".join(sorted(state.agents)) or "none"
         message = f"no agent named {task.agent!r} here (this server runs: {served})"
         return None, [_error("unknown_agent", (*loc, "agent"), message)]
+    cap = state.settings.tenant_max_priority
+    if cap is not None and task.priority > cap and not caller.admin:
+        message = (
+            f"priority {task.priority} is above {cap}, the highest this server lets a "
+            "tenant's key give a task (--tenant-max-priority); an admin key may give any"
+        )
+        return None, [_error("priority_not_allowed", (*loc, "priority"), message)]
     try:
         encoded = codec.dumps(task.input)
         agent.check_json(task.input, encoded)
