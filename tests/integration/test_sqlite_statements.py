@@ -194,3 +194,23 @@ async def test_the_look_for_suspects_does_not_read_the_queue(
     many = _steps(db, Q["lease_isolated"], params)
     db.close()
     assert many <= few + 5, (few, many)
+
+
+async def test_tenants_with_nothing_to_lease_now_are_not_read(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """A lease reads the tasks of each tenant that `queued_tenants` names, a statement
+    each: a tenant whose queued tasks are all delayed (a retry's backoff) is not named.
+    10,000 such tenants made every lease ~80 ms longer, and a worker 4.5 times slower."""
+    from legion.store.sqlite import Q
+
+    later = [NewTask("a", b"1", tenant=f"t{n}", not_before=NOW + 60) for n in range(200)]
+    await store.submit(later, NOW)
+    await store.submit([NewTask("a", b"1", tenant=t) for t in ("x", "y")], NOW)
+    params = {"agent": "a", "now": NOW, "min_priority": -(2**31)}
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    named = db.execute(Q["queued_tenants"], params).fetchall()
+    due = db.execute(Q["queued_tenants"], {**params, "now": NOW + 60}).fetchall()
+    db.close()
+    assert named == [("x", 0), ("y", 0)]
+    assert len(due) == 202

@@ -276,6 +276,21 @@ async def test_a_tenant_with_only_delayed_tasks_leaves_the_lease_to_others(
     assert await _lease_tenants(store, 10) == ["now"] * 5
 
 
+async def test_the_turns_are_among_tenants_with_a_task_to_lease_now(store: Store) -> None:
+    """Tenants whose queued tasks cannot be leased now (delayed, or below the lease's
+    lowest priority) take no turn, and a tenant with a lone ready task is not held back by
+    them; once due, a delayed tenant takes its turns again."""
+    for n in range(30):
+        await store.submit([new(value=n, tenant=f"later-{n:02}", not_before=NOW + 60)], NOW)
+    await store.submit([new(value=i, tenant="low") for i in range(3)], NOW)
+    await store.submit([new(value=i, tenant="high", priority=5) for i in range(2)], NOW)
+    raised = await store.lease("w", {"a": 10}, 10, NOW + 60, NOW, min_priority=1)
+    assert [lease.tenant for lease in raised] == ["high", "high"]
+    assert await _lease_tenants(store, 10) == ["low"] * 3
+    due = await store.lease("w", {"a": 40}, 40, NOW + 120, NOW + 61)
+    assert sorted(lease.tenant for lease in due) == [f"later-{n:02}" for n in range(30)]
+
+
 async def test_a_lease_carries_the_tasks_priority_and_tenant(store: Store) -> None:
     """A route orders the task's LLM calls by them (`legion.llm.lanes`)."""
     await store.submit([new(value=1, priority=7, tenant="acme")], NOW)

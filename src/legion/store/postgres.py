@@ -573,7 +573,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     "offer": offered,
                     "min_priority": -(2**31) if min_priority is None else min_priority,
                 }
-                await cur.execute(Q["queued_tenants"], {"agent": agent})
+                await cur.execute(Q["queued_tenants"], params)
                 queued = await cur.fetchall()
                 if len(queued) == 1:
                     (tenant, running) = queued[0]
@@ -1234,7 +1234,7 @@ async def _lease_in_turns(
         rows.extend(got)
         if len(got) >= planned or len(rows) >= params["limit"]:
             break
-        await cur.execute(Q["queued_tenants"], {"agent": params["agent"]})
+        await cur.execute(Q["queued_tenants"], params)
         queued = await cur.fetchall()
         if not queued:
             break

@@ -87,8 +87,11 @@ RETURNING t.id, t.agent, t.input, t.key, t.session, t.attempt, t.max_attempts, t
 
 -- name: queued_tenants
 -- The tenants with tasks of %(agent)s queued (a seek in the queue's index for each, in
--- name order: the order by the index's columns keeps the planner to it), each with its
--- tasks of %(agent)s running now.
+-- name order: the order by the index's columns keeps the planner to it) of which one may
+-- be leased now (of at least %(min_priority)s, due, not to run alone: its offer is left
+-- to `lease_read`), each with its tasks of %(agent)s running now. A tenant whose queued
+-- tasks are all delayed (a retry's backoff, a `not_before`) costs the lease a look in the
+-- index here, and no read in `lease_read`.
 WITH RECURSIVE queued(tenant) AS (
     SELECT (SELECT tenant FROM tasks WHERE status = 'queued' AND agent = %(agent)s
             ORDER BY tenant, priority DESC, id LIMIT 1)
@@ -100,7 +103,12 @@ WITH RECURSIVE queued(tenant) AS (
 SELECT q.tenant, coalesce((SELECT sum(c.n) FROM task_counts AS c
                            WHERE c.tenant = q.tenant AND c.status = 'running'
                              AND c.agent = %(agent)s), 0)::bigint
-FROM queued AS q WHERE q.tenant IS NOT NULL;
+FROM queued AS q
+WHERE q.tenant IS NOT NULL
+  AND EXISTS (SELECT 1 FROM tasks AS t
+              WHERE t.status = 'queued' AND t.agent = %(agent)s AND t.tenant = q.tenant
+                AND t.not_before <= %(now)s AND NOT t.isolate
+                AND t.priority >= %(min_priority)s);
 
 -- name: lease_read
 -- The first %(share)s tasks of %(agent)s of each of %(tenants)s, in their queue's order,

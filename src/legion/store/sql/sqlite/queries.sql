@@ -85,7 +85,11 @@ FROM (
 
 -- name: queued_tenants
 -- The tenants with tasks of :agent queued (a seek in the queue's index for each, in name
--- order), each with its tasks of :agent running now.
+-- order) of which one may be leased now (of at least :min_priority, due, not to run
+-- alone: its offer is left to `lease_pick`), each with its tasks of :agent running now.
+-- A tenant whose queued tasks are all delayed (a retry's backoff, a `not_before`) costs
+-- the lease a look in the index here, not a read of its own: with 10,000 such tenants,
+-- their reads made a lease ~80 ms longer.
 WITH RECURSIVE queued(tenant) AS (
     SELECT (SELECT tenant FROM tasks WHERE status = 'queued' AND agent = :agent
             ORDER BY tenant, priority DESC, id LIMIT 1)
@@ -97,7 +101,12 @@ WITH RECURSIVE queued(tenant) AS (
 SELECT q.tenant, coalesce((SELECT c.n FROM task_counts AS c
                            WHERE c.tenant = q.tenant AND c.status = 'running'
                              AND c.agent = :agent), 0)
-FROM queued AS q WHERE q.tenant IS NOT NULL;
+FROM queued AS q
+WHERE q.tenant IS NOT NULL
+  AND EXISTS (SELECT 1 FROM tasks AS t
+              WHERE t.status = 'queued' AND t.agent = :agent AND t.tenant = q.tenant
+                AND t.not_before <= :now AND NOT t.isolate
+                AND t.priority >= :min_priority);
 
 -- name: lease_take
 -- The tasks `lease_pick` picked (:ids, a JSON array), leased.
