@@ -13,6 +13,7 @@ import functools
 import inspect
 import math
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from legion.retry import RetryPolicy
 if TYPE_CHECKING:
     # pydantic is imported where a model is built or an input validated, so that `import
     # legion` and the `legion` command start without it.
-    from pydantic import BaseModel, ValidationError
+    from pydantic import BaseModel, TypeAdapter, ValidationError
 
 AgentFn = Callable[..., Awaitable[Any]]
 
@@ -80,9 +81,7 @@ class Agent:
         self._one = len(self.params) == 1
         # Inputs that need no validation (see `_plain_types`): no pydantic model is built.
         self._plain = _plain_types(self._validator) if input_model is None else None
-        from pydantic import TypeAdapter
-
-        self._output = TypeAdapter(output_model) if output_model is not None else None
+        self._output = _output_adapter(options.name, output_model)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -444,6 +443,11 @@ def _parameters(
     params = list(inspect.signature(fn).parameters.values())
     if not params:
         raise ConfigError(f"agent {name!r} must take the context as its first parameter")
+    if params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        raise ConfigError(
+            f"agent {name!r}: its context, {params[0].name!r}, must be a plain first "
+            "parameter (async def agent(ctx, ...)): the worker passes it by position"
+        )
     if params[0].name in ("self", "cls"):  # (a bound method's signature has none)
         raise ConfigError(
             f"agent {name!r}: its first parameter is {params[0].name!r}, taken as the context: "
@@ -484,10 +488,74 @@ def _parameters(
         model = create_model(f"{name}_input", __config__=config, **fields)
     except Exception as exc:
         raise ConfigError(f"agent {name!r}: cannot build its input schema: {exc}") from exc
+    _check_model(fn, name, model, fields)
     return tuple(fields), model
 
 
+def _output_adapter(name: str, output_model: Any) -> TypeAdapter[Any] | None:
+    """What checks the agent's output (``output=``), or `ConfigError` for a type that
+    pydantic cannot check."""
+    if output_model is None:
+        return None
+    from pydantic import TypeAdapter
+
+    try:
+        return TypeAdapter(output_model)
+    except Exception as exc:
+        first = str(exc).splitlines()[0].split(". ")[0]  # (not pydantic's own advice)
+        raise ConfigError(
+            f"agent {name!r}: output={_type_name(output_model)} is not a type its output can "
+            f"be checked against ({first}): give a pydantic model, a dataclass or a "
+            "type such as list[str]"
+        ) from None
+
+
+def _check_model(fn: AgentFn, name: str, model: type[BaseModel], fields: Mapping[str, Any]) -> None:
+    """Refuse, where the agent is defined, an input model no input could ever fit: one
+    whose types are not all known yet (a name in quotes within a type, ``list["Item"]``:
+    looked up in the agent's module now, where pydantic would look in its own), one that
+    took a parameter for something else (pydantic reads ``model_config`` as its
+    settings), or one with a type JSON cannot carry (a plain class: every input was
+    refused, and the HTTP API's schema failed for every agent)."""
+    from pydantic import TypeAdapter
+    from pydantic.errors import (
+        PydanticInvalidForJsonSchema,
+        PydanticUndefinedAnnotation,
+        PydanticUserError,
+    )
+
+    if not model.__pydantic_complete__:
+        try:
+            model.model_rebuild(_types_namespace=dict(getattr(fn, "__globals__", {})))
+        except (PydanticUserError, PydanticUndefinedAnnotation) as exc:
+            first = exc.message.splitlines()[0]
+            raise ConfigError(
+                f"agent {name!r}: cannot resolve a type of its parameters ({first}); "
+                "define that type at module level, before the agent"
+            ) from None
+    taken = [p for p in fields if p not in model.model_fields]
+    if taken:
+        raise ConfigError(
+            f"agent {name!r}: parameter {taken[0]!r} cannot be an input field (pydantic "
+            f"reserves the name); rename it (e.g. {taken[0] + '_'!r})"
+        )
+    try:
+        model.model_json_schema()
+    except PydanticInvalidForJsonSchema:
+        for p, field in model.model_fields.items():
+            try:
+                TypeAdapter(field.annotation, config=_ANY_TYPE).json_schema()
+            except PydanticInvalidForJsonSchema:
+                raise ConfigError(
+                    f"agent {name!r}: parameter {p!r} is of type {_type_name(field.annotation)}, "
+                    "which no JSON input can be (inputs are stored as JSON): take what "
+                    "it is made from, and make it in the agent"
+                ) from None
+        raise ConfigError(f"agent {name!r}: its inputs have no JSON schema") from None
+
+
 _PLAIN_TYPES = (int, float, str, bool)
+_ANY_TYPE: Any = {"arbitrary_types_allowed": True}
 
 
 def _plain_types(model: type[BaseModel]) -> dict[str, type | None] | None:
@@ -538,11 +606,11 @@ def _an_input(annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
-    return (
-        annotation
-        if isinstance(annotation, str)
-        else getattr(annotation, "__name__", str(annotation))
-    )
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return re.sub(r"\b[\w.]+\.(\w+)", r"\1", str(annotation))  # list[app.Item]: list[Item]
 
 
 def _resolve(fn: AgentFn, agent_name: str, p: inspect.Parameter) -> Any:
@@ -556,7 +624,7 @@ def _resolve(fn: AgentFn, agent_name: str, p: inspect.Parameter) -> Any:
     except Exception as exc:
         raise ConfigError(
             f"agent {agent_name!r}: cannot resolve the annotation {p.annotation!r} of parameter "
-            f"{p.name!r} ({exc}); define that type at module level"
+            f"{p.name!r} ({exc}); define that type at module level, before the agent"
         ) from None
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Any
+from typing import Any, Optional
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 import legion
 from legion import ConfigError, InputError, RetryPolicy
@@ -162,6 +162,15 @@ def test_a_single_dict_parameter_takes_any_object() -> None:
         ("async def f(doc: dict): pass", "the inputs come after it"),
         # a method decorated in its class: self was taken as the context, ctx as an input
         ("async def f(self, ctx, x: int): pass", "a method is an agent once bound"),
+        # Accepted before, and every task then died after all its attempts:
+        ("async def f(*, ctx, x: int): pass", r"'ctx', must be a plain first parameter"),
+        ("async def f(ctx, model_config: dict): pass", "'model_config' cannot be an input field"),
+        (
+            "async def f(ctx, x: list['Nope']): pass",
+            "cannot resolve a type .*'Nope' is not defined",
+        ),
+        ("class C: pass\nasync def f(ctx, c: C): pass", "'c' is of type C, which no JSON input"),
+        ("class C: pass\nasync def f(ctx, n: int, c: list[C]): pass", r"of type list\[C\]"),
     ],
 )
 def test_bad_definitions_are_refused_at_decoration(source: str, message: str) -> None:
@@ -169,6 +178,35 @@ def test_bad_definitions_are_refused_at_decoration(source: str, message: str) ->
     exec(compile(source, "<agent>", "exec", dont_inherit=True), scope)
     with pytest.raises(ConfigError, match=message):
         legion.agent(scope["f"])  # type: ignore[call-overload]
+
+
+class Item(BaseModel):
+    name: str
+
+
+def test_a_type_named_in_quotes_within_a_type_is_looked_up_in_the_agents_module() -> None:
+    """pydantic looked for ``Item`` in its own namespace: the model stayed incomplete, and
+    every task died of pydantic's "not fully defined" error."""
+    source = "async def f(ctx, items: list['Item'], first: Optional['Item'] = None): pass"
+    scope: dict[str, object] = {"Item": Item, "Optional": Optional}
+    exec(compile(source, "<agent>", "exec", dont_inherit=True), scope)
+    items = legion.agent(scope["f"])  # type: ignore[call-overload]
+    assert items.arguments({"items": [{"name": "a"}]}) == {"items": [Item(name="a")], "first": None}
+    assert items.input_schema()["properties"]["items"]["type"] == "array"
+
+
+def test_an_output_type_pydantic_cannot_check_is_refused_at_decoration() -> None:
+    class Report:
+        pass
+
+    async def report(ctx: legion.Context, n: int) -> int:
+        return n
+
+    with pytest.raises(ConfigError, match=r"output=Report is not a type its output can be"):
+        legion.agent(output=Report)(report)
+    with pytest.raises(ConfigError) as refused:
+        legion.agent(output=5)(report)  # type: ignore[call-overload]
+    assert "arbitrary_types_allowed" not in str(refused.value)  # (pydantic's own advice)
 
 
 def test_the_backoff_of_a_late_attempt_is_its_ceiling_not_an_overflow() -> None:

@@ -100,7 +100,13 @@ class _App(FastAPI):
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            self.openapi_schema = openapi.complete(super().openapi(), self._agents)
+            # FastAPI keeps its document as it makes it: one that failed half-way through
+            # the agents' schemas was served, incomplete, from then on.
+            try:
+                schema = openapi.complete(super().openapi(), self._agents)
+            finally:
+                self.openapi_schema = None
+            self.openapi_schema = schema
         return self.openapi_schema
 
 
