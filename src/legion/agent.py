@@ -544,7 +544,7 @@ def _check_model(fn: AgentFn, name: str, model: type[BaseModel], fields: Mapping
     except PydanticInvalidForJsonSchema:
         for p, field in model.model_fields.items():
             try:
-                TypeAdapter(field.annotation, config=_ANY_TYPE).json_schema()
+                TypeAdapter(field.annotation or Any, config=_ANY_TYPE).json_schema()
             except PydanticInvalidForJsonSchema:
                 raise ConfigError(
                     f"agent {name!r}: parameter {p!r} is of type {_type_name(field.annotation)}, "
