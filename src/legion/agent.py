@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, get_origin, overload
 
 from legion import codec
 from legion.errors import ConfigError, InputError, OutputError
+from legion.inputs import AGENT_NAME_MAX
 from legion.resources import encode, normalize
 from legion.retry import RetryPolicy
 
@@ -259,6 +260,22 @@ class Agent:
         except ValidationError as exc:
             raise InputError(_validation_message(self.name, exc)) from None
 
+    def encode_input(self, value: Any) -> bytes:
+        """``value`` as the JSON a task of this agent keeps: as it is, or where JSON has no
+        type for some of it (a ``Decimal``, ``bytes`` of text) and the agent takes it, as
+        its input model writes it (``Decimal("9.99")``: ``"9.99"``), which the agent reads
+        back as the same value. Else `OutputError` says why it cannot be stored."""
+        try:
+            return codec.dumps(value)
+        except OutputError as exc:
+            refused = exc
+        try:
+            kwargs = self.arguments(value)
+            written = self._validator.model_validate(kwargs).model_dump_json()
+        except Exception:  # (not an input it takes, or not even as JSON: the first reason)
+            raise refused from None
+        return codec.dumps(codec.loads(written))
+
     def input_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
         """The JSON schema of what `arguments` accepts (``$defs`` under ``$defs``)."""
         model = self._validator.model_json_schema(ref_template=ref_template)
@@ -359,6 +376,11 @@ def agent(
     """
     if name is not None and (not isinstance(name, str) or not name):
         raise ConfigError(f"an agent's name must be a non-empty str, got {name!r}")
+    if name is not None and (len(name) > AGENT_NAME_MAX or "\x00" in name):
+        raise ConfigError(
+            f"an agent's name is at most {AGENT_NAME_MAX} characters, without NUL (the HTTP "
+            f"API names agents so): {name[:40]!r}{'...' * (len(name) > 40)} has {len(name)}"
+        )
     _check_seconds("timeout", timeout)
     _check_seconds("deadline", deadline)
     _check_count("concurrency", concurrency)

@@ -50,6 +50,10 @@ def dumps(value: Any, *, finite: bool = True) -> bytes:
         encoded = orjson.dumps(value, default=_default, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         why = str(exc)
+        inner = exc.__cause__
+        if inner is not None and not isinstance(inner, TypeError | orjson.JSONEncodeError):
+            # (a model whose own encoding failed: "Blob" alone hid its bytes' reason)
+            why = f"{why} ({type(inner).__name__}: {inner})"
         if why == "Integer exceeds 64-bit range":  # (which JSON reader would read it?)
             why = "it holds an integer past 64 bits (store it as text: str(n))"
         elif why == "Recursion limit reached":

@@ -14,13 +14,13 @@ import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from legion import codec, faults, telemetry
 from legion.clock import Clock
 from legion.diagnostics.advisor import GATHERED, MIN_SAVING, NO_PRINTS, StepTrace, fingerprints
 from legion.diagnostics.unawaited import LEGION_CODE, Pending, SiteRef
-from legion.errors import AgentCrash, LeaseLost, OutputError, Permanent
+from legion.errors import AgentCrash, LeaseLost, OutputError, Permanent, StepFunctionError
 from legion.journal import Journal
 from legion.steps import BRANCH, scoped, step_key
 from legion.store.base import ContextStore, SessionMemory
@@ -515,6 +515,8 @@ class Context:
         Nothing runs until the step is awaited (or given to `gather`); a step that is
         never awaited is reported on the task, with the line that made it.
         """
+        if not callable(fn):
+            not_a_function(name, fn)
         pending: Pending[Any] = Pending(f"step `{name}`", self.record, (name, fn, args, kwargs))
         self.made(pending)
         return pending
@@ -833,6 +835,21 @@ def llm_calls() -> type[LLMCalls]:
     from legion.llm.calls import LLMCalls
 
     return LLMCalls
+
+
+def not_a_function(name: str, fn: Any) -> NoReturn:
+    """`Context.step`'s refusal of something to run that is not a function."""
+    if inspect.iscoroutine(fn):
+        fn.close()  # (never awaited: Python's warning would say so again)
+        raise StepFunctionError(
+            f"ctx.step({name!r}, ...) was given a coroutine, {fn.__qualname__}(...): pass the "
+            f"function and its arguments, ctx.step({name!r}, {fn.__qualname__}, *args), not "
+            "a call of it"
+        )
+    raise StepFunctionError(
+        f"ctx.step({name!r}, ...) was given {type(fn).__name__} {fn!r:.60}, not a function to "
+        f"run: ctx.step({name!r}, fn, *args)"
+    )
 
 
 def _attempt_abandoned(attempt: int, task_id: int) -> None:

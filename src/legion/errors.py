@@ -226,6 +226,13 @@ class StepNameError(Permanent, ValueError):
     every value no store can hold.)"""
 
 
+class StepFunctionError(Permanent, TypeError):
+    """A step given something to run that is not a function: a coroutine
+    (``ctx.step("fetch", fetch(url))`` called the function already: pass it and its
+    arguments, ``ctx.step("fetch", fetch, url)``) or any other value. A mistake of the code,
+    which no retry mends."""
+
+
 class ChildFailed(Permanent):
     """Raised inside an agent when a child task of ``ctx.spawn`` or ``ctx.map`` did not
     succeed (``failed`` lists the child task ids with their status)."""

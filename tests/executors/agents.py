@@ -84,6 +84,15 @@ async def value_error(ctx: legion.Context, n: int) -> None:
     await ctx.step("fails", int, "not a number")
 
 
+async def _effect(n: int) -> int:
+    return n
+
+
+@legion.agent(retries=2)
+async def called_step(ctx: legion.Context, n: int) -> None:
+    await ctx.step("called", _effect(n))  # type: ignore[arg-type]
+
+
 @legion.agent(retries=2)
 async def unpicklable(ctx: legion.Context, n: int) -> None:
     raise Unpicklable("custom failure", code=n)

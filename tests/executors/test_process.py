@@ -106,6 +106,9 @@ async def test_agent_errors_keep_type_message_traceback_and_retryability(rt: Run
     assert "agents.py" in perm.error.traceback and "in permanent" in perm.error.traceback
     assert value.status is TaskStatus.DEAD and value.error is not None
     assert value.error.type == "ValueError" and "invalid literal" in value.error.message
+    (called,) = await run(rt, agents.called_step, 7)  # (a call, not a function)
+    assert called.status is TaskStatus.FAILED and called.attempt == 1
+    assert called.error is not None and called.error.type == "StepFunctionError"
     # Its class cannot be rebuilt here: it stands in under its own name, still permanent.
     assert odd.status is TaskStatus.FAILED and odd.attempt == 1 and odd.error is not None
     assert (odd.error.type, odd.error.message) == ("Unpicklable", "custom failure")

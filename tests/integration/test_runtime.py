@@ -10,8 +10,10 @@ import re
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,23 @@ async def test_inputs_as_objects_or_bare_values(db_url: str) -> None:
         one = await collect(rt, single, ["x", {"question": "y"}])
     assert [r.output for r in multi] == ["hi a!", "hi b?"]
     assert [r.output for r in one] == ["X", "Y"]
+
+
+async def test_inputs_of_the_types_an_agent_takes_that_json_has_not(db_url: str) -> None:
+    """A Decimal or bytes parameter took its value from JSON text, but a Decimal or bytes
+    submitted from Python was refused: it is kept as the agent's input model writes it."""
+
+    @legion.agent(retries=0)
+    async def price(ctx: legion.Context, amount: Decimal, payload: bytes = b"") -> list[str]:
+        return [str(amount * 2), payload.decode(), type(amount).__name__, type(payload).__name__]
+
+    async with Runtime(db_url) as rt:
+        got = await collect(rt, price, [{"amount": Decimal("9.99"), "payload": b"raw"}])
+        with pytest.raises(legion.InputError) as refused:
+            await rt.submit(price, {"amount": Decimal("1"), "payload": b"\x89PNG"})
+    assert [r.output for r in got] == [["19.98", "raw", "Decimal", "bytes"]]
+    assert str(refused.value).startswith("the input cannot be stored as JSON (")
+    assert str(refused.value).endswith("it was not queued")
 
 
 async def test_a_recorded_step_is_replayed_not_run_again(db_url: str) -> None:
@@ -761,6 +780,32 @@ async def test_map_and_results_raise_once_the_local_worker_stops_on_an_error(
         with pytest.raises(legion.WorkerStopped):  # and for anyone who asks later
             [r async for r in rt.results(ids)]
         assert rt.fatal_error is seen.value.__cause__
+
+
+async def _effect(x: str) -> str:
+    return x
+
+
+async def test_a_step_given_a_call_instead_of_a_function_fails_at_once(db_url: str) -> None:
+    """``ctx.step("c", effect("x"))`` called the function already: a TypeError each
+    attempt, retried until the task was dead, without a word of what to write."""
+
+    @legion.agent(retries=3, backoff=0)
+    async def called(ctx: legion.Context, case: str) -> object:
+        if case == "coroutine":
+            return await ctx.step("c", _effect("x"))  # type: ignore[arg-type]
+        return await ctx.step("c", 42)  # type: ignore[arg-type]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # (the coroutine is closed, not left)
+        async with Runtime(db_url) as rt:
+            results = await collect(rt, called, ["coroutine", "value"])
+    assert [(r.status, r.attempt) for r in results] == [(TaskStatus.FAILED, 1)] * 2
+    assert str(results[0].error) == (
+        "StepFunctionError: ctx.step('c', ...) was given a coroutine, _effect(...): pass the "
+        "function and its arguments, ctx.step('c', _effect, *args), not a call of it"
+    )
+    assert str(results[1].error).startswith("StepFunctionError: ctx.step('c', ...) was given int")
 
 
 class _UnprintableError(Exception):

@@ -234,6 +234,9 @@ def test_bad_options_are_refused() -> None:
     [
         ({"name": 123}, "an agent's name must be a non-empty str, got 123"),
         ({"name": ""}, "an agent's name must be a non-empty str"),
+        # (accepted, and served, but no request could name it)
+        ({"name": "y" * 201}, r"at most 200 characters.*\.\.\. has 201"),
+        ({"name": "a\x00b"}, "without NUL"),
         ({"timeout": float("nan")}, "timeout must be a finite number of seconds > 0"),
         ({"timeout": "10"}, "timeout must be a finite number of seconds > 0, or None; got '10'"),
         ({"deadline": float("inf")}, "deadline must be a finite number"),

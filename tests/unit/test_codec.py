@@ -110,3 +110,14 @@ def test_64_bit_integers_and_long_digit_strings_from_outside_are_read_as_they_ar
         "b": -(2**63),
         "c": "12345678901234567890123",
     }
+
+
+def test_a_model_whose_own_encoding_fails_says_why() -> None:
+    from pydantic import BaseModel
+
+    class Blob(BaseModel):
+        data: bytes
+
+    with pytest.raises(OutputError, match=r"Blob \(UnicodeDecodeError: 'utf-8' codec can't"):
+        codec.dumps(Blob(data=b"\x89PNG"))
+    assert codec.dumps(Blob(data=b"text")) == b'{"data":"text"}'

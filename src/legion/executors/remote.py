@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from legion import codec
 from legion.agent import Agent
-from legion.context import gather
+from legion.context import gather, not_a_function
 from legion.errors import AgentChanged, AgentLoadError, OutputError, Permanent
 from legion.executors import protocol as p
 from legion.loader import load_module
@@ -213,6 +213,8 @@ class RemoteContext:
         attempt returns its recorded JSON instead of running, and a new result is durable
         before this returns.
         """
+        if not callable(fn):
+            not_a_function(name, fn)
         key = step_key(self._counts, name)
         recorded = self._invocation.steps.get(key)
         if recorded is not None:

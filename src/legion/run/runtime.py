@@ -348,7 +348,7 @@ class Runtime:
             tasks = [
                 NewTask(
                     agent.name,
-                    codec.dumps(i),
+                    agent.encode_input(i),
                     k,
                     s,
                     p,
@@ -556,6 +556,8 @@ def _unstorable(inputs: Sequence[Any], error: OutputError) -> str:
             codec.dumps(value)
         except OutputError as exc:
             reason = str(exc).removeprefix("cannot store value as JSON: ")
+            if len(inputs) == 1:
+                return f"the input cannot be stored as JSON ({reason}); it was not queued"
             return (
                 f"input {n} of the {len(inputs)} submitted together cannot be stored as JSON "
                 f"({reason}); none of them was queued"

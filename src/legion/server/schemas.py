@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from legion.inputs import KEY_MAX, PRIORITY_MAX, PRIORITY_MIN
+from legion.inputs import AGENT_NAME_MAX, KEY_MAX, PRIORITY_MAX, PRIORITY_MIN
 from legion.store.types import AttemptRecord, StepInfo
 from legion.task import TaskInfo, TaskStatus
 from legion.waiting.calls import MAX_EVENT
@@ -20,7 +20,7 @@ TEXT = r"^[^\x00]*$"
 # An idempotency key or a session: text, not starting with U+001F (the store's mark for
 # tenants' keys and sessions).
 KEY = r"^[^\x00\x1f][^\x00]*$"
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
+Name = Annotated[str, Field(min_length=1, max_length=AGENT_NAME_MAX, pattern=TEXT)]
 Key = Annotated[str, Field(min_length=1, max_length=KEY_MAX, pattern=KEY)]
 Session = Annotated[str, Field(min_length=1, max_length=KEY_MAX, pattern=KEY)]
 

@@ -250,7 +250,9 @@ async def map_children(
             tasks = [
                 NewTask(
                     agent_name,
-                    codec.dumps(items[i]),
+                    codec.dumps(items[i])
+                    if isinstance(agent, str)
+                    else agent.encode_input(items[i]),
                     f"{prefix}{i}",
                     None,
                     0,
