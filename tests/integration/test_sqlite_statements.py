@@ -214,3 +214,32 @@ async def test_tenants_with_nothing_to_lease_now_are_not_read(
     db.close()
     assert named == [("x", 0), ("y", 0)]
     assert len(due) == 202
+
+
+async def test_a_purge_chunk_from_the_last_one_does_not_read_the_tasks_kept(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """`legion purge --status succeeded` beside older dead tasks it keeps: each chunk read
+    them all again, from the lowest id; going on from the last task deleted, it does not."""
+    from legion.store.sqlite import Q
+
+    async def ended(n: int, outcome: Outcome) -> list[int]:
+        ids = [s.id for s in await store.submit([NewTask("a", b"1") for _ in range(n)], NOW)]
+        await store.lease("w", {"a": n}, n, NOW + 60, NOW)
+        error = None if outcome is Outcome.SUCCEEDED else ErrorInfo("E", "m")
+        ends = [Completion(i, 1, "w", outcome, error=error, started_at=NOW, finished_at=NOW)
+                for i in ids]  # fmt: skip
+        await store.write(WriteBatch(completions=ends), NOW)
+        return ids
+
+    await ended(5000, Outcome.DEAD)
+    ok = await ended(40, Outcome.SUCCEEDED)
+    chunk = await store.purge(NOW + 1, [TaskStatus.SUCCEEDED], limit=10, feed=False)
+    assert chunk.last == ok[9]  # (this one read the dead ones, once)
+    params = {"before": NOW + 1, "statuses": '["succeeded"]', "agent": None, "tenant": None}
+    params["limit"] = 10
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    on = _steps(db, Q["purge_tasks"], {**params, "after": chunk.last})
+    from_start = _steps(db, Q["purge_tasks"], {**params, "after": 0})  # (as each chunk was)
+    db.close()
+    assert from_start > 10 * on, (from_start, on)

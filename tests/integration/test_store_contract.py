@@ -1124,6 +1124,34 @@ async def test_no_id_is_given_twice_after_the_newest_tasks_are_purged(store: Sto
     assert await store.statuses([fresh.id, old[0].id]) == {fresh.id: TaskStatus.SUCCEEDED}
 
 
+async def test_a_purge_goes_on_from_the_last_task_it_deleted(store: Store) -> None:
+    """`legion purge` read the tasks it keeps (live ones, others' statuses) again at every
+    chunk, from the lowest id: it now goes on from the last one it deleted (``after``),
+    and purges the feed after the tasks, from the last row it deleted."""
+    kept, *mine = await store.submit([new(value=i) for i in range(5)], NOW)
+    await store.lease("w", {"a": 5}, 5, NOW + 60, NOW)
+    ended = [done(kept.id, 1, "w", Outcome.DEAD, error=ErrorInfo("E", "m"))]
+    ended += [done(t.id, 1, "w") for t in mine]
+    await store.write(WriteBatch(completions=ended), NOW + 1)
+    cut, ok = time.time() + 60, [TaskStatus.SUCCEEDED]
+    first = await store.purge(cut, ok, limit=2, feed=False)
+    assert (first.tasks, first.events, first.last) == (2, 0, mine[1].id)
+    # From after it: an id at or below `after` is not read, whatever it is.
+    assert (await store.purge(cut, ok, after=mine[2].id, feed=False)).last == mine[3].id
+    rest = await store.purge(cut, ok, after=first.last, feed=False)
+    assert (rest.tasks, rest.last) == (1, mine[2].id)
+    empty = await store.purge(cut, ok, after=rest.last, feed=False)
+    assert (empty.tasks, empty.last) == (0, 0)
+    assert {t.id for t in await store.get_many([kept.id, *(t.id for t in mine)])} == {kept.id}
+    # The feed's rows of the four gone, a chunk at a time; the kept task's stay.
+    feed = await store.purge_feed(cut, limit=3)
+    assert feed.events == 3 and feed.last > 0
+    more = await store.purge_feed(cut, after=feed.last, limit=3)
+    assert more.events == 1 and more.last > feed.last
+    assert (await store.purge_feed(cut, after=more.last)).events == 0
+    assert {e.task_id for e in await store.events_after(0)} == {kept.id}
+
+
 async def test_purge_deletes_the_memory_only_a_purged_task_could_read(store: Store) -> None:
     """A task without a session keeps its memory under its own ``task-<id>`` (within its
     tenant), which no other task reads: it stayed for ever once the task was purged (the

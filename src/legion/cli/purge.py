@@ -196,18 +196,34 @@ def register(app: typer.Typer) -> None:
                 assert me is not None
                 loop.add_signal_handler(signal.SIGTERM, me.cancel)  # (as Ctrl-C: a line said)
                 try:
+                    # The tasks, a chunk at a time, each from where the last stopped (the
+                    # tasks kept are read once); then the feed's rows of those gone.
+                    last = 0
                     while True:
                         purged = await s.purge(
-                            before, statuses, agent=agent, tenant=tenant, limit=CHUNK
+                            before,
+                            statuses,
+                            agent=agent,
+                            tenant=tenant,
+                            limit=CHUNK,
+                            after=last,
+                            feed=False,
                         )
                         tasks += purged.tasks
-                        events += purged.events
                         vectors += await drop_vectors(s, purged.sessions)
-                        if not purged.tasks and not purged.events:
+                        if not purged.tasks:
                             break
+                        last = purged.last
                         chunks += 1
                         if chunks % 10 == 0:
                             console.print(f"purged {tasks:,} tasks so far...", highlight=False)
+                    last = 0
+                    while True:
+                        feed = await s.purge_feed(before, after=last, limit=CHUNK)
+                        events += feed.events
+                        if not feed.events:
+                            break
+                        last = feed.last
                 except asyncio.CancelledError:
                     # Each chunk is a transaction of its own: what was purged stays purged.
                     console.print(

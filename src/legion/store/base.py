@@ -145,14 +145,27 @@ class TaskQueue(Protocol):
         agent: str | None = None,
         tenant: str | None = None,
         limit: int = 1000,
+        after: int = 0,
+        feed: bool = True,
     ) -> Purged:
         """Delete up to ``limit`` tasks in ``statuses`` (ended ones) that ended before
         ``before`` (of ``agent``, of ``tenant``: any if ``None``), oldest first, with their
         steps, attempts, diagnostics, signals and batch calls, except a child whose parent
         is kept and has not succeeded (it reads its children's ends; a failed one may be
-        retried); and up to ``limit`` change-feed rows older than ``before`` of tasks that
-        are gone. Call it again until it deletes nothing. A deleted task's idempotency key
-        is free again."""
+        retried); and (``feed``) up to ``limit`` change-feed rows older than ``before`` of
+        tasks that are gone. Call it again until it deletes nothing. A deleted task's
+        idempotency key is free again.
+
+        ``after``: only tasks whose id is above it. A purge goes on from the last task it
+        deleted (`Purged.last`), so the tasks it keeps (live, or of another status) are
+        read once, not again at every call. A purge that does so purges the feed after the
+        tasks (``feed=False``, then `purge_feed`): a task deleted later may have feed rows
+        below any point the feed's purge reached."""
+
+    async def purge_feed(self, before: float, *, after: int = 0, limit: int = 1000) -> Purged:
+        """Delete up to ``limit`` change-feed rows older than ``before`` of tasks that are
+        gone, of those whose id is above ``after``, oldest first (``events``; ``last``: the
+        last row deleted, where the next call goes on from)."""
 
     async def purgeable(
         self,

@@ -795,6 +795,8 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         agent: str | None = None,
         tenant: str | None = None,
         limit: int = 1000,
+        after: int = 0,
+        feed: bool = True,
     ) -> Purged:
         params = {
             "before": float(before),
@@ -802,16 +804,28 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             "agent": agent,
             "tenant": tenant,
             "limit": limit,
+            "after": after,
+            "feed_after": 0,
         }
         async with self._cursor(transaction=True) as cur:
             await cur.execute(NO_JIT)
             await cur.execute(Q["purge_tasks"], params)
             row = await cur.fetchone()
             assert row is not None
-            tasks, own = int(row[0]), tuple(row[1])
+            tasks, own, last = int(row[0]), tuple(row[1]), int(row[2])
+            events = 0
+            if feed:
+                await cur.execute(Q["purge_events"], params)
+                events = len(await cur.fetchall())
+        return Purged(tasks=tasks, events=events, sessions=own, last=last)
+
+    async def purge_feed(self, before: float, *, after: int = 0, limit: int = 1000) -> Purged:
+        params = {"before": float(before), "feed_after": after, "limit": limit}
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(NO_JIT)
             await cur.execute(Q["purge_events"], params)
-            events = max(0, cur.rowcount)
-        return Purged(tasks=tasks, events=events, sessions=own)
+            ids = [int(r[0]) for r in await cur.fetchall()]
+        return Purged(tasks=0, events=len(ids), last=max(ids, default=0))
 
     async def purged_spend(self, scope: str, name: str) -> tuple[int, int, float]:
         async with self._cursor() as cur:

@@ -670,12 +670,14 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         agent: str | None = None,
         tenant: str | None = None,
         limit: int = 1000,
+        after: int = 0,
+        feed: bool = True,
     ) -> Purged:
         terminal = _terminal_statuses(statuses)
 
         def run(db: sqlite3.Connection) -> Purged:
             params = {"before": before, "statuses": terminal, "agent": agent, "tenant": tenant}
-            params["limit"] = limit
+            params.update(limit=limit, after=after, feed_after=0)
             rows = db.execute(Q["purge_tasks"], params).fetchall()
             own = [str(scoped_key(r[1], f"task-{r[0]}")) for r in rows if r[4] is None]
             if rows:
@@ -688,8 +690,18 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 if spent:
                     db.executemany(Q["add_purged_spend"], spent)
                 count_removed(db, ((r[1], r[2], r[3]) for r in rows))
-            events = db.execute(Q["purge_events"], params).rowcount
-            return Purged(tasks=len(rows), events=max(0, events), sessions=tuple(own))
+            events = len(db.execute(Q["purge_events"], params).fetchall()) if feed else 0
+            last = max((r[0] for r in rows), default=0)
+            return Purged(tasks=len(rows), events=events, sessions=tuple(own), last=last)
+
+        return await self._call(self._transaction, run)
+
+    async def purge_feed(self, before: float, *, after: int = 0, limit: int = 1000) -> Purged:
+        params = {"before": before, "feed_after": after, "limit": limit}
+
+        def run(db: sqlite3.Connection) -> Purged:
+            ids = [r[0] for r in db.execute(Q["purge_events"], params)]
+            return Purged(tasks=0, events=len(ids), last=max(ids, default=0))
 
         return await self._call(self._transaction, run)
 

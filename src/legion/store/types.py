@@ -195,6 +195,9 @@ class Purged:
     tasks: int
     events: int
     sessions: tuple[str, ...] = ()
+    last: int = 0
+    """The id of the last task deleted (of `Store.purge_feed`: of the last feed row),
+    where the next call goes on from (``after``); 0 when none was."""
 
 
 def terminal_statuses(statuses: Sequence[TaskStatus]) -> list[str]:

@@ -673,11 +673,13 @@ WHERE at >= %(since)s ORDER BY id;
 -- before %(before)s, oldest first, except a child whose parent is there and has not
 -- succeeded (a parent reads its children's ends when it wakes; a failed, dead or cancelled
 -- one may be retried), with what hangs off them; the counts follow by the delete trigger
--- (0020_counts_table.sql). A locked row is being written: left for later.
+-- (0020_counts_table.sql). Scanned in id order from after %(after)s (where the last call
+-- stopped). A locked row is being written: left for a later purge.
 WITH gone AS (
     DELETE FROM tasks WHERE id IN (
         SELECT t.id FROM tasks AS t
-        WHERE t.status = ANY(%(statuses)b::text[])
+        WHERE t.id > %(after)s
+          AND t.status = ANY(%(statuses)b::text[])
           AND t.finished_at < %(before)s
           AND (%(agent)s::text IS NULL OR t.agent = %(agent)s)
           AND (%(tenant)s::text IS NULL OR t.tenant = %(tenant)s)
@@ -724,8 +726,9 @@ WITH gone AS (
 ), memory_gone AS (
     DELETE FROM memory WHERE session IN (SELECT session FROM own)
 )
--- How many went, and their own sessions (their vectors go by them: legion purge).
-SELECT (SELECT count(*) FROM gone), ARRAY(SELECT session FROM own);
+-- How many went, their own sessions (their vectors go by them: legion purge) and the last.
+SELECT (SELECT count(*) FROM gone), ARRAY(SELECT session FROM own),
+       (SELECT coalesce(max(id), 0) FROM gone);
 
 -- name: purged_spend
 SELECT calls, tokens, cost FROM purged_spend WHERE scope = %(scope)s AND name = %(name)s;
@@ -741,14 +744,16 @@ WHERE t.status = ANY(%(statuses)b::text[])
       WHERE p.id = t.parent_id AND p.status <> 'succeeded'));
 
 -- name: purge_events
--- Change-feed rows older than %(before)s of tasks that are gone (purged): a reader
--- following the feed behind them (a caller waiting for results, paused) still finds the
--- rows of every task it can wait for.
+-- Change-feed rows older than %(before)s of tasks that are gone (purged), after
+-- %(feed_after)s: a reader following the feed behind them (a caller waiting for results,
+-- paused) still finds the rows of every task it can wait for.
 DELETE FROM events WHERE id IN (
     SELECT e.id FROM events AS e
-    WHERE e.at < %(before)s AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = e.task_id)
+    WHERE e.id > %(feed_after)s AND e.at < %(before)s
+      AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = e.task_id)
     ORDER BY e.id LIMIT %(limit)s
-);
+)
+RETURNING id;
 
 -- name: live_sessions
 -- The sessions of the queued, running and waiting tasks (a task without one has its own,

@@ -518,10 +518,12 @@ WHERE at >= :since ORDER BY id;
 -- Up to :limit ended tasks (of :statuses, and of :agent if given) that ended before
 -- :before, oldest first, except a child whose parent is there and has not succeeded: a
 -- parent reads its children's ends when it wakes, and a failed, dead or cancelled one may
--- be retried (its children, purged, would run again). Scanned in id order: old first.
+-- be retried (its children, purged, would run again). Scanned in id order: old first,
+-- from after :after (where the last call stopped).
 DELETE FROM tasks WHERE id IN (
     SELECT t.id FROM tasks AS t
-    WHERE t.status IN (SELECT value FROM json_each(:statuses))
+    WHERE t.id > :after
+      AND t.status IN (SELECT value FROM json_each(:statuses))
       AND t.finished_at < :before
       AND (:agent IS NULL OR t.agent = :agent)
       AND (:tenant IS NULL OR t.tenant = :tenant)
@@ -573,14 +575,16 @@ DELETE FROM memory WHERE session IN (SELECT value FROM json_each(:sessions));
 DELETE FROM llm_batch_calls WHERE task_id IN (SELECT value FROM json_each(:ids));
 
 -- name: purge_events
--- Change-feed rows older than :before of tasks that are gone (purged): a reader following
--- the feed behind them (a caller waiting for results, paused) still finds the rows of
--- every task it can wait for.
+-- Change-feed rows older than :before of tasks that are gone (purged), after :feed_after:
+-- a reader following the feed behind them (a caller waiting for results, paused) still
+-- finds the rows of every task it can wait for.
 DELETE FROM events WHERE id IN (
     SELECT e.id FROM events AS e
-    WHERE e.at < :before AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = e.task_id)
+    WHERE e.id > :feed_after AND e.at < :before
+      AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.id = e.task_id)
     ORDER BY e.id LIMIT :limit
-);
+)
+RETURNING id;
 
 -- name: live_sessions
 -- The sessions of the queued, running and waiting tasks (a task without one has its own,
