@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, get_origin, overload
 
 from legion import codec
 from legion.errors import ConfigError, InputError, OutputError
-from legion.inputs import AGENT_NAME_MAX
 from legion.resources import encode, normalize
 from legion.retry import RetryPolicy
 
@@ -31,6 +30,9 @@ if TYPE_CHECKING:
     from pydantic import BaseModel, TypeAdapter, ValidationError
 
 AgentFn = Callable[..., Awaitable[Any]]
+
+AGENT_NAME_MAX = 200
+"""Characters of an agent's name, at most (the HTTP API names agents so)."""
 
 # "async": an asyncio task in the worker; "process": a subprocess (hard isolation);
 # "ray": a Ray cluster. The worker must be given the executors its agents ask for.
@@ -154,7 +156,10 @@ class Agent:
         if isinstance(value, dict) and value.keys() <= self._names and (value or not self._one):
             if plain is not None and len(value) == len(plain) and _all_plain(value, plain):
                 return value
-            return self._validate(value)
+            try:
+                return self._validate(value)
+            except InputError as exc:
+                raise self._read_as_arguments(exc, value) from None
         if self._one:
             if plain is not None:
                 want = plain[self.params[0]]
@@ -182,6 +187,18 @@ class Agent:
         raise InputError(
             f"agent {self.name!r} takes {', '.join(self.params)}; got {type(value).__name__} "
             f"{_preview(value)} (give a JSON object with those keys)"
+        )
+
+    def _read_as_arguments(self, exc: InputError, value: dict[str, Any]) -> InputError:
+        """``exc``, the refusal of an object taken as the arguments of an agent with one
+        parameter (its keys name it), saying so: it may have been meant as the value."""
+        if not self._one:
+            return exc
+        (param,) = self.params
+        return InputError(
+            f"{exc} (an object whose keys name the agent's parameters is read as its "
+            f"arguments: to give this one as the value of {param!r}, send "
+            f'{{"{param}": ...}} around it)'
         )
 
     def _as_arguments(self, value: dict[str, Any], exc: ValidationError) -> bool:
@@ -249,7 +266,10 @@ class Agent:
             # arguments is refused for the fields it names or lacks (raised below, out of
             # this handler: pydantic's error is not its context).
             if not (wrapped and isinstance(value, dict) and self._as_arguments(value, exc)):
-                raise InputError(_validation_message(self.name, exc)) from None
+                refused = InputError(_validation_message(self.name, exc))
+                if not wrapped and isinstance(value, dict):
+                    refused = self._read_as_arguments(refused, value)
+                raise refused from None
         else:
             return
         unfit = self._unfit_fields(value)

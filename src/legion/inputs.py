@@ -43,7 +43,6 @@ PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 # without NUL (PostgreSQL's text cannot hold it), and a key does not start with U+001F
 # (the store's mark for tenants' keys).
 KEY_MAX = 500
-AGENT_NAME_MAX = 200  # characters of an agent's name (the HTTP API names it so)
 
 
 def read_jsonl(path: Path, agent: str) -> Iterator[InputLine]:

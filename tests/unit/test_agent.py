@@ -320,3 +320,19 @@ def test_plain_inputs_get_the_same_arguments_as_the_model_would_give() -> None:
         single.arguments(1.5)
     with pytest.raises(InputError):
         many.arguments({"text": "t", "n": 1, "x": 0})  # f is missing
+
+
+def test_an_object_read_as_the_arguments_of_one_parameter_says_so() -> None:
+    """``{"data": 5}`` for ``data: dict`` is read as the arguments (its keys name the
+    parameter), and refused: the message says how to give it as the value."""
+
+    @legion.agent
+    async def keep(ctx: legion.Context, data: dict[str, int]) -> int:
+        return len(data)
+
+    hint = r'read as its arguments: to give this one as the value of .data., send \{"data"'
+    with pytest.raises(InputError, match=hint):
+        keep.arguments({"data": 5})
+    with pytest.raises(InputError, match=hint):
+        keep.check_json({"data": 5}, b'{"data":5}')
+    assert keep.arguments({"data": {"data": 5}}) == {"data": {"data": 5}}

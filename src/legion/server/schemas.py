@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from legion.inputs import AGENT_NAME_MAX, KEY_MAX, PRIORITY_MAX, PRIORITY_MIN
+from legion.agent import AGENT_NAME_MAX
+from legion.inputs import KEY_MAX, PRIORITY_MAX, PRIORITY_MIN
 from legion.store.types import AttemptRecord, StepInfo
 from legion.task import TaskInfo, TaskStatus
 from legion.waiting.calls import MAX_EVENT
