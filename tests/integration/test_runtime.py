@@ -1176,3 +1176,26 @@ async def test_submit_refuses_an_input_that_does_not_fit_and_queues_nothing(db_u
         ok = await rt.result((await rt.submit(typed_one, {"x": "5"})).id)  # (as JSON reads)
         assert ok.output == 5
         assert await rt.store.counts() == {TaskStatus.SUCCEEDED: 1}
+
+
+async def test_a_runtime_cancelled_as_it_opens_leaves_nothing_running(store_url: str) -> None:
+    """A Ctrl-C in the first second of `legion run` on PostgreSQL hung it for good: the
+    open was cancelled with the store's pool open, and the pool's workers took the loop's
+    cancellation at its shutdown for a failed connect and waited on. Cancelled at any point
+    of its open, a runtime leaves no task of its own behind."""
+    me = asyncio.current_task()
+    before = asyncio.all_tasks()
+    for ticks in range(0, 60, 3):
+        rt = Runtime(store_url, concurrency=2)
+        opening = asyncio.create_task(rt.open())
+        for _ in range(ticks):
+            await asyncio.sleep(0.005)
+        opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await opening
+        if not opening.cancelled():  # (it was open already: closed as a user would)
+            await rt.aclose()
+        left = [t for t in asyncio.all_tasks() - before if t is not me and not t.done()]
+        if left:  # (one told to stop ends at once; the pool's waited for ever)
+            _, stuck = await asyncio.wait(left, timeout=10)
+            assert not stuck, (ticks, stuck)

@@ -172,10 +172,25 @@ class Runtime:
         try:
             if self._owns_store:
                 await self.store.open()
-            await self._delivery.start()
         except BaseException:
             await self._close_llm()
             raise
+        try:
+            await self._start()
+        except BaseException:
+            # Cancelled or failed half-way (a Ctrl-C as a run starts): what was started
+            # stops and the store closes, or their tasks outlived the loop's shutdown (a
+            # PostgreSQL pool's workers waited on for ever).
+            self._open = True
+            await self.aclose()
+            raise
+        self._open = True
+        self._loop = asyncio.get_running_loop()
+
+    async def _start(self) -> None:
+        """`open`'s part once the store is open: the delivery of results, the local worker
+        (returns once it is up) and the follower of the store's feed."""
+        await self._delivery.start()
         if self._want_worker:
             self.worker = Worker(
                 self.store,
@@ -201,8 +216,6 @@ class Runtime:
             finally:
                 started.cancel()
         self._tasks.append(asyncio.create_task(self._delivery.follow(), name="legion-events"))
-        self._open = True
-        self._loop = asyncio.get_running_loop()
 
     async def drain(self) -> None:
         """Stop the local worker: running tasks finish (or are released after the drain

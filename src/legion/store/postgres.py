@@ -263,6 +263,12 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         except psycopg.Error as exc:
             await pool.close()
             raise StoreUnavailable(f"cannot connect to {self._where}: {self._said(exc)}") from exc
+        except BaseException:
+            # Cancelled as it connects (a Ctrl-C as a run starts): the pool's workers, left
+            # running, took the loop's cancellation at its shutdown for a failed connect
+            # and waited on for ever (psycopg_pool catches CancelledError in them).
+            await pool.close()
+            raise
         self._pool = pool
 
     async def _check_session(self) -> None:
