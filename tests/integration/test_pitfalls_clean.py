@@ -196,3 +196,35 @@ async def test_the_demo_runs_clean(tmp_path: Path, caplog: pytest.LogCaptureFixt
     finally:
         await store.aclose()
     assert [r.getMessage() for r in caplog.records] == []
+
+
+async def test_a_call_that_waited_on_an_open_breaker_leaves_no_task_of_the_agents(
+    db_url: str,
+) -> None:
+    """The breaker's wait runs on tasks of the client's own: made with the loop's task
+    factory, they were counted as tasks the agent created and left running (an error
+    right after the wait ended the call before their cancellation had)."""
+    from legion.errors import ProviderUnavailable
+    from legion.llm.breaker import Breaker, BreakerSettings
+    from legion.llm.capacity import Capacity
+    from legion.llm.client import LLMClient, Route
+    from legion.retry import RetryPolicy
+    from legion.testing import ScriptedProvider
+
+    down = ScriptedProvider([ProviderUnavailable("503", provider="t") for _ in range(50)])
+    breaker = Breaker(BreakerSettings(failures=1, open_for=0.01, probe_interval=0.01))
+    route = Route("down", down, "m", Capacity("down"), breaker=breaker)
+    llm = LLMClient([route], retry=RetryPolicy(retries=3, backoff=0), max_outage=0.3)
+
+    @legion.agent(retries=0)
+    async def careful(ctx: legion.Context, n: int) -> str:
+        try:
+            await ctx.llm.chat([{"role": "user", "content": "hi"}])
+        except ProviderUnavailable as exc:
+            return type(exc).__name__
+        return "answered"
+
+    async with Runtime(db_url, llm=llm) as rt:
+        results = [r async for r in rt.map(careful, range(3))]
+    assert [r.output for r in results] == ["ProviderUnavailable"] * 3
+    assert [d.message for r in results for d in r.diagnostics] == []

@@ -14,7 +14,7 @@ from legion.llm.client import LLMClient, Route
 from legion.llm.config import LLMConfig, build_client, parse_config, parse_provider_spec
 from legion.retry import RetryPolicy
 from legion.sim import SimConfig, Simulator
-from legion.testing import ScriptedProvider
+from legion.testing import FakeClock, ScriptedProvider
 
 USER = [{"role": "user", "content": "Hello"}]
 KEYS = {"KEY_A": "sk-test-aaaa", "KEY_B": "sk-test-bbbb"}
@@ -152,3 +152,32 @@ def test_the_headroom_of_a_route_that_is_out_is_its_fallbacks() -> None:
         main.failed(sent_at=0.0)
     assert main.failing and main.headroom(1.0) == 1.0  # (a probe a second)
     assert llm.headroom(1.0) == backup.headroom(1.0)  # main's calls go to the backup
+
+
+async def test_a_deployment_that_went_out_is_sent_a_probe_and_comes_back() -> None:
+    """While a deployment is out its calls go to the others (or to the fallback), and
+    nothing sent it one: it was never used again after it came back (a pool's outage of
+    10 s left the rest of a run at half the capacity). Now it is sent its probe when one
+    is due, and takes calls again once that one gets through."""
+    clock = FakeClock()
+    a, b = Capacity("a", timer=clock), Capacity("b", timer=clock)
+    main, backup = Capacity("main", timer=clock), Capacity("backup", timer=clock)
+    llm = LLMClient(
+        [
+            Route("pool", ScriptedProvider([]), "m", a, deployment="pool#1"),
+            Route("pool", ScriptedProvider([]), "m", b, deployment="pool#2"),
+            Route("main", ScriptedProvider([]), "m", main, fallback=("backup",)),
+            Route("backup", ScriptedProvider([]), "m", backup),
+        ]
+    )
+    for capacity in (a, main):  # three failures in a row: failing
+        for _ in range(3):
+            capacity.failed(sent_at=clock.now())
+    assert (llm.pick("pool", 10).capacity, llm.pick("main", 10).capacity) == (b, backup)
+    await clock.advance(1.0)  # (a probe a second)
+    assert (llm.pick("pool", 10).capacity, llm.pick("main", 10).capacity) == (a, main)
+    probe = await a.acquire(10)  # the probe is sent: none is due until it is answered
+    assert llm.pick("pool", 10).capacity is b
+    probe.settle(10)  # it got through: the deployment is back
+    a.release()
+    assert not a.failing and llm.pick("pool", 10).capacity in (a, b)

@@ -151,6 +151,10 @@ class Breaker:
             return Ticket(self._epoch, probe=True)
         return None
 
+    def probe_due(self) -> bool:
+        """Whether it is open and its next probe may go now (see `LLMClient.pick`)."""
+        return self._state is BreakerState.OPEN and self._timer.now() >= self._probe_start()
+
     def _probe_start(self) -> float:
         """When the next probe may go: the open period's end, a probe interval on."""
         return max(self._probe_at, self._last_probe + self.settings.probe_interval)

@@ -318,7 +318,8 @@ class Budgets:
         key = (budget.scope, budget.who)
         load = self._loads.get(key)
         if load is None:
-            load = self._loads[key] = asyncio.ensure_future(self._load(budget, self.history))
+            # (shared by every caller, and outlives the one that made it: not its task)
+            load = self._loads[key] = asyncio.Task(self._load(budget, self.history))
         try:
             await asyncio.shield(load)
         except asyncio.CancelledError:

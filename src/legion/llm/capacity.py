@@ -608,6 +608,12 @@ class Capacity:
             self._probe_at = self._failing_since + self._probe_interval
         return was_failing
 
+    def probe_due(self) -> bool:
+        """Whether the route is failing and its next probe may start now (none is in
+        flight): a pool or a fallback that sends its calls elsewhere meanwhile sends it
+        that one, or it would never be found to have come back."""
+        return self.failing and self._in_flight == 0 and self._timer.now() >= self._probe_at
+
     def failing_for(self) -> float:
         """Seconds the route has been failing (0: it is not)."""
         return self._timer.now() - self._failing_since if self.failing else 0.0
@@ -826,7 +832,8 @@ class Capacity:
             if blocker is _Blocker.SLOTS:
                 await kick
             else:
-                sleeper = asyncio.ensure_future(self._timer.sleep(delay))
+                # (the capacity's task, not the calling agent's: see LLMClient._turn_within)
+                sleeper = asyncio.Task(self._timer.sleep(delay), name="llm-capacity-wait")
                 try:
                     await asyncio.wait((kick, sleeper), return_when=asyncio.FIRST_COMPLETED)
                 finally:

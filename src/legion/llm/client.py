@@ -383,12 +383,14 @@ class LLMClient:
         return usable[0] if len(usable) == 1 else _soonest(usable, tokens)
 
     def _serving(self, name: str) -> Sequence[Route]:
-        """The deployments a call on route ``name`` may go to now (see `pick`)."""
+        """The deployments a call on route ``name`` may go to now (see `pick`). One that is
+        out but due a probe counts: its calls going elsewhere, nothing else would send it
+        one, and a deployment that came back was never used again."""
         pool = self._pools[name]
         if len(pool) == 1 and not pool[0].fallback:
             return pool
         for candidates in (pool, *(self._pools[f] for f in pool[0].fallback)):
-            usable = [route for route in candidates if not _out(route)]
+            usable = [route for route in candidates if not _out(route) or _probe_due(route)]
             if usable:
                 return usable
         return pool
@@ -616,8 +618,11 @@ class LLMClient:
         """The breaker's turn (`Breaker.wait_turn`), or ``None`` after ``seconds``."""
         if breaker.state is BreakerState.CLOSED:
             return await breaker.wait_turn()  # at once
-        turn = asyncio.ensure_future(breaker.wait_turn())
-        timer = asyncio.ensure_future(self._timer.sleep(max(seconds, 0.0)))
+        # asyncio.Task, not ensure_future: these are the client's, not the agent's (the
+        # loop's task factory counted them as tasks the agent left running, once an error
+        # after the wait ended the call before their cancellation had).
+        turn = asyncio.Task(breaker.wait_turn(), name="llm-breaker-turn")
+        timer = asyncio.Task(self._timer.sleep(max(seconds, 0.0)), name="llm-breaker-wait")
         try:
             await asyncio.wait((turn, timer), return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # cancelled: a probe's turn it got passes on
@@ -949,6 +954,20 @@ def _out(route: Route) -> bool:
         return True
     capacity = route.capacity
     return capacity.failing or capacity.paused_for() > 0
+
+
+def _probe_due(route: Route) -> bool:
+    """Whether a deployment that is out may be sent its next probe now: its breaker's
+    and its failing capacity's both due, and no 429 pause on it."""
+    breaker, capacity = route.breaker, route.capacity
+    if breaker is not None and breaker.state is not BreakerState.CLOSED:
+        if not breaker.probe_due():
+            return False
+    elif not capacity.failing:
+        return False  # (out for a 429's pause alone: it ends by itself)
+    if capacity.failing and not capacity.probe_due():
+        return False
+    return capacity.paused_for() <= 0
 
 
 def _soonest(routes: Sequence[Route], tokens: int) -> Route:
