@@ -90,6 +90,26 @@ def test_an_install_hint_keeps_its_extra(tmp_path: Path) -> None:
     )
 
 
+def test_a_ctrl_c_while_the_command_loads_exits_quietly(tmp_path: Path) -> None:
+    """A Ctrl-C in the first few tenths of a second, as the command's modules load,
+    printed Python's traceback of the import it cut short (the process then died of the
+    signal). The interrupt is raised where the command's module is imported."""
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'legion.cli.app':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "sys.argv = ['legion', '--help']\n"
+        "from legion.cli import main; main()\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "")
+
+
 def test_bad_lines_and_task_errors_with_brackets(tmp_path: Path, bracketed: Path) -> None:
     inp = tmp_path / "in[1].jsonl"
     inp.write_text('"fine"\n{"q"\n"fail"\n')

@@ -53,6 +53,9 @@ def gated(tmp_path: Path) -> Path:
     return path
 
 
+PREVIOUS = '{"line": 1, "status": "succeeded", "output": 0}\n'  # an earlier run's output
+
+
 def _run(agent: str, inp: Path, out: str, tmp_path: Path) -> list[str]:
     return [
         "run",
@@ -191,12 +194,12 @@ def test_a_new_file_gets_the_umask_mode(
 def test_an_existing_file_is_replaced_atomically(tmp_path: Path, agents_file: Path) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(20)])
     out = tmp_path / "out.jsonl"
-    out.write_text("the previous results\n")
+    out.write_text(PREVIOUS)
     with out.open() as held:  # a reader of the old file keeps seeing all of it
         before = os.fstat(held.fileno()).st_ino
         r = legion(*_run(f"{agents_file}:typed", inp, str(out), tmp_path))
         assert r.returncode == 0, r.stderr
-        assert held.read() == "the previous results\n"
+        assert held.read() == PREVIOUS
     assert os.stat(out).st_ino != before
     assert [row["output"] for row in read_jsonl(out)] == list(range(1, 21))
     assert not (tmp_path / "out.jsonl.partial").exists()
@@ -205,7 +208,7 @@ def test_an_existing_file_is_replaced_atomically(tmp_path: Path, agents_file: Pa
 def test_a_killed_run_leaves_the_file_whole_and_resumes(tmp_path: Path, gated: Path) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in (1, 2, 3)])
     out = tmp_path / "out.jsonl"
-    out.write_text("the previous results\n")
+    out.write_text(PREVIOUS)
     partial = tmp_path / "out.jsonl.partial"
     gate = tmp_path / "gate"
     args = _run(f"{gated}:gated", inp, str(out), tmp_path)
@@ -217,7 +220,7 @@ def test_a_killed_run_leaves_the_file_whole_and_resumes(tmp_path: Path, gated: P
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert out.read_text() == "the previous results\n"  # untouched
+    assert out.read_text() == PREVIOUS  # untouched
     assert [row["output"] for row in read_jsonl(partial)] == [10]  # whole lines only
 
     gate.touch()

@@ -62,6 +62,29 @@ def test_run_writes_one_line_per_input_and_resumes(tmp_path: Path, agents_file: 
     assert (tmp_path / "steps.log").read_text().splitlines() == executed  # nothing ran again
 
 
+def test_an_output_that_is_not_a_runs_output_is_refused_not_replaced(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    """A mistyped --output replaced whatever file it named, without a word."""
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("PRECIOUS\n")
+    store = f"sqlite:///{tmp_path / 'db'}"
+    args = ("run", f"{agents_file}:typed", "-i", str(inp), "--store", store)
+    refused = legion(*args, "-o", str(notes))
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"error: cannot write {notes}: it is not the output of a legion run (its first line "
+        "is not a result), and the results would replace it: give another --output, or "
+        "remove the file first"
+    )
+    assert notes.read_text() == "PRECIOUS\n"
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()  # (an empty file holds nothing to lose)
+    assert legion(*args, "-o", str(empty)).returncode == 0
+    assert read_jsonl(empty)[0]["status"] == "succeeded"
+
+
 def test_bad_lines_are_reported_and_the_rest_still_run(tmp_path: Path, agents_file: Path) -> None:
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"n": 1}\n{"n": 2\n\n5\n{"n": "three"}\n')

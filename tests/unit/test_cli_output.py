@@ -33,11 +33,12 @@ def test_lines_are_written_in_input_order_as_the_prefix_completes(tmp_path: Path
 
 def test_an_aborted_run_leaves_the_target_as_it_was(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    path.write_text("old\n")
+    old = '{"line": 1, "status": "succeeded"}\n'  # (an earlier run's output)
+    path.write_text(old)
     out = open_output(path)
     OrderedLines(out, [1, 2]).put(1, b"one\n")
     out.abort()
-    assert path.read_text() == "old\n"
+    assert path.read_text() == old
     assert (tmp_path / "out.jsonl.partial").read_text() == "one\n"
     again = open_output(path)  # the leftover is replaced by the next run
     again.write(b"new\n")

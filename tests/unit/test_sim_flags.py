@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer.main
 
-from legion.cli import app
+from legion.cli.app import app
 from legion.sim.cli import build_parser
 
 

@@ -111,8 +111,9 @@ def run(
             "soon as the lines before it are done (default, or -: stdout, which holds the "
             "results alone: what else prints there, an agent's print, goes to stderr). A "
             "file is written as "
-            "FILE.partial and renamed over FILE at the end, with your umask's mode; a device, "
-            "FIFO, /dev/stdout or symlink (its target) is written through, never replaced.",
+            "FILE.partial and renamed over FILE at the end, with your umask's mode (a FILE "
+            "that is not a legion run's output is refused, not replaced); a device, FIFO, "
+            "/dev/stdout or symlink (its target) is written through, never replaced.",
         ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import stat
@@ -166,6 +167,8 @@ def open_output(path: Path | None, keep: Sequence[tuple[Path, str]] = ()) -> Out
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     if info is None or stat.S_ISREG(info.st_mode):
+        if info is not None and info.st_size > 0:
+            _refuse_foreign(path)
         return _open_replacing(path)
     if stat.S_ISDIR(info.st_mode):
         raise OutputError(f"cannot write {path}: it is a folder")
@@ -207,6 +210,29 @@ def _refuse_kept(path: Path, keep: Sequence[tuple[Path, str]]) -> None:
                 f"cannot write {path}: it is {what}; the results would replace it "
                 "(give another --output)"
             )
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse to replace a file that is not the output of a legion run (its first line
+    is not a result: ``{"line": N, ..., "status": ...}``): a mistyped ``--output`` was
+    replaced without a word. A run's own output (of an earlier run: a resume) goes."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not (
+        isinstance(record, dict) and isinstance(record.get("line"), int) and "status" in record
+    ):
+        raise OutputError(
+            f"cannot write {path}: it is not the output of a legion run (its first line is "
+            "not a result), and the results would replace it: give another --output, or "
+            "remove the file first"
+        )
 
 
 def _open_replacing(path: Path) -> OutputFile:

@@ -179,6 +179,7 @@ async def _run_lines(
             watched.append(llm.budgets.agent(opts.agent.name, limits))
         stop = _install_signals(rt, console)
         try:
+            began = await rt.store.now()
             good, submitted, refused = await submit_lines(rt, opts.agent, good)
             for ln in refused:
                 console.print(f"refused {opts.input}:{ln.line}: {ln.error}", style="red")
@@ -186,11 +187,15 @@ async def _run_lines(
             tally.bad_lines += len(refused)
             for ln, s in zip(good, submitted, strict=True):
                 sink.expect(s.id, ln)
-            resumed = {s.id for s in submitted if not s.created and s.status.terminal}
+            # Ended when submitted again: in an earlier run, unless its last attempt began
+            # since this run did (a task `legion retry` queued again, which the local worker
+            # ran before the chunk of lines that names it was submitted).
+            ended = {s.id for s in submitted if not s.created and s.status.terminal}
+            resumed = Resumed(ended, began)
             if budget is not None:
                 earlier = await _spent_before(rt, [s.id for s in submitted if not s.created])
                 budget.spent_before(earlier)
-            if not opts.runtime.worker and len(resumed) < len(submitted):
+            if not opts.runtime.worker and len(ended) < len(submitted):
                 await _say_if_unserved(rt, opts, console)
             for watch in watched:
                 if llm is not None:  # an agent's budget: what its tasks recorded so far
@@ -205,7 +210,7 @@ async def _run_lines(
                 sink.budget_exceeded = True
             if interrupted:
                 await rt.drain()
-                await _settle_unfinished(rt, sink, tally)
+                await _settle_unfinished(rt, sink, tally, resumed)
         finally:
             _remove_signals()
         fatal = rt.fatal_error
@@ -278,10 +283,25 @@ async def _say_if_unserved(rt: Runtime, opts: RunOptions, console: Console) -> N
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Which results of a run are of tasks that ended in an earlier run: those ended
+    when this run submitted them again whose last attempt began before it (on the
+    store's clock)."""
+
+    ended: set[int]
+    began: float
+
+    def __call__(self, result: TaskResult) -> bool:
+        if result.id not in self.ended:
+            return False
+        return result.started_at is None or result.started_at < self.began
+
+
 async def _collect(
     rt: Runtime,
     sink: Results,
-    resumed: set[int],
+    resumed: Resumed,
     tally: RunTally,
     progress: Progress,
     stop: StopSignals,
@@ -293,7 +313,7 @@ async def _collect(
     async def consume() -> None:
         async for r in rt.results(list(sink.open)):
             for _ in sink.open.get(r.id, ()):
-                tally.add(r, resumed=r.id in resumed)
+                tally.add(r, resumed=resumed(r))
             sink.finish(r.id, r)
 
     consumer = asyncio.ensure_future(consume())
@@ -337,14 +357,15 @@ async def _refresh(rt: Runtime, progress: Progress) -> None:
         progress.update(rt.statistics())
 
 
-async def _settle_unfinished(rt: Runtime, sink: Results, tally: RunTally) -> None:
+async def _settle_unfinished(rt: Runtime, sink: Results, tally: RunTally, resumed: Resumed) -> None:
     """After an interrupted run, write where the unfinished tasks stand now; those that
-    ended while the worker drained count in the summary as they do in the output."""
+    ended while the worker drained count in the summary as they do in the output (and
+    those that ended in an earlier run as such)."""
     for info in await rt.store.get_many(list(sink.open)):
         result = TaskResult.from_info(info)
         if info.status.terminal:
             for _ in sink.open.get(info.id, ()):
-                tally.add(result)
+                tally.add(result, resumed=resumed(result))
         sink.finish(info.id, result)
 
 
