@@ -105,3 +105,24 @@ async def test_without_a_local_worker_the_line_counts_the_runs_agent_alone(tmp_p
         progress = Progress(RunTally(total=2), agent="mine", console=console)
         await _refresh(rt, progress)
     assert "in flight 1" in progress.line()
+
+
+async def test_the_summary_counts_the_429s_of_a_fallback_that_answered_a_routes_calls() -> None:
+    """The fallback has no calls of its own, so no line of the summary showed its 429s:
+    the route's line said 0 429s beside its calls' RateLimited errors."""
+    main, backup = Capacity("main"), Capacity("backup")
+    client = LLMClient(
+        [
+            Route("main", ScriptedProvider([]), "m", main, fallback=("backup",)),
+            Route("backup", ScriptedProvider(["ok"] * 3), "m", backup),
+        ]
+    )
+    for _ in range(3):  # main is failing: its calls go to the backup
+        main.failed(sent_at=0.0)
+    await client.chat([{"role": "user", "content": "hi"}], "main")
+    backup.rate_limited(0.0)  # (as an answer's 429 counts it)
+    console = Console(file=io.StringIO())
+    progress = Progress(RunTally(total=1), agent="a", console=console, llm=client, enabled=False)
+    (line,) = progress.llm_line().splitlines()
+    assert line.startswith("llm main (scripted:m): 1 calls, 1 requests, 0 429s (and at its ")
+    assert "0 429s (and at its fallback backup 1)" in line and "answered by backup 1" in line

@@ -178,20 +178,29 @@ class Progress:
         from legion.llm.pricing import format_cost  # here: the CLI starts without the LLM layer
 
         lines = []
-        for r in self.llm.statistics().routes.values():
+        routes = self.llm.statistics().routes
+        for r in routes.values():
             if not r.calls:
                 continue
             errors = ", ".join(f"{n} {e}" for e, n in sorted(r.errors.items()))
             # (a pool's 429s are each of its keys'; a call another route answered, a
-            # fallback's or another key's, is named by where it went)
-            limited = sum(
-                c.statistics().rate_limited
-                for c in _capacities(d for d in self.llm.deployments if d.name == r.name)
-            )
+            # fallback's or another key's, is named by where it went, and so are the
+            # 429s of a fallback that has no calls of its own to show them on)
+            limited = _limited(d for d in self.llm.deployments if d.name == r.name)
+            at_fallbacks = [
+                f"{f} {n}"
+                for f in sorted(r.served_by)
+                if f != r.name and f in routes and not routes[f].calls
+                and (n := _limited(d for d in self.llm.deployments if d.name == f))
+            ]  # fmt: skip
+            if at_fallbacks:
+                limited_text = f"{limited} 429s (and at its fallback {', '.join(at_fallbacks)})"
+            else:
+                limited_text = f"{limited} 429s"
             served = ", ".join(f"{label} {n}" for label, n in sorted(r.served_by.items()))
             lines.append(
                 f"llm {r.name} ({r.provider}:{r.model}): {r.calls} calls, {r.attempts} requests, "
-                f"{limited} 429s, {r.usage.prompt_tokens:,} prompt"
+                f"{limited_text}, {r.usage.prompt_tokens:,} prompt"
                 + (f" ({r.usage.cached_tokens:,} cached)" if r.usage.cached_tokens else "")
                 + f" + {r.usage.completion_tokens:,} completion"
                 + (f" ({r.usage.reasoning_tokens:,} reasoning)" if r.usage.reasoning_tokens else "")
@@ -256,6 +265,11 @@ def llm_counts(client: LLMClient) -> str:
     waiting = sum(c.waiting for c in stats)
     limited = sum(c.rate_limited for c in stats)
     return f"LLM {sent:,} sent, {waiting:,} waiting, {limited:,} 429s"
+
+
+def _limited(routes: Iterable[Route]) -> int:
+    """The 429s the capacities of ``routes`` were answered."""
+    return sum(c.statistics().rate_limited for c in _capacities(routes))
 
 
 def _capacities(routes: Iterable[Route]) -> list[Capacity]:
