@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -14,6 +15,9 @@ from legion.cli.progress import Progress, RunTally, llm_counts, rate_text
 from legion.cli.run import _refresh
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
+from legion.llm.hedge import HedgeSettings
+from legion.llm.provider import ChatResult
+from legion.llm.types import ChatRequest, ChatResponse, RateLimitInfo, Usage
 from legion.task import NewTask
 from legion.testing import ScriptedProvider
 
@@ -126,3 +130,35 @@ async def test_the_summary_counts_the_429s_of_a_fallback_that_answered_a_routes_
     (line,) = progress.llm_line().splitlines()
     assert line.startswith("llm main (scripted:m): 1 calls, 1 requests, 0 429s (and at its ")
     assert "0 429s (and at its fallback backup 1)" in line and "answered by backup 1" in line
+
+
+class _SlowOnce:
+    """Answers at once, but for the second request, which waits for ever (until its hedged
+    copy has answered and it is cancelled)."""
+
+    name = "slow-once"
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def chat(self, request: ChatRequest, *, timeout: float) -> ChatResult:  # noqa: ASYNC109
+        self.requests += 1
+        if self.requests == 2:
+            await asyncio.Event().wait()
+        response = ChatResponse("ok", (), "stop", Usage(1, 1), request.model, self.name)
+        return ChatResult(response, RateLimitInfo())
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_the_summary_says_how_many_calls_were_hedged() -> None:
+    """A route with hedging said nothing of its hedges: whether any copy was sent could
+    not be told from the summary."""
+    hedge = HedgeSettings(percentile=50, min_delay=0.01, min_samples=1)
+    client = LLMClient([Route("r", _SlowOnce(), "m", Capacity("r"), hedge=hedge)])
+    for _ in range(2):  # the first makes a sample; the second's copy answers first
+        await client.chat([{"role": "user", "content": "hi"}], "r")
+    console = Console(file=io.StringIO())
+    progress = Progress(RunTally(total=2), agent="a", console=console, llm=client, enabled=False)
+    assert "; 1 hedged, 1 of them first" in progress.llm_line()

@@ -206,6 +206,7 @@ class Progress:
                 + (f" ({r.usage.reasoning_tokens:,} reasoning)" if r.usage.reasoning_tokens else "")
                 + f" tokens, {format_cost(r.cost_usd, r.unpriced_calls)}"
                 + _local_speed([self.llm.routes[r.name].provider])
+                + (f"; {r.hedged} hedged, {r.hedges_won} of them first" if r.hedged else "")
                 + (f"; answered by {served}" if served else "")
                 + (f"; errors: {errors}" if errors else "")
             )
