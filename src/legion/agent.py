@@ -509,12 +509,6 @@ def _parameters(
                 f"agent {name!r}: parameter {p.name!r} must be a plain or keyword-only "
                 "parameter (inputs are passed by name)"
             )
-        if p.name.startswith("_"):  # (pydantic: a private attribute, never a field)
-            raise ConfigError(
-                f"agent {name!r}: parameter {p.name!r} starts with an underscore: inputs are "
-                "passed by name, as the fields of a JSON object, and such a name cannot be "
-                f"one; rename it (e.g. {p.name.lstrip('_') or 'value'!r})"
-            )
         annotation = _resolve(fn, name, p)
         default = ... if p.default is p.empty else p.default
         fields[p.name] = (annotation, default)
@@ -576,7 +570,13 @@ def _check_model(fn: AgentFn, name: str, model: type[BaseModel], fields: Mapping
                 "define that type at module level, before the agent"
             ) from None
     taken = [p for p in fields if p not in model.model_fields]
-    if taken:
+    if taken and taken[0].startswith("_"):  # (pydantic: a private attribute)
+        raise ConfigError(
+            f"agent {name!r}: parameter {taken[0]!r} starts with an underscore: inputs are "
+            "passed by name, as the fields of a JSON object, and such a name cannot be "
+            f"one; rename it (e.g. {taken[0].lstrip('_') or 'value'!r})"
+        )
+    if taken:  # (pydantic reads `model_config` as its settings)
         raise ConfigError(
             f"agent {name!r}: parameter {taken[0]!r} cannot be an input field (pydantic "
             f"reserves the name); rename it (e.g. {taken[0] + '_'!r})"

@@ -957,17 +957,15 @@ def _out(route: Route) -> bool:
 
 
 def _probe_due(route: Route) -> bool:
-    """Whether a deployment that is out may be sent its next probe now: its breaker's
-    and its failing capacity's both due, and no 429 pause on it."""
+    """Whether a deployment that is out (`_out`) may be sent its next probe now: each
+    reason it is out is due a probe, its open breaker's and its failing capacity's (a 429's
+    pause never is: it ends by itself)."""
     breaker, capacity = route.breaker, route.capacity
-    if breaker is not None and breaker.state is not BreakerState.CLOSED:
-        if not breaker.probe_due():
-            return False
-    elif not capacity.failing:
-        return False  # (out for a 429's pause alone: it ends by itself)
-    if capacity.failing and not capacity.probe_due():
+    if capacity.paused_for() > 0:
         return False
-    return capacity.paused_for() <= 0
+    if breaker is not None and breaker.state is not BreakerState.CLOSED and not breaker.probe_due():
+        return False
+    return not capacity.failing or capacity.probe_due()
 
 
 def _soonest(routes: Sequence[Route], tokens: int) -> Route:

@@ -103,10 +103,10 @@ class _App(FastAPI):
             # FastAPI keeps its document as it makes it: one that failed half-way through
             # the agents' schemas was served, incomplete, from then on.
             try:
-                schema = openapi.complete(super().openapi(), self._agents)
-            finally:
+                self.openapi_schema = openapi.complete(super().openapi(), self._agents)
+            except BaseException:
                 self.openapi_schema = None
-            self.openapi_schema = schema
+                raise
         return self.openapi_schema
 
 
