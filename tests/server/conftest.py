@@ -90,13 +90,21 @@ async def admin_key(api: Api) -> dict[str, str]:
 
 async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]]:
     """Parse a server-sent event stream: ``(event, data)`` pairs, data JSON-decoded."""
-    name, data = "message", list[str]()
+    async for name, data, _ in events_with_ids(resp):
+        yield name, data
+
+
+async def events_with_ids(
+    resp: aiohttp.ClientResponse,
+) -> AsyncIterator[tuple[str, Any, str | None]]:
+    """``(event, data, id)`` of each event of a stream (``id`` None where it has none)."""
+    name, data, event_id = "message", list[str](), None
     async for raw in resp.content:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:
             if data:
-                yield name, json.loads("\n".join(data))
-            name, data = "message", list[str]()
+                yield name, json.loads("\n".join(data)), event_id
+            name, data, event_id = "message", list[str](), None
         elif not line.startswith(":"):
             key, _, value = line.partition(":")
             value = value.removeprefix(" ")
@@ -104,6 +112,8 @@ async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]]
                 name = value
             elif key == "data":
                 data.append(value)
+            elif key == "id":
+                event_id = value
 
 
 async def next_event(

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from legion.server.keys import new_key
-from tests.server.conftest import Api, events, next_event
+from tests.server.conftest import Api, events, events_with_ids, next_event
 
 
 async def test_a_task_stream_sends_changes_steps_and_the_end(api: Api, gate: asyncio.Event) -> None:
@@ -38,6 +38,43 @@ async def test_a_finished_tasks_stream_ends_at_once(api: Api) -> None:
     resp = await api.stream(f"/v1/tasks/{sub['id']}/events")
     names = [name async for name, _ in events(resp)]
     assert names == ["task", "step", "step", "step", "end"]
+
+
+async def test_a_stream_resumed_with_last_event_id_sends_only_the_steps_after_it(
+    api: Api,
+) -> None:
+    # A client that reconnected (a browser's EventSource does by itself) was sent every
+    # step again: the events had no id, and Last-Event-ID was not read.
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}})
+    await api.finished(sub["id"])
+    path = f"/v1/tasks/{sub['id']}/events"
+    first = [e async for e in events_with_ids(await api.stream(path))]
+    steps = [(data["key"], event_id) for name, data, event_id in first if name == "step"]
+    assert len(steps) == 3 and all(event_id for _, event_id in steps)
+    seen, after = steps[0][1], [k for k, _ in steps[1:]]
+    headers = {**api.auth(), "Last-Event-ID": str(seen)}
+    async with api.http.get(api.url + path, headers=headers) as resp:
+        again = [(name, data) async for name, data in events(resp)]
+    assert [n for n, _ in again] == ["task", "step", "step", "end"]
+    assert [d["key"] for n, d in again if n == "step"] == after
+    # An id the stream does not know (steps purged, another stream's): every step.
+    headers = {**api.auth(), "Last-Event-ID": "no-such-step"}
+    async with api.http.get(api.url + path, headers=headers) as resp:
+        names = [name async for name, _ in events(resp)]
+    assert names == ["task", "step", "step", "step", "end"]
+
+
+async def test_streams_say_closing_when_the_server_stops(api: Api, gate: asyncio.Event) -> None:
+    # A stream that ended as the server stopped looked like one that ended well.
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "held", "input": {"n": 1}})
+    streams = [await api.stream(p) for p in ("/v1/progress", f"/v1/tasks/{sub['id']}/events")]
+    for resp in streams:
+        await anext(events(resp))  # (it has begun)
+    api.server.state.closing.set()  # what the server's stop does first
+    api.server.state.monitor.close()
+    for resp in streams:
+        seen = [name async for name, _ in events(resp)]  # to the stream's end
+        assert seen[-1] == "closing"
 
 
 async def test_a_stream_of_an_unknown_task_is_404(api: Api) -> None:

@@ -1,17 +1,20 @@
 """Server-sent event streams: one task's progress, and the whole run's.
 
 ``GET /v1/tasks/{id}/events``: ``task`` (its status, attempts, timings; again whenever
-they change), ``step`` (each recorded step, once), then ``end`` (the finished task with
-its output and steps) and the stream closes. The task is read every
-``task_poll_interval`` seconds (by primary key: cheap, and it leaves the hot path's
-tables without extra indexes).
+they change), ``step`` (each recorded step, once, in the order they finished), then
+``end`` (the finished task with its output and steps) and the stream closes. The task is
+read every ``task_poll_interval`` seconds (by primary key: cheap, and it leaves the hot
+path's tables without extra indexes). Each ``step`` event's ``id`` is its step's key
+(percent-encoded): a client that reconnects with ``Last-Event-ID`` (as a browser's
+``EventSource`` does by itself) is sent the steps after that one, not all again.
 
 ``GET /v1/progress``: ``history`` (the samples kept so far, for charts), then
 ``progress`` (a `legion.server.snapshot.Snapshot`) after every sample; a key that is
 not an admin's sees its tenant's (see `legion.server.monitor.Monitor.for_tenant`). Every
 client reads the monitor's latest sample: clients cost the store nothing.
 
-Both end when the server stops. FastAPI sends keep-alive comments while they are quiet.
+Both end when the server stops, with a ``closing`` event first (an end with no ``end``
+event is a connection lost). FastAPI sends keep-alive comments while they are quiet.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable
 from typing import Annotated, Any
+from urllib.parse import quote, unquote
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from legion.server.deps import KeyDep, ServerState, StateDep, known_query, require_key
 from legion.server.schemas import TaskDetail, TaskOut, step_out
 from legion.server.snapshot import Snapshot
 from legion.server.tasks_api import existing_task
+from legion.store.types import StepInfo
 from legion.task import TaskInfo
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_key), Depends(known_query)])
@@ -45,29 +50,46 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses={**_ERRORS, 404: {"description": "No such task."}},
 )
 async def task_events(
-    task: Annotated[TaskInfo, Depends(existing_task)], state: StateDep, key: KeyDep
+    task: Annotated[TaskInfo, Depends(existing_task)],
+    state: StateDep,
+    key: KeyDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=16_384,
+            description="The ``id`` of the last ``step`` event received: the steps up to "
+            "it are not sent again.",
+        ),
+    ] = None,
 ) -> AsyncIterable[ServerSentEvent]:
     """A task's changes and steps as they happen, until it finishes (or its key is
-    revoked: an ``error`` event, then the end)."""
+    revoked: an ``error`` event, then the end; or the server stops: a ``closing`` event,
+    then the end)."""
     store = state.runtime.store
     sent_steps: set[str] = set()
     last: tuple[object, ...] | None = None
     info: TaskInfo | None = task
+    resume = None if last_event_id is None else unquote(last_event_id)
     while info is not None:
         current = (info.status, info.attempt, info.started_at, info.finished_at)
         if current != last:
             last = current
             yield ServerSentEvent(event="task", data=TaskOut.of(info))
-        steps = await store.steps(info.id)
+        steps = sorted(await store.steps(info.id), key=_finished)
+        if resume is not None:
+            sent_steps.update(_through(steps, resume))
+            resume = None
         for s in steps:
             if s.key not in sent_steps:
                 sent_steps.add(s.key)
-                yield ServerSentEvent(event="step", data=step_out(s))
+                yield ServerSentEvent(event="step", data=step_out(s), id=quote(s.key, safe=""))
         if info.status.terminal:
             detail = TaskDetail.with_steps(info, steps, traceback=key.admin)
             yield ServerSentEvent(event="end", data=detail)
             return
         if await _closing(state, state.settings.task_poll_interval):
+            yield _CLOSING
             return
         if await state.auth.revoked(key):
             yield _revoked()
@@ -97,11 +119,32 @@ async def progress(state: StateDep, key: KeyDep) -> AsyncIterable[ServerSentEven
     while not monitor.closed:
         snapshot = await monitor.next_snapshot()
         if monitor.closed:
-            return
+            break
         if await state.auth.revoked(key):
             yield _revoked()
             return
         yield ServerSentEvent(event="progress", data=seen(snapshot))
+    yield _CLOSING
+
+
+def _finished(step: StepInfo) -> tuple[float, str]:
+    """The order steps are sent in: as they finished (one that started first and
+    finished last comes last)."""
+    return step.finished_at, step.key
+
+
+def _through(steps: list[StepInfo], last: str) -> list[str]:
+    """The keys of ``steps`` up to the one keyed ``last``, which a client received before
+    it reconnected; none where no step has that key (steps purged, or an id of another
+    stream's)."""
+    keys = [s.key for s in steps]
+    return keys[: keys.index(last) + 1] if last in keys else []
+
+
+_CLOSING = ServerSentEvent(
+    event="closing",
+    data={"detail": "the server is stopping: reconnect to follow on"},
+)
 
 
 def _revoked() -> ServerSentEvent:
