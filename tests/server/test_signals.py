@@ -137,6 +137,8 @@ async def test_every_waiting_task_can_be_listed_a_page_at_a_time(any_api: Api) -
             break
         path = f"/v1/waiting?limit=2&cursor={page['next']}"
     assert seen == sorted(ids, reverse=True)
+    _, whole = await any_api.call("GET", "/v1/waiting?limit=5")  # (no empty page after)
+    assert len(whole["tasks"]) == 5 and whole["next"] is None
     bad = await any_api.call("GET", "/v1/waiting?cursor=x")
     assert bad[0] == 422
     for task_id in ids:

@@ -267,6 +267,14 @@ async def test_list_filters_and_pages(any_api: Api) -> None:
     assert none == {"tasks": [], "next": None}
     _, recent = await any_api.call("GET", "/v1/tasks", params={"since": before, "limit": 100})
     assert len(recent["tasks"]) == 8 and recent["next"] is None
+    # A page that holds the last task says no page follows (not a last one, empty).
+    _, full = await any_api.call("GET", "/v1/tasks", params={"since": before, "limit": 8})
+    assert len(full["tasks"]) == 8 and full["next"] is None
+    _, half = await any_api.call("GET", "/v1/tasks", params={"since": before, "limit": 4})
+    _, rest = await any_api.call(
+        "GET", "/v1/tasks", params={"since": before, "limit": 4, "cursor": half["next"]}
+    )
+    assert [len(half["tasks"]), len(rest["tasks"]), rest["next"]] == [4, 4, None]
 
 
 async def test_bad_list_parameters_are_422(api: Api) -> None:

@@ -364,6 +364,21 @@ async def test_the_idempotency_key_header_works_as_the_body_field(any_api: Api) 
     assert (status, same["id"], same["key"]) == (200, created["id"], "pay-9")
 
 
+async def test_a_batch_refuses_the_idempotency_key_header(any_api: Api) -> None:
+    # Taken for nothing, a batch sent again with it (its answer lost) was queued again.
+    batch = {"tasks": [{"agent": "work", "input": {"n": 1}}]}
+    header = {**any_api.auth(), "Idempotency-Key": "batch-1"}
+    for _ in range(2):
+        status, refused = await any_api.call("POST", "/v1/tasks:batch", body=batch, headers=header)
+        assert status == 422 and refused["detail"][0]["type"] == "not_for_batches"
+        assert refused["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert await any_api.runtime.store.list_tasks(TaskQuery()) == []
+    keyed = {"tasks": [{"agent": "work", "input": {"n": 1}, "key": "batch-1/0"}]}
+    first = await any_api.call("POST", "/v1/tasks:batch", body=keyed)
+    again = await any_api.call("POST", "/v1/tasks:batch", body=keyed)
+    assert first[1]["tasks"][0]["id"] == again[1]["tasks"][0]["id"]
+
+
 async def test_a_non_ascii_idempotency_key_header_is_the_same_key_as_in_the_body(
     api: Api,
 ) -> None:
@@ -390,6 +405,13 @@ async def test_a_non_ascii_idempotency_key_header_is_the_same_key_as_in_the_body
     assert (await api.call("POST", "/v1/tasks", body=body))[1]["id"] == created["id"]
     status, refused = await post(b"\xff\xfe")
     assert status == 422 and refused["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    # Its length is counted in characters, as the body's key's is (not in bytes).
+    longest = "é" * 500
+    status, created = await post(longest.encode())
+    assert (status, created["key"]) == (201, longest)
+    status, refused = await post(("é" * 501).encode())
+    assert status == 422 and refused["detail"][0]["type"] == "string_too_long"
+    assert refused["detail"][0]["loc"] == ["header", "Idempotency-Key"]
 
 
 async def test_idempotency_keys_are_per_tenant(any_api: Api) -> None:
@@ -506,10 +528,15 @@ async def test_a_tenant_over_its_queued_tasks_is_shed_with_429(
         api.url + "/v1/tasks:batch", json={"tasks": [one] * 4}, headers=api.auth(globex)
     ) as resp:
         assert resp.status == 422 and "Retry-After" not in resp.headers
-        assert (await resp.json())["detail"] == (
-            "a batch of 4 tasks is more than tenant 'globex' may have queued (its limit is "
-            "3, --tenant-max-queued): send at most 3 per request"
-        )
+        # (a list of errors, as every other 422's detail is)
+        assert (await resp.json())["detail"] == [
+            {
+                "type": "too_many",
+                "loc": ["body", "tasks"],
+                "msg": "a batch of 4 tasks is more than tenant 'globex' may have queued (its "
+                "limit is 3, --tenant-max-queued): send at most 3 per request",
+            }
+        ]
     assert (await call(api, globex, "POST", "/v1/tasks:batch", batch))[0] == 200
     assert await api.runtime.store.count_queued("acme") == 2
     # The third fills the limit; sent again (its answer was lost), it is answered, not shed.

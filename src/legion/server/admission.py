@@ -23,7 +23,9 @@
   ``Retry-After``. A refused submission stored nothing; an acknowledged one is in the
   store (durable) before it is answered.
 
-Both answer ``{"detail": "..."}`` saying which limit was hit.
+Both answer ``{"detail": "..."}`` saying which limit was hit; a batch larger than a
+tenant may ever have queued is a ``422`` whose ``detail`` is a list of errors, as every
+422's is.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -51,8 +54,14 @@ class Shed(Exception):
 
     def response(self) -> JSONResponse:
         after = self.retry_after
+        # A 422 says what is wrong with the request, in the shape of every other 422.
+        detail: Any = (
+            [{"type": "too_many", "loc": ["body", "tasks"], "msg": self.message}]
+            if self.status == 422
+            else self.message
+        )
         return JSONResponse(
-            {"detail": self.message},
+            {"detail": detail},
             status_code=self.status,
             headers={} if after is None else {"Retry-After": str(max(1, math.ceil(after)))},
         )

@@ -99,9 +99,12 @@ async def list_waiting(
     first, a page at a time (`next`, while there are more)."""
     tenant = None if key.admin else key.tenant
     before = int(cursor) if cursor is not None else None
-    found = await state.runtime.store.waiting_tasks(tenant=tenant, limit=limit, before=before)
+    # (one more than asked: whether another page follows, not a last one empty)
+    found = await state.runtime.store.waiting_tasks(tenant=tenant, limit=limit + 1, before=before)
+    more = len(found) > limit
+    found = found[:limit]
     return WaitingPage(
-        next=str(found[-1].id) if len(found) == limit else None,
+        next=str(found[-1].id) if more else None,
         tasks=[
             WaitingOut(
                 id=w.id,

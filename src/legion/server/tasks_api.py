@@ -12,14 +12,14 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.exceptions import HTTPException, RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from legion import codec
 from legion.errors import IdempotencyConflict, InputError, OutputError, StillStopping
+from legion.inputs import KEY_MAX
 from legion.server.body import json_body
 from legion.server.deps import KeyDep, ServerState, StateDep, known_query, require_key
 from legion.server.schemas import (
-    KEY,
     TEXT,
     AttemptsOut,
     BatchIn,
@@ -31,6 +31,7 @@ from legion.server.schemas import (
     TaskOut,
     TaskPage,
 )
+from legion.server.schemas import Key as KeyText
 from legion.store.tenancy import TENANT_PATTERN, scoped_key
 from legion.store.types import ApiKey, TaskQuery
 from legion.task import NewTask, TaskInfo, TaskStatus
@@ -124,11 +125,10 @@ async def submit_task(
         str | None,
         Header(
             alias="Idempotency-Key",
-            min_length=1,
-            max_length=500,
-            pattern=KEY,
-            description="The idempotency key, as the body's `key` (the header wins when both "
-            "are sent).",
+            # (its bytes: 500 characters of UTF-8 are at most 2,000; see `_header_key`)
+            max_length=4 * KEY_MAX,
+            description="The idempotency key, as the body's `key`, with the same rules (the "
+            "header wins when both are sent).",
         ),
     ] = None,
 ) -> SubmittedOut:
@@ -138,14 +138,8 @@ async def submit_task(
     body = _model(TaskIn, await json_body(request))
     loc: tuple[str | int, ...] = ("body", "key")
     if idempotency_key is not None:
-        loc = ("header", "Idempotency-Key")
-        try:  # HTTP hands a header over as Latin-1: its bytes, read as UTF-8 as the body is
-            idempotency_key = idempotency_key.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            raise RequestValidationError(
-                [_error("utf8", loc, "the key is not UTF-8 text")]
-            ) from None
-        body = body.model_copy(update={"key": idempotency_key})
+        loc = _HEADER_LOC
+        body = body.model_copy(update={"key": _header_key(idempotency_key)})
     (done,) = await _submit(state, key, [body], [("body",)], key_locs=[loc])
     if not done.created:
         response.status_code = 200
@@ -159,8 +153,33 @@ async def submit_task(
     responses={**_ERRORS, **_SHED},
     openapi_extra=_body("BatchIn"),
 )
-async def submit_batch(request: Request, state: StateDep, key: KeyDep) -> BatchOut:
+async def submit_batch(
+    request: Request,
+    state: StateDep,
+    key: KeyDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Refused here (422): one key names one task; give each task of the "
+            "batch its own `key`.",
+        ),
+    ] = None,
+) -> BatchOut:
     """Queue many tasks; nothing is queued if any of them is invalid (422)."""
+    if idempotency_key is not None:
+        # Taken for the whole batch, it would make a retried batch look new: each task of
+        # it would be queued again.
+        raise RequestValidationError(
+            [
+                _error(
+                    "not_for_batches",
+                    _HEADER_LOC,
+                    "an Idempotency-Key names one task; give each task of a batch its own "
+                    "`key` in the body instead",
+                )
+            ]
+        )
     state.limits.check_rate(key.tenant)
     body = _model(BatchIn, await json_body(request))
     if len(body.tasks) > state.settings.max_batch:
@@ -235,12 +254,13 @@ async def list_tasks(
         created_from=since,
         created_to=until,
         before=int(cursor) if cursor is not None else None,
-        limit=limit,
+        limit=limit + 1,  # (one more: whether another page follows, not a last one empty)
         tenant=tenant,
         parent=parent,
     )
     found = await state.runtime.store.list_tasks(query)
-    more = len(found) == limit
+    more = len(found) > limit
+    found = found[:limit]
     return TaskPage(
         tasks=[TaskOut.of(t) for t in found],
         next=_encode_cursor(found[-1].id) if more else None,
@@ -525,6 +545,27 @@ def _input_errors(exc: InputError, loc: tuple[str | int, ...]) -> list[dict[str,
             _error(e["type"], (*loc, *e["loc"]), e["msg"]) for e in cause.errors(include_url=False)
         ]
     return [_error("agent_input", loc, str(exc))]
+
+
+_HEADER_LOC = ("header", "Idempotency-Key")
+_KEY_TEXT: TypeAdapter[str] = TypeAdapter(KeyText)
+
+
+def _header_key(raw: str) -> str:
+    """The ``Idempotency-Key`` header as the key it names, held to the body's ``key``'s
+    rules (its characters counted, not its bytes), or 422."""
+    try:  # HTTP hands a header over as Latin-1: its bytes, read as UTF-8 as the body is
+        text = raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise RequestValidationError(
+            [_error("utf8", _HEADER_LOC, "the key is not UTF-8 text")]
+        ) from None
+    try:
+        return _KEY_TEXT.validate_python(text)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [_error(e["type"], _HEADER_LOC, e["msg"]) for e in exc.errors(include_url=False)]
+        ) from None
 
 
 def _error(kind: str, loc: Sequence[str | int], message: str) -> dict[str, Any]:
