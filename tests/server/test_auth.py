@@ -1,4 +1,5 @@
-"""API keys over real HTTP: every route but /healthz needs one; 401 without, 403 revoked."""
+"""API keys over real HTTP: every route but /healthz and /livez needs one; 401 without, 403
+revoked."""
 
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ async def _serve(
                 print(f"legion gateway ready at http://{bound_host}:{bound_port}/v1", flush=True)
                 if not any(k.revoked_at is None for k in await store.api_keys()):
                     # (a new store, or a misspelt --store: every call would get 401)
-                    console.print(_no_key_hint(url), highlight=False)
+                    console.print(_no_key_hint(url, "/healthz"), highlight=False)
             with contextlib.suppress(asyncio.CancelledError):
                 await server
             waiting.cancel()

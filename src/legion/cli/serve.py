@@ -82,7 +82,8 @@ SERVE_HELP = _paragraphs(
     "  legion serve --store sqlite:///app.db --app agents.py\n"
     '  curl -H "Authorization: Bearer $KEY" http://127.0.0.1:8000/v1/tasks \\\n'
     '       -d \'{"agent": "research", "input": {"question": "..."}}\'',
-    "Every route but /healthz needs an API key (Authorization: Bearer KEY). A browser opening "
+    "Every route but /healthz and /livez needs an API key (Authorization: Bearer KEY). A "
+    "browser opening "
     "the dashboard at / asks for it: any user name, the key as the password. The OpenAPI "
     "document is at /openapi.json, metrics at /metrics.",
     "The server listens on 127.0.0.1 unless told otherwise; any other address also needs "
@@ -361,16 +362,17 @@ async def _serve_on(
     return 0
 
 
-def _no_key_hint(store: str) -> str:
-    """What to do when the store has no API key: every request but /healthz gets 401."""
+def _no_key_hint(store: str, open_routes: str = "/healthz and /livez") -> str:
+    """What to do when the store has no API key: every request but ``open_routes`` gets
+    401."""
     import shlex
     from urllib.parse import urlsplit
 
     has_password = urlsplit(store).password is not None if "://" in store else False
     where = "URL" if has_password else shlex.quote(store)
     return (
-        "no API key in this store yet: every request but /healthz is refused (401). Make "
-        f"one with `legion keys create --store {where}` (add --tenant NAME or --admin as "
+        f"no API key in this store yet: every request but {open_routes} is refused (401). "
+        f"Make one with `legion keys create --store {where}` (add --tenant NAME or --admin as "
         "needed); it works at once, without a restart"
     )
 
