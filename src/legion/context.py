@@ -211,7 +211,10 @@ class Memory:
         """`codec.checked_text` of ``key``, and of the key with its session: a store
         indexes the two together (a long session and a long key that each pass were
         refused by PostgreSQL, after the write's retries, and kept by SQLite)."""
-        codec.checked_text(key, "a memory key")
+        try:
+            codec.checked_text(key, "a memory key")
+        except (TypeError, ValueError) as exc:  # (not text, a lone surrogate: for good)
+            raise OutputError(str(exc)) from None
         part = self._part
         if len(key) + len(part) > _SESSION_AND_KEY // 4:
             size = len(key.encode()) + len(part.encode())

@@ -831,6 +831,8 @@ async def test_what_the_store_cannot_hold_fails_its_own_task_and_the_others_fini
             await ctx.memory.set(("a",), 1)  # type: ignore[arg-type]
         if case == "memory-get":
             return await ctx.memory.get(5)  # type: ignore[arg-type]
+        if case == "memory-surrogate":  # (a file name read with surrogateescape)
+            return await ctx.memory.get("report-\udce9.txt")
         if case == "message-surrogate":
             raise ValueError("cannot parse file name \udcff")
         if case == "unprintable":
@@ -842,6 +844,7 @@ async def test_what_the_store_cannot_hold_fails_its_own_task_and_the_others_fini
         "step-surrogate",
         "memory-key",
         "memory-get",
+        "memory-surrogate",
         "message-surrogate",
         "unprintable",
     ]
@@ -849,16 +852,22 @@ async def test_what_the_store_cannot_hold_fails_its_own_task_and_the_others_fini
         results = await collect(rt, odd, ["first", *cases, "last"])
     assert [r.output for r in results if r.ok] == ["first", "last"]
     errors = {case: r.error for case, r in zip(cases, results[1:-1], strict=True)}
-    # (a step's name no record can be kept under: the code's mistake, not retried)
+    # (a step's name or a memory key no record can be kept under: the code's mistake, not
+    # retried; a task with retries left would be retried for an error of its own)
     ended = {c: r.status for c, r in zip(cases, results[1:-1], strict=True)}
     failed, dead = TaskStatus.FAILED, TaskStatus.DEAD
-    assert ended == {c: failed if c.startswith("step") else dead for c in cases}
+    assert ended == {c: failed if c.startswith(("step", "memory")) else dead for c in cases}
     assert str(errors["step-name"]) == (
         "StepNameError: a step's name must be a str, not NoneType: None"
     )
     assert "surrogates not allowed" in str(errors["step-surrogate"])
-    assert str(errors["memory-key"]).startswith("TypeError: a memory key must be a str, not tuple")
-    assert str(errors["memory-get"]).startswith("TypeError: a memory key must be a str, not int")
+    assert str(errors["memory-key"]).startswith(
+        "OutputError: a memory key must be a str, not tuple"
+    )
+    assert str(errors["memory-get"]).startswith("OutputError: a memory key must be a str, not int")
+    assert str(errors["memory-surrogate"]) == (
+        "OutputError: a memory key 'report-\\udce9.txt' cannot be stored: surrogates not allowed"
+    )
     assert str(errors["message-surrogate"]) == "ValueError: cannot parse file name \\udcff"
     assert (
         str(errors["unprintable"])
