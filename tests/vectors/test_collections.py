@@ -535,3 +535,56 @@ async def test_a_store_named_through_a_symbolic_link_keeps_one_file_of_vectors(
     assert seen == [[], ["zebras eat grass"]]
     assert vectors_path(str(tmp_path / "app.db")) == str(tmp_path / "data" / "store.vectors.db")
     assert not (tmp_path / "app.vectors.db").exists()
+
+
+async def test_vectors_left_behind_by_a_deleted_store_are_refused_not_served(
+    tmp_path: Path, sim: SimulatedProvider
+) -> None:
+    # A store deleted (its file, -wal and -shm) and made again at the same path adopted
+    # the vectors file beside it: the new store's task 1 was served the session vectors
+    # of the old store's task 1.
+    @legion.agent(retries=0)
+    async def note(ctx: legion.Context, text: str) -> list[str]:
+        col = ctx.vectors("notes")
+        seen = [h.text for h in await col.search(text, k=5)]
+        await col.add([text])
+        return seen
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = await run(url, sim, note, "the old store's private note")
+    again = await run(url, sim, note, "another note")  # (the same store: its own file)
+    assert (first.output, again.status) == ([], TaskStatus.SUCCEEDED)
+    for name in ("runs.db", "runs.db-wal", "runs.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert (tmp_path / "runs.vectors.db").exists()
+
+    fresh = await run(url, sim, note, "hello")
+    assert fresh.status == TaskStatus.FAILED and "private note" not in str(fresh.output)
+    assert fresh.error.type == "VectorError"
+    assert "holds the vectors of another store" in fresh.error.message
+    assert "delete it" in fresh.error.message
+    for name in ("runs.vectors.db", "runs.vectors.db-wal", "runs.vectors.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert (await run(url, sim, note, "hello")).output == []  # (afresh, as it says)
+
+
+async def test_a_vectors_file_an_older_legion_made_is_its_stores(
+    tmp_path: Path, sim: SimulatedProvider
+) -> None:
+    # A file from before the files were tied to their store: kept, and tied to it now.
+    from legion.vectors.sqlite import connect  # (the SQLite library the vectors use)
+
+    @legion.agent(retries=0)
+    async def note(ctx: legion.Context, text: str) -> list[str]:
+        col = ctx.vectors("notes")
+        seen = [h.text for h in await col.search(text, k=5)]
+        await col.add([text])
+        return seen
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    await run(url, sim, note, "kept from before", session="S")
+    db = connect(str(tmp_path / "runs.vectors.db"))
+    db.execute("DROP TABLE vector_owner")
+    db.close()
+    assert (await run(url, sim, note, "now", session="S")).output == ["kept from before"]
+    assert (await run(url, sim, note, "then", session="S")).status == TaskStatus.SUCCEEDED

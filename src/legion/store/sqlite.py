@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -141,6 +142,19 @@ def _read_only(path: str) -> bool:
     return (file.exists() and not os.access(file, os.W_OK)) or not os.access(file.parent, os.W_OK)
 
 
+def _identity(db: sqlite3.Connection, give: bool = False) -> int:
+    """The store's own number, kept in its file's header (``application_id``); with
+    ``give`` (in a write transaction) a random one if it has none yet (made by an older
+    legion). A store deleted and made again at the same path has another: a file left
+    beside it by the one before (its vectors) is known as not its own."""
+    (found,) = db.execute("PRAGMA application_id").fetchone()
+    if found or not give:
+        return int(found)
+    made = secrets.randbelow(2**31 - 1) + 1
+    db.execute(f"PRAGMA application_id = {made}")
+    return made
+
+
 def _schema_version(db: sqlite3.Connection) -> int:
     """The store's schema version (its last migration): 0 for a file legion never set up."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -207,6 +221,9 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-sqlite")
         self._closed = False
         self._conn: sqlite3.Connection | None = None
+        self.identity: int | None = None
+        """This store's own number (`_identity`), set when it opens: what ties the files
+        beside it (its vectors) to it. ``None`` for ``:memory:``."""
         self._waits = QueueWaits()
         self._init_submissions()
 
@@ -307,6 +324,10 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 # (Only then the write lock: a store in use by another process's long
                 # transaction still opens for `legion status` and the other readers.)
                 self._transaction(self._migrate)
+            if self.path != ":memory:":
+                self.identity = _identity(db) or self._transaction(
+                    lambda db: _identity(db, give=True)
+                )
         except ConfigError:  # (refused to upgrade: nothing was changed)
             db.close()
             self._conn = None

@@ -94,7 +94,7 @@ def vectors_for(store: Any) -> VectorBackend:
     if isinstance(store, SQLiteStore):
         from legion.vectors.sqlite import SQLiteVectors
 
-        backend = SQLiteVectors(store.path)
+        backend = SQLiteVectors(store.path, store.identity)
     else:
         try:
             from legion.store.postgres import PostgresStore

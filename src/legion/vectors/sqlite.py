@@ -104,8 +104,9 @@ class SQLiteVectors:
     POSIX locks and its own map of the WAL index; together they can crash the process).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, store_identity: int | None = None) -> None:
         self.path = vectors_path(path)
+        self._store_identity = store_identity
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-vectors")
         self._db: Any = None
 
@@ -117,8 +118,40 @@ class SQLiteVectors:
             db = connect(self.path)
             _, script = next(m for m in migrations("sqlite") if m[0] == 9)
             db.executescript(script)  # idempotent: CREATE TABLE IF NOT EXISTS
+            try:
+                self._claim(db)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
         return self._db
+
+    def _claim(self, db: Any) -> None:
+        """Tie the file to its store (`SQLiteStore.identity`), or refuse one that another
+        store made: a store deleted and made again at the same path left its vectors
+        behind, and they would be served to the new store's tasks (its ids start at 1
+        again, and so do the sessions named after them)."""
+        mine = self._store_identity
+        if mine is None:
+            return
+        db.execute("CREATE TABLE IF NOT EXISTS vector_owner (store INTEGER NOT NULL)")
+        found = db.execute("SELECT store FROM vector_owner").fetchone()
+        if found is None:  # (a new file, or one an older legion made: its store's)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute("SELECT store FROM vector_owner").fetchone() is None:
+                    db.execute("INSERT INTO vector_owner VALUES (?)", (mine,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            found = db.execute("SELECT store FROM vector_owner").fetchone()
+        if found[0] != mine:
+            raise VectorError(
+                f"{self.path} holds the vectors of another store, made at this path before "
+                "this one (its file deleted, this file left behind): delete it (with its -wal "
+                "and -shm files), or move it away, to start this store's vectors afresh"
+            )
 
     def _transaction(self, fn: Callable[[Any], T]) -> T:
         db = self._conn()
