@@ -1,12 +1,12 @@
 """A server without a worker of its own shows the workers' LLM routes added up from their
-heartbeats (`legion.server.monitor.FleetRoutes`, `legion.llm.route_report`)."""
+heartbeats (`legion.llm.fleet_routes.FleetRoutes`, `legion.llm.route_report`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from legion.llm.fleet_routes import FleetRoutes
 from legion.llm.route_report import combine
-from legion.server.fleet_routes import FleetRoutes
 from legion.store.types import WorkerInfo
 
 

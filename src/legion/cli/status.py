@@ -53,6 +53,7 @@ async def show_status(
     groups = summarize(Diagnostic.from_json(codec.loads(d.data)) for d in found)
     now = store_now  # (heartbeats are on the store's clock, not this host's)
     unserved = _unserved(by_agent, workers, store_now)
+    routes = _routes(workers, store_now)
     if as_json:
         doc: dict[str, Any] = {
             "store": redact_url(url),
@@ -85,6 +86,7 @@ async def show_status(
                 for a in scalers
             ],
             "unserved": unserved,
+            "llm": routes,
             "waiting": [
                 {
                     "id": w.id,
@@ -173,6 +175,23 @@ async def show_status(
     else:
         console.print("no live workers")
 
+    if routes:
+        rt = Table(title="LLM routes (the workers' own counts, since each started)")
+        for col in ("route", "model", "requests", "429s", "failed", "tokens", "cost", "now"):
+            rt.add_column(col, justify="left" if col in ("route", "model", "now") else "right")
+        for name, r in sorted(routes.items()):
+            rt.add_row(
+                name,
+                str(r.get("model") or ""),
+                f"{r['requests']:,}",
+                f"{r['rate_limited']:,}",
+                f"{r['failed']:,}",
+                f"{r['tokens']:,}",
+                f"${r['cost_usd']:,.4f}" if r["cost_usd"] else "-",
+                _route_now(r),
+            )
+        console.print(rt)
+
     for agent in unserved:
         queued = by_agent[agent].get(TaskStatus.QUEUED, 0)
         console.print(
@@ -220,6 +239,28 @@ async def show_status(
             console.print("no async pitfalls found in the latest tasks")
         for g in groups:
             console.print(f"- {g.line()}", markup=False)
+
+
+def _routes(workers: Sequence[WorkerInfo], now: float) -> dict[str, Any]:
+    """Each LLM route's counts added up over the workers' heartbeats (a silent worker's
+    totals count; what it has in flight now is not known)."""
+    from legion.llm.fleet_routes import FleetRoutes
+
+    return FleetRoutes().reports(workers, now - WORKER_FRESH) if workers else {}
+
+
+def _route_now(r: dict[str, Any]) -> str:
+    """A route's state now, in a few words."""
+    said = [f"{r['in_flight']} in flight"] if r.get("in_flight") else []
+    if r.get("waiting"):
+        said.append(f"{r['waiting']} waiting")
+    if r.get("paused_for"):
+        said.append(f"paused {r['paused_for']:.0f} s (429)")
+    if r.get("breaker") == 1:
+        said.append("breaker open")
+    elif r.get("breaker") == 2:
+        said.append("breaker half-open")
+    return ", ".join(said) or "idle"
 
 
 def _prompt(w: WaitingInfo) -> str | None:

@@ -1,6 +1,7 @@
-"""`FleetRoutes`: the LLM routes of a fleet of workers, added up from their heartbeats, for
-a server with no LLM client of its own (``legion serve --no-worker``): what its dashboard,
-``/v1/statistics`` and ``/metrics`` show of each provider's use."""
+"""`FleetRoutes`: the LLM routes of a fleet of workers, added up from their heartbeats: what
+the dashboard, ``/v1/statistics`` and ``/metrics`` of a server with no LLM client of its
+own (``legion serve --no-worker``) show of each provider's use, and ``legion status``'s
+table of routes."""
 
 from __future__ import annotations
 

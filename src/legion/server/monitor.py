@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from legion.llm.breaker import BreakerState
+from legion.llm.fleet_routes import FleetRoutes
 from legion.llm.route_report import route_report
-from legion.server.fleet_routes import FleetRoutes
 from legion.server.scaling import ScalingGauge
 from legion.server.snapshot import Failure, Health, Point, RouteLoad, Snapshot, Totals, WorkerState
 from legion.store.types import EventDetail, WorkerInfo
