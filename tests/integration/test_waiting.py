@@ -616,3 +616,32 @@ async def test_a_cancel_with_children_cancels_the_unfinished_descendants(store_u
         gone = {c.status for c in await rt.store.children(ended)}
     assert left == {TaskStatus.WAITING}  # (a retry of the parent picks them up again)
     assert gone == {TaskStatus.CANCELLED}
+
+
+@legion.agent(retries=0)
+async def bumps_memory(ctx: Any) -> list[int]:
+    count = await ctx.memory.get("outside", 0)  # not a step: runs again at each resume
+    await ctx.memory.set("outside", count + 1)
+
+    async def bump() -> None:
+        await ctx.memory.set("inside", await ctx.memory.get("inside", 0) + 1)
+
+    await ctx.step("bump", bump)  # a step: once
+    await ctx.wait_for("one")
+    await ctx.wait_for("two")
+    return [await ctx.memory.get("outside"), await ctx.memory.get("inside")]
+
+
+async def test_a_memory_write_outside_a_step_runs_again_at_each_resume(store_url: str) -> None:
+    # What docs/semantics.md ("Where a side effect may repeat") and docs/waiting.md say.
+    async with legion.Runtime(store_url, agents=[bumps_memory]) as rt:
+        t = await rt.submit(bumps_memory, {})
+        for event in ("one", "two"):
+            for _ in range(2000):
+                waits = await rt.store.waiting_tasks(limit=10)
+                if [w.event for w in waits if w.id == t.id] == [event]:
+                    break
+                await asyncio.sleep(0.01)
+            await rt.signal(t.id, event)
+        result = await rt.result(t.id)
+    assert result.output == [3, 1] and result.attempt == 1
