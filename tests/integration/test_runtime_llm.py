@@ -37,8 +37,8 @@ def accepts_connections(url: str) -> bool:
         return False
 
 
-def simulator_url(client: legion.llm.LLMClient) -> str:
-    provider = client.routes["default"].provider
+def simulator_url(client: legion.llm.LLMClient, route: str = "default") -> str:
+    provider = client.routes[route].provider
     assert isinstance(provider, SimulatedProvider)
     return provider.simulator.base_url
 
@@ -199,3 +199,21 @@ def test_the_first_llm_call_of_a_worker_imports_nothing(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "imported:", done.stdout
+
+
+async def test_a_config_gives_routes_with_their_limits_that_the_runtime_opens_and_closes(
+    db_url: str,
+) -> None:
+    # From Python, a route's limits had no way in but a client built by hand: the
+    # README's `legion.toml` (rpm, prices) is what `legion run` reads.
+    from legion.llm import parse_config
+
+    rt = Runtime(db_url, llm=parse_config({"main": {"provider": "sim", "rpm": 600}}))
+    assert rt.llm is None
+    async with rt:
+        assert rt.llm is not None
+        assert rt.llm.routes["main"].capacity.statistics().limit_rpm == 600
+        url = simulator_url(rt.llm, "main")
+        results = [r async for r in rt.map(ask, ["one?"])]
+    assert [r.status for r in results] == ["succeeded"]
+    assert rt.llm is None and not accepts_connections(url)

@@ -35,6 +35,7 @@ from legion.waiting.family import cascades, requeue_descendants, unfinished_desc
 if TYPE_CHECKING:
     from legion.executors import Executor
     from legion.llm.client import LLMClient
+    from legion.llm.config import LLMConfig
 
 
 class Runtime:
@@ -49,8 +50,11 @@ class Runtime:
       simulator, started and stopped by the runtime; ``"openai:gpt-4o-mini"``,
       ``"anthropic:MODEL"``, ``"local"``, as ``legion run --llm`` takes) or a list of
       them (one route each, ``"NAME=SPEC"`` to name one): the runtime builds the client
-      when it opens and closes it when it closes. An `legion.llm.LLMClient` is
-      used as given and not closed (it may serve several runtimes).
+      when it opens and closes it when it closes. So does an `legion.llm.LLMConfig`
+      (routes with their limits and prices: ``legion.llm.load_config("legion.toml")``,
+      or ``legion.llm.parse_config({...})``, as ``legion run`` reads them). An
+      `legion.llm.LLMClient` is used as given and not closed (it may serve several
+      runtimes).
     - ``executors``: where agents that ask for ``executor="process"`` or ``"ray"`` run
       (the worker starts and closes them); ``executor`` runs every agent on that one.
       Without one, an agent that asks for ``"process"`` gets a pool of as many child
@@ -90,7 +94,7 @@ class Runtime:
         stop_grace: float = 10.0,
         clock: Clock = system_clock,
         seed: int | None = None,
-        llm: LLMClient | str | Sequence[str] | None = None,
+        llm: LLMClient | LLMConfig | str | Sequence[str] | None = None,
         executors: Mapping[str, Executor] | None = None,
         executor: str | None = None,
         max_loop_lag: float = 0.5,
@@ -102,12 +106,15 @@ class Runtime:
         tenant_max_running: int | None = None,
     ) -> None:
         from legion.llm.client import LLMClient
+        from legion.llm.config import LLMConfig
         from legion.llm.specs import config_from_specs
 
-        self._llm_specs: str | Sequence[str] | None = None
+        self._llm_specs: str | Sequence[str] | LLMConfig | None = None
         self.llm: LLMClient | None = None
         if llm is None or isinstance(llm, LLMClient):
             self.llm = llm
+        elif isinstance(llm, LLMConfig):
+            self._llm_specs = llm
         else:
             config_from_specs(llm)  # a bad spec fails here, before anything opens
             self._llm_specs = llm
@@ -166,9 +173,13 @@ class Runtime:
         if self._closed:
             raise RuntimeError(_CLOSED)
         if self._llm_specs is not None and self.llm is None:
+            from legion.llm.config import LLMConfig, build_client
             from legion.llm.specs import open_client
 
-            self.llm = await open_client(self._llm_specs)
+            specs = self._llm_specs
+            self.llm = await (
+                build_client(specs) if isinstance(specs, LLMConfig) else open_client(specs)
+            )
         try:
             if self._owns_store:
                 await self.store.open()
