@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 from legion.agent import Agent, agent
-from legion.errors import AgentLoadError
+from legion.errors import AgentLoadError, ConfigError
 
 _GIVE_MODULE = "give a file (app.py) or a module (package.module)"
 _GIVE_AGENT = "give the agent as FILE.py:NAME or package.module:NAME"
@@ -49,7 +49,9 @@ def load_module(ref: str, *, hint: str = _GIVE_MODULE) -> ModuleType:
     try:
         return importlib.import_module(ref)
     except (Exception, SystemExit) as exc:
-        raise AgentLoadError(f"cannot import {ref}: {_describe(exc)}") from exc
+        raise AgentLoadError(
+            f"cannot import {ref}: {_describe(exc)}{_file_here(ref, exc)}"
+        ) from exc
 
 
 def load_agent(ref: str) -> Agent:
@@ -66,9 +68,16 @@ def load_agent(ref: str) -> Agent:
     if isinstance(found, Agent):
         _refuse_namesakes(found, module, module_ref)
         return found
-    if inspect.iscoroutinefunction(found):
-        return agent(found)
     names = _agent_names(module)
+    if inspect.iscoroutinefunction(found):
+        try:
+            return agent(found)
+        except ConfigError as exc:  # (not meant as one: the script's own entry point, say)
+            if not names:
+                raise
+            raise AgentLoadError(
+                f"{ref} is not an agent ({exc}); {module_ref}'s agents: {', '.join(names)}"
+            ) from exc
     if not names:
         raise AgentLoadError(
             f"{ref} is not an agent, and {module_ref} defines none: decorate an `async def` "
@@ -120,6 +129,17 @@ def peers_of(found: Agent) -> list[Agent]:
     others = list({id(a): a for a in agents_in(module) if a.name != found.name}.values())
     names = Counter(a.name for a in others)
     return [a for a in others if names[a.name] == 1]
+
+
+def _file_here(ref: str, exc: BaseException) -> str:
+    """A hint when the module ``ref`` was not found but a file of that name is: a module
+    name is looked up on Python's path, which a script's folder is not on."""
+    if not isinstance(exc, ModuleNotFoundError) or exc.name != ref.partition(".")[0]:
+        return ""
+    file = Path(*ref.split(".")).with_suffix(".py")
+    if not file.is_file():
+        return ""
+    return f" (the file {file} is here: give it as a path, {file}, not as a module name)"
 
 
 def _describe(exc: BaseException) -> str:
