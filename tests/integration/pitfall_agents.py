@@ -124,3 +124,13 @@ async def consumes_its_result(ctx: legion.Context, q: str) -> str:
     hits = await ctx.step("search", _hits, 0.05)
     best = hits.pop(0)  # the agent's copy of the result changes after the step...
     return str(await ctx.step("read", _wait, 0.05, best))  # ...and the second used it
+
+
+GATE: dict[str, asyncio.Event] = {}
+
+
+@legion.agent(retries=0)
+async def sleeps_after_the_gate(ctx: legion.Context, n: int) -> int:
+    await GATE["open"].wait()  # every instance wakes in one turn of the loop
+    time.sleep(0.3)  # noqa: ASYNC251  # MARK: sleeps-in-turn
+    return n

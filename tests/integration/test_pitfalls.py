@@ -145,3 +145,29 @@ async def test_an_agent_that_stops_the_loop_fails_and_the_loop_goes_on(db_url: s
     assert "loop.stop()" in stopped.error.message
     assert done.status is TaskStatus.SUCCEEDED
     assert "stop" not in vars(loop)  # the loop's own method again
+
+
+async def test_calls_that_block_one_after_another_in_one_turn_are_each_reported(
+    db_url: str,
+) -> None:
+    # The first call that blocked a turn of the loop was reported, and the others of the
+    # same turn were not (3 of 20 such blocks reported, their total a fifth of the time
+    # the loop was held).
+    agents.GATE["open"] = gate = asyncio.Event()
+    async with Runtime(db_url) as rt:
+        subs = await rt.submit_many(agents.sleeps_after_the_gate, [1, 2, 3])
+        assert rt.worker is not None
+        for _ in range(1000):  # (every instance waits at the gate)
+            if rt.worker.statistics().in_flight == 3:
+                break
+            await asyncio.sleep(0.01)
+        waiting = asyncio.gather(*(rt.result(s.id) for s in subs))  # (delivered as they end)
+        await asyncio.sleep(0)
+        gate.set()
+        results = await waiting
+    for r in results:
+        (found,) = r.diagnostics
+        assert found.kind is Kind.BLOCKED_LOOP and found.site is not None
+        assert found.site.line == line_of("sleeps-in-turn")
+        # (each its own length: not the turn's, which held the loop for all three)
+        assert found.seconds is not None and found.seconds < 0.6

@@ -52,7 +52,7 @@ def look_back(
     children = children or ()
     if capture is not None:  # the agent blocked the loop and ended before the report
         block = Block(
-            time.monotonic() - capture.since,
+            capture.seconds(time.monotonic()),
             None,
             user_site(capture.stack),
             capture.stack,

@@ -64,6 +64,17 @@ class Capture:
     task: asyncio.Task[object] | None
     stack: tuple[Site, ...]
     held: bool = False
+    began: float = 0.0
+    """When the call captured began holding the loop, as near as the looks tell: the
+    last beat for the first call of a turn, else when a look first found it (several
+    calls may block one after another in one turn of the loop, each reported with its
+    own length)."""
+    ended: float | None = None
+    """When it let go, if another call was captured after it in the same turn."""
+
+    def seconds(self, now: float) -> float:
+        """How long the call held the loop: until ``now``, or until it let go."""
+        return (self.ended if self.ended is not None else now) - max(self.began, self.since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,7 @@ class LoopWatchdog:
         self._thread: threading.Thread | None = None
         self._last_beat = 0.0
         self._capture: Capture | None = None
+        self._captured_callback: FrameType | None = None  # (the watchdog thread's own)
         self._lag = 0.0
         self._recent = 0.0
         self._max_lag = 0.0
@@ -148,19 +160,20 @@ class LoopWatchdog:
         if self._lag >= self.threshold:
             self._blocks += 1
             self._blocked += self._lag
-            task, stack, held = (
-                (capture.task, capture.stack, capture.held)
+            seconds, task, stack, held = (
+                (capture.seconds(now), capture.task, capture.stack, capture.held)
                 if capture and capture.since == previous
-                else (None, (), False)
+                else (self._lag, None, (), False)
             )
-            self._on_block(Block(self._lag, task, user_site(stack), stack, held))
+            self._on_block(Block(seconds, task, user_site(stack), stack, held))
         assert self._loop is not None
         self._handle = self._loop.call_later(self._interval, self._beat)
 
     # -- in the watchdog's thread ------------------------------------------------------
 
     def _watch(self) -> None:
-        probe: tuple[float, FrameType | None] = (0.0, None)  # (block since, its callback)
+        # (the block's last beat, the callback seen running, when it began as near as known)
+        probe: _Probe = (0.0, None, 0.0)
         while not self._stopped.wait(self._interval):
             last = self._last_beat
             late = time.monotonic() - last
@@ -174,27 +187,39 @@ class LoopWatchdog:
             ):
                 self._on_stuck(capture, late)
 
-    def _look(
-        self, last: float, late: float, probe: tuple[float, FrameType | None]
-    ) -> tuple[float, FrameType | None]:
-        """Take the loop thread's stack while a block goes on; answer the new probe."""
-        capture = self._capture
-        if late < self.threshold / 2 or (
-            capture is not None and capture.since == last and capture.held
-        ):
+    def _look(self, last: float, late: float, probe: _Probe) -> _Probe:
+        """Take the loop thread's stack while a block goes on; answer the new probe.
+
+        One turn of the loop may run several blocking calls one after another (the
+        answers of many instances' calls arriving together, each then sleeping): each is
+        captured as it runs, a call held since it was first seen, for `threshold` at
+        least."""
+        if late < self.threshold / 2:
             return probe
         # Read the stack now: the frames move on as soon as the block ends.
         cpu = self._loop_cpu()
         frame = sys._current_frames().get(self._thread_id)
         callback = _callback_frame(frame)
+        capture = self._capture
+        if (
+            capture is not None
+            and capture.since == last
+            and capture.held
+            and callback is self._captured_callback
+        ):
+            return probe  # (the call captured holds the loop still)
         held = probe[0] == last and callback is not None and callback is probe[1]
-        if not held:
-            probe = (last, callback)
-        if late < self.threshold or (capture is not None and capture.since == last and not held):
+        if not held:  # (a call of a turn seen before began after the turn's last look)
+            probe = (last, callback, last if probe[0] != last else time.monotonic())
+        began = probe[2]
+        if time.monotonic() - began < self.threshold or (
+            capture is not None and capture.since == last and not held
+        ):
             return probe
         held = held and not self._starved(last, cpu)
         task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
-        self._capture = capture = Capture(last, task, tuple(_stack(frame)), held)
+        self._capture = capture = Capture(last, task, tuple(_stack(frame)), held, began)
+        self._captured_callback = callback
         if self._on_capture is not None:
             self._on_capture(capture)
         return probe
@@ -219,6 +244,9 @@ class LoopWatchdog:
             return False
         late = time.monotonic() - since
         return state == b"R" and cpu - self._last_cpu < _STARVED_CPU * late
+
+
+_Probe = tuple[float, FrameType | None, float]
 
 
 def _thread_clock() -> tuple[int | None, str]:

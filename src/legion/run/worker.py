@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import math
@@ -293,6 +294,7 @@ class Worker(Upkeep):
         # Held leases start as slots free (in `_finished`) only while no LLM route limits
         # admission (and no agent has a cap); else the lease loop starts them, as admitted.
         self._ahead_open = False
+        self._captured_last: Instance | None = None  # (the watchdog's thread's own)
         self._watchdog = LoopWatchdog(
             self._blocked,
             threshold=self.config.block_threshold,
@@ -812,6 +814,12 @@ class Worker(Upkeep):
         """(The watchdog's thread.) A block is going on: tell the instance behind it now,
         as it may end right after the block, before the block's end is reported."""
         owner = self._owner(capture.task)
+        before, self._captured_last = self._captured_last, owner
+        if before is not None and before is not owner:
+            # Another call blocks the same turn of the loop: the one before let go of it.
+            pending = before.pending_block
+            if pending is not None and pending.since == capture.since:
+                before.pending_block = dataclasses.replace(pending, ended=capture.began)
         if owner is not None:
             owner.pending_block = capture
 
