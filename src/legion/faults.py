@@ -5,7 +5,9 @@ is one test of a module constant. Points:
 
 - ``step-ran``: a step's function (an LLM call, a tool) returned, before its record;
 - ``step-recorded``: a step's record is durable, before the attempt's completion;
-- ``completed``: a completion is committed, before anyone is told (a waiter, a log).
+- ``completed``: a completion is committed, before anyone is told (a waiter, a log);
+- ``store-opened``: ``legion worker`` or ``legion serve`` opened its store, before the
+  worker or server starts.
 
 Actions: ``kill`` (SIGKILL this process), ``exit`` (``os._exit(70)``, no clean-up),
 ``stop`` (SIGSTOP: the process freezes until a SIGCONT). ``n``: act at the n-th time the
@@ -18,7 +20,7 @@ import os
 import signal
 import sys
 
-POINTS = ("step-ran", "step-recorded", "completed")
+POINTS = ("step-ran", "step-recorded", "completed", "store-opened")
 ACTIONS = ("kill", "exit", "stop")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import legion, read_jsonl, start_legion, write_jsonl
+from tests.acceptance.conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
 from tests.pg_cluster import PrivateCluster
 
 pytestmark = pytest.mark.slow
@@ -81,6 +81,41 @@ def test_a_worker_started_before_its_database_waits_then_runs_tasks(
         _, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
         assert "stopped after 50 succeeded" in err
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+
+
+def test_a_database_restarted_while_the_worker_starts_is_waited_out(
+    tmp_path: Path, agents_file: Path, cluster: PrivateCluster
+) -> None:
+    """Lost between the store's open and the worker's start (the pool's connections
+    ended by a restart), the store is opened again within --store-wait: a plain worker
+    exited 3 at once ("the store failed")."""
+    cluster.start()
+    worker = start_legion(
+        "worker",
+        "--app",
+        str(agents_file),
+        "--store",
+        cluster.url,
+        "--store-wait",
+        "300",
+        env={"LEGION_FAULT": "store-opened:stop", "STEP_LOG": str(tmp_path / "s.log")},
+    )
+    try:
+        read_until(worker, "fault store-opened:stop")
+        state = Path(f"/proc/{worker.pid}/stat")
+        wait_for(lambda: state.read_text().rsplit(")", 1)[1].split()[0] == "T", what="stopped")
+        cluster.stop()  # (the store's connections end)
+        cluster.start()
+        worker.send_signal(signal.SIGCONT)
+        said = read_until(worker, "serving")
+        assert any("the store failed while the worker started" in line for line in said), said
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -45,7 +46,6 @@ from legion.cli.status import opened
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
 from legion.inputs import PRIORITY_MAX, PRIORITY_MIN
-from legion.provision.exits import EXIT_STORE
 from legion.store import redact_url, store_from_url
 
 if TYPE_CHECKING:
@@ -310,7 +310,7 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
     """Serve until SIGINT/SIGTERM; then stop serving and drain the worker (if it runs one).
     A store that cannot be reached at start is waited for, as a worker waits for it (a
     server started before its database came up exited at once)."""
-    from legion.cli.wiring import StopSignals, open_store_unless_stopped
+    from legion.cli.wiring import StopSignals, run_on_store
 
     then = ", then draining the worker" if opts.runtime.worker else ""
 
@@ -318,17 +318,20 @@ async def _serve(opts: ServeOptions, agents: list[Agent], console: Console) -> i
         console.print(f"{sig.name}: stopping the server{then}", highlight=False)
 
     stop = StopSignals(first)  # from the start: a stop while opening still ends cleanly
-    store = await open_store_unless_stopped(opts.runtime, opts.store_wait, stop, console)
-    if store is None:
-        return 0 if stop.is_set() else EXIT_STORE
-    try:
-        return await _serve_on(store, opts, agents, stop, console)
-    finally:
-        await store.aclose()
+
+    def serve_on(store: Store, started: list[bool]) -> Awaitable[int]:
+        return _serve_on(store, opts, agents, stop, console, started)
+
+    return await run_on_store(opts.runtime, opts.store_wait, stop, console, serve_on, what="server")
 
 
 async def _serve_on(
-    store: Store, opts: ServeOptions, agents: list[Agent], stop: StopSignals, console: Console
+    store: Store,
+    opts: ServeOptions,
+    agents: list[Agent],
+    stop: StopSignals,
+    console: Console,
+    started: list[bool],
 ) -> int:
     from legion.cli.wiring import open_runtime, until_first
     from legion.server import running_server
@@ -342,6 +345,7 @@ async def _serve_on(
         ) as rt,
         running_server(rt, agents, opts.settings) as server,
     ):
+        started.append(True)
         stop.attach(rt)
         names = ", ".join(a.name for a in agents)
         print(f"legion serve: listening on {server.url} ({names})", flush=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from legion import faults
 from legion.agent import Agent
 from legion.cli.limits import open_files_note
 from legion.cli.llm_options import ExecutorOptions, LLMOptions, llm_config
@@ -167,6 +168,55 @@ async def open_store_unless_stopped(
     )
     await until_first(opening, stop.wait())
     return None if opening.cancelled() else opening.result()
+
+
+Started = list[bool]
+"""Given to what a command runs on its store: it appends ``True`` once it has started
+(a worker serving, a server listening)."""
+
+
+async def run_on_store(
+    opts: RuntimeOptions,
+    wait: float,
+    stop: StopSignals,
+    console: Console,
+    run: Callable[[Store, Started], Awaitable[int]],
+    *,
+    what: str,
+) -> int:
+    """Open the store (`open_store_unless_stopped`) and ``run`` on it; answer its exit
+    code. The store lost before ``run`` has started (a database restarting between the
+    open and the start: the pool's connections ended) is opened again, within ``wait``
+    seconds as the first open is; lost after, or past ``wait``, it is `EXIT_STORE`."""
+    from legion.provision.exits import EXIT_STORE
+
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + wait
+    while True:
+        store = await open_store_unless_stopped(
+            opts, max(0.0, give_up - loop.time()), stop, console
+        )
+        if store is None:
+            return 0 if stop.is_set() else EXIT_STORE
+        if faults.ARMED:
+            faults.hit("store-opened")
+        started: Started = []
+        try:
+            return await run(store, started)
+        except StoreError as exc:
+            if not exc.retryable:
+                raise
+            if started or stop.is_set() or loop.time() >= give_up:
+                console.print(error_text(f"the store failed: {exc}"))
+                return EXIT_STORE
+            why = " ".join(str(exc).split())
+            console.print(
+                f"the store failed while the {what} started: {why}; opening it again",
+                style="yellow",
+                highlight=False,
+            )
+        finally:
+            await store.aclose()
 
 
 async def open_store(

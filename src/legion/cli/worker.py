@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -40,12 +41,13 @@ from legion.cli.progress import error_text
 from legion.cli.wiring import (
     STOP_SIGNALS,
     RuntimeOptions,
+    Started,
     StopSignals,
     open_runtime,
-    open_store_unless_stopped,
+    run_on_store,
     until_first,
 )
-from legion.errors import AgentChanged, AgentLoadError, StoreError
+from legion.errors import AgentChanged, AgentLoadError
 from legion.loader import agents_in, load_agent, load_module
 from legion.provision.exits import (
     EXIT_BUDGET,
@@ -106,26 +108,26 @@ async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> i
     # Stop signals are handled from here on: a worker stopped while it opens its store or
     # registers (a supervisor's SIGTERM can come at any moment) exits cleanly too.
     stop = StopSignals(draining)
-    store = await open_store_unless_stopped(opts.runtime, opts.store_wait, stop, console)
-    if store is None:
-        return 0 if stop.is_set() else EXIT_STORE
-    try:
-        return await _serve(store, opts, agents, stop, console)
-    except StoreError as exc:
-        if not exc.retryable:
-            raise
-        console.print(error_text(f"the store failed: {exc}"))
-        return EXIT_STORE
-    finally:
-        await store.aclose()
+
+    def serve_on(store: Store, started: Started) -> Awaitable[int]:
+        return _serve(store, opts, agents, stop, console, started)
+
+    return await run_on_store(opts.runtime, opts.store_wait, stop, console, serve_on, what="worker")
 
 
 async def _serve(
-    store: Store, opts: WorkerOptions, agents: list[Agent], stop: StopSignals, console: Console
+    store: Store,
+    opts: WorkerOptions,
+    agents: list[Agent],
+    stop: StopSignals,
+    console: Console,
+    started: Started,
 ) -> int:
+    """Serve until stopped; ``started`` gets a ``True`` once the worker has started."""
     notes: list[str] = []
     async with open_runtime(opts.runtime, store=store, agents=agents, on_routes=notes.append) as rt:
         assert rt.worker is not None and rt.llm is not None
+        started.append(True)
         stop.attach(rt)
         budget = rt.llm.budgets.run
         console.print(
