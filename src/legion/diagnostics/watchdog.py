@@ -18,7 +18,10 @@ threshold on, find the loop inside the same callback run (asyncio's ``Handle._ru
 frame, a new one per run), and the loop thread was not starved meanwhile: runnable but
 on a core for less than a fifth of the time (read where the system lets it, on Linux,
 from the thread's CPU clock and scheduler state). A thread asleep in a call
-(``time.sleep``, a synchronous socket) or busy on the CPU is holding the loop.
+(``time.sleep``, a synchronous socket) or busy on the CPU is holding the loop. Nor is a
+block held while the whole process stood still (SIGSTOP, a suspended machine): the
+watchdog's own thread, which no call on the loop keeps from running, did not run
+either; the loop's health says ``paused`` then.
 
 Cost: one timer callback per ``interval`` on the loop and one thread wake-up per
 ``interval``: nothing per task.
@@ -84,6 +87,11 @@ class LoopHealth:
     max_lag: float
     blocks: int
     blocked_seconds: float
+    paused: bool = False
+    """The latest late beat (while the recent lag stays up) was late because the whole
+    process did not run (stopped by SIGSTOP, a suspended machine, or starved of CPU):
+    the watchdog's own thread did not run either, which no call holding the event loop
+    stops."""
 
 
 class LoopWatchdog:
@@ -122,6 +130,11 @@ class LoopWatchdog:
         self._max_lag = 0.0
         self._blocks = 0
         self._blocked = 0.0
+        self._paused = False
+        # The watchdog's thread's last wake, and its latest gap between two wakes (its
+        # start, its end) long past its interval: the process did not run meanwhile.
+        self._woke = 0.0
+        self._gap = (0.0, 0.0)
 
     def start(self) -> None:
         """Start watching the running loop (call from the loop's thread)."""
@@ -142,7 +155,9 @@ class LoopWatchdog:
             self._thread.join()
 
     def health(self) -> LoopHealth:
-        return LoopHealth(self._lag, self._recent, self._max_lag, self._blocks, self._blocked)
+        return LoopHealth(
+            self._lag, self._recent, self._max_lag, self._blocks, self._blocked, self._paused
+        )
 
     # -- in the loop's thread ----------------------------------------------------------
 
@@ -155,13 +170,21 @@ class LoopWatchdog:
         self._lag = max(0.0, now - previous - self._interval)
         # Averaged over about half a second of time (a long block weighs by its length).
         self._recent += (self._lag - self._recent) * min(1.0, (now - previous) / 0.5)
+        paused = False
+        if self._lag >= self.threshold:
+            gap_from, gap_to = self._gap
+            unseen = now - self._woke  # (its thread may not have run since it was let go)
+            overlap = max(0.0, min(now, gap_to) - max(previous, gap_from))
+            self._paused = paused = max(unseen, overlap) >= self._lag / 2
+        elif self._recent < self.threshold:  # (said of the recent lag while it lasts)
+            self._paused = False
         self._max_lag = max(self._max_lag, self._lag)
         capture, self._capture = self._capture, None
         if self._lag >= self.threshold:
             self._blocks += 1
             self._blocked += self._lag
             seconds, task, stack, held = (
-                (capture.seconds(now), capture.task, capture.stack, capture.held)
+                (capture.seconds(now), capture.task, capture.stack, capture.held and not paused)
                 if capture and capture.since == previous
                 else (self._lag, None, (), False)
             )
@@ -174,7 +197,12 @@ class LoopWatchdog:
     def _watch(self) -> None:
         # (the block's last beat, the callback seen running, when it began as near as known)
         probe: _Probe = (0.0, None, 0.0)
+        self._woke = time.monotonic()
         while not self._stopped.wait(self._interval):
+            woke = time.monotonic()
+            if woke - self._woke > self._interval + self.threshold:
+                self._gap = (self._woke, woke)
+            self._woke = woke
             last = self._last_beat
             late = time.monotonic() - last
             probe = self._look(last, late, probe)
@@ -216,7 +244,8 @@ class LoopWatchdog:
             capture is not None and capture.since == last and not held
         ):
             return probe
-        held = held and not self._starved(last, cpu)
+        # (a call the loop was in when the process stood still did not hold it all along)
+        held = held and not self._starved(last, cpu) and self._gap[1] <= last
         task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
         self._capture = capture = Capture(last, task, tuple(_stack(frame)), held, began)
         self._captured_callback = callback

@@ -781,10 +781,16 @@ class Worker(Upkeep):
         be charged for its crash, as if it had run alone)."""
         cfg = self.config
         kind = reason = None
-        lag = self._watchdog.health().recent_lag
+        health = self._watchdog.health()
+        lag = health.recent_lag
         if lag > cfg.max_loop_lag:
             kind = "lag"
             reason = f"event loop lag {lag * 1000:.0f} ms > {cfg.max_loop_lag * 1000:.0f} ms"
+            if health.paused:  # (no agent's doing: the whole process stood still)
+                reason += (
+                    " (the process did not run meanwhile: stopped by a signal, its machine "
+                    "suspended, or starved of CPU)"
+                )
         elif cfg.max_memory_mb is not None and (rss := rss_mb()) > cfg.max_memory_mb:
             kind = "memory"
             reason = f"memory {rss:.0f} MB > {cfg.max_memory_mb:.0f} MB"
