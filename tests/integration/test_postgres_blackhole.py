@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -56,8 +57,9 @@ async def until(what: str, check: Callable[[], Awaitable[bool]], within: float =
 
 
 async def test_a_blackholed_worker_times_out_and_the_healthy_one_goes_on(
-    postgres_url: str, tmp_path: Path
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="legion")
     ledger = tmp_path / "ledger.jsonl"
     direct = PostgresStore(postgres_url, lease_seconds=LEASE)
     await direct.open()
@@ -99,12 +101,22 @@ async def test_a_blackholed_worker_times_out_and_the_healthy_one_goes_on(
                 return healthy.statistics().succeeded >= before + 30
 
             await until("the healthy worker completes tasks during the blackhole", healthy_goes_on)
+
+            async def beat_failed() -> bool:
+                return any("heartbeat failed" in r.getMessage() for r in caplog.records)
+
+            await until("the cut off worker's heartbeat fails", beat_failed)
             proxy.blackhole(False)
 
             async def all_done() -> bool:
                 return (await direct.counts()).get(TaskStatus.SUCCEEDED, 0) == TASKS
 
             await until("every task succeeds", all_done)
+
+            async def said_back() -> bool:  # (an outage's errors end with a line saying so)
+                return any("the store answers again" in r.getMessage() for r in caplog.records)
+
+            await until("the cut off worker says the store answers again", said_back)
             for w in (healthy, cutoff):
                 w.stop()
             await asyncio.gather(*runs)

@@ -156,6 +156,7 @@ class Upkeep:
     async def _heartbeat_loop(self) -> None:
         interval = self._heartbeat_every
         lease = self.config.lease_seconds
+        failing_since: float | None = None
         while True:
             if not self._confirmations:  # (else the step that asked gets the next at once)
                 self._beat.clear()
@@ -168,6 +169,8 @@ class Upkeep:
                 await self.heartbeat()
             except Exception as exc:
                 self._beat.clear()  # (the next try after an interval, or when a step asks)
+                if failing_since is None:
+                    failing_since = self._clock.monotonic()
                 log.error("heartbeat failed: %s", exc)
                 if self._clock.monotonic() - self._confirmed_at > lease and (
                     self._instances or self._ahead or self._suspects
@@ -184,6 +187,13 @@ class Upkeep:
                     # Rows still leased to it go back to the queue (not charged) as soon as
                     # the store answers again.
                     self._ambiguous_lease = True
+            else:
+                if failing_since is not None:  # (the errors stop: say that it is over)
+                    log.warning(
+                        "the store answers again: heartbeats failed for %.0f s",
+                        self._clock.monotonic() - failing_since,
+                    )
+                    failing_since = None
 
     async def heartbeat(self) -> None:
         """Extend the leases of the instances this worker runs; stop those whose lease is
