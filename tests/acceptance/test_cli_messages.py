@@ -128,14 +128,14 @@ def test_bad_lines_and_task_errors_with_brackets(tmp_path: Path, bracketed: Path
     _clean(r)
     assert r.returncode == 1
     assert f"skipped {inp}:2: line 2 is not valid JSON" in r.stderr
-    assert "line 3: dead RuntimeError: [bold]boom[/] in [red]x" in r.stderr
+    assert "line 3: dead RuntimeError: [bold]boom[/] in [red]x (at v2].py:" in r.stderr
     rows = read_jsonl(out)
     assert rows[0]["output"] == "fine"
     assert rows[2]["error"]["message"] == "[bold]boom[/] in [red]x"
     st = legion("status", "--store", f"sqlite:///{tmp_path / 'db'}", env={"COLUMNS": "200"})
     _clean(st)
     assert st.returncode == 0
-    assert "RuntimeError: [bold]boom[/] in [red]x" in st.stdout
+    assert "RuntimeError: [bold]boom[/] in [red]x (at v2].py:" in st.stdout
 
 
 def _unwrapped(help_text: str) -> str:

@@ -28,7 +28,7 @@ from legion.cli.wiring import (
     stop_signals,
     until_first,
 )
-from legion.diagnostics.report import Diagnostic
+from legion.diagnostics.report import Diagnostic, raised_at
 from legion.diagnostics.summary import summarize
 from legion.errors import ConfigError, StoreError
 from legion.inputs import InputLine, read_jsonl
@@ -526,8 +526,11 @@ def _print_summary(console: Console, tally: RunTally, report: RunReport, interru
             )
     for line, result in sorted(report.failures, key=lambda f: f[0]):
         if result.error is not None:
+            at = raised_at(result.error.traceback)
             console.print(
                 f"  line {line}: {result.status} {result.error.type}: {result.error.message}"
+                + (f" (at {at})" if at else ""),
+                highlight=False,
             )
     if report.failed > len(report.failures):
         console.print(

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from legion import codec
-from legion.diagnostics.report import Diagnostic
+from legion.diagnostics.report import Diagnostic, raised_at
 from legion.diagnostics.summary import summarize
 from legion.store import Store, WorkerInfo, redact_url, store_from_url
 from legion.store.types import SILENT_AFTER
@@ -229,6 +229,8 @@ async def show_status(
             et.add_column(col)
         for t in recent:
             msg = f"{t.error.type}: {t.error.message}" if t.error else ""
+            if t.error and (at := raised_at(t.error.traceback)):
+                msg = f"{msg[:160]} (at {at})"
             et.add_row(
                 str(t.id), t.agent, str(t.status), f"{t.attempt}/{t.max_attempts}", msg[:200]
             )

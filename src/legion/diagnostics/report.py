@@ -111,6 +111,19 @@ def user_site(stack: Sequence[Site], own_files: Sequence[str] = ()) -> Site | No
     return None
 
 
+_FRAME = re.compile(r'^  File "(.+)", line (\d+), in (.+)$', re.MULTILINE)
+
+
+def raised_at(traceback_text: str) -> str | None:
+    """Where the agent's own code raised, from an error's formatted traceback: the
+    innermost frame outside legion, the standard library and installed packages
+    (``app.py:12 in parse``); ``None`` when no frame is the user's."""
+    for file, line, function in reversed(_FRAME.findall(traceback_text)):
+        if not is_library_file(file):
+            return f"{os.path.basename(file)}:{line} in {function}"
+    return None
+
+
 def with_code(site: Site) -> Site:
     """``site`` with its line of code (a deep frame of a captured stack has none yet)."""
     if site.code or site.file.startswith("<"):
