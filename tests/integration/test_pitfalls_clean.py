@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,17 +79,37 @@ def test_the_sdk_import_of_a_first_ctx_llm_openai_is_not_the_agents_block() -> N
     assert blocked_loop("ask", block(*own)) is not None
 
 
+def test_a_captured_stack_names_the_module_an_import_loads(tmp_path: Path) -> None:
+    # The watchdog reads the stack of the loop's thread; an import's frozen frames have
+    # no line to show, so the module they load is kept in its place.
+    (tmp_path / "first_use_probe_mod.py").write_text(
+        "import sys\nfrom legion.diagnostics.watchdog import _stack\n"
+        "STACK = _stack(sys._getframe())\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import first_use_probe_mod  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("first_use_probe_mod", None)
+    loading = [s.code for s in first_use_probe_mod.STACK if s.function == "_find_and_load"]
+    assert loading == ["import first_use_probe_mod"]
+
+
 def test_an_import_on_first_use_is_told_to_move_to_the_top_not_to_a_thread() -> None:
     # A framework's first call (or the agent's own import inside it) imports modules:
     # "use an async call or asyncio.to_thread" was the wrong cure.
     mine = Site(str(USER), 55, "calculate", "state = await graph.ainvoke(...)")
     importing = (
         Site("<frozen importlib._bootstrap_external>", 1, "exec_module"),
-        Site("<frozen importlib._bootstrap>", 1, "_find_and_load"),
+        Site("<frozen importlib._bootstrap>", 1, "_find_and_load", "import numpy.linalg"),
+        Site(str(PACKAGES / "numpy" / "__init__.py"), 30, "<module>"),
+        Site("<frozen importlib._bootstrap>", 1, "_find_and_load", "import numpy"),
         Site(str(PACKAGES / "langgraph" / "pregel" / "main.py"), 300, "ainvoke"),
     )
     found = blocked_loop("calculate", block(*importing, mine))
-    assert found is not None and "importing a module on first use" in found.message
+    # (the module the call imported is named: the outermost import, not what it imports)
+    assert found is not None and "importing `numpy` on first use" in found.message
     assert "import it at the top of the agent's module" in found.message
     assert "to_thread" not in found.message
     plain = blocked_loop("calculate", block(Site(str(STDLIB / "time.py"), 1, "sleep"), mine))

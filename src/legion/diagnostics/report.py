@@ -152,8 +152,15 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
     if any(f.file.startswith("<frozen importlib") for f in below):
         # An import on first use (the agent's own, or a library's inside the call): the
         # cure is to pay it as the worker starts, not a thread.
+        imported = [
+            f.code.removeprefix("import ")
+            for f in below
+            if f.function == "_find_and_load" and f.code.startswith("import ")
+        ]
+        # (the outermost import is the one the call made: the rest are what it imports)
+        which = f" `{imported[-1]}`" if imported and imported[-1] != "?" else " a module"
         advice = (
-            "it was importing a module on first use: import it at the top of the agent's "
+            f"it was importing{which} on first use: import it at the top of the agent's "
             "module (the worker then pays it once, as it starts)"
         )
     return Diagnostic(

@@ -314,9 +314,25 @@ def _stack(frame: FrameType | None, limit: int = STACK_FRAMES) -> list[Site]:
     while frame is not None and len(sites) < limit:
         code = frame.f_code
         line = frame.f_lineno or 0  # None while the frame is being torn down
-        text = (
-            linecache.getline(code.co_filename, line).strip() if len(sites) < _STACK_TEXTS else ""
-        )
+        if code.co_name == IMPORTING and code.co_filename.startswith("<frozen importlib"):
+            text = f"import {_module_name(frame)}"  # (frozen code has no line to show)
+        elif len(sites) < _STACK_TEXTS:
+            text = linecache.getline(code.co_filename, line).strip()
+        else:
+            text = ""
         sites.append(Site(code.co_filename, line, code.co_name, text))
         frame = frame.f_back
     return sites
+
+
+IMPORTING = "_find_and_load"
+"""The import system's function that loads one module (its argument ``name``)."""
+
+
+def _module_name(frame: FrameType) -> str:
+    """The module an import system's frame loads, or ``?``."""
+    try:
+        name = frame.f_locals.get("name")
+    except Exception:  # (a frame torn down meanwhile)
+        return "?"
+    return name if isinstance(name, str) else "?"
