@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from pathlib import Path
+
+import pytest
 
 import legion
 from legion import Runtime, TaskStatus
@@ -171,3 +174,17 @@ async def test_calls_that_block_one_after_another_in_one_turn_are_each_reported(
         assert found.site.line == line_of("sleeps-in-turn")
         # (each its own length: not the turn's, which held the loop for all three)
         assert found.seconds is not None and found.seconds < 0.6
+
+
+async def test_a_runtime_logs_each_pitfall_once_per_place(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # From Python, a Runtime's user saw none of the pitfalls (`legion run` summarises them;
+    # the rest was in `legion status --advice` alone).
+    caplog.set_level(logging.WARNING, logger="legion.pitfalls")
+    async with Runtime(db_url) as rt:
+        results = [r async for r in rt.map(agents.sleepy, [1, 2, 3])]
+    assert all(len(r.diagnostics) == 1 for r in results)
+    said = [r.getMessage() for r in caplog.records if r.name == "legion.pitfalls"]
+    assert len(said) == 1, said  # (three tasks, one place)
+    assert "blocked the event loop" in said[0] and "legion status --advice" in said[0]

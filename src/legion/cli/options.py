@@ -292,9 +292,11 @@ def _setup_logging(verbose: bool, log_format: LogFormat = LogFormat.text) -> Non
 
 
 def _quiet_failures() -> None:
-    """Leave each failed attempt out of the log (`legion.run.worker.tasks_log`): for a
-    command that reports its tasks' ends itself (run, demo, bench)."""
+    """Leave each failed attempt and each async pitfall out of the log
+    (`legion.run.worker.tasks_log`, `pitfalls_log`): for a command that reports its tasks'
+    ends and pitfalls itself (run, demo, bench)."""
     logging.getLogger("legion.tasks").setLevel(logging.ERROR)
+    logging.getLogger("legion.pitfalls").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

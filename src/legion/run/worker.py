@@ -75,7 +75,14 @@ tasks_log = logging.getLogger("legion.tasks")
 for good (failed, dead) at WARNING, with ``task_id``, ``agent``, ``attempt`` and
 ``outcome`` attached (fields of a JSON log line)."""
 
+pitfalls_log = logging.getLogger("legion.pitfalls")
+"""Each async pitfall an attempt's diagnostics found (`legion.diagnostics`), at WARNING,
+the first time this worker sees it at its place (kind and line): the rest are counted
+in the store (``legion status --advice``). ``legion run`` says them in its summary
+instead."""
+
 _FAILURES = frozenset({Outcome.RETRY, Outcome.FAILED, Outcome.DEAD})
+_PITFALLS_SAID = 1000  # places a worker remembers having logged (then it says no more)
 _SHOWN = 300
 """Characters of an error's message a log line shows (the store keeps it whole)."""
 
@@ -295,6 +302,7 @@ class Worker(Upkeep):
         # admission (and no agent has a cap); else the lease loop starts them, as admitted.
         self._ahead_open = False
         self._captured_last: Instance | None = None  # (the watchdog's thread's own)
+        self._pitfalls_said: set[tuple[object, str, int]] = set()
         self._watchdog = LoopWatchdog(
             self._blocked,
             threshold=self.config.block_threshold,
@@ -864,8 +872,7 @@ class Worker(Upkeep):
         if found is None:  # no frame of the agent's code ran: the worker's own lag
             _worker_lag(block)
             return
-        owner.found(found)
-        log.warning("task %s: %s", owner.lease.id, found.message)
+        owner.found(found)  # (logged with its attempt's end: `_say_pitfalls`)
 
     async def _release_unheld(self) -> None:
         """After leases this worker may hold were lost to it (a failed lease call, a
@@ -1082,6 +1089,20 @@ class Worker(Upkeep):
         self._beat.set()
         return asyncio.shield(pending[-1][1])
 
+    def _say_pitfalls(self, done: Completion) -> None:
+        """Log each pitfall of ``done`` the first time this worker sees it at its place."""
+        for d in done.diagnostics:
+            place = (d.kind, d.site.file if d.site else "", d.site.line if d.site else 0)
+            if place in self._pitfalls_said or len(self._pitfalls_said) >= _PITFALLS_SAID:
+                continue
+            self._pitfalls_said.add(place)
+            pitfalls_log.warning(
+                "task %d: %s (said once for this place; `legion status --advice` counts all)",
+                done.id,
+                d.message,
+                extra={"task_id": done.id, "agent": done.agent, "kind": str(d.kind)},
+            )
+
     def _committed(self, batch: Sequence[Committed]) -> None:
         retry_at = None
         refused: list[int] = []
@@ -1092,6 +1113,8 @@ class Worker(Upkeep):
                 refused.append(comp.id)
                 continue
             self._counters.count(comp.outcome, comp.finished_at - comp.started_at)
+            if comp.diagnostics:
+                self._say_pitfalls(comp)
             if comp.outcome in _FAILURES:
                 _log_failure(comp)
                 if comp.outcome is Outcome.RETRY:
