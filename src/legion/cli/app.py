@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from legion.cli.bench import register as _register_bench
+from legion.cli.forget import register as _register_forget
 from legion.cli.gateway import register as _register_gateway
 from legion.cli.limits import raise_open_files
 from legion.cli.options import (
@@ -590,6 +591,7 @@ _register_sim(app)
 _register_vectors(app)
 _register_signal(app)
 _register_purge(app)
+_register_forget(app)
 _register_schedule(app)
 _register_gateway(app)
 

@@ -1,0 +1,76 @@
+"""``legion forget --session NAME``: delete what a session kept (its memory and its
+session-scoped vectors), as a request to forget a user asks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
+from legion.cli.purge import drop_vectors
+from legion.errors import ConfigError
+from legion.store.tenancy import DEFAULT_TENANT, scoped_key
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``forget`` command to ``app``."""
+
+    @app.command("forget")
+    def forget_cmd(
+        session: Annotated[
+            list[str],
+            typer.Option(
+                "--session",
+                metavar="NAME",
+                help="The session to forget, as tasks named it (repeat it for more).",
+            ),
+        ],
+        tenant: Annotated[
+            str,
+            typer.Option(help="The sessions' tenant (as `legion keys` names it)."),
+        ] = DEFAULT_TENANT,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
+        ] = False,
+        store: StoreOpt = DEFAULT_STORE,
+    ) -> None:
+        """Delete a session's memory (`ctx.memory`) and its items in every session-scoped
+        vector collection, now, whatever their age (`legion purge --sessions` deletes
+        idle sessions' memory alone).
+
+        Refused while a queued, running or waiting task names the session: it would write
+        again what was deleted (cancel it first: `legion cancel`). The tasks that ran in
+        the session are kept, with their inputs, steps and outputs: `legion purge`
+        deletes those by age. Shared collections are not a session's: `legion vectors`
+        deletes from them."""
+        try:
+            stored = [scoped_key(tenant, name, "a session") or name for name in session]
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+        if any(not name for name in session):
+            raise _fail("--session names no session (an empty name)")
+
+        async def main() -> None:
+            from legion.cli.status import opened
+
+            async with opened(store) as s:
+                live = await s.live_sessions()
+                busy = [name for name, key in zip(session, stored, strict=True) if key in live]
+                if busy:
+                    raise _fail(
+                        f"a queued, running or waiting task names session {busy[0]!r}: it "
+                        "would write its memory again; cancel its tasks first (`legion "
+                        "cancel`), then forget it",
+                        code=1,
+                    )
+                if dry_run:
+                    keys = sum([len(await s.memory_items(key)) for key in stored])
+                    print(f"{keys}\tmemory keys of {len(stored)} sessions would go (dry run)")
+                    return
+                gone = await s.drop_memory(stored, await s.now() + 1.0)
+                vectors = await drop_vectors(s, tuple(stored))
+                print(f"{gone}\tmemory keys deleted")
+                print(f"{vectors}\tsession-scoped vectors deleted")
+
+        _run(main())
