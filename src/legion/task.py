@@ -329,6 +329,10 @@ class TaskResult:
     finished_at: float | None = None
     usage: dict[str, Any] | None = None
     diagnostics: tuple[Diagnostic, ...] = ()
+    """The async pitfalls found in its last attempt, when that attempt ended on this
+    process's worker and the result was delivered then; a result read back from the
+    store (a task that ended earlier or in another process) carries none: the store
+    keeps them (``legion status --advice``, ``store.diagnostics(task_id=...)``)."""
 
     @property
     def ok(self) -> bool:
