@@ -213,7 +213,7 @@ class LoopWatchdog:
                 and capture is not None
                 and capture.since == last
             ):
-                self._on_stuck(capture, late)
+                self._on_stuck(capture, capture.seconds(time.monotonic()))
 
     def _look(self, last: float, late: float, probe: _Probe) -> _Probe:
         """Take the loop thread's stack while a block goes on; answer the new probe.
