@@ -29,6 +29,15 @@ DOCS = [
 ]
 
 
+@legion.agent(retries=0)
+async def note(ctx: legion.Context, text: str) -> list[str]:
+    """What the session's notes held, then this one added."""
+    col = ctx.vectors("notes")
+    seen = [h.text for h in await col.search(text, k=5)]
+    await col.add([text])
+    return seen
+
+
 async def run(
     url: str, sim: SimulatedProvider, agent: Any, *args: Any, session: str | None = None
 ) -> Any:
@@ -519,13 +528,6 @@ async def test_a_store_named_through_a_symbolic_link_keeps_one_file_of_vectors(
     (tmp_path / "data").mkdir()
     (tmp_path / "app.db").symlink_to(tmp_path / "data" / "store.db")
 
-    @legion.agent
-    async def note(ctx: legion.Context, text: str) -> list[str]:
-        col = ctx.vectors("notes")
-        seen = [h.text for h in await col.search(text, k=5)]
-        await col.add([text])
-        return seen
-
     seen = []
     for path in ("data/store.db", "app.db"):
         url = f"sqlite:///{tmp_path / path}"
@@ -543,13 +545,6 @@ async def test_vectors_left_behind_by_a_deleted_store_are_refused_not_served(
     # A store deleted (its file, -wal and -shm) and made again at the same path adopted
     # the vectors file beside it: the new store's task 1 was served the session vectors
     # of the old store's task 1.
-    @legion.agent(retries=0)
-    async def note(ctx: legion.Context, text: str) -> list[str]:
-        col = ctx.vectors("notes")
-        seen = [h.text for h in await col.search(text, k=5)]
-        await col.add([text])
-        return seen
-
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     first = await run(url, sim, note, "the old store's private note")
     again = await run(url, sim, note, "another note")  # (the same store: its own file)
@@ -573,13 +568,6 @@ async def test_a_vectors_file_an_older_legion_made_is_its_stores(
 ) -> None:
     # A file from before the files were tied to their store: kept, and tied to it now.
     from legion.vectors.sqlite import connect  # (the SQLite library the vectors use)
-
-    @legion.agent(retries=0)
-    async def note(ctx: legion.Context, text: str) -> list[str]:
-        col = ctx.vectors("notes")
-        seen = [h.text for h in await col.search(text, k=5)]
-        await col.add([text])
-        return seen
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     await run(url, sim, note, "kept from before", session="S")
