@@ -134,7 +134,9 @@ class LoopWatchdog:
         # The watchdog's thread's last wake, and its latest gap between two wakes (its
         # start, its end) long past its interval: the process did not run meanwhile.
         self._woke = 0.0
+        self._woke_cpu: float | None = None  # (the loop thread's CPU time then)
         self._gap = (0.0, 0.0)
+        self._looked: tuple[float, float | None] = (0.0, None)  # (the last look, its CPU)
 
     def start(self) -> None:
         """Start watching the running loop (call from the loop's thread)."""
@@ -173,7 +175,11 @@ class LoopWatchdog:
         paused = False
         if self._lag >= self.threshold:
             gap_from, gap_to = self._gap
-            unseen = now - self._woke  # (its thread may not have run since it was let go)
+            # (its thread may not have run since it was let go; a call holding the GIL
+            # stops it too, but the loop thread runs then)
+            unseen = now - self._woke
+            if self._cpu_clock is not None and _ran(self._woke_cpu, time.thread_time(), unseen):
+                unseen = 0.0
             overlap = max(0.0, min(now, gap_to) - max(previous, gap_from))
             self._paused = paused = max(unseen, overlap) >= self._lag / 2
         elif self._recent < self.threshold:  # (said of the recent lag while it lasts)
@@ -195,14 +201,17 @@ class LoopWatchdog:
     # -- in the watchdog's thread ------------------------------------------------------
 
     def _watch(self) -> None:
-        # (the block's last beat, the callback seen running, when it began as near as known)
-        probe: _Probe = (0.0, None, 0.0)
-        self._woke = time.monotonic()
+        # (the block's last beat, the callback seen running, when it began as near as
+        # known, the loop thread's CPU time then)
+        probe: _Probe = (0.0, None, 0.0, None)
+        self._woke, self._woke_cpu = time.monotonic(), self._loop_cpu()
         while not self._stopped.wait(self._interval):
-            woke = time.monotonic()
-            if woke - self._woke > self._interval + self.threshold:
+            woke, cpu = time.monotonic(), self._loop_cpu()
+            if woke - self._woke > self._interval + self.threshold and not _ran(
+                self._woke_cpu, cpu, woke - self._woke
+            ):  # (a call holding the GIL stops this thread too, but the loop's runs)
                 self._gap = (self._woke, woke)
-            self._woke = woke
+            self._woke, self._woke_cpu = woke, cpu
             last = self._last_beat
             late = time.monotonic() - last
             probe = self._look(last, late, probe)
@@ -212,6 +221,7 @@ class LoopWatchdog:
                 and late >= self.threshold
                 and capture is not None
                 and capture.since == last
+                and self._gap[1] <= capture.since  # (no freeze: the process stood still)
             ):
                 self._on_stuck(capture, capture.seconds(time.monotonic()))
 
@@ -228,6 +238,7 @@ class LoopWatchdog:
         cpu = self._loop_cpu()
         frame = sys._current_frames().get(self._thread_id)
         callback = _callback_frame(frame)
+        looked, self._looked = self._looked, (time.monotonic(), cpu)
         capture = self._capture
         if (
             capture is not None
@@ -237,15 +248,21 @@ class LoopWatchdog:
         ):
             return probe  # (the call captured holds the loop still)
         held = probe[0] == last and callback is not None and callback is probe[1]
-        if not held:  # (a call of a turn seen before began after the turn's last look)
-            probe = (last, callback, last if probe[0] != last else time.monotonic())
+        if not held:
+            # The first call of a turn began at its last beat; a later one after the
+            # turn's previous look, which found another call running.
+            probe = (
+                (last, callback, last, self._last_cpu)
+                if probe[0] != last
+                else (last, callback, looked[0], looked[1])
+            )
         began = probe[2]
         if time.monotonic() - began < self.threshold or (
             capture is not None and capture.since == last and not held
         ):
             return probe
         # (a call the loop was in when the process stood still did not hold it all along)
-        held = held and not self._starved(last, cpu) and self._gap[1] <= last
+        held = held and not self._starved(began, probe[3], cpu) and self._gap[1] <= began
         task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
         self._capture = capture = Capture(last, task, tuple(_stack(frame)), held, began)
         self._captured_callback = callback
@@ -261,21 +278,29 @@ class LoopWatchdog:
         except OSError:
             return None
 
-    def _starved(self, since: float, cpu: float | None) -> bool:
-        """Whether the loop thread, late since ``since``, is waiting for a core: runnable,
-        and on one for less than a fifth of the time (``False`` when unknown)."""
-        if cpu is None:
+    def _starved(self, since: float, cpu_since: float | None, cpu: float | None) -> bool:
+        """Whether the loop thread, in one call since ``since`` (its CPU time then
+        ``cpu_since``, now ``cpu``), is waiting for a core: runnable, and on one for less
+        than a fifth of the time (``False`` when unknown)."""
+        if cpu is None or cpu_since is None:
             return False
         try:
             with open(self._status_file, "rb") as file:
                 state = file.read().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             return False
-        late = time.monotonic() - since
-        return state == b"R" and cpu - self._last_cpu < _STARVED_CPU * late
+        return not _ran(cpu_since, cpu, time.monotonic() - since) and state == b"R"
 
 
-_Probe = tuple[float, FrameType | None, float]
+_Probe = tuple[float, FrameType | None, float, float | None]
+
+
+def _ran(cpu_before: float | None, cpu_after: float | None, seconds: float) -> bool:
+    """Whether the loop thread was on a core for a fifth of ``seconds`` at least, by its
+    CPU times at the start and the end (``False`` when unknown)."""
+    if cpu_before is None or cpu_after is None:
+        return False
+    return cpu_after - cpu_before >= _STARVED_CPU * seconds
 
 
 def _thread_clock() -> tuple[int | None, str]:
