@@ -333,7 +333,7 @@ async def _serve_on(
     console: Console,
     started: list[bool],
 ) -> int:
-    from legion.cli.wiring import open_runtime, until_first
+    from legion.cli.wiring import open_runtime, until_first, worker_up
     from legion.server import running_server
 
     async with (
@@ -345,6 +345,7 @@ async def _serve_on(
         ) as rt,
         running_server(rt, agents, opts.settings) as server,
     ):
+        await worker_up(rt)
         started.append(True)
         stop.attach(rt)
         names = ", ".join(a.name for a in agents)

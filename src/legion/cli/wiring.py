@@ -32,7 +32,7 @@ from legion.agent import Agent
 from legion.cli.limits import open_files_note
 from legion.cli.llm_options import ExecutorOptions, LLMOptions, llm_config
 from legion.cli.progress import error_text
-from legion.errors import StoreError
+from legion.errors import StoreError, StoreUnavailable
 from legion.llm.budget import Budget, BudgetLimits
 from legion.llm.client import LLMClient
 from legion.llm.config import LLMConfig, build_client
@@ -175,6 +175,17 @@ Started = list[bool]
 (a worker serving, a server listening)."""
 
 
+async def worker_up(rt: Runtime) -> None:
+    """Return once ``rt``'s local worker (if any) has started; raise what stopped it if
+    it ended first (a store lost while it registered: `Runtime.open` returns then, and
+    the error would surface only at the drain)."""
+    worker = rt.worker
+    if worker is None or worker.started.is_set():
+        return
+    await rt.drain()  # (raises the worker's error)
+    raise StoreUnavailable("the worker stopped before it started")
+
+
 async def run_on_store(
     opts: RuntimeOptions,
     wait: float,
@@ -192,6 +203,7 @@ async def run_on_store(
 
     loop = asyncio.get_running_loop()
     give_up = loop.time() + wait
+    pause = 0.5
     while True:
         store = await open_store_unless_stopped(
             opts, max(0.0, give_up - loop.time()), stop, console
@@ -206,17 +218,22 @@ async def run_on_store(
         except StoreError as exc:
             if not exc.retryable:
                 raise
-            if started or stop.is_set() or loop.time() >= give_up:
+            if stop.is_set() and not started:
+                return 0  # (stopped while it started, as while it waited for the store)
+            if started or loop.time() >= give_up:
                 console.print(error_text(f"the store failed: {exc}"))
                 return EXIT_STORE
             why = " ".join(str(exc).split())
             console.print(
-                f"the store failed while the {what} started: {why}; opening it again",
+                f"the store failed while the {what} started: {why}; opening it again in "
+                f"{pause:.1f}s",
                 style="yellow",
                 highlight=False,
             )
         finally:
             await store.aclose()
+        await until_first(asyncio.sleep(pause), stop.wait())
+        pause = min(pause * 2, 10.0)
 
 
 async def open_store(

@@ -46,6 +46,7 @@ from legion.cli.wiring import (
     open_runtime,
     run_on_store,
     until_first,
+    worker_up,
 )
 from legion.errors import AgentChanged, AgentLoadError
 from legion.loader import agents_in, load_agent, load_module
@@ -127,6 +128,7 @@ async def _serve(
     notes: list[str] = []
     async with open_runtime(opts.runtime, store=store, agents=agents, on_routes=notes.append) as rt:
         assert rt.worker is not None and rt.llm is not None
+        await worker_up(rt)
         started.append(True)
         stop.attach(rt)
         budget = rt.llm.budgets.run
