@@ -36,3 +36,12 @@ def test_a_traceback_of_library_frames_alone_names_nothing() -> None:
     library_only = "".join(f for f in frames if "test_raised_at.py" not in f)
     assert raised_at(library_only) is None
     assert raised_at("") is None
+
+
+def test_a_frame_within_an_exception_group_is_found(tmp_path: Path) -> None:
+    text = (
+        "  + Exception Group Traceback (most recent call last):\n"
+        '  |   File "/srv/app/agents.py", line 9, in research\n'
+        "  |     raise ExceptionGroup('x', [e])\n"
+    )
+    assert raised_at(text) == "agents.py:9 in research"

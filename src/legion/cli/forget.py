@@ -3,13 +3,13 @@ session-scoped vectors), as a request to forget a user asks."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
 
 from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
-from legion.cli.purge import drop_vectors
-from legion.errors import ConfigError
+from legion.errors import ConfigError, VectorError
 from legion.store.tenancy import DEFAULT_TENANT, scoped_key
 
 
@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
 
         async def main() -> None:
             from legion.cli.status import opened
+            from legion.vectors.backend import drop_sessions
 
             async with opened(store) as s:
                 live = await s.live_sessions()
@@ -68,9 +69,13 @@ def register(app: typer.Typer) -> None:
                     keys = sum([len(await s.memory_items(key)) for key in stored])
                     print(f"{keys}\tmemory keys of {len(stored)} sessions would go (dry run)")
                     return
-                gone = await s.drop_memory(stored, await s.now() + 1.0)
-                vectors = await drop_vectors(s, tuple(stored))
+                # (every key, whatever the clock of the worker that wrote it said)
+                gone = await s.drop_memory(stored, math.inf)
                 print(f"{gone}\tmemory keys deleted")
+                try:
+                    vectors = await drop_sessions(s, stored)
+                except VectorError as exc:
+                    raise _fail(f"the sessions' vectors were not deleted: {exc}", code=1) from None
                 print(f"{vectors}\tsession-scoped vectors deleted")
 
         _run(main())

@@ -111,7 +111,7 @@ def user_site(stack: Sequence[Site], own_files: Sequence[str] = ()) -> Site | No
     return None
 
 
-_FRAME = re.compile(r'^  File "(.+)", line (\d+), in (.+)$', re.MULTILINE)
+_FRAME = re.compile(r'^[ |]*File "(.+)", line (\d+), in (.+)$', re.MULTILINE)  # (groups: "|")
 
 
 def raised_at(traceback_text: str) -> str | None:
