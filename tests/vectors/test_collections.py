@@ -19,6 +19,7 @@ from legion.task import NewTask
 from legion.vectors import CollectionInfo, Item
 from legion.vectors.backend import vectors_for
 from legion.vectors.types import check_where
+from tests.acceptance.conftest import legion as legion_cli
 from tests.vectors.conftest import sim_client
 
 DOCS = [
@@ -557,7 +558,13 @@ async def test_vectors_left_behind_by_a_deleted_store_are_refused_not_served(
     assert fresh.status == TaskStatus.FAILED and "private note" not in str(fresh.output)
     assert fresh.error.type == "VectorError"
     assert "holds the vectors of another store" in fresh.error.message
-    assert "delete it" in fresh.error.message
+    assert "delete it" in fresh.error.message and "legion vectors adopt" in fresh.error.message
+    # Were they this store's (a store restored from an old backup has another number),
+    # `legion vectors adopt` ties them to it.
+    adopted = legion_cli("vectors", "adopt", "--store", url)
+    assert adopted.returncode == 0, adopted.stderr
+    # (the new store's task 2 has the old task 2's session, and now its vectors)
+    assert (await run(url, sim, note, "hello")).output == ["another note"]
     for name in ("runs.vectors.db", "runs.vectors.db-wal", "runs.vectors.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
     assert (await run(url, sim, note, "hello")).output == []  # (afresh, as it says)

@@ -306,6 +306,29 @@ def register(app: typer.Typer) -> None:
         if not yes:
             raise typer.Exit(1)
 
+    @vectors.command("adopt")
+    def adopt_cmd(store: StoreOpt = default_store) -> None:
+        """Tie a SQLite store's vectors file (`runs.vectors.db` beside `runs.db`) to the
+        store, when they are its own and it refuses them as another store's: a store
+        restored from a backup made before a store had its own number, or rebuilt (a
+        .dump or .recover), has another number. Not for a file left behind by a deleted
+        store: its vectors would be served to the new store's tasks."""
+        from legion.store.sqlite import SQLiteStore
+        from legion.vectors.sqlite import SQLiteVectors
+
+        async def main() -> str:
+            async with _opened(store, create=False) as opened:
+                if not isinstance(opened, SQLiteStore):
+                    return "nothing to adopt: this store keeps its vectors in itself"
+                backend = SQLiteVectors(opened.path, opened.identity)
+                try:
+                    await backend.adopt()
+                finally:
+                    await backend.aclose()
+                return f"{backend.path} is this store's now"
+
+        print(_run(main()))
+
     @vectors.command("list")
     def list_cmd(
         store: StoreOpt = default_store,

@@ -126,6 +126,24 @@ class SQLiteVectors:
             self._db = db
         return self._db
 
+    async def adopt(self) -> None:
+        """Tie the vectors file to this store whatever store it was tied to (a store
+        restored from a backup made before stores had their number, or rebuilt, has
+        another): ``legion vectors adopt``."""
+
+        def run() -> None:
+            db = connect(self.path)
+            try:
+                db.execute("CREATE TABLE IF NOT EXISTS vector_owner (store INTEGER NOT NULL)")
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM vector_owner")
+                db.execute("INSERT INTO vector_owner VALUES (?)", (self._store_identity,))
+                db.execute("COMMIT")
+            finally:
+                db.close()
+
+        await self._call(lambda: self._guard(run))
+
     def _claim(self, db: Any) -> None:
         """Tie the file to its store (`SQLiteStore.identity`), or refuse one that another
         store made: a store deleted and made again at the same path left its vectors
@@ -150,7 +168,9 @@ class SQLiteVectors:
             raise VectorError(
                 f"{self.path} holds the vectors of another store, made at this path before "
                 "this one (its file deleted, this file left behind): delete it (with its -wal "
-                "and -shm files), or move it away, to start this store's vectors afresh"
+                "and -shm files), or move it away, to start this store's vectors afresh; if "
+                "they are this store's (restored from a backup, or rebuilt), `legion vectors "
+                "adopt` ties them to it"
             )
 
     def _transaction(self, fn: Callable[[Any], T]) -> T:
