@@ -20,6 +20,7 @@ from legion.inputs import KEY_MAX
 from legion.server.body import json_body
 from legion.server.deps import KeyDep, ServerState, StateDep, known_query, require_key
 from legion.server.schemas import (
+    KEY,
     TEXT,
     AttemptsOut,
     BatchIn,
@@ -125,8 +126,9 @@ async def submit_task(
         str | None,
         Header(
             alias="Idempotency-Key",
-            # (its bytes: 500 characters of UTF-8 are at most 2,000; see `_header_key`)
-            max_length=4 * KEY_MAX,
+            # (checked in `_header_key`, once its bytes are read as UTF-8: FastAPI would
+            # count the bytes of a non-ASCII key, 2,000 at most for 500 characters)
+            json_schema_extra={"minLength": 1, "maxLength": KEY_MAX, "pattern": KEY},
             description="The idempotency key, as the body's `key`, with the same rules (the "
             "header wins when both are sent).",
         ),
@@ -153,21 +155,10 @@ async def submit_task(
     responses={**_ERRORS, **_SHED},
     openapi_extra=_body("BatchIn"),
 )
-async def submit_batch(
-    request: Request,
-    state: StateDep,
-    key: KeyDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="Refused here (422): one key names one task; give each task of the "
-            "batch its own `key`.",
-        ),
-    ] = None,
-) -> BatchOut:
-    """Queue many tasks; nothing is queued if any of them is invalid (422)."""
-    if idempotency_key is not None:
+async def submit_batch(request: Request, state: StateDep, key: KeyDep) -> BatchOut:
+    """Queue many tasks; nothing is queued if any of them is invalid (422). Each task
+    names its own idempotency `key`: an `Idempotency-Key` header is refused (422)."""
+    if "idempotency-key" in request.headers:
         # Taken for the whole batch, it would make a retried batch look new: each task of
         # it would be queued again.
         raise RequestValidationError(
