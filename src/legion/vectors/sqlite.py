@@ -91,6 +91,26 @@ def _beside(path: Path) -> str:
     return str(path.with_name(f"{path.stem if path.suffix else path.name}.vectors{suffix}"))
 
 
+_OWNER_TABLE = "CREATE TABLE IF NOT EXISTS vector_owner (store INTEGER NOT NULL)"
+"""The store a vectors file belongs to (`SQLiteStore.identity`): one row."""
+
+
+def _write_owner(db: Any, store: int | None, *, replace: bool) -> None:
+    """Record ``store`` as the file's owner under the write lock: in place of any other
+    (``replace``), or only if none is recorded yet (two processes may claim it at once)."""
+    db.execute(_OWNER_TABLE)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if replace:
+            db.execute("DELETE FROM vector_owner")
+        if db.execute("SELECT store FROM vector_owner").fetchone() is None:
+            db.execute("INSERT INTO vector_owner VALUES (?)", (store,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 def pack(vector: Sequence[float]) -> bytes:
     return array("f", vector).tobytes()
 
@@ -134,11 +154,7 @@ class SQLiteVectors:
         def run() -> None:
             db = connect(self.path)
             try:
-                db.execute("CREATE TABLE IF NOT EXISTS vector_owner (store INTEGER NOT NULL)")
-                db.execute("BEGIN IMMEDIATE")
-                db.execute("DELETE FROM vector_owner")
-                db.execute("INSERT INTO vector_owner VALUES (?)", (self._store_identity,))
-                db.execute("COMMIT")
+                _write_owner(db, self._store_identity, replace=True)
             finally:
                 db.close()
 
@@ -152,17 +168,10 @@ class SQLiteVectors:
         mine = self._store_identity
         if mine is None:
             return
-        db.execute("CREATE TABLE IF NOT EXISTS vector_owner (store INTEGER NOT NULL)")
+        db.execute(_OWNER_TABLE)
         found = db.execute("SELECT store FROM vector_owner").fetchone()
         if found is None:  # (a new file, or one an older legion made: its store's)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if db.execute("SELECT store FROM vector_owner").fetchone() is None:
-                    db.execute("INSERT INTO vector_owner VALUES (?)", (mine,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            _write_owner(db, mine, replace=False)
             found = db.execute("SELECT store FROM vector_owner").fetchone()
         if found[0] != mine:
             raise VectorError(
