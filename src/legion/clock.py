@@ -108,6 +108,40 @@ class StoreTime:
         self.wall = local if offset == 0.0 else lambda: local() + offset
 
 
+class ForwardSteps:
+    """Forward steps of a store's clock, as one process sees them against its monotonic
+    clock: an NTP correction of the host's clock, which is a SQLite store's (or of the
+    database server's, which is a PostgreSQL store's).
+
+    Leases and heartbeats are stamped on the store's clock. Right after it steps ahead,
+    every one stamped before the step looks that much older: every lease of every other
+    live worker looked expired, and the reaper took them back (each of their tasks ran
+    again from its last step). For `HOLD` of its own time after a step, a reaper judges
+    ages by the clock as it ran before it: ``store_now - behind(...)``. By then every live
+    worker has stamped its leases and heartbeat again on the stepped clock. A step back
+    only makes ages look younger: a dead worker's leases are taken back that much later."""
+
+    __slots__ = ("_last", "_steps")
+
+    SMALLEST = 1.0
+    """Seconds of a jump that count as a step (less: a slow round trip, a drift)."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self._steps: list[tuple[float, float]] = []  # (until, seconds ahead)
+
+    def behind(self, store_now: float, monotonic: float, hold: float) -> float:
+        """How far to judge ages behind ``store_now`` (read at ``monotonic``): the sum of
+        the forward steps seen in the last ``hold`` seconds."""
+        offset = store_now - monotonic
+        if self._last is not None and offset - self._last >= self.SMALLEST:
+            self._steps.append((monotonic + hold, offset - self._last))
+        self._last = offset
+        if self._steps:
+            self._steps = [s for s in self._steps if s[0] > monotonic]
+        return sum(seconds for _, seconds in self._steps)
+
+
 async def within(clock: Clock, future: asyncio.Future[Any], seconds: float) -> bool:
     """Wait until ``future`` is done or ``seconds`` have passed on ``clock``, whichever
     comes first; whether it is done. (``future`` is left as it is either way.)"""

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+import pytest
 
 import legion
 from legion import Runtime, TaskStatus
-from legion.clock import Scheduled, StoreTime
+from legion.clock import ForwardSteps, Scheduled, StoreTime
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.store import store_from_url
@@ -117,6 +118,49 @@ async def test_a_step_of_the_hosts_clock_does_not_take_a_workers_own_leases(
         results = [r async for r in rt.results(ids)]
     assert [(r.status, r.attempt) for r in results] == [(TaskStatus.SUCCEEDED, 1)] * 3
     assert sorted(started) == [0, 1, 2]  # none ran again
+
+
+async def test_a_step_of_the_hosts_clock_does_not_take_another_workers_leases(
+    tmp_path: Path,
+) -> None:
+    # Two workers on one SQLite file share their host's clock. A forward step of it made
+    # the other worker's heartbeat and leases look that much older to each reaper: the
+    # second worker took back every lease of the first, alive all along, and each of its
+    # tasks ran again from its last step.
+    release = asyncio.Event()
+    started: list[int] = []
+
+    @legion.agent(retries=0)
+    async def held(ctx: legion.Context, x: int) -> int:
+        started.append(x)
+        await release.wait()
+        return x
+
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    async with Runtime(url, clock=clock) as first:
+        ids = [s.id for s in await first.submit_many(held, range(3))]
+        await _until(lambda: len(started) == 3)
+        async with Runtime(url, clock=clock, agents=[held]) as second:
+            assert first.worker is not None and second.worker is not None
+            await second.worker.reap()  # (its reaper runs every few seconds: it saw the clock)
+            clock.step_wall(+600)
+            await second.worker.reap()
+            assert all(first.worker.holds(i) for i in ids)
+            release.set()
+            results = [r async for r in first.results(ids)]
+    assert [(r.status, r.attempt) for r in results] == [(TaskStatus.SUCCEEDED, 1)] * 3
+    assert sorted(started) == [0, 1, 2]  # none ran again
+
+
+def test_forward_steps_hold_for_a_while_and_only_ahead() -> None:
+    steps = ForwardSteps()
+    assert steps.behind(1000.0, 0.0, hold=30) == 0.0  # (the first reading: nothing to compare)
+    assert steps.behind(1002.4, 2.0, hold=30) == 0.0  # a slow round trip is no step
+    assert steps.behind(1604.0, 4.0, hold=30) == pytest.approx(599.6)
+    assert steps.behind(1620.0, 20.0, hold=30) == pytest.approx(599.6)
+    assert steps.behind(1320.0, 20.5, hold=30) == pytest.approx(599.6)  # back: no less held
+    assert steps.behind(1330.0, 35.0, hold=30) == 0.0  # the hold is over
 
 
 async def _until(done: Callable[[], bool]) -> None:

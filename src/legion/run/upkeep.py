@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from legion import identity
 from legion.agent import Agent
-from legion.clock import StoreTime, within
+from legion.clock import ForwardSteps, StoreTime, within
 from legion.diagnostics.watchdog import LoopWatchdog
 from legion.resources import satisfies
 from legion.run.ahead import Ahead, Held
@@ -79,6 +79,7 @@ class Upkeep:
     _confirmations: list[tuple[int, asyncio.Future[None]]]
     _beat: asyncio.Event
     _ambiguous_lease: bool
+    _store_steps: ForwardSteps
 
     if TYPE_CHECKING:  # the worker's own, called from here
 
@@ -94,10 +95,16 @@ class Upkeep:
 
     async def _follow_store_clock(self) -> float:
         """The store's time now, which this worker's clock then follows (`StoreTime`)."""
-        before = self._clock.local_wall()
+        store_now, _ = await self._read_store_clock()
+        return store_now
+
+    async def _read_store_clock(self) -> tuple[float, float]:
+        """The store's time now, which this worker's clock then follows (`StoreTime`),
+        and the monotonic time it was read at (a round trip's midpoint)."""
+        before, since = self._clock.local_wall(), self._clock.monotonic()
         store_now = await self.store.now()
         self._clock.follow(store_now, (before + self._clock.local_wall()) / 2)
-        return store_now
+        return store_now, (since + self._clock.monotonic()) / 2
 
     def health(self) -> dict[str, object]:
         """What the worker reports in its heartbeat: load, loop lag, memory."""
@@ -254,13 +261,16 @@ class Upkeep:
         its process is certainly gone: same kernel boot, same PID namespace, and the PID
         free or another process's (see `legion.identity`). A host name alone proves
         nothing."""
-        store_now = await self._follow_store_clock()
+        store_now, read_at = await self._read_store_clock()
+        # Ages judged by the store's clock as it ran before a step ahead, for a lease
+        # after it (see `ForwardSteps`); 0 when it ran steadily.
+        behind = self._store_steps.behind(store_now, read_at, self.config.lease_seconds)
         me = self._identity
         dead = []
         for w in await self.store.workers():
             if w.id == self.id:
                 continue
-            age = store_now - w.heartbeat_at
+            age = store_now - behind - w.heartbeat_at
             theirs = identity.ProcessIdentity(w.boot_id, w.pid_ns, w.pid, w.proc_start)
             # (a heartbeat ahead of this clock, from a worker whose clock ran ahead, is no
             # fresher for it: a SQLite store has no clock of its own)
@@ -268,7 +278,7 @@ class Upkeep:
                 (age > self._heartbeat_every or age < 0) and identity.is_gone(theirs, me)
             ):
                 dead.append(w.id)
-        reclaimed = await self.store.reclaim(self._clock.wall(), dead, keep=self.id)
+        reclaimed = await self.store.reclaim(self._clock.wall() - behind, dead, keep=self.id)
         for wid in dead:
             await self.store.remove_worker(wid)
         # Timers and cron ticks, on the store's clock (the database's on PostgreSQL), which

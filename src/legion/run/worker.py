@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from legion import gil, heap, identity
 from legion.agent import Agent
-from legion.clock import Clock, StoreTime, system_clock, within
+from legion.clock import Clock, ForwardSteps, StoreTime, system_clock, within
 from legion.context import llm_calls
 from legion.diagnostics import tracking
 from legion.diagnostics.report import agent_files, blocked_loop
@@ -250,6 +250,7 @@ class Worker(Upkeep):
             on_cancel=self._cancel_asked,
         )
         self._identity = identity.current()
+        self._store_steps = ForwardSteps()  # (the reaper's: see legion.clock)
         self._meter = RouteMeter(llm) if llm is not None else None  # routes, per heartbeat
         # Leases: the last time (monotonic, when the call was sent) the store confirmed
         # them; a step waits for a fresh confirmation when it is older than _step_grace.
