@@ -9,6 +9,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -981,6 +982,34 @@ def test_status_lists_the_waiting_tasks_with_what_each_waits_for(tmp_path: Path)
     assert [w["id"] for w in one["waiting"]] == [second]
     human = legion("status", "--store", store, "--waiting", "1", env={"COLUMNS": "200"})
     assert "waiting tasks (newest 1)" in human.stdout
+
+
+@lg.agent(retries=0)
+async def naps(ctx: lg.Context, seconds: float) -> None:
+    await ctx.sleep(seconds)
+
+
+def test_status_shows_wake_up_times_in_utc_even_one_no_calendar_holds(tmp_path: Path) -> None:
+    # A wait of 1e300 seconds (any finite time is taken) made `legion status` exit 1 with
+    # an OverflowError, and the times it did show were local, unmarked, beside the UTC of
+    # `legion schedule list`.
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    async def park() -> None:
+        async with Runtime(store, agents=[naps]) as rt:
+            ids = [(await rt.submit(naps, {"seconds": s})).id for s in (1e300, 3600.0)]
+            for task in ids:
+                async with asyncio.timeout(30):
+                    while getattr(await rt.get(task), "status", None) is not TaskStatus.WAITING:  # noqa: ASYNC110 - a row's status to change
+                        await asyncio.sleep(0.01)
+
+    asyncio.run(park())
+    shown = legion("status", "--store", store, env={"COLUMNS": "200", "TZ": "Asia/Tokyo"})
+    assert shown.returncode == 0, shown.stderr
+    assert "1e+300 s since 1970" in shown.stdout
+    waits = json.loads(legion("status", "--store", store, "--json").stdout)["waiting"]
+    wake_at = min(w["wake_at"] for w in waits)
+    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wake_at)) in shown.stdout
 
 
 @lg.agent(retries=0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -13,6 +12,7 @@ import typer
 from legion import codec
 from legion.agent import MAX_RETRIES
 from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
+from legion.cli.times import utc
 
 if TYPE_CHECKING:
     from legion.store import Store
@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
                 await s.aclose()
 
         made, warning = _run(main())
-        print(f"{name}\tnext {_when(made.next_tick)}")
+        print(f"{name}\tnext {utc(made.next_tick)}")
         if warning is not None:
             from rich.text import Text
 
@@ -143,9 +143,9 @@ def register(app: typer.Typer) -> None:
                     "cron": s.cron,
                     "agent": s.agent,
                     "input": codec.loads(s.input),
-                    "next_tick": _when(s.next_tick),
+                    "next_tick": utc(s.next_tick),
                     "max_attempts": s.max_attempts or None,  # (None: the agent's own)
-                    "created_at": _when(s.created_at),
+                    "created_at": utc(s.created_at),
                     "served": s.agent in served,  # (by a live worker)
                     "overdue": overdue(s),
                 }
@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
                     if s.agent in served
                     else f"no live worker serves {s.agent!r} (its ticks wait for one)"
                 )
-            print(f"{s.name}\t{s.cron}\t{s.agent}\tnext {_when(s.next_tick)}{late}")
+            print(f"{s.name}\t{s.cron}\t{s.agent}\tnext {utc(s.next_tick)}{late}")
 
     @group.command("remove")
     def remove_cmd(
@@ -229,7 +229,3 @@ async def _unserved(store: Store, agent: str, url: str) -> str | None:
 
 OVERDUE_AFTER = 120.0
 """Seconds past its tick after which `schedule list` calls a schedule overdue."""
-
-
-def _when(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -43,6 +43,7 @@ from legion.cli.options import (
 )
 from legion.cli.progress import error_text, stderr_console
 from legion.cli.status import opened
+from legion.cli.times import utc
 from legion.errors import ConfigError, LegionError
 from legion.extras import install_hint
 from legion.inputs import PRIORITY_MAX, PRIORITY_MIN
@@ -453,9 +454,9 @@ def list_keys(
             }
             print(json.dumps(doc))
         else:
-            state = "active" if k.revoked_at is None else f"revoked {_when(k.revoked_at)}"
+            state = "active" if k.revoked_at is None else f"revoked {utc(k.revoked_at)}"
             print(
-                f"{k.id}\t{k.name}\tcreated {_when(k.created_at)}\t{state}"
+                f"{k.id}\t{k.name}\tcreated {utc(k.created_at)}\t{state}"
                 f"\ttenant {k.tenant}{' (admin)' if k.admin else ''}"
             )
     if not found and not as_json:
@@ -501,7 +502,3 @@ async def _list_keys(url: str) -> list[ApiKey]:
 async def _revoke_key(url: str, key_id: str) -> bool:
     async with opened(url) as store:
         return await store.revoke_api_key(key_id, time.time())
-
-
-def _when(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))

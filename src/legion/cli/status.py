@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from legion import codec
+from legion.cli.times import utc
 from legion.diagnostics.report import Diagnostic, raised_at
 from legion.diagnostics.summary import summarize
 from legion.store import Store, WorkerInfo, redact_url, store_from_url
@@ -215,11 +216,7 @@ async def show_status(
         for col in ("task", "agent", "waits for", "until"):
             waiting_table.add_column(col)
         for wait in waits:
-            until = (
-                ""
-                if wait.wake_at is None
-                else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wait.wake_at))
-            )
+            until = "" if wait.wake_at is None else utc(wait.wake_at)
             waiting_table.add_row(str(wait.id), wait.agent, _waits_for(wait)[:200], until)
         console.print(waiting_table)
 
