@@ -1151,7 +1151,7 @@ class Worker(Upkeep):
                     self._stop(inst, StopReason.RELEASED)
         if self._instances:
             log.info(
-                "draining %d running tasks (up to %.0fs)",
+                "draining %d running tasks (up to %gs)",
                 len(self._instances),
                 self.config.drain_timeout,
             )
