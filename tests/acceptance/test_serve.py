@@ -96,6 +96,14 @@ def test_serve_runs_submitted_tasks_and_stops_on_sigterm(tmp_path: Path) -> None
     assert "no API key" not in server.stderr
 
 
+def test_access_log_logs_requests_without_verbose(tmp_path: Path) -> None:
+    # uvicorn says each request at INFO, and without -v the log shows WARNING and up:
+    # --access-log ("Log every HTTP request.") logged nothing.
+    with serve(tmp_path, "--access-log") as server:
+        assert call(f"{server.url}/v1/workers", server.key)[0] == 200
+    assert '"GET /v1/workers HTTP/1.1" 200' in server.stderr
+
+
 def test_serve_on_a_store_without_keys_says_how_to_make_one(tmp_path: Path) -> None:
     with serve(tmp_path, "--no-worker", with_key=False) as server:
         assert call(f"{server.url}/v1/workers", None)[0] == 401

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import signal
 import sys
 import time
@@ -238,6 +239,8 @@ def serve(
     from legion.llm.budget import BudgetLimits
 
     _setup_logging(verbose, log_format)
+    if access_log:  # (uvicorn says each request at INFO: shown without -v too)
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     _refuse_private_store(store, KEYS_NEED)
     _require_server_extra()
     from legion.server import ServerSettings
