@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
+from legion.errors import StoreUnavailable
 from legion.server.keys import new_key
 from tests.server.conftest import Api, events, events_with_ids, next_event
 
@@ -125,3 +129,38 @@ async def test_streams_end_once_their_key_is_revoked(api: Api, gate: asyncio.Eve
         seen = [(name, data) async for name, data in events(resp)]  # to the stream's end
         assert seen[-1] == ("error", {"detail": "this API key was revoked"})
     assert (await api.call("GET", "/v1/key", headers=api.auth(token.token)))[0] == 403
+
+
+async def test_streams_go_on_while_the_store_does_not_answer(
+    api: Api, gate: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PostgreSQL outage of 35 s: the key's check of a stream raised StoreUnavailable,
+    # the stream ended with a 500 in the log, and a browser's EventSource, which does not
+    # open a stream again after an error, left the dashboard standing still for good.
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "held", "input": {"n": 1}})
+    progress = await api.stream("/v1/progress")
+    task = await api.stream(f"/v1/tasks/{sub['id']}/events")
+    await next_event(task, lambda name, _: name == "step")  # (it runs: it waits for the gate)
+    store = api.runtime.store
+    calls = {"api_key": 0, "steps": 0, "get": 0}
+    failed_enough = asyncio.Event()
+
+    def down(name: str) -> Callable[..., Awaitable[None]]:
+        async def fail(*args: object, **kwargs: object) -> None:
+            calls[name] += 1
+            if min(calls.values()) >= 3:
+                failed_enough.set()
+            raise StoreUnavailable("the store at ... is unavailable: connection refused")
+
+        return fail
+
+    for name in calls:
+        monkeypatch.setattr(store, name, down(name))
+    async with asyncio.timeout(30):  # (a bound on a broken test: a dead stream hung it)
+        await failed_enough.wait()  # (each stream has met the outage three times)
+        monkeypatch.undo()
+        _, snapshot = await next_event(progress, lambda name, _: name == "progress")
+        assert "totals" in snapshot  # the same stream goes on
+        gate.set()
+        seen = [name async for name, _ in events(task)]  # to the stream's end
+    assert seen[-1] == "end"

@@ -14,12 +14,14 @@ not an admin's sees its tenant's (see `legion.server.monitor.Monitor.for_tenant`
 client reads the monitor's latest sample: clients cost the store nothing.
 
 Both end when the server stops, with a ``closing`` event first (an end with no ``end``
-event is a connection lost). FastAPI sends keep-alive comments while they are quiet.
+event is a connection lost). FastAPI sends keep-alive comments while they are quiet. A
+store that does not answer ends neither: they read it again at their next poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable
 from typing import Annotated, Any
 from urllib.parse import quote, unquote
@@ -27,11 +29,12 @@ from urllib.parse import quote, unquote
 from fastapi import APIRouter, Depends, Header
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from legion.errors import StoreUnavailable
 from legion.server.deps import KeyDep, ServerState, StateDep, known_query, require_key
 from legion.server.schemas import TaskDetail, TaskOut, step_out
 from legion.server.snapshot import Snapshot
 from legion.server.tasks_api import existing_task
-from legion.store.types import StepInfo
+from legion.store.types import ApiKey, StepInfo
 from legion.task import TaskInfo
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_key), Depends(known_query)])
@@ -76,25 +79,30 @@ async def task_events(
         if current != last:
             last = current
             yield ServerSentEvent(event="task", data=TaskOut.of(info))
-        steps = sorted(await store.steps(info.id), key=_finished)
-        if resume is not None:
-            sent_steps.update(_through(steps, resume))
-            resume = None
-        for s in steps:
-            if s.key not in sent_steps:
-                sent_steps.add(s.key)
-                yield ServerSentEvent(event="step", data=step_out(s), id=quote(s.key, safe=""))
-        if info.status.terminal:
-            detail = TaskDetail.with_steps(info, steps, traceback=key.admin)
-            yield ServerSentEvent(event="end", data=detail)
-            return
+        try:
+            steps = sorted(await store.steps(info.id), key=_finished)
+        except StoreUnavailable:
+            steps = None  # (read again at the next poll: the stream stays open meanwhile)
+        if steps is not None:
+            if resume is not None:
+                sent_steps.update(_through(steps, resume))
+                resume = None
+            for s in steps:
+                if s.key not in sent_steps:
+                    sent_steps.add(s.key)
+                    yield ServerSentEvent(event="step", data=step_out(s), id=quote(s.key, safe=""))
+            if info.status.terminal:
+                detail = TaskDetail.with_steps(info, steps, traceback=key.admin)
+                yield ServerSentEvent(event="end", data=detail)
+                return
         if await _closing(state, state.settings.task_poll_interval):
             yield _CLOSING
             return
-        if await state.auth.revoked(key):
+        if await _revoked_now(state, key):
             yield _revoked()
             return
-        info = await state.runtime.get(info.id)
+        with contextlib.suppress(StoreUnavailable):  # (the task as it was, read again next)
+            info = await state.runtime.get(info.id)
 
 
 @router.get(
@@ -120,7 +128,7 @@ async def progress(state: StateDep, key: KeyDep) -> AsyncIterable[ServerSentEven
         snapshot = await monitor.next_snapshot()
         if monitor.closed:
             break
-        if await state.auth.revoked(key):
+        if await _revoked_now(state, key):
             yield _revoked()
             return
         yield ServerSentEvent(event="progress", data=seen(snapshot))
@@ -145,6 +153,17 @@ _CLOSING = ServerSentEvent(
     event="closing",
     data={"detail": "the server is stopping: reconnect to follow on"},
 )
+
+
+async def _revoked_now(state: ServerState, key: ApiKey) -> bool:
+    """Whether ``key`` was revoked since the stream began; while the store does not answer
+    (down, or a SQLite file locked), not as far as anyone can tell: the stream goes on and
+    asks again at its next sample or poll. (A stream that ended there with a 500 was not
+    opened again by a browser's ``EventSource``: a dashboard stood still for good.)"""
+    try:
+        return await state.auth.revoked(key)
+    except StoreUnavailable:
+        return False
 
 
 def _revoked() -> ServerSentEvent:
