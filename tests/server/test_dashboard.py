@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, Route, async_playwright
 
 from legion.server.keys import new_key
 from tests.server.conftest import Api, StartApi
@@ -326,6 +326,31 @@ async def test_the_badge_says_when_no_new_data_came_for_ten_seconds(
         "() => document.getElementById('connection').textContent === 'live'"
     )
     assert problems == []
+
+
+async def test_the_page_opens_its_stream_again_after_a_503(browser: Browser, api: Api) -> None:
+    # A store down when the stream was (re)opened answered 503, and a browser's
+    # EventSource does not try again after an answer that is not a stream: the page stood
+    # still for good, its server back long since.
+    problems: list[str] = []
+    page = await open_page(browser, api, problems)
+    answered: list[int] = []
+
+    async def first_down(route: Route) -> None:
+        if not answered:
+            answered.append(503)
+            await route.fulfill(status=503, json={"detail": "the store is unavailable"})
+        else:
+            answered.append(200)
+            await route.continue_()
+
+    await page.route("**/v1/progress", first_down)
+    await page.goto(f"{api.url}/")
+    await page.wait_for_function(
+        "() => document.getElementById('connection').textContent === 'live'"
+    )
+    assert answered == [503, 200]
+    assert [p for p in problems if "503" not in p] == []  # (the browser logs the 503 itself)
 
 
 async def test_a_revoked_key_is_told_on_the_page(browser: Browser, api: Api) -> None:

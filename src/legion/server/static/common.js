@@ -65,26 +65,44 @@ export function api(path, init) {
   return fetch(here(path), init);
 }
 
-// An EventSource whose state is shown in the badge with id "connection".
+// An EventSource whose state is shown in the badge with id "connection". A browser opens
+// a stream again by itself after a lost connection, but not after an answer that is not
+// a stream (a 503 while the store is down): then it is opened again here, after a pause
+// that grows to 30 s. Handlers get (data, stream, show); stream.close() ends it for good.
 export function subscribe(url, handlers) {
-  const source = new EventSource(here(url));
   const badge = document.getElementById("connection");
   const show = (text, cls) => {
     if (badge) { badge.textContent = text; badge.className = `badge ${cls}`; }
   };
-  source.onopen = () => show("live", "live");
-  source.onerror = (e) => {
-    // The server's own `error` event (a revoked key) carries why; a lost connection none.
-    const detail = e.data ? (JSON.parse(e.data).detail ?? "") : "";
-    if (detail) {
-      source.close();
-      show(`closed: ${detail} (sign in again with another key)`, "down");
-      return;
+  let source = null;
+  let ended = false;
+  let pause = 2000;
+  const stream = { close: () => { ended = true; if (source) source.close(); } };
+  const open = () => {
+    if (ended) return;
+    source = new EventSource(here(url));
+    source.onopen = () => { pause = 2000; show("live", "live"); };
+    source.onerror = (e) => {
+      // The server's own `error` event (a revoked key) carries why; a lost connection none.
+      const detail = e.data ? (JSON.parse(e.data).detail ?? "") : "";
+      if (detail) {
+        stream.close();
+        show(`closed: ${detail} (sign in again with another key)`, "down");
+        return;
+      }
+      if (source.readyState !== EventSource.CLOSED) {
+        show("reconnecting", "down");
+        return;
+      }
+      if (ended) return;
+      show(`reconnecting in ${Math.round(pause / 1000)} s`, "down");
+      setTimeout(open, pause);
+      pause = Math.min(pause * 2, 30000);
+    };
+    for (const [event, handle] of Object.entries(handlers)) {
+      source.addEventListener(event, (e) => handle(JSON.parse(e.data), stream, show));
     }
-    show(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting", "down");
   };
-  for (const [event, handle] of Object.entries(handlers)) {
-    source.addEventListener(event, (e) => handle(JSON.parse(e.data), source, show));
-  }
-  return source;
+  open();
+  return stream;
 }
