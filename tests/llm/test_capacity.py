@@ -102,6 +102,21 @@ async def test_tokens_are_reserved_then_settled_with_real_usage() -> None:
     assert await second_start_after(300) == pytest.approx((55 + 240) / REFILL)  # 200 more
 
 
+async def test_a_call_the_provider_refused_is_charged_nothing() -> None:
+    # A request too large for the provider's limit, refused outright (429 with
+    # x-should-retry: false): its estimate, kept charged, held every other caller of the
+    # route for as long as the overdrawn bucket took to refill (51 s behind a 5,000-token
+    # request on a 6,000 TPM route, seen).
+    clock = FakeClock()
+    capacity = make(clock, tpm=TPM)
+    async with capacity.reserve(5000) as slot:
+        slot.refund()
+    assert (await start_times(clock, capacity, [50]))[0] == 0.0
+    assert capacity.statistics().tokens_used == 0
+    with pytest.raises(RuntimeError, match="already settled"):
+        slot.settle(10)
+
+
 async def test_no_refund_for_a_provider_that_counts_the_whole_reservation() -> None:
     clock = FakeClock()
     capacity = make(clock, tpm=TPM)

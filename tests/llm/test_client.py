@@ -161,6 +161,21 @@ async def test_permanent_errors_are_raised_at_once() -> None:
     assert client.statistics().routes["main"].errors == {"ProviderRejected": 1}
 
 
+async def test_a_request_refused_as_too_large_holds_no_tokens_of_the_route() -> None:
+    clock = FakeClock()
+    too_large = ProviderRejected(
+        "Request too large for tokens per min", provider="scripted", status=429
+    )
+    provider = ScriptedProvider([too_large, ChatResponse("hi", usage=Usage(5, 1))])
+    capacity = Capacity("c", tpm=6000, timer=clock, rng=random.Random(0))
+    client = LLMClient([Route("main", provider, "m", capacity)], timer=clock)
+    big = [{"role": "user", "content": "word " * 4000}]  # 5,000 tokens: past a minute's 6,000
+    with pytest.raises(ProviderRejected):
+        await client.chat(big, max_tokens=10)
+    await clock.run(client.chat(HELLO, max_tokens=10))
+    assert clock.now() == 0.0  # (its 5,010 tokens were charged: it waited 51 s)
+
+
 async def test_an_auth_error_is_kept_as_fatal() -> None:
     clock = FakeClock()
     first = ProviderAuthError("bad key", provider="scripted", status=401)

@@ -205,6 +205,17 @@ class Slot:
         self.settled = True
         self._capacity._settle(self, actual_tokens, refund, input_tokens, output_tokens)
 
+    def refund(self) -> None:
+        """The provider refused the call before it ran it (a request too large, a bad
+        one): it counted none of its tokens, so none are charged here either. The estimate
+        goes back to the token buckets, and nothing else changes (no success: the rate is
+        left as it is). A request larger than a whole minute of the limit overdrew the
+        bucket, and held every other caller of the route for as long as that lasted."""
+        if self.settled:
+            raise RuntimeError("this slot is already settled")
+        self.settled = True
+        self._capacity._refund(self)
+
 
 class _Reservation:
     __slots__ = ("_capacity", "_slot", "_split", "_tokens")
@@ -886,6 +897,18 @@ class Capacity:
             level = bucket.level if bucket.level is not None else bucket.cap
             bucket.level = level - split[place]
         return Slot(self, tokens, now, split)
+
+    def _refund(self, slot: Slot) -> None:
+        now = self._timer.now()
+        for bucket, place in self._limited:
+            reserved = slot.estimated_split[place]
+            if bucket.level is not None and reserved:
+                self._bucket_refill(bucket, now)
+                bucket.level = min(max(bucket.cap, bucket.level), bucket.level + reserved)
+        if self._token_rate is not None and self._level is not None:
+            self._refill(now)
+            self._level = min(self._bucket_size, self._level + slot.estimated_tokens)
+        self._wake(_Blocker.TOKENS)
 
     def _settle(
         self,

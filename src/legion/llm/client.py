@@ -836,6 +836,9 @@ class LLMClient:
                     capacity.rate_limited(exc.retry_after, sent_at=slot.started_at)
                     _check_retry_after(exc)
                     raise
+                except ProviderRejected:
+                    slot.refund()  # (refused as it came: a request too large, a bad one)
+                    raise
                 usage = result.response.usage
                 # A provider that reports no usage is charged the estimate. A call that set
                 # max_tokens gets no refund of its unused completion: providers count
