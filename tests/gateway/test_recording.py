@@ -10,6 +10,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from legion.sim import SimConfig
 from tests.gateway.conftest import cluster
 
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "what is recorded?"}]
@@ -145,3 +146,22 @@ async def test_usage_per_key_is_one_total_over_every_gateway(store_url: str) -> 
             ) as r,  # fmt: skip
         ):
             assert r.status == 403
+
+
+async def test_a_request_no_retry_can_help_says_so(store_url: str) -> None:
+    # A request too large for the provider's limit: the provider's "x-should-retry: false"
+    # was dropped, so the SDKs sent it three times (max_retries=2, their default), each
+    # refused again.
+    async with cluster(store_url, config=SimConfig(tpm=600)) as c:
+        key = await c.key("agent")
+        url = c.gateways[0].url
+        big: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 4000}]
+        retrying = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=2)
+        async with retrying:
+            with pytest.raises(openai.RateLimitError) as refused:
+                await retrying.chat.completions.create(
+                    model="sim-model", messages=big, max_tokens=4
+                )
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        assert "retrying cannot help" in refused.value.message
+        assert c.sim.stats().requests_total == 1

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import time
 import weakref
@@ -38,7 +39,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from legion import codec
-from legion.errors import LegionError, Permanent, StoreError, cannot_listen
+from legion.errors import LegionError, Permanent, StoreError, cannot_listen, is_retryable
 from legion.gateway.usage import UsageBook, totals_json
 from legion.llm.client import LLMClient, Route
 from legion.llm.embeddings import Embeddings
@@ -185,7 +186,7 @@ class Gateway:
                 return _answer(response, chat, body, model, step)
         except (_Conflict, WireError, LegionError) as exc:
             self.book.account(key.id).failed += 1
-            return _error(_status(exc), str(exc))
+            return _failure(exc)
         except asyncio.CancelledError:
             # The caller left (a dropped connection cancels its handler, and the call):
             # counted as failed, the only trace it leaves (its tokens are not known; a
@@ -269,7 +270,7 @@ class Gateway:
                         embeddings = Embeddings.from_json(await self._record(step, data))
         except (_Conflict, WireError, LegionError) as exc:
             self.book.account(key.id).failed += 1
-            return _error(_status(exc), str(exc))
+            return _failure(exc)
         body = openai_wire.render_embeddings(embeddings, model, encoding)
         return web.Response(body=body, content_type="application/json")
 
@@ -452,6 +453,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("legion gateway: %s %s failed", request.method, request.path)
         return _error(500, "internal error (logged by the gateway)")
+
+
+def _failure(exc: _Conflict | WireError | LegionError) -> web.Response:
+    """The error of a call as an OpenAI client reads it. One that no retry can help says
+    so (``x-should-retry: false``): the SDKs retry a 429 or a 5xx otherwise, each try
+    refused again (a request too large for the route's limit, sent three times). One the
+    provider said when to try again passes its ``Retry-After`` on."""
+    response = _error(_status(exc), str(exc))
+    if not isinstance(exc, LegionError) or not is_retryable(exc):
+        response.headers["x-should-retry"] = "false"
+    elif (wait := getattr(exc, "retry_after", None)) is not None and response.status != 503:
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response
 
 
 def _error(status: int, message: str) -> web.Response:
