@@ -62,7 +62,10 @@ def sim(
         typer.Option(
             metavar="SECONDS",
             help="Enforce the per-minute limits over windows this long (default 60; 1 = per "
-            "second, as providers quantize).",
+            "second, as providers quantize). A request larger than one window's tokens "
+            "(--tpm 6000 over 1 s windows: 100) is refused as too large, where a provider "
+            "refuses only one larger than its minute's: give longer windows to send such "
+            "requests.",
         ),
     ] = None,
     rejected_count_against_limit: Annotated[

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--window-seconds",
         type=float,
         metavar="SECONDS",
-        help="enforce the per-minute limits over windows this long (default 60; 1 = per second)",
+        help="enforce the per-minute limits over windows this long (default 60; 1 = per "
+        "second); a request larger than one window's tokens is refused as too large",
     )
     add(
         "--rejected-count-against-limit",

@@ -80,7 +80,9 @@ class SimConfig:
         window_seconds: the length of the windows that enforce the per-minute
             limits (default 60). Shorter windows enforce the same rate in
             proportion, as providers that quantize their limits do: 6,000 rpm
-            over 1 s windows admits 100 requests a second, not a 6,000 burst.
+            over 1 s windows admits 100 requests a second, not a 6,000 burst. A
+            request larger than one window's tokens is refused as too large (a
+            provider refuses only one larger than its minute's).
         rejected_count_against_limit: when true, requests answered 429 also
             consume the request window, as OpenAI documents for its API.
         concurrency_retry_after: Retry-After, in seconds, sent when the
