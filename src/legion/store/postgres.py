@@ -67,6 +67,7 @@ from legion.store.postgres_arrays import byteas, float8s, int4s, int8s, texts
 from legion.store.postgres_batches import PostgresBatches
 from legion.store.postgres_ledger import PostgresLedger
 from legion.store.postgres_params import submit_params
+from legion.store.postgres_pool import Pool
 from legion.store.postgres_waiting import PostgresWaiting, after_completions, wake_parents
 from legion.store.queries import migrations, queries
 from legion.store.rows import attempt_record, event_detail, leases, task_info
@@ -245,7 +246,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 )
             raise StoreError(f"{self._where} is not a usable legion store: {said}") from exc
         await self._check_session()
-        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+        pool: AsyncConnectionPool[Connection] = Pool(
             self._conninfo,
             kwargs={"autocommit": True},
             min_size=self._min_size,
