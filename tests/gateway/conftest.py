@@ -59,9 +59,11 @@ async def cluster(
     *,
     stream_idle_timeout: float = 30.0,
     dialect: str = "openai",
+    rpm: int | None = None,
+    max_wait: float | None = None,
 ) -> AsyncIterator[Cluster]:
     """``n`` gateways on ``store_url`` in front of one simulator, spoken to in its OpenAI
-    or Anthropic ``dialect``."""
+    or Anthropic ``dialect``; ``rpm``: the route's limit, ``max_wait``: the gateways'."""
     async with Simulator(config or SimConfig()) as sim, contextlib.AsyncExitStack() as stack:
         running: list[Running] = []
         for i in range(n):
@@ -77,9 +79,10 @@ async def cluster(
                     api_key=None, base_url=sim.url, stream_idle_timeout=stream_idle_timeout
                 )
             )
-            client = LLMClient([Route("default", provider, "sim-model", Capacity("default"))])
+            capacity = Capacity("default", rpm=rpm)
+            client = LLMClient([Route("default", provider, "sim-model", capacity)])
             stack.push_async_callback(client.aclose)
-            gateway = Gateway(client, store, gateway_id=f"gateway-{i}")
+            gateway = Gateway(client, store, gateway_id=f"gateway-{i}", max_wait=max_wait)
             ready = asyncio.Event()
             server = asyncio.create_task(serve(gateway, "127.0.0.1", 0, ready))
             stack.push_async_callback(_stop, server)

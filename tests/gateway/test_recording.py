@@ -3,6 +3,7 @@ and answered from its record when asked again, through any gateway on the store.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -165,3 +166,28 @@ async def test_a_request_no_retry_can_help_says_so(store_url: str) -> None:
         assert refused.value.response.headers["x-should-retry"] == "false"
         assert "retrying cannot help" in refused.value.message
         assert c.sim.stats().requests_total == 1
+
+
+async def test_with_max_wait_a_call_that_would_wait_longer_is_told_when_to_come_back(
+    store_url: str,
+) -> None:
+    # Every call waited its turn, however long the queue: callers with a 5 s timeout got
+    # 18 answers in 40 s from a 120-a-minute route, the rest of its capacity spent on
+    # calls whose callers had left, and none was told to come back later.
+    async with cluster(store_url, rpm=60, max_wait=2.0) as c:  # a call a second
+        key = await c.key("agent")
+        async with sdk(c.gateways[0].url, key) as client:
+            calls = [
+                client.chat.completions.with_raw_response.create(
+                    model="sim-model", messages=QUESTION, max_tokens=4
+                )
+                for _ in range(10)
+            ]
+            answers = await asyncio.gather(*calls, return_exceptions=True)
+        served = [a for a in answers if not isinstance(a, BaseException)]
+        told = [a for a in answers if isinstance(a, openai.RateLimitError)]
+        assert len(served) + len(told) == 10 and served and told, answers
+        for refused in told:
+            assert int(refused.response.headers["Retry-After"]) >= 2
+            assert "--max-wait of 2 s" in refused.message
+        assert c.sim.stats().requests_total == len(served)  # (the refused never went out)

@@ -74,6 +74,17 @@ def gateway(
             "try the route's retries allow.",
         ),
     ] = 30.0,
+    max_wait: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Answer a chat call 429 at once, with a Retry-After, when its route's "
+            "limits would keep it waiting longer than this many seconds for its turn "
+            "(callers already waiting keep theirs). A queue longer than the callers' own "
+            "timeouts spends the provider's capacity on calls whose callers have left. "
+            "Default: every call waits its turn.",
+        ),
+    ] = None,
     store_wait: StoreWaitOpt = 300.0,
 ) -> None:
     # Here, not at the top: the LLM layer and the simulator's package (aiohttp) load when
@@ -96,7 +107,7 @@ def gateway(
         raise _fail(str(exc)) from None
     console = stderr_console()
     console.print(note, highlight=False)
-    code = _run(_serve(store, llm_settings, host, port, max_outage, store_wait, console))
+    code = _run(_serve(store, llm_settings, host, port, max_outage, max_wait, store_wait, console))
     raise typer.Exit(code)
 
 
@@ -106,6 +117,7 @@ async def _serve(
     host: str,
     port: int,
     max_outage: float,
+    max_wait: float | None,
     store_wait: float,
     console: Console,
 ) -> int:
@@ -133,7 +145,10 @@ async def _serve(
     try:
         async with await build_client(llm_settings, max_outage=max_outage) as client:
             gateway = Gateway(
-                client, store, gateway_id=f"gateway-{socket.gethostname()}-{os.getpid()}"
+                client,
+                store,
+                gateway_id=f"gateway-{socket.gethostname()}-{os.getpid()}",
+                max_wait=max_wait,
             )
             ready = asyncio.Event()
             server = asyncio.create_task(serve(gateway, host, port, ready))

@@ -110,6 +110,8 @@ class Gateway:
     ``run_shares`` keeps this process's share of every limited route up to date
     through ``store`` (once a second), so gateways on one store share one budget;
     ``run_usage`` adds the keys' usage to the store's totals (once a second too).
+    ``max_wait``: a chat call that would wait longer than this for its route's capacity
+    is answered 429 at once, with a Retry-After (``None``: every call waits its turn).
     """
 
     def __init__(
@@ -119,8 +121,10 @@ class Gateway:
         *,
         gateway_id: str,
         key_cache_seconds: float = 10.0,
+        max_wait: float | None = None,
     ) -> None:
         self._client = client
+        self._max_wait = max_wait
         self._store = store
         self._auth = Authenticator(store, cache_seconds=key_cache_seconds)
         self._shares = SharedCapacity(client, store, gateway_id)
@@ -173,6 +177,10 @@ class Gateway:
                     if found is not None:
                         self.book.account(key.id).replayed += 1
                         return _answer(ChatResponse.from_json(found), chat, body, model, step)
+                busy = self._too_long_a_wait(route.name, chat)
+                if busy is not None:
+                    self.book.account(key.id).failed += 1
+                    return busy
                 if chat.stream:
                     return await self._stream(request, chat, body, model, route, key.id, step)
                 response = await self._client.chat(
@@ -193,6 +201,25 @@ class Gateway:
             # provider may bill what it had generated).
             self.book.account(key.id).failed += 1
             raise
+
+    def _too_long_a_wait(self, route: str, chat: WireChat) -> web.Response | None:
+        """A 429 with Retry-After for a call that would wait past ``max_wait`` for its
+        turn at the route: the callers queued longer than their own timeouts leave before
+        their turn, and the provider's capacity goes on calls whose callers have gone."""
+        if self._max_wait is None:
+            return None
+        wait = self._client.expected_wait(route, chat.messages, chat.params)
+        if wait <= self._max_wait:
+            return None
+        retry_after = max(1, math.ceil(wait))
+        response = _error(
+            429,
+            f"route {route!r} is at its limit: a call now would wait about {wait:.0f} s for "
+            f"its turn, past this gateway's --max-wait of {self._max_wait:g} s; try again in "
+            f"{retry_after} s",
+        )
+        response.headers["Retry-After"] = str(retry_after)
+        return response
 
     async def _stream(
         self,

@@ -382,6 +382,15 @@ class LLMClient:
         usable = self._serving(name)
         return usable[0] if len(usable) == 1 else _soonest(usable, tokens)
 
+    def expected_wait(
+        self, name: str, messages: Sequence[Message], params: Mapping[str, Any]
+    ) -> float:
+        """About how many seconds a chat call on route ``name`` made now would wait for its
+        turn, at the deployment `pick` would send it to (what a gateway compares with the
+        longest its callers may wait)."""
+        tokens = estimate_tokens(messages, params, self._completion_estimate)
+        return self.pick(name, tokens).capacity.expected_wait(tokens)
+
     def _serving(self, name: str) -> Sequence[Route]:
         """The deployments a call on route ``name`` may go to now (see `pick`). One that is
         out but due a probe counts: its calls going elsewhere, nothing else would send it
