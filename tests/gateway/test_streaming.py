@@ -53,7 +53,7 @@ async def test_the_caller_reads_pieces_the_provider_is_still_sending(
 
 
 async def test_a_stream_that_breaks_after_its_first_pieces_ends_in_an_error_not_a_retry(
-    sqlite_url: str,
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = SimConfig(stall_rate=1.0)
     async with cluster(sqlite_url, config=config, stream_idle_timeout=0.2) as c:
@@ -68,6 +68,13 @@ async def test_a_stream_that_breaks_after_its_first_pieces_ends_in_an_error_not_
                         received.append(chunk.choices[0].delta.content)
         assert received  # the first half came, then the error
         assert "stream broke" in caught.value.message
+        # Why it broke (a stall, a malformed piece, a dropped connection) is said too.
+        assert "sent nothing" in caught.value.message or "stall" in caught.value.message, (
+            caught.value.message
+        )
+        # The gateway's log says so (it said nothing of a provider's failures).
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("legion.gateway")]
+        assert any("a call failed: StreamInterrupted" in m for m in said), said
         # The provider broke it: a server error, not the caller's ("invalid_request_error").
         assert caught.value.type == "server_error", caught.value.body
         # The route's retry was not sent: it would have spliced a second answer on.

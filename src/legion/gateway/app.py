@@ -39,9 +39,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from legion import codec
-from legion.errors import LegionError, Permanent, StoreError, cannot_listen, is_retryable
+from legion.errors import (
+    LegionError,
+    Permanent,
+    ProviderError,
+    ProviderRejected,
+    StoreError,
+    cannot_listen,
+    is_retryable,
+)
 from legion.gateway.usage import UsageBook, totals_json
 from legion.llm.client import LLMClient, Route
+from legion.llm.deltas import StreamInterrupted
 from legion.llm.embeddings import Embeddings
 from legion.llm.sdk import openai_wire
 from legion.llm.sdk.live import LiveCall
@@ -59,6 +68,8 @@ STEP_HEADER = "X-Legion-Step"
 _NAME = re.compile(r"^[A-Za-z0-9_.:#-]{1,128}$")
 _MAX_BODY = 32 * 1024 * 1024
 _EVENTS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+SAY_EVERY = 10.0
+"""Seconds between two log lines of one kind of failed call (see `Gateway._failed`)."""
 _RETRY = {"Retry-After": "5"}  # (every 503 says when to try again)
 _HEALTH_TIMEOUT = 5.0
 
@@ -125,6 +136,7 @@ class Gateway:
     ) -> None:
         self._client = client
         self._max_wait = max_wait
+        self._said: dict[str, tuple[float, int]] = {}  # (see _failed)
         self._store = store
         self._auth = Authenticator(store, cache_seconds=key_cache_seconds)
         self._shares = SharedCapacity(client, store, gateway_id)
@@ -193,7 +205,7 @@ class Gateway:
                     response = ChatResponse.from_json(kept)
                 return _answer(response, chat, body, model, step)
         except (_Conflict, WireError, LegionError) as exc:
-            self.book.account(key.id).failed += 1
+            self._failed(key.id, exc)
             return _failure(exc)
         except asyncio.CancelledError:
             # The caller left (a dropped connection cancels its handler, and the call):
@@ -201,6 +213,27 @@ class Gateway:
             # provider may bill what it had generated).
             self.book.account(key.id).failed += 1
             raise
+
+    def _failed(self, key_id: str, exc: _Conflict | WireError | LegionError) -> None:
+        """A call that ended in an error: counted for its key, and, when the provider or
+        the route failed it, said in the log (once per kind of error every `SAY_EVERY`
+        seconds, with how many more there were: an outage fails every call)."""
+        self.book.account(key_id).failed += 1
+        if not isinstance(exc, (ProviderError, ProviderRejected, StreamInterrupted)):
+            return  # (the caller's own: a bad request, a conflict)
+        kind = type(exc).__name__
+        now = time.monotonic()
+        said = self._said.get(kind)
+        if said is not None and now - said[0] < SAY_EVERY:
+            self._said[kind] = (said[0], said[1] + 1)
+            return
+        more = (
+            f" ({said[1]} more like it in the last {now - said[0]:.0f} s)"
+            if said and said[1]
+            else ""
+        )
+        log.warning("legion gateway: a call failed: %s: %s%s", kind, exc, more)
+        self._said[kind] = (now, 0)
 
     def _too_long_a_wait(self, route: str, chat: WireChat) -> web.Response | None:
         """A 429 with Retry-After for a call that would wait past ``max_wait`` for its
@@ -251,7 +284,7 @@ class Gateway:
                 response = await live.result()
                 await self._settle(response, route, key_id, step)
             except (_Conflict, LegionError) as exc:
-                self.book.account(key_id).failed += 1
+                self._failed(key_id, exc)
                 await stream.write(openai_wire.render_stream_error(_status(exc), str(exc)))
             else:
                 await stream.write(b"".join(chunks.end(response)))
@@ -296,7 +329,7 @@ class Gateway:
                         data = {**embeddings.to_json(), "cost_usd": cost}
                         embeddings = Embeddings.from_json(await self._record(step, data))
         except (_Conflict, WireError, LegionError) as exc:
-            self.book.account(key.id).failed += 1
+            self._failed(key.id, exc)
             return _failure(exc)
         body = openai_wire.render_embeddings(embeddings, model, encoding)
         return web.Response(body=body, content_type="application/json")

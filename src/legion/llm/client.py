@@ -74,6 +74,7 @@ from legion.errors import (
     RateLimited,
     RetryAfterTooLong,
 )
+from legion.llm import deltas
 from legion.llm.breaker import Breaker, BreakerState, BreakerStatistics, Ticket
 from legion.llm.budget import Budget, BudgetLimits, Budgets, Holds
 from legion.llm.capacity import Capacity, CapacityStatistics, TurnedAway
@@ -568,6 +569,7 @@ class LLMClient:
         ``exc`` once the budget, or the attempt's time, is spent."""
         counters.failed_with(exc)
         self._last_failure[route.name] = str(exc)
+        deltas.broke(exc)
         if telemetry.tracing:  # each try that failed, on the call's span
             telemetry.add_event(
                 "legion.llm.try_failed",

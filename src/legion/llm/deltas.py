@@ -53,21 +53,24 @@ class StreamSink:
     """Where the pieces of one streamed call go: ``forward`` gets each piece of the
     attempt that owns the stream, in order. ``forwarded`` counts them."""
 
-    __slots__ = ("_forward", "_owner", "forwarded")
+    __slots__ = ("_forward", "_owner", "broke_with", "forwarded")
 
     def __init__(self, forward: Callable[[Delta], None]) -> None:
         self._forward = forward
         self._owner: object | None = None
         self.forwarded = 0
+        self.broke_with: BaseException | None = None
+        """Why the attempt that owns the stream failed part-way (see `broke`)."""
 
     def attach(self, attempt: object) -> None:
         """Called by an attempt before it is sent: `StreamInterrupted` if another attempt
         owns the stream already."""
         if self._owner is not None and self._owner is not attempt:
+            why = "" if self.broke_with is None else f" ({self.broke_with})"
             raise StreamInterrupted(
                 f"the stream broke after {self.forwarded} piece(s) of the answer had been "
-                "passed on to the caller; legion does not retry it, as the caller would get a "
-                "second answer spliced onto the first"
+                f"passed on to the caller{why}; legion does not retry it, as the caller would "
+                "get a second answer spliced onto the first"
             )
 
     def emit(self, attempt: object, delta: Delta) -> None:
@@ -81,6 +84,14 @@ class StreamSink:
 
 
 _SINK: ContextVar[StreamSink | None] = ContextVar("legion_stream_sink", default=None)
+
+
+def broke(exc: BaseException) -> None:
+    """A try of the streamed call under way failed with ``exc``: the first such failure
+    after the stream began is why it broke (said when the call is not retried)."""
+    sink = _SINK.get()
+    if sink is not None and sink.forwarded and sink.broke_with is None:
+        sink.broke_with = exc
 
 
 def attach(attempt: object) -> StreamSink | None:
