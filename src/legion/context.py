@@ -13,6 +13,8 @@ import functools
 import inspect
 import logging
 import math
+import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar, runtime_checkable
 
@@ -20,7 +22,14 @@ from legion import codec, faults, telemetry
 from legion.clock import Clock
 from legion.diagnostics.advisor import GATHERED, MIN_SAVING, NO_PRINTS, StepTrace, fingerprints
 from legion.diagnostics.unawaited import LEGION_CODE, Pending, SiteRef
-from legion.errors import AgentCrash, LeaseLost, OutputError, Permanent, StepFunctionError
+from legion.errors import (
+    AgentCrash,
+    LeaseLost,
+    MemoryConflict,
+    OutputError,
+    Permanent,
+    StepFunctionError,
+)
 from legion.journal import Journal
 from legion.steps import BRANCH, scoped, step_key
 from legion.store.base import ContextStore, SessionMemory
@@ -57,6 +66,10 @@ class SessionMemoryAPI(Protocol):
     def set(self, key: str, value: Any) -> Awaitable[None]: ...
 
     def delete(self, key: str) -> Awaitable[None]: ...
+
+    def update(
+        self, key: str, change: Callable[[Any], Any], default: Any = None
+    ) -> Awaitable[Any]: ...
 
     def items(self) -> Awaitable[dict[str, Any]]: ...
 
@@ -161,10 +174,15 @@ _SESSION_AND_KEY = codec.MAX_NAME_BYTES + 512
 together: PostgreSQL's index entry holds about 2,700."""
 
 
+UPDATE_TRIES = 100
+"""Tries of ``ctx.memory.update`` before `MemoryConflict`: each lost to a write of the
+key by another writer between its read and its write."""
+
+
 class Memory:
     """Session memory: JSON values keyed by name, shared by every task of one session."""
 
-    __slots__ = ("_check", "_fence", "_journal", "_made", "_part", "_session", "_store")
+    __slots__ = ("_check", "_fence", "_journal", "_made", "_now", "_part", "_session", "_store")
 
     def __init__(
         self,
@@ -175,12 +193,14 @@ class Memory:
         fence: tuple[int, int, str | None] | None = None,
         check: Callable[[], None] | None = None,
         part: str | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         """``fence``: the lease (task id, attempt, owner) that writes come from; the
         store refuses them once it no longer holds. ``check``: called before a write,
         raises once the attempt has ended (a write by a task the agent left running).
         ``part``: what the store keys the session's values by (its tenant's, see
-        `Context.stored_session`), ``session`` by default."""
+        `Context.stored_session`), ``session`` by default. ``now``: the store's clock
+        (an update's time of writing)."""
         self._store = store
         self._journal = journal
         self._session = session
@@ -188,6 +208,7 @@ class Memory:
         self._made = made
         self._fence = fence
         self._check = check
+        self._now = now
 
     @property
     def session(self) -> str:
@@ -206,6 +227,45 @@ class Memory:
     def delete(self, key: str) -> Pending[None]:
         write = self._write(key, None)
         return self._pending(f"ctx.memory.delete({key!r})", self._put, (write,))
+
+    def update(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Pending[Any]:
+        """Replace the value under ``key`` with ``change(value)`` (``default`` when there is
+        none), atomically; ``await`` it for the new value, durable. Where another writer
+        changed the key between the read and the write (a task of the same session), the
+        write is not made and ``change`` runs again on what is there now: write
+        ``change`` with no effects of its own. After `UPDATE_TRIES` lost races in a row:
+        `MemoryConflict` (the attempt fails, and is retried)."""
+        self._checked(key)
+        if not callable(change):
+            raise TypeError(f"ctx.memory.update({key!r}, ...) takes a function of the value")
+        if self._check is not None:
+            self._check()
+        return self._pending(f"ctx.memory.update({key!r})", self._update, (key, change, default))
+
+    async def read_raw(self, key: str) -> bytes | None:
+        """The stored JSON under ``key`` (for an executor's update, made elsewhere)."""
+        self._checked(key)
+        return await self._store.memory_get(self._part, key)
+
+    async def swap_raw(self, key: str, expected: bytes | None, value: bytes) -> bool:
+        """Write ``value`` (JSON) under ``key`` if it holds ``expected`` now (``None``:
+        nothing); whether it did. The step of an update (see `update`)."""
+        write = self._write(key, value)
+        return await self._store.memory_swap(write, expected, self._now())
+
+    async def _update(
+        self, key: str, change: Callable[[Any], Any], default: Any, site: SiteRef
+    ) -> Any:
+        for tries in range(1, UPDATE_TRIES + 1):
+            raw = await self._store.memory_get(self._part, key)
+            value = change(default if raw is None else codec.loads(raw))
+            if await self.swap_raw(key, raw, codec.dumps(value)):
+                return value
+            await asyncio.sleep(random.uniform(0.0, 0.001 * tries))  # (apart from the others)
+        raise MemoryConflict(
+            f"ctx.memory.update({key!r}): the key changed under each of {UPDATE_TRIES} tries "
+            "(other tasks of the session write it all the time)"
+        )
 
     def _checked(self, key: str) -> None:
         """`codec.checked_text` of ``key``, and of the key with its session: a store
@@ -377,6 +437,7 @@ class Context:
                 fence,
                 self._check_open,
                 self.stored_session,
+                self._clock.wall,
             )
         return self._memory
 

@@ -267,6 +267,11 @@ class OutputError(Permanent):
     """Raised when an agent's result (or a step's) cannot be stored as JSON."""
 
 
+class MemoryConflict(AgentError):
+    """Raised by ``ctx.memory.update`` when other writers of its key changed it under
+    every one of its tries: retried like any failure of the agent."""
+
+
 class UnawaitedWork(Permanent):
     """Raised (in strict mode) when an agent made a step or call and never awaited it."""
 

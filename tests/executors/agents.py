@@ -43,6 +43,13 @@ def tell(fifo: str, line: str) -> None:
 
 
 @legion.agent(retries=0)
+async def tally(ctx: legion.Context, word: str) -> Any:
+    """Appends ``word`` to the session's list, atomically, and counts it."""
+    await ctx.memory.update("count", lambda n: n + 1, default=0)
+    return await ctx.memory.update("words", lambda words: [*words, word], default=[])
+
+
+@legion.agent(retries=0)
 async def echo(ctx: legion.Context, text: str) -> dict[str, Any]:
     """Uses every part of the context once."""
     twice = await ctx.gather(

@@ -51,6 +51,14 @@ async def test_memory_reads_what_it_wrote_and_answers_the_default(rt: Runtime) -
     assert r.output["items"] == {"text": {"value": "b"}}
 
 
+async def test_memory_updates_are_read_modify_writes_of_their_own(rt: Runtime) -> None:
+    subs = [await rt.submit(agents.tally, word, session="s") for word in ("a", "b", "c")]
+    outputs: list[list[str]] = [(await rt.result(sub.id)).output for sub in subs]
+    longest = max(outputs, key=len)  # (the last to write has all)
+    assert sorted(longest) == ["a", "b", "c"]
+    assert await rt.store.memory_get("s", "count") == b"3"
+
+
 async def test_the_context_says_which_task_attempt_session_and_agent(rt: Runtime) -> None:
     r = await run_one(rt, agents.echo, "c")
     assert r.output["ids"] == [r.id, 1, None, f"task-{r.id}", "echo"]

@@ -73,6 +73,8 @@ class ContextHost:
             p.MEMORY_SET: self._memory_set,
             p.MEMORY_DELETE: self._memory_delete,
             p.MEMORY_ITEMS: self._memory_items,
+            p.MEMORY_READ_RAW: self._memory_read_raw,
+            p.MEMORY_SWAP: self._memory_swap,
             p.LLM_CHAT: self._llm_chat,
             p.LLM_EMBED: self._llm_embed,
             p.VECTORS: self._vectors,
@@ -180,6 +182,12 @@ class ContextHost:
 
     async def _memory_items(self) -> dict[str, Any]:
         return await self._ctx.memory.items()
+
+    async def _memory_read_raw(self, key: str) -> bytes | None:
+        return await self._ctx.memory.read_raw(key)
+
+    async def _memory_swap(self, key: str, expected: bytes | None, value: bytes) -> bool:
+        return await self._ctx.memory.swap_raw(key, expected, value)
 
     async def _llm_chat(
         self,

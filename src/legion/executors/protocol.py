@@ -18,6 +18,9 @@ the messages are the same:
   ``memory_set``    key, JSON bytes        ``None`` once durable
   ``memory_delete`` key                    ``None`` once durable
   ``memory_items``                         ``{key: value}``
+  ``memory_read_raw`` key                  the stored JSON bytes, or ``None``
+  ``memory_swap``   key, expected JSON     whether it was written (an update's
+                    (or ``None``), JSON    compare-and-set)
   ``llm_chat``      messages, model,       the recorded response
                     timeout, stream,       (``ChatResponse.to_json()``)
                     params
@@ -56,6 +59,8 @@ MEMORY_GET: Final = "memory_get"
 MEMORY_SET: Final = "memory_set"
 MEMORY_DELETE: Final = "memory_delete"
 MEMORY_ITEMS: Final = "memory_items"
+MEMORY_READ_RAW: Final = "memory_read_raw"  # an update's read, its stored JSON
+MEMORY_SWAP: Final = "memory_swap"  # an update's compare-and-set
 LLM_CHAT: Final = "llm_chat"
 LLM_EMBED: Final = "llm_embed"
 VECTORS: Final = "vectors"

@@ -37,6 +37,7 @@ from legion.store.types import (
     Event,
     EventDetail,
     Extended,
+    MemoryWrite,
     Purged,
     Reclaimed,
     StepInfo,
@@ -258,6 +259,12 @@ class SessionMemory(Protocol):
     async def memory_get(self, session: str, key: str) -> bytes | None: ...
 
     async def memory_items(self, session: str) -> dict[str, bytes]: ...
+
+    async def memory_swap(self, write: MemoryWrite, expected: bytes | None, now: float) -> bool:
+        """Apply ``write`` only if the key holds ``expected`` now (``None``: no value), in
+        one transaction, fenced by its lease as a journal write is (`LeaseLost` once the
+        lease is gone); whether it was applied. A compare-and-set: what
+        ``ctx.memory.update`` builds an atomic read-modify-write on."""
 
     async def live_sessions(self) -> set[str]:
         """The sessions (as stored: scoped by tenant) of the queued, running and waiting

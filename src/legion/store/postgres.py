@@ -62,7 +62,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from legion import codec
 from legion.clock import Clock
-from legion.errors import ConfigError, StoreError, StoreUnavailable
+from legion.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
 from legion.store.postgres_arrays import byteas, float8s, int4s, int8s, texts
 from legion.store.postgres_batches import PostgresBatches
 from legion.store.postgres_ledger import PostgresLedger
@@ -958,6 +958,28 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await cur.execute(Q["get_memory"], {"session": session, "key": key})
             row = await cur.fetchone()
         return row[0] if row is not None else None
+
+    async def memory_swap(self, write: MemoryWrite, expected: bytes | None, now: float) -> bool:
+        """Swaps of one key wait for each other (a lock on the key for the transaction);
+        the row, where there is one, is locked against the journal's plain writes too."""
+        params = {"session": write.session, "key": write.key}
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(Q["lock_memory_key"], params)
+            await cur.execute(Q["get_memory_for_update"], params)
+            row = await cur.fetchone()
+            if (None if row is None else bytes(row[0])) != expected:
+                return False
+            if write.value is None:
+                changes = _memory_params([write])
+                del changes["value"]
+                await cur.execute(Q["delete_memory"], changes)
+            else:
+                await cur.execute(Q["set_memory"], {**_memory_params([write]), "now": now})
+            if any(not cancel for _, cancel in await cur.fetchall()):
+                # (a fenced write refused: its lease is gone; the transaction is undone)
+                assert write.task_id is not None
+                raise LeaseLost(write.task_id, write.attempt)
+        return True
 
     async def memory_items(self, session: str) -> dict[str, bytes]:
         async with self._cursor() as cur:

@@ -32,6 +32,7 @@ from legion import codec, identity
 from legion.clock import Clock, system_clock
 from legion.errors import (
     ConfigError,
+    LeaseLost,
     StorageFull,
     StoreError,
     StoreUnavailable,
@@ -59,6 +60,7 @@ from legion.store.types import (
     Event,
     EventDetail,
     Extended,
+    MemoryWrite,
     Purged,
     Reclaimed,
     StepInfo,
@@ -867,6 +869,24 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
             return row[0] if row else None
 
         return await self._call(run)
+
+    async def memory_swap(self, write: MemoryWrite, expected: bytes | None, now: float) -> bool:
+        batch = WriteBatch(memory=[write])
+
+        def run(db: sqlite3.Connection) -> bool:
+            if write.task_id is not None and not _fence(db, batch):
+                raise LeaseLost(write.task_id, write.attempt)
+            params = {"session": write.session, "key": write.key}
+            row = db.execute(Q["get_memory"], params).fetchone()
+            if (None if row is None else bytes(row[0])) != expected:
+                return False
+            if write.value is None:
+                db.execute(Q["delete_memory"], params)
+            else:
+                db.execute(Q["set_memory"], {**params, "value": write.value, "now": now})
+            return True
+
+        return await self._call(self._transaction, run)
 
     async def memory_items(self, session: str) -> dict[str, bytes]:
         def run() -> dict[str, bytes]:

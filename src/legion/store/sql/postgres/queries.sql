@@ -324,6 +324,14 @@ UNION ALL SELECT id, true FROM live WHERE cancel_requested;
 -- name: get_memory
 SELECT value FROM memory WHERE session = %(session)s AND key = %(key)s;
 
+-- name: lock_memory_key
+-- Swaps of one key (ctx.memory.update) one after the other, until the commit: a key with
+-- no row yet has no row to lock.
+SELECT pg_advisory_xact_lock(hashtext(%(session)s), hashtext(%(key)s));
+
+-- name: get_memory_for_update
+SELECT value FROM memory WHERE session = %(session)s AND key = %(key)s FOR UPDATE;
+
 -- name: memory_items
 SELECT key, value FROM memory WHERE session = %(session)s ORDER BY key;
 
