@@ -21,6 +21,7 @@ import legion
 from legion import Runtime, TaskStatus, codec, identity
 from legion.errors import LeaseLost, StoreError
 from legion.run.runner import Instance
+from legion.run.upkeep import CANCEL_POLL
 from legion.run.worker import Worker, WorkerConfig
 from legion.store import SQLiteStore, WorkerInfo, WriteBatch, store_from_url
 from legion.store.types import MemoryWrite
@@ -154,6 +155,31 @@ async def test_a_cancel_asked_through_the_store_is_seen_at_the_next_step(store_u
             result = await rt.result(submitted.id)
     assert result.status is TaskStatus.CANCELLED
     assert ran == ["one", "two"]
+
+
+async def test_a_cancel_asked_through_the_store_stops_a_task_that_writes_nothing(
+    store_url: str,
+) -> None:
+    # Another process's cancel reached a task that makes no step (an LLM call, a sleep)
+    # only at its worker's next heartbeat, 5 s later: most such tasks had finished by
+    # then, `succeeded`, their effects done.
+    started = asyncio.Event()
+
+    @legion.agent
+    async def quiet(ctx: legion.Context, x: int) -> int:
+        started.set()
+        await asyncio.Event().wait()  # (until it is stopped)
+        return x
+
+    clock = FakeClock()
+    async with Runtime(store_url, lease_seconds=600, clock=clock) as rt:
+        submitted = await rt.submit(quiet, 1)
+        await started.wait()
+        assert await rt.store.cancel(submitted.id, clock.wall()) is TaskStatus.RUNNING
+        await clock.advance(CANCEL_POLL)  # (a heartbeat is 5 s away)
+        async with asyncio.timeout(30):  # (a bound on a broken test)
+            result = await rt.result(submitted.id)
+    assert result.status is TaskStatus.CANCELLED
 
 
 async def test_a_step_waits_for_a_heartbeat_sent_after_it_asked(store_url: str) -> None:

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("legion.worker")
 
+CANCEL_POLL = 0.5
+"""Seconds between two looks for the cancels asked of the tasks a worker runs."""
+
 
 class UpkeepConfig(Protocol):
     """What the upkeep reads of the worker's configuration."""
@@ -242,6 +245,25 @@ class Upkeep:
             if not confirmed.done():
                 confirmed.set_result(None)
         await self._register()
+
+    async def _cancel_loop(self) -> None:
+        """Stop the instances whose cancellation was asked through the store (another
+        process's `Runtime.cancel`, the API, the command line) within `CANCEL_POLL`
+        seconds: the heartbeat says so too, but up to 5 s later, after which a task that
+        writes nothing (an LLM call, a sleep) had often finished, its effects done."""
+        while True:
+            await self._clock.sleep(CANCEL_POLL)
+            if not self._instances:
+                continue
+            try:
+                asked = await self.store.cancels_asked(self.id)
+            except Exception as exc:  # (the heartbeat and the lease loop say the store's state)
+                log.debug("looking for cancels failed: %s", exc)
+                continue
+            for task_id in asked:
+                inst = self._instances.get(task_id)
+                if inst is None or inst.stop_reason is None:  # (not told already)
+                    self.cancel_local(task_id)
 
     async def _reaper_loop(self) -> None:
         while True:

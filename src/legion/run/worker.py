@@ -428,6 +428,7 @@ class Worker(Upkeep):
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="legion-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="legion-reaper"),
+            asyncio.create_task(self._cancel_loop(), name="legion-cancels"),
         ]
         if self.llm is not None:
             from legion.run.shares import SharedCapacity  # the LLM layer loads only when used

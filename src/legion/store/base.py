@@ -106,6 +106,10 @@ class TaskQueue(Protocol):
         """Give back every lease ``owner`` holds on a task not in ``keep`` (after a lease
         call whose answer was lost), attempt not counted; answer how many."""
 
+    async def cancels_asked(self, owner: str) -> list[int]:
+        """The tasks ``owner`` runs whose cancellation was asked (looked at twice a second:
+        an index holds only them)."""
+
     async def absolve(self, owner: str) -> int:
         """Tasks taken back from ``owner`` while it lived (its leases expired while it was
         cut off from the store, or paused) run with others again: it did not stop, so

@@ -693,6 +693,11 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await cur.execute(Q["now"])
             return float(_one(await cur.fetchone()))
 
+    async def cancels_asked(self, owner: str) -> list[int]:
+        async with self._cursor() as cur:
+            await cur.execute(Q["cancels_asked"], {"owner": owner})
+            return [r[0] for r in await cur.fetchall()]
+
     async def absolve(self, owner: str) -> int:
         async with self._cursor() as cur:
             await cur.execute(Q["absolve"], {"owner": owner})

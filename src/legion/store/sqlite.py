@@ -600,6 +600,12 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         """The wall clock: a SQLite store lives on one host, and its workers share it."""
         return self._clock.wall()
 
+    async def cancels_asked(self, owner: str) -> list[int]:
+        def run() -> list[int]:
+            return [r[0] for r in self._db.execute(Q["cancels_asked"], {"owner": owner})]
+
+        return await self._call(run)
+
     async def absolve(self, owner: str) -> int:
         def run(db: sqlite3.Connection) -> int:
             return len(db.execute(Q["absolve"], {"owner": owner}).fetchall())

@@ -785,3 +785,7 @@ DELETE FROM memory
 WHERE session = ANY(%(sessions)s::text[])
   AND session NOT IN (SELECT session FROM memory
                       WHERE session = ANY(%(sessions)s::text[]) AND updated_at >= %(before)s);
+
+-- name: cancels_asked
+-- The tasks a worker runs whose cancellation was asked (tasks_cancel_asked).
+SELECT id FROM tasks WHERE lease_owner = %(owner)s AND cancel_requested AND status = 'running';

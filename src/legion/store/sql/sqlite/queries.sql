@@ -609,3 +609,7 @@ WHERE session IN (SELECT value FROM json_each(:sessions))
   AND session NOT IN (SELECT session FROM memory
                       WHERE session IN (SELECT value FROM json_each(:sessions))
                         AND updated_at >= :before);
+
+-- name: cancels_asked
+-- The tasks a worker runs whose cancellation was asked (tasks_cancel_asked).
+SELECT id FROM tasks WHERE lease_owner = :owner AND cancel_requested AND status = 'running';
