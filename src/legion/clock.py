@@ -110,16 +110,17 @@ class StoreTime:
 
 class ForwardSteps:
     """Forward steps of a store's clock, as one process sees them against its monotonic
-    clock: an NTP correction of the host's clock, which is a SQLite store's (or of the
-    database server's, which is a PostgreSQL store's).
+    clock: an NTP correction of the host's clock, which is a SQLite store's.
 
     Leases and heartbeats are stamped on the store's clock. Right after it steps ahead,
     every one stamped before the step looks that much older: every lease of every other
     live worker looked expired, and the reaper took them back (each of their tasks ran
-    again from its last step). For `HOLD` of its own time after a step, a reaper judges
-    ages by the clock as it ran before it: ``store_now - behind(...)``. By then every live
-    worker has stamped its leases and heartbeat again on the stepped clock. A step back
-    only makes ages look younger: a dead worker's leases are taken back that much later."""
+    again from its last step). For a while after a step (``hold``: a lease period), a
+    reaper judges ages by the clock as it ran before it: ``store_now - behind(...)``. By
+    then every live worker has stamped its leases and heartbeat again on the stepped
+    clock. A step back only makes ages look younger: a dead worker's leases are taken
+    back that much later. (On PostgreSQL the database judges its leases' expiry by its
+    own clock; a step of the database server's clock is seen here only for heartbeats.)"""
 
     __slots__ = ("_last", "_steps")
 
