@@ -6,4 +6,4 @@
 -- first and ended `succeeded`, its effects done. Workers now look twice a second
 -- (`cancels_asked`), which this index, empty but for a moment after each cancel, makes
 -- free.
-CREATE INDEX tasks_cancel_asked ON tasks (lease_owner) WHERE cancel_requested AND status = 'running';
+CREATE INDEX IF NOT EXISTS tasks_cancel_asked ON tasks (lease_owner) WHERE cancel_requested AND status = 'running';
