@@ -179,6 +179,28 @@ UPDATE_TRIES = 100
 key by another writer between its read and its write."""
 
 
+async def updated(
+    key: str,
+    change: Callable[[Any], Any],
+    default: Any,
+    read: Callable[[str], Awaitable[bytes | None]],
+    swap: Callable[[str, bytes | None, bytes], Awaitable[bool]],
+) -> Any:
+    """``ctx.memory.update``'s tries, wherever its reads and compare-and-sets are made (in
+    the worker, or through it from an executor's process): the new value, or
+    `MemoryConflict` after `UPDATE_TRIES` lost races."""
+    for tries in range(1, UPDATE_TRIES + 1):
+        raw = await read(key)
+        value = change(default if raw is None else codec.loads(raw))
+        if await swap(key, raw, codec.dumps(value)):
+            return value
+        await asyncio.sleep(random.uniform(0.0, 0.001 * tries))  # (apart from the others)
+    raise MemoryConflict(
+        f"ctx.memory.update({key!r}): the key changed under each of {UPDATE_TRIES} tries "
+        "(other tasks of the session write it all the time)"
+    )
+
+
 class Memory:
     """Session memory: JSON values keyed by name, shared by every task of one session."""
 
@@ -256,16 +278,7 @@ class Memory:
     async def _update(
         self, key: str, change: Callable[[Any], Any], default: Any, site: SiteRef
     ) -> Any:
-        for tries in range(1, UPDATE_TRIES + 1):
-            raw = await self._store.memory_get(self._part, key)
-            value = change(default if raw is None else codec.loads(raw))
-            if await self.swap_raw(key, raw, codec.dumps(value)):
-                return value
-            await asyncio.sleep(random.uniform(0.0, 0.001 * tries))  # (apart from the others)
-        raise MemoryConflict(
-            f"ctx.memory.update({key!r}): the key changed under each of {UPDATE_TRIES} tries "
-            "(other tasks of the session write it all the time)"
-        )
+        return await updated(key, change, default, self.read_raw, self.swap_raw)
 
     def _checked(self, key: str) -> None:
         """`codec.checked_text` of ``key``, and of the key with its session: a store

@@ -21,7 +21,6 @@ import inspect
 import io
 import logging
 import pickle
-import random
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import ModuleType
@@ -29,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from legion import codec
 from legion.agent import Agent
-from legion.context import UPDATE_TRIES, gather, not_a_function
-from legion.errors import AgentChanged, AgentLoadError, MemoryConflict, OutputError, Permanent
+from legion.context import gather, not_a_function, updated
+from legion.errors import AgentChanged, AgentLoadError, OutputError, Permanent
 from legion.executors import protocol as p
 from legion.loader import load_module
 from legion.steps import step_key
@@ -288,16 +287,14 @@ class RemoteMemory:
     async def update(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
         """As `legion.context.Memory.update`: ``change`` runs here, each try's read and
         compare-and-set in the worker."""
-        for tries in range(1, UPDATE_TRIES + 1):
-            raw: bytes | None = await self._link.call(p.MEMORY_READ_RAW, key)
-            value = change(default if raw is None else codec.loads(raw))
-            if await self._link.call(p.MEMORY_SWAP, key, raw, codec.dumps(value)):
-                return value
-            await asyncio.sleep(random.uniform(0.0, 0.001 * tries))
-        raise MemoryConflict(
-            f"ctx.memory.update({key!r}): the key changed under each of {UPDATE_TRIES} tries "
-            "(other tasks of the session write it all the time)"
-        )
+        return await updated(key, change, default, self._read_raw, self._swap_raw)
+
+    async def _read_raw(self, key: str) -> bytes | None:
+        raw: bytes | None = await self._link.call(p.MEMORY_READ_RAW, key)
+        return raw
+
+    async def _swap_raw(self, key: str, expected: bytes | None, value: bytes) -> bool:
+        return bool(await self._link.call(p.MEMORY_SWAP, key, expected, value))
 
     async def items(self) -> dict[str, Any]:
         items: dict[str, Any] = await self._link.call(p.MEMORY_ITEMS)
