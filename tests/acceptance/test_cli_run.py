@@ -953,20 +953,22 @@ async def asks(ctx: lg.Context, amount: int) -> bool:
     return (await ctx.approval(f"refund {amount}?")).approved
 
 
+async def _parked(store: str, agent: lg.Agent, inputs: list[dict[str, object]]) -> list[int]:
+    """Submit ``agent`` on each input, and answer the tasks' ids once all of them wait."""
+    async with Runtime(store, agents=[agent]) as rt:
+        ids = [(await rt.submit(agent, given)).id for given in inputs]
+        for task in ids:
+            async with asyncio.timeout(30):
+                while getattr(await rt.get(task), "status", None) is not TaskStatus.WAITING:  # noqa: ASYNC110 - a row's status to change
+                    await asyncio.sleep(0.01)
+        return ids
+
+
 def test_status_lists_the_waiting_tasks_with_what_each_waits_for(tmp_path: Path) -> None:
     # Nothing on the command line showed a waiting task's id, which `legion signal` needs.
     store = f"sqlite:///{tmp_path / 'runs.db'}"
 
-    async def park() -> list[int]:
-        async with Runtime(store, agents=[asks]) as rt:
-            ids = [(await rt.submit(asks, {"amount": n})).id for n in (5, 7)]
-            for task in ids:
-                async with asyncio.timeout(30):
-                    while getattr(await rt.get(task), "status", None) is not TaskStatus.WAITING:  # noqa: ASYNC110 - a row's status to change
-                        await asyncio.sleep(0.01)
-            return ids
-
-    first, second = asyncio.run(park())
+    first, second = asyncio.run(_parked(store, asks, [{"amount": n} for n in (5, 7)]))
     shown = legion("status", "--store", store, env={"COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
     text = " ".join(shown.stdout.split())
@@ -995,15 +997,7 @@ def test_status_shows_wake_up_times_in_utc_even_one_no_calendar_holds(tmp_path: 
     # `legion schedule list`.
     store = f"sqlite:///{tmp_path / 'runs.db'}"
 
-    async def park() -> None:
-        async with Runtime(store, agents=[naps]) as rt:
-            ids = [(await rt.submit(naps, {"seconds": s})).id for s in (1e300, 3600.0)]
-            for task in ids:
-                async with asyncio.timeout(30):
-                    while getattr(await rt.get(task), "status", None) is not TaskStatus.WAITING:  # noqa: ASYNC110 - a row's status to change
-                        await asyncio.sleep(0.01)
-
-    asyncio.run(park())
+    asyncio.run(_parked(store, naps, [{"seconds": s} for s in (1e300, 3600.0)]))
     shown = legion("status", "--store", store, env={"COLUMNS": "200", "TZ": "Asia/Tokyo"})
     assert shown.returncode == 0, shown.stderr
     assert "1e+300 s since 1970" in shown.stdout

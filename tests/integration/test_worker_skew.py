@@ -91,12 +91,8 @@ def test_a_clock_in_step_with_its_store_reads_the_local_one_itself() -> None:
     assert clock.wall == local.wall
 
 
-async def test_a_step_of_the_hosts_clock_does_not_take_a_workers_own_leases(
-    tmp_path: Path,
-) -> None:
-    # On SQLite (the host's clock), a forward step of the wall clock made every lease of
-    # the worker look expired to its own reaper: each running task was stopped, given
-    # back and run again from its start.
+def _held() -> tuple[asyncio.Event, list[int], legion.Agent]:
+    """An agent that records its input as it starts, then holds until the event is set."""
     release = asyncio.Event()
     started: list[int] = []
 
@@ -105,6 +101,17 @@ async def test_a_step_of_the_hosts_clock_does_not_take_a_workers_own_leases(
         started.append(x)
         await release.wait()
         return x
+
+    return release, started, held
+
+
+async def test_a_step_of_the_hosts_clock_does_not_take_a_workers_own_leases(
+    tmp_path: Path,
+) -> None:
+    # On SQLite (the host's clock), a forward step of the wall clock made every lease of
+    # the worker look expired to its own reaper: each running task was stopped, given
+    # back and run again from its start.
+    release, started, held = _held()
 
     clock = FakeClock()
     async with Runtime(f"sqlite:///{tmp_path / 's.db'}", clock=clock) as rt:
@@ -127,14 +134,7 @@ async def test_a_step_of_the_hosts_clock_does_not_take_another_workers_leases(
     # the other worker's heartbeat and leases look that much older to each reaper: the
     # second worker took back every lease of the first, alive all along, and each of its
     # tasks ran again from its last step.
-    release = asyncio.Event()
-    started: list[int] = []
-
-    @legion.agent(retries=0)
-    async def held(ctx: legion.Context, x: int) -> int:
-        started.append(x)
-        await release.wait()
-        return x
+    release, started, held = _held()
 
     clock = FakeClock()
     url = f"sqlite:///{tmp_path / 's.db'}"
