@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 
 import legion
 
@@ -106,6 +107,25 @@ async def clean(ctx: legion.Context, q: str) -> list[str]:
     parts = await ctx.gather(*(ctx.step(f"part-{i}", _wait, 0.02, str(i)) for i in range(3)))
     await ctx.memory.set("last", parts)
     return list(parts)
+
+
+async def _chunks() -> AsyncIterator[int]:
+    try:
+        for i in range(10):
+            yield i
+    finally:
+        await asyncio.sleep(0)  # its close has work to do (a stream closing its response)
+
+
+@legion.agent(retries=0)
+async def reads_part_of_a_stream(ctx: legion.Context, q: str) -> int:
+    """Stops reading an async generator early, as a framework's stream does: asyncio
+    closes the generator in a task of its own, which is not the agent's to await."""
+    async for chunk in _chunks():
+        if chunk == 1:
+            break
+    await asyncio.sleep(0)  # the agent goes on a little: asyncio's task is made by then
+    return 1
 
 
 @legion.agent(retries=0)

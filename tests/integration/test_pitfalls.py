@@ -132,6 +132,12 @@ async def test_clean_and_dependent_agents_get_no_report(db_url: str) -> None:
     assert (await run(db_url, agents.consumes_its_result, "q")).diagnostics == ()
 
 
+async def test_asyncios_close_of_an_async_generator_is_not_the_agents_task(db_url: str) -> None:
+    # A stream read in part (LangChain's astream, an SDK's stream) is closed by asyncio in
+    # a task it makes: the agent cannot await it, so no advice to await it.
+    assert (await run(db_url, agents.reads_part_of_a_stream, "q")).diagnostics == ()
+
+
 async def test_an_agent_that_stops_the_loop_fails_and_the_loop_goes_on(db_url: str) -> None:
     # loop.stop() in one agent stopped the loop under every instance: `legion run` ended in
     # a traceback with every task left running and nothing written.

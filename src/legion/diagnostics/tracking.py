@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import logging
 import weakref
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 from legion.errors import LoopStopRefused
@@ -48,6 +48,21 @@ _SAVED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = 
 _USERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
 
 TaskFactory = Callable[..., "asyncio.Task[Any]"]
+
+
+def _close_type() -> type:
+    async def gen() -> AsyncGenerator[None, None]:
+        yield
+
+    closing = gen().aclose()
+    closing.close()
+    return type(closing)
+
+
+_ASYNCGEN_CLOSE = _close_type()
+"""What asyncio's task closing an async generator that was left unfinished runs (the
+loop's finalizer hook makes it, in the context where the generator was let go): asyncio's
+task, not one the agent made and could await."""
 
 
 def owner_of(task: asyncio.Future[Any] | None) -> Owner | None:
@@ -80,7 +95,7 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)
         owner = CURRENT.get()
-        if owner is not None:
+        if owner is not None and type(coro) is not _ASYNCGEN_CLOSE:
             _OWNERS[task] = owner
             owner.spawned(task)
         return task
