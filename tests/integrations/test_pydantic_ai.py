@@ -116,3 +116,43 @@ async def test_the_anthropic_sdk_uses_tools_through_legion(
     assert result.output["stop"] == "tool_use" and set(result.output["input"]) == {"city"}
     assert result.output["final_stop"] == "end_turn" and result.output["text"]
     assert sim_route.requests == 2
+
+
+durable_weather = Agent(
+    output_type=Forecast, instructions="Give the forecast.", deps_type=legion.Context
+)
+
+
+@durable_weather.tool
+async def recorded_temperature(run: RunContext[legion.Context], city: str) -> float:
+    """The temperature in ``city`` now, its effect recorded as a step of the task."""
+
+    def measure() -> float:
+        with LEDGER[0].open("a") as ledger:
+            ledger.write(f"{run.deps.attempt} {city}\n")
+        return 21.5
+
+    temperature: float = await run.deps.step(f"temperature:{city}", measure)
+    return temperature
+
+
+@legion.agent(retries=1, backoff=0)
+async def durable_forecast(ctx: legion.Context, question: str) -> dict[str, object]:
+    result = await durable_weather.run(question, model=model(ctx), deps=ctx)
+    if ctx.attempt == 1:
+        raise RuntimeError("the attempt dies after the run")
+    return result.output.model_dump()
+
+
+async def test_a_tools_effect_in_a_step_runs_once_across_attempts(
+    db_url: str, sim_route: SimRoute, tmp_path: Path
+) -> None:
+    # As the README says: the context as the run's deps, the tool's effect in ctx.step.
+    LEDGER[:] = [tmp_path / "ledger"]
+    async with Runtime(db_url, llm=sim_route.client) as rt:
+        (result,) = [r async for r in rt.map(durable_forecast, ["Weather in Oslo?"])]
+    assert result.ok, result.error
+    assert sim_route.requests == 2
+    # One effect, in the first attempt: the second replayed the answers and the step.
+    (line,) = (tmp_path / "ledger").read_text().splitlines()
+    assert line.startswith("1 ")
