@@ -60,6 +60,8 @@ async def test_a_worker_over_its_memory_mark_does_not_lease(
     assert info is not None and info.status is TaskStatus.QUEUED  # held off, not lost
     assert str(health["overloaded"]).startswith("memory ")
     assert any(r.getMessage().startswith("not leasing: memory") for r in caplog.records)
+    # Said at the start too: a limit below what the worker uses before running anything.
+    assert any("--max-memory 1 MB is below" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_large_lease_starts_a_slice_per_turn_of_the_loop(db_url: str) -> None:

@@ -8,6 +8,7 @@ its first attempt); an LLM route at its limit keeps it from adding any.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -284,3 +285,36 @@ def test_a_worker_that_stops_for_good_stops_the_autoscaler_and_so_does_an_absent
     r = legion(*base, "--store", absent, "--store-wait", "1", timeout=90)
     assert r.returncode == 3, r.stderr
     assert "the store is still unavailable after" in r.stderr
+
+
+def test_a_stopped_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    # A worker stopped by SIGSTOP (a frozen container) lived on as a process: it was counted
+    # as running, every scale-up waited for it "to start and report", and the work waited.
+    options = ("--concurrency", "2", "--lease-seconds", "2", "--autoscale", "1:1")
+    with gated_fleet(tmp_path, *options) as f:
+        (frozen,) = [pid for (pid,) in rows(f.db, "SELECT pid FROM workers")]
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            wait_for(
+                lambda: "killed with SIGKILL" in f.log.read_text(), timeout=120, what="the kill"
+            )
+            wait_for(
+                lambda: any(p != frozen for (p,) in rows(f.db, "SELECT pid FROM workers")),
+                timeout=120,
+                what="another worker",
+            )
+            for i in range(2):
+                (f.gates / str(i)).touch()
+            wait_for(
+                lambda: rows(f.db, "SELECT DISTINCT status FROM tasks") == [("succeeded",)],
+                timeout=120,
+                what="the tasks done by the new worker",
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+    said = f.stop()
+    assert f"worker process {frozen} sent no heartbeat" in said, said
+    status = Path(f"/proc/{frozen}/status")
+    assert not status.exists() or "\nState:\tZ" in status.read_text()  # (dead, maybe unreaped)
+    assert sorted(line.split()[0] for line in f.ledger.read_text().splitlines()) == ["0", "1"]

@@ -198,3 +198,25 @@ def test_calls_queued_at_a_slowed_limiter_hold_scale_up() -> None:
         demand(queued=50, running=8, workers=workers(2), routes=idle), CONFIG, PolicyState(2)
     )
     assert d.desired == 4
+
+
+def test_two_fleets_on_one_store_share_the_work_within_their_own_bounds() -> None:
+    # 12 tasks at 4 slots a worker ask for 3 workers in all. Each autoscaler provisioned
+    # all of them: two fleets ran 6. With the other fleet's 2 workers, this one runs 1.
+    from legion.provision.autoscaler import fleet_decision
+
+    mine = (WorkerLoad("mine", 4, True),)
+    theirs = (WorkerLoad("a", 4, True), WorkerLoad("b", 4, True))
+    work = demand(running=12, workers=mine + theirs)
+    bounds = ScalingConfig(minimum=1, maximum=4, cooldown=60.0)
+    d, _ = fleet_decision(work, bounds, PolicyState(desired=3), others=2)
+    assert (d.desired, d.running, d.wanted) == (1, 1, 1)
+    assert "of them 2 in other fleets" in d.reason
+    # Its bounds are its own: MAX workers of its own, however many the others run.
+    more = demand(running=40, queued=40, workers=mine + theirs)
+    d, _ = fleet_decision(more, bounds, PolicyState(desired=3), others=2)
+    assert (d.desired, d.wanted) == (4, 18)  # (20 in all: 6 at most, doubling the 3 running)
+    # Alone on the store: as before.
+    assert fleet_decision(work, bounds, PolicyState(desired=3), others=0) == decide(
+        work, bounds, PolicyState(desired=3)
+    )

@@ -39,3 +39,20 @@ def test_a_fleet_keeps_one_streak_over_its_workers() -> None:
     for pid in (11, 12, 13):
         restarts.started(pid)
     assert [restarts.crashed(pid, streak="fleet") for pid in (11, 12, 13)] == [0.0, 1.0, 2.0]
+
+
+def test_a_worker_that_finished_tasks_ends_the_streak() -> None:
+    # A task that brings its worker down (os._exit in an agent) crashed the fleet's workers
+    # within seconds, one after another: the pause grew to 30 s with no worker running.
+    clock = Clock()
+    restarts = Restarts(lambda: clock.now)
+    for pid in (21, 22, 23):
+        restarts.started(pid)
+        clock.now += 5
+        restarts.crashed(pid, streak="fleet")
+    restarts.started(24)
+    clock.now += 5
+    assert restarts.crashed(24, streak="fleet", progressed=True) == 0.0
+    restarts.started(25)
+    clock.now += 5
+    assert restarts.crashed(25, streak="fleet") == 1.0  # a new streak, from its first pause

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from legion.errors import StoreError
-from legion.provision.board import Board
+from legion.provision.board import Board, _local, served
 from legion.provision.exits import EXIT_STORE, FINAL_EXITS, SUPERVISOR_ENV, WHY_FINAL
 from legion.provision.policy import (
     Decision,
@@ -45,9 +47,16 @@ from legion.provision.policy import (
 )
 from legion.provision.restarts import Restarts
 from legion.store import Store
-from legion.store.types import AutoscalerInfo
+from legion.store.types import AutoscalerInfo, WorkerInfo
 
 STRIPPED = ("--autoscale", "--cooldown", "--processes")  # supervisor-only options
+
+SILENT_FOR = 10.0
+"""Seconds a worker process may stay silent past its lease (no heartbeat, while the store
+answers the supervisor) before the supervisor kills it."""
+
+START_FOR = 120.0
+"""Seconds a new worker process has to register (imports, opening the store)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +102,14 @@ class Autoscaler:
         self._stop = asyncio.Event()
         self._restarts = Restarts()
         self._restart_at = 0.0  # (monotonic) no worker starts before, after crashes
+        # Its processes' heartbeats (see `_kill_the_silent`): since when each has been
+        # silent while the store answered (monotonic), which ones registered, which ones
+        # finished tasks (a crash after that is a task's doing, not a start that fails),
+        # and which were killed for their silence.
+        self._silent_since: dict[int, float] = {}
+        self._registered: set[int] = set()
+        self._progressed: set[int] = set()
+        self._killed: set[int] = set()
         self._code = 0
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -154,29 +171,88 @@ class Autoscaler:
         return store
 
     async def _scale(self, store: Store) -> None:
-        last_reason = ""
+        last_said: tuple[str, int] = ("", -1)
         while not self._stop.is_set():
             self._reap()
             try:
                 demand = await self._board.read(
                     store, ignore=self._draining, own=self._workers.keys()
                 )
-                decision, self._state = decide(demand, self._opts.config, self._state)
+                self._kill_the_silent(self._board.registered, self._board.read_at)
+                others = self._others(self._board.registered)
+                decision, self._state = fleet_decision(
+                    demand, self._opts.config, self._state, others
+                )
                 self._apply(decision, demand_in_flight(demand))
                 await store.publish_autoscaler(self._info(decision, await store.now()))
             except StoreError as exc:
                 if not exc.retryable:
                     raise
-                self._console.print(f"the store failed: {exc}", style="yellow")
+                # (silence is judged while the store answers: not across its outage)
+                self._silent_since.clear()
+                self._console.print(f"{_now()} the store failed: {exc}", style="yellow")
             else:
-                if decision.reason != last_reason:
+                said = _shape(decision.reason), decision.desired
+                if said != last_said:
                     self._console.print(
-                        f"autoscale: desired {decision.desired}, running "
+                        f"{_now()} autoscale: desired {decision.desired}, running "
                         f"{len(self._workers)}: {decision.reason}",
                         highlight=False,
                     )
-                    last_reason = decision.reason
+                    last_said = said
             await self._sleep(self._opts.interval)
+
+    def _others(self, registered: Sequence[WorkerInfo]) -> int:
+        """Live workers on the store that are not this fleet's and serve its agents."""
+        ours = served(w for w in registered if _local(w) and w.pid in self._workers)
+        others = 0
+        for w in registered:
+            if _local(w) and (w.pid in self._workers or w.pid in self._draining):
+                continue
+            agents = w.load.get("agents") or ()
+            if ours is None or not agents or ours.intersection(agents):
+                others += 1
+        return others
+
+    def _kill_the_silent(self, registered: Sequence[WorkerInfo], now: float) -> None:
+        """Kill (SIGKILL) a worker process that lives but has sent no heartbeat for its
+        lease and `SILENT_FOR` seconds more, while the store answered: stopped (SIGSTOP, a
+        frozen container), hung, or its event loop blocked. Its leases go back to the
+        queue after its lease as it is; alive, it was counted as a worker that runs and
+        held back every scale-up as one still starting. One that never registered is given
+        `START_FOR` seconds. A killed worker's place is taken at once (not a crash)."""
+        heard = {w.pid: w for w in registered if _local(w) and not w.silent(now)}
+        at = time.monotonic()
+        for pid, proc in (*self._workers.items(), *self._draining.items()):
+            worker = heard.get(pid)
+            if worker is not None:
+                self._registered.add(pid)
+                self._silent_since.pop(pid, None)
+                load = worker.load
+                if int(load.get("succeeded", 0) or 0) + int(load.get("failed", 0) or 0):
+                    self._progressed.add(pid)
+                continue
+            since = self._silent_since.setdefault(pid, at)
+            grace = SILENT_FOR if pid in self._registered else START_FOR
+            if at - since < grace or pid in self._killed or proc.poll() is not None:
+                continue
+            proc.kill()
+            self._killed.add(pid)
+            self._restarts.forget(pid)
+            if self._workers.pop(pid, None) is not None:
+                self._draining[pid] = proc  # (reaped there, its exit code not the fleet's)
+            what = (
+                f"sent no heartbeat for its lease and {grace:g} s more"
+                if pid in self._registered
+                else f"did not register in {grace:g} s"
+            )
+            self._console.print(
+                f"{_now()} worker process {pid} {what} while the store answered (stopped, "
+                "hung, or its event loop blocked): killed with SIGKILL; another takes its "
+                "place if the work asks for it",
+                style="yellow",
+                highlight=False,
+            )
 
     def _apply(self, decision: Decision, in_flight: dict[int, int]) -> None:
         paused = time.monotonic() < self._restart_at  # (workers keep crashing: a pause)
@@ -212,12 +288,16 @@ class Autoscaler:
                 self._code = max(self._code, rc)
                 self._stop.set()
                 continue
-            # The fleet's crash streak: each crash in a row holds back starts longer.
+            # The fleet's crash streak: each crash in a row holds back starts longer; one
+            # after the worker finished tasks (a task that brings its process down) ends it.
             if crashed:
                 self._restarts.forget(pid)
                 pause = 0.0
             else:
-                crashed, pause = True, self._restarts.crashed(pid, streak="fleet")
+                crashed = True
+                pause = self._restarts.crashed(
+                    pid, streak="fleet", progressed=pid in self._progressed
+                )
                 self._restart_at = time.monotonic() + pause
             later = f" (none starts for {pause:g} s: workers keep crashing)" if pause else ""
             self._console.print(
@@ -233,6 +313,11 @@ class Autoscaler:
                 self._restarts.forget(pid)
                 if rc != 0:
                     self._code = max(self._code, rc)
+        alive = self._workers.keys() | self._draining.keys()
+        for known in (self._registered, self._progressed, self._killed):
+            known &= alive
+        for pid in self._silent_since.keys() - alive:
+            del self._silent_since[pid]
 
     async def _drain_all(self) -> None:
         everyone = {**self._workers, **self._draining}
@@ -265,6 +350,43 @@ class Autoscaler:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+def fleet_decision(
+    demand: Demand, config: ScalingConfig, state: PolicyState, others: int
+) -> tuple[Decision, PolicyState]:
+    """This fleet's share of what ``demand`` asks for, with ``others`` live workers of other
+    fleets (another machine's autoscaler, a plain worker) serving the same agents: the
+    policy decides for the whole pool, within this fleet's bounds moved up by theirs, and
+    this fleet runs the rest. (Each autoscaler provisioned the whole demand: two on one
+    store ran twice the workers the work asked for.)"""
+    if not others:
+        return decide(demand, config, state)
+    config = dataclasses.replace(
+        config,
+        minimum=config.minimum + others,
+        maximum=None if config.maximum is None else config.maximum + others,
+    )
+    pooled, state = decide(demand, config, state)
+    reason = f"{pooled.reason} (of them {others} in other fleets)"
+    share = Decision(
+        pooled.desired - others, pooled.running - others, pooled.wanted - others, reason
+    )
+    return share, state
+
+
+def _shape(reason: str) -> str:
+    """A decision's reason without its numbers: a line is logged when this changes (or
+    the desired workers do), not each second that a count in it moves."""
+    return _NUMBERS.sub("#", reason)
+
+
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _now() -> str:
+    """The time of day a supervisor's line is printed at, as workers' log lines have it."""
+    return time.strftime("%H:%M:%S")
 
 
 def demand_in_flight(demand: Demand) -> dict[int, int]:

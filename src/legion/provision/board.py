@@ -50,6 +50,8 @@ class Board:
         # The last count of the backlog: of which agents, the tasks then queued (ready
         # or not), and when the next count may be made.
         self._backlog: tuple[frozenset[str] | None, Backlog, int, float] | None = None
+        self.registered: list[WorkerInfo] = []  # the workers as of the last `read`
+        self.read_at = 0.0  # and when (the store's clock)
 
     async def backlog(self, store: Store, now: float, agents: Collection[str] | None) -> Backlog:
         """`Store.backlog`, counted again once `BACKLOG_SHARE` of the time since the last
@@ -81,6 +83,7 @@ class Board:
         is in ``own`` (every agent's while none of them has registered)."""
         now = await store.now()
         registered = await store.workers()
+        self.registered, self.read_at = registered, now
         live = [w for w in registered if w.pid not in ignore or not _local(w)]
         agents = served(w for w in registered if w.pid in own and _local(w))
         backlog = await self.backlog(store, now, agents)
@@ -99,7 +102,7 @@ class Board:
             WorkerLoad(
                 w.id,
                 int(w.load.get("in_flight", 0) or 0),
-                now - w.heartbeat_at <= self._stale_after and not w.load.get("overloaded"),
+                not w.silent(now, self._stale_after) and not w.load.get("overloaded"),
                 bool(w.load.get("metered", True)),
             )
             for w in workers

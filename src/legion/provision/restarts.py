@@ -2,7 +2,10 @@
 one crashed: at once the first time, then after a pause that doubles with each crash in a
 row (1 s, 2 s, 4 s ... up to 30 s), so a worker that cannot start (an import that fails,
 an agent that kills its process at once) is not restarted in a tight loop. A worker that
-ran `HEALTHY` seconds before it stopped ends the streak."""
+ran `HEALTHY` seconds before it stopped ends the streak, and so does one that had
+finished tasks (as its supervisor knows it: ``--autoscale`` reads the heartbeats): a
+task that brings its process down is spent by its own attempts, and a pause would stop
+every other task's work meanwhile."""
 
 from __future__ import annotations
 
@@ -32,11 +35,15 @@ class Restarts:
         another's)."""
         self._started.pop(worker, None)
 
-    def crashed(self, worker: Hashable, *, streak: Hashable | None = None) -> float:
-        """Seconds to wait before another worker starts in place of ``worker``."""
+    def crashed(
+        self, worker: Hashable, *, streak: Hashable | None = None, progressed: bool = False
+    ) -> float:
+        """Seconds to wait before another worker starts in place of ``worker``;
+        ``progressed``: it had finished tasks (it started well: a task brought it down),
+        which ends the streak as a long run does."""
         now = self._clock()
         ran = now - self._started.pop(worker, now - HEALTHY)
         key = worker if streak is None else streak
-        crashes = 0 if ran >= HEALTHY else self._streak.get(key, 0)
+        crashes = 0 if ran >= HEALTHY or progressed else self._streak.get(key, 0)
         self._streak[key] = crashes + 1
         return 0.0 if crashes == 0 else min(LONGEST_PAUSE, FIRST_PAUSE * 2 ** (crashes - 1))

@@ -444,6 +444,14 @@ class Worker(Upkeep):
             llm_calls()
             self.llm.price_routes()
         heap.settle()  # full collections skip what start-up made (see legion.heap)
+        idle = self.config.max_memory_mb is not None and rss_mb() > self.config.max_memory_mb
+        if idle:  # (every worker of an autoscaled fleet would be overloaded from its start)
+            log.warning(
+                "--max-memory %.0f MB is below what this worker uses before running anything "
+                "(%.0f MB): it will lease nothing; give it more",
+                self.config.max_memory_mb,
+                rss_mb(),
+            )
         if self.config.watchdog:  # (after the collection: it is start-up, not lag)
             self._watchdog.start()
         self.started.set()
