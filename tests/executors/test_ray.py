@@ -268,3 +268,52 @@ async def test_a_drain_gives_back_what_ray_has_not_begun_to_run(
     infos = {i.id: i for i in await rt.store.get_many(ids)}
     assert {i for i in ids if infos[i].status is TaskStatus.SUCCEEDED} == running
     assert all(infos[i].attempt == 0 for i in ids if i not in running)  # uncharged
+
+
+def test_ray_dying_on_the_node_stops_the_worker_and_spends_no_attempt(tmp_path: Path) -> None:
+    """The local raylet killed under a worker: each task it leased then failed at once and
+    the queue went dead within seconds. Now the worker stops (a supervisor starts it, and
+    Ray, again) and its tasks go back to the queue unspent. A process of its own: it
+    starts, and kills, its own local Ray instance."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        import legion
+        from legion.executors import executors_from_options
+        from tests.executors import agents
+
+        async def main():
+            url = {f"sqlite:///{tmp_path / 'local.db'}"!r}
+            executors = executors_from_options("ray", None, None, None)
+            async with legion.Runtime(url, executors=executors, executor="ray") as rt:
+                first = await rt.result((await rt.submit(agents.echo, "first")).id)
+                import ray
+                from ray._private import ray_constants
+                node = ray._private.worker._global_node
+                raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+                os.kill(raylet.pid, signal.SIGKILL)
+                raylet.wait()
+                ids = [(await rt.submit(agents.echo, f"t{{i}}")).id for i in range(3)]
+                error = await asyncio.wait_for(rt.worker.wait_fatal(), 90)
+            async with legion.Runtime(url, worker=False) as rt:
+                infos = [await rt.get(i) for i in ids]
+            print(first.status, type(error).__name__)
+            print(sorted((i.status, i.attempt) for i in infos))
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[2],
+        timeout=200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    *_, said, tasks = done.stdout.strip().splitlines()
+    assert said == "succeeded ExecutorLost"
+    assert tasks == str([(TaskStatus.QUEUED, 0)] * 3)

@@ -49,10 +49,12 @@ from legion.cli.wiring import (
     worker_up,
 )
 from legion.errors import AgentChanged, AgentLoadError
+from legion.executors.errors import ExecutorLost
 from legion.loader import agents_in, load_agent, load_module
 from legion.provision.exits import (
     EXIT_BUDGET,
     EXIT_CODE_CHANGED,
+    EXIT_EXECUTOR,
     EXIT_FINAL,
     EXIT_STORE,
     FINAL_EXITS,
@@ -171,6 +173,8 @@ async def _serve(
         if rt.fatal_error is not None:
             console.print(error_text(f"stopped: {rt.fatal_error}"))
             # (a supervisor starts another, which loads the new code: a deploy)
+            if isinstance(rt.fatal_error, ExecutorLost):
+                return EXIT_EXECUTOR
             return EXIT_CODE_CHANGED if isinstance(rt.fatal_error, AgentChanged) else EXIT_FINAL
         if budget is not None and budget.exhausted is not None and not stop.is_set():
             console.print(

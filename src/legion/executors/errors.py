@@ -4,17 +4,19 @@ They sit in legion's one tree, under `legion.errors.AgentError`::
 
     AgentError
     ├── InstanceLost           the process, Ray worker or node running an instance died
+    │   ├── ExecutorLost            ... because the executor itself died (Ray on this node)
     │   ├── MemoryLimitExceeded     ... because it went past the executor's memory limit
     │   └── ProtocolError           ... or can no longer be trusted: it sent nonsense
     └── RemoteError            an agent's error whose class cannot be rebuilt here
 
 All are retried by the agent's policy: a lost instance is the place's failure, not the
-task's, and a `RemoteError` keeps the retryability of the error it stands for.
+task's, and a `RemoteError` keeps the retryability of the error it stands for. An
+`ExecutorLost` stops the worker and gives the task back, no attempt spent.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from legion.errors import AgentError
 
@@ -22,6 +24,15 @@ from legion.errors import AgentError
 class InstanceLost(AgentError):
     """Raised when the process or node running an instance died before it answered
     (a crash in native code, a signal, ``os._exit``, a lost Ray node). Retried."""
+
+
+class ExecutorLost(InstanceLost):
+    """Raised when what runs the instances is itself gone (the Ray instance's local raylet
+    died): every other instance would meet it too. ``fatal``: the worker stops, and the
+    task goes back to the queue with no attempt spent; a worker started again starts
+    the executor again."""
+
+    fatal: ClassVar[bool] = True
 
 
 class MemoryLimitExceeded(InstanceLost):

@@ -288,7 +288,14 @@ class _Child:
             )
             error = InstanceLost(f"the agent's process failed outside the agent: {last}{hint}")
         elif code < 0:
-            error = InstanceLost(f"the agent's process was killed by {_signal_name(-code)}")
+            hint = (
+                f" (under --memory-limit {self._limit} MB: a library that crashes rather than "
+                "raise MemoryError when it cannot allocate ends this way; orjson encoding a "
+                "result of hundreds of MB does)"
+                if self._limit is not None and -code in (signal.SIGSEGV, signal.SIGBUS)
+                else ""
+            )
+            error = InstanceLost(f"the agent's process was killed by {_signal_name(-code)}{hint}")
         else:
             error = InstanceLost(f"the agent's process exited with code {code}")
         if report:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from legion import attempt
 from legion.errors import ConfigError
 from legion.executors import protocol as p
-from legion.executors.errors import InstanceLost, ProtocolError
+from legion.executors.errors import ExecutorLost, InstanceLost, ProtocolError
 from legion.executors.host import ContextHost, invocation
 from legion.executors.remote import execute
 from legion.extras import install_hint
@@ -174,6 +174,13 @@ class RayExecutor:
             raise InstanceLost(
                 f"the instance failed on its Ray worker: {type(cause).__name__}: "
                 f"{_first_line(cause)}"
+            ) from exc
+        except (ray.exceptions.LocalRayletDiedError, ray.exceptions.RaySystemError) as exc:
+            # Ray itself is gone on this node: every instance would fail the same way, each
+            # spending its attempts in seconds (a whole queue dead). The worker stops.
+            raise ExecutorLost(
+                f"Ray stopped running on this node ({type(exc).__name__}): "
+                f"{_first_line(exc)}; the worker stops, its tasks go back to the queue"
             ) from exc
         except ray.exceptions.RayError as exc:  # its worker or node died, or its result is gone
             raise InstanceLost(

@@ -36,6 +36,7 @@ from legion.errors import (
     is_retryable,
     legion_cause,
 )
+from legion.executors.errors import ExecutorLost
 from legion.journal import Journal
 from legion.record import record
 from legion.store.base import ContextStore
@@ -422,10 +423,10 @@ def _failure(
             not_before=finished + park if park else 0.0,
             **more,
         )
-    if isinstance(error, AgentChanged):
-        # The agent's file changed under this worker: the task is not at fault, and the
-        # worker stops on it (``fatal``). Back to the queue for a worker started on the new
-        # code, no attempt spent.
+    if isinstance(error, AgentChanged | ExecutorLost):
+        # The agent's file changed under this worker, or its executor died (Ray): the task
+        # is not at fault, and the worker stops on it (``fatal``). Back to the queue for a
+        # worker started anew, no attempt spent.
         return _completion(lease, owner, Outcome.RELEASED, started, finished, error=info, **more)
     if isinstance(error, AgentLoadError):
         # Its code does not import in a process of this worker (the process executor's
