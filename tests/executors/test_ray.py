@@ -63,6 +63,23 @@ async def run(rt: Runtime, agent: legion.Agent, *inputs: object) -> list[legion.
     return sorted([r async for r in rt.map(agent, inputs)], key=lambda r: r.id)
 
 
+def in_a_process(script: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a Python process of its own (Ray is initialized once per process),
+    from the repository's root; it must succeed."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[2],
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def worker_nodes(cluster: Cluster) -> dict[str, Any]:
     return {node.node_id: node for node in cluster.worker_nodes}
 
@@ -158,17 +175,7 @@ def test_without_an_address_a_local_ray_instance_is_started(tmp_path: Path) -> N
         asyncio.run(main())
         """
     )
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=Path(__file__).parents[2],
-        timeout=110,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = in_a_process(script, timeout=110)
     assert done.stdout.strip().splitlines()[-1] == "succeeded ['locallocal', 'LOCAL']"
 
 
@@ -303,17 +310,7 @@ def test_ray_dying_on_the_node_stops_the_worker_and_spends_no_attempt(tmp_path: 
         asyncio.run(main())
         """
     )
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=Path(__file__).parents[2],
-        timeout=200,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = in_a_process(script, timeout=200)
     *_, said, tasks = done.stdout.strip().splitlines()
     assert said == "succeeded ExecutorLost"
     assert tasks == str([(TaskStatus.QUEUED, 0)] * 3)
