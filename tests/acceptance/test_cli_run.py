@@ -948,6 +948,41 @@ def test_status_shows_a_worker_silent_past_its_lease_as_silent_not_ok(tmp_path: 
     assert live == {"fresh": True, "gone": False, "paused": False}
 
 
+def test_status_shows_a_worker_whose_process_ended_as_gone(tmp_path: Path) -> None:
+    # A `legion run` that ended (or was killed) on this machine was shown "ok" for 30 s,
+    # and its agent as served: the hint that no worker serves the queue was missing.
+    from legion import codec, identity
+    from legion.store import store_from_url
+    from legion.store.types import WorkerInfo
+    from legion.task import NewTask
+
+    ended = subprocess.Popen(["sleep", "60"])
+    started = identity.start_time(ended.pid) or 0
+    ended.kill()
+    ended.wait()
+    me = identity.current()
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    async def register() -> None:
+        s = store_from_url(store)
+        await s.open()
+        now = await s.now()
+        await s.submit([NewTask("left", codec.dumps(1))], now)
+        load = {"agents": ["left"], "in_flight": 3}
+        gone = WorkerInfo("ended", "h", ended.pid, now, now, load, me.boot_id, me.pid_ns, started)
+        await s.register_worker(gone)
+        await s.aclose()
+
+    asyncio.run(register())
+    shown = legion("status", "--store", store)
+    assert shown.returncode == 0, shown.stderr
+    (row,) = [line for line in shown.stdout.splitlines() if "│ h " in line]
+    assert "gone: its process has ended" in row and " ok " not in row and " 3 " not in row
+    assert "agent 'left': 1 queued, and no live worker serves it" in " ".join(shown.stdout.split())
+    doc = json.loads(legion("status", "--store", store, "--json").stdout)
+    assert [w["live"] for w in doc["workers"]] == [False]
+
+
 @lg.agent(retries=0)
 async def asks(ctx: lg.Context, amount: int) -> bool:
     return (await ctx.approval(f"refund {amount}?")).approved
@@ -1230,3 +1265,19 @@ def test_a_run_raises_its_open_files_limit_or_says_it_is_short(
     assert read_jsonl(out)[0]["output"] == hard  # the soft limit raised to the hard one
     short = "--concurrency 1,000 with at most 256 open files (ulimit -n)"
     assert (short in done.stderr) is (hard == 256), done.stderr
+
+
+def test_a_concurrency_far_above_the_child_processes_is_pointed_out(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    # Each child runs one instance at a time: 1,000 tasks leased for 2 children ran at ~10/s
+    # with nothing said, every task shown running.
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    base = ("run", f"{agents_file}:typed", "-i", str(inputs), "--no-progress")
+    process = ("--executor", "process", "--pool-size", "1")
+    many = legion(*base, "-o", str(tmp_path / "a.jsonl"), *process, "-c", "50")
+    assert many.returncode == 0, many.stderr
+    assert "runs one instance per child process at a time (--pool-size 1)" in many.stderr
+    few = legion(*base, "-o", str(tmp_path / "b.jsonl"), *process, "-c", "2")
+    assert few.returncode == 0, few.stderr
+    assert "one instance per child process" not in few.stderr

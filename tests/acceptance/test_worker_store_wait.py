@@ -229,3 +229,34 @@ def test_a_server_gives_up_on_the_store_with_code_3(
     out = legion("serve", "--app", str(agents_file), "--store", cluster.url, "--store-wait", "0.5")
     assert out.returncode == 3, out.stderr
     assert "still unavailable" in out.stderr.splitlines()[-1]
+
+
+def test_a_run_whose_database_goes_away_stops_after_store_wait_and_resumes(
+    tmp_path: Path, agents_file: Path, cluster: PrivateCluster
+) -> None:
+    # It ran for ever (its writes retried while the store was away, a Ctrl-C's drain too).
+    cluster.start()
+    log, out = tmp_path / "steps.log", tmp_path / "out.jsonl"
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(200)])
+    command = ("run", f"{agents_file}:slow", "-i", str(inputs), "-o", str(out))
+    options = ("--store", cluster.url, "-c", "10", "--store-wait", "3", "--no-progress")
+    run = start_legion(*command, *options, env={"STEP_LOG": str(log)})
+    try:
+        wait_for(lambda: log.exists() and len(log.read_text().split()) >= 20, what="tasks run")
+        cluster.stop("immediate")
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 5, err
+    assert "the store has not answered for 3 s (--store-wait): the run stops" in err
+    assert f"results written so far in {out}.partial" in err
+    cluster.start()
+    again = legion(*command, *options, env={"STEP_LOG": str(log)}, timeout=300)
+    assert again.returncode == 0, again.stderr
+    results = read_jsonl(out)
+    assert [r["line"] for r in results] == list(range(1, 201))
+    assert all(r["status"] == "succeeded" for r in results)
+    ran = {line.split(":")[0] for line in log.read_text().split()}
+    assert len(ran) == 200  # every task ran (some twice: those running when it stopped)

@@ -155,14 +155,34 @@ def run(
     offer: OfferOpt = None,
     trace: TraceOpt = None,
     log_format: LogFormatOpt = LogFormat.text,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="On Ctrl-C or SIGTERM, seconds the running tasks get to finish before "
+            "they go back to the queue unfinished (a run of the same command takes them).",
+        ),
+    ] = 30.0,
+    store_wait: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            max=10**9,
+            help="Seconds the run waits for a store that stops answering in its middle "
+            "(a database down, unreachable) before it stops with exit code 5; what "
+            "finished is kept, and the same command run again goes on from there.",
+        ),
+    ] = 300.0,
 ) -> None:
     """Run every line of a JSONL file through an agent, resumably.
 
     Each line becomes a task whose idempotency key comes from the agent, the line number
     and the line's content (or its "_key" field), so running the same command again
-    skips what finished and runs the rest. Exits 1 if any task did not succeed, 3 when
-    its budget stopped it, 128 + the signal's number when a signal did (130 for Ctrl-C,
-    143 for SIGTERM).
+    skips what finished and runs the rest. Exits 1 if any task did not succeed, 2 when an
+    error stopped the run (a rejected API key, an output it could not write), 3 when its
+    budget stopped it, 4 when an agent froze the event loop, 5 when the store stopped
+    answering for --store-wait seconds, 128 + the signal's number when a signal did (130
+    for Ctrl-C, 143 for SIGTERM).
     """
     from legion.cli.llm_options import ExecutorOptions
     from legion.cli.run import RunOptions, run_file
@@ -207,6 +227,7 @@ def run(
         executors=executors,
         budget=_budget(max_cost, max_tokens, max_calls),
         offer=offered,
+        drain_timeout=drain_timeout,
     )
     opts = RunOptions(
         agent=loaded,
@@ -215,6 +236,7 @@ def run(
         progress=progress,
         runtime=runtime,
         peers=tuple(peers_of(loaded)),
+        store_wait=store_wait,
     )
     with _tracing(trace):
         code = _run(run_file(opts, stderr_console()))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import signal
 import sys
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,11 +51,15 @@ class RunOptions:
     peers: tuple[Agent, ...] = ()  # the other agents of its file: the local worker serves
     # them too, as a worker serving the file would, so that the children its tasks start
     # (ctx.spawn, ctx.map) run
+    store_wait: float = 300.0  # seconds the store may stay silent mid-run (`watch_store`)
 
 
 BUDGET_EXCEEDED = "budget_exceeded"
 """The status, in the output, of a task left unfinished because the run's budget is spent."""
 EXIT_BUDGET = 3
+EXIT_STORE_GONE = 5
+STORE_LOOK_EVERY = 1.0
+"""Seconds between two looks at the store while a run waits for it (`watch_store`)."""
 
 
 @dataclass(slots=True)
@@ -168,9 +175,12 @@ async def _run_lines(
     if opts.runtime.worker:
         _say_if_not_covered(opts, console)
     agents = (opts.agent, *opts.peers) if opts.runtime.worker else ()
-    async with open_runtime(
-        opts.runtime, agents=agents, on_routes=console.print, earlier_spending=True
-    ) as rt:
+    async with (
+        open_runtime(
+            opts.runtime, agents=agents, on_routes=console.print, earlier_spending=True
+        ) as rt,
+        watch_store(rt, opts.store_wait, lambda: _store_gone(console, opts, sink, out)),
+    ):
         llm = rt.llm
         budget = None if llm is None else llm.budgets.run
         watched = [] if budget is None else [budget]  # the budgets whose end ends the run
@@ -243,6 +253,55 @@ async def _run_lines(
     if interrupted:  # as a shell reports a command a signal ended: 130 (SIGINT), 143 (SIGTERM)
         return 128 + (stop.received or signal.SIGINT)
     return 0 if tally.not_succeeded == 0 else 1
+
+
+@contextlib.asynccontextmanager
+async def watch_store(
+    rt: Runtime, wait: float, gone: Callable[[], None], every: float = STORE_LOOK_EVERY
+) -> AsyncIterator[None]:
+    """While the block runs, look at the store every ``every`` seconds; call ``gone`` once
+    it has answered nothing for ``wait`` seconds. (Every write of the run is retried while
+    the store is away, as a worker's are: without this a run whose database went away for
+    good never ended, a Ctrl-C included, its drain waiting on writes that could not be
+    made.)"""
+
+    async def look() -> None:
+        answered = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(rt.store.now(), max(every, 5.0))
+            except (StoreError, TimeoutError):
+                if time.monotonic() - answered >= wait:
+                    gone()
+                    return
+            else:
+                answered = time.monotonic()
+            await asyncio.sleep(every)
+
+    looking = asyncio.ensure_future(look())
+    try:
+        yield
+    finally:
+        looking.cancel()
+        await asyncio.gather(looking, return_exceptions=True)
+
+
+def _store_gone(console: Console, opts: RunOptions, sink: Results, out: OutputFile) -> NoReturn:
+    """The store stayed silent for ``--store-wait``: say what is kept, and exit at once
+    (what the run would still do, a drain and its writes, needs the store)."""
+    kept = f" and the results written so far in {out.partial}" if out.partial else ""
+    console.print(
+        Text.assemble(
+            ("error:", "red"),
+            f" the store has not answered for {opts.store_wait:g} s (--store-wait): the run "
+            f"stops. What finished is kept in the store{kept}; {len(sink.open)} task(s) "
+            "had not finished. Run the same command again once the store answers: it goes "
+            "on where this run stopped, and tasks that were running may run again.",
+        )
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STORE_GONE)  # (no drain, no cleanup: both would wait on the store)
 
 
 def _say_if_not_covered(opts: RunOptions, console: Console) -> None:

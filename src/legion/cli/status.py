@@ -35,7 +35,7 @@ async def live_workers(store: Store, fresh: float = WORKER_FRESH) -> list[Worker
     """The workers on ``store`` whose last heartbeat is under ``fresh`` seconds old (each
     names the agents it serves in ``load["agents"]``)."""
     now = await store.now()
-    return [w for w in await store.workers() if not w.silent(now, fresh)]
+    return [w for w in await store.workers() if not w.silent(now, fresh) and not w.gone()]
 
 
 async def show_status(
@@ -67,7 +67,7 @@ async def show_status(
                     "host": w.host,
                     "pid": w.pid,
                     "heartbeat_age": now - w.heartbeat_at,
-                    "live": not w.silent(now),
+                    "live": not w.silent(now) and not w.gone(),
                     **w.load,
                 }
                 for w in workers
@@ -156,9 +156,12 @@ async def show_status(
             wt.add_column(col)
         for w in workers:
             load = w.load
-            silent = w.silent(now)
+            gone = w.gone()
+            silent = gone or w.silent(now)
             state = (
-                Text("silent: stopped or cut off?", style="red")
+                Text("gone: its process has ended", style="red")
+                if gone
+                else Text("silent: stopped or cut off?", style="red")
                 if silent
                 else str(load.get("overloaded") or _breakers(load.get("breakers_open")) or "ok")
             )
@@ -288,7 +291,7 @@ def _unserved(
     served = {
         agent
         for w in workers
-        if not w.silent(now)
+        if not w.silent(now) and not w.gone()
         for agent in set(w.load.get("agents", ())) - set(w.load.get("uncovered", ()))
     }
     return sorted(a for a, c in by_agent.items() if c.get(TaskStatus.QUEUED) and a not in served)

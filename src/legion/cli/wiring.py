@@ -108,6 +108,9 @@ def build_runtime(
     """The `Runtime` of ``opts``, not yet open: on ``store`` when given (the caller's, kept
     open), otherwise on the URL of ``opts.store`` (the runtime's own)."""
     executors = opts.executors
+    built = executors.build() if executors is not None and opts.worker else None
+    if built is not None and executors is not None and executors.executor == "process":
+        _say_if_children_are_few(built["process"], opts.concurrency)
     return Runtime(
         opts.store if store is None else store,
         concurrency=opts.concurrency,
@@ -116,7 +119,7 @@ def build_runtime(
         lease_seconds=opts.lease_seconds,
         drain_timeout=opts.drain_timeout,
         llm=llm,
-        executors=executors.build() if executors is not None and opts.worker else None,
+        executors=built,
         executor=executors.executor if executors is not None else None,
         max_loop_lag=opts.max_loop_lag,
         max_memory_mb=opts.max_memory_mb,
@@ -125,6 +128,21 @@ def build_runtime(
         lease_ahead=opts.lease_ahead,
         tenant_max_running=opts.tenant_max_running,
     )
+
+
+def _say_if_children_are_few(executor: object, concurrency: int) -> None:
+    """Warn when ``--concurrency`` leases many more tasks than the process executor's
+    children run (one instance each at a time): the rest wait, leased, for a child."""
+    children = getattr(executor, "processes", None)
+    if isinstance(children, int) and concurrency > 4 * children:
+        print(
+            f"note: --executor process runs one instance per child process at a time "
+            f"(--pool-size {children}): of the up to {concurrency} tasks this worker leases "
+            f"(--concurrency), {children} run and the rest wait for a child. Give "
+            "--concurrency close to --pool-size, or run I/O-bound agents on the default "
+            "executor.",
+            file=sys.stderr,
+        )
 
 
 @asynccontextmanager

@@ -131,6 +131,16 @@ class WorkerInfo:
         """Whether its last heartbeat (on the store's clock) is older than `silent_after`."""
         return now - self.heartbeat_at >= self.silent_after(most)
 
+    def gone(self) -> bool:
+        """Whether its process certainly no longer runs, as this process can tell: one of
+        this machine (same kernel boot and PID namespace) whose PID is free or another
+        process's (`legion.identity.is_gone`). A `legion run` that ended, or was killed,
+        stays in the registry until a reaper removes it."""
+        from legion import identity
+
+        theirs = identity.ProcessIdentity(self.boot_id, self.pid_ns, self.pid, self.proc_start)
+        return identity.is_gone(theirs, identity.current())
+
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
