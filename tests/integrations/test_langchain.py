@@ -3,6 +3,8 @@ model) run as one legion agent, every model call counted at the simulator."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -133,3 +135,22 @@ async def test_a_sync_call_fails_at_once_and_says_to_await_ainvoke(
     assert result.error is not None and result.error.type == "Permanent"
     assert "await llm.ainvoke(...)" in result.error.message
     assert sim_route.requests == 0
+
+
+def test_the_first_model_made_in_a_task_loads_nothing() -> None:
+    # The first ChatOpenAI made in a process imported its HTTP stack (~0.1 s, 0.7 s on a
+    # busy machine): in the first task, where it blocked the loop and was reported as the
+    # agent's doing. The integration's import makes one first.
+    script = (
+        "import sys\n"
+        "import legion.integrations.langchain\n"
+        "from langchain_openai import ChatOpenAI\n"
+        "before = set(sys.modules)\n"
+        "ChatOpenAI(model='m', api_key='k', base_url='http://127.0.0.1:1/v1')\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

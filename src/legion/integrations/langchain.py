@@ -54,3 +54,15 @@ def chat_model(
         async_client=client.chat.completions,
         **settings,
     )
+
+
+def _load_what_a_model_loads_when_first_made() -> None:
+    """The first ``ChatOpenAI`` made in a process imports its HTTP stack (httpx's
+    transport, h11, anyio, ~0.1 s; more on a busy machine): made here, at the import of
+    the agent's module (a worker's start), it is not the first task's, which stood the
+    event loop every instance shares still while it loaded (reported as the agent's
+    blocking call, at its line)."""
+    ChatOpenAI(model="legion-warm-up", api_key="legion")  # type: ignore[arg-type]
+
+
+_load_what_a_model_loads_when_first_made()
