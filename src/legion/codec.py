@@ -2,10 +2,11 @@
 
 Values are stored as JSON so the store stays readable by people, dashboards and other
 languages, and read back as JSON reads: pydantic models and dataclasses are encoded as
-objects; tuples and sets as lists; datetimes, dates and UUIDs as their ISO text; numpy
-arrays as lists; non-text dict keys as text (``{1: "a"}`` reads back as ``{"1": "a"}``,
-and a dict with both ``1`` and ``"1"`` keeps one of them). Anything else that JSON cannot
-represent (NaN, an integer past 64 bits, bytes, a Decimal, any other object) raises
+objects; tuples and sets as lists (a set sorted, where its items compare); datetimes,
+dates and UUIDs as their ISO text; numpy arrays as lists; non-text dict keys as text
+(``{1: "a"}`` reads back as ``{"1": "a"}``, and a dict with both ``1`` and ``"1"`` keeps
+one of them). Anything else that JSON cannot represent (NaN, an integer past 64 bits,
+bytes, a Decimal, any other object) raises
 `legion.errors.OutputError` with the reason.
 """
 
@@ -30,8 +31,15 @@ def _default(value: Any) -> Any:
 
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    if isinstance(value, (set, frozenset, tuple)):
+    if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, (set, frozenset)):
+        # Sorted: a set's own order changes from one process to the next (string hashes
+        # are salted), and with it a run's output file.
+        try:
+            return sorted(value)
+        except TypeError:  # (items that do not compare: in the set's order)
+            return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

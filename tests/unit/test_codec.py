@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import pytest
@@ -121,3 +124,21 @@ def test_a_model_whose_own_encoding_fails_says_why() -> None:
     with pytest.raises(OutputError, match=r"Blob \(UnicodeDecodeError: 'utf-8' codec can't"):
         codec.dumps(Blob(data=b"\x89PNG"))
     assert codec.dumps(Blob(data=b"text")) == b'{"data":"text"}'
+
+
+def test_a_set_is_encoded_in_one_order_whatever_the_process() -> None:
+    # A set of strings came out in the order of the process's salted hashes: the same
+    # run gave ["e","c","d","a","b"] and then ["b","e","a","d","c"] in its output file.
+    script = "from legion import codec; print(codec.dumps({'e', 'c', 'd', 'a', 'b'}).decode())"
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert seen == {'["a","b","c","d","e"]'}
+    assert set(codec.loads(codec.dumps({1, "a"}))) == {1, "a"}  # (items that do not compare)
