@@ -202,7 +202,8 @@ async def show_status(
             Text(
                 f"agent {agent!r}: {queued} queued, and no live worker serves it: they wait "
                 "until a `legion worker --app FILE` whose FILE defines it starts (with an "
-                "--offer that covers the agent's resources=, if it has any)",
+                "--offer that covers the agent's resources=, if it has any), or the "
+                "`legion run` that submitted them is run again",
                 style="yellow",
             )
         )
