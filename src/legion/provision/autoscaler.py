@@ -179,7 +179,7 @@ class Autoscaler:
                     store, ignore=self._draining, own=self._workers.keys()
                 )
                 self._kill_the_silent(self._board.registered, self._board.read_at)
-                others = self._others(self._board.registered)
+                others = self._others(self._board.registered, self._board.read_at)
                 decision, self._state = fleet_decision(
                     demand, self._opts.config, self._state, others
                 )
@@ -202,12 +202,15 @@ class Autoscaler:
                     last_said = said
             await self._sleep(self._opts.interval)
 
-    def _others(self, registered: Sequence[WorkerInfo]) -> int:
-        """Live workers on the store that are not this fleet's and serve its agents."""
+    def _others(self, registered: Sequence[WorkerInfo], now: float) -> int:
+        """Live workers on the store that are not this fleet's and serve its agents (a
+        silent one is not counted: the policy asks for one in its place)."""
         ours = served(w for w in registered if _local(w) and w.pid in self._workers)
         others = 0
         for w in registered:
             if _local(w) and (w.pid in self._workers or w.pid in self._draining):
+                continue
+            if w.silent(now):
                 continue
             agents = w.load.get("agents") or ()
             if ours is None or not agents or ours.intersection(agents):
@@ -370,7 +373,10 @@ def fleet_decision(
     pooled, state = decide(demand, config, state)
     reason = f"{pooled.reason} (of them {others} in other fleets)"
     share = Decision(
-        pooled.desired - others, pooled.running - others, pooled.wanted - others, reason
+        pooled.desired - others,
+        max(0, pooled.running - others),
+        max(0, pooled.wanted - others),
+        reason,
     )
     return share, state
 
