@@ -38,6 +38,7 @@ from legion.inputs import InputLine, read_jsonl
 from legion.llm.budget import Budget, BudgetLimits, Spend
 from legion.resources import satisfies
 from legion.run.runtime import Runtime
+from legion.store import Store
 from legion.task import TaskResult, TaskStatus
 
 
@@ -176,11 +177,14 @@ async def _run_lines(
         _say_if_not_covered(opts, console)
     agents = (opts.agent, *opts.peers) if opts.runtime.worker else ()
     async with (
+        # (entered first, left last: the runtime's close, its drain and last writes, is
+        # watched too)
+        watch_store(opts.store_wait, lambda: _store_gone(console, opts, sink, out)) as store_watch,
         open_runtime(
             opts.runtime, agents=agents, on_routes=console.print, earlier_spending=True
         ) as rt,
-        watch_store(rt, opts.store_wait, lambda: _store_gone(console, opts, sink, out)),
     ):
+        store_watch.store = rt.store
         llm = rt.llm
         budget = None if llm is None else llm.budgets.run
         watched = [] if budget is None else [budget]  # the budgets whose end ends the run
@@ -255,21 +259,30 @@ async def _run_lines(
     return 0 if tally.not_succeeded == 0 else 1
 
 
+@dataclass
+class StoreWatch:
+    """What `watch_store` looks at: the store, once it is open."""
+
+    store: Store | None = None
+
+
 @contextlib.asynccontextmanager
 async def watch_store(
-    rt: Runtime, wait: float, gone: Callable[[], None], every: float = STORE_LOOK_EVERY
-) -> AsyncIterator[None]:
-    """While the block runs, look at the store every ``every`` seconds; call ``gone`` once
-    it has answered nothing for ``wait`` seconds. (Every write of the run is retried while
-    the store is away, as a worker's are: without this a run whose database went away for
-    good never ended, a Ctrl-C included, its drain waiting on writes that could not be
-    made.)"""
+    wait: float, gone: Callable[[], None], every: float = STORE_LOOK_EVERY
+) -> AsyncIterator[StoreWatch]:
+    """While the block runs, look at the watch's store every ``every`` seconds (once it is
+    set); call ``gone`` once it has answered nothing for ``wait`` seconds. (Every write of
+    the run is retried while the store is away, as a worker's are: without this a run
+    whose database went away for good never ended, a Ctrl-C included, its drain waiting
+    on writes that could not be made.)"""
+    watch = StoreWatch()
 
     async def look() -> None:
         answered = time.monotonic()
         while True:
             try:
-                await asyncio.wait_for(rt.store.now(), max(every, 5.0))
+                if watch.store is not None:
+                    await asyncio.wait_for(watch.store.now(), max(every, 5.0))
             except (StoreError, TimeoutError):
                 if time.monotonic() - answered >= wait:
                     gone()
@@ -280,7 +293,7 @@ async def watch_store(
 
     looking = asyncio.ensure_future(look())
     try:
-        yield
+        yield watch
     finally:
         looking.cancel()
         await asyncio.gather(looking, return_exceptions=True)
