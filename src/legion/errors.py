@@ -95,9 +95,17 @@ class AgentChanged(AgentLoadError):
     """Raised by an instance whose process (a child of the process executor) finds the
     agent's file changed since its worker loaded it: new code written over it under a
     running worker. ``fatal``: the worker stops (a worker started again runs the new code),
-    and the task goes back to the queue, no attempt spent."""
+    and the task goes back to the queue, no attempt spent (``unspent``)."""
 
     fatal: ClassVar[bool] = True
+    unspent: ClassVar[bool] = True
+
+
+def is_unspent(exc: BaseException) -> bool:
+    """Whether the attempt ``exc`` ended goes back to the queue without spending one of
+    the task's attempts: the task is not at fault (its agent's file changed under the
+    worker, its executor died: `legion.executors.errors.ExecutorLost`)."""
+    return getattr(exc, "unspent", False) is True
 
 
 class StoreError(LegionError):

@@ -49,7 +49,6 @@ from legion.cli.wiring import (
     worker_up,
 )
 from legion.errors import AgentChanged, AgentLoadError
-from legion.executors.errors import ExecutorLost
 from legion.loader import agents_in, load_agent, load_module
 from legion.provision.exits import (
     EXIT_BUDGET,
@@ -173,6 +172,8 @@ async def _serve(
         if rt.fatal_error is not None:
             console.print(error_text(f"stopped: {rt.fatal_error}"))
             # (a supervisor starts another, which loads the new code: a deploy)
+            from legion.executors.errors import ExecutorLost  # (loaded: it ran)
+
             if isinstance(rt.fatal_error, ExecutorLost):
                 return EXIT_EXECUTOR
             return EXIT_CODE_CHANGED if isinstance(rt.fatal_error, AgentChanged) else EXIT_FINAL

@@ -33,6 +33,7 @@ class ExecutorLost(InstanceLost):
     the executor again."""
 
     fatal: ClassVar[bool] = True
+    unspent: ClassVar[bool] = True
 
 
 class MemoryLimitExceeded(InstanceLost):

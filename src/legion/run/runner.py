@@ -23,7 +23,6 @@ from legion.diagnostics.lookback import escaped_exception, look_back
 from legion.diagnostics.report import Diagnostic, Kind
 from legion.diagnostics.watchdog import Capture
 from legion.errors import (
-    AgentChanged,
     AgentCrash,
     AgentLoadError,
     BudgetExceeded,
@@ -34,9 +33,9 @@ from legion.errors import (
     UnawaitedWork,
     is_fatal,
     is_retryable,
+    is_unspent,
     legion_cause,
 )
-from legion.executors.errors import ExecutorLost
 from legion.journal import Journal
 from legion.record import record
 from legion.store.base import ContextStore
@@ -423,7 +422,7 @@ def _failure(
             not_before=finished + park if park else 0.0,
             **more,
         )
-    if isinstance(error, AgentChanged | ExecutorLost):
+    if is_unspent(error):
         # The agent's file changed under this worker, or its executor died (Ray): the task
         # is not at fault, and the worker stops on it (``fatal``). Back to the queue for a
         # worker started anew, no attempt spent.
