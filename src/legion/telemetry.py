@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -124,16 +125,35 @@ def configure_tracing(exporter: str, *, service_name: str = "legion") -> Callabl
         raise ConfigError(
             f"exporting traces needs the OpenTelemetry SDK ({exc}): {install_hint('otel')}"
         ) from exc
-    provider = TracerProvider(resource=Resource.create(resource_attributes(service_name)))
+    # (shut down here, within a bound: its own hook at exit waits on the collector)
+    provider = TracerProvider(
+        resource=Resource.create(resource_attributes(service_name)), shutdown_on_exit=False
+    )
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
     enable_tracing(provider)
 
     def shutdown() -> None:
         disable_tracing()
-        provider.shutdown()
+        # The last spans go to the collector in a thread of their own, waited for
+        # `FLUSH_AT_EXIT` seconds: a collector down or hung took every command ~30 s
+        # more to exit (10 s an export, for each batch left), past a pod's grace period.
+        closing = threading.Thread(target=provider.shutdown, name="legion-trace-flush")
+        closing.daemon = True
+        closing.start()
+        closing.join(FLUSH_AT_EXIT)
+        if closing.is_alive():
+            log.warning(
+                "the trace collector took no spans for %g s at exit: the spans it had not "
+                "taken are dropped",
+                FLUSH_AT_EXIT,
+            )
 
     return shutdown
+
+
+FLUSH_AT_EXIT = 5.0
+"""Seconds a command waits at exit for the trace collector to take the last spans."""
 
 
 def resource_attributes(service_name: str) -> dict[str, str]:

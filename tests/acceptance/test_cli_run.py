@@ -1147,6 +1147,30 @@ def test_run_exports_spans_with_trace(tmp_path: Path, agents_file: Path) -> None
     assert Counter(names)["legion.task work"] == 3 and Counter(names)["legion.step"] == 9
 
 
+def test_a_collector_that_takes_nothing_holds_the_exit_for_a_bounded_time(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    # A collector that accepts connections and never answers held every command's exit
+    # ~30 s (10 s an export, per batch left): the spans are now given up after a bound.
+    import socket
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        port = hung.getsockname()[1]
+        inp = write_jsonl(tmp_path / "in.jsonl", [{"i": 1}])
+        env = {
+            "STEP_LOG": str(tmp_path / "steps.log"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        }
+        ran = legion(
+            "run", f"{agents_file}:work", "-i", str(inp), "--store",
+            f"sqlite:///{tmp_path / 'runs.db'}", "--trace", "otlp", "--no-progress", env=env,
+        )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "the trace collector took no spans for 5 s at exit" in ran.stderr
+
+
 def test_process_pool_options_without_the_process_executor_are_refused(
     tmp_path: Path, agents_file: Path
 ) -> None:
@@ -1281,3 +1305,27 @@ def test_a_concurrency_far_above_the_child_processes_is_pointed_out(
     few = legion(*base, "-o", str(tmp_path / "b.jsonl"), *process, "-c", "2")
     assert few.returncode == 0, few.stderr
     assert "one instance per child process" not in few.stderr
+
+
+def test_json_logs_hold_every_line_a_run_writes_to_stderr(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    # The run's own lines (its routes, its summary, a failed line's error) were plain text
+    # among the JSON records: a log shipper failed on them.
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"i": 1}, {"i": 2}])
+    r = legion(
+        "run",
+        f"{agents_file}:doomed",
+        "-i",
+        str(inputs),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--store",
+        f"sqlite:///{tmp_path / 'runs.db'}",
+        "--log-format",
+        "json",
+    )
+    assert r.returncode == 1, r.stderr
+    records = [json.loads(line) for line in r.stderr.splitlines() if line.strip()]
+    said = " ".join(str(record["message"]) for record in records)
+    assert "done: 2/2" in said and "doomed 1" in said

@@ -239,7 +239,7 @@ def run(
         store_wait=store_wait,
     )
     with _tracing(trace):
-        code = _run(run_file(opts, stderr_console()))
+        code = _run(run_file(opts, stderr_console(as_log=log_format is LogFormat.json)))
     raise typer.Exit(code)
 
 
