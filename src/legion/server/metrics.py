@@ -21,9 +21,11 @@ legion_workers{health}               gauge      registered workers, healthy or s
 legion_workers_desired               gauge      workers the work asks for (scaling policy)
 legion_llm_requests_total            counter    LLM calls started, per route
 legion_llm_rate_limited_total        counter    429 answers, per route
+legion_llm_failed_total              counter    calls that failed, their retries spent, per route
 legion_llm_tokens_total{type}        counter    tokens used, per route
 legion_llm_cost_usd_total            counter    cost, per route
 legion_llm_in_flight                 gauge      calls in flight, per route
+legion_llm_waiting                   gauge      calls queued for the route's capacity, per route
 legion_llm_requests_per_minute       gauge      request rate, per route
 legion_llm_limit_requests_per_minute gauge      the provider's request limit, per route
 legion_llm_utilization               gauge      use of the tightest limit (0-1), per route
