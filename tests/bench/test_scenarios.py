@@ -58,6 +58,16 @@ async def test_overhead(tmp_path: Path, postgres_server: str) -> None:
     assert isinstance(ratios, dict)
     assert set(ratios) == {overhead.SQLITE, overhead.POSTGRES}
     assert all(set(r) == {"tasks_per_second", "cpu_per_task"} for r in ratios.values())
+    # The ratio is legion's against the queue's in the same round (one round here).
+    by_round = data["legion_vs_queue_rounds"]
+    assert isinstance(by_round, dict)
+    for name, ref in (
+        (overhead.SQLITE, overhead.QUEUE_SQLITE),
+        (overhead.POSTGRES, overhead.QUEUE_POSTGRES),
+    ):
+        (same_round,) = by_round[name]["tasks_per_second"]
+        assert same_round == pytest.approx(rates[name]["all"][0] / rates[ref]["all"][0])
+        assert ratios[name]["tasks_per_second"] == pytest.approx(same_round)
     io = data["io"]
     assert isinstance(io, dict)
     # 200 I/O agents at 50 at once: four rounds of 50 ms at the least.

@@ -119,6 +119,9 @@ async def run(
     workdir: Path | None = None,
 ) -> BenchResult:
     opts = opts or StepsOptions()
+    if opts.postgres:  # (before the SQLite runs: their figures were lost to a bad URL)
+        async with fresh_schema(opts.postgres):
+            pass
     paths = [SQLITE] + ([POSTGRES] if opts.postgres else []) + [LLM]
     rates: dict[str, list[float]] = {p: [] for p in paths}
     cpu: dict[str, list[float]] = {p: [] for p in paths}

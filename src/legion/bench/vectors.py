@@ -19,6 +19,8 @@ from the ``pgserver`` wheels when installed, else it is left out with a note.
 from __future__ import annotations
 
 import importlib
+import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -330,7 +332,17 @@ async def _pgvector(
             yield None
             return
         folder = Path(tempfile.gettempdir()) / f"legion-bench-pg-{uuid.uuid4().hex[:8]}"
-        server = pgserver.get_server(str(folder), cleanup_mode="delete")
+        try:
+            server = pgserver.get_server(str(folder), cleanup_mode="delete")
+        except BaseException as exc:
+            # (a Ctrl-C reaches initdb too: pgserver then raises its failure, not the
+            # interrupt, and leaves its folder behind)
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, subprocess.CalledProcessError):
+                raise RuntimeError(
+                    f"could not start a private PostgreSQL server for pgvector ({exc})"
+                ) from None
+            raise
         base = str(server.get_uri())
         server_dir["dir"] = str(folder)
         if not _has_pgvector(psycopg, base):

@@ -53,6 +53,13 @@ OutOpt = Annotated[
 PlotsOpt = Annotated[
     bool, typer.Option(help="Draw PNG plots (needs matplotlib: extra legion-runtime[bench]).")
 ]
+NoPlotsOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Taken as by the other scenarios; this one draws no plot (its table is its "
+        "result)."
+    ),
+]
 PostgresOpt = Annotated[
     str,
     typer.Option(
@@ -229,7 +236,7 @@ def steps_cmd(
     postgres: PostgresOpt = DEFAULT_POSTGRES,
     sqlite_only: SqliteOnlyOpt = False,
     out: OutOpt = DEFAULT_OUT,
-    plots: PlotsOpt = True,
+    plots: NoPlotsOpt = True,
 ) -> None:
     """Agents of five recorded steps through the durable path (SQLite, PostgreSQL):
     steps per second and CPU per step; next to them, on SQLite, five LLM calls through
@@ -453,7 +460,7 @@ def vectors_cmd(
     ] = VectorData.clustered,
     postgres: PostgresOpt = DEFAULT_POSTGRES,
     out: OutOpt = DEFAULT_OUT,
-    plots: PlotsOpt = True,
+    plots: NoPlotsOpt = True,
 ) -> None:
     """Vector collections: insert and query throughput, p95, recall and size on SQLite
     (sqlite-vec) and PostgreSQL (pgvector HNSW), next to brute-force numpy."""
