@@ -448,7 +448,8 @@ def test_a_worker_logs_json_lines_only_with_log_format_json(
         _, err = proc.communicate(timeout=60)
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     said = [line["message"] for line in lines if line["logger"] == "legion.console"]
-    assert said[0] == "SIGTERM: draining" and said[-1].endswith("0 retried, 0 released")
+    assert said[0] == f"SIGTERM: draining (pid {proc.pid})"
+    assert said[-1].endswith("0 retried, 0 released")
     (dead,) = (line for line in lines if line["logger"] == "legion.tasks")
     assert dead["level"] == "warning" and dead["outcome"] == "dead" and dead["agent"] == "doomed"
     assert dead["message"].endswith("dead after attempt 1: RuntimeError: doomed 1")

@@ -56,8 +56,7 @@ PlotsOpt = Annotated[
 NoPlotsOpt = Annotated[
     bool,
     typer.Option(
-        help="Taken as by the other scenarios; this one draws no plot (its table is its "
-        "result)."
+        help="Taken as by the other scenarios; this one draws no plot (its table is its result)."
     ),
 ]
 PostgresOpt = Annotated[

@@ -105,7 +105,7 @@ async def serve(opts: WorkerOptions, agents: list[Agent], console: Console) -> i
     """Run one worker until SIGINT/SIGTERM; answer the exit code."""
 
     def draining(sig: signal.Signals) -> None:
-        console.print(f"{sig.name}: draining", highlight=False)
+        console.print(f"{sig.name}: draining (pid {os.getpid()})", highlight=False)
 
     # Stop signals are handled from here on: a worker stopped while it opens its store or
     # registers (a supervisor's SIGTERM can come at any moment) exits cleanly too.
