@@ -406,13 +406,24 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     f"the store's schema is version {current}, newer than this legion "
                     f"understands ({known[-1][0]}); upgrade legion"
                 )
-            if 0 < current < known[-1][0]:
+            cur = await conn.execute(Q["recorded_versions"])
+            recorded = {int(row[0]) for row in await cur.fetchall()}
+            # Every known migration the store has not recorded, in order: those past its
+            # version, and any it skipped (a few migrations landed after a later one, and
+            # a store made in between recorded the later one alone).
+            missing = [(version, script) for version, script in known if version not in recorded]
+            if current and missing:
                 wait = int(MIGRATION_LOCK_WAIT * 1000)
                 await conn.execute(f"SET LOCAL lock_timeout = '{wait}ms'")
-            for version, script in known:
-                if version > current:
-                    await conn.execute(script)
-                    await conn.execute(Q["record_version"], {"version": version})
+            for version, script in missing:
+                await conn.execute(script)
+                await conn.execute(Q["record_version"], {"version": version})
+                if version < current:
+                    log.warning(
+                        "applied migration %d, which the store lacked (it was made by a "
+                        "build that skipped it)",
+                        version,
+                    )
         return current
 
     async def aclose(self) -> None:

@@ -157,6 +157,24 @@ def _identity(db: sqlite3.Connection, give: bool = False) -> int:
     return made
 
 
+SKIPPABLE = ((6, "tasks", "crashes"), (10, "tasks", "needs"), (15, "llm_batch_calls", None))
+"""Migrations that landed after a later one on the way to this release (a store made in
+between has the later one's version without the earlier one's objects; a SQLite store
+keeps its version alone), each known by a table or column it makes."""
+
+
+def _skipped(db: sqlite3.Connection, current: int) -> set[int]:
+    """The `SKIPPABLE` migrations below the store's version whose objects it lacks."""
+    out = set()
+    for version, table, column in SKIPPABLE:
+        if version >= current:
+            continue
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not columns or (column is not None and column not in columns):
+            out.add(version)
+    return out
+
+
 def _schema_version(db: sqlite3.Connection) -> int:
     """The store's schema version (its last migration): 0 for a file legion never set up."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -168,13 +186,15 @@ LIVE_WORKER = 60.0
 the default lease: one that died without leaving is forgotten after it)."""
 
 
-def _refuse_live_workers(db: sqlite3.Connection, current: int, latest: int) -> None:
+def _refuse_live_workers(
+    db: sqlite3.Connection, current: int, latest: int, identified: bool = True
+) -> None:
     """Refuse to upgrade a store that running workers use: they are of an older legion
     (one of this version would have upgraded it) and would go on writing the old schema's
     way (from version 18 the counts by status are kept by legion's own statements, which
     an older worker does not make: the counts went wrong for good)."""
     since = time.time() - LIVE_WORKER
-    if current < 6:  # (before workers said who they are)
+    if current < 6 or not identified:  # (before workers said who they are: 0006)
         live = db.execute(
             "SELECT host, pid FROM workers WHERE heartbeat_at > ? ORDER BY heartbeat_at DESC",
             (since,),
@@ -358,14 +378,22 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 f"understands ({known[-1][0]}); upgrade legion"
             )
         latest = known[-1][0]
-        if 0 < current < latest:
-            _refuse_live_workers(db, current, latest)
+        skipped = _skipped(db, current)
+        if 0 < current < latest or skipped:
+            _refuse_live_workers(db, current, latest, identified=6 not in skipped)
         for version, script in known:
-            if version <= current:
+            if version <= current and version not in skipped:
                 continue
             for statement in _statements(script):
                 db.execute(statement)
-            db.execute(f"PRAGMA user_version = {version}")
+            if version > current:
+                db.execute(f"PRAGMA user_version = {version}")
+            else:
+                log.warning(
+                    "applied migration %d, which the store lacked (it was made by a build "
+                    "that skipped it)",
+                    version,
+                )
         if 0 < current < latest:
             log.warning("upgraded the store's schema from version %d to %d", current, latest)
 

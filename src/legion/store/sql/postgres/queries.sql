@@ -21,6 +21,9 @@ SELECT pg_advisory_xact_lock(hashtext('legion.migrate'), hashtext(current_schema
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM legion_schema;
 
+-- name: recorded_versions
+SELECT version FROM legion_schema;
+
 -- name: record_version
 INSERT INTO legion_schema (version) VALUES (%(version)s);
 
