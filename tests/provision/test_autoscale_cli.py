@@ -295,6 +295,16 @@ def test_a_stopped_worker_is_killed_and_replaced(tmp_path: Path) -> None:
         (frozen,) = [pid for (pid,) in rows(f.db, "SELECT pid FROM workers")]
         os.kill(frozen, signal.SIGSTOP)
         try:
+            # Silent, it is not counted as running (for `legion status`), then killed.
+            wait_for(
+                lambda: (
+                    (autoscaler(f.db) or (0, -1, ""))[1] == 0
+                    or "killed with SIGKILL" in f.log.read_text()
+                ),
+                timeout=120,
+                what="the silent worker not counted",
+            )
+            assert "killed with SIGKILL" not in f.log.read_text()  # (seen before the kill)
             wait_for(
                 lambda: "killed with SIGKILL" in f.log.read_text(), timeout=120, what="the kill"
             )

@@ -196,11 +196,17 @@ class Autoscaler:
                 if said != last_said:
                     self._console.print(
                         f"{_now()} autoscale: desired {decision.desired}, running "
-                        f"{len(self._workers)}: {decision.reason}",
+                        f"{self._running()}: {decision.reason}",
                         highlight=False,
                     )
                     last_said = said
             await self._sleep(self._opts.interval)
+
+    def _running(self) -> int:
+        """Its worker processes that run: not one that registered and has gone silent
+        (stopped or hung, about to be killed: see `_kill_the_silent`)."""
+        silent = self._registered.intersection(self._silent_since)
+        return sum(1 for pid in self._workers if pid not in silent)
 
     def _others(self, registered: Sequence[WorkerInfo], now: float) -> int:
         """Live workers on the store that are not this fleet's and serve its agents (a
@@ -344,7 +350,7 @@ class Autoscaler:
             pid=os.getpid(),
             at=now,
             desired=decision.desired,
-            running=len(self._workers),
+            running=self._running(),
             minimum=cfg.minimum,
             maximum=cfg.maximum if cfg.maximum is not None else -1,
             reason=decision.reason,

@@ -187,14 +187,14 @@ the default lease: one that died without leaving is forgotten after it)."""
 
 
 def _refuse_live_workers(
-    db: sqlite3.Connection, current: int, latest: int, identified: bool = True
+    db: sqlite3.Connection, current: int, latest: int, skipped: Collection[int] = ()
 ) -> None:
     """Refuse to upgrade a store that running workers use: they are of an older legion
     (one of this version would have upgraded it) and would go on writing the old schema's
     way (from version 18 the counts by status are kept by legion's own statements, which
     an older worker does not make: the counts went wrong for good)."""
     since = time.time() - LIVE_WORKER
-    if current < 6 or not identified:  # (before workers said who they are: 0006)
+    if current < 6 or 6 in skipped:  # (before workers said who they are: 0006)
         live = db.execute(
             "SELECT host, pid FROM workers WHERE heartbeat_at > ? ORDER BY heartbeat_at DESC",
             (since,),
@@ -213,9 +213,14 @@ def _refuse_live_workers(
     if live:
         shown = ", ".join(f"pid {pid} on {host}" for host, pid in live[:5])
         more = f" and {len(live) - 5} more" if len(live) > 5 else ""
+        older = (
+            f"the store's schema is version {current}, older than this legion's ({latest})"
+            if current < latest
+            else f"the store lacks migration {', '.join(map(str, sorted(skipped)))}"
+        )
         raise ConfigError(
-            f"the store's schema is version {current}, older than this legion's ({latest}), "
-            f"and {len(live)} worker(s) of an older legion run on it ({shown}{more}): stop "
+            f"{older}, and {len(live)} worker(s) of an older legion run on it "
+            f"({shown}{more}): stop "
             f"them, then start this version (a worker that died on another host is "
             f"forgotten {LIVE_WORKER:.0f} s after its last heartbeat); nothing was changed"
         )
@@ -380,7 +385,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         latest = known[-1][0]
         skipped = _skipped(db, current)
         if 0 < current < latest or skipped:
-            _refuse_live_workers(db, current, latest, identified=6 not in skipped)
+            _refuse_live_workers(db, current, latest, skipped)
         for version, script in known:
             if version <= current and version not in skipped:
                 continue
