@@ -35,7 +35,7 @@ async def live_workers(store: Store, fresh: float = WORKER_FRESH) -> list[Worker
     """The workers on ``store`` whose last heartbeat is under ``fresh`` seconds old (each
     names the agents it serves in ``load["agents"]``)."""
     now = await store.now()
-    return [w for w in await store.workers() if not w.silent(now, fresh) and not w.gone()]
+    return [w for w in await store.workers() if w.live(now, fresh)]
 
 
 async def show_status(
@@ -67,7 +67,7 @@ async def show_status(
                     "host": w.host,
                     "pid": w.pid,
                     "heartbeat_age": now - w.heartbeat_at,
-                    "live": not w.silent(now) and not w.gone(),
+                    "live": w.live(now),
                     **w.load,
                 }
                 for w in workers
@@ -292,7 +292,7 @@ def _unserved(
     served = {
         agent
         for w in workers
-        if not w.silent(now) and not w.gone()
+        if w.live(now)
         for agent in set(w.load.get("agents", ())) - set(w.load.get("uncovered", ()))
     }
     return sorted(a for a, c in by_agent.items() if c.get(TaskStatus.QUEUED) and a not in served)

@@ -110,7 +110,11 @@ def build_runtime(
     executors = opts.executors
     built = executors.build() if executors is not None and opts.worker else None
     if built is not None and executors is not None and executors.executor == "process":
-        _say_if_children_are_few(built["process"], opts.concurrency)
+        from legion.executors.process import ProcessExecutor  # (loaded by the build)
+
+        pool = built["process"]
+        if isinstance(pool, ProcessExecutor):
+            _say_if_children_are_few(pool.processes, opts.concurrency)
     return Runtime(
         opts.store if store is None else store,
         concurrency=opts.concurrency,
@@ -130,11 +134,10 @@ def build_runtime(
     )
 
 
-def _say_if_children_are_few(executor: object, concurrency: int) -> None:
+def _say_if_children_are_few(children: int, concurrency: int) -> None:
     """Warn when ``--concurrency`` leases many more tasks than the process executor's
-    children run (one instance each at a time): the rest wait, leased, for a child."""
-    children = getattr(executor, "processes", None)
-    if isinstance(children, int) and concurrency > 4 * children:
+    ``children`` run (one instance each at a time): the rest wait, leased, for a child."""
+    if concurrency > 4 * children:
         print(
             f"note: --executor process runs one instance per child process at a time "
             f"(--pool-size {children}): of the up to {concurrency} tasks this worker leases "

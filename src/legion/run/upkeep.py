@@ -293,11 +293,10 @@ class Upkeep:
             if w.id == self.id:
                 continue
             age = store_now - behind - w.heartbeat_at
-            theirs = identity.ProcessIdentity(w.boot_id, w.pid_ns, w.pid, w.proc_start)
             # (a heartbeat ahead of this clock, from a worker whose clock ran ahead, is no
             # fresher for it: a SQLite store has no clock of its own)
             if age > 2 * self.config.lease_seconds or (
-                (age > self._heartbeat_every or age < 0) and identity.is_gone(theirs, me)
+                (age > self._heartbeat_every or age < 0) and w.gone(me)
             ):
                 dead.append(w.id)
         reclaimed = await self.store.reclaim(self._clock.wall() - behind, dead, keep=self.id)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from legion import identity
 from legion.record import record
 from legion.task import Completion, ErrorInfo, StepRecord, TaskStatus
 
@@ -131,15 +132,18 @@ class WorkerInfo:
         """Whether its last heartbeat (on the store's clock) is older than `silent_after`."""
         return now - self.heartbeat_at >= self.silent_after(most)
 
-    def gone(self) -> bool:
-        """Whether its process certainly no longer runs, as this process can tell: one of
-        this machine (same kernel boot and PID namespace) whose PID is free or another
-        process's (`legion.identity.is_gone`). A `legion run` that ended, or was killed,
-        stays in the registry until a reaper removes it."""
-        from legion import identity
+    def live(self, now: float, most: float = SILENT_AFTER) -> bool:
+        """Neither `silent` nor `gone`: a worker that runs, as far as the store and this
+        machine can tell."""
+        return not self.silent(now, most) and not self.gone()
 
+    def gone(self, me: identity.ProcessIdentity | None = None) -> bool:
+        """Whether its process certainly no longer runs, as process ``me`` (this one by
+        default) can tell: one of its machine (same kernel boot and PID namespace) whose
+        PID is free or another process's (`legion.identity.is_gone`). A `legion run` that
+        ended, or was killed, stays in the registry until a reaper removes it."""
         theirs = identity.ProcessIdentity(self.boot_id, self.pid_ns, self.pid, self.proc_start)
-        return identity.is_gone(theirs, identity.current())
+        return identity.is_gone(theirs, identity.current() if me is None else me)
 
 
 @dataclass(frozen=True, slots=True)
