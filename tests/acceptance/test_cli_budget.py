@@ -4,9 +4,13 @@ with a raised budget continues where it stopped without buying a recorded call a
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
+from legion import Runtime
+from legion.store.types import TaskQuery
+from legion.task import TaskInfo
 from tests.acceptance.conftest import legion, read_jsonl, sim_stats, start_sim, write_jsonl
 
 # Three calls per task, one after the other: a task stopped by the budget has recorded
@@ -114,6 +118,33 @@ def test_the_same_command_again_buys_nothing_past_the_budget(tmp_path: Path) -> 
         proc.communicate(timeout=30)
 
 
+def test_a_call_budget_leases_no_more_tasks_than_it_has_calls_for(tmp_path: Path) -> None:
+    # Each task's first call reserves one of the budget's calls: a worker that leased
+    # every queued task (100) saw 87 of them refused at their first call, each back in
+    # the queue with a BudgetExceeded error it never met.
+    proc, url = start_sim("--model", "sim-model", "--latency", "0.01")
+    try:
+        (tmp_path / "app.py").write_text(AGENT)
+        write_jsonl(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(100)])
+        code, output = _run(tmp_path, url, "--max-calls", "13", concurrency=100)
+        assert code == 3, output
+        assert sim_stats(url)["requests_total"] <= 13
+
+        async def parked() -> list[TaskInfo]:
+            async with Runtime(f"sqlite:///{tmp_path / 'legion.db'}", worker=False) as rt:
+                tasks = await rt.store.list_tasks(TaskQuery(limit=1000))
+            return [t for t in tasks if t.error is not None]
+
+        refused = asyncio.run(parked())
+        assert {t.error.type for t in refused if t.error} == {"BudgetExceeded"}
+        # The tasks that made a call, and at most one leased while none ran (its call
+        # finds the budget spent, and the run stops).
+        assert len(refused) <= 14, len(refused)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
 def test_a_cost_budget_counts_the_configured_prices(tmp_path: Path) -> None:
     proc, url = start_sim("--model", "sim-model", "--latency", "0.01")
     try:
@@ -148,6 +179,17 @@ def test_a_cost_budget_on_a_model_without_a_price_is_refused(tmp_path: Path) -> 
     code, output = _run(tmp_path, "http://127.0.0.1:9/v1", "--max-cost", "1", model="mystery")
     assert code == 2, output
     assert "needs a price" in output and "Traceback" not in output, output
+
+
+def test_a_cost_budget_on_free_routes_only_says_it_cannot_bind(tmp_path: Path) -> None:
+    # The built-in simulator's price is $0: a budget rehearsed on it passed in silence.
+    (tmp_path / "app.py").write_text(AGENT)
+    write_jsonl(tmp_path / "in.jsonl", [{"question": "q"}])
+    config = tmp_path / "legion.toml"
+    config.write_text('[llm.default]\nprovider = "sim"\nmodel = "sim-model"\n')
+    code, output = _run(tmp_path, "", "--max-cost", "0.000001", config=config)
+    assert code == 0, output
+    assert "the cost limit cannot bind: every route is free (sim-model)" in output, output
 
 
 def test_an_agents_own_budget_stops_the_run_and_a_raised_one_resumes_it(tmp_path: Path) -> None:

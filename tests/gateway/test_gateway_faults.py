@@ -108,6 +108,33 @@ def test_paths_and_methods_it_does_not_serve_answer_openai_errors(store_file: st
         assert status == 200, body
         status, headers, body = call(url, "/v1/usage", key, {"x": 1})  # POST on a GET
         assert status == 405 and "GET" in headers["Allow"] and body["error"]
+        # Nested past what legion takes: refused as the caller's error (300 levels were
+        # read, then failed to be sent on: a 500 and a traceback in the gateway's log).
+        deep: Any = "x"
+        for _ in range(300):
+            deep = [deep]
+        status, _, body = call(url, "/v1/chat/completions", key, {**CHAT, "metadata": deep})
+        assert status == 400 and "deeper than 200 levels" in body["error"]["message"], body
+    finally:
+        stop(gateway)
+        stop(sim)
+
+
+def test_a_provider_refusing_the_gateways_key_is_no_401_to_the_caller(
+    store_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller's key is good; the provider refused the gateway's own. A 401 (with
+    # WWW-Authenticate) made an SDK raise AuthenticationError about the legion key.
+    sim, sim_url = start_sim("--api-key", "sk-the-providers")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-the-providers")
+    gateway, url = start_gateway("--llm", f"openai:sim-model@{sim_url}", "--store", store_file)
+    try:
+        key = new_key(store_file, "k")
+        status, headers, body = call(url, "/v1/chat/completions", key, CHAT)
+        assert status == 502, body
+        assert "WWW-Authenticate" not in headers
+        assert "rejected the API key" in body["error"]["message"], body
+        assert "sk-not-the-providers" not in json.dumps(body)
     finally:
         stop(gateway)
         stop(sim)

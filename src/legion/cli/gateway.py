@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from legion.addresses import http_url, is_loopback
 from legion.cli.options import (
     ConfigOpt,
     LLMOpt,
@@ -91,10 +92,9 @@ def gateway(
     # the command runs, not with every `legion` command.
     from legion.cli.llm_options import LLMOptions, llm_config
     from legion.cli.serve import KEYS_NEED
-    from legion.sim.cli import _is_loopback
 
     _refuse_private_store(store, KEYS_NEED)
-    if not allow_remote and not _is_loopback(host):
+    if not allow_remote and not is_loopback(host):
         raise _fail(f"refusing to listen on non-loopback host {host!r} without --allow-remote")
     try:
         import fastapi  # noqa: F401  (the API keys' checks live with the server)
@@ -158,7 +158,8 @@ async def _serve(
             await asyncio.wait({server, waiting}, return_when=asyncio.FIRST_COMPLETED)
             if ready.is_set():
                 bound_host, bound_port = gateway.address[:2]
-                print(f"legion gateway ready at http://{bound_host}:{bound_port}/v1", flush=True)
+                shown = http_url(bound_host, bound_port)
+                print(f"legion gateway ready at {shown}/v1", flush=True)
                 if not any(k.revoked_at is None for k in await store.api_keys()):
                     # (a new store, or a misspelt --store: every call would get 401)
                     console.print(_no_key_hint(url, "/healthz"), highlight=False)

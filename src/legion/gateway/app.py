@@ -42,6 +42,7 @@ from legion import codec
 from legion.errors import (
     LegionError,
     Permanent,
+    ProviderAuthError,
     ProviderError,
     ProviderRejected,
     StoreError,
@@ -458,6 +459,10 @@ def _status(exc: _Conflict | WireError | LegionError) -> int:
         return 409
     if isinstance(exc, StoreError):
         return 503  # the record could not be read: try again
+    if isinstance(exc, ProviderAuthError):
+        # The provider refused the gateway's own key, not the caller's: a 401 here would
+        # send its operator to look at the legion key (an SDK raises AuthenticationError).
+        return 502
     return error_status(exc)
 
 

@@ -128,6 +128,15 @@ class Budget:
         through on a budget that read nothing spent, spent up to the whole limit again."""
         self._earlier = asyncio.Event()
 
+    def calls_left(self) -> int | None:
+        """How many more calls ``max_calls`` lets start, those reserved now counted
+        (``None``: no limit on calls)."""
+        if self.limits.max_calls is None:
+            return None
+        if self.exhausted is not None:
+            return 0
+        return max(0, self.limits.max_calls - self.spent.calls - self._reserved.calls)
+
     async def wait_exhausted(self) -> str:
         """Wait until the budget refuses a call; answer why."""
         if self.exhausted is not None:

@@ -95,6 +95,7 @@ are not read anywhere else.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import random
@@ -131,6 +132,8 @@ from legion.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from legion.sim import SimConfig
+
+log = logging.getLogger("legion.llm")
 
 ProviderKind = Literal["sim", "openai", "anthropic", "local"]
 _KINDS: tuple[ProviderKind, ...] = ("sim", "openai", "anthropic", "local")
@@ -401,11 +404,11 @@ async def build_client(
     prices = PriceTable().with_prices(
         {route.model: price for route in config.routes if (price := _price(route)) is not None}
     )
+    cost_limited = (budget is not None and budget.limits.max_cost is not None) or (
+        tenant_budget is not None and tenant_budget.max_cost is not None
+    )
     for route in config.routes:  # look prices up now, not on the event loop's first call
-        if prices.price(route.model) is None and (
-            (budget is not None and budget.limits.max_cost is not None)
-            or (tenant_budget is not None and tenant_budget.max_cost is not None)
-        ):
+        if prices.price(route.model) is None and cost_limited:
             for provider in providers.values():
                 await provider.aclose()
             raise ConfigError(
@@ -413,6 +416,13 @@ async def build_client(
                 f"{route.name!r}) has none: set input_price and output_price (USD per million "
                 "tokens) in its [llm.*] table, or install legion-runtime[prices]"
             )
+    if cost_limited and all(_free(prices.price(route.model)) for route in config.routes):
+        # (the simulator's and local models' price: a budget rehearsed on them passed)
+        log.warning(
+            "the cost limit cannot bind: every route is free (%s); to rehearse a budget, give "
+            "the route a price (input_price and output_price in its [llm.*] table)",
+            ", ".join(sorted({route.model for route in config.routes})),
+        )
     client = LLMClient(
         routes,
         default=config.default,
@@ -427,6 +437,10 @@ async def build_client(
     client.batch_window = config.batch_window
     client.batch_poll_interval = config.batch_poll_interval
     return client
+
+
+def _free(price: Price | None) -> bool:
+    return price is not None and price.input == 0 and price.output == 0
 
 
 def _price(route: RouteConfig) -> Price | None:

@@ -666,6 +666,28 @@ class Worker(Upkeep):
         return bool(leases)
 
     def _admissible(self, priority: int | None = None) -> int:
+        """How many more instances may start: what the LLM routes serve soon, and the
+        run's ``--max-calls`` lets start (see `_routes_admit`, `_budget_admits`)."""
+        return min(self._routes_admit(priority), self._budget_admits())
+
+    def _budget_admits(self) -> int:
+        """How many more instances the run's ``--max-calls`` lets start: one for each
+        call it has left, less the instances yet to make their first (at least one while
+        none runs: its call finds the budget spent, and the worker stops). Leased past
+        it, a task only went back to the queue, its first call refused (a worker with 10
+        calls left leased the 290 tasks queued)."""
+        budget = self.llm.budgets.run if self.llm is not None else None
+        left = budget.calls_left() if budget is not None else None
+        if left is None or self._all_quiet():
+            return self.config.concurrency
+        coming = sum(
+            1
+            for inst in self._instances.values()
+            if inst.calls == 0 and not self._quiet(inst.agent.name)
+        )
+        return max(left - coming, 0 if self._instances else 1)
+
+    def _routes_admit(self, priority: int | None = None) -> int:
         """How many more instances the LLM routes can serve soon: the least headroom of
         any route (calls that may still queue and start within the admission horizon),
         at least one instance while none runs, none while a route's queue (with a call
@@ -713,14 +735,18 @@ class Worker(Upkeep):
         return self._ahead.wanted() if self._ahead_open else 0
 
     def _admission_open(self) -> bool:
-        """Whether no LLM route limits how many instances start (asked again as each held
-        task starts: a route can learn a limit, or start failing, meanwhile)."""
+        """Whether neither an LLM route nor the run's ``--max-calls`` limits how many
+        instances start (asked again as each held task starts: a route can learn a
+        limit, or start failing, meanwhile)."""
         horizon = self.config.admission_horizon
+        llm = self.llm
         return (
-            self.llm is None
-            or horizon is None
+            llm is None
             or self._all_quiet()
-            or self.llm.headroom(horizon) == math.inf
+            or (
+                (horizon is None or llm.headroom(horizon) == math.inf)
+                and (llm.budgets.run is None or llm.budgets.run.limits.max_calls is None)
+            )
         )
 
     def _quiet(self, agent: str) -> bool:

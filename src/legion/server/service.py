@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 
 from legion import heap
+from legion.addresses import http_url
 from legion.agent import Agent
 from legion.errors import ConfigError, cannot_listen
 from legion.run.runtime import Runtime
@@ -187,5 +188,4 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return http_url(host, port)

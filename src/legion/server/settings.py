@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
+from legion.addresses import is_loopback
 from legion.errors import ConfigError
 from legion.inputs import PRIORITY_MAX, PRIORITY_MIN
 
@@ -112,13 +112,3 @@ class ServerSettings:
             raise ConfigError("intervals must be > 0")
         if self.key_cache_seconds < 0 or self.history < 1:
             raise ConfigError("key_cache_seconds must be >= 0 and history >= 1")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

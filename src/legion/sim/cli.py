@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
 import signal
 import sys
 import tomllib
 from typing import Any
 
+from legion.addresses import is_loopback
 from legion.sim.config import SimConfig
 from legion.sim.server import Simulator, serve_simulator
 
@@ -143,7 +143,7 @@ def run(flags: dict[str, Any]) -> int:
         settings = _load_config(flags.pop("config")) if "config" in flags else {}
         settings.update(flags)
         host, port, allow_remote = _server_settings(settings)
-        if not allow_remote and not _is_loopback(host):
+        if not allow_remote and not is_loopback(host):
             raise ValueError(
                 f"refusing to listen on non-loopback host {host!r} without --allow-remote"
             )
@@ -220,15 +220,6 @@ def _server_settings(settings: dict[str, Any]) -> tuple[str, int, bool]:
     if not isinstance(allow_remote, bool):
         raise ValueError(f"allow_remote must be true or false, got {allow_remote!r}")
     return host, port, allow_remote
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _announce(simulator: Simulator) -> None:

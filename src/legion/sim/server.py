@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
+from legion.addresses import http_url
 from legion.sim.anthropic_api import AnthropicDialect
 from legion.sim.batches import BatchBook
 from legion.sim.behaviour import (
@@ -564,10 +565,6 @@ def _without_headers(admission: Admission) -> Admission:
     return admission._replace(limit_requests=None, limit_tokens=None, retry_after=None)
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 class Simulator:
     """An in-process simulator listening on ``host:port`` (an ephemeral
     loopback port by default).
@@ -616,7 +613,7 @@ class Simulator:
             await runner.cleanup()
             raise
         port = runner.addresses[0][1]
-        self._url = f"http://{_url_host(self._host)}:{port}"
+        self._url = http_url(self._host, port)
         self._service = service
         self._runner = runner
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from legion.codec import json_error
+from legion.codec import json_error, loads_given
 from legion.llm.deltas import Delta
 from legion.llm.embeddings import Embeddings
 from legion.llm.types import ChatResponse, Message, Usage
@@ -279,8 +279,11 @@ def _finish(response: ChatResponse) -> str:
 
 
 def _object(body: bytes) -> dict[str, Any]:
+    # Read as legion reads any JSON from outside: nested past `legion.codec.MAX_DEPTH`
+    # it is refused here, not sent on (orjson writes no more than 255 levels: a body a
+    # little deeper failed as it was sent, a 500 at the gateway).
     try:
-        data = orjson.loads(body)
+        data = loads_given(body)
     except orjson.JSONDecodeError as exc:
         raise WireError(f"the body is not valid JSON: {json_error(exc)}") from None
     if not isinstance(data, dict):
