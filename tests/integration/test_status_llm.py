@@ -67,3 +67,24 @@ async def test_status_without_llm_routes_shows_no_routes_table(
         assert json.loads(capsys.readouterr().out)["llm"] == {}
         await show_status(db_url, errors=0, as_json=False)
         assert "LLM routes" not in capsys.readouterr().out
+
+
+async def test_status_counts_the_tasks_of_each_tenant(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An operator had no view of one tenant's queue but through that tenant's own key.
+    @legion.agent
+    async def plain(ctx: legion.Context, x: int) -> int:
+        return x
+
+    async with Runtime(db_url, worker=False) as rt:
+        await rt.submit_many(plain, [1, 2, 3], tenant="acme")
+        await rt.submit(plain, 4, tenant="tiny")
+        await show_status(db_url, errors=0, as_json=True)
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["tenants"] == {"acme": {"queued": 3}, "tiny": {"queued": 1}}
+        await show_status(db_url, errors=0, as_json=False)
+        text = capsys.readouterr().out
+    assert "tasks by tenant" in text
+    (row,) = [line for line in text.splitlines() if "acme" in line]
+    assert [c.strip() for c in row.split("│")][1:3] == ["acme", "3"]  # queued first

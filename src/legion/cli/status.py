@@ -44,6 +44,7 @@ async def show_status(
     async with opened(url) as store:
         counts = await store.counts()
         by_agent = await store.counts_by_agent()
+        by_tenant = await store.counts_by_tenant()
         recent = await store.recent_errors(errors)
         waits = await store.waiting_tasks(limit=waiting) if waiting else []
         workers = await store.workers()
@@ -61,6 +62,7 @@ async def show_status(
             "schema": schema,
             "counts": {str(s): counts.get(s, 0) for s in TaskStatus},
             "agents": {a: {str(s): n for s, n in c.items()} for a, c in by_agent.items()},
+            "tenants": {t: {str(s): n for s, n in c.items()} for t, c in by_tenant.items()},
             "workers": [
                 {
                     "id": w.id,
@@ -149,6 +151,14 @@ async def show_status(
         Text("all", style="bold"), *(Text(str(counts.get(s, 0)), style="bold") for s in TaskStatus)
     )
     console.print(table)
+    if set(by_tenant) - {"default"}:  # (the API's tenants: one table more once there are any)
+        tenants = Table(title="tasks by tenant")
+        tenants.add_column("tenant")
+        for s in TaskStatus:
+            tenants.add_column(str(s), justify="right")
+        for tenant, c in sorted(by_tenant.items()):
+            tenants.add_row(tenant, *(str(c.get(s, 0)) for s in TaskStatus))
+        console.print(tenants)
 
     if workers:
         wt = Table(title="workers")

@@ -323,8 +323,11 @@ class Runtime:
         key: str | None = None,
         session: str | None = None,
         priority: int = 0,
+        tenant: str = DEFAULT_TENANT,
     ) -> Submitted:
-        """Queue one task. The same ``key`` twice answers the first task. An input that
+        """Queue one task (of ``tenant``: whose it is, as an API key's tenant; a route
+        shares its capacity fairly between tenants). The same ``key`` twice answers the
+        first task. An input that
         does not fit the agent's parameters is refused here (`legion.errors.InputError`,
         nothing queued), as the HTTP API refuses it; `submit_many` and `map` queue each
         input and fail the task of one that does not fit, as `legion run` does a line."""
@@ -336,7 +339,7 @@ class Runtime:
         if data is not None:
             agent.arguments(codec.loads(data))  # (as the worker will read it: JSON)
         (done,) = await self.submit_many(
-            agent, [input], keys=[key], session=session, priority=priority
+            agent, [input], keys=[key], session=session, priority=priority, tenant=tenant
         )
         return done
 
