@@ -299,3 +299,9 @@ def test_a_usage_that_is_no_token_count_is_malformed() -> None:
             MessageAssembler("anthropic", "m").add(
                 ServerSentEvent(event="message_start", data=orjson.dumps(start).decode())
             )
+
+
+def test_a_200_whose_body_is_an_error_is_the_providers_failure() -> None:
+    body = b'{"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}'
+    with pytest.raises(ProviderUnavailable, match="answered 200 with an error: busy"):
+        parse_message(body, "anthropic")

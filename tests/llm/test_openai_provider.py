@@ -180,6 +180,33 @@ def test_unexpected_completions_are_malformed(body: bytes) -> None:
         parse_completion(body, "openai")
 
 
+def test_a_refusal_is_kept_plain_and_streamed() -> None:
+    # Structured outputs: the model's refusal comes apart from the text (it was lost).
+    message = {"role": "assistant", "content": None, "refusal": "I can't help."}
+    body = {"model": "m", "choices": [{"message": message, "finish_reason": "stop"}]}
+    assert parse_completion(orjson.dumps(body), "openai").refusal == "I can't help."
+    assembler = ChunkAssembler("openai", "m")
+    for delta in (
+        {"role": "assistant", "refusal": ""},
+        {"refusal": "I can't"},
+        {"refusal": " help."},
+    ):
+        chunk = {"choices": [{"delta": delta}]}
+        assembler.add(ServerSentEvent("", orjson.dumps(chunk).decode()))
+    assert assembler.response().refusal == "I can't help."
+    assert ChunkAssembler("openai", "m").response().refusal is None
+
+
+def test_a_200_whose_body_is_an_error_is_the_providers_failure() -> None:
+    # A gateway before the provider says a passing failure so: it was "malformed",
+    # its message lost ("KeyError('choices')").
+    body = b'{"error": {"message": "upstream overloaded", "code": 502}}'
+    with pytest.raises(
+        ProviderUnavailable, match="answered 200 with an error: upstream overloaded"
+    ):
+        parse_completion(body, "openai")
+
+
 def test_stream_assembles_tool_call_deltas() -> None:
     chunks = [
         {"model": "gpt-4o", "choices": [{"delta": {"role": "assistant", "content": None}}]},

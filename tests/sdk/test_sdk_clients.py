@@ -22,6 +22,7 @@ from legion.errors import (
 )
 from legion.llm import Capacity, Route, SimulatedProvider, open_client
 from legion.llm.client import LLMClient
+from legion.llm.types import ChatResponse, Usage
 from legion.store import store_from_url
 from legion.testing import ScriptedProvider
 
@@ -218,6 +219,59 @@ async def test_an_sdk_error_for_a_call_legion_could_not_make_is_retried_as_legio
         assert stopped.status is TaskStatus.FAILED and stopped.attempt == 1, stopped
         assert stopped.error is not None and stopped.error.type == "AuthenticationError"
         assert rt.fatal_error is not None  # the run stops: every task would meet it
+
+
+async def test_what_an_sdk_asks_for_is_passed_on_or_refused_never_dropped(db_url: str) -> None:
+    # A model's refusal came back as an empty answer; the SDK's timeout was ignored (the
+    # call ran to the task's); logprobs were asked of the provider and thrown away;
+    # Anthropic's extended thinking was dropped from the request.
+    @legion.agent(retries=0)
+    async def sdk(ctx: legion.Context, question: str) -> dict[str, Any]:
+        client = ctx.llm.openai()
+        messages: Any = [{"role": "user", "content": question}]
+        plain = await client.chat.completions.create(model="m", messages=messages, timeout=3)
+        stream = await client.with_options(timeout=2).chat.completions.create(
+            model="m", messages=messages, stream=True
+        )
+        streamed = [c.choices[0].delta.refusal async for c in stream if c.choices]
+        refused = {}
+        try:
+            await client.chat.completions.create(model="m", messages=messages, logprobs=True)
+        except openai.BadRequestError as exc:
+            refused["logprobs"] = exc.message
+        try:
+            await ctx.llm.anthropic().messages.create(
+                model="m",
+                max_tokens=2048,
+                messages=messages,
+                thinking={"type": "enabled", "budget_tokens": 1024},
+            )
+        except anthropic.BadRequestError as exc:
+            refused["thinking"] = exc.message
+        message = plain.choices[0].message
+        return {
+            "content": message.content,
+            "refusal": message.refusal,
+            "streamed": [r for r in streamed if r],
+            "refused": refused,
+        }
+
+    no = ChatResponse("", (), "stop", Usage(1, 1), "m", "scripted", refusal="I can't help.")
+    provider = ScriptedProvider([no, no])
+    llm = LLMClient([Route("default", provider, "m", Capacity("default"), timeout=60)])
+    async with Runtime(db_url, llm=llm) as rt:
+        (result,) = [r async for r in rt.map(sdk, ["where?"])]
+    assert result.ok, result.error
+    out = result.output
+    assert (out["content"], out["refusal"], out["streamed"]) == (
+        None,
+        "I can't help.",
+        ["I can't help."],
+    )
+    assert provider.timeouts == [3.0, 2.0]  # each attempt's, the SDK's being shorter
+    assert "logprobs" in out["refused"]["logprobs"]
+    assert "'thinking'" in out["refused"]["thinking"]
+    assert len(provider.requests) == 2  # neither refused call reached the provider
 
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])

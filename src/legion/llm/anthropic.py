@@ -38,6 +38,7 @@ from legion.llm.transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
     HttpTransport,
     decode_json,
+    error_body,
 )
 from legion.llm.types import ChatRequest, ChatResponse, Message, ToolCall, Usage, token_count
 
@@ -252,6 +253,8 @@ def parse_message(body: bytes, provider: str) -> ChatResponse:
     """The `ChatResponse` in a ``message`` body; `MalformedResponse` if the
     body is not one."""
     data = decode_json(body, provider)
+    if isinstance(data, Mapping) and data.get("type") == "error" and "content" not in data:
+        raise error_body(data.get("error"), provider)
     try:
         text: list[str] = []
         calls: list[ToolCall] = []

@@ -42,6 +42,7 @@ from legion.llm.transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
     HttpTransport,
     decode_json,
+    error_body,
 )
 from legion.llm.types import ChatRequest, ChatResponse, ToolCall, Usage, token_count
 
@@ -150,12 +151,17 @@ def parse_completion(body: bytes, provider: str) -> ChatResponse:
     """The `ChatResponse` in a ``chat.completion`` body; `MalformedResponse`
     if the body is not one."""
     data = decode_json(body, provider)
+    if isinstance(data, Mapping) and "choices" not in data and "error" in data:
+        raise error_body(data["error"], provider)
     try:
         choice = data["choices"][0]
         message = choice["message"]
         content = message.get("content")
         if content is not None and not isinstance(content, str):
             raise TypeError("message.content is not a string")
+        refusal = message.get("refusal")
+        if refusal is not None and not isinstance(refusal, str):
+            raise TypeError("message.refusal is not a string")
         tool_calls = tuple(
             ToolCall(
                 str(call["id"]), str(call["function"]["name"]), str(call["function"]["arguments"])
@@ -169,6 +175,7 @@ def parse_completion(body: bytes, provider: str) -> ChatResponse:
             usage=_usage(data.get("usage")),
             model=str(data.get("model") or ""),
             provider=provider,
+            refusal=refusal,
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedResponse(
@@ -207,13 +214,24 @@ class ChunkAssembler:
     """Assembles ``chat.completion.chunk`` events into a `ChatResponse`, handing each
     piece to the sink of the streamed call under way, if any (`legion.llm.deltas`)."""
 
-    __slots__ = ("_calls", "_finish", "_model", "_provider", "_sink", "_text", "_usage", "done")
+    __slots__ = (
+        "_calls",
+        "_finish",
+        "_model",
+        "_provider",
+        "_refusal",
+        "_sink",
+        "_text",
+        "_usage",
+        "done",
+    )
 
     def __init__(self, provider: str, model: str) -> None:
         self._sink = deltas.attach(self)
         self._provider = provider
         self._model = model
         self._text: list[str] = []
+        self._refusal: list[str] = []  # (handed on whole, at the stream's end)
         self._calls: dict[int, _PartialCall] = {}
         self._finish: str | None = None
         self._usage = Usage()
@@ -256,6 +274,9 @@ class ChunkAssembler:
             self._text.append(content)
             if sink is not None:
                 sink.emit(self, deltas.Delta(text=content))
+        refusal = delta.get("refusal")
+        if refusal:
+            self._refusal.append(str(refusal))
         for call in delta.get("tool_calls") or ():
             index = call.get("index", 0)
             partial = self._calls.get(index)
@@ -291,4 +312,5 @@ class ChunkAssembler:
             usage=self._usage,
             model=self._model,
             provider=self._provider,
+            refusal="".join(self._refusal) if self._refusal else None,
         )

@@ -393,6 +393,16 @@ def error_for_status(
     )
 
 
+def error_body(error: Any, provider: str) -> ProviderUnavailable:
+    """The error of a ``200`` whose body is an error, not an answer: a gateway in front of
+    the provider (OpenRouter among them) says a passing upstream failure this way.
+    Retried as a failing provider's; what it said is kept."""
+    message = error.get("message") if isinstance(error, Mapping) else error
+    return ProviderUnavailable(
+        f"{provider} answered 200 with an error: {str(message)[:500]}", provider=provider
+    )
+
+
 def decode_json(data: bytes | str, provider: str) -> Any:
     """Parse a JSON body or event; `MalformedResponse` if it is not a JSON object."""
     try:

@@ -141,6 +141,9 @@ class ChatResponse:
     provider: str = ""
     deployment: str = ""
     """Which deployment of a pooled route served it (``""``: the route has one)."""
+    refusal: str | None = None
+    """The model's refusal to answer, as OpenAI gives it apart from the text (structured
+    outputs: ``message.refusal``); ``None``: it did not refuse."""
 
     def __post_init__(self) -> None:
         # A provider that built a list answers the same value its replay will (a tuple).
@@ -162,6 +165,8 @@ class ChatResponse:
         }
         if self.deployment:
             data["deployment"] = self.deployment
+        if self.refusal is not None:
+            data["refusal"] = self.refusal
         return data
 
     @classmethod
@@ -181,6 +186,7 @@ class ChatResponse:
                 model=data["model"],
                 provider=data["provider"],
                 deployment=data.get("deployment", ""),
+                refusal=data.get("refusal"),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a recorded chat response: {exc!r}") from exc

@@ -23,6 +23,9 @@ from legion.llm.types import ChatResponse, Message
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 _PASSED = ("max_tokens", "temperature", "top_p", "metadata")
+_READ = frozenset(
+    ("model", "messages", "system", "stream", "stop_sequences", "tools", "tool_choice", *_PASSED)
+)
 
 
 def parse_messages(body: bytes) -> WireChat:
@@ -33,6 +36,14 @@ def parse_messages(body: bytes) -> WireChat:
         raise WireError(f"the body is not valid JSON: {json_error(exc)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
         raise WireError("the body must be an object with a 'messages' array")
+    unread = sorted(set(data) - _READ)
+    if unread:
+        # Dropped, they changed the call in silence: ``thinking`` asked for extended
+        # thinking, whose blocks a tool loop must send back, and got none.
+        raise WireError(
+            f"legion does not pass {', '.join(map(repr, unread))} on to the model; it takes "
+            f"{', '.join(sorted(_READ))}"
+        )
     messages: list[Message] = []
     system = data.get("system")
     if system:

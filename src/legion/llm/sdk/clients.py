@@ -1,9 +1,10 @@
 """The SDK clients of ``ctx.llm.openai()`` and ``ctx.llm.anthropic()``.
 
 The SDKs are optional: ``pip install 'legion-runtime[openai]'`` (or ``[anthropic]``).
-Their own retries are off (``max_retries=0``) and their timeout is left to legion's
-route (each attempt has the route's timeout; the SDK's would count the waits for
-capacity too), so legion's policy is the only one.
+Their own retries are off (``max_retries=0``), so legion's policy is the only one, and
+each attempt has the route's timeout, or the SDK's (``timeout=`` on a call, or
+``with_options``) where it is shorter: it bounds each attempt of a chat call, not the
+waits for capacity, and legion's retries follow as for any timeout.
 """
 
 from __future__ import annotations

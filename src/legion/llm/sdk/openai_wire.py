@@ -60,6 +60,9 @@ def parse_chat(body: bytes) -> WireChat:
         del params["n"]  # (null: the default, one choice, as OpenAI takes it)
     if params.get("n", 1) != 1:
         raise WireError("legion answers one choice per request (n=1)")
+    if params.get("logprobs") or params.get("top_logprobs"):
+        # (sent on, the provider's answer would come back without them, in silence)
+        raise WireError("legion does not pass log probabilities back: call without logprobs")
     model = str(data.get("model") or "")
     return WireChat(model, messages, params, stream_flag(data), include_usage)
 
@@ -104,8 +107,10 @@ def render_completion(
     completion and time 0, so that a replay renders the same bytes."""
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": response.text if response.text or not response.tool_calls else None,
-        "refusal": None,
+        "content": response.text
+        if response.text or not (response.tool_calls or response.refusal is not None)
+        else None,
+        "refusal": response.refusal,
     }
     if response.tool_calls:
         message["tool_calls"] = [
@@ -189,6 +194,8 @@ class ChunkStream:
     def end(self, response: ChatResponse) -> list[bytes]:
         """The last chunks: the finish reason, the usage when asked for, ``[DONE]``."""
         events = [self._chunk({}, _finish(response))]
+        if response.refusal is not None:  # (kept whole as it came: handed on at the end)
+            events.insert(0, self._chunk({"refusal": response.refusal}))
         if self._include_usage:
             tail = {**self._head, "choices": [], "usage": usage_json(response.usage)}
             events.append(b"data: " + orjson.dumps(tail) + b"\n\n")
