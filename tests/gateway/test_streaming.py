@@ -10,6 +10,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from legion.gateway import app as gateway_app
 from legion.sim import SimConfig
 from tests.gateway.conftest import cluster
 
@@ -135,3 +136,25 @@ async def test_a_live_stream_is_recorded_whole_for_its_task(sqlite_url: str) -> 
         assert c.sim.stats().requests_total == 1  # the plain call was the stream's record
         mine = await c.gateways[0].gateway.book.totals(key.split("_")[1])
         assert (mine.calls, mine.replayed) == (1, 1)
+
+
+async def test_a_connection_that_sends_no_whole_request_is_closed(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that trickles its headers (or sends nothing) held its connection, and a
+    # file descriptor of the gateway, for an hour; a call that takes longer is answered.
+    monkeypatch.setattr(gateway_app, "IDLE_SECONDS", 0.5)
+    async with cluster(sqlite_url, config=SimConfig(latency=1.0)) as c:
+        host, port = c.gateways[0].gateway.address[:2]
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), timeout=30) == b""  # closed
+        writer.close()
+        key = await c.key("slow-answer")
+        client = openai.AsyncOpenAI(base_url=c.gateways[0].url, api_key=key, max_retries=0)
+        answer = await client.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        await client.close()
+    assert answer.choices[0].message.content

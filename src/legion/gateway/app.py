@@ -64,6 +64,9 @@ from legion.store.base import Store
 from legion.store.ledger import RecordedCall
 from legion.store.types import ApiKey
 
+IDLE_SECONDS = 30.0
+"""How long a connection may go without a whole request before it is closed."""
+
 TASK_HEADER = "X-Legion-Task"
 STEP_HEADER = "X-Legion-Step"
 _NAME = re.compile(r"^[A-Za-z0-9_.:#-]{1,128}$")
@@ -551,8 +554,16 @@ async def serve(gateway: Gateway, host: str, port: int, ready: asyncio.Event | N
     """Serve until cancelled, sharing limits and adding up usage through the store
     meanwhile (the last counts are added on the way out)."""
     await gateway.sync_shares()
-    # A caller that leaves cancels its handler, and with it the provider call it made.
-    runner = web.AppRunner(gateway.app(), access_log=None, handler_cancellation=True)
+    # A caller that leaves cancels its handler, and with it the provider call it made. A
+    # connection that sends no whole request for `IDLE_SECONDS` (a request's headers
+    # still coming, or nothing since the last answer) is closed: the runner's default
+    # held them for an hour, a slow client's file descriptor with them.
+    runner = web.AppRunner(
+        gateway.app(),
+        access_log=None,
+        handler_cancellation=True,
+        keepalive_timeout=IDLE_SECONDS,
+    )
     await runner.setup()
     loops = [
         asyncio.create_task(gateway.run_shares(), name="legion-gateway-capacity"),
