@@ -134,6 +134,37 @@ async def prompt_chain(ctx: legion.Context, q: str) -> str:
     return str(await ctx.step("combine", _wait, 0.05, f"Combine these notes: {part}"))
 
 
+@legion.agent(retries=0)
+async def excerpt_chain(ctx: legion.Context, q: str) -> str:
+    draft = await ctx.step("draft", _wait, 0.05, "The answer, at length. It goes on and on.")
+    return str(await ctx.step("title", _wait, 0.05, f"Write a title for: {draft[:30]}..."))
+
+
+async def _saved(seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return 42  # a new row's id
+
+
+@legion.agent(retries=0)
+async def writes_then_reads(ctx: legion.Context, q: str) -> str:
+    await ctx.step("save", _saved, 0.05)
+    return str(await ctx.step("recent", _wait, 0.05, "the latest rows"))
+
+
+@legion.agent(retries=0)
+async def serial_sdk_calls(ctx: legion.Context, q: str) -> list[str]:
+    client = ctx.llm.openai()
+    said = []
+    for topic in ("pros", "cons"):  # each streamed: the SDK's request runs in a task
+        stream = await client.chat.completions.create(  # MARK: sdk-stream
+            model="sim-model",
+            messages=[{"role": "user", "content": f"{topic} of {q}"}],
+            stream=True,
+        )
+        said.append("".join([c.choices[0].delta.content or "" async for c in stream if c.choices]))
+    return said
+
+
 async def _hits(seconds: float) -> list[str]:
     await asyncio.sleep(seconds)
     return ["hit one", "hit two"]

@@ -132,6 +132,27 @@ async def test_clean_and_dependent_agents_get_no_report(db_url: str) -> None:
     assert (await run(db_url, agents.consumes_its_result, "q")).diagnostics == ()
 
 
+async def test_an_excerpt_or_a_write_passed_on_is_a_dependency(db_url: str) -> None:
+    # A slice of the first answer inside the second prompt, and a write whose id the second
+    # step does not take (it reads the table back), were "appear independent".
+    assert (await run(db_url, agents.excerpt_chain, "q")).diagnostics == ()
+    assert (await run(db_url, agents.writes_then_reads, "q")).diagnostics == ()
+
+
+async def test_sdk_calls_made_in_a_task_of_their_own_are_sited_at_the_agents_line(
+    db_url: str,
+) -> None:
+    # A streamed SDK call's request runs in a task: the walk up its frames left the agent
+    # for the event loop and named the program's entry point (`asyncio.run(main())`).
+    r = await run(db_url, agents.serial_sdk_calls, "q", llm="sim")
+    assert r.ok, r.error
+    (found,) = r.diagnostics
+    line = line_of("sdk-stream")
+    assert found.kind is Kind.SEQUENTIAL_AWAIT
+    assert f"pitfall_agents.py:{line} and " in found.message
+    assert f"pitfall_agents.py:{line})" in found.message
+
+
 async def test_asyncios_close_of_an_async_generator_is_not_the_agents_task(db_url: str) -> None:
     # A stream read in part (LangChain's astream, an SDK's stream) is closed by asyncio in
     # a task it makes: the agent cannot await it, so no advice to await it.

@@ -63,7 +63,8 @@ def test_a_write_to_a_vector_collection_and_a_use_of_it_are_never_reported() -> 
     long = MIN_SAVING * 4
 
     def step(key: str, started: float) -> StepTrace:
-        return _trace(key, started, long, (f"input of {key}",), f"result of {key}")
+        # (texts of their own: a run of 16 characters two steps share is a dependency)
+        return _trace(key, started, long, (f"in:{key[-12:]}",), f"out:{key[-12:]}")
 
     add = step("vectors.add.kb.v1.0a1b2c3d4e5f", 0.0)  # (a collection name may hold dots)
     search = step("vectors.search.kb.v1.5f4e3d2c1b0a", long)
@@ -125,3 +126,20 @@ def test_installed_packages_are_told_apart_from_a_folder_named_like_them() -> No
     assert not is_library_file("/srv/app/my-site-packages-notes/helpers.py")
     assert is_library_file("/venv/lib/python3.11/site-packages/requests/api.py")
     assert is_library_file("/usr/lib/python3/dist-packages/yaml/__init__.py")
+
+
+def test_an_excerpt_of_a_result_inside_other_text_is_a_dependency() -> None:
+    long = MIN_SAVING * 4
+    answer = "Solar power is cheap, clean and getting cheaper every year."
+    first = _trace("draft", 0.0, long, ("q",), answer)
+    titled = _trace("title", long, long, (f"Write a title for: {answer[:30]}...",), "t")
+    unrelated = _trace("title", long, long, ("Write a title for a report on wind.",), "t")
+    assert advise("a", [first, titled]) == []
+    assert len(advise("a", [first, unrelated])) == 1
+
+
+def test_a_lone_number_says_nothing_and_is_a_dependency() -> None:
+    # A new row's id: the second step may read back what the first wrote.
+    long = MIN_SAVING * 4
+    saved = _trace("save", 0.0, long, ("row",), 42)
+    assert advise("a", [saved, _trace("recent", long, long, ("latest",), "x")]) == []

@@ -12,9 +12,10 @@ that ran inside ``ctx.gather`` is already part of concurrent work, and the order
 it is the gather's), and any text of the first's result (however short, numbers and
 dict keys included) found inside a text of the second's inputs, or a text of the
 second's inputs (16 characters or more) found inside one of the result, counts as a
-dependency: a result passed on in a transformed form (a field of it, pasted into a
-prompt; a sentence cut from it) is seen. A first step whose result says nothing (``None``,
-a boolean, an empty text: a write the second may read back) is a dependency, and so is
+dependency, and so is a run of 16 characters they share: a result passed on in a
+transformed form (a field of it, pasted into a prompt; a sentence or an excerpt cut from
+it, inside other text) is seen. A first step whose result says nothing (``None``, a
+boolean, a lone number, an empty text: a write the second may read back) is a dependency, and so is
 a value too large or too deep to look through whole (past `MAX_TEXTS` texts, or nested
 deeper than `MAX_DEPTH`). A dependency through a value computed from the result (its
 length, a parsed number) is still not seen; the report says the steps *appear*
@@ -102,9 +103,12 @@ def step_prints(seconds: float, values: Iterable[Any]) -> frozenset[Fingerprint]
 def fingerprints(values: Iterable[Any]) -> frozenset[Fingerprint]:
     """Fingerprints of each value and of its top-level items (hashes of their JSON; JSON
     values only), plus the texts found in it (numbers as their text), so that a result
-    pasted into a prompt is seen."""
+    pasted into a prompt is seen. A lone number says nothing (none: a row's id, a count
+    written, which the second step may read back as a whole)."""
     found: set[Fingerprint] = set()
     for value in values:
+        if isinstance(value, (int, float)):  # (a bool among them, as `_add` takes it)
+            continue
         _add(found, value)
         if isinstance(value, (list, tuple)):
             for item in value:
@@ -149,7 +153,20 @@ def _uses(second: StepTrace, first: StepTrace) -> bool:
         return True
     texts_in = [t for t in second.inputs if isinstance(t, str)]
     texts_out = [o for o in outputs if isinstance(o, str)]
-    return any(o in t or (len(t) >= MIN_EXCERPT and t in o) for o in texts_out for t in texts_in)
+    return any(o in t or _share_excerpt(o, t) for o in texts_out for t in texts_in)
+
+
+def _share_excerpt(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` have a run of `MIN_EXCERPT` characters in common: a
+    piece of one result inside another text (``f"Title for: {draft[:60]}"``), which
+    neither holds whole."""
+    if len(a) < MIN_EXCERPT or len(b) < MIN_EXCERPT:
+        return False
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    if short in long:
+        return True
+    runs = {long[i : i + MIN_EXCERPT] for i in range(len(long) - MIN_EXCERPT + 1)}
+    return any(short[i : i + MIN_EXCERPT] in runs for i in range(len(short) - MIN_EXCERPT + 1))
 
 
 _VECTOR_WRITES = ("add", "delete")
@@ -207,7 +224,8 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
                 Kind.SEQUENTIAL_AWAIT,
                 f"agent `{agent}`: steps `{first.key}` and `{second.key}`{where} ran one after "
                 f"the other but appear independent (no result of the first went into the "
-                f"second): `await ctx.gather(...)` them to save ~{saving * 1000:.0f} ms",
+                f"second): unless the second waits on what the first did (a check, a write it "
+                f"reads back), `await ctx.gather(...)` them to save ~{saving * 1000:.0f} ms",
                 b,
                 saving,
                 tuple(s for s in (a, b) if s is not None),

@@ -8,6 +8,7 @@ with the line that made them — the work silently never happened.
 
 from __future__ import annotations
 
+import asyncio
 import linecache
 import os
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, Generator
 from types import CodeType, FrameType
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from legion.diagnostics import tracking
 from legion.diagnostics.report import Site
 
 T = TypeVar("T")
@@ -54,19 +56,49 @@ def _agents_code(file: str) -> bool:
     return not file.startswith(_LIBRARIES) or file.startswith(_LEGIONS_AGENTS)
 
 
+_ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
+"""asyncio's code: a walk up the calling frames that reaches it has left the task the
+call was made in (for the event loop that runs it)."""
+
+
 def _agents_frame(frame: FrameType) -> FrameType:
     """``frame`` (a file under `_LIBRARIES`) if it is one of legion's own agents', else
     the first frame up from it (legion's or a library's code: an SDK's request turned
     into ``ctx.llm.chat`` by legion's transport, a framework's call) that is the agent's
-    own line, which a report should name; ``frame`` if none is."""
+    own line, which a report should name. A call made in a task of its own (an SDK's
+    stream, ``asyncio.wait_for`` on Python 3.11) has no agent's frame above it: the
+    line its instance waits at then (`_waiting_frame`), which made it; ``frame`` if
+    none is found."""
     found: FrameType | None = frame
     for _ in range(64):
         if found is None:
-            return frame
-        if _agents_code(found.f_code.co_filename):
+            break
+        file = found.f_code.co_filename
+        if file.startswith(_ASYNCIO):
+            # (up from here: the event loop, then whatever started it - a console
+            # script, `asyncio.run(main())` - which is no line of the agent's)
+            break
+        if _agents_code(file):
             return found
         found = found.f_back
-    return frame
+    return _waiting_frame() or frame
+
+
+def _waiting_frame() -> FrameType | None:
+    """The innermost frame of the agent's own code that the current instance's task
+    waits in now (its chain of awaits, from the coroutine the task runs), if any."""
+    owner = tracking.CURRENT.get()
+    task = getattr(owner, "task", None)
+    awaited: Any = task.get_coro() if isinstance(task, asyncio.Task) else None
+    found = None
+    for _ in range(64):
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            break
+        if _agents_code(frame.f_code.co_filename):
+            found = frame
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return found
 
 
 def _used() -> Any:
