@@ -185,3 +185,10 @@ async def sleeps_after_the_gate(ctx: legion.Context, n: int) -> int:
     await GATE["open"].wait()  # every instance wakes in one turn of the loop
     time.sleep(0.3)  # noqa: ASYNC251  # MARK: sleeps-in-turn
     return n
+
+
+@legion.agent(retries=0)
+async def call_in_a_task(ctx: legion.Context, q: str) -> str:
+    # A ctx call answers an awaitable, not a coroutine: asyncio's own create_task refused it.
+    task = asyncio.create_task(ctx.step("search", _wait, 0.01, "hit"))
+    return await task

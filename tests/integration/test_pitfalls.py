@@ -153,6 +153,13 @@ async def test_sdk_calls_made_in_a_task_of_their_own_are_sited_at_the_agents_lin
     assert f"pitfall_agents.py:{line})" in found.message
 
 
+async def test_a_ctx_call_can_be_made_a_task(db_url: str) -> None:
+    # It failed with "a coroutine was expected, got <...Pending object>", and was then
+    # also reported as never awaited.
+    r = await run(db_url, agents.call_in_a_task, "q")
+    assert (r.ok, r.output, r.diagnostics) == (True, "hit", ())
+
+
 async def test_asyncios_close_of_an_async_generator_is_not_the_agents_task(db_url: str) -> None:
     # A stream read in part (LangChain's astream, an SDK's stream) is closed by asyncio in
     # a task it makes: the agent cannot await it, so no advice to await it.

@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import logging
 import weakref
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 from legion.errors import LoopStopRefused
@@ -65,6 +65,10 @@ loop's finalizer hook makes it, in the context where the generator was let go): 
 task, not one the agent made and could await."""
 
 
+async def _awaiting(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
 def owner_of(task: asyncio.Future[Any] | None) -> Owner | None:
     return _OWNERS.get(task) if task is not None else None
 
@@ -90,11 +94,15 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
         **kwargs: Any,
     ) -> asyncio.Task[Any]:
         task: asyncio.Task[Any]
+        owner = CURRENT.get()
+        if owner is not None and not asyncio.iscoroutine(coro) and hasattr(coro, "__await__"):
+            # `asyncio.create_task(ctx.llm.chat(...))`: a ctx call answers an awaitable,
+            # not a coroutine, and asyncio's TypeError named neither.
+            coro = _awaiting(coro)  # type: ignore[arg-type]  # (it has __await__)
         if previous_factory is not None:
             task = previous_factory(loop, coro, **kwargs)  # type: ignore[assignment]
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)
-        owner = CURRENT.get()
         if owner is not None and type(coro) is not _ASYNCGEN_CLOSE:
             _OWNERS[task] = owner
             owner.spawned(task)
