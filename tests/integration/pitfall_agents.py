@@ -68,7 +68,7 @@ async def _boom() -> None:
 
 @legion.agent(retries=0)
 async def spawner(ctx: legion.Context, x: int) -> str:
-    task = asyncio.create_task(_boom(), name="background-work")
+    task = asyncio.create_task(_boom(), name="background-work")  # MARK: escaped-made
     await asyncio.sleep(0)  # let it run (and fail) while nobody awaits it
     await asyncio.sleep(0)
     del task
@@ -190,5 +190,15 @@ async def sleeps_after_the_gate(ctx: legion.Context, n: int) -> int:
 @legion.agent(retries=0)
 async def call_in_a_task(ctx: legion.Context, q: str) -> str:
     # A ctx call answers an awaitable, not a coroutine: asyncio's own create_task refused it.
-    task = asyncio.create_task(ctx.step("search", _wait, 0.01, "hit"))
-    return await task
+    task = asyncio.create_task(ctx.step("search", _wait, 0.01, "hit"))  # type: ignore[arg-type,var-annotated]
+    return str(await task)
+
+
+async def _warm() -> None:
+    await asyncio.sleep(30)
+
+
+@legion.agent(retries=0)
+async def leaves_a_task(ctx: legion.Context, x: int) -> str:
+    asyncio.create_task(_warm())  # MARK: left-running
+    return "done"

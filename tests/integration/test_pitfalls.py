@@ -109,8 +109,18 @@ async def test_an_exception_escaping_a_spawned_task_is_attached_not_lost(db_url:
         "'background-work'" in found.message
         and "ValueError: lost in the background" in found.message
     )
-    assert found.site is not None and found.site.line == line_of("escaped-raise")
+    # The line to change, where the task was made (the raise is in the report's stack).
+    assert found.site is not None and found.site.line == line_of("escaped-made")
+    assert f"that it created at {found.site}" in found.message
+    assert any(s.line == line_of("escaped-raise") for s in found.stack)
     assert r.status is TaskStatus.SUCCEEDED  # the worker and the task carried on
+
+
+async def test_a_task_left_running_is_reported_at_the_line_that_made_it(db_url: str) -> None:
+    # It named the line the task was paused at, inside the helper, and "Task-22".
+    (found,) = (await run(db_url, agents.leaves_a_task, 1)).diagnostics
+    assert found.site is not None and found.site.line == line_of("left-running")
+    assert "still running after the agent returned" in found.message
 
 
 async def test_independent_steps_awaited_in_turn_get_advice(db_url: str) -> None:

@@ -101,6 +101,18 @@ def _waiting_frame() -> FrameType | None:
     return found
 
 
+def callers_line(frame: FrameType | None) -> SiteRef | None:
+    """The first line of the agent's own code up the calls from ``frame`` (the one that
+    created a task, under asyncio's and legion's frames), if any."""
+    for _ in range(64):
+        if frame is None:
+            return None
+        if _agents_code(frame.f_code.co_filename):
+            return SiteRef(frame.f_code, frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
 def _used() -> Any:
     raise RuntimeError("a step or call was awaited twice")
 

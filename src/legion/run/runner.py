@@ -11,6 +11,7 @@ import asyncio
 import enum
 import logging
 import random
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from legion.context import BeforeStep, Context
 from legion.diagnostics import tracking
 from legion.diagnostics.lookback import escaped_exception, look_back
 from legion.diagnostics.report import Diagnostic, Kind
+from legion.diagnostics.unawaited import SiteRef, callers_line
 from legion.diagnostics.watchdog import Capture
 from legion.errors import (
     AgentCrash,
@@ -72,6 +74,7 @@ class Instance(attempt.AttemptTime):
         "expiry",
         "fatal",
         "lease",
+        "made_at",
         "pending_block",
         "stop_reason",
         "task",
@@ -102,6 +105,7 @@ class Instance(attempt.AttemptTime):
         # Tasks the agent's code created, and what the diagnostics found while it ran:
         # made when there is one (most attempts have neither).
         self.children: list[asyncio.Task[Any]] | None = None
+        self.made_at: list[SiteRef | None] | None = None  # (each child's creating line)
         self.diagnostics: list[Diagnostic] | None = None
         # A block of the event loop by this instance that is going on, seen by the watchdog.
         self.pending_block: Capture | None = None
@@ -116,9 +120,10 @@ class Instance(attempt.AttemptTime):
     # -- what the diagnostics learn about this instance (see legion.diagnostics) --------
 
     def spawned(self, task: asyncio.Task[Any]) -> None:
-        if self.children is None:
-            self.children = []
+        if self.children is None or self.made_at is None:
+            self.children, self.made_at = [], []
         self.children.append(task)
+        self.made_at.append(callers_line(sys._getframe(1)))
 
     def found(self, diagnostic: Diagnostic) -> None:
         """What the diagnostics saw while it runs, to go with its attempt's record."""
@@ -128,11 +133,18 @@ class Instance(attempt.AttemptTime):
 
     def escaped(self, task: asyncio.Task[Any], exc: BaseException) -> None:
         """An exception in a task the agent spawned that nobody retrieved."""
-        found = escaped_exception(self.agent.name, task, exc)
+        found = escaped_exception(self.agent.name, task, exc, self._made_at(task))
         if self.task is not None and not self.task.done():
             self.found(found)
         else:  # too late to go with the attempt's record: say it in the log
             log.warning("task %s: %s", self.lease.id, found.message)
+
+    def _made_at(self, task: asyncio.Task[Any]) -> SiteRef | None:
+        """The agent's line that created ``task``, one of its children."""
+        children, sites = self.children or (), self.made_at or ()
+        return next(
+            (site for child, site in zip(children, sites, strict=True) if child is task), None
+        )
 
     def stop(self, reason: StopReason) -> None:
         if self.task is not None and not self.task.done():
@@ -382,7 +394,10 @@ def _look_back(instance: Instance, ctx: Context) -> Sequence[Diagnostic]:
     capture, instance.pending_block = instance.pending_block, None
     agent = instance.agent
     children, instance.children = instance.children, None
-    found = look_back(agent.name, agent.fn, instance.diagnostics, children, capture, ctx)
+    made_at, instance.made_at = instance.made_at, None
+    found = look_back(
+        agent.name, agent.fn, instance.diagnostics, children, capture, ctx, made_at or ()
+    )
     instance.diagnostics = None
     return found
 
