@@ -12,9 +12,9 @@ what it measured.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -65,12 +65,16 @@ def drop_database(server: str) -> None:
 
 
 async def main() -> None:
-    kind = sys.argv[1] if len(sys.argv) > 1 else "sqlite"
-    server = (
-        sys.argv[2]
-        if len(sys.argv) > 2
-        else os.environ.get("LEGION_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1/postgres")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", nargs="?", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "server",
+        nargs="?",
+        default=os.environ.get("LEGION_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1/postgres"),
+        help="the PostgreSQL server (a database legion_lease_tenants is made and dropped on it)",
     )
+    args = parser.parse_args()
+    kind, server = args.kind, args.server
     for tenants, each in LAYOUTS:
         if kind == "sqlite":
             url = f"sqlite:///{tempfile.mkdtemp()}/lease.db"

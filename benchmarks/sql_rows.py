@@ -14,6 +14,7 @@ task, VALUES 5.05-6.13.
 
 from __future__ import annotations
 
+import argparse
 import sqlite3
 import sys
 import tempfile
@@ -101,5 +102,6 @@ def run(rows: str, n: int = 20_000) -> float:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     for _ in range(3):
         print(f"JSON array {run('json'):.2f} us a task, VALUES {run('values'):.2f}")

@@ -195,6 +195,12 @@ class Agent:
         if not self._one:
             return exc
         (param,) = self.params
+        from pydantic import ValidationError  # (pydantic loads at the first input read)
+
+        try:  # (the hint only where the object could be its value: not for an `n: int`)
+            self._validator.model_validate({param: value})
+        except ValidationError:
+            return exc
         return InputError(
             f"{exc} (an object whose keys name the agent's parameters is read as its "
             f"arguments: to give this one as the value of {param!r}, send "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import NoReturn
 
 POINTS = ("step-ran", "step-recorded", "completed", "store-opened")
 ACTIONS = ("kill", "exit", "stop")
@@ -29,15 +30,21 @@ def _parse(spec: str) -> tuple[str, str, int] | None:
         return None
     parts = spec.split(":")
     if len(parts) not in (2, 3) or parts[0] not in POINTS or parts[1] not in ACTIONS:
-        raise SystemExit(
+        _refuse(
             f"LEGION_FAULT={spec!r}: expected point:action[:n] with a point in "
             f"{', '.join(POINTS)} and an action in {', '.join(ACTIONS)}"
         )
     try:
         n = int(parts[2]) if len(parts) == 3 else 1
     except ValueError:
-        raise SystemExit(f"LEGION_FAULT={spec!r}: n must be a whole number") from None
+        _refuse(f"LEGION_FAULT={spec!r}: n must be a whole number")
     return parts[0], parts[1], n
+
+
+def _refuse(message: str) -> NoReturn:
+    """Stop with exit code 2, as every command does on a bad setting."""
+    sys.stderr.write(f"error: {message}\n")
+    raise SystemExit(2)
 
 
 _ARMED = _parse(os.environ.get("LEGION_FAULT", ""))

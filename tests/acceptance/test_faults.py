@@ -430,3 +430,16 @@ def test_a_worker_killed_at_each_commit_point_loses_nothing(
         check(store, env, n=n)
     finally:
         fleet.stop_all()
+
+
+@pytest.mark.parametrize("spec", ["bogus:kill", "completed:explode", "completed:kill:x"])
+def test_a_bad_fault_setting_stops_the_command_with_exit_code_2(spec: str) -> None:
+    done = subprocess.run(
+        [*LEGION, "status", "--help"],
+        env={**os.environ, "LEGION_FAULT": spec},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done
+    assert done.stderr.startswith(f"error: LEGION_FAULT={spec!r}: "), done.stderr

@@ -200,5 +200,5 @@ async def _warm() -> None:
 
 @legion.agent(retries=0)
 async def leaves_a_task(ctx: legion.Context, x: int) -> str:
-    asyncio.create_task(_warm())  # MARK: left-running
+    asyncio.create_task(_warm())  # noqa: RUF006  # MARK: left-running
     return "done"

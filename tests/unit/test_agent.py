@@ -46,6 +46,24 @@ def test_arguments_that_do_not_fit_raise_input_error() -> None:
         one.arguments(5)
 
 
+def test_an_object_read_as_arguments_hints_at_wrapping_it_only_where_it_could_fit() -> None:
+    @legion.agent
+    async def counted(ctx: legion.Context, n: int) -> int:
+        return n
+
+    @legion.agent
+    async def keyed(ctx: legion.Context, data: dict[str, int]) -> int:
+        return len(data)
+
+    # {"n": "abc"}: wrapped again ({"n": {"n": "abc"}}) it could never be an int.
+    with pytest.raises(InputError) as raised:
+        counted.arguments({"n": "abc"})
+    assert "valid integer" in str(raised.value) and "around it" not in str(raised.value)
+    with pytest.raises(InputError) as wrapped:
+        keyed.arguments({"data": 5})
+    assert 'send {"data": ...} around it' in str(wrapped.value)
+
+
 def test_a_value_for_an_agent_without_parameters_says_what_it_takes() -> None:
     @legion.agent
     async def none_(ctx: legion.Context) -> int:
