@@ -202,3 +202,13 @@ async def _warm() -> None:
 async def leaves_a_task(ctx: legion.Context, x: int) -> str:
     asyncio.create_task(_warm())  # noqa: RUF006  # MARK: left-running
     return "done"
+
+
+async def _notify(q: str) -> str:
+    return q
+
+
+@legion.agent(retries=0)
+async def forgets_an_await(ctx: legion.Context, q: str) -> str:
+    _notify(q)  # type: ignore[unused-coroutine]  # MARK: coroutine-dropped
+    return "done"

@@ -163,6 +163,24 @@ async def test_sdk_calls_made_in_a_task_of_their_own_are_sited_at_the_agents_lin
     assert f"pitfall_agents.py:{line})" in found.message
 
 
+async def test_a_coroutine_let_go_unawaited_is_reported_and_fails_in_strict_mode(
+    db_url: str,
+) -> None:
+    # Any coroutine, an SDK's call among them (`client.chat.completions.create(...)`
+    # without `await`): Python's RuntimeWarning on stderr was all there was, and --strict
+    # let the task succeed.
+    with pytest.warns(RuntimeWarning, match="never awaited"):
+        r = await run(db_url, agents.forgets_an_await, "q")
+    (found,) = r.diagnostics
+    assert found.kind is Kind.UNAWAITED
+    assert "coroutine '_notify'" in found.message and "never awaited" in found.message
+    assert found.site is not None and found.site.line == line_of("coroutine-dropped")
+    with pytest.warns(RuntimeWarning, match="never awaited"):
+        strict = await run(db_url, agents.forgets_an_await, "r", strict=True)
+    assert strict.status is TaskStatus.FAILED
+    assert strict.error is not None and strict.error.type == "UnawaitedWork"
+
+
 async def test_a_ctx_call_can_be_made_a_task(db_url: str) -> None:
     # It failed with "a coroutine was expected, got <...Pending object>", and was then
     # also reported as never awaited.

@@ -19,9 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import logging
+import sys
+import warnings
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
+from types import FrameType
 from typing import Any, Protocol
 
 from legion.errors import LoopStopRefused
@@ -35,6 +39,8 @@ class Owner(Protocol):
     def spawned(self, task: asyncio.Task[Any]) -> None: ...
 
     def escaped(self, task: asyncio.Task[Any], exc: BaseException) -> None: ...
+
+    def never_awaited(self, coroutine: Coroutine[Any, Any, Any], frame: FrameType) -> None: ...
 
 
 CURRENT: contextvars.ContextVar[Owner | None] = contextvars.ContextVar(
@@ -125,6 +131,7 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
 
     loop.set_exception_handler(handler)
     _guard_stop(loop)
+    _watch_unawaited()
 
 
 def _guard_stop(loop: asyncio.AbstractEventLoop) -> None:
@@ -160,6 +167,63 @@ def uninstall(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(saved[1])
     if "stop" in vars(loop):
         del loop.stop  # the class's own again
+    _unwatch_unawaited()
+
+
+# -- coroutines never awaited ---------------------------------------------------------
+#
+# Python warns of a coroutine let go unawaited (``client.chat.completions.create(...)``
+# without ``await``: the call never happened) through `warnings._warn_unawaited_coroutine`,
+# which it looks up each time. While workers run, that hook first tells the instance
+# whose code let it go - the coroutine is freed at the agent's line that dropped it, in
+# the instance's task - then warns as Python does. One freed by the cyclic collector
+# (anywhere, in any instance's turn) is only warned of: who let it go is not known.
+
+_WATCHERS = 0
+_PYTHONS_WARNING: Callable[[Any], None] | None = None
+_COLLECTING = False
+
+
+def _collecting(phase: str, info: dict[str, Any]) -> None:
+    global _COLLECTING
+    _COLLECTING = phase == "start"
+
+
+def _never_awaited(coroutine: Any) -> None:
+    owner = CURRENT.get()
+    if owner is not None and not _COLLECTING and isinstance(coroutine, Coroutine):
+        with contextlib.suppress(Exception):  # (a report, never a new failure)
+            owner.never_awaited(coroutine, sys._getframe(1))
+    if getattr(coroutine, "cr_origin", None) is not None and _PYTHONS_WARNING is not None:
+        _PYTHONS_WARNING(coroutine)  # (its text names where it was made)
+        return
+    # Python's own words, at the line that let it go (its hook, called from here, would
+    # name this line).
+    name = getattr(coroutine, "__qualname__", coroutine)
+    warnings.warn(
+        f"coroutine '{name}' was never awaited", RuntimeWarning, stacklevel=2, source=coroutine
+    )
+
+
+def _watch_unawaited() -> None:
+    global _WATCHERS, _PYTHONS_WARNING
+    _WATCHERS += 1
+    if _WATCHERS > 1 or not hasattr(warnings, "_warn_unawaited_coroutine"):
+        return
+    _PYTHONS_WARNING = warnings._warn_unawaited_coroutine
+    warnings._warn_unawaited_coroutine = _never_awaited
+    gc.callbacks.append(_collecting)
+
+
+def _unwatch_unawaited() -> None:
+    global _WATCHERS, _PYTHONS_WARNING
+    _WATCHERS = max(0, _WATCHERS - 1)
+    if _WATCHERS or _PYTHONS_WARNING is None:
+        return
+    warnings._warn_unawaited_coroutine = _PYTHONS_WARNING  # type: ignore[attr-defined]
+    _PYTHONS_WARNING = None
+    with contextlib.suppress(ValueError):
+        gc.callbacks.remove(_collecting)
 
 
 def unretrieved_exception(task: asyncio.Task[Any]) -> BaseException | None:

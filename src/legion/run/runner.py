@@ -12,7 +12,8 @@ import enum
 import logging
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from legion import attempt, codec, telemetry
@@ -138,6 +139,20 @@ class Instance(attempt.AttemptTime):
             self.found(found)
         else:  # too late to go with the attempt's record: say it in the log
             log.warning("task %s: %s", self.lease.id, found.message)
+
+    def never_awaited(self, coroutine: Coroutine[Any, Any, Any], frame: FrameType) -> None:
+        """A coroutine its code let go without awaiting it (at ``frame``'s line, or up
+        from it): what it would have done never happened."""
+        made = callers_line(frame)
+        where = f" let go at {made.site()}" if made is not None else ""
+        self.found(
+            Diagnostic(
+                Kind.UNAWAITED,
+                f"agent `{self.agent.name}`: coroutine {_name(coroutine)!r}{where} was "
+                "never awaited, so it never ran: `await` it, or pass it to `ctx.gather`",
+                made.site() if made is not None else None,
+            )
+        )
 
     def _made_at(self, task: asyncio.Task[Any]) -> SiteRef | None:
         """The agent's line that created ``task``, one of its children."""
@@ -320,6 +335,10 @@ async def run_instance(
         finally:
             if services.on_end is not None and not instance.abandoned:
                 services.on_end(instance)  # (abandoned: the worker freed its slot then)
+
+
+def _name(coroutine: Coroutine[Any, Any, Any]) -> str:
+    return str(getattr(coroutine, "__qualname__", coroutine))
 
 
 def _hand_in(instance: Instance, journal: Journal, done: Completion) -> None:
