@@ -186,3 +186,35 @@ async def test_a_task_purged_before_its_end_was_read_is_skipped_not_waited_for(
         if follower is not None:
             follower.cancel()
         await store.aclose()
+
+
+async def test_a_reading_runtime_closes_right_after_a_result_on_postgres(
+    postgres_url: str,
+) -> None:
+    # A result read, then the runtime closed at once: the follower of the event feed was
+    # waiting for a pool connection the read had just given back, and on Python 3.11 the
+    # pool's wait dropped the close's cancel: the close waited for ever (5 of 5 runs).
+    @legion.agent
+    async def echo(ctx: legion.Context, x: int) -> int:
+        return x
+
+    async with Runtime(postgres_url) as rt:
+        done = [r async for r in rt.map(echo, [1])]
+    for _ in range(5):
+        reader = Runtime(postgres_url, worker=False)
+        await reader.__aenter__()
+        assert (await reader.result(done[0].id)).output == 1
+        # (bounded only so that a hang fails the test instead of the whole run)
+        await asyncio.wait_for(reader.aclose(), timeout=60)
+
+
+def test_closing_from_another_event_loop_says_so(tmp_path: Path) -> None:
+    # It raised a bare CancelledError (the worker's task, cancelled with its own loop).
+    async def opened() -> Runtime:
+        rt = Runtime(f"sqlite:///{tmp_path / 'loops.db'}")
+        await rt.__aenter__()
+        return rt
+
+    rt = asyncio.run(opened())
+    with pytest.raises(RuntimeError, match="opened in another event loop"):
+        asyncio.run(rt.aclose())

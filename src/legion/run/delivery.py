@@ -126,6 +126,7 @@ class Delivery:
         # The readers waiting for results now, and why none will come (see `halt`).
         self._inboxes: weakref.WeakSet[Inbox] = weakref.WeakSet()
         self._halted: BaseException | None = None
+        self._stopping = False
 
     def inbox(self) -> Inbox:
         """An inbox for one reader, failed at once if `halt` was called."""
@@ -142,6 +143,14 @@ class Delivery:
         self._halted = error
         for box in list(self._inboxes):
             box.fail(error)
+
+    def stop(self) -> None:
+        """End `follow` (the runtime closes): at its next turn, also if the cancel that
+        goes with this was lost (asyncio.wait_for in psycopg's pool, on Python 3.11, can
+        drop a cancel that comes as its wait ends: the follower then waited for readers
+        for ever, and the runtime's close with it)."""
+        self._stopping = True
+        self._has_waiters.set()
 
     async def start(self) -> None:
         """Follow the feed from now on."""
@@ -317,11 +326,13 @@ class Delivery:
         """Deliver results of tasks that finished in other processes (or were reclaimed)."""
         quiet = 0.05
         rechecked = monotonic()
-        while True:
+        while not self._stopping:
             if not self._waiters:
                 self._has_waiters.clear()
                 await self._has_waiters.wait()
                 rechecked = monotonic()
+                if self._stopping:
+                    return
             every = max(RECHECK_SECONDS, len(self._waiters) / RECHECK_PER_SECOND)
             if monotonic() - rechecked >= every:
                 rechecked = monotonic()

@@ -258,6 +258,7 @@ class Runtime:
         tasks stay in the store, where another runtime or worker runs them)."""
         if not self._open:
             return
+        self._check_loop()
         self._open = False
         await self.drain()
         self._delivery.halt(
@@ -266,9 +267,15 @@ class Runtime:
                 "store: a worker on it runs it, and `result` on another runtime answers it)"
             )
         )
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._delivery.stop()
+        pending = set(self._tasks)
+        while pending:  # (cancelled again until they end: one cancel can be lost)
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        for t in self._tasks:  # (retrieved, as gather(return_exceptions=True) did)
+            if not t.cancelled():
+                t.exception()
         self._tasks.clear()
         self._closed = True  # (a submit while it drained was taken, and its result raised)
         try:
