@@ -153,20 +153,30 @@ def _uses(second: StepTrace, first: StepTrace) -> bool:
         return True
     texts_in = [t for t in second.inputs if isinstance(t, str)]
     texts_out = [o for o in outputs if isinstance(o, str)]
-    return any(o in t or _share_excerpt(o, t) for o in texts_out for t in texts_in)
-
-
-def _share_excerpt(a: str, b: str) -> bool:
-    """Whether ``a`` and ``b`` have a run of `MIN_EXCERPT` characters in common: a
-    piece of one result inside another text (``f"Title for: {draft[:60]}"``), which
-    neither holds whole."""
-    if len(a) < MIN_EXCERPT or len(b) < MIN_EXCERPT:
-        return False
-    short, long = (a, b) if len(a) <= len(b) else (b, a)
-    if short in long:
+    if any(o in t for o in texts_out for t in texts_in):
         return True
-    runs = {long[i : i + MIN_EXCERPT] for i in range(len(long) - MIN_EXCERPT + 1)}
-    return any(short[i : i + MIN_EXCERPT] in runs for i in range(len(short) - MIN_EXCERPT + 1))
+    return _share_excerpt(texts_out, texts_in)
+
+
+MAX_COMPARED = 1_000_000
+"""Characters of texts compared run by run at most; past it, the pair counts as a
+dependency (when in doubt, no report)."""
+
+
+def _share_excerpt(texts_out: list[str], texts_in: list[str]) -> bool:
+    """Whether a text of the result and one of the inputs have a run of `MIN_EXCERPT`
+    characters in common: a piece of the result inside other text (``f"Title for:
+    {draft[:60]}"``), which neither holds whole. Each run of the result's texts is kept
+    once, and each of the inputs' looked up (linear in their lengths)."""
+    texts_out = [o for o in texts_out if len(o) >= MIN_EXCERPT]
+    texts_in = [t for t in texts_in if len(t) >= MIN_EXCERPT]
+    if not texts_out or not texts_in:
+        return False
+    if sum(map(len, texts_out)) + sum(map(len, texts_in)) > MAX_COMPARED:
+        return True
+    size = MIN_EXCERPT
+    runs = {o[i : i + size] for o in texts_out for i in range(len(o) - size + 1)}
+    return any(t[i : i + size] in runs for t in texts_in for i in range(len(t) - size + 1))
 
 
 _VECTOR_WRITES = ("add", "delete")
