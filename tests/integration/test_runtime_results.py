@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -218,3 +219,32 @@ def test_closing_from_another_event_loop_says_so(tmp_path: Path) -> None:
     rt = asyncio.run(opened())
     with pytest.raises(RuntimeError, match="opened in another event loop"):
         asyncio.run(rt.aclose())
+
+
+async def test_waiting_for_tasks_no_worker_serves_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Runtime opened to read results by id, its agent not registered: its worker runs
+    # none of them, and the wait went on in silence.
+    @legion.agent
+    async def echo(ctx: legion.Context, x: int) -> int:
+        return x
+
+    url = f"sqlite:///{tmp_path / 'unserved.db'}"
+    async with Runtime(url, worker=False) as submitter:
+        queued = await submitter.submit(echo, 1)
+    with caplog.at_level(logging.WARNING, logger="legion.runtime"):
+        async with Runtime(url) as reader:
+            waiting = asyncio.create_task(reader.result(queued.id))
+            for _ in range(1000):  # (until it is said, or 10 s)
+                if "no live worker serves it" in caplog.text:
+                    break
+                await asyncio.sleep(0.01)
+            waiting.cancel()
+    assert "the tasks of agent 'echo' wait for a worker" in caplog.text
+    # The same runtime with the agent registered says nothing, and runs it.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="legion.runtime"):
+        async with Runtime(url, agents=[echo]) as served:
+            assert (await served.result(queued.id)).output == 1
+    assert "no live worker serves it" not in caplog.text

@@ -13,7 +13,7 @@ from legion.cli.times import utc
 from legion.diagnostics.report import Diagnostic, raised_at
 from legion.diagnostics.summary import summarize
 from legion.store import Store, WorkerInfo, redact_url, store_from_url
-from legion.store.types import SILENT_AFTER
+from legion.store.types import SILENT_AFTER, served_agents
 from legion.store.waiting import WaitingInfo
 from legion.task import TaskStatus
 
@@ -299,12 +299,7 @@ def _unserved(
     """The agents with queued tasks that no live worker serves (none will run them): a
     worker that imports an agent whose ``resources=`` its ``--offer`` does not cover
     (``uncovered`` in its heartbeat) leases none of its tasks."""
-    served = {
-        agent
-        for w in workers
-        if w.live(now)
-        for agent in set(w.load.get("agents", ())) - set(w.load.get("uncovered", ()))
-    }
+    served = served_agents(workers, now)
     return sorted(a for a, c in by_agent.items() if c.get(TaskStatus.QUEUED) and a not in served)
 
 

@@ -156,8 +156,11 @@ class Delivery:
         """Follow the feed from now on."""
         self._cursor = await self._store.last_event_id()
 
-    async def results(self, ids: Sequence[int]) -> AsyncGenerator[TaskResult, None]:
-        """Yield the results of these tasks as they finish."""
+    async def results(
+        self, ids: Sequence[int], unfinished: Callable[[set[str]], None] | None = None
+    ) -> AsyncGenerator[TaskResult, None]:
+        """Yield the results of these tasks as they finish (``unfinished``: told the
+        agents of those not finished when they are first read)."""
         inbox = self.inbox()
         asked = set(ids)
         wanted = set(asked)
@@ -182,6 +185,10 @@ class Delivery:
             for info in infos:
                 if info.status in TERMINAL_STATUSES:
                     deliver(TaskResult.from_info(info))
+            if unfinished is not None:
+                agents = {i.agent for i in infos if i.status not in TERMINAL_STATUSES}
+                if agents:
+                    unfinished(agents)
             for _ in found:
                 result = await inbox.get()
                 if not gone(result):  # (purged before its end was read: as if never there)

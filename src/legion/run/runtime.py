@@ -15,6 +15,7 @@ anywhere.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -28,9 +29,12 @@ from legion.run.worker import Worker, WorkerConfig
 from legion.stats import Statistics
 from legion.store import Store, store_from_url
 from legion.store.tenancy import DEFAULT_TENANT, scoped_key
+from legion.store.types import served_agents
 from legion.task import NewTask, Submitted, TaskInfo, TaskResult, TaskStatus
 from legion.waiting.calls import event_problem
 from legion.waiting.family import cascades, requeue_descendants, unfinished_descendants
+
+log = logging.getLogger("legion.runtime")
 
 if TYPE_CHECKING:
     from legion.executors import Executor
@@ -148,6 +152,7 @@ class Runtime:
         self._worker_task: asyncio.Task[None] | None = None
         self._draining = False  # drain() stopped the worker (not an error)
         self._tasks: list[asyncio.Task[None]] = []
+        self._said_unserved: set[str] = set()  # (agents whose tasks no worker serves)
         self._delivery = Delivery(self.store, local_worker=self._local_worker_id)
         self._open = False
         self._closed = False  # (once closed, for good: `open` and calls say so)
@@ -464,7 +469,30 @@ class Runtime:
         and an id of no task skipped (`result` raises `TaskFailed` for one), as is a task
         purged (`legion purge`) before its end was read: count the results, not the ids."""
         self._check_loop()
-        return self._delivery.results([task_id_of(i) for i in ids])
+        return self._delivery.results([task_id_of(i) for i in ids], self._look_for_workers)
+
+    def _look_for_workers(self, agents: set[str]) -> None:
+        """Results are awaited of tasks of ``agents``: say of each that no live worker
+        serves (once), or the wait goes on in silence (a Runtime opened to read results
+        by id, its agents not registered: its worker runs none of them)."""
+        mine = set(self._agents) if self.worker is not None else set()
+        unknown = agents - mine - self._said_unserved
+        if unknown and self._open:
+            self._said_unserved |= unknown
+            self._tasks.append(asyncio.create_task(self._say_if_unserved(unknown)))
+
+    async def _say_if_unserved(self, agents: set[str]) -> None:
+        try:
+            workers, now = await self.store.workers(), await self.store.now()
+        except Exception:  # (a warning only: the wait goes on as it would)
+            return
+        for agent in sorted(agents - served_agents(workers, now)):
+            log.warning(
+                "the tasks of agent %r wait for a worker, and no live worker serves it: this "
+                "Runtime's worker runs the agents registered with it (rt.register(agent), or "
+                "Runtime(agents=[...])), a `legion worker --app FILE` those FILE defines",
+                agent,
+            )
 
     async def result(self, task_id: TaskRef, *, raise_on_failure: bool = False) -> TaskResult:
         """Wait until the task finishes and answer how it ended."""

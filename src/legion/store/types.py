@@ -146,6 +146,18 @@ class WorkerInfo:
         return identity.is_gone(theirs, identity.current() if me is None else me)
 
 
+def served_agents(workers: Sequence[WorkerInfo], now: float) -> set[str]:
+    """The agents the live workers among ``workers`` serve: those each one imports (its
+    heartbeat's ``agents``), less those whose ``resources=`` its ``--offer`` does not
+    cover (``uncovered``: it leases none of their tasks)."""
+    return {
+        agent
+        for w in workers
+        if w.live(now)
+        for agent in set(w.load.get("agents", ())) - set(w.load.get("uncovered", ()))
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Backlog:
     """The tasks ready to run now, and when the oldest of them was submitted."""
