@@ -72,6 +72,12 @@ class Agent:
         input_model: type[BaseModel] | None = None,
         output_model: Any = None,
     ) -> None:
+        if inspect.isasyncgenfunction(fn):
+            raise ConfigError(
+                f"agent {options.name!r} is an async generator (it yields): an agent answers "
+                "one result, so `return` it (stream pieces with ctx.llm.chat's stream, or a "
+                "ctx.step for each)"
+            )
         if not inspect.iscoroutinefunction(fn):
             raise ConfigError(f"agent {options.name!r} must be an `async def` function")
         self.fn = fn

@@ -248,3 +248,19 @@ async def test_waiting_for_tasks_no_worker_serves_says_so(
         async with Runtime(url, agents=[echo]) as served:
             assert (await served.result(queued.id)).output == 1
     assert "no live worker serves it" not in caplog.text
+
+
+async def test_an_agent_defined_again_under_its_name_says_how_to_go_on(tmp_path: Path) -> None:
+    # A notebook's cell run twice defines the agent anew: the refusal gave no way on.
+    def define() -> legion.Agent:
+        @legion.agent(name="cell")
+        async def cell(ctx: legion.Context, x: int) -> int:
+            return x
+
+        return cell
+
+    async with Runtime(f"sqlite:///{tmp_path / 'cells.db'}", agents=[define()]) as rt:
+        with pytest.raises(
+            legion.ConfigError, match=r"two different agents are named 'cell'.* name="
+        ):
+            rt.register(define())

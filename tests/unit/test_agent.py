@@ -168,6 +168,8 @@ def test_a_single_dict_parameter_takes_any_object() -> None:
     ("source", "message"),
     [
         ("def f(ctx): pass", "must be an `async def`"),
+        # (it is one, as the message said it should be: what is wrong is that it yields)
+        ("async def f(ctx):\n    yield 1", "is an async generator .* `return` it"),
         ("async def f(): pass", "context as its first parameter"),
         ("async def f(ctx, *args): pass", "plain or keyword-only"),
         # pydantic takes a name with a leading underscore for a private attribute, not a

@@ -308,7 +308,11 @@ class Runtime:
         if existing is agent:
             return
         if existing is not None:
-            raise ConfigError(f"two different agents are named {agent.name!r}")
+            raise ConfigError(
+                f"two different agents are named {agent.name!r} (one defined again, as by a "
+                "notebook's cell run twice? give each its own name=, or open a new Runtime "
+                "for the new one)"
+            )
         self._agents[agent.name] = agent
         if self.worker is not None:
             self.worker.add_agent(agent)
