@@ -126,7 +126,8 @@ def run(
         typer.Option(
             "--strict",
             help="Fail a task whose agent made a step, LLM call, memory write, durable "
-            "wait, child task or ctx.gather it never awaited (by default it is reported).",
+            "wait, child task, ctx.gather or other coroutine it never awaited (by default "
+            "it is reported).",
         ),
     ] = False,
     local_worker: Annotated[
@@ -312,7 +313,8 @@ def worker(
         bool,
         typer.Option(
             "--strict",
-            help="Fail a task whose agent left a step, call, wait, child or gather unawaited.",
+            help="Fail a task whose agent left a step, call, wait, child, gather or other "
+            "coroutine unawaited.",
         ),
     ] = False,
     store_wait: StoreWaitOpt = 300.0,
