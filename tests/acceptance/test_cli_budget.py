@@ -109,6 +109,13 @@ def test_the_same_command_again_buys_nothing_past_the_budget(tmp_path: Path) -> 
         assert code == 3, output
         served = sim_stats(url)["requests_total"]
         assert served <= 13, served
+        # Each task's first call reserves one of the budget's calls: a worker that leased
+        # every queued task (100) saw 87 of them refused at their first call, each back in
+        # the queue with a BudgetExceeded error it never met. It leases no more than the
+        # tasks that made a call, and one while none ran (its call finds the budget spent).
+        refused = asyncio.run(_parked(tmp_path))
+        assert {t.error.type for t in refused if t.error} == {"BudgetExceeded"}
+        assert len(refused) <= 14, len(refused)
         for _ in range(2):
             code, output = _run(tmp_path, url, "--max-calls", "13", concurrency=100)
             assert code == 3, output
@@ -118,31 +125,11 @@ def test_the_same_command_again_buys_nothing_past_the_budget(tmp_path: Path) -> 
         proc.communicate(timeout=30)
 
 
-def test_a_call_budget_leases_no_more_tasks_than_it_has_calls_for(tmp_path: Path) -> None:
-    # Each task's first call reserves one of the budget's calls: a worker that leased
-    # every queued task (100) saw 87 of them refused at their first call, each back in
-    # the queue with a BudgetExceeded error it never met.
-    proc, url = start_sim("--model", "sim-model", "--latency", "0.01")
-    try:
-        (tmp_path / "app.py").write_text(AGENT)
-        write_jsonl(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(100)])
-        code, output = _run(tmp_path, url, "--max-calls", "13", concurrency=100)
-        assert code == 3, output
-        assert sim_stats(url)["requests_total"] <= 13
-
-        async def parked() -> list[TaskInfo]:
-            async with Runtime(f"sqlite:///{tmp_path / 'legion.db'}", worker=False) as rt:
-                tasks = await rt.store.list_tasks(TaskQuery(limit=1000))
-            return [t for t in tasks if t.error is not None]
-
-        refused = asyncio.run(parked())
-        assert {t.error.type for t in refused if t.error} == {"BudgetExceeded"}
-        # The tasks that made a call, and at most one leased while none ran (its call
-        # finds the budget spent, and the run stops).
-        assert len(refused) <= 14, len(refused)
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+async def _parked(tmp_path: Path) -> list[TaskInfo]:
+    """The tasks that went back to the queue with an error."""
+    async with Runtime(f"sqlite:///{tmp_path / 'legion.db'}", worker=False) as rt:
+        tasks = await rt.store.list_tasks(TaskQuery(limit=1000))
+    return [t for t in tasks if t.error is not None]
 
 
 def test_a_cost_budget_counts_the_configured_prices(tmp_path: Path) -> None:
