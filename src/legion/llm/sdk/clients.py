@@ -3,8 +3,9 @@
 The SDKs are optional: ``pip install 'legion-runtime[openai]'`` (or ``[anthropic]``).
 Their own retries are off (``max_retries=0``), so legion's policy is the only one, and
 each attempt has the route's timeout, or the SDK's (``timeout=`` on a call, or
-``with_options``) where it is shorter: it bounds each attempt of a chat call, not the
-waits for capacity, and legion's retries follow as for any timeout.
+``with_options``) where it is shorter: it bounds each attempt of a plain chat call, not
+the waits for capacity, and legion's retries follow as for any timeout. A stream keeps
+the route's timeouts (to its first byte, then between pieces).
 """
 
 from __future__ import annotations

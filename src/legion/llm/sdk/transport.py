@@ -177,7 +177,10 @@ class LegionTransport(httpx2.AsyncBaseTransport):
 
     async def _chat(self, chat: WireChat, limit: float | None) -> ChatResponse:
         route = self.route_for(chat.model)
-        timeout = self._limit(route, limit)
+        # A plain call's answer comes whole: the SDK's read timeout bounds it. A stream's
+        # bounds the gaps between its pieces, which the route's own timeouts watch (to
+        # the first byte, then idle): taken as the attempt's whole, it cut long streams.
+        timeout = None if chat.stream else self._limit(route, limit)
         return await self._calls.chat(
             chat.messages, route, timeout=timeout, stream=chat.stream, **chat.params
         )
