@@ -186,15 +186,11 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         )
 
     async def _stream(
-        self,
-        chat: WireChat,
-        render: _Renderer,
-        error: Callable[[int, str], bytes],
-        limit: float | None,
+        self, chat: WireChat, render: _Renderer, error: Callable[[int, str], bytes]
     ) -> httpx2.Response:
         """A streamed call: nothing is answered before its first piece (a failure before
         then is an HTTP error, as from the provider), then each piece as it comes."""
-        live = LiveCall(lambda: self._chat(chat, limit))
+        live = LiveCall(lambda: self._chat(chat, None))  # (a stream: the route's timeouts)
         try:
             first = await live.next()
             if first is None:  # replayed, or from a provider that does not stream
@@ -212,7 +208,7 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         if chat.stream:
             model = chat.model or self._client.route_for(self.route_for(chat.model)).model
             chunks = openai_wire.ChunkStream(openai_wire.stream_id(body), model, chat.include_usage)
-            return await self._stream(chat, chunks, openai_wire.render_stream_error, limit)
+            return await self._stream(chat, chunks, openai_wire.render_stream_error)
         response = await self._chat(chat, limit)
         content = openai_wire.render_completion(response, chat.model)
         return httpx2.Response(200, headers=_JSON, content=content)
@@ -236,7 +232,7 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         if chat.stream:
             model = chat.model or self._client.route_for(self.route_for(chat.model)).model
             events = anthropic_wire.EventStream(anthropic_wire.stream_message_id(body), model)
-            return await self._stream(chat, events, anthropic_wire.render_stream_error, limit)
+            return await self._stream(chat, events, anthropic_wire.render_stream_error)
         response = await self._chat(chat, limit)
         content = anthropic_wire.render_message(response, chat.model)
         return httpx2.Response(200, headers=_JSON, content=content)
