@@ -343,10 +343,10 @@ class Runtime:
     ) -> Submitted:
         """Queue one task (of ``tenant``: whose it is, as an API key's tenant; a route
         shares its capacity fairly between tenants). The same ``key`` twice answers the
-        first task. An input that
-        does not fit the agent's parameters is refused here (`legion.errors.InputError`,
-        nothing queued), as the HTTP API refuses it; `submit_many` and `map` queue each
-        input and fail the task of one that does not fit, as `legion run` does a line."""
+        first task. An input that does not fit the agent's parameters is refused here
+        (`legion.errors.InputError`, nothing queued), as the HTTP API refuses it;
+        `submit_many` and `map` queue each input and fail the task of one that does not
+        fit, as `legion run` does a line."""
         self.register(agent)  # (refuses what is not an agent, before its input is read)
         try:
             data: bytes | None = codec.dumps(input)
