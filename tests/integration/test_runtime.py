@@ -598,6 +598,8 @@ async def test_an_agent_that_swallows_its_timeout_and_returns_still_timed_out(
         (result,) = await collect(rt, stubborn, [1])
     assert result.status is TaskStatus.DEAD and result.output is None
     assert result.error is not None and result.error.type == "TaskTimeout"
+    # What it did is said: nothing else (no report, no line) named it.
+    assert "it caught the cancellation that stopped it" in result.error.message
 
 
 async def test_a_step_made_after_the_agent_returned_does_not_run(db_url: str) -> None:

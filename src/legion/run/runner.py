@@ -288,6 +288,11 @@ async def run_instance(
             # time before the timer could stop it (it blocked the event loop, or returned
             # within the timers' 50 ms grain): the timeout stands.
             error = _timed_out(agent, instance)
+            if instance.stop_reason is StopReason.TIMEOUT:  # (said: no report names it)
+                error = type(error)(
+                    f"{error}; it caught the cancellation that stopped it "
+                    "(asyncio.CancelledError) and returned after it: let it propagate"
+                )
         finished = clock.wall()
         usage = ctx.usage_json()
         found = _look_back(instance, ctx)
