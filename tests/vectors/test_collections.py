@@ -488,10 +488,14 @@ async def test_a_search_by_another_model_than_the_collections_is_refused(
 
     async with Runtime(vec_url, llm=sim_client(sim)) as rt:
         assert (await rt.result((await rt.submit(load)).id)).ok
+        sent = sim.simulator.stats().requests_total
         other = await rt.result((await rt.submit(search_with, "other")).id)
         assert other.status is TaskStatus.FAILED and other.attempt == 1
         assert other.error is not None and other.error.type == "VectorError"
         assert "holds embeddings of model 'sim-model', not 'other-model'" in other.error.message
+        # Refused before its embedding was bought (a route here serves the collection's
+        # model, and the one named is another's).
+        assert sim.simulator.stats().requests_total == sent
         same = await rt.result((await rt.submit(search_with, "default")).id)
         assert same.status is TaskStatus.SUCCEEDED and same.output[0] in (DOCS[0], DOCS[3])
     # A worker with no route of the collection's model.

@@ -221,6 +221,18 @@ class LLMCalls:
             return False
         return True
 
+    def embed_model(self, model: str | None) -> str | None:
+        """The model of the route an embedding call naming ``model`` goes to (``None``: no
+        route serves it)."""
+        try:
+            return self._client.embed_route(model).model
+        except Permanent:
+            return None
+
+    def route_models(self) -> set[str]:
+        """The models this worker's routes are configured with."""
+        return {route.model for route in self._client.routes.values()}
+
     async def embed_unrecorded(
         self, texts: Sequence[str], model: str | None = None, **params: Any
     ) -> dict[str, Any]:

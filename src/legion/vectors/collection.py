@@ -168,6 +168,14 @@ class Collection:
                 "LLM route of this worker serves: give it a route of that model (--llm)"
             )
         model = self._model or (found.model if found is not None else None)
+        if found is not None and self._model is not None:
+            # Refused before the embedding is bought, where it certainly differs: the route
+            # named is of another model than the collection's, which a route here serves
+            # (a provider may answer under another name than its route's: then compared
+            # after, by what it answered).
+            named = llm.embed_model(self._model)
+            if named not in (None, found.model) and found.model in llm.route_models():
+                check_same(found, CollectionInfo(self.name, found.scope, named, found.dims))
         data = await llm.embed_unrecorded(texts, model)
         embeddings = Embeddings.from_json(data)
         if found is not None:
