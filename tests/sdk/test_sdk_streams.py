@@ -160,3 +160,27 @@ async def test_a_replayed_stream_comes_whole_and_parses_to_the_same_completion(
         assert {c["id"] for c in live} == {c["id"] for c in replayed}  # the request's id
     finally:
         await client.aclose()
+
+
+async def test_a_stream_broken_off_and_left_open_is_not_called_the_agents_task(
+    db_url: str,
+) -> None:
+    # legion's own task that reads the stream was claimed as one the agent created, and
+    # reported on every task as "still running after the agent returned".
+    @legion.agent(retries=0)
+    async def breaks_off(ctx: legion.Context, question: str) -> str:
+        stream = await ctx.llm.openai().chat.completions.create(
+            model="sim-model",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=64,
+            stream=True,
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                return chunk.choices[0].delta.content  # (the stream left open)
+        return ""
+
+    async with Runtime(db_url, llm="sim") as rt:
+        results = [r async for r in rt.map(breaks_off, ["one", "two", "three"])]
+    assert all(r.ok for r in results), results
+    assert [d.message for r in results for d in r.diagnostics] == []

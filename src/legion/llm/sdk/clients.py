@@ -1,11 +1,10 @@
 """The SDK clients of ``ctx.llm.openai()`` and ``ctx.llm.anthropic()``.
 
 The SDKs are optional: ``pip install 'legion-runtime[openai]'`` (or ``[anthropic]``).
-Their own retries are off (``max_retries=0``), so legion's policy is the only one, and
-each attempt has the route's timeout, or the SDK's (``timeout=`` on a call, or
-``with_options``) where it is shorter: it bounds each attempt of a plain chat call, not
-the waits for capacity, and legion's retries follow as for any timeout. A stream keeps
-the route's timeouts (to its first byte, then between pieces).
+Their own retries are off (``max_retries=0``) and their timeout is not used: each
+attempt has the route's timeouts, so legion's policy is the only one. (The SDK's would
+count the waits for capacity too; and a shorter one on one call, timing its attempts
+out, made the route count as failing, which held every call on it for minutes.)
 """
 
 from __future__ import annotations

@@ -27,7 +27,12 @@ class LiveCall:
     def __init__(self, call: Callable[[], Awaitable[ChatResponse]]) -> None:
         self._pieces: asyncio.Queue[Delta | None] = asyncio.Queue()
         self._ended = False
-        self._task = asyncio.create_task(self._run(call), name="legion-stream")
+        # asyncio.Task, not create_task: legion's task, not one the agent made (the loop's
+        # factory reported a stream broken off and left open as a task the agent created
+        # and left running). Its error is read here if no reader takes it (a stream left
+        # open ends after its attempt, its record refused: a traceback on stderr).
+        self._task = asyncio.Task(self._run(call), name="legion-stream")
+        self._task.add_done_callback(_retrieved)
 
     async def _run(self, call: Callable[[], Awaitable[ChatResponse]]) -> ChatResponse:
         try:
@@ -57,3 +62,8 @@ class LiveCall:
             await asyncio.wait((task,))
         if not task.cancelled():
             task.exception()  # retrieved: the reader has gone, no one else will
+
+
+def _retrieved(task: asyncio.Task[ChatResponse]) -> None:
+    if not task.cancelled():
+        task.exception()

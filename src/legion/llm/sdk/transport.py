@@ -141,18 +141,16 @@ class LegionTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         body = await request.aread()
         path = request.url.path.rstrip("/")
-        limit = _timeout(request)
         try:
             if request.method != "POST":
                 return self._error(404, f"legion serves no {request.method} {path}", None)
             if self._dialect == "openai":
                 if path.endswith("/chat/completions"):
-                    return await self._openai_chat(openai_wire.parse_chat(body), body, limit)
+                    return await self._openai_chat(openai_wire.parse_chat(body), body)
                 if path.endswith("/embeddings"):
                     return await self._openai_embed(body)
             elif path.endswith("/messages"):
-                chat = anthropic_wire.parse_messages(body)
-                return await self._anthropic_messages(chat, body, limit)
+                return await self._anthropic_messages(anthropic_wire.parse_messages(body), body)
             return self._error(
                 404, f"legion serves no POST {path} for the {self._dialect} SDK", None
             )
@@ -168,29 +166,16 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         except Permanent:
             return self._client.route_for(None).name
 
-    def _limit(self, route: str, limit: float | None) -> float | None:
-        """The timeout of each attempt on ``route``: the SDK's (``timeout=``,
-        ``with_options``) where it is shorter than the route's, else the route's (``None``)."""
-        if limit is None or limit >= self._client.route_for(route).timeout:
-            return None
-        return limit
-
-    async def _chat(self, chat: WireChat, limit: float | None) -> ChatResponse:
+    async def _chat(self, chat: WireChat) -> ChatResponse:
         route = self.route_for(chat.model)
-        # A plain call's answer comes whole: the SDK's read timeout bounds it. A stream's
-        # bounds the gaps between its pieces, which the route's own timeouts watch (to
-        # the first byte, then idle): taken as the attempt's whole, it cut long streams.
-        timeout = None if chat.stream else self._limit(route, limit)
-        return await self._calls.chat(
-            chat.messages, route, timeout=timeout, stream=chat.stream, **chat.params
-        )
+        return await self._calls.chat(chat.messages, route, stream=chat.stream, **chat.params)
 
     async def _stream(
         self, chat: WireChat, render: _Renderer, error: Callable[[int, str], bytes]
     ) -> httpx2.Response:
         """A streamed call: nothing is answered before its first piece (a failure before
         then is an HTTP error, as from the provider), then each piece as it comes."""
-        live = LiveCall(lambda: self._chat(chat, None))  # (a stream: the route's timeouts)
+        live = LiveCall(lambda: self._chat(chat))
         try:
             first = await live.next()
             if first is None:  # replayed, or from a provider that does not stream
@@ -202,14 +187,12 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         stream = _LiveEvents(live, first, render, error)
         return httpx2.Response(200, headers=_EVENTS, stream=stream)
 
-    async def _openai_chat(
-        self, chat: WireChat, body: bytes, limit: float | None
-    ) -> httpx2.Response:
+    async def _openai_chat(self, chat: WireChat, body: bytes) -> httpx2.Response:
         if chat.stream:
             model = chat.model or self._client.route_for(self.route_for(chat.model)).model
             chunks = openai_wire.ChunkStream(openai_wire.stream_id(body), model, chat.include_usage)
             return await self._stream(chat, chunks, openai_wire.render_stream_error)
-        response = await self._chat(chat, limit)
+        response = await self._chat(chat)
         content = openai_wire.render_completion(response, chat.model)
         return httpx2.Response(200, headers=_JSON, content=content)
 
@@ -226,14 +209,12 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         except Permanent:
             return None
 
-    async def _anthropic_messages(
-        self, chat: WireChat, body: bytes, limit: float | None
-    ) -> httpx2.Response:
+    async def _anthropic_messages(self, chat: WireChat, body: bytes) -> httpx2.Response:
         if chat.stream:
             model = chat.model or self._client.route_for(self.route_for(chat.model)).model
             events = anthropic_wire.EventStream(anthropic_wire.stream_message_id(body), model)
             return await self._stream(chat, events, anthropic_wire.render_stream_error)
-        response = await self._chat(chat, limit)
+        response = await self._chat(chat)
         content = anthropic_wire.render_message(response, chat.model)
         return httpx2.Response(200, headers=_JSON, content=content)
 
@@ -262,13 +243,3 @@ class LegionTransport(httpx2.AsyncBaseTransport):
             content=render(status, message),
             extensions={LEGION_ERROR: exc} if isinstance(exc, LegionError) else {},
         )
-
-
-def _timeout(request: httpx2.Request) -> float | None:
-    """The SDK's timeout of a request (``timeout=`` on the call, ``with_options``, the
-    client's): how long its answer may take to come (httpx's read timeout), or ``None``."""
-    timeout = request.extensions.get("timeout")
-    if not isinstance(timeout, dict):
-        return None
-    read = timeout.get("read")
-    return float(read) if isinstance(read, (int, float)) and read > 0 else None
