@@ -177,7 +177,7 @@ async def test_a_stream_broken_off_and_left_open_is_not_called_the_agents_task(
         )
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
-                return chunk.choices[0].delta.content  # (the stream left open)
+                return str(chunk.choices[0].delta.content)  # (the stream left open)
         return ""
 
     async with Runtime(db_url, llm="sim") as rt:
