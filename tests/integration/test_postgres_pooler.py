@@ -15,9 +15,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -29,7 +30,8 @@ PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
 def _bouncer(server: str, ignore: str) -> Iterator[str]:
-    """A transaction-mode PgBouncer in front of ``server``; its URL."""
+    """A transaction-mode PgBouncer in front of ``server`` (its database), with one
+    server connection for its clients to share; its URL."""
     if not os.path.exists(PGBOUNCER):
         pytest.fail("these tests need PgBouncer: apt-get install pgbouncer", pytrace=False)
     target = urlsplit(server)
@@ -44,6 +46,7 @@ def _bouncer(server: str, ignore: str) -> Iterator[str]:
         "[pgbouncer]\nlisten_addr = 127.0.0.1\n"
         f"listen_port = {port}\nauth_type = trust\nauth_file = {folder / 'users.txt'}\n"
         f"pool_mode = transaction\nignore_startup_parameters = {ignore}\n"
+        "default_pool_size = 1\n"
         f"pidfile = {folder / 'pgbouncer.pid'}\nunix_socket_dir =\n"
     )
     command = [PGBOUNCER, str(folder / "pgbouncer.ini")]
@@ -70,6 +73,26 @@ def bouncer_dropping_options(postgres_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def bouncer_to_a_guarded_database(postgres_server: str) -> Iterator[str]:
+    """A pooler dropping ``options`` in front of a database of its own whose sessions
+    have a ``statement_timeout`` of 7 s (a managed service's guardrail)."""
+    import psycopg
+
+    name = f"legion_pooler_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+        conn.execute(f"ALTER DATABASE {name} SET statement_timeout = '7s'")
+    try:
+        yield from _bouncer(
+            urlunsplit(urlsplit(postgres_server)._replace(path=f"/{name}")),
+            "options,extra_float_digits",
+        )
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
 def bouncer_refusing_options(postgres_server: str) -> Iterator[str]:
     yield from _bouncer(postgres_server, "extra_float_digits")
 
@@ -91,3 +114,25 @@ async def test_a_pooler_that_refuses_the_session_settings_is_said_so(
     said = str(refused.value)
     assert "unsupported startup parameter: options" in said, said
     assert "a connection pooler between?" in said, said
+
+
+async def test_a_pooler_is_refused_before_anything_is_written_through_it(
+    bouncer_to_a_guarded_database: str,
+) -> None:
+    """The schema's migration lifts its session's statement bounds and made legion's
+    tables before the pooler was refused: the lifted bounds stayed on the pool's server
+    connection, which the pooler's next client (another application) was handed, without
+    its database's guardrail."""
+    import psycopg
+
+    store = store_from_url(bouncer_to_a_guarded_database)
+    with pytest.raises(ConfigError, match="do not keep the session settings legion sends"):
+        await store.open()
+    await store.aclose()
+    async with await psycopg.AsyncConnection.connect(
+        bouncer_to_a_guarded_database, autocommit=True
+    ) as conn:
+        cur = await conn.execute("SHOW statement_timeout")
+        assert await cur.fetchone() == ("7s",)
+        cur = await conn.execute("SELECT to_regclass('tasks') IS NULL")
+        assert await cur.fetchone() == (True,)

@@ -232,6 +232,10 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
     async def open(self) -> None:
         if _POOL_LOG.level == logging.NOTSET:
             _POOL_LOG.setLevel(logging.ERROR)
+        # The session is checked first: through a pooler that drops or mixes sessions, the
+        # migration's lifted bounds stayed on a server connection that other clients of
+        # the pool were handed next, and legion's tables were made before it was refused.
+        await self._check_session()
         conn = await self._connect(self._migration_conninfo)
         try:
             async with conn:
@@ -245,7 +249,6 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                     "let the schema's owner GRANT CREATE ON SCHEMA to it)"
                 )
             raise StoreError(f"{self._where} is not a usable legion store: {said}") from exc
-        await self._check_session()
         pool: AsyncConnectionPool[Connection] = Pool(
             self._conninfo,
             kwargs={"autocommit": True},
