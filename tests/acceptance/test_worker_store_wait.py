@@ -260,3 +260,51 @@ def test_a_run_whose_database_goes_away_stops_after_store_wait_and_resumes(
     assert all(r["status"] == "succeeded" for r in results)
     ran = {line.split(":")[0] for line in log.read_text().split()}
     assert len(ran) == 200  # every task ran (some twice: those running when it stopped)
+
+
+def test_a_run_started_before_its_database_waits_then_runs_every_line(
+    tmp_path: Path, agents_file: Path, cluster: PrivateCluster
+) -> None:
+    """It exited 2 at once, as if refused, where a worker beside it waited: a submitter
+    started while a fleet's workers fill the server (at its max_connections), or while
+    the database restarts, failed while everything else went on."""
+    log, out = tmp_path / "steps.log", tmp_path / "out.jsonl"
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(20)])
+    run = start_legion(
+        "run",
+        f"{agents_file}:work",
+        "-i",
+        str(inputs),
+        "-o",
+        str(out),
+        "--store",
+        cluster.url,
+        "--no-progress",
+        env={"STEP_LOG": str(log)},
+    )
+    try:
+        waiting = read_until(run, "the store is unavailable (try 1)")
+        assert "trying again in" in waiting[-1] and "giving up in 300s" in waiting[-1]
+        cluster.start()
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, err
+    results = read_jsonl(out)
+    assert [r["status"] for r in results] == ["succeeded"] * 20
+
+
+def test_a_run_gives_up_on_a_store_that_never_answers_with_code_5(
+    tmp_path: Path, agents_file: Path, cluster: PrivateCluster
+) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text("")  # (the user's file: left as it was)
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"i": 1}])
+    command = ("run", f"{agents_file}:work", "-i", str(inputs), "-o", str(out))
+    gave_up = legion(*command, "--store", cluster.url, "--store-wait", "1")
+    assert gave_up.returncode == 5, gave_up.stderr
+    assert "the store is still unavailable after" in gave_up.stderr, gave_up.stderr
+    assert "Traceback" not in gave_up.stderr
+    assert out.read_text() == "" and not Path(f"{out}.partial").exists()

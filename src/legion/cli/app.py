@@ -169,9 +169,10 @@ def run(
         typer.Option(
             min=1,
             max=10**9,
-            help="Seconds the run waits for a store that stops answering in its middle "
-            "(a database down, unreachable) before it stops with exit code 5; what "
-            "finished is kept, and the same command run again goes on from there.",
+            help="Seconds the run waits for a store that does not answer (a database down, "
+            "unreachable or at its max_connections), at start or in its middle, before it "
+            "stops with exit code 5; what finished is kept, and the same command run "
+            "again goes on from there.",
         ),
     ] = 300.0,
 ) -> None:
@@ -181,8 +182,8 @@ def run(
     and the line's content (or its "_key" field), so running the same command again
     skips what finished and runs the rest. Exits 1 if any task did not succeed, 2 when an
     error stopped the run (a rejected API key, an output it could not write), 3 when its
-    budget stopped it, 4 when an agent froze the event loop, 5 when the store stopped
-    answering for --store-wait seconds, 128 + the signal's number when a signal did (130
+    budget stopped it, 4 when an agent froze the event loop, 5 when the store did not
+    answer for --store-wait seconds, 128 + the signal's number when a signal did (130
     for Ctrl-C, 143 for SIGTERM).
     """
     from legion.cli.llm_options import ExecutorOptions

@@ -28,6 +28,7 @@ from legion.cli.wiring import (
     RuntimeOptions,
     StopSignals,
     open_runtime,
+    open_store,
     stop_signals,
     until_first,
 )
@@ -176,12 +177,23 @@ async def _run_lines(
     if opts.runtime.worker:
         _say_if_not_covered(opts, console)
     agents = (opts.agent, *opts.peers) if opts.runtime.worker else ()
+    # A store that cannot serve yet (a database down or restarting, a server at its
+    # max_connections while a fleet's workers fill it) is waited for, as a worker waits.
+    store = await open_store(
+        opts.runtime.store,
+        lease_seconds=opts.runtime.lease_seconds,
+        wait=opts.store_wait,
+        console=console,
+    )
+    if store is None:
+        return EXIT_STORE_GONE  # (nothing submitted: the same command starts it afresh)
     async with (
-        # (entered first, left last: the runtime's close, its drain and last writes, is
-        # watched too)
+        contextlib.aclosing(store),
+        # (entered before the runtime, left after: the runtime's close, its drain and
+        # last writes, is watched too)
         watch_store(opts.store_wait, lambda: _store_gone(console, opts, sink, out)) as store_watch,
         open_runtime(
-            opts.runtime, agents=agents, on_routes=console.print, earlier_spending=True
+            opts.runtime, store=store, agents=agents, on_routes=console.print, earlier_spending=True
         ) as rt,
     ):
         store_watch.store = rt.store
