@@ -18,10 +18,15 @@ LEGION = [sys.executable, "-m", "legion"]
 
 
 def legion(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*LEGION, *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -621,6 +621,30 @@ def test_signal_data_that_is_not_strict_json_is_refused(tmp_path: Path, agents_f
     assert asyncio.run(kept(task)) == [b'{"amount":5}', None]  # JSON would have kept null
 
 
+def test_signal_data_comes_from_a_file_or_standard_input(tmp_path: Path, agents_file: Path) -> None:
+    """Data too large for a command line ("Argument list too long") had no way in."""
+    store = f"sqlite:///{tmp_path / 'db'}"
+
+    async def kept(task: int) -> list[bytes | None]:
+        async with Runtime(store, worker=False) as rt:
+            return [await rt.store.signal_data(task, "go", i) for i in range(3)]
+
+    task = queued_task(store, agents_file)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"text": "x" * 3_000_000}, separators=(",", ":")))
+    assert legion("signal", str(task), "go", "--data", f"@{big}", "--store", store).returncode == 0
+    piped = legion("signal", str(task), "go", "--data", "-", "--store", store, stdin='{"n": 2}')
+    assert piped.returncode == 0, piped.stderr
+    first, second, third = asyncio.run(kept(task))
+    assert first == big.read_bytes() and second == b'{"n":2}' and third is None
+    for data, said in [
+        (f"@{tmp_path / 'missing.json'}", "error: cannot read --data @"),
+        (f"@{agents_file}", f"error: the data in {agents_file} is not JSON: "),
+    ]:
+        refused = legion("signal", str(task), "go", "--data", data, "--store", store)
+        assert refused.returncode == 2 and refused.stderr.startswith(said), refused.stderr
+
+
 def test_signal_for_one_wait_keeps_nothing_unless_the_task_waits_for_it(
     tmp_path: Path, agents_file: Path
 ) -> None:

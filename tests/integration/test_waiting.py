@@ -587,6 +587,23 @@ async def test_the_runtime_refuses_a_signal_no_wait_can_receive(store_url: str) 
                 assert message in str(exc)
             else:
                 raise AssertionError(f"a signal {event[:10]!r} was taken")
+        # Data nested 254 levels deep was taken ("queued"), and the task failed where it
+        # received it: its record of the signal, one level more, could not be stored.
+        deep: Any = 1
+        for _ in range(254):
+            deep = [deep]
+        for data, message in [
+            (deep, "nested deeper than 200 levels"),
+            (float("nan"), "cannot be sent as JSON: value is NaN or infinite"),
+            (b"raw", "cannot be sent as JSON: bytes is not JSON serializable"),
+        ]:
+            try:
+                await rt.signal(t.id, "go", data)
+            except ValueError as exc:
+                assert message in str(exc), exc
+            else:
+                raise AssertionError(f"the data {str(data)[:10]!r} was taken")
+        assert await rt.store.signal_data(t.id, "go", 0) is None  # (nothing kept)
         await rt.cancel(t.id)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,7 +30,7 @@ def register(app: typer.Typer) -> None:
                 "--data",
                 "-d",
                 help="The signal's data, as JSON (ctx.wait_for answers it). For an approval: "
-                "'{\"approved\": true}'.",
+                "'{\"approved\": true}'. @FILE reads it from a file, - from standard input.",
             ),
         ] = "null",
         waiting: Annotated[
@@ -51,10 +53,11 @@ def register(app: typer.Typer) -> None:
         """
         from legion.waiting.calls import MAX_EVENT
 
+        given, where = _data_text(data)
         try:  # strict JSON, as the HTTP API reads it: no NaN or Infinity, no integer past
-            value: Any = codec.loads_given(data.encode())  # 64 bits (read as a float)
+            value: Any = codec.loads_given(given)  # 64 bits (read as a float)
         except codec.JSONDecodeError as exc:
-            raise _fail(f"--data is not JSON: {codec.json_error(exc)}") from None
+            raise _fail(f"{where} is not JSON: {codec.json_error(exc)}") from None
         if not event:
             raise _fail("the event name is empty")
         if len(event) > MAX_EVENT:
@@ -78,3 +81,20 @@ def register(app: typer.Typer) -> None:
         if status.terminal:
             raise _fail(f"task {task_id} is {status}: it takes no more signals", code=1)
         print(f"{task_id}\t{status}")
+
+
+def _data_text(data: str) -> tuple[bytes, str]:
+    """The JSON text ``--data`` gives (itself, ``@FILE``'s content or standard input's
+    for ``-``: no JSON text begins with either) and what to call it in an error. Data too
+    large for a command line (the shell's "Argument list too long") goes in a file."""
+    if data == "-":
+        if sys.stdin is None:
+            raise _fail("cannot read --data -: standard input is closed")
+        return sys.stdin.buffer.read(), "the data read from standard input"
+    if data.startswith("@"):
+        path = Path(data[1:])
+        try:
+            return path.read_bytes(), f"the data in {path}"
+        except OSError as exc:
+            raise _fail(f"cannot read --data {data}: {exc.strerror or exc}") from None
+    return data.encode(), "--data"

@@ -557,7 +557,7 @@ class Runtime:
         if problem := event_problem(event):  # (as `legion signal` and the HTTP API refuse)
             raise ValueError(problem)
         status = await self.store.signal(
-            task_id, event, codec.dumps(data), self._clock.wall(), waiting=waiting
+            task_id, event, _signal_data(event, data), self._clock.wall(), waiting=waiting
         )
         if status is TaskStatus.QUEUED and self.worker is not None:
             self.worker.wake()
@@ -581,6 +581,23 @@ class Runtime:
 
 
 _CLOSED = "this Runtime is closed (a Runtime opens once): make a new one"
+
+
+def _signal_data(event: str, data: Any) -> bytes:
+    """``data`` as the JSON a signal keeps, or `ValueError` saying why it cannot be sent:
+    what `legion signal` and the HTTP API refuse (deeper than `codec.MAX_DEPTH`, which the
+    task's record of the signal, one level more, could not store: the task failed when it
+    received it), and what is not JSON."""
+    try:
+        encoded = codec.dumps(data)
+        codec.loads_given(encoded)
+    except OutputError as exc:
+        why = str(exc).removeprefix("cannot store value as JSON: ")
+        raise ValueError(f"the data of signal {event!r} cannot be sent as JSON: {why}") from None
+    except codec.JSONDecodeError as exc:
+        raise ValueError(f"the data of signal {event!r} is {exc.msg}") from None
+    return encoded
+
 
 TaskRef = int | Submitted
 """A task, named by its id or by what `Runtime.submit` answered for it."""
