@@ -595,7 +595,7 @@ async def test_the_runtime_refuses_a_signal_no_wait_can_receive(store_url: str) 
         for data, message in [
             (deep, "nested deeper than 200 levels"),
             (float("nan"), "cannot be sent as JSON: value is NaN or infinite"),
-            (b"raw", "cannot be sent as JSON: bytes is not JSON serializable"),
+            (b"raw", "cannot be sent as JSON: Type is not JSON serializable: bytes"),
         ]:
             try:
                 await rt.signal(t.id, "go", data)
