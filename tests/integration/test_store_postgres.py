@@ -858,3 +858,44 @@ async def test_a_password_written_raw_in_the_url_is_in_no_error(
     for quoted in re.findall(r"\"[^\"]*\"|'[^']*'", said):  # (where libpq echoes a URL)
         runs = {password[i : i + 3] for i in range(len(password) - 2)}
         assert not any(run in quoted for run in runs), said
+
+
+async def test_children_linked_while_another_worker_ends_them_survive_the_deadlock(
+    postgres_url: str,
+) -> None:
+    """A parent links its children to itself in the order of their ids; another worker's
+    completion of some of them (already leased there) locks them in the order they ended.
+    PostgreSQL ends such a deadlock by aborting one of the two; the link was the one, and
+    the parent failed with the error where it made its children (a fan-out over two
+    workers, in 1 of ~10 full test runs). Here the other worker holds the last child and
+    then asks for the first."""
+    store = store_from_url(postgres_url)
+    await store.open()
+    try:
+        (parent,) = await store.submit([new("p", key="p")], 1.0)
+        children = [new(i, key=f"p.{i}") for i in range(3)]
+        first, _, last = await store.submit(children, 1.0)  # (made: linking answers them)
+        async with await psycopg.AsyncConnection.connect(libpq_url(postgres_url)) as other:
+            await other.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", [last.id])
+            linking = asyncio.ensure_future(store.submit_children(parent.id, children, 2.0))
+            async with await psycopg.AsyncConnection.connect(
+                libpq_url(postgres_url), autocommit=True
+            ) as look:
+                while not linking.done():  # until the link waits for the other's lock
+                    cur = await look.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'UPDATE tasks SET parent_id%%'"
+                    )
+                    if (await cur.fetchone()) == (1,):
+                        break
+                    await asyncio.sleep(0.01)
+            try:  # the cycle: one of the two is aborted (the link, waiting longer)
+                await other.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", [first.id])
+                await other.commit()
+            except psycopg.errors.DeadlockDetected:
+                await other.rollback()
+            linked = await asyncio.wait_for(linking, 60)
+        assert [c.id for c in linked] == [c.id for c in await store.submit(children, 3.0)]
+        assert [c.id for c in await store.children(parent.id)] == [c.id for c in linked]
+    finally:
+        await store.aclose()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import TupleRow
 
+from legion.errors import StoreUnavailable
 from legion.store.postgres_params import submit_params
 from legion.store.queries import queries
 from legion.store.rows import child_info, waiting_info
@@ -25,6 +26,9 @@ from legion.task import NewTask, Outcome, Submitted, TaskStatus
 
 W = queries("postgres", "waiting")
 TASKS = queries("postgres")
+LINK_TRIES = 5
+"""How many times linking children to their parent is tried when PostgreSQL aborts it
+to end a deadlock (see `submit_children`)."""
 _ENDED = frozenset({Outcome.SUCCEEDED, Outcome.FAILED, Outcome.DEAD, Outcome.CANCELLED})
 Connection = psycopg.AsyncConnection[TupleRow]
 Cursor = psycopg.AsyncCursor[TupleRow]
@@ -112,8 +116,22 @@ class PostgresWaiting:
         # Submitted first (its own transaction), then linked: a child that ends before it
         # is linked ends while its parent still runs, and the parent's suspension counts it.
         out = await self.submit(tasks, now)
-        async with self._cursor() as cur:
-            await cur.execute(W["set_parent"], {"parent": parent, "ids": [s.id for s in out]})
+        linked = {"parent": parent, "ids": [s.id for s in out]}
+        for tries in range(1, LINK_TRIES + 1):
+            try:
+                async with self._cursor() as cur:
+                    await cur.execute(W["set_parent"], linked)
+                break
+            except StoreUnavailable as exc:
+                # Linking locks the children in the order of their ids; another worker's
+                # completion of some of them (children already running there) locks them
+                # in the order they ended. PostgreSQL aborts one of the two: this statement
+                # alone, which then runs again (it links only what is not linked yet). The
+                # parent failed with the error where it made its children.
+                if not isinstance(exc.__cause__, psycopg.errors.DeadlockDetected):
+                    raise
+                if tries == LINK_TRIES:
+                    raise
         return out
 
     async def children(self, parent: int) -> list[ChildInfo]:
