@@ -867,7 +867,7 @@ async def test_children_linked_while_another_worker_ends_them_survive_the_deadlo
     completion of some of them (already leased there) locks them in the order they ended.
     PostgreSQL ends such a deadlock by aborting one of the two; the link was the one, and
     the parent failed with the error where it made its children (a fan-out over two
-    workers, in 1 of ~10 full test runs). Here the other worker holds the last child and
+    workers, seen once in a full test run). Here the other worker holds the last child and
     then asks for the first."""
     store = store_from_url(postgres_url)
     await store.open()
