@@ -121,12 +121,20 @@ async def test_the_heartbeat_stops_an_instance_whose_lease_it_cannot_extend(
         worker = rt.worker
         assert worker is not None
         await wait_until(lambda: worker.holds(submitted.id))
+        first = worker._instances[submitted.id].task
+        assert first is not None
         assert (await rt.store.reclaim(time.time(), [worker.id])).requeued == 1
         await worker.heartbeat()
-        await wait_until(lambda: not worker.holds(submitted.id))
+        # (its instance, not whether the worker holds the task: the task, queued again, may
+        # be leased again at once, by this worker too, which then held it again)
+        await asyncio.wait_for(asyncio.shield(first), 30)
         info = await rt.store.get(submitted.id)
         release.set()  # (the task may be leased again meanwhile: it ends, not drained 30 s)
-    assert info is not None and info.status is TaskStatus.QUEUED  # nothing written over it
+    # Nothing written over what the reclaim left: queued (its attempt not counted), or
+    # running it again.
+    assert info is not None and info.output is None, info
+    assert info.error is not None and info.error.type == "LeaseExpired", info
+    assert (info.status, info.attempt) in ((TaskStatus.QUEUED, 0), (TaskStatus.RUNNING, 1)), info
     assert any("lease on task" in r.getMessage() for r in caplog.records)
 
 
