@@ -210,3 +210,61 @@ def test_a_postgres_password_goes_into_no_result_file(tmp_path: Path) -> None:
         text = path.read_text()
         assert "S3cretPW" not in text and "K3y" not in text, text
         assert "postgresql://postgres:***@127.0.0.1/db" in text
+
+
+def test_a_postgresql_server_that_cannot_be_reached_is_said_with_what_the_command_offers(
+    tmp_path: Path,
+) -> None:
+    """scale-out named --sqlite-only, which it does not take (it is all on PostgreSQL), and
+    said so only after its SQLite leg had run; `all` named it too, without taking it."""
+    from tests.pg_cluster import free_port
+
+    away = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    out = tmp_path / "out"
+    scale = legion("bench", "scale-out", "--tasks", "20", "--postgres", away, "--out", str(out))
+    assert scale.returncode == 2, scale.stderr
+    assert "cannot reach PostgreSQL at" in scale.stderr, scale.stderr
+    assert "--sqlite-only" not in scale.stderr and "--postgres names a server" in scale.stderr
+    assert "scale-out: SQLite" not in scale.stderr  # (checked before its SQLite leg)
+    overhead = legion("bench", "overhead", "--tasks", "20", "--postgres", away, "--out", str(out))
+    assert overhead.returncode == 2 and "(--sqlite-only skips the PostgreSQL runs)" in (
+        overhead.stderr
+    ), overhead.stderr
+    assert "--sqlite-only" in legion("bench", "all", "--help").stdout
+    assert not out.exists()
+
+
+def test_a_vector_bench_says_its_postgresql_server_could_not_be_reached() -> None:
+    """It fell back to a private server (or left PostgreSQL out) as if the one named had no
+    pgvector."""
+    import psycopg
+
+    from legion.bench.vectors import _has_pgvector
+    from tests.pg_cluster import free_port
+
+    notes: list[str] = []
+    url = f"postgresql://postgres:S3cret@127.0.0.1:{free_port()}/x"
+    assert not _has_pgvector(psycopg, url, notes)
+    (note,) = notes
+    assert note.startswith("PostgreSQL at postgresql://postgres:***@127.0.0.1:"), note
+    assert "could not be reached" in note and "S3cret" not in note
+
+
+def test_a_bench_without_matplotlib_says_on_the_terminal_that_its_plots_were_skipped(
+    tmp_path: Path,
+) -> None:
+    """The note was only in NAME.md, below the table the terminal showed."""
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None  # (not installed)\n"
+        "from legion.cli import main\n"
+        "sys.argv = ['legion', 'bench', 'concurrency', '--instances', '50', '--delay', '0.01',"
+        f" '--out', {str(tmp_path)!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "plots skipped: matplotlib is not installed" in done.stderr, done.stderr
+    assert not list(tmp_path.glob("*.png"))

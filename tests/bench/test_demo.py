@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,12 @@ async def test_compare_runs_both_ways_and_reports(tmp_path: Path) -> None:
     assert {label for label, _, _ in rows(c)} >= {"makespan", "latency p99", "429s"}
     longer = extrapolate(c.sequential, 30)
     assert longer.makespan == pytest.approx(c.sequential.makespan * 10)
+    # Counts are of the tasks run, and say so: 3 tasks' requests beside 30 tasks' read as
+    # two runs that made different numbers of calls.
+    shown = dict((label, seq) for label, seq, _ in rows(replace(c, sequential=longer)))
+    assert shown["LLM requests"] == f"{3 * (HITS + 1)} (of 3 run)"
+    assert shown["429s"] == "0 (of 3 run)" and shown["tasks"] == "30 (3 run)"
+    assert shown["makespan"].endswith("(extrapolated)")
 
     html = render(c)
     assert html.startswith("<!doctype html>") and html.count("<svg") == 3

@@ -21,9 +21,16 @@ def with_params(url: str, **params: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
+SKIP_HINT = "--sqlite-only skips the PostgreSQL runs"
+"""What a command that can leave its PostgreSQL runs out tells a user whose server is away."""
+
+
 @asynccontextmanager
-async def fresh_schema(url: str, *, pool_max_size: int = 10) -> AsyncIterator[str]:
-    """A store URL on a new, empty schema of ``url``'s database, dropped on exit."""
+async def fresh_schema(
+    url: str, *, pool_max_size: int = 10, hint: str = SKIP_HINT
+) -> AsyncIterator[str]:
+    """A store URL on a new, empty schema of ``url``'s database, dropped on exit; a
+    server that cannot be reached is a `ConfigError` that ends with ``hint``."""
     try:
         import psycopg
         from psycopg import sql
@@ -35,10 +42,7 @@ async def fresh_schema(url: str, *, pool_max_size: int = 10) -> AsyncIterator[st
     try:
         conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
-        raise ConfigError(
-            f"cannot reach PostgreSQL at {redact_url(url)}: {exc} (--sqlite-only skips the "
-            "PostgreSQL runs)"
-        ) from exc
+        raise ConfigError(f"cannot reach PostgreSQL at {redact_url(url)}: {exc} ({hint})") from exc
     async with conn:
         await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:

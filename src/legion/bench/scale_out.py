@@ -124,6 +124,9 @@ async def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
             await asyncio.to_thread(w.wait)
 
 
+NEEDS_POSTGRES = "this scenario compares worker processes on PostgreSQL: --postgres names a server"
+
+
 async def _postgres(
     opts: ScaleOutOptions, processes: int, folder: Path, progress: Progress
 ) -> float:
@@ -132,7 +135,7 @@ async def _postgres(
     log = await asyncio.to_thread(log_path.open, "wb")
     try:
         async with (
-            fresh_schema(opts.postgres) as url,
+            fresh_schema(opts.postgres, hint=NEEDS_POSTGRES) as url,
             legion.Runtime(url, worker=False) as rt,  # creates the schema's tables
         ):
             workers = [_start_worker(url, opts, log) for _ in range(processes)]
@@ -171,6 +174,8 @@ async def run(
 ) -> BenchResult:
     opts = opts or ScaleOutOptions()
     makespans: dict[str, float] = {}
+    async with fresh_schema(opts.postgres, hint=NEEDS_POSTGRES):  # (before the SQLite leg)
+        pass
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         folder = Path(tmp)
         progress(f"scale-out: SQLite, one process, {opts.tasks:,} tasks")

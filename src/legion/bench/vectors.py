@@ -33,6 +33,7 @@ from typing import Any
 
 from legion.bench.results import BenchResult, Meter, Table, quiet
 from legion.errors import ConfigError
+from legion.store.urls import redact_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,8 @@ class VectorBenchOptions:
     queries: int = 200
     k: int = 10
     batch: int = 1000
-    postgres: str = ""
+    postgres: str | None = ""
+    """A server with pgvector (or one from the pgserver wheels); ``None``: SQLite only."""
     seed: int = 7
     data: str = "clustered"
     """``clustered`` (like text embeddings, which group by topic) or ``random``."""
@@ -103,6 +105,8 @@ async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet)
 
     notes: list[str] = []
     pg_server_dir: dict[str, str] = {}
+    if opts.postgres is None:
+        notes.append("PostgreSQL left out (--sqlite-only)")
     async with _pgvector(opts.postgres, notes, pg_server_dir) as pg:
         if pg is not None:
             progress("PostgreSQL + pgvector (HNSW)")
@@ -307,9 +311,13 @@ async def _size(store: Any, backend: Any) -> float:
 
 @asynccontextmanager
 async def _pgvector(
-    url: str, notes: list[str], server_dir: dict[str, str]
+    url: str | None, notes: list[str], server_dir: dict[str, str]
 ) -> AsyncIterator[str | None]:
-    """A store URL on a fresh schema of a server with pgvector, or ``None`` with a note."""
+    """A store URL on a fresh schema of a server with pgvector, or ``None`` with a note
+    (``url`` ``None``: none)."""
+    if url is None:
+        yield None
+        return
     try:
         import psycopg
         from psycopg import sql
@@ -318,7 +326,7 @@ async def _pgvector(
         yield None
         return
     server: Any = None
-    base = url if url and _has_pgvector(psycopg, url) else ""
+    base = url if url and _has_pgvector(psycopg, url, notes) else ""
     if not base:
         try:
             with warnings.catch_warnings():
@@ -345,7 +353,7 @@ async def _pgvector(
             raise
         base = str(server.get_uri())
         server_dir["dir"] = str(folder)
-        if not _has_pgvector(psycopg, base):
+        if not _has_pgvector(psycopg, base, notes):
             server.cleanup()
             notes.append("PostgreSQL left out: the pgserver server has no pgvector")
             yield None
@@ -364,9 +372,17 @@ async def _pgvector(
             server.cleanup()
 
 
-def _has_pgvector(psycopg: Any, url: str) -> bool:
+def _has_pgvector(psycopg: Any, url: str, notes: list[str]) -> bool:
+    """Whether the server at ``url`` has pgvector (made in its database); one that cannot
+    be reached is noted, not taken for one without it."""
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        said = " ".join(str(exc).split())
+        notes.append(f"PostgreSQL at {redact_url(url)} could not be reached: {said}")
+        return False
+    try:
+        with conn:
             row = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')"
             ).fetchone()

@@ -135,6 +135,9 @@ def _finish(result: BenchResult, out: Path, plots: bool) -> None:
         )
         raise typer.Exit(1) from None
     stderr_console().print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
+    for note in result.notes:  # (added as the files were written, after the table)
+        if note.startswith("plots skipped"):
+            stderr_console().print(f"{note}; --no-plots for none", style="yellow", highlight=False)
 
 
 def _run_scenario(make: Scenario) -> BenchResult:
@@ -476,6 +479,14 @@ def vectors_cmd(
 @bench.command("all")
 def all_cmd(
     postgres: PostgresOpt = DEFAULT_POSTGRES,
+    sqlite_only: Annotated[
+        bool,
+        typer.Option(
+            "--sqlite-only",
+            help="Skip the PostgreSQL runs (and the scale-out scenario, which is all on "
+            "PostgreSQL).",
+        ),
+    ] = False,
     out: OutOpt = DEFAULT_OUT,
     plots: PlotsOpt = True,
 ) -> None:
@@ -487,16 +498,21 @@ def all_cmd(
 
     _check_out(out)
 
+    pg = None if sqlite_only else postgres
     makers: list[Callable[[Callable[[str], None]], Coroutine[Any, Any, BenchResult]]] = [
-        lambda say: overhead.run(overhead.OverheadOptions(postgres=postgres), progress=say),
-        lambda say: steps.run(steps.StepsOptions(postgres=postgres), progress=say),
+        lambda say: overhead.run(overhead.OverheadOptions(postgres=pg), progress=say),
+        lambda say: steps.run(steps.StepsOptions(postgres=pg), progress=say),
         lambda say: capacity.run(progress=say),
         lambda say: concurrency.run(progress=say),
         lambda say: sequential.run(progress=say),
-        lambda say: scale_out.run(scale_out.ScaleOutOptions(postgres=postgres), progress=say),
         lambda say: autoscale.run(progress=say),
-        lambda say: vector_bench.run(vector_bench.VectorBenchOptions(postgres=postgres), say),
+        lambda say: vector_bench.run(vector_bench.VectorBenchOptions(postgres=pg), say),
     ]
+    if not sqlite_only:
+        makers.insert(
+            5,
+            lambda say: scale_out.run(scale_out.ScaleOutOptions(postgres=postgres), progress=say),
+        )
     for make in makers:
         _finish(_run_scenario(make), out, plots)
 

@@ -414,11 +414,11 @@ def rows(c: Comparison) -> list[tuple[str, str, str]]:
         row("latency p99", lambda r: fmt_ms(r.latency(0.99))),
         row("CPU time", lambda r: f"{r.cpu:,.2f} s{mark(r)}"),
         row("peak memory (RSS)", memory),
-        row("LLM requests", lambda r: f"{r.requests:,}"),
-        row("429s", lambda r: f"{r.rate_limited:,}"),
-        row("server errors (5xx)", lambda r: f"{r.errors:,}"),
-        row("hung calls (timed out)", lambda r: f"{r.no_answer:,}"),
-        row("tasks failed", lambda r: f"{r.failed:,}"),
+        row("LLM requests", lambda r: _counted(r.requests, r)),
+        row("429s", lambda r: _counted(r.rate_limited, r)),
+        row("server errors (5xx)", lambda r: _counted(r.errors, r)),
+        row("hung calls (timed out)", lambda r: _counted(r.no_answer, r)),
+        row("tasks failed", lambda r: _counted(r.failed, r)),
         row("half of the tasks done after", lambda r: _seconds(r.done_by(0.5), r)),
         row("90 % of the tasks done after", lambda r: _seconds(r.done_by(0.9), r)),
     ]
@@ -428,6 +428,11 @@ def rows(c: Comparison) -> list[tuple[str, str, str]]:
         out.append(("speed-up", "1.00x", speedup))
         out.append(("efficiency (speed-up / ideal)", "-", fmt_pct(i.efficiency)))
     return out
+
+
+def _counted(n: int, r: RunReport) -> str:
+    """A count of what ``r``'s run did: of the tasks it ran, when extrapolated."""
+    return f"{n:,}" + (f" (of {r.measured_tasks} run)" if r.extrapolated else "")
 
 
 def _seconds(value: float | None, r: RunReport) -> str:
