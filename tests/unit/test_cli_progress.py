@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -162,3 +163,23 @@ async def test_the_summary_says_how_many_calls_were_hedged() -> None:
     console = Console(file=io.StringIO())
     progress = Progress(RunTally(total=2), agent="a", console=console, llm=client, enabled=False)
     assert "; 1 hedged, 1 of them first" in progress.llm_line()
+
+
+async def test_the_summary_says_a_route_was_paced_at_a_rate_it_found() -> None:
+    """A provider that tells no limit (no --rpm, no rate-limit headers) is paced from a
+    slow start: a run's tasks took ~2.5 s against ~0.9 s with --rpm given, and its summary
+    said "0 429s" and nothing of the pace, so the time read as the agent's."""
+    untold = Capacity("untold", discover=True)
+    client = LLMClient(
+        [
+            Route("untold", ScriptedProvider(["ok"]), "m", untold),
+            Route("told", ScriptedProvider(["ok"]), "m", Capacity("told", rpm=600)),
+        ]
+    )
+    for name in ("untold", "told"):
+        await client.chat([{"role": "user", "content": "hi"}], name)
+    console = Console(file=io.StringIO())
+    progress = Progress(RunTally(total=2), agent="a", console=console, llm=client, enabled=False)
+    found, told = progress.llm_line().splitlines()
+    assert re.search(r"paced from a slow start to the rate found, [\d,]+ rpm \(--rpm", found), found
+    assert "rate found" not in told, told

@@ -209,6 +209,7 @@ class Progress:
                 + (f"; {r.hedged} hedged, {r.hedges_won} of them first" if r.hedged else "")
                 + (f"; answered by {served}" if served else "")
                 + (f"; errors: {errors}" if errors else "")
+                + _found_rate(r.capacity.found_rpm)
             )
         return "\n".join(lines)
 
@@ -266,6 +267,18 @@ def llm_counts(client: LLMClient) -> str:
     waiting = sum(c.waiting for c in stats)
     limited = sum(c.rate_limited for c in stats)
     return f"LLM {sent:,} sent, {waiting:,} waiting, {limited:,} 429s"
+
+
+def _found_rate(found_rpm: float | None) -> str:
+    """What the summary says of a route paced at a rate it found: its provider's limit
+    untold (no --rpm, no rate-limit headers), its calls began slowly and its pace was
+    only what worked, which a run's timings then show as the agent's."""
+    if found_rpm is None:
+        return ""
+    return (
+        f"; its rate limit unknown (no --rpm, none in the provider's headers): paced from a "
+        f"slow start to the rate found, {found_rpm:,.0f} rpm (--rpm gives the provider's)"
+    )
 
 
 def _limited(routes: Iterable[Route]) -> int:
