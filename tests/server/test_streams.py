@@ -164,3 +164,17 @@ async def test_streams_go_on_while_the_store_does_not_answer(
         gate.set()
         seen = [name async for name, _ in events(task)]  # to the stream's end
     assert seen[-1] == "end"
+
+
+def test_a_resumed_stream_sends_the_steps_of_an_attempt_on_a_clock_behind() -> None:
+    """Steps were ordered by the time they finished, each by its worker's clock: a task
+    taken over by a worker 20 s behind recorded steps that sorted before the last one a
+    client had received, and its resumed stream never sent them."""
+    from legion.server.streams import _through, in_order
+    from legion.store.types import StepInfo
+
+    ahead = [StepInfo(f"s{i}", 1, i, 1_000.0 + i, 1_000.5 + i) for i in range(4)]
+    behind = [StepInfo(f"s{i}", 2, i, 990.0 + i, 990.5 + i) for i in range(4, 8)]
+    steps = in_order(behind + ahead)
+    assert [s.key for s in steps] == [f"s{i}" for i in range(8)]
+    assert _through(steps, "s3") == ["s0", "s1", "s2", "s3"]

@@ -80,7 +80,7 @@ async def task_events(
             last = current
             yield ServerSentEvent(event="task", data=TaskOut.of(info))
         try:
-            steps = sorted(await store.steps(info.id), key=_finished)
+            steps = in_order(await store.steps(info.id))
         except StoreUnavailable:
             steps = None  # (read again at the next poll: the stream stays open meanwhile)
         if steps is not None:
@@ -135,10 +135,18 @@ async def progress(state: StateDep, key: KeyDep) -> AsyncIterable[ServerSentEven
     yield _CLOSING
 
 
-def _finished(step: StepInfo) -> tuple[float, str]:
-    """The order steps are sent in: as they finished (one that started first and
-    finished last comes last)."""
-    return step.finished_at, step.key
+def in_order(steps: list[StepInfo]) -> list[StepInfo]:
+    """``steps`` in the order they are sent: by attempt, then as they finished within it
+    (one that started first and finished last comes last). An attempt's steps are all
+    recorded before the next attempt's begin (a stale lease writes none), but each by its
+    own worker's clock: ordered by time alone, the steps of a task taken over by a worker
+    whose clock is behind came before those of the attempt before, and a client resumed
+    with ``Last-Event-ID`` was never sent them."""
+    return sorted(steps, key=_order)
+
+
+def _order(step: StepInfo) -> tuple[int, float, str]:
+    return step.attempt, step.finished_at, step.key
 
 
 def _through(steps: list[StepInfo], last: str) -> list[str]:
