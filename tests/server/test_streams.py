@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from fastapi.encoders import jsonable_encoder
 
 from legion.errors import StoreUnavailable
 from legion.server.keys import new_key
+from legion.server.streams import event_json
 from tests.server.conftest import Api, events, events_with_ids, next_event
 
 
@@ -109,6 +112,12 @@ async def test_the_progress_stream_follows_the_run(api: Api) -> None:
     assert snapshot["health"]["store_ok"] is True
     point = snapshot["point"]
     assert set(point) >= {"throughput", "p50", "p95", "p99", "in_flight", "queued"}
+    # Encoded by legion, as FastAPI's encoder writes them (NaN as null).
+    monitor = api.server.state.monitor
+    for value in (monitor.snapshot, monitor.history(), [float("nan"), float("inf")]):
+        assert json.loads(event_json(value)) == json.loads(
+            json.dumps(jsonable_encoder(value)).replace("NaN", "null").replace("Infinity", "null")
+        )
 
 
 async def test_streams_end_once_their_key_is_revoked(api: Api, gate: asyncio.Event) -> None:

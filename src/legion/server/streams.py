@@ -29,6 +29,7 @@ from urllib.parse import quote, unquote
 from fastapi import APIRouter, Depends, Header
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from legion import codec
 from legion.errors import StoreUnavailable
 from legion.server.deps import KeyDep, ServerState, StateDep, known_query, require_key
 from legion.server.schemas import TaskDetail, TaskOut, step_out
@@ -122,8 +123,8 @@ async def progress(state: StateDep, key: KeyDep) -> AsyncIterable[ServerSentEven
         return snapshot if key.admin else monitor.for_tenant(snapshot, key.tenant)
 
     history = monitor.history(None if key.admin else key.tenant)
-    yield ServerSentEvent(event="history", data=history)
-    yield ServerSentEvent(event="progress", data=seen(monitor.snapshot))
+    yield ServerSentEvent(event="history", raw_data=event_json(history))
+    yield ServerSentEvent(event="progress", raw_data=event_json(seen(monitor.snapshot)))
     while not monitor.closed:
         snapshot = await monitor.next_snapshot()
         if monitor.closed:
@@ -131,8 +132,16 @@ async def progress(state: StateDep, key: KeyDep) -> AsyncIterable[ServerSentEven
         if await _revoked_now(state, key):
             yield _revoked()
             return
-        yield ServerSentEvent(event="progress", data=seen(snapshot))
+        yield ServerSentEvent(event="progress", raw_data=event_json(seen(snapshot)))
     yield _CLOSING
+
+
+def event_json(value: object) -> str:
+    """``value`` (dataclasses, lists, numbers) as an event's JSON data, NaN as null: what
+    FastAPI's encoder writes for ``data=``, at about a fiftieth of its cost. The history,
+    ~300 samples, took ~9 ms a follower that way, and 1,000 followers connecting together
+    held the event loop for seconds, the server's own worker not leasing meanwhile."""
+    return codec.dumps(value, finite=False).decode()
 
 
 def in_order(steps: list[StepInfo]) -> list[StepInfo]:
