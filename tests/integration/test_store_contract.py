@@ -440,6 +440,7 @@ async def test_steps_are_recorded_once_and_replayed_on_the_next_attempt(store: S
     assert again.attempt == 2 and again.steps == {"search": b"[1,2]"}
     (info,) = await store.steps(s.id)
     assert info.key == "search" and info.output == [1, 2]
+    assert await store.step_count(s.id) == 1 and await store.step_count(s.id + 1) == 0
 
 
 async def test_reclaim_requeues_expired_and_buries_the_last_attempt(store: Store) -> None:

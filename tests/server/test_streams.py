@@ -151,7 +151,7 @@ async def test_streams_go_on_while_the_store_does_not_answer(
     task = await api.stream(f"/v1/tasks/{sub['id']}/events")
     await next_event(task, lambda name, _: name == "step")  # (it runs: it waits for the gate)
     store = api.runtime.store
-    calls = {"api_key": 0, "steps": 0, "get": 0}
+    calls = {"api_key": 0, "step_count": 0, "get": 0}
     failed_enough = asyncio.Event()
 
     def down(name: str) -> Callable[..., Awaitable[None]]:
@@ -187,3 +187,36 @@ def test_a_resumed_stream_sends_the_steps_of_an_attempt_on_a_clock_behind() -> N
     steps = in_order(behind + ahead)
     assert [s.key for s in steps] == [f"s{i}" for i in range(8)]
     assert _through(steps, "s3") == ["s0", "s1", "s2", "s3"]
+
+
+async def test_a_follower_reads_a_tasks_steps_again_only_when_there_are_new_ones(
+    api: Api, gate: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each poll (twice a second) read every step of the task: 200 followers of an idle
+    5,000-step task slowed every other request of the server twentyfold."""
+    _, sub = await api.call("POST", "/v1/tasks", body={"agent": "held", "input": {"n": 1}})
+    task = await api.stream(f"/v1/tasks/{sub['id']}/events")
+    await next_event(task, lambda name, _: name == "step")  # (it waits for the gate now)
+    store = api.runtime.store
+    reads = {"steps": 0, "step_count": 0}
+    counted = asyncio.Event()
+    steps, step_count = store.steps, store.step_count
+
+    async def read_steps(task_id: int) -> Any:
+        reads["steps"] += 1
+        return await steps(task_id)
+
+    async def count_steps(task_id: int) -> int:
+        reads["step_count"] += 1
+        if reads["step_count"] >= 3:
+            counted.set()
+        return await step_count(task_id)
+
+    monkeypatch.setattr(store, "steps", read_steps)
+    monkeypatch.setattr(store, "step_count", count_steps)
+    async with asyncio.timeout(30):  # (a bound on a broken test)
+        await counted.wait()  # three polls, nothing new
+        assert reads["steps"] == 0
+        gate.set()
+        seen = [name async for name, _ in events(task)]
+    assert seen[-1] == "end" and reads["steps"] >= 1  # (the end reads them all)

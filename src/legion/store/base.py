@@ -227,6 +227,11 @@ class TaskReader(Protocol):
 
     async def steps(self, task_id: int) -> list[StepInfo]: ...
 
+    async def step_count(self, task_id: int) -> int:
+        """How many steps a task has recorded: whether `steps` would answer a new one, at
+        the cost of an index's count (a follower of a long task polls it)."""
+        ...
+
     async def attempts(self, task_id: int) -> list[AttemptRecord]:
         """The ended attempts of a task, oldest first (one per completion its workers
         wrote; an attempt whose lease was lost wrote none)."""

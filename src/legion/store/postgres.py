@@ -943,6 +943,11 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
             await cur.execute(Q["steps_of"], {"task_id": task_id})
             return [StepInfo(k, a, codec.loads(o), s, f) for k, a, o, s, f in await cur.fetchall()]
 
+    async def step_count(self, task_id: int) -> int:
+        async with self._cursor() as cur:
+            await cur.execute(Q["step_count"], {"task_id": task_id})
+            return int(_one(await cur.fetchone()))
+
     async def attempts(self, task_id: int) -> list[AttemptRecord]:
         async with self._cursor() as cur:
             await cur.execute(Q["attempts_of"], {"task_id": task_id})

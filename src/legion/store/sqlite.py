@@ -875,6 +875,13 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
         return await self._call(run)
 
+    async def step_count(self, task_id: int) -> int:
+        def run() -> int:
+            (n,) = self._db.execute(Q["step_count"], {"task_id": task_id}).fetchone()
+            return int(n)
+
+        return await self._call(run)
+
     async def attempts(self, task_id: int) -> list[AttemptRecord]:
         def run() -> list[AttemptRecord]:
             rows = self._db.execute(Q["attempts_of"], {"task_id": task_id})

@@ -541,6 +541,9 @@ FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
   AND (CAST(%(tenant)s AS text) IS NULL OR tenant = %(tenant)s)
 ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %(limit)s;
 
+-- name: step_count
+SELECT count(*) FROM steps WHERE task_id = %(task_id)s;
+
 -- name: steps_of
 SELECT key, attempt, output, started_at, finished_at FROM steps WHERE task_id = %(task_id)s
 ORDER BY started_at, key;

@@ -404,6 +404,9 @@ FROM tasks WHERE error IS NOT NULL AND status IN ('failed', 'dead', 'queued')
   AND (:tenant IS NULL OR tenant = :tenant)
 ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT :limit;
 
+-- name: step_count
+SELECT count(*) FROM steps WHERE task_id = :task_id;
+
 -- name: steps_of
 SELECT key, attempt, output, started_at, finished_at FROM steps WHERE task_id = :task_id
 ORDER BY started_at, key;
