@@ -208,8 +208,10 @@ async function loadTasks() {
   const params = new URLSearchParams({ limit: "25" });
   const status = document.getElementById("filter-status").value;
   const agent = document.getElementById("filter-agent").value.trim();
+  const tenant = key.admin ? document.getElementById("filter-tenant").value.trim() : "";
   if (status) params.set("status", status);
   if (agent) params.set("agent", agent);
+  if (tenant) params.set("tenant", tenant);
   if (pages.cursor) params.set("cursor", pages.cursor);
   const query = params.toString();
   listing = query;
@@ -291,7 +293,9 @@ async function startTasks() {
   const resp = await api("/v1/key");
   if (resp.ok) key = await resp.json();
   setText("key-scope", key.admin ? "admin key: every tenant" : `tenant ${key.tenant}`);
-  for (const id of ["filter-status", "filter-agent"]) {
+  // (an admin key lists every tenant's tasks: it may pick one; a tenant's key, its own)
+  document.getElementById("filter-tenant-label").hidden = !key.admin;
+  for (const id of ["filter-status", "filter-agent", "filter-tenant"]) {
     document.getElementById(id).addEventListener("change", () => pages.turn("newest"));
   }
   document.getElementById("task-filters").addEventListener("submit", (e) => { e.preventDefault(); pages.turn("newest"); });
