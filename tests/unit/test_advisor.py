@@ -143,3 +143,24 @@ def test_a_lone_number_says_nothing_and_is_a_dependency() -> None:
     long = MIN_SAVING * 4
     saved = _trace("save", 0.0, long, ("row",), 42)
     assert advise("a", [saved, _trace("recent", long, long, ("latest",), "x")]) == []
+
+
+def test_the_summary_says_findings_that_share_a_line_overlap() -> None:
+    """Steps at lines 10, 11 and 12 one after the other (12 using 10's result): 10/11 and
+    11/12 were each said to save ~6 s in all over 20 tasks, 12 s together, where the one
+    gather that fits saved 6.2 s; and the example's ~383 ms, the largest, read as typical."""
+    from legion.diagnostics.report import Diagnostic, Kind, Site
+    from legion.diagnostics.summary import overlapping, summarize
+
+    def sited(line: int) -> Site:
+        return Site("agent.py", line, "brief")
+
+    def pair(a: int, b: int, seconds: float) -> Diagnostic:
+        message = f"steps at {a} and {b} could be gathered"
+        return Diagnostic(Kind.SEQUENTIAL_AWAIT, message, sited(b), seconds, (sited(a), sited(b)))
+
+    chain = [pair(10, 11, s) for s in (0.2, 0.4)] + [pair(11, 12, 0.3)]
+    groups = summarize(chain)
+    assert groups[0].line().endswith("[2 times; could save 600 ms in all, 300 ms on average]")
+    assert overlapping(groups)
+    assert not overlapping(summarize([pair(10, 11, 0.3), pair(20, 21, 0.3)]))

@@ -33,7 +33,7 @@ from legion.cli.wiring import (
     until_first,
 )
 from legion.diagnostics.report import Diagnostic, raised_at
-from legion.diagnostics.summary import summarize
+from legion.diagnostics.summary import OVERLAP_NOTE, overlapping, summarize
 from legion.errors import ConfigError, StoreError
 from legion.inputs import InputLine, read_jsonl
 from legion.llm.budget import Budget, BudgetLimits, Spend
@@ -638,3 +638,5 @@ def _print_diagnostics(console: Console, found: list[Diagnostic]) -> None:
         console.print(f"  {group.line()}")
     if len(groups) > 8:
         console.print(f"  ... and {len(groups) - 8} more")
+    if overlapping(groups):
+        console.print(f"  ({OVERLAP_NOTE})")

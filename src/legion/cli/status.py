@@ -11,7 +11,7 @@ from typing import Any
 from legion import codec
 from legion.cli.times import utc
 from legion.diagnostics.report import Diagnostic, raised_at
-from legion.diagnostics.summary import summarize
+from legion.diagnostics.summary import OVERLAP_NOTE, overlapping, summarize
 from legion.store import Store, WorkerInfo, redact_url, store_from_url
 from legion.store.types import SILENT_AFTER, served_agents
 from legion.store.waiting import WaitingInfo
@@ -252,6 +252,8 @@ async def show_status(
             console.print("no async pitfalls found in the latest tasks")
         for g in groups:
             console.print(f"- {g.line()}", markup=False)
+        if overlapping(groups):
+            console.print(f"({OVERLAP_NOTE})", markup=False)
 
 
 def _routes(workers: Sequence[WorkerInfo], now: float) -> dict[str, Any]:

@@ -15,14 +15,40 @@ class Group:
     total_seconds: float
 
     def line(self) -> str:
+        """The example's message (the costliest of the group), with how often and how
+        much in all, and on average, when there are several."""
         text = self.example.message
         if self.count > 1:
             extra = f"{self.count} times"
             if self.example.kind in (Kind.BLOCKED_LOOP, Kind.SEQUENTIAL_AWAIT):
                 verb = "blocked" if self.example.kind is Kind.BLOCKED_LOOP else "could save"
-                extra += f"; {verb} {self.total_seconds * 1000:.0f} ms in all"
+                extra += (
+                    f"; {verb} {self.total_seconds * 1000:.0f} ms in all, "
+                    f"{self.total_seconds / self.count * 1000:.0f} ms on average"
+                )
             text += f" [{extra}]"
         return text
+
+
+OVERLAP_NOTE = (
+    "findings of sequential steps that share a line overlap: gathering one pair of a chain "
+    "removes the others' waits too, so their savings do not add up"
+)
+
+
+def overlapping(groups: Iterable[Group]) -> bool:
+    """Whether two of the "could be gathered" groups share a line (steps A, B, C one
+    after the other: A and B, then B and C): a user reading their savings as a sum, twice
+    what one gather saves, would expect what no rewrite gives."""
+    seen: set[tuple[str, int]] = set()
+    for g in groups:
+        if g.example.kind is not Kind.SEQUENTIAL_AWAIT:
+            continue
+        sites = {(s.file, s.line) for s in g.example.stack}
+        if sites & seen:
+            return True
+        seen |= sites
+    return False
 
 
 def summarize(found: Iterable[Diagnostic]) -> list[Group]:
