@@ -10,6 +10,7 @@ surfaced only as a pool that never filled. Both are refused at open now, saying 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -29,9 +30,9 @@ from tests.pg_cluster import free_port
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
-def _bouncer(server: str, ignore: str) -> Iterator[str]:
-    """A transaction-mode PgBouncer in front of ``server`` (its database), with one
-    server connection for its clients to share; its URL."""
+def _bouncer(server: str, ignore: str, mode: str = "transaction") -> Iterator[str]:
+    """A PgBouncer (transaction mode unless ``mode``) in front of ``server`` (its
+    database), with one server connection for its clients to share; its URL."""
     if not os.path.exists(PGBOUNCER):
         pytest.fail("these tests need PgBouncer: apt-get install pgbouncer", pytrace=False)
     target = urlsplit(server)
@@ -45,7 +46,7 @@ def _bouncer(server: str, ignore: str) -> Iterator[str]:
         f"dbname={target.path.lstrip('/')} user={user}\n"
         "[pgbouncer]\nlisten_addr = 127.0.0.1\n"
         f"listen_port = {port}\nauth_type = trust\nauth_file = {folder / 'users.txt'}\n"
-        f"pool_mode = transaction\nignore_startup_parameters = {ignore}\n"
+        f"pool_mode = {mode}\nignore_startup_parameters = {ignore}\n"
         "default_pool_size = 1\n"
         f"pidfile = {folder / 'pgbouncer.pid'}\nunix_socket_dir =\n"
     )
@@ -72,24 +73,38 @@ def bouncer_dropping_options(postgres_server: str) -> Iterator[str]:
     yield from _bouncer(postgres_server, "options,extra_float_digits")
 
 
-@pytest.fixture
-def bouncer_to_a_guarded_database(postgres_server: str) -> Iterator[str]:
-    """A pooler dropping ``options`` in front of a database of its own whose sessions
-    have a ``statement_timeout`` of 7 s (a managed service's guardrail)."""
+def _database(postgres_server: str, *settings: str) -> Iterator[str]:
+    """A database of its own on the test server, with ``settings`` (``name = value``) for
+    its sessions; its URL."""
     import psycopg
 
     name = f"legion_pooler_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-        conn.execute(f"ALTER DATABASE {name} SET statement_timeout = '7s'")
+        for setting in settings:
+            conn.execute(f"ALTER DATABASE {name} SET {setting}")
     try:
-        yield from _bouncer(
-            urlunsplit(urlsplit(postgres_server)._replace(path=f"/{name}")),
-            "options,extra_float_digits",
-        )
+        yield urlunsplit(urlsplit(postgres_server)._replace(path=f"/{name}"))
     finally:
         with psycopg.connect(postgres_server, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def bouncer_to_a_guarded_database(postgres_server: str) -> Iterator[str]:
+    """A pooler dropping ``options`` in front of a database of its own whose sessions
+    have a ``statement_timeout`` of 7 s (a managed service's guardrail)."""
+    for database in _database(postgres_server, "statement_timeout = '7s'"):
+        yield from _bouncer(database, "options,extra_float_digits")
+
+
+@pytest.fixture
+def bouncer_in_session_mode_marked(postgres_server: str) -> Iterator[str]:
+    """A session-mode pooler with one server connection, in front of a database that
+    marks every session as legion's check wants (so the check is passed: the pooler's
+    queue is what is met)."""
+    for database in _database(postgres_server, "legion.session = '1'"):
+        yield from _bouncer(database, "options,extra_float_digits", mode="session")
 
 
 @pytest.fixture
@@ -136,3 +151,24 @@ async def test_a_pooler_is_refused_before_anything_is_written_through_it(
         assert await cur.fetchone() == ("7s",)
         cur = await conn.execute("SELECT to_regclass('tasks') IS NULL")
         assert await cur.fetchone() == (True,)
+
+
+async def test_a_pooler_that_queues_the_check_is_said_to_be_unavailable(
+    bouncer_in_session_mode_marked: str,
+) -> None:
+    """A session pool smaller than the fleet: the check's connection was taken and queued
+    for a server connection, and the worker waited there in silence, printing nothing
+    (not even its "store unavailable" lines). It is now a store that does not answer:
+    said, and tried again as one that is down."""
+    import psycopg
+
+    from legion.errors import StoreUnavailable
+
+    async with await psycopg.AsyncConnection.connect(bouncer_in_session_mode_marked) as held:
+        await held.execute("SELECT 1")  # (holds the pool's one server connection)
+        store = store_from_url(bouncer_in_session_mode_marked, lease_seconds=3)  # (1 s a call)
+        with pytest.raises(StoreUnavailable, match="did not answer within 1s") as unavailable:
+            async with asyncio.timeout(30):  # (a bound on a broken test: it waited for ever)
+                await store.open()
+        assert unavailable.value.retryable
+        await store.aclose()

@@ -283,11 +283,19 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         transaction, runs one session's prepared statements in another's."""
         conn = await self._connect(self._conninfo)
         try:
-            async with conn:
+            async with conn, asyncio.timeout(self.timeouts.call):
                 cur = await conn.execute(Q["session_mark"])
                 marked = _one(await cur.fetchone()) == "1"
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to {self._where}: {self._said(exc)}") from exc
+        except TimeoutError:
+            # Connected, but no answer: a pooler that queues its clients for a server
+            # connection (its pool smaller than the fleet), a server that stopped. The
+            # command waited in silence, printing nothing; now it says so and tries again.
+            raise StoreUnavailable(
+                f"{self._where} took the connection but did not answer within "
+                f"{self.timeouts.call:g}s"
+            ) from None
         if not marked:
             raise ConfigError(
                 f"the connections to {self._where} do not keep the session settings legion "
