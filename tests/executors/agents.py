@@ -116,6 +116,19 @@ async def hard_exit(ctx: legion.Context, code: int) -> None:
 
 
 @legion.agent(retries=0)
+async def forks_a_copy(ctx: legion.Context, how: str) -> dict[str, Any]:
+    """Forks a copy of its process that ends with ``sys.exit`` (not ``os._exit``) or
+    returns, as agents' code does by mistake; waits for it."""
+    pid = os.fork()
+    if pid == 0:  # the copy
+        if how == "exit":
+            sys.exit(0)
+        return {"from": "the copy"}
+    os.waitpid(pid, 0)  # noqa: ASYNC222 - the copy ends at once
+    return {"from": "the process", "pid": os.getpid()}
+
+
+@legion.agent(retries=0)
 async def segfault(ctx: legion.Context, n: int) -> None:
     ctypes.string_at(0)
 

@@ -517,3 +517,19 @@ def test_a_memory_limit_above_the_inherited_hard_limit_is_refused_at_start() -> 
     refused, fits = done.stdout.splitlines()
     assert refused.startswith("--memory-limit 2048 MB is above this process's hard limit")
     assert fits == "512"
+
+
+async def test_a_copy_the_agent_forks_ends_with_it_and_serves_nothing(db_url: str) -> None:
+    """A copy forked by an agent that ended with `sys.exit` answered the attempt on the
+    pipes it inherited, then served its process's next tasks on a broken event loop: 20
+    later tasks of one pool ended dead ("no running event loop"). One that returned had
+    its result recorded for another task."""
+    executor = ProcessExecutor(processes=1)
+    async with Runtime(db_url, executors={"process": executor}, executor="process") as runtime:
+        forked = await run(runtime, agents.forks_a_copy, "exit", "return")
+        after = await run(runtime, agents.echo, *"abcdef")
+    assert [(r.status, r.output["from"]) for r in forked] == [
+        (TaskStatus.SUCCEEDED, "the process")
+    ] * 2
+    assert [r.status for r in after] == [TaskStatus.SUCCEEDED] * 6
+    assert [r.output["twice"][1] for r in after] == list("ABCDEF")

@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import io
 import logging
+import os
 import pickle
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -55,10 +56,12 @@ class Link(Protocol):
 async def execute(invocation: p.Invocation, link: Link) -> p.Outcome:
     """Run one attempt of the agent to its end; never raises (but for cancellation)."""
     link.notify(p.STARTED)
+    pid = os.getpid()
     try:
         module, fn = resolve(invocation.ref, invocation.sys_path, invocation.source)
         kwargs = _load_arguments(invocation.kwargs, module)
         result = await fn(RemoteContext(invocation, link), **kwargs)
+        _end_a_forked_copy(pid, None)
         return True, codec.dumps(result)
     except asyncio.CancelledError as exc:
         task = asyncio.current_task()
@@ -66,7 +69,20 @@ async def execute(invocation: p.Invocation, link: Link) -> p.Outcome:
             raise
         return False, p.pack_error(exc)  # the agent's code raised it itself
     except BaseException as exc:  # SystemExit too: it ends this instance, not this process
+        _end_a_forked_copy(pid, exc)
         return False, p.pack_error(exc)
+
+
+def _end_a_forked_copy(pid: int, exc: BaseException | None) -> None:
+    """Exit at once if this is a copy the agent forked (``os.fork()``, its copy ending with
+    ``sys.exit`` or returning rather than ``os._exit``): the copy answered the attempt on
+    the pipes it inherited, then served the process's next tasks itself, on a broken event
+    loop, failing each ("no running event loop") while the process it came from waited on
+    it; a copy that returned had its result recorded for another task."""
+    if os.getpid() == pid:
+        return
+    code = exc.code if isinstance(exc, SystemExit) else (0 if exc is None else 1)
+    os._exit(code if isinstance(code, int) else 1)
 
 
 _resolved: dict[str, tuple[ModuleType, Callable[..., Awaitable[Any]]]] = {}
