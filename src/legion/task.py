@@ -52,7 +52,12 @@ class ErrorInfo:
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         shown = exc.original if isinstance(exc, AgentCrash) else exc
         tb = codec.storable_text("".join(traceback.format_exception(shown)))
-        return cls(type=type(shown).__name__, message=exception_message(shown), traceback=tb)
+        message = exception_message(shown)
+        return cls(
+            type=type(shown).__name__,
+            message=capped(message, MAX_MESSAGE),
+            traceback=capped(tb, MAX_TRACEBACK),
+        )
 
     def to_json(self) -> bytes:
         return codec.dumps(
@@ -73,6 +78,23 @@ class ErrorInfo:
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type
+
+
+MAX_MESSAGE = 16_384
+"""The most characters of an error's message kept (its start and its end): a message of
+50 MB was stored whole, twice with its traceback, for every attempt (a store of 300-470
+MB from one task), and written whole into the run's output line."""
+MAX_TRACEBACK = 65_536
+"""The most characters of an error's traceback kept (its start and its end, where the
+line that raised is)."""
+
+
+def capped(text: str, limit: int) -> str:
+    """``text``, or its start and end around a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}\n... [{len(text) - 2 * keep:,} characters left out] ...\n{text[-keep:]}"
 
 
 def exception_message(exc: BaseException) -> str:
