@@ -102,3 +102,12 @@ async def test_a_call_holding_the_gil_is_no_pause(cpu: _LoopCpu) -> None:
     dog, blocks, _ = await _watch((re.match, r"(a+)+$", "a" * 24 + "b"))
     assert blocks and blocks[0].seconds >= 0.1
     assert not dog.health().paused
+
+
+async def test_a_call_computing_is_told_apart_from_one_asleep(cpu: _LoopCpu) -> None:
+    # Both were told to use `asyncio.to_thread`, which frees the loop of a sleep but not
+    # of Python computing (the interpreter runs one thread at a time).
+    _, asleep, _ = await _watch((cpu.sleep, 0.4))
+    _, computing, _ = await _watch((_burn, 0.4))
+    assert [(b.held, b.busy) for b in asleep] == [(True, False)]
+    assert [(b.held, b.busy) for b in computing] == [(True, True)]

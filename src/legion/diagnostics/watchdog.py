@@ -44,6 +44,8 @@ from legion.diagnostics.report import Site, user_site
 _EVENTS = os.path.join("asyncio", "events.py")
 _STARVED_CPU = 0.2
 """A runnable loop thread on a core for less than this share of a block was starved."""
+_BUSY_CPU = 0.6
+"""A loop thread on a core for this share of a block at least was computing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,9 @@ class Block:
     held: bool = True
     """One call held the loop all along (see the module's notes); ``False``: the loop
     was late for other reasons (many short callbacks, or waiting for a core)."""
+    busy: bool = False
+    """The call kept the loop's thread on a core (computing) for most of it, rather than
+    asleep or waiting on I/O (``False`` when unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,9 @@ class Capture:
     own length)."""
     ended: float | None = None
     """When it let go, if another call was captured after it in the same turn."""
+    busy: bool = False
+    """The loop's thread was on a core for most of the call, as far as it went when
+    captured (see `Block.busy`)."""
 
     def seconds(self, now: float) -> float:
         """How long the call held the loop: until ``now``, or until it let go."""
@@ -189,12 +197,18 @@ class LoopWatchdog:
         if self._lag >= self.threshold:
             self._blocks += 1
             self._blocked += self._lag
-            seconds, task, stack, held = (
-                (capture.seconds(now), capture.task, capture.stack, capture.held and not paused)
+            seconds, task, stack, held, busy = (
+                (
+                    capture.seconds(now),
+                    capture.task,
+                    capture.stack,
+                    capture.held and not paused,
+                    capture.busy,
+                )
                 if capture and capture.since == previous
-                else (self._lag, None, (), False)
+                else (self._lag, None, (), False, False)
             )
-            self._on_block(Block(seconds, task, user_site(stack), stack, held))
+            self._on_block(Block(seconds, task, user_site(stack), stack, held, busy))
         assert self._loop is not None
         self._handle = self._loop.call_later(self._interval, self._beat)
 
@@ -264,7 +278,8 @@ class LoopWatchdog:
         # (a call the loop was in when the process stood still did not hold it all along)
         held = held and not self._starved(began, probe[3], cpu) and self._gap[1] <= began
         task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
-        self._capture = capture = Capture(last, task, tuple(_stack(frame)), held, began)
+        busy = _share(probe[3], cpu, time.monotonic() - began) >= _BUSY_CPU
+        self._capture = capture = Capture(last, task, tuple(_stack(frame)), held, began, busy=busy)
         self._captured_callback = callback
         if self._on_capture is not None:
             self._on_capture(capture)
@@ -293,6 +308,13 @@ class LoopWatchdog:
 
 
 _Probe = tuple[float, FrameType | None, float, float | None]
+
+
+def _share(cpu_before: float | None, cpu_after: float | None, seconds: float) -> float:
+    """The share of ``seconds`` the loop thread was on a core (0 when unknown)."""
+    if cpu_before is None or cpu_after is None or seconds <= 0:
+        return 0.0
+    return (cpu_after - cpu_before) / seconds
 
 
 def _ran(cpu_before: float | None, cpu_after: float | None, seconds: float) -> bool:
