@@ -559,3 +559,57 @@ def test_a_supervised_worker_whose_agent_file_changed_is_started_again_on_the_ne
         _, err = supervisor.communicate(timeout=60)
     assert "changed since its worker started" in err, err
     assert "exited with 6 (its agent's file changed: the new worker runs the new code)" in err
+
+
+def test_a_supervised_worker_whose_agent_file_is_gone_for_a_moment_is_started_again(
+    tmp_path: Path,
+) -> None:
+    """A deploy that moved the agent's file away for a moment: the worker exited 6, the
+    supervisor started another, which could not load the file (exit 2) and stopped the
+    fleet for good; the file back 12 s later, 3 tasks stayed queued with nothing to run
+    them. Another is now started again while the file is away, after a change."""
+    app = tmp_path / "deployed.py"
+    app.write_text(
+        "import legion\n\n@legion.agent(executor='process')\nasync def which(ctx, n: int):\n"
+        "    return 'v1'\n"
+    )
+    away = tmp_path / "deployed.py.away"
+    store = f"sqlite:///{tmp_path / 'deploy.db'}"
+    supervisor = start_legion(
+        "worker", "--app", str(app), "--processes", "1", "--store", store,
+        env={"PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"n": 1}])
+    out = tmp_path / "out.jsonl"
+    run = None
+    try:
+        assert supervisor.stderr is not None
+        seen = []
+        for line in supervisor.stderr:  # (its worker serves the code it loaded)
+            seen.append(line)
+            if "serving which" in line:
+                break
+        client = tmp_path / "client.py"  # (the submitter's copy: it names the agent)
+        client.write_text(app.read_text())
+        app.rename(away)
+        run = start_legion(
+            "run", f"{client}:which", "-i", str(inp), "-o", str(out),
+            "--store", store, "--no-local-worker",
+        )  # fmt: skip
+        for line in supervisor.stderr:  # (the new worker cannot load it: started again)
+            seen.append(line)
+            if "cannot be loaded yet" in line:
+                break
+        away.rename(app)
+        _, run_err = run.communicate(timeout=120)
+        assert run.returncode == 0, run_err
+        (row,) = read_jsonl(out)
+        assert row["output"] == "v1"
+    finally:
+        for proc in (run, supervisor):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        _, err = supervisor.communicate(timeout=60)
+    said = "".join(seen) + err
+    assert "was removed (or cannot be read) since its worker started" in said, said
+    assert "exited with 2 (its agent's file changed moments ago" in said, said

@@ -220,3 +220,14 @@ def test_two_fleets_on_one_store_share_the_work_within_their_own_bounds() -> Non
     assert fleet_decision(work, bounds, PolicyState(desired=3), others=0) == decide(
         work, bounds, PolicyState(desired=3)
     )
+
+
+def test_a_worker_that_cannot_start_just_after_its_agent_file_changed_is_not_final() -> None:
+    """A deploy that moves the agent's file: the worker exits 6 (changed), the next
+    cannot load the file yet (2), which stopped every supervisor's fleet for good."""
+    from legion.provision.exits import DEPLOY_GRACE, EXIT_BUDGET, EXIT_FINAL, final
+
+    assert final(EXIT_FINAL, None, 100.0) and final(EXIT_BUDGET, 99.0, 100.0)
+    assert not final(EXIT_FINAL, 99.0, 100.0)  # (a second after a change)
+    assert final(EXIT_FINAL, 99.0, 100.0 + DEPLOY_GRACE)
+    assert not final(0, None, 1.0) and not final(3, None, 1.0)

@@ -56,9 +56,10 @@ from legion.provision.exits import (
     EXIT_EXECUTOR,
     EXIT_FINAL,
     EXIT_STORE,
-    FINAL_EXITS,
     SUPERVISOR_ENV,
+    WHILE_DEPLOYING,
     WHY_FINAL,
+    final,
 )
 from legion.provision.restarts import Restarts
 from legion.resources import satisfies
@@ -214,6 +215,7 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
 
     restarts = Restarts()
     due: dict[int, float] = {}  # slots whose crashed worker is replaced at that time
+    changed_at: float | None = None  # when a worker last exited for its agent's file
 
     def start(slot: int) -> None:
         # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
@@ -247,12 +249,16 @@ def supervise(argv: list[str], processes: int, console: Console) -> int:
             del children[slot]
             # Drained, or stopped for a reason a restart won't fix. (A worker drains only
             # when told to: one that exits with 0 unasked was ended by an agent's code.)
-            if stopping or (rc in FINAL_EXITS and rc != 0):
+            if stopping or final(rc, changed_at, time.monotonic()):
                 code = max(code, rc)
                 continue
             # It crashed: start another (after a pause that grows while it keeps crashing).
             pause = restarts.crashed(slot)
             why = UNASKED if rc == 0 else WHY_EXITED.get(rc, "")
+            if rc == EXIT_FINAL:  # (not final: its agent's file changed moments ago)
+                why = WHILE_DEPLOYING
+            if rc == EXIT_CODE_CHANGED:
+                changed_at = time.monotonic()
             later = f" in {pause:g} s (it keeps crashing)" if pause else ""
             console.print(
                 f"worker process {child.pid} exited with {rc}{why}; starting another{later}",

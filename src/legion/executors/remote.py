@@ -100,12 +100,13 @@ def resolve(
     found = _resolved.get(ref)
     if found is not None:
         return found
-    if source is not None and file_digest(source[0]) != source[1]:
+    if source is not None and (now := file_digest(source[0])) != source[1]:
+        what = "changed" if now is not None else "was removed (or cannot be read)"
         raise AgentChanged(
-            f"the agent's file {source[0]} changed since its worker started (new code "
+            f"the agent's file {source[0]} {what} since its worker started (new code "
             "written over it under a running worker): a process of the worker runs no other "
             "code than the worker. The worker stops and gives its tasks back; start it again "
-            "to run the new code"
+            "(or run the same `legion run` command again) to run the new code"
         )
     missing = [entry for entry in sys_path if entry not in sys.path]
     sys.path[:0] = missing

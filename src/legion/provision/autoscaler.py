@@ -36,7 +36,15 @@ from rich.console import Console
 
 from legion.errors import StoreError
 from legion.provision.board import Board, _local, served
-from legion.provision.exits import EXIT_STORE, FINAL_EXITS, SUPERVISOR_ENV, WHY_FINAL
+from legion.provision.exits import (
+    EXIT_CODE_CHANGED,
+    EXIT_FINAL,
+    EXIT_STORE,
+    SUPERVISOR_ENV,
+    WHILE_DEPLOYING,
+    WHY_FINAL,
+    final,
+)
 from legion.provision.policy import (
     Decision,
     Demand,
@@ -101,6 +109,7 @@ class Autoscaler:
         self._state = PolicyState(desired=0)
         self._stop = asyncio.Event()
         self._restarts = Restarts()
+        self._changed_at: float | None = None  # a worker last exited for its agent's file
         self._restart_at = 0.0  # (monotonic) no worker starts before, after crashes
         # Its processes' heartbeats (see `_kill_the_silent`): since when each has been
         # silent while the store answered (monotonic), which ones registered, which ones
@@ -287,7 +296,11 @@ class Autoscaler:
             if rc is None:
                 continue
             del self._workers[pid]
-            if rc in FINAL_EXITS and rc != 0:  # (bad options, a spent budget: so would another)
+            if rc == EXIT_CODE_CHANGED:
+                self._changed_at = time.monotonic()
+            # (bad options, a spent budget: so would another; not a start that failed as
+            # its agent's file was being replaced)
+            if final(rc, self._changed_at, time.monotonic()):
                 self._console.print(
                     f"worker process {pid} exited with {rc}{WHY_FINAL.get(rc, '')}: another would "
                     "stop the same way; stopping the fleet",
@@ -309,9 +322,10 @@ class Autoscaler:
                 )
                 self._restart_at = time.monotonic() + pause
             later = f" (none starts for {pause:g} s: workers keep crashing)" if pause else ""
+            why = WHILE_DEPLOYING if rc == EXIT_FINAL else ""
             self._console.print(
-                f"worker process {pid} exited with {rc}; the policy decides whether another "
-                f"starts{later}",
+                f"worker process {pid} exited with {rc}{why}; the policy decides whether "
+                f"another starts{later}",
                 style="yellow",
                 highlight=False,
             )

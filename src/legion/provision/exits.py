@@ -11,6 +11,24 @@ EXIT_CODE_CHANGED = 6  # the agent's file changed under it: a new worker runs th
 EXIT_EXECUTOR = 7  # its executor died (Ray on this node): a new worker starts it again
 FINAL_EXITS = (0, EXIT_FINAL, EXIT_BUDGET)
 """Exit codes after which a supervisor starts no other worker (0: drained)."""
+DEPLOY_GRACE = 120.0
+"""Seconds after a worker exited because its agent's file changed during which another
+that cannot start (its file missing or broken half-way through a deploy: exit 2) is
+started again, as after a crash, rather than stopping the fleet for good."""
+WHILE_DEPLOYING = (
+    " (its agent's file changed moments ago and cannot be loaded yet: a deploy under way?)"
+)
+
+
+def final(rc: int, changed_at: float | None, now: float) -> bool:
+    """Whether a worker's exit code ``rc`` stops its supervisor's fleet (another worker
+    would stop the same way); ``changed_at``: when a worker of the fleet last exited
+    because its agent's file changed (`EXIT_CODE_CHANGED`), if it did."""
+    if rc == EXIT_FINAL and changed_at is not None and now - changed_at < DEPLOY_GRACE:
+        return False  # (the new code may not be whole yet: a deploy moves files)
+    return rc in FINAL_EXITS and rc != 0
+
+
 WHY_FINAL = {
     EXIT_FINAL: " (a reason a restart won't mend: bad options, a store that refuses it)",
     EXIT_BUDGET: " (its LLM budget is spent)",
