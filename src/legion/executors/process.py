@@ -290,8 +290,9 @@ class _Child:
         elif code < 0:
             hint = (
                 f" (under --memory-limit {self._limit} MB: a library that crashes rather than "
-                "raise MemoryError when it cannot allocate ends this way; orjson encoding a "
-                "result of hundreds of MB does)"
+                "raise MemoryError when it cannot allocate ends this way, orjson encoding a "
+                "result of hundreds of MB does; with little data in hand, it is a crash of "
+                "the agent's code or a library's, whose stack is the task's traceback)"
                 if self._limit is not None and -code in (signal.SIGSEGV, signal.SIGBUS)
                 else ""
             )
