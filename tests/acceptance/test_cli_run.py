@@ -603,13 +603,18 @@ def queued_task(store: str, agents_file: Path) -> int:
     return asyncio.run(queue())
 
 
+def signals_kept(store: str, task: int, n: int) -> list[bytes | None]:
+    """The data of the first ``n`` signals "go" that ``task`` was sent (``None``: none)."""
+
+    async def read() -> list[bytes | None]:
+        async with Runtime(store, worker=False) as rt:
+            return [await rt.store.signal_data(task, "go", i) for i in range(n)]
+
+    return asyncio.run(read())
+
+
 def test_signal_data_that_is_not_strict_json_is_refused(tmp_path: Path, agents_file: Path) -> None:
     store = f"sqlite:///{tmp_path / 'db'}"
-
-    async def kept(task: int) -> list[bytes | None]:
-        async with Runtime(store, worker=False) as rt:
-            return [await rt.store.signal_data(task, "go", i) for i in range(2)]
-
     task = queued_task(store, agents_file)
     past_64_bits = '{"amount": 123456789012345678901234567890}'  # (a float, read loosely)
     for data in ("NaN", '{"amount": Infinity}', '{"amount": 1e400}', past_64_bits):
@@ -618,24 +623,19 @@ def test_signal_data_that_is_not_strict_json_is_refused(tmp_path: Path, agents_f
         assert r.stderr.startswith("error: --data is not JSON: "), r.stderr
     ok = legion("signal", str(task), "go", "--data", '{"amount": 5}', "--store", store)
     assert ok.returncode == 0, ok.stderr
-    assert asyncio.run(kept(task)) == [b'{"amount":5}', None]  # JSON would have kept null
+    assert signals_kept(store, task, 2) == [b'{"amount":5}', None]  # JSON would have kept null
 
 
 def test_signal_data_comes_from_a_file_or_standard_input(tmp_path: Path, agents_file: Path) -> None:
     """Data too large for a command line ("Argument list too long") had no way in."""
     store = f"sqlite:///{tmp_path / 'db'}"
-
-    async def kept(task: int) -> list[bytes | None]:
-        async with Runtime(store, worker=False) as rt:
-            return [await rt.store.signal_data(task, "go", i) for i in range(3)]
-
     task = queued_task(store, agents_file)
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"text": "x" * 3_000_000}, separators=(",", ":")))
     assert legion("signal", str(task), "go", "--data", f"@{big}", "--store", store).returncode == 0
     piped = legion("signal", str(task), "go", "--data", "-", "--store", store, stdin='{"n": 2}')
     assert piped.returncode == 0, piped.stderr
-    first, second, third = asyncio.run(kept(task))
+    first, second, third = signals_kept(store, task, 3)
     assert first == big.read_bytes() and second == b'{"n":2}' and third is None
     for data, said in [
         (f"@{tmp_path / 'missing.json'}", "error: cannot read --data @"),
