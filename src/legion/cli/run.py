@@ -288,25 +288,32 @@ async def watch_store(
     whose database went away for good never ended, a Ctrl-C included, its drain waiting
     on writes that could not be made.)"""
     watch = StoreWatch()
+    ended = asyncio.Event()
 
     async def look() -> None:
         answered = time.monotonic()
-        while True:
+        # (until the block ends, and not only until cancelled: on Python 3.11,
+        # `asyncio.wait_for` answered a look that ended as the cancel came and dropped the
+        # cancel, and this loop went on for ever, a run stopped by Ctrl-C with it, its
+        # output never written: 1 in 4 Ctrl-Cs of a 100,000-line run)
+        while not ended.is_set():
             try:
                 if watch.store is not None:
-                    await asyncio.wait_for(watch.store.now(), max(every, 5.0))
+                    async with asyncio.timeout(max(every, 5.0)):
+                        await watch.store.now()
             except (StoreError, TimeoutError):
                 if time.monotonic() - answered >= wait:
                     gone()
                     return
             else:
                 answered = time.monotonic()
-            await asyncio.sleep(every)
+            await until_first(asyncio.sleep(every), ended.wait())
 
     looking = asyncio.ensure_future(look())
     try:
         yield watch
     finally:
+        ended.set()
         looking.cancel()
         await asyncio.gather(looking, return_exceptions=True)
 

@@ -385,7 +385,8 @@ async def _connect(ray: Any, address: str, options: Mapping[str, Any]) -> thread
     threading.Thread(target=run, name="legion-ray-init", daemon=True).start()
     timeout = None if address == "local" else CONNECT_TIMEOUT
     try:
-        await asyncio.wait_for(asyncio.shield(done), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(done)
     except TimeoutError:
         raise ConfigError(
             f"could not reach a Ray cluster at {address} within {CONNECT_TIMEOUT:.0f} s "

@@ -413,7 +413,8 @@ class Gateway:
         """Each route's pace now; 503 while the store does not answer (every call would:
         the keys are checked there)."""
         try:
-            await asyncio.wait_for(self._store.last_event_id(), _HEALTH_TIMEOUT)
+            async with asyncio.timeout(_HEALTH_TIMEOUT):
+                await self._store.last_event_id()
         except (StoreError, TimeoutError) as exc:
             why = str(exc) or f"no answer within {_HEALTH_TIMEOUT:g} s"
             body = {"ok": False, "store": f"unavailable: {why}"}

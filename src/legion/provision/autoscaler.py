@@ -371,8 +371,11 @@ class Autoscaler:
         )
 
     async def _sleep(self, seconds: float) -> None:
+        # (`asyncio.timeout`, not `wait_for`: on Python 3.11 that drops a cancel that
+        # comes as its wait ends)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
 
 def fleet_decision(
