@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from legion import codec
+from legion.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class InputLine:
 
 
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 # The stores keep a priority in a 32-bit column (PostgreSQL's ``integer``), as the HTTP
 # API bounds it.
@@ -52,6 +54,11 @@ def read_jsonl(path: Path, agent: str) -> Iterator[InputLine]:
         path.open("rb") if str(path) != "-" else open(sys.stdin.fileno(), "rb", closefd=False) as f
     ):
         for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(_UTF16_BOMS):
+                raise ConfigError(
+                    f"{path} is UTF-16 text (what Windows PowerShell's > writes): legion reads "
+                    f"UTF-8; convert it first (iconv -f UTF-16 -t UTF-8 {path} > NEW.jsonl)"
+                )
             text = raw.removeprefix(_BOM) if number == 1 else raw
             text = text.strip()
             if not text:
@@ -67,6 +74,9 @@ def parse_line(text: bytes, number: int, agent: str) -> InputLine:
     except codec.JSONDecodeError as exc:
         if "not valid UTF-8" in exc.msg:  # (orjson's position is of the text it could read)
             return InputLine(number, None, error=f"line {number} is not UTF-8 text")
+        if b"\x00" in text:
+            said = f"line {number} holds NUL bytes (UTF-16 text? legion reads UTF-8)"
+            return InputLine(number, None, error=said)
         wrong = codec.json_error(exc)
         return InputLine(number, None, error=f"line {number} is not valid JSON: {wrong}")
     key = session = None

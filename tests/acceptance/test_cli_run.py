@@ -112,6 +112,21 @@ def test_bad_lines_are_reported_and_the_rest_still_run(tmp_path: Path, agents_fi
     assert f"{inp}:2" in r.stderr
 
 
+def test_a_file_of_many_bad_lines_says_twenty_and_counts_the_rest(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    """A file of the wrong kind printed one "skipped" line per line: 20,000 of them."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(f"not json {i}\n" for i in range(30)))
+    out = tmp_path / "out.jsonl"
+    store = f"sqlite:///{tmp_path / 'db'}"
+    r = legion("run", f"{agents_file}:typed", "-i", str(inp), "-o", str(out), "--store", store)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count(f"skipped {inp}:") == 20
+    assert "... and 10 more lines skipped (each with its error in the output)" in r.stderr
+    assert len(read_jsonl(out)) == 30
+
+
 def test_a_priority_the_store_cannot_hold_fails_its_line_alone(
     tmp_path: Path, agents_file: Path
 ) -> None:

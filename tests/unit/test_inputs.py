@@ -93,3 +93,24 @@ def test_a_line_nested_past_what_an_input_may_be_is_a_bad_line() -> None:
 def test_a_line_that_is_not_utf8_says_so_and_no_position_of_another_text() -> None:
     # It said "str is not valid UTF-8: surrogates not allowed: line 1 column 1" for line 14.
     assert parse_line(b'{"a": "\xff"}', 14, "a").error == "line 14 is not UTF-8 text"
+
+
+def test_a_utf16_file_is_refused_whole_and_nul_bytes_are_named(tmp_path: Path) -> None:
+    """A UTF-16 file (Windows PowerShell's `>`) of 2 lines made 3 outputs: "line 1 is not
+    UTF-8 text", then "not valid JSON" for a line 3 it does not have (a stray NUL)."""
+    import pytest
+
+    from legion.errors import ConfigError
+
+    wide = tmp_path / "wide.jsonl"
+    wide.write_text('{"n": 1}\n{"n": 2}\n', encoding="utf-16")
+    with pytest.raises(ConfigError, match=r"is UTF-16 text .* convert it first"):
+        list(read_jsonl(wide, "a"))
+    (bare,) = list(read_jsonl(_written(tmp_path, b'{\x00"\x00n\x00"\x00}\x00\n'), "a"))
+    assert bare.error == "line 1 holds NUL bytes (UTF-16 text? legion reads UTF-8)"
+
+
+def _written(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "raw.jsonl"
+    path.write_bytes(data)
+    return path

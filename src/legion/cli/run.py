@@ -60,6 +60,8 @@ BUDGET_EXCEEDED = "budget_exceeded"
 """The status, in the output, of a task left unfinished because the run's budget is spent."""
 EXIT_BUDGET = 3
 EXIT_STORE_GONE = 5
+SKIPPED_SHOWN = 20
+"""The bad input lines said on the terminal, each (all of them are in the output)."""
 STORE_LOOK_EVERY = 1.0
 """Seconds between two looks at the store while a run waits for it (`watch_store`)."""
 
@@ -161,9 +163,16 @@ async def _run_lines(
     bad = [ln for ln in lines if ln.error is not None]
     good = [ln for ln in lines if ln.error is None]
     sink = Results(lines, out)
-    for ln in bad:
-        console.print(f"skipped {opts.input}:{ln.line}: {ln.error}", style="yellow")
+    for n, ln in enumerate(bad):
+        if n < SKIPPED_SHOWN:
+            console.print(f"skipped {opts.input}:{ln.line}: {ln.error}", style="yellow")
         sink.put(ln, None)
+    if len(bad) > SKIPPED_SHOWN:  # (a file of the wrong kind made one line each)
+        console.print(
+            f"... and {len(bad) - SKIPPED_SHOWN:,} more lines skipped (each with its error in "
+            "the output)",
+            style="yellow",
+        )
     tally = RunTally(total=len(lines), bad_lines=len(bad))
     interrupted = False
     spent: Budget | None = None  # the watched budget that ended the run
