@@ -851,13 +851,24 @@ async def _until_error(
 
 
 def _first_wait(waits: list[Suspended]) -> Suspended:
-    """The wait a gather suspends at: the first one's, woken by the earliest timer of all
-    (a timer that wakes it early only makes it replay and wait again)."""
-    first = waits[0]
-    timers = [w.wait.wake_at for w in waits if w.wait.wake_at is not None]
-    if len(waits) == 1 or not timers:
-        return first
-    return Suspended(dataclasses.replace(first.wait, wake_at=min(timers)))
+    """The wait a gather suspends at: woken as soon as any of its awaitables' would be
+    (a wake-up for one only makes the task replay, the others waiting again). The store
+    keeps one of each kind: the first signal waited for, the most children left
+    unfinished (the earliest to come), the earliest timer. (It kept the first wait's
+    alone, timers apart: a `ctx.map` gathered after a `wait_for` ran its first window,
+    then stood still until the signal came, for good if the signal was to follow it.)"""
+    if len(waits) == 1:
+        return waits[0]
+    kinds = [w.wait for w in waits]
+    signal = next((w for w in kinds if w.event is not None), None)
+    children = [w.children for w in kinds if w.children is not None]
+    timers = [w.wake_at for w in kinds if w.wake_at is not None]
+    merged = dataclasses.replace(
+        signal if signal is not None else kinds[0],
+        children=max(children) if children else None,
+        wake_at=min(timers) if timers else None,
+    )
+    return Suspended(merged)
 
 
 def _branch(parent: str, n: int, aw: Awaitable[Any]) -> str | None:

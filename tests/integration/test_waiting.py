@@ -662,3 +662,31 @@ async def test_a_memory_write_outside_a_step_runs_again_at_each_resume(store_url
             await rt.signal(t.id, event)
         result = await rt.result(t.id)
     assert result.output == [3, 1] and result.attempt == 1
+
+
+@legion.agent(retries=0)
+async def approves_and_maps(ctx: Any, n: int) -> Any:
+    go, done = await ctx.gather(
+        ctx.wait_for("go"), ctx.map(quick, [{"i": i} for i in range(n)], concurrency=4)
+    )
+    return [go, sum(done)]
+
+
+async def _succeeded(rt: legion.Runtime, agent: str) -> int:
+    return (await rt.store.counts_by_agent()).get(agent, {}).get(TaskStatus.SUCCEEDED, 0)
+
+
+async def test_a_map_gathered_after_a_wait_goes_on_while_the_wait_does(store_url: str) -> None:
+    """The gather suspended at its first awaitable's wait alone: the map ran its first 4
+    children, then stood still until the signal came (for good, had the signal waited
+    for the map's results, as an approval of the work does)."""
+    async with legion.Runtime(store_url, agents=[approves_and_maps, quick]) as rt:
+        parent = await rt.submit(approves_and_maps, {"n": 40})
+        async with asyncio.timeout(60):  # (a bound on a broken test: the map stood still)
+            while await _succeeded(rt, "quick") < 40:  # noqa: ASYNC110 - the store's counts
+                await asyncio.sleep(0.05)
+        info = await rt.store.get(parent.id)
+        assert info is not None and info.status is TaskStatus.WAITING  # (still for "go")
+        await rt.signal(parent.id, "go", "yes")
+        result = await rt.result(parent.id)
+    assert result.output == ["yes", sum(range(40))]
