@@ -389,7 +389,8 @@ def agent(
     - ``name``: how tasks refer to it (default: the function's name).
     - ``timeout``: seconds one attempt may run (``None``: no limit). Time spent waiting
       for capacity (a route's pace, a 429 pause, a free child process) does not count.
-    - ``deadline``: seconds one attempt may last in all, waits included (``None``: no
+    - ``deadline``: seconds one attempt may last in all, waits for capacity included (a
+      durable wait suspends the task: each resume has it anew) (``None``: no
       bound); a task that reaches it fails saying what it waited for.
     - ``retries``, ``backoff``, ``max_backoff``: tries after the first and the
       exponential backoff with full jitter between them (or pass a ``retry`` policy).
