@@ -1,11 +1,14 @@
-"""Helpers for testing code built on legion, including your own agents.
+"""Helpers for testing code built on legion, including your own agents (docs/testing.md
+shows a test of an agent, and what to know).
 
 * `FakeClock`: virtual time. It is a `legion.clock.Clock`, so a `legion.Runtime`
   or a `legion.Worker` on it times out, heartbeats, expires and reaps leases and
-  sleeps durably as the test moves time; and a `legion.llm.timer.Timer`, so a
+  sleeps durably as the test moves time (`advance`, then the worker's `reap` for the
+  timers' pass; await the runtime directly, not through `run`, whose autojump cannot
+  see the store's thread); and a `legion.llm.timer.Timer`, so a
   `legion.llm.Capacity` or `legion.llm.LLMClient` built on it paces, pauses and
-  backs off without real sleeping: a test of a minute of traffic runs in
-  milliseconds, deterministically.
+  backs off without real sleeping (`run` drives those): a test of a minute of traffic
+  runs in milliseconds, deterministically.
 * `ScaledClock`: real time sped up, shared by a simulator and a client to
   rehearse minutes of rate-limited traffic in seconds.
 * `ScriptedProvider`: a provider that answers from a script.
@@ -20,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+from legion.errors import Permanent
 from legion.llm.provider import ChatResult
 from legion.llm.types import ChatRequest, ChatResponse, RateLimitInfo, Usage
 
@@ -41,7 +45,10 @@ class FakeClock:
       code can act, and sleep again, before time moves on.
     * ``await run(awaitable)``: autojump. Runs ``awaitable``; whenever it and
       everything it started are stuck waiting on this clock, jumps straight
-      to the next deadline. Returns the awaitable's result.
+      to the next deadline. Returns the awaitable's result. For code that waits on
+      this clock alone (an `LLMClient`, a `Capacity`): a `legion.Runtime`'s store
+      works in a thread this clock cannot see, so it would jump while a write is under
+      way (await a runtime directly, moving time with `advance`).
 
     "Lets the loop run" means ``settle_rounds`` iterations of the event loop,
     enough for any code that does no real I/O to reach its next sleep. Code
@@ -201,14 +208,20 @@ class ScaledClock:
         await asyncio.sleep(seconds / self._speed)
 
 
+class ScriptExhausted(Permanent, AssertionError):
+    """A `ScriptedProvider` was asked more than its script answers."""
+
+
 class ScriptedProvider:
     """A provider that plays a script, for testing code that calls LLMs.
 
     Each call takes the next item of ``script``: a `ChatResponse` (or plain
     text, answered with usage of 1 prompt and 1 completion token) to return,
     or an exception to raise. Every request is kept in ``requests``, and the timeout
-    its attempt was given in ``timeouts``. A call past the end of the script raises
-    `AssertionError`.
+    its attempt was given in ``timeouts``. A request past the end of the script raises
+    `ScriptExhausted` (an `AssertionError`, and `legion.errors.Permanent`: its task
+    fails at once, not retried as a provider's failure would be). A call an attempt
+    replays from the record is not a request.
     """
 
     def __init__(
@@ -234,7 +247,11 @@ class ScriptedProvider:
         self.timeouts.append(timeout)
         item = next(self._script, None)
         if item is None:
-            raise AssertionError(f"{self._name}: call {len(self.requests)} is past the script")
+            last = request.messages[-1].get("content") if request.messages else None
+            raise ScriptExhausted(
+                f"{self._name}: request {len(self.requests)} is past the script of "
+                f"{len(self.requests) - 1} answer(s); it asked: {str(last)[:200]!r}"
+            )
         if isinstance(item, BaseException):
             raise item
         if isinstance(item, str):
