@@ -243,11 +243,16 @@ class StepFunctionError(Permanent, TypeError):
 
 class ChildFailed(Permanent):
     """Raised inside an agent when a child task of ``ctx.spawn`` or ``ctx.map`` did not
-    succeed (``failed`` lists the child task ids with their status)."""
+    succeed (``failed`` lists the child task ids with their status). ``outputs``: the
+    children's outputs in the order of their inputs, ``None`` for those that did not
+    succeed (what the others of a ``ctx.map`` gave: raised once every child has ended)."""
 
-    def __init__(self, message: str, failed: dict[int, str]) -> None:
+    def __init__(
+        self, message: str, failed: dict[int, str], outputs: list[Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.failed = failed
+        self.outputs = outputs if outputs is not None else []
 
 
 class ReplayMismatch(Permanent):

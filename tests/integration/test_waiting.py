@@ -104,6 +104,15 @@ async def fan_out_failing(ctx: Any) -> Any:
     return await ctx.map(double, [{"i": 1}, {"i": -1}, {"i": 2}], concurrency=2)
 
 
+@legion.agent(retries=0)
+async def fan_out_caught(ctx: Any) -> Any:
+    try:
+        await ctx.map(double, [{"i": 1}, {"i": -1}, {"i": 2}], concurrency=2)
+    except ChildFailed as exc:
+        return {"outputs": exc.outputs, "said": str(exc), "failed": list(exc.failed.values())}
+    return None
+
+
 async def _until(rt: legion.Runtime, task_id: int, status: TaskStatus) -> None:
     async def reached() -> bool:
         info = await rt.get(task_id)
@@ -309,6 +318,18 @@ async def test_a_failed_child_fails_its_parent(store_url: str) -> None:
     assert result.status is TaskStatus.FAILED
     assert result.error is not None and result.error.type == ChildFailed.__name__
     assert "1 of 3 child tasks did not succeed" in result.error.message
+
+
+async def test_a_failed_map_names_its_inputs_and_keeps_the_others_outputs(store_url: str) -> None:
+    """It named the failed children by task id ("5 (dead)", read as input 5) and gave no
+    way to the outputs of the others, which succeeded."""
+    async with legion.Runtime(store_url, agents=[fan_out_caught, double]) as rt:
+        result = await rt.result((await rt.submit(fan_out_caught, {})).id)
+    assert result.ok, result.error
+    caught = result.output
+    assert caught["outputs"] == [2, None, 4] and caught["failed"] == ["failed"]
+    assert "did not succeed: input 1 (task " in caught["said"], caught["said"]
+    assert ", failed: Permanent: negative -1)" in caught["said"], caught["said"]
 
 
 async def test_a_schedule_tick_is_claimed_once(store_url: str) -> None:

@@ -322,15 +322,22 @@ def _same_calls(
 
 def _outputs(prefix: str, n: int, children: dict[str, ChildInfo]) -> list[Any]:
     failed = {}
-    out = []
+    said: list[str] = []  # (the input's place first: a task id read as an input's number)
+    out: list[Any] = []
     for i in range(n):
         c = children[f"{prefix}{i}"]
         if c.status is not TaskStatus.SUCCEEDED:
             failed[c.id] = str(c.status)
-        out.append(c.output)
+            why = f": {c.error}" if c.error is not None and len(said) < 3 else ""
+            said.append(f"input {i} (task {c.id}, {c.status}{why[:200]})")
+            out.append(None)
+        else:
+            out.append(c.output)
     if failed:
-        shown = ", ".join(f"{i} ({s})" for i, s in list(failed.items())[:10])
-        raise ChildFailed(f"{len(failed)} of {n} child tasks did not succeed: {shown}", failed)
+        shown = ", ".join(said[:10]) + (f" and {len(said) - 10} more" if len(said) > 10 else "")
+        raise ChildFailed(
+            f"{len(failed)} of {n} child tasks did not succeed: {shown}", failed, out
+        )
     return out
 
 
