@@ -706,8 +706,8 @@ async def test_a_map_gathered_after_a_wait_goes_on_while_the_wait_does(store_url
         async with asyncio.timeout(60):  # (a bound on a broken test: the map stood still)
             while await _succeeded(rt, "quick") < 40:  # noqa: ASYNC110 - the store's counts
                 await asyncio.sleep(0.05)
-        info = await rt.store.get(parent.id)
-        assert info is not None and info.status is TaskStatus.WAITING  # (still for "go")
+            # (woken by the last child's end, it replays and waits for "go" alone)
+            await _until(rt, parent.id, TaskStatus.WAITING)
         await rt.signal(parent.id, "go", "yes")
         result = await rt.result(parent.id)
     assert result.output == ["yes", sum(range(40))]
