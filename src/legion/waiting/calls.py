@@ -335,9 +335,7 @@ def _outputs(prefix: str, n: int, children: dict[str, ChildInfo]) -> list[Any]:
             out.append(c.output)
     if failed:
         shown = ", ".join(said[:10]) + (f" and {len(said) - 10} more" if len(said) > 10 else "")
-        raise ChildFailed(
-            f"{len(failed)} of {n} child tasks did not succeed: {shown}", failed, out
-        )
+        raise ChildFailed(f"{len(failed)} of {n} child tasks did not succeed: {shown}", failed, out)
     return out
 
 
