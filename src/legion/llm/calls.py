@@ -215,11 +215,7 @@ class LLMCalls:
     def embeds_with(self, model: str | None) -> bool:
         """Whether a route answers embedding calls that name ``model`` (a route's name or
         its model; ``None``: the ``embed`` route, else the default one)."""
-        try:
-            self._client.embed_route(model)
-        except Permanent:
-            return False
-        return True
+        return self.embed_model(model) is not None
 
     def embed_model(self, model: str | None) -> str | None:
         """The model of the route an embedding call naming ``model`` goes to (``None``: no
