@@ -315,16 +315,29 @@ class ProviderRejected(Permanent):
     fatal: ClassVar[bool] = False
     """Whether every other call would fail the same way: then the runtime stops the run."""
 
-    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.provider = provider
         self.status = status
+        self.code = code
+        """The provider's own name for the error (OpenAI's ``error.code``:
+        ``context_length_exceeded``...), if it gave one."""
+        self.param = param
+        """The request's field the provider blamed (``error.param``), if it named one."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild,
-            (type(self), str(self), {"provider": self.provider, "status": self.status}),
-        )
+        fields = {"provider": self.provider, "status": self.status}
+        if self.code is not None or self.param is not None:
+            fields.update(code=self.code, param=self.param)
+        return (_rebuild, (type(self), str(self), fields))
 
 
 class ProviderAuthError(ProviderRejected):
@@ -368,14 +381,26 @@ class ProviderError(AgentError):
         provider: str,
         status: int | None = None,
         retry_after: float | None = None,
+        code: str | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.provider = provider
         self.status = status
         self.retry_after = retry_after
+        self.code = code
+        """The provider's own name for the error (``error.code``), if it gave one."""
+        self.param = param
+        """The request's field the provider blamed (``error.param``), if it named one."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        fields = {"provider": self.provider, "status": self.status, "retry_after": self.retry_after}
+        fields: dict[str, Any] = {
+            "provider": self.provider,
+            "status": self.status,
+            "retry_after": self.retry_after,
+        }
+        if self.code is not None or self.param is not None:
+            fields.update(code=self.code, param=self.param)
         # (``retryable`` set on this error, as the LLM client does, crosses with it)
         state = {k: v for k, v in vars(self).items() if k == "retryable"}
         return (_rebuild, (type(self), str(self), fields), state)

@@ -197,6 +197,36 @@ def test_tool_choice(choice: Any, translated: Any) -> None:
     assert payload["max_tokens"] == 10 and payload["stream"] is False
 
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def test_openai_parameters_are_translated_or_refused_never_sent_as_they_are() -> None:
+    # They went into the Messages body unchanged: Anthropic refuses an unknown field, and
+    # a lenient server ignored them (JSON mode asked, prose answered).
+    def payload(**params: Any) -> dict[str, Any]:
+        return build_payload(ChatRequest("m", MESSAGES, params), "anthropic", 10)
+
+    one_at_a_time = payload(tools=[TOOL], parallel_tool_calls=False, user="u-7")
+    assert one_at_a_time["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    assert one_at_a_time["metadata"] == {"user_id": "u-7"}
+    assert "parallel_tool_calls" not in one_at_a_time and "user" not in one_at_a_time
+    forced = payload(tools=[TOOL], tool_choice="required", parallel_tool_calls=False)
+    assert forced["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+    # What SDKs and frameworks send unasked, at OpenAI's defaults, is taken out.
+    defaults = payload(n=1, seed=None, presence_penalty=0, response_format={"type": "text"})
+    assert set(defaults) == {"model", "messages", "system", "max_tokens", "stream"}
+    # Both token limits: the newer name wins, and neither is sent on under its own name.
+    both = payload(max_tokens=5, max_completion_tokens=7)
+    assert both["max_tokens"] == 7 and "max_completion_tokens" not in both
+    # Anthropic's own parameters go through.
+    assert payload(top_k=3)["top_k"] == 3
+    with pytest.raises(ProviderRejected, match=r"response_format.*ask for JSON") as refused:
+        payload(response_format={"type": "json_object"}, seed=7)
+    assert "seed" in str(refused.value) and refused.value.status == 400
+    with pytest.raises(ProviderRejected, match="metadata"):
+        payload(metadata={"app": "x"})
+
+
 def test_untranslatable_messages_are_rejected() -> None:
     with pytest.raises(ProviderRejected, match="cannot translate"):
         build_payload(ChatRequest("m", ({"content": "no role"},)), "anthropic", 10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from legion.errors import (
@@ -9,6 +11,7 @@ from legion.errors import (
     LegionError,
     MalformedResponse,
     ProviderAuthError,
+    ProviderError,
     ProviderRejected,
     ProviderUnavailable,
     RateLimited,
@@ -96,3 +99,20 @@ def test_decode_json_accepts_objects_only() -> None:
         decode_json(b'{"a":', "p")
     with pytest.raises(MalformedResponse, match="not an object: list"):
         decode_json("[1]", "p")
+
+
+def test_the_providers_code_and_param_are_kept_and_cross_processes() -> None:
+    # What a client decides on (trim the history on context_length_exceeded): the
+    # gateway and ctx.llm.openai() pass them on to their callers.
+    body = (
+        b'{"error": {"message": "too long", "type": "invalid_request_error", '
+        b'"param": "messages", "code": "context_length_exceeded"}}'
+    )
+    for status in (400, 429, 500):
+        error = translate(status, body)
+        assert isinstance(error, (ProviderRejected, ProviderError))
+        assert (error.code, error.param) == ("context_length_exceeded", "messages")
+        again = pickle.loads(pickle.dumps(error))
+        assert (again.code, again.param, str(again)) == (error.code, error.param, str(error))
+    plain = translate(400, b'{"error": {"message": "no", "code": 7}}')
+    assert isinstance(plain, ProviderRejected) and (plain.code, plain.param) == (None, None)

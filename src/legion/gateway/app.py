@@ -50,7 +50,7 @@ from legion.errors import (
     is_retryable,
 )
 from legion.gateway.usage import UsageBook, totals_json
-from legion.llm.client import LLMClient, Route
+from legion.llm.client import EMBED_ROUTE, LLMClient, Route
 from legion.llm.deltas import StreamInterrupted
 from legion.llm.embeddings import Embeddings
 from legion.llm.sdk import openai_wire
@@ -76,6 +76,11 @@ SAY_EVERY = 10.0
 """Seconds between two log lines of one kind of failed call (see `Gateway._failed`)."""
 _RETRY = {"Retry-After": "5"}  # (every 503 says when to try again)
 _HEALTH_TIMEOUT = 5.0
+_SERVED = (
+    "POST /v1/chat/completions (the Chat Completions API; not the Responses API: the "
+    "OpenAI Agents SDK takes OpenAIChatCompletionsModel), POST /v1/embeddings, "
+    "GET /v1/models, GET /v1/models/{model}, GET /v1/usage and GET /healthz"
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +146,7 @@ class Gateway:
         self._client = client
         self._max_wait = max_wait
         self._said: dict[str, tuple[float, int]] = {}  # (see _failed)
+        self._told: dict[str, float] = {}  # (see _too_long_a_wait)
         self._store = store
         self._auth = Authenticator(store, cache_seconds=key_cache_seconds)
         self._shares = SharedCapacity(client, store, gateway_id)
@@ -155,6 +161,7 @@ class Gateway:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_get("/v1/usage", self._usage)
         app.router.add_get("/healthz", self._health)
         return app
@@ -245,9 +252,16 @@ class Gateway:
         their turn, and the provider's capacity goes on calls whose callers have gone."""
         if self._max_wait is None:
             return None
-        wait = self._client.expected_wait(route, chat.messages, chat.params)
+        wait, spacing = self._client.expected_turn(route, chat.messages, chat.params)
         if wait <= self._max_wait:
             return None
+        # Each caller turned away is told a later turn than the one before it, as if it
+        # had queued: told the same wait, they all came back at once, and all but one
+        # were turned away again.
+        now = time.monotonic()
+        turn = max(now + wait, self._told.get(route, 0.0) + spacing)
+        self._told[route] = turn
+        wait = turn - now
         retry_after = max(1, math.ceil(wait))
         response = _error(
             429,
@@ -289,7 +303,7 @@ class Gateway:
                 await self._settle(response, route, key_id, step)
             except (_Conflict, LegionError) as exc:
                 self._failed(key_id, exc)
-                await stream.write(openai_wire.render_stream_error(_status(exc), str(exc)))
+                await stream.write(openai_wire.render_stream_error(_status(exc), str(exc), exc))
             else:
                 await stream.write(b"".join(chunks.end(response)))
             await stream.write_eof()
@@ -318,7 +332,7 @@ class Gateway:
             return _error(exc.status, exc.message)
         try:
             model, texts, params, encoding = openai_wire.parse_embed(await request.read())
-            route = self._client.embed_route(self._route_name(model))
+            route = self._client.embed_route(self._embed_route_name(model))
             step = _step(request, key, "embed", [route.model, texts, params])
             async with self._steps.step(step):
                 found = await self._recorded(step) if step is not None else None
@@ -378,12 +392,38 @@ class Gateway:
             await self._key(request)
         except AuthError as exc:
             return _error(exc.status, exc.message)
-        names: dict[str, str] = {}
-        for name, route in self._client.routes.items():
-            names.setdefault(route.model, name)
-            names.setdefault(name, name)
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": "legion"} for n in names]
+        data = [_model_json(name) for name in self._model_names()]
         return web.json_response({"object": "list", "data": data})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        """One model of `_models` (OpenAI's ``GET /v1/models/{model}``, which clients ask
+        to check a model before they use it); 404 ``model_not_found`` for another."""
+        try:
+            await self._key(request)
+        except AuthError as exc:
+            return _error(exc.status, exc.message)
+        name = request.match_info["model"]
+        if name not in self._model_names():
+            return web.Response(
+                status=404,
+                body=openai_wire.render_error(
+                    404,
+                    f"the model {name!r} is not one of this gateway's routes or their "
+                    f"models ({', '.join(sorted(self._model_names()))}); a call naming it "
+                    "goes to the default route",
+                    code="model_not_found",
+                ),
+                content_type="application/json",
+            )
+        return web.json_response(_model_json(name))
+
+    def _model_names(self) -> list[str]:
+        """Each route's name and its model, in the routes' order."""
+        names: dict[str, None] = {}
+        for name, route in self._client.routes.items():
+            names.setdefault(route.model)
+            names.setdefault(name)
+        return list(names)
 
     async def _usage(self, request: web.Request) -> web.Response:
         try:
@@ -432,6 +472,19 @@ class Gateway:
             }
         return web.json_response({"ok": True, "routes": routes})
 
+    def _embed_route_name(self, model: str) -> str | None:
+        """The route an embedding request's model names, else the ``embed`` route, else
+        the default route for a request that names no model; `WireError` for a model no
+        route serves where there is no ``embed`` route (the default route is a chat
+        model's: the call would go to a model its caller did not name)."""
+        name = self._route_name(model)
+        if name is None and model and EMBED_ROUTE not in self._client.routes:
+            raise WireError(
+                f"no route of this gateway serves embeddings of {model!r}: start it with an "
+                f"embedding route (--llm embed=openai:{model}), or name one of its routes"
+            )
+        return name
+
     def _route_name(self, model: str) -> str | None:
         """The route a request's model names (a route, or a route's model), else the
         default route (``None``)."""
@@ -440,6 +493,10 @@ class Gateway:
         with contextlib.suppress(Permanent):
             return self._client.route_for(model).name
         return None
+
+
+def _model_json(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "legion"}
 
 
 def _step(request: web.Request, key: ApiKey, kind: str, inputs: Sequence[Any]) -> _Step | None:
@@ -513,7 +570,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         reason = exc.reason
-        if exc.status == 413:
+        if exc.status == 404:
+            path = request.path if len(request.path) <= 200 else request.path[:200] + "..."
+            reason = f"legion gateway serves no {request.method} {path}: it serves {_SERVED}"
+        elif exc.status == 413:
             reason = f"the request body is past the {_MAX_BODY // 2**20} MiB a call may send"
         response = _error(exc.status, reason)
         if "Allow" in exc.headers:
@@ -529,7 +589,10 @@ def _failure(exc: _Conflict | WireError | LegionError) -> web.Response:
     so (``x-should-retry: false``): the SDKs retry a 429 or a 5xx otherwise, each try
     refused again (a request too large for the route's limit, sent three times). One the
     provider said when to try again passes its ``Retry-After`` on."""
-    response = _error(_status(exc), str(exc))
+    cause: BaseException | None = exc
+    if isinstance(exc, ProviderAuthError) and exc.code != "insufficient_quota":
+        cause = None  # (the gateway's key was refused, not the caller's: no invalid_api_key)
+    response = _error(_status(exc), str(exc), cause)
     if not isinstance(exc, LegionError) or not is_retryable(exc):
         response.headers["x-should-retry"] = "false"
     elif (wait := getattr(exc, "retry_after", None)) is not None and response.status != 503:
@@ -537,7 +600,9 @@ def _failure(exc: _Conflict | WireError | LegionError) -> web.Response:
     return response
 
 
-def _error(status: int, message: str) -> web.Response:
+def _error(status: int, message: str, cause: BaseException | None = None) -> web.Response:
+    """OpenAI's error body, its ``code`` and ``param`` the provider's for ``cause``
+    (see `openai_wire.render_error`)."""
     headers: dict[str, str] | None = None
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="legion"'}
@@ -545,7 +610,7 @@ def _error(status: int, message: str) -> web.Response:
         headers = _RETRY
     return web.Response(
         status=status,
-        body=openai_wire.render_error(status, message),
+        body=openai_wire.render_error(status, message, cause),
         content_type="application/json",
         headers=headers,
     )

@@ -13,8 +13,11 @@ measured in `legion.llm.openai`):
   ``tool`` messages become ``tool_result`` blocks of a user turn;
 * ``max_tokens`` (or ``max_completion_tokens``) is required by Anthropic and
   defaults to ``default_max_tokens``; ``stop`` becomes ``stop_sequences``;
-  function ``tools`` and ``tool_choice`` are translated; other parameters go
-  through unchanged.
+  function ``tools`` and ``tool_choice`` are translated, ``parallel_tool_calls=False``
+  becomes ``disable_parallel_tool_use`` and ``user`` becomes ``metadata.user_id``;
+  OpenAI's parameters that Anthropic has no field for (``response_format``, ``seed``,
+  the penalties...) are refused, by name, unless at their default value; other
+  parameters (Anthropic's own: ``top_k``, ``thinking``...) go through unchanged.
 
 Answers come back normalised: text blocks joined, ``tool_use`` blocks as
 `ToolCall` (arguments as JSON text), stop reasons in OpenAI's words
@@ -132,7 +135,9 @@ def build_payload(request: ChatRequest, provider: str, default_max_tokens: int) 
     """The Messages API body of ``request``; `ProviderRejected` if a message
     cannot be translated."""
     params = dict(request.params)
-    max_tokens = params.pop("max_tokens", None) or params.pop("max_completion_tokens", None)
+    max_tokens = params.pop("max_tokens", None)
+    max_tokens = params.pop("max_completion_tokens", None) or max_tokens
+    _openai_only(params, provider)
     try:
         system, messages = _messages(request.messages)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -154,10 +159,67 @@ def build_payload(request: ChatRequest, provider: str, default_max_tokens: int) 
         payload["tools"] = [_tool(tool) for tool in params.pop("tools")]
     if "tool_choice" in params:
         payload["tool_choice"] = _tool_choice(params.pop("tool_choice"))
+    if params.pop("parallel_tool_calls", None) is False and "tools" in payload:
+        choice = dict(payload.get("tool_choice") or {"type": "auto"})
+        if choice.get("type") != "none":
+            choice["disable_parallel_tool_use"] = True
+        payload["tool_choice"] = choice
+    user = params.pop("user", None)
+    if user is not None:
+        payload["metadata"] = {**(params.pop("metadata", None) or {}), "user_id": str(user)}
     params.pop("stream_options", None)
     payload.update(params)
     payload["stream"] = request.stream
     return payload
+
+
+# OpenAI's parameters that the Messages API has no field for. Sent on, Anthropic refuses
+# the request (400) and a lenient server in its place ignores them: JSON mode asked, and
+# prose answered. Each is taken at its default value (what SDKs and frameworks send
+# without being asked), and refused, by name, at any other.
+_OPENAI_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "n": (None, 1),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "seed": (None,),
+    "response_format": (None, {"type": "text"}),
+    "store": (None, False),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "audio": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+    "functions": (None,),
+    "function_call": (None,),
+}
+_HINTS = {
+    "response_format": "ask for JSON in the prompt, or give a tool whose input is the schema",
+    "reasoning_effort": "Anthropic's extended thinking is its own parameter, 'thinking'",
+}
+
+
+def _openai_only(params: dict[str, Any], provider: str) -> None:
+    """Take OpenAI's parameters that Anthropic has no field for out of ``params``, those
+    at their default value; `ProviderRejected` naming the others."""
+    refused = []
+    for name in [name for name in params if name in _OPENAI_DEFAULTS]:
+        value = params.pop(name)
+        if not any(type(value) is type(d) and value == d for d in _OPENAI_DEFAULTS[name]):
+            refused.append(name)
+    metadata = params.get("metadata")
+    if isinstance(metadata, Mapping) and set(metadata) - {"user_id"}:
+        refused.append("metadata (Anthropic's takes 'user_id' alone)")
+    if refused:
+        hints = "".join(f"; {name}: {_HINTS[name]}" for name in refused if name in _HINTS)
+        raise ProviderRejected(
+            f"{provider}: Anthropic's Messages API has no counterpart for "
+            f"{', '.join(refused)}: call without it on this route{hints}",
+            provider=provider,
+            status=400,
+        )
 
 
 def _messages(

@@ -602,6 +602,16 @@ class Capacity:
             wait += 1e-3 * (1 + queued)
         return wait + 1e-9 * (queued + self._in_flight)
 
+    def spacing(self, tokens: int) -> float:
+        """About how many seconds one more call of ``tokens`` queued now would add to the
+        wait of the calls behind it, at the pace allowed now (0 without limits): what a
+        gateway spaces the callers it turns away by, so that they come back in turn."""
+        spacing = (self._probe_interval if self.failing else self._interval) or 0.0
+        rate = self._token_rate
+        if rate is not None:
+            spacing = max(spacing, tokens / rate)
+        return spacing
+
     def failed(self, *, sent_at: float) -> bool:
         """A call started at ``sent_at`` failed in a way that may pass (a server error, a
         timeout); answer whether the route was already failing as a whole (``failing``:

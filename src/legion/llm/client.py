@@ -389,8 +389,16 @@ class LLMClient:
         """About how many seconds a chat call on route ``name`` made now would wait for its
         turn, at the deployment `pick` would send it to (what a gateway compares with the
         longest its callers may wait)."""
+        return self.expected_turn(name, messages, params)[0]
+
+    def expected_turn(
+        self, name: str, messages: Sequence[Message], params: Mapping[str, Any]
+    ) -> tuple[float, float]:
+        """`expected_wait`, and about how many seconds such a call adds to the wait of the
+        calls after it (`Capacity.spacing`)."""
         tokens = estimate_tokens(messages, params, self._completion_estimate)
-        return self.pick(name, tokens).capacity.expected_wait(tokens)
+        capacity = self.pick(name, tokens).capacity
+        return capacity.expected_wait(tokens), capacity.spacing(tokens)
 
     def _serving(self, name: str) -> Sequence[Route]:
         """The deployments a call on route ``name`` may go to now (see `pick`). One that is

@@ -334,6 +334,7 @@ def error_for_status(
     success, its message quoting what the provider said in ``body``; ``url``: where the
     request went (named when nothing serves it)."""
     detail, code = error_detail(body)
+    said = error_fields(body)  # (what an OpenAI client reads: passed on by the gateway)
     if status in (404, 405) and url and not _is_json(body):
         return EndpointNotFound(
             f"{provider}: nothing serves POST {url} ({status}: {detail}); check the route's "
@@ -341,6 +342,7 @@ def error_for_status(
             "anthropic routes)",
             provider=provider,
             status=status,
+            **said,
         )
     if status == 429:
         if code == "insufficient_quota":
@@ -349,18 +351,21 @@ def error_for_status(
                 "Check the plan and billing of this API key.",
                 provider=provider,
                 status=status,
+                **said,
             )
         if headers.get("x-should-retry", "").lower() == "false":
             return ProviderRejected(
                 f"{provider} rejected the request and says retrying cannot help (429): {detail}",
                 provider=provider,
                 status=status,
+                **said,
             )
         return RateLimited(
             f"{provider} rate limit hit (429): {detail}",
             provider=provider,
             status=status,
             retry_after=rate_limits.retry_after,
+            **said,
         )
     if status >= 500 or status in _RETRYABLE_CLIENT_STATUSES:
         return ProviderUnavailable(
@@ -368,18 +373,21 @@ def error_for_status(
             provider=provider,
             status=status,
             retry_after=rate_limits.retry_after,
+            **said,
         )
     if status == 401:
         return ProviderAuthError(
             f"{provider} rejected the API key (401): {detail.rstrip('.')}. {auth_hint}",
             provider=provider,
             status=status,
+            **said,
         )
     if status == 403:
         return ProviderAuthError(
             f"{provider} denied access (403): {detail.rstrip('.')}. {auth_hint}",
             provider=provider,
             status=status,
+            **said,
         )
     if status < 400:
         return ProviderRejected(
@@ -387,9 +395,13 @@ def error_for_status(
             f"{headers.get('location', '?')}; check the base URL",
             provider=provider,
             status=status,
+            **said,
         )
     return ProviderRejected(
-        f"{provider} rejected the request ({status}): {detail}", provider=provider, status=status
+        f"{provider} rejected the request ({status}): {detail}",
+        provider=provider,
+        status=status,
+        **said,
     )
 
 
@@ -442,6 +454,24 @@ def error_detail(body: bytes) -> tuple[str, str | None]:
             return _clip(data["message"]), None
     text = body.decode("utf-8", "replace").strip()
     return (_clip(text) if text else "(empty body)"), None
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    """OpenAI's ``error.code`` and ``error.param`` in an error body, those that are
+    strings (``{"code": "context_length_exceeded", "param": "messages"}``): what a
+    client decides on (trim the history, fix a field), kept with legion's error."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return {}
+    return {
+        name: value[:_MAX_DETAIL_CHARS]
+        for name in ("code", "param")
+        if isinstance(value := error.get(name), str) and value
+    }
 
 
 def _is_json(body: bytes) -> bool:

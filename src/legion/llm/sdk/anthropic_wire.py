@@ -280,14 +280,14 @@ def render_stream(response: ChatResponse, model: str, stream_id: str | None = No
     return events.whole(response)
 
 
-def render_stream_error(status: int, message: str) -> bytes:
+def render_stream_error(status: int, message: str, cause: BaseException | None = None) -> bytes:
     """The event that ends a stream broken after its first events (the ``anthropic`` SDK
     raises an ``APIStatusError`` with ``message``)."""
     return b"event: error\ndata: " + render_error(status, message) + b"\n\n"
 
 
-def render_error(status: int, message: str) -> bytes:
-    """An error body as Anthropic writes it."""
+def render_error(status: int, message: str, cause: BaseException | None = None) -> bytes:
+    """An error body as Anthropic writes it (which names no code: ``cause`` is not read)."""
     kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
             404: "not_found_error", 429: "rate_limit_error"}.get(status, "api_error")  # fmt: skip
     return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from legion.codec import json_error, loads_given
+from legion.errors import BudgetExceeded
 from legion.llm.deltas import Delta
 from legion.llm.embeddings import Embeddings
 from legion.llm.types import ChatResponse, Message, Usage
@@ -58,8 +59,8 @@ def parse_chat(body: bytes) -> WireChat:
     params = {name: value for name, value in data.items() if name not in _NOT_PARAMS}
     if "n" in params and params["n"] is None:
         del params["n"]  # (null: the default, one choice, as OpenAI takes it)
-    if params.get("n", 1) != 1:
-        raise WireError("legion answers one choice per request (n=1)")
+    if "n" in params and (type(params["n"]) is not int or params["n"] != 1):
+        raise WireError(f"legion answers one choice per request (n=1), not n={params['n']!r}")
     if params.get("logprobs") or params.get("top_logprobs"):
         # (sent on, the provider's answer would come back without them, in silence)
         raise WireError("legion does not pass log probabilities back: call without logprobs")
@@ -85,12 +86,25 @@ def parse_embed(body: bytes) -> tuple[str, list[str], dict[str, Any], str]:
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        if isinstance(texts, list) and texts and all(_tokens(text) for text in texts):
+            # (what langchain-openai's OpenAIEmbeddings sends by default)
+            raise WireError(
+                "'input' as token ids is not taken: send the text (langchain's "
+                "OpenAIEmbeddings: check_embedding_ctx_length=False)"
+            )
         raise WireError("'input' must be a string or an array of strings")
     encoding = data.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise WireError("encoding_format must be 'float' or 'base64'")
     params = {k: v for k, v in data.items() if k not in ("model", "input", "encoding_format")}
     return str(data.get("model") or ""), texts, params, encoding
+
+
+def _tokens(value: Any) -> bool:
+    """Whether ``value`` is a token id or an array of them."""
+    if isinstance(value, list):
+        return bool(value) and all(type(token) is int for token in value)
+    return type(value) is int
 
 
 def completion_id(response: ChatResponse) -> str:
@@ -226,10 +240,10 @@ def render_stream(
     return chunks.whole(response)
 
 
-def render_stream_error(status: int, message: str) -> bytes:
+def render_stream_error(status: int, message: str, cause: BaseException | None = None) -> bytes:
     """The event that ends a stream broken after its first chunks (the ``openai`` SDK
     raises an ``APIError`` with ``message``)."""
-    return b"data: " + render_error(status, message) + b"\n\n"
+    return b"data: " + render_error(status, message, cause) + b"\n\n"
 
 
 def render_embeddings(embeddings: Embeddings, model: str, encoding: str = "float") -> bytes:
@@ -257,12 +271,37 @@ def _encoded(vector: Sequence[float], encoding: str) -> Any:
     return list(vector)
 
 
-def render_error(status: int, message: str, code: str | None = None) -> bytes:
-    """An error body as OpenAI writes it."""
+def render_error(
+    status: int, message: str, cause: BaseException | None = None, *, code: str | None = None
+) -> bytes:
+    """An error body as OpenAI writes it; its ``code`` (unless given) and ``param`` those
+    the provider gave for ``cause`` (``context_length_exceeded``, ``messages``), else
+    OpenAI's own for what legion says (``rate_limit_exceeded``, ``insufficient_quota``
+    for a budget that cannot hold the call, ``invalid_api_key``): a client decides on
+    them."""
     kind = "server_error" if status >= 500 else "invalid_request_error"
     if status == 429:
         kind = "rate_limit_error"
-    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+    said, param = _said(cause)
+    code = code or said
+    if code is None:
+        code = _CODES.get(status)
+        if isinstance(cause, BudgetExceeded):
+            code = "insufficient_quota"
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
+
+
+def _said(cause: BaseException | None) -> tuple[str | None, str | None]:
+    """The provider's ``error.code`` and ``error.param`` kept with ``cause``."""
+    code = getattr(cause, "code", None)
+    param = getattr(cause, "param", None)
+    return (
+        code if isinstance(code, str) else None,
+        param if isinstance(param, str) else None,
+    )
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:

@@ -75,6 +75,10 @@ class _Events(httpx2.AsyncByteStream):
         return None
 
 
+_ErrorEvent = Callable[[int, str, BaseException | None], bytes]
+"""An error's body or event, from its status, message and cause."""
+
+
 class _Renderer(Protocol):
     def start(self) -> bytes: ...
 
@@ -94,7 +98,7 @@ class _LiveEvents(httpx2.AsyncByteStream):
         live: LiveCall,
         first: Delta,
         render: _Renderer,
-        error: Callable[[int, str], bytes],
+        error: _ErrorEvent,
     ) -> None:
         self._live = live
         self._first = first
@@ -113,7 +117,7 @@ class _LiveEvents(httpx2.AsyncByteStream):
         try:
             response = await live.result()
         except LegionError as exc:
-            yield self._error(error_status(exc), str(exc))
+            yield self._error(error_status(exc), str(exc), exc)
             return
         for event in render.end(response):
             yield event
@@ -171,7 +175,7 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         return await self._calls.chat(chat.messages, route, stream=chat.stream, **chat.params)
 
     async def _stream(
-        self, chat: WireChat, render: _Renderer, error: Callable[[int, str], bytes]
+        self, chat: WireChat, render: _Renderer, error: _ErrorEvent
     ) -> httpx2.Response:
         """A streamed call: nothing is answered before its first piece (a failure before
         then is an HTTP error, as from the provider), then each piece as it comes."""
@@ -227,7 +231,7 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         legion's own error would have been (``exc``; ``None`` and a request legion cannot
         take: not retryable). ``exc`` itself goes with it (`legion.errors.legion_cause`):
         a budget's stop or a long Retry-After then ends the task as it would have."""
-        render: Callable[[int, str], bytes] = (
+        render: _ErrorEvent = (
             openai_wire.render_error if self._dialect == "openai" else anthropic_wire.render_error
         )
         retryable = isinstance(exc, LegionError) and is_retryable(exc)
@@ -240,6 +244,6 @@ class LegionTransport(httpx2.AsyncBaseTransport):
         return httpx2.Response(
             status,
             headers=headers,
-            content=render(status, message),
+            content=render(status, message, exc),
             extensions={LEGION_ERROR: exc} if isinstance(exc, LegionError) else {},
         )
