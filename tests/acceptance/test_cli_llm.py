@@ -122,7 +122,7 @@ def test_a_rejected_api_key_stops_the_run_with_one_clear_line(
 ) -> None:
     (tmp_path / "app.py").write_text(AGENT)
     inp = write_jsonl(tmp_path / "in.jsonl", [{"topic": f"t{i}"} for i in range(500)])
-    r = legion(
+    run = [
         "run",
         f"{tmp_path / 'app.py'}:ask",
         "-i",
@@ -135,8 +135,8 @@ def test_a_rejected_api_key_stops_the_run_with_one_clear_line(
         "20",
         "--llm",
         f"openai:sim-model@{simulator}",
-        env={"OPENAI_API_KEY": "a-wrong-key"},
-    )
+    ]
+    r = legion(*run, env={"OPENAI_API_KEY": "a-wrong-key"})
     assert r.returncode == 2
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "401" in errors[0], r.stderr
@@ -144,4 +144,9 @@ def test_a_rejected_api_key_stops_the_run_with_one_clear_line(
     stats = sim_stats(simulator)
     assert int(stats["requests_total"]) <= 20 * 3
     rows = read_jsonl(tmp_path / "out.jsonl")
-    assert sum(row["status"] == "queued" for row in rows) >= 500 - 20  # left for the next run
+    # Every line is left for the next run: those refused too (one stayed failed for
+    # good, and the same command with the key fixed exited 1).
+    assert [row["status"] for row in rows] == ["queued"] * 500
+    again = legion(*run, env={"OPENAI_API_KEY": "the-right-key"})
+    assert again.returncode == 0, again.stderr
+    assert [row["status"] for row in read_jsonl(tmp_path / "out.jsonl")] == ["succeeded"] * 500

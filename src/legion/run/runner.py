@@ -461,10 +461,13 @@ def _failure(
             not_before=finished + park if park else 0.0,
             **more,
         )
-    if is_unspent(error):
-        # The agent's file changed under this worker, or its executor died (Ray): the task
-        # is not at fault, and the worker stops on it (``fatal``). Back to the queue for a
-        # worker started anew, no attempt spent.
+    if is_unspent(error) or is_fatal(error):
+        # The agent's file changed under this worker, or its executor died (Ray), or every
+        # task would fail the same way (the provider refused the key, nothing serves the
+        # route's URL, an extra is missing): the task is not at fault, and the worker
+        # stops on it (``fatal``). Back to the queue, its error kept to say why, for a
+        # worker started anew (once the key is fixed), no attempt spent: the same command
+        # run again finishes the work.
         return _completion(lease, owner, Outcome.RELEASED, started, finished, error=info, **more)
     if isinstance(error, AgentLoadError):
         # Its code does not import in a process of this worker (the process executor's
