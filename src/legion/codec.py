@@ -15,13 +15,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from typing import Any
 
 import orjson
 
 from legion.errors import OutputError
 
-_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_PLAIN = orjson.OPT_NON_STR_KEYS
+_WITH_NUMPY = _PLAIN | orjson.OPT_SERIALIZE_NUMPY
+
+
+def _options() -> int:
+    """numpy's arrays are encoded as lists once numpy is imported; before, there are none,
+    and with the flag orjson imports numpy itself the first time it meets a value it
+    cannot encode (a function among a step's inputs): ~0.2 s on the event loop, said to
+    be the agent's own import."""
+    return _WITH_NUMPY if "numpy" in sys.modules else _PLAIN
 
 
 def _default(value: Any) -> Any:
@@ -55,7 +65,7 @@ def dumps(value: Any, *, finite: bool = True) -> bytes:
     so a short one is copied to its own size (a copy of under 64 KB costs little next to
     the encoding; a long one wastes at most what it holds)."""
     try:
-        encoded = orjson.dumps(value, default=_default, option=_OPTIONS)
+        encoded = orjson.dumps(value, default=_default, option=_options())
     except (TypeError, orjson.JSONEncodeError) as exc:
         why = str(exc)
         inner = exc.__cause__
@@ -157,7 +167,7 @@ def same_value_hash(value: Any) -> int:
     """A hash of ``value``'s JSON, to tell equal values apart from others within this
     process (no copy is kept); raises like `dumps` for what JSON cannot hold."""
     try:
-        return hash(orjson.dumps(value, default=_default, option=_OPTIONS))
+        return hash(orjson.dumps(value, default=_default, option=_options()))
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise OutputError(f"cannot encode value as JSON: {exc}") from exc
 

@@ -79,6 +79,27 @@ def test_the_sdk_import_of_a_first_ctx_llm_openai_is_not_the_agents_block() -> N
     assert blocked_loop("ask", block(*own)) is not None
 
 
+def test_an_import_legions_own_code_makes_on_first_use_is_not_the_agents_block() -> None:
+    # `col.add(...)` on a PostgreSQL store imported legion.vectors.postgres: "import it at
+    # the top of the agent's module", of a module the agent never imports.
+    mine = Site(str(USER), 5, "note", "await col.add(text)")
+    importing = (
+        Site(str(LEGION / "vectors" / "postgres.py"), 1, "<module>"),
+        Site(
+            "<frozen importlib._bootstrap>", 1, "_find_and_load", "import legion.vectors.postgres"
+        ),
+        Site(str(LEGION / "vectors" / "backend.py"), 40, "vectors_for"),
+        Site(str(LEGION / "vectors" / "collection.py"), 90, "add"),
+    )
+    assert blocked_loop("note", block(*importing, mine)) is None
+    # A library's import made by the agent's own call is still its own.
+    theirs = (
+        Site("<frozen importlib._bootstrap>", 1, "_find_and_load", "import numpy"),
+        Site(str(PACKAGES / "langgraph" / "pregel" / "main.py"), 300, "ainvoke"),
+    )
+    assert blocked_loop("note", block(*theirs, mine)) is not None
+
+
 def test_a_captured_stack_names_the_module_an_import_loads(tmp_path: Path) -> None:
     # The watchdog reads the stack of the loop's thread; an import's frozen frames have
     # no line to show, so the module they load is kept in its place.

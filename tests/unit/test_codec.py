@@ -142,3 +142,22 @@ def test_a_set_is_encoded_in_one_order_whatever_the_process() -> None:
     }
     assert seen == {'["a","b","c","d","e"]'}
     assert set(codec.loads(codec.dumps({1, "a"}))) == {1, "a"}  # (items that do not compare)
+
+
+def test_encoding_imports_no_numpy_of_its_own_and_encodes_its_arrays_once_imported() -> None:
+    # With numpy installed but not imported, a value orjson cannot encode (a function
+    # among a step's inputs, fingerprinted for the advice) made orjson import numpy: ~0.2 s
+    # on the event loop, reported as the agent's own import.
+    script = (
+        "import sys\n"
+        "from legion import codec\n"
+        "try:\n"
+        "    codec.same_value_hash([print, 1])\n"
+        "except codec.OutputError:\n"
+        "    pass\n"
+        "assert 'numpy' not in sys.modules, 'numpy imported'\n"
+        "import numpy\n"
+        "assert codec.dumps({'a': numpy.arange(3)}) == b'{\"a\":[0,1,2]}'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import itertools
 import linecache
 import os
 import re
@@ -143,7 +144,7 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
     if site is None or not getattr(block, "held", True):
         return None  # legion's own work, or no one call's (a busy or starved loop)
     below = _below(block.stack, site)
-    if _importing_an_sdk(below):
+    if _importing_an_sdk(below) or _imported_by_legion(below):
         return None  # (legion's, once a process: the README says so; not the agent's doing)
     site = with_code(site)
     who = f"agent `{agent}`"
@@ -200,6 +201,18 @@ def _importing_an_sdk(below: Sequence[Site]) -> bool:
         f.function in _SDK_CLIENTS and f.file.endswith(os.path.join("legion", "llm", "calls.py"))
         for f in below
     )
+
+
+def _imported_by_legion(below: Sequence[Site]) -> bool:
+    """Whether the block is an import that legion's own code made on its first use (a
+    store's vector module, from ``ctx.vectors``): not the agent's, whose advice to import
+    it at the top of its module would name a module it never imports."""
+    outer = list(reversed(below))  # (outermost first: the call the agent made)
+    for caller, callee in itertools.pairwise(outer):
+        if callee.file.startswith("<frozen importlib"):
+            path = os.path.realpath(caller.file)
+            return path.startswith(_LEGION + os.sep)
+    return False
 
 
 def agent_files(fn: Any) -> tuple[str, ...]:
