@@ -4,6 +4,7 @@ made as recorded ``ctx.llm`` calls against the simulator."""
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from typing import Any
 
@@ -215,10 +216,15 @@ async def test_an_sdk_error_for_a_call_legion_could_not_make_is_retried_as_legio
     bad_key = ProviderAuthError("bad key", provider="scripted", status=401)
     keyless = LLMClient([Route("default", ScriptedProvider([bad_key]), "m", Capacity("x"))])
     async with Runtime(db_url, llm=keyless) as rt:
-        (stopped,) = [await rt.result((await rt.submit(sdk_call, 1)).id)]
-        assert stopped.status is TaskStatus.FAILED and stopped.attempt == 1, stopped
-        assert stopped.error is not None and stopped.error.type == "AuthenticationError"
+        task = await rt.submit(sdk_call, 1)
+        with pytest.raises(legion.WorkerStopped):
+            await rt.result(task.id)
         assert rt.fatal_error is not None  # the run stops: every task would meet it
+        stopped = await rt.store.get(task.id)
+    # ... and the task is not charged for it: back to the queue, its attempt unspent.
+    assert stopped is not None and stopped.status is TaskStatus.QUEUED, stopped
+    assert stopped.attempt == 0
+    assert stopped.error is not None and stopped.error.type == "AuthenticationError"
 
 
 async def test_what_an_sdk_asks_for_is_passed_on_or_refused_never_dropped(db_url: str) -> None:
@@ -289,4 +295,21 @@ def test_a_missing_sdk_is_named_with_its_extra_and_stops_the_run(
     make = clients.openai_client if sdk == "openai" else clients.anthropic_client
     with pytest.raises(MissingExtra, match=rf"needs the {sdk} SDK: .*legion-runtime\[{sdk}\]") as e:
         make(None, None)
+    assert not is_retryable(e.value) and is_fatal(e.value)
+
+
+@pytest.mark.parametrize(
+    ("sdk", "least"), [("openai", "openai>=3.0"), ("anthropic", "anthropic>=1.0")]
+)
+def test_an_sdk_too_old_for_httpx2_is_named_with_the_version_needed(
+    sdk: str, least: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # openai 2.x (within the extras' old bound, openai>=1.40) has no httpx2: every task
+    # retried to dead on "No module named 'httpx2'".
+    monkeypatch.setitem(sys.modules, "httpx2", None)
+    for name in ("legion.llm.sdk.clients", "legion.llm.sdk.transport"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    clients = importlib.import_module("legion.llm.sdk.clients")
+    with pytest.raises(MissingExtra, match=rf"needs {re.escape(least)} .*\[{sdk}\]") as e:
+        clients._http_client(None, None, sdk, None)
     assert not is_retryable(e.value) and is_fatal(e.value)

@@ -58,8 +58,17 @@ def anthropic_client(calls: LLMCalls, client: LLMClient, route: str | None = Non
 
 def _http_client(calls: LLMCalls, client: LLMClient, dialect: Dialect, route: str | None) -> Any:
     """The SDK's HTTP client, its transport legion's. Imported here, once the SDK is known
-    to be installed: ``httpx2`` comes with it, and a missing SDK must be said as such."""
-    import httpx2
+    to be installed: ``httpx2`` comes with it (openai 3 and anthropic 1 on), and a
+    missing SDK must be said as such. An older SDK, on httpx, cannot take it: said with
+    the version the extra installs (it was a bare ModuleNotFoundError, retried)."""
+    try:
+        import httpx2
+    except ImportError as exc:
+        least = "openai>=3.0" if dialect == "openai" else "anthropic>=1.0"
+        raise MissingExtra(
+            f"ctx.llm.{dialect}() needs {least} (its HTTP client, httpx2, is the one legion "
+            f"speaks through); this one is older: {install_hint(dialect)}"
+        ) from exc
 
     from legion.llm.sdk.transport import LegionTransport
 
