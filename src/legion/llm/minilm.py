@@ -13,6 +13,7 @@ than 256 tokens are truncated, as the model was trained.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -188,33 +189,65 @@ _BATCH = 32
 _executor = ThreadPoolExecutor(1, thread_name_prefix="legion-minilm")
 
 
+class _Abandoned(Exception):
+    """The work of a call that ended before it (stopped between two batches)."""
+
+
+def _ignore(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled():
+        work.exception()  # (retrieved: an abandoned call's end is nobody's error)
+
+
 async def embed_request(request: EmbedRequest, provider: str, timeout: float) -> EmbedResult:  # noqa: ASYNC109
-    """A provider's answer to ``request`` with the packaged model, on one thread of its own."""
+    """A provider's answer to ``request`` with the packaged model, on one thread of its own.
+
+    Calls take the thread in turn, and ``timeout`` counts from a call's turn: the wait
+    behind another call is a queue's, as a local chat's is (it counted, and under load a
+    call queued behind a 19 s batch failed with "did not finish within 60 s", its retry
+    queued again). A call that ends first (its timeout, a cancel) stops its work at the
+    next batch of texts, rather than leave the thread to work nobody waits for."""
     dimensions = request.params.get("dimensions", DIMENSIONS)
     if dimensions != DIMENSIONS:
         raise ProviderRejected(
             f"{provider}: {MODEL_NAME} makes {DIMENSIONS}-dimensional vectors, not {dimensions}",
             provider=provider,
         )
+    loop = asyncio.get_running_loop()
+    turn = asyncio.Event()
+    stop = threading.Event()
 
     def run() -> tuple[list[list[float]], int]:
+        with contextlib.suppress(RuntimeError):  # (a loop closed meanwhile)
+            loop.call_soon_threadsafe(turn.set)
         model = shared_model()
         vectors: list[list[float]] = []
         tokens = 0
         for start in range(0, len(request.texts), _BATCH):
+            if stop.is_set():
+                raise _Abandoned
             part, read = model.embed(request.texts[start : start + _BATCH])
             vectors += part
             tokens += read
         return vectors, tokens
 
-    loop = asyncio.get_running_loop()
+    work = loop.run_in_executor(_executor, run)
     try:
+        queued = asyncio.ensure_future(turn.wait())
+        try:
+            await asyncio.wait((queued, work), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            queued.cancel()
         async with asyncio.timeout(timeout):
-            vectors, tokens = await loop.run_in_executor(_executor, run)
+            vectors, tokens = await work
     except TimeoutError as exc:
         raise ProviderUnavailable(
-            f"{provider}: {MODEL_NAME} did not finish within {timeout:g} s", provider=provider
+            f"{provider}: {MODEL_NAME} did not finish within {timeout:g} s of its turn",
+            provider=provider,
         ) from exc
+    finally:
+        stop.set()
+        if not work.done():
+            work.add_done_callback(_ignore)
     embeddings = Embeddings(
         tuple(tuple(v) for v in vectors), Usage(tokens, 0), MODEL_NAME, provider
     )
