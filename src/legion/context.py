@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar, runtime_checkable
 
@@ -194,11 +195,25 @@ async def updated(
         value = change(default if raw is None else codec.loads(raw))
         if await swap(key, raw, codec.dumps(value)):
             return value
-        await asyncio.sleep(random.uniform(0.0, 0.001 * tries))  # (apart from the others)
+        # (apart from the others: a wait that grows with the tries lost, to 50 ms)
+        await asyncio.sleep(random.uniform(0.0, min(0.05, 0.001 * 2 ** min(tries, 6))))
     raise MemoryConflict(
         f"ctx.memory.update({key!r}): the key changed under each of {UPDATE_TRIES} tries "
-        "(other tasks of the session write it all the time)"
+        "(other writers of the session's key came between each read and its write)"
     )
+
+
+_KEY_LOCKS: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _key_lock(session: str, key: str) -> asyncio.Lock:
+    """This process's lock on a session's key while some update of it is under way."""
+    lock = _KEY_LOCKS.get((session, key))
+    if lock is None:
+        lock = _KEY_LOCKS[session, key] = asyncio.Lock()
+    return lock
 
 
 class Memory:
@@ -252,11 +267,13 @@ class Memory:
 
     def update(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Pending[Any]:
         """Replace the value under ``key`` with ``change(value)`` (``default`` when there is
-        none), atomically; ``await`` it for the new value, durable. Where another writer
-        changed the key between the read and the write (a task of the same session), the
-        write is not made and ``change`` runs again on what is there now: write
-        ``change`` with no effects of its own. After `UPDATE_TRIES` lost races in a row:
-        `MemoryConflict` (the attempt fails, and is retried)."""
+        none), atomically; ``await`` it for the new value, durable. The key is held from
+        the read to the write (other updates of it wait their turn), so ``change`` runs
+        once, while it is held: keep it quick, with no effects of its own. From an agent
+        in an executor's process the update is a compare-and-set instead: where another
+        writer changed the key between the read and the write, ``change`` runs again on
+        what is there now, and after `UPDATE_TRIES` lost races in a row `MemoryConflict`
+        fails the attempt (which is retried)."""
         self._checked(key)
         if not callable(change):
             raise TypeError(f"ctx.memory.update({key!r}, ...) takes a function of the value")
@@ -278,7 +295,18 @@ class Memory:
     async def _update(
         self, key: str, change: Callable[[Any], Any], default: Any, site: SiteRef
     ) -> Any:
-        return await updated(key, change, default, self.read_raw, self.swap_raw)
+        made: list[Any] = []
+
+        def changed(raw: bytes | None) -> bytes:
+            made[:] = [change(default if raw is None else codec.loads(raw))]
+            return codec.dumps(made[0])
+
+        # One update of a key at a time from this process (the others wait here, not each
+        # on a store connection of its own, which 500 of them would all take), and in the
+        # store one transaction that holds the key: no race to lose.
+        async with _key_lock(self._part, key):
+            await self._store.memory_change(self._write(key, None), changed, self._now())
+        return made[0]
 
     def _checked(self, key: str) -> None:
         """`codec.checked_text` of ``key``, and of the key with its session: a store

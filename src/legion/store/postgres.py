@@ -48,7 +48,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -994,24 +994,19 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
     async def memory_swap(self, write: MemoryWrite, expected: bytes | None, now: float) -> bool:
         """Swaps of one key wait for each other (a lock on the key for the transaction);
         the row, where there is one, is locked against the journal's plain writes too."""
-        params = {"session": write.session, "key": write.key}
         async with self._cursor(transaction=True) as cur:
-            await cur.execute(Q["lock_memory_key"], params)
-            await cur.execute(Q["get_memory_for_update"], params)
-            row = await cur.fetchone()
-            if (None if row is None else bytes(row[0])) != expected:
+            if await _held_memory(cur, write) != expected:
                 return False
-            if write.value is None:
-                changes = _memory_params([write])
-                del changes["value"]
-                await cur.execute(Q["delete_memory"], changes)
-            else:
-                await cur.execute(Q["set_memory"], {**_memory_params([write]), "now": now})
-            if any(not cancel for _, cancel in await cur.fetchall()):
-                # (a fenced write refused: its lease is gone; the transaction is undone)
-                assert write.task_id is not None
-                raise LeaseLost(write.task_id, write.attempt)
+            await _write_memory(cur, write, now)
         return True
+
+    async def memory_change(
+        self, write: MemoryWrite, change: Callable[[bytes | None], bytes | None], now: float
+    ) -> bytes | None:
+        async with self._cursor(transaction=True) as cur:
+            value = change(await _held_memory(cur, write))
+            await _write_memory(cur, dataclasses.replace(write, value=value), now)
+        return value
 
     async def memory_items(self, session: str) -> dict[str, bytes]:
         async with self._cursor() as cur:
@@ -1466,3 +1461,28 @@ def _said(exc: BaseException) -> str:
     """``exc``'s message on one line: libpq's run over several ("Connection refused" then
     "Is the server running on that host...?"), and every store error is printed as one."""
     return " ".join(str(exc).split())
+
+
+async def _held_memory(cur: Cursor, write: MemoryWrite) -> bytes | None:
+    """What ``write``'s key holds, read in the cursor's transaction once the key is locked
+    for it: writes of one key wait for each other, and the row, where there is one, is
+    locked against the journal's plain writes too."""
+    params = {"session": write.session, "key": write.key}
+    await cur.execute(Q["lock_memory_key"], params)
+    await cur.execute(Q["get_memory_for_update"], params)
+    row = await cur.fetchone()
+    return None if row is None else bytes(row[0])
+
+
+async def _write_memory(cur: Cursor, write: MemoryWrite, now: float) -> None:
+    """``write`` in the cursor's transaction; `LeaseLost` (the transaction undone) when it
+    is fenced by a lease that no longer holds."""
+    if write.value is None:
+        changes = _memory_params([write])
+        del changes["value"]
+        await cur.execute(Q["delete_memory"], changes)
+    else:
+        await cur.execute(Q["set_memory"], {**_memory_params([write]), "now": now})
+    if any(not cancel for _, cancel in await cur.fetchall()):
+        assert write.task_id is not None
+        raise LeaseLost(write.task_id, write.attempt)

@@ -917,20 +917,21 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         return await self._call(run)
 
     async def memory_swap(self, write: MemoryWrite, expected: bytes | None, now: float) -> bool:
-        batch = WriteBatch(memory=[write])
-
         def run(db: sqlite3.Connection) -> bool:
-            if write.task_id is not None and not _fence(db, batch):
-                raise LeaseLost(write.task_id, write.attempt)
-            params = {"session": write.session, "key": write.key}
-            row = db.execute(Q["get_memory"], params).fetchone()
-            if (None if row is None else bytes(row[0])) != expected:
+            if _held_memory(db, write) != expected:
                 return False
-            if write.value is None:
-                db.execute(Q["delete_memory"], params)
-            else:
-                db.execute(Q["set_memory"], {**params, "value": write.value, "now": now})
+            _write_memory(db, write, write.value, now)
             return True
+
+        return await self._call(self._transaction, run)
+
+    async def memory_change(
+        self, write: MemoryWrite, change: Callable[[bytes | None], bytes | None], now: float
+    ) -> bytes | None:
+        def run(db: sqlite3.Connection) -> bytes | None:
+            value = change(_held_memory(db, write))
+            _write_memory(db, write, value, now)
+            return value
 
         return await self._call(self._transaction, run)
 
@@ -1387,3 +1388,22 @@ def _statements(script: str) -> list[str]:
 
 def _chunks(items: list[T], size: int) -> list[list[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _held_memory(db: sqlite3.Connection, write: MemoryWrite) -> bytes | None:
+    """What ``write``'s key holds, read in its transaction once its lease is checked
+    (`LeaseLost` when it no longer holds)."""
+    if write.task_id is not None and not _fence(db, WriteBatch(memory=[write])):
+        raise LeaseLost(write.task_id, write.attempt)
+    row = db.execute(Q["get_memory"], {"session": write.session, "key": write.key}).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _write_memory(
+    db: sqlite3.Connection, write: MemoryWrite, value: bytes | None, now: float
+) -> None:
+    params = {"session": write.session, "key": write.key}
+    if value is None:
+        db.execute(Q["delete_memory"], params)
+    else:
+        db.execute(Q["set_memory"], {**params, "value": value, "now": now})
