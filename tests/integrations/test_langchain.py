@@ -154,3 +154,25 @@ def test_the_first_model_made_in_a_task_loads_nothing() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@legion.agent(retries=0)
+async def carried_over(ctx: legion.Context, how: str) -> str:
+    if how == "model":  # as ChatOpenAI(model=...) is written
+        llm = chat_model(ctx, model="default", temperature=0)
+    else:
+        llm = chat_model(ctx, model="default", max_retries=3, timeout=30)
+    return str((await llm.ainvoke("hi")).content)
+
+
+async def test_chat_openais_own_keywords_name_the_model_or_are_refused_saying_why(
+    db_url: str, sim_route: SimRoute
+) -> None:
+    # `model=` and `max_retries=`, as a ChatOpenAI is written, failed with "got multiple
+    # values for keyword argument".
+    async with Runtime(db_url, llm=sim_route.client) as rt:
+        (named,) = [r async for r in rt.map(carried_over, ["model"])]
+        (transport,) = [r async for r in rt.map(carried_over, ["transport"])]
+    assert named.status is legion.TaskStatus.SUCCEEDED, named.error
+    assert transport.error is not None and transport.error.type == "TypeError"
+    assert "takes no max_retries, timeout: legion makes the calls" in transport.error.message

@@ -53,6 +53,14 @@ async def test_forget_deletes_a_sessions_memory_and_vectors_and_nothing_else(
     ]
     busy = legion_cli("forget", "--session", "carol", "--store", vec_url)
     assert busy.returncode == 1 and "cancel its tasks first" in busy.stderr
+    # A misspelt session, or tenant, read as done ("0 memory keys deleted", exit 0).
+    typo = legion_cli("forget", "--session", "Bob", "--store", vec_url)
+    assert typo.returncode == 0 and typo.stdout.startswith("0\tmemory keys deleted")
+    assert "no memory nor session-scoped vectors kept for session 'Bob'" in typo.stderr
+    bad = legion_cli(
+        "forget", "--session", "bob", "--tenant", "no such tenant!", "--store", vec_url
+    )
+    assert bad.returncode == 2 and "bad tenant name" in bad.stderr
 
     store = store_from_url(vec_url)
     await store.open()

@@ -33,6 +33,7 @@ from typing import Any
 
 from legion.bench.results import BenchResult, Meter, Table, quiet
 from legion.errors import ConfigError
+from legion.extras import install_hint
 from legion.store.urls import redact_url
 
 
@@ -67,7 +68,7 @@ async def run(opts: VectorBenchOptions, progress: Callable[[str], None] = quiet)
     try:
         import numpy as np
     except ImportError as exc:
-        raise ConfigError("legion bench vectors needs numpy: pip install numpy") from exc
+        raise ConfigError(f"legion bench vectors needs numpy: {install_hint('bench')}") from exc
     rng = np.random.default_rng(opts.seed)
     data = _points(np, rng, opts, opts.vectors)
     queries = _points(np, rng, opts, opts.queries)

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from legion.cli.options import DEFAULT_STORE, StoreOpt, _fail, _run
+from legion.cli.progress import stderr_console
 from legion.errors import ConfigError, VectorError
-from legion.store.tenancy import DEFAULT_TENANT, scoped_key
+from legion.store.tenancy import DEFAULT_TENANT, check_tenant, scoped_key
 
 
 def register(app: typer.Typer) -> None:
@@ -45,6 +46,7 @@ def register(app: typer.Typer) -> None:
         deletes those by age. Shared collections are not a session's: `legion vectors`
         deletes from them."""
         try:
+            check_tenant(tenant)  # (a misspelt one matched nothing, and said so as success)
             stored = [scoped_key(tenant, name, "a session") or name for name in session]
         except ConfigError as exc:
             raise _fail(str(exc)) from None
@@ -68,6 +70,8 @@ def register(app: typer.Typer) -> None:
                 if dry_run:
                     keys = sum([len(await s.memory_items(key)) for key in stored])
                     print(f"{keys}\tmemory keys of {len(stored)} sessions would go (dry run)")
+                    if not keys:
+                        _nothing_kept(session, tenant, "memory")
                     return
                 # (every key, whatever the clock of the worker that wrote it said)
                 gone = await s.drop_memory(stored, math.inf)
@@ -77,5 +81,18 @@ def register(app: typer.Typer) -> None:
                 except VectorError as exc:
                     raise _fail(f"the sessions' vectors were not deleted: {exc}", code=1) from None
                 print(f"{vectors}\tsession-scoped vectors deleted")
+                if not gone and not vectors:
+                    _nothing_kept(session, tenant, "memory nor session-scoped vectors")
 
         _run(main())
+
+
+def _nothing_kept(sessions: list[str], tenant: str, what: str) -> None:
+    """Say that nothing matched: a misspelt session (names are case-sensitive) or the
+    wrong tenant reads as done otherwise."""
+    names = ", ".join(map(repr, sessions))
+    stderr_console().print(
+        f"note: no {what} kept for session {names} of tenant {tenant!r}: check the name "
+        "(sessions are case-sensitive) and --tenant; `legion purge --sessions --dry-run` "
+        "lists the idle ones"
+    )

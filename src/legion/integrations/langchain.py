@@ -44,7 +44,16 @@ def chat_model(
 ) -> ChatOpenAI:
     """A ``ChatOpenAI`` on ``ctx.llm.openai(route)`` (async calls: ``ainvoke``,
     ``astream``...; a sync one raises at once); ``settings`` pass to ``ChatOpenAI``
-    (``temperature``...)."""
+    (``temperature``...), ``model=`` naming the model as ``name`` does. Its transport's
+    settings (``max_retries``, ``timeout``, ``api_key``, ``base_url``...) are the route's:
+    a `TypeError` says so (two of them failed as "got multiple values")."""
+    name = settings.pop("model", None) or settings.pop("model_name", None) or name
+    theirs = sorted(set(settings) & _THE_ROUTES)
+    if theirs:
+        raise TypeError(
+            f"chat_model() takes no {', '.join(theirs)}: legion makes the calls, with the "
+            "route's retries, timeouts, key and URL (its [llm.*] table, or --llm): drop them"
+        )
     client = ctx.llm.openai(route)
     return LegionChatOpenAI(
         model=name,
@@ -54,6 +63,27 @@ def chat_model(
         async_client=client.chat.completions,
         **settings,
     )
+
+
+_THE_ROUTES = frozenset(
+    (
+        "max_retries",
+        "timeout",
+        "request_timeout",
+        "api_key",
+        "openai_api_key",
+        "base_url",
+        "openai_api_base",
+        "organization",
+        "http_client",
+        "http_async_client",
+        "client",
+        "async_client",
+        "root_client",
+        "root_async_client",
+    )
+)
+"""``ChatOpenAI``'s settings of how calls are made: the route's, not the model's."""
 
 
 def _load_what_a_model_loads_when_first_made() -> None:
