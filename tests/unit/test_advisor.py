@@ -3,6 +3,8 @@ and which files are the agent's code."""
 
 from __future__ import annotations
 
+import orjson
+
 from legion.diagnostics.advisor import (
     MIN_SAVING,
     NO_PRINTS,
@@ -12,6 +14,7 @@ from legion.diagnostics.advisor import (
     step_prints,
 )
 from legion.diagnostics.report import is_library_file
+from legion.llm.types import ChatResponse, ToolCall
 
 
 def _trace(
@@ -57,6 +60,31 @@ def test_a_result_kept_as_its_recorded_json_is_fingerprinted_when_a_report_asks(
     independent = _trace("other", long, long, ("unrelated",), "x")
     assert advise("a", [first, dependent]) == []
     assert len(advise("a", [first, independent])) == 1
+
+
+def test_a_step_after_an_llm_answer_that_asked_for_tools_is_never_reported() -> None:
+    # A framework's tool step, run because the model asked for it with the arguments
+    # '{"topic":"game"}' (its input: "game", too short to be looked for), was told to be
+    # gathered with the call that asked for it.
+    long = MIN_SAVING * 4
+    response = ChatResponse("", (ToolCall("c1", "note", '{"topic":"game"}'),), "tool_calls")
+    asked = StepTrace(
+        "llm.default.87e57b5e772f",
+        None,
+        0.0,
+        long,
+        NO_PRINTS,
+        NO_PRINTS,
+        result=orjson.dumps(response.to_json()),
+    )
+    tool = _trace("note:game", long, long, ("game",), "noted")
+    assert advise("a", [asked, tool]) == []
+    # An answer without tool calls says nothing of what follows.
+    said = ChatResponse("a plain answer")
+    plain = StepTrace(
+        "llm.default.1", None, 0.0, long, NO_PRINTS, NO_PRINTS, result=orjson.dumps(said.to_json())
+    )
+    assert len(advise("a", [plain, tool])) == 1
 
 
 def test_a_write_to_a_vector_collection_and_a_use_of_it_are_never_reported() -> None:

@@ -146,6 +146,8 @@ def _uses(second: StepTrace, first: StepTrace) -> bool:
     a whole value or item, a text of it inside one of its own texts, one of its own
     texts inside one of it; or a result that says nothing, or either side not looked
     through whole."""
+    if _asked_for_tools(first):
+        return True
     outputs = first.output_prints()
     if not outputs or UNKNOWN in outputs or UNKNOWN in second.inputs:
         return True
@@ -156,6 +158,17 @@ def _uses(second: StepTrace, first: StepTrace) -> bool:
     if any(o in t for o in texts_out for t in texts_in):
         return True
     return _share_excerpt(texts_out, texts_in)
+
+
+def _asked_for_tools(step: StepTrace) -> bool:
+    """Whether ``step`` is an LLM call the model answered with tool calls: what runs next
+    is what it asked for (a framework's tool, its arguments parsed from the answer: a
+    word of them, too short to be looked for, or a number), never independent of it."""
+    return (
+        step.key.startswith("llm.")
+        and step.result is not None
+        and b'"tool_calls":[{' in step.result
+    )
 
 
 MAX_COMPARED = 1_000_000
