@@ -16,7 +16,9 @@ SHARED = ""
 """The session key of every item of a shared collection."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
-_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_KEY = re.compile(r'^[^"\\\x00-\x1f]{1,128}$')
+"""A metadata key a filter can name: any text but a quote, a backslash or a control
+character (SQLite's JSON path quotes the key), as metadata is written."""
 Scalar = str | int | float | bool
 
 
@@ -101,7 +103,10 @@ def check_where(where: Mapping[str, Any] | None) -> dict[str, Scalar]:
         raise VectorError(f"where= must be a dict of metadata key -> value, not {where!r}")
     for key, value in where.items():
         if not isinstance(key, str) or not _KEY.match(key):
-            raise VectorError(f"bad metadata key {key!r} in where=: use letters, digits and '_'")
+            raise VectorError(
+                f"bad metadata key {key!r} in where=: 1 to 128 characters, no quote, "
+                "backslash or control character"
+            )
         if not isinstance(value, str | int | float | bool):
             raise VectorError(
                 f"where={{{key!r}: ...}} must be a string, number or boolean, not {value!r}"
