@@ -73,13 +73,17 @@ def test_a_call_budget_stops_the_run_and_a_raised_one_resumes_it(tmp_path: Path)
         served = sim_stats(url)["succeeded"]
         assert served <= 13, served  # not one call past the budget reached the provider
         # The summary's requests are those the provider got, not the calls refused.
-        sent = re.search(r"(\d+) calls, (\d+) requests", output)
+        sent = re.search(r"(\d+) calls(?: \([^)]*\))?, (\d+) requests", output)
         assert sent is not None, output
         assert int(sent.group(2)) == sim_stats(url)["requests_total"], output
         statuses = _statuses(tmp_path)
         assert len(statuses) == TASKS
         assert "budget_exceeded" in statuses and "succeeded" in statuses, statuses
         assert set(statuses) <= {"budget_exceeded", "succeeded"}, statuses
+        # Every unfinished line says why, not only the one whose call met the limit.
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        unfinished = [row for row in rows if row["status"] == "budget_exceeded"]
+        assert all(row["error"]["type"] == "BudgetExceeded" for row in unfinished), unfinished
 
         code, output = _run(tmp_path, url, "--max-calls", "20")  # still short of 30
         assert code == 3, output

@@ -141,6 +141,7 @@ def test_a_rejected_api_key_stops_the_run_with_one_clear_line(
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "401" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
+    assert "rate found" not in r.stderr  # (nothing was found: no call was answered)
     stats = sim_stats(simulator)
     assert int(stats["requests_total"]) <= 20 * 3
     rows = read_jsonl(tmp_path / "out.jsonl")

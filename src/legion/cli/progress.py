@@ -198,8 +198,13 @@ class Progress:
             else:
                 limited_text = f"{limited} 429s"
             served = ", ".join(f"{label} {n}" for label, n in sorted(r.served_by.items()))
+            # (calls neither answered nor failed: a budget refused them, or the run stopped first)
+            unsent = r.calls - r.succeeded - r.failed
+            calls = f"{r.calls} calls" + (
+                f" ({unsent} unanswered: the run stopped first)" if unsent else ""
+            )
             lines.append(
-                f"llm {r.name} ({r.provider}:{r.model}): {r.calls} calls, {r.attempts} requests, "
+                f"llm {r.name} ({r.provider}:{r.model}): {calls}, {r.attempts} requests, "
                 f"{limited_text}, {r.usage.prompt_tokens:,} prompt"
                 + (f" ({r.usage.cached_tokens:,} cached)" if r.usage.cached_tokens else "")
                 + f" + {r.usage.completion_tokens:,} completion"
@@ -209,7 +214,7 @@ class Progress:
                 + (f"; {r.hedged} hedged, {r.hedges_won} of them first" if r.hedged else "")
                 + (f"; answered by {served}" if served else "")
                 + (f"; errors: {errors}" if errors else "")
-                + _found_rate(r.capacity.found_rpm)
+                + (_found_rate(r.capacity.found_rpm) if r.succeeded else "")
             )
         return "\n".join(lines)
 

@@ -579,6 +579,14 @@ def output_record(r: LineResult) -> dict[str, Any]:
         record["output"] = res.output
     elif res.status.terminal or res.error is not None:
         record["error"] = res.error.brief() if res.error else _no_error(res.status)
+    elif record["status"] == BUDGET_EXCEEDED:
+        # (one line, the task whose call met the limit, has its error; every other
+        # unfinished line says why too: a consumer filtering on "error" missed them)
+        record["error"] = {
+            "type": "BudgetExceeded",
+            "message": "not finished: the run stopped when its budget was spent; run it "
+            "again with a higher limit to continue",
+        }
     return record
 
 
