@@ -16,7 +16,7 @@ from typing import Any
 
 from legion import codec
 from legion.diagnostics.report import Diagnostic
-from legion.errors import AgentCrash
+from legion.errors import AgentCrash, LegionError
 from legion.record import record
 
 
@@ -52,7 +52,7 @@ class ErrorInfo:
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         shown = exc.original if isinstance(exc, AgentCrash) else exc
         tb = codec.storable_text("".join(traceback.format_exception(shown)))
-        message = exception_message(shown)
+        message = _with_cause(shown, exception_message(shown))
         return cls(
             type=type(shown).__name__,
             message=capped(message, MAX_MESSAGE),
@@ -95,6 +95,24 @@ def capped(text: str, limit: int) -> str:
         return text
     keep = limit // 2
     return f"{text[:keep]}\n... [{len(text) - 2 * keep:,} characters left out] ...\n{text[-keep:]}"
+
+
+MAX_CAUSE = 500
+"""Characters of an error's cause kept in its message (its traceback has it whole)."""
+
+
+def _with_cause(exc: BaseException, message: str) -> str:
+    """``message``, with what caused ``exc`` when it was raised from another error that it
+    does not quote: a framework's "Exceeded maximum output retries (1)" hid the
+    validation error that said why. legion's own errors say what they need."""
+    cause = exc.__cause__
+    if cause is None or isinstance(exc, LegionError):
+        return message
+    said = exception_message(cause)
+    if said and said in message:
+        return message
+    said = said if len(said) <= MAX_CAUSE else said[:MAX_CAUSE] + "..."
+    return f"{message} (from {type(cause).__name__}{': ' + said if said else ''})"
 
 
 def exception_message(exc: BaseException) -> str:
