@@ -98,3 +98,21 @@ async def test_callers_turned_away_are_told_turns_one_after_the_other(store_url:
     # A call a second: the turns given spread over as many seconds as callers told.
     assert max(told) - min(told) >= len(told) - 2, told
     assert len(set(told)) >= len(told) - 1, told
+
+
+async def test_the_providers_answer_id_reaches_the_caller_and_a_replay_repeats_it(
+    store_url: str,
+) -> None:
+    # The gateway gave every answer an id of its own: the provider's, which its support
+    # asks for, was lost.
+    async with cluster(store_url) as c:
+        key = await c.key("agent")
+        async with sdk(c.gateways[0].url, key) as client:
+            plain = await client.chat.completions.create(model="sim-model", messages=QUESTION)
+        async with sdk(c.gateways[0].url, key, **{"X-Legion-Task": "t1"}) as recording:
+            first = await recording.chat.completions.create(model="sim-model", messages=QUESTION)
+            again = await recording.chat.completions.create(model="sim-model", messages=QUESTION)
+    assert plain.id.startswith("chatcmpl-sim")
+    assert first.id.startswith("chatcmpl-sim") and first.id != plain.id
+    assert again.id == first.id  # (recorded with its answer)
+    assert c.sim.stats().requests_total == 2

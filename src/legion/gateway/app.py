@@ -161,7 +161,7 @@ class Gateway:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/v1/models/{model}", self._model)
+        app.router.add_get("/v1/models/{model:.+}", self._model)  # ("org/model" too)
         app.router.add_get("/v1/usage", self._usage)
         app.router.add_get("/healthz", self._health)
         return app

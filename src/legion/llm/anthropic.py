@@ -334,6 +334,7 @@ def parse_message(body: bytes, provider: str) -> ChatResponse:
             usage=_usage(usage, token_count(usage.get("output_tokens"), "output_tokens")),
             model=str(data.get("model") or ""),
             provider=provider,
+            id=answer_id if isinstance(answer_id := data.get("id"), str) else "",
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedResponse(

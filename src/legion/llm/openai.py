@@ -176,6 +176,7 @@ def parse_completion(body: bytes, provider: str) -> ChatResponse:
             model=str(data.get("model") or ""),
             provider=provider,
             refusal=refusal,
+            id=answer_id if isinstance(answer_id := data.get("id"), str) else "",
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise MalformedResponse(

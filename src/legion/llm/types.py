@@ -144,6 +144,9 @@ class ChatResponse:
     refusal: str | None = None
     """The model's refusal to answer, as OpenAI gives it apart from the text (structured
     outputs: ``message.refusal``); ``None``: it did not refuse."""
+    id: str = ""
+    """The provider's id of the answer (OpenAI's ``chatcmpl-...``, Anthropic's
+    ``msg_...``; ``""``: none given, or a streamed answer), what its support asks for."""
 
     def __post_init__(self) -> None:
         # A provider that built a list answers the same value its replay will (a tuple).
@@ -167,6 +170,8 @@ class ChatResponse:
             data["deployment"] = self.deployment
         if self.refusal is not None:
             data["refusal"] = self.refusal
+        if self.id:
+            data["id"] = self.id
         return data
 
     @classmethod
@@ -187,6 +192,7 @@ class ChatResponse:
                 provider=data["provider"],
                 deployment=data.get("deployment", ""),
                 refusal=data.get("refusal"),
+                id=data.get("id", ""),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a recorded chat response: {exc!r}") from exc

@@ -135,7 +135,10 @@ def render_completion(
             }
             for call in response.tool_calls
         ]
+    # The provider's id where it gave one (what its support asks for; recorded with the
+    # answer, so a replay says it again), else one of legion's.
     answer_id, created = fresh or (completion_id(response), 0)
+    answer_id = response.id or answer_id
     return orjson.dumps(
         {
             "id": answer_id,
