@@ -14,6 +14,7 @@ from legion.errors import ConfigError
 from legion.llm.capacity import Capacity
 from legion.llm.client import LLMClient, Route
 from legion.llm.config import LLMConfig, build_client, parse_config, parse_provider_spec
+from legion.llm.hedge import HedgeSettings
 from legion.llm.provider import ChatResult
 from legion.llm.types import ChatRequest
 from legion.retry import RetryPolicy
@@ -219,3 +220,38 @@ async def test_a_deployment_that_went_out_is_sent_a_probe_and_comes_back() -> No
     probe.settle(10)  # it got through: the deployment is back
     a.release()
     assert not a.failing and llm.pick("pool", 10).capacity in (a, b)
+
+
+class _Slow(_Stamped):
+    """Answers each request 0.3 s (on ``clock``) after it reached it."""
+
+    async def chat(self, request: ChatRequest, *, timeout: float) -> ChatResult:  # noqa: ASYNC109
+        result = await super().chat(request, timeout=timeout)
+        await self._clock.sleep(0.3)
+        return result
+
+
+async def test_a_call_waiting_for_its_turn_is_not_hedged_for_it() -> None:
+    """A hedge's delay is a provider's latency: it counts from the request's start. Counted
+    from the call, every call that waited longer than it for its turn at the route's
+    limit got a copy (256 of 300 at 600 rpm, none answering first), which waited too
+    and took a request of the limit: 556 requests, and the run took twice as long."""
+    clock = FakeClock()
+    slow = _Slow(clock, "slow", 200)
+    hedge = HedgeSettings(percentile=95, min_delay=0.5, min_samples=5)
+    llm = LLMClient(
+        [Route("main", slow, "m", Capacity("a", rpm=600, timer=clock), hedge=hedge)],
+        timer=clock,
+    )
+
+    async def calls() -> list[object]:
+        for _ in range(5):  # the latencies a hedge's delay is worked out from: 0.3 s
+            await llm.chat(USER)
+        return await asyncio.gather(*(llm.chat(USER) for _ in range(100)))
+
+    async with llm:
+        answers = await clock.run(calls())
+    route = llm.statistics().routes["main"]
+    assert len(answers) == 100 and route.hedged == 0
+    assert len(slow.sent_at) == 105  # one request a call
+    assert clock.now() < 13.0  # 100 calls at 10 a second, after 5 one at a time

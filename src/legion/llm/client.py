@@ -242,6 +242,26 @@ class _Sent:
         self.at = math.inf
 
 
+class _Announced(_Sent):
+    """A `_Sent` that says when it is set (a hedged call's: its copy's delay counts from
+    the first's start at the provider, not from its wait for a turn)."""
+
+    __slots__ = ("_at", "started")
+
+    def __init__(self) -> None:  # (no super(): its `at` would say sent)
+        self._at = math.inf
+        self.started = asyncio.Event()
+
+    @property
+    def at(self) -> float:
+        return self._at
+
+    @at.setter
+    def at(self, value: float) -> None:
+        self._at = value
+        self.started.set()
+
+
 def estimate_tokens(
     messages: Sequence[Message], params: Mapping[str, Any], default_completion: int
 ) -> int:
@@ -464,7 +484,7 @@ class LLMClient:
                         ticket = await self._turn_within(route.breaker, left)
                     if ticket is None:
                         continue
-            sent = _Sent()
+            sent = _Sent() if counters.latencies is None else _Announced()
             try:
                 # One attempt (hedged if the route says so), its outcome told to the
                 # breaker; awaited right here, not in a coroutine of its own (one frame
@@ -928,8 +948,15 @@ class LLMClient:
         first = asyncio.Task(
             self._attempt(route, request, timeout, estimate, counters, sent), name="llm-call"
         )
-        sleeper = asyncio.Task(self._timer.sleep(delay), name="llm-hedge-delay")
         racing = [first]
+        # The delay is a provider's latency (measured from the start of a request): it
+        # counts from the first's start, not from its wait for a turn at the route's
+        # limits. Counted from the call, every call that queued longer got a copy, which
+        # queued too and took a request of the limit: twice the requests, half the pace.
+        turn: asyncio.Task[Any] | None = None
+        if isinstance(sent, _Announced):
+            turn = asyncio.Task(sent.started.wait(), name="llm-hedge-turn")
+        sleeper: asyncio.Task[Any] = asyncio.Task(self._after(turn, delay), name="llm-hedge-delay")
         try:
             await asyncio.wait((first, sleeper), return_when=asyncio.FIRST_COMPLETED)
             if first.done():
@@ -954,6 +981,8 @@ class LLMClient:
             raise error
         finally:
             sleeper.cancel()
+            if turn is not None:
+                turn.cancel()
             losers = [task for task in racing if not task.done()]
             for task in losers:
                 task.cancel()  # the loser: never returned, so never recorded
@@ -962,6 +991,12 @@ class LLMClient:
             for task in racing:
                 if not task.cancelled():
                     task.exception()  # retrieved: a loser's error is not news
+
+    async def _after(self, turn: asyncio.Task[Any] | None, delay: float) -> None:
+        """``delay`` seconds after ``turn`` ends (at once: ``None``)."""
+        if turn is not None:
+            await turn
+        await self._timer.sleep(delay)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         delay = self._retry.delay(attempt, self._rng)
