@@ -281,3 +281,32 @@ async def test_the_batch_tier_window_and_poll_interval_reach_the_client() -> Non
     assert parse_config({"d": {"provider": "sim"}}).batch_poll_interval == 2.0
     with pytest.raises(ConfigError, match="batch_window must be a number of seconds > 0"):
         parse_config({"batch_window": 0, "d": {"provider": "sim"}})
+
+
+async def test_each_route_is_charged_its_own_price_on_a_model_another_route_shares() -> None:
+    # Prices were kept by model name: two routes on one model at two prices were both
+    # charged the last one's (1,000 times the cheap route's cost, --max-cost stopping the
+    # run early), and a simulator's route made a real route on its model free.
+    config = parse_config(
+        {
+            "cheap": {"provider": "sim", "model": "gpt-4o-mini", "input_price": 0.15,
+                      "output_price": 0.60},
+            "dear": {"provider": "sim", "model": "gpt-4o-mini", "input_price": 150,
+                     "output_price": 600},
+            "free": {"provider": "sim", "model": "gpt-4o-mini"},
+        }
+    )  # fmt: skip
+    async with await build_client(config) as client:
+        question = [{"role": "user", "content": "what does it cost?"}]
+        costs, at_cheap_price = {}, {}
+        for name in ("cheap", "dear", "free"):
+            answer = await client.chat(question, name, max_tokens=8)
+            costs[name] = client.cost(answer, name)
+            usage = answer.usage
+            at_cheap_price[name] = (
+                usage.prompt_tokens * 0.15 + usage.completion_tokens * 0.6
+            ) / 1e6
+            assert client.statistics().routes[name].cost_usd == pytest.approx(costs[name])
+    assert costs["cheap"] == pytest.approx(at_cheap_price["cheap"])
+    assert costs["dear"] == pytest.approx(at_cheap_price["dear"] * 1000)
+    assert costs["free"] == 0

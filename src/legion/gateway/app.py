@@ -341,7 +341,7 @@ class Gateway:
                     embeddings = Embeddings.from_json(found)
                 else:
                     embeddings = await self._client.embed(texts, route.name, **params)
-                    cost = self._client.cost_of(route.model, embeddings.usage)
+                    cost = self._client.cost_of(route, embeddings.usage)
                     self.book.account(key.id).add(embeddings.usage, cost)
                     if step is not None:
                         data = {**embeddings.to_json(), "cost_usd": cost}

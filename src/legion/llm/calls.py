@@ -238,7 +238,7 @@ class LLMCalls:
         client = self._client
         route = client.embed_route(model)
         embeddings = await client.embed(texts, route.name, **params)
-        return {**embeddings.to_json(), "cost_usd": client.cost_of(route.model, embeddings.usage)}
+        return {**embeddings.to_json(), "cost_usd": client.cost_of(route, embeddings.usage)}
 
 
 _chat_answer = ChatResponse.from_json

@@ -80,7 +80,7 @@ from legion.llm.budget import Budget, BudgetLimits, Budgets, Holds
 from legion.llm.capacity import Capacity, CapacityStatistics, TurnedAway
 from legion.llm.embeddings import Embeddings, EmbedRequest, EmbedResult, estimate_embed_tokens
 from legion.llm.hedge import HedgeSettings, Latencies
-from legion.llm.pricing import PriceTable
+from legion.llm.pricing import BATCH_DISCOUNT, Price, PriceTable
 from legion.llm.provider import Provider
 from legion.llm.timer import AsyncioTimer, Timer
 from legion.llm.tracing import traced_chat
@@ -118,6 +118,11 @@ class Route:
     key_id: str = ""
     """A digest of the deployment's API key when a pool holds several keys: workers
     sharing capacity through the store keep one budget per key."""
+    price: Price | None = None
+    """This deployment's own price (its ``[llm.*]`` table's; free on the simulator and a
+    local model); ``None``: its model's, from the client's price table. Kept on the
+    deployment, not the model: two routes on one model at two prices (two providers, a
+    discounted key) were each charged the last one's."""
 
     @property
     def label(self) -> str:
@@ -566,7 +571,7 @@ class LLMClient:
                 route.capacity.observe(result.rate_limits, sent_at=slot.started_at)
                 counters.succeeded += 1
                 counters.count(usage)
-                cost = self._prices.cost(route.model, usage)
+                cost = self._cost(route, usage)
                 self._settle_hold(hold, usage, cost)
                 if cost is None:
                     counters.unpriced += 1
@@ -726,7 +731,7 @@ class LLMClient:
         named = self._route(route)
         estimate = estimate_tokens(messages, params, self._completion_estimate)
         prompt = estimate - _completion_tokens(params, self._completion_estimate)
-        price = self._prices.batch_price(named.model)
+        price = self._batch_price(named)
         cost = None if price is None else price.cost(_estimated(estimate, prompt))
         holds = await self.budgets.reserve(estimate, cost)
         self.budgets.release(holds)
@@ -741,7 +746,7 @@ class LLMClient:
         counters.attempts += 1
         counters.succeeded += 1
         counters.count(response.usage)
-        price = self._prices.batch_price(response.model) or self._prices.batch_price(named.model)
+        price = self._batch_price(named, response.model)
         if price is None:
             counters.unpriced += 1
             return None
@@ -749,9 +754,28 @@ class LLMClient:
         counters.cost += cost
         return cost
 
-    def cost_of(self, model: str, usage: Usage) -> float | None:
-        """USD for ``usage`` on ``model`` at this client's prices (``None``: unknown)."""
-        return self._prices.cost(model, usage)
+    def cost_of(self, route: Route, usage: Usage) -> float | None:
+        """USD for ``usage`` on deployment ``route`` at its price (``None``: unknown)."""
+        return self._cost(route, usage)
+
+    def _price(self, route: Route) -> Price | None:
+        """Deployment ``route``'s price: its own, else its model's."""
+        return route.price if route.price is not None else self._prices.price(route.model)
+
+    def _cost(self, route: Route, usage: Usage) -> float | None:
+        price = self._price(route)
+        return None if price is None else price.cost(usage)
+
+    def _batch_price(self, route: Route, answered_by: str = "") -> Price | None:
+        """A batch job's price on ``route``: its own price at the batch discount, else
+        that of the model that answered (``answered_by``) or of its model."""
+        if route.price is not None:
+            return route.price.scaled(BATCH_DISCOUNT)
+        if answered_by:
+            found = self._prices.batch_price(answered_by)
+            if found is not None:
+                return found
+        return self._prices.batch_price(route.model)
 
     def statistics(self) -> LLMStatistics:
         """A snapshot of every route's calls, usage and cost."""
@@ -799,7 +823,8 @@ class LLMClient:
         as a worker starts: the first call on each then pays neither the lookup nor the
         price package's import (~0.1 s) on the event loop, with every instance behind it."""
         for route in self.deployments:
-            self._prices.price(route.model)
+            if route.price is None:
+                self._prices.price(route.model)
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -816,10 +841,24 @@ class LLMClient:
         """USD for one response at this client's prices (``None``: the model has no
         price). ``route``: the route it came from, whose model is priced when the
         model that answered has no price of its own."""
+        if route is not None:
+            deployment = self._deployment(route, response.deployment)
+            if deployment.price is not None:
+                return deployment.price.cost(response.usage)
         found = self._prices.cost(response.model, response.usage)
         if found is None and route is not None:
             found = self._prices.cost(self._route(route).model, response.usage)
         return found
+
+    def _deployment(self, route: str, label: str) -> Route:
+        """The deployment of route ``route`` labelled ``label`` (the route's first when
+        none is: a route of one deployment)."""
+        named = self._route(route)
+        if label:
+            for deployment in self._pools.get(named.name, ()):
+                if deployment.label == label:
+                    return deployment
+        return named
 
     def recorder(self, route: str) -> Callable[[ChatResponse], dict[str, Any]]:
         """How an answer on ``route`` is recorded as a step: its JSON and its cost. Made
@@ -904,7 +943,7 @@ class LLMClient:
         if counters.latencies is not None:
             counters.latencies.add(self._timer.now() - slot.started_at)
         counters.count(usage)
-        cost = self._prices.cost(route.model, usage)
+        cost = self._cost(route, usage)
         if hold:
             self._settle_hold(hold, usage if usage.total else _estimated(estimate, estimate), cost)
         if cost is None:
@@ -920,7 +959,7 @@ class LLMClient:
         budgets that apply to it (``applying``, when the caller has them already);
         `BudgetExceeded` when one cannot hold it."""
         usage = _estimated(estimate, prompt)
-        cost = self._prices.cost(route.model, usage)
+        cost = self._cost(route, usage)
         return await self.budgets.reserve(estimate, cost, applying)
 
     def _unhold(self, hold: Holds) -> None:

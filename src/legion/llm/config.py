@@ -395,20 +395,19 @@ async def build_client(
                     deployment=f"{route.name}#{index}" if pooled else "",
                     fallback=route.fallback,
                     key_id=key_id,
+                    price=_price(route),
                 )
             )
     except BaseException:
         for provider in providers.values():
             await provider.aclose()
         raise
-    prices = PriceTable().with_prices(
-        {route.model: price for route in config.routes if (price := _price(route)) is not None}
-    )
+    prices = PriceTable()  # (a route's own price is its deployment's: `Route.price`)
     cost_limited = (budget is not None and budget.limits.max_cost is not None) or (
         tenant_budget is not None and tenant_budget.max_cost is not None
     )
     for route in config.routes:  # look prices up now, not on the event loop's first call
-        if prices.price(route.model) is None and cost_limited:
+        if _price(route) is None and prices.price(route.model) is None and cost_limited:
             for provider in providers.values():
                 await provider.aclose()
             raise ConfigError(
@@ -416,7 +415,9 @@ async def build_client(
                 f"{route.name!r}) has none: set input_price and output_price (USD per million "
                 "tokens) in its [llm.*] table, or install legion-runtime[prices]"
             )
-    if cost_limited and all(_free(prices.price(route.model)) for route in config.routes):
+    if cost_limited and all(
+        _free(_price(route) or prices.price(route.model)) for route in config.routes
+    ):
         # (the simulator's and local models' price: a budget rehearsed on them passed)
         log.warning(
             "the cost limit cannot bind: every route is free (%s); to rehearse a budget, give "
