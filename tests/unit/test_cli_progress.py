@@ -183,3 +183,18 @@ async def test_the_summary_says_a_route_was_paced_at_a_rate_it_found() -> None:
     found, told = progress.llm_line().splitlines()
     assert re.search(r"paced from a slow start to the rate found, [\d,]+ rpm \(--rpm", found), found
     assert "rate found" not in told, told
+
+
+async def test_the_summary_says_calls_answered_by_a_batch_job_and_finds_no_rate_from_them() -> None:
+    """A run whose calls all went through the batch tier was summed up as '1000 calls,
+    1000 requests' paced 'from a slow start to the rate found': no request was sent on
+    its own, and nothing was paced."""
+    untold = Capacity("untold", discover=True)
+    client = LLMClient([Route("main", ScriptedProvider([]), "m", untold)])
+    for i in range(3):
+        client.settle_batch("main", ChatResponse(f"answer {i}", usage=Usage(5, 2), model="m"))
+    console = Console(file=io.StringIO())
+    progress = Progress(RunTally(total=3), agent="a", console=console, llm=client, enabled=False)
+    line = progress.llm_line()
+    assert "3 calls, 3 of them by the batch tier" in line, line
+    assert "rate found" not in line, line

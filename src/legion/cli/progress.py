@@ -201,8 +201,12 @@ class Progress:
             # (calls neither answered nor failed: a budget refused them, or the run stopped first)
             unsent = r.calls - r.succeeded - r.failed
             calls = f"{r.calls} calls" + (
-                f" ({unsent} unanswered: the run stopped first)" if unsent else ""
+                f" ({unsent} unanswered: refused by a budget or cut short by a stop)"
+                if unsent
+                else ""
             )
+            if r.batched:  # (a batch job's calls: requests of the job, not paced one by one)
+                calls += f", {r.batched} of them by the batch tier"
             lines.append(
                 f"llm {r.name} ({r.provider}:{r.model}): {calls}, {r.attempts} requests, "
                 f"{limited_text}, {r.usage.prompt_tokens:,} prompt"
@@ -214,7 +218,7 @@ class Progress:
                 + (f"; {r.hedged} hedged, {r.hedges_won} of them first" if r.hedged else "")
                 + (f"; answered by {served}" if served else "")
                 + (f"; errors: {errors}" if errors else "")
-                + (_found_rate(r.capacity.found_rpm) if r.succeeded else "")
+                + (_found_rate(r.capacity.found_rpm) if r.succeeded > r.batched else "")
             )
         return "\n".join(lines)
 

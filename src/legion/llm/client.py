@@ -161,6 +161,8 @@ class RouteStatistics:
     """Hedged calls answered by the copy."""
     served_by: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """Answered calls by deployment, for a pooled route (or served by a fallback)."""
+    batched: int = 0
+    """Calls answered by a provider's batch job (the batch tier), among ``calls``."""
     last_error: str | None = None
     """What the last failed attempt said (its class and message)."""
 
@@ -187,6 +189,7 @@ class _Counters:
     __slots__ = (
         "_tokens",
         "attempts",
+        "batched",
         "calls",
         "cost",
         "errors",
@@ -214,6 +217,7 @@ class _Counters:
         self.unpriced = 0
         self.hedged = 0
         self.hedges_won = 0
+        self.batched = 0
         self.latencies = Latencies(hedge) if hedge is not None else None
         self.served_by: dict[str, int] = {}
 
@@ -745,6 +749,7 @@ class LLMClient:
         counters.calls += 1
         counters.attempts += 1
         counters.succeeded += 1
+        counters.batched += 1
         counters.count(response.usage)
         price = self._batch_price(named, response.model)
         if price is None:
@@ -801,6 +806,7 @@ class LLMClient:
                 hedged=counters.hedged,
                 hedges_won=counters.hedges_won,
                 served_by=dict(counters.served_by),
+                batched=counters.batched,
             )
         usage = Usage()
         for stats in routes.values():
