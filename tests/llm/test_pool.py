@@ -132,6 +132,23 @@ def test_a_fallback_must_name_another_route() -> None:
         parse_config(table, env={})
 
 
+def test_the_deployments_of_a_pool_agree_on_its_fallbacks() -> None:
+    # A fallback list on the second deployment was taken, and never used (a pool's
+    # fallbacks are its first deployment's).
+    table = {
+        "main": {
+            "deployments": [
+                {"provider": "sim", "fallback": ["b"]},
+                {"provider": "sim", "fallback": ["c"]},
+            ]
+        },
+        "b": {"provider": "sim"},
+        "c": {"provider": "sim"},
+    }
+    with pytest.raises(ConfigError, match="deployments of route 'main' name different fallbacks"):
+        parse_config(table, env={})
+
+
 def test_a_pool_in_legion_toml_is_a_list_of_deployments() -> None:
     table = {
         "main": {

@@ -316,9 +316,19 @@ def _table_route(
 
 
 def check_fallbacks(routes: Sequence[RouteConfig]) -> None:
-    """`ConfigError` unless every fallback names another route."""
+    """`ConfigError` unless every fallback names another route, and the deployments of a
+    pool agree on theirs (a pool's fallbacks are the pool's: another list on its second
+    deployment was taken and never used)."""
     names = {route.name for route in routes}
+    first: dict[str, RouteConfig] = {}
     for route in routes:
+        pool = first.setdefault(route.name, route)
+        if route.fallback != pool.fallback:
+            raise ConfigError(
+                f"the deployments of route {route.name!r} name different fallbacks "
+                f"({list(pool.fallback)} and {list(route.fallback)}): a route's fallbacks are "
+                "its pool's, give them once, the same on each deployment"
+            )
         for fallback in route.fallback:
             if fallback not in names or fallback == route.name:
                 raise ConfigError(
