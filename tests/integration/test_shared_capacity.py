@@ -76,3 +76,34 @@ async def test_a_429_seen_by_one_worker_slows_the_others(store: Store) -> None:
     assert after.rate_limited == 0  # it was not b's own 429
     await sb.sync()  # read again: applied once, not once per round
     assert b.statistics().effective_rpm == after.effective_rpm
+
+
+async def test_a_gateway_whose_clock_is_ahead_claims_on_the_stores_clock(store: Store) -> None:
+    # A gateway stamped its claims on its host's clock: 40 s ahead, its claim looked live
+    # to every worker for 40 s after it stopped, and the fleet ran at half its limit.
+    from legion.gateway.app import Gateway
+
+    now = await store.now()
+    ahead = FakeClock(wall=now + 40)
+    gateway_client, _ = worker_client(600, ahead)
+    gateway = Gateway(gateway_client, store, gateway_id="gw", clock=ahead)
+    await gateway.sync_shares()  # one claim, then the gateway stops
+    later = FakeClock(wall=now + 10)  # a worker, ten seconds on: the claim has lapsed
+    client, capacity = worker_client(600, later)
+    shares = SharedCapacity(client, store, "w", clock=later)
+    await shares.sync()
+    assert capacity.share == 1.0
+
+
+def test_two_endpoints_of_one_model_have_two_budgets() -> None:
+    # The endpoint was read from an attribute the providers did not have: two servers of
+    # one model (two regions, two vLLM hosts) split one budget, at half their limits.
+    from legion.llm import OpenAIProvider
+    from legion.run.shares import _key
+
+    def route(url: str) -> Route:
+        return Route("r", OpenAIProvider(base_url=url, name="openai"), "m", Capacity("r"))
+
+    a, b = route("http://10.0.0.1:8000/v1"), route("http://10.0.0.2:8000/v1")
+    assert _key(a) != _key(b)
+    assert _key(a) == _key(route("http://10.0.0.1:8000/v1/"))

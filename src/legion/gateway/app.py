@@ -39,6 +39,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from legion import codec
+from legion.clock import Clock, StoreTime, system_clock
 from legion.errors import (
     LegionError,
     Permanent,
@@ -72,6 +73,8 @@ STEP_HEADER = "X-Legion-Step"
 _NAME = re.compile(r"^[A-Za-z0-9_.:#-]{1,128}$")
 _MAX_BODY = 32 * 1024 * 1024
 _EVENTS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+CLOCK_EVERY = 10.0
+"""Seconds between two reads of the store's clock, which the gateway's claims follow."""
 SAY_EVERY = 10.0
 """Seconds between two log lines of one kind of failed call (see `Gateway._failed`)."""
 _RETRY = {"Retry-After": "5"}  # (every 503 says when to try again)
@@ -142,6 +145,7 @@ class Gateway:
         gateway_id: str,
         key_cache_seconds: float = 10.0,
         max_wait: float | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self._client = client
         self._max_wait = max_wait
@@ -149,7 +153,11 @@ class Gateway:
         self._told: dict[str, float] = {}  # (see _too_long_a_wait)
         self._store = store
         self._auth = Authenticator(store, cache_seconds=key_cache_seconds)
-        self._shares = SharedCapacity(client, store, gateway_id)
+        # Claims and 429 pauses are stamped on the store's clock, as the workers' are: on
+        # its host's own, a gateway 40 s ahead held the whole fleet back for 40 s once it
+        # stopped (its claims looked live), and one behind was not counted at all.
+        self._clock = StoreTime(clock)
+        self._shares = SharedCapacity(client, store, gateway_id, clock=self._clock)
         self._steps = _OneAtATime()
         self.book = UsageBook(store, clock=time.time)
         """Each key's usage, on its way to the store's totals."""
@@ -167,11 +175,25 @@ class Gateway:
         return app
 
     async def sync_shares(self) -> None:
-        """One round of sharing limits through the store (also done by `run_shares`)."""
+        """One round of sharing limits through the store (also done by `run_shares`), on
+        the store's clock read now."""
+        await self._follow_store_clock()
         await self._shares.sync()
 
     async def run_shares(self) -> None:
-        await self._shares.run()
+        await asyncio.gather(self._shares.run(), self._follow_store_clock_every(CLOCK_EVERY))
+
+    async def _follow_store_clock(self) -> None:
+        """Set this gateway's clock to the store's (`legion.clock.StoreTime`)."""
+        before = self._clock.local_wall()
+        store_now = await self._store.now()
+        self._clock.follow(store_now, (before + self._clock.local_wall()) / 2)
+
+    async def _follow_store_clock_every(self, seconds: float) -> None:
+        while True:
+            await self._clock.sleep(seconds)
+            with contextlib.suppress(StoreError):  # (down: the last offset holds)
+                await self._follow_store_clock()
 
     async def run_usage(self) -> None:
         await self.book.run()

@@ -82,6 +82,8 @@ class AnthropicProvider:
         # Anthropic's base URL is without /v1; one given with it (as OpenAI's are, and as
         # `legion sim` prints its own) is read the same: the API is at <root>/v1/messages.
         root = base_url.rstrip("/").removesuffix("/v1")
+        self.base_url = root
+        """Where the API is: with the model, what names its limits (`legion.run.shares`)."""
         self._url = f"{root}/v1/messages"
         self._endpoint = (base_url, dict(headers))
         self._default_max_tokens = default_max_tokens

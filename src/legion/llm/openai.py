@@ -79,6 +79,9 @@ class OpenAIProvider:
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._name = name
+        self.base_url = base_url.rstrip("/")
+        """Where the API is (``.../v1``): with the model, what names its limits (workers
+        on one store share one budget per endpoint and model, `legion.run.shares`)."""
         self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._endpoint = (base_url, dict(headers))
         self._embed_url = f"{base_url.rstrip('/')}/embeddings"

@@ -111,7 +111,8 @@ class SharedCapacity:
 
 def _key(route: Route) -> str:
     """Routes of one provider endpoint and model share one budget (one per API key for
-    the deployments of a pool)."""
+    the deployments of a pool). The endpoint is the provider's ``base_url`` (two servers
+    of one model, two regions, have two limits: without it, they split one)."""
     where = getattr(route.provider, "base_url", "")
     key = f"{route.provider.name}|{where}|{route.model}"
     return f"{key}|{route.key_id}" if route.key_id else key  # a pool: one budget per key
