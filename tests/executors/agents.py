@@ -344,3 +344,8 @@ async def chained(ctx: legion.Context, n: int) -> int:
 
     first = await ctx.step("first", slow, n)
     return int(await ctx.step("second", slow, first))
+
+
+@legion.agent(retries=0, timeout=None)
+async def naps(ctx: legion.Context, seconds: float) -> None:
+    await asyncio.sleep(seconds)

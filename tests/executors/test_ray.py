@@ -314,3 +314,51 @@ def test_ray_dying_on_the_node_stops_the_worker_and_spends_no_attempt(tmp_path: 
     *_, said, tasks = done.stdout.strip().splitlines()
     assert said == "succeeded ExecutorLost"
     assert tasks == str([(TaskStatus.QUEUED, 0)] * 3)
+
+
+def test_ray_gone_with_its_control_store_stops_the_worker_not_ray_killing_the_process(
+    tmp_path: Path,
+) -> None:
+    """Ray's control store (GCS) killed under a worker (`ray stop --force` does it): the
+    instances in flight waited for ever, the bridge was 'unavailable, retrying' every
+    few seconds, and after 60 s Ray's own client ended the process with exit 1, its tasks
+    leased and the run's output unwritten. Past `LOST_AFTER` (3 s here) the worker now
+    stops, and its tasks go back to the queue unspent."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        import legion
+        import legion.executors.ray
+        from legion import TaskStatus
+        from legion.executors import executors_from_options
+        from tests.executors import agents
+
+        legion.executors.ray.LOST_AFTER = 3.0
+
+        async def main():
+            url = {f"sqlite:///{tmp_path / 'local.db'}"!r}
+            executors = executors_from_options("ray", None, None, None)
+            async with legion.Runtime(url, executors=executors, executor="ray") as rt:
+                first = await rt.result((await rt.submit(agents.echo, "first")).id)
+                ids = [(await rt.submit(agents.naps, 600)).id for i in range(2)]
+                while [(await rt.get(i)).status for i in ids] != [TaskStatus.RUNNING] * 2:
+                    await asyncio.sleep(0.05)
+                import ray
+                from ray._private import ray_constants
+                node = ray._private.worker._global_node
+                gcs = node.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER][0].process
+                os.kill(gcs.pid, signal.SIGKILL)
+                gcs.wait()
+                error = await asyncio.wait_for(rt.worker.wait_fatal(), 50)
+            async with legion.Runtime(url, worker=False) as rt:
+                infos = [await rt.get(i) for i in ids]
+            print(first.status, type(error).__name__)
+            print(sorted((i.status, i.attempt) for i in infos))
+
+        asyncio.run(main())
+        """
+    )
+    done = in_a_process(script, timeout=200)
+    *_, said, tasks = done.stdout.strip().splitlines()
+    assert said == "succeeded ExecutorLost"
+    assert tasks == str([(TaskStatus.QUEUED, 0)] * 2)

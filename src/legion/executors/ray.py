@@ -26,7 +26,7 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from legion import attempt
@@ -47,6 +47,13 @@ log = logging.getLogger("legion.executors.ray")
 # Most context calls the bridge holds at once (each waiting call is a running actor call).
 _MAX_PENDING_CALLS = 100_000
 _POLL_BACKOFF_MAX = 2.0  # seconds between tries to reach a bridge that is restarting
+LOST_AFTER = 20.0
+"""Seconds the bridge may stay out of reach, or Ray's control store (GCS) not answer,
+before Ray counts as gone from this node (a bridge that crashed is back within a second
+or two; with the control store killed, the instances in flight waited for ever, and
+after 60 s Ray's own client ended the process: its tasks leased, the output unwritten)."""
+CHECK_EVERY = 2.0
+"""Seconds between two looks at Ray's control store (`RayExecutor._watch_ray`)."""
 
 Request = tuple[int, int | None, str, tuple[Any, ...]]
 """A message for the worker: (instance's call id, token to answer with or None, op, args)."""
@@ -97,12 +104,17 @@ class RayExecutor:
         self._bridge: Any = None
         self._bridge_name = f"legion-bridge-{uuid.uuid4().hex}"
         self._pump: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._hosts: dict[int, ContextHost] = {}
         # The instances (their tasks) that Ray has not begun to run yet: it queues them
         # until a worker of theirs is free.
         self._unstarted: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count()
         self._answers: list[tuple[int, bool, Any]] = []
+        # The instances waiting on their Ray task, and why Ray is gone when it is: they
+        # are then ended with that (`ExecutorLost`), rather than wait for ever.
+        self._awaiting: set[asyncio.Task[Any]] = set()
+        self._lost: str | None = None
 
     def check(self, agent: Agent) -> None:
         """Refuse (`ConfigError`) an agent that Ray workers could not import."""
@@ -140,6 +152,9 @@ class RayExecutor:
         self._pump = asyncio.Task(  # (the executor's own: see `legion.executors.process`)
             self._pump_calls(), name="legion-ray-bridge", context=contextvars.Context()
         )
+        self._watch = asyncio.Task(
+            self._watch_ray(), name="legion-ray-watch", context=contextvars.Context()
+        )
 
     def queued(self) -> set[asyncio.Task[Any]]:
         """The instances Ray has not begun to run (queued in its scheduler): a worker that
@@ -154,6 +169,8 @@ class RayExecutor:
         `InstanceLost` when Ray lost the task (its worker or node died)."""
         import ray
 
+        if self._lost is not None:
+            raise ExecutorLost(self._lost)
         request = invocation(agent, ctx, kwargs)
         call_id = next(self._ids)
         host = self._hosts[call_id] = ContextHost(ctx)
@@ -167,6 +184,8 @@ class RayExecutor:
             scheduling.callback(self._unstarted.discard, me)
         host.on_started = scheduling.close
         ref = self._for(agent).remote(self._bridge_name, call_id, request)
+        if me is not None:
+            self._awaiting.add(me)
         try:
             outcome: p.Outcome = await ref
         except ray.exceptions.RayTaskError as exc:  # legion's side of the task failed there
@@ -187,9 +206,13 @@ class RayExecutor:
                 f"Ray lost the instance ({type(exc).__name__}): {_first_line(exc)}"
             ) from exc
         except asyncio.CancelledError:
+            if self._lost is not None and me is not None and me.uncancel() == 0:
+                raise ExecutorLost(self._lost) from None  # (cancelled by `_pump_calls`)
             ray.cancel(ref, force=True)  # kills its Ray worker: a busy loop cannot hold on
             raise
         finally:
+            if me is not None:
+                self._awaiting.discard(me)
             scheduling.close()
             del self._hosts[call_id]
             await host.aclose()  # answers what it was still serving: the bridge holds nothing
@@ -212,15 +235,20 @@ class RayExecutor:
         """Stop serving the bridge and remove it; shut Ray down if this executor started it."""
         import ray
 
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
-            self._pump = None
+        for background in (self._pump, self._watch):
+            if background is not None:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
+        self._pump = self._watch = None
         if self._bridge is not None:
-            ray.kill(self._bridge)
+            if self._lost is None:  # (Ray gone: nothing to ask, and no answer would come)
+                ray.kill(self._bridge)
             self._bridge = None
         if self._owns_ray:
-            await asyncio.to_thread(ray.shutdown)
+            # (bounded: with Ray's control store gone, its shutdown can wait on it)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if self._lost is None else 10.0):
+                    await asyncio.to_thread(ray.shutdown)
             self._owns_ray = False
         if self._connected is not None:
             self._connected.set()
@@ -231,17 +259,54 @@ class RayExecutor:
         import ray
 
         backoff = 0.05
+        loop = asyncio.get_running_loop()
+        down_since: float | None = None
         while True:
             try:
                 batch: list[Request] = await self._bridge.take.remote()
             except ray.exceptions.RayError as exc:
                 log.warning("the Ray bridge is unavailable (%s); retrying", _first_line(exc))
+                if down_since is None:
+                    down_since = loop.time()
+                elif loop.time() - down_since >= LOST_AFTER:
+                    self._gone(f"{type(exc).__name__}: {_first_line(exc)}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _POLL_BACKOFF_MAX)
                 continue
             backoff = 0.05
+            down_since = None
             for call_id, token, op, args in batch:
                 self._serve(call_id, token, op, args)
+
+    async def _watch_ray(self) -> None:
+        """Ask Ray's control store for the cluster's nodes every `CHECK_EVERY` seconds (one
+        question at a time: a thread waits on it); one unanswered for `LOST_AFTER`
+        seconds means Ray is gone (`_gone`)."""
+        import ray
+
+        loop = asyncio.get_running_loop()
+        asked: asyncio.Future[Any] | None = None
+        since = 0.0
+        while self._lost is None:
+            await asyncio.sleep(CHECK_EVERY)
+            if asked is None:
+                asked, since = _in_a_thread(loop, ray.nodes), loop.time()
+            if asked.done():
+                asked = None  # (an error answers too: the bridge's loop judges those)
+            elif loop.time() - since >= LOST_AFTER:
+                self._gone("its control store (GCS) does not answer")
+
+    def _gone(self, why: str) -> None:
+        """Ray is gone from this node (its bridge out of reach for `LOST_AFTER` s): every
+        instance waiting on it ends with `ExecutorLost` (the worker stops and gives its
+        tasks back, no attempt spent), as do those started after."""
+        if self._lost is None:
+            self._lost = (
+                f"Ray stopped answering on this node for {LOST_AFTER:g} s ({why}); the "
+                "worker stops, its tasks go back to the queue"
+            )
+        for task in list(self._awaiting):
+            task.cancel()
 
     def _serve(self, call_id: int, token: int | None, op: str, args: Any) -> None:
         reply = None if token is None else functools.partial(self._answer, token)
@@ -265,6 +330,28 @@ class RayExecutor:
         answers, self._answers = self._answers, []
         if self._bridge is not None:
             self._bridge.answer.remote(answers)
+
+
+def _in_a_thread(
+    loop: asyncio.AbstractEventLoop, ask: Callable[[], object]
+) -> asyncio.Future[None]:
+    """A future set once ``ask()`` returns or raises in a daemon thread of its own: one
+    that never returns (Ray's control store gone) holds neither the loop's default
+    executor nor the process's exit."""
+    answered: asyncio.Future[None] = loop.create_future()
+
+    def done() -> None:
+        if not answered.done():
+            answered.set_result(None)
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            ask()
+        with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+            loop.call_soon_threadsafe(done)
+
+    threading.Thread(target=run, name="legion-ray-check", daemon=True).start()
+    return answered
 
 
 def _run_instance(bridge_name: str, call_id: int, request: p.Invocation) -> p.Outcome:
