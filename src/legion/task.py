@@ -106,8 +106,8 @@ def _with_cause(exc: BaseException, message: str) -> str:
     does not quote: a framework's "Exceeded maximum output retries (1)" hid the
     validation error that said why. legion's own errors say what they need."""
     cause = exc.__cause__
-    if cause is None or isinstance(exc, LegionError):
-        return message
+    if cause is None or isinstance(exc, LegionError) or getattr(cause, "carries_traceback", False):
+        return message  # (a traceback from another process is no cause of its own)
     said = exception_message(cause)
     if said and said in message:
         return message

@@ -162,7 +162,10 @@ async def test_a_postgres_upgrade_behind_a_long_reader_lets_the_workers_go_on(
         dump.execute(f'LOCK TABLE "{schema}".tasks IN ACCESS SHARE MODE')  # as pg_dump does
         upgrading = asyncio.ensure_future(store_from_url(postgres_url).open())
         await wait_until(lambda: "waits for a transaction" in caplog.text, 60)
-        # An older worker's write meanwhile is not held behind the upgrade for good.
+        # An older worker's write meanwhile is not held behind the upgrade for good (on
+        # its store's schema, as its URL sets it: the tasks' triggers name their tables
+        # plainly, and found them only where another test had left a store in public).
+        worker.execute(f'SET search_path = "{schema}"')
         worker.execute("SET statement_timeout = '8s'")
         worker.execute(f'UPDATE "{schema}".tasks SET priority = 1 WHERE id = %s', (task.id,))
         worker.commit()

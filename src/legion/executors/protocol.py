@@ -115,6 +115,9 @@ class RemoteTraceback(Exception):
     """The traceback of an error raised in another process, attached as the ``__cause__``
     of its copy here so that the task's error record shows where it really happened."""
 
+    carries_traceback = True
+    """Not a cause of its own: an error's message does not quote it (`legion.task`)."""
+
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
