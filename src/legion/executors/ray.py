@@ -52,7 +52,7 @@ LOST_AFTER = 20.0
 before Ray counts as gone from this node (a bridge that crashed is back within a second
 or two; with the control store killed, the instances in flight waited for ever, and
 after 60 s Ray's own client ended the process: its tasks leased, the output unwritten)."""
-CHECK_EVERY = 2.0
+CHECK_EVERY = 5.0
 """Seconds between two looks at Ray's control store (`RayExecutor._watch_ray`)."""
 
 Request = tuple[int, int | None, str, tuple[Any, ...]]
@@ -207,7 +207,7 @@ class RayExecutor:
             ) from exc
         except asyncio.CancelledError:
             if self._lost is not None and me is not None and me.uncancel() == 0:
-                raise ExecutorLost(self._lost) from None  # (cancelled by `_pump_calls`)
+                raise ExecutorLost(self._lost) from None  # (cancelled by `_gone`)
             ray.cancel(ref, force=True)  # kills its Ray worker: a busy loop cannot hold on
             raise
         finally:
