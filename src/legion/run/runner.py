@@ -342,6 +342,11 @@ async def run_instance(
                 services.on_end(instance)  # (abandoned: the worker freed its slot then)
 
 
+FATAL_HOLD = 1.0
+"""Seconds a task given back by a worker that a fatal error stops is held from the queue
+(the worker stops at once: a second is far past the moment it could lease it again)."""
+
+
 def _name(coroutine: Coroutine[Any, Any, Any]) -> str:
     return str(getattr(coroutine, "__qualname__", coroutine))
 
@@ -467,8 +472,18 @@ def _failure(
         # route's URL, an extra is missing): the task is not at fault, and the worker
         # stops on it (``fatal``). Back to the queue, its error kept to say why, for a
         # worker started anew (once the key is fixed), no attempt spent: the same command
-        # run again finishes the work.
-        return _completion(lease, owner, Outcome.RELEASED, started, finished, error=info, **more)
+        # run again finishes the work. Not before `FATAL_HOLD`: this worker, stopping, could
+        # otherwise lease it again in the write that gives it back, and run it once more.
+        return _completion(
+            lease,
+            owner,
+            Outcome.RELEASED,
+            started,
+            finished,
+            error=info,
+            not_before=finished + FATAL_HOLD,
+            **more,
+        )
     if isinstance(error, AgentLoadError):
         # Its code does not import in a process of this worker (the process executor's
         # children): no retry changes that.
