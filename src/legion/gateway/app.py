@@ -426,16 +426,12 @@ class Gateway:
             return _error(exc.status, exc.message)
         name = request.match_info["model"]
         if name not in self._model_names():
-            return web.Response(
-                status=404,
-                body=openai_wire.render_error(
-                    404,
-                    f"the model {name!r} is not one of this gateway's routes or their "
-                    f"models ({', '.join(sorted(self._model_names()))}); a call naming it "
-                    "goes to the default route",
-                    code="model_not_found",
-                ),
-                content_type="application/json",
+            return _error(
+                404,
+                f"the model {name!r} is not one of this gateway's routes or their models "
+                f"({', '.join(sorted(self._model_names()))}); a call naming it goes to the "
+                "default route",
+                code="model_not_found",
             )
         return web.json_response(_model_json(name))
 
@@ -622,9 +618,11 @@ def _failure(exc: _Conflict | WireError | LegionError) -> web.Response:
     return response
 
 
-def _error(status: int, message: str, cause: BaseException | None = None) -> web.Response:
-    """OpenAI's error body, its ``code`` and ``param`` the provider's for ``cause``
-    (see `openai_wire.render_error`)."""
+def _error(
+    status: int, message: str, cause: BaseException | None = None, *, code: str | None = None
+) -> web.Response:
+    """OpenAI's error body, its ``code`` (unless given) and ``param`` the provider's for
+    ``cause`` (see `openai_wire.render_error`)."""
     headers: dict[str, str] | None = None
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="legion"'}
@@ -632,7 +630,7 @@ def _error(status: int, message: str, cause: BaseException | None = None) -> web
         headers = _RETRY
     return web.Response(
         status=status,
-        body=openai_wire.render_error(status, message, cause),
+        body=openai_wire.render_error(status, message, cause, code=code),
         content_type="application/json",
         headers=headers,
     )

@@ -450,22 +450,20 @@ def _failure(
         error = cause
     info = ErrorInfo.from_exception(error)
     more: dict[str, Any] = {"usage": usage, "time_": time_, "diagnostics": diagnostics}
+
+    def ended(outcome: Outcome, not_before: float = 0.0) -> Completion:
+        """The attempt's end, its error kept (``not_before``: not leased again until then)."""
+        return _completion(
+            lease, owner, outcome, started, finished, error=info, not_before=not_before, **more
+        )
+
     if isinstance(error, BudgetExceeded):
         # Parked: back to the queue with its recorded calls, for a run with more budget.
         # A tenant's task waits a while first: the worker still leases other tenants'
         # tasks, and would otherwise lease it again at once (an agent's spent budget
         # keeps the worker from leasing its tasks, a run's stops the run).
         park = TENANT_PARK if error.scope == "tenant" else 0.0
-        return _completion(
-            lease,
-            owner,
-            Outcome.RELEASED,
-            started,
-            finished,
-            error=info,
-            not_before=finished + park if park else 0.0,
-            **more,
-        )
+        return ended(Outcome.RELEASED, finished + park if park else 0.0)
     if is_unspent(error) or is_fatal(error):
         # The agent's file changed under this worker, or its executor died (Ray), or every
         # task would fail the same way (the provider refused the key, nothing serves the
@@ -474,48 +472,20 @@ def _failure(
         # worker started anew (once the key is fixed), no attempt spent: the same command
         # run again finishes the work. Not before `FATAL_HOLD`: this worker, stopping, could
         # otherwise lease it again in the write that gives it back, and run it once more.
-        return _completion(
-            lease,
-            owner,
-            Outcome.RELEASED,
-            started,
-            finished,
-            error=info,
-            not_before=finished + FATAL_HOLD,
-            **more,
-        )
+        return ended(Outcome.RELEASED, finished + FATAL_HOLD)
     if isinstance(error, AgentLoadError):
         # Its code does not import in a process of this worker (the process executor's
         # children): no retry changes that.
-        return _completion(lease, owner, Outcome.FAILED, started, finished, error=info, **more)
+        return ended(Outcome.FAILED)
     if isinstance(error, RetryAfterTooLong) and error.retry_after is not None:
         # The provider said when to come back: back to the queue until then, the error kept
         # on the task to say why, and no attempt spent on waiting that was not allowed.
-        return _completion(
-            lease,
-            owner,
-            Outcome.RELEASED,
-            started,
-            finished,
-            error=info,
-            not_before=finished + error.retry_after,
-            **more,
-        )
+        return ended(Outcome.RELEASED, finished + error.retry_after)
     if not is_retryable(error):
-        return _completion(lease, owner, Outcome.FAILED, started, finished, error=info, **more)
+        return ended(Outcome.FAILED)
     if lease.attempt >= lease.max_attempts:
-        return _completion(lease, owner, Outcome.DEAD, started, finished, error=info, **more)
-    delay = agent.options.retry.delay(lease.attempt, rng)
-    return _completion(
-        lease,
-        owner,
-        Outcome.RETRY,
-        started,
-        finished,
-        error=info,
-        not_before=finished + delay,
-        **more,
-    )
+        return ended(Outcome.DEAD)
+    return ended(Outcome.RETRY, finished + agent.options.retry.delay(lease.attempt, rng))
 
 
 def _completion(
