@@ -26,7 +26,7 @@ def _trace(
         started,
         started + seconds,
         step_prints(seconds, inputs),
-        step_prints(seconds, (out,)),
+        step_prints(seconds, (out,), result=True),
     )
 
 
@@ -55,7 +55,7 @@ def test_a_pair_with_a_short_step_is_never_reported() -> None:
 def test_a_result_kept_as_its_recorded_json_is_fingerprinted_when_a_report_asks() -> None:
     long = MIN_SAVING * 4
     first = StepTrace("search", None, 0.0, long, NO_PRINTS, NO_PRINTS, result=b'["found text"]')
-    assert first.output_prints() == fingerprints((["found text"],))
+    assert first.output_prints() == fingerprints((["found text"],), result=True)
     dependent = _trace("summary", long, long, ("summarize: found text",), "y")
     independent = _trace("other", long, long, ("unrelated",), "x")
     assert advise("a", [first, dependent]) == []
@@ -192,3 +192,100 @@ def test_the_summary_says_findings_that_share_a_line_overlap() -> None:
     assert groups[0].line().endswith("[2 times; could save 600 ms in all, 300 ms on average]")
     assert overlapping(groups)
     assert not overlapping(summarize([pair(10, 11, 0.3), pair(20, 21, 0.3)]))
+
+
+def test_a_field_of_the_result_passed_on_as_an_argument_of_its_own_is_a_dependency() -> None:
+    """A row's id, a score, a flag taken from the first's result, or a record built from
+    it: each was said to "appear independent (no result of the first went into the
+    second)", advice the agent cannot follow."""
+    import dataclasses
+
+    import attrs
+    import pydantic
+
+    @dataclasses.dataclass
+    class Draft:
+        title: str
+        n: int
+
+    @attrs.define
+    class Note:
+        title: str
+
+    class Request(pydantic.BaseModel):
+        title: str
+
+    @dataclasses.dataclass
+    class Label:
+        name: str
+
+    class Tag(pydantic.BaseModel):
+        name: str
+
+    long = MIN_SAVING * 4
+    title = "On the nature of tea"
+    row = {"id": 17, "score": 0.93, "approved": True, "title": title}
+    for taken in (
+        17,
+        0.93,
+        True,
+        Draft(title, 3),
+        Note(title),
+        Request(title="On the nature of tea"),
+    ):
+        first = _trace("insert", 0.0, long, ("q",), row)
+        second = _trace("fetch", long, long, (taken,), "y")
+        assert advise("a", [first, second]) == [], taken
+    # A value the result does not hold is no dependency, whatever its type (a record's
+    # field names count, as a dict's keys do).
+    for other in (18, 0.5, False, Label("Another heading"), Tag(name="Another heading")):
+        first = _trace("insert", 0.0, long, ("q",), row)
+        second = _trace("fetch", long, long, (other,), "y")
+        assert len(advise("a", [first, second])) == 1, other
+
+
+def test_an_llm_answer_is_compared_by_what_it_said_not_by_what_is_recorded_with_it() -> None:
+    # The recorded JSON holds the field names `text`, `model`, `provider` and `usage`:
+    # a second prompt that asked to "translate this text" was taken for one using it.
+    long = MIN_SAVING * 4
+    said = ChatResponse("Pros: cheap, quiet.", model="sim-model", provider="sim")
+    pros = StepTrace(
+        "llm.default.1", None, 0.0, long, NO_PRINTS, NO_PRINTS, result=orjson.dumps(said.to_json())
+    )
+    for prompt in ("Translate this text into French: tea", "Describe the business model of tea"):
+        second = StepTrace(
+            "llm.default.2", None, long, 2 * long, fingerprints(([{"content": prompt}],)), NO_PRINTS
+        )
+        (report,) = advise("a", [pros, second])
+        assert "`ctx.llm.chat(...)` on route `default` and `ctx.llm.chat(...)`" in report.message
+        assert "llm.default.1" not in report.message
+    used = fingerprints(([{"content": "Rank these: Pros: cheap, quiet."}],))
+    second = StepTrace("llm.default.2", None, long, 2 * long, used, NO_PRINTS)
+    assert advise("a", [pros, second]) == []
+
+
+def test_long_texts_are_compared_in_bounded_work_and_a_shared_run_is_still_found() -> None:
+    import random
+    import string
+
+    rng = random.Random(7)
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(string.ascii_letters + " ") for _ in range(n))
+
+    long = MIN_SAVING * 4
+    page = text(300_000)  # a page fetched, then an unrelated URL: still reported
+    first = _trace("page", 0.0, long, ("q",), page)
+    url = _trace("other", long, long, ("https://example.com/b/12345",), "y")
+    assert len(advise("a", [first, url])) == 1
+    cut = _trace("other", long, long, (f"https://example.com/?q={page[5000:5016]}",), "y")
+    assert advise("a", [first, cut]) == []
+    # Two long sides: runs kept every few characters, one of 23 shared always found.
+    result = text(60_000)
+    for at in (0, 1, 7, 30_001, 59_977):
+        prompt = text(20_000) + result[at : at + 23] + text(20_000)
+        first = _trace("draft", 0.0, long, ("q",), result)
+        second = _trace("edit", long, long, (prompt,), "y")
+        assert advise("a", [first, second]) == [], at
+    unrelated = _trace("edit", long, long, (text(40_000),), "y")
+    assert len(advise("a", [_trace("draft", 0.0, long, ("q",), result), unrelated])) == 1

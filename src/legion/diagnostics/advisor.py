@@ -1,10 +1,11 @@
 """The sequential-await advisor: steps that waited for each other for no reason.
 
 The context keeps, for every step it ran, when it ran, where it was called, and
-fingerprints of its inputs and of its result (the whole value and its top-level items).
-Two steps that ran back to back — the second started after the first ended — where no
-input of the second matches the first's result could have run together: ``ctx.gather``
-would have saved the shorter one's duration.
+fingerprints of its inputs and of its result: the texts found in them (strings, dict
+keys, numbers as their text; a dataclass's, a pydantic model's or an attrs class's
+fields as a dict's). Two steps that ran back to back — the second started after the
+first ended — where no input of the second matches the first's result could have run
+together: ``ctx.gather`` would have saved the shorter one's duration.
 
 When in doubt, no report: a false "could be gathered" costs a user more than a missed
 one. So only steps awaited one after the other in the agent's own flow count (a step
@@ -12,19 +13,27 @@ that ran inside ``ctx.gather`` is already part of concurrent work, and the order
 it is the gather's), and any text of the first's result (however short, numbers and
 dict keys included) found inside a text of the second's inputs, or a text of the
 second's inputs (16 characters or more) found inside one of the result, counts as a
-dependency, and so is a run of 16 characters they share: a result passed on in a
-transformed form (a field of it, pasted into a prompt; a sentence or an excerpt cut from
-it, inside other text) is seen. A first step whose result says nothing (``None``, a
-boolean, a lone number, an empty text: a write the second may read back) is a dependency, and so is
-a value too large or too deep to look through whole (past `MAX_TEXTS` texts, or nested
-deeper than `MAX_DEPTH`). A dependency through a value computed from the result (its
-length, a parsed number) is still not seen; the report says the steps *appear*
-independent.
+dependency, and so is a run of 16 characters they share (23 or more are always found;
+past `MAX_COMPARED` characters, the pair counts as a dependency): a result passed on in
+a transformed form (a field of it, a number or a flag of it as an argument of its own,
+pasted into a prompt; a sentence or an excerpt cut from it, inside other text) is seen.
+A first step whose result says nothing (``None``, a boolean, a lone number, an empty
+text: a write the second may read back) is a dependency, and so is a value too large or
+too deep to look through whole (past `MAX_TEXTS` texts, or nested deeper than
+`MAX_DEPTH`). An LLM call's result is its answer (its text and the arguments of the
+tools it asked for), not the metadata recorded with it. A dependency through a value
+computed from the result (its length, a parsed number) is still not seen; the report
+says the steps *appear* independent.
+
+Cost: texts are collected only for steps long enough to be in a report, and a pair is
+compared when the attempt ends, in time linear in their texts' lengths (a 100 KB result
+and an unrelated prompt: ~0.2 ms).
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -58,10 +67,13 @@ class StepTrace:
     can."""
 
     def output_prints(self) -> frozenset[Fingerprint]:
-        """Fingerprints of the step's result (see `result`)."""
+        """Fingerprints of the step's result (see `result`); of an LLM call's, its answer."""
         if self.result is None:
             return self.outputs
-        return step_prints(self.seconds, (codec.loads(self.result),))
+        value = codec.loads(self.result)
+        if _chat_call(self.key) and isinstance(value, dict):
+            value = _answer(value)
+        return step_prints(self.seconds, (value,), result=True)
 
     @property
     def seconds(self) -> float:
@@ -83,8 +95,8 @@ MIN_EXCERPT = 16
 the first's result texts (shorter ones are found anywhere)."""
 
 
-Fingerprint = int | str
-"""A hash of a value's JSON (an int), or a text found in it (a str)."""
+Fingerprint = str
+"""A text found in a value (see `fingerprints`)."""
 
 NO_PRINTS: frozenset[Fingerprint] = frozenset()
 
@@ -93,31 +105,32 @@ UNKNOWN: Fingerprint = "\x00legion: not looked through"
 nested too deep), so it may hold anything: the pair is not reported."""
 
 
-def step_prints(seconds: float, values: Iterable[Any]) -> frozenset[Fingerprint]:
+def step_prints(
+    seconds: float, values: Iterable[Any], *, result: bool = False
+) -> frozenset[Fingerprint]:
     """`fingerprints` of a step's inputs or result, for a step that can be in a report: one
     shorter than `MIN_SAVING` never is (a report needs both steps of its pair that long),
-    so its values are not fingerprinted at all (most steps: a hash per value saved)."""
-    return fingerprints(values) if seconds >= MIN_SAVING else NO_PRINTS
+    so its values are not fingerprinted at all (most steps: nothing to collect)."""
+    return fingerprints(values, result=result) if seconds >= MIN_SAVING else NO_PRINTS
 
 
-def fingerprints(values: Iterable[Any]) -> frozenset[Fingerprint]:
-    """Fingerprints of each value and of its top-level items (hashes of their JSON; JSON
-    values only), plus the texts found in it (numbers as their text), so that a result
-    pasted into a prompt is seen. A lone number says nothing (none: a row's id, a count
-    written, which the second step may read back as a whole)."""
+def fingerprints(values: Iterable[Any], *, result: bool = False) -> frozenset[Fingerprint]:
+    """The texts found in each value: its strings, its dicts' keys, its numbers as their
+    text, a marker for each boolean (`TRUE`, `FALSE`: one of the first's result passed
+    on as a flag); a dataclass's, a pydantic model's or an attrs class's fields as a
+    dict's. Of a ``result``, a lone number or boolean says nothing (none: a row's id, a
+    count written, which the second step may read back as a whole); of an input, it is
+    what the second step may have taken from a field of the first's result."""
     found: set[Fingerprint] = set()
     for value in values:
-        if isinstance(value, (int, float)):  # (a bool among them, as `_add` takes it)
+        if result and isinstance(value, (int, float)):  # (a bool among them)
             continue
-        _add(found, value)
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                _add(found, item)
-        elif isinstance(value, dict):
-            for item in value.values():
-                _add(found, item)
         _texts(found, value, 0)
     return frozenset(found)
+
+
+TRUE: Fingerprint = "\x00legion: true"
+FALSE: Fingerprint = "\x00legion: false"
 
 
 def _texts(found: set[Fingerprint], value: Any, depth: int) -> None:
@@ -125,12 +138,21 @@ def _texts(found: set[Fingerprint], value: Any, depth: int) -> None:
         if value.strip():
             found.add(value)  # (the agent's own string, not a copy)
         return
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        found.add(TRUE if value else FALSE)
+        return
+    if isinstance(value, (int, float)):
         found.add(str(value))
         return
-    if not isinstance(value, (list, tuple, dict)) or not value:
+    if value is None:
         return
-    if depth >= MAX_DEPTH or len(found) > MAX_TEXTS:
+    if not isinstance(value, (list, tuple, dict)):
+        value = _fields(value)
+        if value is None:
+            return  # not data (a client, a connection): it cannot be compared
+    if not value:
+        return
+    if depth >= MAX_DEPTH or len(found) + len(value) > MAX_TEXTS:
         found.add(UNKNOWN)  # more inside than is looked through: it may hold anything
         return
     items = itertools.chain(value, value.values()) if isinstance(value, dict) else value
@@ -141,11 +163,44 @@ def _texts(found: set[Fingerprint], value: Any, depth: int) -> None:
         _texts(found, item, depth + 1)
 
 
+def _fields(value: Any) -> dict[str, Any] | None:
+    """A dataclass's, a pydantic model's or an attrs class's fields (a record built from
+    a step's result and passed on to the next), else ``None``."""
+    if isinstance(value, type):
+        return None
+    try:
+        if dataclasses.is_dataclass(value):
+            return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+        attrs = getattr(type(value), "__attrs_attrs__", None)
+        if attrs is not None:
+            return {a.name: getattr(value, a.name, None) for a in attrs}
+        fields = getattr(type(value), "model_fields", None)  # pydantic 2
+        if isinstance(fields, dict):
+            return {name: getattr(value, name, None) for name in fields}
+    except Exception:  # (a class that answers oddly: not compared)
+        return None
+    return None
+
+
+def _chat_call(key: str) -> bool:
+    """Whether a step is an LLM chat call (``llm.<route>.<digest>``; not an embedding)."""
+    return key.startswith("llm.") and ".embed." not in key
+
+
+def _answer(recorded: dict[str, Any]) -> list[str]:
+    """What an LLM call answered, of the JSON recorded for it: its text and the arguments
+    of the tools it asked for; not the field names and metadata kept with them (``text``,
+    ``model``, the provider, the token counts), which any prompt may contain."""
+    found = [recorded.get("text")]
+    found += [call.get("arguments") for call in recorded.get("tool_calls") or ()]
+    return [text for text in found if isinstance(text, str) and text]
+
+
 def _uses(second: StepTrace, first: StepTrace) -> bool:
     """Whether ``second``'s inputs may hold ``first``'s result (see the module's text):
-    a whole value or item, a text of it inside one of its own texts, one of its own
-    texts inside one of it; or a result that says nothing, or either side not looked
-    through whole."""
+    a text of it, whole or inside one of its own texts, one of its own texts inside one
+    of it, a run of characters they share; or a result that says nothing, or either
+    side not looked through whole."""
     if _asked_for_tools(first):
         return True
     outputs = first.output_prints()
@@ -153,9 +208,11 @@ def _uses(second: StepTrace, first: StepTrace) -> bool:
         return True
     if second.inputs & outputs:
         return True
-    texts_in = [t for t in second.inputs if isinstance(t, str)]
-    texts_out = [o for o in outputs if isinstance(o, str)]
-    if any(o in t for o in texts_out for t in texts_in):
+    texts_in, texts_out = list(second.inputs), list(outputs)
+    joined = "\x01".join(texts_in)  # (one search in C per text of the result)
+    if len(texts_out) * len(joined) > MAX_SEARCHED:
+        return True  # too much to look through: when in doubt, no report
+    if any(o in joined for o in texts_out):
         return True
     return _share_excerpt(texts_out, texts_in)
 
@@ -171,25 +228,48 @@ def _asked_for_tools(step: StepTrace) -> bool:
     )
 
 
-MAX_COMPARED = 1_000_000
-"""Characters of texts compared run by run at most; past it, the pair counts as a
-dependency (when in doubt, no report)."""
+MAX_COMPARED = 200_000
+"""Characters of the longer side's texts compared run by run at most; past it, the pair
+counts as a dependency (when in doubt, no report)."""
+
+MAX_SEARCHED = 8_000_000
+"""Characters searched at most (runs of the shorter side times the longer side's
+length) when each run of a short side is looked for in the longer one's texts."""
+
+STRIDE = 8
+"""Of the longer side's texts, the runs kept are those every `STRIDE` characters: a run
+of ``MIN_EXCERPT + STRIDE - 1`` characters shared holds one of them."""
 
 
 def _share_excerpt(texts_out: list[str], texts_in: list[str]) -> bool:
     """Whether a text of the result and one of the inputs have a run of `MIN_EXCERPT`
     characters in common: a piece of the result inside other text (``f"Title for:
-    {draft[:60]}"``), which neither holds whole. Each run of the result's texts is kept
-    once, and each of the inputs' looked up (linear in their lengths)."""
-    texts_out = [o for o in texts_out if len(o) >= MIN_EXCERPT]
-    texts_in = [t for t in texts_in if len(t) >= MIN_EXCERPT]
+    {draft[:60]}"``), which neither holds whole.
+
+    A short side (a URL, a question) has each of its runs looked for in the other's
+    texts (a search in C: 12 runs in 100 KB take ~0.2 ms). Else the longer side's runs,
+    every `STRIDE` characters, are kept once, and each of the shorter side's looked up:
+    linear in their lengths, and a shared run of ``MIN_EXCERPT + STRIDE - 1`` characters
+    always found."""
+    size = MIN_EXCERPT
+    texts_out = [o for o in texts_out if len(o) >= size]
+    texts_in = [t for t in texts_in if len(t) >= size]
     if not texts_out or not texts_in:
         return False
-    if sum(map(len, texts_out)) + sum(map(len, texts_in)) > MAX_COMPARED:
+    lengths = sum(map(len, texts_out)), sum(map(len, texts_in))
+    longer, shorter = (texts_out, texts_in) if lengths[0] >= lengths[1] else (texts_in, texts_out)
+    longest, runs = max(lengths), sum(len(t) - size + 1 for t in shorter)
+    if runs * longest <= MAX_SEARCHED:
+        return any(
+            t[i : i + size] in text
+            for t in shorter
+            for i in range(len(t) - size + 1)
+            for text in longer
+        )
+    if longest > MAX_COMPARED:
         return True
-    size = MIN_EXCERPT
-    runs = {o[i : i + size] for o in texts_out for i in range(len(o) - size + 1)}
-    return any(t[i : i + size] in runs for t in texts_in for i in range(len(t) - size + 1))
+    kept = {o[i : i + size] for o in longer for i in range(0, len(o) - size + 1, STRIDE)}
+    return any(t[i : i + size] in kept for t in shorter for i in range(len(t) - size + 1))
 
 
 _VECTOR_WRITES = ("add", "delete")
@@ -217,15 +297,6 @@ def _vector_step(key: str) -> tuple[str, str] | None:
     return (op, collection) if collection else None
 
 
-def _add(found: set[Fingerprint], value: Any) -> None:
-    if value is None or isinstance(value, bool):
-        return  # too common to mean a dependency
-    try:
-        found.add(codec.same_value_hash(value))  # compared within one attempt only
-    except Exception:  # not JSON: it cannot be compared, so it does not count
-        return
-
-
 def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
     """One report per pair of consecutive, independent, sequential steps."""
     ordered = sorted(steps, key=lambda s: s.started)
@@ -245,7 +316,7 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
         reports.append(
             Diagnostic(
                 Kind.SEQUENTIAL_AWAIT,
-                f"agent `{agent}`: steps `{first.key}` and `{second.key}`{where} ran one after "
+                f"agent `{agent}`: {_pair(first.key, second.key)}{where} ran one after "
                 f"the other but appear independent (no result of the first went into the "
                 f"second): unless the second waits on what the first did (a check, a write it "
                 f"reads back), `await ctx.gather(...)` them to save ~{saving * 1000:.0f} ms",
@@ -255,6 +326,22 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
             )
         )
     return reports
+
+
+def _pair(first: str, second: str) -> str:
+    """How a report names its two steps: plain steps by their names (``steps `a` and
+    `b```), an LLM call as the agent wrote it, with its route, not by its key's digest."""
+    if not first.startswith("llm.") and not second.startswith("llm."):
+        return f"steps `{first}` and `{second}`"
+    return f"{_named(first)} and {_named(second)}"
+
+
+def _named(key: str) -> str:
+    if not key.startswith("llm."):
+        return f"step `{key}`"
+    route, _, rest = key[len("llm.") :].partition(".")
+    call = "ctx.llm.embed" if rest.startswith("embed.") else "ctx.llm.chat"
+    return f"`{call}(...)` on route `{route}`"
 
 
 def _short(site: Site) -> str:

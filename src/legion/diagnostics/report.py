@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import inspect
 import itertools
 import linecache
@@ -11,7 +12,7 @@ import os
 import re
 import sysconfig
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -37,8 +38,14 @@ class Site:
 
 def short_path(file: str) -> str:
     """``file`` relative to the working directory when it lies below it."""
+    return _relative(file, os.getcwd())
+
+
+@functools.lru_cache(maxsize=1024)
+def _relative(file: str, cwd: str) -> str:
+    # (kept: a report names the same few files thousands of times in a run)
     try:
-        rel = os.path.relpath(file)
+        rel = os.path.relpath(file, cwd)
     except ValueError:
         return file
     return file if rel.startswith("..") else rel
@@ -55,15 +62,24 @@ class Diagnostic:
     stack: tuple[Site, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["kind"] = str(self.kind)
-        return d
+        # (spelled out: `dataclasses.asdict` copies deeply, ~10x the cost, once per finding)
+        return {
+            "kind": str(self.kind),
+            "message": self.message,
+            "site": _site_json(self.site) if self.site is not None else None,
+            "seconds": self.seconds,
+            "stack": [_site_json(s) for s in self.stack],
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Diagnostic:
         site = Site(**d["site"]) if d.get("site") else None
         stack = tuple(Site(**s) for s in d.get("stack") or ())
         return cls(Kind(d["kind"]), d["message"], site, d.get("seconds"), stack)
+
+
+def _site_json(site: Site) -> dict[str, Any]:
+    return {"file": site.file, "line": site.line, "function": site.function, "code": site.code}
 
 
 _STDLIB = os.path.realpath(sysconfig.get_paths()["stdlib"])
@@ -148,9 +164,13 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
         return None  # (legion's, once a process: the README says so; not the agent's doing)
     site = with_code(site)
     who = f"agent `{agent}`"
-    call = _call_in(site.code)
+    busy = getattr(block, "busy", False)
+    # The call on the agent's line, when the loop was inside it (below the line) or asleep
+    # in it (a call into C: `time.sleep`); not when the line itself was computing (a loop
+    # whose condition calls `time.monotonic()` is not blocked by that call).
+    call = _call_in(site.code) if below or not busy else None
     advice = "use an async call or `await asyncio.to_thread(...)`"
-    if getattr(block, "busy", False) and not any(is_library_file(f.file) for f in below):
+    if busy and not any(is_library_file(f.file) for f in below):
         # Python computing in the agent's own code holds the interpreter: in a thread it
         # would hold it there too (4 CPU-bound tasks took as long with to_thread; 1.4-1.7x
         # less in processes).
