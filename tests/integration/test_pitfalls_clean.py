@@ -154,6 +154,18 @@ def test_python_computing_is_told_to_run_in_a_process_not_a_thread() -> None:
     assert in_c is not None and "to_thread" in in_c.message
 
 
+def test_a_line_computing_is_not_blamed_on_the_first_call_it_makes() -> None:
+    # A busy loop `while time.monotonic() < end: pass` was reported "(time.monotonic)":
+    # the call its condition makes, not what held the loop.
+    spin = Site(str(USER), 7, "spin", "while time.monotonic() < end:")
+    stack = (spin, *LOOP)
+    computing = blocked_loop("spin", Block(0.4, None, spin, stack, busy=True))
+    assert computing is not None and "(time.monotonic)" not in computing.message
+    asleep = Site(str(USER), 7, "nap", "time.sleep(0.4)")
+    slept = blocked_loop("nap", Block(0.4, None, asleep, (asleep, *LOOP)))
+    assert slept is not None and "(time.sleep)" in slept.message
+
+
 def test_a_loop_late_with_no_one_call_holding_it_is_not_blocked_by_the_agent() -> None:
     mine = Site(str(USER), 10, "search", "rows = index.execute(query)")
     stack = (mine, *LOOP)

@@ -111,3 +111,21 @@ async def test_a_call_computing_is_told_apart_from_one_asleep(cpu: _LoopCpu) -> 
     _, computing, _ = await _watch((_burn, 0.4))
     assert [(b.held, b.busy) for b in asleep] == [(True, False)]
     assert [(b.held, b.busy) for b in computing] == [(True, True)]
+
+
+async def test_a_call_computing_on_a_shared_core_is_told_computing(
+    cpu: _LoopCpu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a machine whose cores other processes share, a thread computing is on a core
+    # half the time: that share (0.5) was read as "not computing", and a busy loop in the
+    # agent was told to move to `asyncio.to_thread`. It is runnable all along.
+    def half() -> float:
+        return cpu.now() / 2
+
+    clocks = watchdog.time  # type: ignore[attr-defined]  # (the fixture's stand-in)
+    monkeypatch.setattr(clocks, "thread_time", half)
+    monkeypatch.setattr(clocks, "clock_gettime", lambda *_: half())
+    _, computing, _ = await _watch((_burn, 0.4))
+    _, asleep, _ = await _watch((cpu.sleep, 0.4))
+    assert [(b.held, b.busy) for b in computing] == [(True, True)]
+    assert [(b.held, b.busy) for b in asleep] == [(True, False)]

@@ -59,6 +59,7 @@ def look_back(
             user_site(capture.stack),
             capture.stack,
             capture.held,
+            capture.busy,
         )
         blocked = blocked_loop(name, block, agent_files(fn))
         if blocked is not None:  # else no frame of the agent's code ran: the worker's lag

@@ -30,6 +30,7 @@ Cost: one timer callback per ``interval`` on the loop and one thread wake-up per
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import linecache
 import os
 import sys
@@ -44,8 +45,10 @@ from legion.diagnostics.report import Site, user_site
 _EVENTS = os.path.join("asyncio", "events.py")
 _STARVED_CPU = 0.2
 """A runnable loop thread on a core for less than this share of a block was starved."""
-_BUSY_CPU = 0.6
-"""A loop thread on a core for this share of a block at least was computing."""
+_BUSY = 0.6
+"""A loop thread runnable (on a core, or waiting for one) at this share of the looks at a
+block at least was computing; where its state cannot be read, on a core for this share
+of the block's time until it was captured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +82,21 @@ class Capture:
     own length)."""
     ended: float | None = None
     """When it let go, if another call was captured after it in the same turn."""
-    busy: bool = False
-    """The loop's thread was on a core for most of the call, as far as it went when
-    captured (see `Block.busy`)."""
+    cpu_busy: bool = False
+    """The loop's thread was on a core for most of the call until it was captured."""
+    looks: int = 0
+    running: int = 0
+    """Of the looks at the thread's scheduler state while the call held the loop, those
+    that found it runnable (on a core or waiting for one) rather than asleep: a thread
+    computing on a machine whose cores are shared is on one for half the time or less,
+    but runnable all along."""
+
+    @property
+    def busy(self) -> bool:
+        """The call kept the loop's thread computing for most of it (see `Block.busy`)."""
+        if self.looks == 0:
+            return self.cpu_busy
+        return self.running >= _BUSY * self.looks
 
     def seconds(self, now: float) -> float:
         """How long the call held the loop: until ``now``, or until it let go."""
@@ -260,7 +275,13 @@ class LoopWatchdog:
             and capture.held
             and callback is self._captured_callback
         ):
-            return probe  # (the call captured holds the loop still)
+            # (the call captured holds the loop still: what it does now counts too)
+            state = self._state()
+            if state is not None:
+                self._capture = dataclasses.replace(
+                    capture, looks=capture.looks + 1, running=capture.running + (state == b"R")
+                )
+            return probe
         held = probe[0] == last and callback is not None and callback is probe[1]
         if not held:
             # The first call of a turn began at its last beat; a later one after the
@@ -278,8 +299,18 @@ class LoopWatchdog:
         # (a call the loop was in when the process stood still did not hold it all along)
         held = held and not self._starved(began, probe[3], cpu) and self._gap[1] <= began
         task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
-        busy = _share(probe[3], cpu, time.monotonic() - began) >= _BUSY_CPU
-        self._capture = capture = Capture(last, task, tuple(_stack(frame)), held, began, busy=busy)
+        busy = _share(probe[3], cpu, time.monotonic() - began) >= _BUSY
+        state = self._state()
+        self._capture = capture = Capture(
+            last,
+            task,
+            tuple(_stack(frame)),
+            held,
+            began,
+            cpu_busy=busy,
+            looks=int(state is not None),
+            running=int(state == b"R"),
+        )
         self._captured_callback = callback
         if self._on_capture is not None:
             self._on_capture(capture)
@@ -299,12 +330,18 @@ class LoopWatchdog:
         than a fifth of the time (``False`` when unknown)."""
         if cpu is None or cpu_since is None:
             return False
+        return not _ran(cpu_since, cpu, time.monotonic() - since) and self._state() == b"R"
+
+    def _state(self) -> bytes | None:
+        """The loop thread's scheduler state (``R``: on a core or waiting for one; ``S``,
+        ``D``: asleep, in a call), where the system tells it (Linux)."""
+        if not self._status_file:
+            return None
         try:
             with open(self._status_file, "rb") as file:
-                state = file.read().rsplit(b")", 1)[1].split()[0]
+                return file.read().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
-            return False
-        return not _ran(cpu_since, cpu, time.monotonic() - since) and state == b"R"
+            return None
 
 
 _Probe = tuple[float, FrameType | None, float, float | None]

@@ -96,16 +96,30 @@ class FreezeGuard:
             f'  File "{s.file}", line {s.line}, in {s.function}\n    {s.code}\n'
             for s in reversed(capture.stack)
         )
+        timeout = (
+            "its %g s timeout"
+            if inst.agent.options.timeout is not None
+            else ("%g s (it has no timeout)")
+        )
         log.error(
-            "task %s (%s) blocked the event loop for more than its %g s timeout: recording "
-            "it and exiting, so that the other tasks run elsewhere (CPU-bound agents "
-            "belong on executor='process')",
+            f"task %s (%s) blocked the event loop for more than {timeout}: recording it and "
+            "exiting, so that the other tasks run elsewhere (%s)",
             lease.id,
             lease.agent,
             limit,
+            "CPU-bound agents belong on executor='process'"
+            if capture.busy
+            else "a blocking call belongs behind an async call or `asyncio.to_thread`",
         )
         freeze = self._freeze(
-            lease.id, lease.attempt, self.owner, limit, self.max_freezes, time.time(), site
+            lease.id,
+            lease.attempt,
+            self.owner,
+            limit,
+            self.max_freezes,
+            time.time(),
+            site,
+            capture.busy,
         )
         try:
             if self.url is None:

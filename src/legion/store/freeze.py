@@ -45,10 +45,17 @@ class Freeze:
     max_freezes: int
     now: float
     site: str = ""
+    computing: bool = True
+    """The loop's thread was computing (the cure: a process), not asleep in a call (the
+    cure: an async call, or a thread)."""
 
     def errors(self) -> tuple[bytes, bytes]:
         """The task's error while it may run again, and once it is dead."""
-        hint = "use executor='process'"
+        hint = (
+            "use executor='process'"
+            if self.computing
+            else "make the blocking call async, or `await asyncio.to_thread(...)` it"
+        )
         again = ErrorInfo(
             "EventLoopFrozen",
             f"blocked the event loop for {self.limit:g} s: its worker exited "
