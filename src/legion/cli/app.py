@@ -15,6 +15,7 @@ import typer
 from legion.cli.bench import register as _register_bench
 from legion.cli.forget import register as _register_forget
 from legion.cli.gateway import register as _register_gateway
+from legion.cli.leftover import exit_past_threads
 from legion.cli.limits import raise_open_files
 from legion.cli.options import (
     DEFAULT_STORE,
@@ -127,7 +128,8 @@ def run(
             "--strict",
             help="Fail a task whose agent made a step, LLM call, memory write, durable "
             "wait, child task, ctx.gather or other coroutine it never awaited (by default "
-            "it is reported).",
+            "it is reported). Agents on the default executor: one in a process or on Ray "
+            "is not watched.",
         ),
     ] = False,
     local_worker: Annotated[
@@ -315,7 +317,8 @@ def worker(
         typer.Option(
             "--strict",
             help="Fail a task whose agent left a step, call, wait, child, gather or other "
-            "coroutine unawaited.",
+            "coroutine unawaited (agents on the default executor: one in a process or on "
+            "Ray is not watched).",
         ),
     ] = False,
     store_wait: StoreWaitOpt = 300.0,
@@ -636,7 +639,11 @@ def main() -> None:
                 shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
                 print(f"error: argument {i} is not UTF-8 text: {shown}", file=sys.stderr)
                 raise SystemExit(2) from None
-        app()
+        try:
+            app()
+        except SystemExit as done:
+            exit_past_threads(done.code if isinstance(done.code, int) else int(bool(done.code)))
+            raise
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except OSError as exc:

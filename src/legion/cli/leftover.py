@@ -1,0 +1,53 @@
+"""Threads an agent started and left running when a command's work is done.
+
+Python waits for every thread that is not a daemon before the process exits: one thread
+an agent left polling for ever kept `legion run` from exiting after it printed its
+summary, until it was killed. The command waits for such threads a little (one may be
+finishing a write), says which they are, and then exits without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+
+GRACE = 2.0
+"""Seconds a command waits for the threads left running before it exits without them."""
+
+
+def left_running() -> list[threading.Thread]:
+    """Threads other than the main one, not daemons, still running."""
+    main = threading.main_thread()
+    return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+
+
+def exit_past_threads(code: int) -> None:
+    """Exit with ``code`` now if threads are left running once `GRACE` has passed (they
+    are named on stderr); return, for the usual exit, when there are none."""
+    threads = left_running()
+    if not threads:
+        return
+    names = ", ".join(repr(t.name) for t in threads[:5]) + (", ..." if len(threads) > 5 else "")
+    print(
+        f"note: {len(threads)} thread{'s' if len(threads) > 1 else ''} that the agents "
+        f"started still run ({names}): waiting {GRACE:g} s for them, then exiting without "
+        "them (make such a thread a daemon, or join it before the agent returns)",
+        file=sys.stderr,
+    )
+    deadline = time.monotonic() + GRACE
+    try:
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        code = 130
+    if not left_running():
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
