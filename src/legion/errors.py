@@ -203,6 +203,13 @@ class WorkerStopped(LegionError):
     that error."""
 
 
+class MemoryExceeded(LegionError):
+    """The worker's memory stayed past its ``max_memory_mb`` with nothing left running:
+    what holds it (a leak in an agent, a cache it fills) outlives the tasks, and only a
+    new process frees it. The worker stops; ``legion worker`` exits with 8, and its
+    supervisor starts a fresh one."""
+
+
 class AgentError(LegionError):
     """Base of the errors that end an agent instance; ``retryable`` decides what follows."""
 

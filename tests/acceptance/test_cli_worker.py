@@ -613,3 +613,32 @@ def test_a_supervised_worker_whose_agent_file_is_gone_for_a_moment_is_started_ag
     said = "".join(seen) + err
     assert "was removed (or cannot be read) since its worker started" in said, said
     assert "exited with 2 (its agent's file changed moments ago" in said, said
+
+
+def test_a_worker_whose_memory_an_agent_keeps_is_started_afresh(tmp_path: Path) -> None:
+    # Past --max-memory, a worker stopped leasing "until it recovers"; memory an agent
+    # keeps (a leak) never goes, and the worker sat idle for good with tasks queued. With
+    # nothing left running, it now exits (8), and its supervisor starts a fresh one.
+    agents = tmp_path / "leaky.py"
+    agents.write_text(
+        "import legion\n\nKEPT = []\n\n\n@legion.agent\n"
+        "async def leaky(ctx, n: int):\n    KEPT.append(b'x' * 150_000_000)\n    return n\n"
+    )
+    store = f"sqlite:///{tmp_path / 'x.db'}"
+    supervisor = start_legion(
+        "worker", "-a", str(agents), "-s", store, "--processes", "1", "--concurrency", "1",
+        "--max-memory", "400",
+    )  # fmt: skip
+    try:
+        inp = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(6)])
+        ran = legion(
+            "run", f"{agents}:leaky", "-i", str(inp), "-s", store, "--no-local-worker",
+            "--no-progress", timeout=120,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert [json.loads(line)["output"] for line in ran.stdout.splitlines()] == list(range(6))
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        _, err = supervisor.communicate(timeout=120)
+    assert "with no task running (memory an agent keeps, or a leak)" in err
+    assert "exited with 8 (its memory stayed past --max-memory with no task running)" in err

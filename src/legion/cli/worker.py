@@ -48,13 +48,14 @@ from legion.cli.wiring import (
     until_first,
     worker_up,
 )
-from legion.errors import AgentChanged, AgentLoadError
+from legion.errors import AgentChanged, AgentLoadError, MemoryExceeded
 from legion.loader import agents_in, load_agent, load_module
 from legion.provision.exits import (
     EXIT_BUDGET,
     EXIT_CODE_CHANGED,
     EXIT_EXECUTOR,
     EXIT_FINAL,
+    EXIT_MEMORY,
     EXIT_STORE,
     SUPERVISOR_ENV,
     WHILE_DEPLOYING,
@@ -177,6 +178,8 @@ async def _serve(
 
             if isinstance(rt.fatal_error, ExecutorLost):
                 return EXIT_EXECUTOR
+            if isinstance(rt.fatal_error, MemoryExceeded):
+                return EXIT_MEMORY
             return EXIT_CODE_CHANGED if isinstance(rt.fatal_error, AgentChanged) else EXIT_FINAL
         if budget is not None and budget.exhausted is not None and not stop.is_set():
             console.print(
@@ -283,6 +286,7 @@ WHY_EXITED = {
     EXIT_STORE: " (the store stayed unavailable)",
     EXIT_FROZE: " (an agent froze its event loop)",
     EXIT_CODE_CHANGED: " (its agent's file changed: the new worker runs the new code)",
+    EXIT_MEMORY: " (its memory stayed past --max-memory with no task running)",
 }
 
 

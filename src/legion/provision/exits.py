@@ -9,6 +9,7 @@ EXIT_STORE = 3  # the store stayed unavailable past --store-wait
 EXIT_BUDGET = 5  # the worker's LLM budget is spent
 EXIT_CODE_CHANGED = 6  # the agent's file changed under it: a new worker runs the new code
 EXIT_EXECUTOR = 7  # its executor died (Ray on this node): a new worker starts it again
+EXIT_MEMORY = 8  # past --max-memory with nothing running: a new process starts afresh
 FINAL_EXITS = (0, EXIT_FINAL, EXIT_BUDGET)
 """Exit codes after which a supervisor starts no other worker (0: drained)."""
 DEPLOY_GRACE = 120.0

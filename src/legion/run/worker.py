@@ -52,7 +52,7 @@ from legion.context import llm_calls
 from legion.diagnostics import tracking
 from legion.diagnostics.report import agent_files, blocked_loop
 from legion.diagnostics.watchdog import Block, Capture, LoopWatchdog
-from legion.errors import ConfigError, Permanent, StoreError
+from legion.errors import ConfigError, MemoryExceeded, Permanent, StoreError
 from legion.journal import Committed, Journal
 from legion.run.ahead import Ahead, Held
 from legion.run.freeze import FreezeGuard
@@ -838,6 +838,16 @@ class Worker(Upkeep):
         elif cfg.max_memory_mb is not None and (rss := rss_mb()) > cfg.max_memory_mb:
             kind = "memory"
             reason = f"memory {rss:.0f} MB > {cfg.max_memory_mb:.0f} MB"
+            if not self._instances and self._overload_kind == "memory" and self._counters.leased:
+                # Still past it with nothing running (told once, then looked at again):
+                # what holds the memory outlives the tasks, and waiting frees nothing (a
+                # worker past it from its start, which a new one would be too, waits).
+                self.abort(
+                    MemoryExceeded(
+                        f"{reason} with no task running (memory an agent keeps, or a "
+                        "leak): a new process starts afresh"
+                    )
+                )
         # Said when it begins, changes kind or ends, not at each new figure (the process
         # paused reads as a lag that falls back over a second or two: 18 lines).
         if kind != self._overload_kind:
