@@ -255,8 +255,14 @@ def loads_given(data: bytes) -> Any:
     reads it as a float (``2**70`` would run as ``1.1805916207174113e+21``, and two
     such inputs could not be told apart), and a value nested deeper than `MAX_DEPTH`
     (`TooDeep`: it would fail later, where it is validated or stored)."""
-    value = orjson.loads(data)
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+    deep = False
+    try:
+        value = orjson.loads(data)
+    except JSONDecodeError as exc:
+        if not exc.msg.startswith("depth limit exceeded"):
+            raise
+        deep = True  # (orjson's own limit, past ours: said as ours is)
+    if deep or (data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH):
         raise TooDeep(
             f"nested deeper than {MAX_DEPTH} levels of lists and objects, the most legion takes",
             data.decode(errors="replace"),

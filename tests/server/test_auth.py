@@ -108,3 +108,23 @@ async def test_changes_from_another_origin_are_refused(api: Api) -> None:
         "POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}}, headers=same
     )
     assert status == 201
+
+
+async def test_the_dashboards_changes_through_a_reverse_proxy_are_its_own(api: Api) -> None:
+    # A proxy that sends the backend's own Host (nginx's default) passes the page's host
+    # on as X-Forwarded-Host: the dashboard's cancel, retry and approve buttons were
+    # refused as cross-origin behind it.
+    proxied = {
+        **api.auth(),
+        "Origin": "https://legion.example.com",
+        "X-Forwarded-Host": "legion.example.com",
+    }
+    status, body = await api.call(
+        "POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}}, headers=proxied
+    )
+    assert status == 201, body
+    elsewhere = {**proxied, "Origin": "https://elsewhere.example"}
+    status, body = await api.call(
+        "POST", "/v1/tasks", body={"agent": "work", "input": {"n": 2}}, headers=elsewhere
+    )
+    assert status == 403 and "pass the Host header on" in body["detail"]

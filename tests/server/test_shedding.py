@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi import HTTPException, Request
 
+from legion.server import protocol
 from legion.server.body import json_body
 from legion.store.types import TaskQuery
 from tests.server.conftest import Api, StartApi
@@ -66,6 +67,14 @@ async def load(api: Api, keys: list[str], concurrency: int) -> list[tuple[str, i
     return list(await asyncio.gather(*(one(k) for k in keys)))
 
 
+@pytest.fixture
+def patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body held by `held` keeps its place however long the load takes (else, with every
+    place taken, it gives its place up after `protocol.STALLED`)."""
+    monkeypatch.setattr(protocol, "STALLED", 3600.0)
+
+
+@pytest.mark.usefixtures("patient")
 async def test_a_bounded_load_past_the_bound_is_shed_with_retry_after_and_none_is_lost(
     start_api: StartApi, tmp_path: Path
 ) -> None:
@@ -111,6 +120,7 @@ async def exchange(
     return int(lines[0].split()[1]), headers, json.loads(body)
 
 
+@pytest.mark.usefixtures("patient")
 async def test_a_refused_connection_stays_open_for_the_next_request(
     start_api: StartApi, tmp_path: Path
 ) -> None:

@@ -635,17 +635,24 @@ async def test_strict_json_refuses_nan_infinity_and_out_of_range_numbers(api: Ap
         assert status == 422, raw
         assert body["detail"][0]["type"] == "json_invalid" and body["detail"][0]["loc"] == ["body"]
     # JSON nested past what an agent's input check reads (three messages, none with the
-    # number, told one depth from another)
-    deep = b'{"agent": "work", "input": {"n": ' + b"[" * 250 + b"]" * 250 + b"}}"
-    status, body = await post_raw(api, deep, None)
-    assert status == 422 and body["detail"][0]["type"] == "json_too_deep"
-    assert body["detail"][0]["msg"] == (
-        "the body is nested deeper than 200 levels of lists and objects, the most legion takes"
-    )
+    # number, told one depth from another); past orjson's own limit too (it said
+    # "json_invalid: depth limit exceeded")
+    for levels in (250, 100_000):
+        deep = b'{"agent": "work", "input": {"n": ' + b"[" * levels + b"]" * levels + b"}}"
+        status, body = await post_raw(api, deep, None)
+        assert status == 422 and body["detail"][0]["type"] == "json_too_deep", levels
+        assert body["detail"][0]["msg"] == (
+            "the body is nested deeper than 200 levels of lists and objects, the most legion takes"
+        )
     status, body = await post_raw(api, b'{"agent": "work", "input": "\xff\xfe"}', None)
     assert status == 422 and body["detail"][0]["type"] == "utf8"
     assert "UTF-8" in body["detail"][0]["msg"]
     assert await api.runtime.store.list_tasks(TaskQuery()) == []
+    # A UTF-8 body after a byte order mark (what some clients write) is read, not called
+    # "not UTF-8 text"
+    bom = b'\xef\xbb\xbf{"agent": "work", "input": {"n": 1}}'
+    status, body = await post_raw(api, bom, "application/json")
+    assert status == 201, body
 
 
 async def post_raw(api: Api, raw: bytes, content_type: str | None) -> tuple[int, Any]:

@@ -121,6 +121,17 @@ def check_origin(request: Request) -> None:
     origin = request.headers.get("origin")
     if origin is None:
         return
-    host = request.headers.get("host", "")
-    if origin == "null" or urlsplit(origin).netloc != host:
-        raise AuthError(403, "cross-origin requests may not change anything")
+    # The page's origin is the server's own by the Host the client sent, or by the one a
+    # reverse proxy passed on as X-Forwarded-Host while sending the backend's own Host
+    # (nginx's default): a page of another site cannot set that header on a request.
+    hosts = {request.headers.get("host", "")}
+    forwarded = request.headers.get("x-forwarded-host")
+    if forwarded:
+        hosts.add(forwarded.split(",")[0].strip())
+    if origin == "null" or urlsplit(origin).netloc not in hosts:
+        raise AuthError(
+            403,
+            f"cross-origin requests may not change anything (Origin {origin!r} is not the "
+            "server's Host; behind a reverse proxy, pass the Host header on, or set "
+            "X-Forwarded-Host)",
+        )

@@ -32,7 +32,8 @@ async def json_body(request: Request) -> Any:
     if not buffer:
         raise _invalid("missing", "a JSON body is required")
     try:
-        return codec.loads_given(bytes(buffer))
+        # (a byte order mark, which some clients write before UTF-8 text, is not JSON's)
+        return codec.loads_given(bytes(buffer).removeprefix(b"\xef\xbb\xbf"))
     except codec.TooDeep as exc:
         raise _invalid("json_too_deep", f"the body is {exc.msg}") from None
     except orjson.JSONDecodeError as exc:

@@ -35,7 +35,7 @@ from legion.server.deps import ServerState
 from legion.server.malloc import return_large_buffers
 from legion.server.metrics import Metrics
 from legion.server.monitor import Monitor
-from legion.server.protocol import SheddingProtocol
+from legion.server.protocol import Openings, SheddingProtocol
 from legion.server.settings import ServerSettings
 
 
@@ -148,13 +148,16 @@ async def running_server(
 def _config(
     app: object, settings: ServerSettings, admission: InProgressLimit | None = None
 ) -> uvicorn.Config:
-    """uvicorn's configuration; with ``admission``, requests over its bound are refused
-    as soon as their headers are read (`legion.server.protocol`)."""
-    http: Any = "auto"
-    if admission is not None:
-        http = functools.partial(
-            SheddingProtocol, admission=admission, header_seconds=settings.body_seconds
-        )
+    """uvicorn's configuration: what one client may hold bounded (`legion.server.protocol`);
+    with ``admission``, requests over its bound are refused as soon as their headers are
+    read."""
+    # (one `Openings` a server: its connections share it)
+    http: Any = functools.partial(
+        SheddingProtocol,
+        admission=admission,
+        openings=Openings(),
+        header_seconds=settings.body_seconds,
+    )
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         http=http,
