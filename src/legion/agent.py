@@ -304,9 +304,9 @@ class Agent:
         try:
             kwargs = self.arguments(value)
             written = self._validator.model_validate(kwargs).model_dump_json()
-        except Exception:  # (not an input it takes, or not even as JSON: the first reason)
-            raise refused from None
-        return codec.dumps(codec.loads(written))
+            return codec.dumps(codec.loads(written))
+        except Exception:  # (not an input it takes, not even as JSON, a number past a
+            raise refused from None  # float's range as its model writes it: the first reason)
 
     def input_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
         """The JSON schema of what `arguments` accepts (``$defs`` under ``$defs``)."""

@@ -65,6 +65,9 @@ class Waiter(StepRecorder, Protocol):
     def task_id(self) -> int: ...
 
     @property
+    def attempt(self) -> int: ...
+
+    @property
     def recorded_steps(self) -> Mapping[str, bytes]: ...
 
     @property

@@ -71,6 +71,11 @@ async def test_inputs_as_objects_or_bare_values(db_url: str) -> None:
     assert [r.output for r in one] == ["X", "Y"]
 
 
+@legion.agent(retries=0)
+async def anything(ctx: legion.Context, value) -> object:  # type: ignore[no-untyped-def]
+    return value
+
+
 async def test_inputs_of_the_types_an_agent_takes_that_json_has_not(db_url: str) -> None:
     """A Decimal or bytes parameter took its value from JSON text, but a Decimal or bytes
     submitted from Python was refused: it is kept as the agent's input model writes it."""
@@ -83,8 +88,13 @@ async def test_inputs_of_the_types_an_agent_takes_that_json_has_not(db_url: str)
         got = await collect(rt, price, [{"amount": Decimal("9.99"), "payload": b"raw"}])
         with pytest.raises(legion.InputError) as refused:
             await rt.submit(price, {"amount": Decimal("1"), "payload": b"\x89PNG"})
+        # An integer past a float's range for a parameter of any type: its model writes
+        # it as a number JSON cannot read back (a bare orjson error came out of submit).
+        with pytest.raises(legion.InputError) as huge:
+            await rt.submit(anything, {"value": 10**400})
     assert [r.output for r in got] == [["19.98", "raw", "Decimal", "bytes"]]
     assert str(refused.value).startswith("the input cannot be stored as JSON (")
+    assert "integer past 64 bits" in str(huge.value)
     assert str(refused.value).endswith("it was not queued")
 
 

@@ -9,9 +9,11 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 import legion
 from legion import codec
-from legion.errors import ChildFailed, WaitTimeout
+from legion.errors import ChildFailed, NotAwaited, WaitTimeout
 from legion.store import Store, store_from_url
 from legion.task import NewTask, TaskStatus
 from legion.testing import FakeClock
@@ -183,9 +185,8 @@ async def test_a_sleep_or_timeout_json_cannot_record_fails_with_what_is_wrong(
 ) -> None:
     async with legion.Runtime(store_url, agents=[odd_sleeper, odd_waiter]) as rt:
         cases = [
-            (odd_sleeper, "nan", "seconds must be a finite number >= 0, not nan"),
-            (odd_sleeper, "inf", "seconds must be a finite number >= 0, not inf"),
-            (odd_sleeper, "-1", "seconds must be a finite number >= 0, not -1.0"),
+            (odd_sleeper, "nan", "seconds must be a finite number, not nan"),
+            (odd_sleeper, "inf", "seconds must be a finite number, not inf"),
             (odd_waiter, "nan", "timeout must be a number of seconds, not nan"),
             (odd_waiter, "'5'", "timeout must be a number of seconds, not '5'"),
         ]
@@ -196,6 +197,10 @@ async def test_a_sleep_or_timeout_json_cannot_record_fails_with_what_is_wrong(
             # A WaitError (a ValueError no retry mends): failed at its first attempt.
             assert (result.error.type, result.error.message) == ("WaitError", message)
             assert result.attempt == 1
+        # A time already past (a deadline a moment late) returns at once, as a wait's
+        # timeout does: it failed the task for good.
+        late = await rt.result((await rt.submit(odd_sleeper, {"seconds": "-0.2"})).id)
+        assert late.status is TaskStatus.SUCCEEDED, late
 
 
 async def test_only_a_json_true_approves(store_url: str) -> None:
@@ -460,10 +465,54 @@ async def test_a_wait_that_timed_out_takes_no_signal_from_the_next(store_url: st
                 break
             await asyncio.sleep(0.01)
         (info,) = await rt.store.waiting_tasks()
-        assert (info.event, info.count, info.wake_at) == ("late", 1, None)
-        await rt.signal(t.id, "late", "here")
+        # The wait that timed out kept its place in the count: this one is the second
+        # (both were numbered 1, and an answer meant for the first, a click on a row
+        # shown before it timed out, was taken for this one).
+        assert (info.event, info.count, info.wake_at) == ("late", 2, None)
+        with pytest.raises(NotAwaited):
+            await rt.signal(t.id, "late", "stale", waiting=1)
+        await rt.signal(t.id, "late", "here", waiting=2)
         result = await rt.result(t.id)
     assert result.output == "here"
+
+
+@legion.agent(retries=0)
+async def asks_twice(ctx: Any) -> Any:
+    asked = []
+    for k in range(2):
+        try:
+            answer = await ctx.approval(f"ask {k}?", timeout=5)
+        except WaitTimeout:
+            asked.append({"ask": k, "timeout": True})
+        else:
+            asked.append({"ask": k, "approved": answer.approved})
+    return asked
+
+
+async def test_an_approval_shown_before_it_timed_out_is_not_the_answer_to_the_next(
+    store_url: str,
+) -> None:
+    clock = FakeClock()
+    async with legion.Runtime(store_url, clock=clock, agents=[asks_twice]) as rt:
+        t = await rt.submit(asks_twice, {})
+        await _until(rt, t.id, TaskStatus.WAITING)
+        (shown,) = await rt.store.waiting_tasks()
+        assert (shown.count, shown.info["prompt"]) == (1, "ask 0?")
+        await clock.advance(5)
+        assert rt.worker is not None
+        await rt.worker.reap()
+        for _ in range(2000):
+            waiting = await rt.store.waiting_tasks()
+            if waiting and waiting[0].info["prompt"] == "ask 1?":
+                break
+            await asyncio.sleep(0.01)
+        # The dashboard's button for the row shown first sends its count.
+        with pytest.raises(NotAwaited):
+            await rt.signal(t.id, "approval", {"approved": True}, waiting=shown.count)
+        (now,) = await rt.store.waiting_tasks()
+        await rt.signal(t.id, "approval", {"approved": False}, waiting=now.count)
+        result = await rt.result(t.id)
+    assert result.output == [{"ask": 0, "timeout": True}, {"ask": 1, "approved": False}]
 
 
 @legion.agent(retries=0)

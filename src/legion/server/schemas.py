@@ -235,8 +235,10 @@ class SignalIn(BaseModel):
         None,
         ge=1,
         le=2**31 - 1,
-        description="Answer one wait alone: the task's wait for this event's signal number "
-        "`waiting` (its `count` in `GET /v1/waiting`). Unless the task waits for it now, "
+        strict=True,  # (`true` and `"1"` were taken for wait number 1)
+        description="Answer one wait alone: the task's wait number `waiting` for this event "
+        "(its `count` in `GET /v1/waiting`; a wait that timed out keeps its number, and "
+        "the next wait has the next one). Unless the task waits for it now, "
         "nothing is kept and the answer is 409: a second click of an approval button must "
         "not answer the task's next approval.",
     )

@@ -21,7 +21,14 @@ from legion.store.postgres_params import submit_params
 from legion.store.queries import queries
 from legion.store.rows import child_info, waiting_info
 from legion.store.types import WriteBatch
-from legion.store.waiting import ChildInfo, Schedule, WaitingInfo, not_awaited
+from legion.store.waiting import (
+    TIMED_OUT,
+    ChildInfo,
+    Schedule,
+    WaitingInfo,
+    fenced,
+    not_awaited,
+)
 from legion.task import NewTask, Outcome, Submitted, TaskStatus
 
 W = queries("postgres", "waiting")
@@ -104,6 +111,21 @@ class PostgresWaiting:
             await cur.execute(W["signal_data"], params)
             row = await cur.fetchone()
             return bytes(row[0]) if row else None
+
+    async def time_out_wait(
+        self, task_id: int, attempt: int, event: str, index: int, now: float
+    ) -> bytes:
+        async with self._cursor(transaction=True) as cur:
+            # (the row locked as a signal locks it: one of the two sees the other's)
+            await cur.execute(W["task_attempt_locked"], {"task_id": task_id})
+            fenced(task_id, attempt, *((await cur.fetchone()) or (None, None)))
+            await cur.execute(W["signal_data"], {"task_id": task_id, "event": event, "skip": index})
+            found = await cur.fetchone()
+            if found is not None:
+                return bytes(found[0])
+            signal = {"task_id": task_id, "event": event, "data": TIMED_OUT, "now": float(now)}
+            await cur.execute(W["insert_signal"], signal)
+            return TIMED_OUT
 
     async def wake_due(self, now: float) -> int:
         async with self._cursor() as cur:

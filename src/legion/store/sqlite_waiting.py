@@ -16,7 +16,14 @@ from legion.store.queries import queries
 from legion.store.rows import child_info, waiting_info
 from legion.store.sqlite_feed import log_changes
 from legion.store.types import WriteBatch
-from legion.store.waiting import ChildInfo, Schedule, WaitingInfo, not_awaited
+from legion.store.waiting import (
+    TIMED_OUT,
+    ChildInfo,
+    Schedule,
+    WaitingInfo,
+    fenced,
+    not_awaited,
+)
 from legion.task import NewTask, Outcome, Submitted, TaskStatus
 
 T = TypeVar("T")
@@ -116,6 +123,22 @@ class SQLiteWaiting:
             return bytes(row[0]) if row else None
 
         return await self._call(run)
+
+    async def time_out_wait(
+        self, task_id: int, attempt: int, event: str, index: int, now: float
+    ) -> bytes:
+        def run(db: sqlite3.Connection) -> bytes:
+            row = db.execute("SELECT status, attempt FROM tasks WHERE id = ?", (task_id,))
+            fenced(task_id, attempt, *(row.fetchone() or (None, None)))
+            params = {"task_id": task_id, "event": event, "skip": index}
+            found = db.execute(W["signal_data"], params).fetchone()
+            if found is not None:
+                return bytes(found[0])
+            signal = {"task_id": task_id, "event": event, "data": TIMED_OUT, "now": now}
+            db.execute(W["insert_signal"], signal)
+            return TIMED_OUT
+
+        return await self._call(self._transaction, run)
 
     async def wake_due(self, now: float) -> int:
         def run(db: sqlite3.Connection) -> int:

@@ -12,8 +12,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from legion.errors import NotAwaited
+from legion.errors import LeaseLost, NotAwaited
 from legion.task import ErrorInfo, NewTask, Submitted, TaskStatus
+
+TIMED_OUT = b'"\\u0000legion: the wait for this signal timed out"'
+"""A signal kept in the place of the one a wait that timed out would have received: the
+wait takes its place in the count, and a signal sent after it timed out goes to the next
+wait, whose number (``count``) is then another (an answer meant for the wait that timed
+out, ``waiting=N``, is not taken for the next one's)."""
+
+
+def fenced(task_id: int, attempt: int, status: str | None, current: int | None) -> None:
+    """Raise `LeaseLost` unless the task runs its attempt ``attempt`` (its ``status`` and
+    ``current`` attempt as stored)."""
+    if status != "running" or current != attempt:
+        raise LeaseLost(task_id, attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +103,14 @@ class WaitingStore(Protocol):
 
     async def signal_data(self, task_id: int, event: str, index: int) -> bytes | None:
         """The ``index``-th (0-based) signal named ``event`` sent to a task, if it came."""
+
+    async def time_out_wait(
+        self, task_id: int, attempt: int, event: str, index: int, now: float
+    ) -> bytes:
+        """A wait for the ``index``-th signal named ``event`` whose time is up: answer that
+        signal if it came meanwhile, else keep `TIMED_OUT` in its place and answer that,
+        in one transaction; `legion.errors.LeaseLost` unless the task runs its attempt
+        ``attempt``."""
 
     async def wake_due(self, now: float) -> int:
         """Queue again the waiting tasks whose wake-up time is at or before ``now``."""

@@ -28,6 +28,7 @@ from legion import codec
 from legion.errors import ChildFailed, ReplayMismatch, WaitError, WaitTimeout
 from legion.steps import scoped
 from legion.store.tenancy import matches
+from legion.store.waiting import TIMED_OUT
 from legion.task import NewTask, TaskInfo, TaskStatus, Wait
 from legion.waiting.suspend import Suspended
 
@@ -155,19 +156,26 @@ async def _wait_for(
         until = now + timeout
         wake_at = await _recorded(ctx, until_name, lambda: until)
     data = await store.signal_data(ctx.task_id, event, index)
+    if data is None and wake_at is not None and now >= wake_at:
+        # Its time is up: its place in the count is kept for it, unless a signal came
+        # meanwhile (then it receives that one).
+        data = await store.time_out_wait(ctx.task_id, ctx.attempt, event, index, now)
+    if data == TIMED_OUT:  # (this wait's place, kept by an attempt that did not record it)
+        got = await _recorded(ctx, name, lambda: {"timeout": timeout, "taken": True})
+        return _received(ctx, event, got)
     if data is not None:
         got = await _recorded(ctx, name, lambda: {"signal": codec.loads(data)})
-        return _received(ctx, event, got)
-    if wake_at is not None and now >= wake_at:
-        got = await _recorded(ctx, name, lambda: {"timeout": timeout})
         return _received(ctx, event, got)
     shown = codec.dumps(info) if info is not None else None
     raise Suspended(Wait(event=event, count=index + 1, wake_at=wake_at, info=shown))
 
 
 def _received(ctx: Waiter, event: str, got: Any) -> Any:
-    if "signal" in got:
+    # A wait that timed out took its place in the count too ("taken"; one recorded before
+    # places were kept for timed-out waits did not).
+    if "signal" in got or got.get("taken"):
         ctx.signals_taken[event] = ctx.signals_taken.get(event, 0) + 1
+    if "signal" in got:
         return got["signal"]
     raise WaitTimeout(f"no signal {event!r} came within {got['timeout']:g}s")
 
@@ -179,8 +187,11 @@ def _never() -> Any:
 async def sleep(ctx: Waiter, store: ContextStore, seconds: float) -> None:
     # The wake-up time is recorded as JSON, which has no NaN or infinity.
     number = not isinstance(seconds, bool) and isinstance(seconds, int | float)
-    if not number or seconds < 0 or seconds > _LONGEST or math.isnan(seconds):
-        raise WaitError(f"seconds must be a finite number >= 0, not {seconds!r}"[:300])
+    if not number or seconds > _LONGEST or math.isnan(seconds):
+        raise WaitError(f"seconds must be a finite number, not {seconds!r}"[:300])
+    # A time already past ("sleep until" a deadline a moment late) returns at once, as
+    # `asyncio.sleep` does and a wait's timeout does: it failed the task for good.
+    seconds = max(0.0, seconds)
     # Set and checked on the store's clock (the database's on PostgreSQL), as the timers
     # that wake the task are: a worker whose clock is ahead or behind wakes it on time.
     now = await store.now()

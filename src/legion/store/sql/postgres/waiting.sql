@@ -77,6 +77,9 @@ RETURNING t.id;
 -- name: task_status_locked
 SELECT status, wait_event, wait_count FROM tasks WHERE id = %(task_id)s FOR UPDATE;
 
+-- name: task_attempt_locked
+SELECT status, attempt FROM tasks WHERE id = %(task_id)s FOR UPDATE;
+
 -- name: insert_signal
 INSERT INTO signals (task_id, event, data, created_at)
 VALUES (%(task_id)s, %(event)s, %(data)b, %(now)s);
