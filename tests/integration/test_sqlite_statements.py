@@ -79,6 +79,21 @@ async def test_an_input_that_is_not_utf8_text_takes_the_row_by_row_path(
     assert lease.id == s.id and lease.input == raw and lease.attempt == 1
 
 
+async def test_inputs_past_the_longest_value_sqlite_makes_are_leased_by_row(
+    store: SQLiteStore,
+) -> None:
+    # 100 inputs of 10 MB were packed into one value to be read, past SQLite's limit of
+    # 1 GB a value: every lease failed ("string or blob too big"), for ever. The limit is
+    # lowered here to 100 KB: 10 inputs of 20 KB pass it together.
+    await store._call(lambda: store._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100_000))
+    inputs = [codec.dumps({"text": f"{i}" * 20_000}) for i in range(10)]
+    submitted = await store.submit([NewTask("a", raw, None, None, 0, 3) for raw in inputs], NOW)
+    leases = await store.lease("w", {"a": 10}, 10, NOW + 60, NOW)
+    assert sorted((lease.id, lease.input) for lease in leases) == [
+        (s.id, raw) for s, raw in zip(submitted, inputs, strict=True)
+    ]
+
+
 def test_rows_go_in_order_in_chunks_the_variable_limit_allows(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "rows.db")  # one transaction: no sync per statement
     db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a, b)")

@@ -1230,8 +1230,8 @@ def _lease_agent(db: sqlite3.Connection, params: dict[str, Any], cap: int | None
             keyset = {"after_priority": after[0], "after_id": after[1]}
             rows = _pick(db, {**params, "tenant": tenant, "limit": more, **keyset}, after=True)
             turns.read(tenant, _reads(rows), more)
-    except sqlite3.OperationalError:  # as in `_lease_tenant` (not seen): one tenant's
-        return _lease_tenant(db, {**params, "tenant": queued[0][0]})
+    except (sqlite3.OperationalError, sqlite3.DataError):  # as in `_lease_tenant`: one
+        return _lease_tenant(db, {**params, "tenant": queued[0][0]})  # tenant's
     return _take(db, params, turns.taken)
 
 
@@ -1244,7 +1244,10 @@ def _lease_tenant(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
     """Lease the first tasks of one agent and tenant in their queue's order."""
     try:
         picked = _pick(db, params)
-    except sqlite3.OperationalError:  # an input that is not UTF-8 text (not seen): by row
+    except (sqlite3.OperationalError, sqlite3.DataError):
+        # By row: an input that is not UTF-8 text (not seen), or inputs that add up past
+        # the longest value SQLite makes (1 GB: 100 of 10 MB, packed in one to be read,
+        # failed every lease for ever).
         return db.execute(Q["lease"], params).fetchall()
     return _take(db, params, picked)
 
