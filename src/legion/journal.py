@@ -89,6 +89,7 @@ class Journal:
         # wrote their batch answers for them: the tasks whose step or memory write it was,
         # with why, and the failed ends written for refused completions, by the original.
         self._unstorable: dict[int, str] = {}
+        self._committing: tuple[int, ...] = ()  # (the tasks of the completions being written)
         self._replaced: dict[int, Completion] = {}
         self.commits = 0
         self.rows = 0
@@ -120,6 +121,11 @@ class Journal:
                 )
             )
         self._kick()
+
+    def completing(self) -> list[int]:
+        """The tasks whose ends are queued or being written: their leases are still this
+        worker's to settle (given back as unheld after a store outage, they ran again)."""
+        return [*self._committing, *(c.id for c in self._batch.completions)]
 
     def _wait(self, task_id: int | None, attempt: int) -> asyncio.Future[None]:
         fut = asyncio.get_running_loop().create_future()
@@ -172,7 +178,11 @@ class Journal:
         waiters, self._waiters = self._waiters, []
         leases, self._leases = self._leases, []
         if len(batch):
-            applied = await self._commit(batch)
+            self._committing = tuple(c.id for c in batch.completions)
+            try:
+                applied = await self._commit(batch)
+            finally:
+                self._committing = ()
             self.commits += 1
             self.rows += len(batch)
             lost = batch.lost

@@ -27,6 +27,7 @@ from tests.integration.tcp_proxy import proxy_to
 pytestmark = pytest.mark.slow
 
 LEASE = 6.0  # store calls are bounded by a third of it: 2 s
+LONG_LEASE = 15.0  # (an outage of two failed writes, 10 s, within it)
 TASKS = 300
 
 
@@ -131,6 +132,74 @@ async def test_a_blackholed_worker_times_out_and_the_healthy_one_goes_on(
             assert len(done) == TASKS and set(done.values()) == {1}
             effects = [json.loads(line) for line in ledger.read_text().splitlines()]
             assert {e["n"] for e in effects} == set(range(TASKS))
+        finally:
+            await cut.aclose()
+            await direct.aclose()
+
+
+@legion.agent(name="started", timeout=60, retries=5, backoff=0)
+async def started(ctx: legion.Context, n: int, ledger: str) -> int:
+    with open(ledger, "a") as f:  # noqa: ASYNC230 - outside any step: runs as the agent does
+        f.write(json.dumps({"task": ctx.task_id, "attempt": ctx.attempt}) + "\n")
+    await asyncio.sleep(0.2)
+    return n
+
+
+async def test_tasks_whose_ends_wait_for_the_store_are_not_given_back_as_unheld(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After an outage shorter than the lease, the worker gave back the leases a failed
+    # lease call might have taken and nothing ran: with them, tasks whose instances had
+    # ended and whose ends were still waiting to be written. It leased them again and
+    # ran their agents a second time (28-49 of 2,000 over a 12 s restart).
+    caplog.set_level(logging.WARNING, logger="legion")
+    ledger = tmp_path / "ledger.jsonl"
+    direct = PostgresStore(postgres_url, lease_seconds=LONG_LEASE)
+    await direct.open()
+    async with proxy_to("127.0.0.1", urlsplit(postgres_url).port or 5432) as proxy:
+        cut = PostgresStore(through(postgres_url, proxy.port), lease_seconds=LONG_LEASE)
+        await cut.open()
+        try:
+            count = 60
+            await direct.submit(
+                [
+                    NewTask("started", codec.dumps({"n": i, "ledger": str(ledger)}), f"s{i}")
+                    for i in range(count)
+                ],
+                time.time(),
+            )
+            config = WorkerConfig(
+                concurrency=10, lease_seconds=LONG_LEASE, poll_interval=0.2, watchdog=False
+            )
+            worker = Worker(cut, agents=[started], config=config)
+            run = asyncio.create_task(worker.run(), name="worker")
+
+            async def running() -> bool:
+                return worker.statistics().succeeded > 0
+
+            await until("the worker completes tasks", running)
+            proxy.blackhole()
+
+            async def lease_failed() -> bool:
+                return any("leasing failed" in r.getMessage() for r in caplog.records)
+
+            async def writes_failed() -> bool:  # (its retries now wait longer than a lease
+                # call's: the lease loop is the first to reach the store again)
+                return sum("store write of" in r.getMessage() for r in caplog.records) >= 2
+
+            await until("a lease call fails", lease_failed)
+            await until("ends wait for the store", writes_failed)
+            proxy.blackhole(False)
+
+            async def all_done() -> bool:
+                return (await direct.counts()).get(TaskStatus.SUCCEEDED, 0) == count
+
+            await until("every task succeeds", all_done)
+            worker.stop()
+            await run
+            starts = Counter(json.loads(line)["task"] for line in ledger.read_text().splitlines())
+            assert len(starts) == count
+            assert [t for t, n in starts.items() if n > 1] == []
         finally:
             await cut.aclose()
             await direct.aclose()

@@ -925,7 +925,12 @@ class Worker(Upkeep):
         store it could not reach for a whole lease, a pause): give back the rows still
         leased to it that nothing runs, and let the tasks taken from it meanwhile run
         with others again (it lives: none of them stopped it)."""
-        keep = [*self._instances, *self._ahead.ids(), *self._suspects.ids()]
+        keep = [
+            *self._instances,
+            *self._ahead.ids(),
+            *self._suspects.ids(),
+            *self._journal.completing(),  # (ended: their ends wait for the store)
+        ]
         released = await self.store.release_unheld(self.id, keep)
         absolved = await self.store.absolve(self.id)
         self._ambiguous_lease = False
