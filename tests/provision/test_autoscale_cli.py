@@ -167,6 +167,38 @@ def test_a_route_at_its_limit_gets_no_more_workers(tmp_path: Path) -> None:
     assert "held at 1: route" in err
 
 
+def test_a_fleet_of_min_0_starts_no_worker_for_tasks_no_worker_of_it_would_run(
+    tmp_path: Path,
+) -> None:
+    # With none of its workers registered, every agent's queue counted: a task of an
+    # agent the app does not define started a worker, which found nothing to run and was
+    # stopped after the cool-down, and again, for ever.
+    db = tmp_path / "store.db"
+    url = f"sqlite:///{db}"
+    submit(url, "not-in-the-app", [{"i": i} for i in range(3)])
+    sup = start_legion(
+        "worker", "--app", str(AGENTS), "--store", url, "--autoscale", "0:2",
+        "--cooldown", "1",
+    )  # fmt: skip
+    try:
+        first = None
+
+        def decided_thrice() -> bool:  # (a decision a second: three seconds of them)
+            nonlocal first
+            found = rows(db, "SELECT at FROM autoscalers")
+            if not found:
+                return False
+            first = first if first is not None else float(found[0][0])
+            return float(found[0][0]) >= first + 3
+
+        wait_for(decided_thrice, timeout=120, what="three decisions")
+        state = autoscaler(db)
+        assert state is not None and state[0] == 0, state
+    finally:
+        err = stop(sup)
+    assert "scaling up" not in err, err
+
+
 def test_bad_options_are_refused_clearly(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     base = ("worker", "--app", str(AGENTS), "--store", url)

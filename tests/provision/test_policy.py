@@ -81,6 +81,17 @@ def test_a_429_pause_holds_scale_up() -> None:
     assert "pausing after a 429" in d.reason
 
 
+def test_429s_on_a_route_whose_limit_is_unknown_hold_scale_up() -> None:
+    # A provider without rate-limit headers, and no --rpm: its utilization is unknown,
+    # its pauses short, and the fleet grew 1 -> 6 between them (470 429s for 200 tasks).
+    routes = (RouteHeadroom("default", None, limited=3),)
+    d, _ = decide(
+        demand(queued=50, running=8, workers=workers(2), routes=routes), CONFIG, PolicyState(2)
+    )
+    assert d.desired == 2
+    assert d.reason == "held at 2: route default answered 3 429s in the last seconds"
+
+
 def test_a_route_below_saturation_does_not_hold() -> None:
     routes = (RouteHeadroom("default", 0.5), RouteHeadroom("unlimited", None))
     d, _ = decide(

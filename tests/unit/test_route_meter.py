@@ -74,3 +74,21 @@ async def test_a_busy_route_is_measured_after_min_span_of_use() -> None:
     await _calls(client, 3)
     report = _only(meter.report())
     assert meter.measured and report["rpm"] == round(3 * 60 / (1.5 * MIN_SPAN), 1)
+
+
+async def test_the_429s_of_the_window_are_reported() -> None:
+    # A provider that sends no rate-limit headers, and no --rpm: the route's limit is
+    # unknown, and its 429s are what says it is at it (the scaling policy holds then).
+    client, clock = _client(), _Clock()
+    meter = RouteMeter(client, window=5.0, clock=clock)
+    await _calls(client, 2)
+    meter.report()  # (its first calls: counted from here)
+    capacity = client.routes["r"].capacity
+    capacity.rate_limited(0.0)
+    capacity.rate_limited(0.0)
+    clock.now += 1.0
+    assert _only(meter.report())["limited"] == 2
+    clock.now += 5.0
+    meter.report()
+    clock.now += 1.0
+    assert _only(meter.report())["limited"] == 0  # (out of the window)

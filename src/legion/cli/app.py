@@ -412,7 +412,13 @@ def worker(
         )
         try:
             code = run_autoscaler(
-                sys.argv[2:], autoscale, cooldown, concurrency, console=console, opener=opener
+                sys.argv[2:],
+                autoscale,
+                cooldown,
+                concurrency,
+                console=console,
+                opener=opener,
+                agents=[a.name for a in agents],
             )
         except (ValueError, LegionError) as exc:
             raise _fail(str(exc)) from None

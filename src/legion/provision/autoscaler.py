@@ -72,6 +72,10 @@ class AutoscaleOptions:
     config: ScalingConfig
     concurrency: int
     interval: float = 1.0  # seconds between two decisions
+    agents: tuple[str, ...] = ()
+    """The agents its workers serve (their backlog is the fleet's: while none of its
+    workers has registered, the queue of every other agent counted too, and a fleet of
+    MIN 0 started and stopped a worker for tasks it would never run)."""
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:
@@ -185,7 +189,10 @@ class Autoscaler:
             self._reap()
             try:
                 demand = await self._board.read(
-                    store, ignore=self._draining, own=self._workers.keys()
+                    store,
+                    ignore=self._draining,
+                    own=self._workers.keys(),
+                    serves=self._opts.agents,
                 )
                 self._kill_the_silent(self._board.registered, self._board.read_at)
                 others = self._others(self._board.registered, self._board.read_at)
@@ -220,7 +227,9 @@ class Autoscaler:
     def _others(self, registered: Sequence[WorkerInfo], now: float) -> int:
         """Live workers on the store that are not this fleet's and serve its agents (a
         silent one is not counted: the policy asks for one in its place)."""
-        ours = served(w for w in registered if _local(w) and w.pid in self._workers)
+        ours = served(
+            (w for w in registered if _local(w) and w.pid in self._workers), self._opts.agents
+        )
         others = 0
         for w in registered:
             if _local(w) and (w.pid in self._workers or w.pid in self._draining):
@@ -436,11 +445,12 @@ def run_autoscaler(
     *,
     console: Console,
     opener: Callable[[], Awaitable[Store | None]],
+    agents: Sequence[str] = (),
 ) -> int:
     """Run the autoscaling supervisor (``--autoscale MIN:MAX``) until SIGINT/SIGTERM; answer
     the exit code. ``opener`` opens the store (or answers None: it never answered).
     ``console``: one line per event. Bad bounds raise ValueError."""
     low, high = parse_bounds(bounds)
     config = ScalingConfig(minimum=low, maximum=high, cooldown=cooldown)
-    opts = AutoscaleOptions(config=config, concurrency=concurrency)
+    opts = AutoscaleOptions(config=config, concurrency=concurrency, agents=tuple(agents))
     return asyncio.run(Autoscaler(worker_argv(argv), opts, console, opener).run())

@@ -76,16 +76,21 @@ class Board:
         return counted
 
     async def read(
-        self, store: Store, *, ignore: Collection[int] = (), own: Collection[int] = ()
+        self,
+        store: Store,
+        *,
+        ignore: Collection[int] = (),
+        own: Collection[int] = (),
+        serves: Collection[str] = (),
     ) -> Demand:
         """A snapshot of the store now; workers whose pid is in ``ignore`` (draining ones)
-        are left out. The backlog is of the agents served by this host's workers whose pid
-        is in ``own`` (every agent's while none of them has registered)."""
+        are left out. The backlog is of the agents ``serves`` names and those served by
+        this host's workers whose pid is in ``own`` (every agent's while that is none)."""
         now = await store.now()
         registered = await store.workers()
         self.registered, self.read_at = registered, now
         live = [w for w in registered if w.pid not in ignore or not _local(w)]
-        agents = served(w for w in registered if w.pid in own and _local(w))
+        agents = served((w for w in registered if w.pid in own and _local(w)), serves)
         backlog = await self.backlog(store, now, agents)
         counts = await store.counts()
         return self.demand(now, backlog.ready, backlog.oldest_created_at, counts, live)
@@ -160,6 +165,7 @@ def route_headroom(loads: Iterable[Any]) -> list[RouteHeadroom]:
     names: dict[str, str] = {}
     paused: dict[str, bool] = {}
     waiting: dict[str, int] = {}
+    limited: dict[str, int] = {}
     for load in loads:
         for key, r in (load.get("routes") or {}).items():
             rpm[key] = rpm.get(key, 0.0) + float(r.get("rpm") or 0.0)
@@ -168,13 +174,14 @@ def route_headroom(loads: Iterable[Any]) -> list[RouteHeadroom]:
             names.setdefault(key, str(r.get("name") or key))
             paused[key] = paused.get(key, False) or bool(r.get("paused"))
             waiting[key] = waiting.get(key, 0) + int(r.get("waiting") or 0)
+            limited[key] = limited.get(key, 0) + int(r.get("limited") or 0)
     out = []
     for key, (rpm_limit, tpm_limit) in sorted(limits.items()):
         parts = [
             used / limit for used, limit in ((rpm[key], rpm_limit), (tpm[key], tpm_limit)) if limit
         ]
         utilization = max(parts) if parts else None
-        out.append(RouteHeadroom(names[key], utilization, paused[key], waiting[key]))
+        out.append(RouteHeadroom(names[key], utilization, paused[key], waiting[key], limited[key]))
     return out
 
 

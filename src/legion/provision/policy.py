@@ -55,6 +55,7 @@ class RouteHeadroom:
     utilization: float | None  # used / limit, the larger of requests and tokens (None: no limit)
     paused: bool = False  # a 429 pause is in force on it
     waiting: int = 0  # calls queued for their turn at the limiter, in every worker
+    limited: int = 0  # 429s it answered over the workers' last few seconds (5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +226,8 @@ def _saturated(routes: tuple[RouteHeadroom, ...], saturation: float) -> str | No
     for route in routes:
         if route.paused:
             return f"route {route.route} is pausing after a 429"
+        if route.limited:  # (its limit unknown, its pauses short: at its limit all the same)
+            return f"route {route.route} answered {route.limited} 429s in the last seconds"
         if route.utilization is None:
             continue
         # Calls queue for their turn while the route runs near its limit: it is the

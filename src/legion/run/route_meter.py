@@ -3,7 +3,9 @@
 Per route budget (one provider endpoint and model, keyed as on the shared capacity
 board): the requests and tokens per minute this worker spent over the last ``window``
 seconds (5), the route's limit (learned from the provider's headers, else configured),
-the calls queued for their turn and whether a 429 pause is in force. Summed over the
+the calls queued for their turn, whether a 429 pause is in force and the 429s answered
+over the window (a provider that sends no rate-limit headers tells its limit no other
+way, and its pauses are short: between them the route looked free). Summed over the
 workers, these say how close each route is to its limit (see
 `legion.provision.board.route_headroom`).
 
@@ -41,7 +43,8 @@ class RouteMeter:
         self._client = client
         self._window = window
         self._clock = clock
-        self._samples: dict[str, deque[tuple[float, int, int]]] = {}  # (at, requests, tokens)
+        # (at, requests, tokens, 429s)
+        self._samples: dict[str, deque[tuple[float, int, int, int]]] = {}
         self._started = clock()
         self._used_since: float | None = None  # the first report in which a route had calls
         self.measured = False  # the rates reported say how the routes are used (see above)
@@ -63,12 +66,12 @@ class RouteMeter:
             used = s.requests > 0 or s.tokens_used > 0
             if used and samples and samples[0][1] == 0 and samples[0][2] == 0:
                 samples.clear()  # its first calls: rates count from this report on
-            samples.append((now, s.requests, s.tokens_used))
+            samples.append((now, s.requests, s.tokens_used, s.rate_limited))
             while len(samples) > 2 and samples[1][0] <= now - self._window:
                 samples.popleft()
             if used and self._used_since is None:
                 self._used_since = now
-            at, requests, tokens = samples[0]
+            at, requests, tokens, limited = samples[0]
             span = now - at
             rpm = (s.requests - requests) * 60.0 / span if span > 0 else 0.0
             tpm = (s.tokens_used - tokens) * 60.0 / span if span > 0 else 0.0
@@ -80,6 +83,7 @@ class RouteMeter:
                 "tpm_limit": s.learned_tpm or s.limit_tpm,
                 "waiting": s.waiting,
                 "paused": s.paused_for > 0,
+                "limited": s.rate_limited - limited,
             }
         if self._used_since is not None:
             self.measured = self.measured or now - self._used_since >= MIN_SPAN
