@@ -178,6 +178,9 @@ async def echo(ctx, x: int):
         ("postgresql://u@[::1:5432/db", "error: bad PostgreSQL URL: Invalid IPv6 URL"),
         # a raw '@' in a password: libpq sends the password's tail as the host name
         ("postgresql://u:pa@ss@127.0.0.1/db", "write a '@' of a password as %40"),
+        # no database: the server took the user's, and legion's tables went into
+        # `postgres`, the maintenance database
+        ("postgresql://postgres@127.0.0.1:5432", "names no database: add one"),
     ],
 )
 def test_a_malformed_store_url_is_one_line(tmp_path: Path, store: str, said: str) -> None:
@@ -225,3 +228,14 @@ def test_a_count_past_what_a_store_holds_is_refused_at_once(tmp_path: Path) -> N
     r = legion("run", "ag.py:echo", "-i", "in.jsonl", "-c", "99999999999999999999", cwd=tmp_path)
     assert r.returncode == 2  # (it used to wait for good, the store refusing the count)
     assert "Invalid value for '--concurrency'" in r.stderr
+
+
+def test_a_bad_llm_route_is_refused_before_the_store_is_made(tmp_path: Path) -> None:
+    # It was refused with a good line, after an empty ./legion.db had been made.
+    (tmp_path / "ag.py").write_text(ECHO)
+    (tmp_path / "in.jsonl").write_text('{"x": 1}\n')
+    for spec in ("simm", "openai"):
+        r = legion("run", "ag.py:echo", "-i", "in.jsonl", "--llm", spec, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.splitlines()[-1].startswith("error: ")
+        assert not (tmp_path / "legion.db").exists()

@@ -198,10 +198,12 @@ class Progress:
             else:
                 limited_text = f"{limited} 429s"
             served = ", ".join(f"{label} {n}" for label, n in sorted(r.served_by.items()))
-            # (calls neither answered nor failed: a budget refused them, or the run stopped first)
+            # (calls neither answered nor failed with an error of their own: a budget refused
+            # them, the run stopped, or their task ended first: a timeout, another call's
+            # error; which one, the call does not know)
             unsent = r.calls - r.succeeded - r.failed
             calls = f"{r.calls} calls" + (
-                f" ({unsent} unanswered: refused by a budget or cut short by a stop)"
+                f" ({unsent} unanswered: cut short by a budget, a stop or their task's end)"
                 if unsent
                 else ""
             )

@@ -20,7 +20,7 @@ from rich.text import Text
 from legion import codec
 from legion.agent import Agent
 from legion.cli.keyed_lines import submit_lines
-from legion.cli.llm_options import DEFAULT_CONFIG
+from legion.cli.llm_options import DEFAULT_CONFIG, llm_config
 from legion.cli.output import OrderedLines, OutputFile, open_output
 from legion.cli.progress import Progress, RunTally, rate_text
 from legion.cli.wiring import (
@@ -185,6 +185,7 @@ async def _run_lines(
         console.print("no local worker: tasks run on `legion worker` processes")
     if opts.runtime.worker:
         _say_if_not_covered(opts, console)
+        llm_config(opts.runtime.llm)  # (a bad --llm refused before the store is made)
     agents = (opts.agent, *opts.peers) if opts.runtime.worker else ()
     # A store that cannot serve yet (a database down or restarting, a server at its
     # max_connections while a fleet's workers fill it) is waited for, as a worker waits.

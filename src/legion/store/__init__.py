@@ -9,6 +9,7 @@ the shared one. The PostgreSQL driver is imported only when a PostgreSQL store i
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from legion.clock import Clock, system_clock
@@ -116,6 +117,7 @@ def store_from_url(
 
         return SQLiteStore(path[1:], create=create, clock=clock)
     if url.startswith(("postgresql://", "postgres://")):
+        _names_a_database(url)
         # (The system clock: the database's, which every worker shares.)
         own = None if clock is system_clock else clock
         if lease_seconds is None:
@@ -124,4 +126,23 @@ def store_from_url(
     raise ConfigError(
         f"unknown store URL {redact_url(url)!r}: expected sqlite:///path.db or "
         "postgresql://host/database"
+    )
+
+
+def _names_a_database(url: str) -> None:
+    """Refuse a PostgreSQL URL that names no database (``postgresql://user@host``): the
+    server would take the user's name for it, and legion's tables went into the
+    ``postgres`` maintenance database. ``?dbname=`` and ``PGDATABASE`` name one too."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return  # (malformed: the driver says how)
+    if parts.path.strip("/") or "dbname" in parse_qs(parts.query) or os.environ.get("PGDATABASE"):
+        return
+    raise ConfigError(
+        f"the PostgreSQL URL {redact_url(url)!r} names no database: add one, "
+        "postgresql://user@host/DATABASE (the server would take the user's name for it, "
+        "and legion's tables would go into a database you did not choose)"
     )
