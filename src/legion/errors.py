@@ -126,6 +126,12 @@ class StoreUnavailable(StoreError):
     retryable = True
 
 
+class StoreGone(StoreError):
+    """The store's file was deleted or replaced while this process used it: what it
+    writes goes to a file no other process can open, and a later command with the same
+    URL starts afresh and runs every task again. A worker that meets it stops."""
+
+
 class StorageFull(StoreError):
     """Raised when the store has no room left (disk full, size limit reached). Retry once
     space is freed; the HTTP API answers 507."""

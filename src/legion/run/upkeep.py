@@ -27,6 +27,7 @@ from legion import identity
 from legion.agent import Agent
 from legion.clock import ForwardSteps, StoreTime, within
 from legion.diagnostics.watchdog import LoopWatchdog
+from legion.errors import StoreGone
 from legion.resources import satisfies
 from legion.run.ahead import Ahead, Held
 from legion.run.route_meter import RouteMeter
@@ -93,6 +94,8 @@ class Upkeep:
         def cancel_local(self, task_id: int) -> bool: ...
 
         def _lost(self, task_ids: set[int]) -> None: ...
+
+        def abort(self, error: BaseException) -> None: ...
 
         def _sweep_ended(self) -> None: ...
 
@@ -177,6 +180,10 @@ class Upkeep:
                 beat.cancel()
             try:
                 await self.heartbeat()
+            except StoreGone as exc:  # (every write from here on would be lost)
+                log.error("stopping: %s", exc)
+                self.abort(exc)
+                return
             except Exception as exc:
                 self._beat.clear()  # (the next try after an interval, or when a step asks)
                 if failing_since is None:

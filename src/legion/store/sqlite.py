@@ -35,6 +35,7 @@ from legion.errors import (
     LeaseLost,
     StorageFull,
     StoreError,
+    StoreGone,
     StoreUnavailable,
 )
 from legion.store.queries import migrations, queries
@@ -248,6 +249,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legion-sqlite")
         self._closed = False
         self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (the file opened: see `_still_there`)
         self.identity: int | None = None
         """This store's own number (`_identity`), set when it opens: what ties the files
         beside it (its vectors) to it. ``None`` for ``:memory:``."""
@@ -355,6 +357,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 self.identity = _identity(db) or self._transaction(
                     lambda db: _identity(db, give=True)
                 )
+                self._file = _file_of(self.path)
         except ConfigError:  # (refused to upgrade: nothing was changed)
             db.close()
             self._conn = None
@@ -614,10 +617,21 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         params = {"owner": owner, "until": until, "ids": codec.dumps(list(task_ids)).decode()}
 
         def run(db: sqlite3.Connection) -> Extended:
+            self._still_there()  # (every heartbeat)
             rows = db.execute(Q["extend_leases"], params).fetchall()
             return Extended(frozenset(r[0] for r in rows), frozenset(r[0] for r in rows if r[1]))
 
         return await self._call(self._transaction, run)
+
+    def _still_there(self) -> None:
+        """Raise `StoreGone` if the file this store opened is no longer at its path
+        (deleted, or replaced by another): its writes would go where no one sees them."""
+        if self._file is not None and _file_of(self.path) != self._file:
+            raise StoreGone(
+                f"the store's file {self.path} was deleted or replaced while this process "
+                "used it: what it wrote since is lost with the deleted file, and the same "
+                "command would start afresh and run every task again"
+            )
 
     async def release_unheld(self, owner: str, keep: Sequence[int]) -> int:
         params = {"owner": owner, "keep": codec.dumps(list(keep)).decode()}
@@ -1250,6 +1264,15 @@ def _lease_tenant(db: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
         # failed every lease for ever).
         return db.execute(Q["lease"], params).fetchall()
     return _take(db, params, picked)
+
+
+def _file_of(path: str) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path`` (``None``: there is none)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
 
 
 def _pick(db: sqlite3.Connection, params: dict[str, Any], *, after: bool = False) -> list[Any]:
