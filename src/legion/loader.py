@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
 from legion.agent import Agent, agent
 from legion.errors import AgentLoadError, ConfigError
+from legion.extras import install_hint
 
 _GIVE_MODULE = "give a file (app.py) or a module (package.module)"
 _GIVE_AGENT = "give the agent as FILE.py:NAME or package.module:NAME"
@@ -57,6 +60,8 @@ def load_module(ref: str, *, hint: str = _GIVE_MODULE) -> ModuleType:
 def load_agent(ref: str) -> Agent:
     """The agent named by ``ref``; a plain ``async def`` is made an agent with defaults."""
     module_ref, sep, attr = ref.rpartition(":")
+    if not sep and ref.endswith(".py"):
+        return _only_agent(ref)
     if not sep or not module_ref or not attr:
         raise AgentLoadError(
             f"bad agent name {ref!r}: expected path/to/file.py:function or package.module:function"
@@ -114,6 +119,18 @@ def _found_here(module: ModuleType) -> str:
     return "its agents: " + ", ".join(names)
 
 
+def _only_agent(ref: str) -> Agent:
+    """The one agent a file defines, named without its ``:NAME``; else why not."""
+    module = load_module(ref, hint=_GIVE_AGENT)
+    found = list({id(a): a for a in agents_in(module)}.values())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise AgentLoadError(f"{ref} defines no agent (@legion.agent): {_GIVE_AGENT}")
+    names = ", ".join(sorted(a.fn.__name__ for a in found))
+    raise AgentLoadError(f"{ref} defines {len(found)} agents ({names}): name one, {ref}:NAME")
+
+
 def agents_in(module: ModuleType) -> list[Agent]:
     """Every agent defined at the top level of ``module``."""
     return [v for v in vars(module).values() if isinstance(v, Agent)]
@@ -142,10 +159,42 @@ def _file_here(ref: str, exc: BaseException) -> str:
     return f" (the file {file} is here: give it as a path, {file}, not as a module name)"
 
 
+_EXTRAS = {
+    "pydantic_ai": "pydantic-ai",
+    "agents": "openai-agents",
+    "langchain_core": "langchain",
+    "langchain_openai": "langchain",
+    "langgraph": "langchain",
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "ray": "ray",
+}
+"""The extra that installs a module the framework examples and integrations import."""
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         where = f" at line {exc.lineno}" if exc.lineno is not None else ""
         return f"syntax error{where}: {exc.msg}"
     if isinstance(exc, SystemExit):  # sys.exit() at import: its code, whatever it is
         return f"it called sys.exit({exc.code!r}) while being imported"
-    return f"{type(exc).__name__}: {exc}"
+    said = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        extra = _EXTRAS.get(exc.name.partition(".")[0])
+        if extra is not None:
+            return f"{said} (install it: {install_hint(extra)})"
+    # Where the user's code raised it: the last of the traceback's frames in a file of
+    # theirs (not the import system's, the standard library's or a package's).
+    from legion.diagnostics.report import is_library_file
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not is_library_file(f.filename)]
+    if frames:
+        last = frames[-1]
+        said += f" (at {_shown(last.filename)}:{last.lineno})"
+    return said
+
+
+def _shown(file: str) -> str:
+    """``file`` relative to the working directory when it lies below it."""
+    relative = os.path.relpath(file)
+    return file if relative.startswith("..") else relative

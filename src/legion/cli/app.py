@@ -99,7 +99,12 @@ def _main(
 @app.command()
 def run(
     agent: Annotated[
-        str, typer.Argument(help="The agent: path/to/file.py:function or package.module:function.")
+        str,
+        typer.Argument(
+            metavar="AGENT",
+            help="The agent: path/to/file.py:function or package.module:function (a file "
+            "alone: its one agent).",
+        ),
     ],
     input: Annotated[
         Path, typer.Option("--input", "-i", help="JSONL file: one input per line (-: stdin).")
@@ -486,7 +491,7 @@ def status(
 def retry(
     task_ids: Annotated[
         list[int] | None,
-        typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to queue again."),
+        typer.Argument(min=1, max=TASK_ID_MAX, metavar="ID", help="Task ids to queue again."),
     ] = None,
     dead: Annotated[bool, typer.Option("--dead", help="Queue every dead task again.")] = False,
     failed: Annotated[
@@ -547,7 +552,9 @@ def retry(
 def cancel(
     task_ids: Annotated[
         list[int] | None,
-        typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to cancel (or --tenant)."),
+        typer.Argument(
+            min=1, max=TASK_ID_MAX, metavar="ID", help="Task ids to cancel (or --tenant)."
+        ),
     ] = None,
     tenant: Annotated[
         str | None,
