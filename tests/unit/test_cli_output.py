@@ -138,3 +138,23 @@ def test_a_write_cut_short_by_a_full_disk_leaves_whole_lines(tmp_path: Path) -> 
     kept = (tmp_path / "out.jsonl.partial").read_bytes()
     assert kept and kept.endswith(b"\n") and len(kept) <= 1000
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_output_that_cannot_take_the_results_at_the_end_says_where_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An immutable output (chattr +i) is found unwritable only at the rename, after every
+    # task ran: the error did not say the lines were kept, nor how to get the file.
+    path = tmp_path / "out.jsonl"
+    out = open_output(path)
+    OrderedLines(out, [1]).put(1, b"one\n")
+
+    def refuse(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "replace", refuse)  # (what the file system answers)
+    with pytest.raises(OutputError) as refused:
+        out.commit()
+    assert str(refused.value).startswith(f"cannot write {path}: Operation not permitted")
+    assert f"every line is in {out.partial}" in str(refused.value)
+    assert out.partial is not None and out.partial.read_bytes() == b"one\n"

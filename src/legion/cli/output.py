@@ -112,7 +112,11 @@ class OutputFile:
                 os.replace(self.partial, self.path)
             except OSError as exc:
                 self._close()
-                raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
+                raise OutputError(
+                    f"cannot write {self.path}: {exc.strerror} (every line is in "
+                    f"{self.partial}, and every result in the store: the same command, once "
+                    "the file can be written, writes it without running a task again)"
+                ) from None
         self._close()
 
     def abort(self) -> None:
