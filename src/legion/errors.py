@@ -434,6 +434,21 @@ class ProviderUnavailable(ProviderError):
     """Raised on a 5xx answer, a timeout, a broken connection or a stream gone idle."""
 
 
+class ConnectionRefused(ProviderUnavailable):
+    """Raised when a provider's host refuses the connection: nothing listens at the
+    route's address (a server not started yet, or a wrong port)."""
+
+
+class NothingListens(ProviderRejected):
+    """Raised, where a run asks for it (``legion run``), when a route that never answered
+    has had its connections refused for a while: nothing listens at its address, and
+    every other task would wait and fail the same way. ``fatal``: the run stops, its
+    tasks queued unspent for the same command once the server runs (a fleet's workers
+    wait for it instead: their provider may start after them)."""
+
+    fatal: ClassVar[bool] = True
+
+
 class MalformedResponse(ProviderError):
     """Raised when a provider's answer cannot be parsed (invalid JSON, missing fields)."""
 

@@ -151,3 +151,34 @@ def test_a_rejected_api_key_stops_the_run_with_one_clear_line(
     again = legion(*run, env={"OPENAI_API_KEY": "the-right-key"})
     assert again.returncode == 0, again.stderr
     assert [row["status"] for row in read_jsonl(tmp_path / "out.jsonl")] == ["succeeded"] * 500
+
+
+def test_a_run_whose_provider_is_not_listening_stops_with_its_tasks_unspent(
+    tmp_path: Path,
+) -> None:
+    # `legion sim &` forgotten, or a port mistyped: every task failed one by one over two
+    # minutes, dead for good, and the same command then did nothing.
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "app.py").write_text(AGENT)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"topic": f"t{i}"} for i in range(20)])
+    out, store = tmp_path / "out.jsonl", f"sqlite:///{tmp_path / 'db'}"
+    run = ["run", f"{tmp_path / 'app.py'}:ask", "-i", str(inp), "-o", str(out), "-s", store]
+    r = legion(*run, "--llm", f"openai:sim-model@http://127.0.0.1:{port}/v1", timeout=120)
+    assert r.returncode == 2, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"nothing listens at http://127.0.0.1:{port}/v1" in errors[0]
+    assert [row["status"] for row in read_jsonl(out)] == ["queued"] * 20
+    proc, url = start_sim("--latency", "0.02")
+    try:
+        again = legion(*run, "--llm", f"openai:sim-model@{url}", timeout=120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert again.returncode == 0, again.stderr
+    rows = read_jsonl(out)
+    assert [row["status"] for row in rows] == ["succeeded"] * 20
+    assert {row["attempts"] for row in rows} == {1}  # (none was spent on the refusals)

@@ -114,6 +114,12 @@ class Results:
         self.writer.put(line.line, codec.dumps(record) + b"\n")
 
 
+UNREACHABLE_AFTER = 10.0
+"""Seconds of refused connections after which a route that never answered stops the run
+(`legion.errors.NothingListens`): a server not started, or a wrong port, failed every
+task one by one over two minutes."""
+
+
 async def run_file(opts: RunOptions, console: Console) -> int:
     """Run every line; write one output line per input line; answer the exit code."""
     lines = list(read_jsonl(opts.input, opts.agent.name))
@@ -208,6 +214,8 @@ async def _run_lines(
     ):
         store_watch.store = rt.store
         llm = rt.llm
+        if llm is not None:  # (a run stops where nothing listens; a worker waits for it)
+            llm.unreachable_after = UNREACHABLE_AFTER
         budget = None if llm is None else llm.budgets.run
         watched = [] if budget is None else [budget]  # the budgets whose end ends the run
         if llm is not None and opts.agent.options.budget is not None:

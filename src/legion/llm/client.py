@@ -66,7 +66,9 @@ from typing import Any
 from legion import attempt as attempts
 from legion import deadline, telemetry
 from legion.errors import (
+    ConnectionRefused,
     MalformedResponse,
+    NothingListens,
     Permanent,
     ProviderError,
     ProviderRejected,
@@ -188,6 +190,7 @@ class LLMStatistics:
 class _Counters:
     __slots__ = (
         "_tokens",
+        "answered",
         "attempts",
         "batched",
         "calls",
@@ -198,6 +201,7 @@ class _Counters:
         "hedges_won",
         "last_error",
         "latencies",
+        "refused_since",
         "retries",
         "served_by",
         "succeeded",
@@ -205,6 +209,8 @@ class _Counters:
     )
 
     def __init__(self, hedge: HedgeSettings | None) -> None:
+        self.answered = False  # (some answer came, of any kind: something listens)
+        self.refused_since: float | None = None  # (connections refused, never answered)
         self.calls = 0
         self.succeeded = 0
         self.failed = 0
@@ -358,6 +364,11 @@ class LLMClient:
         self._timer: Timer = timer or AsyncioTimer()
         self._rng = rng or random.Random()
         self._counters = {name: _Counters(route.hedge) for name, route in self._routes.items()}
+        self.unreachable_after: float | None = None
+        """Seconds after which a route that never answered, its connections refused all
+        along, raises `NothingListens` (fatal: the run stops, its tasks unspent) rather
+        than wait and fail its tasks one by one; ``None``: wait (a fleet's workers, whose
+        provider may start after them)."""
         self._recorders: dict[str, Callable[[ChatResponse], dict[str, Any]]] = {}
         self.fatal_error: ProviderRejected | None = None
         """The first fatal refusal seen (a rejected key, a URL nothing serves): the runtime
@@ -514,6 +525,7 @@ class LLMClient:
                 if route.breaker is not None and ticket is not None:
                     route.breaker.succeeded(ticket)
                 counters.succeeded += 1
+                counters.answered = True
                 if route is not named or len(self._pools[named.name]) > 1:
                     counters.served_by[route.label] = counters.served_by.get(route.label, 0) + 1
                     return dataclasses.replace(response, deployment=route.label)
@@ -574,6 +586,7 @@ class LLMClient:
                     raise
                 route.capacity.observe(result.rate_limits, sent_at=slot.started_at)
                 counters.succeeded += 1
+                counters.answered = True
                 counters.count(usage)
                 cost = self._cost(route, usage)
                 self._settle_hold(hold, usage, cost)
@@ -607,6 +620,11 @@ class LLMClient:
         counters.failed_with(exc)
         self._last_failure[route.name] = str(exc)
         deltas.broke(exc)
+        if isinstance(exc, ConnectionRefused):
+            self._nothing_listens(route, exc, counters)
+        else:
+            counters.refused_since = None
+            counters.answered = counters.answered or not isinstance(exc, ProviderUnavailable)
         if telemetry.tracing:  # each try that failed, on the call's span
             telemetry.add_event(
                 "legion.llm.try_failed",
@@ -652,6 +670,28 @@ class LLMClient:
         counters.retries += 1
         await self._timer.sleep(delay)
         return spent
+
+    def _nothing_listens(self, route: Route, exc: ConnectionRefused, counters: _Counters) -> None:
+        """Raise `NothingListens` once a route that never answered has had its
+        connections refused for `unreachable_after` seconds (see there)."""
+        if counters.answered or self.unreachable_after is None:
+            return
+        now = self._timer.now()
+        if counters.refused_since is None:
+            counters.refused_since = now
+        if now - counters.refused_since < self.unreachable_after:
+            return
+        where = getattr(route.provider, "base_url", None) or route.provider.name
+        counters.failed += 1
+        stop = NothingListens(
+            f"nothing listens at {where} (route {route.name!r}): its connections were refused "
+            f"for {now - counters.refused_since:.0f} s, and it never answered; start the "
+            "server (`legion sim &` for the simulator), or fix --llm",
+            provider=route.provider.name,
+        )
+        if self.fatal_error is None:
+            self.fatal_error = stop
+        raise stop from exc
 
     def _went_out(self, route: Route) -> None:
         """``route`` has gone out (failing, or paused by a 429): the calls queued at its
@@ -716,6 +756,7 @@ class LLMClient:
         stop the whole run."""
         counters.failed_with(exc)
         counters.failed += 1
+        counters.answered = True  # (refused by an answer: something listens)
         if isinstance(exc, ProviderRejected) and exc.fatal and self.fatal_error is None:
             self.fatal_error = exc
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import orjson
 
 from legion.errors import (
+    ConnectionRefused,
     EndpointNotFound,
     LegionError,
     MalformedResponse,
@@ -283,7 +284,11 @@ class HttpTransport:
                 f"{provider}: invalid URL {url!r}; check the base URL", provider=provider
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderUnavailable(
+            refused = isinstance(exc, ConnectionRefusedError) or isinstance(
+                getattr(exc, "os_error", None), ConnectionRefusedError
+            )
+            failed = ConnectionRefused if refused else ProviderUnavailable
+            raise failed(
                 f"{provider} connection failed: {type(exc).__name__}: {exc}", provider=provider
             ) from exc
 
