@@ -242,3 +242,12 @@ def test_a_worker_that_cannot_start_just_after_its_agent_file_changed_is_not_fin
     assert not final(EXIT_FINAL, 99.0, 100.0)  # (a second after a change)
     assert final(EXIT_FINAL, 99.0, 100.0 + DEPLOY_GRACE)
     assert not final(0, None, 1.0) and not final(3, None, 1.0)
+
+
+def test_at_the_maximum_the_reason_is_the_maximum_not_workers_starting() -> None:
+    # "held at 6: waiting for 2 worker(s) to start and report" stayed for 16 s after all
+    # six ran: at the maximum, nothing that starts changes the decision.
+    at_max = PolicyState(CONFIG.maximum or 0)
+    d, _ = decide(demand(queued=500, running=8, workers=workers(2)), CONFIG, at_max)
+    assert d.desired == CONFIG.maximum
+    assert d.reason.startswith(f"at the maximum of {CONFIG.maximum}: the work asks for")

@@ -161,7 +161,10 @@ def decide(
         target = max(running, current)
         reason = f"held at {target}: {saturated}"
 
-    if target > current:
+    if target > current and config.maximum is not None and current >= config.maximum:
+        target = current  # (at the maximum: what starts or reports changes nothing, and the
+        reason = ""  # reason said "waiting for 2 worker(s) to start" long after they had)
+    elif target > current:
         starting = current - running
         quiet = sum(1 for w in demand.workers if not w.reported)
         if starting > 0 or quiet > 0:
