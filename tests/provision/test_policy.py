@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from legion.provision.policy import (
@@ -251,3 +253,28 @@ def test_at_the_maximum_the_reason_is_the_maximum_not_workers_starting() -> None
     d, _ = decide(demand(queued=500, running=8, workers=workers(2)), CONFIG, at_max)
     assert d.desired == CONFIG.maximum
     assert d.reason.startswith(f"at the maximum of {CONFIG.maximum}: the work asks for")
+
+
+def test_a_fleets_share_lowered_by_the_others_growing_waits_for_the_cool_down() -> None:
+    # Each fleet's start lowered the other's share at once: two fleets started and
+    # stopped 40 workers in 100 s, and never reached what the work asked for.
+    from legion.provision.autoscaler import fleet_decision
+
+    bounds = ScalingConfig(minimum=1, maximum=4, cooldown=15.0)
+    mine = tuple(WorkerLoad(f"m{i}", 4, True) for i in range(3))
+    theirs = tuple(WorkerLoad(f"t{i}", 4, True) for i in range(3))
+    # 5 workers' work, decided when the others ran 2; one of theirs started since
+    work = demand(running=20, workers=mine + theirs)
+    state = PolicyState(desired=5)
+    d, state = fleet_decision(work, bounds, state, others=3, mine=3)
+    assert d.desired == 3 and "held at 3 for the cool-down" in d.reason
+    later = dataclasses.replace(work, at=work.at + 10)
+    d, state = fleet_decision(later, bounds, state, others=3, mine=3)
+    assert d.desired == 3
+    done = dataclasses.replace(work, at=work.at + 16)
+    d, state = fleet_decision(done, bounds, state, others=3, mine=3)
+    assert d.desired < 3 and state.share_low_since is None
+    # The others drained to 1 while the work asks for nothing: not this fleet's to replace.
+    idle = demand(running=0, workers=mine[:2] + theirs[:1], at=work.at + 40)
+    d, state = fleet_decision(idle, bounds, PolicyState(desired=5), others=1, mine=2)
+    assert d.desired <= 2, d

@@ -197,7 +197,7 @@ class Autoscaler:
                 self._kill_the_silent(self._board.registered, self._board.read_at)
                 others = self._others(self._board.registered, self._board.read_at)
                 decision, self._state = fleet_decision(
-                    demand, self._opts.config, self._state, others
+                    demand, self._opts.config, self._state, others, len(self._workers)
                 )
                 self._apply(decision, demand_in_flight(demand))
                 await store.publish_autoscaler(self._info(decision, await store.now()))
@@ -388,15 +388,25 @@ class Autoscaler:
 
 
 def fleet_decision(
-    demand: Demand, config: ScalingConfig, state: PolicyState, others: int
+    demand: Demand,
+    config: ScalingConfig,
+    state: PolicyState,
+    others: int,
+    mine: int | None = None,
 ) -> tuple[Decision, PolicyState]:
     """This fleet's share of what ``demand`` asks for, with ``others`` live workers of other
     fleets (another machine's autoscaler, a plain worker) serving the same agents: the
     policy decides for the whole pool, within this fleet's bounds moved up by theirs, and
     this fleet runs the rest. (Each autoscaler provisioned the whole demand: two on one
-    store ran twice the workers the work asked for.)"""
+    store ran twice the workers the work asked for.)
+
+    A share that falls below the ``mine`` workers this fleet runs because the others grew
+    waits for the cool-down, as any scale-down does: stopped at once, each fleet's start
+    lowered the other's share, and two fleets started and stopped 40 workers in 100 s,
+    never reaching what the work asked for. Nor does it grow because the others shrank
+    while the work asks for no more than runs."""
     if not others:
-        return decide(demand, config, state)
+        return decide(demand, config, dataclasses.replace(state, share_low_since=None))
     config = dataclasses.replace(
         config,
         minimum=config.minimum + others,
@@ -404,13 +414,30 @@ def fleet_decision(
     )
     pooled, state = decide(demand, config, state)
     reason = f"{pooled.reason} (of them {others} in other fleets)"
+    desired = pooled.desired - others
+    since = None
+    if mine is not None and desired > mine and pooled.wanted <= pooled.running:
+        # The others shrank, the work asks for no more than runs: their drained workers
+        # are not this fleet's to replace (it started some at idle, the others' cool-down
+        # ending, and stopped them after its own).
+        desired = mine
+    if mine is not None and desired < mine:
+        since = state.share_low_since if state.share_low_since is not None else demand.at
+        if demand.at - since < config.cooldown:
+            desired = mine
+            reason = (
+                f"held at {mine} for the cool-down ({demand.at - since:.0f} of "
+                f"{config.cooldown:g} s): other fleets grew ({reason})"
+            )
+        else:
+            since = None
     share = Decision(
-        pooled.desired - others,
+        desired,
         max(0, pooled.running - others),
         max(0, pooled.wanted - others),
         reason,
     )
-    return share, state
+    return share, dataclasses.replace(state, share_low_since=since)
 
 
 def _shape(reason: str) -> str:

@@ -104,6 +104,9 @@ class PolicyState:
 
     desired: int = 0
     low_since: float | None = None  # since when ``wanted`` has stayed below ``desired``
+    share_low_since: float | None = None
+    """Since when a fleet's share of the pool has stayed below the workers it runs, the
+    other fleets having grown (see `legion.provision.autoscaler.fleet_decision`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,9 @@ def decide(
         desired = min(desired, config.maximum)
     if not reason or desired != target:
         reason = _plain(desired, current, wanted, why, config)
-    return Decision(desired, running, wanted, reason), PolicyState(desired, low_since)
+    return Decision(desired, running, wanted, reason), PolicyState(
+        desired, low_since, state.share_low_since
+    )
 
 
 def _wanted(demand: Demand, config: ScalingConfig, healthy: int) -> tuple[int, str]:
