@@ -9,7 +9,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,7 +23,7 @@ from legion.run.worker import Worker, WorkerConfig
 from legion.store import PostgresStore
 from legion.task import NewTask, TaskStatus
 from tests.feed import until_holds
-from tests.integration.tcp_proxy import proxy_to
+from tests.integration.tcp_proxy import Proxy, proxy_to
 
 pytestmark = pytest.mark.slow
 
@@ -57,84 +58,94 @@ async def until(what: str, check: Callable[[], Awaitable[bool]], within: float =
         await asyncio.sleep(0.05)
 
 
+@asynccontextmanager
+async def cut_off(
+    postgres_url: str, lease: float, agent: str, count: int, ledger: Path
+) -> AsyncIterator[tuple[PostgresStore, PostgresStore, Proxy]]:
+    """A store reached directly and one through a proxy that can blackhole it, with
+    ``count`` tasks of ``agent`` submitted (each told the ``ledger``); both closed after."""
+    direct = PostgresStore(postgres_url, lease_seconds=lease)
+    await direct.open()
+    async with proxy_to("127.0.0.1", urlsplit(postgres_url).port or 5432) as proxy:
+        cut = PostgresStore(through(postgres_url, proxy.port), lease_seconds=lease)
+        await cut.open()
+        try:
+            await direct.submit(
+                [
+                    NewTask(agent, codec.dumps({"n": i, "ledger": str(ledger)}), f"{agent}{i}")
+                    for i in range(count)
+                ],
+                time.time(),
+            )
+            yield direct, cut, proxy
+        finally:
+            await cut.aclose()
+            await direct.aclose()
+
+
 async def test_a_blackholed_worker_times_out_and_the_healthy_one_goes_on(
     postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="legion")
     ledger = tmp_path / "ledger.jsonl"
-    direct = PostgresStore(postgres_url, lease_seconds=LEASE)
-    await direct.open()
-    async with proxy_to("127.0.0.1", urlsplit(postgres_url).port or 5432) as proxy:
-        cut = PostgresStore(through(postgres_url, proxy.port), lease_seconds=LEASE)
-        await cut.open()
-        try:
-            await direct.submit(
-                [
-                    NewTask("effect", codec.dumps({"n": i, "ledger": str(ledger)}), f"t{i}")
-                    for i in range(TASKS)
-                ],
-                time.time(),
-            )
-            config = WorkerConfig(
-                concurrency=10, lease_seconds=LEASE, poll_interval=0.2, watchdog=False
-            )
-            healthy = Worker(direct, agents=[effect], config=config)
-            cutoff = Worker(cut, agents=[effect], config=config)
-            runs = [
-                asyncio.create_task(w.run(), name=f"worker-{i}")
-                for i, w in enumerate((healthy, cutoff))
-            ]
+    async with cut_off(postgres_url, LEASE, "effect", TASKS, ledger) as (direct, cut, proxy):
+        config = WorkerConfig(
+            concurrency=10, lease_seconds=LEASE, poll_interval=0.2, watchdog=False
+        )
+        healthy = Worker(direct, agents=[effect], config=config)
+        cutoff = Worker(cut, agents=[effect], config=config)
+        runs = [
+            asyncio.create_task(w.run(), name=f"worker-{i}")
+            for i, w in enumerate((healthy, cutoff))
+        ]
 
-            async def both_working() -> bool:
-                return min(healthy.statistics().succeeded, cutoff.statistics().succeeded) > 0
+        async def both_working() -> bool:
+            return min(healthy.statistics().succeeded, cutoff.statistics().succeeded) > 0
 
-            await until("both workers complete tasks", both_working)
-            proxy.blackhole()
-            before = healthy.statistics().succeeded
+        await until("both workers complete tasks", both_working)
+        proxy.blackhole()
+        before = healthy.statistics().succeeded
 
-            # The cut off worker's calls fail with a store error (bounded: no hang).
-            started = time.monotonic()
-            with pytest.raises(StoreUnavailable):
-                await cut.counts()
-            assert time.monotonic() - started < cut.timeouts.call + 10  # a generous bound
+        # The cut off worker's calls fail with a store error (bounded: no hang).
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await cut.counts()
+        assert time.monotonic() - started < cut.timeouts.call + 10  # a generous bound
 
-            async def healthy_goes_on() -> bool:
-                return healthy.statistics().succeeded >= before + 30
+        async def healthy_goes_on() -> bool:
+            return healthy.statistics().succeeded >= before + 30
 
-            await until("the healthy worker completes tasks during the blackhole", healthy_goes_on)
+        await until("the healthy worker completes tasks during the blackhole", healthy_goes_on)
 
-            async def beat_failed() -> bool:
-                return any("heartbeat failed" in r.getMessage() for r in caplog.records)
+        async def beat_failed() -> bool:
+            return any("heartbeat failed" in r.getMessage() for r in caplog.records)
 
-            await until("the cut off worker's heartbeat fails", beat_failed)
-            proxy.blackhole(False)
+        await until("the cut off worker's heartbeat fails", beat_failed)
+        proxy.blackhole(False)
 
-            async def all_done() -> bool:
-                return (await direct.counts()).get(TaskStatus.SUCCEEDED, 0) == TASKS
+        async def all_done() -> bool:
+            return (await direct.counts()).get(TaskStatus.SUCCEEDED, 0) == TASKS
 
-            await until("every task succeeds", all_done)
+        await until("every task succeeds", all_done)
 
-            async def said_back() -> bool:  # (an outage's errors end with a line saying so)
-                return any("the store answers again" in r.getMessage() for r in caplog.records)
+        async def said_back() -> bool:  # (an outage's errors end with a line saying so)
+            return any("the store answers again" in r.getMessage() for r in caplog.records)
 
-            await until("the cut off worker says the store answers again", said_back)
-            for w in (healthy, cutoff):
-                w.stop()
-            await asyncio.gather(*runs)
+        await until("the cut off worker says the store answers again", said_back)
+        for w in (healthy, cutoff):
+            w.stop()
+        await asyncio.gather(*runs)
 
-            # Nothing lost, each completion recorded once, every side effect made.
-            assert await direct.counts() == {TaskStatus.SUCCEEDED: TASKS}
-            events = await until_holds(
-                lambda es: sum(e.status is TaskStatus.SUCCEEDED for e in es) >= TASKS,
-                lambda: direct.events_after(0),
-            )
-            done = Counter(e.task_id for e in events if e.status is TaskStatus.SUCCEEDED)
-            assert len(done) == TASKS and set(done.values()) == {1}
-            effects = [json.loads(line) for line in ledger.read_text().splitlines()]
-            assert {e["n"] for e in effects} == set(range(TASKS))
-        finally:
-            await cut.aclose()
-            await direct.aclose()
+        # Nothing lost, each completion recorded once, every side effect made.
+        assert await direct.counts() == {TaskStatus.SUCCEEDED: TASKS}
+        events = await until_holds(
+            lambda es: sum(e.status is TaskStatus.SUCCEEDED for e in es) >= TASKS,
+            lambda: direct.events_after(0),
+        )
+        done = Counter(e.task_id for e in events if e.status is TaskStatus.SUCCEEDED)
+        assert len(done) == TASKS and set(done.values()) == {1}
+        effects = [json.loads(line) for line in ledger.read_text().splitlines()]
+        assert {e["n"] for e in effects} == set(range(TASKS))
 
 
 @legion.agent(name="started", timeout=60, retries=5, backoff=0)
@@ -154,52 +165,37 @@ async def test_tasks_whose_ends_wait_for_the_store_are_not_given_back_as_unheld(
     # ran their agents a second time (28-49 of 2,000 over a 12 s restart).
     caplog.set_level(logging.WARNING, logger="legion")
     ledger = tmp_path / "ledger.jsonl"
-    direct = PostgresStore(postgres_url, lease_seconds=LONG_LEASE)
-    await direct.open()
-    async with proxy_to("127.0.0.1", urlsplit(postgres_url).port or 5432) as proxy:
-        cut = PostgresStore(through(postgres_url, proxy.port), lease_seconds=LONG_LEASE)
-        await cut.open()
-        try:
-            count = 60
-            await direct.submit(
-                [
-                    NewTask("started", codec.dumps({"n": i, "ledger": str(ledger)}), f"s{i}")
-                    for i in range(count)
-                ],
-                time.time(),
-            )
-            config = WorkerConfig(
-                concurrency=10, lease_seconds=LONG_LEASE, poll_interval=0.2, watchdog=False
-            )
-            worker = Worker(cut, agents=[started], config=config)
-            run = asyncio.create_task(worker.run(), name="worker")
+    count = 60
+    async with cut_off(postgres_url, LONG_LEASE, "started", count, ledger) as (direct, cut, proxy):
+        config = WorkerConfig(
+            concurrency=10, lease_seconds=LONG_LEASE, poll_interval=0.2, watchdog=False
+        )
+        worker = Worker(cut, agents=[started], config=config)
+        run = asyncio.create_task(worker.run(), name="worker")
 
-            async def running() -> bool:
-                return worker.statistics().succeeded > 0
+        async def running() -> bool:
+            return worker.statistics().succeeded > 0
 
-            await until("the worker completes tasks", running)
-            proxy.blackhole()
+        await until("the worker completes tasks", running)
+        proxy.blackhole()
 
-            async def lease_failed() -> bool:
-                return any("leasing failed" in r.getMessage() for r in caplog.records)
+        async def lease_failed() -> bool:
+            return any("leasing failed" in r.getMessage() for r in caplog.records)
 
-            async def writes_failed() -> bool:  # (its retries now wait longer than a lease
-                # call's: the lease loop is the first to reach the store again)
-                return sum("store write of" in r.getMessage() for r in caplog.records) >= 2
+        async def writes_failed() -> bool:  # (its retries now wait longer than a lease
+            # call's: the lease loop is the first to reach the store again)
+            return sum("store write of" in r.getMessage() for r in caplog.records) >= 2
 
-            await until("a lease call fails", lease_failed)
-            await until("ends wait for the store", writes_failed)
-            proxy.blackhole(False)
+        await until("a lease call fails", lease_failed)
+        await until("ends wait for the store", writes_failed)
+        proxy.blackhole(False)
 
-            async def all_done() -> bool:
-                return (await direct.counts()).get(TaskStatus.SUCCEEDED, 0) == count
+        async def all_done() -> bool:
+            return (await direct.counts()).get(TaskStatus.SUCCEEDED, 0) == count
 
-            await until("every task succeeds", all_done)
-            worker.stop()
-            await run
-            starts = Counter(json.loads(line)["task"] for line in ledger.read_text().splitlines())
-            assert len(starts) == count
-            assert [t for t, n in starts.items() if n > 1] == []
-        finally:
-            await cut.aclose()
-            await direct.aclose()
+        await until("every task succeeds", all_done)
+        worker.stop()
+        await run
+        starts = Counter(json.loads(line)["task"] for line in ledger.read_text().splitlines())
+        assert len(starts) == count
+        assert [t for t, n in starts.items() if n > 1] == []

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,10 @@ from legion.server import protocol
 from legion.server.keys import new_key
 from tests.server.conftest import Api, StartApi
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
-async def _connect(api: Api) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+
+async def _connect(api: Api) -> Connection:
     host, port = api.url.removeprefix("http://").rsplit(":", 1)
     return await asyncio.open_connection(host, int(port))
 
@@ -37,6 +41,20 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], ob
     return int(lines[0].split()[1]), headers, json.loads(body)
 
 
+@asynccontextmanager
+async def _half_posts(api: Api, n: int) -> AsyncIterator[list[Connection]]:
+    """``n`` connections, each sending a submission whose body never comes whole."""
+    held = [await _connect(api) for _ in range(n)]
+    try:
+        for _, writer in held:
+            writer.write(_half_post(api.key))
+            await writer.drain()
+        yield held
+    finally:
+        for _, writer in held:
+            writer.close()
+
+
 async def _other_key(api: Api) -> dict[str, str]:
     key = new_key("other", time.time())
     await api.runtime.store.add_api_key(key.record)
@@ -50,11 +68,7 @@ async def test_one_key_whose_bodies_do_not_come_holds_at_most_half_the_places(
     # was answered 503, and the same again as soon as they were let go.
     api = await start_api(f"sqlite:///{tmp_path / 'half.db'}", max_in_progress=16)
     other = await _other_key(api)
-    held = [await _connect(api) for _ in range(8)]
-    try:
-        for _, writer in held:
-            writer.write(_half_post(api.key))
-            await writer.drain()
+    async with _half_posts(api, 8):
         reader, writer = await _connect(api)
         try:
             # Its ninth waits on its own bodies: refused, the others' places kept.
@@ -67,9 +81,6 @@ async def test_one_key_whose_bodies_do_not_come_holds_at_most_half_the_places(
         for _ in range(8):  # another key is served, again and again
             status, _ = await api.call("GET", "/v1/key", headers=other)
             assert status == 200
-    finally:
-        for _, writer in held:
-            writer.close()
 
 
 async def test_while_every_place_is_taken_a_stalled_body_gives_its_place_up(
@@ -78,11 +89,7 @@ async def test_while_every_place_is_taken_a_stalled_body_gives_its_place_up(
     monkeypatch.setattr(protocol, "STALLED", 0.0)  # (any body not whole counts stalled)
     api = await start_api(f"sqlite:///{tmp_path / 'stalled.db'}", max_in_progress=8)
     other = await _other_key(api)
-    held = [await _connect(api) for _ in range(8)]
-    try:
-        for _, writer in held:
-            writer.write(_half_post(api.key))
-            await writer.drain()
+    async with _half_posts(api, 8) as held:
         statuses: list[int] = []
         while not statuses or statuses[-1] != 200:  # each try a real request
             status, _ = await api.call("GET", "/v1/key", headers=other)
@@ -92,9 +99,6 @@ async def test_while_every_place_is_taken_a_stalled_body_gives_its_place_up(
             status, headers, body = await _answer(reader)
             assert status == 408 and headers["connection"] == "close"
             assert "body did not arrive" in str(body)
-    finally:
-        for _, writer in held:
-            writer.close()
     status, _ = await api.call("POST", "/v1/tasks", body={"agent": "work", "input": {"n": 1}})
     assert status == 201
 
