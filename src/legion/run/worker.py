@@ -838,7 +838,12 @@ class Worker(Upkeep):
         elif cfg.max_memory_mb is not None and (rss := rss_mb()) > cfg.max_memory_mb:
             kind = "memory"
             reason = f"memory {rss:.0f} MB > {cfg.max_memory_mb:.0f} MB"
-            if not self._instances and self._overload_kind == "memory" and self._counters.leased:
+            if (
+                not self._instances
+                and self._overload_kind == "memory"
+                and self._counters.leased
+                and self.fatal_error is None
+            ):
                 # Still past it with nothing running (told once, then looked at again):
                 # what holds the memory outlives the tasks, and waiting frees nothing (a
                 # worker past it from its start, which a new one would be too, waits).

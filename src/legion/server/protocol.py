@@ -64,7 +64,8 @@ FILES_KEPT = 256
 """Open files kept for what the server needs besides connections (its store, logs)."""
 
 
-def _answer(status: bytes, detail: str, *, close: bool = True) -> bytes:
+def _answer(status: bytes, detail: str) -> bytes:
+    """A JSON answer that closes the connection."""
     body = b'{"detail":"' + detail.encode() + b'"}'
     return b"".join(
         (
@@ -72,7 +73,7 @@ def _answer(status: bytes, detail: str, *, close: bool = True) -> bytes:
             status,
             b"\r\ncontent-type: application/json\r\ncontent-length: ",
             str(len(body)).encode(),
-            b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n",
+            b"\r\nconnection: close\r\n\r\n",
             body,
         )
     )
