@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from legion.agent import AGENT_NAME_MAX
 from legion.inputs import KEY_MAX, PRIORITY_MAX, PRIORITY_MIN
@@ -235,13 +235,21 @@ class SignalIn(BaseModel):
         None,
         ge=1,
         le=2**31 - 1,
-        strict=True,  # (`true` and `"1"` were taken for wait number 1)
         description="Answer one wait alone: the task's wait number `waiting` for this event "
         "(its `count` in `GET /v1/waiting`; a wait that timed out keeps its number, and "
         "the next wait has the next one). Unless the task waits for it now, "
         "nothing is kept and the answer is 409: a second click of an approval button must "
         "not answer the task's next approval.",
     )
+
+    @field_validator("waiting", mode="before")
+    @classmethod
+    def _a_json_integer(cls, value: Any) -> Any:
+        # `true` and `"1"` were taken for wait number 1 (pydantic's lax mode); a JSON
+        # number with no fraction (2.0) is an integer as the schema counts them.
+        if isinstance(value, bool | str):
+            raise ValueError("a wait's number is a JSON integer")
+        return value
 
 
 class TaskPage(BaseModel):
