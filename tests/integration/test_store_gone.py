@@ -37,3 +37,17 @@ async def test_a_worker_whose_sqlite_file_is_deleted_stops(tmp_path: Path) -> No
         with pytest.raises(WorkerStopped):
             await rt.result(tasks[0].id)
     GATE["open"].set()
+
+
+async def test_a_store_named_relative_to_a_folder_the_process_left_is_still_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent's os.chdir made the relative path of `sqlite:///legion.db` name no file:
+    # the worker stopped, its store "deleted", as it went on working.
+    monkeypatch.chdir(tmp_path)
+    async with legion.Runtime("sqlite:///here.db", lease_seconds=30, agents=[held]) as rt:
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        assert rt.worker is not None
+        await rt.worker.heartbeat()  # (raised StoreGone)
+        assert rt.worker.fatal_error is None

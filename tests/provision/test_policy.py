@@ -278,3 +278,10 @@ def test_a_fleets_share_lowered_by_the_others_growing_waits_for_the_cool_down() 
     idle = demand(running=0, workers=mine[:2] + theirs[:1], at=work.at + 40)
     d, state = fleet_decision(idle, bounds, PolicyState(desired=5), others=1, mine=2)
     assert d.desired <= 2, d
+    # Its own minimum it keeps, beside others, at idle: a new supervisor, or one whose
+    # worker crashed.
+    for own in (0, 1):
+        d, _ = fleet_decision(
+            idle, ScalingConfig(minimum=2, maximum=8, cooldown=15.0), PolicyState(), 1, own
+        )
+        assert d.desired == 2, (own, d)

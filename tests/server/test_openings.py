@@ -74,8 +74,9 @@ async def test_one_key_whose_bodies_do_not_come_holds_at_most_half_the_places(
             # Its ninth waits on its own bodies: refused, the others' places kept.
             writer.write(_half_post(api.key))
             await writer.drain()
-            status, headers, _ = await _answer(reader)
+            status, headers, body = await _answer(reader)
             assert status == 503 and headers["retry-after"] == "1"
+            assert "hold 8 places, its share" in str(body)  # (not "the server is saturated")
         finally:
             writer.close()
         for _ in range(8):  # another key is served, again and again

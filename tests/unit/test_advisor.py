@@ -289,3 +289,14 @@ def test_long_texts_are_compared_in_bounded_work_and_a_shared_run_is_still_found
         assert advise("a", [first, second]) == [], at
     unrelated = _trace("edit", long, long, (text(40_000),), "y")
     assert len(advise("a", [_trace("draft", 0.0, long, ("q",), result), unrelated])) == 1
+
+
+def test_an_llm_call_on_a_route_whose_name_holds_dots_is_named_by_it() -> None:
+    long = MIN_SAVING * 4
+    said = orjson.dumps(ChatResponse("an answer").to_json())
+    first = StepTrace("llm.gpt-4.1.0a1b", None, 0.0, long, NO_PRINTS, NO_PRINTS, result=said)
+    embed = _trace("llm.gpt-4.1.embed.2b3c", long, long, ("unrelated",), [0.1, 0.2])
+    (report,) = advise("a", [first, embed])
+    assert "`ctx.llm.chat(...)` on route `gpt-4.1` and `ctx.llm.embed(...)` on route `gpt-4.1`" in (
+        report.message
+    )

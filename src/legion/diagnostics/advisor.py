@@ -260,12 +260,8 @@ def _share_excerpt(texts_out: list[str], texts_in: list[str]) -> bool:
     longer, shorter = (texts_out, texts_in) if lengths[0] >= lengths[1] else (texts_in, texts_out)
     longest, runs = max(lengths), sum(len(t) - size + 1 for t in shorter)
     if runs * longest <= MAX_SEARCHED:
-        return any(
-            t[i : i + size] in text
-            for t in shorter
-            for i in range(len(t) - size + 1)
-            for text in longer
-        )
+        joined = "\x01".join(longer)  # (one search in C per run, whatever the texts' count)
+        return any(t[i : i + size] in joined for t in shorter for i in range(len(t) - size + 1))
     if longest > MAX_COMPARED:
         return True
     kept = {o[i : i + size] for o in longer for i in range(0, len(o) - size + 1, STRIDE)}
@@ -339,9 +335,12 @@ def _pair(first: str, second: str) -> str:
 def _named(key: str) -> str:
     if not key.startswith("llm."):
         return f"step `{key}`"
-    route, _, rest = key[len("llm.") :].partition(".")
-    call = "ctx.llm.embed" if rest.startswith("embed.") else "ctx.llm.chat"
-    return f"`{call}(...)` on route `{route}`"
+    # ``llm.<route>.<digest>`` or ``llm.<route>.embed.<digest>``: a route's name may hold
+    # dots (``gpt-4.1``), its digest none.
+    route = key[len("llm.") :].rpartition(".")[0]
+    embed = route.endswith(".embed")
+    call = "ctx.llm.embed" if embed else "ctx.llm.chat"
+    return f"`{call}(...)` on route `{route.removesuffix('.embed') if embed else route}`"
 
 
 def _short(site: Site) -> str:

@@ -187,6 +187,11 @@ class LLMStatistics:
         return not self.unpriced_calls
 
 
+REFUSALS_APART = 5.0
+"""Seconds between two refused connections past which they are not one refusal going on
+(see `LLMClient.unreachable_after`)."""
+
+
 class _Counters:
     __slots__ = (
         "_tokens",
@@ -201,6 +206,7 @@ class _Counters:
         "hedges_won",
         "last_error",
         "latencies",
+        "refused_at",
         "refused_since",
         "retries",
         "served_by",
@@ -211,6 +217,7 @@ class _Counters:
     def __init__(self, hedge: HedgeSettings | None) -> None:
         self.answered = False  # (some answer came, of any kind: something listens)
         self.refused_since: float | None = None  # (connections refused, never answered)
+        self.refused_at = 0.0  # (the latest refusal)
         self.calls = 0
         self.succeeded = 0
         self.failed = 0
@@ -677,8 +684,9 @@ class LLMClient:
         if counters.answered or self.unreachable_after is None:
             return
         now = self._timer.now()
-        if counters.refused_since is None:
-            counters.refused_since = now
+        if counters.refused_since is None or now - counters.refused_at > REFUSALS_APART:
+            counters.refused_since = now  # (refusals far apart: not one refusing all along)
+        counters.refused_at = now
         if now - counters.refused_since < self.unreachable_after:
             return
         where = getattr(route.provider, "base_url", None) or route.provider.name

@@ -407,6 +407,7 @@ def fleet_decision(
     while the work asks for no more than runs."""
     if not others:
         return decide(demand, config, dataclasses.replace(state, share_low_since=None))
+    own_minimum = config.minimum
     config = dataclasses.replace(
         config,
         minimum=config.minimum + others,
@@ -416,11 +417,11 @@ def fleet_decision(
     reason = f"{pooled.reason} (of them {others} in other fleets)"
     desired = pooled.desired - others
     since = None
-    if mine is not None and desired > mine and pooled.wanted <= pooled.running:
+    if mine is not None and desired > max(mine, own_minimum) and pooled.wanted <= pooled.running:
         # The others shrank, the work asks for no more than runs: their drained workers
         # are not this fleet's to replace (it started some at idle, the others' cool-down
-        # ending, and stopped them after its own).
-        desired = mine
+        # ending, and stopped them after its own); its own minimum it keeps.
+        desired = max(mine, own_minimum)
     if mine is not None and desired < mine:
         since = state.share_low_since if state.share_low_since is not None else demand.at
         if demand.at - since < config.cooldown:

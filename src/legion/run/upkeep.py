@@ -46,6 +46,10 @@ CANCEL_POLL = 0.5
 """Seconds between two looks for the cancels asked of the tasks a worker runs."""
 
 
+FIRST_REPORTS_EVERY = 1.0
+"""Seconds between a new worker's heartbeats until its routes' rates are measured."""
+
+
 class UpkeepConfig(Protocol):
     """What the upkeep reads of the worker's configuration."""
 
@@ -167,10 +171,15 @@ class Upkeep:
         await self.store.register_worker(info)
 
     async def _heartbeat_loop(self) -> None:
-        interval = self._heartbeat_every
         lease = self.config.lease_seconds
         failing_since: float | None = None
         while True:
+            # Every second until the routes' rates are measured: the scaling policy waits
+            # for a new worker's report of them before it adds more (two heartbeats 5 s
+            # apart made each doubling of a fleet take 12-15 s).
+            interval = self._heartbeat_every
+            if self._meter is not None and not self._meter.measured:
+                interval = min(interval, FIRST_REPORTS_EVERY)
             if not self._confirmations:  # (else the step that asked gets the next at once)
                 self._beat.clear()
             beat = asyncio.ensure_future(self._beat.wait())  # a step asks for one now

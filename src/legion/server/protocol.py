@@ -91,6 +91,14 @@ _HEAD_TOO_LARGE = _answer(
 _INVALID = _answer(b"400 Bad Request", "invalid HTTP request")
 
 
+def _own_share(most: int) -> bytes:
+    return (
+        b'{"detail":"this client\'s requests whose bodies have not come whole hold '
+        + str(most).encode()
+        + b' places, its share: send each body with its headers, or wait for them"}'
+    )
+
+
 def most_connections() -> int:
     """Connections a server takes at once: the open files the process may have, less
     `FILES_KEPT`."""
@@ -264,8 +272,10 @@ class SheddingProtocol(HttpToolsProtocol):
                 self._refuse(admission)
                 return
             credential = self._credential()
-            if openings.by_credential[credential] >= openings.most_awaiting(admission.limit):
-                self._refuse(admission)  # (its other requests' bodies have not come)
+            most = openings.most_awaiting(admission.limit)
+            if openings.by_credential[credential] >= most:
+                # Its own share is taken (not the server's: it is not counted as shed)
+                self._refuse(admission, _own_share(most))
                 return
             # Counted in progress now, not when its task first runs: under overload many
             # requests are read before the first of them runs, and all would pass.
@@ -309,10 +319,13 @@ class SheddingProtocol(HttpToolsProtocol):
             return False
         return not unbounded(path.decode("ascii", "replace"))
 
-    def _refuse(self, admission: InProgressLimit) -> None:
+    def _refuse(self, admission: InProgressLimit, body: bytes | None = None) -> None:
+        """Answer 503 with ``Retry-After``: the server's bound reached (``body`` None: the
+        refusal counts as shed), or this client's own share of it (``body``)."""
         self._refused = True
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        _, body = admission.refuse()
+        if body is None:
+            _, body = admission.refuse()
         content = [_STATUS]
         for name, value in self.server_state.default_headers:
             content.extend((name, b": ", value, b"\r\n"))

@@ -250,6 +250,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         self._closed = False
         self._conn: sqlite3.Connection | None = None
         self._file: tuple[int, int] | None = None  # (the file opened: see `_still_there`)
+        self._where = ""
         self.identity: int | None = None
         """This store's own number (`_identity`), set when it opens: what ties the files
         beside it (its vectors) to it. ``None`` for ``:memory:``."""
@@ -357,7 +358,9 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
                 self.identity = _identity(db) or self._transaction(
                     lambda db: _identity(db, give=True)
                 )
-                self._file = _file_of(self.path)
+                # (its absolute path: an agent's os.chdir moves a relative one elsewhere)
+                self._where = os.path.abspath(self.path)
+                self._file = _file_of(self._where)
         except ConfigError:  # (refused to upgrade: nothing was changed)
             db.close()
             self._conn = None
@@ -626,7 +629,7 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
     def _still_there(self) -> None:
         """Raise `StoreGone` if the file this store opened is no longer at its path
         (deleted, or replaced by another): its writes would go where no one sees them."""
-        if self._file is not None and _file_of(self.path) != self._file:
+        if self._file is not None and _file_of(self._where) != self._file:
             raise StoreGone(
                 f"the store's file {self.path} was deleted or replaced while this process "
                 "used it: what it wrote since is lost with the deleted file, and the same "

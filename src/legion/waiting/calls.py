@@ -187,6 +187,8 @@ def _never() -> Any:
 async def sleep(ctx: Waiter, store: ContextStore, seconds: float) -> None:
     # The wake-up time is recorded as JSON, which has no NaN or infinity.
     number = not isinstance(seconds, bool) and isinstance(seconds, int | float)
+    if number and seconds < 0:
+        seconds = 0.0  # (before `isnan`: an int past a float's range, -10**400, is past)
     if not number or seconds > _LONGEST or math.isnan(seconds):
         raise WaitError(f"seconds must be a finite number, not {seconds!r}"[:300])
     # A time already past ("sleep until" a deadline a moment late) returns at once, as
