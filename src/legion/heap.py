@@ -68,3 +68,24 @@ Python's default."""
 collect_as_before = _YOUNG.end
 """The worker that called `collect_less_often` stops: the last one puts the default back
 (unless the application set another threshold meanwhile)."""
+
+
+def give_back() -> None:
+    """Collect what cycles hold, and hand the C heap's free memory back to the system
+    (glibc's ``malloc_trim``; elsewhere a collection alone): what a worker does before it
+    judges its memory past ``--max-memory`` for good (a freed peak stays in the process's
+    resident memory until then)."""
+    gc.collect()
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    trim(0)

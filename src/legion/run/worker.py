@@ -847,12 +847,15 @@ class Worker(Upkeep):
                 # Still past it with nothing running (told once, then looked at again):
                 # what holds the memory outlives the tasks, and waiting frees nothing (a
                 # worker past it from its start, which a new one would be too, waits).
-                self.abort(
-                    MemoryExceeded(
-                        f"{reason} with no task running (memory an agent keeps, or a "
-                        "leak): a new process starts afresh"
+                heap.give_back()  # (a freed peak stays resident until then)
+                if (rss := rss_mb()) > cfg.max_memory_mb:
+                    self.abort(
+                        MemoryExceeded(
+                            f"memory {rss:.0f} MB > {cfg.max_memory_mb:.0f} MB with no task "
+                            "running (memory an agent keeps, or a leak): a new process "
+                            "starts afresh"
+                        )
                     )
-                )
         # Said when it begins, changes kind or ends, not at each new figure (the process
         # paused reads as a lag that falls back over a second or two: 18 lines).
         if kind != self._overload_kind:

@@ -134,7 +134,7 @@ class Openings:
             protocol, since = next(iter(self.idle.items()))
             if now - since < STALLED:
                 return
-            protocol.cut(_TIMEOUT)
+            protocol.cut(_TIMEOUT, linger=False)  # (its file let go now: it sends nothing)
 
     def cut_stalled(self, now: float) -> None:
         """Give the places of requests whose bodies have been coming longer than
@@ -194,9 +194,10 @@ class SheddingProtocol(HttpToolsProtocol):
             self._counted = False
             self._openings.connections -= 1
 
-    def cut(self, answer: bytes) -> None:
+    def cut(self, answer: bytes, *, linger: bool = True) -> None:
         """Close the connection now, with ``answer`` if it is not empty (it no longer
-        counts among the server's connections: its file is being let go)."""
+        counts among the server's connections: its file is being let go); ``linger``: read
+        what the client still sends for `LINGER` seconds first."""
         self._headers_arrived()
         self._body_arrived()
         self._uncount()
@@ -204,7 +205,9 @@ class SheddingProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():
             return
-        if not answer:
+        if not answer or not linger:
+            if answer:
+                transport.write(answer)
             transport.close()
             return
         # Written, then the connection half-closed, what the client still sends read and
@@ -218,8 +221,11 @@ class SheddingProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._cut:
             return
+        awaiting = self._header_timer is not None  # (a request's headers, before this read)
         super().data_received(data)
-        if self._header_timer is not None and not self._cut:
+        if awaiting and self._header_timer is not None and not self._cut:
+            # (a read that began another request's headers, after a body, is not counted:
+            # the body may be most of it)
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
                 self.cut(_HEAD_TOO_LARGE)
