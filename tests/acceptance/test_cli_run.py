@@ -156,7 +156,7 @@ def test_a_priority_the_store_cannot_hold_fails_its_line_alone(
     [
         ("missing.py:work", "no such file: missing.py"),
         ("{agents}:nothing", "has no attribute 'nothing'"),
-        ("{agents}", "bad agent name"),
+        ("{agents}", "name one, "),  # (a file of several agents; of one: that one)
         ("no.such.module:work", "cannot import no.such.module: ModuleNotFoundError"),
         ("{broken}:work", "cannot import"),
         ("{exits}:work", "cannot import exits.py: it called sys.exit(0) while being imported"),

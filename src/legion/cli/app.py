@@ -491,7 +491,7 @@ def status(
 def retry(
     task_ids: Annotated[
         list[int] | None,
-        typer.Argument(min=1, max=TASK_ID_MAX, metavar="ID", help="Task ids to queue again."),
+        typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to queue again."),
     ] = None,
     dead: Annotated[bool, typer.Option("--dead", help="Queue every dead task again.")] = False,
     failed: Annotated[
@@ -552,9 +552,7 @@ def retry(
 def cancel(
     task_ids: Annotated[
         list[int] | None,
-        typer.Argument(
-            min=1, max=TASK_ID_MAX, metavar="ID", help="Task ids to cancel (or --tenant)."
-        ),
+        typer.Argument(min=1, max=TASK_ID_MAX, help="Task ids to cancel (or --tenant)."),
     ] = None,
     tenant: Annotated[
         str | None,

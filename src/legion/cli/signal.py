@@ -20,9 +20,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("signal")
     def signal_cmd(
-        task_id: Annotated[
-            int, typer.Argument(min=1, max=TASK_ID_MAX, metavar="ID", help="The task to signal.")
-        ],
+        task_id: Annotated[int, typer.Argument(min=1, max=TASK_ID_MAX, help="The task to signal.")],
         event: Annotated[
             str,
             typer.Argument(

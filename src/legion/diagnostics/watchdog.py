@@ -243,7 +243,11 @@ class LoopWatchdog:
             self._woke, self._woke_cpu = woke, cpu
             last = self._last_beat
             late = time.monotonic() - last
-            probe = self._look(last, late, probe)
+            try:
+                probe = self._look(last, late, probe)
+            except Exception:  # (the thread must outlive any one look: see `_callback_frame`)
+                probe = (0.0, None, 0.0, None)
+                continue
             capture = self._capture
             if (
                 self._on_stuck is not None
@@ -376,7 +380,9 @@ def _callback_frame(frame: FrameType | None) -> FrameType | None:
     """The frame of the loop callback that ``frame`` runs in (asyncio's ``Handle._run``):
     a new one for every callback run, so the same one seen twice is one callback that
     ran all along."""
-    while frame is not None:
+    # (Another thread's frames, read while it may run: CPython 3.11 once answered a list
+    # for one, and the watchdog's thread died of it. Anything else than a frame: none.)
+    while isinstance(frame, FrameType):
         code = frame.f_code
         if code.co_name == "_run" and code.co_filename.endswith(_EVENTS):
             return frame
@@ -395,7 +401,7 @@ def _stack(frame: FrameType | None, limit: int = STACK_FRAMES) -> list[Site]:
     """Sites from the innermost frame outwards; the code of the first `_STACK_TEXTS`
     (`legion.diagnostics.report.with_code` reads any other's when it is reported)."""
     sites: list[Site] = []
-    while frame is not None and len(sites) < limit:
+    while isinstance(frame, FrameType) and len(sites) < limit:
         code = frame.f_code
         line = frame.f_lineno or 0  # None while the frame is being torn down
         if code.co_name == IMPORTING and code.co_filename.startswith("<frozen importlib"):
