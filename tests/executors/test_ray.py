@@ -277,6 +277,21 @@ async def test_a_drain_gives_back_what_ray_has_not_begun_to_run(
     assert all(infos[i].attempt == 0 for i in ids if i not in running)  # uncharged
 
 
+def _killing(kind: str, indent: str = " " * 16) -> str:
+    """The lines of a test script (at ``indent`` within it, its first line where it is
+    placed) that SIGKILL this node's Ray process of ``kind`` (``RAYLET``, ``GCS_SERVER``)
+    and wait for its end."""
+    lines = [
+        "import ray",
+        "from ray._private import ray_constants",
+        "node = ray._private.worker._global_node",
+        f"killed = node.all_processes[ray_constants.PROCESS_TYPE_{kind}][0].process",
+        "os.kill(killed.pid, signal.SIGKILL)",
+        "killed.wait()",
+    ]
+    return ("\n" + indent).join(lines)
+
+
 def test_ray_dying_on_the_node_stops_the_worker_and_spends_no_attempt(tmp_path: Path) -> None:
     """The local raylet killed under a worker: each task it leased then failed at once and
     the queue went dead within seconds. Now the worker stops (a supervisor starts it, and
@@ -294,12 +309,7 @@ def test_ray_dying_on_the_node_stops_the_worker_and_spends_no_attempt(tmp_path: 
             executors = executors_from_options("ray", None, None, None)
             async with legion.Runtime(url, executors=executors, executor="ray") as rt:
                 first = await rt.result((await rt.submit(agents.echo, "first")).id)
-                import ray
-                from ray._private import ray_constants
-                node = ray._private.worker._global_node
-                raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
-                os.kill(raylet.pid, signal.SIGKILL)
-                raylet.wait()
+                {_killing("RAYLET")}
                 ids = [(await rt.submit(agents.echo, f"t{{i}}")).id for i in range(3)]
                 error = await asyncio.wait_for(rt.worker.wait_fatal(), 90)
             async with legion.Runtime(url, worker=False) as rt:
@@ -343,12 +353,7 @@ def test_ray_gone_with_its_control_store_stops_the_worker_not_ray_killing_the_pr
                 ids = [(await rt.submit(agents.naps, 600)).id for i in range(2)]
                 while [(await rt.get(i)).status for i in ids] != [TaskStatus.RUNNING] * 2:
                     await asyncio.sleep(0.05)
-                import ray
-                from ray._private import ray_constants
-                node = ray._private.worker._global_node
-                gcs = node.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER][0].process
-                os.kill(gcs.pid, signal.SIGKILL)
-                gcs.wait()
+                {_killing("GCS_SERVER")}
                 error = await asyncio.wait_for(rt.worker.wait_fatal(), 50)
             async with legion.Runtime(url, worker=False) as rt:
                 infos = [await rt.get(i) for i in ids]
