@@ -277,7 +277,18 @@ async def run_instance(
             return
         except Exception as exc:
             error = exc
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: this task's, not ours
+        except KeyboardInterrupt:
+            # Ctrl-C: Python raises it wherever the main thread is, often in an agent's code
+            # (a loop run by `run_until_complete`, asyncio.run's second SIGINT). It is the
+            # program's, not the task's: it was recorded as the task's failure, dead at
+            # retries=0, and with retries left the program went on. The attempt is given
+            # back uncounted, and the interrupt goes on to stop the program.
+            done = _completion(
+                lease, owner, Outcome.RELEASED, started, clock.wall(), time_=instance
+            )
+            _hand_in(instance, journal, done)
+            raise
+        except BaseException as exc:  # SystemExit, GeneratorExit, ...: this task's, not ours
             error = AgentCrash(exc)
         if instance.stop_reason is StopReason.LOST or instance.abandoned:
             return  # (the agent swallowed the stop; abandoned: its end is written already)
