@@ -6,7 +6,8 @@ more (FastAPI, pydantic, the routes): every full collection would scan all of th
 while the objects that come and go are the instances' and the requests'.
 `settle` collects once and moves everything alive into the permanent generation
 (``gc.freeze()``), so that later collections scan only what was made since; when the
-last user of the process stops, `unsettle` gives them back to the collector.
+last user of the process stops, `unsettle` gives them back to the collector. An
+application that froze objects of its own is left to manage the permanent generation.
 
 While workers run, `collect_less_often` also raises the young generation's threshold
 from Python's 700 to `YOUNG`. Each instance in flight holds seven objects the collector
@@ -31,6 +32,7 @@ import gc
 from legion.while_running import WhileRunning
 
 _users = 0
+_froze = False  # whether the first user froze (an application that froze its own: never)
 
 DEFAULT = 700  # Python's own threshold for the young generation (3.11 to 3.13)
 YOUNG = 10_000  # the young generation's threshold while workers run
@@ -46,19 +48,24 @@ _YOUNG = WhileRunning(lambda: gc.get_threshold()[0], _set_young, default=DEFAULT
 def settle() -> None:
     """Collect, then freeze what survives (the first of the process's running workers or
     servers)."""
-    global _users
+    global _users, _froze
     _users += 1
-    if _users == 1 and gc.isenabled():
+    # An application that froze objects of its own manages the permanent generation
+    # itself: unfreezing ours would unfreeze its objects too (a closed Runtime did).
+    if _users == 1 and gc.isenabled() and gc.get_freeze_count() == 0:
         gc.collect()
         gc.freeze()
+        _froze = True
 
 
 def unsettle() -> None:
-    """The worker or server that called `settle` stops: the last one unfreezes."""
-    global _users
+    """The worker or server that called `settle` stops: the last one unfreezes what the
+    first froze."""
+    global _users, _froze
     _users = max(0, _users - 1)
-    if _users == 0:
+    if _users == 0 and _froze:
         gc.unfreeze()
+        _froze = False
 
 
 collect_less_often = _YOUNG.begin

@@ -53,3 +53,38 @@ def test_a_threshold_the_application_sets_while_workers_run_is_kept() -> None:
     gc.set_threshold(2_000, 10, 10)
     heap.collect_as_before()
     assert gc.get_threshold()[0] == 2_000
+
+
+@pytest.fixture
+def nothing_frozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    frozen_before = gc.get_freeze_count()
+    gc.unfreeze()
+    monkeypatch.setattr(heap, "_users", 0)
+    monkeypatch.setattr(heap, "_froze", False, raising=False)
+    yield
+    gc.unfreeze()
+    if frozen_before:
+        gc.freeze()
+
+
+@pytest.mark.usefixtures("nothing_frozen")
+def test_the_first_worker_freezes_and_the_last_unfreezes() -> None:
+    heap.settle()
+    heap.settle()
+    assert gc.get_freeze_count() > 0
+    heap.unsettle()
+    assert gc.get_freeze_count() > 0  # one still runs
+    heap.unsettle()
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.usefixtures("nothing_frozen")
+def test_what_the_application_froze_stays_frozen() -> None:
+    # A closed Runtime unfroze the application's own frozen objects.
+    kept = [object() for _ in range(10)]
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    heap.settle()
+    heap.unsettle()
+    assert gc.get_freeze_count() == frozen
+    del kept
