@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import re
 import sys
@@ -53,6 +54,51 @@ async def test_map_streams_every_result(db_url: str) -> None:
     async with Runtime(db_url, concurrency=50) as rt:
         outputs = sorted([r.output async for r in rt.map(double, range(200))])
     assert outputs == [2 * x for x in range(200)]
+
+
+async def test_map_reads_a_generator_as_the_tasks_go(db_url: str) -> None:
+    # map read its inputs whole before submitting any: an endless generator blocked the
+    # event loop until the process ran out of memory.
+    @legion.agent
+    async def double(ctx: legion.Context, x: int) -> int:
+        return 2 * x
+
+    read = 0
+
+    def endless() -> Any:
+        nonlocal read
+        for x in itertools.count():
+            read += 1
+            yield x
+
+    async with Runtime(db_url, concurrency=20) as rt:
+        seen = []
+        async for r in rt.map(double, endless(), chunk_size=10, window=40):
+            seen.append(r.output)
+            if len(seen) == 100:
+                break
+        queued = sum((await rt.store.counts()).values())
+    assert len(seen) == 100 and set(seen) <= {2 * x for x in range(140)}
+    assert read <= 100 + 40 and queued == read  # never more than the window ahead
+
+
+async def test_map_refuses_keys_of_another_length_before_queueing_any(db_url: str) -> None:
+    # The first chunk's tasks were queued (and ran) before the mismatch was found.
+    @legion.agent
+    async def double(ctx: legion.Context, x: int) -> int:
+        return 2 * x
+
+    async with Runtime(db_url) as rt:
+        with pytest.raises(legion.ConfigError, match="one entry per input"):
+            async for _ in rt.map(
+                double, range(30), keys=[f"k{i}" for i in range(20)], chunk_size=10
+            ):
+                pass
+        assert sum((await rt.store.counts()).values()) == 0
+        keys = (f"g{i}" for i in range(25))  # (an iterator: found short as it goes)
+        with pytest.raises(legion.ConfigError, match="ran out"):
+            async for _ in rt.map(double, range(30), keys=keys, chunk_size=10):
+                pass
 
 
 async def test_inputs_as_objects_or_bare_values(db_url: str) -> None:
@@ -906,6 +952,24 @@ async def test_closing_drains_running_tasks(db_url: str) -> None:
     async with Runtime(db_url, worker=False) as check:
         info = await check.get(s.id)
     assert info is not None and info.status is TaskStatus.SUCCEEDED
+
+
+async def test_opening_an_open_runtime_starts_no_second_worker(db_url: str) -> None:
+    # A start-up hook run twice, or `open()` and then `async with`: a second worker
+    # started, which the close never stopped (its heartbeats failed on a closed store).
+    @legion.agent
+    async def echo(ctx: legion.Context, x: int) -> int:
+        return x
+
+    rt = Runtime(db_url, agents=[echo])
+    await rt.open()
+    worker = rt.worker
+    async with rt:
+        assert rt.worker is worker
+        assert len(await rt.store.workers()) == 1
+        assert (await rt.result(await rt.submit(echo, 7))).output == 7
+    leftover = [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("legion-")]
+    assert leftover == []
 
 
 async def test_drain_timeout_releases_unfinished_tasks_without_losing_them(

@@ -27,6 +27,9 @@ Deliver = Callable[[TaskResult], None]
 # remembered for waiters that register late.
 _RECENT = 100_000
 
+_READ_PAGE = 5000
+"""Tasks read at once where the results asked for stand."""
+
 RECHECK_SECONDS = 10.0
 """How often the follower asks the store where every task it waits for stands, whatever
 the feed said: a backstop for an end it cannot read (a task purged, with its change,
@@ -177,21 +180,34 @@ class Delivery:
             self._wait(task_id, deliver)
         self._has_waiters.set()
         try:
-            infos = await self._store.get_many(list(asked))
-            found = {info.id for info in infos}
-            for task_id in asked - found:  # no such task: nothing to wait for
-                self.unwatch(task_id, deliver)
-                wanted.discard(task_id)
-            for info in infos:
-                if info.status in TERMINAL_STATUSES:
-                    deliver(TaskResult.from_info(info))
-            if unfinished is not None:
-                agents = {i.agent for i in infos if i.status not in TERMINAL_STATUSES}
-                if agents:
-                    unfinished(agents)
-            for _ in found:
+            # Read a page at a time, and hand over what is ready after each: the tasks of
+            # a 400,000-line run read whole were 400 MB of records at once.
+            coming = 0  # results still to take from the inbox
+            order = list(asked)
+            for lo in range(0, len(order), _READ_PAGE):
+                page = order[lo : lo + _READ_PAGE]
+                infos = await self._store.get_many(page)
+                found = {info.id for info in infos}
+                for task_id in set(page) - found:  # no such task: nothing to wait for
+                    self.unwatch(task_id, deliver)
+                    wanted.discard(task_id)
+                for info in infos:
+                    if info.status in TERMINAL_STATUSES:
+                        deliver(TaskResult.from_info(info))
+                if unfinished is not None:
+                    agents = {i.agent for i in infos if i.status not in TERMINAL_STATUSES}
+                    if agents:
+                        unfinished(agents)
+                del infos
+                coming += len(found)
+                while len(inbox):
+                    coming -= 1
+                    result = inbox.take()
+                    if not gone(result):  # (purged before its end was read: never there)
+                        yield result
+            for _ in range(coming):
                 result = await inbox.get()
-                if not gone(result):  # (purged before its end was read: as if never there)
+                if not gone(result):
                     yield result
         finally:
             for task_id in asked:
@@ -201,7 +217,7 @@ class Delivery:
         self,
         submitted: Sequence[Submitted],
         deliver: Deliver,
-        watched: list[int],
+        watched: set[int],
         *,
         fresh: bool = True,
     ) -> None:
@@ -218,7 +234,7 @@ class Delivery:
                 fetch.append(s.id)
                 continue
             self._wait(s.id, deliver)
-            watched.append(s.id)
+            watched.add(s.id)
         if watched:
             self._has_waiters.set()
         if fetch:
@@ -227,7 +243,7 @@ class Delivery:
                     deliver(TaskResult.from_info(info))
                 else:  # re-queued meanwhile
                     self._wait(info.id, deliver)
-                    watched.append(info.id)
+                    watched.add(info.id)
 
     def unwatch(self, task_id: int, deliver: Deliver) -> None:
         waiting = self._waiters.get(task_id)

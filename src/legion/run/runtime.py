@@ -15,8 +15,9 @@ anywhere.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence, Sized
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,13 @@ if TYPE_CHECKING:
     from legion.executors import Executor
     from legion.llm.client import LLMClient
     from legion.llm.config import LLMConfig
+
+
+MAP_WINDOW = 50_000
+"""Tasks `Runtime.map` keeps submitted ahead of the results read: enough to keep any
+fleet busy, and a bound on what an endless generator of inputs queues."""
+
+_NO_MORE = object()
 
 
 class Runtime:
@@ -155,6 +163,7 @@ class Runtime:
         self._said_unserved: set[str] = set()  # (agents whose tasks no worker serves)
         self._delivery = Delivery(self.store, local_worker=self._local_worker_id)
         self._open = False
+        self._opening = False
         self._closed = False  # (once closed, for good: `open` and calls say so)
         self._loop: asyncio.AbstractEventLoop | None = None  # (the one it opened in)
         for a in agents:
@@ -175,8 +184,21 @@ class Runtime:
         await self.aclose()
 
     async def open(self) -> None:
+        """Open the store and start the local worker. Opening a runtime that is open does
+        nothing (a second open started a second worker, which its close never stopped)."""
         if self._closed:
             raise RuntimeError(_CLOSED)
+        if self._open:
+            return
+        if self._opening:
+            raise RuntimeError("this Runtime is being opened by another call: await that one")
+        self._opening = True
+        try:
+            await self._open_now()
+        finally:
+            self._opening = False
+
+    async def _open_now(self) -> None:
         if self._llm_specs is not None and self.llm is None:
             from legion.llm.config import LLMConfig, build_client
             from legion.llm.specs import open_client
@@ -425,38 +447,65 @@ class Runtime:
         session: str | None = None,
         priority: int = 0,
         chunk_size: int = 5000,
+        window: int = MAP_WINDOW,
     ) -> AsyncIterator[TaskResult]:
         """Submit one task per input and yield each result as it finishes.
+
+        ``inputs`` (and ``keys``, one per input) are read as they are submitted, a chunk
+        of ``chunk_size`` at a time, and never more than ``window`` tasks ahead of the
+        results read: a generator is read as the tasks go, an endless one included.
 
         With ``keys`` the call is resumable: tasks that finished before are answered from
         the store, unfinished ones are run. A task purged from the store (`legion purge`)
         before its end was read yields nothing, as `results` skips it.
         """
         self._check_loop()
-        inputs = list(inputs)
-        key_list = list(keys) if keys is not None else [None] * len(inputs)
+        if chunk_size < 1 or window < 1:
+            raise ConfigError("chunk_size and window must be at least 1")
+        if isinstance(inputs, Sized) and isinstance(keys, Sized) and len(inputs) != len(keys):
+            # (refused before anything is queued; iterators' lengths are seen as they go)
+            raise ConfigError("keys must have one entry per input")
+        values = iter(inputs)
+        names = iter(keys) if keys is not None else None
         inbox = self._delivery.inbox()
-        deliver = inbox.put
-        watched: list[int] = []
-        expected = 0
+        watched: set[int] = set()  # (not every task's id of an endless map: until it ends)
+
+        def deliver(result: TaskResult) -> None:
+            watched.discard(result.id)
+            inbox.put(result)
+
+        expected = 0  # results submitted and not yet yielded
+        more = True
         try:
-            for lo in range(0, len(inputs), chunk_size):
-                submitted = await self.submit_many(
-                    agent,
-                    inputs[lo : lo + chunk_size],
-                    keys=key_list[lo : lo + chunk_size],
-                    session=session,
-                    priority=priority,
-                )
-                expected += len(submitted)
-                await self._delivery.watch(submitted, deliver, watched)
-                del submitted  # (a record per task, not held while the tasks run)
-                while inbox:
-                    expected -= 1
-                    result = inbox.take()
-                    if result.error is not GONE:
-                        yield result
-            while expected:
+            while more or expected:
+                while more and expected < window:
+                    chunk = list(itertools.islice(values, min(chunk_size, window - expected)))
+                    chunk_keys = (
+                        [None] * len(chunk)
+                        if names is None
+                        else list(itertools.islice(names, len(chunk)))
+                    )
+                    if len(chunk_keys) < len(chunk):
+                        raise ConfigError("keys must have one entry per input: they ran out")
+                    if not chunk:
+                        more = False
+                        if names is not None and next(names, _NO_MORE) is not _NO_MORE:
+                            raise ConfigError("keys must have one entry per input: more keys")
+                        break
+                    submitted = await self.submit_many(
+                        agent, chunk, keys=chunk_keys, session=session, priority=priority
+                    )
+                    del chunk, chunk_keys  # (what a chunk holds, not held while it runs)
+                    expected += len(submitted)
+                    await self._delivery.watch(submitted, deliver, watched)
+                    del submitted
+                    while inbox:
+                        expected -= 1
+                        result = inbox.take()
+                        if result.error is not GONE:
+                            yield result
+                if not expected:
+                    continue
                 if not inbox:
                     await inbox.wait()
                 expected -= 1
