@@ -9,7 +9,7 @@ from legion.task import ErrorInfo, TaskResult, TaskStatus
 
 
 def test_a_cancelled_task_says_so_in_its_error() -> None:
-    line = InputLine(3, "k3", {"n": 1})
+    line = InputLine(3, "k3", b'{"n": 1}')
     record = output_record(LineResult(line, TaskResult(7, "k3", TaskStatus.CANCELLED)))
     assert record == {
         "line": 3,
@@ -22,7 +22,7 @@ def test_a_cancelled_task_says_so_in_its_error() -> None:
 
 
 def test_a_failed_task_keeps_its_own_error() -> None:
-    line = InputLine(1, None, {"n": 1})
+    line = InputLine(1, None, b'{"n": 1}')
     error = ErrorInfo("ValueError", "bad n")
     result = TaskResult(2, None, TaskStatus.DEAD, error=error, attempt=3)
     record = output_record(LineResult(line, result))
@@ -34,7 +34,7 @@ def test_a_line_whose_task_is_gone_says_why_and_counts_as_not_succeeded() -> Non
     # run exited 0 with it unfinished.
     from legion.cli.progress import RunTally
 
-    record = output_record(LineResult(InputLine(2, "k2", {"n": 1}), None))
+    record = output_record(LineResult(InputLine(2, "k2", b'{"n": 1}'), None))
     assert record["status"] == "unknown" and record["error"]["type"] == "NotFound"
     assert "purged" in record["error"]["message"]
     tally = RunTally(total=2)

@@ -97,15 +97,24 @@ class Results:
         self.writer = OrderedLines(out, [ln.line for ln in lines])
         self.report = RunReport()
         self.budget_exceeded = False  # the run stopped because its budget is spent
-        # task id -> its lines (two lines with one "_key" are one task), until it ends
-        self.open: dict[int, list[InputLine]] = {}
+        # task id -> its line, or its lines (two lines with one "_key" are one task; a
+        # list for each task of a 400,000-line run was 26 MB), until it ends
+        self.open: dict[int, InputLine | list[InputLine]] = {}
 
     def expect(self, task_id: int, line: InputLine) -> None:
-        self.open.setdefault(task_id, []).append(line)
+        had = self.open.setdefault(task_id, line)
+        if had is not line:
+            self.open[task_id] = [*had, line] if isinstance(had, list) else [had, line]
+
+    def lines(self, task_id: int) -> list[InputLine]:
+        """The lines of this task still waiting for its end."""
+        had = self.open.get(task_id)
+        return [] if had is None else had if isinstance(had, list) else [had]
 
     def finish(self, task_id: int, result: TaskResult | None) -> None:
-        for line in self.open.pop(task_id, []):
+        for line in self.lines(task_id):
             self.put(line, result)
+        self.open.pop(task_id, None)
 
     def put(self, line: InputLine, result: TaskResult | None) -> None:
         if result is not None:
@@ -241,6 +250,7 @@ async def _run_lines(
                 budget.spent_before(earlier)
             if not opts.runtime.worker and len(ended) < len(submitted):
                 await _say_if_unserved(rt, opts, console)
+            del good, submitted  # (what a run of many lines no longer needs: sink holds them)
             for watch in watched:
                 if llm is not None:  # an agent's budget: what its tasks recorded so far
                     await llm.budgets.ready(watch)
@@ -261,7 +271,7 @@ async def _run_lines(
         llm_line = progress.llm_line()
 
     for task_id in list(sink.open):  # not found in the store: say so, in its place
-        tally.gone += len(sink.open[task_id])
+        tally.gone += len(sink.lines(task_id))
         sink.finish(task_id, None)
     sink.writer.close()
     out.commit()  # every line is written: the output is complete before the summary
@@ -421,7 +431,7 @@ async def _collect(
 
     async def consume() -> None:
         async for r in rt.results(list(sink.open)):
-            for _ in sink.open.get(r.id, ()):
+            for _ in sink.lines(r.id):
                 tally.add(r, resumed=resumed(r))
             sink.finish(r.id, r)
 
@@ -470,12 +480,14 @@ async def _settle_unfinished(rt: Runtime, sink: Results, tally: RunTally, resume
     """After an interrupted run, write where the unfinished tasks stand now; those that
     ended while the worker drained count in the summary as they do in the output (and
     those that ended in an earlier run as such)."""
-    for info in await rt.store.get_many(list(sink.open)):
-        result = TaskResult.from_info(info)
-        if info.status.terminal:
-            for _ in sink.open.get(info.id, ()):
-                tally.add(result, resumed=resumed(result))
-        sink.finish(info.id, result)
+    unfinished = list(sink.open)
+    for start in range(0, len(unfinished), 5000):  # (a page at a time, as results are read)
+        for info in await rt.store.get_many(unfinished[start : start + 5000]):
+            result = TaskResult.from_info(info)
+            if info.status.terminal:
+                for _ in sink.lines(info.id):
+                    tally.add(result, resumed=resumed(result))
+            sink.finish(info.id, result)
 
 
 async def _spent_before(rt: Runtime, task_ids: list[int]) -> Spend:
