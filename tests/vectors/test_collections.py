@@ -14,7 +14,7 @@ import legion
 from legion import Runtime, TaskStatus, codec
 from legion.errors import VectorError
 from legion.llm import Capacity, LLMClient, Route, SimulatedProvider
-from legion.store import Store
+from legion.store import Store, store_from_url
 from legion.task import NewTask
 from legion.vectors import CollectionInfo, Item
 from legion.vectors.backend import vectors_for
@@ -269,6 +269,29 @@ async def test_a_dropped_collection_goes_with_its_items_and_can_be_made_anew(
     other = CollectionInfo("gone", "shared", "m", 3)  # the name is free: another scope
     await backend.write(other, "", items[:2])
     assert await backend.count(other, "") == 2
+
+
+async def test_a_collection_dropped_and_loaded_again_by_another_process_is_found(
+    vec_url: str, vec_store: Store
+) -> None:
+    # A corpus refreshed by `legion vectors drop` and `load`: every worker on PostgreSQL
+    # that had searched it before kept the dropped table's name, and each search of the
+    # new one failed ("relation ... does not exist") until the worker restarted.
+    worker = vectors_for(vec_store)
+    info = CollectionInfo("corpus", "shared", "m", 3)
+    await worker.write(info, "", [Item("old", "old text", {}, (1.0, 0.0, 0.0))])
+    assert [h.id for h in await worker.search(info, "", (1.0, 0.0, 0.0), 1, {})] == ["old"]
+    operator = store_from_url(vec_url)  # (another process's store: its own backend)
+    await operator.open()
+    try:
+        refresh = vectors_for(operator)
+        assert await refresh.drop_collection("corpus") == 1
+        await refresh.write(info, "", [Item("new", "new text", {}, (1.0, 0.0, 0.0))])
+    finally:
+        await operator.aclose()
+    assert [h.id for h in await worker.search(info, "", (1.0, 0.0, 0.0), 1, {})] == ["new"]
+    assert await worker.count(info, "") == 1
+    assert await worker.delete(info, "", ["new"]) == 1
 
 
 async def test_metadata_is_replaced_in_place_keeping_text_and_vector(vec_store: Store) -> None:

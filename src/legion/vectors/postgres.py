@@ -16,6 +16,7 @@ that filters after the fact does not.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import time
 import weakref
@@ -44,6 +45,23 @@ _FIX = (
     "postgresql-<version>-pgvector; or see https://github.com/pgvector/pgvector#installation) "
     "and run CREATE EXTENSION vector in the database, or use a SQLite store"
 )
+
+EF_SEARCH = 100
+"""How many candidates an unfiltered search of a shared collection follows in the HNSW
+graph (pgvector's ``hnsw.ef_search``; at least k, at most 1,000): more finds more of the
+true nearest neighbours, slower. ``LEGION_VECTORS_EF_SEARCH`` sets it per process."""
+
+
+def ef_search(k: int) -> int:
+    """The ``hnsw.ef_search`` of a search for ``k`` hits."""
+    given = os.environ.get("LEGION_VECTORS_EF_SEARCH", "").strip()
+    try:
+        ef = int(given) if given else EF_SEARCH
+    except ValueError:
+        raise VectorError(
+            f"LEGION_VECTORS_EF_SEARCH={given!r} is not a whole number (1 to 1000)"
+        ) from None
+    return max(k, min(max(ef, 1), 1000))
 
 
 class Vector:
@@ -75,7 +93,6 @@ class PostgresVectors:
         self._store = weakref.ref(store)
         self._ready = False
         self._dumper: type[Dumper] | None = None
-        self._tables: dict[str, sql.Identifier] = {}
         self._indexed: set[str] = set()
 
     def _pg(self) -> PostgresStore:
@@ -128,13 +145,11 @@ class PostgresVectors:
         return CollectionInfo(row[0], row[1], row[2], int(row[3])), int(row[4])
 
     async def _table(self, conn: Any, name: str) -> sql.Identifier | None:
-        table = self._tables.get(name)
-        if table is None:
-            found = await self._info(conn, name)
-            if found is None:
-                return None
-            table = self._tables[name] = sql.Identifier(f"vector_items_{found[1]}")
-        return table
+        """The collection's table now: read each time, never kept (a collection dropped
+        and loaded again has a new table, and every worker that had kept the old one
+        failed each search of it until restarted)."""
+        found = await self._info(conn, name)
+        return None if found is None else sql.Identifier(f"vector_items_{found[1]}")
 
     # -- the backend -----------------------------------------------------------------
 
@@ -280,7 +295,7 @@ class PostgresVectors:
                     await conn.execute(Q["exact_search"])
                     query = Q["search"]
                 else:
-                    await conn.execute(Q["ef_search"], {"ef": str(max(100, min(k, 1000)))})
+                    await conn.execute(Q["ef_search"], {"ef": str(ef_search(k))})
                     query = Q["search_index"]
                 cur = await conn.execute(sql.SQL(query).format(table=table), params)
                 rows = await cur.fetchall()
@@ -311,7 +326,6 @@ class PostgresVectors:
             dropped = int(_first(await cur.fetchone()))
             await conn.execute(sql.SQL(Q["drop_items"]).format(table=table))
             await conn.execute(Q["drop_collection"], {"id": found[1]})
-        self._tables.pop(name, None)
         self._indexed.discard(table.as_string().strip('"'))
         return dropped
 
