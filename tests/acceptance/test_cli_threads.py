@@ -42,3 +42,23 @@ def test_a_thread_an_agent_left_running_does_not_keep_the_run_from_exiting(
     assert done.returncode == 0, done.stderr
     assert [r["output"] for r in read_jsonl(out)] == list(range(20))
     assert "1 thread that the agents started still run ('poller')" in done.stderr
+
+
+def test_legions_own_threads_are_not_named_as_the_agents() -> None:
+    # A vectors thread its store's close let go without waiting for it was named in
+    # "thread that the agents started still run ('legion-vectors_0')".
+    import threading
+
+    from legion.cli.leftover import left_running
+
+    stop = threading.Event()
+    ours = threading.Thread(target=stop.wait, name="legion-vectors_0")
+    theirs = threading.Thread(target=stop.wait, name="poller")
+    ours.start()
+    theirs.start()
+    try:
+        assert [t.name for t in left_running()] == ["poller"]
+    finally:
+        stop.set()
+        ours.join()
+        theirs.join()

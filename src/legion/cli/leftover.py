@@ -19,10 +19,20 @@ GRACE = 2.0
 """Seconds a command waits for the threads left running before it exits without them."""
 
 
+OURS = "legion-"
+"""The names of legion's own threads start so: its stores' and vectors' threads, which
+end as soon as what was asked of them is done (one a closed store let go without waiting
+for it was named as the agents' thread)."""
+
+
 def left_running() -> list[threading.Thread]:
-    """Threads other than the main one, not daemons, still running."""
+    """Threads other than the main one and legion's own, not daemons, still running."""
     main = threading.main_thread()
-    return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not main and not t.daemon and t.is_alive() and not t.name.startswith(OURS)
+    ]
 
 
 def exit_past_threads(code: int) -> None:
