@@ -3,6 +3,7 @@ processes, real signals, real stores."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import legion as legion_sdk
 from legion.vectors.sqlite import vectors_path
 from tests.acceptance.conftest import legion, read_jsonl, start_legion, wait_for, write_jsonl
 
@@ -441,3 +443,29 @@ def test_drop_says_what_would_go_then_deletes_with_yes(tmp_path: Path) -> None:
     assert "no vector collections" in listed.stdout
     again = legion("vectors", "drop", "kb", "--yes", "--store", store)
     assert again.returncode == 2 and "no vector collection 'kb'" in again.stderr
+
+
+@legion_sdk.agent(retries=0)
+async def remember(ctx: legion_sdk.Context, text: str) -> None:
+    await ctx.vectors("notes").add([text])
+
+
+def test_search_finds_a_tenants_session_with_tenant(tmp_path: Path) -> None:
+    # Sessions of tasks submitted with an API key are kept under their tenant's name:
+    # `--session alice` said "no hits" for tenant acme's session alice, which held them.
+    store = f"sqlite:///{tmp_path / 'kb.db'}"
+
+    async def submit() -> None:
+        async with legion_sdk.Runtime(store, llm="sim") as rt:
+            task = await rt.submit(remember, "alpha beta", session="alice", tenant="acme")
+            assert (await rt.result(task)).ok
+
+    asyncio.run(submit())
+    plain = legion("vectors", "search", "notes", "alpha", "--store", store, "--session", "alice")
+    assert plain.returncode == 0 and "no hits" in plain.stdout, plain.stderr
+    found = legion(
+        "vectors", "search", "notes", "alpha", "--store", store, "--session", "alice",
+        "--tenant", "acme", "--json",
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert [json.loads(line)["text"] for line in found.stdout.splitlines()] == ["alpha beta"]

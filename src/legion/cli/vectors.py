@@ -27,6 +27,7 @@ from legion.cli.options import (
 )
 from legion.cli.progress import stderr_console
 from legion.errors import ConfigError, LegionError
+from legion.store.tenancy import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from legion.llm.client import LLMClient
@@ -219,6 +220,13 @@ def register(app: typer.Typer) -> None:
         session: Annotated[
             str | None, typer.Option(help="For a session-scoped collection: whose items.")
         ] = None,
+        tenant: Annotated[
+            str,
+            typer.Option(
+                help="The session's tenant (as `legion keys` names it), for a session of tasks "
+                "submitted through `legion serve` with a key."
+            ),
+        ] = DEFAULT_TENANT,
         store: StoreOpt = default_store,
         llm: LLMOpt = None,
         config: ConfigOpt = None,
@@ -226,11 +234,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The items nearest to QUERY, best first, with their scores."""
         from legion.store import redact_url
+        from legion.store.tenancy import check_tenant, scoped_key
         from legion.vectors.backend import vectors_for
         from legion.vectors.types import SHARED, check_direction, check_name, check_where
 
         async def main() -> list[Any]:
             check_name(collection)
+            check_tenant(tenant)
             if not query.strip():
                 raise ConfigError("the query is empty: give the text to find neighbours of")
             filters = check_where(_where(where))
@@ -255,7 +265,10 @@ def register(app: typer.Typer) -> None:
                         )
                     embeddings = await client.embed([query], names[info.model])
                 check_direction(embeddings.vectors[0], "the query's embedding")
-                part = SHARED if info.scope == "shared" else str(session)
+                if info.scope == "shared":
+                    part = SHARED
+                else:  # (a tenant's sessions are kept under its name, as its tasks keep them)
+                    part = scoped_key(tenant, session, "a session") or str(session)
                 return await backend.search(info, part, embeddings.vectors[0], k, filters)
 
         hits = _run(main())
