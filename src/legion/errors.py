@@ -254,6 +254,12 @@ class StepFunctionError(Permanent, TypeError):
     which no retry mends."""
 
 
+class MessagesError(Permanent, TypeError):
+    """``ctx.llm.chat`` given messages that are not a list of message objects: a string
+    (``ctx.llm.chat("hi")``: write ``[{"role": "user", "content": "hi"}]``) or anything
+    else. A mistake of the code, which no retry mends."""
+
+
 class ChildFailed(Permanent):
     """Raised inside an agent when a child task of ``ctx.spawn`` or ``ctx.map`` did not
     succeed (``failed`` lists the child task ids with their status). ``outputs``: the

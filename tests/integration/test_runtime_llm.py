@@ -217,3 +217,21 @@ async def test_a_config_gives_routes_with_their_limits_that_the_runtime_opens_an
         results = [r async for r in rt.map(ask, ["one?"])]
     assert [r.status for r in results] == ["succeeded"]
     assert rt.llm is None and not accepts_connections(url)
+
+
+@legion.agent(retries=3, backoff=0)
+async def says_hi(ctx: legion.Context, how: str) -> str:
+    messages: object = "hi" if how == "text" else ["hi"]
+    response = await ctx.llm.chat(messages)  # type: ignore[arg-type]
+    return response.text
+
+
+async def test_messages_that_are_not_a_list_of_objects_fail_the_task_at_once(db_url: str) -> None:
+    # `ctx.llm.chat("hi")` failed inside the client with an AttributeError, and the task
+    # was retried until dead.
+    async with Runtime(db_url, llm="sim") as rt:
+        results = [r async for r in rt.map(says_hi, ["text", "list"])]
+    assert [(r.status, r.attempt) for r in results] == [("failed", 1), ("failed", 1)]
+    errors = sorted((r.error.type, r.error.message) for r in results if r.error is not None)
+    assert [t for t, _ in errors] == ["MessagesError", "MessagesError"]
+    assert "not str" in errors[0][1] and "message 0 is str" in errors[1][1]

@@ -9,12 +9,12 @@ recorded twice (``#2``), in the order the calls were made.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from legion import codec
 from legion.diagnostics.unawaited import Pending, SiteRef
-from legion.errors import Permanent
+from legion.errors import MessagesError, Permanent
 from legion.llm.embeddings import Embeddings
 from legion.llm.types import ChatResponse, Message
 from legion.steps import StepRecorder
@@ -87,6 +87,7 @@ class LLMCalls:
         """
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
+        _check_messages(messages)
         pending: Pending[ChatResponse] = Pending(
             "ctx.llm.chat(...)",
             self._chat,
@@ -251,3 +252,19 @@ _embeddings_answer = Embeddings.from_json
 def _digest(model: str, messages: Sequence[Any], params: dict[str, Any]) -> str:
     raw = codec.dumps([model, list(messages), params], finite=False)  # (a digest, not kept)
     return hashlib.blake2b(raw, digest_size=6).hexdigest()
+
+
+def _check_messages(messages: object) -> None:
+    """Refuse what is not a list of message objects, before anything is sent (a string
+    failed inside the client with an AttributeError, retried until the task was dead)."""
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise MessagesError(
+            f"ctx.llm.chat takes a list of messages, such as [{{'role': 'user', 'content': "
+            f"'...'}}], not {type(messages).__name__}"
+        )
+    for n, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise MessagesError(
+                f"ctx.llm.chat: message {n} is {type(message).__name__}, not an object such "
+                "as {'role': 'user', 'content': '...'}"
+            )
