@@ -661,6 +661,7 @@ class Context:
         encode: Callable[[Any], Any] | None = None,
         decode: Callable[[Any], Any] | None = None,
         usage: bool = False,
+        keyed: bool = False,
     ) -> Any:
         """The body of `step`: replay or run, record, trace (``site``: the caller;
         ``inputs``: what the step depends on, when not its arguments). ``encode`` turns
@@ -671,8 +672,9 @@ class Context:
         flight). Given both, ``encode`` answers plain JSON (what `codec.loads` would
         read back) and ``decode`` of it rebuilds an answer equal to the one encoded:
         a new answer is then answered as it came, and only a replayed one is
-        decoded."""
-        key = step_key(self._counts, name)
+        decoded. ``keyed``: ``name`` is the step's key already, counted and scoped to its
+        branch where the step was called (an executor's process), recorded as it is."""
+        key = name if keyed else step_key(self._counts, name)
         recorded = self._lease.steps.get(key)
         if recorded is not None:
             if self._replayed is None:

@@ -7,10 +7,11 @@ import asyncio
 import ctypes
 import os
 import sys
+import threading
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 import legion
 
@@ -69,6 +70,42 @@ async def echo(ctx: legion.Context, text: str) -> dict[str, Any]:
         "items": await ctx.memory.items(),
         "ids": [ctx.task_id, ctx.attempt, ctx.key, ctx.session, ctx.agent],
     }
+
+
+class Locked:
+    """What a parameter's validator made of its input: an object that does not pickle."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lock = threading.Lock()
+
+
+@legion.agent(retries=2, backoff=0)
+async def locked(ctx: legion.Context, text: Annotated[str, AfterValidator(Locked)]) -> str:
+    made: Any = text  # (a Locked: what the validator answered)
+    return str(made.text)
+
+
+@legion.agent(retries=0)
+async def says_why(ctx: legion.Context, n: int) -> None:
+    """Logs why it fails, and fails at once."""
+    ctx.log.error("task %d is about to fail", n)
+    raise legion.Permanent(f"failed {n}")
+
+
+@legion.agent(retries=1, backoff=0.01)
+async def branches(ctx: legion.Context, n: int) -> list[str]:
+    """Gathers coroutines of its own that each record two steps (keyed within their
+    branch: ``fetch@0``), fails once after them, and replays them on its retry."""
+
+    async def one(i: int) -> Any:
+        page = await ctx.step("fetch", lambda: f"page {i} attempt {ctx.attempt}")
+        return await ctx.step("post", str.upper, page)
+
+    posted = await ctx.gather(*(one(i) for i in range(n)))
+    if ctx.attempt == 1:
+        raise ConnectionError("lost the connection after the branches")
+    return list(posted)
 
 
 @legion.agent(retries=1, backoff=0.01)

@@ -44,6 +44,20 @@ async def test_steps_are_keyed_by_one_rule_and_recorded(rt: Runtime) -> None:
     assert sorted(s.key for s in steps) == ["double", "double#2"]
 
 
+async def test_steps_in_a_gathers_own_branches_are_keyed_within_them_and_replayed(
+    rt: Runtime,
+) -> None:
+    # In a child process every such task failed: "step name 'fetch@0' ends in '@' and a
+    # number" (the worker checked again, as a name, the key the child had made).
+    r = await run_one(rt, agents.branches, 3)
+    assert r.status is TaskStatus.SUCCEEDED and r.attempt == 2, r.error
+    assert r.output == [f"PAGE {i} ATTEMPT 1" for i in range(3)]  # replayed on attempt 2
+    steps = await rt.store.steps(r.id)
+    assert sorted(s.key for s in steps) == sorted(
+        f"{name}@{i}" for name in ("fetch", "post") for i in range(3)
+    )
+
+
 async def test_memory_reads_what_it_wrote_and_answers_the_default(rt: Runtime) -> None:
     r = await run_one(rt, agents.echo, "b")
     assert r.output["remembered"] == {"value": "b"}

@@ -90,6 +90,17 @@ async def test_a_retry_replays_the_steps_recorded_before(rt: Runtime) -> None:
     assert r.output["token"] == r.output["first"]  # the step did not run again
 
 
+async def test_arguments_that_do_not_pickle_fail_the_task_at_once_saying_why(
+    rt: Runtime,
+) -> None:
+    # Retried to death with a bare "TypeError: cannot pickle '_thread.lock' object".
+    (r,) = await run(rt, agents.locked, "hello")
+    assert r.status is TaskStatus.FAILED and r.attempt == 1, r
+    assert r.error is not None and r.error.type == "InputError"
+    assert "cannot be sent to the process that runs it" in r.error.message
+    assert "cannot pickle '_thread.lock' object" in r.error.message
+
+
 async def test_arguments_arrive_as_the_agent_declared_them(rt: Runtime) -> None:
     (r,) = await run(rt, agents.takes_model, {"text": "why?"})
     assert r.output == "Question: why?"

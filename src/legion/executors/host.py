@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from legion import codec
 from legion.diagnostics.advisor import GATHERED
+from legion.errors import InputError
 from legion.executors import protocol as p
 from legion.executors.errors import InstanceLost, ProtocolError
 
@@ -36,9 +37,17 @@ def invocation(
 ) -> p.Invocation:
     """What the remote side needs to run this attempt of ``agent`` (``source``: see
     `legion.executors.protocol.Invocation`)."""
+    try:
+        arguments = p.dumps(dict(kwargs))
+    except Exception as exc:  # (the same every attempt: retried, it only died slower)
+        raise InputError(
+            f"the agent's arguments cannot be sent to the process that runs it (they are "
+            f"pickled on the way): {type(exc).__name__}: {exc}; give it arguments that "
+            "pickle, or run it in the worker (no executor)"
+        ) from exc
     return p.Invocation(
         ref=agent.ref,
-        kwargs=p.dumps(dict(kwargs)),
+        kwargs=arguments,
         agent=ctx.agent,
         task_id=ctx.task_id,
         attempt=ctx.attempt,
@@ -79,6 +88,7 @@ class ContextHost:
             p.LLM_EMBED: self._llm_embed,
             p.VECTORS: self._vectors,
             p.WAIT: self._wait,
+            p.SETTLE: self._settle,
         }
 
     def handle(self, op: str, args: Sequence[Any], reply: Reply | None) -> None:
@@ -207,6 +217,10 @@ class ContextHost:
     ) -> dict[str, Any]:
         return (await self._ctx.llm.embed(texts, model, **params)).to_json()
 
+    @staticmethod
+    async def _settle() -> None:
+        """The notifications sent before this call have been served (see `p.SETTLE`)."""
+
     async def _wait(self, call: str, args: Sequence[Any], options: Mapping[str, Any]) -> Any:
         """A durable wait, made by the real context: its ``Suspended`` goes back to the
         remote side, which ends the instance with it (see `legion.waiting`)."""
@@ -244,7 +258,9 @@ async def _record(
     are the remote side's, which this side never sees (every pair of remote steps read as
     independent, sited at the program that started the worker)."""
     GATHERED.set(True)  # (this task's own context: see `ContextHost._spawn`)
-    await ctx.step(key, _decoded, result, begun)
+    # The key as the remote side made it (counted, and scoped to its gather's branch:
+    # `fetch@1`, which a step's name may not be, so every such step failed the task).
+    await ctx.record(key, _decoded, (result, begun), {}, None, keyed=True)
 
 
 async def _decoded(result: asyncio.Future[bytes], begun: asyncio.Future[None]) -> Any:
