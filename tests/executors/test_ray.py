@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -107,6 +108,18 @@ async def test_errors_keep_their_type_and_retryability(rt: Runtime) -> None:
     assert "in permanent" in perm.error.traceback
     assert odd.status is TaskStatus.FAILED and odd.error is not None
     assert odd.error.type == "Unpicklable"
+
+
+async def test_what_an_instance_logs_just_before_it_ends_reaches_the_worker(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The records came through the bridge, the outcome another way: the instance's end
+    # arrived first, and what came after it was dropped (1 of 5 "about to fail" lines).
+    caplog.set_level(logging.ERROR, logger="legion.agent.says_why")
+    results = await run(rt, agents.says_why, *range(5))
+    assert [r.status for r in results] == [TaskStatus.FAILED] * 5
+    said = sorted(r.getMessage() for r in caplog.records if r.name == "legion.agent.says_why")
+    assert said == [f"task {n} is about to fail" for n in range(5)]
 
 
 async def test_a_retry_replays_the_steps_recorded_before(rt: Runtime) -> None:
@@ -367,3 +380,49 @@ def test_ray_gone_with_its_control_store_stops_the_worker_not_ray_killing_the_pr
     *_, said, tasks = done.stdout.strip().splitlines()
     assert said == "succeeded ExecutorLost"
     assert tasks == str([(TaskStatus.QUEUED, 0)] * 2)
+
+
+def test_a_run_ends_when_rays_control_store_stops_answering_as_it_closes(tmp_path: Path) -> None:
+    """Ray's control store paused (SIGSTOP) after the last task succeeded: the close
+    waited on Ray's shutdown for ever, in a thread of the loop's executor that the
+    process's exit then waited for too (a run whose tasks had all succeeded never
+    ended). The close now leaves Ray after `SHUTDOWN_WAIT` (2 s here), and the process
+    exits with its code."""
+    gcs = tmp_path / "gcs.pid"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        import legion
+        import legion.executors.ray
+        from legion.executors import executors_from_options
+        from tests.executors import agents
+
+        legion.executors.ray.SHUTDOWN_WAIT = 2.0
+
+        async def main():
+            url = {f"sqlite:///{tmp_path / 'local.db'}"!r}
+            executors = executors_from_options("ray", None, None, None)
+            async with legion.Runtime(url, executors=executors, executor="ray") as rt:
+                first = await rt.result((await rt.submit(agents.echo, "first")).id)
+                import ray
+                from ray._private import ray_constants
+                node = ray._private.worker._global_node
+                paused = node.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER][0].process
+                with open({str(gcs)!r}, "w") as f:
+                    f.write(str(paused.pid))
+                os.kill(paused.pid, signal.SIGSTOP)
+            print(first.status)
+
+        asyncio.run(main())
+        from legion.cli.leftover import exit_past_threads
+        exit_past_threads(0)  # (as legion's commands end: the finalization crashed in Ray)
+        """
+    )
+    try:
+        done = in_a_process(script, timeout=120)
+    finally:
+        if gcs.exists():  # (a paused process keeps its parent's death signal pending)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(gcs.read_text()), signal.SIGKILL)
+    assert done.stdout.strip().splitlines()[-1] == "succeeded"
+    assert "Ray did not shut down within 2 s" in done.stderr

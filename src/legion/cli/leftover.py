@@ -8,12 +8,11 @@ finishing a write), says which they are, and then exits without them.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import sys
 import threading
 import time
+
+from legion.exiting import exit_now, finalization_unsafe
 
 GRACE = 2.0
 """Seconds a command waits for the threads left running before it exits without them."""
@@ -40,6 +39,8 @@ def exit_past_threads(code: int) -> None:
     are named on stderr); return, for the usual exit, when there are none."""
     threads = left_running()
     if not threads:
+        if finalization_unsafe():  # (a thread left in a library's native code: see there)
+            exit_now(code)
         return
     names = ", ".join(repr(t.name) for t in threads[:5]) + (", ..." if len(threads) > 5 else "")
     print(
@@ -54,10 +55,6 @@ def exit_past_threads(code: int) -> None:
             thread.join(max(0.0, deadline - time.monotonic()))
     except KeyboardInterrupt:
         code = 130
-    if not left_running():
+    if not left_running() and not finalization_unsafe():
         return
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
+    exit_now(code)

@@ -67,6 +67,9 @@ VECTORS: Final = "vectors"
 WAIT: Final = "wait"  # a durable wait (ctx.wait_for, sleep, approval, spawn, map)
 LOG: Final = "log"
 STARTED: Final = "started"  # the instance began to run remotely (its scheduling is over)
+# Asked by an instance before it ends, after notifications (its logs): answered once
+# those are served, where they may reach the worker after the instance's end (Ray's).
+SETTLE: Final = "settle"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ cluster address, ``ray://`` clients, a local instance).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
 import functools
@@ -35,6 +36,7 @@ from legion.executors import protocol as p
 from legion.executors.errors import ExecutorLost, InstanceLost, ProtocolError
 from legion.executors.host import ContextHost, invocation
 from legion.executors.remote import execute
+from legion.exiting import skip_finalization
 from legion.extras import install_hint
 from legion.resources import ray_options
 
@@ -52,6 +54,8 @@ LOST_AFTER = 20.0
 before Ray counts as gone from this node (a bridge that crashed is back within a second
 or two; with the control store killed, the instances in flight waited for ever, and
 after 60 s Ray's own client ended the process: its tasks leased, the output unwritten)."""
+SHUTDOWN_WAIT = 10.0
+"""Seconds a closing executor waits for Ray to shut down before it leaves it."""
 CHECK_EVERY = 5.0
 """Seconds between two looks at Ray's control store (`RayExecutor._watch_ray`)."""
 
@@ -245,10 +249,22 @@ class RayExecutor:
                 ray.kill(self._bridge)
             self._bridge = None
         if self._owns_ray:
-            # (bounded: with Ray's control store gone, its shutdown can wait on it)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(None if self._lost is None else 10.0):
-                    await asyncio.to_thread(ray.shutdown)
+            # In a daemon thread, waited for at most `SHUTDOWN_WAIT`: with Ray's control
+            # store not answering (paused, or gone just as the run ended), its shutdown
+            # waits for ever, and a thread of the loop's executor held the process's exit
+            # with it (a run whose tasks had all succeeded never ended).
+            stopped = _in_a_thread(asyncio.get_running_loop(), ray.shutdown)
+            try:
+                async with asyncio.timeout(SHUTDOWN_WAIT):
+                    await stopped
+            except TimeoutError:
+                log.warning(
+                    "Ray did not shut down within %g s (its control store does not answer): "
+                    "leaving it",
+                    SHUTDOWN_WAIT,
+                )
+                atexit.unregister(ray.shutdown)  # (Ray's own, at exit, would wait for ever)
+                skip_finalization("Ray's shutdown did not return")  # (it crashed in Ray)
             self._owns_ray = False
         if self._connected is not None:
             self._connected.set()
@@ -356,7 +372,18 @@ def _in_a_thread(
 
 def _run_instance(bridge_name: str, call_id: int, request: p.Invocation) -> p.Outcome:
     """The Ray task: run one instance in this Ray worker."""
-    return asyncio.run(execute(request, _RayLink(_bridge(bridge_name), call_id)))
+    return asyncio.run(_executed(request, _RayLink(_bridge(bridge_name), call_id)))
+
+
+async def _executed(request: p.Invocation, link: _RayLink) -> p.Outcome:
+    """The instance's outcome, once what it told its worker (its logs) has been served:
+    the outcome comes back by another way than the bridge, and the worker dropped what
+    came after it (the line logged just before a failure, which said why)."""
+    outcome = await execute(request, link)
+    if link.told:
+        with contextlib.suppress(Exception):  # (the bridge gone: the outcome still counts)
+            await link.call(p.SETTLE)
+    return outcome
 
 
 _bridges: dict[str, Any] = {}
@@ -375,13 +402,15 @@ def _bridge(name: str) -> Any:
 class _RayLink:
     """The remote side's `legion.executors.remote.Link` through the bridge."""
 
-    __slots__ = ("_bridge", "_call_id")
+    __slots__ = ("_bridge", "_call_id", "told")
 
     def __init__(self, bridge: Any, call_id: int) -> None:
         self._bridge = bridge
         self._call_id = call_id
+        self.told = False  # whether a notification went since the last call's answer
 
     async def call(self, op: str, *args: Any) -> Any:
+        self.told = False  # (answered after what was told before it: see `_executed`)
         ok, value = await self._bridge.call.remote(self._call_id, op, args)
         if ok:
             return value
@@ -389,6 +418,7 @@ class _RayLink:
 
     def notify(self, op: str, *args: Any) -> None:
         self._bridge.notify.remote(self._call_id, op, args)
+        self.told = True
 
 
 class Bridge:
