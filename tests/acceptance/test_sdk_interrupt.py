@@ -19,11 +19,15 @@ pytestmark = pytest.mark.slow
 
 PROGRAM = """
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
 import legion
 
+# Python's own Ctrl-C, whatever this process inherited (a shell's background job, as a
+# test runner may be, starts its children with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 ledger = Path(sys.argv[2])
 
 
@@ -63,17 +67,18 @@ def test_ctrl_c_stops_the_program_and_costs_the_task_nothing(tmp_path: Path, ret
     db, ledger = tmp_path / "runs.db", tmp_path / "ledger.txt"
     store = f"sqlite:///{db}"
     run = [sys.executable, str(program), store, str(ledger)]
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [*run, "spin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_for(
-            lambda: ledger.exists() and "spinning" in ledger.read_text(), what="the agent to spin"
-        )
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    ) as proc:
+        try:
+            wait_for(
+                lambda: ledger.exists() and "spinning" in ledger.read_text(),
+                what="the agent to spin",
+            )
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
     assert proc.returncode != 0, out  # stopped: before, the task was failed and it went on
     assert "KeyboardInterrupt" in err and "RESULT" not in out
     with sqlite3.connect(db) as conn:

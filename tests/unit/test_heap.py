@@ -81,10 +81,11 @@ def test_the_first_worker_freezes_and_the_last_unfreezes() -> None:
 @pytest.mark.usefixtures("nothing_frozen")
 def test_what_the_application_froze_stays_frozen() -> None:
     # A closed Runtime unfroze the application's own frozen objects.
-    kept = [object() for _ in range(10)]
+    kept = [[n] for n in range(1000)]  # (lists: objects the collector tracks)
     gc.freeze()
     frozen = gc.get_freeze_count()
     heap.settle()
     heap.unsettle()
-    assert gc.get_freeze_count() == frozen
+    # (frozen objects freed meanwhile leave the count: a few, not all of them)
+    assert gc.get_freeze_count() > frozen - 500
     del kept
