@@ -38,6 +38,8 @@ class Running:
     gateway: Gateway
     store: Store
     url: str
+    server: asyncio.Task[None]
+    """The task that serves it: cancelled, it stops as a signal stops `legion gateway`."""
 
 
 @dataclass
@@ -88,7 +90,7 @@ async def cluster(
             stack.push_async_callback(_stop, server)
             await ready.wait()
             host, port = gateway.address[:2]
-            running.append(Running(gateway, store, f"http://{host}:{port}/v1"))
+            running.append(Running(gateway, store, f"http://{host}:{port}/v1", server))
         yield Cluster(sim, running)
 
 

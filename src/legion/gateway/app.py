@@ -66,7 +66,12 @@ from legion.store.ledger import RecordedCall
 from legion.store.types import ApiKey
 
 IDLE_SECONDS = 30.0
-"""How long a connection may go without a whole request before it is closed."""
+"""How long a connection may go without a whole request before it is closed, and how long
+a request's body may take to come once its key is taken (a client that stalled mid-body
+held its handler and socket for good)."""
+
+DRAIN_SECONDS = 60.0
+"""How long a stopping gateway answers the calls in flight before it cuts them."""
 
 TASK_HEADER = "X-Legion-Task"
 STEP_HEADER = "X-Legion-Step"
@@ -211,7 +216,7 @@ class Gateway:
         except AuthError as exc:
             return _error(exc.status, exc.message)
         try:
-            body = await request.read()
+            body = await _body(request)
             chat = openai_wire.parse_chat(body)
             route = self._client.route_for(self._route_name(chat.model))
             step = _step(request, key, "chat", [route.model, chat.messages, chat.params])
@@ -353,7 +358,7 @@ class Gateway:
         except AuthError as exc:
             return _error(exc.status, exc.message)
         try:
-            model, texts, params, encoding = openai_wire.parse_embed(await request.read())
+            model, texts, params, encoding = openai_wire.parse_embed(await _body(request))
             route = self._client.embed_route(self._embed_route_name(model))
             step = _step(request, key, "embed", [route.model, texts, params])
             async with self._steps.step(step):
@@ -584,6 +589,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except StoreError as exc:
         return _error(503, f"the store is unavailable: {exc}")
+    except BodyTimeout as exc:
+        response = _error(408, str(exc))
+        response.force_close()  # (what is left of the body would be read as a request)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -636,6 +645,18 @@ def _error(
     )
 
 
+class BodyTimeout(Exception):
+    """A request's body did not come within `IDLE_SECONDS` (answered 408)."""
+
+
+async def _body(request: web.Request) -> bytes:
+    try:
+        async with asyncio.timeout(IDLE_SECONDS):
+            return await request.read()
+    except TimeoutError:
+        raise BodyTimeout(f"the request's body did not come within {IDLE_SECONDS:g} s") from None
+
+
 async def serve(gateway: Gateway, host: str, port: int, ready: asyncio.Event | None = None) -> None:
     """Serve until cancelled, sharing limits and adding up usage through the store
     meanwhile (the last counts are added on the way out)."""
@@ -649,6 +670,7 @@ async def serve(gateway: Gateway, host: str, port: int, ready: asyncio.Event | N
         access_log=None,
         handler_cancellation=True,
         keepalive_timeout=IDLE_SECONDS,
+        shutdown_timeout=DRAIN_SECONDS,
     )
     await runner.setup()
     loops = [
@@ -666,11 +688,25 @@ async def serve(gateway: Gateway, host: str, port: int, ready: asyncio.Event | N
             ready.set()
         await asyncio.Event().wait()
     finally:
-        for loop in loops:
-            loop.cancel()
-        await asyncio.wait(loops)
-        await runner.cleanup()
+        # The calls in flight are answered first, while this gateway still shares its
+        # routes' limits and adds its usage up once a second: with both stopped first,
+        # its claim lapsed and its peers took the whole limit (429s from the provider),
+        # and a second signal or a SIGKILL lost every count since the first.
+        calls = len(runner.server.connections) if runner.server is not None else 0
+        if calls:
+            log.warning(
+                "legion gateway: stopping: answering what %d connection(s) asked (up to "
+                "%g s); a second signal stops at once",
+                calls,
+                DRAIN_SECONDS,
+            )
         try:
-            await gateway.book.flush()
-        except StoreError as exc:
-            log.warning("legion gateway: the last usage counts were not added: %s", exc)
+            await runner.cleanup()
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.wait(loops)
+            try:
+                await gateway.book.flush()
+            except StoreError as exc:
+                log.warning("legion gateway: the last usage counts were not added: %s", exc)
