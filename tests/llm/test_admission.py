@@ -12,6 +12,7 @@ import pytest
 
 from legion import attempt
 from legion.llm import Capacity
+from legion.llm.types import RateLimitInfo
 from legion.testing import FakeClock
 
 
@@ -117,6 +118,24 @@ async def test_slow_start_sends_a_small_burst_then_doubles() -> None:
     assert per_second[2] > per_second[0] * 2  # it grows while callers queue
     stats = capacity.statistics()
     assert stats.found_rpm is not None and stats.found_rpm > 8 * 60
+
+
+async def test_slow_start_does_not_grow_a_rate_the_calls_do_not_use() -> None:
+    # Behind a token limit the callers queue for tokens, not requests: the request rate
+    # found doubled every second all the same (1.8e56 rpm after 300 calls), and an
+    # unadvertised request limit would then take ~180 429s to halve it back.
+    clock = FakeClock()
+    capacity = Capacity("tokens", discover=True, timer=clock, rng=random.Random(1))
+
+    async def one() -> None:
+        async with capacity.reserve(100) as slot:  # 1 call a second, once it is learned
+            slot.settle(100)
+        capacity.observe(RateLimitInfo(limit_tokens=6000), sent_at=slot.started_at)
+
+    await clock.run(asyncio.gather(*(one() for _ in range(120))))
+    stats = capacity.statistics()
+    assert clock.now() > 60  # (two minutes of calls)
+    assert stats.found_rpm is not None and stats.found_rpm <= 8 * 60 * 2, stats.found_rpm
 
 
 async def test_a_429_halves_the_rate_found_then_it_grows_additively() -> None:

@@ -60,8 +60,9 @@ cache are not counted against ``itpm``, as Anthropic does not count them.
 Finding the limit (``discover``). A route told no request limit, and whose
 provider sends no ``x-ratelimit-*`` headers (vLLM, most gateways), finds one:
 it starts at ``start_rate`` requests per second and doubles the rate every
-``growth_period`` seconds while callers queue for it and no 429 comes (slow
-start), so the first second sees a small burst, not every caller at once. The
+``growth_period`` seconds while callers queue for it, the calls use half of it at
+least (not held back by a token limit), and no 429 comes (slow start), so the
+first second sees a small burst, not every caller at once. The
 first 429 halves the rate found and ends slow start; from then on each 429
 episode multiplies it by ``discover_decrease`` (0.9) and every success adds
 ``discover_growth`` (10 %) of the rate per second of calls (AIMD). Pauses after
@@ -385,6 +386,7 @@ class Capacity:
         self._found_rpm: float | None = start_rate * 60.0 if self._discover else None
         self._slow_start = self._discover
         self._grown_at = -math.inf
+        self._grown_requests = 0  # (requests started by then: see `_take`)
         self._growth_period = growth_period
         self._discover_decrease = discover_decrease
         self._discover_growth = discover_growth
@@ -891,11 +893,17 @@ class Capacity:
             and self._waiters
             and now - self._grown_at >= self._growth_period
         ):
-            # Callers queue at the rate found so far: double it once per growth period.
+            # Callers queue at the rate found so far: double it once per growth period,
+            # if the calls started since used half of it at least. Callers that queue
+            # for something else (a token limit) grew it without end: 1.8e56 rpm after
+            # 300 calls behind a token-limited route, ~180 429s to halve it back.
             if self._grown_at > -math.inf:
-                self._found_rpm *= 2.0
-                self._rerate()
+                used = (self._requests - self._grown_requests) * 60.0 / (now - self._grown_at)
+                if used >= self._found_rpm / 2.0:
+                    self._found_rpm *= 2.0
+                    self._rerate()
             self._grown_at = now
+            self._grown_requests = self._requests
         interval = self._interval
         if interval is not None:
             self._tat = max(self._tat, now) + interval
