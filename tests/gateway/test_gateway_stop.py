@@ -17,7 +17,7 @@ from tests.gateway.test_recording import QUESTION, sdk
 
 
 async def test_calls_answered_while_it_stops_are_counted_past_a_second_signal(
-    sqlite_url: str,
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The usage loop was cancelled first: a second signal (or a SIGKILL) during the
     # drain lost every count since the first (7 calls answered, 2 counted).
@@ -49,6 +49,7 @@ async def test_calls_answered_while_it_stops_are_counted_past_a_second_signal(
             task.cancel()
         await asyncio.gather(*calls, return_exceptions=True)
         await client.close()
+    assert "stopping: answering what 6 connection(s) asked" in caplog.text  # (6 calls)
     assert totals is not None, "nothing was counted"
     assert stopped_with <= totals.calls <= served, (stopped_with, totals, served)
 
