@@ -294,14 +294,23 @@ def _killing(kind: str, indent: str = " " * 16) -> str:
     """The lines of a test script (at ``indent`` within it, its first line where it is
     placed) that SIGKILL this node's Ray process of ``kind`` (``RAYLET``, ``GCS_SERVER``)
     and wait for its end."""
+    return _signalling(kind, "SIGKILL", indent=indent)
+
+
+def _signalling(kind: str, sig: str, pid_file: Path | None = None, indent: str = " " * 16) -> str:
+    """The lines of a test script that send ``sig`` to this node's Ray process of
+    ``kind`` (its pid written to ``pid_file`` first, when given; a SIGKILL waited for)."""
     lines = [
         "import ray",
         "from ray._private import ray_constants",
         "node = ray._private.worker._global_node",
-        f"killed = node.all_processes[ray_constants.PROCESS_TYPE_{kind}][0].process",
-        "os.kill(killed.pid, signal.SIGKILL)",
-        "killed.wait()",
+        f"target = node.all_processes[ray_constants.PROCESS_TYPE_{kind}][0].process",
     ]
+    if pid_file is not None:
+        lines.append(f"open({str(pid_file)!r}, 'w').write(str(target.pid))")
+    lines.append(f"os.kill(target.pid, signal.{sig})")
+    if sig == "SIGKILL":
+        lines.append("target.wait()")
     return ("\n" + indent).join(lines)
 
 
@@ -404,13 +413,7 @@ def test_a_run_ends_when_rays_control_store_stops_answering_as_it_closes(tmp_pat
             executors = executors_from_options("ray", None, None, None)
             async with legion.Runtime(url, executors=executors, executor="ray") as rt:
                 first = await rt.result((await rt.submit(agents.echo, "first")).id)
-                import ray
-                from ray._private import ray_constants
-                node = ray._private.worker._global_node
-                paused = node.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER][0].process
-                with open({str(gcs)!r}, "w") as f:
-                    f.write(str(paused.pid))
-                os.kill(paused.pid, signal.SIGSTOP)
+                {_signalling("GCS_SERVER", "SIGSTOP", gcs)}
             print(first.status)
 
         asyncio.run(main())
