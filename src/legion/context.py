@@ -36,7 +36,7 @@ from legion.steps import BRANCH, scoped, step_key
 from legion.store.base import ContextStore, SessionMemory
 from legion.store.tenancy import scoped_key
 from legion.store.types import MemoryWrite
-from legion.task import Lease, StepRecord, TaskUsage
+from legion.task import Lease, StepRecord, TaskUsage, paid_call
 from legion.waiting import calls as waiting
 from legion.waiting.suspend import Suspended
 
@@ -498,14 +498,10 @@ class Context:
         for key, raw in self._lease.steps.items():
             if self._replayed is not None and key in self._replayed:
                 continue
-            if key.startswith("llm."):
-                paid = codec.loads(raw)
-            elif key.startswith("vectors."):
-                paid = codec.loads(raw)
-                paid = paid.get("embedding") if isinstance(paid, dict) else None
-            else:
+            if not key.startswith(("llm.", "vectors.")):
                 continue
-            if isinstance(paid, dict) and isinstance(paid.get("usage"), dict):
+            paid = paid_call(key, codec.loads(raw))
+            if paid is not None:
                 if earlier is None:  # (this attempt's own stays as it is)
                     earlier = TaskUsage.of(usage)
                 earlier.add(paid)

@@ -285,6 +285,18 @@ class TaskUsage:
         return codec.dumps(data)
 
 
+def paid_call(key: str, value: Any) -> Mapping[str, Any] | None:
+    """What the recorded step ``key`` paid for, if it made a call: an LLM call's answer,
+    or the embedding of a vector write or search, as `TaskUsage.add` counts it."""
+    if key.startswith("llm."):
+        paid = value
+    elif key.startswith("vectors."):
+        paid = value.get("embedding") if isinstance(value, dict) else None
+    else:
+        return None
+    return paid if isinstance(paid, dict) and isinstance(paid.get("usage"), dict) else None
+
+
 @record
 class Completion:
     """The end of one attempt, written only while ``owner`` still holds lease ``attempt``."""

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from pathlib import Path
 
 from legion import Runtime
 from legion.store.types import TaskQuery
 from legion.task import TaskInfo
-from tests.acceptance.conftest import legion, read_jsonl, sim_stats, start_sim, write_jsonl
+from tests.acceptance.conftest import (
+    legion,
+    read_jsonl,
+    sim_stats,
+    start_legion,
+    start_sim,
+    wait_for,
+    write_jsonl,
+)
 
 # Three calls per task, one after the other: a task stopped by the budget has recorded
 # some of them.
@@ -203,6 +212,57 @@ def test_an_agents_own_budget_stops_the_run_and_a_raised_one_resumes_it(tmp_path
         assert _statuses(tmp_path) == ["succeeded"] * TASKS
         # The agent's budget started from the calls its tasks recorded: each bought once.
         assert sim_stats(url)["requests_total"] == CALLS
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+HOLDING = """\
+import asyncio, os
+
+import legion
+
+@legion.agent(retries=0)
+async def chain(ctx: legion.Context, question: str) -> str:
+    first = await ctx.llm.chat([{"role": "user", "content": question}], max_tokens=8)
+    with open(os.environ["LEDGER"], "a") as f:
+        f.write(f"{question}\\n")
+    if os.environ.get("HOLD"):
+        await asyncio.Event().wait()  # (killed here, its first call recorded)
+    second = await ctx.llm.chat([{"role": "user", "content": first.text}], max_tokens=8)
+    return second.text
+"""
+
+
+def test_calls_paid_before_a_sigkill_count_against_the_rerun(tmp_path: Path) -> None:
+    # A task's usage was written only when an attempt ended: a run killed with its calls
+    # in flight (or drained, or cancelled) was read back as having spent nothing, and
+    # each kill and rerun overspent the same limit again ($20 of a $10 limit, 4 kills).
+    proc, url = start_sim("--model", "sim-model", "--latency", "0.01")
+    ledger = tmp_path / "ledger.txt"
+    try:
+        (tmp_path / "app.py").write_text(HOLDING)
+        write_jsonl(tmp_path / "in.jsonl", [{"question": f"q{i}"} for i in range(4)])
+        args = [
+            "run", f"{tmp_path / 'app.py'}:chain", "--input", str(tmp_path / "in.jsonl"),
+            "--output", str(tmp_path / "out.jsonl"), "--store", f"sqlite:///{tmp_path / 'l.db'}",
+            "--llm", f"openai:sim-model@{url}", "--no-progress", "--max-calls", "6",
+        ]  # fmt: skip
+        held = start_legion(*args, env={"HOLD": "1", "LEDGER": str(ledger)})
+        try:
+            wait_for(
+                lambda: ledger.exists() and len(ledger.read_text().split()) == 4,
+                what="every task's first call",
+            )
+        finally:
+            held.send_signal(signal.SIGKILL)
+            held.communicate(timeout=30)
+        assert sim_stats(url)["requests_total"] == 4
+        done = legion(*args, env={"LEDGER": str(ledger)})
+        said = done.stdout + done.stderr
+        assert "budget: 4 of 6 calls" in said, said
+        assert done.returncode == 3, said  # (the budget stopped it)
+        assert sim_stats(url)["requests_total"] == 6  # 4 before the kill, 2 after
     finally:
         proc.terminate()
         proc.communicate(timeout=30)

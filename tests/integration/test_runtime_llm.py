@@ -235,3 +235,26 @@ async def test_messages_that_are_not_a_list_of_objects_fail_the_task_at_once(db_
     errors = sorted((r.error.type, r.error.message) for r in results if r.error is not None)
     assert [t for t, _ in errors] == ["MessagesError", "MessagesError"]
     assert "not str" in errors[0][1] and "message 0 is str" in errors[1][1]
+
+
+@legion.agent(retries=0)
+async def asks_then_waits(ctx: legion.Context, question: str) -> str:
+    await ctx.llm.chat([{"role": "user", "content": question}])
+    await asyncio.Event().wait()  # (until cancelled)
+    return "never"
+
+
+async def test_a_task_cancelled_mid_way_keeps_the_usage_of_the_calls_it_paid_for(
+    db_url: str,
+) -> None:
+    # Usage was written only when an attempt ended on its own: a cancelled task (or one
+    # a drain gave back) showed none, and budgets read its calls as free.
+    async with Runtime(db_url, llm="sim") as rt:
+        task = await rt.submit(asks_then_waits, "what did it cost?")
+        async with asyncio.timeout(30):
+            while not (await rt.store.steps(task.id)):  # noqa: ASYNC110 - a row to appear
+                await asyncio.sleep(0.01)
+        await rt.cancel(task.id)
+        result = await rt.result(task)
+    assert result.status == "cancelled"
+    assert result.usage is not None and result.usage["llm_calls"] == 1, result.usage

@@ -39,6 +39,7 @@ from legion.inputs import InputLine, read_jsonl
 from legion.llm.budget import Budget, BudgetLimits, Spend
 from legion.resources import satisfies
 from legion.run.runtime import Runtime
+from legion.run.spending import tasks_spend
 from legion.store import Store
 from legion.task import TaskResult, TaskStatus
 
@@ -491,18 +492,10 @@ async def _settle_unfinished(rt: Runtime, sink: Results, tally: RunTally, resume
 
 
 async def _spent_before(rt: Runtime, task_ids: list[int]) -> Spend:
-    """What earlier runs of these tasks spent: the usage recorded on them (a parked task
-    keeps the usage of the calls it recorded)."""
-    total = Spend()
-    for start in range(0, len(task_ids), 1000):
-        for info in await rt.store.get_many(task_ids[start : start + 1000]):
-            usage = info.usage or {}
-            total = total + Spend(
-                int(usage.get("llm_calls", 0)),
-                int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0)),
-                float(usage.get("cost_usd", 0.0)),
-            )
-    return total
+    """What earlier runs of these tasks spent (`legion.run.spending.task_spend`: a task
+    whose last attempt never ended, killed with its calls in flight, counts the calls its
+    steps recorded)."""
+    return await tasks_spend(rt.store, task_ids)
 
 
 def _whose(budget: Budget) -> str:

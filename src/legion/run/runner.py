@@ -256,7 +256,17 @@ async def run_instance(
                 error = _timed_out(agent, instance)
             else:
                 outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
-                done = _completion(lease, owner, outcome, started, clock.wall(), time_=instance)
+                # (with what its calls cost: a budget counts a task given back or cancelled
+                # mid-way from its usage, and the calls were paid for all the same)
+                done = _completion(
+                    lease,
+                    owner,
+                    outcome,
+                    started,
+                    clock.wall(),
+                    usage=ctx.usage_json(),
+                    time_=instance,
+                )
                 _hand_in(instance, journal, done)
                 return
         except LeaseLost:
@@ -284,7 +294,13 @@ async def run_instance(
             # retries=0, and with retries left the program went on. The attempt is given
             # back uncounted, and the interrupt goes on to stop the program.
             done = _completion(
-                lease, owner, Outcome.RELEASED, started, clock.wall(), time_=instance
+                lease,
+                owner,
+                Outcome.RELEASED,
+                started,
+                clock.wall(),
+                usage=ctx.usage_json(),
+                time_=instance,
             )
             _hand_in(instance, journal, done)
             raise
