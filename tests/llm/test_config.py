@@ -114,7 +114,10 @@ def test_anthropic_spec_and_options() -> None:
         ("sim", {"rpm": True}, "rpm must be a positive integer"),
         ("sim", {"timeout": 0}, "timeout must be a positive number"),
         ("sim", {"stream": "yes"}, "stream must be true or false"),
-        ("sim", {"input_price": -1}, "input_price must be a non-negative number"),
+        ("sim", {"input_price": -1, "output_price": 1}, "input_price must be a non-negative"),
+        # (the other half was counted as free under --max-cost)
+        ("sim", {"input_price": 5}, "input_price without output_price: give both"),
+        ("sim", {"output_price": 0.6}, "output_price without input_price: give both"),
         ("sim", {"colour": "red"}, "unknown option"),
         ("sim", {"base_url": "http://x"}, "a sim route takes no base_url"),
         ("sim", {"simulator": {"rpm": -5}}, "simulator: rpm must be a positive integer"),

@@ -608,7 +608,19 @@ def _common(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
         if not isinstance(settings["stream"], bool):
             raise ConfigError(f"{source}: stream must be true or false")
         values["stream"] = settings["stream"]
-    if "input_price" in settings or "output_price" in settings:
+    if ("input_price" in settings) != ("output_price" in settings):
+        given, missing = (
+            ("input_price", "output_price")
+            if "input_price" in settings
+            else ("output_price", "input_price")
+        )
+        # (the other half was $0: a route's completions, or its prompts, counted as free
+        # under --max-cost)
+        raise ConfigError(
+            f"{source}: {given} without {missing}: give both (USD per million tokens; "
+            f"{missing} = 0 where that half is free)"
+        )
+    if "input_price" in settings:
         cache = {
             key: _number(settings, f"{key}_price", source)
             for key in ("cache_read", "cache_write")
