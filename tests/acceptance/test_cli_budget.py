@@ -181,6 +181,17 @@ def test_a_cost_budget_on_a_model_without_a_price_is_refused(tmp_path: Path) -> 
     assert "needs a price" in output and "Traceback" not in output, output
 
 
+def test_an_agents_cost_budget_on_a_model_without_a_price_is_refused(tmp_path: Path) -> None:
+    # The run started, parked every task and told the user to raise the limit, which
+    # could never help.
+    (tmp_path / "app.py").write_text(AGENT.replace("retries=0", "retries=0, max_cost=1.0"))
+    write_jsonl(tmp_path / "in.jsonl", [{"question": "q"}])
+    code, output = _run(tmp_path, "http://127.0.0.1:9/v1", model="mystery")
+    assert code == 2, output
+    assert "agent 'chain' has max_cost, which needs a price for every route" in output, output
+    assert "Traceback" not in output
+
+
 def test_a_cost_budget_on_free_routes_only_says_it_cannot_bind(tmp_path: Path) -> None:
     # The built-in simulator's price is $0: a budget rehearsed on it passed in silence.
     (tmp_path / "app.py").write_text(AGENT)

@@ -230,6 +230,14 @@ async def _run_lines(
         watched = [] if budget is None else [budget]  # the budgets whose end ends the run
         if llm is not None and opts.agent.options.budget is not None:
             limits = BudgetLimits(*opts.agent.options.budget)  # the agent's own, watched too
+            unpriced = llm.unpriced() if limits.max_cost is not None else []
+            if unpriced:  # (refused now: every task was parked, told to raise the limit)
+                raise ConfigError(
+                    f"agent {opts.agent.name!r} has max_cost, which needs a price for every "
+                    f"route, and model {unpriced[0].model!r} (route {unpriced[0].name!r}) has "
+                    "none: set input_price and output_price (USD per million tokens) in its "
+                    "[llm.*] table"
+                )
             watched.append(llm.budgets.agent(opts.agent.name, limits))
         stop = _install_signals(rt, console)
         try:

@@ -812,6 +812,10 @@ class LLMClient:
         """USD for ``usage`` on deployment ``route`` at its price (``None``: unknown)."""
         return self._cost(route, usage)
 
+    def unpriced(self) -> list[Route]:
+        """The routes whose model has no price (a cost limit cannot count their calls)."""
+        return [route for route in self.routes.values() if self._price(route) is None]
+
     def _price(self, route: Route) -> Price | None:
         """Deployment ``route``'s price: its own, else its model's."""
         return route.price if route.price is not None else self._prices.price(route.model)

@@ -95,6 +95,7 @@ are not read anywhere else.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import math
 import os
@@ -420,10 +421,15 @@ async def build_client(
         if _price(route) is None and prices.price(route.model) is None and cost_limited:
             for provider in providers.values():
                 await provider.aclose()
+            option = (
+                "--max-cost"
+                if budget is not None and budget.limits.max_cost is not None
+                else "--tenant-max-cost"
+            )
             raise ConfigError(
-                f"--max-cost needs a price for every route, and model {route.model!r} (route "
+                f"{option} needs a price for every route, and model {route.model!r} (route "
                 f"{route.name!r}) has none: set input_price and output_price (USD per million "
-                "tokens) in its [llm.*] table, or install legion-runtime[prices]"
+                f"tokens) in its [llm.*] table{_or_install_prices()}"
             )
     if cost_limited and all(
         _free(_price(route) or prices.price(route.model)) for route in config.routes
@@ -682,6 +688,11 @@ def _resilience(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
     return values
+
+
+def _or_install_prices() -> str:
+    """ ", or install legion-runtime[prices]" where that package is not installed."""
+    return "" if importlib.util.find_spec("genai_prices") else ", or install legion-runtime[prices]"
 
 
 def _number(
