@@ -103,8 +103,9 @@ MaxCostOpt = Annotated[
         min=0.000001,
         help="Most USD the LLM calls may cost, counted over every run of the same input "
         "(and, for a worker, by this process). Each call reserves its estimate before it is "
-        "sent; once the budget cannot hold a call nothing more is sent, and the run ends "
-        "with status budget_exceeded: run again with a higher limit to continue.",
+        "sent; once the budget cannot hold a call nothing more is sent, and a run ends "
+        "with status budget_exceeded (exit 3), a worker drains and exits 5: run again "
+        "with a higher limit to continue.",
     ),
 ]
 TenantMaxCostOpt = Annotated[
