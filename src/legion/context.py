@@ -836,6 +836,7 @@ async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[
     tasks = [loop.create_task(_contained(aw, _branch(parent, n, aw))) for n, aw in enumerate(aws)]
     if return_exceptions:
         results = list(await asyncio.gather(*tasks, return_exceptions=True))
+        _raise_interrupt(results)
         waits = [r for r in results if isinstance(r, Suspended)]
         if waits:  # a wait is not a result: the task suspends
             raise _first_wait(waits)
@@ -849,6 +850,7 @@ async def gather(*aws: Awaitable[Any], return_exceptions: bool = False) -> list[
         await _cancel_all(list(pending))
     # Read every error (so none is reported as "never retrieved"); raise the first.
     errors = [e for t in _finished(tasks, done) if (e := t.exception()) is not None]
+    _raise_interrupt(errors)
     failures = [e for e in errors if not isinstance(e, Suspended)]
     if failures:
         raise failures[0]
@@ -924,8 +926,22 @@ async def _contained(aw: Awaitable[T], branch: str | None = None) -> T:
         return await aw
     except (Exception, asyncio.CancelledError, Suspended, GeneratorExit):
         raise  # (GeneratorExit: an abandoned attempt's tasks are closed)
+    except KeyboardInterrupt:  # (Ctrl-C: the program's; `gather` raises it in the instance)
+        raise _Interrupted from None
     except BaseException as exc:
         raise AgentCrash(exc) from exc
+
+
+class _Interrupted(Exception):
+    """A branch of a gather met Ctrl-C (`KeyboardInterrupt`): carried out of the branch's
+    task as an exception (asyncio would raise the interrupt out of the event loop, past
+    the instance), and raised again as the interrupt in the instance's own task, where
+    the runner gives the attempt back and lets it stop the program."""
+
+
+def _raise_interrupt(errors: Iterable[object]) -> None:
+    if any(isinstance(e, _Interrupted) for e in errors):
+        raise KeyboardInterrupt
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:

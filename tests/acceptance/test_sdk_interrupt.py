@@ -37,14 +37,20 @@ def mark() -> str:
     return "marked"
 
 
+async def spin() -> None:
+    with ledger.open("a") as f:
+        f.write("spinning\\n")
+    while True:  # computing on the loop's thread, where Ctrl-C lands
+        sum(range(1000))
+
+
 @legion.agent(retries=RETRIES, backoff=0)
 async def job(ctx, n: int) -> str:
     await ctx.step("mark", mark)
     if sys.argv[3] == "spin":
-        with ledger.open("a") as f:
-            f.write("spinning\\n")
-        while True:  # computing on the loop's thread, where Ctrl-C lands
-            sum(range(1000))
+        await spin()
+    elif sys.argv[3] == "gather":  # (in a branch of a gather: a task of its own)
+        await ctx.gather(spin(), ctx.step("beside", str, n))
     return "done"
 
 
@@ -60,15 +66,17 @@ asyncio.new_event_loop().run_until_complete(main())
 """
 
 
-@pytest.mark.parametrize("retries", [0, 2])
-def test_ctrl_c_stops_the_program_and_costs_the_task_nothing(tmp_path: Path, retries: int) -> None:
+@pytest.mark.parametrize(("retries", "where"), [(0, "spin"), (2, "spin"), (0, "gather")])
+def test_ctrl_c_stops_the_program_and_costs_the_task_nothing(
+    tmp_path: Path, retries: int, where: str
+) -> None:
     program = tmp_path / "program.py"
     program.write_text(PROGRAM.replace("RETRIES", str(retries)).replace("LEASE", "2.0"))
     db, ledger = tmp_path / "runs.db", tmp_path / "ledger.txt"
     store = f"sqlite:///{db}"
     run = [sys.executable, str(program), store, str(ledger)]
     with subprocess.Popen(
-        [*run, "spin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*run, where], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
         try:
             wait_for(
