@@ -181,16 +181,20 @@ class Delivery:
         self._has_waiters.set()
         try:
             # Read a page at a time, and hand over what is ready after each: the tasks of
-            # a 400,000-line run read whole were 400 MB of records at once.
-            coming = 0  # results still to take from the inbox
+            # a 400,000-line run read whole were 400 MB of records at once. ``left``: the
+            # tasks whose result has not been taken (a result may come before its page is
+            # read: a completion, or the follower's answer for a task that is gone).
+            left = set(asked)
             order = list(asked)
             for lo in range(0, len(order), _READ_PAGE):
                 page = order[lo : lo + _READ_PAGE]
                 infos = await self._store.get_many(page)
                 found = {info.id for info in infos}
                 for task_id in set(page) - found:  # no such task: nothing to wait for
-                    self.unwatch(task_id, deliver)
-                    wanted.discard(task_id)
+                    if task_id in wanted:  # (not delivered already)
+                        self.unwatch(task_id, deliver)
+                        wanted.discard(task_id)
+                        left.discard(task_id)
                 for info in infos:
                     if info.status in TERMINAL_STATUSES:
                         deliver(TaskResult.from_info(info))
@@ -199,14 +203,14 @@ class Delivery:
                     if agents:
                         unfinished(agents)
                 del infos
-                coming += len(found)
                 while len(inbox):
-                    coming -= 1
                     result = inbox.take()
+                    left.discard(result.id)
                     if not gone(result):  # (purged before its end was read: never there)
                         yield result
-            for _ in range(coming):
+            while left:
                 result = await inbox.get()
+                left.discard(result.id)
                 if not gone(result):
                     yield result
         finally:
@@ -238,20 +242,28 @@ class Delivery:
         if watched:
             self._has_waiters.set()
         if fetch:
-            for info in await self._store.get_many(fetch):
-                if info.status in TERMINAL_STATUSES:
+            # (once per time it was submitted: two inputs with one key are two results)
+            infos = {info.id: info for info in await self._store.get_many(list(set(fetch)))}
+            for task_id in fetch:
+                info = infos.get(task_id)
+                if info is None:  # purged since: as `results` answers such a task
+                    deliver(TaskResult(task_id, None, TaskStatus.DEAD, error=GONE))
+                elif info.status in TERMINAL_STATUSES:
                     deliver(TaskResult.from_info(info))
                 else:  # re-queued meanwhile
                     self._wait(info.id, deliver)
                     watched.add(info.id)
 
     def unwatch(self, task_id: int, deliver: Deliver) -> None:
+        """``deliver`` no longer waits for ``task_id`` (however many times it did: a map
+        of two inputs with one key waits twice)."""
         waiting = self._waiters.get(task_id)
         if isinstance(waiting, list):
-            if deliver in waiting:
-                waiting.remove(deliver)
-                if len(waiting) == 1:
-                    self._waiters[task_id] = waiting[0]
+            kept = [d for d in waiting if d != deliver]
+            if not kept:
+                del self._waiters[task_id]
+            else:
+                self._waiters[task_id] = kept[0] if len(kept) == 1 else kept
         elif waiting is not None and waiting == deliver:
             del self._waiters[task_id]
 

@@ -476,9 +476,12 @@ class Runtime:
 
         expected = 0  # results submitted and not yet yielded
         more = True
+        # Submitted again once this much of the window is free: not a task or two as each
+        # result is read (a transaction each).
+        refill = min(chunk_size, max(1, window // 2))
         try:
             while more or expected:
-                while more and expected < window:
+                while more and window - expected >= refill:
                     chunk = list(itertools.islice(values, min(chunk_size, window - expected)))
                     chunk_keys = (
                         [None] * len(chunk)
