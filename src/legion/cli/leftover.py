@@ -18,10 +18,10 @@ GRACE = 2.0
 """Seconds a command waits for the threads left running before it exits without them."""
 
 
-OURS = "legion-"
-"""The names of legion's own threads start so: its stores' and vectors' threads, which
-end as soon as what was asked of them is done (one a closed store let go without waiting
-for it was named as the agents' thread)."""
+OURS = ("legion-sqlite", "legion-vectors")
+"""How the names of legion's stores' threads start: they end as soon as what was asked
+of them is done (one a closed store let go without waiting for it was named as the
+agents' thread). Its other threads (a local model's) are waited for as an agent's."""
 
 
 def left_running() -> list[threading.Thread]:

@@ -263,9 +263,11 @@ class RayExecutor:
                     "leaving it",
                     SHUTDOWN_WAIT,
                 )
-                atexit.unregister(ray.shutdown)  # (Ray's own, at exit, would wait for ever)
-                skip_finalization("Ray's shutdown did not return")  # (it crashed in Ray)
-            self._owns_ray = False
+            finally:  # (timed out, or a second signal cancelled the wait)
+                if not stopped.done():
+                    atexit.unregister(ray.shutdown)  # (Ray's own, at exit, would wait too)
+                    skip_finalization("Ray's shutdown did not return")  # (it crashed there)
+                self._owns_ray = False
         if self._connected is not None:
             self._connected.set()
             self._connected = None
