@@ -422,6 +422,23 @@ async def test_a_tick_is_run_as_its_agent_makes_tasks_by_a_worker_that_serves_it
     assert [t.id for t in offered] == [task.id]
 
 
+async def test_a_schedule_added_again_keeps_the_tick_that_is_due(store: Store) -> None:
+    # A deploy that adds its schedules again (unchanged) while a tick was due and not yet
+    # claimed skipped that tick: the next tick after now replaced it.
+    now = 1_800_000_000.0
+    hourly = schedule("hourly", "0 * * * *", "quick", codec.dumps({"i": 1}), now - 7200)
+    await store.add_schedule(hourly, now - 7200)
+    again = schedule("hourly", "0 * * * *", "quick", codec.dumps({"i": 2}), now)
+    await store.add_schedule(again, now)  # (its input changed: the due tick takes it)
+    assert [s.next_tick for s in await store.schedules()] == [hourly.next_tick]
+    assert await run_due(store, now, {"quick": quick}) == 1
+    (ran,) = (await store.find_keys([tick_key("hourly", hourly.next_tick)])).values()
+    assert ran.input == {"i": 2}
+    other_cron = schedule("hourly", "30 * * * *", "quick", codec.dumps({"i": 2}), now)
+    await store.add_schedule(other_cron, now)  # another cron: its own next tick
+    assert [s.next_tick for s in await store.schedules()] == [other_cron.next_tick]
+
+
 async def test_a_tick_already_run_moves_on_and_other_schedules_go_on(store: Store) -> None:
     # On SQLite, a tick whose key a task of the schedule's earlier definition held (it was
     # replaced, by a host whose clock was behind) failed every reaper pass, for good, and

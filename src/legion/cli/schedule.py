@@ -103,6 +103,8 @@ def register(app: typer.Typer) -> None:
                     name, cron, agent, codec.dumps(value), now, max_attempts=attempts or 0
                 )
                 await s.add_schedule(made, now)
+                kept = [found for found in await s.schedules() if found.name == name]
+                made = kept[0] if kept else made  # (a next tick kept from before: see there)
                 return made, None if app_ref else await _unserved(s, agent, store)
             finally:
                 await s.aclose()

@@ -139,7 +139,8 @@ class WaitingStore(Protocol):
         """Waiting tasks, newest first (those of ids below ``before``: the next page)."""
 
     async def add_schedule(self, schedule: Schedule, now: float) -> None:
-        """Add a schedule, or replace the one of that name."""
+        """Add a schedule, or replace the one of that name (its next tick kept when its
+        cron is the same: a tick due and not claimed yet still runs)."""
 
     async def schedules(self) -> list[Schedule]: ...
 

@@ -107,7 +107,11 @@ INSERT INTO schedules (name, cron, agent, input, max_attempts, next_tick, create
 VALUES (%(name)s, %(cron)s, %(agent)s, %(input)b, %(max_attempts)s, %(next_tick)s, %(now)s)
 ON CONFLICT (name) DO UPDATE
 SET cron = excluded.cron, agent = excluded.agent, input = excluded.input,
-    max_attempts = excluded.max_attempts, next_tick = excluded.next_tick;
+    max_attempts = excluded.max_attempts,
+    -- The same cron keeps its next tick: a tick due and not yet claimed is not skipped
+    -- by a deploy that adds its schedules again.
+    next_tick = CASE WHEN schedules.cron = excluded.cron THEN schedules.next_tick
+                     ELSE excluded.next_tick END;
 
 -- name: schedules
 SELECT name, cron, agent, input, max_attempts, next_tick, created_at FROM schedules ORDER BY name;
