@@ -239,3 +239,15 @@ def test_a_bad_llm_route_is_refused_before_the_store_is_made(tmp_path: Path) -> 
         assert r.returncode == 2, r.stderr
         assert r.stderr.splitlines()[-1].startswith("error: ")
         assert not (tmp_path / "legion.db").exists()
+
+
+def test_agent_filters_of_retry_and_cancel_say_what_they_go_with(tmp_path: Path) -> None:
+    # `retry 1 --agent other` queued task 1 whatever its agent; `cancel --agent x` alone
+    # was told to give task ids.
+    store = f"sqlite:///{tmp_path / 'legion.db'}"
+    retried = legion("retry", "1", "--agent", "other", "--store", store)
+    assert retried.returncode == 2
+    assert "--agent goes with --dead, --failed or --cancelled" in retried.stderr
+    cancelled = legion("cancel", "--agent", "x", "--store", store)
+    assert cancelled.returncode == 2
+    assert "--agent goes with --tenant" in cancelled.stderr

@@ -500,7 +500,10 @@ def retry(
     cancelled: Annotated[
         bool, typer.Option("--cancelled", help="Queue every cancelled task again.")
     ] = False,
-    agent: Annotated[str | None, typer.Option(help="Only tasks of this agent.")] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(help="With --dead, --failed or --cancelled: only tasks of this agent."),
+    ] = None,
     children: Annotated[
         bool,
         typer.Option(
@@ -520,6 +523,8 @@ def retry(
         raise _fail("name task ids, or --dead, --failed or --cancelled")
     if children and not task_ids:
         raise _fail("--children goes with task ids: the tasks whose descendants to retry")
+    if agent is not None and not (dead or failed or cancelled):  # (it filtered nothing)
+        raise _fail("--agent goes with --dead, --failed or --cancelled: task ids name theirs")
     n, refused = _run(
         requeue(
             store,
@@ -587,10 +592,13 @@ def cancel(
     """
     from legion.cli.status import CANCEL_CHUNK, CancelTally, cancel_tasks, tenant_tasks
 
+    if agent is not None and tenant is None:  # (first: it was told "give task ids")
+        raise _fail(
+            "--agent goes with --tenant: cancel one agent's tasks with --tenant NAME "
+            "--agent AGENT (a single user's tenant is 'default')"
+        )
     if (tenant is None) == (not task_ids):
         raise _fail("give task ids, or --tenant NAME (not both)")
-    if agent is not None and tenant is None:
-        raise _fail("--agent goes with --tenant")
     console = stderr_console()
     if tenant is not None:
         task_ids = _run(tenant_tasks(store, tenant, agent))
