@@ -164,6 +164,7 @@ provider = "sim"
 model = "sim-large"
 stream = true
 input_price = 1000000
+output_price = 0
 simulator = { tokens_per_second = 10000 }
 """
     )

@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "resources",
         "while_running",
         "record",
+        "exiting",
     ),
     ("codec", "deadline", "heap", "gil", "sim"),
     ("diagnostics", "inputs", "agent"),
