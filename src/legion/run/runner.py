@@ -256,18 +256,7 @@ async def run_instance(
                 error = _timed_out(agent, instance)
             else:
                 outcome = Outcome.CANCELLED if reason is StopReason.CANCELLED else Outcome.RELEASED
-                # (with what its calls cost: a budget counts a task given back or cancelled
-                # mid-way from its usage, and the calls were paid for all the same)
-                done = _completion(
-                    lease,
-                    owner,
-                    outcome,
-                    started,
-                    clock.wall(),
-                    usage=ctx.usage_json(),
-                    time_=instance,
-                )
-                _hand_in(instance, journal, done)
+                _give_back(instance, journal, ctx, outcome, owner, started, clock.wall())
                 return
         except LeaseLost:
             instance.stop_reason = StopReason.LOST
@@ -293,16 +282,7 @@ async def run_instance(
             # program's, not the task's: it was recorded as the task's failure, dead at
             # retries=0, and with retries left the program went on. The attempt is given
             # back uncounted, and the interrupt goes on to stop the program.
-            done = _completion(
-                lease,
-                owner,
-                Outcome.RELEASED,
-                started,
-                clock.wall(),
-                usage=ctx.usage_json(),
-                time_=instance,
-            )
-            _hand_in(instance, journal, done)
+            _give_back(instance, journal, ctx, Outcome.RELEASED, owner, started, clock.wall())
             raise
         except BaseException as exc:  # SystemExit, GeneratorExit, ...: this task's, not ours
             error = AgentCrash(exc)
@@ -513,6 +493,30 @@ def _failure(
     if lease.attempt >= lease.max_attempts:
         return ended(Outcome.DEAD)
     return ended(Outcome.RETRY, finished + agent.options.retry.delay(lease.attempt, rng))
+
+
+def _give_back(
+    instance: Instance,
+    journal: Journal,
+    ctx: Context,
+    outcome: Outcome,
+    owner: str,
+    started: float,
+    finished: float,
+) -> None:
+    """Hand in an attempt given back (released) or cancelled before its end, with what
+    its calls cost: a budget counts such a task's spend from its usage, and the calls
+    were paid for all the same."""
+    done = _completion(
+        instance.lease,
+        owner,
+        outcome,
+        started,
+        finished,
+        usage=ctx.usage_json(),
+        time_=instance,
+    )
+    _hand_in(instance, journal, done)
 
 
 def _completion(
