@@ -739,6 +739,39 @@ async def test_requeue_dead_tasks_with_a_fresh_budget(store: Store) -> None:
     assert all(lease.attempt == 1 for lease in leases)
 
 
+async def test_requeue_many_queues_what_ended_badly_and_counts_it(store: Store) -> None:
+    """`requeue_many`, what `legion retry ID...` queues with: each dead, failed or
+    cancelled task of the ids once (an id given twice too), nothing else; the feed and the
+    counts follow."""
+    ids = [s.id for s in await store.submit([new(value=i) for i in range(6)], NOW)]
+    leases = {lease.id: lease for lease in await store.lease("w", {"a": 5}, 5, NOW + 60, NOW)}
+    err = ErrorInfo("E", "m")
+    ended = [
+        done(ids[0], leases[ids[0]].attempt, "w", Outcome.DEAD, error=err),
+        done(ids[1], leases[ids[1]].attempt, "w", Outcome.FAILED, error=err),
+        done(ids[2], leases[ids[2]].attempt, "w", Outcome.CANCELLED),
+        done(ids[3], leases[ids[3]].attempt, "w"),
+    ]
+    assert await store.write(WriteBatch(completions=ended), NOW) == [True] * 4
+    cursor = await store.last_event_id()
+    # ids[4] is running, ids[5] queued, 10**9 is no task
+    named = [ids[0], ids[3], ids[1], ids[0], ids[4], ids[5], 10**9, ids[2]]
+    assert sorted(await store.requeue_many(named)) == ids[:3]
+    events = await at_least(3, lambda: store.events_after(cursor, 100))
+    assert sorted((e.task_id, e.status) for e in events) == [
+        (i, TaskStatus.QUEUED) for i in ids[:3]
+    ]
+    statuses = await store.statuses(ids)
+    assert [statuses[i] for i in ids] == [TaskStatus.QUEUED] * 3 + [
+        TaskStatus.SUCCEEDED,
+        TaskStatus.RUNNING,
+        TaskStatus.QUEUED,
+    ]
+    assert await counts_of(store) == await counted_by_hand(store)
+    assert await store.requeue_many(ids[:3]) == []  # queued now: nothing to do
+    assert await store.requeue_many([]) == []
+
+
 async def counted_by_hand(store: Store) -> dict[str, Any]:
     """What the counts should say, counted from the tasks themselves."""
     tasks = await store.list_tasks(TaskQuery(limit=1000))

@@ -337,32 +337,35 @@ async def requeue(
             if agent not in known:  # a misspelt filter matches nothing, silently otherwise
                 names = ", ".join(known) or "none"
                 return 0, [f"no tasks of agent {agent!r} in the store (its agents: {names})"]
-        n = 0
         # The named tasks first, each once: a task named twice, or also matched by --dead
         # (--failed, --cancelled), is queued again once and not then refused as queued.
+        named = list(dict.fromkeys(ids))
         queued: set[int] = set()  # (by a walk: a child named beside its parent is no refusal)
-        for task_id in dict.fromkeys(ids):
-            if children:
+        stopping: set[int] = set()
+        if children:  # each task's descendants, then the task: one at a time
+            for task_id in named:
                 try:
                     below = await requeue_descendants(store, task_id) or []
                 except StillStopping as exc:  # (nothing of it queued: said, and the next)
                     refused.append(str(exc))
+                    stopping.add(task_id)
                     continue
-                n += len(below)
                 queued.update(below)
-            if await store.requeue_one(task_id):
-                n += 1
-                continue
-            if task_id in queued:
-                continue
-            info = await store.get(task_id)
-            if info is None:
+                if await store.requeue_one(task_id):
+                    queued.add(task_id)
+        else:  # in chunks, a transaction each (10,000 ids in about a second)
+            queued.update(await store.requeue_many(named))
+        left = [i for i in named if i not in queued and i not in stopping]
+        found = await store.statuses(left) if left else {}
+        for task_id in left:
+            if task_id not in found:
                 refused.append(f"task {task_id} not found")
             else:
                 refused.append(
-                    f"task {task_id} {info.status}; only dead, failed or cancelled tasks "
+                    f"task {task_id} {found[task_id]}; only dead, failed or cancelled tasks "
                     "can be retried"
                 )
+        n = len(queued)
         if statuses:
             n += await store.requeue(statuses, agent=agent)
     return n, refused

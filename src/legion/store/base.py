@@ -142,6 +142,10 @@ class TaskQueue(Protocol):
     async def requeue_one(self, task_id: int) -> bool:
         """Queue again one dead, failed or cancelled task."""
 
+    async def requeue_many(self, task_ids: Sequence[int]) -> list[int]:
+        """Queue again those of ``task_ids`` that ended dead, failed or cancelled, with a
+        fresh attempt budget, a transaction per chunk of ids; answer the ids queued."""
+
     async def purge(
         self,
         before: float,

@@ -817,9 +817,15 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         return done
 
     async def requeue_one(self, task_id: int) -> bool:
-        async with self._cursor() as cur:
-            await cur.execute(Q["requeue_one"], {"id": task_id})
-            return cur.rowcount == 1
+        return bool(await self.requeue_many([task_id]))
+
+    async def requeue_many(self, task_ids: Sequence[int]) -> list[int]:
+        ids, queued = list(dict.fromkeys(task_ids)), []
+        for at in range(0, len(ids), REQUEUE_CHUNK):
+            async with self._cursor() as cur:  # a call (and a deadline) per chunk
+                await cur.execute(Q["requeue_many"], {"ids": ids[at : at + REQUEUE_CHUNK]})
+                queued += [r[0] for r in await cur.fetchall()]
+        return queued
 
     async def purge(
         self,

@@ -24,6 +24,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
@@ -88,6 +89,8 @@ Q = queries("sqlite")
 _UNCOUNTED = (Outcome.RELEASED, Outcome.WAITING)
 
 
+_RETRIABLE = ("dead", "failed", "cancelled")  # what a retry queues again (`requeue_many`)
+_REQUEUE_CHUNK = 5000  # ids a transaction of `requeue_many`
 _LOWEST_PRIORITY = -(2**63)  # `lease` without a `min_priority`: every priority
 _TENANT_AGENT = itemgetter(8, 1)  # a leased row's group in the counts (see `_lease_agent`)
 
@@ -733,13 +736,23 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
         return await self._call(self._transaction, run)
 
     async def requeue_one(self, task_id: int) -> bool:
-        def run(db: sqlite3.Connection) -> bool:
-            was = db.execute(Q["status_of"], {"id": task_id}).fetchone()
-            if was is None:
-                return False
-            return _requeue(db, "requeue_one", {"id": task_id}, self._clock.wall(), was[0]) == 1
+        return bool(await self.requeue_many([task_id]))
 
-        return await self._call(self._transaction, run)
+    async def requeue_many(self, task_ids: Sequence[int]) -> list[int]:
+        queued: list[int] = []
+        for chunk in _chunks(list(dict.fromkeys(task_ids)), _REQUEUE_CHUNK):
+            ids = codec.dumps(chunk).decode()
+            queued += await self._call(self._transaction, partial(self._requeue_ids, ids=ids))
+        return queued
+
+    def _requeue_ids(self, db: sqlite3.Connection, *, ids: str) -> list[int]:
+        """One chunk of `requeue_many` (``ids``: a JSON list), in its transaction."""
+        was = dict(db.execute(Q["statuses"], {"ids": ids}).fetchall())
+        queued = [r[0] for r in db.execute(Q["requeue_many"], {"ids": ids})]
+        now = self._clock.wall()
+        for status in _RETRIABLE:  # (the feed and the counts, by what each was)
+            log_changes(db, [i for i in queued if was[i] == status], now, was=status)
+        return queued
 
     async def purge(
         self,

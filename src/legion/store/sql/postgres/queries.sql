@@ -483,11 +483,18 @@ WHERE id IN (
 )
 RETURNING id;
 
--- name: requeue_one
+-- name: requeue_many
+-- These tasks, those that ended dead, failed or cancelled; rows locked in id order.
 UPDATE tasks
 SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = false, crashes = 0, isolate = false,
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
-WHERE id = %(id)s AND status IN ('dead', 'failed', 'cancelled');
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE id = ANY(%(ids)b::bigint[]) AND status IN ('dead', 'failed', 'cancelled')
+    ORDER BY id
+    FOR UPDATE
+)
+RETURNING id;
 
 -- name: status_of
 SELECT status FROM tasks WHERE id = %(id)s;

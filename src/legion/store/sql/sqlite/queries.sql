@@ -346,11 +346,12 @@ SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0, crashe
 WHERE status IN (SELECT value FROM json_each(:statuses)) AND (:agent IS NULL OR agent = :agent)
 RETURNING id;
 
--- name: requeue_one
+-- name: requeue_many
+-- These tasks, those that ended dead, failed or cancelled (a JSON list of ids).
 UPDATE tasks
 SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0, crashes = 0, isolate = 0,
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
-WHERE id = :id AND status IN ('dead', 'failed', 'cancelled')
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('dead', 'failed', 'cancelled')
 RETURNING id;
 
 -- name: status_of
