@@ -359,6 +359,50 @@ def test_a_run_without_a_local_worker_says_when_no_worker_serves_its_agent(
             run.communicate()
 
 
+def test_a_run_without_a_local_worker_says_when_its_last_worker_goes(
+    tmp_path: Path, workers: Workers
+) -> None:
+    """The only worker exits (a budget spent, a deploy) while the run waits for results:
+    the run waited on in silence, a hang to its user. It now says that no worker serves
+    its agent any more, and goes on waiting (a new worker would run the tasks)."""
+    app = tmp_path / "hold.py"
+    app.write_text(
+        "import asyncio, os\nimport legion\n\n\n@legion.agent(timeout=600)\n"
+        "async def hold(ctx, i: int):\n"
+        "    with open(os.environ['STEP_LOG'], 'a') as f:\n"
+        "        f.write(f'{i}\\n')\n"
+        "    await asyncio.Event().wait()\n"
+    )
+    log = tmp_path / "steps.log"
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    worker = workers.start(
+        "--app", str(app), "--store", store, "--drain-timeout", "0", env={"STEP_LOG": str(log)}
+    )
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": 1}])
+    run = start_legion("run", f"{app}:hold", "-i", str(inp), "--store", store, "--no-local-worker")
+    try:
+        wait_for(lambda: lines(log) == ["1"], what="the worker to run the task")
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+        assert run.stderr is not None
+        said = []
+        for line in run.stderr:
+            said.append(line)
+            if "no live worker serves agent 'hold'" in line:
+                break
+        else:
+            raise AssertionError("".join(said))
+        assert "any more" in said[-1] and f"--store {store}" in said[-1], said
+        assert not any(" yet:" in line for line in said), said  # the worker served at first
+        assert run.poll() is None  # still waiting: a worker started now would run the task
+        run.send_signal(signal.SIGTERM)
+        run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+
+
 def test_a_worker_process_whose_supervisor_died_before_it_started_does_not_start(
     tmp_path: Path, agents_file: Path
 ) -> None:

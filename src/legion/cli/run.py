@@ -23,6 +23,7 @@ from legion.cli.keyed_lines import submit_lines
 from legion.cli.llm_options import DEFAULT_CONFIG, llm_config
 from legion.cli.output import OrderedLines, OutputFile, open_output
 from legion.cli.progress import Progress, RunTally, rate_text
+from legion.cli.unserved import WorkerWatch
 from legion.cli.wiring import (
     STOP_SIGNALS,
     RuntimeOptions,
@@ -65,6 +66,9 @@ SKIPPED_SHOWN = 20
 """The bad input lines said on the terminal, each (all of them are in the output)."""
 STORE_LOOK_EVERY = 1.0
 """Seconds between two looks at the store while a run waits for it (`watch_store`)."""
+WATCH_EVERY = 5.0
+"""Seconds between two looks, without a local worker, for a worker serving the agent (a
+worker heartbeats every 5 s at most)."""
 
 
 @dataclass(slots=True)
@@ -257,8 +261,12 @@ async def _run_lines(
             if budget is not None:
                 earlier = await _spent_before(rt, [s.id for s in submitted if not s.created])
                 budget.spent_before(earlier)
+            workers = None
             if not opts.runtime.worker and len(ended) < len(submitted):
-                await _say_if_unserved(rt, opts, console)
+                workers = WorkerWatch(
+                    rt.store, opts.agent.name, opts.runtime.store, console, every=WATCH_EVERY
+                )
+                await workers.check()  # (and as the results come: the last worker may go)
             del good, submitted  # (what a run of many lines no longer needs: sink holds them)
             for watch in watched:
                 if llm is not None:  # an agent's budget: what its tasks recorded so far
@@ -267,7 +275,9 @@ async def _run_lines(
             with Progress(
                 tally, agent=opts.agent.name, console=console, enabled=opts.progress, llm=llm
             ) as progress:
-                interrupted = await _collect(rt, sink, resumed, tally, progress, stop, watched)
+                interrupted = await _collect(
+                    rt, sink, resumed, tally, progress, stop, watched, workers
+                )
             spent = next((w for w in watched if w.exhausted is not None), None)
             if spent is not None and not stop.is_set():
                 sink.budget_exceeded = True
@@ -389,28 +399,6 @@ def _say_if_not_covered(opts: RunOptions, console: Console) -> None:
     )
 
 
-async def _say_if_unserved(rt: Runtime, opts: RunOptions, console: Console) -> None:
-    """Without a local worker: say so when no live worker on the store serves the agent
-    (the tasks wait in the queue until one starts, and the run with them)."""
-    from legion.cli.status import live_workers
-    from legion.store import redact_url
-
-    fresh = 2 * opts.runtime.lease_seconds  # a worker heartbeats well within its lease
-    serving = [
-        w
-        for w in await live_workers(rt.store, fresh)
-        if opts.agent.name in w.load.get("agents", ())
-    ]
-    if not serving:
-        where = redact_url(opts.runtime.store)
-        console.print(
-            f"no live worker serves agent {opts.agent.name!r} on {where} yet: its tasks "
-            f"wait in the queue until one starts (`legion worker --app FILE --store {where}`)",
-            style="yellow",
-            highlight=False,
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class Resumed:
     """Which results of a run are of tasks that ended in an earlier run: those ended
@@ -434,9 +422,11 @@ async def _collect(
     progress: Progress,
     stop: StopSignals,
     budgets: list[Budget] | None = None,
+    workers: WorkerWatch | None = None,
 ) -> bool:
     """Gather results until every task finished, a signal asked to stop or one of
-    ``budgets`` is spent; answer whether the run was interrupted."""
+    ``budgets`` is spent; answer whether the run was interrupted. ``workers``: without a
+    local worker, says when no worker serves the agent any more."""
 
     async def consume() -> None:
         async for r in rt.results(list(sink.open)):
@@ -455,6 +445,8 @@ async def _collect(
             if stopping in done or spent in done or rt.fatal_error is not None:
                 return True
             await _refresh(rt, progress)
+            if workers is not None:
+                await workers.check()
         consumer.result()  # an error while collecting is an error of the run
         await _refresh(rt, progress)
         return False
