@@ -445,6 +445,11 @@ class ConnectionRefused(ProviderUnavailable):
     route's address (a server not started yet, or a wrong port)."""
 
 
+class HostNotFound(ConnectionRefused):
+    """Raised when a provider's host name does not resolve (a mistyped host, no DNS):
+    nothing can answer at the route's address, as when its connections are refused."""
+
+
 class NothingListens(ProviderRejected):
     """Raised, where a run asks for it (``legion run``), when a route that never answered
     has had its connections refused for a while: nothing listens at its address, and

@@ -182,3 +182,21 @@ def test_a_run_whose_provider_is_not_listening_stops_with_its_tasks_unspent(
     rows = read_jsonl(out)
     assert [row["status"] for row in rows] == ["succeeded"] * 20
     assert {row["attempts"] for row in rows} == {1}  # (none was spent on the refusals)
+
+
+def test_a_run_whose_provider_host_does_not_resolve_stops_with_its_tasks_unspent(
+    tmp_path: Path,
+) -> None:
+    """A mistyped host: every call failed for two minutes, and every task ended dead for
+    good, where a mistyped port stopped the run in seconds with nothing spent."""
+    (tmp_path / "app.py").write_text(AGENT)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"topic": f"t{i}"} for i in range(5)])
+    out, store = tmp_path / "out.jsonl", f"sqlite:///{tmp_path / 'db'}"
+    where = "http://no-such-host.invalid:9/v1"  # (.invalid never resolves: RFC 2606)
+    run = ["run", f"{tmp_path / 'app.py'}:ask", "-i", str(inp), "-o", str(out), "-s", store]
+    r = legion(*run, "--llm", f"openai:sim-model@{where}", timeout=120)
+    assert r.returncode == 2, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"the host of {where}" in errors[0], r.stderr
+    assert "does not resolve" in errors[0]
+    assert [row["status"] for row in read_jsonl(out)] == ["queued"] * 5

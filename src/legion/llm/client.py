@@ -67,6 +67,7 @@ from legion import attempt as attempts
 from legion import deadline, telemetry
 from legion.errors import (
     ConnectionRefused,
+    HostNotFound,
     MalformedResponse,
     NothingListens,
     Permanent,
@@ -691,12 +692,20 @@ class LLMClient:
             return
         where = getattr(route.provider, "base_url", None) or route.provider.name
         counters.failed += 1
-        stop = NothingListens(
-            f"nothing listens at {where} (route {route.name!r}): its connections were refused "
-            f"for {now - counters.refused_since:.0f} s, and it never answered; start the "
-            "server (`legion sim &` for the simulator), or fix --llm",
-            provider=route.provider.name,
-        )
+        seconds = now - counters.refused_since
+        if isinstance(exc, HostNotFound):
+            said = (
+                f"the host of {where} (route {route.name!r}) does not resolve: its name was "
+                f"not found for {seconds:.0f} s, and it never answered; fix the address in "
+                "--llm (or legion.toml), or the machine's DNS"
+            )
+        else:
+            said = (
+                f"nothing listens at {where} (route {route.name!r}): its connections were "
+                f"refused for {seconds:.0f} s, and it never answered; start the server "
+                "(`legion sim &` for the simulator), or fix --llm"
+            )
+        stop = NothingListens(said, provider=route.provider.name)
         if self.fatal_error is None:
             self.fatal_error = stop
         raise stop from exc

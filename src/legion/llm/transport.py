@@ -30,6 +30,7 @@ that are not a success are `ProviderRejected`. Nothing here retries.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -38,6 +39,7 @@ import orjson
 from legion.errors import (
     ConnectionRefused,
     EndpointNotFound,
+    HostNotFound,
     LegionError,
     MalformedResponse,
     ProviderAuthError,
@@ -284,10 +286,14 @@ class HttpTransport:
                 f"{provider}: invalid URL {url!r}; check the base URL", provider=provider
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            refused = isinstance(exc, ConnectionRefusedError) or isinstance(
-                getattr(exc, "os_error", None), ConnectionRefusedError
+            cause = getattr(exc, "os_error", None) or exc
+            failed = (
+                HostNotFound
+                if isinstance(cause, socket.gaierror)
+                else ConnectionRefused
+                if isinstance(cause, ConnectionRefusedError)
+                else ProviderUnavailable
             )
-            failed = ConnectionRefused if refused else ProviderUnavailable
             raise failed(
                 f"{provider} connection failed: {type(exc).__name__}: {exc}", provider=provider
             ) from exc
