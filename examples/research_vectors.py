@@ -62,13 +62,33 @@ async def research(ctx: legion.Context, question: str) -> dict[str, Any]:
 
 
 def write_corpus(path: str) -> int:
-    """The documentation topics of ``pydoc_data``, one JSON line each (id, topic, text)."""
+    """The documentation topics of ``pydoc_data``, one JSON line each (id, topic, text).
+    An existing file is replaced only if it is such a corpus (a rerun): anything else
+    is the user's, and refused."""
     from pydoc_data.topics import topics
 
+    if not _is_corpus(path):
+        sys.exit(f"{path} exists and is not a corpus this script wrote: give a new path")
     with open(path, "w", encoding="utf-8") as out:
         for topic, text in sorted(topics.items()):
             out.write(json.dumps({"id": topic, "topic": topic, "text": text}) + "\n")
     return len(topics)
+
+
+def _is_corpus(path: str) -> bool:
+    """Whether ``path`` is free to write: absent, or a corpus `write_corpus` wrote."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and set(row) == {"id", "topic", "text"}
 
 
 if __name__ == "__main__":

@@ -390,6 +390,15 @@ def test_the_example_agent_retrieves_by_vectors_and_remembers_its_session(
     )
     assert made.returncode == 0, made.stderr
     lines = corpus.read_text().splitlines()
+    again = subprocess.run([sys.executable, str(example), str(corpus)], capture_output=True)
+    assert again.returncode == 0, again.stderr  # its own corpus: written again
+    notes = tmp_path / "notes.txt"  # a user's file given by mistake: kept
+    notes.write_text("my notes\n")
+    refused = subprocess.run(
+        [sys.executable, str(example), str(notes)], capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 1 and "is not a corpus" in refused.stderr
+    assert notes.read_text() == "my notes\n"
     small = tmp_path / "small.jsonl"
     small.write_text(
         "".join(f"{line}\n" for line in lines if '"with"' in line or '"yield"' in line)
