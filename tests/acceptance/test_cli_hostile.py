@@ -130,3 +130,8 @@ def test_the_demo_replaces_no_file_but_its_own_reports(tmp_path: Path) -> None:
     assert code.read_text() == AGENT
     r = legion("demo", "--tasks", "2", "--scaled-only", "--report", str(tmp_path), cwd=tmp_path)
     assert r.returncode == 2 and "it is a folder" in r.stderr, r.stderr
+    # --report and --json on one path: the JSON was written, then the HTML over it.
+    both = str(tmp_path / "out.html")
+    r = legion("demo", "--tasks", "2", "--scaled-only", "--report", both, "--json", both)
+    assert r.returncode == 2 and "give each its own file" in r.stderr, r.stderr
+    assert not (tmp_path / "out.html").exists()

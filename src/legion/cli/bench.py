@@ -599,6 +599,8 @@ def demo(
         _check_output(report, _REPORT_MARK, "--report", "a legion demo report")
     if json_out is not None:
         _check_output(json_out, _JSON_MARK, "--json", "a legion demo's JSON")
+        if not no_report and json_out.resolve() == report.resolve():  # (one would be lost)
+            raise _bad(f"--json and --report both name {json_out}: give each its own file")
     try:
         cfg = DemoConfig(
             tasks=tasks,
@@ -626,6 +628,7 @@ def demo(
 
         data = orjson.dumps(as_dict(comparison), option=orjson.OPT_INDENT_2)
         _write_whole(json_out, data)
+        console.print(f"json: {json_out.resolve()}", highlight=False)
     if not no_report:
         from legion.demo.report import render
 
