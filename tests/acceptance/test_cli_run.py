@@ -715,7 +715,15 @@ def test_a_rerun_says_how_to_run_again_what_did_not_succeed(
     again = legion(*args)
     assert again.returncode == 1
     assert "2 finished in an earlier run and were not run again" in again.stderr
-    assert "1 of them did not succeed: `legion retry --failed" in again.stderr
+    # Line 2's input does not fit the agent: a retry would fail it the same way.
+    assert "1 of them failed on their input (InputError): fix those lines" in again.stderr
+    assert "legion retry" not in again.stderr
+    inp = write_jsonl(tmp_path / "doomed.jsonl", [{"i": 1}, {"i": 2}])
+    doomed = ("run", f"{agents_file}:doomed", "-i", str(inp), "-o", "/dev/null", "--store", store)
+    assert legion(*doomed).returncode == 1
+    again = legion(*doomed)
+    assert "2 of them did not succeed: `legion retry --failed" in again.stderr
+    assert "on their input" not in again.stderr
 
 
 def test_inputs_from_stdin_from_a_file_with_a_bom_and_a_folder_refused(

@@ -38,6 +38,7 @@ class RunTally:
     latency: LatencySample = field(default_factory=LatencySample)
     resumed: int = 0
     resumed_unsucceeded: int = 0  # of those, the ones that had not succeeded
+    resumed_bad_input: int = 0  # of those, the ones their input failed (InputError)
     bad_lines: int = 0
     gone: int = 0  # lines whose task left the store (purged) before its end was read
 
@@ -46,6 +47,7 @@ class RunTally:
         if resumed:
             self.resumed += 1
             self.resumed_unsucceeded += result.status is not TaskStatus.SUCCEEDED
+            self.resumed_bad_input += result.error is not None and result.error.type == "InputError"
         elif result.latency is not None:
             self.latency.add(result.latency)
 

@@ -641,10 +641,16 @@ def _print_summary(console: Console, tally: RunTally, report: RunReport, interru
     _print_diagnostics(console, report.diagnostics)
     if tally.resumed:
         console.print(f"{tally.resumed} finished in an earlier run and were not run again")
-        if tally.resumed_unsucceeded:
+        retriable = tally.resumed_unsucceeded - tally.resumed_bad_input
+        if retriable:
             console.print(
-                f"  {tally.resumed_unsucceeded} of them did not succeed: `legion retry --failed "
+                f"  {retriable} of them did not succeed: `legion retry --failed "
                 "--dead --cancelled` (with --store) queues them again for the next run"
+            )
+        if tally.resumed_bad_input:  # (a retry fails them the same way: the line is wrong)
+            console.print(
+                f"  {tally.resumed_bad_input} of them failed on their input (InputError): "
+                "fix those lines; a fixed line is a new task"
             )
     for line, result in sorted(report.failures, key=lambda f: f[0]):
         if result.error is not None:
