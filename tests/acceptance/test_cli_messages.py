@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import legion, read_jsonl
+from tests.acceptance.conftest import legion, read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -251,3 +251,21 @@ def test_agent_filters_of_retry_and_cancel_say_what_they_go_with(tmp_path: Path)
     cancelled = legion("cancel", "--agent", "x", "--store", store)
     assert cancelled.returncode == 2
     assert "--agent goes with --tenant" in cancelled.stderr
+    retried = legion("retry", "1", "--tenant", "acme", "--store", store)
+    assert retried.returncode == 2
+    assert "--tenant goes with --dead, --failed or --cancelled" in retried.stderr
+
+
+def test_retry_by_status_keeps_to_a_tenant_and_names_one_mistyped(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'legion.db'}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": 1}, {"i": 2}])
+    ran = legion("run", f"{agents_file}:doomed", "-i", str(inp), "--store", store)
+    assert ran.returncode == 1  # both dead, of the tenant `default`
+    typo = legion("retry", "--dead", "--tenant", "defualt", "--store", store)
+    assert typo.returncode == 1
+    assert "no tasks of tenant 'defualt' in the store (its tenants: default)" in typo.stderr
+    retried = legion("retry", "--dead", "--tenant", "default", "--store", store)
+    assert retried.returncode == 0, retried.stderr
+    assert "queued again: 2 task(s)" in retried.stderr

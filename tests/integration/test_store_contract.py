@@ -739,6 +739,24 @@ async def test_requeue_dead_tasks_with_a_fresh_budget(store: Store) -> None:
     assert all(lease.attempt == 1 for lease in leases)
 
 
+async def test_requeue_by_status_keeps_to_a_tenant_and_an_agent(store: Store) -> None:
+    """`legion retry --dead --tenant T [--agent A]`: only that tenant's (agent's) tasks."""
+    made = [new(value=i, tenant="acme") for i in range(3)]
+    made += [new("b", value=i, tenant="acme") for i in range(2)]
+    made += [new(value=i, tenant="globex") for i in range(4)]
+    ids = [s.id for s in await store.submit(made, NOW)]
+    leases = await store.lease("w", {"a": 9, "b": 9}, 9, NOW + 60, NOW)
+    err = ErrorInfo("E", "m")
+    ended = [done(lease.id, lease.attempt, "w", Outcome.DEAD, error=err) for lease in leases]
+    assert await store.write(WriteBatch(completions=ended), NOW) == [True] * 9
+    assert await store.requeue([TaskStatus.DEAD], tenant="acme", agent="a") == 3
+    assert await store.requeue([TaskStatus.DEAD], tenant="nobody") == 0
+    assert await store.requeue([TaskStatus.DEAD], tenant="acme") == 2  # its agent b's
+    statuses = await store.statuses(ids)
+    assert [statuses[i] for i in ids] == [TaskStatus.QUEUED] * 5 + [TaskStatus.DEAD] * 4
+    assert await counts_of(store) == await counted_by_hand(store)
+
+
 async def test_requeue_many_queues_what_ended_badly_and_counts_it(store: Store) -> None:
     """`requeue_many`, what `legion retry ID...` queues with: each dead, failed or
     cancelled task of the ids once (an id given twice too), nothing else; the feed and the

@@ -504,6 +504,14 @@ def retry(
         str | None,
         typer.Option(help="With --dead, --failed or --cancelled: only tasks of this agent."),
     ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant",
+            help="With --dead, --failed or --cancelled: only tasks of this tenant (as "
+            "`legion keys` names it; `default` for the server's own).",
+        ),
+    ] = None,
     children: Annotated[
         bool,
         typer.Option(
@@ -523,8 +531,9 @@ def retry(
         raise _fail("name task ids, or --dead, --failed or --cancelled")
     if children and not task_ids:
         raise _fail("--children goes with task ids: the tasks whose descendants to retry")
-    if agent is not None and not (dead or failed or cancelled):  # (it filtered nothing)
-        raise _fail("--agent goes with --dead, --failed or --cancelled: task ids name theirs")
+    for name, given in (("--agent", agent), ("--tenant", tenant)):
+        if given is not None and not (dead or failed or cancelled):  # (it filtered nothing)
+            raise _fail(f"{name} goes with --dead, --failed or --cancelled: task ids name theirs")
     n, refused = _run(
         requeue(
             store,
@@ -534,6 +543,7 @@ def retry(
             cancelled=cancelled,
             agent=agent,
             children=children,
+            tenant=tenant,
         )
     )
     console = stderr_console()
@@ -548,6 +558,7 @@ def retry(
             k for k, on in (("dead", dead), ("failed", failed), ("cancelled", cancelled)) if on
         )
         of = f" of agent {agent!r}" if agent else ""
+        of += f" of tenant {tenant!r}" if tenant else ""
         console.print(f"nothing to queue again: no {kinds} tasks{of}", highlight=False)
     if refused:
         raise typer.Exit(1)

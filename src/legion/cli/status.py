@@ -314,6 +314,7 @@ async def requeue(
     cancelled: bool,
     agent: str | None,
     children: bool = False,
+    tenant: str | None = None,
 ) -> tuple[int, list[str]]:
     """Queue tasks again; answer how many, and why each named task that was not could not be.
     ``children``: each named task's descendants that ended dead, failed or cancelled too,
@@ -337,6 +338,11 @@ async def requeue(
             if agent not in known:  # a misspelt filter matches nothing, silently otherwise
                 names = ", ".join(known) or "none"
                 return 0, [f"no tasks of agent {agent!r} in the store (its agents: {names})"]
+        if tenant is not None:
+            tenants = sorted(await store.counts_by_tenant())
+            if tenant not in tenants:  # (a mistyped name is no "nothing to queue again")
+                names = ", ".join(tenants) or "none"
+                return 0, [f"no tasks of tenant {tenant!r} in the store (its tenants: {names})"]
         # The named tasks first, each once: a task named twice, or also matched by --dead
         # (--failed, --cancelled), is queued again once and not then refused as queued.
         named = list(dict.fromkeys(ids))
@@ -367,7 +373,7 @@ async def requeue(
                 )
         n = len(queued)
         if statuses:
-            n += await store.requeue(statuses, agent=agent)
+            n += await store.requeue(statuses, agent=agent, tenant=tenant)
     return n, refused
 
 

@@ -136,8 +136,15 @@ class TaskQueue(Protocol):
         """`cancel` for each of ``task_ids``, in one transaction: the status of each task
         found, after (a task not found is left out)."""
 
-    async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
-        """Queue again every task in ``statuses`` with a fresh attempt budget."""
+    async def requeue(
+        self,
+        statuses: Sequence[TaskStatus],
+        *,
+        agent: str | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        """Queue again every task in ``statuses`` (of ``agent``, of ``tenant``) with a fresh
+        attempt budget."""
 
     async def requeue_one(self, task_id: int) -> bool:
         """Queue again one dead, failed or cancelled task."""

@@ -794,7 +794,13 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
                 after[i] = one
         return after
 
-    async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
+    async def requeue(
+        self,
+        statuses: Sequence[TaskStatus],
+        *,
+        agent: str | None = None,
+        tenant: str | None = None,
+    ) -> int:
         """Requeue in chunks of REQUEUE_CHUNK tasks, one transaction each, going up the ids:
         a transaction records at most 2**20 status changes."""
         if not statuses:
@@ -802,6 +808,7 @@ class PostgresStore(PostgresWaiting, PostgresLedger, PostgresBatches):
         params: dict[str, Any] = {
             "statuses": [str(s) for s in statuses],
             "agent": agent,
+            "tenant": tenant,
             "after": 0,
             "limit": REQUEUE_CHUNK,
         }

@@ -724,12 +724,19 @@ class SQLiteStore(SQLiteSubmissions, SQLiteWaiting, SQLiteLedger, SQLiteBatches)
 
         return await self._call(self._transaction, run)
 
-    async def requeue(self, statuses: Sequence[TaskStatus], *, agent: str | None = None) -> int:
+    async def requeue(
+        self,
+        statuses: Sequence[TaskStatus],
+        *,
+        agent: str | None = None,
+        tenant: str | None = None,
+    ) -> int:
         def run(db: sqlite3.Connection) -> int:
             now = self._clock.wall()
             requeued = 0
             for status in dict.fromkeys(str(s) for s in statuses):  # one status at a time,
                 params = {"statuses": codec.dumps([status]).decode(), "agent": agent}
+                params["tenant"] = tenant
                 requeued += _requeue(db, "requeue", params, now, status)  # for the counts
             return requeued
 

@@ -476,6 +476,7 @@ SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = false, cr
 WHERE id IN (
     SELECT id FROM tasks
     WHERE status = ANY(%(statuses)b::text[]) AND (%(agent)s::text IS NULL OR agent = %(agent)s)
+      AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
       AND id > %(after)s
     ORDER BY id
     LIMIT %(limit)s

@@ -344,6 +344,7 @@ UPDATE tasks
 SET status = 'queued', attempt = 0, not_before = 0, cancel_requested = 0, crashes = 0, isolate = 0,
     finished_at = NULL, lease_owner = NULL, lease_expires = NULL
 WHERE status IN (SELECT value FROM json_each(:statuses)) AND (:agent IS NULL OR agent = :agent)
+  AND (:tenant IS NULL OR tenant = :tenant)
 RETURNING id;
 
 -- name: requeue_many
