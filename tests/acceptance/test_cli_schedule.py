@@ -155,3 +155,32 @@ def test_schedule_list_says_when_there_are_none_and_shows_attempts_in_json(
     empty = legion("schedule", "list", *store)
     assert empty.returncode == 0 and empty.stdout == ""
     assert empty.stderr.startswith("no schedules")
+
+
+def test_a_schedule_that_skips_overlaps_and_its_last_task_are_listed(
+    tmp_path: Path, agents_file: Path
+) -> None:
+    db = tmp_path / "db"
+    store = ["--store", f"sqlite:///{db}"]
+    bad = legion("schedule", "add", "n", "typed", *YEARLY, "--overlap", "queue", *store)
+    assert bad.returncode == 2 and "bad overlap 'queue': give one of allow, skip" in bad.stderr
+    skips = legion("schedule", "add", "n", "typed", *YEARLY, "--overlap", "skip", *store)
+    assert skips.returncode == 0, skips.stderr
+    (listed,) = json.loads(legion("schedule", "list", "--json", *store).stdout)
+    assert (listed["overlap"], listed["last_task"], listed["last_status"]) == ("skip", None, None)
+    line = legion("schedule", "list", *store).stdout
+    assert line.rstrip("\n").endswith("\toverlap skip") and "last task" not in line
+    # A tick has run (its task, made here by a run of the same agent).
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"n": 1}\n')
+    assert legion("run", f"{agents_file}:typed", "-i", str(inp), *store).returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE schedules SET last_task = (SELECT max(id) FROM tasks)")
+    (listed,) = json.loads(legion("schedule", "list", "--json", *store).stdout)
+    assert listed["last_status"] == "succeeded" and listed["last_task"] >= 1
+    line = legion("schedule", "list", *store).stdout
+    assert f"\tlast task {listed['last_task']} succeeded\toverlap skip\n" in line
+    # Added again without --overlap: allow, as by default; its last task is kept.
+    assert legion("schedule", "add", "n", "typed", *YEARLY, *store).returncode == 0
+    (listed,) = json.loads(legion("schedule", "list", "--json", *store).stdout)
+    assert listed["overlap"] == "allow" and listed["last_status"] == "succeeded"

@@ -14,8 +14,8 @@ import pytest
 import legion
 from legion import codec
 from legion.errors import ChildFailed, NotAwaited, WaitTimeout
-from legion.store import Store, store_from_url
-from legion.task import NewTask, TaskStatus
+from legion.store import Store, WriteBatch, store_from_url
+from legion.task import Completion, NewTask, Outcome, TaskStatus
 from legion.testing import FakeClock
 from legion.waiting.schedules import run_due, schedule, tick_key
 
@@ -458,6 +458,38 @@ async def test_a_tick_already_run_moves_on_and_other_schedules_go_on(store: Stor
     }
     ran = (await store.find_keys([key]))[key]
     assert ran.input == {"i": 1}
+
+
+async def test_a_schedule_that_skips_overlaps_passes_ticks_while_its_last_task_runs(
+    store: Store,
+) -> None:
+    """A task that outlasts its period: with ``overlap="skip"`` the ticks while it runs
+    are passed over (by default every tick runs beside it); each tick run is the
+    schedule's last task, and the next tick after its end runs again."""
+    now = 1_800_000_000.0  # (on a minute)
+    agents = {"quick": quick}
+    for name, overlap in (("stacks", "allow"), ("skips", "skip")):
+        made = schedule(name, "* * * * *", "quick", b"{}", now - 1, overlap=overlap)
+        await store.add_schedule(made, now - 1)
+    assert await run_due(store, now, agents) == 2
+    first = {s.name: s for s in await store.schedules()}
+    assert first["skips"].overlap == "skip" and first["stacks"].overlap == "allow"
+    ran = (await store.find_keys([tick_key("skips", now)]))[tick_key("skips", now)]
+    assert first["skips"].last_task == ran.id
+    assert await run_due(store, now + 60, agents) == 1  # stacks runs; skips' task is queued
+    assert await run_due(store, now + 120, agents) == 1
+    skips = {s.name: s for s in await store.schedules()}["skips"]
+    assert skips.next_tick == now + 180 and skips.last_task == ran.id  # passed over twice
+    # Its task ends: the next tick runs again.
+    leases = await store.lease("w", {"quick": 10}, 10, now + 600, now + 130)
+    (mine,) = [lease for lease in leases if lease.id == ran.id]
+    ended = Completion(
+        mine.id, mine.attempt, "w", Outcome.SUCCEEDED, started_at=now + 130, finished_at=now + 131
+    )
+    assert await store.write(WriteBatch(completions=[ended]), now + 131) == [True]
+    assert await run_due(store, now + 180, agents) == 2
+    skips = {s.name: s for s in await store.schedules()}["skips"]
+    assert skips.last_task not in (None, ran.id) and skips.next_tick == now + 240
 
 
 @legion.agent(retries=0)

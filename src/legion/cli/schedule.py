@@ -56,6 +56,15 @@ def register(app: typer.Typer) -> None:
                 "(its retries + 1).",
             ),
         ] = None,
+        overlap: Annotated[
+            str,
+            typer.Option(
+                "--overlap",
+                help="When a tick comes while the task of the last tick run has not "
+                "ended: allow (run beside it) or skip (pass the tick over; the schedule "
+                "goes on from the next tick).",
+            ),
+        ] = "allow",
         store: StoreOpt = DEFAULT_STORE,
         app_ref: Annotated[
             list[str] | None,
@@ -84,7 +93,7 @@ def register(app: typer.Typer) -> None:
             raise _fail("--input must be a JSON object (the agent's keyword arguments)")
         try:  # (checked before the store is opened, on this host's clock; and first: a
             # bad --cron was reported as the missing --input of the agent)
-            schedule(name, cron, agent, b"{}", time.time())
+            schedule(name, cron, agent, b"{}", time.time(), overlap=overlap)
         except (CronError, ValueError) as exc:
             raise _fail(str(exc)) from None
         if app_ref:
@@ -100,7 +109,13 @@ def register(app: typer.Typer) -> None:
                 # whose clock is behind would set a tick that has run already.
                 now = await s.now()
                 made = schedule(
-                    name, cron, agent, codec.dumps(value), now, max_attempts=attempts or 0
+                    name,
+                    cron,
+                    agent,
+                    codec.dumps(value),
+                    now,
+                    max_attempts=attempts or 0,
+                    overlap=overlap,
                 )
                 await s.add_schedule(made, now)
                 kept = [found for found in await s.schedules() if found.name == name]
@@ -123,17 +138,24 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = DEFAULT_STORE,
         as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
     ) -> None:
-        """List the schedules with their next tick."""
+        """List the schedules with their next tick, and the last task each ran with its
+        status (a task purged since: "gone")."""
 
-        async def main() -> tuple[list[Any], float, set[str]]:
+        async def main() -> tuple[list[Any], float, set[str], dict[int, str]]:
             from legion.cli.status import live_workers, opened
 
             async with opened(store) as s:
                 live = await live_workers(s)
                 served = {a for w in live for a in w.load.get("agents", ())}
-                return await s.schedules(), await s.now(), served
+                found = await s.schedules()
+                last = [x.last_task for x in found if x.last_task is not None]
+                statuses = {i: str(st) for i, st in (await s.statuses(last)).items()}
+                return found, await s.now(), served, statuses
 
-        found, now, served = _run(main())
+        found, now, served, statuses = _run(main())
+
+        def last_status(s: Any) -> str | None:
+            return None if s.last_task is None else statuses.get(s.last_task, "gone")
 
         def overdue(s: Any) -> bool:  # (a tick past by more than a worker's pass takes)
             return bool(s.next_tick < now - OVERDUE_AFTER)
@@ -150,6 +172,9 @@ def register(app: typer.Typer) -> None:
                     "created_at": utc(s.created_at),
                     "served": s.agent in served,  # (by a live worker)
                     "overdue": overdue(s),
+                    "overlap": s.overlap,
+                    "last_task": s.last_task,
+                    "last_status": last_status(s),
                 }
                 for s in found
             ]
@@ -165,7 +190,9 @@ def register(app: typer.Typer) -> None:
                     if s.agent in served
                     else f"no live worker serves {s.agent!r} (its ticks wait for one)"
                 )
-            print(f"{s.name}\t{s.cron}\t{s.agent}\tnext {utc(s.next_tick)}{late}")
+            last = f"\tlast task {s.last_task} {last_status(s)}" if s.last_task else ""
+            skips = "\toverlap skip" if s.overlap == "skip" else ""
+            print(f"{s.name}\t{s.cron}\t{s.agent}\tnext {utc(s.next_tick)}{last}{skips}{late}")
 
     @group.command("remove")
     def remove_cmd(

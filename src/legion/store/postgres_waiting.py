@@ -205,12 +205,18 @@ class PostgresWaiting:
                 return False
             keyed = [(task, task.key, None)]
             await cur.execute(TASKS["insert_tasks"], submit_params(keyed, now))
-            return bool(await cur.fetchall())  # (none: the tick's task was made before)
+            made = await cur.fetchall()
+            if not made:  # (the tick's task was made before)
+                return False
+            await cur.execute(W["set_last_task"], {"name": schedule.name, "task": made[0][0]})
+            return True
 
 
 def _schedule(row: Sequence[Any]) -> Schedule:
-    name, cron, agent, input_, attempts, next_tick, created = row
-    return Schedule(name, cron, agent, bytes(input_), attempts, next_tick, created)
+    name, cron, agent, input_, attempts, next_tick, created, overlap, last_task = row
+    return Schedule(
+        name, cron, agent, bytes(input_), attempts, next_tick, created, overlap, last_task
+    )
 
 
 def _schedule_params(s: Schedule, now: float) -> dict[str, Any]:
@@ -222,4 +228,5 @@ def _schedule_params(s: Schedule, now: float) -> dict[str, Any]:
         "max_attempts": s.max_attempts,
         "next_tick": float(s.next_tick),
         "now": float(now),
+        "overlap": s.overlap,
     }

@@ -214,7 +214,8 @@ class SQLiteWaiting:
             # replaced): the tick has run; moved on without another, as on PostgreSQL.
             if db.execute(W["task_of_key"], {"key": task.key}).fetchone() is not None:
                 return False
-            self._submit(db, [task], now)
+            (made,) = self._submit(db, [task], now)
+            db.execute(W["set_last_task"], {"name": schedule.name, "task": made.id})
             return True
 
         return await self._call(self._transaction, run)
@@ -229,4 +230,5 @@ def _schedule_params(s: Schedule, now: float) -> dict[str, Any]:
         "max_attempts": s.max_attempts,
         "next_tick": s.next_tick,
         "now": now,
+        "overlap": s.overlap,
     }

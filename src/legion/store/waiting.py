@@ -60,7 +60,9 @@ class WaitingInfo:
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
-    """A cron schedule (UTC, five fields) that submits one task of ``agent`` per tick."""
+    """A cron schedule (UTC, five fields) that submits one task of ``agent`` per tick.
+    ``overlap``: what a tick does while the task of the last tick run has not ended
+    (`OVERLAPS`); ``last_task``: that task (``None`` until a tick has run)."""
 
     name: str
     cron: str
@@ -69,6 +71,13 @@ class Schedule:
     max_attempts: int
     next_tick: float
     created_at: float = 0.0
+    overlap: str = "allow"
+    last_task: int | None = None
+
+
+OVERLAPS = ("allow", "skip")
+"""A schedule's overlap policies: ``allow``, every tick runs (its task beside the last
+tick's, still running); ``skip``, a tick passes while the last tick's task has not ended."""
 
 
 def not_awaited(

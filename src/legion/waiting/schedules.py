@@ -13,6 +13,10 @@ resources it needs), and while no worker serves the agent its ticks wait, as mis
 Missed ticks (no worker ran while they passed, or none served the agent): the schedule
 runs **once**, its task named for the first tick it missed, then goes on from the next
 tick after now; it never runs a backlog of ticks.
+
+A tick whose schedule's last task has not ended (it outlasted its period) runs beside it
+by default (``overlap="allow"``); with ``overlap="skip"`` it is passed over, and the
+schedule goes on from the next tick after now.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from datetime import UTC, datetime
 from legion.agent import Agent
 from legion.errors import StoreError
 from legion.store.base import Store
-from legion.store.waiting import Schedule
+from legion.store.waiting import OVERLAPS, Schedule
 from legion.task import NewTask
 from legion.waiting.cron import Cron
 
@@ -46,11 +50,15 @@ def schedule(
     now: float,
     *,
     max_attempts: int = AGENTS_ATTEMPTS,
+    overlap: str = "allow",
 ) -> Schedule:
-    """A new schedule whose first tick is the first after ``now`` (the cron is checked)."""
+    """A new schedule whose first tick is the first after ``now`` (the cron and the
+    overlap policy are checked)."""
     check_name(name)
+    if overlap not in OVERLAPS:
+        raise ValueError(f"bad overlap {overlap!r}: give one of {', '.join(OVERLAPS)}")
     first = Cron.parse(cron).next_after(now)
-    return Schedule(name, cron, agent, input, max_attempts, first, now)
+    return Schedule(name, cron, agent, input, max_attempts, first, now, overlap)
 
 
 def check_name(name: str) -> None:
@@ -89,6 +97,17 @@ async def run_due(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
         except ValueError as exc:  # (a cron with no date in the next five years, too)
             log.error("schedule %r: %s", s.name, exc)
             continue
+        if await _still_running(store, s):
+            if await store.move_tick(s, nxt):
+                log.info(
+                    "schedule %r: tick %s skipped: its last task %s has not ended "
+                    "(overlap=skip); next tick %s",
+                    s.name,
+                    _utc(s.next_tick),
+                    s.last_task,
+                    _utc(nxt),
+                )
+            continue
         attempts = s.max_attempts or agent.options.retry.max_attempts
         key = tick_key(s.name, s.next_tick)
         task = NewTask(s.agent, s.input, key, max_attempts=attempts, needs=agent.needs)
@@ -100,6 +119,15 @@ async def run_due(store: Store, now: float, agents: Mapping[str, Agent]) -> int:
         except Exception as exc:
             log.error("schedule %r: its tick %s was not run: %s", s.name, key, exc)
     return started
+
+
+async def _still_running(store: Store, s: Schedule) -> bool:
+    """Whether ``s`` skips overlaps and the task of its last tick has not ended (a task
+    purged since has ended)."""
+    if s.overlap != "skip" or s.last_task is None:
+        return False
+    status = (await store.statuses([s.last_task])).get(s.last_task)
+    return status is not None and not status.terminal
 
 
 async def _back_from_the_future(store: Store, s: Schedule, cron: Cron, now: float) -> None:

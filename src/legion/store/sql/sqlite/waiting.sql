@@ -63,29 +63,34 @@ WHERE status = 'waiting' AND (:tenant IS NULL OR tenant = :tenant)
 ORDER BY id DESC LIMIT :limit;
 
 -- name: upsert_schedule
-INSERT INTO schedules (name, cron, agent, input, max_attempts, next_tick, created_at)
-VALUES (:name, :cron, :agent, :input, :max_attempts, :next_tick, :now)
+INSERT INTO schedules (name, cron, agent, input, max_attempts, next_tick, created_at, overlap)
+VALUES (:name, :cron, :agent, :input, :max_attempts, :next_tick, :now, :overlap)
 ON CONFLICT (name) DO UPDATE
 SET cron = excluded.cron, agent = excluded.agent, input = excluded.input,
-    max_attempts = excluded.max_attempts,
+    max_attempts = excluded.max_attempts, overlap = excluded.overlap,
     -- The same cron keeps its next tick: a tick due and not yet claimed is not skipped
     -- by a deploy that adds its schedules again.
     next_tick = CASE WHEN schedules.cron = excluded.cron THEN schedules.next_tick
                      ELSE excluded.next_tick END;
 
 -- name: schedules
-SELECT name, cron, agent, input, max_attempts, next_tick, created_at FROM schedules ORDER BY name;
+SELECT name, cron, agent, input, max_attempts, next_tick, created_at, overlap, last_task
+FROM schedules ORDER BY name;
 
 -- name: delete_schedule
 DELETE FROM schedules WHERE name = :name;
 
 -- name: due_schedules
-SELECT name, cron, agent, input, max_attempts, next_tick, created_at FROM schedules
+SELECT name, cron, agent, input, max_attempts, next_tick, created_at, overlap, last_task
+FROM schedules
 WHERE next_tick <= :now;
 
 -- name: claim_tick
 -- Compare and set: of all the workers that saw tick :tick due, one moves it on.
 UPDATE schedules SET next_tick = :next WHERE name = :name AND next_tick = :tick;
+
+-- name: set_last_task
+UPDATE schedules SET last_task = :task WHERE name = :name;
 
 -- name: task_of_key
 SELECT id FROM tasks WHERE key = :key;
