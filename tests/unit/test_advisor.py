@@ -300,3 +300,16 @@ def test_an_llm_call_on_a_route_whose_name_holds_dots_is_named_by_it() -> None:
     assert "`ctx.llm.chat(...)` on route `gpt-4.1` and `ctx.llm.embed(...)` on route `gpt-4.1`" in (
         report.message
     )
+
+
+def test_a_durable_wait_is_never_one_side_of_a_report() -> None:
+    """``ctx.map``'s children, then a step that joins their outputs (their sum: a value
+    computed from the result, which the fingerprints cannot see): gathering them would
+    run the join before the children end. A sleep before a retry is waited on as well."""
+    for wait in ("legion.children", "legion.sleep", "legion.wait:go"):
+        waited = _trace(wait, 0.0, 0.5, (), [3, 4, 5])
+        joined = _trace("joined", 0.5, 0.5, ({"total": 12},), "ok")
+        assert advise("parent", [waited, joined]) == [], wait
+        assert advise("parent", [joined, _trace(wait, 1.0, 0.5, (), None)]) == [], wait
+    control = _trace("children", 0.0, 0.5, (), [3, 4, 5])  # (a step of the user's own)
+    assert len(advise("parent", [control, _trace("joined", 0.5, 0.5, ({"total": 12},), "ok")])) == 1

@@ -100,6 +100,12 @@ Fingerprint = str
 
 NO_PRINTS: frozenset[Fingerprint] = frozenset()
 
+INTERNAL = "legion."
+"""The keys of legion's own records: a durable wait (``legion.children`` for
+``ctx.map``'s children, ``legion.sleep``, ``legion.wait:EVENT``) and what it keeps. Never
+one side of a report: the step after a wait waits for it on purpose, and a replayed
+wait's duration is not what gathering it would save."""
+
 UNKNOWN: Fingerprint = "\x00legion: not looked through"
 """In a step's fingerprints: part of the value was not looked through (too many texts,
 nested too deep), so it may hold anything: the pair is not reported."""
@@ -302,6 +308,8 @@ def advise(agent: str, steps: Sequence[StepTrace]) -> list[Diagnostic]:
             continue  # they overlapped: already concurrent
         if first.gathered or second.gathered:
             continue  # part of a ctx.gather: already concurrent work, ordered by it
+        if first.key.startswith(INTERNAL) or second.key.startswith(INTERNAL):
+            continue  # a durable wait (children, a sleep, a signal): waited on on purpose
         saving = min(first.seconds, second.seconds)
         if saving < MIN_SAVING:
             continue  # not worth a gather (and such a step has no fingerprints)
