@@ -686,3 +686,24 @@ def test_a_worker_whose_memory_an_agent_keeps_is_started_afresh(tmp_path: Path) 
         _, err = supervisor.communicate(timeout=120)
     assert "with no task running (memory an agent keeps, or a leak)" in err
     assert "exited with 8 (its memory stayed past --max-memory with no task running)" in err
+
+
+def test_a_run_with_a_budget_says_when_other_workers_serve_its_agent(
+    tmp_path: Path, agents_file: Path, workers: Workers
+) -> None:
+    """A run's --max-calls holds the calls its own process makes: the fleet's workers on
+    the same store took most of its tasks, and a run of 300 one-call tasks under
+    --max-calls 100 paid for 300, exit 0, without a word."""
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    workers.start("--app", str(agents_file), "--store", store, env={"STEP_LOG": "/dev/null"})
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"i": i} for i in range(20)])
+    run = ["run", f"{agents_file}:work", "-i", str(inp), "--store", store]
+    r = legion(*run, "--max-calls", "100", env={"STEP_LOG": "/dev/null"}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert "warning: 1 other live worker(s) on this store serve agent 'work'" in said, said
+    assert "give each `legion worker` its own --max-cost/--max-tokens/--max-calls" in said
+    other = write_jsonl(tmp_path / "other.jsonl", [{"i": i} for i in range(20, 40)])
+    run[3] = str(other)
+    plain = legion(*run, env={"STEP_LOG": "/dev/null"}, timeout=120)  # no budget: no word
+    assert plain.returncode == 0 and "other live worker" not in plain.stderr

@@ -19,11 +19,11 @@ from rich.text import Text
 
 from legion import codec
 from legion.agent import Agent
+from legion.cli.fleet_watch import OthersWatch, WorkerWatch
 from legion.cli.keyed_lines import submit_lines
 from legion.cli.llm_options import DEFAULT_CONFIG, llm_config
 from legion.cli.output import OrderedLines, OutputFile, open_output
 from legion.cli.progress import Progress, RunTally, rate_text
-from legion.cli.unserved import WorkerWatch
 from legion.cli.wiring import (
     STOP_SIGNALS,
     RuntimeOptions,
@@ -261,17 +261,23 @@ async def _run_lines(
             if budget is not None:
                 earlier = await _spent_before(rt, [s.id for s in submitted if not s.created])
                 budget.spent_before(earlier)
-            workers = None
+            workers: WorkerWatch | OthersWatch | None = None
             if not opts.runtime.worker and len(ended) < len(submitted):
                 workers = WorkerWatch(
                     rt.store, opts.agent.name, opts.runtime.store, console, every=WATCH_EVERY
                 )
                 await workers.check()  # (and as the results come: the last worker may go)
+            elif budget is not None and rt.worker is not None and len(ended) < len(submitted):
+                workers = OthersWatch(
+                    rt.store, opts.agent.name, rt.worker.id, console, every=WATCH_EVERY
+                )
             del good, submitted  # (what a run of many lines no longer needs: sink holds them)
             for watch in watched:
                 if llm is not None:  # an agent's budget: what its tasks recorded so far
                     await llm.budgets.ready(watch)
                 console.print(f"budget{_whose(watch)}: {_budget_line(watch)}")
+            if isinstance(workers, OthersWatch):
+                await workers.check()  # (and as the results come: one may start)
             with Progress(
                 tally, agent=opts.agent.name, console=console, enabled=opts.progress, llm=llm
             ) as progress:
@@ -422,11 +428,11 @@ async def _collect(
     progress: Progress,
     stop: StopSignals,
     budgets: list[Budget] | None = None,
-    workers: WorkerWatch | None = None,
+    workers: WorkerWatch | OthersWatch | None = None,
 ) -> bool:
     """Gather results until every task finished, a signal asked to stop or one of
-    ``budgets`` is spent; answer whether the run was interrupted. ``workers``: without a
-    local worker, says when no worker serves the agent any more."""
+    ``budgets`` is spent; answer whether the run was interrupted. ``workers``: says what
+    other workers on the store do to the run (see `legion.cli.fleet_watch`)."""
 
     async def consume() -> None:
         async for r in rt.results(list(sink.open)):
