@@ -14,18 +14,41 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 
 from legion.errors import StoreError
-from legion.store import Store, redact_url
+from legion.store import Store, WorkerInfo, redact_url
 from legion.store.types import served_agents
 
 
-class WorkerWatch:
-    """Checks, at most every ``every`` seconds, whether a live worker on ``store`` serves
-    ``agent``; prints a line when none does where one did (or at the first check)."""
+class _Looks:
+    """Looks at the store's workers at most every ``every`` seconds."""
+
+    def __init__(
+        self, store: Store, every: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store, self._every, self._clock = store, every, clock
+        self._next = 0.0
+
+    async def _look(self) -> tuple[Sequence[WorkerInfo], float] | None:
+        """The workers and the store's time; ``None`` when the last look was under
+        ``every`` seconds ago, or when the store does not answer (no news: the next look
+        tells)."""
+        now = self._clock()
+        if now < self._next:
+            return None
+        self._next = now + self._every
+        try:
+            return await self._store.workers(), await self._store.now()
+        except StoreError:
+            return None
+
+
+class WorkerWatch(_Looks):
+    """Whether a live worker on ``store`` serves ``agent``: prints a line when none does
+    where one did (or at the first look)."""
 
     def __init__(
         self,
@@ -37,24 +60,16 @@ class WorkerWatch:
         every: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store, self._agent, self._where = store, agent, redact_url(url)
-        self._console, self._every, self._clock = console, every, clock
-        self._served = True  # (as if one did: the first check says so when none does)
+        super().__init__(store, every, clock)
+        self._agent, self._where, self._console = agent, redact_url(url), console
+        self._served = True  # (as if one did: the first look says so when none does)
         self._first = True
-        self._next = 0.0
 
     async def check(self) -> None:
-        """Look, unless the last look was under ``every`` seconds ago. A store that does
-        not answer is no news: the next look tells."""
-        now = self._clock()
-        if now < self._next:
+        looked = await self._look()
+        if looked is None:
             return
-        self._next = now + self._every
-        try:
-            workers, at = await self._store.workers(), await self._store.now()
-        except StoreError:
-            return
-        served = self._agent in served_agents(workers, at)
+        served = self._agent in served_agents(*looked)
         if self._served and not served:
             self._say()
         self._served, self._first = served, False
@@ -70,10 +85,9 @@ class WorkerWatch:
         )
 
 
-class OthersWatch:
-    """Checks, at most every ``every`` seconds, whether live workers on ``store`` other
-    than ``mine`` serve ``agent``, while a budget holds the run's own calls; prints a
-    warning the first time it sees some."""
+class OthersWatch(_Looks):
+    """Whether live workers on ``store`` other than ``mine`` serve ``agent``, while a
+    budget holds the run's own calls: prints a warning the first time it sees some."""
 
     def __init__(
         self,
@@ -85,25 +99,18 @@ class OthersWatch:
         every: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store, self._agent, self._mine = store, agent, mine
-        self._console, self._every, self._clock = console, every, clock
+        super().__init__(store, every, clock)
+        self._agent, self._mine, self._console = agent, mine, console
         self._said = False
-        self._next = 0.0
 
     async def check(self) -> None:
-        """Look (see `WorkerWatch.check`), until it has said it once."""
-        now = self._clock()
-        if self._said or now < self._next:
+        looked = None if self._said else await self._look()
+        if looked is None:
             return
-        self._next = now + self._every
-        try:
-            workers, at = await self._store.workers(), await self._store.now()
-        except StoreError:
+        workers, at = looked
+        n = sum(1 for w in workers if w.id != self._mine and self._agent in served_agents([w], at))
+        if not n:
             return
-        others = [w for w in workers if w.id != self._mine]
-        if self._agent not in served_agents(others, at):
-            return
-        n = sum(1 for w in others if self._agent in served_agents([w], at))
         self._said = True
         self._console.print(
             f"warning: {n} other live worker(s) on this store serve agent {self._agent!r}: "

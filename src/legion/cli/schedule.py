@@ -190,7 +190,7 @@ def register(app: typer.Typer) -> None:
                     if s.agent in served
                     else f"no live worker serves {s.agent!r} (its ticks wait for one)"
                 )
-            last = f"\tlast task {s.last_task} {last_status(s)}" if s.last_task else ""
+            last = "" if s.last_task is None else f"\tlast task {s.last_task} {last_status(s)}"
             skips = "\toverlap skip" if s.overlap == "skip" else ""
             print(f"{s.name}\t{s.cron}\t{s.agent}\tnext {utc(s.next_tick)}{last}{skips}{late}")
 
