@@ -114,9 +114,9 @@ TenantMaxCostOpt = Annotated[
         "--tenant-max-cost",
         min=0.000001,
         help="Most USD each tenant's tasks may spend on LLM calls, in all (what they "
-        "recorded before counts; each worker reads it at start and counts its own calls "
-        "after: N workers serving a tenant together may spend up to N times what was "
-        "left). Once a tenant's budget cannot hold a call, nothing more "
+        "recorded before counts; each worker reads it at the tenant's first call there "
+        "and counts its own calls after: N workers serving a tenant together may spend up "
+        "to N times what was left). Once a tenant's budget cannot hold a call, nothing more "
         "is sent for it: its running tasks go back to the queue with what they recorded, "
         "showing the BudgetExceeded error, and are tried again every minute; restart "
         "with a higher limit to let them continue. Other tenants go on.",
