@@ -144,9 +144,9 @@ def test_a_route_at_its_limit_gets_no_more_workers(tmp_path: Path) -> None:
     submit(url, "chatty", [{"i": i, "calls": 100} for i in range(40)])
     sup = start_legion(
         "worker", "--app", str(AGENTS), "--store", url, "--autoscale", "1:4",
-        "--concurrency", "4", "--lease-seconds", "1.5",
+        "--concurrency", "4", "--lease-seconds", "1.5", "--drain-timeout", "1",
         "--llm", f"openai:sim-model@{sim_url}", "--rpm", "600",
-    )  # fmt: skip
+    )  # fmt: skip  (the tasks' 100 calls each would hold the drain for its 30 s)
     try:
         wait_for(
             lambda: (s := autoscaler(db)) is not None and "of its limit" in s[2],
