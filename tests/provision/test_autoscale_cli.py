@@ -143,9 +143,23 @@ def test_a_route_at_its_limit_gets_no_more_workers(tmp_path: Path) -> None:
     sim, sim_url = start_sim("--rpm", "600", "--window-seconds", "1", "--latency", "0.02")
     submit(url, "chatty", [{"i": i, "calls": 100} for i in range(40)])
     sup = start_legion(
-        "worker", "--app", str(AGENTS), "--store", url, "--autoscale", "1:4",
-        "--concurrency", "4", "--lease-seconds", "1.5", "--drain-timeout", "1",
-        "--llm", f"openai:sim-model@{sim_url}", "--rpm", "600",
+        "worker",
+        "--app",
+        str(AGENTS),
+        "--store",
+        url,
+        "--autoscale",
+        "1:4",
+        "--concurrency",
+        "4",
+        "--lease-seconds",
+        "1.5",
+        "--drain-timeout",
+        "1",
+        "--llm",
+        f"openai:sim-model@{sim_url}",
+        "--rpm",
+        "600",
     )  # fmt: skip  (the tasks' 100 calls each would hold the drain for its 30 s)
     try:
         wait_for(

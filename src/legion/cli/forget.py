@@ -70,8 +70,13 @@ def register(app: typer.Typer) -> None:
                 if dry_run:
                     keys = sum([len(await s.memory_items(key)) for key in stored])
                     print(f"{keys}\tmemory keys of {len(stored)} sessions would go (dry run)")
-                    if not keys:
-                        _nothing_kept(session, tenant, "memory")
+                    try:
+                        vectors = await drop_sessions(s, stored, dry_run=True)
+                    except VectorError as exc:
+                        raise _fail(f"the sessions' vectors were not counted: {exc}") from None
+                    print(f"{vectors}\tsession-scoped vectors would go (dry run)")
+                    if not keys and not vectors:
+                        _nothing_kept(session, tenant, "memory nor session-scoped vectors")
                     return
                 # (every key, whatever the clock of the worker that wrote it said)
                 gone = await s.drop_memory(stored, math.inf)

@@ -72,10 +72,10 @@ class VectorBackend(Protocol):
         there is none."""
         ...
 
-    async def drop_sessions(self, sessions: Sequence[str]) -> int:
+    async def drop_sessions(self, sessions: Sequence[str], *, dry_run: bool = False) -> int:
         """Delete every item of ``sessions`` (as stored: within their tenant) from every
-        session-scoped collection; answers how many there were. Creates nothing: a store
-        that never held vectors answers 0."""
+        session-scoped collection; answers how many there were (``dry_run``: counts them,
+        deletes nothing). Creates nothing: a store that never held vectors answers 0."""
         ...
 
     async def aclose(self) -> None: ...
@@ -114,13 +114,14 @@ def vectors_for(store: Any) -> VectorBackend:
     return backend
 
 
-async def drop_sessions(store: Any, sessions: Sequence[str]) -> int:
+async def drop_sessions(store: Any, sessions: Sequence[str], *, dry_run: bool = False) -> int:
     """What `legion purge` does with the own sessions of the tasks it purged: their
     session-scoped vectors go as their memory did. 0 where the store never held vectors
-    (nothing is made for it: no vectors file, no pgvector extension)."""
+    (nothing is made for it: no vectors file, no pgvector extension). ``dry_run``: how
+    many would go."""
     if not sessions:
         return 0
-    return await vectors_for(store).drop_sessions(sessions)
+    return await vectors_for(store).drop_sessions(sessions, dry_run=dry_run)
 
 
 def _close_quietly(backend: VectorBackend) -> None:

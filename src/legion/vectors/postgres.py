@@ -329,8 +329,9 @@ class PostgresVectors:
         self._indexed.discard(table.as_string().strip('"'))
         return dropped
 
-    async def drop_sessions(self, sessions: Sequence[str]) -> int:
+    async def drop_sessions(self, sessions: Sequence[str], *, dry_run: bool = False) -> int:
         dropped = 0
+        query = Q["count_sessions" if dry_run else "drop_sessions"]
         async with self._pg()._connection() as conn:
             cur = await conn.execute(Q["collections_table"])
             if not _first(await cur.fetchone()):
@@ -339,9 +340,9 @@ class PostgresVectors:
             for (cid,) in await cur.fetchall():
                 table = sql.Identifier(f"vector_items_{cid}")
                 cur = await conn.execute(
-                    sql.SQL(Q["drop_sessions"]).format(table=table), {"sessions": list(sessions)}
+                    sql.SQL(query).format(table=table), {"sessions": list(sessions)}
                 )
-                dropped += int(cur.rowcount)
+                dropped += int(_first(await cur.fetchone())) if dry_run else int(cur.rowcount)
         return dropped
 
     async def stored(

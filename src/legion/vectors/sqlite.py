@@ -330,12 +330,16 @@ class SQLiteVectors:
 
         return await self._call(lambda: self._guard(lambda: self._transaction(run)))
 
-    async def drop_sessions(self, sessions: Sequence[str]) -> int:
+    async def drop_sessions(self, sessions: Sequence[str], *, dry_run: bool = False) -> int:
         params = {"sessions": json.dumps(list(sessions))}
 
         def run() -> int:
             if self._db is None and self.path != ":memory:" and not Path(self.path).exists():
                 return 0  # (never held vectors: no file is made for nothing)
+            if dry_run:
+                return self._transaction(
+                    lambda db: int(db.execute(Q["count_sessions"], params).fetchone()[0])
+                )
             return self._transaction(
                 lambda db: int(db.execute(Q["drop_sessions"], params).rowcount)
             )

@@ -92,6 +92,9 @@ SELECT id FROM vector_collections WHERE scope = 'session' ORDER BY id;
 -- name: drop_sessions
 DELETE FROM {table} WHERE session = ANY(%(sessions)s);
 
+-- name: count_sessions
+SELECT count(*) FROM {table} WHERE session = ANY(%(sessions)s);
+
 -- name: collections_table
 SELECT to_regclass('vector_collections') IS NOT NULL;
 

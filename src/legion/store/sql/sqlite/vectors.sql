@@ -54,6 +54,10 @@ UPDATE vector_items SET metadata = ? WHERE collection = ? AND session = ? AND id
 -- Every item of these sessions (a shared collection's are under '', never one of them).
 DELETE FROM vector_items WHERE session IN (SELECT value FROM json_each(:sessions));
 
+-- name: count_sessions
+-- What `drop_sessions` would delete (`legion forget --dry-run`).
+SELECT count(*) FROM vector_items WHERE session IN (SELECT value FROM json_each(:sessions));
+
 -- name: drop_items
 DELETE FROM vector_items WHERE collection = :name;
 
