@@ -37,6 +37,11 @@ def test_purge_deletes_what_ended_and_a_purged_line_runs_again(tmp_path: Path) -
     nothing = legion("purge", "--older-than", "1d", *store)  # nothing is a day old
     assert nothing.returncode == 0, nothing.stderr
     assert nothing.stdout.startswith("0\t")
+    typo = legion("purge", "--older-than", "0", "--tenant", "defualt", *store)
+    assert typo.returncode == 0 and typo.stdout.startswith("0\t")  # (said as success, alone)
+    assert "note: no tasks of tenant 'defualt' in the store (its tenants: default)" in typo.stderr
+    right = legion("purge", "--older-than", "1d", "--tenant", "default", *store)
+    assert right.returncode == 0 and "note:" not in right.stderr
     dry = legion("purge", "--older-than", "0", "--status", "failed", "--dry-run", *store)
     assert dry.returncode == 0 and dry.stdout.startswith("1\t"), dry.stdout
     assert "dry run" in dry.stdout

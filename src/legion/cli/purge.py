@@ -176,6 +176,14 @@ def register(app: typer.Typer) -> None:
             from legion.cli.status import opened
 
             async with opened(store) as s:
+                if tenant is not None:  # (a misspelt one purged nothing, said as success)
+                    tenants = sorted(await s.counts_by_tenant())
+                    if tenant not in tenants:
+                        console.print(
+                            f"note: no tasks of tenant {tenant!r} in the store (its tenants: "
+                            f"{', '.join(tenants) or 'none'}): check the name",
+                            highlight=False,
+                        )
                 before = await s.now() - age
                 when = datetime.fromtimestamp(before, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
                 which = (
