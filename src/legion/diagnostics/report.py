@@ -179,6 +179,14 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
             "runs one thread at a time): run the agent in a process, "
             '`@legion.agent(executor="process")` or `--executor process`'
         )
+    elif any(_legion_codec(f) for f in below):
+        # legion encoding or decoding what the agent gave it to store (a memory value, a
+        # step's result): an async call already, which no thread of the agent's frees.
+        advice = (
+            "legion was encoding or decoding a large value for the store there (a memory "
+            "value, a step's result): keep what a task stores small, a large blob in a file "
+            "or an object store with its path or key in the task"
+        )
     elif any(f.file.startswith("<frozen importlib") for f in below):
         # An import on first use (the agent's own, or a library's inside the call): the
         # cure is to pay it as the worker starts, not a thread.
@@ -205,6 +213,13 @@ def blocked_loop(agent: str, block: Any, own_files: Sequence[str] = ()) -> Diagn
 
 
 _SDK_CLIENTS = ("openai", "anthropic")
+
+_CODEC = os.path.join("legion", "codec.py")
+
+
+def _legion_codec(frame: Site) -> bool:
+    """Whether ``frame`` is legion's JSON codec (`legion.codec`) at work."""
+    return frame.file.endswith(_CODEC)
 
 
 def _below(stack: Sequence[Site], site: Site) -> list[Site]:
