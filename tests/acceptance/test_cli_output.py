@@ -128,13 +128,20 @@ def test_a_symlink_stays_and_its_target_is_written(tmp_path: Path, agents_file: 
     inp = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(3)])
     target = tmp_path / "data" / "answers.jsonl"
     target.parent.mkdir()
-    target.write_text("old\n")
+    target.write_text("my notes\n")
     link = tmp_path / "answers.jsonl"
     link.symlink_to(target)
+    # A link to a file that is not a run's output: refused, as the file itself is (it
+    # was truncated through the link and written over, exit 0).
+    r = legion(*_run(f"{agents_file}:typed", inp, str(link), tmp_path))
+    assert r.returncode == 2 and "it is not the output of a legion run" in r.stderr, r.stderr
+    assert target.read_text() == "my notes\n"
+    target.write_text('{"line": 1, "status": "queued"}\n')  # an earlier run's output
     r = legion(*_run(f"{agents_file}:typed", inp, str(link), tmp_path))
     assert r.returncode == 0, r.stderr
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert [row["output"] for row in read_jsonl(target)] == [1, 2, 3]
+    assert not list(target.parent.glob("*.partial"))
 
 
 def test_dev_stdout_writes_to_the_open_stdout(tmp_path: Path, agents_file: Path) -> None:

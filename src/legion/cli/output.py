@@ -297,7 +297,8 @@ def _written_elsewhere(path: Path, partial: Path) -> OutputError:
 
 
 def _open_through(path: Path) -> OutputFile:
-    """A symlink, device, FIFO or socket: open what the name points at and write into it."""
+    """A symlink, device, FIFO or socket: open what the name points at and write into it
+    (a link to a regular file: replace that file)."""
     try:
         target = os.stat(path)
     except FileNotFoundError:
@@ -308,7 +309,12 @@ def _open_through(path: Path) -> OutputFile:
     if target is None:
         flags |= os.O_CREAT
     elif stat.S_ISREG(target.st_mode):
-        flags |= os.O_TRUNC
+        # A link to a file: that file is replaced as one named itself would be (refused
+        # unless it is a run's output; written whole, beside it, then renamed). Through
+        # the link it was truncated at once, whatever it held (a link to notes.txt).
+        if target.st_size > 0:
+            _refuse_foreign(path)
+        return _open_replacing(Path(os.path.realpath(path)))
     elif stat.S_ISDIR(target.st_mode):
         raise OutputError(f"cannot write {path}: it is a folder")
     try:
