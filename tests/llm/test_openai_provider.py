@@ -339,3 +339,34 @@ async def test_a_stream_asked_of_a_server_that_answers_json_or_omits_done_is_tak
             assert result.response.usage == usage
     finally:
         await runner.cleanup()
+
+
+async def test_a_key_the_provider_quotes_back_in_its_error_is_scrubbed(closing: Closing) -> None:
+    """A provider (or a proxy) that quotes the key it was sent in its error: the key was
+    in the task's error, the output, the store, a tenant's API answers and the gateway's
+    answers to its callers."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        said = f"Incorrect API key provided: {request.headers['Authorization']}."
+        status = 401 if request.path.startswith("/auth") else 400
+        return web.json_response({"error": {"message": said, "type": "x"}}, status=status)
+
+    app = web.Application()
+    app.router.add_post("/{kind}/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    key = "sk-LEAKME-1234567890abcdef"
+    try:
+        for kind in ("auth", "bad"):
+            url = f"http://127.0.0.1:{port}/{kind}/v1"
+            provider = closing(OpenAIProvider(base_url=url, api_key=key))
+            with pytest.raises((ProviderAuthError, ProviderRejected)) as caught:
+                await provider.chat(request(), timeout=10)
+            said = str(caught.value) + repr(getattr(caught.value, "fields", ""))
+            assert "LEAKME" not in said and "Incorrect API key provided: ***" in said, said
+    finally:
+        await runner.cleanup()

@@ -131,6 +131,7 @@ class HttpTransport:
         self._max_response = max_response_bytes
         self._max_event = max_event_bytes
         self._auth_hint = auth_hint
+        self._secrets = secrets_of(headers)
         self._session: aiohttp.ClientSession | None = None
 
     async def complete(
@@ -262,10 +263,11 @@ class HttpTransport:
                 async with response:
                     rate_limits = parse_rate_limit_headers(response.headers)
                     if response.status >= 300:
+                        said = await self._read_body(response, _MAX_ERROR_BODY, error=True)
                         raise error_for_status(
                             provider,
                             response.status,
-                            await self._read_body(response, _MAX_ERROR_BODY, error=True),
+                            scrub(said, self._secrets),  # (a key echoed back stays here)
                             response.headers,
                             rate_limits,
                             auth_hint=self._auth_hint,
@@ -329,6 +331,31 @@ class HttpTransport:
             provider=self.provider,
             status=200,
         )
+
+
+_AUTH_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
+"""Headers that carry a provider's key."""
+
+
+def secrets_of(headers: Mapping[str, str]) -> tuple[bytes, ...]:
+    """The keys in ``headers`` (``Bearer KEY``: the header's value and KEY alone), longest
+    first, to be scrubbed from what a provider answers."""
+    found: set[str] = set()
+    for name, value in headers.items():
+        if name.lower() in _AUTH_HEADERS and value:
+            found.add(value)
+            found.add(value.partition(" ")[2])
+    return tuple(sorted((k.encode() for k in found if len(k) >= 8), key=len, reverse=True))
+
+
+def scrub(body: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """``body`` with each of ``secrets`` replaced by ``***``: a provider (or a proxy) that
+    quotes the key it was sent in its error ("Incorrect API key provided: sk-...") put it
+    in the task's error, the output, the store, a tenant's API answers, the gateway's
+    answers to its callers and the spans."""
+    for secret in secrets:
+        body = body.replace(secret, b"***")
+    return body
 
 
 def error_for_status(
