@@ -52,6 +52,10 @@ def test_openai_spec_takes_key_and_url_from_the_environment() -> None:
         ("anthropic:m@ftp://h/v1", {}, "needs http:// or https:// and a host"),
         ("openai:m@http:///v1", {}, "needs http:// or https:// and a host"),
         ("openai:m@http://h:port/v1", {}, "bad base URL"),
+        # Credentials in the URL: printed with it in errors (or every call failed, with
+        # a key beside them); refused, and said without them.
+        ("openai:m@http://bob:s3cret@h/v1", {}, "the base URL http://h/v1 holds credentials"),
+        ("openai:m@http://bob:s3cret@h:x/v1", {}, "the base URL http://h:x/v1 holds"),
         ("openai:m", {**KEYS, "OPENAI_BASE_URL": "localhost:1"}, "$OPENAI_BASE_URL: the base"),
     ],
 )
@@ -59,8 +63,9 @@ def test_a_base_url_without_a_scheme_or_host_is_refused(
     spec: str, env: dict[str, str], said: str
 ) -> None:
     # It was taken, and every call failed as an outage: two minutes before a task said so.
-    with pytest.raises(ConfigError, match=re.escape(said)):
+    with pytest.raises(ConfigError, match=re.escape(said)) as refused:
         parse_provider_spec(spec, env=env)
+    assert "s3cret" not in str(refused.value)
 
 
 def test_compatible_servers_need_no_key() -> None:

@@ -781,6 +781,19 @@ def _check_url(url: str, from_env: bool, kind: str, source: str) -> None:
     where = f"${_URL_ENV[kind]}" if from_env else source
     try:
         parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: bad base URL {url!r}: {exc}") from None
+    if "@" in parts.netloc:
+        # (said without the URL: it holds a secret. Taken, its password was printed with
+        # the URL in errors, or every call failed: a key and URL credentials together)
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        raise ConfigError(
+            f"{where.replace(url, shown)}: the base URL {shown} holds credentials "
+            "(user:password@): give the "
+            "provider's key in its variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, or a "
+            "route's api_key_env), not in the URL"
+        )
+    try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError as exc:
         raise ConfigError(f"{where}: bad base URL {url!r}: {exc}") from None
