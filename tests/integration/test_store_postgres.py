@@ -287,6 +287,10 @@ def test_pool_options_are_taken_out_of_the_url_and_the_rest_kept() -> None:
         "application_name": "a b",
         "options": "-cx=y",
     }
+    # A URL without a host, its host in the query (a socket's folder): it lost its "//"
+    # and libpq refused it as key=value pairs ("invalid connection option").
+    conninfo, _ = postgres_store._split_url("postgresql:///db?host=/run/pg&pool_min_size=1")
+    assert conninfo_to_dict(conninfo) == {"dbname": "db", "host": "/run/pg"}
 
 
 # -- the event feed --------------------------------------------------------------------

@@ -51,7 +51,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import psycopg
 import psycopg_pool
@@ -1246,7 +1246,10 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     query = parse_qsl(parts.query, keep_blank_values=True)
     ours = {k: v for k, v in query if k in _POOL_PARAMS}
     rest = urlencode([(k, v) for k, v in query if k not in _POOL_PARAMS], quote_via=quote)
-    return urlunsplit(parts._replace(query=rest)), ours
+    # (by hand: urlunsplit writes a URL without a host, postgresql:///db?host=/run/pg,
+    # as postgresql:/db, which libpq then read as key=value pairs and refused)
+    url = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{rest}" if rest else "")
+    return url + (f"#{parts.fragment}" if parts.fragment else ""), ours
 
 
 def _with_bounds(conninfo: str, bounds: StoreTimeouts, *, server: bool) -> str:
