@@ -775,10 +775,14 @@ async def test_requeue_many_queues_what_ended_badly_and_counts_it(store: Store) 
     # ids[4] is running, ids[5] queued, 10**9 is no task
     named = [ids[0], ids[3], ids[1], ids[0], ids[4], ids[5], 10**9, ids[2]]
     assert sorted(await store.requeue_many(named)) == ids[:3]
-    events = await at_least(3, lambda: store.events_after(cursor, 100))
-    assert sorted((e.task_id, e.status) for e in events) == [
-        (i, TaskStatus.QUEUED) for i in ids[:3]
-    ]
+    # (on PostgreSQL the completions' own events may show after the cursor: the feed
+    # holds back a row until what committed before it is visible)
+    events = await until_holds(
+        lambda found: sum(e.status is TaskStatus.QUEUED for e in found) >= 3,
+        lambda: store.events_after(cursor, 100),
+    )
+    assert sorted(e.task_id for e in events if e.status is TaskStatus.QUEUED) == ids[:3]
+    assert all(e.status is not TaskStatus.QUEUED or e.task_id in ids[:3] for e in events)
     statuses = await store.statuses(ids)
     assert [statuses[i] for i in ids] == [TaskStatus.QUEUED] * 3 + [
         TaskStatus.SUCCEEDED,
