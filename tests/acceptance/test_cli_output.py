@@ -142,6 +142,17 @@ def test_a_symlink_stays_and_its_target_is_written(tmp_path: Path, agents_file: 
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert [row["output"] for row in read_jsonl(target)] == [1, 2, 3]
     assert not list(target.parent.glob("*.partial"))
+    # A link to /dev/stdout, stdout a file: written through, as /dev/stdout itself is.
+    to_stdout = tmp_path / "to-stdout"
+    to_stdout.symlink_to("/dev/stdout")
+    shown = tmp_path / "shown.jsonl"
+    other = write_jsonl(tmp_path / "other.jsonl", [{"n": 7}])
+    with shown.open("w") as f:
+        run = [*LEGION, *_run(f"{agents_file}:typed", other, str(to_stdout), tmp_path)]
+        done = subprocess.run(run, stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [row["output"] for row in read_jsonl(shown)] == [8]
+    assert to_stdout.is_symlink() and not list(tmp_path.glob("*.partial"))
 
 
 def test_dev_stdout_writes_to_the_open_stdout(tmp_path: Path, agents_file: Path) -> None:

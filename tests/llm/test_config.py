@@ -56,6 +56,7 @@ def test_openai_spec_takes_key_and_url_from_the_environment() -> None:
         # a key beside them); refused, and said without them.
         ("openai:m@http://bob:s3cret@h/v1", {}, "the base URL http://h/v1 holds credentials"),
         ("openai:m@http://bob:s3cret@h:x/v1", {}, "the base URL http://h:x/v1 holds"),
+        ("openai:m@http://bob:s3cret@[::1/v1", {}, "bad base URL 'http://[::1/v1'"),
         ("openai:m", {**KEYS, "OPENAI_BASE_URL": "localhost:1"}, "$OPENAI_BASE_URL: the base"),
     ],
 )

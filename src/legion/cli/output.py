@@ -308,13 +308,15 @@ def _open_through(path: Path) -> OutputFile:
     flags = os.O_WRONLY | os.O_CLOEXEC
     if target is None:
         flags |= os.O_CREAT
-    elif stat.S_ISREG(target.st_mode):
+    elif stat.S_ISREG(target.st_mode) and not _through_a_descriptor(path):
         # A link to a file: that file is replaced as one named itself would be (refused
         # unless it is a run's output; written whole, beside it, then renamed). Through
         # the link it was truncated at once, whatever it held (a link to notes.txt).
         if target.st_size > 0:
             _refuse_foreign(path)
         return _open_replacing(Path(os.path.realpath(path)))
+    elif stat.S_ISREG(target.st_mode):
+        flags |= os.O_TRUNC  # (a link to /dev/stdout: written through, as by a shell)
     elif stat.S_ISDIR(target.st_mode):
         raise OutputError(f"cannot write {path}: it is a folder")
     try:
@@ -357,3 +359,19 @@ class OrderedLines:
         self._next = len(self._order)
         if rest:
             self._out.write(b"".join(rest))
+
+
+def _through_a_descriptor(path: Path) -> bool:
+    """Whether the links from ``path`` pass through ``/dev`` or ``/proc`` (a link to
+    ``/dev/stdout``): what they name is an open descriptor's file, written through as
+    ``/dev/stdout`` itself is, not replaced."""
+    name = os.path.abspath(path)
+    for _ in range(40):  # (the kernel's own bound on a chain of links)
+        if name.startswith(("/dev/", "/proc/")):
+            return True
+        try:
+            link = os.readlink(name)
+        except OSError:  # not a link (any more): the chain ends here
+            return False
+        name = os.path.normpath(os.path.join(os.path.dirname(name), link))
+    return False

@@ -176,7 +176,8 @@ def register(app: typer.Typer) -> None:
             from legion.cli.status import opened
 
             async with opened(store) as s:
-                if tenant is not None:  # (a misspelt one purged nothing, said as success)
+                if tenant is not None and not sessions:  # (a misspelt one purged nothing,
+                    # said as success; with --sessions, its idle sessions may outlive them)
                     tenants = sorted(await s.counts_by_tenant())
                     if tenant not in tenants:
                         console.print(

@@ -100,6 +100,7 @@ import logging
 import math
 import os
 import random
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -774,6 +775,9 @@ def _http_options(route: RouteConfig) -> dict[str, Any]:
     }
 
 
+_NO_USERINFO = re.compile(r"//[^/?#]*@")
+
+
 def _check_url(url: str, from_env: bool, kind: str, source: str) -> None:
     """A provider's base URL must be http(s) and name a host: one without a scheme
     (``127.0.0.1:8000/v1``) was taken, then every call failed as an outage, for two
@@ -782,7 +786,8 @@ def _check_url(url: str, from_env: bool, kind: str, source: str) -> None:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ConfigError(f"{where}: bad base URL {url!r}: {exc}") from None
+        shown = _NO_USERINFO.sub("//", url)  # (said without what precedes an '@')
+        raise ConfigError(f"{where.replace(url, shown)}: bad base URL {shown!r}: {exc}") from None
     if "@" in parts.netloc:
         # (said without the URL: it holds a secret. Taken, its password was printed with
         # the URL in errors, or every call failed: a key and URL credentials together)

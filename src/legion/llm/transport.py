@@ -263,11 +263,10 @@ class HttpTransport:
                 async with response:
                     rate_limits = parse_rate_limit_headers(response.headers)
                     if response.status >= 300:
-                        said = await self._read_body(response, _MAX_ERROR_BODY, error=True)
                         raise error_for_status(
                             provider,
                             response.status,
-                            scrub(said, self._secrets),  # (a key echoed back stays here)
+                            await self._read_body(response, _MAX_ERROR_BODY, error=True),
                             response.headers,
                             rate_limits,
                             auth_hint=self._auth_hint,
@@ -290,8 +289,9 @@ class HttpTransport:
         except (aiohttp.ClientError, OSError) as exc:
             cause = getattr(exc, "os_error", None) or exc
             failed = (
-                HostNotFound
+                HostNotFound  # (aiohttp's aiodns resolver raises a plain OSError in it)
                 if isinstance(cause, socket.gaierror)
+                or isinstance(exc, aiohttp.ClientConnectorDNSError)
                 else ConnectionRefused
                 if isinstance(cause, ConnectionRefusedError)
                 else ProviderUnavailable
@@ -304,7 +304,14 @@ class HttpTransport:
         self, response: aiohttp.ClientResponse, limit: int, *, error: bool
     ) -> bytes:
         """The body of ``response``, read as it comes and refused past ``limit``
-        bytes (an error answer is cut at ``limit`` instead: its start says enough)."""
+        bytes (an error answer is cut at ``limit`` instead: its start says enough), the
+        keys this transport sends scrubbed from it (`scrub`: an error in a 200's body
+        too)."""
+        return scrub(await self._read_whole(response, limit, error=error), self._secrets)
+
+    async def _read_whole(
+        self, response: aiohttp.ClientResponse, limit: int, *, error: bool
+    ) -> bytes:
         length = response.content_length
         if length is not None and length <= limit:
             return await response.read()  # the common case: its length said up front
