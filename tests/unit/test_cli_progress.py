@@ -19,7 +19,7 @@ from legion.llm.client import LLMClient, Route
 from legion.llm.hedge import HedgeSettings
 from legion.llm.provider import ChatResult
 from legion.llm.types import ChatRequest, ChatResponse, RateLimitInfo, Usage
-from legion.task import NewTask
+from legion.task import NewTask, TaskStatus
 from legion.testing import ScriptedProvider
 
 
@@ -198,3 +198,15 @@ async def test_the_summary_says_calls_answered_by_a_batch_job_and_finds_no_rate_
     line = progress.llm_line()
     assert "3 calls, 3 of them by the batch tier" in line, line
     assert "rate found" not in line, line
+
+
+def test_the_line_tells_dead_from_failed_as_the_summary_does() -> None:
+    """The line said "failed 8" for 8 dead tasks, where the summary and `legion status`
+    said dead, and `legion retry --failed` found none."""
+    tally = RunTally(total=12)
+    tally.by_status[TaskStatus.DEAD] = 8
+    tally.by_status[TaskStatus.FAILED] = 1
+    tally.by_status[TaskStatus.CANCELLED] = 2
+    tally.bad_lines = 1
+    line = Progress(tally, agent="a", console=Console(file=io.StringIO())).line()
+    assert "| failed 2 | dead 8" in line, line

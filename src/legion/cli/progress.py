@@ -137,6 +137,8 @@ class Progress:
 
     def line(self) -> str:
         t, w = self.tally, self.worker_stats
+        dead = t.by_status[TaskStatus.DEAD]  # (as the summary and `legion status` say: a
+        failed = t.not_succeeded - t.by_status[TaskStatus.CANCELLED] - dead  # dead is no failed)
         parts = [
             f"{t.done}/{t.total} done",
             f"{rate_text(t.rate())} tasks/s",
@@ -144,7 +146,8 @@ class Progress:
             f"p95 {_ms(t.latency.quantile(0.95))}",
             f"in flight {w.in_flight if w else self.running}",
             f"retries {w.retried if w else 0}",
-            f"failed {t.not_succeeded - t.by_status[TaskStatus.CANCELLED]}",
+            f"failed {failed}",
+            f"dead {dead}",
         ]
         if self.waiting:
             parts.append(f"waiting {self.waiting} (legion status lists them)")
